@@ -1,0 +1,140 @@
+// inferscope agent: the in-process instrumentation API.
+//
+// Linked into a serving process. Every call on the hot path is a timestamp and a
+// store into a per-thread buffer: no locks, no allocation, no syscalls. A
+// background thread drains the buffers, encodes frames (inferscope/wire) and
+// ships them to the collector. When a buffer is full or the collector is slow or
+// down, records are dropped and counted per kind, never waited for.
+//
+//   inferscope::agent::Agent agent(inferscope::agent::Config::from_environment());
+//   static const uint32_t kDecode = inferscope::agent::intern("decode_step");
+//   { inferscope::agent::ScopedRange r(agent, kDecode); ... }
+//   agent.expert_load(step, layer, routed_counts, tokens, dropped);
+//
+// [SECTION] Config       how to reach the collector, buffers, sampling
+// [SECTION] Agent        the signals
+// [SECTION] ScopedRange  RAII CPU range, also an NVTX range in the "inferscope" domain
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "inferscope/wire/records.hpp"
+
+namespace inferscope::agent {
+
+// Nanoseconds of CLOCK_MONOTONIC: the one time base of every record.
+int64_t now_ns();
+
+// Interns a name process-wide and returns its id (never 0). Thread-safe; takes
+// a lock, so call it once per name (e.g. into a static) and keep the id.
+uint32_t intern(std::string_view name);
+
+// [SECTION] Config
+struct Config {
+  // "tcp://127.0.0.1:7431", "unix:///run/inferscope.sock", or "" to record nothing.
+  std::string collector = "tcp://127.0.0.1:7431";
+  std::string service = "inferscope";
+  std::string instance;  // default: host:pid
+  uint32_t rank = 0;
+  uint32_t world_size = 1;
+  std::string auth_token;
+  wire::ModelDescription model;
+
+  double span_sample_rate = 1.0;              // fraction of CPU ranges kept
+  size_t thread_buffer_bytes = 1u << 20;      // per producing thread
+  size_t max_threads = 256;                   // beyond this, records are dropped and counted
+  size_t max_pending_bytes = 64u << 20;       // encoded but unsent, while the collector is away
+  std::chrono::milliseconds flush_interval{20};
+  std::chrono::milliseconds reconnect_max_backoff{2000};
+  std::chrono::milliseconds shutdown_timeout{2000};
+  bool nvtx = true;    // emit NVTX ranges (when built with NVTX headers)
+  bool cupti = false;  // CUPTI activity tracing (when built with CUDA and a GPU is present)
+
+  // Reads INFERSCOPE_COLLECTOR, INFERSCOPE_SERVICE, INFERSCOPE_INSTANCE,
+  // INFERSCOPE_RANK, INFERSCOPE_WORLD_SIZE, INFERSCOPE_TOKEN,
+  // INFERSCOPE_SPAN_SAMPLE_RATE, INFERSCOPE_BUFFER_BYTES, INFERSCOPE_NVTX,
+  // INFERSCOPE_CUPTI over the values in base.
+  static Config from_environment(Config base = {});
+};
+
+struct Stats {
+  uint64_t records_recorded = 0;  // accepted into thread buffers
+  uint64_t records_sent = 0;
+  uint64_t records_dropped = 0;
+  uint64_t dropped_by_kind[16] = {};  // indexed by wire::RecordKind
+  uint64_t bytes_sent = 0;
+  uint64_t reconnects = 0;
+  uint64_t buffer_high_water_bytes = 0;
+  bool connected = false;
+};
+
+// [SECTION] Agent
+class Agent {
+ public:
+  explicit Agent(Config config);
+  ~Agent();  // flushes, waiting at most config.shutdown_timeout
+  Agent(const Agent&) = delete;
+  Agent& operator=(const Agent&) = delete;
+
+  // Spans on the calling thread's CPU track.
+  void span(uint32_t name_id, int64_t start_ns, int64_t end_ns,
+            wire::SpanCategory category = wire::SpanCategory::kCpuRange, uint64_t request_id = 0,
+            uint16_t depth = 0);
+
+  // One MoE layer's routing result for one batch step: routed[e] assignments to
+  // expert e, `tokens` tokens in the batch, `dropped` assignments over capacity.
+  void expert_load(uint64_t step, uint32_t layer, std::span<const uint32_t> routed,
+                   uint32_t tokens, uint32_t dropped, uint32_t rerouted = 0);
+  void memory(wire::MemoryKind kind, uint64_t used_bytes, uint64_t capacity_bytes);
+  // Deltas since the previous call.
+  void prefix_cache(uint64_t attention_queried, uint64_t attention_hit, uint64_t ssm_queried,
+                    uint64_t ssm_hit);
+  void stage(uint64_t request_id, wire::Stage stage, int64_t start_ns, int64_t end_ns,
+             wire::Device device = wire::Device::kCpu, int64_t gpu_ns = 0);
+  void request(const wire::RequestEvent& event);
+  void counter(uint32_t name_id, double delta);
+  void gauge(uint32_t name_id, double value);
+
+  // Replaces the model description and re-sends the hello record.
+  void set_model(const wire::ModelDescription& model);
+
+  // Waits until everything recorded so far is sent, or the timeout passes.
+  bool flush(std::chrono::milliseconds timeout);
+  Stats stats() const;
+  const Config& config() const;
+
+  // True when CUPTI activity tracing is running in this process.
+  bool cupti_active() const;
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+// [SECTION] ScopedRange
+// Records a CPU span from construction to destruction, pushes an NVTX range in
+// the "inferscope" domain, and (with CUPTI on) an external correlation id so
+// that kernels launched inside are attributed to this range.
+class ScopedRange {
+ public:
+  ScopedRange(Agent& agent, uint32_t name_id, uint64_t request_id = 0);
+  ~ScopedRange();
+  ScopedRange(const ScopedRange&) = delete;
+  ScopedRange& operator=(const ScopedRange&) = delete;
+
+ private:
+  Agent* agent_;
+  uint32_t name_id_;
+  uint64_t request_id_;
+  int64_t start_ns_;
+  uint16_t depth_;
+  bool sampled_;
+};
+
+}  // namespace inferscope::agent

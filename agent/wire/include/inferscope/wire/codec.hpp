@@ -1,0 +1,144 @@
+// inferscope wire: frames of records, and their encoder and decoder.
+//
+// A frame is a 28-byte little-endian header followed by a payload of records
+// (optionally zstd-compressed). docs/wire-format.md is the byte-level spec.
+//
+//   FrameEncoder enc;                    FrameDecoder dec;
+//   enc.add(span); enc.add(load);        size_t n;
+//   enc.finish(bytes);                   if (dec.frame_size(stream, n).ok()) {
+//                                          dec.open(stream.first(n));
+//                                          while (dec.next(record)) {...}
+//                                          if (!dec.status().ok()) log(dec.status().message);
+//
+// The decoder never trusts a length, count or index from the wire: every one is
+// checked against the bytes that are there and against the limits in records.hpp
+// and DecoderOptions. A bad frame yields an error with a message, never a crash.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "inferscope/wire/records.hpp"
+
+namespace inferscope::wire {
+
+inline constexpr uint32_t kFrameMagic = 0x31465349;  // "ISF1" little-endian
+inline constexpr size_t kFrameHeaderBytes = 28;
+inline constexpr uint32_t kDefaultMaxFrameBytes = 4u << 20;
+inline constexpr uint16_t kFlagZstd = 1u << 0;
+// Source 0 is the collector itself (alerts it derives); agents' streams are
+// numbered from 1 by the collector when it stores or forwards them.
+inline constexpr uint32_t kCollectorSource = 0;
+
+enum class DecodeError : uint8_t {
+  kOk = 0,
+  kNeedMoreData,        // not an error on a stream: wait for more bytes
+  kBadMagic,
+  kUnsupportedVersion,
+  kFrameTooLarge,
+  kChecksumMismatch,
+  kDecompressFailed,
+  kTruncatedRecord,     // a record runs past the end of the payload
+  kMalformedRecord,     // a field is out of range (enum, limit, count)
+  kRecordCountMismatch,
+};
+
+const char* to_string(DecodeError error);
+
+struct DecodeStatus {
+  DecodeError error = DecodeError::kOk;
+  std::string message;  // says what was wrong and where; empty when ok
+
+  bool ok() const { return error == DecodeError::kOk; }
+  static DecodeStatus Ok() { return {}; }
+};
+
+struct FrameHeader {
+  uint32_t magic = kFrameMagic;
+  uint16_t version = kProtocolVersion;
+  uint16_t flags = 0;
+  uint32_t payload_bytes = 0;  // bytes after the header, as stored
+  uint32_t raw_bytes = 0;      // payload size after decompression
+  uint32_t record_count = 0;
+  uint32_t source_id = 0;      // which stream the records belong to (0 from agents)
+  uint32_t checksum = 0;       // CRC-32 of header bytes [0, 24) and the stored payload
+};
+
+struct EncoderOptions {
+  uint32_t max_frame_bytes = kDefaultMaxFrameBytes;
+  bool compress = false;             // zstd level 1 when the payload is large enough
+  uint32_t compress_min_bytes = 1024;
+  uint32_t source_id = 0;
+};
+
+// Accumulates records into one frame. Not thread-safe; reuse it after finish().
+class FrameEncoder {
+ public:
+  explicit FrameEncoder(EncoderOptions options = {});
+
+  void add(const Record& record);
+  void add(const Span& span);
+  void add(const ExpertLoad& load);
+  void add(const StringDef& def);
+
+  size_t record_count() const { return record_count_; }
+  size_t payload_bytes() const { return payload_.size(); }
+  bool empty() const { return record_count_ == 0; }
+  // True once the payload is at or past the frame budget: finish() before adding more.
+  bool full() const { return payload_.size() + kFrameHeaderBytes >= options_.max_frame_bytes; }
+
+  // Appends the frame to out and resets the encoder for the next frame.
+  void finish(std::vector<uint8_t>& out);
+  void set_source_id(uint32_t source_id) { options_.source_id = source_id; }
+
+ private:
+  EncoderOptions options_;
+  std::vector<uint8_t> payload_;
+  std::vector<uint8_t> body_;        // scratch for one record's body
+  std::vector<uint8_t> compressed_;
+  size_t record_count_ = 0;
+  int64_t previous_ns_ = 0;          // timestamps are delta-coded within a frame
+};
+
+struct DecoderOptions {
+  uint32_t max_frame_bytes = kDefaultMaxFrameBytes;
+};
+
+// Decodes frames one at a time. Not thread-safe; one per connection or file.
+class FrameDecoder {
+ public:
+  explicit FrameDecoder(DecoderOptions options = {});
+
+  // Looks at the start of a byte stream. Ok: a whole frame of frame_bytes is
+  // there. kNeedMoreData: wait for more. Anything else: the stream is bad.
+  DecodeStatus frame_size(std::span<const uint8_t> stream, size_t& frame_bytes) const;
+
+  // Checks header and checksum and decompresses; then next() yields the records.
+  // The frame's bytes must stay alive until next() returns false.
+  DecodeStatus open(std::span<const uint8_t> frame);
+  const FrameHeader& header() const { return header_; }
+
+  // Decodes the next record into out. False at the end of the frame or on an
+  // error; status() tells which. Records before an error were valid.
+  bool next(Record& out);
+  const DecodeStatus& status() const { return status_; }
+
+ private:
+  DecoderOptions options_;
+  FrameHeader header_;
+  std::vector<uint8_t> decompressed_;
+  std::span<const uint8_t> payload_;
+  size_t offset_ = 0;
+  uint32_t records_read_ = 0;
+  int64_t previous_ns_ = 0;
+  DecodeStatus status_;
+};
+
+// Convenience for tests and tools: every record of one complete frame.
+DecodeStatus decode_frame(std::span<const uint8_t> frame, std::vector<Record>& out,
+                          DecoderOptions options = {});
+
+}  // namespace inferscope::wire

@@ -1,0 +1,293 @@
+// inferscope wire: the event model shared by agent, collector and viewer.
+//
+// Every record that crosses a process boundary (agent -> collector, collector ->
+// viewer, collector -> trace file) is one of the structs below. They are plain
+// values; the codec (codec.hpp) turns them into frames and back.
+//
+// [SECTION] Time base
+//   All timestamps are nanoseconds of CLOCK_MONOTONIC (std::chrono::steady_clock
+//   on Linux) of the host that produced them. Processes on one node therefore
+//   share a clock; GPU timestamps are converted to it by the agent before they
+//   are shipped. The hello record carries the offset to CLOCK_REALTIME so that a
+//   collector can show wall-clock times and line up several nodes.
+//
+// [SECTION] Strings
+//   Names (span names, counter names, argument keys) are interned: a StringDef
+//   record binds an id to a string once per connection, later records refer to
+//   the id. Id 0 is "no string".
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <string>
+#include <variant>
+#include <vector>
+
+namespace inferscope::wire {
+
+inline constexpr uint16_t kProtocolVersion = 1;
+
+// [SECTION] Limits: a decoder rejects anything beyond these, whatever the wire says.
+inline constexpr uint32_t kMaxStringBytes = 4096;
+inline constexpr uint32_t kMaxExperts = 4096;     // experts per MoE layer
+inline constexpr uint32_t kMaxLayers = 1024;
+inline constexpr uint32_t kMaxSpanArgs = 4;
+inline constexpr uint32_t kMaxRanks = 65536;
+
+enum class LayerKind : uint8_t { kAttention = 0, kSsm = 1 };
+enum class FfnKind : uint8_t { kDense = 0, kMoe = 1 };
+
+struct LayerDescription {
+  LayerKind mixer = LayerKind::kAttention;
+  FfnKind ffn = FfnKind::kDense;
+  uint16_t experts = 0;  // routed experts; 0 for dense layers
+
+  friend bool operator==(const LayerDescription&, const LayerDescription&) = default;
+};
+
+struct ModelDescription {
+  std::string name;
+  std::vector<LayerDescription> layers;
+  uint16_t top_k = 0;
+  uint16_t shared_experts = 0;
+  float capacity_factor = 0.0f;
+  // Expert placement for expert parallelism: expert_to_rank[e] is the rank
+  // that holds routed expert e (same for every MoE layer). Empty: no placement.
+  std::vector<uint32_t> expert_to_rank;
+
+  friend bool operator==(const ModelDescription&, const ModelDescription&) = default;
+};
+
+enum class ClockDomain : uint8_t { kMonotonic = 0 };
+
+struct ClockDescription {
+  ClockDomain domain = ClockDomain::kMonotonic;
+  int64_t realtime_minus_monotonic_ns = 0;  // add to a timestamp to get Unix time
+
+  friend bool operator==(const ClockDescription&, const ClockDescription&) = default;
+};
+
+// First record on every connection.
+struct Hello {
+  uint16_t protocol_version = kProtocolVersion;
+  std::string service;   // e.g. "inferscope-engine"
+  std::string instance;  // unique per process, e.g. host:pid
+  std::string host;
+  uint32_t pid = 0;
+  uint32_t rank = 0;
+  uint32_t world_size = 1;
+  ModelDescription model;
+  ClockDescription clock;
+  std::string auth_token;  // empty when the collector does not require one
+
+  friend bool operator==(const Hello&, const Hello&) = default;
+};
+
+struct StringDef {
+  uint32_t id = 0;
+  std::string value;
+
+  friend bool operator==(const StringDef&, const StringDef&) = default;
+};
+
+enum class TrackKind : uint8_t { kCpuThread = 0, kGpuStream = 1 };
+
+enum class SpanCategory : uint8_t {
+  kCpuRange = 0,  // an agent scoped range on a CPU thread
+  kNvtxRange = 1, // an NVTX range seen through CUPTI
+  kKernel = 2,
+  kMemcpy = 3,
+  kMemset = 4,
+  kRequest = 5,   // a whole request, arrival to finish
+  kStage = 6,     // encoder / connector / backbone
+  kRuntime = 7,   // CUDA runtime API call (launch) on a CPU thread
+};
+
+struct SpanArg {
+  uint32_t key_id = 0;    // interned name
+  int64_t value = 0;
+
+  friend bool operator==(const SpanArg&, const SpanArg&) = default;
+};
+
+struct Span {
+  TrackKind track_kind = TrackKind::kCpuThread;
+  uint32_t track_id = 0;  // CPU: thread id; GPU: device ordinal
+  uint32_t stream = 0;    // GPU stream id; 0 for CPU threads
+  uint32_t name_id = 0;
+  SpanCategory category = SpanCategory::kCpuRange;
+  uint16_t depth = 0;     // nesting depth on its track (0 = outermost)
+  int64_t start_ns = 0;
+  int64_t end_ns = 0;
+  uint64_t correlation_id = 0;  // links a CPU launch to its GPU kernel; 0 = none
+  uint64_t request_id = 0;      // 0 = not tied to a request
+  uint8_t num_args = 0;
+  std::array<SpanArg, kMaxSpanArgs> args{};
+
+  friend bool operator==(const Span& a, const Span& b) {
+    if (a.track_kind != b.track_kind || a.track_id != b.track_id || a.stream != b.stream ||
+        a.name_id != b.name_id || a.category != b.category || a.depth != b.depth ||
+        a.start_ns != b.start_ns || a.end_ns != b.end_ns ||
+        a.correlation_id != b.correlation_id || a.request_id != b.request_id ||
+        a.num_args != b.num_args)
+      return false;
+    for (uint8_t i = 0; i < a.num_args && i < kMaxSpanArgs; ++i)
+      if (!(a.args[i] == b.args[i])) return false;
+    return true;
+  }
+};
+
+// Tokens the router sent to each routed expert of one MoE layer in one batch
+// step (after top-k, before capacity), and what capacity dropped.
+struct ExpertLoad {
+  uint64_t step = 0;
+  uint32_t layer = 0;
+  int64_t timestamp_ns = 0;
+  uint32_t tokens = 0;          // tokens in the step's batch for this layer
+  uint32_t dropped = 0;         // assignments dropped for capacity
+  uint32_t rerouted = 0;        // assignments moved to a later choice instead
+  std::vector<uint32_t> routed; // routed[e] = assignments to expert e
+
+  friend bool operator==(const ExpertLoad&, const ExpertLoad&) = default;
+};
+
+enum class MemoryKind : uint8_t {
+  kKvCache = 0,
+  kSsmState = 1,
+  kSsmCheckpoints = 2,
+  kWeights = 3,
+  kActivations = 4,
+};
+inline constexpr uint8_t kMemoryKindCount = 5;
+
+struct MemorySample {
+  int64_t timestamp_ns = 0;
+  uint32_t rank = 0;
+  MemoryKind kind = MemoryKind::kKvCache;
+  uint64_t used_bytes = 0;
+  uint64_t capacity_bytes = 0;
+
+  friend bool operator==(const MemorySample&, const MemorySample&) = default;
+};
+
+// Prefix-cache lookups since the previous sample (deltas, not totals).
+struct PrefixCacheSample {
+  int64_t timestamp_ns = 0;
+  uint64_t attention_queried_tokens = 0;
+  uint64_t attention_hit_tokens = 0;
+  uint64_t ssm_queried_tokens = 0;
+  uint64_t ssm_hit_tokens = 0;
+
+  friend bool operator==(const PrefixCacheSample&, const PrefixCacheSample&) = default;
+};
+
+enum class Stage : uint8_t {
+  kEncoder = 0,
+  kConnector = 1,
+  kBackbonePrefill = 2,
+  kBackboneDecode = 3,
+};
+inline constexpr uint8_t kStageCount = 4;
+
+enum class Device : uint8_t { kCpu = 0, kGpu = 1 };
+
+struct StageTiming {
+  uint64_t request_id = 0;
+  Stage stage = Stage::kEncoder;
+  Device device = Device::kCpu;
+  int64_t start_ns = 0;
+  int64_t end_ns = 0;
+  int64_t gpu_ns = 0;  // GPU kernel time attributed to this stage (CUPTI); 0 if unknown
+
+  friend bool operator==(const StageTiming&, const StageTiming&) = default;
+};
+
+enum class RequestStatus : uint8_t { kOk = 0, kCancelled = 1, kError = 2, kRejected = 3 };
+
+// Sent once per request when it finishes (or fails).
+struct RequestEvent {
+  uint64_t request_id = 0;
+  int64_t arrival_ns = 0;
+  int64_t first_token_ns = 0;  // 0 if no token was produced
+  int64_t finish_ns = 0;
+  uint32_t prompt_tokens = 0;
+  uint32_t output_tokens = 0;
+  uint32_t image_tokens = 0;
+  uint32_t cached_tokens = 0;  // prompt tokens served from the prefix cache
+  RequestStatus status = RequestStatus::kOk;
+
+  friend bool operator==(const RequestEvent&, const RequestEvent&) = default;
+};
+
+enum class RecordKind : uint8_t;  // below
+
+// The agent's own health, sent periodically: cumulative since process start.
+struct AgentHealth {
+  int64_t timestamp_ns = 0;
+  uint64_t records_sent = 0;
+  uint64_t records_dropped = 0;             // all kinds
+  std::array<uint64_t, 16> dropped_by_kind{}; // indexed by RecordKind
+  uint64_t buffer_high_water_bytes = 0;
+  uint64_t reconnects = 0;
+  uint64_t bytes_sent = 0;
+
+  friend bool operator==(const AgentHealth&, const AgentHealth&) = default;
+};
+
+// A generic monotonic counter or gauge the host wants to publish.
+struct CounterSample {
+  int64_t timestamp_ns = 0;
+  uint32_t name_id = 0;
+  bool is_gauge = false;  // false: value is a delta to add; true: value is the level
+  double value = 0.0;
+
+  friend bool operator==(const CounterSample&, const CounterSample&) = default;
+};
+
+// A collector-derived episode (hot / cold / dead expert), stored in traces and
+// streamed to viewers. end_ns == 0 while the episode is open.
+enum class AlertKind : uint8_t { kHotExpert = 0, kColdExpert = 1, kDeadExpert = 2, kDropBurst = 3 };
+
+struct AlertEpisode {
+  AlertKind kind = AlertKind::kHotExpert;
+  uint32_t rank = 0;
+  uint32_t layer = 0;
+  uint32_t expert = 0;
+  int64_t start_ns = 0;
+  int64_t end_ns = 0;
+  float peak_share = 0.0f;        // share of the layer's assignments at the peak
+  float peak_utilization = 0.0f;  // share / fair share
+  std::string model;
+
+  friend bool operator==(const AlertEpisode&, const AlertEpisode&) = default;
+};
+
+// Order matters: the index is the record's tag on the wire.
+enum class RecordKind : uint8_t {
+  kHello = 0,
+  kStringDef = 1,
+  kSpan = 2,
+  kExpertLoad = 3,
+  kMemory = 4,
+  kPrefixCache = 5,
+  kStage = 6,
+  kRequest = 7,
+  kAgentHealth = 8,
+  kCounter = 9,
+  kAlert = 10,
+};
+inline constexpr uint8_t kRecordKindCount = 11;
+
+using Record = std::variant<Hello, StringDef, Span, ExpertLoad, MemorySample, PrefixCacheSample,
+                            StageTiming, RequestEvent, AgentHealth, CounterSample, AlertEpisode>;
+
+inline RecordKind kind_of(const Record& r) { return static_cast<RecordKind>(r.index()); }
+
+const char* to_string(RecordKind kind);
+const char* to_string(SpanCategory category);
+const char* to_string(MemoryKind kind);
+const char* to_string(Stage stage);
+const char* to_string(AlertKind kind);
+const char* to_string(LayerKind kind);
+
+}  // namespace inferscope::wire

@@ -1,0 +1,254 @@
+// Frame encoder and decoder. Byte layout: docs/wire-format.md.
+#include "inferscope/wire/codec.hpp"
+
+#include <zlib.h>
+#include <zstd.h>
+
+#include <cstring>
+#include <string>
+
+#include "byte_io.hpp"
+#include "record_codec.hpp"
+
+namespace inferscope::wire {
+namespace {
+
+using detail::ByteReader;
+using detail::ByteWriter;
+
+uint32_t crc32_of(const uint8_t* header24, std::span<const uint8_t> payload) {
+  uLong crc = crc32(0L, Z_NULL, 0);
+  crc = crc32(crc, header24, 24);
+  // zlib takes uInt lengths; frames are bounded well below 4 GiB.
+  crc = crc32(crc, payload.data(), static_cast<uInt>(payload.size()));
+  return static_cast<uint32_t>(crc);
+}
+
+void put_u32(uint8_t* p, uint32_t v) {
+  for (int i = 0; i < 4; ++i) p[i] = static_cast<uint8_t>(v >> (8 * i));
+}
+void put_u16(uint8_t* p, uint16_t v) {
+  p[0] = static_cast<uint8_t>(v);
+  p[1] = static_cast<uint8_t>(v >> 8);
+}
+uint32_t get_u32(const uint8_t* p) {
+  return uint32_t(p[0]) | uint32_t(p[1]) << 8 | uint32_t(p[2]) << 16 | uint32_t(p[3]) << 24;
+}
+uint16_t get_u16(const uint8_t* p) { return static_cast<uint16_t>(p[0] | p[1] << 8); }
+
+DecodeStatus fail(DecodeError error, std::string message) {
+  return DecodeStatus{error, std::move(message)};
+}
+
+}  // namespace
+
+const char* to_string(DecodeError error) {
+  switch (error) {
+    case DecodeError::kOk: return "ok";
+    case DecodeError::kNeedMoreData: return "need more data";
+    case DecodeError::kBadMagic: return "bad magic";
+    case DecodeError::kUnsupportedVersion: return "unsupported version";
+    case DecodeError::kFrameTooLarge: return "frame too large";
+    case DecodeError::kChecksumMismatch: return "checksum mismatch";
+    case DecodeError::kDecompressFailed: return "decompression failed";
+    case DecodeError::kTruncatedRecord: return "truncated record";
+    case DecodeError::kMalformedRecord: return "malformed record";
+    case DecodeError::kRecordCountMismatch: return "record count mismatch";
+  }
+  return "unknown error";
+}
+
+// [SECTION] Encoder ------------------------------------------------------------
+
+FrameEncoder::FrameEncoder(EncoderOptions options) : options_(options) {
+  payload_.reserve(64 * 1024);
+}
+
+void FrameEncoder::add(const Record& record) {
+  std::visit([this](const auto& r) { add_one(payload_, previous_ns_, r); }, record);
+  ++record_count_;
+}
+void FrameEncoder::add(const Span& span) {
+  add_one(payload_, previous_ns_, span);
+  ++record_count_;
+}
+void FrameEncoder::add(const ExpertLoad& load) {
+  add_one(payload_, previous_ns_, load);
+  ++record_count_;
+}
+void FrameEncoder::add(const StringDef& def) {
+  add_one(payload_, previous_ns_, def);
+  ++record_count_;
+}
+
+void FrameEncoder::finish(std::vector<uint8_t>& out) {
+  uint16_t flags = 0;
+  std::span<const uint8_t> stored(payload_);
+  if (options_.compress && payload_.size() >= options_.compress_min_bytes) {
+    compressed_.resize(ZSTD_compressBound(payload_.size()));
+    size_t n = ZSTD_compress(compressed_.data(), compressed_.size(), payload_.data(),
+                             payload_.size(), 1);
+    if (!ZSTD_isError(n) && n < payload_.size()) {
+      compressed_.resize(n);
+      stored = compressed_;
+      flags |= kFlagZstd;
+    }
+  }
+  size_t base = out.size();
+  out.resize(base + kFrameHeaderBytes + stored.size());
+  uint8_t* h = out.data() + base;
+  put_u32(h + 0, kFrameMagic);
+  put_u16(h + 4, kProtocolVersion);
+  put_u16(h + 6, flags);
+  put_u32(h + 8, static_cast<uint32_t>(stored.size()));
+  put_u32(h + 12, static_cast<uint32_t>(payload_.size()));
+  put_u32(h + 16, static_cast<uint32_t>(record_count_));
+  put_u32(h + 20, options_.source_id);
+  std::memcpy(h + kFrameHeaderBytes, stored.data(), stored.size());
+  put_u32(h + 24, crc32_of(h, stored));
+
+  payload_.clear();
+  record_count_ = 0;
+  previous_ns_ = 0;
+}
+
+// [SECTION] Decoder ------------------------------------------------------------
+
+FrameDecoder::FrameDecoder(DecoderOptions options) : options_(options) {}
+
+DecodeStatus FrameDecoder::frame_size(std::span<const uint8_t> stream, size_t& frame_bytes) const {
+  if (stream.size() < kFrameHeaderBytes) {
+    // A wrong magic is reported as soon as it can be seen.
+    if (stream.size() >= 4 && get_u32(stream.data()) != kFrameMagic)
+      return fail(DecodeError::kBadMagic, "stream does not start with a frame (bad magic)");
+    return fail(DecodeError::kNeedMoreData, "");
+  }
+  const uint8_t* h = stream.data();
+  if (get_u32(h) != kFrameMagic)
+    return fail(DecodeError::kBadMagic, "stream does not start with a frame (bad magic)");
+  uint16_t version = get_u16(h + 4);
+  if (version != kProtocolVersion)
+    return fail(DecodeError::kUnsupportedVersion,
+                "frame version " + std::to_string(version) + ", this build speaks " +
+                    std::to_string(kProtocolVersion));
+  uint64_t total = uint64_t(kFrameHeaderBytes) + get_u32(h + 8);
+  if (total > options_.max_frame_bytes || get_u32(h + 12) > options_.max_frame_bytes)
+    return fail(DecodeError::kFrameTooLarge, "frame of " + std::to_string(total) +
+                                                 " bytes exceeds the limit of " +
+                                                 std::to_string(options_.max_frame_bytes));
+  if (stream.size() < total) return fail(DecodeError::kNeedMoreData, "");
+  frame_bytes = static_cast<size_t>(total);
+  return DecodeStatus::Ok();
+}
+
+DecodeStatus FrameDecoder::open(std::span<const uint8_t> frame) {
+  payload_ = {};
+  offset_ = 0;
+  records_read_ = 0;
+  previous_ns_ = 0;
+  size_t size = 0;
+  status_ = frame_size(frame, size);
+  if (status_.error == DecodeError::kNeedMoreData)
+    status_ = fail(DecodeError::kTruncatedRecord,
+                   "frame truncated: " + std::to_string(frame.size()) + " bytes present");
+  if (!status_.ok()) return status_;
+  if (size != frame.size()) {
+    status_ = fail(DecodeError::kMalformedRecord, "frame has " +
+                                                     std::to_string(frame.size() - size) +
+                                                     " trailing bytes");
+    return status_;
+  }
+  const uint8_t* h = frame.data();
+  header_.magic = get_u32(h);
+  header_.version = get_u16(h + 4);
+  header_.flags = get_u16(h + 6);
+  header_.payload_bytes = get_u32(h + 8);
+  header_.raw_bytes = get_u32(h + 12);
+  header_.record_count = get_u32(h + 16);
+  header_.source_id = get_u32(h + 20);
+  header_.checksum = get_u32(h + 24);
+  std::span<const uint8_t> stored = frame.subspan(kFrameHeaderBytes);
+  if (crc32_of(h, stored) != header_.checksum) {
+    status_ = fail(DecodeError::kChecksumMismatch, "frame checksum mismatch (corrupt frame)");
+    return status_;
+  }
+  if (header_.flags & ~kFlagZstd) {
+    status_ = fail(DecodeError::kMalformedRecord, "unknown frame flags");
+    return status_;
+  }
+  if (header_.flags & kFlagZstd) {
+    decompressed_.resize(header_.raw_bytes);
+    size_t n = ZSTD_decompress(decompressed_.data(), decompressed_.size(), stored.data(),
+                               stored.size());
+    if (ZSTD_isError(n) || n != header_.raw_bytes) {
+      status_ = fail(DecodeError::kDecompressFailed,
+                     std::string("zstd: ") +
+                         (ZSTD_isError(n) ? ZSTD_getErrorName(n) : "size differs from header"));
+      return status_;
+    }
+    payload_ = decompressed_;
+  } else {
+    if (header_.raw_bytes != header_.payload_bytes) {
+      status_ = fail(DecodeError::kMalformedRecord, "raw size differs from stored size");
+      return status_;
+    }
+    payload_ = stored;
+  }
+  // A record takes at least two bytes, so the count is bounded by the payload.
+  if (header_.record_count > payload_.size() / 2 + 1) {
+    status_ = fail(DecodeError::kRecordCountMismatch, "record count larger than the payload allows");
+    return status_;
+  }
+  return status_;
+}
+
+bool FrameDecoder::next(Record& out) {
+  for (;;) {
+    if (!status_.ok()) return false;
+    if (offset_ >= payload_.size()) {
+      if (records_read_ != header_.record_count)
+        status_ = fail(DecodeError::kRecordCountMismatch,
+                       "frame header says " + std::to_string(header_.record_count) +
+                           " records, payload holds " + std::to_string(records_read_));
+      return false;
+    }
+    ByteReader reader(payload_.subspan(offset_));
+    uint8_t tag = 0;
+    uint64_t body_bytes = 0;
+    if (!reader.u8(tag) || !reader.varint(body_bytes) || body_bytes > reader.remaining()) {
+      status_ = fail(DecodeError::kTruncatedRecord,
+                     "record " + std::to_string(records_read_) + " at payload offset " +
+                         std::to_string(offset_) + " runs past the end of the frame");
+      return false;
+    }
+    size_t body_start = offset_ + reader.position();
+    std::span<const uint8_t> body = payload_.subspan(body_start, body_bytes);
+    offset_ = body_start + body_bytes;
+    if (++records_read_ > header_.record_count) {
+      status_ = fail(DecodeError::kRecordCountMismatch, "more records than the frame header says");
+      return false;
+    }
+    std::string why;
+    switch (decode_body(tag, body, previous_ns_, out, why)) {
+      case BodyResult::kOk: return true;
+      case BodyResult::kSkipped: continue;  // a newer record kind: forward compatible
+      case BodyResult::kError:
+        status_ = fail(DecodeError::kMalformedRecord,
+                       "record " + std::to_string(records_read_ - 1) + " (" +
+                           to_string(static_cast<RecordKind>(tag)) + "): " + why);
+        return false;
+    }
+  }
+}
+
+DecodeStatus decode_frame(std::span<const uint8_t> frame, std::vector<Record>& out,
+                          DecoderOptions options) {
+  FrameDecoder decoder(options);
+  DecodeStatus status = decoder.open(frame);
+  if (!status.ok()) return status;
+  Record record;
+  while (decoder.next(record)) out.push_back(record);
+  return decoder.status();
+}
+
+}  // namespace inferscope::wire

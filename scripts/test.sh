@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The README's test command: installs dependencies, builds, and runs every test.
+#   1. a sanitizer build (ASan + UBSan) of the unit tests;
+#   2. the release build and the whole ctest suite (unit, integration, e2e; gpu
+#      tests report themselves skipped where no GPU is present).
+# The last line printed is ctest's summary of the full suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+
+echo "== sanitizer build (ASan+UBSan), unit tests"
+scripts/build.sh asan -DINFERSCOPE_SANITIZE=ON -DINFERSCOPE_CUDA=OFF -DINFERSCOPE_VIEWER=OFF \
+  -DINFERSCOPE_BENCHMARKS=OFF >/dev/null
+(cd build/asan && ASAN_OPTIONS=detect_leaks=1 ctest -L unit --output-on-failure -j2 >ctest.log 2>&1) ||
+  { tail -60 build/asan/ctest.log; echo "sanitizer unit tests failed"; exit 1; }
+tail -3 build/asan/ctest.log
+
+echo "== release build, full suite"
+scripts/build.sh release >/dev/null
+cd build/release
+ctest --output-on-failure -j2 --timeout 600
