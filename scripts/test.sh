@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's test command: installs dependencies, builds, and runs every test.
 #   1. a sanitizer build (ASan + UBSan) of the unit tests;
-#   2. the release build and the whole ctest suite (unit, integration, e2e; gpu
+#   2. a short libFuzzer run of every parser of untrusted bytes;
+#   3. the release build and the whole ctest suite (unit, integration, e2e; gpu
 #      tests report themselves skipped where no GPU is present).
 # The last line printed is ctest's summary of the full suite.
 set -euo pipefail
@@ -14,6 +15,9 @@ scripts/build.sh asan -DINFERSCOPE_SANITIZE=ON -DINFERSCOPE_CUDA=OFF -DINFERSCOP
 (cd build/asan && ASAN_OPTIONS=detect_leaks=1 ctest -L unit --output-on-failure -j2 >ctest.log 2>&1) ||
   { tail -60 build/asan/ctest.log; echo "sanitizer unit tests failed"; exit 1; }
 tail -3 build/asan/ctest.log
+
+echo "== fuzzing (libFuzzer, short run; scripts/fuzz.sh 3600 for a campaign)"
+scripts/fuzz.sh "${INFERSCOPE_FUZZ_SECONDS:-20}"
 
 echo "== release build, full suite"
 scripts/build.sh release >/dev/null

@@ -1,0 +1,23 @@
+// libFuzzer target: arbitrary bytes as a trace file. The recovering reader must
+// skip damage and hand out only checksum-valid frames.
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "inferscope/wire/trace_file.hpp"
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  using namespace inferscope::wire;
+  TraceFileReader reader;
+  if (!reader.open_bytes(std::vector<uint8_t>(data, data + size))) return 0;
+  std::span<const uint8_t> frame;
+  FrameDecoder decoder;
+  Record record;
+  while (reader.next_frame(frame)) {
+    if (!decoder.open(frame).ok()) __builtin_trap();  // the reader promised a valid frame
+    while (decoder.next(record)) {
+    }
+  }
+  (void)reader.damage_report();
+  return 0;
+}
