@@ -1,0 +1,312 @@
+// inferscope reference engine: the backend interface.
+//
+// Everything the model code (layers, router, caches, scheduler) asks of a device
+// goes through this one abstract class, in the spirit of ggml-backend.h: plain
+// structs for data (Tensor) and a small table of operations. The model code never
+// branches on the device; it only calls these ops in order. The CPU backend
+// (src/cpu/) is the reference implementation and the oracle for every other
+// backend (a CUDA backend lives in src/cuda/ and registers under "cuda").
+//
+// [SECTION] Conventions
+//   - A Tensor is a 2-D strided view of backend memory: `rows` x `cols` elements,
+//     row r starts at element r * `stride` of `data`. Activations are row-major
+//     [tokens, features]. Views (rows_view / cols_view) share memory.
+//   - Linear weights are stored [out_features, in_features] (PyTorch layout):
+//     linear() computes y = x * W^T.
+//   - `data` is a device pointer: host code never dereferences it unless the
+//     backend says host_memory(). Pointer arithmetic on it (views) is allowed.
+//   - Index metadata (token ids, positions, block tables, slots, offsets) is
+//     passed as host std::spans; a device backend copies what it needs.
+//   - Ops execute in call order (one in-order stream). upload() and download()
+//     are synchronous with respect to all previously issued ops.
+//   - Unless stated otherwise an output must not alias an input.
+//   - All float math is fp32. A backend matches the CPU backend within a
+//     tolerance (relative ~1e-4 for GEMMs, exact for integer outputs of
+//     moe_route / moe_permute).
+//
+// [SECTION] Registry
+//   Backends are created by name through create_backend("cpu" | "cuda", ...).
+//   The CPU backend is always registered. src/cuda/CMakeLists.txt (when present
+//   and CUDA is on) must define a static library target `inferscope_engine_cuda`
+//   that links `inferscope_engine_headers` and defines
+//       std::unique_ptr<inferscope::engine::Backend>
+//       inferscope::engine::create_cuda_backend(const BackendOptions&);
+//   reference_engine/CMakeLists.txt links it and registers "cuda" with that
+//   factory (an explicit call, so no static-initialiser tricks are needed).
+//   register_backend() lets anyone add further backends at run time.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace inferscope::engine {
+
+// [SECTION] Tensor
+enum class DType : uint8_t { kF32 = 0, kI32 = 1 };
+
+inline constexpr size_t dtype_size(DType) { return 4; }  // both are 4 bytes
+
+struct Tensor {
+  void* data = nullptr;
+  DType dtype = DType::kF32;
+  int64_t rows = 0;
+  int64_t cols = 0;
+  int64_t stride = 0;  // elements between the starts of consecutive rows (>= cols)
+
+  bool empty() const { return data == nullptr || rows == 0 || cols == 0; }
+  bool contiguous() const { return stride == cols; }
+  int64_t elements() const { return rows * cols; }
+  size_t bytes() const { return static_cast<size_t>(elements()) * dtype_size(dtype); }
+
+  float* f32() const { return static_cast<float*>(data); }
+  int32_t* i32() const { return static_cast<int32_t*>(data); }
+
+  // Rows [first, first + count) of this view.
+  Tensor rows_view(int64_t first, int64_t count) const {
+    Tensor t = *this;
+    t.data = static_cast<char*>(data) + first * stride * static_cast<int64_t>(dtype_size(dtype));
+    t.rows = count;
+    return t;
+  }
+  // Columns [first, first + count) of every row (a strided view).
+  Tensor cols_view(int64_t first, int64_t count) const {
+    Tensor t = *this;
+    t.data = static_cast<char*>(data) + first * static_cast<int64_t>(dtype_size(dtype));
+    t.cols = count;
+    return t;
+  }
+  // The same memory seen as `r` x `c` contiguous (requires contiguous()).
+  Tensor reshaped(int64_t r, int64_t c) const {
+    Tensor t = *this;
+    t.rows = r;
+    t.cols = c;
+    t.stride = c;
+    return t;
+  }
+};
+
+// [SECTION] Op parameters
+struct AttentionParams {
+  int32_t n_heads = 0;     // query heads
+  int32_t n_kv_heads = 0;  // key/value heads (n_heads % n_kv_heads == 0: GQA)
+  int32_t head_dim = 0;
+  float scale = 0.0f;      // usually 1/sqrt(head_dim)
+};
+
+// Where the queries of a paged attention call come from. Query row t belongs to
+// sequence token_seq[t] at absolute position token_pos[t]; it attends causally
+// to that sequence's keys at positions 0..token_pos[t] inclusive. The key of
+// position p of sequence s is in cache slot
+//   block_table[block_table_start[s] + p / block_size] * block_size + p % block_size.
+// kv_store() for the current rows must have been issued before the call.
+struct PagedBatch {
+  std::span<const int32_t> token_seq;          // [T]
+  std::span<const int32_t> token_pos;          // [T]
+  std::span<const int32_t> block_table;        // concatenated block ids
+  std::span<const int32_t> block_table_start;  // [n_seqs + 1]
+  int32_t block_size = 0;
+};
+
+// Sequences of a dense (non-paged) attention or SSM call: rows
+// [seq_start[s], seq_start[s+1]) of the inputs belong to sequence s, in order.
+using SeqStarts = std::span<const int32_t>;  // [n_seqs + 1], first 0, last T
+
+enum class GateFn : uint8_t { kSoftmax = 0, kSigmoid = 1 };
+enum class OverflowPolicy : uint8_t { kDrop = 0, kReroute = 1 };
+
+struct RouteParams {
+  int32_t top_k = 1;
+  GateFn gate = GateFn::kSoftmax;
+  bool renormalize = true;       // divide the chosen weights by their sum
+  float scaling = 1.0f;          // multiplies every combine weight
+  int32_t capacity = 0;          // assignments per expert per call; <= 0: unlimited
+  OverflowPolicy overflow = OverflowPolicy::kDrop;
+};
+
+// Host-side result of moe_route.
+struct RouteCounts {
+  std::vector<uint32_t> routed;  // [E] top-k choices per expert, before capacity
+  std::vector<int32_t> kept;     // [E] assignments each expert actually serves
+  uint32_t dropped = 0;          // assignments lost to capacity
+  uint32_t rerouted = 0;         // assignments moved to a later-ranked expert
+};
+
+struct BackendOptions {
+  int threads = 2;  // CPU threads (CPU backend: BLAS and its own loops)
+  int device = 0;   // device ordinal for GPU backends
+};
+
+// [SECTION] Backend
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;
+  // True when Tensor::data may be dereferenced on the host (CPU backend).
+  virtual bool host_memory() const = 0;
+
+  // --- memory ---------------------------------------------------------------
+  // Zero-initialised, aligned to at least 64 bytes. Returns nullptr on failure.
+  virtual void* alloc(size_t bytes) = 0;
+  virtual void free(void* ptr) = 0;
+  // Host -> device / device -> host of a contiguous tensor (synchronous).
+  virtual void upload(const Tensor& dst, const void* host_src) = 0;
+  virtual void download(const Tensor& src, void* host_dst) = 0;
+  // Waits for every issued op.
+  virtual void synchronize() = 0;
+
+  // --- elementwise / data movement -----------------------------------------
+  // dst = src (same shape, any strides, same dtype).
+  virtual void copy(const Tensor& src, const Tensor& dst) = 0;
+  virtual void fill(const Tensor& dst, float value) = 0;
+  // out[i] = table[ids[i]] (rows); used for the embedding and to gather rows.
+  virtual void get_rows(const Tensor& table, std::span<const int32_t> ids, const Tensor& out) = 0;
+  // out = a + b (out may alias a or b).
+  virtual void add(const Tensor& a, const Tensor& b, const Tensor& out) = 0;
+  // out = x * silu(gate), silu(g) = g / (1 + exp(-g)) (out may alias x). SwiGLU
+  // is mul_silu(up, gate) over column views of one fused gate|up projection.
+  virtual void mul_silu(const Tensor& x, const Tensor& gate, const Tensor& out) = 0;
+  // out = gelu(x), tanh approximation (out may alias x).
+  virtual void gelu(const Tensor& x, const Tensor& out) = 0;
+  // out[r] = x[r] / sqrt(mean(x[r]^2) + eps) * weight (weight: 1 x cols; out may alias x).
+  virtual void rms_norm(const Tensor& x, const Tensor& weight, float eps, const Tensor& out) = 0;
+
+  // --- GEMMs ----------------------------------------------------------------
+  // y = x * W^T + beta * y. x: [M, K], w: [N, K], y: [M, N].
+  virtual void linear(const Tensor& x, const Tensor& w, const Tensor& y, float beta = 0.0f) = 0;
+  // Grouped GEMM over tokens permuted by expert: for each expert e, rows
+  // [offsets[e], offsets[e+1]) of x are multiplied by W_e^T into the same rows of
+  // y. w stacks the experts: [E * N, K], W_e = rows [e*N, (e+1)*N). x: [A, K], y: [A, N].
+  virtual void grouped_linear(const Tensor& x, const Tensor& w, std::span<const int32_t> offsets,
+                              const Tensor& y) = 0;
+
+  // --- attention ------------------------------------------------------------
+  // Rotary embedding (NeoX style: dims i and i + head_dim/2 of each head form a
+  // pair, frequency theta^(-2i/head_dim)) on x: [T, n_heads * head_dim], in place.
+  virtual void rope(const Tensor& x, std::span<const int32_t> positions, int32_t n_heads,
+                    int32_t head_dim, float theta) = 0;
+  // k_cache[slots[t]] = k[t], v_cache[slots[t]] = v[t]. Caches: [num_slots, n_kv_heads * head_dim].
+  virtual void kv_store(const Tensor& k, const Tensor& v, const Tensor& k_cache,
+                        const Tensor& v_cache, std::span<const int32_t> slots) = 0;
+  // out[t] = softmax(q[t] . K^T * scale) V over the keys described by `batch`,
+  // per head; query head h uses kv head h / (n_heads / n_kv_heads).
+  // q, out: [T, n_heads * head_dim].
+  virtual void paged_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                               const PagedBatch& batch, const AttentionParams& params,
+                               const Tensor& out) = 0;
+  // Attention within each sequence of contiguous rows (vision encoder):
+  // q, out: [T, n_heads * head_dim], k, v: [T, n_kv_heads * head_dim]; causal or
+  // bidirectional.
+  virtual void attention(const Tensor& q, const Tensor& k, const Tensor& v, SeqStarts seqs,
+                         const AttentionParams& params, bool causal, const Tensor& out) = 0;
+
+  // --- selective state space (Mamba-style) ----------------------------------
+  // For each sequence s (rows seqs[s]..seqs[s+1]) with state h = states[state_slots[s]]
+  // viewed as [D, N] (row-major: h[i, n] at i * N + n), for each of its rows t in order:
+  //   delta[i] = softplus(dt[t, i] + dt_bias[i])
+  //   h[i, n]  = exp(delta[i] * A[i, n]) * h[i, n] + delta[i] * B[t, n] * x[t, i]
+  //   y[t, i]  = sum_n C[t, n] * h[i, n] + Dskip[i] * x[t, i]
+  // and the final h is written back. x, dt, y: [T, D]; B, C: [T, N]; A: [D, N]
+  // (negative); Dskip, dt_bias: [1, D]; states: [slots, D * N]. A backend may
+  // chunk the scan internally; the result must equal the recurrence. One row per
+  // sequence is the single-step decode update.
+  virtual void ssm_scan(const Tensor& x, const Tensor& dt, const Tensor& dt_bias, const Tensor& A,
+                        const Tensor& B, const Tensor& C, const Tensor& Dskip, SeqStarts seqs,
+                        std::span<const int32_t> state_slots, const Tensor& states,
+                        const Tensor& y) = 0;
+
+  // --- mixture of experts -----------------------------------------------------
+  // Router: logits [T, E] -> scores (softmax over E, or sigmoid). Each token
+  // picks the top_k experts by score + bias[e] (bias: [1, E] or empty; the bias
+  // only steers selection, DeepSeek-V3 style); ties go to the lower index. The
+  // combine weight of a choice is its unbiased score, divided by the sum of the
+  // token's top_k scores when renormalize, times scaling.
+  // Capacity is enforced in assignment order: token 0 choices 1..k, token 1, ...
+  // An assignment to an expert already holding `capacity` is dropped
+  // (expert -1, weight 0) or, with kReroute, moved to the token's next-ranked
+  // expert not already chosen by it that still has room (weight = that expert's
+  // score over the same denominator), else dropped.
+  // Outputs: assign_expert (i32 [T, top_k]), assign_weight (f32 [T, top_k]) and
+  // counts (host): routed = choices before capacity, kept = after.
+  virtual void moe_route(const Tensor& logits, const Tensor& bias, const RouteParams& params,
+                         const Tensor& assign_expert, const Tensor& assign_weight,
+                         RouteCounts& counts) = 0;
+  // Gathers token rows by expert: for expert e in order, for every kept
+  // assignment a = t * top_k + j with assign_expert[a] == e in increasing a,
+  // the next row of xp is x[t] and perm[that row] = a. offsets: [E + 1] prefix
+  // sums of counts.kept. x: [T, D], xp: [>= A, D], perm: i32 [>= A, 1].
+  virtual void moe_permute(const Tensor& x, const Tensor& assign_expert,
+                           std::span<const int32_t> offsets, const Tensor& xp,
+                           const Tensor& perm) = 0;
+  // y[perm[i] / top_k] += assign_weight[perm[i]] * yp[i] for the first
+  // `assignments` rows of yp. y: [T, D] (accumulated into: fill or seed it first).
+  virtual void moe_unpermute(const Tensor& yp, const Tensor& perm, const Tensor& assign_weight,
+                             int32_t top_k, int64_t assignments, const Tensor& y) = 0;
+
+  // --- vision front end ------------------------------------------------------
+  // image: [H, W * C] (pixels row-major, channels interleaved, values ~[0,1]) ->
+  // out: [(H/P) * (W/P), P * P * C], patches in raster order, each patch's
+  // pixels in raster order with channels interleaved.
+  virtual void patchify(const Tensor& image, int32_t height, int32_t width, int32_t channels,
+                        int32_t patch, const Tensor& out) = 0;
+  // out[g] = mean of rows [g * group, (g+1) * group) of x. out: [x.rows / group, cols].
+  virtual void mean_pool_rows(const Tensor& x, int32_t group, const Tensor& out) = 0;
+};
+
+// RAII device buffer seen as one tensor.
+class Buffer {
+ public:
+  Buffer() = default;
+  Buffer(Backend& backend, int64_t rows, int64_t cols, DType dtype = DType::kF32)
+      : backend_(&backend) {
+    tensor_.dtype = dtype;
+    tensor_.rows = rows;
+    tensor_.cols = cols;
+    tensor_.stride = cols;
+    tensor_.data = rows * cols > 0 ? backend.alloc(tensor_.bytes()) : nullptr;
+  }
+  ~Buffer() { reset(); }
+  Buffer(Buffer&& o) noexcept : backend_(o.backend_), tensor_(o.tensor_) { o.tensor_.data = nullptr; }
+  Buffer& operator=(Buffer&& o) noexcept {
+    if (this != &o) {
+      reset();
+      backend_ = o.backend_;
+      tensor_ = o.tensor_;
+      o.tensor_.data = nullptr;
+    }
+    return *this;
+  }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+
+  const Tensor& tensor() const { return tensor_; }
+  operator const Tensor&() const { return tensor_; }  // NOLINT: a buffer is its tensor
+  size_t bytes() const { return tensor_.data ? tensor_.bytes() : 0; }
+  void reset() {
+    if (backend_ && tensor_.data) backend_->free(tensor_.data);
+    tensor_.data = nullptr;
+  }
+
+ private:
+  Backend* backend_ = nullptr;
+  Tensor tensor_;
+};
+
+// [SECTION] Registry
+using BackendFactory = std::function<std::unique_ptr<Backend>(const BackendOptions&)>;
+
+void register_backend(const std::string& name, BackendFactory factory);
+std::vector<std::string> backend_names();
+// Throws std::runtime_error naming the known backends when `name` is unknown.
+std::unique_ptr<Backend> create_backend(const std::string& name, const BackendOptions& options = {});
+
+std::unique_ptr<Backend> create_cpu_backend(const BackendOptions& options = {});
+#ifdef INFERSCOPE_ENGINE_WITH_CUDA
+std::unique_ptr<Backend> create_cuda_backend(const BackendOptions& options);  // src/cuda
+#endif
+
+}  // namespace inferscope::engine

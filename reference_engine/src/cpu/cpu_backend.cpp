@@ -1,0 +1,461 @@
+// The CPU backend: the reference implementation of every op in backend.hpp.
+//
+// GEMMs go to OpenBLAS (cblas_sgemm, strided views map to lda/ldb/ldc); the
+// rest are straightforward loops written for clarity first and speed second,
+// because this backend is also the oracle the CUDA backend is checked against.
+// Loops over independent rows/heads/sequences run on a small OpenMP team of
+// `threads` (BLAS gets the same count, set once at construction).
+//
+// [SECTION] Memory   [SECTION] Elementwise   [SECTION] GEMM
+// [SECTION] Attention   [SECTION] SSM   [SECTION] MoE   [SECTION] Vision
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <numeric>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "inferscope/engine/backend.hpp"
+
+// Present when BLAS is OpenBLAS; weak so that another BLAS still links.
+extern "C" void openblas_set_num_threads(int) __attribute__((weak));
+
+namespace inferscope::engine {
+namespace {
+
+void require(bool ok, const char* what) {
+  if (!ok) throw std::invalid_argument(std::string("cpu backend: ") + what);
+}
+
+inline float* row(const Tensor& t, int64_t r) { return t.f32() + r * t.stride; }
+inline int32_t* irow(const Tensor& t, int64_t r) { return t.i32() + r * t.stride; }
+
+inline float silu(float g) { return g / (1.0f + std::exp(-g)); }
+inline float softplus(float v) { return v > 20.0f ? v : std::log1p(std::exp(v)); }
+
+class CpuBackend final : public Backend {
+ public:
+  explicit CpuBackend(const BackendOptions& options) : threads_(std::max(1, options.threads)) {
+    if (openblas_set_num_threads) openblas_set_num_threads(threads_);
+  }
+
+  std::string name() const override { return "cpu"; }
+  bool host_memory() const override { return true; }
+
+  // [SECTION] Memory
+  void* alloc(size_t bytes) override {
+    size_t rounded = (std::max<size_t>(bytes, 1) + 63) / 64 * 64;
+    void* p = std::aligned_alloc(64, rounded);
+    if (p) std::memset(p, 0, rounded);
+    return p;
+  }
+  void free(void* ptr) override { std::free(ptr); }
+  void upload(const Tensor& dst, const void* src) override {
+    require(dst.contiguous(), "upload needs a contiguous tensor");
+    std::memcpy(dst.data, src, dst.bytes());
+  }
+  void download(const Tensor& src, void* dst) override {
+    require(src.contiguous(), "download needs a contiguous tensor");
+    std::memcpy(dst, src.data, src.bytes());
+  }
+  void synchronize() override {}
+
+  // [SECTION] Elementwise
+  void copy(const Tensor& src, const Tensor& dst) override {
+    require(src.rows == dst.rows && src.cols == dst.cols && src.dtype == dst.dtype, "copy shape");
+    size_t row_bytes = static_cast<size_t>(src.cols) * dtype_size(src.dtype);
+    for (int64_t r = 0; r < src.rows; ++r)
+      std::memmove(static_cast<char*>(dst.data) + r * dst.stride * 4,
+                   static_cast<const char*>(src.data) + r * src.stride * 4, row_bytes);
+  }
+  void fill(const Tensor& dst, float value) override {
+    for (int64_t r = 0; r < dst.rows; ++r) {
+      if (dst.dtype == DType::kF32)
+        std::fill_n(row(dst, r), dst.cols, value);
+      else
+        std::fill_n(irow(dst, r), dst.cols, static_cast<int32_t>(value));
+    }
+  }
+  void get_rows(const Tensor& table, std::span<const int32_t> ids, const Tensor& out) override {
+    require(out.rows == static_cast<int64_t>(ids.size()) && out.cols == table.cols, "get_rows shape");
+    for (size_t i = 0; i < ids.size(); ++i) {
+      require(ids[i] >= 0 && ids[i] < table.rows, "get_rows id out of range");
+      std::memcpy(row(out, static_cast<int64_t>(i)), row(table, ids[i]),
+                  static_cast<size_t>(table.cols) * 4);
+    }
+  }
+  void add(const Tensor& a, const Tensor& b, const Tensor& out) override {
+    require(a.rows == b.rows && a.cols == b.cols && out.rows == a.rows && out.cols == a.cols,
+            "add shape");
+    for (int64_t r = 0; r < a.rows; ++r) {
+      const float* pa = row(a, r);
+      const float* pb = row(b, r);
+      float* po = row(out, r);
+      for (int64_t c = 0; c < a.cols; ++c) po[c] = pa[c] + pb[c];
+    }
+  }
+  void mul_silu(const Tensor& x, const Tensor& gate, const Tensor& out) override {
+    require(x.rows == gate.rows && x.cols == gate.cols && out.rows == x.rows && out.cols == x.cols,
+            "mul_silu shape");
+#pragma omp parallel for num_threads(threads_) if (x.rows * x.cols > 16384)
+    for (int64_t r = 0; r < x.rows; ++r) {
+      const float* px = row(x, r);
+      const float* pg = row(gate, r);
+      float* po = row(out, r);
+      for (int64_t c = 0; c < x.cols; ++c) po[c] = px[c] * silu(pg[c]);
+    }
+  }
+  void gelu(const Tensor& x, const Tensor& out) override {
+    require(x.rows == out.rows && x.cols == out.cols, "gelu shape");
+    const float k = std::sqrt(2.0f / 3.14159265358979f);
+    for (int64_t r = 0; r < x.rows; ++r) {
+      const float* px = row(x, r);
+      float* po = row(out, r);
+      for (int64_t c = 0; c < x.cols; ++c) {
+        float v = px[c];
+        po[c] = 0.5f * v * (1.0f + std::tanh(k * (v + 0.044715f * v * v * v)));
+      }
+    }
+  }
+  void rms_norm(const Tensor& x, const Tensor& weight, float eps, const Tensor& out) override {
+    require(weight.cols == x.cols && out.rows == x.rows && out.cols == x.cols, "rms_norm shape");
+    const float* w = weight.f32();
+    for (int64_t r = 0; r < x.rows; ++r) {
+      const float* px = row(x, r);
+      float* po = row(out, r);
+      double ss = 0.0;
+      for (int64_t c = 0; c < x.cols; ++c) ss += static_cast<double>(px[c]) * px[c];
+      float inv = 1.0f / std::sqrt(static_cast<float>(ss / static_cast<double>(x.cols)) + eps);
+      for (int64_t c = 0; c < x.cols; ++c) po[c] = px[c] * inv * w[c];
+    }
+  }
+
+  // [SECTION] GEMM
+  void linear(const Tensor& x, const Tensor& w, const Tensor& y, float beta) override {
+    require(x.cols == w.cols && y.rows == x.rows && y.cols == w.rows, "linear shape");
+    if (x.rows == 0) return;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(x.rows),
+                static_cast<int>(w.rows), static_cast<int>(x.cols), 1.0f, x.f32(),
+                static_cast<int>(x.stride), w.f32(), static_cast<int>(w.stride), beta, y.f32(),
+                static_cast<int>(y.stride));
+  }
+  void grouped_linear(const Tensor& x, const Tensor& w, std::span<const int32_t> offsets,
+                      const Tensor& y) override {
+    require(!offsets.empty(), "grouped_linear offsets");
+    int64_t experts = static_cast<int64_t>(offsets.size()) - 1;
+    require(w.rows % experts == 0, "grouped_linear: weight rows not a multiple of experts");
+    int64_t n = w.rows / experts;
+    require(x.cols == w.cols && y.cols == n && offsets.back() <= x.rows && y.rows >= offsets.back(),
+            "grouped_linear shape");
+    for (int64_t e = 0; e < experts; ++e) {
+      int32_t begin = offsets[e], end = offsets[e + 1];
+      if (end <= begin) continue;
+      linear(x.rows_view(begin, end - begin), w.rows_view(e * n, n), y.rows_view(begin, end - begin),
+             0.0f);
+    }
+  }
+
+  // [SECTION] Attention
+  void rope(const Tensor& x, std::span<const int32_t> positions, int32_t n_heads,
+            int32_t head_dim, float theta) override {
+    require(x.rows == static_cast<int64_t>(positions.size()) && x.cols >= n_heads * head_dim &&
+                head_dim % 2 == 0,
+            "rope shape");
+    int32_t half = head_dim / 2;
+    for (int64_t t = 0; t < x.rows; ++t) {
+      float* p = row(x, t);
+      for (int32_t i = 0; i < half; ++i) {
+        float freq = std::pow(theta, -2.0f * static_cast<float>(i) / static_cast<float>(head_dim));
+        float angle = static_cast<float>(positions[t]) * freq;
+        float cs = std::cos(angle), sn = std::sin(angle);
+        for (int32_t h = 0; h < n_heads; ++h) {
+          float* hp = p + h * head_dim;
+          float a = hp[i], b = hp[i + half];
+          hp[i] = a * cs - b * sn;
+          hp[i + half] = a * sn + b * cs;
+        }
+      }
+    }
+  }
+  void kv_store(const Tensor& k, const Tensor& v, const Tensor& k_cache, const Tensor& v_cache,
+                std::span<const int32_t> slots) override {
+    require(k.rows == static_cast<int64_t>(slots.size()) && k.cols == k_cache.cols &&
+                v.cols == v_cache.cols,
+            "kv_store shape");
+    for (size_t t = 0; t < slots.size(); ++t) {
+      require(slots[t] >= 0 && slots[t] < k_cache.rows, "kv_store slot out of range");
+      std::memcpy(row(k_cache, slots[t]), row(k, static_cast<int64_t>(t)),
+                  static_cast<size_t>(k.cols) * 4);
+      std::memcpy(row(v_cache, slots[t]), row(v, static_cast<int64_t>(t)),
+                  static_cast<size_t>(v.cols) * 4);
+    }
+  }
+  void paged_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                       const PagedBatch& b, const AttentionParams& p, const Tensor& out) override {
+    const int64_t T = q.rows;
+    require(static_cast<int64_t>(b.token_seq.size()) == T &&
+                static_cast<int64_t>(b.token_pos.size()) == T && b.block_size > 0 &&
+                p.n_kv_heads > 0 && p.n_heads % p.n_kv_heads == 0,
+            "paged_attention batch");
+    const int32_t group = p.n_heads / p.n_kv_heads, hd = p.head_dim;
+#pragma omp parallel num_threads(threads_) if (T * p.n_heads > 8)
+    {
+      std::vector<float> scores;
+#pragma omp for collapse(2) schedule(dynamic, 1)
+      for (int64_t t = 0; t < T; ++t) {
+        for (int32_t h = 0; h < p.n_heads; ++h) {
+          const int32_t s = b.token_seq[t];
+          const int32_t n_keys = b.token_pos[t] + 1;
+          const int32_t* table = b.block_table.data() + b.block_table_start[s];
+          const int32_t kvh = h / group;
+          const float* qh = row(q, t) + h * hd;
+          scores.resize(static_cast<size_t>(n_keys));
+          float mx = -std::numeric_limits<float>::infinity();
+          for (int32_t j = 0; j < n_keys; ++j) {
+            int64_t slot = static_cast<int64_t>(table[j / b.block_size]) * b.block_size +
+                           j % b.block_size;
+            const float* kj = row(k_cache, slot) + kvh * hd;
+            float dot = 0.0f;
+            for (int32_t d = 0; d < hd; ++d) dot += qh[d] * kj[d];
+            scores[j] = dot * p.scale;
+            mx = std::max(mx, scores[j]);
+          }
+          float sum = 0.0f;
+          for (int32_t j = 0; j < n_keys; ++j) sum += (scores[j] = std::exp(scores[j] - mx));
+          float* oh = row(out, t) + h * hd;
+          std::fill_n(oh, hd, 0.0f);
+          for (int32_t j = 0; j < n_keys; ++j) {
+            int64_t slot = static_cast<int64_t>(table[j / b.block_size]) * b.block_size +
+                           j % b.block_size;
+            const float* vj = row(v_cache, slot) + kvh * hd;
+            float w = scores[j] / sum;
+            for (int32_t d = 0; d < hd; ++d) oh[d] += w * vj[d];
+          }
+        }
+      }
+    }
+  }
+  void attention(const Tensor& q, const Tensor& k, const Tensor& v, SeqStarts seqs,
+                 const AttentionParams& p, bool causal, const Tensor& out) override {
+    require(!seqs.empty() && seqs.back() == q.rows && k.rows == q.rows && v.rows == q.rows &&
+                p.n_kv_heads > 0 && p.n_heads % p.n_kv_heads == 0,
+            "attention shape");
+    const int32_t group = p.n_heads / p.n_kv_heads, hd = p.head_dim;
+    std::vector<float> scores;
+    for (size_t s = 0; s + 1 < seqs.size(); ++s) {
+      for (int32_t t = seqs[s]; t < seqs[s + 1]; ++t) {
+        int32_t last = causal ? t : seqs[s + 1] - 1;
+        for (int32_t h = 0; h < p.n_heads; ++h) {
+          const float* qh = row(q, t) + h * hd;
+          int32_t kvh = h / group;
+          scores.assign(static_cast<size_t>(last - seqs[s] + 1), 0.0f);
+          float mx = -std::numeric_limits<float>::infinity();
+          for (int32_t j = seqs[s]; j <= last; ++j) {
+            const float* kj = row(k, j) + kvh * hd;
+            float dot = 0.0f;
+            for (int32_t d = 0; d < hd; ++d) dot += qh[d] * kj[d];
+            scores[j - seqs[s]] = dot * p.scale;
+            mx = std::max(mx, dot * p.scale);
+          }
+          float sum = 0.0f;
+          for (float& sc : scores) sum += (sc = std::exp(sc - mx));
+          float* oh = row(out, t) + h * hd;
+          std::fill_n(oh, hd, 0.0f);
+          for (int32_t j = seqs[s]; j <= last; ++j) {
+            const float* vj = row(v, j) + kvh * hd;
+            float w = scores[j - seqs[s]] / sum;
+            for (int32_t d = 0; d < hd; ++d) oh[d] += w * vj[d];
+          }
+        }
+      }
+    }
+  }
+
+  // [SECTION] SSM
+  void ssm_scan(const Tensor& x, const Tensor& dt, const Tensor& dt_bias, const Tensor& A,
+                const Tensor& B, const Tensor& C, const Tensor& Dskip, SeqStarts seqs,
+                std::span<const int32_t> state_slots, const Tensor& states,
+                const Tensor& y) override {
+    const int64_t D = x.cols, N = A.cols;
+    require(!seqs.empty() && seqs.back() == x.rows && dt.cols == D && A.rows == D &&
+                B.cols == N && C.cols == N && states.cols == D * N &&
+                state_slots.size() + 1 == seqs.size() && y.cols == D,
+            "ssm_scan shape");
+    const float* a = A.f32();
+    const float* bias = dt_bias.f32();
+    const float* dskip = Dskip.f32();
+    const int64_t n_seqs = static_cast<int64_t>(state_slots.size());
+    // Parallel over (sequence, channel block): channels are independent.
+    const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>(threads_ * 2, D / 16));
+#pragma omp parallel for collapse(2) num_threads(threads_) if (x.rows * D > 4096)
+    for (int64_t s = 0; s < n_seqs; ++s) {
+      for (int64_t blk = 0; blk < blocks; ++blk) {
+        float* h = row(states, state_slots[s]);
+        int64_t i0 = D * blk / blocks, i1 = D * (blk + 1) / blocks;
+        for (int32_t t = seqs[s]; t < seqs[s + 1]; ++t) {
+          const float* xt = row(x, t);
+          const float* dtt = row(dt, t);
+          const float* bt = row(B, t);
+          const float* ct = row(C, t);
+          float* yt = row(y, t);
+          for (int64_t i = i0; i < i1; ++i) {
+            float delta = softplus(dtt[i] + bias[i]);
+            float dx = delta * xt[i];
+            float* hi = h + i * N;
+            const float* ai = a + i * N;
+            float acc = 0.0f;
+            for (int64_t n = 0; n < N; ++n) {
+              hi[n] = std::exp(delta * ai[n]) * hi[n] + dx * bt[n];
+              acc += ct[n] * hi[n];
+            }
+            yt[i] = acc + dskip[i] * xt[i];
+          }
+        }
+      }
+    }
+  }
+
+  // [SECTION] MoE
+  void moe_route(const Tensor& logits, const Tensor& bias, const RouteParams& p,
+                 const Tensor& assign_expert, const Tensor& assign_weight,
+                 RouteCounts& counts) override {
+    const int64_t T = logits.rows, E = logits.cols;
+    const int32_t k = p.top_k;
+    require(k >= 1 && k <= E && assign_expert.rows == T && assign_expert.cols == k &&
+                assign_weight.rows == T && assign_weight.cols == k &&
+                (bias.empty() || bias.cols == E),
+            "moe_route shape");
+    counts.routed.assign(static_cast<size_t>(E), 0);
+    counts.kept.assign(static_cast<size_t>(E), 0);
+    counts.dropped = 0;
+    counts.rerouted = 0;
+    std::vector<float> score(static_cast<size_t>(E)), key(static_cast<size_t>(E));
+    std::vector<int32_t> order(static_cast<size_t>(E));
+    for (int64_t t = 0; t < T; ++t) {
+      const float* l = row(logits, t);
+      if (p.gate == GateFn::kSoftmax) {
+        float mx = *std::max_element(l, l + E);
+        float sum = 0.0f;
+        for (int64_t e = 0; e < E; ++e) sum += (score[e] = std::exp(l[e] - mx));
+        for (int64_t e = 0; e < E; ++e) score[e] /= sum;
+      } else {
+        for (int64_t e = 0; e < E; ++e) score[e] = 1.0f / (1.0f + std::exp(-l[e]));
+      }
+      for (int64_t e = 0; e < E; ++e) key[e] = score[e] + (bias.empty() ? 0.0f : bias.f32()[e]);
+      std::iota(order.begin(), order.end(), 0);
+      // Full ranking (stable: ties to the lower index); E is small.
+      std::stable_sort(order.begin(), order.end(),
+                       [&](int32_t a, int32_t b2) { return key[a] > key[b2]; });
+      float denom = 0.0f;
+      for (int32_t j = 0; j < k; ++j) denom += score[order[j]];
+      float norm = (p.renormalize && denom > 0.0f) ? p.scaling / denom : p.scaling;
+      int32_t next = k;  // next ranked expert to try for a reroute
+      int32_t* ae = irow(assign_expert, t);
+      float* aw = row(assign_weight, t);
+      for (int32_t j = 0; j < k; ++j) {
+        int32_t e = order[j];
+        counts.routed[e]++;
+        if (p.capacity <= 0 || counts.kept[e] < p.capacity) {
+          counts.kept[e]++;
+          ae[j] = e;
+          aw[j] = score[e] * norm;
+          continue;
+        }
+        ae[j] = -1;
+        aw[j] = 0.0f;
+        if (p.overflow == OverflowPolicy::kReroute) {
+          while (next < E && counts.kept[order[next]] >= p.capacity) ++next;
+          if (next < E) {
+            int32_t r = order[next++];
+            counts.kept[r]++;
+            ae[j] = r;
+            aw[j] = score[r] * norm;
+            counts.rerouted++;
+            continue;
+          }
+        }
+        counts.dropped++;
+      }
+    }
+  }
+  void moe_permute(const Tensor& x, const Tensor& assign_expert, std::span<const int32_t> offsets,
+                   const Tensor& xp, const Tensor& perm) override {
+    const int64_t T = x.rows, k = assign_expert.cols;
+    const int64_t E = static_cast<int64_t>(offsets.size()) - 1;
+    require(E >= 1 && xp.cols == x.cols && xp.rows >= offsets.back() && perm.rows >= offsets.back(),
+            "moe_permute shape");
+    std::vector<int32_t> cursor(offsets.begin(), offsets.end() - 1);
+    for (int64_t t = 0; t < T; ++t) {
+      const int32_t* ae = irow(assign_expert, t);
+      for (int64_t j = 0; j < k; ++j) {
+        int32_t e = ae[j];
+        if (e < 0) continue;
+        require(e < E && cursor[e] < offsets[e + 1], "moe_permute: counts do not match offsets");
+        int32_t dst = cursor[e]++;
+        std::memcpy(row(xp, dst), row(x, t), static_cast<size_t>(x.cols) * 4);
+        *irow(perm, dst) = static_cast<int32_t>(t * k + j);
+      }
+    }
+  }
+  void moe_unpermute(const Tensor& yp, const Tensor& perm, const Tensor& assign_weight,
+                     int32_t top_k, int64_t assignments, const Tensor& y) override {
+    require(yp.cols == y.cols && assignments <= yp.rows, "moe_unpermute shape");
+    for (int64_t i = 0; i < assignments; ++i) {
+      int32_t a = *irow(perm, i);
+      int64_t t = a / top_k, j = a % top_k;
+      float w = row(assign_weight, t)[j];
+      const float* src = row(yp, i);
+      float* dst = row(y, t);
+      for (int64_t c = 0; c < y.cols; ++c) dst[c] += w * src[c];
+    }
+  }
+
+  // [SECTION] Vision
+  void patchify(const Tensor& image, int32_t height, int32_t width, int32_t channels,
+                int32_t patch, const Tensor& out) override {
+    require(height % patch == 0 && width % patch == 0 && image.rows == height &&
+                image.cols == static_cast<int64_t>(width) * channels &&
+                out.rows == static_cast<int64_t>(height / patch) * (width / patch) &&
+                out.cols == static_cast<int64_t>(patch) * patch * channels,
+            "patchify shape");
+    int32_t pw = width / patch;
+    for (int64_t pi = 0; pi < out.rows; ++pi) {
+      int64_t py = pi / pw, px = pi % pw;
+      float* o = row(out, pi);
+      for (int32_t dy = 0; dy < patch; ++dy) {
+        const float* src = row(image, py * patch + dy) + px * patch * channels;
+        std::memcpy(o + static_cast<int64_t>(dy) * patch * channels, src,
+                    static_cast<size_t>(patch) * channels * 4);
+      }
+    }
+  }
+  void mean_pool_rows(const Tensor& x, int32_t group, const Tensor& out) override {
+    require(group > 0 && out.rows * group == x.rows && out.cols == x.cols, "mean_pool_rows shape");
+    float inv = 1.0f / static_cast<float>(group);
+    for (int64_t g = 0; g < out.rows; ++g) {
+      float* o = row(out, g);
+      std::fill_n(o, out.cols, 0.0f);
+      for (int32_t r = 0; r < group; ++r) {
+        const float* src = row(x, g * group + r);
+        for (int64_t c = 0; c < x.cols; ++c) o[c] += src[c];
+      }
+      for (int64_t c = 0; c < x.cols; ++c) o[c] *= inv;
+    }
+  }
+
+ private:
+  int threads_;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> create_cpu_backend(const BackendOptions& options) {
+  return std::make_unique<CpuBackend>(options);
+}
+
+}  // namespace inferscope::engine
