@@ -54,12 +54,16 @@ struct Config {
   std::chrono::milliseconds shutdown_timeout{2000};
   bool nvtx = true;    // emit NVTX ranges (when built with NVTX headers)
   bool cupti = false;  // CUPTI activity tracing (when built with CUDA and a GPU is present)
+  bool compress = false;  // zstd-compress frames (worth it over slow links)
 
   // Reads INFERSCOPE_COLLECTOR, INFERSCOPE_SERVICE, INFERSCOPE_INSTANCE,
   // INFERSCOPE_RANK, INFERSCOPE_WORLD_SIZE, INFERSCOPE_TOKEN,
   // INFERSCOPE_SPAN_SAMPLE_RATE, INFERSCOPE_BUFFER_BYTES, INFERSCOPE_NVTX,
   // INFERSCOPE_CUPTI over the values in base.
-  static Config from_environment(Config base = {});
+  // (Two overloads rather than a default argument: a class with default
+  // member initializers cannot use itself as a default argument inside it.)
+  static Config from_environment(Config base);
+  static Config from_environment();
 };
 
 struct Stats {
@@ -114,6 +118,7 @@ class Agent {
   struct Impl;
 
  private:
+  friend class ScopedRange;
   std::unique_ptr<Impl> impl_;
 };
 
@@ -135,6 +140,9 @@ class ScopedRange {
   int64_t start_ns_;
   uint16_t depth_;
   bool sampled_;
+  uint8_t flags_ = 0;  // what the constructor pushed, so the destructor pops the same
+  static constexpr uint8_t kNvtxPushed = 1;
+  static constexpr uint8_t kCuptiPushed = 2;
 };
 
 }  // namespace inferscope::agent

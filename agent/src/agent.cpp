@@ -1,0 +1,407 @@
+// The Agent's hot path and API. Everything a host thread runs per record is in
+// this file so the compiler can inline it: find the thread's ring through a
+// thread-local cache, take a timestamp, store the record. Registration of a
+// new thread (once per thread and agent) is the only slow path.
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+#include <vector>
+
+#include "agent_impl.hpp"
+#include "cupti/cupti_tracer.hpp"
+#include "intern.hpp"
+#include "nvtx.hpp"
+#include "shipper.hpp"
+
+namespace inferscope::agent {
+
+int64_t now_ns() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
+}
+
+namespace detail {
+
+int64_t realtime_minus_monotonic_ns() {
+  timespec rt, mono;
+  clock_gettime(CLOCK_REALTIME, &rt);
+  clock_gettime(CLOCK_MONOTONIC, &mono);
+  return (int64_t{rt.tv_sec} - mono.tv_sec) * 1'000'000'000 + (rt.tv_nsec - mono.tv_nsec);
+}
+
+namespace {
+
+std::atomic<uint64_t> g_next_serial{1};
+
+// [SECTION] thread-local state
+// The fast cache is two trivially-destructible words so that reading it costs
+// a TLS load, not a call to a TLS init wrapper.
+thread_local uint64_t tl_serial = 0;
+thread_local ThreadRing* tl_ring = nullptr;
+thread_local uint32_t tl_tid = 0;
+thread_local uint32_t tl_overflow_retry = 0;
+thread_local uint16_t tl_depth = 0;
+thread_local bool tl_tree_sampled = true;
+thread_local uint64_t tl_rng = 0;
+
+// Owns nothing; tells each agent that still exists that this thread is gone,
+// so its ring can be reused once drained.
+struct ThreadExit {
+  struct Entry {
+    uint64_t serial;
+    std::weak_ptr<ThreadRing> ring;
+  };
+  std::vector<Entry> entries;
+  ~ThreadExit() {
+    for (auto& e : entries)
+      if (auto r = e.ring.lock()) r->exited.store(true);
+  }
+};
+thread_local ThreadExit tl_exit;
+
+uint32_t current_tid() {
+  if (tl_tid == 0) tl_tid = static_cast<uint32_t>(::syscall(SYS_gettid));
+  return tl_tid;
+}
+
+// xorshift64*: per-thread, for span sampling.
+uint64_t next_random() {
+  if (tl_rng == 0) tl_rng = (uint64_t{current_tid()} << 32) ^ 0x9E3779B97F4A7C15ull;
+  tl_rng ^= tl_rng >> 12;
+  tl_rng ^= tl_rng << 25;
+  tl_rng ^= tl_rng >> 27;
+  return tl_rng * 0x2545F4914F6CDD1Dull;
+}
+
+}  // namespace
+}  // namespace detail
+
+using detail::ThreadRing;
+
+// [SECTION] Impl
+
+Agent::Impl::Impl(Config c) : config(std::move(c)) {
+  serial = detail::g_next_serial.fetch_add(1);
+  char name[256] = {};
+  if (gethostname(name, sizeof name - 1) != 0) std::strcpy(name, "unknown");
+  host = name;
+  pid = static_cast<uint32_t>(getpid());
+  if (config.instance.empty()) config.instance = host + ":" + std::to_string(pid);
+  config.max_threads = std::clamp<size_t>(config.max_threads, 1, 4096);
+  config.thread_buffer_bytes = std::clamp<size_t>(config.thread_buffer_bytes, 64u << 10, 1u << 30);
+  if (!(config.span_sample_rate >= 0.0)) config.span_sample_rate = 0.0;  // also NaN
+  config.span_sample_rate = std::min(config.span_sample_rate, 1.0);
+  if (config.flush_interval.count() <= 0) config.flush_interval = std::chrono::milliseconds(1);
+  if (config.reconnect_max_backoff.count() < 50)
+    config.reconnect_max_backoff = std::chrono::milliseconds(50);
+  nvtx = config.nvtx && detail::nvtx_available();
+  if (!config.collector.empty()) {
+    std::string error;
+    if (detail::parse_endpoint(config.collector, endpoint, error))
+      enabled = true;
+    else
+      std::fprintf(stderr, "inferscope agent: %s; recording nothing\n", error.c_str());
+  }
+  slots = std::make_unique<std::shared_ptr<ThreadRing>[]>(config.max_threads);
+}
+
+Agent::Impl::~Impl() = default;
+
+inline ThreadRing* Agent::Impl::ring() {
+  if (detail::tl_serial == serial) [[likely]]
+    return detail::tl_ring;
+  return register_thread();
+}
+
+ThreadRing* Agent::Impl::register_thread() {
+  using namespace detail;
+  const uint32_t tid = current_tid();
+  auto& entries = tl_exit.entries;
+  std::erase_if(entries, [](const ThreadExit::Entry& e) { return e.ring.expired(); });
+  for (auto& e : entries) {
+    if (e.serial != serial) continue;
+    if (auto r = e.ring.lock()) {
+      tl_serial = serial;
+      tl_ring = r.get();
+      return tl_ring;
+    }
+  }
+  std::shared_ptr<ThreadRing> ring;
+  try {
+    std::lock_guard lock(registry_mu);
+    const size_t n = slot_count.load(std::memory_order_relaxed);
+    for (size_t i = 0; i < n && !ring; ++i) {
+      if (slots[i]->exited.load() && slots[i]->ring.empty()) {
+        ring = slots[i];
+        ring->exited.store(false);
+      }
+    }
+    if (!ring && n < config.max_threads) {
+      ring = std::make_shared<ThreadRing>(config.thread_buffer_bytes);
+      slots[n] = ring;
+      slot_count.store(n + 1, std::memory_order_release);
+    }
+    if (ring) {
+      ring->tid.store(tid);
+      entries.push_back({serial, ring});
+    }
+  } catch (...) {
+    ring.reset();  // out of memory: this thread's records are dropped and counted
+  }
+  tl_serial = serial;
+  tl_ring = ring.get();
+  tl_overflow_retry = 0;
+  return tl_ring;
+}
+
+wire::Hello Agent::Impl::hello() const {
+  wire::Hello h;
+  h.service = config.service;
+  h.instance = config.instance;
+  h.host = host;
+  h.pid = pid;
+  h.rank = config.rank;
+  h.world_size = config.world_size;
+  {
+    std::lock_guard lock(model_mu);
+    h.model = config.model;
+  }
+  h.clock.realtime_minus_monotonic_ns = detail::realtime_minus_monotonic_ns();
+  h.auth_token = config.auth_token;
+  return h;
+}
+
+namespace {
+
+// A thread without a ring (more than max_threads): count the drop, and now
+// and then look again for a slot freed by an exited thread.
+void overflow(Agent::Impl& impl, wire::RecordKind kind) {
+  impl.overflow_dropped[static_cast<size_t>(kind)].fetch_add(1, std::memory_order_relaxed);
+  if (++detail::tl_overflow_retry >= 4096) detail::tl_serial = 0;
+}
+
+inline bool put(Agent::Impl* impl, wire::RecordKind kind, uint8_t sub, uint16_t count,
+                const void* a, size_t alen, const void* b = nullptr, size_t blen = 0) {
+  ThreadRing* r = impl->ring();
+  if (!r) [[unlikely]] {
+    overflow(*impl, kind);
+    return false;
+  }
+  return r->put(kind, sub, count, a, alen, b, blen);
+}
+
+}  // namespace
+
+// [SECTION] Agent
+
+Agent::Agent(Config config) {
+  try {
+    impl_ = std::make_unique<Impl>(std::move(config));
+    if (impl_->enabled) {
+      try {
+        impl_->shipper = std::make_unique<detail::Shipper>(*impl_);
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "inferscope agent: cannot start shipper (%s); recording nothing\n",
+                     e.what());
+        impl_->enabled = false;
+      }
+    }
+    if (impl_->config.cupti) {
+      impl_->cupti = detail::CuptiTracer::start(*impl_);
+      impl_->cupti_on.store(impl_->cupti != nullptr);
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "inferscope agent: disabled: %s\n", e.what());
+    impl_.reset();
+  } catch (...) {
+    impl_.reset();
+  }
+}
+
+Agent::~Agent() {
+  if (!impl_) return;
+  try {
+    if (impl_->cupti) {
+      impl_->cupti_on.store(false);
+      impl_->cupti->stop();  // flushes the last GPU activity into the rings
+    }
+    impl_->shipper.reset();  // final drain and flush, bounded by shutdown_timeout
+  } catch (...) {
+  }
+}
+
+void Agent::span(uint32_t name_id, int64_t start_ns, int64_t end_ns, wire::SpanCategory category,
+                 uint64_t request_id, uint16_t depth) {
+  Impl* i = impl_.get();
+  if (!i || !i->enabled) return;
+  detail::CpuSpanSlot s{start_ns, end_ns, request_id, name_id, detail::current_tid(), depth,
+                        static_cast<uint8_t>(category)};
+  put(i, wire::RecordKind::kSpan, detail::kSubCompact, 0, &s, sizeof s);
+}
+
+void Agent::expert_load(uint64_t step, uint32_t layer, std::span<const uint32_t> routed,
+                        uint32_t tokens, uint32_t dropped, uint32_t rerouted) {
+  Impl* i = impl_.get();
+  if (!i || !i->enabled) return;
+  if (routed.size() > wire::kMaxExperts) {  // the collector would reject it anyway
+    overflow(*i, wire::RecordKind::kExpertLoad);
+    return;
+  }
+  detail::ExpertLoadSlot s{step, now_ns(), layer, tokens, dropped, rerouted};
+  put(i, wire::RecordKind::kExpertLoad, detail::kSubCompact, static_cast<uint16_t>(routed.size()),
+      &s, sizeof s, routed.data(), routed.size_bytes());
+}
+
+void Agent::memory(wire::MemoryKind kind, uint64_t used_bytes, uint64_t capacity_bytes) {
+  Impl* i = impl_.get();
+  if (!i || !i->enabled) return;
+  wire::MemorySample m{now_ns(), i->config.rank, kind, used_bytes, capacity_bytes};
+  put(i, wire::RecordKind::kMemory, 0, 0, &m, sizeof m);
+}
+
+void Agent::prefix_cache(uint64_t attention_queried, uint64_t attention_hit, uint64_t ssm_queried,
+                         uint64_t ssm_hit) {
+  Impl* i = impl_.get();
+  if (!i || !i->enabled) return;
+  wire::PrefixCacheSample m{now_ns(), attention_queried, attention_hit, ssm_queried, ssm_hit};
+  put(i, wire::RecordKind::kPrefixCache, 0, 0, &m, sizeof m);
+}
+
+void Agent::stage(uint64_t request_id, wire::Stage stage, int64_t start_ns, int64_t end_ns,
+                  wire::Device device, int64_t gpu_ns) {
+  Impl* i = impl_.get();
+  if (!i || !i->enabled) return;
+  wire::StageTiming m{request_id, stage, device, start_ns, end_ns, gpu_ns};
+  put(i, wire::RecordKind::kStage, 0, 0, &m, sizeof m);
+}
+
+void Agent::request(const wire::RequestEvent& event) {
+  Impl* i = impl_.get();
+  if (!i || !i->enabled) return;
+  put(i, wire::RecordKind::kRequest, 0, 0, &event, sizeof event);
+}
+
+void Agent::counter(uint32_t name_id, double delta) {
+  Impl* i = impl_.get();
+  if (!i || !i->enabled) return;
+  wire::CounterSample m{now_ns(), name_id, false, delta};
+  put(i, wire::RecordKind::kCounter, 0, 0, &m, sizeof m);
+}
+
+void Agent::gauge(uint32_t name_id, double value) {
+  Impl* i = impl_.get();
+  if (!i || !i->enabled) return;
+  wire::CounterSample m{now_ns(), name_id, true, value};
+  put(i, wire::RecordKind::kCounter, 0, 0, &m, sizeof m);
+}
+
+void Agent::set_model(const wire::ModelDescription& model) {
+  Impl* i = impl_.get();
+  if (!i) return;
+  try {
+    {
+      std::lock_guard lock(i->model_mu);
+      i->config.model = model;
+    }
+    if (i->shipper) i->shipper->model_changed();
+  } catch (...) {
+  }
+}
+
+bool Agent::flush(std::chrono::milliseconds timeout) {
+  Impl* i = impl_.get();
+  if (!i || !i->shipper) return true;
+  try {
+    if (i->cupti) i->cupti->flush();
+    return i->shipper->flush(timeout);
+  } catch (...) {
+    return false;
+  }
+}
+
+Stats Agent::stats() const {
+  Stats s;
+  const Impl* i = impl_.get();
+  if (!i) return s;
+  const size_t n = i->slot_count.load(std::memory_order_acquire);
+  for (size_t t = 0; t < n; ++t)
+    for (size_t k = 0; k < detail::kKinds; ++k)
+      s.records_recorded += i->slots[t]->recorded[k].load(std::memory_order_relaxed);
+  if (!i->shipper) return s;
+  const auto dropped = i->shipper->dropped_by_kind();
+  for (size_t k = 0; k < detail::kKinds; ++k) {
+    s.dropped_by_kind[k] = dropped[k];
+    s.records_dropped += dropped[k];
+  }
+  s.records_sent = i->shipper->records_sent.load();
+  s.bytes_sent = i->shipper->bytes_sent.load();
+  s.reconnects = i->shipper->reconnects.load();
+  s.buffer_high_water_bytes = i->shipper->high_water();
+  s.connected = i->shipper->connected.load();
+  return s;
+}
+
+const Config& Agent::config() const {
+  static const Config kEmpty{.collector = ""};
+  return impl_ ? impl_->config : kEmpty;
+}
+
+bool Agent::cupti_active() const { return impl_ && impl_->cupti_on.load(); }
+
+// [SECTION] ScopedRange
+
+ScopedRange::ScopedRange(Agent& agent, uint32_t name_id, uint64_t request_id)
+    : agent_(&agent),
+      name_id_(name_id),
+      request_id_(request_id),
+      start_ns_(0),
+      depth_(detail::tl_depth),
+      sampled_(false) {
+  Agent::Impl* i = agent.impl_.get();
+  if (!i) {
+    agent_ = nullptr;
+    return;
+  }
+  ++detail::tl_depth;
+  if (i->enabled) {
+    // Sampling decides per outermost range; nested ranges follow their root,
+    // so a kept tree is always complete.
+    if (depth_ == 0) {
+      const double rate = i->config.span_sample_rate;
+      detail::tl_tree_sampled =
+          rate >= 1.0 || (rate > 0.0 && static_cast<double>(detail::next_random() >> 11) *
+                                                0x1.0p-53 < rate);
+    }
+    sampled_ = detail::tl_tree_sampled;
+  }
+  flags_ = 0;
+  if (i->nvtx) {
+    detail::nvtx_push(detail::nvtx_string(name_id));
+    flags_ |= kNvtxPushed;
+  }
+  if (i->cupti_on.load(std::memory_order_relaxed) && i->cupti) {
+    i->cupti->push_range(name_id);
+    flags_ |= kCuptiPushed;
+  }
+  start_ns_ = now_ns();
+}
+
+ScopedRange::~ScopedRange() {
+  if (!agent_) return;
+  const int64_t end = now_ns();
+  Agent::Impl* i = agent_->impl_.get();
+  if (flags_ & kCuptiPushed) i->cupti->pop_range();
+  if (flags_ & kNvtxPushed) detail::nvtx_pop();
+  --detail::tl_depth;
+  if (sampled_) {
+    detail::CpuSpanSlot s{start_ns_, end, request_id_, name_id_, detail::current_tid(), depth_,
+                          static_cast<uint8_t>(wire::SpanCategory::kCpuRange)};
+    put(i, wire::RecordKind::kSpan, detail::kSubCompact, 0, &s, sizeof s);
+  }
+}
+
+}  // namespace inferscope::agent

@@ -1,0 +1,436 @@
+#include "shipper.hpp"
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+
+#include "intern.hpp"
+
+namespace inferscope::agent::detail {
+namespace {
+
+constexpr uint32_t kFrameBudget = 256u << 10;          // bytes per data frame
+constexpr size_t kWriteBatchBytes = 1u << 20;          // bytes per async_write
+constexpr auto kHealthInterval = std::chrono::seconds(1);
+constexpr auto kFirstBackoff = std::chrono::milliseconds(50);
+
+wire::EncoderOptions encoder_options(const Config& c) {
+  wire::EncoderOptions o;
+  o.max_frame_bytes = kFrameBudget;
+  o.compress = c.compress;
+  return o;
+}
+
+}  // namespace
+
+Shipper::Shipper(Agent::Impl& impl)
+    : impl_(impl),
+      socket_(io_),
+      tick_timer_(io_),
+      reconnect_timer_(io_),
+      connect_timer_(io_),
+      shutdown_timer_(io_),
+      encoder_(encoder_options(impl.config)) {
+  thread_ = std::thread([this] { run(); });
+}
+
+Shipper::~Shipper() { stop(); }
+
+void Shipper::run() {
+  try {
+    asio::post(io_, [this] {
+      connect();
+      schedule_tick();
+    });
+    io_.run();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "inferscope agent: shipper stopped: %s\n", e.what());
+  } catch (...) {
+    std::fprintf(stderr, "inferscope agent: shipper stopped by an unknown error\n");
+  }
+  std::lock_guard lock(flush_mu_);
+  stopped_ = true;
+  flush_cv_.notify_all();
+}
+
+void Shipper::stop() {
+  if (!thread_.joinable()) return;
+  asio::post(io_, [this] {
+    if (stopping_) return;
+    stopping_ = true;
+    tick_timer_.cancel();
+    drain();
+    shutdown_timer_.expires_after(impl_.config.shutdown_timeout);
+    shutdown_timer_.async_wait([this](const asio::error_code& ec) {
+      if (!ec) finish();
+    });
+    if (state_ == State::kDisconnected) {
+      // One last immediate attempt; if it fails there is nobody to flush to.
+      reconnect_timer_.cancel();
+      connect();
+    } else {
+      start_write();
+      maybe_finish();
+    }
+  });
+  thread_.join();
+}
+
+void Shipper::finish() {
+  if (finished_) return;
+  finished_ = true;
+  asio::error_code ignored;
+  socket_.close(ignored);
+  connected.store(false);
+  io_.stop();
+}
+
+void Shipper::schedule_tick() {
+  tick_timer_.expires_after(impl_.config.flush_interval);
+  tick_timer_.async_wait([this](const asio::error_code& ec) {
+    if (ec || stopping_) return;
+    drain();
+    const auto now = std::chrono::steady_clock::now();
+    if (now - last_health_ >= kHealthInterval) {
+      health_due_ = true;
+      last_health_ = now;
+    }
+    start_write();
+    check_flush();
+    schedule_tick();
+  });
+}
+
+// [SECTION] draining and encoding
+
+void Shipper::seal_frame() {
+  if (encoder_.empty()) return;
+  Frame f;
+  f.records = encoder_records_;
+  encoder_.finish(f.bytes);
+  pending_bytes_ += f.bytes.size();
+  pending_.push_back(std::move(f));
+  encoder_records_ = 0;
+}
+
+void Shipper::drain() {
+  drained_generation_ = flush_requested_.load(std::memory_order_acquire);
+  const size_t max_pending = impl_.config.max_pending_bytes;
+  const size_t n = impl_.slot_count.load(std::memory_order_acquire);
+  for (size_t i = 0; i < n; ++i) {
+    ThreadRing* tr = impl_.slots[i].get();
+    tr->ring.drain([&](const RingHeader& h, const uint8_t* p) {
+      const auto kind = static_cast<wire::RecordKind>(h.kind);
+      if (pending_bytes_ + encoder_.payload_bytes() >= max_pending) {
+        auto& c = pending_dropped[h.kind & (kKinds - 1)];
+        c.store(c.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+        return;
+      }
+      switch (kind) {
+        case wire::RecordKind::kSpan: {
+          wire::Span s;
+          if (h.sub == kSubFull) {
+            std::memcpy(&s, p, sizeof s);
+          } else {
+            CpuSpanSlot c;
+            std::memcpy(&c, p, sizeof c);
+            s.track_kind = wire::TrackKind::kCpuThread;
+            s.track_id = c.tid;
+            s.name_id = c.name_id;
+            s.category = static_cast<wire::SpanCategory>(c.category);
+            s.depth = c.depth;
+            s.start_ns = c.start_ns;
+            s.end_ns = c.end_ns;
+            s.request_id = c.request_id;
+          }
+          encoder_.add(s);
+          break;
+        }
+        case wire::RecordKind::kExpertLoad: {
+          ExpertLoadSlot c;
+          std::memcpy(&c, p, sizeof c);
+          auto& l = scratch_load_;
+          l.step = c.step;
+          l.layer = c.layer;
+          l.timestamp_ns = c.timestamp_ns;
+          l.tokens = c.tokens;
+          l.dropped = c.dropped;
+          l.rerouted = c.rerouted;
+          l.routed.resize(h.count);
+          std::memcpy(l.routed.data(), p + sizeof c, h.count * sizeof(uint32_t));
+          encoder_.add(l);
+          break;
+        }
+        case wire::RecordKind::kMemory: {
+          wire::MemorySample m;
+          std::memcpy(&m, p, sizeof m);
+          encoder_.add(wire::Record{m});
+          break;
+        }
+        case wire::RecordKind::kPrefixCache: {
+          wire::PrefixCacheSample m;
+          std::memcpy(&m, p, sizeof m);
+          encoder_.add(wire::Record{m});
+          break;
+        }
+        case wire::RecordKind::kStage: {
+          wire::StageTiming m;
+          std::memcpy(&m, p, sizeof m);
+          encoder_.add(wire::Record{m});
+          break;
+        }
+        case wire::RecordKind::kRequest: {
+          wire::RequestEvent m;
+          std::memcpy(&m, p, sizeof m);
+          encoder_.add(wire::Record{m});
+          break;
+        }
+        case wire::RecordKind::kCounter: {
+          wire::CounterSample m;
+          std::memcpy(&m, p, sizeof m);
+          encoder_.add(wire::Record{m});
+          break;
+        }
+        default:
+          return;  // not produced by the hot path
+      }
+      ++encoder_records_;
+      if (encoder_.full()) seal_frame();
+    });
+  }
+  seal_frame();
+}
+
+// [SECTION] connection
+
+void Shipper::connect() {
+  if (state_ != State::kDisconnected || finished_) return;
+  state_ = State::kConnecting;
+  const uint64_t epoch = epoch_;
+  asio::error_code ec;
+  asio::generic::stream_protocol::endpoint ep;
+  const Endpoint& e = impl_.endpoint;
+  if (e.kind == Endpoint::Kind::kUnix) {
+    ep = asio::local::stream_protocol::endpoint(e.path);
+  } else {
+    auto addr = asio::ip::make_address(e.host, ec);
+    if (ec) {
+      // A host name: resolve it here (blocks only this thread, never the host).
+      asio::ip::tcp::resolver resolver(io_);
+      auto results = resolver.resolve(e.host, std::to_string(e.port), ec);
+      if (ec || results.empty()) {
+        state_ = State::kDisconnected;
+        disconnect();
+        return;
+      }
+      ep = results.begin()->endpoint();
+    } else {
+      ep = asio::ip::tcp::endpoint(addr, e.port);
+    }
+  }
+  socket_.async_connect(ep, [this, epoch](const asio::error_code& cec) {
+    connect_timer_.cancel();
+    if (epoch != epoch_ || state_ != State::kConnecting) return;
+    if (cec) {
+      disconnect();
+      return;
+    }
+    on_connected();
+  });
+  // A collector on another host may not answer at all: bound the attempt.
+  connect_timer_.expires_after(std::max(impl_.config.reconnect_max_backoff,
+                                        std::chrono::milliseconds(1000)));
+  connect_timer_.async_wait([this, epoch](const asio::error_code& tec) {
+    if (!tec && epoch == epoch_ && state_ == State::kConnecting) disconnect();
+  });
+}
+
+void Shipper::on_connected() {
+  state_ = State::kConnected;
+  connected.store(true);
+  if (ever_connected_) reconnects.fetch_add(1, std::memory_order_relaxed);
+  ever_connected_ = true;
+  backoff_ = std::chrono::milliseconds(0);
+  hello_sent_ = false;
+  strings_sent_ = 0;
+  health_due_ = true;  // drop counts ship as soon as the connection is back
+  last_health_ = std::chrono::steady_clock::now();
+  start_read();
+  start_write();
+}
+
+void Shipper::disconnect() {
+  ++epoch_;
+  asio::error_code ignored;
+  socket_.close(ignored);
+  state_ = State::kDisconnected;
+  connected.store(false);
+  writing_ = false;
+  frames_in_flight_ = 0;
+  final_health_in_flight_ = false;
+  connect_timer_.cancel();
+  if (stopping_) {
+    finish();  // nobody to flush to; do not hold the host's shutdown
+    return;
+  }
+  backoff_ = backoff_.count() == 0 ? kFirstBackoff
+                                   : std::min(backoff_ * 2, impl_.config.reconnect_max_backoff);
+  reconnect_timer_.expires_after(backoff_);
+  reconnect_timer_.async_wait([this](const asio::error_code& ec) {
+    if (!ec) connect();
+  });
+}
+
+void Shipper::start_read() {
+  // The collector sends nothing back today; reading notices a closed peer
+  // even while there is nothing to write.
+  const uint64_t epoch = epoch_;
+  socket_.async_read_some(asio::buffer(read_buffer_),
+                          [this, epoch](const asio::error_code& ec, size_t) {
+                            if (epoch != epoch_) return;
+                            if (ec) {
+                              disconnect();
+                              return;
+                            }
+                            start_read();
+                          });
+}
+
+// [SECTION] writing
+
+void Shipper::add_health(wire::FrameEncoder& enc) {
+  wire::AgentHealth h;
+  h.timestamp_ns = now_ns();
+  h.records_sent = records_sent.load(std::memory_order_relaxed);
+  auto by_kind = dropped_by_kind();
+  for (size_t k = 0; k < kKinds; ++k) {
+    h.dropped_by_kind[k] = by_kind[k];
+    h.records_dropped += by_kind[k];
+  }
+  h.buffer_high_water_bytes = high_water();
+  h.reconnects = reconnects.load(std::memory_order_relaxed);
+  h.bytes_sent = bytes_sent.load(std::memory_order_relaxed);
+  enc.add(wire::Record{h});
+}
+
+void Shipper::start_write() {
+  if (state_ != State::kConnected || writing_) return;
+  control_.clear();
+  write_buffers_.clear();
+  wire::FrameEncoder enc(encoder_options(impl_.config));
+  if (!hello_sent_ || model_dirty_) {
+    enc.add(wire::Record{impl_.hello()});
+    model_dirty_ = false;
+  }
+  const uint32_t names = interned_count();
+  if (names > strings_sent_) {
+    std::vector<wire::StringDef> defs;
+    interned_strings(strings_sent_ + 1, names, defs);
+    for (const auto& d : defs) {
+      enc.add(d);
+      if (enc.full()) enc.finish(control_);
+    }
+  }
+  const bool final_health = stopping_ && pending_.empty() && !final_health_sent_;
+  if (health_due_ || final_health) add_health(enc);
+  if (!enc.empty()) enc.finish(control_);
+  if (!control_.empty()) write_buffers_.push_back(asio::buffer(control_));
+
+  size_t batch = control_.size();
+  frames_in_flight_ = 0;
+  for (const auto& f : pending_) {
+    if (frames_in_flight_ > 0 && batch + f.bytes.size() > kWriteBatchBytes) break;
+    write_buffers_.push_back(asio::buffer(f.bytes));
+    batch += f.bytes.size();
+    ++frames_in_flight_;
+  }
+  if (write_buffers_.empty()) return;
+
+  writing_ = true;
+  final_health_in_flight_ = final_health;
+  const uint64_t epoch = epoch_;
+  asio::async_write(socket_, write_buffers_,
+                    [this, epoch, names](const asio::error_code& ec, size_t written) {
+                      if (epoch != epoch_) return;
+                      if (ec) {
+                        disconnect();
+                        return;
+                      }
+                      writing_ = false;
+                      hello_sent_ = true;
+                      strings_sent_ = std::max(strings_sent_, names);
+                      health_due_ = false;
+                      if (final_health_in_flight_) final_health_sent_ = true;
+                      uint64_t records = 0;
+                      for (size_t i = 0; i < frames_in_flight_; ++i) {
+                        records += pending_.front().records;
+                        pending_bytes_ -= pending_.front().bytes.size();
+                        pending_.pop_front();
+                      }
+                      frames_in_flight_ = 0;
+                      records_sent.fetch_add(records, std::memory_order_relaxed);
+                      bytes_sent.fetch_add(written, std::memory_order_relaxed);
+                      check_flush();
+                      start_write();
+                      maybe_finish();
+                    });
+}
+
+void Shipper::maybe_finish() {
+  if (stopping_ && !writing_ && pending_.empty() && final_health_sent_) finish();
+}
+
+// [SECTION] flush
+
+void Shipper::check_flush() {
+  if (writing_ || !pending_.empty() || !encoder_.empty()) return;
+  std::lock_guard lock(flush_mu_);
+  if (drained_generation_ > flush_done_) {
+    flush_done_ = drained_generation_;
+    flush_cv_.notify_all();
+  }
+}
+
+bool Shipper::flush(std::chrono::milliseconds timeout) {
+  const uint64_t gen = flush_requested_.fetch_add(1, std::memory_order_acq_rel) + 1;
+  asio::post(io_, [this] {
+    if (stopping_) return;
+    drain();
+    start_write();
+    check_flush();
+  });
+  std::unique_lock lock(flush_mu_);
+  return flush_cv_.wait_for(lock, timeout, [&] { return flush_done_ >= gen || stopped_; }) &&
+         flush_done_ >= gen;
+}
+
+void Shipper::model_changed() {
+  asio::post(io_, [this] {
+    model_dirty_ = true;
+    start_write();
+  });
+}
+
+// [SECTION] accounting
+
+std::array<uint64_t, kKinds> Shipper::dropped_by_kind() const {
+  std::array<uint64_t, kKinds> out{};
+  const size_t n = impl_.slot_count.load(std::memory_order_acquire);
+  for (size_t i = 0; i < n; ++i)
+    for (size_t k = 0; k < kKinds; ++k)
+      out[k] += impl_.slots[i]->dropped[k].load(std::memory_order_relaxed);
+  for (size_t k = 0; k < kKinds; ++k) {
+    out[k] += impl_.overflow_dropped[k].load(std::memory_order_relaxed);
+    out[k] += pending_dropped[k].load(std::memory_order_relaxed);
+  }
+  return out;
+}
+
+uint64_t Shipper::high_water() const {
+  uint64_t hw = 0;
+  const size_t n = impl_.slot_count.load(std::memory_order_acquire);
+  for (size_t i = 0; i < n; ++i) hw = std::max(hw, impl_.slots[i]->ring.high_water());
+  return hw;
+}
+
+}  // namespace inferscope::agent::detail

@@ -1,0 +1,121 @@
+// The shipper: one background thread that drains the thread rings, encodes
+// frames and writes them to the collector over TCP or a Unix socket (asio).
+//
+// Per connection it sends, in order: a Hello, StringDefs for every interned id
+// (re-sent after each reconnect), an AgentHealth, then the data frames. While
+// the collector is away or slow, encoded frames wait in a queue of at most
+// config.max_pending_bytes; records that do not fit are dropped and counted per
+// kind. Reconnects back off exponentially up to config.reconnect_max_backoff.
+// Everything runs on the shipper's io_context, so its state needs no locks;
+// the host talks to it only through atomics and posted handlers.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include <asio.hpp>
+#include <asio/generic/stream_protocol.hpp>
+
+#include "agent_impl.hpp"
+#include "inferscope/wire/codec.hpp"
+#include "ring_records.hpp"
+
+namespace inferscope::agent::detail {
+
+class Shipper {
+ public:
+  explicit Shipper(Agent::Impl& impl);
+  ~Shipper();  // stop(): final drain and flush within config.shutdown_timeout
+  Shipper(const Shipper&) = delete;
+  Shipper& operator=(const Shipper&) = delete;
+
+  bool flush(std::chrono::milliseconds timeout);
+  void model_changed();
+  void stop();
+
+  // Read by Agent::stats() from any thread.
+  std::atomic<uint64_t> records_sent{0};
+  std::atomic<uint64_t> bytes_sent{0};
+  std::atomic<uint64_t> reconnects{0};
+  std::atomic<bool> connected{false};
+  std::array<std::atomic<uint64_t>, kKinds> pending_dropped{};  // over max_pending_bytes
+
+  // Sum of drops of every origin, by kind (rings, thread overflow, queue).
+  std::array<uint64_t, kKinds> dropped_by_kind() const;
+  uint64_t high_water() const;
+
+ private:
+  struct Frame {
+    std::vector<uint8_t> bytes;
+    uint32_t records = 0;
+  };
+  enum class State { kDisconnected, kConnecting, kConnected };
+
+  void run();
+  void schedule_tick();
+  void drain();
+  void seal_frame();
+  void check_flush();
+  void connect();
+  void on_connected();
+  void disconnect();
+  void start_read();
+  void start_write();
+  void maybe_finish();
+  void finish();
+  void add_health(wire::FrameEncoder& enc);
+
+  Agent::Impl& impl_;
+  asio::io_context io_;
+  asio::generic::stream_protocol::socket socket_;
+  asio::steady_timer tick_timer_;
+  asio::steady_timer reconnect_timer_;
+  asio::steady_timer connect_timer_;
+  asio::steady_timer shutdown_timer_;
+
+  // [SECTION] encoding (shipper thread only)
+  wire::FrameEncoder encoder_;
+  uint32_t encoder_records_ = 0;
+  std::deque<Frame> pending_;
+  size_t pending_bytes_ = 0;
+  wire::ExpertLoad scratch_load_;
+
+  // [SECTION] connection (shipper thread only)
+  State state_ = State::kDisconnected;
+  uint64_t epoch_ = 0;  // bumps on every disconnect; stale handlers compare it
+  bool ever_connected_ = false;
+  std::chrono::milliseconds backoff_{0};
+  bool hello_sent_ = false;
+  bool model_dirty_ = false;
+  uint32_t strings_sent_ = 0;
+  bool health_due_ = false;
+  std::chrono::steady_clock::time_point last_health_{};
+  bool writing_ = false;
+  std::vector<uint8_t> control_;
+  std::vector<asio::const_buffer> write_buffers_;
+  size_t frames_in_flight_ = 0;
+  bool final_health_in_flight_ = false;
+  std::array<uint8_t, 256> read_buffer_{};
+
+  // [SECTION] shutdown and flush
+  bool stopping_ = false;
+  bool final_health_sent_ = false;
+  bool finished_ = false;
+  std::mutex flush_mu_;
+  std::condition_variable flush_cv_;
+  std::atomic<uint64_t> flush_requested_{0};
+  uint64_t drained_generation_ = 0;  // flush_requested_ as seen before the last drain
+  uint64_t flush_done_ = 0;          // guarded by flush_mu_
+  bool stopped_ = false;             // guarded by flush_mu_
+
+  std::thread thread_;
+};
+
+}  // namespace inferscope::agent::detail
