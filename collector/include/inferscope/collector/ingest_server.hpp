@@ -1,0 +1,58 @@
+// inferscope collector: agent listeners (TCP and Unix sockets) on one asio io_context.
+//
+// Each connection reads bytes, cuts them into whole frames with the wire
+// decoder's frame_size() (growing its buffer only as far as the frame in hand
+// needs, never past the frame limit) and hands each frame to the Pipeline. A
+// frame the pipeline rejects closes that connection only. Beyond
+// max_connections a new connection is closed at once and counted
+// (rejected_frames_total{reason="connection_limit"}).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <asio.hpp>
+
+#include "inferscope/collector/endpoint.hpp"
+#include "inferscope/collector/metrics.hpp"
+#include "inferscope/collector/options.hpp"
+#include "inferscope/collector/pipeline.hpp"
+
+namespace inferscope::collector {
+
+class IngestServer {
+ public:
+  using Log = std::function<void(const std::string&)>;
+
+  IngestServer(asio::io_context& io, const CollectorOptions& options, Pipeline& pipeline,
+               CollectorMetrics& metrics, Log log);
+  ~IngestServer();
+
+  // Binds and starts accepting; returns the bound endpoint (a real port for port 0).
+  bool listen(const Endpoint& endpoint, Endpoint& bound, std::string& error);
+  void stop();  // closes listeners and every connection (on the io thread)
+  size_t connections() const { return live_.size(); }
+
+  struct Connection;  // in ingest_server.cpp
+
+ private:
+  template <typename Protocol>
+  void accept(std::shared_ptr<typename Protocol::acceptor> acceptor);
+  friend struct Connection;
+
+  asio::io_context& io_;
+  const CollectorOptions& options_;
+  Pipeline& pipeline_;
+  CollectorMetrics& metrics_;
+  Log log_;
+  std::vector<std::shared_ptr<asio::ip::tcp::acceptor>> tcp_acceptors_;
+  std::vector<std::shared_ptr<asio::local::stream_protocol::acceptor>> unix_acceptors_;
+  std::vector<std::string> unix_paths_;
+  std::set<std::shared_ptr<Connection>> live_;
+};
+
+}  // namespace inferscope::collector

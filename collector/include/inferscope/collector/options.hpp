@@ -1,0 +1,64 @@
+// inferscope collector: configuration shared by the daemon, the tests and the benchmark.
+//
+// Every limit that bounds memory, label cardinality or disk lives here with its
+// default, so docs/collector.md and the CLI describe one set of numbers.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "inferscope/collector/placement.hpp"
+
+namespace inferscope::collector {
+
+// Sliding-window aggregation and episode detection (hot / cold / dead experts, drop bursts).
+struct AggregatorOptions {
+  int64_t window_ns = 10'000'000'000;  // --window
+  double hot_threshold = 2.0;          // utilization (share / fair share) that makes an expert hot
+  double hot_clear_threshold = 1.5;    // hysteresis: a hot expert clears below this
+  double cold_threshold = 0.25;        // below this utilization an expert is cold
+  double cold_clear_threshold = 0.5;   // a cold expert clears at or above this
+  uint32_t windows = 3;                // --hot-windows: consecutive windows to open an episode
+  double drop_burst_threshold = 0.05;  // dropped / routed assignments in a window
+  bool per_expert_metrics = false;     // export every expert's series (small models only)
+  std::optional<Placement> placement;  // --placement FILE; overrides the hello's expert_to_rank
+
+  // Label-cardinality bounds: records beyond them are counted, not exported.
+  size_t max_models = 16;
+  size_t max_ranks = 1024;             // per model
+  size_t max_episode_series = 4096;    // experts with per-expert episode series at once
+  size_t max_recent_alerts = 256;      // replayed to a viewer that connects
+};
+
+// Per-connection limits on what one agent may make the collector hold.
+struct ConnectionLimits {
+  uint32_t max_frame_bytes = 4u << 20;
+  size_t max_strings = 65536;          // interned strings per connection
+  size_t max_string_bytes = 16u << 20; // their total size
+};
+
+struct CollectorOptions {
+  std::vector<std::string> listen;           // tcp://host:port or unix:///path; default tcp://127.0.0.1:7431
+  std::string metrics = "127.0.0.1:9464";    // "" = no Prometheus exposer
+  std::string viewer = "127.0.0.1:7433";     // "" = no viewer API
+  std::string trace_dir;                     // "" = no trace store
+  uint64_t trace_max_bytes = 1ull << 30;
+  uint64_t trace_segment_bytes = 0;          // 0: max_bytes / 8, clamped to [64 KiB, 64 MiB]
+  std::string auth_token;                    // "" = no authentication
+  size_t max_connections = 256;              // agent connections at once
+  size_t max_viewers = 16;
+  size_t viewer_queue_bytes = 16u << 20;     // per viewer; beyond it frames are dropped
+  std::chrono::milliseconds tick{200};       // window clock and trace flush timer; 0 = off
+  ConnectionLimits limits;
+  AggregatorOptions aggregation;
+};
+
+// "10s", "200ms", "1m", "500us", "3" (seconds). nullopt when malformed or <= 0.
+std::optional<int64_t> parse_duration_ns(std::string_view text);
+
+}  // namespace inferscope::collector

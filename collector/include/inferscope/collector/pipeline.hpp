@@ -1,0 +1,93 @@
+// inferscope collector: what happens to one frame from an agent.
+//
+// Transport-independent (the socket code hands it whole frames), so tests can
+// drive it directly and the benchmark can measure it without sockets.
+//
+//   1. decode and validate (the wire decoder's checks, then the protocol's:
+//      the first record is a hello of protocol version 1 with the right token,
+//      string-table limits, records consistent with the hello);
+//   2. update the source table and the aggregator (metrics, episodes);
+//   3. forward the frame, stamped with the source id, to the trace store and
+//      the viewers. A frame holding a hello is re-encoded without the token;
+//      any other frame only has its source id and CRC rewritten.
+// A rejected frame is not forwarded and the connection must be closed.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "inferscope/collector/aggregator.hpp"
+#include "inferscope/collector/metrics.hpp"
+#include "inferscope/collector/options.hpp"
+#include "inferscope/collector/sources.hpp"
+#include "inferscope/wire/codec.hpp"
+
+namespace inferscope::collector {
+
+// Per-connection protocol state.
+struct Session {
+  explicit Session(const ConnectionLimits& limits)
+      : decoder(wire::DecoderOptions{limits.max_frame_bytes}) {}
+  uint32_t source_id = 0;  // 0 until the hello arrived
+  std::string peer;
+  wire::FrameDecoder decoder;
+};
+
+struct Rejection {
+  std::string reason;   // the metric label: bad_magic, checksum, no_hello, auth, ...
+  std::string message;  // for the log
+};
+
+// Label value for a decoder error.
+const char* rejection_reason(wire::DecodeError error);
+
+// Frames shared by every consumer (trace store, each viewer) without copying.
+using SharedFrame = std::shared_ptr<const std::vector<uint8_t>>;
+
+class Pipeline {
+ public:
+  using FrameSink = std::function<void(const SharedFrame&)>;
+  using Log = std::function<void(const std::string&)>;
+
+  Pipeline(const CollectorOptions& options, CollectorMetrics& metrics, Log log);
+
+  // Decodes, aggregates and forwards one whole frame. False: rejected (counted in
+  // inferscope_collector_rejected_frames_total{reason}); close the connection.
+  bool on_frame(Session& session, std::span<const uint8_t> frame, Rejection& why);
+  void on_close(Session& session);
+  void tick(int64_t steady_now_ns);  // closes windows by the estimated agent clock
+
+  // Where forwarded frames and alert frames go (the collector wires store and viewers here).
+  void set_frame_sink(FrameSink sink) { sink_ = std::move(sink); }
+
+  // Hello + strings of every source, then the recent alerts: what a viewer gets first.
+  void replay(std::vector<std::vector<uint8_t>>& frames, bool with_alerts) const;
+
+  Aggregator& aggregator() { return aggregator_; }
+  SourceRegistry& sources() { return sources_; }
+
+ private:
+  bool reject(Session& session, Rejection& why, std::string reason, std::string message);
+  void on_alert(const wire::AlertEpisode& alert);
+
+  const CollectorOptions& options_;
+  CollectorMetrics& metrics_;
+  Log log_;
+  SourceRegistry sources_;
+  Aggregator aggregator_;
+  FrameSink sink_;
+  std::vector<wire::Record> records_;  // scratch: one frame's records
+  std::array<prometheus::Counter*, wire::kRecordKindCount> record_counters_{};
+};
+
+// Rewrites a frame's source id and CRC in place.
+void stamp_source_id(std::span<uint8_t> frame, uint32_t source_id);
+
+// Constant-time comparison (the time does not depend on where the strings differ).
+bool tokens_equal(const std::string& a, const std::string& b);
+
+}  // namespace inferscope::collector

@@ -1,0 +1,173 @@
+#include "inferscope/collector/collector.hpp"
+
+#include <chrono>
+#include <cstdio>
+#include <ctime>
+#include <mutex>
+
+#include <asio.hpp>
+#include <prometheus/exposer.h>
+
+#include "inferscope/collector/endpoint.hpp"
+#include "inferscope/collector/ingest_server.hpp"
+#include "inferscope/collector/trace_store.hpp"
+#include "inferscope/collector/viewer_server.hpp"
+
+namespace inferscope::collector {
+
+void log_line(const std::string& message) {
+  static std::mutex mu;
+  const std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char stamp[32];
+  std::strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  std::lock_guard<std::mutex> lock(mu);
+  std::fprintf(stderr, "%s inferscope-collector: %s\n", stamp, message.c_str());
+}
+
+namespace {
+int64_t steady_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+}  // namespace
+
+struct Collector::Impl {
+  explicit Impl(CollectorOptions o)
+      : options(std::move(o)),
+        pipeline(options, metrics, log_line),
+        ingest(io, options, pipeline, metrics, log_line),
+        viewers(io, options, pipeline, metrics, log_line),
+        timer(io) {}
+
+  CollectorOptions options;
+  CollectorMetrics metrics;
+  asio::io_context io;
+  Pipeline pipeline;
+  IngestServer ingest;
+  ViewerServer viewers;
+  std::unique_ptr<TraceStore> store;
+  std::unique_ptr<prometheus::Exposer> exposer;
+  asio::steady_timer timer;
+  std::vector<std::string> lines;
+  bool stopped = false;
+
+  void schedule_tick() {
+    if (options.tick.count() <= 0) return;
+    timer.expires_after(options.tick);
+    timer.async_wait([this](std::error_code ec) {
+      if (ec) return;
+      const int64_t now = steady_ns();
+      pipeline.tick(now);
+      if (store) {
+        store->flush();  // bounds what a kill -9 can lose to one tick
+        metrics.trace_bytes.Set(static_cast<double>(store->total_bytes()));
+      }
+      schedule_tick();
+    });
+  }
+
+  void shutdown() {
+    if (stopped) return;
+    stopped = true;
+    timer.cancel();
+    ingest.stop();
+    viewers.stop();
+    if (store) store->close();
+  }
+};
+
+Collector::Collector(CollectorOptions options) : impl_(std::make_unique<Impl>(std::move(options))) {}
+Collector::~Collector() {
+  impl_->shutdown();
+  impl_->io.stop();
+}
+
+CollectorMetrics& Collector::metrics() { return impl_->metrics; }
+Pipeline& Collector::pipeline() { return impl_->pipeline; }
+const std::vector<std::string>& Collector::listening_lines() const { return impl_->lines; }
+
+bool Collector::start(std::string& error) {
+  Impl& s = *impl_;
+  if (s.options.listen.empty()) s.options.listen.push_back("tcp://127.0.0.1:7431");
+  if (!s.options.trace_dir.empty()) {
+    TraceStoreOptions to;
+    to.dir = s.options.trace_dir;
+    to.max_bytes = s.options.trace_max_bytes;
+    to.segment_bytes = s.options.trace_segment_bytes;
+    s.store = std::make_unique<TraceStore>(
+        to, [&s](std::vector<std::vector<uint8_t>>& frames) { s.pipeline.replay(frames, false); },
+        log_line);
+    if (!s.store->open(error)) return false;
+  }
+  s.pipeline.set_frame_sink([&s](const SharedFrame& frame) {
+    if (s.store) {
+      const uint64_t before = s.store->write_errors();
+      s.store->write(*frame, steady_ns());
+      if (s.store->write_errors() != before)
+        s.metrics.trace_write_errors.Increment(static_cast<double>(s.store->write_errors() - before));
+    }
+    s.viewers.broadcast(frame);
+  });
+  for (const auto& text : s.options.listen) {
+    auto ep = parse_endpoint(text, error);
+    if (!ep) return false;
+    Endpoint bound;
+    if (!s.ingest.listen(*ep, bound, error)) return false;
+    s.lines.push_back("listening ingest " + bound.to_string());
+  }
+  if (!s.options.metrics.empty()) {
+    auto ep = parse_endpoint(s.options.metrics, error);
+    if (!ep) return false;
+    try {
+      const std::string host = ep->host.find(':') != std::string::npos ? "[" + ep->host + "]" : ep->host;
+      s.exposer = std::make_unique<prometheus::Exposer>(host + ":" + std::to_string(ep->port), 2);
+    } catch (const std::exception& e) {
+      error = "cannot serve metrics on " + s.options.metrics + ": " + e.what();
+      return false;
+    }
+    s.exposer->RegisterCollectable(s.metrics.registry);
+    auto ports = s.exposer->GetListeningPorts();
+    s.lines.push_back("listening metrics " + ep->host + ":" +
+                      std::to_string(ports.empty() ? ep->port : ports.front()));
+  }
+  if (!s.options.viewer.empty()) {
+    auto ep = parse_endpoint(s.options.viewer, error);
+    if (!ep) return false;
+    Endpoint bound;
+    if (!s.viewers.listen(*ep, bound, error)) return false;
+    s.lines.push_back("listening viewer " + bound.host + ":" + std::to_string(bound.port));
+  }
+  return true;
+}
+
+void Collector::run(bool handle_signals) {
+  Impl& s = *impl_;
+  asio::signal_set signals(s.io);
+  if (handle_signals) {
+    signals.add(SIGINT);
+    signals.add(SIGTERM);
+    signals.async_wait([&s](std::error_code ec, int sig) {
+      if (ec) return;
+      log_line(std::string("shutting down on ") + (sig == SIGINT ? "SIGINT" : "SIGTERM"));
+      s.shutdown();
+    });
+  }
+  s.schedule_tick();
+  // The work guard keeps the loop alive while idle; stop() and the signals end it.
+  auto guard = asio::make_work_guard(s.io);
+  s.io.restart();
+  while (!s.stopped) s.io.run_one();
+  std::error_code ignored;
+  signals.cancel(ignored);
+  guard.reset();
+  s.io.poll();  // let the closed sockets' handlers finish
+}
+
+void Collector::stop() {
+  asio::post(impl_->io, [this] { impl_->shutdown(); });
+}
+
+}  // namespace inferscope::collector

@@ -1,0 +1,217 @@
+#include "inferscope/collector/pipeline.hpp"
+
+#include <zlib.h>
+
+#include <chrono>
+#include <cstring>
+
+namespace inferscope::collector {
+
+const char* rejection_reason(wire::DecodeError error) {
+  switch (error) {
+    case wire::DecodeError::kBadMagic: return "bad_magic";
+    case wire::DecodeError::kUnsupportedVersion: return "unsupported_version";
+    case wire::DecodeError::kFrameTooLarge: return "frame_too_large";
+    case wire::DecodeError::kChecksumMismatch: return "checksum";
+    case wire::DecodeError::kDecompressFailed: return "decompress";
+    case wire::DecodeError::kTruncatedRecord: return "truncated_record";
+    case wire::DecodeError::kMalformedRecord: return "malformed_record";
+    case wire::DecodeError::kRecordCountMismatch: return "record_count";
+    default: return "other";
+  }
+}
+
+void stamp_source_id(std::span<uint8_t> frame, uint32_t source_id) {
+  if (frame.size() < wire::kFrameHeaderBytes) return;
+  for (int i = 0; i < 4; ++i) frame[20 + i] = static_cast<uint8_t>(source_id >> (8 * i));
+  uLong crc = crc32(0L, Z_NULL, 0);
+  crc = crc32(crc, frame.data(), 24);
+  crc = crc32(crc, frame.data() + wire::kFrameHeaderBytes,
+              static_cast<uInt>(frame.size() - wire::kFrameHeaderBytes));
+  for (int i = 0; i < 4; ++i) frame[24 + i] = static_cast<uint8_t>(crc >> (8 * i));
+}
+
+bool tokens_equal(const std::string& a, const std::string& b) {
+  // Compares over the longer length so neither the position of the first
+  // difference nor (beyond the length check) the content leaks through timing.
+  const size_t n = std::max(a.size(), b.size());
+  volatile uint8_t diff = static_cast<uint8_t>(a.size() != b.size());
+  for (size_t i = 0; i < n; ++i) {
+    const uint8_t x = i < a.size() ? static_cast<uint8_t>(a[i]) : 0;
+    const uint8_t y = i < b.size() ? static_cast<uint8_t>(b[i]) : 0;
+    diff = diff | static_cast<uint8_t>(x ^ y);
+  }
+  return diff == 0;
+}
+
+Pipeline::Pipeline(const CollectorOptions& options, CollectorMetrics& metrics, Log log)
+    : options_(options),
+      metrics_(metrics),
+      log_(std::move(log)),
+      aggregator_(options.aggregation, metrics) {
+  aggregator_.set_alert_sink([this](const wire::AlertEpisode& a) { on_alert(a); });
+  for (uint8_t k = 0; k < wire::kRecordKindCount; ++k)
+    record_counters_[k] =
+        &metrics_.records.Add({{"kind", wire::to_string(static_cast<wire::RecordKind>(k))}});
+}
+
+bool Pipeline::reject(Session& session, Rejection& why, std::string reason, std::string message) {
+  why.reason = std::move(reason);
+  why.message = (session.peer.empty() ? std::string("connection") : session.peer) + ": " + message;
+  metrics_.rejected(why.reason).Increment();
+  if (log_) log_("closing " + why.message);
+  return false;
+}
+
+bool Pipeline::on_frame(Session& session, std::span<const uint8_t> frame, Rejection& why) {
+  wire::FrameDecoder& dec = session.decoder;
+  auto st = dec.open(frame);
+  if (!st.ok()) return reject(session, why, rejection_reason(st.error), st.message);
+  records_.clear();
+  wire::Record r;
+  while (dec.next(r)) records_.push_back(std::move(r));
+  if (!dec.status().ok())
+    return reject(session, why, rejection_reason(dec.status().error), dec.status().message);
+
+  // Protocol checks before anything is applied, so a rejected frame changes nothing.
+  bool has_hello = false;
+  Source* source = sources_.find(session.source_id);
+  size_t new_strings = 0, new_string_bytes = 0;
+  for (size_t i = 0; i < records_.size(); ++i) {
+    const auto kind = wire::kind_of(records_[i]);
+    if (kind == wire::RecordKind::kHello) {
+      const auto& h = std::get<wire::Hello>(records_[i]);
+      if (h.protocol_version != wire::kProtocolVersion)
+        return reject(session, why, "protocol_version",
+                      "hello says protocol version " + std::to_string(h.protocol_version) +
+                          ", this collector speaks " + std::to_string(wire::kProtocolVersion));
+      if (!options_.auth_token.empty() && !tokens_equal(h.auth_token, options_.auth_token))
+        return reject(session, why, "auth", "hello has a missing or wrong auth token");
+      has_hello = true;
+    } else if (session.source_id == 0 && !has_hello) {
+      return reject(session, why, "no_hello",
+                    std::string("first record is ") + wire::to_string(kind) + ", expected hello");
+    } else if (kind == wire::RecordKind::kStringDef) {
+      ++new_strings;
+      new_string_bytes += std::get<wire::StringDef>(records_[i]).value.size();
+    } else if (kind == wire::RecordKind::kAlert) {
+      return reject(session, why, "malformed_record", "agents may not send alert records");
+    }
+  }
+  if (session.source_id == 0 && records_.empty())
+    return reject(session, why, "no_hello", "empty first frame, expected hello");
+  const size_t strings_now = source ? source->strings.size() : 0;
+  const size_t string_bytes_now = source ? source->string_bytes : 0;
+  if (strings_now + new_strings > options_.limits.max_strings ||
+      string_bytes_now + new_string_bytes > options_.limits.max_string_bytes)
+    return reject(session, why, "string_limit",
+                  "more than " + std::to_string(options_.limits.max_strings) + " strings or " +
+                      std::to_string(options_.limits.max_string_bytes) + " string bytes");
+
+  // Apply.
+  metrics_.frames.Increment();
+  aggregator_.note_arrival(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(
+          std::chrono::steady_clock::now().time_since_epoch())
+          .count());
+  std::string problem;
+  for (auto& rec : records_) {
+    const auto kind = wire::kind_of(rec);
+    record_counters_[static_cast<size_t>(kind)]->Increment();
+    if (kind == wire::RecordKind::kHello) {
+      auto& h = std::get<wire::Hello>(rec);
+      h.auth_token.clear();
+      if (source == nullptr) {
+        source = &sources_.add(h);
+        session.source_id = source->id;
+        metrics_.connections.Increment();
+        if (log_)
+          log_("source " + std::to_string(source->id) + " (" + session.peer + "): " + h.service +
+               " " + h.instance + " model " + source->model + " rank " + source->rank);
+      } else {
+        // A re-sent hello (the agent's set_model) replaces the description.
+        aggregator_.on_disconnect(*source);
+        source->hello = h;
+        source->model = h.model.name.empty() ? "unknown" : h.model.name.substr(0, 128);
+        source->rank = std::to_string(h.rank);
+      }
+      aggregator_.on_connect(*source);
+    } else if (kind == wire::RecordKind::kStringDef) {
+      auto& d = std::get<wire::StringDef>(rec);
+      auto [it, inserted] = source->strings.try_emplace(d.id, d.value);
+      if (!inserted) {
+        source->string_bytes -= it->second.size();
+        it->second = d.value;
+      }
+      source->string_bytes += d.value.size();
+    } else if (!aggregator_.on_record(*source, rec, problem)) {
+      return reject(session, why, "schema", problem);
+    }
+  }
+
+  // Forward.
+  if (!sink_) return true;
+  auto out = std::make_shared<std::vector<uint8_t>>();
+  if (has_hello) {
+    wire::EncoderOptions eo;
+    eo.source_id = session.source_id;
+    eo.max_frame_bytes = UINT32_MAX;  // the input already fit the limit
+    wire::FrameEncoder enc(eo);
+    for (const auto& rec : records_) enc.add(rec);
+    enc.finish(*out);
+  } else {
+    out->assign(frame.begin(), frame.end());
+    stamp_source_id(*out, session.source_id);
+  }
+  sink_(out);
+  return true;
+}
+
+void Pipeline::on_close(Session& session) {
+  if (session.source_id == 0) return;
+  if (Source* s = sources_.find(session.source_id)) {
+    aggregator_.on_disconnect(*s);
+    metrics_.connections.Decrement();
+  }
+  sources_.close(session.source_id);
+  session.source_id = 0;
+}
+
+void Pipeline::tick(int64_t steady_now_ns) {
+  if (auto now = aggregator_.estimated_now(steady_now_ns)) {
+    // A grace of half a window lets agents' last flush of a window arrive first.
+    aggregator_.advance(*now - options_.aggregation.window_ns / 2);
+  }
+}
+
+void Pipeline::on_alert(const wire::AlertEpisode& a) {
+  if (log_) {
+    char buf[256];
+    std::snprintf(buf, sizeof buf, "%s %s: model %s rank %u layer %u expert %u utilization %.2f share %.3f",
+                  wire::to_string(a.kind), a.end_ns == 0 ? "opened" : "closed", a.model.c_str(),
+                  a.rank, a.layer, a.expert, a.peak_utilization, a.peak_share);
+    log_(buf);
+  }
+  if (!sink_) return;
+  wire::EncoderOptions eo;
+  eo.source_id = wire::kCollectorSource;
+  wire::FrameEncoder enc(eo);
+  enc.add(wire::Record{a});
+  auto out = std::make_shared<std::vector<uint8_t>>();
+  enc.finish(*out);
+  sink_(out);
+}
+
+void Pipeline::replay(std::vector<std::vector<uint8_t>>& frames, bool with_alerts) const {
+  sources_.replay(frames);
+  if (!with_alerts || aggregator_.recent_alerts().empty()) return;
+  wire::EncoderOptions eo;
+  eo.source_id = wire::kCollectorSource;
+  wire::FrameEncoder enc(eo);
+  std::vector<uint8_t> frame;
+  for (const auto& a : aggregator_.recent_alerts()) enc.add(wire::Record{a});
+  enc.finish(frame);
+  frames.push_back(std::move(frame));
+}
+
+}  // namespace inferscope::collector

@@ -1,0 +1,123 @@
+#include "inferscope/collector/metrics.hpp"
+
+namespace inferscope::collector {
+
+namespace {
+
+using prometheus::BuildCounter;
+using prometheus::BuildGauge;
+using prometheus::BuildHistogram;
+
+template <typename Builder>
+auto& reg(Builder&& b, prometheus::Registry& r, const char* name, const char* help) {
+  return b.Name(name).Help(help).Register(r);
+}
+
+}  // namespace
+
+const prometheus::Histogram::BucketBoundaries& utilization_buckets() {
+  static const prometheus::Histogram::BucketBoundaries b{0, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10};
+  return b;
+}
+
+CollectorMetrics::CollectorMetrics(std::shared_ptr<prometheus::Registry> r)
+    : registry(std::move(r)),
+      routed_tokens(reg(BuildCounter(), *registry, "inferscope_moe_routed_tokens_total",
+                        "Token-to-expert assignments made by the router (after top-k, before capacity).")),
+      dropped_tokens(reg(BuildCounter(), *registry, "inferscope_moe_dropped_tokens_total",
+                         "Assignments dropped because the expert was over capacity.")),
+      rerouted_tokens(reg(BuildCounter(), *registry, "inferscope_moe_rerouted_tokens_total",
+                          "Assignments moved to a later expert choice because of capacity.")),
+      batch_tokens(reg(BuildCounter(), *registry, "inferscope_moe_batch_tokens_total",
+                       "Tokens in the batches that passed through the MoE layer.")),
+      imbalance(reg(BuildGauge(), *registry, "inferscope_moe_layer_imbalance_ratio",
+                    "Max over mean expert load in the last window (1 = perfectly balanced).")),
+      load_cv(reg(BuildGauge(), *registry, "inferscope_moe_layer_load_cv",
+                  "Coefficient of variation of expert load in the last window.")),
+      max_utilization(reg(BuildGauge(), *registry, "inferscope_moe_layer_max_utilization_ratio",
+                          "Highest expert utilization (load / ideal load) in the last window.")),
+      min_utilization(reg(BuildGauge(), *registry, "inferscope_moe_layer_min_utilization_ratio",
+                          "Lowest expert utilization (load / ideal load) in the last window.")),
+      layer_experts(reg(BuildGauge(), *registry, "inferscope_moe_layer_experts",
+                        "Experts of the layer currently in a hot, cold or dead episode.")),
+      expert_utilization(reg(BuildHistogram(), *registry, "inferscope_moe_expert_utilization_ratio",
+                             "Per-expert utilization ratios, one observation per expert per window.")),
+      episodes_total(reg(BuildCounter(), *registry, "inferscope_moe_expert_episodes_total",
+                         "Hot / cold / dead expert and drop-burst episodes started.")),
+      layer_gpu_seconds(reg(BuildCounter(), *registry, "inferscope_moe_layer_gpu_seconds_total",
+                            "GPU kernel time attributed to the MoE layer's range.")),
+      expert_episode(reg(BuildGauge(), *registry, "inferscope_moe_expert_episode",
+                         "1 while the expert is in an episode of this kind; the series is removed when it ends.")),
+      expert_utilization_current(reg(BuildGauge(), *registry, "inferscope_moe_expert_utilization_current_ratio",
+                                     "Utilization of an expert in an episode, last window.")),
+      expert_tokens(reg(BuildCounter(), *registry, "inferscope_moe_expert_tokens_total",
+                        "Assignments per expert (only with --per-expert-metrics).")),
+      expert_load_share(reg(BuildGauge(), *registry, "inferscope_moe_expert_load_share",
+                            "Expert's share of the layer's assignments, last window (only with --per-expert-metrics).")),
+      ep_rank_utilization(reg(BuildGauge(), *registry, "inferscope_moe_ep_rank_utilization_ratio",
+                              "Load of a physical EP rank under the expert placement over the mean rank load, last window.")),
+      ep_balancedness(reg(BuildGauge(), *registry, "inferscope_moe_ep_balancedness_ratio",
+                          "Mean over max EP rank load under the placement, last window (1 = balanced).")),
+      memory_used(reg(BuildGauge(), *registry, "inferscope_memory_used_bytes", "Memory in use by kind.")),
+      memory_capacity(reg(BuildGauge(), *registry, "inferscope_memory_capacity_bytes",
+                          "Memory reserved for the kind.")),
+      prefix_queried(reg(BuildCounter(), *registry, "inferscope_prefix_cache_queried_tokens_total",
+                         "Prompt tokens looked up in the prefix cache, by layer kind.")),
+      prefix_hit(reg(BuildCounter(), *registry, "inferscope_prefix_cache_hit_tokens_total",
+                     "Prompt tokens served from the prefix cache, by layer kind.")),
+      stage_duration(reg(BuildHistogram(), *registry, "inferscope_stage_duration_seconds",
+                         "Wall time of a multimodal stage per request.")),
+      stage_gpu_seconds(reg(BuildCounter(), *registry, "inferscope_stage_gpu_seconds_total",
+                            "GPU kernel time attributed to the stage.")),
+      ttft(reg(BuildHistogram(), *registry, "inferscope_request_ttft_seconds", "Time to first token.")),
+      tpot(reg(BuildHistogram(), *registry, "inferscope_request_time_per_output_token_seconds",
+               "(finish - first token) / (output tokens - 1).")),
+      e2e(reg(BuildHistogram(), *registry, "inferscope_request_e2e_seconds", "Arrival to finish.")),
+      requests(reg(BuildCounter(), *registry, "inferscope_requests_total", "Finished requests by status.")),
+      request_tokens(reg(BuildCounter(), *registry, "inferscope_request_tokens_total",
+                         "Tokens of finished requests by kind (prompt, output, image, cached).")),
+      frames(reg(BuildCounter(), *registry, "inferscope_collector_frames_total",
+                 "Frames accepted from agents.").Add({})),
+      records(reg(BuildCounter(), *registry, "inferscope_collector_records_total",
+                  "Records accepted from agents, by kind.")),
+      bytes_received(reg(BuildCounter(), *registry, "inferscope_collector_bytes_received_total",
+                         "Bytes read from agent connections.").Add({})),
+      rejected_frames(reg(BuildCounter(), *registry, "inferscope_collector_rejected_frames_total",
+                          "Frames or connections rejected, by reason; the connection is closed.")),
+      connections(reg(BuildGauge(), *registry, "inferscope_collector_connections",
+                      "Agent connections open now.").Add({})),
+      connections_total(reg(BuildCounter(), *registry, "inferscope_collector_connections_total",
+                            "Agent connections accepted.").Add({})),
+      trace_bytes(reg(BuildGauge(), *registry, "inferscope_collector_trace_bytes",
+                      "Bytes of trace segments on disk.").Add({})),
+      trace_write_errors(reg(BuildCounter(), *registry, "inferscope_collector_trace_write_errors_total",
+                             "Frames that could not be written to the trace store (disk full, I/O error).").Add({})),
+      label_overflow(reg(BuildCounter(), *registry, "inferscope_collector_label_overflow_total",
+                         "Records or series not exported because a cardinality bound was reached.")),
+      viewer_dropped_frames(reg(BuildCounter(), *registry, "inferscope_collector_viewer_dropped_frames_total",
+                                "Frames not sent to a slow viewer (its queue was full).")),
+      agent_dropped(reg(BuildCounter(), *registry, "inferscope_agent_records_dropped_total",
+                        "Records the agent dropped (buffers full, collector away), by kind.")),
+      agent_sent(reg(BuildCounter(), *registry, "inferscope_agent_records_sent_total",
+                     "Records the agent sent.")),
+      agent_reconnects(reg(BuildCounter(), *registry, "inferscope_agent_reconnects_total",
+                           "Times the agent reconnected to the collector.")),
+      agent_connected(reg(BuildGauge(), *registry, "inferscope_agent_connected",
+                          "Agent connections of this model and rank open now.")) {
+  viewer_dropped_frames.Add({{"reason", "queue_full"}});
+}
+
+size_t count_series(prometheus::Registry& registry) {
+  size_t n = 0;
+  for (const auto& family : registry.Collect()) {
+    for (const auto& m : family.metric) {
+      if (family.type == prometheus::MetricType::Histogram)
+        n += m.histogram.bucket.size() + 2;  // buckets incl. +Inf, _sum, _count
+      else
+        n += 1;
+    }
+  }
+  return n;
+}
+
+}  // namespace inferscope::collector

@@ -1,0 +1,100 @@
+// inferscope-collector: the daemon's command line (docs/collector.md).
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+#include <CLI/CLI.hpp>
+
+#include "inferscope/collector/collector.hpp"
+
+using namespace inferscope::collector;
+
+int main(int argc, char** argv) {
+  CollectorOptions o;
+  std::string window = "10s", token_file, placement_file;
+  CLI::App app{"inferscope collector: ingests agent streams, exposes Prometheus metrics, "
+               "detects hot/cold/dead experts, stores traces and serves the viewer"};
+  app.add_option("--listen", o.listen,
+                 "agent ingest address, repeatable: tcp://HOST:PORT or unix:///PATH "
+                 "(default tcp://127.0.0.1:7431; port 0 = any free port)");
+  app.add_option("--metrics", o.metrics, "Prometheus /metrics address HOST:PORT (\"\" = off)")
+      ->capture_default_str();
+  app.add_option("--viewer", o.viewer, "viewer API address HOST:PORT (\"\" = off)")->capture_default_str();
+  app.add_option("--trace-dir", o.trace_dir, "directory for trace segments (default: no trace store)");
+  app.add_option("--trace-max-bytes", o.trace_max_bytes, "bound on all trace segments; oldest are deleted")
+      ->capture_default_str();
+  app.add_option("--trace-segment-bytes", o.trace_segment_bytes,
+                 "segment size (default max-bytes/8, 64 KiB..64 MiB)");
+  app.add_option("--window", window, "aggregation window, e.g. 10s, 500ms")->capture_default_str();
+  app.add_option("--hot-threshold", o.aggregation.hot_threshold,
+                 "utilization (share / fair share) at or above which an expert is hot")->capture_default_str();
+  app.add_option("--hot-clear-threshold", o.aggregation.hot_clear_threshold,
+                 "a hot expert clears below this utilization")->capture_default_str();
+  app.add_option("--cold-threshold", o.aggregation.cold_threshold,
+                 "utilization below which an expert is cold")->capture_default_str();
+  app.add_option("--cold-clear-threshold", o.aggregation.cold_clear_threshold,
+                 "a cold expert clears at or above this utilization")->capture_default_str();
+  app.add_option("--hot-windows", o.aggregation.windows,
+                 "consecutive windows that open a hot/cold/dead episode")->capture_default_str();
+  app.add_option("--drop-burst-threshold", o.aggregation.drop_burst_threshold,
+                 "dropped/routed ratio in a window that opens a drop-burst episode")->capture_default_str();
+  app.add_flag("--per-expert-metrics", o.aggregation.per_expert_metrics,
+               "export every expert's series (small models only; see docs/metrics.md)");
+  app.add_option("--placement", placement_file, "expert placement JSON (overrides the agents' hello)");
+  app.add_option("--auth-token-file", token_file, "require this shared token from agents and viewers");
+  app.add_option("--max-connections", o.max_connections, "agent connections at once")->capture_default_str();
+  app.add_option("--max-models", o.aggregation.max_models, "label bound: models")->capture_default_str();
+  app.add_option("--max-ranks", o.aggregation.max_ranks, "label bound: ranks per model")->capture_default_str();
+  app.add_option("--max-episode-series", o.aggregation.max_episode_series,
+                 "bound on experts with per-expert episode series")->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+
+  auto window_ns = parse_duration_ns(window);
+  if (!window_ns) {
+    std::cerr << "inferscope-collector: --window \"" << window << "\" is not a duration (e.g. 10s, 200ms)\n";
+    return 2;
+  }
+  o.aggregation.window_ns = *window_ns;
+  if (o.aggregation.windows == 0 || o.aggregation.hot_clear_threshold > o.aggregation.hot_threshold ||
+      o.aggregation.cold_clear_threshold < o.aggregation.cold_threshold) {
+    std::cerr << "inferscope-collector: need --hot-windows >= 1, hot-clear <= hot threshold, "
+                 "cold-clear >= cold threshold\n";
+    return 2;
+  }
+  if (!placement_file.empty()) {
+    Placement p;
+    std::string error;
+    if (!load_placement_file(placement_file, p, error)) {
+      std::cerr << "inferscope-collector: " << error << "\n";
+      return 2;
+    }
+    o.aggregation.placement = std::move(p);
+  }
+  if (!token_file.empty()) {
+    std::ifstream in(token_file);
+    if (!in) {
+      std::cerr << "inferscope-collector: cannot read --auth-token-file " << token_file << "\n";
+      return 2;
+    }
+    std::getline(in, o.auth_token);
+    while (!o.auth_token.empty() && (o.auth_token.back() == '\r' || o.auth_token.back() == ' '))
+      o.auth_token.pop_back();
+    if (o.auth_token.empty()) {
+      std::cerr << "inferscope-collector: " << token_file << " holds no token\n";
+      return 2;
+    }
+  }
+
+  Collector collector(std::move(o));
+  std::string error;
+  if (!collector.start(error)) {
+    std::cerr << "inferscope-collector: " << error << "\n";
+    return 1;
+  }
+  for (const auto& line : collector.listening_lines()) std::printf("%s\n", line.c_str());
+  std::fflush(stdout);
+  collector.run(true);
+  log_line("stopped");
+  return 0;
+}
