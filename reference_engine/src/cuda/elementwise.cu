@@ -1,7 +1,7 @@
-// Elementwise kernels, norms, RoPE, embedding, argmax and the vision patchify.
-// All memory-bound: one pass over the data, a warp or block per row so the
-// reductions stay in registers and shared memory.
-#include <cfloat>
+// Elementwise kernels, RMSNorm, RoPE, row gathers, casts and the vision
+// patchify / pooling. All memory-bound: one pass over the data; reductions
+// (RMSNorm) use a block per row so they stay in registers and shared memory.
+#include <algorithm>
 
 #include "check.hpp"
 #include "kernels.hpp"
@@ -11,9 +11,17 @@ namespace {
 
 constexpr int kThreads = 256;
 
-int blocks_for(int64_t n, int threads = kThreads) {
-  int64_t b = (n + threads - 1) / threads;
-  return static_cast<int>(b < 65535 * 16 ? (b > 0 ? b : 1) : 65535 * 16);
+int grid_for(int64_t n) {
+  int64_t b = (n + kThreads - 1) / kThreads;
+  return static_cast<int>(std::clamp<int64_t>(b, 1, 132 * 32));
+}
+
+#define GRID_STRIDE(i, n)                                                         \
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < (n); \
+       i += (int64_t)gridDim.x * blockDim.x)
+
+__device__ __forceinline__ float* at(const View& v, int64_t r, int64_t c) {
+  return v.p + r * v.stride + c;
 }
 
 __device__ __forceinline__ float warp_sum(float v) {
@@ -21,277 +29,169 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
-// Sum over the block (blockDim.x a multiple of 32, <= 1024).
-__device__ float block_sum(float v) {
+__global__ void fill_k(View d, float value) {
+  GRID_STRIDE(i, d.rows * d.cols) *at(d, i / d.cols, i % d.cols) = value;
+}
+__global__ void fill_i32_k(IView d, int32_t value) {
+  GRID_STRIDE(i, d.rows * d.cols) d.p[(i / d.cols) * d.stride + i % d.cols] = value;
+}
+__global__ void get_rows_k(View table, const int32_t* ids, View out) {
+  GRID_STRIDE(i, out.rows * out.cols) {
+    int64_t r = i / out.cols, c = i % out.cols;
+    *at(out, r, c) = *at(table, ids[r], c);
+  }
+}
+__global__ void add_k(View a, View b, View o) {
+  GRID_STRIDE(i, o.rows * o.cols) {
+    int64_t r = i / o.cols, c = i % o.cols;
+    *at(o, r, c) = *at(a, r, c) + *at(b, r, c);
+  }
+}
+__global__ void mul_silu_k(View x, View g, View o) {
+  GRID_STRIDE(i, o.rows * o.cols) {
+    int64_t r = i / o.cols, c = i % o.cols;
+    float gv = *at(g, r, c);
+    *at(o, r, c) = *at(x, r, c) * (gv / (1.f + expf(-gv)));
+  }
+}
+__global__ void gelu_k(View x, View o) {
+  GRID_STRIDE(i, o.rows * o.cols) {
+    int64_t r = i / o.cols, c = i % o.cols;
+    float v = *at(x, r, c);
+    *at(o, r, c) = 0.5f * v * (1.f + tanhf(0.7978845608f * (v + 0.044715f * v * v * v)));
+  }
+}
+
+// A block per row; the sum of squares in fp32 over a tree (the CPU uses a
+// double accumulator: both are well within the tolerance).
+__global__ void rms_norm_k(View x, const float* w, float eps, View o) {
   __shared__ float partial[32];
-  v = warp_sum(v);
-  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  __syncthreads();  // partial may still be read by a previous call
-  if (lane == 0) partial[warp] = v;
+  int64_t r = blockIdx.x;
+  float ss = 0.f;
+  for (int64_t c = threadIdx.x; c < x.cols; c += blockDim.x) {
+    float v = *at(x, r, c);
+    ss += v * v;
+  }
+  ss = warp_sum(ss);
+  if ((threadIdx.x & 31) == 0) partial[threadIdx.x >> 5] = ss;
   __syncthreads();
-  int warps = (blockDim.x + 31) >> 5;
-  v = lane < warps ? partial[lane] : 0.f;
-  return warp_sum(v);
-}
-
-__global__ void cast_f2b(const float* x, __nv_bfloat16* y, int64_t n) {
-  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
-       i += (int64_t)gridDim.x * blockDim.x)
-    y[i] = __float2bfloat16(x[i]);
-}
-__global__ void cast_b2f(const __nv_bfloat16* x, float* y, int64_t n) {
-  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
-       i += (int64_t)gridDim.x * blockDim.x)
-    y[i] = __bfloat162float(x[i]);
-}
-
-__global__ void rmsnorm_k(const float* x, const float* w, float* of, __nv_bfloat16* ob, int dim,
-                          float eps) {
-  const float* row = x + (int64_t)blockIdx.x * dim;
-  float ss = 0.f;
-  for (int i = threadIdx.x; i < dim; i += blockDim.x) ss += row[i] * row[i];
-  float inv = rsqrtf(block_sum(ss) / dim + eps);
-  for (int i = threadIdx.x; i < dim; i += blockDim.x) {
-    float v = row[i] * inv * (w ? w[i] : 1.f);
-    if (of) of[(int64_t)blockIdx.x * dim + i] = v;
-    if (ob) ob[(int64_t)blockIdx.x * dim + i] = __float2bfloat16(v);
+  if (threadIdx.x < 32) {
+    float v = threadIdx.x < (blockDim.x >> 5) ? partial[threadIdx.x] : 0.f;
+    v = warp_sum(v);
+    if (threadIdx.x == 0) partial[0] = v;
   }
+  __syncthreads();
+  float inv = rsqrtf(partial[0] / x.cols + eps);
+  for (int64_t c = threadIdx.x; c < x.cols; c += blockDim.x) *at(o, r, c) = *at(x, r, c) * inv * w[c];
 }
 
-__global__ void layernorm_k(const float* x, const float* w, const float* b, float* of,
-                            __nv_bfloat16* ob, int dim, float eps) {
-  const float* row = x + (int64_t)blockIdx.x * dim;
-  float s = 0.f;
-  for (int i = threadIdx.x; i < dim; i += blockDim.x) s += row[i];
-  float mean = block_sum(s) / dim;
-  float ss = 0.f;
-  for (int i = threadIdx.x; i < dim; i += blockDim.x) ss += (row[i] - mean) * (row[i] - mean);
-  float inv = rsqrtf(block_sum(ss) / dim + eps);
-  for (int i = threadIdx.x; i < dim; i += blockDim.x) {
-    float v = (row[i] - mean) * inv * (w ? w[i] : 1.f) + (b ? b[i] : 0.f);
-    if (of) of[(int64_t)blockIdx.x * dim + i] = v;
-    if (ob) ob[(int64_t)blockIdx.x * dim + i] = __float2bfloat16(v);
-  }
-}
-
-// One thread per rotated pair.
-__global__ void rope_k(float* x, const int32_t* pos, int rows, int heads, int head_dim,
-                       int row_stride, int rot_dim, float theta, bool interleaved) {
-  int half = rot_dim / 2;
-  int64_t total = (int64_t)rows * heads * half;
-  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;
-       i += (int64_t)gridDim.x * blockDim.x) {
+__global__ void rope_k(View x, const int32_t* pos, int heads, int hd, float theta) {
+  int half = hd / 2;
+  GRID_STRIDE(i, x.rows * heads * half) {
     int p = static_cast<int>(i % half);
     int h = static_cast<int>((i / half) % heads);
-    int r = static_cast<int>(i / ((int64_t)half * heads));
-    float* v = x + (int64_t)r * row_stride + (int64_t)h * head_dim;
-    // Same expression as the CPU backend: theta^(-2p/rot_dim), angle in fp32.
-    float freq = powf(theta, -2.0f * p / rot_dim);
-    float ang = pos[r] * freq;
-    float sn, cs;
-    sincosf(ang, &sn, &cs);
-    int i0 = interleaved ? 2 * p : p;
-    int i1 = interleaved ? 2 * p + 1 : p + half;
-    float a = v[i0], b = v[i1];
-    v[i0] = a * cs - b * sn;
-    v[i1] = a * sn + b * cs;
+    int64_t r = i / ((int64_t)half * heads);
+    float* v = at(x, r, (int64_t)h * hd);
+    float freq = powf(theta, -2.0f * static_cast<float>(p) / static_cast<float>(hd));
+    float ang = static_cast<float>(pos[r]) * freq;
+    float cs = cosf(ang), sn = sinf(ang);
+    float a = v[p], b = v[p + half];
+    v[p] = a * cs - b * sn;
+    v[p + half] = a * sn + b * cs;
   }
 }
 
-__global__ void swiglu_k(const float* gu, float* of, __nv_bfloat16* ob, int rows, int ffn) {
-  int64_t total = (int64_t)rows * ffn;
-  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;
-       i += (int64_t)gridDim.x * blockDim.x) {
-    int64_t r = i / ffn;
-    int f = static_cast<int>(i % ffn);
-    float g = gu[r * 2 * ffn + f], u = gu[r * 2 * ffn + ffn + f];
-    float v = g / (1.f + __expf(-g)) * u;
-    if (of) of[i] = v;
-    if (ob) ob[i] = __float2bfloat16(v);
+__global__ void to_bf16_k(View x, __nv_bfloat16* out) {
+  GRID_STRIDE(i, x.rows * x.cols) out[i] = __float2bfloat16(*at(x, i / x.cols, i % x.cols));
+}
+__global__ void f2b_k(const float* x, __nv_bfloat16* out, int64_t n) {
+  GRID_STRIDE(i, n) out[i] = __float2bfloat16(x[i]);
+}
+
+__global__ void patchify_k(View img, int width, int channels, int patch, View out) {
+  int pw = width / patch;
+  GRID_STRIDE(i, out.rows * out.cols) {
+    int64_t pi = i / out.cols, j = i % out.cols;
+    int64_t py = pi / pw, px = pi % pw;
+    int64_t dy = j / ((int64_t)patch * channels), rest = j % ((int64_t)patch * channels);
+    *at(out, pi, j) = *at(img, py * patch + dy, px * patch * channels + rest);
   }
 }
 
-__global__ void gelu_k(float* x, int64_t n) {
-  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
-       i += (int64_t)gridDim.x * blockDim.x) {
-    float v = x[i];
-    x[i] = 0.5f * v * (1.f + tanhf(0.7978845608f * (v + 0.044715f * v * v * v)));
-  }
-}
-
-__global__ void axpy_k(float* y, const float* x, float a, int64_t n) {
-  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
-       i += (int64_t)gridDim.x * blockDim.x)
-    y[i] += a * x[i];
-}
-
-__global__ void add_bias_k(float* y, const float* b, int rows, int dim) {
-  int64_t total = (int64_t)rows * dim;
-  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;
-       i += (int64_t)gridDim.x * blockDim.x)
-    y[i] += b[i % dim];
-}
-
-template <typename T>
-__device__ __forceinline__ float to_f(T v);
-template <>
-__device__ __forceinline__ float to_f<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ float to_f<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T>
-__global__ void embedding_k(const T* table, const int32_t* ids, float* out, int dim) {
-  const T* src = table + (int64_t)ids[blockIdx.x] * dim;
-  for (int i = threadIdx.x; i < dim; i += blockDim.x)
-    out[(int64_t)blockIdx.x * dim + i] = to_f(src[i]);
-}
-
-// Ties go to the lowest index, as std::max_element does on the CPU.
-__global__ void argmax_k(const float* logits, int32_t* out, int vocab) {
-  const float* row = logits + (int64_t)blockIdx.x * vocab;
-  float best = -FLT_MAX;
-  int idx = 0x7fffffff;
-  for (int i = threadIdx.x; i < vocab; i += blockDim.x)
-    if (row[i] > best) best = row[i], idx = i;
-  for (int o = 16; o > 0; o >>= 1) {
-    float ob = __shfl_xor_sync(0xffffffffu, best, o);
-    int oi = __shfl_xor_sync(0xffffffffu, idx, o);
-    if (ob > best || (ob == best && oi < idx)) best = ob, idx = oi;
-  }
-  __shared__ float sb[32];
-  __shared__ int si[32];
-  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  if (lane == 0) sb[warp] = best, si[warp] = idx;
-  __syncthreads();
-  if (warp == 0) {
-    int warps = blockDim.x >> 5;
-    best = lane < warps ? sb[lane] : -FLT_MAX;
-    idx = lane < warps ? si[lane] : 0x7fffffff;
-    for (int o = 16; o > 0; o >>= 1) {
-      float ob = __shfl_xor_sync(0xffffffffu, best, o);
-      int oi = __shfl_xor_sync(0xffffffffu, idx, o);
-      if (ob > best || (ob == best && oi < idx)) best = ob, idx = oi;
-    }
-    if (lane == 0) out[blockIdx.x] = idx == 0x7fffffff ? 0 : idx;
-  }
-}
-
-__global__ void patchify_k(const float* img, int c, int h, int w, int p, __nv_bfloat16* out) {
-  int pw = w / p, ph = h / p;
-  int64_t per = (int64_t)c * p * p;
-  int64_t total = (int64_t)ph * pw * per;
-  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;
-       i += (int64_t)gridDim.x * blockDim.x) {
-    int64_t patch = i / per;
-    int j = static_cast<int>(i % per);
-    int ch = j / (p * p), dy = (j / p) % p, dx = j % p;
-    int py = static_cast<int>(patch / pw), px = static_cast<int>(patch % pw);
-    out[i] = __float2bfloat16(img[((int64_t)ch * h + py * p + dy) * w + px * p + dx]);
-  }
-}
-
-__global__ void pool_rows_k(const float* x, float* out, int out_rows, int dim, int group) {
-  int64_t total = (int64_t)out_rows * dim;
-  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;
-       i += (int64_t)gridDim.x * blockDim.x) {
-    int64_t r = i / dim;
-    int d = static_cast<int>(i % dim);
+__global__ void mean_pool_k(View x, int group, View out) {
+  GRID_STRIDE(i, out.rows * out.cols) {
+    int64_t g = i / out.cols, c = i % out.cols;
     float s = 0.f;
-    for (int g = 0; g < group; ++g) s += x[(r * group + g) * dim + d];
-    out[i] = s / group;
+    for (int r = 0; r < group; ++r) s += *at(x, g * group + r, c);
+    *at(out, g, c) = s * (1.0f / static_cast<float>(group));
   }
-}
-
-int row_threads(int dim) {
-  int t = 32;
-  while (t < dim && t < 1024) t <<= 1;
-  return t;
 }
 
 }  // namespace
 
-void cast_f32_to_bf16(const float* x, __nv_bfloat16* y, int64_t n, cudaStream_t s) {
+void fill(View d, float value, cudaStream_t s) {
+  if (d.rows * d.cols <= 0) return;
+  fill_k<<<grid_for(d.rows * d.cols), kThreads, 0, s>>>(d, value);
+  ISC_LAUNCH();
+}
+void fill_i32(IView d, int32_t value, cudaStream_t s) {
+  if (d.rows * d.cols <= 0) return;
+  fill_i32_k<<<grid_for(d.rows * d.cols), kThreads, 0, s>>>(d, value);
+  ISC_LAUNCH();
+}
+void get_rows(View table, const int32_t* ids, View out, cudaStream_t s) {
+  if (out.rows * out.cols <= 0) return;
+  get_rows_k<<<grid_for(out.rows * out.cols), kThreads, 0, s>>>(table, ids, out);
+  ISC_LAUNCH();
+}
+void add(View a, View b, View o, cudaStream_t s) {
+  if (o.rows * o.cols <= 0) return;
+  add_k<<<grid_for(o.rows * o.cols), kThreads, 0, s>>>(a, b, o);
+  ISC_LAUNCH();
+}
+void mul_silu(View x, View g, View o, cudaStream_t s) {
+  if (o.rows * o.cols <= 0) return;
+  mul_silu_k<<<grid_for(o.rows * o.cols), kThreads, 0, s>>>(x, g, o);
+  ISC_LAUNCH();
+}
+void gelu(View x, View o, cudaStream_t s) {
+  if (o.rows * o.cols <= 0) return;
+  gelu_k<<<grid_for(o.rows * o.cols), kThreads, 0, s>>>(x, o);
+  ISC_LAUNCH();
+}
+void rms_norm(View x, const float* w, float eps, View o, cudaStream_t s) {
+  if (x.rows <= 0) return;
+  int threads = 32;
+  while (threads < x.cols && threads < 1024) threads <<= 1;
+  rms_norm_k<<<static_cast<unsigned>(x.rows), threads, 0, s>>>(x, w, eps, o);
+  ISC_LAUNCH();
+}
+void rope(View x, const int32_t* positions, int heads, int head_dim, float theta, cudaStream_t s) {
+  int64_t n = x.rows * heads * (head_dim / 2);
   if (n <= 0) return;
-  cast_f2b<<<blocks_for(n), kThreads, 0, s>>>(x, y, n);
+  rope_k<<<grid_for(n), kThreads, 0, s>>>(x, positions, heads, head_dim, theta);
   ISC_LAUNCH();
 }
-void cast_bf16_to_f32(const __nv_bfloat16* x, float* y, int64_t n, cudaStream_t s) {
+void to_bf16(View x, __nv_bfloat16* out, cudaStream_t s) {
+  if (x.rows * x.cols <= 0) return;
+  to_bf16_k<<<grid_for(x.rows * x.cols), kThreads, 0, s>>>(x, out);
+  ISC_LAUNCH();
+}
+void f32_to_bf16(const float* x, __nv_bfloat16* out, int64_t n, cudaStream_t s) {
   if (n <= 0) return;
-  cast_b2f<<<blocks_for(n), kThreads, 0, s>>>(x, y, n);
+  f2b_k<<<grid_for(n), kThreads, 0, s>>>(x, out, n);
   ISC_LAUNCH();
 }
-void rmsnorm(const float* x, const float* w, float* of, __nv_bfloat16* ob, int rows, int dim,
-             float eps, cudaStream_t s) {
-  if (rows <= 0) return;
-  rmsnorm_k<<<rows, row_threads(dim), 0, s>>>(x, w, of, ob, dim, eps);
+void patchify(View image, int /*height*/, int width, int channels, int patch, View out,
+              cudaStream_t s) {
+  if (out.rows * out.cols <= 0) return;
+  patchify_k<<<grid_for(out.rows * out.cols), kThreads, 0, s>>>(image, width, channels, patch,
+                                                                 out);
   ISC_LAUNCH();
 }
-void layernorm(const float* x, const float* w, const float* b, float* of, __nv_bfloat16* ob,
-               int rows, int dim, float eps, cudaStream_t s) {
-  if (rows <= 0) return;
-  layernorm_k<<<rows, row_threads(dim), 0, s>>>(x, w, b, of, ob, dim, eps);
-  ISC_LAUNCH();
-}
-void rope(float* x, const int32_t* positions, int rows, int heads, int head_dim, int row_stride,
-          int rot_dim, float theta, bool interleaved, cudaStream_t s) {
-  int64_t n = (int64_t)rows * heads * (rot_dim / 2);
-  if (n <= 0) return;
-  rope_k<<<blocks_for(n), kThreads, 0, s>>>(x, positions, rows, heads, head_dim, row_stride,
-                                             rot_dim, theta, interleaved);
-  ISC_LAUNCH();
-}
-void swiglu(const float* gu, float* of, __nv_bfloat16* ob, int rows, int ffn, cudaStream_t s) {
-  int64_t n = (int64_t)rows * ffn;
-  if (n <= 0) return;
-  swiglu_k<<<blocks_for(n), kThreads, 0, s>>>(gu, of, ob, rows, ffn);
-  ISC_LAUNCH();
-}
-void gelu(float* x, int64_t n, cudaStream_t s) {
-  if (n <= 0) return;
-  gelu_k<<<blocks_for(n), kThreads, 0, s>>>(x, n);
-  ISC_LAUNCH();
-}
-void add_inplace(float* y, const float* x, int64_t n, cudaStream_t s) { axpy(y, x, 1.f, n, s); }
-void axpy(float* y, const float* x, float a, int64_t n, cudaStream_t s) {
-  if (n <= 0) return;
-  axpy_k<<<blocks_for(n), kThreads, 0, s>>>(y, x, a, n);
-  ISC_LAUNCH();
-}
-void add_bias(float* y, const float* b, int rows, int dim, cudaStream_t s) {
-  int64_t n = (int64_t)rows * dim;
-  if (n <= 0) return;
-  add_bias_k<<<blocks_for(n), kThreads, 0, s>>>(y, b, rows, dim);
-  ISC_LAUNCH();
-}
-void embedding(const float* table, const int32_t* ids, float* out, int rows, int dim,
-               cudaStream_t s) {
-  if (rows <= 0) return;
-  embedding_k<float><<<rows, row_threads(dim), 0, s>>>(table, ids, out, dim);
-  ISC_LAUNCH();
-}
-void embedding_bf16(const __nv_bfloat16* table, const int32_t* ids, float* out, int rows, int dim,
-                    cudaStream_t s) {
-  if (rows <= 0) return;
-  embedding_k<__nv_bfloat16><<<rows, row_threads(dim), 0, s>>>(table, ids, out, dim);
-  ISC_LAUNCH();
-}
-void argmax_rows(const float* logits, int32_t* out, int rows, int vocab, cudaStream_t s) {
-  if (rows <= 0) return;
-  argmax_k<<<rows, 256, 0, s>>>(logits, out, vocab);
-  ISC_LAUNCH();
-}
-void patchify(const float* image, int channels, int height, int width, int patch,
-              __nv_bfloat16* patches, cudaStream_t s) {
-  int64_t n = (int64_t)(height / patch) * (width / patch) * channels * patch * patch;
-  if (n <= 0) return;
-  patchify_k<<<blocks_for(n), kThreads, 0, s>>>(image, channels, height, width, patch, patches);
-  ISC_LAUNCH();
-}
-void pool_rows(const float* x, float* out, int rows, int dim, int group, cudaStream_t s) {
-  int out_rows = rows / group;
-  int64_t n = (int64_t)out_rows * dim;
-  if (n <= 0) return;
-  pool_rows_k<<<blocks_for(n), kThreads, 0, s>>>(x, out, out_rows, dim, group);
+void mean_pool_rows(View x, int group, View out, cudaStream_t s) {
+  if (out.rows * out.cols <= 0) return;
+  mean_pool_k<<<grid_for(out.rows * out.cols), kThreads, 0, s>>>(x, group, out);
   ISC_LAUNCH();
 }
 

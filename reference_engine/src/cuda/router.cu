@@ -1,9 +1,15 @@
-// MoE router on the device: gate + top-k (a warp per token), then one block that
-// builds the per-expert histogram, enforces capacity in (token, choice) order,
-// scans the kept counts into offsets and writes the permutation. Keeping it all
-// on the device means the decode step needs no host round trip per MoE layer;
-// the host reads `routed`/`kept`/`stats` (the expert-load signal) once per step.
+// MoE router and permutation on the device.
+//
+// Gate + ranking: a warp per token. Capacity: one block walks the assignments
+// in (token, choice) order — the CPU backend's order — in chunks of 1024; each
+// assignment's position within its expert comes from __match_any_sync ranks
+// plus per-warp counts, so the result equals the sequential one exactly and the
+// per-expert histogram (routed / kept) is built on the device as a by-product.
+// With re-routing every decision depends on all earlier ones, so one thread
+// walks them (the engine's batches are at most a few thousand assignments).
+#include <algorithm>
 #include <cfloat>
+#include <stdexcept>
 
 #include "check.hpp"
 #include "kernels.hpp"
@@ -11,278 +17,284 @@
 namespace inferscope::engine::cuda {
 namespace {
 
-constexpr int kTopkWarps = 8;
-constexpr int kAssignThreads = 1024;
+constexpr int kRankWarps = 8;
+constexpr int kBlock = 1024;
 constexpr int kMaxExperts = 1024;
 
-__device__ __forceinline__ float gate_of(float logit, float mx, float inv_sum, bool sigmoid) {
-  return sigmoid ? 1.f / (1.f + expf(-logit)) : expf(logit - mx) * inv_sum;
-}
+extern __shared__ __align__(16) unsigned char dyn_smem[];
 
-// Better = larger score, ties to the lower expert index (std::partial_sort with
-// the CPU backend's comparator does the same).
 __device__ __forceinline__ bool better(float a, int ia, float b, int ib) {
   return a > b || (a == b && ia < ib);
 }
 
-__global__ void topk_k(const float* logits, const float* bias, RouterParams p, int cand,
-                       int32_t* cand_expert, float* cand_weight) {
-  extern __shared__ float sel_all[];
-  int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  int t = blockIdx.x * kTopkWarps + warp;
+// Ranks the top R experts of each token by score + bias (ties to the lower
+// index, as the CPU's stable sort does) and stores their normalised weights.
+__global__ void rank_k(View logits, const float* bias, RouterParams p, int R, int32_t* rank_expert,
+                       float* rank_weight) {
+  float* smem = reinterpret_cast<float*>(dyn_smem);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int t = blockIdx.x * kRankWarps + warp;
   if (t >= p.tokens) return;
-  float* sel = sel_all + warp * p.experts;
-  const float* row = logits + (int64_t)t * p.experts;
-  float mx = -FLT_MAX;
-  for (int e = lane; e < p.experts; e += 32) mx = fmaxf(mx, row[e]);
-  for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-  float sum = 0.f;
-  if (!p.sigmoid)
-    for (int e = lane; e < p.experts; e += 32) sum += expf(row[e] - mx);
-  for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-  float inv_sum = p.sigmoid ? 1.f : 1.f / sum;
-  for (int e = lane; e < p.experts; e += 32)
-    sel[e] = gate_of(row[e], mx, inv_sum, p.sigmoid) + (bias ? bias[e] : 0.f);
+  const int E = p.experts;
+  float* key = smem + warp * 2 * E;
+  float* score = key + E;
+  const float* row = logits.p + (int64_t)t * logits.stride;
+  if (p.sigmoid) {
+    for (int e = lane; e < E; e += 32) score[e] = 1.f / (1.f + expf(-row[e]));
+  } else {
+    float mx = -FLT_MAX;
+    for (int e = lane; e < E; e += 32) mx = fmaxf(mx, row[e]);
+    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    float sum = 0.f;
+    for (int e = lane; e < E; e += 32) {
+      float v = expf(row[e] - mx);
+      score[e] = v;
+      sum += v;
+    }
+    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    for (int e = lane; e < E; e += 32) score[e] /= sum;
+  }
+  for (int e = lane; e < E; e += 32) key[e] = score[e] + (bias ? bias[e] : 0.f);
   __syncwarp();
-  float chosen_sum = 0.f;
-  for (int j = 0; j < cand; ++j) {
+  float denom = 0.f;
+  int32_t* re = rank_expert + (int64_t)t * R;
+  float* rw = rank_weight + (int64_t)t * R;
+  for (int j = 0; j < R; ++j) {
     float best = -FLT_MAX;
     int bi = 0x7fffffff;
-    for (int e = lane; e < p.experts; e += 32)
-      if (better(sel[e], e, best, bi)) best = sel[e], bi = e;
+    for (int e = lane; e < E; e += 32)
+      if (better(key[e], e, best, bi)) best = key[e], bi = e;
     for (int o = 16; o > 0; o >>= 1) {
       float ob = __shfl_xor_sync(0xffffffffu, best, o);
       int oi = __shfl_xor_sync(0xffffffffu, bi, o);
       if (better(ob, oi, best, bi)) best = ob, bi = oi;
     }
-    if (bi >= p.experts) bi = 0;  // only with NaN logits; keeps indices in range
-    float g = gate_of(row[bi], mx, inv_sum, p.sigmoid);
-    if (j < p.top_k) chosen_sum += g;
+    if (bi >= E) {  // every remaining key is -inf/NaN: take the lowest unused index
+      bi = 0;
+      while (bi < E && key[bi] == -INFINITY) ++bi;
+      if (bi >= E) bi = 0;
+    }
+    if (j < p.top_k) denom += score[bi];
     if (lane == 0) {
-      cand_expert[(int64_t)t * cand + j] = bi;
-      cand_weight[(int64_t)t * cand + j] = g;
-      sel[bi] = -FLT_MAX;
+      re[j] = bi;
+      rw[j] = score[bi];
+      key[bi] = -INFINITY;  // taken
     }
     __syncwarp();
   }
-  // Renormalise over the k first choices; reroute candidates share the scale.
-  float scale = p.route_scale;
-  if (p.renormalize && chosen_sum > 0.f) scale /= chosen_sum;
-  for (int j = lane; j < cand; j += 32) cand_weight[(int64_t)t * cand + j] *= scale;
+  float norm = (p.renormalize && denom > 0.f) ? p.scaling / denom : p.scaling;
+  for (int j = lane; j < R; j += 32) rw[j] *= norm;
 }
 
-__device__ void scan_offsets(const int* kept, int32_t* offsets, int experts) {
-  if (threadIdx.x == 0) {
-    int run = 0;
-    for (int e = 0; e < experts; ++e) {
-      offsets[e] = run;
-      run += kept[e];
-    }
-    offsets[experts] = run;
-  }
-}
-
-// Capacity in (token, choice) order without re-routing: ranks within each
-// 1024-assignment chunk come from warp match + per-warp counts, so the result is
-// the sequential order's, deterministically.
-__global__ void assign_drop_k(RouterParams p, int cand, RouterBuffers b) {
-  extern __shared__ int smem[];
-  int* warp_cnt = smem;                       // [32][E]
-  int* cnt = smem + 32 * p.experts;           // [E] assignments seen so far
-  int* kept = cnt + p.experts;                // [E]
-  __shared__ int dropped;
-  int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  for (int e = threadIdx.x; e < p.experts; e += blockDim.x) cnt[e] = 0;
-  if (threadIdx.x == 0) dropped = 0;
+// Walks assignments 0..total-1 in order with a 1024-thread block; for each one
+// with expert e >= 0 calls visit(a, e, pos) where pos = number of earlier
+// assignments with the same expert. `cnt` [E] ends holding the totals.
+// smem: warp_cnt [32][E] then cnt [E].
+template <typename GetExpert, typename Visit>
+__device__ void ordered_rank(int total, int E, int* smem, GetExpert get, Visit visit) {
+  int* warp_cnt = smem;
+  int* cnt = smem + 32 * E;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  for (int e = threadIdx.x; e < E; e += blockDim.x) cnt[e] = 0;
   __syncthreads();
-  const int total = p.tokens * p.top_k;
   for (int base = 0; base < total; base += blockDim.x) {
-    for (int e = lane; e < p.experts; e += 32) warp_cnt[warp * p.experts + e] = 0;
+    for (int e = lane; e < E; e += 32) warp_cnt[warp * E + e] = 0;
     __syncwarp();
-    int a = base + threadIdx.x;
-    int e = -1;
-    if (a < total) e = b.cand_expert[(int64_t)(a / p.top_k) * cand + a % p.top_k];
-    unsigned peers = __match_any_sync(0xffffffffu, e);
-    int rank = __popc(peers & ((1u << lane) - 1u));
-    if (e >= 0 && rank == 0) warp_cnt[warp * p.experts + e] = __popc(peers);
+    const int a = base + threadIdx.x;
+    const int e = a < total ? get(a) : -1;
+    const unsigned peers = __match_any_sync(0xffffffffu, e);
+    const int rank = __popc(peers & ((1u << lane) - 1u));
+    if (e >= 0 && rank == 0) warp_cnt[warp * E + e] = __popc(peers);
     __syncthreads();
     int pos = 0;
     if (e >= 0) {
       pos = cnt[e] + rank;
-      for (int w = 0; w < warp; ++w) pos += warp_cnt[w * p.experts + e];
+      for (int w = 0; w < warp; ++w) pos += warp_cnt[w * E + e];
     }
     __syncthreads();
-    for (int x = threadIdx.x; x < p.experts; x += blockDim.x) {
-      int s = 0;
-      for (int w = 0; w < 32; ++w) s += warp_cnt[w * p.experts + x];
-      cnt[x] += s;
+    for (int x = threadIdx.x; x < E; x += blockDim.x) {
+      int sum = 0;
+      for (int w = 0; w < 32; ++w) sum += warp_cnt[w * E + x];
+      cnt[x] += sum;
     }
-    if (a < total) {
-      bool keep = p.capacity <= 0 || pos < p.capacity;
-      b.topk_expert[a] = keep ? e : -1;
-      b.topk_slot[a] = keep ? pos : -1;  // position within e for now
-      b.topk_weight[a] = b.cand_weight[(int64_t)(a / p.top_k) * cand + a % p.top_k];
-      if (!keep) atomicAdd(&dropped, 1);
-    }
+    if (e >= 0) visit(a, e, pos);
     __syncthreads();
-  }
-  for (int e = threadIdx.x; e < p.experts; e += blockDim.x) {
-    kept[e] = p.capacity > 0 ? min(cnt[e], p.capacity) : cnt[e];
-    b.routed[e] = cnt[e];
-    b.kept[e] = kept[e];
-  }
-  __syncthreads();
-  scan_offsets(kept, b.offsets, p.experts);
-  if (threadIdx.x == 0) {
-    b.stats[0] = dropped;
-    b.stats[1] = 0;
-  }
-  __syncthreads();
-  for (int a = threadIdx.x; a < total; a += blockDim.x) {
-    int e = b.topk_expert[a];
-    if (e < 0) continue;
-    int slot = b.offsets[e] + b.topk_slot[a];
-    b.topk_slot[a] = slot;
-    b.perm_token[slot] = a / p.top_k;
   }
 }
 
-// With re-routing the outcome of each assignment depends on every earlier one,
-// so one thread walks them in (token, choice) order, as the CPU backend does: an
-// assignment over capacity moves to the token's next candidate (ranks k, k+1, ..)
-// that still has room and is not already one of its experts, else it is dropped.
-__global__ void assign_reroute_k(RouterParams p, int cand, RouterBuffers b) {
-  extern __shared__ int smem[];
-  int* cnt = smem;               // [E] accepted so far
-  int* want = smem + p.experts;  // [E] first-choice demand (the histogram)
-  for (int e = threadIdx.x; e < p.experts; e += blockDim.x) cnt[e] = 0, want[e] = 0;
+__global__ void assign_drop_k(RouterParams p, RouterBuffers b) {
+  int* smem = reinterpret_cast<int*>(dyn_smem);
+  __shared__ int dropped;
+  const int E = p.experts, k = p.top_k;
+  if (threadIdx.x == 0) dropped = 0;
+  ordered_rank(
+      p.tokens * k, E, smem, [&](int a) { return b.rank_expert[a]; },
+      [&](int a, int e, int pos) {
+        bool keep = p.capacity <= 0 || pos < p.capacity;
+        b.assign_expert[a] = keep ? e : -1;
+        b.assign_weight[a] = keep ? b.rank_weight[a] : 0.f;
+        if (!keep) atomicAdd(&dropped, 1);
+      });
+  const int* cnt = smem + 32 * E;
+  for (int e = threadIdx.x; e < E; e += blockDim.x) {
+    b.counts[e] = cnt[e];
+    b.counts[E + e] = p.capacity > 0 ? min(cnt[e], p.capacity) : cnt[e];
+  }
+  if (threadIdx.x == 0) {
+    b.counts[2 * E] = dropped;
+    b.counts[2 * E + 1] = 0;
+  }
+}
+
+__global__ void assign_reroute_k(RouterParams p, int R, RouterBuffers b) {
+  int* smem = reinterpret_cast<int*>(dyn_smem);
+  const int E = p.experts, k = p.top_k;
+  int* kept = smem;
+  int* routed = smem + E;
+  for (int e = threadIdx.x; e < E; e += blockDim.x) kept[e] = 0, routed[e] = 0;
   __syncthreads();
   if (threadIdx.x == 0) {
     int dropped = 0, rerouted = 0;
     for (int t = 0; t < p.tokens; ++t) {
-      const int32_t* ce = b.cand_expert + (int64_t)t * cand;
-      const float* cw = b.cand_weight + (int64_t)t * cand;
-      int next = p.top_k;
-      for (int j = 0; j < p.top_k; ++j) {
-        int a = t * p.top_k + j;
-        int e = ce[j];
-        ++want[e];
-        b.topk_weight[a] = cw[j];
-        if (p.capacity <= 0 || cnt[e] < p.capacity) {
-          b.topk_expert[a] = e;
-          b.topk_slot[a] = cnt[e]++;
+      const int32_t* re = b.rank_expert + (int64_t)t * R;
+      const float* rw = b.rank_weight + (int64_t)t * R;
+      int next = k;
+      for (int j = 0; j < k; ++j) {
+        const int a = t * k + j, e = re[j];
+        ++routed[e];
+        if (p.capacity <= 0 || kept[e] < p.capacity) {
+          ++kept[e];
+          b.assign_expert[a] = e;
+          b.assign_weight[a] = rw[j];
           continue;
         }
-        int moved = -1;
-        while (next < cand && moved < 0) {
-          int e2 = ce[next++];
-          if (cnt[e2] < p.capacity) moved = e2;
-        }
-        if (moved >= 0) {
+        b.assign_expert[a] = -1;
+        b.assign_weight[a] = 0.f;
+        while (next < R && kept[re[next]] >= p.capacity) ++next;
+        if (next < R) {
+          const int r = re[next];
+          ++kept[r];
+          b.assign_expert[a] = r;
+          b.assign_weight[a] = rw[next];
+          ++next;
           ++rerouted;
-          b.topk_expert[a] = moved;
-          b.topk_slot[a] = cnt[moved]++;
-        } else {
-          ++dropped;
-          b.topk_expert[a] = -1;
-          b.topk_slot[a] = -1;
+          continue;
         }
+        ++dropped;
       }
     }
-    b.stats[0] = dropped;
-    b.stats[1] = rerouted;
+    b.counts[2 * E] = dropped;
+    b.counts[2 * E + 1] = rerouted;
   }
   __syncthreads();
-  for (int e = threadIdx.x; e < p.experts; e += blockDim.x) {
-    b.routed[e] = want[e];
-    b.kept[e] = cnt[e];
-  }
-  __syncthreads();
-  scan_offsets(cnt, b.offsets, p.experts);
-  __syncthreads();
-  const int total = p.tokens * p.top_k;
-  for (int a = threadIdx.x; a < total; a += blockDim.x) {
-    int e = b.topk_expert[a];
-    if (e < 0) continue;
-    int slot = b.offsets[e] + b.topk_slot[a];
-    b.topk_slot[a] = slot;
-    b.perm_token[slot] = a / p.top_k;
+  for (int e = threadIdx.x; e < E; e += blockDim.x) {
+    b.counts[e] = routed[e];
+    b.counts[E + e] = kept[e];
   }
 }
 
-__global__ void permute_k(const __nv_bfloat16* x, const int32_t* perm, const int32_t* offsets,
-                          int experts, __nv_bfloat16* xp, int dim) {
-  int rows = offsets[experts];
-  for (int r = blockIdx.x; r < rows; r += gridDim.x) {
-    const __nv_bfloat16* src = x + (int64_t)perm[r] * dim;
-    __nv_bfloat16* dst = xp + (int64_t)r * dim;
-    for (int i = threadIdx.x; i < dim; i += blockDim.x) dst[i] = src[i];
+__global__ void permute_index_k(IView ae, const int32_t* offsets, int E, IView perm) {
+  int* smem = reinterpret_cast<int*>(dyn_smem);
+  const int k = static_cast<int>(ae.cols);
+  ordered_rank(
+      static_cast<int>(ae.rows) * k, E, smem,
+      [&](int a) {
+        int e = ae.p[(int64_t)(a / k) * ae.stride + a % k];
+        return e < E ? e : -1;
+      },
+      [&](int a, int e, int pos) {
+        int row = offsets[e] + pos;
+        if (row < offsets[e + 1]) perm.p[(int64_t)row * perm.stride] = a;
+      });
+}
+
+__global__ void permute_rows_k(View x, IView perm, int k, int64_t rows, View xp) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < rows * xp.cols;
+       i += (int64_t)gridDim.x * blockDim.x) {
+    int64_t r = i / xp.cols, c = i % xp.cols;
+    int t = perm.p[r * perm.stride] / k;
+    xp.p[r * xp.stride + c] = x.p[(int64_t)t * x.stride + c];
   }
 }
 
-// A fixed loop order over the choices keeps the sum deterministic (no atomics).
-__global__ void unpermute_k(const float* yp, const int32_t* slot, const float* weight, float* out,
-                            int top_k, int dim, bool accumulate) {
-  int t = blockIdx.x;
-  for (int i = threadIdx.x; i < dim; i += blockDim.x) {
-    float acc = accumulate ? out[(int64_t)t * dim + i] : 0.f;
-    for (int j = 0; j < top_k; ++j) {
-      int sl = slot[t * top_k + j];
-      if (sl >= 0) acc += weight[t * top_k + j] * yp[(int64_t)sl * dim + i];
+__global__ void scatter_slots_k(IView perm, int64_t rows, int32_t* slot_of) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < rows;
+       i += (int64_t)gridDim.x * blockDim.x)
+    slot_of[perm.p[i * perm.stride]] = static_cast<int32_t>(i);
+}
+
+__global__ void unpermute_k(View yp, View w, int k, const int32_t* slot_of, View y) {
+  const int64_t t = blockIdx.x;
+  for (int64_t c = threadIdx.x; c < y.cols; c += blockDim.x) {
+    float acc = y.p[t * y.stride + c];
+    for (int j = 0; j < k; ++j) {
+      int sl = slot_of[t * k + j];
+      if (sl >= 0) acc += w.p[t * w.stride + j] * yp.p[(int64_t)sl * yp.stride + c];
     }
-    out[(int64_t)t * dim + i] = acc;
+    y.p[t * y.stride + c] = acc;
   }
 }
+
+size_t rank_smem(int E) { return sizeof(int) * 33 * static_cast<size_t>(E); }
+
+template <typename K>
+void allow(K kernel, size_t bytes) {
+  if (bytes > 48 * 1024)
+    ISC_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  static_cast<int>(bytes)));
+}
+
+int grid_for(int64_t n) { return static_cast<int>(std::clamp<int64_t>((n + 255) / 256, 1, 4224)); }
 
 }  // namespace
 
-void router(const float* logits, const float* bias, const RouterParams& p, const RouterBuffers& b,
+void router(View logits, const float* bias, const RouterParams& p, const RouterBuffers& b,
             cudaStream_t s) {
   if (p.experts <= 0 || p.experts > kMaxExperts || p.top_k <= 0 || p.top_k > p.experts)
-    throw std::invalid_argument("router: need 0 < top_k <= experts <= 1024");
+    throw std::invalid_argument("cuda router: need 0 < top_k <= experts <= 1024");
   if (p.tokens <= 0) {
-    ISC_CUDA(cudaMemsetAsync(b.routed, 0, sizeof(int32_t) * p.experts, s));
-    ISC_CUDA(cudaMemsetAsync(b.kept, 0, sizeof(int32_t) * p.experts, s));
-    ISC_CUDA(cudaMemsetAsync(b.offsets, 0, sizeof(int32_t) * (p.experts + 1), s));
-    ISC_CUDA(cudaMemsetAsync(b.stats, 0, sizeof(int32_t) * 2, s));
+    ISC_CUDA(cudaMemsetAsync(b.counts, 0, sizeof(int32_t) * (2 * p.experts + 2), s));
     return;
   }
-  int cand = p.top_k;
-  if (p.reroute && p.capacity > 0) {
-    cand = p.candidates > 0 ? p.candidates : p.top_k + 2;
-    cand = std::min(std::max(cand, p.top_k), p.experts);
-  }
-  size_t topk_smem = sizeof(float) * kTopkWarps * p.experts;
-  if (topk_smem > 48 * 1024)
-    ISC_CUDA(cudaFuncSetAttribute(topk_k, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  static_cast<int>(topk_smem)));
-  topk_k<<<(p.tokens + kTopkWarps - 1) / kTopkWarps, kTopkWarps * 32, topk_smem, s>>>(
-      logits, bias, p, cand, b.cand_expert, b.cand_weight);
+  const bool reroute = p.reroute && p.capacity > 0;
+  const int R = reroute ? p.experts : p.top_k;
+  const size_t smem = sizeof(float) * kRankWarps * 2 * p.experts;
+  allow(rank_k, smem);
+  rank_k<<<(p.tokens + kRankWarps - 1) / kRankWarps, kRankWarps * 32, smem, s>>>(
+      logits, bias, p, R, b.rank_expert, b.rank_weight);
   ISC_LAUNCH();
-  if (p.reroute && p.capacity > 0) {
-    assign_reroute_k<<<1, kAssignThreads, sizeof(int) * 2 * p.experts, s>>>(p, cand, b);
+  if (reroute) {
+    assign_reroute_k<<<1, 256, sizeof(int) * 2 * p.experts, s>>>(p, R, b);
   } else {
-    size_t smem = sizeof(int) * (32 + 2) * p.experts;
-    if (smem > 48 * 1024)
-      ISC_CUDA(cudaFuncSetAttribute(assign_drop_k, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    static_cast<int>(smem)));
-    assign_drop_k<<<1, kAssignThreads, smem, s>>>(p, cand, b);
+    allow(assign_drop_k, rank_smem(p.experts));
+    assign_drop_k<<<1, kBlock, rank_smem(p.experts), s>>>(p, b);
   }
   ISC_LAUNCH();
 }
 
-void permute_rows(const __nv_bfloat16* x, const int32_t* perm_token, const int32_t* offsets,
-                  int experts, __nv_bfloat16* xp, int max_rows, int dim, cudaStream_t s) {
-  if (max_rows <= 0) return;
-  permute_k<<<std::min(max_rows, 4096), 128, 0, s>>>(x, perm_token, offsets, experts, xp, dim);
+void permute_index(IView assign_expert, const int32_t* offsets, int experts, IView perm,
+                   cudaStream_t s) {
+  if (assign_expert.rows * assign_expert.cols <= 0) return;
+  allow(permute_index_k, rank_smem(experts));
+  permute_index_k<<<1, kBlock, rank_smem(experts), s>>>(assign_expert, offsets, experts, perm);
   ISC_LAUNCH();
 }
 
-void unpermute_combine(const float* yp, const int32_t* topk_slot, const float* topk_weight,
-                       float* out, int tokens, int top_k, int dim, bool accumulate,
-                       cudaStream_t s) {
-  if (tokens <= 0) return;
-  unpermute_k<<<tokens, 128, 0, s>>>(yp, topk_slot, topk_weight, out, top_k, dim, accumulate);
+void permute_rows(View x, IView perm, int top_k, int64_t rows, View xp, cudaStream_t s) {
+  if (rows * xp.cols <= 0) return;
+  permute_rows_k<<<grid_for(rows * xp.cols), 256, 0, s>>>(x, perm, top_k, rows, xp);
+  ISC_LAUNCH();
+}
+
+void unpermute(View yp, IView perm, View w, int top_k, int64_t assignments, int32_t* slot_of,
+               View y, cudaStream_t s) {
+  if (y.rows <= 0) return;
+  ISC_CUDA(cudaMemsetAsync(slot_of, 0xff, sizeof(int32_t) * y.rows * top_k, s));  // -1
+  if (assignments > 0) {
+    scatter_slots_k<<<grid_for(assignments), 256, 0, s>>>(perm, assignments, slot_of);
+    ISC_LAUNCH();
+  }
+  unpermute_k<<<static_cast<unsigned>(y.rows), 128, 0, s>>>(yp, w, top_k, slot_of, y);
   ISC_LAUNCH();
 }
 

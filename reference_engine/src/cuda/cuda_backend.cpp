@@ -1,0 +1,584 @@
+// The CUDA backend: every op of inferscope/engine/backend.hpp on one in-order
+// CUDA stream, checked op by op against the CPU backend (tests/gpu/).
+//
+// Precision: activations, caches and SSM state stay fp32 as the interface
+// says. Linear layers read bf16 copies of their weights ("shadows", made on
+// first use of an uploaded weight, dropped when that memory is written again)
+// and multiply bf16 operands with fp32 accumulation: cuBLAS for dense layers,
+// the grouped wmma kernel for experts. INFERSCOPE_CUDA_MATH=fp32 switches both
+// to fp32 cuBLAS (exact-oracle mode for debugging).
+//
+// Host metadata (ids, positions, block tables, offsets) arrives as host spans;
+// it is copied into a pinned ring and sent with one async copy per op, so ops
+// stay asynchronous. moe_route must return its counts on the host, so it ends
+// with one small device->host copy of the on-device histogram and a sync.
+//
+// [SECTION] Helpers (staging ring, scratch, weight shadows)
+// [SECTION] Backend
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <initializer_list>
+#include <map>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "blas.hpp"
+#include "check.hpp"
+#include "inferscope/engine/backend.hpp"
+#include "kernels.hpp"
+
+namespace inferscope::engine {
+namespace {
+
+namespace k = cuda;
+
+void require(bool ok, const char* what) {
+  if (!ok) throw std::invalid_argument(std::string("cuda backend: ") + what);
+}
+
+k::View view(const Tensor& t) { return {t.f32(), t.rows, t.cols, t.stride}; }
+k::IView iview(const Tensor& t) { return {t.i32(), t.rows, t.cols, t.stride}; }
+
+// [SECTION] Helpers
+// Pinned host ring + device ring for per-op metadata. When the ring wraps it
+// waits for the stream, so a region is never rewritten while its copy may
+// still be pending.
+class StagingRing {
+ public:
+  explicit StagingRing(cudaStream_t s) : stream_(s) { grow(4u << 20); }
+  ~StagingRing() { release(); }
+  StagingRing(const StagingRing&) = delete;
+  StagingRing& operator=(const StagingRing&) = delete;
+
+  // Copies the spans back to back (16-byte aligned) with one async copy and
+  // returns each one's device address.
+  std::vector<const int32_t*> stage(std::initializer_list<std::span<const int32_t>> spans) {
+    size_t total = 0;
+    for (auto sp : spans) total += align(sp.size_bytes());
+    if (total == 0) total = 16;
+    if (total > cap_) {
+      ISC_CUDA(cudaStreamSynchronize(stream_));
+      release();
+      grow(std::max(total, cap_ * 2));
+    }
+    if (off_ + total > cap_) {
+      ISC_CUDA(cudaStreamSynchronize(stream_));
+      off_ = 0;
+    }
+    std::vector<const int32_t*> out;
+    size_t at = off_;
+    for (auto sp : spans) {
+      if (!sp.empty()) std::memcpy(host_ + at, sp.data(), sp.size_bytes());
+      out.push_back(reinterpret_cast<const int32_t*>(dev_ + at));
+      at += align(sp.size_bytes());
+    }
+    ISC_CUDA(cudaMemcpyAsync(dev_ + off_, host_ + off_, at - off_, cudaMemcpyHostToDevice, stream_));
+    off_ += total;
+    return out;
+  }
+  const int32_t* stage1(std::span<const int32_t> sp) { return stage({sp})[0]; }
+
+ private:
+  static size_t align(size_t n) { return (n + 15) / 16 * 16; }
+  void grow(size_t cap) {
+    cap_ = cap;
+    off_ = 0;
+    ISC_CUDA(cudaMallocHost(&host_, cap_));
+    ISC_CUDA(cudaMalloc(&dev_, cap_));
+  }
+  void release() {
+    if (host_) cudaFreeHost(host_);
+    if (dev_) cudaFree(dev_);
+    host_ = nullptr;
+    dev_ = nullptr;
+  }
+  cudaStream_t stream_;
+  char* host_ = nullptr;
+  char* dev_ = nullptr;
+  size_t cap_ = 0, off_ = 0;
+};
+
+// A device buffer that only grows; growing waits for the stream first.
+class Scratch {
+ public:
+  explicit Scratch(cudaStream_t s) : stream_(s) {}
+  ~Scratch() {
+    if (p_) cudaFree(p_);
+  }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  template <typename T>
+  T* get(size_t count) {
+    size_t bytes = std::max<size_t>(count * sizeof(T), 16);
+    if (bytes > cap_) {
+      ISC_CUDA(cudaStreamSynchronize(stream_));
+      if (p_) ISC_CUDA(cudaFree(p_));
+      cap_ = std::max(bytes, cap_ * 2);
+      ISC_CUDA(cudaMalloc(&p_, cap_));
+    }
+    return static_cast<T*>(p_);
+  }
+
+ private:
+  cudaStream_t stream_;
+  void* p_ = nullptr;
+  size_t cap_ = 0;
+};
+
+bool env_fp32_math() {
+  const char* v = std::getenv("INFERSCOPE_CUDA_MATH");
+  return v && std::string(v) == "fp32";
+}
+
+// [SECTION] Backend
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(const BackendOptions& o) : fp32_math_(env_fp32_math()) {
+    int count = 0;
+    if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
+      cudaGetLastError();  // clear the sticky "no device" error
+      throw std::runtime_error("cuda backend: no CUDA device available");
+    }
+    if (o.device < 0 || o.device >= count)
+      throw std::runtime_error("cuda backend: device " + std::to_string(o.device) +
+                               " out of range (have " + std::to_string(count) + ")");
+    ISC_CUDA(cudaSetDevice(o.device));
+    ISC_CUDA(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    blas_ = std::make_unique<k::Blas>(stream_);
+    ring_ = std::make_unique<StagingRing>(stream_);
+    for (auto& s : scratch_) s = std::make_unique<Scratch>(stream_);
+    ISC_CUDA(cudaMallocHost(&host_counts_, sizeof(int32_t) * (2 * 1024 + 2)));
+  }
+  ~CudaBackend() override {
+    cudaStreamSynchronize(stream_);
+    for (auto& [p, sh] : shadows_) cudaFree(sh.bf16);
+    blas_.reset();
+    ring_.reset();
+    for (auto& s : scratch_) s.reset();
+    cudaFreeHost(host_counts_);
+    cudaStreamDestroy(stream_);
+  }
+
+  std::string name() const override { return "cuda"; }
+  bool host_memory() const override { return false; }
+
+  // --- memory ---------------------------------------------------------------
+  void* alloc(size_t bytes) override {
+    void* p = nullptr;
+    size_t rounded = (std::max<size_t>(bytes, 1) + 255) / 256 * 256;
+    if (cudaMalloc(&p, rounded) != cudaSuccess) {
+      cudaGetLastError();
+      return nullptr;
+    }
+    if (cudaMemsetAsync(p, 0, rounded, stream_) != cudaSuccess ||
+        cudaStreamSynchronize(stream_) != cudaSuccess) {
+      cudaFree(p);
+      return nullptr;
+    }
+    alloc_bytes_[p] = rounded;
+    return p;
+  }
+  void free(void* ptr) override {
+    if (!ptr) return;
+    cudaStreamSynchronize(stream_);
+    auto it = alloc_bytes_.find(ptr);
+    if (it != alloc_bytes_.end()) {
+      forget_range(ptr, it->second);  // shadows of anything inside this allocation
+      alloc_bytes_.erase(it);
+    }
+    cudaFree(ptr);
+  }
+  void upload(const Tensor& dst, const void* src) override {
+    require(dst.contiguous(), "upload needs a contiguous tensor");
+    forget_range(dst.data, dst.bytes());
+    ISC_CUDA(cudaMemcpyAsync(dst.data, src, dst.bytes(), cudaMemcpyHostToDevice, stream_));
+    ISC_CUDA(cudaStreamSynchronize(stream_));
+    uploaded_[static_cast<char*>(dst.data)] = dst.bytes();
+  }
+  void download(const Tensor& src, void* dst) override {
+    require(src.contiguous(), "download needs a contiguous tensor");
+    ISC_CUDA(cudaMemcpyAsync(dst, src.data, src.bytes(), cudaMemcpyDeviceToHost, stream_));
+    ISC_CUDA(cudaStreamSynchronize(stream_));
+  }
+  void synchronize() override { ISC_CUDA(cudaStreamSynchronize(stream_)); }
+
+  // --- elementwise / data movement -----------------------------------------
+  void copy(const Tensor& src, const Tensor& dst) override {
+    require(src.rows == dst.rows && src.cols == dst.cols && src.dtype == dst.dtype, "copy shape");
+    if (src.rows == 0 || src.cols == 0) return;
+    forget_written(dst);
+    ISC_CUDA(cudaMemcpy2DAsync(dst.data, dst.stride * 4, src.data, src.stride * 4, src.cols * 4,
+                               src.rows, cudaMemcpyDeviceToDevice, stream_));
+  }
+  void fill(const Tensor& dst, float value) override {
+    forget_written(dst);
+    if (dst.dtype == DType::kF32)
+      k::fill(view(dst), value, stream_);
+    else
+      k::fill_i32(iview(dst), static_cast<int32_t>(value), stream_);
+  }
+  void get_rows(const Tensor& table, std::span<const int32_t> ids, const Tensor& out) override {
+    require(out.rows == static_cast<int64_t>(ids.size()) && out.cols == table.cols,
+            "get_rows shape");
+    for (int32_t id : ids) require(id >= 0 && id < table.rows, "get_rows id out of range");
+    if (ids.empty()) return;
+    k::get_rows(view(table), ring_->stage1(ids), view(out), stream_);
+  }
+  void add(const Tensor& a, const Tensor& b, const Tensor& out) override {
+    require(a.rows == b.rows && a.cols == b.cols && out.rows == a.rows && out.cols == a.cols,
+            "add shape");
+    k::add(view(a), view(b), view(out), stream_);
+  }
+  void mul_silu(const Tensor& x, const Tensor& gate, const Tensor& out) override {
+    require(x.rows == gate.rows && x.cols == gate.cols && out.rows == x.rows && out.cols == x.cols,
+            "mul_silu shape");
+    k::mul_silu(view(x), view(gate), view(out), stream_);
+  }
+  void gelu(const Tensor& x, const Tensor& out) override {
+    require(x.rows == out.rows && x.cols == out.cols, "gelu shape");
+    k::gelu(view(x), view(out), stream_);
+  }
+  void rms_norm(const Tensor& x, const Tensor& weight, float eps, const Tensor& out) override {
+    require(weight.cols == x.cols && out.rows == x.rows && out.cols == x.cols, "rms_norm shape");
+    k::rms_norm(view(x), weight.f32(), eps, view(out), stream_);
+  }
+
+  // --- GEMMs ----------------------------------------------------------------
+  void linear(const Tensor& x, const Tensor& w, const Tensor& y, float beta) override {
+    require(x.cols == w.cols && y.rows == x.rows && y.cols == w.rows, "linear shape");
+    if (x.rows == 0 || w.rows == 0) return;
+    const int M = static_cast<int>(x.rows), N = static_cast<int>(w.rows),
+              K = static_cast<int>(x.cols);
+    const __nv_bfloat16* wb = fp32_math_ ? nullptr : shadow(w);
+    if (wb == nullptr) {
+      const float alpha = 1.f;
+      ISC_CUBLAS(cublasSgemm(blas_->handle(), CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &alpha, w.f32(),
+                             static_cast<int>(w.stride), x.f32(), static_cast<int>(x.stride),
+                             &beta, y.f32(), static_cast<int>(y.stride)));
+      return;
+    }
+    __nv_bfloat16* xb = scratch_[0]->get<__nv_bfloat16>(static_cast<size_t>(M) * K);
+    k::to_bf16(view(x), xb, stream_);
+    const float alpha = 1.f;
+    ISC_CUBLAS(cublasGemmEx(blas_->handle(), CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &alpha, wb,
+                            CUDA_R_16BF, K, xb, CUDA_R_16BF, K, &beta, y.f32(), CUDA_R_32F,
+                            static_cast<int>(y.stride), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  }
+  void grouped_linear(const Tensor& x, const Tensor& w, std::span<const int32_t> offsets,
+                      const Tensor& y) override {
+    require(!offsets.empty(), "grouped_linear offsets");
+    const int64_t E = static_cast<int64_t>(offsets.size()) - 1;
+    require(E >= 1 && w.rows % E == 0, "grouped_linear: weight rows not a multiple of experts");
+    const int64_t n = w.rows / E;
+    require(x.cols == w.cols && y.cols == n && offsets.back() <= x.rows &&
+                y.rows >= offsets.back() && offsets.front() >= 0,
+            "grouped_linear shape");
+    int max_rows = 0;
+    for (int64_t e = 0; e < E; ++e) {
+      require(offsets[e + 1] >= offsets[e], "grouped_linear: offsets must not decrease");
+      max_rows = std::max(max_rows, offsets[e + 1] - offsets[e]);
+    }
+    if (max_rows == 0) return;
+    const __nv_bfloat16* wb = (fp32_math_ || x.cols % 8 != 0) ? nullptr : shadow(w);
+    if (wb == nullptr) {
+      for (int64_t e = 0; e < E; ++e) {
+        if (offsets[e + 1] == offsets[e]) continue;
+        int32_t b = offsets[e], c = offsets[e + 1] - offsets[e];
+        linear(x.rows_view(b, c), w.rows_view(e * n, n), y.rows_view(b, c), 0.f);
+      }
+      return;
+    }
+    const int64_t rows = offsets.back();
+    __nv_bfloat16* xb = scratch_[0]->get<__nv_bfloat16>(static_cast<size_t>(rows * x.cols));
+    k::to_bf16(view(x.rows_view(0, rows)), xb, stream_);
+    k::grouped_gemm(xb, wb, ring_->stage1(offsets), y.f32(), y.stride, static_cast<int>(E),
+                    static_cast<int>(n), static_cast<int>(x.cols), max_rows, stream_);
+  }
+
+  // --- attention ------------------------------------------------------------
+  void rope(const Tensor& x, std::span<const int32_t> positions, int32_t n_heads,
+            int32_t head_dim, float theta) override {
+    require(x.rows == static_cast<int64_t>(positions.size()) && x.cols >= n_heads * head_dim &&
+                head_dim % 2 == 0,
+            "rope shape");
+    if (x.rows == 0) return;
+    k::rope(view(x), ring_->stage1(positions), n_heads, head_dim, theta, stream_);
+  }
+  void kv_store(const Tensor& kt, const Tensor& v, const Tensor& k_cache, const Tensor& v_cache,
+                std::span<const int32_t> slots) override {
+    require(kt.rows == static_cast<int64_t>(slots.size()) && kt.cols == k_cache.cols &&
+                v.cols == v_cache.cols && v.rows == kt.rows,
+            "kv_store shape");
+    for (int32_t s : slots) require(s >= 0 && s < k_cache.rows, "kv_store slot out of range");
+    if (slots.empty()) return;
+    k::kv_store(view(kt), view(v), view(k_cache), view(v_cache), ring_->stage1(slots), stream_);
+  }
+  void paged_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                       const PagedBatch& b, const AttentionParams& p, const Tensor& out) override {
+    const int64_t T = q.rows;
+    require(static_cast<int64_t>(b.token_seq.size()) == T &&
+                static_cast<int64_t>(b.token_pos.size()) == T && b.block_size > 0 &&
+                p.n_kv_heads > 0 && p.n_heads % p.n_kv_heads == 0,
+            "paged_attention batch");
+    if (T == 0) return;
+    int max_ctx = 0;
+    for (int32_t pos : b.token_pos) max_ctx = std::max(max_ctx, pos + 1);
+    auto d = ring_->stage({b.token_seq, b.token_pos, b.block_table, b.block_table_start});
+    k::PagedArgs a;
+    a.q = view(q);
+    a.out = view(out);
+    a.k_cache = view(k_cache);
+    a.v_cache = view(v_cache);
+    a.token_seq = d[0];
+    a.token_pos = d[1];
+    a.block_table = d[2];
+    a.block_table_start = d[3];
+    a.block_size = b.block_size;
+    a.heads = p.n_heads;
+    a.kv_heads = p.n_kv_heads;
+    a.head_dim = p.head_dim;
+    a.scale = p.scale;
+    a.max_context = max_ctx;
+    k::paged_attention(a, stream_);
+  }
+  void attention(const Tensor& q, const Tensor& kt, const Tensor& v, SeqStarts seqs,
+                 const AttentionParams& p, bool causal, const Tensor& out) override {
+    require(!seqs.empty() && seqs.back() == q.rows && kt.rows == q.rows && v.rows == q.rows &&
+                p.n_kv_heads > 0 && p.n_heads % p.n_kv_heads == 0,
+            "attention shape");
+    if (q.rows == 0) return;
+    token_seq_.resize(static_cast<size_t>(q.rows));
+    int max_ctx = 0;
+    for (size_t s = 0; s + 1 < seqs.size(); ++s) {
+      max_ctx = std::max(max_ctx, seqs[s + 1] - seqs[s]);
+      for (int32_t t = seqs[s]; t < seqs[s + 1]; ++t) token_seq_[t] = static_cast<int32_t>(s);
+    }
+    auto d = ring_->stage({token_seq_, seqs});
+    k::SeqAttnArgs a;
+    a.q = view(q);
+    a.k = view(kt);
+    a.v = view(v);
+    a.out = view(out);
+    a.token_seq = d[0];
+    a.seq_start = d[1];
+    a.heads = p.n_heads;
+    a.kv_heads = p.n_kv_heads;
+    a.head_dim = p.head_dim;
+    a.scale = p.scale;
+    a.causal = causal;
+    a.max_context = max_ctx;
+    k::seq_attention(a, stream_);
+  }
+
+  // --- selective state space --------------------------------------------------
+  void ssm_scan(const Tensor& x, const Tensor& dt, const Tensor& dt_bias, const Tensor& A,
+                const Tensor& B, const Tensor& C, const Tensor& Dskip, SeqStarts seqs,
+                std::span<const int32_t> state_slots, const Tensor& states,
+                const Tensor& y) override {
+    const int64_t D = x.cols, N = A.cols;
+    require(!seqs.empty() && seqs.back() == x.rows && dt.cols == D && A.rows == D &&
+                B.cols == N && C.cols == N && states.cols == D * N &&
+                state_slots.size() + 1 == seqs.size() && y.cols == D && A.contiguous(),
+            "ssm_scan shape");
+    require(N >= 1 && N <= 32 && (N & (N - 1)) == 0, "ssm_scan: d_state must be a power of two <= 32");
+    if (x.rows == 0 || state_slots.empty()) return;
+    int max_len = 0;
+    for (size_t s = 0; s + 1 < seqs.size(); ++s) max_len = std::max(max_len, seqs[s + 1] - seqs[s]);
+    auto d = ring_->stage({seqs, state_slots});
+    k::SsmScanArgs a;
+    a.x = view(x);
+    a.dt = view(dt);
+    a.b = view(B);
+    a.c = view(C);
+    a.y = view(y);
+    a.states = view(states);
+    a.dt_bias = dt_bias.empty() ? nullptr : dt_bias.f32();
+    a.a = A.f32();
+    a.d_skip = Dskip.empty() ? nullptr : Dskip.f32();
+    a.seq_start = d[0];
+    a.state_slot = d[1];
+    a.seqs = static_cast<int>(state_slots.size());
+    a.d_inner = static_cast<int>(D);
+    a.d_state = static_cast<int>(N);
+    a.chunk = kSsmChunk;
+    a.max_len = max_len;
+    if (max_len > kSsmChunk)
+      a.scratch = scratch_[1]->get<float>(static_cast<size_t>(
+          k::ssm_scan_scratch_floats(a.seqs, max_len, kSsmChunk, a.d_inner, a.d_state)));
+    k::ssm_scan(a, stream_);
+  }
+
+  // --- mixture of experts -----------------------------------------------------
+  void moe_route(const Tensor& logits, const Tensor& bias, const RouteParams& p,
+                 const Tensor& assign_expert, const Tensor& assign_weight,
+                 RouteCounts& counts) override {
+    const int64_t T = logits.rows, E = logits.cols;
+    const int32_t kk = p.top_k;
+    require(kk >= 1 && kk <= E && E <= 1024 && assign_expert.rows == T &&
+                assign_expert.cols == kk && assign_weight.rows == T && assign_weight.cols == kk &&
+                (bias.empty() || bias.cols == E),
+            "moe_route shape");
+    k::RouterParams rp;
+    rp.tokens = static_cast<int>(T);
+    rp.experts = static_cast<int>(E);
+    rp.top_k = kk;
+    rp.sigmoid = p.gate == GateFn::kSigmoid;
+    rp.renormalize = p.renormalize;
+    rp.scaling = p.scaling;
+    rp.capacity = p.capacity;
+    rp.reroute = p.overflow == OverflowPolicy::kReroute;
+    const int64_t R = (rp.reroute && rp.capacity > 0) ? E : kk;
+    k::RouterBuffers rb;
+    const bool direct = assign_expert.contiguous() && assign_weight.contiguous();
+    char* base = scratch_[2]->get<char>(static_cast<size_t>(T * R * 8 + T * kk * 8 + (2 * E + 2) * 4 + 64));
+    rb.rank_expert = reinterpret_cast<int32_t*>(base);
+    rb.rank_weight = reinterpret_cast<float*>(base + T * R * 4);
+    char* after = base + T * R * 8;
+    rb.assign_expert = direct ? assign_expert.i32() : reinterpret_cast<int32_t*>(after);
+    rb.assign_weight = direct ? assign_weight.f32() : reinterpret_cast<float*>(after + T * kk * 4);
+    rb.counts = reinterpret_cast<int32_t*>(after + T * kk * 8);
+    k::router(view(logits), bias.empty() ? nullptr : bias.f32(), rp, rb, stream_);
+    if (!direct) {
+      ISC_CUDA(cudaMemcpy2DAsync(assign_expert.data, assign_expert.stride * 4, rb.assign_expert,
+                                 kk * 4, kk * 4, T, cudaMemcpyDeviceToDevice, stream_));
+      ISC_CUDA(cudaMemcpy2DAsync(assign_weight.data, assign_weight.stride * 4, rb.assign_weight,
+                                 kk * 4, kk * 4, T, cudaMemcpyDeviceToDevice, stream_));
+    }
+    // The expert-load signal: the on-device histogram, one small copy per call.
+    ISC_CUDA(cudaMemcpyAsync(host_counts_, rb.counts, sizeof(int32_t) * (2 * E + 2),
+                             cudaMemcpyDeviceToHost, stream_));
+    ISC_CUDA(cudaStreamSynchronize(stream_));
+    counts.routed.assign(host_counts_, host_counts_ + E);
+    counts.kept.assign(host_counts_ + E, host_counts_ + 2 * E);
+    counts.dropped = static_cast<uint32_t>(host_counts_[2 * E]);
+    counts.rerouted = static_cast<uint32_t>(host_counts_[2 * E + 1]);
+  }
+  void moe_permute(const Tensor& x, const Tensor& assign_expert, std::span<const int32_t> offsets,
+                   const Tensor& xp, const Tensor& perm) override {
+    const int64_t E = static_cast<int64_t>(offsets.size()) - 1;
+    require(E >= 1 && E <= 1024 && xp.cols == x.cols && xp.rows >= offsets.back() &&
+                perm.rows >= offsets.back() && assign_expert.rows == x.rows,
+            "moe_permute shape");
+    if (offsets.back() == 0) return;
+    const int32_t* off = ring_->stage1(offsets);
+    k::permute_index(iview(assign_expert), off, static_cast<int>(E), iview(perm), stream_);
+    k::permute_rows(view(x), iview(perm), static_cast<int>(assign_expert.cols), offsets.back(),
+                    view(xp), stream_);
+  }
+  void moe_unpermute(const Tensor& yp, const Tensor& perm, const Tensor& assign_weight,
+                     int32_t top_k, int64_t assignments, const Tensor& y) override {
+    require(yp.cols == y.cols && assignments <= yp.rows && top_k >= 1 &&
+                assign_weight.rows == y.rows && assign_weight.cols == top_k,
+            "moe_unpermute shape");
+    if (y.rows == 0) return;
+    int32_t* slot_of = scratch_[3]->get<int32_t>(static_cast<size_t>(y.rows * top_k));
+    k::unpermute(view(yp), iview(perm), view(assign_weight), top_k, assignments, slot_of, view(y),
+                 stream_);
+  }
+
+  // --- vision front end ------------------------------------------------------
+  void patchify(const Tensor& image, int32_t height, int32_t width, int32_t channels,
+                int32_t patch, const Tensor& out) override {
+    require(patch > 0 && height % patch == 0 && width % patch == 0 && image.rows == height &&
+                image.cols == static_cast<int64_t>(width) * channels &&
+                out.rows == static_cast<int64_t>(height / patch) * (width / patch) &&
+                out.cols == static_cast<int64_t>(patch) * patch * channels,
+            "patchify shape");
+    k::patchify(view(image), height, width, channels, patch, view(out), stream_);
+  }
+  void mean_pool_rows(const Tensor& x, int32_t group, const Tensor& out) override {
+    require(group > 0 && out.rows * group == x.rows && out.cols == x.cols, "mean_pool_rows shape");
+    k::mean_pool_rows(view(x), group, view(out), stream_);
+  }
+
+ private:
+  static constexpr int kSsmChunk = 64;
+
+  struct Shadow {
+    __nv_bfloat16* bf16 = nullptr;
+    int64_t rows = 0, cols = 0;
+    size_t bytes = 0;  // of the fp32 source
+  };
+
+  // bf16 copy of an uploaded, contiguous weight; nullptr when w is not one (an
+  // activation or a strided view), so the caller falls back to fp32.
+  const __nv_bfloat16* shadow(const Tensor& w) {
+    if (!w.contiguous()) return nullptr;
+    auto it = shadows_.find(w.data);
+    if (it != shadows_.end() && it->second.rows == w.rows && it->second.cols == w.cols)
+      return it->second.bf16;
+    if (!inside_upload(w.data, w.bytes())) return nullptr;
+    if (it != shadows_.end()) {
+      ISC_CUDA(cudaStreamSynchronize(stream_));
+      cudaFree(it->second.bf16);
+      shadows_.erase(it);
+    }
+    Shadow s;
+    s.rows = w.rows;
+    s.cols = w.cols;
+    s.bytes = w.bytes();
+    ISC_CUDA(cudaMalloc(&s.bf16, static_cast<size_t>(w.elements()) * sizeof(__nv_bfloat16)));
+    k::f32_to_bf16(w.f32(), s.bf16, w.elements(), stream_);
+    shadows_[w.data] = s;
+    return s.bf16;
+  }
+  bool inside_upload(const void* p, size_t bytes) const {
+    const char* c = static_cast<const char*>(p);
+    auto it = uploaded_.upper_bound(const_cast<char*>(c));
+    if (it == uploaded_.begin()) return false;
+    --it;
+    return c >= it->first && c + bytes <= it->first + it->second;
+  }
+  // Memory about to be written: its shadows and upload marks no longer hold.
+  void forget_range(const void* p, size_t bytes) {
+    const char* lo = static_cast<const char*>(p);
+    const char* hi = lo + bytes;
+    bool synced = false;
+    for (auto it = shadows_.begin(); it != shadows_.end();) {
+      const char* s = static_cast<const char*>(it->first);
+      if (s < hi && s + it->second.bytes > lo) {
+        if (!synced) ISC_CUDA(cudaStreamSynchronize(stream_));
+        synced = true;
+        cudaFree(it->second.bf16);
+        it = shadows_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    for (auto it = uploaded_.begin(); it != uploaded_.end();) {
+      if (it->first < hi && it->first + it->second > lo)
+        it = uploaded_.erase(it);
+      else
+        ++it;
+    }
+  }
+  void forget_written(const Tensor& t) {
+    if (shadows_.empty() && uploaded_.empty()) return;
+    if (t.rows == 0 || t.cols == 0) return;
+    forget_range(t.data, static_cast<size_t>((t.rows - 1) * t.stride + t.cols) * 4);
+  }
+
+  bool fp32_math_;
+  cudaStream_t stream_ = nullptr;
+  std::unique_ptr<k::Blas> blas_;
+  std::unique_ptr<StagingRing> ring_;
+  std::unique_ptr<Scratch> scratch_[4];
+  int32_t* host_counts_ = nullptr;
+  std::map<void*, Shadow> shadows_;
+  std::map<char*, size_t> uploaded_;
+  std::map<void*, size_t> alloc_bytes_;
+  std::vector<int32_t> token_seq_;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> create_cuda_backend(const BackendOptions& options) {
+  return std::make_unique<CudaBackend>(options);
+}
+
+}  // namespace inferscope::engine
