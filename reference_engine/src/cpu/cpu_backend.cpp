@@ -3,8 +3,8 @@
 // GEMMs go to OpenBLAS (cblas_sgemm, strided views map to lda/ldb/ldc); the
 // rest are straightforward loops written for clarity first and speed second,
 // because this backend is also the oracle the CUDA backend is checked against.
-// Loops over independent rows/heads/sequences run on a small OpenMP team of
-// `threads` (BLAS gets the same count, set once at construction).
+// Loops over independent rows/heads/sequences run on a small fork-join pool of
+// `threads` (thread_pool.hpp; BLAS gets the same count, set once at construction).
 //
 // [SECTION] Memory   [SECTION] Elementwise   [SECTION] GEMM
 // [SECTION] Attention   [SECTION] SSM   [SECTION] MoE   [SECTION] Vision
@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "inferscope/engine/backend.hpp"
+#include "thread_pool.hpp"
 
 // Present when BLAS is OpenBLAS; weak so that another BLAS still links.
 extern "C" void openblas_set_num_threads(int) __attribute__((weak));
@@ -40,7 +41,8 @@ inline float softplus(float v) { return v > 20.0f ? v : std::log1p(std::exp(v));
 
 class CpuBackend final : public Backend {
  public:
-  explicit CpuBackend(const BackendOptions& options) : threads_(std::max(1, options.threads)) {
+  explicit CpuBackend(const BackendOptions& options)
+      : threads_(std::max(1, options.threads)), pool_(threads_) {
     if (openblas_set_num_threads) openblas_set_num_threads(threads_);
   }
 
@@ -102,13 +104,14 @@ class CpuBackend final : public Backend {
   void mul_silu(const Tensor& x, const Tensor& gate, const Tensor& out) override {
     require(x.rows == gate.rows && x.cols == gate.cols && out.rows == x.rows && out.cols == x.cols,
             "mul_silu shape");
-#pragma omp parallel for num_threads(threads_) if (x.rows * x.cols > 16384)
-    for (int64_t r = 0; r < x.rows; ++r) {
-      const float* px = row(x, r);
-      const float* pg = row(gate, r);
-      float* po = row(out, r);
-      for (int64_t c = 0; c < x.cols; ++c) po[c] = px[c] * silu(pg[c]);
-    }
+    pool_.parallel_for(x.rows, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const float* px = row(x, r);
+        const float* pg = row(gate, r);
+        float* po = row(out, r);
+        for (int64_t c = 0; c < x.cols; ++c) po[c] = px[c] * silu(pg[c]);
+      }
+    }, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, x.cols)));
   }
   void gelu(const Tensor& x, const Tensor& out) override {
     require(x.rows == out.rows && x.cols == out.cols, "gelu shape");
@@ -203,12 +206,12 @@ class CpuBackend final : public Backend {
                 p.n_kv_heads > 0 && p.n_heads % p.n_kv_heads == 0,
             "paged_attention batch");
     const int32_t group = p.n_heads / p.n_kv_heads, hd = p.head_dim;
-#pragma omp parallel num_threads(threads_) if (T * p.n_heads > 8)
-    {
+    pool_.parallel_for(T * p.n_heads, [&](int64_t i0, int64_t i1) {
       std::vector<float> scores;
-#pragma omp for collapse(2) schedule(dynamic, 1)
-      for (int64_t t = 0; t < T; ++t) {
-        for (int32_t h = 0; h < p.n_heads; ++h) {
+      for (int64_t i = i0; i < i1; ++i) {
+        {
+          const int64_t t = i / p.n_heads;
+          const int32_t h = static_cast<int32_t>(i % p.n_heads);
           const int32_t s = b.token_seq[t];
           const int32_t n_keys = b.token_pos[t] + 1;
           const int32_t* table = b.block_table.data() + b.block_table_start[s];
@@ -238,7 +241,7 @@ class CpuBackend final : public Backend {
           }
         }
       }
-    }
+    }, 8);
   }
   void attention(const Tensor& q, const Tensor& k, const Tensor& v, SeqStarts seqs,
                  const AttentionParams& p, bool causal, const Tensor& out) override {
@@ -291,10 +294,10 @@ class CpuBackend final : public Backend {
     const float* dskip = Dskip.f32();
     const int64_t n_seqs = static_cast<int64_t>(state_slots.size());
     // Parallel over (sequence, channel block): channels are independent.
-    const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>(threads_ * 2, D / 16));
-#pragma omp parallel for collapse(2) num_threads(threads_) if (x.rows * D > 4096)
-    for (int64_t s = 0; s < n_seqs; ++s) {
-      for (int64_t blk = 0; blk < blocks; ++blk) {
+    const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>(threads_, D / 16));
+    pool_.parallel_for(n_seqs * blocks, [&](int64_t j0, int64_t j1) {
+      for (int64_t j = j0; j < j1; ++j) {
+        const int64_t s = j / blocks, blk = j % blocks;
         float* h = row(states, state_slots[s]);
         int64_t i0 = D * blk / blocks, i1 = D * (blk + 1) / blocks;
         for (int32_t t = seqs[s]; t < seqs[s + 1]; ++t) {
@@ -317,7 +320,7 @@ class CpuBackend final : public Backend {
           }
         }
       }
-    }
+    }, x.rows * D > 4096 ? 1 : n_seqs * blocks + 1);
   }
 
   // [SECTION] MoE
@@ -450,6 +453,7 @@ class CpuBackend final : public Backend {
 
  private:
   int threads_;
+  cpu::ThreadPool pool_;
 };
 
 }  // namespace

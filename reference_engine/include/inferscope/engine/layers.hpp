@@ -1,0 +1,40 @@
+// The model's building blocks as free functions over backend ops. The model
+// (model.hpp) composes them; tests call them directly. Nothing here knows which
+// backend runs it.
+#pragma once
+
+#include <span>
+#include <vector>
+
+#include "inferscope/engine/backend.hpp"
+#include "inferscope/engine/config.hpp"
+
+namespace inferscope::engine {
+
+// Scratch tensors for a MoE block, sized for `max_tokens` rows.
+struct MoeScratch {
+  Buffer logits, assign_expert, assign_weight, xp, hp, ap, yp, perm, shared_gu, shared_act;
+  std::vector<int32_t> offsets;
+  MoeScratch() = default;
+  MoeScratch(Backend& be, const ModelConfig& c, int64_t max_tokens);
+  size_t bytes() const;
+};
+
+struct MoeWeights {
+  Tensor router, router_bias, experts_gu, experts_down, shared_gu, shared_down;  // bias/shared may be empty
+};
+
+// Expert capacity for `tokens` tokens: ceil(capacity_factor * tokens * k / E); 0 = unlimited.
+int32_t expert_capacity(const MoeConfig& moe, int64_t tokens);
+
+// out = MoE(h): route, permute by expert, grouped SwiGLU experts, unpermute with
+// the combine weights, plus the shared experts. `counts` receives the routing
+// result (routed before capacity, kept, dropped, rerouted).
+void moe_ffn(Backend& be, const MoeConfig& moe, const MoeWeights& w, MoeScratch& s, const Tensor& h,
+             const Tensor& out, RouteCounts& counts);
+
+// out = W_down (silu(h W_gate^T) * (h W_up^T)); gu: [T, 2F] scratch, act: [T, F] scratch.
+void swiglu_ffn(Backend& be, const Tensor& w_gu, const Tensor& w_down, const Tensor& h,
+                const Tensor& gu, const Tensor& act, const Tensor& out, float beta);
+
+}  // namespace inferscope::engine

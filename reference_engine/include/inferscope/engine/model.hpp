@@ -1,0 +1,103 @@
+// The hybrid model: embedding, a stack of attention / selective-SSM mixers with
+// dense or MoE feed-forward blocks, the output head, and the vision encoder +
+// connector. It owns the device-side caches (paged KV per attention layer, SSM
+// state slots and checkpoint slots per SSM layer) and fixed scratch buffers
+// sized for scheduler.max_batch_tokens, so a step allocates nothing. Which
+// blocks and slots a sequence uses is the serving layer's business (engine.hpp).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "inferscope/engine/backend.hpp"
+#include "inferscope/engine/config.hpp"
+#include "inferscope/engine/layers.hpp"
+#include "inferscope/engine/weights.hpp"
+
+namespace inferscope::engine {
+
+// The rows of one batched forward step: chunks of several sequences (prefill
+// chunks and single decode tokens mixed), sequence after sequence.
+struct StepBatch {
+  std::vector<int32_t> tokens;             // [T]
+  std::vector<int32_t> positions;          // [T]
+  std::vector<int32_t> token_seq;          // [T] index of the row's sequence in this batch
+  std::vector<int32_t> seq_start;          // [S + 1]
+  std::vector<int32_t> state_slot;         // [S] SSM state slot of each sequence
+  std::vector<int32_t> block_table;        // concatenated block ids of each sequence
+  std::vector<int32_t> block_table_start;  // [S + 1]
+  std::vector<int32_t> kv_slots;           // [T] cache slot the row's K/V goes to
+  std::vector<int32_t> logit_rows;         // rows whose next-token logits are wanted
+  // Rows whose embedding comes from an image: x[row + i] = source[first + i].
+  struct ImageRows {
+    int32_t row = 0, count = 0, first = 0;
+    Tensor source;
+  };
+  std::vector<ImageRows> images;
+
+  int32_t rows() const { return static_cast<int32_t>(tokens.size()); }
+  void clear();
+  // Appends a sequence chunk; block table = the sequence's blocks.
+  void add_chunk(std::span<const int32_t> chunk_tokens, int32_t first_pos, int32_t state,
+                 std::span<const int32_t> blocks, int32_t block_size, bool want_logits);
+};
+
+// Hooks the engine uses for telemetry; the model itself knows no agent.
+class ForwardObserver {
+ public:
+  virtual ~ForwardObserver() = default;
+  virtual void layer_begin(int32_t layer) = 0;
+  virtual void layer_end(int32_t layer) = 0;
+  virtual void moe_routed(int32_t layer, const RouteCounts& counts, int32_t tokens) = 0;
+};
+
+struct MemoryFootprint {
+  size_t weights = 0, activations = 0, kv_cache = 0, ssm_state = 0, ssm_checkpoints = 0;
+  size_t kv_bytes_per_block = 0, ssm_bytes_per_slot = 0;  // over all layers
+};
+
+class Model {
+ public:
+  // weights_path: safetensors file to load; empty -> seeded init.
+  Model(Backend& backend, const ModelConfig& config, const std::string& weights_path = "");
+  ~Model();
+
+  const ModelConfig& config() const { return config_; }
+  Backend& backend() { return backend_; }
+  Weights& weights() { return *weights_; }
+
+  // Runs the backbone over `batch` (rows <= max_batch_tokens) and writes
+  // logits [batch.logit_rows.size(), kVocab] to `logits` (host).
+  void forward(const StepBatch& batch, std::vector<float>& logits, ForwardObserver* observer = nullptr);
+
+  // Vision front end for one image (host pixels [S, S, 3] in [0, 1]):
+  // encode_image runs patchify + encoder layers, connect_image the connector
+  // into out [vision.tokens(), d_model]. Two calls so the caller can time them.
+  void encode_image(const float* pixels);
+  void connect_image(const Tensor& out);
+
+  // SSM state slots and checkpoints (every SSM layer at once).
+  void clear_state(int32_t slot);
+  void save_checkpoint(int32_t state_slot, int32_t checkpoint_slot);
+  void restore_checkpoint(int32_t checkpoint_slot, int32_t state_slot);
+
+  MemoryFootprint footprint() const;
+
+ private:
+  struct LayerTensors;
+  void attention_layer(int32_t l, const StepBatch& b, const Tensor& h);
+  void ssm_layer(int32_t l, const StepBatch& b, const Tensor& h);
+
+  Backend& backend_;
+  ModelConfig config_;
+  std::unique_ptr<Weights> weights_;
+  std::vector<LayerTensors> layers_;
+  struct Scratch;
+  std::unique_ptr<Scratch> scratch_;
+  std::vector<Buffer> k_cache_, v_cache_;  // per layer (empty for SSM layers)
+  std::vector<Buffer> ssm_state_, ssm_ckpt_;  // per layer (empty for attention layers)
+};
+
+}  // namespace inferscope::engine

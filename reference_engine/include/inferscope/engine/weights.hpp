@@ -1,0 +1,62 @@
+// Named model weights in backend memory: seeded initialisation (with the
+// routing-skew knobs of InitConfig) and safetensors save/load.
+//
+// Names and shapes (all F32, linear weights [out, in]):
+//   embed [V, D], norm_f [1, D], head [V, D]
+//   l<i>.norm1, l<i>.norm2 [1, D]
+//   attention: l<i>.wqkv [(H + 2 KVH) * hd, D], l<i>.wo [D, H * hd]
+//   ssm: l<i>.w_in [2 Din, D], l<i>.w_x [R + 2N, Din], l<i>.w_dt [Din, R],
+//        l<i>.dt_bias [1, Din], l<i>.A [Din, N] (negative), l<i>.Dskip [1, Din], l<i>.w_out [D, Din]
+//   dense ffn: l<i>.w_gu [2F, D] (gate rows first, then up), l<i>.w_down [D, F]
+//   moe ffn: l<i>.router [E, D], l<i>.router_bias [1, E] (if routing_bias),
+//        l<i>.experts_gu [E * 2Fe, D], l<i>.experts_down [E * D, Fe],
+//        l<i>.shared_gu [2 Fs, D], l<i>.shared_down [D, Fs] (if shared experts)
+//   vision: v.patch_proj [dv, P*P*3], v.pos [patches, dv], v.l<j>.{norm1, wqkv, wo, norm2, w1, w2},
+//        v.norm [1, dv], c.w1 [D, dv], c.w2 [D, D]
+#pragma once
+
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "inferscope/engine/backend.hpp"
+#include "inferscope/engine/config.hpp"
+
+namespace inferscope::engine {
+
+// Which workload topic a byte belongs to (the model's router and the workload
+// generator agree on it): printable non-space bytes 33..126 belong to topic
+// byte % topics; every other byte (space, newline, binary) to none (-1).
+inline int32_t topic_of_byte(int32_t byte, int32_t topics) {
+  return (topics > 0 && byte >= 33 && byte <= 126) ? byte % topics : -1;
+}
+// The routed expert that topic `topic` prefers in MoE layer `layer`.
+int32_t topic_hot_expert(const ModelConfig& config, int32_t layer, int32_t topic);
+
+class Weights {
+ public:
+  // Allocates every tensor of `config` (zeros).
+  Weights(Backend& backend, const ModelConfig& config);
+
+  // Seeded initialiser (config.init).
+  void init_random();
+  // safetensors: a u64 header length, a JSON header with dtype/shape/data_offsets
+  // per tensor (and __metadata__.model = the model name), then raw F32 data.
+  void save(const std::string& path) const;
+  // Every expected tensor must be present with its shape; throws otherwise.
+  void load(const std::string& path);
+
+  const Tensor& get(const std::string& name) const;
+  bool has(const std::string& name) const { return tensors_.count(name) != 0; }
+  size_t bytes() const;
+  std::vector<std::string> names() const;
+
+ private:
+  void add(const std::string& name, int64_t rows, int64_t cols);
+  Backend& backend_;
+  ModelConfig config_;
+  std::map<std::string, Buffer> tensors_;
+};
+
+}  // namespace inferscope::engine

@@ -1,0 +1,81 @@
+// MoE and SwiGLU blocks over backend ops.
+#include "inferscope/engine/layers.hpp"
+
+#include <cmath>
+
+namespace inferscope::engine {
+
+MoeScratch::MoeScratch(Backend& be, const ModelConfig& c, int64_t T) {
+  const auto& m = c.moe;
+  const int64_t A = T * m.top_k;
+  logits = Buffer(be, T, m.experts);
+  assign_expert = Buffer(be, T, m.top_k, DType::kI32);
+  assign_weight = Buffer(be, T, m.top_k);
+  xp = Buffer(be, A, c.d_model);
+  hp = Buffer(be, A, 2 * m.expert_hidden);
+  ap = Buffer(be, A, m.expert_hidden);
+  yp = Buffer(be, A, c.d_model);
+  perm = Buffer(be, A, 1, DType::kI32);
+  if (m.shared_experts > 0) {
+    shared_gu = Buffer(be, T, 2 * m.shared_experts * m.expert_hidden);
+    shared_act = Buffer(be, T, m.shared_experts * m.expert_hidden);
+  }
+  offsets.resize(static_cast<size_t>(m.experts) + 1);
+}
+
+size_t MoeScratch::bytes() const {
+  return logits.bytes() + assign_expert.bytes() + assign_weight.bytes() + xp.bytes() + hp.bytes() +
+         ap.bytes() + yp.bytes() + perm.bytes() + shared_gu.bytes() + shared_act.bytes();
+}
+
+int32_t expert_capacity(const MoeConfig& moe, int64_t tokens) {
+  if (moe.capacity_factor <= 0.0f) return 0;
+  double cap = std::ceil(static_cast<double>(moe.capacity_factor) * static_cast<double>(tokens) *
+                         moe.top_k / moe.experts);
+  return std::max<int32_t>(1, static_cast<int32_t>(cap));
+}
+
+void swiglu_ffn(Backend& be, const Tensor& w_gu, const Tensor& w_down, const Tensor& h,
+                const Tensor& gu, const Tensor& act, const Tensor& out, float beta) {
+  const int64_t F = w_gu.rows / 2, T = h.rows;
+  Tensor g = gu.rows_view(0, T).reshaped(T, 2 * F);
+  be.linear(h, w_gu, g);
+  Tensor a = act.rows_view(0, T).reshaped(T, F);
+  be.mul_silu(g.cols_view(F, F), g.cols_view(0, F), a);
+  be.linear(a, w_down, out, beta);
+}
+
+void moe_ffn(Backend& be, const MoeConfig& moe, const MoeWeights& w, MoeScratch& s, const Tensor& h,
+             const Tensor& out, RouteCounts& counts) {
+  const int64_t T = h.rows, E = moe.experts, F = moe.expert_hidden;
+  RouteParams p;
+  p.top_k = moe.top_k;
+  p.gate = moe.gate;
+  p.renormalize = moe.renormalize;
+  p.scaling = moe.scaling;
+  p.capacity = expert_capacity(moe, T);
+  p.overflow = moe.overflow;
+  Tensor logits = s.logits.tensor().rows_view(0, T);
+  be.linear(h, w.router, logits);
+  Tensor ae = s.assign_expert.tensor().rows_view(0, T), aw = s.assign_weight.tensor().rows_view(0, T);
+  be.moe_route(logits, w.router_bias, p, ae, aw, counts);
+  s.offsets[0] = 0;
+  for (int64_t e = 0; e < E; ++e) s.offsets[static_cast<size_t>(e) + 1] = s.offsets[static_cast<size_t>(e)] + counts.kept[static_cast<size_t>(e)];
+  const int64_t A = s.offsets.back();
+  // Shared experts (dense, every token) seed the output; routed ones accumulate.
+  if (!w.shared_gu.empty())
+    swiglu_ffn(be, w.shared_gu, w.shared_down, h, s.shared_gu, s.shared_act, out, 0.0f);
+  else
+    be.fill(out, 0.0f);
+  if (A == 0) return;
+  Tensor xp = s.xp.tensor().rows_view(0, A), perm = s.perm.tensor();
+  be.moe_permute(h, ae, s.offsets, xp, perm);
+  Tensor hp = s.hp.tensor().rows_view(0, A), ap = s.ap.tensor().rows_view(0, A);
+  be.grouped_linear(xp, w.experts_gu, s.offsets, hp);
+  be.mul_silu(hp.cols_view(F, F), hp.cols_view(0, F), ap);
+  Tensor yp = s.yp.tensor().rows_view(0, A);
+  be.grouped_linear(ap, w.experts_down, s.offsets, yp);
+  be.moe_unpermute(yp, perm, aw, moe.top_k, A, out);
+}
+
+}  // namespace inferscope::engine

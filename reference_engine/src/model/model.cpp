@@ -1,0 +1,322 @@
+// The hybrid model's forward pass over backend ops.
+//
+// [SECTION] StepBatch   [SECTION] Construction   [SECTION] Backbone
+// [SECTION] Vision      [SECTION] State slots
+#include "inferscope/engine/model.hpp"
+
+#include <cmath>
+#include <stdexcept>
+
+namespace inferscope::engine {
+
+// [SECTION] StepBatch
+void StepBatch::clear() {
+  tokens.clear();
+  positions.clear();
+  token_seq.clear();
+  seq_start.assign(1, 0);
+  state_slot.clear();
+  block_table.clear();
+  block_table_start.assign(1, 0);
+  kv_slots.clear();
+  logit_rows.clear();
+  images.clear();
+}
+
+void StepBatch::add_chunk(std::span<const int32_t> chunk, int32_t first_pos, int32_t state,
+                          std::span<const int32_t> blocks, int32_t block_size, bool want_logits) {
+  if (seq_start.empty()) seq_start.push_back(0);
+  if (block_table_start.empty()) block_table_start.push_back(0);
+  const int32_t seq = static_cast<int32_t>(state_slot.size());
+  for (size_t i = 0; i < chunk.size(); ++i) {
+    int32_t pos = first_pos + static_cast<int32_t>(i);
+    tokens.push_back(chunk[i]);
+    positions.push_back(pos);
+    token_seq.push_back(seq);
+    kv_slots.push_back(blocks[static_cast<size_t>(pos / block_size)] * block_size + pos % block_size);
+  }
+  seq_start.push_back(static_cast<int32_t>(tokens.size()));
+  state_slot.push_back(state);
+  block_table.insert(block_table.end(), blocks.begin(), blocks.end());
+  block_table_start.push_back(static_cast<int32_t>(block_table.size()));
+  if (want_logits) logit_rows.push_back(static_cast<int32_t>(tokens.size()) - 1);
+}
+
+// [SECTION] Construction
+struct Model::LayerTensors {
+  Tensor norm1, norm2;
+  Tensor wqkv, wo;                                         // attention
+  Tensor w_in, w_x, w_dt, dt_bias, A, Dskip, w_out;        // ssm
+  Tensor w_gu, w_down;                                     // dense ffn
+  MoeWeights moe;
+};
+
+struct Model::Scratch {
+  Buffer x, h, qkv, attn, xz, proj, dt, y, gu, act, ffn_out, xl, logits;
+  MoeScratch moe;
+  Buffer img, patches, ve, vh, vqkv, vattn, vmlp, c1, c2;
+  RouteCounts counts;
+  size_t bytes() const {
+    size_t n = moe.bytes();
+    for (const Buffer* b : {&x, &h, &qkv, &attn, &xz, &proj, &dt, &y, &gu, &act, &ffn_out, &xl, &logits,
+                            &img, &patches, &ve, &vh, &vqkv, &vattn, &vmlp, &c1, &c2})
+      n += b->bytes();
+    return n;
+  }
+};
+
+Model::Model(Backend& backend, const ModelConfig& config, const std::string& weights_path)
+    : backend_(backend), config_(config) {
+  config_.validate();
+  const ModelConfig& c = config_;
+  weights_ = std::make_unique<Weights>(backend, c);
+  if (weights_path.empty())
+    weights_->init_random();
+  else
+    weights_->load(weights_path);
+
+  auto L = [](int32_t l, const char* w) { return "l" + std::to_string(l) + "." + w; };
+  const Weights& W = *weights_;
+  layers_.resize(static_cast<size_t>(c.n_layers()));
+  for (int32_t l = 0; l < c.n_layers(); ++l) {
+    LayerTensors& t = layers_[static_cast<size_t>(l)];
+    t.norm1 = W.get(L(l, "norm1"));
+    t.norm2 = W.get(L(l, "norm2"));
+    if (c.is_attention(l)) {
+      t.wqkv = W.get(L(l, "wqkv"));
+      t.wo = W.get(L(l, "wo"));
+    } else {
+      t.w_in = W.get(L(l, "w_in"));
+      t.w_x = W.get(L(l, "w_x"));
+      t.w_dt = W.get(L(l, "w_dt"));
+      t.dt_bias = W.get(L(l, "dt_bias"));
+      t.A = W.get(L(l, "A"));
+      t.Dskip = W.get(L(l, "Dskip"));
+      t.w_out = W.get(L(l, "w_out"));
+    }
+    if (c.is_moe(l)) {
+      t.moe.router = W.get(L(l, "router"));
+      if (W.has(L(l, "router_bias"))) t.moe.router_bias = W.get(L(l, "router_bias"));
+      t.moe.experts_gu = W.get(L(l, "experts_gu"));
+      t.moe.experts_down = W.get(L(l, "experts_down"));
+      if (W.has(L(l, "shared_gu"))) {
+        t.moe.shared_gu = W.get(L(l, "shared_gu"));
+        t.moe.shared_down = W.get(L(l, "shared_down"));
+      }
+    } else {
+      t.w_gu = W.get(L(l, "w_gu"));
+      t.w_down = W.get(L(l, "w_down"));
+    }
+  }
+
+  const int64_t T = c.scheduler.max_batch_tokens, D = c.d_model;
+  const auto& a = c.attention;
+  const auto& s = c.ssm;
+  scratch_ = std::make_unique<Scratch>();
+  Scratch& S = *scratch_;
+  S.x = Buffer(backend, T, D);
+  S.h = Buffer(backend, T, D);
+  S.ffn_out = Buffer(backend, T, D);
+  S.xl = Buffer(backend, T, D);
+  S.logits = Buffer(backend, T, kVocab);
+  if (c.has_attention()) {
+    S.qkv = Buffer(backend, T, (a.n_heads + 2 * a.n_kv_heads) * a.head_dim);
+    S.attn = Buffer(backend, T, a.n_heads * a.head_dim);
+  }
+  if (c.has_ssm()) {
+    S.xz = Buffer(backend, T, 2 * s.d_inner);
+    S.proj = Buffer(backend, T, s.dt_rank + 2 * s.d_state);
+    S.dt = Buffer(backend, T, s.d_inner);
+    S.y = Buffer(backend, T, s.d_inner);
+  }
+  if (c.ffns.find('D') != std::string::npos) {
+    S.gu = Buffer(backend, T, 2 * c.dense_hidden);
+    S.act = Buffer(backend, T, c.dense_hidden);
+  }
+  if (c.ffns.find('M') != std::string::npos) S.moe = MoeScratch(backend, c, T);
+  if (c.vision.enabled) {
+    const auto& v = c.vision;
+    const int64_t np = (v.image_size / v.patch) * (v.image_size / v.patch);
+    S.img = Buffer(backend, v.image_size, v.image_size * 3);
+    S.patches = Buffer(backend, np, v.patch * v.patch * 3);
+    S.ve = Buffer(backend, np, v.d_model);
+    S.vh = Buffer(backend, np, v.d_model);
+    S.vqkv = Buffer(backend, np, 3 * v.d_model);
+    S.vattn = Buffer(backend, np, v.d_model);
+    S.vmlp = Buffer(backend, np, v.mlp_hidden);
+    S.c1 = Buffer(backend, np, D);
+    S.c2 = Buffer(backend, np, D);
+  }
+
+  const int64_t slots = static_cast<int64_t>(c.cache.num_blocks) * c.cache.block_size;
+  k_cache_.resize(layers_.size());
+  v_cache_.resize(layers_.size());
+  ssm_state_.resize(layers_.size());
+  ssm_ckpt_.resize(layers_.size());
+  for (int32_t l = 0; l < c.n_layers(); ++l) {
+    auto i = static_cast<size_t>(l);
+    if (c.is_attention(l)) {
+      k_cache_[i] = Buffer(backend, slots, a.n_kv_heads * a.head_dim);
+      v_cache_[i] = Buffer(backend, slots, a.n_kv_heads * a.head_dim);
+      if (!k_cache_[i].tensor().data || !v_cache_[i].tensor().data)
+        throw std::runtime_error("out of backend memory for the KV cache");
+    } else {
+      ssm_state_[i] = Buffer(backend, c.cache.max_seqs, static_cast<int64_t>(s.d_inner) * s.d_state);
+      if (c.cache.ssm_checkpoint_interval > 0)
+        ssm_ckpt_[i] = Buffer(backend, c.cache.max_checkpoints, static_cast<int64_t>(s.d_inner) * s.d_state);
+    }
+  }
+}
+
+Model::~Model() = default;
+
+MemoryFootprint Model::footprint() const {
+  MemoryFootprint f;
+  f.weights = weights_->bytes();
+  f.activations = scratch_->bytes();
+  const auto& c = config_;
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    f.kv_cache += k_cache_[i].bytes() + v_cache_[i].bytes();
+    f.ssm_state += ssm_state_[i].bytes();
+    f.ssm_checkpoints += ssm_ckpt_[i].bytes();
+  }
+  f.kv_bytes_per_block = f.kv_cache / static_cast<size_t>(c.cache.num_blocks);
+  f.ssm_bytes_per_slot = f.ssm_state / static_cast<size_t>(c.cache.max_seqs);
+  return f;
+}
+
+// [SECTION] Backbone
+void Model::attention_layer(int32_t l, const StepBatch& b, const Tensor& h) {
+  const auto& a = config_.attention;
+  const LayerTensors& w = layers_[static_cast<size_t>(l)];
+  const int64_t T = b.rows(), qd = a.n_heads * a.head_dim, kd = a.n_kv_heads * a.head_dim;
+  Tensor qkv = scratch_->qkv.tensor().rows_view(0, T);
+  backend_.linear(h, w.wqkv, qkv);
+  Tensor q = qkv.cols_view(0, qd), k = qkv.cols_view(qd, kd), v = qkv.cols_view(qd + kd, kd);
+  backend_.rope(q, b.positions, a.n_heads, a.head_dim, a.rope_theta);
+  backend_.rope(k, b.positions, a.n_kv_heads, a.head_dim, a.rope_theta);
+  const Tensor& kc = k_cache_[static_cast<size_t>(l)].tensor();
+  const Tensor& vc = v_cache_[static_cast<size_t>(l)].tensor();
+  backend_.kv_store(k, v, kc, vc, b.kv_slots);
+  PagedBatch pb{b.token_seq, b.positions, b.block_table, b.block_table_start, config_.cache.block_size};
+  AttentionParams p{a.n_heads, a.n_kv_heads, a.head_dim, 1.0f / std::sqrt(static_cast<float>(a.head_dim))};
+  Tensor attn = scratch_->attn.tensor().rows_view(0, T);
+  backend_.paged_attention(q, kc, vc, pb, p, attn);
+  backend_.linear(attn, w.wo, scratch_->x.tensor().rows_view(0, T), 1.0f);  // residual
+}
+
+void Model::ssm_layer(int32_t l, const StepBatch& b, const Tensor& h) {
+  const auto& s = config_.ssm;
+  const LayerTensors& w = layers_[static_cast<size_t>(l)];
+  const int64_t T = b.rows(), Di = s.d_inner, R = s.dt_rank, N = s.d_state;
+  Tensor xz = scratch_->xz.tensor().rows_view(0, T);
+  backend_.linear(h, w.w_in, xz);
+  Tensor xs = xz.cols_view(0, Di), z = xz.cols_view(Di, Di);
+  Tensor proj = scratch_->proj.tensor().rows_view(0, T);
+  backend_.linear(xs, w.w_x, proj);
+  Tensor dt = scratch_->dt.tensor().rows_view(0, T);
+  backend_.linear(proj.cols_view(0, R), w.w_dt, dt);
+  Tensor y = scratch_->y.tensor().rows_view(0, T);
+  backend_.ssm_scan(xs, dt, w.dt_bias, w.A, proj.cols_view(R, N), proj.cols_view(R + N, N), w.Dskip,
+                    b.seq_start, b.state_slot, ssm_state_[static_cast<size_t>(l)].tensor(), y);
+  backend_.mul_silu(y, z, y);
+  backend_.linear(y, w.w_out, scratch_->x.tensor().rows_view(0, T), 1.0f);  // residual
+}
+
+void Model::forward(const StepBatch& b, std::vector<float>& logits, ForwardObserver* obs) {
+  const int64_t T = b.rows();
+  if (T == 0 || T > config_.scheduler.max_batch_tokens)
+    throw std::invalid_argument("forward: batch rows must be in 1..max_batch_tokens");
+  Scratch& S = *scratch_;
+  Tensor x = S.x.tensor().rows_view(0, T), h = S.h.tensor().rows_view(0, T);
+  backend_.get_rows(weights_->get("embed"), b.tokens, x);
+  for (const auto& img : b.images)
+    backend_.copy(img.source.rows_view(img.first, img.count), x.rows_view(img.row, img.count));
+  const float eps = config_.norm_eps;
+  for (int32_t l = 0; l < config_.n_layers(); ++l) {
+    const LayerTensors& w = layers_[static_cast<size_t>(l)];
+    if (obs) obs->layer_begin(l);
+    backend_.rms_norm(x, w.norm1, eps, h);
+    if (config_.is_attention(l))
+      attention_layer(l, b, h);
+    else
+      ssm_layer(l, b, h);
+    backend_.rms_norm(x, w.norm2, eps, h);
+    if (config_.is_moe(l)) {
+      Tensor out = S.ffn_out.tensor().rows_view(0, T);
+      moe_ffn(backend_, config_.moe, w.moe, S.moe, h, out, S.counts);
+      backend_.add(x, out, x);
+      if (obs) obs->moe_routed(l, S.counts, static_cast<int32_t>(T));
+    } else {
+      swiglu_ffn(backend_, w.w_gu, w.w_down, h, S.gu, S.act, x, 1.0f);
+    }
+    if (obs) obs->layer_end(l);
+  }
+  const int64_t R = static_cast<int64_t>(b.logit_rows.size());
+  logits.resize(static_cast<size_t>(R * kVocab));
+  if (R == 0) return;
+  Tensor xl = S.xl.tensor().rows_view(0, R);
+  backend_.get_rows(x, b.logit_rows, xl);
+  backend_.rms_norm(xl, weights_->get("norm_f"), eps, xl);
+  Tensor lo = S.logits.tensor().rows_view(0, R);
+  backend_.linear(xl, weights_->get("head"), lo);
+  backend_.download(lo, logits.data());
+}
+
+// [SECTION] Vision
+void Model::encode_image(const float* pixels) {
+  const auto& v = config_.vision;
+  if (!v.enabled) throw std::logic_error("encode_image: the model has no vision encoder");
+  Scratch& S = *scratch_;
+  const Weights& W = *weights_;
+  backend_.upload(S.img, pixels);
+  backend_.patchify(S.img, v.image_size, v.image_size, 3, v.patch, S.patches);
+  backend_.linear(S.patches, W.get("v.patch_proj"), S.ve);
+  backend_.add(S.ve, W.get("v.pos"), S.ve);
+  const int32_t np = static_cast<int32_t>(S.ve.tensor().rows), dv = v.d_model, hd = dv / v.n_heads;
+  const int32_t seqs[2] = {0, np};
+  AttentionParams p{v.n_heads, v.n_heads, hd, 1.0f / std::sqrt(static_cast<float>(hd))};
+  for (int32_t j = 0; j < v.layers; ++j) {
+    auto n = [&](const char* w) { return W.get("v.l" + std::to_string(j) + "." + w); };
+    backend_.rms_norm(S.ve, n("norm1"), config_.norm_eps, S.vh);
+    backend_.linear(S.vh, n("wqkv"), S.vqkv);
+    const Tensor& qkv = S.vqkv.tensor();
+    backend_.attention(qkv.cols_view(0, dv), qkv.cols_view(dv, dv), qkv.cols_view(2 * dv, dv), seqs, p,
+                       /*causal=*/false, S.vattn);
+    backend_.linear(S.vattn, n("wo"), S.ve, 1.0f);
+    backend_.rms_norm(S.ve, n("norm2"), config_.norm_eps, S.vh);
+    backend_.linear(S.vh, n("w1"), S.vmlp);
+    backend_.gelu(S.vmlp, S.vmlp);
+    backend_.linear(S.vmlp, n("w2"), S.ve, 1.0f);
+  }
+  backend_.rms_norm(S.ve, W.get("v.norm"), config_.norm_eps, S.vh);
+}
+
+void Model::connect_image(const Tensor& out) {
+  Scratch& S = *scratch_;
+  const Weights& W = *weights_;
+  backend_.linear(S.vh, W.get("c.w1"), S.c1);
+  backend_.gelu(S.c1, S.c1);
+  backend_.linear(S.c1, W.get("c.w2"), S.c2);
+  backend_.mean_pool_rows(S.c2, config_.vision.pool, out);
+}
+
+// [SECTION] State slots
+void Model::clear_state(int32_t slot) {
+  for (auto& s : ssm_state_)
+    if (s.tensor().data) backend_.fill(s.tensor().rows_view(slot, 1), 0.0f);
+}
+
+void Model::save_checkpoint(int32_t state_slot, int32_t ckpt) {
+  for (size_t i = 0; i < ssm_state_.size(); ++i)
+    if (ssm_ckpt_[i].tensor().data)
+      backend_.copy(ssm_state_[i].tensor().rows_view(state_slot, 1), ssm_ckpt_[i].tensor().rows_view(ckpt, 1));
+}
+
+void Model::restore_checkpoint(int32_t ckpt, int32_t state_slot) {
+  for (size_t i = 0; i < ssm_state_.size(); ++i)
+    if (ssm_ckpt_[i].tensor().data)
+      backend_.copy(ssm_ckpt_[i].tensor().rows_view(ckpt, 1), ssm_state_[i].tensor().rows_view(state_slot, 1));
+}
+
+}  // namespace inferscope::engine

@@ -1,0 +1,254 @@
+// Weight allocation, seeded initialisation and safetensors I/O.
+#include "inferscope/engine/weights.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <numeric>
+#include <random>
+#include <stdexcept>
+
+#include <nlohmann/json.hpp>
+
+namespace inferscope::engine {
+namespace {
+
+std::string L(int32_t l, const char* what) { return "l" + std::to_string(l) + "." + what; }
+std::string V(int32_t l, const char* what) { return "v.l" + std::to_string(l) + "." + what; }
+
+// Unit direction in R^D for topic t: shared by the embedding and the routers.
+std::vector<float> topic_direction(const ModelConfig& c, int32_t topic) {
+  std::mt19937_64 rng(c.init.seed * 7919 + static_cast<uint64_t>(topic) + 17);
+  std::normal_distribution<float> n(0.0f, 1.0f);
+  std::vector<float> v(static_cast<size_t>(c.d_model));
+  double norm = 0;
+  for (auto& x : v) {
+    x = n(rng);
+    norm += static_cast<double>(x) * x;
+  }
+  for (auto& x : v) x /= static_cast<float>(std::sqrt(norm));
+  return v;
+}
+
+}  // namespace
+
+int32_t topic_hot_expert(const ModelConfig& c, int32_t layer, int32_t topic) {
+  // Spread topics over experts and shift by layer, so each layer has its own hot set.
+  int32_t E = c.moe.experts, T = std::max(1, c.init.topics);
+  return (topic * E / T + layer * 5 + 1) % E;
+}
+
+Weights::Weights(Backend& backend, const ModelConfig& c) : backend_(backend), config_(c) {
+  const int32_t D = c.d_model;
+  add("embed", kVocab, D);
+  add("norm_f", 1, D);
+  add("head", kVocab, D);
+  for (int32_t l = 0; l < c.n_layers(); ++l) {
+    add(L(l, "norm1"), 1, D);
+    add(L(l, "norm2"), 1, D);
+    if (c.is_attention(l)) {
+      const auto& a = c.attention;
+      add(L(l, "wqkv"), (a.n_heads + 2 * a.n_kv_heads) * a.head_dim, D);
+      add(L(l, "wo"), D, a.n_heads * a.head_dim);
+    } else {
+      const auto& s = c.ssm;
+      add(L(l, "w_in"), 2 * s.d_inner, D);
+      add(L(l, "w_x"), s.dt_rank + 2 * s.d_state, s.d_inner);
+      add(L(l, "w_dt"), s.d_inner, s.dt_rank);
+      add(L(l, "dt_bias"), 1, s.d_inner);
+      add(L(l, "A"), s.d_inner, s.d_state);
+      add(L(l, "Dskip"), 1, s.d_inner);
+      add(L(l, "w_out"), D, s.d_inner);
+    }
+    if (c.is_moe(l)) {
+      const auto& m = c.moe;
+      add(L(l, "router"), m.experts, D);
+      if (m.routing_bias) add(L(l, "router_bias"), 1, m.experts);
+      add(L(l, "experts_gu"), static_cast<int64_t>(m.experts) * 2 * m.expert_hidden, D);
+      add(L(l, "experts_down"), static_cast<int64_t>(m.experts) * D, m.expert_hidden);
+      if (m.shared_experts > 0) {
+        add(L(l, "shared_gu"), 2 * m.shared_experts * m.expert_hidden, D);
+        add(L(l, "shared_down"), D, m.shared_experts * m.expert_hidden);
+      }
+    } else {
+      add(L(l, "w_gu"), 2 * c.dense_hidden, D);
+      add(L(l, "w_down"), D, c.dense_hidden);
+    }
+  }
+  if (c.vision.enabled) {
+    const auto& v = c.vision;
+    int32_t patches = (v.image_size / v.patch) * (v.image_size / v.patch);
+    add("v.patch_proj", v.d_model, v.patch * v.patch * 3);
+    add("v.pos", patches, v.d_model);
+    for (int32_t l = 0; l < v.layers; ++l) {
+      add(V(l, "norm1"), 1, v.d_model);
+      add(V(l, "wqkv"), 3 * v.d_model, v.d_model);
+      add(V(l, "wo"), v.d_model, v.d_model);
+      add(V(l, "norm2"), 1, v.d_model);
+      add(V(l, "w1"), v.mlp_hidden, v.d_model);
+      add(V(l, "w2"), v.d_model, v.mlp_hidden);
+    }
+    add("v.norm", 1, v.d_model);
+    add("c.w1", D, v.d_model);
+    add("c.w2", D, D);
+  }
+}
+
+void Weights::add(const std::string& name, int64_t rows, int64_t cols) {
+  Buffer b(backend_, rows, cols);
+  if (!b.tensor().data) throw std::runtime_error("out of backend memory allocating weight " + name);
+  tensors_.emplace(name, std::move(b));
+}
+
+const Tensor& Weights::get(const std::string& name) const {
+  auto it = tensors_.find(name);
+  if (it == tensors_.end()) throw std::out_of_range("no weight named '" + name + "'");
+  return it->second.tensor();
+}
+
+size_t Weights::bytes() const {
+  size_t n = 0;
+  for (const auto& [name, b] : tensors_) n += b.bytes();
+  return n;
+}
+
+std::vector<std::string> Weights::names() const {
+  std::vector<std::string> n;
+  for (const auto& [name, b] : tensors_) n.push_back(name);
+  return n;
+}
+
+void Weights::init_random() {
+  const ModelConfig& c = config_;
+  std::mt19937_64 rng(c.init.seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  const float depth_scale = 1.0f / std::sqrt(2.0f * static_cast<float>(c.n_layers()));
+  std::vector<float> host;
+  for (auto& [name, buf] : tensors_) {
+    const Tensor& t = buf.tensor();
+    host.assign(static_cast<size_t>(t.elements()), 0.0f);
+    auto ends_with = [&](const char* s) {
+      size_t n = std::strlen(s);
+      return name.size() >= n && name.compare(name.size() - n, n, s) == 0;
+    };
+    if (ends_with("norm1") || ends_with("norm2") || ends_with("norm_f") || name == "v.norm" ||
+        ends_with("Dskip")) {
+      std::fill(host.begin(), host.end(), 1.0f);
+    } else if (ends_with(".A")) {
+      for (int64_t i = 0; i < t.rows; ++i)  // S4D-real: A[i, n] = -(n + 1)
+        for (int64_t n = 0; n < t.cols; ++n) host[static_cast<size_t>(i * t.cols + n)] = -static_cast<float>(n + 1);
+    } else if (ends_with("dt_bias")) {
+      // Step sizes log-uniform in [1e-3, 1e-1]; bias = softplus^-1(dt).
+      std::uniform_real_distribution<float> u(std::log(1e-3f), std::log(1e-1f));
+      for (auto& x : host) x = std::log(std::expm1(std::exp(u(rng))));
+    } else if (ends_with("router_bias")) {
+      // Zipf-shaped selection bias over a seeded permutation of the experts.
+      std::vector<int32_t> perm(static_cast<size_t>(t.cols));
+      std::iota(perm.begin(), perm.end(), 0);
+      std::shuffle(perm.begin(), perm.end(), rng);
+      for (int64_t r = 0; r < t.cols; ++r)
+        host[static_cast<size_t>(perm[static_cast<size_t>(r)])] =
+            c.init.zipf_bias / std::pow(static_cast<float>(r + 1), c.init.zipf_s);
+    } else {
+      float sd = c.init.scale / std::sqrt(static_cast<float>(t.cols));
+      if (name == "embed" || name == "v.pos") sd = c.init.scale;
+      if (ends_with(".wo") || ends_with("w_out") || ends_with("down") || ends_with("w2")) sd *= depth_scale;
+      for (auto& x : host) x = normal(rng) * sd;
+    }
+    // Topic skew: bytes of topic k share a direction c_k in the embedding, and
+    // each MoE layer's router row of the topic's hot expert points along c_k, so
+    // tokens of that topic prefer that expert.
+    if ((name == "embed" || ends_with("router")) && c.init.topic_skew != 0.0f && c.init.topics > 0) {
+      for (int32_t k = 0; k < c.init.topics; ++k) {
+        auto dir = topic_direction(c, k);
+        if (name == "embed") {
+          for (int32_t b = 0; b < 256; ++b)
+            if (topic_of_byte(b, c.init.topics) == k)
+              for (int32_t d = 0; d < c.d_model; ++d) host[static_cast<size_t>(b * c.d_model + d)] += 2.0f * dir[static_cast<size_t>(d)];
+        } else {
+          int32_t layer = std::stoi(name.substr(1, name.find('.') - 1));
+          int32_t e = topic_hot_expert(c, layer, k);
+          for (int32_t d = 0; d < c.d_model; ++d)
+            host[static_cast<size_t>(e * c.d_model + d)] += c.init.topic_skew * dir[static_cast<size_t>(d)];
+        }
+      }
+    }
+    backend_.upload(t, host.data());
+  }
+}
+
+void Weights::save(const std::string& path) const {
+  nlohmann::json header;
+  uint64_t offset = 0;
+  for (const auto& [name, buf] : tensors_) {
+    const Tensor& t = buf.tensor();
+    header[name] = {{"dtype", "F32"},
+                    {"shape", {t.rows, t.cols}},
+                    {"data_offsets", {offset, offset + t.bytes()}}};
+    offset += t.bytes();
+  }
+  header["__metadata__"] = {{"model", config_.name}, {"format", "inferscope"}};
+  std::string h = header.dump();
+  while (h.size() % 8 != 0) h.push_back(' ');  // data starts 8-byte aligned
+  std::ofstream out(path, std::ios::binary);
+  if (!out) throw std::runtime_error("cannot write '" + path + "'");
+  uint64_t n = h.size();
+  unsigned char len[8];
+  for (int i = 0; i < 8; ++i) len[i] = static_cast<unsigned char>(n >> (8 * i));
+  out.write(reinterpret_cast<const char*>(len), 8);
+  out.write(h.data(), static_cast<std::streamsize>(h.size()));
+  std::vector<float> host;
+  for (const auto& [name, buf] : tensors_) {
+    host.resize(static_cast<size_t>(buf.tensor().elements()));
+    backend_.download(buf.tensor(), host.data());
+    out.write(reinterpret_cast<const char*>(host.data()), static_cast<std::streamsize>(buf.bytes()));
+  }
+  if (!out) throw std::runtime_error("write error on '" + path + "'");
+}
+
+void Weights::load(const std::string& path) {
+  std::ifstream in(path, std::ios::binary | std::ios::ate);
+  if (!in) throw std::runtime_error("cannot open safetensors file '" + path + "'");
+  const uint64_t file_size = static_cast<uint64_t>(in.tellg());
+  in.seekg(0);
+  unsigned char len[8] = {};
+  in.read(reinterpret_cast<char*>(len), 8);
+  uint64_t n = 0;
+  for (int i = 0; i < 8; ++i) n |= static_cast<uint64_t>(len[i]) << (8 * i);
+  if (!in || n > file_size - 8 || n > (100u << 20))
+    throw std::runtime_error(path + ": not a safetensors file (bad header length)");
+  std::string h(n, '\0');
+  in.read(h.data(), static_cast<std::streamsize>(n));
+  nlohmann::json header;
+  try {
+    header = nlohmann::json::parse(h);
+  } catch (const std::exception& e) {
+    throw std::runtime_error(path + ": safetensors header is not JSON: " + e.what());
+  }
+  const uint64_t data_start = 8 + n, data_bytes = file_size - data_start;
+  std::vector<float> host;
+  for (auto& [name, buf] : tensors_) {
+    const Tensor& t = buf.tensor();
+    if (!header.contains(name)) throw std::runtime_error(path + ": missing tensor '" + name + "'");
+    const auto& e = header[name];
+    if (e.value("dtype", "") != "F32")
+      throw std::runtime_error(path + ": tensor '" + name + "' is not F32");
+    auto shape = e.at("shape").get<std::vector<int64_t>>();
+    int64_t elems = 1;
+    for (int64_t d : shape) elems *= d;
+    if (elems != t.elements())
+      throw std::runtime_error(path + ": tensor '" + name + "' has " + std::to_string(elems) +
+                               " elements, the model config expects " + std::to_string(t.elements()));
+    auto off = e.at("data_offsets").get<std::vector<uint64_t>>();
+    if (off.size() != 2 || off[1] < off[0] || off[1] > data_bytes || off[1] - off[0] != t.bytes())
+      throw std::runtime_error(path + ": tensor '" + name + "' has bad data_offsets");
+    host.resize(static_cast<size_t>(t.elements()));
+    in.seekg(static_cast<std::streamoff>(data_start + off[0]));
+    in.read(reinterpret_cast<char*>(host.data()), static_cast<std::streamsize>(t.bytes()));
+    if (!in) throw std::runtime_error(path + ": truncated data for '" + name + "'");
+    backend_.upload(t, host.data());
+  }
+}
+
+}  // namespace inferscope::engine
