@@ -1,0 +1,358 @@
+// Every op of the CUDA backend against the CPU backend (the oracle), in the
+// spirit of ggml's test-backend-ops: the same random inputs go to both, the
+// outputs are compared by relative L2 error (bf16 tolerance for the GEMMs,
+// fp32 rounding for the rest) and integer outputs must match exactly.
+// Shapes are the demo model's and include strided views, empty experts,
+// multi-block paged contexts and SSM runs long enough for the chunked scan.
+// Without a CUDA device every test is skipped with the reason.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <memory>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "inferscope/engine/backend.hpp"
+
+namespace ie = inferscope::engine;
+
+namespace {
+
+// bf16 operands (8 mantissa bits) with fp32 accumulation over K ~ 256..1024
+// land near 3e-3 relative L2; fp32-only ops differ by rounding order.
+constexpr double kGemmTol = 1.5e-2;
+constexpr double kF32Tol = 2e-5;
+
+std::vector<float> randn(size_t n, std::mt19937& rng, float scale = 1.0f) {
+  std::normal_distribution<float> d(0.0f, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+double rel_l2(const std::vector<float>& got, const std::vector<float>& ref) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    if (!std::isfinite(got[i])) return INFINITY;
+    num += (double(got[i]) - ref[i]) * (double(got[i]) - ref[i]);
+    den += double(ref[i]) * ref[i];
+  }
+  return std::sqrt(num / std::max(den, 1e-30));
+}
+
+// One backend with buffers it owns.
+struct Side {
+  std::unique_ptr<ie::Backend> be;
+  std::vector<std::unique_ptr<ie::Buffer>> bufs;
+  ie::Tensor make(int64_t r, int64_t c, const std::vector<float>& host = {}) {
+    bufs.push_back(std::make_unique<ie::Buffer>(*be, r, c));
+    if (!host.empty()) be->upload(*bufs.back(), host.data());
+    return *bufs.back();
+  }
+  ie::Tensor make_i32(int64_t r, int64_t c, const std::vector<int32_t>& host = {}) {
+    bufs.push_back(std::make_unique<ie::Buffer>(*be, r, c, ie::DType::kI32));
+    if (!host.empty()) be->upload(*bufs.back(), host.data());
+    return *bufs.back();
+  }
+  // Downloads any view (strided ones row by row through a contiguous copy).
+  std::vector<float> get(const ie::Tensor& t) {
+    ie::Tensor src = t;
+    std::unique_ptr<ie::Buffer> tmp;
+    if (!t.contiguous()) {
+      tmp = std::make_unique<ie::Buffer>(*be, t.rows, t.cols, t.dtype);
+      be->copy(t, *tmp);
+      src = *tmp;
+    }
+    std::vector<float> v(static_cast<size_t>(t.elements()));
+    be->download(src, v.data());
+    return v;
+  }
+  std::vector<int32_t> get_i(const ie::Tensor& t) {
+    std::vector<int32_t> v(static_cast<size_t>(t.elements()));
+    be->download(t, v.data());
+    return v;
+  }
+};
+
+class CudaVsCpu : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    try {
+      gpu.be = ie::create_backend("cuda", {});
+    } catch (const std::exception& e) {
+      GTEST_SKIP() << "no CUDA device / backend: " << e.what();
+    }
+    cpu.be = ie::create_backend("cpu", {});
+  }
+  Side cpu, gpu;
+  std::mt19937 rng{1234};
+};
+
+TEST_F(CudaVsCpu, AllocIsZeroedAndBadShapesThrow) {
+  auto t = gpu.make(3, 70);
+  for (float v : gpu.get(t)) ASSERT_EQ(v, 0.0f);
+  auto a = gpu.make(2, 3), b = gpu.make(3, 2);
+  EXPECT_THROW(gpu.be->add(a, b, a), std::invalid_argument);
+}
+
+TEST_F(CudaVsCpu, ElementwiseNormsAndGathers) {
+  const int R = 37, C = 384;
+  auto x = randn(R * C, rng), g = randn(R * 2 * C, rng), w = randn(C, rng);
+  for (Side* s : {&cpu, &gpu}) {
+    auto tx = s->make(R, C, x), tg = s->make(R, 2 * C, g), tw = s->make(1, C, w);
+    auto o1 = s->make(R, C), o2 = s->make(R, C), o3 = s->make(R, C), o4 = s->make(R, C);
+    s->be->add(tx, tg.cols_view(0, C), o1);
+    s->be->mul_silu(tg.cols_view(C, C), tg.cols_view(0, C), o2);  // SwiGLU on a fused gate|up
+    s->be->gelu(tx, o3);
+    s->be->rms_norm(tx, tw, 1e-5f, o4);
+    auto table = s->make(50, C, g);  // first 50 rows of g as a table
+    std::vector<int32_t> ids = {3, 0, 49, 3, 17};
+    auto o5 = s->make(5, C);
+    s->be->get_rows(table, ids, o5);
+    auto o6 = s->make(R, C);
+    s->be->copy(tg.cols_view(C, C), o6);
+    s->be->fill(tg.cols_view(0, 5), 2.5f);
+  }
+  for (size_t i = 3; i <= 6; ++i) {  // add, mul_silu, gelu, rms_norm
+    auto ref = cpu.get(*cpu.bufs[i]), got = gpu.get(*gpu.bufs[i]);
+    EXPECT_LT(rel_l2(got, ref), kF32Tol) << "output " << i;
+  }
+  EXPECT_EQ(gpu.get(*gpu.bufs[8]), cpu.get(*cpu.bufs[8]));  // get_rows is a copy
+  EXPECT_EQ(gpu.get(*gpu.bufs[9]), cpu.get(*cpu.bufs[9]));  // strided copy
+  EXPECT_EQ(gpu.get(*gpu.bufs[1]), cpu.get(*cpu.bufs[1]));  // fill of a strided view
+}
+
+TEST_F(CudaVsCpu, LinearBf16WithinTolerance) {
+  for (int M : {1, 7, 64, 300}) {
+    const int K = 384, N = 1000;
+    auto x = randn(M * (K + 16), rng), w = randn(N * K, rng, 0.05f), y0 = randn(M * N, rng);
+    std::vector<float> out[2];
+    int i = 0;
+    for (Side* s : {&cpu, &gpu}) {
+      auto tx = s->make(M, K + 16, x).cols_view(8, K);  // strided input
+      auto tw = s->make(N, K, w);
+      auto ty = s->make(M, N, y0);
+      s->be->linear(tx, tw, ty, 1.0f);  // accumulate into y
+      out[i++] = s->get(ty);
+    }
+    EXPECT_LT(rel_l2(out[1], out[0]), kGemmTol) << "M=" << M;
+  }
+}
+
+TEST_F(CudaVsCpu, GroupedLinearSkipsEmptyExperts) {
+  const int E = 16, K = 256, N = 192;
+  std::vector<int32_t> counts = {0, 5, 1, 0, 0, 40, 3, 0, 2, 0, 0, 33, 1, 0, 7, 0};
+  std::vector<int32_t> offsets(E + 1, 0);
+  for (int e = 0; e < E; ++e) offsets[e + 1] = offsets[e] + counts[e];
+  const int A = offsets.back();
+  auto x = randn(A * K, rng), w = randn(E * N * K, rng, 0.05f);
+  std::vector<float> out[2];
+  int i = 0;
+  for (Side* s : {&cpu, &gpu}) {
+    auto tx = s->make(A, K, x), tw = s->make(E * N, K, w), ty = s->make(A + 3, N);
+    s->be->grouped_linear(tx, tw, offsets, ty);
+    out[i++] = s->get(ty);
+  }
+  EXPECT_LT(rel_l2(out[1], out[0]), kGemmTol);
+  for (int c = 0; c < 3 * N; ++c) EXPECT_EQ(out[1][A * N + c], 0.0f) << "rows past A untouched";
+}
+
+TEST_F(CudaVsCpu, RopeMatches) {
+  const int T = 33, H = 6, HD = 64;
+  auto x = randn(T * H * HD, rng);
+  std::vector<int32_t> pos(T);
+  for (int t = 0; t < T; ++t) pos[t] = (t * 37) % 900;
+  std::vector<float> out[2];
+  int i = 0;
+  for (Side* s : {&cpu, &gpu}) {
+    auto tx = s->make(T, H * HD, x);
+    s->be->rope(tx, pos, H, HD, 10000.0f);
+    out[i++] = s->get(tx);
+  }
+  // powf/sincosf vs std::pow/std::cos differ by an ulp or two; at angles of
+  // ~900 rad that is ~1e-4 of the rotated value.
+  EXPECT_LT(rel_l2(out[1], out[0]), 3e-4);
+}
+
+TEST_F(CudaVsCpu, PagedAttentionPrefillAndDecode) {
+  const int H = 8, KVH = 2, HD = 64, BS = 16, blocks = 64;
+  ie::AttentionParams p{H, KVH, HD, 1.0f / std::sqrt(float(HD))};
+  // seq 0: 300 positions (prefill rows 290..299), seq 1: decode at 40, seq 2: decode at 0
+  std::vector<int32_t> lens = {300, 41, 1};
+  std::vector<int32_t> perm(blocks);
+  std::iota(perm.begin(), perm.end(), 0);
+  std::shuffle(perm.begin(), perm.end(), rng);
+  std::vector<int32_t> table, table_start = {0};
+  int next = 0;
+  for (int l : lens) {
+    for (int b = 0; b < (l + BS - 1) / BS; ++b) table.push_back(perm[next++]);
+    table_start.push_back(static_cast<int32_t>(table.size()));
+  }
+  // history keys for every position, written with kv_store (one call)
+  std::vector<int32_t> slots, tseq, tpos;
+  for (int s = 0; s < 3; ++s)
+    for (int p2 = 0; p2 < lens[s]; ++p2)
+      slots.push_back(table[table_start[s] + p2 / BS] * BS + p2 % BS);
+  const int nk = static_cast<int>(slots.size());
+  auto k = randn(nk * KVH * HD, rng), v = randn(nk * KVH * HD, rng);
+  for (int p2 = 290; p2 < 300; ++p2) tseq.push_back(0), tpos.push_back(p2);
+  tseq.push_back(1), tpos.push_back(40);
+  tseq.push_back(2), tpos.push_back(0);
+  const int T = static_cast<int>(tseq.size());
+  auto q = randn(T * H * HD, rng);
+  ie::PagedBatch batch{tseq, tpos, table, table_start, BS};
+  std::vector<float> out[2];
+  int i = 0;
+  for (Side* s : {&cpu, &gpu}) {
+    auto kc = s->make(blocks * BS, KVH * HD), vc = s->make(blocks * BS, KVH * HD);
+    auto tk = s->make(nk, KVH * HD, k), tv = s->make(nk, KVH * HD, v);
+    s->be->kv_store(tk, tv, kc, vc, slots);
+    auto tq = s->make(T, H * HD, q), to = s->make(T, H * HD);
+    s->be->paged_attention(tq, kc, vc, batch, p, to);
+    out[i++] = s->get(to);
+  }
+  EXPECT_LT(rel_l2(out[1], out[0]), 1e-5);
+}
+
+TEST_F(CudaVsCpu, SequenceAttentionCausalAndBidirectional) {
+  const int H = 4, HD = 32;
+  std::vector<int32_t> seqs = {0, 64, 113};
+  const int T = seqs.back();
+  ie::AttentionParams p{H, H, HD, 1.0f / std::sqrt(float(HD))};
+  auto q = randn(T * H * HD, rng), k = randn(T * H * HD, rng), v = randn(T * H * HD, rng);
+  for (bool causal : {false, true}) {
+    std::vector<float> out[2];
+    int i = 0;
+    for (Side* s : {&cpu, &gpu}) {
+      auto tq = s->make(T, H * HD, q), tk = s->make(T, H * HD, k), tv = s->make(T, H * HD, v);
+      auto to = s->make(T, H * HD);
+      s->be->attention(tq, tk, tv, seqs, p, causal, to);
+      out[i++] = s->get(to);
+    }
+    EXPECT_LT(rel_l2(out[1], out[0]), 1e-5) << "causal=" << causal;
+  }
+}
+
+TEST_F(CudaVsCpu, SsmScanDirectAndChunked) {
+  const int D = 96, N = 16, slots_n = 6;
+  std::vector<int32_t> seqs = {0, 1, 38, 238, 239};  // 1, 37, 200 (chunked), 1 rows
+  std::vector<int32_t> slot = {4, 0, 2, 5};
+  const int T = seqs.back();
+  auto x = randn(T * D, rng), dt = randn(T * D, rng, 0.5f), bc = randn(T * 2 * N, rng);
+  auto dtb = randn(D, rng, 0.3f), dsk = randn(D, rng), st = randn(slots_n * D * N, rng, 0.1f);
+  std::vector<float> a(D * N);
+  for (auto& e : a) e = -std::exp(std::uniform_real_distribution<float>(-1.f, 1.5f)(rng));
+  std::vector<float> y[2], states[2];
+  int i = 0;
+  for (Side* s : {&cpu, &gpu}) {
+    auto tx = s->make(T, D, x), tdt = s->make(T, D, dt), tbc = s->make(T, 2 * N, bc);
+    auto tdb = s->make(1, D, dtb), ta = s->make(D, N, a), tds = s->make(1, D, dsk);
+    auto tst = s->make(slots_n, D * N, st), ty = s->make(T, D);
+    s->be->ssm_scan(tx, tdt, tdb, ta, tbc.cols_view(0, N), tbc.cols_view(N, N), tds, seqs, slot,
+                    tst, ty);
+    y[i] = s->get(ty);
+    states[i++] = s->get(tst);
+  }
+  EXPECT_LT(rel_l2(y[1], y[0]), 1e-4);
+  EXPECT_LT(rel_l2(states[1], states[0]), 1e-4);
+}
+
+// Same logits on both sides: the device router must make the same decisions
+// (ties aside), the same histogram, and the same drops / reroutes.
+struct RouteCase {
+  ie::GateFn gate;
+  bool bias;
+  int capacity;
+  ie::OverflowPolicy overflow;
+};
+
+TEST_F(CudaVsCpu, RouterMatchesIncludingCapacity) {
+  const int T = 700, E = 32, K = 2;
+  for (RouteCase rc : {RouteCase{ie::GateFn::kSoftmax, false, 0, ie::OverflowPolicy::kDrop},
+                       RouteCase{ie::GateFn::kSoftmax, true, 50, ie::OverflowPolicy::kDrop},
+                       RouteCase{ie::GateFn::kSigmoid, true, 50, ie::OverflowPolicy::kReroute},
+                       RouteCase{ie::GateFn::kSoftmax, false, 44, ie::OverflowPolicy::kReroute}}) {
+    auto logits = randn(T * E, rng, 2.0f);
+    for (int t = 0; t < T; ++t) logits[t * E + 3] += 2.0f;  // a hot expert so capacity binds
+    auto bias = randn(E, rng, 0.05f);
+    ie::RouteParams p;
+    p.top_k = K;
+    p.gate = rc.gate;
+    p.capacity = rc.capacity;
+    p.overflow = rc.overflow;
+    p.scaling = 1.5f;
+    std::vector<int32_t> ae[2];
+    std::vector<float> aw[2];
+    ie::RouteCounts counts[2];
+    int i = 0;
+    for (Side* s : {&cpu, &gpu}) {
+      auto tl = s->make(T, E, logits);
+      ie::Tensor tb = rc.bias ? s->make(1, E, bias) : ie::Tensor{};
+      auto te = s->make_i32(T, K), tw = s->make(T, K);
+      s->be->moe_route(tl, tb, p, te, tw, counts[i]);
+      ae[i] = s->get_i(te);
+      aw[i++] = s->get(tw);
+    }
+    EXPECT_EQ(ae[1], ae[0]);
+    EXPECT_LT(rel_l2(aw[1], aw[0]), 1e-5);
+    EXPECT_EQ(counts[1].routed, counts[0].routed);
+    EXPECT_EQ(counts[1].kept, counts[0].kept);
+    EXPECT_EQ(counts[1].dropped, counts[0].dropped);
+    EXPECT_EQ(counts[1].rerouted, counts[0].rerouted);
+    if (rc.capacity > 0) {
+      EXPECT_GT(counts[0].dropped + counts[0].rerouted, 0u) << "capacity binds";
+    }
+  }
+}
+
+TEST_F(CudaVsCpu, PermuteAndUnpermuteExact) {
+  const int T = 257, E = 8, K = 2, D = 64;
+  std::vector<int32_t> ae(T * K);
+  std::uniform_int_distribution<int> pick(-1, E - 1);  // -1: dropped
+  for (auto& e : ae) e = pick(rng);
+  std::vector<int32_t> offsets(E + 1, 0);
+  for (int e : ae)
+    if (e >= 0) offsets[e + 1]++;
+  for (int e = 0; e < E; ++e) offsets[e + 1] += offsets[e];
+  const int A = offsets.back();
+  auto x = randn(T * D, rng), w = randn(T * K, rng), yp = randn(A * D, rng), y0 = randn(T * D, rng);
+  std::vector<float> xp[2], y[2];
+  std::vector<int32_t> perm[2];
+  int i = 0;
+  for (Side* s : {&cpu, &gpu}) {
+    auto tx = s->make(T, D, x), te = s->make_i32(T, K, ae), txp = s->make(A, D);
+    auto tperm = s->make_i32(A, 1);
+    s->be->moe_permute(tx, te, offsets, txp, tperm);
+    auto tyrows = s->make(A, D, yp), tw = s->make(T, K, w), ty = s->make(T, D, y0);
+    s->be->moe_unpermute(tyrows, tperm, tw, K, A, ty);
+    xp[i] = s->get(txp);
+    perm[i] = s->get_i(tperm);
+    y[i++] = s->get(ty);
+  }
+  EXPECT_EQ(perm[1], perm[0]);
+  EXPECT_EQ(xp[1], xp[0]);
+  EXPECT_LT(rel_l2(y[1], y[0]), kF32Tol);
+}
+
+TEST_F(CudaVsCpu, PatchifyAndMeanPool) {
+  const int Hh = 32, W = 48, C = 3, P = 8;
+  auto img = randn(Hh * W * C, rng);
+  const int patches = (Hh / P) * (W / P);
+  std::vector<float> pt[2], pooled[2];
+  int i = 0;
+  for (Side* s : {&cpu, &gpu}) {
+    auto ti = s->make(Hh, W * C, img), tp = s->make(patches, P * P * C);
+    s->be->patchify(ti, Hh, W, C, P, tp);
+    auto to = s->make(patches / 4, P * P * C);
+    s->be->mean_pool_rows(tp, 4, to);
+    pt[i] = s->get(tp);
+    pooled[i++] = s->get(to);
+  }
+  EXPECT_EQ(pt[1], pt[0]);
+  EXPECT_LT(rel_l2(pooled[1], pooled[0]), kF32Tol);
+}
+
+}  // namespace
