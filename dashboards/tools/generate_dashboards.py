@@ -621,7 +621,10 @@ def health_dashboard():
                         "because its buffer was full or the collector was unreachable.",
                         targets((f"sum by (model, rank) (rate(inferscope_agent_records_sent_total{{{MR}}}[{RI}]))",
                                  "sent {{model}} rank {{rank}}"),
-                                (f"sum by (model, rank) (rate(inferscope_agent_records_dropped_total{{{MR}}}[{RI}]))",
+                                # An agent that never dropped has no dropped series (the
+                                # collector creates them on the first drop): show it as 0.
+                                (f"sum by (model, rank) (rate(inferscope_agent_records_dropped_total{{{MR}}}[{RI}])) "
+                                 f"or sum by (model, rank) (rate(inferscope_agent_records_sent_total{{{MR}}}[{RI}])) * 0",
                                  "dropped {{model}} rank {{rank}}")), unit="short"))
     p.append(timeseries(L, "Agent drops by record kind",
                         "Which kinds of records the agents dropped. Spans go first under "

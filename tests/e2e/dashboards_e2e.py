@@ -1,0 +1,390 @@
+#!/usr/bin/env python3
+"""End-to-end: engines -> collectors -> a real Prometheus -> dashboards, rules, alerts.
+
+    dashboards_e2e.py --build-dir build/release [--source-dir .] [--keep]
+
+Two collectors stand in for two nodes, each with its own engine process as a
+rank (INFERSCOPE_RANK 0 and 1), both on the skewed multimodal workload; one
+Prometheus scrapes both every second with the repository's recording and
+alerting rules loaded. Rank 1 runs with a lowered MoE capacity factor. Checks:
+
+  1. every panel query of every dashboard, with its template variables filled
+     from Prometheus (label_values queries, like Grafana), returns finite data;
+  2. every recording rule evaluates without error, and the fleet rules
+     aggregate both nodes (compared with the raw per-rank series);
+  3. InferscopeHotExpert fires for exactly the experts each engine's summary
+     names as hot (per rank), and for no other expert;
+  4. InferscopeTokenDrops fires for rank 1 (lowered capacity factor);
+  5. a garbage connection shows up as a rejected frame on the Health dashboard;
+  6. the collectors' trace directory exports with inferscope-export to Chrome
+     trace JSON that parses and holds spans from the engine.
+
+The alert rules' `for:` durations (1m..10m, checked by promtool test rules) are
+shortened to 1s here so the test stays under a few minutes; nothing else in the
+rule files is changed. Everything listens on loopback free ports, and every
+process is stopped at the end (also when the test fails or is killed).
+A missing binary is a failure, never a skip.
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.dont_write_bytecode = True
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from harness import Failure, Harness, find_binary, finite_values, log, wait_until  # noqa: E402
+
+ENGINE_SECONDS = 45        # each engine's --duration
+OVERALL_DEADLINE = 170     # seconds; ctest's TIMEOUT is above this
+RULE_FOR = "1s"
+
+
+# [SECTION] setup --------------------------------------------------------------------
+
+def shortened_rules(src_dir, dst_dir):
+    """Copies of the rule files with every alert's `for:` set to RULE_FOR."""
+    out = []
+    for f in sorted((src_dir / "dashboards" / "prometheus" / "rules").glob("*.yml")):
+        text = re.sub(r"^(\s+for:)\s*\S+", rf"\1 {RULE_FOR}", f.read_text(), flags=re.M)
+        dst = dst_dir / f.name
+        dst.write_text(text)
+        out.append(dst)
+    if not out:
+        raise Failure(f"no rule files under {src_dir / 'dashboards/prometheus/rules'}")
+    return out
+
+
+def lowered_capacity_model(model_path, dst_dir, factor):
+    """A copy of the model JSON with a lower MoE capacity factor (rank 1's)."""
+    model = json.loads(model_path.read_text())
+    keys = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k == "capacity_factor" and isinstance(v, (int, float)):
+                    node[k] = factor
+                    keys.append(k)
+                else:
+                    walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+    walk(model)
+    if not keys:
+        raise Failure(f"{model_path} has no capacity_factor field to lower")
+    dst = dst_dir / ("lowcap-" + model_path.name)
+    dst.write_text(json.dumps(model, indent=1))
+    return dst
+
+
+def send_garbage(ingest):
+    """A client that is not an agent: the collector must reject and count it."""
+    m = re.match(r"tcp://([\d.]+):(\d+)", ingest)
+    if not m:
+        raise Failure(f"unexpected ingest address {ingest}")
+    with socket.create_connection((m.group(1), int(m.group(2))), timeout=5) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: inferscope\r\n\r\n" + b"\0" * 64)
+        s.shutdown(socket.SHUT_WR)
+        s.settimeout(5)
+        try:
+            s.recv(16)  # the collector closes the connection
+        except OSError:
+            pass
+
+
+# [SECTION] engine summary ---------------------------------------------------------------
+
+HOT_RE = re.compile(r"hot[ _-]?expert\S*[:\s]+(.*)", re.I)
+
+
+def parse_hot_experts(summary):
+    """(layer, expert) pairs the engine's summary names as hot. Accepts the
+    summary lines 'hot expert: layer L expert E ...' (one per expert) or a JSON
+    summary line with "hot_experts": [{"layer": L, "expert": E}, ...]."""
+    found = set()
+    for line in summary.splitlines():
+        line = line.strip()
+        if line.startswith("{") and "hot_experts" in line:
+            try:
+                for h in json.loads(line)["hot_experts"]:
+                    found.add((str(h["layer"]), str(h["expert"])))
+                continue
+            except (ValueError, KeyError, TypeError):
+                pass
+        m = HOT_RE.search(line)
+        if m:
+            for layer, expert in re.findall(r"layer\D{0,3}(\d+)\D{1,12}?expert\D{0,3}(\d+)", m.group(1)):
+                found.add((layer, expert))
+    return found
+
+
+# [SECTION] checks -------------------------------------------------------------------
+
+def var_values(prom, dash, cd, chosen):
+    """Fills the dashboard's template variables the way Grafana does: each
+    label_values(metric{...}, label) query runs against Prometheus (with the
+    variables before it substituted); multi-value/All variables become the
+    allValue regex; `chosen` pins single values (e.g. the heatmap layer)."""
+    values = {}
+    for v in dash["templating"]["list"]:
+        name = v["name"]
+        if v["type"] == "datasource":
+            continue
+        q = cd.variable_query(v)
+        m = re.fullmatch(r"label_values\((.*),\s*(\w+)\)", q.strip())
+        if not m:
+            raise Failure(f"{dash['uid']}: variable {name} query {q!r} is not label_values(...)")
+        match = cd.substitute(m.group(1), values)
+        got = prom.label_values(m.group(2), match)
+        if not got:
+            raise Failure(f"{dash['uid']}: variable {name}: label_values({match}, {m.group(2)}) "
+                          "returned nothing")
+        if name in chosen:
+            if chosen[name] not in got:
+                raise Failure(f"{dash['uid']}: variable {name} offers {got}, not {chosen[name]}")
+            values[name] = chosen[name]
+        elif v.get("includeAll"):
+            values[name] = v.get("allValue") or "|".join(got)
+        else:
+            values[name] = sorted(got, key=lambda s: (len(s), s))[0]
+    return values
+
+
+def check_panels(prom, cd, dashboards, chosen, single):
+    """Runs every panel query twice: variables on All, and on single values."""
+    failures, n = [], 0
+    for name, dash in dashboards.items():
+        all_vals = var_values(prom, dash, cd, chosen)
+        one_vals = dict(all_vals)
+        for k, v in single.items():
+            if k in one_vals and k not in chosen:
+                one_vals[k] = v
+        for vals, label in ((all_vals, "All"), (one_vals, "single")):
+            for panel, target in cd.panel_queries(dash):
+                expr = cd.substitute(target["expr"], vals,
+                                     {"__rate_interval": "15s", "__range": "3m", "__interval": "2s"})
+                n += 1
+                try:
+                    if target.get("instant"):
+                        res = prom.query(expr)
+                    else:
+                        res = prom.query_range(expr, seconds=120, step="2s")
+                except Failure as e:
+                    failures.append(f"{name} '{panel['title']}' {target['refId']}: {e}")
+                    continue
+                if finite_values(res) == 0:
+                    failures.append(f"{name} '{panel['title']}' {target['refId']} ({label}): "
+                                    f"no data for {expr}")
+    if failures:
+        raise Failure(f"{len(failures)} of {n} panel queries returned no data:\n  "
+                      + "\n  ".join(failures))
+    log(f"all {n} panel queries returned data (variables on All and on single values)")
+
+
+def check_recording_rules(prom):
+    bad, names = [], []
+    for g in prom.rules():
+        for r in g["rules"]:
+            if r.get("health") != "ok" or r.get("lastError"):
+                bad.append(f"{g['name']}/{r['name']}: health {r.get('health')} {r.get('lastError', '')}")
+            if r["type"] == "recording":
+                names.append(r["name"])
+    if bad:
+        raise Failure("rules failed to evaluate:\n  " + "\n  ".join(bad))
+    if not names:
+        raise Failure("Prometheus loaded no recording rules")
+
+    # Fleet aggregation over both nodes, recomputed from the raw series.
+    def vec(expr):
+        return {tuple(sorted((k, v) for k, v in s["metric"].items() if k != "__name__")):
+                float(s["value"][1]) for s in prom.query(expr)}
+    ranks = vec('count by (model, layer) (inferscope_moe_layer_imbalance_ratio)')
+    if not ranks or min(ranks.values()) < 2:
+        raise Failure(f"expected both ranks' per-layer imbalance series, got {ranks}")
+    checks = [
+        ("inferscope:moe_layer_imbalance_ratio:max_over_ranks",
+         "max by (model, layer) (inferscope_moe_layer_imbalance_ratio)"),
+        ("inferscope:moe_expert_tokens:fleet_rate1m",
+         "sum by (model, layer, expert) (rate(inferscope_moe_expert_tokens_total[1m]))"),
+        ("inferscope:moe_routed_tokens:rate1m",
+         "sum by (model, rank, layer) (rate(inferscope_moe_routed_tokens_total[1m]))"),
+    ]
+    for rule, raw in checks:
+        # Evaluate both at the same instant, one rule interval back, so the
+        # rule's stored sample and the raw computation see the same data.
+        t = time.time() - 2
+        got = {tuple(sorted((k, v) for k, v in s["metric"].items() if k != "__name__")): float(s["value"][1])
+               for s in prom.get("/api/v1/query", query=rule, time=f"{t:.3f}")["result"]}
+        want = {tuple(sorted((k, v) for k, v in s["metric"].items())): float(s["value"][1])
+                for s in prom.get("/api/v1/query", query=raw, time=f"{t:.3f}")["result"]}
+        if not got:
+            raise Failure(f"recording rule {rule} has no samples")
+        if set(got) != set(want):
+            raise Failure(f"{rule}: label sets differ from {raw}: {sorted(got)[:5]} vs {sorted(want)[:5]}")
+        for k, v in want.items():
+            if abs(got[k] - v) > 1e-6 * max(1.0, abs(v)) + 0.15 * abs(v):
+                raise Failure(f"{rule}{dict(k)} = {got[k]} but {raw} = {v}")
+    ranks_in_rule = {dict(k)["rank"] for k in vec("inferscope:moe_routed_tokens:rate1m")}
+    if ranks_in_rule != {"0", "1"}:
+        raise Failure(f"inferscope:moe_routed_tokens:rate1m covers ranks {ranks_in_rule}, want 0 and 1")
+    log(f"{len(names)} recording rules evaluate; fleet rules aggregate ranks 0 and 1")
+
+
+def firing(prom, alertname):
+    return [a["labels"] for a in prom.alerts()
+            if a["labels"].get("alertname") == alertname and a["state"] == "firing"]
+
+
+# [SECTION] main ---------------------------------------------------------------------
+
+def run(args, h, tmp):
+    t0 = time.time()
+    src, build = pathlib.Path(args.source_dir).resolve(), pathlib.Path(args.build_dir).resolve()
+    sys.path.insert(0, str(src / "dashboards" / "tools"))
+    import check_dashboards as cd
+
+    collector_bin = find_binary(build, "inferscope-collector", "collector")
+    export_bin = find_binary(build, "inferscope-export", "collector")
+    engine_bin = find_binary(build, "inferscope-engine", "reference_engine")
+    prom_bin = shutil.which("prometheus")
+    if not prom_bin:
+        raise Failure("prometheus is not installed (Debian package prometheus; scripts/install-deps.sh)")
+    model = src / "reference_engine" / "models" / args.model
+    if not model.is_file():
+        raise Failure(f"model file {model} is missing")
+
+    coll_args = ["--window", "1s", "--hot-windows", "2", "--per-expert-metrics"]
+    c0, a0 = h.start_collector(collector_bin, "collector-node1", coll_args)
+    c1, a1 = h.start_collector(collector_bin, "collector-node2", coll_args)
+    prom = h.start_prometheus(prom_bin, [a0["metrics"], a1["metrics"]],
+                              shortened_rules(src, tmp))
+    wait_until("both collectors scraped (up == 1)",
+               lambda: len(prom.query('up{job="inferscope-collector"} == 1')) == 2, 20, 0.5)
+    send_garbage(a0["ingest"])
+
+    lowcap = lowered_capacity_model(model, tmp, args.low_capacity_factor)
+    engines = []
+    for rank, (addr, mfile) in enumerate(((a0, model), (a1, lowcap))):
+        out = tmp / f"engine-rank{rank}.out"
+        argv = [engine_bin, "--model", mfile, "--workload", "skewed-multimodal",
+                "--duration", str(ENGINE_SECONDS), "--collector", addr["ingest"],
+                "--seed", str(7 + rank), "--threads", "1"]
+        env = dict(os.environ, INFERSCOPE_RANK=str(rank), INFERSCOPE_WORLD_SIZE="2")
+        log(f"engine rank {rank}: {' '.join(map(str, argv))}")
+        engines.append((rank, h.start(f"engine-rank{rank}", argv, stdout=open(out, "wb"), env=env), out))
+
+    # Watch the alerts while the engines run: an episode may close once load stops.
+    seen_hot, seen_drop = {}, set()
+    while any(p.alive() for _, p, _ in engines):
+        if time.time() - t0 > OVERALL_DEADLINE - 60:
+            raise Failure("engines still running close to the deadline")
+        for labels in firing(prom, "InferscopeHotExpert"):
+            seen_hot.setdefault((labels["rank"], labels["layer"], labels["expert"]), labels)
+        for labels in firing(prom, "InferscopeTokenDrops"):
+            seen_drop.add((labels["rank"], labels["layer"]))
+        time.sleep(1)
+    for rank, p, out in engines:
+        if p.popen.returncode != 0:
+            raise Failure(f"engine rank {rank} exited with {p.popen.returncode}:\n{p.log_tail()}\n"
+                          f"{out.read_text(errors='replace')[-2000:]}")
+    summaries = {rank: out.read_text(errors="replace") for rank, _, out in engines}
+    for rank, text in summaries.items():
+        log(f"engine rank {rank} summary:\n{text.strip()[-1500:]}")
+    # Two more scrapes and evaluations after the last records.
+    time.sleep(3)
+    for labels in firing(prom, "InferscopeHotExpert"):
+        seen_hot.setdefault((labels["rank"], labels["layer"], labels["expert"]), labels)
+
+    # 3. hot experts: exactly the ones each engine names.
+    for rank, text in summaries.items():
+        named = parse_hot_experts(text)
+        if not named:
+            raise Failure(f"engine rank {rank}'s summary names no hot expert; cannot compare:\n{text[-1500:]}")
+        alerted = {(l, e) for (r, l, e) in seen_hot if r == str(rank)}
+        if alerted != named:
+            raise Failure(f"rank {rank}: InferscopeHotExpert fired for (layer, expert) {sorted(alerted)}, "
+                          f"the engine's summary names {sorted(named)}")
+        log(f"rank {rank}: InferscopeHotExpert fired for exactly {sorted(named)}")
+    sample = next(iter(seen_hot.values()))
+    if "now " not in json.dumps(sample) and not sample.get("model"):
+        raise Failure(f"hot-expert alert labels lack the model: {sample}")
+
+    # 4. token drops with the lowered capacity factor.
+    if not any(r == "1" for r, _ in seen_drop):
+        raise Failure(f"InferscopeTokenDrops did not fire for rank 1 (capacity factor "
+                      f"{args.low_capacity_factor}); fired for {sorted(seen_drop)}")
+    log(f"InferscopeTokenDrops fired for (rank, layer) {sorted(seen_drop)}")
+
+    # 1, 2, 5. panels (incl. rejected frames), recording rules.
+    hot_rank, hot_layer, _ = sorted(seen_hot)[0]
+    check_panels(prom, cd, cd.load_dashboards(src / "dashboards" / "grafana"),
+                 chosen={"focus_layer": hot_layer},
+                 single={"rank": hot_rank, "layer": hot_layer, "job": "inferscope-collector"})
+    check_recording_rules(prom)
+    reasons = prom.query("inferscope_collector_rejected_frames_total > 0")
+    if not reasons:
+        raise Failure("the garbage connection was not counted in inferscope_collector_rejected_frames_total")
+    log(f"rejected frames counted with reason {[r['metric'].get('reason') for r in reasons]}")
+
+    # 6. trace export.
+    h.stop(c0)  # flushes and closes its trace segment
+    out_json = tmp / "trace.json"
+    r = subprocess.run([str(export_bin), a0["trace_dir"], "-o", str(out_json)],
+                       capture_output=True, text=True, timeout=60)
+    if r.returncode != 0:
+        raise Failure(f"inferscope-export failed ({r.returncode}): {r.stderr[-2000:]}")
+    trace = json.loads(out_json.read_text())
+    events = trace.get("traceEvents", [])
+    spans = [e for e in events if e.get("ph") == "X"]
+    meta = [e for e in events if e.get("ph") == "M" and e.get("name") == "process_name"]
+    if not spans or not meta:
+        raise Failure(f"exported trace has {len(spans)} complete events and {len(meta)} process names")
+    bad = [e for e in spans[:10000] if not isinstance(e.get("ts"), (int, float)) or e.get("dur", -1) < 0]
+    if bad:
+        raise Failure(f"trace events without a numeric ts / non-negative dur: {bad[:3]}")
+    log(f"trace export: {len(spans)} spans, {len(meta)} processes, "
+        f"names e.g. {sorted({e['name'] for e in spans})[:8]}")
+    log(f"PASS in {time.time() - t0:.0f}s")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--build-dir", required=True)
+    ap.add_argument("--source-dir", default=str(HERE.parent.parent))
+    ap.add_argument("--model", default="tiny.json")
+    ap.add_argument("--low-capacity-factor", type=float, default=0.5)
+    ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = ap.parse_args()
+    # SIGTERM (ctest, CI) unwinds through the finally below like Ctrl-C does.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix="inferscope-e2e-"))
+    h = Harness(tmp)
+    ok = False
+    try:
+        run(args, h, tmp)
+        ok = True
+    except Failure as e:
+        print(f"FAIL: {e}", flush=True)
+        h.dump_logs()
+    finally:
+        h.close()
+        if args.keep or (not ok and any(tmp.iterdir())):
+            print(f"work directory kept: {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)  # also the empty one of an early failure
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
