@@ -342,6 +342,8 @@ Stats Agent::stats() const {
   s.reconnects = i->shipper->reconnects.load();
   s.buffer_high_water_bytes = i->shipper->high_water();
   s.connected = i->shipper->connected.load();
+  s.pending_bytes = i->shipper->pending_bytes.load();
+  s.pending_high_water_bytes = i->shipper->pending_high_water.load();
   return s;
 }
 

@@ -110,6 +110,9 @@ void Shipper::seal_frame() {
   encoder_.finish(f.bytes);
   pending_bytes_ += f.bytes.size();
   pending_.push_back(std::move(f));
+  pending_bytes.store(pending_bytes_, std::memory_order_relaxed);
+  if (pending_bytes_ > pending_high_water.load(std::memory_order_relaxed))
+    pending_high_water.store(pending_bytes_, std::memory_order_relaxed);
   encoder_records_ = 0;
 }
 
@@ -368,6 +371,7 @@ void Shipper::start_write() {
                         pending_.pop_front();
                       }
                       frames_in_flight_ = 0;
+                      pending_bytes.store(pending_bytes_, std::memory_order_relaxed);
                       records_sent.fetch_add(records, std::memory_order_relaxed);
                       bytes_sent.fetch_add(written, std::memory_order_relaxed);
                       check_flush();

@@ -45,6 +45,8 @@ class Shipper {
   std::atomic<uint64_t> bytes_sent{0};
   std::atomic<uint64_t> reconnects{0};
   std::atomic<bool> connected{false};
+  std::atomic<uint64_t> pending_bytes{0};
+  std::atomic<uint64_t> pending_high_water{0};
   std::array<std::atomic<uint64_t>, kKinds> pending_dropped{};  // over max_pending_bytes
 
   // Sum of drops of every origin, by kind (rings, thread overflow, queue).

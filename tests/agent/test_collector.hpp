@@ -87,6 +87,18 @@ class TestCollector {
     std::unique_lock lock(mu_);
     return cv_.wait_for(lock, timeout, [&] { return pred(records_); });
   }
+  // Waits until the peer of connection i has closed it: everything it sent is here.
+  bool wait_closed(size_t i, std::chrono::milliseconds timeout) {
+    std::unique_lock lock(mu_);
+    return cv_.wait_for(lock, timeout, [&] { return closed_.size() > i && closed_[i]; });
+  }
+  // Same, with the records of each connection.
+  bool wait_for_connections(
+      const std::function<bool(const std::vector<std::vector<wire::Record>>&)>& pred,
+      std::chrono::milliseconds timeout) {
+    std::unique_lock lock(mu_);
+    return cv_.wait_for(lock, timeout, [&] { return pred(by_conn_); });
+  }
 
  private:
   struct Conn : std::enable_shared_from_this<Conn> {
@@ -106,6 +118,7 @@ class TestCollector {
       std::lock_guard lock(mu_);
       c->index = by_conn_.size();
       by_conn_.emplace_back();
+      closed_.push_back(false);
     }
     std::weak_ptr<Socket> weak = sock;
     c->close = [weak] {
@@ -123,7 +136,12 @@ class TestCollector {
   template <typename Socket>
   void read(std::shared_ptr<Socket> sock, std::shared_ptr<Conn> c) {
     sock->async_read_some(asio::buffer(c->chunk), [this, sock, c](asio::error_code ec, size_t n) {
-      if (ec) return;
+      if (ec) {
+        std::lock_guard lock(mu_);
+        closed_[c->index] = true;
+        cv_.notify_all();
+        return;
+      }
       c->buf.insert(c->buf.end(), c->chunk.begin(), c->chunk.begin() + n);
       consume(*c);
       read(sock, c);
@@ -191,6 +209,7 @@ class TestCollector {
   std::condition_variable cv_;
   std::vector<wire::Record> records_;
   std::vector<std::vector<wire::Record>> by_conn_;
+  std::vector<bool> closed_;  // the peer closed connection i (an agent that shut down)
   std::string error_;
   std::thread thread_;
 };

@@ -75,6 +75,8 @@ struct Stats {
   uint64_t reconnects = 0;
   uint64_t buffer_high_water_bytes = 0;
   bool connected = false;
+  uint64_t pending_bytes = 0;             // encoded frames waiting for the collector
+  uint64_t pending_high_water_bytes = 0;  // at most max_pending_bytes + one frame
 };
 
 // [SECTION] Agent

@@ -1,0 +1,144 @@
+// The C API (agent.h) over the C++ Agent. Enum values from C are checked here,
+// since a C caller can pass anything; a bad one drops the record.
+#include "inferscope/agent.h"
+
+#include <new>
+
+#include "inferscope/agent.hpp"
+
+namespace ia = inferscope::agent;
+namespace wire = inferscope::wire;
+
+struct inferscope_agent {
+  explicit inferscope_agent(ia::Config c) : agent(std::move(c)) {}
+  ia::Agent agent;
+};
+
+// The last byte of opaque is kept free for the empty-range marker.
+static_assert(sizeof(ia::ScopedRange) < sizeof(inferscope_range::opaque));
+static_assert(alignof(ia::ScopedRange) <= 8);
+
+namespace {
+// Marks a range whose agent was NULL, so end() knows there is nothing to destroy.
+constexpr unsigned char kEmptyRange = 0xA5;
+}  // namespace
+
+extern "C" {
+
+inferscope_agent* inferscope_agent_create_from_env(void) {
+  try {
+    return new inferscope_agent(ia::Config::from_environment());
+  } catch (...) {
+    return nullptr;
+  }
+}
+
+inferscope_agent* inferscope_agent_create(const char* collector, const char* service,
+                                          uint32_t rank, uint32_t world_size) {
+  try {
+    ia::Config c = ia::Config::from_environment();
+    c.collector = collector ? collector : "";
+    if (service) c.service = service;
+    c.rank = rank;
+    c.world_size = world_size == 0 ? 1 : world_size;
+    return new inferscope_agent(std::move(c));
+  } catch (...) {
+    return nullptr;
+  }
+}
+
+void inferscope_agent_destroy(inferscope_agent* agent) { delete agent; }
+
+int inferscope_agent_flush(inferscope_agent* agent, uint32_t timeout_ms) {
+  if (!agent) return 1;
+  return agent->agent.flush(std::chrono::milliseconds(timeout_ms)) ? 1 : 0;
+}
+
+void inferscope_agent_stats(const inferscope_agent* agent, inferscope_stats* out) {
+  if (!out) return;
+  *out = inferscope_stats{};
+  if (!agent) return;
+  const ia::Stats s = agent->agent.stats();
+  out->records_recorded = s.records_recorded;
+  out->records_sent = s.records_sent;
+  out->records_dropped = s.records_dropped;
+  out->bytes_sent = s.bytes_sent;
+  out->reconnects = s.reconnects;
+  out->connected = s.connected ? 1 : 0;
+}
+
+uint32_t inferscope_intern(const char* name) {
+  if (!name) return 0;
+  try {
+    return ia::intern(name);
+  } catch (...) {
+    return 0;
+  }
+}
+
+int64_t inferscope_now_ns(void) { return ia::now_ns(); }
+
+void inferscope_range_begin(inferscope_agent* agent, inferscope_range* range, uint32_t name_id,
+                            uint64_t request_id) {
+  if (!range) return;
+  if (!agent) {
+    range->opaque[sizeof range->opaque - 1] = kEmptyRange;
+    return;
+  }
+  range->opaque[sizeof range->opaque - 1] = 0;
+  new (range->opaque) ia::ScopedRange(agent->agent, name_id, request_id);
+}
+
+void inferscope_range_end(inferscope_range* range) {
+  if (!range || range->opaque[sizeof range->opaque - 1] == kEmptyRange) return;
+  std::launder(reinterpret_cast<ia::ScopedRange*>(range->opaque))->~ScopedRange();
+}
+
+void inferscope_span(inferscope_agent* agent, uint32_t name_id, int64_t start_ns, int64_t end_ns,
+                     uint64_t request_id) {
+  if (agent) agent->agent.span(name_id, start_ns, end_ns, wire::SpanCategory::kCpuRange, request_id);
+}
+
+void inferscope_expert_load(inferscope_agent* agent, uint64_t step, uint32_t layer,
+                            const uint32_t* routed, size_t count, uint32_t tokens,
+                            uint32_t dropped, uint32_t rerouted) {
+  if (!agent || (!routed && count)) return;
+  agent->agent.expert_load(step, layer, std::span<const uint32_t>(routed, count), tokens, dropped,
+                           rerouted);
+}
+
+void inferscope_memory(inferscope_agent* agent, int kind, uint64_t used_bytes,
+                       uint64_t capacity_bytes) {
+  if (!agent || kind < 0 || kind >= wire::kMemoryKindCount) return;
+  agent->agent.memory(static_cast<wire::MemoryKind>(kind), used_bytes, capacity_bytes);
+}
+
+void inferscope_prefix_cache(inferscope_agent* agent, uint64_t attention_queried,
+                             uint64_t attention_hit, uint64_t ssm_queried, uint64_t ssm_hit) {
+  if (agent) agent->agent.prefix_cache(attention_queried, attention_hit, ssm_queried, ssm_hit);
+}
+
+void inferscope_stage(inferscope_agent* agent, uint64_t request_id, int stage, int64_t start_ns,
+                      int64_t end_ns, int device, int64_t gpu_ns) {
+  if (!agent || stage < 0 || stage >= wire::kStageCount || device < 0 || device > 1) return;
+  agent->agent.stage(request_id, static_cast<wire::Stage>(stage), start_ns, end_ns,
+                     static_cast<wire::Device>(device), gpu_ns);
+}
+
+void inferscope_request(inferscope_agent* agent, const inferscope_request_event* e) {
+  if (!agent || !e || e->status < 0 || e->status > 3) return;
+  wire::RequestEvent r{e->request_id,    e->arrival_ns,    e->first_token_ns,
+                       e->finish_ns,     e->prompt_tokens, e->output_tokens,
+                       e->image_tokens,  e->cached_tokens, static_cast<wire::RequestStatus>(e->status)};
+  agent->agent.request(r);
+}
+
+void inferscope_counter(inferscope_agent* agent, uint32_t name_id, double delta) {
+  if (agent) agent->agent.counter(name_id, delta);
+}
+
+void inferscope_gauge(inferscope_agent* agent, uint32_t name_id, double value) {
+  if (agent) agent->agent.gauge(name_id, value);
+}
+
+}  // extern "C"

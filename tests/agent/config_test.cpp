@@ -1,0 +1,121 @@
+// Config::from_environment and collector address parsing.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+
+#include "../../agent/src/endpoint.hpp"
+#include "inferscope/agent.hpp"
+
+namespace inferscope::agent {
+namespace {
+
+struct EnvGuard {
+  std::vector<std::string> names;
+  void set(const char* n, const char* v) {
+    names.emplace_back(n);
+    setenv(n, v, 1);
+  }
+  ~EnvGuard() {
+    for (auto& n : names) unsetenv(n.c_str());
+  }
+};
+
+TEST(AgentConfig, ReadsEveryVariable) {
+  EnvGuard env;
+  env.set("INFERSCOPE_COLLECTOR", "unix:///tmp/x.sock");
+  env.set("INFERSCOPE_SERVICE", "svc");
+  env.set("INFERSCOPE_INSTANCE", "inst");
+  env.set("INFERSCOPE_RANK", "3");
+  env.set("INFERSCOPE_WORLD_SIZE", "8");
+  env.set("INFERSCOPE_TOKEN", "tok");
+  env.set("INFERSCOPE_SPAN_SAMPLE_RATE", "0.25");
+  env.set("INFERSCOPE_BUFFER_BYTES", "262144");
+  env.set("INFERSCOPE_MAX_THREADS", "17");
+  env.set("INFERSCOPE_MAX_PENDING_BYTES", "2097152");
+  env.set("INFERSCOPE_FLUSH_MS", "7");
+  env.set("INFERSCOPE_RECONNECT_MAX_MS", "900");
+  env.set("INFERSCOPE_SHUTDOWN_TIMEOUT_MS", "300");
+  env.set("INFERSCOPE_NVTX", "0");
+  env.set("INFERSCOPE_CUPTI", "1");
+  env.set("INFERSCOPE_COMPRESS", "true");
+  const Config c = Config::from_environment();
+  EXPECT_EQ(c.collector, "unix:///tmp/x.sock");
+  EXPECT_EQ(c.service, "svc");
+  EXPECT_EQ(c.instance, "inst");
+  EXPECT_EQ(c.rank, 3u);
+  EXPECT_EQ(c.world_size, 8u);
+  EXPECT_EQ(c.auth_token, "tok");
+  EXPECT_DOUBLE_EQ(c.span_sample_rate, 0.25);
+  EXPECT_EQ(c.thread_buffer_bytes, 262144u);
+  EXPECT_EQ(c.max_threads, 17u);
+  EXPECT_EQ(c.max_pending_bytes, 2097152u);
+  EXPECT_EQ(c.flush_interval.count(), 7);
+  EXPECT_EQ(c.reconnect_max_backoff.count(), 900);
+  EXPECT_EQ(c.shutdown_timeout.count(), 300);
+  EXPECT_FALSE(c.nvtx);
+  EXPECT_TRUE(c.cupti);
+  EXPECT_TRUE(c.compress);
+}
+
+TEST(AgentConfig, BadValuesKeepTheBase) {
+  EnvGuard env;
+  env.set("INFERSCOPE_RANK", "-1");
+  env.set("INFERSCOPE_SPAN_SAMPLE_RATE", "1.5");
+  env.set("INFERSCOPE_BUFFER_BYTES", "12abc");
+  env.set("INFERSCOPE_NVTX", "maybe");
+  Config base;
+  base.rank = 5;
+  const Config c = Config::from_environment(base);
+  EXPECT_EQ(c.rank, 5u);
+  EXPECT_DOUBLE_EQ(c.span_sample_rate, 1.0);
+  EXPECT_EQ(c.thread_buffer_bytes, base.thread_buffer_bytes);
+  EXPECT_TRUE(c.nvtx);
+}
+
+TEST(AgentConfig, OffDisablesTheCollector) {
+  EnvGuard env;
+  env.set("INFERSCOPE_COLLECTOR", "off");
+  EXPECT_EQ(Config::from_environment().collector, "");
+}
+
+TEST(AgentEndpoint, ParsesTcpUnixAndRejectsJunk) {
+  detail::Endpoint e;
+  std::string err;
+  ASSERT_TRUE(detail::parse_endpoint("tcp://127.0.0.1:7431", e, err));
+  EXPECT_EQ(e.kind, detail::Endpoint::Kind::kTcp);
+  EXPECT_EQ(e.host, "127.0.0.1");
+  EXPECT_EQ(e.port, 7431);
+  ASSERT_TRUE(detail::parse_endpoint("localhost:9", e, err));
+  EXPECT_EQ(e.host, "localhost");
+  ASSERT_TRUE(detail::parse_endpoint("tcp://[::1]:80", e, err));
+  EXPECT_EQ(e.host, "::1");
+  ASSERT_TRUE(detail::parse_endpoint("unix:///run/a.sock", e, err));
+  EXPECT_EQ(e.kind, detail::Endpoint::Kind::kUnix);
+  EXPECT_EQ(e.path, "/run/a.sock");
+  for (const char* bad : {"tcp://host", "tcp://h:0", "tcp://h:70000", "tcp://h:12x", "http://h:1",
+                          "unix://", ":80"}) {
+    EXPECT_FALSE(detail::parse_endpoint(bad, e, err)) << bad;
+    EXPECT_FALSE(err.empty()) << bad;
+  }
+}
+
+TEST(AgentEndpoint, BadAddressMeansRecordNothing) {
+  Config c;
+  c.collector = "tcp://nowhere";
+  Agent agent(c);
+  agent.counter(intern("x"), 1);
+  EXPECT_EQ(agent.stats().records_recorded, 0u);
+}
+
+TEST(AgentIntern, SameNameSameIdAcrossThreads) {
+  const uint32_t a = intern("intern.same");
+  uint32_t b = 0;
+  std::thread t([&] { b = intern("intern.same"); });
+  t.join();
+  EXPECT_EQ(a, b);
+  EXPECT_NE(a, 0u);
+  EXPECT_NE(intern("intern.other"), a);
+}
+
+}  // namespace
+}  // namespace inferscope::agent
