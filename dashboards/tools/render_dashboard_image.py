@@ -36,15 +36,18 @@ PALETTE = ["#73BF69", "#F2CC0C", "#8AB8FF", "#FF780A", "#F2495C", "#5794F2", "#B
            "#705DA0", "#37872D", "#FADE2A", "#447EBC", "#C15C17", "#890F02", "#0A437C"]
 BG, PANEL_BG, BORDER, TEXT, DIM, GRID = "#111217", "#181b1f", "#2c3235", "#ccccdc", "#8e8e8e", "#2c3235"
 
+RATE_INTERVAL = "1m"  # set from --rate-interval
+
 DEFAULT_PANELS = [
     "Worst layer imbalance (max/mean), fleet",
     "Hot experts now",
     "Dead experts now",
     "Dropped assignments (fleet, 1m rate)",
     "Expert imbalance per layer (max/mean load)",
+    "Routed, dropped and rerouted assignments",
     "Expert load share over time (layer $focus_layer)",
     "Experts in an open episode (hot / cold / dead)",
-    "Routed, dropped and rerouted assignments",
+    "Expert-parallel rank utilization under the placement",
 ]
 
 
@@ -81,9 +84,13 @@ def legend(fmt, metric):
 
 # [SECTION] SVG drawing -------------------------------------------------------------
 
-def fmt_num(v, unit):
+def fmt_num(v, unit, decimals=None):
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
+    if decimals is not None and unit not in ("percentunit", "bytes"):
+        return f"{v:.{decimals}f}"
+    if unit in ("short", "none") and float(v).is_integer() and abs(v) < 1000:
+        return f"{v:.0f}"
     if unit == "percentunit":
         return f"{v * 100:.1f}%"
     if unit == "bytes":
@@ -141,7 +148,8 @@ def svg_timeseries(series, w, h, unit, threshold=None):
         d = " ".join(f"{'M' if j == 0 else 'L'}{X(t):.1f},{Y(v):.1f}"
                      for j, (t, v) in enumerate((t, v) for t, v in s if v is not None))
         out.append(f'<path d="{d}" fill="none" stroke="{c}" stroke-width="1.5"/>')
-    for i, (name, s) in enumerate(series[:12]):
+    fit = max(1, int((h - top - bottom) / 15) - 1)  # legend rows that fit the panel
+    for i, (name, s) in enumerate(series[:fit]):
         c = PALETTE[i % len(PALETTE)]
         last = next((v for _, v in reversed(s) if v is not None), None)
         y = top + 12 + i * 15
@@ -150,9 +158,9 @@ def svg_timeseries(series, w, h, unit, threshold=None):
                    f'{html.escape(name[:18])}</text>'
                    f'<text x="{w - 4}" y="{y - 2}" fill="{TEXT}" font-size="11" text-anchor="end">'
                    f'{fmt_num(last, unit)}</text>')
-    if len(series) > 12:
-        out.append(f'<text x="{left + pw + 10}" y="{top + 12 + 12 * 15}" fill="{DIM}" font-size="11">'
-                   f'+{len(series) - 12} more</text>')
+    if len(series) > fit:
+        out.append(f'<text x="{left + pw + 10}" y="{top + 12 + fit * 15}" fill="{DIM}" font-size="11">'
+                   f'+{len(series) - fit} more</text>')
     return "".join(out)
 
 
@@ -200,20 +208,22 @@ def svg_heatmap(series, w, h):
 def render_panel(prom, panel, vals, start, end, step, w, h):
     unit = panel.get("fieldConfig", {}).get("defaults", {}).get("unit", "short")
     kind = panel["type"]
+    decimals = panel.get("fieldConfig", {}).get("defaults", {}).get("decimals")
+    builtins = {"__rate_interval": RATE_INTERVAL}
     body = ""
     if kind == "stat":
         t = panel["targets"][0]
-        res = prom.instant(cd.substitute(t["expr"], vals, {"__rate_interval": "1m"}), end)
+        res = prom.instant(cd.substitute(t["expr"], vals, builtins), end)
         v = float(res[0]["value"][1]) if res else None
         if v is not None and math.isnan(v):
             v = None
         color = threshold_color(panel, v)
         body = (f'<rect x="0" y="0" width="{w}" height="{h - 28}" rx="2" fill="{color}" opacity="0.85"/>'
                 f'<text x="{w / 2}" y="{(h - 28) / 2 + 14}" fill="#fff" font-size="34" font-weight="500" '
-                f'text-anchor="middle">{fmt_num(v, unit)}</text>')
+                f'text-anchor="middle">{fmt_num(v, unit, decimals)}</text>')
     elif kind == "table":
         t = panel["targets"][0]
-        res = prom.instant(cd.substitute(t["expr"], vals, {"__rate_interval": "1m"}), end)
+        res = prom.instant(cd.substitute(t["expr"], vals, builtins), end)
         cols = ["rank", "layer", "expert", "kind"]
         head = "".join(f'<text x="{10 + i * 70}" y="14" fill="#6E9FFF" font-size="12">{c}</text>'
                        for i, c in enumerate(cols))
@@ -234,7 +244,7 @@ def render_panel(prom, panel, vals, start, end, step, w, h):
     else:
         series = []
         for t in panel["targets"]:
-            res = prom.range(cd.substitute(t["expr"], vals, {"__rate_interval": "1m"}), start, end, step)
+            res = prom.range(cd.substitute(t["expr"], vals, builtins), start, end, step)
             for s in res:
                 pts = [(float(ts), None if v in ("NaN", "+Inf", "-Inf") else float(v)) for ts, v in s["values"]]
                 series.append((legend(t.get("legendFormat"), s["metric"]), pts))
@@ -319,11 +329,15 @@ def main():
     ap.add_argument("--panel", action="append", help="panel title (repeatable)")
     ap.add_argument("--var", action="append", default=[], help="NAME=VALUE (others: .*)")
     ap.add_argument("--minutes", type=float, default=5)
+    ap.add_argument("--rate-interval", default="1m",
+                    help="what Grafana's $__rate_interval would be (>= 4 scrape intervals)")
     ap.add_argument("--width", type=int, default=1400)
     ap.add_argument("--height", type=int, default=900)
     ap.add_argument("--html")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
+    global RATE_INTERVAL
+    RATE_INTERVAL = a.rate_interval
     dash = json.loads(pathlib.Path(a.dashboard).read_text())
     vals = {v["name"]: ".*" for v in dash["templating"]["list"] if v["type"] != "datasource"}
     vals.update(kv.split("=", 1) for kv in a.var)
