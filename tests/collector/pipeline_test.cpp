@@ -318,6 +318,14 @@ TEST(Pipeline, MoeLayerGpuTimeFromKernelRangeArgs) {
   k.args[0] = {1, 2};  // "range" = "moe.layer.3.experts"
   ASSERT_TRUE(f.send(s, {wire::StringDef{1, "range"}, wire::StringDef{2, "moe.layer.3.experts"}, k, k}));
   EXPECT_NEAR(*find_series(f.scrape(), "inferscope_moe_layer_gpu_seconds_total", {"layer=\"3\""}), 0.01, 1e-12);
+  // The reference engine's layer range names count too; a dense layer's do not.
+  ASSERT_TRUE(f.send(s, {make_load(1, 2, {1, 1, 1, 1}), wire::StringDef{3, "layer.1.ssm+moe"},
+                         wire::StringDef{4, "layer.1.ssm+dense"}}));
+  k.args[0] = {1, 3};
+  wire::Span dense = k;
+  dense.args[0] = {1, 4};
+  ASSERT_TRUE(f.send(s, {k, dense}));
+  EXPECT_NEAR(*find_series(f.scrape(), "inferscope_moe_layer_gpu_seconds_total", {"layer=\"1\""}), 0.005, 1e-12);
 }
 
 TEST(Pipeline, StringLimitClosesTheConnection) {

@@ -43,15 +43,27 @@ const Histogram::BucketBoundaries& e2e_buckets() {
 const char* kStateNames[3] = {"hot", "cold", "dead"};
 const char* kKindLabel[4] = {"hot", "cold", "dead", "drop_burst"};
 
-// "moe.layer.12", "moe.layer.12.gate_up", ... -> 12
+// The MoE layer a range name stands for: "moe.layer.12", "moe.layer.12.gate_up",
+// or the reference engine's "layer.12.attention+moe" / "layer.12.ssm+moe" -> 12.
 std::optional<uint32_t> moe_layer_of(const std::string& range) {
-  static constexpr std::string_view kPrefix = "moe.layer.";
-  if (range.compare(0, kPrefix.size(), kPrefix) != 0) return std::nullopt;
+  static constexpr std::string_view kMoePrefix = "moe.layer.", kLayerPrefix = "layer.";
+  size_t at = 0;
+  bool need_moe_suffix = false;
+  if (range.compare(0, kMoePrefix.size(), kMoePrefix) == 0) {
+    at = kMoePrefix.size();
+  } else if (range.compare(0, kLayerPrefix.size(), kLayerPrefix) == 0) {
+    at = kLayerPrefix.size();
+    need_moe_suffix = true;
+  } else {
+    return std::nullopt;
+  }
   uint32_t layer = 0;
-  const char* begin = range.data() + kPrefix.size();
+  const char* begin = range.data() + at;
   const char* end = range.data() + range.size();
   auto [ptr, ec] = std::from_chars(begin, end, layer);
   if (ec != std::errc() || ptr == begin || (ptr != end && *ptr != '.')) return std::nullopt;
+  if (need_moe_suffix && range.find("+moe", static_cast<size_t>(ptr - range.data())) == std::string::npos)
+    return std::nullopt;
   if (layer >= wire::kMaxLayers) return std::nullopt;
   return layer;
 }
