@@ -59,7 +59,7 @@ json make_summary(const ModelConfig& c, const MemoryFootprint& mem, const Engine
     for (size_t i = 0; i < std::min<size_t>(3, order.size()); ++i) {
       double share = total ? static_cast<double>(r.routed[order[i]]) / static_cast<double>(total) : 0.0;
       top.push_back({{"expert", order[i]}, {"share", share}, {"utilization", share / fair}});
-      if (share >= 2.0 * fair)
+      if (share >= 1.5 * fair)
         hot.push_back({{"layer", l}, {"expert", order[i]}, {"share", share}, {"utilization", share / fair}});
     }
     const double mean = static_cast<double>(total) / static_cast<double>(r.routed.size());
@@ -132,13 +132,13 @@ std::string format_summary(const json& j) {
     out += "\n";
   }
   if (!j["hot_experts"].empty()) {
-    out += "hot experts (share >= 2x fair):";
+    out += "hot experts (share >= 1.5x fair):";
     for (const auto& h : j["hot_experts"])
       add(" L%d/e%d %.1f%%", h["layer"].get<int>(), h["expert"].get<int>(), 100.0 * h["share"].get<double>());
     out += "\n";
   }
   const auto& m = j["memory_mib"];
-  add("memory MiB  weights %.1f, activations %.1f, kv peak %.2f / %.1f, ssm state peak %.2f / %.2f, "
+  add("memory MiB  weights %.1f, activations %.1f, kv peak %.2f / %.2f, ssm state peak %.2f / %.2f, "
       "ssm checkpoints peak %.2f / %.2f\n",
       m["weights"].get<double>(), m["activations"].get<double>(), m["kv_cache_peak"].get<double>(),
       m["kv_cache_capacity"].get<double>(), m["ssm_state_peak"].get<double>(), m["ssm_state_capacity"].get<double>(),

@@ -1,7 +1,8 @@
 // The end-of-run summary: throughput, latency percentiles, per-layer routing
 // (imbalance, drops, the hottest experts with their share), memory, prefix
 // cache and stage times. Built as JSON (written with --summary-json) and
-// printed as text from the same JSON.
+// printed as text from the same JSON. "hot_experts" lists experts whose
+// cumulative share is at least 1.5x the fair share 1/E.
 #pragma once
 
 #include <string>
