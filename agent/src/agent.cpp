@@ -196,6 +196,11 @@ inline bool put(Agent::Impl* impl, wire::RecordKind kind, uint8_t sub, uint16_t 
 
 }  // namespace
 
+void Agent::Impl::record_full_span(const wire::Span& span) {
+  if (!enabled) return;
+  put(this, wire::RecordKind::kSpan, detail::kSubFull, 0, &span, sizeof span);
+}
+
 // [SECTION] Agent
 
 Agent::Agent(Config config) {
@@ -344,6 +349,7 @@ Stats Agent::stats() const {
   s.connected = i->shipper->connected.load();
   s.pending_bytes = i->shipper->pending_bytes.load();
   s.pending_high_water_bytes = i->shipper->pending_high_water.load();
+  if (i->cupti) s.cupti_records_dropped = i->cupti->dropped_records();
   return s;
 }
 
@@ -353,6 +359,15 @@ const Config& Agent::config() const {
 }
 
 bool Agent::cupti_active() const { return impl_ && impl_->cupti_on.load(); }
+
+std::map<uint32_t, int64_t> Agent::gpu_time_by_range() const {
+  if (!impl_ || !impl_->cupti) return {};
+  try {
+    return impl_->cupti->gpu_time_by_range();
+  } catch (...) {
+    return {};
+  }
+}
 
 // [SECTION] ScopedRange
 
@@ -386,7 +401,7 @@ ScopedRange::ScopedRange(Agent& agent, uint32_t name_id, uint64_t request_id)
     flags_ |= kNvtxPushed;
   }
   if (i->cupti_on.load(std::memory_order_relaxed) && i->cupti) {
-    i->cupti->push_range(name_id);
+    i->cupti->push_range(name_id, request_id);
     flags_ |= kCuptiPushed;
   }
   start_ns_ = now_ns();

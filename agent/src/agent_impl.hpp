@@ -43,6 +43,8 @@ struct Agent::Impl {
 
   detail::ThreadRing* ring();  // hot path, defined in agent.cpp
   detail::ThreadRing* register_thread();
+  // A whole span (GPU activity from CUPTI) into the calling thread's ring.
+  void record_full_span(const wire::Span& span);
 
   // [SECTION] hello
   mutable std::mutex model_mu;

@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <cstring>
 
+#include "cupti/cupti_tracer.hpp"
 #include "intern.hpp"
 
 namespace inferscope::agent::detail {
@@ -427,6 +428,8 @@ std::array<uint64_t, kKinds> Shipper::dropped_by_kind() const {
     out[k] += impl_.overflow_dropped[k].load(std::memory_order_relaxed);
     out[k] += pending_dropped[k].load(std::memory_order_relaxed);
   }
+  // GPU activity CUPTI had no buffer for: spans that never reached a ring.
+  if (impl_.cupti) out[static_cast<size_t>(wire::RecordKind::kSpan)] += impl_.cupti->dropped_records();
   return out;
 }
 

@@ -18,6 +18,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <span>
 #include <string>
@@ -77,6 +78,7 @@ struct Stats {
   bool connected = false;
   uint64_t pending_bytes = 0;             // encoded frames waiting for the collector
   uint64_t pending_high_water_bytes = 0;  // at most max_pending_bytes + one frame
+  uint64_t cupti_records_dropped = 0;     // GPU activity CUPTI could not buffer
 };
 
 // [SECTION] Agent
@@ -116,11 +118,19 @@ class Agent {
 
   // True when CUPTI activity tracing is running in this process.
   bool cupti_active() const;
+  // GPU kernel time (ns) per enclosing range, keyed by the range's name id,
+  // summed since the agent started; from CUPTI's kernel records (so only
+  // kernels that completed and were flushed: call flush() first for an
+  // up-to-date figure). Empty without CUPTI. The engine can fill
+  // StageTiming::gpu_ns from differences of it; the collector can do the same
+  // attribution from each kernel span's "range" arg.
+  std::map<uint32_t, int64_t> gpu_time_by_range() const;
 
   struct Impl;
 
  private:
   friend class ScopedRange;
+  friend class DeviceExpertCounter;  // agent_cuda.hpp: counts its drops
   std::unique_ptr<Impl> impl_;
 };
 

@@ -10,4 +10,6 @@ std::unique_ptr<CuptiTracer> CuptiTracer::start(Agent::Impl&) {
   return nullptr;
 }
 
+bool CuptiTracer::built_in() { return false; }
+
 }  // namespace inferscope::agent::detail

@@ -1,0 +1,155 @@
+// GPU tests (label gpu): real CUPTI on a real device. They skip where there is
+// no CUDA device; scripts/gpu-check runs them on an H100.
+#include <gtest/gtest.h>
+
+#include <cuda_runtime_api.h>
+
+#include <map>
+#include <random>
+
+#include "gpu_kernels.hpp"
+#include "inferscope/agent.hpp"
+#include "inferscope/agent_cuda.hpp"
+#include "test_collector.hpp"
+
+namespace inferscope::agent {
+namespace {
+
+using testing::only;
+using testing::TestCollector;
+using namespace std::chrono_literals;
+
+bool have_device() {
+  int n = 0;
+  return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+}
+
+#define SKIP_WITHOUT_GPU() \
+  if (!have_device()) GTEST_SKIP() << "no CUDA device"
+
+Config gpu_config(const TestCollector& c) {
+  Config cfg;
+  cfg.collector = c.address();
+  cfg.flush_interval = 5ms;
+  cfg.cupti = true;
+  return cfg;
+}
+
+int64_t arg(const wire::Span& s, uint32_t key, int64_t missing = -1) {
+  for (uint8_t i = 0; i < s.num_args; ++i)
+    if (s.args[i].key_id == key) return s.args[i].value;
+  return missing;
+}
+
+TEST(AgentGpu, KernelSpansAreAttributedToTheEnclosingRange) {
+  SKIP_WITHOUT_GPU();
+  TestCollector collector;
+  const uint32_t range = intern("gpu.test.range");
+  const uint32_t range_key = intern("range");
+  constexpr int kN = 1 << 20;
+  float* d = nullptr;
+  ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&d), kN * sizeof(float)), cudaSuccess);
+  ASSERT_EQ(cudaMemset(d, 0, kN * sizeof(float)), cudaSuccess);
+  int64_t cpu_start = 0, cpu_end = 0;
+  std::map<uint32_t, int64_t> gpu_time;
+  {
+    Agent agent(gpu_config(collector));
+    ASSERT_TRUE(agent.cupti_active()) << "CUPTI did not start (see stderr)";
+    ASSERT_EQ(testing::launch_scale(d, kN, 2.0f, nullptr), cudaSuccess);  // outside any range
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    cpu_start = now_ns();
+    {
+      ScopedRange r(agent, range, 77);
+      for (int i = 0; i < 3; ++i) ASSERT_EQ(testing::launch_scale(d, kN, 1.5f, nullptr), cudaSuccess);
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    }
+    cpu_end = now_ns();
+    ASSERT_TRUE(agent.flush(10s));
+    gpu_time = agent.gpu_time_by_range();
+    EXPECT_EQ(agent.stats().cupti_records_dropped, 0u);
+  }
+  cudaFree(d);
+  ASSERT_TRUE(collector.wait_closed(0, 10s));
+  const auto recs = collector.records();
+  std::map<uint32_t, std::string> names;
+  for (auto& s : only<wire::StringDef>(recs)) names[s.id] = s.value;
+
+  std::vector<wire::Span> in_range, outside;
+  bool saw_memset = false, saw_runtime = false;
+  for (auto& s : only<wire::Span>(recs)) {
+    if (s.category == wire::SpanCategory::kMemset) saw_memset = true;
+    if (s.category == wire::SpanCategory::kRuntime && arg(s, range_key) == range) saw_runtime = true;
+    if (s.category != wire::SpanCategory::kKernel) continue;
+    ASSERT_NE(names[s.name_id].find("inferscope_test_scale_kernel"), std::string::npos)
+        << names[s.name_id];
+    EXPECT_EQ(s.track_kind, wire::TrackKind::kGpuStream);
+    EXPECT_NE(s.correlation_id, 0u);
+    EXPECT_LE(s.start_ns, s.end_ns);
+    (arg(s, range_key) == range ? in_range : outside).push_back(s);
+  }
+  ASSERT_EQ(in_range.size(), 3u);
+  ASSERT_EQ(outside.size(), 1u);
+  EXPECT_EQ(arg(outside[0], range_key), -1);
+  int64_t sum = 0;
+  for (auto& k : in_range) {
+    // GPU timestamps are on the agent's clock: inside the CPU range around them.
+    EXPECT_GE(k.start_ns, cpu_start);
+    EXPECT_LE(k.end_ns, cpu_end);
+    sum += k.end_ns - k.start_ns;
+  }
+  EXPECT_LT(outside[0].end_ns, cpu_start);
+  EXPECT_EQ(gpu_time[range], sum);
+  EXPECT_TRUE(saw_memset);
+  EXPECT_TRUE(saw_runtime);
+}
+
+TEST(AgentGpu, DeviceExpertCountsEqualACpuCount) {
+  SKIP_WITHOUT_GPU();
+  TestCollector collector;
+  constexpr uint32_t kExperts = 64, kTokens = 4096, kTopK = 2, kSteps = 5;
+  std::mt19937 rng(7);
+  std::vector<std::vector<uint32_t>> expected(kSteps, std::vector<uint32_t>(kExperts));
+  std::vector<int32_t> ids(kTokens * kTopK);
+  int32_t* d_ids = nullptr;
+  ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&d_ids), kSteps * ids.size() * sizeof(int32_t)), cudaSuccess);
+  cudaStream_t stream;
+  ASSERT_EQ(cudaStreamCreate(&stream), cudaSuccess);
+  {
+    Config cfg;
+    cfg.collector = collector.address();
+    Agent agent(cfg);
+    DeviceExpertCounter counter(agent, kExperts, 4);
+    ASSERT_TRUE(counter.ok());
+    for (uint32_t step = 0; step < kSteps; ++step) {
+      // Skewed: expert 3 is hot; plus an out-of-range id that must be ignored.
+      for (auto& id : ids) {
+        id = (rng() % 4 == 0) ? 3 : static_cast<int32_t>(rng() % kExperts);
+        if (rng() % 1000 == 0) id = -1;
+        if (id >= 0) ++expected[step][id];
+      }
+      int32_t* dst = d_ids + step * ids.size();
+      ASSERT_EQ(cudaMemcpyAsync(dst, ids.data(), ids.size() * sizeof(int32_t),
+                                cudaMemcpyHostToDevice, stream),
+                cudaSuccess);
+      ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);  // ids reused by the next step
+      ASSERT_TRUE(counter.count(step, 1, dst, kTokens, kTopK, stream, 0));
+      counter.poll();
+    }
+    counter.drain();
+    ASSERT_TRUE(agent.flush(10s));
+  }
+  cudaStreamDestroy(stream);
+  cudaFree(d_ids);
+  ASSERT_TRUE(collector.wait_closed(0, 10s));
+  const auto loads = only<wire::ExpertLoad>(collector.records());
+  ASSERT_EQ(loads.size(), kSteps);
+  for (uint32_t step = 0; step < kSteps; ++step) {
+    EXPECT_EQ(loads[step].step, step);
+    EXPECT_EQ(loads[step].layer, 1u);
+    EXPECT_EQ(loads[step].tokens, kTokens);
+    EXPECT_EQ(loads[step].routed, expected[step]) << "step " << step;
+  }
+}
+
+}  // namespace
+}  // namespace inferscope::agent
