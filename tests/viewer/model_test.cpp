@@ -1,0 +1,185 @@
+// TraceModel: tracks, lanes, names per source, flows, find, live increments.
+#include <gtest/gtest.h>
+
+#include "inferscope/viewer/loader.hpp"
+#include "inferscope/viewer/sample_trace.hpp"
+#include "inferscope/viewer/trace_model.hpp"
+#include "test_util.hpp"
+
+namespace inferscope::viewer {
+namespace {
+
+using test::cpu_span;
+
+void expect_lanes_valid(const TraceModel& m) {
+  for (const Track& t : m.tracks())
+    for (const Lane& l : t.lanes)
+      for (size_t i = 1; i < l.spans.size(); ++i) {
+        ASSERT_LE(l.spans[i - 1].end_ns, l.spans[i].start_ns) << t.label;
+        ASSERT_LE(l.spans[i].start_ns, l.spans[i].end_ns);
+      }
+}
+
+TEST(ViewerTraceModel, NestedRangesGetTheirDepth) {
+  TraceModel m;
+  m.add(1, wire::StringDef{1, "outer"});
+  m.add(1, wire::StringDef{2, "inner"});
+  m.add(1, wire::StringDef{3, "leaf"});
+  // Out of order on purpose: the model sorts.
+  m.add(1, cpu_span(3, 120, 130));
+  m.add(1, cpu_span(2, 110, 150));
+  m.add(1, cpu_span(1, 100, 200));
+  m.add(1, cpu_span(2, 160, 190));
+  m.add(1, cpu_span(1, 300, 400));
+  m.finalize();
+  ASSERT_EQ(m.tracks().size(), 1u);
+  const Track& t = m.tracks()[0];
+  ASSERT_EQ(t.lanes.size(), 3u);
+  EXPECT_EQ(t.lanes[0].spans.size(), 2u);
+  EXPECT_EQ(t.lanes[1].spans.size(), 2u);
+  ASSERT_EQ(t.lanes[2].spans.size(), 1u);
+  EXPECT_EQ(m.name(t.lanes[2].spans[0].name), "leaf");
+  EXPECT_EQ(m.name(t.lanes[1].spans[1].name), "inner");
+  EXPECT_EQ(t.lanes[1].spans[1].start_ns, 160);
+  EXPECT_EQ(m.span_count(), 5u);
+  EXPECT_EQ(m.min_ns(), 100);
+  EXPECT_EQ(m.max_ns(), 400);
+  expect_lanes_valid(m);
+}
+
+TEST(ViewerTraceModel, OverlappingRequestsPackIntoFewLanes) {
+  TraceModel m;
+  // Three requests, each overlapping the next only: two lanes suffice.
+  m.add(1, wire::RequestEvent{1, 0, 10, 100, 5, 5, 0, 0, wire::RequestStatus::kOk});
+  m.add(1, wire::RequestEvent{2, 50, 60, 150, 5, 5, 0, 0, wire::RequestStatus::kOk});
+  m.add(1, wire::RequestEvent{3, 120, 130, 300, 5, 5, 0, 0, wire::RequestStatus::kOk});
+  m.finalize();
+  ASSERT_EQ(m.tracks().size(), 1u);
+  EXPECT_EQ(m.tracks()[0].type, TrackType::kRequests);
+  EXPECT_EQ(m.tracks()[0].lanes.size(), 2u);
+  SpanRef r = m.find_request_span(1, 3);
+  ASSERT_TRUE(r.valid());
+  EXPECT_EQ(m.span(r)->start_ns, 120);
+  EXPECT_EQ(m.span(r)->end_ns, 300);
+  expect_lanes_valid(m);
+}
+
+TEST(ViewerTraceModel, StringIdsArePerSource) {
+  TraceModel m;
+  m.add(1, wire::StringDef{5, "alpha"});
+  m.add(2, wire::StringDef{5, "beta"});
+  m.add(1, cpu_span(5, 0, 10));
+  m.add(2, cpu_span(5, 0, 10));
+  m.add(2, cpu_span(7, 20, 30));  // never defined
+  m.finalize();
+  ASSERT_EQ(m.tracks().size(), 2u);
+  for (const Track& t : m.tracks()) {
+    const auto& s = t.lanes[0].spans;
+    EXPECT_EQ(m.name(s[0].name), t.source == 1 ? "alpha" : "beta");
+    if (t.source == 2) {
+      EXPECT_EQ(m.name(s[1].name), "#7");
+    }
+  }
+  EXPECT_NE(m.find_name("alpha"), 0u);
+  EXPECT_EQ(m.find_name("gamma"), 0u);
+}
+
+TEST(ViewerTraceModel, FlowPartnersLinkLaunchAndKernel) {
+  TraceModel m;
+  m.add(1, wire::StringDef{1, "cudaLaunchKernel"});
+  m.add(1, wire::StringDef{2, "gemm"});
+  wire::Span launch = cpu_span(1, 100, 110);
+  launch.category = wire::SpanCategory::kRuntime;
+  launch.correlation_id = 42;
+  wire::Span kernel;
+  kernel.track_kind = wire::TrackKind::kGpuStream;
+  kernel.track_id = 0;
+  kernel.stream = 7;
+  kernel.name_id = 2;
+  kernel.category = wire::SpanCategory::kKernel;
+  kernel.start_ns = 130;
+  kernel.end_ns = 500;
+  kernel.correlation_id = 42;
+  m.add(1, launch);
+  m.add(1, kernel);
+  // Same correlation id from another process must not link.
+  m.add(2, wire::StringDef{1, "cudaLaunchKernel"});
+  m.add(2, launch);
+  m.finalize();
+  auto found = m.find_spans("GEMM");
+  ASSERT_EQ(found.size(), 1u);
+  SpanRef k = found[0];
+  SpanRef l = m.flow_partner(k);
+  ASSERT_TRUE(l.valid());
+  EXPECT_EQ(m.tracks()[l.track].source, 1u);
+  EXPECT_EQ(m.span(l)->start_ns, 100);
+  EXPECT_EQ(m.flow_partner(l), k);
+  EXPECT_EQ(m.find_spans("launch").size(), 2u);
+  EXPECT_TRUE(m.find_spans("nothing-like-this").empty());
+}
+
+TEST(ViewerTraceModel, IncrementalFinalizeKeepsEverything) {
+  TraceModel m;
+  m.add(1, wire::StringDef{1, "s"});
+  for (int i = 0; i < 100; ++i) m.add(1, cpu_span(1, i * 10, i * 10 + 5));
+  m.finalize();
+  uint64_t g = m.generation();
+  m.finalize();  // nothing new: no rebuild
+  EXPECT_EQ(m.generation(), g);
+  for (int i = 100; i < 250; ++i) m.add(1, cpu_span(1, i * 10, i * 10 + 5));
+  m.add(1, cpu_span(1, 3, 4));  // a late, nested arrival
+  m.finalize();
+  EXPECT_GT(m.generation(), g);
+  EXPECT_EQ(m.span_count(), 251u);
+  ASSERT_EQ(m.tracks()[0].lanes.size(), 2u);
+  EXPECT_EQ(m.tracks()[0].lanes[0].spans.size(), 250u);
+  expect_lanes_valid(m);
+}
+
+TEST(ViewerTraceModel, SpanCapIsEnforcedAndCounted) {
+  ModelLimits limits;
+  limits.max_spans = 10;
+  TraceModel m(limits);
+  for (int i = 0; i < 25; ++i) m.add(1, cpu_span(0, i, i + 1));
+  m.finalize();
+  EXPECT_EQ(m.span_count(), 10u);
+  EXPECT_EQ(m.dropped_spans(), 15u);
+}
+
+TEST(ViewerTraceModel, SampleTraceHasTheExpectedShape) {
+  SampleOptions o;
+  o.ranks = 3;
+  o.target_spans = 20000;
+  SampleSummary sum;
+  TraceModel m;
+  LoadResult r = load_trace_bytes(sample_trace_bytes(o, &sum), m);
+  ASSERT_TRUE(r.ok) << r.error;
+  EXPECT_TRUE(r.warnings.empty());
+  // Every generated span, plus one synthetic span per request and per stage timing.
+  EXPECT_EQ(m.span_count(), sum.spans + sum.requests + sum.stages);
+  // Per rank: the scheduler thread, two GPU streams, requests, stages.
+  EXPECT_EQ(m.tracks().size(), 3u * 5u);
+  EXPECT_EQ(m.alerts().size(), 3u);
+  EXPECT_EQ(m.expert_loads().size(), sum.expert_loads);
+  int with_hello = 0;
+  for (const auto& [id, s] : m.sources()) with_hello += s.has_hello;
+  EXPECT_EQ(with_hello, 3);
+  expect_lanes_valid(m);
+  // Every kernel has its launch.
+  size_t kernels = 0, linked = 0;
+  for (uint32_t ti = 0; ti < m.tracks().size(); ++ti) {
+    const Track& t = m.tracks()[ti];
+    if (t.type != TrackType::kGpuStream) continue;
+    for (uint32_t li = 0; li < t.lanes.size(); ++li)
+      for (uint32_t i = 0; i < t.lanes[li].spans.size(); ++i) {
+        if (t.lanes[li].spans[i].correlation_id == 0) continue;
+        ++kernels;
+        linked += m.flow_partner({ti, li, i}).valid();
+      }
+  }
+  EXPECT_EQ(kernels, sum.kernels);
+  EXPECT_EQ(linked, kernels);
+}
+
+}  // namespace
+}  // namespace inferscope::viewer

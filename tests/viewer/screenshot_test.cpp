@@ -1,0 +1,175 @@
+// The real inferscope-viewer under Xvfb: load a generated skewed trace, render,
+// write a PNG, and check the picture (size, not blank, the hot expert's cell in
+// the hot colour, the expected number of timeline tracks). The app writes a
+// small JSON of layout facts (where it drew the hot cell, how many tracks) next
+// to the PNG; the test reads the pixels there from the PNG itself.
+#include <gtest/gtest.h>
+#include <stb_image.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "inferscope/viewer/sample_trace.hpp"
+#include "test_util.hpp"
+
+namespace inferscope::viewer {
+namespace {
+
+struct RunResult {
+  int status = -1;
+  std::string output;
+};
+
+RunResult run(const std::string& args) {
+  std::string cmd = "xvfb-run -a -s '-screen 0 1920x1200x24' " + std::string(INFERSCOPE_VIEWER_BIN) + " " + args + " 2>&1";
+  RunResult r;
+  FILE* p = popen(cmd.c_str(), "r");
+  if (!p) return r;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) r.output.append(buf, n);
+  int st = pclose(p);
+  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  return r;
+}
+
+struct Image {
+  int w = 0, h = 0;
+  std::vector<uint8_t> rgb;
+  bool load(const std::string& path) {
+    int n = 0;
+    unsigned char* d = stbi_load(path.c_str(), &w, &h, &n, 3);
+    if (!d) return false;
+    rgb.assign(d, d + static_cast<size_t>(w) * h * 3);
+    stbi_image_free(d);
+    return true;
+  }
+  uint32_t at(int x, int y) const {
+    const uint8_t* p = &rgb[(static_cast<size_t>(y) * w + x) * 3];
+    return p[0] | (p[1] << 8) | (p[2] << 16);
+  }
+  size_t distinct_colours() const {
+    std::set<uint32_t> s;
+    for (int y = 0; y < h; y += 3)
+      for (int x = 0; x < w; x += 3) s.insert(at(x, y));
+    return s.size();
+  }
+};
+
+uint32_t parse_hex(const std::string& s) {
+  unsigned v = static_cast<unsigned>(std::strtoul(s.c_str() + 1, nullptr, 16));
+  return ((v >> 16) & 0xFF) | (v & 0xFF00) | ((v & 0xFF) << 16);  // #rrggbb -> r | g<<8 | b<<16
+}
+
+int channel(uint32_t c, int i) { return static_cast<int>((c >> (8 * i)) & 0xFF); }
+
+bool close_colour(uint32_t a, uint32_t b, int tol = 6) {
+  for (int i = 0; i < 3; ++i)
+    if (std::abs(channel(a, i) - channel(b, i)) > tol) return false;
+  return true;
+}
+
+class ViewerScreenshot : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (std::system("command -v xvfb-run >/dev/null 2>&1") != 0) GTEST_SKIP() << "xvfb-run not installed";
+    SampleOptions o;  // 2 ranks, hot expert 5 on layer 3 of rank 0 from 6 s to 14 s
+    std::string err;
+    ASSERT_TRUE(write_sample_trace(trace(), o, &summary, &err)) << err;
+  }
+  std::string trace() const { return dir.file("skewed.trace"); }
+  nlohmann::json facts(const std::string& png) {
+    std::ifstream in(png + ".json");
+    return nlohmann::json::parse(in, nullptr, false);
+  }
+  test::TempDir dir;
+  SampleSummary summary;
+};
+
+TEST_F(ViewerScreenshot, AllViewsPictureIsRightSizeAndNotBlank) {
+  std::string png = dir.file("all.png");
+  RunResult r = run(trace() + " --screenshot " + png + " --frames 3 --view all --width 1280 --height 760");
+  ASSERT_EQ(r.status, 0) << r.output;
+  Image img;
+  ASSERT_TRUE(img.load(png)) << r.output;
+  EXPECT_EQ(img.w, 1280);
+  EXPECT_EQ(img.h, 760);
+  EXPECT_GT(img.distinct_colours(), 100u);
+  nlohmann::json f = facts(png);
+  ASSERT_FALSE(f.is_discarded());
+  // Two ranks, each: scheduler thread, GPU streams 7 and 8, requests, stages.
+  EXPECT_EQ(f["tracks"].get<int>(), 10);
+}
+
+TEST_F(ViewerScreenshot, HotExpertCellHasTheHotColour) {
+  std::string png = dir.file("experts.png");
+  // The hot window only: expert 5 of layer 3 carries ~4x its fair share.
+  RunResult r = run(trace() + " --screenshot " + png + " --view experts --window 8s..13s --width 1000 --height 640");
+  ASSERT_EQ(r.status, 0) << r.output;
+  Image img;
+  ASSERT_TRUE(img.load(png));
+  EXPECT_EQ(img.w, 1000);
+  EXPECT_EQ(img.h, 640);
+  nlohmann::json f = facts(png);
+  ASSERT_FALSE(f.is_discarded());
+  auto cell = f["hot_cell"];
+  ASSERT_GE(cell[0].get<double>(), 0) << "no hot cell drawn";
+  int cx = static_cast<int>((cell[0].get<double>() + cell[2].get<double>()) / 2);
+  int cy = static_cast<int>((cell[1].get<double>() + cell[3].get<double>()) / 2);
+  ASSERT_LT(cx, img.w);
+  ASSERT_LT(cy, img.h);
+  uint32_t px = img.at(cx, cy);
+  // The hottest cell sits at the top of the colour scale (red), unlike a fair one.
+  EXPECT_TRUE(close_colour(px, parse_hex(f["legend_top_colour"].get<std::string>()), 12))
+      << std::hex << px << " vs " << f["legend_top_colour"];
+  EXPECT_GT(channel(px, 0), 170);
+  EXPECT_LT(channel(px, 2), 90);
+  // A neighbouring (fair) cell is not hot-coloured.
+  int w = static_cast<int>(cell[2].get<double>() - cell[0].get<double>()) + 10;
+  uint32_t fair = img.at(cx + 2 * w, cy);
+  EXPECT_FALSE(close_colour(fair, px, 30)) << std::hex << fair;
+}
+
+TEST_F(ViewerScreenshot, TimelineLightThemeShowsEveryTrack) {
+  std::string png = dir.file("timeline.png");
+  RunResult r = run(trace() + " --screenshot " + png + " --view timeline --window 7.0s..7.3s --theme light --width 900 --height 1000");
+  ASSERT_EQ(r.status, 0) << r.output;
+  Image img;
+  ASSERT_TRUE(img.load(png));
+  EXPECT_EQ(img.w, 900);
+  EXPECT_GT(img.distinct_colours(), 50u);
+  // Light theme: the corner is light.
+  EXPECT_GT(channel(img.at(img.w - 3, img.h - 3), 1), 200);
+  EXPECT_EQ(facts(png)["tracks"].get<int>(), 10);
+}
+
+TEST_F(ViewerScreenshot, TruncatedTraceShowsWhatWasRecovered) {
+  std::ifstream in(trace(), std::ios::binary);
+  std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::string cut = dir.file("cut.trace");
+  std::ofstream(cut, std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size() * 3 / 4));
+  std::string png = dir.file("cut.png");
+  RunResult r = run(cut + " --screenshot " + png + " --width 800 --height 600");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("damaged"), std::string::npos) << r.output;
+  Image img;
+  ASSERT_TRUE(img.load(png));
+  EXPECT_GT(facts(png)["tracks"].get<int>(), 0);
+}
+
+TEST_F(ViewerScreenshot, GarbageFileIsAnErrorNotACrash) {
+  std::string junk = dir.file("junk.trace");
+  std::ofstream(junk) << "this is not a trace";
+  std::string png = dir.file("junk.png");
+  RunResult r = run(junk + " --screenshot " + png + " --width 640 --height 400");
+  EXPECT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("Could not open"), std::string::npos) << r.output;
+  Image img;
+  EXPECT_TRUE(img.load(png));
+}
+
+}  // namespace
+}  // namespace inferscope::viewer
