@@ -411,6 +411,9 @@ void Aggregator::on_expert_load(const Source& source, Model& model, const wire::
 }
 
 bool Aggregator::on_record(const Source& source, const wire::Record& record, std::string& why) {
+  // Fast path: most records are spans, and only kernel spans with args matter here.
+  if (const auto* sp = std::get_if<wire::Span>(&record))
+    if (sp->category != wire::SpanCategory::kKernel || sp->num_args == 0) return true;
   Model* model = model_for(source);
   if (model == nullptr) return true;  // over the model bound: counted, not an error
   bool ok = true;

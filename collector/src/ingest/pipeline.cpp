@@ -115,9 +115,10 @@ bool Pipeline::on_frame(Session& session, std::span<const uint8_t> frame, Reject
           std::chrono::steady_clock::now().time_since_epoch())
           .count());
   std::string problem;
+  std::array<uint32_t, wire::kRecordKindCount> per_kind{};
   for (auto& rec : records_) {
     const auto kind = wire::kind_of(rec);
-    record_counters_[static_cast<size_t>(kind)]->Increment();
+    ++per_kind[static_cast<size_t>(kind)];
     if (kind == wire::RecordKind::kHello) {
       auto& h = std::get<wire::Hello>(rec);
       h.auth_token.clear();
@@ -148,6 +149,9 @@ bool Pipeline::on_frame(Session& session, std::span<const uint8_t> frame, Reject
       return reject(session, why, "schema", problem);
     }
   }
+
+  for (uint8_t k = 0; k < wire::kRecordKindCount; ++k)
+    if (per_kind[k]) record_counters_[k]->Increment(per_kind[k]);
 
   // Forward.
   if (!sink_) return true;

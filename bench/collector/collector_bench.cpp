@@ -1,0 +1,228 @@
+// collector_bench: what the collector costs and how many series it exports.
+//
+//   1. ingest: records/s through the pipeline (decode, validate, aggregate,
+//      forward) on one core, without and with the trace store writing to disk;
+//   2. series: Prometheus series for a DeepSeek-V3-sized model (58 MoE layers x
+//      256 experts x 8 ranks, a few hot / cold / dead experts per layer) in the
+//      default and the --per-expert-metrics mode, counted from the registry;
+//   3. scrape: time to serialize /metrics for 64 layers x 256 experts.
+// Prints a table; no arguments. `collector_bench quick` runs smaller sizes.
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <random>
+
+#include <prometheus/text_serializer.h>
+
+#include "inferscope/collector/pipeline.hpp"
+#include "inferscope/collector/trace_store.hpp"
+
+using namespace inferscope::collector;
+namespace wire = inferscope::wire;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+wire::Hello hello(const std::string& model, uint32_t rank, uint32_t moe_layers, uint16_t experts) {
+  wire::Hello h;
+  h.service = "bench";
+  h.instance = "bench:" + std::to_string(rank);
+  h.rank = rank;
+  h.world_size = 8;
+  h.model.name = model;
+  h.model.top_k = 8;
+  for (uint32_t l = 0; l < moe_layers; ++l)
+    h.model.layers.push_back({wire::LayerKind::kAttention, wire::FfnKind::kMoe, experts});
+  for (uint32_t e = 0; e < experts; ++e) h.model.expert_to_rank.push_back(e % 8);
+  return h;
+}
+
+std::vector<uint8_t> encode(const std::vector<wire::Record>& recs) {
+  wire::FrameEncoder enc;
+  for (auto& r : recs) enc.add(r);
+  std::vector<uint8_t> out;
+  enc.finish(out);
+  return out;
+}
+
+// [SECTION] ingest
+struct IngestResult {
+  double records_per_s;
+  double mb_per_s;
+};
+
+IngestResult ingest(bool persist, size_t frames, const std::string& label) {
+  CollectorOptions o;
+  o.aggregation.window_ns = 1'000'000'000;
+  CollectorMetrics metrics;
+  Pipeline p(o, metrics, nullptr);
+  std::unique_ptr<TraceStore> store;
+  const auto dir = std::filesystem::temp_directory_path() / ("collector-bench-" + std::to_string(::getpid()));
+  if (persist) {
+    TraceStoreOptions so;
+    so.dir = dir.string();
+    so.max_bytes = 256u << 20;
+    store = std::make_unique<TraceStore>(so, [&](auto& f) { p.replay(f, false); }, nullptr);
+    std::string error;
+    if (!store->open(error)) {
+      std::fprintf(stderr, "%s\n", error.c_str());
+      std::exit(1);
+    }
+  }
+  p.set_frame_sink([&](const SharedFrame& f) {
+    if (store) store->write(*f, 0);
+  });
+  Session s(o.limits);
+  Rejection why;
+  auto first = encode({hello("bench", 0, 8, 64), wire::StringDef{1, "decode"}, wire::StringDef{2, "gemm"}});
+  p.on_frame(s, first, why);
+  // A typical agent frame: 2000 spans (small records) and 8 expert loads per step.
+  std::vector<std::vector<uint8_t>> input;
+  size_t records_per_frame = 0, bytes = 0;
+  std::mt19937 rng(1);
+  for (size_t f = 0; f < 16; ++f) {
+    std::vector<wire::Record> recs;
+    int64_t t = static_cast<int64_t>(f) * 50'000'000;
+    for (int i = 0; i < 2000; ++i) {
+      wire::Span sp;
+      sp.track_id = 7;
+      sp.name_id = 1 + (i & 1);
+      sp.start_ns = t + i * 1000;
+      sp.end_ns = sp.start_ns + 800;
+      recs.push_back(sp);
+    }
+    for (uint32_t l = 0; l < 8; ++l) {
+      wire::ExpertLoad el;
+      el.layer = l;
+      el.timestamp_ns = t + 2'000'000;
+      el.routed.resize(64);
+      for (auto& v : el.routed) v = rng() % 32;
+      recs.push_back(el);
+    }
+    records_per_frame = recs.size();
+    input.push_back(encode(recs));
+  }
+  const auto start = Clock::now();
+  size_t records = 0;
+  for (size_t i = 0; i < frames; ++i) {
+    auto& f = input[i % input.size()];
+    // Timestamps repeat every 16 frames: the window clock simply stays put.
+    if (!p.on_frame(s, f, why)) {
+      std::fprintf(stderr, "rejected: %s\n", why.message.c_str());
+      std::exit(1);
+    }
+    records += records_per_frame;
+    bytes += f.size();
+  }
+  const double secs = seconds_since(start);
+  store.reset();
+  std::filesystem::remove_all(dir);
+  (void)label;
+  return {records / secs, bytes / secs / 1e6};
+}
+
+// [SECTION] series
+struct SeriesResult {
+  size_t series;
+  double feed_s;
+};
+
+SeriesResult series(bool per_expert, uint32_t ranks, uint32_t layers, uint16_t experts, uint32_t windows) {
+  CollectorOptions o;
+  o.aggregation.window_ns = 1'000'000'000;
+  o.aggregation.per_expert_metrics = per_expert;
+  o.aggregation.max_episode_series = 1u << 20;  // measure the shape, not the cap
+  CollectorMetrics metrics;
+  Pipeline p(o, metrics, nullptr);
+  std::vector<std::unique_ptr<Session>> sessions;
+  Rejection why;
+  for (uint32_t r = 0; r < ranks; ++r) {
+    sessions.push_back(std::make_unique<Session>(o.limits));
+    p.on_frame(*sessions.back(), encode({hello("deepseek-v3", r, layers, experts)}), why);
+  }
+  const auto start = Clock::now();
+  // Per layer: experts 0 and 1 hot (4x fair), expert 2 cold (0.1x), expert 3 dead.
+  for (uint32_t w = 0; w <= windows; ++w) {
+    for (uint32_t r = 0; r < ranks; ++r) {
+      std::vector<wire::Record> recs;
+      for (uint32_t l = 0; l < layers; ++l) {
+        wire::ExpertLoad el;
+        el.layer = l;
+        el.timestamp_ns = static_cast<int64_t>(w) * 1'000'000'000 + 1 + r;
+        el.routed.assign(experts, 100);
+        el.routed[(l + 0) % experts] = 400;
+        el.routed[(l + 1) % experts] = 400;
+        el.routed[(l + 2) % experts] = 10;
+        el.routed[(l + 3) % experts] = 0;
+        recs.push_back(std::move(el));
+      }
+      p.on_frame(*sessions[r], encode(recs), why);
+    }
+  }
+  const double feed = seconds_since(start);
+  return {count_series(*metrics.registry), feed};
+}
+
+double scrape_ms(uint32_t layers, uint16_t experts, bool per_expert, size_t& bytes) {
+  CollectorOptions o;
+  o.aggregation.per_expert_metrics = per_expert;
+  o.aggregation.window_ns = 1'000'000'000;
+  CollectorMetrics metrics;
+  Pipeline p(o, metrics, nullptr);
+  Session s(o.limits);
+  Rejection why;
+  p.on_frame(s, encode({hello("m", 0, layers, experts)}), why);
+  for (uint32_t w = 0; w < 5; ++w) {
+    std::vector<wire::Record> recs;
+    for (uint32_t l = 0; l < layers; ++l) {
+      wire::ExpertLoad el;
+      el.layer = l;
+      el.timestamp_ns = static_cast<int64_t>(w) * 1'000'000'000 + 1;
+      el.routed.assign(experts, 50);
+      el.routed[l % experts] = 300;
+      recs.push_back(std::move(el));
+    }
+    p.on_frame(s, encode(recs), why);
+  }
+  prometheus::TextSerializer ser;
+  const int reps = 5;
+  const auto start = Clock::now();
+  for (int i = 0; i < reps; ++i) bytes = ser.Serialize(metrics.registry->Collect()).size();
+  return seconds_since(start) * 1000.0 / reps;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const bool quick = argc > 1 && std::strcmp(argv[1], "quick") == 0;
+  const size_t frames = quick ? 200 : 2000;
+  std::printf("inferscope collector_bench (one core; frames of 2000 spans + 8 x 64-expert loads)\n\n");
+  std::printf("%-44s %14s %10s\n", "ingest (decode+validate+aggregate+forward)", "records/s", "MB/s");
+  for (bool persist : {false, true}) {
+    auto r = ingest(persist, frames, persist ? "trace store on" : "trace store off");
+    std::printf("%-44s %14.3e %10.1f\n", persist ? "  with the trace store writing" : "  without persistence",
+                r.records_per_s, r.mb_per_s);
+  }
+  const uint32_t ranks = quick ? 2 : 8;
+  std::printf("\nseries for a DeepSeek-V3-sized model: 58 MoE layers x 256 experts x %u ranks,\n"
+              "per layer 2 hot + 1 cold + 1 dead expert in an episode\n",
+              ranks);
+  std::printf("%-28s %12s %12s\n", "mode", "series", "feed s");
+  for (bool per_expert : {false, true}) {
+    auto r = series(per_expert, ranks, 58, 256, 4);
+    std::printf("%-28s %12zu %12.2f\n", per_expert ? "--per-expert-metrics" : "default (bounded)", r.series, r.feed_s);
+  }
+  std::printf("\n/metrics serialization, 64 layers x 256 experts, one rank\n");
+  std::printf("%-28s %12s %12s\n", "mode", "ms/scrape", "bytes");
+  for (bool per_expert : {false, true}) {
+    size_t bytes = 0;
+    const double ms = scrape_ms(64, 256, per_expert, bytes);
+    std::printf("%-28s %12.2f %12zu\n", per_expert ? "--per-expert-metrics" : "default (bounded)", ms, bytes);
+  }
+  return 0;
+}
