@@ -404,17 +404,17 @@ ScopedRange::ScopedRange(Agent& agent, uint32_t name_id, uint64_t request_id)
     i->cupti->push_range(name_id, request_id);
     flags_ |= kCuptiPushed;
   }
-  start_ns_ = now_ns();
+  if (sampled_) start_ns_ = now_ns();  // no clock read for a range nobody records
 }
 
 ScopedRange::~ScopedRange() {
   if (!agent_) return;
-  const int64_t end = now_ns();
   Agent::Impl* i = agent_->impl_.get();
   if (flags_ & kCuptiPushed) i->cupti->pop_range();
   if (flags_ & kNvtxPushed) detail::nvtx_pop();
   --detail::tl_depth;
   if (sampled_) {
+    const int64_t end = now_ns();
     detail::CpuSpanSlot s{start_ns_, end, request_id_, name_id_, detail::current_tid(), depth_,
                           static_cast<uint8_t>(wire::SpanCategory::kCpuRange)};
     put(i, wire::RecordKind::kSpan, detail::kSubCompact, 0, &s, sizeof s);

@@ -161,7 +161,7 @@ void Shipper::drain() {
           l.dropped = c.dropped;
           l.rerouted = c.rerouted;
           l.routed.resize(h.count);
-          std::memcpy(l.routed.data(), p + sizeof c, h.count * sizeof(uint32_t));
+          if (h.count) std::memcpy(l.routed.data(), p + sizeof c, h.count * sizeof(uint32_t));
           encoder_.add(l);
           break;
         }
