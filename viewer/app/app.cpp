@@ -17,6 +17,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cfloat>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -207,6 +208,14 @@ int run_app(AppOptions o) {
     s.follow_live = true;
   }
   s.fit_all();
+  // Start on the problem: the first hot-expert episode's expert is selected,
+  // so the heatmap outlines it and plots its share over time.
+  for (const AlertRec& a : s.model.alerts())
+    if (a.alert.kind == wire::AlertKind::kHotExpert) {
+      s.selected_layer = static_cast<int>(a.alert.layer);
+      s.selected_expert = static_cast<int>(a.alert.expert);
+      break;
+    }
   if (have_window && !s.model.empty()) s.jump_to(s.model.min_ns() + static_cast<int64_t>(win_a * 1e9),
                                                  s.model.min_ns() + static_cast<int64_t>(win_b * 1e9), true);
 
@@ -284,6 +293,8 @@ int run_app(AppOptions o) {
 
     ImGui_ImplOpenGL3_NewFrame();
     ImGui_ImplGlfw_NewFrame();
+    // Screenshots show no hover state wherever the (virtual) pointer happens to be.
+    if (s.screenshot_mode) io.MousePos = ImVec2(-FLT_MAX, -FLT_MAX);
     ImGui::NewFrame();
 
     // [SECTION] Menu bar

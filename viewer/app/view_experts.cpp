@@ -225,7 +225,7 @@ void draw_experts(AppState& s) {
     ImGui::TextUnformatted("per EP rank (placement)");
     ImVec2 q = ImGui::GetCursorScreenPos();
     float cw = std::clamp((ImGui::GetContentRegionAvail().x - 50 * s.scale) / rl.ranks, 10.0f, 60.0f * s.scale);
-    float ch = std::clamp((ImGui::GetContentRegionAvail().y - 10) / float(rl.layers.size()), 6.0f, 18.0f * s.scale);
+    float ch = std::clamp((ImGui::GetContentRegionAvail().y - 10) / float(rl.layers.size()), 6.0f, 26.0f * s.scale);
     double fair = 1.0 / rl.ranks;
     for (size_t r = 0; r < rl.layers.size(); ++r) {
       char b[16];

@@ -41,7 +41,7 @@ int g_drag_button = -1;
 std::vector<DrawItem> g_items;
 
 int lanes_shown(const Track& t) {
-  int cap = (t.type == TrackType::kRequests || t.type == TrackType::kStages) ? 12 : 64;
+  int cap = (t.type == TrackType::kRequests || t.type == TrackType::kStages) ? 6 : 64;
   return std::max(1, std::min<int>(cap, static_cast<int>(t.lanes.size())));
 }
 
@@ -294,7 +294,7 @@ void draw_timeline(AppState& s) {
     dl->AddTriangleFilled(ImVec2(kx, ky), ImVec2(kx - ah * 0.6f, ky - dir * ah), ImVec2(kx + ah * 0.6f, ky - dir * ah), col);
   };
   dl->PushClipRect(ImVec2(area_x0, clip_y0), ImVec2(area_x1, clip_y1), true);
-  if (ns_per_px < 20000)  // arrows only where individual launches are distinguishable
+  if (ns_per_px < 50000)  // arrows only where individual launches are distinguishable
     for (const FlowEnd& k : kernels) draw_flow(k.ref, k.x0, k.y, false);
   if (const SpanRec* sel = m.span(s.selected); sel && sel->correlation_id) {
     SpanRef kernel = tracks[s.selected.track].type == TrackType::kGpuStream ? s.selected : m.flow_partner(s.selected);
