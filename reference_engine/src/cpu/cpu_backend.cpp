@@ -197,11 +197,30 @@ class CpuBackend final : public Backend {
     int64_t n = w.rows / experts;
     require(x.cols == w.cols && y.cols == n && offsets.back() <= x.rows && y.rows >= offsets.back(),
             "grouped_linear shape");
-    for (int64_t e = 0; e < experts; ++e) {
-      int32_t begin = offsets[e], end = offsets[e + 1];
-      if (end <= begin) continue;
-      linear(x.rows_view(begin, end - begin), w.rows_view(e * n, n), y.rows_view(begin, end - begin),
-             0.0f);
+    // Many small GEMMs (a few rows per expert): OpenBLAS's own threading costs
+    // more than it gains there, so experts are spread over the pool instead,
+    // each GEMM single-threaded, balanced by rows.
+    const int64_t rows = offsets.back();
+    const bool spread = threads_ > 1 && rows < 64 * experts && openblas_set_num_threads != nullptr;
+    if (spread) openblas_set_num_threads(1);
+    std::vector<int64_t> cut(static_cast<size_t>(threads_) + 1, experts);
+    cut[0] = 0;
+    for (int64_t e = 0, part = 1; e < experts && part < threads_; ++e)
+      if (offsets[e + 1] * threads_ >= rows * part) cut[static_cast<size_t>(part++)] = e + 1;
+    auto run = [&](int64_t e0, int64_t e1) {
+      for (int64_t e = e0; e < e1; ++e) {
+        int32_t begin = offsets[e], end = offsets[e + 1];
+        if (end <= begin) continue;
+        linear(x.rows_view(begin, end - begin), w.rows_view(e * n, n), y.rows_view(begin, end - begin), 0.0f);
+      }
+    };
+    if (spread) {
+      pool_.parallel_for(threads_, [&](int64_t p0, int64_t p1) {
+        for (int64_t p = p0; p < p1; ++p) run(cut[static_cast<size_t>(p)], cut[static_cast<size_t>(p) + 1]);
+      });
+      openblas_set_num_threads(threads_);
+    } else {
+      run(0, experts);
     }
   }
 

@@ -255,6 +255,10 @@ class CudaBackend final : public Backend {
     const int M = static_cast<int>(x.rows), N = static_cast<int>(w.rows),
               K = static_cast<int>(x.cols);
     const __nv_bfloat16* wb = fp32_math_ ? nullptr : shadow(w);
+    if (wb != nullptr && M <= kSmallRows && K % 8 == 0) {  // decode: one launch, no cast
+      k::small_linear(view(x), wb, nullptr, 1, view(y), N, K, beta, stream_);
+      return;
+    }
     if (wb == nullptr) {
       const float alpha = 1.f;
       ISC_CUBLAS(cublasSgemm(blas_->handle(), CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &alpha, w.f32(),
@@ -291,6 +295,11 @@ class CudaBackend final : public Backend {
         int32_t b = offsets[e], c = offsets[e + 1] - offsets[e];
         linear(x.rows_view(b, c), w.rows_view(e * n, n), y.rows_view(b, c), 0.f);
       }
+      return;
+    }
+    if (max_rows <= kSmallRows) {  // decode: fp32 rows straight into the warp-per-column kernel
+      k::small_linear(view(x), wb, ring_->stage1(offsets), static_cast<int>(E), view(y),
+                      static_cast<int>(n), static_cast<int>(x.cols), 0.f, stream_);
       return;
     }
     const int64_t rows = offsets.back();
@@ -466,7 +475,13 @@ class CudaBackend final : public Backend {
             "moe_permute shape");
     if (offsets.back() == 0) return;
     const int32_t* off = ring_->stage1(offsets);
-    k::permute_index(iview(assign_expert), off, static_cast<int>(E), iview(perm), stream_);
+    const int64_t total = assign_expert.rows * assign_expert.cols;
+    int32_t* slot_of = scratch_[3]->get<int32_t>(static_cast<size_t>(total));
+    k::permute_index(iview(assign_expert), off, static_cast<int>(E), iview(perm), slot_of, stream_);
+    // unpermute of this perm can reuse slot_of instead of rebuilding it
+    last_perm_ = perm.data;
+    last_perm_rows_ = offsets.back();
+    last_slot_total_ = total;
     k::permute_rows(view(x), iview(perm), static_cast<int>(assign_expert.cols), offsets.back(),
                     view(xp), stream_);
   }
@@ -476,9 +491,11 @@ class CudaBackend final : public Backend {
                 assign_weight.rows == y.rows && assign_weight.cols == top_k,
             "moe_unpermute shape");
     if (y.rows == 0) return;
+    const bool ready = perm.data == last_perm_ && assignments == last_perm_rows_ &&
+                       y.rows * top_k == last_slot_total_;
     int32_t* slot_of = scratch_[3]->get<int32_t>(static_cast<size_t>(y.rows * top_k));
-    k::unpermute(view(yp), iview(perm), view(assign_weight), top_k, assignments, slot_of, view(y),
-                 stream_);
+    k::unpermute(view(yp), iview(perm), view(assign_weight), top_k, assignments, slot_of, ready,
+                 view(y), stream_);
   }
 
   // --- vision front end ------------------------------------------------------
@@ -498,6 +515,8 @@ class CudaBackend final : public Backend {
 
  private:
   static constexpr int kSsmChunk = 64;
+  // Up to this many rows (per expert for grouped) a linear runs in small_linear.
+  static constexpr int kSmallRows = 64;
 
   struct Shadow {
     __nv_bfloat16* bf16 = nullptr;
@@ -558,6 +577,7 @@ class CudaBackend final : public Backend {
     }
   }
   void forget_written(const Tensor& t) {
+    last_perm_ = nullptr;  // a perm written by copy/fill is not the one permute_index saw
     if (shadows_.empty() && uploaded_.empty()) return;
     if (t.rows == 0 || t.cols == 0) return;
     forget_range(t.data, static_cast<size_t>((t.rows - 1) * t.stride + t.cols) * 4);
@@ -573,6 +593,8 @@ class CudaBackend final : public Backend {
   std::map<char*, size_t> uploaded_;
   std::map<void*, size_t> alloc_bytes_;
   std::vector<int32_t> token_seq_;
+  const void* last_perm_ = nullptr;
+  int64_t last_perm_rows_ = -1, last_slot_total_ = -1;
 };
 
 }  // namespace

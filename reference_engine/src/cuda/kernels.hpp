@@ -75,14 +75,16 @@ void router(View logits, const float* bias, const RouterParams& p, const RouterB
             cudaStream_t s);
 // Row of each kept assignment in the permuted buffer (per expert, increasing
 // assignment index a = t*k + j): perm[row] = a. offsets: device [E + 1].
+// slot_of (optional, [T * k]) receives each assignment's row, -1 if not kept.
 void permute_index(IView assign_expert, const int32_t* offsets, int experts, IView perm,
-                   cudaStream_t s);
+                   int32_t* slot_of, cudaStream_t s);
 // xp[i] = x[perm[i] / top_k] for i < rows.
 void permute_rows(View x, IView perm, int top_k, int64_t rows, View xp, cudaStream_t s);
 // y[t] += sum_j w[t, j] * yp[slot_of[t*k+j]], j in order (deterministic).
-// slot_of is scratch [T * k], filled here from perm.
+// slot_of is scratch [T * k], filled here from perm unless slot_of_ready (then
+// it holds permute_index's by-product for this same perm).
 void unpermute(View yp, IView perm, View assign_weight, int top_k, int64_t assignments,
-               int32_t* slot_of, View y, cudaStream_t s);
+               int32_t* slot_of, bool slot_of_ready, View y, cudaStream_t s);
 
 // [SECTION] Expert GEMM
 // Y[rows of e] = X[rows of e] · W[e]^T for every expert e, where the rows of e
@@ -91,6 +93,12 @@ void unpermute(View yp, IView perm, View assign_weight, int top_k, int64_t assig
 // grid. Experts with no rows cost one early exit per block and no weight reads.
 void grouped_gemm(const __nv_bfloat16* x, const __nv_bfloat16* w, const int32_t* offsets, float* y,
                   int64_t ldy, int experts, int n, int k, int max_rows_per_expert, cudaStream_t s);
+
+// Few-row linear (decode): y = beta*y + x · W^T with fp32 x (strided) and bf16
+// W [experts, n_out, k] (k % 8 == 0). offsets == nullptr: dense over all x rows
+// (experts must be 1); else expert e owns rows offsets[e]..offsets[e+1] (device).
+void small_linear(View x, const __nv_bfloat16* w, const int32_t* offsets, int experts, View y,
+                  int n_out, int k, float beta, cudaStream_t s);
 
 // [SECTION] Attention
 struct PagedArgs {

@@ -193,9 +193,14 @@ __global__ void assign_reroute_k(RouterParams p, int R, RouterBuffers b) {
   }
 }
 
-__global__ void permute_index_k(IView ae, const int32_t* offsets, int E, IView perm) {
+__global__ void permute_index_k(IView ae, const int32_t* offsets, int E, IView perm,
+                                int32_t* slot_of) {
   int* smem = reinterpret_cast<int*>(dyn_smem);
   const int k = static_cast<int>(ae.cols);
+  if (slot_of) {
+    for (int a = threadIdx.x; a < ae.rows * k; a += blockDim.x) slot_of[a] = -1;
+    __syncthreads();
+  }
   ordered_rank(
       static_cast<int>(ae.rows) * k, E, smem,
       [&](int a) {
@@ -204,7 +209,10 @@ __global__ void permute_index_k(IView ae, const int32_t* offsets, int E, IView p
       },
       [&](int a, int e, int pos) {
         int row = offsets[e] + pos;
-        if (row < offsets[e + 1]) perm.p[(int64_t)row * perm.stride] = a;
+        if (row < offsets[e + 1]) {
+          perm.p[(int64_t)row * perm.stride] = a;
+          if (slot_of) slot_of[a] = row;
+        }
       });
 }
 
@@ -273,10 +281,11 @@ void router(View logits, const float* bias, const RouterParams& p, const RouterB
 }
 
 void permute_index(IView assign_expert, const int32_t* offsets, int experts, IView perm,
-                   cudaStream_t s) {
+                   int32_t* slot_of, cudaStream_t s) {
   if (assign_expert.rows * assign_expert.cols <= 0) return;
   allow(permute_index_k, rank_smem(experts));
-  permute_index_k<<<1, kBlock, rank_smem(experts), s>>>(assign_expert, offsets, experts, perm);
+  permute_index_k<<<1, kBlock, rank_smem(experts), s>>>(assign_expert, offsets, experts, perm,
+                                                        slot_of);
   ISC_LAUNCH();
 }
 
@@ -287,10 +296,10 @@ void permute_rows(View x, IView perm, int top_k, int64_t rows, View xp, cudaStre
 }
 
 void unpermute(View yp, IView perm, View w, int top_k, int64_t assignments, int32_t* slot_of,
-               View y, cudaStream_t s) {
+               bool slot_of_ready, View y, cudaStream_t s) {
   if (y.rows <= 0) return;
-  ISC_CUDA(cudaMemsetAsync(slot_of, 0xff, sizeof(int32_t) * y.rows * top_k, s));  // -1
-  if (assignments > 0) {
+  if (!slot_of_ready) ISC_CUDA(cudaMemsetAsync(slot_of, 0xff, sizeof(int32_t) * y.rows * top_k, s));
+  if (assignments > 0 && !slot_of_ready) {
     scatter_slots_k<<<grid_for(assignments), 256, 0, s>>>(perm, assignments, slot_of);
     ISC_LAUNCH();
   }
