@@ -230,7 +230,8 @@ void draw_experts(AppState& s) {
     for (size_t r = 0; r < rl.layers.size(); ++r) {
       char b[16];
       std::snprintf(b, sizeof(b), "L%u", rl.layers[r]);
-      dl->AddText(ImVec2(q.x, q.y + r * ch), s.pal.text_dim, b);
+      size_t label_every = static_cast<size_t>(std::ceil(ImGui::GetFontSize() / ch));
+      if (r % label_every == 0) dl->AddText(ImVec2(q.x, q.y + r * ch), s.pal.text_dim, b);
       for (uint32_t k = 0; k < rl.ranks; ++k) {
         double u = rl.share[r][k] / fair;  // 1.0 = this rank carries its fair part
         ImVec2 a(q.x + 40 * s.scale + k * cw, q.y + r * ch), bb(a.x + cw - 1, a.y + ch - 1);

@@ -23,7 +23,7 @@ Cache g_cache;
 const wire::MemoryKind kStack[] = {wire::MemoryKind::kKvCache, wire::MemoryKind::kSsmState,
                                    wire::MemoryKind::kSsmCheckpoints};
 const ImU32 kColours[] = {IM_COL32(80, 150, 240, 220), IM_COL32(240, 150, 60, 220), IM_COL32(170, 110, 220, 220)};
-const char* kNames[] = {"KV cache (attention)", "SSM state", "SSM checkpoints"};
+const char* kNames[] = {"KV cache", "SSM state", "SSM checkpoints"};
 
 void frame(AppState& s, ImDrawList* dl, ImVec2 q, ImVec2 sz) {
   dl->AddRectFilled(q, ImVec2(q.x + sz.x, q.y + sz.y), s.pal.lane_bg);
@@ -54,7 +54,7 @@ void draw_memory(AppState& s) {
   const float lh = ImGui::GetTextLineHeightWithSpacing();
 
   // [SECTION] Stacked memory with capacity line
-  ImGui::Text("memory%s", s.rank_filter == kAllRanks ? " (all ranks summed)" : "");
+  ImGui::Text("memory%s", s.rank_filter == kAllRanks ? " (all ranks)" : "");
   for (int k = 0; k < 3; ++k) {
     ImGui::SameLine();
     ImVec2 c = ImGui::GetCursorScreenPos();
