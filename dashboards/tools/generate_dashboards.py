@@ -629,7 +629,11 @@ def health_dashboard():
     p.append(timeseries(L, "Agent drops by record kind",
                         "Which kinds of records the agents dropped. Spans go first under "
                         "pressure; expert loads and requests are kept longest.",
-                        targets((f"sum by (kind) (rate(inferscope_agent_records_dropped_total{{{MR}}}[{RI}]))",
+                        # kind="none" at 0 while no agent has dropped anything: the
+                        # collector creates a kind's series on its first drop.
+                        targets((f"sum by (kind) (rate(inferscope_agent_records_dropped_total{{{MR}}}[{RI}])) "
+                                 f'or label_replace(sum(rate(inferscope_agent_records_sent_total{{{MR}}}[{RI}])) * 0, '
+                                 f'"kind", "none", "", "")',
                                  "{{kind}}")), unit="short"))
     p.append(timeseries(L, "Agents connected", "1 while the agent holds a connection to its "
                         "collector.",
