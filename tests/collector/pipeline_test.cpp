@@ -350,3 +350,20 @@ TEST(Pipeline, ModelCardinalityBoundIsCounted) {
   EXPECT_FALSE(find_series(m, "inferscope_moe_routed_tokens_total", {"model=\"two\""}));
   EXPECT_GE(find_series(m, "inferscope_collector_label_overflow_total", {"reason=\"models\""}).value_or(0), 1.0);
 }
+
+TEST(Pipeline, EpisodesEndWhenTheRanksLastAgentLeaves) {
+  Fixture f;
+  Session s(f.options.limits);
+  ASSERT_TRUE(f.send(s, {make_hello("m", 0, 1, 4)}));
+  for (int w = 0; w < 4; ++w) ASSERT_TRUE(f.send(s, {make_load(0, w * kW + 1, {70, 10, 10, 10}, 20)}));
+  auto m = f.scrape();
+  EXPECT_EQ(find_series(m, "inferscope_moe_expert_episode", {"expert=\"0\"", "kind=\"hot\""}), 1.0);
+  EXPECT_EQ(f.pipeline->aggregator().open_episodes().size(), 2u);  // hot expert + drop burst
+  f.pipeline->on_close(s);
+  m = f.scrape();
+  EXPECT_EQ(count_named(m, "inferscope_moe_expert_episode"), 0u);
+  EXPECT_EQ(find_series(m, "inferscope_moe_layer_experts", {"state=\"hot\""}), 0.0);
+  EXPECT_TRUE(f.pipeline->aggregator().open_episodes().empty());
+  ASSERT_GE(f.alerts.size(), 4u);
+  EXPECT_EQ(f.alerts.back().end_ns, 3 * kW);
+}

@@ -202,9 +202,26 @@ void Aggregator::on_disconnect(const Source& source) {
   health_.erase(source.id);
   auto it = models_.find(source.model);
   if (it == models_.end()) return;
-  auto r = it->second->ranks.find(source.hello.rank);
-  if (r != it->second->ranks.end() && r->second->agent_connected->Value() > 0)
-    r->second->agent_connected->Decrement();
+  Model& model = *it->second;
+  auto r = model.ranks.find(source.hello.rank);
+  if (r == model.ranks.end()) return;
+  Rank& rank = *r->second;
+  if (rank.agent_connected->Value() > 0) rank.agent_connected->Decrement();
+  if (rank.agent_connected->Value() > 0) return;
+  // The rank's last agent left: its episodes end now (their series go away), and
+  // what it sent in the current window is dropped, not judged as a short window.
+  const int64_t end = model.window == kNoWindow ? last_record_ns_ : model.window * options_.window_ns;
+  for (uint32_t i = 0; i < rank.layers.size(); ++i) {
+    if (!rank.layers[i]) continue;
+    Layer& layer = *rank.layers[i];
+    std::vector<EpisodeEvent> events;
+    layer.detector->close_all(end, events);
+    for (const auto& ev : events) publish(model, rank, layer, i, ev);
+    for (int k = 0; k < 3; ++k) layer.state[k]->Set(0);
+    std::fill(layer.acc.begin(), layer.acc.end(), 0);
+    layer.dropped_acc = 0;
+    layer.active = false;
+  }
 }
 
 // [SECTION] Windows

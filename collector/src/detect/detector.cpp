@@ -13,6 +13,21 @@ uint32_t LayerDetector::count_open(wire::AlertKind kind) const {
   return n;
 }
 
+void LayerDetector::close_all(int64_t end_ns, std::vector<EpisodeEvent>& events) {
+  for (size_t i = 0; i < experts_.size(); ++i) {
+    Expert& x = experts_[i];
+    if (x.open >= 0)
+      events.push_back({false, static_cast<wire::AlertKind>(x.open), static_cast<uint32_t>(i),
+                        x.episode_start_ns, std::max(end_ns, x.episode_start_ns), x.peak_share,
+                        x.peak_utilization});
+    x = Expert{};
+  }
+  if (drop_open_)
+    events.push_back({false, wire::AlertKind::kDropBurst, 0, drop_start_ns_,
+                      std::max(end_ns, drop_start_ns_), drop_peak_, 0.0f});
+  drop_open_ = false;
+}
+
 void LayerDetector::observe(const LayerStats& stats, int64_t start_ns, int64_t end_ns,
                             std::vector<EpisodeEvent>& events) {
   const size_t n = std::min(experts_.size(), stats.utilization.size());

@@ -190,10 +190,15 @@ void Pipeline::tick(int64_t steady_now_ns) {
 
 void Pipeline::on_alert(const wire::AlertEpisode& a) {
   if (log_) {
-    char buf[256];
-    std::snprintf(buf, sizeof buf, "%s %s: model %s rank %u layer %u expert %u utilization %.2f share %.3f",
-                  wire::to_string(a.kind), a.end_ns == 0 ? "opened" : "closed", a.model.c_str(),
-                  a.rank, a.layer, a.expert, a.peak_utilization, a.peak_share);
+    char buf[320];
+    if (a.kind == wire::AlertKind::kDropBurst)
+      std::snprintf(buf, sizeof buf, "%s %s: model %s rank %u layer %u peak dropped/routed %.3f",
+                    wire::to_string(a.kind), a.end_ns == 0 ? "opened" : "closed", a.model.c_str(),
+                    a.rank, a.layer, a.peak_share);
+    else
+      std::snprintf(buf, sizeof buf, "%s %s: model %s rank %u layer %u expert %u peak utilization %.2f share %.3f",
+                    wire::to_string(a.kind), a.end_ns == 0 ? "opened" : "closed", a.model.c_str(),
+                    a.rank, a.layer, a.expert, a.peak_utilization, a.peak_share);
     log_(buf);
   }
   if (!sink_) return;

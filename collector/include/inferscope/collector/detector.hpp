@@ -41,6 +41,9 @@ class LayerDetector {
   void observe(const LayerStats& stats, int64_t start_ns, int64_t end_ns,
                std::vector<EpisodeEvent>& events);
 
+  // Ends every open episode at end_ns (the source went away): appends the closings.
+  void close_all(int64_t end_ns, std::vector<EpisodeEvent>& events);
+
   // -1 when the expert is in no episode, else the AlertKind.
   int open_kind(uint32_t expert) const { return experts_[expert].open; }
   bool drop_burst_open() const { return drop_open_; }
