@@ -58,7 +58,7 @@ TEST(AgentEndToEnd, EveryRecordKindArrivesIntact) {
     agent.counter(counter_name, 2.5);
     agent.gauge(counter_name, 9.0);
     after = now_ns();
-    ASSERT_TRUE(agent.flush(5s));
+    ASSERT_TRUE(agent.flush(20s));
     const Stats s = agent.stats();
     EXPECT_EQ(s.records_recorded, 9u);
     EXPECT_EQ(s.records_sent, 9u);
@@ -66,7 +66,7 @@ TEST(AgentEndToEnd, EveryRecordKindArrivesIntact) {
     EXPECT_TRUE(s.connected);
   }
   // The agent has written everything; give the server's thread time to read it.
-  ASSERT_TRUE(collector.wait_closed(0, 5s));
+  ASSERT_TRUE(collector.wait_closed(0, 20s));
   ASSERT_EQ(collector.error(), "");
   const auto recs = collector.records();
   ASSERT_FALSE(recs.empty());
@@ -161,9 +161,9 @@ TEST(AgentEndToEnd, UnixSocket) {
   {
     Agent agent(config_for(collector));
     agent.counter(intern("unix.counter"), 1);
-    ASSERT_TRUE(agent.flush(5s));
+    ASSERT_TRUE(agent.flush(20s));
   }
-  ASSERT_TRUE(collector.wait_closed(0, 5s));
+  ASSERT_TRUE(collector.wait_closed(0, 20s));
   EXPECT_EQ(only<wire::CounterSample>(collector.records()).size(), 1u);
 }
 

@@ -15,7 +15,7 @@ using namespace std::chrono_literals;
 TEST(AgentCApi, EveryCallReachesTheCollector) {
   testing::TestCollector collector;
   ASSERT_EQ(inferscope_c_api_scenario(collector.address().c_str()), 0);
-  ASSERT_TRUE(collector.wait_closed(0, 5s));  // the scenario destroyed its agent
+  ASSERT_TRUE(collector.wait_closed(0, 20s));  // the scenario destroyed its agent
   const auto recs = collector.records();
   ASSERT_FALSE(recs.empty());
   const auto* hello = std::get_if<wire::Hello>(&recs.front());

@@ -64,12 +64,12 @@ TEST(AgentGpu, KernelSpansAreAttributedToTheEnclosingRange) {
       ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
     }
     cpu_end = now_ns();
-    ASSERT_TRUE(agent.flush(10s));
+    ASSERT_TRUE(agent.flush(20s));
     gpu_time = agent.gpu_time_by_range();
     EXPECT_EQ(agent.stats().cupti_records_dropped, 0u);
   }
   cudaFree(d);
-  ASSERT_TRUE(collector.wait_closed(0, 10s));
+  ASSERT_TRUE(collector.wait_closed(0, 20s));
   const auto recs = collector.records();
   std::map<uint32_t, std::string> names;
   for (auto& s : only<wire::StringDef>(recs)) names[s.id] = s.value;
@@ -136,11 +136,11 @@ TEST(AgentGpu, DeviceExpertCountsEqualACpuCount) {
       counter.poll();
     }
     counter.drain();
-    ASSERT_TRUE(agent.flush(10s));
+    ASSERT_TRUE(agent.flush(20s));
   }
   cudaStreamDestroy(stream);
   cudaFree(d_ids);
-  ASSERT_TRUE(collector.wait_closed(0, 10s));
+  ASSERT_TRUE(collector.wait_closed(0, 20s));
   const auto loads = only<wire::ExpertLoad>(collector.records());
   ASSERT_EQ(loads.size(), kSteps);
   for (uint32_t step = 0; step < kSteps; ++step) {
