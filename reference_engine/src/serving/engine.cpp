@@ -97,7 +97,7 @@ Engine::Engine(Model& model, Telemetry* telemetry, EngineOptions options)
   report_memory(true);
 }
 
-Engine::~Engine() = default;
+Engine::~Engine() { report_memory(true); }  // final memory levels and prefix deltas
 
 void Engine::submit(Request r) {
   auto s = std::make_unique<Seq>();
@@ -426,23 +426,24 @@ void Engine::report_memory(bool force) {
   stats_.peak_ssm_bytes = std::max(stats_.peak_ssm_bytes, ssm);
   stats_.peak_ckpt_bytes = std::max(stats_.peak_ckpt_bytes, ckpt);
   if (!telemetry_) return;
-  const int64_t now = now_ns();
-  if (!force && now - last_memory_ns_ < 100'000'000) return;  // 10 samples/s are plenty
-  last_memory_ns_ = now;
   auto& a = telemetry_->agent();
+  // Prefix-cache deltas whenever lookups happened (only on admissions).
+  if (stats_.attention_queried != sent_prefix_[0] || stats_.ssm_queried != sent_prefix_[2]) {
+    a.prefix_cache(stats_.attention_queried - sent_prefix_[0], stats_.attention_hit - sent_prefix_[1],
+                   stats_.ssm_queried - sent_prefix_[2], stats_.ssm_hit - sent_prefix_[3]);
+    sent_prefix_[0] = stats_.attention_queried;
+    sent_prefix_[1] = stats_.attention_hit;
+    sent_prefix_[2] = stats_.ssm_queried;
+    sent_prefix_[3] = stats_.ssm_hit;
+  }
+  const int64_t now = now_ns();
+  if (!force && now - last_memory_ns_ < 100'000'000) return;  // 10 memory samples/s are plenty
+  last_memory_ns_ = now;
   a.memory(wire::MemoryKind::kKvCache, kv, footprint_.kv_cache);
   a.memory(wire::MemoryKind::kSsmState, ssm, footprint_.ssm_state);
   a.memory(wire::MemoryKind::kSsmCheckpoints, ckpt, footprint_.ssm_checkpoints);
   a.memory(wire::MemoryKind::kWeights, footprint_.weights, footprint_.weights);
   a.memory(wire::MemoryKind::kActivations, footprint_.activations, footprint_.activations);
-  // Prefix-cache deltas since the previous sample.
-  if (stats_.attention_queried != sent_prefix_[0] || stats_.ssm_queried != sent_prefix_[2])
-    a.prefix_cache(stats_.attention_queried - sent_prefix_[0], stats_.attention_hit - sent_prefix_[1],
-                 stats_.ssm_queried - sent_prefix_[2], stats_.ssm_hit - sent_prefix_[3]);
-  sent_prefix_[0] = stats_.attention_queried;
-  sent_prefix_[1] = stats_.attention_hit;
-  sent_prefix_[2] = stats_.ssm_queried;
-  sent_prefix_[3] = stats_.ssm_hit;
 }
 
 }  // namespace inferscope::engine
