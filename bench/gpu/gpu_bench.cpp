@@ -88,12 +88,14 @@ class Sink {
 
   struct Attribution {
     std::map<std::string, double> kernel_ms_by_range;  // "" = no enclosing range
+    std::vector<std::pair<double, std::string>> unattributed_top;  // ms, kernel name
     double kernel_ms_total = 0;
     uint64_t kernel_spans = 0, records = 0;
   };
   void reset() {
     std::lock_guard l(mu_);
     by_range_id_.clear();
+    unattributed_by_kernel_.clear();
     total_ns_ = 0;
     spans_ = 0;
     records_ = 0;
@@ -106,6 +108,12 @@ class Sink {
       std::string n = id == 0 ? "" : (it != names_.end() ? it->second : "#" + std::to_string(id));
       a.kernel_ms_by_range[n] += ns / 1e6;
     }
+    for (auto& [id, ns] : unattributed_by_kernel_) {
+      auto it = names_.find(id);
+      a.unattributed_top.emplace_back(ns / 1e6, it != names_.end() ? it->second : "#" + std::to_string(id));
+    }
+    std::sort(a.unattributed_top.rbegin(), a.unattributed_top.rend());
+    if (a.unattributed_top.size() > 5) a.unattributed_top.resize(5);
     a.kernel_ms_total = total_ns_ / 1e6;
     a.kernel_spans = spans_;
     a.records = records_;
@@ -167,6 +175,7 @@ class Sink {
         range = static_cast<uint32_t>(sp->args[i].value);
     double ns = static_cast<double>(sp->end_ns - sp->start_ns);
     by_range_id_[range] += ns;
+    if (range == 0) unattributed_by_kernel_[sp->name_id] += ns;
     total_ns_ += ns;
     ++spans_;
   }
@@ -180,6 +189,7 @@ class Sink {
   std::map<uint32_t, std::string> names_;
   uint32_t range_key_ = 0;
   std::map<uint32_t, double> by_range_id_;
+  std::map<uint32_t, double> unattributed_by_kernel_;
   double total_ns_ = 0;
   uint64_t spans_ = 0, records_ = 0;
 };
@@ -482,6 +492,8 @@ int main(int argc, char** argv) {
       out["attribution"]["ms_" + (name.empty() ? std::string("unattributed") : name)] = ms;
       if (!name.empty()) attributed += ms;
     }
+    for (auto& [ms, name] : attr.unattributed_top)
+      std::printf("    unattributed kernel %-60.60s %8.3f ms\n", name.c_str(), ms);
     if (attr.kernel_ms_total > 0) {
       std::printf("  attributed / total kernel time: %.2f%%\n", 100 * attributed / attr.kernel_ms_total);
       out["attribution"]["attributed_pct"] = 100 * attributed / attr.kernel_ms_total;
