@@ -50,6 +50,7 @@ uint64_t monotonic_timestamp() { return static_cast<uint64_t>(now_ns()); }
 class Tracer;
 std::mutex g_mu;            // guards g_tracer against the CUPTI callbacks
 Tracer* g_tracer = nullptr; // CUPTI is process-wide: one tracer at a time
+bool g_timestamp_callback = true;  // false: CUPTI's own clock, offset measured per tracer
 
 // A fixed pool of 8-byte aligned buffers, never freed (CUPTI may hold one past
 // a tracer's life until its final flush).
@@ -88,21 +89,32 @@ class Tracer final : public CuptiTracer {
   }
 
   bool begin() {
-    CUptiResult r = cuptiActivityRegisterTimestampCallback(monotonic_timestamp);
-    if (r != CUPTI_SUCCESS) {
+    // Clock, thread ids and buffer callbacks are process-wide CUPTI settings:
+    // set them once, for every tracer this process will start.
+    static CUptiResult registered = [] {
+      CUptiResult ts = cuptiActivityRegisterTimestampCallback(monotonic_timestamp);
+      if (ts != CUPTI_SUCCESS) {
+        std::fprintf(stderr,
+                     "inferscope agent: CUPTI timestamp callback unavailable (%s); using a "
+                     "measured clock offset\n",
+                     cupti_error(ts));
+        g_timestamp_callback = false;
+      }
+      // Runtime-call records name their thread by gettid(), like the agent's CPU
+      // tracks, so launches land on the same track as the ranges around them.
+      cuptiSetThreadIdType(CUPTI_ACTIVITY_THREAD_ID_TYPE_SYSTEM);
+      return cuptiActivityRegisterCallbacks(&Tracer::buffer_requested, &Tracer::buffer_completed);
+    }();
+    if (!g_timestamp_callback) {
       uint64_t gpu = 0;
       cuptiGetTimestamp(&gpu);
       offset_ns_ = now_ns() - static_cast<int64_t>(gpu);
-      std::fprintf(stderr,
-                   "inferscope agent: CUPTI timestamp callback unavailable (%s); using a "
-                   "measured clock offset\n",
-                   cupti_error(r));
     }
-    r = cuptiActivityRegisterCallbacks(&Tracer::buffer_requested, &Tracer::buffer_completed);
-    if (r != CUPTI_SUCCESS) {
-      std::fprintf(stderr, "inferscope agent: CUPTI disabled: %s\n", cupti_error(r));
+    if (registered != CUPTI_SUCCESS) {
+      std::fprintf(stderr, "inferscope agent: CUPTI disabled: %s\n", cupti_error(registered));
       return false;
     }
+    CUptiResult r = CUPTI_SUCCESS;
     for (CUpti_ActivityKind k :
          {CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL, CUPTI_ACTIVITY_KIND_MEMCPY,
           CUPTI_ACTIVITY_KIND_MEMSET, CUPTI_ACTIVITY_KIND_RUNTIME,
