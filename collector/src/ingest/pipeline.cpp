@@ -67,89 +67,83 @@ bool Pipeline::on_frame(Session& session, std::span<const uint8_t> frame, Reject
   wire::FrameDecoder& dec = session.decoder;
   auto st = dec.open(frame);
   if (!st.ok()) return reject(session, why, rejection_reason(st.error), st.message);
-  records_.clear();
-  wire::Record r;
-  while (dec.next(r)) records_.push_back(std::move(r));
-  if (!dec.status().ok())
-    return reject(session, why, rejection_reason(dec.status().error), dec.status().message);
-
-  // Protocol checks before anything is applied, so a rejected frame changes nothing.
-  bool has_hello = false;
-  Source* source = sources_.find(session.source_id);
-  size_t new_strings = 0, new_string_bytes = 0;
-  for (size_t i = 0; i < records_.size(); ++i) {
-    const auto kind = wire::kind_of(records_[i]);
-    if (kind == wire::RecordKind::kHello) {
-      const auto& h = std::get<wire::Hello>(records_[i]);
-      if (h.protocol_version != wire::kProtocolVersion)
-        return reject(session, why, "protocol_version",
-                      "hello says protocol version " + std::to_string(h.protocol_version) +
-                          ", this collector speaks " + std::to_string(wire::kProtocolVersion));
-      if (!options_.auth_token.empty() && !tokens_equal(h.auth_token, options_.auth_token))
-        return reject(session, why, "auth", "hello has a missing or wrong auth token");
-      has_hello = true;
-    } else if (session.source_id == 0 && !has_hello) {
-      return reject(session, why, "no_hello",
-                    std::string("first record is ") + wire::to_string(kind) + ", expected hello");
-    } else if (kind == wire::RecordKind::kStringDef) {
-      ++new_strings;
-      new_string_bytes += std::get<wire::StringDef>(records_[i]).value.size();
-    } else if (kind == wire::RecordKind::kAlert) {
-      return reject(session, why, "malformed_record", "agents may not send alert records");
-    }
-  }
-  if (session.source_id == 0 && records_.empty())
-    return reject(session, why, "no_hello", "empty first frame, expected hello");
-  const size_t strings_now = source ? source->strings.size() : 0;
-  const size_t string_bytes_now = source ? source->string_bytes : 0;
-  if (strings_now + new_strings > options_.limits.max_strings ||
-      string_bytes_now + new_string_bytes > options_.limits.max_string_bytes)
-    return reject(session, why, "string_limit",
-                  "more than " + std::to_string(options_.limits.max_strings) + " strings or " +
-                      std::to_string(options_.limits.max_string_bytes) + " string bytes");
-
-  // Apply.
-  metrics_.frames.Increment();
   aggregator_.note_arrival(
       std::chrono::duration_cast<std::chrono::nanoseconds>(
           std::chrono::steady_clock::now().time_since_epoch())
           .count());
-  std::string problem;
+
+  // One pass: each record is checked and applied as it is decoded (no copy of
+  // the frame's records). A frame that fails part-way has had its earlier
+  // records counted in the aggregates, but it is never forwarded, and the
+  // connection is closed.
+  Source* source = sources_.find(session.source_id);
+  bool has_hello = false;
   std::array<uint32_t, wire::kRecordKindCount> per_kind{};
-  for (auto& rec : records_) {
+  std::string problem;
+  wire::Record& rec = scratch_;
+  while (dec.next(rec)) {
     const auto kind = wire::kind_of(rec);
     ++per_kind[static_cast<size_t>(kind)];
-    if (kind == wire::RecordKind::kHello) {
-      auto& h = std::get<wire::Hello>(rec);
-      h.auth_token.clear();
-      if (source == nullptr) {
-        source = &sources_.add(h);
-        session.source_id = source->id;
-        metrics_.connections.Increment();
-        if (log_)
-          log_("source " + std::to_string(source->id) + " (" + session.peer + "): " + h.service +
-               " " + h.instance + " model " + source->model + " rank " + source->rank);
-      } else {
-        // A re-sent hello (the agent's set_model) replaces the description.
-        aggregator_.on_disconnect(*source);
-        source->hello = h;
-        source->model = h.model.name.empty() ? "unknown" : h.model.name.substr(0, 128);
-        source->rank = std::to_string(h.rank);
+    switch (kind) {
+      case wire::RecordKind::kHello: {
+        auto& h = std::get<wire::Hello>(rec);
+        if (h.protocol_version != wire::kProtocolVersion)
+          return reject(session, why, "protocol_version",
+                        "hello says protocol version " + std::to_string(h.protocol_version) +
+                            ", this collector speaks " + std::to_string(wire::kProtocolVersion));
+        if (!options_.auth_token.empty() && !tokens_equal(h.auth_token, options_.auth_token))
+          return reject(session, why, "auth", "hello has a missing or wrong auth token");
+        h.auth_token.clear();
+        has_hello = true;
+        if (source == nullptr) {
+          source = &sources_.add(h);
+          session.source_id = source->id;
+          metrics_.connections.Increment();
+          if (log_)
+            log_("source " + std::to_string(source->id) + " (" + session.peer + "): " + h.service + " " +
+                 h.instance + " model " + source->model + " rank " + source->rank);
+        } else {
+          // A re-sent hello (the agent's set_model) replaces the description.
+          aggregator_.on_disconnect(*source);
+          source->hello = h;
+          source->model = h.model.name.empty() ? "unknown" : h.model.name.substr(0, 128);
+          source->rank = std::to_string(h.rank);
+        }
+        aggregator_.on_connect(*source);
+        break;
       }
-      aggregator_.on_connect(*source);
-    } else if (kind == wire::RecordKind::kStringDef) {
-      auto& d = std::get<wire::StringDef>(rec);
-      auto [it, inserted] = source->strings.try_emplace(d.id, d.value);
-      if (!inserted) {
-        source->string_bytes -= it->second.size();
-        it->second = d.value;
+      case wire::RecordKind::kStringDef: {
+        if (source == nullptr) return reject(session, why, "no_hello", "first record is a string, expected hello");
+        auto& d = std::get<wire::StringDef>(rec);
+        auto [it, inserted] = source->strings.try_emplace(d.id);
+        if (inserted && source->strings.size() > options_.limits.max_strings) {
+          source->strings.erase(it);
+          return reject(session, why, "string_limit",
+                        "more than " + std::to_string(options_.limits.max_strings) + " interned strings");
+        }
+        const size_t bytes = source->string_bytes - it->second.size() + d.value.size();
+        if (bytes > options_.limits.max_string_bytes)
+          return reject(session, why, "string_limit",
+                        "more than " + std::to_string(options_.limits.max_string_bytes) + " bytes of strings");
+        source->string_bytes = bytes;
+        it->second = std::move(d.value);
+        break;
       }
-      source->string_bytes += d.value.size();
-    } else if (!aggregator_.on_record(*source, rec, problem)) {
-      return reject(session, why, "schema", problem);
+      case wire::RecordKind::kAlert:
+        return reject(session, why, "malformed_record", "agents may not send alert records");
+      default:
+        if (source == nullptr)
+          return reject(session, why, "no_hello",
+                        std::string("first record is ") + wire::to_string(kind) + ", expected hello");
+        if (!aggregator_.on_record(*source, rec, problem)) return reject(session, why, "schema", problem);
+        break;
     }
   }
+  if (!dec.status().ok())
+    return reject(session, why, rejection_reason(dec.status().error), dec.status().message);
+  if (source == nullptr) return reject(session, why, "no_hello", "empty first frame, expected hello");
 
+  metrics_.frames.Increment();
   for (uint8_t k = 0; k < wire::kRecordKindCount; ++k)
     if (per_kind[k]) record_counters_[k]->Increment(per_kind[k]);
 
@@ -157,11 +151,17 @@ bool Pipeline::on_frame(Session& session, std::span<const uint8_t> frame, Reject
   if (!sink_) return true;
   auto out = std::make_shared<std::vector<uint8_t>>();
   if (has_hello) {
+    // Rare: re-encode the frame without the auth token.
     wire::EncoderOptions eo;
     eo.source_id = session.source_id;
     eo.max_frame_bytes = UINT32_MAX;  // the input already fit the limit
     wire::FrameEncoder enc(eo);
-    for (const auto& rec : records_) enc.add(rec);
+    wire::FrameDecoder again;
+    again.open(frame);
+    while (again.next(rec)) {
+      if (auto* h = std::get_if<wire::Hello>(&rec)) h->auth_token.clear();
+      enc.add(rec);
+    }
     enc.finish(*out);
   } else {
     out->assign(frame.begin(), frame.end());

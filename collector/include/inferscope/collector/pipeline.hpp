@@ -3,14 +3,15 @@
 // Transport-independent (the socket code hands it whole frames), so tests can
 // drive it directly and the benchmark can measure it without sockets.
 //
-//   1. decode and validate (the wire decoder's checks, then the protocol's:
-//      the first record is a hello of protocol version 1 with the right token,
-//      string-table limits, records consistent with the hello);
-//   2. update the source table and the aggregator (metrics, episodes);
-//   3. forward the frame, stamped with the source id, to the trace store and
+//   1. decode and validate each record (the wire decoder's checks, then the
+//      protocol's: the first record is a hello of protocol version 1 with the
+//      right token, string-table limits, records consistent with the hello)
+//      and apply it at once to the source table and the aggregator;
+//   2. when the whole frame was good, forward it, stamped with the source id, to the trace store and
 //      the viewers. A frame holding a hello is re-encoded without the token;
 //      any other frame only has its source id and CRC rewritten.
-// A rejected frame is not forwarded and the connection must be closed.
+// A rejected frame is not forwarded and the connection must be closed; records
+// before the bad one in that frame have been aggregated.
 #pragma once
 
 #include <cstdint>
@@ -80,7 +81,7 @@ class Pipeline {
   SourceRegistry sources_;
   Aggregator aggregator_;
   FrameSink sink_;
-  std::vector<wire::Record> records_;  // scratch: one frame's records
+  wire::Record scratch_;  // the record being decoded
   std::array<prometheus::Counter*, wire::kRecordKindCount> record_counters_{};
 };
 
