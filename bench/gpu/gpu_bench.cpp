@@ -441,7 +441,7 @@ int main(int argc, char** argv) {
 
     // 3./4. observability overhead and CUPTI attribution
     Sink sink;
-    const int reqs = 8, max_new = quick ? 32 : 96;
+    const int reqs = 8, max_new = quick ? 32 : 192;
     auto make_tel = [&](bool cupti) {
       inferscope::agent::Config ac;
       ac.collector = sink.address();
@@ -450,7 +450,7 @@ int main(int argc, char** argv) {
     };
     run_engine(model, nullptr, reqs, 8, true);  // warm-up
     std::vector<double> off, on, cup;
-    const int rounds = quick ? 2 : 3;
+    const int rounds = quick ? 2 : 5;
     for (int r = 0; r < rounds; ++r) {
       off.push_back(run_engine(model, nullptr, reqs, max_new, true).decode_tps);
       auto tel = make_tel(false);
@@ -470,13 +470,18 @@ int main(int argc, char** argv) {
         attr = sink.snapshot();
       }
     }
-    off.push_back(run_engine(model, nullptr, reqs, max_new, true).decode_tps);
+    // after CUPTI was on and off again: shows whether tracing leaves a cost behind
+    std::vector<double> off_after;
+    for (int r = 0; r < 2; ++r) off_after.push_back(run_engine(model, nullptr, reqs, max_new, true).decode_tps);
     const double m_off = median(off), m_on = median(on), m_cup = median(cup);
+    out["observability"]["decode_tps_agent_off_after_cupti"] = median(off_after);
+    out["observability"]["rounds"] = rounds;
     std::printf("\nobservability (engine decode tok/s, %d requests x %d tokens, medians)\n", reqs, max_new);
     std::printf("  agent off          %10.1f\n", m_off);
     std::printf("  agent on           %10.1f  (%.2f%% overhead)\n", m_on, 100 * (1 - m_on / m_off));
     std::printf("  agent + CUPTI      %10.1f  (%.2f%% overhead)%s\n", m_cup, 100 * (1 - m_cup / m_off),
                 cupti_active ? "" : "  [CUPTI NOT active in this build]");
+    std::printf("  agent off (after)  %10.1f\n", median(off_after));
     out["observability"]["decode_tps_agent_off"] = m_off;
     out["observability"]["decode_tps_agent_on"] = m_on;
     out["observability"]["decode_tps_agent_cupti"] = m_cup;
