@@ -22,6 +22,28 @@ int64_t span_at(const Lane& lane, int64_t t, int64_t slack_ns) {
   return i;
 }
 
+namespace {
+
+// First index >= from whose end is >= target. Galloping (1, 2, 4, ... ahead,
+// then a binary search in the last step) keeps the probes near `from`: a run
+// jumps about one pixel's worth of spans at a time, so this stays in cache
+// where a binary search over the whole rest of the lane would not.
+uint32_t gallop_end(const std::vector<SpanRec>& s, uint32_t from, int64_t target) {
+  const uint32_t n = static_cast<uint32_t>(s.size());
+  uint32_t lo = from, step = 1, hi = from;
+  while (hi < n && s[hi].end_ns < target) {
+    lo = hi + 1;
+    hi = from + step;
+    step *= 2;
+  }
+  if (hi > n) hi = n;
+  auto it = std::lower_bound(s.begin() + lo, s.begin() + hi, target,
+                             [](const SpanRec& r, int64_t v) { return r.end_ns < v; });
+  return static_cast<uint32_t>(it - s.begin());
+}
+
+}  // namespace
+
 void query_lane(const Lane& lane, int64_t t0, int64_t t1, int64_t min_ns, std::vector<DrawItem>& out) {
   const auto& s = lane.spans;
   const uint32_t n = static_cast<uint32_t>(s.size());
@@ -39,9 +61,7 @@ void query_lane(const Lane& lane, int64_t t0, int64_t t1, int64_t min_ns, std::v
     int64_t run_end = s[i].end_ns;
     uint32_t k = i + 1;
     while (k < n && run_end <= t1) {  // past the view the run may stop anywhere
-      auto it = std::lower_bound(s.begin() + k, s.end(), run_end + min_ns,
-                                 [](const SpanRec& r, int64_t v) { return r.end_ns < v; });
-      uint32_t k2 = static_cast<uint32_t>(it - s.begin());
+      uint32_t k2 = gallop_end(s, k, run_end + min_ns);
       if (k2 > k) {
         run_end = s[k2 - 1].end_ns;
         k = k2;

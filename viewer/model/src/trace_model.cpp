@@ -267,11 +267,14 @@ void TraceModel::add(uint32_t source_id, const wire::Record& record) {
 void TraceModel::finalize_track(Track& t) {
   if (t.pending.empty()) return;
   std::vector<SpanRec> all;
-  all.reserve(t.span_count + t.pending.size());
-  for (Lane& l : t.lanes) all.insert(all.end(), l.spans.begin(), l.spans.end());
-  all.insert(all.end(), t.pending.begin(), t.pending.end());
-  t.pending.clear();
-  t.pending.shrink_to_fit();
+  if (t.lanes.empty()) {
+    all = std::move(t.pending);  // first load: no copy
+  } else {
+    all.reserve(t.span_count + t.pending.size());
+    for (Lane& l : t.lanes) all.insert(all.end(), l.spans.begin(), l.spans.end());
+    all.insert(all.end(), t.pending.begin(), t.pending.end());
+  }
+  t.pending = {};
   t.lanes.clear();
   // Parents before children: earlier start first, longer first on a tie.
   std::sort(all.begin(), all.end(), [](const SpanRec& a, const SpanRec& b) {
@@ -336,11 +339,16 @@ void TraceModel::rebuild_flows() {
       for (uint32_t i = 0; i < spans.size(); ++i) {
         if (spans[i].correlation_id == 0) continue;
         uint64_t key = (static_cast<uint64_t>(t.source) << 48) ^ spans[i].correlation_id;
-        auto& map = t.type == TrackType::kGpuStream ? kernels_ : launches_;
-        map[key] = SpanRef{ti, li, i};
+        auto& index = t.type == TrackType::kGpuStream ? kernels_ : launches_;
+        index.push_back({key, SpanRef{ti, li, i}});
       }
     }
   }
+  // Sorted vectors, not hash maps: a third of the memory and faster to build
+  // at millions of kernels.
+  auto by_key = [](const FlowEntry& a, const FlowEntry& b) { return a.key < b.key; };
+  std::sort(launches_.begin(), launches_.end(), by_key);
+  std::sort(kernels_.begin(), kernels_.end(), by_key);
 }
 
 void TraceModel::finalize() {
@@ -370,9 +378,10 @@ SpanRef TraceModel::flow_partner(SpanRef ref) const {
   if (!s || s->correlation_id == 0) return {};
   const Track& t = tracks_[ref.track];
   uint64_t key = (static_cast<uint64_t>(t.source) << 48) ^ s->correlation_id;
-  const auto& map = t.type == TrackType::kGpuStream ? launches_ : kernels_;
-  auto it = map.find(key);
-  return it == map.end() ? SpanRef{} : it->second;
+  const auto& index = t.type == TrackType::kGpuStream ? launches_ : kernels_;
+  auto it = std::lower_bound(index.begin(), index.end(), key,
+                             [](const FlowEntry& e, uint64_t k) { return e.key < k; });
+  return it == index.end() || it->key != key ? SpanRef{} : it->ref;
 }
 
 std::vector<SpanRef> TraceModel::find_spans(std::string_view needle, size_t max) const {

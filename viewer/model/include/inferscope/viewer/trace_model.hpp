@@ -203,7 +203,11 @@ class TraceModel {
   std::vector<Track> tracks_;
   std::vector<uint32_t> track_order_;
   std::unordered_map<uint64_t, uint32_t> track_index_;  // key(source, type, a, b) -> track
-  std::unordered_map<uint64_t, SpanRef> launches_, kernels_;  // (source, correlation) -> span
+  struct FlowEntry {
+    uint64_t key;  // source << 48 ^ correlation id
+    SpanRef ref;
+  };
+  std::vector<FlowEntry> launches_, kernels_;  // sorted by key
   std::vector<ExpertLoadRec> expert_loads_;
   std::vector<uint32_t> expert_counts_;
   std::vector<MemoryRec> memory_;
