@@ -77,7 +77,8 @@ int main(int argc, char** argv) {
     ie::WorkloadGenerator gen(spec, config, seed);
     if (!image_path.empty()) gen.set_image(ie::load_ppm(image_path, config.vision.image_size));
 
-    ie::Engine engine(model, telemetry.get());
+    auto engine_ptr = std::make_unique<ie::Engine>(model, telemetry.get());
+    ie::Engine& engine = *engine_ptr;
     std::signal(SIGINT, on_signal);
     std::signal(SIGTERM, on_signal);
     std::printf("inferscope-engine: model %s (%d layers %s/%s), backend %s, %d threads, workload %s, telemetry %s\n",
@@ -143,6 +144,10 @@ int main(int argc, char** argv) {
                   static_cast<unsigned long long>(t["records_sent"].get<uint64_t>()),
                   static_cast<unsigned long long>(t["records_dropped"].get<uint64_t>()));
     }
+    // The engine's last memory / prefix report goes out when it is destroyed;
+    // wait for it to reach the collector.
+    engine_ptr.reset();
+    if (telemetry) telemetry->agent().flush(std::chrono::milliseconds(2000));
     if (!summary_json.empty()) {
       std::ofstream out(summary_json);
       out << summary.dump(2) << "\n";

@@ -114,6 +114,7 @@ TEST(EngineTelemetry, EverySignalArrivesAndMatchesTheEngine) {
   std::map<uint32_t, std::string> names;
   uint64_t routed_total = 0, dropped_total = 0, load_records = 0, requests = 0, prefix_q = 0, prefix_hit = 0;
   std::set<int> memory_kinds, stages;
+  std::map<int, uint64_t> last_used;  // memory kind -> last reported bytes
   bool hello = false;
   for (const auto& r : records) {
     if (auto* h = std::get_if<wire::Hello>(&r)) {
@@ -131,6 +132,7 @@ TEST(EngineTelemetry, EverySignalArrivesAndMatchesTheEngine) {
       dropped_total += l->dropped;
     } else if (auto* m = std::get_if<wire::MemorySample>(&r)) {
       memory_kinds.insert(static_cast<int>(m->kind));
+      last_used[static_cast<int>(m->kind)] = m->used_bytes;
       EXPECT_LE(m->used_bytes, m->capacity_bytes);
     } else if (auto* st = std::get_if<wire::StageTiming>(&r)) {
       stages.insert(static_cast<int>(st->stage));
@@ -154,6 +156,10 @@ TEST(EngineTelemetry, EverySignalArrivesAndMatchesTheEngine) {
   EXPECT_EQ(dropped_total, engine_dropped);
   EXPECT_EQ(requests, 10u);
   EXPECT_EQ(memory_kinds.size(), 5u);
+  // Everything finished: the final report shows no KV blocks or SSM slots held.
+  EXPECT_EQ(last_used[static_cast<int>(wire::MemoryKind::kKvCache)], 0u);
+  EXPECT_EQ(last_used[static_cast<int>(wire::MemoryKind::kSsmState)], 0u);
+  EXPECT_GT(last_used[static_cast<int>(wire::MemoryKind::kSsmCheckpoints)], 0u);
   EXPECT_EQ(stages.size(), 4u);  // encoder, connector, prefill, decode
   EXPECT_EQ(prefix_q, stats.attention_queried);
   EXPECT_EQ(prefix_hit, stats.attention_hit);
