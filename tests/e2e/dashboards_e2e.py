@@ -160,8 +160,10 @@ def var_values(prom, dash, cd, chosen):
     return values
 
 
-def check_panels(prom, cd, dashboards, chosen, single):
-    """Runs every panel query twice: variables on All, and on single values."""
+def check_panels(prom, cd, dashboards, chosen, single, at):
+    """Runs every panel query twice: variables on All, and on single values; as
+    a dashboard whose time range ends at `at` (while the engines were serving:
+    episodes close when their agents disconnect)."""
     failures, n = [], 0
     for name, dash in dashboards.items():
         all_vals = var_values(prom, dash, cd, chosen)
@@ -176,9 +178,9 @@ def check_panels(prom, cd, dashboards, chosen, single):
                 n += 1
                 try:
                     if target.get("instant"):
-                        res = prom.query(expr)
+                        res = prom.query(expr, at=at)
                     else:
-                        res = prom.query_range(expr, seconds=120, step="2s")
+                        res = prom.query_range(expr, seconds=120, step="2s", end=at)
                 except Failure as e:
                     failures.append(f"{name} '{panel['title']}' {target['refId']}: {e}")
                     continue
@@ -297,11 +299,16 @@ def run(args, h, tmp):
     # Watch the alerts while the engines run: an episode closes once load stops.
     seen = {"InferscopeHotExpert": {}, "InferscopeTokenDrops": {}, "InferscopeAgentDroppingData": {}}
 
+    hot_at = []  # when hot-expert alerts were last seen firing
+
     def watch():
+        now = time.time()
         for a in prom.alerts():
             name, lb = a["labels"].get("alertname"), a["labels"]
             if name in seen and a["state"] == "firing":
                 seen[name].setdefault((lb.get("rank"), lb.get("layer"), lb.get("expert")), a)
+                if name == "InferscopeHotExpert":
+                    hot_at[:] = [now]
     while any(p.alive() for _, p, _ in engines):
         if time.time() - t0 > OVERALL_DEADLINE - 50:
             raise Failure("engines still running close to the test's deadline")
@@ -354,7 +361,8 @@ def run(args, h, tmp):
     hot_rank, hot_layer, _ = sorted(seen["InferscopeHotExpert"])[0]
     check_panels(prom, cd, cd.load_dashboards(src / "dashboards" / "grafana"),
                  chosen={"focus_layer": hot_layer},
-                 single={"rank": hot_rank, "layer": hot_layer, "job": "inferscope-collector"})
+                 single={"rank": hot_rank, "layer": hot_layer, "job": "inferscope-collector"},
+                 at=hot_at[0])
     check_recording_rules(prom)
     reasons = prom.query("inferscope_collector_rejected_frames_total > 0")
     if not reasons:

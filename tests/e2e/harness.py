@@ -217,11 +217,13 @@ class Prometheus:
             raise Failure(f"GET {path} {params}: {body}")
         return body["data"]
 
-    def query(self, expr):
-        return self.get("/api/v1/query", query=expr)["result"]
+    def query(self, expr, at=None):
+        if at is None:
+            return self.get("/api/v1/query", query=expr)["result"]
+        return self.get("/api/v1/query", query=expr, time=f"{at:.3f}")["result"]
 
-    def query_range(self, expr, seconds, step):
-        end = time.time()
+    def query_range(self, expr, seconds, step, end=None):
+        end = end or time.time()
         return self.get("/api/v1/query_range", query=expr, start=f"{end - seconds:.3f}",
                         end=f"{end:.3f}", step=step)["result"]
 
