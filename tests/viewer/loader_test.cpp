@@ -110,21 +110,36 @@ TEST(ViewerLoader, DirectoryOfSegmentsEachWithHellos) {
 }
 
 TEST(ViewerLoader, ChromeJsonImport) {
+  // The shapes inferscope-export writes: pid = source, GPU tids 1000000 + device * 1000 + stream,
+  // s/f flows, b/e requests and stages, memory counters, alert events on pid 0.
   const char* json = R"({"traceEvents":[
-    {"ph":"M","name":"process_name","pid":0,"args":{"name":"rank 0 engine"}},
-    {"ph":"X","name":"forward","cat":"cpu_range","pid":0,"tid":17,"ts":10.0,"dur":100.5,"args":{"step":3}},
-    {"ph":"X","name":"cudaLaunchKernel","cat":"runtime","pid":0,"tid":17,"ts":20.0,"dur":2.0},
-    {"ph":"X","name":"gemm","cat":"kernel","pid":0,"tid":1000007,"ts":25.0,"dur":40.0,"args":{"request_id":9}},
-    {"ph":"s","id":77,"pid":0,"tid":17,"ts":21.0,"name":"launch","cat":"flow"},
-    {"ph":"f","id":77,"pid":0,"tid":1000007,"ts":25.0,"name":"launch","cat":"flow","bp":"e"},
-    {"ph":"X","name":"forward","pid":1,"tid":5,"ts":0,"dur":1},
+    {"ph":"M","name":"process_name","pid":1,"args":{"name":"rank 0 engine"}},
+    {"ph":"M","name":"process_sort_index","pid":1,"args":{"sort_index":3}},
+    {"ph":"X","name":"forward","cat":"cpu_range","pid":1,"tid":17,"ts":10.0,"dur":100.5,"args":{"step":3}},
+    {"ph":"X","name":"cudaLaunchKernel","cat":"runtime","pid":1,"tid":17,"ts":20.0,"dur":2.0},
+    {"ph":"X","name":"gemm","cat":"kernel","pid":1,"tid":1000007,"ts":25.0,"dur":40.0,"args":{"request_id":9}},
+    {"ph":"s","id":77,"pid":1,"tid":17,"ts":21.0,"name":"launch","cat":"flow"},
+    {"ph":"f","id":77,"pid":1,"tid":1000007,"ts":25.0,"name":"launch","cat":"flow","bp":"e"},
+    {"ph":"X","name":"forward","pid":2,"tid":5,"ts":0,"dur":1},
+    {"ph":"b","cat":"request","name":"request","id":9,"pid":1,"tid":0,"ts":5.0,
+     "args":{"request_id":9,"prompt_tokens":100,"output_tokens":11,"image_tokens":576,"cached_tokens":40,"status":0,"ttft_ms":0.02}},
+    {"ph":"b","cat":"stage","name":"encoder","id":9,"pid":1,"tid":0,"ts":6.0,"args":{"device":"gpu","gpu_ms":0.001}},
+    {"ph":"e","cat":"stage","name":"encoder","id":9,"pid":1,"tid":0,"ts":9.0},
+    {"ph":"e","cat":"request","name":"request","id":9,"pid":1,"tid":0,"ts":125.0},
+    {"ph":"C","name":"memory kv_cache","pid":1,"ts":30.0,"args":{"used_bytes":1000,"capacity_bytes":4000}},
+    {"ph":"M","name":"process_name","pid":0,"args":{"name":"inferscope-collector alerts"}},
+    {"ph":"X","name":"hot_expert layer 3 expert 5","cat":"alert","pid":0,"tid":0,"ts":40.0,"dur":50.0,
+     "args":{"model":"m","rank":3,"layer":3,"expert":5,"peak_share":0.3,"peak_utilization":4.8}},
+    {"ph":"i","s":"p","name":"cold_expert layer 3 expert 9 opened","cat":"alert","pid":0,"tid":2,"ts":60.0,
+     "args":{"model":"m","rank":3,"layer":3,"expert":9,"peak_share":0.01,"peak_utilization":0.2}},
     {"ph":"B","name":"unsupported"}
   ],"displayTimeUnit":"ns"})";
   TraceModel m;
   LoadResult r = load_chrome_json_text(json, m);
   ASSERT_TRUE(r.ok) << r.error;
-  EXPECT_EQ(m.span_count(), 4u);
-  EXPECT_EQ(m.tracks().size(), 3u);
+  // 4 X spans + the synthetic request and stage spans.
+  EXPECT_EQ(m.span_count(), 6u);
+  EXPECT_EQ(m.tracks().size(), 5u);
   auto gemm = m.find_spans("gemm");
   ASSERT_EQ(gemm.size(), 1u);
   const Track& gt = m.tracks()[gemm[0].track];
@@ -141,7 +156,7 @@ TEST(ViewerLoader, ChromeJsonImport) {
   EXPECT_EQ(m.name(m.span(launch)->name), "cudaLaunchKernel");
   auto fwd = m.find_spans("forward");
   ASSERT_EQ(fwd.size(), 2u);
-  const SpanRec* f = m.span(fwd[1]);  // in time order: pid 1's starts at 0
+  const SpanRec* f = m.span(fwd[1]);  // in time order: pid 2's starts at 0
   EXPECT_EQ(f->end_ns - f->start_ns, 100500);
   ASSERT_EQ(f->num_args, 1u);
   EXPECT_EQ(m.name(m.args()[f->args].key_id), "step");
@@ -149,6 +164,27 @@ TEST(ViewerLoader, ChromeJsonImport) {
   const Source* src = m.source(1);
   ASSERT_NE(src, nullptr);
   EXPECT_NE(src->label.find("rank 0 engine"), std::string::npos);
+  EXPECT_EQ(m.rank_of(1), 3u);
+  // Requests and stages feed the stage view.
+  ASSERT_EQ(m.requests().size(), 1u);
+  const wire::RequestEvent& q = m.requests()[0].request;
+  EXPECT_EQ(q.arrival_ns, 5000);
+  EXPECT_EQ(q.finish_ns, 125000);
+  EXPECT_EQ(q.first_token_ns, 25000);
+  EXPECT_EQ(q.image_tokens, 576u);
+  ASSERT_EQ(m.stages().size(), 1u);
+  EXPECT_EQ(m.stages()[0].stage.stage, wire::Stage::kEncoder);
+  EXPECT_EQ(m.stages()[0].stage.end_ns - m.stages()[0].stage.start_ns, 3000);
+  EXPECT_EQ(m.stages()[0].stage.device, wire::Device::kGpu);
+  ASSERT_EQ(m.memory().size(), 1u);
+  EXPECT_EQ(m.memory()[0].sample.capacity_bytes, 4000u);
+  EXPECT_EQ(m.memory()[0].sample.rank, 3u);
+  ASSERT_EQ(m.alerts().size(), 2u);
+  EXPECT_EQ(m.alerts()[0].alert.kind, wire::AlertKind::kHotExpert);
+  EXPECT_EQ(m.alerts()[0].alert.expert, 5u);
+  EXPECT_EQ(m.alerts()[0].alert.end_ns, 90000);
+  EXPECT_EQ(m.alerts()[1].alert.kind, wire::AlertKind::kColdExpert);
+  EXPECT_EQ(m.alerts()[1].alert.end_ns, 0);
   EXPECT_FALSE(r.warnings.empty());  // the "B" event was skipped and said so
 }
 

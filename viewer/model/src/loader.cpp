@@ -8,6 +8,7 @@
 #include <fstream>
 #include <map>
 #include <sstream>
+#include <tuple>
 
 #include <nlohmann/json.hpp>
 
@@ -183,8 +184,8 @@ LoadResult load_chrome_json_text(const std::string& text, TraceModel& model) {
     auto it = e.find(key);
     return it != e.end() && it->is_string() ? it->get<std::string>() : std::string();
   };
-  // pid p becomes source p + 1 (source 0 is the collector's own).
-  auto source_of = [](double pid) { return static_cast<uint32_t>(std::max(0.0, pid)) + 1; };
+  // pid p is source p, as inferscope-export writes it (pid 0: the collector's alerts).
+  auto source_of = [](double pid) { return static_cast<uint32_t>(std::clamp(pid, 0.0, 4e9)); };
 
   struct Pending {
     uint32_t source;
@@ -200,7 +201,44 @@ LoadResult load_chrome_json_text(const std::string& text, TraceModel& model) {
   };
   std::vector<Flow> flows;
   std::map<uint32_t, std::string> process_names;
+  std::map<uint32_t, uint32_t> ranks;  // from process_sort_index
+  std::vector<std::pair<uint32_t, wire::Record>> others;  // requests, stages, memory, alerts
+  struct Begin {
+    int64_t ts;
+    const json* event;
+  };
+  std::map<std::tuple<uint32_t, std::string, std::string, uint64_t>, Begin> open_async;
   uint64_t skipped = 0;
+  auto arg_num = [](const json& e, const char* key, double fallback) {
+    auto a = e.find("args");
+    if (a == e.end() || !a->is_object()) return fallback;
+    auto it = a->find(key);
+    return it != a->end() && it->is_number() ? it->get<double>() : fallback;
+  };
+  auto event_id = [](const json& e) -> uint64_t {
+    auto idit = e.find("id");
+    if (idit != e.end() && idit->is_number_unsigned()) return idit->get<uint64_t>();
+    if (idit != e.end() && idit->is_number_integer()) return static_cast<uint64_t>(idit->get<int64_t>());
+    if (idit != e.end() && idit->is_string()) return std::strtoull(idit->get<std::string>().c_str(), nullptr, 0);
+    return 0;
+  };
+  // inferscope-export writes the collector's episodes as X (closed) or i (open)
+  // events with category "alert" and the episode's fields as args.
+  auto alert_of = [&](const json& e, int64_t start, int64_t end) {
+    wire::AlertEpisode a;
+    std::string n = str(e, "name");
+    for (uint8_t k = 0; k <= static_cast<uint8_t>(wire::AlertKind::kDropBurst); ++k)
+      if (n.rfind(wire::to_string(static_cast<wire::AlertKind>(k)), 0) == 0) a.kind = static_cast<wire::AlertKind>(k);
+    a.rank = static_cast<uint32_t>(arg_num(e, "rank", 0));
+    a.layer = static_cast<uint32_t>(arg_num(e, "layer", 0));
+    a.expert = static_cast<uint32_t>(arg_num(e, "expert", 0));
+    a.peak_share = static_cast<float>(arg_num(e, "peak_share", 0));
+    a.peak_utilization = static_cast<float>(arg_num(e, "peak_utilization", 0));
+    if (auto ar = e.find("args"); ar != e.end() && ar->is_object()) a.model = str(*ar, "model");
+    a.start_ns = start;
+    a.end_ns = end;
+    others.emplace_back(wire::kCollectorSource, a);
+  };
 
   for (const json& e : *events) {
     if (!e.is_object()) {
@@ -214,7 +252,87 @@ LoadResult load_chrome_json_text(const std::string& text, TraceModel& model) {
     uint32_t t = static_cast<uint32_t>(std::max(0.0, tid));
     uint32_t track_id = gpu ? (t - 1000000) / 1000 : t;
     uint32_t stream = gpu ? (t - 1000000) % 1000 : 0;
-    if (ph == "X") {
+    if ((ph == "X" || ph == "i" || ph == "I") && str(e, "cat") == "alert") {
+      double ts = num(e, "ts", NAN), dur = num(e, "dur", 0);
+      if (std::isnan(ts)) {
+        ++skipped;
+        continue;
+      }
+      int64_t a = std::llround(ts * 1000.0);
+      alert_of(e, a, ph == "X" ? a + std::llround(std::max(0.0, dur) * 1000.0) : 0);
+    } else if (ph == "b" || ph == "e") {
+      // Async request / stage events, paired by (pid, cat, name, id).
+      double ts = num(e, "ts", NAN);
+      if (std::isnan(ts)) {
+        ++skipped;
+        continue;
+      }
+      auto key = std::make_tuple(source, str(e, "cat"), str(e, "name"), event_id(e));
+      int64_t t_ns = std::llround(ts * 1000.0);
+      if (ph == "b") {
+        open_async[key] = {t_ns, &e};
+        continue;
+      }
+      auto it = open_async.find(key);
+      if (it == open_async.end()) {
+        ++skipped;
+        continue;
+      }
+      const json& b = *it->second.event;
+      int64_t start = it->second.ts;
+      open_async.erase(it);
+      const std::string& cat = std::get<1>(key);
+      if (cat == "request") {
+        wire::RequestEvent q;
+        q.request_id = std::get<3>(key);
+        q.arrival_ns = start;
+        q.finish_ns = std::max(start, t_ns);
+        double ttft = arg_num(b, "ttft_ms", NAN);
+        if (!std::isnan(ttft)) q.first_token_ns = start + std::llround(ttft * 1e6);
+        q.prompt_tokens = static_cast<uint32_t>(arg_num(b, "prompt_tokens", 0));
+        q.output_tokens = static_cast<uint32_t>(arg_num(b, "output_tokens", 0));
+        q.image_tokens = static_cast<uint32_t>(arg_num(b, "image_tokens", 0));
+        q.cached_tokens = static_cast<uint32_t>(arg_num(b, "cached_tokens", 0));
+        q.status = static_cast<wire::RequestStatus>(std::clamp(arg_num(b, "status", 0), 0.0, 3.0));
+        others.emplace_back(source, q);
+      } else if (cat == "stage") {
+        wire::StageTiming st;
+        st.request_id = std::get<3>(key);
+        for (uint8_t k = 0; k < wire::kStageCount; ++k)
+          if (std::get<2>(key) == wire::to_string(static_cast<wire::Stage>(k))) st.stage = static_cast<wire::Stage>(k);
+        st.start_ns = start;
+        st.end_ns = std::max(start, t_ns);
+        st.gpu_ns = std::llround(arg_num(b, "gpu_ms", 0) * 1e6);
+        if (auto a = b.find("args"); a != b.end() && a->is_object() && str(*a, "device") == "gpu")
+          st.device = wire::Device::kGpu;
+        others.emplace_back(source, st);
+      } else {
+        ++skipped;
+      }
+    } else if (ph == "C") {
+      // "memory <kind>" counters carry used and capacity bytes.
+      std::string n = str(e, "name");
+      double ts = num(e, "ts", NAN);
+      if (n.rfind("memory ", 0) != 0 || std::isnan(ts)) {
+        ++skipped;
+        continue;
+      }
+      wire::MemorySample m;
+      m.timestamp_ns = std::llround(ts * 1000.0);
+      bool known = false;
+      for (uint8_t k = 0; k < wire::kMemoryKindCount; ++k)
+        if (n.substr(7) == wire::to_string(static_cast<wire::MemoryKind>(k))) {
+          m.kind = static_cast<wire::MemoryKind>(k);
+          known = true;
+        }
+      if (!known) {
+        ++skipped;
+        continue;
+      }
+      m.used_bytes = static_cast<uint64_t>(std::max(0.0, arg_num(e, "used_bytes", 0)));
+      m.capacity_bytes = static_cast<uint64_t>(std::max(0.0, arg_num(e, "capacity_bytes", 0)));
+      others.emplace_back(source, m);  // rank filled in below
+    } else if (ph == "X") {
       Pending p;
       p.source = source;
       p.span.track_kind = gpu ? wire::TrackKind::kGpuStream : wire::TrackKind::kCpuThread;
@@ -245,14 +363,12 @@ LoadResult load_chrome_json_text(const std::string& text, TraceModel& model) {
       }
       spans.push_back(std::move(p));
     } else if (ph == "M") {
-      if (str(e, "name") == "process_name")
-        if (auto a = e.find("args"); a != e.end() && a->is_object())
-          process_names[source] = str(*a, "name");
+      auto a = e.find("args");
+      if (a == e.end() || !a->is_object()) continue;
+      if (str(e, "name") == "process_name") process_names[source] = str(*a, "name");
+      if (str(e, "name") == "process_sort_index") ranks[source] = static_cast<uint32_t>(std::max(0.0, num(*a, "sort_index", 0)));
     } else if (ph == "s" || ph == "f" || ph == "t") {
-      auto idit = e.find("id");
-      uint64_t id = 0;
-      if (idit != e.end() && idit->is_number()) id = idit->get<uint64_t>();
-      else if (idit != e.end() && idit->is_string()) id = std::strtoull(idit->get<std::string>().c_str(), nullptr, 0);
+      uint64_t id = event_id(e);
       double ts = num(e, "ts", NAN);
       if (id == 0 || std::isnan(ts)) continue;
       flows.push_back({source, track_id, stream, gpu, std::llround(ts * 1000.0), id});
@@ -302,11 +418,18 @@ LoadResult load_chrome_json_text(const std::string& text, TraceModel& model) {
     hello_sent[source] = true;
     wire::Hello h;
     h.service = "chrome-json";
-    h.rank = source - 1;
+    auto rk = ranks.find(source);
+    h.rank = rk != ranks.end() ? rk->second : source;
     auto pn = process_names.find(source);
-    h.instance = pn != process_names.end() ? pn->second : "pid " + std::to_string(source - 1);
+    h.instance = pn != process_names.end() ? pn->second : "pid " + std::to_string(source);
     model.add(source, h);
   };
+  for (auto& [source, rec] : others) {
+    if (source != wire::kCollectorSource) ensure_hello(source);
+    if (auto* m = std::get_if<wire::MemorySample>(&rec)) m->rank = model.rank_of(source);
+    model.add(source, rec);
+    ++r.records;
+  }
   for (auto& p : spans) {
     ensure_hello(p.source);
     p.span.name_id = string_id(p.source, p.args[0].first);
