@@ -132,6 +132,11 @@ void Engine::submit(Request r) {
   s->result.event.prompt_tokens = static_cast<uint32_t>(s->prompt_len);
   s->result.event.image_tokens = static_cast<uint32_t>(s->image_tokens);
   s->req = std::move(r);
+  if (waiting_.size() >= options_.max_waiting) {  // overloaded: reject instead of queueing forever
+    s->result.event.status = wire::RequestStatus::kRejected;
+    finish(std::move(s), now_ns());
+    return;
+  }
   waiting_.push_back(std::move(s));
 }
 

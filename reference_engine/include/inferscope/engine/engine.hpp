@@ -45,6 +45,7 @@ struct RequestResult {
 
 struct EngineOptions {
   bool keep_logits = false;  // store the first token's logits in results (tests)
+  size_t max_waiting = 4096; // queued requests beyond this are rejected (bounded queue)
 };
 
 struct LayerRouting {
