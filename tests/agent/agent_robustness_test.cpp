@@ -72,7 +72,7 @@ uint16_t free_port() {
 TEST(AgentRobustness, ManyThreadsArriveCompleteAndOrderedPerThread) {
   TestCollector collector;
   constexpr int kThreads = 6;
-  constexpr uint64_t kPerThread = 20000;
+  constexpr uint64_t kPerThread = 10000;
   Config cfg = fast_config(collector.address());
   cfg.thread_buffer_bytes = 4u << 20;  // large enough that nothing drops
   {
@@ -201,7 +201,11 @@ TEST(AgentRobustness, StalledCollectorKeepsMemoryBoundedAndShutdownBounded) {
     // The queue never grows past its budget plus the frame being sealed.
     EXPECT_LE(s.pending_high_water_bytes, cfg.max_pending_bytes + (256u << 10));
     EXPECT_LE(s.buffer_high_water_bytes, cfg.thread_buffer_bytes);
-    EXPECT_FALSE(agent.flush(50ms));
+    // Frames still queued cannot be flushed to a peer that never reads. (If the
+    // kernel's socket buffers swallowed everything, nothing is queued.)
+    if (s.pending_bytes > 0) {
+      EXPECT_FALSE(agent.flush(50ms));
+    }
     destroy_start = Clock::now();
   }
   EXPECT_LT(Clock::now() - destroy_start, cfg.shutdown_timeout + 2s);
