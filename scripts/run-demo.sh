@@ -2,7 +2,7 @@
 # The inferscope demo, from an existing build (scripts/demo.sh installs and builds first).
 #
 #   scripts/run-demo.sh [--duration S] [--build DIR] [--model FILE] [--workload NAME]
-#                       [--no-viewer] [--no-alertmanager]
+#                       [--no-viewer] [--no-alertmanager] [--dashboard-image PNG]
 #
 # Starts, all on loopback:
 #   inferscope-collector  ingest 127.0.0.1:7431, /metrics 127.0.0.1:9464, viewer API 127.0.0.1:7433
@@ -12,7 +12,8 @@
 #   inferscope-engine     the demo model on the skewed multimodal workload
 # then prints what to look at, opens the viewer where $DISPLAY exists (otherwise writes viewer
 # screenshots to out/), and stops everything it started on Ctrl-C or at the end of --duration.
-# Without --duration the engine serves until Ctrl-C.
+# Without --duration the engine serves until Ctrl-C. --dashboard-image renders the MoE
+# dashboard from this run's Prometheus data (needs chromium) when --duration is reached.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -23,6 +24,7 @@ model=reference_engine/models/demo.json
 workload=skewed-multimodal
 viewer=1
 alertmanager=1
+dashboard_image=""
 while (($#)); do
   case "$1" in
     --duration) duration=${2:?--duration needs seconds}; shift 2 ;;
@@ -31,7 +33,8 @@ while (($#)); do
     --workload) workload=${2:?}; shift 2 ;;
     --no-viewer) viewer=0; shift ;;
     --no-alertmanager) alertmanager=0; shift ;;
-    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --dashboard-image) dashboard_image=${2:?}; shift 2 ;;
+    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) echo "run-demo: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -98,9 +101,17 @@ prom_query() {  # expr -> JSON result (Prometheus HTTP API)
 }
 
 # [SECTION] Collector ---------------------------------------------------------------
+# The engine runs every expert in one process; tell the collector how an
+# expert-parallel deployment would place them (expert e on EP rank e % 4), so the
+# dashboard's EP rank utilization shows which rank a hot expert would overload.
+python3 - "$model" >"$demo/placement.json" <<'PY'
+import json, sys
+experts = int(json.load(open(sys.argv[1]))["moe"]["experts"])
+print(json.dumps({"ranks": 4, "expert_to_rank": [e % 4 for e in range(experts)]}))
+PY
 "$collector_bin" --listen tcp://127.0.0.1:7431 --metrics 127.0.0.1:9464 --viewer 127.0.0.1:7433 \
   --trace-dir "$demo/trace" --trace-max-bytes $((256 << 20)) \
-  --window 2s --hot-windows 3 --per-expert-metrics \
+  --window 2s --hot-windows 3 --per-expert-metrics --placement "$demo/placement.json" \
   >"$demo/collector.out" 2>"$demo/collector.log" &
 started $! collector
 wait_http http://127.0.0.1:9464/metrics 10 || { cat "$demo/collector.log" >&2; exit 1; }
@@ -151,7 +162,7 @@ wait_http http://127.0.0.1:19090/-/ready 30 || { cat "$demo/prometheus.log" >&2;
 
 # [SECTION] Engine ------------------------------------------------------------------
 engine_args=(--model "$model" --workload "$workload" --collector tcp://127.0.0.1:7431 --seed 1
-             --duration "${duration:-86400}")
+             --duration "${duration:-86400}" --summary-json "$demo/engine-summary.json")
 "$engine_bin" "${engine_args[@]}" >"$demo/engine.out" 2>"$demo/engine.log" &
 engine_pid=$!
 started $engine_pid engine
@@ -185,13 +196,22 @@ echo
 cat >"$demo/fmt.py" <<'PY'
 # Formats Prometheus API answers for the demo's terminal output.
 import json, sys
-data = json.load(sys.stdin)["data"]
+data = json.load(sys.stdin)
+data = data.get("data", data)
 if sys.argv[1] == "hot":
     rows = data["result"]
     for r in sorted(rows, key=lambda r: (r["metric"]["rank"], int(r["metric"]["layer"]), int(r["metric"]["expert"]))):
         m = r["metric"]
         print(f"    hot expert: model {m['model']} rank {m['rank']} layer {m['layer']} "
               f"expert {m['expert']} at {float(r['value'][1]):.2f}x the mean load")
+elif sys.argv[1] == "fired":
+    rows = sorted((r["metric"]["rank"], int(r["metric"]["layer"]), int(r["metric"]["expert"]))
+                  for r in data["result"])
+    print("    " + ", ".join(f"rank {r} layer {l} expert {e}" for r, l, e in rows) if rows else "    (none)")
+elif sys.argv[1] == "engine":
+    hot = data.get("hot_experts", [])
+    print("    " + ", ".join(f"layer {h['layer']} expert {h['expert']} ({100 * h['share']:.0f}%)"
+                          for h in hot) if hot else "    (none)")
 else:
     for a in data["alerts"]:
         print(f"    {a['state']:8} {a['labels']['alertname']}: {a['annotations'].get('summary', '')}")
@@ -204,14 +224,33 @@ show_alerts() {
   curl -fsS http://127.0.0.1:19090/api/v1/alerts | python3 "$demo/fmt.py" alerts || true
 }
 
+render_dashboard() {
+  # The layer whose hot expert is furthest above the mean goes into the heatmap.
+  local layer
+  layer=$(prom_query 'topk(1, inferscope_moe_expert_utilization_current_ratio * on (model, rank, layer, expert) group_left (kind) (inferscope_moe_expert_episode{kind="hot"} == 1))' |
+    python3 -c 'import json,sys; r=json.load(sys.stdin)["data"]["result"]; print(r[0]["metric"]["layer"] if r else "1")')
+  python3 dashboards/tools/render_dashboard_image.py --prometheus http://127.0.0.1:19090 \
+    --dashboard dashboards/grafana/inferscope-moe.json --var "model=$(basename "$model" .json)" \
+    --var "focus_layer=$layer" --minutes "$(awk -v s="${duration:-120}" 'BEGIN { print (s < 300 ? s : 300) / 60 }')" \
+    --rate-interval 10s --html "$demo/dashboard-moe.html" --out "$dashboard_image" &&
+    echo "[$(date +%H:%M:%S)] dashboard image written: $dashboard_image"
+}
+
 last=""
+started_at=$SECONDS
 while kill -0 "$engine_pid" 2>/dev/null; do
   sleep 5
   now=$(show_hot 2>/dev/null)
-  if [[ -n $now && $now != "$last" ]]; then
+  # Print when the set of hot experts changes, not on every new utilization figure.
+  keys=$(sed -E 's/ at [0-9.]+x.*//' <<<"$now")
+  if [[ -n $now && $keys != "$last" ]]; then
     echo "[$(date +%H:%M:%S)] experts in a hot episode (collector):"
     echo "$now"
-    last=$now
+    last=$keys
+  fi
+  if [[ -n $dashboard_image ]] && ((SECONDS - started_at >= ${duration:-120})); then
+    render_dashboard || echo "run-demo: rendering the dashboard image failed"
+    dashboard_image=""
   fi
 done
 wait "$engine_pid" && rc=0 || rc=$?
@@ -222,9 +261,14 @@ echo
 echo "== engine summary ($demo/engine.out)"
 tail -40 "$demo/engine.out"
 echo
-echo "== experts in a hot episode now"
-show_hot
-echo "== Prometheus alerts (http://127.0.0.1:19090/alerts)"
+if [[ -f $demo/engine-summary.json ]]; then
+  echo "== hot experts by the engine's own count over the run (share of the layer's assignments)"
+  python3 "$demo/fmt.py" engine <"$demo/engine-summary.json" || true
+fi
+echo "== InferscopeHotExpert fired during the run for"
+prom_query 'max by (model, rank, layer, expert) (max_over_time(ALERTS{alertname="InferscopeHotExpert",alertstate="firing"}[1h]))' |
+  python3 "$demo/fmt.py" fired || true
+echo "== Prometheus alerts now (http://127.0.0.1:19090/alerts)"
 show_alerts
 
 if [[ -x $export_bin ]]; then

@@ -302,7 +302,7 @@ body {{ background:{BG}; color:{TEXT}; font-family: Inter, 'DejaVu Sans', Helvet
 .title {{ font-size:13px; font-weight:500; padding:6px 8px; height:16px; white-space:nowrap; }}
 .foot {{ color:{DIM}; font-size:11px; padding:6px; }}
 </style></head><body>
-<div class="top"><h1>{html.escape(dash['title'])}</h1>{var_bar}<span class="var">last {minutes}m</span></div>
+<div class="top"><h1>{html.escape(dash['title'])}</h1>{var_bar}<span class="var">last {minutes * 60:.0f}s</span></div>
 <div class="grid">{''.join(parts)}</div>
 <div class="foot">Rendered from live Prometheus data with dashboards/tools/render_dashboard_image.py
  (panel queries from {html.escape(dash['uid'])}.json) at {time.strftime('%Y-%m-%d %H:%M:%S')}</div>
