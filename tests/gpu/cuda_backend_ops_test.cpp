@@ -284,8 +284,10 @@ struct RouteCase {
   ie::OverflowPolicy overflow;
 };
 
+// T = 700 runs the two-kernel router, T = 60 the single-block decode router.
 TEST_F(CudaVsCpu, RouterMatchesIncludingCapacity) {
-  const int T = 700, E = 32, K = 2;
+  for (int T : {700, 60}) {
+  const int E = 32, K = 2;
   for (RouteCase rc : {RouteCase{ie::GateFn::kSoftmax, false, 0, ie::OverflowPolicy::kDrop},
                        RouteCase{ie::GateFn::kSoftmax, true, 50, ie::OverflowPolicy::kDrop},
                        RouteCase{ie::GateFn::kSigmoid, true, 50, ie::OverflowPolicy::kReroute},
@@ -296,7 +298,7 @@ TEST_F(CudaVsCpu, RouterMatchesIncludingCapacity) {
     ie::RouteParams p;
     p.top_k = K;
     p.gate = rc.gate;
-    p.capacity = rc.capacity;
+    p.capacity = (T == 700 || rc.capacity == 0) ? rc.capacity : rc.capacity * 60 / 700 + 1;
     p.overflow = rc.overflow;
     p.scaling = 1.5f;
     std::vector<int32_t> ae[2];
@@ -321,10 +323,13 @@ TEST_F(CudaVsCpu, RouterMatchesIncludingCapacity) {
       EXPECT_GT(counts[0].dropped + counts[0].rerouted, 0u) << "capacity binds";
     }
   }
+  }
 }
 
+// D = 64: the index kernel also gathers the rows; D = 512: a separate gather.
 TEST_F(CudaVsCpu, PermuteAndUnpermuteExact) {
-  const int T = 257, E = 8, K = 2, D = 64;
+  for (int D : {64, 512}) {
+  const int T = 257, E = 8, K = 2;
   std::vector<int32_t> ae(T * K);
   std::uniform_int_distribution<int> pick(-1, E - 1);  // -1: dropped
   for (auto& e : ae) e = pick(rng);
@@ -356,6 +361,7 @@ TEST_F(CudaVsCpu, PermuteAndUnpermuteExact) {
   EXPECT_EQ(xp[1], xp[0]);
   EXPECT_LT(rel_l2(y[1], y[0]), kF32Tol);
   EXPECT_EQ(y2[1], y[1]);
+  }
 }
 
 TEST_F(CudaVsCpu, PatchifyAndMeanPool) {

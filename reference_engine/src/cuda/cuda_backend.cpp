@@ -508,13 +508,17 @@ class CudaBackend final : public Backend {
     const int32_t* off = ring_->stage1(offsets);
     const int64_t total = assign_expert.rows * assign_expert.cols;
     int32_t* slot_of = scratch_[3]->get<int32_t>(static_cast<size_t>(total));
-    k::permute_index(iview(assign_expert), off, static_cast<int>(E), iview(perm), slot_of, stream_);
+    const int64_t rows = offsets.back();
+    const bool fused = rows * x.cols <= kFusedGatherElems;  // one block gathers small batches
+    k::permute_index(iview(assign_expert), off, static_cast<int>(E), iview(perm), slot_of, view(x),
+                     fused ? view(xp) : k::View{}, rows, stream_);
     // unpermute of this perm can reuse slot_of instead of rebuilding it
     last_perm_ = perm.data;
     last_perm_rows_ = offsets.back();
     last_slot_total_ = total;
-    k::permute_rows(view(x), iview(perm), static_cast<int>(assign_expert.cols), offsets.back(),
-                    view(xp), stream_);
+    if (!fused)
+      k::permute_rows(view(x), iview(perm), static_cast<int>(assign_expert.cols), rows, view(xp),
+                      stream_);
   }
   void moe_unpermute(const Tensor& yp, const Tensor& perm, const Tensor& assign_weight,
                      int32_t top_k, int64_t assignments, const Tensor& y) override {
@@ -548,6 +552,8 @@ class CudaBackend final : public Backend {
   static constexpr int kSsmChunk = 64;
   // Up to this many rows (per expert for grouped) a linear runs in small_linear.
   static constexpr int kSmallRows = 64;
+  // Up to this many gathered floats moe_permute gathers inside its index kernel.
+  static constexpr int64_t kFusedGatherElems = 1 << 16;
 
   struct Shadow {
     __nv_bfloat16* bf16 = nullptr;

@@ -76,8 +76,10 @@ void router(View logits, const float* bias, const RouterParams& p, const RouterB
 // Row of each kept assignment in the permuted buffer (per expert, increasing
 // assignment index a = t*k + j): perm[row] = a. offsets: device [E + 1].
 // slot_of (optional, [T * k]) receives each assignment's row, -1 if not kept.
+// With xp.p set, the same (single-block) launch also gathers xp[i] = x[perm[i]/k]
+// for i < rows: worth it for decode-sized batches, where it saves a launch.
 void permute_index(IView assign_expert, const int32_t* offsets, int experts, IView perm,
-                   int32_t* slot_of, cudaStream_t s);
+                   int32_t* slot_of, View x, View xp, int64_t rows, cudaStream_t s);
 // xp[i] = x[perm[i] / top_k] for i < rows.
 void permute_rows(View x, IView perm, int top_k, int64_t rows, View xp, cudaStream_t s);
 // y[t] += sum_j w[t, j] * yp[slot_of[t*k+j]], j in order (deterministic).

@@ -29,14 +29,12 @@ __device__ __forceinline__ bool better(float a, int ia, float b, int ib) {
 
 // Ranks the top R experts of each token by score + bias (ties to the lower
 // index, as the CPU's stable sort does) and stores their normalised weights.
-__global__ void rank_k(View logits, const float* bias, RouterParams p, int R, int32_t* rank_expert,
-                       float* rank_weight) {
-  float* smem = reinterpret_cast<float*>(dyn_smem);
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int t = blockIdx.x * kRankWarps + warp;
-  if (t >= p.tokens) return;
+// One warp ranks token t; ks is the warp's [2E] floats of shared memory.
+__device__ void rank_token(int t, float* ks, const View& logits, const float* bias,
+                           const RouterParams& p, int R, int32_t* rank_expert, float* rank_weight) {
+  const int lane = threadIdx.x & 31;
   const int E = p.experts;
-  float* key = smem + warp * 2 * E;
+  float* key = ks;
   float* score = key + E;
   const float* row = logits.p + (int64_t)t * logits.stride;
   if (p.sigmoid) {
@@ -86,6 +84,15 @@ __global__ void rank_k(View logits, const float* bias, RouterParams p, int R, in
   for (int j = lane; j < R; j += 32) rw[j] *= norm;
 }
 
+__global__ void rank_k(View logits, const float* bias, RouterParams p, int R, int32_t* rank_expert,
+                       float* rank_weight) {
+  float* smem = reinterpret_cast<float*>(dyn_smem);
+  const int warp = threadIdx.x >> 5;
+  const int t = blockIdx.x * kRankWarps + warp;
+  if (t >= p.tokens) return;
+  rank_token(t, smem + warp * 2 * p.experts, logits, bias, p, R, rank_expert, rank_weight);
+}
+
 // Walks assignments 0..total-1 in order with a 1024-thread block; for each one
 // with expert e >= 0 calls visit(a, e, pos) where pos = number of earlier
 // assignments with the same expert. `cnt` [E] ends holding the totals.
@@ -122,8 +129,7 @@ __device__ void ordered_rank(int total, int E, int* smem, GetExpert get, Visit v
   }
 }
 
-__global__ void assign_drop_k(RouterParams p, RouterBuffers b) {
-  int* smem = reinterpret_cast<int*>(dyn_smem);
+__device__ void assign_drop(const RouterParams& p, const RouterBuffers& b, int* smem) {
   __shared__ int dropped;
   const int E = p.experts, k = p.top_k;
   if (threadIdx.x == 0) dropped = 0;
@@ -144,6 +150,21 @@ __global__ void assign_drop_k(RouterParams p, RouterBuffers b) {
     b.counts[2 * E] = dropped;
     b.counts[2 * E + 1] = 0;
   }
+}
+
+__global__ void assign_drop_k(RouterParams p, RouterBuffers b) {
+  assign_drop(p, b, reinterpret_cast<int*>(dyn_smem));
+}
+
+// Decode-sized batches: ranking and capacity in one block, one launch.
+__global__ void route_small_k(View logits, const float* bias, RouterParams p, RouterBuffers b) {
+  float* ks = reinterpret_cast<float*>(dyn_smem);
+  int* rs = reinterpret_cast<int*>(dyn_smem + sizeof(float) * 32 * 2 * p.experts);
+  const int warp = threadIdx.x >> 5;
+  for (int t = warp; t < p.tokens; t += 32)
+    rank_token(t, ks + warp * 2 * p.experts, logits, bias, p, p.top_k, b.rank_expert, b.rank_weight);
+  __syncthreads();
+  assign_drop(p, b, rs);
 }
 
 __global__ void assign_reroute_k(RouterParams p, int R, RouterBuffers b) {
@@ -194,7 +215,7 @@ __global__ void assign_reroute_k(RouterParams p, int R, RouterBuffers b) {
 }
 
 __global__ void permute_index_k(IView ae, const int32_t* offsets, int E, IView perm,
-                                int32_t* slot_of) {
+                                int32_t* slot_of, View x, View xp, int64_t rows) {
   int* smem = reinterpret_cast<int*>(dyn_smem);
   const int k = static_cast<int>(ae.cols);
   if (slot_of) {
@@ -214,6 +235,13 @@ __global__ void permute_index_k(IView ae, const int32_t* offsets, int E, IView p
           if (slot_of) slot_of[a] = row;
         }
       });
+  if (xp.p == nullptr) return;
+  __syncthreads();  // perm, written by this block, is read back below
+  for (int64_t i = threadIdx.x; i < rows * xp.cols; i += blockDim.x) {
+    const int64_t r = i / xp.cols, c = i % xp.cols;
+    const int t = perm.p[r * perm.stride] / k;
+    xp.p[r * xp.stride + c] = x.p[(int64_t)t * x.stride + c];
+  }
 }
 
 __global__ void permute_rows_k(View x, IView perm, int k, int64_t rows, View xp) {
@@ -266,6 +294,13 @@ void router(View logits, const float* bias, const RouterParams& p, const RouterB
   }
   const bool reroute = p.reroute && p.capacity > 0;
   const int R = reroute ? p.experts : p.top_k;
+  if (!reroute && p.experts <= 64 && p.tokens <= 256) {
+    const size_t smem = sizeof(float) * 32 * 2 * p.experts + rank_smem(p.experts);
+    allow(route_small_k, smem);
+    route_small_k<<<1, kBlock, smem, s>>>(logits, bias, p, b);
+    ISC_LAUNCH();
+    return;
+  }
   const size_t smem = sizeof(float) * kRankWarps * 2 * p.experts;
   allow(rank_k, smem);
   rank_k<<<(p.tokens + kRankWarps - 1) / kRankWarps, kRankWarps * 32, smem, s>>>(
@@ -281,11 +316,11 @@ void router(View logits, const float* bias, const RouterParams& p, const RouterB
 }
 
 void permute_index(IView assign_expert, const int32_t* offsets, int experts, IView perm,
-                   int32_t* slot_of, cudaStream_t s) {
+                   int32_t* slot_of, View x, View xp, int64_t rows, cudaStream_t s) {
   if (assign_expert.rows * assign_expert.cols <= 0) return;
   allow(permute_index_k, rank_smem(experts));
   permute_index_k<<<1, kBlock, rank_smem(experts), s>>>(assign_expert, offsets, experts, perm,
-                                                        slot_of);
+                                                        slot_of, x, xp, rows);
   ISC_LAUNCH();
 }
 
