@@ -170,6 +170,34 @@ TEST(CollectorNet, MalformedFrameClosesOnlyThatConnection) {
   }));
 }
 
+TEST(CollectorNet, SilentAndTrickleAndTornPeersAreClosedAndCounted) {
+  CollectorOptions o;
+  o.limits.hello_timeout = std::chrono::milliseconds(300);
+  o.limits.frame_timeout = std::chrono::milliseconds(300);
+  Running c(o);
+  FakeAgent silent(c.ingest), trickle(c.ingest), good(c.ingest);
+  good.send({make_hello("m", 0, 1, 4)});
+  trickle.send({make_hello("m", 1, 1, 4)});
+  auto half = frame_of({make_load(0, 5, {1, 2, 3, 4})});
+  half.resize(half.size() / 2);
+  trickle.send(half);  // a frame that never completes
+  EXPECT_TRUE(silent.closed_by_peer());
+  EXPECT_TRUE(trickle.closed_by_peer());
+  EXPECT_TRUE(eventually([&] {
+    return find_series(c.scrape(), "inferscope_collector_rejected_frames_total", {"reason=\"timeout\""}) == 2.0;
+  }));
+  {
+    FakeAgent torn(c.ingest);
+    torn.send({make_hello("m", 2, 1, 4)});
+    torn.send(half);
+  }  // disconnects inside the frame
+  EXPECT_TRUE(eventually([&] {
+    return find_series(c.scrape(), "inferscope_collector_rejected_frames_total", {"reason=\"truncated\""}) == 1.0;
+  }));
+  // The good agent, idle between whole frames, stays.
+  EXPECT_FALSE(good.closed_by_peer(std::chrono::milliseconds(100)));
+}
+
 TEST(CollectorNet, ConnectionCapRefusesTheExtraAgent) {
   CollectorOptions o;
   o.max_connections = 1;

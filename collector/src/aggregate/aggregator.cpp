@@ -442,7 +442,9 @@ bool Aggregator::on_record(const Source& source, const wire::Record& record, std
     case wire::RecordKind::kMemory: {
       const auto& m = std::get<wire::MemorySample>(record);
       on_time(*model, m.timestamp_ns);
-      if (Rank* r = rank_for(*model, m.rank, std::to_string(m.rank))) {
+      // Labelled with the source's rank (not the sample's field), so one
+      // connection cannot mint series for arbitrary ranks.
+      if (Rank* r = rank()) {
         const auto k = static_cast<size_t>(m.kind);
         r->mem_used[k]->Set(static_cast<double>(m.used_bytes));
         r->mem_capacity[k]->Set(static_cast<double>(m.capacity_bytes));

@@ -22,6 +22,8 @@ struct IngestServer::Connection : std::enable_shared_from_this<IngestServer::Con
 
   IngestServer& server;
   Session session;
+  std::chrono::steady_clock::time_point connected_at = std::chrono::steady_clock::now();
+  std::chrono::steady_clock::time_point partial_since{};  // when unconsumed bytes appeared
   std::vector<uint8_t> buffer;
   size_t begin = 0, end = 0;  // unconsumed bytes are buffer[begin, end)
   bool closed = false;
@@ -47,11 +49,20 @@ struct IngestServer::Connection : std::enable_shared_from_this<IngestServer::Con
   void on_read(std::error_code ec, size_t n) {
     if (closed) return;
     if (ec) {
+      if (end > begin) {
+        // The peer went away inside a frame (it died mid-write): count the torn frame.
+        server.metrics_.rejected("truncated").Increment();
+        if (server.log_)
+          server.log_("connection " + session.peer + " closed inside a frame (" +
+                      std::to_string(end - begin) + " bytes of it received)");
+      }
       shutdown();
       return;
     }
+    if (end == begin) partial_since = std::chrono::steady_clock::now();
     end += n;
     server.metrics_.bytes_received.Increment(static_cast<double>(n));
+    bool completed = false;
     while (true) {
       std::span<const uint8_t> avail(buffer.data() + begin, end - begin);
       size_t frame_bytes = 0;
@@ -87,6 +98,7 @@ struct IngestServer::Connection : std::enable_shared_from_this<IngestServer::Con
         return;
       }
       begin += frame_bytes;
+      completed = true;
       if (begin == end) begin = end = 0;
     }
     // Shrink a buffer grown for one large frame once it is consumed.
@@ -95,7 +107,16 @@ struct IngestServer::Connection : std::enable_shared_from_this<IngestServer::Con
       buffer.shrink_to_fit();
       begin = end = 0;
     }
+    if (completed && end > begin) partial_since = std::chrono::steady_clock::now();  // a new frame started
     read();
+  }
+
+  // The reason to close it now, or nullptr.
+  const char* overdue(std::chrono::steady_clock::time_point now) const {
+    const auto& limits = server.options_.limits;
+    if (session.source_id == 0 && now - connected_at > limits.hello_timeout) return "no hello in time";
+    if (end > begin && now - partial_since > limits.frame_timeout) return "frame not completed in time";
+    return nullptr;
   }
 
   void shutdown() {
@@ -109,7 +130,29 @@ struct IngestServer::Connection : std::enable_shared_from_this<IngestServer::Con
 
 IngestServer::IngestServer(asio::io_context& io, const CollectorOptions& options,
                            Pipeline& pipeline, CollectorMetrics& metrics, Log log)
-    : io_(io), options_(options), pipeline_(pipeline), metrics_(metrics), log_(std::move(log)) {}
+    : io_(io),
+      options_(options),
+      pipeline_(pipeline),
+      metrics_(metrics),
+      log_(std::move(log)),
+      sweep_timer_(io) {}
+
+void IngestServer::sweep() {
+  sweep_timer_.expires_after(std::chrono::seconds(1));
+  sweep_timer_.async_wait([this](std::error_code ec) {
+    if (ec) return;
+    const auto now = std::chrono::steady_clock::now();
+    std::vector<std::shared_ptr<Connection>> late;
+    for (const auto& c : live_)
+      if (c->overdue(now)) late.push_back(c);
+    for (auto& c : late) {
+      metrics_.rejected("timeout").Increment();
+      if (log_) log_("closing " + c->session.peer + ": " + c->overdue(now));
+      c->shutdown();
+    }
+    sweep();
+  });
+}
 
 IngestServer::~IngestServer() {
   for (const auto& p : unix_paths_) ::unlink(p.c_str());
@@ -154,6 +197,10 @@ void IngestServer::accept(std::shared_ptr<typename Protocol::acceptor> acceptor)
 }
 
 bool IngestServer::listen(const Endpoint& endpoint, Endpoint& bound, std::string& error) {
+  if (!sweeping_) {
+    sweeping_ = true;
+    sweep();
+  }
   std::error_code ec;
   if (endpoint.kind == Endpoint::Kind::kUnix) {
     // A stale socket file from a crashed run would make bind fail; only remove sockets.
@@ -200,6 +247,7 @@ bool IngestServer::listen(const Endpoint& endpoint, Endpoint& bound, std::string
 }
 
 void IngestServer::stop() {
+  sweep_timer_.cancel();
   std::error_code ignored;
   for (auto& a : tcp_acceptors_) a->close(ignored);
   for (auto& a : unix_acceptors_) a->close(ignored);

@@ -5,7 +5,10 @@
 // needs, never past the frame limit) and hands each frame to the Pipeline. A
 // frame the pipeline rejects closes that connection only. Beyond
 // max_connections a new connection is closed at once and counted
-// (rejected_frames_total{reason="connection_limit"}).
+// (rejected_frames_total{reason="connection_limit"}). A peer that does not send
+// its hello within limits.hello_timeout, or leaves a frame unfinished for
+// limits.frame_timeout, is closed (reason "timeout"); one that disconnects in the
+// middle of a frame is counted too (reason "truncated").
 #pragma once
 
 #include <cstdint>
@@ -40,6 +43,7 @@ class IngestServer {
   struct Connection;  // in ingest_server.cpp
 
  private:
+  void sweep();  // once a second: closes connections past their deadline
   template <typename Protocol>
   void accept(std::shared_ptr<typename Protocol::acceptor> acceptor);
   friend struct Connection;
@@ -53,6 +57,8 @@ class IngestServer {
   std::vector<std::shared_ptr<asio::local::stream_protocol::acceptor>> unix_acceptors_;
   std::vector<std::string> unix_paths_;
   std::set<std::shared_ptr<Connection>> live_;
+  asio::steady_timer sweep_timer_;
+  bool sweeping_ = false;
 };
 
 }  // namespace inferscope::collector

@@ -40,6 +40,10 @@ struct ConnectionLimits {
   uint32_t max_frame_bytes = 4u << 20;
   size_t max_strings = 65536;          // interned strings per connection
   size_t max_string_bytes = 16u << 20; // their total size
+  // Slow-loris guard: a connection must send its hello within hello_timeout, and a
+  // frame whose first byte arrived must be complete within frame_timeout.
+  std::chrono::milliseconds hello_timeout{10'000};
+  std::chrono::milliseconds frame_timeout{10'000};
 };
 
 struct CollectorOptions {
