@@ -78,7 +78,15 @@ cleanup() {
   for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
     kill -TERM "${pids[i]}" 2>/dev/null || true
   done
+  # The engine finishes the requests it holds on TERM; give everyone 5 s, then KILL.
+  for ((i = 0; i < 50; i++)); do
+    local alive=0 pid
+    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    ((alive)) || break
+    sleep 0.1
+  done
   for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+    kill -KILL "${pids[i]}" 2>/dev/null || true
     wait "${pids[i]}" 2>/dev/null || true
   done
   ((${#pids[@]})) && echo "run-demo: stopped ${names[*]}"

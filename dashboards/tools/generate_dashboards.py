@@ -615,6 +615,12 @@ def health_dashboard():
                                 (f"sum by (instance) (rate(inferscope_collector_trace_write_errors_total{{{J}}}[{RI}]))",
                                  "trace write errors {{instance}}")), unit="short"))
 
+    p.append(timeseries(L, "Frames not sent to slow viewers",
+                        "Frames the collector dropped for a viewer whose queue was full (the "
+                        "viewer falls behind; metrics and trace files are unaffected).",
+                        targets((f"sum by (instance, reason) (rate(inferscope_collector_viewer_dropped_frames_total{{{J}}}[{RI}]))",
+                                 "{{instance}} {{reason}}")), unit="short", w=24, h=6))
+
     p.append(row(L, "Agents"))
     p.append(timeseries(L, "Agent records sent and dropped",
                         "Records shipped per second per agent, and records the agent had to drop "
