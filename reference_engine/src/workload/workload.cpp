@@ -20,8 +20,9 @@ WorkloadSpec workload_by_name(const std::string& name) {
   }
   if (name == "balanced") {
     s.image_fraction = 0.0;
-    s.dominant_share = 0.0;  // topics uniform
+    s.dominant_share = 0.0;
     s.system_prompt_fraction = 0.0;
+    s.neutral_text = true;  // no topic bytes: no expert preference
     return s;
   }
   std::string known;
@@ -98,11 +99,14 @@ int32_t WorkloadGenerator::dominant_topic(double t_s) const {
 }
 
 std::vector<int32_t> WorkloadGenerator::text(int32_t topic, int32_t tokens) {
-  // Words of 2..8 letters from the topic's bytes, separated by spaces.
+  // Words of 2..8 letters from the topic's bytes (topic -1: lowercase
+  // letters, which carry no topic), separated by spaces.
   const int32_t topics = std::max(1, model_.init.topics);
   std::vector<int32_t> alphabet;
   for (int32_t b = 33; b <= 126; ++b)
     if (topic_of_byte(b, topics) == topic) alphabet.push_back(b);
+  if (alphabet.empty())
+    for (int32_t b = 'a'; b <= 'z'; ++b) alphabet.push_back(b);
   std::uniform_int_distribution<size_t> pick(0, alphabet.size() - 1);
   std::uniform_int_distribution<int32_t> word(2, 8);
   std::vector<int32_t> out;
@@ -127,12 +131,13 @@ Request WorkloadGenerator::next(double* arrival_s) {
   int32_t topic = u(rng_) < spec_.dominant_share
                       ? dominant_topic(clock_s_)
                       : std::uniform_int_distribution<int32_t>(0, topics - 1)(rng_);
+  if (spec_.neutral_text) topic = -1;
   Request r;
   r.id = next_id_++;
   r.topic = topic;
   r.temperature = spec_.temperature;
   r.seed = rng_();
-  if (u(rng_) < spec_.system_prompt_fraction) {
+  if (topic >= 0 && u(rng_) < spec_.system_prompt_fraction) {
     const auto& sp = system_prompts_[static_cast<size_t>(topic)];
     const auto& chosen = sp[std::uniform_int_distribution<size_t>(0, sp.size() - 1)(rng_)];
     r.text = chosen;

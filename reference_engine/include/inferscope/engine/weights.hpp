@@ -26,10 +26,13 @@
 namespace inferscope::engine {
 
 // Which workload topic a byte belongs to (the model's router and the workload
-// generator agree on it): printable non-space bytes 33..126 belong to topic
-// byte % topics; every other byte (space, newline, binary) to none (-1).
+// generator agree on it): printable bytes 33..126 other than the lowercase
+// letters belong to topic byte % topics; lowercase letters, space and every
+// other byte to none (-1): text made of them routes without a preference
+// (the balanced workload).
 inline int32_t topic_of_byte(int32_t byte, int32_t topics) {
-  return (topics > 0 && byte >= 33 && byte <= 126) ? byte % topics : -1;
+  if (topics <= 0 || byte < 33 || byte > 126 || (byte >= 'a' && byte <= 'z')) return -1;
+  return byte % topics;
 }
 // The routed expert that topic `topic` prefers in MoE layer `layer`.
 int32_t topic_hot_expert(const ModelConfig& config, int32_t layer, int32_t topic);

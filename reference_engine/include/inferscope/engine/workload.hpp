@@ -11,7 +11,9 @@
 //   skewed-multimodal  one dominant topic at a time (rotating every
 //                      topic_period seconds), 30% of requests with an image,
 //                      most prompts start with one of a few system prompts
-//   balanced           every topic equally likely, text only
+//   balanced           text of topic-neutral bytes (lowercase letters) only:
+//                      no expert preference, so load spreads by the router's
+//                      own (random) weights
 //   text               like skewed-multimodal without images
 #pragma once
 
@@ -40,6 +42,7 @@ struct WorkloadSpec {
   double dominant_share = 0.8;      // probability a request is of the dominant topic
   double topic_period = 60.0;       // seconds each topic dominates
   float temperature = 0.0f;
+  bool neutral_text = false;        // text without topic bytes (balanced)
 };
 
 // Known names: skewed-multimodal, balanced, text. Throws for anything else.
