@@ -4,6 +4,7 @@
 #include "inferscope/viewer/loader.hpp"
 #include "inferscope/viewer/sample_trace.hpp"
 #include "inferscope/viewer/trace_model.hpp"
+#include "inferscope/wire/codec.hpp"
 #include "test_util.hpp"
 
 namespace inferscope::viewer {
@@ -134,6 +135,53 @@ TEST(ViewerTraceModel, IncrementalFinalizeKeepsEverything) {
   ASSERT_EQ(m.tracks()[0].lanes.size(), 2u);
   EXPECT_EQ(m.tracks()[0].lanes[0].spans.size(), 250u);
   expect_lanes_valid(m);
+}
+
+TEST(ViewerTraceModel, LiveChunksGiveTheSameLanesAsOneLoad) {
+  // Feed a trace frame by frame with a finalize after each (as the live view
+  // does): only the tail is re-placed each time, and the result must match
+  // loading everything at once, flows included.
+  SampleOptions o;
+  o.target_spans = 20000;
+  o.compress = false;
+  std::vector<std::vector<uint8_t>> frames;
+  generate_sample_trace(o, [&](std::span<const uint8_t> f) { frames.emplace_back(f.begin(), f.end()); });
+  TraceModel live, whole;
+  wire::FrameDecoder dec;
+  for (const auto& f : frames) {
+    ASSERT_TRUE(dec.open(f).ok());
+    wire::Record r;
+    size_t n = 0;
+    while (dec.next(r)) {
+      live.add(dec.header().source_id, r);
+      whole.add(dec.header().source_id, r);
+      if (++n % 700 == 0) live.finalize();
+    }
+    live.finalize();
+  }
+  whole.finalize();
+  ASSERT_EQ(live.tracks().size(), whole.tracks().size());
+  EXPECT_EQ(live.span_count(), whole.span_count());
+  for (size_t t = 0; t < live.tracks().size(); ++t) {
+    const Track& a = live.tracks()[t];
+    const Track& b = whole.tracks()[t];
+    ASSERT_EQ(a.lanes.size(), b.lanes.size()) << a.label;
+    for (size_t l = 0; l < a.lanes.size(); ++l) {
+      ASSERT_EQ(a.lanes[l].spans.size(), b.lanes[l].spans.size()) << a.label << " lane " << l;
+      for (size_t i = 0; i < a.lanes[l].spans.size(); ++i) {
+        ASSERT_EQ(a.lanes[l].spans[i].start_ns, b.lanes[l].spans[i].start_ns);
+        ASSERT_EQ(a.lanes[l].spans[i].end_ns, b.lanes[l].spans[i].end_ns);
+      }
+    }
+  }
+  expect_lanes_valid(live);
+  auto k = live.find_spans("moe_grouped_gemm", 50);
+  ASSERT_FALSE(k.empty());
+  for (SpanRef ref : k) {
+    SpanRef launch = live.flow_partner(ref);
+    ASSERT_TRUE(launch.valid());
+    EXPECT_EQ(live.flow_partner(launch), ref);
+  }
 }
 
 TEST(ViewerTraceModel, SpanCapIsEnforcedAndCounted) {

@@ -147,6 +147,10 @@ void TraceModel::add_span(uint32_t track, SpanRec rec) {
   extend_time(rec.start_ns, rec.end_ns);
   t.pending.push_back(rec);
   ++pending_spans_;
+  if (rec.correlation_id != 0) {
+    uint64_t key = (static_cast<uint64_t>(t.source) << 48) ^ rec.correlation_id;
+    (t.type == TrackType::kGpuStream ? kernels_ : launches_)[key] = FlowTarget{track, rec.start_ns};
+  }
   dirty_ = true;
 }
 
@@ -266,16 +270,20 @@ void TraceModel::add(uint32_t source_id, const wire::Record& record) {
 
 void TraceModel::finalize_track(Track& t) {
   if (t.pending.empty()) return;
-  std::vector<SpanRec> all;
-  if (t.lanes.empty()) {
-    all = std::move(t.pending);  // first load: no copy
-  } else {
-    all.reserve(t.span_count + t.pending.size());
-    for (Lane& l : t.lanes) all.insert(all.end(), l.spans.begin(), l.spans.end());
-    all.insert(all.end(), t.pending.begin(), t.pending.end());
-  }
+  // Only the tail moves: spans already in lanes that end before the earliest
+  // new start cannot overlap anything new, so they stay where they are. Live
+  // data arrives roughly in time order, so a finalize costs O(new log new),
+  // not a re-sort of the whole track.
+  int64_t tmin = std::numeric_limits<int64_t>::max();
+  for (const SpanRec& r : t.pending) tmin = std::min(tmin, r.start_ns);
+  std::vector<SpanRec> all = std::move(t.pending);
   t.pending = {};
-  t.lanes.clear();
+  for (Lane& l : t.lanes) {
+    auto it = std::upper_bound(l.spans.begin(), l.spans.end(), tmin,
+                               [](int64_t v, const SpanRec& r) { return v < r.end_ns; });
+    all.insert(all.end(), it, l.spans.end());
+    l.spans.erase(it, l.spans.end());
+  }
   // Parents before children: earlier start first, longer first on a tie.
   std::sort(all.begin(), all.end(), [](const SpanRec& a, const SpanRec& b) {
     return a.start_ns != b.start_ns ? a.start_ns < b.start_ns : a.end_ns > b.end_ns;
@@ -284,37 +292,31 @@ void TraceModel::finalize_track(Track& t) {
   // ended. For properly nested ranges this is exactly the nesting depth (the
   // open spans occupy lanes 0..d-1); overlapping non-nested spans (requests,
   // stages, imported JSON) pack into as few lanes as possible.
-  std::vector<int64_t> lane_end;
-  std::vector<size_t> lane_sizes;
-  std::vector<uint16_t> depth(all.size());
   constexpr size_t kMaxDepth = 255;
-  for (size_t i = 0; i < all.size(); ++i) {
+  std::vector<int64_t> lane_end(t.lanes.size(), std::numeric_limits<int64_t>::min());
+  for (size_t d = 0; d < t.lanes.size(); ++d)
+    if (!t.lanes[d].spans.empty()) lane_end[d] = t.lanes[d].spans.back().end_ns;
+  for (SpanRec rec : all) {
     size_t d = 0;
-    while (d < lane_end.size() && lane_end[d] > all[i].start_ns) ++d;
-    if (d >= kMaxDepth) d = kMaxDepth - 1;  // clipped below
-    if (d == lane_end.size()) {
-      lane_end.push_back(all[i].end_ns);
-      lane_sizes.push_back(0);
-    } else {
-      lane_end[d] = std::max(lane_end[d], all[i].end_ns);
-    }
-    depth[i] = static_cast<uint16_t>(d);
-    ++lane_sizes[d];
-  }
-  t.lanes.resize(lane_sizes.size());
-  for (size_t d = 0; d < lane_sizes.size(); ++d) t.lanes[d].spans.reserve(lane_sizes[d]);
-  for (size_t i = 0; i < all.size(); ++i) {
-    Lane& lane = t.lanes[depth[i]];
-    SpanRec rec = all[i];
-    rec.depth = depth[i];
-    // At the depth cap a span may overlap its predecessor: clip so lanes stay sorted.
-    if (!lane.spans.empty() && rec.start_ns < lane.spans.back().end_ns) {
-      rec.start_ns = lane.spans.back().end_ns;
+    while (d < lane_end.size() && lane_end[d] > rec.start_ns) ++d;
+    if (d >= kMaxDepth) {
+      // Past the depth cap a span shares the last lane, clipped so it stays sorted.
+      d = kMaxDepth - 1;
+      rec.start_ns = std::max(rec.start_ns, lane_end[d]);
       rec.end_ns = std::max(rec.end_ns, rec.start_ns);
     }
-    lane.spans.push_back(rec);
+    if (d == lane_end.size()) {
+      lane_end.push_back(rec.end_ns);
+      t.lanes.emplace_back();
+    } else {
+      lane_end[d] = rec.end_ns;
+    }
+    rec.depth = static_cast<uint16_t>(d);
+    t.lanes[d].spans.push_back(rec);
   }
-  t.span_count = all.size();
+  while (!t.lanes.empty() && t.lanes.back().spans.empty()) t.lanes.pop_back();
+  t.span_count = 0;
+  for (const Lane& l : t.lanes) t.span_count += l.spans.size();
 }
 
 void TraceModel::rebuild_order() {
@@ -329,36 +331,12 @@ void TraceModel::rebuild_order() {
   });
 }
 
-void TraceModel::rebuild_flows() {
-  launches_.clear();
-  kernels_.clear();
-  for (uint32_t ti = 0; ti < tracks_.size(); ++ti) {
-    const Track& t = tracks_[ti];
-    for (uint32_t li = 0; li < t.lanes.size(); ++li) {
-      const auto& spans = t.lanes[li].spans;
-      for (uint32_t i = 0; i < spans.size(); ++i) {
-        if (spans[i].correlation_id == 0) continue;
-        uint64_t key = (static_cast<uint64_t>(t.source) << 48) ^ spans[i].correlation_id;
-        auto& index = t.type == TrackType::kGpuStream ? kernels_ : launches_;
-        index.push_back({key, SpanRef{ti, li, i}});
-      }
-    }
-  }
-  // Sorted vectors, not hash maps: a third of the memory and faster to build
-  // at millions of kernels.
-  auto by_key = [](const FlowEntry& a, const FlowEntry& b) { return a.key < b.key; };
-  std::sort(launches_.begin(), launches_.end(), by_key);
-  std::sort(kernels_.begin(), kernels_.end(), by_key);
-}
-
 void TraceModel::finalize() {
   if (!dirty_) return;
-  bool spans_changed = pending_spans_ > 0;
   for (Track& t : tracks_) finalize_track(t);
   span_count_ += pending_spans_;
   pending_spans_ = 0;
   rebuild_order();
-  if (spans_changed) rebuild_flows();
   std::sort(alerts_.begin(), alerts_.end(), [](const AlertRec& a, const AlertRec& b) {
     return a.alert.start_ns < b.alert.start_ns;
   });
@@ -379,9 +357,20 @@ SpanRef TraceModel::flow_partner(SpanRef ref) const {
   const Track& t = tracks_[ref.track];
   uint64_t key = (static_cast<uint64_t>(t.source) << 48) ^ s->correlation_id;
   const auto& index = t.type == TrackType::kGpuStream ? launches_ : kernels_;
-  auto it = std::lower_bound(index.begin(), index.end(), key,
-                             [](const FlowEntry& e, uint64_t k) { return e.key < k; });
-  return it == index.end() || it->key != key ? SpanRef{} : it->ref;
+  auto it = index.find(key);
+  if (it == index.end() || it->second.track >= tracks_.size()) return {};
+  // The index holds (track, start): stable while lanes are rebuilt. Find the
+  // span in whichever lane holds it.
+  const Track& pt = tracks_[it->second.track];
+  for (uint32_t li = 0; li < pt.lanes.size(); ++li) {
+    const auto& spans = pt.lanes[li].spans;
+    auto sit = std::lower_bound(spans.begin(), spans.end(), it->second.start_ns,
+                                [](const SpanRec& r, int64_t v) { return r.start_ns < v; });
+    for (; sit != spans.end() && sit->start_ns == it->second.start_ns; ++sit)
+      if (sit->correlation_id == s->correlation_id)
+        return {it->second.track, li, static_cast<uint32_t>(sit - spans.begin())};
+  }
+  return {};
 }
 
 std::vector<SpanRef> TraceModel::find_spans(std::string_view needle, size_t max) const {

@@ -19,7 +19,8 @@
 //
 // [SECTION] Live use
 //   add() may be called at any time; finalize() folds the new spans into the
-//   lanes of the tracks that changed. Memory is bounded by max_spans: past it,
+//   lanes of the tracks that changed, re-placing only the spans that end after
+//   the earliest new start (live data arrives roughly in time order). Memory is bounded by max_spans: past it,
 //   further spans are counted in dropped_spans() and not stored.
 #pragma once
 
@@ -193,7 +194,6 @@ class TraceModel {
   bool take_sample();
   void finalize_track(Track& t);
   void rebuild_order();
-  void rebuild_flows();
 
   ModelLimits limits_;
   std::unordered_map<uint32_t, Source> sources_;
@@ -203,11 +203,12 @@ class TraceModel {
   std::vector<Track> tracks_;
   std::vector<uint32_t> track_order_;
   std::unordered_map<uint64_t, uint32_t> track_index_;  // key(source, type, a, b) -> track
-  struct FlowEntry {
-    uint64_t key;  // source << 48 ^ correlation id
-    SpanRef ref;
+  struct FlowTarget {
+    uint32_t track;
+    int64_t start_ns;  // stable while lanes are rebuilt, unlike a lane index
   };
-  std::vector<FlowEntry> launches_, kernels_;  // sorted by key
+  // (source << 48 ^ correlation id) -> the launch / the kernel, filled by add().
+  std::unordered_map<uint64_t, FlowTarget> launches_, kernels_;
   std::vector<ExpertLoadRec> expert_loads_;
   std::vector<uint32_t> expert_counts_;
   std::vector<MemoryRec> memory_;
