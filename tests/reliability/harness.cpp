@@ -12,6 +12,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -351,10 +352,10 @@ bool send_all(int fd, const void* data, size_t n) {
 bool closed_by_peer(int fd, std::chrono::milliseconds timeout) {
   const auto deadline = Clock::now() + timeout;
   while (true) {
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
-    if (left.count() <= 0) return false;
+    // Polls at least once, even when the timeout is shorter than a millisecond.
+    const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now());
     pollfd p{fd, POLLIN, 0};
-    const int r = ::poll(&p, 1, static_cast<int>(left.count()));
+    const int r = ::poll(&p, 1, static_cast<int>(std::max<int64_t>(0, left.count())));
     if (r < 0 && errno == EINTR) continue;
     if (r <= 0) return false;
     char buf[4096];
