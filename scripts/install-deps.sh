@@ -9,7 +9,7 @@ packages=(
   libzstd-dev zlib1g-dev libasio-dev nlohmann-json3-dev libcli11-dev libopenblas-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   prometheus prometheus-alertmanager
-  xvfb xauth imagemagick x11-utils curl procps python3
+  xvfb xauth imagemagick x11-utils curl procps python3 fonts-dejavu-core
 )
 
 missing=()
