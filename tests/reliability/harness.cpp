@@ -20,6 +20,7 @@
 #include <fstream>
 #include <random>
 #include <sstream>
+#include <tuple>
 #include <variant>
 
 #include "inferscope/collector/trace_store.hpp"
@@ -374,6 +375,108 @@ TempDir::TempDir() {
 TempDir::~TempDir() {
   std::error_code ec;
   if (!path_.empty()) std::filesystem::remove_all(path_, ec);
+}
+
+}  // namespace inferscope::reliability
+
+namespace inferscope::reliability {
+
+// [SECTION] Proxy
+
+Proxy::Proxy(uint16_t upstream_port) : upstream_(upstream_port) {
+  listener_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  if (listener_ < 0 || ::bind(listener_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
+      ::listen(listener_, 16) != 0 || ::getsockname(listener_, reinterpret_cast<sockaddr*>(&a), &len) != 0)
+    return;
+  port_ = ntohs(a.sin_port);
+  if (::pipe2(wake_, O_CLOEXEC | O_NONBLOCK) != 0) return;
+  thread_ = std::thread([this] { run(); });
+}
+
+Proxy::~Proxy() {
+  stop_ = true;
+  if (wake_[1] >= 0) (void)!::write(wake_[1], "x", 1);
+  if (thread_.joinable()) thread_.join();
+  for (int fd : {listener_, wake_[0], wake_[1]})
+    if (fd >= 0) ::close(fd);
+}
+
+void Proxy::cut() {
+  cut_ = true;
+  (void)!::write(wake_[1], "x", 1);
+  while (cut_) std::this_thread::sleep_for(1ms);
+}
+
+void Proxy::run() {
+  std::vector<std::pair<int, int>> pairs;  // client, upstream
+  auto reset = [](int fd) {
+    linger l{1, 0};  // RST, as a dead network path or a killed peer would leave it
+    ::setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
+    ::close(fd);
+  };
+  while (!stop_) {
+    if (cut_) {
+      for (auto [c, u] : pairs) {
+        reset(c);
+        reset(u);
+      }
+      pairs.clear();
+      cut_ = false;
+    }
+    std::vector<pollfd> fds{{listener_, POLLIN, 0}, {wake_[0], POLLIN, 0}};
+    for (auto [c, u] : pairs) {
+      fds.push_back({c, POLLIN, 0});
+      fds.push_back({u, POLLIN, 0});
+    }
+    if (::poll(fds.data(), fds.size(), 100) <= 0) continue;
+    if (fds[1].revents) {
+      char b[64];
+      while (::read(wake_[0], b, sizeof b) > 0) {
+      }
+    }
+    if (fds[0].revents & POLLIN) {
+      const int c = ::accept4(listener_, nullptr, nullptr, SOCK_CLOEXEC);
+      const int u = c >= 0 ? connect_loopback(upstream_) : -1;
+      if (c >= 0 && u >= 0) {
+        pairs.emplace_back(c, u);
+        ++accepted_;
+      } else if (c >= 0) {
+        ::close(c);
+      }
+    }
+    std::vector<std::pair<int, int>> alive;
+    for (size_t i = 0; i < pairs.size(); ++i) {
+      bool ok = true;
+      const pollfd& pc = fds[2 + 2 * i];
+      const pollfd& pu = fds[3 + 2 * i];
+      char buf[65536];
+      for (auto [from, to, ev] : {std::tuple{pairs[i].first, pairs[i].second, pc.revents},
+                                  std::tuple{pairs[i].second, pairs[i].first, pu.revents}}) {
+        if (!ok || !(ev & (POLLIN | POLLHUP | POLLERR))) continue;
+        const ssize_t n = ::recv(from, buf, sizeof buf, MSG_DONTWAIT);
+        if (n > 0) {
+          ok = send_all(to, buf, static_cast<size_t>(n));
+        } else if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
+          ok = false;
+        }
+      }
+      if (ok) {
+        alive.push_back(pairs[i]);
+      } else {
+        ::close(pairs[i].first);
+        ::close(pairs[i].second);
+      }
+    }
+    pairs = std::move(alive);
+  }
+  for (auto [c, u] : pairs) {
+    ::close(c);
+    ::close(u);
+  }
 }
 
 }  // namespace inferscope::reliability

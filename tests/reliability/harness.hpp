@@ -13,6 +13,7 @@
 
 #include <sys/types.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <map>
@@ -150,5 +151,32 @@ bool eventually(Pred pred, std::chrono::milliseconds timeout) {
   }
   return pred();
 }
+
+}  // namespace inferscope::reliability
+
+namespace inferscope::reliability {
+
+// [SECTION] Proxy
+// A loopback TCP proxy in front of a port, for network faults between an agent
+// and the collector: cut() resets every connection passing through it (the
+// collector stays up; the agent sees a broken connection and reconnects).
+class Proxy {
+ public:
+  explicit Proxy(uint16_t upstream_port);
+  ~Proxy();
+  uint16_t port() const { return port_; }
+  void cut();
+  size_t connections_accepted() const { return accepted_; }
+
+ private:
+  void run();
+  uint16_t upstream_, port_ = 0;
+  int listener_ = -1;
+  int wake_[2] = {-1, -1};
+  std::atomic<bool> stop_{false};
+  std::atomic<bool> cut_{false};
+  std::atomic<size_t> accepted_{0};
+  std::thread thread_;
+};
 
 }  // namespace inferscope::reliability

@@ -1,0 +1,76 @@
+// The network path between an agent and a collector that stays up is cut
+// (both TCP connections reset, as a dead link or a restarted proxy would): the
+// agent reconnects to the same collector, and the collector's view of the
+// agent's books stays equal to the agent's own (no double counting of the
+// cumulative health reports across the two connections).
+#include <gtest/gtest.h>
+
+#include <signal.h>
+
+#include <atomic>
+#include <cstdio>
+
+#include "harness.hpp"
+#include "inferscope/agent.hpp"
+
+namespace inferscope::reliability {
+namespace {
+
+// DISABLED: fails today. The collector keeps the last cumulative AgentHealth per
+// *connection* (Aggregator::health_, keyed by source id and erased on
+// disconnect), so the first report on the new connection is added whole again:
+// inferscope_agent_records_sent_total (and _dropped_total, _reconnects_total)
+// jump by the agent's entire history at every reconnect to the same collector.
+// Proposed fix: key the last report by the agent's identity (model, rank,
+// instance, pid from the hello) and keep it across its connections.
+TEST(NetworkCut, DISABLED_AgentReconnectsToTheSameCollectorWithoutDoubleCounting) {
+  CollectorProcess c(0, {});
+  ASSERT_TRUE(c.ok()) << c.error();
+  Proxy proxy(c.ports().ingest);
+  ASSERT_NE(proxy.port(), 0);
+  agent::Config cfg;
+  cfg.collector = "tcp://127.0.0.1:" + std::to_string(proxy.port());
+  cfg.service = "reliability";
+  cfg.model.name = "reliab-cut";
+  cfg.flush_interval = 5ms;
+  cfg.reconnect_max_backoff = 100ms;
+  cfg.nvtx = false;
+  const uint32_t name = agent::intern("reliab.cut.counter");
+  agent::Agent a(cfg);
+  for (int i = 0; i < 20000; ++i) a.counter(name, 1);
+  ASSERT_TRUE(a.flush(10s));
+  ASSERT_TRUE(eventually([&] {
+    return sum_series(scrape(c.ports().metrics), "inferscope_agent_records_sent_total", {"model=\"reliab-cut\""}) ==
+           20000;
+  }, 5s));
+
+  proxy.cut();
+  ASSERT_TRUE(eventually([&] { return a.stats().reconnects == 1 && a.stats().connected; }, 5s));
+  for (int i = 0; i < 1000; ++i) a.counter(name, 1);
+  ASSERT_TRUE(a.flush(10s));
+  const agent::Stats st = a.stats();
+  EXPECT_EQ(st.records_sent, 21000u);
+  EXPECT_EQ(proxy.connections_accepted(), 2u);
+  Series m;
+  // Wait for a health report from after the reconnect to arrive.
+  EXPECT_TRUE(eventually([&] {
+    m = scrape(c.ports().metrics);
+    return sum_series(m, "inferscope_agent_reconnects_total", {"model=\"reliab-cut\""}) >= 1;
+  }, 5s));
+  std::this_thread::sleep_for(1500ms);  // at least one more periodic report
+  m = scrape(c.ports().metrics);
+  std::printf("[figures] network cut: agent sent %llu, collector shows agent_records_sent_total %.0f, "
+              "reconnects %.0f, received %.0f counter records\n",
+              (unsigned long long)st.records_sent,
+              sum_series(m, "inferscope_agent_records_sent_total", {"model=\"reliab-cut\""}),
+              sum_series(m, "inferscope_agent_reconnects_total", {"model=\"reliab-cut\""}),
+              sum_series(m, "inferscope_collector_records_total", {"kind=\"counter\""}));
+  EXPECT_EQ(sum_series(m, "inferscope_agent_records_sent_total", {"model=\"reliab-cut\""}),
+            static_cast<double>(st.records_sent));
+  EXPECT_EQ(sum_series(m, "inferscope_agent_reconnects_total", {"model=\"reliab-cut\""}), 1.0);
+  // Records in flight at the cut may be lost, never duplicated.
+  EXPECT_LE(sum_series(m, "inferscope_collector_records_total", {"kind=\"counter\""}), 21000.0);
+}
+
+}  // namespace
+}  // namespace inferscope::reliability
