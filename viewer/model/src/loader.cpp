@@ -176,10 +176,16 @@ LoadResult load_chrome_json_text(const std::string& text, TraceModel& model) {
   }
   r.files = 1;
 
+  // Numbers from a file are untrusted: non-finite ones fall back, and every
+  // value is clamped to +-1e15 (microseconds -> nanoseconds then still fits an
+  // int64 with room for a sum) before any conversion to an integer.
   auto num = [](const json& e, const char* key, double fallback) {
     auto it = e.find(key);
-    return it != e.end() && it->is_number() ? it->get<double>() : fallback;
+    if (it == e.end() || !it->is_number()) return fallback;
+    double v = it->get<double>();
+    return std::isfinite(v) ? std::clamp(v, -1e15, 1e15) : fallback;
   };
+  auto to_u32 = [](double v) { return static_cast<uint32_t>(std::clamp(v, 0.0, 4294967295.0)); };
   auto str = [](const json& e, const char* key) {
     auto it = e.find(key);
     return it != e.end() && it->is_string() ? it->get<std::string>() : std::string();
@@ -209,11 +215,9 @@ LoadResult load_chrome_json_text(const std::string& text, TraceModel& model) {
   };
   std::map<std::tuple<uint32_t, std::string, std::string, uint64_t>, Begin> open_async;
   uint64_t skipped = 0;
-  auto arg_num = [](const json& e, const char* key, double fallback) {
+  auto arg_num = [&num](const json& e, const char* key, double fallback) {
     auto a = e.find("args");
-    if (a == e.end() || !a->is_object()) return fallback;
-    auto it = a->find(key);
-    return it != a->end() && it->is_number() ? it->get<double>() : fallback;
+    return a != e.end() && a->is_object() ? num(*a, key, fallback) : fallback;
   };
   auto event_id = [](const json& e) -> uint64_t {
     auto idit = e.find("id");
@@ -229,9 +233,9 @@ LoadResult load_chrome_json_text(const std::string& text, TraceModel& model) {
     std::string n = str(e, "name");
     for (uint8_t k = 0; k <= static_cast<uint8_t>(wire::AlertKind::kDropBurst); ++k)
       if (n.rfind(wire::to_string(static_cast<wire::AlertKind>(k)), 0) == 0) a.kind = static_cast<wire::AlertKind>(k);
-    a.rank = static_cast<uint32_t>(arg_num(e, "rank", 0));
-    a.layer = static_cast<uint32_t>(arg_num(e, "layer", 0));
-    a.expert = static_cast<uint32_t>(arg_num(e, "expert", 0));
+    a.rank = to_u32(arg_num(e, "rank", 0));
+    a.layer = to_u32(arg_num(e, "layer", 0));
+    a.expert = to_u32(arg_num(e, "expert", 0));
     a.peak_share = static_cast<float>(arg_num(e, "peak_share", 0));
     a.peak_utilization = static_cast<float>(arg_num(e, "peak_utilization", 0));
     if (auto ar = e.find("args"); ar != e.end() && ar->is_object()) a.model = str(*ar, "model");
@@ -249,7 +253,7 @@ LoadResult load_chrome_json_text(const std::string& text, TraceModel& model) {
     double pid = num(e, "pid", 0), tid = num(e, "tid", 0);
     uint32_t source = source_of(pid);
     bool gpu = tid >= 1000000;
-    uint32_t t = static_cast<uint32_t>(std::max(0.0, tid));
+    uint32_t t = to_u32(tid);
     uint32_t track_id = gpu ? (t - 1000000) / 1000 : t;
     uint32_t stream = gpu ? (t - 1000000) % 1000 : 0;
     if ((ph == "X" || ph == "i" || ph == "I") && str(e, "cat") == "alert") {
@@ -288,11 +292,11 @@ LoadResult load_chrome_json_text(const std::string& text, TraceModel& model) {
         q.arrival_ns = start;
         q.finish_ns = std::max(start, t_ns);
         double ttft = arg_num(b, "ttft_ms", NAN);
-        if (!std::isnan(ttft)) q.first_token_ns = start + std::llround(ttft * 1e6);
-        q.prompt_tokens = static_cast<uint32_t>(arg_num(b, "prompt_tokens", 0));
-        q.output_tokens = static_cast<uint32_t>(arg_num(b, "output_tokens", 0));
-        q.image_tokens = static_cast<uint32_t>(arg_num(b, "image_tokens", 0));
-        q.cached_tokens = static_cast<uint32_t>(arg_num(b, "cached_tokens", 0));
+        if (!std::isnan(ttft)) q.first_token_ns = start + std::llround(std::clamp(ttft, 0.0, 1e9) * 1e6);
+        q.prompt_tokens = to_u32(arg_num(b, "prompt_tokens", 0));
+        q.output_tokens = to_u32(arg_num(b, "output_tokens", 0));
+        q.image_tokens = to_u32(arg_num(b, "image_tokens", 0));
+        q.cached_tokens = to_u32(arg_num(b, "cached_tokens", 0));
         q.status = static_cast<wire::RequestStatus>(std::clamp(arg_num(b, "status", 0), 0.0, 3.0));
         others.emplace_back(source, q);
       } else if (cat == "stage") {
@@ -354,7 +358,8 @@ LoadResult load_chrome_json_text(const std::string& text, TraceModel& model) {
       if (auto a = e.find("args"); a != e.end() && a->is_object()) {
         for (auto it = a->begin(); it != a->end(); ++it) {
           if (!it.value().is_number()) continue;
-          int64_t v = it.value().is_number_float() ? std::llround(it.value().get<double>())
+          int64_t v = it.value().is_number_float()
+                          ? std::llround(std::clamp(it.value().get<double>(), -9e18, 9e18))
                                                    : it.value().get<int64_t>();
           if (it.key() == "correlation_id" || it.key() == "correlation") p.span.correlation_id = static_cast<uint64_t>(v);
           else if (it.key() == "request_id") p.span.request_id = static_cast<uint64_t>(v);
@@ -366,7 +371,7 @@ LoadResult load_chrome_json_text(const std::string& text, TraceModel& model) {
       auto a = e.find("args");
       if (a == e.end() || !a->is_object()) continue;
       if (str(e, "name") == "process_name") process_names[source] = str(*a, "name");
-      if (str(e, "name") == "process_sort_index") ranks[source] = static_cast<uint32_t>(std::max(0.0, num(*a, "sort_index", 0)));
+      if (str(e, "name") == "process_sort_index") ranks[source] = to_u32(num(*a, "sort_index", 0));
     } else if (ph == "s" || ph == "f" || ph == "t") {
       uint64_t id = event_id(e);
       double ts = num(e, "ts", NAN);
