@@ -16,14 +16,10 @@
 namespace inferscope::reliability {
 namespace {
 
-// DISABLED: fails today. The collector keeps the last cumulative AgentHealth per
-// *connection* (Aggregator::health_, keyed by source id and erased on
-// disconnect), so the first report on the new connection is added whole again:
-// inferscope_agent_records_sent_total (and _dropped_total, _reconnects_total)
-// jump by the agent's entire history at every reconnect to the same collector.
-// Proposed fix: key the last report by the agent's identity (model, rank,
-// instance, pid from the hello) and keep it across its connections.
-TEST(NetworkCut, DISABLED_AgentReconnectsToTheSameCollectorWithoutDoubleCounting) {
+// The collector keeps the last cumulative AgentHealth per agent process (not per
+// connection), so a reconnect to the same collector must not add the agent's
+// whole history to inferscope_agent_records_sent_total again.
+TEST(NetworkCut, AgentReconnectsToTheSameCollectorWithoutDoubleCounting) {
   CollectorProcess c(0, {});
   ASSERT_TRUE(c.ok()) << c.error();
   Proxy proxy(c.ports().ingest);

@@ -199,7 +199,6 @@ void Aggregator::on_connect(const Source& source) {
 }
 
 void Aggregator::on_disconnect(const Source& source) {
-  health_.erase(source.id);
   auto it = models_.find(source.model);
   if (it == models_.end()) return;
   Model& model = *it->second;
@@ -514,7 +513,11 @@ bool Aggregator::on_record(const Source& source, const wire::Record& record, std
       const auto& h = std::get<wire::AgentHealth>(record);
       Rank* r = rank();
       if (r == nullptr) break;
-      wire::AgentHealth& last = health_[source.id];
+      constexpr size_t kMaxAgentsTracked = 4096;
+      std::string agent = source.hello.host + '|' + source.hello.instance + '|' +
+                          std::to_string(source.hello.pid);
+      if (health_.size() >= kMaxAgentsTracked && !health_.count(agent)) health_.erase(health_.begin());
+      wire::AgentHealth& last = health_[agent];
       // Cumulative values; a smaller one means the agent restarted its counts.
       auto delta = [](uint64_t now, uint64_t before) { return now >= before ? now - before : now; };
       r->agent_sent->Increment(static_cast<double>(delta(h.records_sent, last.records_sent)));

@@ -84,7 +84,10 @@ class Aggregator {
   AlertSink alert_sink_;
   std::map<std::string, std::unique_ptr<Model>> models_;
   std::deque<wire::AlertEpisode> recent_;
-  std::map<uint32_t, wire::AgentHealth> health_;  // last cumulative report per source
+  // Last cumulative health report per agent process (host, instance, pid), kept
+  // across reconnects: a reconnecting agent re-sends its cumulative counts, and
+  // keying by connection would count them twice. Bounded by kMaxAgentsTracked.
+  std::map<std::string, wire::AgentHealth> health_;
   size_t episode_series_ = 0;
   int64_t last_record_ns_ = 0;
   int64_t last_arrival_steady_ns_ = 0;
