@@ -359,6 +359,13 @@ def run(args, h, tmp):
 
     # 1, 2, 5. panels (incl. rejected frames), recording rules.
     hot_rank, hot_layer, _ = sorted(seen["InferscopeHotExpert"])[0]
+    # Episodes come and go with the traffic mix: for the single-value pass pick a
+    # (rank, layer) whose episode series is present at the judged instant, so the
+    # "open episode" panels are judged on a layer that has one then.
+    open_now = prom.query('inferscope_moe_expert_episode{kind="hot"} == 1', at=hot_at[0])
+    if open_now:
+        hot_rank = open_now[0]["metric"].get("rank", hot_rank)
+        hot_layer = open_now[0]["metric"].get("layer", hot_layer)
     check_panels(prom, cd, cd.load_dashboards(src / "dashboards" / "grafana"),
                  chosen={"focus_layer": hot_layer},
                  single={"rank": hot_rank, "layer": hot_layer, "job": "inferscope-collector"},
