@@ -1,5 +1,7 @@
 #include "inferscope/collector/ingest_server.hpp"
 
+#include "tcp_acceptor.hpp"
+
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -201,8 +203,8 @@ bool IngestServer::listen(const Endpoint& endpoint, Endpoint& bound, std::string
     sweeping_ = true;
     sweep();
   }
-  std::error_code ec;
   if (endpoint.kind == Endpoint::Kind::kUnix) {
+    std::error_code ec;
     // A stale socket file from a crashed run would make bind fail; only remove sockets.
     struct stat st {};
     if (::lstat(endpoint.path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) ::unlink(endpoint.path.c_str());
@@ -221,26 +223,8 @@ bool IngestServer::listen(const Endpoint& endpoint, Endpoint& bound, std::string
     accept<asio::local::stream_protocol>(acc);
     return true;
   }
-  asio::ip::tcp::resolver resolver(io_);
-  auto results = resolver.resolve(endpoint.host, std::to_string(endpoint.port),
-                                  asio::ip::resolver_base::passive | asio::ip::resolver_base::numeric_service, ec);
-  if (ec || results.empty()) {
-    error = "cannot resolve " + endpoint.to_string() + ": " + ec.message();
-    return false;
-  }
-  auto acc = std::make_shared<asio::ip::tcp::acceptor>(io_);
-  auto ep = results.begin()->endpoint();
-  acc->open(ep.protocol(), ec);
-  if (!ec) acc->set_option(asio::socket_base::reuse_address(true), ec);
-  if (!ec) acc->bind(ep, ec);
-  if (!ec) acc->listen(asio::socket_base::max_listen_connections, ec);
-  if (ec) {
-    error = "cannot listen on " + endpoint.to_string() + ": " + ec.message();
-    return false;
-  }
-  bound = endpoint;
-  bound.host = acc->local_endpoint().address().to_string();
-  bound.port = acc->local_endpoint().port();
+  auto acc = detail::open_tcp_acceptor(io_, endpoint, bound, error);
+  if (!acc) return false;
   tcp_acceptors_.push_back(acc);
   accept<asio::ip::tcp>(acc);
   return true;

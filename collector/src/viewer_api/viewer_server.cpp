@@ -1,5 +1,7 @@
 #include "inferscope/collector/viewer_server.hpp"
 
+#include "../ingest/tcp_acceptor.hpp"
+
 #include <deque>
 
 namespace inferscope::collector {
@@ -138,27 +140,8 @@ bool ViewerServer::listen(const Endpoint& endpoint, Endpoint& bound, std::string
     error = "the viewer API listens on TCP only";
     return false;
   }
-  std::error_code ec;
-  asio::ip::tcp::resolver resolver(io_);
-  auto results = resolver.resolve(endpoint.host, std::to_string(endpoint.port),
-                                  asio::ip::resolver_base::passive | asio::ip::resolver_base::numeric_service, ec);
-  if (ec || results.empty()) {
-    error = "cannot resolve " + endpoint.to_string() + ": " + ec.message();
-    return false;
-  }
-  acceptor_ = std::make_shared<asio::ip::tcp::acceptor>(io_);
-  auto ep = results.begin()->endpoint();
-  acceptor_->open(ep.protocol(), ec);
-  if (!ec) acceptor_->set_option(asio::socket_base::reuse_address(true), ec);
-  if (!ec) acceptor_->bind(ep, ec);
-  if (!ec) acceptor_->listen(asio::socket_base::max_listen_connections, ec);
-  if (ec) {
-    error = "cannot listen on " + endpoint.to_string() + ": " + ec.message();
-    return false;
-  }
-  bound = endpoint;
-  bound.host = acceptor_->local_endpoint().address().to_string();
-  bound.port = acceptor_->local_endpoint().port();
+  acceptor_ = detail::open_tcp_acceptor(io_, endpoint, bound, error);
+  if (!acceptor_) return false;
   accept();
   return true;
 }
