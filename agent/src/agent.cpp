@@ -261,6 +261,14 @@ void Agent::expert_load(uint64_t step, uint32_t layer, std::span<const uint32_t>
       &s, sizeof s, routed.data(), routed.size_bytes());
 }
 
+void Agent::ep_step(const wire::ExpertParallelStep& s) {
+  Impl* i = impl_.get();
+  if (!i || !i->enabled) return;
+  wire::ExpertParallelStep m = s;
+  if (m.timestamp_ns == 0) m.timestamp_ns = now_ns();
+  put(i, wire::RecordKind::kExpertParallel, 0, 0, &m, sizeof m);
+}
+
 void Agent::memory(wire::MemoryKind kind, uint64_t used_bytes, uint64_t capacity_bytes) {
   Impl* i = impl_.get();
   if (!i || !i->enabled) return;

@@ -43,6 +43,7 @@ static_assert(std::is_trivially_copyable_v<wire::PrefixCacheSample>);
 static_assert(std::is_trivially_copyable_v<wire::StageTiming>);
 static_assert(std::is_trivially_copyable_v<wire::RequestEvent>);
 static_assert(std::is_trivially_copyable_v<wire::CounterSample>);
+static_assert(std::is_trivially_copyable_v<wire::ExpertParallelStep>);
 
 inline constexpr size_t kKinds = 16;
 

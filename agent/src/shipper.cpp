@@ -195,6 +195,12 @@ void Shipper::drain() {
           encoder_.add(wire::Record{m});
           break;
         }
+        case wire::RecordKind::kExpertParallel: {
+          wire::ExpertParallelStep m;
+          std::memcpy(&m, p, sizeof m);
+          encoder_.add(wire::Record{m});
+          break;
+        }
         default:
           return;  // not produced by the hot path
       }

@@ -63,6 +63,43 @@ TEST(WireRoundTrip, ExtremeValuesSurvive) {
   EXPECT_TRUE(out[1] == Record(e));
 }
 
+TEST(WireRoundTrip, ExpertParallelStepExtremesSurvive) {
+  ExpertParallelStep e = testing::sample_ep_step();
+  e.step = UINT64_MAX;
+  e.layer = kMaxLayers - 1;
+  e.timestamp_ns = INT64_MIN / 4;
+  e.dispatch_ns = INT64_MAX;
+  e.compute_ns = 0;
+  e.combine_ns = INT64_MAX / 3;
+  e.rows_sent = UINT32_MAX;
+  e.rows_computed = UINT32_MAX - 1;
+  // Its absolute timestamp leaves the delta chain of the records around it intact.
+  auto out = roundtrip({testing::sample_span(), e, testing::sample_ep_step(), testing::sample_span(77)});
+  ASSERT_EQ(out.size(), 4u);
+  EXPECT_TRUE(out[1] == Record(e));
+  EXPECT_TRUE(out[2] == Record(testing::sample_ep_step()));
+  EXPECT_TRUE(out[3] == Record(testing::sample_span(77)));
+}
+
+// The decoder refuses what no agent can mean: negative durations, layers past the limit.
+TEST(WireRoundTrip, ExpertParallelStepOutOfRangeIsRejected) {
+  for (int field = 0; field < 4; ++field) {
+    ExpertParallelStep e = testing::sample_ep_step();
+    if (field == 0) e.dispatch_ns = -1;
+    if (field == 1) e.compute_ns = -5;
+    if (field == 2) e.combine_ns = INT64_MIN;
+    if (field == 3) e.layer = kMaxLayers;
+    FrameEncoder enc;
+    enc.add(e);
+    std::vector<uint8_t> bytes;
+    enc.finish(bytes);
+    std::vector<Record> out;
+    DecodeStatus status = decode_frame(bytes, out);
+    EXPECT_FALSE(status.ok()) << "field " << field;
+    EXPECT_NE(status.message.find("expert_parallel"), std::string::npos) << status.message;
+  }
+}
+
 TEST(WireRoundTrip, DeltaTimestampsResetPerFrame) {
   FrameEncoder enc;
   std::vector<uint8_t> bytes;

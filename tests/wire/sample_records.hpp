@@ -59,6 +59,19 @@ inline ExpertLoad sample_load() {
   return e;
 }
 
+inline ExpertParallelStep sample_ep_step() {
+  ExpertParallelStep s;
+  s.step = 1234;
+  s.layer = 2;
+  s.timestamp_ns = 1'000'130'000;
+  s.dispatch_ns = 41'000;
+  s.compute_ns = 250'000;
+  s.combine_ns = 97'000;
+  s.rows_sent = 96;
+  s.rows_computed = 160;
+  return s;
+}
+
 inline std::vector<Record> one_of_each() {
   std::vector<Record> records;
   records.push_back(sample_hello());
@@ -82,6 +95,7 @@ inline std::vector<Record> one_of_each() {
   records.push_back(CounterSample{1'000'120'000, 5, true, 3.25});
   records.push_back(AlertEpisode{AlertKind::kHotExpert, 3, 2, 0, 1'000'000'000, 0, 0.31f, 4.96f,
                                  "demo-hybrid-moe"});
+  records.push_back(sample_ep_step());
   return records;
 }
 

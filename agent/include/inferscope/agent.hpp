@@ -98,6 +98,9 @@ class Agent {
   // expert e, `tokens` tokens in the batch, `dropped` assignments over capacity.
   void expert_load(uint64_t step, uint32_t layer, std::span<const uint32_t> routed,
                    uint32_t tokens, uint32_t dropped, uint32_t rerouted = 0);
+  // One MoE layer of one step on this expert-parallel rank: all-to-all and
+  // expert compute times and row counts. A zero timestamp_ns is filled with now.
+  void ep_step(const wire::ExpertParallelStep& s);
   void memory(wire::MemoryKind kind, uint64_t used_bytes, uint64_t capacity_bytes);
   // Deltas since the previous call.
   void prefix_cache(uint64_t attention_queried, uint64_t attention_hit, uint64_t ssm_queried,

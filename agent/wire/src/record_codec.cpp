@@ -222,6 +222,21 @@ void add_one(std::vector<uint8_t>& p, int64_t& prev, const AlertEpisode& r) {
   });
 }
 
+// Kinds added after protocol v1 shipped code their timestamp absolutely: a
+// decoder that skips an unknown tag must not lose the delta chain.
+void add_one(std::vector<uint8_t>& p, int64_t&, const ExpertParallelStep& r) {
+  framed(p, RecordKind::kExpertParallel, [&](ByteWriter& w) {
+    w.varint(r.step);
+    w.varint(r.layer);
+    w.svarint(r.timestamp_ns);
+    w.svarint(r.dispatch_ns);
+    w.svarint(r.compute_ns);
+    w.svarint(r.combine_ns);
+    w.varint(r.rows_sent);
+    w.varint(r.rows_computed);
+  });
+}
+
 // [SECTION] Decoding -------------------------------------------------------------
 
 namespace {
@@ -408,6 +423,17 @@ bool decode(ByteReader& r, int64_t& prev, AlertEpisode& a, std::string& why) {
   return true;
 }
 
+bool decode(ByteReader& r, int64_t&, ExpertParallelStep& e, std::string& why) {
+  IS_READ(r.varint(e.step), "bad step");
+  IS_READ(read_small(r, e.layer, kMaxLayers - 1), "layer out of range");
+  IS_READ(r.svarint(e.timestamp_ns), "bad timestamp");  // absolute: see add_one
+  IS_READ(r.svarint(e.dispatch_ns) && e.dispatch_ns >= 0, "bad dispatch time");
+  IS_READ(r.svarint(e.compute_ns) && e.compute_ns >= 0, "bad compute time");
+  IS_READ(r.svarint(e.combine_ns) && e.combine_ns >= 0, "bad combine time");
+  IS_READ(r.varint32(e.rows_sent) && r.varint32(e.rows_computed), "bad row counts");
+  return true;
+}
+
 #undef IS_READ
 
 template <class T>
@@ -435,6 +461,7 @@ BodyResult decode_body(uint8_t tag, std::span<const uint8_t> body, int64_t& prev
     case RecordKind::kAgentHealth: return decode_as<AgentHealth>(body, prev, out, why);
     case RecordKind::kCounter: return decode_as<CounterSample>(body, prev, out, why);
     case RecordKind::kAlert: return decode_as<AlertEpisode>(body, prev, out, why);
+    case RecordKind::kExpertParallel: return decode_as<ExpertParallelStep>(body, prev, out, why);
   }
   return BodyResult::kSkipped;
 }

@@ -22,6 +22,7 @@ void add_one(std::vector<uint8_t>& payload, int64_t& previous_ns, const RequestE
 void add_one(std::vector<uint8_t>& payload, int64_t& previous_ns, const AgentHealth& r);
 void add_one(std::vector<uint8_t>& payload, int64_t& previous_ns, const CounterSample& r);
 void add_one(std::vector<uint8_t>& payload, int64_t& previous_ns, const AlertEpisode& r);
+void add_one(std::vector<uint8_t>& payload, int64_t& previous_ns, const ExpertParallelStep& r);
 
 enum class BodyResult : uint8_t { kOk, kSkipped, kError };
 

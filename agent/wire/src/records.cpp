@@ -16,6 +16,7 @@ const char* to_string(RecordKind kind) {
     case RecordKind::kAgentHealth: return "agent_health";
     case RecordKind::kCounter: return "counter";
     case RecordKind::kAlert: return "alert";
+    case RecordKind::kExpertParallel: return "expert_parallel";
   }
   return "unknown";
 }

@@ -262,6 +262,23 @@ struct AlertEpisode {
   friend bool operator==(const AlertEpisode&, const AlertEpisode&) = default;
 };
 
+// One MoE layer of one batch step on one expert-parallel rank. The all-to-alls
+// include waiting: a rank whose experts finish early waits in combine for the
+// slowest rank, so the collector derives idle time by joining ranks on (step, layer).
+// The rank is the sending agent's hello rank; durations are >= 0.
+struct ExpertParallelStep {   // RecordKind::kExpertParallel = 11
+  uint64_t step = 0;
+  uint32_t layer = 0;
+  int64_t timestamp_ns = 0;    // when the layer's dispatch began
+  int64_t dispatch_ns = 0;     // all-to-all sending rows to the experts' ranks
+  int64_t compute_ns = 0;      // this rank's experts on the rows it holds
+  int64_t combine_ns = 0;      // all-to-all bringing results back (includes waiting)
+  uint32_t rows_sent = 0;      // assignment rows sent to other ranks
+  uint32_t rows_computed = 0;  // rows this rank's experts computed (own + received)
+
+  friend bool operator==(const ExpertParallelStep&, const ExpertParallelStep&) = default;
+};
+
 // Order matters: the index is the record's tag on the wire.
 enum class RecordKind : uint8_t {
   kHello = 0,
@@ -275,11 +292,13 @@ enum class RecordKind : uint8_t {
   kAgentHealth = 8,
   kCounter = 9,
   kAlert = 10,
+  kExpertParallel = 11,
 };
-inline constexpr uint8_t kRecordKindCount = 11;
+inline constexpr uint8_t kRecordKindCount = 12;
 
 using Record = std::variant<Hello, StringDef, Span, ExpertLoad, MemorySample, PrefixCacheSample,
-                            StageTiming, RequestEvent, AgentHealth, CounterSample, AlertEpisode>;
+                            StageTiming, RequestEvent, AgentHealth, CounterSample, AlertEpisode,
+                            ExpertParallelStep>;
 
 inline RecordKind kind_of(const Record& r) { return static_cast<RecordKind>(r.index()); }
 
