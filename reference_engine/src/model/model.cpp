@@ -65,11 +65,13 @@ struct Model::Scratch {
   }
 };
 
-Model::Model(Backend& backend, const ModelConfig& config, const std::string& weights_path)
-    : backend_(backend), config_(config) {
+Model::Model(Backend& backend, const ModelConfig& config, const std::string& weights_path,
+             ExpertPlacement placement)
+    : backend_(backend), config_(config), placement_(placement) {
   config_.validate();
   const ModelConfig& c = config_;
-  weights_ = std::make_unique<Weights>(backend, c);
+  if (placement_.ranks > 1) placement_ = ExpertPlacement::make(c.moe.experts, placement.ranks, placement.rank);
+  weights_ = std::make_unique<Weights>(backend, c, placement_);
   if (weights_path.empty())
     weights_->init_random();
   else
@@ -173,7 +175,7 @@ Model::~Model() = default;
 MemoryFootprint Model::footprint() const {
   MemoryFootprint f;
   f.weights = weights_->bytes();
-  f.activations = scratch_->bytes();
+  f.activations = scratch_->bytes() + (ep_ ? ep_->scratch.bytes() : 0);
   const auto& c = config_;
   for (size_t i = 0; i < layers_.size(); ++i) {
     f.kv_cache += k_cache_[i].bytes() + v_cache_[i].bytes();
@@ -244,7 +246,7 @@ void Model::forward(const StepBatch& b, std::vector<float>& logits, ForwardObser
     backend_.rms_norm(x, w.norm2, eps, h);
     if (config_.is_moe(l)) {
       Tensor out = S.ffn_out.tensor().rows_view(0, T);
-      moe_ffn(backend_, config_.moe, w.moe, S.moe, h, out, S.counts);
+      moe_layer(l, h, out, obs);
       backend_.add(x, out, x);
       if (obs) obs->moe_routed(l, S.counts, static_cast<int32_t>(T));
     } else {
@@ -254,13 +256,69 @@ void Model::forward(const StepBatch& b, std::vector<float>& logits, ForwardObser
   }
   const int64_t R = static_cast<int64_t>(b.logit_rows.size());
   logits.resize(static_cast<size_t>(R * kVocab));
-  if (R == 0) return;
+  if (R == 0) {
+    if (ep_) {
+      backend_.synchronize();  // no logits download this step: make the EP timings readable
+      report_ep(obs);
+    }
+    return;
+  }
   Tensor xl = S.xl.tensor().rows_view(0, R);
   backend_.get_rows(x, b.logit_rows, xl);
   backend_.rms_norm(xl, weights_->get("norm_f"), eps, xl);
   Tensor lo = S.logits.tensor().rows_view(0, R);
   backend_.linear(xl, weights_->get("head"), lo);
   backend_.download(lo, logits.data());
+  report_ep(obs);  // the download synchronised: the phase timings are readable
+}
+
+// [SECTION] Expert parallelism
+void Model::attach_expert_parallel(Communicator& comm, int64_t (*clock)()) {
+  if (comm.size() != placement_.ranks || comm.rank() != placement_.rank)
+    throw std::invalid_argument("attach_expert_parallel: communicator is rank " + std::to_string(comm.rank()) + " of " +
+                                std::to_string(comm.size()) + ", the model's placement rank " +
+                                std::to_string(placement_.rank) + " of " + std::to_string(placement_.ranks));
+  ep_ = std::make_unique<ExpertParallel>();
+  ep_->comm = &comm;
+  ep_->placement = placement_;
+  ep_->clock = clock;
+  if (config_.ffns.find('M') != std::string::npos)
+    ep_->scratch = EpScratch(backend_, config_, placement_, config_.scheduler.max_batch_tokens);
+}
+
+void Model::moe_layer(int32_t l, const Tensor& h, const Tensor& out, ForwardObserver* obs) {
+  const LayerTensors& w = layers_[static_cast<size_t>(l)];
+  if (!ep_) {
+    moe_ffn(backend_, config_.moe, w.moe, scratch_->moe, h, out, scratch_->counts);
+    return;
+  }
+  EpLayerStats st;
+  st.layer = l;
+  const int mark_base = 4 * static_cast<int>(ep_stats_.size());
+  moe_ffn_ep(backend_, config_.moe, w.moe, scratch_->moe, *ep_, h, out, scratch_->counts, mark_base, st, obs);
+  ep_stats_.push_back(st);
+}
+
+void Model::report_ep(ForwardObserver* obs) {
+  if (!ep_) return;
+  for (size_t i = 0; i < ep_stats_.size(); ++i) {
+    ep_read_timing(*ep_, 4 * static_cast<int>(i), ep_stats_[i]);
+    if (obs) obs->ep_layer(ep_stats_[i]);
+  }
+  ep_stats_.clear();
+}
+
+void Model::forward_idle(ForwardObserver* obs) {
+  if (!ep_) throw std::logic_error("forward_idle: the model has no expert parallelism");
+  Tensor h = scratch_->h.tensor().rows_view(0, 0), out = scratch_->ffn_out.tensor().rows_view(0, 0);
+  for (int32_t l = 0; l < config_.n_layers(); ++l) {
+    if (!config_.is_moe(l)) continue;
+    if (obs) obs->layer_begin(l);
+    moe_layer(l, h, out, obs);
+    if (obs) obs->layer_end(l);
+  }
+  backend_.synchronize();  // an idle rank has no logits download to wait on
+  report_ep(obs);
 }
 
 // [SECTION] Vision

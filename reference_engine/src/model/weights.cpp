@@ -39,8 +39,11 @@ int32_t topic_hot_expert(const ModelConfig& c, int32_t layer, int32_t topic) {
   return (topic * E / T + layer * 5 + 1) % E;
 }
 
-Weights::Weights(Backend& backend, const ModelConfig& c) : backend_(backend), config_(c) {
+Weights::Weights(Backend& backend, const ModelConfig& c, ExpertPlacement placement)
+    : backend_(backend), config_(c), placement_(placement) {
   const int32_t D = c.d_model;
+  if (placement_.ranks > 1) placement_ = ExpertPlacement::make(c.moe.experts, placement.ranks, placement.rank);
+  const int64_t local_experts = placement_.ranks > 1 ? placement_.per_rank() : c.moe.experts;
   add("embed", kVocab, D);
   add("norm_f", 1, D);
   add("head", kVocab, D);
@@ -65,8 +68,8 @@ Weights::Weights(Backend& backend, const ModelConfig& c) : backend_(backend), co
       const auto& m = c.moe;
       add(L(l, "router"), m.experts, D);
       if (m.routing_bias) add(L(l, "router_bias"), 1, m.experts);
-      add(L(l, "experts_gu"), static_cast<int64_t>(m.experts) * 2 * m.expert_hidden, D);
-      add(L(l, "experts_down"), static_cast<int64_t>(m.experts) * D, m.expert_hidden);
+      add(L(l, "experts_gu"), local_experts * 2 * m.expert_hidden, D, true);
+      add(L(l, "experts_down"), local_experts * D, m.expert_hidden, true);
       if (m.shared_experts > 0) {
         add(L(l, "shared_gu"), 2 * m.shared_experts * m.expert_hidden, D);
         add(L(l, "shared_down"), D, m.shared_experts * m.expert_hidden);
@@ -95,10 +98,19 @@ Weights::Weights(Backend& backend, const ModelConfig& c) : backend_(backend), co
   }
 }
 
-void Weights::add(const std::string& name, int64_t rows, int64_t cols) {
+void Weights::add(const std::string& name, int64_t rows, int64_t cols, bool expert_shard) {
   Buffer b(backend_, rows, cols);
   if (!b.tensor().data) throw std::runtime_error("out of backend memory allocating weight " + name);
   tensors_.emplace(name, std::move(b));
+  sharded_[name] = expert_shard && placement_.ranks > 1;
+}
+
+int64_t Weights::full_rows(const std::string& name, const Tensor& t) const {
+  return sharded_.at(name) ? t.rows * placement_.ranks : t.rows;
+}
+
+int64_t Weights::first_row(const std::string& name, const Tensor& t) const {
+  return sharded_.at(name) ? t.rows * placement_.rank : 0;
 }
 
 const Tensor& Weights::get(const std::string& name) const {
@@ -126,7 +138,11 @@ void Weights::init_random() {
   const float depth_scale = 1.0f / std::sqrt(2.0f * static_cast<float>(c.n_layers()));
   std::vector<float> host;
   for (auto& [name, buf] : tensors_) {
-    const Tensor& t = buf.tensor();
+    // A sharded tensor is drawn whole (the same random stream as unsharded)
+    // and only this rank's rows are uploaded.
+    const Tensor& shard = buf.tensor();
+    Tensor t = shard;
+    t.rows = full_rows(name, shard);
     host.assign(static_cast<size_t>(t.elements()), 0.0f);
     auto ends_with = [&](const char* s) {
       size_t n = std::strlen(s);
@@ -174,11 +190,14 @@ void Weights::init_random() {
         }
       }
     }
-    backend_.upload(t, host.data());
+    backend_.upload(shard, host.data() + first_row(name, shard) * shard.cols);
   }
 }
 
 void Weights::save(const std::string& path) const {
+  if (placement_.ranks > 1)
+    throw std::runtime_error("cannot save weights on an expert-parallel rank (it holds only its experts); save "
+                             "them from a run with --ep-size 1");
   nlohmann::json header;
   uint64_t offset = 0;
   for (const auto& [name, buf] : tensors_) {
@@ -229,7 +248,9 @@ void Weights::load(const std::string& path) {
   const uint64_t data_start = 8 + n, data_bytes = file_size - data_start;
   std::vector<float> host;
   for (auto& [name, buf] : tensors_) {
-    const Tensor& t = buf.tensor();
+    const Tensor& shard = buf.tensor();
+    Tensor t = shard;
+    t.rows = full_rows(name, shard);
     if (!header.contains(name)) throw std::runtime_error(path + ": missing tensor '" + name + "'");
     const auto& e = header[name];
     if (e.value("dtype", "") != "F32")
@@ -247,7 +268,7 @@ void Weights::load(const std::string& path) {
     in.seekg(static_cast<std::streamoff>(data_start + off[0]));
     in.read(reinterpret_cast<char*>(host.data()), static_cast<std::streamsize>(t.bytes()));
     if (!in) throw std::runtime_error(path + ": truncated data for '" + name + "'");
-    backend_.upload(t, host.data());
+    backend_.upload(shard, host.data() + first_row(name, shard) * shard.cols);
   }
 }
 

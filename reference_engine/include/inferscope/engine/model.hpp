@@ -12,7 +12,9 @@
 #include <vector>
 
 #include "inferscope/engine/backend.hpp"
+#include "inferscope/engine/communicator.hpp"
 #include "inferscope/engine/config.hpp"
+#include "inferscope/engine/expert_parallel.hpp"
 #include "inferscope/engine/layers.hpp"
 #include "inferscope/engine/weights.hpp"
 
@@ -45,12 +47,15 @@ struct StepBatch {
 };
 
 // Hooks the engine uses for telemetry; the model itself knows no agent.
-class ForwardObserver {
+// Under expert parallelism the EpPhaseHook ranges bracket each MoE layer's
+// dispatch / experts / combine, and ep_layer() reports every MoE layer of the
+// step once the step's final synchronisation has made its timings readable.
+class ForwardObserver : public EpPhaseHook {
  public:
-  virtual ~ForwardObserver() = default;
   virtual void layer_begin(int32_t layer) = 0;
   virtual void layer_end(int32_t layer) = 0;
   virtual void moe_routed(int32_t layer, const RouteCounts& counts, int32_t tokens) = 0;
+  virtual void ep_layer(const EpLayerStats& /*stats*/) {}
 };
 
 struct MemoryFootprint {
@@ -60,8 +65,11 @@ struct MemoryFootprint {
 
 class Model {
  public:
-  // weights_path: safetensors file to load; empty -> seeded init.
-  Model(Backend& backend, const ModelConfig& config, const std::string& weights_path = "");
+  // weights_path: safetensors file to load; empty -> seeded init. placement:
+  // which routed experts this rank holds (default: all, no expert parallelism;
+  // with ranks > 1 call attach_expert_parallel before the first forward).
+  Model(Backend& backend, const ModelConfig& config, const std::string& weights_path = "",
+        ExpertPlacement placement = {});
   ~Model();
 
   const ModelConfig& config() const { return config_; }
@@ -71,6 +79,17 @@ class Model {
   // Runs the backbone over `batch` (rows <= max_batch_tokens) and writes
   // logits [batch.logit_rows.size(), kVocab] to `logits` (host).
   void forward(const StepBatch& batch, std::vector<float>& logits, ForwardObserver* observer = nullptr);
+
+  // Expert parallelism: the communicator to the other ranks (must match the
+  // placement; outlives the model). `clock` stamps EpLayerStats (null: steady clock).
+  void attach_expert_parallel(Communicator& comm, int64_t (*clock)() = nullptr);
+  // Null without expert parallelism.
+  ExpertParallel* expert_parallel() { return ep_.get(); }
+  const ExpertPlacement& placement() const { return placement_; }
+  // A step with no rows of this rank's own: runs only the MoE layers'
+  // exchanges (computing the rows other ranks send here), so every rank
+  // issues the same collectives. Requires expert parallelism.
+  void forward_idle(ForwardObserver* observer = nullptr);
 
   // Vision front end for one image (host pixels [S, S, 3] in [0, 1]):
   // encode_image runs patchify + encoder layers, connect_image the connector
@@ -89,6 +108,8 @@ class Model {
   struct LayerTensors;
   void attention_layer(int32_t l, const StepBatch& b, const Tensor& h);
   void ssm_layer(int32_t l, const StepBatch& b, const Tensor& h);
+  void moe_layer(int32_t l, const Tensor& h, const Tensor& out, ForwardObserver* obs);
+  void report_ep(ForwardObserver* obs);
 
   Backend& backend_;
   ModelConfig config_;
@@ -98,6 +119,9 @@ class Model {
   std::unique_ptr<Scratch> scratch_;
   std::vector<Buffer> k_cache_, v_cache_;  // per layer (empty for SSM layers)
   std::vector<Buffer> ssm_state_, ssm_ckpt_;  // per layer (empty for attention layers)
+  ExpertPlacement placement_;
+  std::unique_ptr<ExpertParallel> ep_;
+  std::vector<EpLayerStats> ep_stats_;  // MoE layers of the current step
 };
 
 }  // namespace inferscope::engine

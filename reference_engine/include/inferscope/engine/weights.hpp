@@ -22,6 +22,7 @@
 
 #include "inferscope/engine/backend.hpp"
 #include "inferscope/engine/config.hpp"
+#include "inferscope/engine/expert_parallel.hpp"
 
 namespace inferscope::engine {
 
@@ -39,15 +40,19 @@ int32_t topic_hot_expert(const ModelConfig& config, int32_t layer, int32_t topic
 
 class Weights {
  public:
-  // Allocates every tensor of `config` (zeros).
-  Weights(Backend& backend, const ModelConfig& config);
+  // Allocates every tensor of `config` (zeros). Under expert parallelism
+  // (placement.ranks > 1) the routed experts' tensors hold only this rank's
+  // shard (rows of experts [first_local, first_local + per_rank)); init and
+  // load produce exactly the rows the unsharded model has there.
+  Weights(Backend& backend, const ModelConfig& config, ExpertPlacement placement = {});
 
   // Seeded initialiser (config.init).
   void init_random();
   // safetensors: a u64 header length, a JSON header with dtype/shape/data_offsets
   // per tensor (and __metadata__.model = the model name), then raw F32 data.
+  // A sharded rank cannot save (it lacks the other ranks' experts).
   void save(const std::string& path) const;
-  // Every expected tensor must be present with its shape; throws otherwise.
+  // Every expected tensor must be present with its (unsharded) shape; throws otherwise.
   void load(const std::string& path);
 
   const Tensor& get(const std::string& name) const;
@@ -56,9 +61,14 @@ class Weights {
   std::vector<std::string> names() const;
 
  private:
-  void add(const std::string& name, int64_t rows, int64_t cols);
+  void add(const std::string& name, int64_t rows, int64_t cols, bool expert_shard = false);
+  // Rows of `name` in the unsharded model, and the first of them this rank holds.
+  int64_t full_rows(const std::string& name, const Tensor& t) const;
+  int64_t first_row(const std::string& name, const Tensor& t) const;
   Backend& backend_;
   ModelConfig config_;
+  ExpertPlacement placement_;
+  std::map<std::string, bool> sharded_;
   std::map<std::string, Buffer> tensors_;
 };
 
