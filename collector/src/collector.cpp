@@ -62,11 +62,29 @@ struct Collector::Impl {
       const int64_t now = steady_ns();
       pipeline.tick(now);
       if (store) {
-        store->flush();  // bounds what a kill -9 can lose to one tick
-        metrics.trace_bytes.Set(static_cast<double>(store->total_bytes()));
+        store->tick(now);  // closes a block older than --trace-block-age; retention
+        publish_store_metrics();
       }
       schedule_tick();
     });
+  }
+
+  // Counters follow the store's cumulative stats by their increase since the last tick.
+  TraceStoreStats published;
+  void publish_store_metrics() {
+    const TraceStoreStats now = store->stats();
+    auto add = [](prometheus::Counter& c, uint64_t cur, uint64_t prev) {
+      if (cur > prev) c.Increment(static_cast<double>(cur - prev));
+    };
+    metrics.trace_bytes.Set(static_cast<double>(now.bytes));
+    metrics.trace_segments.Set(static_cast<double>(now.segments));
+    metrics.trace_oldest_timestamp.Set(static_cast<double>(now.oldest_ns) / 1e9);
+    add(metrics.trace_write_errors, now.write_errors, published.write_errors);
+    add(metrics.trace_blocks_written, now.blocks_written, published.blocks_written);
+    add(metrics.trace_torn_tails_cut, now.torn_tails_cut, published.torn_tails_cut);
+    add(metrics.trace_deleted_segments.Add({{"reason", "size"}}), now.deleted_by_size, published.deleted_by_size);
+    add(metrics.trace_deleted_segments.Add({{"reason", "age"}}), now.deleted_by_age, published.deleted_by_age);
+    published = now;
   }
 
   void shutdown() {
@@ -97,18 +115,19 @@ bool Collector::start(std::string& error) {
     to.dir = s.options.trace_dir;
     to.max_bytes = s.options.trace_max_bytes;
     to.segment_bytes = s.options.trace_segment_bytes;
+    to.max_age_ns = s.options.trace_max_age_ns;
+    to.block_bytes = s.options.trace_block_bytes;
+    to.block_age_ns = s.options.trace_block_age_ns;
     s.store = std::make_unique<TraceStore>(
         to, [&s](std::vector<std::vector<uint8_t>>& frames) { s.pipeline.replay(frames, false); },
         log_line);
     if (!s.store->open(error)) return false;
+    s.metrics.trace_max_bytes.Set(static_cast<double>(to.max_bytes));
+    s.metrics.trace_max_age.Set(static_cast<double>(to.max_age_ns) / 1e9);
+    s.publish_store_metrics();
   }
   s.pipeline.set_frame_sink([&s](const SharedFrame& frame) {
-    if (s.store) {
-      const uint64_t before = s.store->write_errors();
-      s.store->write(*frame, steady_ns());
-      if (s.store->write_errors() != before)
-        s.metrics.trace_write_errors.Increment(static_cast<double>(s.store->write_errors() - before));
-    }
+    if (s.store) s.store->write(*frame, s.pipeline.sink_frame_summary(), steady_ns());
     s.viewers.broadcast(frame);
   });
   for (const auto& text : s.options.listen) {

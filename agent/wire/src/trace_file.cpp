@@ -1,6 +1,8 @@
 // Trace file writer and recovering reader.
 #include "inferscope/wire/trace_file.hpp"
 
+#include "inferscope/wire/trace_block.hpp"
+
 #include <unistd.h>
 
 #include <cerrno>
@@ -72,11 +74,20 @@ bool TraceFileReader::open(const std::string& path) {
   return true;
 }
 
+int trace_file_format(std::span<const uint8_t> b) {
+  if (b.size() < sizeof(kTraceFileMagic)) return 0;
+  if (std::memcmp(b.data(), kTraceFileMagic, sizeof(kTraceFileMagic)) == 0) return 1;
+  if (std::memcmp(b.data(), kTraceFileMagicV2, sizeof(kTraceFileMagicV2)) == 0) return 2;
+  return 0;
+}
+
 bool TraceFileReader::open_bytes(std::vector<uint8_t> bytes) {
   bytes_ = std::move(bytes);
   stats_ = {};
-  if (bytes_.size() < kTraceFileHeaderBytes ||
-      std::memcmp(bytes_.data(), kTraceFileMagic, sizeof(kTraceFileMagic)) != 0) {
+  block_.clear();
+  block_offset_ = 0;
+  const int format = bytes_.size() < kTraceFileHeaderBytes ? 0 : trace_file_format(bytes_);
+  if (format == 0) {
     error_ = "not an inferscope trace file (bad header)";
     return false;
   }
@@ -85,38 +96,65 @@ bool TraceFileReader::open_bytes(std::vector<uint8_t> bytes) {
     error_ = "trace file version " + std::to_string(version) + " is not supported";
     return false;
   }
+  if (format == 2) {
+    uint16_t block_format = static_cast<uint16_t>(bytes_[10] | bytes_[11] << 8);
+    if (block_format != kTraceBlockFormatVersion) {
+      error_ = "trace block format " + std::to_string(block_format) + " is not supported";
+      return false;
+    }
+  }
+  stats_.format = format;
   offset_ = kTraceFileHeaderBytes;
   return true;
 }
 
 bool TraceFileReader::next_frame(std::span<const uint8_t>& frame) {
+  if (stats_.format == 0) return false;  // not opened
+  if (stats_.format == 1) return next_frame_in(bytes_, offset_, frame);
+  while (true) {
+    if (block_offset_ < block_.size() && next_frame_in(block_, block_offset_, frame)) return true;
+    if (!next_block()) return false;
+  }
+}
+
+bool TraceFileReader::next_block() {
+  block_.clear();
+  block_offset_ = 0;
+  std::string why;
   while (offset_ < bytes_.size()) {
     std::span<const uint8_t> rest(bytes_.data() + offset_, bytes_.size() - offset_);
-    size_t size = 0;
-    DecodeStatus status = decoder_.frame_size(rest, size);
-    if (status.ok()) {
-      // Check the CRC before handing it out: a corrupt frame is skipped whole.
-      if (decoder_.open(rest.first(size)).ok()) {
-        frame = rest.first(size);
-        offset_ += size;
-        ++stats_.frames;
-        return true;
-      }
-    } else if (status.error == DecodeError::kNeedMoreData) {
-      // A frame that starts but never ends: the writer died mid-frame.
-      if (rest.size() >= 4 && rest[0] == 'I' && rest[1] == 'S' && rest[2] == 'F' && rest[3] == '1') {
-        stats_.truncated_tail = true;
+    BlockHeader h;
+    if (rest.size() < kBlockHeaderBytes) {
+      // The writer died inside a header (or the file is damaged at its end).
+      stats_.truncated_tail = true;
+      stats_.bytes_skipped += rest.size();
+      offset_ = bytes_.size();
+      return false;
+    }
+    if (decode_block_header(rest, h, why)) {
+      const size_t total = kBlockHeaderBytes + h.stored_bytes;
+      if (total > rest.size()) {
+        stats_.truncated_tail = true;  // a torn last block
         stats_.bytes_skipped += rest.size();
         offset_ = bytes_.size();
         return false;
       }
+      offset_ += total;
+      if (unpack_block(h, rest.subspan(kBlockHeaderBytes, h.stored_bytes), block_, why)) {
+        ++stats_.blocks;
+        return true;
+      }
+      // A good header with a bad payload: the size is trustworthy, skip just this block.
+      ++stats_.corrupt_blocks;
+      stats_.bytes_skipped += total;
+      block_.clear();
+      continue;
     }
-    // Resynchronise: find the next frame magic after this position.
-    ++stats_.corrupt_frames;
+    // A bad header: resynchronise on the next block magic.
+    ++stats_.corrupt_blocks;
     size_t next = offset_ + 1;
     while (next + 4 <= bytes_.size() &&
-           !(bytes_[next] == 'I' && bytes_[next + 1] == 'S' && bytes_[next + 2] == 'F' &&
-             bytes_[next + 3] == '1'))
+           !(bytes_[next] == 'I' && bytes_[next + 1] == 'S' && bytes_[next + 2] == 'B' && bytes_[next + 3] == '2'))
       ++next;
     if (next + 4 > bytes_.size()) next = bytes_.size();
     stats_.bytes_skipped += next - offset_;
@@ -125,12 +163,54 @@ bool TraceFileReader::next_frame(std::span<const uint8_t>& frame) {
   return false;
 }
 
+bool TraceFileReader::next_frame_in(std::span<const uint8_t> region, size_t& offset,
+                                    std::span<const uint8_t>& frame) {
+  while (offset < region.size()) {
+    std::span<const uint8_t> rest(region.data() + offset, region.size() - offset);
+    size_t size = 0;
+    DecodeStatus status = decoder_.frame_size(rest, size);
+    if (status.ok()) {
+      // Check the CRC before handing it out: a corrupt frame is skipped whole.
+      if (decoder_.open(rest.first(size)).ok()) {
+        frame = rest.first(size);
+        offset += size;
+        ++stats_.frames;
+        return true;
+      }
+    } else if (status.error == DecodeError::kNeedMoreData) {
+      // A frame that starts but never ends: the writer died mid-frame.
+      if (rest.size() >= 4 && rest[0] == 'I' && rest[1] == 'S' && rest[2] == 'F' && rest[3] == '1') {
+        stats_.truncated_tail = true;
+        stats_.bytes_skipped += rest.size();
+        offset = region.size();
+        return false;
+      }
+    }
+    // Resynchronise: find the next frame magic after this position.
+    ++stats_.corrupt_frames;
+    size_t next = offset + 1;
+    while (next + 4 <= region.size() &&
+           !(region[next] == 'I' && region[next + 1] == 'S' && region[next + 2] == 'F' &&
+             region[next + 3] == '1'))
+      ++next;
+    if (next + 4 > region.size()) next = region.size();
+    stats_.bytes_skipped += next - offset;
+    offset = next;
+  }
+  return false;
+}
+
 std::string TraceFileReader::damage_report() const {
-  if (stats_.corrupt_frames == 0 && !stats_.truncated_tail) return {};
+  if (stats_.corrupt_frames == 0 && stats_.corrupt_blocks == 0 && !stats_.truncated_tail) return {};
   std::string report = "trace damaged: recovered " + std::to_string(stats_.frames) + " frames";
+  if (stats_.format == 2) report += " in " + std::to_string(stats_.blocks) + " blocks";
+  if (stats_.corrupt_blocks)
+    report += ", skipped " + std::to_string(stats_.corrupt_blocks) + " corrupt block(s)";
   if (stats_.corrupt_frames)
     report += ", skipped " + std::to_string(stats_.corrupt_frames) + " corrupt region(s)";
-  if (stats_.truncated_tail) report += ", file ends inside a frame (writer stopped mid-write)";
+  if (stats_.truncated_tail)
+    report += stats_.format == 2 ? ", file ends inside a block (writer stopped mid-write)"
+                                 : ", file ends inside a frame (writer stopped mid-write)";
   report += " (" + std::to_string(stats_.bytes_skipped) + " bytes unreadable)";
   return report;
 }

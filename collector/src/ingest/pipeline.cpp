@@ -81,8 +81,10 @@ bool Pipeline::on_frame(Session& session, std::span<const uint8_t> frame, Reject
   std::array<uint32_t, wire::kRecordKindCount> per_kind{};
   std::string problem;
   wire::Record& rec = scratch_;
+  wire::FrameSummary summary;
   while (dec.next(rec)) {
     const auto kind = wire::kind_of(rec);
+    wire::summarize_record(rec, summary);
     ++per_kind[static_cast<size_t>(kind)];
     switch (kind) {
       case wire::RecordKind::kHello: {
@@ -167,6 +169,7 @@ bool Pipeline::on_frame(Session& session, std::span<const uint8_t> frame, Reject
     out->assign(frame.begin(), frame.end());
     stamp_source_id(*out, session.source_id);
   }
+  sink_summary_ = summary;
   sink_(out);
   return true;
 }
@@ -208,6 +211,8 @@ void Pipeline::on_alert(const wire::AlertEpisode& a) {
   enc.add(wire::Record{a});
   auto out = std::make_shared<std::vector<uint8_t>>();
   enc.finish(*out);
+  sink_summary_ = {};
+  wire::summarize_record(wire::Record{a}, sink_summary_);
   sink_(out);
 }
 

@@ -1,171 +1,149 @@
+// The trace store's front: frames into the open block on the caller's thread,
+// sealed blocks to the writer, and range queries over the writer's index.
 #include "inferscope/collector/trace_store.hpp"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
-#include <cinttypes>
-#include <cstdio>
-#include <filesystem>
-#include <system_error>
+
+#include "inferscope/wire/codec.hpp"
+#include "segment_writer.hpp"
 
 namespace inferscope::collector {
-
-namespace fs = std::filesystem;
-
-namespace {
-
-// "trace-000123.istrace" -> 123; 0 for anything else.
-uint64_t parse_segment_index(const std::string& name) {
-  static constexpr std::string_view kPrefix = "trace-", kSuffix = ".istrace";
-  if (name.size() <= kPrefix.size() + kSuffix.size() || name.rfind(kPrefix, 0) != 0 ||
-      name.compare(name.size() - kSuffix.size(), kSuffix.size(), kSuffix) != 0)
-    return 0;
-  uint64_t v = 0;
-  for (size_t i = kPrefix.size(); i < name.size() - kSuffix.size(); ++i) {
-    if (name[i] < '0' || name[i] > '9' || v > UINT64_MAX / 10) return 0;
-    v = v * 10 + static_cast<uint64_t>(name[i] - '0');
-  }
-  return v;
-}
-
-}  // namespace
 
 TraceStore::TraceStore(TraceStoreOptions options, Replay replay, Log log)
     : options_(std::move(options)), replay_(std::move(replay)), log_(std::move(log)) {
   if (options_.segment_bytes == 0)
     options_.segment_bytes = std::clamp<uint64_t>(options_.max_bytes / 8, 64u << 10, 64u << 20);
+  options_.block_bytes = std::clamp<uint32_t>(options_.block_bytes, 4u << 10, wire::kMaxBlockRawBytes / 2);
+  if (options_.queue_blocks == 0) options_.queue_blocks = 1;
+  writer_ = std::make_unique<Writer>(options_, log_);
 }
 
 TraceStore::~TraceStore() { close(); }
 
-std::string TraceStore::segment_name(uint64_t index) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "trace-%06" PRIu64 ".istrace", index);
-  return buf;
-}
-
-std::vector<std::string> TraceStore::list_segments(const std::string& dir) {
-  std::vector<std::pair<uint64_t, std::string>> found;
-  std::error_code ec;
-  for (const auto& entry : fs::directory_iterator(dir, ec)) {
-    if (!entry.is_regular_file(ec)) continue;
-    const uint64_t index = parse_segment_index(entry.path().filename().string());
-    if (index != 0) found.emplace_back(index, entry.path().string());
-  }
-  std::sort(found.begin(), found.end());
-  std::vector<std::string> out;
-  for (auto& [i, p] : found) out.push_back(std::move(p));
-  return out;
-}
-
 bool TraceStore::open(std::string& error) {
-  std::error_code ec;
-  fs::create_directories(options_.dir, ec);
-  if (ec) {
-    error = "trace store: cannot create " + options_.dir + ": " + ec.message();
-    return false;
-  }
-  for (const auto& path : list_segments(options_.dir)) {
-    const uint64_t index = parse_segment_index(fs::path(path).filename().string());
-    const uint64_t bytes = fs::file_size(path, ec);
-    closed_.push_back({index, path, ec ? 0 : bytes});
-    closed_bytes_ += ec ? 0 : bytes;
-    next_index_ = std::max(next_index_, index + 1);
-  }
-  if (!start_segment()) {
-    error = "trace store: " + writer_.error();
-    return false;
-  }
-  enforce_bound();
+  if (!writer_->open(error)) return false;
+  opened_ = true;
+  open_block_starts_segment_ = true;
   return true;
-}
-
-bool TraceStore::start_segment() {
-  if (writer_.is_open()) {
-    writer_.flush();
-    writer_.close();
-    current_.bytes = writer_.bytes_written();
-    closed_.push_back(current_);
-    closed_bytes_ += current_.bytes;
-  }
-  current_ = {next_index_, (fs::path(options_.dir) / segment_name(next_index_)).string(), 0};
-  ++next_index_;
-  if (!writer_.open(current_.path)) {
-    // Keep the name in the books so that a partial file is still bounded and deleted.
-    std::error_code ec;
-    const uint64_t bytes = fs::file_size(current_.path, ec);
-    current_.bytes = ec ? 0 : bytes;
-    if (!ec) closed_.push_back(current_);
-    closed_bytes_ += ec ? 0 : current_.bytes;
-    current_.path.clear();
-    return false;
-  }
-  std::vector<std::vector<uint8_t>> frames;
-  if (replay_) replay_(frames);
-  for (const auto& f : frames)
-    if (!writer_.write_frame(f)) return false;
-  return true;
-}
-
-void TraceStore::enforce_bound() {
-  // The open segment is never deleted; the oldest closed ones go first.
-  while (!closed_.empty() && total_bytes() > options_.max_bytes) {
-    std::error_code ec;
-    fs::remove(closed_.front().path, ec);
-    closed_bytes_ -= closed_.front().bytes;
-    closed_.pop_front();
-  }
-}
-
-void TraceStore::on_error(const std::string& what, int64_t steady_now_ns) {
-  ++write_errors_;
-  if (!failing_ && log_) log_("trace store: write failed (" + what + "); frames are dropped until it recovers");
-  failing_ = true;
-  last_retry_ns_ = steady_now_ns;
 }
 
 void TraceStore::write(std::span<const uint8_t> frame, int64_t steady_now_ns) {
-  if (failing_) {
-    // Retry in a fresh segment at most once a second, so it starts with a full replay.
-    if (steady_now_ns - last_retry_ns_ < 1'000'000'000) {
-      ++write_errors_;
-      return;
+  write(frame, wire::summarize_frame(frame), steady_now_ns);
+}
+
+void TraceStore::write(std::span<const uint8_t> frame, const wire::FrameSummary& summary, int64_t steady_now_ns) {
+  if (!opened_) return;
+  if (open_block_.empty()) {
+    // Decide at a block's start whether it opens a segment: then it begins with
+    // the replay so the segment can be read alone.
+    if (writer_->failing()) {
+      // Retry at most once a second, in a fresh segment; until then refuse cheaply.
+      if (steady_now_ns - last_retry_ns_ < 1'000'000'000) {
+        writer_->refuse(1);
+        return;
+      }
+      last_retry_ns_ = steady_now_ns;
+      open_block_starts_segment_ = true;
+    } else if (writer_->segment_full()) {
+      open_block_starts_segment_ = true;
     }
-    if (!start_segment()) {
-      on_error(writer_.error(), steady_now_ns);
-      return;
+    if (open_block_starts_segment_ && replay_) {
+      std::vector<std::vector<uint8_t>> frames;
+      replay_(frames);
+      for (const auto& f : frames) open_block_.add(f, wire::summarize_frame(f));
     }
-    failing_ = false;
-    if (log_) log_("trace store: writing again to " + current_.path);
+    open_block_since_ns_ = steady_now_ns;
   }
-  if (!writer_.is_open() || !writer_.write_frame(frame)) {
-    on_error(writer_.is_open() ? writer_.error() : "no open segment", steady_now_ns);
-    return;
-  }
-  if (writer_.bytes_written() >= options_.segment_bytes) {
-    if (!start_segment()) on_error(writer_.error(), steady_now_ns);
-    enforce_bound();
-  }
+  open_block_.add(frame, summary);
+  if (open_block_.bytes.size() >= options_.block_bytes) seal_block(steady_now_ns);
+}
+
+void TraceStore::seal_block(int64_t /*steady_now_ns*/) {
+  if (open_block_.empty()) return;
+  wire::RawBlock block = std::move(open_block_);
+  open_block_ = {};
+  open_block_.bytes.reserve(options_.block_bytes + (64u << 10));
+  writer_->submit(std::move(block), open_block_starts_segment_);
+  open_block_starts_segment_ = false;
+}
+
+void TraceStore::tick(int64_t steady_now_ns) {
+  if (!opened_) return;
+  if (!open_block_.empty() && steady_now_ns - open_block_since_ns_ >= options_.block_age_ns)
+    seal_block(steady_now_ns);
+  writer_->enforce_retention();
 }
 
 void TraceStore::flush() {
-  if (writer_.is_open()) writer_.flush();
+  if (!opened_) return;
+  seal_block(open_block_since_ns_);
+  writer_->drain();
 }
 
 void TraceStore::close() {
-  if (!writer_.is_open()) return;
-  writer_.flush();
-  writer_.close();
-  current_.bytes = writer_.bytes_written();
+  if (!opened_) return;
+  flush();
+  writer_->close();
+  opened_ = false;
 }
 
-uint64_t TraceStore::total_bytes() const {
-  return closed_bytes_ + (writer_.is_open() ? writer_.bytes_written() : 0);
-}
+TraceStoreStats TraceStore::stats() const { return writer_->stats(); }
 
-const std::vector<std::string> TraceStore::segment_paths() const {
-  std::vector<std::string> out;
-  for (const auto& s : closed_) out.push_back(s.path);
-  if (!current_.path.empty()) out.push_back(current_.path);
-  return out;
+std::vector<std::string> TraceStore::segment_paths() const { return writer_->segment_paths(); }
+
+RangeScan TraceStore::query(int64_t start_ns, int64_t end_ns, const FrameVisitor& visit) const {
+  RangeScan scan;
+  std::vector<uint8_t> raw;
+  wire::FrameDecoder sizer(wire::DecoderOptions{wire::kMaxBlockRawBytes});
+  for (const auto& seg : writer_->snapshot()) {
+    // The last block that overlaps; definitions (hellos, strings) before it are read too.
+    size_t last = seg.blocks.size();
+    for (size_t i = seg.blocks.size(); i-- > 0;)
+      if (seg.blocks[i].header.overlaps(start_ns, end_ns)) {
+        last = i;
+        break;
+      }
+    if (last == seg.blocks.size()) {
+      scan.blocks_skipped += seg.blocks.size();
+      continue;
+    }
+    const int fd = ::open(seg.path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+      ++scan.errors;  // deleted by retention since the snapshot
+      continue;
+    }
+    ++scan.segments;
+    for (size_t i = 0; i < seg.blocks.size(); ++i) {
+      const auto& h = seg.blocks[i].header;
+      const bool wanted = h.overlaps(start_ns, end_ns) || (i < last && (h.flags & wire::kBlockFlagDefinitions));
+      if (!wanted) {
+        ++scan.blocks_skipped;
+        continue;
+      }
+      std::string error;
+      if (!wire::read_block(fd, seg.blocks[i], raw, error)) {
+        ++scan.errors;
+        continue;
+      }
+      ++scan.blocks_read;
+      size_t offset = 0;
+      while (offset < raw.size()) {
+        size_t n = 0;
+        std::span<const uint8_t> rest(raw.data() + offset, raw.size() - offset);
+        if (!sizer.frame_size(rest, n).ok()) {
+          ++scan.errors;  // the block's CRC was good, so this was written bad; stop at it
+          break;
+        }
+        visit(rest.first(n));
+        offset += n;
+      }
+    }
+    ::close(fd);
+  }
+  return scan;
 }
 
 }  // namespace inferscope::collector

@@ -3,6 +3,7 @@
 #include <fstream>
 #include <iostream>
 #include <sstream>
+#include <tuple>
 
 #include <CLI/CLI.hpp>
 
@@ -12,7 +13,7 @@ using namespace inferscope::collector;
 
 int main(int argc, char** argv) {
   CollectorOptions o;
-  std::string window = "10s", token_file, placement_file;
+  std::string window = "10s", token_file, placement_file, trace_max_age, trace_block_age = "1s";
   CLI::App app{"inferscope collector: ingests agent streams, exposes Prometheus metrics, "
                "detects hot/cold/dead experts, stores traces and serves the viewer"};
   app.add_option("--listen", o.listen,
@@ -26,6 +27,12 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--trace-segment-bytes", o.trace_segment_bytes,
                  "segment size (default max-bytes/8, 64 KiB..64 MiB)");
+  app.add_option("--trace-max-age", trace_max_age,
+                 "delete whole segments whose newest record is older than this, e.g. 24h (default: no age bound)");
+  app.add_option("--trace-block-bytes", o.trace_block_bytes,
+                 "a compressed block closes at this many bytes of frames")->capture_default_str();
+  app.add_option("--trace-block-age", trace_block_age,
+                 "... or this long after its first frame: what a kill -9 can lose")->capture_default_str();
   app.add_option("--window", window, "aggregation window, e.g. 10s, 500ms")->capture_default_str();
   app.add_option("--hot-threshold", o.aggregation.hot_threshold,
                  "utilization (share / fair share) at or above which an expert is hot")->capture_default_str();
@@ -56,6 +63,16 @@ int main(int argc, char** argv) {
     return 2;
   }
   o.aggregation.window_ns = *window_ns;
+  for (auto [flag, text, out] : {std::tuple{"--trace-max-age", &trace_max_age, &o.trace_max_age_ns},
+                                 std::tuple{"--trace-block-age", &trace_block_age, &o.trace_block_age_ns}}) {
+    if (text->empty()) continue;
+    auto ns = parse_duration_ns(*text);
+    if (!ns) {
+      std::cerr << "inferscope-collector: " << flag << " \"" << *text << "\" is not a duration (e.g. 24h, 1s)\n";
+      return 2;
+    }
+    *out = *ns;
+  }
   if (o.aggregation.windows == 0 || o.aggregation.hot_clear_threshold > o.aggregation.hot_threshold ||
       o.aggregation.cold_clear_threshold < o.aggregation.cold_threshold) {
     std::cerr << "inferscope-collector: need --hot-windows >= 1, hot-clear <= hot threshold, "

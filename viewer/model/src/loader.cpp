@@ -65,9 +65,9 @@ void read_frames(wire::TraceFileReader& reader, const std::string& what, TraceMo
 
 bool starts_with_trace_magic(const fs::path& p) {
   std::ifstream in(p, std::ios::binary);
-  char magic[sizeof(wire::kTraceFileMagic)] = {};
-  in.read(magic, sizeof(magic));
-  return in.gcount() == sizeof(magic) && std::memcmp(magic, wire::kTraceFileMagic, sizeof(magic)) == 0;
+  uint8_t magic[sizeof(wire::kTraceFileMagic)] = {};
+  in.read(reinterpret_cast<char*>(magic), sizeof(magic));
+  return in.gcount() == sizeof(magic) && wire::trace_file_format(magic) != 0;  // v1 or v2 (the store's)
 }
 
 char first_non_space(const std::string& path) {
@@ -117,7 +117,7 @@ LoadResult load_path(const std::string& path, TraceModel& model) {
       if (e.is_regular_file() && starts_with_trace_magic(e.path())) files.push_back(e.path());
     std::sort(files.begin(), files.end());
     if (files.empty()) {
-      r.error = "no trace segments (files starting with ISTRACE1) in directory " + path;
+      r.error = "no trace segments (files starting with ISTRACE1 or ISTRACE2) in directory " + path;
       return r;
     }
     for (const auto& f : files) {

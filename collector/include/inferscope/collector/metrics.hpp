@@ -68,6 +68,13 @@ struct CollectorMetrics {
   prometheus::Counter& connections_total;
   prometheus::Gauge& trace_bytes;
   prometheus::Counter& trace_write_errors;
+  prometheus::Gauge& trace_segments;
+  prometheus::Gauge& trace_oldest_timestamp;
+  prometheus::Gauge& trace_max_bytes;
+  prometheus::Gauge& trace_max_age;
+  prometheus::Family<prometheus::Counter>& trace_deleted_segments;  // reason=size|age
+  prometheus::Counter& trace_blocks_written;
+  prometheus::Counter& trace_torn_tails_cut;
   prometheus::Family<prometheus::Counter>& label_overflow;  // reason=models|ranks|episode_series
   prometheus::Family<prometheus::Counter>& viewer_dropped_frames;
   prometheus::Family<prometheus::Counter>& agent_dropped;

@@ -53,6 +53,9 @@ struct CollectorOptions {
   std::string trace_dir;                     // "" = no trace store
   uint64_t trace_max_bytes = 1ull << 30;
   uint64_t trace_segment_bytes = 0;          // 0: max_bytes / 8, clamped to [64 KiB, 64 MiB]
+  int64_t trace_max_age_ns = 0;              // 0 = no age bound (--trace-max-age 24h)
+  uint32_t trace_block_bytes = 256u << 10;   // a block closes at this much raw frame data ...
+  int64_t trace_block_age_ns = 1'000'000'000;  // ... or this long after its first frame
   std::string auth_token;                    // "" = no authentication
   size_t max_connections = 256;              // agent connections at once
   size_t max_viewers = 16;

@@ -26,6 +26,7 @@
 #include "inferscope/collector/options.hpp"
 #include "inferscope/collector/sources.hpp"
 #include "inferscope/wire/codec.hpp"
+#include "inferscope/wire/trace_block.hpp"
 
 namespace inferscope::collector {
 
@@ -64,6 +65,9 @@ class Pipeline {
 
   // Where forwarded frames and alert frames go (the collector wires store and viewers here).
   void set_frame_sink(FrameSink sink) { sink_ = std::move(sink); }
+  // Times and record count of the frame being handed to the sink (valid during the call),
+  // summarized while decoding, so the trace store indexes it without decoding again.
+  const wire::FrameSummary& sink_frame_summary() const { return sink_summary_; }
 
   // Hello + strings of every source, then the recent alerts: what a viewer gets first.
   void replay(std::vector<std::vector<uint8_t>>& frames, bool with_alerts) const;
@@ -81,6 +85,7 @@ class Pipeline {
   SourceRegistry sources_;
   Aggregator aggregator_;
   FrameSink sink_;
+  wire::FrameSummary sink_summary_;
   wire::Record scratch_;  // the record being decoded
   std::array<prometheus::Counter*, wire::kRecordKindCount> record_counters_{};
 };

@@ -1,77 +1,125 @@
-// inferscope collector: the trace store, rotating segment files of wire frames.
+// inferscope collector: the trace store, rotating segment files of compressed blocks.
 //
 // Files are DIR/trace-<n>.istrace (n from 1, zero-padded; names are made here,
-// nothing from the network becomes a path). Each is a TraceFileWriter file: a
-// header and whole, CRC-checked frames, so a crash or a full disk leaves every
-// complete frame readable. A new segment starts with every source's hello and
-// string definitions (the replay callback), so each segment can be read alone
-// and the oldest can be deleted to keep the total under max_bytes.
+// nothing from the network becomes a path). Each is a v2 trace file
+// (wire/trace_block.hpp): zstd-compressed blocks of whole, CRC-checked wire
+// frames, each block header carrying its [min, max] record time. A block is
+// closed at block_bytes of frames or block_age after its first frame, so a
+// kill -9 loses at most the open block (and what the kernel had not written).
+// A new segment starts with every source's hello and string definitions (the
+// replay callback), so each segment can be read alone and the oldest can be
+// deleted to keep the total under max_bytes and the age under max_age.
+//
+// Threads: write(), tick(), flush() and close() are called from one thread (the
+// collector's io thread). With background = true, blocks are compressed and
+// written by the store's own thread behind a bounded queue (a block that finds
+// the queue full is dropped and counted); otherwise inline. stats() and query()
+// may be called from any thread.
 //
 // A write error (disk full) is counted and logged once per error episode; the
 // store keeps trying (at most once a second, in a fresh segment) and ingest
 // never waits for it.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
-#include <deque>
 #include <functional>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
 
-#include "inferscope/wire/trace_file.hpp"
+#include "inferscope/wire/trace_block.hpp"
 
 namespace inferscope::collector {
 
 struct TraceStoreOptions {
   std::string dir;
   uint64_t max_bytes = 1ull << 30;
-  uint64_t segment_bytes = 0;  // 0: max_bytes / 8 clamped to [64 KiB, 64 MiB]
+  int64_t max_age_ns = 0;          // 0: no age bound
+  uint64_t segment_bytes = 0;      // 0: max_bytes / 8 clamped to [64 KiB, 64 MiB]
+  uint32_t block_bytes = 256u << 10;
+  int64_t block_age_ns = 1'000'000'000;
+  int zstd_level = 1;
+  bool background = true;          // compress and write on the store's own thread
+  size_t queue_blocks = 64;        // background: sealed blocks waiting at most (16 MiB of frames)
+};
+
+// Cumulative since open(); gauges are the current state.
+struct TraceStoreStats {
+  uint64_t bytes = 0;              // gauge: all segments on disk
+  uint64_t segments = 0;           // gauge
+  int64_t oldest_ns = 0;           // gauge: min record time still stored (0: none)
+  uint64_t blocks_written = 0;
+  uint64_t frames_written = 0;
+  uint64_t write_errors = 0;       // frames not written (disk full, I/O error)
+  uint64_t dropped_blocks = 0;     // background queue full (also in write_errors as frames)
+  uint64_t deleted_by_size = 0;    // segments
+  uint64_t deleted_by_age = 0;
+  uint64_t torn_tails_cut = 0;     // at open: segments whose torn last block was cut
+};
+
+// What a range query hands back: the frames of every stored block that overlaps
+// the range, and of the definition blocks (hellos, strings) before them in the
+// same segment, so every string id can be resolved. Frames are views valid
+// during the callback only.
+struct RangeScan {
+  uint64_t segments = 0;
+  uint64_t blocks_read = 0;        // decompressed
+  uint64_t blocks_skipped = 0;     // outside the range, by the index alone
+  uint64_t errors = 0;             // blocks that could not be read (deleted, damaged)
 };
 
 class TraceStore {
  public:
   using Replay = std::function<void(std::vector<std::vector<uint8_t>>&)>;
   using Log = std::function<void(const std::string&)>;
+  using FrameVisitor = std::function<void(std::span<const uint8_t> frame)>;
 
   TraceStore(TraceStoreOptions options, Replay replay, Log log);
   ~TraceStore();
 
-  // Creates the directory, finds existing segments (their bytes count towards
-  // the bound; numbering continues after them) and opens a new segment.
+  // Creates the directory, finds existing segments (walking each v2 segment's
+  // block headers to rebuild its time index; a torn last block is cut off and
+  // logged), and opens a new segment. Numbering continues after the old ones.
   bool open(std::string& error);
+  // Adds one frame; summary comes from whoever decoded it (the pipeline).
+  void write(std::span<const uint8_t> frame, const wire::FrameSummary& summary, int64_t steady_now_ns);
+  // Same, decoding the frame to summarize it (tools and tests).
   void write(std::span<const uint8_t> frame, int64_t steady_now_ns);
+  // Closes the open block when it is older than block_age; call periodically.
+  void tick(int64_t steady_now_ns);
+  // Seals the open block and waits until everything before it is on disk.
   void flush();
   void close();
 
-  uint64_t total_bytes() const;                  // all segments on disk
-  uint64_t write_errors() const { return write_errors_; }
-  const std::vector<std::string> segment_paths() const;
+  TraceStoreStats stats() const;
+  uint64_t total_bytes() const { return stats().bytes; }
+  uint64_t write_errors() const { return stats().write_errors; }
+  std::vector<std::string> segment_paths() const;
+
+  // Visits stored frames for [start_ns, end_ns] (see RangeScan). The open block
+  // (at most block_age old) is not included: flush() first to see it.
+  RangeScan query(int64_t start_ns, int64_t end_ns, const FrameVisitor& visit) const;
+
   static std::string segment_name(uint64_t index);  // "trace-000001.istrace"
   // Segment files of a directory, oldest first.
   static std::vector<std::string> list_segments(const std::string& dir);
 
- private:
-  bool start_segment();
-  void enforce_bound();
-  void on_error(const std::string& what, int64_t steady_now_ns);
+  class Writer;  // segment files, index and retention (store/segment_writer.hpp)
 
-  struct Segment {
-    uint64_t index;
-    std::string path;
-    uint64_t bytes;
-  };
+ private:
+  void seal_block(int64_t steady_now_ns);
+
   TraceStoreOptions options_;
   Replay replay_;
   Log log_;
-  std::deque<Segment> closed_;
-  uint64_t closed_bytes_ = 0;
-  uint64_t next_index_ = 1;
-  Segment current_{0, "", 0};
-  wire::TraceFileWriter writer_;
-  bool failing_ = false;
+  std::unique_ptr<Writer> writer_;
+  wire::RawBlock open_block_;
+  int64_t open_block_since_ns_ = 0;
+  bool open_block_starts_segment_ = true;
   int64_t last_retry_ns_ = 0;
-  uint64_t write_errors_ = 0;
+  bool opened_ = false;
 };
 
 }  // namespace inferscope::collector

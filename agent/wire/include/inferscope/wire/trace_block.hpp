@@ -1,0 +1,139 @@
+// inferscope trace files, format 2: zstd-compressed blocks of wire frames with a time index.
+//
+// A v2 file is a 16-byte file header ("ISTRACE2", u16 protocol version, u16
+// format version 2, 4 reserved bytes) followed by blocks. A block is a 48-byte
+// header and a payload; the payload is whole wire frames, concatenated, then
+// compressed with zstd (or stored raw when flags say so):
+//
+//   off size field
+//     0   4  magic "ISB2" (0x32425349 little-endian)
+//     4   2  format version (2)
+//     6   2  flags: bit 0 zstd, bit 1 holds hello / string definitions
+//     8   4  raw bytes (the frames, after decompression; <= kMaxBlockRawBytes)
+//    12   4  stored bytes (the payload as written)
+//    16   4  frames in the block
+//    20   4  records in those frames
+//    24   8  min record timestamp (ns; INT64_MAX when no record has a time)
+//    32   8  max record timestamp (ns; INT64_MIN when none)
+//    40   4  CRC-32 of the stored payload
+//    44   4  CRC-32 of header bytes [0, 44)
+//
+// The header has its own CRC, so a reader can walk a file block by block by
+// seeking over stored sizes (no decompression) and trust the [min, max] times
+// it finds: that walk is the time index. A writer appends a block with one
+// write and cuts it off again if the write fails, so a crash leaves at most one
+// torn block at the end of a file, which the walk detects (size past the end of
+// the file, or payload CRC mismatch).
+#pragma once
+
+#include <cstdint>
+#include <limits>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "inferscope/wire/records.hpp"
+
+namespace inferscope::wire {
+
+inline constexpr char kTraceFileMagicV2[8] = {'I', 'S', 'T', 'R', 'A', 'C', 'E', '2'};
+inline constexpr uint16_t kTraceBlockFormatVersion = 2;
+inline constexpr uint32_t kBlockMagic = 0x32425349;  // "ISB2"
+inline constexpr size_t kBlockHeaderBytes = 48;
+inline constexpr uint32_t kMaxBlockRawBytes = 64u << 20;
+inline constexpr uint16_t kBlockFlagZstd = 1u << 0;
+inline constexpr uint16_t kBlockFlagDefinitions = 1u << 1;
+
+// What the store needs to know about one frame to index it.
+struct FrameSummary {
+  int64_t min_ns = std::numeric_limits<int64_t>::max();
+  int64_t max_ns = std::numeric_limits<int64_t>::min();
+  uint32_t records = 0;
+  bool definitions = false;  // holds a hello or a string definition
+
+  bool has_time() const { return min_ns <= max_ns; }
+};
+
+// Widens the summary by one record (its timestamps; hellos and strings set definitions).
+void summarize_record(const Record& record, FrameSummary& summary);
+// Decodes a whole frame to summarize it (the slow path for tools and tests:
+// the collector's pipeline summarizes records while it decodes them anyway).
+FrameSummary summarize_frame(std::span<const uint8_t> frame);
+
+struct BlockHeader {
+  uint16_t flags = 0;
+  uint32_t raw_bytes = 0;
+  uint32_t stored_bytes = 0;
+  uint32_t frames = 0;
+  uint32_t records = 0;
+  int64_t min_ns = std::numeric_limits<int64_t>::max();
+  int64_t max_ns = std::numeric_limits<int64_t>::min();
+  uint32_t payload_crc = 0;
+
+  bool overlaps(int64_t start_ns, int64_t end_ns) const { return min_ns <= end_ns && max_ns >= start_ns; }
+};
+
+void encode_block_header(const BlockHeader& header, uint8_t out[kBlockHeaderBytes]);
+// False with error set when the bytes are not a valid block header (magic,
+// version, header CRC, sizes within limits).
+bool decode_block_header(std::span<const uint8_t> bytes, BlockHeader& header, std::string& error);
+
+// The 16-byte header of a v2 file.
+void encode_v2_file_header(uint8_t out[16]);
+
+// Frames gathered for one block, before compression. Movable, so a store can
+// hand a full block to another thread to compress and write.
+struct RawBlock {
+  std::vector<uint8_t> bytes;  // whole frames
+  uint32_t frames = 0;
+  FrameSummary summary;
+
+  void add(std::span<const uint8_t> frame, const FrameSummary& s);
+  bool empty() const { return frames == 0; }
+  void clear();
+};
+
+// Compresses raw blocks into header + payload. Keeps one zstd context (not thread-safe).
+class BlockCompressor {
+ public:
+  explicit BlockCompressor(int zstd_level = 1);
+  ~BlockCompressor();
+  BlockCompressor(const BlockCompressor&) = delete;
+  BlockCompressor& operator=(const BlockCompressor&) = delete;
+
+  // Replaces out with the sealed block (header then payload).
+  void seal(const RawBlock& block, std::vector<uint8_t>& out);
+
+ private:
+  int level_;
+  void* cctx_ = nullptr;  // ZSTD_CCtx, kept out of the header
+};
+
+// One block found by walking a file.
+struct BlockLocation {
+  uint64_t offset = 0;  // of the block header
+  BlockHeader header;
+  uint64_t end() const { return offset + kBlockHeaderBytes + header.stored_bytes; }
+};
+
+struct BlockScan {
+  std::vector<BlockLocation> blocks;  // valid headers, in file order
+  uint64_t file_bytes = 0;
+  uint64_t valid_bytes = 0;           // end of the last good block (the file header when none)
+  uint64_t damaged_regions = 0;       // bad headers skipped in the middle
+  bool torn_tail = false;             // bytes after valid_bytes that are no whole block
+  std::string tail_problem;           // why, for the log
+};
+
+// Walks a v2 file's block headers (seeking over payloads; only the last
+// block's payload is read, to check its CRC). False with error when the file
+// cannot be read or is not a v2 trace file.
+bool scan_blocks(const std::string& path, BlockScan& scan, std::string& error);
+
+// Reads, checks and decompresses one block of an open file into raw (the frames).
+bool read_block(int fd, const BlockLocation& where, std::vector<uint8_t>& raw, std::string& error);
+// Checks and decompresses a block whose stored payload is in memory.
+bool unpack_block(const BlockHeader& header, std::span<const uint8_t> payload, std::vector<uint8_t>& raw,
+                  std::string& error);
+
+}  // namespace inferscope::wire
