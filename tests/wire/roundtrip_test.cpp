@@ -81,6 +81,14 @@ TEST(WireRoundTrip, ExpertParallelStepExtremesSurvive) {
   EXPECT_TRUE(out[3] == Record(testing::sample_span(77)));
 }
 
+TEST(WireRoundTrip, HotRankAlertSurvives) {
+  AlertEpisode a{AlertKind::kHotRank, 1, 7, 42, 5'000, 9'000, 0.7f, 1.4f, "ep-model"};
+  auto out = roundtrip({a});
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_TRUE(out[0] == Record(a));
+  EXPECT_STREQ(to_string(AlertKind::kHotRank), "hot_rank");
+}
+
 // The decoder refuses what no agent can mean: negative durations, layers past the limit.
 TEST(WireRoundTrip, ExpertParallelStepOutOfRangeIsRejected) {
   for (int field = 0; field < 4; ++field) {

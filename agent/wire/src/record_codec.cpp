@@ -405,7 +405,7 @@ bool decode(ByteReader& r, int64_t& prev, CounterSample& c, std::string& why) {
 }
 
 bool decode(ByteReader& r, int64_t& prev, AlertEpisode& a, std::string& why) {
-  IS_READ(read_enum(r, a.kind, 4), "unknown alert kind");
+  IS_READ(read_enum(r, a.kind, kAlertKindCount), "unknown alert kind");
   IS_READ(read_small(r, a.rank, kMaxRanks - 1), "rank out of range");
   IS_READ(read_small(r, a.layer, kMaxLayers - 1), "layer out of range");
   IS_READ(read_small(r, a.expert, kMaxExperts - 1), "expert out of range");

@@ -17,6 +17,8 @@ const char* to_string(RecordKind kind) {
     case RecordKind::kCounter: return "counter";
     case RecordKind::kAlert: return "alert";
     case RecordKind::kExpertParallel: return "expert_parallel";
+    case RecordKind::kRangeQuery: return "range_query";
+    case RecordKind::kRangeEnd: return "range_end";
   }
   return "unknown";
 }
@@ -62,6 +64,7 @@ const char* to_string(AlertKind kind) {
     case AlertKind::kColdExpert: return "cold_expert";
     case AlertKind::kDeadExpert: return "dead_expert";
     case AlertKind::kDropBurst: return "drop_burst";
+    case AlertKind::kHotRank: return "hot_rank";
   }
   return "unknown";
 }

@@ -4,6 +4,8 @@
 #include <array>
 #include <charconv>
 
+#include "inferscope/collector/eplb.hpp"
+
 namespace inferscope::collector {
 
 using prometheus::Counter;
@@ -116,6 +118,13 @@ struct Aggregator::Model {
   std::map<uint32_t, std::vector<Gauge*>> rank_util;
   std::map<uint32_t, Gauge*> balancedness;
   std::map<uint32_t, RankLoad> last_rank_load;
+  // EPLB what-if, next to the current placement's gauges above.
+  std::map<uint32_t, std::vector<Gauge*>> eplb_util;
+  std::map<uint32_t, Gauge*> eplb_balancedness;
+  std::map<uint32_t, RankLoad> last_eplb_load;
+  // Expert parallelism: created by the first expert_parallel record or placement window.
+  uint32_t world_size = 1;  // largest world size any hello of the model declared
+  std::unique_ptr<EpRanks> ep;
 };
 
 Aggregator::Aggregator(AggregatorOptions options, CollectorMetrics& metrics)
@@ -195,6 +204,7 @@ void Aggregator::on_connect(const Source& source) {
     metrics_.overflow("ranks").Increment();
     model->placement.reset();
   }
+  model->world_size = std::max(model->world_size, source.hello.world_size);
   if (Rank* rank = rank_for(*model, source.hello.rank, source.rank)) rank->agent_connected->Increment();
 }
 
@@ -256,25 +266,48 @@ void Aggregator::close_window(Model& model) {
   for (auto& [rank_id, rank] : model.ranks)
     for (uint32_t i = 0; i < rank->layers.size(); ++i)
       if (rank->layers[i]) close_layer(model, *rank, i, *rank->layers[i], start, end);
-  if (!model.placement) return;
-  for (auto& [layer, acc] : model.placement_acc) {
-    const auto& table = model.placement->for_layer(layer);
-    RankLoad rl = compute_rank_load(acc, table, model.placement->ranks);
-    std::fill(acc.begin(), acc.end(), 0);
-    if (rl.balancedness <= 0.0) continue;  // idle
-    auto& gauges = model.rank_util[layer];
-    const std::string layer_label = std::to_string(layer);
-    if (gauges.empty()) {
-      for (uint32_t r = 0; r < model.placement->ranks; ++r)
-        gauges.push_back(&metrics_.ep_rank_utilization.Add(
-            {{"model", model.name}, {"rank", std::to_string(r)}, {"layer", layer_label}}));
-      model.balancedness[layer] =
-          &metrics_.ep_balancedness.Add({{"model", model.name}, {"layer", layer_label}});
+  std::vector<EpLayerWindow> ep_layers;
+  if (model.placement) {
+    const uint32_t ranks = model.placement->ranks;
+    const uint32_t redundant = static_cast<uint32_t>(
+        options_.eplb_redundant >= 0 ? std::min<int64_t>(options_.eplb_redundant, wire::kMaxExperts) : ranks);
+    for (auto& [layer, acc] : model.placement_acc) {
+      const auto& table = model.placement->for_layer(layer);
+      RankLoad rl = compute_rank_load(acc, table, ranks);
+      if (rl.balancedness <= 0.0) continue;  // idle
+      // What-if: EPLB planned from this window's loads, evaluated on them.
+      const EplbPlan plan = plan_eplb(acc, ranks, redundant, &table);
+      RankLoad eplb = compute_rank_load(acc, plan.expert_to_ranks, ranks);
+      const std::string layer_label = std::to_string(layer);
+      auto& gauges = model.rank_util[layer];
+      auto& eplb_gauges = model.eplb_util[layer];
+      if (gauges.empty()) {
+        for (uint32_t r = 0; r < ranks; ++r) {
+          const Labels l{{"model", model.name}, {"rank", std::to_string(r)}, {"layer", layer_label}};
+          gauges.push_back(&metrics_.ep_rank_utilization.Add(l));
+          eplb_gauges.push_back(&metrics_.eplb_rank_utilization.Add(l));
+        }
+        model.balancedness[layer] =
+            &metrics_.ep_balancedness.Add({{"model", model.name}, {"layer", layer_label}});
+        model.eplb_balancedness[layer] =
+            &metrics_.eplb_balancedness.Add({{"model", model.name}, {"layer", layer_label}});
+      }
+      for (uint32_t r = 0; r < gauges.size(); ++r) gauges[r]->Set(rl.utilization[r]);
+      for (uint32_t r = 0; r < eplb_gauges.size(); ++r) eplb_gauges[r]->Set(eplb.utilization[r]);
+      model.balancedness[layer]->Set(rl.balancedness);
+      model.eplb_balancedness[layer]->Set(eplb.balancedness);
+      model.last_rank_load[layer] = std::move(rl);
+      model.last_eplb_load[layer] = std::move(eplb);
+      ep_layers.push_back({layer, acc, &table, &model.last_rank_load[layer]});
     }
-    for (uint32_t r = 0; r < gauges.size(); ++r) gauges[r]->Set(rl.utilization[r]);
-    model.balancedness[layer]->Set(rl.balancedness);
-    model.last_rank_load[layer] = std::move(rl);
+    if (!model.ep) model.ep = std::make_unique<EpRanks>(options_, metrics_, model.name);
   }
+  if (model.ep) {
+    std::vector<wire::AlertEpisode> alerts;
+    model.ep->close_window(start, end, ep_layers, model.placement ? model.placement->ranks : 0, alerts);
+    for (auto& a : alerts) emit(std::move(a));
+  }
+  for (auto& [layer, acc] : model.placement_acc) std::fill(acc.begin(), acc.end(), 0);
 }
 
 void Aggregator::close_layer(Model& model, Rank& rank, uint32_t index, Layer& layer,
@@ -342,6 +375,10 @@ void Aggregator::publish(Model& model, Rank& rank, Layer& layer, uint32_t index,
   a.peak_share = ev.peak_share;
   a.peak_utilization = ev.peak_utilization;
   a.model = model.name;
+  emit(std::move(a));
+}
+
+void Aggregator::emit(wire::AlertEpisode a) {
   recent_.push_back(a);
   while (recent_.size() > options_.max_recent_alerts) recent_.pop_front();
   if (alert_sink_) alert_sink_(a);
@@ -438,6 +475,21 @@ bool Aggregator::on_record(const Source& source, const wire::Record& record, std
     case wire::RecordKind::kExpertLoad:
       on_expert_load(source, *model, std::get<wire::ExpertLoad>(record), why, ok);
       break;
+    case wire::RecordKind::kExpertParallel: {
+      const auto& s = std::get<wire::ExpertParallelStep>(record);
+      if (!model->layers.empty() &&
+          (s.layer >= model->layers.size() || model->layers[s.layer].ffn != wire::FfnKind::kMoe)) {
+        why = "expert_parallel for layer " + std::to_string(s.layer) +
+              ", which the hello's model description does not have as a MoE layer";
+        ok = false;
+        break;
+      }
+      on_time(*model, s.timestamp_ns);
+      if (rank() == nullptr) break;  // over the rank bound: counted there
+      if (!model->ep) model->ep = std::make_unique<EpRanks>(options_, metrics_, model->name);
+      model->ep->on_step(model->world_size, source.hello.rank, s);
+      break;
+    }
     case wire::RecordKind::kMemory: {
       const auto& m = std::get<wire::MemorySample>(record);
       on_time(*model, m.timestamp_ns);
@@ -558,6 +610,25 @@ std::optional<RankLoad> Aggregator::rank_load(const std::string& model, uint32_t
   auto it = m->second->last_rank_load.find(index);
   if (it == m->second->last_rank_load.end()) return std::nullopt;
   return it->second;
+}
+
+std::optional<RankLoad> Aggregator::eplb_rank_load(const std::string& model, uint32_t index) const {
+  auto m = models_.find(model);
+  if (m == models_.end()) return std::nullopt;
+  auto it = m->second->last_eplb_load.find(index);
+  if (it == m->second->last_eplb_load.end()) return std::nullopt;
+  return it->second;
+}
+
+std::vector<HotRank> Aggregator::hot_ranks(const std::string& model) const {
+  auto m = models_.find(model);
+  if (m == models_.end() || !m->second->ep) return {};
+  return m->second->ep->hot_ranks();
+}
+
+const EpRanks* Aggregator::ep_ranks(const std::string& model) const {
+  auto m = models_.find(model);
+  return m == models_.end() ? nullptr : m->second->ep.get();
 }
 
 std::vector<wire::AlertEpisode> Aggregator::open_episodes() const {

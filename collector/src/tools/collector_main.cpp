@@ -49,6 +49,12 @@ int main(int argc, char** argv) {
   app.add_flag("--per-expert-metrics", o.aggregation.per_expert_metrics,
                "export every expert's series (small models only; see docs/metrics.md)");
   app.add_option("--placement", placement_file, "expert placement JSON (overrides the agents' hello)");
+  app.add_option("--eplb-redundant", o.aggregation.eplb_redundant,
+                 "redundant expert slots for the EPLB what-if (-1: one per EP rank)")->capture_default_str();
+  app.add_option("--hot-rank-threshold", o.aggregation.hot_rank_threshold,
+                 "EP rank load / mean rank load at or above which a rank is hot")->capture_default_str();
+  app.add_option("--hot-rank-clear-threshold", o.aggregation.hot_rank_clear_threshold,
+                 "a hot EP rank clears below this")->capture_default_str();
   app.add_option("--auth-token-file", token_file, "require this shared token from agents and viewers");
   app.add_option("--max-connections", o.max_connections, "agent connections at once")->capture_default_str();
   app.add_option("--max-models", o.aggregation.max_models, "label bound: models")->capture_default_str();
@@ -77,6 +83,12 @@ int main(int argc, char** argv) {
       o.aggregation.cold_clear_threshold < o.aggregation.cold_threshold) {
     std::cerr << "inferscope-collector: need --hot-windows >= 1, hot-clear <= hot threshold, "
                  "cold-clear >= cold threshold\n";
+    return 2;
+  }
+  if (o.aggregation.hot_rank_clear_threshold > o.aggregation.hot_rank_threshold ||
+      o.aggregation.hot_rank_threshold <= 1.0 || o.aggregation.eplb_redundant < -1) {
+    std::cerr << "inferscope-collector: need 1 < --hot-rank-threshold, --hot-rank-clear-threshold <= it, "
+                 "--eplb-redundant >= -1\n";
     return 2;
   }
   if (!placement_file.empty()) {

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "inferscope/collector/detector.hpp"
+#include "inferscope/collector/ep_ranks.hpp"
 #include "inferscope/collector/layer_stats.hpp"
 #include "inferscope/collector/metrics.hpp"
 #include "inferscope/collector/options.hpp"
@@ -62,6 +63,11 @@ class Aggregator {
   };
   std::optional<LayerSnapshot> layer(const std::string& model, uint32_t rank, uint32_t layer) const;
   std::optional<RankLoad> rank_load(const std::string& model, uint32_t layer) const;
+  // The EPLB what-if's rank loads for the layer, last window (needs a placement).
+  std::optional<RankLoad> eplb_rank_load(const std::string& model, uint32_t layer) const;
+  // Open hot-rank episodes with their layers and responsible experts.
+  std::vector<HotRank> hot_ranks(const std::string& model) const;
+  const EpRanks* ep_ranks(const std::string& model) const;  // null before any EP data
   std::vector<wire::AlertEpisode> open_episodes() const;
   const std::deque<wire::AlertEpisode>& recent_alerts() const { return recent_; }
 
@@ -76,6 +82,7 @@ class Aggregator {
   void close_layer(Model& model, Rank& rank, uint32_t index, Layer& layer, int64_t start_ns,
                    int64_t end_ns);
   void publish(Model& model, Rank& rank, Layer& layer, uint32_t index, const EpisodeEvent& ev);
+  void emit(wire::AlertEpisode a);  // to the recent list and the sink
   void on_expert_load(const Source& source, Model& model, const wire::ExpertLoad& load,
                       std::string& why, bool& ok);
 

@@ -45,6 +45,23 @@ struct CollectorMetrics {
   // [SECTION] Placement
   prometheus::Family<prometheus::Gauge>& ep_rank_utilization;
   prometheus::Family<prometheus::Gauge>& ep_balancedness;
+  prometheus::Family<prometheus::Gauge>& eplb_rank_utilization;  // what-if: EPLB re-placement
+  prometheus::Family<prometheus::Gauge>& eplb_balancedness;
+
+  // [SECTION] Expert parallelism, from the ranks' expert_parallel records
+  prometheus::Family<prometheus::Counter>& ep_dispatch_seconds;  // model, rank, layer
+  prometheus::Family<prometheus::Counter>& ep_compute_seconds;
+  prometheus::Family<prometheus::Counter>& ep_combine_seconds;
+  prometheus::Family<prometheus::Counter>& ep_idle_seconds;
+  prometheus::Family<prometheus::Counter>& ep_rows_computed;
+  prometheus::Family<prometheus::Counter>& ep_rows_sent;
+  prometheus::Family<prometheus::Counter>& ep_layer_steps;
+  prometheus::Family<prometheus::Counter>& ep_straggler_steps;   // model, rank
+  prometheus::Family<prometheus::Counter>& ep_joined_steps;      // model
+  prometheus::Family<prometheus::Counter>& ep_unjoined_steps;    // model, reason
+  prometheus::Family<prometheus::Gauge>& ep_rank_load_utilization;  // model, rank
+  prometheus::Family<prometheus::Gauge>& ep_rank_hot;
+  prometheus::Family<prometheus::Counter>& ep_hot_rank_episodes;
 
   // [SECTION] Memory, prefix cache, stages, requests
   prometheus::Family<prometheus::Gauge>& memory_used;

@@ -28,6 +28,12 @@ struct AggregatorOptions {
   bool per_expert_metrics = false;     // export every expert's series (small models only)
   std::optional<Placement> placement;  // --placement FILE; overrides the hello's expert_to_rank
 
+  // Expert parallelism (docs/expert-parallel.md, "Observing it").
+  double hot_rank_threshold = 1.25;        // rank load / mean rank load that makes a rank hot
+  double hot_rank_clear_threshold = 1.1;   // hysteresis: a hot rank clears below this
+  int64_t eplb_redundant = -1;             // --eplb-redundant: EPLB what-if extra slots; -1 = one per rank
+  uint64_t ep_join_steps = 1024;           // steps held while waiting for every rank's record
+
   // Label-cardinality bounds: records beyond them are counted, not exported.
   size_t max_models = 16;
   size_t max_ranks = 1024;             // per model

@@ -246,7 +246,17 @@ struct CounterSample {
 
 // A collector-derived episode (hot / cold / dead expert), stored in traces and
 // streamed to viewers. end_ns == 0 while the episode is open.
-enum class AlertKind : uint8_t { kHotExpert = 0, kColdExpert = 1, kDeadExpert = 2, kDropBurst = 3 };
+// kHotRank: an expert-parallel rank carrying too much of the load; `layer` is its
+// hottest MoE layer and `expert` the rank's largest expert there, peak_share the
+// rank's share of all rows, peak_utilization that share over the fair share.
+enum class AlertKind : uint8_t {
+  kHotExpert = 0,
+  kColdExpert = 1,
+  kDeadExpert = 2,
+  kDropBurst = 3,
+  kHotRank = 4,
+};
+inline constexpr uint8_t kAlertKindCount = 5;
 
 struct AlertEpisode {
   AlertKind kind = AlertKind::kHotExpert;

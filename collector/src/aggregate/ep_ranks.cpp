@@ -1,0 +1,263 @@
+#include "inferscope/collector/ep_ranks.hpp"
+
+#include <algorithm>
+
+namespace inferscope::collector {
+
+using prometheus::Counter;
+using prometheus::Gauge;
+
+namespace {
+double seconds(int64_t ns) { return static_cast<double>(ns) * 1e-9; }
+constexpr size_t kExpertsPerHotLayer = 3;
+}  // namespace
+
+struct EpRanks::Cell {
+  Counter *dispatch = nullptr, *compute = nullptr, *combine = nullptr, *idle = nullptr;
+  Counter *rows_computed = nullptr, *rows_sent = nullptr, *steps = nullptr;
+};
+
+struct EpRanks::RankSeries {
+  Counter* straggler = nullptr;
+  Counter* episodes = nullptr;
+  Gauge* utilization = nullptr;
+  Gauge* hot = nullptr;
+};
+
+EpRanks::EpRanks(const AggregatorOptions& options, CollectorMetrics& metrics, std::string model)
+    : options_(options), rank_options_(options), metrics_(metrics), model_(std::move(model)),
+      join_(options.ep_join_steps, options.ep_join_steps * 16) {
+  // The expert detector's state machine, with rank thresholds; ranks are never cold.
+  rank_options_.hot_threshold = options.hot_rank_threshold;
+  rank_options_.hot_clear_threshold = options.hot_rank_clear_threshold;
+  rank_options_.cold_threshold = -1.0;
+  rank_options_.cold_clear_threshold = -1.0;
+  rank_options_.drop_burst_threshold = 2.0;  // never
+  metrics_.ep_joined_steps.Add({{"model", model_}});
+}
+
+EpRanks::~EpRanks() = default;
+
+EpRanks::Cell& EpRanks::cell(uint32_t rank, uint32_t layer) {
+  auto& slot = cells_[{rank, layer}];
+  if (!slot) {
+    slot = std::make_unique<Cell>();
+    const prometheus::Labels l{{"model", model_}, {"rank", std::to_string(rank)}, {"layer", std::to_string(layer)}};
+    slot->dispatch = &metrics_.ep_dispatch_seconds.Add(l);
+    slot->compute = &metrics_.ep_compute_seconds.Add(l);
+    slot->combine = &metrics_.ep_combine_seconds.Add(l);
+    slot->idle = &metrics_.ep_idle_seconds.Add(l);
+    slot->rows_computed = &metrics_.ep_rows_computed.Add(l);
+    slot->rows_sent = &metrics_.ep_rows_sent.Add(l);
+    slot->steps = &metrics_.ep_layer_steps.Add(l);
+  }
+  return *slot;
+}
+
+EpRanks::RankSeries& EpRanks::rank_series(uint32_t rank) {
+  auto& slot = ranks_[rank];
+  if (!slot) {
+    slot = std::make_unique<RankSeries>();
+    const prometheus::Labels l{{"model", model_}, {"rank", std::to_string(rank)}};
+    slot->straggler = &metrics_.ep_straggler_steps.Add(l);
+    slot->episodes = &metrics_.ep_hot_rank_episodes.Add(l);
+    slot->utilization = &metrics_.ep_rank_load_utilization.Add(l);
+    slot->hot = &metrics_.ep_rank_hot.Add(l);
+  }
+  return *slot;
+}
+
+void EpRanks::on_step(uint32_t world_size, uint32_t rank, const wire::ExpertParallelStep& s) {
+  const uint32_t world = static_cast<uint32_t>(
+      std::min<uint64_t>(std::max<uint32_t>(world_size, 1), options_.max_ranks));
+  Cell& c = cell(rank, s.layer);
+  c.dispatch->Increment(seconds(s.dispatch_ns));
+  c.compute->Increment(seconds(s.compute_ns));
+  c.combine->Increment(seconds(s.combine_ns));
+  c.rows_computed->Increment(s.rows_computed);
+  c.rows_sent->Increment(s.rows_sent);
+  c.steps->Increment();
+  rank_series(rank);
+  auto& acc = rows_acc_[rank];
+  if (acc.size() <= s.layer) acc.resize(s.layer + 1, 0);
+  acc[s.layer] += s.rows_computed;
+  rows_seen_ = true;
+
+  EpStepJoin::Joined joined;
+  switch (join_.add(world, rank, s.step, s.layer, s.compute_ns, joined)) {
+    case EpStepJoin::Result::kJoined: {
+      ++joined_;
+      metrics_.ep_joined_steps.Add({{"model", model_}}).Increment();
+      const int64_t slowest = joined.compute_ns[joined.slowest];
+      for (uint32_t r = 0; r < joined.compute_ns.size(); ++r)
+        cell(r, joined.layer).idle->Increment(seconds(slowest - joined.compute_ns[r]));
+      rank_series(joined.slowest).straggler->Increment();
+      break;
+    }
+    case EpStepJoin::Result::kDuplicate:
+      metrics_.ep_unjoined_steps.Add({{"model", model_}, {"reason", "duplicate"}}).Increment();
+      break;
+    case EpStepJoin::Result::kOutOfWorld:
+      metrics_.ep_unjoined_steps.Add({{"model", model_}, {"reason", "rank_out_of_world"}}).Increment();
+      break;
+    case EpStepJoin::Result::kPending:
+      break;
+  }
+  if (join_.evicted() > reported_evicted_) {
+    metrics_.ep_unjoined_steps.Add({{"model", model_}, {"reason", "incomplete"}})
+        .Increment(static_cast<double>(join_.evicted() - reported_evicted_));
+    reported_evicted_ = join_.evicted();
+  }
+}
+
+void EpRanks::close_window(int64_t start_ns, int64_t end_ns, const std::vector<EpLayerWindow>& layers,
+                           uint32_t placement_ranks, std::vector<wire::AlertEpisode>& alerts) {
+  // Per rank and layer load this window: rows computed, else the placement's load.
+  std::map<uint32_t, std::vector<double>> per_layer;  // layer -> load per rank
+  uint32_t ranks = 0;
+  if (rows_seen_) {
+    for (const auto& [rank, acc] : rows_acc_) ranks = std::max(ranks, rank + 1);
+    for (const auto& [rank, acc] : rows_acc_)
+      for (uint32_t l = 0; l < acc.size(); ++l)
+        if (acc[l] > 0) {
+          auto& v = per_layer[l];
+          v.resize(ranks, 0.0);
+          v[rank] += static_cast<double>(acc[l]);
+        }
+  } else if (placement_ranks > 0) {
+    ranks = placement_ranks;
+    for (const auto& lw : layers)
+      if (lw.rank_load != nullptr && lw.rank_load->balancedness > 0.0) per_layer[lw.layer] = lw.rank_load->load;
+  }
+  rows_acc_.clear();
+  rows_seen_ = false;
+  if (ranks == 0 || per_layer.empty()) return;  // idle window
+
+  std::vector<uint64_t> total(ranks, 0);
+  for (auto& [layer, v] : per_layer) {
+    v.resize(ranks, 0.0);
+    for (uint32_t r = 0; r < ranks; ++r) total[r] += static_cast<uint64_t>(v[r] + 0.5);
+  }
+  LayerStats stats = compute_layer_stats(total, 0);
+  if (stats.routed == 0) return;
+  for (uint32_t r = 0; r < ranks; ++r) rank_series(r).utilization->Set(stats.utilization[r]);
+
+  if (!detector_ || detector_->experts() != ranks) {
+    std::vector<EpisodeEvent> closing;
+    if (detector_) detector_->close_all(start_ns, closing);
+    for (const auto& ev : closing) {
+      if (ev.kind != wire::AlertKind::kHotExpert) continue;
+      auto it = open_alert_.find(ev.expert);
+      if (it == open_alert_.end()) continue;
+      it->second.end_ns = std::max(ev.end_ns, it->second.start_ns);
+      alerts.push_back(it->second);
+      rank_series(ev.expert).hot->Set(0);
+      open_alert_.erase(it);
+      open_.erase(ev.expert);
+    }
+    detector_ = std::make_unique<LayerDetector>(rank_options_, ranks);
+  }
+  std::vector<EpisodeEvent> events;
+  detector_->observe(stats, start_ns, end_ns, events);
+
+  // Who is responsible: in each layer where rank r is over the threshold, the
+  // experts placed on r with the largest share of the layer's assignments.
+  auto hot_layers = [&](uint32_t r, HotRank& h) {
+    std::vector<HotRank::Expert> experts;
+    for (const auto& [layer, v] : per_layer) {
+      double sum = 0.0;
+      for (double x : v) sum += x;
+      if (sum <= 0.0) continue;
+      const double u = v[r] / (sum / ranks);
+      if (u < options_.hot_rank_threshold) continue;
+      auto it = std::find_if(h.layers.begin(), h.layers.end(), [&](const HotRank::Layer& x) { return x.layer == layer; });
+      if (it == h.layers.end())
+        h.layers.push_back({layer, u});
+      else
+        it->utilization = std::max(it->utilization, u);
+      for (const auto& lw : layers) {
+        if (lw.layer != layer || lw.placement == nullptr || lw.expert_load.empty()) continue;
+        uint64_t layer_total = 0;
+        for (uint64_t x : lw.expert_load) layer_total += x;
+        if (layer_total == 0) continue;
+        std::vector<HotRank::Expert> on_rank;
+        const size_t n = std::min(lw.expert_load.size(), lw.placement->size());
+        for (uint32_t e = 0; e < n; ++e) {
+          const auto& holders = (*lw.placement)[e];
+          if (std::find(holders.begin(), holders.end(), r) == holders.end() || lw.expert_load[e] == 0) continue;
+          const double part = static_cast<double>(lw.expert_load[e]) / holders.size();
+          on_rank.push_back({layer, e, part / static_cast<double>(layer_total)});
+        }
+        std::stable_sort(on_rank.begin(), on_rank.end(),
+                         [](const HotRank::Expert& a, const HotRank::Expert& b) { return a.share > b.share; });
+        if (on_rank.size() > kExpertsPerHotLayer) on_rank.resize(kExpertsPerHotLayer);
+        experts.insert(experts.end(), on_rank.begin(), on_rank.end());
+      }
+    }
+    std::sort(h.layers.begin(), h.layers.end(), [](const HotRank::Layer& a, const HotRank::Layer& b) { return a.layer < b.layer; });
+    std::stable_sort(experts.begin(), experts.end(),
+                     [](const HotRank::Expert& a, const HotRank::Expert& b) { return a.share > b.share; });
+    if (!experts.empty()) h.experts = std::move(experts);  // a window under the bar keeps the last
+  };
+
+  for (const auto& ev : events) {
+    if (ev.kind != wire::AlertKind::kHotExpert) continue;  // ranks: only hot episodes
+    const uint32_t r = ev.expert;
+    if (ev.opened) {
+      HotRank h;
+      h.rank = r;
+      h.start_ns = ev.start_ns;
+      h.utilization = ev.peak_utilization;
+      hot_layers(r, h);
+      wire::AlertEpisode a;
+      a.kind = wire::AlertKind::kHotRank;
+      a.rank = r;
+      // The headline: the hottest layer and, in it, the rank's largest expert.
+      if (!h.layers.empty()) {
+        auto top = std::max_element(h.layers.begin(), h.layers.end(),
+                                    [](const HotRank::Layer& x, const HotRank::Layer& y) { return x.utilization < y.utilization; });
+        a.layer = top->layer;
+        for (const auto& x : h.experts)
+          if (x.layer == a.layer) {
+            a.expert = x.expert;
+            break;
+          }
+      }
+      a.start_ns = ev.start_ns;
+      a.peak_share = ev.peak_share;
+      a.peak_utilization = ev.peak_utilization;
+      a.model = model_;
+      alerts.push_back(a);
+      open_alert_[r] = a;
+      open_[r] = std::move(h);
+      RankSeries& s = rank_series(r);
+      s.hot->Set(1);
+      s.episodes->Increment();
+    } else {
+      auto it = open_alert_.find(r);
+      if (it != open_alert_.end()) {
+        it->second.end_ns = std::max(ev.end_ns, it->second.start_ns);
+        it->second.peak_share = ev.peak_share;
+        it->second.peak_utilization = ev.peak_utilization;
+        alerts.push_back(it->second);
+        open_alert_.erase(it);
+      }
+      open_.erase(r);
+      rank_series(r).hot->Set(0);
+    }
+  }
+  // Open episodes keep collecting their hot layers and current experts.
+  for (auto& [r, h] : open_) {
+    if (r >= ranks) continue;
+    h.utilization = std::max(h.utilization, stats.utilization[r]);
+    hot_layers(r, h);
+  }
+}
+
+std::vector<HotRank> EpRanks::hot_ranks() const {
+  std::vector<HotRank> out;
+  for (const auto& [r, h] : open_) out.push_back(h);
+  return out;
+}
+
+}  // namespace inferscope::collector
