@@ -54,6 +54,23 @@ class Engine::Observer final : public ForwardObserver {
     if (total > 0) r.imbalance_sum += static_cast<double>(mx) * static_cast<double>(c.routed.size()) / static_cast<double>(total);
     if (telemetry_) telemetry_->moe_routed(layer, c, tokens);
   }
+  void ep_phase_begin(int32_t layer, EpPhase phase) override {
+    if (telemetry_) telemetry_->ep_phase_begin(layer, phase);
+  }
+  void ep_phase_end(int32_t layer, EpPhase phase) override {
+    if (telemetry_) telemetry_->ep_phase_end(layer, phase);
+  }
+  void ep_layer(const EpLayerStats& st) override {
+    if (stats_.ep_layers.size() <= static_cast<size_t>(st.layer)) stats_.ep_layers.resize(static_cast<size_t>(st.layer) + 1);
+    LayerExpertParallel& e = stats_.ep_layers[static_cast<size_t>(st.layer)];
+    e.dispatch_ns += st.dispatch_ns;
+    e.compute_ns += st.compute_ns;
+    e.combine_ns += st.combine_ns;
+    e.rows_sent += st.rows_sent;
+    e.rows_computed += st.rows_computed;
+    e.steps++;
+    if (telemetry_) telemetry_->ep_layer(st);
+  }
 
  private:
   EngineStats& stats_;
@@ -285,10 +302,10 @@ bool Engine::step() {
     else
       running_.push_back(std::move(sp));
   }
-  if (running_.empty()) return false;
+  if (running_.empty()) return idle_step();
 
   build_batch();
-  if (batch_.rows() == 0) return false;
+  if (batch_.rows() == 0) return idle_step();
   bool has_prefill = false;
   for (Seq* s : batch_seqs_) has_prefill |= s->prefilling();
   int32_t prefill_rows = 0, decode_rows = 0;
@@ -368,7 +385,23 @@ bool Engine::step() {
   return true;
 }
 
+bool Engine::idle_step() {
+  if (!model_.expert_parallel()) return false;
+  // Lockstep: the other ranks' MoE layers exchange rows with ours this step.
+  model_.forward_idle(observer_.get());
+  stats_.idle_steps++;
+  ++step_id_;
+  return false;
+}
+
 void Engine::run_to_completion() {
+  if (ExpertParallel* ep = model_.expert_parallel()) {
+    while (ep->comm->any(!idle())) {
+      if (!step() && running_.empty() && !waiting_.empty())
+        throw std::runtime_error("engine: a waiting request can never be admitted");
+    }
+    return;
+  }
   while (!idle()) {
     if (!step() && running_.empty() && !waiting_.empty())
       throw std::runtime_error("engine: a waiting request can never be admitted");

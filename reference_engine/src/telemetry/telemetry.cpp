@@ -3,8 +3,13 @@
 
 namespace inferscope::engine {
 
-Telemetry::Telemetry(agent::Config config, const ModelConfig& model) {
+Telemetry::Telemetry(agent::Config config, const ModelConfig& model, const ExpertPlacement& placement) {
   config.model = model.describe();
+  if (placement.ranks > 1) {
+    config.model.expert_to_rank = placement.expert_to_rank();
+    config.rank = static_cast<uint32_t>(placement.rank);
+    config.world_size = static_cast<uint32_t>(placement.ranks);
+  }
   if (config.service.empty() || config.service == "inferscope") config.service = "inferscope-engine";
   agent_ = std::make_unique<agent::Agent>(std::move(config));
   id_step = agent::intern("engine.step");
@@ -21,9 +26,12 @@ Telemetry::Telemetry(agent::Config config, const ModelConfig& model) {
     layer_names_.push_back(agent::intern(name));
   }
   routed_.reserve(static_cast<size_t>(model.moe.experts));
+  for (EpPhase p : {EpPhase::kDispatch, EpPhase::kExperts, EpPhase::kCombine})
+    ep_names_[static_cast<size_t>(p)] = agent::intern(to_string(p));
 }
 
 Telemetry::~Telemetry() {
+  ep_range_.reset();
   layer_range_.reset();
   agent_.reset();  // flushes (bounded by the agent's shutdown timeout)
 }
@@ -38,6 +46,30 @@ void Telemetry::layer_end(int32_t) { layer_range_.reset(); }
 void Telemetry::moe_routed(int32_t layer, const RouteCounts& counts, int32_t tokens) {
   agent_->expert_load(step_, static_cast<uint32_t>(layer), counts.routed, static_cast<uint32_t>(tokens),
                       counts.dropped, counts.rerouted);
+}
+
+}  // namespace inferscope::engine
+
+namespace inferscope::engine {
+
+void Telemetry::ep_phase_begin(int32_t, EpPhase phase) {
+  ep_range_.reset();
+  ep_range_.emplace(*agent_, ep_names_[static_cast<size_t>(phase)]);
+}
+
+void Telemetry::ep_phase_end(int32_t, EpPhase) { ep_range_.reset(); }
+
+void Telemetry::ep_layer(const EpLayerStats& st) {
+  wire::ExpertParallelStep r;
+  r.step = step_;
+  r.layer = static_cast<uint32_t>(st.layer);
+  r.timestamp_ns = st.timestamp_ns;
+  r.dispatch_ns = st.dispatch_ns;
+  r.compute_ns = st.compute_ns;
+  r.combine_ns = st.combine_ns;
+  r.rows_sent = st.rows_sent;
+  r.rows_computed = st.rows_computed;
+  agent_->ep_step(r);
 }
 
 }  // namespace inferscope::engine

@@ -18,6 +18,15 @@ WorkloadSpec workload_by_name(const std::string& name) {
     s.image_fraction = 0.0;
     return s;
   }
+  if (name == "skewed-ep") {
+    // One topic dominates all the time; the caller sets fixed_topic to the
+    // topic whose hot experts sit on rank 0's shard (ep_hot_topic), so rank 0
+    // is the hot rank. 0 until then.
+    s.image_fraction = 0.0;
+    s.dominant_share = 0.9;
+    s.fixed_topic = 0;
+    return s;
+  }
   if (name == "balanced") {
     s.image_fraction = 0.0;
     s.dominant_share = 0.0;
@@ -30,7 +39,7 @@ WorkloadSpec workload_by_name(const std::string& name) {
   throw std::invalid_argument("unknown workload '" + name + "' (known: " + known + ")");
 }
 
-std::vector<std::string> workload_names() { return {"skewed-multimodal", "balanced", "text"}; }
+std::vector<std::string> workload_names() { return {"skewed-multimodal", "balanced", "text", "skewed-ep"}; }
 
 std::vector<float> synthetic_image(int32_t size, int32_t topic, uint64_t seed) {
   std::mt19937_64 rng(seed);
@@ -94,6 +103,7 @@ WorkloadGenerator::WorkloadGenerator(WorkloadSpec spec, const ModelConfig& model
 }
 
 int32_t WorkloadGenerator::dominant_topic(double t_s) const {
+  if (spec_.fixed_topic >= 0) return spec_.fixed_topic;
   const int32_t topics = std::max(1, model_.init.topics);
   return static_cast<int32_t>(std::floor(t_s / std::max(1e-3, spec_.topic_period))) % topics;
 }

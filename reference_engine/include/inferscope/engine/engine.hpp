@@ -54,6 +54,12 @@ struct LayerRouting {
   double imbalance_sum = 0.0;    // sum over steps of max/mean
 };
 
+// Expert-parallel totals of one MoE layer on this rank (EpLayerStats summed over steps).
+struct LayerExpertParallel {
+  int64_t dispatch_ns = 0, compute_ns = 0, combine_ns = 0;
+  uint64_t rows_sent = 0, rows_computed = 0, steps = 0;
+};
+
 struct EngineStats {
   uint64_t steps = 0, prefill_tokens = 0, decode_tokens = 0, image_tokens = 0, requests_finished = 0,
            requests_rejected = 0;
@@ -63,6 +69,8 @@ struct EngineStats {
   int64_t busy_ns = 0;
   std::vector<LayerRouting> layers;  // per layer (empty routed for dense layers)
   size_t peak_kv_bytes = 0, peak_ssm_bytes = 0, peak_ckpt_bytes = 0;
+  uint64_t idle_steps = 0;                   // expert parallelism: steps with no rows of our own
+  std::vector<LayerExpertParallel> ep_layers;  // per layer, filled under expert parallelism
 };
 
 class Engine {
@@ -73,9 +81,14 @@ class Engine {
 
   // Queues a request; the prompt becomes [BOS, image tokens..., text...].
   void submit(Request request);
-  // Runs one step; returns false when there was nothing to do.
+  // Runs one step; returns false when there was nothing to do. Under expert
+  // parallelism (the model has a communicator) every rank must call step()
+  // the same number of times: a rank with nothing to do runs an idle step
+  // (the MoE layers' exchanges with zero rows of its own, Model::forward_idle),
+  // which advances the step id like any other and returns false.
   bool step();
-  // Steps until every submitted request has finished.
+  // Steps until every submitted request has finished (under expert
+  // parallelism: until every rank has, agreeing each step with all_reduce).
   void run_to_completion();
   bool idle() const { return waiting_.empty() && running_.empty(); }
   size_t running() const { return running_.size(); }
@@ -89,6 +102,7 @@ class Engine {
  private:
   struct Seq;
   bool admit(Seq& s);
+  bool idle_step();
   void build_batch();
   void finish(std::unique_ptr<Seq> s, int64_t now);
   void sample(Seq& s, const float* logits);

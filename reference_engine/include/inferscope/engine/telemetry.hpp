@@ -17,8 +17,10 @@ namespace inferscope::engine {
 
 class Telemetry final : public ForwardObserver {
  public:
-  // config.model is filled from the model config.
-  Telemetry(agent::Config config, const ModelConfig& model);
+  // config.model is filled from the model config; under expert parallelism
+  // (placement.ranks > 1) its expert_to_rank describes the placement and the
+  // agent's rank / world_size are the EP rank / size.
+  Telemetry(agent::Config config, const ModelConfig& model, const ExpertPlacement& placement = {});
   ~Telemetry() override;
 
   agent::Agent& agent() { return *agent_; }
@@ -28,6 +30,12 @@ class Telemetry final : public ForwardObserver {
   void layer_begin(int32_t layer) override;
   void layer_end(int32_t layer) override;
   void moe_routed(int32_t layer, const RouteCounts& counts, int32_t tokens) override;
+  // Expert parallelism: ep.dispatch / ep.experts / ep.combine ranges (agent +
+  // NVTX, so CUPTI attributes the NCCL and GEMM kernels to them) and one
+  // ExpertParallelStep record per MoE layer per step.
+  void ep_phase_begin(int32_t layer, EpPhase phase) override;
+  void ep_phase_end(int32_t layer, EpPhase phase) override;
+  void ep_layer(const EpLayerStats& stats) override;
 
   // Interned range names.
   uint32_t id_step = 0, id_backbone = 0, id_prefill = 0, id_decode = 0, id_encoder = 0,
@@ -36,7 +44,8 @@ class Telemetry final : public ForwardObserver {
  private:
   std::unique_ptr<agent::Agent> agent_;
   std::vector<uint32_t> layer_names_;
-  std::optional<agent::ScopedRange> layer_range_;
+  std::optional<agent::ScopedRange> layer_range_, ep_range_;
+  uint32_t ep_names_[3] = {};
   std::vector<uint32_t> routed_;
   uint64_t step_ = 0;
 };

@@ -15,6 +15,11 @@
 //                      no expert preference, so load spreads by the router's
 //                      own (random) weights
 //   text               like skewed-multimodal without images
+//   skewed-ep          expert parallelism's skew: text only, 90% of requests of
+//                      one fixed topic, the one whose hot experts sit on rank
+//                      0's shard in the most MoE layers (ep_hot_topic in
+//                      expert_parallel.hpp; inferscope-engine sets it), so
+//                      rank 0 is the hot rank; `balanced` is its counterpart
 #pragma once
 
 #include <cstdint>
@@ -43,6 +48,7 @@ struct WorkloadSpec {
   double topic_period = 60.0;       // seconds each topic dominates
   float temperature = 0.0f;
   bool neutral_text = false;        // text without topic bytes (balanced)
+  int32_t fixed_topic = -1;         // >= 0: the dominant topic never rotates (skewed-ep)
 };
 
 // Known names: skewed-multimodal, balanced, text. Throws for anything else.

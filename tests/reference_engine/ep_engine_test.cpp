@@ -1,0 +1,192 @@
+// inferscope-engine under expert parallelism, as real processes over the host
+// communicator (Unix sockets in a temp rendezvous directory), on tiny.json:
+//   - two ranks serving the same request stream, greedy, produce exactly the
+//     tokens a single-rank run produces;
+//   - a rank with fewer requests than its peer keeps stepping (idle steps) and
+//     both finish, each with its single-rank tokens;
+//   - killing one rank makes the other exit with a clear error within seconds.
+#include <gtest/gtest.h>
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace fs = std::filesystem;
+
+namespace {
+
+const std::string kEngine = INFERSCOPE_ENGINE_BIN;
+const std::string kTiny = std::string(INFERSCOPE_ENGINE_MODELS) + "/tiny.json";
+
+struct TempDir {
+  fs::path path;
+  TempDir() {
+    std::string t = (fs::temp_directory_path() / "ep-engine-test-XXXXXX").string();
+    if (!mkdtemp(t.data())) throw std::runtime_error("mkdtemp failed");
+    path = t;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+};
+
+// A child process with stdout+stderr in a file.
+struct Proc {
+  pid_t pid = -1;
+  fs::path log;
+  int status = -1;
+
+  Proc(std::vector<std::string> args, const fs::path& log_path) : log(log_path) {
+    pid = fork();
+    if (pid == 0) {
+      FILE* f = std::freopen(log_path.c_str(), "w", stdout);
+      if (!f) _exit(126);
+      dup2(fileno(stdout), 2);
+      std::vector<char*> argv;
+      for (auto& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      execv(argv[0], argv.data());
+      _exit(127);
+    }
+  }
+  ~Proc() {
+    if (pid > 0 && status < 0) {
+      kill(pid, SIGKILL);
+      waitpid(pid, nullptr, 0);
+    }
+  }
+  // Waits up to `timeout`; false (and the child killed) if it did not exit.
+  bool wait(std::chrono::milliseconds timeout) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < deadline) {
+      int st = 0;
+      if (waitpid(pid, &st, WNOHANG) == pid) {
+        status = st;
+        return true;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, &status, 0);
+    return false;
+  }
+  bool ok() const { return status >= 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0; }
+  std::string output() const {
+    std::ifstream in(log);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+  }
+};
+
+std::vector<std::string> engine_args(int requests, const fs::path& tokens) {
+  return {kEngine,      "--model",    kTiny,          "--workload", "text",      "--requests",
+          std::to_string(requests), "--offline", "--collector", "",        "--quiet",   "--threads",
+          "1",          "--seed",     "11",           "--tokens-out", tokens.string()};
+}
+
+std::vector<std::string> with_ep(std::vector<std::string> a, int rank, int size, const fs::path& dir) {
+  const std::vector<std::string> ep = {"--ep-size",       std::to_string(size), "--ep-rank",    std::to_string(rank),
+                                       "--ep-rendezvous", dir.string(),         "--ep-comm",    "host",
+                                       "--ep-same-requests", "--ep-timeout",     "20"};
+  a.insert(a.end(), ep.begin(), ep.end());
+  return a;
+}
+
+// request id -> output tokens line.
+std::map<std::string, std::string> read_tokens(const fs::path& p) {
+  std::map<std::string, std::string> m;
+  std::ifstream in(p);
+  std::string line;
+  while (std::getline(in, line)) {
+    auto colon = line.find(':');
+    if (colon != std::string::npos) m[line.substr(0, colon)] = line.substr(colon + 1);
+  }
+  return m;
+}
+
+std::map<std::string, std::string> single_rank_tokens(const TempDir& tmp, int requests) {
+  const fs::path tok = tmp.path / ("single-" + std::to_string(requests) + ".txt");
+  Proc p(engine_args(requests, tok), tmp.path / "single.log");
+  EXPECT_TRUE(p.wait(std::chrono::seconds(60)));
+  EXPECT_TRUE(p.ok()) << p.output();
+  return read_tokens(tok);
+}
+
+}  // namespace
+
+TEST(ExpertParallelEngine, TwoRanksGiveTheSingleRankTokens) {
+  TempDir tmp;
+  const auto expected = single_rank_tokens(tmp, 10);
+  ASSERT_EQ(expected.size(), 10u);
+  std::vector<std::unique_ptr<Proc>> ranks;
+  for (int r = 0; r < 2; ++r)
+    ranks.push_back(std::make_unique<Proc>(
+        with_ep(engine_args(10, tmp.path / ("tok" + std::to_string(r))), r, 2, tmp.path),
+        tmp.path / ("rank" + std::to_string(r) + ".log")));
+  for (int r = 0; r < 2; ++r) {
+    ASSERT_TRUE(ranks[static_cast<size_t>(r)]->wait(std::chrono::seconds(60))) << "rank " << r << " hung";
+    ASSERT_TRUE(ranks[static_cast<size_t>(r)]->ok()) << ranks[static_cast<size_t>(r)]->output();
+    EXPECT_EQ(read_tokens(tmp.path / ("tok" + std::to_string(r))), expected) << "rank " << r;
+  }
+  EXPECT_NE(ranks[0]->output().find("experts [0, 2) of 4"), std::string::npos) << ranks[0]->output();
+  EXPECT_NE(ranks[1]->output().find("experts [2, 4) of 4"), std::string::npos) << ranks[1]->output();
+}
+
+TEST(ExpertParallelEngine, RankWithFewerRequestsKeepsSteppingUntilAllFinish) {
+  TempDir tmp;
+  const auto expected_many = single_rank_tokens(tmp, 10);
+  const auto expected_few = single_rank_tokens(tmp, 2);
+  auto a0 = with_ep(engine_args(10, tmp.path / "tok0"), 0, 2, tmp.path);
+  auto a1 = with_ep(engine_args(2, tmp.path / "tok1"), 1, 2, tmp.path);
+  a1.push_back("--summary-json");
+  a1.push_back((tmp.path / "summary1.json").string());
+  Proc r0(a0, tmp.path / "rank0.log"), r1(a1, tmp.path / "rank1.log");
+  ASSERT_TRUE(r0.wait(std::chrono::seconds(60))) << "rank 0 hung";
+  ASSERT_TRUE(r1.wait(std::chrono::seconds(60))) << "rank 1 hung";
+  ASSERT_TRUE(r0.ok()) << r0.output();
+  ASSERT_TRUE(r1.ok()) << r1.output();
+  EXPECT_EQ(read_tokens(tmp.path / "tok0"), expected_many);
+  EXPECT_EQ(read_tokens(tmp.path / "tok1"), expected_few);
+  std::ifstream in(tmp.path / "summary1.json");
+  const auto summary = nlohmann::json::parse(in);
+  const auto& ep = summary.at("expert_parallel");
+  EXPECT_EQ(ep.at("rank"), 1);
+  EXPECT_GT(ep.at("idle_steps").get<uint64_t>(), 0u) << "rank 1 ran out of work first and must keep stepping";
+  uint64_t computed = 0;
+  for (const auto& l : ep.at("layers")) computed += l.at("rows_computed").get<uint64_t>();
+  EXPECT_GT(computed, 0u);
+}
+
+TEST(ExpertParallelEngine, KilledRankMakesThePeerExitWithAClearError) {
+  TempDir tmp;
+  std::vector<std::string> base = {kEngine, "--model", kTiny, "--workload", "text", "--duration", "60",
+                                   "--rate", "50", "--collector", "", "--quiet", "--threads", "1"};
+  Proc r0(with_ep(base, 0, 2, tmp.path), tmp.path / "rank0.log");
+  Proc r1(with_ep(base, 1, 2, tmp.path), tmp.path / "rank1.log");
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  ASSERT_EQ(waitpid(r0.pid, nullptr, WNOHANG), 0) << "rank 0 exited early: " << r0.output();
+  const auto t0 = std::chrono::steady_clock::now();
+  kill(r1.pid, SIGKILL);
+  r1.wait(std::chrono::seconds(5));
+  ASSERT_TRUE(r0.wait(std::chrono::seconds(10))) << "rank 0 hung after its peer died";
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_FALSE(r0.ok());
+  const std::string out = r0.output();
+  EXPECT_NE(out.find("rank 1"), std::string::npos) << out;
+  std::printf("rank 0 exited %.2f s after rank 1 was killed: %s\n", secs,
+              out.substr(out.rfind("inferscope-engine:")).c_str());
+}
