@@ -125,6 +125,7 @@ bool Collector::start(std::string& error) {
     s.metrics.trace_max_bytes.Set(static_cast<double>(to.max_bytes));
     s.metrics.trace_max_age.Set(static_cast<double>(to.max_age_ns) / 1e9);
     s.publish_store_metrics();
+    s.viewers.set_store(s.store.get());
   }
   s.pipeline.set_frame_sink([&s](const SharedFrame& frame) {
     if (s.store) s.store->write(*frame, s.pipeline.sink_frame_summary(), steady_ns());

@@ -237,6 +237,29 @@ void add_one(std::vector<uint8_t>& p, int64_t&, const ExpertParallelStep& r) {
   });
 }
 
+void add_one(std::vector<uint8_t>& p, int64_t&, const RangeQuery& r) {
+  framed(p, RecordKind::kRangeQuery, [&](ByteWriter& w) {
+    w.varint(r.query_id);
+    w.svarint(r.from_ns);
+    w.svarint(r.to_ns);
+    w.svarint(r.resolution_ns);
+    w.varint(r.max_records);
+  });
+}
+
+void add_one(std::vector<uint8_t>& p, int64_t&, const RangeEnd& r) {
+  framed(p, RecordKind::kRangeEnd, [&](ByteWriter& w) {
+    w.varint(r.query_id);
+    w.u8(static_cast<uint8_t>(r.status));
+    w.varint(r.spans);
+    w.varint(r.merged_spans);
+    w.varint(r.records);
+    w.varint(r.blocks_read);
+    w.varint(r.blocks_skipped);
+    w.string(r.message);
+  });
+}
+
 // [SECTION] Decoding -------------------------------------------------------------
 
 namespace {
@@ -434,6 +457,23 @@ bool decode(ByteReader& r, int64_t&, ExpertParallelStep& e, std::string& why) {
   return true;
 }
 
+bool decode(ByteReader& r, int64_t&, RangeQuery& q, std::string& why) {
+  IS_READ(r.varint(q.query_id), "bad query id");
+  IS_READ(r.svarint(q.from_ns) && r.svarint(q.to_ns), "bad range");
+  IS_READ(r.svarint(q.resolution_ns) && q.resolution_ns >= 0, "bad resolution");
+  IS_READ(r.varint32(q.max_records), "bad record cap");
+  return true;
+}
+
+bool decode(ByteReader& r, int64_t&, RangeEnd& e, std::string& why) {
+  IS_READ(r.varint(e.query_id), "bad query id");
+  IS_READ(read_enum(r, e.status, kRangeStatusCount), "unknown range status");
+  IS_READ(r.varint(e.spans) && r.varint(e.merged_spans) && r.varint(e.records), "bad counts");
+  IS_READ(r.varint32(e.blocks_read) && r.varint32(e.blocks_skipped), "bad block counts");
+  IS_READ(r.string(e.message, kMaxStringBytes), "bad message");
+  return true;
+}
+
 #undef IS_READ
 
 template <class T>
@@ -462,6 +502,8 @@ BodyResult decode_body(uint8_t tag, std::span<const uint8_t> body, int64_t& prev
     case RecordKind::kCounter: return decode_as<CounterSample>(body, prev, out, why);
     case RecordKind::kAlert: return decode_as<AlertEpisode>(body, prev, out, why);
     case RecordKind::kExpertParallel: return decode_as<ExpertParallelStep>(body, prev, out, why);
+    case RecordKind::kRangeQuery: return decode_as<RangeQuery>(body, prev, out, why);
+    case RecordKind::kRangeEnd: return decode_as<RangeEnd>(body, prev, out, why);
   }
   return BodyResult::kSkipped;
 }

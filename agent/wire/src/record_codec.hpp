@@ -23,6 +23,8 @@ void add_one(std::vector<uint8_t>& payload, int64_t& previous_ns, const AgentHea
 void add_one(std::vector<uint8_t>& payload, int64_t& previous_ns, const CounterSample& r);
 void add_one(std::vector<uint8_t>& payload, int64_t& previous_ns, const AlertEpisode& r);
 void add_one(std::vector<uint8_t>& payload, int64_t& previous_ns, const ExpertParallelStep& r);
+void add_one(std::vector<uint8_t>& payload, int64_t& previous_ns, const RangeQuery& r);
+void add_one(std::vector<uint8_t>& payload, int64_t& previous_ns, const RangeEnd& r);
 
 enum class BodyResult : uint8_t { kOk, kSkipped, kError };
 

@@ -17,6 +17,8 @@ const char* to_string(RecordKind kind) {
     case RecordKind::kCounter: return "counter";
     case RecordKind::kAlert: return "alert";
     case RecordKind::kExpertParallel: return "expert_parallel";
+    case RecordKind::kRangeQuery: return "range_query";
+    case RecordKind::kRangeEnd: return "range_end";
   }
   return "unknown";
 }

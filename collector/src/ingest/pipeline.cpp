@@ -133,6 +133,9 @@ bool Pipeline::on_frame(Session& session, std::span<const uint8_t> frame, Reject
       }
       case wire::RecordKind::kAlert:
         return reject(session, why, "malformed_record", "agents may not send alert records");
+      case wire::RecordKind::kRangeQuery:
+      case wire::RecordKind::kRangeEnd:
+        return reject(session, why, "malformed_record", "range records belong to the viewer API, not ingest");
       default:
         if (source == nullptr)
           return reject(session, why, "no_hello",

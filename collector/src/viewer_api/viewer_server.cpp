@@ -1,6 +1,7 @@
 #include "inferscope/collector/viewer_server.hpp"
 
 #include "../ingest/tcp_acceptor.hpp"
+#include "inferscope/collector/range_query.hpp"
 
 #include <deque>
 
@@ -13,7 +14,7 @@ struct ViewerServer::Session : std::enable_shared_from_this<ViewerServer::Sessio
   ViewerServer& server;
   asio::ip::tcp::socket socket;
   asio::steady_timer auth_timer;
-  std::vector<uint8_t> in;  // bytes from the viewer (only its hello matters)
+  std::vector<uint8_t> in;  // bytes from the viewer: its hello, then range queries
   std::array<uint8_t, 4096> chunk{};
   std::deque<SharedFrame> queue;
   size_t queued_bytes = 0;
@@ -55,11 +56,10 @@ struct ViewerServer::Session : std::enable_shared_from_this<ViewerServer::Sessio
         self->close("");
         return;
       }
-      if (!self->streaming) {
-        self->in.insert(self->in.end(), self->chunk.begin(), self->chunk.begin() + n);
-        if (!self->check_hello()) return;
-      }
-      self->read();  // after the hello, anything the viewer sends is ignored
+      self->in.insert(self->in.end(), self->chunk.begin(), self->chunk.begin() + n);
+      if (!self->streaming && !self->check_hello()) return;
+      if (self->streaming && !self->check_requests()) return;
+      self->read();
     });
   }
 
@@ -83,9 +83,48 @@ struct ViewerServer::Session : std::enable_shared_from_this<ViewerServer::Sessio
       close("viewer hello has a missing or wrong auth token");
       return false;
     }
-    in.clear();
+    in.erase(in.begin(), in.begin() + static_cast<std::ptrdiff_t>(n));
     begin_stream();
     return true;
+  }
+
+  // Frames after the hello: range queries are answered; other records are ignored.
+  // False when the session was closed.
+  bool check_requests() {
+    wire::FrameDecoder dec(wire::DecoderOptions{64 * 1024});
+    size_t used = 0;
+    while (used < in.size()) {
+      size_t n = 0;
+      std::span<const uint8_t> rest(in.data() + used, in.size() - used);
+      auto st = dec.frame_size(rest, n);
+      if (st.error == wire::DecodeError::kNeedMoreData) break;
+      if (st.ok()) st = dec.open(rest.first(n));
+      if (!st.ok()) {
+        close("bad frame from the viewer: " + st.message);
+        return false;
+      }
+      used += n;
+      wire::Record r;
+      while (dec.next(r))
+        if (auto* q = std::get_if<wire::RangeQuery>(&r)) server.submit_query(shared_from_this(), *q);
+      if (!dec.status().ok()) {
+        close("bad record from the viewer: " + dec.status().message);
+        return false;
+      }
+    }
+    in.erase(in.begin(), in.begin() + static_cast<std::ptrdiff_t>(used));
+    return true;
+  }
+
+  // A range reply goes out whole, after what is queued: it is bounded by the
+  // query's record cap rather than the live queue's byte bound.
+  void push_reply(std::vector<std::vector<uint8_t>>& frames) {
+    if (closed) return;
+    for (auto& f : frames) {
+      queued_bytes += f.size();
+      queue.push_back(std::make_shared<const std::vector<uint8_t>>(std::move(f)));
+    }
+    write();
   }
 
   void push(const SharedFrame& f) {
@@ -135,6 +174,15 @@ ViewerServer::ViewerServer(asio::io_context& io, const CollectorOptions& options
   dropped_counter_ = &metrics_.viewer_dropped_frames.Add({{"reason", "queue_full"}});
 }
 
+ViewerServer::~ViewerServer() {
+  {
+    std::lock_guard<std::mutex> lock(query_mu_);
+    query_stop_ = true;
+  }
+  query_cv_.notify_all();
+  if (query_thread_.joinable()) query_thread_.join();
+}
+
 bool ViewerServer::listen(const Endpoint& endpoint, Endpoint& bound, std::string& error) {
   if (endpoint.kind != Endpoint::Kind::kTcp) {
     error = "the viewer API listens on TCP only";
@@ -170,7 +218,58 @@ void ViewerServer::broadcast(const SharedFrame& frame) {
   for (const auto& s : live_) s->push(frame);
 }
 
+void ViewerServer::submit_query(const std::shared_ptr<Session>& session, const wire::RangeQuery& query) {
+  {
+    std::lock_guard<std::mutex> lock(query_mu_);
+    if (queries_.size() < kMaxPendingQueries && !query_stop_) {
+      queries_.push_back({session, query});
+      if (!query_thread_.joinable()) query_thread_ = std::thread([this] { run_queries(); });
+      query_cv_.notify_one();
+      return;
+    }
+  }
+  RangeReply busy;
+  busy.end.query_id = query.query_id;
+  busy.end.status = wire::RangeStatus::kBusy;
+  busy.end.message = "too many range queries waiting; try again";
+  wire::EncoderOptions eo;
+  eo.source_id = wire::kCollectorSource;
+  wire::FrameEncoder enc(eo);
+  enc.add(wire::Record{query});
+  enc.add(wire::Record{busy.end});
+  busy.frames.emplace_back();
+  enc.finish(busy.frames.back());
+  session->push_reply(busy.frames);
+}
+
+// Queries decompress blocks: they run here, one at a time, never on the io thread.
+void ViewerServer::run_queries() {
+  std::unique_lock<std::mutex> lock(query_mu_);
+  while (true) {
+    query_cv_.wait(lock, [&] { return query_stop_ || !queries_.empty(); });
+    if (query_stop_) return;
+    PendingQuery p = std::move(queries_.front());
+    queries_.pop_front();
+    lock.unlock();
+    auto reply = std::make_shared<RangeReply>();
+    answer_range(store_, p.query, *reply);
+    if (log_ && reply->end.status != wire::RangeStatus::kOk)
+      log_("range query " + std::to_string(p.query.query_id) + ": " + reply->end.message);
+    asio::post(io_, [weak = p.session, reply] {
+      if (auto s = weak.lock()) s->push_reply(reply->frames);
+    });
+    lock.lock();
+  }
+}
+
 void ViewerServer::stop() {
+  {
+    std::lock_guard<std::mutex> lock(query_mu_);
+    query_stop_ = true;
+    queries_.clear();
+  }
+  query_cv_.notify_all();
+  if (query_thread_.joinable()) query_thread_.join();
   std::error_code ignored;
   if (acceptor_) acceptor_->close(ignored);
   auto live = live_;

@@ -7,12 +7,21 @@
 // forwards (the same frames the trace store writes). Each viewer has a bounded
 // send queue: when a slow viewer's queue is full, frames for it are dropped and
 // counted, and ingest never waits.
+//
+// A viewer may also send RangeQuery records at any time after its hello: they
+// are answered from the trace store on a query thread (range_query.hpp), the
+// reply queued whole between live frames: the echoed query, the records, a
+// RangeEnd. At most kMaxPendingQueries wait; beyond that the answer is kBusy.
 #pragma once
 
+#include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <set>
+#include <thread>
 #include <string>
 #include <vector>
 
@@ -22,6 +31,7 @@
 #include "inferscope/collector/metrics.hpp"
 #include "inferscope/collector/options.hpp"
 #include "inferscope/collector/pipeline.hpp"
+#include "inferscope/collector/trace_store.hpp"
 
 namespace inferscope::collector {
 
@@ -31,8 +41,13 @@ class ViewerServer {
 
   ViewerServer(asio::io_context& io, const CollectorOptions& options, Pipeline& pipeline,
                CollectorMetrics& metrics, Log log);
+  ~ViewerServer();  // joins the query thread
+
+  static constexpr size_t kMaxPendingQueries = 16;
 
   bool listen(const Endpoint& endpoint, Endpoint& bound, std::string& error);
+  // Where range queries are answered from (nullptr: they get kNoStore). Set before listen().
+  void set_store(const TraceStore* store) { store_ = store; }
   // Queues a frame for every streaming viewer (call on the io thread).
   void broadcast(const SharedFrame& frame);
   void stop();
@@ -43,7 +58,20 @@ class ViewerServer {
 
  private:
   void accept();
+  void submit_query(const std::shared_ptr<Session>& session, const wire::RangeQuery& query);
+  void run_queries();
   friend struct Session;
+
+  struct PendingQuery {
+    std::weak_ptr<Session> session;
+    wire::RangeQuery query;
+  };
+  const TraceStore* store_ = nullptr;
+  std::mutex query_mu_;
+  std::condition_variable query_cv_;
+  std::deque<PendingQuery> queries_;
+  bool query_stop_ = false;
+  std::thread query_thread_;
 
   asio::io_context& io_;
   const CollectorOptions& options_;

@@ -289,6 +289,42 @@ struct ExpertParallelStep {   // RecordKind::kExpertParallel = 11
   friend bool operator==(const ExpertParallelStep&, const ExpertParallelStep&) = default;
 };
 
+// [SECTION] Viewer range queries (docs/collector.md, "Viewer protocol")
+// Viewer -> collector: the stored spans and samples of [from_ns, to_ns], with
+// spans shorter than resolution_ns merged per track. Collector -> viewer: the
+// same record, echoed as source 0, opens the reply; RangeEnd closes it. Times
+// are coded absolutely (kinds added after v1: see record_codec.cpp).
+struct RangeQuery {   // RecordKind::kRangeQuery = 12
+  uint64_t query_id = 0;
+  int64_t from_ns = 0;
+  int64_t to_ns = 0;
+  int64_t resolution_ns = 0;  // about one pixel; 0 = send every span
+  uint32_t max_records = 0;   // cap on the reply's records; 0 = the collector's default
+
+  friend bool operator==(const RangeQuery&, const RangeQuery&) = default;
+};
+
+// A merged summary span stands for `count` spans of one track shorter than the
+// resolution: name_id = kMergedSpansStringId, args[0] = {kMergedSpansStringId, count}.
+// The reply defines that string id for every source it holds.
+inline constexpr uint32_t kMergedSpansStringId = 0xFFFFFFFFu;
+
+enum class RangeStatus : uint8_t { kOk = 0, kTruncated = 1, kNoStore = 2, kBadQuery = 3, kBusy = 4 };
+inline constexpr uint8_t kRangeStatusCount = 5;
+
+struct RangeEnd {     // RecordKind::kRangeEnd = 13
+  uint64_t query_id = 0;
+  RangeStatus status = RangeStatus::kOk;
+  uint64_t spans = 0;         // stored spans in the range (before merging)
+  uint64_t merged_spans = 0;  // summary spans sent for the short ones
+  uint64_t records = 0;       // records in the reply
+  uint32_t blocks_read = 0;   // decompressed
+  uint32_t blocks_skipped = 0;// outside the range, by the index alone
+  std::string message;        // why, when status is not ok
+
+  friend bool operator==(const RangeEnd&, const RangeEnd&) = default;
+};
+
 // Order matters: the index is the record's tag on the wire.
 enum class RecordKind : uint8_t {
   kHello = 0,
@@ -303,12 +339,14 @@ enum class RecordKind : uint8_t {
   kCounter = 9,
   kAlert = 10,
   kExpertParallel = 11,
+  kRangeQuery = 12,
+  kRangeEnd = 13,
 };
-inline constexpr uint8_t kRecordKindCount = 12;
+inline constexpr uint8_t kRecordKindCount = 14;
 
 using Record = std::variant<Hello, StringDef, Span, ExpertLoad, MemorySample, PrefixCacheSample,
                             StageTiming, RequestEvent, AgentHealth, CounterSample, AlertEpisode,
-                            ExpertParallelStep>;
+                            ExpertParallelStep, RangeQuery, RangeEnd>;
 
 inline RecordKind kind_of(const Record& r) { return static_cast<RecordKind>(r.index()); }
 
