@@ -39,6 +39,7 @@ bool g_box = false;
 float g_box_x0 = 0;
 int g_drag_button = -1;
 std::vector<DrawItem> g_items;
+int64_t g_history_from = INT64_MAX;  // earliest time already asked of the collector's store
 
 int lanes_shown(const Track& t) {
   int cap = (t.type == TrackType::kRequests || t.type == TrackType::kStages) ? 6 : 64;
@@ -118,6 +119,17 @@ void draw_ruler(AppState& s, ImDrawList* dl, float x0, float x1, float y0, float
       dl->AddText(ImVec2(fx + 3, y0 + 1), p.text, label.c_str());
     }
   }
+}
+
+// Live: when the view reaches before what the model holds, ask the collector's
+// trace store for that stretch at the view's resolution (one query at a time;
+// each stretch once). The reply's records arrive through the live queue.
+void fetch_history(AppState& s, const TraceModel& m, double ns_per_px) {
+  if (!s.live || !s.live->connected() || m.empty()) return;
+  const int64_t have_from = std::min<int64_t>(m.min_ns(), g_history_from);
+  if (s.view_t0 >= double(have_from) || s.live->range_state().in_flight) return;
+  const auto from = static_cast<int64_t>(s.view_t0 - (s.view_t1 - s.view_t0));  // a screen ahead
+  if (s.live->fetch_range(from, have_from, static_cast<int64_t>(ns_per_px)) != 0) g_history_from = from;
 }
 
 }  // namespace
@@ -335,6 +347,8 @@ void draw_timeline(AppState& s) {
     }
     ImGui::EndTooltip();
   }
+
+  fetch_history(s, m, ns_per_px);
 
   // [SECTION] Interaction
   const double t_mouse = s.view_t0 + (mouse.x - area_x0) * ns_per_px;

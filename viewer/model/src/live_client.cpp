@@ -1,6 +1,8 @@
 // Live client: blocking asio socket on its own thread, bounded hand-off queue.
 #include "inferscope/viewer/live_client.hpp"
 
+#include <sys/socket.h>
+
 #include <asio.hpp>
 #include <chrono>
 #include <charconv>
@@ -78,6 +80,42 @@ size_t LiveClient::drain(std::vector<std::pair<uint32_t, wire::Record>>& out, si
   return n;
 }
 
+uint64_t LiveClient::fetch_range(int64_t from_ns, int64_t to_ns, int64_t resolution_ns, uint32_t max_records) {
+  wire::RangeQuery q;
+  q.from_ns = from_ns;
+  q.to_ns = to_ns;
+  q.resolution_ns = std::max<int64_t>(0, resolution_ns);
+  q.max_records = max_records;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    q.query_id = next_query_id_++;
+  }
+  wire::FrameEncoder enc;
+  enc.add(wire::Record(q));
+  std::vector<uint8_t> bytes;
+  enc.finish(bytes);
+  // The socket thread blocks in a read; a send(2) on the same descriptor from
+  // this thread is safe (full duplex), and impl_->mu keeps the socket alive.
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  if (!impl_->socket || !connected_) return 0;
+  const int fd = impl_->socket->native_handle();
+  size_t sent = 0;
+  while (sent < bytes.size()) {
+    const ssize_t n = ::send(fd, bytes.data() + sent, bytes.size() - sent, MSG_NOSIGNAL);
+    if (n <= 0) return 0;  // the socket thread sees the error and reconnects
+    sent += static_cast<size_t>(n);
+  }
+  std::lock_guard<std::mutex> state_lock(mu_);
+  range_.last_sent = q.query_id;
+  range_.in_flight = true;
+  return q.query_id;
+}
+
+LiveClient::RangeState LiveClient::range_state() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return range_;
+}
+
 void LiveClient::run() {
   using asio::ip::tcp;
   int backoff = options_.reconnect_ms;
@@ -148,6 +186,10 @@ void LiveClient::run() {
         if (!batch.empty()) {
           std::lock_guard<std::mutex> lock(mu_);
           for (auto& r : batch) {
+            if (auto* end = std::get_if<wire::RangeEnd>(&r.second)) {
+              range_.last_end = *end;
+              if (end->query_id == range_.last_sent) range_.in_flight = false;
+            }
             // Hellos and strings are always kept: without them later records are unreadable.
             auto kind = wire::kind_of(r.second);
             bool essential = kind == wire::RecordKind::kHello || kind == wire::RecordKind::kStringDef;
@@ -165,6 +207,10 @@ void LiveClient::run() {
       if (!stop_) set_error(std::string("collector ") + endpoint() + ": " + e.what());
     }
     connected_ = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      range_.in_flight = false;  // a reply still owed is lost with the connection
+    }
     std::lock_guard<std::mutex> lock(impl_->mu);
     impl_->socket.reset();
   }

@@ -8,6 +8,11 @@
 // way round). On any error it reconnects with backoff. The collector replays
 // every source's Hello and strings on connect, so a reconnect loses only what
 // was sent while disconnected.
+//
+// fetch_range() asks the collector for stored history (docs/collector.md,
+// "Viewer protocol"): the reply's records arrive through drain() like live ones
+// (spans shorter than the resolution come merged, named "(merged spans)" with
+// the count in an argument); range_state() says when the reply has ended.
 #pragma once
 
 #include <atomic>
@@ -49,6 +54,16 @@ class LiveClient {
   // Moves up to max queued records into out (appends). Called by the UI thread.
   size_t drain(std::vector<std::pair<uint32_t, wire::Record>>& out, size_t max);
 
+  // Sends a RangeQuery for [from_ns, to_ns] with spans shorter than resolution_ns
+  // merged per track. Returns its id, or 0 when not connected (nothing sent).
+  uint64_t fetch_range(int64_t from_ns, int64_t to_ns, int64_t resolution_ns, uint32_t max_records = 0);
+  struct RangeState {
+    uint64_t last_sent = 0;      // id of the newest query sent (0: none)
+    bool in_flight = false;      // its RangeEnd has not arrived yet
+    wire::RangeEnd last_end;     // the newest RangeEnd received
+  };
+  RangeState range_state() const;
+
   bool connected() const { return connected_.load(); }
   uint64_t frames() const { return frames_.load(); }
   uint64_t records() const { return records_.load(); }
@@ -71,6 +86,8 @@ class LiveClient {
   mutable std::mutex mu_;
   std::deque<std::pair<uint32_t, wire::Record>> queue_;
   std::string error_;
+  RangeState range_;  // guarded by mu_
+  uint64_t next_query_id_ = 1;
 };
 
 }  // namespace inferscope::viewer
