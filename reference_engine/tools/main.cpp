@@ -60,7 +60,7 @@ int main(int argc, char** argv) {
   std::string collector = "\x01";  // sentinel: not given -> environment / agent default
   int requests = 0, threads = 2, device = 0, ep_size = 1, ep_rank = 0;
   double duration = 0.0, rate = -1.0, topic_period = -1.0, temperature = -1.0, drain_timeout = 10.0,
-         ep_timeout = 60.0;
+         ep_timeout = 60.0, capacity_factor = -1.0;
   uint64_t seed = 1;
   bool offline = false, quiet = false, ep_same_requests = false;
   app.add_option("--model", model_path, "model JSON (reference_engine/models/*.json)")->required();
@@ -80,6 +80,8 @@ int main(int argc, char** argv) {
   app.add_option("--rate", rate, "requests per second (Poisson); default from the workload");
   app.add_option("--topic-period", topic_period, "seconds each topic dominates (skewed workloads)");
   app.add_option("--temperature", temperature, "sampling temperature (0 = greedy)");
+  app.add_option("--capacity-factor", capacity_factor,
+                 "override the model's MoE capacity factor (0 = dropless: no token is dropped, hot experts take all)");
   app.add_option("--image", image_path, "binary PPM (P6) used for every image request");
   app.add_flag("--offline", offline, "submit every request at once (throughput run)");
   app.add_flag("--quiet", quiet, "no progress lines");
@@ -102,6 +104,7 @@ int main(int argc, char** argv) {
   std::unique_ptr<ie::Communicator> comm;
   try {
     ie::ModelConfig config = ie::load_model_config(model_path);
+    if (capacity_factor >= 0) config.moe.capacity_factor = static_cast<float>(capacity_factor);
     auto be = ie::create_backend(backend, ie::BackendOptions{threads, device});
     ie::ExpertPlacement placement;
     if (ep_size > 1) {
