@@ -32,6 +32,7 @@
 #include "check.hpp"
 #include "inferscope/engine/backend.hpp"
 #include "kernels.hpp"
+#include "stream_access.hpp"
 
 namespace inferscope::engine {
 namespace {
@@ -168,7 +169,7 @@ bool env_fp32_math() {
 // [SECTION] Backend
 class CudaBackend final : public Backend {
  public:
-  explicit CudaBackend(const BackendOptions& o) : fp32_math_(env_fp32_math()) {
+  explicit CudaBackend(const BackendOptions& o) : fp32_math_(env_fp32_math()), device_(o.device) {
     int count = 0;
     if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
       cudaGetLastError();  // clear the sticky "no device" error
@@ -196,6 +197,8 @@ class CudaBackend final : public Backend {
 
   std::string name() const override { return "cuda"; }
   bool host_memory() const override { return false; }
+  cudaStream_t stream() const { return stream_; }
+  int device() const { return device_; }
 
   // --- memory ---------------------------------------------------------------
   void* alloc(size_t bytes) override {
@@ -621,6 +624,7 @@ class CudaBackend final : public Backend {
   }
 
   bool fp32_math_;
+  int device_ = 0;
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<k::Blas> blas_;
   std::unique_ptr<StagingRing> ring_;
@@ -639,5 +643,17 @@ class CudaBackend final : public Backend {
 std::unique_ptr<Backend> create_cuda_backend(const BackendOptions& options) {
   return std::make_unique<CudaBackend>(options);
 }
+
+namespace cuda {
+namespace {
+CudaBackend& as_cuda(Backend& b) {
+  auto* c = dynamic_cast<CudaBackend*>(&b);
+  if (!c) throw std::invalid_argument("expected the cuda backend, got '" + b.name() + "'");
+  return *c;
+}
+}  // namespace
+void* backend_stream(Backend& b) { return as_cuda(b).stream(); }
+int backend_device(Backend& b) { return as_cuda(b).device(); }
+}  // namespace cuda
 
 }  // namespace inferscope::engine
