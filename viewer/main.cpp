@@ -12,7 +12,7 @@ int main(int argc, char** argv) {
   app.add_option("--auth-token-file", o.auth_token_file, "file holding the collector's auth token");
   app.add_option("--screenshot", o.screenshot, "render, write this PNG and exit");
   app.add_option("--frames", o.frames, "frames to render before the screenshot")->check(CLI::Range(1, 1000));
-  app.add_option("--view", o.view, "timeline|experts|alerts|memory|stages|details|all");
+  app.add_option("--view", o.view, "timeline|experts|alerts|memory|stages|details|ep|all");
   app.add_option("--window", o.window, "analysis window relative to the trace start, e.g. 10s..20s");
   app.add_option("--width", o.width, "window width")->check(CLI::Range(200, 8192));
   app.add_option("--height", o.height, "window height")->check(CLI::Range(150, 8192));

@@ -415,6 +415,56 @@ def moe_dashboard():
                         targets((f"sum by (layer, kind) (increase(inferscope_moe_expert_episodes_total{{{MRL}}}[$__range]))",
                                  "{{kind}} layer {{layer}}")),
                         unit="short"))
+    # Expert parallelism: the physical EP ranks (placement or EP records), so
+    # only model and layer filter here (an EP rank need not be an agent rank).
+    EPM = 'model=~"$model"'
+    EPL = 'model=~"$model",layer=~"$layer"'
+    p.append(row(L, "Expert parallelism (EP ranks)"))
+    p.append(timeseries(L, "EP rank load: now vs after an EPLB re-placement",
+                        "Each physical EP rank's load over the mean rank's, worst MoE layer: under the "
+                        "current expert placement, and under the EPLB-style re-placement the collector "
+                        "plans from the same window's expert loads with --eplb-redundant extra slots "
+                        "(docs/metrics.md). 1 is the fair share; a hot rank sits above the 1.25 line.",
+                        targets((f"max by (rank) (inferscope_moe_ep_rank_utilization_ratio{{{EPL}}})",
+                                 "now, EP rank {{rank}}"),
+                                (f"max by (rank) (inferscope_moe_ep_eplb_rank_utilization_ratio{{{EPL}}})",
+                                 "after EPLB, EP rank {{rank}}")),
+                        unit="none", thr=thresholds((None, "green"), (1.25, "red")), draw_thresholds=True))
+    p.append(timeseries(L, "EP balancedness: now vs after EPLB (worst layer)",
+                        "Mean over max EP rank load (1 = balanced), the worst MoE layer, now and under "
+                        "the EPLB what-if. The gap is what a re-placement with redundant experts would buy.",
+                        targets((f"min(inferscope_moe_ep_balancedness_ratio{{{EPL}}})", "now"),
+                                (f"min(inferscope_moe_ep_eplb_balancedness_ratio{{{EPL}}})", "after EPLB")),
+                        unit="none"))
+    p.append(timeseries(L, "EP time per rank: all-to-all vs expert compute vs idle",
+                        "Share of wall time each EP rank spends per second in the MoE layers' dispatch "
+                        "all-to-all, its experts' compute, the combine all-to-all, and idle: the slowest "
+                        "rank's compute minus its own per (step, layer), which it spends waiting inside "
+                        "combine (so idle is part of combine). From the ranks' expert_parallel records.",
+                        targets((f"sum by (rank) (rate(inferscope_ep_dispatch_seconds_total{{{EPL}}}[{RI}]))",
+                                 "dispatch rank {{rank}}"),
+                                (f"sum by (rank) (rate(inferscope_ep_expert_compute_seconds_total{{{EPL}}}[{RI}]))",
+                                 "compute rank {{rank}}"),
+                                (f"sum by (rank) (rate(inferscope_ep_combine_seconds_total{{{EPL}}}[{RI}]))",
+                                 "combine rank {{rank}}"),
+                                (f"sum by (rank) (rate(inferscope_ep_idle_seconds_total{{{EPL}}}[{RI}]))",
+                                 "idle rank {{rank}}")),
+                        unit="percentunit"))
+    p.append(timeseries(L, "EP straggler rate per rank",
+                        "Share of (step, MoE layer) pairs, joined over every rank, in which the rank's "
+                        "expert compute was the slowest: the rank the others wait for.",
+                        targets((f"sum by (model, rank) (rate(inferscope_ep_straggler_steps_total{{{EPM}}}[{RI}])) "
+                                 f"/ on (model) group_left sum by (model) (rate(inferscope_ep_joined_steps_total{{{EPM}}}[{RI}]))",
+                                 "rank {{rank}}"),),
+                        unit="percentunit"))
+    p.append(timeseries(L, "Hot EP ranks",
+                        "Each EP rank's rows computed (else its placement load) over the mean rank's in "
+                        "the last window, and 1 while it is in a hot-rank episode (>= --hot-rank-threshold "
+                        "for --hot-windows windows). The viewer's EP ranks view and the collector log name "
+                        "the layers and experts responsible.",
+                        targets((f"inferscope_ep_rank_utilization_ratio{{{EPM}}}", "load, rank {{rank}}"),
+                                (f"inferscope_ep_rank_hot{{{EPM}}}", "hot, rank {{rank}}")),
+                        unit="none", thr=thresholds((None, "green"), (1.25, "red")), draw_thresholds=True))
     types = {x["type"] for x in p}
     return dashboard("inferscope-moe", "inferscope / MoE routing",
                      "Expert load per layer and rank, imbalance, hot experts, token drops and "

@@ -133,6 +133,36 @@ TEST_F(ViewerScreenshot, HotExpertCellHasTheHotColour) {
   EXPECT_FALSE(close_colour(fair, px, 30)) << std::hex << fair;
 }
 
+TEST(ViewerScreenshotEp, HotRankNamedAndOthersIdleWaitingForIt) {
+  if (std::system("command -v xvfb-run >/dev/null 2>&1") != 0) GTEST_SKIP() << "xvfb-run not installed";
+  test::TempDir dir;
+  SampleOptions o;  // hot expert 5 from 6 s to 14 s; 16 experts on 4 EP ranks: rank 1 holds it
+  o.ranks = 4;
+  o.expert_parallel = true;
+  std::string err;
+  const std::string trace = dir.file("ep.trace");
+  ASSERT_TRUE(write_sample_trace(trace, o, nullptr, &err)) << err;
+  const std::string png = dir.file("ep.png");
+  RunResult r = run(trace + " --screenshot " + png + " --view ep --window 7s..12s --width 1100 --height 720");
+  ASSERT_EQ(r.status, 0) << r.output;
+  Image img;
+  ASSERT_TRUE(img.load(png));
+  EXPECT_EQ(img.w, 1100);
+  EXPECT_GT(img.distinct_colours(), 30u);
+  std::ifstream in(png + ".json");
+  nlohmann::json f = nlohmann::json::parse(in, nullptr, false);
+  ASSERT_FALSE(f.is_discarded());
+  EXPECT_EQ(f["ep_hot_rank"].get<int>(), static_cast<int>((o.hot_expert % o.experts) / (o.experts / o.ranks)));
+  // A rank that is not hot waits for the hot one: its idle segment is drawn, in the idle colour.
+  auto bar = f["ep_idle_bar"];
+  ASSERT_GE(bar[0].get<double>(), 0) << "no idle segment drawn";
+  int cx = static_cast<int>((bar[0].get<double>() + bar[2].get<double>()) / 2);
+  int cy = static_cast<int>((bar[1].get<double>() + bar[3].get<double>()) / 2);
+  ASSERT_LT(cx, img.w);
+  ASSERT_LT(cy, img.h);
+  EXPECT_TRUE(close_colour(img.at(cx, cy), 0x5050E0, 12)) << std::hex << img.at(cx, cy);
+}
+
 TEST_F(ViewerScreenshot, TimelineLightThemeShowsEveryTrack) {
   std::string png = dir.file("timeline.png");
   RunResult r = run(trace() + " --screenshot " + png + " --view timeline --window 7.0s..7.3s --theme light --width 900 --height 1000");

@@ -104,7 +104,7 @@ std::string config_dir() {
   return ec ? std::string() : p.string();
 }
 
-const char* kTitles[] = {"Timeline", "Expert load", "Alerts", "Memory & cache", "Stages & requests", "Details"};
+const char* kTitles[] = {"Timeline", "Expert load", "Alerts", "Memory & cache", "Stages & requests", "Details", "EP ranks"};
 
 void window_rect(ViewId id, const ImVec2& pos, const ImVec2& size, bool single, ImVec2& p, ImVec2& sz) {
   if (single) {
@@ -117,7 +117,8 @@ void window_rect(ViewId id, const ImVec2& pos, const ImVec2& size, bool single, 
     float x, y, w, h;
   };
   static const R rects[] = {{0, 0, 0.68f, 0.56f},     {0, 0.56f, 0.40f, 0.44f},      {0.68f, 0.30f, 0.32f, 0.26f},
-                            {0.40f, 0.56f, 0.28f, 0.44f}, {0.68f, 0.56f, 0.32f, 0.44f}, {0.68f, 0, 0.32f, 0.30f}};
+                            {0.40f, 0.56f, 0.28f, 0.44f}, {0.68f, 0.56f, 0.32f, 0.44f}, {0.68f, 0, 0.32f, 0.30f},
+                            {0, 0.56f, 0.40f, 0.44f}};  // EP ranks: over the expert view when shown
   const R& r = rects[static_cast<int>(id)];
   p = ImVec2(pos.x + r.x * W, pos.y + r.y * H);
   sz = ImVec2(r.w * W, r.h * H);
@@ -149,7 +150,9 @@ void write_facts(const AppState& s, const std::string& png, int fb_w, int fb_h, 
       << ",\"spans\":" << s.model.span_count() << ",\"hot_cell\":[" << s.hot_cell[0] * fb_scale << ","
       << s.hot_cell[1] * fb_scale << "," << s.hot_cell[2] * fb_scale << "," << s.hot_cell[3] * fb_scale
       << "],\"hot_cell_colour\":\"" << hex(s.hot_cell_colour) << "\",\"legend_top_colour\":\""
-      << hex(s.legend_top_colour) << "\"}\n";
+      << hex(s.legend_top_colour) << "\",\"ep_hot_rank\":" << s.ep_hot_rank << ",\"ep_idle_bar\":["
+      << s.ep_idle_bar[0] * fb_scale << "," << s.ep_idle_bar[1] * fb_scale << "," << s.ep_idle_bar[2] * fb_scale << ","
+      << s.ep_idle_bar[3] * fb_scale << "]}\n";
 }
 
 }  // namespace
@@ -158,13 +161,13 @@ int run_app(AppOptions o) {
   AppState s;
   s.options = o;
   s.screenshot_mode = !o.screenshot.empty();
-  static const char* views[] = {"timeline", "experts", "alerts", "memory", "stages", "details"};
+  static const char* views[] = {"timeline", "experts", "alerts", "memory", "stages", "details", "ep"};
   int single = -1;
   if (o.view == "expert-load") o.view = "experts";
   for (int i = 0; i < static_cast<int>(ViewId::kCount); ++i)
     if (o.view == views[i]) single = i;
   if (single < 0 && o.view != "all") {
-    std::fprintf(stderr, "inferscope-viewer: unknown --view '%s' (timeline|experts|alerts|memory|stages|details|all)\n",
+    std::fprintf(stderr, "inferscope-viewer: unknown --view '%s' (timeline|experts|alerts|memory|stages|details|ep|all)\n",
                  o.view.c_str());
     return 2;
   }
@@ -345,7 +348,7 @@ int run_app(AppOptions o) {
     const ImGuiViewport* vp = ImGui::GetMainViewport();
     ImVec2 area_pos(vp->Pos.x, vp->Pos.y + menu_h), area_size(vp->Size.x, vp->Size.y - menu_h);
     using DrawFn = void (*)(AppState&);
-    DrawFn fns[] = {draw_timeline, draw_experts, draw_alerts, draw_memory, draw_stages, draw_details};
+    DrawFn fns[] = {draw_timeline, draw_experts, draw_alerts, draw_memory, draw_stages, draw_details, draw_ep};
     for (int i = 0; i < static_cast<int>(ViewId::kCount); ++i) {
       if (single >= 0 && i != single) continue;
       if (single < 0 && !s.show[i]) continue;

@@ -30,14 +30,14 @@ struct AppOptions {
   std::string auth_token_file;
   std::string screenshot;        // write a PNG after `frames` frames and exit
   int frames = 4;
-  std::string view = "all";      // timeline|experts|alerts|memory|stages|all
+  std::string view = "all";      // timeline|experts|alerts|memory|stages|details|ep|all
   std::string window;            // "10s..20s" relative to the trace start
   int width = 1600, height = 900;
   std::string theme = "dark";
   float scale = 0;               // 0: the monitor's content scale
 };
 
-enum class ViewId { kTimeline, kExperts, kAlerts, kMemory, kStages, kDetails, kCount };
+enum class ViewId { kTimeline, kExperts, kAlerts, kMemory, kStages, kDetails, kEp, kCount };
 
 struct Palette {
   uint32_t background, lane_bg, lane_bg_alt, text, text_dim, grid, header_bg, selection, merged,
@@ -71,7 +71,7 @@ struct AppState {
   int selected_layer = -1, selected_expert = -1;
   uint64_t selected_request = 0;
   uint32_t selected_request_source = 0;
-  bool show[static_cast<int>(ViewId::kCount)] = {true, true, true, true, true, true};
+  bool show[static_cast<int>(ViewId::kCount)] = {true, true, true, true, true, true, false};  // EP: on with EP data
 
   bool dark = true;
   float scale = 1.0f;
@@ -82,6 +82,8 @@ struct AppState {
   float hot_cell[4] = {-1, -1, -1, -1};  // x0 y0 x1 y1 of a hot heatmap cell
   uint32_t hot_cell_colour = 0;
   uint32_t legend_top_colour = 0;
+  int ep_hot_rank = -1;                     // EP view: the hottest rank named
+  float ep_idle_bar[4] = {-1, -1, -1, -1};  // x0 y0 x1 y1 of a non-hot rank's idle segment
 
   int64_t analysis_t0() const;
   int64_t analysis_t1() const;
@@ -105,6 +107,7 @@ void draw_alerts(AppState& s);
 void draw_memory(AppState& s);
 void draw_stages(AppState& s);
 void draw_details(AppState& s);
+void draw_ep(AppState& s);
 
 bool write_screenshot_png(const std::string& path, int width, int height, std::string& error);
 int run_app(AppOptions options);

@@ -17,6 +17,8 @@ int main(int argc, char** argv) {
   app.add_option("--experts", o.experts, "routed experts per MoE layer");
   app.add_option("--layers", o.layers, "layers");
   app.add_option("--seed", o.seed, "random seed");
+  app.add_flag("--expert-parallel", o.expert_parallel,
+               "ranks are expert-parallel: contiguous expert shards, expert_parallel records, a skew to the hot expert's rank");
   CLI11_PARSE(app, argc, argv);
   inferscope::viewer::SampleSummary s;
   std::string error;

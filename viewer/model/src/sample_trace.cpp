@@ -85,6 +85,14 @@ SampleSummary generate_sample_trace(const SampleOptions& o, const FrameSink& sin
   const int64_t step_ns = std::max<int64_t>(1000, total_ns / static_cast<int64_t>(steps));
   const uint32_t hot_layer = is_moe(o.hot_layer % layers) ? o.hot_layer % layers : 1 % layers;
 
+  // Expert parallelism: contiguous shards; the hot expert's owner is the hot EP rank.
+  const uint32_t per_rank = std::max<uint32_t>(1, (experts + ranks - 1) / ranks);
+  auto ep_owner = [&](uint32_t x) { return std::min(x / per_rank, ranks - 1); };
+  const uint32_t ep_hot_rank = ep_owner(o.hot_expert % experts);
+  // Per step: each rank's routed counts per MoE layer, turned into EP records once all ranks routed.
+  std::vector<std::vector<std::vector<uint32_t>>> step_counts(ranks, std::vector<std::vector<uint32_t>>(layers));
+  std::vector<std::vector<int64_t>> step_layer_ts(ranks, std::vector<int64_t>(layers, 0));
+
   std::vector<std::unique_ptr<Emitter>> em;
   em.push_back(std::make_unique<Emitter>(kCollectorSource, o.compress, &sink, &sum));
   for (uint32_t r = 0; r < ranks; ++r) em.push_back(std::make_unique<Emitter>(r + 1, o.compress, &sink, &sum));
@@ -106,7 +114,8 @@ SampleSummary generate_sample_trace(const SampleOptions& o, const FrameSink& sin
                                 static_cast<uint16_t>(is_moe(l) ? experts : 0)});
     h.model.top_k = static_cast<uint16_t>(o.top_k);
     h.model.capacity_factor = 1.25f;
-    for (uint32_t x = 0; x < experts; ++x) h.model.expert_to_rank.push_back(x % std::max<uint32_t>(ranks, 4) % 4);
+    for (uint32_t x = 0; x < experts; ++x)
+      h.model.expert_to_rank.push_back(o.expert_parallel ? ep_owner(x) : x % std::max<uint32_t>(ranks, 4) % 4);
     e.add(h);
     for (uint32_t i = 1; i < sizeof(kStrings) / sizeof(kStrings[0]); ++i) e.add(StringDef{i, kStrings[i]});
     for (uint32_t l = 0; l < layers; ++l) {
@@ -172,7 +181,8 @@ SampleSummary generate_sample_trace(const SampleOptions& o, const FrameSink& sin
       Emitter& e = *em[r + 1];
       const int64_t s0 = t0 + static_cast<int64_t>(step) * step_ns + static_cast<int64_t>(r) * step_ns / 7;
       const double ts = double(s0 - t0) * 1e-9;
-      const bool hot = r == o.hot_rank && ts >= o.hot_from_s && ts < o.hot_to_s;
+      const bool in_window = ts >= o.hot_from_s && ts < o.hot_to_s;
+      const bool hot = (o.expert_parallel || r == o.hot_rank) && in_window;
       const uint32_t batch_tokens = 64 + static_cast<uint32_t>(U(rng) * 192);
       auto cpu = [&](uint32_t name, uint16_t depth, int64_t a, int64_t b, uint64_t corr = 0,
                      SpanCategory cat = SpanCategory::kCpuRange) {
@@ -250,6 +260,7 @@ SampleSummary generate_sample_trace(const SampleOptions& o, const FrameSink& sin
           w[x] = 1.0 + 0.35 * U(rng);
           if (hot && l == hot_layer && x == o.hot_expert % experts) w[x] = 6.5;
           if (l == hot_layer && x == (o.hot_expert + 7) % experts) w[x] *= 0.25;  // a cold one
+          if (o.expert_parallel && hot && ep_owner(x) == ep_hot_rank) w[x] *= 1.8;  // skewed workload
           sumw += w[x];
         }
         uint32_t assignments = batch_tokens * o.top_k, given = 0;
@@ -270,6 +281,8 @@ SampleSummary generate_sample_trace(const SampleOptions& o, const FrameSink& sin
         for (uint32_t x = 0; x < experts; ++x) load.dropped += counts[x] > capacity ? counts[x] - capacity : 0;
         load.routed.assign(counts.begin(), counts.end());
         e.add(load);
+        step_counts[r][l].assign(counts.begin(), counts.end());
+        step_layer_ts[r][l] = l0 + slice / 3;
         ++sum.expert_loads;
       }
       launch(2, fwd1 + step_ns / 100, kSampleKernel, step_ns * 3 / 100, layers);
@@ -301,6 +314,35 @@ SampleSummary generate_sample_trace(const SampleOptions& o, const FrameSink& sin
         }
         e.add(p.event);
         ++sum.requests;
+      }
+    }
+    if (o.expert_parallel) {
+      // Rows each rank's experts compute (all ranks' assignments to its experts),
+      // rows each rank sends away; compute time follows the rows, and combine
+      // includes waiting for the slowest rank, as on a real all-to-all.
+      for (uint32_t l = 0; l < layers; ++l) {
+        if (!is_moe(l)) continue;
+        std::vector<uint32_t> computed(ranks, 0), sent(ranks, 0);
+        for (uint32_t src = 0; src < ranks; ++src)
+          for (uint32_t x = 0; x < step_counts[src][l].size(); ++x) {
+            computed[ep_owner(x)] += step_counts[src][l][x];
+            if (ep_owner(x) != src) sent[src] += step_counts[src][l][x];
+          }
+        const int64_t ns_per_row = std::max<int64_t>(1, step_ns / 4000);
+        int64_t slowest = 0;
+        for (uint32_t k = 0; k < ranks; ++k) slowest = std::max<int64_t>(slowest, computed[k] * ns_per_row);
+        for (uint32_t k = 0; k < ranks; ++k) {
+          ExpertParallelStep eps;
+          eps.step = step;
+          eps.layer = l;
+          eps.timestamp_ns = step_layer_ts[k][l];
+          eps.rows_computed = computed[k];
+          eps.rows_sent = sent[k];
+          eps.compute_ns = computed[k] * ns_per_row;
+          eps.dispatch_ns = step_ns / 200 + sent[k] * ns_per_row / 8;
+          eps.combine_ns = step_ns / 200 + sent[k] * ns_per_row / 8 + (slowest - eps.compute_ns);
+          em[k + 1]->add(eps);
+        }
       }
     }
   }
@@ -343,6 +385,17 @@ SampleSummary generate_sample_trace(const SampleOptions& o, const FrameSink& sin
   cold.peak_utilization = 0.25f;
   em[0]->add(cold);
   sum.alerts = 3;
+  if (o.expert_parallel && ranks > 1) {
+    AlertEpisode rank_hot = hot;
+    rank_hot.kind = AlertKind::kHotRank;
+    rank_hot.rank = ep_hot_rank;
+    rank_hot.start_ns = at(o.hot_from_s + 1.0);
+    rank_hot.end_ns = at(o.hot_to_s + 0.5);
+    rank_hot.peak_utilization = 1.6f;
+    rank_hot.peak_share = 1.6f / float(ranks);
+    em[0]->add(rank_hot);
+    ++sum.alerts;
+  }
 
   for (auto& e : em) e->flush();
   return sum;

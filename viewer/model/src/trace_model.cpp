@@ -54,6 +54,7 @@ void TraceModel::clear() {
   requests_.clear();
   alerts_.clear();
   counters_.clear();
+  ep_steps_.clear();
   min_ns_ = std::numeric_limits<int64_t>::max();
   max_ns_ = std::numeric_limits<int64_t>::min();
   span_count_ = pending_spans_ = samples_ = record_count_ = 0;
@@ -249,6 +250,10 @@ void TraceModel::add(uint32_t source_id, const wire::Record& record) {
           if (!take_sample()) return;
           Source& s = source_mut(source_id);
           counters_.push_back({source_id, r.timestamp_ns, resolve(s, r.name_id), r.is_gauge, r.value});
+        } else if constexpr (std::is_same_v<T, wire::ExpertParallelStep>) {
+          if (!take_sample()) return;
+          ep_steps_.push_back({source_id, rank_of(source_id), r});
+          extend_time(r.timestamp_ns, r.timestamp_ns + r.dispatch_ns + r.compute_ns + r.combine_ns);
         } else if constexpr (std::is_same_v<T, wire::AlertEpisode>) {
           if (!take_sample()) return;
           // An open episode is re-sent when it closes: update it in place.

@@ -7,7 +7,8 @@
 // kernels with correlation ids matching their launches, expert loads with one
 // hot expert during a window, memory (KV, SSM state, checkpoints, weights),
 // prefix-cache deltas, stage timings and requests, and from source 0 the
-// collector's alert episodes (the hot expert, a drop burst).
+// collector's alert episodes (the hot expert, a drop burst). With
+// expert_parallel, also the ranks' expert_parallel records (see SampleOptions).
 #pragma once
 
 #include <cstdint>
@@ -33,6 +34,11 @@ struct SampleOptions {
   uint32_t seed = 1;
   bool compress = true;
   int64_t t0_ns = 1'000'000'000'000;  // monotonic start
+  // Expert parallelism: the ranks hold contiguous shards of the experts, every
+  // rank sends expert_parallel records, and during the hot window every rank's
+  // routing prefers the hot expert's rank (which then computes more rows and
+  // makes the others wait in combine); a hot_rank alert names it.
+  bool expert_parallel = false;
 };
 
 struct SampleSummary {

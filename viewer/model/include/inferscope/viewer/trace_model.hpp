@@ -119,6 +119,11 @@ struct AlertRec {
   uint32_t source = 0;
   wire::AlertEpisode alert;
 };
+struct EpStepRec {
+  uint32_t source = 0;
+  uint32_t rank = 0;
+  wire::ExpertParallelStep step;
+};
 struct CounterRec {
   uint32_t source = 0;
   int64_t timestamp_ns = 0;
@@ -170,6 +175,7 @@ class TraceModel {
   const std::vector<RequestRec>& requests() const { return requests_; }
   const std::vector<AlertRec>& alerts() const { return alerts_; }
   const std::vector<CounterRec>& counters() const { return counters_; }
+  const std::vector<EpStepRec>& ep_steps() const { return ep_steps_; }
 
   int64_t min_ns() const { return min_ns_; }
   int64_t max_ns() const { return max_ns_; }
@@ -217,6 +223,7 @@ class TraceModel {
   std::vector<RequestRec> requests_;
   std::vector<AlertRec> alerts_;
   std::vector<CounterRec> counters_;
+  std::vector<EpStepRec> ep_steps_;
   int64_t min_ns_ = std::numeric_limits<int64_t>::max();
   int64_t max_ns_ = std::numeric_limits<int64_t>::min();
   uint64_t span_count_ = 0, pending_spans_ = 0, samples_ = 0, record_count_ = 0;

@@ -1,0 +1,62 @@
+// inferscope viewer: expert parallelism, per EP rank, over a time window.
+//
+// From the ranks' expert_parallel records: each rank's share of the rows
+// computed, its dispatch / expert compute / combine time per step and its idle
+// time (joined on (step, layer): the slowest rank's compute minus its own, as
+// the collector does). From expert_load records and the hello's placement:
+// each rank's load now and under an EPLB-style re-placement (the collector's
+// planner), and which experts make a hot rank hot.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "inferscope/viewer/trace_model.hpp"
+
+namespace inferscope::viewer {
+
+struct EpRankRow {
+  uint32_t rank = 0;
+  uint64_t steps = 0;                // distinct steps with a record from this rank
+  uint64_t rows_computed = 0, rows_sent = 0;
+  double rows_share = 0;             // of all ranks' rows computed
+  double rows_utilization = 0;       // rows_share x ranks (1.0 = fair)
+  // Per step (summed over the MoE layers), milliseconds.
+  double dispatch_ms = 0, compute_ms = 0, combine_ms = 0, idle_ms = 0;
+  uint64_t straggler = 0;            // joined (step, layer) pairs where it was the slowest
+  double load_now = 0;               // utilization under the current placement (expert loads)
+  double load_eplb = 0;              // ... under the EPLB what-if
+};
+
+struct EpHotRank {
+  struct Layer {
+    uint32_t layer = 0;
+    double utilization = 0;
+  };
+  struct Expert {
+    uint32_t layer = 0, expert = 0;
+    double share = 0;  // of the layer's assignments (all ranks)
+  };
+  uint32_t rank = 0;
+  double utilization = 0;
+  std::vector<Layer> layers;    // where the rank is over the threshold
+  std::vector<Expert> experts;  // on the rank, in those layers, largest first (3 per layer)
+};
+
+struct EpReport {
+  uint32_t ranks = 0;          // world size (hellos) or highest rank seen + 1
+  uint64_t joined = 0;         // (step, layer) pairs every rank reported
+  bool has_ep_records = false;
+  bool has_placement = false;
+  double balancedness_now = 0, balancedness_eplb = 0;  // mean / max rank load, all MoE layers
+  uint32_t eplb_redundant = 0;
+  std::vector<EpRankRow> rows;  // by rank
+  std::vector<EpHotRank> hot;   // hottest first
+};
+
+// hot_threshold: rank utilization (rows, else placement load) that makes it hot;
+// eplb_redundant < 0: one redundant slot per rank.
+EpReport ep_report(const TraceModel& m, int64_t t0, int64_t t1, double hot_threshold = 1.25,
+                   int eplb_redundant = -1);
+
+}  // namespace inferscope::viewer
