@@ -18,65 +18,14 @@
 #include "inferscope/engine/telemetry.hpp"
 #include "inferscope/engine/workload.hpp"
 #include "inferscope/wire/codec.hpp"
+#include "capture_sink.hpp"
 
 namespace ie = inferscope::engine;
 namespace wire = inferscope::wire;
 
 namespace {
 
-class CaptureSink {
- public:
-  CaptureSink() {
-    fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    EXPECT_EQ(::bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
-    EXPECT_EQ(::listen(fd_, 4), 0);
-    socklen_t len = sizeof a;
-    ::getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len);
-    port_ = ntohs(a.sin_port);
-    thread_ = std::thread([this] {
-      int c = ::accept(fd_, nullptr, nullptr);
-      if (c < 0) return;
-      char buf[65536];
-      ssize_t n;
-      while ((n = ::read(c, buf, sizeof buf)) > 0) {
-        std::lock_guard lock(mu_);
-        bytes_.insert(bytes_.end(), buf, buf + n);
-      }
-      ::close(c);
-    });
-  }
-  ~CaptureSink() {
-    ::shutdown(fd_, SHUT_RDWR);
-    ::close(fd_);
-    if (thread_.joinable()) thread_.join();
-  }
-  // Waits until the agent closed its connection and everything was read.
-  void wait() { thread_.join(); }
-  int port() const { return port_; }
-  std::vector<wire::Record> records() {
-    std::lock_guard lock(mu_);
-    std::vector<wire::Record> out;
-    wire::FrameDecoder dec;
-    std::span<const uint8_t> rest(bytes_);
-    size_t n = 0;
-    while (!rest.empty() && dec.frame_size(rest, n).ok()) {
-      std::vector<wire::Record> frame;
-      EXPECT_TRUE(wire::decode_frame(rest.first(n), frame).ok());
-      out.insert(out.end(), frame.begin(), frame.end());
-      rest = rest.subspan(n);
-    }
-    return out;
-  }
-
- private:
-  int fd_ = -1, port_ = 0;
-  std::mutex mu_;
-  std::vector<uint8_t> bytes_;
-  std::thread thread_;
-};
+using inferscope_test::CaptureSink;
 
 TEST(EngineTelemetry, EverySignalArrivesAndMatchesTheEngine) {
   ie::ModelConfig c = ie::load_model_config(std::string(INFERSCOPE_ENGINE_MODELS) + "/tiny.json");
