@@ -14,7 +14,9 @@
 // rendezvous directory. EP=1 serves rank 0's requests alone with every expert.
 // Columns: steps, wall seconds, mean ms per step, decode and prefill tok/s of
 // the rank, and per MoE layer per step the dispatch / experts / combine ms and
-// the rows this rank's experts computed (own + received) per step. On the CPU
+// the rows this rank's experts computed (own + received) per step. "r0 load":
+// the share of the rank's routed assignments (before capacity) whose expert
+// sits on rank 0's shard (N ranks: 1/N is balanced). On the CPU
 // the ranks share the machine's cores; absolute numbers mean little there,
 // the split between phases and ranks is the point.
 #include <unistd.h>
@@ -31,6 +33,7 @@
 
 #include "inferscope/engine/communicator.hpp"
 #include "inferscope/engine/engine.hpp"
+#include "inferscope/engine/ep_workload.hpp"
 #include "inferscope/engine/workload.hpp"
 
 namespace ie = inferscope::engine;
@@ -50,6 +53,7 @@ struct RankResult {
   uint64_t steps = 0, idle_steps = 0, decode_tokens = 0, prefill_tokens = 0;
   double wall_s = 0;
   double dispatch_ms = 0, compute_ms = 0, combine_ms = 0, rows_per_step = 0;  // per MoE layer per step
+  double rank0_share = 0;  // share of this rank's routed assignments whose expert is on rank 0's shard
   std::string error;
 };
 
@@ -73,7 +77,10 @@ RankResult run_rank(const Options& o, const std::string& workload, int rank, int
     ie::Model model(*be, config, "", placement);
     if (comm) model.attach_expert_parallel(*comm);
     ie::WorkloadSpec spec = ie::workload_by_name(workload);
-    if (spec.fixed_topic >= 0) spec.fixed_topic = ie::ep_hot_topic(config, std::max(ranks, 2), 0);
+    if (spec.fixed_topic >= 0) {  // skewed-ep: rank 0 of the EP=N placement hot
+      spec.fixed_topic = ie::ep_hot_topic(config, o.ranks, 0);
+      for (const auto& hb : ie::ep_hot_bytes(model, o.ranks, 0, 12)) spec.alphabet.push_back(hb.byte);
+    }
     ie::WorkloadGenerator gen(spec, config, 1000 + static_cast<uint64_t>(rank));
     ie::Engine engine(model, nullptr);
     for (int i = 0; i < o.requests; ++i) {
@@ -90,6 +97,14 @@ RankResult run_rank(const Options& o, const std::string& workload, int rank, int
     res.idle_steps = st.idle_steps;
     res.decode_tokens = st.decode_tokens;
     res.prefill_tokens = st.prefill_tokens;
+    const int32_t shard = config.moe.experts / o.ranks;  // rank 0 of the EP=N placement
+    uint64_t routed = 0, routed_r0 = 0;
+    for (const auto& l : st.layers)
+      for (size_t e = 0; e < l.routed.size(); ++e) {
+        routed += l.routed[e];
+        if (static_cast<int32_t>(e) < shard) routed_r0 += l.routed[e];
+      }
+    res.rank0_share = routed ? static_cast<double>(routed_r0) / static_cast<double>(routed) : 0.0;
     uint64_t layer_steps = 0, rows = 0;
     int64_t d = 0, c = 0, m = 0;
     for (const auto& l : st.ep_layers) {
@@ -166,8 +181,8 @@ int main(int argc, char** argv) {
               "per rank, capacity factor %s\n",
               fs::path(o.model).filename().c_str(), o.backend.c_str(), o.ranks, o.requests, o.threads,
               o.capacity_factor >= 0 ? std::to_string(o.capacity_factor).c_str() : "of the model");
-  std::printf("%-10s %3s %4s %6s %6s %8s %8s %9s %9s | %9s %9s %9s %8s\n", "workload", "EP", "rank", "steps", "idle",
-              "wall s", "ms/step", "decode/s", "prefill/s", "disp ms", "exp ms", "comb ms", "rows");
+  std::printf("%-10s %3s %4s %6s %6s %8s %8s %9s %9s %7s | %9s %9s %9s %8s\n", "workload", "EP", "rank", "steps",
+              "idle", "wall s", "ms/step", "decode/s", "prefill/s", "r0 load", "disp ms", "exp ms", "comb ms", "rows");
   int failures = 0;
   for (const auto& w : o.workloads) {
     for (int ranks : {1, o.ranks}) {
@@ -180,10 +195,11 @@ int main(int argc, char** argv) {
           continue;
         }
         const double wall = std::max(x.wall_s, 1e-9);
-        std::printf("%-10s %3d %4d %6llu %6llu %8.3f %8.3f %9.1f %9.1f", w.c_str(), ranks, r,
+        std::printf("%-10s %3d %4d %6llu %6llu %8.3f %8.3f %9.1f %9.1f %7.3f", w.c_str(), ranks, r,
                     static_cast<unsigned long long>(x.steps), static_cast<unsigned long long>(x.idle_steps), x.wall_s,
                     x.steps ? 1e3 * x.wall_s / static_cast<double>(x.steps) : 0.0,
-                    static_cast<double>(x.decode_tokens) / wall, static_cast<double>(x.prefill_tokens) / wall);
+                    static_cast<double>(x.decode_tokens) / wall, static_cast<double>(x.prefill_tokens) / wall,
+                    x.rank0_share);
         if (ranks > 1)
           std::printf(" | %9.3f %9.3f %9.3f %8.1f\n", x.dispatch_ms, x.compute_ms, x.combine_ms, x.rows_per_step);
         else

@@ -15,6 +15,7 @@
 #include "inferscope/engine/backend.hpp"
 #include "inferscope/engine/communicator.hpp"
 #include "inferscope/engine/engine.hpp"
+#include "inferscope/engine/ep_workload.hpp"
 #include "inferscope/engine/expert_parallel.hpp"
 #include "inferscope/engine/model.hpp"
 #include "inferscope/engine/summary.hpp"
@@ -128,7 +129,10 @@ int main(int argc, char** argv) {
     if (!acfg.collector.empty()) telemetry = std::make_unique<ie::Telemetry>(acfg, config, placement);
 
     ie::WorkloadSpec spec = ie::workload_by_name(workload);
-    if (spec.fixed_topic >= 0) spec.fixed_topic = ie::ep_hot_topic(config, std::max(ep_size, 2), 0);
+    if (spec.fixed_topic >= 0) {  // skewed-ep: rank 0 hot
+      spec.fixed_topic = ie::ep_hot_topic(config, std::max(ep_size, 2), 0);
+      for (const auto& hb : ie::ep_hot_bytes(model, std::max(ep_size, 2), 0, 12)) spec.alphabet.push_back(hb.byte);
+    }
     if (comm && !ep_same_requests) seed += static_cast<uint64_t>(ep_rank) * 1000003u;
     if (rate > 0) spec.rate = rate;
     if (topic_period > 0) spec.topic_period = topic_period;

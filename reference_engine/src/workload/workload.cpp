@@ -113,8 +113,10 @@ std::vector<int32_t> WorkloadGenerator::text(int32_t topic, int32_t tokens) {
   // letters, which carry no topic), separated by spaces.
   const int32_t topics = std::max(1, model_.init.topics);
   std::vector<int32_t> alphabet;
-  for (int32_t b = 33; b <= 126; ++b)
-    if (topic_of_byte(b, topics) == topic) alphabet.push_back(b);
+  if (topic >= 0 && topic == spec_.fixed_topic && !spec_.alphabet.empty()) alphabet = spec_.alphabet;
+  if (alphabet.empty())
+    for (int32_t b = 33; b <= 126; ++b)
+      if (topic_of_byte(b, topics) == topic) alphabet.push_back(b);
   if (alphabet.empty())
     for (int32_t b = 'a'; b <= 'z'; ++b) alphabet.push_back(b);
   std::uniform_int_distribution<size_t> pick(0, alphabet.size() - 1);

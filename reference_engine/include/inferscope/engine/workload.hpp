@@ -16,10 +16,11 @@
 //                      own (random) weights
 //   text               like skewed-multimodal without images
 //   skewed-ep          expert parallelism's skew: text only, 90% of requests of
-//                      one fixed topic, the one whose hot experts sit on rank
-//                      0's shard in the most MoE layers (ep_hot_topic in
-//                      expert_parallel.hpp; inferscope-engine sets it), so
-//                      rank 0 is the hot rank; `balanced` is its counterpart
+//                      one fixed topic (ep_hot_topic), written with the bytes
+//                      the model's routers send to rank 0's experts
+//                      (ep_hot_bytes in ep_workload.hpp; inferscope-engine
+//                      sets both), so rank 0 is the hot rank; `balanced` is
+//                      its counterpart
 #pragma once
 
 #include <cstdint>
@@ -49,6 +50,8 @@ struct WorkloadSpec {
   float temperature = 0.0f;
   bool neutral_text = false;        // text without topic bytes (balanced)
   int32_t fixed_topic = -1;         // >= 0: the dominant topic never rotates (skewed-ep)
+  std::vector<int32_t> alphabet;    // non-empty: the fixed topic's text uses these bytes (skewed-ep:
+                                    // ep_hot_bytes, the bytes the routers send to rank 0)
 };
 
 // Known names: skewed-multimodal, balanced, text. Throws for anything else.
