@@ -23,7 +23,20 @@ lowered one (1.0). Checks:
      neither, matching the engines' own count of dropped records (0);
   5. a garbage connection shows up as a rejected frame on the Health dashboard;
   6. the collectors' trace directory exports with inferscope-export to Chrome
-     trace JSON that parses and holds spans from the engine.
+     trace JSON that parses and holds spans from the engine;
+  7. expert parallelism: a third collector gets a 2-rank CPU expert-parallel
+     run (scripts/ep-run 2 ... --workload skewed-ep, host communicator, model
+     renamed demo-ep) whose ranks send expert_parallel records: the EP panels
+     (all-to-all / compute / idle time, stragglers, hot ranks, EPLB what-if)
+     must have data like every other panel; the join produced idle and
+     straggler counts for both ranks; the rows each rank's experts computed
+     per layer (the engine's EP code, expert_parallel records) equal the
+     router's assignments to the experts that rank holds (contiguous shards,
+     expert_load records of both ranks summed; dropless capacity), so the hot
+     rank of every layer is the one the routing skew loads; a hot-rank episode,
+     if any opened, names a rank that is the hot one in some layer.
+     Without scripts/ep-run (older trees) the panels fed only by
+     expert_parallel records are skipped, with a log line saying so.
 
 The alert rules' `for:` durations (1m..10m, checked by promtool test rules) are
 shortened to 10s here (as in the demo) so the test stays under a few minutes;
@@ -160,11 +173,20 @@ def var_values(prom, dash, cd, chosen):
     return values
 
 
-def check_panels(prom, cd, dashboards, chosen, single, at):
+# Families only expert_parallel records feed (no data without an EP run).
+EP_RECORD_METRICS = ("inferscope_ep_dispatch_seconds_total", "inferscope_ep_expert_compute_seconds_total",
+                     "inferscope_ep_combine_seconds_total", "inferscope_ep_idle_seconds_total",
+                     "inferscope_ep_straggler_steps_total", "inferscope_ep_joined_steps_total",
+                     "inferscope_ep_rows_computed_total", "inferscope_ep_rows_sent_total",
+                     "inferscope_ep_layer_steps_total")
+
+
+def check_panels(prom, cd, dashboards, chosen, single, at, ep_run=True):
     """Runs every panel query twice: variables on All, and on single values; as
     a dashboard whose time range ends at `at` (while the engines were serving:
-    episodes close when their agents disconnect)."""
-    failures, n = [], 0
+    episodes close when their agents disconnect). Without an EP run, queries of
+    the families only expert_parallel records feed are skipped (logged)."""
+    failures, n, skipped = [], 0, 0
     for name, dash in dashboards.items():
         all_vals = var_values(prom, dash, cd, chosen)
         one_vals = dict(all_vals)
@@ -173,6 +195,9 @@ def check_panels(prom, cd, dashboards, chosen, single, at):
                 one_vals[k] = v
         for vals, label in ((all_vals, "All"), (one_vals, "single")):
             for panel, target in cd.panel_queries(dash):
+                if not ep_run and any(m in target["expr"] for m in EP_RECORD_METRICS):
+                    skipped += 1
+                    continue
                 expr = cd.substitute(target["expr"], vals,
                                      {"__rate_interval": "15s", "__range": "3m", "__interval": "2s"})
                 n += 1
@@ -190,7 +215,8 @@ def check_panels(prom, cd, dashboards, chosen, single, at):
     if failures:
         raise Failure(f"{len(failures)} of {n} panel queries returned no data:\n  "
                       + "\n  ".join(failures))
-    log(f"all {n} panel queries returned data (variables on All and on single values)")
+    log(f"all {n} panel queries returned data (variables on All and on single values)"
+        + (f"; {skipped} expert_parallel-only queries skipped (no scripts/ep-run)" if skipped else ""))
 
 
 def check_recording_rules(prom):
@@ -242,6 +268,50 @@ def check_recording_rules(prom):
     log(f"{len(names)} recording rules evaluate; fleet rules aggregate ranks 0 and 1")
 
 
+def check_expert_parallel(prom, model, ep_alerts, experts, ranks=2):
+    """The EP run's join and skew. The oracle for the rows each rank computed is
+    the router's side: expert_load records (--per-expert-metrics) of both
+    ranks, each expert's assignments counted for the rank holding it."""
+    def by_rank(expr):
+        return {s["metric"].get("rank"): float(s["value"][1]) for s in prom.query(expr)}
+    sel = f'model="{model}"'
+    joined = prom.query(f"sum(inferscope_ep_joined_steps_total{{{sel}}})")
+    if not joined or float(joined[0]["value"][1]) <= 0:
+        raise Failure(f"no (step, layer) pair of the EP run was joined over both ranks: {joined}")
+    idle = by_rank(f"sum by (rank) (inferscope_ep_idle_seconds_total{{{sel}}})")
+    straggler = by_rank(f"sum by (rank) (inferscope_ep_straggler_steps_total{{{sel}}})")
+    rows = by_rank(f"sum by (rank) (inferscope_ep_rows_computed_total{{{sel}}})")
+    if set(idle) != {"0", "1"} or set(rows) != {"0", "1"}:
+        raise Failure(f"EP idle / rows series for ranks {sorted(idle)} / {sorted(rows)}, want 0 and 1")
+    if sum(straggler.values()) != float(joined[0]["value"][1]):
+        raise Failure(f"straggler steps {straggler} do not add up to the joined pairs {joined[0]['value'][1]}")
+    layer_rows, routed = {}, {}
+    for s in prom.query(f"sum by (rank, layer) (inferscope_ep_rows_computed_total{{{sel}}})"):
+        layer_rows.setdefault(s["metric"]["layer"], {})[s["metric"]["rank"]] = float(s["value"][1])
+    for s in prom.query(f"sum by (layer, expert) (inferscope_moe_expert_tokens_total{{{sel}}})"):
+        owner = str(int(s["metric"]["expert"]) // (experts // ranks))
+        d = routed.setdefault(s["metric"]["layer"], {})
+        d[owner] = d.get(owner, 0.0) + float(s["value"][1])
+    if not routed or set(routed) != set(layer_rows):
+        raise Failure(f"EP layers with rows {sorted(layer_rows)} vs with routed assignments {sorted(routed)}")
+    off = {l: (layer_rows[l], routed[l]) for l in routed
+           if any(abs(layer_rows[l].get(r, 0.0) - v) > 0.01 * v + 1 for r, v in routed[l].items())}
+    if off:
+        raise Failure(f"rows computed per (layer, rank) differ from the assignments routed to that rank's experts: {off}")
+    expected = {l: max(d, key=d.get) for l, d in routed.items()}  # the hot rank of each layer
+    hot = by_rank(f"sum by (rank) (inferscope_ep_hot_rank_episodes_total{{{sel}}}) > 0")
+    fired = sorted(r for (name, r) in ep_alerts if name == "InferscopeHotEpRank")
+    if set(hot) - set(expected.values()) or set(fired) - set(expected.values()):
+        raise Failure(f"hot-rank episodes for ranks {sorted(hot)}, alerts for {fired}; the hot ranks by layer are {expected}")
+    eplb = prom.query(f"min(inferscope_moe_ep_eplb_balancedness_ratio{{{sel}}})")
+    now = prom.query(f"min(inferscope_moe_ep_balancedness_ratio{{{sel}}})")
+    log(f"EP run: rows computed per (layer, rank) match the routed assignments in all {len(routed)} layers; "
+        f"hot rank by layer {expected}; "
+        f"{joined[0]['value'][1]} joined (step, layer) pairs; rows computed {rows}; idle seconds {idle}; "
+        f"straggler steps {straggler}; hot-rank episodes {hot or 'none'}; InferscopeHotEpRank fired for {fired or 'none'}; "
+        f"balancedness now {now[0]['value'][1] if now else '-'} vs EPLB {eplb[0]['value'][1] if eplb else '-'}")
+
+
 def firing(prom, alertname):
     return [a["labels"] for a in prom.alerts()
             if a["labels"].get("alertname") == alertname and a["state"] == "firing"]
@@ -276,7 +346,9 @@ def run(args, h, tmp):
                  "--placement", placement_file(model, tmp, ep_ranks=4)]
     c0, a0 = h.start_collector(collector_bin, "collector-node1", coll_args)
     c1, a1 = h.start_collector(collector_bin, "collector-node2", coll_args)
-    prom = h.start_prometheus(prom_bin, [a0["metrics"], a1["metrics"]],
+    # The EP ranks' hellos carry their expert placement: no --placement file.
+    c2, a2 = h.start_collector(collector_bin, "collector-ep", coll_args[:-2])
+    prom = h.start_prometheus(prom_bin, [a0["metrics"], a1["metrics"], a2["metrics"]],
                               shortened_rules(src, tmp))
     send_garbage(a0["ingest"])
 
@@ -293,11 +365,29 @@ def run(args, h, tmp):
         env = dict(os.environ, INFERSCOPE_RANK=str(rank), INFERSCOPE_WORLD_SIZE="2")
         log(f"engine rank {rank}: {' '.join(map(str, argv))}")
         engines.append((rank, h.start(f"engine-rank{rank}", argv, env=env), summary))
-    wait_until("both collectors scraped (up == 1)",
-               lambda: len(prom.query('up{job="inferscope-collector"} == 1')) == 2, 20, 0.5)
+    # 7. A 2-rank CPU expert-parallel run into a third collector (own model name,
+    # so its hot experts do not mix with the ranks judged above).
+    ep_run = src / "scripts" / "ep-run"
+    ep_proc, ep_model = None, "demo-ep"
+    if ep_run.is_file():
+        mep, _, _ = model_with_capacity(model, tmp, experts / top_k, "ep")
+        spec = json.loads(mep.read_text())
+        spec["name"] = ep_model
+        mep.write_text(json.dumps(spec, indent=1))
+        ep_argv = ["bash", str(ep_run), "2", "--model", mep, "--workload", "skewed-ep",
+                   "--duration", str(args.ep_seconds), "--rate", str(args.ep_rate),
+                   "--collector", a2["ingest"], "--seed", "11", "--threads", "1",
+                   "--ep-comm", "host"]
+        log(f"ep-run: {' '.join(map(str, ep_argv))}")
+        ep_proc = h.start("ep-run", ep_argv, env=dict(os.environ, INFERSCOPE_ENGINE=str(engine_bin)))
+    else:
+        log("scripts/ep-run is not in this tree: no expert-parallel run; its panels are skipped")
+    wait_until("the collectors scraped (up == 1)",
+               lambda: len(prom.query('up{job="inferscope-collector"} == 1')) == 3, 20, 0.5)
 
     # Watch the alerts while the engines run: an episode closes once load stops.
     seen = {"InferscopeHotExpert": {}, "InferscopeTokenDrops": {}, "InferscopeAgentDroppingData": {}}
+    ep_alerts = {}  # the EP model's alerts, by (alertname, rank)
 
     hot_at = []  # when hot-expert alerts were last seen firing
 
@@ -305,11 +395,15 @@ def run(args, h, tmp):
         now = time.time()
         for a in prom.alerts():
             name, lb = a["labels"].get("alertname"), a["labels"]
+            if lb.get("model") == ep_model:
+                if a["state"] == "firing":
+                    ep_alerts.setdefault((name, lb.get("rank")), a)
+                continue
             if name in seen and a["state"] == "firing":
                 seen[name].setdefault((lb.get("rank"), lb.get("layer"), lb.get("expert")), a)
                 if name == "InferscopeHotExpert":
                     hot_at[:] = [now]
-    while any(p.alive() for _, p, _ in engines):
+    while any(p.alive() for _, p, _ in engines) or (ep_proc is not None and ep_proc.alive()):
         if time.time() - t0 > OVERALL_DEADLINE - 50:
             raise Failure("engines still running close to the test's deadline")
         watch()
@@ -317,6 +411,8 @@ def run(args, h, tmp):
     for rank, p, _ in engines:
         if p.popen.returncode != 0:
             raise Failure(f"engine rank {rank} exited with {p.popen.returncode}:\n{p.log_tail()}")
+    if ep_proc is not None and ep_proc.popen.returncode != 0:
+        raise Failure(f"ep-run exited with {ep_proc.popen.returncode}:\n{ep_proc.log_tail()}")
     time.sleep(3)  # two more scrapes and evaluations after the last records
     watch()
     summaries = {rank: json.loads(path.read_text()) for rank, _, path in engines}
@@ -369,7 +465,9 @@ def run(args, h, tmp):
     check_panels(prom, cd, cd.load_dashboards(src / "dashboards" / "grafana"),
                  chosen={"focus_layer": hot_layer},
                  single={"rank": hot_rank, "layer": hot_layer, "job": "inferscope-collector"},
-                 at=hot_at[0])
+                 at=hot_at[0], ep_run=ep_proc is not None)
+    if ep_proc is not None:
+        check_expert_parallel(prom, ep_model, ep_alerts, experts)
     check_recording_rules(prom)
     reasons = prom.query("inferscope_collector_rejected_frames_total > 0")
     if not reasons:
@@ -405,6 +503,10 @@ def main():
     ap.add_argument("--rate", type=float, default=1.5, help="requests/s per engine")
     ap.add_argument("--engine-seconds", type=int, default=45)
     ap.add_argument("--low-capacity-factor", type=float, default=1.0)
+    # The EP run is lighter than the two engines: its ranks step in lockstep and
+    # add two processes to the two cores; it needs joined steps, not throughput.
+    ap.add_argument("--ep-seconds", type=int, default=30)
+    ap.add_argument("--ep-rate", type=float, default=1.0, help="requests/s per EP rank")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = ap.parse_args()
     # SIGTERM (ctest, CI) unwinds through the finally below like Ctrl-C does.
