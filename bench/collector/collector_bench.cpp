@@ -1,12 +1,15 @@
 // collector_bench: what the collector costs and how many series it exports.
 //
 //   1. ingest: records/s through the pipeline (decode, validate, aggregate,
-//      forward) on one core, without and with the trace store writing to disk;
+//      forward) on one core, without and with the trace store writing v2 blocks
+//      (zstd level 1) to disk, compressing inline or on the store's own thread:
+//      wall-clock records/s and CPU ns per record (all threads of the process);
 //   2. series: Prometheus series for a DeepSeek-V3-sized model (58 MoE layers x
 //      256 experts x 8 ranks, a few hot / cold / dead experts per layer) in the
 //      default and the --per-expert-metrics mode, counted from the registry;
 //   3. scrape: time to serialize /metrics for 64 layers x 256 experts.
 // Prints a table; no arguments. `collector_bench quick` runs smaller sizes.
+#include <time.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -27,6 +30,12 @@ using Clock = std::chrono::steady_clock;
 namespace {
 
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+double process_cpu_s() {
+  timespec ts{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
+}
 
 wire::Hello hello(const std::string& model, uint32_t rank, uint32_t moe_layers, uint16_t experts) {
   wire::Hello h;
@@ -54,9 +63,14 @@ std::vector<uint8_t> encode(const std::vector<wire::Record>& recs) {
 struct IngestResult {
   double records_per_s;
   double mb_per_s;
+  double cpu_ns_per_record;
+  double disk_bytes_per_record;
 };
 
-IngestResult ingest(bool persist, size_t frames, const std::string& label) {
+enum class Persist { kOff, kInline, kThread };
+
+IngestResult ingest(Persist mode, size_t frames) {
+  const bool persist = mode != Persist::kOff;
   CollectorOptions o;
   o.aggregation.window_ns = 1'000'000'000;
   CollectorMetrics metrics;
@@ -67,6 +81,7 @@ IngestResult ingest(bool persist, size_t frames, const std::string& label) {
     TraceStoreOptions so;
     so.dir = dir.string();
     so.max_bytes = 256u << 20;
+    so.background = mode == Persist::kThread;
     store = std::make_unique<TraceStore>(so, [&](auto& f) { p.replay(f, false); }, nullptr);
     std::string error;
     if (!store->open(error)) {
@@ -75,7 +90,7 @@ IngestResult ingest(bool persist, size_t frames, const std::string& label) {
     }
   }
   p.set_frame_sink([&](const SharedFrame& f) {
-    if (store) store->write(*f, 0);
+    if (store) store->write(*f, p.sink_frame_summary(), 0);  // as the collector does
   });
   Session s(o.limits);
   Rejection why;
@@ -108,6 +123,7 @@ IngestResult ingest(bool persist, size_t frames, const std::string& label) {
     input.push_back(encode(recs));
   }
   const auto start = Clock::now();
+  const double cpu0 = process_cpu_s();
   size_t records = 0;
   for (size_t i = 0; i < frames; ++i) {
     auto& f = input[i % input.size()];
@@ -119,11 +135,13 @@ IngestResult ingest(bool persist, size_t frames, const std::string& label) {
     records += records_per_frame;
     bytes += f.size();
   }
+  if (store) store->flush();  // the compression still queued is part of the cost
   const double secs = seconds_since(start);
+  const double cpu = process_cpu_s() - cpu0;
+  const double disk = store ? static_cast<double>(store->stats().bytes) : 0.0;
   store.reset();
   std::filesystem::remove_all(dir);
-  (void)label;
-  return {records / secs, bytes / secs / 1e6};
+  return {records / secs, bytes / secs / 1e6, cpu * 1e9 / records, disk / records};
 }
 
 // [SECTION] series
@@ -202,11 +220,15 @@ int main(int argc, char** argv) {
   const bool quick = argc > 1 && std::strcmp(argv[1], "quick") == 0;
   const size_t frames = quick ? 200 : 2000;
   std::printf("inferscope collector_bench (one core; frames of 2000 spans + 8 x 64-expert loads)\n\n");
-  std::printf("%-44s %14s %10s\n", "ingest (decode+validate+aggregate+forward)", "records/s", "MB/s");
-  for (bool persist : {false, true}) {
-    auto r = ingest(persist, frames, persist ? "trace store on" : "trace store off");
-    std::printf("%-44s %14.3e %10.1f\n", persist ? "  with the trace store writing" : "  without persistence",
-                r.records_per_s, r.mb_per_s);
+  std::printf("%-44s %12s %8s %12s %10s\n", "ingest (decode+validate+aggregate+forward)", "records/s", "MB/s",
+              "CPU ns/rec", "disk B/rec");
+  for (Persist mode : {Persist::kOff, Persist::kInline, Persist::kThread}) {
+    auto r = ingest(mode, frames);
+    const char* label = mode == Persist::kOff      ? "  without persistence"
+                        : mode == Persist::kInline ? "  trace store, zstd-1 blocks inline"
+                                                   : "  trace store, zstd-1 blocks on its thread";
+    std::printf("%-44s %12.3e %8.1f %12.1f %10.2f\n", label, r.records_per_s, r.mb_per_s, r.cpu_ns_per_record,
+                r.disk_bytes_per_record);
   }
   const uint32_t ranks = quick ? 2 : 8;
   std::printf("\nseries for a DeepSeek-V3-sized model: 58 MoE layers x 256 experts x %u ranks,\n"
