@@ -19,6 +19,15 @@ namespace {
 using LaneKey = std::tuple<uint32_t /*source*/, uint8_t /*track kind*/, uint32_t /*track*/, uint32_t /*stream*/,
                            uint16_t /*depth*/>;
 
+struct LaneHash {
+  size_t operator()(const LaneKey& k) const {
+    uint64_t h = (uint64_t{std::get<0>(k)} << 32) ^ std::get<2>(k);
+    h ^= (uint64_t{std::get<3>(k)} << 20) ^ (uint64_t{std::get<4>(k)} << 8) ^ std::get<1>(k);
+    h *= 0x9E3779B97F4A7C15ull;
+    return static_cast<size_t>(h ^ (h >> 29));
+  }
+};
+
 struct Run {
   wire::Span first;
   int64_t end_ns = 0;
@@ -190,7 +199,7 @@ class Reducer {
   wire::FrameDecoder decoder_{wire::DecoderOptions{wire::kMaxBlockRawBytes}};
   std::map<uint32_t, SourceDefs> sources_;
   std::map<uint32_t, Output> outputs_;
-  std::map<LaneKey, Run> runs_;
+  std::unordered_map<LaneKey, Run, LaneHash> runs_;
   std::map<std::tuple<uint32_t, uint8_t, uint32_t>, int64_t> last_step_;
 };
 
