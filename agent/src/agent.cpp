@@ -353,6 +353,7 @@ Stats Agent::stats() const {
   s.records_sent = i->shipper->records_sent.load();
   s.bytes_sent = i->shipper->bytes_sent.load();
   s.reconnects = i->shipper->reconnects.load();
+  s.records_unconfirmed = i->shipper->records_unconfirmed.load();
   s.buffer_high_water_bytes = i->shipper->high_water();
   s.connected = i->shipper->connected.load();
   s.pending_bytes = i->shipper->pending_bytes.load();

@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "cupti/cupti_tracer.hpp"
+#include "inferscope/wire/ack.hpp"
 #include "intern.hpp"
 
 namespace inferscope::agent::detail {
@@ -14,6 +15,9 @@ constexpr uint32_t kFrameBudget = 256u << 10;          // bytes per data frame
 constexpr size_t kWriteBatchBytes = 1u << 20;          // bytes per async_write
 constexpr auto kHealthInterval = std::chrono::seconds(1);
 constexpr auto kFirstBackoff = std::chrono::milliseconds(50);
+// Bound on the unacknowledged-frame list (a collector that never acknowledges,
+// e.g. an older one): beyond it neighbours merge, which only coarsens confirmation.
+constexpr size_t kMaxUnackedEntries = 4096;
 
 wire::EncoderOptions encoder_options(const Config& c) {
   wire::EncoderOptions o;
@@ -278,6 +282,13 @@ void Shipper::disconnect() {
   writing_ = false;
   frames_in_flight_ = 0;
   final_health_in_flight_ = false;
+  peer_draining_ = false;
+  drain_announced_ = false;
+  stream_bytes_ = acked_bytes_ = 0;
+  unacked_.clear();
+  unacked_records_ = 0;
+  ack_have_ = 0;
+  acks_valid_ = true;
   connect_timer_.cancel();
   if (stopping_) {
     finish();  // nobody to flush to; do not hold the host's shutdown
@@ -292,18 +303,77 @@ void Shipper::disconnect() {
 }
 
 void Shipper::start_read() {
-  // The collector sends nothing back today; reading notices a closed peer
-  // even while there is nothing to write.
+  // The collector sends only acknowledgements; reading also notices a closed
+  // or draining peer while there is nothing to write.
   const uint64_t epoch = epoch_;
   socket_.async_read_some(asio::buffer(read_buffer_),
-                          [this, epoch](const asio::error_code& ec, size_t) {
+                          [this, epoch](const asio::error_code& ec, size_t n) {
                             if (epoch != epoch_) return;
-                            if (ec) {
-                              disconnect();
+                            if (lingering_ && ec) {
+                              finish();  // the collector closed after reading everything
                               return;
                             }
+                            if (ec == asio::error::eof && drain_announced_) {
+                              on_peer_draining();
+                              return;
+                            }
+                            if (ec) {
+                              connection_broken();
+                              return;
+                            }
+                            on_ack_bytes(read_buffer_.data(), n);
                             start_read();
                           });
+}
+
+void Shipper::on_ack_bytes(const uint8_t* data, size_t n) {
+  for (size_t i = 0; i < n && acks_valid_; ++i) {
+    ack_partial_[ack_have_++] = data[i];
+    if (ack_have_ < wire::kAckBytes) continue;
+    ack_have_ = 0;
+    const auto bytes = wire::decode_ack(std::span<const uint8_t, wire::kAckBytes>(ack_partial_));
+    if (!bytes) {
+      acks_valid_ = false;  // not an ack stream: confirm nothing more on this connection
+      return;
+    }
+    acked_bytes_ = std::max(acked_bytes_, bytes->bytes_processed);
+    if (bytes->draining) drain_announced_ = true;
+    while (!unacked_.empty() && unacked_.front().end <= acked_bytes_) {
+      unacked_records_ -= unacked_.front().records;
+      unacked_.pop_front();
+    }
+  }
+}
+
+// The collector half-closed: it reads everything up to our EOF. Finish the
+// write in flight (asio writes whole buffers, so whole frames), then close.
+void Shipper::on_peer_draining() {
+  peer_draining_ = true;
+  if (!writing_) close_gracefully();
+}
+
+void Shipper::close_gracefully() {
+  asio::error_code ignored;
+  socket_.shutdown(asio::socket_base::shutdown_send, ignored);
+  // Delivered: the collector reads to this EOF before it exits (or counts the
+  // connection under rejected_frames_total{reason="drain_deadline"}).
+  unacked_.clear();
+  unacked_records_ = 0;
+  disconnect();  // reconnects after the first backoff; the queue waits for the next collector
+}
+
+// Reset, kill -9, write error: whatever was written and not acknowledged may or
+// may not have been processed. Count it; never re-send it (that would count twice).
+void Shipper::connection_broken() {
+  if (writing_) {
+    // Let the write's handler see the error and how far it got: it retires the
+    // frames that went out whole before the connection is dropped.
+    asio::error_code ignored;
+    socket_.cancel(ignored);
+    return;
+  }
+  records_unconfirmed.fetch_add(unacked_records_, std::memory_order_relaxed);
+  disconnect();
 }
 
 // [SECTION] writing
@@ -320,11 +390,12 @@ void Shipper::add_health(wire::FrameEncoder& enc) {
   h.buffer_high_water_bytes = high_water();
   h.reconnects = reconnects.load(std::memory_order_relaxed);
   h.bytes_sent = bytes_sent.load(std::memory_order_relaxed);
+  h.records_unconfirmed = records_unconfirmed.load(std::memory_order_relaxed);
   enc.add(wire::Record{h});
 }
 
 void Shipper::start_write() {
-  if (state_ != State::kConnected || writing_) return;
+  if (state_ != State::kConnected || writing_ || peer_draining_) return;
   control_.clear();
   write_buffers_.clear();
   wire::FrameEncoder enc(encoder_options(impl_.config));
@@ -362,25 +433,49 @@ void Shipper::start_write() {
   asio::async_write(socket_, write_buffers_,
                     [this, epoch, names](const asio::error_code& ec, size_t written) {
                       if (epoch != epoch_) return;
-                      if (ec) {
-                        disconnect();
-                        return;
-                      }
                       writing_ = false;
-                      hello_sent_ = true;
-                      strings_sent_ = std::max(strings_sent_, names);
-                      health_due_ = false;
-                      if (final_health_in_flight_) final_health_sent_ = true;
+                      // Retire the frames this write transferred whole (all of them
+                      // unless it failed part-way); a torn frame and the rest stay queued.
                       uint64_t records = 0;
+                      uint64_t offset = stream_bytes_ + control_.size();
+                      const uint64_t written_end = stream_bytes_ + written;
                       for (size_t i = 0; i < frames_in_flight_; ++i) {
-                        records += pending_.front().records;
-                        pending_bytes_ -= pending_.front().bytes.size();
+                        const Frame& f = pending_.front();
+                        if (offset + f.bytes.size() > written_end) break;
+                        offset += f.bytes.size();
+                        records += f.records;
+                        if (offset > acked_bytes_ && f.records > 0) {
+                          unacked_.push_back({offset, f.records});
+                          unacked_records_ += f.records;
+                          if (unacked_.size() > kMaxUnackedEntries) {
+                            unacked_[1].records += unacked_[0].records;
+                            unacked_.pop_front();
+                          }
+                        }
+                        pending_bytes_ -= f.bytes.size();
                         pending_.pop_front();
                       }
+                      stream_bytes_ = written_end;
                       frames_in_flight_ = 0;
                       pending_bytes.store(pending_bytes_, std::memory_order_relaxed);
                       records_sent.fetch_add(records, std::memory_order_relaxed);
                       bytes_sent.fetch_add(written, std::memory_order_relaxed);
+                      if (ec) {
+                        final_health_in_flight_ = false;
+                        records_unconfirmed.fetch_add(unacked_records_, std::memory_order_relaxed);
+                        disconnect();
+                        return;
+                      }
+                      hello_sent_ = true;
+                      strings_sent_ = std::max(strings_sent_, names);
+                      health_due_ = false;
+                      if (final_health_in_flight_) final_health_sent_ = true;
+                      if (peer_draining_) {
+                        close_gracefully();
+                        check_flush();
+                        maybe_finish();
+                        return;
+                      }
                       check_flush();
                       start_write();
                       maybe_finish();
@@ -388,7 +483,18 @@ void Shipper::start_write() {
 }
 
 void Shipper::maybe_finish() {
-  if (stopping_ && !writing_ && pending_.empty() && final_health_sent_) finish();
+  if (!stopping_ || writing_ || !pending_.empty() || !final_health_sent_ || lingering_) return;
+  if (state_ != State::kConnected) {
+    finish();
+    return;
+  }
+  // Closing a socket with an unread acknowledgement in it sends a reset, and a
+  // reset makes the collector discard what it has not read yet. So: shut our
+  // side, keep reading until the collector has read everything and closed
+  // (EOF), then close; shutdown_timeout still bounds the wait.
+  lingering_ = true;
+  asio::error_code ignored;
+  socket_.shutdown(asio::socket_base::shutdown_send, ignored);
 }
 
 // [SECTION] flush

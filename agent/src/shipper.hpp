@@ -6,6 +6,18 @@
 // the collector is away or slow, encoded frames wait in a queue of at most
 // config.max_pending_bytes; records that do not fit are dropped and counted per
 // kind. Reconnects back off exponentially up to config.reconnect_max_backoff.
+//
+// Two ways a connection ends (docs/reliability.md):
+//  - graceful: the collector sends a draining ack, then half-closes (EOF on our
+//    read; an EOF without that ack is a dead collector). The shipper takes no
+//    new frames for it, finishes the write in flight (whole frames), shuts its
+//    send side and reconnects; the collector reads everything up to that EOF,
+//    so every record written is delivered and the queue waits for the next one.
+//  - broken (reset, kill -9, write error): frames a failed write transferred in
+//    full count as sent (they may have been processed: never re-sent, so never
+//    counted twice); the rest are re-sent on the next connection. Records
+//    written but not yet acknowledged by the collector (wire/ack.hpp) are added
+//    to records_unconfirmed: they may or may not have been processed.
 // Everything runs on the shipper's io_context, so its state needs no locks;
 // the host talks to it only through atomics and posted handlers.
 #pragma once
@@ -44,6 +56,8 @@ class Shipper {
   std::atomic<uint64_t> records_sent{0};
   std::atomic<uint64_t> bytes_sent{0};
   std::atomic<uint64_t> reconnects{0};
+  // Sent on a connection that then broke before the collector acknowledged them.
+  std::atomic<uint64_t> records_unconfirmed{0};
   std::atomic<bool> connected{false};
   std::atomic<uint64_t> pending_bytes{0};
   std::atomic<uint64_t> pending_high_water{0};
@@ -69,6 +83,10 @@ class Shipper {
   void on_connected();
   void disconnect();
   void start_read();
+  void on_ack_bytes(const uint8_t* data, size_t n);
+  void on_peer_draining();
+  void close_gracefully();
+  void connection_broken();
   void start_write();
   void maybe_finish();
   void finish();
@@ -106,10 +124,26 @@ class Shipper {
   bool final_health_in_flight_ = false;
   std::array<uint8_t, 256> read_buffer_{};
 
+  // [SECTION] confirmation (per connection, shipper thread only)
+  struct Written {
+    uint64_t end = 0;  // stream offset just past the frame
+    uint32_t records = 0;
+  };
+  bool peer_draining_ = false;      // the collector half-closed: finish and close
+  bool drain_announced_ = false;    // it sent a draining ack: its EOF is a drain, not a death
+  uint64_t stream_bytes_ = 0;       // bytes written on this connection
+  uint64_t acked_bytes_ = 0;        // the collector's latest acknowledgement
+  std::deque<Written> unacked_;     // data frames written, not yet acknowledged
+  uint64_t unacked_records_ = 0;    // their records
+  std::array<uint8_t, 16> ack_partial_{};  // wire::kAckBytes
+  size_t ack_have_ = 0;
+  bool acks_valid_ = true;          // false after a malformed ack: trust none on this connection
+
   // [SECTION] shutdown and flush
   bool stopping_ = false;
   bool final_health_sent_ = false;
   bool finished_ = false;
+  bool lingering_ = false;  // stopping: our side is shut, waiting for the collector's EOF
   std::mutex flush_mu_;
   std::condition_variable flush_cv_;
   std::atomic<uint64_t> flush_requested_{0};

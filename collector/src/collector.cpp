@@ -27,6 +27,9 @@ void log_line(const std::string& message) {
 }
 
 namespace {
+// How long a graceful stop waits for agents to close their side (docs/reliability.md).
+constexpr auto kDrainDeadline = std::chrono::seconds(5);
+
 int64_t steady_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(
              std::chrono::steady_clock::now().time_since_epoch())
@@ -53,6 +56,7 @@ struct Collector::Impl {
   asio::steady_timer timer;
   std::vector<std::string> lines;
   bool stopped = false;
+  bool draining = false;
 
   void schedule_tick() {
     if (options.tick.count() <= 0) return;
@@ -85,6 +89,14 @@ struct Collector::Impl {
     add(metrics.trace_deleted_segments.Add({{"reason", "size"}}), now.deleted_by_size, published.deleted_by_size);
     add(metrics.trace_deleted_segments.Add({{"reason", "age"}}), now.deleted_by_age, published.deleted_by_age);
     published = now;
+  }
+
+  // SIGINT/SIGTERM: drain every agent connection (each agent closes its side
+  // after its last whole frame), so that nothing it wrote is lost, then stop.
+  void drain_then_shutdown() {
+    if (stopped || draining) return;
+    draining = true;
+    ingest.drain(kDrainDeadline, [this] { shutdown(); });
   }
 
   void shutdown() {
@@ -172,7 +184,7 @@ void Collector::run(bool handle_signals) {
     signals.async_wait([&s](std::error_code ec, int sig) {
       if (ec) return;
       log_line(std::string("shutting down on ") + (sig == SIGINT ? "SIGINT" : "SIGTERM"));
-      s.shutdown();
+      s.drain_then_shutdown();
     });
   }
   s.schedule_tick();

@@ -79,6 +79,9 @@ struct Stats {
   uint64_t pending_bytes = 0;             // encoded frames waiting for the collector
   uint64_t pending_high_water_bytes = 0;  // at most max_pending_bytes + one frame
   uint64_t cupti_records_dropped = 0;     // GPU activity CUPTI could not buffer
+  // Counted in records_sent, written on a connection that then broke before the
+  // collector acknowledged them: they may or may not have been processed.
+  uint64_t records_unconfirmed = 0;
 };
 
 // [SECTION] Agent

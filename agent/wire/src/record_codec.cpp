@@ -195,6 +195,7 @@ void add_one(std::vector<uint8_t>& p, int64_t& prev, const AgentHealth& r) {
     w.varint(r.buffer_high_water_bytes);
     w.varint(r.reconnects);
     w.varint(r.bytes_sent);
+    w.varint(r.records_unconfirmed);
   });
 }
 
@@ -414,6 +415,8 @@ bool decode(ByteReader& r, int64_t& prev, AgentHealth& a, std::string& why) {
   for (uint8_t i = 0; i < n; ++i) IS_READ(r.varint(a.dropped_by_kind[i]), "bad drop count");
   IS_READ(r.varint(a.buffer_high_water_bytes) && r.varint(a.reconnects) && r.varint(a.bytes_sent),
           "bad counts");
+  a.records_unconfirmed = 0;  // absent in records from older agents
+  if (!r.at_end()) IS_READ(r.varint(a.records_unconfirmed), "bad unconfirmed count");
   return true;
 }
 

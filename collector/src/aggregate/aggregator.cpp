@@ -103,7 +103,7 @@ struct Aggregator::Rank {
   Histogram *ttft = nullptr, *tpot = nullptr, *e2e = nullptr;
   std::array<Counter*, 4> requests{};
   std::array<Counter*, 4> tokens{};
-  Counter *agent_sent = nullptr, *agent_reconnects = nullptr;
+  Counter *agent_sent = nullptr, *agent_reconnects = nullptr, *agent_unconfirmed = nullptr;
   std::array<Counter*, wire::kRecordKindCount> agent_dropped{};
   Gauge* agent_connected = nullptr;
 };
@@ -185,6 +185,7 @@ Aggregator::Rank* Aggregator::rank_for(Model& model, uint32_t rank, const std::s
   for (int k = 0; k < 4; ++k) r->tokens[k] = &metrics_.request_tokens.Add(with("kind", token_kinds[k]));
   r->agent_sent = &metrics_.agent_sent.Add(base);
   r->agent_reconnects = &metrics_.agent_reconnects.Add(base);
+  r->agent_unconfirmed = &metrics_.agent_unconfirmed.Add(base);
   r->agent_connected = &metrics_.agent_connected.Add(base);
   Rank* raw = r.get();
   model.ranks[rank] = std::move(r);
@@ -574,6 +575,8 @@ bool Aggregator::on_record(const Source& source, const wire::Record& record, std
       auto delta = [](uint64_t now, uint64_t before) { return now >= before ? now - before : now; };
       r->agent_sent->Increment(static_cast<double>(delta(h.records_sent, last.records_sent)));
       r->agent_reconnects->Increment(static_cast<double>(delta(h.reconnects, last.reconnects)));
+      r->agent_unconfirmed->Increment(
+          static_cast<double>(delta(h.records_unconfirmed, last.records_unconfirmed)));
       for (uint8_t k = 0; k < wire::kRecordKindCount; ++k) {
         const uint64_t d = delta(h.dropped_by_kind[k], last.dropped_by_kind[k]);
         if (d == 0) continue;

@@ -7,10 +7,16 @@
 
 #include <cstring>
 
+#include "inferscope/wire/ack.hpp"
+
 namespace inferscope::collector {
 
 namespace {
 constexpr size_t kReadChunk = 64 * 1024;
+// Acknowledgements (wire/ack.hpp): at least every 100 ms while frames arrive,
+// and at once after each MiB, so an agent's unconfirmed window stays small.
+constexpr auto kAckInterval = std::chrono::milliseconds(100);
+constexpr uint64_t kAckEveryBytes = 1u << 20;
 }
 
 // One agent connection. The socket is type-erased behind two std::functions so
@@ -29,7 +35,16 @@ struct IngestServer::Connection : std::enable_shared_from_this<IngestServer::Con
   std::vector<uint8_t> buffer;
   size_t begin = 0, end = 0;  // unconsumed bytes are buffer[begin, end)
   bool closed = false;
+  // [SECTION] acknowledgements and drain
+  uint64_t processed_bytes = 0;  // whole frames handed to the pipeline, cumulative
+  uint64_t acked_bytes = 0;      // the last acknowledgement written
+  bool ack_in_flight = false;
+  bool send_closed = false;      // half-closed for the drain: nothing more is written
+  bool drain_requested = false;  // half_close() waits for the ack in flight
+  wire::AckBytes ack_buffer{};
   std::function<void(asio::mutable_buffer, std::function<void(std::error_code, size_t)>)> read_some;
+  std::function<void(asio::const_buffer, std::function<void(std::error_code, size_t)>)> write;
+  std::function<void()> shutdown_send;
   std::function<void()> close_socket;
 
   void start() { read(); }
@@ -100,6 +115,7 @@ struct IngestServer::Connection : std::enable_shared_from_this<IngestServer::Con
         return;
       }
       begin += frame_bytes;
+      processed_bytes += frame_bytes;
       completed = true;
       if (begin == end) begin = end = 0;
     }
@@ -110,7 +126,39 @@ struct IngestServer::Connection : std::enable_shared_from_this<IngestServer::Con
       begin = end = 0;
     }
     if (completed && end > begin) partial_since = std::chrono::steady_clock::now();  // a new frame started
+    if (processed_bytes - acked_bytes >= kAckEveryBytes) acknowledge();
     read();
+  }
+
+  // Tells the agent how much of its stream is processed. One small write at a
+  // time: a peer that never reads fills its socket buffer, never our memory.
+  void acknowledge() {
+    if (closed || send_closed || ack_in_flight || processed_bytes == acked_bytes) return;
+    ack_buffer = wire::encode_ack(processed_bytes);
+    ack_in_flight = true;
+    auto self = shared_from_this();
+    const uint64_t bytes = processed_bytes;
+    write(asio::buffer(ack_buffer), [self, bytes](std::error_code ec, size_t) {
+      self->ack_in_flight = false;
+      if (!ec) self->acked_bytes = bytes;
+      // A failed write needs nothing here: the read side sees the same broken connection.
+      if (self->drain_requested) self->half_close();
+    });
+  }
+
+  // Graceful drain: the agent reads EOF, finishes the frame it is writing,
+  // closes its side; this connection reads everything up to that EOF.
+  // The draining ack tells the agent this EOF is a drain, not a death (a
+  // killed collector's sockets send EOF too).
+  void half_close() {
+    drain_requested = true;
+    if (closed || send_closed || ack_in_flight) return;
+    send_closed = true;
+    ack_buffer = wire::encode_ack(processed_bytes, wire::kAckDraining);
+    auto self = shared_from_this();
+    write(asio::buffer(ack_buffer), [self](std::error_code, size_t) {
+      if (!self->closed) self->shutdown_send();
+    });
   }
 
   // The reason to close it now, or nullptr.
@@ -127,6 +175,7 @@ struct IngestServer::Connection : std::enable_shared_from_this<IngestServer::Con
     server.pipeline_.on_close(session);
     close_socket();
     server.live_.erase(shared_from_this());
+    if (server.draining_) server.check_drained();
   }
 };
 
@@ -137,7 +186,18 @@ IngestServer::IngestServer(asio::io_context& io, const CollectorOptions& options
       pipeline_(pipeline),
       metrics_(metrics),
       log_(std::move(log)),
-      sweep_timer_(io) {}
+      sweep_timer_(io),
+      ack_timer_(io),
+      drain_timer_(io) {}
+
+void IngestServer::acknowledge_all() {
+  ack_timer_.expires_after(kAckInterval);
+  ack_timer_.async_wait([this](std::error_code ec) {
+    if (ec || draining_) return;
+    for (const auto& c : live_) c->acknowledge();
+    acknowledge_all();
+  });
+}
 
 void IngestServer::sweep() {
   sweep_timer_.expires_after(std::chrono::seconds(1));
@@ -185,6 +245,13 @@ void IngestServer::accept(std::shared_ptr<typename Protocol::acceptor> acceptor)
         conn->read_some = [socket](asio::mutable_buffer b, std::function<void(std::error_code, size_t)> h) {
           socket->async_read_some(b, std::move(h));
         };
+        conn->write = [socket](asio::const_buffer b, std::function<void(std::error_code, size_t)> h) {
+          asio::async_write(*socket, b, std::move(h));
+        };
+        conn->shutdown_send = [socket]() {
+          std::error_code ignored;
+          socket->shutdown(Protocol::socket::shutdown_send, ignored);
+        };
         conn->close_socket = [socket]() {
           std::error_code ignored;
           socket->shutdown(Protocol::socket::shutdown_both, ignored);
@@ -202,6 +269,7 @@ bool IngestServer::listen(const Endpoint& endpoint, Endpoint& bound, std::string
   if (!sweeping_) {
     sweeping_ = true;
     sweep();
+    acknowledge_all();
   }
   if (endpoint.kind == Endpoint::Kind::kUnix) {
     std::error_code ec;
@@ -230,13 +298,53 @@ bool IngestServer::listen(const Endpoint& endpoint, Endpoint& bound, std::string
   return true;
 }
 
-void IngestServer::stop() {
-  sweep_timer_.cancel();
+void IngestServer::close_acceptors() {
   std::error_code ignored;
   for (auto& a : tcp_acceptors_) a->close(ignored);
   for (auto& a : unix_acceptors_) a->close(ignored);
+}
+
+void IngestServer::stop() {
+  sweep_timer_.cancel();
+  ack_timer_.cancel();
+  drain_timer_.cancel();
+  drain_done_ = nullptr;
+  close_acceptors();
   auto live = live_;  // shutdown() erases from live_
   for (auto& c : live) c->shutdown();
+}
+
+void IngestServer::drain(std::chrono::milliseconds deadline, std::function<void()> done) {
+  if (draining_) return;
+  draining_ = true;
+  drain_done_ = std::move(done);
+  sweep_timer_.cancel();  // the drain deadline replaces the per-connection ones
+  ack_timer_.cancel();
+  close_acceptors();
+  for (const auto& c : live_) c->half_close();
+  if (log_ && !live_.empty())
+    log_("draining " + std::to_string(live_.size()) + " agent connection(s), at most " +
+         std::to_string(deadline.count()) + " ms");
+  drain_timer_.expires_after(deadline);
+  drain_timer_.async_wait([this](std::error_code ec) {
+    if (ec) return;
+    auto late = live_;
+    for (auto& c : late) {
+      metrics_.rejected("drain_deadline").Increment();
+      if (log_) log_("closing " + c->session.peer + ": it did not close its side within the drain deadline");
+      c->shutdown();
+    }
+    check_drained();
+  });
+  check_drained();
+}
+
+void IngestServer::check_drained() {
+  if (!live_.empty() || !drain_done_) return;
+  drain_timer_.cancel();
+  // Posted: this may run inside a connection's handler that still touches it.
+  asio::post(io_, [done = std::move(drain_done_)] { done(); });
+  drain_done_ = nullptr;
 }
 
 }  // namespace inferscope::collector

@@ -146,6 +146,9 @@ CollectorMetrics::CollectorMetrics(std::shared_ptr<prometheus::Registry> r)
                      "Records the agent sent.")),
       agent_reconnects(reg(BuildCounter(), *registry, "inferscope_agent_reconnects_total",
                            "Times the agent reconnected to the collector.")),
+      agent_unconfirmed(reg(BuildCounter(), *registry, "inferscope_agent_records_unconfirmed_total",
+                            "Records the agent sent on a connection that broke before the collector "
+                            "acknowledged them (kill -9, crash): they may or may not have been processed.")),
       agent_connected(reg(BuildGauge(), *registry, "inferscope_agent_connected",
                           "Agent connections of this model and rank open now.")) {
   viewer_dropped_frames.Add({{"reason", "queue_full"}});

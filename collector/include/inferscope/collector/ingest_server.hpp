@@ -9,8 +9,16 @@
 // its hello within limits.hello_timeout, or leaves a frame unfinished for
 // limits.frame_timeout, is closed (reason "timeout"); one that disconnects in the
 // middle of a frame is counted too (reason "truncated").
+//
+// Every 100 ms (and after each MiB) a connection writes the agent an
+// acknowledgement of the bytes it has processed (wire/ack.hpp). drain() is the
+// graceful stop: no new connections, each connection half-closed (the agent
+// sees EOF, finishes the frame it is writing and closes its side), everything
+// up to the agent's EOF read and processed; connections still open at the
+// deadline are closed and counted (reason "drain_deadline").
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -38,12 +46,18 @@ class IngestServer {
   // Binds and starts accepting; returns the bound endpoint (a real port for port 0).
   bool listen(const Endpoint& endpoint, Endpoint& bound, std::string& error);
   void stop();  // closes listeners and every connection (on the io thread)
+  // Graceful stop (on the io thread): done() runs once every connection has closed
+  // (or the deadline closed it); stop() still has to be called after.
+  void drain(std::chrono::milliseconds deadline, std::function<void()> done);
   size_t connections() const { return live_.size(); }
 
   struct Connection;  // in ingest_server.cpp
 
  private:
   void sweep();  // once a second: closes connections past their deadline
+  void acknowledge_all();  // every 100 ms: acknowledgements to every connection
+  void close_acceptors();
+  void check_drained();
   template <typename Protocol>
   void accept(std::shared_ptr<typename Protocol::acceptor> acceptor);
   friend struct Connection;
@@ -58,7 +72,11 @@ class IngestServer {
   std::vector<std::string> unix_paths_;
   std::set<std::shared_ptr<Connection>> live_;
   asio::steady_timer sweep_timer_;
+  asio::steady_timer ack_timer_;
+  asio::steady_timer drain_timer_;
   bool sweeping_ = false;
+  bool draining_ = false;
+  std::function<void()> drain_done_;
 };
 
 }  // namespace inferscope::collector

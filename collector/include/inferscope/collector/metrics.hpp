@@ -97,6 +97,7 @@ struct CollectorMetrics {
   prometheus::Family<prometheus::Counter>& agent_dropped;
   prometheus::Family<prometheus::Counter>& agent_sent;
   prometheus::Family<prometheus::Counter>& agent_reconnects;
+  prometheus::Family<prometheus::Counter>& agent_unconfirmed;
   prometheus::Family<prometheus::Gauge>& agent_connected;
 
   prometheus::Counter& rejected(const std::string& reason) { return rejected_frames.Add({{"reason", reason}}); }

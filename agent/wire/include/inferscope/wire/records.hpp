@@ -230,6 +230,9 @@ struct AgentHealth {
   uint64_t buffer_high_water_bytes = 0;
   uint64_t reconnects = 0;
   uint64_t bytes_sent = 0;
+  // Sent on connections that broke before the collector acknowledged them: they may
+  // or may not have been processed. Added last; older encoders' records decode as 0.
+  uint64_t records_unconfirmed = 0;
 
   friend bool operator==(const AgentHealth&, const AgentHealth&) = default;
 };
