@@ -96,6 +96,8 @@ inline std::vector<Record> one_of_each() {
   records.push_back(AlertEpisode{AlertKind::kHotExpert, 3, 2, 0, 1'000'000'000, 0, 0.31f, 4.96f,
                                  "demo-hybrid-moe"});
   records.push_back(sample_ep_step());
+  records.push_back(RangeQuery{77, 1'000'000'000, 2'000'000'000, 1'000'000, 50000});
+  records.push_back(RangeEnd{77, RangeStatus::kTruncated, 120000, 90000, 50000, 12, 30, "record cap reached"});
   return records;
 }
 
