@@ -18,6 +18,7 @@
 #include "inferscope/engine/ep_workload.hpp"
 #include "inferscope/engine/expert_parallel.hpp"
 #include "inferscope/engine/model.hpp"
+#include "inferscope/engine/placement_file.hpp"
 #include "inferscope/engine/summary.hpp"
 #include "inferscope/engine/telemetry.hpp"
 #include "inferscope/engine/workload.hpp"
@@ -57,7 +58,8 @@ nlohmann::json ep_summary(const ie::EngineStats& st, const ie::ExpertPlacement& 
 int main(int argc, char** argv) {
   CLI::App app{"inferscope reference engine: hybrid attention/SSM MoE with a vision front end"};
   std::string model_path, workload = "skewed-multimodal", backend = "cpu", weights, save_weights,
-                          summary_json, image_path, tokens_out, ep_comm, ep_rendezvous;
+                          summary_json, image_path, tokens_out, ep_comm, ep_rendezvous,
+                          ep_placement;
   std::string collector = "\x01";  // sentinel: not given -> environment / agent default
   int requests = 0, threads = 2, device = 0, ep_size = 1, ep_rank = 0;
   double duration = 0.0, rate = -1.0, topic_period = -1.0, temperature = -1.0, drain_timeout = 10.0,
@@ -94,6 +96,9 @@ int main(int argc, char** argv) {
   app.add_option("--ep-comm", ep_comm, "nccl | host (default: nccl for --backend cuda, host otherwise)");
   app.add_option("--ep-rendezvous", ep_rendezvous, "local directory the ranks meet in (sockets / NCCL id)");
   app.add_option("--ep-timeout", ep_timeout, "seconds a rank waits for its peers before giving up");
+  app.add_option("--ep-placement", ep_placement,
+                 "placement JSON (the collector's format): which rank holds which experts; every rank holds "
+                 "E/ep-size per MoE layer (default: contiguous). Checked but not applied with --ep-size 1");
   app.add_flag("--ep-same-requests", ep_same_requests,
                "every rank generates the same requests (default: the workload seed differs per rank)");
   CLI11_PARSE(app, argc, argv);
@@ -109,7 +114,8 @@ int main(int argc, char** argv) {
     auto be = ie::create_backend(backend, ie::BackendOptions{threads, device});
     ie::ExpertPlacement placement;
     if (ep_size > 1) {
-      placement = ie::ExpertPlacement::make(config.moe.experts, ep_size, ep_rank);
+      placement = ep_placement.empty() ? ie::ExpertPlacement::make(config.moe.experts, ep_size, ep_rank)
+                                       : ie::load_expert_placement(ep_placement, config, ep_size, ep_rank);
       if (ep_rendezvous.empty()) throw std::invalid_argument("--ep-size > 1 needs --ep-rendezvous DIR");
       if (ep_comm.empty()) ep_comm = be->host_memory() ? "host" : "nccl";
       ie::CommOptions co;
@@ -119,6 +125,8 @@ int main(int argc, char** argv) {
       co.timeout = std::chrono::milliseconds(static_cast<int64_t>(ep_timeout * 1000));
       comm = ie::create_communicator(ep_comm, *be, co);
     }
+    if (ep_size == 1 && !ep_placement.empty())
+      (void)ie::load_expert_placement(ep_placement, config, 1, 0);  // a bad file is an error even here
     ie::Model model(*be, config, weights, placement);
     if (comm) model.attach_expert_parallel(*comm, &inferscope::agent::now_ns);
     if (!save_weights.empty()) model.weights().save(save_weights);
@@ -149,9 +157,10 @@ int main(int argc, char** argv) {
                 be->name().c_str(), threads, workload.c_str(),
                 telemetry ? acfg.collector.c_str() : "off");
     if (comm)
-      std::printf("expert parallel: rank %d of %d over %s, experts [%d, %d) of %d per MoE layer\n", ep_rank, ep_size,
-                  comm->name().c_str(), placement.first_local(), placement.first_local() + placement.per_rank(),
-                  config.moe.experts);
+      std::printf("expert parallel: rank %d of %d over %s, experts [%d, %d) of %d per MoE layer%s%s\n", ep_rank,
+                  ep_size, comm->name().c_str(), placement.first_local(), placement.first_local() + placement.per_rank(),
+                  config.moe.experts, ep_placement.empty() ? "" : " (physical slots), placement ",
+                  ep_placement.c_str());
     std::fflush(stdout);
     std::ofstream tokens_file;
     if (!tokens_out.empty()) {

@@ -20,6 +20,13 @@ std::vector<HotByte> ep_hot_bytes(Model& model, int32_t ranks, int32_t rank, int
     return v;
   };
   const std::vector<float> embed = host("embed");
+  // The router rows are in physical slot order under a relabelling placement;
+  // score against the contiguous placement of the model's own expert ids, so
+  // the workload does not depend on --ep-placement.
+  auto logical = [&](int32_t layer, int32_t slot) {
+    const std::vector<int32_t>* m = model.placement().relabel(layer);
+    return m ? (*m)[static_cast<size_t>(slot)] : slot;
+  };
   std::vector<double> hits(256, 0.0);
   int32_t moe_layers = 0;
   std::vector<float> x(static_cast<size_t>(D));
@@ -47,7 +54,7 @@ std::vector<HotByte> ep_hot_bytes(Model& model, int32_t ranks, int32_t rank, int
       std::stable_sort(order.begin(), order.end(),
                        [&](int32_t a, int32_t z) { return logit[static_cast<size_t>(a)] > logit[static_cast<size_t>(z)]; });
       for (int32_t j = 0; j < std::min(k, E); ++j)
-        if (pl.owner(order[static_cast<size_t>(j)]) == rank) hits[static_cast<size_t>(b)] += 1.0;
+        if (pl.owner(logical(l, order[static_cast<size_t>(j)])) == rank) hits[static_cast<size_t>(b)] += 1.0;
     }
   }
   std::vector<HotByte> out;

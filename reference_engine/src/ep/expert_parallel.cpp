@@ -21,7 +21,30 @@ ExpertPlacement ExpertPlacement::make(int32_t experts, int32_t ranks, int32_t ra
   return ExpertPlacement{experts, ranks, rank};
 }
 
+ExpertPlacement ExpertPlacement::validated(int32_t e) const {
+  ExpertPlacement p = make(e, ranks, rank);
+  for (size_t l = 0; l < slot_to_logical.size(); ++l) {
+    const auto& m = slot_to_logical[l];
+    if (m.empty()) continue;
+    std::vector<char> seen(static_cast<size_t>(e), 0);
+    if (m.size() != static_cast<size_t>(e))
+      throw std::invalid_argument("expert placement of layer " + std::to_string(l) + " has " + std::to_string(m.size()) +
+                                  " experts, the model has " + std::to_string(e));
+    for (int32_t x : m) {
+      if (x < 0 || x >= e || seen[static_cast<size_t>(x)])
+        throw std::invalid_argument("expert placement of layer " + std::to_string(l) + " is not a permutation");
+      seen[static_cast<size_t>(x)] = 1;
+    }
+  }
+  if (!default_expert_to_rank.empty() && default_expert_to_rank.size() != static_cast<size_t>(e))
+    throw std::invalid_argument("expert placement's default map has the wrong number of experts");
+  p.slot_to_logical = slot_to_logical;
+  p.default_expert_to_rank = default_expert_to_rank;
+  return p;
+}
+
 std::vector<uint32_t> ExpertPlacement::expert_to_rank() const {
+  if (!default_expert_to_rank.empty()) return default_expert_to_rank;
   std::vector<uint32_t> m(static_cast<size_t>(experts));
   for (int32_t e = 0; e < experts; ++e) m[static_cast<size_t>(e)] = static_cast<uint32_t>(owner(e));
   return m;

@@ -56,6 +56,7 @@ struct Model::Scratch {
   MoeScratch moe;
   Buffer img, patches, ve, vh, vqkv, vattn, vmlp, c1, c2;
   RouteCounts counts;
+  RouteCounts logical_counts;  // counts in the model's expert ids (relabelling placement)
   size_t bytes() const {
     size_t n = moe.bytes();
     for (const Buffer* b : {&x, &h, &qkv, &attn, &xz, &proj, &dt, &y, &gu, &act, &ffn_out, &xl, &logits,
@@ -70,7 +71,10 @@ Model::Model(Backend& backend, const ModelConfig& config, const std::string& wei
     : backend_(backend), config_(config), placement_(placement) {
   config_.validate();
   const ModelConfig& c = config_;
-  if (placement_.ranks > 1) placement_ = ExpertPlacement::make(c.moe.experts, placement.ranks, placement.rank);
+  if (placement_.ranks > 1)
+    placement_ = placement.validated(c.moe.experts);
+  else
+    placement_.slot_to_logical.clear();  // one rank holds every expert: nothing to relabel
   weights_ = std::make_unique<Weights>(backend, c, placement_);
   if (weights_path.empty())
     weights_->init_random();
@@ -248,7 +252,7 @@ void Model::forward(const StepBatch& b, std::vector<float>& logits, ForwardObser
       Tensor out = S.ffn_out.tensor().rows_view(0, T);
       moe_layer(l, h, out, obs);
       backend_.add(x, out, x);
-      if (obs) obs->moe_routed(l, S.counts, static_cast<int32_t>(T));
+      if (obs) obs->moe_routed(l, logical_counts(l), static_cast<int32_t>(T));
     } else {
       swiglu_ffn(backend_, w.w_gu, w.w_down, h, S.gu, S.act, x, 1.0f);
     }
@@ -273,6 +277,24 @@ void Model::forward(const StepBatch& b, std::vector<float>& logits, ForwardObser
 }
 
 // [SECTION] Expert parallelism
+const RouteCounts& Model::logical_counts(int32_t l) {
+  // The routing ran over physical slots; observers see the model's own ids.
+  const std::vector<int32_t>* m = placement_.relabel(l);
+  Scratch& S = *scratch_;
+  if (!m) return S.counts;
+  RouteCounts& out = S.logical_counts;
+  out.routed.assign(m->size(), 0);
+  out.kept.assign(m->size(), 0);
+  for (size_t slot = 0; slot < m->size(); ++slot) {
+    const auto e = static_cast<size_t>((*m)[slot]);
+    if (slot < S.counts.routed.size()) out.routed[e] = S.counts.routed[slot];
+    if (slot < S.counts.kept.size()) out.kept[e] = S.counts.kept[slot];
+  }
+  out.dropped = S.counts.dropped;
+  out.rerouted = S.counts.rerouted;
+  return out;
+}
+
 void Model::attach_expert_parallel(Communicator& comm, int64_t (*clock)()) {
   if (comm.size() != placement_.ranks || comm.rank() != placement_.rank)
     throw std::invalid_argument("attach_expert_parallel: communicator is rank " + std::to_string(comm.rank()) + " of " +

@@ -33,6 +33,24 @@ std::vector<float> topic_direction(const ModelConfig& c, int32_t topic) {
 
 }  // namespace
 
+void Weights::relabel_experts(const std::string& name, std::vector<float>& host) const {
+  // Only a MoE layer's router (rows), routing bias (columns) and routed expert
+  // stacks (blocks of rows) are indexed by expert.
+  if (name.empty() || name[0] != 'l') return;
+  const size_t dot = name.find('.');
+  if (dot == std::string::npos) return;
+  const std::string what = name.substr(dot + 1);
+  if (what != "router" && what != "router_bias" && what != "experts_gu" && what != "experts_down") return;
+  const std::vector<int32_t>* m = placement_.relabel(std::stoi(name.substr(1, dot - 1)));
+  if (!m) return;
+  const size_t E = m->size(), block = host.size() / E;
+  std::vector<float> out(host.size());
+  for (size_t slot = 0; slot < E; ++slot)
+    std::copy_n(host.begin() + static_cast<std::ptrdiff_t>(static_cast<size_t>((*m)[slot]) * block), block,
+                out.begin() + static_cast<std::ptrdiff_t>(slot * block));
+  host.swap(out);
+}
+
 int32_t topic_hot_expert(const ModelConfig& c, int32_t layer, int32_t topic) {
   // Spread topics over experts and shift by layer, so each layer has its own hot set.
   int32_t E = c.moe.experts, T = std::max(1, c.init.topics);
@@ -42,7 +60,10 @@ int32_t topic_hot_expert(const ModelConfig& c, int32_t layer, int32_t topic) {
 Weights::Weights(Backend& backend, const ModelConfig& c, ExpertPlacement placement)
     : backend_(backend), config_(c), placement_(placement) {
   const int32_t D = c.d_model;
-  if (placement_.ranks > 1) placement_ = ExpertPlacement::make(c.moe.experts, placement.ranks, placement.rank);
+  if (placement_.ranks > 1)
+    placement_ = placement.validated(c.moe.experts);
+  else
+    placement_.slot_to_logical.clear();  // one rank holds every expert: nothing to relabel
   const int64_t local_experts = placement_.ranks > 1 ? placement_.per_rank() : c.moe.experts;
   add("embed", kVocab, D);
   add("norm_f", 1, D);
@@ -190,6 +211,7 @@ void Weights::init_random() {
         }
       }
     }
+    relabel_experts(name, host);
     backend_.upload(shard, host.data() + first_row(name, shard) * shard.cols);
   }
 }
@@ -268,6 +290,7 @@ void Weights::load(const std::string& path) {
     in.seekg(static_cast<std::streamoff>(data_start + off[0]));
     in.read(reinterpret_cast<char*>(host.data()), static_cast<std::streamsize>(t.bytes()));
     if (!in) throw std::runtime_error(path + ": truncated data for '" + name + "'");
+    relabel_experts(name, host);
     backend_.upload(shard, host.data() + first_row(name, shard) * shard.cols);
   }
 }

@@ -71,7 +71,9 @@ json make_summary(const ModelConfig& c, const MemoryFootprint& mem, const Engine
                       {"dropped", r.dropped},
                       {"drop_rate", assignments > 0 ? static_cast<double>(r.dropped) / assignments : 0.0},
                       {"rerouted", r.rerouted},
-                      {"top_experts", top}});
+                      {"top_experts", top},
+                      // Every expert's routed count (logical ids): drives scripts/ep-placement.
+                      {"routed", r.routed}});
   }
   j["moe_layers"] = layers;
   j["hot_experts"] = hot;

@@ -3,8 +3,13 @@
 // Data-parallel attention + expert-parallel MoE, as in DeepSeek / SGLang's
 // DP-attention + EP: N rank processes each serve their own requests with their
 // own caches and a full copy of the non-expert weights, and hold only their
-// shard of every MoE layer's routed experts. Rank r holds experts
-// [r * E/N, (r+1) * E/N); shared experts are replicated.
+// shard of every MoE layer's routed experts. Rank r holds the physical expert
+// slots [r * E/N, (r+1) * E/N); shared experts are replicated. By default slot
+// == the model's (logical) expert id; a placement file (--ep-placement,
+// placement_file.hpp) relabels the experts per layer so that a rank's slots
+// hold the logical experts the file puts there: the router rows and expert
+// weights are permuted at load time, the routing yields slots, and the
+// per-expert counts are mapped back to logical ids before they leave the model.
 //
 // moe_ffn_ep() is moe_ffn() with the experts spread over the ranks:
 //   route locally (capacity decided here, by the routing rank)
@@ -38,9 +43,23 @@ struct ExpertPlacement {
   int32_t experts = 0;  // E (routed experts per MoE layer)
   int32_t ranks = 1;    // N
   int32_t rank = 0;     // this rank
+  // Per layer (indexed by layer; an empty entry = identity): the logical
+  // expert held in each physical slot, [E]. Empty: contiguous everywhere.
+  std::vector<std::vector<int32_t>> slot_to_logical;
+  // Logical expert -> rank of the default (non-override) map, for the agent's
+  // hello. Empty: contiguous.
+  std::vector<uint32_t> default_expert_to_rank;
 
   // Throws std::invalid_argument unless 1 <= ranks, 0 <= rank < ranks and E % N == 0.
   static ExpertPlacement make(int32_t experts, int32_t ranks, int32_t rank);
+  // make() that keeps this placement's relabelling (checked against E).
+  ExpertPlacement validated(int32_t experts) const;
+  // The slot -> logical map of `layer`, or null where it is the identity.
+  const std::vector<int32_t>* relabel(int32_t layer) const {
+    if (layer < 0 || static_cast<size_t>(layer) >= slot_to_logical.size()) return nullptr;
+    const auto& m = slot_to_logical[static_cast<size_t>(layer)];
+    return m.empty() ? nullptr : &m;
+  }
   int32_t per_rank() const { return ranks > 0 ? experts / ranks : experts; }
   int32_t first_local() const { return rank * per_rank(); }
   int32_t owner(int32_t expert) const { return expert / per_rank(); }

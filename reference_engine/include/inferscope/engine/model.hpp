@@ -110,6 +110,7 @@ class Model {
   void ssm_layer(int32_t l, const StepBatch& b, const Tensor& h);
   void moe_layer(int32_t l, const Tensor& h, const Tensor& out, ForwardObserver* obs);
   void report_ep(ForwardObserver* obs);
+  const RouteCounts& logical_counts(int32_t layer);
 
   Backend& backend_;
   ModelConfig config_;

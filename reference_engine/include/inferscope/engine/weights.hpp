@@ -65,6 +65,9 @@ class Weights {
   // Rows of `name` in the unsharded model, and the first of them this rank holds.
   int64_t full_rows(const std::string& name, const Tensor& t) const;
   int64_t first_row(const std::string& name, const Tensor& t) const;
+  // Under a relabelling placement: reorders a whole (unsharded) expert-indexed
+  // tensor from logical to physical slot order, before the shard is uploaded.
+  void relabel_experts(const std::string& name, std::vector<float>& host) const;
   Backend& backend_;
   ModelConfig config_;
   ExpertPlacement placement_;
