@@ -26,7 +26,10 @@ TraceStore::~TraceStore() { close(); }
 bool TraceStore::open(std::string& error) {
   if (!writer_->open(error)) return false;
   opened_ = true;
+  // The first segment's replay is taken now: later, the first frame may itself be
+  // a new source's hello, which would then be in the block twice.
   open_block_starts_segment_ = true;
+  begin_block();
   return true;
 }
 
@@ -36,7 +39,7 @@ void TraceStore::write(std::span<const uint8_t> frame, int64_t steady_now_ns) {
 
 void TraceStore::write(std::span<const uint8_t> frame, const wire::FrameSummary& summary, int64_t steady_now_ns) {
   if (!opened_) return;
-  if (open_block_.empty()) {
+  if (!open_block_begun_) {
     // Decide at a block's start whether it opens a segment: then it begins with
     // the replay so the segment can be read alone.
     if (writer_->failing()) {
@@ -50,19 +53,28 @@ void TraceStore::write(std::span<const uint8_t> frame, const wire::FrameSummary&
     } else if (writer_->segment_full()) {
       open_block_starts_segment_ = true;
     }
-    if (open_block_starts_segment_ && replay_) {
-      std::vector<std::vector<uint8_t>> frames;
-      replay_(frames);
-      for (const auto& f : frames) open_block_.add(f, wire::summarize_frame(f));
-    }
+    begin_block();
+  }
+  if (!open_block_has_data_) {
     open_block_since_ns_ = steady_now_ns;
+    open_block_has_data_ = true;
   }
   open_block_.add(frame, summary);
   if (open_block_.bytes.size() >= options_.block_bytes) seal_block(steady_now_ns);
 }
 
+void TraceStore::begin_block() {
+  if (open_block_starts_segment_ && replay_) {
+    std::vector<std::vector<uint8_t>> frames;
+    replay_(frames);
+    for (const auto& f : frames) open_block_.add(f, wire::summarize_frame(f));
+  }
+  open_block_begun_ = true;
+}
+
 void TraceStore::seal_block(int64_t /*steady_now_ns*/) {
-  if (open_block_.empty()) return;
+  if (!open_block_has_data_) return;  // a replay alone waits for data
+  open_block_begun_ = open_block_has_data_ = false;
   wire::RawBlock block = std::move(open_block_);
   open_block_ = {};
   open_block_.bytes.reserve(options_.block_bytes + (64u << 10));
@@ -72,7 +84,7 @@ void TraceStore::seal_block(int64_t /*steady_now_ns*/) {
 
 void TraceStore::tick(int64_t steady_now_ns) {
   if (!opened_) return;
-  if (!open_block_.empty() && steady_now_ns - open_block_since_ns_ >= options_.block_age_ns)
+  if (open_block_has_data_ && steady_now_ns - open_block_since_ns_ >= options_.block_age_ns)
     seal_block(steady_now_ns);
   writer_->enforce_retention();
 }

@@ -109,6 +109,7 @@ class TraceStore {
   class Writer;  // segment files, index and retention (store/segment_writer.hpp)
 
  private:
+  void begin_block();  // the replay first when the block opens a segment
   void seal_block(int64_t steady_now_ns);
 
   TraceStoreOptions options_;
@@ -117,6 +118,8 @@ class TraceStore {
   std::unique_ptr<Writer> writer_;
   wire::RawBlock open_block_;
   int64_t open_block_since_ns_ = 0;
+  bool open_block_begun_ = false;     // the segment decision (and replay) is made
+  bool open_block_has_data_ = false;  // holds a frame beyond the replay
   bool open_block_starts_segment_ = true;
   int64_t last_retry_ns_ = 0;
   bool opened_ = false;
