@@ -673,15 +673,21 @@ def health_dashboard():
 
     p.append(row(L, "Agents"))
     p.append(timeseries(L, "Agent records sent and dropped",
-                        "Records shipped per second per agent, and records the agent had to drop "
-                        "because its buffer was full or the collector was unreachable.",
+                        "Records shipped per second per agent, records the agent had to drop "
+                        "because its buffer was full or the collector was unreachable, and records "
+                        "written to a collector that died before acknowledging them (may be lost).",
                         targets((f"sum by (model, rank) (rate(inferscope_agent_records_sent_total{{{MR}}}[{RI}]))",
                                  "sent {{model}} rank {{rank}}"),
                                 # An agent that never dropped has no dropped series (the
                                 # collector creates them on the first drop): show it as 0.
                                 (f"sum by (model, rank) (rate(inferscope_agent_records_dropped_total{{{MR}}}[{RI}])) "
                                  f"or sum by (model, rank) (rate(inferscope_agent_records_sent_total{{{MR}}}[{RI}])) * 0",
-                                 "dropped {{model}} rank {{rank}}")), unit="short"))
+                                 "dropped {{model}} rank {{rank}}"),
+                                # Records written on a connection that then died without
+                                # the collector's acknowledgement (kill -9): maybe lost.
+                                (f"sum by (model, rank) (rate(inferscope_agent_records_unconfirmed_total{{{MR}}}[{RI}])) "
+                                 f"or sum by (model, rank) (rate(inferscope_agent_records_sent_total{{{MR}}}[{RI}])) * 0",
+                                 "unconfirmed {{model}} rank {{rank}}")), unit="short"))
     p.append(timeseries(L, "Agent drops by record kind",
                         "Which kinds of records the agents dropped. Spans go first under "
                         "pressure; expert loads and requests are kept longest.",
