@@ -4,7 +4,10 @@
 //     tokens a single-rank run produces;
 //   - a rank with fewer requests than its peer keeps stepping (idle steps) and
 //     both finish, each with its single-rank tokens;
-//   - killing one rank makes the other exit with a clear error within seconds.
+//   - killing one rank makes the other exit with a clear error within seconds;
+//   - two ranks with a shuffled --ep-placement (and a layer override) produce
+//     the single-rank tokens and report per-expert counts in logical ids; a
+//     bad placement file is a clear error.
 #include <gtest/gtest.h>
 
 #include <signal.h>
@@ -189,4 +192,80 @@ TEST(ExpertParallelEngine, KilledRankMakesThePeerExitWithAClearError) {
   EXPECT_NE(out.find("rank 1"), std::string::npos) << out;
   std::printf("rank 0 exited %.2f s after rank 1 was killed: %s\n", secs,
               out.substr(out.rfind("inferscope-engine:")).c_str());
+}
+
+namespace {
+
+// tiny.json has 4 experts: rank 0 holds {1, 2} by default and {0, 3} in layer 2.
+void write_shuffled_placement(const fs::path& p) {
+  std::ofstream(p) << R"({"ranks": 2, "expert_to_rank": [1, 0, 0, 1], "layers": {"2": [[0], [1], [1], [0]]}})";
+}
+
+// layer -> routed counts per expert, from a --summary-json file.
+std::map<int, std::vector<uint64_t>> routed_of(const fs::path& summary_path) {
+  std::ifstream in(summary_path);
+  const auto summary = nlohmann::json::parse(in);
+  std::map<int, std::vector<uint64_t>> m;
+  for (const auto& l : summary.at("moe_layers")) m[l.at("layer").get<int>()] = l.at("routed").get<std::vector<uint64_t>>();
+  return m;
+}
+
+}  // namespace
+
+TEST(ExpertParallelEngine, ShuffledPlacementGivesTheSingleRankTokensAndLogicalCounts) {
+  TempDir tmp;
+  const fs::path placement = tmp.path / "placement.json";
+  write_shuffled_placement(placement);
+  auto single_args = engine_args(10, tmp.path / "single.txt");
+  single_args.insert(single_args.end(), {"--summary-json", (tmp.path / "single.json").string()});
+  Proc single(single_args, tmp.path / "single.log");
+  ASSERT_TRUE(single.wait(std::chrono::seconds(60)));
+  ASSERT_TRUE(single.ok()) << single.output();
+  const auto expected = read_tokens(tmp.path / "single.txt");
+  ASSERT_EQ(expected.size(), 10u);
+  const auto expected_routed = routed_of(tmp.path / "single.json");
+  ASSERT_EQ(expected_routed.size(), 2u);  // MoE layers 0 and 2
+
+  std::vector<std::unique_ptr<Proc>> ranks;
+  for (int r = 0; r < 2; ++r) {
+    auto a = with_ep(engine_args(10, tmp.path / ("tok" + std::to_string(r))), r, 2, tmp.path);
+    a.insert(a.end(), {"--ep-placement", placement.string(), "--summary-json",
+                       (tmp.path / ("summary" + std::to_string(r) + ".json")).string()});
+    ranks.push_back(std::make_unique<Proc>(a, tmp.path / ("rank" + std::to_string(r) + ".log")));
+  }
+  for (int r = 0; r < 2; ++r) {
+    SCOPED_TRACE("rank " + std::to_string(r));
+    ASSERT_TRUE(ranks[static_cast<size_t>(r)]->wait(std::chrono::seconds(60))) << "hung";
+    ASSERT_TRUE(ranks[static_cast<size_t>(r)]->ok()) << ranks[static_cast<size_t>(r)]->output();
+    EXPECT_EQ(read_tokens(tmp.path / ("tok" + std::to_string(r))), expected);
+    // Same requests as the single-rank run: the same routing, reported in the
+    // model's own expert ids whatever slots the placement gave them.
+    EXPECT_EQ(routed_of(tmp.path / ("summary" + std::to_string(r) + ".json")), expected_routed);
+    EXPECT_NE(ranks[static_cast<size_t>(r)]->output().find("placement " + placement.string()), std::string::npos);
+  }
+
+  // One rank: the file is checked but changes nothing.
+  auto one = engine_args(10, tmp.path / "one.txt");
+  one.insert(one.end(), {"--ep-placement", placement.string()});
+  Proc p1(one, tmp.path / "one.log");
+  ASSERT_TRUE(p1.wait(std::chrono::seconds(60)));
+  ASSERT_TRUE(p1.ok()) << p1.output();
+  EXPECT_EQ(read_tokens(tmp.path / "one.txt"), expected);
+}
+
+TEST(ExpertParallelEngine, BadPlacementFileIsAClearError) {
+  TempDir tmp;
+  const fs::path uneven = tmp.path / "uneven.json", replicas = tmp.path / "replicas.json";
+  std::ofstream(uneven) << R"({"expert_to_rank": [0, 0, 0, 1]})";
+  std::ofstream(replicas) << R"({"expert_to_ranks": [[0, 1], [0], [1], [1]]})";
+  for (const auto& [file, part] : {std::pair{uneven, std::string("rank 0 holds 3 experts")},
+                                   std::pair{replicas, std::string("not supported by the engine")}}) {
+    auto a = engine_args(2, tmp.path / "tok.txt");
+    a.insert(a.end(), {"--ep-placement", file.string()});  // one rank: still checked
+    Proc p(a, tmp.path / "bad.log");
+    ASSERT_TRUE(p.wait(std::chrono::seconds(30)));
+    EXPECT_FALSE(p.ok());
+    EXPECT_NE(p.output().find(part), std::string::npos) << p.output();
+    EXPECT_NE(p.output().find(file.string()), std::string::npos) << p.output();
+  }
 }
