@@ -26,8 +26,11 @@
 #include "inferscope/engine/communicator.hpp"
 #include "inferscope/engine/expert_parallel.hpp"
 #include "inferscope/engine/layers.hpp"
+#include "../reference_engine/ep_test_util.hpp"
 
 namespace ie = inferscope::engine;
+using inferscope::engine::test::TempDir;
+using inferscope::engine::test::run_ranks;
 namespace fs = std::filesystem;
 
 namespace {
@@ -47,34 +50,7 @@ int gpu_count() {
     if (n_ < 2) GTEST_SKIP() << "expert parallelism over NCCL needs 2 GPUs, " << n_ << " visible"; \
   } while (0)
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::string t = (fs::temp_directory_path() / "ep-nccl-test-XXXXXX").string();
-    if (!mkdtemp(t.data())) throw std::runtime_error("mkdtemp failed");
-    path = t;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
 
-void run_ranks(int n, const std::function<void(int)>& fn) {
-  std::vector<std::thread> threads;
-  std::vector<std::exception_ptr> errors(static_cast<size_t>(n));
-  for (int r = 0; r < n; ++r)
-    threads.emplace_back([&, r] {
-      try {
-        fn(r);
-      } catch (...) {
-        errors[static_cast<size_t>(r)] = std::current_exception();
-      }
-    });
-  for (auto& t : threads) t.join();
-  for (auto& e : errors)
-    if (e) std::rethrow_exception(e);
-}
 
 constexpr int D = 64, F = 32, E = 8;
 
@@ -208,7 +184,7 @@ void expect_match(const Case& c, bool fp32_math) {
     ::unsetenv("INFERSCOPE_CUDA_MATH");
   const double tolerance = fp32_math ? 1e-6 : 1e-2;
   const HostData d = make_data(c);
-  TempDir dir;
+  TempDir dir{"ep-nccl-test"};
   std::vector<Out> ep(2);
   run_ranks(2, [&](int r) { ep[static_cast<size_t>(r)] = ep_rank(c, d, r, dir.path.string()); });
   for (int r = 0; r < 2; ++r) {
@@ -247,7 +223,7 @@ std::map<std::string, std::string> read_tokens(const fs::path& p) {
 }
 
 void engine_matches_single_gpu(const std::string& model, int requests) {
-  TempDir tmp;
+  TempDir tmp{"ep-nccl-test"};
   const std::string src = INFERSCOPE_SOURCE_DIR, engine = INFERSCOPE_ENGINE_BIN;
   const std::string common = " --model " + src + "/reference_engine/models/" + model +
                              ".json --backend cuda --workload skewed-ep --requests " + std::to_string(requests) +

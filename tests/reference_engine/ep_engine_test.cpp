@@ -26,25 +26,15 @@
 
 #include <nlohmann/json.hpp>
 
+#include "ep_test_util.hpp"
+
 namespace fs = std::filesystem;
+using inferscope::engine::test::TempDir;
 
 namespace {
 
 const std::string kEngine = INFERSCOPE_ENGINE_BIN;
 const std::string kTiny = std::string(INFERSCOPE_ENGINE_MODELS) + "/tiny.json";
-
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::string t = (fs::temp_directory_path() / "ep-engine-test-XXXXXX").string();
-    if (!mkdtemp(t.data())) throw std::runtime_error("mkdtemp failed");
-    path = t;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
 
 // A child process with stdout+stderr in a file.
 struct Proc {
@@ -132,7 +122,7 @@ std::map<std::string, std::string> single_rank_tokens(const TempDir& tmp, int re
 }  // namespace
 
 TEST(ExpertParallelEngine, TwoRanksGiveTheSingleRankTokens) {
-  TempDir tmp;
+  TempDir tmp{"ep-engine-test"};
   const auto expected = single_rank_tokens(tmp, 10);
   ASSERT_EQ(expected.size(), 10u);
   std::vector<std::unique_ptr<Proc>> ranks;
@@ -150,7 +140,7 @@ TEST(ExpertParallelEngine, TwoRanksGiveTheSingleRankTokens) {
 }
 
 TEST(ExpertParallelEngine, RankWithFewerRequestsKeepsSteppingUntilAllFinish) {
-  TempDir tmp;
+  TempDir tmp{"ep-engine-test"};
   const auto expected_many = single_rank_tokens(tmp, 10);
   const auto expected_few = single_rank_tokens(tmp, 2);
   auto a0 = with_ep(engine_args(10, tmp.path / "tok0"), 0, 2, tmp.path);
@@ -175,7 +165,7 @@ TEST(ExpertParallelEngine, RankWithFewerRequestsKeepsSteppingUntilAllFinish) {
 }
 
 TEST(ExpertParallelEngine, KilledRankMakesThePeerExitWithAClearError) {
-  TempDir tmp;
+  TempDir tmp{"ep-engine-test"};
   std::vector<std::string> base = {kEngine, "--model", kTiny, "--workload", "text", "--duration", "60",
                                    "--rate", "50", "--collector", "", "--quiet", "--threads", "1"};
   Proc r0(with_ep(base, 0, 2, tmp.path), tmp.path / "rank0.log");
@@ -213,7 +203,7 @@ std::map<int, std::vector<uint64_t>> routed_of(const fs::path& summary_path) {
 }  // namespace
 
 TEST(ExpertParallelEngine, ShuffledPlacementGivesTheSingleRankTokensAndLogicalCounts) {
-  TempDir tmp;
+  TempDir tmp{"ep-engine-test"};
   const fs::path placement = tmp.path / "placement.json";
   write_shuffled_placement(placement);
   auto single_args = engine_args(10, tmp.path / "single.txt");
@@ -254,7 +244,7 @@ TEST(ExpertParallelEngine, ShuffledPlacementGivesTheSingleRankTokensAndLogicalCo
 }
 
 TEST(ExpertParallelEngine, BadPlacementFileIsAClearError) {
-  TempDir tmp;
+  TempDir tmp{"ep-engine-test"};
   const fs::path uneven = tmp.path / "uneven.json", replicas = tmp.path / "replicas.json";
   std::ofstream(uneven) << R"({"expert_to_rank": [0, 0, 0, 1]})";
   std::ofstream(replicas) << R"({"expert_to_ranks": [[0, 1], [0], [1], [1]]})";

@@ -17,41 +17,16 @@
 #include "inferscope/engine/communicator.hpp"
 #include "inferscope/engine/expert_parallel.hpp"
 #include "inferscope/engine/layers.hpp"
+#include "ep_test_util.hpp"
 
 namespace ie = inferscope::engine;
+using inferscope::engine::test::TempDir;
+using inferscope::engine::test::run_ranks;
 namespace fs = std::filesystem;
 
 namespace {
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::string t = (fs::temp_directory_path() / "ep-test-XXXXXX").string();
-    if (!mkdtemp(t.data())) throw std::runtime_error("mkdtemp failed");
-    path = t;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
 
-// Runs fn(rank) on `n` threads; rethrows the first failure.
-void run_ranks(int n, const std::function<void(int)>& fn) {
-  std::vector<std::thread> threads;
-  std::vector<std::exception_ptr> errors(static_cast<size_t>(n));
-  for (int r = 0; r < n; ++r)
-    threads.emplace_back([&, r] {
-      try {
-        fn(r);
-      } catch (...) {
-        errors[static_cast<size_t>(r)] = std::current_exception();
-      }
-    });
-  for (auto& t : threads) t.join();
-  for (auto& e : errors)
-    if (e) std::rethrow_exception(e);
-}
 
 struct MoeCase {
   static constexpr int D = 12, F = 7;
@@ -175,7 +150,7 @@ RankOutput run_ep(const MoeCase& mc, const HostWeights& hw, int rank, int ranks,
 
 void expect_ep_matches_single(const MoeCase& mc, int ranks) {
   const HostWeights hw = make_weights(mc);
-  TempDir dir;
+  TempDir dir{"ep-test"};
   std::vector<RankOutput> ep(static_cast<size_t>(ranks));
   run_ranks(ranks, [&](int r) { ep[static_cast<size_t>(r)] = run_ep(mc, hw, r, ranks, dir.path.string()); });
   uint64_t computed = 0, assigned = 0;
@@ -231,7 +206,7 @@ TEST(ExpertParallelMoe, RowsSentCountsOnlyOtherRanks) {
   mc.tokens_per_rank = {12, 12};
   mc.hot_bias = 6.0f;  // rank 0's tokens stay home, rank 1's travel to rank 0
   const HostWeights hw = make_weights(mc);
-  TempDir dir;
+  TempDir dir{"ep-test"};
   std::vector<RankOutput> ep(2);
   run_ranks(2, [&](int r) { ep[static_cast<size_t>(r)] = run_ep(mc, hw, r, 2, dir.path.string()); });
   auto kept_on = [&](const RankOutput& o, int owner) {
@@ -254,7 +229,7 @@ TEST(ExpertParallelMoe, PlacementRejectsUnevenShards) {
 }
 
 TEST(HostCommunicator, PeerThatLeavesMakesTheOtherFailClearly) {
-  TempDir dir;
+  TempDir dir{"ep-test"};
   std::string error;
   run_ranks(2, [&](int r) {
     ie::CommOptions co;
@@ -276,7 +251,7 @@ TEST(HostCommunicator, PeerThatLeavesMakesTheOtherFailClearly) {
 }
 
 TEST(HostCommunicator, StalledPeerTimesOut) {
-  TempDir dir;
+  TempDir dir{"ep-test"};
   std::string error;
   run_ranks(2, [&](int r) {
     ie::CommOptions co;

@@ -17,40 +17,16 @@
 #include "inferscope/engine/communicator.hpp"
 #include "inferscope/engine/model.hpp"
 #include "inferscope/engine/placement_file.hpp"
+#include "ep_test_util.hpp"
 
 namespace ie = inferscope::engine;
+using inferscope::engine::test::TempDir;
+using inferscope::engine::test::run_ranks;
 namespace fs = std::filesystem;
 
 namespace {
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::string t = (fs::temp_directory_path() / "ep-placement-XXXXXX").string();
-    if (!mkdtemp(t.data())) throw std::runtime_error("mkdtemp failed");
-    path = t;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
 
-void run_ranks(int n, const std::function<void(int)>& fn) {
-  std::vector<std::thread> threads;
-  std::vector<std::exception_ptr> errors(static_cast<size_t>(n));
-  for (int r = 0; r < n; ++r)
-    threads.emplace_back([&, r] {
-      try {
-        fn(r);
-      } catch (...) {
-        errors[static_cast<size_t>(r)] = std::current_exception();
-      }
-    });
-  for (auto& t : threads) t.join();
-  for (auto& e : errors)
-    if (e) std::rethrow_exception(e);
-}
 
 // tiny.json ("MDM": MoE layers 0 and 2, routing bias on) with 8 experts, so a
 // 2-rank shuffle is not just a swap of halves.
@@ -127,7 +103,7 @@ TEST(EpPlacement, ShuffledPlacementMatchesSingleRankInLogicalIds) {
     single_gu0 = download(model, "l0.experts_gu");
     single_bias2 = download(model, "l2.router_bias");
   }
-  TempDir dir;
+  TempDir dir{"ep-placement"};
   std::vector<Result> ep(2);
   std::vector<std::vector<float>> ep_gu0(2), ep_bias2(2);
   run_ranks(2, [&](int rank) {
