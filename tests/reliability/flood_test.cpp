@@ -19,6 +19,14 @@ namespace {
 constexpr int kAgents = 64;
 constexpr int kDrivers = 4;       // host threads; each drives kAgents / kDrivers agents
 constexpr uint16_t kExperts = 16;
+// Under AddressSanitizer the collector (built the same way) keeps freed memory
+// in its quarantine (256 MiB by default) before reuse, so its RSS bound must
+// include that; the ingest bound itself is the same.
+#if defined(__SANITIZE_ADDRESS__)
+constexpr uint64_t kAllocatorSlackKiB = 256 * 1024;
+#else
+constexpr uint64_t kAllocatorSlackKiB = 0;
+#endif
 constexpr uint32_t kTokensPerStep = 8;  // routed assignments per record = tokens * top_k = 16
 
 agent::Config agent_config(const std::string& address, uint32_t rank) {
@@ -36,6 +44,9 @@ agent::Config agent_config(const std::string& address, uint32_t rank) {
   c.thread_buffer_bytes = 128u << 10;
   c.max_pending_bytes = 256u << 10;
   c.nvtx = false;
+  // 64 agents drain their last frames at once on two cores (slower still under
+  // ASan): a short shutdown bound would cut a frame and lose its health report.
+  c.shutdown_timeout = std::chrono::seconds(15);
   return c;
 }
 
@@ -124,7 +135,7 @@ TEST(Flood, SixtyFourAgentsAreAllServedFairlyWithinAMemoryBound) {
   EXPECT_LT(hi, mean * 3);
   // The collector's memory is bounded by its limits, not by the offered load:
   // 64 connections x (64 KiB read buffer + one frame) plus the registry.
-  EXPECT_LT(rss_peak, rss_idle + 128 * 1024);
+  EXPECT_LT(rss_peak, rss_idle + 128 * 1024 + kAllocatorSlackKiB);
 
   c.child().signal(SIGTERM);
   EXPECT_EQ(c.child().wait(10s), std::optional<int>(0));

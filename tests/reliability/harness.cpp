@@ -438,6 +438,9 @@ void Proxy::run() {
       while (::read(wake_[0], b, sizeof b) > 0) {
       }
     }
+    // Only the pairs that were polled have entries in fds; one accepted below
+    // waits for the next poll.
+    const size_t polled = pairs.size();
     if (fds[0].revents & POLLIN) {
       const int c = ::accept4(listener_, nullptr, nullptr, SOCK_CLOEXEC);
       const int u = c >= 0 ? connect_loopback(upstream_) : -1;
@@ -448,8 +451,8 @@ void Proxy::run() {
         ::close(c);
       }
     }
-    std::vector<std::pair<int, int>> alive;
-    for (size_t i = 0; i < pairs.size(); ++i) {
+    std::vector<std::pair<int, int>> alive(pairs.begin() + static_cast<std::ptrdiff_t>(polled), pairs.end());
+    for (size_t i = 0; i < polled; ++i) {
       bool ok = true;
       const pollfd& pc = fds[2 + 2 * i];
       const pollfd& pu = fds[3 + 2 * i];
