@@ -164,7 +164,10 @@ void EpRanks::close_window(int64_t start_ns, int64_t end_ns, const std::vector<E
   // experts placed on r with the largest share of the layer's assignments.
   auto hot_layers = [&](uint32_t r, HotRank& h) {
     std::vector<HotRank::Expert> experts;
-    for (const auto& [layer, v] : per_layer) {
+    for (const auto& layer_entry : per_layer) {
+      // Not a structured binding: clang (the fuzz build) cannot capture one in the lambda below.
+      const auto layer = layer_entry.first;
+      const auto& v = layer_entry.second;
       double sum = 0.0;
       for (double x : v) sum += x;
       if (sum <= 0.0) continue;

@@ -119,7 +119,10 @@ EpReport ep_report(const TraceModel& m, int64_t t0, int64_t t1, double hot_thres
   }
 
   // [SECTION] Hot ranks: rows computed decide, else the placement's load
-  for (auto& [k, row] : rows) {
+  for (auto& rank_entry : rows) {
+    // Not a structured binding: clang (the fuzz build) cannot capture one in a lambda.
+    const auto k = rank_entry.first;
+    auto& row = rank_entry.second;
     const double u = r.has_ep_records ? row.rows_utilization : row.load_now;
     if (u < hot_threshold) continue;
     EpHotRank h;
