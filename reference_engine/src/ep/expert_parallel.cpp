@@ -110,31 +110,12 @@ void moe_ffn_ep(Backend& be, const MoeConfig& moe, const MoeWeights& w, MoeScrat
   const int32_t N = pl.ranks, El = pl.per_rank(), me = pl.rank;
   if (comm.size() != N || comm.rank() != me) throw std::logic_error("moe_ffn_ep: communicator and placement disagree");
 
-  // Route and permute locally (exactly as moe_ffn does).
-  Tensor ae, aw;
+  // Route and permute locally (the same first half as moe_ffn).
+  Tensor aw;
   int64_t A = 0;
   if (T > 0) {
-    RouteParams p;
-    p.top_k = moe.top_k;
-    p.gate = moe.gate;
-    p.renormalize = moe.renormalize;
-    p.scaling = moe.scaling;
-    p.capacity = expert_capacity(moe, T);
-    p.overflow = moe.overflow;
-    Tensor logits = s.logits.tensor().rows_view(0, T);
-    be.linear(h, w.router, logits);
-    ae = s.assign_expert.tensor().rows_view(0, T);
+    A = moe_route_and_permute(be, moe, w, s, h, out, counts);
     aw = s.assign_weight.tensor().rows_view(0, T);
-    be.moe_route(logits, w.router_bias, p, ae, aw, counts);
-    s.offsets[0] = 0;
-    for (int64_t e = 0; e < E; ++e)
-      s.offsets[static_cast<size_t>(e) + 1] = s.offsets[static_cast<size_t>(e)] + counts.kept[static_cast<size_t>(e)];
-    A = s.offsets.back();
-    if (!w.shared_gu.empty())
-      swiglu_ffn(be, w.shared_gu, w.shared_down, h, s.shared_gu, s.shared_act, out, 0.0f);
-    else
-      be.fill(out, 0.0f);
-    if (A > 0) be.moe_permute(h, ae, s.offsets, s.xp.tensor().rows_view(0, A), s.perm.tensor());
     std::copy(counts.kept.begin(), counts.kept.end(), x.kept.begin());
   } else {
     counts.routed.assign(static_cast<size_t>(E), 0);

@@ -45,9 +45,9 @@ void swiglu_ffn(Backend& be, const Tensor& w_gu, const Tensor& w_down, const Ten
   be.linear(a, w_down, out, beta);
 }
 
-void moe_ffn(Backend& be, const MoeConfig& moe, const MoeWeights& w, MoeScratch& s, const Tensor& h,
-             const Tensor& out, RouteCounts& counts) {
-  const int64_t T = h.rows, E = moe.experts, F = moe.expert_hidden;
+int64_t moe_route_and_permute(Backend& be, const MoeConfig& moe, const MoeWeights& w, MoeScratch& s,
+                              const Tensor& h, const Tensor& out, RouteCounts& counts) {
+  const int64_t T = h.rows, E = moe.experts;
   RouteParams p;
   p.top_k = moe.top_k;
   p.gate = moe.gate;
@@ -67,15 +67,22 @@ void moe_ffn(Backend& be, const MoeConfig& moe, const MoeWeights& w, MoeScratch&
     swiglu_ffn(be, w.shared_gu, w.shared_down, h, s.shared_gu, s.shared_act, out, 0.0f);
   else
     be.fill(out, 0.0f);
+  if (A > 0) be.moe_permute(h, ae, s.offsets, s.xp.tensor().rows_view(0, A), s.perm.tensor());
+  return A;
+}
+
+void moe_ffn(Backend& be, const MoeConfig& moe, const MoeWeights& w, MoeScratch& s, const Tensor& h,
+             const Tensor& out, RouteCounts& counts) {
+  const int64_t T = h.rows, F = moe.expert_hidden;
+  const int64_t A = moe_route_and_permute(be, moe, w, s, h, out, counts);
   if (A == 0) return;
   Tensor xp = s.xp.tensor().rows_view(0, A), perm = s.perm.tensor();
-  be.moe_permute(h, ae, s.offsets, xp, perm);
   Tensor hp = s.hp.tensor().rows_view(0, A), ap = s.ap.tensor().rows_view(0, A);
   be.grouped_linear(xp, w.experts_gu, s.offsets, hp);
   be.mul_silu(hp.cols_view(F, F), hp.cols_view(0, F), ap);
   Tensor yp = s.yp.tensor().rows_view(0, A);
   be.grouped_linear(ap, w.experts_down, s.offsets, yp);
-  be.moe_unpermute(yp, perm, aw, moe.top_k, A, out);
+  be.moe_unpermute(yp, perm, s.assign_weight.tensor().rows_view(0, T), moe.top_k, A, out);
 }
 
 }  // namespace inferscope::engine

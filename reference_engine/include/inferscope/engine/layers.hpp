@@ -27,6 +27,14 @@ struct MoeWeights {
 // Expert capacity for `tokens` tokens: ceil(capacity_factor * tokens * k / E); 0 = unlimited.
 int32_t expert_capacity(const MoeConfig& moe, int64_t tokens);
 
+// The first half of a MoE block, shared by moe_ffn and its expert-parallel twin
+// (moe_ffn_ep): router logits, top-k with capacity (counts), s.offsets of the
+// kept assignments per expert, the shared experts seeding `out` (else zeros),
+// and h's rows permuted by expert into s.xp / s.perm. Returns the kept
+// assignments A (rows of s.xp in use).
+int64_t moe_route_and_permute(Backend& be, const MoeConfig& moe, const MoeWeights& w, MoeScratch& s,
+                              const Tensor& h, const Tensor& out, RouteCounts& counts);
+
 // out = MoE(h): route, permute by expert, grouped SwiGLU experts, unpermute with
 // the combine weights, plus the shared experts. `counts` receives the routing
 // result (routed before capacity, kept, dropped, rerouted).
