@@ -20,15 +20,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-struct TempDir {
-  fs::path path;
-  explicit TempDir(const std::string& name)
-      : path(fs::temp_directory_path() / (name + "-" + std::to_string(::getpid()))) {
-    fs::remove_all(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-};
-
 // Track 1: 1000 spans of 1 us every 2 us from t0; track 2: 10 spans of 1 ms every 2 ms.
 std::vector<uint8_t> workload_frame(int64_t t0) {
   wire::EncoderOptions o;

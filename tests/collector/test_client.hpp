@@ -3,7 +3,10 @@
 // a parser for the Prometheus text exposition.
 #pragma once
 
+#include <unistd.h>
+
 #include <chrono>
+#include <filesystem>
 #include <map>
 #include <optional>
 #include <sstream>
@@ -16,6 +19,17 @@
 #include "inferscope/wire/codec.hpp"
 
 namespace inferscope::collector::testing {
+
+// A directory under the system temp dir named after the test and this
+// process (tests run in parallel processes), emptied first, removed after.
+struct TempDir {
+  std::filesystem::path path;
+  explicit TempDir(const std::string& name)
+      : path(std::filesystem::temp_directory_path() / (name + "-" + std::to_string(::getpid()))) {
+    std::filesystem::remove_all(path);
+  }
+  ~TempDir() { std::filesystem::remove_all(path); }
+};
 
 inline wire::Hello make_hello(const std::string& model, uint32_t rank, uint32_t layers,
                               uint16_t experts, std::vector<uint32_t> expert_to_rank = {}) {

@@ -22,15 +22,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-struct TempDir {
-  fs::path path;
-  explicit TempDir(const std::string& name)
-      : path(fs::temp_directory_path() / (name + "-" + std::to_string(::getpid()))) {
-    fs::remove_all(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-};
-
 // A replay of one source: its hello and one string, as the collector would write.
 void replay(std::vector<std::vector<uint8_t>>& frames) {
   wire::EncoderOptions o;
