@@ -230,20 +230,34 @@ Agent::Agent(Config config) {
 Agent::~Agent() {
   if (!impl_) return;
   try {
+    shutdown();
+    impl_->shipper.reset();
+  } catch (...) {
+  }
+}
+
+Stats Agent::shutdown() {
+  if (impl_ && !impl_->shut_down.exchange(true)) {
     if (impl_->cupti) {
       impl_->cupti_on.store(false);
       impl_->cupti->stop();  // flushes the last GPU activity into the rings
     }
-    impl_->shipper.reset();  // final drain and flush, bounded by shutdown_timeout
-  } catch (...) {
+    if (impl_->shipper)
+      impl_->shipper->stop();  // final drain and flush, bounded by shutdown_timeout
   }
+  return stats();
 }
 
 void Agent::span(uint32_t name_id, int64_t start_ns, int64_t end_ns, wire::SpanCategory category,
                  uint64_t request_id, uint16_t depth) {
   Impl* i = impl_.get();
   if (!i || !i->enabled) return;
-  detail::CpuSpanSlot s{start_ns, end_ns, request_id, name_id, detail::current_tid(), depth,
+  detail::CpuSpanSlot s{start_ns,
+                        end_ns,
+                        request_id,
+                        name_id,
+                        detail::current_tid(),
+                        depth,
                         static_cast<uint8_t>(category)};
   put(i, wire::RecordKind::kSpan, detail::kSubCompact, 0, &s, sizeof s);
 }
@@ -353,7 +367,11 @@ Stats Agent::stats() const {
   s.records_sent = i->shipper->records_sent.load();
   s.bytes_sent = i->shipper->bytes_sent.load();
   s.reconnects = i->shipper->reconnects.load();
+  s.records_delivered = i->shipper->records_delivered.load();
   s.records_unconfirmed = i->shipper->records_unconfirmed.load();
+  s.records_undelivered = i->shipper->records_undelivered.load();
+  s.protocol_errors = i->shipper->protocol_errors.load();
+  s.unacknowledged_bytes = i->shipper->kept_bytes.load();
   s.buffer_high_water_bytes = i->shipper->high_water();
   s.connected = i->shipper->connected.load();
   s.pending_bytes = i->shipper->pending_bytes.load();
@@ -367,7 +385,9 @@ const Config& Agent::config() const {
   return impl_ ? impl_->config : kEmpty;
 }
 
-bool Agent::cupti_active() const { return impl_ && impl_->cupti_on.load(); }
+bool Agent::cupti_active() const {
+  return impl_ && impl_->cupti_on.load();
+}
 
 std::map<uint32_t, int64_t> Agent::gpu_time_by_range() const {
   if (!impl_ || !impl_->cupti) return {};
@@ -399,8 +419,8 @@ ScopedRange::ScopedRange(Agent& agent, uint32_t name_id, uint64_t request_id)
     if (depth_ == 0) {
       const double rate = i->config.span_sample_rate;
       detail::tl_tree_sampled =
-          rate >= 1.0 || (rate > 0.0 && static_cast<double>(detail::next_random() >> 11) *
-                                                0x1.0p-53 < rate);
+          rate >= 1.0 ||
+          (rate > 0.0 && static_cast<double>(detail::next_random() >> 11) * 0x1.0p-53 < rate);
     }
     sampled_ = detail::tl_tree_sampled;
   }
@@ -424,7 +444,12 @@ ScopedRange::~ScopedRange() {
   --detail::tl_depth;
   if (sampled_) {
     const int64_t end = now_ns();
-    detail::CpuSpanSlot s{start_ns_, end, request_id_, name_id_, detail::current_tid(), depth_,
+    detail::CpuSpanSlot s{start_ns_,
+                          end,
+                          request_id_,
+                          name_id_,
+                          detail::current_tid(),
+                          depth_,
                           static_cast<uint8_t>(wire::SpanCategory::kCpuRange)};
     put(i, wire::RecordKind::kSpan, detail::kSubCompact, 0, &s, sizeof s);
   }

@@ -27,9 +27,9 @@ struct Agent::Impl {
   ~Impl();
 
   Config config;
-  bool enabled = false;     // a usable collector address was given
-  bool nvtx = false;        // push NVTX ranges
-  uint64_t serial = 0;      // unique per Agent in this process (thread-local cache key)
+  bool enabled = false;  // a usable collector address was given
+  bool nvtx = false;     // push NVTX ranges
+  uint64_t serial = 0;   // unique per Agent in this process (thread-local cache key)
   detail::Endpoint endpoint;
   std::string host;
   uint32_t pid = 0;
@@ -53,6 +53,7 @@ struct Agent::Impl {
   std::unique_ptr<detail::Shipper> shipper;
   std::unique_ptr<detail::CuptiTracer> cupti;
   std::atomic<bool> cupti_on{false};
+  std::atomic<bool> shut_down{false};  // Agent::shutdown() ran
 };
 
 namespace detail {

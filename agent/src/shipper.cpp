@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <random>
 
 #include "cupti/cupti_tracer.hpp"
 #include "inferscope/wire/ack.hpp"
@@ -11,13 +12,32 @@
 namespace inferscope::agent::detail {
 namespace {
 
-constexpr uint32_t kFrameBudget = 256u << 10;          // bytes per data frame
-constexpr size_t kWriteBatchBytes = 1u << 20;          // bytes per async_write
+constexpr uint32_t kFrameBudget = 256u << 10;  // bytes per data frame
+constexpr size_t kWriteBatchBytes = 1u << 20;  // bytes per async_write
 constexpr auto kHealthInterval = std::chrono::seconds(1);
 constexpr auto kFirstBackoff = std::chrono::milliseconds(50);
-// Bound on the unacknowledged-frame list (a collector that never acknowledges,
-// e.g. an older one): beyond it neighbours merge, which only coarsens confirmation.
-constexpr size_t kMaxUnackedEntries = 4096;
+
+// A random stream id: a restarted process (same host, maybe the same pid)
+// must never continue an old stream's frame numbers.
+uint64_t random_stream_id() {
+  std::random_device rd;
+  const uint64_t hi = rd(), lo = rd();
+  const uint64_t t =
+      static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
+  const uint64_t id = (hi << 32 | lo) ^ (t * 0x9e3779b97f4a7c15ull);
+  return id == 0 ? 1 : id;
+}
+
+// The first bytes of something that is not an acknowledgement, printable.
+std::string printable_prefix(const uint8_t* data, size_t n) {
+  std::string out;
+  for (size_t i = 0; i < n && out.size() < 24; ++i) {
+    const char c = static_cast<char>(data[i]);
+    if (c == '\r' || c == '\n') break;
+    out += (c >= 32 && c < 127) ? c : '.';
+  }
+  return out;
+}
 
 wire::EncoderOptions encoder_options(const Config& c) {
   wire::EncoderOptions o;
@@ -35,11 +55,15 @@ Shipper::Shipper(Agent::Impl& impl)
       reconnect_timer_(io_),
       connect_timer_(io_),
       shutdown_timer_(io_),
-      encoder_(encoder_options(impl.config)) {
+      ack_deadline_timer_(io_),
+      encoder_(encoder_options(impl.config)),
+      stream_id_(random_stream_id()) {
   thread_ = std::thread([this] { run(); });
 }
 
-Shipper::~Shipper() { stop(); }
+Shipper::~Shipper() {
+  stop();
+}
 
 void Shipper::run() {
   try {
@@ -70,9 +94,13 @@ void Shipper::stop() {
       if (!ec) finish();
     });
     if (state_ == State::kDisconnected) {
-      // One last immediate attempt; if it fails there is nobody to flush to.
+      // One last immediate attempt (unless the peer there is known not to be a
+      // collector); if it fails there is nobody to flush to.
       reconnect_timer_.cancel();
-      connect();
+      if (peer_not_collector_)
+        finish();
+      else
+        connect();
     } else {
       start_write();
       maybe_finish();
@@ -87,6 +115,17 @@ void Shipper::finish() {
   asio::error_code ignored;
   socket_.close(ignored);
   connected.store(false);
+  // The books close: kept frames were written but never acknowledged (in
+  // doubt); queued frames were written before (in doubt) or never (undelivered).
+  uint64_t unconfirmed = kept_records_, undelivered = 0;
+  for (const Frame& f : pending_) (f.written ? unconfirmed : undelivered) += f.records;
+  undelivered += encoder_records_;
+  kept_.clear();
+  kept_bytes_ = 0;
+  kept_records_ = 0;
+  kept_bytes.store(0, std::memory_order_relaxed);
+  records_unconfirmed.fetch_add(unconfirmed, std::memory_order_relaxed);
+  records_undelivered.fetch_add(undelivered, std::memory_order_relaxed);
   io_.stop();
 }
 
@@ -134,6 +173,9 @@ void Shipper::drain() {
         c.store(c.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
         return;
       }
+      // Every data frame opens with its place in this agent's stream (records.hpp).
+      if (encoder_.empty())
+        encoder_.add(wire::Record{wire::FrameSequence{stream_id_, ++next_seq_}});
       switch (kind) {
         case wire::RecordKind::kSpan: {
           wire::Span s;
@@ -246,14 +288,21 @@ void Shipper::connect() {
     connect_timer_.cancel();
     if (epoch != epoch_ || state_ != State::kConnecting) return;
     if (cec) {
+      if (!ever_connected_ && !unreachable_said_ && !stopping_) {
+        unreachable_said_ = true;  // once: the engine's exit line gives the final count
+        std::fprintf(
+            stderr,
+            "inferscope agent: cannot reach the collector at %s (%s); retrying in the background\n",
+            impl_.config.collector.c_str(), cec.message().c_str());
+      }
       disconnect();
       return;
     }
     on_connected();
   });
   // A collector on another host may not answer at all: bound the attempt.
-  connect_timer_.expires_after(std::max(impl_.config.reconnect_max_backoff,
-                                        std::chrono::milliseconds(1000)));
+  connect_timer_.expires_after(
+      std::max(impl_.config.reconnect_max_backoff, std::chrono::milliseconds(1000)));
   connect_timer_.async_wait([this, epoch](const asio::error_code& tec) {
     if (!tec && epoch == epoch_ && state_ == State::kConnecting) disconnect();
   });
@@ -285,17 +334,24 @@ void Shipper::disconnect() {
   peer_draining_ = false;
   drain_announced_ = false;
   stream_bytes_ = acked_bytes_ = 0;
-  unacked_.clear();
-  unacked_records_ = 0;
+  requeue_kept();  // written again on the next connection; the collector skips what it has
   ack_have_ = 0;
-  acks_valid_ = true;
+  valid_ack_seen_ = false;
+  ack_deadline_armed_ = false;
+  ack_deadline_timer_.cancel();
   connect_timer_.cancel();
   if (stopping_) {
     finish();  // nobody to flush to; do not hold the host's shutdown
     return;
   }
-  backoff_ = backoff_.count() == 0 ? kFirstBackoff
-                                   : std::min(backoff_ * 2, impl_.config.reconnect_max_backoff);
+  if (protocol_error_) {
+    protocol_error_ = false;
+    peer_not_collector_ = true;  // until a peer acknowledges
+    backoff_ = impl_.config.protocol_error_backoff;
+  } else {
+    backoff_ = backoff_.count() == 0 ? kFirstBackoff
+                                     : std::min(backoff_ * 2, impl_.config.reconnect_max_backoff);
+  }
   reconnect_timer_.expires_after(backoff_);
   reconnect_timer_.async_wait([this](const asio::error_code& ec) {
     if (!ec) connect();
@@ -306,43 +362,119 @@ void Shipper::start_read() {
   // The collector sends only acknowledgements; reading also notices a closed
   // or draining peer while there is nothing to write.
   const uint64_t epoch = epoch_;
-  socket_.async_read_some(asio::buffer(read_buffer_),
-                          [this, epoch](const asio::error_code& ec, size_t n) {
-                            if (epoch != epoch_) return;
-                            if (lingering_ && ec) {
-                              finish();  // the collector closed after reading everything
-                              return;
-                            }
-                            if (ec == asio::error::eof && drain_announced_) {
-                              on_peer_draining();
-                              return;
-                            }
-                            if (ec) {
-                              connection_broken();
-                              return;
-                            }
-                            on_ack_bytes(read_buffer_.data(), n);
-                            start_read();
-                          });
+  socket_.async_read_some(
+      asio::buffer(read_buffer_), [this, epoch](const asio::error_code& ec, size_t n) {
+        if (epoch != epoch_) return;
+        if (lingering_ && ec) {
+          // A collector (it has acknowledged before) closed after
+          // reading to our EOF: all delivered.
+          if (ec == asio::error::eof && valid_ack_seen_) {
+            records_delivered.fetch_add(kept_records_, std::memory_order_relaxed);
+            kept_.clear();
+            kept_records_ = 0;
+          }
+          finish();
+          return;
+        }
+        if (ec == asio::error::eof && drain_announced_) {
+          on_peer_draining();
+          return;
+        }
+        if (ec) {
+          connection_broken();
+          return;
+        }
+        on_ack_bytes(read_buffer_.data(), n);
+        if (epoch != epoch_) return;  // the bytes ended this connection
+        start_read();
+      });
 }
 
 void Shipper::on_ack_bytes(const uint8_t* data, size_t n) {
-  for (size_t i = 0; i < n && acks_valid_; ++i) {
+  for (size_t i = 0; i < n; ++i) {
     ack_partial_[ack_have_++] = data[i];
     if (ack_have_ < wire::kAckBytes) continue;
     ack_have_ = 0;
     const auto bytes = wire::decode_ack(std::span<const uint8_t, wire::kAckBytes>(ack_partial_));
     if (!bytes) {
-      acks_valid_ = false;  // not an ack stream: confirm nothing more on this connection
+      not_a_collector("it answered \"" +
+                      printable_prefix(ack_partial_.data(), ack_partial_.size()) +
+                      "\", not an inferscope acknowledgement");
       return;
     }
+    valid_ack_seen_ = true;
+    peer_not_collector_ = false;
+    ack_deadline_timer_.cancel();
     acked_bytes_ = std::max(acked_bytes_, bytes->bytes_processed);
     if (bytes->draining) drain_announced_ = true;
-    while (!unacked_.empty() && unacked_.front().end <= acked_bytes_) {
-      unacked_records_ -= unacked_.front().records;
-      unacked_.pop_front();
-    }
+    retire_acknowledged();
   }
+}
+
+// Kept frames the collector's latest acknowledgement covers are delivered. Also
+// run after a write: an acknowledgement can overtake the write's completion.
+void Shipper::retire_acknowledged() {
+  uint64_t delivered = 0;
+  while (!kept_.empty() && kept_.front().end <= acked_bytes_) {
+    delivered += kept_.front().records;
+    kept_bytes_ -= kept_.front().bytes.size();
+    kept_.pop_front();
+  }
+  kept_records_ -= delivered;
+  kept_bytes.store(kept_bytes_, std::memory_order_relaxed);
+  records_delivered.fetch_add(delivered, std::memory_order_relaxed);
+}
+
+// A written frame waits here for its acknowledgement. The copies are bounded
+// like the queue: beyond max_pending_bytes the oldest is given up (in doubt).
+void Shipper::keep(Frame&& f) {
+  kept_bytes_ += f.bytes.size();
+  kept_records_ += f.records;
+  kept_.push_back(std::move(f));
+  while (kept_bytes_ > impl_.config.max_pending_bytes && kept_.size() > 1) {
+    records_unconfirmed.fetch_add(kept_.front().records, std::memory_order_relaxed);
+    kept_records_ -= kept_.front().records;
+    kept_bytes_ -= kept_.front().bytes.size();
+    kept_.pop_front();
+  }
+  kept_bytes.store(kept_bytes_, std::memory_order_relaxed);
+}
+
+// The connection is gone without a drain: what it did not acknowledge goes
+// back to the front of the queue, in order, to be written again.
+void Shipper::requeue_kept() {
+  if (kept_.empty()) return;
+  for (auto it = kept_.rbegin(); it != kept_.rend(); ++it) {
+    pending_bytes_ += it->bytes.size();
+    pending_.push_front(std::move(*it));
+  }
+  kept_.clear();
+  kept_bytes_ = 0;
+  kept_records_ = 0;
+  kept_bytes.store(0, std::memory_order_relaxed);
+  pending_bytes.store(pending_bytes_, std::memory_order_relaxed);
+}
+
+// The peer accepted the connection but does not speak the protocol (a web
+// server, a proxy, an old service on a reused port). Say so once, count it,
+// and come back only every protocol_error_backoff.
+void Shipper::not_a_collector(const std::string& why) {
+  protocol_errors.fetch_add(1, std::memory_order_relaxed);
+  if (!protocol_error_said_) {
+    protocol_error_said_ = true;
+    std::fprintf(stderr,
+                 "inferscope agent: the peer at %s is not an inferscope collector: %s; "
+                 "retrying every %lld ms (records wait in the bounded queue)\n",
+                 impl_.config.collector.c_str(), why.c_str(),
+                 static_cast<long long>(impl_.config.protocol_error_backoff.count()));
+  }
+  protocol_error_ = true;
+  if (writing_) {
+    asio::error_code ignored;
+    socket_.cancel(ignored);  // the write's handler sees the error and disconnects
+    return;
+  }
+  disconnect();
 }
 
 // The collector half-closed: it reads everything up to our EOF. Finish the
@@ -357,13 +489,17 @@ void Shipper::close_gracefully() {
   socket_.shutdown(asio::socket_base::shutdown_send, ignored);
   // Delivered: the collector reads to this EOF before it exits (or counts the
   // connection under rejected_frames_total{reason="drain_deadline"}).
-  unacked_.clear();
-  unacked_records_ = 0;
+  records_delivered.fetch_add(kept_records_, std::memory_order_relaxed);
+  kept_.clear();
+  kept_bytes_ = 0;
+  kept_records_ = 0;
+  kept_bytes.store(0, std::memory_order_relaxed);
   disconnect();  // reconnects after the first backoff; the queue waits for the next collector
 }
 
 // Reset, kill -9, write error: whatever was written and not acknowledged may or
-// may not have been processed. Count it; never re-send it (that would count twice).
+// may not have been processed; disconnect() queues it to be written again, and
+// the collector's sequence check keeps it from being counted twice.
 void Shipper::connection_broken() {
   if (writing_) {
     // Let the write's handler see the error and how far it got: it retires the
@@ -372,7 +508,6 @@ void Shipper::connection_broken() {
     socket_.cancel(ignored);
     return;
   }
-  records_unconfirmed.fetch_add(unacked_records_, std::memory_order_relaxed);
   disconnect();
 }
 
@@ -440,31 +575,37 @@ void Shipper::start_write() {
                       uint64_t offset = stream_bytes_ + control_.size();
                       const uint64_t written_end = stream_bytes_ + written;
                       for (size_t i = 0; i < frames_in_flight_; ++i) {
-                        const Frame& f = pending_.front();
+                        Frame& f = pending_.front();
                         if (offset + f.bytes.size() > written_end) break;
                         offset += f.bytes.size();
-                        records += f.records;
-                        if (offset > acked_bytes_ && f.records > 0) {
-                          unacked_.push_back({offset, f.records});
-                          unacked_records_ += f.records;
-                          if (unacked_.size() > kMaxUnackedEntries) {
-                            unacked_[1].records += unacked_[0].records;
-                            unacked_.pop_front();
-                          }
-                        }
+                        if (!f.written) records += f.records;  // a re-sent frame counts once
+                        f.written = true;
+                        f.end = offset;
                         pending_bytes_ -= f.bytes.size();
+                        if (f.records > 0) keep(std::move(f));
                         pending_.pop_front();
                       }
                       stream_bytes_ = written_end;
+                      retire_acknowledged();
                       frames_in_flight_ = 0;
                       pending_bytes.store(pending_bytes_, std::memory_order_relaxed);
                       records_sent.fetch_add(records, std::memory_order_relaxed);
                       bytes_sent.fetch_add(written, std::memory_order_relaxed);
                       if (ec) {
                         final_health_in_flight_ = false;
-                        records_unconfirmed.fetch_add(unacked_records_, std::memory_order_relaxed);
                         disconnect();
                         return;
+                      }
+                      // The first write of a connection starts the clock on its
+                      // first acknowledgement: a peer that never gives one is not a collector.
+                      if (!valid_ack_seen_ && !ack_deadline_armed_) {
+                        ack_deadline_armed_ = true;
+                        ack_deadline_timer_.expires_after(impl_.config.ack_timeout);
+                        ack_deadline_timer_.async_wait([this, epoch](const asio::error_code& tec) {
+                          if (tec || epoch != epoch_ || valid_ack_seen_ || lingering_) return;
+                          not_a_collector("no acknowledgement within " +
+                                          std::to_string(impl_.config.ack_timeout.count()) + " ms");
+                        });
                       }
                       hello_sent_ = true;
                       strings_sent_ = std::max(strings_sent_, names);
@@ -500,7 +641,8 @@ void Shipper::maybe_finish() {
 // [SECTION] flush
 
 void Shipper::check_flush() {
-  if (writing_ || !pending_.empty() || !encoder_.empty()) return;
+  if (writing_ || !pending_.empty() || !encoder_.empty())
+    return;  // written; acknowledgement not awaited
   std::lock_guard lock(flush_mu_);
   if (drained_generation_ > flush_done_) {
     flush_done_ = drained_generation_;
@@ -541,7 +683,8 @@ std::array<uint64_t, kKinds> Shipper::dropped_by_kind() const {
     out[k] += pending_dropped[k].load(std::memory_order_relaxed);
   }
   // GPU activity CUPTI had no buffer for: spans that never reached a ring.
-  if (impl_.cupti) out[static_cast<size_t>(wire::RecordKind::kSpan)] += impl_.cupti->dropped_records();
+  if (impl_.cupti)
+    out[static_cast<size_t>(wire::RecordKind::kSpan)] += impl_.cupti->dropped_records();
   return out;
 }
 

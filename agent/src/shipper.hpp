@@ -7,22 +7,31 @@
 // config.max_pending_bytes; records that do not fit are dropped and counted per
 // kind. Reconnects back off exponentially up to config.reconnect_max_backoff.
 //
-// Two ways a connection ends (docs/reliability.md):
+// Delivery (docs/reliability.md): every data frame starts with a FrameSequence
+// record (this agent's random stream id, frame number from 1). A written frame
+// is kept until the collector acknowledges it (wire/ack.hpp: processed, and
+// persisted where the collector has a trace store); kept frames are bounded by
+// config.max_pending_bytes, the oldest given up as records_unconfirmed beyond it.
+// Three ways a connection ends:
 //  - graceful: the collector sends a draining ack, then half-closes (EOF on our
 //    read; an EOF without that ack is a dead collector). The shipper takes no
 //    new frames for it, finishes the write in flight (whole frames), shuts its
 //    send side and reconnects; the collector reads everything up to that EOF,
 //    so every record written is delivered and the queue waits for the next one.
-//  - broken (reset, kill -9, write error): frames a failed write transferred in
-//    full count as sent (they may have been processed: never re-sent, so never
-//    counted twice); the rest are re-sent on the next connection. Records
-//    written but not yet acknowledged by the collector (wire/ack.hpp) are added
-//    to records_unconfirmed: they may or may not have been processed.
+//  - broken (reset, kill -9, write error): the kept frames go back to the front
+//    of the queue and are written again on the next connection; the collector
+//    skips the ones it had already applied (same stream and number), so a
+//    record is counted once, and nothing is in doubt unless the bound overflowed.
+//  - not a collector: no valid acknowledgement within config.ack_timeout, or
+//    bytes that are not one. Said once on stderr, counted in protocol_errors;
+//    the next attempt waits config.protocol_error_backoff.
 // Everything runs on the shipper's io_context, so its state needs no locks;
 // the host talks to it only through atomics and posted handlers.
 #pragma once
 
 #include <array>
+#include <asio.hpp>
+#include <asio/generic/stream_protocol.hpp>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -31,9 +40,6 @@
 #include <mutex>
 #include <thread>
 #include <vector>
-
-#include <asio.hpp>
-#include <asio/generic/stream_protocol.hpp>
 
 #include "agent_impl.hpp"
 #include "inferscope/wire/codec.hpp"
@@ -50,14 +56,17 @@ class Shipper {
 
   bool flush(std::chrono::milliseconds timeout);
   void model_changed();
-  void stop();
+  void stop();  // idempotent; the counters stay readable afterwards
 
   // Read by Agent::stats() from any thread.
   std::atomic<uint64_t> records_sent{0};
   std::atomic<uint64_t> bytes_sent{0};
   std::atomic<uint64_t> reconnects{0};
-  // Sent on a connection that then broke before the collector acknowledged them.
-  std::atomic<uint64_t> records_unconfirmed{0};
+  std::atomic<uint64_t> records_delivered{0};
+  std::atomic<uint64_t> records_unconfirmed{0};  // see Stats
+  std::atomic<uint64_t> records_undelivered{0};  // set when the shipper stops
+  std::atomic<uint64_t> protocol_errors{0};
+  std::atomic<uint64_t> kept_bytes{0};
   std::atomic<bool> connected{false};
   std::atomic<uint64_t> pending_bytes{0};
   std::atomic<uint64_t> pending_high_water{0};
@@ -71,6 +80,8 @@ class Shipper {
   struct Frame {
     std::vector<uint8_t> bytes;
     uint32_t records = 0;
+    bool written = false;  // went out whole at least once (counted in records_sent)
+    uint64_t end = 0;      // kept: stream offset just past it on the current connection
   };
   enum class State { kDisconnected, kConnecting, kConnected };
 
@@ -91,6 +102,10 @@ class Shipper {
   void maybe_finish();
   void finish();
   void add_health(wire::FrameEncoder& enc);
+  void keep(Frame&& f);
+  void retire_acknowledged();
+  void requeue_kept();
+  void not_a_collector(const std::string& why);
 
   Agent::Impl& impl_;
   asio::io_context io_;
@@ -99,6 +114,7 @@ class Shipper {
   asio::steady_timer reconnect_timer_;
   asio::steady_timer connect_timer_;
   asio::steady_timer shutdown_timer_;
+  asio::steady_timer ack_deadline_timer_;
 
   // [SECTION] encoding (shipper thread only)
   wire::FrameEncoder encoder_;
@@ -106,6 +122,8 @@ class Shipper {
   std::deque<Frame> pending_;
   size_t pending_bytes_ = 0;
   wire::ExpertLoad scratch_load_;
+  const uint64_t stream_id_;  // FrameSequence::stream: random, drawn once
+  uint64_t next_seq_ = 0;
 
   // [SECTION] connection (shipper thread only)
   State state_ = State::kDisconnected;
@@ -125,19 +143,21 @@ class Shipper {
   std::array<uint8_t, 256> read_buffer_{};
 
   // [SECTION] confirmation (per connection, shipper thread only)
-  struct Written {
-    uint64_t end = 0;  // stream offset just past the frame
-    uint32_t records = 0;
-  };
-  bool peer_draining_ = false;      // the collector half-closed: finish and close
-  bool drain_announced_ = false;    // it sent a draining ack: its EOF is a drain, not a death
-  uint64_t stream_bytes_ = 0;       // bytes written on this connection
-  uint64_t acked_bytes_ = 0;        // the collector's latest acknowledgement
-  std::deque<Written> unacked_;     // data frames written, not yet acknowledged
-  uint64_t unacked_records_ = 0;    // their records
+  bool peer_draining_ = false;    // the collector half-closed: finish and close
+  bool drain_announced_ = false;  // it sent a draining ack: its EOF is a drain, not a death
+  uint64_t stream_bytes_ = 0;     // bytes written on this connection
+  uint64_t acked_bytes_ = 0;      // the collector's latest acknowledgement
+  bool valid_ack_seen_ = false;   // this peer has acknowledged in the protocol at least once
+  bool ack_deadline_armed_ = false;
+  std::deque<Frame> kept_;  // data frames written, not yet acknowledged (oldest first)
+  size_t kept_bytes_ = 0;
+  uint64_t kept_records_ = 0;
   std::array<uint8_t, 16> ack_partial_{};  // wire::kAckBytes
   size_t ack_have_ = 0;
-  bool acks_valid_ = true;          // false after a malformed ack: trust none on this connection
+  bool protocol_error_ = false;  // the next reconnect waits protocol_error_backoff
+  bool protocol_error_said_ = false;
+  bool peer_not_collector_ = false;  // the last peer failed the protocol: no last attempt at stop
+  bool unreachable_said_ = false;
 
   // [SECTION] shutdown and flush
   bool stopping_ = false;

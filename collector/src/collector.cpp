@@ -1,12 +1,12 @@
 #include "inferscope/collector/collector.hpp"
 
+#include <prometheus/exposer.h>
+
+#include <asio.hpp>
 #include <chrono>
 #include <cstdio>
 #include <ctime>
 #include <mutex>
-
-#include <asio.hpp>
-#include <prometheus/exposer.h>
 
 #include "inferscope/collector/endpoint.hpp"
 #include "inferscope/collector/ingest_server.hpp"
@@ -86,8 +86,10 @@ struct Collector::Impl {
     add(metrics.trace_write_errors, now.write_errors, published.write_errors);
     add(metrics.trace_blocks_written, now.blocks_written, published.blocks_written);
     add(metrics.trace_torn_tails_cut, now.torn_tails_cut, published.torn_tails_cut);
-    add(metrics.trace_deleted_segments.Add({{"reason", "size"}}), now.deleted_by_size, published.deleted_by_size);
-    add(metrics.trace_deleted_segments.Add({{"reason", "age"}}), now.deleted_by_age, published.deleted_by_age);
+    add(metrics.trace_deleted_segments.Add({{"reason", "size"}}), now.deleted_by_size,
+        published.deleted_by_size);
+    add(metrics.trace_deleted_segments.Add({{"reason", "age"}}), now.deleted_by_age,
+        published.deleted_by_age);
     published = now;
   }
 
@@ -109,15 +111,22 @@ struct Collector::Impl {
   }
 };
 
-Collector::Collector(CollectorOptions options) : impl_(std::make_unique<Impl>(std::move(options))) {}
+Collector::Collector(CollectorOptions options)
+    : impl_(std::make_unique<Impl>(std::move(options))) {}
 Collector::~Collector() {
   impl_->shutdown();
   impl_->io.stop();
 }
 
-CollectorMetrics& Collector::metrics() { return impl_->metrics; }
-Pipeline& Collector::pipeline() { return impl_->pipeline; }
-const std::vector<std::string>& Collector::listening_lines() const { return impl_->lines; }
+CollectorMetrics& Collector::metrics() {
+  return impl_->metrics;
+}
+Pipeline& Collector::pipeline() {
+  return impl_->pipeline;
+}
+const std::vector<std::string>& Collector::listening_lines() const {
+  return impl_->lines;
+}
 
 bool Collector::start(std::string& error) {
   Impl& s = *impl_;
@@ -138,6 +147,13 @@ bool Collector::start(std::string& error) {
     s.metrics.trace_max_age.Set(static_cast<double>(to.max_age_ns) / 1e9);
     s.publish_store_metrics();
     s.viewers.set_store(s.store.get());
+    s.ingest.set_store(s.store.get());
+    // Frames the previous collector on this directory stored are not applied again.
+    for (const auto& [stream, seq] : s.store->recovered_sequences())
+      s.pipeline.sequences().seed(stream, seq);
+    if (!s.store->recovered_sequences().empty())
+      log_line("trace store: resuming " + std::to_string(s.store->recovered_sequences().size()) +
+               " agent stream(s) found in the newest segments");
   }
   s.pipeline.set_frame_sink([&s](const SharedFrame& frame) {
     if (s.store) s.store->write(*frame, s.pipeline.sink_frame_summary(), steady_ns());
@@ -154,7 +170,8 @@ bool Collector::start(std::string& error) {
     auto ep = parse_endpoint(s.options.metrics, error);
     if (!ep) return false;
     try {
-      const std::string host = ep->host.find(':') != std::string::npos ? "[" + ep->host + "]" : ep->host;
+      const std::string host =
+          ep->host.find(':') != std::string::npos ? "[" + ep->host + "]" : ep->host;
       s.exposer = std::make_unique<prometheus::Exposer>(host + ":" + std::to_string(ep->port), 2);
     } catch (const std::exception& e) {
       error = "cannot serve metrics on " + s.options.metrics + ": " + e.what();

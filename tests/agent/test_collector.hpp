@@ -1,16 +1,21 @@
 // A small real collector for the agent's tests: an asio server on loopback
 // (TCP port 0 or a Unix socket) that decodes every frame with the wire
 // library's FrameDecoder and keeps the records, per connection, in order.
-// It can also "stall": accept connections and never read from them.
+// Like the collector, it acknowledges the bytes of whole frames it has read
+// (wire/ack.hpp) and skips a re-sent frame whose FrameSequence it has already
+// applied; FrameSequence records themselves are not kept. It can also "stall":
+// accept connections and never read from them (nor acknowledge).
 #pragma once
 
 #include <unistd.h>
 
 #include <array>
+#include <asio.hpp>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -18,8 +23,7 @@
 #include <thread>
 #include <vector>
 
-#include <asio.hpp>
-
+#include "inferscope/wire/ack.hpp"
 #include "inferscope/wire/codec.hpp"
 
 namespace inferscope::agent::testing {
@@ -63,6 +67,11 @@ class TestCollector {
   }
 
   // All records of all connections, in arrival order.
+  // Re-sent frames it skipped (already applied for their stream).
+  uint64_t duplicate_frames() const {
+    std::lock_guard lock(mu_);
+    return duplicate_frames_;
+  }
   std::vector<wire::Record> records() const {
     std::lock_guard lock(mu_);
     return records_;
@@ -108,6 +117,8 @@ class TestCollector {
     std::vector<uint8_t> buf;
     std::array<uint8_t, 65536> chunk{};
     wire::FrameDecoder decoder;
+    uint64_t processed = 0;  // stream bytes of whole frames, for the acknowledgement
+    wire::AckBytes ack{};
   };
 
   template <typename Socket>
@@ -143,7 +154,14 @@ class TestCollector {
         return;
       }
       c->buf.insert(c->buf.end(), c->chunk.begin(), c->chunk.begin() + n);
+      const uint64_t before = c->processed;
       consume(*c);
+      if (c->processed != before) {
+        // Acknowledge like the collector does (wire/ack.hpp); 16 bytes on loopback.
+        c->ack = wire::encode_ack(c->processed);
+        asio::error_code wec;
+        asio::write(*sock, asio::buffer(c->ack), wec);
+      }
       read(sock, c);
     });
   }
@@ -164,8 +182,22 @@ class TestCollector {
       std::vector<wire::Record> recs;
       auto ds = wire::decode_frame(rest.first(frame), recs);
       if (!ds.ok()) set_error(ds.message);
-      for (auto& r : recs) got.push_back(std::move(r));
       off += frame;
+      c.processed += frame;
+      // A frame re-sent after a reconnect is skipped, as the collector does.
+      if (!recs.empty()) {
+        if (auto* seq = std::get_if<wire::FrameSequence>(&recs.front())) {
+          std::lock_guard lock(mu_);
+          uint64_t& last = last_seq_[seq->stream];
+          if (seq->seq <= last) {
+            ++duplicate_frames_;
+            continue;
+          }
+          last = seq->seq;
+          recs.erase(recs.begin());
+        }
+      }
+      for (auto& r : recs) got.push_back(std::move(r));
     }
     c.buf.erase(c.buf.begin(), c.buf.begin() + static_cast<std::ptrdiff_t>(off));
     if (got.empty()) return;
@@ -198,6 +230,8 @@ class TestCollector {
   }
 
   Mode mode_;
+  std::map<uint64_t, uint64_t> last_seq_;  // stream -> last frame applied (mu_)
+  uint64_t duplicate_frames_ = 0;          // mu_
   std::string unix_path_;
   uint16_t port_ = 0;
   asio::io_context io_;

@@ -2,7 +2,6 @@
 // fetch_range() over the live connection, the reply folded into a TraceModel
 // (merged spans named "(merged spans)"), and the RangeEnd seen by range_state().
 #include <gtest/gtest.h>
-
 #include <unistd.h>
 
 #include <filesystem>
@@ -20,7 +19,8 @@ namespace viewer = inferscope::viewer;
 namespace fs = std::filesystem;
 
 TEST(RangeClient, LiveClientFetchesStoredHistoryIntoTheModel) {
-  const fs::path dir = fs::temp_directory_path() / ("inferscope-range-client-" + std::to_string(::getpid()));
+  const fs::path dir =
+      fs::temp_directory_path() / ("inferscope-range-client-" + std::to_string(::getpid()));
   fs::remove_all(dir);
   CollectorOptions o;
   o.listen = {"tcp://127.0.0.1:0"};
@@ -53,24 +53,37 @@ TEST(RangeClient, LiveClientFetchesStoredHistoryIntoTheModel) {
       spans.push_back(s);
     }
     a.send(spans);
-    std::this_thread::sleep_for(std::chrono::milliseconds(300));  // block age + ticks: indexed
 
     viewer::LiveOptions lo;
     lo.port = port;
     viewer::LiveClient client(lo);
     client.start();
     ASSERT_TRUE(eventually([&] { return client.connected(); }));
-    EXPECT_EQ(client.fetch_range(0, 2'000'000'000, 100'000), 1u);  // 100 us per pixel: merged
-    ASSERT_TRUE(eventually([&] { return !client.range_state().in_flight; }, std::chrono::seconds(10)));
+    // The history is queryable once stored and indexed (block age + a tick): ask
+    // until all of it is there rather than guessing how long a busy machine takes.
+    uint64_t query = 0;
+    std::vector<std::pair<uint32_t, wire::Record>> got;
+    ASSERT_TRUE(eventually(
+        [&] {
+          got.clear();
+          client.drain(got, 1'000'000);  // replies to earlier, incomplete attempts
+          got.clear();
+          query = client.fetch_range(0, 2'000'000'000, 100'000);  // 100 us per pixel: merged
+          if (!eventually([&] { return !client.range_state().in_flight; },
+                          std::chrono::seconds(30)))
+            return false;
+          return client.range_state().last_end.spans == 4000u;
+        },
+        std::chrono::seconds(30)))
+        << "the stored history never reached 4000 spans";
     const auto st = client.range_state();
-    EXPECT_EQ(st.last_end.query_id, 1u);
+    EXPECT_EQ(st.last_end.query_id, query);
     EXPECT_EQ(st.last_end.status, wire::RangeStatus::kOk) << st.last_end.message;
     EXPECT_EQ(st.last_end.spans, 4000u);
     EXPECT_GT(st.last_end.merged_spans, 0u);
     EXPECT_LT(st.last_end.records, 200u) << "8 ms of spans at 100 us per pixel";
 
     viewer::TraceModel model;
-    std::vector<std::pair<uint32_t, wire::Record>> got;
     client.drain(got, 1'000'000);
     for (auto& [src, rec] : got) model.add(src, rec);
     model.finalize();

@@ -5,6 +5,7 @@
 
 #include <unistd.h>
 
+#include <asio.hpp>
 #include <chrono>
 #include <filesystem>
 #include <map>
@@ -13,8 +14,6 @@
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <asio.hpp>
 
 #include "inferscope/wire/codec.hpp"
 
@@ -175,7 +174,7 @@ inline size_t count_named(const std::map<std::string, double>& series, const std
 
 // Polls until pred() holds or the timeout passes.
 template <typename Pred>
-bool eventually(Pred pred, std::chrono::milliseconds timeout = std::chrono::milliseconds(5000)) {
+bool eventually(Pred pred, std::chrono::milliseconds timeout = std::chrono::milliseconds(30000)) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   while (std::chrono::steady_clock::now() < deadline) {
     if (pred()) return true;

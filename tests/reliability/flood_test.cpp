@@ -2,7 +2,6 @@
 // memory stays under a bound, ingest is fair between connections, and each
 // agent's books close exactly (received + dropped = recorded).
 #include <gtest/gtest.h>
-
 #include <signal.h>
 
 #include <algorithm>
@@ -17,7 +16,7 @@ namespace inferscope::reliability {
 namespace {
 
 constexpr int kAgents = 64;
-constexpr int kDrivers = 4;       // host threads; each drives kAgents / kDrivers agents
+constexpr int kDrivers = 4;  // host threads; each drives kAgents / kDrivers agents
 constexpr uint16_t kExperts = 16;
 // Under AddressSanitizer the collector (built the same way) keeps freed memory
 // in its quarantine (256 MiB by default) before reuse, so its RSS bound must
@@ -58,10 +57,14 @@ TEST(Flood, SixtyFourAgentsAreAllServedFairlyWithinAMemoryBound) {
 
   std::vector<std::unique_ptr<agent::Agent>> agents;
   for (int i = 0; i < kAgents; ++i)
-    agents.push_back(std::make_unique<agent::Agent>(agent_config(c.ingest_address(), static_cast<uint32_t>(i))));
-  ASSERT_TRUE(eventually([&] {
-    return sum_series(scrape(c.ports().metrics), "inferscope_collector_connections") == kAgents;
-  }, 15s)) << "not every agent got a connection";
+    agents.push_back(
+        std::make_unique<agent::Agent>(agent_config(c.ingest_address(), static_cast<uint32_t>(i))));
+  ASSERT_TRUE(eventually(
+      [&] {
+        return sum_series(scrape(c.ports().metrics), "inferscope_collector_connections") == kAgents;
+      },
+      30s))
+      << "not every agent got a connection";
 
   // Each driver thread cycles over its agents, recording as fast as it can.
   std::atomic<bool> stop{false};
@@ -99,11 +102,14 @@ TEST(Flood, SixtyFourAgentsAreAllServedFairlyWithinAMemoryBound) {
   Series m;
   uint64_t total_sent = 0;
   for (auto& s : stats) total_sent += s.records_sent;
-  ASSERT_TRUE(eventually([&] {
-    m = scrape(c.ports().metrics);
-    return sum_series(m, "inferscope_agent_records_sent_total", {"model=\"reliab-flood\""}) ==
-           static_cast<double>(total_sent);
-  }, 10s)) << "final health reports did not arrive";
+  ASSERT_TRUE(eventually(
+      [&] {
+        m = scrape(c.ports().metrics);
+        return sum_series(m, "inferscope_agent_records_sent_total", {"model=\"reliab-flood\""}) ==
+               static_cast<double>(total_sent);
+      },
+      30s))
+      << "final health reports did not arrive";
 
   // Per connection: what the collector received, from the routed-token counter
   // of that agent's rank (16 assignments per record).
@@ -112,9 +118,11 @@ TEST(Flood, SixtyFourAgentsAreAllServedFairlyWithinAMemoryBound) {
   uint64_t total_dropped = 0;
   for (int i = 0; i < kAgents; ++i) {
     const std::string rank = "rank=\"" + std::to_string(i) + "\"";
-    received[i] = sum_series(m, "inferscope_moe_routed_tokens_total", {"model=\"reliab-flood\"", rank}) /
-                  (kTokensPerStep * 2);
-    const double dropped = sum_series(m, "inferscope_agent_records_dropped_total", {"model=\"reliab-flood\"", rank});
+    received[i] =
+        sum_series(m, "inferscope_moe_routed_tokens_total", {"model=\"reliab-flood\"", rank}) /
+        (kTokensPerStep * 2);
+    const double dropped =
+        sum_series(m, "inferscope_agent_records_dropped_total", {"model=\"reliab-flood\"", rank});
     // Exact per connection: the connection never broke, so nothing was in flight at a failure.
     EXPECT_EQ(received[i] + dropped, static_cast<double>(produced[i])) << "agent " << i;
     EXPECT_EQ(received[i], static_cast<double>(stats[i].records_sent)) << "agent " << i;
@@ -126,10 +134,12 @@ TEST(Flood, SixtyFourAgentsAreAllServedFairlyWithinAMemoryBound) {
     hi = std::max(hi, received[i]);
   }
   const double mean = sum / kAgents;
-  std::printf("[figures] %d agents: %.0f records received (%.0f/s), %llu dropped by agents; per connection "
-              "min %.0f mean %.0f max %.0f (min/mean %.2f, max/mean %.2f); collector RSS idle %llu KiB, peak %llu KiB\n",
-              kAgents, sum, sum / 4.0, (unsigned long long)total_dropped, lo, mean, hi, lo / mean, hi / mean,
-              (unsigned long long)rss_idle, (unsigned long long)rss_peak);
+  std::printf(
+      "[figures] %d agents: %.0f records received (%.0f/s), %llu dropped by agents; per connection "
+      "min %.0f mean %.0f max %.0f (min/mean %.2f, max/mean %.2f); collector RSS idle %llu KiB, "
+      "peak %llu KiB\n",
+      kAgents, sum, sum / 4.0, (unsigned long long)total_dropped, lo, mean, hi, lo / mean,
+      hi / mean, (unsigned long long)rss_idle, (unsigned long long)rss_peak);
   // Fair share: no connection gets less than a third or more than three times the mean.
   EXPECT_GT(lo, mean / 3);
   EXPECT_LT(hi, mean * 3);

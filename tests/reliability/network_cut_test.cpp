@@ -4,7 +4,6 @@
 // agent's books stays equal to the agent's own (no double counting of the
 // cumulative health reports across the two connections).
 #include <gtest/gtest.h>
-
 #include <signal.h>
 
 #include <atomic>
@@ -35,13 +34,15 @@ TEST(NetworkCut, AgentReconnectsToTheSameCollectorWithoutDoubleCounting) {
   agent::Agent a(cfg);
   for (int i = 0; i < 20000; ++i) a.counter(name, 1);
   ASSERT_TRUE(a.flush(10s));
-  ASSERT_TRUE(eventually([&] {
-    return sum_series(scrape(c.ports().metrics), "inferscope_agent_records_sent_total", {"model=\"reliab-cut\""}) ==
-           20000;
-  }, 5s));
+  ASSERT_TRUE(eventually(
+      [&] {
+        return sum_series(scrape(c.ports().metrics), "inferscope_agent_records_sent_total",
+                          {"model=\"reliab-cut\""}) == 20000;
+      },
+      30s));
 
   proxy.cut();
-  ASSERT_TRUE(eventually([&] { return a.stats().reconnects == 1 && a.stats().connected; }, 5s));
+  ASSERT_TRUE(eventually([&] { return a.stats().reconnects == 1 && a.stats().connected; }, 30s));
   for (int i = 0; i < 1000; ++i) a.counter(name, 1);
   ASSERT_TRUE(a.flush(10s));
   const agent::Stats st = a.stats();
@@ -49,18 +50,27 @@ TEST(NetworkCut, AgentReconnectsToTheSameCollectorWithoutDoubleCounting) {
   EXPECT_EQ(proxy.connections_accepted(), 2u);
   Series m;
   // Wait for a health report from after the reconnect to arrive.
-  EXPECT_TRUE(eventually([&] {
-    m = scrape(c.ports().metrics);
-    return sum_series(m, "inferscope_agent_reconnects_total", {"model=\"reliab-cut\""}) >= 1;
-  }, 5s));
-  std::this_thread::sleep_for(1500ms);  // at least one more periodic report
-  m = scrape(c.ports().metrics);
-  std::printf("[figures] network cut: agent sent %llu, collector shows agent_records_sent_total %.0f, "
-              "reconnects %.0f, received %.0f counter records\n",
-              (unsigned long long)st.records_sent,
-              sum_series(m, "inferscope_agent_records_sent_total", {"model=\"reliab-cut\""}),
-              sum_series(m, "inferscope_agent_reconnects_total", {"model=\"reliab-cut\""}),
-              sum_series(m, "inferscope_collector_records_total", {"kind=\"counter\""}));
+  EXPECT_TRUE(eventually(
+      [&] {
+        m = scrape(c.ports().metrics);
+        return sum_series(m, "inferscope_agent_reconnects_total", {"model=\"reliab-cut\""}) >= 1;
+      },
+      30s));
+  // Health reports are periodic: wait for one that carries the agent's final books.
+  EXPECT_TRUE(eventually(
+      [&] {
+        m = scrape(c.ports().metrics);
+        return sum_series(m, "inferscope_agent_records_sent_total", {"model=\"reliab-cut\""}) ==
+               static_cast<double>(st.records_sent);
+      },
+      30s));
+  std::printf(
+      "[figures] network cut: agent sent %llu, collector shows agent_records_sent_total %.0f, "
+      "reconnects %.0f, received %.0f counter records\n",
+      (unsigned long long)st.records_sent,
+      sum_series(m, "inferscope_agent_records_sent_total", {"model=\"reliab-cut\""}),
+      sum_series(m, "inferscope_agent_reconnects_total", {"model=\"reliab-cut\""}),
+      sum_series(m, "inferscope_collector_records_total", {"kind=\"counter\""}));
   EXPECT_EQ(sum_series(m, "inferscope_agent_records_sent_total", {"model=\"reliab-cut\""}),
             static_cast<double>(st.records_sent));
   EXPECT_EQ(sum_series(m, "inferscope_agent_reconnects_total", {"model=\"reliab-cut\""}), 1.0);

@@ -4,7 +4,6 @@
 // by the restarted daemon, which goes on writing in a new segment; a full disk
 // leaves only whole blocks, is counted, and ingest and /metrics go on.
 #include <gtest/gtest.h>
-
 #include <signal.h>
 
 #include <atomic>
@@ -12,9 +11,9 @@
 #include <filesystem>
 
 #include "harness.hpp"
+#include "inferscope/agent.hpp"
 #include "inferscope/collector/trace_store.hpp"
 #include "inferscope/wire/trace_block.hpp"
-#include "inferscope/agent.hpp"
 
 namespace inferscope::reliability {
 namespace {
@@ -56,7 +55,9 @@ BlockCount scan_dir(const std::string& dir) {
 class Writer {
  public:
   Writer(agent::Agent& a, const std::string& prefix)
-      : agent_(a), span_(agent::intern(prefix + ".span")), counter_(agent::intern(prefix + ".counter")) {
+      : agent_(a),
+        span_(agent::intern(prefix + ".span")),
+        counter_(agent::intern(prefix + ".counter")) {
     thread_ = std::thread([this] {
       while (!stop_) {
         for (int i = 0; i < 50; ++i) {
@@ -93,8 +94,10 @@ TEST(TraceFaults, FullDiskKeepsWholeBlocksAndIngestGoesOn) {
   constexpr uint64_t kLimit = 256u << 10;
   ChildOptions co;
   co.file_size_limit = kLimit;
-  CollectorProcess c(0, {"--trace-dir", dir.path(), "--trace-segment-bytes", std::to_string(4u << 20),
-                         "--trace-block-bytes", "16384", "--trace-block-age", "50ms"}, co);
+  CollectorProcess c(0,
+                     {"--trace-dir", dir.path(), "--trace-segment-bytes", std::to_string(4u << 20),
+                      "--trace-block-bytes", "16384", "--trace-block-age", "50ms"},
+                     co);
   ASSERT_TRUE(c.ok()) << c.error();
 
   uint64_t produced = 0;
@@ -102,10 +105,15 @@ TEST(TraceFaults, FullDiskKeepsWholeBlocksAndIngestGoesOn) {
   {
     agent::Agent a(agent_config(c.ingest_address()));
     Writer w(a, "reliab.fulldisk");
-    ASSERT_TRUE(eventually([&] {
-      return sum_series(scrape(c.ports().metrics), "inferscope_collector_trace_write_errors_total") > 0;
-    }, 20s)) << "the trace store never hit the limit";
-    std::this_thread::sleep_for(2500ms);  // at least two retries in fresh segments, both failing again
+    ASSERT_TRUE(eventually(
+        [&] {
+          return sum_series(scrape(c.ports().metrics),
+                            "inferscope_collector_trace_write_errors_total") > 0;
+        },
+        30s))
+        << "the trace store never hit the limit";
+    std::this_thread::sleep_for(
+        2500ms);  // at least two retries in fresh segments, both failing again
     w.stop();
     produced = w.produced();
     ASSERT_TRUE(a.flush(10s));
@@ -116,12 +124,15 @@ TEST(TraceFaults, FullDiskKeepsWholeBlocksAndIngestGoesOn) {
   EXPECT_EQ(st.records_dropped, 0u);
   EXPECT_EQ(st.records_sent, produced);
   Series m;
-  EXPECT_TRUE(eventually([&] {
-    m = scrape(c.ports().metrics);
-    return sum_series(m, "inferscope_collector_records_total", {"kind=\"counter\""}) +
-               sum_series(m, "inferscope_collector_records_total", {"kind=\"span\""}) ==
-           static_cast<double>(produced);
-  }, 5s)) << "collector received " << sum_series(m, "inferscope_collector_records_total");
+  EXPECT_TRUE(eventually(
+      [&] {
+        m = scrape(c.ports().metrics);
+        return sum_series(m, "inferscope_collector_records_total", {"kind=\"counter\""}) +
+                   sum_series(m, "inferscope_collector_records_total", {"kind=\"span\""}) ==
+               static_cast<double>(produced);
+      },
+      30s))
+      << "collector received " << sum_series(m, "inferscope_collector_records_total");
   const double write_errors = sum_series(m, "inferscope_collector_trace_write_errors_total");
   EXPECT_GT(write_errors, 0);
   EXPECT_GT(sum_series(m, "inferscope_collector_trace_blocks_written_total"), 0);
@@ -130,19 +141,23 @@ TEST(TraceFaults, FullDiskKeepsWholeBlocksAndIngestGoesOn) {
   EXPECT_EQ(c.child().wait(10s), std::optional<int>(0));
   BlockCount b = scan_dir(dir.path());
   TraceCount t = read_trace_dir(dir.path());
-  std::printf("[figures] full disk: %llu segments, %llu blocks, %llu frames kept, %.0f frames refused by the disk, "
-              "largest segment %llu bytes (limit %llu)\n",
-              (unsigned long long)b.segments, (unsigned long long)b.blocks, (unsigned long long)t.frames,
-              write_errors, (unsigned long long)b.largest_file, (unsigned long long)kLimit);
+  std::printf(
+      "[figures] full disk: %llu segments, %llu blocks, %llu frames kept, %.0f frames refused by "
+      "the disk, "
+      "largest segment %llu bytes (limit %llu)\n",
+      (unsigned long long)b.segments, (unsigned long long)b.blocks, (unsigned long long)t.frames,
+      write_errors, (unsigned long long)b.largest_file, (unsigned long long)kLimit);
   EXPECT_GE(b.segments, 2u) << "the store retries in a fresh segment";
   EXPECT_LE(b.largest_file, kLimit);
   EXPECT_EQ(b.torn_tails, 0u) << "a failed write must not leave a partial block";
   EXPECT_EQ(b.damaged_regions, 0u);
   EXPECT_EQ(t.corrupt_frames, 0u);
   EXPECT_EQ(t.undecodable_frames, 0u);
-  EXPECT_EQ(t.segments_without_hello, 0u) << "every segment with data starts with the sources' hellos";
+  EXPECT_EQ(t.segments_without_hello, 0u)
+      << "every segment with data starts with the sources' hellos";
   // What reached the disk is what ingest saw minus what the disk refused.
-  const uint64_t on_disk = t.records_of(wire::RecordKind::kSpan) + t.records_of(wire::RecordKind::kCounter);
+  const uint64_t on_disk =
+      t.records_of(wire::RecordKind::kSpan) + t.records_of(wire::RecordKind::kCounter);
   EXPECT_GT(on_disk, 0u);
   EXPECT_LT(on_disk, produced);
 }
@@ -151,8 +166,9 @@ TEST(TraceFaults, KillDashNineKeepsEveryReportedBlockAndRestartCutsTheTornTail) 
   TempDir dir;
   constexpr int kRounds = 3;
   uint16_t port = 0;
-  const std::vector<std::string> args{"--trace-dir", dir.path(), "--trace-segment-bytes", "262144",
-                                      "--trace-block-bytes", "16384", "--trace-block-age", "50ms"};
+  const std::vector<std::string> args{
+      "--trace-dir",         dir.path(), "--trace-segment-bytes", "262144",
+      "--trace-block-bytes", "16384",    "--trace-block-age",     "50ms"};
   auto collector = std::make_unique<CollectorProcess>(port, args);
   ASSERT_TRUE(collector->ok()) << collector->error();
   port = collector->ports().ingest;
@@ -161,10 +177,14 @@ TEST(TraceFaults, KillDashNineKeepsEveryReportedBlockAndRestartCutsTheTornTail) 
   uint64_t torn_seen = 0, cut_reported = 0, reported_total = 0, torn_by_test = 0;
   for (int round = 0; round < kRounds; ++round) {
     double reported = 0;
-    ASSERT_TRUE(eventually([&] {
-      reported = sum_series(scrape(collector->ports().metrics), "inferscope_collector_trace_blocks_written_total");
-      return reported >= 20;
-    }, 20s)) << "round " << round << ": no blocks written";
+    ASSERT_TRUE(eventually(
+        [&] {
+          reported = sum_series(scrape(collector->ports().metrics),
+                                "inferscope_collector_trace_blocks_written_total");
+          return reported >= 20;
+        },
+        30s))
+        << "round " << round << ": no blocks written";
     const BlockCount before = scan_dir(dir.path());
     collector->child().signal(SIGKILL);
     ASSERT_TRUE(collector->child().wait(5s).has_value());
@@ -185,21 +205,26 @@ TEST(TraceFaults, KillDashNineKeepsEveryReportedBlockAndRestartCutsTheTornTail) 
       ASSERT_TRUE(wire::scan_blocks(last, scan, error)) << error;
       ASSERT_FALSE(scan.blocks.empty());
       const auto& b = scan.blocks.back();
-      std::filesystem::resize_file(last, b.offset + wire::kBlockHeaderBytes + b.header.stored_bytes / 2);
+      std::filesystem::resize_file(last,
+                                   b.offset + wire::kBlockHeaderBytes + b.header.stored_bytes / 2);
       after_kill = scan_dir(dir.path());
       ASSERT_EQ(after_kill.torn_tails, 1u);
       ++torn_by_test;
     }
     torn_seen += after_kill.torn_tails;
-    std::printf("[figures] kill -9 round %d: %.0f blocks reported by the killed daemon, %llu whole blocks on disk "
-                "in all, %llu torn by the kill itself%s\n",
-                round, reported, (unsigned long long)whole_after_kill, (unsigned long long)torn_by_kill,
-                torn_by_kill ? "" : " (the test tore the last block instead)");
+    std::printf(
+        "[figures] kill -9 round %d: %.0f blocks reported by the killed daemon, %llu whole blocks "
+        "on disk "
+        "in all, %llu torn by the kill itself%s\n",
+        round, reported, (unsigned long long)whole_after_kill, (unsigned long long)torn_by_kill,
+        torn_by_kill ? "" : " (the test tore the last block instead)");
 
-    collector = std::make_unique<CollectorProcess>(port, args);  // same directory: numbering continues
+    collector =
+        std::make_unique<CollectorProcess>(port, args);  // same directory: numbering continues
     ASSERT_TRUE(collector->ok()) << collector->error();
     Series m = scrape(collector->ports().metrics);
-    cut_reported += static_cast<uint64_t>(sum_series(m, "inferscope_collector_trace_torn_tails_cut_total"));
+    cut_reported +=
+        static_cast<uint64_t>(sum_series(m, "inferscope_collector_trace_torn_tails_cut_total"));
     const BlockCount restarted = scan_dir(dir.path());
     EXPECT_EQ(restarted.torn_tails, 0u) << "the restart cuts the torn tail";
     // (the new process may already be writing blocks into its new segment)
@@ -211,9 +236,12 @@ TEST(TraceFaults, KillDashNineKeepsEveryReportedBlockAndRestartCutsTheTornTail) 
   }
   EXPECT_EQ(cut_reported, torn_seen);
   // The last segment receives blocks after the last restart.
-  ASSERT_TRUE(eventually([&] {
-    return sum_series(scrape(collector->ports().metrics), "inferscope_collector_trace_blocks_written_total") > 0;
-  }, 10s));
+  ASSERT_TRUE(eventually(
+      [&] {
+        return sum_series(scrape(collector->ports().metrics),
+                          "inferscope_collector_trace_blocks_written_total") > 0;
+      },
+      30s));
   w.stop();
   ASSERT_TRUE(a.flush(10s));
   collector->child().signal(SIGTERM);

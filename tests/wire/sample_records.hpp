@@ -80,7 +80,8 @@ inline std::vector<Record> one_of_each() {
   records.push_back(sample_load());
   records.push_back(MemorySample{1'000'060'000, 3, MemoryKind::kSsmState, 1u << 20, 64u << 20});
   records.push_back(PrefixCacheSample{1'000'070'000, 512, 256, 512, 0});
-  records.push_back(StageTiming{17, Stage::kConnector, Device::kGpu, 1'000'080'000, 1'000'090'000, 8'000});
+  records.push_back(
+      StageTiming{17, Stage::kConnector, Device::kGpu, 1'000'080'000, 1'000'090'000, 8'000});
   records.push_back(RequestEvent{17, 999'000'000, 1'000'100'000, 1'200'000'000, 100, 32, 64, 48,
                                  RequestStatus::kOk});
   AgentHealth health;
@@ -97,7 +98,9 @@ inline std::vector<Record> one_of_each() {
                                  "demo-hybrid-moe"});
   records.push_back(sample_ep_step());
   records.push_back(RangeQuery{77, 1'000'000'000, 2'000'000'000, 1'000'000, 50000});
-  records.push_back(RangeEnd{77, RangeStatus::kTruncated, 120000, 90000, 50000, 12, 30, "record cap reached"});
+  records.push_back(
+      RangeEnd{77, RangeStatus::kTruncated, 120000, 90000, 50000, 12, 30, "record cap reached"});
+  records.push_back(FrameSequence{0x9e3779b97f4a7c15ull, 4242});
   return records;
 }
 

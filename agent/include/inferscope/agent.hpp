@@ -46,15 +46,22 @@ struct Config {
   std::string auth_token;
   wire::ModelDescription model;
 
-  double span_sample_rate = 1.0;              // fraction of CPU ranges kept
-  size_t thread_buffer_bytes = 1u << 20;      // per producing thread
-  size_t max_threads = 256;                   // beyond this, records are dropped and counted
-  size_t max_pending_bytes = 64u << 20;       // encoded but unsent, while the collector is away
+  double span_sample_rate = 1.0;          // fraction of CPU ranges kept
+  size_t thread_buffer_bytes = 1u << 20;  // per producing thread
+  size_t max_threads = 256;               // beyond this, records are dropped and counted
+  size_t max_pending_bytes = 64u << 20;   // encoded but unsent, while the collector is away
   std::chrono::milliseconds flush_interval{20};
   std::chrono::milliseconds reconnect_max_backoff{2000};
   std::chrono::milliseconds shutdown_timeout{2000};
-  bool nvtx = true;    // emit NVTX ranges (when built with NVTX headers)
-  bool cupti = false;  // CUPTI activity tracing (when built with CUDA and a GPU is present)
+  // A peer that accepts the connection but never acknowledges what it is sent
+  // within ack_timeout (or answers with bytes that are not an acknowledgement:
+  // an HTTP server, say) is not a collector: the agent says so once on stderr,
+  // counts it in Stats::protocol_errors and retries only every
+  // protocol_error_backoff instead of hammering it.
+  std::chrono::milliseconds ack_timeout{10000};
+  std::chrono::milliseconds protocol_error_backoff{10000};
+  bool nvtx = true;       // emit NVTX ranges (when built with NVTX headers)
+  bool cupti = false;     // CUPTI activity tracing (when built with CUDA and a GPU is present)
   bool compress = false;  // zstd-compress frames (worth it over slow links)
 
   // Reads INFERSCOPE_COLLECTOR, INFERSCOPE_SERVICE, INFERSCOPE_INSTANCE,
@@ -67,9 +74,16 @@ struct Config {
   static Config from_environment();
 };
 
+// The books of one agent. Every record the host hands over ends in exactly one
+// of: delivered (a collector acknowledged it: processed, and persisted where it
+// keeps a trace store), dropped (counted by kind and reason), unconfirmed (written
+// to a collector that neither acknowledged it nor could be given it again: it
+// may or may not have arrived), or undelivered (still in the agent when it shut
+// down: the collector was unreachable). Before shutdown() the rest is in flight.
 struct Stats {
-  uint64_t records_recorded = 0;  // accepted into thread buffers
-  uint64_t records_sent = 0;
+  uint64_t records_recorded = 0;   // accepted into thread buffers
+  uint64_t records_sent = 0;       // written to a collector at least once
+  uint64_t records_delivered = 0;  // acknowledged by a collector
   uint64_t records_dropped = 0;
   uint64_t dropped_by_kind[16] = {};  // indexed by wire::RecordKind
   uint64_t bytes_sent = 0;
@@ -78,10 +92,15 @@ struct Stats {
   bool connected = false;
   uint64_t pending_bytes = 0;             // encoded frames waiting for the collector
   uint64_t pending_high_water_bytes = 0;  // at most max_pending_bytes + one frame
+  uint64_t unacknowledged_bytes = 0;      // written frames kept until acknowledged (for re-sending)
   uint64_t cupti_records_dropped = 0;     // GPU activity CUPTI could not buffer
-  // Counted in records_sent, written on a connection that then broke before the
-  // collector acknowledged them: they may or may not have been processed.
+  // Written, then given up before the collector acknowledged them (the kept
+  // copies exceeded max_pending_bytes, or shutdown came first): in doubt.
   uint64_t records_unconfirmed = 0;
+  // After shutdown(): never written anywhere (no collector could be reached).
+  uint64_t records_undelivered = 0;
+  // Connections to a peer that did not speak the collector's protocol.
+  uint64_t protocol_errors = 0;
 };
 
 // [SECTION] Agent
@@ -99,8 +118,8 @@ class Agent {
 
   // One MoE layer's routing result for one batch step: routed[e] assignments to
   // expert e, `tokens` tokens in the batch, `dropped` assignments over capacity.
-  void expert_load(uint64_t step, uint32_t layer, std::span<const uint32_t> routed,
-                   uint32_t tokens, uint32_t dropped, uint32_t rerouted = 0);
+  void expert_load(uint64_t step, uint32_t layer, std::span<const uint32_t> routed, uint32_t tokens,
+                   uint32_t dropped, uint32_t rerouted = 0);
   // One MoE layer of one step on this expert-parallel rank: all-to-all and
   // expert compute times and row counts. A zero timestamp_ns is filled with now.
   void ep_step(const wire::ExpertParallelStep& s);
@@ -119,6 +138,10 @@ class Agent {
 
   // Waits until everything recorded so far is sent, or the timeout passes.
   bool flush(std::chrono::milliseconds timeout);
+  // Stops shipping (a last drain and flush within config.shutdown_timeout) and
+  // returns the final books, records_undelivered included. Later calls record
+  // nothing more; the destructor does this when it was not called.
+  Stats shutdown();
   Stats stats() const;
   const Config& config() const;
 

@@ -261,16 +261,23 @@ void add_one(std::vector<uint8_t>& p, int64_t&, const RangeEnd& r) {
   });
 }
 
+void add_one(std::vector<uint8_t>& p, int64_t&, const FrameSequence& r) {
+  framed(p, RecordKind::kFrameSequence, [&](ByteWriter& w) {
+    w.varint(r.stream);
+    w.varint(r.seq);
+  });
+}
+
 // [SECTION] Decoding -------------------------------------------------------------
 
 namespace {
 
-#define IS_READ(expr, what)  \
-  do {                       \
-    if (!(expr)) {           \
-      why = what;            \
-      return false;          \
-    }                        \
+#define IS_READ(expr, what) \
+  do {                      \
+    if (!(expr)) {          \
+      why = what;           \
+      return false;         \
+    }                       \
   } while (0)
 
 bool decode(ByteReader& r, int64_t&, Hello& h, std::string& why) {
@@ -325,7 +332,8 @@ bool decode(ByteReader& r, int64_t& prev, Span& s, std::string& why) {
   int64_t duration;
   IS_READ(r.svarint(duration), "bad duration");
   IS_READ(duration >= 0, "span ends before it starts");
-  s.end_ns = static_cast<int64_t>(static_cast<uint64_t>(s.start_ns) + static_cast<uint64_t>(duration));
+  s.end_ns =
+      static_cast<int64_t>(static_cast<uint64_t>(s.start_ns) + static_cast<uint64_t>(duration));
   IS_READ(r.varint(s.correlation_id), "bad correlation id");
   IS_READ(r.varint(s.request_id), "bad request id");
   IS_READ(r.u8(s.num_args) && s.num_args <= kMaxSpanArgs, "too many span args");
@@ -477,6 +485,11 @@ bool decode(ByteReader& r, int64_t&, RangeEnd& e, std::string& why) {
   return true;
 }
 
+bool decode(ByteReader& r, int64_t&, FrameSequence& f, std::string& why) {
+  IS_READ(r.varint(f.stream) && r.varint(f.seq), "bad frame sequence");
+  return true;
+}
+
 #undef IS_READ
 
 template <class T>
@@ -493,20 +506,36 @@ BodyResult decode_as(std::span<const uint8_t> body, int64_t& prev, Record& out, 
 BodyResult decode_body(uint8_t tag, std::span<const uint8_t> body, int64_t& prev, Record& out,
                        std::string& why) {
   switch (static_cast<RecordKind>(tag)) {
-    case RecordKind::kHello: return decode_as<Hello>(body, prev, out, why);
-    case RecordKind::kStringDef: return decode_as<StringDef>(body, prev, out, why);
-    case RecordKind::kSpan: return decode_as<Span>(body, prev, out, why);
-    case RecordKind::kExpertLoad: return decode_as<ExpertLoad>(body, prev, out, why);
-    case RecordKind::kMemory: return decode_as<MemorySample>(body, prev, out, why);
-    case RecordKind::kPrefixCache: return decode_as<PrefixCacheSample>(body, prev, out, why);
-    case RecordKind::kStage: return decode_as<StageTiming>(body, prev, out, why);
-    case RecordKind::kRequest: return decode_as<RequestEvent>(body, prev, out, why);
-    case RecordKind::kAgentHealth: return decode_as<AgentHealth>(body, prev, out, why);
-    case RecordKind::kCounter: return decode_as<CounterSample>(body, prev, out, why);
-    case RecordKind::kAlert: return decode_as<AlertEpisode>(body, prev, out, why);
-    case RecordKind::kExpertParallel: return decode_as<ExpertParallelStep>(body, prev, out, why);
-    case RecordKind::kRangeQuery: return decode_as<RangeQuery>(body, prev, out, why);
-    case RecordKind::kRangeEnd: return decode_as<RangeEnd>(body, prev, out, why);
+    case RecordKind::kHello:
+      return decode_as<Hello>(body, prev, out, why);
+    case RecordKind::kStringDef:
+      return decode_as<StringDef>(body, prev, out, why);
+    case RecordKind::kSpan:
+      return decode_as<Span>(body, prev, out, why);
+    case RecordKind::kExpertLoad:
+      return decode_as<ExpertLoad>(body, prev, out, why);
+    case RecordKind::kMemory:
+      return decode_as<MemorySample>(body, prev, out, why);
+    case RecordKind::kPrefixCache:
+      return decode_as<PrefixCacheSample>(body, prev, out, why);
+    case RecordKind::kStage:
+      return decode_as<StageTiming>(body, prev, out, why);
+    case RecordKind::kRequest:
+      return decode_as<RequestEvent>(body, prev, out, why);
+    case RecordKind::kAgentHealth:
+      return decode_as<AgentHealth>(body, prev, out, why);
+    case RecordKind::kCounter:
+      return decode_as<CounterSample>(body, prev, out, why);
+    case RecordKind::kAlert:
+      return decode_as<AlertEpisode>(body, prev, out, why);
+    case RecordKind::kExpertParallel:
+      return decode_as<ExpertParallelStep>(body, prev, out, why);
+    case RecordKind::kRangeQuery:
+      return decode_as<RangeQuery>(body, prev, out, why);
+    case RecordKind::kRangeEnd:
+      return decode_as<RangeEnd>(body, prev, out, why);
+    case RecordKind::kFrameSequence:
+      return decode_as<FrameSequence>(body, prev, out, why);
   }
   return BodyResult::kSkipped;
 }

@@ -25,6 +25,7 @@ void add_one(std::vector<uint8_t>& payload, int64_t& previous_ns, const AlertEpi
 void add_one(std::vector<uint8_t>& payload, int64_t& previous_ns, const ExpertParallelStep& r);
 void add_one(std::vector<uint8_t>& payload, int64_t& previous_ns, const RangeQuery& r);
 void add_one(std::vector<uint8_t>& payload, int64_t& previous_ns, const RangeEnd& r);
+void add_one(std::vector<uint8_t>& payload, int64_t& previous_ns, const FrameSequence& r);
 
 enum class BodyResult : uint8_t { kOk, kSkipped, kError };
 

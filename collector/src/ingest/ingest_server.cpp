@@ -1,13 +1,13 @@
 #include "inferscope/collector/ingest_server.hpp"
 
-#include "tcp_acceptor.hpp"
-
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstring>
+#include <deque>
 
 #include "inferscope/wire/ack.hpp"
+#include "tcp_acceptor.hpp"
 
 namespace inferscope::collector {
 
@@ -17,7 +17,10 @@ constexpr size_t kReadChunk = 64 * 1024;
 // and at once after each MiB, so an agent's unconfirmed window stays small.
 constexpr auto kAckInterval = std::chrono::milliseconds(100);
 constexpr uint64_t kAckEveryBytes = 1u << 20;
-}
+// Bound on a connection's frames waiting for the trace store (at the block age,
+// default 1 s, this holds far more than one block's worth of small frames).
+constexpr size_t kMaxUnsettled = 1u << 16;
+}  // namespace
 
 // One agent connection. The socket is type-erased behind two std::functions so
 // that TCP and Unix sockets share the framing code.
@@ -38,6 +41,10 @@ struct IngestServer::Connection : std::enable_shared_from_this<IngestServer::Con
   // [SECTION] acknowledgements and drain
   uint64_t processed_bytes = 0;  // whole frames handed to the pipeline, cumulative
   uint64_t acked_bytes = 0;      // the last acknowledgement written
+  // With a trace store: (stream end, store ticket) of frames not yet settled,
+  // oldest first; frames with the same ticket share one entry.
+  std::deque<std::pair<uint64_t, uint64_t>> unsettled;
+  uint64_t settled_bytes = 0;  // processed and persisted: what may be acknowledged
   bool ack_in_flight = false;
   bool send_closed = false;      // half-closed for the drain: nothing more is written
   bool drain_requested = false;  // half_close() waits for the ack in flight
@@ -57,7 +64,8 @@ struct IngestServer::Connection : std::enable_shared_from_this<IngestServer::Con
       end -= begin;
       begin = 0;
     }
-    if (buffer.size() - end < kReadChunk / 4) buffer.resize(std::max(buffer.size(), end + kReadChunk));
+    if (buffer.size() - end < kReadChunk / 4)
+      buffer.resize(std::max(buffer.size(), end + kReadChunk));
     auto self = shared_from_this();
     read_some(asio::buffer(buffer.data() + end, buffer.size() - end),
               [self](std::error_code ec, size_t n) { self->on_read(ec, n); });
@@ -116,6 +124,7 @@ struct IngestServer::Connection : std::enable_shared_from_this<IngestServer::Con
       }
       begin += frame_bytes;
       processed_bytes += frame_bytes;
+      if (server.store_) track_durability();
       completed = true;
       if (begin == end) begin = end = 0;
     }
@@ -125,19 +134,46 @@ struct IngestServer::Connection : std::enable_shared_from_this<IngestServer::Con
       buffer.shrink_to_fit();
       begin = end = 0;
     }
-    if (completed && end > begin) partial_since = std::chrono::steady_clock::now();  // a new frame started
+    if (completed && end > begin)
+      partial_since = std::chrono::steady_clock::now();  // a new frame started
     if (processed_bytes - acked_bytes >= kAckEveryBytes) acknowledge();
     read();
+  }
+
+  // The frame just processed waits for the store's ticket of the last frame
+  // stored by then (a skipped or unforwarded frame needs nothing newer).
+  void track_durability() {
+    const uint64_t ticket = server.store_->last_ticket();
+    if (!unsettled.empty() && unsettled.back().second == ticket) {
+      unsettled.back().first = processed_bytes;
+    } else {
+      unsettled.emplace_back(processed_bytes, ticket);
+      if (unsettled.size() > kMaxUnsettled)
+        unsettled.pop_front();  // acknowledges later, never earlier
+    }
+  }
+
+  // What may be acknowledged: everything processed, or with a trace store
+  // only what it has settled (so a kill -9 loses nothing acknowledged).
+  uint64_t acknowledgeable() {
+    if (!server.store_) return processed_bytes;
+    const uint64_t settled = server.store_->settled_ticket();
+    while (!unsettled.empty() && unsettled.front().second <= settled) {
+      settled_bytes = unsettled.front().first;
+      unsettled.pop_front();
+    }
+    return settled_bytes;
   }
 
   // Tells the agent how much of its stream is processed. One small write at a
   // time: a peer that never reads fills its socket buffer, never our memory.
   void acknowledge() {
-    if (closed || send_closed || ack_in_flight || processed_bytes == acked_bytes) return;
-    ack_buffer = wire::encode_ack(processed_bytes);
+    if (closed || send_closed || ack_in_flight) return;
+    const uint64_t bytes = acknowledgeable();
+    if (bytes == acked_bytes) return;
+    ack_buffer = wire::encode_ack(bytes);
     ack_in_flight = true;
     auto self = shared_from_this();
-    const uint64_t bytes = processed_bytes;
     write(asio::buffer(ack_buffer), [self, bytes](std::error_code ec, size_t) {
       self->ack_in_flight = false;
       if (!ec) self->acked_bytes = bytes;
@@ -164,8 +200,10 @@ struct IngestServer::Connection : std::enable_shared_from_this<IngestServer::Con
   // The reason to close it now, or nullptr.
   const char* overdue(std::chrono::steady_clock::time_point now) const {
     const auto& limits = server.options_.limits;
-    if (session.source_id == 0 && now - connected_at > limits.hello_timeout) return "no hello in time";
-    if (end > begin && now - partial_since > limits.frame_timeout) return "frame not completed in time";
+    if (session.source_id == 0 && now - connected_at > limits.hello_timeout)
+      return "no hello in time";
+    if (end > begin && now - partial_since > limits.frame_timeout)
+      return "frame not completed in time";
     return nullptr;
   }
 
@@ -228,7 +266,9 @@ void IngestServer::accept(std::shared_ptr<typename Protocol::acceptor> acceptor)
     if (!ec) {
       if (live_.size() >= options_.max_connections) {
         metrics_.rejected("connection_limit").Increment();
-        if (log_) log_("refusing a connection: " + std::to_string(live_.size()) + " agents connected (limit)");
+        if (log_)
+          log_("refusing a connection: " + std::to_string(live_.size()) +
+               " agents connected (limit)");
         std::error_code ignored;
         socket->close(ignored);
       } else {
@@ -242,10 +282,12 @@ void IngestServer::accept(std::shared_ptr<typename Protocol::acceptor> acceptor)
         }
         metrics_.connections_total.Increment();
         auto conn = std::make_shared<Connection>(*this, peer);
-        conn->read_some = [socket](asio::mutable_buffer b, std::function<void(std::error_code, size_t)> h) {
+        conn->read_some = [socket](asio::mutable_buffer b,
+                                   std::function<void(std::error_code, size_t)> h) {
           socket->async_read_some(b, std::move(h));
         };
-        conn->write = [socket](asio::const_buffer b, std::function<void(std::error_code, size_t)> h) {
+        conn->write = [socket](asio::const_buffer b,
+                               std::function<void(std::error_code, size_t)> h) {
           asio::async_write(*socket, b, std::move(h));
         };
         conn->shutdown_send = [socket]() {
@@ -275,7 +317,8 @@ bool IngestServer::listen(const Endpoint& endpoint, Endpoint& bound, std::string
     std::error_code ec;
     // A stale socket file from a crashed run would make bind fail; only remove sockets.
     struct stat st {};
-    if (::lstat(endpoint.path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) ::unlink(endpoint.path.c_str());
+    if (::lstat(endpoint.path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode))
+      ::unlink(endpoint.path.c_str());
     auto acc = std::make_shared<asio::local::stream_protocol::acceptor>(io_);
     asio::local::stream_protocol::endpoint ep(endpoint.path);
     acc->open(ep.protocol(), ec);
@@ -331,7 +374,9 @@ void IngestServer::drain(std::chrono::milliseconds deadline, std::function<void(
     auto late = live_;
     for (auto& c : late) {
       metrics_.rejected("drain_deadline").Increment();
-      if (log_) log_("closing " + c->session.peer + ": it did not close its side within the drain deadline");
+      if (log_)
+        log_("closing " + c->session.peer +
+             ": it did not close its side within the drain deadline");
       c->shutdown();
     }
     check_drained();

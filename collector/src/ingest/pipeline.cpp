@@ -4,20 +4,30 @@
 
 #include <chrono>
 #include <cstring>
+#include <utility>
 
 namespace inferscope::collector {
 
 const char* rejection_reason(wire::DecodeError error) {
   switch (error) {
-    case wire::DecodeError::kBadMagic: return "bad_magic";
-    case wire::DecodeError::kUnsupportedVersion: return "unsupported_version";
-    case wire::DecodeError::kFrameTooLarge: return "frame_too_large";
-    case wire::DecodeError::kChecksumMismatch: return "checksum";
-    case wire::DecodeError::kDecompressFailed: return "decompress";
-    case wire::DecodeError::kTruncatedRecord: return "truncated_record";
-    case wire::DecodeError::kMalformedRecord: return "malformed_record";
-    case wire::DecodeError::kRecordCountMismatch: return "record_count";
-    default: return "other";
+    case wire::DecodeError::kBadMagic:
+      return "bad_magic";
+    case wire::DecodeError::kUnsupportedVersion:
+      return "unsupported_version";
+    case wire::DecodeError::kFrameTooLarge:
+      return "frame_too_large";
+    case wire::DecodeError::kChecksumMismatch:
+      return "checksum";
+    case wire::DecodeError::kDecompressFailed:
+      return "decompress";
+    case wire::DecodeError::kTruncatedRecord:
+      return "truncated_record";
+    case wire::DecodeError::kMalformedRecord:
+      return "malformed_record";
+    case wire::DecodeError::kRecordCountMismatch:
+      return "record_count";
+    default:
+      return "other";
   }
 }
 
@@ -67,10 +77,9 @@ bool Pipeline::on_frame(Session& session, std::span<const uint8_t> frame, Reject
   wire::FrameDecoder& dec = session.decoder;
   auto st = dec.open(frame);
   if (!st.ok()) return reject(session, why, rejection_reason(st.error), st.message);
-  aggregator_.note_arrival(
-      std::chrono::duration_cast<std::chrono::nanoseconds>(
-          std::chrono::steady_clock::now().time_since_epoch())
-          .count());
+  aggregator_.note_arrival(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                               std::chrono::steady_clock::now().time_since_epoch())
+                               .count());
 
   // One pass: each record is checked and applied as it is decoded (no copy of
   // the frame's records). A frame that fails part-way has had its earlier
@@ -82,11 +91,26 @@ bool Pipeline::on_frame(Session& session, std::span<const uint8_t> frame, Reject
   std::string problem;
   wire::Record& rec = scratch_;
   wire::FrameSummary summary;
+  bool first = true;
   while (dec.next(rec)) {
     const auto kind = wire::kind_of(rec);
+    const bool was_first = std::exchange(first, false);
     wire::summarize_record(rec, summary);
-    ++per_kind[static_cast<size_t>(kind)];
+    if (kind != wire::RecordKind::kFrameSequence) ++per_kind[static_cast<size_t>(kind)];
     switch (kind) {
+      case wire::RecordKind::kFrameSequence: {
+        // A data frame's place in its agent's stream: one the agent wrote again
+        // after a reconnect, and already applied here, is skipped whole.
+        if (!was_first)
+          return reject(session, why, "malformed_record",
+                        "a frame sequence record must come first in its frame");
+        const auto& fs = std::get<wire::FrameSequence>(rec);
+        if (!sequences_.admit(fs.stream, fs.seq)) {
+          metrics_.duplicate_frames.Increment();
+          return true;
+        }
+        break;
+      }
       case wire::RecordKind::kHello: {
         auto& h = std::get<wire::Hello>(rec);
         if (h.protocol_version != wire::kProtocolVersion)
@@ -102,8 +126,8 @@ bool Pipeline::on_frame(Session& session, std::span<const uint8_t> frame, Reject
           session.source_id = source->id;
           metrics_.connections.Increment();
           if (log_)
-            log_("source " + std::to_string(source->id) + " (" + session.peer + "): " + h.service + " " +
-                 h.instance + " model " + source->model + " rank " + source->rank);
+            log_("source " + std::to_string(source->id) + " (" + session.peer + "): " + h.service +
+                 " " + h.instance + " model " + source->model + " rank " + source->rank);
         } else {
           // A re-sent hello (the agent's set_model) replaces the description.
           aggregator_.on_disconnect(*source);
@@ -115,18 +139,21 @@ bool Pipeline::on_frame(Session& session, std::span<const uint8_t> frame, Reject
         break;
       }
       case wire::RecordKind::kStringDef: {
-        if (source == nullptr) return reject(session, why, "no_hello", "first record is a string, expected hello");
+        if (source == nullptr)
+          return reject(session, why, "no_hello", "first record is a string, expected hello");
         auto& d = std::get<wire::StringDef>(rec);
         auto [it, inserted] = source->strings.try_emplace(d.id);
         if (inserted && source->strings.size() > options_.limits.max_strings) {
           source->strings.erase(it);
-          return reject(session, why, "string_limit",
-                        "more than " + std::to_string(options_.limits.max_strings) + " interned strings");
+          return reject(
+              session, why, "string_limit",
+              "more than " + std::to_string(options_.limits.max_strings) + " interned strings");
         }
         const size_t bytes = source->string_bytes - it->second.size() + d.value.size();
         if (bytes > options_.limits.max_string_bytes)
           return reject(session, why, "string_limit",
-                        "more than " + std::to_string(options_.limits.max_string_bytes) + " bytes of strings");
+                        "more than " + std::to_string(options_.limits.max_string_bytes) +
+                            " bytes of strings");
         source->string_bytes = bytes;
         it->second = std::move(d.value);
         break;
@@ -135,18 +162,22 @@ bool Pipeline::on_frame(Session& session, std::span<const uint8_t> frame, Reject
         return reject(session, why, "malformed_record", "agents may not send alert records");
       case wire::RecordKind::kRangeQuery:
       case wire::RecordKind::kRangeEnd:
-        return reject(session, why, "malformed_record", "range records belong to the viewer API, not ingest");
+        return reject(session, why, "malformed_record",
+                      "range records belong to the viewer API, not ingest");
       default:
         if (source == nullptr)
-          return reject(session, why, "no_hello",
-                        std::string("first record is ") + wire::to_string(kind) + ", expected hello");
-        if (!aggregator_.on_record(*source, rec, problem)) return reject(session, why, "schema", problem);
+          return reject(
+              session, why, "no_hello",
+              std::string("first record is ") + wire::to_string(kind) + ", expected hello");
+        if (!aggregator_.on_record(*source, rec, problem))
+          return reject(session, why, "schema", problem);
         break;
     }
   }
   if (!dec.status().ok())
     return reject(session, why, rejection_reason(dec.status().error), dec.status().message);
-  if (source == nullptr) return reject(session, why, "no_hello", "empty first frame, expected hello");
+  if (source == nullptr)
+    return reject(session, why, "no_hello", "empty first frame, expected hello");
 
   metrics_.frames.Increment();
   for (uint8_t k = 0; k < wire::kRecordKindCount; ++k)
@@ -202,7 +233,8 @@ void Pipeline::on_alert(const wire::AlertEpisode& a) {
                     wire::to_string(a.kind), a.end_ns == 0 ? "opened" : "closed", a.model.c_str(),
                     a.rank, a.layer, a.peak_share);
     else
-      std::snprintf(buf, sizeof buf, "%s %s: model %s rank %u layer %u expert %u peak utilization %.2f share %.3f",
+      std::snprintf(buf, sizeof buf,
+                    "%s %s: model %s rank %u layer %u expert %u peak utilization %.2f share %.3f",
                     wire::to_string(a.kind), a.end_ns == 0 ? "opened" : "closed", a.model.c_str(),
                     a.rank, a.layer, a.expert, a.peak_utilization, a.peak_share);
     log_(buf);

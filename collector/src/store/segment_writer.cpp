@@ -81,7 +81,9 @@ std::vector<std::string> TraceStore::list_segments(const std::string& dir) {
 TraceStore::Writer::Writer(const TraceStoreOptions& options, TraceStore::Log log)
     : options_(options), log_(std::move(log)), compressor_(options.zstd_level) {}
 
-TraceStore::Writer::~Writer() { close(); }
+TraceStore::Writer::~Writer() {
+  close();
+}
 
 void TraceStore::Writer::add_stats(const Segment& s, int sign) {
   if (sign > 0) {
@@ -122,7 +124,8 @@ bool TraceStore::Writer::open(std::string& error) {
                      std::to_string(scan.blocks.size()) + " complete blocks kept");
               scan.file_bytes = scan.valid_bytes;
             } else if (log_) {
-              log_("trace store: " + path + ": " + scan.tail_problem + "; cannot cut it: " + std::strerror(errno));
+              log_("trace store: " + path + ": " + scan.tail_problem +
+                   "; cannot cut it: " + std::strerror(errno));
             }
           }
           if (scan.damaged_regions && log_)
@@ -225,7 +228,8 @@ void TraceStore::Writer::write_block(const wire::RawBlock& block, bool starts_se
   if (!write_all(fd_, sealed_.data(), sealed_.size())) {
     const int saved = errno;
     // Leave only whole blocks behind: cut what was partly written.
-    if (::ftruncate(fd_, static_cast<off_t>(offset)) == 0) ::lseek(fd_, static_cast<off_t>(offset), SEEK_SET);
+    if (::ftruncate(fd_, static_cast<off_t>(offset)) == 0)
+      ::lseek(fd_, static_cast<off_t>(offset), SEEK_SET);
     on_error(std::strerror(saved), block.frames);
     return;
   }
@@ -275,31 +279,51 @@ void TraceStore::Writer::enforce_retention() {
   const auto wall_now = fs::file_time_type::clock::now();
   while (segments_.size() > 1) {
     const Segment& s = segments_.front();
-    bool old = s.max_ns != INT64_MIN && newest != INT64_MIN && newest - s.max_ns > options_.max_age_ns;
+    bool old =
+        s.max_ns != INT64_MIN && newest != INT64_MIN && newest - s.max_ns > options_.max_age_ns;
     std::error_code ec;
     const auto mtime = fs::last_write_time(s.path, ec);
-    if (!ec && std::chrono::duration_cast<std::chrono::nanoseconds>(wall_now - mtime).count() > options_.max_age_ns)
+    if (!ec && std::chrono::duration_cast<std::chrono::nanoseconds>(wall_now - mtime).count() >
+                   options_.max_age_ns)
       old = true;
     if (!old) break;
     delete_front(true);
   }
 }
 
-void TraceStore::Writer::submit(wire::RawBlock&& block, bool starts_segment) {
+void TraceStore::Writer::submit(wire::RawBlock&& block, bool starts_segment, uint64_t last_ticket) {
   if (!options_.background) {
     write_block(block, starts_segment);
+    settle(last_ticket);
     return;
   }
   std::unique_lock<std::mutex> lock(queue_mu_);
   if (queue_.size() >= options_.queue_blocks && !stop_) {
+    // Lost and counted; its tickets settle with the next block written (blocks
+    // before it in the queue are not written yet) or when the writer is idle.
     lock.unlock();
     std::lock_guard<std::mutex> index_lock(index_mu_);
     ++counters_.dropped_blocks;
     counters_.write_errors += block.frames;
     return;
   }
-  queue_.push_back({std::move(block), starts_segment});
+  queue_.push_back({std::move(block), starts_segment, last_ticket});
   queue_cv_.notify_one();
+}
+
+void TraceStore::Writer::settle(uint64_t ticket) {
+  uint64_t prev = settled_.load(std::memory_order_relaxed);
+  while (prev < ticket &&
+         !settled_.compare_exchange_weak(prev, ticket, std::memory_order_release)) {
+  }
+}
+
+void TraceStore::Writer::settle_if_idle(uint64_t ticket) {
+  if (options_.background) {
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    if (!queue_.empty() || busy_) return;
+  }
+  settle(ticket);
 }
 
 void TraceStore::Writer::run() {
@@ -311,7 +335,8 @@ void TraceStore::Writer::run() {
     queue_.pop_front();
     busy_ = true;
     lock.unlock();
-    write_block(p.block, p.starts_segment);
+    write_block(p.block, p.starts_segment);  // written, or failed and counted
+    settle(p.last_ticket);
     lock.lock();
     busy_ = false;
     if (queue_.empty()) drained_cv_.notify_all();

@@ -24,7 +24,11 @@ class TraceStore::Writer {
 
   // Finds the existing segments (index, torn tails cut) and creates the first new one.
   bool open(std::string& error);
-  void submit(wire::RawBlock&& block, bool starts_segment);
+  // last_ticket: the store's ticket of the block's last frame; settled once written.
+  void submit(wire::RawBlock&& block, bool starts_segment, uint64_t last_ticket);
+  // Every ticket up to `ticket` is settled when nothing is queued or being written.
+  void settle_if_idle(uint64_t ticket);
+  uint64_t settled() const { return settled_.load(std::memory_order_acquire); }
   // Frames refused without building a block (the store is failing, no retry due).
   void refuse(uint64_t frames);
   // Waits until every submitted block has been written (or refused).
@@ -33,7 +37,9 @@ class TraceStore::Writer {
 
   bool failing() const { return failing_.load(std::memory_order_relaxed); }
   // The open segment has reached segment_bytes: the next block should start a new one.
-  bool segment_full() const { return current_bytes_.load(std::memory_order_relaxed) >= options_.segment_bytes; }
+  bool segment_full() const {
+    return current_bytes_.load(std::memory_order_relaxed) >= options_.segment_bytes;
+  }
   // Deletes segments beyond the size and age bounds (never the open one).
   void enforce_retention();
 
@@ -52,14 +58,16 @@ class TraceStore::Writer {
     uint64_t index = 0;
     std::string path;
     uint64_t bytes = 0;
-    int format = 2;                              // 1: a legacy frame file (no index)
+    int format = 2;  // 1: a legacy frame file (no index)
     std::vector<wire::BlockLocation> blocks;
     int64_t min_ns = INT64_MAX, max_ns = INT64_MIN;
   };
   struct Pending {
     wire::RawBlock block;
     bool starts_segment = false;
+    uint64_t last_ticket = 0;
   };
+  void settle(uint64_t ticket);
 
   void run();
   void write_block(const wire::RawBlock& block, bool starts_segment);
@@ -85,6 +93,7 @@ class TraceStore::Writer {
   TraceStoreStats counters_;
   std::atomic<uint64_t> current_bytes_{0};
   std::atomic<bool> failing_{false};
+  std::atomic<uint64_t> settled_{0};  // see TraceStore::settled_ticket()
 
   // Background queue.
   std::mutex queue_mu_;

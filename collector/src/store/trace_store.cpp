@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <unordered_map>
 
 #include "inferscope/wire/codec.hpp"
 #include "segment_writer.hpp"
@@ -16,15 +17,19 @@ TraceStore::TraceStore(TraceStoreOptions options, Replay replay, Log log)
     : options_(std::move(options)), replay_(std::move(replay)), log_(std::move(log)) {
   if (options_.segment_bytes == 0)
     options_.segment_bytes = std::clamp<uint64_t>(options_.max_bytes / 8, 64u << 10, 64u << 20);
-  options_.block_bytes = std::clamp<uint32_t>(options_.block_bytes, 4u << 10, wire::kMaxBlockRawBytes / 2);
+  options_.block_bytes =
+      std::clamp<uint32_t>(options_.block_bytes, 4u << 10, wire::kMaxBlockRawBytes / 2);
   if (options_.queue_blocks == 0) options_.queue_blocks = 1;
   writer_ = std::make_unique<Writer>(options_, log_);
 }
 
-TraceStore::~TraceStore() { close(); }
+TraceStore::~TraceStore() {
+  close();
+}
 
 bool TraceStore::open(std::string& error) {
   if (!writer_->open(error)) return false;
+  recover_sequences();
   opened_ = true;
   // The first segment's replay is taken now: later, the first frame may itself be
   // a new source's hello, which would then be in the block twice.
@@ -37,8 +42,10 @@ void TraceStore::write(std::span<const uint8_t> frame, int64_t steady_now_ns) {
   write(frame, wire::summarize_frame(frame), steady_now_ns);
 }
 
-void TraceStore::write(std::span<const uint8_t> frame, const wire::FrameSummary& summary, int64_t steady_now_ns) {
+void TraceStore::write(std::span<const uint8_t> frame, const wire::FrameSummary& summary,
+                       int64_t steady_now_ns) {
   if (!opened_) return;
+  ++tickets_;
   if (!open_block_begun_) {
     // Decide at a block's start whether it opens a segment: then it begins with
     // the replay so the segment can be read alone.
@@ -60,6 +67,7 @@ void TraceStore::write(std::span<const uint8_t> frame, const wire::FrameSummary&
     open_block_has_data_ = true;
   }
   open_block_.add(frame, summary);
+  open_block_last_ticket_ = tickets_;
   if (open_block_.bytes.size() >= options_.block_bytes) seal_block(steady_now_ns);
 }
 
@@ -78,7 +86,7 @@ void TraceStore::seal_block(int64_t /*steady_now_ns*/) {
   wire::RawBlock block = std::move(open_block_);
   open_block_ = {};
   open_block_.bytes.reserve(options_.block_bytes + (64u << 10));
-  writer_->submit(std::move(block), open_block_starts_segment_);
+  writer_->submit(std::move(block), open_block_starts_segment_, open_block_last_ticket_);
   open_block_starts_segment_ = false;
 }
 
@@ -86,6 +94,8 @@ void TraceStore::tick(int64_t steady_now_ns) {
   if (!opened_) return;
   if (open_block_has_data_ && steady_now_ns - open_block_since_ns_ >= options_.block_age_ns)
     seal_block(steady_now_ns);
+  // Frames refused while the store fails (or in a dropped block) settle here.
+  if (!open_block_has_data_) writer_->settle_if_idle(tickets_);
   writer_->enforce_retention();
 }
 
@@ -93,6 +103,45 @@ void TraceStore::flush() {
   if (!opened_) return;
   seal_block(open_block_since_ns_);
   writer_->drain();
+  writer_->settle_if_idle(tickets_);
+}
+
+uint64_t TraceStore::settled_ticket() const {
+  return writer_->settled();
+}
+
+// Reads the first record of every frame in the two newest segments: a data
+// frame starts with its FrameSequence. Agents re-send only what was not
+// acknowledged, which is at most a few block ages old, so older segments
+// cannot hold it; this bounds the work at start to two segments.
+void TraceStore::recover_sequences() {
+  std::unordered_map<uint64_t, uint64_t> last;
+  auto segments = writer_->snapshot();
+  const size_t from = segments.size() > 2 ? segments.size() - 2 : 0;
+  std::vector<uint8_t> raw;
+  wire::FrameDecoder sizer(wire::DecoderOptions{wire::kMaxBlockRawBytes});
+  wire::Record rec;
+  for (size_t k = from; k < segments.size(); ++k) {
+    const int fd = ::open(segments[k].path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) continue;
+    for (const auto& block : segments[k].blocks) {
+      std::string error;
+      if (!wire::read_block(fd, block, raw, error)) continue;
+      size_t offset = 0;
+      while (offset < raw.size()) {
+        size_t n = 0;
+        std::span<const uint8_t> rest(raw.data() + offset, raw.size() - offset);
+        if (!sizer.frame_size(rest, n).ok()) break;
+        wire::FrameDecoder dec(wire::DecoderOptions{wire::kMaxBlockRawBytes});
+        if (dec.open(rest.first(n)).ok() && dec.next(rec))
+          if (const auto* fs = std::get_if<wire::FrameSequence>(&rec))
+            last[fs->stream] = std::max(last[fs->stream], fs->seq);
+        offset += n;
+      }
+    }
+    ::close(fd);
+  }
+  recovered_.assign(last.begin(), last.end());
 }
 
 void TraceStore::close() {
@@ -102,9 +151,13 @@ void TraceStore::close() {
   opened_ = false;
 }
 
-TraceStoreStats TraceStore::stats() const { return writer_->stats(); }
+TraceStoreStats TraceStore::stats() const {
+  return writer_->stats();
+}
 
-std::vector<std::string> TraceStore::segment_paths() const { return writer_->segment_paths(); }
+std::vector<std::string> TraceStore::segment_paths() const {
+  return writer_->segment_paths();
+}
 
 RangeScan TraceStore::query(int64_t start_ns, int64_t end_ns, const FrameVisitor& visit) const {
   RangeScan scan;
@@ -130,7 +183,8 @@ RangeScan TraceStore::query(int64_t start_ns, int64_t end_ns, const FrameVisitor
     ++scan.segments;
     for (size_t i = 0; i < seg.blocks.size(); ++i) {
       const auto& h = seg.blocks[i].header;
-      const bool wanted = h.overlaps(start_ns, end_ns) || (i < last && (h.flags & wire::kBlockFlagDefinitions));
+      const bool wanted =
+          h.overlaps(start_ns, end_ns) || (i < last && (h.flags & wire::kBlockFlagDefinitions));
       if (!wanted) {
         ++scan.blocks_skipped;
         continue;

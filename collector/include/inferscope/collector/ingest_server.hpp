@@ -18,6 +18,7 @@
 // deadline are closed and counted (reason "drain_deadline").
 #pragma once
 
+#include <asio.hpp>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -26,12 +27,11 @@
 #include <string>
 #include <vector>
 
-#include <asio.hpp>
-
 #include "inferscope/collector/endpoint.hpp"
 #include "inferscope/collector/metrics.hpp"
 #include "inferscope/collector/options.hpp"
 #include "inferscope/collector/pipeline.hpp"
+#include "inferscope/collector/trace_store.hpp"
 
 namespace inferscope::collector {
 
@@ -50,11 +50,15 @@ class IngestServer {
   // (or the deadline closed it); stop() still has to be called after.
   void drain(std::chrono::milliseconds deadline, std::function<void()> done);
   size_t connections() const { return live_.size(); }
+  // With a trace store, an acknowledgement covers only frames the store has
+  // settled (written to its file, or lost there and counted), so an agent
+  // keeps and re-sends what a kill -9 of this collector would lose.
+  void set_store(const TraceStore* store) { store_ = store; }
 
   struct Connection;  // in ingest_server.cpp
 
  private:
-  void sweep();  // once a second: closes connections past their deadline
+  void sweep();            // once a second: closes connections past their deadline
   void acknowledge_all();  // every 100 ms: acknowledgements to every connection
   void close_acceptors();
   void check_drained();
@@ -67,6 +71,7 @@ class IngestServer {
   Pipeline& pipeline_;
   CollectorMetrics& metrics_;
   Log log_;
+  const TraceStore* store_ = nullptr;
   std::vector<std::shared_ptr<asio::ip::tcp::acceptor>> tcp_acceptors_;
   std::vector<std::shared_ptr<asio::local::stream_protocol::acceptor>> unix_acceptors_;
   std::vector<std::string> unix_paths_;

@@ -6,19 +6,19 @@
 // the benchmark can Collect() directly).
 #pragma once
 
-#include <memory>
-
 #include <prometheus/counter.h>
 #include <prometheus/family.h>
 #include <prometheus/gauge.h>
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 
+#include <memory>
+
 namespace inferscope::collector {
 
 struct CollectorMetrics {
-  explicit CollectorMetrics(std::shared_ptr<prometheus::Registry> registry =
-                                std::make_shared<prometheus::Registry>());
+  explicit CollectorMetrics(
+      std::shared_ptr<prometheus::Registry> registry = std::make_shared<prometheus::Registry>());
 
   std::shared_ptr<prometheus::Registry> registry;
 
@@ -56,9 +56,9 @@ struct CollectorMetrics {
   prometheus::Family<prometheus::Counter>& ep_rows_computed;
   prometheus::Family<prometheus::Counter>& ep_rows_sent;
   prometheus::Family<prometheus::Counter>& ep_layer_steps;
-  prometheus::Family<prometheus::Counter>& ep_straggler_steps;   // model, rank
-  prometheus::Family<prometheus::Counter>& ep_joined_steps;      // model
-  prometheus::Family<prometheus::Counter>& ep_unjoined_steps;    // model, reason
+  prometheus::Family<prometheus::Counter>& ep_straggler_steps;      // model, rank
+  prometheus::Family<prometheus::Counter>& ep_joined_steps;         // model
+  prometheus::Family<prometheus::Counter>& ep_unjoined_steps;       // model, reason
   prometheus::Family<prometheus::Gauge>& ep_rank_load_utilization;  // model, rank
   prometheus::Family<prometheus::Gauge>& ep_rank_hot;
   prometheus::Family<prometheus::Counter>& ep_hot_rank_episodes;
@@ -78,6 +78,7 @@ struct CollectorMetrics {
 
   // [SECTION] Health of the collector and of the agents
   prometheus::Counter& frames;
+  prometheus::Counter& duplicate_frames;
   prometheus::Family<prometheus::Counter>& records;
   prometheus::Counter& bytes_received;
   prometheus::Family<prometheus::Counter>& rejected_frames;
@@ -100,8 +101,12 @@ struct CollectorMetrics {
   prometheus::Family<prometheus::Counter>& agent_unconfirmed;
   prometheus::Family<prometheus::Gauge>& agent_connected;
 
-  prometheus::Counter& rejected(const std::string& reason) { return rejected_frames.Add({{"reason", reason}}); }
-  prometheus::Counter& overflow(const std::string& reason) { return label_overflow.Add({{"reason", reason}}); }
+  prometheus::Counter& rejected(const std::string& reason) {
+    return rejected_frames.Add({{"reason", reason}});
+  }
+  prometheus::Counter& overflow(const std::string& reason) {
+    return label_overflow.Add({{"reason", reason}});
+  }
 };
 
 // Bucket bounds used by the histograms (documented in docs/metrics.md).

@@ -7,7 +7,11 @@
 //      protocol's: the first record is a hello of protocol version 1 with the
 //      right token, string-table limits, records consistent with the hello)
 //      and apply it at once to the source table and the aggregator;
-//   2. when the whole frame was good, forward it, stamped with the source id, to the trace store and
+//      A data frame opens with a FrameSequence: one already applied for its
+//      agent stream (re-sent after a reconnect) is skipped whole and counted in
+//      inferscope_collector_duplicate_frames_total;
+//   2. when the whole frame was good, forward it, stamped with the source id, to the trace store
+//   and
 //      the viewers. A frame holding a hello is re-encoded without the token;
 //      any other frame only has its source id and CRC rewritten.
 // A rejected frame is not forwarded and the connection must be closed; records
@@ -25,6 +29,7 @@
 #include "inferscope/collector/metrics.hpp"
 #include "inferscope/collector/options.hpp"
 #include "inferscope/collector/sources.hpp"
+#include "inferscope/collector/stream_sequences.hpp"
 #include "inferscope/wire/codec.hpp"
 #include "inferscope/wire/trace_block.hpp"
 
@@ -74,6 +79,8 @@ class Pipeline {
 
   Aggregator& aggregator() { return aggregator_; }
   SourceRegistry& sources() { return sources_; }
+  // Per agent stream, the last frame applied (re-sent frames are skipped).
+  StreamSequences& sequences() { return sequences_; }
 
  private:
   bool reject(Session& session, Rejection& why, std::string reason, std::string message);
@@ -83,6 +90,7 @@ class Pipeline {
   CollectorMetrics& metrics_;
   Log log_;
   SourceRegistry sources_;
+  StreamSequences sequences_;
   Aggregator aggregator_;
   FrameSink sink_;
   wire::FrameSummary sink_summary_;

@@ -36,27 +36,27 @@ namespace inferscope::collector {
 struct TraceStoreOptions {
   std::string dir;
   uint64_t max_bytes = 1ull << 30;
-  int64_t max_age_ns = 0;          // 0: no age bound
-  uint64_t segment_bytes = 0;      // 0: max_bytes / 8 clamped to [64 KiB, 64 MiB]
+  int64_t max_age_ns = 0;      // 0: no age bound
+  uint64_t segment_bytes = 0;  // 0: max_bytes / 8 clamped to [64 KiB, 64 MiB]
   uint32_t block_bytes = 256u << 10;
   int64_t block_age_ns = 1'000'000'000;
   int zstd_level = 1;
-  bool background = true;          // compress and write on the store's own thread
-  size_t queue_blocks = 64;        // background: sealed blocks waiting at most (16 MiB of frames)
+  bool background = true;    // compress and write on the store's own thread
+  size_t queue_blocks = 64;  // background: sealed blocks waiting at most (16 MiB of frames)
 };
 
 // Cumulative since open(); gauges are the current state.
 struct TraceStoreStats {
-  uint64_t bytes = 0;              // gauge: all segments on disk
-  uint64_t segments = 0;           // gauge
-  int64_t oldest_ns = 0;           // gauge: min record time still stored (0: none)
+  uint64_t bytes = 0;     // gauge: all segments on disk
+  uint64_t segments = 0;  // gauge
+  int64_t oldest_ns = 0;  // gauge: min record time still stored (0: none)
   uint64_t blocks_written = 0;
   uint64_t frames_written = 0;
-  uint64_t write_errors = 0;       // frames not written (disk full, I/O error)
-  uint64_t dropped_blocks = 0;     // background queue full (also in write_errors as frames)
-  uint64_t deleted_by_size = 0;    // segments
+  uint64_t write_errors = 0;     // frames not written (disk full, I/O error)
+  uint64_t dropped_blocks = 0;   // background queue full (also in write_errors as frames)
+  uint64_t deleted_by_size = 0;  // segments
   uint64_t deleted_by_age = 0;
-  uint64_t torn_tails_cut = 0;     // at open: segments whose torn last block was cut
+  uint64_t torn_tails_cut = 0;  // at open: segments whose torn last block was cut
 };
 
 // What a range query hands back: the frames of every stored block that overlaps
@@ -65,9 +65,9 @@ struct TraceStoreStats {
 // during the callback only.
 struct RangeScan {
   uint64_t segments = 0;
-  uint64_t blocks_read = 0;        // decompressed
-  uint64_t blocks_skipped = 0;     // outside the range, by the index alone
-  uint64_t errors = 0;             // blocks that could not be read (deleted, damaged)
+  uint64_t blocks_read = 0;     // decompressed
+  uint64_t blocks_skipped = 0;  // outside the range, by the index alone
+  uint64_t errors = 0;          // blocks that could not be read (deleted, damaged)
 };
 
 class TraceStore {
@@ -84,7 +84,8 @@ class TraceStore {
   // logged), and opens a new segment. Numbering continues after the old ones.
   bool open(std::string& error);
   // Adds one frame; summary comes from whoever decoded it (the pipeline).
-  void write(std::span<const uint8_t> frame, const wire::FrameSummary& summary, int64_t steady_now_ns);
+  void write(std::span<const uint8_t> frame, const wire::FrameSummary& summary,
+             int64_t steady_now_ns);
   // Same, decoding the frame to summarize it (tools and tests).
   void write(std::span<const uint8_t> frame, int64_t steady_now_ns);
   // Closes the open block when it is older than block_age; call periodically.
@@ -92,6 +93,19 @@ class TraceStore {
   // Seals the open block and waits until everything before it is on disk.
   void flush();
   void close();
+
+  // Durability, for acknowledgements that mean "persisted" (docs/reliability.md).
+  // write() gives each frame the next ticket (io thread: last_ticket()); the
+  // settled ticket T says every frame up to T is in its segment file, or was
+  // refused or lost there and counted in write_errors. Any thread.
+  uint64_t last_ticket() const { return tickets_; }
+  uint64_t settled_ticket() const;
+  // The highest frame number of each agent stream (wire::FrameSequence) in the
+  // newest segments found at open(): a restarted collector must not apply again
+  // what its predecessor stored before it died.
+  const std::vector<std::pair<uint64_t, uint64_t>>& recovered_sequences() const {
+    return recovered_;
+  }
 
   TraceStoreStats stats() const;
   uint64_t total_bytes() const { return stats().bytes; }
@@ -111,6 +125,7 @@ class TraceStore {
  private:
   void begin_block();  // the replay first when the block opens a segment
   void seal_block(int64_t steady_now_ns);
+  void recover_sequences();
 
   TraceStoreOptions options_;
   Replay replay_;
@@ -123,6 +138,9 @@ class TraceStore {
   bool open_block_starts_segment_ = true;
   int64_t last_retry_ns_ = 0;
   bool opened_ = false;
+  uint64_t tickets_ = 0;                                  // frames given to write()
+  uint64_t open_block_last_ticket_ = 0;                   // the last of them in the open block
+  std::vector<std::pair<uint64_t, uint64_t>> recovered_;  // stream, last frame number
 };
 
 }  // namespace inferscope::collector

@@ -29,7 +29,7 @@ inline constexpr uint16_t kProtocolVersion = 1;
 
 // [SECTION] Limits: a decoder rejects anything beyond these, whatever the wire says.
 inline constexpr uint32_t kMaxStringBytes = 4096;
-inline constexpr uint32_t kMaxExperts = 4096;     // experts per MoE layer
+inline constexpr uint32_t kMaxExperts = 4096;  // experts per MoE layer
 inline constexpr uint32_t kMaxLayers = 1024;
 inline constexpr uint32_t kMaxSpanArgs = 4;
 inline constexpr uint32_t kMaxRanks = 65536;
@@ -93,18 +93,18 @@ struct StringDef {
 enum class TrackKind : uint8_t { kCpuThread = 0, kGpuStream = 1 };
 
 enum class SpanCategory : uint8_t {
-  kCpuRange = 0,  // an agent scoped range on a CPU thread
-  kNvtxRange = 1, // an NVTX range seen through CUPTI
+  kCpuRange = 0,   // an agent scoped range on a CPU thread
+  kNvtxRange = 1,  // an NVTX range seen through CUPTI
   kKernel = 2,
   kMemcpy = 3,
   kMemset = 4,
-  kRequest = 5,   // a whole request, arrival to finish
-  kStage = 6,     // encoder / connector / backbone
-  kRuntime = 7,   // CUDA runtime API call (launch) on a CPU thread
+  kRequest = 5,  // a whole request, arrival to finish
+  kStage = 6,    // encoder / connector / backbone
+  kRuntime = 7,  // CUDA runtime API call (launch) on a CPU thread
 };
 
 struct SpanArg {
-  uint32_t key_id = 0;    // interned name
+  uint32_t key_id = 0;  // interned name
   int64_t value = 0;
 
   friend bool operator==(const SpanArg&, const SpanArg&) = default;
@@ -116,7 +116,7 @@ struct Span {
   uint32_t stream = 0;    // GPU stream id; 0 for CPU threads
   uint32_t name_id = 0;
   SpanCategory category = SpanCategory::kCpuRange;
-  uint16_t depth = 0;     // nesting depth on its track (0 = outermost)
+  uint16_t depth = 0;  // nesting depth on its track (0 = outermost)
   int64_t start_ns = 0;
   int64_t end_ns = 0;
   uint64_t correlation_id = 0;  // links a CPU launch to its GPU kernel; 0 = none
@@ -127,9 +127,8 @@ struct Span {
   friend bool operator==(const Span& a, const Span& b) {
     if (a.track_kind != b.track_kind || a.track_id != b.track_id || a.stream != b.stream ||
         a.name_id != b.name_id || a.category != b.category || a.depth != b.depth ||
-        a.start_ns != b.start_ns || a.end_ns != b.end_ns ||
-        a.correlation_id != b.correlation_id || a.request_id != b.request_id ||
-        a.num_args != b.num_args)
+        a.start_ns != b.start_ns || a.end_ns != b.end_ns || a.correlation_id != b.correlation_id ||
+        a.request_id != b.request_id || a.num_args != b.num_args)
       return false;
     for (uint8_t i = 0; i < a.num_args && i < kMaxSpanArgs; ++i)
       if (!(a.args[i] == b.args[i])) return false;
@@ -143,10 +142,10 @@ struct ExpertLoad {
   uint64_t step = 0;
   uint32_t layer = 0;
   int64_t timestamp_ns = 0;
-  uint32_t tokens = 0;          // tokens in the step's batch for this layer
-  uint32_t dropped = 0;         // assignments dropped for capacity
-  uint32_t rerouted = 0;        // assignments moved to a later choice instead
-  std::vector<uint32_t> routed; // routed[e] = assignments to expert e
+  uint32_t tokens = 0;           // tokens in the step's batch for this layer
+  uint32_t dropped = 0;          // assignments dropped for capacity
+  uint32_t rerouted = 0;         // assignments moved to a later choice instead
+  std::vector<uint32_t> routed;  // routed[e] = assignments to expert e
 
   friend bool operator==(const ExpertLoad&, const ExpertLoad&) = default;
 };
@@ -225,8 +224,8 @@ enum class RecordKind : uint8_t;  // below
 struct AgentHealth {
   int64_t timestamp_ns = 0;
   uint64_t records_sent = 0;
-  uint64_t records_dropped = 0;             // all kinds
-  std::array<uint64_t, 16> dropped_by_kind{}; // indexed by RecordKind
+  uint64_t records_dropped = 0;                // all kinds
+  std::array<uint64_t, 16> dropped_by_kind{};  // indexed by RecordKind (kRecordKindSlots)
   uint64_t buffer_high_water_bytes = 0;
   uint64_t reconnects = 0;
   uint64_t bytes_sent = 0;
@@ -279,7 +278,7 @@ struct AlertEpisode {
 // include waiting: a rank whose experts finish early waits in combine for the
 // slowest rank, so the collector derives idle time by joining ranks on (step, layer).
 // The rank is the sending agent's hello rank; durations are >= 0.
-struct ExpertParallelStep {   // RecordKind::kExpertParallel = 11
+struct ExpertParallelStep {  // RecordKind::kExpertParallel = 11
   uint64_t step = 0;
   uint32_t layer = 0;
   int64_t timestamp_ns = 0;    // when the layer's dispatch began
@@ -297,7 +296,7 @@ struct ExpertParallelStep {   // RecordKind::kExpertParallel = 11
 // spans shorter than resolution_ns merged per track. Collector -> viewer: the
 // same record, echoed as source 0, opens the reply; RangeEnd closes it. Times
 // are coded absolutely (kinds added after v1: see record_codec.cpp).
-struct RangeQuery {   // RecordKind::kRangeQuery = 12
+struct RangeQuery {  // RecordKind::kRangeQuery = 12
   uint64_t query_id = 0;
   int64_t from_ns = 0;
   int64_t to_ns = 0;
@@ -312,20 +311,41 @@ struct RangeQuery {   // RecordKind::kRangeQuery = 12
 // The reply defines that string id for every source it holds.
 inline constexpr uint32_t kMergedSpansStringId = 0xFFFFFFFFu;
 
-enum class RangeStatus : uint8_t { kOk = 0, kTruncated = 1, kNoStore = 2, kBadQuery = 3, kBusy = 4 };
+enum class RangeStatus : uint8_t {
+  kOk = 0,
+  kTruncated = 1,
+  kNoStore = 2,
+  kBadQuery = 3,
+  kBusy = 4
+};
 inline constexpr uint8_t kRangeStatusCount = 5;
 
-struct RangeEnd {     // RecordKind::kRangeEnd = 13
+struct RangeEnd {  // RecordKind::kRangeEnd = 13
   uint64_t query_id = 0;
   RangeStatus status = RangeStatus::kOk;
-  uint64_t spans = 0;         // stored spans in the range (before merging)
-  uint64_t merged_spans = 0;  // summary spans sent for the short ones
-  uint64_t records = 0;       // records in the reply
-  uint32_t blocks_read = 0;   // decompressed
-  uint32_t blocks_skipped = 0;// outside the range, by the index alone
-  std::string message;        // why, when status is not ok
+  uint64_t spans = 0;           // stored spans in the range (before merging)
+  uint64_t merged_spans = 0;    // summary spans sent for the short ones
+  uint64_t records = 0;         // records in the reply
+  uint32_t blocks_read = 0;     // decompressed
+  uint32_t blocks_skipped = 0;  // outside the range, by the index alone
+  std::string message;          // why, when status is not ok
 
   friend bool operator==(const RangeEnd&, const RangeEnd&) = default;
+};
+
+// [SECTION] Delivery (docs/reliability.md, "Exactly once across reconnects")
+// The first record of every data frame an agent sends: which agent stream it
+// belongs to (a random id drawn once per agent, so a reused pid or host name
+// never collides) and the frame's number in it, from 1. An agent re-sends the
+// frames a collector has not acknowledged after it reconnects; the collector
+// skips any frame whose number it has already applied for that stream, so a
+// record reaches the aggregates and the trace store once. Numbers may skip
+// (frames the agent gave up on), never go back.
+struct FrameSequence {  // RecordKind::kFrameSequence = 14
+  uint64_t stream = 0;
+  uint64_t seq = 0;
+
+  friend bool operator==(const FrameSequence&, const FrameSequence&) = default;
 };
 
 // Order matters: the index is the record's tag on the wire.
@@ -344,14 +364,20 @@ enum class RecordKind : uint8_t {
   kExpertParallel = 11,
   kRangeQuery = 12,
   kRangeEnd = 13,
+  kFrameSequence = 14,
 };
-inline constexpr uint8_t kRecordKindCount = 14;
+inline constexpr uint8_t kRecordKindCount = 15;
+// Per-kind arrays on the wire (AgentHealth::dropped_by_kind) have this many slots.
+inline constexpr size_t kRecordKindSlots = 16;
+static_assert(kRecordKindCount <= kRecordKindSlots);
 
 using Record = std::variant<Hello, StringDef, Span, ExpertLoad, MemorySample, PrefixCacheSample,
                             StageTiming, RequestEvent, AgentHealth, CounterSample, AlertEpisode,
-                            ExpertParallelStep, RangeQuery, RangeEnd>;
+                            ExpertParallelStep, RangeQuery, RangeEnd, FrameSequence>;
 
-inline RecordKind kind_of(const Record& r) { return static_cast<RecordKind>(r.index()); }
+inline RecordKind kind_of(const Record& r) {
+  return static_cast<RecordKind>(r.index());
+}
 
 const char* to_string(RecordKind kind);
 const char* to_string(SpanCategory category);
