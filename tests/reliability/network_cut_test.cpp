@@ -74,8 +74,12 @@ TEST(NetworkCut, AgentReconnectsToTheSameCollectorWithoutDoubleCounting) {
   EXPECT_EQ(sum_series(m, "inferscope_agent_records_sent_total", {"model=\"reliab-cut\""}),
             static_cast<double>(st.records_sent));
   EXPECT_EQ(sum_series(m, "inferscope_agent_reconnects_total", {"model=\"reliab-cut\""}), 1.0);
-  // Records in flight at the cut may be lost, never duplicated.
-  EXPECT_LE(sum_series(m, "inferscope_collector_records_total", {"kind=\"counter\""}), 21000.0);
+  // Records in flight at the cut are written again on the new connection and
+  // the collector skips what it had already applied: exactly once.
+  EXPECT_EQ(sum_series(m, "inferscope_collector_records_total", {"kind=\"counter\""}), 21000.0);
+  EXPECT_TRUE(eventually([&] { return a.stats().records_delivered == 21000u; }, 30s))
+      << "delivered " << a.stats().records_delivered;
+  EXPECT_EQ(a.stats().records_unconfirmed, 0u);
 }
 
 }  // namespace
