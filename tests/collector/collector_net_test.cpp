@@ -2,7 +2,6 @@
 // agents (real wire frames over TCP and a Unix socket), the real prometheus-cpp
 // exposer fetched over HTTP, and a viewer on the live API.
 #include <gtest/gtest.h>
-
 #include <unistd.h>
 
 #include <cstdlib>
@@ -38,7 +37,9 @@ struct Running {
   explicit Running(CollectorOptions o, bool with_unix = false) {
     o.listen = {"tcp://127.0.0.1:0"};
     if (with_unix) {
-      unix_path = (fs::temp_directory_path() / ("inferscope-test-" + std::to_string(::getpid()) + ".sock")).string();
+      unix_path =
+          (fs::temp_directory_path() / ("inferscope-test-" + std::to_string(::getpid()) + ".sock"))
+              .string();
       o.listen.push_back("unix://" + unix_path);
     }
     o.metrics = "127.0.0.1:0";
@@ -68,7 +69,9 @@ struct FakeViewer {
   std::vector<uint8_t> buf;
   std::vector<std::pair<uint32_t, wire::Record>> records;  // (source id, record)
 
-  explicit FakeViewer(uint16_t port) { socket.connect({asio::ip::make_address("127.0.0.1"), port}); }
+  explicit FakeViewer(uint16_t port) {
+    socket.connect({asio::ip::make_address("127.0.0.1"), port});
+  }
 
   template <typename Pred>
   bool read_until(Pred pred, std::chrono::milliseconds timeout = std::chrono::milliseconds(5000)) {
@@ -121,9 +124,12 @@ TEST(CollectorNet, SeveralAgentsOverTcpAndUnixAreAggregated) {
   }
   ASSERT_TRUE(eventually([&] {
     auto m = c.scrape();
-    return find_series(m, "inferscope_moe_routed_tokens_total", {"rank=\"2\"", "layer=\"0\""}) == 80.0 &&
-           find_series(m, "inferscope_moe_routed_tokens_total", {"rank=\"0\"", "layer=\"0\""}) == 100.0 &&
-           find_series(m, "inferscope_moe_dropped_tokens_total", {"rank=\"1\"", "layer=\"1\""}) == 10.0;
+    return find_series(m, "inferscope_moe_routed_tokens_total", {"rank=\"2\"", "layer=\"0\""}) ==
+               80.0 &&
+           find_series(m, "inferscope_moe_routed_tokens_total", {"rank=\"0\"", "layer=\"0\""}) ==
+               100.0 &&
+           find_series(m, "inferscope_moe_dropped_tokens_total", {"rank=\"1\"", "layer=\"1\""}) ==
+               10.0;
   }));
   auto m = c.scrape();
   EXPECT_EQ(find_series(m, "inferscope_collector_connections"), 3.0);
@@ -158,15 +164,19 @@ TEST(CollectorNet, MalformedFrameClosesOnlyThatConnection) {
   }));
   EXPECT_FALSE(good.closed_by_peer(std::chrono::milliseconds(100)));
   auto m = c.scrape();
-  EXPECT_EQ(find_series(m, "inferscope_collector_rejected_frames_total", {"reason=\"checksum\""}), 1.0);
-  EXPECT_EQ(find_series(m, "inferscope_collector_rejected_frames_total", {"reason=\"frame_too_large\""}), 1.0);
+  EXPECT_EQ(find_series(m, "inferscope_collector_rejected_frames_total", {"reason=\"checksum\""}),
+            1.0);
+  EXPECT_EQ(
+      find_series(m, "inferscope_collector_rejected_frames_total", {"reason=\"frame_too_large\""}),
+      1.0);
   EXPECT_EQ(find_series(m, "inferscope_collector_connections"), 1.0);
   // Garbage that is not a frame at all.
   FakeAgent garbage(c.ingest);
   garbage.send(std::vector<uint8_t>(64, 0x41));
   EXPECT_TRUE(garbage.closed_by_peer());
   EXPECT_TRUE(eventually([&] {
-    return find_series(c.scrape(), "inferscope_collector_rejected_frames_total", {"reason=\"bad_magic\""}) == 1.0;
+    return find_series(c.scrape(), "inferscope_collector_rejected_frames_total",
+                       {"reason=\"bad_magic\""}) == 1.0;
   }));
 }
 
@@ -184,7 +194,8 @@ TEST(CollectorNet, SilentAndTrickleAndTornPeersAreClosedAndCounted) {
   EXPECT_TRUE(silent.closed_by_peer());
   EXPECT_TRUE(trickle.closed_by_peer());
   EXPECT_TRUE(eventually([&] {
-    return find_series(c.scrape(), "inferscope_collector_rejected_frames_total", {"reason=\"timeout\""}) == 2.0;
+    return find_series(c.scrape(), "inferscope_collector_rejected_frames_total",
+                       {"reason=\"timeout\""}) == 2.0;
   }));
   {
     FakeAgent torn(c.ingest);
@@ -192,7 +203,8 @@ TEST(CollectorNet, SilentAndTrickleAndTornPeersAreClosedAndCounted) {
     torn.send(half);
   }  // disconnects inside the frame
   EXPECT_TRUE(eventually([&] {
-    return find_series(c.scrape(), "inferscope_collector_rejected_frames_total", {"reason=\"truncated\""}) == 1.0;
+    return find_series(c.scrape(), "inferscope_collector_rejected_frames_total",
+                       {"reason=\"truncated\""}) == 1.0;
   }));
   // The good agent, idle between whole frames, stays.
   EXPECT_FALSE(good.closed_by_peer(std::chrono::milliseconds(100)));
@@ -204,10 +216,13 @@ TEST(CollectorNet, ConnectionCapRefusesTheExtraAgent) {
   Running c(o);
   FakeAgent first(c.ingest);
   first.send({make_hello("m", 0, 1, 4)});
-  ASSERT_TRUE(eventually([&] { return find_series(c.scrape(), "inferscope_collector_connections") == 1.0; }));
+  ASSERT_TRUE(eventually(
+      [&] { return find_series(c.scrape(), "inferscope_collector_connections") == 1.0; }));
   FakeAgent second(c.ingest);
   EXPECT_TRUE(second.closed_by_peer());
-  EXPECT_EQ(find_series(c.scrape(), "inferscope_collector_rejected_frames_total", {"reason=\"connection_limit\""}), 1.0);
+  EXPECT_EQ(find_series(c.scrape(), "inferscope_collector_rejected_frames_total",
+                        {"reason=\"connection_limit\""}),
+            1.0);
 }
 
 TEST(CollectorNet, ViewerGetsReplayThenLiveFramesAndAlerts) {
@@ -219,11 +234,13 @@ TEST(CollectorNet, ViewerGetsReplayThenLiveFramesAndAlerts) {
   // A hot expert 0 over 4 windows -> an episode opens.
   for (int w = 0; w < 4; ++w) a.send({make_load(0, w * kW + 1, {70, 10, 10, 10})});
   ASSERT_TRUE(eventually([&] {
-    return find_series(c.scrape(), "inferscope_moe_expert_episode", {"expert=\"0\"", "kind=\"hot\""}) == 1.0;
+    return find_series(c.scrape(), "inferscope_moe_expert_episode",
+                       {"expert=\"0\"", "kind=\"hot\""}) == 1.0;
   }));
   FakeViewer v(c.viewer);
   ASSERT_TRUE(v.read_until([](auto& r) {
-    return count_kind(r, wire::RecordKind::kHello) == 1 && count_kind(r, wire::RecordKind::kStringDef) == 2 &&
+    return count_kind(r, wire::RecordKind::kHello) == 1 &&
+           count_kind(r, wire::RecordKind::kStringDef) == 2 &&
            count_kind(r, wire::RecordKind::kAlert) == 1;
   }));
   EXPECT_EQ(v.records[0].first, 1u);  // source 1's hello first
@@ -270,7 +287,8 @@ TEST(CollectorNet, ViewerNeedsTheTokenWhenOneIsSet) {
 }
 
 TEST(CollectorNet, TraceDirHoldsReplayableSegments) {
-  const fs::path dir = fs::temp_directory_path() / ("inferscope-net-trace-" + std::to_string(::getpid()));
+  const fs::path dir =
+      fs::temp_directory_path() / ("inferscope-net-trace-" + std::to_string(::getpid()));
   fs::remove_all(dir);
   {
     CollectorOptions o;
@@ -279,7 +297,8 @@ TEST(CollectorNet, TraceDirHoldsReplayableSegments) {
     FakeAgent a(c.ingest);
     a.send({make_hello("m", 0, 1, 4), wire::StringDef{1, "decode"}});
     for (int i = 0; i < 20; ++i) a.send({make_load(0, i, {1, 2, 3, 4})});
-    ASSERT_TRUE(eventually([&] { return find_series(c.scrape(), "inferscope_collector_frames_total") == 21.0; }));
+    ASSERT_TRUE(eventually(
+        [&] { return find_series(c.scrape(), "inferscope_collector_frames_total") == 21.0; }));
   }  // stop() flushes and closes the segment
   auto segments = TraceStore::list_segments(dir.string());
   ASSERT_EQ(segments.size(), 1u);
@@ -300,26 +319,82 @@ TEST(CollectorNet, TraceDirHoldsReplayableSegments) {
   fs::remove_all(dir);
 }
 
+// Agents number their data frames and write again what was not acknowledged
+// (wire::FrameSequence). A collector skips a frame it has already applied, on
+// the same run and, restarted on the same --trace-dir, when its predecessor
+// stored it: every record is counted and stored once.
+TEST(CollectorNet, RestartOnTheSameTraceDirSkipsFramesItsPredecessorStored) {
+  TempDir dir("inferscope-net-sequences");
+  CollectorOptions o;
+  o.trace_dir = dir.path.string();
+  const uint64_t stream = 0x5eed5eed5eedull;
+  auto data = [&](uint64_t seq) {
+    return std::vector<wire::Record>{wire::FrameSequence{stream, seq},
+                                     wire::CounterSample{static_cast<int64_t>(seq), 1, false, 1.0}};
+  };
+  auto counters = [](Running& c) {
+    return find_series(c.scrape(), "inferscope_collector_records_total", {"kind=\"counter\""});
+  };
+  auto duplicates = [](Running& c) {
+    return find_series(c.scrape(), "inferscope_collector_duplicate_frames_total");
+  };
+  {
+    Running c(o);
+    FakeAgent a(c.ingest);
+    a.send({make_hello("m", 0, 1, 4), wire::StringDef{1, "c"}});
+    for (uint64_t seq = 1; seq <= 3; ++seq) a.send(data(seq));
+    a.send(data(2));  // written again after a (pretend) lost acknowledgement
+    ASSERT_TRUE(eventually([&] { return duplicates(c) == 1.0; }));
+    EXPECT_EQ(counters(c), 3.0);
+  }  // stop() flushes the store
+  {
+    Running c(o);  // a restart on the same directory
+    FakeAgent a(c.ingest);
+    a.send({make_hello("m", 0, 1, 4), wire::StringDef{1, "c"}});
+    for (uint64_t seq = 2; seq <= 5; ++seq) a.send(data(seq));  // 2 and 3 were stored before
+    ASSERT_TRUE(eventually([&] { return counters(c) == 2.0; })) << counters(c).value_or(-1);
+    EXPECT_EQ(duplicates(c), 2.0);
+  }
+  size_t stored = 0;
+  for (const auto& path : TraceStore::list_segments(dir.path.string())) {
+    wire::TraceFileReader reader;
+    ASSERT_TRUE(reader.open(path)) << reader.error();
+    std::span<const uint8_t> frame;
+    while (reader.next_frame(frame)) {
+      std::vector<wire::Record> recs;
+      ASSERT_TRUE(wire::decode_frame(frame, recs).ok());
+      for (auto& r : recs) stored += wire::kind_of(r) == wire::RecordKind::kCounter;
+    }
+  }
+  EXPECT_EQ(stored, 5u) << "each record once in the trace directory";
+}
+
 TEST(CollectorNet, MetricsPassPromtool) {
-  if (std::system("command -v promtool >/dev/null 2>&1") != 0) GTEST_SKIP() << "promtool not installed";
+  if (std::system("command -v promtool >/dev/null 2>&1") != 0)
+    GTEST_SKIP() << "promtool not installed";
   CollectorOptions o;
   o.aggregation.window_ns = kW;
   Running c(o);
   FakeAgent a(c.ingest);
   a.send({make_hello("m", 0, 2, 8)});
   for (int w = 0; w < 5; ++w)
-    a.send({make_load(0, w * kW + 1, {50, 5, 5, 5, 5, 5, 5, 0}), make_load(1, w * kW + 2, {5, 5, 5, 5, 5, 5, 5, 5})});
+    a.send({make_load(0, w * kW + 1, {50, 5, 5, 5, 5, 5, 5, 0}),
+            make_load(1, w * kW + 2, {5, 5, 5, 5, 5, 5, 5, 5})});
   wire::RequestEvent rq;
   rq.arrival_ns = 1;
   rq.first_token_ns = 1000;
   rq.finish_ns = 100000;
   rq.output_tokens = 4;
   a.send({rq, wire::MemorySample{5, 0, wire::MemoryKind::kKvCache, 10, 100}});
-  ASSERT_TRUE(eventually([&] { return find_series(c.scrape(), "inferscope_requests_total", {"status=\"ok\""}) == 1.0; }));
+  ASSERT_TRUE(eventually([&] {
+    return find_series(c.scrape(), "inferscope_requests_total", {"status=\"ok\""}) == 1.0;
+  }));
   const std::string text = http_get(c.metrics);
-  const fs::path file = fs::temp_directory_path() / ("inferscope-metrics-" + std::to_string(::getpid()) + ".txt");
+  const fs::path file =
+      fs::temp_directory_path() / ("inferscope-metrics-" + std::to_string(::getpid()) + ".txt");
   std::ofstream(file) << text;
-  const std::string cmd = "promtool check metrics < " + file.string() + " > " + file.string() + ".out 2>&1";
+  const std::string cmd =
+      "promtool check metrics < " + file.string() + " > " + file.string() + ".out 2>&1";
   const int rc = std::system(cmd.c_str());
   std::ifstream out(file.string() + ".out");
   std::string report((std::istreambuf_iterator<char>(out)), std::istreambuf_iterator<char>());
