@@ -14,11 +14,12 @@
 namespace inferscope::agent {
 namespace {
 
-const char* env(const char* name) { return std::getenv(name); }
+const char* env(const char* name) {
+  return std::getenv(name);
+}
 
 void complain(const char* name, const char* value, const char* expected) {
-  std::fprintf(stderr, "inferscope agent: ignoring %s='%s' (expected %s)\n", name, value,
-               expected);
+  std::fprintf(stderr, "inferscope agent: ignoring %s='%s' (expected %s)\n", name, value, expected);
 }
 
 template <typename T>
@@ -48,9 +49,12 @@ void read_bool(const char* name, bool& out) {
   const char* v = env(name);
   if (!v) return;
   const std::string s(v);
-  if (s == "1" || s == "true" || s == "on" || s == "yes") out = true;
-  else if (s == "0" || s == "false" || s == "off" || s == "no") out = false;
-  else complain(name, v, "1/0, true/false, on/off");
+  if (s == "1" || s == "true" || s == "on" || s == "yes")
+    out = true;
+  else if (s == "0" || s == "false" || s == "off" || s == "no")
+    out = false;
+  else
+    complain(name, v, "1/0, true/false, on/off");
 }
 
 void read_string(const char* name, std::string& out) {
@@ -77,8 +81,10 @@ Config Config::from_environment(Config base) {
     std::string token = ss.str();
     while (!token.empty() && (token.back() == '\n' || token.back() == '\r' || token.back() == ' '))
       token.pop_back();
-    if (!in) complain("INFERSCOPE_TOKEN_FILE", path, "a readable file");
-    else c.auth_token = token;
+    if (!in)
+      complain("INFERSCOPE_TOKEN_FILE", path, "a readable file");
+    else
+      c.auth_token = token;
   }
   if (const char* v = env("INFERSCOPE_SPAN_SAMPLE_RATE")) {
     char* end = nullptr;
@@ -95,6 +101,8 @@ Config Config::from_environment(Config base) {
   read_ms("INFERSCOPE_FLUSH_MS", c.flush_interval, 1, 60'000);
   read_ms("INFERSCOPE_RECONNECT_MAX_MS", c.reconnect_max_backoff, 50, 600'000);
   read_ms("INFERSCOPE_SHUTDOWN_TIMEOUT_MS", c.shutdown_timeout, 0, 600'000);
+  read_ms("INFERSCOPE_ACK_TIMEOUT_MS", c.ack_timeout, 1, 600'000);
+  read_ms("INFERSCOPE_PROTOCOL_ERROR_BACKOFF_MS", c.protocol_error_backoff, 1, 3'600'000);
   read_bool("INFERSCOPE_NVTX", c.nvtx);
   read_bool("INFERSCOPE_CUPTI", c.cupti);
   read_bool("INFERSCOPE_COMPRESS", c.compress);
@@ -104,5 +112,7 @@ Config Config::from_environment(Config base) {
 }  // namespace inferscope::agent
 
 namespace inferscope::agent {
-Config Config::from_environment() { return from_environment(Config{}); }
+Config Config::from_environment() {
+  return from_environment(Config{});
+}
 }  // namespace inferscope::agent

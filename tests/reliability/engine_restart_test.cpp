@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -133,6 +134,50 @@ TEST(EngineRestart, EngineServesThroughACollectorKillAndReconnects) {
       baseline.decode_tokens_per_s > 0 ? run.decode_tokens_per_s / baseline.decode_tokens_per_s : 0,
       (unsigned long long)run.telemetry_sent, (unsigned long long)run.telemetry_dropped);
   EXPECT_TRUE(reconnected) << "the engine's agent did not reconnect";
+}
+
+}  // namespace
+}  // namespace inferscope::reliability
+
+namespace inferscope::reliability {
+namespace {
+
+std::string slurp(const std::string& path) {
+  std::ifstream in(path);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+// The collector is down for the whole run: the engine still serves, and at exit
+// it names what was not delivered and where it was meant to go.
+TEST(EngineRestart, EngineWarnsAtExitWhenTelemetryWasNotDelivered) {
+  if (engine_binary().empty()) GTEST_SKIP() << "inferscope-engine is not built";
+  TempDir dir;
+  CollectorProcess probe(0, {});  // a port that was free a moment ago
+  ASSERT_TRUE(probe.ok()) << probe.error();
+  const std::string address = probe.ingest_address();
+  probe.child().kill_and_reap();
+  ChildOptions co;
+  co.stderr_path = dir.path() + "/stderr.txt";
+  auto args = engine_args(address, dir.path() + "/summary.json");
+  args[std::find(args.begin(), args.end(), "--requests") - args.begin() + 1] = "50";
+  Child engine(engine_binary(), args, co);
+  const EngineRun run = finish(engine, dir.path() + "/summary.json");
+  ASSERT_EQ(run.exit_code, 0);
+  ASSERT_TRUE(run.summary.is_object());
+  const auto& t = run.summary["telemetry"];
+  const uint64_t undelivered = t["records_undelivered"].get<uint64_t>();
+  EXPECT_GT(undelivered, 0u);
+  EXPECT_EQ(t["records_delivered"].get<uint64_t>(), 0u);
+  EXPECT_EQ(
+      t["records_recorded"].get<uint64_t>(),
+      undelivered + t["records_dropped"].get<uint64_t>() + t["records_unconfirmed"].get<uint64_t>())
+      << "every record the engine's agent accepted is in a book";
+  const std::string err = slurp(co.stderr_path);
+  EXPECT_NE(err.find("warning: " + std::to_string(undelivered) +
+                     " telemetry records were not delivered to " + address),
+            std::string::npos)
+      << err;
+  EXPECT_NE(err.find("never connected"), std::string::npos) << err;
 }
 
 }  // namespace
