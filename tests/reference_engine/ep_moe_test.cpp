@@ -4,9 +4,9 @@
 // experts, including skewed routing that sends most rows to one rank, capacity
 // drops decided by the routing rank, and a rank with no rows at all.
 #include <gtest/gtest.h>
-
 #include <unistd.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
@@ -14,19 +14,17 @@
 #include <random>
 #include <thread>
 
+#include "ep_test_util.hpp"
 #include "inferscope/engine/communicator.hpp"
 #include "inferscope/engine/expert_parallel.hpp"
 #include "inferscope/engine/layers.hpp"
-#include "ep_test_util.hpp"
 
 namespace ie = inferscope::engine;
-using inferscope::engine::test::TempDir;
 using inferscope::engine::test::run_ranks;
+using inferscope::engine::test::TempDir;
 namespace fs = std::filesystem;
 
 namespace {
-
-
 
 struct MoeCase {
   static constexpr int D = 12, F = 7;
@@ -73,7 +71,8 @@ HostWeights make_weights(const MoeCase& mc) {
   for (size_t r = 0; r < mc.tokens_per_rank.size(); ++r) {
     std::vector<float> h;
     fill(h, static_cast<size_t>(mc.tokens_per_rank[r] * D));
-    for (int t = 0; t < mc.tokens_per_rank[r]; ++t) h[static_cast<size_t>(t * D)] = std::abs(h[static_cast<size_t>(t * D)]) + 1.0f;
+    for (int t = 0; t < mc.tokens_per_rank[r]; ++t)
+      h[static_cast<size_t>(t * D)] = std::abs(h[static_cast<size_t>(t * D)]) + 1.0f;
     w.h.push_back(std::move(h));
   }
   for (int e = 0; e < 2; ++e) w.router[static_cast<size_t>(e * D)] += mc.hot_bias;
@@ -90,9 +89,11 @@ struct RankOutput {
 RankOutput run_single(const MoeCase& mc, const HostWeights& hw, int rank) {
   auto be = ie::create_cpu_backend({1, 0});
   const ie::ModelConfig c = mc.config();
-  const int D = MoeCase::D, F = MoeCase::F, E = mc.E, T = mc.tokens_per_rank[static_cast<size_t>(rank)];
-  ie::Buffer br(*be, E, D), bgu(*be, E * 2 * F, D), bdown(*be, E * D, F), bsgu(*be, 2 * F * mc.shared, D),
-      bsdown(*be, D, F * mc.shared), bh(*be, std::max(T, 1), D), bout(*be, std::max(T, 1), D);
+  const int D = MoeCase::D, F = MoeCase::F, E = mc.E,
+            T = mc.tokens_per_rank[static_cast<size_t>(rank)];
+  ie::Buffer br(*be, E, D), bgu(*be, E * 2 * F, D), bdown(*be, E * D, F),
+      bsgu(*be, 2 * F * mc.shared, D), bsdown(*be, D, F * mc.shared), bh(*be, std::max(T, 1), D),
+      bout(*be, std::max(T, 1), D);
   be->upload(br, hw.router.data());
   be->upload(bgu, hw.gu.data());
   be->upload(bdown, hw.down.data());
@@ -110,10 +111,12 @@ RankOutput run_single(const MoeCase& mc, const HostWeights& hw, int rank) {
 }
 
 // moe_ffn_ep on rank `rank` of `ranks`, holding only its experts.
-RankOutput run_ep(const MoeCase& mc, const HostWeights& hw, int rank, int ranks, const std::string& dir) {
+RankOutput run_ep(const MoeCase& mc, const HostWeights& hw, int rank, int ranks,
+                  const std::string& dir) {
   auto be = ie::create_cpu_backend({1, 0});
   const ie::ModelConfig c = mc.config();
-  const int D = MoeCase::D, F = MoeCase::F, E = mc.E, T = mc.tokens_per_rank[static_cast<size_t>(rank)];
+  const int D = MoeCase::D, F = MoeCase::F, E = mc.E,
+            T = mc.tokens_per_rank[static_cast<size_t>(rank)];
   const ie::ExpertPlacement pl = ie::ExpertPlacement::make(E, ranks, rank);
   const int El = pl.per_rank(), first = pl.first_local();
   ie::CommOptions co;
@@ -122,8 +125,9 @@ RankOutput run_ep(const MoeCase& mc, const HostWeights& hw, int rank, int ranks,
   co.rendezvous_dir = dir;
   co.timeout = std::chrono::milliseconds(20000);
   auto comm = ie::create_host_communicator(co);
-  ie::Buffer br(*be, E, D), bgu(*be, El * 2 * F, D), bdown(*be, El * D, F), bsgu(*be, 2 * F * mc.shared, D),
-      bsdown(*be, D, F * mc.shared), bh(*be, std::max(T, 1), D), bout(*be, std::max(T, 1), D);
+  ie::Buffer br(*be, E, D), bgu(*be, El * 2 * F, D), bdown(*be, El * D, F),
+      bsgu(*be, 2 * F * mc.shared, D), bsdown(*be, D, F * mc.shared), bh(*be, std::max(T, 1), D),
+      bout(*be, std::max(T, 1), D);
   be->upload(br, hw.router.data());
   be->upload(bgu, hw.gu.data() + static_cast<size_t>(first) * 2 * F * D);
   be->upload(bdown, hw.down.data() + static_cast<size_t>(first) * D * F);
@@ -152,17 +156,21 @@ void expect_ep_matches_single(const MoeCase& mc, int ranks) {
   const HostWeights hw = make_weights(mc);
   TempDir dir{"ep-test"};
   std::vector<RankOutput> ep(static_cast<size_t>(ranks));
-  run_ranks(ranks, [&](int r) { ep[static_cast<size_t>(r)] = run_ep(mc, hw, r, ranks, dir.path.string()); });
+  run_ranks(ranks, [&](int r) {
+    ep[static_cast<size_t>(r)] = run_ep(mc, hw, r, ranks, dir.path.string());
+  });
   uint64_t computed = 0, assigned = 0;
   for (int r = 0; r < ranks; ++r) {
     const RankOutput single = run_single(mc, hw, r);
     const RankOutput& got = ep[static_cast<size_t>(r)];
     SCOPED_TRACE("rank " + std::to_string(r));
-    EXPECT_EQ(got.counts.kept, single.counts.kept.empty() ? std::vector<int32_t>(static_cast<size_t>(mc.E), 0)
-                                                          : single.counts.kept);
+    EXPECT_EQ(got.counts.kept, single.counts.kept.empty()
+                                   ? std::vector<int32_t>(static_cast<size_t>(mc.E), 0)
+                                   : single.counts.kept);
     EXPECT_EQ(got.counts.dropped, single.counts.dropped);
     ASSERT_EQ(got.out.size(), single.out.size());
-    for (size_t i = 0; i < got.out.size(); ++i) EXPECT_NEAR(got.out[i], single.out[i], 1e-4f * (1.0f + std::abs(single.out[i]))) << i;
+    for (size_t i = 0; i < got.out.size(); ++i)
+      EXPECT_NEAR(got.out[i], single.out[i], 1e-4f * (1.0f + std::abs(single.out[i]))) << i;
     computed += got.stats.rows_computed;
     for (int32_t k : got.counts.kept) assigned += static_cast<uint64_t>(k);
     EXPECT_EQ(got.stats.layer, 3);
@@ -185,12 +193,13 @@ TEST(ExpertParallelMoe, TwoRanksMatchSingleRank) {
 TEST(ExpertParallelMoe, SkewedRoutingWithDropsMatchesSingleRank) {
   MoeCase mc;
   mc.tokens_per_rank = {16, 11};
-  mc.hot_bias = 6.0f;            // experts 0 and 1 (rank 0) win almost every token
-  mc.capacity_factor = 1.0f;     // ... and overflow: the routing rank drops
+  mc.hot_bias = 6.0f;         // experts 0 and 1 (rank 0) win almost every token
+  mc.capacity_factor = 1.0f;  // ... and overflow: the routing rank drops
   const HostWeights hw = make_weights(mc);
   const RankOutput single = run_single(mc, hw, 0);
   ASSERT_GT(single.counts.dropped, 0u) << "the crafted skew must overflow capacity";
-  ASSERT_GT(single.counts.routed[0] + single.counts.routed[1], single.counts.routed[2] + single.counts.routed[5]);
+  ASSERT_GT(single.counts.routed[0] + single.counts.routed[1],
+            single.counts.routed[2] + single.counts.routed[5]);
   expect_ep_matches_single(mc, 2);
 }
 
@@ -208,10 +217,12 @@ TEST(ExpertParallelMoe, RowsSentCountsOnlyOtherRanks) {
   const HostWeights hw = make_weights(mc);
   TempDir dir{"ep-test"};
   std::vector<RankOutput> ep(2);
-  run_ranks(2, [&](int r) { ep[static_cast<size_t>(r)] = run_ep(mc, hw, r, 2, dir.path.string()); });
+  run_ranks(2,
+            [&](int r) { ep[static_cast<size_t>(r)] = run_ep(mc, hw, r, 2, dir.path.string()); });
   auto kept_on = [&](const RankOutput& o, int owner) {
     uint32_t n = 0;
-    for (int e = owner * 4; e < owner * 4 + 4; ++e) n += static_cast<uint32_t>(o.counts.kept[static_cast<size_t>(e)]);
+    for (int e = owner * 4; e < owner * 4 + 4; ++e)
+      n += static_cast<uint32_t>(o.counts.kept[static_cast<size_t>(e)]);
     return n;
   };
   EXPECT_EQ(ep[0].stats.rows_sent, kept_on(ep[0], 1));
@@ -253,6 +264,7 @@ TEST(HostCommunicator, PeerThatLeavesMakesTheOtherFailClearly) {
 TEST(HostCommunicator, StalledPeerTimesOut) {
   TempDir dir{"ep-test"};
   std::string error;
+  std::atomic<bool> gave_up{false};
   run_ranks(2, [&](int r) {
     ie::CommOptions co;
     co.rank = r;
@@ -261,7 +273,10 @@ TEST(HostCommunicator, StalledPeerTimesOut) {
     co.timeout = std::chrono::milliseconds(300);
     auto comm = ie::create_host_communicator(co);
     if (r == 1) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // alive but silent
+      // Alive but silent until rank 0 has given up (not for a fixed time: on a
+      // busy machine rank 0 may not even run within it).
+      for (int i = 0; i < 6000 && !gave_up.load(); ++i)
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
       return;
     }
     try {
@@ -269,6 +284,7 @@ TEST(HostCommunicator, StalledPeerTimesOut) {
     } catch (const ie::CommError& e) {
       error = e.what();
     }
+    gave_up = true;
   });
   EXPECT_NE(error.find("no progress"), std::string::npos) << error;
 }
