@@ -10,7 +10,8 @@ seconds=${1:-25}
 CC=clang CXX=clang++ cmake -S . -B build/fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DINFERSCOPE_FUZZ=ON -DINFERSCOPE_CUDA=OFF -DINFERSCOPE_VIEWER=OFF -DINFERSCOPE_BENCHMARKS=OFF >/dev/null
 targets=$(cd tests/fuzz && ls *_fuzz.cpp | sed 's/\.cpp$//')
-ninja -C build/fuzz $targets >/dev/null
+# Progress lines, not one line per file (scripts/lib/ninja-progress).
+ninja -C build/fuzz $targets | awk -v tty="$([[ -t 1 ]] && echo 1 || echo 0)" -f scripts/lib/ninja-progress
 for t in $targets; do
   name=${t%_fuzz}
   work=build/fuzz/findings/$name
