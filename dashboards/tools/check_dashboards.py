@@ -43,6 +43,7 @@ inferscope_moe_rerouted_tokens_total inferscope_moe_batch_tokens_total
 inferscope_moe_expert_tokens_total inferscope_moe_expert_episodes_total
 inferscope_prefix_cache_queried_tokens_total inferscope_prefix_cache_hit_tokens_total
 inferscope_stage_gpu_seconds_total inferscope_moe_layer_gpu_seconds_total
+inferscope_ssm_checkpoint_evictions_total
 inferscope_requests_total inferscope_request_tokens_total
 inferscope_collector_frames_total inferscope_collector_records_total
 inferscope_collector_bytes_received_total inferscope_collector_rejected_frames_total
@@ -79,7 +80,7 @@ CATALOG = set(COUNTERS) | set(GAUGES) | {
 PROMETHEUS_SERIES = {"up", "scrape_duration_seconds", "scrape_samples_scraped", "ALERTS",
                      "ALERTS_FOR_STATE"}
 LABELS = {"model", "rank", "layer", "expert", "kind", "stage", "layer_kind", "state", "status",
-          "reason", "le", "job", "instance", "alertname", "alertstate", "severity"}
+          "reason", "reused", "le", "job", "instance", "alertname", "alertstate", "severity"}
 GRAFANA_BUILTINS = {"__rate_interval", "__interval", "__range", "__interval_ms", "__range_s"}
 
 

@@ -528,6 +528,14 @@ def memory_dashboard():
                                 (f"sum by (layer_kind) (rate(inferscope_prefix_cache_hit_tokens_total{{{MR}}}[{RI}]))",
                                  "hit {{layer_kind}}")),
                         unit="short"))
+    p.append(timeseries(L, "SSM checkpoint evictions",
+                        "Checkpoints per second a full SSM checkpoint pool evicted, split by whether "
+                        "a request had restored them. Mostly never-restored evictions: the pool is "
+                        "too small for the prefix reuse distance (alert "
+                        "InferscopeSsmCheckpointsEvictedUnused).",
+                        targets((f"sum by (reused) (rate(inferscope_ssm_checkpoint_evictions_total{{{MR}}}[{RI}]))",
+                                 "reused={{reused}}")),
+                        unit="short", stack=True))
     p.append(stat(L, "Fleet prefix hit rate (5m)",
                   "Recording rule inferscope:prefix_cache_hit_ratio:fleet_rate5m, over every rank "
                   "and node.",
@@ -597,8 +605,8 @@ def latency_dashboard():
                         targets((f"sum by (stage) (rate(inferscope_stage_duration_seconds_sum{{{MR}}}[{RI}]))",
                                  "{{stage}}")), unit="s", stack=True))
     p.append(timeseries(L, "GPU time per stage", "GPU kernel seconds per second attributed to "
-                        "each stage (CUPTI kernels inside the stage's NVTX range). Zero on the CPU "
-                        "backend.",
+                        "each stage (CUPTI kernels inside the stage's NVTX range). Only stages whose GPU "
+                        "time is measured have a series: empty on the CPU backend.",
                         targets((f"sum by (stage) (rate(inferscope_stage_gpu_seconds_total{{{MR}}}[{RI}]))",
                                  "{{stage}}")), unit="s", stack=True))
     p.append(stat(L, "TTFT p95 (5m, recording rule)", "inferscope:request_ttft_seconds:p95_rate5m.",

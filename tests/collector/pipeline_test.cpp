@@ -5,6 +5,7 @@
 #include <prometheus/text_serializer.h>
 
 #include "inferscope/collector/pipeline.hpp"
+#include "inferscope/wire/counter_names.hpp"
 #include "test_client.hpp"
 
 using namespace inferscope::collector;
@@ -326,6 +327,43 @@ TEST(Pipeline, MoeLayerGpuTimeFromKernelRangeArgs) {
   dense.args[0] = {1, 4};
   ASSERT_TRUE(f.send(s, {k, dense}));
   EXPECT_NEAR(*find_series(f.scrape(), "inferscope_moe_layer_gpu_seconds_total", {"layer=\"1\""}), 0.005, 1e-12);
+}
+
+TEST(Pipeline, StageGpuSecondsOnlyForStagesWithMeasuredGpuTime) {
+  Fixture f;
+  Session s(f.options.limits);
+  ASSERT_TRUE(f.send(s, {make_hello("m", 0, 1, 4)}));
+  // A CPU-only run: gpu_ns 0 (not measured) for every stage.
+  wire::StageTiming cpu{7, wire::Stage::kBackboneDecode, wire::Device::kCpu, 0, 30'000'000, 0};
+  wire::StageTiming gpu{7, wire::Stage::kEncoder, wire::Device::kGpu, 0, 30'000'000, 20'000'000};
+  ASSERT_TRUE(f.send(s, {cpu}));
+  auto m = f.scrape();
+  EXPECT_TRUE(find_series(m, "inferscope_stage_duration_seconds_count", {"stage=\"backbone_decode\""}));
+  for (const auto& [series, v] : m)
+    EXPECT_EQ(series.find("inferscope_stage_gpu_seconds_total"), std::string::npos) << series << " = " << v;
+  ASSERT_TRUE(f.send(s, {gpu, cpu}));
+  m = f.scrape();
+  EXPECT_NEAR(*find_series(m, "inferscope_stage_gpu_seconds_total", {"stage=\"encoder\""}), 0.02, 1e-12);
+  EXPECT_FALSE(find_series(m, "inferscope_stage_gpu_seconds_total", {"stage=\"backbone_decode\""}));
+}
+
+TEST(Pipeline, SsmCheckpointEvictionCountersBecomeAMetric) {
+  Fixture f;
+  Session s(f.options.limits);
+  ASSERT_TRUE(f.send(s, {make_hello("m", 1, 1, 4)}));
+  const wire::StringDef unused{1, std::string(wire::counter_names::kSsmCheckpointsEvictedUnused)};
+  const wire::StringDef reused{2, std::string(wire::counter_names::kSsmCheckpointsEvictedReused)};
+  const wire::StringDef other{3, "some.other.counter"};
+  ASSERT_TRUE(f.send(s, {unused, reused, other, wire::CounterSample{10, 1, false, 0.0},
+                         wire::CounterSample{10, 2, false, 0.0}}));
+  // The first (zero) report makes the series exist, so rate() sees the first eviction.
+  EXPECT_EQ(find_series(f.scrape(), "inferscope_ssm_checkpoint_evictions_total", {"reused=\"false\""}), 0.0);
+  ASSERT_TRUE(f.send(s, {wire::CounterSample{20, 1, false, 5.0}, wire::CounterSample{30, 1, false, 2.0},
+                         wire::CounterSample{30, 2, false, 1.0}, wire::CounterSample{30, 3, false, 9.0}}));
+  auto m = f.scrape();
+  EXPECT_EQ(find_series(m, "inferscope_ssm_checkpoint_evictions_total", {"rank=\"1\"", "reused=\"false\""}), 7.0);
+  EXPECT_EQ(find_series(m, "inferscope_ssm_checkpoint_evictions_total", {"reused=\"true\""}), 1.0);
+  for (const auto& [series, v] : m) EXPECT_EQ(series.find("some.other"), std::string::npos) << series;
 }
 
 TEST(Pipeline, StringLimitClosesTheConnection) {

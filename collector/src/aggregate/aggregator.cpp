@@ -5,6 +5,7 @@
 #include <charconv>
 
 #include "inferscope/collector/eplb.hpp"
+#include "inferscope/wire/counter_names.hpp"
 
 namespace inferscope::collector {
 
@@ -99,7 +100,8 @@ struct Aggregator::Rank {
   std::array<Gauge*, wire::kMemoryKindCount> mem_used{}, mem_capacity{};
   std::array<Counter*, 2> prefix_queried{}, prefix_hit{};
   std::array<Histogram*, wire::kStageCount> stage_hist{};
-  std::array<Counter*, wire::kStageCount> stage_gpu{};
+  std::array<Counter*, wire::kStageCount> stage_gpu{};  // created by the first measured GPU time
+  std::array<Counter*, 2> ckpt_evictions{};              // [reused]; created by the first report
   Histogram *ttft = nullptr, *tpot = nullptr, *e2e = nullptr;
   std::array<Counter*, 4> requests{};
   std::array<Counter*, 4> tokens{};
@@ -174,7 +176,6 @@ Aggregator::Rank* Aggregator::rank_for(Model& model, uint32_t rank, const std::s
   for (uint8_t s = 0; s < wire::kStageCount; ++s) {
     const char* stage = wire::to_string(static_cast<wire::Stage>(s));
     r->stage_hist[s] = &metrics_.stage_duration.Add(with("stage", stage), stage_buckets());
-    r->stage_gpu[s] = &metrics_.stage_gpu_seconds.Add(with("stage", stage));
   }
   r->ttft = &metrics_.ttft.Add(base, ttft_buckets());
   r->tpot = &metrics_.tpot.Add(base, tpot_buckets());
@@ -520,7 +521,14 @@ bool Aggregator::on_record(const Source& source, const wire::Record& record, std
       if (Rank* r = rank()) {
         const auto k = static_cast<size_t>(s.stage);
         r->stage_hist[k]->Observe(seconds(std::max<int64_t>(0, s.end_ns - s.start_ns)));
-        if (s.gpu_ns > 0) r->stage_gpu[k]->Increment(seconds(s.gpu_ns));
+        // gpu_ns 0 means "not measured" (no CUPTI, a CPU stage): no series, rather
+        // than one that reads as "the GPU took no time".
+        if (s.gpu_ns > 0) {
+          if (r->stage_gpu[k] == nullptr)
+            r->stage_gpu[k] = &metrics_.stage_gpu_seconds.Add(
+                {{"model", model->name}, {"rank", r->label}, {"stage", wire::to_string(s.stage)}});
+          r->stage_gpu[k]->Increment(seconds(s.gpu_ns));
+        }
       }
       break;
     }
@@ -560,6 +568,23 @@ bool Aggregator::on_record(const Source& source, const wire::Record& record, std
         l.gpu_seconds->Increment(seconds(std::max<int64_t>(0, s.end_ns - s.start_ns)));
         break;
       }
+      break;
+    }
+    case wire::RecordKind::kCounter: {
+      // Only the counters named in wire/counter_names.hpp become metrics.
+      const auto& c = std::get<wire::CounterSample>(record);
+      if (c.is_gauge || !(c.value >= 0)) break;
+      const std::string& name = source.string(c.name_id);
+      int reused = name == wire::counter_names::kSsmCheckpointsEvictedUnused  ? 0
+                   : name == wire::counter_names::kSsmCheckpointsEvictedReused ? 1
+                                                                                : -1;
+      if (reused < 0) break;
+      Rank* r = rank();
+      if (r == nullptr) break;
+      if (r->ckpt_evictions[reused] == nullptr)
+        r->ckpt_evictions[reused] = &metrics_.ssm_checkpoint_evictions.Add(
+            {{"model", model->name}, {"rank", r->label}, {"reused", reused ? "true" : "false"}});
+      r->ckpt_evictions[reused]->Increment(c.value);
       break;
     }
     case wire::RecordKind::kAgentHealth: {

@@ -117,7 +117,12 @@ CollectorMetrics::CollectorMetrics(std::shared_ptr<prometheus::Registry> r)
       stage_duration(reg(BuildHistogram(), *registry, "inferscope_stage_duration_seconds",
                          "Wall time of a multimodal stage per request.")),
       stage_gpu_seconds(reg(BuildCounter(), *registry, "inferscope_stage_gpu_seconds_total",
-                            "GPU kernel time attributed to the stage.")),
+                            "GPU kernel time attributed to the stage (only stages whose "
+                            "GPU time is measured).")),
+      ssm_checkpoint_evictions(
+          reg(BuildCounter(), *registry, "inferscope_ssm_checkpoint_evictions_total",
+              "SSM state checkpoints evicted from a full pool, by whether they were ever "
+              "restored.")),
       ttft(reg(BuildHistogram(), *registry, "inferscope_request_ttft_seconds",
                "Time to first token.")),
       tpot(reg(BuildHistogram(), *registry, "inferscope_request_time_per_output_token_seconds",

@@ -204,6 +204,7 @@ bool Engine::admit(Seq& s) {
   free_state_slots_.pop_back();
   if (usable > 0 && ckpt_slot >= 0) {
     model_.restore_checkpoint(ckpt_slot, s.state_slot);
+    checkpoints_.restored(s.hashes[static_cast<size_t>(usable - 1)]);
     stats_.checkpoints_restored++;
   } else {
     model_.clear_state(s.state_slot);
@@ -463,8 +464,19 @@ void Engine::report_memory(bool force) {
   stats_.peak_kv_bytes = std::max(stats_.peak_kv_bytes, kv);
   stats_.peak_ssm_bytes = std::max(stats_.peak_ssm_bytes, ssm);
   stats_.peak_ckpt_bytes = std::max(stats_.peak_ckpt_bytes, ckpt);
+  stats_.checkpoints_evicted_unused = checkpoints_.evicted_unused();
+  stats_.checkpoints_evicted_reused = checkpoints_.evicted_reused();
   if (!telemetry_) return;
   auto& a = telemetry_->agent();
+  // Checkpoint evictions as counter deltas; the first report sends zeros so the
+  // collector's series exist (and rate() sees the first eviction).
+  if (checkpoints_.slots() > 0 && (force || stats_.checkpoints_evicted_unused != sent_evictions_[0] ||
+                                   stats_.checkpoints_evicted_reused != sent_evictions_[1])) {
+    a.counter(telemetry_->id_ckpt_evicted_unused, double(stats_.checkpoints_evicted_unused - sent_evictions_[0]));
+    a.counter(telemetry_->id_ckpt_evicted_reused, double(stats_.checkpoints_evicted_reused - sent_evictions_[1]));
+    sent_evictions_[0] = stats_.checkpoints_evicted_unused;
+    sent_evictions_[1] = stats_.checkpoints_evicted_reused;
+  }
   // Prefix-cache deltas whenever lookups happened (only on admissions).
   if (stats_.attention_queried != sent_prefix_[0] || stats_.ssm_queried != sent_prefix_[2]) {
     a.prefix_cache(stats_.attention_queried - sent_prefix_[0], stats_.attention_hit - sent_prefix_[1],

@@ -107,6 +107,11 @@ int32_t CheckpointStore::find(uint64_t hash) {
   return it->second.slot;
 }
 
+void CheckpointStore::restored(uint64_t hash) {
+  auto it = by_hash_.find(hash);
+  if (it != by_hash_.end()) it->second.reused = true;
+}
+
 int32_t CheckpointStore::insert(uint64_t hash, bool* fresh) {
   *fresh = false;
   if (slots_ <= 0) return -1;
@@ -118,10 +123,12 @@ int32_t CheckpointStore::insert(uint64_t hash, bool* fresh) {
   } else {
     uint64_t victim = lru_.front();
     lru_.pop_front();
-    slot = by_hash_[victim].slot;
+    const Entry& e = by_hash_[victim];
+    slot = e.slot;
+    ++(e.reused ? evicted_reused_ : evicted_unused_);
     by_hash_.erase(victim);
   }
-  by_hash_[hash] = Entry{slot, lru_.insert(lru_.end(), hash)};
+  by_hash_[hash] = Entry{slot, lru_.insert(lru_.end(), hash), false};
   *fresh = true;
   return slot;
 }

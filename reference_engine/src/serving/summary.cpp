@@ -92,7 +92,9 @@ json make_summary(const ModelConfig& c, const MemoryFootprint& mem, const Engine
                        {"ssm_hit_rate", rate(s.ssm_hit, s.ssm_queried)},
                        {"reused_tokens", s.reused_tokens},
                        {"checkpoints_saved", s.checkpoints_saved},
-                       {"checkpoints_restored", s.checkpoints_restored}};
+                       {"checkpoints_restored", s.checkpoints_restored},
+                       {"checkpoints_evicted_unused", s.checkpoints_evicted_unused},
+                       {"checkpoints_evicted_reused", s.checkpoints_evicted_reused}};
   j["stage_seconds"] = {{"encoder", static_cast<double>(s.encoder_ns) / 1e9},
                         {"connector", static_cast<double>(s.connector_ns) / 1e9},
                         {"backbone_prefill_only_steps", static_cast<double>(s.prefill_ns) / 1e9},
@@ -147,13 +149,15 @@ std::string format_summary(const json& j) {
       m["ssm_checkpoints_peak"].get<double>(), m["ssm_checkpoints_capacity"].get<double>());
   const auto& p = j["prefix_cache"];
   add("prefix     attention hit %.1f%% of %llu, ssm hit %.1f%% of %llu, reused %llu tokens, checkpoints "
-      "saved %llu restored %llu\n",
+      "saved %llu restored %llu, evicted %llu never restored + %llu restored\n",
       100.0 * p["attention_hit_rate"].get<double>(),
       static_cast<unsigned long long>(p["attention_queried"].get<uint64_t>()), 100.0 * p["ssm_hit_rate"].get<double>(),
       static_cast<unsigned long long>(p["ssm_queried"].get<uint64_t>()),
       static_cast<unsigned long long>(p["reused_tokens"].get<uint64_t>()),
       static_cast<unsigned long long>(p["checkpoints_saved"].get<uint64_t>()),
-      static_cast<unsigned long long>(p["checkpoints_restored"].get<uint64_t>()));
+      static_cast<unsigned long long>(p["checkpoints_restored"].get<uint64_t>()),
+      static_cast<unsigned long long>(p["checkpoints_evicted_unused"].get<uint64_t>()),
+      static_cast<unsigned long long>(p["checkpoints_evicted_reused"].get<uint64_t>()));
   const auto& s = j["stage_seconds"];
   add("stages s   encoder %.3f, connector %.3f, backbone prefill %.3f, decode %.3f, mixed %.3f\n",
       s["encoder"].get<double>(), s["connector"].get<double>(), s["backbone_prefill_only_steps"].get<double>(),

@@ -1,6 +1,8 @@
 // Telemetry: the engine's signals through the agent API.
 #include "inferscope/engine/telemetry.hpp"
 
+#include "inferscope/wire/counter_names.hpp"
+
 namespace inferscope::engine {
 
 Telemetry::Telemetry(agent::Config config, const ModelConfig& model, const ExpertPlacement& placement) {
@@ -20,6 +22,8 @@ Telemetry::Telemetry(agent::Config config, const ModelConfig& model, const Exper
   id_connector = agent::intern("connector");
   id_schedule = agent::intern("schedule");
   id_sample = agent::intern("sample");
+  id_ckpt_evicted_unused = agent::intern(wire::counter_names::kSsmCheckpointsEvictedUnused);
+  id_ckpt_evicted_reused = agent::intern(wire::counter_names::kSsmCheckpointsEvictedReused);
   for (int32_t l = 0; l < model.n_layers(); ++l) {
     std::string name = "layer." + std::to_string(l) + (model.is_attention(l) ? ".attention" : ".ssm") +
                        (model.is_moe(l) ? "+moe" : "+dense");

@@ -69,7 +69,8 @@ struct CollectorMetrics {
   prometheus::Family<prometheus::Counter>& prefix_queried;
   prometheus::Family<prometheus::Counter>& prefix_hit;
   prometheus::Family<prometheus::Histogram>& stage_duration;
-  prometheus::Family<prometheus::Counter>& stage_gpu_seconds;
+  prometheus::Family<prometheus::Counter>& stage_gpu_seconds;  // only stages with measured GPU time
+  prometheus::Family<prometheus::Counter>& ssm_checkpoint_evictions;  // model, rank, reused
   prometheus::Family<prometheus::Histogram>& ttft;
   prometheus::Family<prometheus::Histogram>& tpot;
   prometheus::Family<prometheus::Histogram>& e2e;

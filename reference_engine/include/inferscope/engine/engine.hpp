@@ -65,6 +65,7 @@ struct EngineStats {
            requests_rejected = 0;
   uint64_t attention_queried = 0, attention_hit = 0, ssm_queried = 0, ssm_hit = 0, reused_tokens = 0;
   uint64_t checkpoints_saved = 0, checkpoints_restored = 0;
+  uint64_t checkpoints_evicted_unused = 0, checkpoints_evicted_reused = 0;  // CheckpointStore
   int64_t encoder_ns = 0, connector_ns = 0, prefill_ns = 0, decode_ns = 0, mixed_ns = 0;
   int64_t busy_ns = 0;
   std::vector<LayerRouting> layers;  // per layer (empty routed for dense layers)
@@ -127,6 +128,7 @@ class Engine {
   uint64_t step_id_ = 0;
   int64_t last_memory_ns_ = 0;
   uint64_t sent_prefix_[4] = {};
+  uint64_t sent_evictions_[2] = {};  // checkpoint evictions (unused, reused) already reported
   class Observer;
   std::unique_ptr<Observer> observer_;
 };

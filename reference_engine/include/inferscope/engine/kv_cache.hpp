@@ -61,14 +61,22 @@ class BlockManager {
 
 // SSM state checkpoints at block boundaries, keyed by the chain hash of the
 // prefix they follow; least recently used slot is reused when full.
+//
+// Evictions are counted by whether the checkpoint was ever restored: a pool that
+// evicts checkpoints nobody restored is too small for the traffic's prefix reuse
+// distance (or checkpoints too often), and its memory buys nothing.
 class CheckpointStore {
  public:
   explicit CheckpointStore(int32_t slots);
   int32_t find(uint64_t hash);  // slot or -1 (touches LRU)
+  // The checkpoint of `hash` was restored into a sequence's state (counts as reuse).
+  void restored(uint64_t hash);
   // Slot for `hash`; *fresh = true when the caller must write the state into it.
   int32_t insert(uint64_t hash, bool* fresh);
   int32_t used() const { return static_cast<int32_t>(by_hash_.size()); }
   int32_t slots() const { return slots_; }
+  uint64_t evicted_unused() const { return evicted_unused_; }  // never restored
+  uint64_t evicted_reused() const { return evicted_reused_; }  // restored at least once
 
  private:
   int32_t slots_;
@@ -76,9 +84,11 @@ class CheckpointStore {
   struct Entry {
     int32_t slot;
     std::list<uint64_t>::iterator pos;
+    bool reused = false;
   };
   std::unordered_map<uint64_t, Entry> by_hash_;
   std::vector<int32_t> free_;
+  uint64_t evicted_unused_ = 0, evicted_reused_ = 0;
 };
 
 }  // namespace inferscope::engine

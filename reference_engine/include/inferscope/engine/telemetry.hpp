@@ -40,6 +40,8 @@ class Telemetry final : public ForwardObserver {
   // Interned range names.
   uint32_t id_step = 0, id_backbone = 0, id_prefill = 0, id_decode = 0, id_encoder = 0,
            id_connector = 0, id_schedule = 0, id_sample = 0;
+  // Counters the collector exports (wire/counter_names.hpp).
+  uint32_t id_ckpt_evicted_unused = 0, id_ckpt_evicted_reused = 0;
 
  private:
   std::unique_ptr<agent::Agent> agent_;
