@@ -334,8 +334,10 @@ def main():
     ap.add_argument("--width", type=int, default=1400)
     ap.add_argument("--height", type=int, default=900)
     ap.add_argument("--html")
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--out", help="the PNG (needs chromium); without it only --html is written")
     a = ap.parse_args()
+    if not a.out and not a.html:
+        ap.error("give --out PNG, --html PAGE or both")
     global RATE_INTERVAL
     RATE_INTERVAL = a.rate_interval
     dash = json.loads(pathlib.Path(a.dashboard).read_text())
@@ -344,6 +346,9 @@ def main():
     page = build_html(Prom(a.prometheus), dash, a.panel or DEFAULT_PANELS, vals, a.minutes, a.width)
     html_path = pathlib.Path(a.html or tempfile.mktemp(suffix=".html")).resolve()
     html_path.write_text(page)
+    if not a.out:
+        print(f"wrote {html_path}")
+        return
     screenshot(html_path, pathlib.Path(a.out).resolve(), a.width, a.height)
     print(f"wrote {a.out} (html {html_path})")
 
