@@ -269,6 +269,7 @@ done
 ((rc == 0)) || { echo "run-demo: the engine exited with $rc; see $demo/engine.log" >&2; tail -20 "$demo/engine.log" >&2; }
 
 # [SECTION] End of the run: every step, whatever ended it ----------------------------------
+trap 'echo; echo "run-demo: interrupted: skipping the remaining end-of-run steps"; exit 130' INT TERM
 sleep 5 & wait $! || true   # two more scrapes and rule evaluations after the last records
 python3 scripts/lib/demo_status.py "${status_args[@]}" --final || true
 failed_steps=()

@@ -12,7 +12,10 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "inferscope/viewer/loader.hpp"
 #include "inferscope/viewer/sample_trace.hpp"
+#include "inferscope/viewer/stats.hpp"
+#include "inferscope/wire/codec.hpp"
 #include "test_util.hpp"
 
 namespace inferscope::viewer {
@@ -70,6 +73,25 @@ bool close_colour(uint32_t a, uint32_t b, int tol = 6) {
   for (int i = 0; i < 3; ++i)
     if (std::abs(channel(a, i) - channel(b, i)) > tol) return false;
   return true;
+}
+
+// A sample trace with collector alert episodes appended as one more frame
+// (source 0, as the collector writes them).
+std::vector<uint8_t> with_alerts(std::vector<uint8_t> trace, const std::vector<wire::AlertEpisode>& alerts) {
+  wire::EncoderOptions o;
+  o.source_id = wire::kCollectorSource;
+  o.compress = false;
+  wire::FrameEncoder enc(o);
+  for (const auto& a : alerts) enc.add(wire::Record(a));
+  std::vector<uint8_t> frame;
+  enc.finish(frame);
+  trace.insert(trace.end(), frame.begin(), frame.end());
+  return trace;
+}
+
+void write_file(const std::string& path, const std::vector<uint8_t>& bytes) {
+  std::ofstream(path, std::ios::binary).write(reinterpret_cast<const char*>(bytes.data()),
+                                              static_cast<std::streamsize>(bytes.size()));
 }
 
 class ViewerScreenshot : public ::testing::Test {
@@ -199,6 +221,132 @@ TEST_F(ViewerScreenshot, GarbageFileIsAnErrorNotACrash) {
   EXPECT_NE(r.output.find("Could not open"), std::string::npos) << r.output;
   Image img;
   EXPECT_TRUE(img.load(png));
+}
+
+// [SECTION] Where the viewer opens, and what it shows first (issue: the first ten minutes)
+
+// The collector's first window began before the first record, so an episode
+// starts before it: the alerts table must not show a negative start (-911.4 ms).
+TEST(ViewerScreenshotStart, AlertThatStartedBeforeTheFirstRecordHasNoNegativeStart) {
+  if (std::system("command -v xvfb-run >/dev/null 2>&1") != 0) GTEST_SKIP() << "xvfb-run not installed";
+  test::TempDir dir;
+  SampleOptions o;
+  wire::AlertEpisode early;
+  early.kind = wire::AlertKind::kColdExpert;
+  early.layer = 1;
+  early.expert = 2;
+  early.start_ns = o.t0_ns - 911'400'000;
+  early.end_ns = o.t0_ns + 3'000'000'000;
+  early.model = "hybrid-moe";
+  const std::string trace = dir.file("early.trace");
+  write_file(trace, with_alerts(sample_trace_bytes(o), {early}));
+  const std::string png = dir.file("alerts.png");
+  RunResult r = run(trace + " --screenshot " + png + " --view alerts --width 900 --height 400");
+  ASSERT_EQ(r.status, 0) << r.output;
+  std::ifstream in(png + ".json");
+  nlohmann::json f = nlohmann::json::parse(in, nullptr, false);
+  ASSERT_FALSE(f.is_discarded());
+  EXPECT_GE(f["alert_min_start_s"].get<double>(), 0.0);
+  // The early episode is the first row: it starts at the very beginning of the trace.
+  EXPECT_NEAR(f["alert_min_start_s"].get<double>(), 0.0, 1e-6);
+}
+
+// Without --window the timeline opens on a few seconds around the latest alert
+// (the drop burst at 8 s of the sample), not on the whole 20 s trace.
+TEST_F(ViewerScreenshot, TimelineOpensOnTheLatestAlertNotTheWholeTrace) {
+  std::string png = dir.file("start.png");
+  RunResult r = run(trace() + " --screenshot " + png + " --view timeline --width 1200 --height 800");
+  ASSERT_EQ(r.status, 0) << r.output;
+  nlohmann::json f = facts(png);
+  ASSERT_FALSE(f.is_discarded());
+  const double t0 = f["view_s"][0].get<double>(), t1 = f["view_s"][1].get<double>();
+  SampleOptions o;
+  const double latest_alert_s = o.hot_from_s + 2.0;  // sample_trace.cpp: the drop burst
+  EXPECT_LE(t1 - t0, 5.0 + 1e-6);
+  EXPECT_LT(t1 - t0, f["trace_s"].get<double>() / 2);
+  EXPECT_LE(t0, latest_alert_s);
+  EXPECT_GE(t1, latest_alert_s);
+  EXPECT_EQ(f["tracks"].get<int>(), 10);
+}
+
+// A first, mild hot-expert episode on layer 1 / expert 9 must not win the
+// preselection over the reddest cell (the sample's hot expert 5 of layer 3).
+TEST(ViewerScreenshotStart, ExpertsViewPreselectsTheReddestCell) {
+  if (std::system("command -v xvfb-run >/dev/null 2>&1") != 0) GTEST_SKIP() << "xvfb-run not installed";
+  test::TempDir dir;
+  SampleOptions o;
+  wire::AlertEpisode mild;
+  mild.kind = wire::AlertKind::kHotExpert;
+  mild.layer = 1;
+  mild.expert = 9;
+  mild.start_ns = o.t0_ns + 1'000'000'000;
+  mild.end_ns = o.t0_ns + 3'000'000'000;
+  mild.peak_share = 0.12f;
+  mild.peak_utilization = 1.9f;
+  mild.model = "hybrid-moe";
+  const std::string trace = dir.file("mild.trace");
+  write_file(trace, with_alerts(sample_trace_bytes(o), {mild}));
+  const std::string png = dir.file("experts.png");
+  RunResult r = run(trace + " --screenshot " + png + " --view experts --width 1000 --height 640");
+  ASSERT_EQ(r.status, 0) << r.output;
+  Image img;
+  ASSERT_TRUE(img.load(png));
+  std::ifstream in(png + ".json");
+  nlohmann::json f = nlohmann::json::parse(in, nullptr, false);
+  ASSERT_FALSE(f.is_discarded());
+  EXPECT_EQ(f["selected"][0].get<int>(), static_cast<int>(o.hot_layer));
+  EXPECT_EQ(f["selected"][1].get<int>(), static_cast<int>(o.hot_expert));
+  auto cell = f["selected_cell"];
+  ASSERT_GE(cell[0].get<double>(), 0) << "selected cell not drawn";
+  int cx = static_cast<int>((cell[0].get<double>() + cell[2].get<double>()) / 2);
+  int cy = static_cast<int>((cell[1].get<double>() + cell[3].get<double>()) / 2);
+  ASSERT_LT(cx, img.w);
+  ASSERT_LT(cy, img.h);
+  // The selected cell is the top of the colour scale: the reddest one.
+  EXPECT_TRUE(close_colour(img.at(cx, cy), parse_hex(f["legend_top_colour"].get<std::string>()), 12))
+      << std::hex << img.at(cx, cy) << " vs " << f["legend_top_colour"];
+}
+
+// KV cache, SSM state and checkpoints each fill their own lane to used /
+// capacity: a 16 GiB KV cache does not flatten a 1 GiB checkpoint pool, and the
+// other way round.
+TEST_F(ViewerScreenshot, MemoryLanesShowEachKindAgainstItsOwnCapacity) {
+  std::string png = dir.file("memory.png");
+  RunResult r = run(trace() + " --screenshot " + png + " --view memory --window 15s..19s --width 1000 --height 700");
+  ASSERT_EQ(r.status, 0) << r.output;
+  Image img;
+  ASSERT_TRUE(img.load(png));
+  nlohmann::json f = facts(png);
+  ASSERT_FALSE(f.is_discarded());
+  // The figures the lanes must show, from the data model.
+  TraceModel m;
+  ASSERT_TRUE(load_path(trace(), m).ok);
+  const int64_t t0 = m.min_ns() + 15'000'000'000, t1 = m.min_ns() + 19'000'000'000;
+  MemorySeries ms = memory_series(m, t0, t1, 50);
+  const wire::MemoryKind kinds[] = {wire::MemoryKind::kKvCache, wire::MemoryKind::kSsmState,
+                                    wire::MemoryKind::kSsmCheckpoints};
+  ASSERT_EQ(f["memory_lanes"].size(), 3u);
+  for (int k = 0; k < 3; ++k) {
+    SCOPED_TRACE(wire::to_string(kinds[k]));
+    const auto& lane = f["memory_lanes"][k];
+    const size_t kind = static_cast<size_t>(kinds[k]);
+    const double expected = ms.used[kind].back() / ms.capacity[kind].back();
+    const double fill = lane["fill"].get<double>();
+    EXPECT_NEAR(fill, expected, 0.01);
+    EXPECT_GT(fill, 0.1);  // visible in its own lane, whatever the other kinds' sizes
+    const double x1 = lane["rect"][2].get<double>(), y0 = lane["rect"][1].get<double>(),
+                 y1 = lane["rect"][3].get<double>();
+    const int x = static_cast<int>(x1) - 3;
+    ASSERT_LT(x, img.w);
+    ASSERT_LT(static_cast<int>(y1), img.h);
+    const uint32_t colour = parse_hex(lane["colour"].get<std::string>());
+    const int in_fill = static_cast<int>(y1 - fill * (y1 - y0) / 2);
+    EXPECT_TRUE(close_colour(img.at(x, in_fill), colour)) << std::hex << img.at(x, in_fill);
+    if (fill < 0.85) {
+      const int above = static_cast<int>(y0 + (1 - fill) * (y1 - y0) / 2);
+      EXPECT_FALSE(close_colour(img.at(x, above), colour)) << std::hex << img.at(x, above);
+    }
+  }
 }
 
 }  // namespace

@@ -7,6 +7,8 @@
 //   run_app()           - main loop
 #include "app.hpp"
 
+#include "inferscope/viewer/start_view.hpp"
+
 #include <imgui.h>
 #include <imgui_impl_glfw.h>
 #include <imgui_impl_opengl3.h>
@@ -152,7 +154,20 @@ void write_facts(const AppState& s, const std::string& png, int fb_w, int fb_h, 
       << "],\"hot_cell_colour\":\"" << hex(s.hot_cell_colour) << "\",\"legend_top_colour\":\""
       << hex(s.legend_top_colour) << "\",\"ep_hot_rank\":" << s.ep_hot_rank << ",\"ep_idle_bar\":["
       << s.ep_idle_bar[0] * fb_scale << "," << s.ep_idle_bar[1] * fb_scale << "," << s.ep_idle_bar[2] * fb_scale << ","
-      << s.ep_idle_bar[3] * fb_scale << "]}\n";
+      << s.ep_idle_bar[3] * fb_scale << "]";
+  auto rect = [&](const float* r) {
+    return "[" + std::to_string(r[0] * fb_scale) + "," + std::to_string(r[1] * fb_scale) + "," +
+           std::to_string(r[2] * fb_scale) + "," + std::to_string(r[3] * fb_scale) + "]";
+  };
+  // Where the views opened and what they selected, for the start-view tests.
+  out << ",\"view_s\":[" << s.rel_s(static_cast<int64_t>(s.view_t0)) << "," << s.rel_s(static_cast<int64_t>(s.view_t1))
+      << "],\"trace_s\":" << (s.model.empty() ? 0.0 : s.rel_s(s.model.max_ns())) << ",\"selected\":["
+      << s.selected_layer << "," << s.selected_expert << "],\"selected_cell\":" << rect(s.selected_cell)
+      << ",\"alert_min_start_s\":" << s.alert_min_start_s << ",\"memory_lanes\":[";
+  for (int k = 0; k < 3; ++k)
+    out << (k ? "," : "") << "{\"rect\":" << rect(s.memory_lanes[k]) << ",\"fill\":" << s.memory_lane_fill[k]
+        << ",\"colour\":\"" << hex(s.memory_lane_colour[k]) << "\"}";
+  out << "]}\n";
 }
 
 }  // namespace
@@ -211,16 +226,21 @@ int run_app(AppOptions o) {
     s.follow_live = true;
   }
   s.fit_all();
-  // Start on the problem: the first hot-expert episode's expert is selected,
-  // so the heatmap outlines it and plots its share over time.
-  for (const AlertRec& a : s.model.alerts())
-    if (a.alert.kind == wire::AlertKind::kHotExpert) {
-      s.selected_layer = static_cast<int>(a.alert.layer);
-      s.selected_expert = static_cast<int>(a.alert.expert);
-      break;
-    }
-  if (have_window && !s.model.empty()) s.jump_to(s.model.min_ns() + static_cast<int64_t>(win_a * 1e9),
-                                                 s.model.min_ns() + static_cast<int64_t>(win_b * 1e9), true);
+  // Start on the problem (start_view.hpp): the timeline on a few seconds around
+  // the latest alert (else the last seconds) unless --window says otherwise, and
+  // the worst expert of that window selected, so the heatmap outlines it and
+  // plots its share over time.
+  if (have_window && !s.model.empty()) {
+    s.jump_to(s.model.min_ns() + static_cast<int64_t>(win_a * 1e9), s.model.min_ns() + static_cast<int64_t>(win_b * 1e9),
+              true);
+  } else if (!s.model.empty()) {
+    TimeRange r = start_range(s.model);
+    s.jump_to(r.t0, r.t1);
+  }
+  if (auto w = worst_expert(expert_heatmap(s.model, s.analysis_t0(), s.analysis_t1(), s.rank_filter))) {
+    s.selected_layer = static_cast<int>(w->layer);
+    s.selected_expert = static_cast<int>(w->expert);
+  }
 
   // [SECTION] Window and ImGui
   glfwSetErrorCallback([](int code, const char* msg) { std::fprintf(stderr, "inferscope-viewer: GLFW error %d: %s\n", code, msg); });

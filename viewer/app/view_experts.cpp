@@ -98,6 +98,7 @@ void draw_experts(AppState& s) {
   ImGuiIO& io = ImGui::GetIO();
   int hover_l = -1, hover_e = -1;
   s.hot_cell[0] = -1;
+  s.selected_cell[0] = -1;
   const wire::ModelDescription* md = m.model_description();
   for (int r = 0; r < rows; ++r) {
     const HeatmapLayer& l = h.layers[static_cast<size_t>(r)];
@@ -131,8 +132,14 @@ void draw_experts(AppState& s) {
           s.hot_cell_colour = heat_colour(v / vmax);
         }
       }
-      if (static_cast<int>(l.layer) == s.selected_layer && e == s.selected_expert)
+      if (static_cast<int>(l.layer) == s.selected_layer && e == s.selected_expert) {
         dl->AddRect(ImVec2(a.x - 2, a.y - 2), ImVec2(bb.x + 2, bb.y + 2), s.pal.selection, 0, 0, 2.0f);
+        const float inset = 4 * s.scale;  // inside the outlines
+        s.selected_cell[0] = a.x + inset;
+        s.selected_cell[1] = a.y + inset;
+        s.selected_cell[2] = bb.x - inset;
+        s.selected_cell[3] = bb.y - inset;
+      }
     }
     // Imbalance (max / mean) beside the row; 1.0 is perfectly balanced.
     float bx = gx + gw + 10 * s.scale;

@@ -1,9 +1,13 @@
-// Memory and cache view: KV cache vs SSM state vs SSM checkpoints, stacked over
-// time with their capacity; prefix-cache hit rate split by attention and SSM layers.
+// Memory and cache view: KV cache, SSM state and SSM checkpoints each in its own
+// lane against its own capacity (a 32 MiB checkpoint pool that is always full
+// would otherwise flatten a few MiB of KV cache to a line), and the prefix-cache
+// hit rate split by attention and SSM layers.
 #include <imgui.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <string>
 
 #include "app.hpp"
 
@@ -22,7 +26,8 @@ Cache g_cache;
 
 const wire::MemoryKind kStack[] = {wire::MemoryKind::kKvCache, wire::MemoryKind::kSsmState,
                                    wire::MemoryKind::kSsmCheckpoints};
-const ImU32 kColours[] = {IM_COL32(80, 150, 240, 220), IM_COL32(240, 150, 60, 220), IM_COL32(170, 110, 220, 220)};
+// Opaque, so a lane's fill is exactly its kind's colour (the screenshot test reads it).
+const ImU32 kColours[] = {IM_COL32(80, 150, 240, 255), IM_COL32(240, 150, 60, 255), IM_COL32(170, 110, 220, 255)};
 const char* kNames[] = {"KV cache", "SSM state", "SSM checkpoints"};
 
 void frame(AppState& s, ImDrawList* dl, ImVec2 q, ImVec2 sz) {
@@ -53,60 +58,54 @@ void draw_memory(AppState& s) {
   ImDrawList* dl = ImGui::GetWindowDrawList();
   const float lh = ImGui::GetTextLineHeightWithSpacing();
 
-  // [SECTION] Stacked memory with capacity line
-  ImGui::Text("memory%s", s.rank_filter == kAllRanks ? " (all ranks)" : "");
-  for (int k = 0; k < 3; ++k) {
-    ImGui::SameLine();
-    ImVec2 c = ImGui::GetCursorScreenPos();
-    dl->AddRectFilled(ImVec2(c.x, c.y + 3), ImVec2(c.x + lh * 0.6f, c.y + lh * 0.6f + 3), kColours[k]);
-    ImGui::Dummy(ImVec2(lh * 0.7f, lh * 0.6f));
-    ImGui::SameLine();
-    ImGui::TextUnformatted(kNames[k]);
-  }
-  ImVec2 q = ImGui::GetCursorScreenPos();
-  ImVec2 sz(avail.x - 70 * s.scale, std::max(50.0f, (ImGui::GetContentRegionAvail().y - 3 * lh) * 0.55f));
-  frame(s, dl, q, sz);
+  // [SECTION] One lane per kind: used / capacity (0..100%), with the figures.
+  ImGui::Text("memory, each kind against its own capacity%s", s.rank_filter == kAllRanks ? " (all ranks)" : "");
   const size_t n = ms.t.size();
-  double ymax = 1;
-  for (size_t i = 0; i < n; ++i) {
-    double used = 0, cap = 0;
-    for (auto k : kStack) {
-      used += ms.used[static_cast<size_t>(k)][i];
-      cap += ms.capacity[static_cast<size_t>(k)][i];
+  const float lanes_h = std::max(60.0f, (ImGui::GetContentRegionAvail().y - 3 * lh) * 0.55f);
+  const float gap = 4 * s.scale;
+  const float lane_h = (lanes_h - 2 * gap) / 3;
+  const float lane_w = avail.x - 70 * s.scale;
+  ImVec2 top = ImGui::GetCursorScreenPos();
+  auto PX = [&](size_t i) { return top.x + lane_w * float(i) / float(std::max<size_t>(1, n - 1)); };
+  int hover_lane = -1;
+  for (int k = 0; k < 3; ++k) {
+    const size_t kind = static_cast<size_t>(kStack[k]);
+    const auto& used = ms.used[kind];
+    const auto& cap = ms.capacity[kind];
+    ImVec2 q(top.x, top.y + k * (lane_h + gap));
+    ImVec2 sz(lane_w, lane_h);
+    frame(s, dl, q, sz);
+    auto frac = [&](size_t i) { return cap[i] > 0 ? std::clamp(used[i] / cap[i], 0.0, 1.0) : 0.0; };
+    auto PY = [&](double f) { return q.y + sz.y - static_cast<float>(f) * sz.y; };
+    for (size_t i = 0; i + 1 < n; ++i)
+      dl->AddQuadFilled(ImVec2(PX(i), PY(0)), ImVec2(PX(i + 1), PY(0)), ImVec2(PX(i + 1), PY(frac(i + 1))),
+                        ImVec2(PX(i), PY(frac(i))), kColours[k]);
+    std::string label = kNames[k];
+    double last_frac = 0;
+    if (n > 0 && ms.has_kind[kind]) {
+      last_frac = frac(n - 1);
+      label += "  " + format_bytes(used[n - 1]) + " / " + format_bytes(cap[n - 1]);
+      char pct[16];
+      std::snprintf(pct, sizeof(pct), " (%.0f%%)", 100 * last_frac);
+      label += pct;
+    } else {
+      label += "  no samples";
     }
-    ymax = std::max({ymax, used, cap});
+    dl->AddText(ImVec2(q.x + 6, q.y + 2), s.pal.text, label.c_str());
+    dl->AddText(ImVec2(q.x + sz.x + 4, q.y), s.pal.text_dim, "100%");
+    dl->AddText(ImVec2(q.x + sz.x + 4, q.y + sz.y - lh), s.pal.text_dim, "0%");
+    float* rect = s.memory_lanes[k];
+    rect[0] = q.x;
+    rect[1] = q.y;
+    rect[2] = q.x + sz.x;
+    rect[3] = q.y + sz.y;
+    s.memory_lane_fill[k] = static_cast<float>(last_frac);
+    s.memory_lane_colour[k] = kColours[k];
+    if (ImGui::IsMouseHoveringRect(q, ImVec2(q.x + sz.x, q.y + sz.y)) && ImGui::IsWindowHovered()) hover_lane = k;
   }
-  ymax *= 1.08;
-  auto PX = [&](size_t i) { return q.x + sz.x * float(i) / float(std::max<size_t>(1, n - 1)); };
-  auto PY = [&](double v) { return q.y + sz.y - static_cast<float>(v / ymax) * sz.y; };
-  for (size_t i = 0; i + 1 < n; ++i) {
-    double base0 = 0, base1 = 0;
-    for (int k = 0; k < 3; ++k) {
-      double a = ms.used[static_cast<size_t>(kStack[k])][i], b = ms.used[static_cast<size_t>(kStack[k])][i + 1];
-      ImVec2 p0(PX(i), PY(base0)), p1(PX(i + 1), PY(base1)), p2(PX(i + 1), PY(base1 + b)), p3(PX(i), PY(base0 + a));
-      dl->AddQuadFilled(p0, p1, p2, p3, kColours[k]);
-      base0 += a;
-      base1 += b;
-    }
-  }
-  for (size_t i = 0; i + 1 < n; ++i) {  // total capacity of the three pools
-    double c0 = 0, c1 = 0;
-    for (auto k : kStack) {
-      c0 += ms.capacity[static_cast<size_t>(k)][i];
-      c1 += ms.capacity[static_cast<size_t>(k)][i + 1];
-    }
-    dl->AddLine(ImVec2(PX(i), PY(c0)), ImVec2(PX(i + 1), PY(c1)), s.pal.text, 1.5f);
-  }
-  dl->AddText(ImVec2(q.x + sz.x + 4, PY(ymax / 1.08) - 2), s.pal.text_dim, format_bytes(ymax / 1.08).c_str());
-  dl->AddText(ImVec2(q.x + sz.x + 4, q.y + sz.y - lh), s.pal.text_dim, "0");
-  if (n > 0) {
-    double cap = 0;
-    for (auto k : kStack) cap += ms.capacity[static_cast<size_t>(k)][n - 1];
-    dl->AddText(ImVec2(q.x + 6, PY(cap) - lh), s.pal.text, ("capacity " + format_bytes(cap)).c_str());
-  }
-  ImGui::Dummy(sz);
-  if (ImGui::IsItemHovered() && n > 1) {
-    size_t i = std::min(n - 1, static_cast<size_t>((ImGui::GetIO().MousePos.x - q.x) / sz.x * (n - 1) + 0.5f));
+  ImGui::Dummy(ImVec2(lane_w, lanes_h));
+  if (hover_lane >= 0 && n > 1) {
+    size_t i = std::min(n - 1, static_cast<size_t>((ImGui::GetIO().MousePos.x - top.x) / lane_w * (n - 1) + 0.5f));
     ImGui::BeginTooltip();
     ImGui::Text("t = %.3f s", ms.t[i]);
     for (int k = 0; k < 3; ++k)
@@ -120,8 +119,8 @@ void draw_memory(AppState& s) {
   auto pct = [](uint64_t hit, uint64_t queried) { return queried ? 100.0 * double(hit) / double(queried) : 0.0; };
   ImGui::Text("prefix-cache hit rate: attention %.1f%%  ssm %.1f%%  (window totals)", pct(h.attention_hit, h.attention_queried),
               pct(h.ssm_hit, h.ssm_queried));
-  q = ImGui::GetCursorScreenPos();
-  sz = ImVec2(avail.x - 70 * s.scale, std::max(40.0f, ImGui::GetContentRegionAvail().y - lh * 0.5f));
+  ImVec2 q = ImGui::GetCursorScreenPos();
+  ImVec2 sz(avail.x - 70 * s.scale, std::max(40.0f, ImGui::GetContentRegionAvail().y - lh * 0.5f));
   frame(s, dl, q, sz);
   const size_t hn = h.t.size();
   auto HX = [&](size_t i) { return q.x + sz.x * (float(i) + 0.5f) / float(std::max<size_t>(1, hn)); };

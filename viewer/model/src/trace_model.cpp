@@ -256,6 +256,10 @@ void TraceModel::add(uint32_t source_id, const wire::Record& record) {
           extend_time(r.timestamp_ns, r.timestamp_ns + r.dispatch_ns + r.compute_ns + r.combine_ns);
         } else if constexpr (std::is_same_v<T, wire::AlertEpisode>) {
           if (!take_sample()) return;
+          // The collector's windows are aligned to multiples of its window length,
+          // so an episode found in the first window starts before the first record:
+          // the trace's time range includes it (no negative times in the views).
+          extend_time(r.start_ns, std::max(r.start_ns, r.end_ns));
           // An open episode is re-sent when it closes: update it in place.
           for (AlertRec& a : alerts_) {
             if (a.alert.kind == r.kind && a.alert.rank == r.rank && a.alert.layer == r.layer &&
