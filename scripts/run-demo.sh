@@ -254,11 +254,12 @@ echo
 
 # [SECTION] Watch: compact status in place, one line per episode --------------------------
 status_args=(--prometheus "$prom" --state "$demo/status-state.json")
-[[ -t 1 ]] && status_args+=(--tty)
+live_args=()
+[[ -t 1 ]] && live_args=(--tty)  # in place on a terminal; the final block (below) is plain
 while ((!stop_requested)) && kill -0 "$engine_pid" 2>/dev/null; do
   sleep 2 & wait $! || true  # `wait` returns at once when a trapped signal arrives
   ((stop_requested)) && break
-  python3 scripts/lib/demo_status.py "${status_args[@]}" || true
+  python3 scripts/lib/demo_status.py "${status_args[@]}" "${live_args[@]}" || true
 done
 if ((stop_requested)); then kill -TERM "$engine_pid" 2>/dev/null || true; fi
 rc=0
