@@ -45,7 +45,7 @@ static_assert(std::is_trivially_copyable_v<wire::RequestEvent>);
 static_assert(std::is_trivially_copyable_v<wire::CounterSample>);
 static_assert(std::is_trivially_copyable_v<wire::ExpertParallelStep>);
 
-inline constexpr size_t kKinds = 16;
+inline constexpr size_t kKinds = wire::kRecordKindSlots;  // per-kind counters, as in AgentHealth
 
 // One producing thread's ring plus its counters. Counters are written only by
 // the owning thread (load + store, no read-modify-write) and read by the shipper.

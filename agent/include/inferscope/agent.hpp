@@ -85,7 +85,7 @@ struct Stats {
   uint64_t records_sent = 0;       // written to a collector at least once
   uint64_t records_delivered = 0;  // acknowledged by a collector
   uint64_t records_dropped = 0;
-  uint64_t dropped_by_kind[16] = {};  // indexed by wire::RecordKind
+  uint64_t dropped_by_kind[wire::kRecordKindSlots] = {};  // indexed by wire::RecordKind
   uint64_t bytes_sent = 0;
   uint64_t reconnects = 0;
   uint64_t buffer_high_water_bytes = 0;

@@ -219,13 +219,16 @@ struct RequestEvent {
 };
 
 enum class RecordKind : uint8_t;  // below
+// Per-kind arrays (AgentHealth::dropped_by_kind on the wire, the agent's
+// counters) have this many slots: room for the kinds of later revisions.
+inline constexpr size_t kRecordKindSlots = 16;
 
 // The agent's own health, sent periodically: cumulative since process start.
 struct AgentHealth {
   int64_t timestamp_ns = 0;
   uint64_t records_sent = 0;
   uint64_t records_dropped = 0;                // all kinds
-  std::array<uint64_t, 16> dropped_by_kind{};  // indexed by RecordKind (kRecordKindSlots)
+  std::array<uint64_t, kRecordKindSlots> dropped_by_kind{};  // indexed by RecordKind
   uint64_t buffer_high_water_bytes = 0;
   uint64_t reconnects = 0;
   uint64_t bytes_sent = 0;
@@ -367,8 +370,6 @@ enum class RecordKind : uint8_t {
   kFrameSequence = 14,
 };
 inline constexpr uint8_t kRecordKindCount = 15;
-// Per-kind arrays on the wire (AgentHealth::dropped_by_kind) have this many slots.
-inline constexpr size_t kRecordKindSlots = 16;
 static_assert(kRecordKindCount <= kRecordKindSlots);
 
 using Record = std::variant<Hello, StringDef, Span, ExpertLoad, MemorySample, PrefixCacheSample,
