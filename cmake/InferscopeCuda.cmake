@@ -19,9 +19,11 @@ if(NOT INFERSCOPE_CUDA STREQUAL "OFF")
       set(CMAKE_CUDA_ARCHITECTURES 90)
     endif()
     enable_language(CUDA)
-    add_library(inferscope_cupti INTERFACE)
-    target_include_directories(inferscope_cupti SYSTEM INTERFACE ${INFERSCOPE_CUPTI_INCLUDE})
-    target_link_libraries(inferscope_cupti INTERFACE ${INFERSCOPE_CUPTI_LIBRARY} CUDA::cudart)
+    # Headers only: the agent loads libcupti with dlopen (agent/src/cupti/
+    # cupti_api.hpp), so nothing links it.
+    add_library(inferscope_cupti_headers INTERFACE)
+    target_include_directories(inferscope_cupti_headers SYSTEM INTERFACE
+      ${INFERSCOPE_CUPTI_INCLUDE} ${CUDAToolkit_INCLUDE_DIRS})
     message(STATUS "inferscope: CUDA ${CUDAToolkit_VERSION} and CUPTI found, GPU parts on (sm_${CMAKE_CUDA_ARCHITECTURES})")
   elseif(INFERSCOPE_CUDA STREQUAL "ON")
     message(FATAL_ERROR "INFERSCOPE_CUDA=ON but the CUDA toolkit or CUPTI was not found")

@@ -13,13 +13,16 @@
  *
  * [SECTION] Lifetime   create / destroy / flush / stats
  * [SECTION] Names      intern, clock
- * [SECTION] Signals    ranges, spans, expert loads, memory, prefix cache, stages, requests, counters
+ * [SECTION] Signals    ranges, spans, expert loads, memory, prefix cache, stages, requests,
+ * counters
  */
 #ifndef INFERSCOPE_AGENT_H
 #define INFERSCOPE_AGENT_H
 
 #include <stddef.h>
 #include <stdint.h>
+
+#include "inferscope/export.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -38,15 +41,15 @@ typedef struct inferscope_agent inferscope_agent;
 /* Configured by the INFERSCOPE_* environment variables (docs/agent.md). With
  * INFERSCOPE_COLLECTOR unset the default tcp://127.0.0.1:7431 is used; set it
  * to "" or "off" to record nothing. Returns NULL only when out of memory. */
-inferscope_agent* inferscope_agent_create_from_env(void);
+INFERSCOPE_API inferscope_agent* inferscope_agent_create_from_env(void);
 /* Same, with the collector address, service name and rank given here; the
  * environment still applies on top for the other settings. */
-inferscope_agent* inferscope_agent_create(const char* collector, const char* service,
-                                          uint32_t rank, uint32_t world_size);
+INFERSCOPE_API inferscope_agent* inferscope_agent_create(const char* collector, const char* service,
+                                                         uint32_t rank, uint32_t world_size);
 /* Flushes (bounded by the shutdown timeout) and frees. NULL is fine. */
-void inferscope_agent_destroy(inferscope_agent* agent);
+INFERSCOPE_API void inferscope_agent_destroy(inferscope_agent* agent);
 /* 1 when everything recorded so far was sent within timeout_ms, else 0. */
-int inferscope_agent_flush(inferscope_agent* agent, uint32_t timeout_ms);
+INFERSCOPE_API int inferscope_agent_flush(inferscope_agent* agent, uint32_t timeout_ms);
 
 typedef struct inferscope_stats {
   uint64_t records_recorded;
@@ -56,15 +59,15 @@ typedef struct inferscope_stats {
   uint64_t reconnects;
   int connected;
 } inferscope_stats;
-void inferscope_agent_stats(const inferscope_agent* agent, inferscope_stats* out);
+INFERSCOPE_API void inferscope_agent_stats(const inferscope_agent* agent, inferscope_stats* out);
 
 /* [SECTION] Names */
 
 /* Interns a name process-wide; returns its id (never 0). Takes a lock: call
  * once per name and keep the id. NULL gives 0. */
-uint32_t inferscope_intern(const char* name);
+INFERSCOPE_API uint32_t inferscope_intern(const char* name);
 /* Nanoseconds of CLOCK_MONOTONIC, the time base of every record. */
-int64_t inferscope_now_ns(void);
+INFERSCOPE_API int64_t inferscope_now_ns(void);
 
 /* [SECTION] Signals */
 
@@ -73,17 +76,17 @@ int64_t inferscope_now_ns(void);
 typedef struct inferscope_range {
   INFERSCOPE_ALIGN8 unsigned char opaque[48];
 } inferscope_range;
-void inferscope_range_begin(inferscope_agent* agent, inferscope_range* range, uint32_t name_id,
-                            uint64_t request_id);
-void inferscope_range_end(inferscope_range* range);
+INFERSCOPE_API void inferscope_range_begin(inferscope_agent* agent, inferscope_range* range,
+                                           uint32_t name_id, uint64_t request_id);
+INFERSCOPE_API void inferscope_range_end(inferscope_range* range);
 
-void inferscope_span(inferscope_agent* agent, uint32_t name_id, int64_t start_ns, int64_t end_ns,
-                     uint64_t request_id);
+INFERSCOPE_API void inferscope_span(inferscope_agent* agent, uint32_t name_id, int64_t start_ns,
+                                    int64_t end_ns, uint64_t request_id);
 
 /* routed[e] = assignments to expert e (count experts, at most 4096). */
-void inferscope_expert_load(inferscope_agent* agent, uint64_t step, uint32_t layer,
-                            const uint32_t* routed, size_t count, uint32_t tokens,
-                            uint32_t dropped, uint32_t rerouted);
+INFERSCOPE_API void inferscope_expert_load(inferscope_agent* agent, uint64_t step, uint32_t layer,
+                                           const uint32_t* routed, size_t count, uint32_t tokens,
+                                           uint32_t dropped, uint32_t rerouted);
 
 enum {
   INFERSCOPE_MEMORY_KV_CACHE = 0,
@@ -93,12 +96,13 @@ enum {
   INFERSCOPE_MEMORY_ACTIVATIONS = 4
 };
 /* kind: INFERSCOPE_MEMORY_*; other values are ignored. */
-void inferscope_memory(inferscope_agent* agent, int kind, uint64_t used_bytes,
-                       uint64_t capacity_bytes);
+INFERSCOPE_API void inferscope_memory(inferscope_agent* agent, int kind, uint64_t used_bytes,
+                                      uint64_t capacity_bytes);
 
 /* Deltas since the previous call. */
-void inferscope_prefix_cache(inferscope_agent* agent, uint64_t attention_queried,
-                             uint64_t attention_hit, uint64_t ssm_queried, uint64_t ssm_hit);
+INFERSCOPE_API void inferscope_prefix_cache(inferscope_agent* agent, uint64_t attention_queried,
+                                            uint64_t attention_hit, uint64_t ssm_queried,
+                                            uint64_t ssm_hit);
 
 enum {
   INFERSCOPE_STAGE_ENCODER = 0,
@@ -108,8 +112,8 @@ enum {
 };
 enum { INFERSCOPE_DEVICE_CPU = 0, INFERSCOPE_DEVICE_GPU = 1 };
 /* stage: INFERSCOPE_STAGE_*, device: INFERSCOPE_DEVICE_*; other values are ignored. */
-void inferscope_stage(inferscope_agent* agent, uint64_t request_id, int stage, int64_t start_ns,
-                      int64_t end_ns, int device, int64_t gpu_ns);
+INFERSCOPE_API void inferscope_stage(inferscope_agent* agent, uint64_t request_id, int stage,
+                                     int64_t start_ns, int64_t end_ns, int device, int64_t gpu_ns);
 
 enum {
   INFERSCOPE_REQUEST_OK = 0,
@@ -128,10 +132,11 @@ typedef struct inferscope_request_event {
   uint32_t cached_tokens;
   int status; /* INFERSCOPE_REQUEST_* */
 } inferscope_request_event;
-void inferscope_request(inferscope_agent* agent, const inferscope_request_event* event);
+INFERSCOPE_API void inferscope_request(inferscope_agent* agent,
+                                       const inferscope_request_event* event);
 
-void inferscope_counter(inferscope_agent* agent, uint32_t name_id, double delta);
-void inferscope_gauge(inferscope_agent* agent, uint32_t name_id, double value);
+INFERSCOPE_API void inferscope_counter(inferscope_agent* agent, uint32_t name_id, double delta);
+INFERSCOPE_API void inferscope_gauge(inferscope_agent* agent, uint32_t name_id, double value);
 
 #ifdef __cplusplus
 }

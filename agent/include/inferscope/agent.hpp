@@ -24,19 +24,20 @@
 #include <string>
 #include <string_view>
 
+#include "inferscope/export.h"
 #include "inferscope/wire/records.hpp"
 
 namespace inferscope::agent {
 
 // Nanoseconds of CLOCK_MONOTONIC: the one time base of every record.
-int64_t now_ns();
+INFERSCOPE_API int64_t now_ns();
 
 // Interns a name process-wide and returns its id (never 0). Thread-safe; takes
 // a lock, so call it once per name (e.g. into a static) and keep the id.
-uint32_t intern(std::string_view name);
+INFERSCOPE_API uint32_t intern(std::string_view name);
 
 // [SECTION] Config
-struct Config {
+struct INFERSCOPE_API Config {
   // "tcp://127.0.0.1:7431", "unix:///run/inferscope.sock", or "" to record nothing.
   std::string collector = "tcp://127.0.0.1:7431";
   std::string service = "inferscope";
@@ -104,7 +105,7 @@ struct Stats {
 };
 
 // [SECTION] Agent
-class Agent {
+class INFERSCOPE_API Agent {
  public:
   explicit Agent(Config config);
   ~Agent();  // flushes, waiting at most config.shutdown_timeout
@@ -155,7 +156,7 @@ class Agent {
   // attribution from each kernel span's "range" arg.
   std::map<uint32_t, int64_t> gpu_time_by_range() const;
 
-  struct Impl;
+  struct INFERSCOPE_LOCAL Impl;  // internals: not exported from the shared library
 
  private:
   friend class ScopedRange;
@@ -167,7 +168,7 @@ class Agent {
 // Records a CPU span from construction to destruction, pushes an NVTX range in
 // the "inferscope" domain, and (with CUPTI on) an external correlation id so
 // that kernels launched inside are attributed to this range.
-class ScopedRange {
+class INFERSCOPE_API ScopedRange {
  public:
   ScopedRange(Agent& agent, uint32_t name_id, uint64_t request_id = 0);
   ~ScopedRange();

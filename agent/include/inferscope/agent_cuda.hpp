@@ -23,7 +23,7 @@
 
 namespace inferscope::agent {
 
-class DeviceExpertCounter {
+class INFERSCOPE_API DeviceExpertCounter {
  public:
   // experts: routed experts per MoE layer (at most wire::kMaxExperts).
   // slots: how many counts may be in flight at once (pinned memory is
@@ -54,7 +54,7 @@ class DeviceExpertCounter {
 
 // The counting kernel on its own, for callers that manage memory themselves:
 // counts[e] += number of i in [0, n) with ids[i] == e (counts not zeroed).
-cudaError_t count_experts_async(const int32_t* ids, uint32_t n, uint32_t experts,
-                                uint32_t* counts, cudaStream_t stream);
+INFERSCOPE_API cudaError_t count_experts_async(const int32_t* ids, uint32_t n, uint32_t experts,
+                                               uint32_t* counts, cudaStream_t stream);
 
 }  // namespace inferscope::agent

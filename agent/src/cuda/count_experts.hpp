@@ -6,11 +6,14 @@
 
 #include <cstdint>
 
+#include "inferscope/export.h"
+
 namespace inferscope::agent {
 
 inline constexpr uint32_t kCountMaxExperts = 4096;  // == wire::kMaxExperts
 
-cudaError_t count_experts_async(const int32_t* ids, uint32_t n, uint32_t experts,
-                                uint32_t* counts, cudaStream_t stream);
+// Exported from libinferscope_agent_cuda.so (declared again in agent_cuda.hpp).
+INFERSCOPE_API cudaError_t count_experts_async(const int32_t* ids, uint32_t n, uint32_t experts,
+                                               uint32_t* counts, cudaStream_t stream);
 
 }  // namespace inferscope::agent

@@ -19,9 +19,6 @@
 //                     kernel time per range name (Agent::gpu_time_by_range()).
 #include "cupti_tracer.hpp"
 
-#include <cuda_runtime_api.h>
-#include <cupti.h>
-
 #include <cstdio>
 #include <cstdlib>
 #include <mutex>
@@ -30,6 +27,7 @@
 #include <vector>
 
 #include "../intern.hpp"
+#include "cupti_api.hpp"
 
 namespace inferscope::agent::detail {
 namespace {
@@ -39,17 +37,25 @@ constexpr size_t kPoolBuffers = 16;
 constexpr size_t kMaxCorrelations = 1u << 16;  // pending runtime-call -> range links
 constexpr CUpti_ExternalCorrelationKind kExternalKind = CUPTI_EXTERNAL_CORRELATION_KIND_CUSTOM0;
 
+// Set once by CuptiTracer::start() before any tracer exists; never unset.
+const CuptiApi* g_api = nullptr;
+const CuptiApi& api() {
+  return *g_api;
+}
+
 const char* cupti_error(CUptiResult r) {
   const char* s = nullptr;
-  cuptiGetResultString(r, &s);
+  api().cuptiGetResultString(r, &s);
   return s ? s : "unknown CUPTI error";
 }
 
-uint64_t monotonic_timestamp() { return static_cast<uint64_t>(now_ns()); }
+uint64_t monotonic_timestamp() {
+  return static_cast<uint64_t>(now_ns());
+}
 
 class Tracer;
-std::mutex g_mu;            // guards g_tracer against the CUPTI callbacks
-Tracer* g_tracer = nullptr; // CUPTI is process-wide: one tracer at a time
+std::mutex g_mu;                   // guards g_tracer against the CUPTI callbacks
+Tracer* g_tracer = nullptr;        // CUPTI is process-wide: one tracer at a time
 bool g_timestamp_callback = true;  // false: CUPTI's own clock, offset measured per tracer
 
 // A fixed pool of 8-byte aligned buffers, never freed (CUPTI may hold one past
@@ -92,7 +98,9 @@ class Tracer final : public CuptiTracer {
     // Clock, thread ids and buffer callbacks are process-wide CUPTI settings:
     // set them once, for every tracer this process will start.
     static CUptiResult registered = [] {
-      CUptiResult ts = cuptiActivityRegisterTimestampCallback(monotonic_timestamp);
+      CUptiResult ts = api().cuptiActivityRegisterTimestampCallback
+                           ? api().cuptiActivityRegisterTimestampCallback(monotonic_timestamp)
+                           : CUPTI_ERROR_NOT_SUPPORTED;
       if (ts != CUPTI_SUCCESS) {
         std::fprintf(stderr,
                      "inferscope agent: CUPTI timestamp callback unavailable (%s); using a "
@@ -102,12 +110,14 @@ class Tracer final : public CuptiTracer {
       }
       // Runtime-call records name their thread by gettid(), like the agent's CPU
       // tracks, so launches land on the same track as the ranges around them.
-      cuptiSetThreadIdType(CUPTI_ACTIVITY_THREAD_ID_TYPE_SYSTEM);
-      return cuptiActivityRegisterCallbacks(&Tracer::buffer_requested, &Tracer::buffer_completed);
+      if (api().cuptiSetThreadIdType)
+        api().cuptiSetThreadIdType(CUPTI_ACTIVITY_THREAD_ID_TYPE_SYSTEM);
+      return api().cuptiActivityRegisterCallbacks(&Tracer::buffer_requested,
+                                                  &Tracer::buffer_completed);
     }();
     if (!g_timestamp_callback) {
       uint64_t gpu = 0;
-      cuptiGetTimestamp(&gpu);
+      api().cuptiGetTimestamp(&gpu);
       offset_ns_ = now_ns() - static_cast<int64_t>(gpu);
     }
     if (registered != CUPTI_SUCCESS) {
@@ -115,11 +125,10 @@ class Tracer final : public CuptiTracer {
       return false;
     }
     CUptiResult r = CUPTI_SUCCESS;
-    for (CUpti_ActivityKind k :
-         {CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL, CUPTI_ACTIVITY_KIND_MEMCPY,
-          CUPTI_ACTIVITY_KIND_MEMSET, CUPTI_ACTIVITY_KIND_RUNTIME,
-          CUPTI_ACTIVITY_KIND_EXTERNAL_CORRELATION}) {
-      r = cuptiActivityEnable(k);
+    for (CUpti_ActivityKind k : {CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL, CUPTI_ACTIVITY_KIND_MEMCPY,
+                                 CUPTI_ACTIVITY_KIND_MEMSET, CUPTI_ACTIVITY_KIND_RUNTIME,
+                                 CUPTI_ACTIVITY_KIND_EXTERNAL_CORRELATION}) {
+      r = api().cuptiActivityEnable(k);
       if (r != CUPTI_SUCCESS) {
         std::fprintf(stderr, "inferscope agent: CUPTI activity kind %d not enabled: %s\n",
                      static_cast<int>(k), cupti_error(r));
@@ -132,14 +141,14 @@ class Tracer final : public CuptiTracer {
     return true;
   }
 
-  void flush() override { cuptiActivityFlushAll(0); }
+  void flush() override { api().cuptiActivityFlushAll(0); }
 
   void stop() override {
     if (stopped_) return;
     stopped_ = true;
-    cuptiActivityFlushAll(CUPTI_ACTIVITY_FLAG_FLUSH_FORCED);
+    api().cuptiActivityFlushAll(CUPTI_ACTIVITY_FLAG_FLUSH_FORCED);
     disable();
-    cuptiActivityFlushAll(CUPTI_ACTIVITY_FLAG_FLUSH_FORCED);
+    api().cuptiActivityFlushAll(CUPTI_ACTIVITY_FLAG_FLUSH_FORCED);
     std::lock_guard lock(g_mu);
     if (g_tracer == this) g_tracer = nullptr;
   }
@@ -147,12 +156,12 @@ class Tracer final : public CuptiTracer {
   ~Tracer() override { stop(); }
 
   void push_range(uint32_t name_id, uint64_t request_id) override {
-    cuptiActivityPushExternalCorrelationId(kExternalKind,
-                                           (uint64_t{name_id} << 32) | (request_id & 0xffffffffu));
+    api().cuptiActivityPushExternalCorrelationId(
+        kExternalKind, (uint64_t{name_id} << 32) | (request_id & 0xffffffffu));
   }
   void pop_range() override {
     uint64_t last = 0;
-    cuptiActivityPopExternalCorrelationId(kExternalKind, &last);
+    api().cuptiActivityPopExternalCorrelationId(kExternalKind, &last);
   }
 
   std::map<uint32_t, int64_t> gpu_time_by_range() override {
@@ -166,11 +175,10 @@ class Tracer final : public CuptiTracer {
 
  private:
   static void disable() {
-    for (CUpti_ActivityKind k :
-         {CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL, CUPTI_ACTIVITY_KIND_MEMCPY,
-          CUPTI_ACTIVITY_KIND_MEMSET, CUPTI_ACTIVITY_KIND_RUNTIME,
-          CUPTI_ACTIVITY_KIND_EXTERNAL_CORRELATION})
-      cuptiActivityDisable(k);
+    for (CUpti_ActivityKind k : {CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL, CUPTI_ACTIVITY_KIND_MEMCPY,
+                                 CUPTI_ACTIVITY_KIND_MEMSET, CUPTI_ACTIVITY_KIND_RUNTIME,
+                                 CUPTI_ACTIVITY_KIND_EXTERNAL_CORRELATION})
+      api().cuptiActivityDisable(k);
   }
 
   static void CUPTIAPI buffer_requested(uint8_t** buffer, size_t* size, size_t* max_records) {
@@ -204,7 +212,7 @@ class Tracer final : public CuptiTracer {
     std::lock_guard lock(mu_);
     // Pass 1: runtime-call -> range links (a kernel may sit before its link in a buffer).
     CUpti_Activity* rec = nullptr;
-    while (valid && cuptiActivityGetNextRecord(buffer, valid, &rec) == CUPTI_SUCCESS) {
+    while (valid && api().cuptiActivityGetNextRecord(buffer, valid, &rec) == CUPTI_SUCCESS) {
       if (rec->kind != CUPTI_ACTIVITY_KIND_EXTERNAL_CORRELATION) continue;
       auto* ext = reinterpret_cast<CUpti_ActivityExternalCorrelation*>(rec);
       if (ext->externalKind != kExternalKind) continue;
@@ -213,7 +221,7 @@ class Tracer final : public CuptiTracer {
     }
     // Pass 2: the activity itself, as wire spans.
     rec = nullptr;
-    while (valid && cuptiActivityGetNextRecord(buffer, valid, &rec) == CUPTI_SUCCESS) {
+    while (valid && api().cuptiActivityGetNextRecord(buffer, valid, &rec) == CUPTI_SUCCESS) {
       wire::Span s;
       switch (rec->kind) {
         case CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL:
@@ -261,7 +269,7 @@ class Tracer final : public CuptiTracer {
         case CUPTI_ACTIVITY_KIND_RUNTIME: {
           auto* a = reinterpret_cast<CUpti_ActivityAPI*>(rec);
           const char* name = nullptr;
-          cuptiGetCallbackName(CUPTI_CB_DOMAIN_RUNTIME_API, a->cbid, &name);
+          api().cuptiGetCallbackName(CUPTI_CB_DOMAIN_RUNTIME_API, a->cbid, &name);
           s.track_kind = wire::TrackKind::kCpuThread;
           s.track_id = a->threadId;
           s.name_id = name_for(name ? name : "cudaRuntime");
@@ -280,7 +288,7 @@ class Tracer final : public CuptiTracer {
       impl_.record_full_span(s);
     }
     size_t dropped = 0;
-    if (cuptiActivityGetNumDroppedRecords(ctx, stream, &dropped) == CUPTI_SUCCESS)
+    if (api().cuptiActivityGetNumDroppedRecords(ctx, stream, &dropped) == CUPTI_SUCCESS)
       dropped_ += dropped;
   }
 
@@ -295,12 +303,18 @@ class Tracer final : public CuptiTracer {
 
   static const char* memcpy_name(uint8_t kind) {
     switch (kind) {
-      case CUPTI_ACTIVITY_MEMCPY_KIND_HTOD: return "memcpy HtoD";
-      case CUPTI_ACTIVITY_MEMCPY_KIND_DTOH: return "memcpy DtoH";
-      case CUPTI_ACTIVITY_MEMCPY_KIND_DTOD: return "memcpy DtoD";
-      case CUPTI_ACTIVITY_MEMCPY_KIND_HTOH: return "memcpy HtoH";
-      case CUPTI_ACTIVITY_MEMCPY_KIND_PTOP: return "memcpy PtoP";
-      default: return "memcpy";
+      case CUPTI_ACTIVITY_MEMCPY_KIND_HTOD:
+        return "memcpy HtoD";
+      case CUPTI_ACTIVITY_MEMCPY_KIND_DTOH:
+        return "memcpy DtoH";
+      case CUPTI_ACTIVITY_MEMCPY_KIND_DTOD:
+        return "memcpy DtoD";
+      case CUPTI_ACTIVITY_MEMCPY_KIND_HTOH:
+        return "memcpy HtoH";
+      case CUPTI_ACTIVITY_MEMCPY_KIND_PTOP:
+        return "memcpy PtoP";
+      default:
+        return "memcpy";
     }
   }
 
@@ -318,16 +332,26 @@ class Tracer final : public CuptiTracer {
 
 }  // namespace
 
-bool CuptiTracer::built_in() { return true; }
+bool CuptiTracer::built_in() {
+  return true;
+}
 
 std::unique_ptr<CuptiTracer> CuptiTracer::start(Agent::Impl& impl) {
-  int devices = 0;
-  const cudaError_t e = cudaGetDeviceCount(&devices);
-  if (e != cudaSuccess || devices == 0) {
-    std::fprintf(stderr, "inferscope agent: CUPTI not started: no CUDA device (%s)\n",
-                 e != cudaSuccess ? cudaGetErrorString(e) : "0 devices");
+  // CUPTI first: a missing library is the failure a user can act on.
+  std::string error;
+  const CuptiApi* loaded = load_cupti(error);
+  if (!loaded) {
+    std::fprintf(stderr, "inferscope agent: CUPTI tracing requested but not started: %s\n",
+                 error.c_str());
     return nullptr;
   }
+  const int devices = cuda_device_count(error);
+  if (devices <= 0) {
+    std::fprintf(stderr, "inferscope agent: CUPTI not started: %s\n",
+                 devices < 0 ? error.c_str() : "no CUDA device");
+    return nullptr;
+  }
+  g_api = loaded;
   {
     std::lock_guard lock(g_mu);
     if (g_tracer) {

@@ -1,0 +1,247 @@
+"""The Python package (python/inferscope) against a real inferscope-collector.
+
+Plain python3, no pytest: each check_* function raises Failure; main() runs
+them all and exits 1 if any failed. Registered in ctest with label `python`.
+"""
+
+import argparse
+import array
+import os
+import pathlib
+import re
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+sys.dont_write_bytecode = True
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "e2e"))
+from harness import Failure, Harness, free_port, log  # noqa: E402
+
+inferscope = None  # imported in main() once sys.path and the environment are set
+
+
+def expect_raises(exc, fn, *args, **kwargs):
+    try:
+        fn(*args, **kwargs)
+    except exc as e:
+        return e
+    raise Failure(f"{fn.__name__}{args} did not raise {exc.__name__}")
+
+
+def scrape(metrics_addr):
+    with urllib.request.urlopen(f"http://{metrics_addr}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    out = []
+    for line in text.splitlines():
+        m = re.match(r"^(\w+)(\{[^}]*\})?\s+(\S+)$", line)
+        if m:
+            out.append((m.group(1), m.group(2) or "", float(m.group(3))))
+    return out
+
+
+def metric_sum(samples, name, *labels):
+    return sum(v for n, lab, v in samples if n == name and all(x in lab for x in labels))
+
+
+# [SECTION] checks ---------------------------------------------------------------
+
+def check_signals_reach_collector(addrs):
+    """Every signal kind from Python shows up in the collector's /metrics."""
+    with inferscope.Agent(collector=addrs["ingest"], service="python-test", rank=0,
+                          world_size=1) as agent:
+        with agent.range("py_outer", request_id=1):
+            with agent.range("py_inner"):
+                pass
+
+        @agent.range("py_decorated")
+        def work(x):
+            return x * 2
+        if work(21) != 42:
+            raise Failure("a decorated function's result was lost")
+
+        def thread_body():
+            for _ in range(100):
+                with agent.range("py_thread"):
+                    pass
+        ts = [threading.Thread(target=thread_body) for _ in range(4)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+
+        for step in range(5):
+            agent.expert_load(step, 0, [10, 2, 2, 2], tokens=16)                  # list
+            agent.expert_load(step, 1, array.array("I", [4, 4, 4, 4]), tokens=16)  # buffer
+        agent.memory("weights", 555555, 1000000)
+        agent.memory(inferscope.MEMORY_KINDS["kv_cache"], 1234, 4096)
+        agent.prefix_cache(attention_queried=70, attention_hit=30)
+        t0 = inferscope.now_ns()
+        agent.stage(1, "prefill", t0, t0 + 1000)
+        agent.request(1, arrival_ns=t0, first_token_ns=t0 + 500, finish_ns=t0 + 2000,
+                      prompt_tokens=12, output_tokens=4)
+        agent.counter("py_counter", 3)
+        agent.gauge("py_gauge", 1.5)
+        if not agent.flush(10):
+            raise Failure(f"flush to a running collector failed: {agent.stats()}")
+        st = agent.stats()
+        # 2 + 1 + 400 ranges, 10 loads, 2 memory, prefix, stage, request, counter, gauge
+        if st["records_sent"] < 420 or st["records_dropped"] != 0 or not st["connected"]:
+            raise Failure(f"unexpected stats after flush: {st}")
+
+    deadline = time.time() + 20
+    want = {
+        "memory weights == 555555": lambda s: any(
+            n == "inferscope_memory_used_bytes" and 'kind="weights"' in lab and v == 555555
+            for n, lab, v in s),
+        "routed tokens == 160": lambda s: metric_sum(s, "inferscope_moe_routed_tokens_total") == 160,
+        "prefix queried == 70": lambda s: metric_sum(
+            s, "inferscope_prefix_cache_queried_tokens_total", 'layer_kind="attention"') == 70,
+        "requests{status=ok} == 1": lambda s: metric_sum(
+            s, "inferscope_requests_total", 'status="ok"') == 1,
+    }
+    missing = list(want)
+    while time.time() < deadline:
+        s = scrape(addrs["metrics"])
+        missing = [k for k, f in want.items() if not f(s)]
+        if not missing:
+            return
+        time.sleep(0.5)
+    raise Failure(f"collector /metrics never showed: {missing}")
+
+
+def check_numpy(addrs):
+    try:
+        import numpy as np
+    except ImportError:
+        log("numpy not importable by this python3: numpy path not exercised")
+        return
+    with inferscope.Agent(collector=addrs["ingest"], service="python-numpy") as agent:
+        agent.expert_load(0, 0, np.array([3, 1, 0, 4], dtype=np.int64), tokens=8)
+        agent.expert_load(0, 1, np.arange(256, dtype=np.uint32)[::2], tokens=8)  # strided
+        expect_raises(ValueError, agent.expert_load, 0, 0, np.zeros((2, 2), np.int32), 1)
+        expect_raises(TypeError, agent.expert_load, 0, 0, np.zeros(4, np.float32), 1)
+        expect_raises(ValueError, agent.expert_load, 0, 0, np.array([-1, 2]), 1)
+        if not agent.flush(10) or agent.stats()["records_sent"] != 2:
+            raise Failure(f"numpy expert loads not sent: {agent.stats()}")
+
+
+def check_bad_input():
+    """Wrong shapes, types and enum values raise before anything is recorded."""
+    with inferscope.Agent(collector="") as agent:
+        expect_raises(ValueError, agent.expert_load, 0, 0, [[1, 2]], 1)  # 2-D via list
+        expect_raises(TypeError, agent.expert_load, 0, 0, [1.5, 2], 1)
+        expect_raises(ValueError, agent.expert_load, 0, 0, [-3], 1)
+        expect_raises(ValueError, agent.expert_load, 0, 0, [1] * 4097, 1)
+        expect_raises(TypeError, agent.expert_load, 0, 0, "1,2", 1)
+        expect_raises(TypeError, agent.expert_load, 0, 0, array.array("d", [1.0]), 1)
+        expect_raises(ValueError, agent.expert_load, -1, 0, [1], 1)
+        expect_raises(ValueError, agent.memory, "disk", 1, 2)
+        expect_raises(ValueError, agent.memory, 99, 1, 2)
+        expect_raises(ValueError, agent.stage, 1, "prefill", 10, 5)
+        expect_raises(ValueError, agent.stage, 1, "warmup", 1, 2)
+        expect_raises(ValueError, agent.request, 1, 0, 1, status="lost")
+        expect_raises(ValueError, agent.prefix_cache, 1, 2)
+        expect_raises(TypeError, agent.range, 42)
+        expect_raises(ValueError, inferscope.Agent, collector="", rank=2, world_size=2)
+        r = agent.range("reused")  # one scope object, entered nested and again
+        with r:
+            with r:
+                pass
+        with r:
+            pass
+
+
+def check_after_close_and_twice():
+    """Two agents at once are fine; every call after close() is a no-op; close twice is fine."""
+    a = inferscope.Agent(collector="")
+    b = inferscope.Agent(collector="")
+    a.close()
+    a.close()
+    with a.range("after_close"):
+        pass
+    a.expert_load(0, 0, [1, 2], tokens=3)
+    a.memory("weights", 1, 2)
+    if not a.flush(0.1) or a.stats()["records_recorded"] != 0 or not a.closed:
+        raise Failure("a closed agent recorded something")
+    b.counter("second_agent", 1)
+    b.close()
+
+
+def check_collector_down():
+    """A collector that is not there: records are dropped and counted, flush says
+    False, close() returns within the shutdown bound, the process lives on."""
+    port = free_port()
+    os.environ["INFERSCOPE_SHUTDOWN_TIMEOUT_MS"] = "500"
+    try:
+        agent = inferscope.Agent(collector=f"tcp://127.0.0.1:{port}", service="python-down")
+    finally:
+        del os.environ["INFERSCOPE_SHUTDOWN_TIMEOUT_MS"]
+    for step in range(10):
+        agent.expert_load(step, 0, [1, 2, 3], tokens=6)
+    if agent.flush(0.3):
+        raise Failure("flush reported success with no collector")
+    st = agent.stats()
+    if st["connected"] or st["records_sent"] != 0:
+        raise Failure(f"stats with no collector: {st}")
+    t0 = time.time()
+    agent.close()
+    if time.time() - t0 > 5:
+        raise Failure(f"close() took {time.time() - t0:.1f}s with no collector")
+
+
+def check_missing_library():
+    """A wrong INFERSCOPE_AGENT_LIBRARY: an exception naming the path, not a crash."""
+    code = ("import inferscope\n"
+            "try:\n    inferscope.Agent()\n"
+            "except inferscope.LibraryNotFoundError as e:\n    print('RAISED', e)\n")
+    env = dict(os.environ, INFERSCOPE_AGENT_LIBRARY="/nonexistent/libinferscope_agent.so.0")
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    if p.returncode != 0 or "RAISED" not in p.stdout or "/nonexistent/" not in p.stdout:
+        raise Failure(f"missing library: rc={p.returncode}\n{p.stdout}\n{p.stderr}")
+
+
+def main():
+    global inferscope
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--build-dir", required=True)
+    ap.add_argument("--library", required=True, help="libinferscope_agent.so.0 to test")
+    ap.add_argument("--python-dir", required=True, help="the folder holding the inferscope package")
+    args = ap.parse_args()
+    os.environ["INFERSCOPE_AGENT_LIBRARY"] = args.library
+    os.environ["PYTHONPATH"] = args.python_dir + os.pathsep + os.environ.get("PYTHONPATH", "")
+    sys.path.insert(0, args.python_dir)
+    import inferscope as mod
+    inferscope = mod
+
+    import tempfile
+    work = pathlib.Path(tempfile.mkdtemp(prefix="inferscope-python-"))
+    h = Harness(work)
+    failed = []
+    try:
+        collector = pathlib.Path(args.build_dir) / "collector" / "inferscope-collector"
+        _, addrs = h.start_collector(collector, "collector", ["--window", "1s"])
+        checks = [lambda: check_signals_reach_collector(addrs), lambda: check_numpy(addrs),
+                  check_bad_input, check_after_close_and_twice, check_collector_down,
+                  check_missing_library]
+        names = ["signals_reach_collector", "numpy", "bad_input", "after_close_and_twice",
+                 "collector_down", "missing_library"]
+        for name, check in zip(names, checks):
+            try:
+                check()
+                log(f"ok   {name}")
+            except Failure as e:
+                failed.append(name)
+                log(f"FAIL {name}: {e}")
+    finally:
+        if failed:
+            h.dump_logs()
+        h.close()
+    print("FAIL: " + ", ".join(failed) if failed else "PASS", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
