@@ -10,6 +10,8 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   prometheus prometheus-alertmanager
   xvfb xauth imagemagick x11-utils curl procps python3 fonts-dejavu-core
+  # the Python package: its tests use numpy; pip + setuptools + wheel install it offline
+  python3-numpy python3-pip python3-setuptools python3-wheel
 )
 
 missing=()

@@ -210,6 +210,8 @@ def main():
     ap.add_argument("--library", required=True, help="libinferscope_agent.so.0 to test")
     ap.add_argument("--python-dir", required=True, help="the folder holding the inferscope package")
     args = ap.parse_args()
+    args.library = str(pathlib.Path(args.library).resolve())
+    args.python_dir = str(pathlib.Path(args.python_dir).resolve())
     os.environ["INFERSCOPE_AGENT_LIBRARY"] = args.library
     os.environ["PYTHONPATH"] = args.python_dir + os.pathsep + os.environ.get("PYTHONPATH", "")
     sys.path.insert(0, args.python_dir)
@@ -221,7 +223,7 @@ def main():
     h = Harness(work)
     failed = []
     try:
-        collector = pathlib.Path(args.build_dir) / "collector" / "inferscope-collector"
+        collector = pathlib.Path(args.build_dir).resolve() / "collector" / "inferscope-collector"
         _, addrs = h.start_collector(collector, "collector", ["--window", "1s"])
         checks = [lambda: check_signals_reach_collector(addrs), lambda: check_numpy(addrs),
                   check_bad_input, check_after_close_and_twice, check_collector_down,
