@@ -1,6 +1,6 @@
 """ns per call of the Python agent (python/inferscope), next to a bare Python
 function call measured in the same run, so the figures can be compared on any
-machine. Usage (numbers in docs/python.md):
+machine. Usage (numbers in docs/integrations.md):
 
   INFERSCOPE_AGENT_LIBRARY=build/dev/agent/src/libinferscope_agent.so.0 \
     PYTHONPATH=python python3 bench/python/overhead.py [--collector tcp://127.0.0.1:7431]

@@ -9,7 +9,7 @@ A thin layer (ctypes) over the agent's C API in libinferscope_agent.so:
         agent.expert_load(step, layer, counts, tokens=n)    # list, numpy or torch tensor
         agent.memory("kv_cache", used, capacity)
 
-See docs/python.md. The library is found through $INFERSCOPE_AGENT_LIBRARY, a
+See docs/integrations.md. The library is found through $INFERSCOPE_AGENT_LIBRARY, a
 copy in inferscope/_lib/, or the dynamic loader's search path.
 """
 

@@ -9,6 +9,7 @@ on a closed agent are no-ops (like the C API's NULL agent).
 import array
 import ctypes
 import functools
+import os
 import threading
 
 from . import _lib
@@ -19,6 +20,7 @@ STAGES = {"encoder": 0, "connector": 1, "prefill": 2, "decode": 3}
 DEVICES = {"cpu": 0, "gpu": 1}
 REQUEST_STATUSES = {"ok": 0, "cancelled": 1, "error": 2, "rejected": 3}
 MAX_EXPERTS = 4096  # wire::kMaxExperts
+_MAX_PENDING = 4096  # CUDA-tensor expert loads waiting for their copy
 _U32_MAX = 2**32 - 1
 _U64_MAX = 2**64 - 1
 
@@ -117,10 +119,10 @@ class Agent:
         self._lib = _lib.load()
         self._tls = threading.local()
         self._pending = []  # (step, layer, host tensor, event, tokens, dropped, rerouted)
+        self._pending_dropped = 0  # CUDA-tensor loads dropped because too many were in flight
         if collector is None and service is None and rank is None and world_size is None:
             handle = self._lib.inferscope_agent_create_from_env()
         else:
-            import os
             if collector is None:
                 collector = os.environ.get("INFERSCOPE_COLLECTOR", "tcp://127.0.0.1:7431")
             if not isinstance(collector, str) or (service is not None and
@@ -177,6 +179,8 @@ class Agent:
         self._lib.inferscope_agent_stats(self._handle, ctypes.byref(s))
         out = {name: getattr(s, name) for name, _ in _lib.Stats._fields_}
         out["connected"] = bool(out["connected"])
+        out["pending_cuda_loads"] = len(self._pending)
+        out["pending_cuda_dropped"] = self._pending_dropped
         return out
 
     # [SECTION] ranges and spans ---------------------------------------------
@@ -235,8 +239,14 @@ class Agent:
         _check_1d(t.dim(), t.numel())
         if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
             raise TypeError(f"routed must hold integers, not {t.dtype}")
+        if len(self._pending) >= _MAX_PENDING:  # the GPU is far behind: drop, count, never wait
+            self._pending_dropped += 1
+            return
+        # Widen on the device (stream-ordered, async), then one async copy into
+        # pinned memory; the event says when the counts are on the host.
+        src = t.reshape(-1).to(torch.int64)
         host = torch.empty(t.numel(), dtype=torch.int64, pin_memory=True)
-        host.copy_(t.reshape(-1), non_blocking=True)
+        host.copy_(src, non_blocking=True)
         event = torch.cuda.Event()
         event.record()
         self._pending.append((step, layer, host, event, tokens, dropped, rerouted))

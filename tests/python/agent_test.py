@@ -128,6 +128,101 @@ def check_numpy(addrs):
             raise Failure(f"numpy expert loads not sent: {agent.stats()}")
 
 
+def check_cuda_tensor_path(addrs):
+    """The CUDA-tensor path of expert_load against a stand-in torch module (no
+    torch here): the load waits for its copy's event without blocking, is sent
+    once the event completes, and flush() waits for it."""
+    try:
+        import numpy as np
+    except ImportError:
+        log("numpy not importable by this python3: CUDA-tensor path not exercised")
+        return
+    import types
+    torch = types.ModuleType("torch")
+    torch.int64, torch.bool = "int64", "bool"
+
+    class DType:
+        is_floating_point = is_complex = False
+
+    class Event:
+        ready = False  # class-wide switch the test flips
+        synchronized = 0
+
+        def record(self):
+            pass
+
+        def query(self):
+            return Event.ready
+
+        def synchronize(self):
+            Event.synchronized += 1
+
+    class Tensor:
+        def __init__(self, values, is_cuda):
+            self.values, self.is_cuda, self.dtype = np.asarray(values), is_cuda, DType()
+
+        def dim(self):
+            return self.values.ndim
+
+        def numel(self):
+            return self.values.size
+
+        def reshape(self, *_):
+            return Tensor(self.values.reshape(-1), self.is_cuda)
+
+        def to(self, _dtype):
+            return Tensor(self.values.astype(np.int64), self.is_cuda)
+
+        def copy_(self, src, non_blocking=False):
+            if not non_blocking:
+                raise Failure("the device-to-host copy must be non_blocking")
+            self.values[:] = src.values
+
+        def numpy(self):
+            return self.values
+
+        def detach(self):
+            return self
+
+        def contiguous(self):
+            return self
+
+    Tensor.__module__ = "torch"
+    torch.Tensor = Tensor
+    torch.empty = lambda n, dtype, pin_memory: Tensor(np.zeros(n, np.int64), False)
+    torch.cuda = types.SimpleNamespace(Event=Event)
+    saved = sys.modules.get("torch")
+    sys.modules["torch"] = torch
+    try:
+        with inferscope.Agent(collector=addrs["ingest"], service="python-cuda-path") as agent:
+            agent.expert_load(0, 0, Tensor([5, 1, 1, 1], is_cuda=True), tokens=8)
+            agent.expert_load(1, 0, Tensor([2, 2, 2, 2], is_cuda=True), tokens=8)
+            st = agent.stats()
+            if st["records_recorded"] != 0 or st["pending_cuda_loads"] != 2:
+                raise Failure(f"loads were recorded before their copy completed: {st}")
+            Event.ready = True
+            agent.expert_load(2, 0, [1, 1, 1, 1], tokens=4)  # drains the finished ones first
+            st = agent.stats()
+            if st["records_recorded"] != 3 or st["pending_cuda_loads"] != 0:
+                raise Failure(f"finished loads were not sent at the next call: {st}")
+            Event.ready = False
+            expect_raises(ValueError, agent.expert_load, 3, 0, Tensor([[1, 2]], True), 2)
+            agent.expert_load(4, 0, Tensor([0, 0, 4, 0], is_cuda=True), tokens=4)
+            before = Event.synchronized
+            if not agent.flush(10) or Event.synchronized == before:
+                raise Failure("flush() did not wait for the CUDA-tensor load in flight")
+            if agent.stats()["records_sent"] != 4:
+                raise Failure(f"expected 4 loads sent: {agent.stats()}")
+            agent.expert_load(5, 0, Tensor([1, 1], is_cuda=False), tokens=2)  # CPU tensor
+            if agent.stats()["records_recorded"] != 5:
+                raise Failure(f"a CPU tensor was not recorded at once: {agent.stats()}")
+    finally:
+        if saved is None:
+            sys.modules.pop("torch", None)
+        else:
+            sys.modules["torch"] = saved
+
+
 def check_bad_input():
     """Wrong shapes, types and enum values raise before anything is recorded."""
     with inferscope.Agent(collector="") as agent:
@@ -226,17 +321,18 @@ def main():
         collector = pathlib.Path(args.build_dir).resolve() / "collector" / "inferscope-collector"
         _, addrs = h.start_collector(collector, "collector", ["--window", "1s"])
         checks = [lambda: check_signals_reach_collector(addrs), lambda: check_numpy(addrs),
+                  lambda: check_cuda_tensor_path(addrs),
                   check_bad_input, check_after_close_and_twice, check_collector_down,
                   check_missing_library]
-        names = ["signals_reach_collector", "numpy", "bad_input", "after_close_and_twice",
+        names = ["signals_reach_collector", "numpy", "cuda_tensor_path", "bad_input", "after_close_and_twice",
                  "collector_down", "missing_library"]
         for name, check in zip(names, checks):
             try:
                 check()
                 log(f"ok   {name}")
-            except Failure as e:
+            except Exception as e:  # noqa: BLE001 -- any error fails this check, not the run
                 failed.append(name)
-                log(f"FAIL {name}: {e}")
+                log(f"FAIL {name}: {type(e).__name__}: {e}")
     finally:
         if failed:
             h.dump_logs()
