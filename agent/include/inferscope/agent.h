@@ -13,8 +13,8 @@
  *
  * [SECTION] Lifetime   create / destroy / flush / stats
  * [SECTION] Names      intern, clock
- * [SECTION] Signals    ranges, spans, expert loads, memory, prefix cache, stages, requests,
- * counters
+ * [SECTION] Signals    ranges, spans, expert loads, memory, prefix cache, stages,
+ *                      requests, counters
  */
 #ifndef INFERSCOPE_AGENT_H
 #define INFERSCOPE_AGENT_H
