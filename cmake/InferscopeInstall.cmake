@@ -4,7 +4,8 @@
 #   lib/cmake/inferscope/  inferscopeConfig.cmake: inferscope::agent (+ inferscope::agent_cuda)
 #   lib/pkgconfig/         inferscope.pc (+ inferscope-cuda.pc)
 #   bin/      inferscope-collector, inferscope-export, inferscope-engine, inferscope-viewer
-# Components: agent (library, headers, package files) and programs; e.g.
+#   lib/python3/dist-packages/inferscope/  the Python package (python/)
+# Components: agent (library, headers, package files), programs and python; e.g.
 # `cmake --install build --component agent` for the library alone.
 # Everything is relocatable: the package config and the .pc file find the
 # prefix from their own location, so `cmake --install build --prefix DIR` works
