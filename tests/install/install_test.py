@@ -68,6 +68,11 @@ def check_tree(prefix, cuda):
         raise Failure("cmake --install did not install:\n  " + "\n  ".join(missing))
     if (prefix / "include/inferscope/agent_cuda.hpp").exists() != cuda:
         raise Failure("agent_cuda.hpp installed without the CUDA library (or the reverse)")
+    if cuda:
+        dyn = library_checks.run(["readelf", "-d", libdir / "libinferscope_agent_cuda.so.0"])
+        if not re.search(r"\((RUNPATH|RPATH)\).*\$ORIGIN", dyn):
+            raise Failure("libinferscope_agent_cuda.so.0 has no $ORIGIN runpath: it would not "
+                          "find libinferscope_agent.so.0 beside it")
     return libdir
 
 
