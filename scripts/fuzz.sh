@@ -7,6 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-25}
+# Exit status (docs/cli.md): 2 for a bad argument, 1 when a build or a target fails.
+[[ $seconds =~ ^[0-9]+$ && $seconds -gt 0 && $# -le 1 ]] ||
+  { echo "fuzz: usage: scripts/fuzz.sh [seconds-per-target > 0], got '$*'" >&2; exit 2; }
 CC=clang CXX=clang++ cmake -S . -B build/fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DINFERSCOPE_FUZZ=ON -DINFERSCOPE_CUDA=OFF -DINFERSCOPE_VIEWER=OFF -DINFERSCOPE_BENCHMARKS=OFF >/dev/null
 targets=$(cd tests/fuzz && ls *_fuzz.cpp | sed 's/\.cpp$//')

@@ -1,8 +1,7 @@
 // inferscope-viewer: open a trace (file, segment directory, Chrome JSON) or
-// connect live to a collector; see docs/viewer.md.
-#include <CLI/CLI.hpp>
-
+// connect live to a collector; see docs/viewer.md. Exit status: docs/cli.md.
 #include "app.hpp"
+#include "inferscope/cli/exit_status.hpp"
 
 int main(int argc, char** argv) {
   inferscope::viewer::AppOptions o;
@@ -18,6 +17,6 @@ int main(int argc, char** argv) {
   app.add_option("--height", o.height, "window height")->check(CLI::Range(150, 8192));
   app.add_option("--theme", o.theme, "dark|light")->check(CLI::IsMember({"dark", "light"}));
   app.add_option("--scale", o.scale, "UI scale (default: the monitor's content scale)")->check(CLI::Range(0.5, 4.0));
-  CLI11_PARSE(app, argc, argv);
+  if (auto status = inferscope::cli::parse(app, "inferscope-viewer", argc, argv)) return *status;
   return inferscope::viewer::run_app(o);
 }

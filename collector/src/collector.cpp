@@ -12,6 +12,7 @@
 #include "inferscope/collector/ingest_server.hpp"
 #include "inferscope/collector/trace_store.hpp"
 #include "inferscope/collector/viewer_server.hpp"
+#include "ingest/tcp_acceptor.hpp"
 
 namespace inferscope::collector {
 
@@ -29,6 +30,13 @@ void log_line(const std::string& message) {
 namespace {
 // How long a graceful stop waits for agents to close their side (docs/reliability.md).
 constexpr auto kDrainDeadline = std::chrono::seconds(5);
+
+// Every start() error names the flag and the address it came from:
+// "--metrics 127.0.0.1:9464: cannot listen: Address already in use".
+bool flag_error(std::string& error, const char* flag, const std::string& address) {
+  error = std::string(flag) + " " + address + ": " + error;
+  return false;
+}
 
 int64_t steady_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(
@@ -65,6 +73,7 @@ struct Collector::Impl {
       if (ec) return;
       const int64_t now = steady_ns();
       pipeline.tick(now);
+      viewers.flush_log();
       if (store) {
         store->tick(now);  // closes a block older than --trace-block-age; retention
         publish_store_metrics();
@@ -161,21 +170,31 @@ bool Collector::start(std::string& error) {
   });
   for (const auto& text : s.options.listen) {
     auto ep = parse_endpoint(text, error);
-    if (!ep) return false;
+    if (!ep) return flag_error(error, "--listen", text);
     Endpoint bound;
-    if (!s.ingest.listen(*ep, bound, error)) return false;
+    if (!s.ingest.listen(*ep, bound, error)) return flag_error(error, "--listen", text);
     s.lines.push_back("listening ingest " + bound.to_string());
   }
   if (!s.options.metrics.empty()) {
     auto ep = parse_endpoint(s.options.metrics, error);
-    if (!ep) return false;
+    if (!ep) return flag_error(error, "--metrics", s.options.metrics);
+    // prometheus-cpp's CivetServer reports a port in use only as "null context
+    // when constructing CivetServer"; binding it here first gets the OS's reason.
+    {
+      Endpoint probed;
+      auto probe = detail::open_tcp_acceptor(s.io, *ep, probed, error);
+      if (!probe) return flag_error(error, "--metrics", s.options.metrics);
+      std::error_code ignored;
+      probe->close(ignored);
+    }
     try {
       const std::string host =
           ep->host.find(':') != std::string::npos ? "[" + ep->host + "]" : ep->host;
       s.exposer = std::make_unique<prometheus::Exposer>(host + ":" + std::to_string(ep->port), 2);
     } catch (const std::exception& e) {
-      error = "cannot serve metrics on " + s.options.metrics + ": " + e.what();
-      return false;
+      // Lost a race for the port since the probe, or a civetweb limit.
+      error = std::string("cannot listen: ") + e.what();
+      return flag_error(error, "--metrics", s.options.metrics);
     }
     s.exposer->RegisterCollectable(s.metrics.registry);
     auto ports = s.exposer->GetListeningPorts();
@@ -184,9 +203,9 @@ bool Collector::start(std::string& error) {
   }
   if (!s.options.viewer.empty()) {
     auto ep = parse_endpoint(s.options.viewer, error);
-    if (!ep) return false;
+    if (!ep) return flag_error(error, "--viewer", s.options.viewer);
     Endpoint bound;
-    if (!s.viewers.listen(*ep, bound, error)) return false;
+    if (!s.viewers.listen(*ep, bound, error)) return flag_error(error, "--viewer", s.options.viewer);
     s.lines.push_back("listening viewer " + bound.host + ":" + std::to_string(bound.port));
   }
   return true;

@@ -1,6 +1,7 @@
 // inferscope-engine: serve a synthetic workload on the reference engine and
 // print a summary. Telemetry goes to the collector through the agent unless
-// --collector "" turns it off.
+// --collector "" turns it off. Exit status (docs/cli.md): 2 for a bad command
+// line, 1 when the run fails, 0 on success.
 #include <CLI/CLI.hpp>
 #include <atomic>
 #include <chrono>
@@ -11,6 +12,7 @@
 #include <random>
 #include <thread>
 
+#include "inferscope/cli/exit_status.hpp"
 #include "inferscope/engine/backend.hpp"
 #include "inferscope/engine/communicator.hpp"
 #include "inferscope/engine/engine.hpp"
@@ -73,7 +75,8 @@ int main(int argc, char** argv) {
   uint64_t seed = 1;
   bool offline = false, quiet = false, ep_same_requests = false;
   app.add_option("--model", model_path, "model JSON (reference_engine/models/*.json)")->required();
-  app.add_option("--workload", workload, "skewed-multimodal | balanced | text | skewed-ep");
+  app.add_option("--workload", workload, "skewed-multimodal | balanced | text | skewed-ep")
+      ->check(CLI::IsMember(ie::workload_names()));
   app.add_option("--requests", requests, "stop after this many requests");
   app.add_option("--duration", duration, "stop generating requests after this many seconds");
   app.add_option(
@@ -82,7 +85,8 @@ int main(int argc, char** argv) {
       "or tcp://127.0.0.1:7431)");
   app.add_option("--seed", seed, "workload seed");
   app.add_option("--threads", threads, "CPU threads (BLAS and the backend's loops)");
-  app.add_option("--backend", backend, "cpu or cuda (when built)");
+  app.add_option("--backend", backend, "cpu or cuda (when built)")
+      ->check(CLI::IsMember(ie::backend_names()));
   app.add_option("--device", device, "GPU ordinal for the cuda backend");
   app.add_option("--weights", weights,
                  "load weights from a safetensors file instead of the seeded init");
@@ -107,7 +111,8 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 64));
   app.add_option("--ep-rank", ep_rank, "this process's rank in [0, ep-size)");
   app.add_option("--ep-comm", ep_comm,
-                 "nccl | host (default: nccl for --backend cuda, host otherwise)");
+                 "nccl | host (default: nccl for --backend cuda, host otherwise)")
+      ->check(CLI::IsMember({"nccl", "host"}));
   app.add_option("--ep-rendezvous", ep_rendezvous,
                  "local directory the ranks meet in (sockets / NCCL id)");
   app.add_option("--ep-timeout", ep_timeout, "seconds a rank waits for its peers before giving up");
@@ -118,11 +123,16 @@ int main(int argc, char** argv) {
   app.add_flag(
       "--ep-same-requests", ep_same_requests,
       "every rank generates the same requests (default: the workload seed differs per rank)");
-  CLI11_PARSE(app, argc, argv);
-  if (requests <= 0 && duration <= 0.0) {
-    std::cerr << "inferscope-engine: give --requests N or --duration S\n";
-    return 2;
-  }
+  namespace cli = inferscope::cli;
+  constexpr const char* kProgram = "inferscope-engine";
+  if (auto status = cli::parse(app, kProgram, argc, argv)) return *status;
+  if (requests <= 0 && duration <= 0.0)
+    return cli::usage_error(kProgram, "give --requests N or --duration S");
+  if (ep_rank < 0 || ep_rank >= ep_size)
+    return cli::usage_error(kProgram, "--ep-rank " + std::to_string(ep_rank) +
+                                          " is not in [0, --ep-size " + std::to_string(ep_size) + ")");
+  if (ep_size > 1 && ep_rendezvous.empty())
+    return cli::usage_error(kProgram, "--ep-size > 1 needs --ep-rendezvous DIR");
 
   std::unique_ptr<ie::Communicator> comm;
   try {
@@ -134,8 +144,6 @@ int main(int argc, char** argv) {
       placement = ep_placement.empty()
                       ? ie::ExpertPlacement::make(config.moe.experts, ep_size, ep_rank)
                       : ie::load_expert_placement(ep_placement, config, ep_size, ep_rank);
-      if (ep_rendezvous.empty())
-        throw std::invalid_argument("--ep-size > 1 needs --ep-rendezvous DIR");
       if (ep_comm.empty()) ep_comm = be->host_memory() ? "host" : "nccl";
       ie::CommOptions co;
       co.rank = ep_rank;
@@ -351,7 +359,7 @@ int main(int argc, char** argv) {
     } else {
       std::cerr << "inferscope-engine: " << e.what() << "\n";
     }
-    return 1;
+    return cli::kFailure;
   }
-  return 0;
+  return cli::kSuccess;
 }

@@ -217,7 +217,7 @@ int run_app(AppOptions o) {
       std::ifstream in(o.auth_token_file);
       if (!in) {
         std::fprintf(stderr, "inferscope-viewer: cannot read --auth-token-file %s\n", o.auth_token_file.c_str());
-        return 2;
+        return 1;  // a runtime failure, not a usage error (docs/cli.md)
       }
       std::getline(in, lo.auth_token);
     }

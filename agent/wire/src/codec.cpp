@@ -117,6 +117,7 @@ void FrameEncoder::finish(std::vector<uint8_t>& out) {
 FrameDecoder::FrameDecoder(DecoderOptions options) : options_(options) {}
 
 DecodeStatus FrameDecoder::frame_size(std::span<const uint8_t> stream, size_t& frame_bytes) const {
+  frame_bytes = 0;
   if (stream.size() < kFrameHeaderBytes) {
     // A wrong magic is reported as soon as it can be seen.
     if (stream.size() >= 4 && get_u32(stream.data()) != kFrameMagic)
@@ -136,8 +137,8 @@ DecodeStatus FrameDecoder::frame_size(std::span<const uint8_t> stream, size_t& f
     return fail(DecodeError::kFrameTooLarge, "frame of " + std::to_string(total) +
                                                  " bytes exceeds the limit of " +
                                                  std::to_string(options_.max_frame_bytes));
-  if (stream.size() < total) return fail(DecodeError::kNeedMoreData, "");
   frame_bytes = static_cast<size_t>(total);
+  if (stream.size() < total) return fail(DecodeError::kNeedMoreData, "");
   return DecodeStatus::Ok();
 }
 

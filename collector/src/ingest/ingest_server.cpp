@@ -12,6 +12,8 @@
 namespace inferscope::collector {
 
 namespace {
+// Each connection's buffer: this much always (bounded by --max-connections);
+// more only for a frame that needs it, charged to the FrameBudget.
 constexpr size_t kReadChunk = 64 * 1024;
 // Acknowledgements (wire/ack.hpp): at least every 100 ms while frames arrive,
 // and at once after each MiB, so an agent's unconfirmed window stays small.
@@ -38,6 +40,7 @@ struct IngestServer::Connection : std::enable_shared_from_this<IngestServer::Con
   std::vector<uint8_t> buffer;
   size_t begin = 0, end = 0;  // unconsumed bytes are buffer[begin, end)
   bool closed = false;
+  FrameBudget::Share share;  // the buffer beyond kReadChunk
   // [SECTION] acknowledgements and drain
   uint64_t processed_bytes = 0;  // whole frames handed to the pipeline, cumulative
   uint64_t acked_bytes = 0;      // the last acknowledgement written
@@ -56,16 +59,47 @@ struct IngestServer::Connection : std::enable_shared_from_this<IngestServer::Con
 
   void start() { read(); }
 
+  void compact() {
+    if (begin == 0) return;
+    std::memmove(buffer.data(), buffer.data() + begin, end - begin);
+    end -= begin;
+    begin = 0;
+  }
+
+  // Resizes the buffer to n bytes, charging what lies beyond kReadChunk to the
+  // server's FrameBudget (the before-hello share while there is no hello).
+  // False, and nothing changed, when the budget cannot cover it.
+  bool resize_buffer(size_t n) {
+    if (!server.budget_.set(share, n > kReadChunk ? n - kReadChunk : 0, session.source_id == 0)) return false;
+    if (n > buffer.size()) {
+      buffer.reserve(n);  // exactly n: what is charged is what is allocated
+      buffer.resize(n);
+    } else {
+      buffer.resize(n);
+      buffer.shrink_to_fit();
+    }
+    return true;
+  }
+
+  // Makes room for a whole frame of `need` bytes at begin. False: over budget.
+  bool make_room(size_t need) {
+    if (begin + need <= buffer.size()) return true;
+    compact();
+    return need <= buffer.size() || resize_buffer(need);
+  }
+
+  // Closes the connection, counted by reason; the log line is rate-limited per reason.
+  void reject(const char* reason, const std::string& message) {
+    server.metrics_.rejected(reason).Increment();
+    server.log_limited_.write(reason, "closing " + session.peer + ": " + message);
+    shutdown();
+  }
+
   void read() {
     if (closed) return;
-    // Room for the next chunk; compact first so the buffer stays bounded.
-    if (begin > 0) {
-      std::memmove(buffer.data(), buffer.data() + begin, end - begin);
-      end -= begin;
-      begin = 0;
-    }
-    if (buffer.size() - end < kReadChunk / 4)
-      buffer.resize(std::max(buffer.size(), end + kReadChunk));
+    // There is always room here: on_read made room for the frame in hand, and
+    // with no frame in hand the whole buffer is free.
+    compact();
     auto self = shared_from_this();
     read_some(asio::buffer(buffer.data() + end, buffer.size() - end),
               [self](std::error_code ec, size_t n) { self->on_read(ec, n); });
@@ -76,10 +110,8 @@ struct IngestServer::Connection : std::enable_shared_from_this<IngestServer::Con
     if (ec) {
       if (end > begin) {
         // The peer went away inside a frame (it died mid-write): count the torn frame.
-        server.metrics_.rejected("truncated").Increment();
-        if (server.log_)
-          server.log_("connection " + session.peer + " closed inside a frame (" +
-                      std::to_string(end - begin) + " bytes of it received)");
+        reject("truncated", "it closed inside a frame (" + std::to_string(end - begin) + " bytes of it received)");
+        return;
       }
       shutdown();
       return;
@@ -92,30 +124,30 @@ struct IngestServer::Connection : std::enable_shared_from_this<IngestServer::Con
       std::span<const uint8_t> avail(buffer.data() + begin, end - begin);
       size_t frame_bytes = 0;
       auto st = session.decoder.frame_size(avail, frame_bytes);
-      if (st.error == wire::DecodeError::kNeedMoreData) {
-        // Grow to hold the whole frame once its header says how big it is
-        // (frame_size already checked it against the limit).
-        if (avail.size() >= wire::kFrameHeaderBytes) {
-          uint32_t payload = 0;
-          std::memcpy(&payload, avail.data() + 8, 4);  // little-endian hosts only (x86, arm64)
-          const size_t need = wire::kFrameHeaderBytes + payload;
-          if (begin + need > buffer.size()) {
-            if (begin > 0) {
-              std::memmove(buffer.data(), buffer.data() + begin, end - begin);
-              end -= begin;
-              begin = 0;
-            }
-            if (need > buffer.size()) buffer.resize(need);
-          }
+      const bool need_more = st.error == wire::DecodeError::kNeedMoreData;
+      if (!st.ok() && !need_more) {
+        reject(rejection_reason(st.error), st.message);
+        return;
+      }
+      // frame_bytes is the announced size once the header is in (already
+      // checked against max_frame_bytes). Before a hello only small frames:
+      // a peer that has proven nothing may not make us hold megabytes.
+      const auto& limits = server.options_.limits;
+      if (session.source_id == 0 && frame_bytes > limits.max_frame_bytes_before_hello) {
+        reject("frame_too_large_before_hello",
+               "a frame of " + std::to_string(frame_bytes) + " bytes before its hello (limit " +
+                   std::to_string(limits.max_frame_bytes_before_hello) + ")");
+        return;
+      }
+      if (need_more) {
+        // Room for the whole frame once its header says how big it is.
+        if (frame_bytes > 0 && !make_room(frame_bytes)) {
+          reject("memory_budget", "a frame of " + std::to_string(frame_bytes) +
+                                      " bytes does not fit the collector's frame buffer budget (" +
+                                      std::to_string(server.budget_.used()) + " bytes held)");
+          return;
         }
         break;
-      }
-      if (!st.ok()) {
-        Rejection why;
-        server.metrics_.rejected(rejection_reason(st.error)).Increment();
-        if (server.log_) server.log_("closing " + session.peer + ": " + st.message);
-        shutdown();
-        return;
       }
       Rejection why;
       if (!server.pipeline_.on_frame(session, avail.first(frame_bytes), why)) {
@@ -130,8 +162,7 @@ struct IngestServer::Connection : std::enable_shared_from_this<IngestServer::Con
     }
     // Shrink a buffer grown for one large frame once it is consumed.
     if (begin == end && buffer.size() > 4 * kReadChunk) {
-      buffer.resize(kReadChunk);
-      buffer.shrink_to_fit();
+      resize_buffer(kReadChunk);  // shrinking always fits the budget
       begin = end = 0;
     }
     if (completed && end > begin)
@@ -210,6 +241,7 @@ struct IngestServer::Connection : std::enable_shared_from_this<IngestServer::Con
   void shutdown() {
     if (closed) return;
     closed = true;
+    server.budget_.release(share);  // the buffer itself goes with the last handler
     server.pipeline_.on_close(session);
     close_socket();
     server.live_.erase(shared_from_this());
@@ -224,6 +256,8 @@ IngestServer::IngestServer(asio::io_context& io, const CollectorOptions& options
       pipeline_(pipeline),
       metrics_(metrics),
       log_(std::move(log)),
+      log_limited_(log_),
+      budget_(options.limits.max_buffered_bytes, options.limits.max_buffered_bytes_before_hello),
       sweep_timer_(io),
       ack_timer_(io),
       drain_timer_(io) {}
@@ -245,11 +279,8 @@ void IngestServer::sweep() {
     std::vector<std::shared_ptr<Connection>> late;
     for (const auto& c : live_)
       if (c->overdue(now)) late.push_back(c);
-    for (auto& c : late) {
-      metrics_.rejected("timeout").Increment();
-      if (log_) log_("closing " + c->session.peer + ": " + c->overdue(now));
-      c->shutdown();
-    }
+    for (auto& c : late) c->reject("timeout", c->overdue(now));
+    log_limited_.flush_due();
     sweep();
   });
 }
@@ -266,9 +297,8 @@ void IngestServer::accept(std::shared_ptr<typename Protocol::acceptor> acceptor)
     if (!ec) {
       if (live_.size() >= options_.max_connections) {
         metrics_.rejected("connection_limit").Increment();
-        if (log_)
-          log_("refusing a connection: " + std::to_string(live_.size()) +
-               " agents connected (limit)");
+        log_limited_.write("connection_limit", "refusing a connection: " + std::to_string(live_.size()) +
+                                                   " agents connected (--max-connections)");
         std::error_code ignored;
         socket->close(ignored);
       } else {
@@ -325,7 +355,7 @@ bool IngestServer::listen(const Endpoint& endpoint, Endpoint& bound, std::string
     if (!ec) acc->bind(ep, ec);
     if (!ec) acc->listen(asio::socket_base::max_listen_connections, ec);
     if (ec) {
-      error = "cannot listen on " + endpoint.to_string() + ": " + ec.message();
+      error = "cannot listen: " + ec.message();
       return false;
     }
     unix_paths_.push_back(endpoint.path);
@@ -355,6 +385,7 @@ void IngestServer::stop() {
   close_acceptors();
   auto live = live_;  // shutdown() erases from live_
   for (auto& c : live) c->shutdown();
+  log_limited_.flush_all();  // the suppressed counts of the last interval too
 }
 
 void IngestServer::drain(std::chrono::milliseconds deadline, std::function<void()> done) {
@@ -372,13 +403,8 @@ void IngestServer::drain(std::chrono::milliseconds deadline, std::function<void(
   drain_timer_.async_wait([this](std::error_code ec) {
     if (ec) return;
     auto late = live_;
-    for (auto& c : late) {
-      metrics_.rejected("drain_deadline").Increment();
-      if (log_)
-        log_("closing " + c->session.peer +
-             ": it did not close its side within the drain deadline");
-      c->shutdown();
-    }
+    for (auto& c : late) c->reject("drain_deadline", "it did not close its side within the drain deadline");
+
     check_drained();
   });
   check_drained();

@@ -58,6 +58,7 @@ Pipeline::Pipeline(const CollectorOptions& options, CollectorMetrics& metrics, L
     : options_(options),
       metrics_(metrics),
       log_(std::move(log)),
+      connection_log_(log_),
       aggregator_(options.aggregation, metrics) {
   aggregator_.set_alert_sink([this](const wire::AlertEpisode& a) { on_alert(a); });
   for (uint8_t k = 0; k < wire::kRecordKindCount; ++k)
@@ -69,7 +70,7 @@ bool Pipeline::reject(Session& session, Rejection& why, std::string reason, std:
   why.reason = std::move(reason);
   why.message = (session.peer.empty() ? std::string("connection") : session.peer) + ": " + message;
   metrics_.rejected(why.reason).Increment();
-  if (log_) log_("closing " + why.message);
+  connection_log_.write(why.reason, "closing " + why.message);
   return false;
 }
 
@@ -125,9 +126,9 @@ bool Pipeline::on_frame(Session& session, std::span<const uint8_t> frame, Reject
           source = &sources_.add(h);
           session.source_id = source->id;
           metrics_.connections.Increment();
-          if (log_)
-            log_("source " + std::to_string(source->id) + " (" + session.peer + "): " + h.service +
-                 " " + h.instance + " model " + source->model + " rank " + source->rank);
+          connection_log_.write("source", "source " + std::to_string(source->id) + " (" + session.peer +
+                                              "): " + h.service + " " + h.instance + " model " + source->model +
+                                              " rank " + source->rank);
         } else {
           // A re-sent hello (the agent's set_model) replaces the description.
           aggregator_.on_disconnect(*source);
@@ -219,6 +220,7 @@ void Pipeline::on_close(Session& session) {
 }
 
 void Pipeline::tick(int64_t steady_now_ns) {
+  connection_log_.flush_due();
   if (auto now = aggregator_.estimated_now(steady_now_ns)) {
     // A grace of half a window lets agents' last flush of a window arrive first.
     aggregator_.advance(*now - options_.aggregation.window_ns / 2);

@@ -12,7 +12,9 @@
 
 namespace inferscope::collector::detail {
 
-// Null with `error` set on failure; otherwise listening, with `bound` the actual address.
+// Null with `error` set on failure ("cannot listen: Address already in use"; the
+// caller names the flag and the address); otherwise listening, with `bound` the
+// actual address.
 inline std::shared_ptr<asio::ip::tcp::acceptor> open_tcp_acceptor(asio::io_context& io,
                                                                   const Endpoint& endpoint,
                                                                   Endpoint& bound,
@@ -22,7 +24,7 @@ inline std::shared_ptr<asio::ip::tcp::acceptor> open_tcp_acceptor(asio::io_conte
   auto results = resolver.resolve(endpoint.host, std::to_string(endpoint.port),
                                   asio::ip::resolver_base::passive | asio::ip::resolver_base::numeric_service, ec);
   if (ec || results.empty()) {
-    error = "cannot resolve " + endpoint.to_string() + ": " + ec.message();
+    error = "cannot resolve the host: " + ec.message();
     return nullptr;
   }
   auto acc = std::make_shared<asio::ip::tcp::acceptor>(io);
@@ -32,7 +34,7 @@ inline std::shared_ptr<asio::ip::tcp::acceptor> open_tcp_acceptor(asio::io_conte
   if (!ec) acc->bind(ep, ec);
   if (!ec) acc->listen(asio::socket_base::max_listen_connections, ec);
   if (ec) {
-    error = "cannot listen on " + endpoint.to_string() + ": " + ec.message();
+    error = "cannot listen: " + ec.message();
     return nullptr;
   }
   bound = endpoint;

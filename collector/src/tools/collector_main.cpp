@@ -1,5 +1,9 @@
 // inferscope-collector: the daemon's command line (docs/collector.md).
+// Exit status (docs/cli.md): 2 for a bad command line, 1 when it cannot run
+// (a port in use, a file it cannot read), 0 after a clean stop.
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <iostream>
 #include <sstream>
@@ -7,9 +11,23 @@
 
 #include <CLI/CLI.hpp>
 
+#include "inferscope/cli/exit_status.hpp"
 #include "inferscope/collector/collector.hpp"
+#include "inferscope/collector/endpoint.hpp"
 
 using namespace inferscope::collector;
+namespace cli = inferscope::cli;
+
+namespace {
+constexpr const char* kProgram = "inferscope-collector";
+
+int usage(const std::string& message) { return cli::usage_error(kProgram, message); }
+
+int failure(const std::string& message) {
+  std::cerr << kProgram << ": " << message << "\n";
+  return cli::kFailure;
+}
+}  // namespace
 
 int main(int argc, char** argv) {
   CollectorOptions o;
@@ -57,73 +75,63 @@ int main(int argc, char** argv) {
                  "a hot EP rank clears below this")->capture_default_str();
   app.add_option("--auth-token-file", token_file, "require this shared token from agents and viewers");
   app.add_option("--max-connections", o.max_connections, "agent connections at once")->capture_default_str();
+  app.add_option("--max-frame-buffer-bytes", o.limits.max_buffered_bytes,
+                 "bound on the bytes all agent connections may hold for frames still arriving")
+      ->capture_default_str();
   app.add_option("--max-models", o.aggregation.max_models, "label bound: models")->capture_default_str();
   app.add_option("--max-ranks", o.aggregation.max_ranks, "label bound: ranks per model")->capture_default_str();
   app.add_option("--max-episode-series", o.aggregation.max_episode_series,
                  "bound on experts with per-expert episode series")->capture_default_str();
-  CLI11_PARSE(app, argc, argv);
+  if (auto status = cli::parse(app, kProgram, argc, argv)) return *status;
 
+  // Addresses are checked here, so that a malformed one is a usage error (2)
+  // and only a failure to bind one is a runtime failure (1).
+  auto check_endpoint = [](const char* flag, const std::string& text) {
+    std::string error;
+    if (text.empty() || parse_endpoint(text, error)) return true;
+    usage(std::string(flag) + " " + text + ": " + error);
+    return false;
+  };
+  for (const auto& l : o.listen)
+    if (!check_endpoint("--listen", l)) return cli::kUsage;
+  if (!check_endpoint("--metrics", o.metrics) || !check_endpoint("--viewer", o.viewer)) return cli::kUsage;
   auto window_ns = parse_duration_ns(window);
-  if (!window_ns) {
-    std::cerr << "inferscope-collector: --window \"" << window << "\" is not a duration (e.g. 10s, 200ms)\n";
-    return 2;
-  }
+  if (!window_ns) return usage("--window \"" + window + "\" is not a duration (e.g. 10s, 200ms)");
   o.aggregation.window_ns = *window_ns;
   for (auto [flag, text, out] : {std::tuple{"--trace-max-age", &trace_max_age, &o.trace_max_age_ns},
                                  std::tuple{"--trace-block-age", &trace_block_age, &o.trace_block_age_ns}}) {
     if (text->empty()) continue;
     auto ns = parse_duration_ns(*text);
-    if (!ns) {
-      std::cerr << "inferscope-collector: " << flag << " \"" << *text << "\" is not a duration (e.g. 24h, 1s)\n";
-      return 2;
-    }
+    if (!ns) return usage(std::string(flag) + " \"" + *text + "\" is not a duration (e.g. 24h, 1s)");
     *out = *ns;
   }
   if (o.aggregation.windows == 0 || o.aggregation.hot_clear_threshold > o.aggregation.hot_threshold ||
-      o.aggregation.cold_clear_threshold < o.aggregation.cold_threshold) {
-    std::cerr << "inferscope-collector: need --hot-windows >= 1, hot-clear <= hot threshold, "
-                 "cold-clear >= cold threshold\n";
-    return 2;
-  }
+      o.aggregation.cold_clear_threshold < o.aggregation.cold_threshold)
+    return usage("need --hot-windows >= 1, hot-clear <= hot threshold, cold-clear >= cold threshold");
   if (o.aggregation.hot_rank_clear_threshold > o.aggregation.hot_rank_threshold ||
-      o.aggregation.hot_rank_threshold <= 1.0 || o.aggregation.eplb_redundant < -1) {
-    std::cerr << "inferscope-collector: need 1 < --hot-rank-threshold, --hot-rank-clear-threshold <= it, "
-                 "--eplb-redundant >= -1\n";
-    return 2;
-  }
+      o.aggregation.hot_rank_threshold <= 1.0 || o.aggregation.eplb_redundant < -1)
+    return usage("need 1 < --hot-rank-threshold, --hot-rank-clear-threshold <= it, --eplb-redundant >= -1");
   if (!placement_file.empty()) {
     Placement p;
     std::string error;
-    if (!load_placement_file(placement_file, p, error)) {
-      std::cerr << "inferscope-collector: " << error << "\n";
-      return 2;
-    }
+    if (!load_placement_file(placement_file, p, error)) return failure("--placement " + error);
     o.aggregation.placement = std::move(p);
   }
   if (!token_file.empty()) {
     std::ifstream in(token_file);
-    if (!in) {
-      std::cerr << "inferscope-collector: cannot read --auth-token-file " << token_file << "\n";
-      return 2;
-    }
+    if (!in) return failure("--auth-token-file " + token_file + ": cannot read: " + std::strerror(errno));
     std::getline(in, o.auth_token);
     while (!o.auth_token.empty() && (o.auth_token.back() == '\r' || o.auth_token.back() == ' '))
       o.auth_token.pop_back();
-    if (o.auth_token.empty()) {
-      std::cerr << "inferscope-collector: " << token_file << " holds no token\n";
-      return 2;
-    }
+    if (o.auth_token.empty()) return failure("--auth-token-file " + token_file + " holds no token");
   }
 
   Collector collector(std::move(o));
   std::string error;
-  if (!collector.start(error)) {
-    std::cerr << "inferscope-collector: " << error << "\n";
-    return 1;
-  }
+  if (!collector.start(error)) return failure(error);  // names the flag, the address and the reason
   for (const auto& line : collector.listening_lines()) std::printf("%s\n", line.c_str());
   std::fflush(stdout);
   collector.run(true);
   log_line("stopped");
-  return 0;
+  return cli::kSuccess;
 }

@@ -1,9 +1,12 @@
 // inferscope-export: trace segments -> Chrome Trace Event JSON (opens in Perfetto).
+// Exit status (docs/cli.md): 2 for a bad command line, 1 when the input cannot
+// be read or the output written, 0 on success.
 #include <fstream>
 #include <iostream>
 
 #include <CLI/CLI.hpp>
 
+#include "inferscope/cli/exit_status.hpp"
 #include "inferscope/collector/chrome_export.hpp"
 
 using namespace inferscope::collector;
@@ -16,13 +19,15 @@ int main(int argc, char** argv) {
   app.add_option("-o,--output", output, "output JSON file")->required();
   app.add_option("--from", from_s, "keep events ending at or after this time (s, agents' monotonic clock)");
   app.add_option("--to", to_s, "keep events starting at or before this time (s)");
-  CLI11_PARSE(app, argc, argv);
+  if (auto status = inferscope::cli::parse(app, "inferscope-export", argc, argv)) return *status;
+  if (from_s >= 0 && to_s >= 0 && to_s < from_s)
+    return inferscope::cli::usage_error("inferscope-export", "--to must not be before --from");
 
   std::string error;
   auto files = trace_inputs(input, error);
   if (files.empty()) {
     std::cerr << "inferscope-export: " << error << "\n";
-    return 1;
+    return inferscope::cli::kFailure;
   }
   ExportOptions options;
   if (from_s >= 0) options.start_ns = static_cast<int64_t>(from_s * 1e9);
@@ -30,15 +35,15 @@ int main(int argc, char** argv) {
   std::ofstream out(output, std::ios::binary | std::ios::trunc);
   if (!out) {
     std::cerr << "inferscope-export: cannot write " << output << "\n";
-    return 1;
+    return inferscope::cli::kFailure;
   }
   ExportStats stats;
   if (!export_chrome_trace(files, out, options, stats, error)) {
     std::cerr << "inferscope-export: " << error << "\n";
-    return 1;
+    return inferscope::cli::kFailure;
   }
   for (const auto& d : stats.damage) std::cerr << "inferscope-export: warning: " << d << "\n";
   std::cerr << "inferscope-export: " << stats.files << " file(s), " << stats.frames << " frames, "
             << stats.records << " records -> " << stats.events << " events in " << output << "\n";
-  return 0;
+  return inferscope::cli::kSuccess;
 }

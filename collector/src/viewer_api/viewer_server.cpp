@@ -159,7 +159,7 @@ struct ViewerServer::Session : std::enable_shared_from_this<ViewerServer::Sessio
   void close(const std::string& why) {
     if (closed) return;
     closed = true;
-    if (!why.empty() && server.log_) server.log_("closing viewer: " + why);
+    if (!why.empty()) server.log_limited_.write("viewer", "closing viewer: " + why);
     std::error_code ignored;
     auth_timer.cancel();
     socket.shutdown(asio::ip::tcp::socket::shutdown_both, ignored);
@@ -170,7 +170,12 @@ struct ViewerServer::Session : std::enable_shared_from_this<ViewerServer::Sessio
 
 ViewerServer::ViewerServer(asio::io_context& io, const CollectorOptions& options, Pipeline& pipeline,
                            CollectorMetrics& metrics, Log log)
-    : io_(io), options_(options), pipeline_(pipeline), metrics_(metrics), log_(std::move(log)) {
+    : io_(io),
+      options_(options),
+      pipeline_(pipeline),
+      metrics_(metrics),
+      log_(std::move(log)),
+      log_limited_(log_) {
   dropped_counter_ = &metrics_.viewer_dropped_frames.Add({{"reason", "queue_full"}});
 }
 
@@ -200,7 +205,7 @@ void ViewerServer::accept() {
     if (ec == asio::error::operation_aborted || !acceptor->is_open()) return;
     if (!ec) {
       if (live_.size() >= options_.max_viewers) {
-        if (log_) log_("refusing a viewer: " + std::to_string(live_.size()) + " connected (limit)");
+        log_limited_.write("viewer_limit", "refusing a viewer: " + std::to_string(live_.size()) + " connected (limit)");
         std::error_code ignored;
         socket.close(ignored);
       } else {
@@ -253,8 +258,9 @@ void ViewerServer::run_queries() {
     lock.unlock();
     auto reply = std::make_shared<RangeReply>();
     answer_range(store_, p.query, *reply);
-    if (log_ && reply->end.status != wire::RangeStatus::kOk)
-      log_("range query " + std::to_string(p.query.query_id) + ": " + reply->end.message);
+    if (reply->end.status != wire::RangeStatus::kOk)
+      log_limited_.write("range_query",
+                         "range query " + std::to_string(p.query.query_id) + ": " + reply->end.message);
     asio::post(io_, [weak = p.session, reply] {
       if (auto s = weak.lock()) s->push_reply(reply->frames);
     });
@@ -274,6 +280,7 @@ void ViewerServer::stop() {
   if (acceptor_) acceptor_->close(ignored);
   auto live = live_;
   for (auto& s : live) s->close("");
+  log_limited_.flush_all();
 }
 
 }  // namespace inferscope::collector

@@ -10,6 +10,15 @@
 // limits.frame_timeout, is closed (reason "timeout"); one that disconnects in the
 // middle of a frame is counted too (reason "truncated").
 //
+// Memory (docs/security.md): each connection holds a 64 KiB read buffer; a
+// larger frame grows it only when its header arrives, and that growth is
+// charged to one FrameBudget for all connections (limits.max_buffered_bytes,
+// a smaller share for connections without a hello). A connection whose frame
+// does not fit is closed (reason "memory_budget"); before its hello a
+// connection may not send a frame over limits.max_frame_bytes_before_hello
+// (reason "frame_too_large_before_hello"). Log lines about single connections
+// are rate-limited per reason (RateLimitedLog).
+//
 // Every 100 ms (and after each MiB) a connection writes the agent an
 // acknowledgement of the bytes it has processed (wire/ack.hpp). drain() is the
 // graceful stop: no new connections, each connection half-closed (the agent
@@ -28,10 +37,12 @@
 #include <vector>
 
 #include "inferscope/collector/endpoint.hpp"
+#include "inferscope/collector/frame_budget.hpp"
 #include "inferscope/collector/metrics.hpp"
 #include "inferscope/collector/options.hpp"
 #include "inferscope/collector/pipeline.hpp"
 #include "inferscope/collector/trace_store.hpp"
+#include "inferscope/collector/rate_limited_log.hpp"
 
 namespace inferscope::collector {
 
@@ -54,6 +65,7 @@ class IngestServer {
   // settled (written to its file, or lost there and counted), so an agent
   // keeps and re-sends what a kill -9 of this collector would lose.
   void set_store(const TraceStore* store) { store_ = store; }
+  size_t buffered_bytes() const { return budget_.used(); }  // charged to the FrameBudget now
 
   struct Connection;  // in ingest_server.cpp
 
@@ -72,6 +84,8 @@ class IngestServer {
   CollectorMetrics& metrics_;
   Log log_;
   const TraceStore* store_ = nullptr;
+  RateLimitedLog log_limited_;  // lines about single connections, keyed by reason
+  FrameBudget budget_;
   std::vector<std::shared_ptr<asio::ip::tcp::acceptor>> tcp_acceptors_;
   std::vector<std::shared_ptr<asio::local::stream_protocol::acceptor>> unix_acceptors_;
   std::vector<std::string> unix_paths_;

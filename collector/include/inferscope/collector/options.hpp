@@ -50,6 +50,15 @@ struct ConnectionLimits {
   // frame whose first byte arrived must be complete within frame_timeout.
   std::chrono::milliseconds hello_timeout{10'000};
   std::chrono::milliseconds frame_timeout{10'000};
+  // Memory for frames still arriving (docs/security.md). Before its hello a
+  // connection may send frames of at most this size: an agent's first frame is
+  // its hello plus interned strings, within the agent's 256 KiB frame budget.
+  uint32_t max_frame_bytes_before_hello = 512u << 10;
+  // All connections together may hold this much for frames still arriving
+  // (--max-frame-buffer-bytes) ...
+  size_t max_buffered_bytes = 64u << 20;
+  // ... of which connections that have not completed a hello this much.
+  size_t max_buffered_bytes_before_hello = 16u << 20;
 };
 
 struct CollectorOptions {

@@ -28,6 +28,7 @@
 #include "inferscope/collector/aggregator.hpp"
 #include "inferscope/collector/metrics.hpp"
 #include "inferscope/collector/options.hpp"
+#include "inferscope/collector/rate_limited_log.hpp"
 #include "inferscope/collector/sources.hpp"
 #include "inferscope/collector/stream_sequences.hpp"
 #include "inferscope/wire/codec.hpp"
@@ -66,7 +67,7 @@ class Pipeline {
   // inferscope_collector_rejected_frames_total{reason}); close the connection.
   bool on_frame(Session& session, std::span<const uint8_t> frame, Rejection& why);
   void on_close(Session& session);
-  void tick(int64_t steady_now_ns);  // closes windows by the estimated agent clock
+  void tick(int64_t steady_now_ns);  // closes windows by the estimated agent clock; flushes the log
 
   // Where forwarded frames and alert frames go (the collector wires store and viewers here).
   void set_frame_sink(FrameSink sink) { sink_ = std::move(sink); }
@@ -89,6 +90,8 @@ class Pipeline {
   const CollectorOptions& options_;
   CollectorMetrics& metrics_;
   Log log_;
+  // Rejections and new sources, keyed by reason: a flood writes few lines.
+  RateLimitedLog connection_log_;
   SourceRegistry sources_;
   StreamSequences sequences_;
   Aggregator aggregator_;

@@ -31,6 +31,7 @@
 #include "inferscope/collector/metrics.hpp"
 #include "inferscope/collector/options.hpp"
 #include "inferscope/collector/pipeline.hpp"
+#include "inferscope/collector/rate_limited_log.hpp"
 #include "inferscope/collector/trace_store.hpp"
 
 namespace inferscope::collector {
@@ -51,6 +52,8 @@ class ViewerServer {
   // Queues a frame for every streaming viewer (call on the io thread).
   void broadcast(const SharedFrame& frame);
   void stop();
+  // Writes the suppressed-line counts that are due (the collector's tick calls it).
+  void flush_log() { log_limited_.flush_due(); }
   size_t viewers() const { return live_.size(); }
   uint64_t dropped_frames() const { return dropped_; }
 
@@ -78,6 +81,7 @@ class ViewerServer {
   Pipeline& pipeline_;
   CollectorMetrics& metrics_;
   Log log_;
+  RateLimitedLog log_limited_;  // lines about single viewers and queries: a flood writes few
   std::shared_ptr<asio::ip::tcp::acceptor> acceptor_;
   std::set<std::shared_ptr<Session>> live_;
   prometheus::Counter* dropped_counter_ = nullptr;

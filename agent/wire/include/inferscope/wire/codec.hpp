@@ -113,7 +113,9 @@ class FrameDecoder {
   explicit FrameDecoder(DecoderOptions options = {});
 
   // Looks at the start of a byte stream. Ok: a whole frame of frame_bytes is
-  // there. kNeedMoreData: wait for more. Anything else: the stream is bad.
+  // there. kNeedMoreData: wait for more; once the header is there, frame_bytes
+  // is the size it announces (so a reader can make room), before that 0.
+  // Anything else: the stream is bad.
   DecodeStatus frame_size(std::span<const uint8_t> stream, size_t& frame_bytes) const;
 
   // Checks header and checksum and decompresses; then next() yields the records.
