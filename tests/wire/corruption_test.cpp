@@ -39,6 +39,8 @@ TEST(WireCorruption, EveryTruncationIsReportedNotCrashed) {
     size_t size = 0;
     DecodeStatus s = dec.frame_size(cut, size);
     EXPECT_EQ(s.error, DecodeError::kNeedMoreData) << "at " << n;
+    // Once the header is in, the announced size is known (a reader makes room for it).
+    EXPECT_EQ(size, n >= kFrameHeaderBytes ? frame.size() : 0u) << "at " << n;
     DecodeStatus o = dec.open(cut);
     EXPECT_FALSE(o.ok());
     EXPECT_FALSE(o.message.empty());
