@@ -33,6 +33,8 @@ class Producer {
   int64_t calls_over_1ms() const { return over_1ms_; }
   // Read after stop(): voluntary context switches inside the host's calls.
   uint64_t voluntary_switches() const { return meter_.voluntary(); }
+  uint64_t blocked_batches() const { return meter_.blocked_batches(); }
+  uint64_t fault_wait_batches() const { return meter_.fault_wait_batches(); }
 
  private:
   void run() {
@@ -85,6 +87,7 @@ struct RestartFigures {
   int64_t max_call_ns = 0;
   int64_t calls_over_1ms = 0;
   uint64_t voluntary_switches = 0;
+  uint64_t blocked_batches = 0, fault_wait_batches = 0;
 };
 
 // Runs producer -> collector A, stops A with `sig`, starts B on the same port
@@ -139,10 +142,13 @@ RestartFigures restart_run(int sig, const std::string& counter_name) {
   EXPECT_EQ(f.unconfirmed, 0u);
   EXPECT_EQ(f.undelivered, 0u);
   EXPECT_EQ(st.reconnects, 1u);
-  // No host call waited on the network: not one voluntary context switch inside
-  // the calls (preemption on a loaded machine is involuntary; latency is printed only).
+  // No host call waited on the network: no batch of calls gave up the CPU outside
+  // a page fault (host_blocking.hpp; preemption on a loaded machine is
+  // involuntary; latency is printed only).
   f.voluntary_switches = producer.voluntary_switches();
-  EXPECT_EQ(f.voluntary_switches, 0u) << "host calls gave up the CPU to wait";
+  f.blocked_batches = producer.blocked_batches();
+  f.fault_wait_batches = producer.fault_wait_batches();
+  EXPECT_EQ(f.blocked_batches, 0u) << "host calls gave up the CPU to wait";
   f.calls_over_1ms = producer.calls_over_1ms();
 
   // The new collector exports the agent's books (cumulative, from its health reports).
@@ -177,13 +183,16 @@ RestartFigures restart_run(int sig, const std::string& counter_name) {
       "unconfirmed %llu, undelivered %llu); second collector applied %llu, skipped %llu re-sent "
       "frames "
       "it found stored | reconnect %.0f ms after the new collector listened, max host call %.1f us "
-      "(%lld calls over 1 ms, %llu voluntary switches inside calls)\n",
+      "(%lld calls over 1 ms, %llu voluntary switches inside calls: %llu batches blocked, %llu "
+      "waited "
+      "in a page fault)\n",
       sig, (unsigned long long)f.produced, (unsigned long long)f.received,
       (unsigned long long)f.dropped, (unsigned long long)f.sent, (unsigned long long)f.delivered,
       (unsigned long long)f.unconfirmed, (unsigned long long)f.undelivered,
       (unsigned long long)f.received_second, (unsigned long long)f.duplicates_skipped,
       f.reconnect_ms, static_cast<double>(f.max_call_ns) / 1e3, (long long)f.calls_over_1ms,
-      (unsigned long long)f.voluntary_switches);
+      (unsigned long long)f.voluntary_switches, (unsigned long long)f.blocked_batches,
+      (unsigned long long)f.fault_wait_batches);
   return f;
 }
 

@@ -7,6 +7,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <signal.h>
+#include <spawn.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -31,7 +32,8 @@ namespace inferscope::reliability {
 
 // [SECTION] Child
 
-Child::Child(const std::string& binary, const std::vector<std::string>& args, ChildOptions options) {
+Child::Child(const std::string& binary, const std::vector<std::string>& args,
+             ChildOptions options) {
   int out[2];
   if (::pipe2(out, O_CLOEXEC) != 0) return;
   std::vector<std::string> argv_s{binary};
@@ -39,7 +41,23 @@ Child::Child(const std::string& binary, const std::vector<std::string>& args, Ch
   std::vector<char*> argv;
   for (auto& a : argv_s) argv.push_back(a.data());
   argv.push_back(nullptr);
-  const pid_t pid = ::fork();
+  pid_t pid = -1;
+  if (options.file_size_limit == 0) {
+    // posix_spawn (clone with CLONE_VM | CLONE_VFORK): unlike fork() it neither
+    // copies this process's page tables under the mm lock nor turns its pages
+    // copy-on-write, so threads of the test that are recording at that moment
+    // (and are checked for blocking) are not made to wait by the harness.
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_adddup2(&actions, out[1], STDOUT_FILENO);
+    if (!options.stderr_path.empty())
+      posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, options.stderr_path.c_str(),
+                                       O_WRONLY | O_CREAT | O_APPEND, 0644);
+    if (::posix_spawn(&pid, binary.c_str(), &actions, nullptr, argv.data(), environ) != 0) pid = -1;
+    posix_spawn_file_actions_destroy(&actions);
+  } else {
+    pid = ::fork();  // setrlimit in the child first: posix_spawn cannot
+  }
   if (pid == 0) {
     // Child: only async-signal-safe calls until exec.
     ::dup2(out[1], STDOUT_FILENO);
@@ -49,7 +67,9 @@ Child::Child(const std::string& binary, const std::vector<std::string>& args, Ch
     }
     if (options.file_size_limit > 0) {
       ::signal(SIGXFSZ, SIG_IGN);  // kept across exec: writes fail with EFBIG instead
-      struct rlimit rl {options.file_size_limit, options.file_size_limit};
+      struct rlimit rl {
+        options.file_size_limit, options.file_size_limit
+      };
       ::setrlimit(RLIMIT_FSIZE, &rl);
     }
     ::execv(binary.c_str(), argv.data());
@@ -64,9 +84,13 @@ Child::Child(const std::string& binary, const std::vector<std::string>& args, Ch
   stdout_fd_ = out[0];
 }
 
-Child::~Child() { kill_and_reap(); }
+Child::~Child() {
+  kill_and_reap();
+}
 
-Child::Child(Child&& o) noexcept { *this = std::move(o); }
+Child::Child(Child&& o) noexcept {
+  *this = std::move(o);
+}
 
 Child& Child::operator=(Child&& o) noexcept {
   if (this != &o) {
@@ -97,7 +121,8 @@ std::optional<std::string> Child::read_line(std::chrono::milliseconds timeout) {
       return line;
     }
     if (stdout_fd_ < 0) return std::nullopt;
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+    const auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
     if (left.count() <= 0) return std::nullopt;
     pollfd p{stdout_fd_, POLLIN, 0};
     const int r = ::poll(&p, 1, static_cast<int>(left.count()));
@@ -121,7 +146,8 @@ std::string Child::read_all(std::chrono::milliseconds timeout) {
   const auto deadline = Clock::now() + timeout;
   std::string all;
   while (Clock::now() < deadline) {
-    auto line = read_line(std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()));
+    auto line =
+        read_line(std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()));
     if (!line) break;
     all += *line + "\n";
   }
@@ -170,8 +196,12 @@ uint64_t status_field_kib(pid_t pid, const char* field) {
 }
 }  // namespace
 
-uint64_t rss_kib(pid_t pid) { return status_field_kib(pid, "VmRSS:"); }
-uint64_t peak_rss_kib(pid_t pid) { return status_field_kib(pid, "VmHWM:"); }
+uint64_t rss_kib(pid_t pid) {
+  return status_field_kib(pid, "VmRSS:");
+}
+uint64_t peak_rss_kib(pid_t pid) {
+  return status_field_kib(pid, "VmHWM:");
+}
 
 size_t open_fds(pid_t pid) {
   std::error_code ec;
@@ -184,7 +214,9 @@ size_t open_fds(pid_t pid) {
 
 // [SECTION] Collector
 
-std::string collector_binary() { return INFERSCOPE_COLLECTOR_BIN; }
+std::string collector_binary() {
+  return INFERSCOPE_COLLECTOR_BIN;
+}
 std::string engine_binary() {
 #ifdef INFERSCOPE_ENGINE_BIN
   return INFERSCOPE_ENGINE_BIN;
@@ -192,12 +224,15 @@ std::string engine_binary() {
   return "";
 #endif
 }
-std::string source_dir() { return INFERSCOPE_SOURCE_DIR; }
+std::string source_dir() {
+  return INFERSCOPE_SOURCE_DIR;
+}
 
 CollectorProcess::CollectorProcess(uint16_t ingest_port, const std::vector<std::string>& extra_args,
                                    ChildOptions options) {
-  std::vector<std::string> args{"--listen", "tcp://127.0.0.1:" + std::to_string(ingest_port),
-                                "--metrics", "127.0.0.1:0", "--viewer", "127.0.0.1:0"};
+  std::vector<std::string> args{"--listen",  "tcp://127.0.0.1:" + std::to_string(ingest_port),
+                                "--metrics", "127.0.0.1:0",
+                                "--viewer",  "127.0.0.1:0"};
   args.insert(args.end(), extra_args.begin(), extra_args.end());
   child_ = Child(collector_binary(), args, options);
   if (child_.pid() <= 0) {
@@ -209,7 +244,8 @@ CollectorProcess::CollectorProcess(uint16_t ingest_port, const std::vector<std::
   };
   const auto deadline = Clock::now() + 10s;
   while (ports_.ingest == 0 || ports_.metrics == 0 || ports_.viewer == 0) {
-    auto line = child_.read_line(std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()));
+    auto line = child_.read_line(
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()));
     if (!line) {
       error_ = "collector printed no listening lines (exit " +
                std::to_string(child_.wait(1s).value_or(-1)) + ")";
@@ -254,9 +290,12 @@ Series parse_exposition(const std::string& text) {
   return out;
 }
 
-Series scrape(uint16_t port) { return parse_exposition(http_get(port)); }
+Series scrape(uint16_t port) {
+  return parse_exposition(http_get(port));
+}
 
-double sum_series(const Series& series, const std::string& name, const std::vector<std::string>& label_parts) {
+double sum_series(const Series& series, const std::string& name,
+                  const std::vector<std::string>& label_parts) {
   double sum = 0;
   for (const auto& [key, value] : series) {
     if (key.compare(0, name.size(), name) != 0) continue;
@@ -303,14 +342,17 @@ TraceCount read_trace_dir(const std::string& dir) {
         ++out.undecodable_frames;
         continue;
       }
-      if (first && (recs.empty() || !std::holds_alternative<wire::Hello>(recs.front()))) ++out.segments_without_hello;
+      if (first && (recs.empty() || !std::holds_alternative<wire::Hello>(recs.front())))
+        ++out.segments_without_hello;
       first = false;
-      const uint32_t source = static_cast<uint32_t>(frame[20]) | static_cast<uint32_t>(frame[21]) << 8 |
-                              static_cast<uint32_t>(frame[22]) << 16 | static_cast<uint32_t>(frame[23]) << 24;
+      const uint32_t source =
+          static_cast<uint32_t>(frame[20]) | static_cast<uint32_t>(frame[21]) << 8 |
+          static_cast<uint32_t>(frame[22]) << 16 | static_cast<uint32_t>(frame[23]) << 24;
       for (const auto& r : recs) {
         ++out.records[source][static_cast<uint8_t>(wire::kind_of(r))];
         if (auto* d = std::get_if<wire::StringDef>(&r)) names[source][d->id] = d->value;
-        if (auto* c = std::get_if<wire::CounterSample>(&r)) ++out.counter_records_by_name[names[source][c->name_id]];
+        if (auto* c = std::get_if<wire::CounterSample>(&r))
+          ++out.counter_records_by_name[names[source][c->name_id]];
       }
     }
     const auto& st = reader.stats();
@@ -390,7 +432,8 @@ Proxy::Proxy(uint16_t upstream_port) : upstream_(upstream_port) {
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   socklen_t len = sizeof a;
   if (listener_ < 0 || ::bind(listener_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
-      ::listen(listener_, 16) != 0 || ::getsockname(listener_, reinterpret_cast<sockaddr*>(&a), &len) != 0)
+      ::listen(listener_, 16) != 0 ||
+      ::getsockname(listener_, reinterpret_cast<sockaddr*>(&a), &len) != 0)
     return;
   port_ = ntohs(a.sin_port);
   if (::pipe2(wake_, O_CLOEXEC | O_NONBLOCK) != 0) return;
@@ -451,7 +494,8 @@ void Proxy::run() {
         ::close(c);
       }
     }
-    std::vector<std::pair<int, int>> alive(pairs.begin() + static_cast<std::ptrdiff_t>(polled), pairs.end());
+    std::vector<std::pair<int, int>> alive(pairs.begin() + static_cast<std::ptrdiff_t>(polled),
+                                           pairs.end());
     for (size_t i = 0; i < polled; ++i) {
       bool ok = true;
       const pollfd& pc = fds[2 + 2 * i];
