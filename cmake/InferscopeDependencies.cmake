@@ -12,7 +12,13 @@ endif()
 find_path(ASIO_INCLUDE_DIR asio.hpp REQUIRED)
 add_library(inferscope_asio INTERFACE)
 target_include_directories(inferscope_asio SYSTEM INTERFACE ${ASIO_INCLUDE_DIR})
-target_compile_definitions(inferscope_asio INTERFACE ASIO_STANDALONE ASIO_NO_DEPRECATED)
+# ASIO_DISABLE_STD_ALIGNED_ALLOC: asio picks aligned_alloc/free or operator
+# new/delete for its handler memory depending on whether libstdc++'s config was
+# included before asio's in each translation unit; two choices in one program
+# allocate with one and free with the other (ASan: alloc-dealloc-mismatch in
+# thread_info_base). One choice everywhere.
+target_compile_definitions(inferscope_asio INTERFACE ASIO_STANDALONE ASIO_NO_DEPRECATED
+                           ASIO_DISABLE_STD_ALIGNED_ALLOC)
 target_link_libraries(inferscope_asio INTERFACE Threads::Threads)
 find_package(prometheus-cpp CONFIG REQUIRED)
 if(INFERSCOPE_TESTS)
