@@ -93,7 +93,7 @@ class Hostile : public ::testing::Test {
     collector_ = std::make_unique<CollectorProcess>(0, extra, child_options_);
     ASSERT_TRUE(collector_->ok()) << collector_->error();
     good_ = std::make_unique<GoodAgent>(collector_->ingest_address());
-    ASSERT_TRUE(eventually([&] { return good_->agent().stats().connected; }, 5s));
+    ASSERT_TRUE(eventually([&] { return good_->agent().stats().connected; }, 30s));
   }
   double rejected(const std::string& reason) {
     return sum_series(scrape(collector_->ports().metrics), "inferscope_collector_rejected_frames_total",
@@ -109,10 +109,10 @@ class Hostile : public ::testing::Test {
     if (close_after_send) {
       ::close(fd);
     } else {
-      EXPECT_TRUE(closed_by_peer(fd, 5s)) << reason << ": the collector kept the connection open";
+      EXPECT_TRUE(closed_by_peer(fd, 30s)) << reason << ": the collector kept the connection open";
       ::close(fd);
     }
-    EXPECT_TRUE(eventually([&] { return rejected(reason) == before + 1; }, 5s))
+    EXPECT_TRUE(eventually([&] { return rejected(reason) == before + 1; }, 30s))
         << "reason=\"" << reason << "\" went from " << before << " to " << rejected(reason);
   }
   // The good agent lost nothing, never reconnected, and the collector got every record.
@@ -124,7 +124,7 @@ class Hostile : public ::testing::Test {
     EXPECT_TRUE(eventually([&] {
       return sum_series(scrape(collector_->ports().metrics), "inferscope_collector_records_total",
                         {"kind=\"counter\""}) == static_cast<double>(good_->produced());
-    }, 5s)) << "the good agent's records did not all arrive";
+    }, 30s)) << "the good agent's records did not all arrive";
   }
 
   TempDir dir_;
@@ -171,7 +171,7 @@ TEST_F(Hostile, MalformedConnectionsAreRejectedCountedAndIsolated) {
     fds.push_back(fd);
   }
   for (int fd : fds) {
-    EXPECT_TRUE(closed_by_peer(fd, 5s));
+    EXPECT_TRUE(closed_by_peer(fd, 30s));
     ::close(fd);
   }
   EXPECT_EQ(rejected("bad_magic"), 33);
@@ -202,7 +202,7 @@ TEST_F(Hostile, ConnectionFloodBeyondTheLimitIsRefusedAndCounted) {
   }
   ASSERT_TRUE(eventually([&] {
     return sum_series(scrape(collector_->ports().metrics), "inferscope_collector_connections") == 8;
-  }, 5s));
+  }, 30s));
   const double before = rejected("connection_limit");
   std::vector<int> extra;
   for (int i = 0; i < 20; ++i) {
@@ -211,15 +211,15 @@ TEST_F(Hostile, ConnectionFloodBeyondTheLimitIsRefusedAndCounted) {
     extra.push_back(fd);
   }
   for (int fd : extra) {
-    EXPECT_TRUE(closed_by_peer(fd, 5s)) << "a connection beyond the limit was kept";
+    EXPECT_TRUE(closed_by_peer(fd, 30s)) << "a connection beyond the limit was kept";
     ::close(fd);
   }
-  EXPECT_TRUE(eventually([&] { return rejected("connection_limit") == before + 20; }, 5s));
+  EXPECT_TRUE(eventually([&] { return rejected("connection_limit") == before + 20; }, 30s));
   for (int fd : held) ::close(fd);
   // Slots free again once the peers leave.
   EXPECT_TRUE(eventually([&] {
     return sum_series(scrape(collector_->ports().metrics), "inferscope_collector_connections") == 1;
-  }, 5s));
+  }, 30s));
   const int again = connect_loopback(collector_->ports().ingest);
   ASSERT_GE(again, 0);
   ASSERT_TRUE(send_all(again, h.data(), h.size()));
@@ -255,7 +255,7 @@ TEST_F(Hostile, SlowLorisPeersAreTimedOutAndCounted) {
     std::this_thread::sleep_for(1s);
   }
   EXPECT_TRUE(all_closed) << "slow-loris peers still hold connection slots after 20 s";
-  EXPECT_TRUE(eventually([&] { return rejected("timeout") == 3; }, 3s)) << rejected("timeout");
+  EXPECT_TRUE(eventually([&] { return rejected("timeout") == 3; }, 30s)) << rejected("timeout");
   // Their slots are free again: a real peer gets in.
   const int fd = connect_loopback(collector_->ports().ingest);
   ASSERT_GE(fd, 0);
@@ -346,7 +346,7 @@ TEST_F(Hostile, LargeFramesBeforeAHelloAreBoundedInMemoryAndCounted) {
   EXPECT_TRUE(eventually([&] {
     return sum_series(scrape(collector_->ports().metrics), "inferscope_collector_records_total",
                       {"kind=\"counter\""}) == static_cast<double>(good_->produced() + 1000);
-  }, 10s)) << "the agents' records did not all arrive";
+  }, 30s)) << "the agents' records did not all arrive";
 
   // 400 rejected connections, a handful of log lines: one per reason per 10 s,
   // then one with the count of those suppressed (written by the once-a-second
