@@ -117,13 +117,9 @@ void Shipper::finish() {
   connected.store(false);
   // The books close: kept frames were written but never acknowledged (in
   // doubt); queued frames were written before (in doubt) or never (undelivered).
-  uint64_t unconfirmed = kept_records_, undelivered = 0;
+  uint64_t unconfirmed = release_kept(), undelivered = 0;
   for (const Frame& f : pending_) (f.written ? unconfirmed : undelivered) += f.records;
   undelivered += encoder_records_;
-  kept_.clear();
-  kept_bytes_ = 0;
-  kept_records_ = 0;
-  kept_bytes.store(0, std::memory_order_relaxed);
   records_unconfirmed.fetch_add(unconfirmed, std::memory_order_relaxed);
   records_undelivered.fetch_add(undelivered, std::memory_order_relaxed);
   io_.stop();
@@ -368,11 +364,8 @@ void Shipper::start_read() {
         if (lingering_ && ec) {
           // A collector (it has acknowledged before) closed after
           // reading to our EOF: all delivered.
-          if (ec == asio::error::eof && valid_ack_seen_) {
-            records_delivered.fetch_add(kept_records_, std::memory_order_relaxed);
-            kept_.clear();
-            kept_records_ = 0;
-          }
+          if (ec == asio::error::eof && valid_ack_seen_)
+            records_delivered.fetch_add(release_kept(), std::memory_order_relaxed);
           finish();
           return;
         }
@@ -440,6 +433,16 @@ void Shipper::keep(Frame&& f) {
   kept_bytes.store(kept_bytes_, std::memory_order_relaxed);
 }
 
+// Empties the kept list and returns its records, for the caller to book.
+uint64_t Shipper::release_kept() {
+  const uint64_t records = kept_records_;
+  kept_.clear();
+  kept_bytes_ = 0;
+  kept_records_ = 0;
+  kept_bytes.store(0, std::memory_order_relaxed);
+  return records;
+}
+
 // The connection is gone without a drain: what it did not acknowledge goes
 // back to the front of the queue, in order, to be written again.
 void Shipper::requeue_kept() {
@@ -448,10 +451,7 @@ void Shipper::requeue_kept() {
     pending_bytes_ += it->bytes.size();
     pending_.push_front(std::move(*it));
   }
-  kept_.clear();
-  kept_bytes_ = 0;
-  kept_records_ = 0;
-  kept_bytes.store(0, std::memory_order_relaxed);
+  release_kept();  // its records are in the queue now
   pending_bytes.store(pending_bytes_, std::memory_order_relaxed);
 }
 
@@ -489,11 +489,7 @@ void Shipper::close_gracefully() {
   socket_.shutdown(asio::socket_base::shutdown_send, ignored);
   // Delivered: the collector reads to this EOF before it exits (or counts the
   // connection under rejected_frames_total{reason="drain_deadline"}).
-  records_delivered.fetch_add(kept_records_, std::memory_order_relaxed);
-  kept_.clear();
-  kept_bytes_ = 0;
-  kept_records_ = 0;
-  kept_bytes.store(0, std::memory_order_relaxed);
+  records_delivered.fetch_add(release_kept(), std::memory_order_relaxed);
   disconnect();  // reconnects after the first backoff; the queue waits for the next collector
 }
 

@@ -105,6 +105,7 @@ class Shipper {
   void keep(Frame&& f);
   void retire_acknowledged();
   void requeue_kept();
+  uint64_t release_kept();
   void not_a_collector(const std::string& why);
 
   Agent::Impl& impl_;

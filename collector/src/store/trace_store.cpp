@@ -12,6 +12,24 @@
 #include "segment_writer.hpp"
 
 namespace inferscope::collector {
+namespace {
+
+// Visits each whole frame of a decompressed block in order; false when a frame
+// header is bad (the block's CRC was good, so it was written bad): stop there.
+bool for_each_frame(const wire::FrameDecoder& sizer, std::span<const uint8_t> raw,
+                    const TraceStore::FrameVisitor& visit) {
+  size_t offset = 0;
+  while (offset < raw.size()) {
+    size_t n = 0;
+    std::span<const uint8_t> rest = raw.subspan(offset);
+    if (!sizer.frame_size(rest, n).ok()) return false;
+    visit(rest.first(n));
+    offset += n;
+  }
+  return true;
+}
+
+}  // namespace
 
 TraceStore::TraceStore(TraceStoreOptions options, Replay replay, Log log)
     : options_(std::move(options)), replay_(std::move(replay)), log_(std::move(log)) {
@@ -119,25 +137,20 @@ void TraceStore::recover_sequences() {
   auto segments = writer_->snapshot();
   const size_t from = segments.size() > 2 ? segments.size() - 2 : 0;
   std::vector<uint8_t> raw;
-  wire::FrameDecoder sizer(wire::DecoderOptions{wire::kMaxBlockRawBytes});
+  const wire::FrameDecoder sizer(wire::DecoderOptions{wire::kMaxBlockRawBytes});
   wire::Record rec;
+  auto first_record = [&](std::span<const uint8_t> frame) {
+    wire::FrameDecoder dec(wire::DecoderOptions{wire::kMaxBlockRawBytes});
+    if (dec.open(frame).ok() && dec.next(rec))
+      if (const auto* fs = std::get_if<wire::FrameSequence>(&rec))
+        last[fs->stream] = std::max(last[fs->stream], fs->seq);
+  };
   for (size_t k = from; k < segments.size(); ++k) {
     const int fd = ::open(segments[k].path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) continue;
     for (const auto& block : segments[k].blocks) {
       std::string error;
-      if (!wire::read_block(fd, block, raw, error)) continue;
-      size_t offset = 0;
-      while (offset < raw.size()) {
-        size_t n = 0;
-        std::span<const uint8_t> rest(raw.data() + offset, raw.size() - offset);
-        if (!sizer.frame_size(rest, n).ok()) break;
-        wire::FrameDecoder dec(wire::DecoderOptions{wire::kMaxBlockRawBytes});
-        if (dec.open(rest.first(n)).ok() && dec.next(rec))
-          if (const auto* fs = std::get_if<wire::FrameSequence>(&rec))
-            last[fs->stream] = std::max(last[fs->stream], fs->seq);
-        offset += n;
-      }
+      if (wire::read_block(fd, block, raw, error)) for_each_frame(sizer, raw, first_record);
     }
     ::close(fd);
   }
@@ -195,17 +208,7 @@ RangeScan TraceStore::query(int64_t start_ns, int64_t end_ns, const FrameVisitor
         continue;
       }
       ++scan.blocks_read;
-      size_t offset = 0;
-      while (offset < raw.size()) {
-        size_t n = 0;
-        std::span<const uint8_t> rest(raw.data() + offset, raw.size() - offset);
-        if (!sizer.frame_size(rest, n).ok()) {
-          ++scan.errors;  // the block's CRC was good, so this was written bad; stop at it
-          break;
-        }
-        visit(rest.first(n));
-        offset += n;
-      }
+      if (!for_each_frame(sizer, raw, visit)) ++scan.errors;
     }
     ::close(fd);
   }
