@@ -205,7 +205,8 @@ bool Collector::start(std::string& error) {
     auto ep = parse_endpoint(s.options.viewer, error);
     if (!ep) return flag_error(error, "--viewer", s.options.viewer);
     Endpoint bound;
-    if (!s.viewers.listen(*ep, bound, error)) return flag_error(error, "--viewer", s.options.viewer);
+    if (!s.viewers.listen(*ep, bound, error))
+      return flag_error(error, "--viewer", s.options.viewer);
     s.lines.push_back("listening viewer " + bound.host + ":" + std::to_string(bound.port));
   }
   return true;

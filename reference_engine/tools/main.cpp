@@ -130,7 +130,8 @@ int main(int argc, char** argv) {
     return cli::usage_error(kProgram, "give --requests N or --duration S");
   if (ep_rank < 0 || ep_rank >= ep_size)
     return cli::usage_error(kProgram, "--ep-rank " + std::to_string(ep_rank) +
-                                          " is not in [0, --ep-size " + std::to_string(ep_size) + ")");
+                                          " is not in [0, --ep-size " + std::to_string(ep_size) +
+                                          ")");
   if (ep_size > 1 && ep_rendezvous.empty())
     return cli::usage_error(kProgram, "--ep-size > 1 needs --ep-rendezvous DIR");
 

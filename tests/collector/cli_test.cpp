@@ -2,7 +2,6 @@
 // port 0, the "listening ..." lines on stdout, SIGTERM for a clean shutdown that
 // flushes the trace, then an export of the trace directory.
 #include <gtest/gtest.h>
-
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -10,7 +9,6 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
-
 #include <nlohmann/json.hpp>
 
 #include "test_client.hpp"
@@ -64,9 +62,9 @@ int wait_exit(Child& c) {
 TEST(CollectorCli, PortZeroLinesSigtermAndExport) {
   const fs::path dir = fs::temp_directory_path() / ("inferscope-cli-" + std::to_string(::getpid()));
   fs::remove_all(dir);
-  Child c = spawn({INFERSCOPE_COLLECTOR_BIN, "--listen", "tcp://127.0.0.1:0", "--metrics", "127.0.0.1:0",
-                   "--viewer", "127.0.0.1:0", "--trace-dir", dir.string(), "--window", "200ms",
-                   "--hot-windows", "2"});
+  Child c = spawn({INFERSCOPE_COLLECTOR_BIN, "--listen", "tcp://127.0.0.1:0", "--metrics",
+                   "127.0.0.1:0", "--viewer", "127.0.0.1:0", "--trace-dir", dir.string(),
+                   "--window", "200ms", "--hot-windows", "2"});
   uint16_t ingest = 0, metrics = 0, viewer = 0;
   char line[512];
   for (int i = 0; i < 3 && std::fgets(line, sizeof line, c.out); ++i) {
@@ -89,7 +87,8 @@ TEST(CollectorCli, PortZeroLinesSigtermAndExport) {
     s.end_ns = 900;
     a.send({s});
     ASSERT_TRUE(eventually([&] {
-      return find_series(parse_exposition(http_get(metrics)), "inferscope_moe_expert_episodes_total",
+      return find_series(parse_exposition(http_get(metrics)),
+                         "inferscope_moe_expert_episodes_total",
                          {"model=\"cli\"", "kind=\"hot\""}) == 1.0;
     }));
   }
@@ -114,6 +113,7 @@ TEST(CollectorCli, PortZeroLinesSigtermAndExport) {
 TEST(CollectorCli, BadArgumentsExitWithAMessage) {
   Child c = spawn({INFERSCOPE_COLLECTOR_BIN, "--window", "soon", "--metrics", "", "--viewer", ""});
   EXPECT_EQ(wait_exit(c), 2);
-  Child d = spawn({INFERSCOPE_COLLECTOR_BIN, "--listen", "nonsense", "--metrics", "", "--viewer", ""});
+  Child d =
+      spawn({INFERSCOPE_COLLECTOR_BIN, "--listen", "nonsense", "--metrics", "", "--viewer", ""});
   EXPECT_EQ(wait_exit(d), 2);  // a malformed address is a usage error (docs/cli.md)
 }

@@ -1,10 +1,10 @@
 // The pipeline without sockets: frames in, metrics and episodes out, driven by
 // record timestamps (no sleeps).
-#include <gtest/gtest.h>
+#include "inferscope/collector/pipeline.hpp"
 
+#include <gtest/gtest.h>
 #include <prometheus/text_serializer.h>
 
-#include "inferscope/collector/pipeline.hpp"
 #include "inferscope/wire/counter_names.hpp"
 #include "test_client.hpp"
 
@@ -33,7 +33,8 @@ struct Fixture {
       std::vector<wire::Record> recs;
       if (wire::decode_frame(*f, recs).ok())
         for (auto& r : recs)
-          if (wire::kind_of(r) == wire::RecordKind::kAlert) alerts.push_back(std::get<wire::AlertEpisode>(r));
+          if (wire::kind_of(r) == wire::RecordKind::kAlert)
+            alerts.push_back(std::get<wire::AlertEpisode>(r));
     });
   }
   bool send(Session& s, const std::vector<wire::Record>& records, Rejection* why_out = nullptr) {
@@ -49,7 +50,8 @@ struct Fixture {
   }
 };
 
-std::vector<uint32_t> skewed(uint32_t hot_expert, uint32_t experts, uint32_t hot_load, uint32_t other) {
+std::vector<uint32_t> skewed(uint32_t hot_expert, uint32_t experts, uint32_t hot_load,
+                             uint32_t other) {
   std::vector<uint32_t> v(experts, other);
   v[hot_expert] = hot_load;
   return v;
@@ -63,7 +65,9 @@ TEST(Pipeline, FirstRecordMustBeHello) {
   Rejection why;
   EXPECT_FALSE(f.send(s, {make_load(0, 1, {1, 2})}, &why));
   EXPECT_EQ(why.reason, "no_hello");
-  EXPECT_EQ(find_series(f.scrape(), "inferscope_collector_rejected_frames_total", {"reason=\"no_hello\""}), 1.0);
+  EXPECT_EQ(find_series(f.scrape(), "inferscope_collector_rejected_frames_total",
+                        {"reason=\"no_hello\""}),
+            1.0);
 }
 
 TEST(Pipeline, AuthTokenIsCheckedAndNeverForwarded) {
@@ -120,7 +124,8 @@ TEST(Pipeline, CountersAndWindowGaugesMatchWhatWasSent) {
   Session s(f.options.limits);
   ASSERT_TRUE(f.send(s, {make_hello("m", 3, 2, 4)}));
   // Window 0: layer 1 gets 60/20/10/10 in two steps, 5 dropped.
-  ASSERT_TRUE(f.send(s, {make_load(1, 10, {30, 10, 5, 5}, 2), make_load(1, 20, {30, 10, 5, 5}, 3)}));
+  ASSERT_TRUE(
+      f.send(s, {make_load(1, 10, {30, 10, 5, 5}, 2), make_load(1, 20, {30, 10, 5, 5}, 3)}));
   // A record in window 1 closes window 0.
   ASSERT_TRUE(f.send(s, {make_load(1, kW + 1, {25, 25, 25, 25})}));
   auto m = f.scrape();
@@ -133,8 +138,12 @@ TEST(Pipeline, CountersAndWindowGaugesMatchWhatWasSent) {
   EXPECT_DOUBLE_EQ(*find_series(m, "inferscope_moe_layer_min_utilization_ratio", l1), 0.4);
   // Utilizations 2.4, 0.8, 0.4, 0.4: one in the (2, 3] bucket, none above 3.
   EXPECT_EQ(find_series(m, "inferscope_moe_expert_utilization_ratio_count", l1), 4.0);
-  EXPECT_EQ(find_series(m, "inferscope_moe_expert_utilization_ratio_bucket", {"layer=\"1\"", "le=\"2\""}), 3.0);
-  EXPECT_EQ(find_series(m, "inferscope_moe_expert_utilization_ratio_bucket", {"layer=\"1\"", "le=\"3\""}), 4.0);
+  EXPECT_EQ(
+      find_series(m, "inferscope_moe_expert_utilization_ratio_bucket", {"layer=\"1\"", "le=\"2\""}),
+      3.0);
+  EXPECT_EQ(
+      find_series(m, "inferscope_moe_expert_utilization_ratio_bucket", {"layer=\"1\"", "le=\"3\""}),
+      4.0);
   EXPECT_EQ(find_series(m, "inferscope_collector_records_total", {"kind=\"expert_load\""}), 3.0);
   auto snap = f.pipeline->aggregator().layer("m", 3, 1);
   ASSERT_TRUE(snap);
@@ -202,7 +211,9 @@ TEST(Pipeline, SeriesCountStaysBoundedWhileHotExpertsChurn) {
     }
   }
   auto m = f.scrape();
-  EXPECT_GE(find_series(m, "inferscope_moe_expert_episodes_total", {"layer=\"0\"", "kind=\"hot\""}).value_or(0), 15.0);
+  EXPECT_GE(find_series(m, "inferscope_moe_expert_episodes_total", {"layer=\"0\"", "kind=\"hot\""})
+                .value_or(0),
+            15.0);
   // At most one hot expert per layer at a time (+ it may overlap its successor
   // for a window): 2 layers x 2 experts x 2 per-expert series over the baseline,
   // plus the lazily created per-kind episode counters.
@@ -238,9 +249,12 @@ TEST(Pipeline, PlacementFromHelloGivesRankLoadAndBalancedness) {
   EXPECT_DOUBLE_EQ(rl->load[1], 20.0);
   EXPECT_DOUBLE_EQ(rl->balancedness, 0.6);
   auto m = f.scrape();
-  EXPECT_DOUBLE_EQ(*find_series(m, "inferscope_moe_ep_balancedness_ratio", {"model=\"ep\"", "layer=\"0\""}), 0.6);
-  EXPECT_DOUBLE_EQ(*find_series(m, "inferscope_moe_ep_rank_utilization_ratio", {"rank=\"0\"", "layer=\"0\""}),
-                   100.0 / 60.0);
+  EXPECT_DOUBLE_EQ(
+      *find_series(m, "inferscope_moe_ep_balancedness_ratio", {"model=\"ep\"", "layer=\"0\""}),
+      0.6);
+  EXPECT_DOUBLE_EQ(
+      *find_series(m, "inferscope_moe_ep_rank_utilization_ratio", {"rank=\"0\"", "layer=\"0\""}),
+      100.0 / 60.0);
 }
 
 TEST(Pipeline, PlacementFileOverridesWithReplicas) {
@@ -288,14 +302,23 @@ TEST(Pipeline, MemoryPrefixStagesRequestsAndAgentHealth) {
   auto m = f.scrape();
   const std::string rank = "rank=\"2\"";
   EXPECT_EQ(find_series(m, "inferscope_memory_used_bytes", {rank, "kind=\"ssm_state\""}), 1000.0);
-  EXPECT_EQ(find_series(m, "inferscope_memory_capacity_bytes", {rank, "kind=\"ssm_state\""}), 4000.0);
-  EXPECT_EQ(find_series(m, "inferscope_prefix_cache_queried_tokens_total", {"layer_kind=\"attention\""}), 200.0);
-  EXPECT_EQ(find_series(m, "inferscope_prefix_cache_hit_tokens_total", {"layer_kind=\"attention\""}), 120.0);
-  EXPECT_EQ(find_series(m, "inferscope_prefix_cache_hit_tokens_total", {"layer_kind=\"ssm\""}), 0.0);
-  EXPECT_NEAR(*find_series(m, "inferscope_stage_gpu_seconds_total", {"stage=\"encoder\""}), 0.02, 1e-12);
-  EXPECT_NEAR(*find_series(m, "inferscope_stage_duration_seconds_sum", {"stage=\"encoder\""}), 0.03, 1e-12);
+  EXPECT_EQ(find_series(m, "inferscope_memory_capacity_bytes", {rank, "kind=\"ssm_state\""}),
+            4000.0);
+  EXPECT_EQ(
+      find_series(m, "inferscope_prefix_cache_queried_tokens_total", {"layer_kind=\"attention\""}),
+      200.0);
+  EXPECT_EQ(
+      find_series(m, "inferscope_prefix_cache_hit_tokens_total", {"layer_kind=\"attention\""}),
+      120.0);
+  EXPECT_EQ(find_series(m, "inferscope_prefix_cache_hit_tokens_total", {"layer_kind=\"ssm\""}),
+            0.0);
+  EXPECT_NEAR(*find_series(m, "inferscope_stage_gpu_seconds_total", {"stage=\"encoder\""}), 0.02,
+              1e-12);
+  EXPECT_NEAR(*find_series(m, "inferscope_stage_duration_seconds_sum", {"stage=\"encoder\""}), 0.03,
+              1e-12);
   EXPECT_NEAR(*find_series(m, "inferscope_request_ttft_seconds_sum", {rank}), 0.2, 1e-9);
-  EXPECT_NEAR(*find_series(m, "inferscope_request_time_per_output_token_seconds_sum", {rank}), 0.1, 1e-9);
+  EXPECT_NEAR(*find_series(m, "inferscope_request_time_per_output_token_seconds_sum", {rank}), 0.1,
+              1e-9);
   EXPECT_NEAR(*find_series(m, "inferscope_request_e2e_seconds_sum", {rank}), 1.2, 1e-9);
   EXPECT_EQ(find_series(m, "inferscope_requests_total", {"status=\"ok\""}), 1.0);
   EXPECT_EQ(find_series(m, "inferscope_request_tokens_total", {"kind=\"cached\""}), 32.0);
@@ -317,8 +340,10 @@ TEST(Pipeline, MoeLayerGpuTimeFromKernelRangeArgs) {
   k.end_ns = 100 + 5'000'000;
   k.num_args = 1;
   k.args[0] = {1, 2};  // "range" = "moe.layer.3.experts"
-  ASSERT_TRUE(f.send(s, {wire::StringDef{1, "range"}, wire::StringDef{2, "moe.layer.3.experts"}, k, k}));
-  EXPECT_NEAR(*find_series(f.scrape(), "inferscope_moe_layer_gpu_seconds_total", {"layer=\"3\""}), 0.01, 1e-12);
+  ASSERT_TRUE(
+      f.send(s, {wire::StringDef{1, "range"}, wire::StringDef{2, "moe.layer.3.experts"}, k, k}));
+  EXPECT_NEAR(*find_series(f.scrape(), "inferscope_moe_layer_gpu_seconds_total", {"layer=\"3\""}),
+              0.01, 1e-12);
   // The reference engine's layer range names count too; a dense layer's do not.
   ASSERT_TRUE(f.send(s, {make_load(1, 2, {1, 1, 1, 1}), wire::StringDef{3, "layer.1.ssm+moe"},
                          wire::StringDef{4, "layer.1.ssm+dense"}}));
@@ -326,7 +351,8 @@ TEST(Pipeline, MoeLayerGpuTimeFromKernelRangeArgs) {
   wire::Span dense = k;
   dense.args[0] = {1, 4};
   ASSERT_TRUE(f.send(s, {k, dense}));
-  EXPECT_NEAR(*find_series(f.scrape(), "inferscope_moe_layer_gpu_seconds_total", {"layer=\"1\""}), 0.005, 1e-12);
+  EXPECT_NEAR(*find_series(f.scrape(), "inferscope_moe_layer_gpu_seconds_total", {"layer=\"1\""}),
+              0.005, 1e-12);
 }
 
 TEST(Pipeline, StageGpuSecondsOnlyForStagesWithMeasuredGpuTime) {
@@ -338,12 +364,15 @@ TEST(Pipeline, StageGpuSecondsOnlyForStagesWithMeasuredGpuTime) {
   wire::StageTiming gpu{7, wire::Stage::kEncoder, wire::Device::kGpu, 0, 30'000'000, 20'000'000};
   ASSERT_TRUE(f.send(s, {cpu}));
   auto m = f.scrape();
-  EXPECT_TRUE(find_series(m, "inferscope_stage_duration_seconds_count", {"stage=\"backbone_decode\""}));
+  EXPECT_TRUE(
+      find_series(m, "inferscope_stage_duration_seconds_count", {"stage=\"backbone_decode\""}));
   for (const auto& [series, v] : m)
-    EXPECT_EQ(series.find("inferscope_stage_gpu_seconds_total"), std::string::npos) << series << " = " << v;
+    EXPECT_EQ(series.find("inferscope_stage_gpu_seconds_total"), std::string::npos)
+        << series << " = " << v;
   ASSERT_TRUE(f.send(s, {gpu, cpu}));
   m = f.scrape();
-  EXPECT_NEAR(*find_series(m, "inferscope_stage_gpu_seconds_total", {"stage=\"encoder\""}), 0.02, 1e-12);
+  EXPECT_NEAR(*find_series(m, "inferscope_stage_gpu_seconds_total", {"stage=\"encoder\""}), 0.02,
+              1e-12);
   EXPECT_FALSE(find_series(m, "inferscope_stage_gpu_seconds_total", {"stage=\"backbone_decode\""}));
 }
 
@@ -357,20 +386,27 @@ TEST(Pipeline, SsmCheckpointEvictionCountersBecomeAMetric) {
   ASSERT_TRUE(f.send(s, {unused, reused, other, wire::CounterSample{10, 1, false, 0.0},
                          wire::CounterSample{10, 2, false, 0.0}}));
   // The first (zero) report makes the series exist, so rate() sees the first eviction.
-  EXPECT_EQ(find_series(f.scrape(), "inferscope_ssm_checkpoint_evictions_total", {"reused=\"false\""}), 0.0);
-  ASSERT_TRUE(f.send(s, {wire::CounterSample{20, 1, false, 5.0}, wire::CounterSample{30, 1, false, 2.0},
-                         wire::CounterSample{30, 2, false, 1.0}, wire::CounterSample{30, 3, false, 9.0}}));
+  EXPECT_EQ(
+      find_series(f.scrape(), "inferscope_ssm_checkpoint_evictions_total", {"reused=\"false\""}),
+      0.0);
+  ASSERT_TRUE(
+      f.send(s, {wire::CounterSample{20, 1, false, 5.0}, wire::CounterSample{30, 1, false, 2.0},
+                 wire::CounterSample{30, 2, false, 1.0}, wire::CounterSample{30, 3, false, 9.0}}));
   auto m = f.scrape();
-  EXPECT_EQ(find_series(m, "inferscope_ssm_checkpoint_evictions_total", {"rank=\"1\"", "reused=\"false\""}), 7.0);
+  EXPECT_EQ(find_series(m, "inferscope_ssm_checkpoint_evictions_total",
+                        {"rank=\"1\"", "reused=\"false\""}),
+            7.0);
   EXPECT_EQ(find_series(m, "inferscope_ssm_checkpoint_evictions_total", {"reused=\"true\""}), 1.0);
-  for (const auto& [series, v] : m) EXPECT_EQ(series.find("some.other"), std::string::npos) << series;
+  for (const auto& [series, v] : m)
+    EXPECT_EQ(series.find("some.other"), std::string::npos) << series;
 }
 
 TEST(Pipeline, StringLimitClosesTheConnection) {
   Fixture f;
   f.options.limits.max_strings = 2;
   Session s(f.options.limits);
-  ASSERT_TRUE(f.send(s, {make_hello("m", 0, 1, 4), wire::StringDef{1, "a"}, wire::StringDef{2, "b"}}));
+  ASSERT_TRUE(
+      f.send(s, {make_hello("m", 0, 1, 4), wire::StringDef{1, "a"}, wire::StringDef{2, "b"}}));
   Rejection why;
   EXPECT_FALSE(f.send(s, {wire::StringDef{3, "c"}}, &why));
   EXPECT_EQ(why.reason, "string_limit");
@@ -386,14 +422,17 @@ TEST(Pipeline, ModelCardinalityBoundIsCounted) {
   auto m = f.scrape();
   EXPECT_TRUE(find_series(m, "inferscope_moe_routed_tokens_total", {"model=\"one\""}));
   EXPECT_FALSE(find_series(m, "inferscope_moe_routed_tokens_total", {"model=\"two\""}));
-  EXPECT_GE(find_series(m, "inferscope_collector_label_overflow_total", {"reason=\"models\""}).value_or(0), 1.0);
+  EXPECT_GE(find_series(m, "inferscope_collector_label_overflow_total", {"reason=\"models\""})
+                .value_or(0),
+            1.0);
 }
 
 TEST(Pipeline, EpisodesEndWhenTheRanksLastAgentLeaves) {
   Fixture f;
   Session s(f.options.limits);
   ASSERT_TRUE(f.send(s, {make_hello("m", 0, 1, 4)}));
-  for (int w = 0; w < 4; ++w) ASSERT_TRUE(f.send(s, {make_load(0, w * kW + 1, {70, 10, 10, 10}, 20)}));
+  for (int w = 0; w < 4; ++w)
+    ASSERT_TRUE(f.send(s, {make_load(0, w * kW + 1, {70, 10, 10, 10}, 20)}));
   auto m = f.scrape();
   EXPECT_EQ(find_series(m, "inferscope_moe_expert_episode", {"expert=\"0\"", "kind=\"hot\""}), 1.0);
   EXPECT_EQ(f.pipeline->aggregator().open_episodes().size(), 2u);  // hot expert + drop burst

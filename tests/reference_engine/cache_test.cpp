@@ -53,14 +53,14 @@ TEST(CheckpointStore, CountsEvictionsByWhetherTheCheckpointWasRestored) {
   cs.insert(11, &fresh);
   cs.insert(22, &fresh);
   cs.restored(11);
-  cs.find(22);                 // a lookup alone is not a reuse
-  cs.insert(33, &fresh);       // evicts 11 (LRU after the lookup of 22): it was restored
+  cs.find(22);            // a lookup alone is not a reuse
+  cs.insert(33, &fresh);  // evicts 11 (LRU after the lookup of 22): it was restored
   EXPECT_EQ(cs.evicted_reused(), 1u);
   EXPECT_EQ(cs.evicted_unused(), 0u);
-  cs.insert(44, &fresh);       // evicts 22: looked up, never restored
-  cs.insert(55, &fresh);       // evicts 33: never looked at
+  cs.insert(44, &fresh);  // evicts 22: looked up, never restored
+  cs.insert(55, &fresh);  // evicts 33: never looked at
   EXPECT_EQ(cs.evicted_unused(), 2u);
   EXPECT_EQ(cs.evicted_reused(), 1u);
-  cs.restored(99);             // unknown hash: no effect, no crash
+  cs.restored(99);  // unknown hash: no effect, no crash
   EXPECT_EQ(cs.used(), 2);
 }

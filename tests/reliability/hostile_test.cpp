@@ -6,7 +6,6 @@
 // Each is rejected and counted in inferscope_collector_rejected_frames_total{reason};
 // the good agent loses nothing and never reconnects.
 #include <gtest/gtest.h>
-
 #include <signal.h>
 #include <unistd.h>
 
@@ -96,12 +95,13 @@ class Hostile : public ::testing::Test {
     ASSERT_TRUE(eventually([&] { return good_->agent().stats().connected; }, 30s));
   }
   double rejected(const std::string& reason) {
-    return sum_series(scrape(collector_->ports().metrics), "inferscope_collector_rejected_frames_total",
-                      {"reason=\"" + reason + "\""});
+    return sum_series(scrape(collector_->ports().metrics),
+                      "inferscope_collector_rejected_frames_total", {"reason=\"" + reason + "\""});
   }
   // Opens a connection, sends bytes, expects the collector to close it and to
   // count one more rejection with this reason.
-  void expect_rejected(const std::vector<uint8_t>& bytes, const std::string& reason, bool close_after_send = false) {
+  void expect_rejected(const std::vector<uint8_t>& bytes, const std::string& reason,
+                       bool close_after_send = false) {
     const double before = rejected(reason);
     const int fd = connect_loopback(collector_->ports().ingest);
     ASSERT_GE(fd, 0);
@@ -121,10 +121,14 @@ class Hostile : public ::testing::Test {
     EXPECT_EQ(s.reconnects, 0u);
     EXPECT_EQ(s.records_dropped, 0u);
     EXPECT_EQ(s.records_sent, good_->produced());
-    EXPECT_TRUE(eventually([&] {
-      return sum_series(scrape(collector_->ports().metrics), "inferscope_collector_records_total",
-                        {"kind=\"counter\""}) == static_cast<double>(good_->produced());
-    }, 30s)) << "the good agent's records did not all arrive";
+    EXPECT_TRUE(eventually(
+        [&] {
+          return sum_series(scrape(collector_->ports().metrics),
+                            "inferscope_collector_records_total",
+                            {"kind=\"counter\""}) == static_cast<double>(good_->produced());
+        },
+        30s))
+        << "the good agent's records did not all arrive";
   }
 
   TempDir dir_;
@@ -200,9 +204,12 @@ TEST_F(Hostile, ConnectionFloodBeyondTheLimitIsRefusedAndCounted) {
     ASSERT_TRUE(send_all(fd, h.data(), h.size()));
     held.push_back(fd);
   }
-  ASSERT_TRUE(eventually([&] {
-    return sum_series(scrape(collector_->ports().metrics), "inferscope_collector_connections") == 8;
-  }, 30s));
+  ASSERT_TRUE(eventually(
+      [&] {
+        return sum_series(scrape(collector_->ports().metrics),
+                          "inferscope_collector_connections") == 8;
+      },
+      30s));
   const double before = rejected("connection_limit");
   std::vector<int> extra;
   for (int i = 0; i < 20; ++i) {
@@ -217,9 +224,12 @@ TEST_F(Hostile, ConnectionFloodBeyondTheLimitIsRefusedAndCounted) {
   EXPECT_TRUE(eventually([&] { return rejected("connection_limit") == before + 20; }, 30s));
   for (int fd : held) ::close(fd);
   // Slots free again once the peers leave.
-  EXPECT_TRUE(eventually([&] {
-    return sum_series(scrape(collector_->ports().metrics), "inferscope_collector_connections") == 1;
-  }, 30s));
+  EXPECT_TRUE(eventually(
+      [&] {
+        return sum_series(scrape(collector_->ports().metrics),
+                          "inferscope_collector_connections") == 1;
+      },
+      30s));
   const int again = connect_loopback(collector_->ports().ingest);
   ASSERT_GE(again, 0);
   ASSERT_TRUE(send_all(again, h.data(), h.size()));
@@ -294,12 +304,13 @@ TEST_F(Hostile, LargeFramesBeforeAHelloAreBoundedInMemoryAndCounted) {
       ASSERT_GE(fd, 0);
       send_all(fd, header.data(), header.size());
       send_all(fd, body.data(), body.size());  // fails once the collector has closed it
-      fds.push_back(fd);                         // held open, as an attacker would
+      fds.push_back(fd);                       // held open, as an attacker would
     }
   };
   std::vector<int> wave1, wave2;
   attack((4u << 20) - 1024, wave1);
-  EXPECT_TRUE(eventually([&] { return rejected("frame_too_large_before_hello") == kAttackers; }, 30s))
+  EXPECT_TRUE(
+      eventually([&] { return rejected("frame_too_large_before_hello") == kAttackers; }, 30s))
       << rejected("frame_too_large_before_hello");
   attack(512u << 10, wave2);
   // The before-hello share holds about 36 such frames; the rest are refused.
@@ -319,14 +330,16 @@ TEST_F(Hostile, LargeFramesBeforeAHelloAreBoundedInMemoryAndCounted) {
   EXPECT_EQ(ls.records_dropped, 0u);
 
   // Every wave-2 attacker ends up counted: refused at once, or timed out.
-  EXPECT_TRUE(eventually([&] { return rejected("memory_budget") + rejected("timeout") == kAttackers; }, 40s))
+  EXPECT_TRUE(eventually(
+      [&] { return rejected("memory_budget") + rejected("timeout") == kAttackers; }, 40s))
       << "memory_budget " << rejected("memory_budget") << " timeout " << rejected("timeout");
   const uint64_t rss_peak = peak_rss_kib(pid);
-  std::printf("[figures] %d connections announcing 4 MiB frames, then %d announcing 512 KiB, no hello: "
-              "collector RSS %.1f MB before, %.1f MB during, peak %.1f MB; rejected %g before_hello, "
-              "%g memory_budget, %g timeout\n",
-              kAttackers, kAttackers, rss_before / 1024.0, rss_attack / 1024.0, rss_peak / 1024.0,
-              rejected("frame_too_large_before_hello"), rejected("memory_budget"), rejected("timeout"));
+  std::printf(
+      "[figures] %d connections announcing 4 MiB frames, then %d announcing 512 KiB, no hello: "
+      "collector RSS %.1f MB before, %.1f MB during, peak %.1f MB; rejected %g before_hello, "
+      "%g memory_budget, %g timeout\n",
+      kAttackers, kAttackers, rss_before / 1024.0, rss_attack / 1024.0, rss_peak / 1024.0,
+      rejected("frame_too_large_before_hello"), rejected("memory_budget"), rejected("timeout"));
   // Before the budget this attack's first wave alone reached 846 MB. ASan's
   // quarantine keeps freed buffers resident for a while: allow for it there.
 #if defined(__SANITIZE_ADDRESS__)
@@ -334,7 +347,8 @@ TEST_F(Hostile, LargeFramesBeforeAHelloAreBoundedInMemoryAndCounted) {
 #else
   constexpr uint64_t kBoundKib = 100u << 10;
 #endif
-  EXPECT_LT(rss_peak - rss_before, kBoundKib) << "the collector held too much for peers without a hello";
+  EXPECT_LT(rss_peak - rss_before, kBoundKib)
+      << "the collector held too much for peers without a hello";
   for (int fd : wave1) ::close(fd);
   for (int fd : wave2) ::close(fd);
 
@@ -343,10 +357,13 @@ TEST_F(Hostile, LargeFramesBeforeAHelloAreBoundedInMemoryAndCounted) {
   EXPECT_EQ(gs.reconnects, 0u);
   EXPECT_EQ(gs.records_dropped, 0u);
   EXPECT_EQ(gs.records_sent, good_->produced());
-  EXPECT_TRUE(eventually([&] {
-    return sum_series(scrape(collector_->ports().metrics), "inferscope_collector_records_total",
-                      {"kind=\"counter\""}) == static_cast<double>(good_->produced() + 1000);
-  }, 30s)) << "the agents' records did not all arrive";
+  EXPECT_TRUE(eventually(
+      [&] {
+        return sum_series(scrape(collector_->ports().metrics), "inferscope_collector_records_total",
+                          {"kind=\"counter\""}) == static_cast<double>(good_->produced() + 1000);
+      },
+      30s))
+      << "the agents' records did not all arrive";
 
   // 400 rejected connections, a handful of log lines: one per reason per 10 s,
   // then one with the count of those suppressed (written by the once-a-second
@@ -361,7 +378,8 @@ TEST_F(Hostile, LargeFramesBeforeAHelloAreBoundedInMemoryAndCounted) {
     while (std::getline(log, line)) {
       ++lines;
       if (line.find("before its hello") != std::string::npos) ++before_hello_lines;
-      if (line.find("more \"frame_too_large_before_hello\" lines suppressed") != std::string::npos) counted = true;
+      if (line.find("more \"frame_too_large_before_hello\" lines suppressed") != std::string::npos)
+        counted = true;
     }
     return counted;
   };

@@ -27,7 +27,8 @@ struct RunResult {
 };
 
 RunResult run(const std::string& args) {
-  std::string cmd = "xvfb-run -a -s '-screen 0 1920x1200x24' " + std::string(INFERSCOPE_VIEWER_BIN) + " " + args + " 2>&1";
+  std::string cmd = "xvfb-run -a -s '-screen 0 1920x1200x24' " +
+                    std::string(INFERSCOPE_VIEWER_BIN) + " " + args + " 2>&1";
   RunResult r;
   FILE* p = popen(cmd.c_str(), "r");
   if (!p) return r;
@@ -67,7 +68,9 @@ uint32_t parse_hex(const std::string& s) {
   return ((v >> 16) & 0xFF) | (v & 0xFF00) | ((v & 0xFF) << 16);  // #rrggbb -> r | g<<8 | b<<16
 }
 
-int channel(uint32_t c, int i) { return static_cast<int>((c >> (8 * i)) & 0xFF); }
+int channel(uint32_t c, int i) {
+  return static_cast<int>((c >> (8 * i)) & 0xFF);
+}
 
 bool close_colour(uint32_t a, uint32_t b, int tol = 6) {
   for (int i = 0; i < 3; ++i)
@@ -77,7 +80,8 @@ bool close_colour(uint32_t a, uint32_t b, int tol = 6) {
 
 // A sample trace with collector alert episodes appended as one more frame
 // (source 0, as the collector writes them).
-std::vector<uint8_t> with_alerts(std::vector<uint8_t> trace, const std::vector<wire::AlertEpisode>& alerts) {
+std::vector<uint8_t> with_alerts(std::vector<uint8_t> trace,
+                                 const std::vector<wire::AlertEpisode>& alerts) {
   wire::EncoderOptions o;
   o.source_id = wire::kCollectorSource;
   o.compress = false;
@@ -90,14 +94,16 @@ std::vector<uint8_t> with_alerts(std::vector<uint8_t> trace, const std::vector<w
 }
 
 void write_file(const std::string& path, const std::vector<uint8_t>& bytes) {
-  std::ofstream(path, std::ios::binary).write(reinterpret_cast<const char*>(bytes.data()),
-                                              static_cast<std::streamsize>(bytes.size()));
+  std::ofstream(path, std::ios::binary)
+      .write(reinterpret_cast<const char*>(bytes.data()),
+             static_cast<std::streamsize>(bytes.size()));
 }
 
 class ViewerScreenshot : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (std::system("command -v xvfb-run >/dev/null 2>&1") != 0) GTEST_SKIP() << "xvfb-run not installed";
+    if (std::system("command -v xvfb-run >/dev/null 2>&1") != 0)
+      GTEST_SKIP() << "xvfb-run not installed";
     SampleOptions o;  // 2 ranks, hot expert 5 on layer 3 of rank 0 from 6 s to 14 s
     std::string err;
     ASSERT_TRUE(write_sample_trace(trace(), o, &summary, &err)) << err;
@@ -113,7 +119,8 @@ class ViewerScreenshot : public ::testing::Test {
 
 TEST_F(ViewerScreenshot, AllViewsPictureIsRightSizeAndNotBlank) {
   std::string png = dir.file("all.png");
-  RunResult r = run(trace() + " --screenshot " + png + " --frames 3 --view all --width 1280 --height 760");
+  RunResult r =
+      run(trace() + " --screenshot " + png + " --frames 3 --view all --width 1280 --height 760");
   ASSERT_EQ(r.status, 0) << r.output;
   Image img;
   ASSERT_TRUE(img.load(png)) << r.output;
@@ -129,7 +136,8 @@ TEST_F(ViewerScreenshot, AllViewsPictureIsRightSizeAndNotBlank) {
 TEST_F(ViewerScreenshot, HotExpertCellHasTheHotColour) {
   std::string png = dir.file("experts.png");
   // The hot window only: expert 5 of layer 3 carries ~4x its fair share.
-  RunResult r = run(trace() + " --screenshot " + png + " --view experts --window 8s..13s --width 1000 --height 640");
+  RunResult r = run(trace() + " --screenshot " + png +
+                    " --view experts --window 8s..13s --width 1000 --height 640");
   ASSERT_EQ(r.status, 0) << r.output;
   Image img;
   ASSERT_TRUE(img.load(png));
@@ -156,7 +164,8 @@ TEST_F(ViewerScreenshot, HotExpertCellHasTheHotColour) {
 }
 
 TEST(ViewerScreenshotEp, HotRankNamedAndOthersIdleWaitingForIt) {
-  if (std::system("command -v xvfb-run >/dev/null 2>&1") != 0) GTEST_SKIP() << "xvfb-run not installed";
+  if (std::system("command -v xvfb-run >/dev/null 2>&1") != 0)
+    GTEST_SKIP() << "xvfb-run not installed";
   test::TempDir dir;
   SampleOptions o;  // hot expert 5 from 6 s to 14 s; 16 experts on 4 EP ranks: rank 1 holds it
   o.ranks = 4;
@@ -165,7 +174,8 @@ TEST(ViewerScreenshotEp, HotRankNamedAndOthersIdleWaitingForIt) {
   const std::string trace = dir.file("ep.trace");
   ASSERT_TRUE(write_sample_trace(trace, o, nullptr, &err)) << err;
   const std::string png = dir.file("ep.png");
-  RunResult r = run(trace + " --screenshot " + png + " --view ep --window 7s..12s --width 1100 --height 720");
+  RunResult r =
+      run(trace + " --screenshot " + png + " --view ep --window 7s..12s --width 1100 --height 720");
   ASSERT_EQ(r.status, 0) << r.output;
   Image img;
   ASSERT_TRUE(img.load(png));
@@ -174,7 +184,8 @@ TEST(ViewerScreenshotEp, HotRankNamedAndOthersIdleWaitingForIt) {
   std::ifstream in(png + ".json");
   nlohmann::json f = nlohmann::json::parse(in, nullptr, false);
   ASSERT_FALSE(f.is_discarded());
-  EXPECT_EQ(f["ep_hot_rank"].get<int>(), static_cast<int>((o.hot_expert % o.experts) / (o.experts / o.ranks)));
+  EXPECT_EQ(f["ep_hot_rank"].get<int>(),
+            static_cast<int>((o.hot_expert % o.experts) / (o.experts / o.ranks)));
   // A rank that is not hot waits for the hot one: its idle segment is drawn, in the idle colour.
   auto bar = f["ep_idle_bar"];
   ASSERT_GE(bar[0].get<double>(), 0) << "no idle segment drawn";
@@ -187,7 +198,8 @@ TEST(ViewerScreenshotEp, HotRankNamedAndOthersIdleWaitingForIt) {
 
 TEST_F(ViewerScreenshot, TimelineLightThemeShowsEveryTrack) {
   std::string png = dir.file("timeline.png");
-  RunResult r = run(trace() + " --screenshot " + png + " --view timeline --window 7.0s..7.3s --theme light --width 900 --height 1000");
+  RunResult r = run(trace() + " --screenshot " + png +
+                    " --view timeline --window 7.0s..7.3s --theme light --width 900 --height 1000");
   ASSERT_EQ(r.status, 0) << r.output;
   Image img;
   ASSERT_TRUE(img.load(png));
@@ -202,7 +214,8 @@ TEST_F(ViewerScreenshot, TruncatedTraceShowsWhatWasRecovered) {
   std::ifstream in(trace(), std::ios::binary);
   std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   std::string cut = dir.file("cut.trace");
-  std::ofstream(cut, std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size() * 3 / 4));
+  std::ofstream(cut, std::ios::binary)
+      .write(bytes.data(), static_cast<std::streamsize>(bytes.size() * 3 / 4));
   std::string png = dir.file("cut.png");
   RunResult r = run(cut + " --screenshot " + png + " --width 800 --height 600");
   ASSERT_EQ(r.status, 0) << r.output;
@@ -228,7 +241,8 @@ TEST_F(ViewerScreenshot, GarbageFileIsAnErrorNotACrash) {
 // The collector's first window began before the first record, so an episode
 // starts before it: the alerts table must not show a negative start (-911.4 ms).
 TEST(ViewerScreenshotStart, AlertThatStartedBeforeTheFirstRecordHasNoNegativeStart) {
-  if (std::system("command -v xvfb-run >/dev/null 2>&1") != 0) GTEST_SKIP() << "xvfb-run not installed";
+  if (std::system("command -v xvfb-run >/dev/null 2>&1") != 0)
+    GTEST_SKIP() << "xvfb-run not installed";
   test::TempDir dir;
   SampleOptions o;
   wire::AlertEpisode early;
@@ -255,7 +269,8 @@ TEST(ViewerScreenshotStart, AlertThatStartedBeforeTheFirstRecordHasNoNegativeSta
 // (the drop burst at 8 s of the sample), not on the whole 20 s trace.
 TEST_F(ViewerScreenshot, TimelineOpensOnTheLatestAlertNotTheWholeTrace) {
   std::string png = dir.file("start.png");
-  RunResult r = run(trace() + " --screenshot " + png + " --view timeline --width 1200 --height 800");
+  RunResult r =
+      run(trace() + " --screenshot " + png + " --view timeline --width 1200 --height 800");
   ASSERT_EQ(r.status, 0) << r.output;
   nlohmann::json f = facts(png);
   ASSERT_FALSE(f.is_discarded());
@@ -272,7 +287,8 @@ TEST_F(ViewerScreenshot, TimelineOpensOnTheLatestAlertNotTheWholeTrace) {
 // A first, mild hot-expert episode on layer 1 / expert 9 must not win the
 // preselection over the reddest cell (the sample's hot expert 5 of layer 3).
 TEST(ViewerScreenshotStart, ExpertsViewPreselectsTheReddestCell) {
-  if (std::system("command -v xvfb-run >/dev/null 2>&1") != 0) GTEST_SKIP() << "xvfb-run not installed";
+  if (std::system("command -v xvfb-run >/dev/null 2>&1") != 0)
+    GTEST_SKIP() << "xvfb-run not installed";
   test::TempDir dir;
   SampleOptions o;
   wire::AlertEpisode mild;
@@ -303,7 +319,8 @@ TEST(ViewerScreenshotStart, ExpertsViewPreselectsTheReddestCell) {
   ASSERT_LT(cx, img.w);
   ASSERT_LT(cy, img.h);
   // The selected cell is the top of the colour scale: the reddest one.
-  EXPECT_TRUE(close_colour(img.at(cx, cy), parse_hex(f["legend_top_colour"].get<std::string>()), 12))
+  EXPECT_TRUE(
+      close_colour(img.at(cx, cy), parse_hex(f["legend_top_colour"].get<std::string>()), 12))
       << std::hex << img.at(cx, cy) << " vs " << f["legend_top_colour"];
 }
 
@@ -312,7 +329,8 @@ TEST(ViewerScreenshotStart, ExpertsViewPreselectsTheReddestCell) {
 // other way round.
 TEST_F(ViewerScreenshot, MemoryLanesShowEachKindAgainstItsOwnCapacity) {
   std::string png = dir.file("memory.png");
-  RunResult r = run(trace() + " --screenshot " + png + " --view memory --window 15s..19s --width 1000 --height 700");
+  RunResult r = run(trace() + " --screenshot " + png +
+                    " --view memory --window 15s..19s --width 1000 --height 700");
   ASSERT_EQ(r.status, 0) << r.output;
   Image img;
   ASSERT_TRUE(img.load(png));

@@ -1,7 +1,8 @@
 // Where the viewer opens: the start range and the worst expert it preselects.
+#include "inferscope/viewer/start_view.hpp"
+
 #include <gtest/gtest.h>
 
-#include "inferscope/viewer/start_view.hpp"
 #include "test_util.hpp"
 
 namespace inferscope::viewer {
@@ -9,7 +10,8 @@ namespace {
 
 constexpr int64_t kS = 1'000'000'000;
 
-wire::AlertEpisode alert(int64_t start_ns, int64_t end_ns, uint32_t layer = 1, uint32_t expert = 0) {
+wire::AlertEpisode alert(int64_t start_ns, int64_t end_ns, uint32_t layer = 1,
+                         uint32_t expert = 0) {
   wire::AlertEpisode a;
   a.kind = wire::AlertKind::kHotExpert;
   a.layer = layer;

@@ -1,7 +1,6 @@
 // Truncated, oversized, bit-flipped and random frames are rejected with a clear
 // error and never crash (this suite also runs under ASan+UBSan).
 #include <gtest/gtest.h>
-
 #include <zlib.h>
 
 #include <random>
@@ -138,4 +137,3 @@ TEST(WireCorruption, RandomBytesNeverCrash) {
 
 }  // namespace
 }  // namespace inferscope::wire
-

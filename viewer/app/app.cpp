@@ -7,22 +7,21 @@
 //   run_app()           - main loop
 #include "app.hpp"
 
-#include "inferscope/viewer/start_view.hpp"
-
+#include <GLFW/glfw3.h>
 #include <imgui.h>
 #include <imgui_impl_glfw.h>
 #include <imgui_impl_opengl3.h>
 
-#include <GLFW/glfw3.h>
-
 #include <algorithm>
+#include <cfloat>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <cfloat>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+
+#include "inferscope/viewer/start_view.hpp"
 
 namespace inferscope::viewer {
 
@@ -79,10 +78,14 @@ bool parse_seconds(const std::string& text, double& out) {
   double v = std::strtod(text.c_str(), &end);
   if (end == text.c_str()) return false;
   std::string unit(end);
-  if (unit.empty() || unit == "s") out = v;
-  else if (unit == "ms") out = v / 1e3;
-  else if (unit == "us") out = v / 1e6;
-  else return false;
+  if (unit.empty() || unit == "s")
+    out = v;
+  else if (unit == "ms")
+    out = v / 1e3;
+  else if (unit == "us")
+    out = v / 1e6;
+  else
+    return false;
   return true;
 }
 
@@ -97,18 +100,23 @@ std::string config_dir() {
   const char* xdg = std::getenv("XDG_CONFIG_HOME");
   const char* home = std::getenv("HOME");
   std::filesystem::path p;
-  if (xdg && *xdg) p = xdg;
-  else if (home && *home) p = std::filesystem::path(home) / ".config";
-  else return {};
+  if (xdg && *xdg)
+    p = xdg;
+  else if (home && *home)
+    p = std::filesystem::path(home) / ".config";
+  else
+    return {};
   p /= "inferscope";
   std::error_code ec;
   std::filesystem::create_directories(p, ec);
   return ec ? std::string() : p.string();
 }
 
-const char* kTitles[] = {"Timeline", "Expert load", "Alerts", "Memory & cache", "Stages & requests", "Details", "EP ranks"};
+const char* kTitles[] = {"Timeline",          "Expert load", "Alerts",  "Memory & cache",
+                         "Stages & requests", "Details",     "EP ranks"};
 
-void window_rect(ViewId id, const ImVec2& pos, const ImVec2& size, bool single, ImVec2& p, ImVec2& sz) {
+void window_rect(ViewId id, const ImVec2& pos, const ImVec2& size, bool single, ImVec2& p,
+                 ImVec2& sz) {
   if (single) {
     p = pos;
     sz = size;
@@ -118,8 +126,9 @@ void window_rect(ViewId id, const ImVec2& pos, const ImVec2& size, bool single, 
   struct R {
     float x, y, w, h;
   };
-  static const R rects[] = {{0, 0, 0.68f, 0.56f},     {0, 0.56f, 0.40f, 0.44f},      {0.68f, 0.30f, 0.32f, 0.26f},
-                            {0.40f, 0.56f, 0.28f, 0.44f}, {0.68f, 0.56f, 0.32f, 0.44f}, {0.68f, 0, 0.32f, 0.30f},
+  static const R rects[] = {{0, 0, 0.68f, 0.56f},         {0, 0.56f, 0.40f, 0.44f},
+                            {0.68f, 0.30f, 0.32f, 0.26f}, {0.40f, 0.56f, 0.28f, 0.44f},
+                            {0.68f, 0.56f, 0.32f, 0.44f}, {0.68f, 0, 0.32f, 0.30f},
                             {0, 0.56f, 0.40f, 0.44f}};  // EP ranks: over the expert view when shown
   const R& r = rects[static_cast<int>(id)];
   p = ImVec2(pos.x + r.x * W, pos.y + r.y * H);
@@ -149,24 +158,28 @@ void write_facts(const AppState& s, const std::string& png, int fb_w, int fb_h, 
     return std::string(b);
   };
   out << "{\"width\":" << fb_w << ",\"height\":" << fb_h << ",\"tracks\":" << s.drawn_tracks
-      << ",\"spans\":" << s.model.span_count() << ",\"hot_cell\":[" << s.hot_cell[0] * fb_scale << ","
-      << s.hot_cell[1] * fb_scale << "," << s.hot_cell[2] * fb_scale << "," << s.hot_cell[3] * fb_scale
-      << "],\"hot_cell_colour\":\"" << hex(s.hot_cell_colour) << "\",\"legend_top_colour\":\""
-      << hex(s.legend_top_colour) << "\",\"ep_hot_rank\":" << s.ep_hot_rank << ",\"ep_idle_bar\":["
-      << s.ep_idle_bar[0] * fb_scale << "," << s.ep_idle_bar[1] * fb_scale << "," << s.ep_idle_bar[2] * fb_scale << ","
-      << s.ep_idle_bar[3] * fb_scale << "]";
+      << ",\"spans\":" << s.model.span_count() << ",\"hot_cell\":[" << s.hot_cell[0] * fb_scale
+      << "," << s.hot_cell[1] * fb_scale << "," << s.hot_cell[2] * fb_scale << ","
+      << s.hot_cell[3] * fb_scale << "],\"hot_cell_colour\":\"" << hex(s.hot_cell_colour)
+      << "\",\"legend_top_colour\":\"" << hex(s.legend_top_colour)
+      << "\",\"ep_hot_rank\":" << s.ep_hot_rank << ",\"ep_idle_bar\":["
+      << s.ep_idle_bar[0] * fb_scale << "," << s.ep_idle_bar[1] * fb_scale << ","
+      << s.ep_idle_bar[2] * fb_scale << "," << s.ep_idle_bar[3] * fb_scale << "]";
   auto rect = [&](const float* r) {
     return "[" + std::to_string(r[0] * fb_scale) + "," + std::to_string(r[1] * fb_scale) + "," +
            std::to_string(r[2] * fb_scale) + "," + std::to_string(r[3] * fb_scale) + "]";
   };
   // Where the views opened and what they selected, for the start-view tests.
-  out << ",\"view_s\":[" << s.rel_s(static_cast<int64_t>(s.view_t0)) << "," << s.rel_s(static_cast<int64_t>(s.view_t1))
-      << "],\"trace_s\":" << (s.model.empty() ? 0.0 : s.rel_s(s.model.max_ns())) << ",\"selected\":["
-      << s.selected_layer << "," << s.selected_expert << "],\"selected_cell\":" << rect(s.selected_cell)
+  out << ",\"view_s\":[" << s.rel_s(static_cast<int64_t>(s.view_t0)) << ","
+      << s.rel_s(static_cast<int64_t>(s.view_t1))
+      << "],\"trace_s\":" << (s.model.empty() ? 0.0 : s.rel_s(s.model.max_ns()))
+      << ",\"selected\":[" << s.selected_layer << "," << s.selected_expert
+      << "],\"selected_cell\":" << rect(s.selected_cell)
       << ",\"alert_min_start_s\":" << s.alert_min_start_s << ",\"memory_lanes\":[";
   for (int k = 0; k < 3; ++k)
-    out << (k ? "," : "") << "{\"rect\":" << rect(s.memory_lanes[k]) << ",\"fill\":" << s.memory_lane_fill[k]
-        << ",\"colour\":\"" << hex(s.memory_lane_colour[k]) << "\"}";
+    out << (k ? "," : "") << "{\"rect\":" << rect(s.memory_lanes[k])
+        << ",\"fill\":" << s.memory_lane_fill[k] << ",\"colour\":\"" << hex(s.memory_lane_colour[k])
+        << "\"}";
   out << "]}\n";
 }
 
@@ -176,20 +189,24 @@ int run_app(AppOptions o) {
   AppState s;
   s.options = o;
   s.screenshot_mode = !o.screenshot.empty();
-  static const char* views[] = {"timeline", "experts", "alerts", "memory", "stages", "details", "ep"};
+  static const char* views[] = {"timeline", "experts", "alerts", "memory",
+                                "stages",   "details", "ep"};
   int single = -1;
   if (o.view == "expert-load") o.view = "experts";
   for (int i = 0; i < static_cast<int>(ViewId::kCount); ++i)
     if (o.view == views[i]) single = i;
   if (single < 0 && o.view != "all") {
-    std::fprintf(stderr, "inferscope-viewer: unknown --view '%s' (timeline|experts|alerts|memory|stages|details|ep|all)\n",
+    std::fprintf(stderr,
+                 "inferscope-viewer: unknown --view '%s' "
+                 "(timeline|experts|alerts|memory|stages|details|ep|all)\n",
                  o.view.c_str());
     return 2;
   }
   double win_a = 0, win_b = 0;
   bool have_window = !o.window.empty();
   if (have_window && !parse_window(o.window, win_a, win_b)) {
-    std::fprintf(stderr, "inferscope-viewer: bad --window '%s' (expected e.g. 10s..20s)\n", o.window.c_str());
+    std::fprintf(stderr, "inferscope-viewer: bad --window '%s' (expected e.g. 10s..20s)\n",
+                 o.window.c_str());
     return 2;
   }
 
@@ -203,7 +220,8 @@ int run_app(AppOptions o) {
       std::fprintf(stderr, "inferscope-viewer: %s\n", s.banner.c_str());
     } else {
       std::fprintf(stderr, "inferscope-viewer: %s (%.2f s)\n", s.load.summary().c_str(), secs);
-      if (!s.load.warnings.empty()) s.banner = "Trace damaged, showing what was recovered: " + s.load.warnings.front();
+      if (!s.load.warnings.empty())
+        s.banner = "Trace damaged, showing what was recovered: " + s.load.warnings.front();
     }
   }
   if (!o.connect.empty()) {
@@ -216,7 +234,8 @@ int run_app(AppOptions o) {
     if (!o.auth_token_file.empty()) {
       std::ifstream in(o.auth_token_file);
       if (!in) {
-        std::fprintf(stderr, "inferscope-viewer: cannot read --auth-token-file %s\n", o.auth_token_file.c_str());
+        std::fprintf(stderr, "inferscope-viewer: cannot read --auth-token-file %s\n",
+                     o.auth_token_file.c_str());
         return 1;  // a runtime failure, not a usage error (docs/cli.md)
       }
       std::getline(in, lo.auth_token);
@@ -231,21 +250,25 @@ int run_app(AppOptions o) {
   // the worst expert of that window selected, so the heatmap outlines it and
   // plots its share over time.
   if (have_window && !s.model.empty()) {
-    s.jump_to(s.model.min_ns() + static_cast<int64_t>(win_a * 1e9), s.model.min_ns() + static_cast<int64_t>(win_b * 1e9),
-              true);
+    s.jump_to(s.model.min_ns() + static_cast<int64_t>(win_a * 1e9),
+              s.model.min_ns() + static_cast<int64_t>(win_b * 1e9), true);
   } else if (!s.model.empty()) {
     TimeRange r = start_range(s.model);
     s.jump_to(r.t0, r.t1);
   }
-  if (auto w = worst_expert(expert_heatmap(s.model, s.analysis_t0(), s.analysis_t1(), s.rank_filter))) {
+  if (auto w =
+          worst_expert(expert_heatmap(s.model, s.analysis_t0(), s.analysis_t1(), s.rank_filter))) {
     s.selected_layer = static_cast<int>(w->layer);
     s.selected_expert = static_cast<int>(w->expert);
   }
 
   // [SECTION] Window and ImGui
-  glfwSetErrorCallback([](int code, const char* msg) { std::fprintf(stderr, "inferscope-viewer: GLFW error %d: %s\n", code, msg); });
+  glfwSetErrorCallback([](int code, const char* msg) {
+    std::fprintf(stderr, "inferscope-viewer: GLFW error %d: %s\n", code, msg);
+  });
   if (!glfwInit()) {
-    std::fprintf(stderr, "inferscope-viewer: cannot initialise GLFW (no display? run under xvfb-run)\n");
+    std::fprintf(stderr,
+                 "inferscope-viewer: cannot initialise GLFW (no display? run under xvfb-run)\n");
     return 1;
   }
   glfwWindowHint(GLFW_CONTEXT_VERSION_MAJOR, 3);
@@ -254,7 +277,8 @@ int run_app(AppOptions o) {
   std::string title = "inferscope viewer" + (o.trace.empty() ? std::string() : " - " + o.trace);
   GLFWwindow* window = glfwCreateWindow(o.width, o.height, title.c_str(), nullptr, nullptr);
   if (!window) {
-    std::fprintf(stderr, "inferscope-viewer: cannot create a %dx%d OpenGL 3.0 window\n", o.width, o.height);
+    std::fprintf(stderr, "inferscope-viewer: cannot create a %dx%d OpenGL 3.0 window\n", o.width,
+                 o.height);
     glfwTerminate();
     return 1;
   }
@@ -293,8 +317,10 @@ int run_app(AppOptions o) {
   std::vector<std::pair<uint32_t, wire::Record>> incoming;
 
   while (!glfwWindowShouldClose(window)) {
-    if (s.screenshot_mode) glfwPollEvents();
-    else glfwWaitEventsTimeout(s.live ? 0.05 : 0.25);
+    if (s.screenshot_mode)
+      glfwPollEvents();
+    else
+      glfwWaitEventsTimeout(s.live ? 0.05 : 0.25);
 
     // [SECTION] Live data: drain the queue, fold into lanes a few times a second.
     if (s.live) {
@@ -335,7 +361,8 @@ int run_app(AppOptions o) {
         ImGui::EndMenu();
       }
       if (ImGui::BeginMenu("View")) {
-        for (int i = 0; i < static_cast<int>(ViewId::kCount); ++i) ImGui::MenuItem(kTitles[i], nullptr, &s.show[i]);
+        for (int i = 0; i < static_cast<int>(ViewId::kCount); ++i)
+          ImGui::MenuItem(kTitles[i], nullptr, &s.show[i]);
         ImGui::Separator();
         if (ImGui::MenuItem("Dark theme", nullptr, s.dark)) apply_theme(s, true);
         if (ImGui::MenuItem("Light theme", nullptr, !s.dark)) apply_theme(s, false);
@@ -346,7 +373,8 @@ int run_app(AppOptions o) {
         ImGui::TextUnformatted(
             "Timeline: wheel zooms at the cursor, shift+wheel scrolls tracks,\n"
             "drag pans, right-drag box-zooms, shift+right-drag pins the analysis window.\n"
-            "W/S zoom, A/D pan, F fit, Z zoom to selection, Ctrl+F find, L follow live, Esc clear.\n"
+            "W/S zoom, A/D pan, F fit, Z zoom to selection, Ctrl+F find, L follow live, Esc "
+            "clear.\n"
             "Alerts and request rows jump the timeline; heatmap cells plot the expert's share.");
         ImGui::EndMenu();
       }
@@ -355,9 +383,11 @@ int run_app(AppOptions o) {
         ImGui::TextUnformatted(s.banner.c_str());
         ImGui::PopStyleColor();
       } else {
-        ImGui::TextDisabled("  %s  |  %llu spans  %zu tracks  %.1f s", s.live ? s.live->endpoint().c_str() : o.trace.c_str(),
-                            static_cast<unsigned long long>(s.model.span_count()), s.model.tracks().size(),
-                            s.model.empty() ? 0.0 : double(s.model.max_ns() - s.model.min_ns()) * 1e-9);
+        ImGui::TextDisabled(
+            "  %s  |  %llu spans  %zu tracks  %.1f s",
+            s.live ? s.live->endpoint().c_str() : o.trace.c_str(),
+            static_cast<unsigned long long>(s.model.span_count()), s.model.tracks().size(),
+            s.model.empty() ? 0.0 : double(s.model.max_ns() - s.model.min_ns()) * 1e-9);
       }
       menu_h = ImGui::GetWindowSize().y;
       ImGui::EndMainMenuBar();
@@ -368,7 +398,8 @@ int run_app(AppOptions o) {
     const ImGuiViewport* vp = ImGui::GetMainViewport();
     ImVec2 area_pos(vp->Pos.x, vp->Pos.y + menu_h), area_size(vp->Size.x, vp->Size.y - menu_h);
     using DrawFn = void (*)(AppState&);
-    DrawFn fns[] = {draw_timeline, draw_experts, draw_alerts, draw_memory, draw_stages, draw_details, draw_ep};
+    DrawFn fns[] = {draw_timeline, draw_experts, draw_alerts, draw_memory,
+                    draw_stages,   draw_details, draw_ep};
     for (int i = 0; i < static_cast<int>(ViewId::kCount); ++i) {
       if (single >= 0 && i != single) continue;
       if (single < 0 && !s.show[i]) continue;
@@ -378,7 +409,9 @@ int run_app(AppOptions o) {
       ImGui::SetNextWindowPos(p, cond);
       ImGui::SetNextWindowSize(sz, cond);
       bool* open = single >= 0 ? nullptr : &s.show[i];
-      ImGuiWindowFlags flags = single >= 0 ? ImGuiWindowFlags_NoMove | ImGuiWindowFlags_NoResize | ImGuiWindowFlags_NoCollapse : 0;
+      ImGuiWindowFlags flags = single >= 0 ? ImGuiWindowFlags_NoMove | ImGuiWindowFlags_NoResize |
+                                                 ImGuiWindowFlags_NoCollapse
+                                           : 0;
       if (ImGui::Begin(kTitles[i], open, flags)) fns[i](s);
       ImGui::End();
     }
@@ -404,7 +437,8 @@ int run_app(AppOptions o) {
         int win_w = 0, win_h = 0;
         glfwGetWindowSize(window, &win_w, &win_h);
         write_facts(s, o.screenshot, fb_w, fb_h, win_w > 0 ? float(fb_w) / float(win_w) : 1.0f);
-        std::fprintf(stderr, "inferscope-viewer: wrote %s (%dx%d)\n", o.screenshot.c_str(), fb_w, fb_h);
+        std::fprintf(stderr, "inferscope-viewer: wrote %s (%dx%d)\n", o.screenshot.c_str(), fb_w,
+                     fb_h);
       }
       glfwSetWindowShouldClose(window, 1);
     }

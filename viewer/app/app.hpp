@@ -25,16 +25,16 @@ struct ImDrawList;
 namespace inferscope::viewer {
 
 struct AppOptions {
-  std::string trace;             // file, directory or Chrome JSON
-  std::string connect;           // host:port of a collector's viewer API
+  std::string trace;    // file, directory or Chrome JSON
+  std::string connect;  // host:port of a collector's viewer API
   std::string auth_token_file;
-  std::string screenshot;        // write a PNG after `frames` frames and exit
+  std::string screenshot;  // write a PNG after `frames` frames and exit
   int frames = 4;
-  std::string view = "all";      // timeline|experts|alerts|memory|stages|details|ep|all
-  std::string window;            // "10s..20s" relative to the trace start
+  std::string view = "all";  // timeline|experts|alerts|memory|stages|details|ep|all
+  std::string window;        // "10s..20s" relative to the trace start
   int width = 1600, height = 900;
   std::string theme = "dark";
-  float scale = 0;               // 0: the monitor's content scale
+  float scale = 0;  // 0: the monitor's content scale
 };
 
 enum class ViewId { kTimeline, kExperts, kAlerts, kMemory, kStages, kDetails, kEp, kCount };
@@ -49,7 +49,7 @@ struct AppState {
   TraceModel model;
   LoadResult load;
   std::unique_ptr<LiveClient> live;
-  std::string banner;            // an error the user must see (bad file, ...)
+  std::string banner;  // an error the user must see (bad file, ...)
 
   // [SECTION] Timeline range and selection (absolute monotonic ns, as double)
   double view_t0 = 0, view_t1 = 1;
@@ -67,11 +67,12 @@ struct AppState {
 
   // [SECTION] Per-view settings
   uint32_t rank_filter = kAllRanks;
-  bool show_utilization = true;   // heatmap: utilization (share x experts) or share
+  bool show_utilization = true;  // heatmap: utilization (share x experts) or share
   int selected_layer = -1, selected_expert = -1;
   uint64_t selected_request = 0;
   uint32_t selected_request_source = 0;
-  bool show[static_cast<int>(ViewId::kCount)] = {true, true, true, true, true, true, false};  // EP: on with EP data
+  bool show[static_cast<int>(ViewId::kCount)] = {true, true, true, true,
+                                                 true, true, false};  // EP: on with EP data
 
   bool dark = true;
   float scale = 1.0f;
@@ -82,12 +83,12 @@ struct AppState {
   float hot_cell[4] = {-1, -1, -1, -1};  // x0 y0 x1 y1 of a hot heatmap cell
   uint32_t hot_cell_colour = 0;
   uint32_t legend_top_colour = 0;
-  int ep_hot_rank = -1;                     // EP view: the hottest rank named
-  float ep_idle_bar[4] = {-1, -1, -1, -1};  // x0 y0 x1 y1 of a non-hot rank's idle segment
+  int ep_hot_rank = -1;                       // EP view: the hottest rank named
+  float ep_idle_bar[4] = {-1, -1, -1, -1};    // x0 y0 x1 y1 of a non-hot rank's idle segment
   float selected_cell[4] = {-1, -1, -1, -1};  // x0 y0 x1 y1 of the selected heatmap cell
-  double alert_min_start_s = 0;               // alerts view: earliest start shown (s from trace start)
-  float memory_lanes[3][4] = {};              // memory view: KV, SSM state, checkpoints lanes
-  float memory_lane_fill[3] = {};             // used / capacity at the window's end, per lane
+  double alert_min_start_s = 0;    // alerts view: earliest start shown (s from trace start)
+  float memory_lanes[3][4] = {};   // memory view: KV, SSM state, checkpoints lanes
+  float memory_lane_fill[3] = {};  // used / capacity at the window's end, per lane
   uint32_t memory_lane_colour[3] = {};
 
   int64_t analysis_t0() const;

@@ -15,15 +15,18 @@ void draw_alerts(AppState& s) {
     ImGui::TextDisabled("no alert episodes in this trace");
     return;
   }
-  ImGuiTableFlags flags = ImGuiTableFlags_RowBg | ImGuiTableFlags_BordersInnerV | ImGuiTableFlags_ScrollY |
-                          ImGuiTableFlags_Resizable | ImGuiTableFlags_SizingStretchProp;
+  ImGuiTableFlags flags = ImGuiTableFlags_RowBg | ImGuiTableFlags_BordersInnerV |
+                          ImGuiTableFlags_ScrollY | ImGuiTableFlags_Resizable |
+                          ImGuiTableFlags_SizingStretchProp;
   if (!ImGui::BeginTable("alerts", 7, flags)) return;
   ImGui::TableSetupScrollFreeze(0, 1);
-  for (const char* c : {"kind", "rank", "layer", "expert", "start", "duration", "peak"}) ImGui::TableSetupColumn(c);
+  for (const char* c : {"kind", "rank", "layer", "expert", "start", "duration", "peak"})
+    ImGui::TableSetupColumn(c);
   ImGui::TableHeadersRow();
   for (size_t i = 0; i < alerts.size(); ++i) {
     const wire::AlertEpisode& a = alerts[i].alert;
-    s.alert_min_start_s = i == 0 ? s.rel_s(a.start_ns) : std::min(s.alert_min_start_s, s.rel_s(a.start_ns));
+    s.alert_min_start_s =
+        i == 0 ? s.rel_s(a.start_ns) : std::min(s.alert_min_start_s, s.rel_s(a.start_ns));
     ImGui::TableNextRow();
     ImGui::TableNextColumn();
     ImVec4 col = a.kind == wire::AlertKind::kHotExpert   ? ImVec4(1.0f, 0.42f, 0.25f, 1)
@@ -31,7 +34,8 @@ void draw_alerts(AppState& s) {
                                                          : ImVec4(0.45f, 0.7f, 1.0f, 1);
     ImGui::PushID(static_cast<int>(i));
     ImGui::PushStyleColor(ImGuiCol_Text, col);
-    bool clicked = ImGui::Selectable(wire::to_string(a.kind), false, ImGuiSelectableFlags_SpanAllColumns);
+    bool clicked =
+        ImGui::Selectable(wire::to_string(a.kind), false, ImGuiSelectableFlags_SpanAllColumns);
     ImGui::PopStyleColor();
     ImGui::PopID();
     ImGui::TableNextColumn();
@@ -39,16 +43,22 @@ void draw_alerts(AppState& s) {
     ImGui::TableNextColumn();
     ImGui::Text("%u", a.layer);
     ImGui::TableNextColumn();
-    if (a.kind == wire::AlertKind::kDropBurst) ImGui::TextDisabled("-");
-    else ImGui::Text("%u", a.expert);
+    if (a.kind == wire::AlertKind::kDropBurst)
+      ImGui::TextDisabled("-");
+    else
+      ImGui::Text("%u", a.expert);
     ImGui::TableNextColumn();
     ImGui::TextUnformatted(format_time(double(a.start_ns - m.min_ns())).c_str());
     ImGui::TableNextColumn();
-    if (a.end_ns == 0) ImGui::TextUnformatted("open");
-    else ImGui::TextUnformatted(format_duration(double(a.end_ns - a.start_ns)).c_str());
+    if (a.end_ns == 0)
+      ImGui::TextUnformatted("open");
+    else
+      ImGui::TextUnformatted(format_duration(double(a.end_ns - a.start_ns)).c_str());
     ImGui::TableNextColumn();
-    if (a.kind == wire::AlertKind::kDropBurst) ImGui::TextDisabled("-");
-    else ImGui::Text("%.1f%% (%.1fx)", a.peak_share * 100, a.peak_utilization);
+    if (a.kind == wire::AlertKind::kDropBurst)
+      ImGui::TextDisabled("-");
+    else
+      ImGui::Text("%.1f%% (%.1fx)", a.peak_share * 100, a.peak_utilization);
     if (clicked) {
       int64_t end = a.end_ns ? a.end_ns : m.max_ns();
       int64_t pad = (end - a.start_ns) / 10;

@@ -27,7 +27,8 @@ Cache g_cache;
 const wire::MemoryKind kStack[] = {wire::MemoryKind::kKvCache, wire::MemoryKind::kSsmState,
                                    wire::MemoryKind::kSsmCheckpoints};
 // Opaque, so a lane's fill is exactly its kind's colour (the screenshot test reads it).
-const ImU32 kColours[] = {IM_COL32(80, 150, 240, 255), IM_COL32(240, 150, 60, 255), IM_COL32(170, 110, 220, 255)};
+const ImU32 kColours[] = {IM_COL32(80, 150, 240, 255), IM_COL32(240, 150, 60, 255),
+                          IM_COL32(170, 110, 220, 255)};
 const char* kNames[] = {"KV cache", "SSM state", "SSM checkpoints"};
 
 void frame(AppState& s, ImDrawList* dl, ImVec2 q, ImVec2 sz) {
@@ -49,17 +50,23 @@ void draw_memory(AppState& s) {
   int64_t t0 = s.analysis_t0(), t1 = s.analysis_t1();
   ImVec2 avail = ImGui::GetContentRegionAvail();
   int points = std::clamp(static_cast<int>(avail.x / 3), 16, 600);
-  if (g_cache.generation != m.generation() || g_cache.t0 != t0 || g_cache.t1 != t1 || g_cache.rank != s.rank_filter ||
-      g_cache.points != points) {
-    g_cache = {m.generation(), t0, t1, s.rank_filter, points,
-               memory_series(m, t0, t1, points, s.rank_filter), prefix_hit_rate(m, t0, t1, std::max(8, points / 6), s.rank_filter)};
+  if (g_cache.generation != m.generation() || g_cache.t0 != t0 || g_cache.t1 != t1 ||
+      g_cache.rank != s.rank_filter || g_cache.points != points) {
+    g_cache = {m.generation(),
+               t0,
+               t1,
+               s.rank_filter,
+               points,
+               memory_series(m, t0, t1, points, s.rank_filter),
+               prefix_hit_rate(m, t0, t1, std::max(8, points / 6), s.rank_filter)};
   }
   const MemorySeries& ms = g_cache.mem;
   ImDrawList* dl = ImGui::GetWindowDrawList();
   const float lh = ImGui::GetTextLineHeightWithSpacing();
 
   // [SECTION] One lane per kind: used / capacity (0..100%), with the figures.
-  ImGui::Text("memory, each kind against its own capacity%s", s.rank_filter == kAllRanks ? " (all ranks)" : "");
+  ImGui::Text("memory, each kind against its own capacity%s",
+              s.rank_filter == kAllRanks ? " (all ranks)" : "");
   const size_t n = ms.t.size();
   const float lanes_h = std::max(60.0f, (ImGui::GetContentRegionAvail().y - 3 * lh) * 0.55f);
   const float gap = 4 * s.scale;
@@ -78,8 +85,9 @@ void draw_memory(AppState& s) {
     auto frac = [&](size_t i) { return cap[i] > 0 ? std::clamp(used[i] / cap[i], 0.0, 1.0) : 0.0; };
     auto PY = [&](double f) { return q.y + sz.y - static_cast<float>(f) * sz.y; };
     for (size_t i = 0; i + 1 < n; ++i)
-      dl->AddQuadFilled(ImVec2(PX(i), PY(0)), ImVec2(PX(i + 1), PY(0)), ImVec2(PX(i + 1), PY(frac(i + 1))),
-                        ImVec2(PX(i), PY(frac(i))), kColours[k]);
+      dl->AddQuadFilled(ImVec2(PX(i), PY(0)), ImVec2(PX(i + 1), PY(0)),
+                        ImVec2(PX(i + 1), PY(frac(i + 1))), ImVec2(PX(i), PY(frac(i))),
+                        kColours[k]);
     std::string label = kNames[k];
     double last_frac = 0;
     if (n > 0 && ms.has_kind[kind]) {
@@ -101,33 +109,41 @@ void draw_memory(AppState& s) {
     rect[3] = q.y + sz.y;
     s.memory_lane_fill[k] = static_cast<float>(last_frac);
     s.memory_lane_colour[k] = kColours[k];
-    if (ImGui::IsMouseHoveringRect(q, ImVec2(q.x + sz.x, q.y + sz.y)) && ImGui::IsWindowHovered()) hover_lane = k;
+    if (ImGui::IsMouseHoveringRect(q, ImVec2(q.x + sz.x, q.y + sz.y)) && ImGui::IsWindowHovered())
+      hover_lane = k;
   }
   ImGui::Dummy(ImVec2(lane_w, lanes_h));
   if (hover_lane >= 0 && n > 1) {
-    size_t i = std::min(n - 1, static_cast<size_t>((ImGui::GetIO().MousePos.x - top.x) / lane_w * (n - 1) + 0.5f));
+    size_t i = std::min(
+        n - 1, static_cast<size_t>((ImGui::GetIO().MousePos.x - top.x) / lane_w * (n - 1) + 0.5f));
     ImGui::BeginTooltip();
     ImGui::Text("t = %.3f s", ms.t[i]);
     for (int k = 0; k < 3; ++k)
-      ImGui::Text("%-22s %s / %s", kNames[k], format_bytes(ms.used[static_cast<size_t>(kStack[k])][i]).c_str(),
+      ImGui::Text("%-22s %s / %s", kNames[k],
+                  format_bytes(ms.used[static_cast<size_t>(kStack[k])][i]).c_str(),
                   format_bytes(ms.capacity[static_cast<size_t>(kStack[k])][i]).c_str());
     ImGui::EndTooltip();
   }
 
   // [SECTION] Prefix-cache hit rate, attention vs SSM
   const HitRateSeries& h = g_cache.hit;
-  auto pct = [](uint64_t hit, uint64_t queried) { return queried ? 100.0 * double(hit) / double(queried) : 0.0; };
-  ImGui::Text("prefix-cache hit rate: attention %.1f%%  ssm %.1f%%  (window totals)", pct(h.attention_hit, h.attention_queried),
-              pct(h.ssm_hit, h.ssm_queried));
+  auto pct = [](uint64_t hit, uint64_t queried) {
+    return queried ? 100.0 * double(hit) / double(queried) : 0.0;
+  };
+  ImGui::Text("prefix-cache hit rate: attention %.1f%%  ssm %.1f%%  (window totals)",
+              pct(h.attention_hit, h.attention_queried), pct(h.ssm_hit, h.ssm_queried));
   ImVec2 q = ImGui::GetCursorScreenPos();
   ImVec2 sz(avail.x - 70 * s.scale, std::max(40.0f, ImGui::GetContentRegionAvail().y - lh * 0.5f));
   frame(s, dl, q, sz);
   const size_t hn = h.t.size();
-  auto HX = [&](size_t i) { return q.x + sz.x * (float(i) + 0.5f) / float(std::max<size_t>(1, hn)); };
+  auto HX = [&](size_t i) {
+    return q.x + sz.x * (float(i) + 0.5f) / float(std::max<size_t>(1, hn));
+  };
   auto HY = [&](double v) { return q.y + sz.y - static_cast<float>(v) * (sz.y - 2); };
   auto line = [&](const std::vector<double>& v, ImU32 c) {
     for (size_t i = 1; i < v.size(); ++i)
-      if (!std::isnan(v[i - 1]) && !std::isnan(v[i])) dl->AddLine(ImVec2(HX(i - 1), HY(v[i - 1])), ImVec2(HX(i), HY(v[i])), c, 2.0f);
+      if (!std::isnan(v[i - 1]) && !std::isnan(v[i]))
+        dl->AddLine(ImVec2(HX(i - 1), HY(v[i - 1])), ImVec2(HX(i), HY(v[i])), c, 2.0f);
   };
   line(h.attention, kColours[0]);
   line(h.ssm, kColours[1]);

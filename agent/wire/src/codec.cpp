@@ -34,7 +34,9 @@ void put_u16(uint8_t* p, uint16_t v) {
 uint32_t get_u32(const uint8_t* p) {
   return uint32_t(p[0]) | uint32_t(p[1]) << 8 | uint32_t(p[2]) << 16 | uint32_t(p[3]) << 24;
 }
-uint16_t get_u16(const uint8_t* p) { return static_cast<uint16_t>(p[0] | p[1] << 8); }
+uint16_t get_u16(const uint8_t* p) {
+  return static_cast<uint16_t>(p[0] | p[1] << 8);
+}
 
 DecodeStatus fail(DecodeError error, std::string message) {
   return DecodeStatus{error, std::move(message)};
@@ -44,16 +46,26 @@ DecodeStatus fail(DecodeError error, std::string message) {
 
 const char* to_string(DecodeError error) {
   switch (error) {
-    case DecodeError::kOk: return "ok";
-    case DecodeError::kNeedMoreData: return "need more data";
-    case DecodeError::kBadMagic: return "bad magic";
-    case DecodeError::kUnsupportedVersion: return "unsupported version";
-    case DecodeError::kFrameTooLarge: return "frame too large";
-    case DecodeError::kChecksumMismatch: return "checksum mismatch";
-    case DecodeError::kDecompressFailed: return "decompression failed";
-    case DecodeError::kTruncatedRecord: return "truncated record";
-    case DecodeError::kMalformedRecord: return "malformed record";
-    case DecodeError::kRecordCountMismatch: return "record count mismatch";
+    case DecodeError::kOk:
+      return "ok";
+    case DecodeError::kNeedMoreData:
+      return "need more data";
+    case DecodeError::kBadMagic:
+      return "bad magic";
+    case DecodeError::kUnsupportedVersion:
+      return "unsupported version";
+    case DecodeError::kFrameTooLarge:
+      return "frame too large";
+    case DecodeError::kChecksumMismatch:
+      return "checksum mismatch";
+    case DecodeError::kDecompressFailed:
+      return "decompression failed";
+    case DecodeError::kTruncatedRecord:
+      return "truncated record";
+    case DecodeError::kMalformedRecord:
+      return "malformed record";
+    case DecodeError::kRecordCountMismatch:
+      return "record count mismatch";
   }
   return "unknown error";
 }
@@ -86,8 +98,8 @@ void FrameEncoder::finish(std::vector<uint8_t>& out) {
   std::span<const uint8_t> stored(payload_);
   if (options_.compress && payload_.size() >= options_.compress_min_bytes) {
     compressed_.resize(ZSTD_compressBound(payload_.size()));
-    size_t n = ZSTD_compress(compressed_.data(), compressed_.size(), payload_.data(),
-                             payload_.size(), 1);
+    size_t n =
+        ZSTD_compress(compressed_.data(), compressed_.size(), payload_.data(), payload_.size(), 1);
     if (!ZSTD_isError(n) && n < payload_.size()) {
       compressed_.resize(n);
       stored = compressed_;
@@ -129,9 +141,9 @@ DecodeStatus FrameDecoder::frame_size(std::span<const uint8_t> stream, size_t& f
     return fail(DecodeError::kBadMagic, "stream does not start with a frame (bad magic)");
   uint16_t version = get_u16(h + 4);
   if (version != kProtocolVersion)
-    return fail(DecodeError::kUnsupportedVersion,
-                "frame version " + std::to_string(version) + ", this build speaks " +
-                    std::to_string(kProtocolVersion));
+    return fail(DecodeError::kUnsupportedVersion, "frame version " + std::to_string(version) +
+                                                      ", this build speaks " +
+                                                      std::to_string(kProtocolVersion));
   uint64_t total = uint64_t(kFrameHeaderBytes) + get_u32(h + 8);
   if (total > options_.max_frame_bytes || get_u32(h + 12) > options_.max_frame_bytes)
     return fail(DecodeError::kFrameTooLarge, "frame of " + std::to_string(total) +
@@ -154,9 +166,8 @@ DecodeStatus FrameDecoder::open(std::span<const uint8_t> frame) {
                    "frame truncated: " + std::to_string(frame.size()) + " bytes present");
   if (!status_.ok()) return status_;
   if (size != frame.size()) {
-    status_ = fail(DecodeError::kMalformedRecord, "frame has " +
-                                                     std::to_string(frame.size() - size) +
-                                                     " trailing bytes");
+    status_ = fail(DecodeError::kMalformedRecord,
+                   "frame has " + std::to_string(frame.size() - size) + " trailing bytes");
     return status_;
   }
   const uint8_t* h = frame.data();
@@ -179,8 +190,8 @@ DecodeStatus FrameDecoder::open(std::span<const uint8_t> frame) {
   }
   if (header_.flags & kFlagZstd) {
     decompressed_.resize(header_.raw_bytes);
-    size_t n = ZSTD_decompress(decompressed_.data(), decompressed_.size(), stored.data(),
-                               stored.size());
+    size_t n =
+        ZSTD_decompress(decompressed_.data(), decompressed_.size(), stored.data(), stored.size());
     if (ZSTD_isError(n) || n != header_.raw_bytes) {
       status_ = fail(DecodeError::kDecompressFailed,
                      std::string("zstd: ") +
@@ -197,7 +208,8 @@ DecodeStatus FrameDecoder::open(std::span<const uint8_t> frame) {
   }
   // A record takes at least two bytes, so the count is bounded by the payload.
   if (header_.record_count > payload_.size() / 2 + 1) {
-    status_ = fail(DecodeError::kRecordCountMismatch, "record count larger than the payload allows");
+    status_ =
+        fail(DecodeError::kRecordCountMismatch, "record count larger than the payload allows");
     return status_;
   }
   return status_;
@@ -231,8 +243,10 @@ bool FrameDecoder::next(Record& out) {
     }
     std::string why;
     switch (decode_body(tag, body, previous_ns_, out, why)) {
-      case BodyResult::kOk: return true;
-      case BodyResult::kSkipped: continue;  // a newer record kind: forward compatible
+      case BodyResult::kOk:
+        return true;
+      case BodyResult::kSkipped:
+        continue;  // a newer record kind: forward compatible
       case BodyResult::kError:
         status_ = fail(DecodeError::kMalformedRecord,
                        "record " + std::to_string(records_read_ - 1) + " (" +

@@ -18,13 +18,17 @@ namespace {
 
 constexpr int64_t kNoWindow = INT64_MIN;
 
-int64_t floor_div(int64_t a, int64_t b) { return a / b - ((a % b != 0) && ((a < 0) != (b < 0))); }
+int64_t floor_div(int64_t a, int64_t b) {
+  return a / b - ((a % b != 0) && ((a < 0) != (b < 0)));
+}
 
-double seconds(int64_t ns) { return static_cast<double>(ns) * 1e-9; }
+double seconds(int64_t ns) {
+  return static_cast<double>(ns) * 1e-9;
+}
 
 const Histogram::BucketBoundaries& stage_buckets() {
-  static const Histogram::BucketBoundaries b{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-                                             0.1,    0.25,  0.5,    1,     2.5,  5,     10, 30};
+  static const Histogram::BucketBoundaries b{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                             0.25,   0.5,   1,      2.5,   5,    10,    30};
   return b;
 }
 const Histogram::BucketBoundaries& ttft_buckets() {
@@ -65,7 +69,8 @@ std::optional<uint32_t> moe_layer_of(const std::string& range) {
   const char* end = range.data() + range.size();
   auto [ptr, ec] = std::from_chars(begin, end, layer);
   if (ec != std::errc() || ptr == begin || (ptr != end && *ptr != '.')) return std::nullopt;
-  if (need_moe_suffix && range.find("+moe", static_cast<size_t>(ptr - range.data())) == std::string::npos)
+  if (need_moe_suffix &&
+      range.find("+moe", static_cast<size_t>(ptr - range.data())) == std::string::npos)
     return std::nullopt;
   if (layer >= wire::kMaxLayers) return std::nullopt;
   return layer;
@@ -101,7 +106,7 @@ struct Aggregator::Rank {
   std::array<Counter*, 2> prefix_queried{}, prefix_hit{};
   std::array<Histogram*, wire::kStageCount> stage_hist{};
   std::array<Counter*, wire::kStageCount> stage_gpu{};  // created by the first measured GPU time
-  std::array<Counter*, 2> ckpt_evictions{};              // [reused]; created by the first report
+  std::array<Counter*, 2> ckpt_evictions{};             // [reused]; created by the first report
   Histogram *ttft = nullptr, *tpot = nullptr, *e2e = nullptr;
   std::array<Counter*, 4> requests{};
   std::array<Counter*, 4> tokens{};
@@ -183,7 +188,8 @@ Aggregator::Rank* Aggregator::rank_for(Model& model, uint32_t rank, const std::s
   const char* statuses[4] = {"ok", "cancelled", "error", "rejected"};
   for (int s = 0; s < 4; ++s) r->requests[s] = &metrics_.requests.Add(with("status", statuses[s]));
   const char* token_kinds[4] = {"prompt", "output", "image", "cached"};
-  for (int k = 0; k < 4; ++k) r->tokens[k] = &metrics_.request_tokens.Add(with("kind", token_kinds[k]));
+  for (int k = 0; k < 4; ++k)
+    r->tokens[k] = &metrics_.request_tokens.Add(with("kind", token_kinds[k]));
   r->agent_sent = &metrics_.agent_sent.Add(base);
   r->agent_reconnects = &metrics_.agent_reconnects.Add(base);
   r->agent_unconfirmed = &metrics_.agent_unconfirmed.Add(base);
@@ -207,7 +213,8 @@ void Aggregator::on_connect(const Source& source) {
     model->placement.reset();
   }
   model->world_size = std::max(model->world_size, source.hello.world_size);
-  if (Rank* rank = rank_for(*model, source.hello.rank, source.rank)) rank->agent_connected->Increment();
+  if (Rank* rank = rank_for(*model, source.hello.rank, source.rank))
+    rank->agent_connected->Increment();
 }
 
 void Aggregator::on_disconnect(const Source& source) {
@@ -221,7 +228,8 @@ void Aggregator::on_disconnect(const Source& source) {
   if (rank.agent_connected->Value() > 0) return;
   // The rank's last agent left: its episodes end now (their series go away), and
   // what it sent in the current window is dropped, not judged as a short window.
-  const int64_t end = model.window == kNoWindow ? last_record_ns_ : model.window * options_.window_ns;
+  const int64_t end =
+      model.window == kNoWindow ? last_record_ns_ : model.window * options_.window_ns;
   for (uint32_t i = 0; i < rank.layers.size(); ++i) {
     if (!rank.layers[i]) continue;
     Layer& layer = *rank.layers[i];
@@ -272,7 +280,8 @@ void Aggregator::close_window(Model& model) {
   if (model.placement) {
     const uint32_t ranks = model.placement->ranks;
     const uint32_t redundant = static_cast<uint32_t>(
-        options_.eplb_redundant >= 0 ? std::min<int64_t>(options_.eplb_redundant, wire::kMaxExperts) : ranks);
+        options_.eplb_redundant >= 0 ? std::min<int64_t>(options_.eplb_redundant, wire::kMaxExperts)
+                                     : ranks);
     for (auto& [layer, acc] : model.placement_acc) {
       const auto& table = model.placement->for_layer(layer);
       RankLoad rl = compute_rank_load(acc, table, ranks);
@@ -285,7 +294,8 @@ void Aggregator::close_window(Model& model) {
       auto& eplb_gauges = model.eplb_util[layer];
       if (gauges.empty()) {
         for (uint32_t r = 0; r < ranks; ++r) {
-          const Labels l{{"model", model.name}, {"rank", std::to_string(r)}, {"layer", layer_label}};
+          const Labels l{
+              {"model", model.name}, {"rank", std::to_string(r)}, {"layer", layer_label}};
           gauges.push_back(&metrics_.ep_rank_utilization.Add(l));
           eplb_gauges.push_back(&metrics_.eplb_rank_utilization.Add(l));
         }
@@ -306,7 +316,8 @@ void Aggregator::close_window(Model& model) {
   }
   if (model.ep) {
     std::vector<wire::AlertEpisode> alerts;
-    model.ep->close_window(start, end, ep_layers, model.placement ? model.placement->ranks : 0, alerts);
+    model.ep->close_window(start, end, ep_layers, model.placement ? model.placement->ranks : 0,
+                           alerts);
     for (auto& a : alerts) emit(std::move(a));
   }
   for (auto& [layer, acc] : model.placement_acc) std::fill(acc.begin(), acc.end(), 0);
@@ -344,8 +355,11 @@ void Aggregator::publish(Model& model, Rank& rank, Layer& layer, uint32_t index,
   const int kind = static_cast<int>(ev.kind);
   const bool per_expert = ev.kind != wire::AlertKind::kDropBurst;
   if (ev.opened) {
-    metrics_.episodes_total.Add({{"model", model.name}, {"rank", rank.label},
-                                 {"layer", std::to_string(index)}, {"kind", kKindLabel[kind]}})
+    metrics_.episodes_total
+        .Add({{"model", model.name},
+              {"rank", rank.label},
+              {"layer", std::to_string(index)},
+              {"kind", kKindLabel[kind]}})
         .Increment();
     if (per_expert) {
       if (episode_series_ < options_.max_episode_series) {
@@ -411,7 +425,8 @@ void Aggregator::on_expert_load(const Source& source, Model& model, const wire::
     l.experts = experts;
     l.acc.assign(experts, 0);
     l.detector = std::make_unique<LayerDetector>(options_, experts);
-    l.labels = {{"model", model.name}, {"rank", rank->label}, {"layer", std::to_string(load.layer)}};
+    l.labels = {
+        {"model", model.name}, {"rank", rank->label}, {"layer", std::to_string(load.layer)}};
     l.routed = &metrics_.routed_tokens.Add(l.labels);
     l.dropped = &metrics_.dropped_tokens.Add(l.labels);
     l.rerouted = &metrics_.rerouted_tokens.Add(l.labels);
@@ -575,9 +590,9 @@ bool Aggregator::on_record(const Source& source, const wire::Record& record, std
       const auto& c = std::get<wire::CounterSample>(record);
       if (c.is_gauge || !(c.value >= 0)) break;
       const std::string& name = source.string(c.name_id);
-      int reused = name == wire::counter_names::kSsmCheckpointsEvictedUnused  ? 0
+      int reused = name == wire::counter_names::kSsmCheckpointsEvictedUnused   ? 0
                    : name == wire::counter_names::kSsmCheckpointsEvictedReused ? 1
-                                                                                : -1;
+                                                                               : -1;
       if (reused < 0) break;
       Rank* r = rank();
       if (r == nullptr) break;
@@ -592,9 +607,10 @@ bool Aggregator::on_record(const Source& source, const wire::Record& record, std
       Rank* r = rank();
       if (r == nullptr) break;
       constexpr size_t kMaxAgentsTracked = 4096;
-      std::string agent = source.hello.host + '|' + source.hello.instance + '|' +
-                          std::to_string(source.hello.pid);
-      if (health_.size() >= kMaxAgentsTracked && !health_.count(agent)) health_.erase(health_.begin());
+      std::string agent =
+          source.hello.host + '|' + source.hello.instance + '|' + std::to_string(source.hello.pid);
+      if (health_.size() >= kMaxAgentsTracked && !health_.count(agent))
+        health_.erase(health_.begin());
       wire::AgentHealth& last = health_[agent];
       // Cumulative values; a smaller one means the agent restarted its counts.
       auto delta = [](uint64_t now, uint64_t before) { return now >= before ? now - before : now; };
@@ -607,7 +623,8 @@ bool Aggregator::on_record(const Source& source, const wire::Record& record, std
         if (d == 0) continue;
         if (r->agent_dropped[k] == nullptr)
           r->agent_dropped[k] = &metrics_.agent_dropped.Add(
-              {{"model", model->name}, {"rank", r->label},
+              {{"model", model->name},
+               {"rank", r->label},
                {"kind", wire::to_string(static_cast<wire::RecordKind>(k))}});
         r->agent_dropped[k]->Increment(static_cast<double>(d));
       }

@@ -70,7 +70,8 @@ struct IngestServer::Connection : std::enable_shared_from_this<IngestServer::Con
   // server's FrameBudget (the before-hello share while there is no hello).
   // False, and nothing changed, when the budget cannot cover it.
   bool resize_buffer(size_t n) {
-    if (!server.budget_.set(share, n > kReadChunk ? n - kReadChunk : 0, session.source_id == 0)) return false;
+    if (!server.budget_.set(share, n > kReadChunk ? n - kReadChunk : 0, session.source_id == 0))
+      return false;
     if (n > buffer.size()) {
       buffer.reserve(n);  // exactly n: what is charged is what is allocated
       buffer.resize(n);
@@ -110,7 +111,8 @@ struct IngestServer::Connection : std::enable_shared_from_this<IngestServer::Con
     if (ec) {
       if (end > begin) {
         // The peer went away inside a frame (it died mid-write): count the torn frame.
-        reject("truncated", "it closed inside a frame (" + std::to_string(end - begin) + " bytes of it received)");
+        reject("truncated", "it closed inside a frame (" + std::to_string(end - begin) +
+                                " bytes of it received)");
         return;
       }
       shutdown();
@@ -297,8 +299,9 @@ void IngestServer::accept(std::shared_ptr<typename Protocol::acceptor> acceptor)
     if (!ec) {
       if (live_.size() >= options_.max_connections) {
         metrics_.rejected("connection_limit").Increment();
-        log_limited_.write("connection_limit", "refusing a connection: " + std::to_string(live_.size()) +
-                                                   " agents connected (--max-connections)");
+        log_limited_.write("connection_limit",
+                           "refusing a connection: " + std::to_string(live_.size()) +
+                               " agents connected (--max-connections)");
         std::error_code ignored;
         socket->close(ignored);
       } else {
@@ -403,7 +406,8 @@ void IngestServer::drain(std::chrono::milliseconds deadline, std::function<void(
   drain_timer_.async_wait([this](std::error_code ec) {
     if (ec) return;
     auto late = live_;
-    for (auto& c : late) c->reject("drain_deadline", "it did not close its side within the drain deadline");
+    for (auto& c : late)
+      c->reject("drain_deadline", "it did not close its side within the drain deadline");
 
     check_drained();
   });

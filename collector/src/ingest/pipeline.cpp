@@ -126,9 +126,9 @@ bool Pipeline::on_frame(Session& session, std::span<const uint8_t> frame, Reject
           source = &sources_.add(h);
           session.source_id = source->id;
           metrics_.connections.Increment();
-          connection_log_.write("source", "source " + std::to_string(source->id) + " (" + session.peer +
-                                              "): " + h.service + " " + h.instance + " model " + source->model +
-                                              " rank " + source->rank);
+          connection_log_.write("source", "source " + std::to_string(source->id) + " (" +
+                                              session.peer + "): " + h.service + " " + h.instance +
+                                              " model " + source->model + " rank " + source->rank);
         } else {
           // A re-sent hello (the agent's set_model) replaces the description.
           aggregator_.on_disconnect(*source);

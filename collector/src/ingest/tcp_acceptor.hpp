@@ -3,10 +3,9 @@
 // errors the same way.
 #pragma once
 
+#include <asio.hpp>
 #include <memory>
 #include <string>
-
-#include <asio.hpp>
 
 #include "inferscope/collector/endpoint.hpp"
 
@@ -21,8 +20,9 @@ inline std::shared_ptr<asio::ip::tcp::acceptor> open_tcp_acceptor(asio::io_conte
                                                                   std::string& error) {
   std::error_code ec;
   asio::ip::tcp::resolver resolver(io);
-  auto results = resolver.resolve(endpoint.host, std::to_string(endpoint.port),
-                                  asio::ip::resolver_base::passive | asio::ip::resolver_base::numeric_service, ec);
+  auto results = resolver.resolve(
+      endpoint.host, std::to_string(endpoint.port),
+      asio::ip::resolver_base::passive | asio::ip::resolver_base::numeric_service, ec);
   if (ec || results.empty()) {
     error = "cannot resolve the host: " + ec.message();
     return nullptr;

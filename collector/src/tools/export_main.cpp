@@ -1,10 +1,9 @@
 // inferscope-export: trace segments -> Chrome Trace Event JSON (opens in Perfetto).
 // Exit status (docs/cli.md): 2 for a bad command line, 1 when the input cannot
 // be read or the output written, 0 on success.
+#include <CLI/CLI.hpp>
 #include <fstream>
 #include <iostream>
-
-#include <CLI/CLI.hpp>
 
 #include "inferscope/cli/exit_status.hpp"
 #include "inferscope/collector/chrome_export.hpp"
@@ -14,10 +13,12 @@ using namespace inferscope::collector;
 int main(int argc, char** argv) {
   std::string input, output;
   double from_s = -1, to_s = -1;
-  CLI::App app{"inferscope-export: a trace file or a collector --trace-dir to Chrome Trace Event JSON"};
+  CLI::App app{
+      "inferscope-export: a trace file or a collector --trace-dir to Chrome Trace Event JSON"};
   app.add_option("input", input, "trace file (.istrace) or trace directory")->required();
   app.add_option("-o,--output", output, "output JSON file")->required();
-  app.add_option("--from", from_s, "keep events ending at or after this time (s, agents' monotonic clock)");
+  app.add_option("--from", from_s,
+                 "keep events ending at or after this time (s, agents' monotonic clock)");
   app.add_option("--to", to_s, "keep events starting at or before this time (s)");
   if (auto status = inferscope::cli::parse(app, "inferscope-export", argc, argv)) return *status;
   if (from_s >= 0 && to_s >= 0 && to_s < from_s)

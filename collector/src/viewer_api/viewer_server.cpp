@@ -1,9 +1,9 @@
 #include "inferscope/collector/viewer_server.hpp"
 
+#include <deque>
+
 #include "../ingest/tcp_acceptor.hpp"
 #include "inferscope/collector/range_query.hpp"
-
-#include <deque>
 
 namespace inferscope::collector {
 
@@ -106,7 +106,8 @@ struct ViewerServer::Session : std::enable_shared_from_this<ViewerServer::Sessio
       used += n;
       wire::Record r;
       while (dec.next(r))
-        if (auto* q = std::get_if<wire::RangeQuery>(&r)) server.submit_query(shared_from_this(), *q);
+        if (auto* q = std::get_if<wire::RangeQuery>(&r))
+          server.submit_query(shared_from_this(), *q);
       if (!dec.status().ok()) {
         close("bad record from the viewer: " + dec.status().message);
         return false;
@@ -168,8 +169,8 @@ struct ViewerServer::Session : std::enable_shared_from_this<ViewerServer::Sessio
   }
 };
 
-ViewerServer::ViewerServer(asio::io_context& io, const CollectorOptions& options, Pipeline& pipeline,
-                           CollectorMetrics& metrics, Log log)
+ViewerServer::ViewerServer(asio::io_context& io, const CollectorOptions& options,
+                           Pipeline& pipeline, CollectorMetrics& metrics, Log log)
     : io_(io),
       options_(options),
       pipeline_(pipeline),
@@ -205,7 +206,8 @@ void ViewerServer::accept() {
     if (ec == asio::error::operation_aborted || !acceptor->is_open()) return;
     if (!ec) {
       if (live_.size() >= options_.max_viewers) {
-        log_limited_.write("viewer_limit", "refusing a viewer: " + std::to_string(live_.size()) + " connected (limit)");
+        log_limited_.write("viewer_limit", "refusing a viewer: " + std::to_string(live_.size()) +
+                                               " connected (limit)");
         std::error_code ignored;
         socket.close(ignored);
       } else {
@@ -223,7 +225,8 @@ void ViewerServer::broadcast(const SharedFrame& frame) {
   for (const auto& s : live_) s->push(frame);
 }
 
-void ViewerServer::submit_query(const std::shared_ptr<Session>& session, const wire::RangeQuery& query) {
+void ViewerServer::submit_query(const std::shared_ptr<Session>& session,
+                                const wire::RangeQuery& query) {
   {
     std::lock_guard<std::mutex> lock(query_mu_);
     if (queries_.size() < kMaxPendingQueries && !query_stop_) {
@@ -259,8 +262,8 @@ void ViewerServer::run_queries() {
     auto reply = std::make_shared<RangeReply>();
     answer_range(store_, p.query, *reply);
     if (reply->end.status != wire::RangeStatus::kOk)
-      log_limited_.write("range_query",
-                         "range query " + std::to_string(p.query.query_id) + ": " + reply->end.message);
+      log_limited_.write("range_query", "range query " + std::to_string(p.query.query_id) + ": " +
+                                            reply->end.message);
     asio::post(io_, [weak = p.session, reply] {
       if (auto s = weak.lock()) s->push_reply(reply->frames);
     });

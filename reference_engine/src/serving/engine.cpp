@@ -15,7 +15,9 @@
 namespace inferscope::engine {
 
 namespace {
-int64_t now_ns() { return agent::now_ns(); }
+int64_t now_ns() {
+  return agent::now_ns();
+}
 
 uint64_t hash_pixels(const std::vector<float>& px) {
   uint64_t h = 0xcbf29ce484222325ull;
@@ -51,7 +53,9 @@ class Engine::Observer final : public ForwardObserver {
     r.dropped += c.dropped;
     r.rerouted += c.rerouted;
     r.steps++;
-    if (total > 0) r.imbalance_sum += static_cast<double>(mx) * static_cast<double>(c.routed.size()) / static_cast<double>(total);
+    if (total > 0)
+      r.imbalance_sum += static_cast<double>(mx) * static_cast<double>(c.routed.size()) /
+                         static_cast<double>(total);
     if (telemetry_) telemetry_->moe_routed(layer, c, tokens);
   }
   void ep_phase_begin(int32_t layer, EpPhase phase) override {
@@ -61,7 +65,8 @@ class Engine::Observer final : public ForwardObserver {
     if (telemetry_) telemetry_->ep_phase_end(layer, phase);
   }
   void ep_layer(const EpLayerStats& st) override {
-    if (stats_.ep_layers.size() <= static_cast<size_t>(st.layer)) stats_.ep_layers.resize(static_cast<size_t>(st.layer) + 1);
+    if (stats_.ep_layers.size() <= static_cast<size_t>(st.layer))
+      stats_.ep_layers.resize(static_cast<size_t>(st.layer) + 1);
     LayerExpertParallel& e = stats_.ep_layers[static_cast<size_t>(st.layer)];
     e.dispatch_ns += st.dispatch_ns;
     e.compute_ns += st.compute_ns;
@@ -80,14 +85,14 @@ class Engine::Observer final : public ForwardObserver {
 // [SECTION] Sequences
 struct Engine::Seq {
   Request req;
-  std::vector<int32_t> tokens;     // prompt, then generated tokens
-  std::vector<uint64_t> hashes;    // chain hashes of the prompt's full blocks
+  std::vector<int32_t> tokens;   // prompt, then generated tokens
+  std::vector<uint64_t> hashes;  // chain hashes of the prompt's full blocks
   int32_t prompt_len = 0;
-  int32_t image_tokens = 0;        // positions 1..image_tokens hold the image
+  int32_t image_tokens = 0;  // positions 1..image_tokens hold the image
   std::vector<int32_t> blocks;
-  int32_t registered = 0;          // leading blocks registered in the prefix cache
+  int32_t registered = 0;  // leading blocks registered in the prefix cache
   int32_t state_slot = -1;
-  int32_t computed = 0;            // positions whose KV / state is computed
+  int32_t computed = 0;  // positions whose KV / state is computed
   int32_t generated = 0;
   Buffer image_embeddings;
   std::mt19937_64 rng;
@@ -103,18 +108,23 @@ Engine::Engine(Model& model, Telemetry* telemetry, EngineOptions options)
       config_(model.config()),
       footprint_(model.footprint()),
       blocks_(config_.cache.num_blocks, config_.cache.block_size),
-      checkpoints_(config_.has_ssm() && config_.cache.ssm_checkpoint_interval > 0 ? config_.cache.max_checkpoints
-                                                                                   : 0) {
+      checkpoints_(config_.has_ssm() && config_.cache.ssm_checkpoint_interval > 0
+                       ? config_.cache.max_checkpoints
+                       : 0) {
   for (int32_t s = config_.cache.max_seqs - 1; s >= 0; --s) free_state_slots_.push_back(s);
   stats_.layers.resize(static_cast<size_t>(config_.n_layers()));
   for (int32_t l = 0; l < config_.n_layers(); ++l)
-    if (config_.is_moe(l)) stats_.layers[static_cast<size_t>(l)].routed.assign(static_cast<size_t>(config_.moe.experts), 0);
+    if (config_.is_moe(l))
+      stats_.layers[static_cast<size_t>(l)].routed.assign(static_cast<size_t>(config_.moe.experts),
+                                                          0);
   batch_.clear();
   observer_ = std::make_unique<Observer>(stats_, telemetry_);
   report_memory(true);
 }
 
-Engine::~Engine() { report_memory(true); }  // final memory levels and prefix deltas
+Engine::~Engine() {
+  report_memory(true);
+}  // final memory levels and prefix deltas
 
 void Engine::submit(Request r) {
   auto s = std::make_unique<Seq>();
@@ -125,7 +135,8 @@ void Engine::submit(Request r) {
   std::vector<uint64_t> keys{static_cast<uint64_t>(kBos)};
   if (!r.image.empty()) {
     const auto& v = config_.vision;
-    if (!v.enabled) throw std::invalid_argument("request has an image but the model has no vision encoder");
+    if (!v.enabled)
+      throw std::invalid_argument("request has an image but the model has no vision encoder");
     if (r.image.size() != static_cast<size_t>(v.image_size) * v.image_size * 3)
       throw std::invalid_argument("request image must be image_size x image_size x 3 pixels");
     s->image_tokens = v.tokens();
@@ -318,7 +329,8 @@ bool Engine::step() {
     std::optional<agent::ScopedRange> r_backbone, r_phase;
     if (telemetry_) {
       r_backbone.emplace(telemetry_->agent(), telemetry_->id_backbone);
-      r_phase.emplace(telemetry_->agent(), has_prefill ? telemetry_->id_prefill : telemetry_->id_decode);
+      r_phase.emplace(telemetry_->agent(),
+                      has_prefill ? telemetry_->id_prefill : telemetry_->id_decode);
     }
     model_.forward(batch_, logits_, observer_.get());
   }
@@ -344,13 +356,17 @@ bool Engine::step() {
     const bool was_prefill = s.prefilling();
     s.computed += batch_rows_[i];
     if (was_prefill) {
-      const int32_t full = std::min<int32_t>(s.computed / bs, static_cast<int32_t>(s.hashes.size()));
+      const int32_t full =
+          std::min<int32_t>(s.computed / bs, static_cast<int32_t>(s.hashes.size()));
       if (config_.cache.prefix_caching)
         for (; s.registered < full; ++s.registered)
-          blocks_.register_block(s.blocks[static_cast<size_t>(s.registered)], s.hashes[static_cast<size_t>(s.registered)]);
-      if (interval > 0 && s.computed % interval == 0 && s.computed / bs <= static_cast<int32_t>(s.hashes.size())) {
+          blocks_.register_block(s.blocks[static_cast<size_t>(s.registered)],
+                                 s.hashes[static_cast<size_t>(s.registered)]);
+      if (interval > 0 && s.computed % interval == 0 &&
+          s.computed / bs <= static_cast<int32_t>(s.hashes.size())) {
         bool fresh = false;
-        int32_t slot = checkpoints_.insert(s.hashes[static_cast<size_t>(s.computed / bs - 1)], &fresh);
+        int32_t slot =
+            checkpoints_.insert(s.hashes[static_cast<size_t>(s.computed / bs - 1)], &fresh);
         if (slot >= 0 && fresh) {
           model_.save_checkpoint(s.state_slot, slot);
           stats_.checkpoints_saved++;
@@ -362,7 +378,9 @@ bool Engine::step() {
       ++logit_index;
       if (was_prefill) {
         s.result.prefill_ns = t_done - s.prefill_start;
-        if (telemetry_) telemetry_->agent().stage(s.req.id, wire::Stage::kBackbonePrefill, s.prefill_start, t_done);
+        if (telemetry_)
+          telemetry_->agent().stage(s.req.id, wire::Stage::kBackbonePrefill, s.prefill_start,
+                                    t_done);
         s.decode_start = t_done;
         s.result.event.first_token_ns = t_done;
         if (options_.keep_logits) s.result.logits.emplace_back(l, l + kVocab);
@@ -457,9 +475,12 @@ std::vector<RequestResult> Engine::take_finished() {
 // [SECTION] Telemetry
 void Engine::report_memory(bool force) {
   const size_t kv = static_cast<size_t>(blocks_.used()) * footprint_.kv_bytes_per_block;
-  const size_t ssm = (static_cast<size_t>(config_.cache.max_seqs) - free_state_slots_.size()) * footprint_.ssm_bytes_per_slot;
+  const size_t ssm = (static_cast<size_t>(config_.cache.max_seqs) - free_state_slots_.size()) *
+                     footprint_.ssm_bytes_per_slot;
   const size_t ckpt_slot_bytes =
-      checkpoints_.slots() > 0 ? footprint_.ssm_checkpoints / static_cast<size_t>(checkpoints_.slots()) : 0;
+      checkpoints_.slots() > 0
+          ? footprint_.ssm_checkpoints / static_cast<size_t>(checkpoints_.slots())
+          : 0;
   const size_t ckpt = static_cast<size_t>(checkpoints_.used()) * ckpt_slot_bytes;
   stats_.peak_kv_bytes = std::max(stats_.peak_kv_bytes, kv);
   stats_.peak_ssm_bytes = std::max(stats_.peak_ssm_bytes, ssm);
@@ -470,17 +491,21 @@ void Engine::report_memory(bool force) {
   auto& a = telemetry_->agent();
   // Checkpoint evictions as counter deltas; the first report sends zeros so the
   // collector's series exist (and rate() sees the first eviction).
-  if (checkpoints_.slots() > 0 && (force || stats_.checkpoints_evicted_unused != sent_evictions_[0] ||
-                                   stats_.checkpoints_evicted_reused != sent_evictions_[1])) {
-    a.counter(telemetry_->id_ckpt_evicted_unused, double(stats_.checkpoints_evicted_unused - sent_evictions_[0]));
-    a.counter(telemetry_->id_ckpt_evicted_reused, double(stats_.checkpoints_evicted_reused - sent_evictions_[1]));
+  if (checkpoints_.slots() > 0 &&
+      (force || stats_.checkpoints_evicted_unused != sent_evictions_[0] ||
+       stats_.checkpoints_evicted_reused != sent_evictions_[1])) {
+    a.counter(telemetry_->id_ckpt_evicted_unused,
+              double(stats_.checkpoints_evicted_unused - sent_evictions_[0]));
+    a.counter(telemetry_->id_ckpt_evicted_reused,
+              double(stats_.checkpoints_evicted_reused - sent_evictions_[1]));
     sent_evictions_[0] = stats_.checkpoints_evicted_unused;
     sent_evictions_[1] = stats_.checkpoints_evicted_reused;
   }
   // Prefix-cache deltas whenever lookups happened (only on admissions).
   if (stats_.attention_queried != sent_prefix_[0] || stats_.ssm_queried != sent_prefix_[2]) {
-    a.prefix_cache(stats_.attention_queried - sent_prefix_[0], stats_.attention_hit - sent_prefix_[1],
-                   stats_.ssm_queried - sent_prefix_[2], stats_.ssm_hit - sent_prefix_[3]);
+    a.prefix_cache(stats_.attention_queried - sent_prefix_[0],
+                   stats_.attention_hit - sent_prefix_[1], stats_.ssm_queried - sent_prefix_[2],
+                   stats_.ssm_hit - sent_prefix_[3]);
     sent_prefix_[0] = stats_.attention_queried;
     sent_prefix_[1] = stats_.attention_hit;
     sent_prefix_[2] = stats_.ssm_queried;

@@ -18,7 +18,8 @@ std::vector<uint64_t> block_hashes(std::span<const uint64_t> keys, int32_t block
   std::vector<uint64_t> out;
   uint64_t h = 0x243f6a8885a308d3ull;
   for (size_t b = 0; (b + 1) * static_cast<size_t>(block_size) <= keys.size(); ++b) {
-    for (int32_t i = 0; i < block_size; ++i) h = mix(h, keys[b * static_cast<size_t>(block_size) + static_cast<size_t>(i)]);
+    for (int32_t i = 0; i < block_size; ++i)
+      h = mix(h, keys[b * static_cast<size_t>(block_size) + static_cast<size_t>(i)]);
     h = mix(h, 0xb10cull + b);
     out.push_back(h | 1);  // never 0
   }
@@ -39,7 +40,8 @@ int32_t BlockManager::cached_prefix(std::span<const uint64_t> hashes) const {
   return n;
 }
 
-void BlockManager::acquire_cached(std::span<const uint64_t> hashes, int32_t n, std::vector<int32_t>& out) {
+void BlockManager::acquire_cached(std::span<const uint64_t> hashes, int32_t n,
+                                  std::vector<int32_t>& out) {
   for (int32_t i = 0; i < n; ++i) {
     auto it = by_hash_.find(hashes[static_cast<size_t>(i)]);
     if (it == by_hash_.end()) throw std::logic_error("acquire_cached: block not cached");

@@ -5,14 +5,16 @@
 
 namespace inferscope::engine {
 
-Telemetry::Telemetry(agent::Config config, const ModelConfig& model, const ExpertPlacement& placement) {
+Telemetry::Telemetry(agent::Config config, const ModelConfig& model,
+                     const ExpertPlacement& placement) {
   config.model = model.describe();
   if (placement.ranks > 1) {
     config.model.expert_to_rank = placement.expert_to_rank();
     config.rank = static_cast<uint32_t>(placement.rank);
     config.world_size = static_cast<uint32_t>(placement.ranks);
   }
-  if (config.service.empty() || config.service == "inferscope") config.service = "inferscope-engine";
+  if (config.service.empty() || config.service == "inferscope")
+    config.service = "inferscope-engine";
   agent_ = std::make_unique<agent::Agent>(std::move(config));
   id_step = agent::intern("engine.step");
   id_backbone = agent::intern("backbone");
@@ -25,7 +27,8 @@ Telemetry::Telemetry(agent::Config config, const ModelConfig& model, const Exper
   id_ckpt_evicted_unused = agent::intern(wire::counter_names::kSsmCheckpointsEvictedUnused);
   id_ckpt_evicted_reused = agent::intern(wire::counter_names::kSsmCheckpointsEvictedReused);
   for (int32_t l = 0; l < model.n_layers(); ++l) {
-    std::string name = "layer." + std::to_string(l) + (model.is_attention(l) ? ".attention" : ".ssm") +
+    std::string name = "layer." + std::to_string(l) +
+                       (model.is_attention(l) ? ".attention" : ".ssm") +
                        (model.is_moe(l) ? "+moe" : "+dense");
     layer_names_.push_back(agent::intern(name));
   }
@@ -45,11 +48,13 @@ void Telemetry::layer_begin(int32_t layer) {
   layer_range_.emplace(*agent_, layer_names_[static_cast<size_t>(layer)]);
 }
 
-void Telemetry::layer_end(int32_t) { layer_range_.reset(); }
+void Telemetry::layer_end(int32_t) {
+  layer_range_.reset();
+}
 
 void Telemetry::moe_routed(int32_t layer, const RouteCounts& counts, int32_t tokens) {
-  agent_->expert_load(step_, static_cast<uint32_t>(layer), counts.routed, static_cast<uint32_t>(tokens),
-                      counts.dropped, counts.rerouted);
+  agent_->expert_load(step_, static_cast<uint32_t>(layer), counts.routed,
+                      static_cast<uint32_t>(tokens), counts.dropped, counts.rerouted);
 }
 
 }  // namespace inferscope::engine
@@ -61,7 +66,9 @@ void Telemetry::ep_phase_begin(int32_t, EpPhase phase) {
   ep_range_.emplace(*agent_, ep_names_[static_cast<size_t>(phase)]);
 }
 
-void Telemetry::ep_phase_end(int32_t, EpPhase) { ep_range_.reset(); }
+void Telemetry::ep_phase_end(int32_t, EpPhase) {
+  ep_range_.reset();
+}
 
 void Telemetry::ep_layer(const EpLayerStats& st) {
   wire::ExpertParallelStep r;

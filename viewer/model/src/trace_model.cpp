@@ -22,7 +22,8 @@ uint64_t track_key(uint32_t source, TrackType type, uint32_t a, uint32_t b) {
 bool icontains(std::string_view hay, std::string_view needle) {
   if (needle.empty()) return true;
   auto it = std::search(hay.begin(), hay.end(), needle.begin(), needle.end(), [](char x, char y) {
-    return std::tolower(static_cast<unsigned char>(x)) == std::tolower(static_cast<unsigned char>(y));
+    return std::tolower(static_cast<unsigned char>(x)) ==
+           std::tolower(static_cast<unsigned char>(y));
   });
   return it != hay.end();
 }
@@ -34,7 +35,9 @@ struct FlowKey {
 
 }  // namespace
 
-TraceModel::TraceModel(ModelLimits limits) : limits_(limits) { clear(); }
+TraceModel::TraceModel(ModelLimits limits) : limits_(limits) {
+  clear();
+}
 
 void TraceModel::clear() {
   sources_.clear();
@@ -117,12 +120,18 @@ uint32_t TraceModel::track_for(uint32_t source_id, TrackType type, uint32_t a, u
   t.thread_or_device = a;
   t.stream = b;
   switch (type) {
-    case TrackType::kCpuThread: t.label = "thread " + std::to_string(a); break;
+    case TrackType::kCpuThread:
+      t.label = "thread " + std::to_string(a);
+      break;
     case TrackType::kGpuStream:
       t.label = "GPU " + std::to_string(a) + " stream " + std::to_string(b);
       break;
-    case TrackType::kRequests: t.label = "requests"; break;
-    case TrackType::kStages: t.label = "stages"; break;
+    case TrackType::kRequests:
+      t.label = "requests";
+      break;
+    case TrackType::kStages:
+      t.label = "stages";
+      break;
   }
   uint32_t index = static_cast<uint32_t>(tracks_.size());
   tracks_.push_back(std::move(t));
@@ -184,8 +193,9 @@ void TraceModel::add(uint32_t source_id, const wire::Record& record) {
         } else if constexpr (std::is_same_v<T, wire::Span>) {
           Source& s = source_mut(source_id);
           TrackType type = r.track_kind == wire::TrackKind::kGpuStream ? TrackType::kGpuStream
-                                                                        : TrackType::kCpuThread;
-          uint32_t track = track_for(source_id, type, r.track_id, type == TrackType::kGpuStream ? r.stream : 0);
+                                                                       : TrackType::kCpuThread;
+          uint32_t track =
+              track_for(source_id, type, r.track_id, type == TrackType::kGpuStream ? r.stream : 0);
           SpanRec rec;
           rec.start_ns = r.start_ns;
           rec.end_ns = r.end_ns;
@@ -249,7 +259,8 @@ void TraceModel::add(uint32_t source_id, const wire::Record& record) {
         } else if constexpr (std::is_same_v<T, wire::CounterSample>) {
           if (!take_sample()) return;
           Source& s = source_mut(source_id);
-          counters_.push_back({source_id, r.timestamp_ns, resolve(s, r.name_id), r.is_gauge, r.value});
+          counters_.push_back(
+              {source_id, r.timestamp_ns, resolve(s, r.name_id), r.is_gauge, r.value});
         } else if constexpr (std::is_same_v<T, wire::ExpertParallelStep>) {
           if (!take_sample()) return;
           ep_steps_.push_back({source_id, rank_of(source_id), r});
@@ -398,9 +409,8 @@ std::vector<SpanRef> TraceModel::find_spans(std::string_view needle, size_t max)
       }
     }
   }
-  std::sort(out.begin(), out.end(), [&](SpanRef a, SpanRef b) {
-    return span(a)->start_ns < span(b)->start_ns;
-  });
+  std::sort(out.begin(), out.end(),
+            [&](SpanRef a, SpanRef b) { return span(a)->start_ns < span(b)->start_ns; });
   return out;
 }
 

@@ -41,8 +41,8 @@
 #include "inferscope/collector/metrics.hpp"
 #include "inferscope/collector/options.hpp"
 #include "inferscope/collector/pipeline.hpp"
-#include "inferscope/collector/trace_store.hpp"
 #include "inferscope/collector/rate_limited_log.hpp"
+#include "inferscope/collector/trace_store.hpp"
 
 namespace inferscope::collector {
 

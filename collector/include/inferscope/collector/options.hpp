@@ -29,23 +29,23 @@ struct AggregatorOptions {
   std::optional<Placement> placement;  // --placement FILE; overrides the hello's expert_to_rank
 
   // Expert parallelism (docs/expert-parallel.md, "Observing it").
-  double hot_rank_threshold = 1.25;        // rank load / mean rank load that makes a rank hot
-  double hot_rank_clear_threshold = 1.1;   // hysteresis: a hot rank clears below this
-  int64_t eplb_redundant = -1;             // --eplb-redundant: EPLB what-if extra slots; -1 = one per rank
-  uint64_t ep_join_steps = 1024;           // steps held while waiting for every rank's record
+  double hot_rank_threshold = 1.25;       // rank load / mean rank load that makes a rank hot
+  double hot_rank_clear_threshold = 1.1;  // hysteresis: a hot rank clears below this
+  int64_t eplb_redundant = -1;    // --eplb-redundant: EPLB what-if extra slots; -1 = one per rank
+  uint64_t ep_join_steps = 1024;  // steps held while waiting for every rank's record
 
   // Label-cardinality bounds: records beyond them are counted, not exported.
   size_t max_models = 16;
-  size_t max_ranks = 1024;             // per model
-  size_t max_episode_series = 4096;    // experts with per-expert episode series at once
-  size_t max_recent_alerts = 256;      // replayed to a viewer that connects
+  size_t max_ranks = 1024;           // per model
+  size_t max_episode_series = 4096;  // experts with per-expert episode series at once
+  size_t max_recent_alerts = 256;    // replayed to a viewer that connects
 };
 
 // Per-connection limits on what one agent may make the collector hold.
 struct ConnectionLimits {
   uint32_t max_frame_bytes = 4u << 20;
-  size_t max_strings = 65536;          // interned strings per connection
-  size_t max_string_bytes = 16u << 20; // their total size
+  size_t max_strings = 65536;           // interned strings per connection
+  size_t max_string_bytes = 16u << 20;  // their total size
   // Slow-loris guard: a connection must send its hello within hello_timeout, and a
   // frame whose first byte arrived must be complete within frame_timeout.
   std::chrono::milliseconds hello_timeout{10'000};
@@ -62,20 +62,20 @@ struct ConnectionLimits {
 };
 
 struct CollectorOptions {
-  std::vector<std::string> listen;           // tcp://host:port or unix:///path; default tcp://127.0.0.1:7431
-  std::string metrics = "127.0.0.1:9464";    // "" = no Prometheus exposer
-  std::string viewer = "127.0.0.1:7433";     // "" = no viewer API
-  std::string trace_dir;                     // "" = no trace store
+  std::vector<std::string> listen;  // tcp://host:port or unix:///path; default tcp://127.0.0.1:7431
+  std::string metrics = "127.0.0.1:9464";  // "" = no Prometheus exposer
+  std::string viewer = "127.0.0.1:7433";   // "" = no viewer API
+  std::string trace_dir;                   // "" = no trace store
   uint64_t trace_max_bytes = 1ull << 30;
-  uint64_t trace_segment_bytes = 0;          // 0: max_bytes / 8, clamped to [64 KiB, 64 MiB]
-  int64_t trace_max_age_ns = 0;              // 0 = no age bound (--trace-max-age 24h)
-  uint32_t trace_block_bytes = 256u << 10;   // a block closes at this much raw frame data ...
+  uint64_t trace_segment_bytes = 0;            // 0: max_bytes / 8, clamped to [64 KiB, 64 MiB]
+  int64_t trace_max_age_ns = 0;                // 0 = no age bound (--trace-max-age 24h)
+  uint32_t trace_block_bytes = 256u << 10;     // a block closes at this much raw frame data ...
   int64_t trace_block_age_ns = 1'000'000'000;  // ... or this long after its first frame
-  std::string auth_token;                    // "" = no authentication
-  size_t max_connections = 256;              // agent connections at once
+  std::string auth_token;                      // "" = no authentication
+  size_t max_connections = 256;                // agent connections at once
   size_t max_viewers = 16;
-  size_t viewer_queue_bytes = 16u << 20;     // per viewer; beyond it frames are dropped
-  std::chrono::milliseconds tick{200};       // window clock and trace flush timer; 0 = off
+  size_t viewer_queue_bytes = 16u << 20;  // per viewer; beyond it frames are dropped
+  std::chrono::milliseconds tick{200};    // window clock and trace flush timer; 0 = off
   ConnectionLimits limits;
   AggregatorOptions aggregation;
 };

@@ -14,6 +14,7 @@
 // RangeEnd. At most kMaxPendingQueries wait; beyond that the answer is kBusy.
 #pragma once
 
+#include <asio.hpp>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -21,11 +22,9 @@
 #include <memory>
 #include <mutex>
 #include <set>
-#include <thread>
 #include <string>
+#include <thread>
 #include <vector>
-
-#include <asio.hpp>
 
 #include "inferscope/collector/endpoint.hpp"
 #include "inferscope/collector/metrics.hpp"

@@ -26,13 +26,13 @@ class Telemetry;
 
 struct Request {
   uint64_t id = 0;
-  std::vector<int32_t> text;   // prompt text tokens (bytes); BOS and image tokens are added
-  std::vector<float> image;    // [S, S, 3] pixels in [0, 1], or empty
+  std::vector<int32_t> text;  // prompt text tokens (bytes); BOS and image tokens are added
+  std::vector<float> image;   // [S, S, 3] pixels in [0, 1], or empty
   int32_t max_new_tokens = 16;
-  float temperature = 0.0f;    // <= 0: greedy
-  uint64_t seed = 0;           // sampling seed (with temperature)
-  int32_t topic = -1;          // workload bookkeeping only
-  int64_t arrival_ns = 0;      // 0: set at submit
+  float temperature = 0.0f;  // <= 0: greedy
+  uint64_t seed = 0;         // sampling seed (with temperature)
+  int32_t topic = -1;        // workload bookkeeping only
+  int64_t arrival_ns = 0;    // 0: set at submit
 };
 
 struct RequestResult {
@@ -44,14 +44,14 @@ struct RequestResult {
 };
 
 struct EngineOptions {
-  bool keep_logits = false;  // store the first token's logits in results (tests)
-  size_t max_waiting = 4096; // queued requests beyond this are rejected (bounded queue)
+  bool keep_logits = false;   // store the first token's logits in results (tests)
+  size_t max_waiting = 4096;  // queued requests beyond this are rejected (bounded queue)
 };
 
 struct LayerRouting {
   std::vector<uint64_t> routed;  // cumulative assignments per expert
   uint64_t tokens = 0, dropped = 0, rerouted = 0, steps = 0;
-  double imbalance_sum = 0.0;    // sum over steps of max/mean
+  double imbalance_sum = 0.0;  // sum over steps of max/mean
 };
 
 // Expert-parallel totals of one MoE layer on this rank (EpLayerStats summed over steps).
@@ -61,16 +61,17 @@ struct LayerExpertParallel {
 };
 
 struct EngineStats {
-  uint64_t steps = 0, prefill_tokens = 0, decode_tokens = 0, image_tokens = 0, requests_finished = 0,
-           requests_rejected = 0;
-  uint64_t attention_queried = 0, attention_hit = 0, ssm_queried = 0, ssm_hit = 0, reused_tokens = 0;
+  uint64_t steps = 0, prefill_tokens = 0, decode_tokens = 0, image_tokens = 0,
+           requests_finished = 0, requests_rejected = 0;
+  uint64_t attention_queried = 0, attention_hit = 0, ssm_queried = 0, ssm_hit = 0,
+           reused_tokens = 0;
   uint64_t checkpoints_saved = 0, checkpoints_restored = 0;
   uint64_t checkpoints_evicted_unused = 0, checkpoints_evicted_reused = 0;  // CheckpointStore
   int64_t encoder_ns = 0, connector_ns = 0, prefill_ns = 0, decode_ns = 0, mixed_ns = 0;
   int64_t busy_ns = 0;
   std::vector<LayerRouting> layers;  // per layer (empty routed for dense layers)
   size_t peak_kv_bytes = 0, peak_ssm_bytes = 0, peak_ckpt_bytes = 0;
-  uint64_t idle_steps = 0;                   // expert parallelism: steps with no rows of our own
+  uint64_t idle_steps = 0;                     // expert parallelism: steps with no rows of our own
   std::vector<LayerExpertParallel> ep_layers;  // per layer, filled under expert parallelism
 };
 
@@ -121,8 +122,8 @@ class Engine {
   std::vector<std::unique_ptr<Seq>> running_;
   std::vector<RequestResult> finished_;
   StepBatch batch_;
-  std::vector<Seq*> batch_seqs_;      // sequence of each batch entry
-  std::vector<int32_t> batch_rows_;   // rows each batch entry contributes
+  std::vector<Seq*> batch_seqs_;     // sequence of each batch entry
+  std::vector<int32_t> batch_rows_;  // rows each batch entry contributes
   std::vector<float> logits_;
   EngineStats stats_;
   uint64_t step_id_ = 0;

@@ -39,7 +39,7 @@ class BlockManager {
   void release(std::span<const int32_t> blocks);
 
   int32_t available() const { return static_cast<int32_t>(free_.size() + lru_.size()); }
-  int32_t used() const { return used_; }           // blocks with references
+  int32_t used() const { return used_; }  // blocks with references
   int32_t cached() const { return static_cast<int32_t>(by_hash_.size()); }
   uint64_t evictions() const { return evictions_; }
 

@@ -35,14 +35,14 @@ inline constexpr uint32_t kCollectorSource = 0;
 
 enum class DecodeError : uint8_t {
   kOk = 0,
-  kNeedMoreData,        // not an error on a stream: wait for more bytes
+  kNeedMoreData,  // not an error on a stream: wait for more bytes
   kBadMagic,
   kUnsupportedVersion,
   kFrameTooLarge,
   kChecksumMismatch,
   kDecompressFailed,
-  kTruncatedRecord,     // a record runs past the end of the payload
-  kMalformedRecord,     // a field is out of range (enum, limit, count)
+  kTruncatedRecord,  // a record runs past the end of the payload
+  kMalformedRecord,  // a field is out of range (enum, limit, count)
   kRecordCountMismatch,
 };
 
@@ -63,13 +63,13 @@ struct FrameHeader {
   uint32_t payload_bytes = 0;  // bytes after the header, as stored
   uint32_t raw_bytes = 0;      // payload size after decompression
   uint32_t record_count = 0;
-  uint32_t source_id = 0;      // which stream the records belong to (0 from agents)
-  uint32_t checksum = 0;       // CRC-32 of header bytes [0, 24) and the stored payload
+  uint32_t source_id = 0;  // which stream the records belong to (0 from agents)
+  uint32_t checksum = 0;   // CRC-32 of header bytes [0, 24) and the stored payload
 };
 
 struct EncoderOptions {
   uint32_t max_frame_bytes = kDefaultMaxFrameBytes;
-  bool compress = false;             // zstd level 1 when the payload is large enough
+  bool compress = false;  // zstd level 1 when the payload is large enough
   uint32_t compress_min_bytes = 1024;
   uint32_t source_id = 0;
 };
@@ -97,10 +97,10 @@ class FrameEncoder {
  private:
   EncoderOptions options_;
   std::vector<uint8_t> payload_;
-  std::vector<uint8_t> body_;        // scratch for one record's body
+  std::vector<uint8_t> body_;  // scratch for one record's body
   std::vector<uint8_t> compressed_;
   size_t record_count_ = 0;
-  int64_t previous_ns_ = 0;          // timestamps are delta-coded within a frame
+  int64_t previous_ns_ = 0;  // timestamps are delta-coded within a frame
 };
 
 struct DecoderOptions {

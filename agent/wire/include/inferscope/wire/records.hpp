@@ -227,7 +227,7 @@ inline constexpr size_t kRecordKindSlots = 16;
 struct AgentHealth {
   int64_t timestamp_ns = 0;
   uint64_t records_sent = 0;
-  uint64_t records_dropped = 0;                // all kinds
+  uint64_t records_dropped = 0;                              // all kinds
   std::array<uint64_t, kRecordKindSlots> dropped_by_kind{};  // indexed by RecordKind
   uint64_t buffer_high_water_bytes = 0;
   uint64_t reconnects = 0;
