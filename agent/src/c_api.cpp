@@ -1,9 +1,9 @@
 // The C API (agent.h) over the C++ Agent. Enum values from C are checked here,
 // since a C caller can pass anything; a bad one drops the record.
-#include "inferscope/agent.h"
-
 #include <new>
+#include <string>
 
+#include "inferscope/agent.h"
 #include "inferscope/agent.hpp"
 
 namespace ia = inferscope::agent;
@@ -33,8 +33,8 @@ inferscope_agent* inferscope_agent_create_from_env(void) {
   }
 }
 
-inferscope_agent* inferscope_agent_create(const char* collector, const char* service,
-                                          uint32_t rank, uint32_t world_size) {
+inferscope_agent* inferscope_agent_create(const char* collector, const char* service, uint32_t rank,
+                                          uint32_t world_size) {
   try {
     ia::Config c = ia::Config::from_environment();
     c.collector = collector ? collector : "";
@@ -47,7 +47,9 @@ inferscope_agent* inferscope_agent_create(const char* collector, const char* ser
   }
 }
 
-void inferscope_agent_destroy(inferscope_agent* agent) { delete agent; }
+void inferscope_agent_destroy(inferscope_agent* agent) {
+  delete agent;
+}
 
 int inferscope_agent_flush(inferscope_agent* agent, uint32_t timeout_ms) {
   if (!agent) return 1;
@@ -76,7 +78,9 @@ uint32_t inferscope_intern(const char* name) {
   }
 }
 
-int64_t inferscope_now_ns(void) { return ia::now_ns(); }
+int64_t inferscope_now_ns(void) {
+  return ia::now_ns();
+}
 
 void inferscope_range_begin(inferscope_agent* agent, inferscope_range* range, uint32_t name_id,
                             uint64_t request_id) {
@@ -96,12 +100,13 @@ void inferscope_range_end(inferscope_range* range) {
 
 void inferscope_span(inferscope_agent* agent, uint32_t name_id, int64_t start_ns, int64_t end_ns,
                      uint64_t request_id) {
-  if (agent) agent->agent.span(name_id, start_ns, end_ns, wire::SpanCategory::kCpuRange, request_id);
+  if (agent)
+    agent->agent.span(name_id, start_ns, end_ns, wire::SpanCategory::kCpuRange, request_id);
 }
 
 void inferscope_expert_load(inferscope_agent* agent, uint64_t step, uint32_t layer,
-                            const uint32_t* routed, size_t count, uint32_t tokens,
-                            uint32_t dropped, uint32_t rerouted) {
+                            const uint32_t* routed, size_t count, uint32_t tokens, uint32_t dropped,
+                            uint32_t rerouted) {
   if (!agent || (!routed && count)) return;
   agent->agent.expert_load(step, layer, std::span<const uint32_t>(routed, count), tokens, dropped,
                            rerouted);
@@ -127,10 +132,41 @@ void inferscope_stage(inferscope_agent* agent, uint64_t request_id, int stage, i
 
 void inferscope_request(inferscope_agent* agent, const inferscope_request_event* e) {
   if (!agent || !e || e->status < 0 || e->status > 3) return;
-  wire::RequestEvent r{e->request_id,    e->arrival_ns,    e->first_token_ns,
-                       e->finish_ns,     e->prompt_tokens, e->output_tokens,
-                       e->image_tokens,  e->cached_tokens, static_cast<wire::RequestStatus>(e->status)};
+  wire::RequestEvent r{
+      e->request_id,   e->arrival_ns,    e->first_token_ns,
+      e->finish_ns,    e->prompt_tokens, e->output_tokens,
+      e->image_tokens, e->cached_tokens, static_cast<wire::RequestStatus>(e->status)};
   agent->agent.request(r);
+}
+
+int inferscope_agent_set_model(inferscope_agent* agent, const char* name,
+                               const uint32_t* experts_per_layer, const int* mixers, size_t layers,
+                               uint32_t top_k, uint32_t shared_experts) {
+  if (!agent) return 0;
+  if (layers > wire::kMaxLayers || (layers && !experts_per_layer) || top_k > 0xFFFF ||
+      shared_experts > 0xFFFF)
+    return 0;
+  try {
+    wire::ModelDescription m;
+    m.name = name ? std::string(name) : std::string();
+    if (m.name.size() > wire::kMaxStringBytes) return 0;
+    m.top_k = static_cast<uint16_t>(top_k);
+    m.shared_experts = static_cast<uint16_t>(shared_experts);
+    for (size_t l = 0; l < layers; ++l) {
+      const uint32_t experts = experts_per_layer[l];
+      const int mixer = mixers ? mixers[l] : INFERSCOPE_LAYER_ATTENTION;
+      if (experts > wire::kMaxExperts ||
+          (mixer != INFERSCOPE_LAYER_ATTENTION && mixer != INFERSCOPE_LAYER_SSM))
+        return 0;
+      m.layers.push_back(
+          {mixer == INFERSCOPE_LAYER_SSM ? wire::LayerKind::kSsm : wire::LayerKind::kAttention,
+           experts ? wire::FfnKind::kMoe : wire::FfnKind::kDense, static_cast<uint16_t>(experts)});
+    }
+    agent->agent.set_model(m);
+    return 1;
+  } catch (...) {
+    return 0;
+  }
 }
 
 void inferscope_counter(inferscope_agent* agent, uint32_t name_id, double delta) {
