@@ -47,6 +47,9 @@ _LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|h|blocks|block)\.(\d+)(?:\.|$)")
 # Config attributes for the expert count and top-k, across families.
 _NUM_EXPERTS_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
 _TOP_K_KEYS = ("num_experts_per_tok", "moe_topk", "top_k", "num_selected_experts")
+# How an experts module's forward names the router's top-k ids (transformers 5 and others).
+_TOPK_ARG_NAMES = ("top_k_index", "topk_idx", "topk_ids", "top_k_indices", "topk_indices",
+                   "selected_experts", "router_indices")
 _PENDING_STEPS = 8  # steps whose counts may be in flight to the host at once
 
 
@@ -671,11 +674,11 @@ def _takes_topk_ids(experts):
         params = inspect.signature(experts.forward).parameters
     except (TypeError, ValueError):
         return False
-    return any(p in params for p in ("top_k_index", "topk_idx", "topk_ids", "top_k_indices"))
+    return any(p in params for p in _TOPK_ARG_NAMES)
 
 
 def _topk_arg(args, kwargs):
-    for key in ("top_k_index", "topk_idx", "topk_ids", "top_k_indices"):
+    for key in _TOPK_ARG_NAMES:
         if key in kwargs:
             return kwargs[key]
     return args[1] if len(args) > 1 else None
