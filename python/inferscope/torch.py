@@ -118,7 +118,7 @@ class Observer:
                        "stages_dropped": 0}
         self._errors_reported = set()
         self._closed = False
-        self._described = False
+        self._layout = []  # experts per layer as described to the collector ([]: not sent)
         self._layer_ranges = layer_ranges
         self._memory = memory
         config = getattr(model, "config", None)
@@ -129,7 +129,6 @@ class Observer:
             raise ValueError(f"moe must be 'auto' or False, not {moe!r}")
         self.model_name = model_name or _model_name(model, config)
         self._describe()
-        self._described = True
         if steps == "auto":
             self._hook(model.register_forward_pre_hook(self._root_pre))
             self._hook(model.register_forward_hook(self._root_post))
@@ -215,20 +214,27 @@ class Observer:
         return False
 
     def _describe(self):
-        """The hello's model description: name, experts per layer, mixers, top-k."""
+        """The hello's model description, sent once: the name, and the layout (experts per
+        layer, mixers, top-k) when MoE layers were found. The collector takes a model's layout
+        from its first description and checks every expert_load against it, so layers added
+        later must agree with it (_register says so), and without found layers only the name
+        is sent (any later layer is then accepted)."""
         text = getattr(self._config, "text_config", None) or self._config
-        n = max([e.layer + 1 for e in self.layers] +
-                [getattr(text, "num_hidden_layers", 0) or 0])
-        experts = [0] * n
-        for e in self.layers:
-            experts[e.layer] = e.num_experts
-        kinds = getattr(text, "layers_block_type", None)
-        mixers = None
-        if isinstance(kinds, (list, tuple)) and len(kinds) == n:
-            mixers = ["ssm" if str(k).lower() in ("mamba", "mamba2", "ssm", "linear_attention")
-                      else "attention" for k in kinds]
-        top_k = next((e.top_k for e in self.layers if e.top_k), 0)
-        shared = max([e.shared_experts for e in self.layers] + [0])
+        experts, mixers, top_k, shared = [], None, 0, 0
+        if self.layers:
+            n = max([e.layer + 1 for e in self.layers] +
+                    [getattr(text, "num_hidden_layers", 0) or 0])
+            experts = [0] * n
+            for e in self.layers:
+                experts[e.layer] = e.num_experts
+            kinds = getattr(text, "layers_block_type", None)
+            if isinstance(kinds, (list, tuple)) and len(kinds) == n:
+                mixers = ["ssm" if str(k).lower() in ("mamba", "mamba2", "ssm",
+                                                      "linear_attention") else "attention"
+                          for k in kinds]
+            top_k = next((e.top_k for e in self.layers if e.top_k), 0)
+            shared = max(e.shared_experts for e in self.layers)
+        self._layout = experts
         self.agent.set_model(self.model_name, experts, mixers, top_k, shared)
 
     # [SECTION] discovery ----------------------------------------------------------
@@ -303,13 +309,18 @@ class Observer:
             if entry.layer in self._by_layer:
                 raise ValueError(f"MoE layer {entry.layer} is already observed "
                                  f"({self._by_layer[entry.layer]!r})")
+            if self._layout and (entry.layer >= len(self._layout) or
+                                 self._layout[entry.layer] != entry.num_experts):
+                raise ValueError(
+                    f"layer {entry.layer} with {entry.num_experts} experts disagrees with the "
+                    f"layout already sent to the collector ({len(self._layout)} layers, "
+                    f"experts per layer {self._layout}); the collector would refuse its loads. "
+                    "Observe with moe=False to declare every MoE layer yourself.")
             entry.offset = sum(e.num_experts + 1 for e in self.layers)
             self.layers.append(entry)
             self._by_layer[entry.layer] = entry
             if self._counts is not None:  # grown in place: counts of this step are kept
                 self._grow(self._counts.device)
-        if self._described:
-            self._describe()  # a layer added after observe(): the hello tells the collector
         return entry
 
     def _count_from(self, entry, extract, *args):

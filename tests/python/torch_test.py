@@ -216,7 +216,14 @@ def check_hook_errors_never_reach_the_model():
     with torch.no_grad():
         want = model(input_ids=ids).logits
     agent = inferscope.Agent(collector="")
-    obs = inferscope.torch.observe(model, agent)
+    auto = inferscope.torch.observe(model, agent, requests=False)
+    try:  # a layer the layout sent to the collector does not have: a clear error, at once
+        auto.watch_moe(model.model.layers[0].mlp.gate, layer=40, num_experts=8)
+        raise Failure("watch_moe() of a layer outside the described layout was accepted")
+    except ValueError:
+        pass
+    auto.close()
+    obs = inferscope.torch.observe(model, agent, moe=False)
 
     def broken(*_):
         raise RuntimeError("extractor bug")
