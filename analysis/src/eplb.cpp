@@ -13,6 +13,8 @@ bool holds(const std::vector<uint32_t>& holders, uint32_t rank) {
   return std::find(holders.begin(), holders.end(), rank) != holders.end();
 }
 
+// [SECTION] Refinement: single moves and swaps off the heaviest rank
+
 // Greedy packing can leave the heaviest rank a little over what a swap would
 // give. Repeatedly take the most loaded rank and apply the single move (to a
 // rank with a free slot) or swap (with a replica on another rank) that lowers
@@ -67,6 +69,8 @@ void refine(EplbPlan& plan, std::span<const uint64_t> load, const std::vector<ui
 }  // namespace
 
 namespace {
+
+// [SECTION] The greedy plan: replicate, then pack heaviest first
 
 EplbPlan greedy_plan(std::span<const uint64_t> load, uint32_t ranks, uint32_t redundant) {
   EplbPlan plan;
@@ -126,6 +130,8 @@ EplbPlan greedy_plan(std::span<const uint64_t> load, uint32_t ranks, uint32_t re
   return plan;
 }
 
+// [SECTION] The incremental plan: the current placement plus replicas
+
 // The current placement with up to `redundant` replicas added the same way
 // (highest load per replica first, onto the least-loaded rank without one, at
 // most ceil(redundant / ranks) new replicas per rank), each only if it does not
@@ -178,6 +184,8 @@ EplbPlan incremental_plan(std::span<const uint64_t> load, uint32_t ranks, uint32
 }
 
 }  // namespace
+
+// [SECTION] The what-if: whichever plan balances better
 
 EplbPlan plan_eplb(std::span<const uint64_t> load, uint32_t ranks, uint32_t redundant,
                    const std::vector<std::vector<uint32_t>>* current) {

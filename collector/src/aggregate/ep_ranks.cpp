@@ -13,6 +13,8 @@ double seconds(int64_t ns) {
 }
 }  // namespace
 
+// [SECTION] Metric series: per (rank, layer) and per rank, created on first use
+
 struct EpRanks::Cell {
   Counter *dispatch = nullptr, *compute = nullptr, *combine = nullptr, *idle = nullptr;
   Counter *rows_computed = nullptr, *rows_sent = nullptr, *steps = nullptr;
@@ -72,6 +74,8 @@ EpRanks::RankSeries& EpRanks::rank_series(uint32_t rank) {
   return *slot;
 }
 
+// [SECTION] Records: counters and the (step, layer) join
+
 void EpRanks::on_step(uint32_t world_size, uint32_t rank, const wire::ExpertParallelStep& s) {
   const uint32_t world = static_cast<uint32_t>(
       std::min<uint64_t>(std::max<uint32_t>(world_size, 1), options_.max_ranks));
@@ -115,6 +119,8 @@ void EpRanks::on_step(uint32_t world_size, uint32_t rank, const wire::ExpertPara
     reported_evicted_ = join_.evicted();
   }
 }
+
+// [SECTION] Window close: rank loads, hot-rank episodes and who is responsible
 
 void EpRanks::close_window(int64_t start_ns, int64_t end_ns,
                            const std::vector<EpLayerWindow>& layers, uint32_t placement_ranks,
@@ -254,6 +260,8 @@ void EpRanks::close_window(int64_t start_ns, int64_t end_ns,
     hot_layers(r, h);
   }
 }
+
+// [SECTION] Inspection
 
 std::vector<HotRank> EpRanks::hot_ranks() const {
   std::vector<HotRank> out;

@@ -32,6 +32,8 @@ double mib(size_t b) {
 
 }  // namespace
 
+// [SECTION] The summary as JSON
+
 json make_summary(const ModelConfig& c, const MemoryFootprint& mem, const EngineStats& s,
                   const std::vector<RequestResult>& results, double wall) {
   json j;
@@ -59,6 +61,7 @@ json make_summary(const ModelConfig& c, const MemoryFootprint& mem, const Engine
   j["latency_ms"] = {
       {"ttft", percentiles(ttft)}, {"tpot", percentiles(tpot)}, {"e2e", percentiles(e2e)}};
 
+  // [SECTION] MoE routing per layer
   // The collector's thresholds. The summary counts over the whole run, not per
   // window, so it names every expert at or above the level a hot episode would
   // not clear on (hot_clear_threshold): the set a collector may call hot.
@@ -126,6 +129,8 @@ json make_summary(const ModelConfig& c, const MemoryFootprint& mem, const Engine
                         {"image_tokens", s.image_tokens}};
   return j;
 }
+
+// [SECTION] The same JSON as text
 
 std::string format_summary(const json& j) {
   std::string out;

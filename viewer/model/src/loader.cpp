@@ -18,6 +18,8 @@
 namespace inferscope::viewer {
 namespace fs = std::filesystem;
 
+// [SECTION] Load results
+
 std::string LoadResult::summary() const {
   std::ostringstream o;
   if (!ok) o << "error: " << error;
@@ -80,6 +82,8 @@ char first_non_space(const std::string& path) {
 }
 
 }  // namespace
+
+// [SECTION] Trace files (inferscope's own frames)
 
 LoadResult load_trace_file(const std::string& path, TraceModel& model) {
   LoadResult r;
@@ -144,6 +148,8 @@ LoadResult load_path(const std::string& path, TraceModel& model) {
   if (c == '{' || c == '[') return load_chrome_json(path, model);
   return load_trace_file(path, model);
 }
+
+// [SECTION] Chrome / Perfetto JSON (as inferscope-export writes it)
 
 LoadResult load_chrome_json(const std::string& path, TraceModel& model) {
   std::ifstream in(path, std::ios::binary);
@@ -247,6 +253,8 @@ LoadResult load_chrome_json_text(const std::string& text, TraceModel& model) {
     others.emplace_back(wire::kCollectorSource, a);
     return true;
   };
+
+  // [SECTION] One pass over the events
 
   for (const json& e : *events) {
     if (!e.is_object()) {

@@ -10,6 +10,8 @@
 
 namespace inferscope::viewer {
 
+// [SECTION] Percentiles
+
 double percentile(std::vector<double> values, double p) {
   if (values.empty()) return 0.0;
   p = std::clamp(p, 0.0, 100.0);
@@ -29,6 +31,8 @@ Percentiles percentiles(std::vector<double> values) {
   p.p99 = percentile(values, 99);
   return p;
 }
+
+// [SECTION] Expert load (the arithmetic is the analysis library's)
 
 Heatmap expert_heatmap(const TraceModel& m, int64_t t0, int64_t t1, uint32_t rank,
                        const analysis::AnalysisOptions& options) {
@@ -111,6 +115,8 @@ Series expert_share_series(const TraceModel& m, uint32_t layer, uint32_t expert,
   return s;
 }
 
+// [SECTION] Memory and cache
+
 MemorySeries memory_series(const TraceModel& m, int64_t t0, int64_t t1, int points, uint32_t rank) {
   MemorySeries s;
   if (points <= 1 || t1 <= t0) return s;
@@ -170,6 +176,8 @@ HitRateSeries prefix_hit_rate(const TraceModel& m, int64_t t0, int64_t t1, int b
   }
   return s;
 }
+
+// [SECTION] Stages and requests
 
 std::vector<RequestRow> request_rows(const TraceModel& m, int64_t t0, int64_t t1) {
   struct Key {
