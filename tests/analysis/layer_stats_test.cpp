@@ -72,6 +72,8 @@ TEST(Imbalance, MatchesTheLayerStatistics) {
   EXPECT_DOUBLE_EQ(imbalance(skewed), 94.0 * 4 / 100);
   EXPECT_DOUBLE_EQ(imbalance(std::vector<uint64_t>{0, 0}), 0.0);
   EXPECT_DOUBLE_EQ(imbalance(std::vector<uint64_t>{}), 0.0);
+  // A router's per-step uint32 counts give the same number.
+  EXPECT_DOUBLE_EQ(imbalance(std::vector<uint32_t>{1, 2, 3, 94}), imbalance(skewed));
 }
 
 // [SECTION] Classification
@@ -114,4 +116,22 @@ TEST(Classify, WholeLayerAndDropBursts) {
   EXPECT_EQ(classify_layer(idle, o),
             (std::vector<ExpertClass>{ExpertClass::kNormal, ExpertClass::kNormal}));
   EXPECT_FALSE(is_drop_burst(idle, o));
+}
+
+// The defaults the collector's CLI (docs/collector.md), the viewer and the engine's
+// summary all start from: changing one changes all three, so it is pinned here.
+TEST(AnalysisOptions, DefaultsAreTheDocumentedOnes) {
+  const AnalysisOptions o;
+  EXPECT_EQ(o.hot_threshold, 2.0);
+  EXPECT_EQ(o.hot_clear_threshold, 1.5);
+  EXPECT_EQ(o.cold_threshold, 0.25);
+  EXPECT_EQ(o.cold_clear_threshold, 0.5);
+  EXPECT_EQ(o.windows, 3u);
+  EXPECT_EQ(o.drop_burst_threshold, 0.05);
+  EXPECT_EQ(o.hot_rank_threshold, 1.25);
+  EXPECT_EQ(o.hot_rank_clear_threshold, 1.1);
+  EXPECT_EQ(o.experts_per_hot_layer, 3u);
+  EXPECT_LT(o.hot_clear_threshold, o.hot_threshold);  // hysteresis needs a gap
+  EXPECT_GT(o.cold_clear_threshold, o.cold_threshold);
+  EXPECT_LT(o.hot_rank_clear_threshold, o.hot_rank_threshold);
 }
