@@ -1,9 +1,12 @@
 // Hot / cold / dead / drop-burst episodes: M windows to open, hysteresis to close.
-#include <gtest/gtest.h>
-
 #include "inferscope/collector/detector.hpp"
 
+#include <gtest/gtest.h>
+
+#include "inferscope/analysis/layer_stats.hpp"
+
 using namespace inferscope::collector;
+using inferscope::analysis::compute_layer_stats;
 using inferscope::wire::AlertKind;
 
 namespace {
@@ -36,14 +39,14 @@ TEST(Detector, HotNeedsMWindowsAndClearsWithHysteresis) {
   EXPECT_TRUE(ev[0].opened);
   EXPECT_EQ(ev[0].kind, AlertKind::kHotExpert);
   EXPECT_EQ(ev[0].expert, 0u);
-  EXPECT_EQ(ev[0].start_ns, 0);                   // the streak's first window
+  EXPECT_EQ(ev[0].start_ns, 0);  // the streak's first window
   EXPECT_FLOAT_EQ(ev[0].peak_utilization, 2.4f);
   EXPECT_FLOAT_EQ(ev[0].peak_share, 0.6f);
   EXPECT_EQ(h.detector.open_kind(0), static_cast<int>(AlertKind::kHotExpert));
   EXPECT_EQ(h.detector.count_open(AlertKind::kHotExpert), 1u);
   // 1.6: below the hot threshold but above the clear threshold (1.5): stays open.
   EXPECT_TRUE(h.feed({40, 20, 20, 20}).empty());
-  ev = h.feed({30, 30, 20, 20});                  // 1.2 < 1.5: closes
+  ev = h.feed({30, 30, 20, 20});  // 1.2 < 1.5: closes
   ASSERT_EQ(ev.size(), 1u);
   EXPECT_FALSE(ev[0].opened);
   EXPECT_EQ(ev[0].start_ns, 0);
@@ -121,7 +124,7 @@ TEST(Detector, ThresholdsAndWindowCountAreConfigurable) {
 TEST(Detector, DropBurstOpensAndCloses) {
   Harness h(4);
   EXPECT_TRUE(h.feed({25, 25, 25, 25}, 2).empty());  // 2%: below 5%
-  auto ev = h.feed({25, 25, 25, 25}, 10);             // 10%
+  auto ev = h.feed({25, 25, 25, 25}, 10);            // 10%
   ASSERT_EQ(ev.size(), 1u);
   EXPECT_EQ(ev[0].kind, AlertKind::kDropBurst);
   EXPECT_TRUE(ev[0].opened);

@@ -1,15 +1,17 @@
 // Statistics: percentiles, heatmap numbers, placement, series, requests.
+#include "inferscope/viewer/stats.hpp"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
 
-#include "inferscope/viewer/stats.hpp"
 #include "test_util.hpp"
 
 namespace inferscope::viewer {
 namespace {
 
-wire::ExpertLoad load(uint32_t layer, int64_t t, std::vector<uint32_t> routed, uint32_t dropped = 0) {
+wire::ExpertLoad load(uint32_t layer, int64_t t, std::vector<uint32_t> routed,
+                      uint32_t dropped = 0) {
   wire::ExpertLoad l;
   l.layer = layer;
   l.timestamp_ns = t;
@@ -64,10 +66,12 @@ TEST(ViewerHeatmap, NumbersMatchTheRecordsInTheWindow) {
   Heatmap all = expert_heatmap(m, 0, 500);
   EXPECT_EQ(all.layers[0].assignments, (std::vector<uint64_t>{20, 50, 0, 50}));
 
-  RankLoad rl = rank_loads(h, {0, 0, 1, 1});
-  ASSERT_EQ(rl.ranks, 2u);
-  EXPECT_DOUBLE_EQ(rl.share[0][0], 30.0 / 80.0);
-  EXPECT_DOUBLE_EQ(rl.share[0][1], 50.0 / 80.0);
+  // Ranks' shares 30/80 and 50/80 of the layer: utilization = share x 2 ranks.
+  std::vector<inferscope::analysis::RankLoad> rl = rank_loads(h, {0, 0, 1, 1});
+  ASSERT_EQ(rl.size(), 1u);
+  ASSERT_EQ(rl[0].load.size(), 2u);
+  EXPECT_DOUBLE_EQ(rl[0].utilization[0], 30.0 / 40.0);
+  EXPECT_DOUBLE_EQ(rl[0].utilization[1], 50.0 / 40.0);
 }
 
 TEST(ViewerHeatmap, AlertsDecideWhichExpertsAreHot) {

@@ -17,7 +17,7 @@ struct Cache {
   int64_t t0 = 0, t1 = 0;
   uint32_t rank = 0;
   Heatmap heat;
-  RankLoad ranks;
+  std::vector<analysis::RankLoad> ranks;  // per heat.layers entry
 };
 Cache g_cache;
 
@@ -52,7 +52,8 @@ void draw_experts(AppState& s) {
     g_cache.rank = s.rank_filter;
     g_cache.heat = expert_heatmap(m, t0, t1, s.rank_filter);
     const wire::ModelDescription* md = m.model_description();
-    g_cache.ranks = md ? rank_loads(g_cache.heat, md->expert_to_rank) : RankLoad{};
+    g_cache.ranks =
+        md ? rank_loads(g_cache.heat, md->expert_to_rank) : std::vector<analysis::RankLoad>{};
   }
   const Heatmap& h = g_cache.heat;
 
@@ -220,7 +221,7 @@ void draw_experts(AppState& s) {
     ImVec2 q = ImGui::GetCursorScreenPos();
     ImVec2 sz(ImGui::GetContentRegionAvail().x - 4,
               std::max(60.0f * s.scale, ImGui::GetContentRegionAvail().y - 10 * s.scale));
-    if (!g_cache.ranks.layers.empty()) sz.x *= 0.62f;
+    if (!g_cache.ranks.empty()) sz.x *= 0.62f;
     dl->AddRectFilled(q, ImVec2(q.x + sz.x, q.y + sz.y), s.pal.lane_bg);
     double smax = 0;
     for (double v : series.v)
@@ -246,34 +247,34 @@ void draw_experts(AppState& s) {
     std::snprintf(yl, sizeof(yl), "%.0f%%", smax * 100);
     dl->AddText(ImVec2(q.x + 4, q.y + 2), s.pal.text_dim, yl);
     ImGui::Dummy(sz);
-    if (!g_cache.ranks.layers.empty()) ImGui::SameLine();
-  } else if (!g_cache.ranks.layers.empty()) {
+    if (!g_cache.ranks.empty()) ImGui::SameLine();
+  } else if (!g_cache.ranks.empty()) {
     ImGui::TextDisabled("click a cell to plot that expert's share over time");
   }
 
   // [SECTION] Load per EP rank under the placement (share of each layer's assignments).
-  if (!g_cache.ranks.layers.empty()) {
-    const RankLoad& rl = g_cache.ranks;
+  if (!g_cache.ranks.empty()) {
+    const std::vector<analysis::RankLoad>& rl = g_cache.ranks;
+    const auto ranks = static_cast<uint32_t>(rl.front().load.size());
     ImGui::BeginGroup();
     ImGui::TextUnformatted("per EP rank (placement)");
     ImVec2 q = ImGui::GetCursorScreenPos();
-    float cw = std::clamp((ImGui::GetContentRegionAvail().x - 50 * s.scale) / rl.ranks, 10.0f,
+    float cw = std::clamp((ImGui::GetContentRegionAvail().x - 50 * s.scale) / ranks, 10.0f,
                           60.0f * s.scale);
-    float ch = std::clamp((ImGui::GetContentRegionAvail().y - 10) / float(rl.layers.size()), 6.0f,
+    float ch = std::clamp((ImGui::GetContentRegionAvail().y - 10) / float(rl.size()), 6.0f,
                           26.0f * s.scale);
-    double fair = 1.0 / rl.ranks;
-    for (size_t r = 0; r < rl.layers.size(); ++r) {
+    for (size_t r = 0; r < rl.size(); ++r) {
       char b[16];
-      std::snprintf(b, sizeof(b), "L%u", rl.layers[r]);
+      std::snprintf(b, sizeof(b), "L%u", g_cache.heat.layers[r].layer);
       size_t label_every = static_cast<size_t>(std::ceil(ImGui::GetFontSize() / ch));
       if (r % label_every == 0) dl->AddText(ImVec2(q.x, q.y + r * ch), s.pal.text_dim, b);
-      for (uint32_t k = 0; k < rl.ranks; ++k) {
-        double u = rl.share[r][k] / fair;  // 1.0 = this rank carries its fair part
+      for (uint32_t k = 0; k < ranks; ++k) {
+        double u = rl[r].utilization[k];  // 1.0 = this rank carries its fair part
         ImVec2 a(q.x + 40 * s.scale + k * cw, q.y + r * ch), bb(a.x + cw - 1, a.y + ch - 1);
         dl->AddRectFilled(a, bb, heat_colour(std::min(1.0, u / std::max(2.0, vmax))));
       }
     }
-    ImGui::Dummy(ImVec2(40 * s.scale + cw * rl.ranks, ch * rl.layers.size()));
+    ImGui::Dummy(ImVec2(40 * s.scale + cw * ranks, ch * rl.size()));
     ImGui::EndGroup();
   }
 }

@@ -4,7 +4,7 @@
 #include <array>
 #include <charconv>
 
-#include "inferscope/collector/eplb.hpp"
+#include "inferscope/analysis/eplb.hpp"
 #include "inferscope/wire/counter_names.hpp"
 
 namespace inferscope::collector {
@@ -86,7 +86,7 @@ struct Aggregator::Layer {
   bool active = false;
   std::unique_ptr<LayerDetector> detector;
   uint64_t windows = 0;
-  LayerStats last;
+  analysis::LayerStats last;
   Labels labels;
   Counter *routed = nullptr, *dropped = nullptr, *rerouted = nullptr, *batch = nullptr;
   Counter* gpu_seconds = nullptr;
@@ -124,11 +124,11 @@ struct Aggregator::Model {
   std::map<uint32_t, std::vector<uint64_t>> placement_acc;  // layer -> load over all ranks
   std::map<uint32_t, std::vector<Gauge*>> rank_util;
   std::map<uint32_t, Gauge*> balancedness;
-  std::map<uint32_t, RankLoad> last_rank_load;
+  std::map<uint32_t, analysis::RankLoad> last_rank_load;
   // EPLB what-if, next to the current placement's gauges above.
   std::map<uint32_t, std::vector<Gauge*>> eplb_util;
   std::map<uint32_t, Gauge*> eplb_balancedness;
-  std::map<uint32_t, RankLoad> last_eplb_load;
+  std::map<uint32_t, analysis::RankLoad> last_eplb_load;
   // Expert parallelism: created by the first expert_parallel record or placement window.
   uint32_t world_size = 1;  // largest world size any hello of the model declared
   std::unique_ptr<EpRanks> ep;
@@ -284,11 +284,11 @@ void Aggregator::close_window(Model& model) {
                                      : ranks);
     for (auto& [layer, acc] : model.placement_acc) {
       const auto& table = model.placement->for_layer(layer);
-      RankLoad rl = compute_rank_load(acc, table, ranks);
+      analysis::RankLoad rl = analysis::compute_rank_load(acc, table, ranks);
       if (rl.balancedness <= 0.0) continue;  // idle
       // What-if: EPLB planned from this window's loads, evaluated on them.
-      const EplbPlan plan = plan_eplb(acc, ranks, redundant, &table);
-      RankLoad eplb = compute_rank_load(acc, plan.expert_to_ranks, ranks);
+      const analysis::EplbPlan plan = analysis::plan_eplb(acc, ranks, redundant, &table);
+      analysis::RankLoad eplb = analysis::compute_rank_load(acc, plan.expert_to_ranks, ranks);
       const std::string layer_label = std::to_string(layer);
       auto& gauges = model.rank_util[layer];
       auto& eplb_gauges = model.eplb_util[layer];
@@ -326,7 +326,7 @@ void Aggregator::close_window(Model& model) {
 void Aggregator::close_layer(Model& model, Rank& rank, uint32_t index, Layer& layer,
                              int64_t start_ns, int64_t end_ns) {
   if (!layer.active) return;  // idle window: neither counts towards nor clears an episode
-  LayerStats stats = compute_layer_stats(layer.acc, layer.dropped_acc);
+  analysis::LayerStats stats = analysis::compute_layer_stats(layer.acc, layer.dropped_acc);
   std::fill(layer.acc.begin(), layer.acc.end(), 0);
   layer.dropped_acc = 0;
   layer.active = false;
@@ -649,7 +649,8 @@ std::optional<Aggregator::LayerSnapshot> Aggregator::layer(const std::string& mo
   return LayerSnapshot{l.experts, l.windows, l.last};
 }
 
-std::optional<RankLoad> Aggregator::rank_load(const std::string& model, uint32_t index) const {
+std::optional<analysis::RankLoad> Aggregator::rank_load(const std::string& model,
+                                                        uint32_t index) const {
   auto m = models_.find(model);
   if (m == models_.end()) return std::nullopt;
   auto it = m->second->last_rank_load.find(index);
@@ -657,7 +658,8 @@ std::optional<RankLoad> Aggregator::rank_load(const std::string& model, uint32_t
   return it->second;
 }
 
-std::optional<RankLoad> Aggregator::eplb_rank_load(const std::string& model, uint32_t index) const {
+std::optional<analysis::RankLoad> Aggregator::eplb_rank_load(const std::string& model,
+                                                             uint32_t index) const {
   auto m = models_.find(model);
   if (m == models_.end()) return std::nullopt;
   auto it = m->second->last_eplb_load.find(index);

@@ -8,9 +8,12 @@ using prometheus::Counter;
 using prometheus::Gauge;
 
 namespace {
-double seconds(int64_t ns) { return static_cast<double>(ns) * 1e-9; }
-constexpr size_t kExpertsPerHotLayer = 3;
+double seconds(int64_t ns) {
+  return static_cast<double>(ns) * 1e-9;
+}
 }  // namespace
+
+// [SECTION] Metric series: per (rank, layer) and per rank, created on first use
 
 struct EpRanks::Cell {
   Counter *dispatch = nullptr, *compute = nullptr, *combine = nullptr, *idle = nullptr;
@@ -25,7 +28,10 @@ struct EpRanks::RankSeries {
 };
 
 EpRanks::EpRanks(const AggregatorOptions& options, CollectorMetrics& metrics, std::string model)
-    : options_(options), rank_options_(options), metrics_(metrics), model_(std::move(model)),
+    : options_(options),
+      rank_options_(options),
+      metrics_(metrics),
+      model_(std::move(model)),
       join_(options.ep_join_steps, options.ep_join_steps * 16) {
   // The expert detector's state machine, with rank thresholds; ranks are never cold.
   rank_options_.hot_threshold = options.hot_rank_threshold;
@@ -42,7 +48,8 @@ EpRanks::Cell& EpRanks::cell(uint32_t rank, uint32_t layer) {
   auto& slot = cells_[{rank, layer}];
   if (!slot) {
     slot = std::make_unique<Cell>();
-    const prometheus::Labels l{{"model", model_}, {"rank", std::to_string(rank)}, {"layer", std::to_string(layer)}};
+    const prometheus::Labels l{
+        {"model", model_}, {"rank", std::to_string(rank)}, {"layer", std::to_string(layer)}};
     slot->dispatch = &metrics_.ep_dispatch_seconds.Add(l);
     slot->compute = &metrics_.ep_compute_seconds.Add(l);
     slot->combine = &metrics_.ep_combine_seconds.Add(l);
@@ -67,6 +74,8 @@ EpRanks::RankSeries& EpRanks::rank_series(uint32_t rank) {
   return *slot;
 }
 
+// [SECTION] Records: counters and the (step, layer) join
+
 void EpRanks::on_step(uint32_t world_size, uint32_t rank, const wire::ExpertParallelStep& s) {
   const uint32_t world = static_cast<uint32_t>(
       std::min<uint64_t>(std::max<uint32_t>(world_size, 1), options_.max_ranks));
@@ -83,24 +92,25 @@ void EpRanks::on_step(uint32_t world_size, uint32_t rank, const wire::ExpertPara
   acc[s.layer] += s.rows_computed;
   rows_seen_ = true;
 
-  EpStepJoin::Joined joined;
+  analysis::EpStepJoin::Joined joined;
   switch (join_.add(world, rank, s.step, s.layer, s.compute_ns, joined)) {
-    case EpStepJoin::Result::kJoined: {
+    case analysis::EpStepJoin::Result::kJoined: {
       ++joined_;
       metrics_.ep_joined_steps.Add({{"model", model_}}).Increment();
-      const int64_t slowest = joined.compute_ns[joined.slowest];
-      for (uint32_t r = 0; r < joined.compute_ns.size(); ++r)
-        cell(r, joined.layer).idle->Increment(seconds(slowest - joined.compute_ns[r]));
-      rank_series(joined.slowest).straggler->Increment();
+      const analysis::RankIdle idle = analysis::rank_idle(joined.compute_ns);
+      for (uint32_t r = 0; r < idle.idle_ns.size(); ++r)
+        cell(r, joined.layer).idle->Increment(seconds(idle.idle_ns[r]));
+      rank_series(idle.slowest).straggler->Increment();
       break;
     }
-    case EpStepJoin::Result::kDuplicate:
+    case analysis::EpStepJoin::Result::kDuplicate:
       metrics_.ep_unjoined_steps.Add({{"model", model_}, {"reason", "duplicate"}}).Increment();
       break;
-    case EpStepJoin::Result::kOutOfWorld:
-      metrics_.ep_unjoined_steps.Add({{"model", model_}, {"reason", "rank_out_of_world"}}).Increment();
+    case analysis::EpStepJoin::Result::kOutOfWorld:
+      metrics_.ep_unjoined_steps.Add({{"model", model_}, {"reason", "rank_out_of_world"}})
+          .Increment();
       break;
-    case EpStepJoin::Result::kPending:
+    case analysis::EpStepJoin::Result::kPending:
       break;
   }
   if (join_.evicted() > reported_evicted_) {
@@ -110,8 +120,11 @@ void EpRanks::on_step(uint32_t world_size, uint32_t rank, const wire::ExpertPara
   }
 }
 
-void EpRanks::close_window(int64_t start_ns, int64_t end_ns, const std::vector<EpLayerWindow>& layers,
-                           uint32_t placement_ranks, std::vector<wire::AlertEpisode>& alerts) {
+// [SECTION] Window close: rank loads, hot-rank episodes and who is responsible
+
+void EpRanks::close_window(int64_t start_ns, int64_t end_ns,
+                           const std::vector<EpLayerWindow>& layers, uint32_t placement_ranks,
+                           std::vector<wire::AlertEpisode>& alerts) {
   // Per rank and layer load this window: rows computed, else the placement's load.
   std::map<uint32_t, std::vector<double>> per_layer;  // layer -> load per rank
   uint32_t ranks = 0;
@@ -127,7 +140,8 @@ void EpRanks::close_window(int64_t start_ns, int64_t end_ns, const std::vector<E
   } else if (placement_ranks > 0) {
     ranks = placement_ranks;
     for (const auto& lw : layers)
-      if (lw.rank_load != nullptr && lw.rank_load->balancedness > 0.0) per_layer[lw.layer] = lw.rank_load->load;
+      if (lw.rank_load != nullptr && lw.rank_load->balancedness > 0.0)
+        per_layer[lw.layer] = lw.rank_load->load;
   }
   rows_acc_.clear();
   rows_seen_ = false;
@@ -138,7 +152,7 @@ void EpRanks::close_window(int64_t start_ns, int64_t end_ns, const std::vector<E
     v.resize(ranks, 0.0);
     for (uint32_t r = 0; r < ranks; ++r) total[r] += static_cast<uint64_t>(v[r] + 0.5);
   }
-  LayerStats stats = compute_layer_stats(total, 0);
+  analysis::LayerStats stats = analysis::compute_layer_stats(total, 0);
   if (stats.routed == 0) return;
   for (uint32_t r = 0; r < ranks; ++r) rank_series(r).utilization->Set(stats.utilization[r]);
 
@@ -162,45 +176,33 @@ void EpRanks::close_window(int64_t start_ns, int64_t end_ns, const std::vector<E
 
   // Who is responsible: in each layer where rank r is over the threshold, the
   // experts placed on r with the largest share of the layer's assignments.
-  auto hot_layers = [&](uint32_t r, HotRank& h) {
-    std::vector<HotRank::Expert> experts;
-    for (const auto& layer_entry : per_layer) {
-      // Not a structured binding: clang (the fuzz build) cannot capture one in the lambda below.
-      const auto layer = layer_entry.first;
-      const auto& v = layer_entry.second;
-      double sum = 0.0;
-      for (double x : v) sum += x;
-      if (sum <= 0.0) continue;
-      const double u = v[r] / (sum / ranks);
-      if (u < options_.hot_rank_threshold) continue;
-      auto it = std::find_if(h.layers.begin(), h.layers.end(), [&](const HotRank::Layer& x) { return x.layer == layer; });
-      if (it == h.layers.end())
-        h.layers.push_back({layer, u});
-      else
-        it->utilization = std::max(it->utilization, u);
-      for (const auto& lw : layers) {
-        if (lw.layer != layer || lw.placement == nullptr || lw.expert_load.empty()) continue;
-        uint64_t layer_total = 0;
-        for (uint64_t x : lw.expert_load) layer_total += x;
-        if (layer_total == 0) continue;
-        std::vector<HotRank::Expert> on_rank;
-        const size_t n = std::min(lw.expert_load.size(), lw.placement->size());
-        for (uint32_t e = 0; e < n; ++e) {
-          const auto& holders = (*lw.placement)[e];
-          if (std::find(holders.begin(), holders.end(), r) == holders.end() || lw.expert_load[e] == 0) continue;
-          const double part = static_cast<double>(lw.expert_load[e]) / holders.size();
-          on_rank.push_back({layer, e, part / static_cast<double>(layer_total)});
-        }
-        std::stable_sort(on_rank.begin(), on_rank.end(),
-                         [](const HotRank::Expert& a, const HotRank::Expert& b) { return a.share > b.share; });
-        if (on_rank.size() > kExpertsPerHotLayer) on_rank.resize(kExpertsPerHotLayer);
-        experts.insert(experts.end(), on_rank.begin(), on_rank.end());
+  std::vector<analysis::RankLayerInput> inputs;
+  for (const auto& [layer, v] : per_layer) {
+    analysis::RankLayerInput in;
+    in.layer = layer;
+    in.rank_load = v;
+    for (const auto& lw : layers)
+      if (lw.layer == layer && lw.placement != nullptr && !lw.expert_load.empty()) {
+        in.expert_load = lw.expert_load;
+        in.placement = lw.placement;
+        break;
       }
+    inputs.push_back(in);
+  }
+  auto hot_layers = [&](uint32_t r, HotRank& h) {
+    analysis::HotRankCause cause = analysis::hot_rank_cause(r, inputs, options_);
+    for (const HotRank::Layer& l : cause.layers) {
+      auto it = std::find_if(h.layers.begin(), h.layers.end(),
+                             [&](const HotRank::Layer& x) { return x.layer == l.layer; });
+      if (it == h.layers.end())
+        h.layers.push_back(l);
+      else
+        it->utilization = std::max(it->utilization, l.utilization);
     }
-    std::sort(h.layers.begin(), h.layers.end(), [](const HotRank::Layer& a, const HotRank::Layer& b) { return a.layer < b.layer; });
-    std::stable_sort(experts.begin(), experts.end(),
-                     [](const HotRank::Expert& a, const HotRank::Expert& b) { return a.share > b.share; });
-    if (!experts.empty()) h.experts = std::move(experts);  // a window under the bar keeps the last
+    std::sort(h.layers.begin(), h.layers.end(),
+              [](const HotRank::Layer& a, const HotRank::Layer& b) { return a.layer < b.layer; });
+    // A window under the bar keeps the last experts.
+    if (!cause.experts.empty()) h.experts = std::move(cause.experts);
   };
 
   for (const auto& ev : events) {
@@ -218,7 +220,9 @@ void EpRanks::close_window(int64_t start_ns, int64_t end_ns, const std::vector<E
       // The headline: the hottest layer and, in it, the rank's largest expert.
       if (!h.layers.empty()) {
         auto top = std::max_element(h.layers.begin(), h.layers.end(),
-                                    [](const HotRank::Layer& x, const HotRank::Layer& y) { return x.utilization < y.utilization; });
+                                    [](const HotRank::Layer& x, const HotRank::Layer& y) {
+                                      return x.utilization < y.utilization;
+                                    });
         a.layer = top->layer;
         for (const auto& x : h.experts)
           if (x.layer == a.layer) {
@@ -256,6 +260,8 @@ void EpRanks::close_window(int64_t start_ns, int64_t end_ns, const std::vector<E
     hot_layers(r, h);
   }
 }
+
+// [SECTION] Inspection
 
 std::vector<HotRank> EpRanks::hot_ranks() const {
   std::vector<HotRank> out;

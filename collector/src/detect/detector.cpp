@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "inferscope/analysis/classify.hpp"
+
 namespace inferscope::collector {
 
 LayerDetector::LayerDetector(const AggregatorOptions& options, uint32_t experts)
@@ -28,7 +30,7 @@ void LayerDetector::close_all(int64_t end_ns, std::vector<EpisodeEvent>& events)
   drop_open_ = false;
 }
 
-void LayerDetector::observe(const LayerStats& stats, int64_t start_ns, int64_t end_ns,
+void LayerDetector::observe(const analysis::LayerStats& stats, int64_t start_ns, int64_t end_ns,
                             std::vector<EpisodeEvent>& events) {
   const size_t n = std::min(experts_.size(), stats.utilization.size());
   // Extends a streak or breaks it; `worse` says whether this window is the new peak.
@@ -52,9 +54,9 @@ void LayerDetector::observe(const LayerStats& stats, int64_t start_ns, int64_t e
     const double u = stats.utilization[i];
     const float share = static_cast<float>(stats.share[i]);
     const float util = static_cast<float>(u);
-    const bool zero = stats.share[i] == 0.0;
-    step(x.hot, u >= options_.hot_threshold, share, util, true);
-    step(x.cold, u < options_.cold_threshold, share, util, false);
+    const bool zero = analysis::is_dead(stats.share[i]);
+    step(x.hot, analysis::is_hot(u, options_), share, util, true);
+    step(x.cold, analysis::is_cold(u, options_), share, util, false);
     step(x.dead, zero, share, util, false);
 
     auto close = [&](wire::AlertKind kind) {
@@ -64,14 +66,14 @@ void LayerDetector::observe(const LayerStats& stats, int64_t start_ns, int64_t e
     };
     // Close first (with hysteresis), then open at most one episode.
     if (x.open == static_cast<int>(wire::AlertKind::kHotExpert)) {
-      if (u < options_.hot_clear_threshold) {
+      if (analysis::hot_clears(u, options_)) {
         close(wire::AlertKind::kHotExpert);
       } else if (util > x.peak_utilization) {
         x.peak_share = share;
         x.peak_utilization = util;
       }
     } else if (x.open == static_cast<int>(wire::AlertKind::kColdExpert)) {
-      if (u >= options_.cold_clear_threshold || x.dead.length >= options_.windows) {
+      if (analysis::cold_clears(u, options_) || x.dead.length >= options_.windows) {
         close(wire::AlertKind::kColdExpert);
       } else if (util < x.peak_utilization) {
         x.peak_share = share;
@@ -104,11 +106,11 @@ void LayerDetector::observe(const LayerStats& stats, int64_t start_ns, int64_t e
 
   // Layer-level drop burst: opens on the first window over the threshold.
   const float ratio = static_cast<float>(stats.drop_ratio);
-  const bool burst = stats.routed > 0 && stats.drop_ratio >= options_.drop_burst_threshold;
+  const bool burst = analysis::is_drop_burst(stats, options_);
   if (drop_open_) {
     if (!burst) {
-      events.push_back({false, wire::AlertKind::kDropBurst, 0, drop_start_ns_, start_ns,
-                        drop_peak_, 0.0f});
+      events.push_back(
+          {false, wire::AlertKind::kDropBurst, 0, drop_start_ns_, start_ns, drop_peak_, 0.0f});
       drop_open_ = false;
     } else {
       drop_peak_ = std::max(drop_peak_, ratio);

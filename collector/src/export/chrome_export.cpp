@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "inferscope/collector/trace_store.hpp"
+#include "inferscope/wire/names.hpp"
 #include "inferscope/wire/trace_file.hpp"
 
 namespace inferscope::collector {
@@ -210,8 +211,7 @@ class Exporter {
       emit({{"ph", "M"}, {"name", "process_name"}, {"pid", kAlertPid},
             {"args", {{"name", "inferscope-collector alerts"}}}});
     }
-    const std::string n = std::string(wire::to_string(a.kind)) + " layer " + std::to_string(a.layer) +
-                          (a.kind == wire::AlertKind::kDropBurst ? "" : " expert " + std::to_string(a.expert));
+    const std::string n = wire::alert_event_name(a);
     json args = {{"model", a.model},           {"rank", a.rank},
                  {"layer", a.layer},           {"expert", a.expert},
                  {"peak_share", a.peak_share}, {"peak_utilization", a.peak_utilization}};

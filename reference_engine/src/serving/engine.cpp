@@ -10,6 +10,7 @@
 #include <optional>
 #include <stdexcept>
 
+#include "inferscope/analysis/layer_stats.hpp"
 #include "inferscope/engine/telemetry.hpp"
 
 namespace inferscope::engine {
@@ -43,19 +44,12 @@ class Engine::Observer final : public ForwardObserver {
   }
   void moe_routed(int32_t layer, const RouteCounts& c, int32_t tokens) override {
     LayerRouting& r = stats_.layers[static_cast<size_t>(layer)];
-    uint64_t total = 0, mx = 0;
-    for (size_t e = 0; e < c.routed.size(); ++e) {
-      r.routed[e] += c.routed[e];
-      total += c.routed[e];
-      mx = std::max<uint64_t>(mx, c.routed[e]);
-    }
+    for (size_t e = 0; e < c.routed.size(); ++e) r.routed[e] += c.routed[e];
     r.tokens += static_cast<uint64_t>(tokens);
     r.dropped += c.dropped;
     r.rerouted += c.rerouted;
     r.steps++;
-    if (total > 0)
-      r.imbalance_sum += static_cast<double>(mx) * static_cast<double>(c.routed.size()) /
-                         static_cast<double>(total);
+    r.imbalance_sum += analysis::imbalance(c.routed);  // max / mean; 0 for an idle step
     if (telemetry_) telemetry_->moe_routed(layer, c, tokens);
   }
   void ep_phase_begin(int32_t layer, EpPhase phase) override {

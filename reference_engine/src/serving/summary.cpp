@@ -5,6 +5,9 @@
 #include <cstdio>
 #include <numeric>
 
+#include "inferscope/analysis/classify.hpp"
+#include "inferscope/analysis/layer_stats.hpp"
+
 namespace inferscope::engine {
 namespace {
 
@@ -28,6 +31,8 @@ double mib(size_t b) {
 }
 
 }  // namespace
+
+// [SECTION] The summary as JSON
 
 json make_summary(const ModelConfig& c, const MemoryFootprint& mem, const EngineStats& s,
                   const std::vector<RequestResult>& results, double wall) {
@@ -56,31 +61,33 @@ json make_summary(const ModelConfig& c, const MemoryFootprint& mem, const Engine
   j["latency_ms"] = {
       {"ttft", percentiles(ttft)}, {"tpot", percentiles(tpot)}, {"e2e", percentiles(e2e)}};
 
+  // [SECTION] MoE routing per layer
+  // The collector's thresholds. The summary counts over the whole run, not per
+  // window, so it names every expert at or above the level a hot episode would
+  // not clear on (hot_clear_threshold): the set a collector may call hot.
+  const analysis::AnalysisOptions thresholds;
   json layers = json::array(), hot = json::array();
   for (size_t l = 0; l < s.layers.size(); ++l) {
     const LayerRouting& r = s.layers[l];
     if (r.routed.empty()) continue;
-    const uint64_t total = std::accumulate(r.routed.begin(), r.routed.end(), uint64_t{0});
+    const analysis::LayerStats st = analysis::compute_layer_stats(r.routed, r.dropped);
+    const uint64_t total = st.routed;
     std::vector<size_t> order(r.routed.size());
     std::iota(order.begin(), order.end(), 0);
     std::sort(order.begin(), order.end(),
               [&](size_t a, size_t b) { return r.routed[a] > r.routed[b]; });
-    const double fair = 1.0 / static_cast<double>(r.routed.size());
     json top = json::array();
     for (size_t i = 0; i < std::min<size_t>(3, order.size()); ++i) {
-      double share =
-          total ? static_cast<double>(r.routed[order[i]]) / static_cast<double>(total) : 0.0;
-      top.push_back({{"expert", order[i]}, {"share", share}, {"utilization", share / fair}});
-      if (share >= 1.5 * fair)
+      const double share = st.share[order[i]], utilization = st.utilization[order[i]];
+      top.push_back({{"expert", order[i]}, {"share", share}, {"utilization", utilization}});
+      if (total > 0 && !analysis::hot_clears(utilization, thresholds))
         hot.push_back(
-            {{"layer", l}, {"expert", order[i]}, {"share", share}, {"utilization", share / fair}});
+            {{"layer", l}, {"expert", order[i]}, {"share", share}, {"utilization", utilization}});
     }
-    const double mean = static_cast<double>(total) / static_cast<double>(r.routed.size());
     const double assignments = static_cast<double>(r.tokens) * c.moe.top_k;
     layers.push_back(
         {{"layer", l},
-         {"imbalance_max_over_mean",
-          mean > 0 ? static_cast<double>(r.routed[order[0]]) / mean : 0.0},
+         {"imbalance_max_over_mean", st.imbalance},
          {"mean_step_imbalance", r.steps ? r.imbalance_sum / static_cast<double>(r.steps) : 0.0},
          {"assignments", total},
          {"dropped", r.dropped},
@@ -122,6 +129,8 @@ json make_summary(const ModelConfig& c, const MemoryFootprint& mem, const Engine
                         {"image_tokens", s.image_tokens}};
   return j;
 }
+
+// [SECTION] The same JSON as text
 
 std::string format_summary(const json& j) {
   std::string out;

@@ -4,8 +4,11 @@
 #include <map>
 #include <set>
 
-#include "inferscope/collector/eplb.hpp"
-#include "inferscope/collector/layer_stats.hpp"
+#include "inferscope/analysis/classify.hpp"
+#include "inferscope/analysis/ep_join.hpp"
+#include "inferscope/analysis/eplb.hpp"
+#include "inferscope/analysis/hot_rank.hpp"
+#include "inferscope/analysis/layer_stats.hpp"
 
 namespace inferscope::viewer {
 
@@ -23,12 +26,17 @@ void placement_of(const TraceModel& m, std::vector<uint32_t>& expert_to_rank, ui
 
 }  // namespace
 
-EpReport ep_report(const TraceModel& m, int64_t t0, int64_t t1, double hot_threshold, int eplb_redundant) {
+EpReport ep_report(const TraceModel& m, int64_t t0, int64_t t1, double hot_threshold,
+                   int eplb_redundant) {
+  analysis::AnalysisOptions options;
+  options.hot_rank_threshold = hot_threshold;
   EpReport r;
   std::vector<uint32_t> expert_to_rank;
   uint32_t world = 0;
   placement_of(m, expert_to_rank, world);
   for (uint32_t e : expert_to_rank) world = std::max(world, e + 1);
+  std::vector<std::vector<uint32_t>> table;  // expert -> its one rank, from the hello
+  for (uint32_t k : expert_to_rank) table.push_back({k});
 
   // [SECTION] expert_parallel records
   struct Pair {
@@ -59,12 +67,13 @@ EpReport ep_report(const TraceModel& m, int64_t t0, int64_t t1, double hot_thres
   for (const auto& [key, p] : pairs) {
     if (p.compute.size() < world) continue;  // not every rank in the window
     ++r.joined;
-    int64_t slowest = 0;
-    uint32_t who = 0;
-    for (const auto& [k, ns] : p.compute)
-      if (ns > slowest) slowest = ns, who = k;
-    for (const auto& [k, ns] : p.compute) rows[k].idle_ms += static_cast<double>(slowest - ns) * 1e-6;
-    ++rows[who].straggler;
+    // Every rank 0..world-1 reported (ranks seen are < world): index = rank.
+    std::vector<int64_t> compute;
+    for (const auto& [k, ns] : p.compute) compute.push_back(ns);
+    const analysis::RankIdle idle = analysis::rank_idle(compute);
+    for (uint32_t k = 0; k < idle.idle_ns.size(); ++k)
+      rows[k].idle_ms += static_cast<double>(idle.idle_ns[k]) * 1e-6;
+    ++rows[idle.slowest].straggler;
   }
   uint64_t all_rows = 0;
   for (auto& [k, row] : rows) all_rows += row.rows_computed;
@@ -75,7 +84,8 @@ EpReport ep_report(const TraceModel& m, int64_t t0, int64_t t1, double hot_thres
     row.compute_ms /= n;
     row.combine_ms /= n;
     row.idle_ms /= n;
-    row.rows_share = all_rows ? static_cast<double>(row.rows_computed) / static_cast<double>(all_rows) : 0.0;
+    row.rows_share =
+        all_rows ? static_cast<double>(row.rows_computed) / static_cast<double>(all_rows) : 0.0;
     row.rows_utilization = row.rows_share * world;
   }
 
@@ -92,13 +102,11 @@ EpReport ep_report(const TraceModel& m, int64_t t0, int64_t t1, double hot_thres
   if (!expert_to_rank.empty() && world > 0 && !layer_load.empty()) {
     r.has_placement = true;
     r.eplb_redundant = eplb_redundant < 0 ? world : static_cast<uint32_t>(eplb_redundant);
-    std::vector<std::vector<uint32_t>> table;
-    for (uint32_t k : expert_to_rank) table.push_back({k});
     std::vector<double> now(world, 0.0), eplb(world, 0.0);
     for (const auto& [layer, load] : layer_load) {
-      auto current = collector::compute_rank_load(load, table, world);
-      auto plan = collector::plan_eplb(load, world, r.eplb_redundant, &table);
-      auto after = collector::compute_rank_load(load, plan.expert_to_ranks, world);
+      auto current = analysis::compute_rank_load(load, table, world);
+      auto plan = analysis::plan_eplb(load, world, r.eplb_redundant, &table);
+      auto after = analysis::compute_rank_load(load, plan.expert_to_ranks, world);
       if (current.load.empty()) continue;
       placement_layer_load[layer] = current.load;
       for (uint32_t k = 0; k < world; ++k) {
@@ -119,50 +127,42 @@ EpReport ep_report(const TraceModel& m, int64_t t0, int64_t t1, double hot_thres
   }
 
   // [SECTION] Hot ranks: rows computed decide, else the placement's load
-  for (auto& rank_entry : rows) {
-    // Not a structured binding: clang (the fuzz build) cannot capture one in a lambda.
-    const auto k = rank_entry.first;
-    auto& row = rank_entry.second;
+  // The per-layer loads per rank the attribution reads (analysis/hot_rank.hpp).
+  std::map<uint32_t, std::vector<double>> layer_rank_load;
+  if (r.has_ep_records) {
+    for (const auto& [layer, by_rank] : rows_by_layer) {
+      auto& v = layer_rank_load[layer];
+      v.assign(world, 0.0);
+      for (const auto& [k, n] : by_rank) v[k] = static_cast<double>(n);
+    }
+  } else {
+    layer_rank_load = placement_layer_load;
+  }
+  std::vector<analysis::RankLayerInput> inputs;
+  for (const auto& [layer, v] : layer_rank_load) {
+    analysis::RankLayerInput in;
+    in.layer = layer;
+    in.rank_load = v;
+    auto it = layer_load.find(layer);
+    if (it != layer_load.end() && !table.empty()) {
+      in.expert_load = it->second;
+      in.placement = &table;
+    }
+    inputs.push_back(in);
+  }
+  for (const auto& [k, row] : rows) {
     const double u = r.has_ep_records ? row.rows_utilization : row.load_now;
-    if (u < hot_threshold) continue;
+    if (!analysis::is_hot_rank(u, options)) continue;
+    analysis::HotRankCause cause = analysis::hot_rank_cause(k, inputs, options);
     EpHotRank h;
     h.rank = k;
     h.utilization = u;
-    auto consider = [&](uint32_t layer, double mine, double total) {
-      if (total <= 0) return;
-      const double lu = mine / (total / world);
-      if (lu < hot_threshold) return;
-      h.layers.push_back({layer, lu});
-      auto it = layer_load.find(layer);
-      if (it == layer_load.end() || expert_to_rank.empty()) return;
-      uint64_t layer_total = 0;
-      for (uint64_t x : it->second) layer_total += x;
-      std::vector<EpHotRank::Expert> on_rank;
-      for (uint32_t e = 0; e < it->second.size() && e < expert_to_rank.size(); ++e)
-        if (expert_to_rank[e] == k && it->second[e] > 0)
-          on_rank.push_back({layer, e, static_cast<double>(it->second[e]) / static_cast<double>(layer_total)});
-      std::stable_sort(on_rank.begin(), on_rank.end(), [](auto& a, auto& b) { return a.share > b.share; });
-      if (on_rank.size() > 3) on_rank.resize(3);
-      h.experts.insert(h.experts.end(), on_rank.begin(), on_rank.end());
-    };
-    if (r.has_ep_records) {
-      for (const auto& [layer, by_rank] : rows_by_layer) {
-        double total = 0;
-        for (const auto& [kk, n] : by_rank) total += static_cast<double>(n);
-        auto it = by_rank.find(k);
-        consider(layer, it == by_rank.end() ? 0.0 : static_cast<double>(it->second), total);
-      }
-    } else {
-      for (const auto& [layer, v] : placement_layer_load) {
-        double total = 0;
-        for (double x : v) total += x;
-        consider(layer, v[k], total);
-      }
-    }
-    std::stable_sort(h.experts.begin(), h.experts.end(), [](auto& a, auto& b) { return a.share > b.share; });
+    h.layers = std::move(cause.layers);
+    h.experts = std::move(cause.experts);
     r.hot.push_back(std::move(h));
   }
-  std::sort(r.hot.begin(), r.hot.end(), [](auto& a, auto& b) { return a.utilization > b.utilization; });
+  std::sort(r.hot.begin(), r.hot.end(),
+            [](auto& a, auto& b) { return a.utilization > b.utilization; });
   for (auto& [k, row] : rows) r.rows.push_back(row);
   return r;
 }

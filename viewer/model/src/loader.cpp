@@ -12,10 +12,13 @@
 
 #include <nlohmann/json.hpp>
 
+#include "inferscope/wire/names.hpp"
 #include "inferscope/wire/trace_file.hpp"
 
 namespace inferscope::viewer {
 namespace fs = std::filesystem;
+
+// [SECTION] Load results
 
 std::string LoadResult::summary() const {
   std::ostringstream o;
@@ -80,6 +83,8 @@ char first_non_space(const std::string& path) {
 
 }  // namespace
 
+// [SECTION] Trace files (inferscope's own frames)
+
 LoadResult load_trace_file(const std::string& path, TraceModel& model) {
   LoadResult r;
   wire::TraceFileReader reader;
@@ -143,6 +148,8 @@ LoadResult load_path(const std::string& path, TraceModel& model) {
   if (c == '{' || c == '[') return load_chrome_json(path, model);
   return load_trace_file(path, model);
 }
+
+// [SECTION] Chrome / Perfetto JSON (as inferscope-export writes it)
 
 LoadResult load_chrome_json(const std::string& path, TraceModel& model) {
   std::ifstream in(path, std::ios::binary);
@@ -227,12 +234,14 @@ LoadResult load_chrome_json_text(const std::string& text, TraceModel& model) {
     return 0;
   };
   // inferscope-export writes the collector's episodes as X (closed) or i (open)
-  // events with category "alert" and the episode's fields as args.
-  auto alert_of = [&](const json& e, int64_t start, int64_t end) {
+  // events with category "alert" and the episode's fields as args. False (the
+  // event is counted as skipped) when the name starts with no alert kind.
+  auto alert_of = [&](const json& e, int64_t start, int64_t end) -> bool {
     wire::AlertEpisode a;
-    std::string n = str(e, "name");
-    for (uint8_t k = 0; k <= static_cast<uint8_t>(wire::AlertKind::kDropBurst); ++k)
-      if (n.rfind(wire::to_string(static_cast<wire::AlertKind>(k)), 0) == 0) a.kind = static_cast<wire::AlertKind>(k);
+    // The name's first word is the kind (wire/names.hpp, as the exporter wrote it).
+    const auto kind = wire::alert_kind_of_event_name(str(e, "name"));
+    if (!kind) return false;
+    a.kind = *kind;
     a.rank = to_u32(arg_num(e, "rank", 0));
     a.layer = to_u32(arg_num(e, "layer", 0));
     a.expert = to_u32(arg_num(e, "expert", 0));
@@ -242,7 +251,10 @@ LoadResult load_chrome_json_text(const std::string& text, TraceModel& model) {
     a.start_ns = start;
     a.end_ns = end;
     others.emplace_back(wire::kCollectorSource, a);
+    return true;
   };
+
+  // [SECTION] One pass over the events
 
   for (const json& e : *events) {
     if (!e.is_object()) {
@@ -263,7 +275,8 @@ LoadResult load_chrome_json_text(const std::string& text, TraceModel& model) {
         continue;
       }
       int64_t a = std::llround(ts * 1000.0);
-      alert_of(e, a, ph == "X" ? a + std::llround(std::max(0.0, dur) * 1000.0) : 0);
+      if (!alert_of(e, a, ph == "X" ? a + std::llround(std::max(0.0, dur) * 1000.0) : 0))
+        ++skipped;
     } else if (ph == "b" || ph == "e") {
       // Async request / stage events, paired by (pid, cat, name, id).
       double ts = num(e, "ts", NAN);

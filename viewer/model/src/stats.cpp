@@ -6,7 +6,11 @@
 #include <map>
 #include <unordered_map>
 
+#include "inferscope/analysis/classify.hpp"
+
 namespace inferscope::viewer {
+
+// [SECTION] Percentiles
 
 double percentile(std::vector<double> values, double p) {
   if (values.empty()) return 0.0;
@@ -28,7 +32,10 @@ Percentiles percentiles(std::vector<double> values) {
   return p;
 }
 
-Heatmap expert_heatmap(const TraceModel& m, int64_t t0, int64_t t1, uint32_t rank, double hot_threshold) {
+// [SECTION] Expert load (the arithmetic is the analysis library's)
+
+Heatmap expert_heatmap(const TraceModel& m, int64_t t0, int64_t t1, uint32_t rank,
+                       const analysis::AnalysisOptions& options) {
   Heatmap h;
   std::map<uint32_t, HeatmapLayer> layers;
   const auto& counts = m.expert_counts();
@@ -53,17 +60,12 @@ Heatmap expert_heatmap(const TraceModel& m, int64_t t0, int64_t t1, uint32_t ran
     h.experts = std::max<uint32_t>(h.experts, static_cast<uint32_t>(n));
     l.hot.assign(n, 0);
     if (n > 0 && l.total > 0) {
-      double mean = double(l.total) / double(n);
-      double mx = 0, var = 0;
-      for (uint64_t a : l.assignments) {
-        mx = std::max(mx, double(a));
-        var += (double(a) - mean) * (double(a) - mean);
-      }
-      l.imbalance = mx / mean;
-      l.cv = std::sqrt(var / double(n)) / mean;
+      const analysis::LayerStats stats = analysis::compute_layer_stats(l.assignments, l.dropped);
+      l.imbalance = stats.imbalance;
+      l.cv = stats.cv;
       for (size_t e = 0; e < n; ++e) {
         h.max_share = std::max(h.max_share, l.share(e));
-        if (!have_alerts && l.utilization(e) >= hot_threshold) l.hot[e] = 1;
+        if (!have_alerts && analysis::is_hot(stats.utilization[e], options)) l.hot[e] = 1;
       }
     }
     for (const AlertRec& a : m.alerts()) {
@@ -78,18 +80,18 @@ Heatmap expert_heatmap(const TraceModel& m, int64_t t0, int64_t t1, uint32_t ran
   return h;
 }
 
-RankLoad rank_loads(const Heatmap& h, const std::vector<uint32_t>& expert_to_rank) {
-  RankLoad r;
-  for (uint32_t x : expert_to_rank) r.ranks = std::max(r.ranks, x + 1);
-  if (r.ranks == 0) return r;
+std::vector<analysis::RankLoad> rank_loads(const Heatmap& h,
+                                           const std::vector<uint32_t>& expert_to_rank) {
+  std::vector<analysis::RankLoad> out;
+  uint32_t ranks = 0;
+  for (uint32_t x : expert_to_rank) ranks = std::max(ranks, x + 1);
+  if (ranks == 0) return out;
+  std::vector<std::vector<uint32_t>> table;
+  for (uint32_t k : expert_to_rank) table.push_back({k});
   for (const HeatmapLayer& l : h.layers) {
-    std::vector<double> row(r.ranks, 0.0);
-    for (size_t e = 0; e < l.assignments.size() && e < expert_to_rank.size(); ++e)
-      row[expert_to_rank[e]] += l.share(e);
-    r.layers.push_back(l.layer);
-    r.share.push_back(std::move(row));
+    out.push_back(analysis::compute_rank_load(l.assignments, table, ranks));
   }
-  return r;
+  return out;
 }
 
 Series expert_share_series(const TraceModel& m, uint32_t layer, uint32_t expert, int64_t t0,
@@ -113,6 +115,8 @@ Series expert_share_series(const TraceModel& m, uint32_t layer, uint32_t expert,
   return s;
 }
 
+// [SECTION] Memory and cache
+
 MemorySeries memory_series(const TraceModel& m, int64_t t0, int64_t t1, int points, uint32_t rank) {
   MemorySeries s;
   if (points <= 1 || t1 <= t0) return s;
@@ -124,14 +128,16 @@ MemorySeries memory_series(const TraceModel& m, int64_t t0, int64_t t1, int poin
     s.has_kind[static_cast<uint8_t>(r.sample.kind)] = true;
   }
   for (auto& [k, v] : groups)
-    std::stable_sort(v.begin(), v.end(), [](auto* a, auto* b) { return a->timestamp_ns < b->timestamp_ns; });
+    std::stable_sort(v.begin(), v.end(),
+                     [](auto* a, auto* b) { return a->timestamp_ns < b->timestamp_ns; });
   for (auto& u : s.used) u.assign(points, 0.0);
   for (auto& c : s.capacity) c.assign(points, 0.0);
   for (int p = 0; p < points; ++p) {
     int64_t t = t0 + static_cast<int64_t>(double(t1 - t0) * p / (points - 1));
     s.t.push_back(double(t - m.min_ns()) * 1e-9);
     for (auto& [k, v] : groups) {
-      auto it = std::upper_bound(v.begin(), v.end(), t, [](int64_t x, auto* smp) { return x < smp->timestamp_ns; });
+      auto it = std::upper_bound(v.begin(), v.end(), t,
+                                 [](int64_t x, auto* smp) { return x < smp->timestamp_ns; });
       if (it == v.begin()) continue;
       const wire::MemorySample* smp = *(it - 1);
       uint8_t kind = std::get<2>(k);
@@ -142,7 +148,8 @@ MemorySeries memory_series(const TraceModel& m, int64_t t0, int64_t t1, int poin
   return s;
 }
 
-HitRateSeries prefix_hit_rate(const TraceModel& m, int64_t t0, int64_t t1, int bins, uint32_t rank) {
+HitRateSeries prefix_hit_rate(const TraceModel& m, int64_t t0, int64_t t1, int bins,
+                              uint32_t rank) {
   HitRateSeries s;
   if (bins <= 0 || t1 <= t0) return s;
   std::vector<double> aq(bins, 0), ah(bins, 0), sq(bins, 0), sh(bins, 0);
@@ -170,6 +177,8 @@ HitRateSeries prefix_hit_rate(const TraceModel& m, int64_t t0, int64_t t1, int b
   return s;
 }
 
+// [SECTION] Stages and requests
+
 std::vector<RequestRow> request_rows(const TraceModel& m, int64_t t0, int64_t t1) {
   struct Key {
     uint32_t source;
@@ -177,7 +186,9 @@ std::vector<RequestRow> request_rows(const TraceModel& m, int64_t t0, int64_t t1
     bool operator==(const Key&) const = default;
   };
   struct KeyHash {
-    size_t operator()(const Key& k) const { return std::hash<uint64_t>()(k.id * 1315423911u + k.source); }
+    size_t operator()(const Key& k) const {
+      return std::hash<uint64_t>()(k.id * 1315423911u + k.source);
+    }
   };
   std::unordered_map<Key, std::array<double, wire::kStageCount>, KeyHash> stage_time;
   for (const StageRec& s : m.stages()) {
@@ -205,10 +216,12 @@ std::vector<RequestRow> request_rows(const TraceModel& m, int64_t t0, int64_t t1
     row.images = q.image_tokens;
     row.cached = q.cached_tokens;
     row.status = q.status;
-    if (auto it = stage_time.find({r.source, q.request_id}); it != stage_time.end()) row.stage_s = it->second;
+    if (auto it = stage_time.find({r.source, q.request_id}); it != stage_time.end())
+      row.stage_s = it->second;
     rows.push_back(row);
   }
-  std::sort(rows.begin(), rows.end(), [](const RequestRow& a, const RequestRow& b) { return a.arrival_ns < b.arrival_ns; });
+  std::sort(rows.begin(), rows.end(),
+            [](const RequestRow& a, const RequestRow& b) { return a.arrival_ns < b.arrival_ns; });
   return rows;
 }
 

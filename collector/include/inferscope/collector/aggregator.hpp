@@ -21,9 +21,9 @@
 #include <string>
 #include <vector>
 
+#include "inferscope/analysis/layer_stats.hpp"
 #include "inferscope/collector/detector.hpp"
 #include "inferscope/collector/ep_ranks.hpp"
-#include "inferscope/collector/layer_stats.hpp"
 #include "inferscope/collector/metrics.hpp"
 #include "inferscope/collector/options.hpp"
 #include "inferscope/collector/sources.hpp"
@@ -58,13 +58,13 @@ class Aggregator {
   // [SECTION] Inspection (tests, benchmark, docs)
   struct LayerSnapshot {
     uint32_t experts = 0;
-    uint64_t windows = 0;      // non-idle windows closed
-    LayerStats last;           // last non-idle window
+    uint64_t windows = 0;       // non-idle windows closed
+    analysis::LayerStats last;  // last non-idle window
   };
   std::optional<LayerSnapshot> layer(const std::string& model, uint32_t rank, uint32_t layer) const;
-  std::optional<RankLoad> rank_load(const std::string& model, uint32_t layer) const;
+  std::optional<analysis::RankLoad> rank_load(const std::string& model, uint32_t layer) const;
   // The EPLB what-if's rank loads for the layer, last window (needs a placement).
-  std::optional<RankLoad> eplb_rank_load(const std::string& model, uint32_t layer) const;
+  std::optional<analysis::RankLoad> eplb_rank_load(const std::string& model, uint32_t layer) const;
   // Open hot-rank episodes with their layers and responsible experts.
   std::vector<HotRank> hot_ranks(const std::string& model) const;
   const EpRanks* ep_ranks(const std::string& model) const;  // null before any EP data

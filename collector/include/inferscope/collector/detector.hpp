@@ -11,12 +11,14 @@
 // Windows in which the whole layer saw no tokens are idle and are not fed in.
 // A drop burst is a layer-level episode: dropped / routed >= drop_burst_threshold
 // opens it at once, the first window below closes it.
+// The conditions themselves are the analysis library's (inferscope/analysis/classify.hpp);
+// this class adds the collector's memory of them: streaks, episodes and peaks.
 #pragma once
 
 #include <cstdint>
 #include <vector>
 
-#include "inferscope/collector/layer_stats.hpp"
+#include "inferscope/analysis/layer_stats.hpp"
 #include "inferscope/collector/options.hpp"
 #include "inferscope/wire/records.hpp"
 
@@ -28,7 +30,7 @@ struct EpisodeEvent {
   wire::AlertKind kind = wire::AlertKind::kHotExpert;
   uint32_t expert = 0;
   int64_t start_ns = 0;
-  int64_t end_ns = 0;   // 0 when opened
+  int64_t end_ns = 0;  // 0 when opened
   float peak_share = 0.0f;
   float peak_utilization = 0.0f;
 };
@@ -38,7 +40,7 @@ class LayerDetector {
   LayerDetector(const AggregatorOptions& options, uint32_t experts);
 
   // One non-idle window [start_ns, end_ns): appends what opened or closed.
-  void observe(const LayerStats& stats, int64_t start_ns, int64_t end_ns,
+  void observe(const analysis::LayerStats& stats, int64_t start_ns, int64_t end_ns,
                std::vector<EpisodeEvent>& events);
 
   // Ends every open episode at end_ns (the source went away): appends the closings.

@@ -11,7 +11,9 @@
 // episode (the expert detector's hysteresis: it closes below
 // hot_rank_clear_threshold). The episode names the layers where the rank is
 // over the threshold and, in those layers, the experts on the rank that carry
-// the largest share of the layer's assignments (expert_load + placement).
+// the largest share of the layer's assignments (expert_load + placement); the
+// join, the idle arithmetic and the attribution are the analysis library's
+// (inferscope/analysis/{ep_join,hot_rank}.hpp), this class adds the metrics and episodes.
 #pragma once
 
 #include <cstdint>
@@ -21,9 +23,10 @@
 #include <string>
 #include <vector>
 
+#include "inferscope/analysis/ep_join.hpp"
+#include "inferscope/analysis/hot_rank.hpp"
+#include "inferscope/analysis/layer_stats.hpp"
 #include "inferscope/collector/detector.hpp"
-#include "inferscope/collector/ep_join.hpp"
-#include "inferscope/collector/layer_stats.hpp"
 #include "inferscope/collector/metrics.hpp"
 #include "inferscope/collector/options.hpp"
 #include "inferscope/wire/records.hpp"
@@ -32,28 +35,21 @@ namespace inferscope::collector {
 
 // A hot rank and who is responsible, for logs, tests and the viewer API.
 struct HotRank {
-  struct Expert {
-    uint32_t layer = 0;
-    uint32_t expert = 0;
-    double share = 0.0;  // of the layer's assignments (all ranks) in the window
-  };
-  struct Layer {
-    uint32_t layer = 0;
-    double utilization = 0.0;  // the rank's load in this layer over the mean rank's, peak
-  };
+  using Expert = analysis::HotRankExpert;  // share: of the layer's assignments in the window
+  using Layer = analysis::HotRankLayer;    // utilization: peak over the episode
   uint32_t rank = 0;
   int64_t start_ns = 0;
-  double utilization = 0.0;       // peak over the episode
-  std::vector<Layer> layers;      // where it was over the threshold, by layer
-  std::vector<Expert> experts;    // largest first, at most 3 per hot layer, last hot window
+  double utilization = 0.0;     // peak over the episode
+  std::vector<Layer> layers;    // where it was over the threshold, by layer
+  std::vector<Expert> experts;  // largest first, at most 3 per hot layer, last hot window
 };
 
 // What the aggregator knows about one MoE layer when a window closes.
 struct EpLayerWindow {
   uint32_t layer = 0;
-  std::span<const uint64_t> expert_load;                      // all ranks summed; may be empty
+  std::span<const uint64_t> expert_load;                          // all ranks summed; may be empty
   const std::vector<std::vector<uint32_t>>* placement = nullptr;  // expert -> ranks; may be null
-  const RankLoad* rank_load = nullptr;                        // under the placement; may be null
+  const analysis::RankLoad* rank_load = nullptr;  // under the placement; may be null
 };
 
 class EpRanks {
@@ -70,10 +66,10 @@ class EpRanks {
 
   std::vector<HotRank> hot_ranks() const;
   uint64_t joined() const { return joined_; }
-  const EpStepJoin& join() const { return join_; }
+  const analysis::EpStepJoin& join() const { return join_; }
 
  private:
-  struct Cell;      // per (rank, layer) counters
+  struct Cell;  // per (rank, layer) counters
   struct RankSeries;
   Cell& cell(uint32_t rank, uint32_t layer);
   RankSeries& rank_series(uint32_t rank);
@@ -82,10 +78,11 @@ class EpRanks {
   AggregatorOptions rank_options_;  // the detector's thresholds for ranks
   CollectorMetrics& metrics_;
   std::string model_;
-  EpStepJoin join_;
+  analysis::EpStepJoin join_;
   std::map<std::pair<uint32_t, uint32_t>, std::unique_ptr<Cell>> cells_;
   std::map<uint32_t, std::unique_ptr<RankSeries>> ranks_;
-  std::map<uint32_t, std::vector<uint64_t>> rows_acc_;  // rank -> rows computed per layer, this window
+  std::map<uint32_t, std::vector<uint64_t>>
+      rows_acc_;  // rank -> rows computed per layer, this window
   bool rows_seen_ = false;
   std::unique_ptr<LayerDetector> detector_;  // "experts" are ranks
   std::map<uint32_t, HotRank> open_;         // rank -> open episode

@@ -12,25 +12,21 @@
 #include <string_view>
 #include <vector>
 
+#include "inferscope/analysis/options.hpp"
 #include "inferscope/collector/placement.hpp"
 
 namespace inferscope::collector {
 
 // Sliding-window aggregation and episode detection (hot / cold / dead experts, drop bursts).
-struct AggregatorOptions {
+// The thresholds (hot_threshold, hot_clear_threshold, cold_*, windows (--hot-windows),
+// drop_burst_threshold, hot_rank_*) are the analysis library's, shared with the viewer
+// and the engine's summary: this struct adds the collector's window, placement and bounds.
+struct AggregatorOptions : analysis::AnalysisOptions {
   int64_t window_ns = 10'000'000'000;  // --window
-  double hot_threshold = 2.0;          // utilization (share / fair share) that makes an expert hot
-  double hot_clear_threshold = 1.5;    // hysteresis: a hot expert clears below this
-  double cold_threshold = 0.25;        // below this utilization an expert is cold
-  double cold_clear_threshold = 0.5;   // a cold expert clears at or above this
-  uint32_t windows = 3;                // --hot-windows: consecutive windows to open an episode
-  double drop_burst_threshold = 0.05;  // dropped / routed assignments in a window
   bool per_expert_metrics = false;     // export every expert's series (small models only)
   std::optional<Placement> placement;  // --placement FILE; overrides the hello's expert_to_rank
 
   // Expert parallelism (docs/expert-parallel.md, "Observing it").
-  double hot_rank_threshold = 1.25;       // rank load / mean rank load that makes a rank hot
-  double hot_rank_clear_threshold = 1.1;  // hysteresis: a hot rank clears below this
   int64_t eplb_redundant = -1;    // --eplb-redundant: EPLB what-if extra slots; -1 = one per rank
   uint64_t ep_join_steps = 1024;  // steps held while waiting for every rank's record
 

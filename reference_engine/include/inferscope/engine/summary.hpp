@@ -2,13 +2,13 @@
 // (imbalance, drops, the hottest experts with their share), memory, prefix
 // cache and stage times. Built as JSON (written with --summary-json) and
 // printed as text from the same JSON. "hot_experts" lists experts whose
-// cumulative share is at least 1.5x the fair share 1/E.
+// cumulative share is at least the analysis options' hot_clear_threshold (1.5)
+// times the fair share 1/E: the level a collector's hot episode would not clear on.
 #pragma once
 
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "inferscope/engine/config.hpp"
 #include "inferscope/engine/engine.hpp"

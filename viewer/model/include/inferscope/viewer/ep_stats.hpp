@@ -5,38 +5,35 @@
 // time (joined on (step, layer): the slowest rank's compute minus its own, as
 // the collector does). From expert_load records and the hello's placement:
 // each rank's load now and under an EPLB-style re-placement (the collector's
-// planner), and which experts make a hot rank hot.
+// planner), and which experts make a hot rank hot. The arithmetic is the analysis
+// library's, the collector's own: a replicated expert's load is split among its replicas.
 #pragma once
 
 #include <cstdint>
 #include <vector>
 
+#include "inferscope/analysis/hot_rank.hpp"
+#include "inferscope/analysis/options.hpp"
 #include "inferscope/viewer/trace_model.hpp"
 
 namespace inferscope::viewer {
 
 struct EpRankRow {
   uint32_t rank = 0;
-  uint64_t steps = 0;                // distinct steps with a record from this rank
+  uint64_t steps = 0;  // distinct steps with a record from this rank
   uint64_t rows_computed = 0, rows_sent = 0;
-  double rows_share = 0;             // of all ranks' rows computed
-  double rows_utilization = 0;       // rows_share x ranks (1.0 = fair)
+  double rows_share = 0;        // of all ranks' rows computed
+  double rows_utilization = 0;  // rows_share x ranks (1.0 = fair)
   // Per step (summed over the MoE layers), milliseconds.
   double dispatch_ms = 0, compute_ms = 0, combine_ms = 0, idle_ms = 0;
-  uint64_t straggler = 0;            // joined (step, layer) pairs where it was the slowest
-  double load_now = 0;               // utilization under the current placement (expert loads)
-  double load_eplb = 0;              // ... under the EPLB what-if
+  uint64_t straggler = 0;  // joined (step, layer) pairs where it was the slowest
+  double load_now = 0;     // utilization under the current placement (expert loads)
+  double load_eplb = 0;    // ... under the EPLB what-if
 };
 
 struct EpHotRank {
-  struct Layer {
-    uint32_t layer = 0;
-    double utilization = 0;
-  };
-  struct Expert {
-    uint32_t layer = 0, expert = 0;
-    double share = 0;  // of the layer's assignments (all ranks)
-  };
+  using Layer = analysis::HotRankLayer;
+  using Expert = analysis::HotRankExpert;  // share: of the layer's assignments (all ranks)
   uint32_t rank = 0;
   double utilization = 0;
   std::vector<Layer> layers;    // where the rank is over the threshold
@@ -44,8 +41,8 @@ struct EpHotRank {
 };
 
 struct EpReport {
-  uint32_t ranks = 0;          // world size (hellos) or highest rank seen + 1
-  uint64_t joined = 0;         // (step, layer) pairs every rank reported
+  uint32_t ranks = 0;   // world size (hellos) or highest rank seen + 1
+  uint64_t joined = 0;  // (step, layer) pairs every rank reported
   bool has_ep_records = false;
   bool has_placement = false;
   double balancedness_now = 0, balancedness_eplb = 0;  // mean / max rank load, all MoE layers
@@ -54,9 +51,11 @@ struct EpReport {
   std::vector<EpHotRank> hot;   // hottest first
 };
 
-// hot_threshold: rank utilization (rows, else placement load) that makes it hot;
+// hot_threshold: rank utilization (rows, else placement load) that makes it hot,
+// by default the analysis options' (the collector's) hot_rank_threshold;
 // eplb_redundant < 0: one redundant slot per rank.
-EpReport ep_report(const TraceModel& m, int64_t t0, int64_t t1, double hot_threshold = 1.25,
+EpReport ep_report(const TraceModel& m, int64_t t0, int64_t t1,
+                   double hot_threshold = analysis::AnalysisOptions{}.hot_rank_threshold,
                    int eplb_redundant = -1);
 
 }  // namespace inferscope::viewer

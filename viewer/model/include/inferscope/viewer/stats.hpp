@@ -11,6 +11,8 @@
 #include <optional>
 #include <vector>
 
+#include "inferscope/analysis/layer_stats.hpp"
+#include "inferscope/analysis/options.hpp"
 #include "inferscope/viewer/trace_model.hpp"
 
 namespace inferscope::viewer {
@@ -28,14 +30,14 @@ Percentiles percentiles(std::vector<double> values);
 
 // [SECTION] Expert load
 struct HeatmapLayer {
-  uint32_t layer = 0;                // model layer index
-  std::vector<uint64_t> assignments; // per expert
+  uint32_t layer = 0;                 // model layer index
+  std::vector<uint64_t> assignments;  // per expert
   uint64_t total = 0;
   uint64_t dropped = 0;
   uint64_t tokens = 0;
-  double imbalance = 0;              // max / mean load
-  double cv = 0;                     // coefficient of variation of the load
-  std::vector<uint8_t> hot;          // per expert: in a hot-expert episode in the window
+  double imbalance = 0;      // max / mean load (analysis::compute_layer_stats)
+  double cv = 0;             // coefficient of variation of the load
+  std::vector<uint8_t> hot;  // per expert: in a hot-expert episode in the window
   double share(size_t e) const { return total ? double(assignments[e]) / double(total) : 0.0; }
   // Share relative to a fair share (1.0 = exactly fair).
   double utilization(size_t e) const { return share(e) * double(assignments.size()); }
@@ -49,17 +51,14 @@ struct Heatmap {
 
 // Layer x expert loads over [t0, t1] for one rank (or kAllRanks). A cell is
 // marked hot if an open-in-window hot_expert alert names it, or, without any
-// alerts for the layer, if its utilization is at least hot_threshold.
+// alerts for the layer, if it is hot by the analysis options (utilization >= hot_threshold).
 Heatmap expert_heatmap(const TraceModel& m, int64_t t0, int64_t t1, uint32_t rank = kAllRanks,
-                       double hot_threshold = 2.0);
+                       const analysis::AnalysisOptions& options = {});
 
-// Load per EP rank under the placement (expert_to_rank): rows layers, columns ranks.
-struct RankLoad {
-  uint32_t ranks = 0;
-  std::vector<uint32_t> layers;
-  std::vector<std::vector<double>> share;  // [layer row][rank]
-};
-RankLoad rank_loads(const Heatmap& h, const std::vector<uint32_t>& expert_to_rank);
+// Load per EP rank under the placement (expert_to_rank, one rank per expert), one
+// entry per heatmap layer in the same order; utilization 1.0 = the rank's fair part.
+std::vector<analysis::RankLoad> rank_loads(const Heatmap& h,
+                                           const std::vector<uint32_t>& expert_to_rank);
 
 struct Series {
   std::vector<double> t;  // seconds relative to the model's min_ns
@@ -72,8 +71,8 @@ Series expert_share_series(const TraceModel& m, uint32_t layer, uint32_t expert,
 
 // [SECTION] Memory and cache
 struct MemorySeries {
-  std::vector<double> t;                                 // seconds from min_ns
-  std::array<std::vector<double>, wire::kMemoryKindCount> used;      // bytes, summed over ranks
+  std::vector<double> t;                                         // seconds from min_ns
+  std::array<std::vector<double>, wire::kMemoryKindCount> used;  // bytes, summed over ranks
   std::array<std::vector<double>, wire::kMemoryKindCount> capacity;
   bool has_kind[wire::kMemoryKindCount] = {};
 };
@@ -102,7 +101,8 @@ struct RequestRow {
   wire::RequestStatus status = wire::RequestStatus::kOk;
   std::array<double, wire::kStageCount> stage_s{};  // summed stage time
 };
-std::vector<RequestRow> request_rows(const TraceModel& m, int64_t t0 = INT64_MIN, int64_t t1 = INT64_MAX);
+std::vector<RequestRow> request_rows(const TraceModel& m, int64_t t0 = INT64_MIN,
+                                     int64_t t1 = INT64_MAX);
 
 struct StageStats {
   std::array<Percentiles, wire::kStageCount> per_stage;  // seconds per request

@@ -1,4 +1,4 @@
-// inferscope collector: an EPLB-style re-placement of one MoE layer's experts,
+// inferscope analysis: an EPLB-style re-placement of one MoE layer's experts,
 // as a what-if next to the current placement.
 //
 // DeepSeek's expert-parallel load balancer, global policy: with `redundant`
@@ -22,7 +22,7 @@
 #include <span>
 #include <vector>
 
-namespace inferscope::collector {
+namespace inferscope::analysis {
 
 struct EplbPlan {
   std::vector<std::vector<uint32_t>> expert_to_ranks;  // per expert, its replicas' ranks
@@ -37,4 +37,4 @@ struct EplbPlan {
 EplbPlan plan_eplb(std::span<const uint64_t> load, uint32_t ranks, uint32_t redundant,
                    const std::vector<std::vector<uint32_t>>* current = nullptr);
 
-}  // namespace inferscope::collector
+}  // namespace inferscope::analysis

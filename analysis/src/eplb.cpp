@@ -1,17 +1,19 @@
-#include "inferscope/collector/eplb.hpp"
+#include "inferscope/analysis/eplb.hpp"
 
 #include <algorithm>
 #include <numeric>
 
-#include "inferscope/collector/layer_stats.hpp"
+#include "inferscope/analysis/layer_stats.hpp"
 
-namespace inferscope::collector {
+namespace inferscope::analysis {
 
 namespace {
 
 bool holds(const std::vector<uint32_t>& holders, uint32_t rank) {
   return std::find(holders.begin(), holders.end(), rank) != holders.end();
 }
+
+// [SECTION] Refinement: single moves and swaps off the heaviest rank
 
 // Greedy packing can leave the heaviest rank a little over what a swap would
 // give. Repeatedly take the most loaded rank and apply the single move (to a
@@ -37,7 +39,8 @@ void refine(EplbPlan& plan, std::span<const uint64_t> load, const std::vector<ui
     ++used[to];
   };
   for (int iteration = 0; iteration < 64; ++iteration) {
-    const auto a = static_cast<uint32_t>(std::max_element(rank_load.begin(), rank_load.end()) - rank_load.begin());
+    const auto a = static_cast<uint32_t>(std::max_element(rank_load.begin(), rank_load.end()) -
+                                         rank_load.begin());
     double best = rank_load[a] - 1e-9;  // must lower the pair's maximum below a's load
     int64_t move_e = -1, swap_f = -1;
     uint32_t target = 0;
@@ -67,12 +70,15 @@ void refine(EplbPlan& plan, std::span<const uint64_t> load, const std::vector<ui
 
 namespace {
 
+// [SECTION] The greedy plan: replicate, then pack heaviest first
+
 EplbPlan greedy_plan(std::span<const uint64_t> load, uint32_t ranks, uint32_t redundant) {
   EplbPlan plan;
   const uint32_t experts = static_cast<uint32_t>(load.size());
   if (ranks == 0 || experts == 0) return plan;
   const uint32_t at_least = (experts + ranks - 1) / ranks;
-  plan.slots_per_rank = std::max(at_least, static_cast<uint32_t>((uint64_t{experts} + redundant) / ranks));
+  plan.slots_per_rank =
+      std::max(at_least, static_cast<uint32_t>((uint64_t{experts} + redundant) / ranks));
   const uint64_t free_slots = uint64_t{plan.slots_per_rank} * ranks - experts;
   const uint64_t extra = std::min<uint64_t>(redundant, free_slots);
 
@@ -124,6 +130,8 @@ EplbPlan greedy_plan(std::span<const uint64_t> load, uint32_t ranks, uint32_t re
   return plan;
 }
 
+// [SECTION] The incremental plan: the current placement plus replicas
+
 // The current placement with up to `redundant` replicas added the same way
 // (highest load per replica first, onto the least-loaded rank without one, at
 // most ceil(redundant / ranks) new replicas per rank), each only if it does not
@@ -153,14 +161,16 @@ EplbPlan incremental_plan(std::span<const uint64_t> load, uint32_t ranks, uint32
     auto before = loads();
     int64_t target = -1;
     for (uint32_t r = 0; r < ranks; ++r) {
-      if (extra[r] >= per_rank_extra || holds(plan.expert_to_ranks[static_cast<size_t>(best)], r)) continue;
+      if (extra[r] >= per_rank_extra || holds(plan.expert_to_ranks[static_cast<size_t>(best)], r))
+        continue;
       if (target < 0 || before[r] < before[static_cast<size_t>(target)]) target = r;
     }
     if (target < 0) break;
     auto& holders = plan.expert_to_ranks[static_cast<size_t>(best)];
     holders.push_back(static_cast<uint32_t>(target));
     auto after = loads();
-    if (*std::max_element(after.begin(), after.end()) > *std::max_element(before.begin(), before.end())) {
+    if (*std::max_element(after.begin(), after.end()) >
+        *std::max_element(before.begin(), before.end())) {
       holders.pop_back();
       break;
     }
@@ -175,6 +185,8 @@ EplbPlan incremental_plan(std::span<const uint64_t> load, uint32_t ranks, uint32
 
 }  // namespace
 
+// [SECTION] The what-if: whichever plan balances better
+
 EplbPlan plan_eplb(std::span<const uint64_t> load, uint32_t ranks, uint32_t redundant,
                    const std::vector<std::vector<uint32_t>>* current) {
   EplbPlan greedy = greedy_plan(load, ranks, redundant);
@@ -185,4 +197,4 @@ EplbPlan plan_eplb(std::span<const uint64_t> load, uint32_t ranks, uint32_t redu
   return i > g ? incremental : greedy;
 }
 
-}  // namespace inferscope::collector
+}  // namespace inferscope::analysis

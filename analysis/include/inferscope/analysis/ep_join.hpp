@@ -1,4 +1,4 @@
-// inferscope collector: joins the expert-parallel ranks of one model on
+// inferscope analysis: joins the expert-parallel ranks of one model on
 // (step, MoE layer), so that each rank's wait for the slowest can be derived.
 //
 // Every rank reports its expert compute time for each (step, layer) in an
@@ -18,10 +18,19 @@
 #include <cstddef>
 #include <cstdint>
 #include <map>
+#include <span>
 #include <utility>
 #include <vector>
 
-namespace inferscope::collector {
+namespace inferscope::analysis {
+
+// One complete (step, layer): the slowest rank (the lowest rank with the highest
+// compute time) and each rank's wait for it, idle_ns[r] = max compute - compute[r].
+struct RankIdle {
+  uint32_t slowest = 0;
+  std::vector<int64_t> idle_ns;  // per rank, index = rank
+};
+RankIdle rank_idle(std::span<const int64_t> compute_ns);
 
 class EpStepJoin {
  public:
@@ -60,4 +69,4 @@ class EpStepJoin {
   uint64_t evicted_ = 0;
 };
 
-}  // namespace inferscope::collector
+}  // namespace inferscope::analysis

@@ -1,8 +1,18 @@
-#include "inferscope/collector/ep_join.hpp"
+#include "inferscope/analysis/ep_join.hpp"
 
 #include <algorithm>
 
-namespace inferscope::collector {
+namespace inferscope::analysis {
+
+RankIdle rank_idle(std::span<const int64_t> compute_ns) {
+  RankIdle r;
+  if (compute_ns.empty()) return r;
+  const auto slowest = std::max_element(compute_ns.begin(), compute_ns.end());
+  r.slowest = static_cast<uint32_t>(slowest - compute_ns.begin());
+  r.idle_ns.reserve(compute_ns.size());
+  for (int64_t ns : compute_ns) r.idle_ns.push_back(*slowest - ns);
+  return r;
+}
 
 void EpStepJoin::evict_before(uint64_t step) {
   while (!pending_.empty() && pending_.begin()->first.first < step) {
@@ -11,8 +21,8 @@ void EpStepJoin::evict_before(uint64_t step) {
   }
 }
 
-EpStepJoin::Result EpStepJoin::add(uint32_t world_size, uint32_t rank, uint64_t step, uint32_t layer,
-                                   int64_t compute_ns, Joined& out) {
+EpStepJoin::Result EpStepJoin::add(uint32_t world_size, uint32_t rank, uint64_t step,
+                                   uint32_t layer, int64_t compute_ns, Joined& out) {
   world_size = std::max<uint32_t>(world_size, 1);
   if (rank >= world_size) return Result::kOutOfWorld;
   if (!any_ || step > newest_) {
@@ -47,10 +57,9 @@ EpStepJoin::Result EpStepJoin::add(uint32_t world_size, uint32_t rank, uint64_t 
   out.layer = layer;
   out.compute_ns = std::move(e.compute_ns);
   out.compute_ns.resize(world_size);
-  out.slowest = static_cast<uint32_t>(
-      std::max_element(out.compute_ns.begin(), out.compute_ns.end()) - out.compute_ns.begin());
+  out.slowest = rank_idle(out.compute_ns).slowest;
   pending_.erase(it);
   return Result::kJoined;
 }
 
-}  // namespace inferscope::collector
+}  // namespace inferscope::analysis

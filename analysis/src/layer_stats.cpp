@@ -1,9 +1,9 @@
-#include "inferscope/collector/layer_stats.hpp"
+#include "inferscope/analysis/layer_stats.hpp"
 
 #include <algorithm>
 #include <cmath>
 
-namespace inferscope::collector {
+namespace inferscope::analysis {
 
 LayerStats compute_layer_stats(std::span<const uint64_t> load, uint64_t dropped) {
   LayerStats s;
@@ -29,6 +29,29 @@ LayerStats compute_layer_stats(std::span<const uint64_t> load, uint64_t dropped)
   s.cv = std::sqrt(sum_sq / static_cast<double>(n));
   s.drop_ratio = static_cast<double>(dropped) / total;
   return s;
+}
+
+namespace {
+
+template <typename T>
+double max_over_mean(std::span<const T> load) {
+  uint64_t total = 0, max_load = 0;
+  for (T v : load) {
+    total += v;
+    max_load = std::max<uint64_t>(max_load, v);
+  }
+  if (total == 0) return 0.0;
+  return static_cast<double>(max_load) * static_cast<double>(load.size()) /
+         static_cast<double>(total);
+}
+
+}  // namespace
+
+double imbalance(std::span<const uint64_t> load) {
+  return max_over_mean(load);
+}
+double imbalance(std::span<const uint32_t> load) {
+  return max_over_mean(load);
 }
 
 RankLoad compute_rank_load(std::span<const uint64_t> load,
@@ -58,4 +81,4 @@ RankLoad compute_rank_load(std::span<const uint64_t> load,
   return r;
 }
 
-}  // namespace inferscope::collector
+}  // namespace inferscope::analysis
