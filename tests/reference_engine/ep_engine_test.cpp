@@ -4,7 +4,8 @@
 //     tokens a single-rank run produces;
 //   - a rank with fewer requests than its peer keeps stepping (idle steps) and
 //     both finish, each with its single-rank tokens;
-//   - killing one rank makes the other exit with a clear error within seconds;
+//   - killing one rank (once both are connected) makes the other exit with a
+//     clear error;
 //   - two ranks with a shuffled --ep-placement (and a layer override) produce
 //     the single-rank tokens and report per-expert counts in logical ids; a
 //     bad placement file is a clear error.
@@ -72,6 +73,18 @@ struct Proc {
     }
     kill(pid, SIGKILL);
     waitpid(pid, &status, 0);
+    return false;
+  }
+  // Polls the log until it contains `needle`; false if the child exits first or
+  // `timeout` passes. A liveness deadline only: on a loaded machine a rank may
+  // take many seconds to start, so tests wait for what they need, not a time.
+  bool wait_for_output(const std::string& needle, std::chrono::milliseconds timeout) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < deadline) {
+      if (output().find(needle) != std::string::npos) return true;
+      if (waitpid(pid, &status, WNOHANG) == pid) return output().find(needle) != std::string::npos;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
     return false;
   }
   bool ok() const { return status >= 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0; }
@@ -189,7 +202,13 @@ TEST(ExpertParallelEngine, KilledRankMakesThePeerExitWithAClearError) {
       "--rate", "50",      "--collector", "",           "--quiet", "--threads",  "1"};
   Proc r0(with_ep(base, 0, 2, tmp.path), tmp.path / "rank0.log");
   Proc r1(with_ep(base, 1, 2, tmp.path), tmp.path / "rank1.log");
-  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  // Kill rank 1 only once both ranks are connected: each prints its "expert
+  // parallel" line after the communicator's rendezvous returned (all peers
+  // connected). Killing it earlier tests the rendezvous timeout instead.
+  ASSERT_TRUE(r1.wait_for_output("expert parallel: rank 1", std::chrono::seconds(60)))
+      << "rank 1 did not connect: " << r1.output();
+  ASSERT_TRUE(r0.wait_for_output("expert parallel: rank 0", std::chrono::seconds(60)))
+      << "rank 0 did not connect: " << r0.output();
   ASSERT_EQ(waitpid(r0.pid, nullptr, WNOHANG), 0) << "rank 0 exited early: " << r0.output();
   const auto t0 = std::chrono::steady_clock::now();
   kill(r1.pid, SIGKILL);

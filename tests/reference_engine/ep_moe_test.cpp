@@ -242,6 +242,7 @@ TEST(ExpertParallelMoe, PlacementRejectsUnevenShards) {
 TEST(HostCommunicator, PeerThatLeavesMakesTheOtherFailClearly) {
   TempDir dir{"ep-test"};
   std::string error;
+  std::atomic<bool> left{false};
   run_ranks(2, [&](int r) {
     ie::CommOptions co;
     co.rank = r;
@@ -250,8 +251,16 @@ TEST(HostCommunicator, PeerThatLeavesMakesTheOtherFailClearly) {
     co.timeout = std::chrono::milliseconds(10000);
     auto comm = ie::create_host_communicator(co);
     EXPECT_EQ(comm->all_reduce_max(r * 10), 10);
-    if (r == 1) return;  // rank 1 "dies": its sockets close
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    if (r == 1) {  // rank 1 "dies": its sockets close
+      comm.reset();
+      left = true;
+      return;
+    }
+    // Rank 0's next collective starts after rank 1 has gone (a condition, not a
+    // fixed sleep); the deadline only keeps a broken run from hanging.
+    for (int i = 0; i < 6000 && !left.load(); ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    ASSERT_TRUE(left.load()) << "rank 1 never left";
     try {
       comm->all_reduce_max(0);
     } catch (const ie::CommError& e) {
