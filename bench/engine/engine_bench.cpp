@@ -25,6 +25,7 @@
 #include <string>
 #include <thread>
 
+#include "inferscope/agent.hpp"
 #include "inferscope/engine/engine.hpp"
 #include "inferscope/engine/telemetry.hpp"
 

@@ -12,6 +12,7 @@
 #include <random>
 #include <thread>
 
+#include "inferscope/agent.hpp"
 #include "inferscope/cli/exit_status.hpp"
 #include "inferscope/engine/backend.hpp"
 #include "inferscope/engine/communicator.hpp"

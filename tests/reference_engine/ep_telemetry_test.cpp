@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "capture_sink.hpp"
+#include "inferscope/agent.hpp"
 #include "inferscope/engine/communicator.hpp"
 #include "inferscope/engine/engine.hpp"
 #include "inferscope/engine/telemetry.hpp"

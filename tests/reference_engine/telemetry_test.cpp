@@ -14,6 +14,7 @@
 #include <mutex>
 #include <thread>
 
+#include "inferscope/agent.hpp"
 #include "inferscope/engine/engine.hpp"
 #include "inferscope/engine/telemetry.hpp"
 #include "inferscope/engine/workload.hpp"
@@ -68,7 +69,7 @@ TEST(EngineTelemetry, EverySignalArrivesAndMatchesTheEngine) {
   for (const auto& r : records) {
     if (auto* h = std::get_if<wire::Hello>(&r)) {
       hello = true;
-      EXPECT_EQ(h->model, c.describe());
+      EXPECT_EQ(h->model, ie::describe(c));
     } else if (auto* s = std::get_if<wire::StringDef>(&r)) {
       names[s->id] = s->value;
     } else if (auto* l = std::get_if<wire::ExpertLoad>(&r)) {

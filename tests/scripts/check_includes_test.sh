@@ -22,6 +22,12 @@ CPP
 cat >"$tmp/analysis/src/eplb.cpp" <<'CPP'
 #include "../../collector/include/inferscope/collector/layer_stats.hpp"
 CPP
+# The engine core reaches the agent only through its telemetry folder.
+mkdir -p "$tmp/agent/include/inferscope" "$tmp/reference_engine/src/serving" \
+         "$tmp/reference_engine/src/telemetry"
+echo '#pragma once' >"$tmp/agent/include/inferscope/agent.hpp"
+echo '#include "inferscope/agent.hpp"' >"$tmp/reference_engine/src/serving/engine.cpp"
+echo '#include "inferscope/agent.hpp"' >"$tmp/reference_engine/src/telemetry/telemetry.cpp"
 
 set +e
 out=$(python3 "$check" "$tmp" 2>&1)
@@ -32,8 +38,12 @@ grep -q 'viewer/model/src/stats.cpp:3: viewer_model may not include collector' <
   fail "viewer -> collector not reported: $out"
 grep -q 'analysis/src/eplb.cpp:1: analysis may not include collector' <<<"$out" ||
   fail "relative include not reported: $out"
+grep -q 'reference_engine/src/serving/engine.cpp:1: engine may not include agent' <<<"$out" ||
+  fail "engine core -> agent not reported: $out"
+! grep -q 'src/telemetry/telemetry.cpp' <<<"$out" || fail "engine telemetry -> agent reported: $out"
 
 sed -i '/collector/d' "$tmp/viewer/model/src/stats.cpp" "$tmp/analysis/src/eplb.cpp"
+sed -i '/agent/d' "$tmp/reference_engine/src/serving/engine.cpp"
 python3 "$check" "$tmp" >/dev/null || fail "clean made-up tree reported"
 
 python3 "$check" "$root" || fail "the source tree crosses a boundary (above)"

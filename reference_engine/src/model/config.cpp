@@ -1,11 +1,12 @@
 // JSON model files -> ModelConfig, with validation that names the bad field.
+#include "inferscope/engine/config.hpp"
+
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <stdexcept>
 
-#include <nlohmann/json.hpp>
-
-#include "inferscope/engine/config.hpp"
+#include "inferscope/wire/records.hpp"  // the wire's limits: a model it cannot describe is refused
 
 namespace inferscope::engine {
 namespace {
@@ -23,27 +24,12 @@ void require(bool ok, const std::string& what) {
 
 }  // namespace
 
-wire::ModelDescription ModelConfig::describe() const {
-  wire::ModelDescription d;
-  d.name = name;
-  for (int32_t l = 0; l < n_layers(); ++l) {
-    wire::LayerDescription ld;
-    ld.mixer = is_attention(l) ? wire::LayerKind::kAttention : wire::LayerKind::kSsm;
-    ld.ffn = is_moe(l) ? wire::FfnKind::kMoe : wire::FfnKind::kDense;
-    ld.experts = is_moe(l) ? static_cast<uint16_t>(moe.experts) : 0;
-    d.layers.push_back(ld);
-  }
-  d.top_k = static_cast<uint16_t>(moe.top_k);
-  d.shared_experts = static_cast<uint16_t>(moe.shared_experts);
-  d.capacity_factor = moe.capacity_factor;
-  return d;
-}
-
 void ModelConfig::validate() const {
   require(d_model > 0 && d_model % 2 == 0, "d_model must be positive and even");
   require(!mixers.empty() && mixers.size() == ffns.size(),
           "layers.mixers and layers.ffns must be non-empty and of equal length");
-  require(mixers.find_first_not_of("AS") == std::string::npos, "layers.mixers may hold only A and S");
+  require(mixers.find_first_not_of("AS") == std::string::npos,
+          "layers.mixers may hold only A and S");
   require(ffns.find_first_not_of("DM") == std::string::npos, "layers.ffns may hold only D and M");
   require(mixers.size() <= wire::kMaxLayers, "too many layers");
   const auto& a = attention;
@@ -57,14 +43,17 @@ void ModelConfig::validate() const {
   if (vision.enabled) {
     const auto& v = vision;
     int32_t patches = (v.image_size / v.patch) * (v.image_size / v.patch);
-    require(v.patch > 0 && v.image_size % v.patch == 0, "vision.image_size must be a multiple of patch");
+    require(v.patch > 0 && v.image_size % v.patch == 0,
+            "vision.image_size must be a multiple of patch");
     require(v.pool > 0 && patches % v.pool == 0, "vision.pool must divide the patch count");
     require(v.n_heads > 0 && v.d_model % v.n_heads == 0 && (v.d_model / v.n_heads) % 2 == 0,
             "vision.d_model must split into n_heads even-sized heads");
   }
-  require(cache.block_size > 0 && cache.num_blocks > 0 && cache.max_seqs > 0, "cache sizes must be positive");
-  require(cache.ssm_checkpoint_interval >= 0 && cache.ssm_checkpoint_interval % cache.block_size == 0,
-          "cache.ssm_checkpoint_interval must be a multiple of block_size (0 = off)");
+  require(cache.block_size > 0 && cache.num_blocks > 0 && cache.max_seqs > 0,
+          "cache sizes must be positive");
+  require(
+      cache.ssm_checkpoint_interval >= 0 && cache.ssm_checkpoint_interval % cache.block_size == 0,
+      "cache.ssm_checkpoint_interval must be a multiple of block_size (0 = off)");
   require(scheduler.max_batch_tokens >= cache.max_seqs && scheduler.prefill_chunk > 0,
           "scheduler.max_batch_tokens must be at least cache.max_seqs");
 }

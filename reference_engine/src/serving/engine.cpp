@@ -7,7 +7,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <optional>
 #include <stdexcept>
 
 #include "inferscope/analysis/layer_stats.hpp"
@@ -17,7 +16,7 @@ namespace inferscope::engine {
 
 namespace {
 int64_t now_ns() {
-  return agent::now_ns();
+  return Telemetry::now_ns();  // the signals' time base, telemetry on or off
 }
 
 uint64_t hash_pixels(const std::vector<float>& px) {
@@ -155,7 +154,7 @@ void Engine::submit(Request r) {
   s->result.event.image_tokens = static_cast<uint32_t>(s->image_tokens);
   s->req = std::move(r);
   if (waiting_.size() >= options_.max_waiting) {  // overloaded: reject instead of queueing forever
-    s->result.event.status = wire::RequestStatus::kRejected;
+    s->result.event.status = RequestStatus::kRejected;
     finish(std::move(s), now_ns());
     return;
   }
@@ -189,7 +188,7 @@ bool Engine::admit(Seq& s) {
     }
   }
   if (total_blocks > blocks_.num_blocks()) {
-    s.result.event.status = wire::RequestStatus::kRejected;
+    s.result.event.status = RequestStatus::kRejected;
     return true;  // caller finishes it as rejected
   }
   if (free_state_slots_.empty() || blocks_.available() < total_blocks - usable) return false;
@@ -220,19 +219,18 @@ bool Engine::admit(Seq& s) {
 
   // Vision front end, unless every image position came from the cache.
   if (s.image_tokens > 0 && s.computed < 1 + s.image_tokens) {
-    auto& agent_opt = telemetry_;
     s.image_embeddings = Buffer(model_.backend(), s.image_tokens, config_.d_model);
     int64_t t0 = now_ns();
     {
-      std::optional<agent::ScopedRange> r;
-      if (agent_opt) r.emplace(agent_opt->agent(), agent_opt->id_encoder, s.req.id);
+      Telemetry::Span span;
+      if (telemetry_) span = telemetry_->span(RequestPhase::kEncoder, s.req.id);
       model_.encode_image(s.req.image.data());
       model_.backend().synchronize();
     }
     int64_t t1 = now_ns();
     {
-      std::optional<agent::ScopedRange> r;
-      if (agent_opt) r.emplace(agent_opt->agent(), agent_opt->id_connector, s.req.id);
+      Telemetry::Span span;
+      if (telemetry_) span = telemetry_->span(RequestPhase::kConnector, s.req.id);
       model_.connect_image(s.image_embeddings);
       model_.backend().synchronize();
     }
@@ -243,8 +241,8 @@ bool Engine::admit(Seq& s) {
     stats_.connector_ns += t2 - t1;
     stats_.image_tokens += static_cast<uint64_t>(s.image_tokens);
     if (telemetry_) {
-      telemetry_->agent().stage(s.req.id, wire::Stage::kEncoder, t0, t1);
-      telemetry_->agent().stage(s.req.id, wire::Stage::kConnector, t1, t2);
+      telemetry_->request_phase(s.req.id, RequestPhase::kEncoder, t0, t1);
+      telemetry_->request_phase(s.req.id, RequestPhase::kConnector, t1, t2);
     }
   }
   return true;
@@ -303,7 +301,7 @@ bool Engine::step() {
     if (!admit(s)) break;
     std::unique_ptr<Seq> sp = std::move(waiting_.front());
     waiting_.pop_front();
-    if (sp->result.event.status == wire::RequestStatus::kRejected)
+    if (sp->result.event.status == RequestStatus::kRejected)
       finish(std::move(sp), now_ns());
     else
       running_.push_back(std::move(sp));
@@ -320,12 +318,9 @@ bool Engine::step() {
 
   const int64_t t_fwd = now_ns();
   {
-    std::optional<agent::ScopedRange> r_backbone, r_phase;
-    if (telemetry_) {
-      r_backbone.emplace(telemetry_->agent(), telemetry_->id_backbone);
-      r_phase.emplace(telemetry_->agent(),
-                      has_prefill ? telemetry_->id_prefill : telemetry_->id_decode);
-    }
+    Telemetry::Span span;
+    if (telemetry_)
+      span = telemetry_->span(has_prefill ? RequestPhase::kPrefill : RequestPhase::kDecode);
     model_.forward(batch_, logits_, observer_.get());
   }
   const int64_t t_done = now_ns();
@@ -373,8 +368,7 @@ bool Engine::step() {
       if (was_prefill) {
         s.result.prefill_ns = t_done - s.prefill_start;
         if (telemetry_)
-          telemetry_->agent().stage(s.req.id, wire::Stage::kBackbonePrefill, s.prefill_start,
-                                    t_done);
+          telemetry_->request_phase(s.req.id, RequestPhase::kPrefill, s.prefill_start, t_done);
         s.decode_start = t_done;
         s.result.event.first_token_ns = t_done;
         if (options_.keep_logits) s.result.logits.emplace_back(l, l + kVocab);
@@ -450,13 +444,13 @@ void Engine::finish(std::unique_ptr<Seq> s, int64_t now) {
   if (s->decode_start > 0) {
     s->result.decode_ns = now - s->decode_start;
     if (telemetry_ && s->generated > 1)
-      telemetry_->agent().stage(s->req.id, wire::Stage::kBackboneDecode, s->decode_start, now);
+      telemetry_->request_phase(s->req.id, RequestPhase::kDecode, s->decode_start, now);
   }
-  if (s->result.event.status == wire::RequestStatus::kRejected)
+  if (s->result.event.status == RequestStatus::kRejected)
     stats_.requests_rejected++;
   else
     stats_.requests_finished++;
-  if (telemetry_) telemetry_->agent().request(s->result.event);
+  if (telemetry_) telemetry_->request_finished(s->result);
   finished_.push_back(std::move(s->result));
 }
 
@@ -482,24 +476,21 @@ void Engine::report_memory(bool force) {
   stats_.checkpoints_evicted_unused = checkpoints_.evicted_unused();
   stats_.checkpoints_evicted_reused = checkpoints_.evicted_reused();
   if (!telemetry_) return;
-  auto& a = telemetry_->agent();
   // Checkpoint evictions as counter deltas; the first report sends zeros so the
   // collector's series exist (and rate() sees the first eviction).
   if (checkpoints_.slots() > 0 &&
       (force || stats_.checkpoints_evicted_unused != sent_evictions_[0] ||
        stats_.checkpoints_evicted_reused != sent_evictions_[1])) {
-    a.counter(telemetry_->id_ckpt_evicted_unused,
-              double(stats_.checkpoints_evicted_unused - sent_evictions_[0]));
-    a.counter(telemetry_->id_ckpt_evicted_reused,
-              double(stats_.checkpoints_evicted_reused - sent_evictions_[1]));
+    telemetry_->checkpoint_evictions(stats_.checkpoints_evicted_unused - sent_evictions_[0],
+                                     stats_.checkpoints_evicted_reused - sent_evictions_[1]);
     sent_evictions_[0] = stats_.checkpoints_evicted_unused;
     sent_evictions_[1] = stats_.checkpoints_evicted_reused;
   }
   // Prefix-cache deltas whenever lookups happened (only on admissions).
   if (stats_.attention_queried != sent_prefix_[0] || stats_.ssm_queried != sent_prefix_[2]) {
-    a.prefix_cache(stats_.attention_queried - sent_prefix_[0],
-                   stats_.attention_hit - sent_prefix_[1], stats_.ssm_queried - sent_prefix_[2],
-                   stats_.ssm_hit - sent_prefix_[3]);
+    telemetry_->prefix_lookups(
+        stats_.attention_queried - sent_prefix_[0], stats_.attention_hit - sent_prefix_[1],
+        stats_.ssm_queried - sent_prefix_[2], stats_.ssm_hit - sent_prefix_[3]);
     sent_prefix_[0] = stats_.attention_queried;
     sent_prefix_[1] = stats_.attention_hit;
     sent_prefix_[2] = stats_.ssm_queried;
@@ -508,11 +499,7 @@ void Engine::report_memory(bool force) {
   const int64_t now = now_ns();
   if (!force && now - last_memory_ns_ < 100'000'000) return;  // 10 memory samples/s are plenty
   last_memory_ns_ = now;
-  a.memory(wire::MemoryKind::kKvCache, kv, footprint_.kv_cache);
-  a.memory(wire::MemoryKind::kSsmState, ssm, footprint_.ssm_state);
-  a.memory(wire::MemoryKind::kSsmCheckpoints, ckpt, footprint_.ssm_checkpoints);
-  a.memory(wire::MemoryKind::kWeights, footprint_.weights, footprint_.weights);
-  a.memory(wire::MemoryKind::kActivations, footprint_.activations, footprint_.activations);
+  telemetry_->memory(MemoryInUse{kv, ssm, ckpt}, footprint_);
 }
 
 }  // namespace inferscope::engine

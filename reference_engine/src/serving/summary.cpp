@@ -50,7 +50,7 @@ json make_summary(const ModelConfig& c, const MemoryFootprint& mem, const Engine
   std::vector<double> ttft, tpot, e2e;
   for (const auto& r : results) {
     const auto& e = r.event;
-    if (e.status != wire::RequestStatus::kOk) continue;
+    if (e.status != RequestStatus::kOk) continue;
     e2e.push_back(static_cast<double>(e.finish_ns - e.arrival_ns) / 1e6);
     if (e.first_token_ns > 0)
       ttft.push_back(static_cast<double>(e.first_token_ns - e.arrival_ns) / 1e6);

@@ -12,7 +12,6 @@
 #include <vector>
 
 #include "inferscope/engine/backend.hpp"
-#include "inferscope/wire/records.hpp"
 
 namespace inferscope::engine {
 
@@ -38,14 +37,14 @@ struct SsmConfig {
 struct MoeConfig {
   int32_t experts = 8;
   int32_t top_k = 2;
-  int32_t expert_hidden = 64;   // SwiGLU hidden size of one routed expert
-  int32_t shared_experts = 0;   // fused into one SwiGLU of shared_experts * expert_hidden
+  int32_t expert_hidden = 64;  // SwiGLU hidden size of one routed expert
+  int32_t shared_experts = 0;  // fused into one SwiGLU of shared_experts * expert_hidden
   GateFn gate = GateFn::kSoftmax;
   bool renormalize = true;
   float scaling = 1.0f;
   float capacity_factor = 1.25f;  // <= 0: unlimited
   OverflowPolicy overflow = OverflowPolicy::kDrop;
-  bool routing_bias = false;     // DeepSeek-V3 style per-expert selection bias
+  bool routing_bias = false;  // DeepSeek-V3 style per-expert selection bias
 };
 
 struct VisionConfig {
@@ -63,10 +62,10 @@ struct VisionConfig {
 // Seeded initialiser knobs that make routing realistically skewed.
 struct InitConfig {
   uint64_t seed = 1;
-  float scale = 1.0f;        // multiplies the default init scales
-  int32_t topics = 4;        // byte classes of the workload's topics (see workload.hpp)
-  float topic_skew = 3.0f;   // strength of the topic -> expert preference in the router
-  float zipf_bias = 0.0f;    // routing bias (if enabled) / router offset = zipf_bias / rank^zipf_s
+  float scale = 1.0f;       // multiplies the default init scales
+  int32_t topics = 4;       // byte classes of the workload's topics (see workload.hpp)
+  float topic_skew = 3.0f;  // strength of the topic -> expert preference in the router
+  float zipf_bias = 0.0f;   // routing bias (if enabled) / router offset = zipf_bias / rank^zipf_s
   float zipf_s = 1.0f;
 };
 
@@ -105,8 +104,6 @@ struct ModelConfig {
   bool has_ssm() const { return mixers.find('S') != std::string::npos; }
   bool has_attention() const { return mixers.find('A') != std::string::npos; }
 
-  // The description the agent sends to the collector.
-  wire::ModelDescription describe() const;
   // Throws std::invalid_argument with the offending field.
   void validate() const;
 };

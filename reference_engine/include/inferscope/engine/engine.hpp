@@ -1,7 +1,8 @@
 // The serving loop: continuous batching with chunked prefill and batched
 // decode over a Model, paged KV with automatic prefix caching, SSM state slots
 // with checkpoints at block boundaries, sampling, and every signal of the
-// design brief sent through the agent (telemetry.hpp).
+// design brief sent through Telemetry (telemetry.hpp), the engine's only way to
+// the agent.
 //
 // A step: admit waiting requests while state slots and KV blocks allow (prefix
 // lookup, checkpoint restore, vision encoder + connector for images), then one
@@ -18,7 +19,6 @@
 
 #include "inferscope/engine/kv_cache.hpp"
 #include "inferscope/engine/model.hpp"
-#include "inferscope/wire/records.hpp"
 
 namespace inferscope::engine {
 
@@ -35,11 +35,28 @@ struct Request {
   int64_t arrival_ns = 0;    // 0: set at submit
 };
 
+// How a request ended. Telemetry::request_finished turns it into the wire's
+// RequestEvent (the engine never cancels or fails a request).
+enum class RequestStatus : uint8_t { kOk, kRejected };
+
+// A request's life in timestamps (Telemetry::now_ns) and token counts.
+struct RequestEvent {
+  uint64_t request_id = 0;
+  int64_t arrival_ns = 0;
+  int64_t first_token_ns = 0;  // 0 if no token was produced
+  int64_t finish_ns = 0;
+  uint32_t prompt_tokens = 0;
+  uint32_t output_tokens = 0;
+  uint32_t image_tokens = 0;
+  uint32_t cached_tokens = 0;  // prompt tokens served from the prefix cache
+  RequestStatus status = RequestStatus::kOk;
+};
+
 struct RequestResult {
   uint64_t id = 0;
   std::vector<int32_t> output;
   std::vector<std::vector<float>> logits;  // first-token logits when EngineOptions::keep_logits
-  wire::RequestEvent event;
+  RequestEvent event;
   int64_t encoder_ns = 0, connector_ns = 0, prefill_ns = 0, decode_ns = 0;
 };
 

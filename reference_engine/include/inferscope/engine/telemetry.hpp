@@ -1,19 +1,44 @@
-// The engine's side of the agent: every signal goes through inferscope::agent
-// (agent.hpp). One Telemetry per engine; null when telemetry is off
+// The engine's side of the agent, and the only caller of it: every signal the
+// engine sends goes through a Telemetry method in the engine's own words
+// (phases, requests, memory levels); this file translates them into agent
+// calls and wire records. One Telemetry per engine; null when telemetry is off
 // (`--collector ""`), in which case the engine makes no agent call at all.
+//
+// agent.hpp is only forward-declared here, so the engine core (engine.cpp and
+// everything it includes) never sees the agent: scripts/check-includes keeps it
+// that way. The process that owns the agent (inferscope-engine's main, tests,
+// benches) includes agent.hpp itself and reaches it through agent().
 #pragma once
 
 #include <cstdint>
 #include <memory>
-#include <optional>
 #include <string>
 #include <vector>
 
-#include "inferscope/agent.hpp"
 #include "inferscope/engine/config.hpp"
+#include "inferscope/engine/engine.hpp"
 #include "inferscope/engine/model.hpp"
+#include "inferscope/wire/records.hpp"
+
+namespace inferscope::agent {
+class Agent;
+class ScopedRange;
+struct Config;
+}  // namespace inferscope::agent
 
 namespace inferscope::engine {
+
+// The description the agent sends to the collector (wire types stay out of
+// ModelConfig).
+wire::ModelDescription describe(const ModelConfig& model);
+
+// What a request spends time in, as the engine names it.
+enum class RequestPhase : uint8_t { kEncoder, kConnector, kPrefill, kDecode };
+
+// KV / SSM state / checkpoint bytes in use now (capacities: MemoryFootprint).
+struct MemoryInUse {
+  size_t kv_cache = 0, ssm_state = 0, ssm_checkpoints = 0;
+};
 
 class Telemetry final : public ForwardObserver {
  public:
@@ -23,8 +48,42 @@ class Telemetry final : public ForwardObserver {
   Telemetry(agent::Config config, const ModelConfig& model, const ExpertPlacement& placement = {});
   ~Telemetry() override;
 
+  // The time base of every signal (CLOCK_MONOTONIC ns, the agent's clock); the
+  // engine stamps requests with it whether telemetry is on or not.
+  static int64_t now_ns();
+
+  // For the process that owns the agent: flush, stats, the final books.
   agent::Agent& agent() { return *agent_; }
+
+  // A CPU range (and NVTX range) from construction to destruction; an empty
+  // Span (telemetry off) does nothing.
+  class Span {
+   public:
+    Span();
+    Span(Span&&) noexcept;
+    Span& operator=(Span&&) noexcept;
+    ~Span();
+
+   private:
+    friend class Telemetry;
+    std::unique_ptr<agent::ScopedRange> outer_, inner_;
+  };
+  // kEncoder / kConnector: that request's front end. kPrefill / kDecode: one
+  // forward pass ("backbone" around "prefill" or "decode"; a mixed batch is
+  // kPrefill), no request id.
+  [[nodiscard]] Span span(RequestPhase phase, uint64_t request_id = 0);
+
   void set_step(uint64_t step) { step_ = step; }
+  // One request spent [start_ns, end_ns) in `phase`.
+  void request_phase(uint64_t request_id, RequestPhase phase, int64_t start_ns, int64_t end_ns);
+  // A request finished (or was rejected).
+  void request_finished(const RequestResult& result);
+  // Deltas since the last call.
+  void checkpoint_evictions(uint64_t evicted_unused, uint64_t evicted_reused);
+  void prefix_lookups(uint64_t attention_queried, uint64_t attention_hit, uint64_t ssm_queried,
+                      uint64_t ssm_hit);
+  // Levels now, against the model's capacities.
+  void memory(const MemoryInUse& used, const MemoryFootprint& capacity);
 
   // ForwardObserver: one CPU range per layer, one expert_load per MoE layer.
   void layer_begin(int32_t layer) override;
@@ -37,18 +96,14 @@ class Telemetry final : public ForwardObserver {
   void ep_phase_end(int32_t layer, EpPhase phase) override;
   void ep_layer(const EpLayerStats& stats) override;
 
-  // Interned range names.
-  uint32_t id_step = 0, id_backbone = 0, id_prefill = 0, id_decode = 0, id_encoder = 0,
-           id_connector = 0, id_schedule = 0, id_sample = 0;
-  // Counters the collector exports (wire/counter_names.hpp).
-  uint32_t id_ckpt_evicted_unused = 0, id_ckpt_evicted_reused = 0;
-
  private:
   std::unique_ptr<agent::Agent> agent_;
+  // Interned range and counter names.
+  uint32_t id_backbone_ = 0, id_prefill_ = 0, id_decode_ = 0, id_encoder_ = 0, id_connector_ = 0;
+  uint32_t id_ckpt_evicted_unused_ = 0, id_ckpt_evicted_reused_ = 0;  // wire/counter_names.hpp
   std::vector<uint32_t> layer_names_;
-  std::optional<agent::ScopedRange> layer_range_, ep_range_;
+  Span layer_range_, ep_range_;
   uint32_t ep_names_[3] = {};
-  std::vector<uint32_t> routed_;
   uint64_t step_ = 0;
 };
 
