@@ -6,7 +6,6 @@
 // the rows computed over both ranks equal the assignments both ranks kept;
 // and the ep.dispatch / ep.experts / ep.combine ranges are named.
 #include <gtest/gtest.h>
-
 #include <unistd.h>
 
 #include <filesystem>
@@ -111,7 +110,8 @@ TEST(ExpertParallelTelemetry, EveryRankReportsEveryMoeLayerOfEveryStep) {
       }
     }
     EXPECT_TRUE(hello);
-    for (const char* n : {"ep.dispatch", "ep.experts", "ep.combine"}) EXPECT_TRUE(names.count(n)) << n;
+    for (const char* n : {"ep.dispatch", "ep.experts", "ep.combine"})
+      EXPECT_TRUE(names.count(n)) << n;
     const uint64_t steps = rc.stats.steps + rc.stats.idle_steps;
     EXPECT_EQ(keys[r].size(), steps * 2) << "one record per MoE layer per step";
   }

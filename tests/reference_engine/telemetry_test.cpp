@@ -1,25 +1,25 @@
 // The engine's signals through a real agent over a real loopback TCP socket:
 // the bytes are decoded with the wire library and checked against the engine's
 // own statistics.
+#include "inferscope/engine/telemetry.hpp"
+
 #include <arpa/inet.h>
+#include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <gtest/gtest.h>
-
 #include <atomic>
 #include <map>
-#include <set>
 #include <mutex>
+#include <set>
 #include <thread>
 
+#include "capture_sink.hpp"
 #include "inferscope/agent.hpp"
 #include "inferscope/engine/engine.hpp"
-#include "inferscope/engine/telemetry.hpp"
 #include "inferscope/engine/workload.hpp"
 #include "inferscope/wire/codec.hpp"
-#include "capture_sink.hpp"
 
 namespace ie = inferscope::engine;
 namespace wire = inferscope::wire;
@@ -62,7 +62,8 @@ TEST(EngineTelemetry, EverySignalArrivesAndMatchesTheEngine) {
   ASSERT_FALSE(records.empty());
 
   std::map<uint32_t, std::string> names;
-  uint64_t routed_total = 0, dropped_total = 0, load_records = 0, requests = 0, prefix_q = 0, prefix_hit = 0;
+  uint64_t routed_total = 0, dropped_total = 0, load_records = 0, requests = 0, prefix_q = 0,
+           prefix_hit = 0;
   std::set<int> memory_kinds, stages;
   std::map<int, uint64_t> last_used;  // memory kind -> last reported bytes
   bool hello = false;
