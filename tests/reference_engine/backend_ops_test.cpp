@@ -3,7 +3,10 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <functional>
 #include <random>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "inferscope/engine/backend.hpp"
@@ -91,7 +94,8 @@ TEST_P(BackendOps, PagedAttentionEqualsNaive) {
   std::vector<int32_t> tseq = {0, 0, 0, 1}, tpos = {6, 7, 8, 5};
   std::vector<float> q;
   for (size_t i = 0; i < tseq.size(); ++i)
-    q.insert(q.end(), Q[tseq[i]].begin() + tpos[i] * H * HD, Q[tseq[i]].begin() + (tpos[i] + 1) * H * HD);
+    q.insert(q.end(), Q[tseq[i]].begin() + tpos[i] * H * HD,
+             Q[tseq[i]].begin() + (tpos[i] + 1) * H * HD);
   std::vector<int32_t> bt = {5, 2, 9, 7, 0}, bts = {0, 3, 5};
   ie::PagedBatch b{tseq, tpos, bt, bts, BS};
   auto tq = dev.make(4, H * HD, q), to = dev.make(4, H * HD, {});
@@ -105,7 +109,8 @@ TEST_P(BackendOps, PagedAttentionEqualsNaive) {
       double mx = -1e30;
       for (int j = 0; j <= tpos[i]; ++j) {
         double d = 0;
-        for (int e = 0; e < HD; ++e) d += double(q[i * H * HD + h * HD + e]) * K[s][j * KVH * HD + kvh * HD + e];
+        for (int e = 0; e < HD; ++e)
+          d += double(q[i * H * HD + h * HD + e]) * K[s][j * KVH * HD + kvh * HD + e];
         sc[j] = d * p.scale;
         mx = std::max(mx, sc[j]);
       }
@@ -147,7 +152,8 @@ TEST_P(BackendOps, SsmScanEqualsNaiveRecurrenceAcrossChunks) {
       double delta = std::log1p(std::exp(v));
       double acc = 0;
       for (int n = 0; n < N; ++n) {
-        h[i * N + n] = std::exp(delta * A[i * N + n]) * h[i * N + n] + delta * Bm[t * N + n] * x[t * D + i];
+        h[i * N + n] =
+            std::exp(delta * A[i * N + n]) * h[i * N + n] + delta * Bm[t * N + n] * x[t * D + i];
         acc += Cm[t * N + n] * h[i * N + n];
       }
       EXPECT_NEAR(y[t * D + i], acc + Ds[i] * x[t * D + i], 1e-4) << "t " << t << " i " << i;
@@ -163,10 +169,10 @@ TEST_P(BackendOps, RouteDropsExactlyThePredictedAssignments) {
   // 4 experts, top-2, capacity 2. Logits make the ranking explicit per token.
   const int T = 4, E = 4, k = 2;
   std::vector<float> logits = {
-      5, 4, 0, 0,   // t0 -> e0, e1
-      5, 0, 4, 0,   // t1 -> e0, e2
-      5, 4, 0, 3,   // t2 -> e0 (full: dropped), e1
-      0, 5, 0, 4,   // t3 -> e1 (full: dropped), e3
+      5, 4, 0, 0,  // t0 -> e0, e1
+      5, 0, 4, 0,  // t1 -> e0, e2
+      5, 4, 0, 3,  // t2 -> e0 (full: dropped), e1
+      0, 5, 0, 4,  // t3 -> e1 (full: dropped), e3
   };
   auto tl = dev.make(T, E, logits);
   auto ae = dev.make_i32(T, k), aw = dev.make(T, k, {});
@@ -217,7 +223,8 @@ TEST_P(BackendOps, PermuteGroupedLinearUnpermute) {
   auto perm = dev.make_i32(T * k, 1);
   dev.be->moe_permute(tx, tae, offsets, xp, perm);
   auto pv = dev.get_i(perm);
-  EXPECT_EQ(std::vector<int32_t>(pv.begin(), pv.begin() + 5), (std::vector<int32_t>{1, 2, 5, 0, 4}));
+  EXPECT_EQ(std::vector<int32_t>(pv.begin(), pv.begin() + 5),
+            (std::vector<int32_t>{1, 2, 5, 0, 4}));
   dev.be->grouped_linear(xp, tw, offsets, yp);
   dev.be->fill(y, 0.0f);
   dev.be->moe_unpermute(yp, perm, taw, k, 5, y);
@@ -240,7 +247,8 @@ TEST_P(BackendOps, PatchifyAndPool) {
   const int H = 4, W = 4, C = 2, P = 2;
   std::vector<float> img(H * W * C);
   for (size_t i = 0; i < img.size(); ++i) img[i] = float(i);
-  auto ti = dev.make(H, W * C, img), tp = dev.make(4, P * P * C, {}), tpool = dev.make(2, P * P * C, {});
+  auto ti = dev.make(H, W * C, img), tp = dev.make(4, P * P * C, {}),
+       tpool = dev.make(2, P * P * C, {});
   dev.be->patchify(ti, H, W, C, P, tp);
   auto p = dev.get(tp);
   // Patch 1 (top right): pixel (0,2) channel 0 is element 0*W*C + 2*C = 4.
@@ -251,7 +259,42 @@ TEST_P(BackendOps, PatchifyAndPool) {
   EXPECT_EQ(pooled[0], (p[0] + p[8]) / 2);
 }
 
-std::vector<std::string> built_backends() { return ie::backend_names(); }
+std::vector<std::string> built_backends() {
+  return ie::backend_names();
+}
+
+// The Backend base checks every op's inputs before the backend sees them: the
+// same clear error from every backend, naming it and the op, and nothing run.
+TEST_P(BackendOps, BadInputIsTheSameClearErrorFromEveryBackend) {
+  const std::string prefix = GetParam() + " backend: ";
+  auto expect_error = [&](const std::function<void()>& op, const std::string& what) {
+    try {
+      op();
+      ADD_FAILURE() << "no error for " << what;
+    } catch (const std::invalid_argument& e) {
+      EXPECT_EQ(std::string(e.what()), prefix + what);
+    }
+  };
+  auto x = dev.make(4, 8, {}), w = dev.make(3, 7, {}), y = dev.make(4, 3, {});
+  expect_error([&] { dev.be->linear(x, w, y); }, "linear shape");
+  auto table = dev.make(5, 8, std::vector<float>(40, 1.0f)), rows = dev.make(2, 8, {});
+  const std::vector<int32_t> ids = {1, 5};
+  expect_error([&] { dev.be->get_rows(table, ids, rows); }, "get_rows id out of range");
+  auto wg = dev.make(2 * 3, 8, {}), yg = dev.make(4, 3, {});
+  const std::vector<int32_t> offsets = {0, 3, 2};
+  expect_error([&] { dev.be->grouped_linear(x, wg, offsets, yg); },
+               "grouped_linear: offsets must not decrease");
+  auto kc = dev.make(4, 8, {}), vc = dev.make(4, 8, {});
+  const std::vector<int32_t> slots = {0, 1, 2, 4};
+  expect_error([&] { dev.be->kv_store(x, x, kc, vc, slots); }, "kv_store slot out of range");
+  auto strided = x.cols_view(0, 4);
+  std::vector<float> host(16);
+  expect_error([&] { dev.be->download(strided, host.data()); },
+               "download needs a contiguous tensor");
+  // Nothing above reached the backend: get_rows copied no row (row 1 is valid
+  // and all ones) before finding id 5 out of range.
+  for (float v : dev.get(rows)) EXPECT_EQ(v, 0.0f);
+}
 
 INSTANTIATE_TEST_SUITE_P(AllBackends, BackendOps, ::testing::ValuesIn(built_backends()),
                          [](const ::testing::TestParamInfo<std::string>& p) { return p.param; });

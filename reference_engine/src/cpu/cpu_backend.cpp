@@ -33,10 +33,16 @@ void require(bool ok, const char* what) {
   if (!ok) throw std::invalid_argument(std::string("cpu backend: ") + what);
 }
 
-inline float* row(const Tensor& t, int64_t r) { return t.f32() + r * t.stride; }
-inline int32_t* irow(const Tensor& t, int64_t r) { return t.i32() + r * t.stride; }
+inline float* row(const Tensor& t, int64_t r) {
+  return t.f32() + r * t.stride;
+}
+inline int32_t* irow(const Tensor& t, int64_t r) {
+  return t.i32() + r * t.stride;
+}
 
-inline float silu(float g) { return g / (1.0f + std::exp(-g)); }
+inline float silu(float g) {
+  return g / (1.0f + std::exp(-g));
+}
 
 // exp for the SSM scan's inner loop, written so the compiler vectorises it
 // (std::exp is a libm call per element): range reduction to 2^n * e^y with
@@ -52,7 +58,8 @@ inline float exp_vec(float x) {
   n -= 0x4B400000;
   const float y = (t - fn) * 0.693147180559945309f;
   const float p =
-      1.0f + y * (1.0f + y * (0.5f + y * (1.0f / 6 + y * (1.0f / 24 + y * (1.0f / 120 + y * (1.0f / 720))))));
+      1.0f + y * (1.0f + y * (0.5f + y * (1.0f / 6 +
+                                          y * (1.0f / 24 + y * (1.0f / 120 + y * (1.0f / 720))))));
   int32_t bits = (n + 127) << 23;
   float scale;
   std::memcpy(&scale, &bits, 4);
@@ -79,7 +86,9 @@ void scan_block(float* __restrict h, const float* __restrict a, int64_t i0, int6
     yt[i] = acc + dskip[i] * xt[i];
   }
 }
-inline float softplus(float v) { return v > 20.0f ? v : std::log1p(std::exp(v)); }
+inline float softplus(float v) {
+  return v > 20.0f ? v : std::log1p(std::exp(v));
+}
 
 class CpuBackend final : public Backend {
  public:
@@ -99,25 +108,22 @@ class CpuBackend final : public Backend {
     return p;
   }
   void free(void* ptr) override { std::free(ptr); }
-  void upload(const Tensor& dst, const void* src) override {
-    require(dst.contiguous(), "upload needs a contiguous tensor");
+  void upload_impl(const Tensor& dst, const void* src) override {
     std::memcpy(dst.data, src, dst.bytes());
   }
-  void download(const Tensor& src, void* dst) override {
-    require(src.contiguous(), "download needs a contiguous tensor");
+  void download_impl(const Tensor& src, void* dst) override {
     std::memcpy(dst, src.data, src.bytes());
   }
   void synchronize() override {}
 
   // [SECTION] Elementwise
-  void copy(const Tensor& src, const Tensor& dst) override {
-    require(src.rows == dst.rows && src.cols == dst.cols && src.dtype == dst.dtype, "copy shape");
+  void copy_impl(const Tensor& src, const Tensor& dst) override {
     size_t row_bytes = static_cast<size_t>(src.cols) * dtype_size(src.dtype);
     for (int64_t r = 0; r < src.rows; ++r)
       std::memmove(static_cast<char*>(dst.data) + r * dst.stride * 4,
                    static_cast<const char*>(src.data) + r * src.stride * 4, row_bytes);
   }
-  void fill(const Tensor& dst, float value) override {
+  void fill_impl(const Tensor& dst, float value) override {
     for (int64_t r = 0; r < dst.rows; ++r) {
       if (dst.dtype == DType::kF32)
         std::fill_n(row(dst, r), dst.cols, value);
@@ -125,17 +131,14 @@ class CpuBackend final : public Backend {
         std::fill_n(irow(dst, r), dst.cols, static_cast<int32_t>(value));
     }
   }
-  void get_rows(const Tensor& table, std::span<const int32_t> ids, const Tensor& out) override {
-    require(out.rows == static_cast<int64_t>(ids.size()) && out.cols == table.cols, "get_rows shape");
+  void get_rows_impl(const Tensor& table, std::span<const int32_t> ids,
+                     const Tensor& out) override {
     for (size_t i = 0; i < ids.size(); ++i) {
-      require(ids[i] >= 0 && ids[i] < table.rows, "get_rows id out of range");
       std::memcpy(row(out, static_cast<int64_t>(i)), row(table, ids[i]),
                   static_cast<size_t>(table.cols) * 4);
     }
   }
-  void add(const Tensor& a, const Tensor& b, const Tensor& out) override {
-    require(a.rows == b.rows && a.cols == b.cols && out.rows == a.rows && out.cols == a.cols,
-            "add shape");
+  void add_impl(const Tensor& a, const Tensor& b, const Tensor& out) override {
     for (int64_t r = 0; r < a.rows; ++r) {
       const float* pa = row(a, r);
       const float* pb = row(b, r);
@@ -143,20 +146,20 @@ class CpuBackend final : public Backend {
       for (int64_t c = 0; c < a.cols; ++c) po[c] = pa[c] + pb[c];
     }
   }
-  void mul_silu(const Tensor& x, const Tensor& gate, const Tensor& out) override {
-    require(x.rows == gate.rows && x.cols == gate.cols && out.rows == x.rows && out.cols == x.cols,
-            "mul_silu shape");
-    pool_.parallel_for(x.rows, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const float* px = row(x, r);
-        const float* pg = row(gate, r);
-        float* po = row(out, r);
-        for (int64_t c = 0; c < x.cols; ++c) po[c] = px[c] * silu(pg[c]);
-      }
-    }, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, x.cols)));
+  void mul_silu_impl(const Tensor& x, const Tensor& gate, const Tensor& out) override {
+    pool_.parallel_for(
+        x.rows,
+        [&](int64_t r0, int64_t r1) {
+          for (int64_t r = r0; r < r1; ++r) {
+            const float* px = row(x, r);
+            const float* pg = row(gate, r);
+            float* po = row(out, r);
+            for (int64_t c = 0; c < x.cols; ++c) po[c] = px[c] * silu(pg[c]);
+          }
+        },
+        std::max<int64_t>(1, 16384 / std::max<int64_t>(1, x.cols)));
   }
-  void gelu(const Tensor& x, const Tensor& out) override {
-    require(x.rows == out.rows && x.cols == out.cols, "gelu shape");
+  void gelu_impl(const Tensor& x, const Tensor& out) override {
     const float k = std::sqrt(2.0f / 3.14159265358979f);
     for (int64_t r = 0; r < x.rows; ++r) {
       const float* px = row(x, r);
@@ -167,8 +170,7 @@ class CpuBackend final : public Backend {
       }
     }
   }
-  void rms_norm(const Tensor& x, const Tensor& weight, float eps, const Tensor& out) override {
-    require(weight.cols == x.cols && out.rows == x.rows && out.cols == x.cols, "rms_norm shape");
+  void rms_norm_impl(const Tensor& x, const Tensor& weight, float eps, const Tensor& out) override {
     const float* w = weight.f32();
     for (int64_t r = 0; r < x.rows; ++r) {
       const float* px = row(x, r);
@@ -181,22 +183,17 @@ class CpuBackend final : public Backend {
   }
 
   // [SECTION] GEMM
-  void linear(const Tensor& x, const Tensor& w, const Tensor& y, float beta) override {
-    require(x.cols == w.cols && y.rows == x.rows && y.cols == w.rows, "linear shape");
+  void linear_impl(const Tensor& x, const Tensor& w, const Tensor& y, float beta) override {
     if (x.rows == 0) return;
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(x.rows),
                 static_cast<int>(w.rows), static_cast<int>(x.cols), 1.0f, x.f32(),
                 static_cast<int>(x.stride), w.f32(), static_cast<int>(w.stride), beta, y.f32(),
                 static_cast<int>(y.stride));
   }
-  void grouped_linear(const Tensor& x, const Tensor& w, std::span<const int32_t> offsets,
-                      const Tensor& y) override {
-    require(!offsets.empty(), "grouped_linear offsets");
+  void grouped_linear_impl(const Tensor& x, const Tensor& w, std::span<const int32_t> offsets,
+                           const Tensor& y) override {
     int64_t experts = static_cast<int64_t>(offsets.size()) - 1;
-    require(w.rows % experts == 0, "grouped_linear: weight rows not a multiple of experts");
     int64_t n = w.rows / experts;
-    require(x.cols == w.cols && y.cols == n && offsets.back() <= x.rows && y.rows >= offsets.back(),
-            "grouped_linear shape");
     // Many small GEMMs (a few rows per expert): OpenBLAS's own threading costs
     // more than it gains there, so experts are spread over the pool instead,
     // each GEMM single-threaded, balanced by rows.
@@ -211,12 +208,14 @@ class CpuBackend final : public Backend {
       for (int64_t e = e0; e < e1; ++e) {
         int32_t begin = offsets[e], end = offsets[e + 1];
         if (end <= begin) continue;
-        linear(x.rows_view(begin, end - begin), w.rows_view(e * n, n), y.rows_view(begin, end - begin), 0.0f);
+        linear(x.rows_view(begin, end - begin), w.rows_view(e * n, n),
+               y.rows_view(begin, end - begin), 0.0f);
       }
     };
     if (spread) {
       pool_.parallel_for(threads_, [&](int64_t p0, int64_t p1) {
-        for (int64_t p = p0; p < p1; ++p) run(cut[static_cast<size_t>(p)], cut[static_cast<size_t>(p) + 1]);
+        for (int64_t p = p0; p < p1; ++p)
+          run(cut[static_cast<size_t>(p)], cut[static_cast<size_t>(p) + 1]);
       });
       openblas_set_num_threads(threads_);
     } else {
@@ -225,11 +224,8 @@ class CpuBackend final : public Backend {
   }
 
   // [SECTION] Attention
-  void rope(const Tensor& x, std::span<const int32_t> positions, int32_t n_heads,
-            int32_t head_dim, float theta) override {
-    require(x.rows == static_cast<int64_t>(positions.size()) && x.cols >= n_heads * head_dim &&
-                head_dim % 2 == 0,
-            "rope shape");
+  void rope_impl(const Tensor& x, std::span<const int32_t> positions, int32_t n_heads,
+                 int32_t head_dim, float theta) override {
     int32_t half = head_dim / 2;
     for (int64_t t = 0; t < x.rows; ++t) {
       float* p = row(x, t);
@@ -246,69 +242,62 @@ class CpuBackend final : public Backend {
       }
     }
   }
-  void kv_store(const Tensor& k, const Tensor& v, const Tensor& k_cache, const Tensor& v_cache,
-                std::span<const int32_t> slots) override {
-    require(k.rows == static_cast<int64_t>(slots.size()) && k.cols == k_cache.cols &&
-                v.cols == v_cache.cols,
-            "kv_store shape");
+  void kv_store_impl(const Tensor& k, const Tensor& v, const Tensor& k_cache, const Tensor& v_cache,
+                     std::span<const int32_t> slots) override {
     for (size_t t = 0; t < slots.size(); ++t) {
-      require(slots[t] >= 0 && slots[t] < k_cache.rows, "kv_store slot out of range");
       std::memcpy(row(k_cache, slots[t]), row(k, static_cast<int64_t>(t)),
                   static_cast<size_t>(k.cols) * 4);
       std::memcpy(row(v_cache, slots[t]), row(v, static_cast<int64_t>(t)),
                   static_cast<size_t>(v.cols) * 4);
     }
   }
-  void paged_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
-                       const PagedBatch& b, const AttentionParams& p, const Tensor& out) override {
+  void paged_attention_impl(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                            const PagedBatch& b, const AttentionParams& p,
+                            const Tensor& out) override {
     const int64_t T = q.rows;
-    require(static_cast<int64_t>(b.token_seq.size()) == T &&
-                static_cast<int64_t>(b.token_pos.size()) == T && b.block_size > 0 &&
-                p.n_kv_heads > 0 && p.n_heads % p.n_kv_heads == 0,
-            "paged_attention batch");
     const int32_t group = p.n_heads / p.n_kv_heads, hd = p.head_dim;
-    pool_.parallel_for(T * p.n_heads, [&](int64_t i0, int64_t i1) {
-      std::vector<float> scores;
-      for (int64_t i = i0; i < i1; ++i) {
-        {
-          const int64_t t = i / p.n_heads;
-          const int32_t h = static_cast<int32_t>(i % p.n_heads);
-          const int32_t s = b.token_seq[t];
-          const int32_t n_keys = b.token_pos[t] + 1;
-          const int32_t* table = b.block_table.data() + b.block_table_start[s];
-          const int32_t kvh = h / group;
-          const float* qh = row(q, t) + h * hd;
-          scores.resize(static_cast<size_t>(n_keys));
-          float mx = -std::numeric_limits<float>::infinity();
-          for (int32_t j = 0; j < n_keys; ++j) {
-            int64_t slot = static_cast<int64_t>(table[j / b.block_size]) * b.block_size +
-                           j % b.block_size;
-            const float* kj = row(k_cache, slot) + kvh * hd;
-            float dot = 0.0f;
-            for (int32_t d = 0; d < hd; ++d) dot += qh[d] * kj[d];
-            scores[j] = dot * p.scale;
-            mx = std::max(mx, scores[j]);
+    pool_.parallel_for(
+        T * p.n_heads,
+        [&](int64_t i0, int64_t i1) {
+          std::vector<float> scores;
+          for (int64_t i = i0; i < i1; ++i) {
+            {
+              const int64_t t = i / p.n_heads;
+              const int32_t h = static_cast<int32_t>(i % p.n_heads);
+              const int32_t s = b.token_seq[t];
+              const int32_t n_keys = b.token_pos[t] + 1;
+              const int32_t* table = b.block_table.data() + b.block_table_start[s];
+              const int32_t kvh = h / group;
+              const float* qh = row(q, t) + h * hd;
+              scores.resize(static_cast<size_t>(n_keys));
+              float mx = -std::numeric_limits<float>::infinity();
+              for (int32_t j = 0; j < n_keys; ++j) {
+                int64_t slot =
+                    static_cast<int64_t>(table[j / b.block_size]) * b.block_size + j % b.block_size;
+                const float* kj = row(k_cache, slot) + kvh * hd;
+                float dot = 0.0f;
+                for (int32_t d = 0; d < hd; ++d) dot += qh[d] * kj[d];
+                scores[j] = dot * p.scale;
+                mx = std::max(mx, scores[j]);
+              }
+              float sum = 0.0f;
+              for (int32_t j = 0; j < n_keys; ++j) sum += (scores[j] = std::exp(scores[j] - mx));
+              float* oh = row(out, t) + h * hd;
+              std::fill_n(oh, hd, 0.0f);
+              for (int32_t j = 0; j < n_keys; ++j) {
+                int64_t slot =
+                    static_cast<int64_t>(table[j / b.block_size]) * b.block_size + j % b.block_size;
+                const float* vj = row(v_cache, slot) + kvh * hd;
+                float w = scores[j] / sum;
+                for (int32_t d = 0; d < hd; ++d) oh[d] += w * vj[d];
+              }
+            }
           }
-          float sum = 0.0f;
-          for (int32_t j = 0; j < n_keys; ++j) sum += (scores[j] = std::exp(scores[j] - mx));
-          float* oh = row(out, t) + h * hd;
-          std::fill_n(oh, hd, 0.0f);
-          for (int32_t j = 0; j < n_keys; ++j) {
-            int64_t slot = static_cast<int64_t>(table[j / b.block_size]) * b.block_size +
-                           j % b.block_size;
-            const float* vj = row(v_cache, slot) + kvh * hd;
-            float w = scores[j] / sum;
-            for (int32_t d = 0; d < hd; ++d) oh[d] += w * vj[d];
-          }
-        }
-      }
-    }, 8);
+        },
+        8);
   }
-  void attention(const Tensor& q, const Tensor& k, const Tensor& v, SeqStarts seqs,
-                 const AttentionParams& p, bool causal, const Tensor& out) override {
-    require(!seqs.empty() && seqs.back() == q.rows && k.rows == q.rows && v.rows == q.rows &&
-                p.n_kv_heads > 0 && p.n_heads % p.n_kv_heads == 0,
-            "attention shape");
+  void attention_impl(const Tensor& q, const Tensor& k, const Tensor& v, SeqStarts seqs,
+                      const AttentionParams& p, bool causal, const Tensor& out) override {
     const int32_t group = p.n_heads / p.n_kv_heads, hd = p.head_dim;
     std::vector<float> scores;
     for (size_t s = 0; s + 1 < seqs.size(); ++s) {
@@ -341,42 +330,38 @@ class CpuBackend final : public Backend {
   }
 
   // [SECTION] SSM
-  void ssm_scan(const Tensor& x, const Tensor& dt, const Tensor& dt_bias, const Tensor& A,
-                const Tensor& B, const Tensor& C, const Tensor& Dskip, SeqStarts seqs,
-                std::span<const int32_t> state_slots, const Tensor& states,
-                const Tensor& y) override {
+  void ssm_scan_impl(const Tensor& x, const Tensor& dt, const Tensor& dt_bias, const Tensor& A,
+                     const Tensor& B, const Tensor& C, const Tensor& Dskip, SeqStarts seqs,
+                     std::span<const int32_t> state_slots, const Tensor& states,
+                     const Tensor& y) override {
     const int64_t D = x.cols, N = A.cols;
-    require(!seqs.empty() && seqs.back() == x.rows && dt.cols == D && A.rows == D &&
-                B.cols == N && C.cols == N && states.cols == D * N &&
-                state_slots.size() + 1 == seqs.size() && y.cols == D,
-            "ssm_scan shape");
     const float* a = A.f32();
     const float* bias = dt_bias.f32();
     const float* dskip = Dskip.f32();
     const int64_t n_seqs = static_cast<int64_t>(state_slots.size());
     // Parallel over (sequence, channel block): channels are independent.
     const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>(threads_, D / 16));
-    pool_.parallel_for(n_seqs * blocks, [&](int64_t j0, int64_t j1) {
-      for (int64_t j = j0; j < j1; ++j) {
-        const int64_t s = j / blocks, blk = j % blocks;
-        float* h = row(states, state_slots[s]);
-        int64_t i0 = D * blk / blocks, i1 = D * (blk + 1) / blocks;
-        for (int32_t t = seqs[s]; t < seqs[s + 1]; ++t)
-          scan_block(h, a, i0, i1, N, row(x, t), row(dt, t), bias, row(B, t), row(C, t), dskip, row(y, t));
-      }
-    }, x.rows * D > 4096 ? 1 : n_seqs * blocks + 1);
+    pool_.parallel_for(
+        n_seqs * blocks,
+        [&](int64_t j0, int64_t j1) {
+          for (int64_t j = j0; j < j1; ++j) {
+            const int64_t s = j / blocks, blk = j % blocks;
+            float* h = row(states, state_slots[s]);
+            int64_t i0 = D * blk / blocks, i1 = D * (blk + 1) / blocks;
+            for (int32_t t = seqs[s]; t < seqs[s + 1]; ++t)
+              scan_block(h, a, i0, i1, N, row(x, t), row(dt, t), bias, row(B, t), row(C, t), dskip,
+                         row(y, t));
+          }
+        },
+        x.rows * D > 4096 ? 1 : n_seqs * blocks + 1);
   }
 
   // [SECTION] MoE
-  void moe_route(const Tensor& logits, const Tensor& bias, const RouteParams& p,
-                 const Tensor& assign_expert, const Tensor& assign_weight,
-                 RouteCounts& counts) override {
+  void moe_route_impl(const Tensor& logits, const Tensor& bias, const RouteParams& p,
+                      const Tensor& assign_expert, const Tensor& assign_weight,
+                      RouteCounts& counts) override {
     const int64_t T = logits.rows, E = logits.cols;
     const int32_t k = p.top_k;
-    require(k >= 1 && k <= E && assign_expert.rows == T && assign_expert.cols == k &&
-                assign_weight.rows == T && assign_weight.cols == k &&
-                (bias.empty() || bias.cols == E),
-            "moe_route shape");
     counts.routed.assign(static_cast<size_t>(E), 0);
     counts.kept.assign(static_cast<size_t>(E), 0);
     counts.dropped = 0;
@@ -430,12 +415,11 @@ class CpuBackend final : public Backend {
       }
     }
   }
-  void moe_permute(const Tensor& x, const Tensor& assign_expert, std::span<const int32_t> offsets,
-                   const Tensor& xp, const Tensor& perm) override {
+  void moe_permute_impl(const Tensor& x, const Tensor& assign_expert,
+                        std::span<const int32_t> offsets, const Tensor& xp,
+                        const Tensor& perm) override {
     const int64_t T = x.rows, k = assign_expert.cols;
     const int64_t E = static_cast<int64_t>(offsets.size()) - 1;
-    require(E >= 1 && xp.cols == x.cols && xp.rows >= offsets.back() && perm.rows >= offsets.back(),
-            "moe_permute shape");
     std::vector<int32_t> cursor(offsets.begin(), offsets.end() - 1);
     for (int64_t t = 0; t < T; ++t) {
       const int32_t* ae = irow(assign_expert, t);
@@ -449,9 +433,8 @@ class CpuBackend final : public Backend {
       }
     }
   }
-  void moe_unpermute(const Tensor& yp, const Tensor& perm, const Tensor& assign_weight,
-                     int32_t top_k, int64_t assignments, const Tensor& y) override {
-    require(yp.cols == y.cols && assignments <= yp.rows, "moe_unpermute shape");
+  void moe_unpermute_impl(const Tensor& yp, const Tensor& perm, const Tensor& assign_weight,
+                          int32_t top_k, int64_t assignments, const Tensor& y) override {
     for (int64_t i = 0; i < assignments; ++i) {
       int32_t a = *irow(perm, i);
       int64_t t = a / top_k, j = a % top_k;
@@ -463,13 +446,8 @@ class CpuBackend final : public Backend {
   }
 
   // [SECTION] Vision
-  void patchify(const Tensor& image, int32_t height, int32_t width, int32_t channels,
-                int32_t patch, const Tensor& out) override {
-    require(height % patch == 0 && width % patch == 0 && image.rows == height &&
-                image.cols == static_cast<int64_t>(width) * channels &&
-                out.rows == static_cast<int64_t>(height / patch) * (width / patch) &&
-                out.cols == static_cast<int64_t>(patch) * patch * channels,
-            "patchify shape");
+  void patchify_impl(const Tensor& image, int32_t /*height*/, int32_t width, int32_t channels,
+                     int32_t patch, const Tensor& out) override {
     int32_t pw = width / patch;
     for (int64_t pi = 0; pi < out.rows; ++pi) {
       int64_t py = pi / pw, px = pi % pw;
@@ -481,8 +459,7 @@ class CpuBackend final : public Backend {
       }
     }
   }
-  void mean_pool_rows(const Tensor& x, int32_t group, const Tensor& out) override {
-    require(group > 0 && out.rows * group == x.rows && out.cols == x.cols, "mean_pool_rows shape");
+  void mean_pool_rows_impl(const Tensor& x, int32_t group, const Tensor& out) override {
     float inv = 1.0f / static_cast<float>(group);
     for (int64_t g = 0; g < out.rows; ++g) {
       float* o = row(out, g);

@@ -43,8 +43,12 @@ void require(bool ok, const char* what) {
   if (!ok) throw std::invalid_argument(std::string("cuda backend: ") + what);
 }
 
-k::View view(const Tensor& t) { return {t.f32(), t.rows, t.cols, t.stride}; }
-k::IView iview(const Tensor& t) { return {t.i32(), t.rows, t.cols, t.stride}; }
+k::View view(const Tensor& t) {
+  return {t.f32(), t.rows, t.cols, t.stride};
+}
+k::IView iview(const Tensor& t) {
+  return {t.i32(), t.rows, t.cols, t.stride};
+}
 
 // [SECTION] Helpers
 // Pinned host ring + device ring for per-op metadata. When the ring wraps it
@@ -85,7 +89,8 @@ class StagingRing {
       out.push_back(reinterpret_cast<const int32_t*>(dev_ + at));
       at += align(sp.size_bytes());
     }
-    ISC_CUDA(cudaMemcpyAsync(dev_ + off_, host_ + off_, at - off_, cudaMemcpyHostToDevice, stream_));
+    ISC_CUDA(
+        cudaMemcpyAsync(dev_ + off_, host_ + off_, at - off_, cudaMemcpyHostToDevice, stream_));
     off_ += total;
     if (spans.size() == 1) remember(*spans.begin(), first);
     return out;
@@ -226,64 +231,52 @@ class CudaBackend final : public Backend {
     }
     cudaFree(ptr);
   }
-  void upload(const Tensor& dst, const void* src) override {
-    require(dst.contiguous(), "upload needs a contiguous tensor");
+  void upload_impl(const Tensor& dst, const void* src) override {
     forget_range(dst.data, dst.bytes());
     ISC_CUDA(cudaMemcpyAsync(dst.data, src, dst.bytes(), cudaMemcpyHostToDevice, stream_));
     ISC_CUDA(cudaStreamSynchronize(stream_));
     uploaded_[static_cast<char*>(dst.data)] = dst.bytes();
   }
-  void download(const Tensor& src, void* dst) override {
-    require(src.contiguous(), "download needs a contiguous tensor");
+  void download_impl(const Tensor& src, void* dst) override {
     ISC_CUDA(cudaMemcpyAsync(dst, src.data, src.bytes(), cudaMemcpyDeviceToHost, stream_));
     ISC_CUDA(cudaStreamSynchronize(stream_));
   }
   void synchronize() override { ISC_CUDA(cudaStreamSynchronize(stream_)); }
 
   // --- elementwise / data movement -----------------------------------------
-  void copy(const Tensor& src, const Tensor& dst) override {
-    require(src.rows == dst.rows && src.cols == dst.cols && src.dtype == dst.dtype, "copy shape");
+  void copy_impl(const Tensor& src, const Tensor& dst) override {
     if (src.rows == 0 || src.cols == 0) return;
     forget_written(dst);
     ISC_CUDA(cudaMemcpy2DAsync(dst.data, dst.stride * 4, src.data, src.stride * 4, src.cols * 4,
                                src.rows, cudaMemcpyDeviceToDevice, stream_));
   }
-  void fill(const Tensor& dst, float value) override {
+  void fill_impl(const Tensor& dst, float value) override {
     forget_written(dst);
     if (dst.dtype == DType::kF32)
       k::fill(view(dst), value, stream_);
     else
       k::fill_i32(iview(dst), static_cast<int32_t>(value), stream_);
   }
-  void get_rows(const Tensor& table, std::span<const int32_t> ids, const Tensor& out) override {
-    require(out.rows == static_cast<int64_t>(ids.size()) && out.cols == table.cols,
-            "get_rows shape");
-    for (int32_t id : ids) require(id >= 0 && id < table.rows, "get_rows id out of range");
+  void get_rows_impl(const Tensor& table, std::span<const int32_t> ids,
+                     const Tensor& out) override {
     if (ids.empty()) return;
     k::get_rows(view(table), ring_->stage1(ids), view(out), stream_);
   }
-  void add(const Tensor& a, const Tensor& b, const Tensor& out) override {
-    require(a.rows == b.rows && a.cols == b.cols && out.rows == a.rows && out.cols == a.cols,
-            "add shape");
+  void add_impl(const Tensor& a, const Tensor& b, const Tensor& out) override {
     k::add(view(a), view(b), view(out), stream_);
   }
-  void mul_silu(const Tensor& x, const Tensor& gate, const Tensor& out) override {
-    require(x.rows == gate.rows && x.cols == gate.cols && out.rows == x.rows && out.cols == x.cols,
-            "mul_silu shape");
+  void mul_silu_impl(const Tensor& x, const Tensor& gate, const Tensor& out) override {
     k::mul_silu(view(x), view(gate), view(out), stream_);
   }
-  void gelu(const Tensor& x, const Tensor& out) override {
-    require(x.rows == out.rows && x.cols == out.cols, "gelu shape");
+  void gelu_impl(const Tensor& x, const Tensor& out) override {
     k::gelu(view(x), view(out), stream_);
   }
-  void rms_norm(const Tensor& x, const Tensor& weight, float eps, const Tensor& out) override {
-    require(weight.cols == x.cols && out.rows == x.rows && out.cols == x.cols, "rms_norm shape");
+  void rms_norm_impl(const Tensor& x, const Tensor& weight, float eps, const Tensor& out) override {
     k::rms_norm(view(x), weight.f32(), eps, view(out), stream_);
   }
 
   // --- GEMMs ----------------------------------------------------------------
-  void linear(const Tensor& x, const Tensor& w, const Tensor& y, float beta) override {
-    require(x.cols == w.cols && y.rows == x.rows && y.cols == w.rows, "linear shape");
+  void linear_impl(const Tensor& x, const Tensor& w, const Tensor& y, float beta) override {
     if (x.rows == 0 || w.rows == 0) return;
     const int M = static_cast<int>(x.rows), N = static_cast<int>(w.rows),
               K = static_cast<int>(x.cols);
@@ -295,8 +288,8 @@ class CudaBackend final : public Backend {
     if (wb == nullptr) {
       const float alpha = 1.f;
       ISC_CUBLAS(cublasSgemm(blas_->handle(), CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &alpha, w.f32(),
-                             static_cast<int>(w.stride), x.f32(), static_cast<int>(x.stride),
-                             &beta, y.f32(), static_cast<int>(y.stride)));
+                             static_cast<int>(w.stride), x.f32(), static_cast<int>(x.stride), &beta,
+                             y.f32(), static_cast<int>(y.stride)));
       return;
     }
     __nv_bfloat16* xb = scratch_[0]->get<__nv_bfloat16>(static_cast<size_t>(M) * K);
@@ -306,20 +299,12 @@ class CudaBackend final : public Backend {
                             CUDA_R_16BF, K, xb, CUDA_R_16BF, K, &beta, y.f32(), CUDA_R_32F,
                             static_cast<int>(y.stride), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   }
-  void grouped_linear(const Tensor& x, const Tensor& w, std::span<const int32_t> offsets,
-                      const Tensor& y) override {
-    require(!offsets.empty(), "grouped_linear offsets");
+  void grouped_linear_impl(const Tensor& x, const Tensor& w, std::span<const int32_t> offsets,
+                           const Tensor& y) override {
     const int64_t E = static_cast<int64_t>(offsets.size()) - 1;
-    require(E >= 1 && w.rows % E == 0, "grouped_linear: weight rows not a multiple of experts");
     const int64_t n = w.rows / E;
-    require(x.cols == w.cols && y.cols == n && offsets.back() <= x.rows &&
-                y.rows >= offsets.back() && offsets.front() >= 0,
-            "grouped_linear shape");
     int max_rows = 0;
-    for (int64_t e = 0; e < E; ++e) {
-      require(offsets[e + 1] >= offsets[e], "grouped_linear: offsets must not decrease");
-      max_rows = std::max(max_rows, offsets[e + 1] - offsets[e]);
-    }
+    for (int64_t e = 0; e < E; ++e) max_rows = std::max(max_rows, offsets[e + 1] - offsets[e]);
     if (max_rows == 0) return;
     const __nv_bfloat16* wb = (fp32_math_ || x.cols % 8 != 0) ? nullptr : shadow(w);
     if (wb == nullptr) {
@@ -343,30 +328,20 @@ class CudaBackend final : public Backend {
   }
 
   // --- attention ------------------------------------------------------------
-  void rope(const Tensor& x, std::span<const int32_t> positions, int32_t n_heads,
-            int32_t head_dim, float theta) override {
-    require(x.rows == static_cast<int64_t>(positions.size()) && x.cols >= n_heads * head_dim &&
-                head_dim % 2 == 0,
-            "rope shape");
+  void rope_impl(const Tensor& x, std::span<const int32_t> positions, int32_t n_heads,
+                 int32_t head_dim, float theta) override {
     if (x.rows == 0) return;
     k::rope(view(x), ring_->stage1(positions), n_heads, head_dim, theta, stream_);
   }
-  void kv_store(const Tensor& kt, const Tensor& v, const Tensor& k_cache, const Tensor& v_cache,
-                std::span<const int32_t> slots) override {
-    require(kt.rows == static_cast<int64_t>(slots.size()) && kt.cols == k_cache.cols &&
-                v.cols == v_cache.cols && v.rows == kt.rows,
-            "kv_store shape");
-    for (int32_t s : slots) require(s >= 0 && s < k_cache.rows, "kv_store slot out of range");
+  void kv_store_impl(const Tensor& kt, const Tensor& v, const Tensor& k_cache,
+                     const Tensor& v_cache, std::span<const int32_t> slots) override {
     if (slots.empty()) return;
     k::kv_store(view(kt), view(v), view(k_cache), view(v_cache), ring_->stage1(slots), stream_);
   }
-  void paged_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
-                       const PagedBatch& b, const AttentionParams& p, const Tensor& out) override {
+  void paged_attention_impl(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                            const PagedBatch& b, const AttentionParams& p,
+                            const Tensor& out) override {
     const int64_t T = q.rows;
-    require(static_cast<int64_t>(b.token_seq.size()) == T &&
-                static_cast<int64_t>(b.token_pos.size()) == T && b.block_size > 0 &&
-                p.n_kv_heads > 0 && p.n_heads % p.n_kv_heads == 0,
-            "paged_attention batch");
     if (T == 0) return;
     int max_ctx = 0;
     for (int32_t pos : b.token_pos) max_ctx = std::max(max_ctx, pos + 1);
@@ -389,11 +364,8 @@ class CudaBackend final : public Backend {
     a.max_context = max_ctx;
     k::paged_attention(a, stream_);
   }
-  void attention(const Tensor& q, const Tensor& kt, const Tensor& v, SeqStarts seqs,
-                 const AttentionParams& p, bool causal, const Tensor& out) override {
-    require(!seqs.empty() && seqs.back() == q.rows && kt.rows == q.rows && v.rows == q.rows &&
-                p.n_kv_heads > 0 && p.n_heads % p.n_kv_heads == 0,
-            "attention shape");
+  void attention_impl(const Tensor& q, const Tensor& kt, const Tensor& v, SeqStarts seqs,
+                      const AttentionParams& p, bool causal, const Tensor& out) override {
     if (q.rows == 0) return;
     token_seq_.resize(static_cast<size_t>(q.rows));
     int max_ctx = 0;
@@ -419,16 +391,13 @@ class CudaBackend final : public Backend {
   }
 
   // --- selective state space --------------------------------------------------
-  void ssm_scan(const Tensor& x, const Tensor& dt, const Tensor& dt_bias, const Tensor& A,
-                const Tensor& B, const Tensor& C, const Tensor& Dskip, SeqStarts seqs,
-                std::span<const int32_t> state_slots, const Tensor& states,
-                const Tensor& y) override {
+  void ssm_scan_impl(const Tensor& x, const Tensor& dt, const Tensor& dt_bias, const Tensor& A,
+                     const Tensor& B, const Tensor& C, const Tensor& Dskip, SeqStarts seqs,
+                     std::span<const int32_t> state_slots, const Tensor& states,
+                     const Tensor& y) override {
     const int64_t D = x.cols, N = A.cols;
-    require(!seqs.empty() && seqs.back() == x.rows && dt.cols == D && A.rows == D &&
-                B.cols == N && C.cols == N && states.cols == D * N &&
-                state_slots.size() + 1 == seqs.size() && y.cols == D && A.contiguous(),
-            "ssm_scan shape");
-    require(N >= 1 && N <= 32 && (N & (N - 1)) == 0, "ssm_scan: d_state must be a power of two <= 32");
+    require(N >= 1 && N <= 32 && (N & (N - 1)) == 0,
+            "ssm_scan: d_state must be a power of two <= 32");
     if (x.rows == 0 || state_slots.empty()) return;
     int max_len = 0;
     for (size_t s = 0; s + 1 < seqs.size(); ++s) max_len = std::max(max_len, seqs[s + 1] - seqs[s]);
@@ -457,15 +426,12 @@ class CudaBackend final : public Backend {
   }
 
   // --- mixture of experts -----------------------------------------------------
-  void moe_route(const Tensor& logits, const Tensor& bias, const RouteParams& p,
-                 const Tensor& assign_expert, const Tensor& assign_weight,
-                 RouteCounts& counts) override {
+  void moe_route_impl(const Tensor& logits, const Tensor& bias, const RouteParams& p,
+                      const Tensor& assign_expert, const Tensor& assign_weight,
+                      RouteCounts& counts) override {
     const int64_t T = logits.rows, E = logits.cols;
     const int32_t kk = p.top_k;
-    require(kk >= 1 && kk <= E && E <= 1024 && assign_expert.rows == T &&
-                assign_expert.cols == kk && assign_weight.rows == T && assign_weight.cols == kk &&
-                (bias.empty() || bias.cols == E),
-            "moe_route shape");
+    require(E <= kMaxExperts, "moe_route: at most 1024 experts (one router block per token)");
     k::RouterParams rp;
     rp.tokens = static_cast<int>(T);
     rp.experts = static_cast<int>(E);
@@ -478,7 +444,8 @@ class CudaBackend final : public Backend {
     const int64_t R = (rp.reroute && rp.capacity > 0) ? E : kk;
     k::RouterBuffers rb;
     const bool direct = assign_expert.contiguous() && assign_weight.contiguous();
-    char* base = scratch_[2]->get<char>(static_cast<size_t>(T * R * 8 + T * kk * 8 + (2 * E + 2) * 4 + 64));
+    char* base =
+        scratch_[2]->get<char>(static_cast<size_t>(T * R * 8 + T * kk * 8 + (2 * E + 2) * 4 + 64));
     rb.rank_expert = reinterpret_cast<int32_t*>(base);
     rb.rank_weight = reinterpret_cast<float*>(base + T * R * 4);
     char* after = base + T * R * 8;
@@ -501,12 +468,11 @@ class CudaBackend final : public Backend {
     counts.dropped = static_cast<uint32_t>(host_counts_[2 * E]);
     counts.rerouted = static_cast<uint32_t>(host_counts_[2 * E + 1]);
   }
-  void moe_permute(const Tensor& x, const Tensor& assign_expert, std::span<const int32_t> offsets,
-                   const Tensor& xp, const Tensor& perm) override {
+  void moe_permute_impl(const Tensor& x, const Tensor& assign_expert,
+                        std::span<const int32_t> offsets, const Tensor& xp,
+                        const Tensor& perm) override {
     const int64_t E = static_cast<int64_t>(offsets.size()) - 1;
-    require(E >= 1 && E <= 1024 && xp.cols == x.cols && xp.rows >= offsets.back() &&
-                perm.rows >= offsets.back() && assign_expert.rows == x.rows,
-            "moe_permute shape");
+    require(E <= kMaxExperts, "moe_permute: at most 1024 experts");
     if (offsets.back() == 0) return;
     const int32_t* off = ring_->stage1(offsets);
     const int64_t total = assign_expert.rows * assign_expert.cols;
@@ -523,11 +489,8 @@ class CudaBackend final : public Backend {
       k::permute_rows(view(x), iview(perm), static_cast<int>(assign_expert.cols), rows, view(xp),
                       stream_);
   }
-  void moe_unpermute(const Tensor& yp, const Tensor& perm, const Tensor& assign_weight,
-                     int32_t top_k, int64_t assignments, const Tensor& y) override {
-    require(yp.cols == y.cols && assignments <= yp.rows && top_k >= 1 &&
-                assign_weight.rows == y.rows && assign_weight.cols == top_k,
-            "moe_unpermute shape");
+  void moe_unpermute_impl(const Tensor& yp, const Tensor& perm, const Tensor& assign_weight,
+                          int32_t top_k, int64_t assignments, const Tensor& y) override {
     if (y.rows == 0) return;
     const bool ready = perm.data == last_perm_ && assignments == last_perm_rows_ &&
                        y.rows * top_k == last_slot_total_;
@@ -537,22 +500,18 @@ class CudaBackend final : public Backend {
   }
 
   // --- vision front end ------------------------------------------------------
-  void patchify(const Tensor& image, int32_t height, int32_t width, int32_t channels,
-                int32_t patch, const Tensor& out) override {
-    require(patch > 0 && height % patch == 0 && width % patch == 0 && image.rows == height &&
-                image.cols == static_cast<int64_t>(width) * channels &&
-                out.rows == static_cast<int64_t>(height / patch) * (width / patch) &&
-                out.cols == static_cast<int64_t>(patch) * patch * channels,
-            "patchify shape");
+  void patchify_impl(const Tensor& image, int32_t height, int32_t width, int32_t channels,
+                     int32_t patch, const Tensor& out) override {
     k::patchify(view(image), height, width, channels, patch, view(out), stream_);
   }
-  void mean_pool_rows(const Tensor& x, int32_t group, const Tensor& out) override {
-    require(group > 0 && out.rows * group == x.rows && out.cols == x.cols, "mean_pool_rows shape");
+  void mean_pool_rows_impl(const Tensor& x, int32_t group, const Tensor& out) override {
     k::mean_pool_rows(view(x), group, view(out), stream_);
   }
 
  private:
   static constexpr int kSsmChunk = 64;
+  // The router and the permute index kernel keep per-expert state in one block.
+  static constexpr int64_t kMaxExperts = 1024;
   // Up to this many rows (per expert for grouped) a linear runs in small_linear.
   static constexpr int kSmallRows = 64;
   // Up to this many gathered floats moe_permute gathers inside its index kernel.
@@ -652,8 +611,12 @@ CudaBackend& as_cuda(Backend& b) {
   return *c;
 }
 }  // namespace
-void* backend_stream(Backend& b) { return as_cuda(b).stream(); }
-int backend_device(Backend& b) { return as_cuda(b).device(); }
+void* backend_stream(Backend& b) {
+  return as_cuda(b).stream();
+}
+int backend_device(Backend& b) {
+  return as_cuda(b).device();
+}
 }  // namespace cuda
 
 }  // namespace inferscope::engine

@@ -20,9 +20,16 @@
 //   - Ops execute in call order (one in-order stream). upload() and download()
 //     are synchronous with respect to all previously issued ops.
 //   - Unless stated otherwise an output must not alias an input.
-//   - All float math is fp32. A backend matches the CPU backend within a
-//     tolerance (relative ~1e-4 for GEMMs, exact for integer outputs of
-//     moe_route / moe_permute).
+//   - Tensors hold fp32 (or i32) and every op but the GEMMs computes in fp32.
+//     GEMMs (linear, grouped_linear) may multiply in lower precision: the CPU
+//     backend multiplies in fp32; the CUDA backend by default multiplies bf16
+//     copies of the weights (made once per weight tensor) by activations
+//     rounded to bf16 (the small-batch decode kernel reads them in fp32), with
+//     fp32 accumulation and fp32 outputs; INFERSCOPE_CUDA_MATH=fp32 makes it
+//     multiply in fp32. A backend matches the CPU backend within a tolerance:
+//     relative ~1e-4 for fp32 GEMMs, ~1.5e-2 relative L2 for bf16 ones
+//     (tests/gpu/cuda_backend_ops_test.cpp), exact for the integer outputs of
+//     moe_route / moe_permute.
 //
 // [SECTION] Registry
 //   Backends are created by name through create_backend("cpu" | "cuda", ...).
@@ -49,7 +56,9 @@ namespace inferscope::engine {
 // [SECTION] Tensor
 enum class DType : uint8_t { kF32 = 0, kI32 = 1 };
 
-inline constexpr size_t dtype_size(DType) { return 4; }  // both are 4 bytes
+inline constexpr size_t dtype_size(DType) {
+  return 4;
+}  // both are 4 bytes
 
 struct Tensor {
   void* data = nullptr;
@@ -95,7 +104,7 @@ struct AttentionParams {
   int32_t n_heads = 0;     // query heads
   int32_t n_kv_heads = 0;  // key/value heads (n_heads % n_kv_heads == 0: GQA)
   int32_t head_dim = 0;
-  float scale = 0.0f;      // usually 1/sqrt(head_dim)
+  float scale = 0.0f;  // usually 1/sqrt(head_dim)
 };
 
 // Where the queries of a paged attention call come from. Query row t belongs to
@@ -122,9 +131,9 @@ enum class OverflowPolicy : uint8_t { kDrop = 0, kReroute = 1 };
 struct RouteParams {
   int32_t top_k = 1;
   GateFn gate = GateFn::kSoftmax;
-  bool renormalize = true;       // divide the chosen weights by their sum
-  float scaling = 1.0f;          // multiplies every combine weight
-  int32_t capacity = 0;          // assignments per expert per call; <= 0: unlimited
+  bool renormalize = true;  // divide the chosen weights by their sum
+  float scaling = 1.0f;     // multiplies every combine weight
+  int32_t capacity = 0;     // assignments per expert per call; <= 0: unlimited
   OverflowPolicy overflow = OverflowPolicy::kDrop;
 };
 
@@ -142,6 +151,13 @@ struct BackendOptions {
 };
 
 // [SECTION] Backend
+// Every op is a public non-virtual function that checks its inputs (shapes,
+// index ranges of host spans, parameters) once for every backend, throwing
+// std::invalid_argument "<name> backend: <op> ..." on bad input, and then
+// calls the backend's protected virtual <op>_impl (as ggml checks ops once in
+// its core). An implementation may assume those checks passed; it checks only
+// its own limits (e.g. the CUDA router's expert count) and what only it can
+// see (e.g. device-side counts that do not match the host's offsets).
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -154,55 +170,54 @@ class Backend {
   virtual void* alloc(size_t bytes) = 0;
   virtual void free(void* ptr) = 0;
   // Host -> device / device -> host of a contiguous tensor (synchronous).
-  virtual void upload(const Tensor& dst, const void* host_src) = 0;
-  virtual void download(const Tensor& src, void* host_dst) = 0;
+  void upload(const Tensor& dst, const void* host_src);
+  void download(const Tensor& src, void* host_dst);
   // Waits for every issued op.
   virtual void synchronize() = 0;
 
   // --- elementwise / data movement -----------------------------------------
   // dst = src (same shape, any strides, same dtype).
-  virtual void copy(const Tensor& src, const Tensor& dst) = 0;
-  virtual void fill(const Tensor& dst, float value) = 0;
+  void copy(const Tensor& src, const Tensor& dst);
+  void fill(const Tensor& dst, float value);
   // out[i] = table[ids[i]] (rows); used for the embedding and to gather rows.
-  virtual void get_rows(const Tensor& table, std::span<const int32_t> ids, const Tensor& out) = 0;
+  void get_rows(const Tensor& table, std::span<const int32_t> ids, const Tensor& out);
   // out = a + b (out may alias a or b).
-  virtual void add(const Tensor& a, const Tensor& b, const Tensor& out) = 0;
+  void add(const Tensor& a, const Tensor& b, const Tensor& out);
   // out = x * silu(gate), silu(g) = g / (1 + exp(-g)) (out may alias x). SwiGLU
   // is mul_silu(up, gate) over column views of one fused gate|up projection.
-  virtual void mul_silu(const Tensor& x, const Tensor& gate, const Tensor& out) = 0;
+  void mul_silu(const Tensor& x, const Tensor& gate, const Tensor& out);
   // out = gelu(x), tanh approximation (out may alias x).
-  virtual void gelu(const Tensor& x, const Tensor& out) = 0;
+  void gelu(const Tensor& x, const Tensor& out);
   // out[r] = x[r] / sqrt(mean(x[r]^2) + eps) * weight (weight: 1 x cols; out may alias x).
-  virtual void rms_norm(const Tensor& x, const Tensor& weight, float eps, const Tensor& out) = 0;
+  void rms_norm(const Tensor& x, const Tensor& weight, float eps, const Tensor& out);
 
   // --- GEMMs ----------------------------------------------------------------
   // y = x * W^T + beta * y. x: [M, K], w: [N, K], y: [M, N].
-  virtual void linear(const Tensor& x, const Tensor& w, const Tensor& y, float beta = 0.0f) = 0;
+  void linear(const Tensor& x, const Tensor& w, const Tensor& y, float beta = 0.0f);
   // Grouped GEMM over tokens permuted by expert: for each expert e, rows
   // [offsets[e], offsets[e+1]) of x are multiplied by W_e^T into the same rows of
   // y. w stacks the experts: [E * N, K], W_e = rows [e*N, (e+1)*N). x: [A, K], y: [A, N].
-  virtual void grouped_linear(const Tensor& x, const Tensor& w, std::span<const int32_t> offsets,
-                              const Tensor& y) = 0;
+  void grouped_linear(const Tensor& x, const Tensor& w, std::span<const int32_t> offsets,
+                      const Tensor& y);
 
   // --- attention ------------------------------------------------------------
   // Rotary embedding (NeoX style: dims i and i + head_dim/2 of each head form a
   // pair, frequency theta^(-2i/head_dim)) on x: [T, n_heads * head_dim], in place.
-  virtual void rope(const Tensor& x, std::span<const int32_t> positions, int32_t n_heads,
-                    int32_t head_dim, float theta) = 0;
+  void rope(const Tensor& x, std::span<const int32_t> positions, int32_t n_heads, int32_t head_dim,
+            float theta);
   // k_cache[slots[t]] = k[t], v_cache[slots[t]] = v[t]. Caches: [num_slots, n_kv_heads * head_dim].
-  virtual void kv_store(const Tensor& k, const Tensor& v, const Tensor& k_cache,
-                        const Tensor& v_cache, std::span<const int32_t> slots) = 0;
+  void kv_store(const Tensor& k, const Tensor& v, const Tensor& k_cache, const Tensor& v_cache,
+                std::span<const int32_t> slots);
   // out[t] = softmax(q[t] . K^T * scale) V over the keys described by `batch`,
   // per head; query head h uses kv head h / (n_heads / n_kv_heads).
   // q, out: [T, n_heads * head_dim].
-  virtual void paged_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
-                               const PagedBatch& batch, const AttentionParams& params,
-                               const Tensor& out) = 0;
+  void paged_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                       const PagedBatch& batch, const AttentionParams& params, const Tensor& out);
   // Attention within each sequence of contiguous rows (vision encoder):
   // q, out: [T, n_heads * head_dim], k, v: [T, n_kv_heads * head_dim]; causal or
   // bidirectional.
-  virtual void attention(const Tensor& q, const Tensor& k, const Tensor& v, SeqStarts seqs,
-                         const AttentionParams& params, bool causal, const Tensor& out) = 0;
+  void attention(const Tensor& q, const Tensor& k, const Tensor& v, SeqStarts seqs,
+                 const AttentionParams& params, bool causal, const Tensor& out);
 
   // --- selective state space (Mamba-style) ----------------------------------
   // For each sequence s (rows seqs[s]..seqs[s+1]) with state h = states[state_slots[s]]
@@ -214,10 +229,9 @@ class Backend {
   // (negative); Dskip, dt_bias: [1, D]; states: [slots, D * N]. A backend may
   // chunk the scan internally; the result must equal the recurrence. One row per
   // sequence is the single-step decode update.
-  virtual void ssm_scan(const Tensor& x, const Tensor& dt, const Tensor& dt_bias, const Tensor& A,
-                        const Tensor& B, const Tensor& C, const Tensor& Dskip, SeqStarts seqs,
-                        std::span<const int32_t> state_slots, const Tensor& states,
-                        const Tensor& y) = 0;
+  void ssm_scan(const Tensor& x, const Tensor& dt, const Tensor& dt_bias, const Tensor& A,
+                const Tensor& B, const Tensor& C, const Tensor& Dskip, SeqStarts seqs,
+                std::span<const int32_t> state_slots, const Tensor& states, const Tensor& y);
 
   // --- mixture of experts -----------------------------------------------------
   // Router: logits [T, E] -> scores (softmax over E, or sigmoid). Each token
@@ -232,29 +246,74 @@ class Backend {
   // score over the same denominator), else dropped.
   // Outputs: assign_expert (i32 [T, top_k]), assign_weight (f32 [T, top_k]) and
   // counts (host): routed = choices before capacity, kept = after.
-  virtual void moe_route(const Tensor& logits, const Tensor& bias, const RouteParams& params,
-                         const Tensor& assign_expert, const Tensor& assign_weight,
-                         RouteCounts& counts) = 0;
+  void moe_route(const Tensor& logits, const Tensor& bias, const RouteParams& params,
+                 const Tensor& assign_expert, const Tensor& assign_weight, RouteCounts& counts);
   // Gathers token rows by expert: for expert e in order, for every kept
   // assignment a = t * top_k + j with assign_expert[a] == e in increasing a,
   // the next row of xp is x[t] and perm[that row] = a. offsets: [E + 1] prefix
   // sums of counts.kept. x: [T, D], xp: [>= A, D], perm: i32 [>= A, 1].
-  virtual void moe_permute(const Tensor& x, const Tensor& assign_expert,
-                           std::span<const int32_t> offsets, const Tensor& xp,
-                           const Tensor& perm) = 0;
+  void moe_permute(const Tensor& x, const Tensor& assign_expert, std::span<const int32_t> offsets,
+                   const Tensor& xp, const Tensor& perm);
   // y[perm[i] / top_k] += assign_weight[perm[i]] * yp[i] for the first
   // `assignments` rows of yp. y: [T, D] (accumulated into: fill or seed it first).
-  virtual void moe_unpermute(const Tensor& yp, const Tensor& perm, const Tensor& assign_weight,
-                             int32_t top_k, int64_t assignments, const Tensor& y) = 0;
+  void moe_unpermute(const Tensor& yp, const Tensor& perm, const Tensor& assign_weight,
+                     int32_t top_k, int64_t assignments, const Tensor& y);
 
   // --- vision front end ------------------------------------------------------
   // image: [H, W * C] (pixels row-major, channels interleaved, values ~[0,1]) ->
   // out: [(H/P) * (W/P), P * P * C], patches in raster order, each patch's
   // pixels in raster order with channels interleaved.
-  virtual void patchify(const Tensor& image, int32_t height, int32_t width, int32_t channels,
-                        int32_t patch, const Tensor& out) = 0;
+  void patchify(const Tensor& image, int32_t height, int32_t width, int32_t channels, int32_t patch,
+                const Tensor& out);
   // out[g] = mean of rows [g * group, (g+1) * group) of x. out: [x.rows / group, cols].
-  virtual void mean_pool_rows(const Tensor& x, int32_t group, const Tensor& out) = 0;
+  void mean_pool_rows(const Tensor& x, int32_t group, const Tensor& out);
+
+ protected:
+  // The ops, called after the checks above passed (see the class comment).
+  virtual void upload_impl(const Tensor& dst, const void* host_src) = 0;
+  virtual void download_impl(const Tensor& src, void* host_dst) = 0;
+  virtual void copy_impl(const Tensor& src, const Tensor& dst) = 0;
+  virtual void fill_impl(const Tensor& dst, float value) = 0;
+  virtual void get_rows_impl(const Tensor& table, std::span<const int32_t> ids,
+                             const Tensor& out) = 0;
+  virtual void add_impl(const Tensor& a, const Tensor& b, const Tensor& out) = 0;
+  virtual void mul_silu_impl(const Tensor& x, const Tensor& gate, const Tensor& out) = 0;
+  virtual void gelu_impl(const Tensor& x, const Tensor& out) = 0;
+  virtual void rms_norm_impl(const Tensor& x, const Tensor& weight, float eps,
+                             const Tensor& out) = 0;
+  virtual void linear_impl(const Tensor& x, const Tensor& w, const Tensor& y, float beta) = 0;
+  virtual void grouped_linear_impl(const Tensor& x, const Tensor& w,
+                                   std::span<const int32_t> offsets, const Tensor& y) = 0;
+  virtual void rope_impl(const Tensor& x, std::span<const int32_t> positions, int32_t n_heads,
+                         int32_t head_dim, float theta) = 0;
+  virtual void kv_store_impl(const Tensor& k, const Tensor& v, const Tensor& k_cache,
+                             const Tensor& v_cache, std::span<const int32_t> slots) = 0;
+  virtual void paged_attention_impl(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                                    const PagedBatch& batch, const AttentionParams& params,
+                                    const Tensor& out) = 0;
+  virtual void attention_impl(const Tensor& q, const Tensor& k, const Tensor& v, SeqStarts seqs,
+                              const AttentionParams& params, bool causal, const Tensor& out) = 0;
+  virtual void ssm_scan_impl(const Tensor& x, const Tensor& dt, const Tensor& dt_bias,
+                             const Tensor& A, const Tensor& B, const Tensor& C, const Tensor& Dskip,
+                             SeqStarts seqs, std::span<const int32_t> state_slots,
+                             const Tensor& states, const Tensor& y) = 0;
+  virtual void moe_route_impl(const Tensor& logits, const Tensor& bias, const RouteParams& params,
+                              const Tensor& assign_expert, const Tensor& assign_weight,
+                              RouteCounts& counts) = 0;
+  virtual void moe_permute_impl(const Tensor& x, const Tensor& assign_expert,
+                                std::span<const int32_t> offsets, const Tensor& xp,
+                                const Tensor& perm) = 0;
+  virtual void moe_unpermute_impl(const Tensor& yp, const Tensor& perm, const Tensor& assign_weight,
+                                  int32_t top_k, int64_t assignments, const Tensor& y) = 0;
+  virtual void patchify_impl(const Tensor& image, int32_t height, int32_t width, int32_t channels,
+                             int32_t patch, const Tensor& out) = 0;
+  virtual void mean_pool_rows_impl(const Tensor& x, int32_t group, const Tensor& out) = 0;
+
+ private:
+  [[noreturn]] void fail(const char* what) const;
+  void check(bool ok, const char* what) const {
+    if (!ok) fail(what);
+  }
 };
 
 // RAII device buffer seen as one tensor.
@@ -270,7 +329,9 @@ class Buffer {
     tensor_.data = rows * cols > 0 ? backend.alloc(tensor_.bytes()) : nullptr;
   }
   ~Buffer() { reset(); }
-  Buffer(Buffer&& o) noexcept : backend_(o.backend_), tensor_(o.tensor_) { o.tensor_.data = nullptr; }
+  Buffer(Buffer&& o) noexcept : backend_(o.backend_), tensor_(o.tensor_) {
+    o.tensor_.data = nullptr;
+  }
   Buffer& operator=(Buffer&& o) noexcept {
     if (this != &o) {
       reset();
@@ -302,7 +363,8 @@ using BackendFactory = std::function<std::unique_ptr<Backend>(const BackendOptio
 void register_backend(const std::string& name, BackendFactory factory);
 std::vector<std::string> backend_names();
 // Throws std::runtime_error naming the known backends when `name` is unknown.
-std::unique_ptr<Backend> create_backend(const std::string& name, const BackendOptions& options = {});
+std::unique_ptr<Backend> create_backend(const std::string& name,
+                                        const BackendOptions& options = {});
 
 std::unique_ptr<Backend> create_cpu_backend(const BackendOptions& options = {});
 #ifdef INFERSCOPE_ENGINE_WITH_CUDA

@@ -1,0 +1,184 @@
+// The Backend's ops (backend.hpp): each checks its inputs here, once for every
+// backend, then calls the backend's <op>_impl. A check belongs here when it
+// follows from the op's contract in backend.hpp; limits of one implementation
+// (the CUDA router's 1024 experts, its power-of-two d_state) and checks of
+// data only the implementation sees stay in that backend.
+#include "inferscope/engine/backend.hpp"
+
+#include <stdexcept>
+#include <string>
+
+namespace inferscope::engine {
+
+void Backend::fail(const char* what) const {
+  throw std::invalid_argument(name() + " backend: " + what);
+}
+
+// [SECTION] Memory
+void Backend::upload(const Tensor& dst, const void* host_src) {
+  check(dst.contiguous(), "upload needs a contiguous tensor");
+  upload_impl(dst, host_src);
+}
+
+void Backend::download(const Tensor& src, void* host_dst) {
+  check(src.contiguous(), "download needs a contiguous tensor");
+  download_impl(src, host_dst);
+}
+
+// [SECTION] Elementwise / data movement
+void Backend::copy(const Tensor& src, const Tensor& dst) {
+  check(src.rows == dst.rows && src.cols == dst.cols && src.dtype == dst.dtype, "copy shape");
+  copy_impl(src, dst);
+}
+
+void Backend::fill(const Tensor& dst, float value) {
+  fill_impl(dst, value);
+}
+
+void Backend::get_rows(const Tensor& table, std::span<const int32_t> ids, const Tensor& out) {
+  check(out.rows == static_cast<int64_t>(ids.size()) && out.cols == table.cols, "get_rows shape");
+  for (int32_t id : ids) check(id >= 0 && id < table.rows, "get_rows id out of range");
+  get_rows_impl(table, ids, out);
+}
+
+void Backend::add(const Tensor& a, const Tensor& b, const Tensor& out) {
+  check(a.rows == b.rows && a.cols == b.cols && out.rows == a.rows && out.cols == a.cols,
+          "add shape");
+  add_impl(a, b, out);
+}
+
+void Backend::mul_silu(const Tensor& x, const Tensor& gate, const Tensor& out) {
+  check(x.rows == gate.rows && x.cols == gate.cols && out.rows == x.rows && out.cols == x.cols,
+          "mul_silu shape");
+  mul_silu_impl(x, gate, out);
+}
+
+void Backend::gelu(const Tensor& x, const Tensor& out) {
+  check(x.rows == out.rows && x.cols == out.cols, "gelu shape");
+  gelu_impl(x, out);
+}
+
+void Backend::rms_norm(const Tensor& x, const Tensor& weight, float eps, const Tensor& out) {
+  check(weight.cols == x.cols && out.rows == x.rows && out.cols == x.cols, "rms_norm shape");
+  rms_norm_impl(x, weight, eps, out);
+}
+
+// [SECTION] GEMMs
+void Backend::linear(const Tensor& x, const Tensor& w, const Tensor& y, float beta) {
+  check(x.cols == w.cols && y.rows == x.rows && y.cols == w.rows, "linear shape");
+  linear_impl(x, w, y, beta);
+}
+
+void Backend::grouped_linear(const Tensor& x, const Tensor& w, std::span<const int32_t> offsets,
+                             const Tensor& y) {
+  check(!offsets.empty(), "grouped_linear offsets");
+  const int64_t experts = static_cast<int64_t>(offsets.size()) - 1;
+  check(experts >= 1 && w.rows % experts == 0,
+          "grouped_linear: weight rows not a multiple of experts");
+  const int64_t n = w.rows / experts;
+  check(x.cols == w.cols && y.cols == n && offsets.back() <= x.rows && y.rows >= offsets.back() &&
+              offsets.front() >= 0,
+          "grouped_linear shape");
+  for (int64_t e = 0; e < experts; ++e)
+    check(offsets[static_cast<size_t>(e) + 1] >= offsets[static_cast<size_t>(e)],
+            "grouped_linear: offsets must not decrease");
+  grouped_linear_impl(x, w, offsets, y);
+}
+
+// [SECTION] Attention
+void Backend::rope(const Tensor& x, std::span<const int32_t> positions, int32_t n_heads,
+                   int32_t head_dim, float theta) {
+  check(x.rows == static_cast<int64_t>(positions.size()) && x.cols >= n_heads * head_dim &&
+              head_dim % 2 == 0,
+          "rope shape");
+  rope_impl(x, positions, n_heads, head_dim, theta);
+}
+
+void Backend::kv_store(const Tensor& k, const Tensor& v, const Tensor& k_cache,
+                       const Tensor& v_cache, std::span<const int32_t> slots) {
+  check(k.rows == static_cast<int64_t>(slots.size()) && k.cols == k_cache.cols &&
+              v.cols == v_cache.cols && v.rows == k.rows,
+          "kv_store shape");
+  for (int32_t s : slots) check(s >= 0 && s < k_cache.rows, "kv_store slot out of range");
+  kv_store_impl(k, v, k_cache, v_cache, slots);
+}
+
+void Backend::paged_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                              const PagedBatch& batch, const AttentionParams& params,
+                              const Tensor& out) {
+  const int64_t T = q.rows;
+  check(static_cast<int64_t>(batch.token_seq.size()) == T &&
+              static_cast<int64_t>(batch.token_pos.size()) == T && batch.block_size > 0 &&
+              params.n_kv_heads > 0 && params.n_heads % params.n_kv_heads == 0,
+          "paged_attention batch");
+  paged_attention_impl(q, k_cache, v_cache, batch, params, out);
+}
+
+void Backend::attention(const Tensor& q, const Tensor& k, const Tensor& v, SeqStarts seqs,
+                        const AttentionParams& params, bool causal, const Tensor& out) {
+  check(!seqs.empty() && seqs.back() == q.rows && k.rows == q.rows && v.rows == q.rows &&
+              params.n_kv_heads > 0 && params.n_heads % params.n_kv_heads == 0,
+          "attention shape");
+  attention_impl(q, k, v, seqs, params, causal, out);
+}
+
+// [SECTION] Selective state space
+void Backend::ssm_scan(const Tensor& x, const Tensor& dt, const Tensor& dt_bias, const Tensor& A,
+                       const Tensor& B, const Tensor& C, const Tensor& Dskip, SeqStarts seqs,
+                       std::span<const int32_t> state_slots, const Tensor& states,
+                       const Tensor& y) {
+  const int64_t D = x.cols, N = A.cols;
+  check(!seqs.empty() && seqs.back() == x.rows && dt.cols == D && A.rows == D && B.cols == N &&
+              C.cols == N && states.cols == D * N && state_slots.size() + 1 == seqs.size() &&
+              y.cols == D && A.contiguous(),
+          "ssm_scan shape");
+  ssm_scan_impl(x, dt, dt_bias, A, B, C, Dskip, seqs, state_slots, states, y);
+}
+
+// [SECTION] Mixture of experts
+void Backend::moe_route(const Tensor& logits, const Tensor& bias, const RouteParams& params,
+                        const Tensor& assign_expert, const Tensor& assign_weight,
+                        RouteCounts& counts) {
+  const int64_t T = logits.rows, E = logits.cols;
+  const int32_t k = params.top_k;
+  check(k >= 1 && k <= E && assign_expert.rows == T && assign_expert.cols == k &&
+              assign_weight.rows == T && assign_weight.cols == k &&
+              (bias.empty() || bias.cols == E),
+          "moe_route shape");
+  moe_route_impl(logits, bias, params, assign_expert, assign_weight, counts);
+}
+
+void Backend::moe_permute(const Tensor& x, const Tensor& assign_expert,
+                          std::span<const int32_t> offsets, const Tensor& xp, const Tensor& perm) {
+  const int64_t E = static_cast<int64_t>(offsets.size()) - 1;
+  check(E >= 1 && xp.cols == x.cols && xp.rows >= offsets.back() && perm.rows >= offsets.back() &&
+              assign_expert.rows == x.rows,
+          "moe_permute shape");
+  moe_permute_impl(x, assign_expert, offsets, xp, perm);
+}
+
+void Backend::moe_unpermute(const Tensor& yp, const Tensor& perm, const Tensor& assign_weight,
+                            int32_t top_k, int64_t assignments, const Tensor& y) {
+  check(yp.cols == y.cols && assignments <= yp.rows && top_k >= 1 &&
+              assign_weight.rows == y.rows && assign_weight.cols == top_k,
+          "moe_unpermute shape");
+  moe_unpermute_impl(yp, perm, assign_weight, top_k, assignments, y);
+}
+
+// [SECTION] Vision front end
+void Backend::patchify(const Tensor& image, int32_t height, int32_t width, int32_t channels,
+                       int32_t patch, const Tensor& out) {
+  check(patch > 0 && height % patch == 0 && width % patch == 0 && image.rows == height &&
+              image.cols == static_cast<int64_t>(width) * channels &&
+              out.rows == static_cast<int64_t>(height / patch) * (width / patch) &&
+              out.cols == static_cast<int64_t>(patch) * patch * channels,
+          "patchify shape");
+  patchify_impl(image, height, width, channels, patch, out);
+}
+
+void Backend::mean_pool_rows(const Tensor& x, int32_t group, const Tensor& out) {
+  check(group > 0 && out.rows * group == x.rows && out.cols == x.cols, "mean_pool_rows shape");
+  mean_pool_rows_impl(x, group, out);
+}
+
+}  // namespace inferscope::engine
