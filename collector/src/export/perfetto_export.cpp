@@ -26,6 +26,7 @@ using perfetto::Sequence;
 using perfetto::TraceWriter;
 
 constexpr size_t kMaxDescribedTracks = 1u << 16;  // per source; past it, descriptors repeat
+constexpr size_t kMaxCompactTracks = 4096;        // per source: threads, streams, counters
 constexpr int64_t kMin = std::numeric_limits<int64_t>::min();
 constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
 
@@ -129,6 +130,7 @@ class Exporter {
     std::string instance;
     int64_t shift = 0;
     std::unordered_map<uint32_t, std::string> strings;
+    std::unordered_map<uint64_t, uint64_t> compact;  // track key -> compact uuid
     std::unordered_set<uint64_t> described;
     std::unordered_map<uint32_t, double> counter_totals;
     // Interned ids of the fixed strings, looked up once per source.
@@ -197,25 +199,43 @@ class Exporter {
     return it == s.strings.end() ? unnamed : it->second;
   }
 
-  // Describes a track once (again after the bounded set was cleared: harmless).
+  // The uuid of a track, described the first time. Threads, streams and counters
+  // get compact uuids (1, 2, ...: a byte or two per event instead of ten for a
+  // 64-bit hash) from a bounded per-source map; requests, and anything past the
+  // bound, use their 64-bit key, described again after the bounded set of
+  // described keys was cleared (harmless). name() is called only to describe.
   template <typename Describe>
-  uint64_t track(Source& s, uint64_t uuid, Describe&& describe) {
-    if (s.described.insert(uuid).second) {
+  uint64_t track(Source& s, uint64_t key, bool compact, Describe&& describe) {
+    if (compact) {
+      auto it = s.compact.find(key);
+      if (it != s.compact.end()) return it->second;
+      if (s.compact.size() < kMaxCompactTracks) {
+        const uint64_t uuid = next_compact_uuid_++;
+        s.compact.emplace(key, uuid);
+        describe(uuid);
+        ++stats_.events;
+        return uuid;
+      }
+    }
+    if (s.described.insert(key).second) {
       if (s.described.size() > kMaxDescribedTracks) {
         s.described.clear();
-        s.described.insert(uuid);
+        s.described.insert(key);
       }
-      describe();
+      describe(key);
       ++stats_.events;
     }
-    return uuid;
+    return key;
   }
 
-  uint64_t child_track(Source& s, uint64_t uuid, const std::string& name) {
-    return track(s, uuid, [&] { w_.track(uuid, s.process, name); });
+  template <typename Name>
+  uint64_t child_track(Source& s, uint64_t key, bool compact, Name&& name) {
+    return track(s, key, compact, [&](uint64_t uuid) { w_.track(uuid, s.process, name()); });
   }
-  uint64_t counter_track(Source& s, uint64_t uuid, const std::string& name, CounterUnit unit) {
-    return track(s, uuid, [&] { w_.counter_track(uuid, s.process, name, unit); });
+  template <typename Name>
+  uint64_t counter_track(Source& s, uint64_t key, Name&& name, CounterUnit unit) {
+    return track(s, key, true,
+                 [&](uint64_t uuid) { w_.counter_track(uuid, s.process, name(), unit); });
   }
 
   Event& event(Source& s, EventType type, int64_t ts, uint64_t track_uuid) {
@@ -265,9 +285,9 @@ class Exporter {
         const auto& m = std::get<wire::MemorySample>(r);
         const int64_t ts = m.timestamp_ns + s.shift;
         if (!in_range(ts, ts)) break;
-        const uint64_t t =
-            counter_track(s, mix(mix(s.key, kMemorySalt), static_cast<uint64_t>(m.kind)),
-                          std::string(wire::to_string(m.kind)) + " used", CounterUnit::kBytes);
+        const uint64_t t = counter_track(
+            s, mix(mix(s.key, kMemorySalt), static_cast<uint64_t>(m.kind)),
+            [&] { return std::string(wire::to_string(m.kind)) + " used"; }, CounterUnit::kBytes);
         Event& e = event(s, EventType::kCounter, ts, t);
         e.counter_int = static_cast<int64_t>(m.used_bytes);
         break;
@@ -278,13 +298,17 @@ class Exporter {
         if (!in_range(ts, ts)) break;
         if (p.attention_queried_tokens)
           counter(s,
-                  counter_track(s, mix(mix(s.key, kPrefixSalt), 0),
-                                "prefix cache hit rate (attention)", CounterUnit::kUnspecified),
+                  counter_track(
+                      s, mix(mix(s.key, kPrefixSalt), 0),
+                      [] { return std::string("prefix cache hit rate (attention)"); },
+                      CounterUnit::kUnspecified),
                   ts, double(p.attention_hit_tokens) / double(p.attention_queried_tokens));
         if (p.ssm_queried_tokens)
           counter(s,
-                  counter_track(s, mix(mix(s.key, kPrefixSalt), 1), "prefix cache hit rate (ssm)",
-                                CounterUnit::kUnspecified),
+                  counter_track(
+                      s, mix(mix(s.key, kPrefixSalt), 1),
+                      [] { return std::string("prefix cache hit rate (ssm)"); },
+                      CounterUnit::kUnspecified),
                   ts, double(p.ssm_hit_tokens) / double(p.ssm_queried_tokens));
         break;
       }
@@ -301,9 +325,10 @@ class Exporter {
         // max / mean over the layer's experts: 1 is perfectly even.
         const double imbalance = double(peak) * double(l.routed.size()) / double(sum);
         counter(s,
-                counter_track(s, mix(mix(s.key, kImbalanceSalt), l.layer),
-                              "layer " + std::to_string(l.layer) + " imbalance (max/mean)",
-                              CounterUnit::kUnspecified),
+                counter_track(
+                    s, mix(mix(s.key, kImbalanceSalt), l.layer),
+                    [&] { return "layer " + std::to_string(l.layer) + " imbalance (max/mean)"; },
+                    CounterUnit::kUnspecified),
                 ts, imbalance);
         break;
       }
@@ -314,8 +339,9 @@ class Exporter {
         const int64_t ts = c.timestamp_ns + s.shift;
         if (!in_range(ts, ts)) break;
         counter(s,
-                counter_track(s, mix(mix(s.key, kCounterSalt), c.name_id), str(s, c.name_id),
-                              CounterUnit::kUnspecified),
+                counter_track(
+                    s, mix(mix(s.key, kCounterSalt), c.name_id), [&] { return str(s, c.name_id); },
+                    CounterUnit::kUnspecified),
                 ts, total);
         break;
       }
@@ -329,11 +355,13 @@ class Exporter {
     if (!in_range(start, end)) return;
     const bool gpu = sp.track_kind == wire::TrackKind::kGpuStream;
     const uint64_t t =
-        gpu ? child_track(
-                  s, mix(mix(mix(s.key, kStreamSalt), sp.track_id), sp.stream),
-                  "GPU " + std::to_string(sp.track_id) + " stream " + std::to_string(sp.stream))
-            : child_track(s, mix(mix(s.key, kThreadSalt), sp.track_id),
-                          "thread " + std::to_string(sp.track_id));
+        gpu ? child_track(s, mix(mix(mix(s.key, kStreamSalt), sp.track_id), sp.stream), true,
+                          [&] {
+                            return "GPU " + std::to_string(sp.track_id) + " stream " +
+                                   std::to_string(sp.stream);
+                          })
+            : child_track(s, mix(mix(s.key, kThreadSalt), sp.track_id), true,
+                          [&] { return "thread " + std::to_string(sp.track_id); });
     Event* b = nullptr;
     slice(s, t, start, end, sp.depth, s.seq->intern(Sequence::kNames, str(s, sp.name_id)),
           s.seq->intern(Sequence::kCategories, wire::to_string(sp.category)), &b);
@@ -361,7 +389,8 @@ class Exporter {
     // One track per request, all named "requests": requests overlap, a track
     // each keeps every request's stages nested in it, and the UI merges
     // same-named sibling tracks into one lane-packed row.
-    return child_track(s, mix(mix(s.key, kRequestSalt), request_id), "requests");
+    return child_track(s, mix(mix(s.key, kRequestSalt), request_id), false,
+                       [] { return std::string("requests"); });
   }
 
   void stage(Source& s, const wire::StageTiming& st) {
@@ -478,6 +507,7 @@ class Exporter {
   int64_t reference_offset_ = 0;
   std::unordered_map<std::string, int64_t> host_offsets_;
   int32_t next_pid_ = 0;
+  uint64_t next_compact_uuid_ = 1;
   std::deque<std::string> alert_strings_;
 };
 

@@ -70,10 +70,10 @@ int main(int argc, char** argv) {
   if (format.empty())
     format =
         ends_with(output, ".perfetto-trace") || ends_with(output, ".pftrace") ? "perfetto" : "json";
-  if (format == "json" && inputs.size() > 1)
+  if (!list && format == "json" && inputs.size() > 1)
     return inferscope::cli::usage_error(kProgram,
                                         "several inputs are merged by --format perfetto only");
-  if (format == "json" && !episode.empty())
+  if (!list && format == "json" && !episode.empty())
     return inferscope::cli::usage_error(kProgram, "--episode needs --format perfetto");
 
   std::string error;
