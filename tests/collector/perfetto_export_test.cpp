@@ -275,10 +275,10 @@ TEST(PerfettoExport, ProtocDecodesTheFileWithTheProto) {
   EXPECT_EQ(text.find("\n1: "), std::string::npos) << "fields unknown to the .proto";
 }
 
-TEST(PerfettoExport, SeveralNodesBecomeOneTraceOnTheFirstNodesClock) {
+TEST(PerfettoExport, SeveralNodesBecomeOneTraceOnTheEarliestBootedHostsClock) {
   TempDir a("inferscope-pf-node-a"), b("inferscope-pf-node-b");
-  // Node b's host: realtime - monotonic is 2 ms smaller, so its monotonic time
-  // t is the first host's t - 2 ms.
+  // Node b's host: realtime - monotonic is 2 ms smaller (it booted 2 ms earlier),
+  // so its clock is the trace's and node a's monotonic time t is b's t + 2 ms.
   store_frames(a.path, rich_node(1, hello(0, "hostA", 5'000'000'000)));
   store_frames(b.path, rich_node(1, hello(1, "hostB", 4'998'000'000)));
   ExportStats stats;
@@ -294,8 +294,15 @@ TEST(PerfettoExport, SeveralNodesBecomeOneTraceOnTheFirstNodesClock) {
   ASSERT_EQ(kernels.size(), 2u);
   std::map<uint64_t, int64_t> start_by_process;
   for (const auto* k : kernels) start_by_process[d.tracks.at(k->track).parent_uuid()] = k->start;
-  EXPECT_EQ(start_by_process.at(pa->uuid()), 1'050'000);
-  EXPECT_EQ(start_by_process.at(pb->uuid()), 1'050'000 - 2'000'000);
+  EXPECT_EQ(start_by_process.at(pa->uuid()), 1'050'000 + 2'000'000);
+  EXPECT_EQ(start_by_process.at(pb->uuid()), 1'050'000);
+  // The clock snapshot maps the trace's clock (b's) to REALTIME.
+  for (const auto& p : d.trace.packet()) {
+    if (p.has_clock_snapshot()) {
+      EXPECT_EQ(p.clock_snapshot().clocks(1).timestamp() - p.clock_snapshot().clocks(0).timestamp(),
+                4'998'000'000u);
+    }
+  }
   // Same source id and correlation id on both nodes: the flows stay apart.
   EXPECT_NE(kernels[0]->flows_in.at(0), kernels[1]->flows_in.at(0));
 }

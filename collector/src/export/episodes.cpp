@@ -58,6 +58,21 @@ bool read_node_clock(const ExportNode& node, NodeClock& clock, std::string& erro
       stats, error);
 }
 
+bool read_node_clocks(const std::vector<ExportNode>& nodes, NodeClocks& clocks,
+                      std::string& error) {
+  clocks = NodeClocks{};
+  clocks.nodes.resize(nodes.size());
+  for (size_t i = 0; i < nodes.size(); ++i) {
+    if (!read_node_clock(nodes[i], clocks.nodes[i], error)) return false;
+    const NodeClock& c = clocks.nodes[i];
+    if (c.found && (!clocks.found || c.realtime_minus_monotonic_ns < clocks.reference_offset_ns)) {
+      clocks.found = true;
+      clocks.reference_offset_ns = c.realtime_minus_monotonic_ns;
+    }
+  }
+  return true;
+}
+
 std::string episode_id(const wire::AlertEpisode& a) {
   return std::string(wire::to_string(a.kind)) + "-r" + std::to_string(a.rank) + "-l" +
          std::to_string(a.layer) + "-e" + std::to_string(a.expert) + "-" +
@@ -75,12 +90,10 @@ bool find_episode(const std::vector<ExportNode>& nodes, const std::string& id, F
             "' is not <kind>-r<rank>-l<layer>-e<expert>-<start_ns> (see --list-episodes)";
     return false;
   }
-  NodeClock ref;
+  NodeClocks clocks;
+  if (!read_node_clocks(nodes, clocks, error)) return false;
   bool have = false;
   for (size_t i = 0; i < nodes.size(); ++i) {
-    NodeClock clock;
-    if (!read_node_clock(nodes[i], clock, error)) return false;
-    if (clock.found && !ref.found) ref = clock;
     const int64_t t = static_cast<int64_t>(start);
     if (!scan_alerts(
             nodes[i], t, t,
@@ -91,9 +104,7 @@ bool find_episode(const std::vector<ExportNode>& nodes, const std::string& id, F
                 have = true;
                 found.episode = a;
                 found.node = i;
-                found.shift_ns = clock.found && ref.found ? clock.realtime_minus_monotonic_ns -
-                                                                ref.realtime_minus_monotonic_ns
-                                                          : 0;
+                found.shift_ns = clocks.shift(i);
               }
             },
             error))
@@ -106,14 +117,10 @@ bool find_episode(const std::vector<ExportNode>& nodes, const std::string& id, F
 
 bool list_episodes(const std::vector<ExportNode>& nodes, std::vector<FoundEpisode>& out,
                    std::string& error) {
-  NodeClock ref;
+  NodeClocks clocks;
+  if (!read_node_clocks(nodes, clocks, error)) return false;
   for (size_t i = 0; i < nodes.size(); ++i) {
-    NodeClock clock;
-    if (!read_node_clock(nodes[i], clock, error)) return false;
-    if (clock.found && !ref.found) ref = clock;
-    const int64_t shift = clock.found && ref.found
-                              ? clock.realtime_minus_monotonic_ns - ref.realtime_minus_monotonic_ns
-                              : 0;
+    const int64_t shift = clocks.shift(i);
     const size_t first = out.size();
     if (!scan_alerts(
             nodes[i], std::numeric_limits<int64_t>::min(), std::numeric_limits<int64_t>::max(),

@@ -70,17 +70,19 @@ class Exporter {
   Exporter(TraceWriter& w, const ExportOptions& o, ExportStats& stats)
       : w_(w), options_(o), stats_(stats) {}
 
-  // Shifts are relative to the first hello's host (the reference clock).
+  // Shifts are relative to the reference host (NodeClocks); without any hello
+  // found up front, the first hello read sets it.
+  void set_reference(int64_t offset) {
+    have_reference_ = true;
+    reference_offset_ = offset;
+  }
+
   void begin_node(size_t index, const std::string& label, const NodeClock& clock) {
     node_ = std::make_unique<Node>();
     node_->index = index;
     node_->label = label;
     if (clock.found) {
-      if (!have_reference_) {
-        have_reference_ = true;
-        reference_offset_ = clock.realtime_minus_monotonic_ns;
-        host_offsets_[clock.host] = clock.realtime_minus_monotonic_ns;
-      }
+      if (!have_reference_) set_reference(clock.realtime_minus_monotonic_ns);
       node_->default_shift = host_shift(clock.host, clock.realtime_minus_monotonic_ns);
     }
   }
@@ -118,9 +120,6 @@ class Exporter {
     }
     if (src) w_.flush(*src->seq);
   }
-
-  int64_t reference_offset() const { return reference_offset_; }
-  bool have_reference() const { return have_reference_; }
 
  private:
   struct Source {
@@ -164,10 +163,7 @@ class Exporter {
   }
 
   Source& hello(uint32_t id, const wire::Hello& h) {
-    if (!have_reference_) {
-      have_reference_ = true;
-      reference_offset_ = h.clock.realtime_minus_monotonic_ns;
-    }
+    if (!have_reference_) set_reference(h.clock.realtime_minus_monotonic_ns);
     Source* existing = find_source(id);
     // Segments repeat the hello; a new instance under the same id (a collector
     // restart reused it) is a new process.
@@ -523,22 +519,19 @@ bool export_perfetto_trace(const std::vector<ExportNode>& nodes, std::ostream& o
     error = "no input";
     return false;
   }
-  std::vector<NodeClock> clocks(nodes.size());
-  for (size_t i = 0; i < nodes.size(); ++i)
-    if (!read_node_clock(nodes[i], clocks[i], error)) return false;
+  NodeClocks clocks;
+  if (!read_node_clocks(nodes, clocks, error)) return false;
   TraceWriter writer(out);
   Exporter ex(writer, options, stats);
-  // The reference is the first node with a hello; its clock is the trace's.
-  const NodeClock* ref = nullptr;
-  for (const auto& c : clocks)
-    if (c.found && !ref) ref = &c;
-  if (ref) writer.clock_snapshot(1, static_cast<uint64_t>(1 + ref->realtime_minus_monotonic_ns));
+  if (clocks.found) {
+    ex.set_reference(clocks.reference_offset_ns);
+    // The trace's clock (a monotonic one, written as Perfetto's default) to REALTIME.
+    writer.clock_snapshot(1, static_cast<uint64_t>(1 + clocks.reference_offset_ns));
+  }
   for (size_t i = 0; i < nodes.size(); ++i) {
-    ex.begin_node(i, nodes[i].label, clocks[i]);
+    ex.begin_node(i, nodes[i].label, clocks.nodes[i]);
     // The window in this node's own clock, for its index.
-    const int64_t shift = ref && clocks[i].found ? clocks[i].realtime_minus_monotonic_ns -
-                                                       ref->realtime_minus_monotonic_ns
-                                                 : 0;
+    const int64_t shift = clocks.shift(i);
     const int64_t from = saturating_add(options.start_ns, -shift);
     const int64_t to = saturating_add(options.end_ns, -shift);
     TraceScanStats scan;

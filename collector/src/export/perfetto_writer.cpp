@@ -201,7 +201,9 @@ void TraceWriter::flush(Sequence& seq) {
 void TraceWriter::write_event(Sequence& seq, const Event& e, bool first) {
   {
     protozero::pbf_writer p(trace_, trace::kPacket);
-    p.add_uint64(packet::kTimestamp, static_cast<uint64_t>(e.ts));
+    // Never negative on the reference host; a host found later with a smaller
+    // offset could move an early event below 0, which Perfetto cannot hold.
+    p.add_uint64(packet::kTimestamp, static_cast<uint64_t>(std::max<int64_t>(e.ts, 0)));
     p.add_uint32(packet::kSequenceId, seq.id_);
     uint32_t flags = packet::kNeedsIncrementalState;
     if (first && seq.cleared_) {

@@ -52,7 +52,8 @@ int main(int argc, char** argv) {
   app.add_option("--format", format, "perfetto or json (default: by the output's extension, json)")
       ->check(CLI::IsMember({"perfetto", "json"}));
   app.add_option("--from", from_s,
-                 "keep events ending at or after this time (s, the first node's monotonic clock)");
+                 "keep events ending at or after this time (s, monotonic clock; several nodes: the "
+                 "earliest-booted host's)");
   app.add_option("--to", to_s, "keep events starting at or before this time (s)");
   app.add_option(
       "--episode", episode,

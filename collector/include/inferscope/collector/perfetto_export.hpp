@@ -17,8 +17,8 @@
 //   alerts           -> instants "opened" / "closed" on the node's alert track,
 //                       and the closed episode as a slice on its own track
 //
-// Clocks: each host's CLOCK_MONOTONIC is moved onto the first node's by the
-// difference of the hosts' realtime offsets from their hellos (records.hpp).
+// Clocks: each host's CLOCK_MONOTONIC is moved onto one host's (NodeClocks) by
+// the difference of the hosts' realtime offsets from their hellos (records.hpp).
 // A clock snapshot maps the trace's clock to REALTIME.
 //
 // Streams: frames are read a block at a time through the store's index and each
@@ -42,7 +42,8 @@ struct ExportNode {
   std::vector<std::string> files;
 };
 
-// Time window in the first node's clock (ExportOptions). stats.events counts packets.
+// Time window in the trace's clock (NodeClocks: the earliest-booted host's
+// monotonic clock; a single node's own). stats.events counts packets.
 bool export_perfetto_trace(const std::vector<ExportNode>& nodes, std::ostream& out,
                            const ExportOptions& options, ExportStats& stats, std::string& error);
 
@@ -50,14 +51,26 @@ bool export_perfetto_trace(const std::vector<ExportNode>& nodes, std::ostream& o
 // before its incremental state is restarted; for tests.
 size_t perfetto_interning_cap();
 
-// The host clock of a node's first hello, and the shift that moves a host's
-// timestamps onto the first node's clock.
+// The host clock of a node's first hello.
 struct NodeClock {
   std::string host;
   int64_t realtime_minus_monotonic_ns = 0;
   bool found = false;
 };
 bool read_node_clock(const ExportNode& node, NodeClock& clock, std::string& error);
+
+// Every node's clock and the trace's: the monotonic clock of the host with the
+// smallest realtime - monotonic offset (the earliest booted), so that no moved
+// timestamp is negative. shift(i) moves node i's first host onto it.
+struct NodeClocks {
+  std::vector<NodeClock> nodes;
+  int64_t reference_offset_ns = 0;
+  bool found = false;
+  int64_t shift(size_t i) const {
+    return found && nodes[i].found ? nodes[i].realtime_minus_monotonic_ns - reference_offset_ns : 0;
+  }
+};
+bool read_node_clocks(const std::vector<ExportNode>& nodes, NodeClocks& clocks, std::string& error);
 
 // [SECTION] Episodes
 // An alert episode's id: "<kind>-r<rank>-l<layer>-e<expert>-<start_ns>", e.g.
@@ -67,7 +80,7 @@ std::string episode_id(const wire::AlertEpisode& a);
 struct FoundEpisode {
   wire::AlertEpisode episode;  // the closing record when stored, else the opening one
   size_t node = 0;
-  int64_t shift_ns = 0;  // add to the episode's times for the first node's clock
+  int64_t shift_ns = 0;  // add to the episode's times for the trace's clock (NodeClocks)
 };
 // Finds an episode by id through the time index (only blocks at its start are
 // read). False with error when the id is malformed or no node stores it.
