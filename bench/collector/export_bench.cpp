@@ -3,11 +3,12 @@
 // span, export time and rate, and the exporting process's peak memory (each
 // export runs in a forked child, so its peak RSS is its own).
 //
-//   export_bench [spans]        (default 10 M; e.g. `export_bench 1000000`)
+//   export_bench [spans] [file]  (default 10 M; with a file, the Perfetto trace is
+//                                also written there, after the measured runs)
 //
-// The trace looks like an agent's: 8 CPU threads with nested ranges (16 names),
-// a quarter of the spans CUDA launches with their GPU kernels on 4 streams
-// (flows, one range arg each), memory counters every 1000 spans. Output goes to
+// The trace looks like an agent's: 8 CPU threads with nested ranges (16 names);
+// a quarter of the spans are CUDA launches and a quarter their GPU kernels on 4
+// streams (flows, a range arg on each kernel); memory counters every 1000 spans. Output goes to
 // a counting sink (no disk), so the figures are the exporters' own work: read +
 // decompress + decode + encode.
 #include <sys/resource.h>
@@ -18,6 +19,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <ostream>
 #include <random>
 #include <streambuf>
@@ -89,7 +91,7 @@ uint64_t write_trace(const std::filesystem::path& dir, uint64_t total) {
   eo.source_id = 1;
   wire::FrameEncoder enc(eo);
   std::vector<uint8_t> frame;
-  uint64_t spans = 0, corr = 0;
+  uint64_t spans = 0, corr = 0, pairs = 0;
   int64_t t = 1'000'000'000;
   auto add = [&](const wire::Record& r) {
     enc.add(r);
@@ -102,7 +104,7 @@ uint64_t write_trace(const std::filesystem::path& dir, uint64_t total) {
   while (spans < total) {
     const uint32_t thread = 100 + static_cast<uint32_t>(spans % 8);
     t += 10'000;
-    if (spans % 4 == 3) {  // a launch and its kernel
+    if (pairs++ % 2 == 1) {  // a launch and its kernel
       wire::Span l;
       l.track_id = thread;
       l.name_id = 20;
@@ -217,6 +219,12 @@ int main(int argc, char** argv) {
     std::printf("%-10s %14llu %10.1f %10.2f %12.3e %12.1f\n", perfetto ? "perfetto" : "json",
                 static_cast<unsigned long long>(r.bytes), double(r.bytes) / double(total),
                 r.seconds, double(total) / r.seconds, double(r.max_rss_kib) / 1024.0);
+  }
+  if (argc > 2) {
+    std::ofstream f(argv[2], std::ios::binary | std::ios::trunc);
+    ExportStats stats;
+    if (!export_perfetto_trace({{"bench", files}}, f, {}, stats, error))
+      std::fprintf(stderr, "%s\n", error.c_str());
   }
   std::filesystem::remove_all(dir);
   return 0;

@@ -1,6 +1,7 @@
 // Node clocks and alert episodes for the exporters (perfetto_export.hpp, [SECTION] Episodes).
 #include <charconv>
 #include <limits>
+#include <unordered_map>
 
 #include "inferscope/collector/perfetto_export.hpp"
 #include "inferscope/collector/trace_scan.hpp"
@@ -121,18 +122,17 @@ bool list_episodes(const std::vector<ExportNode>& nodes, std::vector<FoundEpisod
   if (!read_node_clocks(nodes, clocks, error)) return false;
   for (size_t i = 0; i < nodes.size(); ++i) {
     const int64_t shift = clocks.shift(i);
-    const size_t first = out.size();
+    std::unordered_map<std::string, size_t> seen;  // this node's ids -> index in out
     if (!scan_alerts(
             nodes[i], std::numeric_limits<int64_t>::min(), std::numeric_limits<int64_t>::max(),
             [&](const wire::AlertEpisode& a) {
-              // An episode is stored when it opens and when it closes (and again
-              // in each segment's replay): keep one entry, the closing one.
-              for (size_t k = first; k < out.size(); ++k)
-                if (episode_id(out[k].episode) == episode_id(a)) {
-                  if (a.end_ns != 0) out[k].episode = a;
-                  return;
-                }
-              out.push_back({a, i, shift});
+              // An episode is stored when it opens and when it closes: keep one
+              // entry, the closing one.
+              auto [it, inserted] = seen.emplace(episode_id(a), out.size());
+              if (inserted)
+                out.push_back({a, i, shift});
+              else if (a.end_ns != 0)
+                out[it->second].episode = a;
             },
             error))
       return false;
