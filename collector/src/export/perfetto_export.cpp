@@ -132,9 +132,6 @@ class Exporter {
     std::unordered_map<uint64_t, uint64_t> compact;  // track key -> compact uuid
     std::unordered_set<uint64_t> described;
     std::unordered_map<uint32_t, double> counter_totals;
-    // Interned ids of the fixed strings, looked up once per source.
-    uint64_t cat_request = 0, name_request = 0, name_first_token = 0;
-    uint64_t ann_request_id = 0, ann_correlation = 0;
   };
   struct Node {
     size_t index = 0;
@@ -181,12 +178,13 @@ class Exporter {
         s.process, ++next_pid_,
         who + " rank " + std::to_string(h.rank) + " (" + h.instance + ") @ " + node_->label);
     ++stats_.events;
-    s.cat_request = s.seq->intern(Sequence::kCategories, "request");
-    s.name_request = s.seq->intern(Sequence::kNames, "request");
-    s.name_first_token = s.seq->intern(Sequence::kNames, "first token");
-    s.ann_request_id = s.seq->intern(Sequence::kAnnotationNames, "request_id");
-    s.ann_correlation = s.seq->intern(Sequence::kAnnotationNames, "correlation_id");
     return s;
+  }
+
+  // Iids are looked up at each use, never cached: a sequence's tables restart
+  // when they outgrow their bound, and an old iid is not re-emitted after that.
+  static uint64_t annotation_name(Source& s, std::string_view name) {
+    return s.seq->intern(Sequence::kAnnotationNames, name);
   }
 
   const std::string& str(Source& s, uint32_t id) {
@@ -361,9 +359,9 @@ class Exporter {
     Event* b = nullptr;
     slice(s, t, start, end, sp.depth, s.seq->intern(Sequence::kNames, str(s, sp.name_id)),
           s.seq->intern(Sequence::kCategories, wire::to_string(sp.category)), &b);
-    if (sp.request_id) b->annotate(s.ann_request_id).set_uint(sp.request_id);
+    if (sp.request_id) b->annotate(annotation_name(s, "request_id")).set_uint(sp.request_id);
     if (sp.correlation_id) {
-      b->annotate(s.ann_correlation).set_uint(sp.correlation_id);
+      b->annotate(annotation_name(s, "correlation_id")).set_uint(sp.correlation_id);
       const uint64_t flow = mix(mix(s.key, kFlowSalt), sp.correlation_id);
       if (gpu)
         b->flow_in = flow;
@@ -396,7 +394,7 @@ class Exporter {
     slice(s, request_track(s, st.request_id), start, end, 1,
           s.seq->intern(Sequence::kNames, wire::to_string(st.stage)),
           s.seq->intern(Sequence::kCategories, stage_category(st.stage)), &b);
-    b->annotate(s.ann_request_id).set_uint(st.request_id);
+    b->annotate(annotation_name(s, "request_id")).set_uint(st.request_id);
     b->annotate(s.seq->intern(Sequence::kAnnotationNames, "gpu"))
         .set_int(st.device == wire::Device::kGpu ? 1 : 0);
     if (st.gpu_ns)
@@ -408,8 +406,9 @@ class Exporter {
     if (!in_range(start, end)) return;
     const uint64_t t = request_track(s, q.request_id);
     Event* b = nullptr;
-    slice(s, t, start, end, 0, s.name_request, s.cat_request, &b);
-    b->annotate(s.ann_request_id).set_uint(q.request_id);
+    slice(s, t, start, end, 0, s.seq->intern(Sequence::kNames, "request"),
+          s.seq->intern(Sequence::kCategories, "request"), &b);
+    b->annotate(annotation_name(s, "request_id")).set_uint(q.request_id);
     b->annotate(s.seq->intern(Sequence::kAnnotationNames, "prompt_tokens"))
         .set_int(q.prompt_tokens);
     b->annotate(s.seq->intern(Sequence::kAnnotationNames, "output_tokens"))
@@ -422,8 +421,8 @@ class Exporter {
     if (q.first_token_ns != 0) {
       Event& ft = event(s, EventType::kInstant, q.first_token_ns + s.shift, t);
       ft.depth = 1;
-      ft.name_iid = s.name_first_token;
-      ft.category_iid = s.cat_request;
+      ft.name_iid = s.seq->intern(Sequence::kNames, "first token");
+      ft.category_iid = s.seq->intern(Sequence::kCategories, "request");
     }
   }
 
