@@ -679,8 +679,8 @@ std::array<uint64_t, kKinds> Shipper::dropped_by_kind() const {
     out[k] += pending_dropped[k].load(std::memory_order_relaxed);
   }
   // GPU activity CUPTI had no buffer for: spans that never reached a ring.
-  if (impl_.cupti)
-    out[static_cast<size_t>(wire::RecordKind::kSpan)] += impl_.cupti->dropped_records();
+  if (CuptiTracer* t = impl_.tracer.load())
+    out[static_cast<size_t>(wire::RecordKind::kSpan)] += t->dropped_records();
   return out;
 }
 
