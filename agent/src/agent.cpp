@@ -97,7 +97,8 @@ Agent::Impl::Impl(Config c) : config(std::move(c)) {
   if (!(config.span_sample_rate >= 0.0)) config.span_sample_rate = 0.0;  // also NaN
   config.span_sample_rate = std::min(config.span_sample_rate, 1.0);
   if (config.flush_interval.count() <= 0) config.flush_interval = std::chrono::milliseconds(1);
-  if (config.cupti && config.gpu_trace == GpuTraceMode::kOff) config.gpu_trace = GpuTraceMode::kFull;
+  if (config.cupti && config.gpu_trace == GpuTraceMode::kOff)
+    config.gpu_trace = GpuTraceMode::kFull;
   config.gpu_trace_burst = std::max(config.gpu_trace_burst, std::chrono::milliseconds(1));
   config.gpu_trace_period = std::max(config.gpu_trace_period, config.gpu_trace_burst);
   if (config.reconnect_max_backoff.count() < 50)
@@ -467,7 +468,8 @@ ScopedRange::ScopedRange(Agent& agent, uint32_t name_id, uint64_t request_id)
 ScopedRange::~ScopedRange() {
   if (!agent_) return;
   Agent::Impl* i = agent_->impl_.get();
-  if (flags_ & kRangePushed) i->tracer.load(std::memory_order_relaxed)->pop_range(flags_ & kCuptiPushed);
+  if (flags_ & kRangePushed)
+    i->tracer.load(std::memory_order_relaxed)->pop_range(flags_ & kCuptiPushed);
   if (flags_ & kNvtxPushed) detail::nvtx_pop();
   --detail::tl_depth;
   if (sampled_) {

@@ -1,9 +1,8 @@
 // The C API (agent.h) over the C++ Agent. Enum values from C are checked here,
 // since a C caller can pass anything; a bad one drops the record.
-#include "inferscope/agent.h"
-
 #include <new>
 
+#include "inferscope/agent.h"
 #include "inferscope/agent.hpp"
 
 namespace ia = inferscope::agent;
@@ -17,6 +16,13 @@ struct inferscope_agent {
 // The last byte of opaque is kept free for the empty-range marker.
 static_assert(sizeof(ia::ScopedRange) < sizeof(inferscope_range::opaque));
 static_assert(alignof(ia::ScopedRange) <= 8);
+// The C enums are the C++ ones' values.
+static_assert(INFERSCOPE_GPU_TRACE_FULL == static_cast<int>(ia::GpuTraceMode::kFull));
+static_assert(INFERSCOPE_GPU_TRACE_TRIGGERED == static_cast<int>(ia::GpuTraceMode::kTriggered));
+static_assert(INFERSCOPE_CAPTURE_REFUSED_OFF ==
+              static_cast<int>(ia::Agent::CaptureResult::kRefusedOff));
+static_assert(INFERSCOPE_CAPTURE_REFUSED_COOLDOWN ==
+              static_cast<int>(ia::Agent::CaptureResult::kRefusedCooldown));
 
 namespace {
 // Marks a range whose agent was NULL, so end() knows there is nothing to destroy.
@@ -33,8 +39,8 @@ inferscope_agent* inferscope_agent_create_from_env(void) {
   }
 }
 
-inferscope_agent* inferscope_agent_create(const char* collector, const char* service,
-                                          uint32_t rank, uint32_t world_size) {
+inferscope_agent* inferscope_agent_create(const char* collector, const char* service, uint32_t rank,
+                                          uint32_t world_size) {
   try {
     ia::Config c = ia::Config::from_environment();
     c.collector = collector ? collector : "";
@@ -47,7 +53,9 @@ inferscope_agent* inferscope_agent_create(const char* collector, const char* ser
   }
 }
 
-void inferscope_agent_destroy(inferscope_agent* agent) { delete agent; }
+void inferscope_agent_destroy(inferscope_agent* agent) {
+  delete agent;
+}
 
 int inferscope_agent_flush(inferscope_agent* agent, uint32_t timeout_ms) {
   if (!agent) return 1;
@@ -76,7 +84,9 @@ uint32_t inferscope_intern(const char* name) {
   }
 }
 
-int64_t inferscope_now_ns(void) { return ia::now_ns(); }
+int64_t inferscope_now_ns(void) {
+  return ia::now_ns();
+}
 
 void inferscope_range_begin(inferscope_agent* agent, inferscope_range* range, uint32_t name_id,
                             uint64_t request_id) {
@@ -96,12 +106,13 @@ void inferscope_range_end(inferscope_range* range) {
 
 void inferscope_span(inferscope_agent* agent, uint32_t name_id, int64_t start_ns, int64_t end_ns,
                      uint64_t request_id) {
-  if (agent) agent->agent.span(name_id, start_ns, end_ns, wire::SpanCategory::kCpuRange, request_id);
+  if (agent)
+    agent->agent.span(name_id, start_ns, end_ns, wire::SpanCategory::kCpuRange, request_id);
 }
 
 void inferscope_expert_load(inferscope_agent* agent, uint64_t step, uint32_t layer,
-                            const uint32_t* routed, size_t count, uint32_t tokens,
-                            uint32_t dropped, uint32_t rerouted) {
+                            const uint32_t* routed, size_t count, uint32_t tokens, uint32_t dropped,
+                            uint32_t rerouted) {
   if (!agent || (!routed && count)) return;
   agent->agent.expert_load(step, layer, std::span<const uint32_t>(routed, count), tokens, dropped,
                            rerouted);
@@ -127,9 +138,10 @@ void inferscope_stage(inferscope_agent* agent, uint64_t request_id, int stage, i
 
 void inferscope_request(inferscope_agent* agent, const inferscope_request_event* e) {
   if (!agent || !e || e->status < 0 || e->status > 3) return;
-  wire::RequestEvent r{e->request_id,    e->arrival_ns,    e->first_token_ns,
-                       e->finish_ns,     e->prompt_tokens, e->output_tokens,
-                       e->image_tokens,  e->cached_tokens, static_cast<wire::RequestStatus>(e->status)};
+  wire::RequestEvent r{
+      e->request_id,   e->arrival_ns,    e->first_token_ns,
+      e->finish_ns,    e->prompt_tokens, e->output_tokens,
+      e->image_tokens, e->cached_tokens, static_cast<wire::RequestStatus>(e->status)};
   agent->agent.request(r);
 }
 
@@ -139,6 +151,49 @@ void inferscope_counter(inferscope_agent* agent, uint32_t name_id, double delta)
 
 void inferscope_gauge(inferscope_agent* agent, uint32_t name_id, double value) {
   if (agent) agent->agent.gauge(name_id, value);
+}
+
+int inferscope_set_gpu_trace_mode(inferscope_agent* agent, int mode) {
+  if (!agent || mode < INFERSCOPE_GPU_TRACE_OFF || mode > INFERSCOPE_GPU_TRACE_FULL) return -1;
+  agent->agent.set_gpu_trace_mode(static_cast<ia::GpuTraceMode>(mode));
+  return 0;
+}
+
+int inferscope_gpu_trace_mode(const inferscope_agent* agent) {
+  return agent ? static_cast<int>(agent->agent.gpu_trace_mode()) : INFERSCOPE_GPU_TRACE_OFF;
+}
+
+void inferscope_gpu_step(inferscope_agent* agent) {
+  if (agent) agent->agent.gpu_step();
+}
+
+int inferscope_request_gpu_capture(inferscope_agent* agent, uint32_t steps, uint32_t duration_ms,
+                                   uint64_t tag) {
+  if (!agent) return INFERSCOPE_CAPTURE_REFUSED_OFF;
+  return static_cast<int>(
+      agent->agent.request_gpu_capture(steps, std::chrono::milliseconds(duration_ms), tag));
+}
+
+void inferscope_agent_gpu_trace_stats(const inferscope_agent* agent,
+                                      inferscope_gpu_trace_stats* out) {
+  if (!out) return;
+  *out = inferscope_gpu_trace_stats{};
+  if (!agent) return;
+  const ia::GpuTraceStats g = agent->agent.stats().gpu;
+  out->mode = static_cast<int>(g.mode);
+  out->cupti_available = g.cupti_available ? 1 : 0;
+  out->tracing = g.tracing ? 1 : 0;
+  out->bursts_started = g.bursts_started;
+  out->bursts_finished = g.bursts_finished;
+  out->captures_requested = g.captures_requested;
+  out->captures_started = g.captures_started;
+  out->captures_refused_busy = g.captures_refused_busy;
+  out->captures_refused_cooldown = g.captures_refused_cooldown;
+  out->captures_refused_off = g.captures_refused_off;
+  out->captures_completed = g.captures_completed;
+  out->kernels_captured = g.kernels_captured;
+  out->kernels_attributed = g.kernels_attributed;
+  out->records_dropped = g.records_dropped;
 }
 
 }  // extern "C"

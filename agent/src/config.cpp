@@ -106,7 +106,8 @@ Config Config::from_environment(Config base) {
   read_bool("INFERSCOPE_NVTX", c.nvtx);
   read_bool("INFERSCOPE_CUPTI", c.cupti);
   if (const char* v = env("INFERSCOPE_GPU_TRACE")) {
-    if (!parse_gpu_trace_mode(v, c.gpu_trace)) complain("INFERSCOPE_GPU_TRACE", v, "off, sampled, triggered or full");
+    if (!parse_gpu_trace_mode(v, c.gpu_trace))
+      complain("INFERSCOPE_GPU_TRACE", v, "off, sampled, triggered or full");
   }
   read_ms("INFERSCOPE_GPU_TRACE_BURST_MS", c.gpu_trace_burst, 1, 60'000);
   uint64_t period_s = static_cast<uint64_t>(

@@ -57,8 +57,8 @@ enum GpuTraceKind : uint32_t {
   kGpuLaunchCallbacks = 1u << 1,  // runtime + driver launch callbacks -> range attribution
   kGpuMemcpy = 1u << 2,
   kGpuMemset = 1u << 3,
-  kGpuRuntime = 1u << 4,         // every runtime API call as a span (CPU side)
-  kGpuDriver = 1u << 5,          // every driver API call (no spans; for cost measurement)
+  kGpuRuntime = 1u << 4,              // every runtime API call as a span (CPU side)
+  kGpuDriver = 1u << 5,               // every driver API call (no spans; for cost measurement)
   kGpuExternalCorrelation = 1u << 6,  // the old attribution path (needs kGpuRuntime/kGpuDriver)
 };
 inline constexpr uint32_t kGpuTraceDefaultKinds = kGpuKernels | kGpuLaunchCallbacks;
@@ -80,11 +80,11 @@ struct GpuTraceStats {
   uint64_t captures_refused_cooldown = 0;  // too soon after the previous one
   uint64_t captures_refused_off = 0;       // mode off, or no CUPTI
   uint64_t captures_completed = 0;
-  uint64_t kernels_captured = 0;   // kernel records turned into spans
-  uint64_t kernels_attributed = 0; // ... of which carry an enclosing range
-  uint64_t records_dropped = 0;    // CUPTI had no buffer for them
-  uint64_t enable_errors = 0;      // CUPTI refused to switch on
-  uint64_t last_capture_tag = 0;   // the tag of the latest capture that started
+  uint64_t kernels_captured = 0;    // kernel records turned into spans
+  uint64_t kernels_attributed = 0;  // ... of which carry an enclosing range
+  uint64_t records_dropped = 0;     // CUPTI had no buffer for them
+  uint64_t enable_errors = 0;       // CUPTI refused to switch on
+  uint64_t last_capture_tag = 0;    // the tag of the latest capture that started
 };
 
 // [SECTION] Config
@@ -112,8 +112,8 @@ struct INFERSCOPE_API Config {
   // protocol_error_backoff instead of hammering it.
   std::chrono::milliseconds ack_timeout{10000};
   std::chrono::milliseconds protocol_error_backoff{10000};
-  bool nvtx = true;       // emit NVTX ranges (when built with NVTX headers)
-  bool cupti = false;     // legacy switch: true means gpu_trace = kFull
+  bool nvtx = true;    // emit NVTX ranges (when built with NVTX headers)
+  bool cupti = false;  // legacy switch: true means gpu_trace = kFull
   // GPU tracing (CUPTI, when built with CUDA and a GPU is present): see
   // GpuTraceMode. The sampled default, a 20 ms burst every 10 s, is 0.2 % of
   // the time traced; even at the +50 % per-kernel cost measured in full mode

@@ -12,6 +12,8 @@ std::unique_ptr<CuptiTracer> CuptiTracer::start(Agent::Impl&, uint32_t) {
   return nullptr;
 }
 
-bool CuptiTracer::built_in() { return false; }
+bool CuptiTracer::built_in() {
+  return false;
+}
 
 }  // namespace inferscope::agent::detail

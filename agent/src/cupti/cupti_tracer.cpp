@@ -112,8 +112,8 @@ uint64_t monotonic_timestamp() {
 }
 
 class Tracer;
-std::mutex g_mu;                   // guards g_tracer against the CUPTI callbacks
-Tracer* g_tracer = nullptr;        // CUPTI is process-wide: one tracer at a time
+std::mutex g_mu;             // guards g_tracer against the CUPTI callbacks
+Tracer* g_tracer = nullptr;  // CUPTI is process-wide: one tracer at a time
 // The tracer the launch callbacks write to: set while one exists, read without
 // g_mu on every launch (callbacks are on only between enable and disable).
 std::atomic<Tracer*> g_launch_tracer{nullptr};

@@ -145,7 +145,8 @@ void BurstScheduler::end_window(int64_t now_ns) {
 }
 
 void BurstScheduler::schedule_next_burst(int64_t from_ns) {
-  next_burst_ns_ = from_ns > INT64_MAX - policy_.period_ns ? INT64_MAX : from_ns + policy_.period_ns;
+  next_burst_ns_ =
+      from_ns > INT64_MAX - policy_.period_ns ? INT64_MAX : from_ns + policy_.period_ns;
 }
 
 }  // namespace inferscope::agent::detail

@@ -30,9 +30,9 @@
 namespace inferscope::agent::detail {
 
 struct BurstPolicy {
-  int64_t burst_ns = 20'000'000;         // sampled: burst length
-  int64_t period_ns = 10'000'000'000;    // sampled: burst start to burst start
-  uint32_t burst_steps = 0;              // sampled: > 0 ends a burst by steps instead
+  int64_t burst_ns = 20'000'000;           // sampled: burst length
+  int64_t period_ns = 10'000'000'000;      // sampled: burst start to burst start
+  uint32_t burst_steps = 0;                // sampled: > 0 ends a burst by steps instead
   int64_t capture_max_ns = 2'000'000'000;  // step-counted capture cap
   int64_t cooldown_ns = 30'000'000'000;    // end of a capture to the next one
 };
@@ -90,10 +90,10 @@ class BurstScheduler {
   BurstPolicy policy_;
   State state_ = State::kIdle;
   BurstCounters counters_;
-  uint64_t steps_ = 0;              // last step count seen
-  bool steps_seen_ = false;         // the host reports step boundaries
+  uint64_t steps_ = 0;       // last step count seen
+  bool steps_seen_ = false;  // the host reports step boundaries
   int64_t next_burst_ns_ = INT64_MAX;
-  int64_t window_end_ns_ = INT64_MAX;  // time cap of the open window
+  int64_t window_end_ns_ = INT64_MAX;       // time cap of the open window
   uint64_t window_end_steps_ = UINT64_MAX;  // step cap of the open window
   uint32_t capture_steps_ = 0;
   uint64_t capture_tag_ = 0;
