@@ -13,6 +13,7 @@
 #include "agent_impl.hpp"
 #include "cupti/cupti_tracer.hpp"
 #include "gpu_trace/gpu_trace_controller.hpp"
+#include "inferscope/wire/capture.hpp"
 #include "intern.hpp"
 #include "nvtx.hpp"
 #include "shipper.hpp"
@@ -177,6 +178,8 @@ wire::Hello Agent::Impl::hello() const {
   }
   h.clock.realtime_minus_monotonic_ns = detail::realtime_minus_monotonic_ns();
   h.auth_token = config.auth_token;
+  // Capture requests are handled whatever the mode (off refuses and counts them).
+  h.capabilities = wire::kCapabilityCaptureRequests;
   return h;
 }
 
