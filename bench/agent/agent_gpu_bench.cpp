@@ -19,14 +19,12 @@
 // The counter "attributed" is the share of captured kernels that carry a range.
 // Skips (reports an error) without a CUDA device. Run by scripts/gpu-check.
 #include <benchmark/benchmark.h>
-
 #include <cuda_runtime_api.h>
 
 #include <array>
+#include <asio.hpp>
 #include <memory>
 #include <thread>
-
-#include <asio.hpp>
 
 #include "bench_kernels.hpp"
 #include "inferscope/agent.hpp"
@@ -80,8 +78,8 @@ struct KindSet {
   ia::GpuTraceMode mode;
   uint32_t kinds;
 };
-constexpr uint32_t kOldFull = ia::kGpuKernels | ia::kGpuMemcpy | ia::kGpuMemset |
-                              ia::kGpuRuntime | ia::kGpuExternalCorrelation;
+constexpr uint32_t kOldFull = ia::kGpuKernels | ia::kGpuMemcpy | ia::kGpuMemset | ia::kGpuRuntime |
+                              ia::kGpuExternalCorrelation;
 const KindSet kKindSets[] = {
     {"none", ia::GpuTraceMode::kOff, ia::kGpuTraceDefaultKinds},
     {"kernel", ia::GpuTraceMode::kFull, ia::kGpuKernels},

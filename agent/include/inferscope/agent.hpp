@@ -71,7 +71,7 @@ INFERSCOPE_API bool parse_gpu_trace_kinds(std::string_view text, uint32_t& out);
 struct GpuTraceStats {
   GpuTraceMode mode = GpuTraceMode::kOff;
   bool cupti_available = false;  // CUPTI loaded and a GPU present
-  bool tracing = false;          // CUPTI activity is enabled right now
+  bool tracing = false;          // a window is on (with CUPTI: enabled, after the switch completed)
   uint64_t bursts_started = 0;
   uint64_t bursts_finished = 0;
   uint64_t captures_requested = 0;

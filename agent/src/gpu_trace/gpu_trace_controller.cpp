@@ -91,13 +91,12 @@ GpuTraceStats GpuTraceController::stats() const {
   }
   if (CuptiTracer* t = tracer()) {
     s.cupti_available = true;
+    s.tracing = cupti_on_.load(std::memory_order_relaxed);  // enabled, not just scheduled
     const CuptiCounters c = t->counters();
     s.kernels_captured = c.kernels;
     s.kernels_attributed = c.attributed;
     s.records_dropped = c.dropped;
     s.enable_errors = c.enable_errors;
-  } else {
-    s.tracing = false;
   }
   return s;
 }
@@ -119,6 +118,7 @@ void GpuTraceController::apply(std::unique_lock<std::mutex>& lock) {
   lock.lock();
   on_ = want;
   on_tag_ = tag;
+  cupti_on_.store(want && t != nullptr, std::memory_order_relaxed);
 }
 
 void GpuTraceController::run() {

@@ -54,13 +54,14 @@ class GpuTraceController {
   std::atomic<uint64_t> steps_{0};
   mutable std::mutex mu_;
   std::condition_variable cv_;
-  BurstScheduler scheduler_;  // guarded by mu_
-  bool stopping_ = false;     // guarded by mu_
-  bool on_ = false;           // CUPTI enabled (controller thread)
-  uint64_t on_tag_ = 0;       // the tag it was enabled with
-  uint64_t last_tag_ = 0;     // guarded by mu_
-  std::mutex load_mu_;        // one CUPTI load
-  bool load_tried_ = false;   // guarded by load_mu_
+  BurstScheduler scheduler_;           // guarded by mu_
+  bool stopping_ = false;              // guarded by mu_
+  bool on_ = false;                    // CUPTI enabled (controller thread)
+  uint64_t on_tag_ = 0;                // the tag it was enabled with
+  std::atomic<bool> cupti_on_{false};  // CUPTI enable() returned and no disable() since
+  uint64_t last_tag_ = 0;              // guarded by mu_
+  std::mutex load_mu_;                 // one CUPTI load
+  bool load_tried_ = false;            // guarded by load_mu_
   std::unique_ptr<CuptiTracer> tracer_;
   std::thread thread_;
 };
