@@ -12,6 +12,8 @@ packages=(
   xvfb xauth imagemagick x11-utils curl procps python3 fonts-dejavu-core
   # the Python package: its tests use numpy; pip + setuptools + wheel install it offline
   python3-numpy python3-pip python3-setuptools python3-wheel
+  # inferscope.torch is tested on CPU with Debian's torch (tests/python/torch_test.py)
+  python3-torch
 )
 
 missing=()

@@ -1,6 +1,7 @@
 // The C API (agent.h) over the C++ Agent. Enum values from C are checked here,
 // since a C caller can pass anything; a bad one drops the record.
 #include <new>
+#include <string>
 
 #include "inferscope/agent.h"
 #include "inferscope/agent.hpp"
@@ -143,6 +144,36 @@ void inferscope_request(inferscope_agent* agent, const inferscope_request_event*
       e->finish_ns,    e->prompt_tokens, e->output_tokens,
       e->image_tokens, e->cached_tokens, static_cast<wire::RequestStatus>(e->status)};
   agent->agent.request(r);
+}
+
+int inferscope_agent_set_model(inferscope_agent* agent, const char* name,
+                               const uint32_t* experts_per_layer, const int* mixers, size_t layers,
+                               uint32_t top_k, uint32_t shared_experts) {
+  if (!agent) return 0;
+  if (layers > wire::kMaxLayers || (layers && !experts_per_layer) || top_k > 0xFFFF ||
+      shared_experts > 0xFFFF)
+    return 0;
+  try {
+    wire::ModelDescription m;
+    m.name = name ? std::string(name) : std::string();
+    if (m.name.size() > wire::kMaxStringBytes) return 0;
+    m.top_k = static_cast<uint16_t>(top_k);
+    m.shared_experts = static_cast<uint16_t>(shared_experts);
+    for (size_t l = 0; l < layers; ++l) {
+      const uint32_t experts = experts_per_layer[l];
+      const int mixer = mixers ? mixers[l] : INFERSCOPE_LAYER_ATTENTION;
+      if (experts > wire::kMaxExperts ||
+          (mixer != INFERSCOPE_LAYER_ATTENTION && mixer != INFERSCOPE_LAYER_SSM))
+        return 0;
+      m.layers.push_back(
+          {mixer == INFERSCOPE_LAYER_SSM ? wire::LayerKind::kSsm : wire::LayerKind::kAttention,
+           experts ? wire::FfnKind::kMoe : wire::FfnKind::kDense, static_cast<uint16_t>(experts)});
+    }
+    agent->agent.set_model(m);
+    return 1;
+  } catch (...) {
+    return 0;
+  }
 }
 
 void inferscope_counter(inferscope_agent* agent, uint32_t name_id, double delta) {

@@ -183,6 +183,27 @@ class Agent:
         out["pending_cuda_dropped"] = self._pending_dropped
         return out
 
+    def set_model(self, name, experts_per_layer=(), mixers=None, top_k=0, shared_experts=0):
+        """Describes the observed model: `name` becomes the `model` label of every metric;
+        experts_per_layer[i] is layer i's routed experts (0: dense), mixers[i] "attention" or
+        "ssm". Sent in the hello record (on the next connection if already connected)."""
+        if not isinstance(name, str):
+            raise TypeError("the model name must be a str")
+        experts = [_u32(e, "experts") for e in experts_per_layer]
+        if len(experts) > 1024 or any(e > MAX_EXPERTS for e in experts):
+            raise ValueError("at most 1024 layers of at most 4096 experts each")
+        kinds = {"attention": 0, "ssm": 1}
+        mix = None
+        if mixers is not None:
+            if len(mixers) != len(experts):
+                raise ValueError("mixers must have one entry per layer")
+            mix = (ctypes.c_int * len(experts))(*[_enum(kinds, m, "mixer") for m in mixers])
+        arr = (ctypes.c_uint32 * len(experts))(*experts)
+        if not self._lib.inferscope_agent_set_model(
+                self._handle, name.encode(), arr, mix, len(experts), _u32(top_k, "top_k"),
+                _u32(shared_experts, "shared_experts")) and self._handle:
+            raise ValueError(f"the agent refused the model description of {name!r}")
+
     # [SECTION] ranges and spans ---------------------------------------------
 
     def _tls_stack(self):

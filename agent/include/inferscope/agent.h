@@ -63,6 +63,17 @@ typedef struct inferscope_stats {
 } inferscope_stats;
 INFERSCOPE_API void inferscope_agent_stats(const inferscope_agent* agent, inferscope_stats* out);
 
+/* Describes the observed model in the hello record: its name (the `model` label of every
+ * metric; NULL keeps the current one) and per layer the routed experts (0: dense FFN) and
+ * the mixer (INFERSCOPE_LAYER_ATTENTION / _SSM; NULL mixers: all attention). Layers beyond
+ * 1024 or experts beyond 4096 make the call return 0 and change nothing; 1 on success.
+ * Sent on the next (re)connection, so call it before the first record when you can. */
+enum { INFERSCOPE_LAYER_ATTENTION = 0, INFERSCOPE_LAYER_SSM = 1 };
+INFERSCOPE_API int inferscope_agent_set_model(inferscope_agent* agent, const char* name,
+                                              const uint32_t* experts_per_layer, const int* mixers,
+                                              size_t layers, uint32_t top_k,
+                                              uint32_t shared_experts);
+
 /* [SECTION] Names */
 
 /* Interns a name process-wide; returns its id (never 0). Takes a lock: call

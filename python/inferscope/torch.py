@@ -1,0 +1,728 @@
+"""inferscope.torch: observe a PyTorch / Hugging Face transformers model with one call.
+
+    import inferscope, inferscope.torch
+    obs = inferscope.torch.observe(model)           # agent from the INFERSCOPE_* environment
+    model.generate(**inputs)                        # per-expert load, KV / SSM memory,
+    obs.close()                                     # stages and requests reach the collector
+
+What it attaches (all through forward hooks; the model's code is not changed):
+  * every MoE layer it can find (routers of the transformers MoE families, or modules you
+    name with watch_moe()): the top-k expert ids of each forward are counted ON THE DEVICE
+    into a per-step buffer (one index_add_ kernel per layer, no host sync); at the end of each
+    step (one forward of the whole model) the buffer is copied to pinned host memory with one
+    asynchronous copy and an event, and recorded once the event has completed (checked
+    without blocking at the next step). No host sync per layer, none added per step.
+  * the model's cache objects after each step: bytes of attention keys/values ("kv_cache")
+    and of convolution/SSM state ("ssm_state"), from tensor shapes only (no sync).
+  * multimodal parts (vision tower, projector, language model): NVTX-named ranges
+    "encoder" / "connector" / "backbone", and stage records timed by CUDA events.
+  * generate(): one request record per sequence (arrival, first token, finish, tokens).
+
+Hooks never raise into the model: an error inside one is counted (stats()["hook_errors"]),
+reported once on stderr, and that hook stops observing. See docs/integrations.md.
+"""
+
+import inspect
+import re
+import sys
+import threading
+
+import torch as _torch
+
+from .agent import Agent, now_ns
+
+__all__ = ["observe", "Observer", "MoELayer"]
+
+# Names of submodules that play a multimodal part, as the transformers families call them.
+_ENCODER_NAMES = ("vision_tower", "vision_model", "visual", "image_encoder", "audio_tower",
+                  "vision_encoder")
+_CONNECTOR_NAMES = ("multi_modal_projector", "mm_projector", "connector", "vision_projection",
+                    "merger", "projector")
+_BACKBONE_NAMES = ("language_model", "text_model", "llm")
+# Attribute names that hold the routed experts / the router in a MoE block.
+_EXPERTS_ATTRS = ("experts",)
+_ROUTER_ATTRS = ("gate", "router")
+_SHARED_ATTRS = ("shared_expert", "shared_experts", "shared_mlp")
+_LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|h|blocks|block)\.(\d+)(?:\.|$)")
+# Config attributes for the expert count and top-k, across families.
+_NUM_EXPERTS_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
+_TOP_K_KEYS = ("num_experts_per_tok", "moe_topk", "top_k", "num_selected_experts")
+# How an experts module's forward names the router's top-k ids (transformers 5 and others).
+_TOPK_ARG_NAMES = ("top_k_index", "topk_idx", "topk_ids", "top_k_indices", "topk_indices",
+                   "selected_experts", "router_indices")
+_PENDING_STEPS = 8  # steps whose counts may be in flight to the host at once
+
+
+class MoELayer:
+    """One observed MoE layer: where its top-k ids come from and where they are counted."""
+
+    __slots__ = ("name", "layer", "num_experts", "top_k", "source", "offset", "tokens", "trusted",
+                 "shared_experts")
+
+    def __init__(self, name, layer, num_experts, top_k, source, trusted, shared_experts=0):
+        self.name, self.layer, self.num_experts, self.top_k = name, layer, num_experts, top_k
+        self.source, self.trusted, self.shared_experts = source, trusted, shared_experts
+        self.offset = 0  # first bin of this layer in the step buffer
+        self.tokens = 0  # tokens routed through the layer in the current step (host-side)
+
+    def __repr__(self):
+        return (f"MoELayer({self.name!r}, layer={self.layer}, experts={self.num_experts}, "
+                f"top_k={self.top_k}, source={self.source!r})")
+
+
+def observe(model, agent=None, *, model_name=None, moe="auto", memory=True, stages=True,
+            requests=True, layer_ranges=False, steps="auto"):
+    """Attaches to `model` (a torch.nn.Module) and returns an Observer.
+
+    agent: an inferscope.Agent (default: one from the environment, closed with the observer).
+    model_name: the `model` label of its metrics (default: the config's name_or_path, else its
+        model_type, else the class name); sent with the layer/expert layout in the hello.
+    moe: "auto" (find the transformers MoE layers) or False (only watch_moe()/record_topk()).
+    memory / stages / requests: the cache bytes, the multimodal ranges, generate() requests.
+    layer_ranges: an NVTX/agent range per decoder layer (for CUPTI attribution to layers;
+        costs two C calls per layer per step, off by default).
+    steps: "auto" (each forward of `model` is a step) or "manual" (call obs.end_step()).
+    """
+    return Observer(model, agent, model_name=model_name, moe=moe, memory=memory, stages=stages, requests=requests,
+                    layer_ranges=layer_ranges, steps=steps)
+
+
+class Observer:
+    """What observe() returns; close() (or `with`) removes every hook and flushes."""
+
+    def __init__(self, model, agent=None, *, model_name=None, moe="auto", memory=True,
+                 stages=True, requests=True, layer_ranges=False, steps="auto"):
+        if not isinstance(model, _torch.nn.Module):
+            raise TypeError(f"observe() needs a torch.nn.Module, not {type(model).__name__}")
+        if steps not in ("auto", "manual"):
+            raise ValueError(f"steps must be 'auto' or 'manual', not {steps!r}")
+        self.model = model
+        self._own_agent = agent is None
+        self.agent = Agent() if agent is None else agent
+        self.layers = []  # MoELayer, in registration order
+        self._by_layer = {}  # layer index -> MoELayer
+        self._handles = []
+        self._lock = threading.Lock()
+        self._step = 0
+        self._depth = 0  # nesting of the root forward (a model may call itself)
+        self._counts = None  # device buffer: one bin per expert per layer + one overflow bin
+        self._ones = None
+        self._pending = []  # (step, host buffer, event or None, [(layer, tokens)])
+        self._free_host = []
+        self._stage_events = []  # (request_id, stage, start_ns, end_ns, start_ev, end_ev)
+        self._open_stage = {}
+        self._generate = None  # the generate() being observed: dict of its state
+        self._next_request_id = 1
+        self._stats = {"steps": 0, "steps_dropped": 0, "hook_errors": 0, "moe_calls": 0,
+                       "invalid_expert_ids": 0, "shared_expert_tokens": 0,
+                       "stages_dropped": 0}
+        self._errors_reported = set()
+        self._closed = False
+        self._described = False
+        self._layer_ranges = layer_ranges
+        self._memory = memory
+        config = getattr(model, "config", None)
+        self._config = config
+        if moe == "auto":
+            self._discover_moe(model)
+        elif moe not in (False, None):
+            raise ValueError(f"moe must be 'auto' or False, not {moe!r}")
+        self.model_name = model_name or _model_name(model, config)
+        self._describe()
+        self._described = True
+        if steps == "auto":
+            self._hook(model.register_forward_pre_hook(self._root_pre))
+            self._hook(model.register_forward_hook(self._root_post))
+        if stages:
+            self._discover_stages(model)
+        if layer_ranges:
+            self._attach_layer_ranges(model)
+        if requests and callable(getattr(model, "generate", None)):
+            self._wrap_generate(model)
+
+    # [SECTION] public API ---------------------------------------------------------
+
+    def watch_moe(self, module, layer, num_experts, top_k=None, indices=None):
+        """Observes a MoE module you name. indices(module, args, kwargs, output) returns the
+        top-k expert ids tensor ([tokens, k]); by default they are taken from the module's
+        output (a router returning ids, or logits of num_experts columns -> top-k)."""
+        if not isinstance(module, _torch.nn.Module):
+            raise TypeError("watch_moe() needs a torch.nn.Module")
+        entry = self._register(MoELayer(type(module).__name__, _check_layer(layer),
+                                        _check_experts(num_experts), top_k, "custom",
+                                        trusted=False))
+        if indices is None:
+            def extract(m, args, kwargs, out):
+                return _ids_from_router(entry, out)
+        else:
+            extract = indices
+        if _HOOK_KWARGS:
+            self._hook(module.register_forward_hook(
+                lambda m, args, kwargs, out: self._count_from(entry, extract, m, args, kwargs, out),
+                with_kwargs=True))
+        else:
+            self._hook(module.register_forward_hook(
+                lambda m, args, out: self._count_from(entry, extract, m, args, {}, out)))
+        return entry
+
+    def record_topk(self, layer, topk_ids, num_experts=None):
+        """Counts top-k expert ids you computed yourself (for example a fused-MoE kernel's
+        topk_ids) for `layer` in the current step. Ids outside [0, num_experts) (such as -1
+        for a token a capacity limit dropped) are counted as dropped, never crash the device."""
+        entry = self._by_layer.get(layer)
+        if entry is None:
+            if num_experts is None:
+                raise ValueError(f"layer {layer} is not known yet: pass num_experts")
+            entry = self._register(MoELayer("record_topk", _check_layer(layer),
+                                            _check_experts(num_experts), None, "record_topk",
+                                            trusted=False))
+        self._count(entry, topk_ids)
+
+    def end_step(self):
+        """Closes the current step (steps="manual"): its counts go to the host asynchronously."""
+        self._finish_step()
+
+    def flush(self, timeout=5.0):
+        """Records every finished step (waits for their copies) and flushes the agent."""
+        self._drain(wait=True)
+        return self.agent.flush(timeout)
+
+    def stats(self):
+        out = dict(self._stats)
+        out["moe_layers"] = len(self.layers)
+        out["pending_steps"] = len(self._pending)
+        return out
+
+    def close(self):
+        if self._closed:
+            return
+        self._closed = True
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        if self._generate is not None or "generate" in vars(self.model):
+            self.model.__dict__.pop("generate", None)
+        self._finish_step()
+        self._drain(wait=True)
+        if self._own_agent:
+            self.agent.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def _describe(self):
+        """The hello's model description: name, experts per layer, mixers, top-k."""
+        text = getattr(self._config, "text_config", None) or self._config
+        n = max([e.layer + 1 for e in self.layers] +
+                [getattr(text, "num_hidden_layers", 0) or 0])
+        experts = [0] * n
+        for e in self.layers:
+            experts[e.layer] = e.num_experts
+        kinds = getattr(text, "layers_block_type", None)
+        mixers = None
+        if isinstance(kinds, (list, tuple)) and len(kinds) == n:
+            mixers = ["ssm" if str(k).lower() in ("mamba", "mamba2", "ssm", "linear_attention")
+                      else "attention" for k in kinds]
+        top_k = next((e.top_k for e in self.layers if e.top_k), 0)
+        shared = max([e.shared_experts for e in self.layers] + [0])
+        self.agent.set_model(self.model_name, experts, mixers, top_k, shared)
+
+    # [SECTION] discovery ----------------------------------------------------------
+
+    def _discover_moe(self, model):
+        """A MoE block is a module with an `experts` child and a `gate`/`router` child; its
+        layer index comes from its path (model.layers.<i>.mlp)."""
+        for name, module in model.named_modules():
+            experts = _first_attr(module, _EXPERTS_ATTRS)
+            router_name, router = _first_named_attr(module, _ROUTER_ATTRS)
+            if experts is None or router is None or not isinstance(router, _torch.nn.Module):
+                continue
+            m = _LAYER_INDEX.search(name)
+            if m is None:
+                continue
+            layer = int(m.group(1))
+            if layer in self._by_layer:
+                continue  # a nested block of the same layer (e.g. a wrapper): keep the outer
+            num_experts = _num_experts(module, router, experts, self._config)
+            if not num_experts:
+                continue
+            top_k = _top_k(module, router, self._config)
+            shared = _first_attr(module, _SHARED_ATTRS)
+            entry = MoELayer(f"{name}.{router_name}", layer, num_experts, top_k, "", trusted=True,
+                             shared_experts=0 if shared is None else 1)
+            if _takes_topk_ids(experts):
+                # transformers 5: the experts module receives the router's top-k ids.
+                entry.source = "experts(top_k_index)"
+                self._register(entry)
+                self._hook(experts.register_forward_pre_hook(
+                    _experts_pre_hook(self, entry), with_kwargs=True) if _HOOK_KWARGS else
+                    experts.register_forward_pre_hook(
+                        lambda m, args, e=entry: self._count_from(e, _topk_arg, args, {})))
+            else:
+                entry.source = "router output"
+                self._register(entry)
+                self._hook(router.register_forward_hook(
+                    lambda m, args, out, e=entry: self._count_from(e, _ids_from_router, e, out)))
+            if shared is not None:
+                self._hook(shared.register_forward_pre_hook(self._shared_pre))
+
+    def _discover_stages(self, model):
+        found = {}
+        for name, module in model.named_modules():
+            leaf = name.rsplit(".", 1)[-1]
+            for stage, names in (("encoder", _ENCODER_NAMES), ("connector", _CONNECTOR_NAMES),
+                                 ("backbone", _BACKBONE_NAMES)):
+                if leaf in names and stage not in found and module is not model:
+                    found[stage] = module
+        if "encoder" not in found and "connector" not in found:
+            return  # not multimodal: the whole model is the backbone, timed by the steps
+        for stage, module in found.items():
+            self._hook(module.register_forward_pre_hook(
+                lambda m, args, s=stage: self._stage_begin(s)))
+            self._hook(module.register_forward_hook(
+                lambda m, args, out, s=stage: self._stage_end(s)))
+
+    def _attach_layer_ranges(self, model):
+        for name, module in model.named_modules():
+            m = re.fullmatch(r"(?:.*\.)?(?:layers|h|blocks)\.(\d+)", name)
+            if m is None:
+                continue
+            scope = self.agent.range(f"layer.{int(m.group(1))}")
+            self._hook(module.register_forward_pre_hook(lambda mod, args, s=scope: s.__enter__()))
+            self._hook(module.register_forward_hook(
+                lambda mod, args, out, s=scope: s.__exit__(None, None, None)))
+
+    # [SECTION] counting on the device ---------------------------------------------
+
+    def _register(self, entry):
+        with self._lock:
+            if entry.layer in self._by_layer:
+                raise ValueError(f"MoE layer {entry.layer} is already observed "
+                                 f"({self._by_layer[entry.layer]!r})")
+            entry.offset = sum(e.num_experts + 1 for e in self.layers)
+            self.layers.append(entry)
+            self._by_layer[entry.layer] = entry
+            if self._counts is not None:  # grown in place: counts of this step are kept
+                self._grow(self._counts.device)
+        if self._described:
+            self._describe()  # a layer added after observe(): the hello tells the collector
+        return entry
+
+    def _count_from(self, entry, extract, *args):
+        """Counts the ids extract(*args) returns; an extractor's error is counted, not raised."""
+        try:
+            ids = extract(*args)
+        except Exception as e:  # noqa: BLE001 -- never into the model
+            self._hook_error(f"MoE layer {entry.layer} ids", e)
+            return
+        if ids is not None:
+            self._count(entry, ids)
+
+    def _count(self, entry, ids):
+        try:
+            if not isinstance(ids, _torch.Tensor):
+                raise TypeError(f"top-k ids must be a tensor, not {type(ids).__name__}")
+            if ids.dtype.is_floating_point or ids.dtype == _torch.bool:
+                raise TypeError(f"top-k ids must be integers, not {ids.dtype}")
+            counts = self._counts
+            if counts is None or counts.device != ids.device:
+                counts = self._allocate(ids.device)
+            flat = ids.reshape(-1)
+            n = flat.numel()
+            if n == 0:
+                return
+            if flat.dtype != _torch.int64:
+                flat = flat.to(_torch.int64)
+            if not entry.trusted:
+                # Ids from outside: anything not in [0, E) lands in the layer's last bin
+                # (dropped) instead of tripping a device-side assert.
+                e = entry.num_experts
+                flat = flat.clamp(-1, e).remainder(e + 1)
+            ones = self._ones
+            if ones.numel() < n:
+                ones = self._ones = _torch.ones(max(n, 2 * ones.numel()), dtype=_torch.int64,
+                                                device=counts.device)
+            counts.narrow(0, entry.offset, entry.num_experts + 1).index_add_(0, flat, ones[:n])
+            k = ids.shape[-1] if ids.dim() > 1 else (entry.top_k or 1)
+            if entry.top_k is None:
+                entry.top_k = k
+            entry.tokens += n // k if k else n
+            self._stats["moe_calls"] += 1
+        except Exception as e:  # noqa: BLE001 -- never into the model
+            self._hook_error(f"MoE layer {entry.layer}", e)
+
+    def _allocate(self, device):
+        return self._grow(device)
+
+    def _grow(self, device):
+        """(Re)allocates the step buffer for every registered layer; layers are appended, so
+        the counts already in it keep their offsets (copied, stream-ordered)."""
+        size = sum(e.num_experts + 1 for e in self.layers)
+        counts = _torch.zeros(size, dtype=_torch.int64, device=device)
+        old = self._counts
+        if old is not None and old.device == device:
+            counts[:old.numel()].copy_(old)
+        self._counts = counts
+        if self._ones is None or self._ones.device != device:
+            self._ones = _torch.ones(1024, dtype=_torch.int64, device=device)
+        self._free_host = []  # pinned buffers of the old size are not reused
+        return counts
+
+    def _shared_pre(self, module, args):
+        try:
+            x = args[0] if args else None
+            if isinstance(x, _torch.Tensor):
+                self._stats["shared_expert_tokens"] += x.numel() // max(1, x.shape[-1])
+        except Exception as e:  # noqa: BLE001
+            self._hook_error("shared expert", e)
+
+    # [SECTION] steps ----------------------------------------------------------------
+
+    def _root_pre(self, module, args):
+        self._depth += 1
+        if self._depth == 1 and self._generate is not None:
+            g = self._generate
+            g["forwards"] += 1
+            if g["forwards"] == 2 and g["first_token_ns"] == 0:
+                # generate() synchronised on the first token (its stopping check) before
+                # calling the model again: the first token is on the host now.
+                g["first_token_ns"] = now_ns()
+
+    def _root_post(self, module, args, output):
+        self._depth -= 1
+        if self._depth != 0:
+            return
+        if self._memory:
+            self._report_memory(output)
+        self._finish_step()
+
+    def _finish_step(self):
+        try:
+            self._drain(wait=False)
+            self._resolve_stages(wait=False)
+            layers = [(e.layer, e.tokens) for e in self.layers if e.tokens]
+            for e in self.layers:
+                e.tokens = 0
+            step = self._step
+            self._step += 1
+            self._stats["steps"] += 1
+            counts = self._counts
+            if not layers or counts is None:
+                return
+            if len(self._pending) >= _PENDING_STEPS:
+                # The GPU is far behind the host: drop this step's counts (counted), never wait.
+                self._stats["steps_dropped"] += 1
+                counts.zero_()
+                return
+            if counts.is_cuda:
+                host = (self._free_host.pop() if self._free_host else
+                        _torch.empty(counts.numel(), dtype=_torch.int64, pin_memory=True))
+                host.copy_(counts, non_blocking=True)
+                event = _torch.cuda.Event()
+                event.record()
+            else:
+                host, event = counts.clone(), None
+            counts.zero_()  # stream-ordered after the copy
+            self._pending.append((step, host, event, layers))
+            self._drain(wait=False)
+        except Exception as e:  # noqa: BLE001
+            self._hook_error("step end", e)
+
+    def _drain(self, wait):
+        while self._pending:
+            step, host, event, layers = self._pending[0]
+            if event is not None:
+                if not wait and not event.query():
+                    return
+                event.synchronize()
+            self._pending.pop(0)
+            values = host.numpy()
+            for layer, tokens in layers:
+                entry = self._by_layer[layer]
+                o, e = entry.offset, entry.num_experts
+                dropped = int(values[o + e])
+                if dropped:
+                    self._stats["invalid_expert_ids"] += dropped
+                self.agent.expert_load(step, layer, values[o:o + e], tokens=min(tokens, 2**32 - 1),
+                                       dropped=min(dropped, 2**32 - 1))
+            if event is not None and host.numel() == (self._counts.numel() if self._counts
+                                                      is not None else -1):
+                self._free_host.append(host)
+
+    # [SECTION] memory ----------------------------------------------------------------
+
+    def _report_memory(self, output):
+        try:
+            cache = _cache_of(output)
+            if cache is None:
+                return
+            kv, ssm = cache_bytes(cache)
+            self.agent.memory("kv_cache", kv)
+            if ssm:
+                self.agent.memory("ssm_state", ssm)
+        except Exception as e:  # noqa: BLE001
+            self._hook_error("cache memory", e)
+
+    # [SECTION] stages and requests -------------------------------------------------
+
+    def _request_id(self):
+        g = self._generate
+        return g["ids"][0] if g is not None else 0
+
+    def _stage_begin(self, stage):
+        try:
+            scope = self.agent.range(stage, request_id=self._request_id())
+            scope.__enter__()
+            ev = None
+            if _torch.cuda.is_available() and _torch.cuda.is_initialized():
+                ev = _torch.cuda.Event(enable_timing=True)
+                ev.record()
+            self._open_stage[stage] = (scope, now_ns(), ev)
+        except Exception as e:  # noqa: BLE001
+            self._hook_error(f"stage {stage}", e)
+
+    def _stage_end(self, stage):
+        try:
+            opened = self._open_stage.pop(stage, None)
+            if opened is None:
+                return
+            scope, start_ns, start_ev = opened
+            scope.__exit__(None, None, None)
+            end_ev = None
+            if start_ev is not None:
+                end_ev = _torch.cuda.Event(enable_timing=True)
+                end_ev.record()
+            wire_stage = stage
+            if stage == "backbone":
+                g = self._generate
+                wire_stage = "prefill" if g is None or g["forwards"] <= 1 else "decode"
+            self._stage_events.append((self._request_id(), wire_stage, start_ns, now_ns(),
+                                       start_ev, end_ev))
+            if len(self._stage_events) > 4096:  # bounded: the GPU is far behind; count, drop
+                self._stage_events.pop(0)
+                self._stats["stages_dropped"] += 1
+        except Exception as e:  # noqa: BLE001
+            self._hook_error(f"stage {stage}", e)
+
+    def _resolve_stages(self, wait):
+        while self._stage_events:
+            rid, stage, start_ns, end_ns, start_ev, end_ev = self._stage_events[0]
+            gpu_ns, device = 0, "cpu"
+            if end_ev is not None:
+                if not wait and not end_ev.query():
+                    return
+                end_ev.synchronize()
+                gpu_ns, device = int(start_ev.elapsed_time(end_ev) * 1e6), "gpu"
+            self._stage_events.pop(0)
+            self.agent.stage(rid, stage, start_ns, end_ns, device=device, gpu_ns=gpu_ns)
+
+    def _wrap_generate(self, model):
+        original = model.generate
+        observer = self
+
+        def generate(*args, **kwargs):
+            if observer._closed or observer._generate is not None:
+                return original(*args, **kwargs)  # closed, or a nested generate(): untouched
+            ids_in = kwargs.get("input_ids", args[0] if args else None)
+            batch = ids_in.shape[0] if isinstance(ids_in, _torch.Tensor) and ids_in.dim() > 1 \
+                else 1
+            first = observer._next_request_id
+            observer._next_request_id += batch
+            g = observer._generate = {"ids": list(range(first, first + batch)),
+                                      "arrival_ns": now_ns(), "first_token_ns": 0,
+                                      "forwards": 0}
+            status = "error"
+            out = None
+            try:
+                out = original(*args, **kwargs)
+                status = "ok"
+                return out
+            finally:
+                observer._generate = None
+                finish = now_ns()
+                try:
+                    observer._report_requests(g, ids_in, kwargs.get("attention_mask"), out,
+                                              finish, status)
+                except Exception as e:  # noqa: BLE001
+                    observer._hook_error("generate request", e)
+
+        model.generate = generate
+
+    def _report_requests(self, g, ids_in, mask, out, finish_ns, status):
+        self._resolve_stages(wait=True)  # generate() has synchronised: these are done
+        seqs = getattr(out, "sequences", out)
+        prompt_len = ids_in.shape[-1] if isinstance(ids_in, _torch.Tensor) else 0
+        if isinstance(mask, _torch.Tensor) and mask.dim() == 2:
+            prompts = [int(v) for v in mask.sum(-1).tolist()]
+        else:
+            prompts = [prompt_len] * len(g["ids"])
+        out_len = seqs.shape[-1] - prompt_len if isinstance(seqs, _torch.Tensor) else 0
+        first = g["first_token_ns"] or (finish_ns if out_len > 0 else 0)
+        for i, rid in enumerate(g["ids"]):
+            self.agent.request(rid, arrival_ns=g["arrival_ns"], finish_ns=finish_ns,
+                               first_token_ns=first, prompt_tokens=prompts[i],
+                               output_tokens=max(0, out_len), status=status)
+
+    # [SECTION] plumbing ----------------------------------------------------------
+
+    def _hook(self, handle):
+        self._handles.append(handle)
+
+    def _hook_error(self, where, exc):
+        self._stats["hook_errors"] += 1
+        if where not in self._errors_reported:
+            self._errors_reported.add(where)
+            print(f"inferscope.torch: {where}: {type(exc).__name__}: {exc} (counted; the model "
+                  f"runs on)", file=sys.stderr)
+
+
+# [SECTION] helpers -------------------------------------------------------------------
+
+_HOOK_KWARGS = "with_kwargs" in inspect.signature(_torch.nn.Module.register_forward_hook).parameters
+
+
+def cache_bytes(cache):
+    """(attention key/value bytes, convolution/SSM state bytes) held by a cache object:
+    tensors found under its attributes, classified by the attribute's name. Shapes only."""
+    kv = ssm = 0
+    seen = set()
+    stack = [(cache, "", 0)]
+    while stack:
+        obj, name, depth = stack.pop()
+        if isinstance(obj, _torch.Tensor):
+            if id(obj) in seen:
+                continue
+            seen.add(id(obj))
+            size = obj.numel() * obj.element_size()
+            low = name.lower()
+            if any(w in low for w in ("conv", "ssm", "recurrent", "state")):
+                ssm += size
+            elif any(w in low for w in ("key", "value", "k_cache", "v_cache")):
+                kv += size
+            continue
+        if depth > 5 or id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, (list, tuple)):
+            stack.extend((v, name, depth + 1) for v in obj)
+        elif isinstance(obj, dict):
+            stack.extend((v, f"{name}.{k}", depth + 1) for k, v in obj.items())
+        elif hasattr(obj, "__dict__") and not isinstance(obj, (_torch.nn.Module, type)):
+            stack.extend((v, f"{name}.{k}", depth + 1) for k, v in vars(obj).items()
+                         if not k.startswith("__"))
+    return kv, ssm
+
+
+def _cache_of(output):
+    cache = getattr(output, "past_key_values", None)
+    if cache is None and isinstance(output, dict):
+        cache = output.get("past_key_values")
+    return cache
+
+
+def _first_attr(module, names):
+    return _first_named_attr(module, names)[1]
+
+
+def _first_named_attr(module, names):
+    for n in names:
+        v = getattr(module, n, None)
+        if v is not None:
+            return n, v
+    return None, None
+
+
+def _num_experts(block, router, experts, config):
+    for obj in (block, router, experts):
+        for key in ("num_experts", "num_local_experts", "n_routed_experts"):
+            v = getattr(obj, key, None)
+            if isinstance(v, int) and v > 0:
+                return v
+    if isinstance(experts, _torch.nn.ModuleList):
+        return len(experts)
+    weight = getattr(router, "weight", None)
+    if isinstance(weight, _torch.Tensor) and weight.dim() == 2:
+        return weight.shape[0]
+    text = getattr(config, "text_config", None) or config
+    for key in _NUM_EXPERTS_KEYS:
+        v = getattr(text, key, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    return 0
+
+
+def _top_k(block, router, config):
+    for obj in (router, block):
+        for key in ("top_k", "num_experts_per_tok", "topk"):
+            v = getattr(obj, key, None)
+            if isinstance(v, int) and v > 0:
+                return v
+    text = getattr(config, "text_config", None) or config
+    for key in _TOP_K_KEYS:
+        v = getattr(text, key, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    return None
+
+
+def _takes_topk_ids(experts):
+    try:
+        params = inspect.signature(experts.forward).parameters
+    except (TypeError, ValueError):
+        return False
+    return any(p in params for p in _TOPK_ARG_NAMES)
+
+
+def _topk_arg(args, kwargs):
+    for key in _TOPK_ARG_NAMES:
+        if key in kwargs:
+            return kwargs[key]
+    return args[1] if len(args) > 1 else None
+
+
+def _experts_pre_hook(observer, entry):
+    def hook(module, args, kwargs):
+        observer._count_from(entry, _topk_arg, args, kwargs)
+    return hook
+
+
+def _ids_from_router(entry, out):
+    """A router's top-k ids: an integer tensor it returns, or top-k of the logits it returns
+    (softmax and top-k commute, so top-k of the logits is top-k of the probabilities)."""
+    if isinstance(out, _torch.Tensor):
+        candidates = [out]
+    elif isinstance(out, (tuple, list)):
+        candidates = [t for t in out if isinstance(t, _torch.Tensor)]
+    else:
+        return None
+    for t in candidates:
+        if not t.dtype.is_floating_point and t.dtype != _torch.bool:
+            return t
+    for t in candidates:
+        if t.dim() >= 1 and t.shape[-1] == entry.num_experts and entry.top_k:
+            return _torch.topk(t, entry.top_k, dim=-1).indices
+    return None
+
+
+def _model_name(model, config):
+    for key in ("name_or_path", "_name_or_path", "model_type"):
+        v = getattr(config, key, None)
+        if isinstance(v, str) and v:
+            return v
+    return type(model).__name__
+
+
+def _check_layer(layer):
+    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < 2**32:
+        raise ValueError(f"layer must be an int in [0, 2**32), not {layer!r}")
+    return layer
+
+
+def _check_experts(n):
+    if isinstance(n, bool) or not isinstance(n, int) or not 0 < n <= 4096:
+        raise ValueError(f"num_experts must be an int in [1, 4096], not {n!r}")
+    return n

@@ -1,0 +1,309 @@
+"""inferscope.torch on CPU against a real inferscope-collector, with Debian's torch and the
+HF-shaped models of hf_style_models.py (no transformers here; the GPU machine runs the same
+checks on real transformers models: transformers_gpu_test.py).
+
+Plain python3, no pytest: each check_* raises Failure; main() exits 1 if any failed.
+Registered in ctest with label `python`; without torch it reports itself SKIPPED.
+"""
+
+import argparse
+import io
+import contextlib
+import os
+import pathlib
+import sys
+import tempfile
+
+sys.dont_write_bytecode = True
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "e2e"))
+sys.path.insert(0, str(HERE))
+from harness import Failure, Harness, log  # noqa: E402
+
+try:
+    import torch
+except ImportError:
+    print("SKIPPED: torch is not importable by this python3 (Debian: python3-torch)")
+    sys.exit(0)
+
+import hf_style_models as hf  # noqa: E402
+from observe_checks import (episodes, scrape, series, truth_counts, wait_counts_equal,  # noqa: E402
+                            wait_for)
+
+inferscope = None  # imported in main() once sys.path and the environment are set
+
+
+def observed(addrs, service, model, **kwargs):
+    agent = inferscope.Agent(collector=addrs["ingest"], service=service)
+    return agent, inferscope.torch.observe(model, agent, model_name=service, **kwargs)
+
+
+def prompt(batch, length, vocab=97, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab, (batch, length), generator=g)
+
+
+# [SECTION] checks ---------------------------------------------------------------
+
+def check_counts_exact(addrs):
+    """For each router style, the collector's per-layer per-expert counts over whole
+    generate() calls equal the model's own routing exactly; dense layers report nothing."""
+    for style, dense in (("v4", 0), ("v5", 0), ("sigmoid_bias", 1)):
+        torch.manual_seed(1)
+        model = hf.TinyLM(style=style, layers=3, dense_layers=dense).eval()
+        agent, obs = observed(addrs, f"torch-{style}", model)
+        want_layers = sorted(model.moe_blocks())
+        got_layers = sorted(e.layer for e in obs.layers)
+        if got_layers != want_layers:
+            raise Failure(f"{style}: found MoE layers {got_layers}, the model has {want_layers}: "
+                          f"{obs.layers}")
+        model.generate(prompt(2, 6), max_new_tokens=5)
+        model.generate(prompt(3, 4, seed=1), max_new_tokens=7)
+        if not obs.flush(10):
+            raise Failure(f"{style}: flush failed: {agent.stats()}")
+        truth = truth_counts({i: b.routed for i, b in model.moe_blocks().items()}, 8)
+        wait_counts_equal(addrs["metrics"], f"torch-{style}", truth)
+        st = obs.stats()
+        # 2 generates: 5 + 7 forwards
+        if st["steps"] != 12 or st["hook_errors"] or st["steps_dropped"]:
+            raise Failure(f"{style}: observer stats {st}")
+        if style == "sigmoid_bias" and st["shared_expert_tokens"] != 2 * (2 * 6 + 2 * 4 +
+                                                                          3 * 4 + 3 * 6):
+            raise Failure(f"{style}: shared expert tokens {st['shared_expert_tokens']}")
+        obs.close()
+        agent.close()
+        log(f"     {style}: {sum(sum(v.values()) for v in truth.values())} assignments equal")
+
+
+def check_injected_skew_named(addrs):
+    """A skew injected at the gate (one expert favoured in layer 1, one never chosen in layer
+    2) opens exactly those two episodes, naming layer and expert, and nothing else."""
+    torch.manual_seed(2)
+    model = hf.TinyLM(style="v5", layers=3).eval()
+    with torch.no_grad():
+        model.model.layers[1].mlp.gate.bias[5] = 8.0    # chosen by every token: hot
+        model.model.layers[2].mlp.gate.bias[3] = -30.0  # chosen by none: dead
+    agent, obs = observed(addrs, "torch-skew", model)
+    want = [("dead", 2, 3), ("hot", 1, 5)]
+    seed = 0
+    samples = []
+
+    def generate_more(_):
+        nonlocal seed, samples
+        seed += 1
+        model.generate(prompt(4, 16, seed=seed), max_new_tokens=4)
+        obs.flush(10)
+        samples = scrape(addrs["metrics"])
+        return episodes(samples, "torch-skew") == want
+
+    deadline_rounds = 400  # a liveness bound: the collector closes a window each second
+    for _ in range(deadline_rounds):
+        if generate_more(None):
+            break
+    got = episodes(samples, "torch-skew")
+    if got != want:
+        raise Failure(f"episodes {got}, want exactly {want}")
+    obs.close()
+    agent.close()
+
+
+def check_memory_kv_and_ssm(addrs):
+    """A hybrid model's cache: kv_cache and ssm_state bytes equal its tensors' bytes."""
+    torch.manual_seed(3)
+    model = hf.TinyLM(style="v5", layers=4, hybrid=True).eval()
+    agent, obs = observed(addrs, "torch-hybrid", model)
+    with torch.no_grad():
+        out = model(input_ids=prompt(2, 5))
+        out = model(input_ids=prompt(2, 1, seed=9), past_key_values=out.past_key_values)
+    kv, ssm = out.past_key_values.tensors_bytes()
+    if kv == 0 or ssm == 0:
+        raise Failure("the hybrid test model holds no kv or no ssm bytes")
+    if inferscope.torch.cache_bytes(out.past_key_values) != (kv, ssm):
+        raise Failure(f"cache_bytes {inferscope.torch.cache_bytes(out.past_key_values)} != "
+                      f"{(kv, ssm)}")
+    obs.flush(10)
+
+    def shows(samples):
+        got = {lab["kind"]: v for lab, v in series(samples, "inferscope_memory_used_bytes",
+                                                    model="torch-hybrid")}
+        return got.get("kv_cache") == kv and got.get("ssm_state") == ssm
+    wait_for(addrs["metrics"], f"memory kv_cache={kv} ssm_state={ssm}", shows)
+    obs.close()
+    agent.close()
+
+
+def check_multimodal_stages_and_requests(addrs):
+    """Vision tower, projector and language model become encoder / connector / prefill /
+    decode stages of each request; generate() becomes one request per sequence."""
+    torch.manual_seed(4)
+    model = hf.TinyVLM(style="v5", layers=2).eval()
+    agent, obs = observed(addrs, "torch-vlm", model)
+    pixels = torch.randn(2, 3, 48)
+    model.generate(prompt(2, 5), pixel_values=pixels, max_new_tokens=4)
+    model.generate(prompt(2, 5, seed=3), pixel_values=pixels, max_new_tokens=4)
+    obs.flush(10)
+
+    def shows(samples):
+        counts = {lab["stage"]: v for lab, v in series(
+            samples, "inferscope_stage_duration_seconds_count", model="torch-vlm")}
+        requests = sum(v for _, v in series(samples, "inferscope_requests_total",
+                                            model="torch-vlm", status="ok"))
+        out_tokens = sum(v for _, v in series(samples, "inferscope_request_tokens_total",
+                                              model="torch-vlm", kind="output"))
+        ttft = sum(v for _, v in series(samples, "inferscope_request_ttft_seconds_count",
+                                        model="torch-vlm"))
+        # 2 generates: one encoder, connector and prefill each; 3 decode forwards each
+        return (counts.get("encoder") == 2 and counts.get("connector") == 2 and
+                counts.get("backbone_prefill") == 2 and counts.get("backbone_decode") == 6 and requests == 4 and
+                out_tokens == 16 and ttft == 4)
+    try:
+        wait_for(addrs["metrics"], "2 encoder/connector/prefill, 6 decode stages, 4 requests",
+                 shows)
+    except Failure:
+        samples = scrape(addrs["metrics"])
+        raise Failure("stages/requests: " + str(
+            [(n, lab, v) for n, lab, v in samples if lab.get("model") == "torch-vlm" and
+             ("stage" in n or "request" in n) and ("count" in n or "total" in n)])) from None
+    obs.close()
+    agent.close()
+
+
+def check_explicit_api(addrs):
+    """watch_moe() on a module nobody wrote for transformers, and record_topk() with ids a
+    capacity limit dropped (-1) or that are out of range: counted as dropped, no crash."""
+
+    class MyRouter(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(16, 6)
+
+        def forward(self, x):
+            return torch.topk(self.proj(x), 2, dim=-1).indices
+
+    torch.manual_seed(5)
+    router = MyRouter()
+    agent, obs = observed(addrs, "torch-explicit", router, requests=False)
+    obs.watch_moe(router, layer=7, num_experts=6)
+    x = torch.randn(10, 16)
+    ids = router(x)
+    obs.record_topk(3, torch.tensor([[0, 1], [1, -1], [5, 9]]), num_experts=6)
+    obs.end_step()  # record_topk's layer 3 is counted into the forward's step or this one
+    obs.flush(10)
+    truth = {7: {e: c for e, c in enumerate(torch.bincount(ids.reshape(-1), minlength=6)
+                                             .tolist()) if c},
+             3: {0: 1, 1: 2, 5: 1}}
+    wait_counts_equal(addrs["metrics"], "torch-explicit", truth)
+    wait_for(addrs["metrics"], "2 dropped tokens in layer 3", lambda s: sum(
+        v for _, v in series(s, "inferscope_moe_dropped_tokens_total", model="torch-explicit",
+                             layer=3)) == 2)
+    for bad in (lambda: obs.watch_moe("router", 1, 4), lambda: obs.watch_moe(router, 7, 6),
+                lambda: obs.watch_moe(router, 8, 0), lambda: obs.record_topk(99, ids)):
+        try:
+            bad()
+        except (TypeError, ValueError):
+            continue
+        raise Failure("a bad watch_moe()/record_topk() call was accepted")
+    obs.close()
+    agent.close()
+
+
+def check_hook_errors_never_reach_the_model():
+    """A failing index extractor: the model's output is unchanged, the error is counted and
+    reported once; close() removes every hook and restores generate()."""
+    torch.manual_seed(6)
+    model = hf.TinyLM(style="v4", layers=2).eval()
+    ids = prompt(1, 4)
+    with torch.no_grad():
+        want = model(input_ids=ids).logits
+    agent = inferscope.Agent(collector="")
+    obs = inferscope.torch.observe(model, agent)
+
+    def broken(*_):
+        raise RuntimeError("extractor bug")
+    obs.watch_moe(model.model.layers[0].mlp.gate, layer=40, num_experts=8, indices=broken)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), torch.no_grad():
+        got = model(input_ids=ids).logits
+        model(input_ids=ids)
+    if not torch.equal(want, got):
+        raise Failure("observing changed the model's output")
+    if obs.stats()["hook_errors"] != 2 or err.getvalue().count("extractor bug") != 1:
+        raise Failure(f"hook errors {obs.stats()['hook_errors']} (want 2), reported "
+                      f"{err.getvalue().count('extractor bug')} times on stderr (want 1)")
+    if "generate" not in vars(model):
+        raise Failure("generate() was not wrapped")
+    obs.close()
+    if "generate" in vars(model) or model._forward_hooks or model._forward_pre_hooks:
+        raise Failure("close() left hooks or the generate() wrapper behind")
+    calls = obs.stats()["moe_calls"]
+    with torch.no_grad():
+        model(input_ids=ids)
+    if obs.stats()["moe_calls"] != calls:
+        raise Failure("a closed observer still counts")
+    agent.close()
+
+
+def check_broken_extractor_counted():
+    """The extractor's exception is counted in stats()['hook_errors'] (not raised)."""
+    router = torch.nn.Linear(4, 4)
+    agent = inferscope.Agent(collector="")
+    obs = inferscope.torch.observe(router, agent, requests=False)
+
+    def broken(*_):
+        raise RuntimeError("extractor bug")
+    obs.watch_moe(router, layer=0, num_experts=4, indices=broken)
+    with contextlib.redirect_stderr(io.StringIO()):
+        for _ in range(3):
+            router(torch.randn(2, 4))
+    if obs.stats()["hook_errors"] != 3:
+        raise Failure(f"hook_errors {obs.stats()['hook_errors']}, want 3")
+    obs.close()
+    agent.close()
+
+
+def main():
+    global inferscope
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--build-dir", required=True)
+    ap.add_argument("--library", required=True)
+    ap.add_argument("--python-dir", required=True)
+    args = ap.parse_args()
+    os.environ["INFERSCOPE_AGENT_LIBRARY"] = str(pathlib.Path(args.library).resolve())
+    sys.path.insert(0, str(pathlib.Path(args.python_dir).resolve()))
+    import inferscope as mod
+    import inferscope.torch  # noqa: F401
+    inferscope = mod
+    log(f"torch {torch.__version__}")
+
+    h = Harness(pathlib.Path(tempfile.mkdtemp(prefix="inferscope-torch-")))
+    failed = []
+    try:
+        collector = pathlib.Path(args.build_dir).resolve() / "collector" / "inferscope-collector"
+        _, addrs = h.start_collector(collector, "collector", [
+            "--window", "1s", "--hot-windows", "2", "--per-expert-metrics"])
+        checks = {
+            "counts_exact": lambda: check_counts_exact(addrs),
+            "injected_skew_named": lambda: check_injected_skew_named(addrs),
+            "memory_kv_and_ssm": lambda: check_memory_kv_and_ssm(addrs),
+            "multimodal_stages_and_requests": lambda: check_multimodal_stages_and_requests(addrs),
+            "explicit_api": lambda: check_explicit_api(addrs),
+            "hook_errors_never_reach_the_model": check_hook_errors_never_reach_the_model,
+            "broken_extractor_counted": check_broken_extractor_counted,
+        }
+        for name, check in checks.items():
+            try:
+                check()
+                log(f"ok   {name}")
+            except Exception as e:  # noqa: BLE001 -- any error fails this check, not the run
+                failed.append(name)
+                log(f"FAIL {name}: {type(e).__name__}: {e}")
+    finally:
+        if failed:
+            h.dump_logs()
+        h.close()
+    print("FAIL: " + ", ".join(failed) if failed else "PASS", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,451 @@
+"""inferscope.torch on real Hugging Face transformers models, on a GPU (scripts/gpu-check --python).
+
+For each MoE family (small random configs: routing, memory and timing are real, the text is
+gibberish) against a real inferscope-collector:
+  1. counts: the collector's per-layer, per-expert counts over whole generate() calls equal the
+     routing recomputed by THIS test from each router's input and weights with the family's
+     documented rule (softmax/top-k, or DeepSeek-V3's sigmoid + bias + group-limited top-k);
+  2. skew: a skew injected at one router (half the tokens pushed to one expert in the first MoE
+     layer; one expert pushed out of the last) opens exactly a hot and a dead episode naming
+     those layers and experts, nothing else;
+  3. Jamba (attention + Mamba + MoE): kv_cache and ssm_state bytes equal the cache tensors' bytes;
+  4. Llava with a Mixtral backbone: encoder / connector / prefill / decode stages per request.
+Then the overhead of observe() on generate() decode at batch 1 and 8, interleaved with the
+unobserved model in one run. Prints a table; JSON to --json. Without CUDA: SKIPPED.
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+
+sys.dont_write_bytecode = True
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "e2e"))
+sys.path.insert(0, str(HERE))
+from harness import Failure, Harness, log  # noqa: E402
+
+try:
+    import torch
+    import transformers
+except ImportError as e:
+    print(f"SKIPPED: {e}")
+    sys.exit(0)
+if not torch.cuda.is_available():
+    print("SKIPPED: no CUDA device")
+    sys.exit(0)
+
+from observe_checks import (episodes, expert_counts, scrape, series, wait_counts_equal,  # noqa: E402
+                            wait_for)
+
+inferscope = None
+DEV = "cuda"
+COMMON = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+              num_key_value_heads=2, head_dim=16, vocab_size=256, max_position_embeddings=512,
+              pad_token_id=0, eos_token_id=None, bos_token_id=1, tie_word_embeddings=False)
+FAMILIES = {
+    # name: (config class, model class, config overrides, routing rule)
+    "mixtral": ("MixtralConfig", "MixtralForCausalLM",
+                dict(num_local_experts=8, num_experts_per_tok=2), "topk"),
+    "qwen2_moe": ("Qwen2MoeConfig", "Qwen2MoeForCausalLM",
+                  dict(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=64,
+                       shared_expert_intermediate_size=64, decoder_sparse_step=1,
+                       mlp_only_layers=[]), "topk"),
+    "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM",
+                  dict(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=64,
+                       decoder_sparse_step=1, mlp_only_layers=[], norm_topk_prob=True), "topk"),
+    "olmoe": ("OlmoeConfig", "OlmoeForCausalLM",
+              dict(num_experts=8, num_experts_per_tok=2), "topk"),
+    "deepseek_v3": ("DeepseekV3Config", "DeepseekV3ForCausalLM",
+                    dict(n_routed_experts=8, num_experts_per_tok=2, n_group=2, topk_group=1,
+                         first_k_dense_replace=1, n_shared_experts=1, moe_intermediate_size=64,
+                         kv_lora_rank=32, q_lora_rank=32, qk_rope_head_dim=16,
+                         qk_nope_head_dim=16, v_head_dim=16, num_key_value_heads=4,
+                         num_hidden_layers=4, routed_scaling_factor=1.0,
+                         norm_topk_prob=True), "sigmoid_group"),
+    "jamba": ("JambaConfig", "JambaForCausalLM",
+              dict(num_experts=8, num_experts_per_tok=2, num_hidden_layers=4, attn_layer_period=2,
+                   attn_layer_offset=1, expert_layer_period=2, expert_layer_offset=1,
+                   mamba_d_state=16, mamba_d_conv=4, mamba_expand=2, mamba_dt_rank=8,
+                   use_mamba_kernels=False), "topk"),
+    "llama4_text": ("Llama4TextConfig", "Llama4ForCausalLM",
+                    dict(num_local_experts=8, num_experts_per_tok=1, interleave_moe_layer_step=1,
+                         intermediate_size=64, intermediate_size_mlp=128, attention_chunk_size=64,
+                         no_rope_layers=[1, 1, 1], use_qk_norm=False), "topk"),
+}
+
+
+# [SECTION] building models --------------------------------------------------------------
+
+def build(name):
+    cfg_cls, model_cls, overrides, _ = FAMILIES[name]
+    cfg = getattr(transformers, cfg_cls)(**{**COMMON, **overrides})
+    torch.manual_seed(0)
+    model = getattr(transformers, model_cls)(cfg)
+    return model.to(DEV, torch.float32).eval()
+
+
+def build_llava():
+    text = transformers.MixtralConfig(**{**COMMON, "num_local_experts": 8,
+                                         "num_experts_per_tok": 2})
+    vision = transformers.CLIPVisionConfig(hidden_size=64, intermediate_size=128,
+                                           num_hidden_layers=2, num_attention_heads=4,
+                                           image_size=32, patch_size=8, projection_dim=64)
+    cfg = transformers.LlavaConfig(vision_config=vision, text_config=text, image_token_index=250,
+                                   vision_feature_select_strategy="default",
+                                   vision_feature_layer=-1, image_seq_length=16)
+    torch.manual_seed(0)
+    model = transformers.LlavaForConditionalGeneration(cfg)
+    return model.to(DEV, torch.float32).eval()
+
+
+def routers(model):
+    """[(layer, block, router)]: this test's own search (not inferscope's): a module holding
+    `experts` and a `gate`/`router` whose weight is [experts, hidden]."""
+    import re
+    out = []
+    for name, mod in model.named_modules():
+        r = getattr(mod, "gate", None) or getattr(mod, "router", None)
+        w = getattr(r, "weight", None)
+        m = re.search(r"layers\.(\d+)\.", name + ".")
+        if hasattr(mod, "experts") and isinstance(w, torch.Tensor) and w.dim() == 2 and m:
+            out.append((int(m.group(1)), mod, r))
+    return out
+
+
+def find_bias(block, router):
+    for obj in (router, block):
+        b = getattr(obj, "e_score_correction_bias", None)
+        if isinstance(b, torch.Tensor):
+            return b
+    return None
+
+
+class Truth:
+    """The routing each router's input implies, recomputed here in fp32 from its weights."""
+
+    def __init__(self, model, rule, cfg):
+        self.rule, self.cfg = rule, cfg
+        self.counts, self.near_ties, self.handles = {}, 0, []
+        self.layers = routers(model)
+        for layer, block, router in self.layers:
+            self.handles.append(router.register_forward_pre_hook(
+                lambda m, args, layer=layer, block=block: self.record(layer, block, m, args[0])))
+
+    def record(self, layer, block, router, h):
+        h = h.reshape(-1, h.shape[-1]).float()
+        w = router.weight.float()
+        logits = h @ w.t()
+        if getattr(router, "bias", None) is not None and isinstance(router.bias, torch.Tensor):
+            logits = logits + router.bias.float()
+        e = w.shape[0]
+        k = getattr(self.cfg, "num_experts_per_tok", None) or 2
+        if self.rule == "sigmoid_group":
+            scores = torch.sigmoid(logits)
+            bias = find_bias(block, router)
+            choice = scores + (bias.float() if bias is not None else 0)
+            g = self.cfg.n_group
+            group_scores = choice.view(-1, g, e // g).topk(2, dim=-1).values.sum(-1)
+            keep = group_scores.topk(self.cfg.topk_group, dim=-1).indices
+            mask = torch.zeros_like(group_scores).scatter_(1, keep, 1.0)
+            mask = mask.unsqueeze(-1).expand(-1, g, e // g).reshape(-1, e)
+            choice = choice.masked_fill(mask == 0, 0.0)
+            top = choice.topk(k + 1, dim=-1).values
+        else:
+            choice = logits
+            top = logits.topk(min(k + 1, e), dim=-1).values
+        ids = choice.topk(k, dim=-1).indices
+        if k < e:  # how many tokens sit on a top-k boundary tie (within fp32 noise)
+            self.near_ties += int(((top[:, k - 1] - top[:, k]).abs() < 1e-5).sum())
+        c = torch.bincount(ids.reshape(-1), minlength=e).cpu()
+        prev = self.counts.get(layer)
+        self.counts[layer] = c if prev is None else prev + c
+
+    def as_dict(self):
+        return {layer: {i: int(v) for i, v in enumerate(c.tolist()) if v}
+                for layer, c in self.counts.items()}
+
+    def close(self):
+        for h in self.handles:
+            h.remove()
+
+
+def inject_skew(model, hot, dead):
+    """Pre-hooks on two routers: hidden dim 0 is replaced by an indicator (every other token
+    for `hot`, every token for `dead`) and the router's weight column 0 makes that indicator
+    push one expert up (+30) or down (-30); the other experts do not see it."""
+    handles = []
+    for layer, expert, push, every in ((hot[0], hot[1], 30.0, 2), (dead[0], dead[1], -30.0, 1)):
+        _, _, router = next(x for x in routers(model) if x[0] == layer)
+        with torch.no_grad():
+            router.weight[:, 0] = 0
+            router.weight[expert, 0] = push
+
+        def pre(m, args, every=every):
+            h = args[0].clone()
+            flat = h.view(-1, h.shape[-1])
+            flat[:, 0] = 0
+            flat[::every, 0] = 1.0
+            return (h,) + tuple(args[1:])
+        handles.append(router.register_forward_pre_hook(pre))
+    return handles
+
+
+def prompt(batch, length, seed=0, vocab=250):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(2, vocab, (batch, length), generator=g).to(DEV)
+
+
+def generate(model, ids, new, **kw):
+    return model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new,
+                          min_new_tokens=new, do_sample=False, **kw)
+
+
+# [SECTION] checks -------------------------------------------------------------------------
+
+def check_family(addrs, name, results):
+    model = build(name)
+    rule = FAMILIES[name][3]
+    cfg = getattr(model.config, "text_config", None) or model.config
+    agent = inferscope.Agent(collector=addrs["ingest"], service=name)
+    obs = inferscope.torch.observe(model, agent, model_name=name)
+    truth = Truth(model, rule, cfg)
+    res = results.setdefault(name, {})
+    res["found_layers"] = [(e.layer, e.num_experts, e.top_k, e.source) for e in obs.layers]
+    res["truth_layers"] = [layer for layer, _, _ in truth.layers]
+    if sorted(e.layer for e in obs.layers) != sorted(res["truth_layers"]):
+        raise Failure(f"{name}: observed layers {res['found_layers']}, routers at "
+                      f"{res['truth_layers']}")
+    with torch.no_grad():
+        generate(model, prompt(2, 12), 16)
+        generate(model, prompt(3, 7, seed=1), 9)
+    obs.flush(30)
+    want = truth.as_dict()
+    res["assignments"] = sum(sum(v.values()) for v in want.values())
+    res["near_ties"] = truth.near_ties
+    try:
+        wait_counts_equal(addrs["metrics"], name, want)
+        res["counts"] = "equal"
+    except Failure as e:
+        res["counts"] = f"DIFFER ({truth.near_ties} near-tie tokens)"
+        raise Failure(f"{e} [near-tie tokens: {truth.near_ties}]") from None
+    finally:
+        truth.close()
+        obs.close()
+        agent.close()
+    res["stats"] = obs.stats()
+
+    # The injected skew, on a fresh model with its own name
+    model = build(name)
+    moe_layers = sorted(layer for layer, _, _ in routers(model))
+    hot, dead = (moe_layers[0], 5), (moe_layers[-1], 3)
+    if hot[0] == dead[0]:
+        raise Failure(f"{name}: needs two MoE layers for the skew check")
+    handles = inject_skew(model, hot, dead)
+    skew_name = f"{name}-skew"
+    agent = inferscope.Agent(collector=addrs["ingest"], service=skew_name)
+    obs = inferscope.torch.observe(model, agent, model_name=skew_name)
+    want_eps = sorted([("hot", hot[0], hot[1]), ("dead", dead[0], dead[1])])
+    got = []
+    t0 = time.time()
+    seed = 0
+    while time.time() - t0 < 60:  # liveness only: windows close once a second
+        seed += 1
+        with torch.no_grad():
+            generate(model, prompt(8, 16, seed=seed), 8)
+        obs.flush(10)
+        got = episodes(scrape(addrs["metrics"]), skew_name)
+        if got == want_eps:
+            break
+    for h in handles:
+        h.remove()
+    obs.close()
+    agent.close()
+    res["episodes"] = got
+    if got != want_eps:
+        raise Failure(f"{name}: episodes {got}, want exactly {want_eps}")
+
+
+def check_jamba_memory(addrs, results):
+    model = build("jamba")
+    agent = inferscope.Agent(collector=addrs["ingest"], service="jamba-mem")
+    obs = inferscope.torch.observe(model, agent, model_name="jamba-mem")
+    with torch.no_grad():
+        out = generate(model, prompt(2, 10), 6, return_dict_in_generate=True)
+    obs.flush(30)
+    cache = out.past_key_values
+    kv, ssm, layout = explicit_cache_bytes(cache)
+    results["jamba_memory"] = {"kv_bytes": kv, "ssm_bytes": ssm, "layout": layout,
+                               "walker": list(inferscope.torch.cache_bytes(cache))}
+    if kv == 0 or ssm == 0:
+        raise Failure(f"jamba cache layout not understood by the test: {layout}")
+
+    def shows(samples):
+        got = {lab["kind"]: v for lab, v in series(samples, "inferscope_memory_used_bytes",
+                                                    model="jamba-mem")}
+        results["jamba_memory"]["collector"] = got
+        return got.get("kv_cache") == kv and got.get("ssm_state") == ssm
+    wait_for(addrs["metrics"], f"jamba kv {kv} ssm {ssm}", shows)
+    obs.close()
+    agent.close()
+
+
+def explicit_cache_bytes(cache):
+    """The cache's tensors by the layouts transformers uses, spelled out (not inferscope's
+    walker): per-layer objects with keys/values and conv/ssm/recurrent states, or lists."""
+    def nbytes(ts):
+        return sum(t.numel() * t.element_size() for t in ts if isinstance(t, torch.Tensor))
+    layout = type(cache).__name__
+    kv = ssm = 0
+    layers = getattr(cache, "layers", None)
+    if layers:
+        for lyr in layers:
+            layout += f" {type(lyr).__name__}"
+            kv += nbytes([getattr(lyr, "keys", None), getattr(lyr, "values", None)])
+            ssm += nbytes([getattr(lyr, a, None) for a in ("conv_states", "ssm_states",
+                                                          "recurrent_states", "conv_state",
+                                                          "ssm_state", "recurrent_state")])
+    for a in ("key_cache", "value_cache"):
+        kv += nbytes(getattr(cache, a, []) or [])
+    for a in ("conv_states", "ssm_states"):
+        v = getattr(cache, a, None)
+        if isinstance(v, torch.Tensor):
+            ssm += nbytes([v])
+        elif v:
+            ssm += nbytes(v)
+    return kv, ssm, layout
+
+
+def check_llava_stages(addrs, results):
+    model = build_llava()
+    agent = inferscope.Agent(collector=addrs["ingest"], service="llava-mixtral")
+    obs = inferscope.torch.observe(model, agent, model_name="llava-mixtral")
+    img = model.config.image_token_index
+    text = prompt(2, 8)
+    ids = torch.cat([torch.full((2, 16), img, device=DEV), text], dim=1)
+    pixels = torch.randn(2, 3, 32, 32, device=DEV)
+    with torch.no_grad():
+        for _ in range(2):
+            generate(model, ids, 6, pixel_values=pixels)
+    obs.flush(30)
+    got = {}
+
+    def shows(samples):
+        got.update({lab["stage"]: v for lab, v in series(
+            samples, "inferscope_stage_duration_seconds_count", model="llava-mixtral")})
+        gpu = {lab["stage"]: v for lab, v in series(
+            samples, "inferscope_stage_gpu_seconds_total", model="llava-mixtral")}
+        results["llava_stages"] = {"count": dict(got), "gpu_seconds": gpu,
+                                   "moe_layers": [e.layer for e in obs.layers]}
+        return (got.get("encoder") == 2 and got.get("connector") == 2 and
+                got.get("backbone_prefill") == 2 and got.get("backbone_decode") == 10)
+    wait_for(addrs["metrics"], "2 encoder / connector / prefill and 10 decode stages", shows)
+    if not obs.layers:
+        raise Failure("no MoE layer found in Llava's Mixtral backbone")
+    obs.close()
+    agent.close()
+
+
+# [SECTION] overhead -----------------------------------------------------------------------
+
+def overhead(addrs, results, rounds):
+    """Decode tokens/s of generate() with and without observe(), interleaved, same model."""
+    cfg = transformers.Qwen3MoeConfig(hidden_size=1024, intermediate_size=2048,
+                                      moe_intermediate_size=512, num_hidden_layers=12,
+                                      num_attention_heads=16, num_key_value_heads=4, head_dim=64,
+                                      num_experts=64, num_experts_per_tok=8, vocab_size=32000,
+                                      decoder_sparse_step=1, mlp_only_layers=[],
+                                      max_position_embeddings=4096, pad_token_id=0,
+                                      eos_token_id=None)
+    torch.manual_seed(0)
+    model = transformers.Qwen3MoeForCausalLM(cfg).to(DEV, torch.bfloat16).eval()
+    agent = inferscope.Agent(collector=addrs["ingest"], service="overhead")
+    out = {}
+    for batch in (1, 8):
+        ids = prompt(batch, 32, vocab=32000)
+        new = 64
+
+        def run():
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                generate(model, ids, new)
+            torch.cuda.synchronize()
+            return batch * new / (time.perf_counter() - t0)
+        run()  # warm-up
+        off, on = [], []
+        for _ in range(rounds):
+            off.append(run())
+            obs = inferscope.torch.observe(model, agent, model_name="overhead")
+            on.append(run())
+            obs.close()
+        o, n = statistics.median(off), statistics.median(on)
+        out[f"b{batch}"] = {"off_tok_s": o, "observed_tok_s": n,
+                            "overhead_pct": 100 * (o - n) / o, "off": off, "observed": on}
+        log(f"overhead b{batch}: off {o:.1f} tok/s, observed {n:.1f} tok/s "
+            f"({100 * (o - n) / o:+.2f} %)")
+    agent.close()
+    results["overhead"] = out
+
+
+def main():
+    global inferscope
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--build-dir", required=True)
+    ap.add_argument("--library", required=True)
+    ap.add_argument("--python-dir", required=True)
+    ap.add_argument("--json")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--only", default="")
+    args = ap.parse_args()
+    os.environ["INFERSCOPE_AGENT_LIBRARY"] = str(pathlib.Path(args.library).resolve())
+    sys.path.insert(0, str(pathlib.Path(args.python_dir).resolve()))
+    import inferscope as mod
+    import inferscope.torch  # noqa: F401
+    inferscope = mod
+    log(f"torch {torch.__version__} transformers {transformers.__version__} "
+        f"{torch.cuda.get_device_name()}")
+    results = {"torch": torch.__version__, "transformers": transformers.__version__,
+               "device": torch.cuda.get_device_name()}
+    h = Harness(pathlib.Path(tempfile.mkdtemp(prefix="inferscope-hf-")))
+    failed = []
+    try:
+        collector = pathlib.Path(args.build_dir).resolve() / "collector" / "inferscope-collector"
+        _, addrs = h.start_collector(collector, "collector", [
+            "--window", "1s", "--hot-windows", "2", "--per-expert-metrics"])
+        checks = {f"family.{n}": (lambda n=n: check_family(addrs, n, results)) for n in FAMILIES}
+        checks["jamba_memory"] = lambda: check_jamba_memory(addrs, results)
+        checks["llava_stages"] = lambda: check_llava_stages(addrs, results)
+        checks["overhead"] = lambda: overhead(addrs, results, args.rounds)
+        for name, check in checks.items():
+            if args.only and args.only not in name:
+                continue
+            try:
+                check()
+                log(f"ok   {name}")
+            except Exception as e:  # noqa: BLE001
+                failed.append(name)
+                results.setdefault("errors", {})[name] = traceback.format_exc()[-1500:]
+                log(f"FAIL {name}: {type(e).__name__}: {str(e)[:600]}")
+    finally:
+        if failed:
+            h.dump_logs()
+        h.close()
+        results["failed"] = failed
+        if args.json:
+            pathlib.Path(args.json).write_text(json.dumps(results, indent=1, default=str))
+    for n in FAMILIES:
+        r = results.get(n, {})
+        log(f"{n:12s} layers {r.get('found_layers')} counts {r.get('counts')} "
+            f"({r.get('assignments')} assignments) episodes {r.get('episodes')}")
+    print("FAIL: " + ", ".join(failed) if failed else "PASS", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
