@@ -224,6 +224,7 @@ Agent::Agent(Config config) {
       }
     }
     impl_->gpu = std::make_unique<detail::GpuTraceController>(*impl_);
+    impl_->gpu_live.store(impl_->gpu.get(), std::memory_order_release);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "inferscope agent: disabled: %s\n", e.what());
     impl_.reset();

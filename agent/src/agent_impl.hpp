@@ -54,6 +54,8 @@ struct Agent::Impl {
   std::unique_ptr<detail::Shipper> shipper;
   // GPU tracing modes, bursts and captures (gpu_trace/); always present.
   std::unique_ptr<detail::GpuTraceController> gpu;
+  // The same, published for the shipper thread (which starts before it exists).
+  std::atomic<detail::GpuTraceController*> gpu_live{nullptr};
   // CUPTI once loaded (owned by gpu, never unset while the agent lives):
   // ScopedRange reads it on every range.
   std::atomic<detail::CuptiTracer*> tracer{nullptr};

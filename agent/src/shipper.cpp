@@ -431,8 +431,8 @@ void Shipper::on_control_message() {
     captures_received.fetch_add(1, std::memory_order_relaxed);
     // Counted (started / refused) by the GPU-trace scheduler; the answer
     // travels in the next AgentHealth.
-    if (impl_.gpu)
-      impl_.gpu->request_capture(r->steps, std::chrono::milliseconds(r->duration_ms), r->tag());
+    if (GpuTraceController* gpu = impl_.gpu_live.load(std::memory_order_acquire))
+      gpu->request_capture(r->steps, std::chrono::milliseconds(r->duration_ms), r->tag());
   }
   control_in_.clear();
   control_need_ = 0;
@@ -556,8 +556,8 @@ void Shipper::add_health(wire::FrameEncoder& enc) {
   h.reconnects = reconnects.load(std::memory_order_relaxed);
   h.bytes_sent = bytes_sent.load(std::memory_order_relaxed);
   h.records_unconfirmed = records_unconfirmed.load(std::memory_order_relaxed);
-  if (impl_.gpu) {
-    const GpuTraceStats g = impl_.gpu->stats();
+  if (GpuTraceController* gpu = impl_.gpu_live.load(std::memory_order_acquire)) {
+    const GpuTraceStats g = gpu->stats();
     h.gpu = {static_cast<uint8_t>(g.mode), g.bursts_started,       g.bursts_finished,
              g.captures_requested,         g.captures_started,     g.captures_refused_busy,
              g.captures_refused_cooldown,  g.captures_refused_off, g.captures_completed,
