@@ -25,6 +25,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <map>
@@ -452,10 +453,19 @@ int main(int argc, char** argv) {
     // 3./4. observability overhead and CUPTI attribution
     Sink sink;
     const int reqs = 8, max_new = quick ? 32 : 192;
+    // INFERSCOPE_GPU_TRACE_KINDS picks the CUPTI kinds of every traced run here
+    // (default: kernel + launch callbacks), e.g. to compare the attribution of the
+    // old external-correlation path: kernel,runtime,extcorr.
+    uint32_t trace_kinds = inferscope::agent::kGpuTraceDefaultKinds;
+    if (const char* k = std::getenv("INFERSCOPE_GPU_TRACE_KINDS"))
+      if (!inferscope::agent::parse_gpu_trace_kinds(k, trace_kinds))
+        std::fprintf(stderr, "gpu_bench: ignoring INFERSCOPE_GPU_TRACE_KINDS=%s\n", k);
+    out["gpu_trace_kinds"] = trace_kinds;
     auto make_tel = [&](bool cupti) {
       inferscope::agent::Config ac;
       ac.collector = sink.address();
       ac.cupti = cupti;
+      ac.gpu_trace_kinds = trace_kinds;
       return std::make_unique<ie::Telemetry>(ac, cfg);
     };
     run_engine(model, nullptr, reqs, 8, true);  // warm-up
@@ -498,6 +508,7 @@ int main(int argc, char** argv) {
       ac.collector = sink.address();
       ac.gpu_trace = inferscope::agent::GpuTraceMode::kSampled;
       ac.gpu_trace_period = period;
+      ac.gpu_trace_kinds = trace_kinds;
       auto tel = std::make_unique<ie::Telemetry>(ac, cfg);
       std::vector<double> v;
       const int64_t t0 = inferscope::agent::now_ns();
