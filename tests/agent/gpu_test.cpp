@@ -173,6 +173,59 @@ TEST(AgentGpu, TriggeredCaptureAttributesDriverLaunchesAndSwitchesOffCleanly) {
   EXPECT_EQ(g.captures_completed, 1u);
 }
 
+// Issue 19 part 5: kernels replayed from a CUDA graph are attributed to the
+// range that was open when the graph was captured, not to the replay's.
+TEST(AgentGpu, GraphReplayedKernelsKeepTheRangeOfTheirCapture) {
+  SKIP_WITHOUT_GPU();
+  TestCollector collector;
+  const uint32_t captured_in = intern("gpu.test.graph.capture");
+  const uint32_t replayed_in = intern("gpu.test.graph.replay");
+  const uint32_t range_key = intern("range");
+  constexpr int kN = 1 << 16;
+  float* d = nullptr;
+  ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&d), kN * sizeof(float)), cudaSuccess);
+  cudaStream_t stream;
+  ASSERT_EQ(cudaStreamCreate(&stream), cudaSuccess);
+  cudaGraphExec_t exec = nullptr;
+  {
+    Config cfg;
+    cfg.collector = collector.address();
+    cfg.flush_interval = 5ms;
+    cfg.gpu_trace = GpuTraceMode::kFull;
+    Agent agent(cfg);
+    ASSERT_TRUE(agent.cupti_active()) << "CUPTI did not start (see stderr)";
+    for (int i = 0; i < 20'000 && !agent.stats().gpu.tracing; ++i) std::this_thread::sleep_for(1ms);
+    {
+      ScopedRange r(agent, captured_in);
+      cudaGraph_t graph = nullptr;
+      ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+      for (int i = 0; i < 2; ++i)
+        ASSERT_EQ(testing::launch_scale(d, kN, 1.0f, stream), cudaSuccess);
+      ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
+      ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+      cudaGraphDestroy(graph);
+    }
+    {
+      ScopedRange r(agent, replayed_in);
+      for (int i = 0; i < 3; ++i) ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
+      ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+    }
+    ASSERT_TRUE(agent.flush(20s));
+  }
+  cudaGraphExecDestroy(exec);
+  cudaStreamDestroy(stream);
+  cudaFree(d);
+  ASSERT_TRUE(collector.wait_closed(0, 20s));
+  size_t kernels = 0, in_capture_range = 0;
+  for (auto& s : only<wire::Span>(collector.records())) {
+    if (s.category != wire::SpanCategory::kKernel) continue;
+    ++kernels;
+    if (arg(s, range_key) == captured_in) ++in_capture_range;
+  }
+  EXPECT_EQ(kernels, 6u) << "3 replays x 2 kernels (capture launches nothing)";
+  EXPECT_EQ(in_capture_range, 6u);
+}
+
 TEST(AgentGpu, DeviceExpertCountsEqualACpuCount) {
   SKIP_WITHOUT_GPU();
   TestCollector collector;

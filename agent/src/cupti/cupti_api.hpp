@@ -41,7 +41,8 @@ namespace inferscope::agent::detail {
   X(cuptiSubscribe, false)                         \
   X(cuptiUnsubscribe, false)                       \
   X(cuptiEnableCallback, false)                    \
-  X(cuptiEnableDomain, false)
+  X(cuptiEnableDomain, false)                      \
+  X(cuptiGetGraphNodeId, false)
 
 struct CuptiApi {
 #define INFERSCOPE_CUPTI_MEMBER(name, required) decltype(&::name) name = nullptr;

@@ -26,6 +26,16 @@
 //                     carry the arg "range" = the enclosing range's name id, and
 //                     the tracer sums kernel time per range name
 //                     (Agent::gpu_time_by_range()).
+// [SECTION] Graphs    Kernels replayed from a CUDA graph are launched by one
+//                     cudaGraphLaunch, so the launch table would give them all
+//                     the range around the replay. Instead, the resource
+//                     callbacks GRAPHNODE_CREATED (on the capturing thread, inside
+//                     the captured launch) record graph node id -> the range open
+//                     then, and GRAPHNODE_CLONED (instantiation copies nodes)
+//                     carries it to the clone; a kernel record with a
+//                     graphNodeId takes that range first. These callbacks stay
+//                     on between bursts: they fire per node created (at capture
+//                     and instantiation), never per launch. Bounded map.
 // [SECTION] Switching enable() turns on only the configured kinds and the
 //                     launch callbacks; disable() turns each kind off, flushes
 //                     (forced) and disables both callback domains, keeping the
@@ -50,8 +60,9 @@ constexpr size_t kBufferBytes = 1u << 20;
 constexpr size_t kPoolBuffers = 16;
 constexpr size_t kMaxCorrelations = 1u << 16;  // pending runtime-call -> range links
 constexpr CUpti_ExternalCorrelationKind kExternalKind = CUPTI_EXTERNAL_CORRELATION_KIND_CUSTOM0;
-constexpr size_t kLaunchSlots = 1u << 17;  // correlation id -> range, by id modulo
-constexpr uint32_t kMaxRangeDepth = 64;    // deeper ranges are not attributed separately
+constexpr size_t kLaunchSlots = 1u << 17;    // correlation id -> range, by id modulo
+constexpr uint32_t kMaxRangeDepth = 64;      // deeper ranges are not attributed separately
+constexpr size_t kMaxGraphNodes = 1u << 16;  // graph node id -> range links kept
 
 // Each thread's open ranges (name_id << 32 | request low bits), innermost last.
 thread_local uint64_t tl_ranges[kMaxRangeDepth];
@@ -207,6 +218,14 @@ class Tracer final : public CuptiTracer {
         kinds_ &= ~uint32_t{kGpuLaunchCallbacks};
       } else {
         launches_ = std::make_unique<LaunchSlot[]>(kLaunchSlots);
+        // Graph capture usually happens once, long before any burst: these
+        // stay on for the tracer's life (per node created, not per launch).
+        if (api().cuptiGetGraphNodeId) {
+          api().cuptiEnableCallback(1, subscriber_, CUPTI_CB_DOMAIN_RESOURCE,
+                                    CUPTI_CBID_RESOURCE_GRAPHNODE_CREATED);
+          api().cuptiEnableCallback(1, subscriber_, CUPTI_CB_DOMAIN_RESOURCE,
+                                    CUPTI_CBID_RESOURCE_GRAPHNODE_CLONED);
+        }
       }
     }
     return true;
@@ -277,6 +296,7 @@ class Tracer final : public CuptiTracer {
     // The subscriber stays: CUPTI allows one per process, and unsubscribing
     // while a launch callback may still run on another thread is a race. Its
     // domains are off, so it costs nothing.
+    if (subscriber_) api().cuptiEnableDomain(0, subscriber_, CUPTI_CB_DOMAIN_RESOURCE);
     g_launch_tracer.store(nullptr, std::memory_order_release);
     std::lock_guard lock(g_mu);
     if (g_tracer == this) g_tracer = nullptr;
@@ -310,8 +330,12 @@ class Tracer final : public CuptiTracer {
 
  private:
   // A launch API's entry, on the launching thread: remember which range it is in.
-  static void CUPTIAPI on_callback(void*, CUpti_CallbackDomain, CUpti_CallbackId,
+  static void CUPTIAPI on_callback(void*, CUpti_CallbackDomain domain, CUpti_CallbackId id,
                                    const void* data) {
+    if (domain == CUPTI_CB_DOMAIN_RESOURCE) {
+      on_graph_node(id, static_cast<const CUpti_GraphData*>(data));
+      return;
+    }
     const auto* cb = static_cast<const CUpti_CallbackData*>(data);
     if (cb->callbackSite != CUPTI_API_ENTER || tl_range_depth == 0) return;
     Tracer* t = g_launch_tracer.load(std::memory_order_acquire);
@@ -320,6 +344,39 @@ class Tracer final : public CuptiTracer {
     LaunchSlot& slot = t->launches_[cb->correlationId % kLaunchSlots];
     slot.range.store(tl_ranges[top], std::memory_order_relaxed);
     slot.key.store(uint64_t{cb->correlationId} + 1, std::memory_order_release);
+  }
+
+  // A graph node created (during stream capture: on the capturing thread,
+  // inside the launch that made it) or cloned (instantiation).
+  static void on_graph_node(CUpti_CallbackId id, const CUpti_GraphData* g) {
+    Tracer* t = g_launch_tracer.load(std::memory_order_acquire);
+    if (!t || !g || !g->node) return;
+    uint64_t node = 0;
+    if (api().cuptiGetGraphNodeId(g->node, &node) != CUPTI_SUCCESS) return;
+    if (id == CUPTI_CBID_RESOURCE_GRAPHNODE_CREATED) {
+      if (tl_range_depth == 0) return;
+      t->remember_node(node, tl_ranges[std::min(tl_range_depth, kMaxRangeDepth) - 1]);
+    } else if (id == CUPTI_CBID_RESOURCE_GRAPHNODE_CLONED && g->originalNode) {
+      uint64_t original = 0;
+      if (api().cuptiGetGraphNodeId(g->originalNode, &original) != CUPTI_SUCCESS) return;
+      std::lock_guard lock(t->graph_mu_);
+      auto it = t->graph_ranges_.find(original);
+      if (it == t->graph_ranges_.end()) return;
+      const uint64_t range = it->second;
+      if (t->graph_ranges_.size() < kMaxGraphNodes) t->graph_ranges_[node] = range;
+    }
+  }
+  void remember_node(uint64_t node, uint64_t range) {
+    std::lock_guard lock(graph_mu_);
+    if (graph_ranges_.size() < kMaxGraphNodes) graph_ranges_[node] = range;
+  }
+  bool graph_range(uint64_t node, uint64_t& range) {
+    if (node == 0) return false;
+    std::lock_guard lock(graph_mu_);
+    auto it = graph_ranges_.find(node);
+    if (it == graph_ranges_.end()) return false;
+    range = it->second;
+    return true;
   }
 
   // The range a launch callback recorded for this correlation id, if any.
@@ -387,7 +444,7 @@ class Tracer final : public CuptiTracer {
           s.end_ns = ts(k->end);
           s.correlation_id = k->correlationId;
           ++counters_.kernels;
-          attribute(s, k->correlationId, true);
+          attribute(s, k->correlationId, true, k->graphNodeId);
           break;
         }
         case CUPTI_ACTIVITY_KIND_MEMCPY: {
@@ -446,9 +503,9 @@ class Tracer final : public CuptiTracer {
       counters_.dropped += dropped;
   }
 
-  void attribute(wire::Span& s, uint32_t correlation, bool is_kernel) {
+  void attribute(wire::Span& s, uint32_t correlation, bool is_kernel, uint64_t graph_node = 0) {
     uint64_t value = 0;
-    if (!launch_range(correlation, value)) {
+    if (!graph_range(graph_node, value) && !launch_range(correlation, value)) {
       auto it = correlation_.find(correlation);
       if (it == correlation_.end()) return;
       value = it->second;
@@ -483,6 +540,8 @@ class Tracer final : public CuptiTracer {
   uint32_t kinds_;
   CUpti_SubscriberHandle subscriber_ = nullptr;
   std::unique_ptr<LaunchSlot[]> launches_;
+  std::mutex graph_mu_;  // graph node id -> range (resource callbacks, buffer thread)
+  std::unordered_map<uint64_t, uint64_t> graph_ranges_;
   bool enabled_ = false;               // controller thread only
   std::atomic<uint64_t> tag_{0};       // goes on spans as "capture"
   std::atomic<bool> ext_push_{false};  // push external correlation ids in ranges
