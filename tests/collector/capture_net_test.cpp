@@ -145,6 +145,40 @@ TEST(CaptureNet, CollectorCooldownRefusesWithoutSending) {
   ::testing::internal::GetCapturedStderr();
 }
 
+// An episode the collector detects in a real agent's expert loads (one hot
+// expert, seven dead ones) makes it ask that agent for a capture, tagged with
+// the episode's id.
+TEST(CaptureNet, AnOpeningEpisodeAsksTheAgentForACapture) {
+  NoCupti no_cupti;
+  CollectorOptions o;
+  o.aggregation.window_ns = 20'000'000;  // 20 ms windows, by record timestamps
+  o.aggregation.windows = 1;
+  RunningCollector rc(o);
+  ::testing::internal::CaptureStderr();
+  agent::Config c = agent_config(rc.ingest, "episodic");
+  c.flush_interval = std::chrono::milliseconds(5);
+  c.model.top_k = 1;
+  c.model.layers.push_back({wire::LayerKind::kAttention, wire::FfnKind::kMoe, 8});
+  agent::Agent a(c);
+  const std::vector<uint32_t> skewed = {64, 0, 0, 0, 0, 0, 0, 0};
+  uint64_t step = 0;
+  ASSERT_TRUE(eventually([&] {
+    // Loads keep coming (as from a serving engine) until the request arrives.
+    for (int i = 0; i < 5; ++i) a.expert_load(++step, 0, skewed, 64, 0);
+    return a.stats().gpu.captures_requested >= 1;
+  }));
+  const agent::GpuTraceStats g = a.stats().gpu;
+  EXPECT_EQ(g.captures_started, 1u) << "one capture; later episodes fall in the cooldowns";
+  EXPECT_NE(g.last_capture_tag, 0u) << "tagged with the episode id";
+  EXPECT_TRUE(eventually([&] {
+    return find_series(rc.scrape(), "inferscope_collector_capture_requests_total",
+                       {"origin=\"episode\""})
+        .has_value();
+  }));
+  a.shutdown();
+  ::testing::internal::GetCapturedStderr();
+}
+
 TEST(CaptureNet, EndpointChecksItsInput) {
   CollectorOptions o;
   o.capture.http = "127.0.0.1:0";
