@@ -109,16 +109,18 @@ void GpuTraceController::apply(std::unique_lock<std::mutex>& lock) {
   if (want == on_ && (!want || tag == on_tag_)) return;
   CuptiTracer* t = tracer();
   lock.unlock();
+  bool enabled = false;
   if (t) {
     if (want)
-      t->enable(tag);  // also ends the previous window (a new tag) with a flush
+      enabled = t->enable(tag);  // also ends the previous window (a new tag) with a flush;
+                                 // false (counted in enable_errors) when CUPTI refused
     else
       t->disable();
   }
   lock.lock();
-  on_ = want;
+  on_ = want;  // not retried on failure: the next window tries again
   on_tag_ = tag;
-  cupti_on_.store(want && t != nullptr, std::memory_order_relaxed);
+  cupti_on_.store(enabled, std::memory_order_relaxed);
 }
 
 void GpuTraceController::run() {
