@@ -24,7 +24,12 @@ class Telemetry final : public ForwardObserver {
   ~Telemetry() override;
 
   agent::Agent& agent() { return *agent_; }
-  void set_step(uint64_t step) { step_ = step; }
+  // Called once per engine step: also a step boundary for the agent's
+  // step-counted GPU captures (docs/gpu.md; an atomic increment).
+  void set_step(uint64_t step) {
+    step_ = step;
+    agent_->gpu_step();
+  }
 
   // ForwardObserver: one CPU range per layer, one expert_load per MoE layer.
   void layer_begin(int32_t layer) override;
