@@ -8,6 +8,8 @@ packages=(
   prometheus-cpp-dev libimgui-dev libglfw3-dev libgl-dev
   libzstd-dev zlib1g-dev libasio-dev nlohmann-json3-dev libcli11-dev libopenblas-dev
   libgtest-dev libgmock-dev libbenchmark-dev
+  # the Perfetto export: protozero writes it; protoc + libprotobuf decode it in the tests
+  libprotozero-dev protobuf-compiler libprotobuf-dev
   prometheus prometheus-alertmanager
   xvfb xauth imagemagick x11-utils curl procps python3 fonts-dejavu-core
   # the Python package: its tests use numpy; pip + setuptools + wheel install it offline

@@ -12,6 +12,8 @@
 
 #include "agent_impl.hpp"
 #include "cupti/cupti_tracer.hpp"
+#include "gpu_trace/gpu_trace_controller.hpp"
+#include "inferscope/wire/capture.hpp"
 #include "intern.hpp"
 #include "nvtx.hpp"
 #include "shipper.hpp"
@@ -96,6 +98,10 @@ Agent::Impl::Impl(Config c) : config(std::move(c)) {
   if (!(config.span_sample_rate >= 0.0)) config.span_sample_rate = 0.0;  // also NaN
   config.span_sample_rate = std::min(config.span_sample_rate, 1.0);
   if (config.flush_interval.count() <= 0) config.flush_interval = std::chrono::milliseconds(1);
+  if (config.cupti && config.gpu_trace == GpuTraceMode::kOff)
+    config.gpu_trace = GpuTraceMode::kFull;
+  config.gpu_trace_burst = std::max(config.gpu_trace_burst, std::chrono::milliseconds(1));
+  config.gpu_trace_period = std::max(config.gpu_trace_period, config.gpu_trace_burst);
   if (config.reconnect_max_backoff.count() < 50)
     config.reconnect_max_backoff = std::chrono::milliseconds(50);
   nvtx = config.nvtx && detail::nvtx_available();
@@ -172,6 +178,8 @@ wire::Hello Agent::Impl::hello() const {
   }
   h.clock.realtime_minus_monotonic_ns = detail::realtime_minus_monotonic_ns();
   h.auth_token = config.auth_token;
+  // Capture requests are handled whatever the mode (off refuses and counts them).
+  h.capabilities = wire::kCapabilityCaptureRequests;
   return h;
 }
 
@@ -215,10 +223,8 @@ Agent::Agent(Config config) {
         impl_->enabled = false;
       }
     }
-    if (impl_->config.cupti) {
-      impl_->cupti = detail::CuptiTracer::start(*impl_);
-      impl_->cupti_on.store(impl_->cupti != nullptr);
-    }
+    impl_->gpu = std::make_unique<detail::GpuTraceController>(*impl_);
+    impl_->gpu_live.store(impl_->gpu.get(), std::memory_order_release);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "inferscope agent: disabled: %s\n", e.what());
     impl_.reset();
@@ -238,10 +244,7 @@ Agent::~Agent() {
 
 Stats Agent::shutdown() {
   if (impl_ && !impl_->shut_down.exchange(true)) {
-    if (impl_->cupti) {
-      impl_->cupti_on.store(false);
-      impl_->cupti->stop();  // flushes the last GPU activity into the rings
-    }
+    if (impl_->gpu) impl_->gpu->stop();  // flushes the last GPU activity into the rings
     if (impl_->shipper)
       impl_->shipper->stop();  // final drain and flush, bounded by shutdown_timeout
   }
@@ -343,7 +346,7 @@ bool Agent::flush(std::chrono::milliseconds timeout) {
   Impl* i = impl_.get();
   if (!i || !i->shipper) return true;
   try {
-    if (i->cupti) i->cupti->flush();
+    if (auto* t = i->tracer.load()) t->flush();
     return i->shipper->flush(timeout);
   } catch (...) {
     return false;
@@ -354,6 +357,10 @@ Stats Agent::stats() const {
   Stats s;
   const Impl* i = impl_.get();
   if (!i) return s;
+  if (i->gpu) {
+    s.gpu = i->gpu->stats();
+    s.cupti_records_dropped = s.gpu.records_dropped;
+  }
   const size_t n = i->slot_count.load(std::memory_order_acquire);
   for (size_t t = 0; t < n; ++t)
     for (size_t k = 0; k < detail::kKinds; ++k)
@@ -376,7 +383,6 @@ Stats Agent::stats() const {
   s.connected = i->shipper->connected.load();
   s.pending_bytes = i->shipper->pending_bytes.load();
   s.pending_high_water_bytes = i->shipper->pending_high_water.load();
-  if (i->cupti) s.cupti_records_dropped = i->cupti->dropped_records();
   return s;
 }
 
@@ -386,13 +392,40 @@ const Config& Agent::config() const {
 }
 
 bool Agent::cupti_active() const {
-  return impl_ && impl_->cupti_on.load();
+  return impl_ && impl_->tracer.load() != nullptr;
+}
+
+void Agent::set_gpu_trace_mode(GpuTraceMode mode) {
+  if (!impl_ || !impl_->gpu || static_cast<uint8_t>(mode) > 3) return;
+  try {
+    impl_->gpu->set_mode(mode);
+  } catch (...) {
+  }
+}
+
+GpuTraceMode Agent::gpu_trace_mode() const {
+  return impl_ && impl_->gpu ? impl_->gpu->mode() : GpuTraceMode::kOff;
+}
+
+void Agent::gpu_step() {
+  if (impl_ && impl_->gpu) impl_->gpu->step();
+}
+
+Agent::CaptureResult Agent::request_gpu_capture(uint32_t steps, std::chrono::milliseconds duration,
+                                                uint64_t tag) {
+  if (!impl_ || !impl_->gpu) return CaptureResult::kRefusedOff;
+  try {
+    return impl_->gpu->request_capture(steps, duration, tag);
+  } catch (...) {
+    return CaptureResult::kRefusedOff;
+  }
 }
 
 std::map<uint32_t, int64_t> Agent::gpu_time_by_range() const {
-  if (!impl_ || !impl_->cupti) return {};
+  detail::CuptiTracer* t = impl_ ? impl_->tracer.load() : nullptr;
+  if (!t) return {};
   try {
-    return impl_->cupti->gpu_time_by_range();
+    return t->gpu_time_by_range();
   } catch (...) {
     return {};
   }
@@ -429,9 +462,9 @@ ScopedRange::ScopedRange(Agent& agent, uint32_t name_id, uint64_t request_id)
     detail::nvtx_push(detail::nvtx_string(name_id));
     flags_ |= kNvtxPushed;
   }
-  if (i->cupti_on.load(std::memory_order_relaxed) && i->cupti) {
-    i->cupti->push_range(name_id, request_id);
-    flags_ |= kCuptiPushed;
+  if (detail::CuptiTracer* t = i->tracer.load(std::memory_order_relaxed)) {
+    flags_ |= kRangePushed;
+    if (t->push_range(name_id, request_id)) flags_ |= kCuptiPushed;
   }
   if (sampled_) start_ns_ = now_ns();  // no clock read for a range nobody records
 }
@@ -439,7 +472,8 @@ ScopedRange::ScopedRange(Agent& agent, uint32_t name_id, uint64_t request_id)
 ScopedRange::~ScopedRange() {
   if (!agent_) return;
   Agent::Impl* i = agent_->impl_.get();
-  if (flags_ & kCuptiPushed) i->cupti->pop_range();
+  if (flags_ & kRangePushed)
+    i->tracer.load(std::memory_order_relaxed)->pop_range(flags_ & kCuptiPushed);
   if (flags_ & kNvtxPushed) detail::nvtx_pop();
   --detail::tl_depth;
   if (sampled_) {

@@ -20,6 +20,7 @@ namespace inferscope::agent {
 namespace detail {
 class Shipper;
 class CuptiTracer;
+class GpuTraceController;
 }  // namespace detail
 
 struct Agent::Impl {
@@ -51,8 +52,13 @@ struct Agent::Impl {
   wire::Hello hello() const;  // with a fresh clock offset
 
   std::unique_ptr<detail::Shipper> shipper;
-  std::unique_ptr<detail::CuptiTracer> cupti;
-  std::atomic<bool> cupti_on{false};
+  // GPU tracing modes, bursts and captures (gpu_trace/); always present.
+  std::unique_ptr<detail::GpuTraceController> gpu;
+  // The same, published for the shipper thread (which starts before it exists).
+  std::atomic<detail::GpuTraceController*> gpu_live{nullptr};
+  // CUPTI once loaded (owned by gpu, never unset while the agent lives):
+  // ScopedRange reads it on every range.
+  std::atomic<detail::CuptiTracer*> tracer{nullptr};
   std::atomic<bool> shut_down{false};  // Agent::shutdown() ran
 };
 

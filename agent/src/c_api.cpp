@@ -17,6 +17,13 @@ struct inferscope_agent {
 // The last byte of opaque is kept free for the empty-range marker.
 static_assert(sizeof(ia::ScopedRange) < sizeof(inferscope_range::opaque));
 static_assert(alignof(ia::ScopedRange) <= 8);
+// The C enums are the C++ ones' values.
+static_assert(INFERSCOPE_GPU_TRACE_FULL == static_cast<int>(ia::GpuTraceMode::kFull));
+static_assert(INFERSCOPE_GPU_TRACE_TRIGGERED == static_cast<int>(ia::GpuTraceMode::kTriggered));
+static_assert(INFERSCOPE_CAPTURE_REFUSED_OFF ==
+              static_cast<int>(ia::Agent::CaptureResult::kRefusedOff));
+static_assert(INFERSCOPE_CAPTURE_REFUSED_COOLDOWN ==
+              static_cast<int>(ia::Agent::CaptureResult::kRefusedCooldown));
 
 namespace {
 // Marks a range whose agent was NULL, so end() knows there is nothing to destroy.
@@ -175,6 +182,49 @@ void inferscope_counter(inferscope_agent* agent, uint32_t name_id, double delta)
 
 void inferscope_gauge(inferscope_agent* agent, uint32_t name_id, double value) {
   if (agent) agent->agent.gauge(name_id, value);
+}
+
+int inferscope_set_gpu_trace_mode(inferscope_agent* agent, int mode) {
+  if (!agent || mode < INFERSCOPE_GPU_TRACE_OFF || mode > INFERSCOPE_GPU_TRACE_FULL) return -1;
+  agent->agent.set_gpu_trace_mode(static_cast<ia::GpuTraceMode>(mode));
+  return 0;
+}
+
+int inferscope_gpu_trace_mode(const inferscope_agent* agent) {
+  return agent ? static_cast<int>(agent->agent.gpu_trace_mode()) : INFERSCOPE_GPU_TRACE_OFF;
+}
+
+void inferscope_gpu_step(inferscope_agent* agent) {
+  if (agent) agent->agent.gpu_step();
+}
+
+int inferscope_request_gpu_capture(inferscope_agent* agent, uint32_t steps, uint32_t duration_ms,
+                                   uint64_t tag) {
+  if (!agent) return INFERSCOPE_CAPTURE_REFUSED_OFF;
+  return static_cast<int>(
+      agent->agent.request_gpu_capture(steps, std::chrono::milliseconds(duration_ms), tag));
+}
+
+void inferscope_agent_gpu_trace_stats(const inferscope_agent* agent,
+                                      inferscope_gpu_trace_stats* out) {
+  if (!out) return;
+  *out = inferscope_gpu_trace_stats{};
+  if (!agent) return;
+  const ia::GpuTraceStats g = agent->agent.stats().gpu;
+  out->mode = static_cast<int>(g.mode);
+  out->cupti_available = g.cupti_available ? 1 : 0;
+  out->tracing = g.tracing ? 1 : 0;
+  out->bursts_started = g.bursts_started;
+  out->bursts_finished = g.bursts_finished;
+  out->captures_requested = g.captures_requested;
+  out->captures_started = g.captures_started;
+  out->captures_refused_busy = g.captures_refused_busy;
+  out->captures_refused_cooldown = g.captures_refused_cooldown;
+  out->captures_refused_off = g.captures_refused_off;
+  out->captures_completed = g.captures_completed;
+  out->kernels_captured = g.kernels_captured;
+  out->kernels_attributed = g.kernels_attributed;
+  out->records_dropped = g.records_dropped;
 }
 
 }  // extern "C"

@@ -105,6 +105,29 @@ Config Config::from_environment(Config base) {
   read_ms("INFERSCOPE_PROTOCOL_ERROR_BACKOFF_MS", c.protocol_error_backoff, 1, 3'600'000);
   read_bool("INFERSCOPE_NVTX", c.nvtx);
   read_bool("INFERSCOPE_CUPTI", c.cupti);
+  if (const char* v = env("INFERSCOPE_GPU_TRACE")) {
+    if (!parse_gpu_trace_mode(v, c.gpu_trace))
+      complain("INFERSCOPE_GPU_TRACE", v, "off, sampled, triggered or full");
+  }
+  read_ms("INFERSCOPE_GPU_TRACE_BURST_MS", c.gpu_trace_burst, 1, 60'000);
+  uint64_t period_s = static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::seconds>(c.gpu_trace_period).count());
+  if (env("INFERSCOPE_GPU_TRACE_PERIOD_S")) {
+    read_uint("INFERSCOPE_GPU_TRACE_PERIOD_S", period_s, 1, 86'400);
+    c.gpu_trace_period = std::chrono::seconds(period_s);
+  }
+  if (const char* v = env("INFERSCOPE_GPU_TRACE_KINDS")) {
+    if (!parse_gpu_trace_kinds(v, c.gpu_trace_kinds))
+      complain("INFERSCOPE_GPU_TRACE_KINDS", v,
+               "a comma list of kernel,callbacks,memcpy,memset,runtime,driver,extcorr with kernel");
+  }
+  read_ms("INFERSCOPE_GPU_CAPTURE_MAX_MS", c.gpu_capture_max, 1, 600'000);
+  uint64_t cooldown_s = static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::seconds>(c.gpu_capture_cooldown).count());
+  if (env("INFERSCOPE_GPU_CAPTURE_COOLDOWN_S")) {
+    read_uint("INFERSCOPE_GPU_CAPTURE_COOLDOWN_S", cooldown_s, 0, 86'400);
+    c.gpu_capture_cooldown = std::chrono::seconds(cooldown_s);
+  }
   read_bool("INFERSCOPE_COMPRESS", c.compress);
   return c;
 }

@@ -6,7 +6,9 @@
 #include <random>
 
 #include "cupti/cupti_tracer.hpp"
+#include "gpu_trace/gpu_trace_controller.hpp"
 #include "inferscope/wire/ack.hpp"
+#include "inferscope/wire/capture.hpp"
 #include "intern.hpp"
 
 namespace inferscope::agent::detail {
@@ -332,6 +334,8 @@ void Shipper::disconnect() {
   stream_bytes_ = acked_bytes_ = 0;
   requeue_kept();  // written again on the next connection; the collector skips what it has
   ack_have_ = 0;
+  control_in_.clear();
+  control_need_ = 0;
   valid_ack_seen_ = false;
   ack_deadline_armed_ = false;
   ack_deadline_timer_.cancel();
@@ -383,11 +387,29 @@ void Shipper::start_read() {
       });
 }
 
+// The collector -> agent stream: 16-byte acknowledgements, and control
+// messages (wire/capture.hpp) that start with an 8-byte header giving their
+// length; a control message of a type this agent does not know is skipped.
 void Shipper::on_ack_bytes(const uint8_t* data, size_t n) {
   for (size_t i = 0; i < n; ++i) {
+    if (control_need_ > 0) {
+      control_in_.push_back(data[i]);
+      if (control_in_.size() == control_need_) on_control_message();
+      continue;
+    }
     ack_partial_[ack_have_++] = data[i];
     if (ack_have_ < wire::kAckBytes) continue;
     ack_have_ = 0;
+    uint32_t magic = 0;
+    std::memcpy(&magic, ack_partial_.data(), 4);
+    if (magic != wire::kAckMagic) {
+      if (auto h = wire::decode_control_header(ack_partial_)) {
+        control_in_.assign(ack_partial_.begin(), ack_partial_.end());
+        control_need_ = h->length;
+        if (control_in_.size() == control_need_) on_control_message();
+        continue;
+      }
+    }
     const auto bytes = wire::decode_ack(std::span<const uint8_t, wire::kAckBytes>(ack_partial_));
     if (!bytes) {
       not_a_collector("it answered \"" +
@@ -402,6 +424,18 @@ void Shipper::on_ack_bytes(const uint8_t* data, size_t n) {
     if (bytes->draining) drain_announced_ = true;
     retire_acknowledged();
   }
+}
+
+void Shipper::on_control_message() {
+  if (auto r = wire::decode_capture_request(control_in_)) {
+    captures_received.fetch_add(1, std::memory_order_relaxed);
+    // Counted (started / refused) by the GPU-trace scheduler; the answer
+    // travels in the next AgentHealth.
+    if (GpuTraceController* gpu = impl_.gpu_live.load(std::memory_order_acquire))
+      gpu->request_capture(r->steps, std::chrono::milliseconds(r->duration_ms), r->tag());
+  }
+  control_in_.clear();
+  control_need_ = 0;
 }
 
 // Kept frames the collector's latest acknowledgement covers are delivered. Also
@@ -522,6 +556,13 @@ void Shipper::add_health(wire::FrameEncoder& enc) {
   h.reconnects = reconnects.load(std::memory_order_relaxed);
   h.bytes_sent = bytes_sent.load(std::memory_order_relaxed);
   h.records_unconfirmed = records_unconfirmed.load(std::memory_order_relaxed);
+  if (GpuTraceController* gpu = impl_.gpu_live.load(std::memory_order_acquire)) {
+    const GpuTraceStats g = gpu->stats();
+    h.gpu = {static_cast<uint8_t>(g.mode), g.bursts_started,       g.bursts_finished,
+             g.captures_requested,         g.captures_started,     g.captures_refused_busy,
+             g.captures_refused_cooldown,  g.captures_refused_off, g.captures_completed,
+             g.kernels_captured,           g.kernels_attributed,   g.records_dropped};
+  }
   enc.add(wire::Record{h});
 }
 
@@ -679,8 +720,8 @@ std::array<uint64_t, kKinds> Shipper::dropped_by_kind() const {
     out[k] += pending_dropped[k].load(std::memory_order_relaxed);
   }
   // GPU activity CUPTI had no buffer for: spans that never reached a ring.
-  if (impl_.cupti)
-    out[static_cast<size_t>(wire::RecordKind::kSpan)] += impl_.cupti->dropped_records();
+  if (CuptiTracer* t = impl_.tracer.load())
+    out[static_cast<size_t>(wire::RecordKind::kSpan)] += t->dropped_records();
   return out;
 }
 

@@ -66,6 +66,7 @@ class Shipper {
   std::atomic<uint64_t> records_unconfirmed{0};  // see Stats
   std::atomic<uint64_t> records_undelivered{0};  // set when the shipper stops
   std::atomic<uint64_t> protocol_errors{0};
+  std::atomic<uint64_t> captures_received{0};  // capture requests read from the collector
   std::atomic<uint64_t> kept_bytes{0};
   std::atomic<bool> connected{false};
   std::atomic<uint64_t> pending_bytes{0};
@@ -95,6 +96,7 @@ class Shipper {
   void disconnect();
   void start_read();
   void on_ack_bytes(const uint8_t* data, size_t n);
+  void on_control_message();
   void on_peer_draining();
   void close_gracefully();
   void connection_broken();
@@ -155,7 +157,9 @@ class Shipper {
   uint64_t kept_records_ = 0;
   std::array<uint8_t, 16> ack_partial_{};  // wire::kAckBytes
   size_t ack_have_ = 0;
-  bool protocol_error_ = false;  // the next reconnect waits protocol_error_backoff
+  std::vector<uint8_t> control_in_;  // a control message being read (wire/capture.hpp)
+  size_t control_need_ = 0;          // its length; 0: none in progress
+  bool protocol_error_ = false;      // the next reconnect waits protocol_error_backoff
   bool protocol_error_said_ = false;
   bool peer_not_collector_ = false;  // the last peer failed the protocol: no last attempt at stop
   bool unreachable_said_ = false;

@@ -1,19 +1,30 @@
 // agent_gpu_bench: the overhead of CUPTI activity tracing on a kernel-heavy loop.
 //
 // BM_KernelLoop launches 1000 small kernels (axpy over `n` floats) inside one
-// ScopedRange per 100 launches, then synchronises; it is run with the agent's
-// CUPTI tracer off (cupti:0) and on (cupti:1), shipping to a loopback sink in
-// both cases. The ratio of the two is the tracing overhead. Skips (reports an
-// error) without a CUDA device. Run by scripts/gpu-check on an H100.
+// ScopedRange per 100 launches, then synchronises; the time per iteration in
+// microseconds is the time per kernel in nanoseconds. It runs once per "kind
+// set" (what CUPTI records, docs/gpu.md), shipping to a loopback sink in every
+// case, in this order:
+//   0 none            agent, GPU tracing off (the baseline)
+//   1 kernel          CONCURRENT_KERNEL only (no attribution)
+//   2 default         kernel + launch callbacks (runtime and driver): today's full mode
+//   3 kernel+ext      kernel + RUNTIME + EXTERNAL_CORRELATION: the old attribution path
+//   4 +driver         default + DRIVER activity records
+//   5 +memcpy/memset  default + MEMCPY + MEMSET
+//   6 old full        kernel, memcpy, memset, runtime, external correlation: the
+//                     full mode before issue 19 (the "before" figure)
+//   7 idle            triggered mode, no capture: CUPTI loaded, everything off
+//   8 none (after)    the baseline again, after all of the above in this process:
+//                     a rise over 0 is a cost that switching off left behind
+// The counter "attributed" is the share of captured kernels that carry a range.
+// Skips (reports an error) without a CUDA device. Run by scripts/gpu-check.
 #include <benchmark/benchmark.h>
-
 #include <cuda_runtime_api.h>
 
 #include <array>
+#include <asio.hpp>
 #include <memory>
 #include <thread>
-
-#include <asio.hpp>
 
 #include "bench_kernels.hpp"
 #include "inferscope/agent.hpp"
@@ -62,6 +73,27 @@ class DiscardSink {
 
 DiscardSink* g_sink = nullptr;
 
+struct KindSet {
+  const char* name;
+  ia::GpuTraceMode mode;
+  uint32_t kinds;
+};
+constexpr uint32_t kOldFull = ia::kGpuKernels | ia::kGpuMemcpy | ia::kGpuMemset | ia::kGpuRuntime |
+                              ia::kGpuExternalCorrelation;
+const KindSet kKindSets[] = {
+    {"none", ia::GpuTraceMode::kOff, ia::kGpuTraceDefaultKinds},
+    {"kernel", ia::GpuTraceMode::kFull, ia::kGpuKernels},
+    {"default", ia::GpuTraceMode::kFull, ia::kGpuTraceDefaultKinds},
+    {"kernel+runtime+extcorr", ia::GpuTraceMode::kFull,
+     ia::kGpuKernels | ia::kGpuRuntime | ia::kGpuExternalCorrelation},
+    {"default+driver", ia::GpuTraceMode::kFull, ia::kGpuTraceDefaultKinds | ia::kGpuDriver},
+    {"default+memcpy+memset", ia::GpuTraceMode::kFull,
+     ia::kGpuTraceDefaultKinds | ia::kGpuMemcpy | ia::kGpuMemset},
+    {"old full", ia::GpuTraceMode::kFull, kOldFull},
+    {"idle (triggered, no capture)", ia::GpuTraceMode::kTriggered, ia::kGpuTraceDefaultKinds},
+    {"none (after)", ia::GpuTraceMode::kOff, ia::kGpuTraceDefaultKinds},
+};
+
 void BM_KernelLoop(benchmark::State& state) {
   int devices = 0;
   if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
@@ -78,10 +110,13 @@ void BM_KernelLoop(benchmark::State& state) {
   {
     ia::Config cfg;
     cfg.collector = g_sink->address();
-    cfg.cupti = state.range(0) != 0;
     cfg.thread_buffer_bytes = 16u << 20;
+    const KindSet& set = kKindSets[state.range(0)];
+    cfg.gpu_trace = set.mode;
+    cfg.gpu_trace_kinds = set.kinds;
+    state.SetLabel(set.name);
     ia::Agent agent(cfg);
-    if (cfg.cupti && !agent.cupti_active()) {
+    if (cfg.gpu_trace != ia::GpuTraceMode::kOff && !agent.cupti_active()) {
       state.SkipWithError("CUPTI did not start");
     } else {
       const uint32_t name = ia::intern("bench.kernels");
@@ -97,19 +132,25 @@ void BM_KernelLoop(benchmark::State& state) {
       const ia::Stats s = agent.stats();
       state.counters["cupti_dropped"] = static_cast<double>(s.cupti_records_dropped);
       state.counters["sent"] = static_cast<double>(s.records_sent);
+      state.counters["kernels"] = static_cast<double>(s.gpu.kernels_captured);
+      state.counters["attributed"] =
+          s.gpu.kernels_captured
+              ? static_cast<double>(s.gpu.kernels_attributed) / s.gpu.kernels_captured
+              : 0.0;
     }
   }
   cudaFree(x);
   cudaFree(y);
 }
 
-// Args: {cupti off/on, floats per kernel}.
+// Args: {kind set (kKindSets), floats per kernel}. Small kernels show the
+// per-launch cost; the large ones whether it matters once kernels take time.
 BENCHMARK(BM_KernelLoop)
-    ->ArgNames({"cupti", "n"})
-    ->Args({0, 1 << 10})
-    ->Args({1, 1 << 10})
-    ->Args({0, 1 << 20})
-    ->Args({1, 1 << 20})
+    ->ArgNames({"kinds", "n"})
+    ->Apply([](benchmark::internal::Benchmark* b) {
+      for (int k = 0; k < 9; ++k) b->Args({k, 1 << 10});
+      for (int k : {0, 2, 6, 8}) b->Args({k, 1 << 20});
+    })
     ->Unit(benchmark::kMicrosecond)
     ->UseRealTime();
 

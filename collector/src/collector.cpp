@@ -8,6 +8,8 @@
 #include <ctime>
 #include <mutex>
 
+#include "capture/capture_http.hpp"
+#include "inferscope/collector/capture.hpp"
 #include "inferscope/collector/endpoint.hpp"
 #include "inferscope/collector/ingest_server.hpp"
 #include "inferscope/collector/trace_store.hpp"
@@ -51,6 +53,8 @@ struct Collector::Impl {
         pipeline(options, metrics, log_line),
         ingest(io, options, pipeline, metrics, log_line),
         viewers(io, options, pipeline, metrics, log_line),
+        captures(options.capture, pipeline.sources(), *metrics.registry),
+        capture_http(io, captures, steady_ns),
         timer(io) {}
 
   CollectorOptions options;
@@ -59,6 +63,8 @@ struct Collector::Impl {
   Pipeline pipeline;
   IngestServer ingest;
   ViewerServer viewers;
+  CaptureCoordinator captures;       // GPU captures asked of agents (docs/gpu.md)
+  detail::CaptureHttp capture_http;  // POST /capture, loopback only
   std::unique_ptr<TraceStore> store;
   std::unique_ptr<prometheus::Exposer> exposer;
   asio::steady_timer timer;
@@ -116,6 +122,7 @@ struct Collector::Impl {
     timer.cancel();
     ingest.stop();
     viewers.stop();
+    capture_http.stop();
     if (store) store->close();
   }
 };
@@ -164,6 +171,13 @@ bool Collector::start(std::string& error) {
       log_line("trace store: resuming " + std::to_string(s.store->recovered_sequences().size()) +
                " agent stream(s) found in the newest segments");
   }
+  s.captures.set_sender([&s](uint32_t source, std::vector<uint8_t> message) {
+    return s.ingest.send_control(source, std::move(message));
+  });
+  s.pipeline.set_alert_listener(
+      [&s](const wire::AlertEpisode& a) { s.captures.on_alert(a, steady_ns()); });
+  s.pipeline.set_health_listener(
+      [&s](const Source& source, const wire::AgentHealth& h) { s.captures.on_health(source, h); });
   s.pipeline.set_frame_sink([&s](const SharedFrame& frame) {
     if (s.store) s.store->write(*frame, s.pipeline.sink_frame_summary(), steady_ns());
     s.viewers.broadcast(frame);
@@ -208,6 +222,14 @@ bool Collector::start(std::string& error) {
     if (!s.viewers.listen(*ep, bound, error))
       return flag_error(error, "--viewer", s.options.viewer);
     s.lines.push_back("listening viewer " + bound.host + ":" + std::to_string(bound.port));
+  }
+  if (!s.options.capture.http.empty()) {
+    auto ep = parse_endpoint(s.options.capture.http, error);
+    if (!ep) return flag_error(error, "--capture-http", s.options.capture.http);
+    Endpoint bound;
+    if (!s.capture_http.listen(*ep, bound, error))
+      return flag_error(error, "--capture-http", s.options.capture.http);
+    s.lines.push_back("listening capture " + bound.host + ":" + std::to_string(bound.port));
   }
   return true;
 }

@@ -196,12 +196,22 @@ def row(lay, title):
 
 # [SECTION] Template variables ----------------------------------------------------
 
+def initial_current(multi=False, include_all=False):
+    # Grafana's VariableOption needs text and value (an empty `current: {}` does not
+    # type-check against @grafana/schema). "All" where there is one; otherwise
+    # nothing selected yet, which makes Grafana take the first option on load.
+    if include_all:
+        return {"selected": True, "text": ["All"] if multi else "All",
+                "value": ["$__all"] if multi else "$__all"}
+    return {"selected": False, "text": "", "value": ""}
+
+
 def query_var(name, label, query, multi=True, include_all=True, sort=1, hide=0):
     v = {
         "name": name, "label": label, "type": "query", "datasource": DS,
         "definition": query, "query": {"query": query, "refId": "PrometheusVariableQueryEditor"},
         "refresh": 2, "regex": "", "sort": sort, "multi": multi, "includeAll": include_all,
-        "hide": hide, "current": {}, "options": [],
+        "hide": hide, "current": initial_current(multi, include_all), "options": [],
     }
     if include_all:
         v["allValue"] = ".*"
@@ -215,7 +225,7 @@ def datasource_var():
     # variable; provisioning does not substitute __inputs).
     return {"name": "DS_PROMETHEUS", "label": "Prometheus", "type": "datasource",
             "query": "prometheus", "refresh": 1, "regex": "", "hide": 0,
-            "current": {}, "options": []}
+            "current": initial_current(), "options": []}
 
 
 def model_rank_layer_vars(metric, with_layer=True, focus_layer=False):
@@ -253,9 +263,14 @@ def dashboard(uid, title, description, panels, variables, panel_types, links_to)
             {"builtIn": 1, "datasource": {"type": "grafana", "uid": "-- Grafana --"},
              "enable": True, "hide": True, "iconColor": "rgba(0, 211, 255, 1)",
              "name": "Annotations & Alerts", "type": "dashboard"},
+            # Grafana's Prometheus annotation layout: the query (expr, and the step as
+            # interval) in target; title/text formats stay on the annotation, where the
+            # Prometheus datasource reads them (typecheck_dashboards.py).
             {"datasource": DS, "enable": True, "iconColor": "red", "name": "inferscope alerts",
-             "expr": 'ALERTS{alertname=~"Inferscope.*",alertstate="firing"}',
-             "step": "30s", "titleFormat": "{{alertname}}",
+             "target": {"refId": "Anno", "datasource": DS,
+                        "expr": 'ALERTS{alertname=~"Inferscope.*",alertstate="firing"}',
+                        "interval": "30s"},
+             "titleFormat": "{{alertname}}",
              "textFormat": "{{model}} rank {{rank}} layer {{layer}} expert {{expert}}",
              "useValueForTime": False},
         ]},
@@ -266,7 +281,7 @@ def dashboard(uid, title, description, panels, variables, panel_types, links_to)
                    "asDropdown": False, "tooltip": ""} for u, t in links_to],
         "liveNow": False,
         "panels": panels,
-        "refresh": "10s", "schemaVersion": 38, "style": "dark",
+        "refresh": "10s", "schemaVersion": 38,
         "tags": ["inferscope"],
         "templating": {"list": variables},
         "time": {"from": "now-30m", "to": "now"},

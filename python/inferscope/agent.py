@@ -255,6 +255,11 @@ class Agent:
                                          rerouted)
         del keep
 
+    def _expert_load_address(self, step, layer, address, n, tokens, dropped):
+        """inferscope.torch's per-step path: n uint32 counts at `address`, already checked."""
+        self._lib.inferscope_expert_load(self._handle, step, layer, address, n, tokens, dropped,
+                                         0)
+
     def _queue_cuda(self, step, layer, t, tokens, dropped, rerouted):
         import torch
         _check_1d(t.dim(), t.numel())

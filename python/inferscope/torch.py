@@ -26,6 +26,7 @@ import inspect
 import re
 import sys
 import threading
+import weakref
 
 import torch as _torch
 
@@ -50,19 +51,22 @@ _TOP_K_KEYS = ("num_experts_per_tok", "moe_topk", "top_k", "num_selected_experts
 # How an experts module's forward names the router's top-k ids (transformers 5 and others).
 _TOPK_ARG_NAMES = ("top_k_index", "topk_idx", "topk_ids", "top_k_indices", "topk_indices",
                    "selected_experts", "router_indices")
-_PENDING_STEPS = 8  # steps whose counts may be in flight to the host at once
+_PENDING_STEPS = 8
+_INDEX_DTYPES = (_torch.int64, _torch.int32)  # what index_add_ takes without a conversion
+_MEMORY_INTERVAL_NS = 50_000_000  # cache bytes at most every 50 ms (and at flush/generate end)  # steps whose counts may be in flight to the host at once
 
 
 class MoELayer:
     """One observed MoE layer: where its top-k ids come from and where they are counted."""
 
     __slots__ = ("name", "layer", "num_experts", "top_k", "source", "offset", "tokens", "trusted",
-                 "shared_experts")
+                 "shared_experts", "view")
 
     def __init__(self, name, layer, num_experts, top_k, source, trusted, shared_experts=0):
         self.name, self.layer, self.num_experts, self.top_k = name, layer, num_experts, top_k
         self.source, self.trusted, self.shared_experts = source, trusted, shared_experts
         self.offset = 0  # first bin of this layer in the step buffer
+        self.view = None  # its slice of the device buffer
         self.tokens = 0  # tokens routed through the layer in the current step (host-side)
 
     def __repr__(self):
@@ -107,6 +111,7 @@ class Observer:
         self._depth = 0  # nesting of the root forward (a model may call itself)
         self._counts = None  # device buffer: one bin per expert per layer + one overflow bin
         self._ones = None
+        self._ones_by_n = {}
         self._pending = []  # (step, host buffer, event or None, [(layer, tokens)])
         self._free_host = []
         self._stage_events = []  # (request_id, stage, start_ns, end_ns, start_ev, end_ev)
@@ -121,6 +126,9 @@ class Observer:
         self._layout = []  # experts per layer as described to the collector ([]: not sent)
         self._layer_ranges = layer_ranges
         self._memory = memory
+        self._memory_at = 0
+        self._memory_dirty = False
+        self._last_cache = None
         config = getattr(model, "config", None)
         self._config = config
         if moe == "auto":
@@ -184,6 +192,9 @@ class Observer:
     def flush(self, timeout=5.0):
         """Records every finished step (waits for their copies) and flushes the agent."""
         self._drain(wait=True)
+        self._resolve_stages(wait=True)
+        if self._memory_dirty:
+            self._report_memory(None, force=True)
         return self.agent.flush(timeout)
 
     def stats(self):
@@ -203,6 +214,9 @@ class Observer:
             self.model.__dict__.pop("generate", None)
         self._finish_step()
         self._drain(wait=True)
+        self._resolve_stages(wait=True)
+        if self._memory_dirty:
+            self._report_memory(None, force=True)
         if self._own_agent:
             self.agent.close()
 
@@ -337,8 +351,6 @@ class Observer:
         try:
             if not isinstance(ids, _torch.Tensor):
                 raise TypeError(f"top-k ids must be a tensor, not {type(ids).__name__}")
-            if ids.dtype.is_floating_point or ids.dtype == _torch.bool:
-                raise TypeError(f"top-k ids must be integers, not {ids.dtype}")
             counts = self._counts
             if counts is None or counts.device != ids.device:
                 counts = self._allocate(ids.device)
@@ -346,25 +358,38 @@ class Observer:
             n = flat.numel()
             if n == 0:
                 return
-            if flat.dtype != _torch.int64:
+            if flat.dtype not in _INDEX_DTYPES:
+                if flat.dtype.is_floating_point or flat.dtype == _torch.bool:
+                    raise TypeError(f"top-k ids must be integers, not {ids.dtype}")
                 flat = flat.to(_torch.int64)
             if not entry.trusted:
                 # Ids from outside: anything not in [0, E) lands in the layer's last bin
                 # (dropped) instead of tripping a device-side assert.
                 e = entry.num_experts
-                flat = flat.clamp(-1, e).remainder(e + 1)
-            ones = self._ones
-            if ones.numel() < n:
-                ones = self._ones = _torch.ones(max(n, 2 * ones.numel()), dtype=_torch.int64,
-                                                device=counts.device)
-            counts.narrow(0, entry.offset, entry.num_experts + 1).index_add_(0, flat, ones[:n])
+                flat = flat.to(_torch.int64).clamp(-1, e).remainder(e + 1)
+            ones = self._ones_by_n.get(n)
+            if ones is None:
+                ones = self._ones_slice(n, counts.device)
+            entry.view.index_add_(0, flat, ones)
             k = ids.shape[-1] if ids.dim() > 1 else (entry.top_k or 1)
             if entry.top_k is None:
                 entry.top_k = k
-            entry.tokens += n // k if k else n
+            entry.tokens += n // k
             self._stats["moe_calls"] += 1
         except Exception as e:  # noqa: BLE001 -- never into the model
             self._hook_error(f"MoE layer {entry.layer}", e)
+
+    def _ones_slice(self, n, device):
+        """A length-n view of a ones buffer, kept per n (a handful of batch shapes) so the hot
+        path makes no new tensor."""
+        if self._ones.numel() < n:
+            self._ones = _torch.ones(max(n, 2 * self._ones.numel()), dtype=_torch.int64,
+                                     device=device)
+            self._ones_by_n.clear()
+        if len(self._ones_by_n) >= 256:
+            self._ones_by_n.clear()
+        view = self._ones_by_n[n] = self._ones[:n]
+        return view
 
     def _allocate(self, device):
         return self._grow(device)
@@ -378,8 +403,11 @@ class Observer:
         if old is not None and old.device == device:
             counts[:old.numel()].copy_(old)
         self._counts = counts
+        for e in self.layers:  # each layer's slice: its experts, then one bin for dropped ids
+            e.view = counts.narrow(0, e.offset, e.num_experts + 1)
         if self._ones is None or self._ones.device != device:
             self._ones = _torch.ones(1024, dtype=_torch.int64, device=device)
+            self._ones_by_n = {}
         self._free_host = []  # pinned buffers of the old size are not reused
         return counts
 
@@ -451,26 +479,40 @@ class Observer:
                     return
                 event.synchronize()
             self._pending.pop(0)
-            values = host.numpy()
+            # One conversion per step; each layer is then one C call on a slice's address.
+            values = host.numpy().clip(0, 2**32 - 1).astype("uint32")
+            base = values.__array_interface__["data"][0]
             for layer, tokens in layers:
                 entry = self._by_layer[layer]
                 o, e = entry.offset, entry.num_experts
                 dropped = int(values[o + e])
                 if dropped:
                     self._stats["invalid_expert_ids"] += dropped
-                self.agent.expert_load(step, layer, values[o:o + e], tokens=min(tokens, 2**32 - 1),
-                                       dropped=min(dropped, 2**32 - 1))
+                self.agent._expert_load_address(step, layer, base + 4 * o, e,
+                                                min(tokens, 2**32 - 1), dropped)
             if event is not None and host.numel() == (self._counts.numel() if self._counts
                                                       is not None else -1):
                 self._free_host.append(host)
 
     # [SECTION] memory ----------------------------------------------------------------
 
-    def _report_memory(self, output):
+    def _report_memory(self, output, force=False):
         try:
-            cache = _cache_of(output)
+            cache = _cache_of(output) if output is not None else None
             if cache is None:
+                cache = self._last_cache() if self._last_cache is not None else None
+                if cache is None:
+                    return
+            else:
+                try:
+                    self._last_cache = weakref.ref(cache)  # never keeps the cache alive
+                except TypeError:
+                    self._last_cache = None
+            now = now_ns()
+            if not force and now - self._memory_at < _MEMORY_INTERVAL_NS:
+                self._memory_dirty = True
                 return
+            self._memory_at, self._memory_dirty = now, False
             kv, ssm = cache_bytes(cache)
             self.agent.memory("kv_cache", kv)
             if ssm:
@@ -565,6 +607,8 @@ class Observer:
 
     def _report_requests(self, g, ids_in, mask, out, finish_ns, status):
         self._resolve_stages(wait=True)  # generate() has synchronised: these are done
+        if self._memory_dirty:
+            self._report_memory(None, force=True)
         seqs = getattr(out, "sequences", out)
         prompt_len = ids_in.shape[-1] if isinstance(ids_in, _torch.Tensor) else 0
         if isinstance(mask, _torch.Tensor) and mask.dim() == 2:

@@ -2,6 +2,10 @@
 // against what a real loopback server decodes.
 #include <gtest/gtest.h>
 
+#include <cstdlib>
+#include <thread>
+
+#include "inferscope/agent.h"
 #include "test_collector.hpp"
 
 extern "C" int inferscope_c_api_scenario(const char* collector);
@@ -46,6 +50,51 @@ TEST(AgentCApi, EveryCallReachesTheCollector) {
   EXPECT_EQ(reqs[0].prompt_tokens, 12u);
   EXPECT_EQ(reqs[0].cached_tokens, 4u);
   EXPECT_EQ(reqs[0].first_token_ns - reqs[0].arrival_ns, 50);
+}
+
+// GPU trace calls (issue 19) from C: NULL is harmless, bad modes are refused,
+// captures are scheduled and counted even where CUPTI is absent.
+TEST(AgentCApi, GpuTraceCalls) {
+  EXPECT_EQ(inferscope_set_gpu_trace_mode(nullptr, INFERSCOPE_GPU_TRACE_FULL), -1);
+  EXPECT_EQ(inferscope_gpu_trace_mode(nullptr), INFERSCOPE_GPU_TRACE_OFF);
+  EXPECT_EQ(inferscope_request_gpu_capture(nullptr, 4, 0, 1), INFERSCOPE_CAPTURE_REFUSED_OFF);
+  inferscope_gpu_step(nullptr);
+  inferscope_gpu_trace_stats null_stats;
+  inferscope_agent_gpu_trace_stats(nullptr, &null_stats);
+  EXPECT_EQ(null_stats.captures_requested, 0u);
+
+  ::setenv("INFERSCOPE_CUPTI_LIBRARY", "/nonexistent/libcupti.so", 1);
+  ::setenv("INFERSCOPE_COLLECTOR", "off", 1);
+  ::testing::internal::CaptureStderr();
+  inferscope_agent* a = inferscope_agent_create_from_env();
+  ASSERT_NE(a, nullptr);
+  EXPECT_EQ(inferscope_set_gpu_trace_mode(a, 7), -1);
+  EXPECT_EQ(inferscope_request_gpu_capture(a, 0, 5, 9), INFERSCOPE_CAPTURE_REFUSED_OFF);
+  EXPECT_EQ(inferscope_set_gpu_trace_mode(a, INFERSCOPE_GPU_TRACE_TRIGGERED), 0);
+  EXPECT_EQ(inferscope_gpu_trace_mode(a), INFERSCOPE_GPU_TRACE_TRIGGERED);
+  EXPECT_EQ(inferscope_request_gpu_capture(a, 2, 0, 9), INFERSCOPE_CAPTURE_STARTED);
+  EXPECT_EQ(inferscope_request_gpu_capture(a, 2, 0, 10), INFERSCOPE_CAPTURE_REFUSED_BUSY);
+  for (int i = 0; i < 3; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));  // steps a few ms apart
+    inferscope_gpu_step(a);
+  }
+  inferscope_gpu_trace_stats st;
+  for (int i = 0; i < 30'000; ++i) {
+    inferscope_agent_gpu_trace_stats(a, &st);
+    if (st.captures_completed == 1) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  EXPECT_EQ(st.mode, INFERSCOPE_GPU_TRACE_TRIGGERED);
+  EXPECT_EQ(st.cupti_available, 0);
+  EXPECT_EQ(st.captures_requested, 3u);
+  EXPECT_EQ(st.captures_refused_off, 1u);
+  EXPECT_EQ(st.captures_refused_busy, 1u);
+  EXPECT_EQ(st.captures_started, 1u);
+  EXPECT_EQ(st.captures_completed, 1u);
+  inferscope_agent_destroy(a);
+  ::testing::internal::GetCapturedStderr();
+  ::unsetenv("INFERSCOPE_CUPTI_LIBRARY");
+  ::unsetenv("INFERSCOPE_COLLECTOR");
 }
 
 }  // namespace

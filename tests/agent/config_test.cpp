@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <thread>
 
 #include "../../agent/src/endpoint.hpp"
 #include "inferscope/agent.hpp"
@@ -115,6 +116,92 @@ TEST(AgentIntern, SameNameSameIdAcrossThreads) {
   EXPECT_EQ(a, b);
   EXPECT_NE(a, 0u);
   EXPECT_NE(intern("intern.other"), a);
+}
+
+}  // namespace
+}  // namespace inferscope::agent
+
+namespace inferscope::agent {
+namespace {
+
+TEST(AgentConfig, ReadsTheGpuTraceVariables) {
+  EnvGuard env;
+  env.set("INFERSCOPE_GPU_TRACE", "sampled");
+  env.set("INFERSCOPE_GPU_TRACE_BURST_MS", "30");
+  env.set("INFERSCOPE_GPU_TRACE_PERIOD_S", "5");
+  env.set("INFERSCOPE_GPU_TRACE_KINDS", "kernel,callbacks,memcpy");
+  env.set("INFERSCOPE_GPU_CAPTURE_MAX_MS", "1500");
+  env.set("INFERSCOPE_GPU_CAPTURE_COOLDOWN_S", "0");
+  const Config c = Config::from_environment();
+  EXPECT_EQ(c.gpu_trace, GpuTraceMode::kSampled);
+  EXPECT_EQ(c.gpu_trace_burst.count(), 30);
+  EXPECT_EQ(c.gpu_trace_period.count(), 5000);
+  EXPECT_EQ(c.gpu_trace_kinds, kGpuKernels | kGpuLaunchCallbacks | kGpuMemcpy);
+  EXPECT_EQ(c.gpu_capture_max.count(), 1500);
+  EXPECT_EQ(c.gpu_capture_cooldown.count(), 0);
+}
+
+TEST(AgentConfig, BadGpuTraceValuesKeepTheDefaults) {
+  EnvGuard env;
+  env.set("INFERSCOPE_GPU_TRACE", "sometimes");
+  env.set("INFERSCOPE_GPU_TRACE_KINDS", "kernel,everything");
+  env.set("INFERSCOPE_GPU_TRACE_PERIOD_S", "0");
+  testing::internal::CaptureStderr();
+  const Config c = Config::from_environment();
+  const std::string err = testing::internal::GetCapturedStderr();
+  EXPECT_EQ(c.gpu_trace, GpuTraceMode::kOff);
+  EXPECT_EQ(c.gpu_trace_kinds, kGpuTraceDefaultKinds);
+  EXPECT_EQ(c.gpu_trace_period.count(), 10'000);
+  EXPECT_NE(err.find("INFERSCOPE_GPU_TRACE='sometimes'"), std::string::npos) << err;
+  EXPECT_NE(err.find("INFERSCOPE_GPU_TRACE_KINDS"), std::string::npos) << err;
+  EXPECT_NE(err.find("INFERSCOPE_GPU_TRACE_PERIOD_S"), std::string::npos) << err;
+}
+
+TEST(AgentConfig, KindsWithoutKernelsAreRefused) {
+  uint32_t k = 0;
+  EXPECT_FALSE(parse_gpu_trace_kinds("memcpy", k));
+  EXPECT_TRUE(parse_gpu_trace_kinds("default", k));
+  EXPECT_EQ(k, kGpuTraceDefaultKinds);
+  EXPECT_TRUE(parse_gpu_trace_kinds("all", k));
+  EXPECT_TRUE(k & kGpuExternalCorrelation);
+}
+
+// Without CUPTI (this test has no GPU, or no CUDA build) the modes still run:
+// captures start in the scheduler and are counted, nothing crashes.
+TEST(AgentGpuTrace, WithoutCuptiCapturesAreScheduledAndCounted) {
+  Config c;
+  c.collector = "";
+  c.gpu_trace = GpuTraceMode::kTriggered;
+  c.gpu_capture_cooldown = std::chrono::hours(1);
+  ::setenv("INFERSCOPE_CUPTI_LIBRARY", "/nonexistent/libcupti.so", 1);
+  testing::internal::CaptureStderr();
+  {
+    Agent a(c);
+    EXPECT_EQ(a.gpu_trace_mode(), GpuTraceMode::kTriggered);
+    EXPECT_EQ(a.request_gpu_capture(0, std::chrono::milliseconds(1), 77),
+              Agent::CaptureResult::kStarted);
+    EXPECT_EQ(a.request_gpu_capture(0, std::chrono::milliseconds(1), 78),
+              Agent::CaptureResult::kRefusedBusy);
+    // Poll (no time bound on correctness): the 1 ms capture completes.
+    for (int i = 0; i < 30'000 && a.stats().gpu.captures_completed == 0; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    const GpuTraceStats g = a.stats().gpu;
+    EXPECT_FALSE(g.cupti_available);
+    EXPECT_EQ(g.captures_started, 1u);
+    EXPECT_EQ(g.captures_completed, 1u);
+    EXPECT_EQ(g.captures_refused_busy, 1u);
+    EXPECT_EQ(g.last_capture_tag, 77u);
+    EXPECT_EQ(a.request_gpu_capture(0, std::chrono::milliseconds(1), 79),
+              Agent::CaptureResult::kRefusedCooldown);
+    a.set_gpu_trace_mode(GpuTraceMode::kOff);
+    EXPECT_EQ(a.request_gpu_capture(3, std::chrono::milliseconds(0), 80),
+              Agent::CaptureResult::kRefusedOff);
+    static const uint32_t kName = intern("gpu_trace_no_cupti");
+    { ScopedRange r(a, kName); }
+    a.gpu_step();
+  }
+  testing::internal::GetCapturedStderr();
+  ::unsetenv("INFERSCOPE_CUPTI_LIBRARY");
 }
 
 }  // namespace

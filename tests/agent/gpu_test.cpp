@@ -1,11 +1,11 @@
 // GPU tests (label gpu): real CUPTI on a real device. They skip where there is
 // no CUDA device; scripts/gpu-check runs them on an H100.
-#include <gtest/gtest.h>
-
 #include <cuda_runtime_api.h>
+#include <gtest/gtest.h>
 
 #include <map>
 #include <random>
+#include <thread>
 
 #include "gpu_kernels.hpp"
 #include "inferscope/agent.hpp"
@@ -32,6 +32,8 @@ Config gpu_config(const TestCollector& c) {
   cfg.collector = c.address();
   cfg.flush_interval = 5ms;
   cfg.cupti = true;
+  // This test checks memset and runtime-call spans too, which the default kinds leave out.
+  cfg.gpu_trace_kinds = kGpuTraceDefaultKinds | kGpuMemset | kGpuRuntime;
   return cfg;
 }
 
@@ -55,13 +57,14 @@ TEST(AgentGpu, KernelSpansAreAttributedToTheEnclosingRange) {
   {
     Agent agent(gpu_config(collector));
     ASSERT_TRUE(agent.cupti_active()) << "CUPTI did not start (see stderr)";
-    ASSERT_EQ(cudaMemset(d, 0, kN * sizeof(float)), cudaSuccess);  // a traced memset
+    ASSERT_EQ(cudaMemset(d, 0, kN * sizeof(float)), cudaSuccess);         // a traced memset
     ASSERT_EQ(testing::launch_scale(d, kN, 2.0f, nullptr), cudaSuccess);  // outside any range
     ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
     cpu_start = now_ns();
     {
       ScopedRange r(agent, range, 77);
-      for (int i = 0; i < 3; ++i) ASSERT_EQ(testing::launch_scale(d, kN, 1.5f, nullptr), cudaSuccess);
+      for (int i = 0; i < 3; ++i)
+        ASSERT_EQ(testing::launch_scale(d, kN, 1.5f, nullptr), cudaSuccess);
       ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
     }
     cpu_end = now_ns();
@@ -114,6 +117,115 @@ TEST(AgentGpu, KernelSpansAreAttributedToTheEnclosingRange) {
   EXPECT_TRUE(saw_runtime);
 }
 
+// Issue 19: the default kinds (kernels + launch callbacks) attribute runtime and
+// driver launches alike; a capture tags its spans; after the switch-off
+// nothing more is recorded.
+TEST(AgentGpu, TriggeredCaptureAttributesDriverLaunchesAndSwitchesOffCleanly) {
+  SKIP_WITHOUT_GPU();
+  TestCollector collector;
+  const uint32_t range = intern("gpu.test.capture");
+  const uint32_t range_key = intern("range");
+  const uint32_t capture_key = intern("capture");
+  constexpr int kN = 1 << 16;
+  float* d = nullptr;
+  ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&d), kN * sizeof(float)), cudaSuccess);
+  GpuTraceStats g;
+  {
+    Config cfg;
+    cfg.collector = collector.address();
+    cfg.flush_interval = 5ms;
+    cfg.gpu_trace = GpuTraceMode::kTriggered;
+    Agent agent(cfg);
+    ASSERT_TRUE(agent.cupti_active()) << "CUPTI did not start (see stderr)";
+    ASSERT_EQ(testing::launch_scale(d, kN, 1.0f, nullptr), cudaSuccess);  // not traced: no capture
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    ASSERT_EQ(agent.request_gpu_capture(0, std::chrono::hours(1), 4242),
+              Agent::CaptureResult::kStarted);
+    // The switch happens on the GPU-trace thread: wait until CUPTI is on.
+    for (int i = 0; i < 20'000 && !agent.stats().gpu.tracing; ++i) std::this_thread::sleep_for(1ms);
+    ASSERT_TRUE(agent.stats().gpu.tracing);
+    {
+      ScopedRange r(agent, range);
+      ASSERT_EQ(testing::launch_scale(d, kN, 1.0f, nullptr), cudaSuccess);
+      ASSERT_EQ(testing::launch_scale_driver(d, kN, 1.0f, nullptr), cudaSuccess);
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    }
+    agent.set_gpu_trace_mode(GpuTraceMode::kOff);  // ends the capture: disable + forced flush
+    for (int i = 0; i < 20'000 && agent.stats().gpu.tracing; ++i) std::this_thread::sleep_for(1ms);
+    ASSERT_FALSE(agent.stats().gpu.tracing);
+    ASSERT_EQ(testing::launch_scale(d, kN, 1.0f, nullptr), cudaSuccess);  // after: not traced
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    ASSERT_TRUE(agent.flush(20s));
+    g = agent.stats().gpu;
+  }
+  cudaFree(d);
+  ASSERT_TRUE(collector.wait_closed(0, 20s));
+  std::vector<wire::Span> kernels;
+  for (auto& s : only<wire::Span>(collector.records()))
+    if (s.category == wire::SpanCategory::kKernel) kernels.push_back(s);
+  ASSERT_EQ(kernels.size(), 2u) << "only the two launches inside the capture";
+  for (auto& k : kernels) {
+    EXPECT_EQ(arg(k, range_key), range) << "runtime and driver launches are both attributed";
+    EXPECT_EQ(arg(k, capture_key), 4242);
+  }
+  EXPECT_EQ(g.kernels_captured, 2u);
+  EXPECT_EQ(g.kernels_attributed, 2u);
+  EXPECT_EQ(g.captures_completed, 1u);
+}
+
+// Issue 19 part 5: kernels replayed from a CUDA graph are attributed to the
+// range that was open when the graph was captured, not to the replay's.
+TEST(AgentGpu, GraphReplayedKernelsKeepTheRangeOfTheirCapture) {
+  SKIP_WITHOUT_GPU();
+  TestCollector collector;
+  const uint32_t captured_in = intern("gpu.test.graph.capture");
+  const uint32_t replayed_in = intern("gpu.test.graph.replay");
+  const uint32_t range_key = intern("range");
+  constexpr int kN = 1 << 16;
+  float* d = nullptr;
+  ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&d), kN * sizeof(float)), cudaSuccess);
+  cudaStream_t stream;
+  ASSERT_EQ(cudaStreamCreate(&stream), cudaSuccess);
+  cudaGraphExec_t exec = nullptr;
+  {
+    Config cfg;
+    cfg.collector = collector.address();
+    cfg.flush_interval = 5ms;
+    cfg.gpu_trace = GpuTraceMode::kFull;
+    Agent agent(cfg);
+    ASSERT_TRUE(agent.cupti_active()) << "CUPTI did not start (see stderr)";
+    for (int i = 0; i < 20'000 && !agent.stats().gpu.tracing; ++i) std::this_thread::sleep_for(1ms);
+    {
+      ScopedRange r(agent, captured_in);
+      cudaGraph_t graph = nullptr;
+      ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+      for (int i = 0; i < 2; ++i)
+        ASSERT_EQ(testing::launch_scale(d, kN, 1.0f, stream), cudaSuccess);
+      ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
+      ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+      cudaGraphDestroy(graph);
+    }
+    {
+      ScopedRange r(agent, replayed_in);
+      for (int i = 0; i < 3; ++i) ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
+      ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+    }
+    ASSERT_TRUE(agent.flush(20s));
+  }
+  cudaGraphExecDestroy(exec);
+  cudaStreamDestroy(stream);
+  cudaFree(d);
+  ASSERT_TRUE(collector.wait_closed(0, 20s));
+  size_t kernels = 0, in_capture_range = 0;
+  for (auto& s : only<wire::Span>(collector.records())) {
+    if (s.category != wire::SpanCategory::kKernel) continue;
+    ++kernels;
+    if (arg(s, range_key) == captured_in) ++in_capture_range;
+  }
+  EXPECT_EQ(kernels, 6u) << "3 replays x 2 kernels (capture launches nothing)";
+  EXPECT_EQ(in_capture_range, 6u);
+}
+
 TEST(AgentGpu, DeviceExpertCountsEqualACpuCount) {
   SKIP_WITHOUT_GPU();
   TestCollector collector;
@@ -122,7 +234,8 @@ TEST(AgentGpu, DeviceExpertCountsEqualACpuCount) {
   std::vector<std::vector<uint32_t>> expected(kSteps, std::vector<uint32_t>(kExperts));
   std::vector<int32_t> ids(kTokens * kTopK);
   int32_t* d_ids = nullptr;
-  ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&d_ids), kSteps * ids.size() * sizeof(int32_t)), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&d_ids), kSteps * ids.size() * sizeof(int32_t)),
+            cudaSuccess);
   cudaStream_t stream;
   ASSERT_EQ(cudaStreamCreate(&stream), cudaSuccess);
   {

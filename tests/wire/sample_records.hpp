@@ -3,6 +3,7 @@
 
 #include <vector>
 
+#include "inferscope/wire/capture.hpp"
 #include "inferscope/wire/records.hpp"
 
 namespace inferscope::wire::testing {
@@ -26,6 +27,7 @@ inline Hello sample_hello() {
   h.model.expert_to_rank = {0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7};
   h.clock.realtime_minus_monotonic_ns = 1'764'000'000'000'000'000;
   h.auth_token = "s3cret";
+  h.capabilities = kCapabilityCaptureRequests;
   return h;
 }
 
@@ -92,6 +94,15 @@ inline std::vector<Record> one_of_each() {
   health.buffer_high_water_bytes = 65536;
   health.reconnects = 2;
   health.bytes_sent = 1 << 22;
+  health.gpu.mode = 1;
+  health.gpu.bursts_started = 7;
+  health.gpu.bursts_finished = 6;
+  health.gpu.captures_requested = 3;
+  health.gpu.captures_started = 2;
+  health.gpu.captures_refused_cooldown = 1;
+  health.gpu.captures_completed = 2;
+  health.gpu.kernels_captured = 1234;
+  health.gpu.kernels_attributed = 1200;
   records.push_back(health);
   records.push_back(CounterSample{1'000'120'000, 5, true, 3.25});
   records.push_back(AlertEpisode{AlertKind::kHotExpert, 3, 2, 0, 1'000'000'000, 0, 0.31f, 4.96f,

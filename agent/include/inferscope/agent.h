@@ -15,6 +15,8 @@
  * [SECTION] Names      intern, clock
  * [SECTION] Signals    ranges, spans, expert loads, memory, prefix cache, stages,
  *                      requests, counters
+ * [SECTION] GPU trace  modes (off / sampled / triggered / full), step marks,
+ *                      captures, their counters (docs/gpu.md)
  */
 #ifndef INFERSCOPE_AGENT_H
 #define INFERSCOPE_AGENT_H
@@ -148,6 +150,56 @@ INFERSCOPE_API void inferscope_request(inferscope_agent* agent,
 
 INFERSCOPE_API void inferscope_counter(inferscope_agent* agent, uint32_t name_id, double delta);
 INFERSCOPE_API void inferscope_gauge(inferscope_agent* agent, uint32_t name_id, double value);
+
+/* [SECTION] GPU trace */
+
+enum {
+  INFERSCOPE_GPU_TRACE_OFF = 0,
+  INFERSCOPE_GPU_TRACE_SAMPLED = 1,
+  INFERSCOPE_GPU_TRACE_TRIGGERED = 2,
+  INFERSCOPE_GPU_TRACE_FULL = 3
+};
+/* Switches the GPU tracing mode at run time (never blocks on CUPTI; the first
+ * switch away from off loads CUPTI on this thread, once). 0 on success, -1 for
+ * a NULL agent or an unknown mode. */
+INFERSCOPE_API int inferscope_set_gpu_trace_mode(inferscope_agent* agent, int mode);
+/* INFERSCOPE_GPU_TRACE_*; OFF for NULL. */
+INFERSCOPE_API int inferscope_gpu_trace_mode(const inferscope_agent* agent);
+/* A step boundary (e.g. after each decode step): step-counted captures start
+ * and end on these. An atomic increment. */
+INFERSCOPE_API void inferscope_gpu_step(inferscope_agent* agent);
+
+enum {
+  INFERSCOPE_CAPTURE_STARTED = 0,
+  INFERSCOPE_CAPTURE_REFUSED_BUSY = 1,
+  INFERSCOPE_CAPTURE_REFUSED_COOLDOWN = 2,
+  INFERSCOPE_CAPTURE_REFUSED_OFF = 3
+};
+/* Traces the GPU for the next `steps` step boundaries (steps > 0, capped by
+ * INFERSCOPE_GPU_CAPTURE_MAX_MS) or the next duration_ms (steps == 0). tag
+ * (e.g. an episode id) goes on the captured spans as the arg "capture".
+ * Returns INFERSCOPE_CAPTURE_*; REFUSED_OFF for NULL. */
+INFERSCOPE_API int inferscope_request_gpu_capture(inferscope_agent* agent, uint32_t steps,
+                                                  uint32_t duration_ms, uint64_t tag);
+
+typedef struct inferscope_gpu_trace_stats {
+  int mode;            /* INFERSCOPE_GPU_TRACE_* */
+  int cupti_available; /* CUPTI loaded and a GPU present */
+  int tracing;         /* a burst or capture is on now */
+  uint64_t bursts_started;
+  uint64_t bursts_finished;
+  uint64_t captures_requested;
+  uint64_t captures_started;
+  uint64_t captures_refused_busy;
+  uint64_t captures_refused_cooldown;
+  uint64_t captures_refused_off;
+  uint64_t captures_completed;
+  uint64_t kernels_captured;
+  uint64_t kernels_attributed;
+  uint64_t records_dropped;
+} inferscope_gpu_trace_stats;
+INFERSCOPE_API void inferscope_agent_gpu_trace_stats(const inferscope_agent* agent,
+                                                     inferscope_gpu_trace_stats* out);
 
 #ifdef __cplusplus
 }

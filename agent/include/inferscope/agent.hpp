@@ -36,6 +36,57 @@ INFERSCOPE_API int64_t now_ns();
 // a lock, so call it once per name (e.g. into a static) and keep the id.
 INFERSCOPE_API uint32_t intern(std::string_view name);
 
+// [SECTION] GPU tracing modes (docs/gpu.md)
+// off        no CUPTI at all (the default);
+// sampled    CUPTI kernel tracing in short bursts (gpu_trace_burst every
+//            gpu_trace_period), plus captures on request: the average cost is
+//            the burst's cost times its duty cycle (0.2 % by default);
+// triggered  CUPTI stays loaded but off until a capture is requested (by the
+//            host, or by the collector when it opens an episode);
+// full       kernel tracing all the time (the old Config::cupti = true).
+enum class GpuTraceMode : uint8_t { kOff = 0, kSampled = 1, kTriggered = 2, kFull = 3 };
+INFERSCOPE_API const char* to_string(GpuTraceMode mode);
+// "off", "sampled", "triggered", "full"; false (out unchanged) for anything else.
+INFERSCOPE_API bool parse_gpu_trace_mode(std::string_view text, GpuTraceMode& out);
+
+// What CUPTI is asked to record while a burst is on (bits; docs/gpu.md has the
+// cost of each). The default is what kernel attribution needs: kernel records
+// plus callbacks on the runtime and driver launch calls.
+enum GpuTraceKind : uint32_t {
+  kGpuKernels = 1u << 0,          // CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL
+  kGpuLaunchCallbacks = 1u << 1,  // runtime + driver launch callbacks -> range attribution
+  kGpuMemcpy = 1u << 2,
+  kGpuMemset = 1u << 3,
+  kGpuRuntime = 1u << 4,              // every runtime API call as a span (CPU side)
+  kGpuDriver = 1u << 5,               // every driver API call (no spans; for cost measurement)
+  kGpuExternalCorrelation = 1u << 6,  // the old attribution path (needs kGpuRuntime/kGpuDriver)
+};
+inline constexpr uint32_t kGpuTraceDefaultKinds = kGpuKernels | kGpuLaunchCallbacks;
+// "kernel,callbacks,memcpy,memset,runtime,driver,extcorr" (any subset, comma
+// separated) or "default"/"all"; false for an unknown word.
+INFERSCOPE_API bool parse_gpu_trace_kinds(std::string_view text, uint32_t& out);
+
+// The GPU tracing books (Stats::gpu and AgentHealth). Captures are the
+// requested windows (host or collector); bursts are the sampled ones.
+struct GpuTraceStats {
+  GpuTraceMode mode = GpuTraceMode::kOff;
+  bool cupti_available = false;  // CUPTI loaded and a GPU present
+  bool tracing = false;          // a window is on (with CUPTI: enabled, after the switch completed)
+  uint64_t bursts_started = 0;
+  uint64_t bursts_finished = 0;
+  uint64_t captures_requested = 0;
+  uint64_t captures_started = 0;
+  uint64_t captures_refused_busy = 0;      // another capture was running
+  uint64_t captures_refused_cooldown = 0;  // too soon after the previous one
+  uint64_t captures_refused_off = 0;       // mode off, or no CUPTI
+  uint64_t captures_completed = 0;
+  uint64_t kernels_captured = 0;    // kernel records turned into spans
+  uint64_t kernels_attributed = 0;  // ... of which carry an enclosing range
+  uint64_t records_dropped = 0;     // CUPTI had no buffer for them
+  uint64_t enable_errors = 0;       // CUPTI refused to switch on
+  uint64_t last_capture_tag = 0;    // the tag of the latest capture that started
+};
+
 // [SECTION] Config
 struct INFERSCOPE_API Config {
   // "tcp://127.0.0.1:7431", "unix:///run/inferscope.sock", or "" to record nothing.
@@ -61,14 +112,30 @@ struct INFERSCOPE_API Config {
   // protocol_error_backoff instead of hammering it.
   std::chrono::milliseconds ack_timeout{10000};
   std::chrono::milliseconds protocol_error_backoff{10000};
-  bool nvtx = true;       // emit NVTX ranges (when built with NVTX headers)
-  bool cupti = false;     // CUPTI activity tracing (when built with CUDA and a GPU is present)
+  bool nvtx = true;    // emit NVTX ranges (when built with NVTX headers)
+  bool cupti = false;  // legacy switch: true means gpu_trace = kFull
+  // GPU tracing (CUPTI, when built with CUDA and a GPU is present): see
+  // GpuTraceMode. The sampled default, a 20 ms burst every 10 s, is 0.2 % of
+  // the time traced; even at the +50 % per-kernel cost measured in full mode
+  // that averages 0.1 %, well under the 1 % budget (docs/gpu.md).
+  GpuTraceMode gpu_trace = GpuTraceMode::kOff;
+  std::chrono::milliseconds gpu_trace_burst{20};
+  std::chrono::milliseconds gpu_trace_period{10'000};
+  uint32_t gpu_trace_kinds = kGpuTraceDefaultKinds;
+  // A capture (request_gpu_capture or the collector) counted in steps ends
+  // after this long even if the host never reports step boundaries.
+  std::chrono::milliseconds gpu_capture_max{2'000};
+  // The next capture is refused until this long after the previous one ended.
+  std::chrono::milliseconds gpu_capture_cooldown{30'000};
   bool compress = false;  // zstd-compress frames (worth it over slow links)
 
   // Reads INFERSCOPE_COLLECTOR, INFERSCOPE_SERVICE, INFERSCOPE_INSTANCE,
   // INFERSCOPE_RANK, INFERSCOPE_WORLD_SIZE, INFERSCOPE_TOKEN,
   // INFERSCOPE_SPAN_SAMPLE_RATE, INFERSCOPE_BUFFER_BYTES, INFERSCOPE_NVTX,
-  // INFERSCOPE_CUPTI over the values in base.
+  // INFERSCOPE_CUPTI, INFERSCOPE_GPU_TRACE (off|sampled|triggered|full),
+  // INFERSCOPE_GPU_TRACE_BURST_MS, INFERSCOPE_GPU_TRACE_PERIOD_S,
+  // INFERSCOPE_GPU_TRACE_KINDS, INFERSCOPE_GPU_CAPTURE_MAX_MS,
+  // INFERSCOPE_GPU_CAPTURE_COOLDOWN_S over the values in base.
   // (Two overloads rather than a default argument: a class with default
   // member initializers cannot use itself as a default argument inside it.)
   static Config from_environment(Config base);
@@ -95,6 +162,7 @@ struct Stats {
   uint64_t pending_high_water_bytes = 0;  // at most max_pending_bytes + one frame
   uint64_t unacknowledged_bytes = 0;      // written frames kept until acknowledged (for re-sending)
   uint64_t cupti_records_dropped = 0;     // GPU activity CUPTI could not buffer
+  GpuTraceStats gpu;                      // modes, bursts, captures (also shipped in AgentHealth)
   // Written, then given up before the collector acknowledged them (the kept
   // copies exceeded max_pending_bytes, or shutdown came first): in doubt.
   uint64_t records_unconfirmed = 0;
@@ -146,8 +214,28 @@ class INFERSCOPE_API Agent {
   Stats stats() const;
   const Config& config() const;
 
-  // True when CUPTI activity tracing is running in this process.
+  // True when CUPTI is loaded for this agent (any mode but off, GPU present).
   bool cupti_active() const;
+
+  // [SECTION] GPU tracing at run time (docs/gpu.md). None of these blocks on
+  // CUPTI: the switch happens on the agent's GPU-trace thread.
+  void set_gpu_trace_mode(GpuTraceMode mode);
+  GpuTraceMode gpu_trace_mode() const;
+  // Marks a step boundary (e.g. the end of a decode step): step-counted
+  // captures start and end on these. An atomic increment; optional.
+  void gpu_step();
+  enum class CaptureResult : uint8_t {
+    kStarted = 0,
+    kRefusedBusy = 1,
+    kRefusedCooldown = 2,
+    kRefusedOff = 3,  // mode off, or CUPTI unavailable
+  };
+  // Traces the next `steps` step boundaries (steps > 0; capped by
+  // gpu_capture_max) or the next `duration` (steps == 0). The tag (e.g. an
+  // episode id) is put on every GPU span of the capture as the arg "capture".
+  CaptureResult request_gpu_capture(uint32_t steps, std::chrono::milliseconds duration,
+                                    uint64_t tag = 0);
+
   // GPU kernel time (ns) per enclosing range, keyed by the range's name id,
   // summed since the agent started; from CUPTI's kernel records (so only
   // kernels that completed and were flushed: call flush() first for an
@@ -184,7 +272,8 @@ class INFERSCOPE_API ScopedRange {
   bool sampled_;
   uint8_t flags_ = 0;  // what the constructor pushed, so the destructor pops the same
   static constexpr uint8_t kNvtxPushed = 1;
-  static constexpr uint8_t kCuptiPushed = 2;
+  static constexpr uint8_t kCuptiPushed = 2;  // a CUPTI external correlation id
+  static constexpr uint8_t kRangePushed = 4;  // the GPU tracer's thread-local range stack
 };
 
 }  // namespace inferscope::agent

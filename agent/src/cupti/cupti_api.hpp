@@ -37,7 +37,12 @@ namespace inferscope::agent::detail {
   X(cuptiActivityPopExternalCorrelationId, true)   \
   X(cuptiActivityGetNextRecord, true)              \
   X(cuptiGetCallbackName, true)                    \
-  X(cuptiActivityGetNumDroppedRecords, true)
+  X(cuptiActivityGetNumDroppedRecords, true)       \
+  X(cuptiSubscribe, false)                         \
+  X(cuptiUnsubscribe, false)                       \
+  X(cuptiEnableCallback, false)                    \
+  X(cuptiEnableDomain, false)                      \
+  X(cuptiGetGraphNodeId, false)
 
 struct CuptiApi {
 #define INFERSCOPE_CUPTI_MEMBER(name, required) decltype(&::name) name = nullptr;

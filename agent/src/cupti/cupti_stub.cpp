@@ -5,11 +5,15 @@
 
 namespace inferscope::agent::detail {
 
-std::unique_ptr<CuptiTracer> CuptiTracer::start(Agent::Impl&) {
-  std::fprintf(stderr, "inferscope agent: CUPTI requested but this build has no CUDA support\n");
+std::unique_ptr<CuptiTracer> CuptiTracer::start(Agent::Impl&, uint32_t) {
+  std::fprintf(stderr,
+               "inferscope agent: GPU tracing requested but this build has no CUDA support; "
+               "bursts and captures are scheduled and counted, nothing is recorded\n");
   return nullptr;
 }
 
-bool CuptiTracer::built_in() { return false; }
+bool CuptiTracer::built_in() {
+  return false;
+}
 
 }  // namespace inferscope::agent::detail

@@ -11,14 +11,38 @@
 //                     empty we hand CUPTI no buffer, so it drops records and
 //                     counts them (cuptiActivityGetNumDroppedRecords): bounded
 //                     memory, counted loss.
-// [SECTION] Ranges    ScopedRange pushes an external correlation id
-//                     (name_id << 32 | request_id low bits) for the
-//                     duration of the range; CUPTI links it to every runtime call
-//                     (and so every kernel) inside. Kernel spans carry the arg
-//                     "range" = the enclosing range's name id, and the tracer sums
-//                     kernel time per range name (Agent::gpu_time_by_range()).
+// [SECTION] Ranges    ScopedRange pushes (name_id << 32 | request_id low bits)
+//                     on a thread-local stack (no CUPTI call). With launch
+//                     callbacks on (the default), CUPTI calls us at the entry of
+//                     every runtime and driver launch (cudaLaunchKernel*,
+//                     cuLaunchKernel*, cooperative, graph launches) on the
+//                     launching thread; we store correlation id -> top of that
+//                     stack in a lock-free table, and each kernel record finds
+//                     its range there by its correlation id. Driver launches
+//                     (cuBLAS's nvjet kernels, Triton) are attributed the same way.
+//                     The older path (kGpuExternalCorrelation, needs the RUNTIME
+//                     or DRIVER activity kind) pushes CUPTI external correlation
+//                     ids instead and is kept to measure its cost. Kernel spans
+//                     carry the arg "range" = the enclosing range's name id, and
+//                     the tracer sums kernel time per range name
+//                     (Agent::gpu_time_by_range()).
+// [SECTION] Graphs    Kernels replayed from a CUDA graph are launched by one
+//                     cudaGraphLaunch, so the launch table would give them all
+//                     the range around the replay. Instead, the resource
+//                     callbacks GRAPHNODE_CREATED (on the capturing thread, inside
+//                     the captured launch) record graph node id -> the range open
+//                     then, and GRAPHNODE_CLONED (instantiation copies nodes)
+//                     carries it to the clone; a kernel record with a
+//                     graphNodeId takes that range first. These callbacks stay
+//                     on between bursts: they fire per node created (at capture
+//                     and instantiation), never per launch. Bounded map.
+// [SECTION] Switching enable() turns on only the configured kinds and the
+//                     launch callbacks; disable() turns each kind off, flushes
+//                     (forced) and disables both callback domains, keeping the
+//                     subscriber, so nothing of CUPTI runs per launch between bursts.
 #include "cupti_tracer.hpp"
 
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <mutex>
@@ -36,6 +60,51 @@ constexpr size_t kBufferBytes = 1u << 20;
 constexpr size_t kPoolBuffers = 16;
 constexpr size_t kMaxCorrelations = 1u << 16;  // pending runtime-call -> range links
 constexpr CUpti_ExternalCorrelationKind kExternalKind = CUPTI_EXTERNAL_CORRELATION_KIND_CUSTOM0;
+constexpr size_t kLaunchSlots = 1u << 17;    // correlation id -> range, by id modulo
+constexpr uint32_t kMaxRangeDepth = 64;      // deeper ranges are not attributed separately
+constexpr size_t kMaxGraphNodes = 1u << 16;  // graph node id -> range links kept
+
+// Each thread's open ranges (name_id << 32 | request low bits), innermost last.
+thread_local uint64_t tl_ranges[kMaxRangeDepth];
+thread_local uint32_t tl_range_depth = 0;
+
+// The launch calls whose entry callbacks record correlation id -> range.
+constexpr CUpti_CallbackId kRuntimeLaunches[] = {
+    CUPTI_RUNTIME_TRACE_CBID_cudaLaunch_v3020,
+    CUPTI_RUNTIME_TRACE_CBID_cudaLaunch_ptsz_v7000,
+    CUPTI_RUNTIME_TRACE_CBID_cudaLaunchKernel_v7000,
+    CUPTI_RUNTIME_TRACE_CBID_cudaLaunchKernel_ptsz_v7000,
+    CUPTI_RUNTIME_TRACE_CBID_cudaLaunchKernelExC_v11060,
+    CUPTI_RUNTIME_TRACE_CBID_cudaLaunchKernelExC_ptsz_v11060,
+    CUPTI_RUNTIME_TRACE_CBID_cudaLaunchCooperativeKernel_v9000,
+    CUPTI_RUNTIME_TRACE_CBID_cudaLaunchCooperativeKernel_ptsz_v9000,
+    CUPTI_RUNTIME_TRACE_CBID_cudaLaunchCooperativeKernelMultiDevice_v9000,
+    CUPTI_RUNTIME_TRACE_CBID_cudaGraphLaunch_v10000,
+    CUPTI_RUNTIME_TRACE_CBID_cudaGraphLaunch_ptsz_v10000,
+};
+constexpr CUpti_CallbackId kDriverLaunches[] = {
+    CUPTI_DRIVER_TRACE_CBID_cuLaunch,
+    CUPTI_DRIVER_TRACE_CBID_cuLaunchGrid,
+    CUPTI_DRIVER_TRACE_CBID_cuLaunchGridAsync,
+    CUPTI_DRIVER_TRACE_CBID_cuLaunchKernel,
+    CUPTI_DRIVER_TRACE_CBID_cuLaunchKernel_ptsz,
+    CUPTI_DRIVER_TRACE_CBID_cuLaunchKernelEx,
+    CUPTI_DRIVER_TRACE_CBID_cuLaunchKernelEx_ptsz,
+    CUPTI_DRIVER_TRACE_CBID_cuLaunchCooperativeKernel,
+    CUPTI_DRIVER_TRACE_CBID_cuLaunchCooperativeKernel_ptsz,
+    CUPTI_DRIVER_TRACE_CBID_cuLaunchCooperativeKernelMultiDevice,
+    CUPTI_DRIVER_TRACE_CBID_cuGraphLaunch,
+    CUPTI_DRIVER_TRACE_CBID_cuGraphLaunch_ptsz,
+};
+
+// correlation id -> range, written by launching threads, read by the buffer
+// thread. A slot is (id + 1, range): the reader takes the range only when the
+// id matches, so a slot overwritten by a launch 2^17 ids later is a miss (the
+// kernel stays unattributed), never a wrong range.
+struct LaunchSlot {
+  std::atomic<uint64_t> key{0};
+  std::atomic<uint64_t> range{0};
+};
 
 // Set once by CuptiTracer::start() before any tracer exists; never unset.
 const CuptiApi* g_api = nullptr;
@@ -54,8 +123,13 @@ uint64_t monotonic_timestamp() {
 }
 
 class Tracer;
-std::mutex g_mu;                   // guards g_tracer against the CUPTI callbacks
-Tracer* g_tracer = nullptr;        // CUPTI is process-wide: one tracer at a time
+std::mutex g_mu;             // guards g_tracer against the CUPTI callbacks
+Tracer* g_tracer = nullptr;  // CUPTI is process-wide: one tracer at a time
+// The tracer the launch callbacks write to: set while one exists, read without
+// g_mu on every launch (callbacks are on only between enable and disable).
+std::atomic<Tracer*> g_launch_tracer{nullptr};
+// CUPTI allows one subscriber per process: made once, kept for every tracer.
+CUpti_SubscriberHandle g_subscriber = nullptr;
 bool g_timestamp_callback = true;  // false: CUPTI's own clock, offset measured per tracer
 
 // A fixed pool of 8-byte aligned buffers, never freed (CUPTI may hold one past
@@ -89,9 +163,10 @@ BufferPool& pool() {
 
 class Tracer final : public CuptiTracer {
  public:
-  explicit Tracer(Agent::Impl& impl) : impl_(impl) {
+  Tracer(Agent::Impl& impl, uint32_t kinds) : impl_(impl), kinds_(kinds) {
     range_key_ = intern("range");
     bytes_key_ = intern("bytes");
+    capture_key_ = intern("capture");
   }
 
   bool begin() {
@@ -124,42 +199,122 @@ class Tracer final : public CuptiTracer {
       std::fprintf(stderr, "inferscope agent: CUPTI disabled: %s\n", cupti_error(registered));
       return false;
     }
-    CUptiResult r = CUPTI_SUCCESS;
-    for (CUpti_ActivityKind k : {CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL, CUPTI_ACTIVITY_KIND_MEMCPY,
-                                 CUPTI_ACTIVITY_KIND_MEMSET, CUPTI_ACTIVITY_KIND_RUNTIME,
-                                 CUPTI_ACTIVITY_KIND_EXTERNAL_CORRELATION}) {
-      r = api().cuptiActivityEnable(k);
+    if (kinds_ & kGpuLaunchCallbacks) {
+      // Subscribed once per process and kept: the domains are switched on and
+      // off per burst.
+      static const CUptiResult subscribed = [] {
+        if (!api().cuptiSubscribe || !api().cuptiEnableCallback || !api().cuptiEnableDomain)
+          return CUPTI_ERROR_NOT_SUPPORTED;
+        return api().cuptiSubscribe(&g_subscriber, &Tracer::on_callback, nullptr);
+      }();
+      const CUptiResult r = subscribed;
+      subscriber_ = g_subscriber;
       if (r != CUPTI_SUCCESS) {
-        std::fprintf(stderr, "inferscope agent: CUPTI activity kind %d not enabled: %s\n",
-                     static_cast<int>(k), cupti_error(r));
-        if (k == CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL) {
-          disable();
-          return false;
+        std::fprintf(stderr,
+                     "inferscope agent: CUPTI launch callbacks unavailable (%s); kernels will "
+                     "not be attributed to ranges\n",
+                     cupti_error(r));
+        subscriber_ = nullptr;
+        kinds_ &= ~uint32_t{kGpuLaunchCallbacks};
+      } else {
+        launches_ = std::make_unique<LaunchSlot[]>(kLaunchSlots);
+        // Graph capture usually happens once, long before any burst: these
+        // stay on for the tracer's life (per node created, not per launch).
+        if (api().cuptiGetGraphNodeId) {
+          api().cuptiEnableCallback(1, subscriber_, CUPTI_CB_DOMAIN_RESOURCE,
+                                    CUPTI_CBID_RESOURCE_GRAPHNODE_CREATED);
+          api().cuptiEnableCallback(1, subscriber_, CUPTI_CB_DOMAIN_RESOURCE,
+                                    CUPTI_CBID_RESOURCE_GRAPHNODE_CLONED);
         }
       }
     }
     return true;
   }
 
+  // The activity kinds for this tracer's GpuTraceKind bits.
+  std::vector<CUpti_ActivityKind> activity_kinds() const {
+    std::vector<CUpti_ActivityKind> k;
+    if (kinds_ & kGpuKernels) k.push_back(CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL);
+    if (kinds_ & kGpuMemcpy) k.push_back(CUPTI_ACTIVITY_KIND_MEMCPY);
+    if (kinds_ & kGpuMemset) k.push_back(CUPTI_ACTIVITY_KIND_MEMSET);
+    if (kinds_ & kGpuRuntime) k.push_back(CUPTI_ACTIVITY_KIND_RUNTIME);
+    if (kinds_ & kGpuDriver) k.push_back(CUPTI_ACTIVITY_KIND_DRIVER);
+    if (kinds_ & kGpuExternalCorrelation) k.push_back(CUPTI_ACTIVITY_KIND_EXTERNAL_CORRELATION);
+    return k;
+  }
+
+  bool enable(uint64_t tag) override {
+    if (enabled_) disable();
+    tag_.store(tag, std::memory_order_relaxed);
+    if (subscriber_) {
+      for (CUpti_CallbackId cb : kRuntimeLaunches)
+        api().cuptiEnableCallback(1, subscriber_, CUPTI_CB_DOMAIN_RUNTIME_API, cb);
+      for (CUpti_CallbackId cb : kDriverLaunches)
+        api().cuptiEnableCallback(1, subscriber_, CUPTI_CB_DOMAIN_DRIVER_API, cb);
+    }
+    for (CUpti_ActivityKind k : activity_kinds()) {
+      const CUptiResult r = api().cuptiActivityEnable(k);
+      if (r == CUPTI_SUCCESS) continue;
+      std::lock_guard lock(mu_);
+      if (counters_.enable_errors++ == 0)
+        std::fprintf(stderr, "inferscope agent: CUPTI activity kind %d not enabled: %s\n",
+                     static_cast<int>(k), cupti_error(r));
+      if (k == CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL) {
+        enabled_ = true;  // so that disable() undoes what did switch on
+        disable();
+        return false;
+      }
+    }
+    ext_push_.store((kinds_ & kGpuExternalCorrelation) != 0, std::memory_order_relaxed);
+    enabled_ = true;
+    return true;
+  }
+
+  void disable() override {
+    if (!enabled_) return;
+    enabled_ = false;
+    ext_push_.store(false, std::memory_order_relaxed);
+    for (CUpti_ActivityKind k : activity_kinds()) api().cuptiActivityDisable(k);
+    if (subscriber_) {
+      api().cuptiEnableDomain(0, subscriber_, CUPTI_CB_DOMAIN_RUNTIME_API);
+      api().cuptiEnableDomain(0, subscriber_, CUPTI_CB_DOMAIN_DRIVER_API);
+    }
+    // Everything recorded so far, partial buffers included, reaches the rings
+    // before the tag changes.
+    api().cuptiActivityFlushAll(CUPTI_ACTIVITY_FLAG_FLUSH_FORCED);
+  }
+
+  bool enabled() const override { return enabled_; }
+
   void flush() override { api().cuptiActivityFlushAll(0); }
 
   void stop() override {
     if (stopped_) return;
     stopped_ = true;
-    api().cuptiActivityFlushAll(CUPTI_ACTIVITY_FLAG_FLUSH_FORCED);
     disable();
     api().cuptiActivityFlushAll(CUPTI_ACTIVITY_FLAG_FLUSH_FORCED);
+    // The subscriber stays: CUPTI allows one per process, and unsubscribing
+    // while a launch callback may still run on another thread is a race. Its
+    // domains are off, so it costs nothing.
+    if (subscriber_) api().cuptiEnableDomain(0, subscriber_, CUPTI_CB_DOMAIN_RESOURCE);
+    g_launch_tracer.store(nullptr, std::memory_order_release);
     std::lock_guard lock(g_mu);
     if (g_tracer == this) g_tracer = nullptr;
   }
 
   ~Tracer() override { stop(); }
 
-  void push_range(uint32_t name_id, uint64_t request_id) override {
-    api().cuptiActivityPushExternalCorrelationId(
-        kExternalKind, (uint64_t{name_id} << 32) | (request_id & 0xffffffffu));
+  bool push_range(uint32_t name_id, uint64_t request_id) override {
+    const uint64_t v = (uint64_t{name_id} << 32) | (request_id & 0xffffffffu);
+    if (tl_range_depth < kMaxRangeDepth) tl_ranges[tl_range_depth] = v;
+    ++tl_range_depth;
+    if (!ext_push_.load(std::memory_order_relaxed)) return false;
+    api().cuptiActivityPushExternalCorrelationId(kExternalKind, v);
+    return true;
   }
-  void pop_range() override {
+  void pop_range(bool cupti_pushed) override {
+    if (tl_range_depth > 0) --tl_range_depth;
+    if (!cupti_pushed) return;
     uint64_t last = 0;
     api().cuptiActivityPopExternalCorrelationId(kExternalKind, &last);
   }
@@ -168,17 +323,69 @@ class Tracer final : public CuptiTracer {
     std::lock_guard lock(mu_);
     return gpu_time_;
   }
-  uint64_t dropped_records() override {
+  CuptiCounters counters() override {
     std::lock_guard lock(mu_);
-    return dropped_;
+    return counters_;
   }
 
  private:
-  static void disable() {
-    for (CUpti_ActivityKind k : {CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL, CUPTI_ACTIVITY_KIND_MEMCPY,
-                                 CUPTI_ACTIVITY_KIND_MEMSET, CUPTI_ACTIVITY_KIND_RUNTIME,
-                                 CUPTI_ACTIVITY_KIND_EXTERNAL_CORRELATION})
-      api().cuptiActivityDisable(k);
+  // A launch API's entry, on the launching thread: remember which range it is in.
+  static void CUPTIAPI on_callback(void*, CUpti_CallbackDomain domain, CUpti_CallbackId id,
+                                   const void* data) {
+    if (domain == CUPTI_CB_DOMAIN_RESOURCE) {
+      on_graph_node(id, static_cast<const CUpti_GraphData*>(data));
+      return;
+    }
+    const auto* cb = static_cast<const CUpti_CallbackData*>(data);
+    if (cb->callbackSite != CUPTI_API_ENTER || tl_range_depth == 0) return;
+    Tracer* t = g_launch_tracer.load(std::memory_order_acquire);
+    if (!t || !t->launches_) return;
+    const uint32_t top = std::min(tl_range_depth, kMaxRangeDepth) - 1;
+    LaunchSlot& slot = t->launches_[cb->correlationId % kLaunchSlots];
+    slot.range.store(tl_ranges[top], std::memory_order_relaxed);
+    slot.key.store(uint64_t{cb->correlationId} + 1, std::memory_order_release);
+  }
+
+  // A graph node created (during stream capture: on the capturing thread,
+  // inside the launch that made it) or cloned (instantiation).
+  static void on_graph_node(CUpti_CallbackId id, const CUpti_GraphData* g) {
+    Tracer* t = g_launch_tracer.load(std::memory_order_acquire);
+    if (!t || !g || !g->node) return;
+    uint64_t node = 0;
+    if (api().cuptiGetGraphNodeId(g->node, &node) != CUPTI_SUCCESS) return;
+    if (id == CUPTI_CBID_RESOURCE_GRAPHNODE_CREATED) {
+      if (tl_range_depth == 0) return;
+      t->remember_node(node, tl_ranges[std::min(tl_range_depth, kMaxRangeDepth) - 1]);
+    } else if (id == CUPTI_CBID_RESOURCE_GRAPHNODE_CLONED && g->originalNode) {
+      uint64_t original = 0;
+      if (api().cuptiGetGraphNodeId(g->originalNode, &original) != CUPTI_SUCCESS) return;
+      std::lock_guard lock(t->graph_mu_);
+      auto it = t->graph_ranges_.find(original);
+      if (it == t->graph_ranges_.end()) return;
+      const uint64_t range = it->second;
+      if (t->graph_ranges_.size() < kMaxGraphNodes) t->graph_ranges_[node] = range;
+    }
+  }
+  void remember_node(uint64_t node, uint64_t range) {
+    std::lock_guard lock(graph_mu_);
+    if (graph_ranges_.size() < kMaxGraphNodes) graph_ranges_[node] = range;
+  }
+  bool graph_range(uint64_t node, uint64_t& range) {
+    if (node == 0) return false;
+    std::lock_guard lock(graph_mu_);
+    auto it = graph_ranges_.find(node);
+    if (it == graph_ranges_.end()) return false;
+    range = it->second;
+    return true;
+  }
+
+  // The range a launch callback recorded for this correlation id, if any.
+  bool launch_range(uint32_t correlation, uint64_t& range) const {
+    if (!launches_) return false;
+    const LaunchSlot& slot = launches_[correlation % kLaunchSlots];
+    if (slot.key.load(std::memory_order_acquire) != uint64_t{correlation} + 1) return false;
+    range = slot.range.load(std::memory_order_relaxed);
+    return slot.key.load(std::memory_order_acquire) == uint64_t{correlation} + 1;
   }
 
   static void CUPTIAPI buffer_requested(uint8_t** buffer, size_t* size, size_t* max_records) {
@@ -210,6 +417,7 @@ class Tracer final : public CuptiTracer {
   // Called with g_mu held, from CUPTI's thread (or the thread that flushes).
   void process(CUcontext ctx, uint32_t stream, uint8_t* buffer, size_t valid) {
     std::lock_guard lock(mu_);
+    const uint64_t tag = tag_.load(std::memory_order_relaxed);
     // Pass 1: runtime-call -> range links (a kernel may sit before its link in a buffer).
     CUpti_Activity* rec = nullptr;
     while (valid && api().cuptiActivityGetNextRecord(buffer, valid, &rec) == CUPTI_SUCCESS) {
@@ -235,7 +443,8 @@ class Tracer final : public CuptiTracer {
           s.start_ns = ts(k->start);
           s.end_ns = ts(k->end);
           s.correlation_id = k->correlationId;
-          attribute(s, k->correlationId, true);
+          ++counters_.kernels;
+          attribute(s, k->correlationId, true, k->graphNodeId);
           break;
         }
         case CUPTI_ACTIVITY_KIND_MEMCPY: {
@@ -285,20 +494,29 @@ class Tracer final : public CuptiTracer {
         default:
           continue;
       }
+      if (tag != 0 && s.num_args < wire::kMaxSpanArgs)
+        s.args[s.num_args++] = {capture_key_, static_cast<int64_t>(tag & INT64_MAX)};
       impl_.record_full_span(s);
     }
     size_t dropped = 0;
     if (api().cuptiActivityGetNumDroppedRecords(ctx, stream, &dropped) == CUPTI_SUCCESS)
-      dropped_ += dropped;
+      counters_.dropped += dropped;
   }
 
-  void attribute(wire::Span& s, uint32_t correlation, bool is_kernel) {
-    auto it = correlation_.find(correlation);
-    if (it == correlation_.end()) return;
-    const auto range = static_cast<uint32_t>(it->second >> 32);
+  void attribute(wire::Span& s, uint32_t correlation, bool is_kernel, uint64_t graph_node = 0) {
+    uint64_t value = 0;
+    if (!graph_range(graph_node, value) && !launch_range(correlation, value)) {
+      auto it = correlation_.find(correlation);
+      if (it == correlation_.end()) return;
+      value = it->second;
+      correlation_.erase(it);  // one activity per launch
+    }
+    const auto range = static_cast<uint32_t>(value >> 32);
     s.args[s.num_args++] = {range_key_, static_cast<int64_t>(range)};
-    if (is_kernel) gpu_time_[range] += s.end_ns - s.start_ns;
-    correlation_.erase(it);  // one activity per launch
+    if (is_kernel) {
+      gpu_time_[range] += s.end_ns - s.start_ns;
+      ++counters_.attributed;
+    }
   }
 
   static const char* memcpy_name(uint8_t kind) {
@@ -319,15 +537,24 @@ class Tracer final : public CuptiTracer {
   }
 
   Agent::Impl& impl_;
+  uint32_t kinds_;
+  CUpti_SubscriberHandle subscriber_ = nullptr;
+  std::unique_ptr<LaunchSlot[]> launches_;
+  std::mutex graph_mu_;  // graph node id -> range (resource callbacks, buffer thread)
+  std::unordered_map<uint64_t, uint64_t> graph_ranges_;
+  bool enabled_ = false;               // controller thread only
+  std::atomic<uint64_t> tag_{0};       // goes on spans as "capture"
+  std::atomic<bool> ext_push_{false};  // push external correlation ids in ranges
   bool stopped_ = false;
   int64_t offset_ns_ = 0;
   uint32_t range_key_ = 0;
   uint32_t bytes_key_ = 0;
+  uint32_t capture_key_ = 0;
   std::mutex mu_;
   std::unordered_map<std::string, uint32_t> names_;
   std::unordered_map<uint32_t, uint64_t> correlation_;
   std::map<uint32_t, int64_t> gpu_time_;
-  uint64_t dropped_ = 0;
+  CuptiCounters counters_;
 };
 
 }  // namespace
@@ -336,7 +563,7 @@ bool CuptiTracer::built_in() {
   return true;
 }
 
-std::unique_ptr<CuptiTracer> CuptiTracer::start(Agent::Impl& impl) {
+std::unique_ptr<CuptiTracer> CuptiTracer::start(Agent::Impl& impl, uint32_t kinds) {
   // CUPTI first: a missing library is the failure a user can act on.
   std::string error;
   const CuptiApi* loaded = load_cupti(error);
@@ -359,7 +586,7 @@ std::unique_ptr<CuptiTracer> CuptiTracer::start(Agent::Impl& impl) {
       return nullptr;
     }
   }
-  auto t = std::make_unique<Tracer>(impl);
+  auto t = std::make_unique<Tracer>(impl, kinds);
   {
     std::lock_guard lock(g_mu);
     g_tracer = t.get();
@@ -369,6 +596,7 @@ std::unique_ptr<CuptiTracer> CuptiTracer::start(Agent::Impl& impl) {
     g_tracer = nullptr;
     return nullptr;
   }
+  g_launch_tracer.store(t.get(), std::memory_order_release);
   return t;
 }
 

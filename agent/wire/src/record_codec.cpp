@@ -95,6 +95,7 @@ void add_one(std::vector<uint8_t>& p, int64_t&, const Hello& r) {
     w.u8(static_cast<uint8_t>(r.clock.domain));
     w.svarint(r.clock.realtime_minus_monotonic_ns);
     w.string(r.auth_token);
+    w.varint(r.capabilities);
   });
 }
 
@@ -196,6 +197,13 @@ void add_one(std::vector<uint8_t>& p, int64_t& prev, const AgentHealth& r) {
     w.varint(r.reconnects);
     w.varint(r.bytes_sent);
     w.varint(r.records_unconfirmed);
+    w.u8(r.gpu.mode);
+    for (uint64_t v :
+         {r.gpu.bursts_started, r.gpu.bursts_finished, r.gpu.captures_requested,
+          r.gpu.captures_started, r.gpu.captures_refused_busy, r.gpu.captures_refused_cooldown,
+          r.gpu.captures_refused_off, r.gpu.captures_completed, r.gpu.kernels_captured,
+          r.gpu.kernels_attributed, r.gpu.records_dropped})
+      w.varint(v);
   });
 }
 
@@ -311,6 +319,8 @@ bool decode(ByteReader& r, int64_t&, Hello& h, std::string& why) {
   IS_READ(read_enum(r, h.clock.domain, 1), "unknown clock domain");
   IS_READ(r.svarint(h.clock.realtime_minus_monotonic_ns), "bad clock offset");
   IS_READ(r.string(h.auth_token, kMaxStringBytes), "bad auth token");
+  h.capabilities = 0;  // absent in hellos from older agents
+  if (!r.at_end()) IS_READ(r.varint32(h.capabilities), "bad capabilities");
   return true;
 }
 
@@ -425,6 +435,16 @@ bool decode(ByteReader& r, int64_t& prev, AgentHealth& a, std::string& why) {
           "bad counts");
   a.records_unconfirmed = 0;  // absent in records from older agents
   if (!r.at_end()) IS_READ(r.varint(a.records_unconfirmed), "bad unconfirmed count");
+  a.gpu = {};  // absent in records from older agents
+  if (!r.at_end()) {
+    IS_READ(r.u8(a.gpu.mode) && a.gpu.mode <= 3, "bad GPU trace mode");
+    for (uint64_t* v :
+         {&a.gpu.bursts_started, &a.gpu.bursts_finished, &a.gpu.captures_requested,
+          &a.gpu.captures_started, &a.gpu.captures_refused_busy, &a.gpu.captures_refused_cooldown,
+          &a.gpu.captures_refused_off, &a.gpu.captures_completed, &a.gpu.kernels_captured,
+          &a.gpu.kernels_attributed, &a.gpu.records_dropped})
+      IS_READ(r.varint(*v), "bad GPU trace count");
+  }
   return true;
 }
 

@@ -52,6 +52,10 @@ struct IngestServer::Connection : std::enable_shared_from_this<IngestServer::Con
   bool send_closed = false;      // half-closed for the drain: nothing more is written
   bool drain_requested = false;  // half_close() waits for the ack in flight
   wire::AckBytes ack_buffer{};
+  // Control messages to the agent (wire/capture.hpp), written between
+  // acknowledgements on the same one-write-at-a-time path; a few at most.
+  std::deque<std::vector<uint8_t>> control_out;
+  std::vector<uint8_t> control_buffer;
   std::function<void(asio::mutable_buffer, std::function<void(std::error_code, size_t)>)> read_some;
   std::function<void(asio::const_buffer, std::function<void(std::error_code, size_t)>)> write;
   std::function<void()> shutdown_send;
@@ -202,6 +206,10 @@ struct IngestServer::Connection : std::enable_shared_from_this<IngestServer::Con
   // time: a peer that never reads fills its socket buffer, never our memory.
   void acknowledge() {
     if (closed || send_closed || ack_in_flight) return;
+    if (!control_out.empty()) {
+      send_control();
+      return;
+    }
     const uint64_t bytes = acknowledgeable();
     if (bytes == acked_bytes) return;
     ack_buffer = wire::encode_ack(bytes);
@@ -211,7 +219,35 @@ struct IngestServer::Connection : std::enable_shared_from_this<IngestServer::Con
       self->ack_in_flight = false;
       if (!ec) self->acked_bytes = bytes;
       // A failed write needs nothing here: the read side sees the same broken connection.
-      if (self->drain_requested) self->half_close();
+      if (self->drain_requested)
+        self->half_close();
+      else if (!ec && !self->control_out.empty())
+        self->send_control();
+    });
+  }
+
+  // Queues a control message (false when the connection cannot take one) and
+  // writes it as soon as no other write is in flight.
+  bool queue_control(std::vector<uint8_t> message) {
+    constexpr size_t kMaxQueued = 4;
+    if (closed || send_closed || drain_requested || control_out.size() >= kMaxQueued) return false;
+    control_out.push_back(std::move(message));
+    if (!ack_in_flight) send_control();
+    return true;
+  }
+
+  void send_control() {
+    if (closed || send_closed || ack_in_flight || control_out.empty()) return;
+    control_buffer = std::move(control_out.front());
+    control_out.pop_front();
+    ack_in_flight = true;
+    auto self = shared_from_this();
+    write(asio::buffer(control_buffer), [self](std::error_code ec, size_t) {
+      self->ack_in_flight = false;
+      if (self->drain_requested)
+        self->half_close();
+      else if (!ec)
+        self->acknowledge();  // the next control message, or an acknowledgement due
     });
   }
 
@@ -263,6 +299,13 @@ IngestServer::IngestServer(asio::io_context& io, const CollectorOptions& options
       sweep_timer_(io),
       ack_timer_(io),
       drain_timer_(io) {}
+
+bool IngestServer::send_control(uint32_t source_id, std::vector<uint8_t> message) {
+  if (source_id == 0 || draining_) return false;
+  for (const auto& c : live_)
+    if (c->session.source_id == source_id) return c->queue_control(std::move(message));
+  return false;
+}
 
 void IngestServer::acknowledge_all() {
   ack_timer_.expires_after(kAckInterval);

@@ -172,6 +172,8 @@ bool Pipeline::on_frame(Session& session, std::span<const uint8_t> frame, Reject
               std::string("first record is ") + wire::to_string(kind) + ", expected hello");
         if (!aggregator_.on_record(*source, rec, problem))
           return reject(session, why, "schema", problem);
+        if (kind == wire::RecordKind::kAgentHealth && health_listener_)
+          health_listener_(*source, std::get<wire::AgentHealth>(rec));
         break;
     }
   }
@@ -241,6 +243,7 @@ void Pipeline::on_alert(const wire::AlertEpisode& a) {
                     a.rank, a.layer, a.expert, a.peak_utilization, a.peak_share);
     log_(buf);
   }
+  if (alert_listener_) alert_listener_(a);
   if (!sink_) return;
   wire::EncoderOptions eo;
   eo.source_id = wire::kCollectorSource;

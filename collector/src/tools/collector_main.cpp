@@ -33,6 +33,8 @@ int failure(const std::string& message) {
 int main(int argc, char** argv) {
   CollectorOptions o;
   std::string window = "10s", token_file, placement_file, trace_max_age, trace_block_age = "1s";
+  std::string capture_cooldown = "30s";
+  bool no_capture_on_episodes = false;
   CLI::App app{
       "inferscope collector: ingests agent streams, exposes Prometheus metrics, "
       "detects hot/cold/dead experts, stores traces and serves the viewer"};
@@ -105,7 +107,23 @@ int main(int argc, char** argv) {
   app.add_option("--max-episode-series", o.aggregation.max_episode_series,
                  "bound on experts with per-expert episode series")
       ->capture_default_str();
+  app.add_option("--capture-http", o.capture.http,
+                 "GPU capture endpoint HOST:PORT, loopback only: POST "
+                 "/capture?model=NAME[&steps=N|&ms=T] (default: off)");
+  app.add_flag("--no-capture-on-episodes", no_capture_on_episodes,
+               "do not ask agents for a GPU capture when an episode opens");
+  app.add_option("--capture-steps", o.capture.steps, "steps per GPU capture")
+      ->capture_default_str()
+      ->check(CLI::Range(1u, 100000u));
+  app.add_option("--capture-cooldown", capture_cooldown,
+                 "per agent, no new GPU capture request within this of the last one")
+      ->capture_default_str();
   if (auto status = cli::parse(app, kProgram, argc, argv)) return *status;
+  o.capture.on_episodes = !no_capture_on_episodes;
+  if (auto ns = parse_duration_ns(capture_cooldown))
+    o.capture.cooldown_ns = *ns;
+  else
+    return usage("--capture-cooldown \"" + capture_cooldown + "\" is not a duration (e.g. 30s)");
 
   // Addresses are checked here, so that a malformed one is a usage error (2)
   // and only a failure to bind one is a runtime failure (1).
@@ -117,7 +135,8 @@ int main(int argc, char** argv) {
   };
   for (const auto& l : o.listen)
     if (!check_endpoint("--listen", l)) return cli::kUsage;
-  if (!check_endpoint("--metrics", o.metrics) || !check_endpoint("--viewer", o.viewer))
+  if (!check_endpoint("--metrics", o.metrics) || !check_endpoint("--viewer", o.viewer) ||
+      !check_endpoint("--capture-http", o.capture.http))
     return cli::kUsage;
   auto window_ns = parse_duration_ns(window);
   if (!window_ns) return usage("--window \"" + window + "\" is not a duration (e.g. 10s, 200ms)");

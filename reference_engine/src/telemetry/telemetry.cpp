@@ -65,6 +65,11 @@ int64_t Telemetry::now_ns() {
   return agent::now_ns();
 }
 
+void Telemetry::set_step(uint64_t step) {
+  step_ = step;
+  agent_->gpu_step();
+}
+
 // [SECTION] Spans
 Telemetry::Span::Span() = default;
 Telemetry::Span::Span(Span&&) noexcept = default;

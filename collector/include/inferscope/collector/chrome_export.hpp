@@ -35,6 +35,9 @@ struct ExportStats {
   uint64_t records = 0;
   uint64_t events = 0;
   uint64_t corrupt_frames = 0;
+  uint64_t blocks_read = 0;         // Perfetto export: store blocks decompressed
+  uint64_t blocks_skipped = 0;      // ... and skipped by the time index
+  uint64_t bytes = 0;               // ... and the bytes written
   std::vector<std::string> damage;  // one line per damaged file
 };
 

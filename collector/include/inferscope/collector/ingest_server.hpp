@@ -66,6 +66,10 @@ class IngestServer {
   // keeps and re-sends what a kill -9 of this collector would lose.
   void set_store(const TraceStore* store) { store_ = store; }
   size_t buffered_bytes() const { return budget_.used(); }  // charged to the FrameBudget now
+  // Writes a control message (wire/capture.hpp) to the connection of this
+  // source, between acknowledgements (on the io thread). False when the source
+  // has no open connection or already has a few messages queued.
+  bool send_control(uint32_t source_id, std::vector<uint8_t> message);
 
   struct Connection;  // in ingest_server.cpp
 

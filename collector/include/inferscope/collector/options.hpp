@@ -57,6 +57,17 @@ struct ConnectionLimits {
   size_t max_buffered_bytes_before_hello = 16u << 20;
 };
 
+// GPU captures the collector asks agents for (docs/gpu.md): when it opens a
+// hot-expert, hot-rank, dead-expert or token-drop episode, and on
+// POST /capture at the loopback-only capture endpoint.
+struct CaptureOptions {
+  std::string http;         // --capture-http 127.0.0.1:PORT (loopback only); "" = no endpoint
+  bool on_episodes = true;  // --no-capture-on-episodes turns the automatic ones off
+  uint32_t steps = 8;       // --capture-steps: steps per capture when none are asked for
+  int64_t cooldown_ns = 30'000'000'000;  // --capture-cooldown: per agent, collector side
+  int64_t busy_ns = 2'000'000'000;       // a sent capture counts as running this long
+};
+
 struct CollectorOptions {
   std::vector<std::string> listen;  // tcp://host:port or unix:///path; default tcp://127.0.0.1:7431
   std::string metrics = "127.0.0.1:9464";  // "" = no Prometheus exposer
@@ -74,6 +85,7 @@ struct CollectorOptions {
   std::chrono::milliseconds tick{200};    // window clock and trace flush timer; 0 = off
   ConnectionLimits limits;
   AggregatorOptions aggregation;
+  CaptureOptions capture;
 };
 
 // "10s", "200ms", "1m", "500us", "3" (seconds). nullopt when malformed or <= 0.

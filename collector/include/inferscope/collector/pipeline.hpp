@@ -69,6 +69,13 @@ class Pipeline {
   void on_close(Session& session);
   void tick(int64_t steady_now_ns);  // closes windows by the estimated agent clock; flushes the log
 
+  // Extra listeners (the capture coordinator): every alert episode as it opens
+  // or closes, and every AgentHealth record with its source.
+  using AlertListener = std::function<void(const wire::AlertEpisode&)>;
+  using HealthListener = std::function<void(const Source&, const wire::AgentHealth&)>;
+  void set_alert_listener(AlertListener l) { alert_listener_ = std::move(l); }
+  void set_health_listener(HealthListener l) { health_listener_ = std::move(l); }
+
   // Where forwarded frames and alert frames go (the collector wires store and viewers here).
   void set_frame_sink(FrameSink sink) { sink_ = std::move(sink); }
   // Times and record count of the frame being handed to the sink (valid during the call),
@@ -96,6 +103,8 @@ class Pipeline {
   StreamSequences sequences_;
   Aggregator aggregator_;
   FrameSink sink_;
+  AlertListener alert_listener_;
+  HealthListener health_listener_;
   wire::FrameSummary sink_summary_;
   wire::Record scratch_;  // the record being decoded
   std::array<prometheus::Counter*, wire::kRecordKindCount> record_counters_{};

@@ -73,7 +73,9 @@ class Telemetry final : public ForwardObserver {
   // kPrefill), no request id.
   [[nodiscard]] Span span(RequestPhase phase, uint64_t request_id = 0);
 
-  void set_step(uint64_t step) { step_ = step; }
+  // Called once per engine step: also a step boundary for the agent's
+  // step-counted GPU captures (docs/gpu.md; an atomic increment).
+  void set_step(uint64_t step);
   // One request spent [start_ns, end_ns) in `phase`.
   void request_phase(uint64_t request_id, RequestPhase phase, int64_t start_ns, int64_t end_ns);
   // A request finished (or was rejected).

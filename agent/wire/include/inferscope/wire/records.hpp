@@ -79,6 +79,10 @@ struct Hello {
   ModelDescription model;
   ClockDescription clock;
   std::string auth_token;  // empty when the collector does not require one
+  // What the agent understands on the collector -> agent direction (bits,
+  // wire/capture.hpp: kCapabilityCaptureRequests). Added last; older agents'
+  // hellos decode as 0, and older collectors ignore it.
+  uint32_t capabilities = 0;
 
   friend bool operator==(const Hello&, const Hello&) = default;
 };
@@ -235,6 +239,23 @@ struct AgentHealth {
   // Sent on connections that broke before the collector acknowledged them: they may
   // or may not have been processed. Added last; older encoders' records decode as 0.
   uint64_t records_unconfirmed = 0;
+  // GPU tracing (docs/gpu.md), cumulative. Added after records_unconfirmed;
+  // older agents' records decode as all 0 (mode 0 = off).
+  struct Gpu {
+    uint8_t mode = 0;  // agent::GpuTraceMode: 0 off, 1 sampled, 2 triggered, 3 full
+    uint64_t bursts_started = 0;
+    uint64_t bursts_finished = 0;
+    uint64_t captures_requested = 0;
+    uint64_t captures_started = 0;
+    uint64_t captures_refused_busy = 0;
+    uint64_t captures_refused_cooldown = 0;
+    uint64_t captures_refused_off = 0;
+    uint64_t captures_completed = 0;
+    uint64_t kernels_captured = 0;
+    uint64_t kernels_attributed = 0;
+    uint64_t records_dropped = 0;
+    friend bool operator==(const Gpu&, const Gpu&) = default;
+  } gpu;
 
   friend bool operator==(const AgentHealth&, const AgentHealth&) = default;
 };

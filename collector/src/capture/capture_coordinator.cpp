@@ -1,0 +1,147 @@
+// Capture requests to agents (capture.hpp says when and how they are bounded).
+#include <algorithm>
+
+#include "inferscope/collector/capture.hpp"
+#include "inferscope/wire/capture.hpp"
+
+namespace inferscope::collector {
+
+namespace {
+// Label sets of inferscope_agent_gpu_captures_total at most (model x rank x outcome).
+constexpr size_t kMaxReportedSeries = 4096;
+
+uint64_t fnv1a(uint64_t h, const void* data, size_t n) {
+  const auto* p = static_cast<const uint8_t*>(data);
+  for (size_t i = 0; i < n; ++i) {
+    h ^= p[i];
+    h *= 0x100000001b3ull;
+  }
+  return h;
+}
+}  // namespace
+
+CaptureCoordinator::CaptureCoordinator(const CaptureOptions& options, SourceRegistry& sources,
+                                       prometheus::Registry& registry)
+    : options_(options),
+      sources_(sources),
+      requests_(prometheus::BuildCounter()
+                    .Name("inferscope_collector_capture_requests_total")
+                    .Help("GPU captures asked for, by origin (episode, user)")
+                    .Register(registry)),
+      agent_requests_(prometheus::BuildCounter()
+                          .Name("inferscope_collector_capture_agent_requests_total")
+                          .Help("Per agent: capture requests sent, or not sent and why")
+                          .Register(registry)),
+      agent_captures_(prometheus::BuildCounter()
+                          .Name("inferscope_agent_gpu_captures_total")
+                          .Help("What agents report doing with capture requests, by outcome "
+                                "(requested, started, refused_busy, refused_cooldown, "
+                                "refused_off, completed)")
+                          .Register(registry)) {}
+
+prometheus::Counter& CaptureCoordinator::agent_outcome(const char* outcome) {
+  return agent_requests_.Add({{"outcome", outcome}});
+}
+
+uint64_t CaptureCoordinator::episode_id(const wire::AlertEpisode& a) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  const uint8_t kind = static_cast<uint8_t>(a.kind);
+  h = fnv1a(h, &kind, 1);
+  h = fnv1a(h, a.model.data(), a.model.size());
+  h = fnv1a(h, &a.rank, sizeof a.rank);
+  h = fnv1a(h, &a.layer, sizeof a.layer);
+  h = fnv1a(h, &a.expert, sizeof a.expert);
+  h = fnv1a(h, &a.start_ns, sizeof a.start_ns);
+  h &= INT64_MAX;  // a span arg is an int64: keep it positive
+  return h == 0 ? 1 : h;
+}
+
+CaptureCoordinator::Outcome CaptureCoordinator::request(const std::string& model, uint32_t steps,
+                                                        uint32_t duration_ms, uint64_t episode_id,
+                                                        const char* origin, int64_t now_ns) {
+  Outcome out;
+  out.capture_id = next_id_++;
+  requests_.Add({{"origin", origin}}).Increment();
+  if (steps == 0 && duration_ms == 0) steps = options_.steps;
+  wire::CaptureRequest req{out.capture_id, episode_id, steps, duration_ms};
+  const auto message = wire::encode_capture_request(req);
+
+  // Forget agents that went away (the map never outgrows the connections).
+  std::vector<uint32_t> live;
+  sources_.for_each([&](const Source& s) {
+    if (s.connected && s.model == model) live.push_back(s.id);
+  });
+  std::erase_if(agents_, [&](const auto& kv) {
+    const Source* s = sources_.find(kv.first);
+    return s == nullptr || !s->connected;
+  });
+  for (uint32_t id : live) {
+    const Source* s = sources_.find(id);
+    ++out.agents;
+    if (!(s->hello.capabilities & wire::kCapabilityCaptureRequests)) {
+      ++out.unsupported;
+      agent_outcome("unsupported").Increment();
+      continue;
+    }
+    AgentState& st = agents_[id];
+    if (now_ns < st.busy_until) {
+      ++out.refused_busy;
+      agent_outcome("refused_busy").Increment();
+      continue;
+    }
+    if (now_ns < st.cooldown_until) {
+      ++out.refused_cooldown;
+      agent_outcome("refused_cooldown").Increment();
+      continue;
+    }
+    if (!send_ || !send_(id, message)) {
+      agent_outcome("send_failed").Increment();
+      continue;
+    }
+    ++out.sent;
+    agent_outcome("sent").Increment();
+    // Busy for as long as the agent may run it; the cooldown counts from the send.
+    const int64_t runs = steps > 0 ? options_.busy_ns
+                                   : std::min<int64_t>(options_.busy_ns, duration_ms * 1'000'000ll);
+    st.busy_until = now_ns + std::max<int64_t>(runs, 1);
+    st.cooldown_until = now_ns + options_.cooldown_ns;
+  }
+  return out;
+}
+
+void CaptureCoordinator::on_alert(const wire::AlertEpisode& a, int64_t now_ns) {
+  if (!options_.on_episodes || a.end_ns != 0) return;  // only when an episode opens
+  switch (a.kind) {
+    case wire::AlertKind::kHotExpert:
+    case wire::AlertKind::kHotRank:
+    case wire::AlertKind::kDeadExpert:
+    case wire::AlertKind::kDropBurst:
+      request(a.model, options_.steps, 0, episode_id(a), "episode", now_ns);
+      break;
+    case wire::AlertKind::kColdExpert:
+      break;
+  }
+}
+
+void CaptureCoordinator::on_health(const Source& source, const wire::AgentHealth& h) {
+  if (reported_.size() >= kMaxReportedSeries / 6 && !reported_.count(source.id)) return;
+  wire::AgentHealth::Gpu& last = reported_[source.id];
+  // Cumulative values; a smaller one means the agent restarted its counts.
+  auto add = [&](const char* outcome, uint64_t now, uint64_t before) {
+    const uint64_t d = now >= before ? now - before : now;
+    if (d == 0) return;
+    agent_captures_.Add({{"model", source.model}, {"rank", source.rank}, {"outcome", outcome}})
+        .Increment(static_cast<double>(d));
+  };
+  add("requested", h.gpu.captures_requested, last.captures_requested);
+  add("started", h.gpu.captures_started, last.captures_started);
+  add("refused_busy", h.gpu.captures_refused_busy, last.captures_refused_busy);
+  add("refused_cooldown", h.gpu.captures_refused_cooldown, last.captures_refused_cooldown);
+  add("refused_off", h.gpu.captures_refused_off, last.captures_refused_off);
+  add("completed", h.gpu.captures_completed, last.captures_completed);
+  last = h.gpu;
+  // Sources that are gone do not keep their entry.
+  std::erase_if(reported_, [&](const auto& kv) { return sources_.find(kv.first) == nullptr; });
+}
+
+}  // namespace inferscope::collector
