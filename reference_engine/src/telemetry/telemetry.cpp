@@ -5,10 +5,16 @@
 // [SECTION] Forward hooks   [SECTION] Expert parallelism
 #include "inferscope/engine/telemetry.hpp"
 
+#include <optional>
+
 #include "inferscope/agent.hpp"
 #include "inferscope/wire/counter_names.hpp"
 
 namespace inferscope::engine {
+
+struct Telemetry::OpenRanges {
+  std::optional<agent::ScopedRange> layer, ep;
+};
 
 // [SECTION] Set-up
 wire::ModelDescription describe(const ModelConfig& model) {
@@ -38,6 +44,7 @@ Telemetry::Telemetry(agent::Config config, const ModelConfig& model,
   if (config.service.empty() || config.service == "inferscope")
     config.service = "inferscope-engine";
   agent_ = std::make_unique<agent::Agent>(std::move(config));
+  open_ = std::make_unique<OpenRanges>();
   id_backbone_ = agent::intern("backbone");
   id_prefill_ = agent::intern("prefill");
   id_decode_ = agent::intern("decode");
@@ -56,8 +63,7 @@ Telemetry::Telemetry(agent::Config config, const ModelConfig& model,
 }
 
 Telemetry::~Telemetry() {
-  ep_range_ = Span();
-  layer_range_ = Span();
+  open_.reset();   // ranges end before the agent goes
   agent_.reset();  // flushes (bounded by the agent's shutdown timeout)
 }
 
@@ -161,13 +167,12 @@ void Telemetry::memory(const MemoryInUse& used, const MemoryFootprint& capacity)
 
 // [SECTION] Forward hooks
 void Telemetry::layer_begin(int32_t layer) {
-  layer_range_ = Span();
-  layer_range_.outer_ =
-      std::make_unique<agent::ScopedRange>(*agent_, layer_names_[static_cast<size_t>(layer)]);
+  open_->layer.reset();
+  open_->layer.emplace(*agent_, layer_names_[static_cast<size_t>(layer)]);
 }
 
 void Telemetry::layer_end(int32_t) {
-  layer_range_ = Span();
+  open_->layer.reset();
 }
 
 void Telemetry::moe_routed(int32_t layer, const RouteCounts& counts, int32_t tokens) {
@@ -177,13 +182,12 @@ void Telemetry::moe_routed(int32_t layer, const RouteCounts& counts, int32_t tok
 
 // [SECTION] Expert parallelism
 void Telemetry::ep_phase_begin(int32_t, EpPhase phase) {
-  ep_range_ = Span();
-  ep_range_.outer_ =
-      std::make_unique<agent::ScopedRange>(*agent_, ep_names_[static_cast<size_t>(phase)]);
+  open_->ep.reset();
+  open_->ep.emplace(*agent_, ep_names_[static_cast<size_t>(phase)]);
 }
 
 void Telemetry::ep_phase_end(int32_t, EpPhase) {
-  ep_range_ = Span();
+  open_->ep.reset();
 }
 
 void Telemetry::ep_layer(const EpLayerStats& st) {

@@ -104,7 +104,10 @@ class Telemetry final : public ForwardObserver {
   uint32_t id_backbone_ = 0, id_prefill_ = 0, id_decode_ = 0, id_encoder_ = 0, id_connector_ = 0;
   uint32_t id_ckpt_evicted_unused_ = 0, id_ckpt_evicted_reused_ = 0;  // wire/counter_names.hpp
   std::vector<uint32_t> layer_names_;
-  Span layer_range_, ep_range_;
+  // The open layer and EP-phase ranges, reused every step (no allocation per
+  // layer); defined in telemetry.cpp, where the agent is complete.
+  struct OpenRanges;
+  std::unique_ptr<OpenRanges> open_;
   uint32_t ep_names_[3] = {};
   uint64_t step_ = 0;
 };
