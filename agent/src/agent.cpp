@@ -283,7 +283,7 @@ void Agent::ep_step(const wire::ExpertParallelStep& s, std::span<const uint32_t>
   Impl* i = impl_.get();
   if (!i || !i->enabled) return;
   if (rows_to_rank.size() > wire::kMaxEpRanks) rows_to_rank = {};  // totals still go
-  detail::EpStepSlot m{s.step,       s.timestamp_ns == 0 ? now_ns() : s.timestamp_ns,
+  detail::EpStepSlot m{s.step,        s.timestamp_ns == 0 ? now_ns() : s.timestamp_ns,
                        s.dispatch_ns, s.compute_ns,
                        s.combine_ns,  s.layer,
                        s.rows_sent,   s.rows_computed,

@@ -74,7 +74,8 @@ TEST(WireRoundTrip, ExpertParallelStepExtremesSurvive) {
   e.rows_sent = UINT32_MAX;
   e.rows_computed = UINT32_MAX - 1;
   // Its absolute timestamp leaves the delta chain of the records around it intact.
-  auto out = roundtrip({testing::sample_span(), e, testing::sample_ep_step(), testing::sample_span(77)});
+  auto out =
+      roundtrip({testing::sample_span(), e, testing::sample_ep_step(), testing::sample_span(77)});
   ASSERT_EQ(out.size(), 4u);
   EXPECT_TRUE(out[1] == Record(e));
   EXPECT_TRUE(out[2] == Record(testing::sample_ep_step()));
