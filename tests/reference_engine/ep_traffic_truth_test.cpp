@@ -191,7 +191,9 @@ TEST(EpTrafficTruth, CollectorTotalsAndTopPairsAreTheMatrixs) {
   ASSERT_NE(ep, nullptr);
   // The heaviest off-diagonal pairs: 0->1 and 1->2 (10 each, lower src first), 1->3 (8).
   const auto top = ep->top_pairs(kLayer);
-  const auto heaviest = inferscope::analysis::top_traffic_pairs(want, kRanks, 3);
+  std::vector<uint64_t> window = want;  // kSteps identical steps in window 0
+  for (auto& v : window) v *= kSteps;
+  const auto heaviest = inferscope::analysis::top_traffic_pairs(window, kRanks, 3);
   ASSERT_EQ(top.size(), 3u);
   EXPECT_EQ(top, heaviest);
   EXPECT_EQ(top[0], (inferscope::analysis::TrafficPair{0, 1, 10 * kSteps}));
