@@ -198,7 +198,8 @@ void expect_match(const Case& c, bool fp32_math) {
       const size_t per_rank = single.kept.size() / 2;
       for (size_t dst = 0; dst < 2; ++dst) {
         uint64_t want = 0;
-        for (size_t e = dst * per_rank; e < (dst + 1) * per_rank; ++e) want += static_cast<uint64_t>(single.kept[e]);
+        for (size_t e = dst * per_rank; e < (dst + 1) * per_rank; ++e)
+          want += static_cast<uint64_t>(single.kept[e]);
         EXPECT_EQ(got.stats.rows_to_rank[dst], want) << "traffic " << r << " -> " << dst;
       }
     }

@@ -134,16 +134,20 @@ void draw_ep(AppState& s) {
     static int layer_idx = 0;
     layer_idx = std::clamp(layer_idx, 0, int(r.traffic.size()) - 1);
     const EpTrafficLayer& t = r.traffic[size_t(layer_idx)];
-    ImGui::Text("Dispatch traffic, layer %u (rows src -> dst in the window; combine is the transpose)", t.layer);
+    ImGui::Text(
+        "Dispatch traffic, layer %u (rows src -> dst in the window; combine is the transpose)",
+        t.layer);
     if (r.traffic.size() > 1) {
       ImGui::SameLine();
       ImGui::SetNextItemWidth(160 * s.scale);
-      ImGui::SliderInt("##ep_traffic_layer", &layer_idx, 0, int(r.traffic.size()) - 1, "MoE layer #%d");
+      ImGui::SliderInt("##ep_traffic_layer", &layer_idx, 0, int(r.traffic.size()) - 1,
+                       "MoE layer #%d");
     }
     ImDrawList* dl = ImGui::GetWindowDrawList();
     const uint32_t n = r.ranks;
-    const float cell = std::clamp((ImGui::GetContentRegionAvail().x - 60 * s.scale) / float(std::max(n, 1u)),
-                                  3.0f, 28.0f * s.scale);
+    const float cell =
+        std::clamp((ImGui::GetContentRegionAvail().x - 60 * s.scale) / float(std::max(n, 1u)), 3.0f,
+                   28.0f * s.scale);
     const ImVec2 p0 = ImGui::GetCursorScreenPos();
     const ImVec2 o(p0.x + 40 * s.scale, p0.y);
     for (uint32_t src = 0; src < n; ++src) {
@@ -169,7 +173,8 @@ void draw_ep(AppState& s) {
     }
     // The hot rank's row (what it sends) is outlined.
     if (s.ep_hot_rank >= 0 && uint32_t(s.ep_hot_rank) < n) {
-      const ImVec2 a(o.x - 1, o.y + s.ep_hot_rank * cell - 1), b(o.x + n * cell, o.y + (s.ep_hot_rank + 1) * cell);
+      const ImVec2 a(o.x - 1, o.y + s.ep_hot_rank * cell - 1),
+          b(o.x + n * cell, o.y + (s.ep_hot_rank + 1) * cell);
       dl->AddRect(a, b, 0xFF4060F0, 0, 0, 2.0f);
       s.ep_hot_row[0] = a.x;
       s.ep_hot_row[1] = a.y;
@@ -177,21 +182,27 @@ void draw_ep(AppState& s) {
       s.ep_hot_row[3] = b.y;
     }
     ImGui::Dummy(ImVec2(40 * s.scale + n * cell, n * cell + 2));
-    ImGui::TextDisabled("row: sender · column: receiver · brighter: more rows · grey: kept local · outlined: hot rank");
+    ImGui::TextDisabled(
+        "row: sender · column: receiver · brighter: more rows · grey: kept local · outlined: hot "
+        "rank");
   }
 
   // [SECTION] EPLB advisor: what a re-placement would save per step.
   if (r.has_advice) {
     ImGui::Separator();
-    ImGui::Text("EPLB advisor: a re-placement saves ~%.3f ms per step (straggler expert compute vs predicted)",
-                r.advice.saving_ns_per_step * 1e-6);
+    ImGui::Text(
+        "EPLB advisor: a re-placement saves ~%.3f ms per step (straggler expert compute vs "
+        "predicted)",
+        r.advice.saving_ns_per_step * 1e-6);
     for (const auto& l : r.advice.layers)
       if (l.saving_ns > 0)
-        ImGui::Text("  layer %u: straggler %.3f ms, mean %.3f, after %.3f; idle %.3f -> %.3f ms", l.layer,
-                    l.straggler_ns * 1e-6, l.mean_ns * 1e-6, l.after_ns * 1e-6, l.idle_now_ns * 1e-6,
-                    l.idle_after_ns * 1e-6);
-    ImGui::TextDisabled("%u expert replicas would move; cost and break-even: the collector's gauges "
-                        "(--eplb-expert-bytes)", r.advice.experts_moved);
+        ImGui::Text("  layer %u: straggler %.3f ms, mean %.3f, after %.3f; idle %.3f -> %.3f ms",
+                    l.layer, l.straggler_ns * 1e-6, l.mean_ns * 1e-6, l.after_ns * 1e-6,
+                    l.idle_now_ns * 1e-6, l.idle_after_ns * 1e-6);
+    ImGui::TextDisabled(
+        "%u expert replicas would move; cost and break-even: the collector's gauges "
+        "(--eplb-expert-bytes)",
+        r.advice.experts_moved);
   }
 
   // [SECTION] Load per rank: now vs after an EPLB re-placement.

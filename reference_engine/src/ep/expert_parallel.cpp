@@ -181,7 +181,8 @@ void moe_ffn_ep(Backend& be, const MoeConfig& moe, const MoeWeights& w, MoeScrat
   // The traffic row is exactly the dispatch's send counts (per destination rank).
   stats.rows_to_rank.resize(static_cast<size_t>(N));
   for (int32_t d = 0; d < N; ++d)
-    stats.rows_to_rank[static_cast<size_t>(d)] = static_cast<uint32_t>(x.send_counts[static_cast<size_t>(d)]);
+    stats.rows_to_rank[static_cast<size_t>(d)] =
+        static_cast<uint32_t>(x.send_counts[static_cast<size_t>(d)]);
   const Tensor xp = s.xp.tensor();
   stats.row_bytes = static_cast<uint32_t>(static_cast<size_t>(xp.cols) * dtype_size(xp.dtype));
 }

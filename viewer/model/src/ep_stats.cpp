@@ -47,7 +47,7 @@ EpReport ep_report(const TraceModel& m, int64_t t0, int64_t t1, double hot_thres
   std::map<uint32_t, std::set<uint64_t>> steps;
   std::map<uint32_t, std::map<uint32_t, uint64_t>> rows_by_layer;  // layer -> rank -> rows
   std::map<uint32_t, std::map<std::pair<uint32_t, uint32_t>, uint64_t>> traffic;  // layer -> pairs
-  std::map<uint32_t, std::map<uint32_t, std::pair<int64_t, uint64_t>>> compute;  // ns, passes
+  std::map<uint32_t, std::map<uint32_t, std::pair<int64_t, uint64_t>>> compute;   // ns, passes
   for (const auto& rec : m.ep_steps()) {
     const auto& s = rec.step;
     if (s.timestamp_ns < t0 || s.timestamp_ns > t1) continue;
