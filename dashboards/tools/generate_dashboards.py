@@ -498,15 +498,18 @@ def moe_dashboard():
                                 (f"sum by (rank) (rate(inferscope_ep_traffic_bytes_in_total{{{EPL}}}[{RI}]))",
                                  "in, rank {{rank}}")),
                         unit="Bps"))
-    p.append(timeseries(L, "EPLB advisor: saving per step and break-even",
-                        "What a re-placement would save per step (straggler expert compute minus the "
-                        "predicted one after EPLB, summed over MoE layers), the stall while moving expert "
-                        "weights (--eplb-expert-bytes, --eplb-move-bandwidth) and the serving time after "
-                        "which it pays back at the current step rate (docs/expert-parallel.md, "
-                        "\"How the advisor computes\").",
-                        targets((f"inferscope_ep_eplb_saving_seconds_per_step{{{EPM}}}", "saving per step"),
-                                (f"inferscope_ep_eplb_move_stall_seconds{{{EPM}}}", "stall while moving"),
-                                (f"inferscope_ep_eplb_break_even_seconds{{{EPM}}}", "break-even")),
+    # The advisor's cost series (move bytes, stall, break-even) exist only with
+    # --eplb-expert-bytes and break-even is +Inf when nothing is saved, so the panel
+    # plots the saving, which every EP run with a placement has.
+    p.append(timeseries(L, "EPLB advisor: MoE time a re-placement would save per step",
+                        "Straggler expert compute minus the predicted compute after the EPLB what-if's "
+                        "re-placement, per step (all MoE layers) and for the MoE layer that gains most "
+                        "(docs/expert-parallel.md, \"How the advisor computes\"). What it costs and when "
+                        "it pays back: inferscope_ep_eplb_move_bytes, _move_stall_seconds and "
+                        "_break_even_seconds, with the collector's --eplb-expert-bytes.",
+                        targets((f"inferscope_ep_eplb_saving_seconds_per_step{{{EPM}}}", "per step, {{model}}"),
+                                (f"max by (model) (inferscope_ep_eplb_layer_saving_seconds_per_step{{{EPL}}})",
+                                 "best layer, {{model}}")),
                         unit="s"))
     types = {x["type"] for x in p}
     return dashboard("inferscope-moe", "inferscope / MoE routing",
