@@ -279,11 +279,20 @@ void Agent::expert_load(uint64_t step, uint32_t layer, std::span<const uint32_t>
 }
 
 void Agent::ep_step(const wire::ExpertParallelStep& s) {
+  ep_step(s, s.rows_to_rank);
+}
+
+void Agent::ep_step(const wire::ExpertParallelStep& s, std::span<const uint32_t> rows_to_rank) {
   Impl* i = impl_.get();
   if (!i || !i->enabled) return;
-  wire::ExpertParallelStep m = s;
-  if (m.timestamp_ns == 0) m.timestamp_ns = now_ns();
-  put(i, wire::RecordKind::kExpertParallel, 0, 0, &m, sizeof m);
+  if (rows_to_rank.size() > wire::kMaxEpRanks) rows_to_rank = {};  // totals still go
+  detail::EpStepSlot m{s.step,        s.timestamp_ns == 0 ? now_ns() : s.timestamp_ns,
+                       s.dispatch_ns, s.compute_ns,
+                       s.combine_ns,  s.layer,
+                       s.rows_sent,   s.rows_computed,
+                       s.row_bytes};
+  put(i, wire::RecordKind::kExpertParallel, 0, static_cast<uint16_t>(rows_to_rank.size()), &m,
+      sizeof m, rows_to_rank.data(), rows_to_rank.size_bytes());
 }
 
 void Agent::memory(wire::MemoryKind kind, uint64_t used_bytes, uint64_t capacity_bytes) {

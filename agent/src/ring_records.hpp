@@ -37,13 +37,22 @@ struct ExpertLoadSlot {
   uint32_t rerouted;
 };
 
+// ExpertParallelStep's fixed fields; its rows_to_rank (count = the header's
+// count) follows as uint32s.
+struct EpStepSlot {
+  uint64_t step;
+  int64_t timestamp_ns;
+  int64_t dispatch_ns, compute_ns, combine_ns;
+  uint32_t layer;
+  uint32_t rows_sent, rows_computed, row_bytes;
+};
+
 static_assert(std::is_trivially_copyable_v<wire::Span>);
 static_assert(std::is_trivially_copyable_v<wire::MemorySample>);
 static_assert(std::is_trivially_copyable_v<wire::PrefixCacheSample>);
 static_assert(std::is_trivially_copyable_v<wire::StageTiming>);
 static_assert(std::is_trivially_copyable_v<wire::RequestEvent>);
 static_assert(std::is_trivially_copyable_v<wire::CounterSample>);
-static_assert(std::is_trivially_copyable_v<wire::ExpertParallelStep>);
 
 inline constexpr size_t kKinds = wire::kRecordKindSlots;  // per-kind counters, as in AgentHealth
 

@@ -240,9 +240,21 @@ void Shipper::drain() {
           break;
         }
         case wire::RecordKind::kExpertParallel: {
+          EpStepSlot c;
+          std::memcpy(&c, p, sizeof c);
           wire::ExpertParallelStep m;
-          std::memcpy(&m, p, sizeof m);
-          encoder_.add(wire::Record{m});
+          m.step = c.step;
+          m.layer = c.layer;
+          m.timestamp_ns = c.timestamp_ns;
+          m.dispatch_ns = c.dispatch_ns;
+          m.compute_ns = c.compute_ns;
+          m.combine_ns = c.combine_ns;
+          m.rows_sent = c.rows_sent;
+          m.rows_computed = c.rows_computed;
+          m.row_bytes = c.row_bytes;
+          m.rows_to_rank.resize(h.count);
+          if (h.count) std::memcpy(m.rows_to_rank.data(), p + sizeof c, h.count * sizeof(uint32_t));
+          encoder_.add(wire::Record{std::move(m)});
           break;
         }
         default:

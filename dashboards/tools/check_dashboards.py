@@ -57,6 +57,8 @@ inferscope_ep_combine_seconds_total inferscope_ep_idle_seconds_total
 inferscope_ep_rows_computed_total inferscope_ep_rows_sent_total inferscope_ep_layer_steps_total
 inferscope_ep_straggler_steps_total inferscope_ep_joined_steps_total
 inferscope_ep_unjoined_steps_total inferscope_ep_hot_rank_episodes_total
+inferscope_ep_traffic_rows_out_total inferscope_ep_traffic_rows_in_total
+inferscope_ep_traffic_bytes_out_total inferscope_ep_traffic_bytes_in_total
 """.split()
 GAUGES = """
 inferscope_moe_layer_imbalance_ratio inferscope_moe_layer_load_cv
@@ -66,6 +68,9 @@ inferscope_moe_expert_utilization_current_ratio inferscope_moe_expert_load_share
 inferscope_moe_ep_rank_utilization_ratio inferscope_moe_ep_balancedness_ratio
 inferscope_moe_ep_eplb_rank_utilization_ratio inferscope_moe_ep_eplb_balancedness_ratio
 inferscope_ep_rank_utilization_ratio inferscope_ep_rank_hot
+inferscope_ep_traffic_top_pair_rows_per_second inferscope_ep_eplb_saving_seconds_per_step
+inferscope_ep_eplb_layer_saving_seconds_per_step inferscope_ep_eplb_move_bytes
+inferscope_ep_eplb_move_stall_seconds inferscope_ep_eplb_break_even_seconds
 inferscope_memory_used_bytes inferscope_memory_capacity_bytes
 inferscope_collector_connections inferscope_collector_trace_bytes inferscope_agent_connected
 """.split()
@@ -80,7 +85,7 @@ CATALOG = set(COUNTERS) | set(GAUGES) | {
 PROMETHEUS_SERIES = {"up", "scrape_duration_seconds", "scrape_samples_scraped", "ALERTS",
                      "ALERTS_FOR_STATE"}
 LABELS = {"model", "rank", "layer", "expert", "kind", "stage", "layer_kind", "state", "status",
-          "reason", "reused", "le", "job", "instance", "alertname", "alertstate", "severity"}
+          "reason", "reused", "src", "dst", "le", "job", "instance", "alertname", "alertstate", "severity"}
 GRAFANA_BUILTINS = {"__rate_interval", "__interval", "__range", "__interval_ms", "__range_s"}
 
 

@@ -480,6 +480,37 @@ def moe_dashboard():
                         targets((f"inferscope_ep_rank_utilization_ratio{{{EPM}}}", "load, rank {{rank}}"),
                                 (f"inferscope_ep_rank_hot{{{EPM}}}", "hot, rank {{rank}}")),
                         unit="none", thr=thresholds((None, "green"), (1.25, "red")), draw_thresholds=True))
+    # Traffic matrix (issue 24): only the collector's bounded top-K pairs per layer
+    # and per-rank totals; the full rank x rank matrix is in the viewer.
+    p.append(timeseries(L, "EP dispatch traffic: heaviest rank pairs",
+                        "Dispatch rows per second from src to dst rank, last window, for each MoE layer's "
+                        "K heaviest pairs only (--ep-top-pairs, default 8; combine returns the same rows, "
+                        "dst to src). Bounded: at most K series per layer whatever the rank count. The "
+                        "viewer's EP view draws the whole rank x rank matrix.",
+                        targets((f"topk(8, max by (src, dst) (inferscope_ep_traffic_top_pair_rows_per_second{{{EPL}}}))",
+                                 "{{src}} -> {{dst}}"),),
+                        unit="none"))
+    p.append(timeseries(L, "EP dispatch traffic per rank: bytes out and in",
+                        "Bytes per second each EP rank sends to (out) and receives from (in) the other ranks "
+                        "in dispatch, all selected MoE layers; combine moves the same bytes the other way.",
+                        targets((f"sum by (rank) (rate(inferscope_ep_traffic_bytes_out_total{{{EPL}}}[{RI}]))",
+                                 "out, rank {{rank}}"),
+                                (f"sum by (rank) (rate(inferscope_ep_traffic_bytes_in_total{{{EPL}}}[{RI}]))",
+                                 "in, rank {{rank}}")),
+                        unit="Bps"))
+    # The advisor's cost series (move bytes, stall, break-even) exist only with
+    # --eplb-expert-bytes and break-even is +Inf when nothing is saved, so the panel
+    # plots the saving, which every EP run with a placement has.
+    p.append(timeseries(L, "EPLB advisor: MoE time a re-placement would save per step",
+                        "Straggler expert compute minus the predicted compute after the EPLB what-if's "
+                        "re-placement, per step (all MoE layers) and for the MoE layer that gains most "
+                        "(docs/expert-parallel.md, \"How the advisor computes\"). What it costs and when "
+                        "it pays back: inferscope_ep_eplb_move_bytes, _move_stall_seconds and "
+                        "_break_even_seconds, with the collector's --eplb-expert-bytes.",
+                        targets((f"inferscope_ep_eplb_saving_seconds_per_step{{{EPM}}}", "per step, {{model}}"),
+                                (f"max by (model) (inferscope_ep_eplb_layer_saving_seconds_per_step{{{EPL}}})",
+                                 "best layer, {{model}}")),
+                        unit="s"))
     types = {x["type"] for x in p}
     return dashboard("inferscope-moe", "inferscope / MoE routing",
                      "Expert load per layer and rank, imbalance, hot experts, token drops and "

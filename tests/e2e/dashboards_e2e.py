@@ -178,7 +178,8 @@ EP_RECORD_METRICS = ("inferscope_ep_dispatch_seconds_total", "inferscope_ep_expe
                      "inferscope_ep_combine_seconds_total", "inferscope_ep_idle_seconds_total",
                      "inferscope_ep_straggler_steps_total", "inferscope_ep_joined_steps_total",
                      "inferscope_ep_rows_computed_total", "inferscope_ep_rows_sent_total",
-                     "inferscope_ep_layer_steps_total")
+                     "inferscope_ep_layer_steps_total", "inferscope_ep_traffic_",
+                     "inferscope_ep_eplb_")
 
 
 # Families that exist only where GPU time is measured (CUPTI): none on this CPU run.

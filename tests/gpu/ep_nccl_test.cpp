@@ -193,6 +193,15 @@ void expect_match(const Case& c, bool fp32_math) {
     const Out& got = ep[static_cast<size_t>(r)];
     if (!single.kept.empty()) {
       EXPECT_EQ(got.kept, single.kept);
+      // Issue 24: the traffic row over NCCL = the routing's kept rows per owner rank.
+      ASSERT_EQ(got.stats.rows_to_rank.size(), 2u);
+      const size_t per_rank = single.kept.size() / 2;
+      for (size_t dst = 0; dst < 2; ++dst) {
+        uint64_t want = 0;
+        for (size_t e = dst * per_rank; e < (dst + 1) * per_rank; ++e)
+          want += static_cast<uint64_t>(single.kept[e]);
+        EXPECT_EQ(got.stats.rows_to_rank[dst], want) << "traffic " << r << " -> " << dst;
+      }
     }
     EXPECT_EQ(got.dropped, single.dropped);
     ASSERT_EQ(got.y.size(), single.y.size());

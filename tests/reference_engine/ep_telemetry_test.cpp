@@ -12,6 +12,7 @@
 #include <map>
 #include <set>
 #include <thread>
+#include <tuple>
 
 #include "capture_sink.hpp"
 #include "inferscope/agent.hpp"
@@ -83,6 +84,8 @@ TEST(ExpertParallelTelemetry, EveryRankReportsEveryMoeLayerOfEveryStep) {
 
   std::set<std::pair<uint64_t, uint32_t>> keys[2];
   uint64_t computed = 0, kept = 0;
+  // Issue 24: (step, layer, rank) -> rows sent to it (the matrix column) / rows it computed.
+  std::map<std::tuple<uint64_t, uint32_t, uint32_t>, uint64_t> column, computed_at;
   for (int r = 0; r < 2; ++r) {
     SCOPED_TRACE("rank " + std::to_string(r));
     const RankCapture& rc = ranks[static_cast<size_t>(r)];
@@ -104,6 +107,12 @@ TEST(ExpertParallelTelemetry, EveryRankReportsEveryMoeLayerOfEveryStep) {
         EXPECT_GE(e->combine_ns, 0);
         EXPECT_GT(e->timestamp_ns, 0);
         computed += e->rows_computed;
+        // The traffic row travelled engine -> agent ring -> wire intact.
+        ASSERT_EQ(e->rows_to_rank.size(), 2u);
+        EXPECT_EQ(e->rows_sent, e->rows_to_rank[static_cast<size_t>(1 - r)]);
+        EXPECT_GT(e->row_bytes, 0u);
+        for (uint32_t d = 0; d < 2; ++d) column[{e->step, e->layer, d}] += e->rows_to_rank[d];
+        computed_at[{e->step, e->layer, static_cast<uint32_t>(r)}] = e->rows_computed;
       } else if (auto* l = std::get_if<wire::ExpertLoad>(&rec)) {
         for (uint32_t x : l->routed) kept += x;
         kept -= l->dropped;
@@ -118,4 +127,6 @@ TEST(ExpertParallelTelemetry, EveryRankReportsEveryMoeLayerOfEveryStep) {
   EXPECT_GT(ranks[1].stats.idle_steps, 0u);
   EXPECT_EQ(keys[0], keys[1]) << "step ids must agree across ranks";
   EXPECT_EQ(computed, kept) << "every kept assignment is computed once, on its expert's rank";
+  // What every rank sent to d in dispatch is exactly what d's experts computed.
+  EXPECT_EQ(column, computed_at);
 }

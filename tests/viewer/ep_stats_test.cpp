@@ -94,6 +94,43 @@ TEST(EpReport, HotRankNamesItsLayerAndExpertsAndEplbBalancesIt) {
   EXPECT_LT(r.rows[1].load_eplb, r.rows[1].load_now);
 }
 
+// Issue 24: the window's traffic matrix per layer (rows_to_rank summed over
+// steps) and the advisor on the same window.
+TEST(EpReport, TrafficMatrixPerLayerAndTheAdvisor) {
+  TraceModel m;
+  for (uint32_t r = 0; r < 2; ++r) {
+    auto h = test::hello(r, {0, 0, 1, 1});
+    h.world_size = 2;
+    m.add(r + 1, h);
+  }
+  for (uint64_t step = 0; step < 2; ++step) {
+    auto a = ep(step, 100, 1'000'000, 100);
+    a.rows_to_rank = {40, 60};  // rank 0 keeps 40, sends 60 to rank 1
+    auto b = ep(step, 100, 3'000'000, 300);
+    b.rows_to_rank = {5, 95};
+    m.add(1, a);
+    m.add(2, b);
+    m.add(1, load(100, {10, 10, 60, 20}));
+    m.add(2, load(100, {10, 10, 60, 20}));
+  }
+  m.finalize();
+  EpReport r = ep_report(m, 0, 1000);
+  ASSERT_EQ(r.traffic.size(), 1u);
+  EXPECT_EQ(r.traffic[0].layer, 1u);
+  EXPECT_EQ(r.traffic[0].matrix, (std::vector<uint64_t>{80, 120, 10, 190}));
+  EXPECT_EQ(r.traffic[0].max_pair, 120u);  // off-diagonal only
+  // Advisor: rank loads 40 / 160 -> the plan balances them; measured 1 and 3 ms per pass:
+  // straggler 3 ms, mean 2 ms, so the saving is 3 ms - 2 ms / balancedness_after.
+  ASSERT_TRUE(r.has_advice);
+  ASSERT_EQ(r.advice.layers.size(), 1u);
+  const auto& l = r.advice.layers[0];
+  EXPECT_DOUBLE_EQ(l.straggler_ns, 3'000'000.0);
+  EXPECT_DOUBLE_EQ(l.mean_ns, 2'000'000.0);
+  EXPECT_NEAR(l.saving_ns, 3'000'000.0 - 2'000'000.0 / l.balancedness_after, 1e-6);
+  EXPECT_GT(l.saving_ns, 0.0);
+  EXPECT_FALSE(r.advice.cost_known);
+}
+
 TEST(EpReport, NothingOutsideTheWindowAndNoEpData) {
   TraceModel m = two_ranks();
   EpReport r = ep_report(m, 5000, 6000);

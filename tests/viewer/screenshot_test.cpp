@@ -194,6 +194,13 @@ TEST(ViewerScreenshotEp, HotRankNamedAndOthersIdleWaitingForIt) {
   ASSERT_LT(cx, img.w);
   ASSERT_LT(cy, img.h);
   EXPECT_TRUE(close_colour(img.at(cx, cy), 0x5050E0, 12)) << std::hex << img.at(cx, cy);
+  // Issue 24: the traffic heatmap outlines the hot rank's row (its left edge, mid-height).
+  auto row = f["ep_hot_row"];
+  ASSERT_GE(row[0].get<double>(), 0) << "no traffic heatmap drawn";
+  const int rx = static_cast<int>(row[0].get<double>()),
+            ry = static_cast<int>((row[1].get<double>() + row[3].get<double>()) / 2);
+  ASSERT_LT(ry, img.h) << "heatmap below the window";
+  EXPECT_TRUE(close_colour(img.at(rx, ry), 0x4060F0, 24)) << std::hex << img.at(rx, ry);
 }
 
 TEST_F(ViewerScreenshot, TimelineLightThemeShowsEveryTrack) {

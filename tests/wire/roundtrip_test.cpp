@@ -74,7 +74,8 @@ TEST(WireRoundTrip, ExpertParallelStepExtremesSurvive) {
   e.rows_sent = UINT32_MAX;
   e.rows_computed = UINT32_MAX - 1;
   // Its absolute timestamp leaves the delta chain of the records around it intact.
-  auto out = roundtrip({testing::sample_span(), e, testing::sample_ep_step(), testing::sample_span(77)});
+  auto out =
+      roundtrip({testing::sample_span(), e, testing::sample_ep_step(), testing::sample_span(77)});
   ASSERT_EQ(out.size(), 4u);
   EXPECT_TRUE(out[1] == Record(e));
   EXPECT_TRUE(out[2] == Record(testing::sample_ep_step()));
@@ -90,6 +91,47 @@ TEST(WireRoundTrip, HotRankAlertSurvives) {
 }
 
 // The decoder refuses what no agent can mean: negative durations, layers past the limit.
+// Revision 1 of expert_parallel (before the traffic matrix) ends at rows_computed:
+// such a record decodes with an empty matrix row, and the revision-2 fields are
+// exactly a trailing extension (what revision-1 decoders skip as trailing bytes).
+TEST(WireRoundTrip, ExpertParallelRevisionOneStillDecodes) {
+  ExpertParallelStep v1 = testing::sample_ep_step();
+  v1.row_bytes = 0;
+  v1.rows_to_rank.clear();
+  auto out = roundtrip({v1, testing::sample_ep_step()});
+  ASSERT_EQ(out.size(), 2u);
+  const auto& d1 = std::get<ExpertParallelStep>(out[0]);
+  EXPECT_TRUE(d1.rows_to_rank.empty());
+  EXPECT_EQ(d1.row_bytes, 0u);
+  EXPECT_EQ(d1.rows_computed, 160u);
+  const auto& d2 = std::get<ExpertParallelStep>(out[1]);
+  EXPECT_EQ(d2.rows_to_rank, (std::vector<uint32_t>{40, 64, 0, 56}));
+  EXPECT_EQ(d2.row_bytes, 512u);
+
+  auto size_of = [](const ExpertParallelStep& e) {
+    FrameEncoder enc(EncoderOptions{});
+    enc.add(e);
+    std::vector<uint8_t> bytes;
+    enc.finish(bytes);
+    return bytes.size();
+  };
+  // Revision 2 adds row_bytes (2 bytes for 512), the count (1) and 4 one-byte rows.
+  EXPECT_EQ(size_of(testing::sample_ep_step()) - size_of(v1), 7u);
+}
+
+TEST(WireRoundTrip, ExpertParallelTrafficRowTooLongIsRejected) {
+  ExpertParallelStep e = testing::sample_ep_step();
+  e.rows_to_rank.assign(kMaxEpRanks + 1, 1);
+  FrameEncoder enc;
+  enc.add(e);
+  std::vector<uint8_t> bytes;
+  enc.finish(bytes);
+  std::vector<Record> out;
+  DecodeStatus status = decode_frame(bytes, out);
+  EXPECT_FALSE(status.ok());
+  EXPECT_NE(status.message.find("rank count"), std::string::npos) << status.message;
+}
+
 TEST(WireRoundTrip, ExpertParallelStepOutOfRangeIsRejected) {
   for (int field = 0; field < 4; ++field) {
     ExpertParallelStep e = testing::sample_ep_step();

@@ -71,6 +71,8 @@ inline ExpertParallelStep sample_ep_step() {
   s.combine_ns = 97'000;
   s.rows_sent = 96;
   s.rows_computed = 160;
+  s.row_bytes = 512;                 // revision 2: this rank (1)'s dispatch traffic row
+  s.rows_to_rank = {40, 64, 0, 56};  // 96 rows to others, 64 kept
   return s;
 }
 

@@ -164,7 +164,9 @@ void write_facts(const AppState& s, const std::string& png, int fb_w, int fb_h, 
       << "\",\"legend_top_colour\":\"" << hex(s.legend_top_colour)
       << "\",\"ep_hot_rank\":" << s.ep_hot_rank << ",\"ep_idle_bar\":["
       << s.ep_idle_bar[0] * fb_scale << "," << s.ep_idle_bar[1] * fb_scale << ","
-      << s.ep_idle_bar[2] * fb_scale << "," << s.ep_idle_bar[3] * fb_scale << "]";
+      << s.ep_idle_bar[2] * fb_scale << "," << s.ep_idle_bar[3] * fb_scale << "]"
+      << ",\"ep_hot_row\":[" << s.ep_hot_row[0] * fb_scale << "," << s.ep_hot_row[1] * fb_scale
+      << "," << s.ep_hot_row[2] * fb_scale << "," << s.ep_hot_row[3] * fb_scale << "]";
   auto rect = [&](const float* r) {
     return "[" + std::to_string(r[0] * fb_scale) + "," + std::to_string(r[1] * fb_scale) + "," +
            std::to_string(r[2] * fb_scale) + "," + std::to_string(r[3] * fb_scale) + "]";

@@ -85,6 +85,7 @@ struct AppState {
   uint32_t legend_top_colour = 0;
   int ep_hot_rank = -1;                       // EP view: the hottest rank named
   float ep_idle_bar[4] = {-1, -1, -1, -1};    // x0 y0 x1 y1 of a non-hot rank's idle segment
+  float ep_hot_row[4] = {-1, -1, -1, -1};     // x0 y0 x1 y1 of the traffic heatmap's hot-rank outline
   float selected_cell[4] = {-1, -1, -1, -1};  // x0 y0 x1 y1 of the selected heatmap cell
   double alert_min_start_s = 0;    // alerts view: earliest start shown (s from trace start)
   float memory_lanes[3][4] = {};   // memory view: KV, SSM state, checkpoints lanes

@@ -51,6 +51,7 @@ void draw_ep(AppState& s) {
   const EpReport& r = g_cache.report;
   s.ep_hot_rank = r.hot.empty() ? -1 : static_cast<int>(r.hot[0].rank);
   for (float& v : s.ep_idle_bar) v = -1;
+  for (float& v : s.ep_hot_row) v = -1;
   ImGui::TextDisabled("window %s .. %s", format_time(double(t0 - m.min_ns())).c_str(),
                       format_time(double(t1 - m.min_ns())).c_str());
   if (r.ranks == 0 || (!r.has_ep_records && !r.has_placement)) {
@@ -125,6 +126,83 @@ void draw_ep(AppState& s) {
       }
       ImGui::Text("  experts responsible: %s", experts.empty() ? "- (no placement)" : experts.c_str());
     }
+  }
+
+  // [SECTION] Dispatch traffic: rank x rank heatmap of one MoE layer.
+  if (!r.traffic.empty()) {
+    ImGui::Separator();
+    static int layer_idx = 0;
+    layer_idx = std::clamp(layer_idx, 0, int(r.traffic.size()) - 1);
+    const EpTrafficLayer& t = r.traffic[size_t(layer_idx)];
+    ImGui::Text(
+        "Dispatch traffic, layer %u (rows src -> dst in the window; combine is the transpose)",
+        t.layer);
+    if (r.traffic.size() > 1) {
+      ImGui::SameLine();
+      ImGui::SetNextItemWidth(160 * s.scale);
+      ImGui::SliderInt("##ep_traffic_layer", &layer_idx, 0, int(r.traffic.size()) - 1,
+                       "MoE layer #%d");
+    }
+    ImDrawList* dl = ImGui::GetWindowDrawList();
+    const uint32_t n = r.ranks;
+    const float cell =
+        std::clamp((ImGui::GetContentRegionAvail().x - 60 * s.scale) / float(std::max(n, 1u)), 3.0f,
+                   28.0f * s.scale);
+    const ImVec2 p0 = ImGui::GetCursorScreenPos();
+    const ImVec2 o(p0.x + 40 * s.scale, p0.y);
+    for (uint32_t src = 0; src < n; ++src) {
+      for (uint32_t dst = 0; dst < n; ++dst) {
+        const uint64_t v = t.matrix[size_t(src) * n + dst];
+        const ImVec2 a(o.x + dst * cell, o.y + src * cell), b(a.x + cell - 1, a.y + cell - 1);
+        uint32_t col = 0xFF404040;  // the diagonal: kept local, not traffic
+        if (src != dst) {
+          const float f = t.max_pair ? float(double(v) / double(t.max_pair)) : 0.0f;
+          const uint32_t red = uint32_t(40 + 215 * f), green = uint32_t(40 + 120 * f);
+          col = 0xFF000000u | (30u << 16) | (green << 8) | red;
+        }
+        dl->AddRectFilled(a, b, col);
+        if (ImGui::IsMouseHoveringRect(a, b))
+          ImGui::SetTooltip("rank %u -> rank %u: %llu rows%s", src, dst, (unsigned long long)v,
+                            src == dst ? " (kept local)" : "");
+      }
+      if (n <= 64) {
+        char lbl[16];
+        std::snprintf(lbl, sizeof lbl, "%u", src);
+        dl->AddText(ImVec2(p0.x, o.y + src * cell), s.pal.text_dim, lbl);
+      }
+    }
+    // The hot rank's row (what it sends) is outlined.
+    if (s.ep_hot_rank >= 0 && uint32_t(s.ep_hot_rank) < n) {
+      const ImVec2 a(o.x - 1, o.y + s.ep_hot_rank * cell - 1),
+          b(o.x + n * cell, o.y + (s.ep_hot_rank + 1) * cell);
+      dl->AddRect(a, b, 0xFF4060F0, 0, 0, 2.0f);
+      s.ep_hot_row[0] = a.x;
+      s.ep_hot_row[1] = a.y;
+      s.ep_hot_row[2] = b.x;
+      s.ep_hot_row[3] = b.y;
+    }
+    ImGui::Dummy(ImVec2(40 * s.scale + n * cell, n * cell + 2));
+    ImGui::TextDisabled(
+        "row: sender · column: receiver · brighter: more rows · grey: kept local · outlined: hot "
+        "rank");
+  }
+
+  // [SECTION] EPLB advisor: what a re-placement would save per step.
+  if (r.has_advice) {
+    ImGui::Separator();
+    ImGui::Text(
+        "EPLB advisor: a re-placement saves ~%.3f ms per step (straggler expert compute vs "
+        "predicted)",
+        r.advice.saving_ns_per_step * 1e-6);
+    for (const auto& l : r.advice.layers)
+      if (l.saving_ns > 0)
+        ImGui::Text("  layer %u: straggler %.3f ms, mean %.3f, after %.3f; idle %.3f -> %.3f ms",
+                    l.layer, l.straggler_ns * 1e-6, l.mean_ns * 1e-6, l.after_ns * 1e-6,
+                    l.idle_now_ns * 1e-6, l.idle_after_ns * 1e-6);
+    ImGui::TextDisabled(
+        "%u expert replicas would move; cost and break-even: the collector's gauges "
+        "(--eplb-expert-bytes)",
+        r.advice.experts_moved);
   }
 
   // [SECTION] Load per rank: now vs after an EPLB re-placement.

@@ -192,6 +192,10 @@ class INFERSCOPE_API Agent {
   // One MoE layer of one step on this expert-parallel rank: all-to-all and
   // expert compute times and row counts. A zero timestamp_ns is filled with now.
   void ep_step(const wire::ExpertParallelStep& s);
+  // The same with this rank's dispatch traffic row (rows sent to each rank, own
+  // included; s.rows_to_rank is ignored) without copying it into s. A row longer
+  // than wire::kMaxEpRanks is left out; the totals still go.
+  void ep_step(const wire::ExpertParallelStep& s, std::span<const uint32_t> rows_to_rank);
   void memory(wire::MemoryKind kind, uint64_t used_bytes, uint64_t capacity_bytes);
   // Deltas since the previous call.
   void prefix_cache(uint64_t attention_queried, uint64_t attention_hit, uint64_t ssm_queried,

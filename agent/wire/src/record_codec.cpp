@@ -243,6 +243,13 @@ void add_one(std::vector<uint8_t>& p, int64_t&, const ExpertParallelStep& r) {
     w.svarint(r.combine_ns);
     w.varint(r.rows_sent);
     w.varint(r.rows_computed);
+    // Revision 2: trailing, so revision-1 decoders ignore it (and revision-1
+    // records, which end here, decode with an empty matrix row).
+    if (r.row_bytes != 0 || !r.rows_to_rank.empty()) {
+      w.varint(r.row_bytes);
+      w.varint(r.rows_to_rank.size());
+      for (uint32_t v : r.rows_to_rank) w.varint(v);
+    }
   });
 }
 
@@ -485,6 +492,15 @@ bool decode(ByteReader& r, int64_t&, ExpertParallelStep& e, std::string& why) {
   IS_READ(r.svarint(e.compute_ns) && e.compute_ns >= 0, "bad compute time");
   IS_READ(r.svarint(e.combine_ns) && e.combine_ns >= 0, "bad combine time");
   IS_READ(r.varint32(e.rows_sent) && r.varint32(e.rows_computed), "bad row counts");
+  e.row_bytes = 0;
+  e.rows_to_rank.clear();
+  if (r.remaining() == 0) return true;  // revision 1: no traffic matrix row
+  IS_READ(r.varint32(e.row_bytes), "bad row bytes");
+  uint32_t n;
+  IS_READ(read_small(r, n, kMaxEpRanks), "rank count out of range");
+  IS_READ(n <= r.remaining(), "traffic row runs past the record");
+  e.rows_to_rank.resize(n);
+  for (auto& v : e.rows_to_rank) IS_READ(r.varint32(v), "bad traffic rows");
   return true;
 }
 

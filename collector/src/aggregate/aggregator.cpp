@@ -277,6 +277,8 @@ void Aggregator::close_window(Model& model) {
     for (uint32_t i = 0; i < rank->layers.size(); ++i)
       if (rank->layers[i]) close_layer(model, *rank, i, *rank->layers[i], start, end);
   std::vector<EpLayerWindow> ep_layers;
+  std::vector<analysis::EplbPlan> plans;  // outlive ep_layers' pointers into them
+  plans.reserve(model.placement_acc.size());
   if (model.placement) {
     const uint32_t ranks = model.placement->ranks;
     const uint32_t redundant = static_cast<uint32_t>(
@@ -287,7 +289,8 @@ void Aggregator::close_window(Model& model) {
       analysis::RankLoad rl = analysis::compute_rank_load(acc, table, ranks);
       if (rl.balancedness <= 0.0) continue;  // idle
       // What-if: EPLB planned from this window's loads, evaluated on them.
-      const analysis::EplbPlan plan = analysis::plan_eplb(acc, ranks, redundant, &table);
+      const analysis::EplbPlan& plan =
+          plans.emplace_back(analysis::plan_eplb(acc, ranks, redundant, &table));
       analysis::RankLoad eplb = analysis::compute_rank_load(acc, plan.expert_to_ranks, ranks);
       const std::string layer_label = std::to_string(layer);
       auto& gauges = model.rank_util[layer];
@@ -310,7 +313,8 @@ void Aggregator::close_window(Model& model) {
       model.eplb_balancedness[layer]->Set(eplb.balancedness);
       model.last_rank_load[layer] = std::move(rl);
       model.last_eplb_load[layer] = std::move(eplb);
-      ep_layers.push_back({layer, acc, &table, &model.last_rank_load[layer]});
+      ep_layers.push_back(
+          {layer, acc, &table, &model.last_rank_load[layer], &plan.expert_to_ranks});
     }
     if (!model.ep) model.ep = std::make_unique<EpRanks>(options_, metrics_, model.name);
   }

@@ -18,6 +18,7 @@ double seconds(int64_t ns) {
 struct EpRanks::Cell {
   Counter *dispatch = nullptr, *compute = nullptr, *combine = nullptr, *idle = nullptr;
   Counter *rows_computed = nullptr, *rows_sent = nullptr, *steps = nullptr;
+  Counter *rows_out = nullptr, *rows_in = nullptr, *bytes_out = nullptr, *bytes_in = nullptr;
 };
 
 struct EpRanks::RankSeries {
@@ -57,6 +58,10 @@ EpRanks::Cell& EpRanks::cell(uint32_t rank, uint32_t layer) {
     slot->rows_computed = &metrics_.ep_rows_computed.Add(l);
     slot->rows_sent = &metrics_.ep_rows_sent.Add(l);
     slot->steps = &metrics_.ep_layer_steps.Add(l);
+    slot->rows_out = &metrics_.ep_traffic_rows_out.Add(l);
+    slot->rows_in = &metrics_.ep_traffic_rows_in.Add(l);
+    slot->bytes_out = &metrics_.ep_traffic_bytes_out.Add(l);
+    slot->bytes_in = &metrics_.ep_traffic_bytes_in.Add(l);
   }
   return *slot;
 }
@@ -91,6 +96,39 @@ void EpRanks::on_step(uint32_t world_size, uint32_t rank, const wire::ExpertPara
   if (acc.size() <= s.layer) acc.resize(s.layer + 1, 0);
   acc[s.layer] += s.rows_computed;
   rows_seen_ = true;
+
+  // Traffic: the record is rank's row of the layer's dispatch matrix. A world
+  // change restarts the window's matrices (they are sized world x world).
+  if (world != matrix_ranks_) {
+    layer_acc_.clear();
+    matrix_ranks_ = world;
+  }
+  LayerAcc& la = layer_acc_[s.layer];
+  if (la.compute_ns.size() != world) {
+    la.compute_ns.assign(world, 0);
+    la.passes.assign(world, 0);
+    if (world <= options_.ep_matrix_max_ranks)
+      la.matrix.assign(static_cast<size_t>(world) * world, 0);
+  }
+  if (rank < world) {
+    la.compute_ns[rank] += s.compute_ns;
+    ++la.passes[rank];
+  }
+  const size_t n = std::min<size_t>(s.rows_to_rank.size(), world);
+  uint64_t out = 0;
+  for (uint32_t d = 0; d < n; ++d) {
+    const uint32_t v = s.rows_to_rank[d];
+    if (rank < world && !la.matrix.empty()) la.matrix[static_cast<size_t>(rank) * world + d] += v;
+    if (d == rank || v == 0) continue;
+    out += v;
+    Cell& dst = cell(d, s.layer);
+    dst.rows_in->Increment(v);
+    dst.bytes_in->Increment(static_cast<double>(v) * s.row_bytes);
+  }
+  if (out > 0) {
+    c.rows_out->Increment(static_cast<double>(out));
+    c.bytes_out->Increment(static_cast<double>(out) * s.row_bytes);
+  }
 
   analysis::EpStepJoin::Joined joined;
   switch (join_.add(world, rank, s.step, s.layer, s.compute_ns, joined)) {
@@ -145,6 +183,9 @@ void EpRanks::close_window(int64_t start_ns, int64_t end_ns,
   }
   rows_acc_.clear();
   rows_seen_ = false;
+  close_traffic(start_ns, end_ns);
+  close_advice(start_ns, end_ns, layers, placement_ranks);
+  layer_acc_.clear();
   if (ranks == 0 || per_layer.empty()) return;  // idle window
 
   std::vector<uint64_t> total(ranks, 0);
@@ -261,7 +302,84 @@ void EpRanks::close_window(int64_t start_ns, int64_t end_ns,
   }
 }
 
+// [SECTION] Window close: top traffic pairs and the EPLB advisor
+
+void EpRanks::close_traffic(int64_t start_ns, int64_t end_ns) {
+  const double window_s = std::max(seconds(end_ns - start_ns), 1e-9);
+  const uint32_t k = std::min<uint32_t>(options_.ep_top_pairs, 64);
+  std::map<uint32_t, std::vector<analysis::TrafficPair>> pairs;
+  for (const auto& [layer, la] : layer_acc_)
+    if (!la.matrix.empty()) pairs[layer] = analysis::top_traffic_pairs(la.matrix, matrix_ranks_, k);
+  // Layers without traffic this window keep no pair series; series of pairs that
+  // left the top K are removed, so each layer holds at most K at any time.
+  for (auto it = pair_series_.begin(); it != pair_series_.end();) {
+    const auto now = pairs.find(it->first);
+    for (const PairSeries& ps : it->second) {
+      const bool kept = now != pairs.end() &&
+                        std::any_of(now->second.begin(), now->second.end(), [&](const auto& p) {
+                          return p.src == ps.pair.src && p.dst == ps.pair.dst;
+                        });
+      if (!kept) metrics_.ep_traffic_top_pair.Remove(ps.gauge);
+    }
+    it = pair_series_.erase(it);
+  }
+  for (const auto& [layer, top] : pairs) {
+    auto& series = pair_series_[layer];
+    for (const analysis::TrafficPair& p : top) {
+      prometheus::Gauge& g = metrics_.ep_traffic_top_pair.Add({{"model", model_},
+                                                               {"layer", std::to_string(layer)},
+                                                               {"src", std::to_string(p.src)},
+                                                               {"dst", std::to_string(p.dst)}});
+      g.Set(static_cast<double>(p.rows) / window_s);
+      series.push_back({p, &g});
+    }
+  }
+  last_pairs_ = std::move(pairs);
+}
+
+void EpRanks::close_advice(int64_t start_ns, int64_t end_ns,
+                           const std::vector<EpLayerWindow>& layers, uint32_t placement_ranks) {
+  if (placement_ranks == 0 || placement_ranks != matrix_ranks_) return;  // no placement / EP data
+  std::vector<analysis::AdvisorLayerInput> inputs;
+  uint64_t passes = 0;
+  for (const EpLayerWindow& lw : layers) {
+    auto it = layer_acc_.find(lw.layer);
+    if (it == layer_acc_.end() || lw.placement == nullptr || lw.planned == nullptr) continue;
+    // Every rank runs every pass in lockstep; the fewest passes any rank reported
+    // is the count the per-pass averages divide by.
+    const uint64_t p = *std::min_element(it->second.passes.begin(), it->second.passes.end());
+    if (p == 0) continue;
+    passes = std::max(passes, p);
+    inputs.push_back(
+        {lw.layer, lw.expert_load, lw.placement, lw.planned, it->second.compute_ns, p});
+  }
+  if (inputs.empty()) return;
+  analysis::AdvisorOptions o;
+  o.expert_bytes = options_.eplb_expert_bytes;
+  o.move_bytes_per_second = options_.eplb_move_bytes_per_second;
+  o.steps_per_second = static_cast<double>(passes) / std::max(seconds(end_ns - start_ns), 1e-9);
+  advice_ = analysis::advise_eplb(inputs, placement_ranks, o);
+  const prometheus::Labels m{{"model", model_}};
+  metrics_.eplb_saving.Add(m).Set(advice_.saving_ns_per_step * 1e-9);
+  for (const analysis::AdvisorLayer& l : advice_.layers) {
+    auto& g = layer_saving_[l.layer];
+    if (g == nullptr)
+      g = &metrics_.eplb_layer_saving.Add({{"model", model_}, {"layer", std::to_string(l.layer)}});
+    g->Set(l.saving_ns * 1e-9);
+  }
+  if (advice_.cost_known) {  // no cost series at all while the expert size is unknown
+    metrics_.eplb_move_bytes.Add(m).Set(static_cast<double>(advice_.max_bytes_in));
+    metrics_.eplb_move_stall.Add(m).Set(advice_.stall_s);
+    metrics_.eplb_break_even.Add(m).Set(advice_.break_even_s);
+  }
+}
+
 // [SECTION] Inspection
+
+std::vector<analysis::TrafficPair> EpRanks::top_pairs(uint32_t layer) const {
+  auto it = last_pairs_.find(layer);
+  return it == last_pairs_.end() ? std::vector<analysis::TrafficPair>{} : it->second;
+}
 
 std::vector<HotRank> EpRanks::hot_ranks() const {
   std::vector<HotRank> out;

@@ -106,6 +106,36 @@ CollectorMetrics::CollectorMetrics(std::shared_ptr<prometheus::Registry> r)
                       "1 while the EP rank is in a hot-rank episode.")),
       ep_hot_rank_episodes(reg(BuildCounter(), *registry, "inferscope_ep_hot_rank_episodes_total",
                                "Hot-rank episodes started.")),
+      ep_traffic_rows_out(
+          reg(BuildCounter(), *registry, "inferscope_ep_traffic_rows_out_total",
+              "Dispatch rows this rank sent to other ranks (its traffic matrix row, diagonal "
+              "left out); it receives as many back in combine.")),
+      ep_traffic_rows_in(
+          reg(BuildCounter(), *registry, "inferscope_ep_traffic_rows_in_total",
+              "Dispatch rows other ranks sent this rank (its traffic matrix column); it sends as "
+              "many back in combine.")),
+      ep_traffic_bytes_out(reg(BuildCounter(), *registry, "inferscope_ep_traffic_bytes_out_total",
+                               "Bytes of the dispatch rows this rank sent to other ranks.")),
+      ep_traffic_bytes_in(reg(BuildCounter(), *registry, "inferscope_ep_traffic_bytes_in_total",
+                              "Bytes of the dispatch rows other ranks sent this rank.")),
+      ep_traffic_top_pair(
+          reg(BuildGauge(), *registry, "inferscope_ep_traffic_top_pair_rows_per_second",
+              "Dispatch rows per second from src to dst, last window; only the layer's top-K "
+              "pairs (--ep-top-pairs) have a series.")),
+      eplb_saving(reg(BuildGauge(), *registry, "inferscope_ep_eplb_saving_seconds_per_step",
+                      "EPLB advisor: predicted MoE time saved per step by a re-placement "
+                      "(straggler compute minus predicted), last window.")),
+      eplb_layer_saving(reg(BuildGauge(), *registry,
+                            "inferscope_ep_eplb_layer_saving_seconds_per_step",
+                            "EPLB advisor: the same per MoE layer pass.")),
+      eplb_move_bytes(reg(BuildGauge(), *registry, "inferscope_ep_eplb_move_bytes",
+                          "EPLB advisor: expert weight bytes the busiest rank must load "
+                          "(--eplb-expert-bytes; absent when unknown).")),
+      eplb_move_stall(reg(BuildGauge(), *registry, "inferscope_ep_eplb_move_stall_seconds",
+                          "EPLB advisor: stall while moving them (--eplb-move-bandwidth).")),
+      eplb_break_even(reg(BuildGauge(), *registry, "inferscope_ep_eplb_break_even_seconds",
+                          "EPLB advisor: serving time at the current step rate after which the "
+                          "re-placement has paid for its stall (+Inf: it saves nothing).")),
       memory_used(
           reg(BuildGauge(), *registry, "inferscope_memory_used_bytes", "Memory in use by kind.")),
       memory_capacity(reg(BuildGauge(), *registry, "inferscope_memory_capacity_bytes",

@@ -87,6 +87,15 @@ int main(int argc, char** argv) {
   app.add_option("--eplb-redundant", o.aggregation.eplb_redundant,
                  "redundant expert slots for the EPLB what-if (-1: one per EP rank)")
       ->capture_default_str();
+  app.add_option("--ep-top-pairs", o.aggregation.ep_top_pairs,
+                 "EP traffic pairs exported per MoE layer (heaviest first, 0..64)")
+      ->capture_default_str();
+  app.add_option("--eplb-expert-bytes", o.aggregation.eplb_expert_bytes,
+                 "EPLB advisor: weight bytes of one expert (0: unknown, no cost or horizon)")
+      ->capture_default_str();
+  app.add_option("--eplb-move-bandwidth", o.aggregation.eplb_move_bytes_per_second,
+                 "EPLB advisor: bytes/s at which a rank loads expert weights while re-placing")
+      ->capture_default_str();
   app.add_option("--hot-rank-threshold", o.aggregation.hot_rank_threshold,
                  "EP rank load / mean rank load at or above which a rank is hot")
       ->capture_default_str();
@@ -159,6 +168,8 @@ int main(int argc, char** argv) {
       o.aggregation.hot_rank_threshold <= 1.0 || o.aggregation.eplb_redundant < -1)
     return usage(
         "need 1 < --hot-rank-threshold, --hot-rank-clear-threshold <= it, --eplb-redundant >= -1");
+  if (o.aggregation.ep_top_pairs > 64 || !(o.aggregation.eplb_move_bytes_per_second > 0.0))
+    return usage("need --ep-top-pairs <= 64 and --eplb-move-bandwidth > 0");
   if (!placement_file.empty()) {
     Placement p;
     std::string error;

@@ -178,6 +178,13 @@ void moe_ffn_ep(Backend& be, const MoeConfig& moe, const MoeWeights& w, MoeScrat
 
   stats.rows_sent = static_cast<uint32_t>(A - x.send_counts[static_cast<size_t>(me)]);
   stats.rows_computed = static_cast<uint32_t>(R);
+  // The traffic row is exactly the dispatch's send counts (per destination rank).
+  stats.rows_to_rank.resize(static_cast<size_t>(N));
+  for (int32_t d = 0; d < N; ++d)
+    stats.rows_to_rank[static_cast<size_t>(d)] =
+        static_cast<uint32_t>(x.send_counts[static_cast<size_t>(d)]);
+  const Tensor xp = s.xp.tensor();
+  stats.row_bytes = static_cast<uint32_t>(static_cast<size_t>(xp.cols) * dtype_size(xp.dtype));
 }
 
 void ep_read_timing(ExpertParallel& ep, int mark_base, EpLayerStats& stats) {

@@ -200,7 +200,8 @@ void Telemetry::ep_layer(const EpLayerStats& st) {
   r.combine_ns = st.combine_ns;
   r.rows_sent = st.rows_sent;
   r.rows_computed = st.rows_computed;
-  agent_->ep_step(r);
+  r.row_bytes = st.row_bytes;
+  agent_->ep_step(r, st.rows_to_rank);  // issue 24: the traffic matrix row, not copied
 }
 
 }  // namespace inferscope::engine

@@ -46,6 +46,8 @@ EpReport ep_report(const TraceModel& m, int64_t t0, int64_t t1, double hot_thres
   std::map<uint32_t, EpRankRow> rows;
   std::map<uint32_t, std::set<uint64_t>> steps;
   std::map<uint32_t, std::map<uint32_t, uint64_t>> rows_by_layer;  // layer -> rank -> rows
+  std::map<uint32_t, std::map<std::pair<uint32_t, uint32_t>, uint64_t>> traffic;  // layer -> pairs
+  std::map<uint32_t, std::map<uint32_t, std::pair<int64_t, uint64_t>>> compute;   // ns, passes
   for (const auto& rec : m.ep_steps()) {
     const auto& s = rec.step;
     if (s.timestamp_ns < t0 || s.timestamp_ns > t1) continue;
@@ -61,8 +63,26 @@ EpReport ep_report(const TraceModel& m, int64_t t0, int64_t t1, double hot_thres
     steps[rec.rank].insert(s.step);
     rows_by_layer[s.layer][rec.rank] += s.rows_computed;
     pairs[{s.step, s.layer}].compute[rec.rank] = s.compute_ns;
+    auto& cp = compute[s.layer][rec.rank];
+    cp.first += s.compute_ns;
+    ++cp.second;
+    for (uint32_t d = 0; d < s.rows_to_rank.size(); ++d)
+      if (s.rows_to_rank[d] > 0) traffic[s.layer][{rec.rank, d}] += s.rows_to_rank[d];
   }
   r.ranks = world;
+  constexpr uint32_t kMaxMatrixRanks = 256;  // 64 K cells per layer at most
+  if (world <= kMaxMatrixRanks)
+    for (const auto& [layer, cells] : traffic) {
+      EpTrafficLayer t;
+      t.layer = layer;
+      t.matrix.assign(static_cast<size_t>(world) * world, 0);
+      for (const auto& [sd, n] : cells) {
+        if (sd.first >= world || sd.second >= world) continue;
+        t.matrix[static_cast<size_t>(sd.first) * world + sd.second] = n;
+        if (sd.first != sd.second) t.max_pair = std::max(t.max_pair, n);
+      }
+      r.traffic.push_back(std::move(t));
+    }
   for (uint32_t k = 0; k < world; ++k) rows[k].rank = k;
   for (const auto& [key, p] : pairs) {
     if (p.compute.size() < world) continue;  // not every rank in the window
@@ -103,9 +123,22 @@ EpReport ep_report(const TraceModel& m, int64_t t0, int64_t t1, double hot_thres
     r.has_placement = true;
     r.eplb_redundant = eplb_redundant < 0 ? world : static_cast<uint32_t>(eplb_redundant);
     std::vector<double> now(world, 0.0), eplb(world, 0.0);
+    std::map<uint32_t, analysis::EplbPlan> plans;  // for the advisor below
+    std::map<uint32_t, std::vector<int64_t>> layer_compute;
+    std::vector<analysis::AdvisorLayerInput> advisor_in;
     for (const auto& [layer, load] : layer_load) {
       auto current = analysis::compute_rank_load(load, table, world);
-      auto plan = analysis::plan_eplb(load, world, r.eplb_redundant, &table);
+      const auto& plan = plans[layer] = analysis::plan_eplb(load, world, r.eplb_redundant, &table);
+      auto cit = compute.find(layer);
+      if (cit != compute.end() && cit->second.size() == world) {
+        auto& v = layer_compute[layer];
+        uint64_t passes = ~0ull;
+        for (const auto& [k, cp] : cit->second) {
+          v.push_back(cp.first);
+          passes = std::min(passes, cp.second);
+        }
+        advisor_in.push_back({layer, load, &table, &plan.expert_to_ranks, v, passes});
+      }
       auto after = analysis::compute_rank_load(load, plan.expert_to_ranks, world);
       if (current.load.empty()) continue;
       placement_layer_load[layer] = current.load;
@@ -124,6 +157,14 @@ EpReport ep_report(const TraceModel& m, int64_t t0, int64_t t1, double hot_thres
     };
     ratio(now, &EpRankRow::load_now, r.balancedness_now);
     ratio(eplb, &EpRankRow::load_eplb, r.balancedness_eplb);
+    if (!advisor_in.empty()) {
+      analysis::AdvisorOptions o;
+      uint64_t passes = 0;
+      for (const auto& in : advisor_in) passes = std::max(passes, in.passes);
+      if (t1 > t0) o.steps_per_second = static_cast<double>(passes) / (double(t1 - t0) * 1e-9);
+      r.advice = analysis::advise_eplb(advisor_in, world, o);
+      r.has_advice = !r.advice.layers.empty();
+    }
   }
 
   // [SECTION] Hot ranks: rows computed decide, else the placement's load

@@ -323,9 +323,11 @@ SampleSummary generate_sample_trace(const SampleOptions& o, const FrameSink& sin
       for (uint32_t l = 0; l < layers; ++l) {
         if (!is_moe(l)) continue;
         std::vector<uint32_t> computed(ranks, 0), sent(ranks, 0);
+        std::vector<std::vector<uint32_t>> to_rank(ranks, std::vector<uint32_t>(ranks, 0));
         for (uint32_t src = 0; src < ranks; ++src)
           for (uint32_t x = 0; x < step_counts[src][l].size(); ++x) {
             computed[ep_owner(x)] += step_counts[src][l][x];
+            to_rank[src][ep_owner(x)] += step_counts[src][l][x];  // the traffic matrix row
             if (ep_owner(x) != src) sent[src] += step_counts[src][l][x];
           }
         const int64_t ns_per_row = std::max<int64_t>(1, step_ns / 4000);
@@ -338,6 +340,8 @@ SampleSummary generate_sample_trace(const SampleOptions& o, const FrameSink& sin
           eps.timestamp_ns = step_layer_ts[k][l];
           eps.rows_computed = computed[k];
           eps.rows_sent = sent[k];
+          eps.row_bytes = 7168 * 2;  // a DeepSeek-V3-sized hidden state in bf16
+          eps.rows_to_rank = to_rank[k];
           eps.compute_ns = computed[k] * ns_per_row;
           eps.dispatch_ns = step_ns / 200 + sent[k] * ns_per_row / 8;
           eps.combine_ns = step_ns / 200 + sent[k] * ns_per_row / 8 + (slowest - eps.compute_ns);

@@ -14,6 +14,13 @@
 // the largest share of the layer's assignments (expert_load + placement); the
 // join, the idle arithmetic and the attribution are the analysis library's
 // (inferscope/analysis/{ep_join,hot_rank}.hpp), this class adds the metrics and episodes.
+//
+// Traffic (issue 24): each record's rows_to_rank is its rank's row of the layer's
+// dispatch matrix. Per (rank, layer) counters take the in/out totals; the window's
+// full matrix per layer (bounded: worlds up to ep_matrix_max_ranks) only feeds the
+// top-K pairs gauge and is then dropped (the records themselves are in the trace
+// store). The EPLB advisor (analysis/eplb_advisor.hpp) runs at window close on the
+// window's per-expert loads, the planned re-placement and the measured compute.
 #pragma once
 
 #include <cstdint>
@@ -24,6 +31,8 @@
 #include <vector>
 
 #include "inferscope/analysis/ep_join.hpp"
+#include "inferscope/analysis/ep_traffic.hpp"
+#include "inferscope/analysis/eplb_advisor.hpp"
 #include "inferscope/analysis/hot_rank.hpp"
 #include "inferscope/analysis/layer_stats.hpp"
 #include "inferscope/collector/detector.hpp"
@@ -49,7 +58,8 @@ struct EpLayerWindow {
   uint32_t layer = 0;
   std::span<const uint64_t> expert_load;                          // all ranks summed; may be empty
   const std::vector<std::vector<uint32_t>>* placement = nullptr;  // expert -> ranks; may be null
-  const analysis::RankLoad* rank_load = nullptr;  // under the placement; may be null
+  const analysis::RankLoad* rank_load = nullptr;                // under the placement; may be null
+  const std::vector<std::vector<uint32_t>>* planned = nullptr;  // EPLB what-if; may be null
 };
 
 class EpRanks {
@@ -65,6 +75,10 @@ class EpRanks {
                     uint32_t placement_ranks, std::vector<wire::AlertEpisode>& alerts);
 
   std::vector<HotRank> hot_ranks() const;
+  // The last closed window's heaviest dispatch pairs of `layer` (<= ep_top_pairs).
+  std::vector<analysis::TrafficPair> top_pairs(uint32_t layer) const;
+  // The last closed window's advice (empty layers: no window with EP records and placement yet).
+  const analysis::Advice& advice() const { return advice_; }
   uint64_t joined() const { return joined_; }
   const analysis::EpStepJoin& join() const { return join_; }
 
@@ -89,6 +103,26 @@ class EpRanks {
   std::map<uint32_t, wire::AlertEpisode> open_alert_;
   uint64_t joined_ = 0;
   uint64_t reported_evicted_ = 0;
+
+  // [SECTION] Traffic and advisor state, per window
+  struct LayerAcc {
+    std::vector<uint64_t> matrix;     // matrix_ranks_^2, src-major; empty above the bound
+    std::vector<int64_t> compute_ns;  // per rank
+    std::vector<uint64_t> passes;     // per rank
+  };
+  void close_traffic(int64_t start_ns, int64_t end_ns);
+  void close_advice(int64_t start_ns, int64_t end_ns, const std::vector<EpLayerWindow>& layers,
+                    uint32_t placement_ranks);
+  uint32_t matrix_ranks_ = 0;  // the world the accumulators are sized for
+  std::map<uint32_t, LayerAcc> layer_acc_;
+  struct PairSeries {
+    analysis::TrafficPair pair;
+    prometheus::Gauge* gauge = nullptr;
+  };
+  std::map<uint32_t, std::vector<PairSeries>> pair_series_;  // layer -> <= K
+  std::map<uint32_t, std::vector<analysis::TrafficPair>> last_pairs_;
+  std::map<uint32_t, prometheus::Gauge*> layer_saving_;
+  analysis::Advice advice_;
 };
 
 }  // namespace inferscope::collector

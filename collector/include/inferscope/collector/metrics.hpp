@@ -62,6 +62,19 @@ struct CollectorMetrics {
   prometheus::Family<prometheus::Gauge>& ep_rank_load_utilization;  // model, rank
   prometheus::Family<prometheus::Gauge>& ep_rank_hot;
   prometheus::Family<prometheus::Counter>& ep_hot_rank_episodes;
+  // Dispatch traffic (issue 24): per (model, rank, layer) in/out to other ranks,
+  // and only the top-K pairs per (model, layer) (docs/metrics.md).
+  prometheus::Family<prometheus::Counter>& ep_traffic_rows_out;  // model, rank, layer
+  prometheus::Family<prometheus::Counter>& ep_traffic_rows_in;
+  prometheus::Family<prometheus::Counter>& ep_traffic_bytes_out;
+  prometheus::Family<prometheus::Counter>& ep_traffic_bytes_in;
+  prometheus::Family<prometheus::Gauge>& ep_traffic_top_pair;  // model, layer, src, dst (<= K)
+  // EPLB advisor (analysis/eplb_advisor.hpp), per model and per (model, layer).
+  prometheus::Family<prometheus::Gauge>& eplb_saving;        // model
+  prometheus::Family<prometheus::Gauge>& eplb_layer_saving;  // model, layer
+  prometheus::Family<prometheus::Gauge>& eplb_move_bytes;    // model
+  prometheus::Family<prometheus::Gauge>& eplb_move_stall;    // model
+  prometheus::Family<prometheus::Gauge>& eplb_break_even;    // model
 
   // [SECTION] Memory, prefix cache, stages, requests
   prometheus::Family<prometheus::Gauge>& memory_used;

@@ -29,6 +29,10 @@ struct AggregatorOptions : analysis::AnalysisOptions {
   // Expert parallelism (docs/expert-parallel.md, "Observing it").
   int64_t eplb_redundant = -1;    // --eplb-redundant: EPLB what-if extra slots; -1 = one per rank
   uint64_t ep_join_steps = 1024;  // steps held while waiting for every rank's record
+  uint32_t ep_top_pairs = 8;      // --ep-top-pairs: traffic pairs exported per layer (<= 64)
+  uint32_t ep_matrix_max_ranks = 256;        // larger worlds: in/out totals only, no pairs
+  uint64_t eplb_expert_bytes = 0;            // --eplb-expert-bytes: one expert's weights; 0 unknown
+  double eplb_move_bytes_per_second = 25e9;  // --eplb-move-bandwidth
 
   // Label-cardinality bounds: records beyond them are counted, not exported.
   size_t max_models = 16;

@@ -87,6 +87,11 @@ struct EpLayerStats {
   int64_t dispatch_ns = 0, compute_ns = 0, combine_ns = 0;
   uint32_t rows_sent = 0;      // assignment rows sent to other ranks
   uint32_t rows_computed = 0;  // rows this rank's experts computed (own + received)
+  // Dispatch traffic matrix, this rank's row: rows_to_rank[d] = rows sent to rank
+  // d's experts (own rank: kept local). Combine returns each row to its sender, so
+  // a rank receives in combine what it sent in dispatch (the matrix transposed).
+  uint32_t row_bytes = 0;  // bytes of one dispatched row (hidden size x element size)
+  std::vector<uint32_t> rows_to_rank;
 };
 
 // Scratch for the received rows (sized for every rank sending its whole batch here).

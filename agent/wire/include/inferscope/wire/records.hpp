@@ -31,6 +31,7 @@ inline constexpr uint16_t kProtocolVersion = 1;
 inline constexpr uint32_t kMaxStringBytes = 4096;
 inline constexpr uint32_t kMaxExperts = 4096;  // experts per MoE layer
 inline constexpr uint32_t kMaxLayers = 1024;
+inline constexpr uint32_t kMaxEpRanks = 1024;  // entries of ExpertParallelStep::rows_to_rank
 inline constexpr uint32_t kMaxSpanArgs = 4;
 inline constexpr uint32_t kMaxRanks = 65536;
 
@@ -311,6 +312,14 @@ struct ExpertParallelStep {  // RecordKind::kExpertParallel = 11
   int64_t combine_ns = 0;      // all-to-all bringing results back (includes waiting)
   uint32_t rows_sent = 0;      // assignment rows sent to other ranks
   uint32_t rows_computed = 0;  // rows this rank's experts computed (own + received)
+  // Revision 2 (docs/wire-format.md): the dispatch traffic matrix's row of this
+  // rank. rows_to_rank[d] = assignment rows this rank sent to rank d's experts in
+  // the dispatch all-to-all (d == own rank: kept local, no transfer); combine
+  // sends each of them back, so what a rank receives in combine is the transpose.
+  // row_bytes: bytes of one row on the wire (hidden size x element size).
+  // Empty / 0 in records from older agents.
+  uint32_t row_bytes = 0;
+  std::vector<uint32_t> rows_to_rank;  // <= kMaxEpRanks
 
   friend bool operator==(const ExpertParallelStep&, const ExpertParallelStep&) = default;
 };

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "inferscope/analysis/eplb_advisor.hpp"
 #include "inferscope/analysis/hot_rank.hpp"
 #include "inferscope/analysis/options.hpp"
 #include "inferscope/viewer/trace_model.hpp"
@@ -40,6 +41,15 @@ struct EpHotRank {
   std::vector<Expert> experts;  // on the rank, in those layers, largest first (3 per layer)
 };
 
+// One MoE layer's dispatch traffic over the window (expert_parallel revision 2):
+// matrix[src * ranks + dst] = rows src sent to dst's experts; the diagonal is
+// kept local. Combine is the transpose.
+struct EpTrafficLayer {
+  uint32_t layer = 0;
+  std::vector<uint64_t> matrix;
+  uint64_t max_pair = 0;  // largest off-diagonal cell: the heatmap's scale
+};
+
 struct EpReport {
   uint32_t ranks = 0;   // world size (hellos) or highest rank seen + 1
   uint64_t joined = 0;  // (step, layer) pairs every rank reported
@@ -49,6 +59,11 @@ struct EpReport {
   uint32_t eplb_redundant = 0;
   std::vector<EpRankRow> rows;  // by rank
   std::vector<EpHotRank> hot;   // hottest first
+  std::vector<EpTrafficLayer> traffic;  // by layer; worlds up to 256 ranks
+  // The EPLB advisor on the window (needs records and a placement; the expert
+  // size is unknown here, so only the saving, not the cost or the horizon).
+  bool has_advice = false;
+  analysis::Advice advice;
 };
 
 // hot_threshold: rank utilization (rows, else placement load) that makes it hot,
