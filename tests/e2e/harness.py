@@ -252,6 +252,22 @@ def finite_values(result):
     return n
 
 
+def run_checks(checks, on_error=None):
+    """Runs each named check (a callable raising on failure); an error fails that check, not
+    the run. Returns the names that failed; on_error(name) is called for each."""
+    failed = []
+    for name, check in checks.items():
+        try:
+            check()
+            log(f"ok   {name}")
+        except Exception as e:  # noqa: BLE001 -- any error fails this check, not the run
+            failed.append(name)
+            if on_error:
+                on_error(name)
+            log(f"FAIL {name}: {type(e).__name__}: {str(e)[:2000]}")
+    return failed
+
+
 def wait_until(what, fn, timeout, interval=1.0):
     """Polls fn() until it returns a truthy value; Failure after timeout."""
     deadline = time.time() + timeout

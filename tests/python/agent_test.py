@@ -18,7 +18,7 @@ import urllib.request
 sys.dont_write_bytecode = True
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "e2e"))
-from harness import Failure, Harness, free_port, log  # noqa: E402
+from harness import Failure, Harness, free_port, log, run_checks  # noqa: E402
 
 inferscope = None  # imported in main() once sys.path and the environment are set
 
@@ -320,19 +320,12 @@ def main():
     try:
         collector = pathlib.Path(args.build_dir).resolve() / "collector" / "inferscope-collector"
         _, addrs = h.start_collector(collector, "collector", ["--window", "1s"])
-        checks = [lambda: check_signals_reach_collector(addrs), lambda: check_numpy(addrs),
-                  lambda: check_cuda_tensor_path(addrs),
-                  check_bad_input, check_after_close_and_twice, check_collector_down,
-                  check_missing_library]
-        names = ["signals_reach_collector", "numpy", "cuda_tensor_path", "bad_input", "after_close_and_twice",
-                 "collector_down", "missing_library"]
-        for name, check in zip(names, checks):
-            try:
-                check()
-                log(f"ok   {name}")
-            except Exception as e:  # noqa: BLE001 -- any error fails this check, not the run
-                failed.append(name)
-                log(f"FAIL {name}: {type(e).__name__}: {e}")
+        checks = {"signals_reach_collector": lambda: check_signals_reach_collector(addrs),
+                  "numpy": lambda: check_numpy(addrs),
+                  "cuda_tensor_path": lambda: check_cuda_tensor_path(addrs),
+                  "bad_input": check_bad_input, "after_close_and_twice": check_after_close_and_twice,
+                  "collector_down": check_collector_down, "missing_library": check_missing_library}
+        failed = run_checks(checks)
     finally:
         if failed:
             h.dump_logs()

@@ -198,16 +198,20 @@ class TinyLM(nn.Module):
 
     @torch.no_grad()
     def generate(self, input_ids, max_new_tokens=4, attention_mask=None, **kwargs):
-        """Greedy decoding, one forward per token, as transformers' generate() calls it."""
-        out = self(input_ids=input_ids, **kwargs)
-        seq = input_ids
-        for i in range(max_new_tokens):
-            nxt = out.logits[:, -1].argmax(-1, keepdim=True)
-            seq = torch.cat([seq, nxt], dim=-1)
-            if i + 1 == max_new_tokens:
-                break
-            out = self(input_ids=nxt, past_key_values=out.past_key_values)
-        return seq
+        return greedy(self, input_ids, max_new_tokens, **kwargs)
+
+
+def greedy(model, input_ids, max_new_tokens, **first_kwargs):
+    """Greedy decoding, one forward per token, as transformers' generate() calls the model."""
+    out = model(input_ids=input_ids, **first_kwargs)
+    seq = input_ids
+    for i in range(max_new_tokens):
+        nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+        seq = torch.cat([seq, nxt], dim=-1)
+        if i + 1 == max_new_tokens:
+            break
+        out = model(input_ids=nxt, past_key_values=out.past_key_values)
+    return seq
 
 
 class TinyVLM(nn.Module):
@@ -230,12 +234,4 @@ class TinyVLM(nn.Module):
 
     @torch.no_grad()
     def generate(self, input_ids, pixel_values=None, max_new_tokens=4, **_):
-        out = self(input_ids=input_ids, pixel_values=pixel_values)
-        seq = input_ids
-        for i in range(max_new_tokens):
-            nxt = out.logits[:, -1].argmax(-1, keepdim=True)
-            seq = torch.cat([seq, nxt], dim=-1)
-            if i + 1 == max_new_tokens:
-                break
-            out = self(input_ids=nxt, past_key_values=out.past_key_values)
-        return seq
+        return greedy(self, input_ids, max_new_tokens, pixel_values=pixel_values)

@@ -18,7 +18,7 @@ sys.dont_write_bytecode = True
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "e2e"))
 sys.path.insert(0, str(HERE))
-from harness import Failure, Harness, log  # noqa: E402
+from harness import Failure, Harness, log, run_checks  # noqa: E402
 
 try:
     import torch
@@ -297,13 +297,7 @@ def main():
             "hook_errors_never_reach_the_model": check_hook_errors_never_reach_the_model,
             "broken_extractor_counted": check_broken_extractor_counted,
         }
-        for name, check in checks.items():
-            try:
-                check()
-                log(f"ok   {name}")
-            except Exception as e:  # noqa: BLE001 -- any error fails this check, not the run
-                failed.append(name)
-                log(f"FAIL {name}: {type(e).__name__}: {e}")
+        failed = run_checks(checks)
     finally:
         if failed:
             h.dump_logs()

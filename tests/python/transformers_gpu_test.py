@@ -28,7 +28,7 @@ sys.dont_write_bytecode = True
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "e2e"))
 sys.path.insert(0, str(HERE))
-from harness import Failure, Harness, log  # noqa: E402
+from harness import Failure, Harness, log, run_checks  # noqa: E402
 
 try:
     import torch
@@ -422,16 +422,11 @@ def main():
         checks["jamba_memory"] = lambda: check_jamba_memory(addrs, results)
         checks["llava_stages"] = lambda: check_llava_stages(addrs, results)
         checks["overhead"] = lambda: overhead(addrs, results, args.rounds)
-        for name, check in checks.items():
-            if args.only and args.only not in name:
-                continue
-            try:
-                check()
-                log(f"ok   {name}")
-            except Exception as e:  # noqa: BLE001
-                failed.append(name)
-                results.setdefault("errors", {})[name] = traceback.format_exc()[-1500:]
-                log(f"FAIL {name}: {type(e).__name__}: {str(e)[:600]}")
+        checks = {n: c for n, c in checks.items() if not args.only or args.only in n}
+
+        def keep_error(name):
+            results.setdefault("errors", {})[name] = traceback.format_exc()[-1500:]
+        failed = run_checks(checks, keep_error)
     finally:
         if failed:
             h.dump_logs()
