@@ -16,6 +16,7 @@
 #include <numeric>
 #include <span>
 
+#include "ep_class_routing.hpp"
 #include "ep_test_util.hpp"
 #include "inferscope/analysis/eplb.hpp"
 #include "inferscope/analysis/eplb_advisor.hpp"
@@ -30,15 +31,13 @@ namespace an = inferscope::analysis;
 
 namespace {
 
-constexpr int kRanks = 4, kE = 8, kD = 12, kF = 5, kPerRank = kE / kRanks;
+constexpr int kRanks = 4, kE = ie::test::kClassExperts, kD = ie::test::kClassD,
+              kF = ie::test::kClassF, kPerRank = kE / kRanks;
 constexpr int32_t kLayer = 1;
 
-// Routing (logical ids): a token of class c (its hidden state is the unit vector
-// of dim c) has router logit 4 for expert c, 3 for expert (c + 3) % 8, 0 for the
-// rest, so its top-2 is both, whatever the placement.
-int second_expert(int c) {
-  return (c + 3) % kE;
-}
+// Routing (logical ids, ep_class_routing.hpp): a token of class c goes to experts
+// c and (c + 3) % 8, whatever the placement.
+using ie::test::second_expert;
 
 // Skewed toward rank 0's contiguous experts {0, 1}: classes 0, 1, 5, 6 all hit them.
 // Expert loads: 9 7 2 6 5 4 2 1; contiguous rank loads 16 8 9 3 (balancedness 9/16).
@@ -63,73 +62,16 @@ ie::ModelConfig config() {
   return c;
 }
 
-struct RankResult {
-  ie::EpLayerStats stats;
-  ie::RouteCounts counts;
-};
-
-// One rank's pass of the MoE layer under placement `pl`. The router rows are
-// permuted the way the model loader applies a placement (weights.cpp): physical
-// slot p gets logical expert relabel[p]'s row, so the tokens pick the same
-// logical experts and only where they are computed changes.
-RankResult run_rank(int rank, const ie::ExpertPlacement& pl, const std::string& dir) {
-  auto be = ie::create_cpu_backend({1, 0});
-  const ie::ModelConfig c = config();
-  const auto& classes = kClasses[static_cast<size_t>(rank)];
-  const int T = static_cast<int>(classes.size());
-  std::vector<float> logical(kE * kD, 0.0f), router(kE * kD, 0.0f);
-  for (int cl = 0; cl < kE; ++cl) {
-    logical[static_cast<size_t>(cl * kD + cl)] = 4.0f;
-    logical[static_cast<size_t>(second_expert(cl) * kD + cl)] = 3.0f;
-  }
-  const std::vector<int32_t>* m = pl.relabel(kLayer);
-  for (int p = 0; p < kE; ++p) {
-    const int l = m ? (*m)[static_cast<size_t>(p)] : p;
-    std::copy_n(logical.begin() + l * kD, kD, router.begin() + p * kD);
-  }
-  std::vector<float> h(static_cast<size_t>(std::max(T, 1) * kD), 0.0f);
-  for (int t = 0; t < T; ++t)
-    h[static_cast<size_t>(t * kD + classes[static_cast<size_t>(t)])] = 1.0f;
-  std::vector<float> gu(kPerRank * 2 * kF * kD, 0.01f), down(kPerRank * kD * kF, 0.01f),
-      sgu(2 * kF * kD, 0.01f), sdown(kD * kF, 0.01f);
-
-  ie::CommOptions co;
-  co.rank = rank;
-  co.size = kRanks;
-  co.rendezvous_dir = dir;
-  co.timeout = std::chrono::milliseconds(30000);
-  auto comm = ie::create_host_communicator(co);
-  constexpr int kMaxTokens = 10;
-  ie::Buffer br(*be, kE, kD), bgu(*be, kPerRank * 2 * kF, kD), bdown(*be, kPerRank * kD, kF),
-      bsgu(*be, 2 * kF, kD), bsdown(*be, kD, kF), bh(*be, std::max(T, 1), kD),
-      bout(*be, std::max(T, 1), kD);
-  be->upload(br, router.data());
-  be->upload(bgu, gu.data());
-  be->upload(bdown, down.data());
-  be->upload(bsgu, sgu.data());
-  be->upload(bsdown, sdown.data());
-  be->upload(bh, h.data());
-  ie::ExpertParallel ep;
-  ep.comm = comm.get();
-  ep.placement = pl;
-  ep.scratch = ie::EpScratch(*be, c, pl, kMaxTokens);
-  ie::MoeWeights w{br.tensor(), {}, bgu.tensor(), bdown.tensor(), bsgu.tensor(), bsdown.tensor()};
-  ie::MoeScratch s(*be, c, kMaxTokens);
-  RankResult out;
-  out.stats.layer = kLayer;
-  ie::moe_ffn_ep(*be, c.moe, w, s, ep, bh.tensor().rows_view(0, T), bout.tensor().rows_view(0, T),
-                 out.counts, 0, out.stats);
-  be->synchronize();
-  ie::ep_read_timing(ep, 0, out.stats);
-  return out;
-}
+using RankResult = ie::test::ClassRankResult;
 
 // All ranks under the placement `placement_of(rank)` gives.
 std::vector<RankResult> run_all(const std::function<ie::ExpertPlacement(int)>& placement_of) {
   ie::test::TempDir dir{"ep-advisor"};
   std::vector<RankResult> r(kRanks);
   ie::test::run_ranks(kRanks, [&](int rank) {
-    r[static_cast<size_t>(rank)] = run_rank(rank, placement_of(rank), dir.path.string());
+    r[static_cast<size_t>(rank)] = ie::test::run_class_routed_rank(
+        config(), kLayer, rank, kRanks, kClasses[static_cast<size_t>(rank)], placement_of(rank),
+        dir.path.string(), /*max_tokens=*/10);
   });
   return r;
 }

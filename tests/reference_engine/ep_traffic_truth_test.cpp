@@ -11,6 +11,7 @@
 #include <array>
 
 #include "../collector/test_client.hpp"
+#include "ep_class_routing.hpp"
 #include "ep_test_util.hpp"
 #include "inferscope/collector/pipeline.hpp"
 #include "inferscope/engine/communicator.hpp"
@@ -23,15 +24,13 @@ namespace wire = inferscope::wire;
 
 namespace {
 
-constexpr int kRanks = 4, kE = 8, kD = 12, kF = 5, kPerRank = kE / kRanks;
+constexpr int kRanks = 4, kE = ie::test::kClassExperts, kD = ie::test::kClassD,
+              kF = ie::test::kClassF, kPerRank = kE / kRanks;
 constexpr uint32_t kLayer = 3;
 
-// Placement: rank r holds experts [2r, 2r+1] (ExpertPlacement::make). Routing: a
-// token of class c (its hidden state is the unit vector of dim c) has router
-// logit 4 for expert c, 3 for expert (c + 3) % 8, 0 for the rest: top-2 = both.
-int second_expert(int c) {
-  return (c + 3) % kE;
-}
+// Placement: rank r holds experts [2r, 2r+1] (ExpertPlacement::make). Routing
+// (ep_class_routing.hpp): a token of class c goes to experts c and (c + 3) % 8.
+using ie::test::second_expert;
 int owner(int e) {
   return e / kPerRank;
 }
@@ -55,13 +54,9 @@ std::vector<uint64_t> expected_matrix() {
   return m;
 }
 
-struct RankResult {
-  ie::EpLayerStats stats;
-  ie::RouteCounts counts;
-};
+using RankResult = ie::test::ClassRankResult;
 
-RankResult run_rank(int rank, const std::string& dir) {
-  auto be = ie::create_cpu_backend({1, 0});
+ie::ModelConfig config() {
   ie::ModelConfig c;
   c.d_model = kD;
   c.moe.experts = kE;
@@ -69,54 +64,18 @@ RankResult run_rank(int rank, const std::string& dir) {
   c.moe.expert_hidden = kF;
   c.moe.shared_experts = 1;
   c.moe.capacity_factor = 0.0f;  // dropless: every assignment travels
-  const auto& classes = kClasses[static_cast<size_t>(rank)];
-  const int T = static_cast<int>(classes.size());
-  std::vector<float> router(kE * kD, 0.0f), h(static_cast<size_t>(std::max(T, 1) * kD), 0.0f);
-  for (int cl = 0; cl < kE; ++cl) {
-    router[static_cast<size_t>(cl * kD + cl)] = 4.0f;
-    router[static_cast<size_t>(second_expert(cl) * kD + cl)] = 3.0f;
-  }
-  for (int t = 0; t < T; ++t)
-    h[static_cast<size_t>(t * kD + classes[static_cast<size_t>(t)])] = 1.0f;
-  std::vector<float> gu(kPerRank * 2 * kF * kD, 0.01f), down(kPerRank * kD * kF, 0.01f),
-      sgu(2 * kF * kD, 0.01f), sdown(kD * kF, 0.01f);
-
-  const ie::ExpertPlacement pl = ie::ExpertPlacement::make(kE, kRanks, rank);
-  ie::CommOptions co;
-  co.rank = rank;
-  co.size = kRanks;
-  co.rendezvous_dir = dir;
-  co.timeout = std::chrono::milliseconds(30000);
-  auto comm = ie::create_host_communicator(co);
-  ie::Buffer br(*be, kE, kD), bgu(*be, kPerRank * 2 * kF, kD), bdown(*be, kPerRank * kD, kF),
-      bsgu(*be, 2 * kF, kD), bsdown(*be, kD, kF), bh(*be, std::max(T, 1), kD),
-      bout(*be, std::max(T, 1), kD);
-  be->upload(br, router.data());
-  be->upload(bgu, gu.data());
-  be->upload(bdown, down.data());
-  be->upload(bsgu, sgu.data());
-  be->upload(bsdown, sdown.data());
-  be->upload(bh, h.data());
-  ie::ExpertParallel ep;
-  ep.comm = comm.get();
-  ep.placement = pl;
-  ep.scratch = ie::EpScratch(*be, c, pl, 10);
-  ie::MoeWeights w{br.tensor(), {}, bgu.tensor(), bdown.tensor(), bsgu.tensor(), bsdown.tensor()};
-  ie::MoeScratch s(*be, c, 10);
-  RankResult out;
-  out.stats.layer = static_cast<int32_t>(kLayer);
-  ie::moe_ffn_ep(*be, c.moe, w, s, ep, bh.tensor().rows_view(0, T), bout.tensor().rows_view(0, T),
-                 out.counts, 0, out.stats);
-  be->synchronize();
-  ie::ep_read_timing(ep, 0, out.stats);
-  return out;
+  return c;
 }
 
 std::vector<RankResult> run_all() {
   ie::test::TempDir dir{"ep-traffic"};
   std::vector<RankResult> r(kRanks);
-  ie::test::run_ranks(kRanks,
-                      [&](int rank) { r[static_cast<size_t>(rank)] = run_rank(rank, dir.path); });
+  ie::test::run_ranks(kRanks, [&](int rank) {
+    r[static_cast<size_t>(rank)] = ie::test::run_class_routed_rank(
+        config(), static_cast<int32_t>(kLayer), rank, kRanks, kClasses[static_cast<size_t>(rank)],
+        ie::ExpertPlacement::make(kE, kRanks, rank), dir.path.string(),
+        /*max_tokens=*/10);
+  });
   return r;
 }
 
