@@ -163,13 +163,10 @@ class Observer:
                 return _ids_from_router(entry, out)
         else:
             extract = indices
-        if _HOOK_KWARGS:
-            self._hook(module.register_forward_hook(
-                lambda m, args, kwargs, out: self._count_from(entry, extract, m, args, kwargs, out),
-                with_kwargs=True))
-        else:
-            self._hook(module.register_forward_hook(
-                lambda m, args, out: self._count_from(entry, extract, m, args, {}, out)))
+        def hook(m, args, *kwargs_and_out):  # (kwargs, out) with kwargs, else (out,)
+            kwargs = kwargs_and_out[0] if len(kwargs_and_out) == 2 else {}
+            self._count_from(entry, extract, m, args, kwargs, kwargs_and_out[-1])
+        self._hook(module.register_forward_hook(hook, **_WITH_KWARGS))
         return entry
 
     def record_topk(self, layer, topk_ids, num_experts=None):
@@ -279,9 +276,8 @@ class Observer:
                 entry.source = "experts(top_k_index)"
                 self._register(entry)
                 self._hook(experts.register_forward_pre_hook(
-                    _experts_pre_hook(self, entry), with_kwargs=True) if _HOOK_KWARGS else
-                    experts.register_forward_pre_hook(
-                        lambda m, args, e=entry: self._count_from(e, _topk_arg, args, {})))
+                    lambda m, args, kwargs=None, e=entry: self._count_from(
+                        e, _topk_arg, args, kwargs or {}), **_WITH_KWARGS))
             else:
                 entry.source = "router output"
                 self._register(entry)
@@ -353,7 +349,7 @@ class Observer:
                 raise TypeError(f"top-k ids must be a tensor, not {type(ids).__name__}")
             counts = self._counts
             if counts is None or counts.device != ids.device:
-                counts = self._allocate(ids.device)
+                counts = self._grow(ids.device)
             flat = ids.reshape(-1)
             n = flat.numel()
             if n == 0:
@@ -390,9 +386,6 @@ class Observer:
             self._ones_by_n.clear()
         view = self._ones_by_n[n] = self._ones[:n]
         return view
-
-    def _allocate(self, device):
-        return self._grow(device)
 
     def _grow(self, device):
         """(Re)allocates the step buffer for every registered layer; layers are appended, so
@@ -637,7 +630,10 @@ class Observer:
 
 # [SECTION] helpers -------------------------------------------------------------------
 
-_HOOK_KWARGS = "with_kwargs" in inspect.signature(_torch.nn.Module.register_forward_hook).parameters
+# torch >= 2.0 passes a hook the call's keyword arguments when asked (transformers 5 calls
+# experts modules with top_k_index as a keyword); older torch has no such option.
+_WITH_KWARGS = ({"with_kwargs": True} if "with_kwargs" in inspect.signature(
+    _torch.nn.Module.register_forward_hook).parameters else {})
 
 
 def cache_bytes(cache):
@@ -737,12 +733,6 @@ def _topk_arg(args, kwargs):
         if key in kwargs:
             return kwargs[key]
     return args[1] if len(args) > 1 else None
-
-
-def _experts_pre_hook(observer, entry):
-    def hook(module, args, kwargs):
-        observer._count_from(entry, _topk_arg, args, kwargs)
-    return hook
 
 
 def _ids_from_router(entry, out):
