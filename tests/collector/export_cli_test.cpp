@@ -37,16 +37,6 @@ CliRun run(const std::string& args) {
   return r;
 }
 
-std::vector<uint8_t> frame_from(uint32_t source, const std::vector<wire::Record>& recs) {
-  wire::EncoderOptions o;
-  o.source_id = source;
-  wire::FrameEncoder enc(o);
-  for (auto& r : recs) enc.add(r);
-  std::vector<uint8_t> f;
-  enc.finish(f);
-  return f;
-}
-
 // A node with one span per 10 ms over 1 s, and (optionally) one closed episode.
 void make_node(const fs::path& dir, uint32_t rank, const std::string& host, bool episode) {
   TraceStoreOptions o;

@@ -1,12 +1,10 @@
 // Chrome Trace Event export: the JSON parses back and holds what was recorded.
 #include <gtest/gtest.h>
-
 #include <unistd.h>
 
 #include <filesystem>
-#include <sstream>
-
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "inferscope/collector/chrome_export.hpp"
 #include "inferscope/collector/trace_store.hpp"
@@ -18,16 +16,6 @@ namespace wire = inferscope::wire;
 namespace fs = std::filesystem;
 
 namespace {
-
-std::vector<uint8_t> frame_from(uint32_t source, const std::vector<wire::Record>& recs) {
-  wire::EncoderOptions o;
-  o.source_id = source;
-  wire::FrameEncoder enc(o);
-  for (auto& r : recs) enc.add(r);
-  std::vector<uint8_t> f;
-  enc.finish(f);
-  return f;
-}
 
 wire::Span span(wire::TrackKind kind, uint32_t track, uint32_t stream, uint32_t name,
                 wire::SpanCategory cat, int64_t start, int64_t end, uint64_t corr = 0) {
@@ -46,7 +34,8 @@ wire::Span span(wire::TrackKind kind, uint32_t track, uint32_t stream, uint32_t 
 }  // namespace
 
 TEST(ChromeExport, SpansFlowsCountersAndAlertsRoundTrip) {
-  const fs::path dir = fs::temp_directory_path() / ("inferscope-export-" + std::to_string(::getpid()));
+  const fs::path dir =
+      fs::temp_directory_path() / ("inferscope-export-" + std::to_string(::getpid()));
   fs::remove_all(dir);
   {
     TraceStoreOptions o;
@@ -63,11 +52,16 @@ TEST(ChromeExport, SpansFlowsCountersAndAlertsRoundTrip) {
     kernel.num_args = 1;
     kernel.args[0] = {3, 4};  // range = layer.0.attention+moe
     wire::StageTiming st{9, wire::Stage::kConnector, wire::Device::kCpu, 2'000'000, 3'000'000, 0};
-    wire::AlertEpisode closed{wire::AlertKind::kHotExpert, 3, 0, 2, 0, 4'000'000, 0.5f, 2.0f, "demo"};
-    store.write(frame_from(1, {hello, wire::StringDef{1, "cudaLaunchKernel"}, wire::StringDef{2, "moe_gemm"},
-                               wire::StringDef{3, "range"}, wire::StringDef{4, "layer.0.attention+moe"}}), 0);
-    store.write(frame_from(1, {launch, kernel, st,
-                               wire::MemorySample{1'200'000, 3, wire::MemoryKind::kKvCache, 512, 1024}}), 0);
+    wire::AlertEpisode closed{
+        wire::AlertKind::kHotExpert, 3, 0, 2, 0, 4'000'000, 0.5f, 2.0f, "demo"};
+    store.write(frame_from(1, {hello, wire::StringDef{1, "cudaLaunchKernel"},
+                               wire::StringDef{2, "moe_gemm"}, wire::StringDef{3, "range"},
+                               wire::StringDef{4, "layer.0.attention+moe"}}),
+                0);
+    store.write(
+        frame_from(1, {launch, kernel, st,
+                       wire::MemorySample{1'200'000, 3, wire::MemoryKind::kKvCache, 512, 1024}}),
+        0);
     store.write(frame_from(0, {closed}), 0);
   }
   std::string error;

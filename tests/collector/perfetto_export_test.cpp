@@ -23,16 +23,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::vector<uint8_t> frame_from(uint32_t source, const std::vector<wire::Record>& recs) {
-  wire::EncoderOptions o;
-  o.source_id = source;
-  wire::FrameEncoder enc(o);
-  for (auto& r : recs) enc.add(r);
-  std::vector<uint8_t> f;
-  enc.finish(f);
-  return f;
-}
-
 wire::Span span(wire::TrackKind kind, uint32_t track, uint32_t stream, uint32_t name,
                 wire::SpanCategory cat, int64_t start, int64_t end, uint16_t depth = 0,
                 uint64_t corr = 0) {

@@ -60,12 +60,20 @@ inline wire::ExpertLoad make_load(uint32_t layer, int64_t ts, std::vector<uint32
   return l;
 }
 
-inline std::vector<uint8_t> frame_of(const std::vector<wire::Record>& records) {
-  wire::FrameEncoder enc;
+// One frame of `records`, stamped with `source` (the id the collector's pipeline
+// rewrites on ingest; trace-store tests write frames as the pipeline would).
+inline std::vector<uint8_t> frame_from(uint32_t source, const std::vector<wire::Record>& records) {
+  wire::EncoderOptions o;
+  o.source_id = source;
+  wire::FrameEncoder enc(o);
   for (const auto& r : records) enc.add(r);
   std::vector<uint8_t> out;
   enc.finish(out);
   return out;
+}
+
+inline std::vector<uint8_t> frame_of(const std::vector<wire::Record>& records) {
+  return frame_from(0, records);
 }
 
 // A blocking client on its own io_context.
