@@ -139,7 +139,10 @@ class Observer:
         self._describe()
         if steps == "auto":
             self._hook(model.register_forward_pre_hook(self._root_pre))
-            self._hook(model.register_forward_hook(self._root_post))
+            # always_call: a forward that raises still ends its step, so the nesting count
+            # comes back to 0 (torch < 2.0 has no such option: there a raising forward
+            # leaves the observer inside that step).
+            self._hook(model.register_forward_hook(self._root_post, **_ALWAYS_CALL))
         if stages:
             self._discover_stages(model)
         if layer_ranges:
@@ -428,7 +431,7 @@ class Observer:
         self._depth -= 1
         if self._depth != 0:
             return
-        if self._memory:
+        if self._memory and output is not None:  # None: the forward raised (always_call)
             self._report_memory(output)
         self._finish_step()
 
@@ -633,6 +636,8 @@ class Observer:
 # torch >= 2.0 passes a hook the call's keyword arguments when asked (transformers 5 calls
 # experts modules with top_k_index as a keyword); older torch has no such option.
 _WITH_KWARGS = ({"with_kwargs": True} if "with_kwargs" in inspect.signature(
+    _torch.nn.Module.register_forward_hook).parameters else {})
+_ALWAYS_CALL = ({"always_call": True} if "always_call" in inspect.signature(
     _torch.nn.Module.register_forward_hook).parameters else {})
 
 
