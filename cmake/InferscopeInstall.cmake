@@ -24,7 +24,7 @@ install(FILES
   agent/include/inferscope/export.h
   DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/inferscope COMPONENT agent)
 # agent.hpp's types (Config::model, Stats, the record enums) come from here.
-install(FILES agent/wire/include/inferscope/wire/records.hpp
+install(FILES wire/include/inferscope/wire/records.hpp
   DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/inferscope/wire COMPONENT agent)
 install(EXPORT inferscopeTargets NAMESPACE inferscope:: DESTINATION ${INFERSCOPE_CMAKE_DIR}
   COMPONENT agent)

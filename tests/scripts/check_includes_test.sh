@@ -10,9 +10,9 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 fail() { echo "FAIL: $*"; exit 1; }
 
-mkdir -p "$tmp/agent/wire/include/inferscope/wire" "$tmp/collector/include/inferscope/collector" \
+mkdir -p "$tmp/wire/include/inferscope/wire" "$tmp/collector/include/inferscope/collector" \
          "$tmp/viewer/model/src" "$tmp/analysis/src"
-echo '#pragma once' >"$tmp/agent/wire/include/inferscope/wire/records.hpp"
+echo '#pragma once' >"$tmp/wire/include/inferscope/wire/records.hpp"
 echo '#pragma once' >"$tmp/collector/include/inferscope/collector/layer_stats.hpp"
 cat >"$tmp/viewer/model/src/stats.cpp" <<'CPP'
 #include <vector>
