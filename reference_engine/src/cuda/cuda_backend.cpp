@@ -202,6 +202,7 @@ class CudaBackend final : public Backend {
 
   std::string name() const override { return "cuda"; }
   bool host_memory() const override { return false; }
+  bool bf16_weights() const override { return true; }
   cudaStream_t stream() const { return stream_; }
   int device() const { return device_; }
 
@@ -280,7 +281,11 @@ class CudaBackend final : public Backend {
     if (x.rows == 0 || w.rows == 0) return;
     const int M = static_cast<int>(x.rows), N = static_cast<int>(w.rows),
               K = static_cast<int>(x.cols);
-    const __nv_bfloat16* wb = fp32_math_ ? nullptr : shadow(w);
+    // A kBF16 weight is its own bf16 operand (a bf16 checkpoint has no fp32
+    // copy to fall back on, so INFERSCOPE_CUDA_MATH=fp32 does not apply to it).
+    const __nv_bfloat16* wb = w.dtype == DType::kBF16 ? static_cast<const __nv_bfloat16*>(w.data)
+                              : fp32_math_            ? nullptr
+                                                      : shadow(w);
     if (wb != nullptr && M <= kSmallRows && K % 8 == 0) {  // decode: one launch, no cast
       k::small_linear(view(x), wb, nullptr, 1, view(y), N, K, beta, stream_);
       return;
@@ -307,6 +312,8 @@ class CudaBackend final : public Backend {
     for (int64_t e = 0; e < E; ++e) max_rows = std::max(max_rows, offsets[e + 1] - offsets[e]);
     if (max_rows == 0) return;
     const __nv_bfloat16* wb = (fp32_math_ || x.cols % 8 != 0) ? nullptr : shadow(w);
+    if (w.dtype == DType::kBF16)  // stored bf16: per-expert linear() below if K % 8 != 0
+      wb = x.cols % 8 == 0 ? static_cast<const __nv_bfloat16*>(w.data) : nullptr;
     if (wb == nullptr) {
       for (int64_t e = 0; e < E; ++e) {
         if (offsets[e + 1] == offsets[e]) continue;
