@@ -10,7 +10,10 @@ compares with transformers' own forward on the same checkpoint:
 
   logits   every row the engine wrote vs transformers' logits at that position
            of the engine's sequence (teacher forcing), max|e - t| / max|t|;
-           fp32 must be <= 1e-3; bf16 is reported and must stay <= 0.1.
+           fp32 must be <= 1e-3. bf16 ("as tight as bf16 allows"): the engine's
+           distance to the exact fp32 forward of the same bf16 values must be at
+           most 2x transformers-bf16's own distance to it (the bf16 floor) and
+           engine-vs-transformers-bf16 <= 0.25 (a sanity bound); both printed.
   tokens   the engine's greedy tokens vs transformers' own greedy loop for
            --steps tokens; equal, or the first divergence is a near-tie
            (transformers' logit gap between the two tokens is within the
@@ -35,12 +38,13 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM
 
-FP32_TOL, BF16_TOL = 1e-3, 1e-1
+FP32_TOL, BF16_TOL = 1e-3, 0.25  # bf16: a sanity bound; the floor test below is the real one
 GAP = {"fp32": 1e-5, "bf16": 1e-2}
 
 
 def family_configs():
-    """Tiny configs exercising what differs between the families."""
+    """Tiny configs exercising what differs between the families. Expert widths differ from
+    hidden_size so that a transposed expert layout could not pass unnoticed."""
     common = dict(vocab_size=1024, hidden_size=256, num_hidden_layers=4, num_attention_heads=8,
                   num_key_value_heads=4, max_position_embeddings=512, rms_norm_eps=1e-5,
                   tie_word_embeddings=False, initializer_range=0.05)
@@ -49,11 +53,11 @@ def family_configs():
         **common, head_dim=32, intermediate_size=512, num_local_experts=8, num_experts_per_tok=2,
         router_jitter_noise=0.0, sliding_window=None)
     out["qwen3_moe"] = transformers.Qwen3MoeConfig(
-        **common, head_dim=64, intermediate_size=512, moe_intermediate_size=256, num_experts=16,
+        **common, head_dim=64, intermediate_size=512, moe_intermediate_size=384, num_experts=16,
         num_experts_per_tok=4, norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[0],
         use_sliding_window=False, attention_bias=False)
     out["olmoe"] = transformers.OlmoeConfig(
-        **common, intermediate_size=256, num_experts=16, num_experts_per_tok=4,
+        **common, intermediate_size=384, num_experts=16, num_experts_per_tok=4,
         norm_topk_prob=False, clip_qkv=None)
     return out
 
@@ -113,6 +117,12 @@ def load(directory, dtype, device):
     # transformers 5 names the argument dtype; 4.x torch_dtype.
     key = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
     m = AutoModelForCausalLM.from_pretrained(directory, attn_implementation="eager", **{key: dtype})
+    # transformers 5 may dispatch the experts to a fused kernel; the eager loop is its reference.
+    if hasattr(m.config, "_experts_implementation"):
+        try:
+            m.config._experts_implementation = "eager"
+        except Exception:  # noqa: BLE001 - an older or stricter config keeps its default
+            pass
     return m.to(device).eval()
 
 
@@ -144,38 +154,56 @@ def run_engine(args, directory, backend, prompt, extra_env):
     return json.load(open(out))
 
 
-def compare(run, model, tap, prompt, steps, precision, device, tol):
-    """One engine run against transformers on the same checkpoint."""
-    seq = prompt + run["generated"][:-1]
-    ref = tf_forward(model, tap, seq, device)
+def max_rel(rows, ref):
+    """max over rows of max|row - ref[pos]| / max|ref[pos]|, and the largest absolute gap."""
     worst, noise = 0.0, 0.0
-    for row in run["logits"]:
-        e = torch.tensor(row["logits"])
-        t = ref[row["position"]]
+    for pos, e in rows:
+        t = ref[pos]
         d = float((e - t).abs().max())
         noise = max(noise, d)
         worst = max(worst, d / float(t.abs().max()))
-    problems = []
+    return worst, noise
+
+
+def compare(run, model, tap, prompt, steps, precision, device, tol, exact=None):
+    """One engine run against transformers on the same checkpoint. exact: for a bf16
+    run, transformers in fp32 on the same bf16 values (the bf16 floor's reference)."""
+    seq = prompt + run["generated"][:-1]
+    rows = [(r["position"], torch.tensor(r["logits"])) for r in run["logits"]]
+    ref = tf_forward(model, tap, seq, device)
+    want, ties = tap.counts(), tap.near_ties(GAP[precision])
+    worst, noise = max_rel(rows, ref)
+    problems, floor_note = [], ""
     if worst > tol:
         problems.append("logits max rel %.3g > %g" % (worst, tol))
-    # routing (teacher-forced on the engine's own sequence)
-    want, ties = tap.counts(), tap.near_ties(GAP[precision])
+    if exact is not None:
+        model_e, tap_e = exact
+        ref32 = tf_forward(model_e, tap_e, seq, device)
+        eng32, _ = max_rel(rows, ref32)
+        floor, _ = max_rel([(p, ref[p]) for p, _ in rows], ref32)
+        floor_note = "vs fp32: engine %.2g, transformers-bf16 %.2g" % (eng32, floor)
+        if eng32 > max(2 * floor, FP32_TOL):
+            problems.append("bf16 engine is %.3g from the exact forward, transformers-bf16 %.3g "
+                            "(more than 2x the bf16 floor)" % (eng32, floor))
+    # routing (teacher-forced on the engine's own sequence; counted before `exact` ran)
     got = {m["layer"]: m["routed"] for m in run["moe_layers"]}
-    route_note, tie_total = "exact", 0
+    bad_layers, tie_layers, tie_total = 0, 0, 0
     if sorted(got) != sorted(want):
+        bad_layers += 1
         problems.append("MoE layers %s vs transformers %s" % (sorted(got), sorted(want)))
     for l in sorted(want):
         if got.get(l) == want[l]:
             continue
         moved = sum(abs(a - b) for a, b in zip(got.get(l, []), want[l])) // 2
-        tie_total += ties[l]
         if moved > ties[l]:
+            bad_layers += 1
             problems.append("layer %d routed %s vs transformers %s (%d moved, %d near-ties)"
                             % (l, got.get(l), want[l], moved, ties[l]))
-        else:
-            route_note = "near-tie"
-    if route_note == "near-tie":
-        route_note = "%d near-tie tok" % tie_total
+        else:  # every moved assignment can be a token whose k-th and k+1-th experts tie
+            tie_layers += 1
+            tie_total += ties[l]
+    route_note = ("MISMATCH" if bad_layers else
+                  "%d near-tie tok" % tie_total if tie_layers else "exact")
     # greedy tokens vs transformers' own loop
     hf = hf_greedy(model, prompt, steps, device)
     eng = run["generated"]
@@ -190,7 +218,7 @@ def compare(run, model, tap, prompt, steps, precision, device, tol):
         else:
             problems.append("greedy token %d: engine %d, transformers %d (gap %.3g > noise %.3g)"
                             % (same, eng[same], hf[same], gap, noise))
-    return worst, tok_note, route_note, problems
+    return worst, tok_note, route_note, floor_note, problems
 
 
 def main():
@@ -199,6 +227,7 @@ def main():
     ap.add_argument("--workdir", required=True)
     ap.add_argument("--steps", type=int, default=32)
     ap.add_argument("--families", default="mixtral,qwen3_moe,olmoe")
+    ap.add_argument("--backends", default="cpu,cuda", help="engine backends to check")
     ap.add_argument("--json", default="")
     args = ap.parse_args()
     os.makedirs(args.workdir, exist_ok=True)
@@ -227,26 +256,29 @@ def main():
                  (d16, "bf16", "cpu", {}, m16w, "fp32", FP32_TOL),
                  (d16, "bf16", "cuda", {}, m16, "bf16", BF16_TOL)]
         for d, label, backend, env, model, prec, tol in plans:
+            if backend not in args.backends.split(","):
+                continue
             for p in prompts:
                 name = "%s %s->%s P%d" % (family, label, backend + ("(fp32 math)" if env else ""), len(p))
                 ref_label = "transformers " + ("bf16" if model is m16 else "fp32")
                 try:
                     run = run_engine(args, d, backend, p, env)
-                    worst, tok, route, problems = compare(run, model, taps[id(model)], p, args.steps,
-                                                          prec, device, tol)
+                    exact = (m16w, taps[id(m16w)]) if model is m16 else None
+                    worst, tok, route, note, problems = compare(run, model, taps[id(model)], p, args.steps,
+                                                          prec, device, tol, exact)
                     gemm = run["gemm_dtype"]
                 except Exception as ex:  # noqa: BLE001 - one failing case must not hide the others
-                    worst, tok, route, problems, gemm = float("nan"), "-", "-", [str(ex)], "?"
+                    worst, tok, route, note, problems, gemm = float("nan"), "-", "-", "", [str(ex)], "?"
                 ok = not problems
                 failures += not ok
                 rows.append({"case": name, "engine_weights": gemm, "reference": ref_label,
-                             "max_rel": worst, "tokens_equal": tok, "routing": route,
+                             "max_rel": worst, "tokens_equal": tok, "routing": route, "note": note,
                              "ok": ok, "problems": problems})
-    print("\n%-34s %6s %-17s %9s %-40s %-16s %s" % ("case", "eng.w", "reference", "max_rel",
-                                                     "greedy tokens equal", "routing", "result"))
+    print("\n%-34s %6s %-17s %9s %-36s %-15s %-8s %s" % ("case", "eng.w", "reference", "max_rel",
+          "greedy tokens equal", "routing", "result", "bf16 floor"))
     for r in rows:
-        print("%-34s %6s %-17s %9.2e %-40s %-16s %s" % (r["case"], r["engine_weights"], r["reference"],
-              r["max_rel"], r["tokens_equal"], r["routing"], "ok" if r["ok"] else "MISMATCH"))
+        print("%-34s %6s %-17s %9.2e %-36s %-15s %-8s %s" % (r["case"], r["engine_weights"], r["reference"],
+              r["max_rel"], r["tokens_equal"], r["routing"], "ok" if r["ok"] else "MISMATCH", r["note"]))
         for pr in r["problems"]:
             print("    " + pr)
     print("\nhf-oracle: %d cases, %d mismatches, %.0f s" % (len(rows), failures, time.time() - t0))

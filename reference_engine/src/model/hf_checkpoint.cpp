@@ -280,7 +280,8 @@ HfModel load_hf_model(const std::string& dir) {
       r.present("num_key_value_heads") ? r.positive("num_key_value_heads") : c.attention.n_heads;
   c.attention.head_dim =
       r.present("head_dim") ? r.positive("head_dim") : c.d_model / c.attention.n_heads;
-  c.attention.rope_theta = rope_theta(r, 10000.0f);
+  // Without a theta in the file, the transformers config class's default applies.
+  c.attention.rope_theta = rope_theta(r, m.family == HfFamily::kMixtral ? 1e6f : 10000.0f);
   c.norm_eps = r.get<float>("rms_norm_eps", 1e-6f);
   const std::string act = r.get<std::string>("hidden_act", "silu");
   if (act != "silu") r.fail("hidden_act '" + act + "': only silu (SwiGLU) is supported");
