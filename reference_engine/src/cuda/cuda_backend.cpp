@@ -23,6 +23,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <initializer_list>
+#include <iterator>
 #include <map>
 #include <stdexcept>
 #include <string>
@@ -236,7 +237,7 @@ class CudaBackend final : public Backend {
     forget_range(dst.data, dst.bytes());
     ISC_CUDA(cudaMemcpyAsync(dst.data, src, dst.bytes(), cudaMemcpyHostToDevice, stream_));
     ISC_CUDA(cudaStreamSynchronize(stream_));
-    uploaded_[static_cast<char*>(dst.data)] = dst.bytes();
+    note_upload(static_cast<char*>(dst.data), dst.bytes());
   }
   void download_impl(const Tensor& src, void* dst) override {
     ISC_CUDA(cudaMemcpyAsync(dst, src.data, src.bytes(), cudaMemcpyDeviceToHost, stream_));
@@ -551,6 +552,32 @@ class CudaBackend final : public Backend {
     k::f32_to_bf16(w.f32(), s.bf16, w.elements(), stream_);
     shadows_[w.data] = s;
     return s.bf16;
+  }
+  // Records an upload, merged with uploads it continues or that continue it
+  // inside the same allocation: a weight written piece by piece (a Hugging
+  // Face checkpoint's q/k/v into one wqkv, its experts one by one) counts as
+  // uploaded whole, so shadow() makes its bf16 copy as for one upload.
+  void note_upload(char* p, size_t bytes) {
+    auto it = uploaded_.insert_or_assign(p, bytes).first;
+    auto alloc = alloc_bytes_.upper_bound(p);
+    if (alloc == alloc_bytes_.begin()) return;
+    --alloc;
+    char* const lo = static_cast<char*>(alloc->first);
+    char* const hi = lo + alloc->second;
+    if (p < lo || p >= hi) return;  // not inside a known allocation: keep it alone
+    if (it != uploaded_.begin()) {
+      auto prev = std::prev(it);
+      if (prev->first >= lo && prev->first + prev->second == it->first) {
+        prev->second += it->second;
+        uploaded_.erase(it);
+        it = prev;
+      }
+    }
+    auto next = std::next(it);
+    if (next != uploaded_.end() && next->first < hi && it->first + it->second == next->first) {
+      it->second += next->second;
+      uploaded_.erase(next);
+    }
   }
   bool inside_upload(const void* p, size_t bytes) const {
     const char* c = static_cast<const char*>(p);
