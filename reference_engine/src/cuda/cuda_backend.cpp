@@ -23,6 +23,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <initializer_list>
+#include <iterator>
 #include <map>
 #include <stdexcept>
 #include <string>
@@ -202,6 +203,7 @@ class CudaBackend final : public Backend {
 
   std::string name() const override { return "cuda"; }
   bool host_memory() const override { return false; }
+  bool bf16_weights() const override { return true; }
   cudaStream_t stream() const { return stream_; }
   int device() const { return device_; }
 
@@ -235,7 +237,7 @@ class CudaBackend final : public Backend {
     forget_range(dst.data, dst.bytes());
     ISC_CUDA(cudaMemcpyAsync(dst.data, src, dst.bytes(), cudaMemcpyHostToDevice, stream_));
     ISC_CUDA(cudaStreamSynchronize(stream_));
-    uploaded_[static_cast<char*>(dst.data)] = dst.bytes();
+    note_upload(static_cast<char*>(dst.data), dst.bytes());
   }
   void download_impl(const Tensor& src, void* dst) override {
     ISC_CUDA(cudaMemcpyAsync(dst, src.data, src.bytes(), cudaMemcpyDeviceToHost, stream_));
@@ -280,7 +282,11 @@ class CudaBackend final : public Backend {
     if (x.rows == 0 || w.rows == 0) return;
     const int M = static_cast<int>(x.rows), N = static_cast<int>(w.rows),
               K = static_cast<int>(x.cols);
-    const __nv_bfloat16* wb = fp32_math_ ? nullptr : shadow(w);
+    // A kBF16 weight is its own bf16 operand (a bf16 checkpoint has no fp32
+    // copy to fall back on, so INFERSCOPE_CUDA_MATH=fp32 does not apply to it).
+    const __nv_bfloat16* wb = w.dtype == DType::kBF16 ? static_cast<const __nv_bfloat16*>(w.data)
+                              : fp32_math_            ? nullptr
+                                                      : shadow(w);
     if (wb != nullptr && M <= kSmallRows && K % 8 == 0) {  // decode: one launch, no cast
       k::small_linear(view(x), wb, nullptr, 1, view(y), N, K, beta, stream_);
       return;
@@ -307,6 +313,8 @@ class CudaBackend final : public Backend {
     for (int64_t e = 0; e < E; ++e) max_rows = std::max(max_rows, offsets[e + 1] - offsets[e]);
     if (max_rows == 0) return;
     const __nv_bfloat16* wb = (fp32_math_ || x.cols % 8 != 0) ? nullptr : shadow(w);
+    if (w.dtype == DType::kBF16)  // stored bf16: per-expert linear() below if K % 8 != 0
+      wb = x.cols % 8 == 0 ? static_cast<const __nv_bfloat16*>(w.data) : nullptr;
     if (wb == nullptr) {
       for (int64_t e = 0; e < E; ++e) {
         if (offsets[e + 1] == offsets[e]) continue;
@@ -544,6 +552,32 @@ class CudaBackend final : public Backend {
     k::f32_to_bf16(w.f32(), s.bf16, w.elements(), stream_);
     shadows_[w.data] = s;
     return s.bf16;
+  }
+  // Records an upload, merged with uploads it continues or that continue it
+  // inside the same allocation: a weight written piece by piece (a Hugging
+  // Face checkpoint's q/k/v into one wqkv, its experts one by one) counts as
+  // uploaded whole, so shadow() makes its bf16 copy as for one upload.
+  void note_upload(char* p, size_t bytes) {
+    auto it = uploaded_.insert_or_assign(p, bytes).first;
+    auto alloc = alloc_bytes_.upper_bound(p);
+    if (alloc == alloc_bytes_.begin()) return;
+    --alloc;
+    char* const lo = static_cast<char*>(alloc->first);
+    char* const hi = lo + alloc->second;
+    if (p < lo || p >= hi) return;  // not inside a known allocation: keep it alone
+    if (it != uploaded_.begin()) {
+      auto prev = std::prev(it);
+      if (prev->first >= lo && prev->first + prev->second == it->first) {
+        prev->second += it->second;
+        uploaded_.erase(it);
+        it = prev;
+      }
+    }
+    auto next = std::next(it);
+    if (next != uploaded_.end() && next->first < hi && it->first + it->second == next->first) {
+      it->second += next->second;
+      uploaded_.erase(next);
+    }
   }
   bool inside_upload(const void* p, size_t bytes) const {
     const char* c = static_cast<const char*>(p);
