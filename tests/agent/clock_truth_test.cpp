@@ -45,6 +45,32 @@ TEST(TickClock, FitRecoversALineFromItsSamples) {
   EXPECT_NEAR(m.to_ns(samples.front().ticks - 3'000'000), samples.front().ns - 1'000'000, 1);
 }
 
+TEST(TickClock, ARefitSlewsWithoutAJumpAndSnapsOnlyWhenFarOff) {
+  TickMap current;
+  current.identity = false;
+  current.base_ticks = 1'000'000;
+  current.base_ns = 0;
+  current.ns_per_tick = 0.5;  // 2 GHz
+  TickMap fitted = current;
+  fitted.base_ns = 300;  // the new line is 300 ns later everywhere
+  const uint64_t now = current.base_ticks + 2'000'000'000ull;  // 1 s after the base
+  const int64_t horizon = 200'000'000;
+  const TickMap m = detail::slew_toward(current, fitted, now, horizon);
+  // Continuous now, so records converted before and after the refit agree...
+  EXPECT_NEAR(m.to_ns(now), current.to_ns(now), 1);
+  // ...also for a record taken 20 ms earlier (what one drain can hold): the
+  // rate changed by 300 ns per 200 ms, so 20 ms back they differ by ~30 ns.
+  EXPECT_NEAR(m.to_ns(now - 40'000'000), current.to_ns(now - 40'000'000), 31);
+  // ...and on the fitted line one horizon later.
+  EXPECT_NEAR(m.to_ns(now + 400'000'000), fitted.to_ns(now + 400'000'000), 1);
+  // Monotonic across the refit: a tick later never converts earlier.
+  EXPECT_LE(current.to_ns(now - 1), m.to_ns(now));
+  // Farther off than kSnapNs (start-up, a step): the fitted line at once.
+  fitted.base_ns = TickClock::kSnapNs + 1;
+  const TickMap snapped = detail::slew_toward(current, fitted, now, horizon);
+  EXPECT_EQ(snapped.to_ns(now), fitted.to_ns(now));
+}
+
 TEST(TickClock, OsModeIsTheIdentityOnMonotonicNs) {
   TickClock os("os");
   EXPECT_FALSE(os.tsc());

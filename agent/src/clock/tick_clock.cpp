@@ -196,7 +196,21 @@ void TickClock::add_sample_locked(const TickSample& s) {
   if (window_.size() >= kWindow) window_.erase(window_.begin());
   window_.push_back(s);
   if (window_.size() >= 2 && window_.back().ticks != window_.front().ticks)
-    map_ = fit_tick_map(window_);
+    map_ = slew_toward(map_, fit_tick_map(window_), s.ticks, kSlewNs);
+}
+
+TickMap slew_toward(const TickMap& current, const TickMap& fitted, uint64_t now_ticks,
+                    int64_t horizon_ns) {
+  const int64_t here = current.to_ns(now_ticks);
+  const int64_t error = fitted.to_ns(now_ticks) - here;
+  if (std::llabs(error) > TickClock::kSnapNs || fitted.ns_per_tick <= 0) return fitted;
+  TickMap m = fitted;
+  m.base_ticks = now_ticks;
+  m.base_ns = here;
+  // Over horizon_ns the new line closes the gap to the fitted one.
+  const double horizon_ticks = static_cast<double>(horizon_ns) / fitted.ns_per_tick;
+  m.ns_per_tick = fitted.ns_per_tick + static_cast<double>(error) / horizon_ticks;
+  return m;
 }
 
 }  // namespace inferscope::agent::detail

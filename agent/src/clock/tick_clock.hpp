@@ -12,11 +12,14 @@
 // Calibration: a sample is (ticks, CLOCK_MONOTONIC ns) read as mono/tsc/mono,
 // the tightest of a few tries, stamped at the midpoint. The shippers add a
 // sample at most every kSampleInterval (recalibrate(), off the host thread)
-// and keep the last kWindow; the map is the least-squares line through them,
-// so it follows frequency drift and NTP slewing of CLOCK_MONOTONIC, and a
-// record (converted within one flush interval of being taken) is always close
-// to the samples. A sample far off the line (a TSC step: VM migration,
-// suspend) restarts the window from it and is counted.
+// and keep the last kWindow; the least-squares line through them follows
+// frequency drift and NTP slewing of CLOCK_MONOTONIC, and a record (converted
+// within one flush interval of being taken) is always close to the samples.
+// The map in use does not jump to each new line: it stays continuous where it
+// is now and closes the gap over kSlewNs (slew_toward), so a parent range's end
+// converted after a refit never lands before its child's converted earlier.
+// A gap over kSnapNs (start-up) is closed at once. A sample far off the line
+// (a TSC step: VM migration, suspend) restarts the window from it and is counted.
 #pragma once
 
 #include <cstdint>
@@ -53,11 +56,18 @@ std::string kernel_clocksource();  // "" when unreadable
 TickSample take_tick_sample(int tries = 8);
 // The least-squares line through samples (at least 2, distinct ticks).
 TickMap fit_tick_map(const std::vector<TickSample>& samples);
+// The map to use after a refit: equal to `current` at now_ticks (no jump for
+// records converted on either side of the refit), equal to `fitted` horizon_ns
+// later; `fitted` itself when they are more than TickClock::kSnapNs apart.
+TickMap slew_toward(const TickMap& current, const TickMap& fitted, uint64_t now_ticks,
+                    int64_t horizon_ns);
 
 class TickClock {
  public:
   static constexpr int64_t kMaxStartResidualNs = 2'000;
   static constexpr int64_t kStepResidualNs = 20'000;
+  static constexpr int64_t kSnapNs = 2'000;
+  static constexpr int64_t kSlewNs = 200'000'000;           // 200 ms
   static constexpr int64_t kSampleIntervalNs = 10'000'000;  // 10 ms
   static constexpr size_t kWindow = 128;
 
