@@ -15,24 +15,15 @@
 #include <cstdlib>
 #include <string>
 
+#include "../../agent/src/agent_impl.hpp"  // realtime_minus_monotonic_ns(), as a hello measures it
 #include "../../agent/src/clock/tick_clock.hpp"
 #include "../../tests/agent/realtime_probe.hpp"
 #include "inferscope/hot_path.hpp"
 
 namespace hot = inferscope::agent::hot;
+using inferscope::agent::detail::realtime_minus_monotonic_ns;
 using inferscope::agent::detail::TickClock;
 using inferscope::agent::detail::TickMap;
-
-namespace {
-
-int64_t realtime_minus_monotonic() {
-  timespec rt, mono;
-  clock_gettime(CLOCK_REALTIME, &rt);
-  clock_gettime(CLOCK_MONOTONIC, &mono);
-  return (int64_t{rt.tv_sec} - mono.tv_sec) * 1'000'000'000 + (rt.tv_nsec - mono.tv_nsec);
-}
-
-}  // namespace
 
 int main(int argc, char** argv) {
   int64_t seconds = 600, tight = 2'000;
@@ -54,7 +45,7 @@ int main(int argc, char** argv) {
   inferscope::agent::testing::RealtimeProbe probe;  // forks: before anything else
   TickClock& clock = TickClock::instance();
   const bool tsc = clock.tsc();
-  const int64_t offset = realtime_minus_monotonic();
+  const int64_t offset = realtime_minus_monotonic_ns();
   std::printf("clock: %s\n", clock.description().c_str());
   std::printf("%8s %10s %12s %14s %16s\n", "t (s)", "probes", "tightest ns", "its error ns",
               "worst miss ns");
@@ -106,7 +97,7 @@ int main(int argc, char** argv) {
     max_miss = std::max(max_miss, worst_miss);
     total += probes;
   }
-  const int64_t drift = realtime_minus_monotonic() - offset;
+  const int64_t drift = realtime_minus_monotonic_ns() - offset;
   std::printf(
       "run: %lld s, %lld probes, %lld judged (bracket <= %lld ns); max |midpoint error| of the "
       "per-interval tightest %lld ns; worst miss of a judged bracket %lld ns; clock steps %llu; "
