@@ -71,6 +71,15 @@ TEST(TickClock, ARefitSlewsWithoutAJumpAndSnapsOnlyWhenFarOff) {
   EXPECT_EQ(snapped.to_ns(now), fitted.to_ns(now));
 }
 
+TEST(TickClock, TheTscIsCalibratedOnlyWhenInvariantAndTrustedByTheKernel) {
+  EXPECT_EQ(detail::tsc_unusable(true, "tsc"), "");
+  EXPECT_EQ(detail::tsc_unusable(true, "kvm-clock"), "");  // a VM: the start-up fit decides
+  EXPECT_EQ(detail::tsc_unusable(true, ""), "");           // /sys unreadable: likewise
+  EXPECT_EQ(detail::tsc_unusable(false, "tsc"), "TSC not invariant");
+  EXPECT_NE(detail::tsc_unusable(true, "hpet").find("does not trust the TSC"), std::string::npos);
+  EXPECT_NE(detail::tsc_unusable(true, "acpi_pm"), "");
+}
+
 TEST(TickClock, OsModeIsTheIdentityOnMonotonicNs) {
   TickClock os("os");
   EXPECT_FALSE(os.tsc());
@@ -82,12 +91,14 @@ TEST(TickClock, OsModeIsTheIdentityOnMonotonicNs) {
   EXPECT_TRUE(os.map().identity);
 }
 
-TEST(TickClock, AutoChoosesTheTscOnlyWhereTheCpuCallsItInvariant) {
+TEST(TickClock, AutoFollowsTheCpuAndKernelAndLandsOnItsLine) {
   TickClock clock("auto");
   ASSERT_FALSE(clock.description().empty());
-  if (!detail::cpu_has_invariant_tsc()) {
+  const std::string no =
+      detail::tsc_unusable(detail::cpu_has_invariant_tsc(), detail::kernel_clocksource());
+  if (!no.empty()) {
     EXPECT_FALSE(clock.tsc());
-    EXPECT_EQ(clock.description(), "os (TSC not invariant)");
+    EXPECT_EQ(clock.description(), "os (" + no + ")");
     return;
   }
   if (!clock.tsc()) GTEST_SKIP() << "TSC not used here: " << clock.description();

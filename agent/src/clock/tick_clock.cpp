@@ -73,6 +73,17 @@ TickMap fit_tick_map(const std::vector<TickSample>& samples) {
   return m;
 }
 
+std::string tsc_unusable(bool invariant, const std::string& clocksource) {
+  if (!invariant) return "TSC not invariant";
+  // The kernel falls back to these when it has marked the TSC unstable (it
+  // drifts between sockets or stops in deep C-states). A hypervisor's clock
+  // (kvm-clock, xen, hyperv) is itself built on the TSC and says nothing
+  // against it: there the start-up fit decides.
+  if (clocksource == "hpet" || clocksource == "acpi_pm")
+    return "kernel clocksource " + clocksource + ": the kernel does not trust the TSC";
+  return {};
+}
+
 namespace {
 
 // Start-up calibration: samples ~0.4 ms apart over ~2 ms.
@@ -117,8 +128,8 @@ TickClock::TickClock(const std::string& mode) {
   }
   const bool invariant = cpu_has_invariant_tsc();
   const std::string source = kernel_clocksource();
-  if (!invariant && !force_tsc) {
-    description_ = "os (TSC not invariant)";
+  if (const std::string no = tsc_unusable(invariant, source); !no.empty() && !force_tsc) {
+    description_ = "os (" + no + ")";
     return;
   }
   std::vector<TickSample> samples = start_samples();

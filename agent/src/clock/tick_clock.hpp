@@ -1,7 +1,9 @@
 // The clock ScopedRange reads, and how its ticks become CLOCK_MONOTONIC ns.
 //
 // Chosen once per process (the first agent that records asks):
-//   tsc  the CPU says the TSC is invariant (cpuid 0x80000007 EDX bit 8) and a
+//   tsc  the CPU says the TSC is invariant (cpuid 0x80000007 EDX bit 8), the
+//        kernel has not fallen back to hpet / acpi_pm (its sign of an unstable
+//        TSC), and a
 //        start-up calibration against CLOCK_MONOTONIC fits a straight line
 //        within kMaxStartResidualNs (when the kernel's own clocksource is not
 //        tsc, e.g. kvm-clock on a VM, that check is what vouches for it);
@@ -52,6 +54,9 @@ struct TickSample {
 // What the CPU and kernel say (exposed for tests and the description).
 bool cpu_has_invariant_tsc();
 std::string kernel_clocksource();  // "" when unreadable
+// Why the TSC is not even worth calibrating ("" when it is): not invariant, or
+// the kernel runs on hpet / acpi_pm, which it does when it marked the TSC unstable.
+std::string tsc_unusable(bool invariant, const std::string& clocksource);
 // One calibration sample: the tightest bracket of `tries`.
 TickSample take_tick_sample(int tries = 8);
 // The least-squares line through samples (at least 2, distinct ticks).
