@@ -225,10 +225,13 @@ class CudaBackend final : public Backend {
   }
   void free(void* ptr) override {
     if (!ptr) return;
+    // Unchecked: free() runs in destructors, often while an exception (a CUDA
+    // error seen by an earlier op) unwinds; throwing here would terminate the
+    // process and replace that first error with this later sighting of it.
     cudaStreamSynchronize(stream_);
     auto it = alloc_bytes_.find(ptr);
     if (it != alloc_bytes_.end()) {
-      forget_range(ptr, it->second);  // shadows of anything inside this allocation
+      forget_range(ptr, it->second, /*synced=*/true);  // shadows inside this allocation
       alloc_bytes_.erase(it);
     }
     cudaFree(ptr);
@@ -587,10 +590,10 @@ class CudaBackend final : public Backend {
     return c >= it->first && c + bytes <= it->first + it->second;
   }
   // Memory about to be written: its shadows and upload marks no longer hold.
-  void forget_range(const void* p, size_t bytes) {
+  // synced: the caller has already waited for the stream (and must not throw).
+  void forget_range(const void* p, size_t bytes, bool synced = false) {
     const char* lo = static_cast<const char*>(p);
     const char* hi = lo + bytes;
-    bool synced = false;
     for (auto it = shadows_.begin(); it != shadows_.end();) {
       const char* s = static_cast<const char*>(it->first);
       if (s < hi && s + it->second.bytes > lo) {
