@@ -178,6 +178,10 @@ int main(int argc, char** argv) {
       generated.push_back(next_of(logits.data()));
     }
 
+    // A device fault in work queued after the last checked call must fail the run here,
+    // not pass unseen (the backend's destructors do not throw).
+    backend->synchronize();
+
     json layers = json::array();
     for (int32_t l = 0; l < c.n_layers(); ++l)
       if (c.is_moe(l))

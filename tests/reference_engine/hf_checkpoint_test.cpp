@@ -120,6 +120,102 @@ TEST_F(HfCheckpoint, AWellFormedCheckpointLoads) {
   EXPECT_EQ(m.checkpoint_dtype, "F32");
 }
 
+// Qwen3-MoE as transformers 5.17 saves it: Qwen3MoeConfig's attribute_map sends
+// num_experts to num_local_experts, so config.json has no 'num_experts' (the first GPU
+// run of scripts/hf-oracle failed every qwen3_moe case on exactly that).
+json qwen3_config() {
+  json c = mixtral_config();
+  c["model_type"] = "qwen3_moe";
+  c["moe_intermediate_size"] = 4;
+  c["intermediate_size"] = 6;  // the dense layers' width; layer 0 is sparse here
+  c["norm_topk_prob"] = true;
+  c["mlp_only_layers"] = json::array();
+  return c;
+}
+
+Shapes qwen3_tensors() {
+  Shapes s = mixtral_tensors();
+  s["model.layers.0.self_attn.q_norm.weight"] = {4};
+  s["model.layers.0.self_attn.k_norm.weight"] = {4};
+  return s;
+}
+
+TEST_F(HfCheckpoint, Qwen3MoeWithNumLocalExpertsLoads) {
+  write(qwen3_config(), qwen3_tensors());
+  EXPECT_EQ(load_error(), "");
+  const ie::HfModel m = ie::load_hf_model(dir);
+  EXPECT_EQ(m.config.moe.experts, 2);
+  EXPECT_EQ(m.config.moe.expert_hidden, 4);
+  EXPECT_EQ(m.config.dense_hidden, 6);
+}
+
+// OLMoE normalises the full q and k projections: norms of H * hd and KV * hd.
+Shapes olmoe_tensors() {
+  Shapes s = mixtral_tensors();
+  s["model.layers.0.self_attn.q_norm.weight"] = {8};
+  s["model.layers.0.self_attn.k_norm.weight"] = {4};
+  return s;
+}
+
+// Each spelling of the expert count, alone, gives the same model in every family.
+TEST_F(HfCheckpoint, ExpertCountAliases) {
+  for (const std::string family : {"mixtral", "qwen3_moe", "olmoe"}) {
+    for (const char* key : {"num_experts", "num_local_experts", "n_routed_experts"}) {
+      json c = family == "qwen3_moe" ? qwen3_config() : mixtral_config();
+      c["model_type"] = family;
+      c.erase("num_local_experts");
+      c[key] = 2;
+      write(c, family == "mixtral"     ? mixtral_tensors()
+               : family == "qwen3_moe" ? qwen3_tensors()
+                                       : olmoe_tensors());
+      EXPECT_EQ(load_error(), "") << family << " " << key;
+      EXPECT_EQ(ie::load_hf_model(dir).config.moe.experts, 2) << family << " " << key;
+    }
+  }
+}
+
+TEST_F(HfCheckpoint, TopKAliases) {
+  for (const char* key : {"num_experts_per_tok", "top_k", "moe_top_k"}) {
+    json c = mixtral_config();
+    c.erase("num_experts_per_tok");
+    c[key] = 2;
+    write(c, mixtral_tensors());
+    EXPECT_EQ(load_error(), "") << key;
+    EXPECT_EQ(ie::load_hf_model(dir).config.moe.top_k, 2) << key;
+  }
+}
+
+TEST_F(HfCheckpoint, ExpertWidthAliases) {
+  for (const char* key : {"moe_intermediate_size", "expert_intermediate_size"}) {
+    json c = qwen3_config();
+    c.erase("moe_intermediate_size");
+    c[key] = 4;
+    write(c, qwen3_tensors());
+    EXPECT_EQ(load_error(), "") << key;
+    EXPECT_EQ(ie::load_hf_model(dir).config.moe.expert_hidden, 4) << key;
+  }
+}
+
+TEST_F(HfCheckpoint, DisagreeingAliasesAreRefused) {
+  json c = mixtral_config();
+  c["num_experts"] = 3;  // num_local_experts is 2
+  write(c, mixtral_tensors());
+  const std::string e = load_error();
+  EXPECT_NE(e.find("'num_experts' (3) and 'num_local_experts' (2) disagree"), std::string::npos)
+      << e;
+}
+
+TEST_F(HfCheckpoint, MissingExpertCountNamesEverySpelling) {
+  json c = mixtral_config();
+  c.erase("num_local_experts");
+  c["num_experts"] = nullptr;  // null counts as absent, as transformers writes unset fields
+  write(c, mixtral_tensors());
+  const std::string e = load_error();
+  EXPECT_NE(e.find("none of 'num_experts', 'num_local_experts', 'n_routed_experts'"),
+            std::string::npos)
+      << e;
+}
+
 TEST_F(HfCheckpoint, UnknownModelTypeIsNamed) {
   json c = mixtral_config();
   c["model_type"] = "llama";

@@ -96,6 +96,22 @@ class StagingRing {
     if (spans.size() == 1) remember(*spans.begin(), first);
     return out;
   }
+  // An op that stages several arrays by separate calls reserves their total first:
+  // otherwise a wrap (or growth) between two calls would rewrite (or free) the
+  // region an earlier call of the same op returned before its kernel reads it.
+  void reserve(std::initializer_list<std::span<const int32_t>> spans) {
+    size_t total = 0;
+    for (auto sp : spans) total += std::max<size_t>(align(sp.size_bytes()), 16);  // as stage()
+    if (total > cap_) {
+      ISC_CUDA(cudaStreamSynchronize(stream_));
+      release();
+      grow(std::max(total, cap_ * 2));
+    } else if (off_ + total > cap_) {
+      ISC_CUDA(cudaStreamSynchronize(stream_));
+      off_ = 0;
+      ++gen_;
+    }
+  }
   const int32_t* stage1(std::span<const int32_t> sp) {
     if (!sp.empty() && sp.size_bytes() <= kCacheMaxBytes) {
       for (const Recent& r : recent_)
@@ -225,10 +241,13 @@ class CudaBackend final : public Backend {
   }
   void free(void* ptr) override {
     if (!ptr) return;
+    // Unchecked: free() runs in destructors, often while an exception (a CUDA
+    // error seen by an earlier op) unwinds; throwing here would terminate the
+    // process and replace that first error with this later sighting of it.
     cudaStreamSynchronize(stream_);
     auto it = alloc_bytes_.find(ptr);
     if (it != alloc_bytes_.end()) {
-      forget_range(ptr, it->second);  // shadows of anything inside this allocation
+      forget_range(ptr, it->second, /*synced=*/true);  // shadows inside this allocation
       alloc_bytes_.erase(it);
     }
     cudaFree(ptr);
@@ -353,6 +372,7 @@ class CudaBackend final : public Backend {
     if (T == 0) return;
     int max_ctx = 0;
     for (int32_t pos : b.token_pos) max_ctx = std::max(max_ctx, pos + 1);
+    ring_->reserve({b.token_seq, b.token_pos, b.block_table, b.block_table_start});
     const int32_t* d[4] = {ring_->stage1(b.token_seq), ring_->stage1(b.token_pos),
                            ring_->stage1(b.block_table), ring_->stage1(b.block_table_start)};
     k::PagedArgs a;
@@ -409,6 +429,7 @@ class CudaBackend final : public Backend {
     if (x.rows == 0 || state_slots.empty()) return;
     int max_len = 0;
     for (size_t s = 0; s + 1 < seqs.size(); ++s) max_len = std::max(max_len, seqs[s + 1] - seqs[s]);
+    ring_->reserve({seqs, state_slots});
     const int32_t* d[2] = {ring_->stage1(seqs), ring_->stage1(state_slots)};
     k::SsmScanArgs a;
     a.x = view(x);
@@ -587,10 +608,10 @@ class CudaBackend final : public Backend {
     return c >= it->first && c + bytes <= it->first + it->second;
   }
   // Memory about to be written: its shadows and upload marks no longer hold.
-  void forget_range(const void* p, size_t bytes) {
+  // synced: the caller has already waited for the stream (and must not throw).
+  void forget_range(const void* p, size_t bytes, bool synced = false) {
     const char* lo = static_cast<const char*>(p);
     const char* hi = lo + bytes;
-    bool synced = false;
     for (auto it = shadows_.begin(); it != shadows_.end();) {
       const char* s = static_cast<const char*>(it->first);
       if (s < hi && s + it->second.bytes > lo) {

@@ -47,6 +47,27 @@ struct ConfigReader {
     if (v <= 0 || v > (1 << 30)) fail(std::string("field '") + key + "' must be positive");
     return static_cast<int32_t>(v);
   }
+  // One field that transformers spells several ways (a config class's attribute_map, or
+  // another family's name for the same thing): the first spelling present; two spellings
+  // that disagree are refused rather than silently picking one.
+  int32_t positive_any(std::initializer_list<const char*> keys) const {
+    const char* found = nullptr;
+    int32_t value = 0;
+    for (const char* k : keys) {
+      if (!present(k)) continue;
+      const int32_t v = positive(k);
+      if (found && v != value)
+        fail(std::string("fields '") + found + "' (" + std::to_string(value) + ") and '" + k +
+             "' (" + std::to_string(v) + ") disagree");
+      if (!found) found = k, value = v;
+    }
+    if (!found) {
+      std::string names;
+      for (const char* k : keys) names += std::string(names.empty() ? "'" : ", '") + k + "'";
+      fail("missing field: none of " + names);
+    }
+    return value;
+  }
   void require_false(const char* key) const {
     if (get<bool>(key, false)) fail(std::string("'") + key + "' is not supported by the engine");
   }
@@ -297,18 +318,24 @@ HfModel load_hf_model(const std::string& dir) {
   c.moe.gate = GateFn::kSoftmax;
   c.moe.shared_experts = 0;
   c.moe.routing_bias = false;
-  c.moe.top_k = r.positive("num_experts_per_tok");
+  // transformers 5 config classes map names through attribute_map (Qwen3-MoE and
+  // Mixtral: num_experts -> num_local_experts, OLMoE the reverse), so which spelling
+  // config.json holds depends on the version that wrote it; accept them all.
+  const auto experts = [&] {
+    return r.positive_any({"num_experts", "num_local_experts", "n_routed_experts"});
+  };
+  c.moe.top_k = r.positive_any({"num_experts_per_tok", "top_k", "moe_top_k"});
   switch (m.family) {
     case HfFamily::kMixtral:
-      c.moe.experts = r.positive("num_local_experts");
+      c.moe.experts = experts();
       c.moe.expert_hidden = r.positive("intermediate_size");
       c.moe.renormalize = true;
       if (r.present("sliding_window"))
         m.max_positions = std::min<int64_t>(m.max_positions, r.get<int64_t>("sliding_window"));
       break;
     case HfFamily::kQwen3Moe: {
-      c.moe.experts = r.positive("num_experts");
-      c.moe.expert_hidden = r.positive("moe_intermediate_size");
+      c.moe.experts = experts();
+      c.moe.expert_hidden = r.positive_any({"moe_intermediate_size", "expert_intermediate_size"});
       c.dense_hidden = r.positive("intermediate_size");
       c.moe.renormalize = r.get<bool>("norm_topk_prob", false);
       c.attention.qk_norm = QkNorm::kPerHead;
@@ -325,7 +352,7 @@ HfModel load_hf_model(const std::string& dir) {
       break;
     }
     case HfFamily::kOlmoe:
-      c.moe.experts = r.positive("num_experts");
+      c.moe.experts = experts();
       c.moe.expert_hidden = r.positive("intermediate_size");
       c.moe.renormalize = r.get<bool>("norm_topk_prob", false);
       c.attention.qk_norm = QkNorm::kFull;
