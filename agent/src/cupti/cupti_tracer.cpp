@@ -143,6 +143,16 @@ std::mutex g_cupti_mu;
 bool g_attached = false;                    // guarded by g_cupti_mu
 std::atomic<bool> g_detach_pending{false};  // written under g_cupti_mu
 std::atomic<uint64_t> g_detaches{0}, g_reattaches{0}, g_detach_errors{0};
+// True on a thread while it holds g_cupti_mu: a callback CUPTI might run on
+// that same thread (from inside our own CUPTI call) must not try_lock it again.
+thread_local bool tl_holds_cupti = false;
+struct CuptiLock {
+  CuptiLock() : lock(g_cupti_mu) { tl_holds_cupti = true; }
+  ~CuptiLock() { tl_holds_cupti = false; }
+  CuptiLock(const CuptiLock&) = delete;
+  CuptiLock& operator=(const CuptiLock&) = delete;
+  std::lock_guard<std::mutex> lock;
+};
 std::mutex g_mu;             // guards g_tracer against the CUPTI callbacks
 Tracer* g_tracer = nullptr;  // CUPTI is process-wide: one tracer at a time
 // The tracer the launch callbacks write to: set while one exists, read without
@@ -191,7 +201,7 @@ class Tracer final : public CuptiTracer {
   }
 
   bool begin() {
-    std::lock_guard cupti(g_cupti_mu);
+    CuptiLock cupti;
     if (!attach()) return false;
     if (!g_timestamp_callback) {
       uint64_t gpu = 0;
@@ -297,6 +307,7 @@ class Tracer final : public CuptiTracer {
   // detach itself. try_lock: if one of our threads is inside CUPTI now, the
   // next API exit tries again.
   static void detach_now() {
+    if (tl_holds_cupti) return;
     std::unique_lock lock(g_cupti_mu, std::try_to_lock);
     if (!lock.owns_lock() || !g_detach_pending.load(std::memory_order_acquire)) return;
     g_detach_pending.store(false, std::memory_order_release);
@@ -326,7 +337,7 @@ class Tracer final : public CuptiTracer {
 
   bool enable(uint64_t tag) override {
     if (enabled_) disable();
-    std::lock_guard cupti(g_cupti_mu);
+    CuptiLock cupti;
     if (!attach()) {
       std::lock_guard lock(mu_);
       ++counters_.enable_errors;
@@ -359,7 +370,7 @@ class Tracer final : public CuptiTracer {
 
   void disable() override {
     if (!enabled_) return;
-    std::lock_guard cupti(g_cupti_mu);
+    CuptiLock cupti;
     switch_off();
     if (impl_.config.gpu_trace_detach && !stopped_) request_detach();
   }
@@ -383,13 +394,13 @@ class Tracer final : public CuptiTracer {
   bool enabled() const override { return enabled_; }
 
   void flush() override {
-    std::lock_guard cupti(g_cupti_mu);
+    CuptiLock cupti;
     if (g_attached) api().cuptiActivityFlushAll(0);
   }
 
   void stop() override {
     if (stopped_) return;
-    std::lock_guard cupti(g_cupti_mu);
+    CuptiLock cupti;
     stopped_ = true;
     switch_off();
     if (g_attached) {
