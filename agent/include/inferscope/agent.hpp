@@ -95,6 +95,9 @@ struct GpuTraceStats {
   uint64_t records_dropped = 0;     // CUPTI had no buffer for them
   uint64_t enable_errors = 0;       // CUPTI refused to switch on
   uint64_t last_capture_tag = 0;    // the tag of the latest capture that started
+  uint64_t cupti_detaches = 0;      // Config::gpu_trace_detach: CUPTI detached (process-wide)
+  uint64_t cupti_reattaches = 0;    // ... and attached again for a later window
+  uint64_t cupti_detach_errors = 0;
 };
 
 // [SECTION] Config
@@ -132,6 +135,11 @@ struct INFERSCOPE_API Config {
   std::chrono::milliseconds gpu_trace_burst{20};
   std::chrono::milliseconds gpu_trace_period{10'000};
   uint32_t gpu_trace_kinds = kGpuTraceDefaultKinds;
+  // Detach CUPTI (cuptiFinalize) at the end of every burst and capture, and
+  // attach it again at the next: once CUPTI has traced, launches stay slower
+  // even with every kind off, and only a detach gives that back (docs/gpu.md).
+  // Off until a GPU run proves it safe. INFERSCOPE_GPU_TRACE_DETACH=1.
+  bool gpu_trace_detach = false;
   // A capture (request_gpu_capture or the collector) counted in steps ends
   // after this long even if the host never reports step boundaries.
   std::chrono::milliseconds gpu_capture_max{2'000};
@@ -145,7 +153,7 @@ struct INFERSCOPE_API Config {
   // INFERSCOPE_CUPTI, INFERSCOPE_GPU_TRACE (off|sampled|triggered|full),
   // INFERSCOPE_GPU_TRACE_BURST_MS, INFERSCOPE_GPU_TRACE_PERIOD_S,
   // INFERSCOPE_GPU_TRACE_KINDS, INFERSCOPE_GPU_CAPTURE_MAX_MS,
-  // INFERSCOPE_GPU_CAPTURE_COOLDOWN_S over the values in base.
+  // INFERSCOPE_GPU_CAPTURE_COOLDOWN_S, INFERSCOPE_GPU_TRACE_DETACH over the values in base.
   // (Two overloads rather than a default argument: a class with default
   // member initializers cannot use itself as a default argument inside it.)
   static Config from_environment(Config base);

@@ -98,6 +98,9 @@ GpuTraceStats GpuTraceController::stats() const {
     s.kernels_attributed = c.attributed;
     s.records_dropped = c.dropped;
     s.enable_errors = c.enable_errors;
+    s.cupti_detaches = c.detaches;
+    s.cupti_reattaches = c.reattaches;
+    s.cupti_detach_errors = c.detach_errors;
   }
   return s;
 }
