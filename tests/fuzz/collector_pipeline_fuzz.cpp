@@ -46,7 +46,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     size_t frame_bytes = 0;
     if (!session->decoder.frame_size(stream, frame_bytes).ok()) break;
     frame.assign(stream.begin(), stream.begin() + static_cast<long>(frame_bytes));
-    collector::stamp_source_id(frame, 0);  // recomputes the CRC
+    wire::restamp_source_id(frame, 0);  // recomputes the CRC
     collector::Rejection why;
     if (!pipeline.on_frame(*session, frame, why)) {
       if (why.reason.empty()) __builtin_trap();  // every rejection has a metric label

@@ -256,6 +256,31 @@ bool FrameDecoder::next(Record& out) {
   }
 }
 
+// [SECTION] Header helpers -------------------------------------------------------
+
+std::optional<FrameHeader> peek_frame_header(std::span<const uint8_t> frame) {
+  if (frame.size() < kFrameHeaderBytes) return std::nullopt;
+  const uint8_t* h = frame.data();
+  FrameHeader out;
+  out.magic = get_u32(h);
+  out.version = get_u16(h + 4);
+  out.flags = get_u16(h + 6);
+  out.payload_bytes = get_u32(h + 8);
+  out.raw_bytes = get_u32(h + 12);
+  out.record_count = get_u32(h + 16);
+  out.source_id = get_u32(h + 20);
+  out.checksum = get_u32(h + 24);
+  return out;
+}
+
+bool restamp_source_id(std::span<uint8_t> frame, uint32_t source_id) {
+  if (frame.size() < kFrameHeaderBytes) return false;
+  uint8_t* h = frame.data();
+  put_u32(h + 20, source_id);
+  put_u32(h + 24, crc32_of(h, frame.subspan(kFrameHeaderBytes)));
+  return true;
+}
+
 DecodeStatus decode_frame(std::span<const uint8_t> frame, std::vector<Record>& out,
                           DecoderOptions options) {
   FrameDecoder decoder(options);
