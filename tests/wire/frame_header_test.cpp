@@ -92,5 +92,35 @@ TEST(WireFrameHeader, RestampRefusesAShortSpan) {
   EXPECT_EQ(bytes, std::vector<uint8_t>(kFrameHeaderBytes - 1, 0xab));
 }
 
+TEST(WireFrameHeader, RestampGivesTheEncodersBytesForThatSource) {
+  // The checksum is updated without reading the payload: it must equal the one
+  // the encoder computes over the whole frame, for every size and compression.
+  for (bool compress : {false, true}) {
+    for (uint32_t id : {1u, 7u, 0xffffffffu, 0x80000000u}) {
+      auto frame = frame_with(0, compress);
+      ASSERT_TRUE(restamp_source_id(frame, id));
+      EXPECT_EQ(frame, frame_with(id, compress)) << "source " << id;
+    }
+  }
+  std::vector<uint8_t> empty;  // a frame of no records: header only, no payload
+  FrameEncoder enc;
+  enc.finish(empty);
+  ASSERT_TRUE(restamp_source_id(empty, 5));
+  FrameDecoder dec;
+  EXPECT_TRUE(dec.open(empty).ok()) << dec.status().message;
+}
+
+TEST(WireFrameHeader, RestampKeepsACorruptFrameCorrupt) {
+  auto frame = frame_with(0, false);
+  frame.back() ^= 0x01;
+  ASSERT_TRUE(restamp_source_id(frame, 3));
+  FrameDecoder dec;
+  EXPECT_EQ(dec.open(frame).error, DecodeError::kChecksumMismatch);
+  // Sealing recomputes from the bytes as they are: valid again.
+  ASSERT_TRUE(seal_frame_checksum(frame));
+  EXPECT_NE(dec.open(frame).error, DecodeError::kChecksumMismatch);
+  EXPECT_FALSE(seal_frame_checksum(std::span(frame).first(kFrameHeaderBytes - 1)));
+}
+
 }  // namespace
 }  // namespace inferscope::wire

@@ -66,8 +66,15 @@ bool Aggregator::on_record(const Source& source, const wire::Record& record, std
   // consumer (kernel time); the rest need not even find their model.
   if (const auto* sp = std::get_if<wire::Span>(&record))
     if (sp->category != wire::SpanCategory::kKernel || sp->num_args == 0) return true;
-  ModelState* model = model_for(source);
-  if (model == nullptr) return true;  // over the model bound: counted, not an error
+  // The records of a frame share their source: the last one's model is most
+  // likely this one's (checked by name, so a re-sent hello cannot mislead it).
+  ModelState* model = last_model_;
+  if (model == nullptr || last_source_ != source.id || model->name != source.model) {
+    model = model_for(source);
+    if (model == nullptr) return true;  // over the model bound: counted, not an error
+    last_source_ = source.id;
+    last_model_ = model;
+  }
   RecordContext ctx(*this, source, *model);
   for (RecordConsumer* c : by_kind_[static_cast<size_t>(wire::kind_of(record))])
     if (!c->on_record(ctx, record, why)) return false;

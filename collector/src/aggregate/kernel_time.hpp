@@ -32,9 +32,23 @@ class KernelTime final : public RecordConsumer {
   struct Rank {
     std::vector<prometheus::Counter*> gpu_seconds;  // by layer; created by its first kernel
   };
+  // What a string id means here, cached for one source while its strings stay as
+  // they are (Source::strings_version): every kernel span carries a "range" arg,
+  // and looking up and parsing its name each time cost more than the rest of
+  // the span's path. Only ids below kCachedIds (agents number strings from 1).
+  static constexpr uint32_t kCachedIds = 4096;
+  static constexpr int32_t kUnknown = -2, kNotALayer = -1;
+  bool is_range_key(const Source& source, uint32_t id);
+  int32_t layer_of_name(const Source& source, uint32_t id);  // kNotALayer or the layer
+  void revalidate(const Source& source);
+
   CollectorMetrics& metrics_;
   const MoeRouting& routing_;
   RankTable<Rank> ranks_;
+  uint32_t cached_source_ = 0;
+  uint64_t cached_version_ = 0;
+  std::vector<int8_t> key_is_range_;  // by id: -1 unknown, 0 no, 1 yes
+  std::vector<int32_t> name_layer_;   // by id: kUnknown, kNotALayer or the layer
 };
 
 }  // namespace inferscope::collector

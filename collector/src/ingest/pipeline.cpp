@@ -145,6 +145,7 @@ bool Pipeline::on_frame(Session& session, std::span<const uint8_t> frame, Reject
                             " bytes of strings");
         source->string_bytes = bytes;
         it->second = std::move(d.value);
+        ++source->strings_version;
         break;
       }
       case wire::RecordKind::kAlert:

@@ -150,10 +150,15 @@ class FrameDecoder {
 // fewer than kFrameHeaderBytes bytes are there.
 std::optional<FrameHeader> peek_frame_header(std::span<const uint8_t> frame);
 
-// Rewrites a complete frame's source id and recomputes its checksum over the
-// new header and the stored payload, so the frame stays valid. False (nothing
-// changed) when the span is shorter than a header.
+// Rewrites a complete frame's source id and updates its checksum for the new
+// header without reading the payload: a valid frame stays valid (and an invalid
+// one invalid). False (nothing changed) when the span is shorter than a header.
 bool restamp_source_id(std::span<uint8_t> frame, uint32_t source_id);
+
+// Recomputes a complete frame's checksum from its header and payload as they
+// are (tools and fuzzers that build or patch frames by hand). False when the
+// span is shorter than a header.
+bool seal_frame_checksum(std::span<uint8_t> frame);
 
 // Convenience for tests and tools: every record of one complete frame.
 DecodeStatus decode_frame(std::span<const uint8_t> frame, std::vector<Record>& out,
