@@ -15,6 +15,8 @@
 #include <string>
 #include <vector>
 
+#include "inferscope/viewer/capture_client.hpp"
+#include "inferscope/viewer/captures.hpp"
 #include "inferscope/viewer/live_client.hpp"
 #include "inferscope/viewer/loader.hpp"
 #include "inferscope/viewer/stats.hpp"
@@ -28,6 +30,7 @@ struct AppOptions {
   std::string trace;    // file, directory or Chrome JSON
   std::string connect;  // host:port of a collector's viewer API
   std::string auth_token_file;
+  std::string capture_endpoint;  // host:port of a collector's --capture-http
   std::string screenshot;  // write a PNG after `frames` frames and exit
   int frames = 4;
   std::string view = "all";  // timeline|experts|alerts|memory|stages|details|ep|all
@@ -49,6 +52,8 @@ struct AppState {
   TraceModel model;
   LoadResult load;
   std::unique_ptr<LiveClient> live;
+  std::unique_ptr<CaptureClient> capture;  // with --capture-endpoint
+  CaptureIndex captures;                   // GPU captures in the trace, by tag
   std::string banner;  // an error the user must see (bad file, ...)
 
   // [SECTION] Timeline range and selection (absolute monotonic ns, as double)
