@@ -8,17 +8,19 @@
 //      256 experts x 8 ranks, a few hot / cold / dead experts per layer) in the
 //      default and the --per-expert-metrics mode, counted from the registry;
 //   3. scrape: time to serialize /metrics for 64 layers x 256 experts.
-// Prints a table; no arguments. `collector_bench quick` runs smaller sizes.
+// Prints a table. `collector_bench quick` runs smaller sizes; `collector_bench ingest
+// [frames]` only the ingest table (e.g. under perf record).
+#include <prometheus/text_serializer.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <random>
-
-#include <prometheus/text_serializer.h>
+#include <string>
 
 #include "inferscope/collector/pipeline.hpp"
 #include "inferscope/collector/trace_store.hpp"
@@ -29,7 +31,9 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+double seconds_since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
 
 double process_cpu_s() {
   timespec ts{};
@@ -60,29 +64,110 @@ std::vector<uint8_t> encode(const std::vector<wire::Record>& recs) {
 }
 
 // [SECTION] ingest
+enum class Shape { kRepetitive, kAgentLike };
+
+constexpr uint32_t kNames = 16, kRangeKey = 100;
+const char* kNameText[kNames] = {"decode",      "gemm",        "attention",   "moe.layer.0",
+                                 "moe.layer.1", "moe.layer.2", "moe.layer.3", "all_to_all",
+                                 "sample",      "layernorm",   "rope",        "kv_append",
+                                 "schedule",    "detokenize",  "embed",       "lm_head"};
+constexpr size_t kRecordsPerFrame = 2008;
+
+// Frames of 2000 spans and 8 expert loads (64 experts), each frame one agent flush.
+// kRepetitive: one thread, two names, 800 ns spans 1 us apart (the input of the
+// earlier figures; zstd finds the frames nearly identical). kAgentLike: 8 threads
+// of nested ranges over 16 names with random 1-60 us durations, a quarter of the
+// spans GPU kernels on 4 streams with a correlation id and a "range" arg naming a
+// MoE layer (they reach the kernel-time consumer), 64 distinct frames.
+std::vector<std::vector<uint8_t>> ingest_input(Shape shape) {
+  std::vector<std::vector<uint8_t>> input;
+  std::mt19937 rng(1);
+  const size_t distinct = shape == Shape::kRepetitive ? 16 : 64;
+  int64_t clock = 0;
+  uint64_t correlation = 1;
+  std::vector<wire::Record> recs;  // one vector reused: its page faults stay out of profiles
+  recs.reserve(kRecordsPerFrame);
+  for (size_t f = 0; f < distinct; ++f) {
+    recs.clear();
+    const int64_t t = static_cast<int64_t>(f) * 50'000'000;
+    for (int i = 0; i < 2000; ++i) {
+      wire::Span sp;
+      if (shape == Shape::kRepetitive) {
+        sp.track_id = 7;
+        sp.name_id = 1 + (i & 1);
+        sp.start_ns = t + i * 1000;
+        sp.end_ns = sp.start_ns + 800;
+      } else {
+        clock += 200 + static_cast<int64_t>(rng() % 2000);
+        sp.start_ns = t + clock % 40'000'000;
+        sp.end_ns = sp.start_ns + 1000 + static_cast<int64_t>(rng() % 59'000);
+        sp.name_id = 1 + rng() % kNames;
+        if (i % 4 == 3) {
+          sp.track_kind = wire::TrackKind::kGpuStream;
+          sp.category = wire::SpanCategory::kKernel;
+          sp.track_id = 0;
+          sp.stream = 1 + rng() % 4;
+          sp.correlation_id = correlation++;
+          sp.num_args = 1;
+          sp.args[0] = {kRangeKey, static_cast<int64_t>(4 + rng() % 4)};  // moe.layer.N
+        } else {
+          sp.track_id = 1000 + rng() % 8;
+          sp.depth = static_cast<uint16_t>(rng() % 4);
+          if (i % 4 == 2) sp.correlation_id = correlation;
+        }
+      }
+      recs.push_back(sp);
+    }
+    for (uint32_t l = 0; l < 8; ++l) {
+      wire::ExpertLoad el;
+      el.layer = l;
+      el.timestamp_ns = t + 2'000'000;
+      el.routed.resize(64);
+      for (auto& v : el.routed) v = rng() % 32;
+      recs.push_back(el);
+    }
+    input.push_back(encode(recs));
+  }
+  // COLLECTOR_BENCH_DUMP=file: the frames as one raw stream (to try compressors on, e.g. zstd -b).
+  if (const char* dump = std::getenv("COLLECTOR_BENCH_DUMP"); dump && shape == Shape::kAgentLike) {
+    if (FILE* f = std::fopen(dump, "wb")) {
+      for (const auto& frame : input) std::fwrite(frame.data(), 1, frame.size(), f);
+      std::fclose(f);
+    }
+  }
+  return input;
+}
+
 struct IngestResult {
   double records_per_s;
   double mb_per_s;
   double cpu_ns_per_record;
   double disk_bytes_per_record;
+  // Records per second of CPU time (all threads): what one core sustains when it
+  // is not shared, independent of how loaded the machine is during the run.
+  double records_per_cpu_s() const { return 1e9 / cpu_ns_per_record; }
 };
 
-enum class Persist { kOff, kInline, kThread };
+// kInlineFast: zstd level -3 (a faster, larger block; the format is the same).
+enum class Persist { kOff, kInline, kThread, kInlineFast };
 
-IngestResult ingest(Persist mode, size_t frames) {
+IngestResult ingest(Persist mode, Shape shape, size_t frames) {
   const bool persist = mode != Persist::kOff;
   CollectorOptions o;
   o.aggregation.window_ns = 1'000'000'000;
   CollectorMetrics metrics;
   Pipeline p(o, metrics, nullptr);
   std::unique_ptr<TraceStore> store;
-  const auto dir = std::filesystem::temp_directory_path() / ("collector-bench-" + std::to_string(::getpid()));
+  const auto dir =
+      std::filesystem::temp_directory_path() / ("collector-bench-" + std::to_string(::getpid()));
   if (persist) {
     TraceStoreOptions so;
     so.dir = dir.string();
     so.max_bytes = 256u << 20;
     so.background = mode == Persist::kThread;
-    store = std::make_unique<TraceStore>(so, [&](auto& f) { p.replay(f, false); }, nullptr);
+    if (mode == Persist::kInlineFast) so.zstd_level = -3;
+    store = std::make_unique<TraceStore>(
+        so, [&](auto& f) { p.replay(f, false); }, nullptr);
     std::string error;
     if (!store->open(error)) {
       std::fprintf(stderr, "%s\n", error.c_str());
@@ -94,45 +179,23 @@ IngestResult ingest(Persist mode, size_t frames) {
   });
   Session s(o.limits);
   Rejection why;
-  auto first = encode({hello("bench", 0, 8, 64), wire::StringDef{1, "decode"}, wire::StringDef{2, "gemm"}});
-  p.on_frame(s, first, why);
-  // A typical agent frame: 2000 spans (small records) and 8 expert loads per step.
-  std::vector<std::vector<uint8_t>> input;
-  size_t records_per_frame = 0, bytes = 0;
-  std::mt19937 rng(1);
-  for (size_t f = 0; f < 16; ++f) {
-    std::vector<wire::Record> recs;
-    int64_t t = static_cast<int64_t>(f) * 50'000'000;
-    for (int i = 0; i < 2000; ++i) {
-      wire::Span sp;
-      sp.track_id = 7;
-      sp.name_id = 1 + (i & 1);
-      sp.start_ns = t + i * 1000;
-      sp.end_ns = sp.start_ns + 800;
-      recs.push_back(sp);
-    }
-    for (uint32_t l = 0; l < 8; ++l) {
-      wire::ExpertLoad el;
-      el.layer = l;
-      el.timestamp_ns = t + 2'000'000;
-      el.routed.resize(64);
-      for (auto& v : el.routed) v = rng() % 32;
-      recs.push_back(el);
-    }
-    records_per_frame = recs.size();
-    input.push_back(encode(recs));
-  }
+  std::vector<wire::Record> first{hello("bench", 0, 8, 64)};
+  for (uint32_t n = 0; n < kNames; ++n) first.push_back(wire::StringDef{1 + n, kNameText[n]});
+  first.push_back(wire::StringDef{kRangeKey, "range"});
+  p.on_frame(s, encode(first), why);
+  std::vector<std::vector<uint8_t>> input = ingest_input(shape);
+  size_t bytes = 0;
   const auto start = Clock::now();
   const double cpu0 = process_cpu_s();
   size_t records = 0;
   for (size_t i = 0; i < frames; ++i) {
     auto& f = input[i % input.size()];
-    // Timestamps repeat every 16 frames: the window clock simply stays put.
+    // Timestamps repeat every cycle of frames: the window clock simply stays put.
     if (!p.on_frame(s, f, why)) {
       std::fprintf(stderr, "rejected: %s\n", why.message.c_str());
       std::exit(1);
     }
-    records += records_per_frame;
+    records += kRecordsPerFrame;
     bytes += f.size();
   }
   if (store) store->flush();  // the compression still queued is part of the cost
@@ -150,7 +213,8 @@ struct SeriesResult {
   double feed_s;
 };
 
-SeriesResult series(bool per_expert, uint32_t ranks, uint32_t layers, uint16_t experts, uint32_t windows) {
+SeriesResult series(bool per_expert, uint32_t ranks, uint32_t layers, uint16_t experts,
+                    uint32_t windows) {
   CollectorOptions o;
   o.aggregation.window_ns = 1'000'000'000;
   o.aggregation.per_expert_metrics = per_expert;
@@ -216,35 +280,64 @@ double scrape_ms(uint32_t layers, uint16_t experts, bool per_expert, size_t& byt
 
 }  // namespace
 
+// only_shape / only_mode: "" = all, else "repetitive" / "agent" and "off" / "inline" / "thread" / "fast".
+void print_ingest(size_t frames, const std::string& only_shape, const std::string& only_mode) {
+  std::printf("%-46s %11s %7s %10s %12s %10s\n", "ingest (decode+validate+aggregate+forward)",
+              "records/s", "MB/s", "CPU ns/rec", "M rec/CPU-s", "disk B/rec");
+  for (Shape shape : {Shape::kRepetitive, Shape::kAgentLike}) {
+    if (!only_shape.empty() && only_shape != (shape == Shape::kRepetitive ? "repetitive" : "agent"))
+      continue;
+    std::printf("%s\n", shape == Shape::kRepetitive
+                            ? " repetitive frames (1 thread, 2 names, fixed 800 ns spans)"
+                            : " agent-like frames (8 threads, 16 names, 1-60 us, 1/4 kernels)");
+    for (Persist mode : {Persist::kOff, Persist::kInline, Persist::kThread, Persist::kInlineFast}) {
+      const char* name = mode == Persist::kOff      ? "off"
+                         : mode == Persist::kInline ? "inline"
+                         : mode == Persist::kThread ? "thread"
+                                                    : "fast";
+      if (!only_mode.empty() && only_mode != name) continue;
+      auto r = ingest(mode, shape, frames);
+      const char* label = mode == Persist::kOff      ? "  without persistence"
+                          : mode == Persist::kInline ? "  trace store, zstd-1 blocks inline"
+                          : mode == Persist::kInlineFast ? "  trace store, zstd -3 blocks inline"
+                                                     : "  trace store, zstd-1 blocks on its thread";
+      std::printf("%-46s %11.3e %7.1f %10.1f %12.1f %10.2f\n", label, r.records_per_s, r.mb_per_s,
+                  r.cpu_ns_per_record, r.records_per_cpu_s() / 1e6, r.disk_bytes_per_record);
+    }
+  }
+}
+
 int main(int argc, char** argv) {
   const bool quick = argc > 1 && std::strcmp(argv[1], "quick") == 0;
-  const size_t frames = quick ? 200 : 2000;
-  std::printf("inferscope collector_bench (one core; frames of 2000 spans + 8 x 64-expert loads)\n\n");
-  std::printf("%-44s %12s %8s %12s %10s\n", "ingest (decode+validate+aggregate+forward)", "records/s", "MB/s",
-              "CPU ns/rec", "disk B/rec");
-  for (Persist mode : {Persist::kOff, Persist::kInline, Persist::kThread}) {
-    auto r = ingest(mode, frames);
-    const char* label = mode == Persist::kOff      ? "  without persistence"
-                        : mode == Persist::kInline ? "  trace store, zstd-1 blocks inline"
-                                                   : "  trace store, zstd-1 blocks on its thread";
-    std::printf("%-44s %12.3e %8.1f %12.1f %10.2f\n", label, r.records_per_s, r.mb_per_s, r.cpu_ns_per_record,
-                r.disk_bytes_per_record);
-  }
+  // `collector_bench ingest [frames [repetitive|agent [off|inline|thread|fast]]]`: the
+  // ingest table alone, or one row of it (for a profiler).
+  const bool ingest_only = argc > 1 && std::strcmp(argv[1], "ingest") == 0;
+  const size_t frames = ingest_only && argc > 2 ? std::strtoul(argv[2], nullptr, 10)
+                        : quick                 ? 200
+                                                : 2000;
+  std::printf(
+      "inferscope collector_bench (one core; frames of 2000 spans + 8 x 64-expert loads)\n\n");
+  print_ingest(frames, ingest_only && argc > 3 ? argv[3] : "",
+               ingest_only && argc > 4 ? argv[4] : "");
+  if (ingest_only) return 0;
   const uint32_t ranks = quick ? 2 : 8;
-  std::printf("\nseries for a DeepSeek-V3-sized model: 58 MoE layers x 256 experts x %u ranks,\n"
-              "per layer 2 hot + 1 cold + 1 dead expert in an episode\n",
-              ranks);
+  std::printf(
+      "\nseries for a DeepSeek-V3-sized model: 58 MoE layers x 256 experts x %u ranks,\n"
+      "per layer 2 hot + 1 cold + 1 dead expert in an episode\n",
+      ranks);
   std::printf("%-28s %12s %12s\n", "mode", "series", "feed s");
   for (bool per_expert : {false, true}) {
     auto r = series(per_expert, ranks, 58, 256, 4);
-    std::printf("%-28s %12zu %12.2f\n", per_expert ? "--per-expert-metrics" : "default (bounded)", r.series, r.feed_s);
+    std::printf("%-28s %12zu %12.2f\n", per_expert ? "--per-expert-metrics" : "default (bounded)",
+                r.series, r.feed_s);
   }
   std::printf("\n/metrics serialization, 64 layers x 256 experts, one rank\n");
   std::printf("%-28s %12s %12s\n", "mode", "ms/scrape", "bytes");
   for (bool per_expert : {false, true}) {
     size_t bytes = 0;
     const double ms = scrape_ms(64, 256, per_expert, bytes);
-    std::printf("%-28s %12.2f %12zu\n", per_expert ? "--per-expert-metrics" : "default (bounded)", ms, bytes);
+    std::printf("%-28s %12.2f %12zu\n", per_expert ? "--per-expert-metrics" : "default (bounded)",
+                ms, bytes);
   }
   return 0;
 }

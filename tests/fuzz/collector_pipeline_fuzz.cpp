@@ -9,12 +9,12 @@
 // Invariants checked beyond "no crash": a rejected frame ends the connection
 // (a new session starts), every forwarded frame decodes again, and the
 // exposition of the registry can be serialized.
+#include <prometheus/text_serializer.h>
+
 #include <cstddef>
 #include <cstdint>
 #include <sstream>
 #include <vector>
-
-#include <prometheus/text_serializer.h>
 
 #include "inferscope/collector/metrics.hpp"
 #include "inferscope/collector/pipeline.hpp"
@@ -46,7 +46,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     size_t frame_bytes = 0;
     if (!session->decoder.frame_size(stream, frame_bytes).ok()) break;
     frame.assign(stream.begin(), stream.begin() + static_cast<long>(frame_bytes));
-    collector::stamp_source_id(frame, 0);  // recomputes the CRC
+    wire::restamp_source_id(frame, 0);
+    wire::seal_frame_checksum(frame);  // past the CRC check, into the decoder
     collector::Rejection why;
     if (!pipeline.on_frame(*session, frame, why)) {
       if (why.reason.empty()) __builtin_trap();  // every rejection has a metric label

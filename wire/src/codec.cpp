@@ -256,6 +256,46 @@ bool FrameDecoder::next(Record& out) {
   }
 }
 
+// [SECTION] Header helpers -------------------------------------------------------
+
+std::optional<FrameHeader> peek_frame_header(std::span<const uint8_t> frame) {
+  if (frame.size() < kFrameHeaderBytes) return std::nullopt;
+  const uint8_t* h = frame.data();
+  FrameHeader out;
+  out.magic = get_u32(h);
+  out.version = get_u16(h + 4);
+  out.flags = get_u16(h + 6);
+  out.payload_bytes = get_u32(h + 8);
+  out.raw_bytes = get_u32(h + 12);
+  out.record_count = get_u32(h + 16);
+  out.source_id = get_u32(h + 20);
+  out.checksum = get_u32(h + 24);
+  return out;
+}
+
+bool restamp_source_id(std::span<uint8_t> frame, uint32_t source_id) {
+  if (frame.size() < kFrameHeaderBytes) return false;
+  uint8_t* h = frame.data();
+  // The checksum is CRC-32 of header[0, 24) || payload. zlib's crc32_combine(c1,
+  // c2, n) is shift_n(c1) ^ c2 with shift_n linear, so changing only the header
+  // changes the checksum by shift_n(crc(old header) ^ crc(new header)): O(log n)
+  // instead of a pass over the payload (the collector restamps every frame it
+  // forwards). A frame whose checksum was wrong stays wrong.
+  const uLong before = crc32(crc32(0L, Z_NULL, 0), h, 24);
+  put_u32(h + 20, source_id);
+  const uLong after = crc32(crc32(0L, Z_NULL, 0), h, 24);
+  const auto payload = static_cast<z_off_t>(frame.size() - kFrameHeaderBytes);
+  const uLong delta = crc32_combine(before ^ after, 0, payload);
+  put_u32(h + 24, get_u32(h + 24) ^ static_cast<uint32_t>(delta));
+  return true;
+}
+
+bool seal_frame_checksum(std::span<uint8_t> frame) {
+  if (frame.size() < kFrameHeaderBytes) return false;
+  put_u32(frame.data() + 24, crc32_of(frame.data(), frame.subspan(kFrameHeaderBytes)));
+  return true;
+}
+
 DecodeStatus decode_frame(std::span<const uint8_t> frame, std::vector<Record>& out,
                           DecoderOptions options) {
   FrameDecoder decoder(options);

@@ -1,12 +1,10 @@
 #include "inferscope/collector/chrome_export.hpp"
 
-#include <cstring>
 #include <filesystem>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <unordered_map>
-
-#include <nlohmann/json.hpp>
 
 #include "inferscope/collector/trace_store.hpp"
 #include "inferscope/wire/names.hpp"
@@ -64,7 +62,9 @@ class Exporter {
   };
 
   static double us(int64_t ns) { return static_cast<double>(ns) / 1000.0; }
-  bool in_range(int64_t start, int64_t end) const { return end >= options_.start_ns && start <= options_.end_ns; }
+  bool in_range(int64_t start, int64_t end) const {
+    return end >= options_.start_ns && start <= options_.end_ns;
+  }
 
   void emit(const json& event) {
     if (stats_.events++ > 0) out_ << ",\n";
@@ -87,7 +87,11 @@ class Exporter {
 
   void thread_name(SourceState& s, int64_t tid, const std::string& label) {
     if (!s.named_tids.insert(tid).second) return;
-    emit({{"ph", "M"}, {"name", "thread_name"}, {"pid", s.pid}, {"tid", tid}, {"args", {{"name", label}}}});
+    emit({{"ph", "M"},
+          {"name", "thread_name"},
+          {"pid", s.pid},
+          {"tid", tid},
+          {"args", {{"name", label}}}});
   }
 
   void record(uint32_t source_id, const wire::Record& r) {
@@ -107,7 +111,10 @@ class Exporter {
         if (seen == h.instance) return;
         seen = h.instance;
         emit({{"ph", "M"}, {"name", "process_name"}, {"pid", s.pid}, {"args", {{"name", label}}}});
-        emit({{"ph", "M"}, {"name", "process_sort_index"}, {"pid", s.pid}, {"args", {{"sort_index", h.rank}}}});
+        emit({{"ph", "M"},
+              {"name", "process_sort_index"},
+              {"pid", s.pid},
+              {"args", {{"sort_index", h.rank}}}});
         break;
       }
       case wire::RecordKind::kStringDef: {
@@ -115,12 +122,16 @@ class Exporter {
         source(source_id).strings[d.id] = d.value;
         break;
       }
-      case wire::RecordKind::kSpan: span(source(source_id), std::get<wire::Span>(r)); break;
+      case wire::RecordKind::kSpan:
+        span(source(source_id), std::get<wire::Span>(r));
+        break;
       case wire::RecordKind::kMemory: {
         const auto& m = std::get<wire::MemorySample>(r);
         if (!in_range(m.timestamp_ns, m.timestamp_ns)) break;
         SourceState& s = source(source_id);
-        emit({{"ph", "C"}, {"name", std::string("memory ") + wire::to_string(m.kind)}, {"pid", s.pid},
+        emit({{"ph", "C"},
+              {"name", std::string("memory ") + wire::to_string(m.kind)},
+              {"pid", s.pid},
               {"ts", us(m.timestamp_ns)},
               {"args", {{"used_bytes", m.used_bytes}, {"capacity_bytes", m.capacity_bytes}}}});
         break;
@@ -131,7 +142,10 @@ class Exporter {
         double& total = s.counter_totals[c.name_id];
         total = c.is_gauge ? c.value : total + c.value;
         if (!in_range(c.timestamp_ns, c.timestamp_ns)) break;
-        emit({{"ph", "C"}, {"name", name(s, c.name_id)}, {"pid", s.pid}, {"ts", us(c.timestamp_ns)},
+        emit({{"ph", "C"},
+              {"name", name(s, c.name_id)},
+              {"pid", s.pid},
+              {"ts", us(c.timestamp_ns)},
               {"args", {{"value", total}}}});
         break;
       }
@@ -140,11 +154,23 @@ class Exporter {
         if (!in_range(st.start_ns, st.end_ns)) break;
         SourceState& s = source(source_id);
         const std::string n = wire::to_string(st.stage);
-        json args = {{"request_id", st.request_id}, {"device", st.device == wire::Device::kGpu ? "gpu" : "cpu"},
+        json args = {{"request_id", st.request_id},
+                     {"device", st.device == wire::Device::kGpu ? "gpu" : "cpu"},
                      {"gpu_ms", static_cast<double>(st.gpu_ns) / 1e6}};
-        emit({{"ph", "b"}, {"cat", "stage"}, {"name", n}, {"id", st.request_id}, {"pid", s.pid}, {"tid", 0},
-              {"ts", us(st.start_ns)}, {"args", args}});
-        emit({{"ph", "e"}, {"cat", "stage"}, {"name", n}, {"id", st.request_id}, {"pid", s.pid}, {"tid", 0},
+        emit({{"ph", "b"},
+              {"cat", "stage"},
+              {"name", n},
+              {"id", st.request_id},
+              {"pid", s.pid},
+              {"tid", 0},
+              {"ts", us(st.start_ns)},
+              {"args", args}});
+        emit({{"ph", "e"},
+              {"cat", "stage"},
+              {"name", n},
+              {"id", st.request_id},
+              {"pid", s.pid},
+              {"tid", 0},
               {"ts", us(st.end_ns)}});
         break;
       }
@@ -152,21 +178,33 @@ class Exporter {
         const auto& q = std::get<wire::RequestEvent>(r);
         if (!in_range(q.arrival_ns, q.finish_ns)) break;
         SourceState& s = source(source_id);
-        json args = {{"request_id", q.request_id},
-                     {"prompt_tokens", q.prompt_tokens},
-                     {"output_tokens", q.output_tokens},
-                     {"image_tokens", q.image_tokens},
-                     {"cached_tokens", q.cached_tokens},
-                     {"status", static_cast<int>(q.status)}};
-        if (q.first_token_ns != 0) args["ttft_ms"] = static_cast<double>(q.first_token_ns - q.arrival_ns) / 1e6;
-        emit({{"ph", "b"}, {"cat", "request"}, {"name", "request"}, {"id", q.request_id}, {"pid", s.pid},
-              {"tid", 0}, {"ts", us(q.arrival_ns)}, {"args", args}});
-        emit({{"ph", "e"}, {"cat", "request"}, {"name", "request"}, {"id", q.request_id}, {"pid", s.pid},
-              {"tid", 0}, {"ts", us(q.finish_ns)}});
+        json args = {{"request_id", q.request_id},       {"prompt_tokens", q.prompt_tokens},
+                     {"output_tokens", q.output_tokens}, {"image_tokens", q.image_tokens},
+                     {"cached_tokens", q.cached_tokens}, {"status", static_cast<int>(q.status)}};
+        if (q.first_token_ns != 0)
+          args["ttft_ms"] = static_cast<double>(q.first_token_ns - q.arrival_ns) / 1e6;
+        emit({{"ph", "b"},
+              {"cat", "request"},
+              {"name", "request"},
+              {"id", q.request_id},
+              {"pid", s.pid},
+              {"tid", 0},
+              {"ts", us(q.arrival_ns)},
+              {"args", args}});
+        emit({{"ph", "e"},
+              {"cat", "request"},
+              {"name", "request"},
+              {"id", q.request_id},
+              {"pid", s.pid},
+              {"tid", 0},
+              {"ts", us(q.finish_ns)}});
         break;
       }
-      case wire::RecordKind::kAlert: alert(std::get<wire::AlertEpisode>(r)); break;
-      default: break;  // expert loads, agent health: aggregated by the collector, not drawn
+      case wire::RecordKind::kAlert:
+        alert(std::get<wire::AlertEpisode>(r));
+        break;
+      default:
+        break;  // expert loads, agent health: aggregated by the collector, not drawn
     }
   }
 
@@ -175,8 +213,9 @@ class Exporter {
     const bool gpu = sp.track_kind == wire::TrackKind::kGpuStream;
     const int64_t tid = gpu ? kGpuTidBase + static_cast<int64_t>(sp.track_id) * 1000 + sp.stream
                             : static_cast<int64_t>(sp.track_id);
-    thread_name(s, tid, gpu ? "gpu " + std::to_string(sp.track_id) + " stream " + std::to_string(sp.stream)
-                            : "thread " + std::to_string(sp.track_id));
+    thread_name(s, tid,
+                gpu ? "gpu " + std::to_string(sp.track_id) + " stream " + std::to_string(sp.stream)
+                    : "thread " + std::to_string(sp.track_id));
     json args = json::object();
     if (sp.request_id) args["request_id"] = sp.request_id;
     if (sp.correlation_id) args["correlation_id"] = sp.correlation_id;
@@ -188,18 +227,34 @@ class Exporter {
       else
         args[key] = sp.args[i].value;
     }
-    emit({{"ph", "X"}, {"name", name(s, sp.name_id)}, {"cat", wire::to_string(sp.category)},
-          {"pid", s.pid}, {"tid", tid}, {"ts", us(sp.start_ns)}, {"dur", us(sp.end_ns - sp.start_ns)},
+    emit({{"ph", "X"},
+          {"name", name(s, sp.name_id)},
+          {"cat", wire::to_string(sp.category)},
+          {"pid", s.pid},
+          {"tid", tid},
+          {"ts", us(sp.start_ns)},
+          {"dur", us(sp.end_ns - sp.start_ns)},
           {"args", args}});
     if (sp.correlation_id == 0) return;
     // Flow ids are global in the format: fold the pid in so that processes do not collide.
     const uint64_t flow_id = (static_cast<uint64_t>(s.pid) << 40) ^ sp.correlation_id;
     if (!gpu && sp.category == wire::SpanCategory::kRuntime) {
-      emit({{"ph", "s"}, {"name", "launch"}, {"cat", "launch"}, {"id", flow_id}, {"pid", s.pid},
-            {"tid", tid}, {"ts", us(sp.start_ns)}});
+      emit({{"ph", "s"},
+            {"name", "launch"},
+            {"cat", "launch"},
+            {"id", flow_id},
+            {"pid", s.pid},
+            {"tid", tid},
+            {"ts", us(sp.start_ns)}});
     } else if (gpu) {
-      emit({{"ph", "f"}, {"bp", "e"}, {"name", "launch"}, {"cat", "launch"}, {"id", flow_id},
-            {"pid", s.pid}, {"tid", tid}, {"ts", us(sp.start_ns)}});
+      emit({{"ph", "f"},
+            {"bp", "e"},
+            {"name", "launch"},
+            {"cat", "launch"},
+            {"id", flow_id},
+            {"pid", s.pid},
+            {"tid", tid},
+            {"ts", us(sp.start_ns)}});
     }
   }
 
@@ -208,7 +263,9 @@ class Exporter {
     if (!in_range(a.start_ns, end)) return;
     if (!alerts_named_) {
       alerts_named_ = true;
-      emit({{"ph", "M"}, {"name", "process_name"}, {"pid", kAlertPid},
+      emit({{"ph", "M"},
+            {"name", "process_name"},
+            {"pid", kAlertPid},
             {"args", {{"name", "inferscope-collector alerts"}}}});
     }
     const std::string n = wire::alert_event_name(a);
@@ -217,11 +274,23 @@ class Exporter {
                  {"peak_share", a.peak_share}, {"peak_utilization", a.peak_utilization}};
     const int64_t tid = static_cast<int64_t>(a.kind);
     if (a.end_ns == 0) {
-      emit({{"ph", "i"}, {"s", "p"}, {"name", n + " opened"}, {"cat", "alert"}, {"pid", kAlertPid},
-            {"tid", tid}, {"ts", us(a.start_ns)}, {"args", args}});
+      emit({{"ph", "i"},
+            {"s", "p"},
+            {"name", n + " opened"},
+            {"cat", "alert"},
+            {"pid", kAlertPid},
+            {"tid", tid},
+            {"ts", us(a.start_ns)},
+            {"args", args}});
     } else {
-      emit({{"ph", "X"}, {"name", n}, {"cat", "alert"}, {"pid", kAlertPid}, {"tid", tid},
-            {"ts", us(a.start_ns)}, {"dur", us(a.end_ns - a.start_ns)}, {"args", args}});
+      emit({{"ph", "X"},
+            {"name", n},
+            {"cat", "alert"},
+            {"pid", kAlertPid},
+            {"tid", tid},
+            {"ts", us(a.start_ns)},
+            {"dur", us(a.end_ns - a.start_ns)},
+            {"args", args}});
     }
   }
 
@@ -249,14 +318,12 @@ bool export_chrome_trace(const std::vector<std::string>& files, std::ostream& ou
     ++stats.files;
     std::span<const uint8_t> frame;
     while (reader.next_frame(frame)) {
-      wire::FrameHeader h;
-      uint32_t source_id = 0;
-      std::memcpy(&source_id, frame.data() + 20, 4);  // little-endian hosts
-      (void)h;
-      ex.frame(source_id, frame);
+      // next_frame yields whole frames, so the header is always there.
+      ex.frame(wire::peek_frame_header(frame)->source_id, frame);
     }
     stats.corrupt_frames += reader.stats().corrupt_frames;
-    if (!reader.damage_report().empty()) stats.damage.push_back(path + ": " + reader.damage_report());
+    if (!reader.damage_report().empty())
+      stats.damage.push_back(path + ": " + reader.damage_report());
   }
   ex.end();
   if (!out) {

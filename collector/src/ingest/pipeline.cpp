@@ -1,7 +1,5 @@
 #include "inferscope/collector/pipeline.hpp"
 
-#include <zlib.h>
-
 #include <chrono>
 #include <cstring>
 #include <utility>
@@ -29,16 +27,6 @@ const char* rejection_reason(wire::DecodeError error) {
     default:
       return "other";
   }
-}
-
-void stamp_source_id(std::span<uint8_t> frame, uint32_t source_id) {
-  if (frame.size() < wire::kFrameHeaderBytes) return;
-  for (int i = 0; i < 4; ++i) frame[20 + i] = static_cast<uint8_t>(source_id >> (8 * i));
-  uLong crc = crc32(0L, Z_NULL, 0);
-  crc = crc32(crc, frame.data(), 24);
-  crc = crc32(crc, frame.data() + wire::kFrameHeaderBytes,
-              static_cast<uInt>(frame.size() - wire::kFrameHeaderBytes));
-  for (int i = 0; i < 4; ++i) frame[24 + i] = static_cast<uint8_t>(crc >> (8 * i));
 }
 
 bool tokens_equal(const std::string& a, const std::string& b) {
@@ -157,6 +145,7 @@ bool Pipeline::on_frame(Session& session, std::span<const uint8_t> frame, Reject
                             " bytes of strings");
         source->string_bytes = bytes;
         it->second = std::move(d.value);
+        ++source->strings_version;
         break;
       }
       case wire::RecordKind::kAlert:
@@ -204,7 +193,7 @@ bool Pipeline::on_frame(Session& session, std::span<const uint8_t> frame, Reject
     enc.finish(*out);
   } else {
     out->assign(frame.begin(), frame.end());
-    stamp_source_id(*out, session.source_id);
+    wire::restamp_source_id(*out, session.source_id);
   }
   sink_summary_ = summary;
   sink_(out);

@@ -3,15 +3,21 @@
 // Single-threaded (the collector calls it from its one I/O thread); the
 // prometheus-cpp families it updates are safe to scrape concurrently.
 //
+// The Aggregator keeps the models, their ranks and the window clock, and hands
+// each record to the consumers of its kind, one per concern (dispatch table;
+// src/aggregate/, docs/architecture.md): MoE routing, serving (memory, prefix
+// cache, stages, requests), agent health, kernel time, expert parallelism.
+//
 // Windows: each model has one window clock. Window k covers
 // [k * window_ns, (k + 1) * window_ns) of the agents' CLOCK_MONOTONIC. A record
-// whose timestamp falls in a later window closes the current one for every rank
-// and layer of the model (a late record is counted in the current window).
-// advance(now_ns) closes windows when no record comes (the daemon calls it from
-// a timer with an estimate of the agents' clock); tests drive windows purely by
-// record timestamps, so they need no sleeps.
+// whose timestamp falls in a later window closes the current one for every
+// consumer, rank and layer of the model (a late record is counted in the current
+// window). advance(now_ns) closes windows when no record comes (the daemon calls
+// it from a timer with an estimate of the agents' clock); tests drive windows
+// purely by record timestamps, so they need no sleeps.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -31,12 +37,24 @@
 
 namespace inferscope::collector {
 
+struct ModelState;
+struct RankState;
+class RecordContext;
+class RecordConsumer;
+class MoeRouting;
+class ServingMetrics;
+class AgentHealthMetrics;
+class KernelTime;
+class ExpertParallelism;
+
 class Aggregator {
  public:
   using AlertSink = std::function<void(const wire::AlertEpisode&)>;
 
   Aggregator(AggregatorOptions options, CollectorMetrics& metrics);
   ~Aggregator();
+  Aggregator(const Aggregator&) = delete;  // consumers hold references into it
+  Aggregator& operator=(const Aggregator&) = delete;
 
   // Episodes (opened: end_ns == 0; closed: end_ns set) go here as they happen.
   void set_alert_sink(AlertSink sink) { alert_sink_ = std::move(sink); }
@@ -72,33 +90,33 @@ class Aggregator {
   const std::deque<wire::AlertEpisode>& recent_alerts() const { return recent_; }
 
  private:
-  struct Model;
-  struct Rank;
-  struct Layer;
-  Model* model_for(const Source& source);
-  Rank* rank_for(Model& model, uint32_t rank, const std::string& rank_label);
-  void on_time(Model& model, int64_t ts_ns);
-  void close_window(Model& model);
-  void close_layer(Model& model, Rank& rank, uint32_t index, Layer& layer, int64_t start_ns,
-                   int64_t end_ns);
-  void publish(Model& model, Rank& rank, Layer& layer, uint32_t index, const EpisodeEvent& ev);
+  friend class RecordContext;  // rank_for, on_time
+  ModelState* model_for(const Source& source);
+  const ModelState* find_model(const std::string& name) const;
+  RankState* rank_for(ModelState& model, uint32_t rank, const std::string& rank_label);
+  void on_time(ModelState& model, int64_t ts_ns);
+  void close_window(ModelState& model);
   void emit(wire::AlertEpisode a);  // to the recent list and the sink
-  void on_expert_load(const Source& source, Model& model, const wire::ExpertLoad& load,
-                      std::string& why, bool& ok);
 
   AggregatorOptions options_;
   CollectorMetrics& metrics_;
   AlertSink alert_sink_;
-  std::map<std::string, std::unique_ptr<Model>> models_;
+  std::map<std::string, std::unique_ptr<ModelState>> models_;
   std::deque<wire::AlertEpisode> recent_;
-  // Last cumulative health report per agent process (host, instance, pid), kept
-  // across reconnects: a reconnecting agent re-sends its cumulative counts, and
-  // keying by connection would count them twice. Bounded by kMaxAgentsTracked.
-  std::map<std::string, wire::AgentHealth> health_;
-  size_t episode_series_ = 0;
   int64_t last_record_ns_ = 0;
   int64_t last_arrival_steady_ns_ = 0;
   bool seen_record_ = false;
+  uint32_t last_source_ = 0;  // the model of the last record's source (models never go away)
+  ModelState* last_model_ = nullptr;
+
+  // [SECTION] Consumers, and by record kind the ones that take it, in order
+  std::unique_ptr<MoeRouting> moe_;
+  std::unique_ptr<ServingMetrics> serving_;
+  std::unique_ptr<AgentHealthMetrics> health_;
+  std::unique_ptr<KernelTime> kernels_;
+  std::unique_ptr<ExpertParallelism> ep_;
+  std::vector<RecordConsumer*> consumers_;  // every one: window close, rank events
+  std::array<std::vector<RecordConsumer*>, wire::kRecordKindCount> by_kind_;
 };
 
 }  // namespace inferscope::collector

@@ -110,9 +110,6 @@ class Pipeline {
   std::array<prometheus::Counter*, wire::kRecordKindCount> record_counters_{};
 };
 
-// Rewrites a frame's source id and CRC in place.
-void stamp_source_id(std::span<uint8_t> frame, uint32_t source_id);
-
 // Constant-time comparison (the time does not depend on where the strings differ).
 bool tokens_equal(const std::string& a, const std::string& b);
 

@@ -22,12 +22,15 @@ namespace inferscope::collector {
 
 struct Source {
   uint32_t id = 0;
-  wire::Hello hello;          // auth_token cleared
-  std::string model;          // label value: hello.model.name, or "unknown"
-  std::string rank;           // label value
+  wire::Hello hello;  // auth_token cleared
+  std::string model;  // label value: hello.model.name, or "unknown"
+  std::string rank;   // label value
   bool connected = true;
   std::unordered_map<uint32_t, std::string> strings;
   size_t string_bytes = 0;
+  // Bumped whenever a string is defined or redefined: what a consumer derived
+  // from the strings (e.g. the MoE layer of a range name) holds until it moves.
+  uint64_t strings_version = 0;
 
   // "" when the id is unknown.
   const std::string& string(uint32_t id) const;

@@ -17,6 +17,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -138,6 +139,26 @@ class FrameDecoder {
   int64_t previous_ns_ = 0;
   DecodeStatus status_;
 };
+
+// [SECTION] Header helpers
+// For code that handles whole frames without decoding their records (a
+// forwarder, a store, an exporter): the header's byte layout stays here, in the
+// wire library, and works on any host byte order.
+
+// The header fields of a frame (or of the first kFrameHeaderBytes of a stream),
+// as stored; nothing is checked (not magic, version nor checksum). nullopt when
+// fewer than kFrameHeaderBytes bytes are there.
+std::optional<FrameHeader> peek_frame_header(std::span<const uint8_t> frame);
+
+// Rewrites a complete frame's source id and updates its checksum for the new
+// header without reading the payload: a valid frame stays valid (and an invalid
+// one invalid). False (nothing changed) when the span is shorter than a header.
+bool restamp_source_id(std::span<uint8_t> frame, uint32_t source_id);
+
+// Recomputes a complete frame's checksum from its header and payload as they
+// are (tools and fuzzers that build or patch frames by hand). False when the
+// span is shorter than a header.
+bool seal_frame_checksum(std::span<uint8_t> frame);
 
 // Convenience for tests and tools: every record of one complete frame.
 DecodeStatus decode_frame(std::span<const uint8_t> frame, std::vector<Record>& out,
