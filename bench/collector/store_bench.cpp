@@ -3,7 +3,8 @@
 // the full range at ~2000 px, a 1 s window and a 10 ms window (answered from
 // the level-of-detail summaries where a block lies wholly inside the range;
 // "blocks" counts data or summary blocks read of the data blocks stored).
-// Prints a table. `store_bench quick` stores 1 M spans instead.
+// Prints a table. `store_bench quick` stores 1 M spans instead; `no-summaries`
+// writes no summaries (the store before them).
 #include <unistd.h>
 
 #include <chrono>
@@ -45,7 +46,17 @@ void replay(std::vector<std::vector<uint8_t>>& frames) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const bool quick = argc > 1 && std::strcmp(argv[1], "quick") == 0;
+  // quick: 1 M spans; no-summaries: the store as it was before level-of-detail
+  // summaries (every query decodes its blocks), for a before/after in one binary.
+  bool quick = false, summaries = true;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "quick") == 0) quick = true;
+    else if (std::strcmp(argv[i], "no-summaries") == 0) summaries = false;
+    else {
+      std::fprintf(stderr, "usage: store_bench [quick] [no-summaries]\n");
+      return 2;
+    }
+  }
   const uint64_t total = quick ? 1'000'000 : 10'000'000;
   const auto dir =
       std::filesystem::temp_directory_path() / ("store-bench-" + std::to_string(::getpid()));
@@ -55,6 +66,7 @@ int main(int argc, char** argv) {
   so.max_bytes = 8ull << 30;
   so.segment_bytes = 64u << 20;
   so.background = false;
+  so.summaries = summaries;
   auto store = std::make_unique<TraceStore>(so, replay, nullptr);
   std::string error;
   if (!store->open(error)) {
