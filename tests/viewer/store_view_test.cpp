@@ -145,9 +145,9 @@ TEST_F(StoreViewTest, OverviewKeepsEveryRecordAndAccountsForEverySpan) {
   // Every other record exactly: the other views see all of them.
   EXPECT_EQ(m.expert_loads().size(), full_->expert_loads().size());
   // Summaries keep each source's records in order, not the interleaving of sources.
-  auto sorted = [](std::vector<uint32_t> v) {
-    std::sort(v.begin(), v.end());
-    return v;
+  auto sorted = [](std::vector<uint32_t> counts) {
+    std::sort(counts.begin(), counts.end());
+    return counts;
   };
   EXPECT_EQ(sorted(m.expert_counts()), sorted(full_->expert_counts()));
   EXPECT_EQ(m.memory().size(), full_->memory().size());

@@ -28,9 +28,17 @@ void SpanMerger::add(uint32_t source, const wire::Span& s) {
   const uint64_t count = merged_span_count(s);
   // A merged input is a run of short spans, whatever its extent (see the header).
   const bool short_span = count > 1 || s.end_ns - s.start_ns < res_;
-  auto it = runs_.find(key);
-  if (it != runs_.end()) {
-    Run& run = it->second;
+  // Spans come in runs of one lane (an agent sends a thread's spans together):
+  // the last lane's run is looked up without hashing.
+  // (A pointer, not an iterator: a rehash keeps elements where they are.)
+  Entry* hit = last_ && last_->first == key ? last_ : nullptr;
+  if (!hit) {
+    auto found = runs_.find(key);
+    hit = found == runs_.end() ? nullptr : &*found;
+  }
+  if (hit) {
+    last_ = hit;
+    Run& run = hit->second;
     if (short_span && s.start_ns >= run.first.start_ns && s.start_ns - run.end_ns < res_) {
       run.end_ns = std::max(run.end_ns, s.end_ns);
       run.count += count;
@@ -38,7 +46,8 @@ void SpanMerger::add(uint32_t source, const wire::Span& s) {
     }
     flush(source, run);
     if (!short_span) {
-      runs_.erase(it);
+      runs_.erase(key);
+      last_ = nullptr;
       emit_(source, s);
       return;
     }
@@ -49,7 +58,7 @@ void SpanMerger::add(uint32_t source, const wire::Span& s) {
     emit_(source, s);
     return;
   }
-  runs_.emplace(key, Run{s, s.end_ns, count});
+  last_ = &*runs_.emplace(key, Run{s, s.end_ns, count}).first;
 }
 
 void SpanMerger::flush(uint32_t source, const Run& run) {
@@ -71,6 +80,7 @@ void SpanMerger::flush(uint32_t source, const Run& run) {
 void SpanMerger::finish() {
   for (auto& [key, run] : runs_) flush(std::get<0>(key), run);
   runs_.clear();
+  last_ = nullptr;
 }
 
 }  // namespace inferscope::collector

@@ -56,6 +56,8 @@ class SpanMerger {
   Emit emit_;
   uint64_t merged_ = 0;
   std::unordered_map<LaneKey, Run, LaneHash> runs_;
+  using Entry = std::pair<const LaneKey, Run>;
+  Entry* last_ = nullptr;  // the last lane's run (see add())
 };
 
 }  // namespace inferscope::collector

@@ -106,6 +106,7 @@ LoadResult StoreView::open(const std::string& dir, TraceModel& model) {
       min_ns_ <= max_ns_ ? std::max<int64_t>(1, (max_ns_ - min_ns_) / options_.overview_px) : 1;
   rebuild(model, 0, -1, -1);
   r.records = stats_.model_records;
+  r.frames = stats_.model_frames;
   r.ok = true;
   return r;
 }
@@ -151,8 +152,7 @@ const std::vector<uint8_t>* StoreView::frames(uint32_t file, const wire::BlockLo
 void StoreView::rebuild(TraceModel& model, int64_t from, int64_t to, int64_t detail_ns) {
   model.clear();
   std::unordered_set<uint32_t> named;  // sources that know the merged spans' name
-  uint64_t records = 0;
-  std::string message;
+  uint64_t records = 0, frames_loaded = 0;
   for (const Block& b : blocks_) {
     const bool detail = detail_ns >= 0 && b.data.header.overlaps(from, to);
     const auto* raw = frames(b.file, version(b, detail ? detail_ns : overview_ns_), nullptr);
@@ -163,6 +163,7 @@ void StoreView::rebuild(TraceModel& model, int64_t from, int64_t to, int64_t det
       if (!decoder_.frame_size(rest, n).ok()) break;  // CRC-checked block written bad: stop
       const auto frame = rest.first(n);
       rest = rest.subspan(n);
+      ++frames_loaded;
       if (!decoder_.open(frame).ok()) continue;
       const uint32_t source = decoder_.header().source_id;
       wire::Record rec;
@@ -181,6 +182,7 @@ void StoreView::rebuild(TraceModel& model, int64_t from, int64_t to, int64_t det
   loaded_to_ = to;
   loaded_ns_ = detail_ns;
   stats_.model_records = records;
+  stats_.model_frames = frames_loaded;
   stats_.detail_level_ns = detail_ns;
   stats_.cache_bytes = cache_bytes_;
   ++stats_.rebuilds;

@@ -41,6 +41,7 @@ struct StoreViewStats {
   uint64_t blocks = 0, summaries = 0;  // in the index
   uint64_t stored_records = 0;         // in the data blocks (their headers)
   uint64_t model_records = 0;          // in the model now
+  uint64_t model_frames = 0;           // decoded for it
   uint64_t rebuilds = 0;
   uint64_t cache_bytes = 0;
   int64_t detail_level_ns = -1;  // -1: overview only; 0: stored spans
