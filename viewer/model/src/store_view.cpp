@@ -178,6 +178,7 @@ void StoreView::rebuild(TraceModel& model, int64_t from, int64_t to, int64_t det
     }
   }
   model.finalize();
+  loaded_versions_ = versions(from, to, detail_ns);
   loaded_from_ = from;
   loaded_to_ = to;
   loaded_ns_ = detail_ns;
@@ -218,8 +219,28 @@ bool StoreView::update(TraceModel& model, int64_t t0, int64_t t1, int px) {
     rebuild(model, 0, -1, -1);
     return true;
   }
+  // The same block versions as loaded (a block without a finer summary is the
+  // same data at every finer level, and may be what the overview holds): the
+  // model would not change.
+  if (versions(from, to, want) == loaded_versions_) {
+    loaded_from_ = from;
+    loaded_to_ = to;
+    loaded_ns_ = want;
+    stats_.detail_level_ns = want;
+    return false;
+  }
   rebuild(model, from, to, want);
   return true;
+}
+
+std::vector<uint64_t> StoreView::versions(int64_t from, int64_t to, int64_t detail_ns) const {
+  std::vector<uint64_t> out;
+  out.reserve(blocks_.size());
+  for (const Block& b : blocks_) {
+    const bool detail = detail_ns >= 0 && b.data.header.overlaps(from, to);
+    out.push_back(version(b, detail ? detail_ns : overview_ns_).offset);
+  }
+  return out;
 }
 
 }  // namespace inferscope::viewer

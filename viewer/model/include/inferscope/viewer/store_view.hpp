@@ -76,6 +76,8 @@ class StoreView {
   const std::vector<uint8_t>* frames(uint32_t file, const wire::BlockLocation& where,
                                      LoadResult* r);
   void rebuild(TraceModel& model, int64_t from, int64_t to, int64_t detail_ns);
+  // Per block, the offset of the version a rebuild with these arguments would use.
+  std::vector<uint64_t> versions(int64_t from, int64_t to, int64_t detail_ns) const;
 
   StoreViewOptions options_;
   std::vector<std::string> files_;
@@ -85,6 +87,7 @@ class StoreView {
   int64_t overview_ns_ = 0;
   // Loaded detail: [from, to] at detail_ns (-1: none).
   int64_t loaded_from_ = 0, loaded_to_ = -1, loaded_ns_ = -1;
+  std::vector<uint64_t> loaded_versions_;  // per block, the offset of the version in the model
   struct Cached {
     std::vector<uint8_t> frames;
     std::list<uint64_t>::iterator lru;
