@@ -167,6 +167,7 @@ TEST_F(StoreViewTest, NarrowWindowShowsExactlyTheStoredSpans) {
   TraceModel m;
   ASSERT_TRUE(v.open(dir_->path.string(), m).ok);
   const uint64_t overview_spans = m.span_count();
+  const size_t overview_args = m.args().size();
   const int64_t mid = full_->min_ns() + (full_->max_ns() - full_->min_ns()) / 2;
   // 5 ms over 4000 px: a 3.75 us merge threshold, finer than every summary level.
   const int64_t t0 = mid, t1 = mid + 5'000'000;
@@ -183,10 +184,24 @@ TEST_F(StoreViewTest, NarrowWindowShowsExactlyTheStoredSpans) {
   ASSERT_TRUE(v.update(m, mid, mid + 1'000'000'000, 1600));
   EXPECT_GT(v.stats().detail_level_ns, 0);
   EXPECT_EQ(stored_spans(m), stored_spans(*full_));
-  // Back out to the whole trace: the overview alone again.
+  // Rebuilds swap spans only: every other record, and the request and stage
+  // tracks made from them, stay as they were.
+  EXPECT_EQ(m.expert_loads().size(), full_->expert_loads().size());
+  EXPECT_EQ(m.requests().size(), full_->requests().size());
+  auto synthetic = [](const TraceModel& model) {
+    uint64_t n = 0;
+    for (const Track& t : model.tracks())
+      if (t.type == TrackType::kRequests || t.type == TrackType::kStages) n += t.span_count;
+    return n;
+  };
+  EXPECT_EQ(synthetic(m), synthetic(*full_));
+  // Back out to the whole trace: the overview alone again, arguments included
+  // (a rebuild drops the arguments of the spans it drops).
   ASSERT_TRUE(v.update(m, full_->min_ns(), full_->max_ns(), 1600));
   EXPECT_EQ(v.stats().detail_level_ns, -1);
   EXPECT_EQ(m.span_count(), overview_spans);
+  EXPECT_EQ(m.args().size(), overview_args);
+  EXPECT_EQ(stored_spans(m), stored_spans(*full_));
 }
 
 TEST_F(StoreViewTest, BlockCacheStaysWithinItsBound) {

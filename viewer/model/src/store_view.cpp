@@ -7,7 +7,6 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
-#include <unordered_set>
 
 #include "inferscope/wire/trace_file.hpp"
 
@@ -150,11 +149,32 @@ const std::vector<uint8_t>* StoreView::frames(uint32_t file, const wire::BlockLo
 }
 
 void StoreView::rebuild(TraceModel& model, int64_t from, int64_t to, int64_t detail_ns) {
-  model.clear();
-  std::unordered_set<uint32_t> named;  // sources that know the merged spans' name
+  // The first build (the overview) takes every record; later ones swap only the
+  // spans: the overview already holds every other record exactly, and its own
+  // spans are kept decoded, so a rebuild decodes just the window's blocks.
+  const bool first = !overview_ready_;
+  if (first) {
+    model.clear();
+    named_.clear();
+    overview_spans_.assign(blocks_.size(), {});
+  } else {
+    model.clear_spans();
+  }
   uint64_t records = 0, frames_loaded = 0;
-  for (const Block& b : blocks_) {
+  auto add_span = [&](uint32_t source, const wire::Span& span) {
+    // The merged spans' name, defined for a source before its first one.
+    if (span.name_id == wire::kMergedSpansStringId && named_.insert(source).second)
+      model.add(source, wire::StringDef{wire::kMergedSpansStringId, "(merged spans)"});
+    model.add(source, wire::Record{span});
+    ++records;
+  };
+  for (size_t i = 0; i < blocks_.size(); ++i) {
+    const Block& b = blocks_[i];
     const bool detail = detail_ns >= 0 && b.data.header.overlaps(from, to);
+    if (!first && !detail) {
+      for (const auto& [source, span] : overview_spans_[i]) add_span(source, span);
+      continue;
+    }
     const auto* raw = frames(b.file, version(b, detail ? detail_ns : overview_ns_), nullptr);
     if (!raw) continue;
     std::span<const uint8_t> rest(*raw);
@@ -168,21 +188,23 @@ void StoreView::rebuild(TraceModel& model, int64_t from, int64_t to, int64_t det
       const uint32_t source = decoder_.header().source_id;
       wire::Record rec;
       while (decoder_.next(rec)) {
-        // The merged spans' name, defined for a source before its first one.
-        const auto* span = std::get_if<wire::Span>(&rec);
-        if (span && span->name_id == wire::kMergedSpansStringId && named.insert(source).second)
-          model.add(source, wire::StringDef{wire::kMergedSpansStringId, "(merged spans)"});
-        model.add(source, rec);
-        ++records;
+        if (const auto* span = std::get_if<wire::Span>(&rec)) {
+          add_span(source, *span);
+          if (first) overview_spans_[i].emplace_back(source, *span);
+        } else if (first) {
+          model.add(source, rec);
+          ++records;
+        }
       }
     }
   }
+  overview_ready_ = true;
   model.finalize();
   loaded_versions_ = versions(from, to, detail_ns);
   loaded_from_ = from;
   loaded_to_ = to;
   loaded_ns_ = detail_ns;
-  stats_.model_records = records;
+  stats_.model_records = first ? records : stats_.model_records;
   stats_.model_frames = frames_loaded;
   stats_.detail_level_ns = detail_ns;
   stats_.cache_bytes = cache_bytes_;

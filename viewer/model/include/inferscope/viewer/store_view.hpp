@@ -14,14 +14,18 @@
 //
 // Memory: the model holds the overview and one window's blocks; decompressed
 // blocks are kept in an LRU cache bounded by cache_bytes. update() rebuilds the
-// model only when the window leaves what is loaded or the detail level changes.
-// SpanRefs into the model do not survive a rebuild.
+// model only when the window leaves what is loaded or the detail level changes,
+// and then swaps only spans (TraceModel::clear_spans): the overview's other
+// records stay, its spans are kept decoded, only the window's blocks are
+// decoded again. SpanRefs into the model do not survive a rebuild.
 #pragma once
 
 #include <cstdint>
 #include <list>
 #include <map>
 #include <string>
+#include <unordered_set>
+#include <utility>
 #include <vector>
 
 #include "inferscope/viewer/loader.hpp"
@@ -40,8 +44,8 @@ struct StoreViewOptions {
 struct StoreViewStats {
   uint64_t blocks = 0, summaries = 0;  // in the index
   uint64_t stored_records = 0;         // in the data blocks (their headers)
-  uint64_t model_records = 0;          // in the model now
-  uint64_t model_frames = 0;           // decoded for it
+  uint64_t model_records = 0;          // put in the model by open()
+  uint64_t model_frames = 0;           // decoded by the last (re)build
   uint64_t rebuilds = 0;
   uint64_t cache_bytes = 0;
   int64_t detail_level_ns = -1;  // -1: overview only; 0: stored spans
@@ -88,6 +92,10 @@ class StoreView {
   // Loaded detail: [from, to] at detail_ns (-1: none).
   int64_t loaded_from_ = 0, loaded_to_ = -1, loaded_ns_ = -1;
   std::vector<uint64_t> loaded_versions_;  // per block, the offset of the version in the model
+  // The overview's spans per block, decoded once (its other records stay in the model).
+  std::vector<std::vector<std::pair<uint32_t, wire::Span>>> overview_spans_;
+  bool overview_ready_ = false;
+  std::unordered_set<uint32_t> named_;  // sources the merged spans' name is defined for
   struct Cached {
     std::vector<uint8_t> frames;
     std::list<uint64_t>::iterator lru;
