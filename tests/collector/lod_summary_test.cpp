@@ -321,6 +321,52 @@ TEST_F(LodSummaryTest, ReopenedStoreFindsItsSummaries) {
   EXPECT_EQ(again.stats().torn_tails_cut, 0u);
 }
 
+TEST_F(LodSummaryTest, TornSummaryIsCutAndItsBlockStays) {
+  // A crash in the middle of a block's summaries: the restarted store cuts the
+  // torn one, keeps the data block (and the summaries before it), and answers
+  // every query exactly as before.
+  with_.store.reset();
+  const auto paths = TraceStore::list_segments(with_.dir.string());
+  ASSERT_FALSE(paths.empty());
+  const std::string last = paths.back();
+  wire::BlockScan scan;
+  std::string error;
+  ASSERT_TRUE(wire::scan_blocks(last, scan, error)) << error;
+  ASSERT_FALSE(scan.blocks.empty());
+  ASSERT_NE(scan.blocks.back().header.summary_level(), 0) << "the last block is a summary";
+  const uint64_t data_blocks = [&] {
+    uint64_t n = 0;
+    for (const auto& b : scan.blocks) n += b.header.summary_level() == 0;
+    return n;
+  }();
+  fs::resize_file(last, scan.blocks.back().offset + wire::kBlockHeaderBytes +
+                            scan.blocks.back().header.stored_bytes / 2);
+  TraceStoreOptions o;
+  o.dir = with_.dir.string();
+  o.background = false;
+  TraceStore again(o, replay, nullptr);
+  ASSERT_TRUE(again.open(error)) << error;
+  EXPECT_EQ(again.stats().torn_tails_cut, 1u);
+  wire::BlockScan after;
+  ASSERT_TRUE(wire::scan_blocks(last, after, error)) << error;
+  EXPECT_FALSE(after.torn_tail);
+  uint64_t kept = 0;
+  for (const auto& b : after.blocks) kept += b.header.summary_level() == 0;
+  EXPECT_EQ(kept, data_blocks);
+  for (int64_t res : {int64_t{0}, end_ns_ / 2000, end_ns_ / 50}) {
+    wire::RangeQuery q;
+    q.from_ns = 0;
+    q.to_ns = end_ns_;
+    q.resolution_ns = res;
+    q.max_records = 50'000'000;
+    RangeReply a, b;
+    answer_range(&again, q, a);
+    answer_range(without_.store.get(), q, b);
+    EXPECT_TRUE(decode(a).spans == decode(b).spans) << res;
+    EXPECT_EQ(a.end.spans, b.end.spans) << res;
+  }
+}
+
 TEST(LodSummaryFormat, FileHeaderSaysFormat3OnlyWithSummaries) {
   for (bool summaries : {true, false}) {
     int64_t end_ns = 0;
