@@ -13,6 +13,10 @@ namespace {
 
 // Below this many spans a block is read whole faster than a summary pays for itself.
 constexpr size_t kMinSpans = 256;
+// The finest level written (65 us). Finer ones cost the writer a pass each and
+// would serve only queries finer than 65 us a pixel: windows of a few blocks,
+// which read the blocks themselves as fast.
+constexpr int kFirstLevel = 3;
 
 using SourceSpan = std::pair<uint32_t, wire::Span>;
 
@@ -79,7 +83,7 @@ std::span<const SummaryBlock> SummaryBuilder::build(const wire::RawBlock& data) 
   if (spans_.size() < kMinSpans) return {};
   const int64_t extent = data.summary.max_ns - data.summary.min_ns;
   size_t kept = spans_.size();
-  for (int level = 1; level <= wire::kMaxSummaryLevel; ++level) {
+  for (int level = kFirstLevel; level <= wire::kMaxSummaryLevel; ++level) {
     merged_.clear();
     SpanMerger merger(wire::summary_level_ns(level), [this](uint32_t source, const wire::Span& s) {
       merged_.emplace_back(source, s);

@@ -6,8 +6,9 @@
 // copies every other record. A level is kept only when it has at most an
 // eighth of the spans of the level kept before it (or of the block), so the
 // summaries' spans together are at most a seventh of the block's.
-// Levels stop at the first one coarser than the block's time extent: there,
-// each lane is already one merged span.
+// Levels start at 3 (65 us; finer ones would serve only windows of a few
+// blocks) and stop at the first one coarser than the block's time extent:
+// there, each lane is already one merged span.
 #pragma once
 
 #include <map>
