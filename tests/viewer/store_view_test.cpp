@@ -15,6 +15,7 @@
 #include "inferscope/collector/trace_store.hpp"
 #include "inferscope/viewer/lod.hpp"
 #include "inferscope/viewer/sample_trace.hpp"
+#include "store_util.hpp"
 #include "test_util.hpp"
 
 using namespace inferscope::viewer;
@@ -23,43 +24,7 @@ namespace collector = inferscope::collector;
 
 namespace {
 
-// The sample trace written through a trace store, as the collector writes one.
-void write_store(const std::string& dir, uint64_t spans, bool summaries) {
-  std::map<uint32_t, std::vector<wire::Record>> defs;
-  auto replay = [&](std::vector<std::vector<uint8_t>>& frames) {
-    for (const auto& [source, records] : defs) {
-      wire::EncoderOptions eo;
-      eo.source_id = source;
-      wire::FrameEncoder enc(eo);
-      for (const auto& r : records) enc.add(r);
-      if (!enc.empty()) enc.finish(frames.emplace_back());
-    }
-  };
-  collector::TraceStoreOptions so;
-  so.dir = dir;
-  so.background = false;
-  so.summaries = summaries;
-  so.block_bytes = 32u << 10;  // many blocks: windows cover few of them
-  so.segment_bytes = 1u << 20;
-  so.max_bytes = 1ull << 30;
-  collector::TraceStore store(so, replay, nullptr);
-  std::string error;
-  ASSERT_TRUE(store.open(error)) << error;
-  SampleOptions o;
-  o.target_spans = spans;
-  o.ranks = 2;
-  o.seconds = 20;
-  wire::FrameDecoder dec;
-  wire::Record r;
-  generate_sample_trace(o, [&](std::span<const uint8_t> frame) {
-    if (dec.open(frame).ok())
-      while (dec.next(r))
-        if (std::holds_alternative<wire::Hello>(r) || std::holds_alternative<wire::StringDef>(r))
-          defs[dec.header().source_id].push_back(r);
-    store.write(frame, 0);
-  });
-  store.close();
-}
+using test::write_store;
 
 // Spans stored on CPU / GPU tracks (request and stage tracks are made from
 // other records), with merged spans counted as the spans they stand for.
