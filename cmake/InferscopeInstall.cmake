@@ -1,6 +1,6 @@
 # cmake --install: what a user of another engine needs (docs/install.md).
 #   lib/      libinferscope_agent.so.<major> (+ libinferscope_agent_cuda.so with CUDA)
-#   include/  inferscope/agent.h, agent.hpp, export.h, wire/records.hpp (+ agent_cuda.hpp)
+#   include/  inferscope/agent.h, agent.hpp, export.h, hot_path.hpp, wire/records.hpp (+ agent_cuda.hpp)
 #   lib/cmake/inferscope/  inferscopeConfig.cmake: inferscope::agent (+ inferscope::agent_cuda)
 #   lib/pkgconfig/         inferscope.pc (+ inferscope-cuda.pc)
 #   bin/      inferscope-collector, inferscope-export, inferscope-engine, inferscope-viewer
@@ -22,6 +22,7 @@ install(FILES
   agent/include/inferscope/agent.h
   agent/include/inferscope/agent.hpp
   agent/include/inferscope/export.h
+  agent/include/inferscope/hot_path.hpp
   DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/inferscope COMPONENT agent)
 # agent.hpp's types (Config::model, Stats, the record enums) come from here.
 install(FILES wire/include/inferscope/wire/records.hpp

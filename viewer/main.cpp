@@ -8,6 +8,9 @@ int main(int argc, char** argv) {
   CLI::App app{"inferscope viewer: timeline, expert load, memory, stages"};
   app.add_option("trace", o.trace, "trace file, directory of trace segments, or Chrome trace JSON");
   app.add_option("--connect", o.connect, "collector viewer API host:port (live)");
+  app.add_option("--capture-endpoint", o.capture_endpoint,
+                 "collector GPU capture endpoint host:port (its --capture-http): adds a capture "
+                 "button to each alert");
   app.add_option("--auth-token-file", o.auth_token_file, "file holding the collector's auth token");
   app.add_option("--screenshot", o.screenshot, "render, write this PNG and exit");
   app.add_option("--frames", o.frames, "frames to render before the screenshot")

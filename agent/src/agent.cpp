@@ -1,7 +1,7 @@
-// The Agent's hot path and API. Everything a host thread runs per record is in
-// this file so the compiler can inline it: find the thread's ring through a
-// thread-local cache, take a timestamp, store the record. Registration of a
-// new thread (once per thread and agent) is the only slow path.
+// The Agent's API and ScopedRange's slow path. Per record, a host thread finds
+// its ring through a thread-local cache (hot::tl_thread), takes a timestamp and
+// stores the record; ScopedRange does that inline (agent.hpp, hot_path.hpp).
+// Registration of a new thread (once per thread and agent) is the slow path.
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "agent_impl.hpp"
+#include "clock/tick_clock.hpp"
 #include "cupti/cupti_tracer.hpp"
 #include "gpu_trace/gpu_trace_controller.hpp"
 #include "inferscope/wire/capture.hpp"
@@ -21,18 +22,38 @@
 namespace inferscope::agent {
 
 int64_t now_ns() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
+  return hot::monotonic_ns();
 }
+
+std::string range_clock_description() {
+  return detail::TickClock::instance().description();
+}
+
+namespace hot {
+// Zero (no agent, no ring, depth 0) until the thread's first record.
+constinit thread_local ThreadCache tl_thread{};
+}  // namespace hot
 
 namespace detail {
 
+// Bracketed (monotonic, realtime, monotonic) and the tightest of 8 tries kept,
+// so the offset is off by at most half a clock read, not a whole one: every
+// range's Unix time depends on it (the clock truth test checks 1 us).
+// NTP slews both clocks alike, so the offset changes only when CLOCK_REALTIME
+// is stepped; a hello (each connection) measures it afresh.
 int64_t realtime_minus_monotonic_ns() {
-  timespec rt, mono;
-  clock_gettime(CLOCK_REALTIME, &rt);
-  clock_gettime(CLOCK_MONOTONIC, &mono);
-  return (int64_t{rt.tv_sec} - mono.tv_sec) * 1'000'000'000 + (rt.tv_nsec - mono.tv_nsec);
+  int64_t best_width = INT64_MAX, best = 0;
+  for (int i = 0; i < 8; ++i) {
+    timespec rt;
+    const int64_t a = hot::monotonic_ns();
+    clock_gettime(CLOCK_REALTIME, &rt);
+    const int64_t b = hot::monotonic_ns();
+    if (b - a < best_width) {
+      best_width = b - a;
+      best = int64_t{rt.tv_sec} * 1'000'000'000 + rt.tv_nsec - (a + (b - a) / 2);
+    }
+  }
+  return best;
 }
 
 namespace {
@@ -40,13 +61,12 @@ namespace {
 std::atomic<uint64_t> g_next_serial{1};
 
 // [SECTION] thread-local state
-// The fast cache is two trivially-destructible words so that reading it costs
-// a TLS load, not a call to a TLS init wrapper.
-thread_local uint64_t tl_serial = 0;
-thread_local ThreadRing* tl_ring = nullptr;
+// The fast cache (serial, ring, depth) is hot::tl_thread. A thread that found
+// no free slot remembers that agent here, so it counts drops without taking
+// the registry lock on every record.
+thread_local uint64_t tl_overflow_serial = 0;
 thread_local uint32_t tl_tid = 0;
 thread_local uint32_t tl_overflow_retry = 0;
-thread_local uint16_t tl_depth = 0;
 thread_local bool tl_tree_sampled = true;
 thread_local uint64_t tl_rng = 0;
 
@@ -117,9 +137,25 @@ Agent::Impl::Impl(Config c) : config(std::move(c)) {
 
 Agent::Impl::~Impl() = default;
 
+void Agent::Impl::refresh_gate() {
+  if (!gate) return;
+  const bool cupti = tracer.load(std::memory_order_acquire) != nullptr;
+  uint8_t mode = hot::kGateSlow;
+  if (!enabled && !nvtx && !cupti)
+    mode = hot::kGateOff;
+  else if (enabled && !nvtx && !cupti && config.span_sample_rate >= 1.0)
+    mode = hot::kGateFast;
+  gate->mode.store(mode, std::memory_order_relaxed);
+}
+
 inline ThreadRing* Agent::Impl::ring() {
-  if (detail::tl_serial == serial) [[likely]]
-    return detail::tl_ring;
+  if (hot::tl_thread.serial == serial) [[likely]]
+    return hot::tl_thread.ring;
+  if (detail::tl_overflow_serial == serial) {
+    // Now and then look again for a slot freed by an exited thread.
+    if (++detail::tl_overflow_retry < 4096) return nullptr;
+    detail::tl_overflow_serial = 0;
+  }
   return register_thread();
 }
 
@@ -131,9 +167,9 @@ ThreadRing* Agent::Impl::register_thread() {
   for (auto& e : entries) {
     if (e.serial != serial) continue;
     if (auto r = e.ring.lock()) {
-      tl_serial = serial;
-      tl_ring = r.get();
-      return tl_ring;
+      hot::tl_thread.serial = serial;
+      hot::tl_thread.ring = r.get();
+      return r.get();
     }
   }
   std::shared_ptr<ThreadRing> ring;
@@ -158,10 +194,14 @@ ThreadRing* Agent::Impl::register_thread() {
   } catch (...) {
     ring.reset();  // out of memory: this thread's records are dropped and counted
   }
-  tl_serial = serial;
-  tl_ring = ring.get();
   tl_overflow_retry = 0;
-  return tl_ring;
+  if (!ring) {
+    tl_overflow_serial = serial;
+    return nullptr;
+  }
+  hot::tl_thread.serial = serial;
+  hot::tl_thread.ring = ring.get();
+  return ring.get();
 }
 
 wire::Hello Agent::Impl::hello() const {
@@ -189,7 +229,6 @@ namespace {
 // and then look again for a slot freed by an exited thread.
 void overflow(Agent::Impl& impl, wire::RecordKind kind) {
   impl.overflow_dropped[static_cast<size_t>(kind)].fetch_add(1, std::memory_order_relaxed);
-  if (++detail::tl_overflow_retry >= 4096) detail::tl_serial = 0;
 }
 
 inline bool put(Agent::Impl* impl, wire::RecordKind kind, uint8_t sub, uint16_t count,
@@ -214,7 +253,12 @@ void Agent::Impl::record_full_span(const wire::Span& span) {
 Agent::Agent(Config config) {
   try {
     impl_ = std::make_unique<Impl>(std::move(config));
+    gate_.serial = impl_->serial;
+    impl_->gate = &gate_;  // before the shipper thread starts: it reads gate->tsc
     if (impl_->enabled) {
+      // Ranges store ticks of the process-wide clock (chosen and calibrated on
+      // first use); the shipper converts them.
+      gate_.tsc = detail::TickClock::instance().tsc();
       try {
         impl_->shipper = std::make_unique<detail::Shipper>(*impl_);
       } catch (const std::exception& e) {
@@ -223,12 +267,15 @@ Agent::Agent(Config config) {
         impl_->enabled = false;
       }
     }
+    impl_->refresh_gate();
     impl_->gpu = std::make_unique<detail::GpuTraceController>(*impl_);
     impl_->gpu_live.store(impl_->gpu.get(), std::memory_order_release);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "inferscope agent: disabled: %s\n", e.what());
+    gate_.mode.store(hot::kGateOff);
     impl_.reset();
   } catch (...) {
+    gate_.mode.store(hot::kGateOff);
     impl_.reset();
   }
 }
@@ -371,9 +418,7 @@ Stats Agent::stats() const {
     s.cupti_records_dropped = s.gpu.records_dropped;
   }
   const size_t n = i->slot_count.load(std::memory_order_acquire);
-  for (size_t t = 0; t < n; ++t)
-    for (size_t k = 0; k < detail::kKinds; ++k)
-      s.records_recorded += i->slots[t]->recorded[k].load(std::memory_order_relaxed);
+  for (size_t t = 0; t < n; ++t) s.records_recorded += i->slots[t]->ring.written();
   if (!i->shipper) return s;
   const auto dropped = i->shipper->dropped_by_kind();
   for (size_t k = 0; k < detail::kKinds; ++k) {
@@ -440,21 +485,13 @@ std::map<uint32_t, int64_t> Agent::gpu_time_by_range() const {
   }
 }
 
-// [SECTION] ScopedRange
+// [SECTION] ScopedRange (the slow path; the fast one is inline in agent.hpp)
 
-ScopedRange::ScopedRange(Agent& agent, uint32_t name_id, uint64_t request_id)
-    : agent_(&agent),
-      name_id_(name_id),
-      request_id_(request_id),
-      start_ns_(0),
-      depth_(detail::tl_depth),
-      sampled_(false) {
-  Agent::Impl* i = agent.impl_.get();
-  if (!i) {
-    agent_ = nullptr;
-    return;
-  }
-  ++detail::tl_depth;
+void ScopedRange::open_slow() {
+  Agent::Impl* i = agent_->impl_.get();  // the gate is off without one
+  state_ = kSlow;
+  depth_ = hot::tl_thread.depth++;
+  bool sampled = false;
   if (i->enabled) {
     // Sampling decides per outermost range; nested ranges follow their root,
     // so a kept tree is always complete.
@@ -464,38 +501,35 @@ ScopedRange::ScopedRange(Agent& agent, uint32_t name_id, uint64_t request_id)
           rate >= 1.0 ||
           (rate > 0.0 && static_cast<double>(detail::next_random() >> 11) * 0x1.0p-53 < rate);
     }
-    sampled_ = detail::tl_tree_sampled;
+    sampled = detail::tl_tree_sampled;
   }
-  flags_ = 0;
   if (i->nvtx) {
-    detail::nvtx_push(detail::nvtx_string(name_id));
+    detail::nvtx_push(detail::nvtx_string(name_id_));
     flags_ |= kNvtxPushed;
   }
   if (detail::CuptiTracer* t = i->tracer.load(std::memory_order_relaxed)) {
     flags_ |= kRangePushed;
-    if (t->push_range(name_id, request_id)) flags_ |= kCuptiPushed;
+    if (t->push_range(name_id_, request_id_)) flags_ |= kCuptiPushed;
   }
-  if (sampled_) start_ns_ = now_ns();  // no clock read for a range nobody records
+  if (sampled) {  // no clock read for a range nobody records
+    flags_ |= kSampled;
+    ring_ = i->ring();  // registers this thread on its first record
+    start_ = hot::read_clock(agent_->gate_.tsc);
+  }
 }
 
-ScopedRange::~ScopedRange() {
-  if (!agent_) return;
+void ScopedRange::close_slow() {
   Agent::Impl* i = agent_->impl_.get();
+  const uint64_t end = (flags_ & kSampled) ? hot::read_clock(agent_->gate_.tsc) : 0;
   if (flags_ & kRangePushed)
     i->tracer.load(std::memory_order_relaxed)->pop_range(flags_ & kCuptiPushed);
   if (flags_ & kNvtxPushed) detail::nvtx_pop();
-  --detail::tl_depth;
-  if (sampled_) {
-    const int64_t end = now_ns();
-    detail::CpuSpanSlot s{start_ns_,
-                          end,
-                          request_id_,
-                          name_id_,
-                          detail::current_tid(),
-                          depth_,
-                          static_cast<uint8_t>(wire::SpanCategory::kCpuRange)};
-    put(i, wire::RecordKind::kSpan, detail::kSubCompact, 0, &s, sizeof s);
-  }
+  --hot::tl_thread.depth;
+  if (!(flags_ & kSampled)) return;
+  if (ring_)
+    ring_->put_range(start_, end, name_id_, request_id_, depth_);
+  else
+    overflow(*i, wire::RecordKind::kSpan);  // this thread has no ring (max_threads)
 }
 
 }  // namespace inferscope::agent

@@ -42,7 +42,12 @@ struct Agent::Impl {
   // Records from threads that found no free slot (more than max_threads).
   std::array<std::atomic<uint64_t>, detail::kKinds> overflow_dropped{};
 
-  detail::ThreadRing* ring();  // hot path, defined in agent.cpp
+  // What ScopedRange's inline path reads (the Agent's gate_), re-published by
+  // refresh_gate() when something it depends on changes (CUPTI loaded).
+  hot::Gate* gate = nullptr;
+  void refresh_gate();
+
+  detail::ThreadRing* ring();  // this thread's ring; null: no slot (counted drop)
   detail::ThreadRing* register_thread();
   // A whole span (GPU activity from CUPTI) into the calling thread's ring.
   void record_full_span(const wire::Span& span);

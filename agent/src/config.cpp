@@ -121,6 +121,7 @@ Config Config::from_environment(Config base) {
       complain("INFERSCOPE_GPU_TRACE_KINDS", v,
                "a comma list of kernel,callbacks,memcpy,memset,runtime,driver,extcorr with kernel");
   }
+  read_bool("INFERSCOPE_GPU_TRACE_DETACH", c.gpu_trace_detach);
   read_ms("INFERSCOPE_GPU_CAPTURE_MAX_MS", c.gpu_capture_max, 1, 600'000);
   uint64_t cooldown_s = static_cast<uint64_t>(
       std::chrono::duration_cast<std::chrono::seconds>(c.gpu_capture_cooldown).count());

@@ -15,8 +15,12 @@
 namespace inferscope::agent::detail {
 
 // The ring header's kind is the wire::RecordKind; sub distinguishes layouts.
-inline constexpr uint8_t kSubCompact = 0;  // CpuSpanSlot / ExpertLoadSlot
-inline constexpr uint8_t kSubFull = 1;     // a whole wire::Span (GPU spans from CUPTI)
+// Spans: hot::kSubCompact (CpuSpanSlot), kSubFull (wire::Span), kSubTicks and
+// kSubTicksRequest (hot::TickRange*, from ScopedRange; hot_path.hpp).
+using hot::kSubCompact;
+using hot::kSubFull;
+using hot::kSubTicks;
+using hot::kSubTicksRequest;
 
 struct CpuSpanSlot {
   int64_t start_ns;
@@ -54,33 +58,8 @@ static_assert(std::is_trivially_copyable_v<wire::StageTiming>);
 static_assert(std::is_trivially_copyable_v<wire::RequestEvent>);
 static_assert(std::is_trivially_copyable_v<wire::CounterSample>);
 
-inline constexpr size_t kKinds = wire::kRecordKindSlots;  // per-kind counters, as in AgentHealth
-
-// One producing thread's ring plus its counters. Counters are written only by
-// the owning thread (load + store, no read-modify-write) and read by the shipper.
-struct ThreadRing {
-  explicit ThreadRing(size_t bytes) : ring(bytes) {}
-
-  ByteRing ring;
-  std::atomic<uint32_t> tid{0};
-  std::atomic<bool> exited{false};  // its thread is gone; reusable once drained
-  std::array<std::atomic<uint64_t>, kKinds> recorded{};
-  std::array<std::atomic<uint64_t>, kKinds> dropped{};
-
-  static void bump(std::atomic<uint64_t>& c) {
-    c.store(c.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-  }
-
-  bool put(wire::RecordKind kind, uint8_t sub, uint16_t count, const void* a, size_t alen,
-           const void* b = nullptr, size_t blen = 0) {
-    const auto k = static_cast<size_t>(kind);
-    if (ring.write(static_cast<uint8_t>(kind), sub, count, a, alen, b, blen)) {
-      bump(recorded[k]);
-      return true;
-    }
-    bump(dropped[k]);
-    return false;
-  }
-};
+using hot::kKinds;
+// One producing thread's ring and its drop counters (hot_path.hpp).
+using hot::ThreadRing;
 
 }  // namespace inferscope::agent::detail

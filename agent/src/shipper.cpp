@@ -5,6 +5,7 @@
 #include <cstring>
 #include <random>
 
+#include "clock/tick_clock.hpp"
 #include "cupti/cupti_tracer.hpp"
 #include "gpu_trace/gpu_trace_controller.hpp"
 #include "inferscope/wire/ack.hpp"
@@ -162,8 +163,19 @@ void Shipper::drain() {
   drained_generation_ = flush_requested_.load(std::memory_order_acquire);
   const size_t max_pending = impl_.config.max_pending_bytes;
   const size_t n = impl_.slot_count.load(std::memory_order_acquire);
+  // Ranges carry clock ticks: one map (refreshed off the host threads, here)
+  // converts this whole drain to CLOCK_MONOTONIC ns before anything is encoded.
+  TickMap ticks;
+  if (impl_.gate && impl_.gate->tsc) {
+    TickClock& clock = TickClock::instance();
+    clock.recalibrate();
+    ticks = clock.map();
+  }
   for (size_t i = 0; i < n; ++i) {
     ThreadRing* tr = impl_.slots[i].get();
+    // Stable while this drain runs: a ring is handed to another thread only
+    // once its old thread exited and it is empty (drained).
+    const uint32_t tid = tr->tid.load(std::memory_order_acquire);
     tr->ring.drain([&](const RingHeader& h, const uint8_t* p) {
       const auto kind = static_cast<wire::RecordKind>(h.kind);
       if (pending_bytes_ + encoder_.payload_bytes() >= max_pending) {
@@ -177,7 +189,18 @@ void Shipper::drain() {
       switch (kind) {
         case wire::RecordKind::kSpan: {
           wire::Span s;
-          if (h.sub == kSubFull) {
+          if (h.sub == kSubTicks || h.sub == kSubTicksRequest) {
+            hot::TickRangeRequest c{};  // TickRange is its prefix
+            std::memcpy(&c, p, h.sub == kSubTicks ? sizeof(hot::TickRange) : sizeof c);
+            s.track_kind = wire::TrackKind::kCpuThread;
+            s.track_id = tid;
+            s.name_id = c.name_id;
+            s.category = wire::SpanCategory::kCpuRange;
+            s.depth = h.count;
+            s.start_ns = ticks.to_ns(c.start);
+            s.end_ns = ticks.to_ns(c.end);
+            s.request_id = c.request_id;
+          } else if (h.sub == kSubFull) {
             std::memcpy(&s, p, sizeof s);
           } else {
             CpuSpanSlot c;

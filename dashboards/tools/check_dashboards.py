@@ -73,6 +73,7 @@ inferscope_ep_eplb_layer_saving_seconds_per_step inferscope_ep_eplb_move_bytes
 inferscope_ep_eplb_move_stall_seconds inferscope_ep_eplb_break_even_seconds
 inferscope_memory_used_bytes inferscope_memory_capacity_bytes
 inferscope_collector_connections inferscope_collector_trace_bytes inferscope_agent_connected
+inferscope_collector_episode_capture_timestamp_seconds
 """.split()
 HISTOGRAMS = """
 inferscope_moe_expert_utilization_ratio inferscope_stage_duration_seconds
@@ -85,7 +86,7 @@ CATALOG = set(COUNTERS) | set(GAUGES) | {
 PROMETHEUS_SERIES = {"up", "scrape_duration_seconds", "scrape_samples_scraped", "ALERTS",
                      "ALERTS_FOR_STATE"}
 LABELS = {"model", "rank", "layer", "expert", "kind", "stage", "layer_kind", "state", "status",
-          "reason", "reused", "src", "dst", "le", "job", "instance", "alertname", "alertstate", "severity"}
+          "reason", "reused", "src", "dst", "episode", "le", "job", "instance", "alertname", "alertstate", "severity"}
 GRAFANA_BUILTINS = {"__rate_interval", "__interval", "__range", "__interval_ms", "__range_s"}
 
 

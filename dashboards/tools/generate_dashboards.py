@@ -273,6 +273,17 @@ def dashboard(uid, title, description, panels, variables, panel_types, links_to)
              "titleFormat": "{{alertname}}",
              "textFormat": "{{model}} rank {{rank}} layer {{layer}} expert {{expert}}",
              "useValueForTime": False},
+            # The GPU capture an episode asked for (docs/gpu.md): the series' value is the
+            # request's Unix time (x1000: Grafana reads milliseconds), and the text says how to
+            # open that capture's kernels in Perfetto.
+            {"datasource": DS, "enable": True, "iconColor": "purple", "name": "GPU captures",
+             "target": {"refId": "Captures", "datasource": DS,
+                        "expr": 'inferscope_collector_episode_capture_timestamp_seconds * 1000',
+                        "interval": "30s"},
+             "titleFormat": "GPU capture: {{kind}} (model {{model}})",
+             "textFormat": "rank {{rank}} layer {{layer}} expert {{expert}}; open the kernels: "
+                           "inferscope-export STORE --episode {{episode}} -o capture.pftrace",
+             "useValueForTime": True},
         ]},
         "description": description,
         "editable": True, "fiscalYearStartMonth": 0, "graphTooltip": 1, "id": None,

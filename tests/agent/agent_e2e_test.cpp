@@ -1,6 +1,8 @@
 // End to end over real loopback sockets: the agent's records reach a real asio
 // server and decode with the wire library, intact, in order, with their names.
 #include <gtest/gtest.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <map>
 #include <thread>
@@ -120,7 +122,8 @@ TEST(AgentEndToEnd, EveryRecordKindArrivesIntact) {
 
   auto st = only<wire::StageTiming>(recs);
   ASSERT_EQ(st.size(), 1u);
-  EXPECT_EQ(st[0], (wire::StageTiming{42, wire::Stage::kConnector, wire::Device::kGpu, 5000, 6000, 700}));
+  EXPECT_EQ(st[0],
+            (wire::StageTiming{42, wire::Stage::kConnector, wire::Device::kGpu, 5000, 6000, 700}));
 
   auto rq = only<wire::RequestEvent>(recs);
   ASSERT_EQ(rq.size(), 1u);
@@ -139,6 +142,69 @@ TEST(AgentEndToEnd, EveryRecordKindArrivesIntact) {
   ASSERT_NE(health, nullptr);
   EXPECT_EQ(health->records_sent, 9u);
   EXPECT_EQ(health->records_dropped, 0u);
+}
+
+// ScopedRange's inline path (TSC ticks and a 32-byte record, converted by the
+// shipper): nesting depth, request id or none, the recording thread's track,
+// nested times and INFERSCOPE_RANGE's once-per-site names all survive.
+TEST(AgentEndToEnd, InlineRangesCarryDepthRequestIdAndThread) {
+  TestCollector collector;
+  const uint32_t outer = intern("e2e.outer");
+  uint32_t worker_tid = 0;
+  int64_t before = 0, after = 0;
+  {
+    Agent agent(config_for(collector));
+    auto body = [&] {
+      ScopedRange a(agent, outer, 5);
+      INFERSCOPE_RANGE(agent, "e2e.inner");
+      { INFERSCOPE_RANGE(agent, "e2e.innermost"); }
+    };
+    before = now_ns();
+    body();  // registers this thread's ring (slow path)
+    body();  // inline path
+    std::thread t([&] {
+      worker_tid = static_cast<uint32_t>(::syscall(SYS_gettid));
+      body();
+      body();
+    });
+    t.join();
+    after = now_ns();
+    ASSERT_TRUE(agent.flush(20s));
+  }
+  ASSERT_TRUE(collector.wait_closed(0, 20s));
+  const auto recs = collector.records();
+  auto n = names(recs);
+  const auto spans = only<wire::Span>(recs);
+  ASSERT_EQ(spans.size(), 12u);
+  const auto main_tid = static_cast<uint32_t>(::syscall(SYS_gettid));
+  for (size_t i = 0; i < spans.size(); i += 3) {
+    // Closed innermost first.
+    const wire::Span& in = spans[i];
+    const wire::Span& mid = spans[i + 1];
+    const wire::Span& out = spans[i + 2];
+    EXPECT_EQ(n[in.name_id], "e2e.innermost");
+    EXPECT_EQ(n[mid.name_id], "e2e.inner");
+    EXPECT_EQ(n[out.name_id], "e2e.outer");
+    EXPECT_EQ(in.depth, 2);
+    EXPECT_EQ(mid.depth, 1);
+    EXPECT_EQ(out.depth, 0);
+    EXPECT_EQ(in.request_id, 0u);
+    EXPECT_EQ(mid.request_id, 0u);
+    EXPECT_EQ(out.request_id, 5u);
+    for (const auto* s : {&in, &mid, &out}) {
+      EXPECT_EQ(s->category, wire::SpanCategory::kCpuRange);
+      EXPECT_EQ(s->track_kind, wire::TrackKind::kCpuThread);
+      EXPECT_EQ(s->track_id, i < 6 ? main_tid : worker_tid);
+    }
+    // Nested in time as in code, all within the test's own clock reads.
+    EXPECT_LE(before, out.start_ns);
+    EXPECT_LE(out.start_ns, mid.start_ns);
+    EXPECT_LE(mid.start_ns, in.start_ns);
+    EXPECT_LE(in.start_ns, in.end_ns);
+    EXPECT_LE(in.end_ns, mid.end_ns);
+    EXPECT_LE(mid.end_ns, out.end_ns);
+    EXPECT_LE(out.end_ns, after);
+  }
 }
 
 TEST(AgentEndToEnd, EmptyCollectorRecordsNothing) {

@@ -132,7 +132,10 @@ TEST(AgentConfig, ReadsTheGpuTraceVariables) {
   env.set("INFERSCOPE_GPU_TRACE_KINDS", "kernel,callbacks,memcpy");
   env.set("INFERSCOPE_GPU_CAPTURE_MAX_MS", "1500");
   env.set("INFERSCOPE_GPU_CAPTURE_COOLDOWN_S", "0");
+  env.set("INFERSCOPE_GPU_TRACE_DETACH", "1");
+  EXPECT_FALSE(Config{}.gpu_trace_detach) << "off by default until a GPU run proves it";
   const Config c = Config::from_environment();
+  EXPECT_TRUE(c.gpu_trace_detach);
   EXPECT_EQ(c.gpu_trace, GpuTraceMode::kSampled);
   EXPECT_EQ(c.gpu_trace_burst.count(), 30);
   EXPECT_EQ(c.gpu_trace_period.count(), 5000);

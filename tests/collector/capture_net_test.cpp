@@ -7,12 +7,14 @@
 // Also: the coordinator's choice of episodes, and the endpoint's input checks.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdlib>
 
 #include "../../collector/src/capture/capture_http.hpp"
 #include "inferscope/agent.hpp"
 #include "inferscope/collector/capture.hpp"
 #include "inferscope/wire/capture.hpp"
+#include "inferscope/wire/episode_id.hpp"
 #include "running_collector.hpp"
 
 namespace inferscope::collector::testing {
@@ -232,8 +234,8 @@ TEST(CaptureCoordinator, OpeningEpisodesAskCapableAgentsOfTheirModel) {
   ASSERT_EQ(sent.size(), 1u);
   EXPECT_EQ(sent[0].first, id_capable);
   EXPECT_EQ(sent[0].second.steps, 6u);
-  EXPECT_EQ(sent[0].second.episode_id, CaptureCoordinator::episode_id(hot));
-  EXPECT_EQ(sent[0].second.tag(), CaptureCoordinator::episode_id(hot));
+  EXPECT_EQ(sent[0].second.episode_id, wire::episode_capture_tag(hot));
+  EXPECT_EQ(sent[0].second.tag(), wire::episode_capture_tag(hot));
 
   wire::AlertEpisode closed = hot;
   closed.end_ns = 2'000;
@@ -248,6 +250,47 @@ TEST(CaptureCoordinator, OpeningEpisodesAskCapableAgentsOfTheirModel) {
   cc.on_alert(drop, 31'000'000'000);
   ASSERT_EQ(sent.size(), 2u);
   EXPECT_NE(sent[1].second.episode_id, sent[0].second.episode_id);
+
+  // The episodes that got a capture, named as inferscope-export --episode takes them.
+  std::vector<std::string> episodes;
+  for (const auto& f : registry.Collect())
+    if (f.name == "inferscope_collector_episode_capture_timestamp_seconds")
+      for (const auto& m : f.metric) {
+        EXPECT_GT(m.gauge.value, 1.6e9);  // a Unix time, for Grafana's "value as timestamp"
+        for (const auto& l : m.label)
+          if (l.name == "episode") episodes.push_back(l.value);
+      }
+  std::sort(episodes.begin(), episodes.end());
+  EXPECT_EQ(episodes, (std::vector<std::string>{wire::episode_id(drop), wire::episode_id(hot)}));
+}
+
+TEST(CaptureCoordinator, EpisodeCaptureSeriesAreBounded) {
+  CaptureOptions opt;
+  opt.cooldown_ns = 0;
+  opt.busy_ns = 0;
+  SourceRegistry sources;
+  prometheus::Registry registry;
+  CaptureCoordinator cc(opt, sources, registry);
+  cc.set_sender([](uint32_t, std::vector<uint8_t>) { return true; });
+  wire::Hello capable = make_hello("m", 0, 2, 8);
+  capable.capabilities = wire::kCapabilityCaptureRequests;
+  sources.add(capable);
+  for (int i = 0; i < 100; ++i) {
+    wire::AlertEpisode hot{wire::AlertKind::kHotExpert, 0, 1, 3, 1'000 + i, 0, 0.5f, 4.0f, "m"};
+    cc.on_alert(hot, int64_t(i) * 1'000'000'000);
+  }
+  size_t series = 0;
+  std::string newest = wire::episode_id(
+      wire::AlertEpisode{wire::AlertKind::kHotExpert, 0, 1, 3, 1'099, 0, 0.5f, 4.0f, "m"});
+  bool has_newest = false;
+  for (const auto& f : registry.Collect())
+    if (f.name == "inferscope_collector_episode_capture_timestamp_seconds")
+      for (const auto& m : f.metric) {
+        ++series;
+        for (const auto& l : m.label) has_newest |= l.name == "episode" && l.value == newest;
+      }
+  EXPECT_EQ(series, 16u);
+  EXPECT_TRUE(has_newest);
 }
 
 }  // namespace

@@ -53,6 +53,7 @@ def check_tree(prefix, cuda):
     expected = [libdir / "libinferscope_agent.so", libdir / "libinferscope_agent.so.0",
                 prefix / "include/inferscope/agent.h", prefix / "include/inferscope/agent.hpp",
                 prefix / "include/inferscope/export.h",
+                prefix / "include/inferscope/hot_path.hpp",
                 prefix / "include/inferscope/wire/records.hpp",
                 libdir / "cmake/inferscope/inferscopeConfig.cmake",
                 libdir / "cmake/inferscope/inferscopeConfigVersion.cmake",

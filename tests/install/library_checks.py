@@ -17,7 +17,11 @@ ALLOWED = [
 ]
 REQUIRED = ["inferscope_agent_create", "inferscope_range_begin", "inferscope_expert_load",
             "inferscope::agent::Agent::Agent(inferscope::agent::Config)",
-            "inferscope::agent::ScopedRange::~ScopedRange()"]
+            # ScopedRange is inline (hot_path.hpp); its slow path and the
+            # thread cache the inline code reads must be exported.
+            "inferscope::agent::ScopedRange::open_slow()",
+            "inferscope::agent::ScopedRange::close_slow()",
+            "inferscope::agent::hot::tl_thread"]
 FORBIDDEN_NEEDED = ("libcupti", "libcudart", "libcuda.", "libnvToolsExt")
 
 

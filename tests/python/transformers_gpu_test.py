@@ -299,7 +299,15 @@ def explicit_cache_bytes(cache):
     """The cache's tensors by the layouts transformers uses, spelled out (not inferscope's
     walker): per-layer objects with keys/values and conv/ssm/recurrent states, or lists."""
     def nbytes(ts):
-        return sum(t.numel() * t.element_size() for t in ts if isinstance(t, torch.Tensor))
+        total = 0
+        for t in ts:
+            if isinstance(t, dict):  # transformers 5.17: {state index: tensor} per layer
+                total += nbytes(list(t.values()))
+            elif isinstance(t, (list, tuple)):
+                total += nbytes(t)
+            elif isinstance(t, torch.Tensor):
+                total += t.numel() * t.element_size()
+        return total
     layout = type(cache).__name__
     kv = ssm = 0
     layers = getattr(cache, "layers", None)
@@ -344,7 +352,16 @@ def check_llava_stages(addrs, results):
                                    "moe_layers": [e.layer for e in obs.layers]}
         return (got.get("encoder") == 2 and got.get("connector") == 2 and
                 got.get("backbone_prefill") == 2 and got.get("backbone_decode") == 10)
-    wait_for(addrs["metrics"], "2 encoder / connector / prefill and 10 decode stages", shows)
+    results["llava_stages_observer"] = {
+        "stats": dict(obs._stats), "stage_events_left": len(obs._stage_events),
+        "stage_modules": [n for n, m in model.named_modules()
+                          if n.rsplit(".", 1)[-1] in inferscope.torch._ENCODER_NAMES +
+                          inferscope.torch._CONNECTOR_NAMES + inferscope.torch._BACKBONE_NAMES]}
+    try:
+        wait_for(addrs["metrics"], "2 encoder / connector / prefill and 10 decode stages", shows)
+    except Failure as e:
+        raise Failure(f"{e}; collector stage counts {results.get('llava_stages')}; observer "
+                      f"{results['llava_stages_observer']}") from None
     if not obs.layers:
         raise Failure("no MoE layer found in Llava's Mixtral backbone")
     obs.close()
@@ -378,17 +395,31 @@ def overhead(addrs, results, rounds):
             torch.cuda.synchronize()
             return batch * new / (time.perf_counter() - t0)
         run()  # warm-up
-        off, on = [], []
+        off, on, moe_only = [], [], []
         for _ in range(rounds):
             off.append(run())
             obs = inferscope.torch.observe(model, agent, model_name="overhead")
             on.append(run())
             obs.close()
-        o, n = statistics.median(off), statistics.median(on)
-        out[f"b{batch}"] = {"off_tok_s": o, "observed_tok_s": n,
-                            "overhead_pct": 100 * (o - n) / o, "off": off, "observed": on}
+            # The expert counting alone (no cache walk, no requests, no stage ranges): which
+            # part of the cost is the per-layer hooks.
+            obs = inferscope.torch.observe(model, agent, model_name="overhead", memory=False,
+                                           stages=False, requests=False)
+            moe_only.append(run())
+            obs.close()
+        o, n, m = (statistics.median(v) for v in (off, on, moe_only))
+        moe_layers = sum(1 for _ in model.model.layers)
+        out[f"b{batch}"] = {"off_tok_s": o, "observed_tok_s": n, "moe_only_tok_s": m,
+                            "overhead_pct": 100 * (o - n) / o,
+                            "moe_only_overhead_pct": 100 * (o - m) / o,
+                            "step_ms_off": 1e3 * batch / o,
+                            "added_us_per_step": 1e6 * batch * (1 / n - 1 / o),
+                            "added_us_per_moe_layer": 1e6 * batch * (1 / m - 1 / o) / moe_layers,
+                            "off": off, "observed": on, "moe_only": moe_only}
         log(f"overhead b{batch}: off {o:.1f} tok/s, observed {n:.1f} tok/s "
-            f"({100 * (o - n) / o:+.2f} %)")
+            f"({100 * (o - n) / o:+.2f} %), moe counting only {m:.1f} tok/s "
+            f"({100 * (o - m) / o:+.2f} %); +{out[f'b{batch}']['added_us_per_step']:.0f} us/step, "
+            f"+{out[f'b{batch}']['added_us_per_moe_layer']:.1f} us per MoE layer")
     agent.close()
     results["overhead"] = out
 
@@ -422,7 +453,8 @@ def main():
         checks["jamba_memory"] = lambda: check_jamba_memory(addrs, results)
         checks["llava_stages"] = lambda: check_llava_stages(addrs, results)
         checks["overhead"] = lambda: overhead(addrs, results, args.rounds)
-        checks = {n: c for n, c in checks.items() if not args.only or args.only in n}
+        only = [o for o in args.only.split(",") if o]
+        checks = {n: c for n, c in checks.items() if not only or any(o in n for o in only)}
 
         def keep_error(name):
             results.setdefault("errors", {})[name] = traceback.format_exc()[-1500:]
@@ -438,6 +470,9 @@ def main():
         r = results.get(n, {})
         log(f"{n:12s} layers {r.get('found_layers')} counts {r.get('counts')} "
             f"({r.get('assignments')} assignments) episodes {r.get('episodes')}")
+    for k in ("jamba_memory", "llava_stages", "llava_stages_observer"):
+        if k in results:
+            log(f"{k}: {json.dumps(results[k], default=str)[:600]}")
     print("FAIL: " + ", ".join(failed) if failed else "PASS", flush=True)
     return 1 if failed else 0
 

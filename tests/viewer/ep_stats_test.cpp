@@ -131,6 +131,44 @@ TEST(EpReport, TrafficMatrixPerLayerAndTheAdvisor) {
   EXPECT_FALSE(r.advice.cost_known);
 }
 
+// Issue 24, "over time": rows each rank sends to other ranks, per time slice. Rank 1's
+// off-rank traffic jumps in the second half; what is kept local never counts.
+TEST(EpReport, TrafficOverTimeSplitsTheWindowIntoSlices) {
+  TraceModel m;
+  for (uint32_t r = 0; r < 2; ++r) {
+    auto h = test::hello(r, {0, 0, 1, 1});
+    h.world_size = 2;
+    m.add(r + 1, h);
+  }
+  for (uint64_t step = 0; step < 4; ++step) {
+    const int64_t ts = 100 + int64_t(step) * 250;  // 100, 350, 600, 850 in [0, 1000)
+    auto a = ep(step, ts, 1'000'000, 100);
+    a.rows_to_rank = {40, 60};  // rank 0 sends 60 to rank 1 every step
+    auto b = ep(step, ts, 1'000'000, 100);
+    b.rows_to_rank = {step < 2 ? 10u : 90u, 50};  // rank 1: 10 off-rank, then 90
+    m.add(1, a);
+    m.add(2, b);
+  }
+  auto other_layer = ep(9, 500, 1, 1);
+  other_layer.layer = 3;
+  other_layer.rows_to_rank = {1000, 1000};
+  m.add(1, other_layer);
+  m.finalize();
+
+  const EpTrafficOverTime t = ep_traffic_over_time(m, 0, 1000, 1, 2);
+  ASSERT_EQ(t.ranks, 2u);
+  ASSERT_EQ(t.buckets, 2u);
+  // [rank 0: first half, second half, rank 1: first half, second half]
+  EXPECT_EQ(t.sent, (std::vector<uint64_t>{120, 120, 20, 180}));
+  EXPECT_EQ(t.max_cell, 180u);
+  // One slice per step: each step's own off-rank rows.
+  const EpTrafficOverTime fine = ep_traffic_over_time(m, 0, 1000, 1, 4);
+  EXPECT_EQ(fine.sent, (std::vector<uint64_t>{60, 60, 60, 60, 10, 10, 90, 90}));
+  // A window without that layer's traffic is empty.
+  EXPECT_EQ(ep_traffic_over_time(m, 0, 1000, 2, 4).ranks, 0u);
+  EXPECT_EQ(ep_traffic_over_time(m, 2000, 3000, 1, 4).ranks, 0u);
+}
+
 TEST(EpReport, NothingOutsideTheWindowAndNoEpData) {
   TraceModel m = two_ranks();
   EpReport r = ep_report(m, 5000, 6000);

@@ -258,6 +258,15 @@ int run_app(AppOptions o) {
     s.live->start();
     s.follow_live = true;
   }
+  if (!o.capture_endpoint.empty()) {
+    std::string host, err;
+    uint16_t port = 0;
+    if (!parse_host_port(o.capture_endpoint, host, port, err)) {
+      std::fprintf(stderr, "inferscope-viewer: --capture-endpoint: %s\n", err.c_str());
+      return 2;
+    }
+    s.capture = std::make_unique<CaptureClient>(host, port);
+  }
   s.fit_all();
   // Start on the problem (start_view.hpp): the timeline on a few seconds around
   // the latest alert (else the last seconds) unless --window says otherwise, and

@@ -15,6 +15,8 @@
 #include <string>
 #include <vector>
 
+#include "inferscope/viewer/capture_client.hpp"
+#include "inferscope/viewer/captures.hpp"
 #include "inferscope/viewer/live_client.hpp"
 #include "inferscope/viewer/loader.hpp"
 #include "inferscope/viewer/stats.hpp"
@@ -29,6 +31,7 @@ struct AppOptions {
   std::string trace;    // file, directory or Chrome JSON
   std::string connect;  // host:port of a collector's viewer API
   std::string auth_token_file;
+  std::string capture_endpoint;  // host:port of a collector's --capture-http
   std::string screenshot;  // write a PNG after `frames` frames and exit
   int frames = 4;
   std::string view = "all";  // timeline|experts|alerts|memory|stages|details|ep|all
@@ -54,6 +57,8 @@ struct AppState {
   // then holds an overview plus the visible window's blocks, and is rebuilt as
   // the window moves (the selection is dropped then).
   std::unique_ptr<StoreView> lod;
+  std::unique_ptr<CaptureClient> capture;  // with --capture-endpoint
+  CaptureIndex captures;                   // GPU captures in the trace, by tag
   std::string banner;  // an error the user must see (bad file, ...)
 
   // [SECTION] Timeline range and selection (absolute monotonic ns, as double)

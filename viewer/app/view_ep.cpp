@@ -11,6 +11,68 @@
 #include "inferscope/viewer/ep_stats.hpp"
 
 namespace inferscope::viewer {
+
+namespace {
+
+// The same layer's off-rank traffic over the window: one row per sender rank, one
+// column per time slice, the hot rank's row outlined as in the matrix above.
+void draw_traffic_over_time(AppState& s, int64_t t0, int64_t t1, uint32_t layer) {
+  constexpr uint32_t kSlices = 60;
+  // Recomputed only when the data, the window or the layer changed (it scans every EP record).
+  static struct {
+    uint64_t generation = UINT64_MAX;
+    int64_t t0 = 0, t1 = 0;
+    uint32_t layer = 0;
+    EpTrafficOverTime strip;
+  } cache;
+  if (cache.generation != s.model.generation() || cache.t0 != t0 || cache.t1 != t1 ||
+      cache.layer != layer) {
+    cache.generation = s.model.generation();
+    cache.t0 = t0;
+    cache.t1 = t1;
+    cache.layer = layer;
+    cache.strip = ep_traffic_over_time(s.model, t0, t1, layer, kSlices);
+  }
+  const EpTrafficOverTime& t = cache.strip;
+  if (t.ranks == 0 || t.max_cell == 0) return;
+  ImGui::Text("Off-rank rows sent over time, layer %u (%u slices of %s)", layer, t.buckets,
+              format_duration(double(t1 - t0) / t.buckets).c_str());
+  ImDrawList* dl = ImGui::GetWindowDrawList();
+  const float w = std::max(120.0f, ImGui::GetContentRegionAvail().x - 50 * s.scale);
+  const float cw = w / float(t.buckets);
+  const float ch = std::clamp(160.0f * s.scale / float(t.ranks), 2.0f, 14.0f * s.scale);
+  const ImVec2 p0 = ImGui::GetCursorScreenPos();
+  const ImVec2 o(p0.x + 40 * s.scale, p0.y);
+  for (uint32_t r = 0; r < t.ranks; ++r) {
+    for (uint32_t b = 0; b < t.buckets; ++b) {
+      const uint64_t v = t.sent[size_t(r) * t.buckets + b];
+      const float f = float(double(v) / double(t.max_cell));
+      const uint32_t red = uint32_t(40 + 215 * f), green = uint32_t(40 + 120 * f);
+      const ImVec2 a(o.x + b * cw, o.y + r * ch), c(a.x + cw - 0.5f, a.y + ch - 1);
+      dl->AddRectFilled(a, c, 0xFF000000u | (30u << 16) | (green << 8) | red);
+      if (ImGui::IsMouseHoveringRect(a, c))
+        ImGui::SetTooltip(
+            "rank %u, %s .. %s: %llu rows to other ranks", r,
+            format_time(double(t0 + int64_t(b * (t1 - t0) / t.buckets) - s.model.min_ns())).c_str(),
+            format_time(double(t0 + int64_t((b + 1) * (t1 - t0) / t.buckets) - s.model.min_ns()))
+                .c_str(),
+            (unsigned long long)v);
+    }
+    if (t.ranks <= 32) {
+      char lbl[16];
+      std::snprintf(lbl, sizeof lbl, "%u", r);
+      dl->AddText(ImVec2(p0.x, o.y + r * ch - 2), s.pal.text_dim, lbl);
+    }
+  }
+  if (s.ep_hot_rank >= 0 && uint32_t(s.ep_hot_rank) < t.ranks)
+    dl->AddRect(ImVec2(o.x - 1, o.y + s.ep_hot_rank * ch - 1),
+                ImVec2(o.x + t.buckets * cw, o.y + (s.ep_hot_rank + 1) * ch), 0xFF4060F0, 0, 0,
+                2.0f);
+  ImGui::Dummy(ImVec2(40 * s.scale + w, t.ranks * ch + 2));
+  ImGui::TextDisabled("row: sender rank · left to right: the window · brighter: more rows sent");
+}
+
+}  // namespace
 namespace {
 
 struct Cache {
@@ -22,7 +84,8 @@ Cache g_cache;
 
 // Phase colours (ABGR): dispatch, compute, combine, idle.
 constexpr uint32_t kPhase[4] = {0xFFE0A040, 0xFF50B050, 0xFF40A0E0, 0xFF5050E0};
-const char* kPhaseName[4] = {"dispatch", "expert compute", "combine", "idle (waiting for the slowest)"};
+const char* kPhaseName[4] = {"dispatch", "expert compute", "combine",
+                             "idle (waiting for the slowest)"};
 
 void legend(AppState& s) {
   ImDrawList* dl = ImGui::GetWindowDrawList();
@@ -55,28 +118,35 @@ void draw_ep(AppState& s) {
   ImGui::TextDisabled("window %s .. %s", format_time(double(t0 - m.min_ns())).c_str(),
                       format_time(double(t1 - m.min_ns())).c_str());
   if (r.ranks == 0 || (!r.has_ep_records && !r.has_placement)) {
-    ImGui::TextDisabled("No expert-parallel data in this window (expert_parallel records or a placement).");
+    ImGui::TextDisabled(
+        "No expert-parallel data in this window (expert_parallel records or a placement).");
     return;
   }
   ImGui::SameLine();
-  ImGui::TextDisabled("· %u ranks · %llu joined (step, layer) pairs", r.ranks, (unsigned long long)r.joined);
+  ImGui::TextDisabled("· %u ranks · %llu joined (step, layer) pairs", r.ranks,
+                      (unsigned long long)r.joined);
 
   // [SECTION] Per rank: rows share and time per step, stacked.
   double max_ms = 0;
-  for (const auto& row : r.rows) max_ms = std::max(max_ms, row.dispatch_ms + row.compute_ms + row.combine_ms + row.idle_ms);
+  for (const auto& row : r.rows)
+    max_ms = std::max(max_ms, row.dispatch_ms + row.compute_ms + row.combine_ms + row.idle_ms);
   if (r.has_ep_records) {
     legend(s);
     ImDrawList* dl = ImGui::GetWindowDrawList();
     const float label_w = 190 * s.scale, bar_h = ImGui::GetTextLineHeight() * 1.2f;
-    const float bar_w = std::max(100.0f, ImGui::GetContentRegionAvail().x - label_w - 150 * s.scale);
+    const float bar_w =
+        std::max(100.0f, ImGui::GetContentRegionAvail().x - label_w - 150 * s.scale);
     for (const auto& row : r.rows) {
-      bool hot = std::any_of(r.hot.begin(), r.hot.end(), [&](const EpHotRank& h) { return h.rank == row.rank; });
-      ImGui::TextColored(hot ? ImVec4(1.0f, 0.45f, 0.3f, 1) : ImGui::GetStyle().Colors[ImGuiCol_Text],
-                         "rank %u  rows %5.1f%% (%.2fx)", row.rank, row.rows_share * 100, row.rows_utilization);
+      bool hot = std::any_of(r.hot.begin(), r.hot.end(),
+                             [&](const EpHotRank& h) { return h.rank == row.rank; });
+      ImGui::TextColored(
+          hot ? ImVec4(1.0f, 0.45f, 0.3f, 1) : ImGui::GetStyle().Colors[ImGuiCol_Text],
+          "rank %u  rows %5.1f%% (%.2fx)", row.rank, row.rows_share * 100, row.rows_utilization);
       ImGui::SameLine(label_w);
       ImVec2 p = ImGui::GetCursorScreenPos();
       dl->AddRectFilled(p, ImVec2(p.x + bar_w, p.y + bar_h), s.pal.lane_bg);
-      const double parts[4] = {row.dispatch_ms, row.compute_ms, row.combine_ms - row.idle_ms, row.idle_ms};
+      const double parts[4] = {row.dispatch_ms, row.compute_ms, row.combine_ms - row.idle_ms,
+                               row.idle_ms};
       // Idle is spent inside combine: draw combine without it, then idle.
       float x = p.x;
       for (int i = 0; i < 4; ++i) {
@@ -92,13 +162,17 @@ void draw_ep(AppState& s) {
       }
       ImGui::Dummy(ImVec2(bar_w, bar_h));
       if (ImGui::IsItemHovered())
-        ImGui::SetTooltip("rank %u, per step (all MoE layers):\ndispatch %.3f ms\nexpert compute %.3f ms\ncombine %.3f ms, "
-                          "of which idle %.3f ms\nslowest in %llu (step, layer) pairs\nrows computed %llu, sent %llu",
-                          row.rank, row.dispatch_ms, row.compute_ms, row.combine_ms, row.idle_ms,
-                          (unsigned long long)row.straggler, (unsigned long long)row.rows_computed,
-                          (unsigned long long)row.rows_sent);
+        ImGui::SetTooltip(
+            "rank %u, per step (all MoE layers):\ndispatch %.3f ms\nexpert compute %.3f "
+            "ms\ncombine %.3f ms, "
+            "of which idle %.3f ms\nslowest in %llu (step, layer) pairs\nrows computed %llu, sent "
+            "%llu",
+            row.rank, row.dispatch_ms, row.compute_ms, row.combine_ms, row.idle_ms,
+            (unsigned long long)row.straggler, (unsigned long long)row.rows_computed,
+            (unsigned long long)row.rows_sent);
       ImGui::SameLine();
-      ImGui::Text("%.2f ms/step, idle %.2f", row.dispatch_ms + row.compute_ms + row.combine_ms, row.idle_ms);
+      ImGui::Text("%.2f ms/step, idle %.2f", row.dispatch_ms + row.compute_ms + row.combine_ms,
+                  row.idle_ms);
     }
   }
 
@@ -108,23 +182,25 @@ void draw_ep(AppState& s) {
     ImGui::TextDisabled("No hot rank in this window (threshold 1.25x the mean rank).");
   } else {
     for (const auto& h : r.hot) {
-      ImGui::TextColored(ImVec4(1.0f, 0.45f, 0.3f, 1), "Hot rank %u: %.2fx the mean rank's %s", h.rank, h.utilization,
-                         r.has_ep_records ? "rows" : "placement load");
+      ImGui::TextColored(ImVec4(1.0f, 0.45f, 0.3f, 1), "Hot rank %u: %.2fx the mean rank's %s",
+                         h.rank, h.utilization, r.has_ep_records ? "rows" : "placement load");
       std::string layers;
       for (const auto& l : h.layers) {
         char b[48];
-        std::snprintf(b, sizeof b, "%s%u (%.2fx)", layers.empty() ? "" : ", ", l.layer, l.utilization);
+        std::snprintf(b, sizeof b, "%s%u (%.2fx)", layers.empty() ? "" : ", ", l.layer,
+                      l.utilization);
         layers += b;
       }
       ImGui::Text("  layers: %s", layers.empty() ? "-" : layers.c_str());
       std::string experts;
       for (size_t i = 0; i < h.experts.size() && i < 6; ++i) {
         char b[64];
-        std::snprintf(b, sizeof b, "%sL%u/E%u %.1f%%", experts.empty() ? "" : ", ", h.experts[i].layer,
-                      h.experts[i].expert, h.experts[i].share * 100);
+        std::snprintf(b, sizeof b, "%sL%u/E%u %.1f%%", experts.empty() ? "" : ", ",
+                      h.experts[i].layer, h.experts[i].expert, h.experts[i].share * 100);
         experts += b;
       }
-      ImGui::Text("  experts responsible: %s", experts.empty() ? "- (no placement)" : experts.c_str());
+      ImGui::Text("  experts responsible: %s",
+                  experts.empty() ? "- (no placement)" : experts.c_str());
     }
   }
 
@@ -185,6 +261,7 @@ void draw_ep(AppState& s) {
     ImGui::TextDisabled(
         "row: sender · column: receiver · brighter: more rows · grey: kept local · outlined: hot "
         "rank");
+    draw_traffic_over_time(s, t0, t1, t.layer);
   }
 
   // [SECTION] EPLB advisor: what a re-placement would save per step.
@@ -208,8 +285,10 @@ void draw_ep(AppState& s) {
   // [SECTION] Load per rank: now vs after an EPLB re-placement.
   if (!r.has_placement) return;
   ImGui::Separator();
-  ImGui::Text("Rank load (expert loads under the placement): now balancedness %.2f, after EPLB (+%u redundant) %.2f",
-              r.balancedness_now, r.eplb_redundant, r.balancedness_eplb);
+  ImGui::Text(
+      "Rank load (expert loads under the placement): now balancedness %.2f, after EPLB (+%u "
+      "redundant) %.2f",
+      r.balancedness_now, r.eplb_redundant, r.balancedness_eplb);
   ImDrawList* dl = ImGui::GetWindowDrawList();
   double vmax = 1.0;
   for (const auto& row : r.rows) vmax = std::max({vmax, row.load_now, row.load_eplb});
@@ -220,10 +299,13 @@ void draw_ep(AppState& s) {
     ImGui::SameLine(70 * s.scale);
     ImVec2 p = ImGui::GetCursorScreenPos();
     float a = float(row.load_now / vmax) * w_max, b = float(row.load_eplb / vmax) * w_max;
-    dl->AddRectFilled(p, ImVec2(p.x + a, p.y + h_bar), row.load_now >= 1.25 ? 0xFF4060F0 : 0xFF909090);
-    dl->AddRectFilled(ImVec2(p.x, p.y + h_bar + 1), ImVec2(p.x + b, p.y + 2 * h_bar + 1), 0xFF50B050);
+    dl->AddRectFilled(p, ImVec2(p.x + a, p.y + h_bar),
+                      row.load_now >= 1.25 ? 0xFF4060F0 : 0xFF909090);
+    dl->AddRectFilled(ImVec2(p.x, p.y + h_bar + 1), ImVec2(p.x + b, p.y + 2 * h_bar + 1),
+                      0xFF50B050);
     float fair = float(1.0 / vmax) * w_max;
-    dl->AddLine(ImVec2(p.x + fair, p.y - 2), ImVec2(p.x + fair, p.y + 2 * h_bar + 3), s.pal.text_dim);
+    dl->AddLine(ImVec2(p.x + fair, p.y - 2), ImVec2(p.x + fair, p.y + 2 * h_bar + 3),
+                s.pal.text_dim);
     ImGui::Dummy(ImVec2(w_max, 2 * h_bar + 2));
     ImGui::SameLine();
     ImGui::Text("now %.2fx  EPLB %.2fx", row.load_now, row.load_eplb);

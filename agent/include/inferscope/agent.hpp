@@ -9,6 +9,7 @@
 //   inferscope::agent::Agent agent(inferscope::agent::Config::from_environment());
 //   static const uint32_t kDecode = inferscope::agent::intern("decode_step");
 //   { inferscope::agent::ScopedRange r(agent, kDecode); ... }
+//   { INFERSCOPE_RANGE(agent, "decode_step"); ... }  // the same, name interned once here
 //   agent.expert_load(step, layer, routed_counts, tokens, dropped);
 //
 // [SECTION] Config       how to reach the collector, buffers, sampling
@@ -25,12 +26,21 @@
 #include <string_view>
 
 #include "inferscope/export.h"
+#include "inferscope/hot_path.hpp"
 #include "inferscope/wire/records.hpp"
 
 namespace inferscope::agent {
 
-// Nanoseconds of CLOCK_MONOTONIC: the one time base of every record.
+// Nanoseconds of CLOCK_MONOTONIC: the one time base of every record on the
+// wire. (ScopedRange reads the TSC where it is usable; the shipper converts
+// its ticks to this clock before anything leaves the process: docs/agent.md.)
 INFERSCOPE_API int64_t now_ns();
+
+// Which clock ScopedRange reads in this process, chosen once at the first
+// agent that records (INFERSCOPE_CLOCK=tsc|os|auto overrides the detection):
+// "tsc (...)" or "os (...)" (clock_gettime), with the reason, e.g.
+// "tsc (invariant, 2.445 GHz, kernel clocksource tsc)" or "os (INFERSCOPE_CLOCK=os)".
+INFERSCOPE_API std::string range_clock_description();
 
 // Interns a name process-wide and returns its id (never 0). Thread-safe; takes
 // a lock, so call it once per name (e.g. into a static) and keep the id.
@@ -85,6 +95,9 @@ struct GpuTraceStats {
   uint64_t records_dropped = 0;     // CUPTI had no buffer for them
   uint64_t enable_errors = 0;       // CUPTI refused to switch on
   uint64_t last_capture_tag = 0;    // the tag of the latest capture that started
+  uint64_t cupti_detaches = 0;      // Config::gpu_trace_detach: CUPTI detached (process-wide)
+  uint64_t cupti_reattaches = 0;    // ... and attached again for a later window
+  uint64_t cupti_detach_errors = 0;
 };
 
 // [SECTION] Config
@@ -122,6 +135,11 @@ struct INFERSCOPE_API Config {
   std::chrono::milliseconds gpu_trace_burst{20};
   std::chrono::milliseconds gpu_trace_period{10'000};
   uint32_t gpu_trace_kinds = kGpuTraceDefaultKinds;
+  // Detach CUPTI (cuptiFinalize) at the end of every burst and capture, and
+  // attach it again at the next: once CUPTI has traced, launches stay slower
+  // even with every kind off, and only a detach gives that back (docs/gpu.md).
+  // Off until a GPU run proves it safe. INFERSCOPE_GPU_TRACE_DETACH=1.
+  bool gpu_trace_detach = false;
   // A capture (request_gpu_capture or the collector) counted in steps ends
   // after this long even if the host never reports step boundaries.
   std::chrono::milliseconds gpu_capture_max{2'000};
@@ -135,7 +153,7 @@ struct INFERSCOPE_API Config {
   // INFERSCOPE_CUPTI, INFERSCOPE_GPU_TRACE (off|sampled|triggered|full),
   // INFERSCOPE_GPU_TRACE_BURST_MS, INFERSCOPE_GPU_TRACE_PERIOD_S,
   // INFERSCOPE_GPU_TRACE_KINDS, INFERSCOPE_GPU_CAPTURE_MAX_MS,
-  // INFERSCOPE_GPU_CAPTURE_COOLDOWN_S over the values in base.
+  // INFERSCOPE_GPU_CAPTURE_COOLDOWN_S, INFERSCOPE_GPU_TRACE_DETACH over the values in base.
   // (Two overloads rather than a default argument: a class with default
   // member initializers cannot use itself as a default argument inside it.)
   static Config from_environment(Config base);
@@ -254,30 +272,84 @@ class INFERSCOPE_API Agent {
   friend class ScopedRange;
   friend class DeviceExpertCounter;  // agent_cuda.hpp: counts its drops
   std::unique_ptr<Impl> impl_;
+  hot::Gate gate_;  // what ScopedRange's inline path reads (hot_path.hpp)
 };
 
 // [SECTION] ScopedRange
 // Records a CPU span from construction to destruction, pushes an NVTX range in
 // the "inferscope" domain, and (with CUPTI on) an external correlation id so
 // that kernels launched inside are attributed to this range.
+//
+// The common case (shipping, every range kept, no NVTX, no CUPTI, this
+// thread's ring known) is inline: a clock read and a depth bump on open; a
+// clock read and a 32-byte store into the thread's ring on close. With the
+// agent off (collector "", no NVTX, no CUPTI) it is one load and a compare.
+// Everything else goes through open_slow()/close_slow() in the library.
 class INFERSCOPE_API ScopedRange {
  public:
-  ScopedRange(Agent& agent, uint32_t name_id, uint64_t request_id = 0);
-  ~ScopedRange();
+  // Only state_ is written when the agent is off: the other members are set
+  // on the paths that read them, so the off path is a load, a compare and
+  // one store.
+  INFERSCOPE_FORCE_INLINE ScopedRange(Agent& agent, uint32_t name_id, uint64_t request_id = 0) {
+    const uint8_t mode = agent.gate_.mode.load(std::memory_order_relaxed);
+    state_ = kNone;
+    if (mode == hot::kGateOff) return;
+    agent_ = &agent;
+    name_id_ = name_id;
+    request_id_ = request_id;
+    hot::ThreadCache& t = hot::tl_thread;
+    if (mode == hot::kGateFast && t.serial == agent.gate_.serial) [[likely]] {
+      ring_ = t.ring;
+      depth_ = t.depth++;
+      state_ = kFast;
+      start_ = hot::read_clock(agent.gate_.tsc);
+      return;
+    }
+    ring_ = nullptr;
+    start_ = 0;
+    flags_ = 0;
+    open_slow();
+  }
+  INFERSCOPE_FORCE_INLINE ~ScopedRange() {
+    if (state_ == kFast) [[likely]] {
+      const uint64_t end = hot::read_clock(agent_->gate_.tsc);
+      --hot::tl_thread.depth;
+      ring_->put_range(start_, end, name_id_, request_id_, depth_);
+    } else if (state_ != kNone) {
+      close_slow();
+    }
+  }
   ScopedRange(const ScopedRange&) = delete;
   ScopedRange& operator=(const ScopedRange&) = delete;
 
  private:
+  void open_slow();
+  void close_slow();
+
   Agent* agent_;
-  uint32_t name_id_;
+  hot::ThreadRing* ring_;  // kFast, or the slow path's ring when sampled (null: no slot)
+  uint64_t start_;         // clock ticks (hot::read_clock)
   uint64_t request_id_;
-  int64_t start_ns_;
+  uint32_t name_id_;
   uint16_t depth_;
-  bool sampled_;
-  uint8_t flags_ = 0;  // what the constructor pushed, so the destructor pops the same
+  uint8_t state_;
+  uint8_t flags_;  // kSlow: what open_slow() pushed, so close_slow() pops the same
+  static constexpr uint8_t kNone = 0, kFast = 1, kSlow = 2;
   static constexpr uint8_t kNvtxPushed = 1;
   static constexpr uint8_t kCuptiPushed = 2;  // a CUPTI external correlation id
   static constexpr uint8_t kRangePushed = 4;  // the GPU tracer's thread-local range stack
+  static constexpr uint8_t kSampled = 8;      // this range is recorded
 };
 
 }  // namespace inferscope::agent
+
+// A range named by a string literal, interned once per call site (a
+// function-local static), for the rest of this scope:
+//   { INFERSCOPE_RANGE(agent, "decode_step"); ... }
+#define INFERSCOPE_RANGE_CAT2(a, b) a##b
+#define INFERSCOPE_RANGE_CAT(a, b) INFERSCOPE_RANGE_CAT2(a, b)
+#define INFERSCOPE_RANGE(agent, literal)                                              \
+  static const uint32_t INFERSCOPE_RANGE_CAT(inferscope_range_id_, __LINE__) =        \
+      ::inferscope::agent::intern(literal);                                           \
+  ::inferscope::agent::ScopedRange INFERSCOPE_RANGE_CAT(inferscope_range_, __LINE__)( \
+      (agent), INFERSCOPE_RANGE_CAT(inferscope_range_id_, __LINE__))

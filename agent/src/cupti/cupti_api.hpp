@@ -42,7 +42,8 @@ namespace inferscope::agent::detail {
   X(cuptiUnsubscribe, false)                       \
   X(cuptiEnableCallback, false)                    \
   X(cuptiEnableDomain, false)                      \
-  X(cuptiGetGraphNodeId, false)
+  X(cuptiGetGraphNodeId, false)                    \
+  X(cuptiFinalize, false)
 
 struct CuptiApi {
 #define INFERSCOPE_CUPTI_MEMBER(name, required) decltype(&::name) name = nullptr;

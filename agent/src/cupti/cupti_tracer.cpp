@@ -40,6 +40,20 @@
 //                     launch callbacks; disable() turns each kind off, flushes
 //                     (forced) and disables both callback domains, keeping the
 //                     subscriber, so nothing of CUPTI runs per launch between bursts.
+// [SECTION] Detach    Switching off does not give back everything: once CUPTI
+//                     has traced, launches stay ~30 % slower (docs/gpu.md). With
+//                     Config::gpu_trace_detach, disable() also asks for a dynamic
+//                     detach: the runtime and driver callback domains go on, and
+//                     the first API *exit* callback on any thread calls
+//                     cuptiFinalize() (NVIDIA's documented way; Kineto does the
+//                     same), holding g_cupti_mu so that no other thread of ours
+//                     is inside CUPTI. Every CUPTI call of ours that may overlap
+//                     it (enable, disable, flush, stop) holds g_cupti_mu; the
+//                     callback only try_locks it, so it never waits on a thread
+//                     that waits on CUDA. enable() attaches again (callbacks,
+//                     clock, subscriber, graph callbacks), or cancels a detach
+//                     still pending. Graph nodes created while detached are not
+//                     seen, so their replays are attributed by launch instead.
 #include "cupti_tracer.hpp"
 
 #include <atomic>
@@ -123,12 +137,29 @@ uint64_t monotonic_timestamp() {
 }
 
 class Tracer;
+// Held by every thread of ours that calls into CUPTI where a detach may
+// overlap; the detaching callback try_locks it ([SECTION] Detach).
+std::mutex g_cupti_mu;
+bool g_attached = false;                    // guarded by g_cupti_mu
+std::atomic<bool> g_detach_pending{false};  // written under g_cupti_mu
+std::atomic<uint64_t> g_detaches{0}, g_reattaches{0}, g_detach_errors{0};
+// True on a thread while it holds g_cupti_mu: a callback CUPTI might run on
+// that same thread (from inside our own CUPTI call) must not try_lock it again.
+thread_local bool tl_holds_cupti = false;
+struct CuptiLock {
+  CuptiLock() : lock(g_cupti_mu) { tl_holds_cupti = true; }
+  ~CuptiLock() { tl_holds_cupti = false; }
+  CuptiLock(const CuptiLock&) = delete;
+  CuptiLock& operator=(const CuptiLock&) = delete;
+  std::lock_guard<std::mutex> lock;
+};
 std::mutex g_mu;             // guards g_tracer against the CUPTI callbacks
 Tracer* g_tracer = nullptr;  // CUPTI is process-wide: one tracer at a time
 // The tracer the launch callbacks write to: set while one exists, read without
 // g_mu on every launch (callbacks are on only between enable and disable).
 std::atomic<Tracer*> g_launch_tracer{nullptr};
-// CUPTI allows one subscriber per process: made once, kept for every tracer.
+// CUPTI allows one subscriber per process: made once and kept for every
+// tracer, until a detach (which destroys it). Guarded by g_cupti_mu.
 CUpti_SubscriberHandle g_subscriber = nullptr;
 bool g_timestamp_callback = true;  // false: CUPTI's own clock, offset measured per tracer
 
@@ -170,13 +201,29 @@ class Tracer final : public CuptiTracer {
   }
 
   bool begin() {
-    // Clock, thread ids and buffer callbacks are process-wide CUPTI settings:
-    // set them once, for every tracer this process will start.
-    static CUptiResult registered = [] {
+    CuptiLock cupti;
+    if (!attach()) return false;
+    if (!g_timestamp_callback) {
+      uint64_t gpu = 0;
+      api().cuptiGetTimestamp(&gpu);
+      offset_ns_ = now_ns() - static_cast<int64_t>(gpu);
+    }
+    if (kinds_ & kGpuLaunchCallbacks) launches_ = std::make_unique<LaunchSlot[]>(kLaunchSlots);
+    return true;
+  }
+
+  // With g_cupti_mu held: makes CUPTI ready to record (clock, buffer callbacks,
+  // subscriber, graph callbacks) if it is not, i.e. the first time in the
+  // process and after a detach; cancels a detach still pending. These are
+  // process-wide CUPTI settings, which a detach throws away.
+  bool attach() {
+    if (g_detach_pending.load(std::memory_order_relaxed)) cancel_detach();
+    if (!g_attached) {
+      const bool again = attached_before_;
       CUptiResult ts = api().cuptiActivityRegisterTimestampCallback
                            ? api().cuptiActivityRegisterTimestampCallback(monotonic_timestamp)
                            : CUPTI_ERROR_NOT_SUPPORTED;
-      if (ts != CUPTI_SUCCESS) {
+      if (ts != CUPTI_SUCCESS && g_timestamp_callback) {
         std::fprintf(stderr,
                      "inferscope agent: CUPTI timestamp callback unavailable (%s); using a "
                      "measured clock offset\n",
@@ -187,48 +234,93 @@ class Tracer final : public CuptiTracer {
       // tracks, so launches land on the same track as the ranges around them.
       if (api().cuptiSetThreadIdType)
         api().cuptiSetThreadIdType(CUPTI_ACTIVITY_THREAD_ID_TYPE_SYSTEM);
-      return api().cuptiActivityRegisterCallbacks(&Tracer::buffer_requested,
-                                                  &Tracer::buffer_completed);
-    }();
-    if (!g_timestamp_callback) {
-      uint64_t gpu = 0;
-      api().cuptiGetTimestamp(&gpu);
-      offset_ns_ = now_ns() - static_cast<int64_t>(gpu);
-    }
-    if (registered != CUPTI_SUCCESS) {
-      std::fprintf(stderr, "inferscope agent: CUPTI disabled: %s\n", cupti_error(registered));
-      return false;
-    }
-    if (kinds_ & kGpuLaunchCallbacks) {
-      // Subscribed once per process and kept: the domains are switched on and
-      // off per burst.
-      static const CUptiResult subscribed = [] {
-        if (!api().cuptiSubscribe || !api().cuptiEnableCallback || !api().cuptiEnableDomain)
-          return CUPTI_ERROR_NOT_SUPPORTED;
-        return api().cuptiSubscribe(&g_subscriber, &Tracer::on_callback, nullptr);
-      }();
-      const CUptiResult r = subscribed;
-      subscriber_ = g_subscriber;
+      const CUptiResult r = api().cuptiActivityRegisterCallbacks(&Tracer::buffer_requested,
+                                                                 &Tracer::buffer_completed);
       if (r != CUPTI_SUCCESS) {
-        std::fprintf(stderr,
-                     "inferscope agent: CUPTI launch callbacks unavailable (%s); kernels will "
-                     "not be attributed to ranges\n",
-                     cupti_error(r));
-        subscriber_ = nullptr;
-        kinds_ &= ~uint32_t{kGpuLaunchCallbacks};
-      } else {
-        launches_ = std::make_unique<LaunchSlot[]>(kLaunchSlots);
-        // Graph capture usually happens once, long before any burst: these
-        // stay on for the tracer's life (per node created, not per launch).
-        if (api().cuptiGetGraphNodeId) {
-          api().cuptiEnableCallback(1, subscriber_, CUPTI_CB_DOMAIN_RESOURCE,
-                                    CUPTI_CBID_RESOURCE_GRAPHNODE_CREATED);
-          api().cuptiEnableCallback(1, subscriber_, CUPTI_CB_DOMAIN_RESOURCE,
-                                    CUPTI_CBID_RESOURCE_GRAPHNODE_CLONED);
-        }
+        std::fprintf(stderr, "inferscope agent: CUPTI disabled: %s\n", cupti_error(r));
+        if (again) g_detach_errors.fetch_add(1, std::memory_order_relaxed);
+        return false;
       }
+      g_attached = true;
+      attached_before_ = true;
+      if (again) g_reattaches.fetch_add(1, std::memory_order_relaxed);
+    }
+    if ((kinds_ & kGpuLaunchCallbacks) && !subscribe()) {
+      if (!callbacks_warned_)
+        std::fprintf(stderr,
+                     "inferscope agent: CUPTI launch callbacks unavailable; kernels will not be "
+                     "attributed to ranges\n");
+      callbacks_warned_ = true;
+      kinds_ &= ~uint32_t{kGpuLaunchCallbacks};
     }
     return true;
+  }
+
+  // With g_cupti_mu held: the process's one subscriber (made if needed), with
+  // the graph-node callbacks on. Graph capture usually happens once, long
+  // before any burst: these stay on while attached (per node created, not per
+  // launch).
+  static bool subscribe() {
+    if (!api().cuptiSubscribe || !api().cuptiEnableCallback || !api().cuptiEnableDomain)
+      return false;
+    if (!g_subscriber) {
+      if (api().cuptiSubscribe(&g_subscriber, &Tracer::on_callback, nullptr) != CUPTI_SUCCESS) {
+        g_subscriber = nullptr;
+        return false;
+      }
+    }
+    if (api().cuptiGetGraphNodeId) {
+      api().cuptiEnableCallback(1, g_subscriber, CUPTI_CB_DOMAIN_RESOURCE,
+                                CUPTI_CBID_RESOURCE_GRAPHNODE_CREATED);
+      api().cuptiEnableCallback(1, g_subscriber, CUPTI_CB_DOMAIN_RESOURCE,
+                                CUPTI_CBID_RESOURCE_GRAPHNODE_CLONED);
+    }
+    return true;
+  }
+
+  // With g_cupti_mu held: asks the next API exit callback to detach CUPTI.
+  void request_detach() {
+    if (!g_attached || !api().cuptiFinalize) {
+      if (!api().cuptiFinalize && !detach_warned_) {
+        std::fprintf(stderr, "inferscope agent: this CUPTI has no cuptiFinalize; not detaching\n");
+        detach_warned_ = true;
+      }
+      return;
+    }
+    if (!subscribe()) {
+      g_detach_errors.fetch_add(1, std::memory_order_relaxed);
+      return;
+    }
+    g_detach_pending.store(true, std::memory_order_release);
+    api().cuptiEnableDomain(1, g_subscriber, CUPTI_CB_DOMAIN_RUNTIME_API);
+    api().cuptiEnableDomain(1, g_subscriber, CUPTI_CB_DOMAIN_DRIVER_API);
+  }
+  // With g_cupti_mu held: a detach asked for and not yet done is called off.
+  static void cancel_detach() {
+    g_detach_pending.store(false, std::memory_order_release);
+    if (g_subscriber) {
+      api().cuptiEnableDomain(0, g_subscriber, CUPTI_CB_DOMAIN_RUNTIME_API);
+      api().cuptiEnableDomain(0, g_subscriber, CUPTI_CB_DOMAIN_DRIVER_API);
+    }
+  }
+  // At a runtime or driver API exit, on whatever thread made the call: the
+  // detach itself. try_lock: if one of our threads is inside CUPTI now, the
+  // next API exit tries again.
+  static void detach_now() {
+    if (tl_holds_cupti) return;
+    std::unique_lock lock(g_cupti_mu, std::try_to_lock);
+    if (!lock.owns_lock() || !g_detach_pending.load(std::memory_order_acquire)) return;
+    g_detach_pending.store(false, std::memory_order_release);
+    // disable() flushed already; forced again for anything CUPTI still holds.
+    api().cuptiActivityFlushAll(CUPTI_ACTIVITY_FLAG_FLUSH_FORCED);
+    if (api().cuptiFinalize() == CUPTI_SUCCESS) {
+      g_attached = false;
+      g_subscriber = nullptr;  // finalize destroyed it
+      g_detaches.fetch_add(1, std::memory_order_relaxed);
+    } else {
+      g_detach_errors.fetch_add(1, std::memory_order_relaxed);
+      cancel_detach();
+    }
   }
 
   // The activity kinds for this tracer's GpuTraceKind bits.
@@ -245,12 +337,18 @@ class Tracer final : public CuptiTracer {
 
   bool enable(uint64_t tag) override {
     if (enabled_) disable();
+    CuptiLock cupti;
+    if (!attach()) {
+      std::lock_guard lock(mu_);
+      ++counters_.enable_errors;
+      return false;
+    }
     tag_.store(tag, std::memory_order_relaxed);
-    if (subscriber_) {
+    if ((kinds_ & kGpuLaunchCallbacks) && g_subscriber) {
       for (CUpti_CallbackId cb : kRuntimeLaunches)
-        api().cuptiEnableCallback(1, subscriber_, CUPTI_CB_DOMAIN_RUNTIME_API, cb);
+        api().cuptiEnableCallback(1, g_subscriber, CUPTI_CB_DOMAIN_RUNTIME_API, cb);
       for (CUpti_CallbackId cb : kDriverLaunches)
-        api().cuptiEnableCallback(1, subscriber_, CUPTI_CB_DOMAIN_DRIVER_API, cb);
+        api().cuptiEnableCallback(1, g_subscriber, CUPTI_CB_DOMAIN_DRIVER_API, cb);
     }
     for (CUpti_ActivityKind k : activity_kinds()) {
       const CUptiResult r = api().cuptiActivityEnable(k);
@@ -260,8 +358,8 @@ class Tracer final : public CuptiTracer {
         std::fprintf(stderr, "inferscope agent: CUPTI activity kind %d not enabled: %s\n",
                      static_cast<int>(k), cupti_error(r));
       if (k == CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL) {
-        enabled_ = true;  // so that disable() undoes what did switch on
-        disable();
+        enabled_ = true;  // so that switch_off() undoes what did switch on
+        switch_off();
         return false;
       }
     }
@@ -272,12 +370,21 @@ class Tracer final : public CuptiTracer {
 
   void disable() override {
     if (!enabled_) return;
+    CuptiLock cupti;
+    switch_off();
+    if (impl_.config.gpu_trace_detach && !stopped_) request_detach();
+  }
+
+  // With g_cupti_mu held.
+  void switch_off() {
+    if (!enabled_) return;
     enabled_ = false;
     ext_push_.store(false, std::memory_order_relaxed);
+    if (!g_attached) return;  // nothing can be on
     for (CUpti_ActivityKind k : activity_kinds()) api().cuptiActivityDisable(k);
-    if (subscriber_) {
-      api().cuptiEnableDomain(0, subscriber_, CUPTI_CB_DOMAIN_RUNTIME_API);
-      api().cuptiEnableDomain(0, subscriber_, CUPTI_CB_DOMAIN_DRIVER_API);
+    if (g_subscriber) {
+      api().cuptiEnableDomain(0, g_subscriber, CUPTI_CB_DOMAIN_RUNTIME_API);
+      api().cuptiEnableDomain(0, g_subscriber, CUPTI_CB_DOMAIN_DRIVER_API);
     }
     // Everything recorded so far, partial buffers included, reaches the rings
     // before the tag changes.
@@ -286,17 +393,24 @@ class Tracer final : public CuptiTracer {
 
   bool enabled() const override { return enabled_; }
 
-  void flush() override { api().cuptiActivityFlushAll(0); }
+  void flush() override {
+    CuptiLock cupti;
+    if (g_attached) api().cuptiActivityFlushAll(0);
+  }
 
   void stop() override {
     if (stopped_) return;
+    CuptiLock cupti;
     stopped_ = true;
-    disable();
-    api().cuptiActivityFlushAll(CUPTI_ACTIVITY_FLAG_FLUSH_FORCED);
-    // The subscriber stays: CUPTI allows one per process, and unsubscribing
-    // while a launch callback may still run on another thread is a race. Its
-    // domains are off, so it costs nothing.
-    if (subscriber_) api().cuptiEnableDomain(0, subscriber_, CUPTI_CB_DOMAIN_RESOURCE);
+    switch_off();
+    if (g_attached) {
+      api().cuptiActivityFlushAll(CUPTI_ACTIVITY_FLAG_FLUSH_FORCED);
+      // The subscriber stays: CUPTI allows one per process, and unsubscribing
+      // while a launch callback may still run on another thread is a race. Its
+      // domains are off (a pending detach keeps runtime/driver on until it is
+      // done), so it costs nothing.
+      if (g_subscriber) api().cuptiEnableDomain(0, g_subscriber, CUPTI_CB_DOMAIN_RESOURCE);
+    }
     g_launch_tracer.store(nullptr, std::memory_order_release);
     std::lock_guard lock(g_mu);
     if (g_tracer == this) g_tracer = nullptr;
@@ -324,16 +438,35 @@ class Tracer final : public CuptiTracer {
     return gpu_time_;
   }
   CuptiCounters counters() override {
-    std::lock_guard lock(mu_);
-    return counters_;
+    CuptiCounters c;
+    {
+      std::lock_guard lock(mu_);
+      c = counters_;
+    }
+    c.detaches = g_detaches.load(std::memory_order_relaxed);
+    c.reattaches = g_reattaches.load(std::memory_order_relaxed);
+    c.detach_errors = g_detach_errors.load(std::memory_order_relaxed);
+    c.detach_pending = g_detach_pending.load(std::memory_order_relaxed);
+    return c;
   }
 
  private:
   // A launch API's entry, on the launching thread: remember which range it is in.
   static void CUPTIAPI on_callback(void*, CUpti_CallbackDomain domain, CUpti_CallbackId id,
                                    const void* data) {
+    if (g_detach_pending.load(std::memory_order_acquire) &&
+        (domain == CUPTI_CB_DOMAIN_RUNTIME_API || domain == CUPTI_CB_DOMAIN_DRIVER_API)) {
+      if (static_cast<const CUpti_CallbackData*>(data)->callbackSite == CUPTI_API_EXIT)
+        detach_now();
+      return;
+    }
     if (domain == CUPTI_CB_DOMAIN_RESOURCE) {
-      on_graph_node(id, static_cast<const CUpti_GraphData*>(data));
+      // Resource callbacks get a CUpti_ResourceData; the graph data hangs off
+      // its resourceDescriptor. (Reading the ResourceData itself as graph data
+      // handed CUPTI a garbage node pointer: the SIGSEGV of the first GPU run.)
+      const auto* res = static_cast<const CUpti_ResourceData*>(data);
+      on_graph_node(id,
+                    res ? static_cast<const CUpti_GraphData*>(res->resourceDescriptor) : nullptr);
       return;
     }
     const auto* cb = static_cast<const CUpti_CallbackData*>(data);
@@ -486,9 +619,15 @@ class Tracer final : public CuptiTracer {
           s.start_ns = ts(a->start);
           s.end_ns = ts(a->end);
           s.correlation_id = a->correlationId;
-          auto it = correlation_.find(a->correlationId);
-          if (it != correlation_.end())
-            s.args[s.num_args++] = {range_key_, static_cast<int64_t>(it->second >> 32)};
+          // The launch table (launch callbacks) first, then the old external
+          // correlation path: either names the range the call was made in.
+          uint64_t value = 0;
+          bool found = launch_range(a->correlationId, value);
+          if (!found) {
+            auto it = correlation_.find(a->correlationId);
+            if ((found = it != correlation_.end())) value = it->second;
+          }
+          if (found) s.args[s.num_args++] = {range_key_, static_cast<int64_t>(value >> 32)};
           break;
         }
         default:
@@ -538,7 +677,9 @@ class Tracer final : public CuptiTracer {
 
   Agent::Impl& impl_;
   uint32_t kinds_;
-  CUpti_SubscriberHandle subscriber_ = nullptr;
+  static inline bool attached_before_ = false;  // guarded by g_cupti_mu
+  bool callbacks_warned_ = false;               // guarded by g_cupti_mu
+  bool detach_warned_ = false;                  // guarded by g_cupti_mu
   std::unique_ptr<LaunchSlot[]> launches_;
   std::mutex graph_mu_;  // graph node id -> range (resource callbacks, buffer thread)
   std::unordered_map<uint64_t, uint64_t> graph_ranges_;

@@ -25,6 +25,11 @@ struct CuptiCounters {
   uint64_t attributed = 0;  // ... that carry an enclosing range
   uint64_t dropped = 0;     // records CUPTI had no buffer for
   uint64_t enable_errors = 0;
+  // Dynamic detach (Config::gpu_trace_detach): process-wide, like CUPTI itself.
+  uint64_t detaches = 0;        // cuptiFinalize() done at the end of a window
+  uint64_t reattaches = 0;      // CUPTI set up again at the start of the next one
+  uint64_t detach_errors = 0;   // cuptiFinalize() or the re-attach failed
+  bool detach_pending = false;  // asked for, waiting for the next CUDA API call to return
 };
 
 class CuptiTracer {
@@ -41,7 +46,9 @@ class CuptiTracer {
   // "capture". False when CUPTI refused the kernel kind (counted).
   virtual bool enable(uint64_t tag) = 0;
   // Switches every kind and callback off and flushes (forced) what was
-  // recorded into the rings. Idempotent.
+  // recorded into the rings. Idempotent. With Config::gpu_trace_detach it then
+  // asks for CUPTI to be detached (cuptiFinalize), which happens at the exit of
+  // the next CUDA API call on any thread; enable() attaches again.
   virtual void disable() = 0;
   virtual bool enabled() const = 0;
 

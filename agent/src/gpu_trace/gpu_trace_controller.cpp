@@ -41,6 +41,7 @@ void GpuTraceController::ensure_loaded() {
   load_tried_ = true;
   tracer_ = CuptiTracer::start(impl_, impl_.config.gpu_trace_kinds);
   impl_.tracer.store(tracer_.get(), std::memory_order_release);
+  impl_.refresh_gate();  // ScopedRange now takes the slow path (CUPTI range push)
   thread_ = std::thread([this] { run(); });
 }
 
@@ -97,6 +98,9 @@ GpuTraceStats GpuTraceController::stats() const {
     s.kernels_attributed = c.attributed;
     s.records_dropped = c.dropped;
     s.enable_errors = c.enable_errors;
+    s.cupti_detaches = c.detaches;
+    s.cupti_reattaches = c.reattaches;
+    s.cupti_detach_errors = c.detach_errors;
   }
   return s;
 }

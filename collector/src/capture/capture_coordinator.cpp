@@ -1,23 +1,19 @@
 // Capture requests to agents (capture.hpp says when and how they are bounded).
 #include <algorithm>
+#include <chrono>
 
 #include "inferscope/collector/capture.hpp"
 #include "inferscope/wire/capture.hpp"
+#include "inferscope/wire/episode_id.hpp"
 
 namespace inferscope::collector {
 
 namespace {
 // Label sets of inferscope_agent_gpu_captures_total at most (model x rank x outcome).
 constexpr size_t kMaxReportedSeries = 4096;
+// Series of inferscope_collector_episode_capture_timestamp_seconds: the newest episodes only.
+constexpr size_t kMaxEpisodeCaptures = 16;
 
-uint64_t fnv1a(uint64_t h, const void* data, size_t n) {
-  const auto* p = static_cast<const uint8_t*>(data);
-  for (size_t i = 0; i < n; ++i) {
-    h ^= p[i];
-    h *= 0x100000001b3ull;
-  }
-  return h;
-}
 }  // namespace
 
 CaptureCoordinator::CaptureCoordinator(const CaptureOptions& options, SourceRegistry& sources,
@@ -37,23 +33,16 @@ CaptureCoordinator::CaptureCoordinator(const CaptureOptions& options, SourceRegi
                           .Help("What agents report doing with capture requests, by outcome "
                                 "(requested, started, refused_busy, refused_cooldown, "
                                 "refused_off, completed)")
-                          .Register(registry)) {}
+                          .Register(registry)),
+      episode_captures_(prometheus::BuildGauge()
+                            .Name("inferscope_collector_episode_capture_timestamp_seconds")
+                            .Help("Unix time at which an episode's GPU capture was asked for; the "
+                                  "episode label is what inferscope-export --episode takes (the "
+                                  "newest 16 episodes)")
+                            .Register(registry)) {}
 
 prometheus::Counter& CaptureCoordinator::agent_outcome(const char* outcome) {
   return agent_requests_.Add({{"outcome", outcome}});
-}
-
-uint64_t CaptureCoordinator::episode_id(const wire::AlertEpisode& a) {
-  uint64_t h = 0xcbf29ce484222325ull;
-  const uint8_t kind = static_cast<uint8_t>(a.kind);
-  h = fnv1a(h, &kind, 1);
-  h = fnv1a(h, a.model.data(), a.model.size());
-  h = fnv1a(h, &a.rank, sizeof a.rank);
-  h = fnv1a(h, &a.layer, sizeof a.layer);
-  h = fnv1a(h, &a.expert, sizeof a.expert);
-  h = fnv1a(h, &a.start_ns, sizeof a.start_ns);
-  h &= INT64_MAX;  // a span arg is an int64: keep it positive
-  return h == 0 ? 1 : h;
 }
 
 CaptureCoordinator::Outcome CaptureCoordinator::request(const std::string& model, uint32_t steps,
@@ -116,10 +105,36 @@ void CaptureCoordinator::on_alert(const wire::AlertEpisode& a, int64_t now_ns) {
     case wire::AlertKind::kHotRank:
     case wire::AlertKind::kDeadExpert:
     case wire::AlertKind::kDropBurst:
-      request(a.model, options_.steps, 0, episode_id(a), "episode", now_ns);
+      if (request(a.model, options_.steps, 0, wire::episode_capture_tag(a), "episode", now_ns)
+              .sent > 0)
+        remember_episode_capture(a);
       break;
     case wire::AlertKind::kColdExpert:
       break;
+  }
+}
+
+// One series per captured episode, its value the wall-clock time of the request, so a Grafana
+// annotation query ("series value as timestamp") marks the moment, names the episode and says how
+// to open the capture (dashboards/grafana/inferscope-moe.json). Bounded: the oldest series goes.
+void CaptureCoordinator::remember_episode_capture(const wire::AlertEpisode& a) {
+  const double unix_s = std::chrono::duration<double>(
+                            std::chrono::system_clock::now().time_since_epoch())
+                            .count();
+  prometheus::Gauge& g = episode_captures_.Add({{"model", a.model},
+                                                {"kind", wire::to_string(a.kind)},
+                                                {"rank", std::to_string(a.rank)},
+                                                {"layer", std::to_string(a.layer)},
+                                                {"expert", std::to_string(a.expert)},
+                                                {"episode", wire::episode_id(a)}});
+  g.Set(unix_s);
+  if (std::find(episode_capture_series_.begin(), episode_capture_series_.end(), &g) !=
+      episode_capture_series_.end())
+    return;  // the same episode asked again: one series, its time updated
+  episode_capture_series_.push_back(&g);
+  if (episode_capture_series_.size() > kMaxEpisodeCaptures) {
+    episode_captures_.Remove(episode_capture_series_.front());
+    episode_capture_series_.pop_front();
   }
 }
 

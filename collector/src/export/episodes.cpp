@@ -74,12 +74,6 @@ bool read_node_clocks(const std::vector<ExportNode>& nodes, NodeClocks& clocks,
   return true;
 }
 
-std::string episode_id(const wire::AlertEpisode& a) {
-  return std::string(wire::to_string(a.kind)) + "-r" + std::to_string(a.rank) + "-l" +
-         std::to_string(a.layer) + "-e" + std::to_string(a.expert) + "-" +
-         std::to_string(a.start_ns);
-}
-
 bool find_episode(const std::vector<ExportNode>& nodes, const std::string& id, FoundEpisode& found,
                   std::string& error) {
   // The start time is the id's last field: only blocks holding it are read.

@@ -43,13 +43,13 @@ void Backend::get_rows(const Tensor& table, std::span<const int32_t> ids, const 
 
 void Backend::add(const Tensor& a, const Tensor& b, const Tensor& out) {
   check(a.rows == b.rows && a.cols == b.cols && out.rows == a.rows && out.cols == a.cols,
-          "add shape");
+        "add shape");
   add_impl(a, b, out);
 }
 
 void Backend::mul_silu(const Tensor& x, const Tensor& gate, const Tensor& out) {
   check(x.rows == gate.rows && x.cols == gate.cols && out.rows == x.rows && out.cols == x.cols,
-          "mul_silu shape");
+        "mul_silu shape");
   mul_silu_impl(x, gate, out);
 }
 
@@ -64,8 +64,22 @@ void Backend::rms_norm(const Tensor& x, const Tensor& weight, float eps, const T
 }
 
 // [SECTION] GEMMs
+void Backend::check_weight(const Tensor& x, const Tensor& w, const Tensor& y,
+                           const char* op) const {
+  const std::string o(op);
+  if (x.dtype != DType::kF32 || y.dtype != DType::kF32)
+    fail((o + ": activations must be f32").c_str());
+  if (w.dtype == DType::kBF16) {
+    if (!bf16_weights()) fail((o + ": this backend takes no bf16 weights").c_str());
+    if (!w.contiguous()) fail((o + ": a bf16 weight must be contiguous").c_str());
+  } else if (w.dtype != DType::kF32) {
+    fail((o + ": weight must be f32 or bf16").c_str());
+  }
+}
+
 void Backend::linear(const Tensor& x, const Tensor& w, const Tensor& y, float beta) {
   check(x.cols == w.cols && y.rows == x.rows && y.cols == w.rows, "linear shape");
+  check_weight(x, w, y, "linear");
   linear_impl(x, w, y, beta);
 }
 
@@ -74,14 +88,15 @@ void Backend::grouped_linear(const Tensor& x, const Tensor& w, std::span<const i
   check(!offsets.empty(), "grouped_linear offsets");
   const int64_t experts = static_cast<int64_t>(offsets.size()) - 1;
   check(experts >= 1 && w.rows % experts == 0,
-          "grouped_linear: weight rows not a multiple of experts");
+        "grouped_linear: weight rows not a multiple of experts");
+  check_weight(x, w, y, "grouped_linear");
   const int64_t n = w.rows / experts;
   check(x.cols == w.cols && y.cols == n && offsets.back() <= x.rows && y.rows >= offsets.back() &&
-              offsets.front() >= 0,
-          "grouped_linear shape");
+            offsets.front() >= 0,
+        "grouped_linear shape");
   for (int64_t e = 0; e < experts; ++e)
     check(offsets[static_cast<size_t>(e) + 1] >= offsets[static_cast<size_t>(e)],
-            "grouped_linear: offsets must not decrease");
+          "grouped_linear: offsets must not decrease");
   grouped_linear_impl(x, w, offsets, y);
 }
 
@@ -89,16 +104,16 @@ void Backend::grouped_linear(const Tensor& x, const Tensor& w, std::span<const i
 void Backend::rope(const Tensor& x, std::span<const int32_t> positions, int32_t n_heads,
                    int32_t head_dim, float theta) {
   check(x.rows == static_cast<int64_t>(positions.size()) && x.cols >= n_heads * head_dim &&
-              head_dim % 2 == 0,
-          "rope shape");
+            head_dim % 2 == 0,
+        "rope shape");
   rope_impl(x, positions, n_heads, head_dim, theta);
 }
 
 void Backend::kv_store(const Tensor& k, const Tensor& v, const Tensor& k_cache,
                        const Tensor& v_cache, std::span<const int32_t> slots) {
   check(k.rows == static_cast<int64_t>(slots.size()) && k.cols == k_cache.cols &&
-              v.cols == v_cache.cols && v.rows == k.rows,
-          "kv_store shape");
+            v.cols == v_cache.cols && v.rows == k.rows,
+        "kv_store shape");
   for (int32_t s : slots) check(s >= 0 && s < k_cache.rows, "kv_store slot out of range");
   kv_store_impl(k, v, k_cache, v_cache, slots);
 }
@@ -108,17 +123,17 @@ void Backend::paged_attention(const Tensor& q, const Tensor& k_cache, const Tens
                               const Tensor& out) {
   const int64_t T = q.rows;
   check(static_cast<int64_t>(batch.token_seq.size()) == T &&
-              static_cast<int64_t>(batch.token_pos.size()) == T && batch.block_size > 0 &&
-              params.n_kv_heads > 0 && params.n_heads % params.n_kv_heads == 0,
-          "paged_attention batch");
+            static_cast<int64_t>(batch.token_pos.size()) == T && batch.block_size > 0 &&
+            params.n_kv_heads > 0 && params.n_heads % params.n_kv_heads == 0,
+        "paged_attention batch");
   paged_attention_impl(q, k_cache, v_cache, batch, params, out);
 }
 
 void Backend::attention(const Tensor& q, const Tensor& k, const Tensor& v, SeqStarts seqs,
                         const AttentionParams& params, bool causal, const Tensor& out) {
   check(!seqs.empty() && seqs.back() == q.rows && k.rows == q.rows && v.rows == q.rows &&
-              params.n_kv_heads > 0 && params.n_heads % params.n_kv_heads == 0,
-          "attention shape");
+            params.n_kv_heads > 0 && params.n_heads % params.n_kv_heads == 0,
+        "attention shape");
   attention_impl(q, k, v, seqs, params, causal, out);
 }
 
@@ -129,9 +144,9 @@ void Backend::ssm_scan(const Tensor& x, const Tensor& dt, const Tensor& dt_bias,
                        const Tensor& y) {
   const int64_t D = x.cols, N = A.cols;
   check(!seqs.empty() && seqs.back() == x.rows && dt.cols == D && A.rows == D && B.cols == N &&
-              C.cols == N && states.cols == D * N && state_slots.size() + 1 == seqs.size() &&
-              y.cols == D && A.contiguous(),
-          "ssm_scan shape");
+            C.cols == N && states.cols == D * N && state_slots.size() + 1 == seqs.size() &&
+            y.cols == D && A.contiguous(),
+        "ssm_scan shape");
   ssm_scan_impl(x, dt, dt_bias, A, B, C, Dskip, seqs, state_slots, states, y);
 }
 
@@ -142,9 +157,8 @@ void Backend::moe_route(const Tensor& logits, const Tensor& bias, const RoutePar
   const int64_t T = logits.rows, E = logits.cols;
   const int32_t k = params.top_k;
   check(k >= 1 && k <= E && assign_expert.rows == T && assign_expert.cols == k &&
-              assign_weight.rows == T && assign_weight.cols == k &&
-              (bias.empty() || bias.cols == E),
-          "moe_route shape");
+            assign_weight.rows == T && assign_weight.cols == k && (bias.empty() || bias.cols == E),
+        "moe_route shape");
   moe_route_impl(logits, bias, params, assign_expert, assign_weight, counts);
 }
 
@@ -152,16 +166,16 @@ void Backend::moe_permute(const Tensor& x, const Tensor& assign_expert,
                           std::span<const int32_t> offsets, const Tensor& xp, const Tensor& perm) {
   const int64_t E = static_cast<int64_t>(offsets.size()) - 1;
   check(E >= 1 && xp.cols == x.cols && xp.rows >= offsets.back() && perm.rows >= offsets.back() &&
-              assign_expert.rows == x.rows,
-          "moe_permute shape");
+            assign_expert.rows == x.rows,
+        "moe_permute shape");
   moe_permute_impl(x, assign_expert, offsets, xp, perm);
 }
 
 void Backend::moe_unpermute(const Tensor& yp, const Tensor& perm, const Tensor& assign_weight,
                             int32_t top_k, int64_t assignments, const Tensor& y) {
-  check(yp.cols == y.cols && assignments <= yp.rows && top_k >= 1 &&
-              assign_weight.rows == y.rows && assign_weight.cols == top_k,
-          "moe_unpermute shape");
+  check(yp.cols == y.cols && assignments <= yp.rows && top_k >= 1 && assign_weight.rows == y.rows &&
+            assign_weight.cols == top_k,
+        "moe_unpermute shape");
   moe_unpermute_impl(yp, perm, assign_weight, top_k, assignments, y);
 }
 
@@ -169,10 +183,10 @@ void Backend::moe_unpermute(const Tensor& yp, const Tensor& perm, const Tensor& 
 void Backend::patchify(const Tensor& image, int32_t height, int32_t width, int32_t channels,
                        int32_t patch, const Tensor& out) {
   check(patch > 0 && height % patch == 0 && width % patch == 0 && image.rows == height &&
-              image.cols == static_cast<int64_t>(width) * channels &&
-              out.rows == static_cast<int64_t>(height / patch) * (width / patch) &&
-              out.cols == static_cast<int64_t>(patch) * patch * channels,
-          "patchify shape");
+            image.cols == static_cast<int64_t>(width) * channels &&
+            out.rows == static_cast<int64_t>(height / patch) * (width / patch) &&
+            out.cols == static_cast<int64_t>(patch) * patch * channels,
+        "patchify shape");
   patchify_impl(image, height, width, channels, patch, out);
 }
 

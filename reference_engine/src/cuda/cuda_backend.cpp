@@ -23,6 +23,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <initializer_list>
+#include <iterator>
 #include <map>
 #include <stdexcept>
 #include <string>
@@ -94,6 +95,22 @@ class StagingRing {
     off_ += total;
     if (spans.size() == 1) remember(*spans.begin(), first);
     return out;
+  }
+  // An op that stages several arrays by separate calls reserves their total first:
+  // otherwise a wrap (or growth) between two calls would rewrite (or free) the
+  // region an earlier call of the same op returned before its kernel reads it.
+  void reserve(std::initializer_list<std::span<const int32_t>> spans) {
+    size_t total = 0;
+    for (auto sp : spans) total += std::max<size_t>(align(sp.size_bytes()), 16);  // as stage()
+    if (total > cap_) {
+      ISC_CUDA(cudaStreamSynchronize(stream_));
+      release();
+      grow(std::max(total, cap_ * 2));
+    } else if (off_ + total > cap_) {
+      ISC_CUDA(cudaStreamSynchronize(stream_));
+      off_ = 0;
+      ++gen_;
+    }
   }
   const int32_t* stage1(std::span<const int32_t> sp) {
     if (!sp.empty() && sp.size_bytes() <= kCacheMaxBytes) {
@@ -202,6 +219,7 @@ class CudaBackend final : public Backend {
 
   std::string name() const override { return "cuda"; }
   bool host_memory() const override { return false; }
+  bool bf16_weights() const override { return true; }
   cudaStream_t stream() const { return stream_; }
   int device() const { return device_; }
 
@@ -223,10 +241,13 @@ class CudaBackend final : public Backend {
   }
   void free(void* ptr) override {
     if (!ptr) return;
+    // Unchecked: free() runs in destructors, often while an exception (a CUDA
+    // error seen by an earlier op) unwinds; throwing here would terminate the
+    // process and replace that first error with this later sighting of it.
     cudaStreamSynchronize(stream_);
     auto it = alloc_bytes_.find(ptr);
     if (it != alloc_bytes_.end()) {
-      forget_range(ptr, it->second);  // shadows of anything inside this allocation
+      forget_range(ptr, it->second, /*synced=*/true);  // shadows inside this allocation
       alloc_bytes_.erase(it);
     }
     cudaFree(ptr);
@@ -235,7 +256,7 @@ class CudaBackend final : public Backend {
     forget_range(dst.data, dst.bytes());
     ISC_CUDA(cudaMemcpyAsync(dst.data, src, dst.bytes(), cudaMemcpyHostToDevice, stream_));
     ISC_CUDA(cudaStreamSynchronize(stream_));
-    uploaded_[static_cast<char*>(dst.data)] = dst.bytes();
+    note_upload(static_cast<char*>(dst.data), dst.bytes());
   }
   void download_impl(const Tensor& src, void* dst) override {
     ISC_CUDA(cudaMemcpyAsync(dst, src.data, src.bytes(), cudaMemcpyDeviceToHost, stream_));
@@ -280,7 +301,11 @@ class CudaBackend final : public Backend {
     if (x.rows == 0 || w.rows == 0) return;
     const int M = static_cast<int>(x.rows), N = static_cast<int>(w.rows),
               K = static_cast<int>(x.cols);
-    const __nv_bfloat16* wb = fp32_math_ ? nullptr : shadow(w);
+    // A kBF16 weight is its own bf16 operand (a bf16 checkpoint has no fp32
+    // copy to fall back on, so INFERSCOPE_CUDA_MATH=fp32 does not apply to it).
+    const __nv_bfloat16* wb = w.dtype == DType::kBF16 ? static_cast<const __nv_bfloat16*>(w.data)
+                              : fp32_math_            ? nullptr
+                                                      : shadow(w);
     if (wb != nullptr && M <= kSmallRows && K % 8 == 0) {  // decode: one launch, no cast
       k::small_linear(view(x), wb, nullptr, 1, view(y), N, K, beta, stream_);
       return;
@@ -307,6 +332,8 @@ class CudaBackend final : public Backend {
     for (int64_t e = 0; e < E; ++e) max_rows = std::max(max_rows, offsets[e + 1] - offsets[e]);
     if (max_rows == 0) return;
     const __nv_bfloat16* wb = (fp32_math_ || x.cols % 8 != 0) ? nullptr : shadow(w);
+    if (w.dtype == DType::kBF16)  // stored bf16: per-expert linear() below if K % 8 != 0
+      wb = x.cols % 8 == 0 ? static_cast<const __nv_bfloat16*>(w.data) : nullptr;
     if (wb == nullptr) {
       for (int64_t e = 0; e < E; ++e) {
         if (offsets[e + 1] == offsets[e]) continue;
@@ -345,6 +372,7 @@ class CudaBackend final : public Backend {
     if (T == 0) return;
     int max_ctx = 0;
     for (int32_t pos : b.token_pos) max_ctx = std::max(max_ctx, pos + 1);
+    ring_->reserve({b.token_seq, b.token_pos, b.block_table, b.block_table_start});
     const int32_t* d[4] = {ring_->stage1(b.token_seq), ring_->stage1(b.token_pos),
                            ring_->stage1(b.block_table), ring_->stage1(b.block_table_start)};
     k::PagedArgs a;
@@ -401,6 +429,7 @@ class CudaBackend final : public Backend {
     if (x.rows == 0 || state_slots.empty()) return;
     int max_len = 0;
     for (size_t s = 0; s + 1 < seqs.size(); ++s) max_len = std::max(max_len, seqs[s + 1] - seqs[s]);
+    ring_->reserve({seqs, state_slots});
     const int32_t* d[2] = {ring_->stage1(seqs), ring_->stage1(state_slots)};
     k::SsmScanArgs a;
     a.x = view(x);
@@ -545,6 +574,32 @@ class CudaBackend final : public Backend {
     shadows_[w.data] = s;
     return s.bf16;
   }
+  // Records an upload, merged with uploads it continues or that continue it
+  // inside the same allocation: a weight written piece by piece (a Hugging
+  // Face checkpoint's q/k/v into one wqkv, its experts one by one) counts as
+  // uploaded whole, so shadow() makes its bf16 copy as for one upload.
+  void note_upload(char* p, size_t bytes) {
+    auto it = uploaded_.insert_or_assign(p, bytes).first;
+    auto alloc = alloc_bytes_.upper_bound(p);
+    if (alloc == alloc_bytes_.begin()) return;
+    --alloc;
+    char* const lo = static_cast<char*>(alloc->first);
+    char* const hi = lo + alloc->second;
+    if (p < lo || p >= hi) return;  // not inside a known allocation: keep it alone
+    if (it != uploaded_.begin()) {
+      auto prev = std::prev(it);
+      if (prev->first >= lo && prev->first + prev->second == it->first) {
+        prev->second += it->second;
+        uploaded_.erase(it);
+        it = prev;
+      }
+    }
+    auto next = std::next(it);
+    if (next != uploaded_.end() && next->first < hi && it->first + it->second == next->first) {
+      it->second += next->second;
+      uploaded_.erase(next);
+    }
+  }
   bool inside_upload(const void* p, size_t bytes) const {
     const char* c = static_cast<const char*>(p);
     auto it = uploaded_.upper_bound(const_cast<char*>(c));
@@ -553,10 +608,10 @@ class CudaBackend final : public Backend {
     return c >= it->first && c + bytes <= it->first + it->second;
   }
   // Memory about to be written: its shadows and upload marks no longer hold.
-  void forget_range(const void* p, size_t bytes) {
+  // synced: the caller has already waited for the stream (and must not throw).
+  void forget_range(const void* p, size_t bytes, bool synced = false) {
     const char* lo = static_cast<const char*>(p);
     const char* hi = lo + bytes;
-    bool synced = false;
     for (auto it = shadows_.begin(); it != shadows_.end();) {
       const char* s = static_cast<const char*>(it->first);
       if (s < hi && s + it->second.bytes > lo) {

@@ -26,6 +26,7 @@ void require(bool ok, const std::string& what) {
 
 void ModelConfig::validate() const {
   require(d_model > 0 && d_model % 2 == 0, "d_model must be positive and even");
+  require(vocab > 0, "vocab must be positive");
   require(!mixers.empty() && mixers.size() == ffns.size(),
           "layers.mixers and layers.ffns must be non-empty and of equal length");
   require(mixers.find_first_not_of("AS") == std::string::npos,

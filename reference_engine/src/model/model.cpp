@@ -33,7 +33,8 @@ void StepBatch::add_chunk(std::span<const int32_t> chunk, int32_t first_pos, int
     tokens.push_back(chunk[i]);
     positions.push_back(pos);
     token_seq.push_back(seq);
-    kv_slots.push_back(blocks[static_cast<size_t>(pos / block_size)] * block_size + pos % block_size);
+    kv_slots.push_back(blocks[static_cast<size_t>(pos / block_size)] * block_size +
+                       pos % block_size);
   }
   seq_start.push_back(static_cast<int32_t>(tokens.size()));
   state_slot.push_back(state);
@@ -45,9 +46,9 @@ void StepBatch::add_chunk(std::span<const int32_t> chunk, int32_t first_pos, int
 // [SECTION] Construction
 struct Model::LayerTensors {
   Tensor norm1, norm2;
-  Tensor wqkv, wo;                                         // attention
-  Tensor w_in, w_x, w_dt, dt_bias, A, Dskip, w_out;        // ssm
-  Tensor w_gu, w_down;                                     // dense ffn
+  Tensor wqkv, wo, q_norm, k_norm;                   // attention
+  Tensor w_in, w_x, w_dt, dt_bias, A, Dskip, w_out;  // ssm
+  Tensor w_gu, w_down;                               // dense ffn
   MoeWeights moe;
 };
 
@@ -59,8 +60,9 @@ struct Model::Scratch {
   RouteCounts logical_counts;  // counts in the model's expert ids (relabelling placement)
   size_t bytes() const {
     size_t n = moe.bytes();
-    for (const Buffer* b : {&x, &h, &qkv, &attn, &xz, &proj, &dt, &y, &gu, &act, &ffn_out, &xl, &logits,
-                            &img, &patches, &ve, &vh, &vqkv, &vattn, &vmlp, &c1, &c2})
+    for (const Buffer* b :
+         {&x,  &h,      &qkv, &attn,    &xz, &proj, &dt,   &y,     &gu,   &act, &ffn_out,
+          &xl, &logits, &img, &patches, &ve, &vh,   &vqkv, &vattn, &vmlp, &c1,  &c2})
       n += b->bytes();
     return n;
   }
@@ -70,16 +72,31 @@ Model::Model(Backend& backend, const ModelConfig& config, const std::string& wei
              ExpertPlacement placement)
     : backend_(backend), config_(config), placement_(placement) {
   config_.validate();
-  const ModelConfig& c = config_;
   if (placement_.ranks > 1)
-    placement_ = placement.validated(c.moe.experts);
+    placement_ = placement.validated(config_.moe.experts);
   else
     placement_.slot_to_logical.clear();  // one rank holds every expert: nothing to relabel
-  weights_ = std::make_unique<Weights>(backend, c, placement_);
-  if (weights_path.empty())
-    weights_->init_random();
-  else
-    weights_->load(weights_path);
+  build(
+      [&](Weights& w) {
+        if (weights_path.empty())
+          w.init_random();
+        else
+          w.load(weights_path);
+      },
+      DType::kF32);
+}
+
+Model::Model(Backend& backend, const ModelConfig& config, const WeightsFill& fill, DType gemm_dtype)
+    : backend_(backend), config_(config) {
+  config_.validate();
+  build(fill, gemm_dtype);
+}
+
+void Model::build(const std::function<void(Weights&)>& fill, DType gemm_dtype) {
+  Backend& backend = backend_;
+  const ModelConfig& c = config_;
+  weights_ = std::make_unique<Weights>(backend, c, placement_, gemm_dtype);
+  fill(*weights_);
 
   auto L = [](int32_t l, const char* w) { return "l" + std::to_string(l) + "." + w; };
   const Weights& W = *weights_;
@@ -91,6 +108,10 @@ Model::Model(Backend& backend, const ModelConfig& config, const std::string& wei
     if (c.is_attention(l)) {
       t.wqkv = W.get(L(l, "wqkv"));
       t.wo = W.get(L(l, "wo"));
+      if (c.attention.qk_norm != QkNorm::kNone) {
+        t.q_norm = W.get(L(l, "q_norm"));
+        t.k_norm = W.get(L(l, "k_norm"));
+      }
     } else {
       t.w_in = W.get(L(l, "w_in"));
       t.w_x = W.get(L(l, "w_x"));
@@ -124,7 +145,7 @@ Model::Model(Backend& backend, const ModelConfig& config, const std::string& wei
   S.h = Buffer(backend, T, D);
   S.ffn_out = Buffer(backend, T, D);
   S.xl = Buffer(backend, T, D);
-  S.logits = Buffer(backend, T, kVocab);
+  S.logits = Buffer(backend, T, c.vocab);
   if (c.has_attention()) {
     S.qkv = Buffer(backend, T, (a.n_heads + 2 * a.n_kv_heads) * a.head_dim);
     S.attn = Buffer(backend, T, a.n_heads * a.head_dim);
@@ -167,9 +188,11 @@ Model::Model(Backend& backend, const ModelConfig& config, const std::string& wei
       if (!k_cache_[i].tensor().data || !v_cache_[i].tensor().data)
         throw std::runtime_error("out of backend memory for the KV cache");
     } else {
-      ssm_state_[i] = Buffer(backend, c.cache.max_seqs, static_cast<int64_t>(s.d_inner) * s.d_state);
+      ssm_state_[i] =
+          Buffer(backend, c.cache.max_seqs, static_cast<int64_t>(s.d_inner) * s.d_state);
       if (c.cache.ssm_checkpoint_interval > 0)
-        ssm_ckpt_[i] = Buffer(backend, c.cache.max_checkpoints, static_cast<int64_t>(s.d_inner) * s.d_state);
+        ssm_ckpt_[i] =
+            Buffer(backend, c.cache.max_checkpoints, static_cast<int64_t>(s.d_inner) * s.d_state);
     }
   }
 }
@@ -192,6 +215,24 @@ MemoryFootprint Model::footprint() const {
 }
 
 // [SECTION] Backbone
+void Model::qk_norm(const LayerTensors& w, const Tensor& q, const Tensor& k) {
+  const auto& a = config_.attention;
+  const float eps = config_.norm_eps;
+  if (a.qk_norm == QkNorm::kFull) {  // OLMoE: over the whole q / k projection
+    backend_.rms_norm(q, w.q_norm, eps, q);
+    backend_.rms_norm(k, w.k_norm, eps, k);
+  } else if (a.qk_norm == QkNorm::kPerHead) {  // Qwen3: each head on its own, one shared weight
+    // One call per head on a strided column view: no new op, and the row
+    // stride of the fused qkv buffer stays as it is.
+    for (int32_t h = 0; h < a.n_heads; ++h)
+      backend_.rms_norm(q.cols_view(h * a.head_dim, a.head_dim), w.q_norm, eps,
+                        q.cols_view(h * a.head_dim, a.head_dim));
+    for (int32_t h = 0; h < a.n_kv_heads; ++h)
+      backend_.rms_norm(k.cols_view(h * a.head_dim, a.head_dim), w.k_norm, eps,
+                        k.cols_view(h * a.head_dim, a.head_dim));
+  }
+}
+
 void Model::attention_layer(int32_t l, const StepBatch& b, const Tensor& h) {
   const auto& a = config_.attention;
   const LayerTensors& w = layers_[static_cast<size_t>(l)];
@@ -199,13 +240,16 @@ void Model::attention_layer(int32_t l, const StepBatch& b, const Tensor& h) {
   Tensor qkv = scratch_->qkv.tensor().rows_view(0, T);
   backend_.linear(h, w.wqkv, qkv);
   Tensor q = qkv.cols_view(0, qd), k = qkv.cols_view(qd, kd), v = qkv.cols_view(qd + kd, kd);
+  qk_norm(w, q, k);
   backend_.rope(q, b.positions, a.n_heads, a.head_dim, a.rope_theta);
   backend_.rope(k, b.positions, a.n_kv_heads, a.head_dim, a.rope_theta);
   const Tensor& kc = k_cache_[static_cast<size_t>(l)].tensor();
   const Tensor& vc = v_cache_[static_cast<size_t>(l)].tensor();
   backend_.kv_store(k, v, kc, vc, b.kv_slots);
-  PagedBatch pb{b.token_seq, b.positions, b.block_table, b.block_table_start, config_.cache.block_size};
-  AttentionParams p{a.n_heads, a.n_kv_heads, a.head_dim, 1.0f / std::sqrt(static_cast<float>(a.head_dim))};
+  PagedBatch pb{b.token_seq, b.positions, b.block_table, b.block_table_start,
+                config_.cache.block_size};
+  AttentionParams p{a.n_heads, a.n_kv_heads, a.head_dim,
+                    1.0f / std::sqrt(static_cast<float>(a.head_dim))};
   Tensor attn = scratch_->attn.tensor().rows_view(0, T);
   backend_.paged_attention(q, kc, vc, pb, p, attn);
   backend_.linear(attn, w.wo, scratch_->x.tensor().rows_view(0, T), 1.0f);  // residual
@@ -259,7 +303,7 @@ void Model::forward(const StepBatch& b, std::vector<float>& logits, ForwardObser
     if (obs) obs->layer_end(l);
   }
   const int64_t R = static_cast<int64_t>(b.logit_rows.size());
-  logits.resize(static_cast<size_t>(R * kVocab));
+  logits.resize(static_cast<size_t>(R * config_.vocab));
   if (R == 0) {
     if (ep_) {
       backend_.synchronize();  // no logits download this step: make the EP timings readable
@@ -297,9 +341,10 @@ const RouteCounts& Model::logical_counts(int32_t l) {
 
 void Model::attach_expert_parallel(Communicator& comm, int64_t (*clock)()) {
   if (comm.size() != placement_.ranks || comm.rank() != placement_.rank)
-    throw std::invalid_argument("attach_expert_parallel: communicator is rank " + std::to_string(comm.rank()) + " of " +
-                                std::to_string(comm.size()) + ", the model's placement rank " +
-                                std::to_string(placement_.rank) + " of " + std::to_string(placement_.ranks));
+    throw std::invalid_argument("attach_expert_parallel: communicator is rank " +
+                                std::to_string(comm.rank()) + " of " + std::to_string(comm.size()) +
+                                ", the model's placement rank " + std::to_string(placement_.rank) +
+                                " of " + std::to_string(placement_.ranks));
   ep_ = std::make_unique<ExpertParallel>();
   ep_->comm = &comm;
   ep_->placement = placement_;
@@ -317,7 +362,8 @@ void Model::moe_layer(int32_t l, const Tensor& h, const Tensor& out, ForwardObse
   EpLayerStats st;
   st.layer = l;
   const int mark_base = 4 * static_cast<int>(ep_stats_.size());
-  moe_ffn_ep(backend_, config_.moe, w.moe, scratch_->moe, *ep_, h, out, scratch_->counts, mark_base, st, obs);
+  moe_ffn_ep(backend_, config_.moe, w.moe, scratch_->moe, *ep_, h, out, scratch_->counts, mark_base,
+             st, obs);
   ep_stats_.push_back(st);
 }
 
@@ -361,7 +407,8 @@ void Model::encode_image(const float* pixels) {
     backend_.rms_norm(S.ve, n("norm1"), config_.norm_eps, S.vh);
     backend_.linear(S.vh, n("wqkv"), S.vqkv);
     const Tensor& qkv = S.vqkv.tensor();
-    backend_.attention(qkv.cols_view(0, dv), qkv.cols_view(dv, dv), qkv.cols_view(2 * dv, dv), seqs, p,
+    backend_.attention(qkv.cols_view(0, dv), qkv.cols_view(dv, dv), qkv.cols_view(2 * dv, dv), seqs,
+                       p,
                        /*causal=*/false, S.vattn);
     backend_.linear(S.vattn, n("wo"), S.ve, 1.0f);
     backend_.rms_norm(S.ve, n("norm2"), config_.norm_eps, S.vh);
@@ -390,13 +437,15 @@ void Model::clear_state(int32_t slot) {
 void Model::save_checkpoint(int32_t state_slot, int32_t ckpt) {
   for (size_t i = 0; i < ssm_state_.size(); ++i)
     if (ssm_ckpt_[i].tensor().data)
-      backend_.copy(ssm_state_[i].tensor().rows_view(state_slot, 1), ssm_ckpt_[i].tensor().rows_view(ckpt, 1));
+      backend_.copy(ssm_state_[i].tensor().rows_view(state_slot, 1),
+                    ssm_ckpt_[i].tensor().rows_view(ckpt, 1));
 }
 
 void Model::restore_checkpoint(int32_t ckpt, int32_t state_slot) {
   for (size_t i = 0; i < ssm_state_.size(); ++i)
     if (ssm_ckpt_[i].tensor().data)
-      backend_.copy(ssm_ckpt_[i].tensor().rows_view(ckpt, 1), ssm_state_[i].tensor().rows_view(state_slot, 1));
+      backend_.copy(ssm_ckpt_[i].tensor().rows_view(ckpt, 1),
+                    ssm_state_[i].tensor().rows_view(state_slot, 1));
 }
 
 }  // namespace inferscope::engine

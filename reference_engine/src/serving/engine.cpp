@@ -104,6 +104,12 @@ Engine::Engine(Model& model, Telemetry* telemetry, EngineOptions options)
       checkpoints_(config_.has_ssm() && config_.cache.ssm_checkpoint_interval > 0
                        ? config_.cache.max_checkpoints
                        : 0) {
+  // The scheduler samples bytes and its workloads emit bytes: a model with
+  // another vocabulary (a Hugging Face checkpoint) runs through hf_run instead.
+  if (config_.vocab != kVocab)
+    throw std::invalid_argument("the serving engine runs byte-tokenizer models (vocab " +
+                                std::to_string(kVocab) + "); this model has vocab " +
+                                std::to_string(config_.vocab));
   for (int32_t s = config_.cache.max_seqs - 1; s >= 0; --s) free_state_slots_.push_back(s);
   stats_.layers.resize(static_cast<size_t>(config_.n_layers()));
   for (int32_t l = 0; l < config_.n_layers(); ++l)

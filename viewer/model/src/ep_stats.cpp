@@ -208,4 +208,38 @@ EpReport ep_report(const TraceModel& m, int64_t t0, int64_t t1, double hot_thres
   return r;
 }
 
+EpTrafficOverTime ep_traffic_over_time(const TraceModel& m, int64_t t0, int64_t t1, uint32_t layer,
+                                       uint32_t buckets) {
+  EpTrafficOverTime out;
+  buckets = std::clamp<uint32_t>(buckets, 1, 1024);
+  if (t1 <= t0) return out;
+  constexpr uint32_t kMaxRanks = 256;  // as the matrix: 256 x 1024 cells at most
+  uint32_t world = 0;
+  for (const auto& rec : m.ep_steps())
+    if (rec.step.layer == layer && !rec.step.rows_to_rank.empty() && rec.step.timestamp_ns >= t0 &&
+        rec.step.timestamp_ns <= t1)
+      world = std::max(world, rec.rank + 1);
+  if (world == 0 || world > kMaxRanks) return out;
+  out.layer = layer;
+  out.ranks = world;
+  out.buckets = buckets;
+  out.t0 = t0;
+  out.t1 = t1;
+  out.sent.assign(static_cast<size_t>(world) * buckets, 0);
+  const double span = static_cast<double>(t1 - t0);
+  for (const auto& rec : m.ep_steps()) {
+    const auto& s = rec.step;
+    if (s.layer != layer || s.timestamp_ns < t0 || s.timestamp_ns > t1) continue;
+    uint64_t off_rank = 0;
+    for (uint32_t d = 0; d < s.rows_to_rank.size(); ++d)
+      if (d != rec.rank) off_rank += s.rows_to_rank[d];
+    const auto b = std::min<uint32_t>(
+        buckets - 1, static_cast<uint32_t>(static_cast<double>(s.timestamp_ns - t0) / span * buckets));
+    uint64_t& cell = out.sent[static_cast<size_t>(rec.rank) * buckets + b];
+    cell += off_rank;
+    out.max_cell = std::max(out.max_cell, cell);
+  }
+  return out;
+}
+
 }  // namespace inferscope::viewer

@@ -9,6 +9,7 @@
 #include <random>
 
 #include "inferscope/wire/codec.hpp"
+#include "inferscope/wire/episode_id.hpp"
 #include "inferscope/wire/trace_file.hpp"
 
 namespace inferscope::viewer {
@@ -19,14 +20,14 @@ using namespace inferscope::wire;
 enum Str : uint32_t {
   kStep = 1, kSchedule, kForward, kLaunch, kSample, kMemcpy, kAttnKernel, kSsmKernel, kRouterKernel,
   kGemmKernel, kMlpKernel, kSampleKernel, kArgStep, kArgBatch, kArgTokens, kArgLayer, kArgExperts,
-  kEncodeImage, kVisionKernel, kArgRequest, kFirstLayerName  // then one name per layer
+  kEncodeImage, kVisionKernel, kArgRequest, kArgCapture, kFirstLayerName  // then one name per layer
 };
 
 const char* kStrings[] = {"", "step", "schedule", "forward", "cudaLaunchKernel", "sample",
                           "memcpy HtoD", "flash_attn_fwd", "ssm_chunk_scan", "moe_router_topk",
                           "moe_grouped_gemm", "dense_mlp_gemm", "sample_tokens", "step", "batch",
                           "tokens", "layer", "experts", "encode_image", "vision_encoder_fwd",
-                          "request"};
+                          "request", "capture"};
 
 struct Emitter {
   FrameEncoder enc;
@@ -84,6 +85,22 @@ SampleSummary generate_sample_trace(const SampleOptions& o, const FrameSink& sin
   const uint64_t steps = std::max<uint64_t>(10, o.target_spans / (ranks * spans_per_step));
   const int64_t step_ns = std::max<int64_t>(1000, total_ns / static_cast<int64_t>(steps));
   const uint32_t hot_layer = is_moe(o.hot_layer % layers) ? o.hot_layer % layers : 1 % layers;
+
+  // The hot-expert episode (emitted at the end, by the collector's source) asked the hot rank's
+  // agent for a GPU capture: that rank's kernels of the next kCaptureSteps steps after the
+  // episode opened carry the argument capture = the episode's tag, as the agent writes it.
+  auto at_s = [&](double s) { return t0 + static_cast<int64_t>(s * 1e9); };
+  AlertEpisode hot_alert;
+  hot_alert.kind = AlertKind::kHotExpert;
+  hot_alert.rank = o.hot_rank;
+  hot_alert.layer = hot_layer;
+  hot_alert.expert = o.hot_expert % experts;
+  hot_alert.start_ns = at_s(o.hot_from_s + 1.5);
+  hot_alert.end_ns = at_s(o.hot_to_s + 0.5);
+  hot_alert.model = "hybrid-moe";
+  constexpr int64_t kCaptureSteps = 8;
+  const auto capture_tag = static_cast<int64_t>(episode_capture_tag(hot_alert));
+  const int64_t capture_end = hot_alert.start_ns + kCaptureSteps * step_ns;
 
   // Expert parallelism: contiguous shards; the hot expert's owner is the hot EP rank.
   const uint32_t per_rank = std::max<uint32_t>(1, (experts + ranks - 1) / ranks);
@@ -214,6 +231,10 @@ SampleSummary generate_sample_trace(const SampleOptions& o, const FrameSink& sin
         k.correlation_id = corr;
         k.num_args = 1;
         k.args[0] = {kArgLayer, layer_arg};
+        if (r == hot_alert.rank && at >= hot_alert.start_ns && at < capture_end) {
+          k.args[k.num_args++] = {kArgCapture, capture_tag};
+          ++sum.captured_kernels;
+        }
         gpu_free[r] = k.end_ns;
         e.add(k);
         ++sum.kernels;
@@ -363,38 +384,29 @@ SampleSummary generate_sample_trace(const SampleOptions& o, const FrameSink& sin
   }
 
   // [SECTION] The collector's episodes (source 0)
-  auto at = [&](double s) { return t0 + static_cast<int64_t>(s * 1e9); };
-  AlertEpisode hot;
-  hot.kind = AlertKind::kHotExpert;
-  hot.rank = o.hot_rank;
-  hot.layer = hot_layer;
-  hot.expert = o.hot_expert % experts;
-  hot.start_ns = at(o.hot_from_s + 1.5);
-  hot.end_ns = at(o.hot_to_s + 0.5);
-  hot.peak_share = 6.5f / (6.5f + 1.17f * float(experts - 1)) ;
-  hot.peak_utilization = hot.peak_share * float(experts);
-  hot.model = "hybrid-moe";
-  em[0]->add(hot);
-  AlertEpisode drops = hot;
+  hot_alert.peak_share = 6.5f / (6.5f + 1.17f * float(experts - 1)) ;
+  hot_alert.peak_utilization = hot_alert.peak_share * float(experts);
+  em[0]->add(hot_alert);
+  AlertEpisode drops = hot_alert;
   drops.kind = AlertKind::kDropBurst;
-  drops.start_ns = at(o.hot_from_s + 2.0);
-  drops.end_ns = at(o.hot_from_s + 4.5);
+  drops.start_ns = at_s(o.hot_from_s + 2.0);
+  drops.end_ns = at_s(o.hot_from_s + 4.5);
   em[0]->add(drops);
-  AlertEpisode cold = hot;
+  AlertEpisode cold = hot_alert;
   cold.kind = AlertKind::kColdExpert;
   cold.expert = (o.hot_expert + 7) % experts;
-  cold.start_ns = at(std::min(2.0, o.seconds / 4));
+  cold.start_ns = at_s(std::min(2.0, o.seconds / 4));
   cold.end_ns = 0;  // still open at the end of the trace
   cold.peak_share = 0.25f / float(experts);
   cold.peak_utilization = 0.25f;
   em[0]->add(cold);
   sum.alerts = 3;
   if (o.expert_parallel && ranks > 1) {
-    AlertEpisode rank_hot = hot;
+    AlertEpisode rank_hot = hot_alert;
     rank_hot.kind = AlertKind::kHotRank;
     rank_hot.rank = ep_hot_rank;
-    rank_hot.start_ns = at(o.hot_from_s + 1.0);
-    rank_hot.end_ns = at(o.hot_to_s + 0.5);
+    rank_hot.start_ns = at_s(o.hot_from_s + 1.0);
+    rank_hot.end_ns = at_s(o.hot_to_s + 0.5);
     rank_hot.peak_utilization = 1.6f;
     rank_hot.peak_share = 1.6f / float(ranks);
     em[0]->add(rank_hot);

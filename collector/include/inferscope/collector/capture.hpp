@@ -16,17 +16,19 @@
 // refused_busy | refused_cooldown | unsupported | send_failed}.
 //
 // The episode id on the wire and on the captured spans (arg "capture") is
-// episode_id(): a hash of what identifies the episode (kind, model, rank,
-// layer, expert, start), so a viewer can compute it from the alert record and
-// find the capture without any new field in AlertEpisode.
+// wire::episode_capture_tag(): a hash of what identifies the episode (kind, model,
+// rank, layer, expert, start), so a viewer computes it from the alert record and
+// finds the capture without any new field in AlertEpisode.
 //
 // Single-threaded: everything runs on the collector's io thread.
 #pragma once
 
 #include <prometheus/counter.h>
+#include <prometheus/gauge.h>
 #include <prometheus/registry.h>
 
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <map>
 #include <string>
@@ -62,7 +64,6 @@ class CaptureCoordinator {
   void on_alert(const wire::AlertEpisode& a, int64_t now_ns);
   void on_health(const Source& source, const wire::AgentHealth& h);
 
-  static uint64_t episode_id(const wire::AlertEpisode& a);
   const CaptureOptions& options() const { return options_; }
 
  private:
@@ -71,6 +72,8 @@ class CaptureCoordinator {
     int64_t cooldown_until = INT64_MIN;
   };
   prometheus::Counter& agent_outcome(const char* outcome);
+
+  void remember_episode_capture(const wire::AlertEpisode& a);
 
   CaptureOptions options_;
   SourceRegistry& sources_;
@@ -81,6 +84,9 @@ class CaptureCoordinator {
   prometheus::Family<prometheus::Counter>& requests_;
   prometheus::Family<prometheus::Counter>& agent_requests_;
   prometheus::Family<prometheus::Counter>& agent_captures_;
+  // The last kMaxEpisodeCaptures episodes that got a capture, newest last (see the .cpp).
+  prometheus::Family<prometheus::Gauge>& episode_captures_;
+  std::deque<prometheus::Gauge*> episode_capture_series_;
 };
 
 }  // namespace inferscope::collector

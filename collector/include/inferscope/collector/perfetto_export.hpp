@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "inferscope/collector/chrome_export.hpp"
+#include "inferscope/wire/episode_id.hpp"
 #include "inferscope/wire/records.hpp"
 
 namespace inferscope::collector {
@@ -73,9 +74,9 @@ struct NodeClocks {
 bool read_node_clocks(const std::vector<ExportNode>& nodes, NodeClocks& clocks, std::string& error);
 
 // [SECTION] Episodes
-// An alert episode's id: "<kind>-r<rank>-l<layer>-e<expert>-<start_ns>", e.g.
-// "hot_expert-r3-l0-e2-4000000" (start in its node's clock).
-std::string episode_id(const wire::AlertEpisode& a);
+// An alert episode's id is wire::episode_id(): "<kind>-r<rank>-l<layer>-e<expert>-<start_ns>",
+// e.g. "hot_expert-r3-l0-e2-4000000" (start in its node's clock).
+using wire::episode_id;
 
 struct FoundEpisode {
   wire::AlertEpisode episode;  // the closing record when stored, else the opening one

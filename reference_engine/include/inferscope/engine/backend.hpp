@@ -54,11 +54,14 @@
 namespace inferscope::engine {
 
 // [SECTION] Tensor
-enum class DType : uint8_t { kF32 = 0, kI32 = 1 };
+// kBF16 is a storage type for GEMM weights only (the `w` of linear /
+// grouped_linear) on backends whose bf16_weights() is true: a bf16 checkpoint
+// stays bf16 on the device instead of growing into an fp32 copy.
+enum class DType : uint8_t { kF32 = 0, kI32 = 1, kBF16 = 2 };
 
-inline constexpr size_t dtype_size(DType) {
-  return 4;
-}  // both are 4 bytes
+inline constexpr size_t dtype_size(DType t) {
+  return t == DType::kBF16 ? 2 : 4;
+}
 
 struct Tensor {
   void* data = nullptr;
@@ -164,6 +167,10 @@ class Backend {
   virtual std::string name() const = 0;
   // True when Tensor::data may be dereferenced on the host (CPU backend).
   virtual bool host_memory() const = 0;
+  // True when linear / grouped_linear take kBF16 weights (read as stored,
+  // multiplied with fp32 accumulation). Otherwise weights must be kF32 and a
+  // bf16 checkpoint is widened tensor by tensor while loading.
+  virtual bool bf16_weights() const { return false; }
 
   // --- memory ---------------------------------------------------------------
   // Zero-initialised, aligned to at least 64 bytes. Returns nullptr on failure.
@@ -192,7 +199,8 @@ class Backend {
   void rms_norm(const Tensor& x, const Tensor& weight, float eps, const Tensor& out);
 
   // --- GEMMs ----------------------------------------------------------------
-  // y = x * W^T + beta * y. x: [M, K], w: [N, K], y: [M, N].
+  // y = x * W^T + beta * y. x: [M, K], w: [N, K], y: [M, N]. x and y are
+  // kF32; w is kF32 or, where bf16_weights(), a contiguous kBF16 tensor.
   void linear(const Tensor& x, const Tensor& w, const Tensor& y, float beta = 0.0f);
   // Grouped GEMM over tokens permuted by expert: for each expert e, rows
   // [offsets[e], offsets[e+1]) of x are multiplied by W_e^T into the same rows of
@@ -311,6 +319,7 @@ class Backend {
 
  private:
   [[noreturn]] void fail(const char* what) const;
+  void check_weight(const Tensor& x, const Tensor& w, const Tensor& y, const char* op) const;
   void check(bool ok, const char* what) const {
     if (!ok) fail(what);
   }

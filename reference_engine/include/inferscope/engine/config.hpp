@@ -21,11 +21,18 @@ inline constexpr int32_t kEos = 257;
 inline constexpr int32_t kImage = 258;  // placeholder at positions filled by image embeddings
 inline constexpr int32_t kVocab = 260;
 
+// RMSNorm of the queries and keys after their projection, before RoPE:
+// per head over head_dim with one [head_dim] weight shared by all heads
+// (Qwen3-MoE), or over the whole projection with one [heads * head_dim] weight
+// (OLMoE). The demo models have none.
+enum class QkNorm : uint8_t { kNone = 0, kPerHead = 1, kFull = 2 };
+
 struct AttentionConfig {
   int32_t n_heads = 4;
   int32_t n_kv_heads = 2;
   int32_t head_dim = 16;
   float rope_theta = 10000.0f;
+  QkNorm qk_norm = QkNorm::kNone;
 };
 
 struct SsmConfig {
@@ -85,6 +92,10 @@ struct SchedulerConfig {
 
 struct ModelConfig {
   std::string name = "model";
+  // Token ids 0..vocab-1: kVocab for the byte-tokenizer models (the serving
+  // engine and its workloads need that), the checkpoint's vocab_size for a
+  // Hugging Face model (hf_checkpoint.hpp), which takes token ids.
+  int32_t vocab = kVocab;
   int32_t d_model = 64;
   std::string mixers = "AS";  // one letter per layer
   std::string ffns = "DM";

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -70,6 +71,11 @@ class Model {
   // with ranks > 1 call attach_expert_parallel before the first forward).
   Model(Backend& backend, const ModelConfig& config, const std::string& weights_path = "",
         ExpertPlacement placement = {});
+  // Weights filled by `fill` (e.g. a Hugging Face checkpoint reader,
+  // hf_checkpoint.hpp) in `gemm_dtype` storage (see Weights); no expert parallelism.
+  using WeightsFill = std::function<void(Weights&)>;
+  Model(Backend& backend, const ModelConfig& config, const WeightsFill& fill,
+        DType gemm_dtype = DType::kF32);
   ~Model();
 
   const ModelConfig& config() const { return config_; }
@@ -77,8 +83,9 @@ class Model {
   Weights& weights() { return *weights_; }
 
   // Runs the backbone over `batch` (rows <= max_batch_tokens) and writes
-  // logits [batch.logit_rows.size(), kVocab] to `logits` (host).
-  void forward(const StepBatch& batch, std::vector<float>& logits, ForwardObserver* observer = nullptr);
+  // logits [batch.logit_rows.size(), config.vocab] to `logits` (host).
+  void forward(const StepBatch& batch, std::vector<float>& logits,
+               ForwardObserver* observer = nullptr);
 
   // Expert parallelism: the communicator to the other ranks (must match the
   // placement; outlives the model). `clock` stamps EpLayerStats (null: steady clock).
@@ -106,6 +113,8 @@ class Model {
 
  private:
   struct LayerTensors;
+  void build(const std::function<void(Weights&)>& fill, DType gemm_dtype);
+  void qk_norm(const LayerTensors& w, const Tensor& q, const Tensor& k);
   void attention_layer(int32_t l, const StepBatch& b, const Tensor& h);
   void ssm_layer(int32_t l, const StepBatch& b, const Tensor& h);
   void moe_layer(int32_t l, const Tensor& h, const Tensor& out, ForwardObserver* obs);
@@ -118,7 +127,7 @@ class Model {
   std::vector<LayerTensors> layers_;
   struct Scratch;
   std::unique_ptr<Scratch> scratch_;
-  std::vector<Buffer> k_cache_, v_cache_;  // per layer (empty for SSM layers)
+  std::vector<Buffer> k_cache_, v_cache_;     // per layer (empty for SSM layers)
   std::vector<Buffer> ssm_state_, ssm_ckpt_;  // per layer (empty for attention layers)
   ExpertPlacement placement_;
   std::unique_ptr<ExpertParallel> ep_;

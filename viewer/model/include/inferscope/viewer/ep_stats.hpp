@@ -66,6 +66,23 @@ struct EpReport {
   analysis::Advice advice;
 };
 
+// One MoE layer's dispatch traffic over time: the window cut into `buckets` equal
+// slices; sent[rank * buckets + b] = rows the rank sent to OTHER ranks' experts in
+// slice b (what the all-to-all carries; rows kept local are not traffic). The EP
+// view draws it as a rank x time strip under the matrix, so a rank whose traffic
+// jumps when an episode opens stands out.
+struct EpTrafficOverTime {
+  uint32_t layer = 0;
+  uint32_t ranks = 0;
+  uint32_t buckets = 0;
+  int64_t t0 = 0, t1 = 0;
+  std::vector<uint64_t> sent;
+  uint64_t max_cell = 0;  // the strip's scale
+};
+// Empty (ranks == 0) when the layer has no traffic rows in [t0, t1]. buckets: 1..1024.
+EpTrafficOverTime ep_traffic_over_time(const TraceModel& m, int64_t t0, int64_t t1, uint32_t layer,
+                                       uint32_t buckets);
+
 // hot_threshold: rank utilization (rows, else placement load) that makes it hot,
 // by default the analysis options' (the collector's) hot_rank_threshold;
 // eplb_redundant < 0: one redundant slot per rank.

@@ -43,6 +43,7 @@ struct SampleOptions {
 
 struct SampleSummary {
   uint64_t spans = 0, kernels = 0, expert_loads = 0, requests = 0, stages = 0, alerts = 0;
+  uint64_t captured_kernels = 0;  // kernels tagged with the hot episode's GPU capture
   uint64_t frames = 0, bytes = 0;
 };
 
