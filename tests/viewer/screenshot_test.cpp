@@ -16,6 +16,7 @@
 #include "inferscope/viewer/sample_trace.hpp"
 #include "inferscope/viewer/stats.hpp"
 #include "inferscope/wire/codec.hpp"
+#include "store_util.hpp"
 #include "test_util.hpp"
 
 namespace inferscope::viewer {
@@ -215,6 +216,38 @@ TEST_F(ViewerScreenshot, TimelineLightThemeShowsEveryTrack) {
   // Light theme: the corner is light.
   EXPECT_GT(channel(img.at(img.w - 3, img.h - 3), 1), 200);
   EXPECT_EQ(facts(png)["tracks"].get<int>(), 10);
+}
+
+TEST(ViewerScreenshotStore, LargeTraceStoreOpensWithLevelOfDetail) {
+  if (std::system("command -v xvfb-run >/dev/null 2>&1") != 0)
+    GTEST_SKIP() << "xvfb-run not installed";
+  // A collector's trace directory with summaries, past the 2 M records from
+  // which the viewer streams summaries instead of decoding everything.
+  test::TempDir dir;
+  const std::string store = dir.file("store");
+  test::write_store(store, 2'500'000, true, 256u << 10);
+  const std::string png = dir.file("lod.png");
+  RunResult r = run(store + " --screenshot " + png +
+                    " --view timeline --window 0s..21s --width 1280 --height 900");
+  ASSERT_EQ(r.status, 0) << r.output;
+  Image img;
+  ASSERT_TRUE(img.load(png)) << r.output;
+  EXPECT_GT(img.distinct_colours(), 50u);
+  nlohmann::json f = nlohmann::json::parse(std::ifstream(png + ".json"), nullptr, false);
+  ASSERT_FALSE(f.is_discarded());
+  EXPECT_EQ(f["tracks"].get<int>(), 10);
+  // The model holds the overview, not the 2.5 M spans.
+  EXPECT_GT(f["spans"].get<int>(), 100);
+  EXPECT_LT(f["spans"].get<int>(), 250'000);
+  // Zoomed into 5 ms, the window's blocks are loaded: more spans than the overview.
+  const std::string png2 = dir.file("lod-zoom.png");
+  RunResult r2 = run(store + " --screenshot " + png2 +
+                     " --view timeline --window 10.000s..10.005s --width 1280 --height 900");
+  ASSERT_EQ(r2.status, 0) << r2.output;
+  nlohmann::json f2 = nlohmann::json::parse(std::ifstream(png2 + ".json"), nullptr, false);
+  ASSERT_FALSE(f2.is_discarded());
+  EXPECT_GT(f2["spans"].get<int>(), f["spans"].get<int>());
+  EXPECT_EQ(f2["tracks"].get<int>(), 10);
 }
 
 TEST_F(ViewerScreenshot, TruncatedTraceShowsWhatWasRecovered) {

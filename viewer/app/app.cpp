@@ -187,6 +187,18 @@ void write_facts(const AppState& s, const std::string& png, int fb_w, int fb_h, 
 
 }  // namespace
 
+void load_trace(AppState& s) {
+  s.lod.reset();
+  if (StoreView::worth_it(s.options.trace)) {
+    s.lod = std::make_unique<StoreView>();
+    s.load = s.lod->open(s.options.trace, s.model);
+    if (s.load.ok) return;
+    s.lod.reset();  // fall back to reading it whole
+    s.model.clear();
+  }
+  s.load = load_path(s.options.trace, s.model);
+}
+
 int run_app(AppOptions o) {
   AppState s;
   s.options = o;
@@ -215,7 +227,7 @@ int run_app(AppOptions o) {
   // [SECTION] Data first: a bad file is reported even if no display is available.
   if (!o.trace.empty()) {
     auto t = std::chrono::steady_clock::now();
-    s.load = load_path(o.trace, s.model);
+    load_trace(s);
     double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
     if (!s.load.ok) {
       s.banner = "Could not open " + o.trace + ": " + s.load.error;
@@ -351,6 +363,14 @@ int run_app(AppOptions o) {
       }
     }
 
+    // [SECTION] Level of detail: the visible window's blocks of a large trace store.
+    if (s.lod &&
+        s.lod->update(s.model, static_cast<int64_t>(s.view_t0), static_cast<int64_t>(s.view_t1),
+                      std::max(1, static_cast<int>(io.DisplaySize.x)))) {
+      s.selected = {};  // SpanRefs do not survive a rebuild
+      s.find_results.clear();
+    }
+
     ImGui_ImplOpenGL3_NewFrame();
     ImGui_ImplGlfw_NewFrame();
     // Screenshots show no hover state wherever the (virtual) pointer happens to be.
@@ -363,7 +383,7 @@ int run_app(AppOptions o) {
       if (ImGui::BeginMenu("File")) {
         if (!o.trace.empty() && ImGui::MenuItem("Reload trace")) {
           s.model.clear();
-          s.load = load_path(o.trace, s.model);
+          load_trace(s);
           s.banner = s.load.ok ? std::string() : s.load.error;
           s.selected = {};
           s.fit_all();

@@ -20,6 +20,7 @@
 #include "inferscope/viewer/live_client.hpp"
 #include "inferscope/viewer/loader.hpp"
 #include "inferscope/viewer/stats.hpp"
+#include "inferscope/viewer/store_view.hpp"
 #include "inferscope/viewer/trace_model.hpp"
 
 struct ImDrawList;
@@ -52,6 +53,10 @@ struct AppState {
   TraceModel model;
   LoadResult load;
   std::unique_ptr<LiveClient> live;
+  // A large trace store shown with level of detail (store_view.hpp): the model
+  // then holds an overview plus the visible window's blocks, and is rebuilt as
+  // the window moves (the selection is dropped then).
+  std::unique_ptr<StoreView> lod;
   std::unique_ptr<CaptureClient> capture;  // with --capture-endpoint
   CaptureIndex captures;                   // GPU captures in the trace, by tag
   std::string banner;  // an error the user must see (bad file, ...)
@@ -112,6 +117,10 @@ uint32_t heat_colour(double x);
 std::string format_duration(double ns);
 std::string format_time(double ns_from_start, double step_ns = 0);
 std::string format_bytes(double bytes);
+
+// Opens s.options.trace into s.model: with level of detail (s.lod) when it is a
+// large trace store with summaries, else whole (load_path).
+void load_trace(AppState& s);
 
 void draw_timeline(AppState& s);
 void draw_experts(AppState& s);

@@ -234,6 +234,7 @@ void draw_timeline(AppState& s) {
     dl->AddText(font, font_size, ImVec2(win_pos.x + 14 * s.scale, ty + 1), s.pal.text_dim, label, nullptr,
                 0.0f, nullptr);
     dl->PushClipRect(ImVec2(area_x0, std::max(ty, clip_y0)), ImVec2(area_x1, std::min(ty + th, clip_y1)), true);
+    const uint32_t merged_name = m.find_name("(merged spans)");
     for (int li = 0; li < lanes_shown(t); ++li) {
       const Lane& lane = t.lanes[static_cast<size_t>(li)];
       const float ly = ty + li * lane_h;
@@ -247,7 +248,8 @@ void draw_timeline(AppState& s) {
         if (x1 - x0 < 1.0f) x1 = x0 + 1.0f;
         const SpanRec& first = lane.spans[it.first];
         ImVec2 a(x0, ly + 1), b(x1, ly + lane_h - 1);
-        if (it.merged()) {
+        // A "(merged spans)" span (a store summary or a range reply) is drawn as a run too.
+        if (it.merged() || (merged_name != 0 && first.name == merged_name)) {
           // A merged run keeps its first span's colour, dimmed, so the
           // zoomed-out picture still shows which kind of work dominates.
           ImU32 c = span_colour(s, first.name, first.category);

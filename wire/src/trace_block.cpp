@@ -56,7 +56,8 @@ void summarize_record(const Record& record, FrameSummary& s) {
   std::visit(
       [&s](const auto& r) {
         using T = std::decay_t<decltype(r)>;
-        if constexpr (std::is_same_v<T, Hello> || std::is_same_v<T, StringDef>) s.definitions = true;
+        if constexpr (std::is_same_v<T, Hello> || std::is_same_v<T, StringDef>)
+          s.definitions = true;
         if constexpr (requires { r.timestamp_ns; }) widen(s, r.timestamp_ns);
         if constexpr (requires { r.start_ns; }) widen(s, r.start_ns);
         if constexpr (requires { r.end_ns; })
@@ -117,12 +118,13 @@ bool decode_block_header(std::span<const uint8_t> b, BlockHeader& h, std::string
   h.min_ns = static_cast<int64_t>(get(b.data() + 24, 8));
   h.max_ns = static_cast<int64_t>(get(b.data() + 32, 8));
   h.payload_crc = static_cast<uint32_t>(get(b.data() + 40, 4));
-  if ((h.flags & ~(kBlockFlagZstd | kBlockFlagDefinitions)) != 0) {
+  if ((h.flags & ~(kBlockFlagZstd | kBlockFlagDefinitions | kBlockSummaryLevelMask)) != 0) {
     error = "unknown block flags " + std::to_string(h.flags);
     return false;
   }
   if (h.raw_bytes > kMaxBlockRawBytes ||
-      h.stored_bytes > ((h.flags & kBlockFlagZstd) ? ZSTD_compressBound(h.raw_bytes) : h.raw_bytes) ||
+      h.stored_bytes >
+          ((h.flags & kBlockFlagZstd) ? ZSTD_compressBound(h.raw_bytes) : h.raw_bytes) ||
       (!(h.flags & kBlockFlagZstd) && h.stored_bytes != h.raw_bytes)) {
     error = "block sizes out of range (raw " + std::to_string(h.raw_bytes) + ", stored " +
             std::to_string(h.stored_bytes) + ")";
@@ -131,11 +133,11 @@ bool decode_block_header(std::span<const uint8_t> b, BlockHeader& h, std::string
   return true;
 }
 
-void encode_v2_file_header(uint8_t out[16]) {
+void encode_v2_file_header(uint8_t out[16], uint16_t format) {
   std::memset(out, 0, 16);
   std::memcpy(out, kTraceFileMagicV2, sizeof(kTraceFileMagicV2));
   put(out + 8, kProtocolVersion, 2);
-  put(out + 10, kTraceBlockFormatVersion, 2);
+  put(out + 10, format, 2);
 }
 
 void RawBlock::add(std::span<const uint8_t> frame, const FrameSummary& s) {
@@ -156,9 +158,11 @@ void RawBlock::clear() {
 }
 
 BlockCompressor::BlockCompressor(int zstd_level) : level_(zstd_level), cctx_(ZSTD_createCCtx()) {}
-BlockCompressor::~BlockCompressor() { ZSTD_freeCCtx(static_cast<ZSTD_CCtx*>(cctx_)); }
+BlockCompressor::~BlockCompressor() {
+  ZSTD_freeCCtx(static_cast<ZSTD_CCtx*>(cctx_));
+}
 
-void BlockCompressor::seal(const RawBlock& block, std::vector<uint8_t>& out) {
+void BlockCompressor::seal(const RawBlock& block, std::vector<uint8_t>& out, int summary_level) {
   BlockHeader h;
   h.raw_bytes = static_cast<uint32_t>(block.bytes.size());
   h.frames = block.frames;
@@ -166,9 +170,12 @@ void BlockCompressor::seal(const RawBlock& block, std::vector<uint8_t>& out) {
   h.min_ns = block.summary.min_ns;
   h.max_ns = block.summary.max_ns;
   if (block.summary.definitions) h.flags |= kBlockFlagDefinitions;
+  if (summary_level > 0 && summary_level <= kMaxSummaryLevel)
+    h.flags |= static_cast<uint16_t>(summary_level << kBlockSummaryLevelShift);
   out.resize(kBlockHeaderBytes + ZSTD_compressBound(block.bytes.size()));
   size_t n = ZSTD_compressCCtx(static_cast<ZSTD_CCtx*>(cctx_), out.data() + kBlockHeaderBytes,
-                               out.size() - kBlockHeaderBytes, block.bytes.data(), block.bytes.size(), level_);
+                               out.size() - kBlockHeaderBytes, block.bytes.data(),
+                               block.bytes.size(), level_);
   if (ZSTD_isError(n) || n >= block.bytes.size()) {
     // Incompressible (or a zstd failure): store the frames as they are.
     std::memcpy(out.data() + kBlockHeaderBytes, block.bytes.data(), block.bytes.size());
@@ -245,8 +252,8 @@ bool scan_blocks(const std::string& path, BlockScan& scan, std::string& error) {
         decode_block_header({hb, kBlockHeaderBytes}, b.header, why)) {
       if (b.end() > scan.file_bytes) {
         scan.torn_tail = true;
-        scan.tail_problem = "last block is cut short (" + std::to_string(scan.file_bytes - offset) + " of " +
-                            std::to_string(b.end() - offset) + " bytes)";
+        scan.tail_problem = "last block is cut short (" + std::to_string(scan.file_bytes - offset) +
+                            " of " + std::to_string(b.end() - offset) + " bytes)";
         break;
       }
       scan.blocks.push_back(b);

@@ -1,8 +1,6 @@
 // Trace file writer and recovering reader.
 #include "inferscope/wire/trace_file.hpp"
 
-#include "inferscope/wire/trace_block.hpp"
-
 #include <unistd.h>
 
 #include <cerrno>
@@ -10,9 +8,13 @@
 #include <fstream>
 #include <iterator>
 
+#include "inferscope/wire/trace_block.hpp"
+
 namespace inferscope::wire {
 
-TraceFileWriter::~TraceFileWriter() { close(); }
+TraceFileWriter::~TraceFileWriter() {
+  close();
+}
 
 bool TraceFileWriter::open(const std::string& path) {
   close();
@@ -53,7 +55,9 @@ bool TraceFileWriter::write_frame(std::span<const uint8_t> frame) {
   return true;
 }
 
-bool TraceFileWriter::flush() { return file_ && std::fflush(file_) == 0; }
+bool TraceFileWriter::flush() {
+  return file_ && std::fflush(file_) == 0;
+}
 
 void TraceFileWriter::close() {
   if (file_) std::fclose(file_);
@@ -66,7 +70,8 @@ bool TraceFileReader::open(const std::string& path) {
     error_ = "cannot open trace file " + path + ": " + std::strerror(errno);
     return false;
   }
-  std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)),
+                             std::istreambuf_iterator<char>());
   if (!open_bytes(std::move(bytes))) {
     error_ = path + ": " + error_;
     return false;
@@ -98,7 +103,7 @@ bool TraceFileReader::open_bytes(std::vector<uint8_t> bytes) {
   }
   if (format == 2) {
     uint16_t block_format = static_cast<uint16_t>(bytes_[10] | bytes_[11] << 8);
-    if (block_format != kTraceBlockFormatVersion) {
+    if (!supported_trace_format(block_format)) {
       error_ = "trace block format " + std::to_string(block_format) + " is not supported";
       return false;
     }
@@ -140,6 +145,7 @@ bool TraceFileReader::next_block() {
         return false;
       }
       offset_ += total;
+      if (h.summary_level() != 0) continue;  // a level-of-detail copy of the block before it
       if (unpack_block(h, rest.subspan(kBlockHeaderBytes, h.stored_bytes), block_, why)) {
         ++stats_.blocks;
         return true;
@@ -153,8 +159,8 @@ bool TraceFileReader::next_block() {
     // A bad header: resynchronise on the next block magic.
     ++stats_.corrupt_blocks;
     size_t next = offset_ + 1;
-    while (next + 4 <= bytes_.size() &&
-           !(bytes_[next] == 'I' && bytes_[next + 1] == 'S' && bytes_[next + 2] == 'B' && bytes_[next + 3] == '2'))
+    while (next + 4 <= bytes_.size() && !(bytes_[next] == 'I' && bytes_[next + 1] == 'S' &&
+                                          bytes_[next + 2] == 'B' && bytes_[next + 3] == '2'))
       ++next;
     if (next + 4 > bytes_.size()) next = bytes_.size();
     stats_.bytes_skipped += next - offset_;
@@ -179,7 +185,8 @@ bool TraceFileReader::next_frame_in(std::span<const uint8_t> region, size_t& off
       }
     } else if (status.error == DecodeError::kNeedMoreData) {
       // A frame that starts but never ends: the writer died mid-frame.
-      if (rest.size() >= 4 && rest[0] == 'I' && rest[1] == 'S' && rest[2] == 'F' && rest[3] == '1') {
+      if (rest.size() >= 4 && rest[0] == 'I' && rest[1] == 'S' && rest[2] == 'F' &&
+          rest[3] == '1') {
         stats_.truncated_tail = true;
         stats_.bytes_skipped += rest.size();
         offset = region.size();
@@ -189,9 +196,8 @@ bool TraceFileReader::next_frame_in(std::span<const uint8_t> region, size_t& off
     // Resynchronise: find the next frame magic after this position.
     ++stats_.corrupt_frames;
     size_t next = offset + 1;
-    while (next + 4 <= region.size() &&
-           !(region[next] == 'I' && region[next + 1] == 'S' && region[next + 2] == 'F' &&
-             region[next + 3] == '1'))
+    while (next + 4 <= region.size() && !(region[next] == 'I' && region[next + 1] == 'S' &&
+                                          region[next + 2] == 'F' && region[next + 3] == '1'))
       ++next;
     if (next + 4 > region.size()) next = region.size();
     stats_.bytes_skipped += next - offset;

@@ -81,6 +81,8 @@ bool scan_v2(const std::string& path, int64_t start_ns, int64_t end_ns,
   uint64_t bad_blocks = 0;
   for (size_t i = 0; i <= last && !stopped; ++i) {
     const auto& h = scan.blocks[i].header;
+    if (h.summary_level() != 0)
+      continue;  // level-of-detail copies: every record is in its data block
     if (!h.overlaps(start_ns, end_ns) && !(h.flags & wire::kBlockFlagDefinitions)) {
       ++stats.blocks_skipped;
       continue;

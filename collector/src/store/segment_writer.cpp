@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "block_summary.hpp"
 #include "inferscope/wire/trace_file.hpp"
 
 namespace inferscope::collector {
@@ -169,7 +170,9 @@ bool TraceStore::Writer::start_segment() {
   fd_ = ::open(s.path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd_ < 0) return false;
   uint8_t header[16];
-  wire::encode_v2_file_header(header);
+  // Format 3 says the file may hold summary blocks (readers of format 2 refuse it).
+  wire::encode_v2_file_header(header, options_.summaries ? wire::kTraceFileFormatSummaries
+                                                         : wire::kTraceBlockFormatVersion);
   if (!write_all(fd_, header, sizeof header)) {
     const int saved = errno;
     ::close(fd_);
@@ -224,6 +227,20 @@ void TraceStore::Writer::write_block(const wire::RawBlock& block, bool starts_se
     return;
   }
   compressor_.seal(block, sealed_);
+  // The block's level-of-detail summaries follow it, in the same write: a torn
+  // tail can only cut summaries off, never leave one without its data block.
+  uint64_t summary_bytes = 0;
+  size_t summary_count = 0;
+  if (options_.summaries) {
+    const auto summaries = summaries_.build(block);
+    const size_t data_bytes = sealed_.size();
+    for (const auto& sb : summaries) {
+      compressor_.seal(sb.block, summary_sealed_, sb.level);
+      sealed_.insert(sealed_.end(), summary_sealed_.begin(), summary_sealed_.end());
+    }
+    summary_bytes = sealed_.size() - data_bytes;
+    summary_count = summaries.size();
+  }
   const uint64_t offset = current_bytes_.load();
   if (!write_all(fd_, sealed_.data(), sealed_.size())) {
     const int saved = errno;
@@ -239,10 +256,15 @@ void TraceStore::Writer::write_block(const wire::RawBlock& block, bool starts_se
     std::lock_guard<std::mutex> lock(index_mu_);
     Segment& s = segments_.back();
     wire::BlockLocation loc;
-    loc.offset = offset;
-    std::string ignored;
-    wire::decode_block_header({sealed_.data(), wire::kBlockHeaderBytes}, loc.header, ignored);
-    s.blocks.push_back(loc);
+    // The data block, then its summaries: each header says where the next starts.
+    for (uint64_t at = 0; at < sealed_.size(); at = loc.end() - offset) {
+      loc.offset = offset + at;
+      std::string ignored;
+      wire::decode_block_header({sealed_.data() + at, wire::kBlockHeaderBytes}, loc.header,
+                                ignored);
+      s.blocks.push_back(loc);
+    }
+    loc = s.blocks[s.blocks.size() - 1 - summary_count];
     s.bytes += sealed_.size();
     bytes_ += sealed_.size();
     if (loc.header.min_ns <= loc.header.max_ns) {
@@ -250,6 +272,8 @@ void TraceStore::Writer::write_block(const wire::RawBlock& block, bool starts_se
       s.max_ns = std::max(s.max_ns, loc.header.max_ns);
     }
     ++counters_.blocks_written;
+    counters_.summary_blocks_written += summary_count;
+    counters_.summary_bytes_written += summary_bytes;
     counters_.frames_written += block.frames;
     path = s.path;
   }

@@ -13,6 +13,7 @@
 #include <mutex>
 #include <thread>
 
+#include "block_summary.hpp"
 #include "inferscope/collector/trace_store.hpp"
 
 namespace inferscope::collector {
@@ -80,7 +81,9 @@ class TraceStore::Writer {
   const TraceStoreOptions& options_;
   TraceStore::Log log_;
   wire::BlockCompressor compressor_;
-  std::vector<uint8_t> sealed_;
+  std::vector<uint8_t> sealed_;  // the data block, then its summary blocks
+  std::vector<uint8_t> summary_sealed_;
+  SummaryBuilder summaries_;
 
   // The file being appended (writer thread only).
   int fd_ = -1;

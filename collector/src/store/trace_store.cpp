@@ -149,6 +149,7 @@ void TraceStore::recover_sequences() {
     const int fd = ::open(segments[k].path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) continue;
     for (const auto& block : segments[k].blocks) {
+      if (block.header.summary_level() != 0) continue;  // copies of the block before
       std::string error;
       if (wire::read_block(fd, block, raw, error)) for_each_frame(sizer, raw, first_record);
     }
@@ -172,20 +173,23 @@ std::vector<std::string> TraceStore::segment_paths() const {
   return writer_->segment_paths();
 }
 
-RangeScan TraceStore::query(int64_t start_ns, int64_t end_ns, const FrameVisitor& visit) const {
+RangeScan TraceStore::query(int64_t start_ns, int64_t end_ns, const FrameVisitor& visit,
+                            int64_t lod_ns) const {
   RangeScan scan;
   std::vector<uint8_t> raw;
   wire::FrameDecoder sizer(wire::DecoderOptions{wire::kMaxBlockRawBytes});
   for (const auto& seg : writer_->snapshot()) {
-    // The last block that overlaps; definitions (hellos, strings) before it are read too.
-    size_t last = seg.blocks.size();
-    for (size_t i = seg.blocks.size(); i-- > 0;)
-      if (seg.blocks[i].header.overlaps(start_ns, end_ns)) {
+    const auto& blocks = seg.blocks;  // data blocks, each followed by its summaries
+    const auto is_data = [&](size_t i) { return blocks[i].header.summary_level() == 0; };
+    // The last data block that overlaps; definitions (hellos, strings) before it are read too.
+    size_t last = blocks.size();
+    for (size_t i = blocks.size(); i-- > 0;)
+      if (is_data(i) && blocks[i].header.overlaps(start_ns, end_ns)) {
         last = i;
         break;
       }
-    if (last == seg.blocks.size()) {
-      scan.blocks_skipped += seg.blocks.size();
+    if (last == blocks.size()) {
+      for (size_t i = 0; i < blocks.size(); ++i) scan.blocks_skipped += is_data(i);
       continue;
     }
     const int fd = ::open(seg.path.c_str(), O_RDONLY | O_CLOEXEC);
@@ -194,8 +198,9 @@ RangeScan TraceStore::query(int64_t start_ns, int64_t end_ns, const FrameVisitor
       continue;
     }
     ++scan.segments;
-    for (size_t i = 0; i < seg.blocks.size(); ++i) {
-      const auto& h = seg.blocks[i].header;
+    for (size_t i = 0; i < blocks.size(); ++i) {
+      if (!is_data(i)) continue;  // read in place of their data block, below
+      const auto& h = blocks[i].header;
       const bool wanted =
           h.overlaps(start_ns, end_ns) || (i < last && (h.flags & wire::kBlockFlagDefinitions));
       if (!wanted) {
@@ -203,11 +208,20 @@ RangeScan TraceStore::query(int64_t start_ns, int64_t end_ns, const FrameVisitor
         continue;
       }
       std::string error;
-      if (!wire::read_block(fd, seg.blocks[i], raw, error)) {
+      // The coarsest summary at most lod_ns, for a block wholly inside the range
+      // (a summary cannot drop the spans of a block that only overlaps it).
+      size_t use = i;
+      if (lod_ns > 0 && h.within(start_ns, end_ns))
+        for (size_t j = i + 1; j < blocks.size() && !is_data(j); ++j)
+          if (wire::summary_level_ns(blocks[j].header.summary_level()) <= lod_ns) use = j;
+      if (use != i && wire::read_block(fd, blocks[use], raw, error)) {
+        ++scan.summaries_read;
+      } else if (wire::read_block(fd, blocks[i], raw, error)) {
+        ++scan.blocks_read;  // no summary fits (or it could not be read): the block itself
+      } else {
         ++scan.errors;
         continue;
       }
-      ++scan.blocks_read;
       if (!for_each_frame(sizer, raw, visit)) ++scan.errors;
     }
     ::close(fd);

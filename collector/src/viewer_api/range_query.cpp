@@ -7,6 +7,7 @@
 #include <tuple>
 #include <unordered_map>
 
+#include "../store/span_merge.hpp"
 #include "inferscope/wire/codec.hpp"
 #include "inferscope/wire/trace_block.hpp"
 
@@ -14,30 +15,14 @@ namespace inferscope::collector {
 
 namespace {
 
-// One track at one nesting depth: spans there do not overlap, so runs of short
-// ones can be merged in arrival order.
-using LaneKey = std::tuple<uint32_t /*source*/, uint8_t /*track kind*/, uint32_t /*track*/, uint32_t /*stream*/,
-                           uint16_t /*depth*/>;
-
-struct LaneHash {
-  size_t operator()(const LaneKey& k) const {
-    uint64_t h = (uint64_t{std::get<0>(k)} << 32) ^ std::get<2>(k);
-    h ^= (uint64_t{std::get<3>(k)} << 20) ^ (uint64_t{std::get<4>(k)} << 8) ^ std::get<1>(k);
-    h *= 0x9E3779B97F4A7C15ull;
-    return static_cast<size_t>(h ^ (h >> 29));
-  }
-};
-
-struct Run {
-  wire::Span first;
-  int64_t end_ns = 0;
-  uint64_t count = 0;
-};
-
 class Reducer {
  public:
   Reducer(const wire::RangeQuery& q, wire::RangeEnd& end)
-      : q_(q), end_(end), cap_(q.max_records ? q.max_records : kDefaultRangeMaxRecords) {}
+      : q_(q),
+        end_(end),
+        cap_(q.max_records ? q.max_records : kDefaultRangeMaxRecords),
+        merger_(q.resolution_ns,
+                [this](uint32_t source, const wire::Span& s) { emit(source, wire::Record{s}); }) {}
 
   void frame(std::span<const uint8_t> bytes) {
     if (!decoder_.open(bytes).ok()) return;  // CRC-checked when written; a bad one is skipped
@@ -47,8 +32,8 @@ class Reducer {
   }
 
   void finish(std::vector<std::vector<uint8_t>>& frames) {
-    for (auto& [key, run] : runs_) flush(key, run);
-    runs_.clear();
+    merger_.finish();
+    end_.merged_spans = merger_.merged();
     for (auto& [source, out] : outputs_) {
       // Definitions first: the hello and every string the source defined up to the range.
       wire::EncoderOptions eo;
@@ -100,8 +85,8 @@ class Reducer {
       case wire::RecordKind::kSpan: {
         const auto& s = std::get<wire::Span>(r);
         if (!in_range(s.start_ns, s.end_ns)) return;
-        ++end_.spans;
-        span(source, s);
+        end_.spans += merged_span_count(s);  // a summary's merged span stands for its count
+        merger_.add(source, s);
         return;
       }
       case wire::RecordKind::kRangeQuery:
@@ -115,7 +100,8 @@ class Reducer {
         if (q_.resolution_ns > 0) {
           uint32_t series = 0;
           if (auto* c = std::get_if<wire::CounterSample>(&r)) series = c->name_id;
-          if (auto* m = std::get_if<wire::MemorySample>(&r)) series = static_cast<uint32_t>(m->kind);
+          if (auto* m = std::get_if<wire::MemorySample>(&r))
+            series = static_cast<uint32_t>(m->kind);
           const auto key = std::make_tuple(source, static_cast<uint8_t>(r.index()), series);
           const int64_t step = t.min_ns / q_.resolution_ns;
           auto [it, fresh] = last_step_.try_emplace(key, step);
@@ -132,49 +118,6 @@ class Reducer {
     }
   }
 
-  void span(uint32_t source, const wire::Span& s) {
-    const int64_t res = q_.resolution_ns;
-    if (res <= 0) {
-      emit(source, wire::Record{s});
-      return;
-    }
-    const LaneKey key{source, static_cast<uint8_t>(s.track_kind), s.track_id, s.stream, s.depth};
-    const bool short_span = s.end_ns - s.start_ns < res;
-    auto it = runs_.find(key);
-    if (it != runs_.end()) {
-      Run& run = it->second;
-      if (short_span && s.start_ns >= run.first.start_ns && s.start_ns - run.end_ns < res) {
-        run.end_ns = std::max(run.end_ns, s.end_ns);
-        ++run.count;
-        return;
-      }
-      flush(key, run);
-      runs_.erase(it);
-    }
-    if (!short_span) {
-      emit(source, wire::Record{s});
-      return;
-    }
-    runs_.emplace(key, Run{s, s.end_ns, 1});
-  }
-
-  void flush(const LaneKey& key, const Run& run) {
-    const uint32_t source = std::get<0>(key);
-    if (run.count == 1) {
-      emit(source, wire::Record{run.first});
-      return;
-    }
-    wire::Span m = run.first;
-    m.end_ns = run.end_ns;
-    m.name_id = wire::kMergedSpansStringId;
-    m.correlation_id = 0;
-    m.request_id = 0;
-    m.num_args = 1;
-    m.args[0] = {wire::kMergedSpansStringId, static_cast<int64_t>(run.count)};
-    ++end_.merged_spans;
-    emit(source, wire::Record{m});
-  }
-
   void emit(uint32_t source, const wire::Record& r) {
     if (end_.records >= cap_) {
       truncated_ = true;
@@ -189,7 +132,8 @@ class Reducer {
     }
     out.encoder->add(r);
     ++end_.records;
-    if (out.encoder->full() || out.encoder->record_count() >= 65536) out.encoder->finish(out.frames.emplace_back());
+    if (out.encoder->full() || out.encoder->record_count() >= 65536)
+      out.encoder->finish(out.frames.emplace_back());
   }
 
   const wire::RangeQuery& q_;
@@ -199,7 +143,7 @@ class Reducer {
   wire::FrameDecoder decoder_{wire::DecoderOptions{wire::kMaxBlockRawBytes}};
   std::map<uint32_t, SourceDefs> sources_;
   std::map<uint32_t, Output> outputs_;
-  std::unordered_map<LaneKey, Run, LaneHash> runs_;
+  SpanMerger merger_;
   std::map<std::tuple<uint32_t, uint8_t, uint32_t>, int64_t> last_step_;
 };
 
@@ -227,9 +171,12 @@ void answer_range(const TraceStore* store, const wire::RangeQuery& query, RangeR
     reply.end.message = "range ends before it starts";
   } else {
     Reducer reducer(query, reply.end);
-    RangeScan scan = store->query(query.from_ns, query.to_ns, [&](std::span<const uint8_t> f) { reducer.frame(f); });
+    // Summaries at most one resolution step coarse merge into the same reply (span_merge.hpp).
+    RangeScan scan = store->query(
+        query.from_ns, query.to_ns, [&](std::span<const uint8_t> f) { reducer.frame(f); },
+        query.resolution_ns);
     reducer.finish(reply.frames);
-    reply.end.blocks_read = static_cast<uint32_t>(scan.blocks_read);
+    reply.end.blocks_read = static_cast<uint32_t>(scan.blocks_read + scan.summaries_read);
     reply.end.blocks_skipped = static_cast<uint32_t>(scan.blocks_skipped);
     if (reducer.truncated()) {
       reply.end.status = wire::RangeStatus::kTruncated;

@@ -66,6 +66,37 @@ void TraceModel::clear() {
   dirty_ = false;
 }
 
+void TraceModel::clear_spans() {
+  std::vector<wire::SpanArg> kept;  // the arguments of the spans that stay, re-indexed
+  auto keep_args = [&](std::vector<SpanRec>& spans) {
+    for (SpanRec& r : spans) {
+      if (r.num_args == 0 || r.args >= args_.size()) continue;
+      const uint32_t at = static_cast<uint32_t>(kept.size());
+      kept.insert(kept.end(), args_.begin() + r.args,
+                  args_.begin() + std::min<size_t>(args_.size(), r.args + r.num_args));
+      r.args = at;
+    }
+  };
+  for (Track& t : tracks_) {
+    if (t.type == TrackType::kCpuThread || t.type == TrackType::kGpuStream) {
+      span_count_ -= std::min(span_count_, t.span_count);
+      pending_spans_ -= std::min<uint64_t>(pending_spans_, t.pending.size());
+      t.lanes.clear();
+      t.pending.clear();
+      t.span_count = 0;
+      t.min_ns = std::numeric_limits<int64_t>::max();
+      t.max_ns = std::numeric_limits<int64_t>::min();
+      continue;
+    }
+    for (Lane& l : t.lanes) keep_args(l.spans);
+    keep_args(t.pending);
+  }
+  args_.swap(kept);
+  launches_.clear();
+  kernels_.clear();
+  dirty_ = true;
+}
+
 const Source* TraceModel::source(uint32_t id) const {
   auto it = sources_.find(id);
   return it == sources_.end() ? nullptr : &it->second;

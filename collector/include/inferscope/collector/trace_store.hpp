@@ -43,14 +43,20 @@ struct TraceStoreOptions {
   int zstd_level = 1;
   bool background = true;    // compress and write on the store's own thread
   size_t queue_blocks = 64;  // background: sealed blocks waiting at most (16 MiB of frames)
+  // Level-of-detail summaries after each block (store/block_summary.hpp): a
+  // coarse range query reads them instead of the blocks. Costs the writer
+  // thread one decode of each block; off writes format 2 files as before.
+  bool summaries = true;
 };
 
 // Cumulative since open(); gauges are the current state.
 struct TraceStoreStats {
-  uint64_t bytes = 0;     // gauge: all segments on disk
-  uint64_t segments = 0;  // gauge
-  int64_t oldest_ns = 0;  // gauge: min record time still stored (0: none)
-  uint64_t blocks_written = 0;
+  uint64_t bytes = 0;                   // gauge: all segments on disk
+  uint64_t segments = 0;                // gauge
+  int64_t oldest_ns = 0;                // gauge: min record time still stored (0: none)
+  uint64_t blocks_written = 0;          // data blocks
+  uint64_t summary_blocks_written = 0;  // level-of-detail summaries of them
+  uint64_t summary_bytes_written = 0;   // on disk, included in bytes
   uint64_t frames_written = 0;
   uint64_t write_errors = 0;     // frames not written (disk full, I/O error)
   uint64_t dropped_blocks = 0;   // background queue full (also in write_errors as frames)
@@ -65,8 +71,9 @@ struct TraceStoreStats {
 // during the callback only.
 struct RangeScan {
   uint64_t segments = 0;
-  uint64_t blocks_read = 0;     // decompressed
-  uint64_t blocks_skipped = 0;  // outside the range, by the index alone
+  uint64_t blocks_read = 0;     // data blocks decompressed
+  uint64_t summaries_read = 0;  // summary blocks read instead of their data block
+  uint64_t blocks_skipped = 0;  // data blocks outside the range, by the index alone
   uint64_t errors = 0;          // blocks that could not be read (deleted, damaged)
 };
 
@@ -114,7 +121,15 @@ class TraceStore {
 
   // Visits stored frames for [start_ns, end_ns] (see RangeScan). The open block
   // (at most block_age old) is not included: flush() first to see it.
-  RangeScan query(int64_t start_ns, int64_t end_ns, const FrameVisitor& visit) const;
+  //
+  // lod_ns > 0 lets a block whose records all lie inside the range be answered
+  // by its coarsest summary whose level is at most lod_ns: the visitor then sees
+  // merged spans (kMergedSpansStringId, args[0] = count) for runs of spans
+  // shorter than that level. Merging those again at any resolution >= lod_ns
+  // with span_merge.hpp's rule (as answer_range does) gives exactly the result
+  // of merging the stored spans. lod_ns = 0: every stored record as it is.
+  RangeScan query(int64_t start_ns, int64_t end_ns, const FrameVisitor& visit,
+                  int64_t lod_ns = 0) const;
 
   static std::string segment_name(uint64_t index);  // "trace-000001.istrace"
   // Segment files of a directory, oldest first.

@@ -8,7 +8,8 @@
 //   off size field
 //     0   4  magic "ISB2" (0x32425349 little-endian)
 //     4   2  format version (2)
-//     6   2  flags: bit 0 zstd, bit 1 holds hello / string definitions
+//     6   2  flags: bit 0 zstd, bit 1 holds hello / string definitions,
+//                bits 2-5 summary level k (0: a data block; see below)
 //     8   4  raw bytes (the frames, after decompression; <= kMaxBlockRawBytes)
 //    12   4  stored bytes (the payload as written)
 //    16   4  frames in the block
@@ -24,6 +25,18 @@
 // write and cuts it off again if the write fails, so a crash leaves at most one
 // torn block at the end of a file, which the walk detects (size past the end of
 // the file, or payload CRC mismatch).
+//
+// Level-of-detail summaries (file format version 3, same block layout): a data
+// block may be followed by summary blocks, one per level k (1..15) in rising
+// order, written with it in the same write(). A level-k summary holds the data
+// block's records with its spans merged per lane at a resolution of
+// summary_level_ns(k) (runs of shorter spans become one span named
+// kMergedSpansStringId with args[0] = {kMergedSpansStringId, count}, as a range
+// query reply does); every other record is copied as it is. Its header carries
+// the data block's times. Readers that want every stored record skip summary
+// blocks; a range query may read one instead of its data block (store docs).
+// Format 2 files have no summaries and read as before; a format 2 reader
+// refuses format 3 files instead of misreading them.
 #pragma once
 
 #include <cstdint>
@@ -43,6 +56,16 @@ inline constexpr size_t kBlockHeaderBytes = 48;
 inline constexpr uint32_t kMaxBlockRawBytes = 64u << 20;
 inline constexpr uint16_t kBlockFlagZstd = 1u << 0;
 inline constexpr uint16_t kBlockFlagDefinitions = 1u << 1;
+inline constexpr int kBlockSummaryLevelShift = 2;
+inline constexpr uint16_t kBlockSummaryLevelMask = 0xFu << kBlockSummaryLevelShift;
+inline constexpr int kMaxSummaryLevel = 15;
+// File header format versions: 2 data blocks only, 3 may hold summary blocks.
+inline constexpr uint16_t kTraceFileFormatSummaries = 3;
+
+// The merge resolution of summary level k: 1024 ns * 4^k (4 us .. 1100 s).
+constexpr int64_t summary_level_ns(int level) {
+  return int64_t{1024} << (2 * level);
+}
 
 // What the store needs to know about one frame to index it.
 struct FrameSummary {
@@ -70,7 +93,15 @@ struct BlockHeader {
   int64_t max_ns = std::numeric_limits<int64_t>::min();
   uint32_t payload_crc = 0;
 
-  bool overlaps(int64_t start_ns, int64_t end_ns) const { return min_ns <= end_ns && max_ns >= start_ns; }
+  bool overlaps(int64_t start_ns, int64_t end_ns) const {
+    return min_ns <= end_ns && max_ns >= start_ns;
+  }
+  // Every record time of the block lies in [start_ns, end_ns].
+  bool within(int64_t start_ns, int64_t end_ns) const {
+    return min_ns >= start_ns && max_ns <= end_ns;
+  }
+  // 0 for a data block, else the summary level (1..15).
+  int summary_level() const { return (flags & kBlockSummaryLevelMask) >> kBlockSummaryLevelShift; }
 };
 
 void encode_block_header(const BlockHeader& header, uint8_t out[kBlockHeaderBytes]);
@@ -78,8 +109,12 @@ void encode_block_header(const BlockHeader& header, uint8_t out[kBlockHeaderByte
 // version, header CRC, sizes within limits).
 bool decode_block_header(std::span<const uint8_t> bytes, BlockHeader& header, std::string& error);
 
-// The 16-byte header of a v2 file.
-void encode_v2_file_header(uint8_t out[16]);
+// The 16-byte header of a v2 file; format 2 (data blocks only) or kTraceFileFormatSummaries.
+void encode_v2_file_header(uint8_t out[16], uint16_t format = kTraceBlockFormatVersion);
+// Whether a reader of this code reads a v2 file whose header says this format version.
+constexpr bool supported_trace_format(uint16_t format) {
+  return format == kTraceBlockFormatVersion || format == kTraceFileFormatSummaries;
+}
 
 // Frames gathered for one block, before compression. Movable, so a store can
 // hand a full block to another thread to compress and write.
@@ -101,8 +136,9 @@ class BlockCompressor {
   BlockCompressor(const BlockCompressor&) = delete;
   BlockCompressor& operator=(const BlockCompressor&) = delete;
 
-  // Replaces out with the sealed block (header then payload).
-  void seal(const RawBlock& block, std::vector<uint8_t>& out);
+  // Replaces out with the sealed block (header then payload). summary_level > 0
+  // seals a summary block (its times are the block's own: pass the data block's).
+  void seal(const RawBlock& block, std::vector<uint8_t>& out, int summary_level = 0);
 
  private:
   int level_;
@@ -119,10 +155,10 @@ struct BlockLocation {
 struct BlockScan {
   std::vector<BlockLocation> blocks;  // valid headers, in file order
   uint64_t file_bytes = 0;
-  uint64_t valid_bytes = 0;           // end of the last good block (the file header when none)
-  uint64_t damaged_regions = 0;       // bad headers skipped in the middle
-  bool torn_tail = false;             // bytes after valid_bytes that are no whole block
-  std::string tail_problem;           // why, for the log
+  uint64_t valid_bytes = 0;      // end of the last good block (the file header when none)
+  uint64_t damaged_regions = 0;  // bad headers skipped in the middle
+  bool torn_tail = false;        // bytes after valid_bytes that are no whole block
+  std::string tail_problem;      // why, for the log
 };
 
 // Walks a v2 file's block headers (seeking over payloads; only the last
@@ -133,7 +169,7 @@ bool scan_blocks(const std::string& path, BlockScan& scan, std::string& error);
 // Reads, checks and decompresses one block of an open file into raw (the frames).
 bool read_block(int fd, const BlockLocation& where, std::vector<uint8_t>& raw, std::string& error);
 // Checks and decompresses a block whose stored payload is in memory.
-bool unpack_block(const BlockHeader& header, std::span<const uint8_t> payload, std::vector<uint8_t>& raw,
-                  std::string& error);
+bool unpack_block(const BlockHeader& header, std::span<const uint8_t> payload,
+                  std::vector<uint8_t>& raw, std::string& error);
 
 }  // namespace inferscope::wire

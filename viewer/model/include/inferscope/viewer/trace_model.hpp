@@ -146,6 +146,12 @@ class TraceModel {
   // Sorts new spans into lanes and rebuilds the indexes. Cheap when nothing changed.
   void finalize();
   void clear();
+  // Drops every span of the CPU-thread and GPU-stream tracks (and their flows
+  // and arguments) and keeps everything else: sources, names, request and
+  // stage tracks, sample tables, the time range. A level-of-detail view
+  // (store_view.hpp) swaps the spans of a window this way without decoding
+  // the other records again. finalize() afterwards.
+  void clear_spans();
 
   // [SECTION] Access
   const std::vector<Track>& tracks() const { return tracks_; }
