@@ -34,6 +34,7 @@
 #include <vector>
 
 #include "inferscope/agent.hpp"
+#include "discard_sink.hpp"
 
 namespace ia = inferscope::agent;
 
@@ -52,45 +53,7 @@ int64_t read_ns(clockid_t id) {
   return int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
 }
 
-// A collector stand-in that reads and discards, so shipping costs what a real
-// socket costs without a decoder in the measurement.
-class DiscardSink {
- public:
-  DiscardSink() : acceptor_(io_, {asio::ip::make_address("127.0.0.1"), 0}) {
-    accept();
-    thread_ = std::thread([this] { io_.run(); });
-  }
-  ~DiscardSink() {
-    asio::post(io_, [this] { io_.stop(); });
-    thread_.join();
-  }
-  std::string address() const {
-    return "tcp://127.0.0.1:" + std::to_string(acceptor_.local_endpoint().port());
-  }
-
- private:
-  struct Conn {
-    explicit Conn(asio::ip::tcp::socket s) : socket(std::move(s)) {}
-    asio::ip::tcp::socket socket;
-    std::array<uint8_t, 1 << 16> buf{};
-  };
-  void accept() {
-    acceptor_.async_accept([this](asio::error_code ec, asio::ip::tcp::socket s) {
-      if (ec) return;
-      auto c = std::make_shared<Conn>(std::move(s));
-      read(c);
-      accept();
-    });
-  }
-  void read(std::shared_ptr<Conn> c) {
-    c->socket.async_read_some(asio::buffer(c->buf), [this, c](asio::error_code ec, size_t) {
-      if (!ec) read(c);
-    });
-  }
-  asio::io_context io_;
-  asio::ip::tcp::acceptor acceptor_;
-  std::thread thread_;
-};
+using inferscope::bench::DiscardSink;
 
 struct Variant {
   const char* name;

@@ -10,6 +10,8 @@
 #include <random>
 #include <stdexcept>
 
+#include "inferscope/engine/safetensors.hpp"
+
 namespace inferscope::engine {
 namespace {
 
@@ -318,48 +320,23 @@ void Weights::save(const std::string& path) const {
 
 void Weights::load(const std::string& path) {
   require_f32("load");
-  std::ifstream in(path, std::ios::binary | std::ios::ate);
-  if (!in) throw std::runtime_error("cannot open safetensors file '" + path + "'");
-  const uint64_t file_size = static_cast<uint64_t>(in.tellg());
-  in.seekg(0);
-  unsigned char len[8] = {};
-  in.read(reinterpret_cast<char*>(len), 8);
-  uint64_t n = 0;
-  for (int i = 0; i < 8; ++i) n |= static_cast<uint64_t>(len[i]) << (8 * i);
-  if (!in || n > file_size - 8 || n > (100u << 20))
-    throw std::runtime_error(path + ": not a safetensors file (bad header length)");
-  std::string h(n, '\0');
-  in.read(h.data(), static_cast<std::streamsize>(n));
-  nlohmann::json header;
-  try {
-    header = nlohmann::json::parse(h);
-  } catch (const std::exception& e) {
-    throw std::runtime_error(path + ": safetensors header is not JSON: " + e.what());
-  }
-  const uint64_t data_start = 8 + n, data_bytes = file_size - data_start;
-  std::vector<float> host;
+  // The file format is read in one place (safetensors.hpp); here only the engine's own layout:
+  // every weight present, fp32, with the element count the config gives it.
+  SafetensorsSet file;
+  file.add_file(path);
   for (auto& [name, buf] : tensors_) {
     const Tensor& shard = buf.tensor();
     Tensor t = shard;
     t.rows = full_rows(name, shard);
-    if (!header.contains(name)) throw std::runtime_error(path + ": missing tensor '" + name + "'");
-    const auto& e = header[name];
-    if (e.value("dtype", "") != "F32")
-      throw std::runtime_error(path + ": tensor '" + name + "' is not F32");
-    auto shape = e.at("shape").get<std::vector<int64_t>>();
-    int64_t elems = 1;
-    for (int64_t d : shape) elems *= d;
-    if (elems != t.elements())
-      throw std::runtime_error(path + ": tensor '" + name + "' has " + std::to_string(elems) +
+    if (!file.has(name)) throw std::runtime_error(path + ": missing tensor '" + name + "'");
+    const SafetensorsEntry& e = file.at(name);
+    if (e.dtype != "F32") throw std::runtime_error(path + ": tensor '" + name + "' is not F32");
+    if (e.elements() != t.elements())
+      throw std::runtime_error(path + ": tensor '" + name + "' has " +
+                               std::to_string(e.elements()) +
                                " elements, the model config expects " +
                                std::to_string(t.elements()));
-    auto off = e.at("data_offsets").get<std::vector<uint64_t>>();
-    if (off.size() != 2 || off[1] < off[0] || off[1] > data_bytes || off[1] - off[0] != t.bytes())
-      throw std::runtime_error(path + ": tensor '" + name + "' has bad data_offsets");
-    host.resize(static_cast<size_t>(t.elements()));
-    in.seekg(static_cast<std::streamoff>(data_start + off[0]));
-    in.read(reinterpret_cast<char*>(host.data()), static_cast<std::streamsize>(t.bytes()));
-    if (!in) throw std::runtime_error(path + ": truncated data for '" + name + "'");
+    std::vector<float> host = file.read_f32(name);
     relabel_experts(name, host);
     backend_.upload(shard, host.data() + first_row(name, shard) * shard.cols);
   }
