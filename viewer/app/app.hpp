@@ -88,19 +88,24 @@ struct AppState {
   float scale = 1.0f;
   Palette pal{};
   bool screenshot_mode = false;
-  // Facts about the last frame, written next to a screenshot for tests.
-  int drawn_tracks = 0;
-  float hot_cell[4] = {-1, -1, -1, -1};  // x0 y0 x1 y1 of a hot heatmap cell
-  uint32_t hot_cell_colour = 0;
-  uint32_t legend_top_colour = 0;
-  int ep_hot_rank = -1;                       // EP view: the hottest rank named
-  float ep_idle_bar[4] = {-1, -1, -1, -1};    // x0 y0 x1 y1 of a non-hot rank's idle segment
-  float ep_hot_row[4] = {-1, -1, -1, -1};     // x0 y0 x1 y1 of the traffic heatmap's hot-rank outline
-  float selected_cell[4] = {-1, -1, -1, -1};  // x0 y0 x1 y1 of the selected heatmap cell
-  double alert_min_start_s = 0;    // alerts view: earliest start shown (s from trace start)
-  float memory_lanes[3][4] = {};   // memory view: KV, SSM state, checkpoints lanes
-  float memory_lane_fill[3] = {};  // used / capacity at the window's end, per lane
-  uint32_t memory_lane_colour[3] = {};
+  int ep_hot_rank = -1;  // EP view: the hottest rank named (its rows are outlined)
+
+  // What the last frame drew where: read only by the screenshot tests (write_facts puts it
+  // next to a --screenshot PNG as JSON); the views fill it while drawing and nothing else
+  // reads it, so it is kept apart from the state the views work from.
+  struct FrameFacts {
+    int drawn_tracks = 0;
+    float hot_cell[4] = {-1, -1, -1, -1};  // x0 y0 x1 y1 of a hot heatmap cell
+    uint32_t hot_cell_colour = 0;
+    uint32_t legend_top_colour = 0;
+    float ep_idle_bar[4] = {-1, -1, -1, -1};    // a non-hot rank's idle segment
+    float ep_hot_row[4] = {-1, -1, -1, -1};     // the traffic heatmap's hot-rank outline
+    float selected_cell[4] = {-1, -1, -1, -1};  // the selected heatmap cell
+    double alert_min_start_s = 0;               // alerts view: earliest start shown
+    float memory_lanes[3][4] = {};              // memory view: KV, SSM state, checkpoints
+    float memory_lane_fill[3] = {};             // used / capacity at the window's end
+    uint32_t memory_lane_colour[3] = {};
+  } facts;
 
   int64_t analysis_t0() const;
   int64_t analysis_t1() const;

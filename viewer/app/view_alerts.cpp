@@ -83,8 +83,8 @@ void draw_alerts(AppState& s) {
   ImGui::TableHeadersRow();
   for (size_t i = 0; i < alerts.size(); ++i) {
     const wire::AlertEpisode& a = alerts[i].alert;
-    s.alert_min_start_s =
-        i == 0 ? s.rel_s(a.start_ns) : std::min(s.alert_min_start_s, s.rel_s(a.start_ns));
+    s.facts.alert_min_start_s =
+        i == 0 ? s.rel_s(a.start_ns) : std::min(s.facts.alert_min_start_s, s.rel_s(a.start_ns));
     ImGui::TableNextRow();
     ImGui::TableNextColumn();
     ImVec4 col = a.kind == wire::AlertKind::kHotExpert   ? ImVec4(1.0f, 0.42f, 0.25f, 1)

@@ -113,8 +113,8 @@ void draw_ep(AppState& s) {
   }
   const EpReport& r = g_cache.report;
   s.ep_hot_rank = r.hot.empty() ? -1 : static_cast<int>(r.hot[0].rank);
-  for (float& v : s.ep_idle_bar) v = -1;
-  for (float& v : s.ep_hot_row) v = -1;
+  for (float& v : s.facts.ep_idle_bar) v = -1;
+  for (float& v : s.facts.ep_hot_row) v = -1;
   ImGui::TextDisabled("window %s .. %s", format_time(double(t0 - m.min_ns())).c_str(),
                       format_time(double(t1 - m.min_ns())).c_str());
   if (r.ranks == 0 || (!r.has_ep_records && !r.has_placement)) {
@@ -152,11 +152,11 @@ void draw_ep(AppState& s) {
       for (int i = 0; i < 4; ++i) {
         float w = max_ms > 0 ? float(std::max(0.0, parts[i]) / max_ms) * bar_w : 0;
         dl->AddRectFilled(ImVec2(x, p.y), ImVec2(x + w, p.y + bar_h), kPhase[i]);
-        if (i == 3 && !hot && w > 4 && s.ep_idle_bar[0] < 0) {
-          s.ep_idle_bar[0] = x;
-          s.ep_idle_bar[1] = p.y;
-          s.ep_idle_bar[2] = x + w;
-          s.ep_idle_bar[3] = p.y + bar_h;
+        if (i == 3 && !hot && w > 4 && s.facts.ep_idle_bar[0] < 0) {
+          s.facts.ep_idle_bar[0] = x;
+          s.facts.ep_idle_bar[1] = p.y;
+          s.facts.ep_idle_bar[2] = x + w;
+          s.facts.ep_idle_bar[3] = p.y + bar_h;
         }
         x += w;
       }
@@ -252,10 +252,10 @@ void draw_ep(AppState& s) {
       const ImVec2 a(o.x - 1, o.y + s.ep_hot_rank * cell - 1),
           b(o.x + n * cell, o.y + (s.ep_hot_rank + 1) * cell);
       dl->AddRect(a, b, 0xFF4060F0, 0, 0, 2.0f);
-      s.ep_hot_row[0] = a.x;
-      s.ep_hot_row[1] = a.y;
-      s.ep_hot_row[2] = b.x;
-      s.ep_hot_row[3] = b.y;
+      s.facts.ep_hot_row[0] = a.x;
+      s.facts.ep_hot_row[1] = a.y;
+      s.facts.ep_hot_row[2] = b.x;
+      s.facts.ep_hot_row[3] = b.y;
     }
     ImGui::Dummy(ImVec2(40 * s.scale + n * cell, n * cell + 2));
     ImGui::TextDisabled(

@@ -103,8 +103,8 @@ void draw_experts(AppState& s) {
   }
   ImGuiIO& io = ImGui::GetIO();
   int hover_l = -1, hover_e = -1;
-  s.hot_cell[0] = -1;
-  s.selected_cell[0] = -1;
+  s.facts.hot_cell[0] = -1;
+  s.facts.selected_cell[0] = -1;
   const wire::ModelDescription* md = m.model_description();
   for (int r = 0; r < rows; ++r) {
     const HeatmapLayer& l = h.layers[static_cast<size_t>(r)];
@@ -134,24 +134,24 @@ void draw_experts(AppState& s) {
       if (l.hot[static_cast<size_t>(e)]) {
         dl->AddRect(ImVec2(a.x - 1, a.y - 1), ImVec2(bb.x + 1, bb.y + 1), s.pal.hot_outline, 0, 0,
                     2.5f * s.scale);
-        if (s.hot_cell[0] < 0) {
-          s.hot_cell[0] = a.x + 4 * s.scale;
-          s.hot_cell[1] = a.y + 4 * s.scale;
-          s.hot_cell[2] = bb.x - 4 * s.scale;
-          s.hot_cell[3] = bb.y - 4 * s.scale;
+        if (s.facts.hot_cell[0] < 0) {
+          s.facts.hot_cell[0] = a.x + 4 * s.scale;
+          s.facts.hot_cell[1] = a.y + 4 * s.scale;
+          s.facts.hot_cell[2] = bb.x - 4 * s.scale;
+          s.facts.hot_cell[3] = bb.y - 4 * s.scale;
           double v = s.show_utilization ? l.utilization(static_cast<size_t>(e))
                                         : l.share(static_cast<size_t>(e));
-          s.hot_cell_colour = heat_colour(v / vmax);
+          s.facts.hot_cell_colour = heat_colour(v / vmax);
         }
       }
       if (static_cast<int>(l.layer) == s.selected_layer && e == s.selected_expert) {
         dl->AddRect(ImVec2(a.x - 2, a.y - 2), ImVec2(bb.x + 2, bb.y + 2), s.pal.selection, 0, 0,
                     2.0f);
         const float inset = 4 * s.scale;  // inside the outlines
-        s.selected_cell[0] = a.x + inset;
-        s.selected_cell[1] = a.y + inset;
-        s.selected_cell[2] = bb.x - inset;
-        s.selected_cell[3] = bb.y - inset;
+        s.facts.selected_cell[0] = a.x + inset;
+        s.facts.selected_cell[1] = a.y + inset;
+        s.facts.selected_cell[2] = bb.x - inset;
+        s.facts.selected_cell[3] = bb.y - inset;
       }
     }
     // Imbalance (max / mean) beside the row; 1.0 is perfectly balanced.
@@ -176,7 +176,7 @@ void draw_experts(AppState& s) {
     dl->AddRectFilled(ImVec2(lx, a), ImVec2(lx + 14 * s.scale, b + 1),
                       heat_colour((i + 0.5) / steps));
   }
-  s.legend_top_colour = heat_colour(1.0);
+  s.facts.legend_top_colour = heat_colour(1.0);
   char lb[32];
   std::snprintf(lb, sizeof(lb), s.show_utilization ? "%.1fx" : "%.0f%%",
                 s.show_utilization ? vmax : vmax * 100);

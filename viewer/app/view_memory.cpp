@@ -102,13 +102,13 @@ void draw_memory(AppState& s) {
     dl->AddText(ImVec2(q.x + 6, q.y + 2), s.pal.text, label.c_str());
     dl->AddText(ImVec2(q.x + sz.x + 4, q.y), s.pal.text_dim, "100%");
     dl->AddText(ImVec2(q.x + sz.x + 4, q.y + sz.y - lh), s.pal.text_dim, "0%");
-    float* rect = s.memory_lanes[k];
+    float* rect = s.facts.memory_lanes[k];
     rect[0] = q.x;
     rect[1] = q.y;
     rect[2] = q.x + sz.x;
     rect[3] = q.y + sz.y;
-    s.memory_lane_fill[k] = static_cast<float>(last_frac);
-    s.memory_lane_colour[k] = kColours[k];
+    s.facts.memory_lane_fill[k] = static_cast<float>(last_frac);
+    s.facts.memory_lane_colour[k] = kColours[k];
     if (ImGui::IsMouseHoveringRect(q, ImVec2(q.x + sz.x, q.y + sz.y)) && ImGui::IsWindowHovered())
       hover_lane = k;
   }

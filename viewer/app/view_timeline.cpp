@@ -210,7 +210,7 @@ void draw_timeline(AppState& s) {
   Hover hover;
   bool have_hover = false;
   std::vector<FlowEnd> kernels;
-  s.drawn_tracks = 0;
+  s.facts.drawn_tracks = 0;
   const int64_t q0 = static_cast<int64_t>(s.view_t0 - ns_per_px);
   const int64_t q1 = static_cast<int64_t>(s.view_t1 + ns_per_px);
   const int64_t min_ns = std::max<int64_t>(1, static_cast<int64_t>(3.0 * ns_per_px));
@@ -220,7 +220,7 @@ void draw_timeline(AppState& s) {
   for (uint32_t ti : m.track_order()) {
     const Track& t = tracks[ti];
     if (track_y[ti] < 0) continue;
-    ++s.drawn_tracks;
+    ++s.facts.drawn_tracks;
     const float ty = track_y[ti];
     const float th = lanes_shown(t) * lane_h;
     if (ty > clip_y1 || ty + th < clip_y0) continue;
