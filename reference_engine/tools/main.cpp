@@ -64,6 +64,7 @@ nlohmann::json ep_summary(const ie::EngineStats& st, const ie::ExpertPlacement& 
 }
 }  // namespace
 
+// [SECTION] main: options, model, workload, serving loop, summary
 int main(int argc, char** argv) {
   CLI::App app{"inferscope reference engine: hybrid attention/SSM MoE with a vision front end"};
   std::string model_path, workload = "skewed-multimodal", backend = "cpu", weights, save_weights,

@@ -59,6 +59,7 @@ int file_format(const std::string& path) {
 
 }  // namespace
 
+// [SECTION] Segment names
 std::string TraceStore::segment_name(uint64_t index) {
   char buf[64];
   std::snprintf(buf, sizeof buf, "trace-%06llu.istrace", static_cast<unsigned long long>(index));
@@ -82,6 +83,7 @@ std::vector<std::string> TraceStore::list_segments(const std::string& dir) {
 TraceStore::Writer::Writer(const TraceStoreOptions& options, TraceStore::Log log)
     : options_(options), log_(std::move(log)), compressor_(options.zstd_level) {}
 
+// [SECTION] Opening and recovery
 TraceStore::Writer::~Writer() {
   close();
 }
@@ -161,6 +163,7 @@ bool TraceStore::Writer::open(std::string& error) {
   return true;
 }
 
+// [SECTION] Writing blocks, rotation and errors
 bool TraceStore::Writer::start_segment() {
   close_file();
   std::lock_guard<std::mutex> lock(index_mu_);
@@ -281,6 +284,7 @@ void TraceStore::Writer::write_block(const wire::RawBlock& block, bool starts_se
   if (recovered && log_) log_("trace store: writing again to " + path);
 }
 
+// [SECTION] Retention
 void TraceStore::Writer::delete_front(bool by_age) {
   // index_mu_ held by the caller.
   std::error_code ec;
@@ -315,6 +319,7 @@ void TraceStore::Writer::enforce_retention() {
   }
 }
 
+// [SECTION] The writer thread: submit, settle, drain, close
 void TraceStore::Writer::submit(wire::RawBlock&& block, bool starts_segment, uint64_t last_ticket) {
   if (!options_.background) {
     write_block(block, starts_segment);
@@ -385,6 +390,7 @@ void TraceStore::Writer::close() {
   close_file();
 }
 
+// [SECTION] Stats and snapshots for readers
 TraceStoreStats TraceStore::Writer::stats() const {
   std::lock_guard<std::mutex> lock(index_mu_);
   TraceStoreStats s = counters_;

@@ -35,6 +35,7 @@ struct FlowKey {
 
 }  // namespace
 
+// [SECTION] Construction and reset
 TraceModel::TraceModel(ModelLimits limits) : limits_(limits) {
   clear();
 }
@@ -97,6 +98,7 @@ void TraceModel::clear_spans() {
   dirty_ = true;
 }
 
+// [SECTION] Sources, names and tracks
 const Source* TraceModel::source(uint32_t id) const {
   auto it = sources_.find(id);
   return it == sources_.end() ? nullptr : &it->second;
@@ -205,6 +207,7 @@ bool TraceModel::take_sample() {
   return true;
 }
 
+// [SECTION] Adding records
 void TraceModel::add(uint32_t source_id, const wire::Record& record) {
   ++record_count_;
   std::visit(
@@ -319,6 +322,7 @@ void TraceModel::add(uint32_t source_id, const wire::Record& record) {
       record);
 }
 
+// [SECTION] Finalizing: lanes and display order
 void TraceModel::finalize_track(Track& t) {
   if (t.pending.empty()) return;
   // Only the tail moves: spans already in lanes that end before the earliest
@@ -395,6 +399,7 @@ void TraceModel::finalize() {
   ++generation_;
 }
 
+// [SECTION] Queries
 const SpanRec* TraceModel::span(SpanRef ref) const {
   if (!ref.valid() || ref.track >= tracks_.size()) return nullptr;
   const Track& t = tracks_[ref.track];
