@@ -32,7 +32,8 @@ void encode_bench(benchmark::State& state, Make make, bool compress) {
   }
   state.SetItemsProcessed(records);
   state.counters["bytes_per_record"] = static_cast<double>(bytes) / static_cast<double>(records);
-  state.counters["records_per_s"] = benchmark::Counter(static_cast<double>(records), benchmark::Counter::kIsRate);
+  state.counters["records_per_s"] =
+      benchmark::Counter(static_cast<double>(records), benchmark::Counter::kIsRate);
 }
 
 template <class Make>
@@ -53,7 +54,8 @@ void decode_bench(benchmark::State& state, Make make, bool compress) {
   }
   state.SetItemsProcessed(records);
   state.counters["bytes_per_record"] = static_cast<double>(frame.size()) / kRecordsPerFrame;
-  state.counters["records_per_s"] = benchmark::Counter(static_cast<double>(records), benchmark::Counter::kIsRate);
+  state.counters["records_per_s"] =
+      benchmark::Counter(static_cast<double>(records), benchmark::Counter::kIsRate);
 }
 
 Span cpu_span(int i) {
@@ -77,12 +79,24 @@ ExpertLoad load_64(int i) {
   return e;
 }
 
-void BM_EncodeSpan(benchmark::State& s) { encode_bench(s, cpu_span, false); }
-void BM_EncodeSpanZstd(benchmark::State& s) { encode_bench(s, cpu_span, true); }
-void BM_DecodeSpan(benchmark::State& s) { decode_bench(s, cpu_span, false); }
-void BM_DecodeSpanZstd(benchmark::State& s) { decode_bench(s, cpu_span, true); }
-void BM_EncodeExpertLoad64(benchmark::State& s) { encode_bench(s, load_64, false); }
-void BM_DecodeExpertLoad64(benchmark::State& s) { decode_bench(s, load_64, false); }
+void BM_EncodeSpan(benchmark::State& s) {
+  encode_bench(s, cpu_span, false);
+}
+void BM_EncodeSpanZstd(benchmark::State& s) {
+  encode_bench(s, cpu_span, true);
+}
+void BM_DecodeSpan(benchmark::State& s) {
+  decode_bench(s, cpu_span, false);
+}
+void BM_DecodeSpanZstd(benchmark::State& s) {
+  decode_bench(s, cpu_span, true);
+}
+void BM_EncodeExpertLoad64(benchmark::State& s) {
+  encode_bench(s, load_64, false);
+}
+void BM_DecodeExpertLoad64(benchmark::State& s) {
+  decode_bench(s, load_64, false);
+}
 
 BENCHMARK(BM_EncodeSpan);
 BENCHMARK(BM_EncodeSpanZstd);

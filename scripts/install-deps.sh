@@ -5,6 +5,8 @@ set -euo pipefail
 
 packages=(
   build-essential cmake ninja-build pkg-config clang libclang-rt-14-dev
+  # scripts/check-format (a test stage) checks the tree against .clang-format
+  clang-format
   prometheus-cpp-dev libimgui-dev libglfw3-dev libgl-dev
   libzstd-dev zlib1g-dev libasio-dev nlohmann-json3-dev libcli11-dev libopenblas-dev
   libgtest-dev libgmock-dev libbenchmark-dev

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # The README's test command: installs dependencies, builds, and runs every test.
+#   0. the formatting check (scripts/check-format: the tree against .clang-format);
 #   1. a sanitizer build (ASan + UBSan) of the unit and integration tests (tests that
 #      cannot run meaningfully under ASan skip themselves there: docs/reliability.md);
 #   2. a short libFuzzer run of every parser of untrusted bytes;
@@ -13,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # [SECTION] Stages: each records its result, a note and its time for the summary.
-stages=("dependencies" "sanitizer build" "sanitizer tests" "fuzzing" "release build" "full suite")
+stages=("dependencies" "formatting" "sanitizer build" "sanitizer tests" "fuzzing" "release build" "full suite")
 declare -A result note seconds
 current="" current_start=0
 begin() {
@@ -76,6 +77,10 @@ trap summary EXIT
 # [SECTION] 0. Dependencies
 begin "dependencies"
 scripts/install-deps.sh
+finish passed
+
+begin "formatting" "every tracked C/C++/CUDA file against .clang-format"
+scripts/check-format
 finish passed
 
 # [SECTION] 1. Sanitizer build and its unit and integration tests

@@ -23,7 +23,8 @@ bool parse_endpoint(std::string_view address, Endpoint& out, std::string& error)
     return true;
   }
   std::string_view rest = address;
-  if (rest.starts_with(kTcp)) rest.remove_prefix(kTcp.size());
+  if (rest.starts_with(kTcp))
+    rest.remove_prefix(kTcp.size());
   else if (rest.find("://") != std::string_view::npos) {
     error = "unsupported collector scheme in '" + std::string(address) +
             "' (use tcp://host:port or unix:///path)";

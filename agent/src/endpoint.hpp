@@ -9,9 +9,9 @@ namespace inferscope::agent::detail {
 
 struct Endpoint {
   enum class Kind { kTcp, kUnix } kind = Kind::kTcp;
-  std::string host;  // tcp
-  uint16_t port = 0; // tcp
-  std::string path;  // unix
+  std::string host;   // tcp
+  uint16_t port = 0;  // tcp
+  std::string path;   // unix
 };
 
 // False with a message in error when the address cannot be used.

@@ -39,7 +39,8 @@ struct Table {
     std::string s(name.substr(0, wire::kMaxStringBytes));
     auto& chunk = nvtx[id / kChunk];
     if (!chunk.load(std::memory_order_relaxed))
-      chunk.store(new const void* [kChunk] {}, std::memory_order_release);
+      chunk.store(
+          new const void* [kChunk] {}, std::memory_order_release);
     chunk.load(std::memory_order_relaxed)[id % kChunk] = nvtx_register(s);
     names.push_back(s);
     ids.emplace(std::move(s), id);
@@ -61,7 +62,9 @@ Table& table() {
 
 }  // namespace
 
-uint32_t interned_count() { return table().count.load(std::memory_order_acquire); }
+uint32_t interned_count() {
+  return table().count.load(std::memory_order_acquire);
+}
 
 void interned_strings(uint32_t first, uint32_t last, std::vector<wire::StringDef>& out) {
   auto& t = table();

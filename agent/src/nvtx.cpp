@@ -15,7 +15,9 @@ nvtxDomainHandle_t domain() {
 }
 }  // namespace
 
-bool nvtx_available() { return true; }
+bool nvtx_available() {
+  return true;
+}
 
 const void* nvtx_register(const std::string& name) {
   return nvtxDomainRegisterStringA(domain(), name.c_str());
@@ -26,15 +28,20 @@ void nvtx_push(const void* registered_string) {
   attr.version = NVTX_VERSION;
   attr.size = NVTX_EVENT_ATTRIB_STRUCT_SIZE;
   attr.messageType = NVTX_MESSAGE_TYPE_REGISTERED;
-  attr.message.registered =
-      static_cast<nvtxStringHandle_t>(const_cast<void*>(registered_string));
+  attr.message.registered = static_cast<nvtxStringHandle_t>(const_cast<void*>(registered_string));
   nvtxDomainRangePushEx(domain(), &attr);
 }
 
-void nvtx_pop() { nvtxDomainRangePop(domain()); }
+void nvtx_pop() {
+  nvtxDomainRangePop(domain());
+}
 #else
-bool nvtx_available() { return false; }
-const void* nvtx_register(const std::string&) { return nullptr; }
+bool nvtx_available() {
+  return false;
+}
+const void* nvtx_register(const std::string&) {
+  return nullptr;
+}
 void nvtx_push(const void*) {}
 void nvtx_pop() {}
 #endif

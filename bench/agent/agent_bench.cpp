@@ -13,16 +13,15 @@
 #include <benchmark/benchmark.h>
 
 #include <array>
+#include <asio.hpp>
 #include <chrono>
 #include <cstdio>
 #include <memory>
 #include <thread>
 #include <vector>
 
-#include <asio.hpp>
-
-#include "inferscope/agent.hpp"
 #include "discard_sink.hpp"
+#include "inferscope/agent.hpp"
 
 namespace ia = inferscope::agent;
 namespace wire = inferscope::wire;
@@ -35,7 +34,9 @@ ia::Agent* g_off = nullptr;
 ia::Agent* g_ship = nullptr;
 uint32_t g_name = 0;
 
-ia::Agent& agent_for(const benchmark::State& state) { return state.range(0) ? *g_ship : *g_off; }
+ia::Agent& agent_for(const benchmark::State& state) {
+  return state.range(0) ? *g_ship : *g_off;
+}
 
 void report_drops(benchmark::State& state, ia::Agent& agent, const ia::Stats& before) {
   if (state.thread_index() != 0) return;

@@ -39,8 +39,8 @@
 #include <thread>
 
 #include "bench_kernels.hpp"
-#include "inferscope/agent.hpp"
 #include "discard_sink.hpp"
+#include "inferscope/agent.hpp"
 
 namespace ia = inferscope::agent;
 

@@ -33,8 +33,8 @@
 #include <thread>
 #include <vector>
 
-#include "inferscope/agent.hpp"
 #include "discard_sink.hpp"
+#include "inferscope/agent.hpp"
 
 namespace ia = inferscope::agent;
 

@@ -280,7 +280,8 @@ double scrape_ms(uint32_t layers, uint16_t experts, bool per_expert, size_t& byt
 
 }  // namespace
 
-// only_shape / only_mode: "" = all, else "repetitive" / "agent" and "off" / "inline" / "thread" / "fast".
+// only_shape / only_mode: "" = all, else "repetitive" / "agent" and "off" / "inline" / "thread" /
+// "fast".
 void print_ingest(size_t frames, const std::string& only_shape, const std::string& only_mode) {
   std::printf("%-46s %11s %7s %10s %12s %10s\n", "ingest (decode+validate+aggregate+forward)",
               "records/s", "MB/s", "CPU ns/rec", "M rec/CPU-s", "disk B/rec");
@@ -299,8 +300,9 @@ void print_ingest(size_t frames, const std::string& only_shape, const std::strin
       auto r = ingest(mode, shape, frames);
       const char* label = mode == Persist::kOff      ? "  without persistence"
                           : mode == Persist::kInline ? "  trace store, zstd-1 blocks inline"
-                          : mode == Persist::kInlineFast ? "  trace store, zstd -3 blocks inline"
-                                                     : "  trace store, zstd-1 blocks on its thread";
+                          : mode == Persist::kInlineFast
+                              ? "  trace store, zstd -3 blocks inline"
+                              : "  trace store, zstd-1 blocks on its thread";
       std::printf("%-46s %11.3e %7.1f %10.1f %12.1f %10.2f\n", label, r.records_per_s, r.mb_per_s,
                   r.cpu_ns_per_record, r.records_per_cpu_s() / 1e6, r.disk_bytes_per_record);
     }

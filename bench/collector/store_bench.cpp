@@ -50,8 +50,10 @@ int main(int argc, char** argv) {
   // summaries (every query decodes its blocks), for a before/after in one binary.
   bool quick = false, summaries = true;
   for (int i = 1; i < argc; ++i) {
-    if (std::strcmp(argv[i], "quick") == 0) quick = true;
-    else if (std::strcmp(argv[i], "no-summaries") == 0) summaries = false;
+    if (std::strcmp(argv[i], "quick") == 0)
+      quick = true;
+    else if (std::strcmp(argv[i], "no-summaries") == 0)
+      summaries = false;
     else {
       std::fprintf(stderr, "usage: store_bench [quick] [no-summaries]\n");
       return 2;

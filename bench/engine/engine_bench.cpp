@@ -13,9 +13,8 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
-#include <unistd.h>
-
 #include <time.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -109,7 +108,8 @@ Result run_once(ie::Model& model, ie::Telemetry* telemetry, uint64_t seed) {
     }
     e.run_to_completion();
     const auto& s = e.stats();
-    r.prefill_tps = static_cast<double>(s.prefill_tokens) / (static_cast<double>(s.prefill_ns + s.mixed_ns) / 1e9);
+    r.prefill_tps = static_cast<double>(s.prefill_tokens) /
+                    (static_cast<double>(s.prefill_ns + s.mixed_ns) / 1e9);
     r.prefill_cpu_us = (cpu_seconds() - c0) * 1e6 / static_cast<double>(s.prefill_tokens);
   }
   c0 = cpu_seconds();
@@ -125,9 +125,11 @@ Result run_once(ie::Model& model, ie::Telemetry* telemetry, uint64_t seed) {
     e.run_to_completion();
     const auto& s = e.stats();
     // Decode-only steps: every sequence's later tokens.
-    double decode_only_tokens = static_cast<double>(s.decode_tokens) - 32.0;  // first decodes may share a step with prefill
+    double decode_only_tokens =
+        static_cast<double>(s.decode_tokens) - 32.0;  // first decodes may share a step with prefill
     r.decode_tps = std::max(0.0, decode_only_tokens) / (static_cast<double>(s.decode_ns) / 1e9);
-    r.decode_cpu_us = (cpu_seconds() - c0) * 1e6 / static_cast<double>(s.decode_tokens + s.prefill_tokens);
+    r.decode_cpu_us =
+        (cpu_seconds() - c0) * 1e6 / static_cast<double>(s.decode_tokens + s.prefill_tokens);
   }
   return r;
 }
@@ -180,24 +182,26 @@ int main(int argc, char** argv) {
     }
     keep_best(best_off, off);
     keep_best(best_on, on);
-    std::printf("round %d: prefill off %.1f on %.1f tok/s, decode off %.1f on %.1f tok/s\n", r + 1, off.prefill_tps,
-                on.prefill_tps, off.decode_tps, on.decode_tps);
+    std::printf("round %d: prefill off %.1f on %.1f tok/s, decode off %.1f on %.1f tok/s\n", r + 1,
+                off.prefill_tps, on.prefill_tps, off.decode_tps, on.decode_tps);
   }
   telemetry.agent().flush(std::chrono::milliseconds(2000));
   auto st = telemetry.agent().stats();
-  std::printf("\nengine_bench: model %s, backend %s, %d threads, best of %d rounds\n", config.name.c_str(),
-              be->name().c_str(), threads, rounds);
+  std::printf("\nengine_bench: model %s, backend %s, %d threads, best of %d rounds\n",
+              config.name.c_str(), be->name().c_str(), threads, rounds);
   std::printf("%-10s %16s %16s %10s\n", "phase", "telemetry off", "telemetry on", "on/off");
-  std::printf("%-10s %12.1f t/s %12.1f t/s %10.3f\n", "prefill", best_off.prefill_tps, best_on.prefill_tps,
-              best_on.prefill_tps / best_off.prefill_tps);
-  std::printf("%-10s %12.1f t/s %12.1f t/s %10.3f\n", "decode", best_off.decode_tps, best_on.decode_tps,
-              best_on.decode_tps / best_off.decode_tps);
-  std::printf("%-10s %12.1f us/t %12.1f us/t %10.3f   (process CPU time per token)\n", "prefill cpu",
-              best_off.prefill_cpu_us, best_on.prefill_cpu_us, best_on.prefill_cpu_us / best_off.prefill_cpu_us);
-  std::printf("%-10s %12.1f us/t %12.1f us/t %10.3f\n", "decode cpu", best_off.decode_cpu_us, best_on.decode_cpu_us,
-              best_on.decode_cpu_us / best_off.decode_cpu_us);
+  std::printf("%-10s %12.1f t/s %12.1f t/s %10.3f\n", "prefill", best_off.prefill_tps,
+              best_on.prefill_tps, best_on.prefill_tps / best_off.prefill_tps);
+  std::printf("%-10s %12.1f t/s %12.1f t/s %10.3f\n", "decode", best_off.decode_tps,
+              best_on.decode_tps, best_on.decode_tps / best_off.decode_tps);
+  std::printf("%-10s %12.1f us/t %12.1f us/t %10.3f   (process CPU time per token)\n",
+              "prefill cpu", best_off.prefill_cpu_us, best_on.prefill_cpu_us,
+              best_on.prefill_cpu_us / best_off.prefill_cpu_us);
+  std::printf("%-10s %12.1f us/t %12.1f us/t %10.3f\n", "decode cpu", best_off.decode_cpu_us,
+              best_on.decode_cpu_us, best_on.decode_cpu_us / best_off.decode_cpu_us);
   std::printf("agent: %llu records sent, %llu dropped, %llu bytes to the sink\n",
-              static_cast<unsigned long long>(st.records_sent), static_cast<unsigned long long>(st.records_dropped),
+              static_cast<unsigned long long>(st.records_sent),
+              static_cast<unsigned long long>(st.records_dropped),
               static_cast<unsigned long long>(sink.bytes()));
   return 0;
 }

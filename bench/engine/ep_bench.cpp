@@ -52,12 +52,15 @@ struct Options {
 struct RankResult {
   uint64_t steps = 0, idle_steps = 0, decode_tokens = 0, prefill_tokens = 0;
   double wall_s = 0;
-  double dispatch_ms = 0, compute_ms = 0, combine_ms = 0, rows_per_step = 0;  // per MoE layer per step
-  double rank0_share = 0;  // share of this rank's routed assignments whose expert is on rank 0's shard
+  double dispatch_ms = 0, compute_ms = 0, combine_ms = 0,
+         rows_per_step = 0;  // per MoE layer per step
+  double rank0_share =
+      0;  // share of this rank's routed assignments whose expert is on rank 0's shard
   std::string error;
 };
 
-RankResult run_rank(const Options& o, const std::string& workload, int rank, int ranks, const std::string& dir) {
+RankResult run_rank(const Options& o, const std::string& workload, int rank, int ranks,
+                    const std::string& dir) {
   RankResult res;
   try {
     ie::ModelConfig config = ie::load_model_config(o.model);
@@ -79,7 +82,8 @@ RankResult run_rank(const Options& o, const std::string& workload, int rank, int
     ie::WorkloadSpec spec = ie::workload_by_name(workload);
     if (spec.fixed_topic >= 0) {  // skewed-ep: rank 0 of the EP=N placement hot
       spec.fixed_topic = ie::ep_hot_topic(config, o.ranks, 0);
-      for (const auto& hb : ie::ep_hot_bytes(model, o.ranks, 0, 12)) spec.alphabet.push_back(hb.byte);
+      for (const auto& hb : ie::ep_hot_bytes(model, o.ranks, 0, 12))
+        spec.alphabet.push_back(hb.byte);
     }
     ie::WorkloadGenerator gen(spec, config, 1000 + static_cast<uint64_t>(rank));
     ie::Engine engine(model, nullptr);
@@ -136,7 +140,8 @@ std::vector<RankResult> run(const Options& o, const std::string& workload, int r
   std::vector<RankResult> out(static_cast<size_t>(ranks));
   std::vector<std::thread> threads;
   for (int r = 0; r < ranks; ++r)
-    threads.emplace_back([&, r] { out[static_cast<size_t>(r)] = run_rank(o, workload, r, ranks, dir); });
+    threads.emplace_back(
+        [&, r] { out[static_cast<size_t>(r)] = run_rank(o, workload, r, ranks, dir); });
   for (auto& t : threads) t.join();
   std::error_code ec;
   fs::remove_all(dir, ec);
@@ -156,18 +161,24 @@ int main(int argc, char** argv) {
       }
       return argv[++i];
     };
-    if (a == "--ranks") o.ranks = std::atoi(next().c_str());
-    else if (a == "--backend") o.backend = next();
-    else if (a == "--threads") o.threads = std::atoi(next().c_str());
-    else if (a == "--requests") o.requests = std::atoi(next().c_str());
-    else if (a == "--capacity-factor") o.capacity_factor = std::atof(next().c_str());
+    if (a == "--ranks")
+      o.ranks = std::atoi(next().c_str());
+    else if (a == "--backend")
+      o.backend = next();
+    else if (a == "--threads")
+      o.threads = std::atoi(next().c_str());
+    else if (a == "--requests")
+      o.requests = std::atoi(next().c_str());
+    else if (a == "--capacity-factor")
+      o.capacity_factor = std::atof(next().c_str());
     else if (a == "--workloads") {
       o.workloads.clear();
       std::stringstream ss(next());
       for (std::string w; std::getline(ss, w, ',');) o.workloads.push_back(w);
     } else if (a.rfind("--", 0) == 0) {
-      std::fprintf(stderr, "usage: ep_bench [model.json] [--ranks N] [--backend cpu|cuda] [--threads T] "
-                           "[--requests R] [--workloads skewed-ep,balanced] [--capacity-factor X]\n");
+      std::fprintf(stderr,
+                   "usage: ep_bench [model.json] [--ranks N] [--backend cpu|cuda] [--threads T] "
+                   "[--requests R] [--workloads skewed-ep,balanced] [--capacity-factor X]\n");
       return 2;
     } else {
       o.model = a;
@@ -177,12 +188,15 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "ep_bench: --ranks must be >= 2\n");
     return 2;
   }
-  std::printf("ep_bench: %s, backend %s, %d ranks (threads of one process), %d requests per rank, %d CPU threads "
-              "per rank, capacity factor %s\n",
-              fs::path(o.model).filename().c_str(), o.backend.c_str(), o.ranks, o.requests, o.threads,
-              o.capacity_factor >= 0 ? std::to_string(o.capacity_factor).c_str() : "of the model");
-  std::printf("%-10s %3s %4s %6s %6s %8s %8s %9s %9s %7s | %9s %9s %9s %8s\n", "workload", "EP", "rank", "steps",
-              "idle", "wall s", "ms/step", "decode/s", "prefill/s", "r0 load", "disp ms", "exp ms", "comb ms", "rows");
+  std::printf(
+      "ep_bench: %s, backend %s, %d ranks (threads of one process), %d requests per rank, %d CPU "
+      "threads "
+      "per rank, capacity factor %s\n",
+      fs::path(o.model).filename().c_str(), o.backend.c_str(), o.ranks, o.requests, o.threads,
+      o.capacity_factor >= 0 ? std::to_string(o.capacity_factor).c_str() : "of the model");
+  std::printf("%-10s %3s %4s %6s %6s %8s %8s %9s %9s %7s | %9s %9s %9s %8s\n", "workload", "EP",
+              "rank", "steps", "idle", "wall s", "ms/step", "decode/s", "prefill/s", "r0 load",
+              "disp ms", "exp ms", "comb ms", "rows");
   int failures = 0;
   for (const auto& w : o.workloads) {
     for (int ranks : {1, o.ranks}) {
@@ -196,12 +210,14 @@ int main(int argc, char** argv) {
         }
         const double wall = std::max(x.wall_s, 1e-9);
         std::printf("%-10s %3d %4d %6llu %6llu %8.3f %8.3f %9.1f %9.1f %7.3f", w.c_str(), ranks, r,
-                    static_cast<unsigned long long>(x.steps), static_cast<unsigned long long>(x.idle_steps), x.wall_s,
+                    static_cast<unsigned long long>(x.steps),
+                    static_cast<unsigned long long>(x.idle_steps), x.wall_s,
                     x.steps ? 1e3 * x.wall_s / static_cast<double>(x.steps) : 0.0,
-                    static_cast<double>(x.decode_tokens) / wall, static_cast<double>(x.prefill_tokens) / wall,
-                    x.rank0_share);
+                    static_cast<double>(x.decode_tokens) / wall,
+                    static_cast<double>(x.prefill_tokens) / wall, x.rank0_share);
         if (ranks > 1)
-          std::printf(" | %9.3f %9.3f %9.3f %8.1f\n", x.dispatch_ms, x.compute_ms, x.combine_ms, x.rows_per_step);
+          std::printf(" | %9.3f %9.3f %9.3f %8.1f\n", x.dispatch_ms, x.compute_ms, x.combine_ms,
+                      x.rows_per_step);
         else
           std::printf(" | %9s %9s %9s %8s\n", "-", "-", "-", "-");
       }

@@ -88,7 +88,7 @@ class Sink {
   std::string address() const { return "tcp://127.0.0.1:" + std::to_string(port_); }
 
   struct Attribution {
-    std::map<std::string, double> kernel_ms_by_range;  // "" = no enclosing range
+    std::map<std::string, double> kernel_ms_by_range;              // "" = no enclosing range
     std::vector<std::pair<double, std::string>> unattributed_top;  // ms, kernel name
     std::vector<std::pair<double, std::string>> kernel_top;        // ms, kernel name
     double kernel_ms_total = 0;
@@ -113,12 +113,14 @@ class Sink {
     }
     for (auto& [id, ns] : unattributed_by_kernel_) {
       auto it = names_.find(id);
-      a.unattributed_top.emplace_back(ns / 1e6, it != names_.end() ? it->second : "#" + std::to_string(id));
+      a.unattributed_top.emplace_back(ns / 1e6,
+                                      it != names_.end() ? it->second : "#" + std::to_string(id));
     }
     std::sort(a.unattributed_top.rbegin(), a.unattributed_top.rend());
     for (auto& [id, ns] : by_kernel_) {
       auto it = names_.find(id);
-      a.kernel_top.emplace_back(ns / 1e6, it != names_.end() ? it->second : "#" + std::to_string(id));
+      a.kernel_top.emplace_back(ns / 1e6,
+                                it != names_.end() ? it->second : "#" + std::to_string(id));
     }
     std::sort(a.kernel_top.rbegin(), a.kernel_top.rend());
     if (a.kernel_top.size() > 10) a.kernel_top.resize(10);
@@ -317,7 +319,8 @@ double decode_weight_bytes(const ie::ModelConfig& c, const std::vector<double>& 
   for (int l = 0; l < c.n_layers(); ++l) {
     bytes += 2 * D * f32;  // norms
     if (c.is_attention(l)) {
-      bytes += (a.n_heads + 2.0 * a.n_kv_heads) * a.head_dim * D * bf + D * a.n_heads * a.head_dim * bf;
+      bytes +=
+          (a.n_heads + 2.0 * a.n_kv_heads) * a.head_dim * D * bf + D * a.n_heads * a.head_dim * bf;
     } else {
       bytes += 2.0 * s.d_inner * D * bf + (s.dt_rank + 2.0 * s.d_state) * s.d_inner * bf +
                s.d_inner * double(s.dt_rank) * bf + D * s.d_inner * bf;
@@ -325,10 +328,9 @@ double decode_weight_bytes(const ie::ModelConfig& c, const std::vector<double>& 
     }
     if (c.is_moe(l)) {
       double active = l < static_cast<int>(active_per_layer.size()) ? active_per_layer[l] : m.top_k;
-      bytes += m.experts * D * bf;                                    // router
+      bytes += m.experts * D * bf;  // router
       bytes += active * (2.0 * m.expert_hidden * D + D * m.expert_hidden) * bf;
-      if (m.shared_experts > 0)
-        bytes += 3.0 * m.shared_experts * m.expert_hidden * D * bf;
+      if (m.shared_experts > 0) bytes += 3.0 * m.shared_experts * m.expert_hidden * D * bf;
     } else {
       bytes += 3.0 * c.dense_hidden * D * bf;
     }
@@ -342,8 +344,7 @@ struct EngineRun {
   uint64_t decode_tokens = 0;
 };
 
-EngineRun run_engine(ie::Model& model, ie::Telemetry* tel, int requests, int max_new,
-                     bool images) {
+EngineRun run_engine(ie::Model& model, ie::Telemetry* tel, int requests, int max_new, bool images) {
   ie::Engine engine(model, tel);
   const int S = model.config().vision.image_size;
   for (int r = 0; r < requests; ++r) {
@@ -353,7 +354,8 @@ EngineRun run_engine(ie::Model& model, ie::Telemetry* tel, int requests, int max
     q.max_new_tokens = max_new;
     if (images && r % 2 == 0) {
       q.image.resize(static_cast<size_t>(S) * S * 3);
-      for (size_t i = 0; i < q.image.size(); ++i) q.image[i] = static_cast<float>((i * 7 + r) % 255) / 255.f;
+      for (size_t i = 0; i < q.image.size(); ++i)
+        q.image[i] = static_cast<float>((i * 7 + r) % 255) / 255.f;
     }
     engine.submit(std::move(q));
   }
@@ -379,13 +381,19 @@ int main(int argc, char** argv) {
       if (i + 1 >= argc) throw std::runtime_error("missing value for " + a);
       return argv[++i];
     };
-    if (a == "--model") model_path = val();
-    else if (a == "--json") json_out = val();
-    else if (a == "--weights-out") weights_out = val();
-    else if (a == "--quick") quick = true;
-    else if (a == "--backend") backend_name = val();
+    if (a == "--model")
+      model_path = val();
+    else if (a == "--json")
+      json_out = val();
+    else if (a == "--weights-out")
+      weights_out = val();
+    else if (a == "--quick")
+      quick = true;
+    else if (a == "--backend")
+      backend_name = val();
     else {
-      std::fprintf(stderr, "usage: gpu_bench [--model M.json] [--json F] [--weights-out F] [--quick]\n");
+      std::fprintf(stderr,
+                   "usage: gpu_bench [--model M.json] [--json F] [--weights-out F] [--quick]\n");
       return 2;
     }
   }
@@ -403,8 +411,9 @@ int main(int argc, char** argv) {
     const int prompt = 128, decode_steps = quick ? 16 : 48, reps = quick ? 2 : 3;
     ie::ModelConfig cfg = ie::load_model_config(model_path);
     cfg.cache.max_seqs = std::max(cfg.cache.max_seqs, 64);
-    cfg.cache.num_blocks = std::max(cfg.cache.num_blocks,
-                                    64 * ((prompt + decode_steps + cfg.cache.block_size - 1) / cfg.cache.block_size));
+    cfg.cache.num_blocks =
+        std::max(cfg.cache.num_blocks,
+                 64 * ((prompt + decode_steps + cfg.cache.block_size - 1) / cfg.cache.block_size));
     cfg.scheduler.max_batch_tokens = std::max(cfg.scheduler.max_batch_tokens, 64 * prompt);
     auto backend = ie::create_backend(backend_name, {});
     ie::Model model(*backend, cfg);
@@ -430,12 +439,14 @@ int main(int argc, char** argv) {
     out["reference"]["batch"] = 8;
     std::vector<std::vector<float>> rl;
     for (int s = 0; s < 8; ++s)
-      rl.emplace_back(ref_logits.begin() + s * ie::kVocab, ref_logits.begin() + (s + 1) * ie::kVocab);
+      rl.emplace_back(ref_logits.begin() + s * ie::kVocab,
+                      ref_logits.begin() + (s + 1) * ie::kVocab);
     out["reference"]["last_logits"] = rl;
 
     // 2. bandwidth floor
     std::vector<double> act;
-    for (double s : active.active_sum) act.push_back(active.steps ? s / static_cast<double>(active.steps) : 0);
+    for (double s : active.active_sum)
+      act.push_back(active.steps ? s / static_cast<double>(active.steps) : 0);
     const double bw = gpu ? d2d_bandwidth_gbs() : 1.0;
     const double wbytes = decode_weight_bytes(cfg, act);
     const double floor_us = wbytes / (bw * 1e9) * 1e6;
@@ -487,13 +498,15 @@ int main(int argc, char** argv) {
       nlohmann::json j;
       j["bursts"] = g.bursts_finished;
       j["kernels"] = g.kernels_captured;
-      j["attributed_pct"] = g.kernels_captured ? 100.0 * g.kernels_attributed / g.kernels_captured : 0.0;
+      j["attributed_pct"] =
+          g.kernels_captured ? 100.0 * g.kernels_attributed / g.kernels_captured : 0.0;
       j["records_dropped"] = g.records_dropped;
       return j;
     };
     // Rounds continue past `rounds` until min_s seconds have passed, so that
     // bursts do land inside (the first comes one period after the start).
-    auto sampled_rounds = [&](std::chrono::milliseconds period, double min_s, nlohmann::json& info) {
+    auto sampled_rounds = [&](std::chrono::milliseconds period, double min_s,
+                              nlohmann::json& info) {
       inferscope::agent::Config ac;
       ac.collector = sink.address();
       ac.gpu_trace = inferscope::agent::GpuTraceMode::kSampled;
@@ -540,11 +553,13 @@ int main(int argc, char** argv) {
     }
     // after CUPTI was on and off again: shows whether tracing leaves a cost behind
     std::vector<double> off_after;
-    for (int r = 0; r < rounds; ++r) off_after.push_back(run_engine(model, nullptr, reqs, max_new, true).decode_tps);
+    for (int r = 0; r < rounds; ++r)
+      off_after.push_back(run_engine(model, nullptr, reqs, max_new, true).decode_tps);
     {
       auto& g = out["gpu_trace"];
       const double base = median(off);
-      auto row = [&](const char* key, const char* label, const std::vector<double>& v, const nlohmann::json& info) {
+      auto row = [&](const char* key, const char* label, const std::vector<double>& v,
+                     const nlohmann::json& info) {
         const double m = median(v);
         g[key]["decode_tps"] = m;
         g[key]["overhead_pct"] = 100 * (1 - m / base);
@@ -557,8 +572,11 @@ int main(int argc, char** argv) {
                       info.value("attributed_pct", 0.0));
         std::printf("\n");
       };
-      std::printf("\nGPU trace modes (engine decode tok/s, median of %d rounds (sampled: of all rounds until"
-                  " bursts landed), overhead vs off before)\n", rounds);
+      std::printf(
+          "\nGPU trace modes (engine decode tok/s, median of %d rounds (sampled: of all rounds "
+          "until"
+          " bursts landed), overhead vs off before)\n",
+          rounds);
       row("off_before", "off (before)", off, nullptr);
       row("agent", "agent, GPU trace off", on, nullptr);
       row("sampled_default", "sampled default (20 ms / 10 s)", sampled, sampled_info);
@@ -583,12 +601,15 @@ int main(int argc, char** argv) {
     out["observability"]["best_decode_tps_agent_cupti"] = best(cup);
     out["observability"]["best_overhead_agent_pct"] = 100 * (1 - best(on) / best(off));
     out["observability"]["best_overhead_cupti_pct"] = 100 * (1 - best(cup) / best(off));
-    std::printf("  best of %d: off %.1f, on %.1f (%.2f%%), CUPTI %.1f (%.2f%%)\n", rounds, best(off),
-                best(on), 100 * (1 - best(on) / best(off)), best(cup), 100 * (1 - best(cup) / best(off)));
-    std::printf("\nobservability (engine decode tok/s, %d requests x %d tokens, medians)\n", reqs, max_new);
+    std::printf("  best of %d: off %.1f, on %.1f (%.2f%%), CUPTI %.1f (%.2f%%)\n", rounds,
+                best(off), best(on), 100 * (1 - best(on) / best(off)), best(cup),
+                100 * (1 - best(cup) / best(off)));
+    std::printf("\nobservability (engine decode tok/s, %d requests x %d tokens, medians)\n", reqs,
+                max_new);
     std::printf("  agent off          %10.1f\n", m_off);
     std::printf("  agent on           %10.1f  (%.2f%% overhead)\n", m_on, 100 * (1 - m_on / m_off));
-    std::printf("  agent + CUPTI      %10.1f  (%.2f%% overhead)%s\n", m_cup, 100 * (1 - m_cup / m_off),
+    std::printf("  agent + CUPTI      %10.1f  (%.2f%% overhead)%s\n", m_cup,
+                100 * (1 - m_cup / m_off),
                 cupti_active ? "" : "  [CUPTI NOT active in this build]");
     std::printf("  agent off (after)  %10.1f\n", median(off_after));
     out["observability"]["decode_tps_agent_off"] = m_off;
@@ -599,8 +620,9 @@ int main(int argc, char** argv) {
     out["observability"]["cupti_active"] = cupti_active;
 
     double attributed = 0;
-    std::printf("\nCUPTI kernel time by enclosing range (last CUPTI run): %llu kernel spans, %.3f ms\n",
-                static_cast<unsigned long long>(attr.kernel_spans), attr.kernel_ms_total);
+    std::printf(
+        "\nCUPTI kernel time by enclosing range (last CUPTI run): %llu kernel spans, %.3f ms\n",
+        static_cast<unsigned long long>(attr.kernel_spans), attr.kernel_ms_total);
     for (auto& [name, ms] : attr.kernel_ms_by_range) {
       std::printf("  %-36s %10.3f ms\n", name.empty() ? "(no range)" : name.c_str(), ms);
       out["attribution"]["ms_" + (name.empty() ? std::string("unattributed") : name)] = ms;
@@ -609,7 +631,8 @@ int main(int argc, char** argv) {
     for (auto& [ms, name] : attr.unattributed_top)
       std::printf("    unattributed kernel %-60.60s %8.3f ms\n", name.c_str(), ms);
     if (attr.kernel_ms_total > 0) {
-      std::printf("  attributed / total kernel time: %.2f%%\n", 100 * attributed / attr.kernel_ms_total);
+      std::printf("  attributed / total kernel time: %.2f%%\n",
+                  100 * attributed / attr.kernel_ms_total);
       out["attribution"]["attributed_pct"] = 100 * attributed / attr.kernel_ms_total;
     }
     out["attribution"]["kernel_spans"] = attr.kernel_spans;

@@ -361,8 +361,8 @@ TEST(Pipeline, MoeLayerGpuTimeFromKernelRangeArgs) {
 TEST(Pipeline, MoeLayerGpuTimeFollowsRedefinedStringsAndSources) {
   Fixture f;
   Session a(f.options.limits), b(f.options.limits);
-  ASSERT_TRUE(f.send(a, {make_hello("m", 0, 4, 4), make_load(1, 1, {1, 1, 1, 1}),
-                         make_load(2, 1, {1, 1, 1, 1})}));
+  ASSERT_TRUE(f.send(
+      a, {make_hello("m", 0, 4, 4), make_load(1, 1, {1, 1, 1, 1}), make_load(2, 1, {1, 1, 1, 1})}));
   ASSERT_TRUE(f.send(b, {make_hello("other", 0, 4, 4), make_load(2, 1, {1, 1, 1, 1})}));
   wire::Span k;
   k.track_kind = wire::TrackKind::kGpuStream;
@@ -377,17 +377,17 @@ TEST(Pipeline, MoeLayerGpuTimeFollowsRedefinedStringsAndSources) {
   // Back on the first connection, id 2 now names layer 2.
   ASSERT_TRUE(f.send(a, {k, wire::StringDef{2, "moe.layer.2"}, k, k}));
   const auto m = f.scrape();
-  EXPECT_NEAR(*find_series(m, "inferscope_moe_layer_gpu_seconds_total",
-                           {"model=\"m\"", "layer=\"1\""}),
-              0.002, 1e-12);
-  EXPECT_NEAR(*find_series(m, "inferscope_moe_layer_gpu_seconds_total",
-                           {"model=\"m\"", "layer=\"2\""}),
-              0.002, 1e-12);
+  EXPECT_NEAR(
+      *find_series(m, "inferscope_moe_layer_gpu_seconds_total", {"model=\"m\"", "layer=\"1\""}),
+      0.002, 1e-12);
+  EXPECT_NEAR(
+      *find_series(m, "inferscope_moe_layer_gpu_seconds_total", {"model=\"m\"", "layer=\"2\""}),
+      0.002, 1e-12);
   EXPECT_FALSE(find_series(m, "inferscope_moe_layer_gpu_seconds_total", {"model=\"other\""}));
   // Records of the second source land in its own model (not the first's).
-  EXPECT_EQ(*find_series(m, "inferscope_moe_routed_tokens_total",
-                         {"model=\"other\"", "layer=\"2\""}),
-            4.0);
+  EXPECT_EQ(
+      *find_series(m, "inferscope_moe_routed_tokens_total", {"model=\"other\"", "layer=\"2\""}),
+      4.0);
 }
 
 TEST(Pipeline, StageGpuSecondsOnlyForStagesWithMeasuredGpuTime) {

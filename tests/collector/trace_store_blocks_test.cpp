@@ -3,7 +3,6 @@
 // damage (torn tail, bad payload, bad header in the middle, garbage, a file cut
 // inside the file header) gives a clear error or a counted skip, never a silent one.
 #include <gtest/gtest.h>
-
 #include <unistd.h>
 
 #include <filesystem>
@@ -72,9 +71,11 @@ Count read_bytes(std::vector<uint8_t> bytes) {
 }
 
 std::string write_temp(const std::string& name, const std::vector<uint8_t>& bytes) {
-  const auto path = (fs::temp_directory_path() / (name + "-" + std::to_string(::getpid()))).string();
-  std::ofstream(path, std::ios::binary).write(reinterpret_cast<const char*>(bytes.data()),
-                                              static_cast<std::streamsize>(bytes.size()));
+  const auto path =
+      (fs::temp_directory_path() / (name + "-" + std::to_string(::getpid()))).string();
+  std::ofstream(path, std::ios::binary)
+      .write(reinterpret_cast<const char*>(bytes.data()),
+             static_cast<std::streamsize>(bytes.size()));
   return path;
 }
 
@@ -102,7 +103,8 @@ TEST(TraceBlocks, RoundTripAndHeaderTimes) {
 }
 
 TEST(TraceBlocks, V1FilesStillRead) {
-  const auto path = (fs::temp_directory_path() / ("inferscope-blocks-v1-" + std::to_string(::getpid()))).string();
+  const auto path =
+      (fs::temp_directory_path() / ("inferscope-blocks-v1-" + std::to_string(::getpid()))).string();
   wire::TraceFileWriter w;
   ASSERT_TRUE(w.open(path)) << w.error();
   for (int i = 0; i < 3; ++i) ASSERT_TRUE(w.write_frame(frame_at(i)));

@@ -2,8 +2,9 @@
 // each segment's start, recovery after a torn tail, restart numbering, a full
 // disk (RLIMIT_FSIZE), and range queries that read only overlapping blocks.
 // Each runs with compression inline and on the store's own thread.
-#include <gtest/gtest.h>
+#include "inferscope/collector/trace_store.hpp"
 
+#include <gtest/gtest.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -11,7 +12,6 @@
 #include <filesystem>
 #include <mutex>
 
-#include "inferscope/collector/trace_store.hpp"
 #include "inferscope/wire/trace_file.hpp"
 #include "test_client.hpp"
 
@@ -86,7 +86,8 @@ class TraceStoreTest : public ::testing::TestWithParam<bool> {
     o.dir = dir.path.string();
     o.background = GetParam();
     o.block_bytes = 8 * 1024;
-    o.queue_blocks = 100'000;  // a tight loop outruns the writer thread: nothing may be dropped here
+    o.queue_blocks =
+        100'000;  // a tight loop outruns the writer thread: nothing may be dropped here
     return o;
   }
 };
@@ -152,7 +153,8 @@ TEST_P(TraceStoreTest, BlockClosesByAgeOnTick) {
   store.write(span_frame(1000), 6'000'000'000);
   store.tick(6'500'000'000);
   TraceStore* s = &store;
-  EXPECT_FALSE(eventually([&] { return s->stats().blocks_written == 2; }, std::chrono::milliseconds(100)));
+  EXPECT_FALSE(
+      eventually([&] { return s->stats().blocks_written == 2; }, std::chrono::milliseconds(100)));
   store.tick(7'000'000'000);
   EXPECT_TRUE(eventually([&] { return s->stats().blocks_written == 2; }));
 }
@@ -182,7 +184,8 @@ TEST_P(TraceStoreTest, TornTailIsCutOnRestartAndNumberingContinues) {
   ASSERT_EQ(scan.blocks.size(), blocks);
   const uint32_t last_frames = scan.blocks.back().header.frames;
   // Simulate a crash mid-write: cut the last block in half.
-  const uint64_t cut_at = scan.blocks.back().offset + wire::kBlockHeaderBytes + scan.blocks.back().header.stored_bytes / 2;
+  const uint64_t cut_at = scan.blocks.back().offset + wire::kBlockHeaderBytes +
+                          scan.blocks.back().header.stored_bytes / 2;
   fs::resize_file(segments[0], cut_at);
   Read torn = read_all(segments[0]);
   EXPECT_TRUE(torn.stats.truncated_tail);
@@ -236,7 +239,8 @@ TEST_P(TraceStoreTest, FullDiskIsCountedAndIngestGoesOn) {
   small.rlim_cur = 4096;
   ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &small), 0);
   // Incompressible-ish frames so the blocks really need the space.
-  for (int i = 1; i < 400; ++i) store.write(span_frame(i * 100'000, 977 * i), i);  // within one second: no retry
+  for (int i = 1; i < 400; ++i)
+    store.write(span_frame(i * 100'000, 977 * i), i);  // within one second: no retry
   store.flush();
   ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &old), 0);
   const uint64_t errors = store.stats().write_errors;
@@ -337,9 +341,12 @@ TEST_P(TraceStoreTest, RangeQueryReadsOnlyOverlappingBlocksPlusDefinitions) {
   EXPECT_LT(spans, 400u * 50u / 5);
   EXPECT_EQ(rs.errors, 0u);
   // An empty range reads nothing.
-  RangeScan none = store.query(1'000'000'000'000, 2'000'000'000'000, [](std::span<const uint8_t>) { FAIL(); });
+  RangeScan none =
+      store.query(1'000'000'000'000, 2'000'000'000'000, [](std::span<const uint8_t>) { FAIL(); });
   EXPECT_EQ(none.blocks_read, 0u);
 }
 
 INSTANTIATE_TEST_SUITE_P(InlineAndThread, TraceStoreTest, ::testing::Values(false, true),
-                         [](const auto& param_info) { return param_info.param ? "thread" : "inline"; });
+                         [](const auto& param_info) {
+                           return param_info.param ? "thread" : "inline";
+                         });

@@ -11,7 +11,8 @@
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace inferscope::viewer;
   TraceModel model;
-  const LoadResult r = load_chrome_json_text(std::string(reinterpret_cast<const char*>(data), size), model);
+  const LoadResult r =
+      load_chrome_json_text(std::string(reinterpret_cast<const char*>(data), size), model);
   if (!r.ok && r.error.empty()) __builtin_trap();  // a failure always says why
   (void)r.summary();
   return 0;

@@ -156,22 +156,22 @@ TEST_F(CudaVsCpu, LinearBf16WithinTolerance) {
 // and many (the wmma grouped GEMM).
 TEST_F(CudaVsCpu, GroupedLinearSkipsEmptyExperts) {
   for (int scale : {1, 4}) {
-  const int E = 16, K = 256, N = 192;
-  std::vector<int32_t> counts = {0, 5, 1, 0, 0, 40, 3, 0, 2, 0, 0, 33, 1, 0, 7, 0};
-  for (auto& c : counts) c *= scale;
-  std::vector<int32_t> offsets(E + 1, 0);
-  for (int e = 0; e < E; ++e) offsets[e + 1] = offsets[e] + counts[e];
-  const int A = offsets.back();
-  auto x = randn(A * K, rng), w = randn(E * N * K, rng, 0.05f);
-  std::vector<float> out[2];
-  int i = 0;
-  for (Side* s : {&cpu, &gpu}) {
-    auto tx = s->make(A, K, x), tw = s->make(E * N, K, w), ty = s->make(A + 3, N);
-    s->be->grouped_linear(tx, tw, offsets, ty);
-    out[i++] = s->get(ty);
-  }
-  EXPECT_LT(rel_l2(out[1], out[0]), kGemmTol) << "scale " << scale;
-  for (int c = 0; c < 3 * N; ++c) ASSERT_EQ(out[1][A * N + c], 0.0f) << "rows past A untouched";
+    const int E = 16, K = 256, N = 192;
+    std::vector<int32_t> counts = {0, 5, 1, 0, 0, 40, 3, 0, 2, 0, 0, 33, 1, 0, 7, 0};
+    for (auto& c : counts) c *= scale;
+    std::vector<int32_t> offsets(E + 1, 0);
+    for (int e = 0; e < E; ++e) offsets[e + 1] = offsets[e] + counts[e];
+    const int A = offsets.back();
+    auto x = randn(A * K, rng), w = randn(E * N * K, rng, 0.05f);
+    std::vector<float> out[2];
+    int i = 0;
+    for (Side* s : {&cpu, &gpu}) {
+      auto tx = s->make(A, K, x), tw = s->make(E * N, K, w), ty = s->make(A + 3, N);
+      s->be->grouped_linear(tx, tw, offsets, ty);
+      out[i++] = s->get(ty);
+    }
+    EXPECT_LT(rel_l2(out[1], out[0]), kGemmTol) << "scale " << scale;
+    for (int c = 0; c < 3 * N; ++c) ASSERT_EQ(out[1][A * N + c], 0.0f) << "rows past A untouched";
   }
 }
 
@@ -287,80 +287,82 @@ struct RouteCase {
 // T = 700 runs the two-kernel router, T = 60 the single-block decode router.
 TEST_F(CudaVsCpu, RouterMatchesIncludingCapacity) {
   for (int T : {700, 60}) {
-  const int E = 32, K = 2;
-  for (RouteCase rc : {RouteCase{ie::GateFn::kSoftmax, false, 0, ie::OverflowPolicy::kDrop},
-                       RouteCase{ie::GateFn::kSoftmax, true, 50, ie::OverflowPolicy::kDrop},
-                       RouteCase{ie::GateFn::kSigmoid, true, 50, ie::OverflowPolicy::kReroute},
-                       RouteCase{ie::GateFn::kSoftmax, false, 44, ie::OverflowPolicy::kReroute}}) {
-    auto logits = randn(T * E, rng, 2.0f);
-    for (int t = 0; t < T; ++t) logits[t * E + 3] += 2.0f;  // a hot expert so capacity binds
-    auto bias = randn(E, rng, 0.05f);
-    ie::RouteParams p;
-    p.top_k = K;
-    p.gate = rc.gate;
-    p.capacity = (T == 700 || rc.capacity == 0) ? rc.capacity : rc.capacity * 60 / 700 + 1;
-    p.overflow = rc.overflow;
-    p.scaling = 1.5f;
-    std::vector<int32_t> ae[2];
-    std::vector<float> aw[2];
-    ie::RouteCounts counts[2];
-    int i = 0;
-    for (Side* s : {&cpu, &gpu}) {
-      auto tl = s->make(T, E, logits);
-      ie::Tensor tb = rc.bias ? s->make(1, E, bias) : ie::Tensor{};
-      auto te = s->make_i32(T, K), tw = s->make(T, K);
-      s->be->moe_route(tl, tb, p, te, tw, counts[i]);
-      ae[i] = s->get_i(te);
-      aw[i++] = s->get(tw);
+    const int E = 32, K = 2;
+    for (RouteCase rc :
+         {RouteCase{ie::GateFn::kSoftmax, false, 0, ie::OverflowPolicy::kDrop},
+          RouteCase{ie::GateFn::kSoftmax, true, 50, ie::OverflowPolicy::kDrop},
+          RouteCase{ie::GateFn::kSigmoid, true, 50, ie::OverflowPolicy::kReroute},
+          RouteCase{ie::GateFn::kSoftmax, false, 44, ie::OverflowPolicy::kReroute}}) {
+      auto logits = randn(T * E, rng, 2.0f);
+      for (int t = 0; t < T; ++t) logits[t * E + 3] += 2.0f;  // a hot expert so capacity binds
+      auto bias = randn(E, rng, 0.05f);
+      ie::RouteParams p;
+      p.top_k = K;
+      p.gate = rc.gate;
+      p.capacity = (T == 700 || rc.capacity == 0) ? rc.capacity : rc.capacity * 60 / 700 + 1;
+      p.overflow = rc.overflow;
+      p.scaling = 1.5f;
+      std::vector<int32_t> ae[2];
+      std::vector<float> aw[2];
+      ie::RouteCounts counts[2];
+      int i = 0;
+      for (Side* s : {&cpu, &gpu}) {
+        auto tl = s->make(T, E, logits);
+        ie::Tensor tb = rc.bias ? s->make(1, E, bias) : ie::Tensor{};
+        auto te = s->make_i32(T, K), tw = s->make(T, K);
+        s->be->moe_route(tl, tb, p, te, tw, counts[i]);
+        ae[i] = s->get_i(te);
+        aw[i++] = s->get(tw);
+      }
+      EXPECT_EQ(ae[1], ae[0]);
+      EXPECT_LT(rel_l2(aw[1], aw[0]), 1e-5);
+      EXPECT_EQ(counts[1].routed, counts[0].routed);
+      EXPECT_EQ(counts[1].kept, counts[0].kept);
+      EXPECT_EQ(counts[1].dropped, counts[0].dropped);
+      EXPECT_EQ(counts[1].rerouted, counts[0].rerouted);
+      if (rc.capacity > 0) {
+        EXPECT_GT(counts[0].dropped + counts[0].rerouted, 0u) << "capacity binds";
+      }
     }
-    EXPECT_EQ(ae[1], ae[0]);
-    EXPECT_LT(rel_l2(aw[1], aw[0]), 1e-5);
-    EXPECT_EQ(counts[1].routed, counts[0].routed);
-    EXPECT_EQ(counts[1].kept, counts[0].kept);
-    EXPECT_EQ(counts[1].dropped, counts[0].dropped);
-    EXPECT_EQ(counts[1].rerouted, counts[0].rerouted);
-    if (rc.capacity > 0) {
-      EXPECT_GT(counts[0].dropped + counts[0].rerouted, 0u) << "capacity binds";
-    }
-  }
   }
 }
 
 // D = 64: the index kernel also gathers the rows; D = 512: a separate gather.
 TEST_F(CudaVsCpu, PermuteAndUnpermuteExact) {
   for (int D : {64, 512}) {
-  const int T = 257, E = 8, K = 2;
-  std::vector<int32_t> ae(T * K);
-  std::uniform_int_distribution<int> pick(-1, E - 1);  // -1: dropped
-  for (auto& e : ae) e = pick(rng);
-  std::vector<int32_t> offsets(E + 1, 0);
-  for (int e : ae)
-    if (e >= 0) offsets[e + 1]++;
-  for (int e = 0; e < E; ++e) offsets[e + 1] += offsets[e];
-  const int A = offsets.back();
-  auto x = randn(T * D, rng), w = randn(T * K, rng), yp = randn(A * D, rng), y0 = randn(T * D, rng);
-  std::vector<float> xp[2], y[2], y2[2];
-  std::vector<int32_t> perm[2];
-  int i = 0;
-  for (Side* s : {&cpu, &gpu}) {
-    auto tx = s->make(T, D, x), te = s->make_i32(T, K, ae), txp = s->make(A, D);
-    auto tperm = s->make_i32(A, 1);
-    s->be->moe_permute(tx, te, offsets, txp, tperm);
-    auto tyrows = s->make(A, D, yp), tw = s->make(T, K, w), ty = s->make(T, D, y0);
-    s->be->moe_unpermute(tyrows, tperm, tw, K, A, ty);
-    // the same through a perm that moe_permute did not write (no cached slots)
-    auto tperm2 = s->make_i32(A, 1), ty2 = s->make(T, D, y0);
-    s->be->copy(tperm, tperm2);
-    s->be->moe_unpermute(tyrows, tperm2, tw, K, A, ty2);
-    xp[i] = s->get(txp);
-    perm[i] = s->get_i(tperm);
-    y[i] = s->get(ty);
-    y2[i++] = s->get(ty2);
-  }
-  EXPECT_EQ(perm[1], perm[0]);
-  EXPECT_EQ(xp[1], xp[0]);
-  EXPECT_LT(rel_l2(y[1], y[0]), kF32Tol);
-  EXPECT_EQ(y2[1], y[1]);
+    const int T = 257, E = 8, K = 2;
+    std::vector<int32_t> ae(T * K);
+    std::uniform_int_distribution<int> pick(-1, E - 1);  // -1: dropped
+    for (auto& e : ae) e = pick(rng);
+    std::vector<int32_t> offsets(E + 1, 0);
+    for (int e : ae)
+      if (e >= 0) offsets[e + 1]++;
+    for (int e = 0; e < E; ++e) offsets[e + 1] += offsets[e];
+    const int A = offsets.back();
+    auto x = randn(T * D, rng), w = randn(T * K, rng), yp = randn(A * D, rng),
+         y0 = randn(T * D, rng);
+    std::vector<float> xp[2], y[2], y2[2];
+    std::vector<int32_t> perm[2];
+    int i = 0;
+    for (Side* s : {&cpu, &gpu}) {
+      auto tx = s->make(T, D, x), te = s->make_i32(T, K, ae), txp = s->make(A, D);
+      auto tperm = s->make_i32(A, 1);
+      s->be->moe_permute(tx, te, offsets, txp, tperm);
+      auto tyrows = s->make(A, D, yp), tw = s->make(T, K, w), ty = s->make(T, D, y0);
+      s->be->moe_unpermute(tyrows, tperm, tw, K, A, ty);
+      // the same through a perm that moe_permute did not write (no cached slots)
+      auto tperm2 = s->make_i32(A, 1), ty2 = s->make(T, D, y0);
+      s->be->copy(tperm, tperm2);
+      s->be->moe_unpermute(tyrows, tperm2, tw, K, A, ty2);
+      xp[i] = s->get(txp);
+      perm[i] = s->get_i(tperm);
+      y[i] = s->get(ty);
+      y2[i++] = s->get(ty2);
+    }
+    EXPECT_EQ(perm[1], perm[0]);
+    EXPECT_EQ(xp[1], xp[0]);
+    EXPECT_LT(rel_l2(y[1], y[0]), kF32Tol);
+    EXPECT_EQ(y2[1], y[1]);
   }
 }
 

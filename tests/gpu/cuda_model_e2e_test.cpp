@@ -13,8 +13,8 @@
 
 #include <algorithm>
 #include <cmath>
-#include <filesystem>
 #include <cstdlib>
+#include <filesystem>
 #include <memory>
 #include <string>
 #include <vector>
@@ -154,11 +154,12 @@ TEST_P(CudaModelE2E, Fp32GemmsMatchCpuExactlyEnough) {
 TEST_P(CudaModelE2E, Bf16GemmsWithinTolerance) {
   Result r = compare(GetParam(), false);
   const double share = r.assignments ? double(r.histogram_diff) / (2.0 * r.assignments) : 0;
-  std::printf("[ %s bf16 ] max logit rel err %.3e (%.3e on the %d steps with identical routing), "
-              "routing diff %llu of %llu assignments (%.2f%% moved)\n",
-              GetParam().c_str(), r.max_logit_err, r.max_logit_err_same_routing,
-              5 - r.steps_with_moved_routing, (unsigned long long)r.histogram_diff,
-              (unsigned long long)r.assignments, 100 * share);
+  std::printf(
+      "[ %s bf16 ] max logit rel err %.3e (%.3e on the %d steps with identical routing), "
+      "routing diff %llu of %llu assignments (%.2f%% moved)\n",
+      GetParam().c_str(), r.max_logit_err, r.max_logit_err_same_routing,
+      5 - r.steps_with_moved_routing, (unsigned long long)r.histogram_diff,
+      (unsigned long long)r.assignments, 100 * share);
   // Where a near-tie moved a token to another expert its output legitimately
   // differs; everywhere else the bf16 tolerance holds.
   EXPECT_LT(r.max_logit_err_same_routing, 8e-2);

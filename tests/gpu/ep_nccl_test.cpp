@@ -8,9 +8,8 @@
 //     and demo with the same greedy request stream on both ranks produces
 //     exactly the tokens of a single-GPU run (both with INFERSCOPE_CUDA_MATH=fp32;
 //     see expect_match for why bf16 math is compared with a tolerance).
-#include <gtest/gtest.h>
-
 #include <cuda_runtime.h>
+#include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <cmath>
@@ -23,14 +22,14 @@
 #include <sstream>
 #include <thread>
 
+#include "../reference_engine/ep_test_util.hpp"
 #include "inferscope/engine/communicator.hpp"
 #include "inferscope/engine/expert_parallel.hpp"
 #include "inferscope/engine/layers.hpp"
-#include "../reference_engine/ep_test_util.hpp"
 
 namespace ie = inferscope::engine;
-using inferscope::engine::test::TempDir;
 using inferscope::engine::test::run_ranks;
+using inferscope::engine::test::TempDir;
 namespace fs = std::filesystem;
 
 namespace {
@@ -44,13 +43,11 @@ int gpu_count() {
   return n;
 }
 
-#define REQUIRE_TWO_GPUS()                                                                      \
-  do {                                                                                          \
-    const int n_ = gpu_count();                                                                 \
+#define REQUIRE_TWO_GPUS()                                                                         \
+  do {                                                                                             \
+    const int n_ = gpu_count();                                                                    \
     if (n_ < 2) GTEST_SKIP() << "expert parallelism over NCCL needs 2 GPUs, " << n_ << " visible"; \
   } while (0)
-
-
 
 constexpr int D = 64, F = 32, E = 8;
 
@@ -92,7 +89,8 @@ HostData make_data(const Case& c) {
   for (int t : c.tokens_per_rank) {
     std::vector<float> h;
     fill(h, static_cast<size_t>(t) * D);
-    for (int i = 0; i < t; ++i) h[static_cast<size_t>(i) * D] = std::abs(h[static_cast<size_t>(i) * D]) + 1.0f;
+    for (int i = 0; i < t; ++i)
+      h[static_cast<size_t>(i) * D] = std::abs(h[static_cast<size_t>(i) * D]) + 1.0f;
     d.h.push_back(std::move(h));
   }
   for (int e = 0; e < 2; ++e) d.router[static_cast<size_t>(e) * D] += c.hot_bias;
@@ -112,8 +110,8 @@ Out single_gpu(const Case& c, const HostData& d, int rank) {
   const int T = c.tokens_per_rank[static_cast<size_t>(rank)];
   Out o;
   if (T == 0) return o;
-  ie::Buffer br(*be, E, D), bgu(*be, E * 2 * F, D), bdown(*be, E * D, F), bsgu(*be, 2 * F, D), bsdown(*be, D, F),
-      bh(*be, T, D), bout(*be, T, D);
+  ie::Buffer br(*be, E, D), bgu(*be, E * 2 * F, D), bdown(*be, E * D, F), bsgu(*be, 2 * F, D),
+      bsdown(*be, D, F), bh(*be, T, D), bout(*be, T, D);
   be->upload(br, d.router.data());
   be->upload(bgu, d.gu.data());
   be->upload(bdown, d.down.data());
@@ -144,8 +142,8 @@ Out ep_rank(const Case& c, const HostData& d, int rank, const std::string& dir) 
   co.rendezvous_dir = dir;
   co.timeout = std::chrono::milliseconds(60000);
   auto comm = ie::create_communicator("nccl", *be, co);
-  ie::Buffer br(*be, E, D), bgu(*be, El * 2 * F, D), bdown(*be, El * D, F), bsgu(*be, 2 * F, D), bsdown(*be, D, F),
-      bh(*be, std::max(T, 1), D), bout(*be, std::max(T, 1), D);
+  ie::Buffer br(*be, E, D), bgu(*be, El * 2 * F, D), bdown(*be, El * D, F), bsgu(*be, 2 * F, D),
+      bsdown(*be, D, F), bh(*be, std::max(T, 1), D), bout(*be, std::max(T, 1), D);
   be->upload(br, d.router.data());
   be->upload(bgu, d.gu.data() + static_cast<size_t>(first) * 2 * F * D);
   be->upload(bdown, d.down.data() + static_cast<size_t>(first) * D * F);
@@ -211,12 +209,17 @@ void expect_match(const Case& c, bool fp32_math) {
       den += double(single.y[i]) * single.y[i];
     }
     const double err = std::sqrt(num / std::max(den, 1e-30));
-    EXPECT_LE(err, tolerance) << "relative L2 error of the EP output (" << (fp32_math ? "fp32" : "bf16") << " math)";
-    std::printf("rank %d (%s math): relative L2 error vs single GPU %.3e\n", r, fp32_math ? "fp32" : "bf16", err);
+    EXPECT_LE(err, tolerance) << "relative L2 error of the EP output ("
+                              << (fp32_math ? "fp32" : "bf16") << " math)";
+    std::printf("rank %d (%s math): relative L2 error vs single GPU %.3e\n", r,
+                fp32_math ? "fp32" : "bf16", err);
     EXPECT_GT(got.stats.dispatch_ns + got.stats.compute_ns + got.stats.combine_ns, 0);
-    std::printf("rank %d: dispatch %.3f ms, experts %.3f ms, combine %.3f ms, rows sent %u computed %u\n", r,
-                static_cast<double>(got.stats.dispatch_ns) / 1e6, static_cast<double>(got.stats.compute_ns) / 1e6,
-                static_cast<double>(got.stats.combine_ns) / 1e6, got.stats.rows_sent, got.stats.rows_computed);
+    std::printf(
+        "rank %d: dispatch %.3f ms, experts %.3f ms, combine %.3f ms, rows sent %u computed %u\n",
+        r, static_cast<double>(got.stats.dispatch_ns) / 1e6,
+        static_cast<double>(got.stats.compute_ns) / 1e6,
+        static_cast<double>(got.stats.combine_ns) / 1e6, got.stats.rows_sent,
+        got.stats.rows_computed);
   }
 }
 
@@ -235,16 +238,19 @@ void engine_matches_single_gpu(const std::string& model, int requests) {
   TempDir tmp{"ep-nccl-test"};
   const std::string src = INFERSCOPE_SOURCE_DIR, engine = INFERSCOPE_ENGINE_BIN;
   const std::string common = " --model " + src + "/reference_engine/models/" + model +
-                             ".json --backend cuda --workload skewed-ep --requests " + std::to_string(requests) +
+                             ".json --backend cuda --workload skewed-ep --requests " +
+                             std::to_string(requests) +
                              " --offline --collector '' --quiet --seed 5 --ep-same-requests";
   // fp32 math: EP's per-source expert GEMMs then see exactly the single-GPU
   // rows, so greedy tokens must match exactly (see expect_match).
-  const std::string single = "INFERSCOPE_CUDA_MATH=fp32 CUDA_VISIBLE_DEVICES=0 " + engine + common + " --tokens-out " +
-                             (tmp.path / "single.txt").string() + " > " + (tmp.path / "single.log").string() + " 2>&1";
+  const std::string single = "INFERSCOPE_CUDA_MATH=fp32 CUDA_VISIBLE_DEVICES=0 " + engine + common +
+                             " --tokens-out " + (tmp.path / "single.txt").string() + " > " +
+                             (tmp.path / "single.log").string() + " 2>&1";
   ASSERT_EQ(std::system(single.c_str()), 0) << single;
-  const std::string ep = "INFERSCOPE_CUDA_MATH=fp32 INFERSCOPE_ENGINE=" + engine + " " + src + "/scripts/ep-run 2" + common +
-                         " --ep-timeout 60 --tokens-out " + (tmp.path / "ep.txt").string() + " > " +
-                         (tmp.path / "ep.log").string() + " 2>&1";
+  const std::string ep = "INFERSCOPE_CUDA_MATH=fp32 INFERSCOPE_ENGINE=" + engine + " " + src +
+                         "/scripts/ep-run 2" + common + " --ep-timeout 60 --tokens-out " +
+                         (tmp.path / "ep.txt").string() + " > " + (tmp.path / "ep.log").string() +
+                         " 2>&1";
   const int rc = std::system(ep.c_str());
   std::ifstream log(tmp.path / "ep.log");
   std::stringstream ss;
@@ -256,12 +262,15 @@ void engine_matches_single_gpu(const std::string& model, int requests) {
     const auto got = read_tokens(tmp.path / ("ep.txt.rank" + std::to_string(r)));
     size_t same = 0;
     for (const auto& [id, toks] : expected) same += got.count(id) && got.at(id) == toks;
-    EXPECT_EQ(same, expected.size()) << model << " rank " << r << ": " << same << " of " << expected.size()
-                                     << " requests produced the single-GPU tokens";
+    EXPECT_EQ(same, expected.size())
+        << model << " rank " << r << ": " << same << " of " << expected.size()
+        << " requests produced the single-GPU tokens";
   }
-  std::printf("%s", ss.str().substr(ss.str().find("[rank 0] expert par") == std::string::npos
-                                        ? 0
-                                        : ss.str().find("[rank 0] expert par")).c_str());
+  std::printf("%s", ss.str()
+                        .substr(ss.str().find("[rank 0] expert par") == std::string::npos
+                                    ? 0
+                                    : ss.str().find("[rank 0] expert par"))
+                        .c_str());
 }
 
 }  // namespace

@@ -5,7 +5,6 @@
 // per-expert counts they report must be in the model's own (logical) ids,
 // equal to the single-rank counts. Bad placement files give clear errors.
 #include <gtest/gtest.h>
-
 #include <unistd.h>
 
 #include <cmath>
@@ -14,19 +13,17 @@
 #include <map>
 #include <thread>
 
+#include "ep_test_util.hpp"
 #include "inferscope/engine/communicator.hpp"
 #include "inferscope/engine/model.hpp"
 #include "inferscope/engine/placement_file.hpp"
-#include "ep_test_util.hpp"
 
 namespace ie = inferscope::engine;
-using inferscope::engine::test::TempDir;
 using inferscope::engine::test::run_ranks;
+using inferscope::engine::test::TempDir;
 namespace fs = std::filesystem;
 
 namespace {
-
-
 
 // tiny.json ("MDM": MoE layers 0 and 2, routing bias on) with 8 experts, so a
 // 2-rank shuffle is not just a swap of halves.
@@ -99,7 +96,8 @@ TEST(EpPlacement, ShuffledPlacementMatchesSingleRankInLogicalIds) {
   {
     auto be = ie::create_cpu_backend({1, 0});
     ie::Model model(*be, c);
-    for (int r = 0; r < 2; ++r) single[static_cast<size_t>(r)] = forward_prompt(model, prompt(r, n_tokens));
+    for (int r = 0; r < 2; ++r)
+      single[static_cast<size_t>(r)] = forward_prompt(model, prompt(r, n_tokens));
     single_gu0 = download(model, "l0.experts_gu");
     single_bias2 = download(model, "l2.router_bias");
   }
@@ -163,8 +161,8 @@ TEST(EpPlacement, HelloMapIsTheDefaultMapAndContiguousIsIdentity) {
   EXPECT_EQ(*p.relabel(0), (std::vector<int32_t>{1, 3, 4, 7, 0, 2, 5, 6}));
   EXPECT_EQ(*p.relabel(2), (std::vector<int32_t>{0, 1, 5, 7, 2, 3, 4, 6}));
   EXPECT_EQ(p.relabel(1), nullptr);  // dense layer
-  const auto contiguous =
-      ie::parse_expert_placement(R"({"expert_to_ranks": [[0],[0],[0],[0],[1],[1],[1],[1]]})", c, 2, 0);
+  const auto contiguous = ie::parse_expert_placement(
+      R"({"expert_to_ranks": [[0],[0],[0],[0],[1],[1],[1],[1]]})", c, 2, 0);
   EXPECT_EQ(contiguous.relabel(0), nullptr);
   EXPECT_EQ(contiguous.relabel(2), nullptr);
   // One rank: checked, not applied.
@@ -192,17 +190,22 @@ TEST(EpPlacement, BadFilesGiveClearErrors) {
   expect_error(R"({"expert_to_ranks": [[0, 1], [0], [0], [0], [1], [1], [1], [1]]})",
                "not supported by the engine");
   expect_error(R"({"expert_to_rank": [0, 0, 1, 1]})", "has 4 experts, the model has 8");
-  expect_error(R"({"expert_to_rank": [0, 0, 1, 1, 2, 2, 3, 3]})", "placement is for 4 ranks, --ep-size is 2");
+  expect_error(R"({"expert_to_rank": [0, 0, 1, 1, 2, 2, 3, 3]})",
+               "placement is for 4 ranks, --ep-size is 2");
   expect_error(R"({"ranks": 2, "expert_to_rank": [0, 0, 1, 1, 2, 2, 3, 3]})", "is on rank 2");
-  expect_error(R"({"expert_to_rank": [0, 0, 0, 0, 1, 1, 1, 1], "layers": {"1": [0, 0, 0, 0, 1, 1, 1, 1]}})",
-               "not a MoE layer");
-  expect_error(R"({"expert_to_rank": [0, 0, 0, 0, 1, 1, 1, 1], "layers": {"2": [0, 0, 0, 1, 1, 1, 1, 1]}})",
-               "layers[\"2\"]: rank 0 holds 3");
-  expect_error(R"({"expert_to_rank": [0, 0, 0, 0, 1, 1, 1, 1], "expert_to_ranks": []})", "exactly one of");
+  expect_error(
+      R"({"expert_to_rank": [0, 0, 0, 0, 1, 1, 1, 1], "layers": {"1": [0, 0, 0, 0, 1, 1, 1, 1]}})",
+      "not a MoE layer");
+  expect_error(
+      R"({"expert_to_rank": [0, 0, 0, 0, 1, 1, 1, 1], "layers": {"2": [0, 0, 0, 1, 1, 1, 1, 1]}})",
+      "layers[\"2\"]: rank 0 holds 3");
+  expect_error(R"({"expert_to_rank": [0, 0, 0, 0, 1, 1, 1, 1], "expert_to_ranks": []})",
+               "exactly one of");
   expect_error(R"({"expert_to_rank": [0, "a", 0, 0, 1, 1, 1, 1]})", "is not a rank");
   expect_error("{nope", "not JSON");
   expect_error(R"({"ranks": 3, "expert_to_rank": [0, 0, 1, 1, 2, 2, 0, 1]})", "do not divide");
   // Bad files fail with one rank too.
   expect_error(R"({"expert_to_rank": [0, 0, 0, 0, 0, 1, 1, 1]})", "rank 0 holds 5 experts", 1);
-  EXPECT_THROW(ie::load_expert_placement("/nonexistent/placement.json", c, 2, 0), std::invalid_argument);
+  EXPECT_THROW(ie::load_expert_placement("/nonexistent/placement.json", c, 2, 0),
+               std::invalid_argument);
 }

@@ -78,7 +78,8 @@ TEST(Moe, TopKEqualsExpertsWithUnlimitedCapacityIsTheDenseMixture) {
     std::vector<double> logit(Fixture::E);
     double mx = -1e30, sum = 0;
     for (int e = 0; e < Fixture::E; ++e) {
-      for (int d = 0; d < Fixture::D; ++d) logit[e] += double(fx.router[e * Fixture::D + d]) * fx.h[t * Fixture::D + d];
+      for (int d = 0; d < Fixture::D; ++d)
+        logit[e] += double(fx.router[e * Fixture::D + d]) * fx.h[t * Fixture::D + d];
       mx = std::max(mx, logit[e]);
     }
     for (auto& l : logit) sum += (l = std::exp(l - mx));
@@ -87,7 +88,8 @@ TEST(Moe, TopKEqualsExpertsWithUnlimitedCapacityIsTheDenseMixture) {
       auto y = fx.expert(e, t);
       for (int d = 0; d < Fixture::D; ++d) ref[d] += logit[e] / sum * y[d];
     }
-    for (int d = 0; d < Fixture::D; ++d) EXPECT_NEAR(out[t * Fixture::D + d], ref[d], 1e-5) << "t " << t << " d " << d;
+    for (int d = 0; d < Fixture::D; ++d)
+      EXPECT_NEAR(out[t * Fixture::D + d], ref[d], 1e-5) << "t " << t << " d " << d;
   }
   for (uint32_t r : counts.routed) EXPECT_EQ(r, uint32_t(Fixture::T));
 }
@@ -99,7 +101,8 @@ TEST(Moe, CapacityDropsExactlyThePredictedAssignments) {
   Fixture fx(2, 1.0f);
   for (int t = 0; t < Fixture::T; ++t) fx.h[t * Fixture::D + 0] = 3.0f + 0.1f * float(t);
   for (int e = 0; e < Fixture::E; ++e)
-    for (int d = 0; d < Fixture::D; ++d) fx.router[e * Fixture::D + d] = d == 0 ? (e == 0 ? 4.0f : e == 1 ? 3.0f : -4.0f) : 0.0f;
+    for (int d = 0; d < Fixture::D; ++d)
+      fx.router[e * Fixture::D + d] = d == 0 ? (e == 0 ? 4.0f : e == 1 ? 3.0f : -4.0f) : 0.0f;
   ie::RouteCounts counts;
   auto out = fx.run(counts);
   EXPECT_EQ(ie::expert_capacity(fx.c.moe, Fixture::T), 4);

@@ -17,7 +17,9 @@ namespace ie = inferscope::engine;
 
 namespace {
 
-ie::ModelConfig tiny() { return ie::load_model_config(std::string(INFERSCOPE_ENGINE_MODELS) + "/tiny.json"); }
+ie::ModelConfig tiny() {
+  return ie::load_model_config(std::string(INFERSCOPE_ENGINE_MODELS) + "/tiny.json");
+}
 
 std::vector<int32_t> text(int n, uint64_t seed) {
   std::mt19937_64 rng(seed);
@@ -165,14 +167,16 @@ TEST(Serving, ImagesRunTheEncoderAndChangeTheOutput) {
   r.image = ie::synthetic_image(c.vision.image_size, 1, 5);
   auto with_image = run.serve(r);
   EXPECT_EQ(with_image.event.image_tokens, uint32_t(c.vision.tokens()));
-  EXPECT_EQ(with_image.event.prompt_tokens, plain.event.prompt_tokens + uint32_t(c.vision.tokens()));
+  EXPECT_EQ(with_image.event.prompt_tokens,
+            plain.event.prompt_tokens + uint32_t(c.vision.tokens()));
   EXPECT_GT(with_image.encoder_ns, 0);
   EXPECT_NE(plain.logits.at(0), with_image.logits.at(0));
 }
 
 TEST(Serving, SafetensorsRoundTripKeepsLogits) {
   ie::ModelConfig c = tiny();
-  auto path = std::filesystem::temp_directory_path() / ("engine_weights_" + std::to_string(::getpid()) + ".safetensors");
+  auto path = std::filesystem::temp_directory_path() /
+              ("engine_weights_" + std::to_string(::getpid()) + ".safetensors");
   EngineRun a(c);
   a.model->weights().save(path.string());
   auto prompt = text(12, 4);
@@ -191,7 +195,8 @@ TEST(Serving, SafetensorsRoundTripKeepsLogits) {
 
 TEST(Serving, SafetensorsRejectsAMismatchedModel) {
   ie::ModelConfig c = tiny();
-  auto path = std::filesystem::temp_directory_path() / ("engine_bad_" + std::to_string(::getpid()) + ".safetensors");
+  auto path = std::filesystem::temp_directory_path() /
+              ("engine_bad_" + std::to_string(::getpid()) + ".safetensors");
   {
     auto be = ie::create_cpu_backend();
     ie::Model m(*be, c);

@@ -31,9 +31,9 @@ using Clock = std::chrono::steady_clock;
 
 // [SECTION] Child
 struct ChildOptions {
-  std::string stderr_path;      // "" = inherit
-  uint64_t file_size_limit = 0; // RLIMIT_FSIZE in bytes (0 = none); SIGXFSZ is ignored so
-                                // writes past it fail with EFBIG, as on a full disk
+  std::string stderr_path;       // "" = inherit
+  uint64_t file_size_limit = 0;  // RLIMIT_FSIZE in bytes (0 = none); SIGXFSZ is ignored so
+                                 // writes past it fail with EFBIG, as on a full disk
 };
 
 class Child {
@@ -115,11 +115,12 @@ struct TraceCount {
   uint64_t file_bytes = 0;   // sizes of the segment files
   uint64_t frame_bytes = 0;  // bytes in complete, checksum-valid frames (plus 16-byte file headers)
   uint64_t largest_file = 0;
-  uint64_t undecodable_frames = 0;      // CRC-valid frames whose records do not decode
-  uint64_t segments_without_hello = 0;  // a segment whose first frame is not a hello (not self-contained)
+  uint64_t undecodable_frames = 0;  // CRC-valid frames whose records do not decode
+  uint64_t segments_without_hello =
+      0;  // a segment whose first frame is not a hello (not self-contained)
   std::map<uint32_t, std::map<uint8_t, uint64_t>> records;  // source id -> record kind -> count
-  std::map<std::string, uint64_t> counter_records_by_name;   // counter samples by interned name
-  uint64_t records_of(wire::RecordKind kind) const;          // over all sources
+  std::map<std::string, uint64_t> counter_records_by_name;  // counter samples by interned name
+  uint64_t records_of(wire::RecordKind kind) const;         // over all sources
 };
 TraceCount read_trace_dir(const std::string& dir);
 

@@ -1,11 +1,12 @@
 // ep_report: per-rank rows share, time per step, idle from the (step, layer)
 // join, hot ranks with their layers and experts, and the EPLB what-if, from
 // hand-made records with hand-computed answers.
+#include "inferscope/viewer/ep_stats.hpp"
+
 #include <gtest/gtest.h>
 
-#include "inferscope/viewer/ep_stats.hpp"
-#include "inferscope/viewer/sample_trace.hpp"
 #include "inferscope/viewer/loader.hpp"
+#include "inferscope/viewer/sample_trace.hpp"
 #include "test_util.hpp"
 
 namespace inferscope::viewer {

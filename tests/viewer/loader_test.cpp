@@ -1,9 +1,10 @@
 // Loading: trace files, damaged files, segment directories, Chrome JSON.
+#include "inferscope/viewer/loader.hpp"
+
 #include <gtest/gtest.h>
 
 #include <fstream>
 
-#include "inferscope/viewer/loader.hpp"
 #include "inferscope/viewer/sample_trace.hpp"
 #include "inferscope/wire/trace_file.hpp"
 #include "test_util.hpp"
@@ -44,7 +45,8 @@ TEST(ViewerLoader, TruncatedFileKeepsEveryCompleteFrame) {
   LoadResult rw = load_trace_bytes(full, whole);
   ASSERT_GT(rw.frames, 3u);
   // Cut inside the last third of the file.
-  std::vector<uint8_t> cut(full.begin(), full.begin() + static_cast<long>(full.size() * 2 / 3 + 13));
+  std::vector<uint8_t> cut(full.begin(),
+                           full.begin() + static_cast<long>(full.size() * 2 / 3 + 13));
   TraceModel m;
   LoadResult r = load_trace_bytes(cut, m);
   ASSERT_TRUE(r.ok) << r.error;
@@ -104,7 +106,8 @@ TEST(ViewerLoader, DirectoryOfSegmentsEachWithHellos) {
   LoadResult r = load_path(dir.path.string(), m);
   ASSERT_TRUE(r.ok) << r.error;
   EXPECT_EQ(r.files, 2u);
-  EXPECT_EQ(m.span_count(), sa.spans + sa.requests + sa.stages + sb.spans + sb.requests + sb.stages);
+  EXPECT_EQ(m.span_count(),
+            sa.spans + sa.requests + sa.stages + sb.spans + sb.requests + sb.stages);
   EXPECT_EQ(m.tracks().size(), 10u);  // same sources, same tracks
   EXPECT_EQ(m.max_ns() - m.min_ns() > static_cast<int64_t>(1.5 * a.seconds * 1e9), true);
 }

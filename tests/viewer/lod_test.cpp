@@ -1,10 +1,10 @@
 // Level of detail: merged items partition exactly the spans in view, only
 // sub-threshold spans merge, and the item count is bounded by the pixel count.
+#include "inferscope/viewer/lod.hpp"
+
 #include <gtest/gtest.h>
 
 #include <random>
-
-#include "inferscope/viewer/lod.hpp"
 
 namespace inferscope::viewer {
 namespace {
@@ -17,7 +17,8 @@ Lane random_lane(size_t n, uint32_t seed) {
   for (size_t i = 0; i < n; ++i) {
     t += static_cast<int64_t>(gap(rng));
     // Now and then a long span, so singles and runs alternate.
-    int64_t d = (rng() % 50 == 0) ? 20000 + static_cast<int64_t>(rng() % 50000) : static_cast<int64_t>(dur(rng));
+    int64_t d = (rng() % 50 == 0) ? 20000 + static_cast<int64_t>(rng() % 50000)
+                                  : static_cast<int64_t>(dur(rng));
     SpanRec s;
     s.start_ns = t;
     s.end_ns = t + d;
@@ -75,7 +76,7 @@ TEST(ViewerLod, MergedItemsPartitionTheVisibleSpans) {
     int64_t min_ns = std::max<int64_t>(1, w / (200 + static_cast<int64_t>(rng() % 3000)));
     check_query(lane, a, a + w, min_ns);
   }
-  check_query(lane, 0, end, end / 2000);       // fully zoomed out
+  check_query(lane, 0, end, end / 2000);  // fully zoomed out
   check_query(lane, -1000, end + 1000, end / 100);
 }
 

@@ -145,7 +145,8 @@ TEST(ViewerTraceModel, LiveChunksGiveTheSameLanesAsOneLoad) {
   o.target_spans = 20000;
   o.compress = false;
   std::vector<std::vector<uint8_t>> frames;
-  generate_sample_trace(o, [&](std::span<const uint8_t> f) { frames.emplace_back(f.begin(), f.end()); });
+  generate_sample_trace(
+      o, [&](std::span<const uint8_t> f) { frames.emplace_back(f.begin(), f.end()); });
   TraceModel live, whole;
   wire::FrameDecoder dec;
   for (const auto& f : frames) {

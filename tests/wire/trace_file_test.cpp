@@ -1,13 +1,13 @@
 // Trace files: written whole, read back, and recovered after truncation or corruption.
-#include <gtest/gtest.h>
+#include "inferscope/wire/trace_file.hpp"
 
+#include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 
-#include "inferscope/wire/trace_file.hpp"
 #include "sample_records.hpp"
 
 namespace inferscope::wire {

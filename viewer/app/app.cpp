@@ -158,15 +158,17 @@ void write_facts(const AppState& s, const std::string& png, int fb_w, int fb_h, 
     return std::string(b);
   };
   out << "{\"width\":" << fb_w << ",\"height\":" << fb_h << ",\"tracks\":" << s.facts.drawn_tracks
-      << ",\"spans\":" << s.model.span_count() << ",\"hot_cell\":[" << s.facts.hot_cell[0] * fb_scale
-      << "," << s.facts.hot_cell[1] * fb_scale << "," << s.facts.hot_cell[2] * fb_scale << ","
-      << s.facts.hot_cell[3] * fb_scale << "],\"hot_cell_colour\":\"" << hex(s.facts.hot_cell_colour)
-      << "\",\"legend_top_colour\":\"" << hex(s.facts.legend_top_colour)
-      << "\",\"ep_hot_rank\":" << s.ep_hot_rank << ",\"ep_idle_bar\":["
-      << s.facts.ep_idle_bar[0] * fb_scale << "," << s.facts.ep_idle_bar[1] * fb_scale << ","
-      << s.facts.ep_idle_bar[2] * fb_scale << "," << s.facts.ep_idle_bar[3] * fb_scale << "]"
-      << ",\"ep_hot_row\":[" << s.facts.ep_hot_row[0] * fb_scale << "," << s.facts.ep_hot_row[1] * fb_scale
-      << "," << s.facts.ep_hot_row[2] * fb_scale << "," << s.facts.ep_hot_row[3] * fb_scale << "]";
+      << ",\"spans\":" << s.model.span_count() << ",\"hot_cell\":["
+      << s.facts.hot_cell[0] * fb_scale << "," << s.facts.hot_cell[1] * fb_scale << ","
+      << s.facts.hot_cell[2] * fb_scale << "," << s.facts.hot_cell[3] * fb_scale
+      << "],\"hot_cell_colour\":\"" << hex(s.facts.hot_cell_colour) << "\",\"legend_top_colour\":\""
+      << hex(s.facts.legend_top_colour) << "\",\"ep_hot_rank\":" << s.ep_hot_rank
+      << ",\"ep_idle_bar\":[" << s.facts.ep_idle_bar[0] * fb_scale << ","
+      << s.facts.ep_idle_bar[1] * fb_scale << "," << s.facts.ep_idle_bar[2] * fb_scale << ","
+      << s.facts.ep_idle_bar[3] * fb_scale << "]"
+      << ",\"ep_hot_row\":[" << s.facts.ep_hot_row[0] * fb_scale << ","
+      << s.facts.ep_hot_row[1] * fb_scale << "," << s.facts.ep_hot_row[2] * fb_scale << ","
+      << s.facts.ep_hot_row[3] * fb_scale << "]";
   auto rect = [&](const float* r) {
     return "[" + std::to_string(r[0] * fb_scale) + "," + std::to_string(r[1] * fb_scale) + "," +
            std::to_string(r[2] * fb_scale) + "," + std::to_string(r[3] * fb_scale) + "]";
@@ -180,8 +182,8 @@ void write_facts(const AppState& s, const std::string& png, int fb_w, int fb_h, 
       << ",\"alert_min_start_s\":" << s.facts.alert_min_start_s << ",\"memory_lanes\":[";
   for (int k = 0; k < 3; ++k)
     out << (k ? "," : "") << "{\"rect\":" << rect(s.facts.memory_lanes[k])
-        << ",\"fill\":" << s.facts.memory_lane_fill[k] << ",\"colour\":\"" << hex(s.facts.memory_lane_colour[k])
-        << "\"}";
+        << ",\"fill\":" << s.facts.memory_lane_fill[k] << ",\"colour\":\""
+        << hex(s.facts.memory_lane_colour[k]) << "\"}";
   out << "]}\n";
 }
 

@@ -32,7 +32,7 @@ struct AppOptions {
   std::string connect;  // host:port of a collector's viewer API
   std::string auth_token_file;
   std::string capture_endpoint;  // host:port of a collector's --capture-http
-  std::string screenshot;  // write a PNG after `frames` frames and exit
+  std::string screenshot;        // write a PNG after `frames` frames and exit
   int frames = 4;
   std::string view = "all";  // timeline|experts|alerts|memory|stages|details|ep|all
   std::string window;        // "10s..20s" relative to the trace start
@@ -59,7 +59,7 @@ struct AppState {
   std::unique_ptr<StoreView> lod;
   std::unique_ptr<CaptureClient> capture;  // with --capture-endpoint
   CaptureIndex captures;                   // GPU captures in the trace, by tag
-  std::string banner;  // an error the user must see (bad file, ...)
+  std::string banner;                      // an error the user must see (bad file, ...)
 
   // [SECTION] Timeline range and selection (absolute monotonic ns, as double)
   double view_t0 = 0, view_t1 = 1;

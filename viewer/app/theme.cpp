@@ -17,19 +17,21 @@ void apply_theme(AppState& s, bool dark) {
     st.Colors[ImGuiCol_WindowBg] = ImVec4(0.10f, 0.105f, 0.12f, 1.0f);
     st.Colors[ImGuiCol_ChildBg] = ImVec4(0.085f, 0.09f, 0.10f, 1.0f);
     st.Colors[ImGuiCol_TitleBgActive] = ImVec4(0.16f, 0.20f, 0.28f, 1.0f);
-    s.pal = {IM_COL32(22, 23, 27, 255),   IM_COL32(28, 30, 35, 255),   IM_COL32(33, 35, 41, 255),
-             IM_COL32(230, 232, 236, 255), IM_COL32(150, 155, 165, 255), IM_COL32(70, 74, 84, 255),
-             IM_COL32(45, 50, 62, 255),    IM_COL32(255, 210, 80, 255),  IM_COL32(120, 128, 150, 255),
-             IM_COL32(255, 120, 70, 230),  IM_COL32(255, 255, 255, 255), IM_COL32(80, 230, 255, 255),
-             IM_COL32(120, 170, 255, 40)};
+    s.pal = {
+        IM_COL32(22, 23, 27, 255),    IM_COL32(28, 30, 35, 255),    IM_COL32(33, 35, 41, 255),
+        IM_COL32(230, 232, 236, 255), IM_COL32(150, 155, 165, 255), IM_COL32(70, 74, 84, 255),
+        IM_COL32(45, 50, 62, 255),    IM_COL32(255, 210, 80, 255),  IM_COL32(120, 128, 150, 255),
+        IM_COL32(255, 120, 70, 230),  IM_COL32(255, 255, 255, 255), IM_COL32(80, 230, 255, 255),
+        IM_COL32(120, 170, 255, 40)};
   } else {
     ImGui::StyleColorsLight();
     st.Colors[ImGuiCol_WindowBg] = ImVec4(0.97f, 0.97f, 0.98f, 1.0f);
-    s.pal = {IM_COL32(250, 250, 252, 255), IM_COL32(240, 241, 245, 255), IM_COL32(231, 233, 238, 255),
-             IM_COL32(25, 27, 32, 255),    IM_COL32(95, 100, 110, 255),  IM_COL32(190, 194, 204, 255),
-             IM_COL32(214, 220, 232, 255), IM_COL32(200, 120, 0, 255),   IM_COL32(140, 148, 168, 255),
-             IM_COL32(220, 70, 30, 230),   IM_COL32(0, 0, 0, 255),       IM_COL32(0, 140, 200, 255),
-             IM_COL32(40, 90, 200, 35)};
+    s.pal = {
+        IM_COL32(250, 250, 252, 255), IM_COL32(240, 241, 245, 255), IM_COL32(231, 233, 238, 255),
+        IM_COL32(25, 27, 32, 255),    IM_COL32(95, 100, 110, 255),  IM_COL32(190, 194, 204, 255),
+        IM_COL32(214, 220, 232, 255), IM_COL32(200, 120, 0, 255),   IM_COL32(140, 148, 168, 255),
+        IM_COL32(220, 70, 30, 230),   IM_COL32(0, 0, 0, 255),       IM_COL32(0, 140, 200, 255),
+        IM_COL32(40, 90, 200, 35)};
   }
   st.WindowRounding = 4.0f;
   st.FrameRounding = 3.0f;
@@ -44,13 +46,25 @@ uint32_t span_colour(const AppState& s, uint32_t name_id, wire::SpanCategory cat
   float jitter = float((h >> 24) & 0xFF) / 255.0f;
   float hue;
   switch (cat) {
-    case wire::SpanCategory::kKernel: hue = 0.33f + 0.12f * jitter; break;      // greens
+    case wire::SpanCategory::kKernel:
+      hue = 0.33f + 0.12f * jitter;
+      break;  // greens
     case wire::SpanCategory::kMemcpy:
-    case wire::SpanCategory::kMemset: hue = 0.12f; break;                        // amber
-    case wire::SpanCategory::kRuntime: hue = 0.78f + 0.05f * jitter; break;      // violet
-    case wire::SpanCategory::kRequest: hue = 0.02f + 0.04f * jitter; break;      // red-orange
-    case wire::SpanCategory::kStage: hue = 0.50f + 0.10f * jitter; break;        // cyan
-    default: hue = 0.56f + 0.12f * jitter; break;                                // blues
+    case wire::SpanCategory::kMemset:
+      hue = 0.12f;
+      break;  // amber
+    case wire::SpanCategory::kRuntime:
+      hue = 0.78f + 0.05f * jitter;
+      break;  // violet
+    case wire::SpanCategory::kRequest:
+      hue = 0.02f + 0.04f * jitter;
+      break;  // red-orange
+    case wire::SpanCategory::kStage:
+      hue = 0.50f + 0.10f * jitter;
+      break;  // cyan
+    default:
+      hue = 0.56f + 0.12f * jitter;
+      break;  // blues
   }
   float r, g, b;
   ImGui::ColorConvertHSVtoRGB(hue, s.dark ? 0.55f : 0.45f, s.dark ? 0.78f : 0.92f, r, g, b);
@@ -60,8 +74,9 @@ uint32_t span_colour(const AppState& s, uint32_t name_id, wire::SpanCategory cat
 uint32_t heat_colour(double x) {
   // Perceptual-ish ramp (dark blue -> teal -> yellow -> orange -> red), so the
   // fair share sits in the middle and hot experts stand out in red.
-  static const float stops[][3] = {{0.07f, 0.10f, 0.30f}, {0.10f, 0.42f, 0.56f}, {0.36f, 0.72f, 0.42f},
-                                    {0.96f, 0.84f, 0.25f}, {0.96f, 0.45f, 0.13f}, {0.86f, 0.10f, 0.12f}};
+  static const float stops[][3] = {{0.07f, 0.10f, 0.30f}, {0.10f, 0.42f, 0.56f},
+                                   {0.36f, 0.72f, 0.42f}, {0.96f, 0.84f, 0.25f},
+                                   {0.96f, 0.45f, 0.13f}, {0.86f, 0.10f, 0.12f}};
   constexpr int n = 6;
   if (!(x >= 0)) x = 0;
   if (x > 1) x = 1;
@@ -77,10 +92,14 @@ uint32_t heat_colour(double x) {
 std::string format_duration(double ns) {
   char buf[64];
   double a = std::fabs(ns);
-  if (a < 1e3) std::snprintf(buf, sizeof(buf), "%.0f ns", ns);
-  else if (a < 1e6) std::snprintf(buf, sizeof(buf), "%.3g us", ns / 1e3);
-  else if (a < 1e9) std::snprintf(buf, sizeof(buf), "%.4g ms", ns / 1e6);
-  else std::snprintf(buf, sizeof(buf), "%.4g s", ns / 1e9);
+  if (a < 1e3)
+    std::snprintf(buf, sizeof(buf), "%.0f ns", ns);
+  else if (a < 1e6)
+    std::snprintf(buf, sizeof(buf), "%.3g us", ns / 1e3);
+  else if (a < 1e9)
+    std::snprintf(buf, sizeof(buf), "%.4g ms", ns / 1e6);
+  else
+    std::snprintf(buf, sizeof(buf), "%.4g s", ns / 1e9);
   return buf;
 }
 
@@ -93,9 +112,12 @@ std::string format_time(double ns, double step_ns) {
     int d = static_cast<int>(std::ceil(-std::log10(step / unit) - 1e-9));
     return d < 0 ? 0 : (d > 6 ? 6 : d);
   };
-  if (step_ns >= 1e6) std::snprintf(buf, sizeof(buf), "%.*f s", decimals(step_ns, 1e9), ns / 1e9);
-  else if (step_ns >= 1e3) std::snprintf(buf, sizeof(buf), "%.*f ms", decimals(step_ns, 1e6), ns / 1e6);
-  else std::snprintf(buf, sizeof(buf), "%.*f us", decimals(step_ns, 1e3), ns / 1e3);
+  if (step_ns >= 1e6)
+    std::snprintf(buf, sizeof(buf), "%.*f s", decimals(step_ns, 1e9), ns / 1e9);
+  else if (step_ns >= 1e3)
+    std::snprintf(buf, sizeof(buf), "%.*f ms", decimals(step_ns, 1e6), ns / 1e6);
+  else
+    std::snprintf(buf, sizeof(buf), "%.*f us", decimals(step_ns, 1e3), ns / 1e3);
   return buf;
 }
 

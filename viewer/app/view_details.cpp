@@ -22,7 +22,8 @@ void draw_details(AppState& s) {
       const wire::SpanArg& a = m.args()[r->args + i];
       ImGui::Text("%-9s %lld", m.name(a.key_id).c_str(), static_cast<long long>(a.value));
     }
-    if (r->request_id) ImGui::Text("request   %llu", static_cast<unsigned long long>(r->request_id));
+    if (r->request_id)
+      ImGui::Text("request   %llu", static_cast<unsigned long long>(r->request_id));
     if (r->correlation_id) {
       ImGui::Text("correlation %llu", static_cast<unsigned long long>(r->correlation_id));
       SpanRef partner = m.flow_partner(s.selected);
@@ -30,7 +31,9 @@ void draw_details(AppState& s) {
         bool kernel = m.tracks()[partner.track].type == TrackType::kGpuStream;
         ImGui::Text("%s: %s", kernel ? "kernel" : "launched by", m.name(p->name).c_str());
         ImGui::Text("launch -> kernel start: %s",
-                    format_duration(kernel ? double(p->start_ns - r->start_ns) : double(r->start_ns - p->start_ns)).c_str());
+                    format_duration(kernel ? double(p->start_ns - r->start_ns)
+                                           : double(r->start_ns - p->start_ns))
+                        .c_str());
         if (ImGui::SmallButton(kernel ? "go to kernel" : "go to launch")) s.select_span(partner);
       }
     }
@@ -42,21 +45,31 @@ void draw_details(AppState& s) {
     ImGui::TextDisabled("click a span on the timeline to see it here");
   }
   ImGui::Separator();
-  ImGui::TextDisabled("%llu spans, %llu records, %zu tracks, %zu sources", static_cast<unsigned long long>(m.span_count()),
-                      static_cast<unsigned long long>(m.record_count()), m.tracks().size(), m.sources().size());
+  ImGui::TextDisabled("%llu spans, %llu records, %zu tracks, %zu sources",
+                      static_cast<unsigned long long>(m.span_count()),
+                      static_cast<unsigned long long>(m.record_count()), m.tracks().size(),
+                      m.sources().size());
   if (m.dropped_spans() || m.dropped_samples())
-    ImGui::TextColored(ImVec4(1, 0.6f, 0.2f, 1), "memory cap reached: %llu spans, %llu samples not kept",
-                       static_cast<unsigned long long>(m.dropped_spans()), static_cast<unsigned long long>(m.dropped_samples()));
-  for (const auto& w : s.load.warnings) ImGui::TextColored(ImVec4(1, 0.6f, 0.2f, 1), "%s", w.c_str());
+    ImGui::TextColored(ImVec4(1, 0.6f, 0.2f, 1),
+                       "memory cap reached: %llu spans, %llu samples not kept",
+                       static_cast<unsigned long long>(m.dropped_spans()),
+                       static_cast<unsigned long long>(m.dropped_samples()));
+  for (const auto& w : s.load.warnings)
+    ImGui::TextColored(ImVec4(1, 0.6f, 0.2f, 1), "%s", w.c_str());
   if (s.live) {
-    ImGui::Text("live %s: %s", s.live->endpoint().c_str(), s.live->connected() ? "connected" : "connecting...");
+    ImGui::Text("live %s: %s", s.live->endpoint().c_str(),
+                s.live->connected() ? "connected" : "connecting...");
     ImGui::TextDisabled("%llu frames, %llu records, %llu dropped (UI queue full), %llu reconnects",
-                        static_cast<unsigned long long>(s.live->frames()), static_cast<unsigned long long>(s.live->records()),
-                        static_cast<unsigned long long>(s.live->dropped()), static_cast<unsigned long long>(s.live->reconnects()));
+                        static_cast<unsigned long long>(s.live->frames()),
+                        static_cast<unsigned long long>(s.live->records()),
+                        static_cast<unsigned long long>(s.live->dropped()),
+                        static_cast<unsigned long long>(s.live->reconnects()));
     std::string e = s.live->last_error();
     if (!e.empty()) {
-      if (s.live->connected()) ImGui::TextDisabled("last error: %s", e.c_str());
-      else ImGui::TextColored(ImVec4(1, 0.5f, 0.3f, 1), "%s", e.c_str());
+      if (s.live->connected())
+        ImGui::TextDisabled("last error: %s", e.c_str());
+      else
+        ImGui::TextColored(ImVec4(1, 0.5f, 0.3f, 1), "%s", e.c_str());
     }
   }
 }

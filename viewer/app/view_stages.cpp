@@ -19,8 +19,8 @@ struct Cache {
 };
 Cache g_cache;
 
-const ImU32 kStageColours[] = {IM_COL32(235, 110, 90, 230), IM_COL32(240, 190, 70, 230), IM_COL32(90, 170, 235, 230),
-                               IM_COL32(110, 200, 140, 230)};
+const ImU32 kStageColours[] = {IM_COL32(235, 110, 90, 230), IM_COL32(240, 190, 70, 230),
+                               IM_COL32(90, 170, 235, 230), IM_COL32(110, 200, 140, 230)};
 const char* kStageNames[] = {"encoder", "connector", "prefill", "decode"};
 
 }  // namespace
@@ -38,12 +38,15 @@ void draw_stages(AppState& s) {
   auto& rows = g_cache.rows;
   const StageStats& st = g_cache.stats;
   if (rows.empty()) {
-    ImGui::TextDisabled(m.requests().empty() ? "no requests in this trace" : "no requests in this window");
+    ImGui::TextDisabled(m.requests().empty() ? "no requests in this trace"
+                                             : "no requests in this window");
     return;
   }
 
   // [SECTION] Percentiles
-  if (ImGui::BeginTable("pct", 5, ImGuiTableFlags_BordersInnerV | ImGuiTableFlags_RowBg | ImGuiTableFlags_SizingStretchSame)) {
+  if (ImGui::BeginTable("pct", 5,
+                        ImGuiTableFlags_BordersInnerV | ImGuiTableFlags_RowBg |
+                            ImGuiTableFlags_SizingStretchSame)) {
     for (const char* c : {"per request (ms)", "p50", "p95", "p99", "n"}) ImGui::TableSetupColumn(c);
     ImGui::TableHeadersRow();
     auto row = [](const char* name, const Percentiles& p, ImU32 c) {
@@ -61,7 +64,8 @@ void draw_stages(AppState& s) {
       ImGui::TableNextColumn();
       ImGui::Text("%zu", p.count);
     };
-    for (int i = 0; i < wire::kStageCount; ++i) row(kStageNames[i], st.per_stage[static_cast<size_t>(i)], kStageColours[i]);
+    for (int i = 0; i < wire::kStageCount; ++i)
+      row(kStageNames[i], st.per_stage[static_cast<size_t>(i)], kStageColours[i]);
     row("TTFT", st.ttft, 0);
     row("time per output token", st.tpot, 0);
     row("end to end", st.e2e, 0);
@@ -96,7 +100,8 @@ void draw_stages(AppState& s) {
     if (r.request_id == s.selected_request && r.source == s.selected_request_source)
       dl->AddRect(ImVec2(x0 - 1, q.y), ImVec2(x1 + 1, q.y + sz.y), s.pal.selection, 0, 0, 2);
     ImVec2 mp = ImGui::GetIO().MousePos;
-    if (mp.x >= x0 && mp.x < x0 + bw && mp.y >= q.y && mp.y < q.y + sz.y) hovered = static_cast<int>(first + i);
+    if (mp.x >= x0 && mp.x < x0 + bw && mp.y >= q.y && mp.y < q.y + sz.y)
+      hovered = static_cast<int>(first + i);
   }
   char yl[32];
   std::snprintf(yl, sizeof(yl), "%.0f ms", ymax * 1e3);
@@ -106,7 +111,8 @@ void draw_stages(AppState& s) {
     const RequestRow& r = rows[static_cast<size_t>(hovered)];
     ImGui::BeginTooltip();
     ImGui::Text("request %llu (rank %u)", static_cast<unsigned long long>(r.request_id), r.rank);
-    for (int k = 0; k < wire::kStageCount; ++k) ImGui::Text("%-10s %.2f ms", kStageNames[k], r.stage_s[static_cast<size_t>(k)] * 1e3);
+    for (int k = 0; k < wire::kStageCount; ++k)
+      ImGui::Text("%-10s %.2f ms", kStageNames[k], r.stage_s[static_cast<size_t>(k)] * 1e3);
     ImGui::EndTooltip();
     if (ImGui::IsItemClicked()) {
       s.selected_request = r.request_id;
@@ -117,27 +123,40 @@ void draw_stages(AppState& s) {
   }
 
   // [SECTION] Request table
-  ImGuiTableFlags flags = ImGuiTableFlags_RowBg | ImGuiTableFlags_ScrollY | ImGuiTableFlags_BordersInnerV |
-                          ImGuiTableFlags_Resizable | ImGuiTableFlags_Sortable | ImGuiTableFlags_SizingStretchProp;
+  ImGuiTableFlags flags = ImGuiTableFlags_RowBg | ImGuiTableFlags_ScrollY |
+                          ImGuiTableFlags_BordersInnerV | ImGuiTableFlags_Resizable |
+                          ImGuiTableFlags_Sortable | ImGuiTableFlags_SizingStretchProp;
   if (!ImGui::BeginTable("requests", 9, flags)) return;
   ImGui::TableSetupScrollFreeze(0, 1);
-  const char* cols[] = {"request", "rank", "arrival s", "TTFT ms", "TPOT ms", "e2e ms", "prompt", "output", "images"};
-  for (int i = 0; i < 9; ++i) ImGui::TableSetupColumn(cols[i], i == 0 ? ImGuiTableColumnFlags_DefaultSort : 0);
+  const char* cols[] = {"request", "rank",   "arrival s", "TTFT ms", "TPOT ms",
+                        "e2e ms",  "prompt", "output",    "images"};
+  for (int i = 0; i < 9; ++i)
+    ImGui::TableSetupColumn(cols[i], i == 0 ? ImGuiTableColumnFlags_DefaultSort : 0);
   ImGui::TableHeadersRow();
-  if (ImGuiTableSortSpecs* ss = ImGui::TableGetSortSpecs(); ss && ss->SpecsDirty && ss->SpecsCount > 0) {
+  if (ImGuiTableSortSpecs* ss = ImGui::TableGetSortSpecs();
+      ss && ss->SpecsDirty && ss->SpecsCount > 0) {
     int c = ss->Specs[0].ColumnIndex;
     bool asc = ss->Specs[0].SortDirection == ImGuiSortDirection_Ascending;
     auto key = [c](const RequestRow& r) -> double {
       switch (c) {
-        case 0: return double(r.request_id);
-        case 1: return r.rank;
-        case 2: return double(r.arrival_ns);
-        case 3: return std::isnan(r.ttft_s) ? -1 : r.ttft_s;
-        case 4: return std::isnan(r.tpot_s) ? -1 : r.tpot_s;
-        case 5: return r.e2e_s;
-        case 6: return r.prompt;
-        case 7: return r.output;
-        default: return r.images;
+        case 0:
+          return double(r.request_id);
+        case 1:
+          return r.rank;
+        case 2:
+          return double(r.arrival_ns);
+        case 3:
+          return std::isnan(r.ttft_s) ? -1 : r.ttft_s;
+        case 4:
+          return std::isnan(r.tpot_s) ? -1 : r.tpot_s;
+        case 5:
+          return r.e2e_s;
+        case 6:
+          return r.prompt;
+        case 7:
+          return r.output;
+        default:
+          return r.images;
       }
     };
     std::stable_sort(rows.begin(), rows.end(), [&](const RequestRow& a, const RequestRow& b) {
@@ -168,11 +187,15 @@ void draw_stages(AppState& s) {
       ImGui::TableNextColumn();
       ImGui::Text("%.3f", s.rel_s(r.arrival_ns));
       ImGui::TableNextColumn();
-      if (std::isnan(r.ttft_s)) ImGui::TextDisabled("-");
-      else ImGui::Text("%.1f", r.ttft_s * 1e3);
+      if (std::isnan(r.ttft_s))
+        ImGui::TextDisabled("-");
+      else
+        ImGui::Text("%.1f", r.ttft_s * 1e3);
       ImGui::TableNextColumn();
-      if (std::isnan(r.tpot_s)) ImGui::TextDisabled("-");
-      else ImGui::Text("%.2f", r.tpot_s * 1e3);
+      if (std::isnan(r.tpot_s))
+        ImGui::TextDisabled("-");
+      else
+        ImGui::Text("%.2f", r.tpot_s * 1e3);
       ImGui::TableNextColumn();
       ImGui::Text("%.1f", r.e2e_s * 1e3);
       ImGui::TableNextColumn();

@@ -7,9 +7,8 @@
 //   draw_tracks()   - layout, culling, per-lane LOD draw, hover detection
 //   draw_flows()    - launch -> kernel arrows for visible kernels
 //   interaction     - wheel zoom around the cursor, drag pan, right-drag box zoom, keys
-#include <imgui.h>
-
 #include <GLFW/glfw3.h>
+#include <imgui.h>
 
 #include <algorithm>
 #include <cmath>
@@ -82,7 +81,8 @@ void toolbar(AppState& s) {
   if (ImGui::ArrowButton("##next", ImGuiDir_Right)) go(s.find_index + 1);
   ImGui::SameLine();
   if (!s.find_text.empty())
-    ImGui::TextDisabled("%zu/%zu", s.find_results.empty() ? 0 : s.find_index + 1, s.find_results.size());
+    ImGui::TextDisabled("%zu/%zu", s.find_results.empty() ? 0 : s.find_index + 1,
+                        s.find_results.size());
   else
     ImGui::TextDisabled("      ");
   ImGui::SameLine();
@@ -129,7 +129,8 @@ void fetch_history(AppState& s, const TraceModel& m, double ns_per_px) {
   const int64_t have_from = std::min<int64_t>(m.min_ns(), g_history_from);
   if (s.view_t0 >= double(have_from) || s.live->range_state().in_flight) return;
   const auto from = static_cast<int64_t>(s.view_t0 - (s.view_t1 - s.view_t0));  // a screen ahead
-  if (s.live->fetch_range(from, have_from, static_cast<int64_t>(ns_per_px)) != 0) g_history_from = from;
+  if (s.live->fetch_range(from, have_from, static_cast<int64_t>(ns_per_px)) != 0)
+    g_history_from = from;
 }
 
 }  // namespace
@@ -139,7 +140,8 @@ void draw_timeline(AppState& s) {
   ImGuiIO& io = ImGui::GetIO();
   toolbar(s);
   if (m.empty()) {
-    ImGui::TextDisabled(s.live ? "waiting for data from the collector..." : "no spans in this trace");
+    ImGui::TextDisabled(s.live ? "waiting for data from the collector..."
+                               : "no spans in this trace");
     return;
   }
   if (s.follow_live) {
@@ -228,12 +230,14 @@ void draw_timeline(AppState& s) {
                       (alt++ % 2) ? s.pal.lane_bg_alt : s.pal.lane_bg);
     char label[160];
     if (static_cast<int>(t.lanes.size()) > lanes_shown(t))
-      std::snprintf(label, sizeof(label), "%s (+%zu lanes)", t.label.c_str(), t.lanes.size() - lanes_shown(t));
+      std::snprintf(label, sizeof(label), "%s (+%zu lanes)", t.label.c_str(),
+                    t.lanes.size() - lanes_shown(t));
     else
       std::snprintf(label, sizeof(label), "%s", t.label.c_str());
-    dl->AddText(font, font_size, ImVec2(win_pos.x + 14 * s.scale, ty + 1), s.pal.text_dim, label, nullptr,
-                0.0f, nullptr);
-    dl->PushClipRect(ImVec2(area_x0, std::max(ty, clip_y0)), ImVec2(area_x1, std::min(ty + th, clip_y1)), true);
+    dl->AddText(font, font_size, ImVec2(win_pos.x + 14 * s.scale, ty + 1), s.pal.text_dim, label,
+                nullptr, 0.0f, nullptr);
+    dl->PushClipRect(ImVec2(area_x0, std::max(ty, clip_y0)),
+                     ImVec2(area_x1, std::min(ty + th, clip_y1)), true);
     const uint32_t merged_name = m.find_name("(merged spans)");
     for (int li = 0; li < lanes_shown(t); ++li) {
       const Lane& lane = t.lanes[static_cast<size_t>(li)];
@@ -257,7 +261,8 @@ void draw_timeline(AppState& s) {
           dl->AddRectFilled(a, b, c);
           // Hatching hints "many spans here, zoom in".
           for (float hx = x0; hx < x1 - 3; hx += 6 * s.scale)
-            dl->AddLine(ImVec2(hx, b.y), ImVec2(std::min(x1, hx + 5 * s.scale), a.y), s.pal.lane_bg, 1.0f);
+            dl->AddLine(ImVec2(hx, b.y), ImVec2(std::min(x1, hx + 5 * s.scale), a.y), s.pal.lane_bg,
+                        1.0f);
         } else {
           dl->AddRectFilled(a, b, span_colour(s, first.name, first.category));
           if (x1 - x0 > 40 * s.scale) {
@@ -268,9 +273,11 @@ void draw_timeline(AppState& s) {
                         IM_COL32(15, 15, 20, 255), nm.c_str(), nullptr, 0.0f, &clip);
           }
           SpanRef ref{ti, static_cast<uint32_t>(li), it.first};
-          if (ref == s.selected) dl->AddRect(ImVec2(a.x - 1, a.y - 1), ImVec2(b.x + 1, b.y + 1), s.pal.selection, 0, 0, 2.5f);
-          if (t.type == TrackType::kGpuStream && first.correlation_id != 0 && kernels.size() < 400 &&
-              x1 - x0 >= 3)
+          if (ref == s.selected)
+            dl->AddRect(ImVec2(a.x - 1, a.y - 1), ImVec2(b.x + 1, b.y + 1), s.pal.selection, 0, 0,
+                        2.5f);
+          if (t.type == TrackType::kGpuStream && first.correlation_id != 0 &&
+              kernels.size() < 400 && x1 - x0 >= 3)
             kernels.push_back({ref, x0, x1, a.y});
         }
         if (mouse_in_lane && mouse.x >= x0 - 1 && mouse.x <= x1 + 1) {
@@ -301,24 +308,30 @@ void draw_timeline(AppState& s) {
     float ly = track_y[launch.track] + launch.lane * lane_h + lane_h - 1;
     ImU32 col = strong ? s.pal.selection : s.pal.flow;
     float dy = (ky - ly) * 0.5f;
-    dl->AddBezierCubic(ImVec2(lx, ly), ImVec2(lx, ly + dy), ImVec2(kx, ky - dy), ImVec2(kx, ky), col,
-                       strong ? 2.0f : 1.2f);
+    dl->AddBezierCubic(ImVec2(lx, ly), ImVec2(lx, ly + dy), ImVec2(kx, ky - dy), ImVec2(kx, ky),
+                       col, strong ? 2.0f : 1.2f);
     float ah = 5 * s.scale;
     float dir = ky >= ly ? 1.0f : -1.0f;
-    dl->AddTriangleFilled(ImVec2(kx, ky), ImVec2(kx - ah * 0.6f, ky - dir * ah), ImVec2(kx + ah * 0.6f, ky - dir * ah), col);
+    dl->AddTriangleFilled(ImVec2(kx, ky), ImVec2(kx - ah * 0.6f, ky - dir * ah),
+                          ImVec2(kx + ah * 0.6f, ky - dir * ah), col);
   };
   dl->PushClipRect(ImVec2(area_x0, clip_y0), ImVec2(area_x1, clip_y1), true);
   if (ns_per_px < 50000)  // arrows only where individual launches are distinguishable
     for (const FlowEnd& k : kernels) draw_flow(k.ref, k.x0, k.y, false);
   if (const SpanRec* sel = m.span(s.selected); sel && sel->correlation_id) {
-    SpanRef kernel = tracks[s.selected.track].type == TrackType::kGpuStream ? s.selected : m.flow_partner(s.selected);
+    SpanRef kernel = tracks[s.selected.track].type == TrackType::kGpuStream
+                         ? s.selected
+                         : m.flow_partner(s.selected);
     if (const SpanRec* k = m.span(kernel); k && track_y[kernel.track] >= 0)
-      draw_flow(kernel, X(double(k->start_ns)), track_y[kernel.track] + kernel.lane * lane_h + 1, true);
+      draw_flow(kernel, X(double(k->start_ns)), track_y[kernel.track] + kernel.lane * lane_h + 1,
+                true);
   }
   // Shade the pinned analysis window.
   if (s.window_pinned) {
-    float wx0 = std::max(area_x0, X(double(s.window_t0))), wx1 = std::min(area_x1, X(double(s.window_t1)));
-    if (wx1 > wx0) dl->AddRectFilled(ImVec2(wx0, clip_y0), ImVec2(wx1, clip_y1), s.pal.window_shade);
+    float wx0 = std::max(area_x0, X(double(s.window_t0))),
+          wx1 = std::min(area_x1, X(double(s.window_t1)));
+    if (wx1 > wx0)
+      dl->AddRectFilled(ImVec2(wx0, clip_y0), ImVec2(wx1, clip_y1), s.pal.window_shade);
   }
   dl->PopClipRect();
   ImGui::Dummy(ImVec2(1, content_h));
@@ -344,7 +357,8 @@ void draw_timeline(AppState& s) {
         const wire::SpanArg& a = m.args()[r.args + i];
         ImGui::Text("%s = %lld", m.name(a.key_id).c_str(), static_cast<long long>(a.value));
       }
-      if (r.correlation_id) ImGui::Text("correlation %llu", static_cast<unsigned long long>(r.correlation_id));
+      if (r.correlation_id)
+        ImGui::Text("correlation %llu", static_cast<unsigned long long>(r.correlation_id));
       if (r.request_id) ImGui::Text("request %llu", static_cast<unsigned long long>(r.request_id));
     }
     ImGui::EndTooltip();
@@ -385,12 +399,14 @@ void draw_timeline(AppState& s) {
     fg->AddRectFilled(ImVec2(bx0, clip_y0), ImVec2(bx1, clip_y1), IM_COL32(90, 150, 255, 50));
     fg->AddRect(ImVec2(bx0, clip_y0), ImVec2(bx1, clip_y1), IM_COL32(90, 150, 255, 200));
     double a = s.view_t0 + (bx0 - area_x0) * ns_per_px, b = s.view_t0 + (bx1 - area_x0) * ns_per_px;
-    ImGui::SetTooltip("%s%s", format_duration(b - a).c_str(), io.KeyShift ? "  (shift: set analysis window)" : "");
+    ImGui::SetTooltip("%s%s", format_duration(b - a).c_str(),
+                      io.KeyShift ? "  (shift: set analysis window)" : "");
   }
   if (g_drag_button >= 0 && ImGui::IsMouseReleased(g_drag_button)) {
     if (g_drag_button == 1 && g_box) {
       float bx0 = std::min(g_box_x0, mouse.x), bx1 = std::max(g_box_x0, mouse.x);
-      double a = s.view_t0 + (bx0 - area_x0) * ns_per_px, b = s.view_t0 + (bx1 - area_x0) * ns_per_px;
+      double a = s.view_t0 + (bx0 - area_x0) * ns_per_px,
+             b = s.view_t0 + (bx1 - area_x0) * ns_per_px;
       if (io.KeyShift) {
         s.window_pinned = true;
         s.window_t0 = static_cast<int64_t>(a);

@@ -18,7 +18,8 @@ int main(int argc, char** argv) {
   app.add_option("--layers", o.layers, "layers");
   app.add_option("--seed", o.seed, "random seed");
   app.add_flag("--expert-parallel", o.expert_parallel,
-               "ranks are expert-parallel: contiguous expert shards, expert_parallel records, a skew to the hot expert's rank");
+               "ranks are expert-parallel: contiguous expert shards, expert_parallel records, a "
+               "skew to the hot expert's rank");
   CLI11_PARSE(app, argc, argv);
   inferscope::viewer::SampleSummary s;
   std::string error;
@@ -26,9 +27,11 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "inferscope-make-sample-trace: %s\n", error.c_str());
     return 1;
   }
-  std::printf("wrote %s: %llu spans (%llu kernels), %llu expert loads, %llu requests, %llu frames, %llu bytes\n",
-              out.c_str(), (unsigned long long)s.spans, (unsigned long long)s.kernels,
-              (unsigned long long)s.expert_loads, (unsigned long long)s.requests,
-              (unsigned long long)s.frames, (unsigned long long)s.bytes);
+  std::printf(
+      "wrote %s: %llu spans (%llu kernels), %llu expert loads, %llu requests, %llu frames, %llu "
+      "bytes\n",
+      out.c_str(), (unsigned long long)s.spans, (unsigned long long)s.kernels,
+      (unsigned long long)s.expert_loads, (unsigned long long)s.requests,
+      (unsigned long long)s.frames, (unsigned long long)s.bytes);
   return 0;
 }

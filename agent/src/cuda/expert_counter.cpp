@@ -70,7 +70,8 @@ DeviceExpertCounter::DeviceExpertCounter(Agent& agent, uint32_t experts, uint32_
   s_->ok = ok;
   if (!ok) {
     cudaGetLastError();  // clear the sticky-free error so the host's next call is not confused
-    std::fprintf(stderr, "inferscope agent: DeviceExpertCounter could not allocate; counts are dropped\n");
+    std::fprintf(stderr,
+                 "inferscope agent: DeviceExpertCounter could not allocate; counts are dropped\n");
   }
 }
 
@@ -83,9 +84,9 @@ DeviceExpertCounter::~DeviceExpertCounter() {
   }
 }
 
-bool DeviceExpertCounter::count(uint64_t step, uint32_t layer, const int32_t* topk,
-                                uint32_t tokens, uint32_t k, cudaStream_t stream,
-                                uint32_t dropped, uint32_t rerouted) {
+bool DeviceExpertCounter::count(uint64_t step, uint32_t layer, const int32_t* topk, uint32_t tokens,
+                                uint32_t k, cudaStream_t stream, uint32_t dropped,
+                                uint32_t rerouted) {
   State& st = *s_;
   if (!st.ok) {
     st.drop();
@@ -105,7 +106,8 @@ bool DeviceExpertCounter::count(uint64_t step, uint32_t layer, const int32_t* to
   const size_t bytes = st.experts * sizeof(uint32_t);
   cudaError_t e = cudaMemsetAsync(s.device, 0, bytes, stream);
   if (e == cudaSuccess) e = count_experts_async(topk, tokens * k, st.experts, s.device, stream);
-  if (e == cudaSuccess) e = cudaMemcpyAsync(s.host, s.device, bytes, cudaMemcpyDeviceToHost, stream);
+  if (e == cudaSuccess)
+    e = cudaMemcpyAsync(s.host, s.device, bytes, cudaMemcpyDeviceToHost, stream);
   if (e == cudaSuccess) e = cudaEventRecord(s.done, stream);
   if (e != cudaSuccess) {
     st.drop();
@@ -116,9 +118,17 @@ bool DeviceExpertCounter::count(uint64_t step, uint32_t layer, const int32_t* to
   return true;
 }
 
-size_t DeviceExpertCounter::poll() { return s_->ok ? s_->retire(false) : 0; }
-size_t DeviceExpertCounter::drain() { return s_->ok ? s_->retire(true) : 0; }
-uint32_t DeviceExpertCounter::experts() const { return s_->experts; }
-bool DeviceExpertCounter::ok() const { return s_->ok; }
+size_t DeviceExpertCounter::poll() {
+  return s_->ok ? s_->retire(false) : 0;
+}
+size_t DeviceExpertCounter::drain() {
+  return s_->ok ? s_->retire(true) : 0;
+}
+uint32_t DeviceExpertCounter::experts() const {
+  return s_->experts;
+}
+bool DeviceExpertCounter::ok() const {
+  return s_->ok;
+}
 
 }  // namespace inferscope::agent

@@ -26,14 +26,14 @@ __global__ void count_experts_kernel(const int32_t* ids, uint32_t n, uint32_t ex
 
 }  // namespace
 
-cudaError_t count_experts_async(const int32_t* ids, uint32_t n, uint32_t experts,
-                                uint32_t* counts, cudaStream_t stream) {
+cudaError_t count_experts_async(const int32_t* ids, uint32_t n, uint32_t experts, uint32_t* counts,
+                                cudaStream_t stream) {
   if (experts == 0 || experts > kCountMaxExperts) return cudaErrorInvalidValue;
   if (n == 0) return cudaSuccess;
   constexpr uint32_t kThreads = 256;
   const uint32_t blocks = std::min<uint32_t>((n + kThreads - 1) / kThreads, 64);
   count_experts_kernel<<<blocks, kThreads, experts * sizeof(uint32_t), stream>>>(ids, n, experts,
-                                                                                counts);
+                                                                                 counts);
   return cudaGetLastError();
 }
 

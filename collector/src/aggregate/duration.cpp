@@ -16,13 +16,20 @@ std::optional<int64_t> parse_duration_ns(std::string_view text) {
   if (ec != std::errc() || ptr != text.data() + i) return std::nullopt;
   const std::string_view unit = text.substr(i);
   double scale = 0.0;
-  if (unit.empty() || unit == "s") scale = 1e9;
-  else if (unit == "ms") scale = 1e6;
-  else if (unit == "us") scale = 1e3;
-  else if (unit == "ns") scale = 1.0;
-  else if (unit == "m") scale = 60e9;
-  else if (unit == "h") scale = 3600e9;
-  else return std::nullopt;
+  if (unit.empty() || unit == "s")
+    scale = 1e9;
+  else if (unit == "ms")
+    scale = 1e6;
+  else if (unit == "us")
+    scale = 1e3;
+  else if (unit == "ns")
+    scale = 1.0;
+  else if (unit == "m")
+    scale = 60e9;
+  else if (unit == "h")
+    scale = 3600e9;
+  else
+    return std::nullopt;
   const double ns = value * scale;
   if (!(ns >= 1.0) || ns > 1e18) return std::nullopt;
   return static_cast<int64_t>(ns);

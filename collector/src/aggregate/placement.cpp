@@ -1,9 +1,8 @@
 #include "inferscope/collector/placement.hpp"
 
 #include <fstream>
-#include <sstream>
-
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "inferscope/wire/records.hpp"
 
@@ -28,8 +27,8 @@ namespace {
 bool parse_table(const nlohmann::json& j, std::vector<std::vector<uint32_t>>& out,
                  uint32_t& max_rank, std::string& error, const std::string& where) {
   if (!j.is_array() || j.size() > wire::kMaxExperts) {
-    error = where + ": expected an array of at most " + std::to_string(wire::kMaxExperts) +
-            " experts";
+    error =
+        where + ": expected an array of at most " + std::to_string(wire::kMaxExperts) + " experts";
     return false;
   }
   out.clear();

@@ -118,9 +118,8 @@ void CaptureCoordinator::on_alert(const wire::AlertEpisode& a, int64_t now_ns) {
 // annotation query ("series value as timestamp") marks the moment, names the episode and says how
 // to open the capture (dashboards/grafana/inferscope-moe.json). Bounded: the oldest series goes.
 void CaptureCoordinator::remember_episode_capture(const wire::AlertEpisode& a) {
-  const double unix_s = std::chrono::duration<double>(
-                            std::chrono::system_clock::now().time_since_epoch())
-                            .count();
+  const double unix_s =
+      std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
   prometheus::Gauge& g = episode_captures_.Add({{"model", a.model},
                                                 {"kind", wire::to_string(a.kind)},
                                                 {"rank", std::to_string(a.rank)},

@@ -33,7 +33,8 @@ class ThreadPool {
 
   // Runs fn(i) for i in [0, n), split into contiguous ranges over the threads;
   // runs inline when n is small or there is one thread.
-  void parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& fn, int64_t min_per_thread = 1) {
+  void parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& fn,
+                    int64_t min_per_thread = 1) {
     const int64_t parts = std::min<int64_t>(size(), n / std::max<int64_t>(1, min_per_thread));
     if (parts <= 1 || workers_.empty()) {
       if (n > 0) fn(0, n);

@@ -120,8 +120,13 @@ __global__ void paged_attention_k(PagedArgs a) {
   const int seq = a.token_seq[t];
   const int ctx = a.token_pos[t] + 1;
   const int kvh = h / (a.heads / a.kv_heads);
-  PagedLocator loc{a.k_cache.p, a.v_cache.p, a.k_cache.stride, a.v_cache.stride,
-                   a.block_table + a.block_table_start[seq], a.block_size, kvh * a.head_dim};
+  PagedLocator loc{a.k_cache.p,
+                   a.v_cache.p,
+                   a.k_cache.stride,
+                   a.v_cache.stride,
+                   a.block_table + a.block_table_start[seq],
+                   a.block_size,
+                   kvh * a.head_dim};
   attend<VEC>(a.q.p + (int64_t)t * a.q.stride + (int64_t)h * a.head_dim, loc, ctx, a.head_dim,
               a.scale, a.out.p + (int64_t)t * a.out.stride + (int64_t)h * a.head_dim);
 }
@@ -157,7 +162,8 @@ size_t attend_smem(int ctx, int hd) {
 
 template <typename K>
 void allow_smem(K kernel, size_t bytes) {
-  if (bytes > 227 * 1024) throw std::invalid_argument("cuda attention: context too long for one block");
+  if (bytes > 227 * 1024)
+    throw std::invalid_argument("cuda attention: context too long for one block");
   if (bytes > 48 * 1024)
     ISC_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   static_cast<int>(bytes)));

@@ -24,8 +24,8 @@ Blas::~Blas() {
 
 // Row-major y = x W^T is column-major y^T = W x^T: A = W (k x n, transposed),
 // B = x^T (k x rows), C = y^T (n x rows).
-void Blas::linear(const __nv_bfloat16* x, const __nv_bfloat16* w, float* y, int rows, int n,
-                  int k, float beta) {
+void Blas::linear(const __nv_bfloat16* x, const __nv_bfloat16* w, float* y, int rows, int n, int k,
+                  float beta) {
   if (rows <= 0 || n <= 0) return;
   const float alpha = 1.f;
   ISC_CUBLAS(cublasGemmEx(handle_, CUBLAS_OP_T, CUBLAS_OP_N, n, rows, k, &alpha, w, CUDA_R_16BF, k,

@@ -24,17 +24,17 @@ namespace inferscope::engine::cuda {
 
 }  // namespace inferscope::engine::cuda
 
-#define ISC_CUDA(call)                                                                    \
-  do {                                                                                    \
-    cudaError_t isc_e_ = (call);                                                          \
-    if (isc_e_ != cudaSuccess)                                                            \
-      ::inferscope::engine::cuda::throw_cuda(isc_e_, #call, __FILE__, __LINE__);          \
+#define ISC_CUDA(call)                                                           \
+  do {                                                                           \
+    cudaError_t isc_e_ = (call);                                                 \
+    if (isc_e_ != cudaSuccess)                                                   \
+      ::inferscope::engine::cuda::throw_cuda(isc_e_, #call, __FILE__, __LINE__); \
   } while (0)
 // After a kernel launch: catches bad launch configurations at once.
 #define ISC_LAUNCH() ISC_CUDA(cudaGetLastError())
-#define ISC_CUBLAS(call)                                                                  \
-  do {                                                                                    \
-    cublasStatus_t isc_s_ = (call);                                                       \
-    if (isc_s_ != CUBLAS_STATUS_SUCCESS)                                                  \
-      ::inferscope::engine::cuda::throw_cublas(isc_s_, #call, __FILE__, __LINE__);        \
+#define ISC_CUBLAS(call)                                                           \
+  do {                                                                             \
+    cublasStatus_t isc_s_ = (call);                                                \
+    if (isc_s_ != CUBLAS_STATUS_SUCCESS)                                           \
+      ::inferscope::engine::cuda::throw_cublas(isc_s_, #call, __FILE__, __LINE__); \
   } while (0)

@@ -331,9 +331,14 @@ class CudaBackend final : public Backend {
     int max_rows = 0;
     for (int64_t e = 0; e < E; ++e) max_rows = std::max(max_rows, offsets[e + 1] - offsets[e]);
     if (max_rows == 0) return;
-    const __nv_bfloat16* wb = (fp32_math_ || x.cols % 8 != 0) ? nullptr : shadow(w);
-    if (w.dtype == DType::kBF16)  // stored bf16: per-expert linear() below if K % 8 != 0
+    // A stored-bf16 weight is its own operand (per-expert linear() below if K % 8 != 0); only an
+    // fp32 weight gets a shadow. shadow() reads its source as fp32, so it must never see a bf16
+    // weight: it would read twice the weight's bytes (the OLMoE bf16 illegal address on the H100).
+    const __nv_bfloat16* wb = nullptr;
+    if (w.dtype == DType::kBF16)
       wb = x.cols % 8 == 0 ? static_cast<const __nv_bfloat16*>(w.data) : nullptr;
+    else if (!fp32_math_ && x.cols % 8 == 0)
+      wb = shadow(w);
     if (wb == nullptr) {
       for (int64_t e = 0; e < E; ++e) {
         if (offsets[e + 1] == offsets[e]) continue;
@@ -555,7 +560,7 @@ class CudaBackend final : public Backend {
   // bf16 copy of an uploaded, contiguous weight; nullptr when w is not one (an
   // activation or a strided view), so the caller falls back to fp32.
   const __nv_bfloat16* shadow(const Tensor& w) {
-    if (!w.contiguous()) return nullptr;
+    if (!w.contiguous() || w.dtype != DType::kF32) return nullptr;
     auto it = shadows_.find(w.data);
     if (it != shadows_.end() && it->second.rows == w.rows && it->second.cols == w.cols)
       return it->second.bf16;

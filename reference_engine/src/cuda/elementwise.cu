@@ -16,7 +16,7 @@ int grid_for(int64_t n) {
   return static_cast<int>(std::clamp<int64_t>(b, 1, 132 * 32));
 }
 
-#define GRID_STRIDE(i, n)                                                         \
+#define GRID_STRIDE(i, n)                                                   \
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < (n); \
        i += (int64_t)gridDim.x * blockDim.x)
 
@@ -30,7 +30,7 @@ __device__ __forceinline__ float warp_sum(float v) {
 }
 
 __global__ void fill_k(View d, float value) {
-  GRID_STRIDE(i, d.rows * d.cols) *at(d, i / d.cols, i % d.cols) = value;
+  GRID_STRIDE(i, d.rows * d.cols) * at(d, i / d.cols, i % d.cols) = value;
 }
 __global__ void fill_i32_k(IView d, int32_t value) {
   GRID_STRIDE(i, d.rows * d.cols) d.p[(i / d.cols) * d.stride + i % d.cols] = value;
@@ -82,7 +82,8 @@ __global__ void rms_norm_k(View x, const float* w, float eps, View o) {
   }
   __syncthreads();
   float inv = rsqrtf(partial[0] / x.cols + eps);
-  for (int64_t c = threadIdx.x; c < x.cols; c += blockDim.x) *at(o, r, c) = *at(x, r, c) * inv * w[c];
+  for (int64_t c = threadIdx.x; c < x.cols; c += blockDim.x)
+    *at(o, r, c) = *at(x, r, c) * inv * w[c];
 }
 
 __global__ void rope_k(View x, const int32_t* pos, int heads, int hd, float theta) {
@@ -185,8 +186,7 @@ void f32_to_bf16(const float* x, __nv_bfloat16* out, int64_t n, cudaStream_t s) 
 void patchify(View image, int /*height*/, int width, int channels, int patch, View out,
               cudaStream_t s) {
   if (out.rows * out.cols <= 0) return;
-  patchify_k<<<grid_for(out.rows * out.cols), kThreads, 0, s>>>(image, width, channels, patch,
-                                                                 out);
+  patchify_k<<<grid_for(out.rows * out.cols), kThreads, 0, s>>>(image, width, channels, patch, out);
   ISC_LAUNCH();
 }
 void mean_pool_rows(View x, int group, View out, cudaStream_t s) {

@@ -20,11 +20,10 @@ using namespace nvcuda;
 
 constexpr int BM = 32, BN = 64, BK = 32, LDS = BK + 8, LDC = BN + 4;
 
-__global__ void __launch_bounds__(128) grouped_gemm_k(const __nv_bfloat16* __restrict__ xp,
-                                                      const __nv_bfloat16* __restrict__ w,
-                                                      const int32_t* __restrict__ offsets,
-                                                      float* __restrict__ y, int64_t ldy, int n,
-                                                      int k) {
+__global__ void __launch_bounds__(128)
+    grouped_gemm_k(const __nv_bfloat16* __restrict__ xp, const __nv_bfloat16* __restrict__ w,
+                   const int32_t* __restrict__ offsets, float* __restrict__ y, int64_t ldy, int n,
+                   int k) {
   const int e = blockIdx.z;
   const int row_begin = offsets[e];
   const int rows = offsets[e + 1] - row_begin;
@@ -77,7 +76,8 @@ __global__ void __launch_bounds__(128) grouped_gemm_k(const __nv_bfloat16* __res
   }
 #pragma unroll
   for (int f = 0; f < 2; ++f)
-    wmma::store_matrix_sync(&Cs[wm * 16 * LDC + wn * 32 + f * 16], acc[f], LDC, wmma::mem_row_major);
+    wmma::store_matrix_sync(&Cs[wm * 16 * LDC + wn * 32 + f * 16], acc[f], LDC,
+                            wmma::mem_row_major);
   __syncthreads();
   for (int i = tid; i < BM * BN; i += 128) {
     int r = i / BN, c = i % BN;

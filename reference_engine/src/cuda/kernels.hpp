@@ -39,7 +39,7 @@ void fill_i32(IView dst, int32_t value, cudaStream_t s);
 void get_rows(View table, const int32_t* ids, View out, cudaStream_t s);
 void add(View a, View b, View out, cudaStream_t s);
 void mul_silu(View x, View gate, View out, cudaStream_t s);  // out = x * silu(gate)
-void gelu(View x, View out, cudaStream_t s);                  // tanh approximation
+void gelu(View x, View out, cudaStream_t s);                 // tanh approximation
 void rms_norm(View x, const float* weight, float eps, View out, cudaStream_t s);
 // NeoX rotary embedding in place: dims i and i + head_dim/2 of each head pair
 // up, frequency theta^(-2i/head_dim).
@@ -104,8 +104,8 @@ void small_linear(View x, const __nv_bfloat16* w, const int32_t* offsets, int ex
 
 // [SECTION] Attention
 struct PagedArgs {
-  View q, out;                      // [T, heads * head_dim]
-  View k_cache, v_cache;            // [slots, kv_heads * head_dim]
+  View q, out;            // [T, heads * head_dim]
+  View k_cache, v_cache;  // [slots, kv_heads * head_dim]
   const int32_t* token_seq = nullptr;
   const int32_t* token_pos = nullptr;
   const int32_t* block_table = nullptr;
@@ -134,9 +134,9 @@ void seq_attention(const SeqAttnArgs& a, cudaStream_t s);
 // `chunk` rows use the chunked scan (needs `scratch`).
 struct SsmScanArgs {
   View x, dt, b, c, y, states;
-  const float* dt_bias = nullptr;  // [D]
-  const float* a = nullptr;        // [D, N] contiguous (negative)
-  const float* d_skip = nullptr;   // [D]
+  const float* dt_bias = nullptr;       // [D]
+  const float* a = nullptr;             // [D, N] contiguous (negative)
+  const float* d_skip = nullptr;        // [D]
   const int32_t* state_slot = nullptr;  // [seqs]
   const int32_t* seq_start = nullptr;   // [seqs + 1]
   int seqs = 0, d_inner = 0, d_state = 0;
@@ -149,8 +149,7 @@ void ssm_scan(const SsmScanArgs& a, cudaStream_t s);
 
 // [SECTION] Vision front end
 // image [H, W*C] (channels interleaved) -> out [(H/P)*(W/P), P*P*C].
-void patchify(View image, int height, int width, int channels, int patch, View out,
-              cudaStream_t s);
+void patchify(View image, int height, int width, int channels, int patch, View out, cudaStream_t s);
 void mean_pool_rows(View x, int group, View out, cudaStream_t s);
 
 }  // namespace inferscope::engine::cuda

@@ -22,6 +22,7 @@
 // - mark()/elapsed_ns(): CUDA events on the stream, read after a sync.
 #include <cuda_runtime.h>
 #include <nccl.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -35,8 +36,6 @@
 #include <thread>
 #include <vector>
 
-#include <unistd.h>
-
 #include "check.hpp"
 #include "inferscope/engine/communicator.hpp"
 #include "stream_access.hpp"
@@ -47,26 +46,33 @@ namespace {
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
-std::string nccl_error(ncclResult_t r) { return std::string(ncclGetErrorString(r)); }
+std::string nccl_error(ncclResult_t r) {
+  return std::string(ncclGetErrorString(r));
+}
 
 class NcclCommunicator final : public Communicator {
  public:
   NcclCommunicator(Backend& backend, const CommOptions& o)
-      : o_(o), stream_(static_cast<cudaStream_t>(cuda::backend_stream(backend))), device_(cuda::backend_device(backend)) {
+      : o_(o),
+        stream_(static_cast<cudaStream_t>(cuda::backend_stream(backend))),
+        device_(cuda::backend_device(backend)) {
     if (o.size < 1 || o.rank < 0 || o.rank >= o.size)
-      throw std::invalid_argument("nccl communicator: rank " + std::to_string(o.rank) + " is not in [0, " +
-                                  std::to_string(o.size) + ")");
-    if (o.rendezvous_dir.empty()) throw std::invalid_argument("nccl communicator: --ep-rendezvous DIR is required");
+      throw std::invalid_argument("nccl communicator: rank " + std::to_string(o.rank) +
+                                  " is not in [0, " + std::to_string(o.size) + ")");
+    if (o.rendezvous_dir.empty())
+      throw std::invalid_argument("nccl communicator: --ep-rendezvous DIR is required");
     std::error_code ec;
     if (!fs::is_directory(o.rendezvous_dir, ec))
-      throw std::invalid_argument("nccl communicator: rendezvous directory '" + o.rendezvous_dir + "' does not exist");
+      throw std::invalid_argument("nccl communicator: rendezvous directory '" + o.rendezvous_dir +
+                                  "' does not exist");
     ::setenv("NCCL_NVLS_ENABLE", "0", /*overwrite=*/0);
     ISC_CUDA(cudaSetDevice(device_));
     const ncclUniqueId id = rendezvous();
     ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;
     cfg.blocking = 0;
     ncclResult_t r = ncclCommInitRankConfig(&comm_, o.size, id, o.rank, &cfg);
-    if (r != ncclSuccess && r != ncclInProgress) fail_init("ncclCommInitRankConfig: " + nccl_error(r));
+    if (r != ncclSuccess && r != ncclInProgress)
+      fail_init("ncclCommInitRankConfig: " + nccl_error(r));
     if (!wait_comm("joining the NCCL communicator")) fail_init("timed out joining the other ranks");
     ISC_CUDA(cudaMalloc(&dev_ints_, kIntsBytes));
     ISC_CUDA(cudaMallocHost(&host_ints_, kIntsBytes));
@@ -111,9 +117,11 @@ class NcclCommunicator final : public Communicator {
     out.assign(total, 0);
     std::memcpy(host_ints_, mine.data(), n * 4);
     int32_t* d = static_cast<int32_t*>(dev_ints_);
-    ISC_CUDA(cudaMemcpyAsync(d + n * static_cast<size_t>(o_.rank), host_ints_, n * 4, cudaMemcpyHostToDevice, stream_));
+    ISC_CUDA(cudaMemcpyAsync(d + n * static_cast<size_t>(o_.rank), host_ints_, n * 4,
+                             cudaMemcpyHostToDevice, stream_));
     // In place: each rank's slice already sits at its offset.
-    nccl(ncclAllGather(d + n * static_cast<size_t>(o_.rank), d, n, ncclInt32, comm_, stream_), "ncclAllGather");
+    nccl(ncclAllGather(d + n * static_cast<size_t>(o_.rank), d, n, ncclInt32, comm_, stream_),
+         "ncclAllGather");
     ISC_CUDA(cudaMemcpyAsync(host_ints_, d, total * 4, cudaMemcpyDeviceToHost, stream_));
     sync("all_gather");
     std::memcpy(out.data(), host_ints_, total * 4);
@@ -122,7 +130,8 @@ class NcclCommunicator final : public Communicator {
   void all_to_all_v(const Tensor& send, std::span<const int32_t> send_counts, const Tensor& recv,
                     std::span<const int32_t> recv_counts) override {
     check_usable();
-    if (send_counts.size() != static_cast<size_t>(o_.size) || recv_counts.size() != static_cast<size_t>(o_.size))
+    if (send_counts.size() != static_cast<size_t>(o_.size) ||
+        recv_counts.size() != static_cast<size_t>(o_.size))
       throw std::invalid_argument("all_to_all_v: one count per rank expected");
     const size_t cols = static_cast<size_t>(send.cols > 0 ? send.cols : recv.cols);
     const float* s = static_cast<const float*>(send.data);
@@ -133,8 +142,10 @@ class NcclCommunicator final : public Communicator {
       const size_t sn = static_cast<size_t>(send_counts[static_cast<size_t>(p)]) * cols;
       const size_t rn = static_cast<size_t>(recv_counts[static_cast<size_t>(p)]) * cols;
       if (p == o_.rank) {
-        if (sn != rn) throw std::invalid_argument("all_to_all_v: rows to self differ from rows from self");
-        if (sn > 0) ISC_CUDA(cudaMemcpyAsync(r + ro, s + so, sn * 4, cudaMemcpyDeviceToDevice, stream_));
+        if (sn != rn)
+          throw std::invalid_argument("all_to_all_v: rows to self differ from rows from self");
+        if (sn > 0)
+          ISC_CUDA(cudaMemcpyAsync(r + ro, s + so, sn * 4, cudaMemcpyDeviceToDevice, stream_));
       } else {
         if (sn > 0) nccl(ncclSend(s + so, sn, ncclFloat32, p, comm_, stream_), "ncclSend");
         if (rn > 0) nccl(ncclRecv(r + ro, rn, ncclFloat32, p, comm_, stream_), "ncclRecv");
@@ -150,7 +161,8 @@ class NcclCommunicator final : public Communicator {
     check_usable();
     std::memcpy(host_ints_, &value, 8);
     ISC_CUDA(cudaMemcpyAsync(dev_ints_, host_ints_, 8, cudaMemcpyHostToDevice, stream_));
-    nccl(ncclAllReduce(dev_ints_, dev_ints_, 1, ncclInt64, ncclMax, comm_, stream_), "ncclAllReduce");
+    nccl(ncclAllReduce(dev_ints_, dev_ints_, 1, ncclInt64, ncclMax, comm_, stream_),
+         "ncclAllReduce");
     ISC_CUDA(cudaMemcpyAsync(host_ints_, dev_ints_, 8, cudaMemcpyDeviceToHost, stream_));
     sync("all_reduce_max");
     int64_t out = 0;
@@ -171,7 +183,8 @@ class NcclCommunicator final : public Communicator {
   int64_t elapsed_ns(int from, int to) override {
     if (from < 0 || to < 0 || static_cast<size_t>(std::max(from, to)) >= marks_.size()) return 0;
     float ms = 0.0f;
-    if (cudaEventElapsedTime(&ms, marks_[static_cast<size_t>(from)], marks_[static_cast<size_t>(to)]) != cudaSuccess) {
+    if (cudaEventElapsedTime(&ms, marks_[static_cast<size_t>(from)],
+                             marks_[static_cast<size_t>(to)]) != cudaSuccess) {
       cudaGetLastError();  // not recorded / not complete: report 0, never throw from telemetry
       return 0;
     }
@@ -187,7 +200,9 @@ class NcclCommunicator final : public Communicator {
   static constexpr size_t kIntsBytes = 1 << 16;
 
   std::string id_path() const { return (fs::path(o_.rendezvous_dir) / "nccl-id").string(); }
-  std::string who() const { return "expert-parallel rank " + std::to_string(o_.rank) + " (nccl): "; }
+  std::string who() const {
+    return "expert-parallel rank " + std::to_string(o_.rank) + " (nccl): ";
+  }
 
   ncclUniqueId rendezvous() {
     ncclUniqueId id{};
@@ -216,8 +231,8 @@ class NcclCommunicator final : public Communicator {
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
-    throw CommError(who() + "timed out after " + std::to_string(o_.timeout.count()) + " ms waiting for rank 0's " +
-                    path);
+    throw CommError(who() + "timed out after " + std::to_string(o_.timeout.count()) +
+                    " ms waiting for rank 0's " + path);
   }
 
   // Polls a non-blocking communicator until it leaves ncclInProgress.
@@ -287,7 +302,8 @@ class NcclCommunicator final : public Communicator {
       if (Clock::now() > deadline) {
         std::lock_guard<std::mutex> lock(mu_);
         abort_locked(std::string(what) + " timed out");
-        throw CommError(who() + what + ": no answer from the other ranks for " + std::to_string(o_.timeout.count()) +
+        throw CommError(who() + what + ": no answer from the other ranks for " +
+                        std::to_string(o_.timeout.count()) +
                         " ms (a peer stalled or died); communicator aborted");
       }
       std::this_thread::yield();
@@ -318,8 +334,8 @@ class NcclCommunicator final : public Communicator {
       // this catches a stream stuck in NCCL while the host waits elsewhere
       // (e.g. in the backend's own synchronize).
       if (Clock::now() - pending_since_ > 2 * o_.timeout) {
-        std::fprintf(stderr, "%sNCCL work pending for over %lld ms: aborting the communicator\n", who().c_str(),
-                     static_cast<long long>(o_.timeout.count()));
+        std::fprintf(stderr, "%sNCCL work pending for over %lld ms: aborting the communicator\n",
+                     who().c_str(), static_cast<long long>(o_.timeout.count()));
         abort_locked("watchdog: NCCL work pending past the timeout");
       }
     }
@@ -345,7 +361,8 @@ class NcclCommunicator final : public Communicator {
 
 }  // namespace
 
-std::unique_ptr<Communicator> create_nccl_communicator(Backend& backend, const CommOptions& options) {
+std::unique_ptr<Communicator> create_nccl_communicator(Backend& backend,
+                                                       const CommOptions& options) {
   if (backend.name() != "cuda") throw std::invalid_argument("--ep-comm nccl needs --backend cuda");
   return std::make_unique<NcclCommunicator>(backend, options);
 }

@@ -162,7 +162,8 @@ __global__ void route_small_k(View logits, const float* bias, RouterParams p, Ro
   int* rs = reinterpret_cast<int*>(dyn_smem + sizeof(float) * 32 * 2 * p.experts);
   const int warp = threadIdx.x >> 5;
   for (int t = warp; t < p.tokens; t += 32)
-    rank_token(t, ks + warp * 2 * p.experts, logits, bias, p, p.top_k, b.rank_expert, b.rank_weight);
+    rank_token(t, ks + warp * 2 * p.experts, logits, bias, p, p.top_k, b.rank_expert,
+               b.rank_weight);
   __syncthreads();
   assign_drop(p, b, rs);
 }
@@ -271,7 +272,9 @@ __global__ void unpermute_k(View yp, View w, int k, const int32_t* slot_of, View
   }
 }
 
-size_t rank_smem(int E) { return sizeof(int) * 33 * static_cast<size_t>(E); }
+size_t rank_smem(int E) {
+  return sizeof(int) * 33 * static_cast<size_t>(E);
+}
 
 template <typename K>
 void allow(K kernel, size_t bytes) {
@@ -280,7 +283,9 @@ void allow(K kernel, size_t bytes) {
                                   static_cast<int>(bytes)));
 }
 
-int grid_for(int64_t n) { return static_cast<int>(std::clamp<int64_t>((n + 255) / 256, 1, 4224)); }
+int grid_for(int64_t n) {
+  return static_cast<int>(std::clamp<int64_t>((n + 255) / 256, 1, 4224));
+}
 
 }  // namespace
 

@@ -18,7 +18,9 @@ namespace {
 
 constexpr int kThreads = 128;
 
-__device__ __forceinline__ float softplus(float v) { return v > 20.f ? v : log1pf(expf(v)); }
+__device__ __forceinline__ float softplus(float v) {
+  return v > 20.f ? v : log1pf(expf(v));
+}
 
 struct ChunkGeom {
   int seq, chunk, row0, row1;
@@ -50,7 +52,7 @@ __global__ void scan_k(SsmScanArgs a, int chunks) {
   float h = 0.f, decay_log = 0.f;
   float* hstate = nullptr;
   const int64_t per_chunk = (int64_t)a.d_inner * a.d_state;
-  float* hend = a.scratch;                                     // [seqs][chunks][d][n]
+  float* hend = a.scratch;  // [seqs][chunks][d][n]
   float* dec = a.scratch ? a.scratch + (int64_t)a.seqs * chunks * per_chunk : nullptr;
   const int64_t cidx = ((int64_t)g.seq * chunks + g.chunk) * per_chunk + sidx;
   if (active) {

@@ -37,30 +37,42 @@ std::vector<HotByte> ep_hot_bytes(Model& model, int32_t ranks, int32_t rank, int
     ++moe_layers;
     const std::string p = "l" + std::to_string(l) + ".";
     const std::vector<float> router = host(p + "router"), norm = host(p + "norm2");
-    const std::vector<float> bias = model.weights().has(p + "router_bias") ? host(p + "router_bias") : std::vector<float>{};
+    const std::vector<float> bias =
+        model.weights().has(p + "router_bias") ? host(p + "router_bias") : std::vector<float>{};
     for (int32_t b = 33; b <= 126; ++b) {
       double ss = 0;
-      for (int32_t d = 0; d < D; ++d) ss += static_cast<double>(embed[static_cast<size_t>(b * D + d)]) * embed[static_cast<size_t>(b * D + d)];
+      for (int32_t d = 0; d < D; ++d)
+        ss += static_cast<double>(embed[static_cast<size_t>(b * D + d)]) *
+              embed[static_cast<size_t>(b * D + d)];
       const double inv = 1.0 / std::sqrt(ss / D + c.norm_eps);
       for (int32_t d = 0; d < D; ++d)
-        x[static_cast<size_t>(d)] = static_cast<float>(embed[static_cast<size_t>(b * D + d)] * inv) * norm[static_cast<size_t>(d)];
+        x[static_cast<size_t>(d)] =
+            static_cast<float>(embed[static_cast<size_t>(b * D + d)] * inv) *
+            norm[static_cast<size_t>(d)];
       for (int32_t e = 0; e < E; ++e) {
         double s = 0;
-        for (int32_t d = 0; d < D; ++d) s += static_cast<double>(router[static_cast<size_t>(e * D + d)]) * x[static_cast<size_t>(d)];
+        for (int32_t d = 0; d < D; ++d)
+          s += static_cast<double>(router[static_cast<size_t>(e * D + d)]) *
+               x[static_cast<size_t>(d)];
         // Selection only: softmax and sigmoid are monotonic, the bias steers.
         logit[static_cast<size_t>(e)] = s + (bias.empty() ? 0.0 : bias[static_cast<size_t>(e)]);
       }
       std::iota(order.begin(), order.end(), 0);
-      std::stable_sort(order.begin(), order.end(),
-                       [&](int32_t a, int32_t z) { return logit[static_cast<size_t>(a)] > logit[static_cast<size_t>(z)]; });
+      std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t z) {
+        return logit[static_cast<size_t>(a)] > logit[static_cast<size_t>(z)];
+      });
       for (int32_t j = 0; j < std::min(k, E); ++j)
-        if (pl.owner(logical(l, order[static_cast<size_t>(j)])) == rank) hits[static_cast<size_t>(b)] += 1.0;
+        if (pl.owner(logical(l, order[static_cast<size_t>(j)])) == rank)
+          hits[static_cast<size_t>(b)] += 1.0;
     }
   }
   std::vector<HotByte> out;
   for (int32_t b = 33; b <= 126; ++b)
-    out.push_back({b, moe_layers ? hits[static_cast<size_t>(b)] / (static_cast<double>(k) * moe_layers) : 0.0});
-  std::stable_sort(out.begin(), out.end(), [](const HotByte& a, const HotByte& z) { return a.share > z.share; });
+    out.push_back({b, moe_layers
+                          ? hits[static_cast<size_t>(b)] / (static_cast<double>(k) * moe_layers)
+                          : 0.0});
+  std::stable_sort(out.begin(), out.end(),
+                   [](const HotByte& a, const HotByte& z) { return a.share > z.share; });
   out.resize(static_cast<size_t>(std::clamp<int32_t>(count, 1, static_cast<int32_t>(out.size()))));
   return out;
 }

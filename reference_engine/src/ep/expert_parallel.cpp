@@ -12,12 +12,15 @@
 namespace inferscope::engine {
 
 ExpertPlacement ExpertPlacement::make(int32_t experts, int32_t ranks, int32_t rank) {
-  if (ranks < 1) throw std::invalid_argument("--ep-size must be >= 1, got " + std::to_string(ranks));
+  if (ranks < 1)
+    throw std::invalid_argument("--ep-size must be >= 1, got " + std::to_string(ranks));
   if (rank < 0 || rank >= ranks)
-    throw std::invalid_argument("--ep-rank " + std::to_string(rank) + " is not in [0, " + std::to_string(ranks) + ")");
+    throw std::invalid_argument("--ep-rank " + std::to_string(rank) + " is not in [0, " +
+                                std::to_string(ranks) + ")");
   if (experts % ranks != 0)
-    throw std::invalid_argument("expert parallelism needs the routed experts (" + std::to_string(experts) +
-                                ") divisible by --ep-size (" + std::to_string(ranks) + ")");
+    throw std::invalid_argument("expert parallelism needs the routed experts (" +
+                                std::to_string(experts) + ") divisible by --ep-size (" +
+                                std::to_string(ranks) + ")");
   return ExpertPlacement{experts, ranks, rank};
 }
 
@@ -28,11 +31,13 @@ ExpertPlacement ExpertPlacement::validated(int32_t e) const {
     if (m.empty()) continue;
     std::vector<char> seen(static_cast<size_t>(e), 0);
     if (m.size() != static_cast<size_t>(e))
-      throw std::invalid_argument("expert placement of layer " + std::to_string(l) + " has " + std::to_string(m.size()) +
-                                  " experts, the model has " + std::to_string(e));
+      throw std::invalid_argument("expert placement of layer " + std::to_string(l) + " has " +
+                                  std::to_string(m.size()) + " experts, the model has " +
+                                  std::to_string(e));
     for (int32_t x : m) {
       if (x < 0 || x >= e || seen[static_cast<size_t>(x)])
-        throw std::invalid_argument("expert placement of layer " + std::to_string(l) + " is not a permutation");
+        throw std::invalid_argument("expert placement of layer " + std::to_string(l) +
+                                    " is not a permutation");
       seen[static_cast<size_t>(x)] = 1;
     }
   }
@@ -52,14 +57,18 @@ std::vector<uint32_t> ExpertPlacement::expert_to_rank() const {
 
 const char* to_string(EpPhase p) {
   switch (p) {
-    case EpPhase::kDispatch: return "ep.dispatch";
-    case EpPhase::kExperts: return "ep.experts";
-    case EpPhase::kCombine: return "ep.combine";
+    case EpPhase::kDispatch:
+      return "ep.dispatch";
+    case EpPhase::kExperts:
+      return "ep.experts";
+    case EpPhase::kCombine:
+      return "ep.combine";
   }
   return "ep.?";
 }
 
-EpScratch::EpScratch(Backend& be, const ModelConfig& c, const ExpertPlacement& p, int64_t max_tokens) {
+EpScratch::EpScratch(Backend& be, const ModelConfig& c, const ExpertPlacement& p,
+                     int64_t max_tokens) {
   // Worst case: every rank routes all of its assignments to this rank's experts.
   const int64_t rows = max_tokens * c.moe.top_k * p.ranks;
   xrecv = Buffer(be, rows, c.d_model);
@@ -73,12 +82,15 @@ EpScratch::EpScratch(Backend& be, const ModelConfig& c, const ExpertPlacement& p
   kept.assign(static_cast<size_t>(c.moe.experts), 0);
 }
 
-size_t EpScratch::bytes() const { return xrecv.bytes() + hrecv.bytes() + arecv.bytes() + yrecv.bytes(); }
+size_t EpScratch::bytes() const {
+  return xrecv.bytes() + hrecv.bytes() + arecv.bytes() + yrecv.bytes();
+}
 
 namespace {
 
 int64_t steady_ns() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
       .count();
 }
 
@@ -99,16 +111,17 @@ struct PhaseScope {
 
 }  // namespace
 
-void moe_ffn_ep(Backend& be, const MoeConfig& moe, const MoeWeights& w, MoeScratch& s, ExpertParallel& ep,
-                const Tensor& h, const Tensor& out, RouteCounts& counts, int mark_base, EpLayerStats& stats,
-                EpPhaseHook* hook) {
+void moe_ffn_ep(Backend& be, const MoeConfig& moe, const MoeWeights& w, MoeScratch& s,
+                ExpertParallel& ep, const Tensor& h, const Tensor& out, RouteCounts& counts,
+                int mark_base, EpLayerStats& stats, EpPhaseHook* hook) {
   if (!ep.comm) throw std::logic_error("moe_ffn_ep: no communicator");
   const ExpertPlacement& pl = ep.placement;
   Communicator& comm = *ep.comm;
   EpScratch& x = ep.scratch;
   const int64_t T = h.rows, E = moe.experts, F = moe.expert_hidden;
   const int32_t N = pl.ranks, El = pl.per_rank(), me = pl.rank;
-  if (comm.size() != N || comm.rank() != me) throw std::logic_error("moe_ffn_ep: communicator and placement disagree");
+  if (comm.size() != N || comm.rank() != me)
+    throw std::logic_error("moe_ffn_ep: communicator and placement disagree");
 
   // Route and permute locally (the same first half as moe_ffn).
   Tensor aw;
@@ -135,14 +148,17 @@ void moe_ffn_ep(Backend& be, const MoeConfig& moe, const MoeWeights& w, MoeScrat
       int32_t sc = 0, rc = 0;
       for (int32_t j = 0; j < El; ++j) {
         sc += x.kept[static_cast<size_t>(d * El + j)];
-        rc += x.gathered[static_cast<size_t>(d) * static_cast<size_t>(E) + static_cast<size_t>(me * El + j)];
+        rc += x.gathered[static_cast<size_t>(d) * static_cast<size_t>(E) +
+                         static_cast<size_t>(me * El + j)];
       }
       x.send_counts[static_cast<size_t>(d)] = sc;
       x.recv_counts[static_cast<size_t>(d)] = rc;
       R += rc;
     }
-    if (R > x.xrecv.tensor().rows) throw std::logic_error("moe_ffn_ep: received rows exceed the scratch");
-    comm.all_to_all_v(s.xp.tensor().rows_view(0, A), x.send_counts, x.xrecv.tensor().rows_view(0, R), x.recv_counts);
+    if (R > x.xrecv.tensor().rows)
+      throw std::logic_error("moe_ffn_ep: received rows exceed the scratch");
+    comm.all_to_all_v(s.xp.tensor().rows_view(0, A), x.send_counts,
+                      x.xrecv.tensor().rows_view(0, R), x.recv_counts);
   }
   comm.mark(mark_base + 1);
 
@@ -157,7 +173,8 @@ void moe_ffn_ep(Backend& be, const MoeConfig& moe, const MoeWeights& w, MoeScrat
       for (int32_t j = 0; j < El; ++j)
         x.local_offsets[static_cast<size_t>(j) + 1] =
             x.local_offsets[static_cast<size_t>(j)] +
-            x.gathered[static_cast<size_t>(src) * static_cast<size_t>(E) + static_cast<size_t>(me * El + j)];
+            x.gathered[static_cast<size_t>(src) * static_cast<size_t>(E) +
+                       static_cast<size_t>(me * El + j)];
       Tensor xs = x.xrecv.tensor().rows_view(row, n), hs = x.hrecv.tensor().rows_view(row, n);
       Tensor as = x.arecv.tensor().rows_view(row, n), ys = x.yrecv.tensor().rows_view(row, n);
       be.grouped_linear(xs, w.experts_gu, x.local_offsets, hs);
@@ -171,10 +188,12 @@ void moe_ffn_ep(Backend& be, const MoeConfig& moe, const MoeWeights& w, MoeScrat
   // Combine: results return in the order they were sent (= the permuted order).
   {
     PhaseScope scope(hook, stats.layer, EpPhase::kCombine);
-    comm.all_to_all_v(x.yrecv.tensor().rows_view(0, R), x.recv_counts, s.yp.tensor().rows_view(0, A), x.send_counts);
+    comm.all_to_all_v(x.yrecv.tensor().rows_view(0, R), x.recv_counts,
+                      s.yp.tensor().rows_view(0, A), x.send_counts);
   }
   comm.mark(mark_base + 3);
-  if (A > 0) be.moe_unpermute(s.yp.tensor().rows_view(0, A), s.perm.tensor(), aw, moe.top_k, A, out);
+  if (A > 0)
+    be.moe_unpermute(s.yp.tensor().rows_view(0, A), s.perm.tensor(), aw, moe.top_k, A, out);
 
   stats.rows_sent = static_cast<uint32_t>(A - x.send_counts[static_cast<size_t>(me)]);
   stats.rows_computed = static_cast<uint32_t>(R);

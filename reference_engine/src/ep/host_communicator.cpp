@@ -33,7 +33,8 @@ namespace {
 constexpr uint32_t kMagic = 0x49534550;  // "ISEP"
 
 int64_t steady_ns() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
       .count();
 }
 
@@ -46,7 +47,8 @@ sockaddr_un unix_address(const std::string& path) {
   a.sun_family = AF_UNIX;
   if (path.size() >= sizeof(a.sun_path))
     throw CommError("host communicator: socket path too long (" + std::to_string(path.size()) +
-                    " bytes, the limit is " + std::to_string(sizeof(a.sun_path) - 1) + "): " + path);
+                    " bytes, the limit is " + std::to_string(sizeof(a.sun_path) - 1) +
+                    "): " + path);
   std::memcpy(a.sun_path, path.data(), path.size());
   return a;
 }
@@ -80,8 +82,8 @@ class HostCommunicator final : public Communicator {
  public:
   explicit HostCommunicator(const CommOptions& o) : o_(o), fds_(static_cast<size_t>(o.size), -1) {
     if (o.size < 1 || o.rank < 0 || o.rank >= o.size)
-      throw std::invalid_argument("host communicator: rank " + std::to_string(o.rank) + " is not in [0, " +
-                                  std::to_string(o.size) + ")");
+      throw std::invalid_argument("host communicator: rank " + std::to_string(o.rank) +
+                                  " is not in [0, " + std::to_string(o.size) + ")");
     if (o.size > 1) connect_all();
   }
   ~HostCommunicator() override { close_all(); }
@@ -93,19 +95,22 @@ class HostCommunicator final : public Communicator {
   void all_gather(std::span<const int32_t> mine, std::vector<int32_t>& out) override {
     const size_t n = mine.size();
     out.assign(n * static_cast<size_t>(o_.size), 0);
-    std::copy(mine.begin(), mine.end(), out.begin() + static_cast<std::ptrdiff_t>(n * static_cast<size_t>(o_.rank)));
+    std::copy(mine.begin(), mine.end(),
+              out.begin() + static_cast<std::ptrdiff_t>(n * static_cast<size_t>(o_.rank)));
     std::vector<Part> send(static_cast<size_t>(o_.size)), recv(static_cast<size_t>(o_.size));
     for (int p = 0; p < o_.size; ++p) {
       if (p == o_.rank) continue;
       send[static_cast<size_t>(p)] = {reinterpret_cast<const char*>(mine.data()), n * 4};
-      recv[static_cast<size_t>(p)] = {reinterpret_cast<char*>(out.data() + n * static_cast<size_t>(p)), n * 4};
+      recv[static_cast<size_t>(p)] = {
+          reinterpret_cast<char*>(out.data() + n * static_cast<size_t>(p)), n * 4};
     }
     exchange(send, recv, "all_gather");
   }
 
   void all_to_all_v(const Tensor& send, std::span<const int32_t> send_counts, const Tensor& recv,
                     std::span<const int32_t> recv_counts) override {
-    if (send_counts.size() != static_cast<size_t>(o_.size) || recv_counts.size() != static_cast<size_t>(o_.size))
+    if (send_counts.size() != static_cast<size_t>(o_.size) ||
+        recv_counts.size() != static_cast<size_t>(o_.size))
       throw std::invalid_argument("all_to_all_v: one count per rank expected");
     const size_t row = static_cast<size_t>(send.cols) * 4;
     if ((send.rows > 0 && !send.contiguous()) || (recv.rows > 0 && !recv.contiguous()) ||
@@ -119,7 +124,8 @@ class HostCommunicator final : public Communicator {
       const size_t sn = static_cast<size_t>(send_counts[static_cast<size_t>(p)]) * row;
       const size_t rn = static_cast<size_t>(recv_counts[static_cast<size_t>(p)]) * row;
       if (p == o_.rank) {
-        if (sn != rn) throw std::invalid_argument("all_to_all_v: rows to self differ from rows from self");
+        if (sn != rn)
+          throw std::invalid_argument("all_to_all_v: rows to self differ from rows from self");
         if (sn > 0) std::memmove(rbase + ro, sbase + so, sn);
       } else {
         sp[static_cast<size_t>(p)] = {sbase ? sbase + so : nullptr, sn};
@@ -154,7 +160,8 @@ class HostCommunicator final : public Communicator {
   }
   int64_t elapsed_ns(int from, int to) override {
     if (from < 0 || to < 0 || static_cast<size_t>(std::max(from, to)) >= marks_.size()) return 0;
-    return std::max<int64_t>(0, marks_[static_cast<size_t>(to)] - marks_[static_cast<size_t>(from)]);
+    return std::max<int64_t>(0,
+                             marks_[static_cast<size_t>(to)] - marks_[static_cast<size_t>(from)]);
   }
 
   void abort() override {
@@ -194,7 +201,8 @@ class HostCommunicator final : public Communicator {
   }
 
   void connect_all() {
-    if (o_.rendezvous_dir.empty()) throw std::invalid_argument("host communicator: --ep-rendezvous DIR is required");
+    if (o_.rendezvous_dir.empty())
+      throw std::invalid_argument("host communicator: --ep-rendezvous DIR is required");
     std::error_code ec;
     if (!std::filesystem::is_directory(o_.rendezvous_dir, ec))
       throw std::invalid_argument("host communicator: rendezvous directory '" + o_.rendezvous_dir +
@@ -205,7 +213,8 @@ class HostCommunicator final : public Communicator {
       sockaddr_un addr = unix_address(path);
       ::unlink(path.c_str());  // a stale socket from an earlier run
       listen_fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-      if (listen_fd_ < 0 || ::bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
+      if (listen_fd_ < 0 ||
+          ::bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
           ::listen(listen_fd_, o_.size) != 0)
         fail("cannot listen on " + path + ": " + std::strerror(errno));
       ::chmod(path.c_str(), 0600);  // only this user's ranks may join
@@ -228,8 +237,8 @@ class HostCommunicator final : public Communicator {
         }
         if (fd >= 0) ::close(fd);
         if (steady_ns() > deadline)
-          fail("timed out after " + std::to_string(o_.timeout.count()) + " ms waiting for rank " + std::to_string(p) +
-               " at " + path);
+          fail("timed out after " + std::to_string(o_.timeout.count()) + " ms waiting for rank " +
+               std::to_string(p) + " at " + path);
         std::this_thread::sleep_for(std::chrono::milliseconds(20));
       }
     }
@@ -238,14 +247,14 @@ class HostCommunicator final : public Communicator {
       pollfd pfd{listen_fd_, POLLIN, 0};
       int64_t left_ms = (deadline - steady_ns()) / 1'000'000;
       if (left_ms <= 0)
-        fail("timed out after " + std::to_string(o_.timeout.count()) + " ms waiting for " + std::to_string(pending) +
-             " higher rank(s) to connect");
+        fail("timed out after " + std::to_string(o_.timeout.count()) + " ms waiting for " +
+             std::to_string(pending) + " higher rank(s) to connect");
       if (poll(&pfd, 1, static_cast<int>(std::min<int64_t>(left_ms, 200))) <= 0) continue;
       int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
       if (fd < 0) continue;
       int32_t hello[2] = {-1, -1};
-      if (!io_exact(fd, hello, sizeof(hello), false, deadline) || hello[1] != o_.size || hello[0] <= o_.rank ||
-          hello[0] >= o_.size || fds_[static_cast<size_t>(hello[0])] >= 0) {
+      if (!io_exact(fd, hello, sizeof(hello), false, deadline) || hello[1] != o_.size ||
+          hello[0] <= o_.rank || hello[0] >= o_.size || fds_[static_cast<size_t>(hello[0])] >= 0) {
         ::close(fd);  // not one of ours (or a duplicate): ignore it
         continue;
       }
@@ -258,7 +267,9 @@ class HostCommunicator final : public Communicator {
 
   // Sends send[p] to and receives recv[p] from every peer p at once.
   void exchange(const std::vector<Part>& send, const std::vector<Part>& recv, const char* what) {
-    if (aborted_) throw CommError("expert-parallel rank " + std::to_string(o_.rank) + ": communicator was aborted");
+    if (aborted_)
+      throw CommError("expert-parallel rank " + std::to_string(o_.rank) +
+                      ": communicator was aborted");
     const uint32_t seq = ++seq_;
     struct Peer {
       Header out_h, in_h;
@@ -289,7 +300,8 @@ class HostCommunicator final : public Communicator {
       }
       if (pfds.empty()) return;
       int n = ::poll(pfds.data(), pfds.size(), 200);
-      if (n < 0 && errno != EINTR) fail(std::string(what) + ": poll failed: " + std::strerror(errno));
+      if (n < 0 && errno != EINTR)
+        fail(std::string(what) + ": poll failed: " + std::strerror(errno));
       if (n <= 0) {
         if (steady_ns() - last_progress > static_cast<int64_t>(o_.timeout.count()) * 1'000'000) {
           std::string peers;
@@ -304,16 +316,19 @@ class HostCommunicator final : public Communicator {
         Peer& s = st[static_cast<size_t>(p)];
         const int fd = pfds[i].fd;
         if (pfds[i].revents & (POLLERR | POLLNVAL))
-          fail(std::string(what) + ": connection to rank " + std::to_string(p) + " failed (the rank died?)");
+          fail(std::string(what) + ": connection to rank " + std::to_string(p) +
+               " failed (the rank died?)");
         if (pfds[i].revents & POLLOUT) {
           const Part& part = send[static_cast<size_t>(p)];
           while (s.sent < H + part.bytes) {
-            const char* src = s.sent < H ? reinterpret_cast<const char*>(&s.out_h) + s.sent : part.data + (s.sent - H);
+            const char* src = s.sent < H ? reinterpret_cast<const char*>(&s.out_h) + s.sent
+                                         : part.data + (s.sent - H);
             size_t len = s.sent < H ? H - s.sent : part.bytes - (s.sent - H);
             ssize_t k = ::send(fd, src, len, MSG_NOSIGNAL);
             if (k < 0) {
               if (errno == EAGAIN || errno == EINTR) break;
-              fail(std::string(what) + ": lost rank " + std::to_string(p) + " (" + std::strerror(errno) + ")");
+              fail(std::string(what) + ": lost rank " + std::to_string(p) + " (" +
+                   std::strerror(errno) + ")");
             }
             s.sent += static_cast<size_t>(k);
             last_progress = steady_ns();
@@ -327,18 +342,22 @@ class HostCommunicator final : public Communicator {
             size_t len = s.got < H ? H - s.got : part.bytes - (s.got - H);
             ssize_t k = ::recv(fd, dst, len, 0);
             if (k == 0)
-              fail(std::string(what) + ": rank " + std::to_string(p) + " closed its connection (it exited or died)");
+              fail(std::string(what) + ": rank " + std::to_string(p) +
+                   " closed its connection (it exited or died)");
             if (k < 0) {
               if (errno == EAGAIN || errno == EINTR) break;
-              fail(std::string(what) + ": lost rank " + std::to_string(p) + " (" + std::strerror(errno) + ")");
+              fail(std::string(what) + ": lost rank " + std::to_string(p) + " (" +
+                   std::strerror(errno) + ")");
             }
             const bool header_done = s.got < H && s.got + static_cast<size_t>(k) >= H;
             s.got += static_cast<size_t>(k);
             last_progress = steady_ns();
-            if (header_done && (s.in_h.magic != kMagic || s.in_h.seq != seq || s.in_h.bytes != part.bytes))
-              fail(std::string(what) + ": rank " + std::to_string(p) + " is out of step (its collective #" +
-                   std::to_string(s.in_h.seq) + " sends " + std::to_string(s.in_h.bytes) + " bytes; expected #" +
-                   std::to_string(seq) + " with " + std::to_string(part.bytes) + ")");
+            if (header_done &&
+                (s.in_h.magic != kMagic || s.in_h.seq != seq || s.in_h.bytes != part.bytes))
+              fail(std::string(what) + ": rank " + std::to_string(p) +
+                   " is out of step (its collective #" + std::to_string(s.in_h.seq) + " sends " +
+                   std::to_string(s.in_h.bytes) + " bytes; expected #" + std::to_string(seq) +
+                   " with " + std::to_string(part.bytes) + ")");
           }
         }
       }
@@ -361,7 +380,8 @@ std::unique_ptr<Communicator> create_host_communicator(const CommOptions& option
 
 #ifndef INFERSCOPE_ENGINE_WITH_NCCL
 std::unique_ptr<Communicator> create_nccl_communicator(Backend&, const CommOptions&) {
-  throw std::runtime_error("--ep-comm nccl: this build has no NCCL (configure with CUDA on and NCCL found)");
+  throw std::runtime_error(
+      "--ep-comm nccl: this build has no NCCL (configure with CUDA on and NCCL found)");
 }
 #endif
 
@@ -369,7 +389,8 @@ std::unique_ptr<Communicator> create_communicator(const std::string& kind, Backe
                                                   const CommOptions& options) {
   if (kind == "host") {
     if (!backend.host_memory())
-      throw std::invalid_argument("--ep-comm host needs a backend with host memory (the CPU backend); use nccl");
+      throw std::invalid_argument(
+          "--ep-comm host needs a backend with host memory (the CPU backend); use nccl");
     return create_host_communicator(options);
   }
   if (kind == "nccl") return create_nccl_communicator(backend, options);

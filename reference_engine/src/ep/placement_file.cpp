@@ -4,10 +4,9 @@
 #include <algorithm>
 #include <fstream>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <stdexcept>
-
-#include <nlohmann/json.hpp>
 
 namespace inferscope::engine {
 namespace {
@@ -15,25 +14,29 @@ namespace {
 using nlohmann::json;
 
 // One map (logical expert -> rank), from either spelling.
-std::vector<int64_t> read_map(const json& j, const std::string& where, bool replicas_form, int32_t experts) {
+std::vector<int64_t> read_map(const json& j, const std::string& where, bool replicas_form,
+                              int32_t experts) {
   if (!j.is_array()) throw std::invalid_argument(where + " must be an array");
   if (j.size() != static_cast<size_t>(experts))
-    throw std::invalid_argument(where + " has " + std::to_string(j.size()) + " experts, the model has " +
-                                std::to_string(experts));
+    throw std::invalid_argument(where + " has " + std::to_string(j.size()) +
+                                " experts, the model has " + std::to_string(experts));
   std::vector<int64_t> m;
   for (size_t e = 0; e < j.size(); ++e) {
     const json* v = &j[e];
     if (replicas_form) {
       if (!v->is_array() || v->empty())
-        throw std::invalid_argument(where + "[" + std::to_string(e) + "] must be a non-empty array of ranks");
+        throw std::invalid_argument(where + "[" + std::to_string(e) +
+                                    "] must be a non-empty array of ranks");
       if (v->size() > 1)
-        throw std::invalid_argument(where + "[" + std::to_string(e) + "]: expert " + std::to_string(e) + " has " +
-                                    std::to_string(v->size()) +
-                                    " replicas; redundant experts are not supported by the engine (one rank each)");
+        throw std::invalid_argument(
+            where + "[" + std::to_string(e) + "]: expert " + std::to_string(e) + " has " +
+            std::to_string(v->size()) +
+            " replicas; redundant experts are not supported by the engine (one rank each)");
       v = &(*v)[0];
     }
     if (!v->is_number_integer() || v->get<int64_t>() < 0)
-      throw std::invalid_argument(where + "[" + std::to_string(e) + "] is not a rank (a non-negative integer)");
+      throw std::invalid_argument(where + "[" + std::to_string(e) +
+                                  "] is not a rank (a non-negative integer)");
     m.push_back(v->get<int64_t>());
   }
   return m;
@@ -46,20 +49,23 @@ std::vector<int64_t> read_any_map(const json& j, const std::string& where, int32
 }
 
 // Checks the map against N and turns it into slot -> logical (rank-major, ascending ids).
-std::vector<int32_t> slots_of(const std::vector<int64_t>& m, int64_t ranks, const std::string& where) {
+std::vector<int32_t> slots_of(const std::vector<int64_t>& m, int64_t ranks,
+                              const std::string& where) {
   const int64_t experts = static_cast<int64_t>(m.size()), per = experts / ranks;
   std::vector<int64_t> held(static_cast<size_t>(ranks), 0);
   for (size_t e = 0; e < m.size(); ++e) {
     if (m[e] >= ranks)
-      throw std::invalid_argument(where + ": expert " + std::to_string(e) + " is on rank " + std::to_string(m[e]) +
-                                  ", but there are " + std::to_string(ranks) + " ranks");
+      throw std::invalid_argument(where + ": expert " + std::to_string(e) + " is on rank " +
+                                  std::to_string(m[e]) + ", but there are " +
+                                  std::to_string(ranks) + " ranks");
     ++held[static_cast<size_t>(m[e])];
   }
   for (int64_t r = 0; r < ranks; ++r)
     if (held[static_cast<size_t>(r)] != per)
       throw std::invalid_argument(where + ": rank " + std::to_string(r) + " holds " +
-                                  std::to_string(held[static_cast<size_t>(r)]) + " experts; the engine needs exactly " +
-                                  std::to_string(per) + " (E/N) on every rank");
+                                  std::to_string(held[static_cast<size_t>(r)]) +
+                                  " experts; the engine needs exactly " + std::to_string(per) +
+                                  " (E/N) on every rank");
   std::vector<int32_t> slots;
   for (int64_t r = 0; r < ranks; ++r)
     for (size_t e = 0; e < m.size(); ++e)
@@ -75,8 +81,8 @@ bool identity(const std::vector<int32_t>& s) {
 
 }  // namespace
 
-ExpertPlacement parse_expert_placement(const std::string& text, const ModelConfig& config, int32_t ranks,
-                                       int32_t rank, const std::string& origin) {
+ExpertPlacement parse_expert_placement(const std::string& text, const ModelConfig& config,
+                                       int32_t ranks, int32_t rank, const std::string& origin) {
   json j;
   try {
     j = json::parse(text);
@@ -87,18 +93,22 @@ ExpertPlacement parse_expert_placement(const std::string& text, const ModelConfi
   const int32_t E = config.moe.experts;
   const bool single = j.contains("expert_to_rank"), multi = j.contains("expert_to_ranks");
   if (single == multi)
-    throw std::invalid_argument(origin + ": give exactly one of \"expert_to_rank\" and \"expert_to_ranks\"");
+    throw std::invalid_argument(origin +
+                                ": give exactly one of \"expert_to_rank\" and \"expert_to_ranks\"");
   const std::string key = single ? "expert_to_rank" : "expert_to_ranks";
   const std::vector<int64_t> base = read_map(j[key], origin + ": " + key, multi, E);
 
   std::map<int32_t, std::vector<int64_t>> overrides;
   if (j.contains("layers")) {
-    if (!j["layers"].is_object()) throw std::invalid_argument(origin + ": \"layers\" must be an object");
+    if (!j["layers"].is_object())
+      throw std::invalid_argument(origin + ": \"layers\" must be an object");
     for (const auto& [name, value] : j["layers"].items()) {
       int32_t layer = -1;
       std::istringstream is(name);
-      if (!(is >> layer) || !is.eof() || layer < 0 || layer >= config.n_layers() || !config.is_moe(layer))
-        throw std::invalid_argument(origin + ": layers[\"" + name + "\"] is not a MoE layer of model " + config.name);
+      if (!(is >> layer) || !is.eof() || layer < 0 || layer >= config.n_layers() ||
+          !config.is_moe(layer))
+        throw std::invalid_argument(origin + ": layers[\"" + name +
+                                    "\"] is not a MoE layer of model " + config.name);
       overrides[layer] = read_any_map(value, origin + ": layers[\"" + name + "\"]", E);
     }
   }
@@ -114,11 +124,11 @@ ExpertPlacement parse_expert_placement(const std::string& text, const ModelConfi
       for (int64_t r : m) n = std::max(n, r + 1);
   }
   if (E % n != 0)
-    throw std::invalid_argument(origin + ": " + std::to_string(n) + " ranks do not divide the " + std::to_string(E) +
-                                " routed experts");
+    throw std::invalid_argument(origin + ": " + std::to_string(n) + " ranks do not divide the " +
+                                std::to_string(E) + " routed experts");
   if (ranks > 1 && n != ranks)
-    throw std::invalid_argument(origin + ": the placement is for " + std::to_string(n) + " ranks, --ep-size is " +
-                                std::to_string(ranks));
+    throw std::invalid_argument(origin + ": the placement is for " + std::to_string(n) +
+                                " ranks, --ep-size is " + std::to_string(ranks));
 
   // Check every layer's map (also with one rank, so a bad file never passes silently).
   std::vector<std::vector<int32_t>> per_layer(static_cast<size_t>(config.n_layers()));
@@ -127,7 +137,9 @@ ExpertPlacement parse_expert_placement(const std::string& text, const ModelConfi
     if (!config.is_moe(l)) continue;
     auto it = overrides.find(l);
     std::vector<int32_t> s =
-        it == overrides.end() ? base_slots : slots_of(it->second, n, origin + ": layers[\"" + std::to_string(l) + "\"]");
+        it == overrides.end()
+            ? base_slots
+            : slots_of(it->second, n, origin + ": layers[\"" + std::to_string(l) + "\"]");
     if (!identity(s)) per_layer[static_cast<size_t>(l)] = std::move(s);
   }
 
@@ -138,8 +150,8 @@ ExpertPlacement parse_expert_placement(const std::string& text, const ModelConfi
   return p.validated(E);
 }
 
-ExpertPlacement load_expert_placement(const std::string& path, const ModelConfig& config, int32_t ranks,
-                                      int32_t rank) {
+ExpertPlacement load_expert_placement(const std::string& path, const ModelConfig& config,
+                                      int32_t ranks, int32_t rank) {
   std::ifstream in(path);
   if (!in) throw std::invalid_argument("--ep-placement: cannot open '" + path + "'");
   std::stringstream ss;

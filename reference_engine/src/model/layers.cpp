@@ -57,10 +57,13 @@ int64_t moe_route_and_permute(Backend& be, const MoeConfig& moe, const MoeWeight
   p.overflow = moe.overflow;
   Tensor logits = s.logits.tensor().rows_view(0, T);
   be.linear(h, w.router, logits);
-  Tensor ae = s.assign_expert.tensor().rows_view(0, T), aw = s.assign_weight.tensor().rows_view(0, T);
+  Tensor ae = s.assign_expert.tensor().rows_view(0, T),
+         aw = s.assign_weight.tensor().rows_view(0, T);
   be.moe_route(logits, w.router_bias, p, ae, aw, counts);
   s.offsets[0] = 0;
-  for (int64_t e = 0; e < E; ++e) s.offsets[static_cast<size_t>(e) + 1] = s.offsets[static_cast<size_t>(e)] + counts.kept[static_cast<size_t>(e)];
+  for (int64_t e = 0; e < E; ++e)
+    s.offsets[static_cast<size_t>(e) + 1] =
+        s.offsets[static_cast<size_t>(e)] + counts.kept[static_cast<size_t>(e)];
   const int64_t A = s.offsets.back();
   // Shared experts (dense, every token) seed the output; routed ones accumulate.
   if (!w.shared_gu.empty())

@@ -332,10 +332,9 @@ void Weights::load(const std::string& path) {
     const SafetensorsEntry& e = file.at(name);
     if (e.dtype != "F32") throw std::runtime_error(path + ": tensor '" + name + "' is not F32");
     if (e.elements() != t.elements())
-      throw std::runtime_error(path + ": tensor '" + name + "' has " +
-                               std::to_string(e.elements()) +
-                               " elements, the model config expects " +
-                               std::to_string(t.elements()));
+      throw std::runtime_error(
+          path + ": tensor '" + name + "' has " + std::to_string(e.elements()) +
+          " elements, the model config expects " + std::to_string(t.elements()));
     std::vector<float> host = file.read_f32(name);
     relabel_experts(name, host);
     backend_.upload(shard, host.data() + first_row(name, shard) * shard.cols);

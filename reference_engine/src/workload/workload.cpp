@@ -39,7 +39,9 @@ WorkloadSpec workload_by_name(const std::string& name) {
   throw std::invalid_argument("unknown workload '" + name + "' (known: " + known + ")");
 }
 
-std::vector<std::string> workload_names() { return {"skewed-multimodal", "balanced", "text", "skewed-ep"}; }
+std::vector<std::string> workload_names() {
+  return {"skewed-multimodal", "balanced", "text", "skewed-ep"};
+}
 
 std::vector<float> synthetic_image(int32_t size, int32_t topic, uint64_t seed) {
   std::mt19937_64 rng(seed);
@@ -52,7 +54,8 @@ std::vector<float> synthetic_image(int32_t size, int32_t topic, uint64_t seed) {
     for (int32_t x = 0; x < size; ++x) {
       float v = 0.5f + 0.5f * std::sin(fx * x / size * 6.28f + fy * y / size * 6.28f + ph);
       for (int32_t ch = 0; ch < 3; ++ch)
-        px[static_cast<size_t>((y * size + x) * 3 + ch)] = std::clamp(v * c[ch] + 0.05f * u(rng), 0.0f, 1.0f);
+        px[static_cast<size_t>((y * size + x) * 3 + ch)] =
+            std::clamp(v * c[ch] + 0.05f * u(rng), 0.0f, 1.0f);
     }
   return px;
 }
@@ -79,7 +82,9 @@ std::vector<float> load_ppm(const std::string& path, int32_t size) {
   in >> maxval;
   in.get();
   if (magic != "P6" || w <= 0 || h <= 0 || w > 16384 || h > 16384 || maxval <= 0 || maxval > 255)
-    throw std::runtime_error("'" + path + "' is not a binary PPM (P6, 8-bit); convert PNGs with `convert in.png out.ppm`");
+    throw std::runtime_error(
+        "'" + path +
+        "' is not a binary PPM (P6, 8-bit); convert PNGs with `convert in.png out.ppm`");
   std::vector<unsigned char> raw(static_cast<size_t>(w) * h * 3);
   in.read(reinterpret_cast<char*>(raw.data()), static_cast<std::streamsize>(raw.size()));
   if (!in) throw std::runtime_error("'" + path + "': truncated pixel data");
@@ -88,7 +93,8 @@ std::vector<float> load_ppm(const std::string& path, int32_t size) {
     for (int32_t x = 0; x < size; ++x) {
       size_t sx = static_cast<size_t>(x) * w / size, sy = static_cast<size_t>(y) * h / size;
       for (int32_t c = 0; c < 3; ++c)
-        px[static_cast<size_t>((y * size + x) * 3 + c)] = raw[(sy * w + sx) * 3 + c] / static_cast<float>(maxval);
+        px[static_cast<size_t>((y * size + x) * 3 + c)] =
+            raw[(sy * w + sx) * 3 + c] / static_cast<float>(maxval);
     }
   return px;
 }
@@ -113,7 +119,8 @@ std::vector<int32_t> WorkloadGenerator::text(int32_t topic, int32_t tokens) {
   // letters, which carry no topic), separated by spaces.
   const int32_t topics = std::max(1, model_.init.topics);
   std::vector<int32_t> alphabet;
-  if (topic >= 0 && topic == spec_.fixed_topic && !spec_.alphabet.empty()) alphabet = spec_.alphabet;
+  if (topic >= 0 && topic == spec_.fixed_topic && !spec_.alphabet.empty())
+    alphabet = spec_.alphabet;
   if (alphabet.empty())
     for (int32_t b = 33; b <= 126; ++b)
       if (topic_of_byte(b, topics) == topic) alphabet.push_back(b);
@@ -160,7 +167,8 @@ Request WorkloadGenerator::next(double* arrival_s) {
   r.text.insert(r.text.end(), user.begin(), user.end());
   r.max_new_tokens = std::clamp(static_cast<int32_t>(olen(rng_)), 1, spec_.max_output);
   if (model_.vision.enabled && u(rng_) < spec_.image_fraction)
-    r.image = fixed_image_.empty() ? synthetic_image(model_.vision.image_size, topic, r.seed) : fixed_image_;
+    r.image = fixed_image_.empty() ? synthetic_image(model_.vision.image_size, topic, r.seed)
+                                   : fixed_image_;
   return r;
 }
 

@@ -234,7 +234,8 @@ EpTrafficOverTime ep_traffic_over_time(const TraceModel& m, int64_t t0, int64_t 
     for (uint32_t d = 0; d < s.rows_to_rank.size(); ++d)
       if (d != rec.rank) off_rank += s.rows_to_rank[d];
     const auto b = std::min<uint32_t>(
-        buckets - 1, static_cast<uint32_t>(static_cast<double>(s.timestamp_ns - t0) / span * buckets));
+        buckets - 1,
+        static_cast<uint32_t>(static_cast<double>(s.timestamp_ns - t0) / span * buckets));
     uint64_t& cell = out.sent[static_cast<size_t>(rec.rank) * buckets + b];
     cell += off_rank;
     out.max_cell = std::max(out.max_cell, cell);

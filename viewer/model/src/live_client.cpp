@@ -4,14 +4,15 @@
 #include <sys/socket.h>
 
 #include <asio.hpp>
-#include <chrono>
 #include <charconv>
+#include <chrono>
 
 #include "inferscope/wire/codec.hpp"
 
 namespace inferscope::viewer {
 
-bool parse_host_port(const std::string& text, std::string& host, uint16_t& port, std::string& error) {
+bool parse_host_port(const std::string& text, std::string& host, uint16_t& port,
+                     std::string& error) {
   std::string t = text;
   if (t.rfind("tcp://", 0) == 0) t = t.substr(6);
   auto colon = t.rfind(':');
@@ -20,7 +21,8 @@ bool parse_host_port(const std::string& text, std::string& host, uint16_t& port,
     return false;
   }
   host = t.substr(0, colon);
-  if (host.size() > 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  if (host.size() > 2 && host.front() == '[' && host.back() == ']')
+    host = host.substr(1, host.size() - 2);
   unsigned v = 0;
   auto [p, ec] = std::from_chars(t.data() + colon + 1, t.data() + t.size(), v);
   if (ec != std::errc() || p != t.data() + t.size() || v == 0 || v > 65535) {
@@ -37,9 +39,12 @@ struct LiveClient::Impl {
   std::mutex mu;  // guards socket for stop()
 };
 
-LiveClient::LiveClient(LiveOptions options) : options_(std::move(options)), impl_(std::make_unique<Impl>()) {}
+LiveClient::LiveClient(LiveOptions options)
+    : options_(std::move(options)), impl_(std::make_unique<Impl>()) {}
 
-LiveClient::~LiveClient() { stop(); }
+LiveClient::~LiveClient() {
+  stop();
+}
 
 void LiveClient::start() {
   if (thread_.joinable()) return;
@@ -80,7 +85,8 @@ size_t LiveClient::drain(std::vector<std::pair<uint32_t, wire::Record>>& out, si
   return n;
 }
 
-uint64_t LiveClient::fetch_range(int64_t from_ns, int64_t to_ns, int64_t resolution_ns, uint32_t max_records) {
+uint64_t LiveClient::fetch_range(int64_t from_ns, int64_t to_ns, int64_t resolution_ns,
+                                 uint32_t max_records) {
   wire::RangeQuery q;
   q.from_ns = from_ns;
   q.to_ns = to_ns;
@@ -192,7 +198,8 @@ void LiveClient::run() {
             }
             // Hellos and strings are always kept: without them later records are unreadable.
             auto kind = wire::kind_of(r.second);
-            bool essential = kind == wire::RecordKind::kHello || kind == wire::RecordKind::kStringDef;
+            bool essential =
+                kind == wire::RecordKind::kHello || kind == wire::RecordKind::kStringDef;
             if (queue_.size() >= options_.max_queued_records && !essential) {
               ++dropped_;
               continue;

@@ -7,10 +7,9 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <tuple>
-
-#include <nlohmann/json.hpp>
 
 #include "inferscope/wire/names.hpp"
 #include "inferscope/wire/trace_file.hpp"
@@ -22,8 +21,10 @@ namespace fs = std::filesystem;
 
 std::string LoadResult::summary() const {
   std::ostringstream o;
-  if (!ok) o << "error: " << error;
-  else o << "loaded " << records << " records in " << frames << " frames from " << files << " file(s)";
+  if (!ok)
+    o << "error: " << error;
+  else
+    o << "loaded " << records << " records in " << frames << " frames from " << files << " file(s)";
   for (const auto& w : warnings) o << "; " << w;
   return o.str();
 }
@@ -70,7 +71,8 @@ bool starts_with_trace_magic(const fs::path& p) {
   std::ifstream in(p, std::ios::binary);
   uint8_t magic[sizeof(wire::kTraceFileMagic)] = {};
   in.read(reinterpret_cast<char*>(magic), sizeof(magic));
-  return in.gcount() == sizeof(magic) && wire::trace_file_format(magic) != 0;  // v1 or v2 (the store's)
+  return in.gcount() == sizeof(magic) &&
+         wire::trace_file_format(magic) != 0;  // v1 or v2 (the store's)
 }
 
 char first_non_space(const std::string& path) {
@@ -174,7 +176,8 @@ LoadResult load_chrome_json_text(const std::string& text, TraceModel& model) {
     return r;
   }
   const json* events = nullptr;
-  if (doc.is_array()) events = &doc;
+  if (doc.is_array())
+    events = &doc;
   else if (doc.is_object() && doc.contains("traceEvents") && doc["traceEvents"].is_array())
     events = &doc["traceEvents"];
   if (!events) {
@@ -214,7 +217,7 @@ LoadResult load_chrome_json_text(const std::string& text, TraceModel& model) {
   };
   std::vector<Flow> flows;
   std::map<uint32_t, std::string> process_names;
-  std::map<uint32_t, uint32_t> ranks;  // from process_sort_index
+  std::map<uint32_t, uint32_t> ranks;                     // from process_sort_index
   std::vector<std::pair<uint32_t, wire::Record>> others;  // requests, stages, memory, alerts
   struct Begin {
     int64_t ts;
@@ -229,8 +232,10 @@ LoadResult load_chrome_json_text(const std::string& text, TraceModel& model) {
   auto event_id = [](const json& e) -> uint64_t {
     auto idit = e.find("id");
     if (idit != e.end() && idit->is_number_unsigned()) return idit->get<uint64_t>();
-    if (idit != e.end() && idit->is_number_integer()) return static_cast<uint64_t>(idit->get<int64_t>());
-    if (idit != e.end() && idit->is_string()) return std::strtoull(idit->get<std::string>().c_str(), nullptr, 0);
+    if (idit != e.end() && idit->is_number_integer())
+      return static_cast<uint64_t>(idit->get<int64_t>());
+    if (idit != e.end() && idit->is_string())
+      return std::strtoull(idit->get<std::string>().c_str(), nullptr, 0);
     return 0;
   };
   // inferscope-export writes the collector's episodes as X (closed) or i (open)
@@ -275,8 +280,7 @@ LoadResult load_chrome_json_text(const std::string& text, TraceModel& model) {
         continue;
       }
       int64_t a = std::llround(ts * 1000.0);
-      if (!alert_of(e, a, ph == "X" ? a + std::llround(std::max(0.0, dur) * 1000.0) : 0))
-        ++skipped;
+      if (!alert_of(e, a, ph == "X" ? a + std::llround(std::max(0.0, dur) * 1000.0) : 0)) ++skipped;
     } else if (ph == "b" || ph == "e") {
       // Async request / stage events, paired by (pid, cat, name, id).
       double ts = num(e, "ts", NAN);
@@ -305,7 +309,8 @@ LoadResult load_chrome_json_text(const std::string& text, TraceModel& model) {
         q.arrival_ns = start;
         q.finish_ns = std::max(start, t_ns);
         double ttft = arg_num(b, "ttft_ms", NAN);
-        if (!std::isnan(ttft)) q.first_token_ns = start + std::llround(std::clamp(ttft, 0.0, 1e9) * 1e6);
+        if (!std::isnan(ttft))
+          q.first_token_ns = start + std::llround(std::clamp(ttft, 0.0, 1e9) * 1e6);
         q.prompt_tokens = to_u32(arg_num(b, "prompt_tokens", 0));
         q.output_tokens = to_u32(arg_num(b, "output_tokens", 0));
         q.image_tokens = to_u32(arg_num(b, "image_tokens", 0));
@@ -316,7 +321,8 @@ LoadResult load_chrome_json_text(const std::string& text, TraceModel& model) {
         wire::StageTiming st;
         st.request_id = std::get<3>(key);
         for (uint8_t k = 0; k < wire::kStageCount; ++k)
-          if (std::get<2>(key) == wire::to_string(static_cast<wire::Stage>(k))) st.stage = static_cast<wire::Stage>(k);
+          if (std::get<2>(key) == wire::to_string(static_cast<wire::Stage>(k)))
+            st.stage = static_cast<wire::Stage>(k);
         st.start_ns = start;
         st.end_ns = std::max(start, t_ns);
         st.gpu_ns = std::llround(arg_num(b, "gpu_ms", 0) * 1e6);
@@ -373,10 +379,13 @@ LoadResult load_chrome_json_text(const std::string& text, TraceModel& model) {
           if (!it.value().is_number()) continue;
           int64_t v = it.value().is_number_float()
                           ? std::llround(std::clamp(it.value().get<double>(), -9e18, 9e18))
-                                                   : it.value().get<int64_t>();
-          if (it.key() == "correlation_id" || it.key() == "correlation") p.span.correlation_id = static_cast<uint64_t>(v);
-          else if (it.key() == "request_id") p.span.request_id = static_cast<uint64_t>(v);
-          else if (p.args.size() <= wire::kMaxSpanArgs) p.args.emplace_back(it.key(), v);
+                          : it.value().get<int64_t>();
+          if (it.key() == "correlation_id" || it.key() == "correlation")
+            p.span.correlation_id = static_cast<uint64_t>(v);
+          else if (it.key() == "request_id")
+            p.span.request_id = static_cast<uint64_t>(v);
+          else if (p.args.size() <= wire::kMaxSpanArgs)
+            p.args.emplace_back(it.key(), v);
         }
       }
       spans.push_back(std::move(p));
@@ -400,25 +409,31 @@ LoadResult load_chrome_json_text(const std::string& text, TraceModel& model) {
   std::map<std::tuple<uint32_t, bool, uint32_t, uint32_t>, std::vector<size_t>> by_track;
   for (size_t i = 0; i < spans.size(); ++i) {
     const auto& s = spans[i];
-    by_track[{s.source, s.span.track_kind == wire::TrackKind::kGpuStream, s.span.track_id, s.span.stream}].push_back(i);
+    by_track[{s.source, s.span.track_kind == wire::TrackKind::kGpuStream, s.span.track_id,
+              s.span.stream}]
+        .push_back(i);
   }
   for (auto& [k, v] : by_track)
-    std::sort(v.begin(), v.end(), [&](size_t a, size_t b) { return spans[a].span.start_ns < spans[b].span.start_ns; });
+    std::sort(v.begin(), v.end(),
+              [&](size_t a, size_t b) { return spans[a].span.start_ns < spans[b].span.start_ns; });
   for (const Flow& f : flows) {
     auto it = by_track.find({f.source, f.gpu, f.track_id, f.stream});
     if (it == by_track.end()) continue;
     const auto& v = it->second;
-    auto ub = std::upper_bound(v.begin(), v.end(), f.ts, [&](int64_t t, size_t i) { return t < spans[i].span.start_ns; });
+    auto ub = std::upper_bound(v.begin(), v.end(), f.ts,
+                               [&](int64_t t, size_t i) { return t < spans[i].span.start_ns; });
     size_t best = SIZE_MAX;
     int steps = 0;
     for (auto j = ub; j != v.begin() && steps < 64; ++steps) {
       --j;
       const auto& s = spans[*j].span;
       if (s.start_ns <= f.ts && f.ts <= s.end_ns &&
-          (best == SIZE_MAX || s.end_ns - s.start_ns < spans[best].span.end_ns - spans[best].span.start_ns))
+          (best == SIZE_MAX ||
+           s.end_ns - s.start_ns < spans[best].span.end_ns - spans[best].span.start_ns))
         best = *j;
     }
-    if (best != SIZE_MAX && spans[best].span.correlation_id == 0) spans[best].span.correlation_id = f.id;
+    if (best != SIZE_MAX && spans[best].span.correlation_id == 0)
+      spans[best].span.correlation_id = f.id;
   }
 
   // Each pid becomes a source with a synthetic hello and its own string table.
@@ -457,7 +472,9 @@ LoadResult load_chrome_json_text(const std::string& text, TraceModel& model) {
     model.add(p.source, p.span);
     ++r.records;
   }
-  if (skipped) r.warnings.push_back(std::to_string(skipped) + " JSON events skipped (not X/M/s/f or malformed)");
+  if (skipped)
+    r.warnings.push_back(std::to_string(skipped) +
+                         " JSON events skipped (not X/M/s/f or malformed)");
   model.finalize();
   r.ok = true;
   return r;

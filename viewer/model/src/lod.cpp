@@ -44,7 +44,8 @@ uint32_t gallop_end(const std::vector<SpanRec>& s, uint32_t from, int64_t target
 
 }  // namespace
 
-void query_lane(const Lane& lane, int64_t t0, int64_t t1, int64_t min_ns, std::vector<DrawItem>& out) {
+void query_lane(const Lane& lane, int64_t t0, int64_t t1, int64_t min_ns,
+                std::vector<DrawItem>& out) {
   const auto& s = lane.spans;
   const uint32_t n = static_cast<uint32_t>(s.size());
   if (min_ns < 1) min_ns = 1;

@@ -18,16 +18,52 @@ namespace {
 using namespace inferscope::wire;
 
 enum Str : uint32_t {
-  kStep = 1, kSchedule, kForward, kLaunch, kSample, kMemcpy, kAttnKernel, kSsmKernel, kRouterKernel,
-  kGemmKernel, kMlpKernel, kSampleKernel, kArgStep, kArgBatch, kArgTokens, kArgLayer, kArgExperts,
-  kEncodeImage, kVisionKernel, kArgRequest, kArgCapture, kFirstLayerName  // then one name per layer
+  kStep = 1,
+  kSchedule,
+  kForward,
+  kLaunch,
+  kSample,
+  kMemcpy,
+  kAttnKernel,
+  kSsmKernel,
+  kRouterKernel,
+  kGemmKernel,
+  kMlpKernel,
+  kSampleKernel,
+  kArgStep,
+  kArgBatch,
+  kArgTokens,
+  kArgLayer,
+  kArgExperts,
+  kEncodeImage,
+  kVisionKernel,
+  kArgRequest,
+  kArgCapture,
+  kFirstLayerName  // then one name per layer
 };
 
-const char* kStrings[] = {"", "step", "schedule", "forward", "cudaLaunchKernel", "sample",
-                          "memcpy HtoD", "flash_attn_fwd", "ssm_chunk_scan", "moe_router_topk",
-                          "moe_grouped_gemm", "dense_mlp_gemm", "sample_tokens", "step", "batch",
-                          "tokens", "layer", "experts", "encode_image", "vision_encoder_fwd",
-                          "request", "capture"};
+const char* kStrings[] = {"",
+                          "step",
+                          "schedule",
+                          "forward",
+                          "cudaLaunchKernel",
+                          "sample",
+                          "memcpy HtoD",
+                          "flash_attn_fwd",
+                          "ssm_chunk_scan",
+                          "moe_router_topk",
+                          "moe_grouped_gemm",
+                          "dense_mlp_gemm",
+                          "sample_tokens",
+                          "step",
+                          "batch",
+                          "tokens",
+                          "layer",
+                          "experts",
+                          "encode_image",
+                          "vision_encoder_fwd",
+                          "request",
+                          "capture"};
 
 struct Emitter {
   FrameEncoder enc;
@@ -106,13 +142,16 @@ SampleSummary generate_sample_trace(const SampleOptions& o, const FrameSink& sin
   const uint32_t per_rank = std::max<uint32_t>(1, (experts + ranks - 1) / ranks);
   auto ep_owner = [&](uint32_t x) { return std::min(x / per_rank, ranks - 1); };
   const uint32_t ep_hot_rank = ep_owner(o.hot_expert % experts);
-  // Per step: each rank's routed counts per MoE layer, turned into EP records once all ranks routed.
-  std::vector<std::vector<std::vector<uint32_t>>> step_counts(ranks, std::vector<std::vector<uint32_t>>(layers));
+  // Per step: each rank's routed counts per MoE layer, turned into EP records once all ranks
+  // routed.
+  std::vector<std::vector<std::vector<uint32_t>>> step_counts(
+      ranks, std::vector<std::vector<uint32_t>>(layers));
   std::vector<std::vector<int64_t>> step_layer_ts(ranks, std::vector<int64_t>(layers, 0));
 
   std::vector<std::unique_ptr<Emitter>> em;
   em.push_back(std::make_unique<Emitter>(kCollectorSource, o.compress, &sink, &sum));
-  for (uint32_t r = 0; r < ranks; ++r) em.push_back(std::make_unique<Emitter>(r + 1, o.compress, &sink, &sum));
+  for (uint32_t r = 0; r < ranks; ++r)
+    em.push_back(std::make_unique<Emitter>(r + 1, o.compress, &sink, &sum));
 
   // [SECTION] Per source: hello and strings first, as the collector replays them.
   for (uint32_t r = 0; r < ranks; ++r) {
@@ -132,12 +171,15 @@ SampleSummary generate_sample_trace(const SampleOptions& o, const FrameSink& sin
     h.model.top_k = static_cast<uint16_t>(o.top_k);
     h.model.capacity_factor = 1.25f;
     for (uint32_t x = 0; x < experts; ++x)
-      h.model.expert_to_rank.push_back(o.expert_parallel ? ep_owner(x) : x % std::max<uint32_t>(ranks, 4) % 4);
+      h.model.expert_to_rank.push_back(o.expert_parallel ? ep_owner(x)
+                                                         : x % std::max<uint32_t>(ranks, 4) % 4);
     e.add(h);
-    for (uint32_t i = 1; i < sizeof(kStrings) / sizeof(kStrings[0]); ++i) e.add(StringDef{i, kStrings[i]});
+    for (uint32_t i = 1; i < sizeof(kStrings) / sizeof(kStrings[0]); ++i)
+      e.add(StringDef{i, kStrings[i]});
     for (uint32_t l = 0; l < layers; ++l) {
       char name[64];
-      std::snprintf(name, sizeof(name), "layer %02u %s%s", l, is_ssm(l) ? "ssm" : "attn", is_moe(l) ? "+moe" : "");
+      std::snprintf(name, sizeof(name), "layer %02u %s%s", l, is_ssm(l) ? "ssm" : "attn",
+                    is_moe(l) ? "+moe" : "");
       e.add(StringDef{kFirstLayerName + l, name});
     }
   }
@@ -170,7 +212,8 @@ SampleSummary generate_sample_trace(const SampleOptions& o, const FrameSink& sin
       }
       q.prompt_tokens = 64 + static_cast<uint32_t>(U(rng) * 900);
       q.image_tokens = image ? 576 : 0;
-      q.cached_tokens = static_cast<uint32_t>(q.prompt_tokens * (U(rng) < 0.6 ? 0.5 + 0.4 * U(rng) : 0.0));
+      q.cached_tokens =
+          static_cast<uint32_t>(q.prompt_tokens * (U(rng) < 0.6 ? 0.5 + 0.4 * U(rng) : 0.0));
       stage(Stage::kBackbonePrefill, 6 + q.prompt_tokens * 0.03 * (1 + U(rng)));
       q.first_token_ns = cur;
       q.output_tokens = 8 + static_cast<uint32_t>(U(rng) * 120);
@@ -179,8 +222,9 @@ SampleSummary generate_sample_trace(const SampleOptions& o, const FrameSink& sin
       q.status = U(rng) < 0.02 ? RequestStatus::kCancelled : RequestStatus::kOk;
       reqs[r].push_back(std::move(p));
     }
-    std::sort(reqs[r].begin(), reqs[r].end(),
-              [](const PendingRequest& a, const PendingRequest& b) { return a.event.finish_ns < b.event.finish_ns; });
+    std::sort(reqs[r].begin(), reqs[r].end(), [](const PendingRequest& a, const PendingRequest& b) {
+      return a.event.finish_ns < b.event.finish_ns;
+    });
   }
   std::vector<size_t> req_next(ranks, 0);
 
@@ -196,7 +240,8 @@ SampleSummary generate_sample_trace(const SampleOptions& o, const FrameSink& sin
   for (uint64_t step = 0; step < steps; ++step) {
     for (uint32_t r = 0; r < ranks; ++r) {
       Emitter& e = *em[r + 1];
-      const int64_t s0 = t0 + static_cast<int64_t>(step) * step_ns + static_cast<int64_t>(r) * step_ns / 7;
+      const int64_t s0 =
+          t0 + static_cast<int64_t>(step) * step_ns + static_cast<int64_t>(r) * step_ns / 7;
       const double ts = double(s0 - t0) * 1e-9;
       const bool in_window = ts >= o.hot_from_s && ts < o.hot_to_s;
       const bool hot = (o.expert_parallel || r == o.hot_rank) && in_window;
@@ -216,7 +261,8 @@ SampleSummary generate_sample_trace(const SampleOptions& o, const FrameSink& sin
       };
       // Launch a kernel: a runtime span on the CPU and the kernel on stream 7,
       // linked by a correlation id, the kernel queued behind earlier ones.
-      auto launch = [&](uint16_t depth, int64_t at, uint32_t kernel, int64_t gpu_dur, uint32_t layer_arg) {
+      auto launch = [&](uint16_t depth, int64_t at, uint32_t kernel, int64_t gpu_dur,
+                        uint32_t layer_arg) {
         uint64_t corr = correlation[r]++;
         int64_t launch_dur = std::max<int64_t>(200, step_ns / 400);
         e.add(cpu(kLaunch, depth, at, at + launch_dur, corr, SpanCategory::kRuntime));
@@ -267,10 +313,12 @@ SampleSummary generate_sample_trace(const SampleOptions& o, const FrameSink& sin
         int64_t l0 = fwd0 + slice * l + slice / 40, l1 = fwd0 + slice * (l + 1) - slice / 40;
         e.add(cpu(kFirstLayerName + l, 2, l0, l1));
         double scale = (hot && l == hot_layer) ? 1.8 : 1.0;  // the hot expert's device is slow
-        int64_t at = launch(3, l0 + slice / 20, is_ssm(l) ? kSsmKernel : kAttnKernel, slice * 35 / 100, l);
+        int64_t at =
+            launch(3, l0 + slice / 20, is_ssm(l) ? kSsmKernel : kAttnKernel, slice * 35 / 100, l);
         if (is_moe(l)) {
           at = launch(3, at + slice / 20, kRouterKernel, slice * 6 / 100, l);
-          launch(3, at + slice / 20, kGemmKernel, static_cast<int64_t>(slice * 40 / 100 * scale), l);
+          launch(3, at + slice / 20, kGemmKernel, static_cast<int64_t>(slice * 40 / 100 * scale),
+                 l);
         } else {
           launch(3, at + slice / 20, kMlpKernel, slice * 35 / 100, l);
         }
@@ -281,7 +329,8 @@ SampleSummary generate_sample_trace(const SampleOptions& o, const FrameSink& sin
           w[x] = 1.0 + 0.35 * U(rng);
           if (hot && l == hot_layer && x == o.hot_expert % experts) w[x] = 6.5;
           if (l == hot_layer && x == (o.hot_expert + 7) % experts) w[x] *= 0.25;  // a cold one
-          if (o.expert_parallel && hot && ep_owner(x) == ep_hot_rank) w[x] *= 1.8;  // skewed workload
+          if (o.expert_parallel && hot && ep_owner(x) == ep_hot_rank)
+            w[x] *= 1.8;  // skewed workload
           sumw += w[x];
         }
         uint32_t assignments = batch_tokens * o.top_k, given = 0;
@@ -293,13 +342,15 @@ SampleSummary generate_sample_trace(const SampleOptions& o, const FrameSink& sin
           ++counts[static_cast<uint32_t>(U(rng) * experts) % experts];
           ++given;
         }
-        uint32_t capacity = static_cast<uint32_t>(std::ceil(1.25 * batch_tokens * o.top_k / experts));
+        uint32_t capacity =
+            static_cast<uint32_t>(std::ceil(1.25 * batch_tokens * o.top_k / experts));
         ExpertLoad load;
         load.step = step;
         load.layer = l;
         load.timestamp_ns = l1;
         load.tokens = batch_tokens;
-        for (uint32_t x = 0; x < experts; ++x) load.dropped += counts[x] > capacity ? counts[x] - capacity : 0;
+        for (uint32_t x = 0; x < experts; ++x)
+          load.dropped += counts[x] > capacity ? counts[x] - capacity : 0;
         load.routed.assign(counts.begin(), counts.end());
         e.add(load);
         step_counts[r][l].assign(counts.begin(), counts.end());
@@ -314,16 +365,23 @@ SampleSummary generate_sample_trace(const SampleOptions& o, const FrameSink& sin
         double x = double(t - t0) * 1e-9;
         const uint64_t GiB = 1ull << 30;
         double saw = std::fmod(x, 7.0) / 7.0;
-        e.add(MemorySample{t, r, MemoryKind::kKvCache, static_cast<uint64_t>((0.25 + 0.55 * saw + 0.05 * U(rng)) * 16 * GiB), 16 * GiB});
-        e.add(MemorySample{t, r, MemoryKind::kSsmState, static_cast<uint64_t>((0.8 + 1.2 * saw) * GiB / 2), 2 * GiB});
-        e.add(MemorySample{t, r, MemoryKind::kSsmCheckpoints, static_cast<uint64_t>(std::min(1.0, x / o.seconds * 1.1) * GiB * 0.9), GiB});
+        e.add(MemorySample{t, r, MemoryKind::kKvCache,
+                           static_cast<uint64_t>((0.25 + 0.55 * saw + 0.05 * U(rng)) * 16 * GiB),
+                           16 * GiB});
+        e.add(MemorySample{t, r, MemoryKind::kSsmState,
+                           static_cast<uint64_t>((0.8 + 1.2 * saw) * GiB / 2), 2 * GiB});
+        e.add(MemorySample{t, r, MemoryKind::kSsmCheckpoints,
+                           static_cast<uint64_t>(std::min(1.0, x / o.seconds * 1.1) * GiB * 0.9),
+                           GiB});
         e.add(MemorySample{t, r, MemoryKind::kWeights, 10 * GiB, 10 * GiB});
         uint64_t aq = 1500 + static_cast<uint64_t>(U(rng) * 1000);
         uint64_t sq = aq;
         // SSM layers reuse a prefix only at checkpointed boundaries: fewer hits,
         // improving as the checkpoint store fills.
-        e.add(PrefixCacheSample{t, aq, static_cast<uint64_t>(aq * (0.55 + 0.15 * U(rng))), sq,
-                                static_cast<uint64_t>(sq * (0.05 + 0.3 * std::min(1.0, x / o.seconds) + 0.05 * U(rng)))});
+        e.add(PrefixCacheSample{
+            t, aq, static_cast<uint64_t>(aq * (0.55 + 0.15 * U(rng))), sq,
+            static_cast<uint64_t>(sq *
+                                  (0.05 + 0.3 * std::min(1.0, x / o.seconds) + 0.05 * U(rng)))});
         next_sample[r] += sample_every;
       }
       auto& rq = reqs[r];
@@ -353,7 +411,8 @@ SampleSummary generate_sample_trace(const SampleOptions& o, const FrameSink& sin
           }
         const int64_t ns_per_row = std::max<int64_t>(1, step_ns / 4000);
         int64_t slowest = 0;
-        for (uint32_t k = 0; k < ranks; ++k) slowest = std::max<int64_t>(slowest, computed[k] * ns_per_row);
+        for (uint32_t k = 0; k < ranks; ++k)
+          slowest = std::max<int64_t>(slowest, computed[k] * ns_per_row);
         for (uint32_t k = 0; k < ranks; ++k) {
           ExpertParallelStep eps;
           eps.step = step;
@@ -384,7 +443,7 @@ SampleSummary generate_sample_trace(const SampleOptions& o, const FrameSink& sin
   }
 
   // [SECTION] The collector's episodes (source 0)
-  hot_alert.peak_share = 6.5f / (6.5f + 1.17f * float(experts - 1)) ;
+  hot_alert.peak_share = 6.5f / (6.5f + 1.17f * float(experts - 1));
   hot_alert.peak_utilization = hot_alert.peak_share * float(experts);
   em[0]->add(hot_alert);
   AlertEpisode drops = hot_alert;
@@ -417,8 +476,8 @@ SampleSummary generate_sample_trace(const SampleOptions& o, const FrameSink& sin
   return sum;
 }
 
-bool write_sample_trace(const std::string& path, const SampleOptions& options, SampleSummary* summary,
-                        std::string* error) {
+bool write_sample_trace(const std::string& path, const SampleOptions& options,
+                        SampleSummary* summary, std::string* error) {
   TraceFileWriter w;
   if (!w.open(path)) {
     if (error) *error = w.error();
@@ -438,9 +497,8 @@ std::vector<uint8_t> sample_trace_bytes(const SampleOptions& options, SampleSumm
   std::vector<uint8_t> out(kTraceFileHeaderBytes, 0);
   std::memcpy(out.data(), kTraceFileMagic, sizeof(kTraceFileMagic));
   out[8] = static_cast<uint8_t>(kProtocolVersion);
-  SampleSummary s = generate_sample_trace(options, [&](std::span<const uint8_t> f) {
-    out.insert(out.end(), f.begin(), f.end());
-  });
+  SampleSummary s = generate_sample_trace(
+      options, [&](std::span<const uint8_t> f) { out.insert(out.end(), f.begin(), f.end()); });
   if (summary) *summary = s;
   return out;
 }

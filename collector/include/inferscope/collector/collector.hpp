@@ -4,8 +4,9 @@
 //   Collector c(o);
 //   std::string error;
 //   if (!c.start(error)) die(error);
-//   for (auto& line : c.listening_lines()) puts(line);   // "listening ingest tcp://127.0.0.1:40123"
-//   c.run();                                             // until stop() or SIGINT/SIGTERM
+//   for (auto& line : c.listening_lines()) puts(line);   // "listening ingest
+//   tcp://127.0.0.1:40123" c.run();                                             // until stop() or
+//   SIGINT/SIGTERM
 //
 // One I/O thread runs ingest, aggregation, the trace store and the viewer API
 // (so none of them needs a lock); prometheus-cpp's exposer serves /metrics from

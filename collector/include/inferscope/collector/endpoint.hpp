@@ -10,9 +10,9 @@ namespace inferscope::collector {
 
 struct Endpoint {
   enum class Kind { kTcp, kUnix } kind = Kind::kTcp;
-  std::string host;  // tcp: address literal or "localhost"
-  uint16_t port = 0; // 0: pick a free port
-  std::string path;  // unix socket path
+  std::string host;   // tcp: address literal or "localhost"
+  uint16_t port = 0;  // 0: pick a free port
+  std::string path;   // unix socket path
 
   std::string to_string() const;  // tcp://host:port or unix://path
 };

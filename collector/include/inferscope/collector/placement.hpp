@@ -20,7 +20,7 @@ namespace inferscope::collector {
 
 struct Placement {
   uint32_t ranks = 0;
-  std::vector<std::vector<uint32_t>> expert_to_ranks;            // default for every layer
+  std::vector<std::vector<uint32_t>> expert_to_ranks;             // default for every layer
   std::map<uint32_t, std::vector<std::vector<uint32_t>>> layers;  // overrides
 
   const std::vector<std::vector<uint32_t>>& for_layer(uint32_t layer) const;

@@ -60,8 +60,8 @@ class Communicator {
   // `recv` receives sum(recv_counts) rows grouped by source rank. Both
   // contiguous with the same column count; recv_counts[s] must equal what
   // rank s sends here (the caller knows it from an all_gather).
-  virtual void all_to_all_v(const Tensor& send, std::span<const int32_t> send_counts, const Tensor& recv,
-                            std::span<const int32_t> recv_counts) = 0;
+  virtual void all_to_all_v(const Tensor& send, std::span<const int32_t> send_counts,
+                            const Tensor& recv, std::span<const int32_t> recv_counts) = 0;
 
   // Host-level reduction for the serving loop: the maximum over ranks.
   virtual int64_t all_reduce_max(int64_t value) = 0;
@@ -81,7 +81,7 @@ class Communicator {
 struct CommOptions {
   int rank = 0;
   int size = 1;
-  std::string rendezvous_dir;  // local directory shared by the ranks
+  std::string rendezvous_dir;                // local directory shared by the ranks
   std::chrono::milliseconds timeout{30000};  // connect / per-collective watchdog
 };
 
@@ -93,7 +93,8 @@ std::unique_ptr<Communicator> create_host_communicator(const CommOptions& option
 // NCCL on `backend` (must be the CUDA backend): rank 0 writes the unique id to
 // DIR/nccl-id (temp file + rename), the others wait for it up to the timeout.
 // Throws std::runtime_error when the build has no NCCL.
-std::unique_ptr<Communicator> create_nccl_communicator(Backend& backend, const CommOptions& options);
+std::unique_ptr<Communicator> create_nccl_communicator(Backend& backend,
+                                                       const CommOptions& options);
 
 // "host" | "nccl" -> the matching factory (size 1 needs no communicator).
 std::unique_ptr<Communicator> create_communicator(const std::string& kind, Backend& backend,

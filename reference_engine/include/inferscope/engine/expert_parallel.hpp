@@ -116,9 +116,9 @@ struct ExpertParallel {
 // ([per_rank * 2F, D] and [per_rank * D, F]). h may have 0 rows. `mark_base`
 // picks 4 communicator mark slots for this call's timing; stats' durations are
 // filled by ep_read_timing() once the backend has synchronised.
-void moe_ffn_ep(Backend& be, const MoeConfig& moe, const MoeWeights& w, MoeScratch& s, ExpertParallel& ep,
-                const Tensor& h, const Tensor& out, RouteCounts& counts, int mark_base, EpLayerStats& stats,
-                EpPhaseHook* hook = nullptr);
+void moe_ffn_ep(Backend& be, const MoeConfig& moe, const MoeWeights& w, MoeScratch& s,
+                ExpertParallel& ep, const Tensor& h, const Tensor& out, RouteCounts& counts,
+                int mark_base, EpLayerStats& stats, EpPhaseHook* hook = nullptr);
 void ep_read_timing(ExpertParallel& ep, int mark_base, EpLayerStats& stats);
 
 // The topic (workload.hpp) whose hot experts (topic_hot_expert) sit on `rank`'s

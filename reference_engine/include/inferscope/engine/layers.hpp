@@ -21,7 +21,8 @@ struct MoeScratch {
 };
 
 struct MoeWeights {
-  Tensor router, router_bias, experts_gu, experts_down, shared_gu, shared_down;  // bias/shared may be empty
+  Tensor router, router_bias, experts_gu, experts_down, shared_gu,
+      shared_down;  // bias/shared may be empty
 };
 
 // Expert capacity for `tokens` tokens: ceil(capacity_factor * tokens * k / E); 0 = unlimited.

@@ -24,9 +24,10 @@ namespace inferscope::engine {
 // ranks == 1 the file is still checked (against its own N) but not applied:
 // one rank holds every expert, so the result is the plain single-rank
 // placement. Throws std::invalid_argument naming `origin` on bad input.
-ExpertPlacement parse_expert_placement(const std::string& json_text, const ModelConfig& config, int32_t ranks,
-                                       int32_t rank, const std::string& origin = "placement");
-ExpertPlacement load_expert_placement(const std::string& path, const ModelConfig& config, int32_t ranks,
-                                      int32_t rank);
+ExpertPlacement parse_expert_placement(const std::string& json_text, const ModelConfig& config,
+                                       int32_t ranks, int32_t rank,
+                                       const std::string& origin = "placement");
+ExpertPlacement load_expert_placement(const std::string& path, const ModelConfig& config,
+                                      int32_t ranks, int32_t rank);
 
 }  // namespace inferscope::engine

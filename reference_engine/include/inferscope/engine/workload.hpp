@@ -35,23 +35,23 @@ namespace inferscope::engine {
 
 struct WorkloadSpec {
   std::string name = "skewed-multimodal";
-  double rate = 4.0;                // requests per second (Poisson)
-  double prompt_mean = 48.0;        // user text tokens (log-normal)
+  double rate = 4.0;          // requests per second (Poisson)
+  double prompt_mean = 48.0;  // user text tokens (log-normal)
   double prompt_sigma = 0.5;
-  double output_mean = 24.0;        // output tokens (log-normal)
+  double output_mean = 24.0;  // output tokens (log-normal)
   double output_sigma = 0.4;
   int32_t max_output = 128;
   double image_fraction = 0.3;
   double system_prompt_fraction = 0.7;
   int32_t system_prompts_per_topic = 2;
   int32_t system_prompt_tokens = 64;
-  double dominant_share = 0.8;      // probability a request is of the dominant topic
-  double topic_period = 60.0;       // seconds each topic dominates
+  double dominant_share = 0.8;  // probability a request is of the dominant topic
+  double topic_period = 60.0;   // seconds each topic dominates
   float temperature = 0.0f;
-  bool neutral_text = false;        // text without topic bytes (balanced)
-  int32_t fixed_topic = -1;         // >= 0: the dominant topic never rotates (skewed-ep)
-  std::vector<int32_t> alphabet;    // non-empty: the fixed topic's text uses these bytes (skewed-ep:
-                                    // ep_hot_bytes, the bytes the routers send to rank 0)
+  bool neutral_text = false;      // text without topic bytes (balanced)
+  int32_t fixed_topic = -1;       // >= 0: the dominant topic never rotates (skewed-ep)
+  std::vector<int32_t> alphabet;  // non-empty: the fixed topic's text uses these bytes (skewed-ep:
+                                  // ep_hot_bytes, the bytes the routers send to rank 0)
 };
 
 // Known names: skewed-multimodal, balanced, text. Throws for anything else.

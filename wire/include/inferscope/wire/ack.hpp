@@ -14,9 +14,9 @@
 // A draining ack is followed by the collector's half-close; an EOF without
 // one means the collector died (kill -9 closes its sockets too), so what was
 // not acknowledged stays in doubt. Agents that predate acks read and discard
-// whatever the collector sends, so adding them changes nothing for those. An agent that finds a bad magic stops
-// reading acknowledgements on that connection (everything it writes there
-// stays unconfirmed) rather than trusting a desynchronised stream.
+// whatever the collector sends, so adding them changes nothing for those. An agent that finds a bad
+// magic stops reading acknowledgements on that connection (everything it writes there stays
+// unconfirmed) rather than trusting a desynchronised stream.
 #pragma once
 
 #include <array>

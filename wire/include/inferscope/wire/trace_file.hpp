@@ -57,13 +57,13 @@ class TraceFileWriter {
 };
 
 struct TraceReadStats {
-  int format = 0;                // 1 or 2
+  int format = 0;  // 1 or 2
   uint64_t frames = 0;
-  uint64_t corrupt_frames = 0;   // skipped by scanning to the next magic
-  uint64_t blocks = 0;           // v2: blocks read
-  uint64_t corrupt_blocks = 0;   // v2: skipped (bad header, payload CRC or decompression)
+  uint64_t corrupt_frames = 0;  // skipped by scanning to the next magic
+  uint64_t blocks = 0;          // v2: blocks read
+  uint64_t corrupt_blocks = 0;  // v2: skipped (bad header, payload CRC or decompression)
   uint64_t bytes_skipped = 0;
-  bool truncated_tail = false;   // the file ended inside a frame (v2: inside a block)
+  bool truncated_tail = false;  // the file ended inside a frame (v2: inside a block)
 };
 
 class TraceFileReader {
@@ -82,7 +82,8 @@ class TraceFileReader {
   std::string damage_report() const;
 
  private:
-  bool next_frame_in(std::span<const uint8_t> region, size_t& offset, std::span<const uint8_t>& frame);
+  bool next_frame_in(std::span<const uint8_t> region, size_t& offset,
+                     std::span<const uint8_t>& frame);
   bool next_block();  // v2: decompresses the next good block into block_
 
   std::vector<uint8_t> bytes_;

@@ -57,8 +57,8 @@ struct EpReport {
   bool has_placement = false;
   double balancedness_now = 0, balancedness_eplb = 0;  // mean / max rank load, all MoE layers
   uint32_t eplb_redundant = 0;
-  std::vector<EpRankRow> rows;  // by rank
-  std::vector<EpHotRank> hot;   // hottest first
+  std::vector<EpRankRow> rows;          // by rank
+  std::vector<EpHotRank> hot;           // hottest first
   std::vector<EpTrafficLayer> traffic;  // by layer; worlds up to 256 ranks
   // The EPLB advisor on the window (needs records and a placement; the expert
   // size is unknown here, so only the saving, not the cost or the horizon).

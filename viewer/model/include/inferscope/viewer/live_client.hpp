@@ -34,12 +34,13 @@ struct LiveOptions {
   uint16_t port = 7433;
   std::string auth_token;
   size_t max_queued_records = 1'000'000;
-  int reconnect_ms = 500;        // first retry; doubles up to max
+  int reconnect_ms = 500;  // first retry; doubles up to max
   int max_reconnect_ms = 5000;
 };
 
 // Parses "host:port" (port required); false with error set on bad input.
-bool parse_host_port(const std::string& text, std::string& host, uint16_t& port, std::string& error);
+bool parse_host_port(const std::string& text, std::string& host, uint16_t& port,
+                     std::string& error);
 
 class LiveClient {
  public:
@@ -56,11 +57,12 @@ class LiveClient {
 
   // Sends a RangeQuery for [from_ns, to_ns] with spans shorter than resolution_ns
   // merged per track. Returns its id, or 0 when not connected (nothing sent).
-  uint64_t fetch_range(int64_t from_ns, int64_t to_ns, int64_t resolution_ns, uint32_t max_records = 0);
+  uint64_t fetch_range(int64_t from_ns, int64_t to_ns, int64_t resolution_ns,
+                       uint32_t max_records = 0);
   struct RangeState {
-    uint64_t last_sent = 0;      // id of the newest query sent (0: none)
-    bool in_flight = false;      // its RangeEnd has not arrived yet
-    wire::RangeEnd last_end;     // the newest RangeEnd received
+    uint64_t last_sent = 0;   // id of the newest query sent (0: none)
+    bool in_flight = false;   // its RangeEnd has not arrived yet
+    wire::RangeEnd last_end;  // the newest RangeEnd received
   };
   RangeState range_state() const;
 

@@ -17,13 +17,13 @@
 namespace inferscope::viewer {
 
 struct LoadResult {
-  bool ok = false;              // false: nothing usable (error says why)
-  std::string error;            // fatal problem
+  bool ok = false;                    // false: nothing usable (error says why)
+  std::string error;                  // fatal problem
   std::vector<std::string> warnings;  // damage reports, decode errors: data was lost
   uint64_t files = 0;
   uint64_t frames = 0;
   uint64_t records = 0;
-  uint64_t bad_frames = 0;      // frames that passed the CRC but failed to decode
+  uint64_t bad_frames = 0;  // frames that passed the CRC but failed to decode
 
   // One paragraph for the status bar and stderr.
   std::string summary() const;

@@ -27,7 +27,8 @@ struct DrawItem {
   bool merged() const { return last != first; }
 };
 
-void query_lane(const Lane& lane, int64_t t0, int64_t t1, int64_t min_ns, std::vector<DrawItem>& out);
+void query_lane(const Lane& lane, int64_t t0, int64_t t1, int64_t min_ns,
+                std::vector<DrawItem>& out);
 
 // Index of the first span in the lane whose end is >= t (lane.spans.size() if none).
 uint32_t first_ending_at_or_after(const Lane& lane, int64_t t);

@@ -26,11 +26,11 @@ struct SampleOptions {
   uint32_t layers = 8;             // alternating attention / SSM; every other layer MoE
   uint32_t experts = 16;
   uint32_t top_k = 2;
-  uint32_t hot_layer = 3;          // a MoE layer (odd)
+  uint32_t hot_layer = 3;  // a MoE layer (odd)
   uint32_t hot_expert = 5;
   uint32_t hot_rank = 0;
   double hot_from_s = 6.0, hot_to_s = 14.0;
-  double requests_per_s = 12.0;    // per rank
+  double requests_per_s = 12.0;  // per rank
   uint32_t seed = 1;
   bool compress = true;
   int64_t t0_ns = 1'000'000'000'000;  // monotonic start
@@ -54,6 +54,7 @@ SampleSummary generate_sample_trace(const SampleOptions& options, const FrameSin
 bool write_sample_trace(const std::string& path, const SampleOptions& options,
                         SampleSummary* summary, std::string* error);
 // A whole trace file (header + frames) in memory.
-std::vector<uint8_t> sample_trace_bytes(const SampleOptions& options, SampleSummary* summary = nullptr);
+std::vector<uint8_t> sample_trace_bytes(const SampleOptions& options,
+                                        SampleSummary* summary = nullptr);
 
 }  // namespace inferscope::viewer

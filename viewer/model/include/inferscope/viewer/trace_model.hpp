@@ -20,8 +20,8 @@
 // [SECTION] Live use
 //   add() may be called at any time; finalize() folds the new spans into the
 //   lanes of the tracks that changed, re-placing only the spans that end after
-//   the earliest new start (live data arrives roughly in time order). Memory is bounded by max_spans: past it,
-//   further spans are counted in dropped_spans() and not stored.
+//   the earliest new start (live data arrives roughly in time order). Memory is bounded by
+//   max_spans: past it, further spans are counted in dropped_spans() and not stored.
 #pragma once
 
 #include <cstdint>
@@ -42,11 +42,11 @@ inline constexpr uint32_t kNoArgs = std::numeric_limits<uint32_t>::max();
 struct SpanRec {
   int64_t start_ns = 0;
   int64_t end_ns = 0;
-  uint32_t name = 0;               // global name id (0 = none)
+  uint32_t name = 0;  // global name id (0 = none)
   wire::SpanCategory category = wire::SpanCategory::kCpuRange;
   uint8_t num_args = 0;
   uint16_t depth = 0;
-  uint32_t args = kNoArgs;         // index into TraceModel::args()
+  uint32_t args = kNoArgs;  // index into TraceModel::args()
   uint64_t correlation_id = 0;
   uint64_t request_id = 0;
 };
@@ -84,7 +84,7 @@ struct Source {
   bool has_hello = false;
   wire::Hello hello;
   std::unordered_map<uint32_t, uint32_t> name_map;  // wire string id -> global name id
-  std::string label;  // "rank 0 · host:pid"
+  std::string label;                                // "rank 0 · host:pid"
 };
 
 struct ExpertLoadRec {
@@ -133,8 +133,8 @@ struct CounterRec {
 };
 
 struct ModelLimits {
-  uint64_t max_spans = 50'000'000;          // about 2.4 GB of spans
-  uint64_t max_samples = 20'000'000;        // every other record kind together
+  uint64_t max_spans = 50'000'000;    // about 2.4 GB of spans
+  uint64_t max_samples = 20'000'000;  // every other record kind together
 };
 
 class TraceModel {
