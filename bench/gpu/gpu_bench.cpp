@@ -24,6 +24,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -527,8 +528,11 @@ int main(int argc, char** argv) {
     nlohmann::json sampled_info, sampled10_info;
     const std::vector<double> sampled =
         sampled_rounds(std::chrono::milliseconds(10'000), quick ? 10.5 : 21.0, sampled_info);
+    sink.reset();  // the x10 bursts alone: what sampling tells about each range's GPU time
     const std::vector<double> sampled10 =
         sampled_rounds(std::chrono::milliseconds(1'000), quick ? 3.0 : 8.0, sampled10_info);
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    const Sink::Attribution sampled_attr = sink.snapshot();
     Sink::Attribution attr;
     bool cupti_active = false;
     for (int r = 0; r < rounds; ++r) {
@@ -636,6 +640,38 @@ int main(int argc, char** argv) {
       out["attribution"]["attributed_pct"] = 100 * attributed / attr.kernel_ms_total;
     }
     out["attribution"]["kernel_spans"] = attr.kernel_spans;
+
+    // [issue 19] Diagnostic truth: each range's share of the kernel time, estimated from the
+    // sampled x10 bursts, against the full trace of the same workload. Shares, because a burst
+    // sees a part of the steps; ranges under 1 % of the full time are listed, not judged.
+    auto shares = [](const Sink::Attribution& a) {
+      std::map<std::string, double> out_shares;
+      double total = 0;
+      for (auto& [name, ms] : a.kernel_ms_by_range)
+        if (!name.empty()) total += ms;
+      for (auto& [name, ms] : a.kernel_ms_by_range)
+        if (!name.empty() && total > 0) out_shares[name] = ms / total;
+      return out_shares;
+    };
+    const auto full_share = shares(attr), sampled_share = shares(sampled_attr);
+    double worst = 0;
+    std::printf(
+        "\nper-range share of kernel time, sampled x10 bursts (%.3f ms) vs full (%.3f ms)\n",
+        sampled_attr.kernel_ms_total, attr.kernel_ms_total);
+    for (auto& [name, f] : full_share) {
+      const auto it = sampled_share.find(name);
+      const double sh = it == sampled_share.end() ? 0.0 : it->second;
+      const double rel = f > 0 ? std::abs(sh - f) / f : 0.0;
+      if (f >= 0.01) worst = std::max(worst, rel);
+      std::printf("  %-36s full %6.2f%%  sampled %6.2f%%  %+6.2f%%%s\n", name.c_str(), 100 * f,
+                  100 * sh, 100 * (sh - f) / (f > 0 ? f : 1), f >= 0.01 ? "" : "  (under 1 %)");
+      out["sampled_vs_full"]["share_full"][name] = f;
+      out["sampled_vs_full"]["share_sampled"][name] = sh;
+    }
+    out["sampled_vs_full"]["max_rel_diff_pct"] = 100 * worst;
+    out["sampled_vs_full"]["sampled_kernel_ms"] = sampled_attr.kernel_ms_total;
+    std::printf("  largest difference over ranges >= 1 %% of the time: %.2f%% (aim <= 5 %%)\n",
+                100 * worst);
     std::printf("\ntop kernels by GPU time (same run)\n");
     for (auto& [ms, name] : attr.kernel_top) {
       std::printf("  %-70.70s %8.3f ms\n", name.c_str(), ms);

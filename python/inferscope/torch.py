@@ -22,10 +22,12 @@ Hooks never raise into the model: an error inside one is counted (stats()["hook_
 reported once on stderr, and that hook stops observing. See docs/integrations.md.
 """
 
+import functools
 import inspect
 import re
 import sys
 import threading
+import time
 import weakref
 
 import torch as _torch
@@ -75,7 +77,7 @@ class MoELayer:
 
 
 def observe(model, agent=None, *, model_name=None, moe="auto", memory=True, stages=True,
-            requests=True, layer_ranges=False, steps="auto"):
+            requests=True, layer_ranges=False, step_ranges=True, steps="auto"):
     """Attaches to `model` (a torch.nn.Module) and returns an Observer.
 
     agent: an inferscope.Agent (default: one from the environment, closed with the observer).
@@ -85,17 +87,35 @@ def observe(model, agent=None, *, model_name=None, moe="auto", memory=True, stag
     memory / stages / requests: the cache bytes, the multimodal ranges, generate() requests.
     layer_ranges: an NVTX/agent range per decoder layer (for CUPTI attribution to layers;
         costs two C calls per layer per step, off by default).
+    step_ranges: a range "forward" around each step (two C calls per step): with CUPTI on,
+        kernels outside every stage and layer (embeddings, lm_head) are attributed too.
     steps: "auto" (each forward of `model` is a step) or "manual" (call obs.end_step()).
     """
-    return Observer(model, agent, model_name=model_name, moe=moe, memory=memory, stages=stages, requests=requests,
-                    layer_ranges=layer_ranges, steps=steps)
+    return Observer(model, agent, model_name=model_name, moe=moe, memory=memory, stages=stages,
+                    requests=requests, layer_ranges=layer_ranges, step_ranges=step_ranges,
+                    steps=steps)
+
+
+def _timed(method):
+    """Adds the host time spent inside an observer hook to stats()["hook_ns"]: what observing
+    costs the thread that runs the model, measured where it is spent (two perf_counter_ns
+    reads, ~0.1 us, per hook), so the overhead can be told apart from run-to-run noise."""
+    @functools.wraps(method)
+    def timed(self, *args, **kwargs):
+        start = time.perf_counter_ns()
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self._stats["hook_ns"] += time.perf_counter_ns() - start
+    return timed
 
 
 class Observer:
     """What observe() returns; close() (or `with`) removes every hook and flushes."""
 
     def __init__(self, model, agent=None, *, model_name=None, moe="auto", memory=True,
-                 stages=True, requests=True, layer_ranges=False, steps="auto"):
+                 stages=True, requests=True, layer_ranges=False, step_ranges=True,
+                 steps="auto"):
         if not isinstance(model, _torch.nn.Module):
             raise TypeError(f"observe() needs a torch.nn.Module, not {type(model).__name__}")
         if steps not in ("auto", "manual"):
@@ -120,11 +140,13 @@ class Observer:
         self._next_request_id = 1
         self._stats = {"steps": 0, "steps_dropped": 0, "hook_errors": 0, "moe_calls": 0,
                        "invalid_expert_ids": 0, "shared_expert_tokens": 0,
-                       "stages_dropped": 0}
+                       "stages_dropped": 0, "hook_ns": 0}
         self._errors_reported = set()
         self._closed = False
         self._layout = []  # experts per layer as described to the collector ([]: not sent)
         self._layer_ranges = layer_ranges
+        self._step_ranges = step_ranges
+        self._step_scope = None  # the open "forward" range
         self._memory = memory
         self._memory_at = 0
         self._memory_dirty = False
@@ -336,6 +358,7 @@ class Observer:
                 self._grow(self._counts.device)
         return entry
 
+    @_timed
     def _count_from(self, entry, extract, *args):
         """Counts the ids extract(*args) returns; an extractor's error is counted, not raised."""
         try:
@@ -407,6 +430,7 @@ class Observer:
         self._free_host = []  # pinned buffers of the old size are not reused
         return counts
 
+    @_timed
     def _shared_pre(self, module, args):
         try:
             x = args[0] if args else None
@@ -417,8 +441,19 @@ class Observer:
 
     # [SECTION] steps ----------------------------------------------------------------
 
+    @_timed
     def _root_pre(self, module, args):
         self._depth += 1
+        if self._depth == 1 and self._step_ranges:
+            # One range around the whole forward: every kernel the model launches has an
+            # enclosing range (lm_head and embeddings too, outside any stage or layer), so
+            # with CUPTI on, its time is attributed (inferscope_gpu_kernel_seconds_total).
+            try:
+                scope = self.agent.range("forward", request_id=self._request_id())
+                scope.__enter__()
+                self._step_scope = scope
+            except Exception as e:  # noqa: BLE001
+                self._hook_error("forward range", e)
         if self._depth == 1 and self._generate is not None:
             g = self._generate
             g["forwards"] += 1
@@ -427,10 +462,17 @@ class Observer:
                 # calling the model again: the first token is on the host now.
                 g["first_token_ns"] = now_ns()
 
+    @_timed
     def _root_post(self, module, args, output):
         self._depth -= 1
         if self._depth != 0:
             return
+        scope, self._step_scope = self._step_scope, None
+        if scope is not None:
+            try:
+                scope.__exit__(None, None, None)
+            except Exception as e:  # noqa: BLE001
+                self._hook_error("forward range", e)
         if self._memory and output is not None:  # None: the forward raised (always_call)
             self._report_memory(output)
         self._finish_step()
@@ -522,6 +564,7 @@ class Observer:
         g = self._generate
         return g["ids"][0] if g is not None else 0
 
+    @_timed
     def _stage_begin(self, stage):
         try:
             scope = self.agent.range(stage, request_id=self._request_id())
@@ -534,6 +577,7 @@ class Observer:
         except Exception as e:  # noqa: BLE001
             self._hook_error(f"stage {stage}", e)
 
+    @_timed
     def _stage_end(self, stage):
         try:
             opened = self._open_stage.pop(stage, None)

@@ -355,6 +355,35 @@ TEST(Pipeline, MoeLayerGpuTimeFromKernelRangeArgs) {
               0.005, 1e-12);
 }
 
+// Every traced kernel counts in inferscope_gpu_kernel_seconds_total, split by whether a
+// range enclosed its launch (a "range" arg naming a string): attributed / total is how much
+// of the GPU time the ranges explain, whatever the range is (a layer, a stage, a step).
+TEST(Pipeline, KernelSecondsSplitByAttribution) {
+  Fixture f;
+  Session s(f.options.limits);
+  ASSERT_TRUE(f.send(s, {make_hello("m", 0, 4, 4)}));
+  wire::Span k;
+  k.track_kind = wire::TrackKind::kGpuStream;
+  k.category = wire::SpanCategory::kKernel;
+  k.start_ns = 100;
+  k.end_ns = 100 + 3'000'000;
+  wire::Span in_range = k;
+  in_range.num_args = 1;
+  in_range.args[0] = {1, 2};  // "range" = "encoder"
+  wire::Span other_arg = k;   // an arg, but not a range: unattributed
+  other_arg.num_args = 1;
+  other_arg.args[0] = {3, 2};
+  ASSERT_TRUE(f.send(s, {wire::StringDef{1, "range"}, wire::StringDef{2, "encoder"},
+                         wire::StringDef{3, "capture"}, in_range, in_range, k, other_arg}));
+  const auto m = f.scrape();
+  EXPECT_NEAR(*find_series(m, "inferscope_gpu_kernel_seconds_total", {"attributed=\"true\""}),
+              0.006, 1e-12);
+  EXPECT_NEAR(*find_series(m, "inferscope_gpu_kernel_seconds_total", {"attributed=\"false\""}),
+              0.006, 1e-12);
+  // Not a MoE layer: no per-layer time.
+  EXPECT_FALSE(find_series(m, "inferscope_moe_layer_gpu_seconds_total", {"model=\"m\""}));
+}
+
 // The kernel-time consumer caches what a string id means per source; a string
 // redefined under the same id, and another source with the same ids meaning
 // other things, must be read afresh.

@@ -67,6 +67,8 @@ def check_counts_exact(addrs):
         # 2 generates: 5 + 7 forwards
         if st["steps"] != 12 or st["hook_errors"] or st["steps_dropped"]:
             raise Failure(f"{style}: observer stats {st}")
+        if st["hook_ns"] <= 0:  # the hooks' own host time: what the overhead figure reads
+            raise Failure(f"{style}: no hook time measured: {st}")
         if style == "sigmoid_bias" and st["shared_expert_tokens"] != 2 * (2 * 6 + 2 * 4 +
                                                                           3 * 4 + 3 * 6):
             raise Failure(f"{style}: shared expert tokens {st['shared_expert_tokens']}")

@@ -61,8 +61,22 @@ int32_t KernelTime::layer_of_name(const Source& source, uint32_t id) {
 
 bool KernelTime::on_record(RecordContext& ctx, const wire::Record& record, std::string&) {
   const auto& s = std::get<wire::Span>(record);
-  if (s.category != wire::SpanCategory::kKernel || s.num_args == 0) return true;
+  if (s.category != wire::SpanCategory::kKernel) return true;
   revalidate(ctx.source);
+  const double duration = seconds(std::max<int64_t>(0, s.end_ns - s.start_ns));
+  bool attributed = false;
+  for (uint8_t i = 0; i < s.num_args && i < wire::kMaxSpanArgs; ++i) {
+    if (is_range_key(ctx.source, s.args[i].key_id) && s.args[i].value != 0) attributed = true;
+  }
+  if (const RankState* rank = ctx.rank()) {
+    prometheus::Counter*& total = ranks_.at(ctx.model, *rank).kernel_seconds[attributed ? 1 : 0];
+    if (total == nullptr)
+      total = &metrics_.gpu_kernel_seconds.Add({{"model", ctx.model.name},
+                                                {"rank", rank->label},
+                                                {"attributed", attributed ? "true" : "false"}});
+    total->Increment(duration);
+  }
+  if (!attributed) return true;
   for (uint8_t i = 0; i < s.num_args && i < wire::kMaxSpanArgs; ++i) {
     if (!is_range_key(ctx.source, s.args[i].key_id)) continue;
     const int32_t found = layer_of_name(ctx.source, static_cast<uint32_t>(s.args[i].value));
@@ -75,7 +89,7 @@ bool KernelTime::on_record(RecordContext& ctx, const wire::Record& record, std::
     if (counters[*layer] == nullptr)
       counters[*layer] = &metrics_.layer_gpu_seconds.Add(
           {{"model", ctx.model.name}, {"rank", rank->label}, {"layer", std::to_string(*layer)}});
-    counters[*layer]->Increment(seconds(std::max<int64_t>(0, s.end_ns - s.start_ns)));
+    counters[*layer]->Increment(duration);
     break;
   }
   return true;

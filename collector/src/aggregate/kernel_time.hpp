@@ -1,5 +1,7 @@
 // Consumer: GPU kernel time per MoE layer (inferscope_moe_layer_gpu_seconds_total)
-// from kernel spans. CUPTI kernel spans carry the enclosing range's name as the
+// from kernel spans, and all traced kernel time split by whether a range enclosed the
+// launch (inferscope_gpu_kernel_seconds_total{attributed}): how much of the GPU time
+// the ranges explain. CUPTI kernel spans carry the enclosing range's name as the
 // arg "range" (an interned string id); the layer is read from that name
 // ("moe.layer.12", "moe.layer.12.gate_up", "layer.12.attention+moe"), and
 // counted only for layers the rank reports expert_load for.
@@ -31,6 +33,7 @@ class KernelTime final : public RecordConsumer {
  private:
   struct Rank {
     std::vector<prometheus::Counter*> gpu_seconds;  // by layer; created by its first kernel
+    prometheus::Counter* kernel_seconds[2] = {nullptr, nullptr};  // [attributed]
   };
   // What a string id means here, cached for one source while its strings stay as
   // they are (Source::strings_version): every kernel span carries a "range" arg,

@@ -49,6 +49,9 @@ CollectorMetrics::CollectorMetrics(std::shared_ptr<prometheus::Registry> r)
                          "Hot / cold / dead expert and drop-burst episodes started.")),
       layer_gpu_seconds(reg(BuildCounter(), *registry, "inferscope_moe_layer_gpu_seconds_total",
                             "GPU kernel time attributed to the MoE layer's range.")),
+      gpu_kernel_seconds(reg(BuildCounter(), *registry, "inferscope_gpu_kernel_seconds_total",
+                             "GPU kernel time traced (CUPTI), by whether a range of the host "
+                             "enclosed the kernel's launch (attributed).")),
       expert_episode(reg(
           BuildGauge(), *registry, "inferscope_moe_expert_episode",
           "1 while the expert is in an episode of this kind; the series is removed when it ends.")),

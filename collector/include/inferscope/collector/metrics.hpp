@@ -35,6 +35,7 @@ struct CollectorMetrics {
   prometheus::Family<prometheus::Histogram>& expert_utilization;
   prometheus::Family<prometheus::Counter>& episodes_total;
   prometheus::Family<prometheus::Counter>& layer_gpu_seconds;
+  prometheus::Family<prometheus::Counter>& gpu_kernel_seconds;  // by attributed="true|false"
 
   // [SECTION] Per expert: only while in an episode (or all with --per-expert-metrics)
   prometheus::Family<prometheus::Gauge>& expert_episode;
