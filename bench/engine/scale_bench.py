@@ -356,7 +356,13 @@ def stage_eager(a):
     info.update(transformers=transformers.__version__, torch=torch.__version__,
                 compile="disabled (generation_config.disable_compile)")
     rows, cache = static_or_dynamic(model, prompts, a, {}, "eager", info)
-    return dict(info, rows=rows, cache=cache)
+    # Proof that nothing was compiled behind this path's back: dynamo's counters stay empty.
+    try:
+        import torch._dynamo
+        frames = {k: int(v) for k, v in torch._dynamo.utils.counters["stats"].items()}
+    except Exception:  # noqa: BLE001 - informational only
+        frames = None
+    return dict(info, rows=rows, cache=cache, dynamo_stats=frames)
 
 
 def stage_compile(a):
