@@ -168,12 +168,17 @@ def build_with_transformers(c, directory, device):
             pass
     old = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)
+    model = None
     try:
         with torch.device(device):
             if ctx is not None:
-                with ctx():
-                    model = AutoModelForCausalLM.from_config(cfg)
-            else:
+                try:
+                    with ctx():
+                        model = AutoModelForCausalLM.from_config(cfg)
+                except Exception as ex:  # noqa: BLE001 - another signature: init normally
+                    print("build: no_init_weights unusable here (%s: %s); transformers' init runs"
+                          % (type(ex).__name__, str(ex)[:200]))
+            if model is None:
                 model = AutoModelForCausalLM.from_config(cfg)
     finally:
         torch.set_default_dtype(old)
@@ -712,7 +717,9 @@ def main():
     ap.add_argument("--steps", type=int, default=None, help="decode steps (default 32, tiny 4)")
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--threads", type=int, default=8, help="engine CPU threads")
-    ap.add_argument("--budget", type=int, default=480, help="seconds for all stages together")
+    # 400 s: with gpu-check's configure and hf_bench build the run stays within ~8 minutes,
+    # under the device tool's 10 minutes a command; compile, last, gets what is left.
+    ap.add_argument("--budget", type=int, default=400, help="seconds for all stages together")
     ap.add_argument("--cap-build", type=int, default=180)
     ap.add_argument("--cap-engine", type=int, default=150)
     ap.add_argument("--cap-eager", type=int, default=120)
