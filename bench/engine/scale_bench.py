@@ -527,8 +527,10 @@ def table(res, batches):
         label = name
         if key in ("eager", "compile") and s.get("cache"):
             label += " [%s]" % s["cache"]
-        if s.get("status") != "ok":
-            label = "%s: %s" % (name[:28], s.get("status", "not run"))
+        if s.get("status") != "ok":  # short name + why; rows a timed-out stage finished still show
+            short = {"engine": "engine", "eager": "tf eager", "compile": "torch.compile"}[key]
+            label = "%s: %s%s" % (short, s.get("status", "not run"),
+                                  " (partial)" if s.get("partial") else "")
         line = "%-44s" % label[:44]
         line += "".join("%13s" % fmt(rows.get(b, {}).get("prefill_tps")) for b in batches)
         line += "".join("%13s" % fmt(rows.get(b, {}).get("decode_tps")) for b in batches)
