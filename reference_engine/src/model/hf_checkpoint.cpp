@@ -150,6 +150,11 @@ class Filler {
   }
   // Reads `name`, which must have exactly `shape`.
   std::vector<float> read(const std::string& name, std::vector<int64_t> shape) {
+    check(name, shape);
+    return st_.read_f32(name);
+  }
+  // `name` must have exactly `shape`; marks it used.
+  void check(const std::string& name, const std::vector<int64_t>& shape) {
     const SafetensorsEntry& e = st_.at(name);
     if (e.shape != shape) {
       auto str = [](const std::vector<int64_t>& s) {
@@ -161,7 +166,6 @@ class Filler {
                                ", config.json implies " + str(shape));
     }
     used_.insert(name);
-    return st_.read_f32(name);
   }
   const std::vector<int64_t>& shape(const std::string& name) const { return st_.at(name).shape; }
   // rows [first, first + rows) of engine weight `dst` from host fp32.
@@ -169,9 +173,26 @@ class Filler {
     w_.upload_rows(dst, first, rows, data);
     filled_[dst] += rows;
   }
+  // Checkpoint tensor `src` (exactly `shape`, its rows every dimension but the last) into
+  // rows [first, ...) of engine weight `dst`. A BF16 tensor goes as bf16 bits through one
+  // reused host buffer: into a bf16 weight with no fp32 step (a 7B checkpoint would
+  // otherwise cost ~12 host bytes per parameter of fresh, page-faulted buffers).
+  void put_tensor(const std::string& src, const std::vector<int64_t>& shape, const std::string& dst,
+                  int64_t first) {
+    check(src, shape);
+    int64_t rows = 1;
+    for (size_t i = 0; i + 1 < shape.size(); ++i) rows *= shape[i];
+    if (st_.at(src).dtype == "BF16") {
+      st_.read_bf16(src, bf16_);
+      w_.upload_rows_bf16(dst, first, rows, bf16_.data());
+      filled_[dst] += rows;
+      return;
+    }
+    auto v = st_.read_f32(src);
+    put(dst, first, rows, v.data());
+  }
   void copy(const std::string& src, const std::string& dst, std::vector<int64_t> shape) {
-    auto v = read(src, shape);
-    put(dst, 0, shape.size() == 1 ? 1 : shape[0], v.data());
+    put_tensor(src, shape, dst, 0);
   }
   void mark_used(const std::string& name) { used_.insert(name); }
 
@@ -198,6 +219,7 @@ class Filler {
   Weights& w_;
   std::set<std::string> used_;
   std::map<std::string, int64_t> filled_;
+  std::vector<uint16_t> bf16_;  // put_tensor's read buffer, reused
 };
 
 std::string L(int32_t l, const char* what) {
@@ -226,6 +248,14 @@ void load_experts(Filler& f, const ModelConfig& c, int32_t l, const std::string&
     // holds per expert) or transposed [E, D, 2I].
     const auto& s = f.shape(fused_gu);
     const bool t_gu = s.size() == 3 && s[1] == D && s[2] == 2 * I && D != 2 * I;
+    const auto& sd = f.shape(fused_down);
+    const bool t_d = sd.size() == 3 && sd[1] == I && sd[2] == D && D != I;
+    if (!t_gu && !t_d) {
+      // Stored as the engine holds them ([E * 2I, D] and [E * D, I] rows): one copy each.
+      f.put_tensor(fused_gu, {E, 2 * I, D}, gu, 0);
+      f.put_tensor(fused_down, {E, D, I}, down, 0);
+      return;
+    }
     auto v = f.read(fused_gu,
                     t_gu ? std::vector<int64_t>{E, D, 2 * I} : std::vector<int64_t>{E, 2 * I, D});
     for (int64_t e = 0; e < E; ++e) {
@@ -233,8 +263,6 @@ void load_experts(Filler& f, const ModelConfig& c, int32_t l, const std::string&
       if (t_gu) blk = transposed(blk, D, 2 * I);
       f.put(gu, e * 2 * I, 2 * I, blk.data());
     }
-    const auto& sd = f.shape(fused_down);
-    const bool t_d = sd.size() == 3 && sd[1] == I && sd[2] == D && D != I;
     auto d =
         f.read(fused_down, t_d ? std::vector<int64_t>{E, I, D} : std::vector<int64_t>{E, D, I});
     for (int64_t e = 0; e < E; ++e) {
@@ -255,12 +283,9 @@ void load_experts(Filler& f, const ModelConfig& c, int32_t l, const std::string&
       throw std::runtime_error("checkpoint has neither " + p + "experts.gate_up_proj nor expert " +
                                std::to_string(e) +
                                "'s w1/w2/w3 (gate_proj/up_proj/down_proj) under " + q);
-    auto gv = f.read(g, {I, D});
-    auto uv = f.read(u, {I, D});
-    auto dv = f.read(dn, {D, I});
-    f.put(gu, e * 2 * I, I, gv.data());
-    f.put(gu, e * 2 * I + I, I, uv.data());
-    f.put(down, e * D, D, dv.data());
+    f.put_tensor(g, {I, D}, gu, e * 2 * I);
+    f.put_tensor(u, {I, D}, gu, e * 2 * I + I);
+    f.put_tensor(dn, {D, I}, down, e * D);
   }
 }
 
@@ -397,12 +422,9 @@ void load_hf_weights(const HfModel& m, Weights& w) {
     f.copy(p + "input_layernorm.weight", L(l, "norm1"), {D});
     f.copy(p + "post_attention_layernorm.weight", L(l, "norm2"), {D});
     const std::string a = p + "self_attn.";
-    auto q = f.read(a + "q_proj.weight", {H * hd, D});
-    auto k = f.read(a + "k_proj.weight", {KV * hd, D});
-    auto v = f.read(a + "v_proj.weight", {KV * hd, D});
-    f.put(L(l, "wqkv"), 0, H * hd, q.data());
-    f.put(L(l, "wqkv"), H * hd, KV * hd, k.data());
-    f.put(L(l, "wqkv"), (H + KV) * hd, KV * hd, v.data());
+    f.put_tensor(a + "q_proj.weight", {H * hd, D}, L(l, "wqkv"), 0);
+    f.put_tensor(a + "k_proj.weight", {KV * hd, D}, L(l, "wqkv"), H * hd);
+    f.put_tensor(a + "v_proj.weight", {KV * hd, D}, L(l, "wqkv"), (H + KV) * hd);
     f.copy(a + "o_proj.weight", L(l, "wo"), {D, H * hd});
     if (c.attention.qk_norm == QkNorm::kPerHead) {
       f.copy(a + "q_norm.weight", L(l, "q_norm"), {hd});
@@ -420,10 +442,8 @@ void load_hf_weights(const HfModel& m, Weights& w) {
       load_experts(f, c, l, moe);
     } else {
       const int64_t F = c.dense_hidden;
-      auto g = f.read(p + "mlp.gate_proj.weight", {F, D});
-      auto u = f.read(p + "mlp.up_proj.weight", {F, D});
-      f.put(L(l, "w_gu"), 0, F, g.data());
-      f.put(L(l, "w_gu"), F, F, u.data());
+      f.put_tensor(p + "mlp.gate_proj.weight", {F, D}, L(l, "w_gu"), 0);
+      f.put_tensor(p + "mlp.up_proj.weight", {F, D}, L(l, "w_gu"), F);
       f.copy(p + "mlp.down_proj.weight", L(l, "w_down"), {D, F});
     }
   }

@@ -131,4 +131,17 @@ std::vector<float> SafetensorsSet::read_f32(const std::string& name) const {
   return out;
 }
 
+void SafetensorsSet::read_bf16(const std::string& name, std::vector<uint16_t>& out) const {
+  const SafetensorsEntry& t = at(name);
+  if (t.dtype != "BF16")
+    throw std::runtime_error(t.file + ": tensor '" + name + "' is " + t.dtype + ", not BF16");
+  const size_t n = static_cast<size_t>(t.elements());
+  std::ifstream in(t.file, std::ios::binary);
+  if (!in) throw std::runtime_error("cannot open safetensors file '" + t.file + "'");
+  in.seekg(static_cast<std::streamoff>(t.begin));
+  out.resize(n);
+  in.read(reinterpret_cast<char*>(out.data()), static_cast<std::streamsize>(n * 2));
+  if (!in) throw std::runtime_error(t.file + ": truncated data for '" + name + "'");
+}
+
 }  // namespace inferscope::engine

@@ -188,7 +188,7 @@ void Weights::require_f32(const char* what) const {
                              "' is bf16 (a bf16 checkpoint is filled by upload_rows)");
 }
 
-void Weights::upload_rows(const std::string& name, int64_t first, int64_t rows, const float* host) {
+Weights::RowSlice Weights::row_slice(const std::string& name, int64_t first, int64_t rows) const {
   auto it = tensors_.find(name);
   if (it == tensors_.end()) throw std::out_of_range("no weight named '" + name + "'");
   const Tensor& shard = it->second.tensor();
@@ -201,16 +201,39 @@ void Weights::upload_rows(const std::string& name, int64_t first, int64_t rows, 
     throw std::logic_error("upload_rows: relabelling placements are not supported");
   // Only the part of the range this rank holds.
   const int64_t a = std::max(first, lo), b = std::min(first + rows, lo + shard.rows);
-  if (a >= b) return;
-  const float* src = host + (a - first) * shard.cols;
-  const Tensor dst = shard.rows_view(a - lo, b - a);
-  if (shard.dtype == DType::kF32) {
-    backend_.upload(dst, src);
+  RowSlice s;
+  if (a >= b) return s;
+  s.dst = shard.rows_view(a - lo, b - a);
+  s.skip = a - first;
+  s.empty = false;
+  return s;
+}
+
+void Weights::upload_rows(const std::string& name, int64_t first, int64_t rows, const float* host) {
+  const RowSlice s = row_slice(name, first, rows);
+  if (s.empty) return;
+  const float* src = host + s.skip * s.dst.cols;
+  if (s.dst.dtype == DType::kF32) {
+    backend_.upload(s.dst, src);
     return;
   }
-  std::vector<uint16_t> bf(static_cast<size_t>(dst.elements()));
-  for (size_t i = 0; i < bf.size(); ++i) bf[i] = f32_to_bf16_bits(src[i]);
-  backend_.upload(dst, bf.data());
+  bf16_scratch_.resize(static_cast<size_t>(s.dst.elements()));
+  for (size_t i = 0; i < bf16_scratch_.size(); ++i) bf16_scratch_[i] = f32_to_bf16_bits(src[i]);
+  backend_.upload(s.dst, bf16_scratch_.data());
+}
+
+void Weights::upload_rows_bf16(const std::string& name, int64_t first, int64_t rows,
+                               const uint16_t* host) {
+  const RowSlice s = row_slice(name, first, rows);
+  if (s.empty) return;
+  const uint16_t* src = host + s.skip * s.dst.cols;
+  if (s.dst.dtype == DType::kBF16) {
+    backend_.upload(s.dst, src);
+    return;
+  }
+  f32_scratch_.resize(static_cast<size_t>(s.dst.elements()));
+  for (size_t i = 0; i < f32_scratch_.size(); ++i) f32_scratch_[i] = bf16_bits_to_f32(src[i]);
+  backend_.upload(s.dst, f32_scratch_.data());
 }
 
 void Weights::init_random() {

@@ -35,6 +35,11 @@ class SafetensorsSet {
   // The tensor's data widened to fp32 (F32, BF16 and F16 are read; any other
   // dtype throws naming the tensor).
   std::vector<float> read_f32(const std::string& name) const;
+  // A BF16 tensor's bits as stored, into `out` (resized to its elements; a
+  // caller reusing one buffer allocates and faults its pages in once, not per
+  // tensor: what loading a 7B checkpoint costs otherwise). Throws naming the
+  // tensor when it is not BF16.
+  void read_bf16(const std::string& name, std::vector<uint16_t>& out) const;
 
  private:
   std::map<std::string, SafetensorsEntry> entries_;

@@ -70,6 +70,10 @@ class Weights {
   // weight's storage type. A checkpoint reader fills a model piece by piece
   // with it (hf_checkpoint.hpp). Throws on an unknown name or a bad range.
   void upload_rows(const std::string& name, int64_t first_row, int64_t rows, const float* host);
+  // The same from bf16 bits: a kBF16 weight takes them as they are (a bf16
+  // checkpoint reaches the device with no fp32 step), a kF32 weight widens them.
+  void upload_rows_bf16(const std::string& name, int64_t first_row, int64_t rows,
+                        const uint16_t* host);
 
   const Tensor& get(const std::string& name) const;
   bool has(const std::string& name) const { return tensors_.count(name) != 0; }
@@ -86,6 +90,17 @@ class Weights {
   // Under a relabelling placement: reorders a whole (unsharded) expert-indexed
   // tensor from logical to physical slot order, before the shard is uploaded.
   void relabel_experts(const std::string& name, std::vector<float>& host) const;
+  // The rows of [first, first + rows) of `name` this rank holds, as a view of its
+  // storage, and the offset of the first of them in the caller's rows; checks the range.
+  struct RowSlice {
+    Tensor dst;
+    int64_t skip = 0;  // rows of the caller's data before dst's first
+    bool empty = true;
+  };
+  RowSlice row_slice(const std::string& name, int64_t first, int64_t rows) const;
+  // Conversion buffers reused across upload_rows calls (one allocation, not one per tensor).
+  std::vector<uint16_t> bf16_scratch_;
+  std::vector<float> f32_scratch_;
   Backend& backend_;
   ModelConfig config_;
   ExpertPlacement placement_;

@@ -1,0 +1,278 @@
+// hf_bench: prefill and decode throughput of a Hugging Face MoE checkpoint
+// (hf_checkpoint.hpp) in the engine, at several batch sizes, measured the way
+// bench/gpu/gpu_bench measures the demo model (its run_forward): B sequences of
+// a P-token prompt prefilled in one Model::forward, then greedy decode steps of
+// B rows, each step one forward whose logits come back to the host (so every
+// step ends synchronised). Wall-clock medians over --reps repetitions.
+// bench/engine/scale_bench.py runs it next to transformers on the same
+// checkpoint and prompts (issue 18 part 5; scripts/gpu-check --scale).
+//
+//   hf_bench --model DIR [--backend cuda|cpu] [--prompts prompts.json]
+//            [--batches 1,8,64] [--prompt-len 128] [--steps 32] [--reps 2]
+//            [--threads N] [--device N] [--out result.json]
+//
+// --prompts: a JSON array of token-id arrays (row s is sequence s; at least
+// max(batches) rows of at least --prompt-len ids); without it, ids from a
+// fixed LCG. Output: JSON with per-batch prefill tok/s, decode tok/s, median
+// step ms, the load time and the engine's own memory accounting (weights,
+// KV cache, activations); the caller measures the process's device memory.
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <chrono>
+#include <fstream>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "inferscope/cli/exit_status.hpp"
+#include "inferscope/engine/backend.hpp"
+#include "inferscope/engine/hf_checkpoint.hpp"
+#include "inferscope/engine/model.hpp"
+
+namespace ie = inferscope::engine;
+using json = nlohmann::json;
+
+namespace {
+
+constexpr const char* kProgram = "hf_bench";
+
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+double median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+std::vector<int32_t> parse_batches(const std::string& s) {
+  std::vector<int32_t> out;
+  std::stringstream in(s);
+  std::string item;
+  while (std::getline(in, item, ',')) {
+    size_t used = 0;
+    int v = 0;
+    try {
+      v = std::stoi(item, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used == 0 || used != item.size() || v < 1 || v > 4096)
+      throw std::invalid_argument("--batches: '" + item + "' is not a batch size in 1..4096");
+    out.push_back(v);
+  }
+  if (out.empty()) throw std::invalid_argument("--batches: none given");
+  return out;
+}
+
+// Rows of token ids, each checked against the vocabulary.
+std::vector<std::vector<int32_t>> read_prompts(const std::string& path, int32_t rows, int32_t len,
+                                               int32_t vocab) {
+  std::vector<std::vector<int32_t>> out;
+  if (path.empty()) {
+    uint64_t x = 0x9E3779B97F4A7C15ull;  // fixed: the same ids every run
+    for (int32_t s = 0; s < rows; ++s) {
+      std::vector<int32_t> p;
+      for (int32_t i = 0; i < len; ++i) {
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        p.push_back(static_cast<int32_t>((x >> 33) % static_cast<uint64_t>(vocab)));
+      }
+      out.push_back(std::move(p));
+    }
+    return out;
+  }
+  std::ifstream f(path);
+  if (!f) throw std::invalid_argument("--prompts: cannot open '" + path + "'");
+  json j;
+  try {
+    j = json::parse(f);
+  } catch (const json::exception& e) {
+    throw std::invalid_argument("--prompts: '" + path + "' is not JSON: " + e.what());
+  }
+  if (!j.is_array() || static_cast<int32_t>(j.size()) < rows)
+    throw std::invalid_argument("--prompts: '" + path + "' needs an array of at least " +
+                                std::to_string(rows) + " token-id arrays");
+  for (int32_t s = 0; s < rows; ++s) {
+    const json& r = j[static_cast<size_t>(s)];
+    if (!r.is_array() || static_cast<int32_t>(r.size()) < len)
+      throw std::invalid_argument("--prompts: row " + std::to_string(s) + " has fewer than " +
+                                  std::to_string(len) + " token ids");
+    std::vector<int32_t> p;
+    for (int32_t i = 0; i < len; ++i) {
+      const json& v = r[static_cast<size_t>(i)];
+      if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() >= vocab)
+        throw std::invalid_argument("--prompts: row " + std::to_string(s) + " item " +
+                                    std::to_string(i) + " is not a token id in 0.." +
+                                    std::to_string(vocab - 1));
+      p.push_back(v.get<int32_t>());
+    }
+    out.push_back(std::move(p));
+  }
+  return out;
+}
+
+struct Throughput {
+  double prefill_tps = 0, decode_tps = 0, decode_step_ms = 0, prefill_ms = 0;
+};
+
+// gpu_bench's run_forward for a checkpoint of any vocabulary.
+Throughput run_forward(ie::Model& model, const std::vector<std::vector<int32_t>>& prompts, int B,
+                       int prompt, int decode_steps, int reps) {
+  const auto& c = model.config();
+  const int bs = c.cache.block_size;
+  const size_t V = static_cast<size_t>(c.vocab);
+  const int blocks_per_seq = (prompt + decode_steps + bs - 1) / bs;
+  std::vector<std::vector<int32_t>> blocks(static_cast<size_t>(B));
+  for (int s = 0; s < B; ++s)
+    for (int b = 0; b < blocks_per_seq; ++b)
+      blocks[static_cast<size_t>(s)].push_back(s * blocks_per_seq + b);
+  std::vector<float> logits;
+  ie::StepBatch batch;
+  std::vector<double> prefill_t, decode_t, step_t;
+  std::vector<int32_t> next(static_cast<size_t>(B));
+  auto argmax = [&] {
+    for (int s = 0; s < B; ++s) {
+      const float* l = logits.data() + static_cast<size_t>(s) * V;
+      next[static_cast<size_t>(s)] = static_cast<int32_t>(std::max_element(l, l + V) - l);
+    }
+  };
+  for (int rep = 0; rep < reps; ++rep) {
+    for (int s = 0; s < B; ++s) model.clear_state(s);
+    batch.clear();
+    for (int s = 0; s < B; ++s)
+      batch.add_chunk(prompts[static_cast<size_t>(s)], 0, s, blocks[static_cast<size_t>(s)], bs,
+                      true);
+    model.backend().synchronize();
+    const double t0 = now_s();
+    model.forward(batch, logits);  // downloads logits: synchronous
+    prefill_t.push_back(now_s() - t0);
+    argmax();
+    const double d0 = now_s();
+    for (int i = 0; i < decode_steps; ++i) {
+      batch.clear();
+      for (int s = 0; s < B; ++s) {
+        const int32_t tok = next[static_cast<size_t>(s)];
+        batch.add_chunk(std::span<const int32_t>(&tok, 1), prompt + i, s,
+                        blocks[static_cast<size_t>(s)], bs, true);
+      }
+      const double s0 = now_s();
+      model.forward(batch, logits);
+      step_t.push_back(now_s() - s0);
+      argmax();
+    }
+    decode_t.push_back(now_s() - d0);
+  }
+  Throughput r;
+  r.prefill_ms = median(prefill_t) * 1e3;
+  r.prefill_tps = B * prompt / median(prefill_t);
+  r.decode_tps = B * decode_steps / median(decode_t);
+  r.decode_step_ms = median(step_t) * 1e3;
+  return r;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"Prefill and decode throughput of a Hugging Face MoE checkpoint in the engine"};
+  std::string dir, backend_name = "cuda", prompts_path, batches_arg = "1,8,64", out_path;
+  int prompt = 128, steps = 32, reps = 2, threads = 8, device = 0;
+  app.add_option("--model", dir, "checkpoint directory (config.json + safetensors)")->required();
+  app.add_option("--backend", backend_name, "cuda or cpu");
+  app.add_option("--prompts", prompts_path, "JSON array of token-id arrays (one per sequence)");
+  app.add_option("--batches", batches_arg, "batch sizes, comma-separated");
+  app.add_option("--prompt-len", prompt, "prompt tokens per sequence")
+      ->check(CLI::Range(1, 1 << 16));
+  app.add_option("--steps", steps, "decode steps per repetition")->check(CLI::Range(1, 1 << 16));
+  app.add_option("--reps", reps, "repetitions (medians)")->check(CLI::Range(1, 100));
+  app.add_option("--threads", threads, "CPU threads")->check(CLI::Range(1, 256));
+  app.add_option("--device", device, "GPU ordinal")->check(CLI::Range(0, 64));
+  app.add_option("--out", out_path, "JSON output file (default stdout)");
+  if (auto status = inferscope::cli::parse(app, kProgram, argc, argv)) return *status;
+
+  try {
+    std::vector<int32_t> batches;
+    try {
+      batches = parse_batches(batches_arg);
+    } catch (const std::invalid_argument& e) {
+      return inferscope::cli::usage_error(kProgram, e.what());
+    }
+    const int32_t max_b = *std::max_element(batches.begin(), batches.end());
+    const double l0 = now_s();
+    ie::HfModel m = ie::load_hf_model(dir);
+    ie::ModelConfig c = m.config;
+    if (prompt + steps > m.max_positions)
+      return inferscope::cli::usage_error(
+          kProgram, "prompt + steps = " + std::to_string(prompt + steps) + " exceeds the model's " +
+                        std::to_string(m.max_positions) + " positions");
+    std::vector<std::vector<int32_t>> prompts;
+    try {
+      prompts = read_prompts(prompts_path, max_b, prompt, c.vocab);
+    } catch (const std::invalid_argument& e) {
+      return inferscope::cli::usage_error(kProgram, e.what());
+    }
+    // Room for the largest batch: every prompt in one step, a KV block list per sequence.
+    c.cache.block_size = 16;
+    c.cache.max_seqs = max_b;
+    c.cache.num_blocks = max_b * ((prompt + steps + 15) / 16);
+    c.scheduler.max_batch_tokens = max_b * prompt;
+    c.scheduler.prefill_chunk = prompt;
+
+    ie::BackendOptions bo;
+    bo.threads = threads;
+    bo.device = device;
+    auto backend = ie::create_backend(backend_name, bo);
+    const ie::DType gemm = ie::hf_gemm_dtype(m, *backend);
+    ie::Model model(
+        *backend, c, [&](ie::Weights& w) { ie::load_hf_weights(m, w); }, gemm);
+    backend->synchronize();
+    const double load_s = now_s() - l0;
+    std::fprintf(stderr, "hf_bench: %s loaded in %.1f s (%s GEMM weights on %s)\n", c.name.c_str(),
+                 load_s, gemm == ie::DType::kBF16 ? "bf16" : "f32", backend->name().c_str());
+
+    // Warm-up: cuBLAS heuristics, the router's shadow, the staging buffers.
+    run_forward(model, prompts, 1, std::min(prompt, 16), 2, 1);
+    json results = json::array();
+    for (int32_t B : batches) {
+      const Throughput t = run_forward(model, prompts, B, prompt, steps, reps);
+      std::fprintf(stderr,
+                   "hf_bench: batch %3d  prefill %10.1f tok/s  decode %10.1f tok/s  step %.3f ms\n",
+                   B, t.prefill_tps, t.decode_tps, t.decode_step_ms);
+      results.push_back({{"batch", B},
+                         {"prefill_tps", t.prefill_tps},
+                         {"prefill_ms", t.prefill_ms},
+                         {"decode_tps", t.decode_tps},
+                         {"decode_step_ms", t.decode_step_ms}});
+    }
+    backend->synchronize();  // a device fault in queued work fails the run here
+    const ie::MemoryFootprint fp = model.footprint();
+    json out = {{"model_type", m.model_type},
+                {"backend", backend->name()},
+                {"checkpoint_dtype", m.checkpoint_dtype},
+                {"gemm_dtype", gemm == ie::DType::kBF16 ? "bf16" : "f32"},
+                {"prompt_len", prompt},
+                {"steps", steps},
+                {"reps", reps},
+                {"load_s", load_s},
+                {"method",
+                 "Model::forward; B prompts prefilled in one step, then B-row greedy decode steps, "
+                 "logits downloaded every step (gpu_bench run_forward)"},
+                {"footprint",
+                 {{"weights", fp.weights},
+                  {"kv_cache", fp.kv_cache},
+                  {"activations", fp.activations},
+                  {"ssm_state", fp.ssm_state}}},
+                {"results", results}};
+    if (out_path.empty()) {
+      std::cout << out.dump(1) << "\n";
+    } else {
+      std::ofstream f(out_path);
+      f << out.dump(1) << "\n";
+      if (!f) throw std::runtime_error("cannot write '" + out_path + "'");
+    }
+    return inferscope::cli::kSuccess;
+  } catch (const std::exception& e) {
+    std::cerr << kProgram << ": " << e.what() << "\n";
+    return inferscope::cli::kFailure;
+  }
+}
