@@ -62,10 +62,10 @@ Aggregator::Aggregator(AggregatorOptions options, CollectorMetrics& metrics)
 Aggregator::~Aggregator() = default;
 
 bool Aggregator::on_record(const Source& source, const wire::Record& record, std::string& why) {
-  // Fast path: most records are spans, and only kernel spans with args have a
-  // consumer (kernel time); the rest need not even find their model.
+  // Fast path: most records are spans, and only kernel spans have a consumer (kernel
+  // time, which also counts the unattributed ones); the rest need not even find their model.
   if (const auto* sp = std::get_if<wire::Span>(&record))
-    if (sp->category != wire::SpanCategory::kKernel || sp->num_args == 0) return true;
+    if (sp->category != wire::SpanCategory::kKernel) return true;
   // The records of a frame share their source: the last one's model is most
   // likely this one's (checked by name, so a re-sent hello cannot mislead it).
   ModelState* model = last_model_;
