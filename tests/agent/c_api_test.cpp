@@ -2,7 +2,9 @@
 // against what a real loopback server decodes.
 #include <gtest/gtest.h>
 
+#include <cstddef>
 #include <cstdlib>
+#include <cstring>
 #include <thread>
 
 #include "inferscope/agent.h"
@@ -91,6 +93,34 @@ TEST(AgentCApi, GpuTraceCalls) {
   EXPECT_EQ(st.captures_refused_busy, 1u);
   EXPECT_EQ(st.captures_started, 1u);
   EXPECT_EQ(st.captures_completed, 1u);
+
+  // Revision 2 (detach counters, appended): the sized call writes exactly the
+  // bytes it is given; the revision-1 call never writes past records_dropped,
+  // which is all a binary built against the older agent.h has.
+  inferscope_gpu_trace_stats full;
+  std::memset(&full, 0xab, sizeof full);
+  inferscope_agent_gpu_trace_stats_sized(a, &full, sizeof full);
+  EXPECT_EQ(full.captures_completed, 1u);
+  EXPECT_EQ(full.cupti_detaches, 0u) << "no CUPTI here: nothing detached";
+  EXPECT_EQ(full.cupti_reattaches, 0u);
+  EXPECT_EQ(full.cupti_detach_errors, 0u);
+  constexpr uint64_t kUntouched = 0xabababababababab;
+  inferscope_gpu_trace_stats old_caller;
+  std::memset(&old_caller, 0xab, sizeof old_caller);
+  inferscope_agent_gpu_trace_stats(a, &old_caller);
+  EXPECT_EQ(old_caller.captures_completed, 1u);
+  EXPECT_EQ(old_caller.records_dropped, 0u);
+  EXPECT_EQ(old_caller.cupti_detaches, kUntouched) << "written past revision 1";
+  EXPECT_EQ(old_caller.cupti_detach_errors, kUntouched);
+  inferscope_gpu_trace_stats short_caller;
+  std::memset(&short_caller, 0xab, sizeof short_caller);
+  inferscope_agent_gpu_trace_stats_sized(a, &short_caller,
+                                         offsetof(inferscope_gpu_trace_stats, cupti_reattaches));
+  EXPECT_EQ(short_caller.cupti_detaches, 0u);
+  EXPECT_EQ(short_caller.cupti_reattaches, kUntouched) << "written past the size given";
+  inferscope_agent_gpu_trace_stats_sized(nullptr, &short_caller, sizeof short_caller);
+  EXPECT_EQ(short_caller.cupti_reattaches, 0u) << "NULL agent: all zero";
+  inferscope_agent_gpu_trace_stats_sized(a, nullptr, sizeof full);  // harmless
   inferscope_agent_destroy(a);
   ::testing::internal::GetCapturedStderr();
   ::unsetenv("INFERSCOPE_CUPTI_LIBRARY");
