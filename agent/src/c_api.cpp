@@ -94,6 +94,15 @@ uint32_t inferscope_intern(const char* name) {
   }
 }
 
+uint32_t inferscope_intern_layer(const char* name, uint32_t layer) {
+  if (!name) return 0;
+  try {
+    return ia::intern_layer(name, layer);
+  } catch (...) {
+    return 0;
+  }
+}
+
 int64_t inferscope_now_ns(void) {
   return ia::now_ns();
 }

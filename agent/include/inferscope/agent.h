@@ -79,6 +79,12 @@ INFERSCOPE_API int inferscope_agent_set_model(inferscope_agent* agent, const cha
 /* Interns a name process-wide; returns its id (never 0). Takes a lock: call
  * once per name and keep the id. NULL gives 0. */
 INFERSCOPE_API uint32_t inferscope_intern(const char* name);
+/* Interns the name of a range that stands for one model layer (0-based, below
+ * 1024) and ties the layer to it: the range's spans, and the kernels launched
+ * inside it, carry the arg "layer" = layer (read as a number: nobody parses the
+ * name). A name keeps its first layer; another layer, or one out of range,
+ * ties nothing (one stderr line). Returns the id; NULL gives 0. */
+INFERSCOPE_API uint32_t inferscope_intern_layer(const char* name, uint32_t layer);
 /* Nanoseconds of CLOCK_MONOTONIC, the time base of every record. */
 INFERSCOPE_API int64_t inferscope_now_ns(void);
 
