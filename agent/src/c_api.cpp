@@ -1,5 +1,8 @@
 // The C API (agent.h) over the C++ Agent. Enum values from C are checked here,
 // since a C caller can pass anything; a bad one drops the record.
+#include <algorithm>
+#include <cstddef>
+#include <cstring>
 #include <new>
 #include <string>
 
@@ -24,6 +27,12 @@ static_assert(INFERSCOPE_CAPTURE_REFUSED_OFF ==
               static_cast<int>(ia::Agent::CaptureResult::kRefusedOff));
 static_assert(INFERSCOPE_CAPTURE_REFUSED_COOLDOWN ==
               static_cast<int>(ia::Agent::CaptureResult::kRefusedCooldown));
+// inferscope_gpu_trace_stats as it was before revision 2 (up to records_dropped),
+// the bytes a binary built then hands to inferscope_agent_gpu_trace_stats.
+constexpr size_t kGpuTraceStatsRevision1Bytes =
+    offsetof(inferscope_gpu_trace_stats, records_dropped) + sizeof(uint64_t);
+static_assert(kGpuTraceStatsRevision1Bytes == 104);  // 3 ints, padding, 11 counters (x86-64)
+static_assert(offsetof(inferscope_gpu_trace_stats, cupti_detaches) == kGpuTraceStatsRevision1Bytes);
 
 namespace {
 // Marks a range whose agent was NULL, so end() knows there is nothing to destroy.
@@ -80,6 +89,15 @@ uint32_t inferscope_intern(const char* name) {
   if (!name) return 0;
   try {
     return ia::intern(name);
+  } catch (...) {
+    return 0;
+  }
+}
+
+uint32_t inferscope_intern_layer(const char* name, uint32_t layer) {
+  if (!name) return 0;
+  try {
+    return ia::intern_layer(name, layer);
   } catch (...) {
     return 0;
   }
@@ -205,26 +223,39 @@ int inferscope_request_gpu_capture(inferscope_agent* agent, uint32_t steps, uint
       agent->agent.request_gpu_capture(steps, std::chrono::milliseconds(duration_ms), tag));
 }
 
+void inferscope_agent_gpu_trace_stats_sized(const inferscope_agent* agent,
+                                            inferscope_gpu_trace_stats* out, size_t out_size) {
+  if (!out || out_size == 0) return;
+  // Filled in full here, then only the caller's prefix is copied out: a caller
+  // built against an older agent.h has a shorter struct (agent.h says why).
+  inferscope_gpu_trace_stats st{};
+  if (agent) {
+    const ia::GpuTraceStats g = agent->agent.stats().gpu;
+    st.mode = static_cast<int>(g.mode);
+    st.cupti_available = g.cupti_available ? 1 : 0;
+    st.tracing = g.tracing ? 1 : 0;
+    st.bursts_started = g.bursts_started;
+    st.bursts_finished = g.bursts_finished;
+    st.captures_requested = g.captures_requested;
+    st.captures_started = g.captures_started;
+    st.captures_refused_busy = g.captures_refused_busy;
+    st.captures_refused_cooldown = g.captures_refused_cooldown;
+    st.captures_refused_off = g.captures_refused_off;
+    st.captures_completed = g.captures_completed;
+    st.kernels_captured = g.kernels_captured;
+    st.kernels_attributed = g.kernels_attributed;
+    st.records_dropped = g.records_dropped;
+    st.cupti_detaches = g.cupti_detaches;
+    st.cupti_reattaches = g.cupti_reattaches;
+    st.cupti_detach_errors = g.cupti_detach_errors;
+  }
+  std::memcpy(out, &st, std::min(out_size, sizeof st));
+}
+
 void inferscope_agent_gpu_trace_stats(const inferscope_agent* agent,
                                       inferscope_gpu_trace_stats* out) {
-  if (!out) return;
-  *out = inferscope_gpu_trace_stats{};
-  if (!agent) return;
-  const ia::GpuTraceStats g = agent->agent.stats().gpu;
-  out->mode = static_cast<int>(g.mode);
-  out->cupti_available = g.cupti_available ? 1 : 0;
-  out->tracing = g.tracing ? 1 : 0;
-  out->bursts_started = g.bursts_started;
-  out->bursts_finished = g.bursts_finished;
-  out->captures_requested = g.captures_requested;
-  out->captures_started = g.captures_started;
-  out->captures_refused_busy = g.captures_refused_busy;
-  out->captures_refused_cooldown = g.captures_refused_cooldown;
-  out->captures_refused_off = g.captures_refused_off;
-  out->captures_completed = g.captures_completed;
-  out->kernels_captured = g.kernels_captured;
-  out->kernels_attributed = g.kernels_attributed;
-  out->records_dropped = g.records_dropped;
+  // Revision 1 ended with records_dropped: never write past it here.
+  inferscope_agent_gpu_trace_stats_sized(agent, out, kGpuTraceStatsRevision1Bytes);
 }
 
 }  // extern "C"

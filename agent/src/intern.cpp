@@ -2,8 +2,10 @@
 // chunked array for lock-free reads of NVTX handles from the hot path.
 #include "intern.hpp"
 
+#include <algorithm>
 #include <array>
 #include <atomic>
+#include <cstdio>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -24,11 +26,34 @@ struct Table {
   std::unordered_map<std::string, uint32_t> ids;
   std::vector<std::string> names{std::string{}};  // names[id]; id 0 = no name
   std::array<std::atomic<const void**>, kChunks> nvtx{};
+  // layer + 1 per id (0: not a layer's range); chunks made by the first tag in them.
+  std::array<std::atomic<std::atomic<uint16_t>*>, kChunks> layers{};
+  std::atomic<uint32_t> layer_key{0};
   std::atomic<uint32_t> count{0};
   uint32_t overflow_id = 0;
 
   ~Table() {
     for (auto& c : nvtx) delete[] c.load();
+    for (auto& c : layers) delete[] c.load();
+  }
+
+  // With mu held: ties id (not the overflow id) to layer (< kMaxLayers).
+  // nullptr, or why nothing changed.
+  const char* tag_locked(uint32_t id, uint32_t layer) {
+    auto& chunk = layers[id / kChunk];
+    if (!chunk.load(std::memory_order_relaxed))
+      chunk.store(
+          new std::atomic<uint16_t>[kChunk] {}, std::memory_order_release);
+    std::atomic<uint16_t>& slot = chunk.load(std::memory_order_relaxed)[id % kChunk];
+    const uint16_t old = slot.load(std::memory_order_relaxed);
+    if (old != 0) return old == layer + 1 ? nullptr : "names another layer already";
+    if (layer_key.load(std::memory_order_relaxed) == 0) {
+      const uint32_t key = add_locked("layer");
+      if (key == overflow_id) return "did not fit the name table";
+      layer_key.store(key, std::memory_order_release);
+    }
+    slot.store(static_cast<uint16_t>(layer + 1), std::memory_order_release);
+    return nullptr;
   }
 
   uint32_t add_locked(std::string_view name) {
@@ -80,12 +105,39 @@ const void* nvtx_string(uint32_t id) {
   return chunk ? chunk[id % kChunk] : nullptr;
 }
 
+int32_t layer_of(uint32_t id) {
+  if (id >= kMaxNames) return -1;
+  const std::atomic<uint16_t>* chunk = table().layers[id / kChunk].load(std::memory_order_acquire);
+  return chunk ? static_cast<int32_t>(chunk[id % kChunk].load(std::memory_order_acquire)) - 1 : -1;
+}
+
+uint32_t layer_key() {
+  return table().layer_key.load(std::memory_order_acquire);
+}
+
 }  // namespace detail
 
 uint32_t intern(std::string_view name) {
   auto& t = detail::table();
   std::lock_guard lock(t.mu);
   return t.add_locked(name);
+}
+
+uint32_t intern_layer(std::string_view name, uint32_t layer) {
+  auto& t = detail::table();
+  std::lock_guard lock(t.mu);
+  const uint32_t id = t.add_locked(name);
+  const char* why = nullptr;
+  if (layer >= wire::kMaxLayers)
+    why = "is past the last layer (1023)";
+  else if (id == t.overflow_id)
+    why = "did not fit the name table";
+  else
+    why = t.tag_locked(id, layer);
+  if (why)
+    std::fprintf(stderr, "inferscope agent: range '%.*s' not tied to layer %u: it %s\n",
+                 static_cast<int>(std::min<size_t>(name.size(), 200)), name.data(), layer, why);
+  return id;
 }
 
 }  // namespace inferscope::agent

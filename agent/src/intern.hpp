@@ -21,5 +21,12 @@ uint32_t interned_count();
 void interned_strings(uint32_t first, uint32_t last, std::vector<wire::StringDef>& out);
 // NVTX registered-string handle for an id (nullptr when NVTX is not built in).
 const void* nvtx_string(uint32_t id);
+// The model layer a range name was tied to by intern_layer() (agent.hpp), or -1.
+// Lock-free: read by the shipper for every CPU range and by the CUPTI buffer
+// thread for every attributed kernel.
+int32_t layer_of(uint32_t id);
+// The id of the arg key "layer": 0 until the first intern_layer(), so that a
+// process that tags no layer ships no such name.
+uint32_t layer_key();
 
 }  // namespace inferscope::agent::detail

@@ -214,6 +214,14 @@ void Shipper::drain() {
             s.end_ns = c.end_ns;
             s.request_id = c.request_id;
           }
+          // A range whose name stands for a model layer (intern_layer) says
+          // which, as a number: consumers need not parse the name. (Full spans
+          // are CUPTI's: the tracer adds the arg itself.)
+          if (h.sub != kSubFull && s.category == wire::SpanCategory::kCpuRange &&
+              s.num_args < wire::kMaxSpanArgs) {
+            if (const int32_t layer = layer_of(s.name_id); layer >= 0)
+              s.args[s.num_args++] = {layer_key(), layer};
+          }
           encoder_.add(s);
           break;
         }
@@ -593,10 +601,21 @@ void Shipper::add_health(wire::FrameEncoder& enc) {
   h.records_unconfirmed = records_unconfirmed.load(std::memory_order_relaxed);
   if (GpuTraceController* gpu = impl_.gpu_live.load(std::memory_order_acquire)) {
     const GpuTraceStats g = gpu->stats();
-    h.gpu = {static_cast<uint8_t>(g.mode), g.bursts_started,       g.bursts_finished,
-             g.captures_requested,         g.captures_started,     g.captures_refused_busy,
-             g.captures_refused_cooldown,  g.captures_refused_off, g.captures_completed,
-             g.kernels_captured,           g.kernels_attributed,   g.records_dropped};
+    h.gpu.mode = static_cast<uint8_t>(g.mode);
+    h.gpu.bursts_started = g.bursts_started;
+    h.gpu.bursts_finished = g.bursts_finished;
+    h.gpu.captures_requested = g.captures_requested;
+    h.gpu.captures_started = g.captures_started;
+    h.gpu.captures_refused_busy = g.captures_refused_busy;
+    h.gpu.captures_refused_cooldown = g.captures_refused_cooldown;
+    h.gpu.captures_refused_off = g.captures_refused_off;
+    h.gpu.captures_completed = g.captures_completed;
+    h.gpu.kernels_captured = g.kernels_captured;
+    h.gpu.kernels_attributed = g.kernels_attributed;
+    h.gpu.records_dropped = g.records_dropped;
+    h.gpu.cupti_detaches = g.cupti_detaches;
+    h.gpu.cupti_reattaches = g.cupti_reattaches;
+    h.gpu.cupti_detach_errors = g.cupti_detach_errors;
   }
   enc.add(wire::Record{h});
 }

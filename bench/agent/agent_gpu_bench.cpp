@@ -13,7 +13,8 @@
 //   5 +memcpy/memset  default + MEMCPY + MEMSET
 //   6 old full        kernel, memcpy, memset, runtime, external correlation: the
 //                     full mode before issue 19 (the "before" figure)
-//   7 idle            triggered mode, no capture: CUPTI loaded, everything off
+//   7 idle            triggered mode, no capture, detach off: CUPTI attached,
+//                     everything off
 //   8 none (after)    the baseline again, after all of the above in this process:
 //                     a rise over 0 is a cost that switching off left behind
 //   9 none (after detach)  Config::gpu_trace_detach: a capture, then CUPTI
@@ -24,6 +25,9 @@
 //                     loop traced, ends it; the detach that follows is not timed
 //  11 none (after everything)  the baseline once more, the very last row (after
 //                     the n = 1M rows too)
+// Config::gpu_trace_detach is on by default; every row but 9 and 10 turns it
+// off, so rows 1-8 measure CUPTI attached (row 7 is the attached, idle cost
+// that the default detach avoids) and rows 9-10 measure the detach.
 // Row 0 runs first, before anything in the process has enabled CUPTI. Row 10
 // leaves CUPTI detached, so the n = 1M `none` row after it runs detached; the
 // n = 1M traced rows attach it again (no detach), so row 11 runs attached.
@@ -132,7 +136,7 @@ void BM_KernelLoop(benchmark::State& state) {
     cfg.gpu_trace_kinds = set.kinds;
     const int row = static_cast<int>(state.range(0));
     const bool detaching = row == kAfterDetach || row == kReattach;
-    cfg.gpu_trace_detach = detaching;
+    cfg.gpu_trace_detach = detaching;  // explicit both ways: the default is on
     cfg.gpu_capture_cooldown = std::chrono::milliseconds(0);
     state.SetLabel(set.name);
     ia::Agent agent(cfg);

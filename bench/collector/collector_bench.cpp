@@ -66,7 +66,7 @@ std::vector<uint8_t> encode(const std::vector<wire::Record>& recs) {
 // [SECTION] ingest
 enum class Shape { kRepetitive, kAgentLike };
 
-constexpr uint32_t kNames = 16, kRangeKey = 100;
+constexpr uint32_t kNames = 16, kRangeKey = 100, kLayerKey = 101;
 const char* kNameText[kNames] = {"decode",      "gemm",        "attention",   "moe.layer.0",
                                  "moe.layer.1", "moe.layer.2", "moe.layer.3", "all_to_all",
                                  "sample",      "layernorm",   "rope",        "kv_append",
@@ -108,8 +108,11 @@ std::vector<std::vector<uint8_t>> ingest_input(Shape shape) {
           sp.track_id = 0;
           sp.stream = 1 + rng() % 4;
           sp.correlation_id = correlation++;
-          sp.num_args = 1;
-          sp.args[0] = {kRangeKey, static_cast<int64_t>(4 + rng() % 4)};  // moe.layer.N
+          // As the agent sends them: the range (moe.layer.N) and its typed layer N.
+          const int64_t layer = static_cast<int64_t>(rng() % 4);
+          sp.num_args = 2;
+          sp.args[0] = {kRangeKey, 4 + layer};
+          sp.args[1] = {kLayerKey, layer};
         } else {
           sp.track_id = 1000 + rng() % 8;
           sp.depth = static_cast<uint16_t>(rng() % 4);
@@ -182,6 +185,7 @@ IngestResult ingest(Persist mode, Shape shape, size_t frames) {
   std::vector<wire::Record> first{hello("bench", 0, 8, 64)};
   for (uint32_t n = 0; n < kNames; ++n) first.push_back(wire::StringDef{1 + n, kNameText[n]});
   first.push_back(wire::StringDef{kRangeKey, "range"});
+  first.push_back(wire::StringDef{kLayerKey, "layer"});
   p.on_frame(s, encode(first), why);
   std::vector<std::vector<uint8_t>> input = ingest_input(shape);
   size_t bytes = 0;

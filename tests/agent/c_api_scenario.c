@@ -1,6 +1,7 @@
 /* Compiled as C: proves agent.h is a C header and drives every C entry point.
  * Returns 0 on success, or the number of the first check that failed. */
 #include <stddef.h>
+#include <string.h>
 
 #include "inferscope/agent.h"
 
@@ -45,6 +46,13 @@ int inferscope_c_api_scenario(const char* collector) {
   if (s.records_sent != 10) return 6;
   if (s.records_dropped != 0) return 7;
   if (!s.connected) return 8;
+  /* The revision-2 GPU trace stats from C: GPU tracing is off, all zero. */
+  inferscope_gpu_trace_stats g;
+  memset(&g, 0xff, sizeof g);
+  inferscope_agent_gpu_trace_stats_sized(a, &g, sizeof g);
+  if (g.mode != INFERSCOPE_GPU_TRACE_OFF || g.cupti_detaches != 0 || g.cupti_reattaches != 0 ||
+      g.cupti_detach_errors != 0)
+    return 9;
   inferscope_agent_destroy(a);
   return 0;
 }

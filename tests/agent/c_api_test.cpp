@@ -2,8 +2,13 @@
 // against what a real loopback server decodes.
 #include <gtest/gtest.h>
 
+#include <cstddef>
 #include <cstdlib>
+#include <cstring>
+#include <map>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "inferscope/agent.h"
 #include "test_collector.hpp"
@@ -52,6 +57,44 @@ TEST(AgentCApi, EveryCallReachesTheCollector) {
   EXPECT_EQ(reqs[0].first_token_ns - reqs[0].arrival_ns, 50);
 }
 
+// Issue 20: a range named through inferscope_intern_layer carries its layer as
+// the typed span arg "layer"; other ranges carry none; a bad layer ties nothing.
+TEST(AgentCApi, LayerRangesCarryTheirLayerAsATypedArg) {
+  testing::TestCollector collector;
+  EXPECT_EQ(inferscope_intern_layer(nullptr, 1), 0u);
+  const uint32_t layer7 = inferscope_intern_layer("c_api_test.layer.7", 7);
+  EXPECT_EQ(inferscope_intern_layer("c_api_test.layer.7", 7), layer7) << "same name, same layer";
+  const uint32_t plain = inferscope_intern("c_api_test.not_a_layer");
+  ::testing::internal::CaptureStderr();
+  EXPECT_EQ(inferscope_intern_layer("c_api_test.layer.7", 8), layer7);  // keeps layer 7
+  const uint32_t too_deep = inferscope_intern_layer("c_api_test.layer.big", 1024);
+  const std::string err = ::testing::internal::GetCapturedStderr();
+  EXPECT_NE(err.find("names another layer already"), std::string::npos) << err;
+  EXPECT_NE(err.find("past the last layer"), std::string::npos) << err;
+  inferscope_agent* a = inferscope_agent_create(collector.address().c_str(), "c-layer", 0, 1);
+  ASSERT_NE(a, nullptr);
+  for (uint32_t name : {layer7, plain, too_deep}) {
+    inferscope_range r;
+    inferscope_range_begin(a, &r, name, 0);
+    inferscope_range_end(&r);
+  }
+  ASSERT_EQ(inferscope_agent_flush(a, 20'000), 1);
+  inferscope_agent_destroy(a);
+  ASSERT_TRUE(collector.wait_closed(0, 20s));
+  const auto recs = collector.records();
+  uint32_t layer_key = 0;
+  for (const auto& d : only<wire::StringDef>(recs))
+    if (d.value == "layer") layer_key = d.id;
+  ASSERT_NE(layer_key, 0u) << "the arg key reaches the collector as a string";
+  std::map<uint32_t, std::vector<wire::SpanArg>> args;
+  for (const auto& s : only<wire::Span>(recs))
+    args[s.name_id].assign(s.args.begin(), s.args.begin() + s.num_args);
+  ASSERT_EQ(args.size(), 3u);
+  EXPECT_EQ(args[layer7], (std::vector<wire::SpanArg>{{layer_key, 7}}));
+  EXPECT_TRUE(args[plain].empty());
+  EXPECT_TRUE(args[too_deep].empty());
+}
+
 // GPU trace calls (issue 19) from C: NULL is harmless, bad modes are refused,
 // captures are scheduled and counted even where CUPTI is absent.
 TEST(AgentCApi, GpuTraceCalls) {
@@ -91,6 +134,34 @@ TEST(AgentCApi, GpuTraceCalls) {
   EXPECT_EQ(st.captures_refused_busy, 1u);
   EXPECT_EQ(st.captures_started, 1u);
   EXPECT_EQ(st.captures_completed, 1u);
+
+  // Revision 2 (detach counters, appended): the sized call writes exactly the
+  // bytes it is given; the revision-1 call never writes past records_dropped,
+  // which is all a binary built against the older agent.h has.
+  inferscope_gpu_trace_stats full;
+  std::memset(&full, 0xab, sizeof full);
+  inferscope_agent_gpu_trace_stats_sized(a, &full, sizeof full);
+  EXPECT_EQ(full.captures_completed, 1u);
+  EXPECT_EQ(full.cupti_detaches, 0u) << "no CUPTI here: nothing detached";
+  EXPECT_EQ(full.cupti_reattaches, 0u);
+  EXPECT_EQ(full.cupti_detach_errors, 0u);
+  constexpr uint64_t kUntouched = 0xabababababababab;
+  inferscope_gpu_trace_stats old_caller;
+  std::memset(&old_caller, 0xab, sizeof old_caller);
+  inferscope_agent_gpu_trace_stats(a, &old_caller);
+  EXPECT_EQ(old_caller.captures_completed, 1u);
+  EXPECT_EQ(old_caller.records_dropped, 0u);
+  EXPECT_EQ(old_caller.cupti_detaches, kUntouched) << "written past revision 1";
+  EXPECT_EQ(old_caller.cupti_detach_errors, kUntouched);
+  inferscope_gpu_trace_stats short_caller;
+  std::memset(&short_caller, 0xab, sizeof short_caller);
+  inferscope_agent_gpu_trace_stats_sized(a, &short_caller,
+                                         offsetof(inferscope_gpu_trace_stats, cupti_reattaches));
+  EXPECT_EQ(short_caller.cupti_detaches, 0u);
+  EXPECT_EQ(short_caller.cupti_reattaches, kUntouched) << "written past the size given";
+  inferscope_agent_gpu_trace_stats_sized(nullptr, &short_caller, sizeof short_caller);
+  EXPECT_EQ(short_caller.cupti_reattaches, 0u) << "NULL agent: all zero";
+  inferscope_agent_gpu_trace_stats_sized(a, nullptr, sizeof full);  // harmless
   inferscope_agent_destroy(a);
   ::testing::internal::GetCapturedStderr();
   ::unsetenv("INFERSCOPE_CUPTI_LIBRARY");

@@ -132,10 +132,10 @@ TEST(AgentConfig, ReadsTheGpuTraceVariables) {
   env.set("INFERSCOPE_GPU_TRACE_KINDS", "kernel,callbacks,memcpy");
   env.set("INFERSCOPE_GPU_CAPTURE_MAX_MS", "1500");
   env.set("INFERSCOPE_GPU_CAPTURE_COOLDOWN_S", "0");
-  env.set("INFERSCOPE_GPU_TRACE_DETACH", "1");
-  EXPECT_FALSE(Config{}.gpu_trace_detach) << "off by default until a GPU run proves it";
+  env.set("INFERSCOPE_GPU_TRACE_DETACH", "0");
+  EXPECT_TRUE(Config{}.gpu_trace_detach) << "on by default since the H100 run (agent.hpp)";
   const Config c = Config::from_environment();
-  EXPECT_TRUE(c.gpu_trace_detach);
+  EXPECT_FALSE(c.gpu_trace_detach) << "INFERSCOPE_GPU_TRACE_DETACH=0 keeps CUPTI attached";
   EXPECT_EQ(c.gpu_trace, GpuTraceMode::kSampled);
   EXPECT_EQ(c.gpu_trace_burst.count(), 30);
   EXPECT_EQ(c.gpu_trace_period.count(), 5000);
@@ -149,10 +149,13 @@ TEST(AgentConfig, BadGpuTraceValuesKeepTheDefaults) {
   env.set("INFERSCOPE_GPU_TRACE", "sometimes");
   env.set("INFERSCOPE_GPU_TRACE_KINDS", "kernel,everything");
   env.set("INFERSCOPE_GPU_TRACE_PERIOD_S", "0");
+  env.set("INFERSCOPE_GPU_TRACE_DETACH", "sometimes");
   testing::internal::CaptureStderr();
   const Config c = Config::from_environment();
   const std::string err = testing::internal::GetCapturedStderr();
   EXPECT_EQ(c.gpu_trace, GpuTraceMode::kOff);
+  EXPECT_TRUE(c.gpu_trace_detach) << "a bad value keeps the default (on)";
+  EXPECT_NE(err.find("INFERSCOPE_GPU_TRACE_DETACH"), std::string::npos) << err;
   EXPECT_EQ(c.gpu_trace_kinds, kGpuTraceDefaultKinds);
   EXPECT_EQ(c.gpu_trace_period.count(), 10'000);
   EXPECT_NE(err.find("INFERSCOPE_GPU_TRACE='sometimes'"), std::string::npos) << err;

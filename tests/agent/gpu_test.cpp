@@ -244,9 +244,11 @@ TEST(AgentGpu, GraphReplayedKernelsKeepTheRangeOfTheirCapture) {
   EXPECT_EQ(in_capture_range, 6u);
 }
 
-// Issue 19 follow-up: with gpu_trace_detach, the end of a capture detaches
-// CUPTI (cuptiFinalize at the next CUDA API exit) and the next capture attaches
-// it again: both captures record and attribute their kernels, nothing between.
+// Issue 19 follow-up: with gpu_trace_detach (the default), a triggered agent
+// lets CUPTI go right after loading it (nothing to trace until a capture), the
+// end of a capture detaches CUPTI (cuptiFinalize at the next CUDA API exit) and
+// the next capture attaches it again: both captures record and attribute their
+// kernels, nothing between.
 TEST(AgentGpu, DetachAfterACaptureAndReattachForTheNext) {
   SKIP_WITHOUT_GPU();
   TestCollector collector;
@@ -262,11 +264,18 @@ TEST(AgentGpu, DetachAfterACaptureAndReattachForTheNext) {
     cfg.collector = collector.address();
     cfg.flush_interval = 5ms;
     cfg.gpu_trace = GpuTraceMode::kTriggered;
-    cfg.gpu_trace_detach = true;
+    EXPECT_TRUE(cfg.gpu_trace_detach) << "on by default";
     cfg.gpu_capture_cooldown = 0ms;
     Agent agent(cfg);
     ASSERT_TRUE(agent.cupti_active()) << "CUPTI did not start (see stderr)";
-    const uint64_t detaches0 = agent.stats().gpu.cupti_detaches;  // earlier tests may have some
+    // Parked: the agent asked for a detach at start; the next CUDA API exit does it.
+    const uint64_t parked = agent.stats().gpu.cupti_detaches;  // earlier tests may have some
+    for (int i = 0; i < 20'000 && agent.stats().gpu.cupti_detaches == parked; ++i) {
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      std::this_thread::sleep_for(1ms);
+    }
+    ASSERT_EQ(agent.stats().gpu.cupti_detaches, parked + 1) << "idle triggered agent detached";
+    const uint64_t detaches0 = agent.stats().gpu.cupti_detaches;
     const uint64_t reattaches0 = agent.stats().gpu.cupti_reattaches;
     for (uint64_t tag : {101u, 102u}) {
       ASSERT_EQ(agent.request_gpu_capture(0, std::chrono::hours(1), tag),
@@ -294,7 +303,7 @@ TEST(AgentGpu, DetachAfterACaptureAndReattachForTheNext) {
     }
     ASSERT_TRUE(agent.flush(20s));
     g = agent.stats().gpu;
-    EXPECT_EQ(g.cupti_reattaches, reattaches0 + 1) << "the second capture attached again";
+    EXPECT_EQ(g.cupti_reattaches, reattaches0 + 2) << "each capture attached again";
     EXPECT_EQ(g.cupti_detach_errors, 0u);
   }
   cudaFree(d);

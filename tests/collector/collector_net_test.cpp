@@ -385,11 +385,26 @@ TEST(CollectorNet, MetricsPassPromtool) {
   rq.first_token_ns = 1000;
   rq.finish_ns = 100000;
   rq.output_tokens = 4;
-  a.send({rq, wire::MemorySample{5, 0, wire::MemoryKind::kKvCache, 10, 100}});
+  // An agent that detached CUPTI: the inferscope_agent_gpu_cupti_events_total series too.
+  wire::AgentHealth health;
+  health.timestamp_ns = 6;
+  health.gpu.mode = 1;
+  health.gpu.cupti_detaches = 3;
+  health.gpu.cupti_reattaches = 2;
+  health.gpu.cupti_detach_errors = 1;
+  a.send({rq, wire::MemorySample{5, 0, wire::MemoryKind::kKvCache, 10, 100}, health});
   ASSERT_TRUE(eventually([&] {
-    return find_series(c.scrape(), "inferscope_requests_total", {"status=\"ok\""}) == 1.0;
+    const auto m = c.scrape();
+    return find_series(m, "inferscope_requests_total", {"status=\"ok\""}) == 1.0 &&
+           find_series(m, "inferscope_agent_gpu_cupti_events_total", {"event=\"detach_error\""}) ==
+               1.0;
   }));
   const std::string text = http_get(c.metrics);
+  EXPECT_NE(
+      text.find(
+          "inferscope_agent_gpu_cupti_events_total{event=\"detach\",model=\"m\",rank=\"0\"} 3"),
+      std::string::npos)
+      << text;
   const fs::path file =
       fs::temp_directory_path() / ("inferscope-metrics-" + std::to_string(::getpid()) + ".txt");
   std::ofstream(file) << text;

@@ -39,7 +39,11 @@ wire::Hello golden_hello(uint32_t rank) {
   return h;
 }
 
-wire::Span kernel(int64_t start, uint32_t range_id, uint32_t range_key) {
+constexpr uint32_t kLayerKey = 32;  // the string "layer" (strings())
+
+// A kernel span as the agent makes it: the enclosing range's name, and for a
+// range tied to a layer (intern_layer) the typed arg "layer" (-1: none).
+wire::Span kernel(int64_t start, uint32_t range_id, uint32_t range_key, int64_t layer = -1) {
   wire::Span s;
   s.track_kind = wire::TrackKind::kGpuStream;
   s.category = wire::SpanCategory::kKernel;
@@ -48,6 +52,7 @@ wire::Span kernel(int64_t start, uint32_t range_id, uint32_t range_key) {
   s.end_ns = start + 150'000;
   s.num_args = 1;
   s.args[0] = {range_key, static_cast<int64_t>(range_id)};
+  if (layer >= 0) s.args[s.num_args++] = {kLayerKey, layer};
   return s;
 }
 
@@ -100,33 +105,38 @@ std::vector<wire::Record> window_records(uint32_t rank, int64_t w) {
   failed.status = w % 2 ? wire::RequestStatus::kError : wire::RequestStatus::kCancelled;
   failed.first_token_ns = 0;
   out.push_back(failed);
-  // Kernels in MoE layers 1 and 2 (both spellings) and one outside any layer.
-  out.push_back(kernel(t + 80, 21, 20));
-  out.push_back(kernel(t + 90, 22, 20));
+  // Kernels in MoE layers 1 and 2 and one outside any layer.
+  out.push_back(kernel(t + 80, 21, 20, 1));
+  out.push_back(kernel(t + 90, 22, 20, 2));
   out.push_back(kernel(t + 95, 23, 20));
   wire::CounterSample evicted{t + 100, 30, false, 2.0 + static_cast<double>(w)};
   out.push_back(evicted);
   out.push_back(wire::CounterSample{t + 101, 31, false, 1.0});
-  out.push_back(wire::CounterSample{t + 102, 32, false, 5.0});  // not a metric
+  out.push_back(wire::CounterSample{t + 102, 32, false, 5.0});  // "layer": not a metric
   wire::AgentHealth h;
   h.timestamp_ns = t + 110;
   h.records_sent = static_cast<uint64_t>(100 * (w + 1));
   h.reconnects = w >= 3 ? 1 : 0;
   h.records_unconfirmed = static_cast<uint64_t>(w);
   h.dropped_by_kind[static_cast<size_t>(wire::RecordKind::kSpan)] = static_cast<uint64_t>(7 * w);
+  // CUPTI detached after each window from window 1 on, attached again for the
+  // next; rank 1's one failed detach in window 3.
+  h.gpu.cupti_detaches = static_cast<uint64_t>(w);
+  h.gpu.cupti_reattaches = w > 1 ? static_cast<uint64_t>(w - 1) : 0;
+  h.gpu.cupti_detach_errors = rank == 1 && w >= 3 ? 1 : 0;
   out.push_back(h);
   return out;
 }
 
 std::vector<wire::Record> strings() {
-  return {wire::StringDef{10, "moe_gemm"},
-          wire::StringDef{20, "range"},
-          wire::StringDef{21, "layer.1.attention+moe"},
-          wire::StringDef{22, "moe.layer.2.gate_up"},
+  return {wire::StringDef{10, "moe_gemm"}, wire::StringDef{20, "range"},
+          wire::StringDef{21, "layer.1.attention+moe"}, wire::StringDef{22, "moe.layer.2.gate_up"},
           wire::StringDef{23, "decode"},
           wire::StringDef{30, std::string(wire::counter_names::kSsmCheckpointsEvictedUnused)},
           wire::StringDef{31, std::string(wire::counter_names::kSsmCheckpointsEvictedReused)},
-          wire::StringDef{32, "other.counter"}};
+          // The span arg key, and a counter name that is no metric (one string
+          // serves both, so that the record counts stay those of the recording).
+          wire::StringDef{kLayerKey, "layer"}};
 }
 
 std::string render() {
@@ -195,9 +205,9 @@ TEST(ExpositionGolden, FixedRecordsGiveTheRecordedExposition) {
        {"inferscope_moe_routed_tokens_total", "hot_expert", "cold_expert", "dead_expert",
         "drop_burst", "hot_rank", "inferscope_moe_layer_gpu_seconds_total",
         "inferscope_ep_idle_seconds_total", "inferscope_moe_ep_eplb_balancedness_ratio",
-        "inferscope_agent_records_dropped_total", "inferscope_ssm_checkpoint_evictions_total",
-        "inferscope_stage_gpu_seconds_total", "inferscope_request_ttft_seconds",
-        "inferscope_ep_traffic_top_pair_rows_per_second"})
+        "inferscope_agent_records_dropped_total", "inferscope_agent_gpu_cupti_events_total",
+        "inferscope_ssm_checkpoint_evictions_total", "inferscope_stage_gpu_seconds_total",
+        "inferscope_request_ttft_seconds", "inferscope_ep_traffic_top_pair_rows_per_second"})
     EXPECT_NE(got.find(needle), std::string::npos) << needle;
 }
 

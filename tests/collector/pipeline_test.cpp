@@ -329,7 +329,11 @@ TEST(Pipeline, MemoryPrefixStagesRequestsAndAgentHealth) {
   EXPECT_EQ(find_series(f.scrape(), "inferscope_agent_connected", {rank}), 0.0);
 }
 
-TEST(Pipeline, MoeLayerGpuTimeFromKernelRangeArgs) {
+// Issue 20: a kernel's layer is its typed arg "layer" (the agent adds it for
+// ranges the host tied to a layer), counted for the rank's MoE layers only.
+// Without the arg (older agents) the kernel's layer is unknown: the range name
+// is not parsed, however much it looks like a layer.
+TEST(Pipeline, MoeLayerGpuTimeFromKernelLayerArgs) {
   Fixture f;
   Session s(f.options.limits);
   ASSERT_TRUE(f.send(s, {make_hello("m", 0, 4, 4), make_load(3, 1, {1, 1, 1, 1})}));
@@ -338,21 +342,38 @@ TEST(Pipeline, MoeLayerGpuTimeFromKernelRangeArgs) {
   k.category = wire::SpanCategory::kKernel;
   k.start_ns = 100;
   k.end_ns = 100 + 5'000'000;
-  k.num_args = 1;
+  k.num_args = 2;
   k.args[0] = {1, 2};  // "range" = "moe.layer.3.experts"
-  ASSERT_TRUE(
-      f.send(s, {wire::StringDef{1, "range"}, wire::StringDef{2, "moe.layer.3.experts"}, k, k}));
+  k.args[1] = {5, 3};  // "layer" = 3
+  ASSERT_TRUE(f.send(s, {wire::StringDef{1, "range"}, wire::StringDef{2, "moe.layer.3.experts"},
+                         wire::StringDef{5, "layer"}, k, k}));
   EXPECT_NEAR(*find_series(f.scrape(), "inferscope_moe_layer_gpu_seconds_total", {"layer=\"3\""}),
               0.01, 1e-12);
-  // The reference engine's layer range names count too; a dense layer's do not.
-  ASSERT_TRUE(f.send(s, {make_load(1, 2, {1, 1, 1, 1}), wire::StringDef{3, "layer.1.ssm+moe"},
-                         wire::StringDef{4, "layer.1.ssm+dense"}}));
-  k.args[0] = {1, 3};
-  wire::Span dense = k;
-  dense.args[0] = {1, 4};
-  ASSERT_TRUE(f.send(s, {k, dense}));
-  EXPECT_NEAR(*find_series(f.scrape(), "inferscope_moe_layer_gpu_seconds_total", {"layer=\"1\""}),
-              0.005, 1e-12);
+  // An older agent's kernel: the same range name, no layer arg: not counted.
+  wire::Span old = k;
+  old.num_args = 1;
+  ASSERT_TRUE(f.send(s, {old, old}));
+  EXPECT_NEAR(*find_series(f.scrape(), "inferscope_moe_layer_gpu_seconds_total", {"layer=\"3\""}),
+              0.01, 1e-12)
+      << "a name that looks like a layer is not parsed into one";
+  // The layer arg alone is enough (the range arg may come first, after, or not at
+  // all); a dense layer (no expert_load) and a value past the limit do not count.
+  ASSERT_TRUE(f.send(s, {make_load(1, 2, {1, 1, 1, 1})}));
+  wire::Span moe1 = k;
+  moe1.num_args = 1;
+  moe1.args[0] = {5, 1};
+  wire::Span dense = moe1;
+  dense.args[0] = {5, 2};
+  wire::Span bad = moe1;
+  bad.args[0] = {5, int64_t{wire::kMaxLayers}};
+  wire::Span negative = moe1;
+  negative.args[0] = {5, -1};
+  ASSERT_TRUE(f.send(s, {moe1, dense, bad, negative}));
+  const auto m = f.scrape();
+  EXPECT_NEAR(*find_series(m, "inferscope_moe_layer_gpu_seconds_total", {"layer=\"1\""}), 0.005,
+              1e-12);
+  EXPECT_FALSE(find_series(m, "inferscope_moe_layer_gpu_seconds_total", {"layer=\"2\""}));
+  EXPECT_FALSE(find_series(m, "inferscope_moe_layer_gpu_seconds_total", {"layer=\"0\""}));
 }
 
 // Every traced kernel counts in inferscope_gpu_kernel_seconds_total, split by whether a
@@ -398,21 +419,28 @@ TEST(Pipeline, MoeLayerGpuTimeFollowsRedefinedStringsAndSources) {
   k.category = wire::SpanCategory::kKernel;
   k.start_ns = 100;
   k.end_ns = 100 + 1'000'000;
-  k.num_args = 1;
-  k.args[0] = {1, 2};
-  ASSERT_TRUE(f.send(a, {wire::StringDef{1, "range"}, wire::StringDef{2, "moe.layer.1"}, k}));
-  // Same ids on the other connection: 1 is not "range" there, so nothing counts.
-  ASSERT_TRUE(f.send(b, {wire::StringDef{1, "not_range"}, wire::StringDef{2, "moe.layer.2"}, k}));
-  // Back on the first connection, id 2 now names layer 2.
-  ASSERT_TRUE(f.send(a, {k, wire::StringDef{2, "moe.layer.2"}, k, k}));
+  k.num_args = 2;
+  k.args[0] = {1, 1};  // "layer" = 1
+  k.args[1] = {2, 2};  // "not_layer" = 2
+  wire::Span k2 = k;
+  k2.args[1] = {2, 1};
+  k2.args[0] = {1, 2};
+  ASSERT_TRUE(f.send(a, {wire::StringDef{1, "layer"}, wire::StringDef{2, "not_layer"}, k}));
+  // Same ids on the other connection: 1 is not "layer" there, 2 is; layer 2 counts.
+  ASSERT_TRUE(f.send(b, {wire::StringDef{1, "not_layer"}, wire::StringDef{2, "layer"}, k}));
+  // Back on the first connection: layer 1 once more, then id 1 redefined and id 2
+  // naming the key: k counts for layer 2 (its arg under id 2), k2 for layer 1.
+  ASSERT_TRUE(f.send(a, {k, wire::StringDef{1, "not_layer"}, wire::StringDef{2, "layer"}, k, k2}));
   const auto m = f.scrape();
   EXPECT_NEAR(
       *find_series(m, "inferscope_moe_layer_gpu_seconds_total", {"model=\"m\"", "layer=\"1\""}),
-      0.002, 1e-12);
+      0.003, 1e-12);
   EXPECT_NEAR(
       *find_series(m, "inferscope_moe_layer_gpu_seconds_total", {"model=\"m\"", "layer=\"2\""}),
-      0.002, 1e-12);
-  EXPECT_FALSE(find_series(m, "inferscope_moe_layer_gpu_seconds_total", {"model=\"other\""}));
+      0.001, 1e-12);
+  EXPECT_NEAR(
+      *find_series(m, "inferscope_moe_layer_gpu_seconds_total", {"model=\"other\"", "layer=\"2\""}),
+      0.001, 1e-12);
   // Records of the second source land in its own model (not the first's).
   EXPECT_EQ(
       *find_series(m, "inferscope_moe_routed_tokens_total", {"model=\"other\"", "layer=\"2\""}),

@@ -13,7 +13,9 @@
 #include <map>
 #include <mutex>
 #include <set>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "capture_sink.hpp"
 #include "inferscope/agent.hpp"
@@ -67,7 +69,10 @@ TEST(EngineTelemetry, EverySignalArrivesAndMatchesTheEngine) {
   std::set<int> memory_kinds, stages;
   std::map<int, uint64_t> last_used;  // memory kind -> last reported bytes
   bool hello = false;
+  std::vector<wire::Span> cpu_ranges;
   for (const auto& r : records) {
+    if (auto* sp = std::get_if<wire::Span>(&r); sp && sp->category == wire::SpanCategory::kCpuRange)
+      cpu_ranges.push_back(*sp);
     if (auto* h = std::get_if<wire::Hello>(&r)) {
       hello = true;
       EXPECT_EQ(h->model, ie::describe(c));
@@ -118,6 +123,30 @@ TEST(EngineTelemetry, EverySignalArrivesAndMatchesTheEngine) {
   bool layer_range = false;
   for (const auto& [id, n] : names) layer_range |= n == "layer.0.ssm+moe";
   EXPECT_TRUE(layer_range);
+
+  // Issue 20: every layer range carries its layer as the typed arg "layer" (the
+  // number in its name, which nobody needs to parse); no other range has one.
+  uint32_t layer_key = 0;
+  for (const auto& [id, n] : names)
+    if (n == "layer") layer_key = id;
+  ASSERT_NE(layer_key, 0u) << "the arg key is sent as a string";
+  std::set<int64_t> layers_seen;
+  size_t layer_spans = 0;
+  for (const auto& sp : cpu_ranges) {
+    const std::string& name = names[sp.name_id];
+    int64_t layer = -1;
+    for (uint8_t i = 0; i < sp.num_args; ++i)
+      if (sp.args[i].key_id == layer_key) layer = sp.args[i].value;
+    if (name.rfind("layer.", 0) != 0) {
+      EXPECT_EQ(layer, -1) << name;
+      continue;
+    }
+    ++layer_spans;
+    EXPECT_EQ(std::to_string(layer), name.substr(6, name.find('.', 6) - 6)) << name;
+    layers_seen.insert(layer);
+  }
+  EXPECT_GT(layer_spans, 0u);
+  EXPECT_EQ(layers_seen.size(), static_cast<size_t>(c.n_layers())) << "every layer ran";
 }
 
 }  // namespace

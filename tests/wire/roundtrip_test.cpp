@@ -119,6 +119,41 @@ TEST(WireRoundTrip, ExpertParallelRevisionOneStillDecodes) {
   EXPECT_EQ(size_of(testing::sample_ep_step()) - size_of(v1), 7u);
 }
 
+// Revision 4 of agent_health appended the CUPTI detach counters to the GPU
+// trace block: a body that ends before them (an older agent's) decodes with
+// them 0, and they are exactly a trailing extension (3 varints).
+TEST(WireRoundTrip, AgentHealthWithoutDetachCountersStillDecodes) {
+  AgentHealth h =
+      std::get<AgentHealth>(testing::one_of_each()[static_cast<size_t>(RecordKind::kAgentHealth)]);
+  ASSERT_NE(h.gpu.cupti_detaches, 0u) << "the sample sets them, so the round trip covers them";
+  h.gpu.cupti_detaches = h.gpu.cupti_reattaches = h.gpu.cupti_detach_errors = 0;  // 1 byte each
+  FrameEncoder enc(EncoderOptions{});
+  enc.add(Record{h});
+  std::vector<uint8_t> bytes;
+  enc.finish(bytes);
+  // One record: tag, a one-byte body length, the body; the last 3 bytes are the counters.
+  ASSERT_EQ(bytes[kFrameHeaderBytes], static_cast<uint8_t>(RecordKind::kAgentHealth));
+  const uint8_t body = bytes[kFrameHeaderBytes + 1];
+  ASSERT_LT(body, 128) << "a one-byte varint";
+  ASSERT_EQ(bytes.size(), kFrameHeaderBytes + 2 + body);
+  bytes.resize(bytes.size() - 3);
+  bytes[kFrameHeaderBytes + 1] = static_cast<uint8_t>(body - 3);
+  for (size_t at : {size_t{8}, size_t{12}}) {  // payload_bytes, raw_bytes (little-endian u32)
+    uint32_t v =
+        bytes[at] | bytes[at + 1] << 8 | bytes[at + 2] << 16 | uint32_t{bytes[at + 3]} << 24;
+    v -= 3;
+    for (int i = 0; i < 4; ++i) bytes[at + i] = static_cast<uint8_t>(v >> (8 * i));
+  }
+  ASSERT_TRUE(seal_frame_checksum(bytes));
+  std::vector<Record> out;
+  DecodeStatus status = decode_frame(bytes, out);
+  ASSERT_TRUE(status.ok()) << status.message;
+  ASSERT_EQ(out.size(), 1u);
+  const auto& d = std::get<AgentHealth>(out[0]);
+  EXPECT_TRUE(d == h) << "everything before the counters as sent, the counters 0";
+  EXPECT_EQ(d.gpu.kernels_attributed, 1200u);
+}
+
 TEST(WireRoundTrip, ExpertParallelTrafficRowTooLongIsRejected) {
   ExpertParallelStep e = testing::sample_ep_step();
   e.rows_to_rank.assign(kMaxEpRanks + 1, 1);

@@ -105,6 +105,9 @@ inline std::vector<Record> one_of_each() {
   health.gpu.captures_completed = 2;
   health.gpu.kernels_captured = 1234;
   health.gpu.kernels_attributed = 1200;
+  health.gpu.cupti_detaches = 6;
+  health.gpu.cupti_reattaches = 5;
+  health.gpu.cupti_detach_errors = 1;
   records.push_back(health);
   records.push_back(CounterSample{1'000'120'000, 5, true, 3.25});
   records.push_back(AlertEpisode{AlertKind::kHotExpert, 3, 2, 0, 1'000'000'000, 0, 0.31f, 4.96f,

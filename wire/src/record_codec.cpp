@@ -202,7 +202,8 @@ void add_one(std::vector<uint8_t>& p, int64_t& prev, const AgentHealth& r) {
          {r.gpu.bursts_started, r.gpu.bursts_finished, r.gpu.captures_requested,
           r.gpu.captures_started, r.gpu.captures_refused_busy, r.gpu.captures_refused_cooldown,
           r.gpu.captures_refused_off, r.gpu.captures_completed, r.gpu.kernels_captured,
-          r.gpu.kernels_attributed, r.gpu.records_dropped})
+          r.gpu.kernels_attributed, r.gpu.records_dropped, r.gpu.cupti_detaches,
+          r.gpu.cupti_reattaches, r.gpu.cupti_detach_errors})
       w.varint(v);
   });
 }
@@ -451,6 +452,11 @@ bool decode(ByteReader& r, int64_t& prev, AgentHealth& a, std::string& why) {
           &a.gpu.captures_refused_off, &a.gpu.captures_completed, &a.gpu.kernels_captured,
           &a.gpu.kernels_attributed, &a.gpu.records_dropped})
       IS_READ(r.varint(*v), "bad GPU trace count");
+  }
+  // Revision 4: the detach counters (absent from older agents: left 0 above).
+  if (!r.at_end()) {
+    for (uint64_t* v : {&a.gpu.cupti_detaches, &a.gpu.cupti_reattaches, &a.gpu.cupti_detach_errors})
+      IS_READ(r.varint(*v), "bad CUPTI detach count");
   }
   return true;
 }

@@ -79,6 +79,12 @@ INFERSCOPE_API int inferscope_agent_set_model(inferscope_agent* agent, const cha
 /* Interns a name process-wide; returns its id (never 0). Takes a lock: call
  * once per name and keep the id. NULL gives 0. */
 INFERSCOPE_API uint32_t inferscope_intern(const char* name);
+/* Interns the name of a range that stands for one model layer (0-based, below
+ * 1024) and ties the layer to it: the range's spans, and the kernels launched
+ * inside it, carry the arg "layer" = layer (read as a number: nobody parses the
+ * name). A name keeps its first layer; another layer, or one out of range,
+ * ties nothing (one stderr line). Returns the id; NULL gives 0. */
+INFERSCOPE_API uint32_t inferscope_intern_layer(const char* name, uint32_t layer);
 /* Nanoseconds of CLOCK_MONOTONIC, the time base of every record. */
 INFERSCOPE_API int64_t inferscope_now_ns(void);
 
@@ -197,7 +203,24 @@ typedef struct inferscope_gpu_trace_stats {
   uint64_t kernels_captured;
   uint64_t kernels_attributed;
   uint64_t records_dropped;
+  /* Revision 2, appended (read them with inferscope_agent_gpu_trace_stats_sized):
+   * CUPTI's dynamic detach (INFERSCOPE_GPU_TRACE_DETACH, on by default), process-wide. */
+  uint64_t cupti_detaches;      /* CUPTI detached (cuptiFinalize) after a window */
+  uint64_t cupti_reattaches;    /* ... and attached again for a later one */
+  uint64_t cupti_detach_errors; /* a detach or re-attach that failed */
 } inferscope_gpu_trace_stats;
+/* The struct grows only at its end (a revision appends fields), so a caller
+ * built against an older agent.h hands a shorter one. Pass sizeof(*out): the
+ * agent writes min(out_size, its own sizeof) bytes and nothing beyond, so old
+ * binaries are never written past and new ones read every field this library
+ * has (a field an older library lacks keeps what the caller put there: zero
+ * the struct first). */
+INFERSCOPE_API void inferscope_agent_gpu_trace_stats_sized(const inferscope_agent* agent,
+                                                           inferscope_gpu_trace_stats* out,
+                                                           size_t out_size);
+/* Revision 1: fills the fields up to records_dropped only and leaves the rest
+ * of *out as it was (binaries built before revision 2 call this one with the
+ * shorter struct). */
 INFERSCOPE_API void inferscope_agent_gpu_trace_stats(const inferscope_agent* agent,
                                                      inferscope_gpu_trace_stats* out);
 

@@ -46,6 +46,15 @@ INFERSCOPE_API std::string range_clock_description();
 // a lock, so call it once per name (e.g. into a static) and keep the id.
 INFERSCOPE_API uint32_t intern(std::string_view name);
 
+// Interns the name of a range that stands for one model layer (0-based, below
+// wire::kMaxLayers) and ties that layer to it: the CPU spans of ranges with this
+// name, and the GPU kernels launched inside them (CUPTI), carry the arg "layer"
+// = layer, so that a consumer reads the layer as a number instead of parsing it
+// back out of the name (the collector's per-layer GPU time does: docs/agent.md).
+// A name keeps the first layer it is given; a later call with another layer, or
+// a layer out of range, ties nothing (one line on stderr). Returns the id.
+INFERSCOPE_API uint32_t intern_layer(std::string_view name, uint32_t layer);
+
 // [SECTION] GPU tracing modes (docs/gpu.md)
 // off        no CUPTI at all (the default);
 // sampled    CUPTI kernel tracing in short bursts (gpu_trace_burst every
@@ -135,11 +144,19 @@ struct INFERSCOPE_API Config {
   std::chrono::milliseconds gpu_trace_burst{20};
   std::chrono::milliseconds gpu_trace_period{10'000};
   uint32_t gpu_trace_kinds = kGpuTraceDefaultKinds;
-  // Detach CUPTI (cuptiFinalize) at the end of every burst and capture, and
-  // attach it again at the next: once CUPTI has traced, launches stay slower
-  // even with every kind off, and only a detach gives that back (docs/gpu.md).
-  // Off until a GPU run proves it safe. INFERSCOPE_GPU_TRACE_DETACH=1.
-  bool gpu_trace_detach = false;
+  // Detach CUPTI (cuptiFinalize) at the end of every burst and capture (and
+  // right after loading it, in a mode that does not trace at once), and attach
+  // it again at the next window. On by default: an attached CUPTI costs per
+  // launch about what tracing does even with every kind off, and only a detach
+  // gives that back. Measured on the H100 (agent_gpu_bench, 1000 small kernels,
+  // us per iteration): never traced 4237, attached and idle 6802, detached
+  // after tracing 4739 (~81 % of the idle cost given back); one attach ~6.6 ms.
+  // So sampled (a 20 ms burst every 10 s) pays one attach per period, ~0.07 %,
+  // and triggered pays nothing until a capture. full never ends a window, so it
+  // stays attached; a switch away from full ends it like any other.
+  // INFERSCOPE_GPU_TRACE_DETACH=0 keeps CUPTI attached between windows (then
+  // graph nodes created between windows stay attributed: docs/gpu.md).
+  bool gpu_trace_detach = true;
   // A capture (request_gpu_capture or the collector) counted in steps ends
   // after this long even if the host never reports step boundaries.
   std::chrono::milliseconds gpu_capture_max{2'000};

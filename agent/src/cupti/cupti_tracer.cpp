@@ -23,7 +23,8 @@
 //                     The older path (kGpuExternalCorrelation, needs the RUNTIME
 //                     or DRIVER activity kind) pushes CUPTI external correlation
 //                     ids instead and is kept to measure its cost. Kernel spans
-//                     carry the arg "range" = the enclosing range's name id, and
+//                     carry the arg "range" = the enclosing range's name id (and
+//                     "layer" when that name was tied to one by intern_layer), and
 //                     the tracer sums kernel time per range name
 //                     (Agent::gpu_time_by_range()).
 // [SECTION] Graphs    Kernels replayed from a CUDA graph are launched by one
@@ -41,9 +42,11 @@
 //                     (forced) and disables both callback domains, keeping the
 //                     subscriber, so nothing of CUPTI runs per launch between bursts.
 // [SECTION] Detach    Switching off does not give back everything: once CUPTI
-//                     has traced, launches stay ~30 % slower (docs/gpu.md). With
-//                     Config::gpu_trace_detach, disable() also asks for a dynamic
-//                     detach: the runtime and driver callback domains go on, and
+//                     has traced (and even attached and idle), launches stay
+//                     ~60 % slower (docs/gpu.md). With Config::gpu_trace_detach
+//                     (the default), disable() also asks for a dynamic detach,
+//                     and so does park() right after start() when the mode does
+//                     not trace at once: the runtime and driver callback domains go on, and
 //                     the first API *exit* callback on any thread calls
 //                     cuptiFinalize() (NVIDIA's documented way; Kineto does the
 //                     same), holding g_cupti_mu so that no other thread of ours
@@ -375,6 +378,14 @@ class Tracer final : public CuptiTracer {
     if (impl_.config.gpu_trace_detach && !stopped_) request_detach();
   }
 
+  // Before the controller thread runs (so enabled_ is ours to read): a pending
+  // detach that the first window comes before is called off by its enable().
+  void park() override {
+    if (enabled_ || stopped_ || !impl_.config.gpu_trace_detach) return;
+    CuptiLock cupti;
+    request_detach();
+  }
+
   // With g_cupti_mu held.
   void switch_off() {
     if (!enabled_) return;
@@ -652,6 +663,10 @@ class Tracer final : public CuptiTracer {
     }
     const auto range = static_cast<uint32_t>(value >> 32);
     s.args[s.num_args++] = {range_key_, static_cast<int64_t>(range)};
+    // The enclosing range stands for a model layer (intern_layer): say which,
+    // as a number, so that per-layer GPU time needs no name parsing.
+    if (const int32_t layer = layer_of(range); layer >= 0 && s.num_args < wire::kMaxSpanArgs)
+      s.args[s.num_args++] = {layer_key(), layer};
     if (is_kernel) {
       gpu_time_[range] += s.end_ns - s.start_ns;
       ++counters_.attributed;

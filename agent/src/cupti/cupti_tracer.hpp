@@ -51,6 +51,12 @@ class CuptiTracer {
   // the next CUDA API call on any thread; enable() attaches again.
   virtual void disable() = 0;
   virtual bool enabled() const = 0;
+  // Called once, right after start(), when the mode does not trace at once
+  // (sampled, triggered, off): with Config::gpu_trace_detach, asks for the
+  // detach that disable() would, so that a process waiting for its first burst
+  // or capture does not pay for an attached, idle CUPTI (as costly per launch as
+  // tracing: docs/gpu.md). start() attaches anyway, which proves that CUPTI works.
+  virtual void park() = 0;
 
   // Flushes CUPTI's buffers so that completed GPU activity reaches the rings.
   virtual void flush() = 0;

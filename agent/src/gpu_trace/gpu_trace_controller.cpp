@@ -28,25 +28,29 @@ GpuTraceController::GpuTraceController(Agent::Impl& impl)
     : impl_(impl),
       mode_(impl.config.gpu_trace),
       scheduler_(impl.config.gpu_trace, policy_of(impl.config), now_ns()) {
-  if (impl.config.gpu_trace != GpuTraceMode::kOff) ensure_loaded();
+  if (impl.config.gpu_trace != GpuTraceMode::kOff) ensure_loaded(impl.config.gpu_trace);
 }
 
 GpuTraceController::~GpuTraceController() {
   stop();
 }
 
-void GpuTraceController::ensure_loaded() {
+void GpuTraceController::ensure_loaded(GpuTraceMode mode) {
   std::lock_guard lock(load_mu_);
   if (load_tried_) return;
   load_tried_ = true;
   tracer_ = CuptiTracer::start(impl_, impl_.config.gpu_trace_kinds);
+  // Full traces at once (it stays attached); every other mode waits for a
+  // window, and with gpu_trace_detach CUPTI is let go until then. Before the
+  // thread starts: park() reads what only that thread writes afterwards.
+  if (tracer_ && mode != GpuTraceMode::kFull) tracer_->park();
   impl_.tracer.store(tracer_.get(), std::memory_order_release);
   impl_.refresh_gate();  // ScopedRange now takes the slow path (CUPTI range push)
   thread_ = std::thread([this] { run(); });
 }
 
 void GpuTraceController::set_mode(GpuTraceMode mode) {
-  if (mode != GpuTraceMode::kOff) ensure_loaded();
+  if (mode != GpuTraceMode::kOff) ensure_loaded(mode);
   {
     std::lock_guard lock(mu_);
     if (stopping_) return;

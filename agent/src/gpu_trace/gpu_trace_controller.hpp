@@ -45,7 +45,7 @@ class GpuTraceController {
   void stop();
 
  private:
-  void ensure_loaded();  // mu_ not held
+  void ensure_loaded(GpuTraceMode mode);  // mu_ not held; mode: the one being switched to
   void run();
   void apply(std::unique_lock<std::mutex>& lock);
 

@@ -2,9 +2,16 @@
 
 namespace inferscope::collector {
 
+namespace {
+constexpr const char* kCuptiEvents[] = {"detach", "reattach", "detach_error"};
+}  // namespace
+
 struct AgentHealthMetrics::Rank {
   prometheus::Counter *sent = nullptr, *reconnects = nullptr, *unconfirmed = nullptr;
   std::array<prometheus::Counter*, wire::kRecordKindCount> dropped{};  // created by the first drop
+  // inferscope_agent_gpu_cupti_events_total by event (kCuptiEvents), created by
+  // the first non-zero count: ranks without CUPTI detaching add no series.
+  std::array<prometheus::Counter*, 3> cupti{};
   prometheus::Gauge* connected = nullptr;
 };
 
@@ -49,6 +56,19 @@ bool AgentHealthMetrics::on_record(RecordContext& ctx, const wire::Record& recor
            {"rank", rank->label},
            {"kind", wire::to_string(static_cast<wire::RecordKind>(k))}});
     r.dropped[k]->Increment(static_cast<double>(d));
+  }
+  // Older agents send no detach counters (they decode as 0): no series for them.
+  const uint64_t cupti_now[] = {h.gpu.cupti_detaches, h.gpu.cupti_reattaches,
+                                h.gpu.cupti_detach_errors};
+  const uint64_t cupti_before[] = {last.gpu.cupti_detaches, last.gpu.cupti_reattaches,
+                                   last.gpu.cupti_detach_errors};
+  for (size_t e = 0; e < r.cupti.size(); ++e) {
+    const uint64_t d = delta(cupti_now[e], cupti_before[e]);
+    if (d == 0) continue;
+    if (r.cupti[e] == nullptr)
+      r.cupti[e] = &metrics_.agent_gpu_cupti_events.Add(
+          {{"model", ctx.model.name}, {"rank", rank->label}, {"event", kCuptiEvents[e]}});
+    r.cupti[e]->Increment(static_cast<double>(d));
   }
   last = h;
   return true;

@@ -1,6 +1,7 @@
 // Consumer: the agents' own health per (model, rank): records sent, dropped by
-// kind, reconnects, unconfirmed records (from their cumulative agent_health
-// reports, as deltas), and how many agents are connected for the rank.
+// kind, reconnects, unconfirmed records, CUPTI detaches / re-attaches / their
+// errors (from their cumulative agent_health reports, as deltas), and how many
+// agents are connected for the rank.
 #pragma once
 
 #include <array>

@@ -234,7 +234,12 @@ CollectorMetrics::CollectorMetrics(std::shared_ptr<prometheus::Registry> r)
               "Records the agent sent on a connection that broke before the collector "
               "acknowledged them (kill -9, crash): they may or may not have been processed.")),
       agent_connected(reg(BuildGauge(), *registry, "inferscope_agent_connected",
-                          "Agent connections of this model and rank open now.")) {
+                          "Agent connections of this model and rank open now.")),
+      agent_gpu_cupti_events(reg(
+          BuildCounter(), *registry, "inferscope_agent_gpu_cupti_events_total",
+          "CUPTI detached after a GPU trace window (detach), attached again for a later one "
+          "(reattach), or a detach or re-attach that failed (detach_error), as the agent reports "
+          "(process-wide in the agent).")) {
   viewer_dropped_frames.Add({{"reason", "queue_full"}});
 }
 

@@ -56,7 +56,9 @@ Telemetry::Telemetry(agent::Config config, const ModelConfig& model,
     std::string name = "layer." + std::to_string(l) +
                        (model.is_attention(l) ? ".attention" : ".ssm") +
                        (model.is_moe(l) ? "+moe" : "+dense");
-    layer_names_.push_back(agent::intern(name));
+    // Tied to its layer: the layer's spans and the kernels launched in it carry
+    // the arg "layer" = l, so nobody parses the number back out of the name.
+    layer_names_.push_back(agent::intern_layer(name, static_cast<uint32_t>(l)));
   }
   for (EpPhase p : {EpPhase::kDispatch, EpPhase::kExperts, EpPhase::kCombine})
     ep_names_[static_cast<size_t>(p)] = agent::intern(to_string(p));

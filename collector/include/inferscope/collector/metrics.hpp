@@ -115,6 +115,7 @@ struct CollectorMetrics {
   prometheus::Family<prometheus::Counter>& agent_reconnects;
   prometheus::Family<prometheus::Counter>& agent_unconfirmed;
   prometheus::Family<prometheus::Gauge>& agent_connected;
+  prometheus::Family<prometheus::Counter>& agent_gpu_cupti_events;  // event=detach|reattach|...
 
   prometheus::Counter& rejected(const std::string& reason) {
     return rejected_frames.Add({{"reason", reason}});

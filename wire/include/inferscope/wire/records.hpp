@@ -255,6 +255,11 @@ struct AgentHealth {
     uint64_t kernels_captured = 0;
     uint64_t kernels_attributed = 0;
     uint64_t records_dropped = 0;
+    // CUPTI's dynamic detach (docs/gpu.md), process-wide in the agent. Added
+    // after records_dropped (revision 4); older agents' records decode as 0.
+    uint64_t cupti_detaches = 0;
+    uint64_t cupti_reattaches = 0;
+    uint64_t cupti_detach_errors = 0;
     friend bool operator==(const Gpu&, const Gpu&) = default;
   } gpu;
 
