@@ -102,6 +102,90 @@ void TraceModel::clear_spans() {
   dirty_ = true;
 }
 
+// [SECTION] Spans built elsewhere
+TraceModel TraceModel::span_scratch() const {
+  TraceModel out(limits_);
+  out.sources_ = sources_;
+  out.names_ = names_;
+  out.name_ids_ = name_ids_;
+  out.capture_key_ = capture_key_;
+  out.tracks_.reserve(tracks_.size());
+  for (const Track& t : tracks_) {
+    Track& c = out.tracks_.emplace_back();
+    c.source = t.source;
+    c.type = t.type;
+    c.thread_or_device = t.thread_or_device;
+    c.stream = t.stream;
+    c.label = t.label;
+  }
+  out.track_order_ = track_order_;
+  out.track_index_ = track_index_;
+  out.scratch_names_ = names_.size();
+  out.scratch_tracks_ = tracks_.size();
+  out.scratch_of_ = this;
+  return out;
+}
+
+bool TraceModel::adopt_spans(TraceModel& scratch) {
+  // Name and track ids in scratch are only ours if nothing was interned or added here since.
+  if (scratch.scratch_of_ != this || scratch.scratch_names_ != names_.size() ||
+      scratch.scratch_tracks_ != tracks_.size())
+    return false;
+  scratch.finalize();
+  // Scratch's names, sources and track index are a superset of ours (it may have interned
+  // names or opened tracks for the new spans).
+  names_.swap(scratch.names_);
+  name_ids_.swap(scratch.name_ids_);
+  sources_.swap(scratch.sources_);
+  track_index_.swap(scratch.track_index_);
+  capture_key_ = scratch.capture_key_;
+  // The arguments: scratch's, then those of the spans we keep (request and stage tracks).
+  std::vector<wire::SpanArg> args = std::move(scratch.args_);
+  for (Track& t : tracks_) {
+    if (t.type == TrackType::kCpuThread || t.type == TrackType::kGpuStream) continue;
+    for (Lane& l : t.lanes)
+      for (SpanRec& r : l.spans) {
+        if (r.num_args == 0 || r.args >= args_.size()) continue;
+        const uint32_t at = static_cast<uint32_t>(args.size());
+        args.insert(args.end(), args_.begin() + r.args,
+                    args_.begin() + std::min<size_t>(args_.size(), r.args + r.num_args));
+        r.args = at;
+      }
+  }
+  scratch.args_.swap(args_);  // our old arguments go with scratch
+  args_.swap(args);
+  for (size_t i = 0; i < scratch.tracks_.size(); ++i) {
+    Track& from = scratch.tracks_[i];
+    if (i >= tracks_.size()) {
+      tracks_.push_back(std::move(from));
+      continue;
+    }
+    Track& to = tracks_[i];
+    if (to.type != TrackType::kCpuThread && to.type != TrackType::kGpuStream) continue;
+    to.lanes.swap(from.lanes);
+    to.pending.swap(from.pending);
+    std::swap(to.span_count, from.span_count);
+    std::swap(to.min_ns, from.min_ns);
+    std::swap(to.max_ns, from.max_ns);
+  }
+  launches_.swap(scratch.launches_);
+  kernels_.swap(scratch.kernels_);
+  captures_.swap(scratch.captures_);
+  span_count_ = pending_spans_ = 0;
+  for (const Track& t : tracks_) {
+    span_count_ += t.span_count;
+    pending_spans_ += t.pending.size();
+  }
+  dropped_spans_ += scratch.dropped_spans_;
+  capture_spans_seen_ += scratch.capture_spans_seen_;
+  dropped_capture_spans_ += scratch.dropped_capture_spans_;
+  record_count_ += scratch.record_count_;
+  scratch.scratch_of_ = nullptr;  // spent: it holds our old spans now
+  rebuild_order();
+  ++generation_;
+  return true;
+}
+
 // [SECTION] Sources, names and tracks
 const Source* TraceModel::source(uint32_t id) const {
   auto it = sources_.find(id);

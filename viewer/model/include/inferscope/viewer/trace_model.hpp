@@ -162,6 +162,17 @@ class TraceModel {
   // the other records again. finalize() afterwards.
   void clear_spans();
 
+  // [SECTION] Spans built elsewhere (store_view.hpp builds a window's spans on a worker thread)
+  // A model with this one's sources, names and tracks but no spans or other records, so that
+  // spans added to it resolve to the same name and track ids. Copies no spans: cheap.
+  TraceModel span_scratch() const;
+  // Replaces the spans of the CPU-thread and GPU-stream tracks (their flows, arguments and
+  // capture windows too) by those of scratch, a span_scratch() of this model to which nothing
+  // was added since (else false, nothing changes). Finalizes scratch first (cheap when done).
+  // Constant time in the number of spans: vectors are swapped, so the old spans end up in
+  // scratch and whoever owns it frees them (a worker thread, not the UI).
+  bool adopt_spans(TraceModel& scratch);
+
   // [SECTION] Access
   const std::vector<Track>& tracks() const { return tracks_; }
   const std::vector<uint32_t>& track_order() const { return track_order_; }  // display order
@@ -259,6 +270,9 @@ class TraceModel {
   uint32_t capture_key_ = 0;  // the global name id of "capture" (0: not interned yet)
   std::unordered_map<uint64_t, CaptureWindow> captures_;  // by capture tag
   uint64_t capture_spans_seen_ = 0, dropped_capture_spans_ = 0;
+  // In a span_scratch(): the size of the name table and tracks of the model it came from.
+  size_t scratch_names_ = 0, scratch_tracks_ = 0;
+  const TraceModel* scratch_of_ = nullptr;
 };
 
 }  // namespace inferscope::viewer
