@@ -3,6 +3,7 @@
 //   viewer_bench [--spans N] [--trace FILE] [--width PX] [--frames N]
 //   viewer_bench --make-store DIR [--spans N]
 //   viewer_bench --store DIR --mode full|lod [--width PX] [--frames N]
+//   viewer_bench --store DIR --zoom sync|async [--width PX]
 //
 // Without --store: writes a synthetic trace file of N spans (default 10
 // million; or reads FILE), loads it as the viewer does (read + decode + sort
@@ -29,6 +30,7 @@
 #include <fstream>
 #include <map>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "inferscope/collector/trace_store.hpp"
@@ -201,13 +203,88 @@ int bench_store(const std::string& dir, const std::string& mode, int width, int 
   return 0;
 }
 
+int bench_zoom(const std::string& dir, const std::string& how, int width) {
+  if (how != "sync" && how != "async") {
+    std::fprintf(stderr, "viewer_bench: --zoom sync|async\n");
+    return 2;
+  }
+  const bool async = how == "async";
+  TraceModel m;
+  StoreView view;
+  double t = wall_s();
+  LoadResult r = view.open(dir, m);
+  if (!r.ok) {
+    std::fprintf(stderr, "viewer_bench: %s\n", r.error.c_str());
+    return 1;
+  }
+  std::printf("lod load of %s: %.2f s wall; zoom sequence, %s, %d px, 60 frames/s\n", dir.c_str(),
+              wall_s() - t, how.c_str(), width);
+  const int64_t a = m.min_ns(), b = m.max_ns(), mid = a + (b - a) / 2;
+  std::vector<DrawItem> items;
+  items.reserve(1 << 16);
+  std::vector<double> wall_ms, cpu_ms_per;
+  int loading_frames = 0, hold = 0;
+  double w = double(b - a);
+  const double start = wall_s();
+  double deadline = start;
+  double final_in = -1;
+  for (int f = 0; f < 100000; ++f) {
+    const bool zooming = w > 100'000;
+    const int64_t t0 = mid - int64_t(w / 2), t1 = mid + int64_t(w / 2);
+    const double c = cpu_ms(), w0 = wall_s();
+    if (async)
+      view.update_async(m, t0, t1, width);
+    else
+      view.update(m, t0, t1, width);
+    frame_query(m, t0, t1, width, items);
+    wall_ms.push_back((wall_s() - w0) * 1e3);
+    cpu_ms_per.push_back(cpu_ms() - c);
+    const bool loading = async && view.loading();
+    loading_frames += loading ? 1 : 0;
+    if (zooming) {
+      w /= 1.2;
+    } else if (!loading) {
+      if (final_in < 0) final_in = wall_s() - start;
+      if (++hold >= 30) break;  // 30 frames at the final window, all of it in the model
+    }
+    deadline += 1.0 / 60;
+    const double now = wall_s();
+    if (deadline > now)
+      std::this_thread::sleep_for(std::chrono::duration<double>(deadline - now));
+    else
+      deadline = now;  // a frame overran: the next tick starts now
+  }
+  auto report = [](const char* what, std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    double sum = 0;
+    for (double x : v) sum += x;
+    std::printf(
+        "  UI thread %s per frame: p50 %.3f ms, p95 %.3f ms, p99 %.3f ms, max %.1f ms, mean %.3f "
+        "ms\n",
+        what, v[v.size() / 2], v[v.size() * 95 / 100], v[v.size() * 99 / 100], v.back(),
+        sum / double(v.size()));
+  };
+  std::printf(
+      "  %zu frames (%d with \"loading\"), %llu windows swapped in, %llu asked for, %llu "
+      "superseded; final window in after %.2f s; model %llu spans\n",
+      wall_ms.size(), loading_frames, (unsigned long long)view.stats().rebuilds - 1,
+      (unsigned long long)view.stats().requests, (unsigned long long)view.stats().superseded,
+      final_in, (unsigned long long)m.span_count());
+  report("wall", wall_ms);
+  report("CPU", cpu_ms_per);
+  int over = 0;
+  for (double x : wall_ms) over += x > 16.7 ? 1 : 0;
+  std::printf("  frames over 16.7 ms (wall): %d\n", over);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   uint64_t spans = 10'000'000;
   std::string trace;
   int width = 1600, frames = 200;
-  std::string store_dir, make_dir, mode = "lod";
+  std::string store_dir, make_dir, mode = "lod", zoom;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> const char* {
@@ -231,15 +308,19 @@ int main(int argc, char** argv) {
       make_dir = next();
     else if (a == "--mode")
       mode = next();
+    else if (a == "--zoom")
+      zoom = next();
     else {
       std::fprintf(stderr,
                    "usage: viewer_bench [--spans N] [--trace FILE] [--width PX] [--frames N]\n"
                    "       viewer_bench --make-store DIR [--spans N]\n"
-                   "       viewer_bench --store DIR --mode full|lod [--width PX] [--frames N]\n");
+                   "       viewer_bench --store DIR --mode full|lod [--width PX] [--frames N]\n"
+                   "       viewer_bench --store DIR --zoom sync|async [--width PX]\n");
       return 2;
     }
   }
   if (!make_dir.empty()) return make_store(make_dir, spans);
+  if (!store_dir.empty() && !zoom.empty()) return bench_zoom(store_dir, zoom, width);
   if (!store_dir.empty()) return bench_store(store_dir, mode, width, frames);
   bool generated = false;
   if (trace.empty()) {

@@ -185,6 +185,84 @@ TEST(ViewerTraceModel, LiveChunksGiveTheSameLanesAsOneLoad) {
   }
 }
 
+// A level-of-detail window is built into a span_scratch() (on a worker thread) and swapped in:
+// the result is what clear_spans() + the same adds give, request tracks and their records stay,
+// new names and tracks come along, flows link, and a scratch of a model that changed since is
+// refused.
+TEST(ViewerTraceModel, SpansBuiltInAScratchAreAdoptedLikeAddedOnes) {
+  auto base = [](TraceModel& m) {
+    m.add(1, test::hello(0));
+    m.add(1, wire::StringDef{1, "cudaLaunchKernel"});
+    m.add(1, wire::StringDef{2, "old"});
+    m.add(1, cpu_span(2, 0, 50));
+    wire::RequestEvent req;
+    req.request_id = 9;
+    req.arrival_ns = 10;
+    req.finish_ns = 900;
+    m.add(1, req);
+    m.finalize();
+  };
+  auto window = [](TraceModel& m) {
+    m.add(1, wire::StringDef{3, "gemm"});  // a name the model did not have
+    wire::Span launch = cpu_span(1, 100, 110);
+    launch.correlation_id = 42;
+    wire::Span kernel;
+    kernel.track_kind = wire::TrackKind::kGpuStream;  // a track the model did not have
+    kernel.stream = 7;
+    kernel.name_id = 3;
+    kernel.start_ns = 130;
+    kernel.end_ns = 500;
+    kernel.correlation_id = 42;
+    kernel.num_args = 1;
+    kernel.args[0] = wire::SpanArg{1, 5};
+    m.add(1, launch);
+    m.add(1, kernel);
+    m.add(1, cpu_span(99, 120, 125, 3));  // a name never defined: shown as "#99"
+  };
+  TraceModel direct, adopted;
+  base(direct);
+  base(adopted);
+  direct.clear_spans();
+  window(direct);
+  direct.finalize();
+
+  TraceModel scratch = adopted.span_scratch();
+  EXPECT_EQ(scratch.span_count(), 0u);
+  EXPECT_TRUE(scratch.requests().empty());
+  window(scratch);
+  scratch.finalize();
+  const uint64_t generation = adopted.generation();
+  ASSERT_TRUE(adopted.adopt_spans(scratch));
+  EXPECT_GT(adopted.generation(), generation);
+
+  EXPECT_EQ(adopted.span_count(), direct.span_count());
+  EXPECT_EQ(adopted.tracks().size(), direct.tracks().size());
+  EXPECT_EQ(adopted.track_order().size(), adopted.tracks().size());
+  EXPECT_EQ(adopted.requests().size(), 1u);
+  EXPECT_TRUE(adopted.find_spans("old").empty());
+  auto kernels = adopted.find_spans("GEMM");
+  ASSERT_EQ(kernels.size(), 1u);
+  const SpanRec* k = adopted.span(kernels[0]);
+  ASSERT_EQ(k->num_args, 1);
+  EXPECT_EQ(adopted.name(adopted.args()[k->args].key_id), "cudaLaunchKernel");
+  EXPECT_EQ(adopted.args()[k->args].value, 5);
+  SpanRef l = adopted.flow_partner(kernels[0]);
+  ASSERT_TRUE(l.valid());
+  EXPECT_EQ(adopted.span(l)->start_ns, 100);
+  EXPECT_TRUE(adopted.find_request_span(1, 9).valid());
+  for (const TraceModel* m : {&direct, &adopted}) EXPECT_EQ(m->find_spans("#").size(), 1u);
+
+  // A scratch is only valid for the model as it was: not after it changed, not twice.
+  TraceModel stale = adopted.span_scratch();
+  adopted.intern("something new");
+  EXPECT_FALSE(adopted.adopt_spans(stale));
+  EXPECT_FALSE(adopted.adopt_spans(scratch));
+  TraceModel other;
+  TraceModel foreign = other.span_scratch();
+  EXPECT_FALSE(adopted.adopt_spans(foreign));
+  EXPECT_EQ(adopted.span_count(), direct.span_count());
+}
+
 TEST(ViewerTraceModel, SpanCapIsEnforcedAndCounted) {
   ModelLimits limits;
   limits.max_spans = 10;

@@ -342,10 +342,13 @@ int run_app(AppOptions o) {
   std::vector<std::pair<uint32_t, wire::Record>> incoming;
 
   while (!glfwWindowShouldClose(window)) {
-    if (s.screenshot_mode)
+    // While the level-of-detail worker builds a window, wake up often to swap it in (the
+    // worker cannot post a GLFW event: the model library knows no GLFW).
+    const bool lod_loading = s.lod && s.lod->loading();
+    if (s.screenshot_mode && !lod_loading)
       glfwPollEvents();
     else
-      glfwWaitEventsTimeout(s.live ? 0.05 : 0.25);
+      glfwWaitEventsTimeout(lod_loading ? 0.01 : s.live ? 0.05 : 0.25);
 
     // [SECTION] Live data: drain the queue, fold into lanes a few times a second.
     if (s.live) {
@@ -365,10 +368,12 @@ int run_app(AppOptions o) {
       }
     }
 
-    // [SECTION] Level of detail: the visible window's blocks of a large trace store.
-    if (s.lod &&
-        s.lod->update(s.model, static_cast<int64_t>(s.view_t0), static_cast<int64_t>(s.view_t1),
-                      std::max(1, static_cast<int>(io.DisplaySize.x)))) {
+    // [SECTION] Level of detail: the visible window's blocks of a large trace store, built on
+    // the StoreView's worker; until they are in, the timeline draws what the model has (the
+    // previous window or the overview) and shows "loading".
+    if (s.lod && s.lod->update_async(s.model, static_cast<int64_t>(s.view_t0),
+                                     static_cast<int64_t>(s.view_t1),
+                                     std::max(1, static_cast<int>(io.DisplaySize.x)))) {
       s.selected = {};  // SpanRefs do not survive a rebuild
       s.find_results.clear();
     }
@@ -459,8 +464,9 @@ int run_app(AppOptions o) {
     glClear(GL_COLOR_BUFFER_BIT);
     ImGui_ImplOpenGL3_RenderDrawData(ImGui::GetDrawData());
 
-    // [SECTION] Screenshot mode: after N frames (layout settles), save and exit.
-    if (s.screenshot_mode && ++frame >= std::max(1, o.frames)) {
+    // [SECTION] Screenshot mode: after N frames (layout settles), save and exit. Frames drawn
+    // while a level-of-detail window is still being built do not count: the picture shows it.
+    if (s.screenshot_mode && !(s.lod && s.lod->loading()) && ++frame >= std::max(1, o.frames)) {
       glFinish();
       std::string err;
       if (!write_screenshot_png(o.screenshot, fb_w, fb_h, err)) {

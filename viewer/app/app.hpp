@@ -58,7 +58,6 @@ struct AppState {
   // the window moves (the selection is dropped then).
   std::unique_ptr<StoreView> lod;
   std::unique_ptr<CaptureClient> capture;  // with --capture-endpoint
-  CaptureIndex captures;                   // GPU captures in the trace, by tag
   std::string banner;                      // an error the user must see (bad file, ...)
 
   // [SECTION] Timeline range and selection (absolute monotonic ns, as double)

@@ -1,7 +1,8 @@
 // Alerts view: the collector's episodes (hot / cold / dead expert, drop bursts),
 // one row each; clicking a row moves the timeline there and pins the window.
 // The "GPU capture" column jumps to the kernels traced because of the episode
-// (CaptureIndex), or, with --capture-endpoint, asks the collector for a capture now.
+// (TraceModel::capture_window, kept by the model as spans arrive), or, with --capture-endpoint,
+// asks the collector for a capture now.
 #include <imgui.h>
 
 #include <algorithm>
@@ -42,7 +43,7 @@ constexpr uint32_t kCaptureSteps = 8;
 
 void draw_capture_cell(AppState& s, const wire::AlertEpisode& a, int row) {
   ImGui::PushID(row);
-  if (const CaptureWindow* w = s.captures.for_episode(a)) {
+  if (const CaptureWindow* w = capture_for_episode(s.model, a)) {
     char label[64];
     std::snprintf(label, sizeof label, "jump (%llu kernels)",
                   static_cast<unsigned long long>(w->spans));
@@ -70,7 +71,6 @@ void draw_alerts(AppState& s) {
     ImGui::TextDisabled("no alert episodes in this trace");
     return;
   }
-  s.captures.update(m);
   draw_capture_status(s);
   ImGuiTableFlags flags = ImGuiTableFlags_RowBg | ImGuiTableFlags_BordersInnerV |
                           ImGuiTableFlags_ScrollY | ImGuiTableFlags_Resizable |

@@ -91,6 +91,12 @@ void toolbar(AppState& s) {
                       format_time(s.view_t0 - s.model.min_ns() + 0.0, span / 100).c_str(),
                       format_time(s.view_t1 - s.model.min_ns(), span / 100).c_str(),
                       format_duration(span).c_str());
+  if (s.lod && s.lod->loading()) {
+    // The window's blocks are being decoded on the StoreView's worker; what is drawn is the
+    // previous window's data or the overview until they are in.
+    ImGui::SameLine();
+    ImGui::TextColored(ImVec4(1.0f, 0.75f, 0.3f, 1), "loading...");
+  }
 }
 
 void draw_ruler(AppState& s, ImDrawList* dl, float x0, float x1, float y0, float h) {

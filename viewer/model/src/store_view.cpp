@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <unordered_set>
 
 #include "inferscope/wire/trace_file.hpp"
 
@@ -45,6 +46,12 @@ int64_t level_at_most(int64_t res_ns) {
 StoreView::StoreView(StoreViewOptions options) : options_(options) {}
 
 StoreView::~StoreView() {
+  {
+    std::lock_guard lk(mu_);
+    stop_ = true;  // a build in progress stops at its next block
+  }
+  cv_.notify_all();
+  if (worker_.joinable()) worker_.join();
   for (int fd : fds_)
     if (fd >= 0) ::close(fd);
 }
@@ -103,7 +110,7 @@ LoadResult StoreView::open(const std::string& dir, TraceModel& model) {
   }
   overview_ns_ =
       min_ns_ <= max_ns_ ? std::max<int64_t>(1, (max_ns_ - min_ns_) / options_.overview_px) : 1;
-  rebuild(model, 0, -1, -1);
+  build_overview(model);
   r.records = stats_.model_records;
   r.frames = stats_.model_frames;
   r.ok = true;
@@ -144,38 +151,43 @@ const std::vector<uint8_t>* StoreView::frames(uint32_t file, const wire::BlockLo
   auto& c = cache_[key];
   c.frames = std::move(raw);
   c.lru = lru_.begin();
-  stats_.cache_bytes = cache_bytes_;
   return &c.frames;
 }
 
-void StoreView::rebuild(TraceModel& model, int64_t from, int64_t to, int64_t detail_ns) {
-  // The first build (the overview) takes every record; later ones swap only the
-  // spans: the overview already holds every other record exactly, and its own
-  // spans are kept decoded, so a rebuild decodes just the window's blocks.
-  const bool first = !overview_ready_;
-  if (first) {
-    model.clear();
-    named_.clear();
-    overview_spans_.assign(blocks_.size(), {});
-  } else {
-    model.clear_spans();
+// [SECTION] Building
+namespace {
+
+// Adds spans to a model, defining the merged spans' name for a source before its first one.
+class SpanSink {
+ public:
+  explicit SpanSink(TraceModel& m) : m_(m) {}
+  void add(uint32_t source, const wire::Span& span) {
+    if (span.name_id == wire::kMergedSpansStringId && named_.insert(source).second) {
+      const Source* s = m_.source(source);
+      if (!s || !s->name_map.contains(wire::kMergedSpansStringId))
+        m_.add(source, wire::StringDef{wire::kMergedSpansStringId, "(merged spans)"});
+    }
+    m_.add(source, wire::Record{span});
   }
+
+ private:
+  TraceModel& m_;
+  std::unordered_set<uint32_t> named_;
+};
+
+}  // namespace
+
+void StoreView::build_overview(TraceModel& model) {
+  // Every record of each block's overview summary; its spans are also kept decoded
+  // (overview_spans_), so that later builds add them again without decoding.
+  std::lock_guard lk(build_mu_);
+  model.clear();
+  overview_spans_.assign(blocks_.size(), {});
+  SpanSink sink(model);
   uint64_t records = 0, frames_loaded = 0;
-  auto add_span = [&](uint32_t source, const wire::Span& span) {
-    // The merged spans' name, defined for a source before its first one.
-    if (span.name_id == wire::kMergedSpansStringId && named_.insert(source).second)
-      model.add(source, wire::StringDef{wire::kMergedSpansStringId, "(merged spans)"});
-    model.add(source, wire::Record{span});
-    ++records;
-  };
   for (size_t i = 0; i < blocks_.size(); ++i) {
     const Block& b = blocks_[i];
-    const bool detail = detail_ns >= 0 && b.data.header.overlaps(from, to);
-    if (!first && !detail) {
-      for (const auto& [source, span] : overview_spans_[i]) add_span(source, span);
-      continue;
-    }
-    const auto* raw = frames(b.file, version(b, detail ? detail_ns : overview_ns_), nullptr);
+    const auto* raw = frames(b.file, version(b, overview_ns_), nullptr);
     if (!raw) continue;
     std::span<const uint8_t> rest(*raw);
     while (!rest.empty()) {
@@ -189,42 +201,85 @@ void StoreView::rebuild(TraceModel& model, int64_t from, int64_t to, int64_t det
       wire::Record rec;
       while (decoder_.next(rec)) {
         if (const auto* span = std::get_if<wire::Span>(&rec)) {
-          add_span(source, *span);
-          if (first) overview_spans_[i].emplace_back(source, *span);
-        } else if (first) {
+          sink.add(source, *span);
+          overview_spans_[i].emplace_back(source, *span);
+        } else {
           model.add(source, rec);
-          ++records;
         }
+        ++records;
       }
     }
   }
-  overview_ready_ = true;
   model.finalize();
-  loaded_versions_ = versions(from, to, detail_ns);
-  loaded_from_ = from;
-  loaded_to_ = to;
-  loaded_ns_ = detail_ns;
-  stats_.model_records = first ? records : stats_.model_records;
+  target_ = Target{0, -1, -1, versions(0, -1, -1)};
+  stats_.model_records = records;
   stats_.model_frames = frames_loaded;
-  stats_.detail_level_ns = detail_ns;
+  stats_.detail_level_ns = -1;
   stats_.cache_bytes = cache_bytes_;
   ++stats_.rebuilds;
 }
 
-bool StoreView::update(TraceModel& model, int64_t t0, int64_t t1, int px) {
-  if (px <= 0 || t1 <= t0 || blocks_.empty()) return false;
-  const int64_t threshold = (t1 - t0) * 3 / px;  // the timeline merges below this (3 px)
-  if (threshold >= overview_ns_) {
-    if (loaded_ns_ < 0) return false;
-    rebuild(model, 0, -1, -1);  // back to the overview: drop the detail
-    return true;
+bool StoreView::build(Built& out) {
+  std::lock_guard lk(build_mu_);
+  const Target& t = out.target;
+  SpanSink sink(out.scratch);
+  uint64_t frames_loaded = 0;
+  for (size_t i = 0; i < blocks_.size(); ++i) {
+    if (stop_.load(std::memory_order_relaxed)) return false;
+    const Block& b = blocks_[i];
+    if (t.ns < 0 || !b.data.header.overlaps(t.from, t.to)) {
+      for (const auto& [source, span] : overview_spans_[i]) sink.add(source, span);
+      continue;
+    }
+    const auto* raw = frames(b.file, version(b, t.ns), nullptr);
+    if (!raw) continue;
+    std::span<const uint8_t> rest(*raw);
+    while (!rest.empty()) {
+      size_t n = 0;
+      if (!decoder_.frame_size(rest, n).ok()) break;  // CRC-checked block written bad: stop
+      const auto frame = rest.first(n);
+      rest = rest.subspan(n);
+      ++frames_loaded;
+      if (!decoder_.open(frame).ok()) continue;
+      const uint32_t source = decoder_.header().source_id;
+      wire::Record rec;
+      // The overview holds every other record already: only the spans change.
+      while (decoder_.next(rec))
+        if (const auto* span = std::get_if<wire::Span>(&rec)) sink.add(source, *span);
+    }
   }
-  const bool covered = t0 >= loaded_from_ && t1 <= loaded_to_;
+  // Sorting into lanes is the other half of the cost: on the builder's thread too.
+  out.scratch.finalize();
+  out.frames = frames_loaded;
+  out.cache_bytes = cache_bytes_;
+  return true;
+}
+
+bool StoreView::adopt(TraceModel& model, Built& b) {
+  if (!model.adopt_spans(b.scratch)) return false;
+  stats_.model_frames = b.frames;
+  stats_.cache_bytes = b.cache_bytes;
+  stats_.detail_level_ns = b.target.ns;
+  ++stats_.rebuilds;
+  return true;
+}
+
+// [SECTION] Following the window
+bool StoreView::plan(int64_t t0, int64_t t1, int px, Target& next) {
+  if (px <= 0 || t1 <= t0 || blocks_.empty()) return false;
+  auto overview = [&] {
+    if (target_.ns < 0) return false;  // showing (or about to show) the overview already
+    next = Target{0, -1, -1, versions(0, -1, -1)};
+    return true;
+  };
+  const int64_t threshold = (t1 - t0) * 3 / px;      // the timeline merges below this (3 px)
+  if (threshold >= overview_ns_) return overview();  // back to the overview: drop the detail
+  const bool covered = t0 >= target_.from && t1 <= target_.to;
   int64_t want = level_at_most(threshold);
   // Loaded detail finer than needed is fine up to 16x (two levels): zooming out
   // a little must not reload, zooming out a lot must free memory.
-  if (covered && loaded_ns_ >= 0 && loaded_ns_ <= want &&
-      want <= std::max<int64_t>(loaded_ns_, 1) * 16)
+  if (covered && target_.ns >= 0 && target_.ns <= want &&
+      want <= std::max<int64_t>(target_.ns, 1) * 16)
     return false;
   const int64_t w = t1 - t0;
   const int64_t from = t0 - w / 2, to = t1 + w / 2;
@@ -236,23 +291,102 @@ bool StoreView::update(TraceModel& model, int64_t t0, int64_t t1, int px) {
     if (n <= options_.max_window_records) break;
     want = want == 0 ? wire::summary_level_ns(1) : want * 4;
   }
-  if (want >= overview_ns_) {
-    if (loaded_ns_ < 0) return false;
-    rebuild(model, 0, -1, -1);
-    return true;
-  }
+  if (want >= overview_ns_) return overview();
   // The same block versions as loaded (a block without a finer summary is the
   // same data at every finer level, and may be what the overview holds): the
   // model would not change.
-  if (versions(from, to, want) == loaded_versions_) {
-    loaded_from_ = from;
-    loaded_to_ = to;
-    loaded_ns_ = want;
-    stats_.detail_level_ns = want;
+  std::vector<uint64_t> v = versions(from, to, want);
+  if (v == target_.versions) {
+    target_.from = from;
+    target_.to = to;
+    target_.ns = want;
+    if (!loading()) stats_.detail_level_ns = want;
     return false;
   }
-  rebuild(model, from, to, want);
+  next = Target{from, to, want, std::move(v)};
   return true;
+}
+
+bool StoreView::update(TraceModel& model, int64_t t0, int64_t t1, int px) {
+  Target next;
+  if (!plan(t0, t1, px, next)) return false;
+  Built b{std::move(next), model.span_scratch()};
+  build(b);
+  target_ = b.target;
+  return adopt(model, b);
+}
+
+bool StoreView::update_async(TraceModel& model, int64_t t0, int64_t t1, int px) {
+  bool changed = false;
+  std::optional<Built> done;
+  {
+    std::lock_guard lk(mu_);
+    done.swap(done_);
+  }
+  if (done) {
+    changed = adopt(model, *done);
+    // Adopting fails only if something else changed the model: ask again (a target that
+    // matches no window, detail or overview).
+    if (!changed) target_ = Target{0, -1, 0, {}};
+    std::lock_guard lk(mu_);
+    trash_.push_back(std::move(done->scratch));  // our old spans: freed by the worker
+  }
+  Target next;
+  if (plan(t0, t1, px, next)) {
+    ++stats_.requests;
+    if (waiting_) ++stats_.superseded;  // never started: the newer window replaces it
+    waiting_ = next;
+    target_ = std::move(next);
+  }
+  if (!worker_.joinable() && (waiting_ || done)) worker_ = std::thread([this] { work(); });
+  {
+    std::lock_guard lk(mu_);
+    // The worker gets the next window once it is idle and its last answer was taken (at most
+    // one more window in memory). The scratch is made now, on the model's thread, after the
+    // last answer was swapped in, so that its ids match the model's when it comes back.
+    if (waiting_ && !job_ && !busy_ && !done_) {
+      job_.emplace(Built{std::move(*waiting_), model.span_scratch()});
+      waiting_.reset();
+    }
+  }
+  cv_.notify_all();
+  return changed;
+}
+
+bool StoreView::loading() const {
+  std::lock_guard lk(mu_);
+  return waiting_ || job_ || busy_ || done_;
+}
+
+bool StoreView::answer_ready() const {
+  std::lock_guard lk(mu_);
+  return done_.has_value();
+}
+
+void StoreView::work() {
+  std::unique_lock lk(mu_);
+  for (;;) {
+    cv_.wait(lk, [&] { return stop_ || !trash_.empty() || job_; });
+    if (stop_) return;
+    if (!trash_.empty()) {
+      std::vector<TraceModel> old;
+      old.swap(trash_);
+      lk.unlock();
+      old.clear();  // millions of spans and flow entries: not on the UI thread
+      lk.lock();
+      continue;
+    }
+    Built b = std::move(*job_);
+    job_.reset();
+    busy_ = true;
+    lk.unlock();
+    if (options_.on_build_start) options_.on_build_start();
+    const bool complete = build(b);
+    lk.lock();
+    busy_ = false;
+    if (!complete || stop_) return;  // shutting down: b is freed on the way out
+    done_.emplace(std::move(b));
+  }
 }
 
 std::vector<uint64_t> StoreView::versions(int64_t from, int64_t to, int64_t detail_ns) const {

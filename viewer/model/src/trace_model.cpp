@@ -63,6 +63,9 @@ void TraceModel::clear() {
   max_ns_ = std::numeric_limits<int64_t>::min();
   span_count_ = pending_spans_ = samples_ = record_count_ = 0;
   dropped_spans_ = dropped_samples_ = unknown_source_records_ = 0;
+  capture_key_ = 0;
+  captures_.clear();
+  capture_spans_seen_ = dropped_capture_spans_ = 0;
   ++generation_;
   dirty_ = false;
 }
@@ -95,7 +98,92 @@ void TraceModel::clear_spans() {
   args_.swap(kept);
   launches_.clear();
   kernels_.clear();
+  captures_.clear();  // only GPU spans carry capture tags
   dirty_ = true;
+}
+
+// [SECTION] Spans built elsewhere
+TraceModel TraceModel::span_scratch() const {
+  TraceModel out(limits_);
+  out.sources_ = sources_;
+  out.names_ = names_;
+  out.name_ids_ = name_ids_;
+  out.capture_key_ = capture_key_;
+  out.tracks_.reserve(tracks_.size());
+  for (const Track& t : tracks_) {
+    Track& c = out.tracks_.emplace_back();
+    c.source = t.source;
+    c.type = t.type;
+    c.thread_or_device = t.thread_or_device;
+    c.stream = t.stream;
+    c.label = t.label;
+  }
+  out.track_order_ = track_order_;
+  out.track_index_ = track_index_;
+  out.scratch_names_ = names_.size();
+  out.scratch_tracks_ = tracks_.size();
+  out.scratch_of_ = this;
+  return out;
+}
+
+bool TraceModel::adopt_spans(TraceModel& scratch) {
+  // Name and track ids in scratch are only ours if nothing was interned or added here since.
+  if (scratch.scratch_of_ != this || scratch.scratch_names_ != names_.size() ||
+      scratch.scratch_tracks_ != tracks_.size())
+    return false;
+  scratch.finalize();
+  // Scratch's names, sources and track index are a superset of ours (it may have interned
+  // names or opened tracks for the new spans).
+  names_.swap(scratch.names_);
+  name_ids_.swap(scratch.name_ids_);
+  sources_.swap(scratch.sources_);
+  track_index_.swap(scratch.track_index_);
+  capture_key_ = scratch.capture_key_;
+  // The arguments: scratch's, then those of the spans we keep (request and stage tracks).
+  std::vector<wire::SpanArg> args = std::move(scratch.args_);
+  for (Track& t : tracks_) {
+    if (t.type == TrackType::kCpuThread || t.type == TrackType::kGpuStream) continue;
+    for (Lane& l : t.lanes)
+      for (SpanRec& r : l.spans) {
+        if (r.num_args == 0 || r.args >= args_.size()) continue;
+        const uint32_t at = static_cast<uint32_t>(args.size());
+        args.insert(args.end(), args_.begin() + r.args,
+                    args_.begin() + std::min<size_t>(args_.size(), r.args + r.num_args));
+        r.args = at;
+      }
+  }
+  scratch.args_.swap(args_);  // our old arguments go with scratch
+  args_.swap(args);
+  for (size_t i = 0; i < scratch.tracks_.size(); ++i) {
+    Track& from = scratch.tracks_[i];
+    if (i >= tracks_.size()) {
+      tracks_.push_back(std::move(from));
+      continue;
+    }
+    Track& to = tracks_[i];
+    if (to.type != TrackType::kCpuThread && to.type != TrackType::kGpuStream) continue;
+    to.lanes.swap(from.lanes);
+    to.pending.swap(from.pending);
+    std::swap(to.span_count, from.span_count);
+    std::swap(to.min_ns, from.min_ns);
+    std::swap(to.max_ns, from.max_ns);
+  }
+  launches_.swap(scratch.launches_);
+  kernels_.swap(scratch.kernels_);
+  captures_.swap(scratch.captures_);
+  span_count_ = pending_spans_ = 0;
+  for (const Track& t : tracks_) {
+    span_count_ += t.span_count;
+    pending_spans_ += t.pending.size();
+  }
+  dropped_spans_ += scratch.dropped_spans_;
+  capture_spans_seen_ += scratch.capture_spans_seen_;
+  dropped_capture_spans_ += scratch.dropped_capture_spans_;
+  record_count_ += scratch.record_count_;
+  scratch.scratch_of_ = nullptr;  // spent: it holds our old spans now
+  rebuild_order();
+  ++generation_;
+  return true;
 }
 
 // [SECTION] Sources, names and tracks
@@ -121,7 +209,10 @@ uint32_t TraceModel::find_name(std::string_view s) const {
 uint32_t TraceModel::intern(std::string_view s) {
   if (s.empty()) return 0;
   auto [it, inserted] = name_ids_.try_emplace(std::string(s), static_cast<uint32_t>(names_.size()));
-  if (inserted) names_.emplace_back(s);
+  if (inserted) {
+    names_.emplace_back(s);
+    if (s == "capture") capture_key_ = it->second;
+  }
   return it->second;
 }
 
@@ -178,10 +269,10 @@ void TraceModel::extend_time(int64_t a, int64_t b) {
   max_ns_ = std::max(max_ns_, b);
 }
 
-void TraceModel::add_span(uint32_t track, SpanRec rec) {
+bool TraceModel::add_span(uint32_t track, SpanRec rec) {
   if (span_count_ + pending_spans_ >= limits_.max_spans) {
     ++dropped_spans_;
-    return;
+    return false;
   }
   if (rec.end_ns < rec.start_ns) rec.end_ns = rec.start_ns;
   Track& t = tracks_[track];
@@ -195,6 +286,31 @@ void TraceModel::add_span(uint32_t track, SpanRec rec) {
     (t.type == TrackType::kGpuStream ? kernels_ : launches_)[key] = FlowTarget{track, rec.start_ns};
   }
   dirty_ = true;
+  return true;
+}
+
+void TraceModel::track_capture(const SpanRec& rec) {
+  // The argument key is interned like any name; no "capture" name means no capture yet.
+  if (capture_key_ == 0 || rec.args == kNoArgs) return;
+  ++capture_spans_seen_;
+  const int64_t end = std::max(rec.end_ns, rec.start_ns);  // as add_span() stored it
+  for (uint32_t i = 0; i < rec.num_args && rec.args + i < args_.size(); ++i) {
+    const wire::SpanArg& a = args_[rec.args + i];
+    if (a.key_id != capture_key_ || a.value <= 0) continue;
+    auto it = captures_.find(uint64_t(a.value));
+    if (it == captures_.end()) {
+      if (captures_.size() >= limits_.max_capture_tags) {
+        ++dropped_capture_spans_;
+        continue;
+      }
+      captures_.emplace(uint64_t(a.value), CaptureWindow{rec.start_ns, end, 1});
+      continue;
+    }
+    CaptureWindow& w = it->second;
+    w.start_ns = std::min(w.start_ns, rec.start_ns);
+    w.end_ns = std::max(w.end_ns, end);
+    ++w.spans;
+  }
 }
 
 bool TraceModel::take_sample() {
@@ -245,7 +361,8 @@ void TraceModel::add(uint32_t source_id, const wire::Record& record) {
             for (uint8_t i = 0; i < n; ++i)
               args_.push_back({resolve(s, r.args[i].key_id), r.args[i].value});
           }
-          add_span(track, rec);
+          // A capture window grows with each tagged kernel as it arrives: no rescans later.
+          if (add_span(track, rec) && type == TrackType::kGpuStream) track_capture(rec);
         } else if constexpr (std::is_same_v<T, wire::ExpertLoad>) {
           if (!take_sample()) return;
           ExpertLoadRec rec;
@@ -458,6 +575,11 @@ SpanRef TraceModel::find_request_span(uint32_t source_id, uint64_t request_id) c
     for (uint32_t i = 0; i < t.lanes[li].spans.size(); ++i)
       if (t.lanes[li].spans[i].request_id == request_id) return {it->second, li, i};
   return {};
+}
+
+const CaptureWindow* TraceModel::capture_window(uint64_t tag) const {
+  auto it = captures_.find(tag);
+  return it == captures_.end() ? nullptr : &it->second;
 }
 
 const wire::ModelDescription* TraceModel::model_description() const {

@@ -1,37 +1,17 @@
-// inferscope viewer: where each GPU capture lies in the trace.
+// inferscope viewer: the GPU capture an alert episode asked for.
 //
 // During a capture the agent tags every GPU span with the argument `capture` = the capture's tag
 // (docs/gpu.md); a capture an episode asked for carries wire::episode_capture_tag(episode). The
-// index maps each tag to the time its spans cover, so the alerts view can jump from an alert to
-// the kernels traced because of it.
+// model tracks each tag's time window as spans arrive (TraceModel::capture_window), so the alerts
+// view can jump from an alert to the kernels traced because of it without scanning spans.
 #pragma once
-
-#include <cstdint>
-#include <unordered_map>
 
 #include "inferscope/viewer/trace_model.hpp"
 #include "inferscope/wire/records.hpp"
 
 namespace inferscope::viewer {
 
-struct CaptureWindow {
-  int64_t start_ns = 0;
-  int64_t end_ns = 0;
-  uint64_t spans = 0;
-};
-
-class CaptureIndex {
- public:
-  // Rebuilds from the model's finalized spans when they changed since the last call (a scan of
-  // the GPU tracks only; cheap to call every frame).
-  void update(const TraceModel& model);
-  const CaptureWindow* find(uint64_t tag) const;
-  const CaptureWindow* for_episode(const wire::AlertEpisode& a) const;
-  size_t size() const { return windows_.size(); }
-
- private:
-  std::unordered_map<uint64_t, CaptureWindow> windows_;
-  uint64_t indexed_spans_ = UINT64_MAX;
-};
+// The window of the capture episode a asked for, or null when the trace holds none of its spans.
+const CaptureWindow* capture_for_episode(const TraceModel& model, const wire::AlertEpisode& a);
 
 }  // namespace inferscope::viewer

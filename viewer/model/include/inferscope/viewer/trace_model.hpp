@@ -132,9 +132,18 @@ struct CounterRec {
   double value = 0;
 };
 
+// Where one GPU capture lies: during a capture the agent tags every GPU span with the argument
+// `capture` = the capture's tag (docs/gpu.md; captures.hpp maps an alert to its tag).
+struct CaptureWindow {
+  int64_t start_ns = 0;
+  int64_t end_ns = 0;
+  uint64_t spans = 0;
+};
+
 struct ModelLimits {
   uint64_t max_spans = 50'000'000;    // about 2.4 GB of spans
   uint64_t max_samples = 20'000'000;  // every other record kind together
+  uint32_t max_capture_tags = 4096;   // capture windows tracked; spans of further tags counted
 };
 
 class TraceModel {
@@ -146,12 +155,23 @@ class TraceModel {
   // Sorts new spans into lanes and rebuilds the indexes. Cheap when nothing changed.
   void finalize();
   void clear();
-  // Drops every span of the CPU-thread and GPU-stream tracks (and their flows
-  // and arguments) and keeps everything else: sources, names, request and
+  // Drops every span of the CPU-thread and GPU-stream tracks (and their flows,
+  // arguments and capture windows) and keeps everything else: sources, names, request and
   // stage tracks, sample tables, the time range. A level-of-detail view
   // (store_view.hpp) swaps the spans of a window this way without decoding
   // the other records again. finalize() afterwards.
   void clear_spans();
+
+  // [SECTION] Spans built elsewhere (store_view.hpp builds a window's spans on a worker thread)
+  // A model with this one's sources, names and tracks but no spans or other records, so that
+  // spans added to it resolve to the same name and track ids. Copies no spans: cheap.
+  TraceModel span_scratch() const;
+  // Replaces the spans of the CPU-thread and GPU-stream tracks (their flows, arguments and
+  // capture windows too) by those of scratch, a span_scratch() of this model to which nothing
+  // was added since (else false, nothing changes). Finalizes scratch first (cheap when done).
+  // Constant time in the number of spans: vectors are swapped, so the old spans end up in
+  // scratch and whoever owns it frees them (a worker thread, not the UI).
+  bool adopt_spans(TraceModel& scratch);
 
   // [SECTION] Access
   const std::vector<Track>& tracks() const { return tracks_; }
@@ -197,11 +217,22 @@ class TraceModel {
   // The model description of the first source that has one (for the heatmap).
   const wire::ModelDescription* model_description() const;
 
+  // [SECTION] GPU captures
+  // Kept up to date by add() from each GPU span's arguments as it arrives (they are resolved
+  // there anyway), so a lookup never scans spans. Pending spans count before finalize().
+  const CaptureWindow* capture_window(uint64_t tag) const;
+  const std::unordered_map<uint64_t, CaptureWindow>& capture_windows() const { return captures_; }
+  // GPU spans with arguments that add() looked at for a capture tag (tests: no rescans).
+  uint64_t capture_spans_seen() const { return capture_spans_seen_; }
+  // Tagged spans not tracked because max_capture_tags windows already existed.
+  uint64_t dropped_capture_spans() const { return dropped_capture_spans_; }
+
  private:
   Source& source_mut(uint32_t id);
   uint32_t track_for(uint32_t source, TrackType type, uint32_t a, uint32_t b);
   uint32_t resolve(Source& src, uint32_t wire_id);
-  void add_span(uint32_t track, SpanRec rec);
+  bool add_span(uint32_t track, SpanRec rec);  // false: over max_spans, dropped
+  void track_capture(const SpanRec& rec);
   void extend_time(int64_t a, int64_t b);
   bool take_sample();
   void finalize_track(Track& t);
@@ -236,6 +267,12 @@ class TraceModel {
   uint64_t dropped_spans_ = 0, dropped_samples_ = 0, unknown_source_records_ = 0;
   uint64_t generation_ = 0;
   bool dirty_ = false;
+  uint32_t capture_key_ = 0;  // the global name id of "capture" (0: not interned yet)
+  std::unordered_map<uint64_t, CaptureWindow> captures_;  // by capture tag
+  uint64_t capture_spans_seen_ = 0, dropped_capture_spans_ = 0;
+  // In a span_scratch(): the size of the name table and tracks of the model it came from.
+  size_t scratch_names_ = 0, scratch_tracks_ = 0;
+  const TraceModel* scratch_of_ = nullptr;
 };
 
 }  // namespace inferscope::viewer
