@@ -81,7 +81,9 @@ std::vector<std::string> TraceStore::list_segments(const std::string& dir) {
 }
 
 TraceStore::Writer::Writer(const TraceStoreOptions& options, TraceStore::Log log)
-    : options_(options), log_(std::move(log)), compressor_(options.zstd_level, options.columns) {}
+    : options_(options),
+      log_(std::move(log)),
+      compressor_(options.zstd_level, options.columns && options.summaries) {}
 
 // [SECTION] Opening and recovery
 TraceStore::Writer::~Writer() {
@@ -174,10 +176,12 @@ bool TraceStore::Writer::start_segment() {
   if (fd_ < 0) return false;
   uint8_t header[16];
   // Format 3 says the file may hold summary blocks, 4 column-split blocks too
-  // (readers of an older format refuse it rather than misread it).
-  wire::encode_v2_file_header(header, options_.columns     ? wire::kTraceFileFormatColumns
-                                      : options_.summaries ? wire::kTraceFileFormatSummaries
-                                                           : wire::kTraceBlockFormatVersion);
+  // (readers of an older format refuse it rather than misread it). Readers take
+  // format >= 3 to mean summaries, so columns come only with them.
+  const uint16_t format = !options_.summaries ? wire::kTraceBlockFormatVersion
+                          : options_.columns  ? wire::kTraceFileFormatColumns
+                                              : wire::kTraceFileFormatSummaries;
+  wire::encode_v2_file_header(header, format);
   if (!write_all(fd_, header, sizeof header)) {
     const int saved = errno;
     ::close(fd_);
