@@ -152,7 +152,8 @@ struct IngestResult {
 
 // kInlineFast: zstd level -3 (a faster, larger block; the format is the same).
 // kInlinePlain: inline, without level-of-detail summaries (format 2 files).
-enum class Persist { kOff, kInline, kThread, kInlineFast, kInlinePlain };
+// kInlineNoColumns: inline, summaries, blocks compressed as they are (format 3).
+enum class Persist { kOff, kInline, kThread, kInlineFast, kInlinePlain, kInlineNoColumns };
 
 IngestResult ingest(Persist mode, Shape shape, size_t frames) {
   const bool persist = mode != Persist::kOff;
@@ -170,6 +171,7 @@ IngestResult ingest(Persist mode, Shape shape, size_t frames) {
     so.background = mode == Persist::kThread;
     if (mode == Persist::kInlineFast) so.zstd_level = -3;
     if (mode == Persist::kInlinePlain) so.summaries = false;
+    if (mode == Persist::kInlineNoColumns) so.columns = false;
     store = std::make_unique<TraceStore>(
         so, [&](auto& f) { p.replay(f, false); }, nullptr);
     std::string error;
@@ -306,20 +308,22 @@ void print_ingest(size_t frames, const std::string& only_shape, const std::strin
                             ? " repetitive frames (1 thread, 2 names, fixed 800 ns spans)"
                             : " agent-like frames (8 threads, 16 names, 1-60 us, 1/4 kernels)");
     for (Persist mode : {Persist::kOff, Persist::kInline, Persist::kThread, Persist::kInlineFast,
-                         Persist::kInlinePlain}) {
-      const char* name = mode == Persist::kOff          ? "off"
-                         : mode == Persist::kInline     ? "inline"
-                         : mode == Persist::kThread     ? "thread"
-                         : mode == Persist::kInlineFast ? "fast"
-                                                        : "plain";
+                         Persist::kInlinePlain, Persist::kInlineNoColumns}) {
+      const char* name = mode == Persist::kOff           ? "off"
+                         : mode == Persist::kInline      ? "inline"
+                         : mode == Persist::kThread      ? "thread"
+                         : mode == Persist::kInlineFast  ? "fast"
+                         : mode == Persist::kInlinePlain ? "plain"
+                                                         : "nocolumns";
       if (!only_mode.empty() && only_mode != name) continue;
       auto r = ingest(mode, shape, frames);
-      const char* label = mode == Persist::kOff          ? "  without persistence"
-                          : mode == Persist::kInline     ? "  trace store, zstd-1 blocks inline"
-                          : mode == Persist::kInlineFast ? "  trace store, zstd -3 blocks inline"
-                          : mode == Persist::kInlinePlain
-                              ? "  trace store, zstd-1 inline, no summaries"
-                              : "  trace store, zstd-1 blocks on its thread";
+      const char* label =
+          mode == Persist::kOff               ? "  without persistence"
+          : mode == Persist::kInline          ? "  trace store, zstd-1 blocks inline"
+          : mode == Persist::kInlineFast      ? "  trace store, zstd -3 blocks inline"
+          : mode == Persist::kInlinePlain     ? "  trace store, zstd-1 inline, no summaries"
+          : mode == Persist::kInlineNoColumns ? "  trace store, zstd-1 inline, format 3 blocks"
+                                              : "  trace store, zstd-1 blocks on its thread";
       std::printf("%-46s %11.3e %7.1f %10.1f %12.1f %10.2f %6.2f %11llu\n", label, r.records_per_s,
                   r.mb_per_s, r.cpu_ns_per_record, r.records_per_cpu_s() / 1e6,
                   r.disk_bytes_per_record, r.ratio, static_cast<unsigned long long>(r.lost_frames));
@@ -329,8 +333,8 @@ void print_ingest(size_t frames, const std::string& only_shape, const std::strin
 
 int main(int argc, char** argv) {
   const bool quick = argc > 1 && std::strcmp(argv[1], "quick") == 0;
-  // `collector_bench ingest [frames [repetitive|agent [off|inline|thread|fast|plain]]]`: the
-  // ingest table alone, or one row of it (for a profiler).
+  // `collector_bench ingest [frames [repetitive|agent [off|inline|thread|fast|plain|nocolumns]]]`:
+  // the ingest table alone, or one row of it (for a profiler).
   const bool ingest_only = argc > 1 && std::strcmp(argv[1], "ingest") == 0;
   const size_t frames = ingest_only && argc > 2 ? std::strtoul(argv[2], nullptr, 10)
                         : quick                 ? 200

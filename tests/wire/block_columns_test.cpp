@@ -186,6 +186,47 @@ TEST(BlockColumns, InconsistentColumnsAreRefusedWithAClearError) {
   EXPECT_NE(err.find("checksum"), std::string::npos) << err;
 }
 
+// Input so repetitive that zstd finds whole frames again is cheap to compress
+// as it is: after a split block that compresses 6x or better, the next 63 data
+// blocks go unsplit (still exact), then the split is tried again. Varied input
+// is split every time.
+TEST(BlockColumns, RepetitiveBlocksGoUnsplitForAWhile) {
+  RawBlock repetitive;
+  std::vector<uint8_t> frame;
+  for (int f = 0; f < 20; ++f) {
+    FrameEncoder enc;
+    for (int i = 0; i < 500; ++i) enc.add(testing::sample_span(1000 * i));
+    frame.clear();
+    enc.finish(frame);
+    repetitive.add(frame, summarize_frame(frame));
+  }
+  const RawBlock varied = random_block(5);
+  BlockCompressor c(1, true);
+  std::vector<uint8_t> sealed;
+  std::vector<bool> split;
+  for (int i = 0; i < 130; ++i) {
+    c.seal(repetitive, sealed);
+    BlockHeader h;
+    std::string err;
+    ASSERT_EQ(unpack(sealed, h, err), repetitive.bytes) << err;
+    split.push_back(h.flags & kBlockFlagColumns);
+  }
+  EXPECT_TRUE(split[0]);
+  EXPECT_FALSE(split[1]);
+  EXPECT_FALSE(split[63]);
+  EXPECT_TRUE(split[64]);
+  EXPECT_FALSE(split[65]);
+  EXPECT_TRUE(split[128]);
+  BlockCompressor v(1, true);
+  for (int i = 0; i < 3; ++i) {
+    v.seal(varied, sealed);
+    BlockHeader h;
+    std::string err;
+    ASSERT_EQ(unpack(sealed, h, err), varied.bytes) << err;
+    EXPECT_TRUE(h.flags & kBlockFlagColumns);
+  }
+}
+
 TEST(BlockColumns, ColumnFlagWithoutZstdIsRefused) {
   BlockHeader h;
   h.flags = kBlockFlagColumns;

@@ -172,6 +172,7 @@ class BlockCompressor {
  private:
   int level_;
   bool columns_;
+  int unsplit_left_ = 0;        // data blocks still to seal unsplit (see seal())
   std::vector<uint8_t> split_;  // the column form of the block being sealed
   void* cctx_ = nullptr;        // ZSTD_CCtx, kept out of the header
 };
