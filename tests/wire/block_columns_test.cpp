@@ -32,13 +32,13 @@ RawBlock random_block(uint32_t seed) {
       for (const auto& r : testing::one_of_each()) enc.add(r);
     const int spans = static_cast<int>(rng() % 300);
     for (int i = 0; i < spans; ++i) {
-      Span s = testing::sample_span(static_cast<int64_t>(rng() >> (rng() % 60)));
+      Span s = testing::sample_span(static_cast<int64_t>(rng() >> (2 + rng() % 60)));
       s.track_kind = rng() % 2 ? TrackKind::kGpuStream : TrackKind::kCpuThread;
       s.track_id = static_cast<uint32_t>(rng() >> (32 + rng() % 32));
       s.stream = static_cast<uint32_t>(rng() % 3 == 0 ? rng() : 0);
       s.name_id = static_cast<uint32_t>(rng() % 100000);
       s.depth = static_cast<uint16_t>(rng() % 70000);
-      s.end_ns = s.start_ns + static_cast<int64_t>(rng() >> (1 + rng() % 62));
+      s.end_ns = s.start_ns + static_cast<int64_t>(rng() >> (3 + rng() % 60));  // no overflow
       s.correlation_id = rng() >> (rng() % 64);
       s.request_id = rng() % 2 ? rng() : 0;
       s.num_args = static_cast<uint8_t>(rng() % (kMaxSpanArgs + 1));
