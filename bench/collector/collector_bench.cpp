@@ -146,13 +146,17 @@ struct IngestResult {
   double mb_per_s;
   double cpu_ns_per_record;
   double disk_bytes_per_record;
+  double ratio;          // frame bytes / bytes on disk (summaries included)
+  uint64_t lost_frames;  // not stored (a full background queue drops whole blocks)
   // Records per second of CPU time (all threads): what one core sustains when it
   // is not shared, independent of how loaded the machine is during the run.
   double records_per_cpu_s() const { return 1e9 / cpu_ns_per_record; }
 };
 
 // kInlineFast: zstd level -3 (a faster, larger block; the format is the same).
-enum class Persist { kOff, kInline, kThread, kInlineFast };
+// kInlinePlain: inline, without level-of-detail summaries (format 2 files).
+// kInlineNoColumns: inline, summaries, blocks compressed as they are (format 3).
+enum class Persist { kOff, kInline, kThread, kInlineFast, kInlinePlain, kInlineNoColumns };
 
 IngestResult ingest(Persist mode, Shape shape, size_t frames) {
   const bool persist = mode != Persist::kOff;
@@ -169,6 +173,8 @@ IngestResult ingest(Persist mode, Shape shape, size_t frames) {
     so.max_bytes = 256u << 20;
     so.background = mode == Persist::kThread;
     if (mode == Persist::kInlineFast) so.zstd_level = -3;
+    if (mode == Persist::kInlinePlain) so.summaries = false;
+    if (mode == Persist::kInlineNoColumns) so.columns = false;
     store = std::make_unique<TraceStore>(
         so, [&](auto& f) { p.replay(f, false); }, nullptr);
     std::string error;
@@ -206,9 +212,18 @@ IngestResult ingest(Persist mode, Shape shape, size_t frames) {
   const double secs = seconds_since(start);
   const double cpu = process_cpu_s() - cpu0;
   const double disk = store ? static_cast<double>(store->stats().bytes) : 0.0;
+  // Every frame must be on disk for the row to count: the thread mode drops whole
+  // blocks when ingest outruns the writer (as the collector would), which makes it
+  // look cheaper than it is.
+  const uint64_t lost = store ? store->stats().write_errors : 0;
   store.reset();
   std::filesystem::remove_all(dir);
-  return {records / secs, bytes / secs / 1e6, cpu * 1e9 / records, disk / records};
+  return {records / secs,
+          bytes / secs / 1e6,
+          cpu * 1e9 / records,
+          disk / records,
+          disk > 0 ? bytes / disk : 0.0,
+          lost};
 }
 
 // [SECTION] series
@@ -287,36 +302,43 @@ double scrape_ms(uint32_t layers, uint16_t experts, bool per_expert, size_t& byt
 // only_shape / only_mode: "" = all, else "repetitive" / "agent" and "off" / "inline" / "thread" /
 // "fast".
 void print_ingest(size_t frames, const std::string& only_shape, const std::string& only_mode) {
-  std::printf("%-46s %11s %7s %10s %12s %10s\n", "ingest (decode+validate+aggregate+forward)",
-              "records/s", "MB/s", "CPU ns/rec", "M rec/CPU-s", "disk B/rec");
+  std::printf("%-46s %11s %7s %10s %12s %10s %6s %11s\n",
+              "ingest (decode+validate+aggregate+forward)", "records/s", "MB/s", "CPU ns/rec",
+              "M rec/CPU-s", "disk B/rec", "ratio", "lost frames");
   for (Shape shape : {Shape::kRepetitive, Shape::kAgentLike}) {
     if (!only_shape.empty() && only_shape != (shape == Shape::kRepetitive ? "repetitive" : "agent"))
       continue;
     std::printf("%s\n", shape == Shape::kRepetitive
                             ? " repetitive frames (1 thread, 2 names, fixed 800 ns spans)"
                             : " agent-like frames (8 threads, 16 names, 1-60 us, 1/4 kernels)");
-    for (Persist mode : {Persist::kOff, Persist::kInline, Persist::kThread, Persist::kInlineFast}) {
-      const char* name = mode == Persist::kOff      ? "off"
-                         : mode == Persist::kInline ? "inline"
-                         : mode == Persist::kThread ? "thread"
-                                                    : "fast";
+    for (Persist mode : {Persist::kOff, Persist::kInline, Persist::kThread, Persist::kInlineFast,
+                         Persist::kInlinePlain, Persist::kInlineNoColumns}) {
+      const char* name = mode == Persist::kOff           ? "off"
+                         : mode == Persist::kInline      ? "inline"
+                         : mode == Persist::kThread      ? "thread"
+                         : mode == Persist::kInlineFast  ? "fast"
+                         : mode == Persist::kInlinePlain ? "plain"
+                                                         : "nocolumns";
       if (!only_mode.empty() && only_mode != name) continue;
       auto r = ingest(mode, shape, frames);
-      const char* label = mode == Persist::kOff      ? "  without persistence"
-                          : mode == Persist::kInline ? "  trace store, zstd-1 blocks inline"
-                          : mode == Persist::kInlineFast
-                              ? "  trace store, zstd -3 blocks inline"
-                              : "  trace store, zstd-1 blocks on its thread";
-      std::printf("%-46s %11.3e %7.1f %10.1f %12.1f %10.2f\n", label, r.records_per_s, r.mb_per_s,
-                  r.cpu_ns_per_record, r.records_per_cpu_s() / 1e6, r.disk_bytes_per_record);
+      const char* label =
+          mode == Persist::kOff               ? "  without persistence"
+          : mode == Persist::kInline          ? "  trace store, zstd-1 blocks inline"
+          : mode == Persist::kInlineFast      ? "  trace store, zstd -3 blocks inline"
+          : mode == Persist::kInlinePlain     ? "  trace store, zstd-1 inline, no summaries"
+          : mode == Persist::kInlineNoColumns ? "  trace store, zstd-1 inline, format 3 blocks"
+                                              : "  trace store, zstd-1 blocks on its thread";
+      std::printf("%-46s %11.3e %7.1f %10.1f %12.1f %10.2f %6.2f %11llu\n", label, r.records_per_s,
+                  r.mb_per_s, r.cpu_ns_per_record, r.records_per_cpu_s() / 1e6,
+                  r.disk_bytes_per_record, r.ratio, static_cast<unsigned long long>(r.lost_frames));
     }
   }
 }
 
 int main(int argc, char** argv) {
   const bool quick = argc > 1 && std::strcmp(argv[1], "quick") == 0;
-  // `collector_bench ingest [frames [repetitive|agent [off|inline|thread|fast]]]`: the
-  // ingest table alone, or one row of it (for a profiler).
+  // `collector_bench ingest [frames [repetitive|agent [off|inline|thread|fast|plain|nocolumns]]]`:
+  // the ingest table alone, or one row of it (for a profiler).
   const bool ingest_only = argc > 1 && std::strcmp(argv[1], "ingest") == 0;
   const size_t frames = ingest_only && argc > 2 ? std::strtoul(argv[2], nullptr, 10)
                         : quick                 ? 200

@@ -120,7 +120,7 @@ struct Stored {
 };
 
 Stored store_of(const std::string& name, const std::vector<std::vector<uint8_t>>& frames,
-                bool summaries) {
+                bool summaries, bool columns = true) {
   Stored s;
   s.dir = fs::temp_directory_path() / ("lod-" + name + "-" + std::to_string(::getpid()));
   fs::remove_all(s.dir);
@@ -128,6 +128,7 @@ Stored store_of(const std::string& name, const std::vector<std::vector<uint8_t>>
   o.dir = s.dir.string();
   o.background = false;
   o.summaries = summaries;
+  o.columns = columns;
   o.block_bytes = 16u << 10;  // many blocks, so many lie wholly inside a window
   o.segment_bytes = 256u << 10;
   o.max_bytes = 1ull << 30;
@@ -367,12 +368,17 @@ TEST_F(LodSummaryTest, TornSummaryIsCutAndItsBlockStays) {
   }
 }
 
-TEST(LodSummaryFormat, FileHeaderSaysFormat3OnlyWithSummaries) {
-  for (bool summaries : {true, false}) {
-    int64_t end_ns = 0;
-    const auto frames = random_frames(1, end_ns);
+// Format 2 without summaries, 3 with them, 4 with them and column-split
+// blocks (the default); every format reads back the same stored frames.
+TEST(LodSummaryFormat, FileHeaderSaysTheFormatItsBlocksNeed) {
+  int64_t end_ns = 0;
+  const auto frames = random_frames(1, end_ns);
+  const std::vector<std::vector<uint8_t>> some(frames.begin(), frames.begin() + 10);
+  std::vector<std::vector<uint8_t>> first_read;
+  for (auto [summaries, columns, format] :
+       {std::tuple{true, true, 4}, {true, false, 3}, {false, true, 2}, {false, false, 2}}) {
     Stored s =
-        store_of(summaries ? "fmt3" : "fmt2", {frames.begin(), frames.begin() + 10}, summaries);
+        store_of("fmt" + std::to_string(format) + (columns ? "c" : ""), some, summaries, columns);
     s.store->close();
     const auto paths = TraceStore::list_segments(s.dir.string());
     ASSERT_FALSE(paths.empty());
@@ -381,7 +387,22 @@ TEST(LodSummaryFormat, FileHeaderSaysFormat3OnlyWithSummaries) {
     uint8_t h[16] = {};
     ASSERT_EQ(std::fread(h, 1, 16, f), 16u);
     std::fclose(f);
-    EXPECT_EQ(h[10] | h[11] << 8, summaries ? 3 : 2);
+    EXPECT_EQ(h[10] | h[11] << 8, format) << summaries << columns;
+    // Readers that want every stored frame get the same ones from every format.
+    std::vector<std::vector<uint8_t>> read;
+    for (const auto& path : paths) {
+      wire::TraceFileReader r;
+      ASSERT_TRUE(r.open(path)) << r.error();
+      std::span<const uint8_t> frame;
+      while (r.next_frame(frame)) read.emplace_back(frame.begin(), frame.end());
+      EXPECT_TRUE(r.damage_report().empty()) << r.damage_report();
+    }
+    if (first_read.empty()) {
+      first_read = read;
+      EXPECT_GE(read.size(), some.size());
+    } else {
+      EXPECT_EQ(read, first_read) << "format " << format;
+    }
     s.store.reset();
     fs::remove_all(s.dir);
   }

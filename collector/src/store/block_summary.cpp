@@ -62,6 +62,12 @@ std::span<const SummaryBlock> SummaryBuilder::build(const wire::RawBlock& data) 
   if (!data.summary.has_time()) return {};
   others_.clear();
   spans_.clear();
+  // The first level merges the spans as they are decoded: the block's spans are
+  // never copied out (most of a block's cost here), only what that level emits.
+  size_t block_spans = 0;
+  SpanMerger first(
+      wire::summary_level_ns(kFirstLevel),
+      [this](uint32_t source, const wire::Span& s) { spans_.emplace_back(source, s); });
   wire::FrameDecoder decoder(wire::DecoderOptions{wire::kMaxBlockRawBytes});
   std::span<const uint8_t> rest(data.bytes);
   wire::Record r;
@@ -71,8 +77,9 @@ std::span<const SummaryBlock> SummaryBuilder::build(const wire::RawBlock& data) 
     if (decoder.open(rest.first(n)).ok()) {
       const uint32_t source = decoder.header().source_id;
       while (decoder.next(r)) {
-        if (auto* s = std::get_if<wire::Span>(&r)) {
-          spans_.emplace_back(source, *s);
+        if (const auto* s = std::get_if<wire::Span>(&r)) {
+          ++block_spans;
+          first.add(source, *s);
         } else {
           others_.emplace_back(source, std::move(r));
         }
@@ -80,17 +87,20 @@ std::span<const SummaryBlock> SummaryBuilder::build(const wire::RawBlock& data) 
     }
     rest = rest.subspan(n);
   }
-  if (spans_.size() < kMinSpans) return {};
+  first.finish();
+  if (block_spans < kMinSpans) return {};
   const int64_t extent = data.summary.max_ns - data.summary.min_ns;
-  size_t kept = spans_.size();
+  size_t kept = block_spans;
   for (int level = kFirstLevel; level <= wire::kMaxSummaryLevel; ++level) {
-    merged_.clear();
-    SpanMerger merger(wire::summary_level_ns(level), [this](uint32_t source, const wire::Span& s) {
-      merged_.emplace_back(source, s);
-    });
-    for (const auto& [source, s] : spans_) merger.add(source, s);
-    merger.finish();
-    spans_.swap(merged_);  // the next level merges this one's output (exact: span_merge.hpp)
+    if (level > kFirstLevel) {
+      merged_.clear();
+      SpanMerger merger(
+          wire::summary_level_ns(level),
+          [this](uint32_t source, const wire::Span& s) { merged_.emplace_back(source, s); });
+      for (const auto& [source, s] : spans_) merger.add(source, s);
+      merger.finish();
+      spans_.swap(merged_);  // the next level merges this one's output (exact: span_merge.hpp)
+    }
     if (spans_.size() * 8 <= kept) {
       if (levels_.size() <= used) levels_.emplace_back();
       SummaryBlock& sb = levels_[used++];

@@ -81,7 +81,9 @@ std::vector<std::string> TraceStore::list_segments(const std::string& dir) {
 }
 
 TraceStore::Writer::Writer(const TraceStoreOptions& options, TraceStore::Log log)
-    : options_(options), log_(std::move(log)), compressor_(options.zstd_level) {}
+    : options_(options),
+      log_(std::move(log)),
+      compressor_(options.zstd_level, options.columns && options.summaries) {}
 
 // [SECTION] Opening and recovery
 TraceStore::Writer::~Writer() {
@@ -173,9 +175,13 @@ bool TraceStore::Writer::start_segment() {
   fd_ = ::open(s.path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd_ < 0) return false;
   uint8_t header[16];
-  // Format 3 says the file may hold summary blocks (readers of format 2 refuse it).
-  wire::encode_v2_file_header(header, options_.summaries ? wire::kTraceFileFormatSummaries
-                                                         : wire::kTraceBlockFormatVersion);
+  // Format 3 says the file may hold summary blocks, 4 column-split blocks too
+  // (readers of an older format refuse it rather than misread it). Readers take
+  // format >= 3 to mean summaries, so columns come only with them.
+  const uint16_t format = !options_.summaries ? wire::kTraceBlockFormatVersion
+                          : options_.columns  ? wire::kTraceFileFormatColumns
+                                              : wire::kTraceFileFormatSummaries;
+  wire::encode_v2_file_header(header, format);
   if (!write_all(fd_, header, sizeof header)) {
     const int saved = errno;
     ::close(fd_);

@@ -2,6 +2,7 @@
 #include "span_merge.hpp"
 
 #include <algorithm>
+#include <bit>
 
 namespace inferscope::collector {
 
@@ -12,11 +13,36 @@ uint64_t merged_span_count(const wire::Span& s) {
   return 1;
 }
 
-size_t SpanMerger::LaneHash::operator()(const LaneKey& k) const {
-  uint64_t h = (uint64_t{std::get<0>(k)} << 32) ^ std::get<2>(k);
-  h ^= (uint64_t{std::get<3>(k)} << 20) ^ (uint64_t{std::get<4>(k)} << 8) ^ std::get<1>(k);
-  h *= 0x9E3779B97F4A7C15ull;
-  return static_cast<size_t>(h ^ (h >> 29));
+uint64_t SpanMerger::hash(const LaneKey& k) {
+  // Multiplicative hashing; the slot is taken from the top bits, which depend on every key bit.
+  return (k.a * 0x9E3779B97F4A7C15ull) ^ ((k.b ^ (k.b >> 29)) * 0xC2B2AE3D27D4EB4Full);
+}
+
+uint32_t SpanMerger::lane_of(const LaneKey& key) {
+  // Spans come in runs of one lane (an agent sends a thread's spans together):
+  // the last lane is checked before hashing.
+  if (last_ < lanes_.size() && lanes_[last_].key == key) return last_;
+  if ((lanes_.size() + 1) * 2 > slots_.size()) {
+    // Keep the table at most half full; rebuild it from the lanes.
+    slots_.assign(std::max<size_t>(64, slots_.size() * 2), 0);
+    shift_ = 64 - std::countr_zero(slots_.size());
+    const size_t mask = slots_.size() - 1;
+    for (uint32_t i = 0; i < lanes_.size(); ++i) {
+      size_t at = hash(lanes_[i].key) >> shift_;
+      while (slots_[at] != 0) at = (at + 1) & mask;
+      slots_[at] = i + 1;
+    }
+  }
+  const size_t mask = slots_.size() - 1;
+  size_t at = hash(key) >> shift_;
+  while (slots_[at] != 0) {
+    const uint32_t i = slots_[at] - 1;
+    if (lanes_[i].key == key) return last_ = i;
+    at = (at + 1) & mask;
+  }
+  lanes_.push_back(Lane{key, false, {}});
+  slots_[at] = static_cast<uint32_t>(lanes_.size());
+  return last_ = static_cast<uint32_t>(lanes_.size() - 1);
 }
 
 void SpanMerger::add(uint32_t source, const wire::Span& s) {
@@ -24,21 +50,15 @@ void SpanMerger::add(uint32_t source, const wire::Span& s) {
     emit_(source, s);
     return;
   }
-  const LaneKey key{source, static_cast<uint8_t>(s.track_kind), s.track_id, s.stream, s.depth};
   const uint64_t count = merged_span_count(s);
   // A merged input is a run of short spans, whatever its extent (see the header).
   const bool short_span = count > 1 || s.end_ns - s.start_ns < res_;
-  // Spans come in runs of one lane (an agent sends a thread's spans together):
-  // the last lane's run is looked up without hashing.
-  // (A pointer, not an iterator: a rehash keeps elements where they are.)
-  Entry* hit = last_ && last_->first == key ? last_ : nullptr;
-  if (!hit) {
-    auto found = runs_.find(key);
-    hit = found == runs_.end() ? nullptr : &*found;
-  }
-  if (hit) {
-    last_ = hit;
-    Run& run = hit->second;
+  const LaneKey key{(uint64_t{source} << 32) | s.track_id, (uint64_t{s.stream} << 32) |
+                                                               (uint64_t{s.depth} << 8) |
+                                                               static_cast<uint8_t>(s.track_kind)};
+  Lane& lane = lanes_[lane_of(key)];
+  if (lane.open) {
+    Run& run = lane.run;
     if (short_span && s.start_ns >= run.first.start_ns && s.start_ns - run.end_ns < res_) {
       run.end_ns = std::max(run.end_ns, s.end_ns);
       run.count += count;
@@ -46,8 +66,7 @@ void SpanMerger::add(uint32_t source, const wire::Span& s) {
     }
     flush(source, run);
     if (!short_span) {
-      runs_.erase(key);
-      last_ = nullptr;
+      lane.open = false;
       emit_(source, s);
       return;
     }
@@ -58,7 +77,8 @@ void SpanMerger::add(uint32_t source, const wire::Span& s) {
     emit_(source, s);
     return;
   }
-  last_ = &*runs_.emplace(key, Run{s, s.end_ns, count}).first;
+  lane.open = true;
+  lane.run = Run{s, s.end_ns, count};
 }
 
 void SpanMerger::flush(uint32_t source, const Run& run) {
@@ -78,9 +98,11 @@ void SpanMerger::flush(uint32_t source, const Run& run) {
 }
 
 void SpanMerger::finish() {
-  for (auto& [key, run] : runs_) flush(std::get<0>(key), run);
-  runs_.clear();
-  last_ = nullptr;
+  for (const Lane& lane : lanes_)
+    if (lane.open) flush(lane.key.source(), lane.run);
+  lanes_.clear();
+  slots_.clear();
+  last_ = UINT32_MAX;
 }
 
 }  // namespace inferscope::collector

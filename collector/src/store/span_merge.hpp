@@ -17,8 +17,7 @@
 
 #include <cstdint>
 #include <functional>
-#include <tuple>
-#include <unordered_map>
+#include <vector>
 
 #include "inferscope/wire/records.hpp"
 
@@ -35,29 +34,42 @@ class SpanMerger {
   SpanMerger(int64_t res, Emit emit) : res_(res), emit_(std::move(emit)) {}
 
   void add(uint32_t source, const wire::Span& s);
-  // Emits the open runs (in no particular lane order).
+  // Emits the open runs, in the order their lanes were first seen.
   void finish();
   uint64_t merged() const { return merged_; }  // merged spans emitted
 
  private:
-  using LaneKey = std::tuple<uint32_t /*source*/, uint8_t /*track kind*/, uint32_t /*track*/,
-                             uint32_t /*stream*/, uint16_t /*depth*/>;
-  struct LaneHash {
-    size_t operator()(const LaneKey& k) const;
+  // source and track | stream, depth and track kind: two words, compared and hashed whole.
+  struct LaneKey {
+    uint64_t a = 0, b = 0;
+    bool operator==(const LaneKey&) const = default;
+    uint32_t source() const { return static_cast<uint32_t>(a >> 32); }
   };
   struct Run {
     wire::Span first;
     int64_t end_ns = 0;
     uint64_t count = 0;
   };
+  // Every lane seen since the last finish(), with its run when one is open.
+  // A flat table instead of a node-based map: this is the store's per-span
+  // cost when it writes summaries (agent threads interleave, so the last-lane
+  // shortcut misses often), and lanes are few (tracks x depths).
+  struct Lane {
+    LaneKey key;
+    bool open = false;
+    Run run;
+  };
+  static uint64_t hash(const LaneKey& k);
+  uint32_t lane_of(const LaneKey& key);  // index in lanes_, added when new
   void flush(uint32_t source, const Run& run);
 
   int64_t res_;
   Emit emit_;
   uint64_t merged_ = 0;
-  std::unordered_map<LaneKey, Run, LaneHash> runs_;
-  using Entry = std::pair<const LaneKey, Run>;
-  Entry* last_ = nullptr;  // the last lane's run (see add())
+  std::vector<Lane> lanes_;
+  std::vector<uint32_t> slots_;  // open addressing: lane index + 1, 0 = empty; size 2^shift_
+  int shift_ = 64;               // 64 - log2(slots_.size()): a hash's top bits pick the slot
+  uint32_t last_ = UINT32_MAX;   // the last lane used (see add())
 };
 
 }  // namespace inferscope::collector

@@ -16,7 +16,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// Format 3 segment files of a directory, in name order (the store numbers them).
+// Segment files that may hold summaries (format 3 or 4) of a directory, in name order (the store
+// numbers them).
 std::vector<std::string> summary_segments(const std::string& dir) {
   std::vector<std::string> out;
   std::error_code ec;
@@ -27,7 +28,8 @@ std::vector<std::string> summary_segments(const std::string& dir) {
     uint8_t h[wire::kTraceFileHeaderBytes] = {};
     in.read(reinterpret_cast<char*>(h), sizeof h);
     if (in.gcount() != sizeof h || wire::trace_file_format(h) != 2) continue;
-    if ((h[10] | h[11] << 8) == wire::kTraceFileFormatSummaries) out.push_back(e.path().string());
+    if (wire::trace_format_has_summaries(static_cast<uint16_t>(h[10] | h[11] << 8)))
+      out.push_back(e.path().string());
   }
   std::sort(out.begin(), out.end());
   return out;

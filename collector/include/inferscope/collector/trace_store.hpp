@@ -47,6 +47,12 @@ struct TraceStoreOptions {
   // coarse range query reads them instead of the blocks. Costs the writer
   // thread one decode of each block; off writes format 2 files as before.
   bool summaries = true;
+  // With summaries: compress each block's bytes regrouped by field
+  // (wire/trace_block.hpp, format 4): zstd runs about twice as fast on them and
+  // the blocks are 15% smaller on span-heavy input; exact (a permutation of the
+  // bytes). Off writes format 3 files as before. (Readers take format >= 3 to
+  // mean summaries, so without summaries the files stay format 2, unsplit.)
+  bool columns = true;
 };
 
 // Cumulative since open(); gauges are the current state.

@@ -37,6 +37,16 @@
 // blocks; a range query may read one instead of its data block (store docs).
 // Format 2 files have no summaries and read as before; a format 2 reader
 // refuses format 3 files instead of misreading them.
+//
+// Column-split payloads (file format version 4; format 3 otherwise): a block
+// with flag bit 6 (always with bit 0) holds, compressed, not the frames but the
+// same bytes regrouped by field (split_block_columns below): frame headers and
+// everything that is not a span's fields in one stream, record tags and lengths
+// in another, each span field's varint bytes in its own. A pure permutation of
+// the bytes, so exact by construction; zstd finds the regrouped bytes about
+// twice as fast and 15% smaller (docs/collector.md, "Ingest with the trace
+// store"). Readers join the streams back after decompressing; a format 3
+// reader refuses format 4 files.
 #pragma once
 
 #include <cstdint>
@@ -58,9 +68,12 @@ inline constexpr uint16_t kBlockFlagZstd = 1u << 0;
 inline constexpr uint16_t kBlockFlagDefinitions = 1u << 1;
 inline constexpr int kBlockSummaryLevelShift = 2;
 inline constexpr uint16_t kBlockSummaryLevelMask = 0xFu << kBlockSummaryLevelShift;
+inline constexpr uint16_t kBlockFlagColumns = 1u << 6;  // the payload is column-split (format 4)
 inline constexpr int kMaxSummaryLevel = 15;
-// File header format versions: 2 data blocks only, 3 may hold summary blocks.
+// File header format versions: 2 data blocks only, 3 may hold summary blocks,
+// 4 may also hold column-split blocks.
 inline constexpr uint16_t kTraceFileFormatSummaries = 3;
+inline constexpr uint16_t kTraceFileFormatColumns = 4;
 
 // The merge resolution of summary level k: 1024 ns * 4^k (4 us .. 1100 s).
 constexpr int64_t summary_level_ns(int level) {
@@ -113,8 +126,23 @@ bool decode_block_header(std::span<const uint8_t> bytes, BlockHeader& header, st
 void encode_v2_file_header(uint8_t out[16], uint16_t format = kTraceBlockFormatVersion);
 // Whether a reader of this code reads a v2 file whose header says this format version.
 constexpr bool supported_trace_format(uint16_t format) {
-  return format == kTraceBlockFormatVersion || format == kTraceFileFormatSummaries;
+  return format >= kTraceBlockFormatVersion && format <= kTraceFileFormatColumns;
 }
+// Whether a file of this format may hold summary blocks.
+constexpr bool trace_format_has_summaries(uint16_t format) {
+  return format >= kTraceFileFormatSummaries && format <= kTraceFileFormatColumns;
+}
+
+// The column form of a block's frames (format 4): a table of kBlockColumns
+// u32 stream sizes, then the streams. False (out untouched) when the bytes are
+// not whole, well-formed frames: the block is then compressed as it is.
+inline constexpr size_t kBlockColumns = 12;
+inline constexpr size_t kBlockColumnTableBytes = 4 * kBlockColumns;
+bool split_block_columns(std::span<const uint8_t> frames, std::vector<uint8_t>& out);
+// The inverse; false with error when the column form is inconsistent (it never
+// reads outside `columns`). frames is replaced.
+bool join_block_columns(std::span<const uint8_t> columns, std::vector<uint8_t>& frames,
+                        std::string& error);
 
 // Frames gathered for one block, before compression. Movable, so a store can
 // hand a full block to another thread to compress and write.
@@ -131,7 +159,8 @@ struct RawBlock {
 // Compresses raw blocks into header + payload. Keeps one zstd context (not thread-safe).
 class BlockCompressor {
  public:
-  explicit BlockCompressor(int zstd_level = 1);
+  // columns: split each block's bytes by field before compressing (format 4 files only).
+  explicit BlockCompressor(int zstd_level = 1, bool columns = false);
   ~BlockCompressor();
   BlockCompressor(const BlockCompressor&) = delete;
   BlockCompressor& operator=(const BlockCompressor&) = delete;
@@ -142,7 +171,10 @@ class BlockCompressor {
 
  private:
   int level_;
-  void* cctx_ = nullptr;  // ZSTD_CCtx, kept out of the header
+  bool columns_;
+  int unsplit_left_ = 0;        // data blocks still to seal unsplit (see seal())
+  std::vector<uint8_t> split_;  // the column form of the block being sealed
+  void* cctx_ = nullptr;        // ZSTD_CCtx, kept out of the header
 };
 
 // One block found by walking a file.

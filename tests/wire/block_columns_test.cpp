@@ -1,0 +1,245 @@
+// Column-split trace blocks (file format 4): the stored frames come back byte
+// for byte, for every record kind, spans with args, frames compressed by the
+// agent and bytes that are not frames; a block whose column form is
+// inconsistent (under a good CRC) is refused with a clear error; format 3
+// blocks read as before.
+#include <gtest/gtest.h>
+#include <zlib.h>
+#include <zstd.h>
+
+#include <cstring>
+#include <random>
+
+#include "inferscope/wire/codec.hpp"
+#include "inferscope/wire/trace_block.hpp"
+#include "sample_records.hpp"
+
+namespace inferscope::wire {
+namespace {
+
+// Frames of every record kind, spans with 0..4 args and random fields at every
+// varint width, some frames zstd-compressed by their encoder, several sources.
+RawBlock random_block(uint32_t seed) {
+  std::mt19937_64 rng(seed);
+  RawBlock block;
+  std::vector<uint8_t> frame;
+  for (int f = 0; f < 40; ++f) {
+    EncoderOptions eo;
+    eo.source_id = 1 + static_cast<uint32_t>(rng() % 5);
+    eo.compress = rng() % 4 == 0;
+    FrameEncoder enc(eo);
+    if (f % 7 == 0)
+      for (const auto& r : testing::one_of_each()) enc.add(r);
+    const int spans = static_cast<int>(rng() % 300);
+    for (int i = 0; i < spans; ++i) {
+      Span s = testing::sample_span(static_cast<int64_t>(rng() >> (2 + rng() % 60)));
+      s.track_kind = rng() % 2 ? TrackKind::kGpuStream : TrackKind::kCpuThread;
+      s.track_id = static_cast<uint32_t>(rng() >> (32 + rng() % 32));
+      s.stream = static_cast<uint32_t>(rng() % 3 == 0 ? rng() : 0);
+      s.name_id = static_cast<uint32_t>(rng() % 100000);
+      s.depth = static_cast<uint16_t>(rng() % 70000);
+      s.end_ns = s.start_ns + static_cast<int64_t>(rng() >> (3 + rng() % 60));  // no overflow
+      s.correlation_id = rng() >> (rng() % 64);
+      s.request_id = rng() % 2 ? rng() : 0;
+      s.num_args = static_cast<uint8_t>(rng() % (kMaxSpanArgs + 1));
+      for (uint8_t a = 0; a < s.num_args; ++a)
+        s.args[a] = {static_cast<uint32_t>(rng() % 1000), static_cast<int64_t>(rng())};
+      enc.add(s);
+    }
+    if (enc.empty()) enc.add(testing::sample_load());
+    frame.clear();
+    enc.finish(frame);
+    block.add(frame, summarize_frame(frame));
+  }
+  return block;
+}
+
+std::vector<uint8_t> unpack(const std::vector<uint8_t>& sealed, BlockHeader& h, std::string& err) {
+  EXPECT_TRUE(decode_block_header({sealed.data(), kBlockHeaderBytes}, h, err)) << err;
+  std::vector<uint8_t> raw;
+  if (!unpack_block(h, {sealed.data() + kBlockHeaderBytes, h.stored_bytes}, raw, err)) return {};
+  return raw;
+}
+
+TEST(BlockColumns, RoundTripIsByteExact) {
+  BlockCompressor columns(1, true), plain(1, false);
+  std::vector<uint8_t> a, b;
+  for (uint32_t seed = 1; seed <= 12; ++seed) {
+    const RawBlock block = random_block(seed);
+    columns.seal(block, a);
+    plain.seal(block, b);
+    BlockHeader ha, hb;
+    std::string err;
+    const auto raw_a = unpack(a, ha, err);
+    ASSERT_TRUE(err.empty()) << err;
+    const auto raw_b = unpack(b, hb, err);
+    ASSERT_TRUE(err.empty()) << err;
+    EXPECT_TRUE(ha.flags & kBlockFlagColumns) << "seed " << seed;
+    EXPECT_FALSE(hb.flags & kBlockFlagColumns);
+    ASSERT_EQ(raw_a, block.bytes) << "seed " << seed;
+    ASSERT_EQ(raw_b, block.bytes);
+    // Every frame still decodes (CRCs included) after the join.
+    FrameDecoder dec(DecoderOptions{kMaxBlockRawBytes});
+    std::span<const uint8_t> rest(raw_a);
+    uint32_t frames = 0;
+    while (!rest.empty()) {
+      size_t n = 0;
+      ASSERT_TRUE(dec.frame_size(rest, n).ok());
+      ASSERT_TRUE(dec.open(rest.first(n)).ok());
+      Record r;
+      while (dec.next(r)) {
+      }
+      ASSERT_TRUE(dec.status().ok()) << dec.status().message;
+      rest = rest.subspan(n);
+      ++frames;
+    }
+    EXPECT_EQ(frames, block.frames);
+  }
+}
+
+TEST(BlockColumns, BytesThatAreNotFramesAreStoredAsTheyAre) {
+  RawBlock block = random_block(99);
+  // A frame header announcing more bytes than the block holds: no column form.
+  std::vector<uint8_t> junk(block.bytes.begin(), block.bytes.begin() + kFrameHeaderBytes);
+  junk[8] = 0xFF;
+  junk[9] = 0xFF;
+  block.bytes.insert(block.bytes.end(), junk.begin(), junk.end());
+  std::vector<uint8_t> split;
+  EXPECT_FALSE(split_block_columns(block.bytes, split));
+  BlockCompressor columns(1, true);
+  std::vector<uint8_t> sealed;
+  columns.seal(block, sealed);
+  BlockHeader h;
+  std::string err;
+  const auto raw = unpack(sealed, h, err);
+  EXPECT_FALSE(h.flags & kBlockFlagColumns);
+  EXPECT_EQ(raw, block.bytes) << err;
+  // And an empty block splits into an empty table.
+  ASSERT_TRUE(split_block_columns({}, split));
+  EXPECT_EQ(split.size(), kBlockColumnTableBytes);
+  std::vector<uint8_t> back{1, 2, 3};
+  ASSERT_TRUE(join_block_columns(split, back, err)) << err;
+  EXPECT_TRUE(back.empty());
+}
+
+// A column form whose table or streams do not add up, sealed with a valid CRC
+// (what a writer bug or a corruption under a recomputed CRC would look like):
+// refused, with a message naming the column form; never a read out of bounds.
+TEST(BlockColumns, InconsistentColumnsAreRefusedWithAClearError) {
+  const RawBlock block = random_block(7);
+  std::vector<uint8_t> split;
+  ASSERT_TRUE(split_block_columns(block.bytes, split));
+  std::string err;
+  std::vector<uint8_t> back;
+  ASSERT_TRUE(join_block_columns(split, back, err)) << err;
+  ASSERT_EQ(back, block.bytes);
+
+  // Directly: a table that overruns, a stream moved between columns, a cut payload.
+  auto broken = split;
+  broken[0] ^= 0x40;  // stream 0 (frame headers) claims 64 more bytes
+  EXPECT_FALSE(join_block_columns(broken, back, err));
+  EXPECT_NE(err.find("block columns are inconsistent"), std::string::npos) << err;
+  broken = split;
+  broken[4 * 3] += 1;  // track ids take a byte...
+  broken[4 * 4] -= 1;  // ...from the stream ids: sizes still add up
+  err.clear();
+  EXPECT_FALSE(join_block_columns(broken, back, err));
+  EXPECT_NE(err.find("block columns are inconsistent"), std::string::npos) << err;
+  err.clear();
+  EXPECT_FALSE(join_block_columns({split.data(), split.size() - 1}, back, err));
+  EXPECT_FALSE(err.empty());
+  EXPECT_FALSE(join_block_columns({split.data(), 10}, back, err));
+
+  // Random damage in the streams (not the table) never crashes and never
+  // passes as the original frames.
+  std::mt19937 rng(3);
+  for (int i = 0; i < 200; ++i) {
+    broken = split;
+    broken[kBlockColumnTableBytes + rng() % (broken.size() - kBlockColumnTableBytes)] ^=
+        static_cast<uint8_t>(1 + rng() % 255);
+    if (join_block_columns(broken, back, err)) EXPECT_NE(back, block.bytes);
+  }
+
+  // Through unpack_block: the broken form compressed and sealed by hand, CRCs valid.
+  broken = split;
+  broken[4 * 3] += 1;
+  broken[4 * 4] -= 1;
+  std::vector<uint8_t> payload(ZSTD_compressBound(broken.size()));
+  payload.resize(ZSTD_compress(payload.data(), payload.size(), broken.data(), broken.size(), 1));
+  BlockCompressor columns(1, true);
+  std::vector<uint8_t> sealed;
+  columns.seal(block, sealed);
+  BlockHeader h;
+  ASSERT_TRUE(decode_block_header({sealed.data(), kBlockHeaderBytes}, h, err));
+  ASSERT_TRUE(h.flags & kBlockFlagColumns);
+  h.stored_bytes = static_cast<uint32_t>(payload.size());
+  h.payload_crc = static_cast<uint32_t>(
+      crc32(crc32(0L, Z_NULL, 0), payload.data(), static_cast<uInt>(payload.size())));
+  std::vector<uint8_t> raw;
+  err.clear();
+  EXPECT_FALSE(unpack_block(h, payload, raw, err));
+  EXPECT_NE(err.find("block columns are inconsistent"), std::string::npos) << err;
+  // The same payload under a wrong CRC is refused before any join.
+  h.payload_crc ^= 1;
+  err.clear();
+  EXPECT_FALSE(unpack_block(h, payload, raw, err));
+  EXPECT_NE(err.find("checksum"), std::string::npos) << err;
+}
+
+// Input so repetitive that zstd finds whole frames again is cheap to compress
+// as it is: after a split block that compresses 6x or better, the next 63 data
+// blocks go unsplit (still exact), then the split is tried again. Varied input
+// is split every time.
+TEST(BlockColumns, RepetitiveBlocksGoUnsplitForAWhile) {
+  RawBlock repetitive;
+  std::vector<uint8_t> frame;
+  for (int f = 0; f < 20; ++f) {
+    FrameEncoder enc;
+    for (int i = 0; i < 500; ++i) enc.add(testing::sample_span(1000 * i));
+    frame.clear();
+    enc.finish(frame);
+    repetitive.add(frame, summarize_frame(frame));
+  }
+  const RawBlock varied = random_block(5);
+  BlockCompressor c(1, true);
+  std::vector<uint8_t> sealed;
+  std::vector<bool> split;
+  for (int i = 0; i < 130; ++i) {
+    c.seal(repetitive, sealed);
+    BlockHeader h;
+    std::string err;
+    ASSERT_EQ(unpack(sealed, h, err), repetitive.bytes) << err;
+    split.push_back(h.flags & kBlockFlagColumns);
+  }
+  EXPECT_TRUE(split[0]);
+  EXPECT_FALSE(split[1]);
+  EXPECT_FALSE(split[63]);
+  EXPECT_TRUE(split[64]);
+  EXPECT_FALSE(split[65]);
+  EXPECT_TRUE(split[128]);
+  BlockCompressor v(1, true);
+  for (int i = 0; i < 3; ++i) {
+    v.seal(varied, sealed);
+    BlockHeader h;
+    std::string err;
+    ASSERT_EQ(unpack(sealed, h, err), varied.bytes) << err;
+    EXPECT_TRUE(h.flags & kBlockFlagColumns);
+  }
+}
+
+TEST(BlockColumns, ColumnFlagWithoutZstdIsRefused) {
+  BlockHeader h;
+  h.flags = kBlockFlagColumns;
+  uint8_t bytes[kBlockHeaderBytes];
+  encode_block_header(h, bytes);
+  std::string err;
+  EXPECT_FALSE(decode_block_header({bytes, kBlockHeaderBytes}, h, err));
+  EXPECT_NE(err.find("unknown block flags"), std::string::npos) << err;
+  EXPECT_TRUE(supported_trace_format(kTraceFileFormatColumns));
+  EXPECT_FALSE(supported_trace_format(kTraceFileFormatColumns + 1));
+  EXPECT_TRUE(trace_format_has_summaries(kTraceFileFormatColumns));
+  EXPECT_FALSE(trace_format_has_summaries(kTraceBlockFormatVersion));
+}
+
+}  // namespace
+}  // namespace inferscope::wire
