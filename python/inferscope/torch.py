@@ -54,6 +54,7 @@ _TOP_K_KEYS = ("num_experts_per_tok", "moe_topk", "top_k", "num_selected_experts
 _TOPK_ARG_NAMES = ("top_k_index", "topk_idx", "topk_ids", "top_k_indices", "topk_indices",
                    "selected_experts", "router_indices")
 _PENDING_STEPS = 8
+_DEFERRED_IDS_MAX = 1 << 20  # ids kept for the step's end before they are counted early
 _INDEX_DTYPES = (_torch.int64, _torch.int32)  # what index_add_ takes without a conversion
 _MEMORY_INTERVAL_NS = 50_000_000  # cache bytes at most every 50 ms (and at flush/generate end)  # steps whose counts may be in flight to the host at once
 
@@ -87,8 +88,9 @@ def observe(model, agent=None, *, model_name=None, moe="auto", memory=True, stag
     memory / stages / requests: the cache bytes, the multimodal ranges, generate() requests.
     layer_ranges: an NVTX/agent range per decoder layer (for CUPTI attribution to layers;
         costs two C calls per layer per step, off by default).
-    step_ranges: a range "forward" around each step (two C calls per step): with CUPTI on,
-        kernels outside every stage and layer (embeddings, lm_head) are attributed too.
+    step_ranges: a range "forward" around each step and "generate" around each generate()
+        (two C calls each): with CUPTI on, kernels outside every stage and layer (embeddings,
+        lm_head, generate()'s token selection and stopping checks) are attributed too.
     steps: "auto" (each forward of `model` is a step) or "manual" (call obs.end_step()).
     """
     return Observer(model, agent, model_name=model_name, moe=moe, memory=memory, stages=stages,
@@ -96,18 +98,26 @@ def observe(model, agent=None, *, model_name=None, moe="auto", memory=True, stag
                     steps=steps)
 
 
-def _timed(method):
-    """Adds the host time spent inside an observer hook to stats()["hook_ns"]: what observing
-    costs the thread that runs the model, measured where it is spent (two perf_counter_ns
-    reads, ~0.1 us, per hook), so the overhead can be told apart from run-to-run noise."""
-    @functools.wraps(method)
-    def timed(self, *args, **kwargs):
-        start = time.perf_counter_ns()
-        try:
-            return method(self, *args, **kwargs)
-        finally:
-            self._stats["hook_ns"] += time.perf_counter_ns() - start
-    return timed
+def _timed(part):
+    """Adds the host time spent inside an observer hook to stats()["hook_ns"] and to
+    stats()["hook_ns_<part>"] (moe: counting ids; step: a step's start and end, which sends
+    the counts of earlier steps; stage: the multimodal ranges): what observing costs the
+    thread that runs the model, measured where it is spent (two perf_counter_ns reads, ~0.1 us,
+    per hook), so the overhead can be told apart from run-to-run noise."""
+    key = f"hook_ns_{part}"
+
+    def wrap(method):
+        @functools.wraps(method)
+        def timed(self, *args, **kwargs):
+            start = time.perf_counter_ns()
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                spent = time.perf_counter_ns() - start
+                self._stats["hook_ns"] += spent
+                self._stats[key] += spent
+        return timed
+    return wrap
 
 
 class Observer:
@@ -132,6 +142,9 @@ class Observer:
         self._counts = None  # device buffer: one bin per expert per layer + one overflow bin
         self._ones = None
         self._ones_by_n = {}
+        self._deferred = []  # (layer offset, int64 ids) of this step, counted at its end
+        self._deferred_ids = 0
+        self._offsets_by_shape = {}
         self._pending = []  # (step, host buffer, event or None, [(layer, tokens)])
         self._free_host = []
         self._stage_events = []  # (request_id, stage, start_ns, end_ns, start_ev, end_ev)
@@ -140,7 +153,8 @@ class Observer:
         self._next_request_id = 1
         self._stats = {"steps": 0, "steps_dropped": 0, "hook_errors": 0, "moe_calls": 0,
                        "invalid_expert_ids": 0, "shared_expert_tokens": 0,
-                       "stages_dropped": 0, "hook_ns": 0}
+                       "stages_dropped": 0, "hook_ns": 0, "hook_ns_moe": 0,
+                       "hook_ns_step": 0, "hook_ns_stage": 0}
         self._errors_reported = set()
         self._closed = False
         self._layout = []  # experts per layer as described to the collector ([]: not sent)
@@ -333,9 +347,12 @@ class Observer:
             if m is None:
                 continue
             scope = self.agent.range(f"layer.{int(m.group(1))}")
-            self._hook(module.register_forward_pre_hook(lambda mod, args, s=scope: s.__enter__()))
+            # A hook's return value replaces the module's input (pre) or output (post): these
+            # must return None, whatever __enter__ / __exit__ return.
+            self._hook(module.register_forward_pre_hook(
+                lambda mod, args, s=scope: _call_none(s.__enter__)))
             self._hook(module.register_forward_hook(
-                lambda mod, args, out, s=scope: s.__exit__(None, None, None)))
+                lambda mod, args, out, s=scope: _call_none(s.__exit__, None, None, None)))
 
     # [SECTION] counting on the device ---------------------------------------------
 
@@ -358,7 +375,7 @@ class Observer:
                 self._grow(self._counts.device)
         return entry
 
-    @_timed
+    @_timed("moe")
     def _count_from(self, entry, extract, *args):
         """Counts the ids extract(*args) returns; an extractor's error is counted, not raised."""
         try:
@@ -384,15 +401,26 @@ class Observer:
                 if flat.dtype.is_floating_point or flat.dtype == _torch.bool:
                     raise TypeError(f"top-k ids must be integers, not {ids.dtype}")
                 flat = flat.to(_torch.int64)
-            if not entry.trusted:
+            if entry.trusted:
+                # A router's own ids: kept (a reference, no kernel) and counted for all
+                # layers at once at the step's end (_count_deferred): one Python call per
+                # layer instead of an index_add_ launch, whose dispatch cost ~60 us per MoE
+                # layer on the H100 host.
+                if flat.dtype != _torch.int64:
+                    flat = flat.to(_torch.int64)
+                self._deferred.append((entry.offset, flat))
+                self._deferred_ids += n
+                if self._deferred_ids >= _DEFERRED_IDS_MAX:  # bounded: long prefills
+                    self._count_deferred()
+            else:
                 # Ids from outside: anything not in [0, E) lands in the layer's last bin
                 # (dropped) instead of tripping a device-side assert.
                 e = entry.num_experts
                 flat = flat.to(_torch.int64).clamp(-1, e).remainder(e + 1)
-            ones = self._ones_by_n.get(n)
-            if ones is None:
-                ones = self._ones_slice(n, counts.device)
-            entry.view.index_add_(0, flat, ones)
+                ones = self._ones_by_n.get(n)
+                if ones is None:
+                    ones = self._ones_slice(n, counts.device)
+                entry.view.index_add_(0, flat, ones)
             k = ids.shape[-1] if ids.dim() > 1 else (entry.top_k or 1)
             if entry.top_k is None:
                 entry.top_k = k
@@ -400,6 +428,34 @@ class Observer:
             self._stats["moe_calls"] += 1
         except Exception as e:  # noqa: BLE001 -- never into the model
             self._hook_error(f"MoE layer {entry.layer}", e)
+
+    def _count_deferred(self):
+        """Adds the kept ids of every layer into the step buffer: one cat, one add of each id's
+        layer offset (a device tensor cached per shape of the step), one index_add_."""
+        deferred, self._deferred, self._deferred_ids = self._deferred, [], 0
+        if not deferred:
+            return
+        counts = self._counts
+        if len(deferred) == 1:
+            offset, flat = deferred[0]
+            idx = flat + offset
+        else:
+            shape = tuple((offset, flat.numel()) for offset, flat in deferred)
+            offsets = self._offsets_by_shape.get(shape)
+            if offsets is None:
+                if len(self._offsets_by_shape) >= 64:
+                    self._offsets_by_shape.clear()
+                offsets = _torch.repeat_interleave(
+                    _torch.tensor([o for o, _ in shape], dtype=_torch.int64),
+                    _torch.tensor([n for _, n in shape], dtype=_torch.int64)).to(counts.device)
+                self._offsets_by_shape[shape] = offsets
+            idx = _torch.cat([flat for _, flat in deferred])
+            idx += offsets
+        n = idx.numel()
+        ones = self._ones_by_n.get(n)
+        if ones is None:
+            ones = self._ones_slice(n, counts.device)
+        counts.index_add_(0, idx, ones)
 
     def _ones_slice(self, n, device):
         """A length-n view of a ones buffer, kept per n (a handful of batch shapes) so the hot
@@ -416,6 +472,8 @@ class Observer:
     def _grow(self, device):
         """(Re)allocates the step buffer for every registered layer; layers are appended, so
         the counts already in it keep their offsets (copied, stream-ordered)."""
+        if self._counts is not None:
+            self._count_deferred()  # into the old buffer, which is copied below
         size = sum(e.num_experts + 1 for e in self.layers)
         counts = _torch.zeros(size, dtype=_torch.int64, device=device)
         old = self._counts
@@ -430,7 +488,7 @@ class Observer:
         self._free_host = []  # pinned buffers of the old size are not reused
         return counts
 
-    @_timed
+    @_timed("moe")
     def _shared_pre(self, module, args):
         try:
             x = args[0] if args else None
@@ -441,7 +499,7 @@ class Observer:
 
     # [SECTION] steps ----------------------------------------------------------------
 
-    @_timed
+    @_timed("step")
     def _root_pre(self, module, args):
         self._depth += 1
         if self._depth == 1 and self._step_ranges:
@@ -462,7 +520,7 @@ class Observer:
                 # calling the model again: the first token is on the host now.
                 g["first_token_ns"] = now_ns()
 
-    @_timed
+    @_timed("step")
     def _root_post(self, module, args, output):
         self._depth -= 1
         if self._depth != 0:
@@ -481,6 +539,7 @@ class Observer:
         try:
             self._drain(wait=False)
             self._resolve_stages(wait=False)
+            self._count_deferred()
             layers = [(e.layer, e.tokens) for e in self.layers if e.tokens]
             for e in self.layers:
                 e.tokens = 0
@@ -564,7 +623,7 @@ class Observer:
         g = self._generate
         return g["ids"][0] if g is not None else 0
 
-    @_timed
+    @_timed("stage")
     def _stage_begin(self, stage):
         try:
             scope = self.agent.range(stage, request_id=self._request_id())
@@ -577,7 +636,7 @@ class Observer:
         except Exception as e:  # noqa: BLE001
             self._hook_error(f"stage {stage}", e)
 
-    @_timed
+    @_timed("stage")
     def _stage_end(self, stage):
         try:
             opened = self._open_stage.pop(stage, None)
@@ -630,11 +689,27 @@ class Observer:
                                       "forwards": 0}
             status = "error"
             out = None
+            # A range around the whole call: generate()'s own kernels between forwards (the
+            # greedy argmax / sampling, appending the token, stopping checks) are attributed
+            # to it, not left without a range (6 % of Llava's kernel time on the H100).
+            scope = None
+            if observer._step_ranges:
+                try:
+                    scope = observer.agent.range("generate", request_id=first)
+                    scope.__enter__()
+                except Exception as e:  # noqa: BLE001
+                    scope = None
+                    observer._hook_error("generate range", e)
             try:
                 out = original(*args, **kwargs)
                 status = "ok"
                 return out
             finally:
+                if scope is not None:
+                    try:
+                        scope.__exit__(None, None, None)
+                    except Exception as e:  # noqa: BLE001
+                        observer._hook_error("generate range", e)
                 observer._generate = None
                 finish = now_ns()
                 try:
@@ -676,6 +751,12 @@ class Observer:
 
 
 # [SECTION] helpers -------------------------------------------------------------------
+
+def _call_none(fn, *args):
+    """Calls fn and returns None: for hooks, where a returned value would replace the
+    module's input or output."""
+    fn(*args)
+
 
 # torch >= 2.0 passes a hook the call's keyword arguments when asked (transformers 5 calls
 # experts modules with top_k_index as a keyword); older torch has no such option.

@@ -252,6 +252,28 @@ def check_hook_errors_never_reach_the_model():
     agent.close()
 
 
+def check_layer_and_step_ranges_keep_outputs():
+    """observe(layer_ranges=True) (a range per decoder layer) and the per-step "forward" range
+    change nothing the model computes: the logits are bit-identical (a hook that returned its
+    range object would have replaced the layer's input)."""
+    torch.manual_seed(7)
+    model = hf.TinyLM(style="v5", layers=3).eval()
+    ids = prompt(2, 5)
+    with torch.no_grad():
+        want = model(input_ids=ids).logits
+    agent = inferscope.Agent(collector="")
+    obs = inferscope.torch.observe(model, agent, layer_ranges=True)
+    with torch.no_grad():
+        got = model(input_ids=ids).logits
+    st = obs.stats()
+    obs.close()
+    agent.close()
+    if not torch.equal(want, got):
+        raise Failure("layer / step ranges changed the model's output")
+    if st["hook_errors"]:
+        raise Failure(f"hook errors with layer ranges: {st}")
+
+
 def check_broken_extractor_counted():
     """The extractor's exception is counted in stats()['hook_errors'] (not raised)."""
     router = torch.nn.Linear(4, 4)
@@ -297,6 +319,7 @@ def main():
             "multimodal_stages_and_requests": lambda: check_multimodal_stages_and_requests(addrs),
             "explicit_api": lambda: check_explicit_api(addrs),
             "hook_errors_never_reach_the_model": check_hook_errors_never_reach_the_model,
+            "layer_and_step_ranges_keep_outputs": check_layer_and_step_ranges_keep_outputs,
             "broken_extractor_counted": check_broken_extractor_counted,
         }
         failed = run_checks(checks)

@@ -524,7 +524,10 @@ def overhead(addrs, results, rounds):
             tok_s = run()
             st = obs.stats()
             obs.close()
-            return tok_s, st["hook_ns"] / max(1, st["steps"])
+            steps = max(1, st["steps"])
+            split.append({k: st[f"hook_ns_{k}"] / steps / 1e3 for k in ("moe", "step", "stage")})
+            return tok_s, st["hook_ns"] / steps
+        split = []  # hook us per step by part (moe / step / stage), every observed run
         run()  # warm-up
         off, on, moe_only, slow, slow_moe, hook_us, hook_moe_us = [], [], [], [], [], [], []
         for r in range(rounds):
@@ -558,6 +561,8 @@ def overhead(addrs, results, rounds):
                "hook_us_per_step_moe_only": med(hook_moe_us),
                "hook_us_per_moe_layer": med(hook_moe_us) / moe_layers,
                "hook_pct_of_step": 100 * med(hook_us) / step_us,
+               "hook_us_per_step_by_part": {k: statistics.median(x[k] for x in split)
+                                            for k in ("moe", "step", "stage")},
                "off": off, "observed": on, "moe_only": moe_only, "paired": slow,
                "paired_moe_only": slow_moe}
         out[f"b{batch}"] = res
@@ -566,7 +571,8 @@ def overhead(addrs, results, rounds):
             f"(rounds {', '.join(f'{x:+.1f}' for x in slow)}); moe only paired "
             f"{res['paired_moe_only_overhead_pct']:+.2f} %; hooks' host time "
             f"{res['hook_us_per_step']:.0f} us/step = {res['hook_pct_of_step']:.2f} % of the step "
-            f"({res['hook_us_per_moe_layer']:.1f} us per MoE layer counting)")
+            f"({res['hook_us_per_moe_layer']:.1f} us per MoE layer counting); by part, us/step: "
+            f"{', '.join(f'{k} {v:.0f}' for k, v in res['hook_us_per_step_by_part'].items())}")
     agent.close()
     results["overhead"] = out
 

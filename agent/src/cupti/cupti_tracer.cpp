@@ -421,6 +421,11 @@ class Tracer final : public CuptiTracer {
       // domains are off (a pending detach keeps runtime/driver on until it is
       // done), so it costs nothing.
       if (g_subscriber) api().cuptiEnableDomain(0, g_subscriber, CUPTI_CB_DOMAIN_RESOURCE);
+      // An agent that goes away detaches CUPTI too (any mode, full included): attached and
+      // idle, CUPTI kept decode 30 % slower after the full-mode agents of gpu_bench were
+      // destroyed (H100, 2026-12-07). The detach runs at the next API exit on any thread and
+      // touches only the globals (g_tracer is null by then).
+      if (impl_.config.gpu_trace_detach) request_detach();
     }
     g_launch_tracer.store(nullptr, std::memory_order_release);
     std::lock_guard lock(g_mu);
