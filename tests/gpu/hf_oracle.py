@@ -54,6 +54,7 @@ import transformers
 from transformers import AutoModelForCausalLM
 
 FP32_TOL = 1e-3
+BF16_SLACK = 1.25  # engine bf16 error / transformers-bf16 error allowed (see judge())
 GAP = {"fp32": 1e-5, "bf16": 1e-2}
 SANITIZER_CAP_S = 120  # one memcheck rerun of a failed case; the whole oracle stays ~4 min
 DIAGNOSED = []  # the case whose CUDA error was diagnosed: one per run, to keep the time bounded
@@ -257,9 +258,13 @@ def compare(run, model, tap, prompt, steps, precision, device, info=None):
         floor, _ = max_rel([(p, ref16[p]) for p, _ in rows], ref)
         vs16, _ = max_rel(rows, ref16)
         floor_note = "transformers-bf16: %.2g from exact (engine %.2g from it)" % (floor, vs16)
-    if worst > FP32_TOL and (floor is None or worst > floor):
+    # bf16: the engine may be as far from the exact fp32 forward as transformers' own bf16
+    # forward is, within 25 % (two bf16 implementations round and accumulate in different
+    # orders; on the H100 / H200 the engine ranged 0.8x-1.02x of transformers-bf16's error).
+    if worst > FP32_TOL and (floor is None or worst > BF16_SLACK * floor):
         problems.append("logits max rel %.3g > %g%s" % (
-            worst, FP32_TOL, "" if floor is None else " and > transformers-bf16's %.3g" % floor))
+            worst, FP32_TOL,
+            "" if floor is None else " and > %.2f x transformers-bf16's %.3g" % (BF16_SLACK, floor)))
     # routing (teacher-forced on the engine's own sequence; counted before `info` ran)
     got = {m["layer"]: m["routed"] for m in run["moe_layers"]}
     bad_layers, tie_layers, tie_total = 0, 0, 0
