@@ -24,6 +24,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "../common/bench_time.hpp"
 #include "inferscope/cli/exit_status.hpp"
 #include "inferscope/engine/backend.hpp"
 #include "inferscope/engine/hf_checkpoint.hpp"
@@ -36,15 +37,8 @@ namespace {
 
 constexpr const char* kProgram = "hf_bench";
 
-double now_s() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
-double median(std::vector<double> v) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
+using inferscope::bench::median;
+using inferscope::bench::now_s;
 
 std::vector<int32_t> parse_batches(const std::string& s) {
   std::vector<int32_t> out;

@@ -36,6 +36,7 @@
 #include <thread>
 #include <vector>
 
+#include "../common/bench_time.hpp"
 #include "inferscope/agent.hpp"
 #include "inferscope/engine/backend.hpp"
 #include "inferscope/engine/config.hpp"
@@ -50,15 +51,8 @@ using json = nlohmann::json;
 
 namespace {
 
-double now_s() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
-double median(std::vector<double> v) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
+using inferscope::bench::median;
+using inferscope::bench::now_s;
 
 // [SECTION] Loopback sink: accepts agent connections, decodes every frame and
 // keeps what the attribution needs (string table, kernel spans by range).

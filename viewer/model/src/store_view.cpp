@@ -179,6 +179,24 @@ class SpanSink {
 
 }  // namespace
 
+template <class OnRecord>
+uint64_t StoreView::for_each_record(const std::vector<uint8_t>& raw, OnRecord&& on_record) {
+  uint64_t frames_read = 0;
+  std::span<const uint8_t> rest(raw);
+  while (!rest.empty()) {
+    size_t n = 0;
+    if (!decoder_.frame_size(rest, n).ok()) break;  // CRC-checked block written bad: stop
+    const auto frame = rest.first(n);
+    rest = rest.subspan(n);
+    ++frames_read;
+    if (!decoder_.open(frame).ok()) continue;
+    const uint32_t source = decoder_.header().source_id;
+    wire::Record rec;
+    while (decoder_.next(rec)) on_record(source, rec);
+  }
+  return frames_read;
+}
+
 void StoreView::build_overview(TraceModel& model) {
   // Every record of each block's overview summary; its spans are also kept decoded
   // (overview_spans_), so that later builds add them again without decoding.
@@ -191,26 +209,15 @@ void StoreView::build_overview(TraceModel& model) {
     const Block& b = blocks_[i];
     const auto* raw = frames(b.file, version(b, overview_ns_), nullptr);
     if (!raw) continue;
-    std::span<const uint8_t> rest(*raw);
-    while (!rest.empty()) {
-      size_t n = 0;
-      if (!decoder_.frame_size(rest, n).ok()) break;  // CRC-checked block written bad: stop
-      const auto frame = rest.first(n);
-      rest = rest.subspan(n);
-      ++frames_loaded;
-      if (!decoder_.open(frame).ok()) continue;
-      const uint32_t source = decoder_.header().source_id;
-      wire::Record rec;
-      while (decoder_.next(rec)) {
-        if (const auto* span = std::get_if<wire::Span>(&rec)) {
-          sink.add(source, *span);
-          overview_spans_[i].emplace_back(source, *span);
-        } else {
-          model.add(source, rec);
-        }
-        ++records;
+    frames_loaded += for_each_record(*raw, [&](uint32_t source, const wire::Record& rec) {
+      if (const auto* span = std::get_if<wire::Span>(&rec)) {
+        sink.add(source, *span);
+        overview_spans_[i].emplace_back(source, *span);
+      } else {
+        model.add(source, rec);
       }
-    }
+      ++records;
+    });
   }
   model.finalize();
   target_ = Target{0, -1, -1, versions(0, -1, -1)};
@@ -235,20 +242,10 @@ bool StoreView::build(Built& out) {
     }
     const auto* raw = frames(b.file, version(b, t.ns), nullptr);
     if (!raw) continue;
-    std::span<const uint8_t> rest(*raw);
-    while (!rest.empty()) {
-      size_t n = 0;
-      if (!decoder_.frame_size(rest, n).ok()) break;  // CRC-checked block written bad: stop
-      const auto frame = rest.first(n);
-      rest = rest.subspan(n);
-      ++frames_loaded;
-      if (!decoder_.open(frame).ok()) continue;
-      const uint32_t source = decoder_.header().source_id;
-      wire::Record rec;
-      // The overview holds every other record already: only the spans change.
-      while (decoder_.next(rec))
-        if (const auto* span = std::get_if<wire::Span>(&rec)) sink.add(source, *span);
-    }
+    // The overview holds every other record already: only the spans change.
+    frames_loaded += for_each_record(*raw, [&](uint32_t source, const wire::Record& rec) {
+      if (const auto* span = std::get_if<wire::Span>(&rec)) sink.add(source, *span);
+    });
   }
   // Sorting into lanes is the other half of the cost: on the builder's thread too.
   out.scratch.finalize();

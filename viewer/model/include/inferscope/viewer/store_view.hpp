@@ -123,6 +123,10 @@ class StoreView {
   // The coarsest version of block b with a level at most res_ns (0: the data).
   const wire::BlockLocation& version(const Block& b, int64_t res_ns) const;
   // The frames of one block version, from the cache or the file (under build_mu_).
+  // Decodes a block's frames, calling on_record(source id, record) for each record; returns
+  // the frames read. Stops at a frame it cannot size (a CRC-checked block written bad).
+  template <class OnRecord>
+  uint64_t for_each_record(const std::vector<uint8_t>& raw, OnRecord&& on_record);
   const std::vector<uint8_t>* frames(uint32_t file, const wire::BlockLocation& where,
                                      LoadResult* r);
   // The first build: every record of the overview into the model.
