@@ -524,7 +524,7 @@ int main(int argc, char** argv) {
         sampled_rounds(std::chrono::milliseconds(10'000), quick ? 10.5 : 21.0, sampled_info);
     sink.reset();  // the x10 bursts alone: what sampling tells about each range's GPU time
     const std::vector<double> sampled10 =
-        sampled_rounds(std::chrono::milliseconds(1'000), quick ? 3.0 : 8.0, sampled10_info);
+        sampled_rounds(std::chrono::milliseconds(1'000), quick ? 10.5 : 21.0, sampled10_info);
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
     const Sink::Attribution sampled_attr = sink.snapshot();
     Sink::Attribution attr;
