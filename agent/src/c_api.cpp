@@ -137,6 +137,18 @@ void inferscope_expert_load(inferscope_agent* agent, uint64_t step, uint32_t lay
                            rerouted);
 }
 
+void inferscope_expert_loads(inferscope_agent* agent, uint64_t step, size_t n_layers,
+                             const uint32_t* layers, const uint32_t* counts,
+                             const uint32_t* offsets, const uint32_t* experts,
+                             const uint32_t* tokens, const uint32_t* dropped) {
+  if (!agent || n_layers == 0) return;
+  if (!layers || !counts || !offsets || !experts || !tokens || !dropped) return;
+  for (size_t i = 0; i < n_layers; ++i)
+    agent->agent.expert_load(step, layers[i],
+                             std::span<const uint32_t>(counts + offsets[i], experts[i]), tokens[i],
+                             dropped[i], 0);
+}
+
 void inferscope_memory(inferscope_agent* agent, int kind, uint64_t used_bytes,
                        uint64_t capacity_bytes) {
   if (!agent || kind < 0 || kind >= wire::kMemoryKindCount) return;

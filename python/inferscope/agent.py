@@ -255,10 +255,11 @@ class Agent:
                                          rerouted)
         del keep
 
-    def _expert_load_address(self, step, layer, address, n, tokens, dropped):
-        """inferscope.torch's per-step path: n uint32 counts at `address`, already checked."""
-        self._lib.inferscope_expert_load(self._handle, step, layer, address, n, tokens, dropped,
-                                         0)
+    def _expert_loads_address(self, step, n, layers, counts, offsets, experts, tokens, dropped):
+        """inferscope.torch's per-step path: n layers in one C call; every argument after n is
+        the address of a uint32 array (layers, counts, offsets, experts, tokens, dropped)."""
+        self._lib.inferscope_expert_loads(self._handle, step, n, layers, counts, offsets, experts,
+                                          tokens, dropped)
 
     def _queue_cuda(self, step, layer, t, tokens, dropped, rerouted):
         import torch

@@ -30,6 +30,7 @@ import threading
 import time
 import weakref
 
+import numpy as _np
 import torch as _torch
 
 from .agent import Agent, now_ns
@@ -145,6 +146,7 @@ class Observer:
         self._deferred = []  # (layer offset, int64 ids) of this step, counted at its end
         self._deferred_ids = 0
         self._offsets_by_shape = {}
+        self._load_meta = {}  # tuple of layer ids -> uint32 arrays for the step's one C call
         self._pending = []  # (step, host buffer, event or None, [(layer, tokens)])
         self._free_host = []
         self._stage_events = []  # (request_id, stage, start_ns, end_ns, start_ev, end_ev)
@@ -576,17 +578,33 @@ class Observer:
                     return
                 event.synchronize()
             self._pending.pop(0)
-            # One conversion per step; each layer is then one C call on a slice's address.
-            values = host.numpy().clip(0, 2**32 - 1).astype("uint32")
-            base = values.__array_interface__["data"][0]
-            for layer, tokens in layers:
-                entry = self._by_layer[layer]
-                o, e = entry.offset, entry.num_experts
-                dropped = int(values[o + e])
-                if dropped:
-                    self._stats["invalid_expert_ids"] += dropped
-                self.agent._expert_load_address(step, layer, base + 4 * o, e,
-                                                min(tokens, 2**32 - 1), dropped)
+            # One conversion per step, then one C call for all its layers (a call per layer
+            # cost ~5-10 us each on the H100 host).
+            values = host.numpy().clip(0, 2**32 - 1).astype(_np.uint32)
+            key = tuple(layer for layer, _ in layers)
+            meta = self._load_meta.get(key)
+            if meta is None:  # fixed per layer set: arrays and their addresses, made once
+                if len(self._load_meta) >= 64:
+                    self._load_meta.clear()
+                entries = [self._by_layer[layer] for layer in key]
+                arrays = (_np.array(key, dtype=_np.uint32),
+                          _np.array([e.offset for e in entries], dtype=_np.uint32),
+                          _np.array([e.num_experts for e in entries], dtype=_np.uint32),
+                          _np.zeros(len(key), dtype=_np.uint32),   # tokens, refilled each step
+                          _np.zeros(len(key), dtype=_np.uint32))   # dropped, refilled each step
+                overflow = (arrays[1] + arrays[2]).astype(_np.intp)  # each layer's last bin
+                meta = self._load_meta[key] = (
+                    arrays, overflow, [a.__array_interface__["data"][0] for a in arrays])
+            arrays, overflow, addr = meta
+            tokens, dropped = arrays[3], arrays[4]
+            tokens[:] = [min(t, 2**32 - 1) for _, t in layers]
+            _np.take(values, overflow, out=dropped)
+            total_dropped = int(dropped.sum())
+            if total_dropped:
+                self._stats["invalid_expert_ids"] += total_dropped
+            self.agent._expert_loads_address(step, len(key), addr[0],
+                                             values.__array_interface__["data"][0], addr[1],
+                                             addr[2], addr[3], addr[4])
             if event is not None and host.numel() == (self._counts.numel() if self._counts
                                                       is not None else -1):
                 self._free_host.append(host)

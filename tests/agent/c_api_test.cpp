@@ -95,6 +95,35 @@ TEST(AgentCApi, LayerRangesCarryTheirLayerAsATypedArg) {
   EXPECT_TRUE(args[too_deep].empty());
 }
 
+// One step's loads of several layers in one call (the Python binding's per-step path): each
+// layer's counts, tokens and dropped land as its own expert_load record; NULL arrays send nothing.
+TEST(AgentCApi, ExpertLoadsOfSeveralLayersInOneCall) {
+  testing::TestCollector collector;
+  inferscope_agent* a = inferscope_agent_create(collector.address().c_str(), "c-loads", 0, 1);
+  ASSERT_NE(a, nullptr);
+  // Two layers in one buffer: layer 3 has 4 experts at 0, layer 9 has 2 experts at 5.
+  const uint32_t counts[] = {1, 2, 3, 4, 99, 7, 8, 99};
+  const uint32_t layers[] = {3, 9}, offsets[] = {0, 5}, experts[] = {4, 2};
+  const uint32_t tokens[] = {5, 6}, dropped[] = {0, 2};
+  inferscope_expert_loads(a, 11, 2, layers, counts, offsets, experts, tokens, dropped);
+  inferscope_expert_loads(a, 12, 2, nullptr, counts, offsets, experts, tokens, dropped);
+  inferscope_expert_loads(nullptr, 13, 2, layers, counts, offsets, experts, tokens, dropped);
+  ASSERT_EQ(inferscope_agent_flush(a, 20'000), 1);
+  inferscope_agent_destroy(a);
+  ASSERT_TRUE(collector.wait_closed(0, 20s));
+  const auto loads = only<wire::ExpertLoad>(collector.records());
+  ASSERT_EQ(loads.size(), 2u);
+  EXPECT_EQ(loads[0].step, 11u);
+  EXPECT_EQ(loads[0].layer, 3u);
+  EXPECT_EQ(loads[0].routed, (std::vector<uint32_t>{1, 2, 3, 4}));
+  EXPECT_EQ(loads[0].tokens, 5u);
+  EXPECT_EQ(loads[0].dropped, 0u);
+  EXPECT_EQ(loads[1].layer, 9u);
+  EXPECT_EQ(loads[1].routed, (std::vector<uint32_t>{7, 8}));
+  EXPECT_EQ(loads[1].tokens, 6u);
+  EXPECT_EQ(loads[1].dropped, 2u);
+}
+
 // GPU trace calls (issue 19) from C: NULL is harmless, bad modes are refused,
 // captures are scheduled and counted even where CUPTI is absent.
 TEST(AgentCApi, GpuTraceCalls) {

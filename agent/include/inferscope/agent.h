@@ -107,6 +107,15 @@ INFERSCOPE_API void inferscope_expert_load(inferscope_agent* agent, uint64_t ste
                                            const uint32_t* routed, size_t count, uint32_t tokens,
                                            uint32_t dropped, uint32_t rerouted);
 
+/* One step's expert loads of several layers in one call (bindings call it once per step
+   instead of once per layer): layer layers[i] has experts[i] counts at counts + offsets[i],
+   and tokens[i] / dropped[i]. A layer whose counts would be refused by inferscope_expert_load
+   (more than 4096 experts) is skipped the same way. */
+INFERSCOPE_API void inferscope_expert_loads(inferscope_agent* agent, uint64_t step, size_t n_layers,
+                                            const uint32_t* layers, const uint32_t* counts,
+                                            const uint32_t* offsets, const uint32_t* experts,
+                                            const uint32_t* tokens, const uint32_t* dropped);
+
 enum {
   INFERSCOPE_MEMORY_KV_CACHE = 0,
   INFERSCOPE_MEMORY_SSM_STATE = 1,
