@@ -17,6 +17,8 @@ cp "$src/scripts/lib/ninja-progress" "$work/scripts/lib/"
 touch "$work/tests/fuzz/a_fuzz.cpp" "$work/tests/fuzz/b_fuzz.cpp"
 printf '#!/bin/sh\nexit 0\n' >"$work/scripts/install-deps.sh"
 printf '#!/bin/sh\necho fuzz ok\n' >"$work/scripts/fuzz.sh"
+# FORMAT_FAILS makes the formatting check fail as scripts/check-format does.
+printf '#!/bin/sh\n[ -n "$FORMAT_FAILS" ] && { echo "check-format: agent/src/x.cpp"; exit 1; }\necho "check-format: 3 files formatted"\n' >"$work/scripts/check-format"
 cat >"$work/scripts/build.sh" <<'STUB'
 #!/bin/sh
 # ninja's own lines; BUILD_FAILS makes the compile fail as ninja shows it.
@@ -46,7 +48,7 @@ echo "2/3 Test #2: bad ..............................   Passed    0.02 sec"
 echo "3/3 Test #3: skip .............................***Skipped   0.01 sec"
 echo; echo "100% tests passed, 0 tests failed out of 3"
 STUB
-chmod +x "$work"/scripts/*.sh "$work/bin/ctest"
+chmod +x "$work"/scripts/*.sh "$work/scripts/check-format" "$work/bin/ctest"
 run() { (cd "$work" && env PATH="$work/bin:$PATH" "$@" scripts/test.sh) >"$work/out" 2>&1; }
 
 # 1. Everything passes.
@@ -54,11 +56,11 @@ rc=0; run env || rc=$?
 ((rc == 0)) || fail "exit status $rc with every stage passing"
 grep -q '^  build: 10/20 (50%), [0-9]m[0-9][0-9]s$' "$work/out" || fail "no build progress line with elapsed time"
 (($(grep -c '^  build: ' "$work/out") <= 22)) || fail "one progress line per file instead of a compact counter"
-tail -8 "$work/out" | head -1 | grep -q '^== summary$' || fail "the summary is not the last lines"
-for s in dependencies "sanitizer build" "sanitizer tests" fuzzing "release build" "full suite"; do
-  tail -7 "$work/out" | grep -qE "^   $s +passed +[0-9]m[0-9][0-9]s" || fail "summary line for '$s'"
+tail -9 "$work/out" | head -1 | grep -q '^== summary$' || fail "the summary is not the last lines"
+for s in dependencies formatting "sanitizer build" "sanitizer tests" fuzzing "release build" "full suite"; do
+  tail -8 "$work/out" | grep -qE "^   $s +passed +[0-9]m[0-9][0-9]s" || fail "summary line for '$s'"
 done
-tail -7 "$work/out" | grep -q 'sanitizer tests .*2 passed, 0 failed, 1 skipped of 3' ||
+tail -8 "$work/out" | grep -q 'sanitizer tests .*2 passed, 0 failed, 1 skipped of 3' ||
   fail "sanitizer stage counts are not 2 passed, 0 failed, 1 skipped of 3"
 tail -1 "$work/out" | grep -q 'all stages passed' || fail "last line"
 
@@ -67,13 +69,20 @@ rc=0; run env CTEST_FAILS=1 || rc=$?
 ((rc != 0)) || fail "exit status 0 with a failing sanitizer test"
 grep -q 'bad_test.cpp:42: Failure' "$work/out" || fail "the failing test's assertion is not printed"
 grep -q "the whole log is $work/build/asan/ctest.log" "$work/out" || fail "the log path is not named"
-tail -7 "$work/out" | grep -qE '^   sanitizer tests +failed .*1 failed' || fail "summary does not mark the sanitizer tests failed"
-tail -7 "$work/out" | grep -qE '^   full suite +skipped' || fail "later stages are not marked skipped"
+tail -8 "$work/out" | grep -qE '^   sanitizer tests +failed .*1 failed' || fail "summary does not mark the sanitizer tests failed"
+tail -8 "$work/out" | grep -qE '^   full suite +skipped' || fail "later stages are not marked skipped"
 tail -1 "$work/out" | grep -q 'FAILED' || fail "last line does not say FAILED"
 
 # 3. A build fails: the compiler's error is shown, the stage is marked failed.
 rc=0; run env BUILD_FAILS=1 || rc=$?
 ((rc != 0)) || fail "exit status 0 with a failing build"
 grep -q "x21.cpp:3:1: error: expected ';'" "$work/out" || fail "the compile error is not shown"
-tail -7 "$work/out" | grep -qE '^   sanitizer build +failed' || fail "summary does not mark the build failed"
+tail -8 "$work/out" | grep -qE '^   sanitizer build +failed' || fail "summary does not mark the build failed"
+
+# 4. The tree is not formatted: the file is named, formatting is marked failed, the rest skipped.
+rc=0; run env FORMAT_FAILS=1 || rc=$?
+((rc != 0)) || fail "exit status 0 with an unformatted tree"
+grep -q 'check-format: agent/src/x.cpp' "$work/out" || fail "the unformatted file is not named"
+tail -8 "$work/out" | grep -qE '^   formatting +failed' || fail "summary does not mark formatting failed"
+tail -8 "$work/out" | grep -qE '^   sanitizer build +skipped' || fail "the build ran after formatting failed"
 echo "test.sh: progress, failure output and summary as promised"

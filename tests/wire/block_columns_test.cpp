@@ -157,7 +157,9 @@ TEST(BlockColumns, InconsistentColumnsAreRefusedWithAClearError) {
     broken = split;
     broken[kBlockColumnTableBytes + rng() % (broken.size() - kBlockColumnTableBytes)] ^=
         static_cast<uint8_t>(1 + rng() % 255);
-    if (join_block_columns(broken, back, err)) EXPECT_NE(back, block.bytes);
+    if (join_block_columns(broken, back, err)) {
+      EXPECT_NE(back, block.bytes);
+    }
   }
 
   // Through unpack_block: the broken form compressed and sealed by hand, CRCs valid.
