@@ -71,6 +71,27 @@ class Exporter {
     out_ << event.dump(-1, ' ', false, json::error_handler_t::replace);
   }
 
+  // An async slice as a "b" / "e" pair on the process's async track 0 (stages, requests): the
+  // args ride on the begin event, which is where the trace viewers read them.
+  void emit_async(const char* cat, const std::string& name, uint64_t id, int64_t pid,
+                  int64_t start_ns, int64_t end_ns, json args) {
+    emit({{"ph", "b"},
+          {"cat", cat},
+          {"name", name},
+          {"id", id},
+          {"pid", pid},
+          {"tid", 0},
+          {"ts", us(start_ns)},
+          {"args", std::move(args)}});
+    emit({{"ph", "e"},
+          {"cat", cat},
+          {"name", name},
+          {"id", id},
+          {"pid", pid},
+          {"tid", 0},
+          {"ts", us(end_ns)}});
+  }
+
   SourceState& source(uint32_t id) {
     auto it = sources_.find(id);
     if (it != sources_.end()) return it->second;
@@ -157,21 +178,7 @@ class Exporter {
         json args = {{"request_id", st.request_id},
                      {"device", st.device == wire::Device::kGpu ? "gpu" : "cpu"},
                      {"gpu_ms", static_cast<double>(st.gpu_ns) / 1e6}};
-        emit({{"ph", "b"},
-              {"cat", "stage"},
-              {"name", n},
-              {"id", st.request_id},
-              {"pid", s.pid},
-              {"tid", 0},
-              {"ts", us(st.start_ns)},
-              {"args", args}});
-        emit({{"ph", "e"},
-              {"cat", "stage"},
-              {"name", n},
-              {"id", st.request_id},
-              {"pid", s.pid},
-              {"tid", 0},
-              {"ts", us(st.end_ns)}});
+        emit_async("stage", n, st.request_id, s.pid, st.start_ns, st.end_ns, std::move(args));
         break;
       }
       case wire::RecordKind::kRequest: {
@@ -183,21 +190,8 @@ class Exporter {
                      {"cached_tokens", q.cached_tokens}, {"status", static_cast<int>(q.status)}};
         if (q.first_token_ns != 0)
           args["ttft_ms"] = static_cast<double>(q.first_token_ns - q.arrival_ns) / 1e6;
-        emit({{"ph", "b"},
-              {"cat", "request"},
-              {"name", "request"},
-              {"id", q.request_id},
-              {"pid", s.pid},
-              {"tid", 0},
-              {"ts", us(q.arrival_ns)},
-              {"args", args}});
-        emit({{"ph", "e"},
-              {"cat", "request"},
-              {"name", "request"},
-              {"id", q.request_id},
-              {"pid", s.pid},
-              {"tid", 0},
-              {"ts", us(q.finish_ns)}});
+        emit_async("request", "request", q.request_id, s.pid, q.arrival_ns, q.finish_ns,
+                   std::move(args));
         break;
       }
       case wire::RecordKind::kAlert:
