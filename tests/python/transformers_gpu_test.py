@@ -106,6 +106,23 @@ def build_llava():
     return model.to(DEV, torch.float32).eval()
 
 
+def llava_inputs(model):
+    """(input ids, pixel values) of 2 requests: 16 image tokens (one 32x32 image each) then 8
+    text tokens."""
+    img = model.config.image_token_index
+    ids = torch.cat([torch.full((2, 16), img, device=DEV), prompt(2, 8)], dim=1)
+    return ids, torch.randn(2, 3, 32, 32, device=DEV)
+
+
+def cupti_agent(addrs, service):
+    """An agent with CUPTI tracing in full mode (INFERSCOPE_GPU_TRACE=full for it alone)."""
+    os.environ["INFERSCOPE_GPU_TRACE"] = "full"
+    try:
+        return inferscope.Agent(collector=addrs["ingest"], service=service)
+    finally:
+        del os.environ["INFERSCOPE_GPU_TRACE"]
+
+
 def routers(model):
     """[(layer, block, router)]: this test's own search (not inferscope's): a module holding
     `experts` and a `gate`/`router` whose weight is [experts, hidden]."""
@@ -335,10 +352,7 @@ def check_llava_stages(addrs, results):
     model = build_llava()
     agent = inferscope.Agent(collector=addrs["ingest"], service="llava-mixtral")
     obs = inferscope.torch.observe(model, agent, model_name="llava-mixtral")
-    img = model.config.image_token_index
-    text = prompt(2, 8)
-    ids = torch.cat([torch.full((2, 16), img, device=DEV), text], dim=1)
-    pixels = torch.randn(2, 3, 32, 32, device=DEV)
+    ids, pixels = llava_inputs(model)
     with torch.no_grad():
         for _ in range(2):
             generate(model, ids, 6, pixel_values=pixels)
@@ -370,6 +384,12 @@ def check_llava_stages(addrs, results):
     agent.close()
 
 
+def kernel_seconds(samples, model_name):
+    """{"true": s, "false": s} of inferscope_gpu_kernel_seconds_total for one model."""
+    return {lab["attributed"]: v for lab, v in series(
+        samples, "inferscope_gpu_kernel_seconds_total", model=model_name)}
+
+
 def check_llava_cupti(addrs, results):
     """With CUPTI on (INFERSCOPE_GPU_TRACE=full for this agent only), the kernels of a
     multimodal generate() are attributed to observe()'s ranges (forward / encoder / connector /
@@ -377,16 +397,9 @@ def check_llava_cupti(addrs, results):
     inferscope_gpu_kernel_seconds_total{attributed} is the measure: the same numbers a user
     sees in Prometheus."""
     model = build_llava()
-    os.environ["INFERSCOPE_GPU_TRACE"] = "full"
-    try:
-        agent = inferscope.Agent(collector=addrs["ingest"], service="llava-cupti")
-    finally:
-        del os.environ["INFERSCOPE_GPU_TRACE"]
+    agent = cupti_agent(addrs, "llava-cupti")
     obs = inferscope.torch.observe(model, agent, model_name="llava-cupti")
-    img = model.config.image_token_index
-    text = prompt(2, 8)
-    ids = torch.cat([torch.full((2, 16), img, device=DEV), text], dim=1)
-    pixels = torch.randn(2, 3, 32, 32, device=DEV)
+    ids, pixels = llava_inputs(model)
     with torch.no_grad():
         for _ in range(3):
             generate(model, ids, 8, pixel_values=pixels)
@@ -397,10 +410,8 @@ def check_llava_cupti(addrs, results):
     got = {}
 
     def attributed(samples):
-        k = {lab["attributed"]: v for lab, v in series(
-            samples, "inferscope_gpu_kernel_seconds_total", model="llava-cupti")}
-        got.update(k)
-        return k.get("true", 0) > 0
+        got.update(kernel_seconds(samples, "llava-cupti"))
+        return got.get("true", 0) > 0
     wait_for(addrs["metrics"], "attributed kernel time of llava-cupti", attributed)
     time.sleep(2)  # the last kernel records may be a window behind
     wait_for(addrs["metrics"], "kernel time", attributed)
@@ -414,23 +425,13 @@ def check_llava_cupti(addrs, results):
         raise Failure(f"only {100 * share:.2f} % of the kernel time attributed: {got}")
 
 
-def kernel_seconds(addrs, model_name):
-    """{"true": s, "false": s} of inferscope_gpu_kernel_seconds_total for one model."""
-    return {lab["attributed"]: v for lab, v in series(
-        scrape(addrs["metrics"]), "inferscope_gpu_kernel_seconds_total", model=model_name)}
-
-
 def check_graph_cupti(addrs, results):
     """PyTorch CUDA graphs (issue 19 part 5): a Llama forward captured with torch.cuda.graph
     while observe(layer_ranges=True) is attached, then replayed with every hook removed. The
     replays run no Python at all, yet their kernels keep the ranges open at capture (the
     agent records graph node -> range when CUPTI reports each node created): >= 95 % of the
     replayed kernel time attributed."""
-    os.environ["INFERSCOPE_GPU_TRACE"] = "full"
-    try:
-        agent = inferscope.Agent(collector=addrs["ingest"], service="graph-cupti")
-    finally:
-        del os.environ["INFERSCOPE_GPU_TRACE"]
+    agent = cupti_agent(addrs, "graph-cupti")
 
     def capture(model, ids, kwargs):
         obs = inferscope.torch.observe(model, agent, model_name="graph-cupti",
@@ -496,8 +497,8 @@ def check_graph_cupti(addrs, results):
     agent.flush(30)
     before = {}
 
-    def settled(_):
-        now = kernel_seconds(addrs, "graph-cupti")
+    def settled(samples):
+        now = kernel_seconds(samples, "graph-cupti")
         same = now == before and now
         before.clear()
         before.update(now)
@@ -511,13 +512,13 @@ def check_graph_cupti(addrs, results):
     agent.close()  # the tracer flushes CUPTI's buffers
     after = {}
 
-    def grown(_):
+    def grown(samples):
         after.clear()
-        after.update(kernel_seconds(addrs, "graph-cupti"))
+        after.update(kernel_seconds(samples, "graph-cupti"))
         return sum(after.values()) > sum(before.values())
     wait_for(addrs["metrics"], "replayed kernel time of graph-cupti", grown)
     time.sleep(2)  # a window later, in case the last records were split
-    grown(None)
+    grown(scrape(addrs["metrics"]))
     att = after.get("true", 0) - before.get("true", 0)
     un = after.get("false", 0) - before.get("false", 0)
     share = att / (att + un) if att + un > 0 else 0.0
