@@ -42,7 +42,7 @@ if not torch.cuda.is_available():
     print("SKIPPED: no CUDA device")
     sys.exit(0)
 
-from observe_checks import (episodes, expert_counts, scrape, series, wait_counts_equal,  # noqa: E402
+from observe_checks import (episodes, scrape, series, wait_counts_equal,  # noqa: E402
                             wait_for)
 
 inferscope = None
