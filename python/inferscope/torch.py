@@ -56,6 +56,8 @@ _TOPK_ARG_NAMES = ("top_k_index", "topk_idx", "topk_ids", "top_k_indices", "topk
                    "selected_experts", "router_indices")
 _PENDING_STEPS = 8
 _DEFERRED_IDS_MAX = 1 << 20  # ids kept for the step's end before they are counted early
+# Parts of the step hook's cost, each its own stats()["hook_ns_step_<part>"].
+_STEP_PARTS = ("range", "memory", "count", "copy", "drain")
 _INDEX_DTYPES = (_torch.int64, _torch.int32)  # what index_add_ takes without a conversion
 _MEMORY_INTERVAL_NS = 50_000_000  # cache bytes at most every 50 ms (and at flush/generate end)  # steps whose counts may be in flight to the host at once
 
@@ -156,7 +158,8 @@ class Observer:
         self._stats = {"steps": 0, "steps_dropped": 0, "hook_errors": 0, "moe_calls": 0,
                        "invalid_expert_ids": 0, "shared_expert_tokens": 0,
                        "stages_dropped": 0, "hook_ns": 0, "hook_ns_moe": 0,
-                       "hook_ns_step": 0, "hook_ns_stage": 0}
+                       "hook_ns_step": 0, "hook_ns_stage": 0, **{
+                           f"hook_ns_step_{part}": 0 for part in _STEP_PARTS}}
         self._errors_reported = set()
         self._closed = False
         self._layout = []  # experts per layer as described to the collector ([]: not sent)
@@ -504,6 +507,7 @@ class Observer:
     @_timed("step")
     def _root_pre(self, module, args):
         self._depth += 1
+        t = time.perf_counter_ns()
         if self._depth == 1 and self._step_ranges:
             # One range around the whole forward: every kernel the model launches has an
             # enclosing range (lm_head and embeddings too, outside any stage or layer), so
@@ -514,6 +518,7 @@ class Observer:
                 self._step_scope = scope
             except Exception as e:  # noqa: BLE001
                 self._hook_error("forward range", e)
+            self._lap("range", t)
         if self._depth == 1 and self._generate is not None:
             g = self._generate
             g["forwards"] += 1
@@ -528,20 +533,34 @@ class Observer:
         if self._depth != 0:
             return
         scope, self._step_scope = self._step_scope, None
+        t = time.perf_counter_ns()
         if scope is not None:
             try:
                 scope.__exit__(None, None, None)
             except Exception as e:  # noqa: BLE001
                 self._hook_error("forward range", e)
+            t = self._lap("range", t)
         if self._memory and output is not None:  # None: the forward raised (always_call)
             self._report_memory(output)
-        self._finish_step()
+            t = self._lap("memory", t)
+        self._finish_step(t)
 
-    def _finish_step(self):
+    def _lap(self, part, start):
+        """Adds the time since start to stats()["hook_ns_step_<part>"] (the step hook's cost
+        broken down: range, memory, count, copy, drain) and returns now."""
+        now = time.perf_counter_ns()
+        self._stats[f"hook_ns_step_{part}"] += now - start
+        return now
+
+    def _finish_step(self, t=None):
+        if t is None:
+            t = time.perf_counter_ns()
         try:
             self._drain(wait=False)
             self._resolve_stages(wait=False)
+            t = self._lap("drain", t)
             self._count_deferred()
+            t = self._lap("count", t)
             layers = [(e.layer, e.tokens) for e in self.layers if e.tokens]
             for e in self.layers:
                 e.tokens = 0
@@ -566,7 +585,9 @@ class Observer:
                 host, event = counts.clone(), None
             counts.zero_()  # stream-ordered after the copy
             self._pending.append((step, host, event, layers))
+            t = self._lap("copy", t)
             self._drain(wait=False)
+            self._lap("drain", t)
         except Exception as e:  # noqa: BLE001
             self._hook_error("step end", e)
 

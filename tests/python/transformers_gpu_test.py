@@ -534,6 +534,10 @@ def check_graph_cupti(addrs, results):
 
 # [SECTION] overhead -----------------------------------------------------------------------
 
+# stats()["hook_ns_<part>"]: the hooks' host time by part, and the step hook's own parts.
+HOOK_PARTS = ("moe", "step", "stage", "step_range", "step_memory", "step_count", "step_copy",
+              "step_drain")
+
 def overhead(addrs, results, rounds):
     """Decode tokens/s of generate() with and without observe(), same model, in paired rounds
     whose order alternates (off-on, on-off, ...), so a drift of the machine over the run
@@ -569,7 +573,7 @@ def overhead(addrs, results, rounds):
             st = obs.stats()
             obs.close()
             steps = max(1, st["steps"])
-            split.append({k: st[f"hook_ns_{k}"] / steps / 1e3 for k in ("moe", "step", "stage")})
+            split.append({k: st[f"hook_ns_{k}"] / steps / 1e3 for k in HOOK_PARTS})
             return tok_s, st["hook_ns"] / steps
         split = []  # hook us per step by part (moe / step / stage), every observed run
         run()  # warm-up
@@ -606,7 +610,7 @@ def overhead(addrs, results, rounds):
                "hook_us_per_moe_layer": med(hook_moe_us) / moe_layers,
                "hook_pct_of_step": 100 * med(hook_us) / step_us,
                "hook_us_per_step_by_part": {k: statistics.median(x[k] for x in split)
-                                            for k in ("moe", "step", "stage")},
+                                            for k in HOOK_PARTS},
                "off": off, "observed": on, "moe_only": moe_only, "paired": slow,
                "paired_moe_only": slow_moe}
         out[f"b{batch}"] = res
