@@ -490,7 +490,7 @@ class Observer:
         if self._ones is None or self._ones.device != device:
             self._ones = _torch.ones(1024, dtype=_torch.int64, device=device)
             self._ones_by_n = {}
-        self._free_host = []  # pinned buffers of the old size are not reused
+        self._free_host = []  # pinned buffers (and their events) of the old size are not reused
         return counts
 
     @_timed("moe")
@@ -512,12 +512,7 @@ class Observer:
             # One range around the whole forward: every kernel the model launches has an
             # enclosing range (lm_head and embeddings too, outside any stage or layer), so
             # with CUPTI on, its time is attributed (inferscope_gpu_kernel_seconds_total).
-            try:
-                scope = self.agent.range("forward", request_id=self._request_id())
-                scope.__enter__()
-                self._step_scope = scope
-            except Exception as e:  # noqa: BLE001
-                self._hook_error("forward range", e)
+            self._step_scope = self._open_range("forward", self._request_id())
             self._lap("range", t)
         if self._depth == 1 and self._generate is not None:
             g = self._generate
@@ -535,10 +530,7 @@ class Observer:
         scope, self._step_scope = self._step_scope, None
         t = time.perf_counter_ns()
         if scope is not None:
-            try:
-                scope.__exit__(None, None, None)
-            except Exception as e:  # noqa: BLE001
-                self._hook_error("forward range", e)
+            self._close_range(scope, "forward")
             t = self._lap("range", t)
         if self._memory and output is not None:  # None: the forward raised (always_call)
             self._report_memory(output)
@@ -576,10 +568,12 @@ class Observer:
                 counts.zero_()
                 return
             if counts.is_cuda:
-                host = (self._free_host.pop() if self._free_host else
-                        _torch.empty(counts.numel(), dtype=_torch.int64, pin_memory=True))
+                # Pinned buffer and event reused together (a new cudaEvent per step cost
+                # host time for nothing; at most _PENDING_STEPS pairs ever exist).
+                host, event = (self._free_host.pop() if self._free_host else
+                               (_torch.empty(counts.numel(), dtype=_torch.int64,
+                                             pin_memory=True), _torch.cuda.Event()))
                 host.copy_(counts, non_blocking=True)
-                event = _torch.cuda.Event()
                 event.record()
             else:
                 host, event = counts.clone(), None
@@ -628,7 +622,7 @@ class Observer:
                                              addr[2], addr[3], addr[4])
             if event is not None and host.numel() == (self._counts.numel() if self._counts
                                                       is not None else -1):
-                self._free_host.append(host)
+                self._free_host.append((host, event))
 
     # [SECTION] memory ----------------------------------------------------------------
 
@@ -731,24 +725,14 @@ class Observer:
             # A range around the whole call: generate()'s own kernels between forwards (the
             # greedy argmax / sampling, appending the token, stopping checks) are attributed
             # to it, not left without a range (6 % of Llava's kernel time on the H100).
-            scope = None
-            if observer._step_ranges:
-                try:
-                    scope = observer.agent.range("generate", request_id=first)
-                    scope.__enter__()
-                except Exception as e:  # noqa: BLE001
-                    scope = None
-                    observer._hook_error("generate range", e)
+            scope = observer._open_range("generate", first) if observer._step_ranges else None
             try:
                 out = original(*args, **kwargs)
                 status = "ok"
                 return out
             finally:
                 if scope is not None:
-                    try:
-                        scope.__exit__(None, None, None)
-                    except Exception as e:  # noqa: BLE001
-                        observer._hook_error("generate range", e)
+                    observer._close_range(scope, "generate")
                 observer._generate = None
                 finish = now_ns()
                 try:
@@ -780,6 +764,22 @@ class Observer:
 
     def _hook(self, handle):
         self._handles.append(handle)
+
+    def _open_range(self, name, request_id):
+        """An entered agent range, or None when the agent refused it (counted, never raised)."""
+        try:
+            scope = self.agent.range(name, request_id=request_id)
+            scope.__enter__()
+            return scope
+        except Exception as e:  # noqa: BLE001
+            self._hook_error(f"{name} range", e)
+            return None
+
+    def _close_range(self, scope, name):
+        try:
+            scope.__exit__(None, None, None)
+        except Exception as e:  # noqa: BLE001
+            self._hook_error(f"{name} range", e)
 
     def _hook_error(self, where, exc):
         self._stats["hook_errors"] += 1
