@@ -28,17 +28,16 @@
 #include <ctime>
 #include <filesystem>
 #include <fstream>
-#include <map>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "../common/sample_store.hpp"
 #include "inferscope/collector/trace_store.hpp"
 #include "inferscope/viewer/loader.hpp"
 #include "inferscope/viewer/lod.hpp"
 #include "inferscope/viewer/sample_trace.hpp"
 #include "inferscope/viewer/store_view.hpp"
-#include "inferscope/wire/codec.hpp"
 
 using namespace inferscope::viewer;
 
@@ -80,51 +79,26 @@ double rss_bytes() {
 
 // The synthetic trace, written through a real trace store (with summaries).
 int make_store(const std::string& dir, uint64_t spans) {
-  namespace wire = inferscope::wire;
-  namespace collector = inferscope::collector;
   std::filesystem::remove_all(dir);
-  // Each new segment starts with every source's hello and strings, as the collector's do.
-  std::map<uint32_t, std::vector<wire::Record>> defs;
-  auto replay = [&](std::vector<std::vector<uint8_t>>& frames) {
-    for (const auto& [source, records] : defs) {
-      wire::EncoderOptions eo;
-      eo.source_id = source;
-      wire::FrameEncoder enc(eo);
-      for (const auto& r : records) {
-        enc.add(r);
-        if (enc.full()) enc.finish(frames.emplace_back());
-      }
-      if (!enc.empty()) enc.finish(frames.emplace_back());
-    }
-  };
-  collector::TraceStoreOptions so;
+  inferscope::collector::TraceStoreOptions so;
   so.dir = dir;
   so.max_bytes = 64ull << 30;
   so.segment_bytes = 64u << 20;
   so.background = true;
   so.queue_blocks = 1u << 20;  // a bench: never drop
-  collector::TraceStore store(so, replay, nullptr);
-  std::string error;
-  if (!store.open(error)) {
-    std::fprintf(stderr, "viewer_bench: %s\n", error.c_str());
-    return 1;
-  }
   SampleOptions o;
   o.target_spans = spans;
   o.ranks = 4;
   o.seconds = 60;
-  wire::FrameDecoder dec;
-  wire::Record r;
   double t = wall_s();
-  SampleSummary sum = generate_sample_trace(o, [&](std::span<const uint8_t> frame) {
-    if (dec.open(frame).ok())
-      while (dec.next(r))
-        if (std::holds_alternative<wire::Hello>(r) || std::holds_alternative<wire::StringDef>(r))
-          defs[dec.header().source_id].push_back(r);
-    store.write(frame, 0);
-  });
-  store.close();
-  const auto st = store.stats();
+  inferscope::bench::SampleStore written;
+  std::string error;
+  if (!inferscope::bench::write_sample_store(so, o, written, error)) {
+    std::fprintf(stderr, "viewer_bench: %s\n", error.c_str());
+    return 1;
+  }
+  const auto& sum = written.sample;
+  const auto& st = written.store;
   std::ofstream(std::filesystem::path(dir) / "spans.txt") << sum.spans << "\n";
   std::printf(
       "store %s: %llu spans, %.1f MB on disk (%.2f B/span, summaries %.2f B/span), %llu blocks, "
