@@ -27,11 +27,17 @@ bool have_device() {
 #define SKIP_WITHOUT_GPU() \
   if (!have_device()) GTEST_SKIP() << "no CUDA device"
 
-Config gpu_config(const TestCollector& c) {
+// An agent shipping to the test collector every 5 ms, tracing the GPU in `mode`.
+Config traced_config(const TestCollector& c, GpuTraceMode mode) {
   Config cfg;
   cfg.collector = c.address();
   cfg.flush_interval = 5ms;
-  cfg.cupti = true;
+  cfg.gpu_trace = mode;
+  return cfg;
+}
+
+Config gpu_config(const TestCollector& c) {
+  Config cfg = traced_config(c, GpuTraceMode::kFull);
   // This test checks memset and runtime-call spans too, which the default kinds
   // leave out (issue 19: only what attribution needs): enabled explicitly here.
   cfg.gpu_trace_kinds = kGpuTraceDefaultKinds | kGpuMemset | kGpuRuntime;
@@ -141,10 +147,7 @@ TEST(AgentGpu, TriggeredCaptureAttributesDriverLaunchesAndSwitchesOffCleanly) {
   ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&d), kN * sizeof(float)), cudaSuccess);
   GpuTraceStats g;
   {
-    Config cfg;
-    cfg.collector = collector.address();
-    cfg.flush_interval = 5ms;
-    cfg.gpu_trace = GpuTraceMode::kTriggered;
+    Config cfg = traced_config(collector, GpuTraceMode::kTriggered);
     Agent agent(cfg);
     ASSERT_TRUE(agent.cupti_active()) << "CUPTI did not start (see stderr)";
     ASSERT_EQ(testing::launch_scale(d, kN, 1.0f, nullptr), cudaSuccess);  // not traced: no capture
@@ -152,8 +155,7 @@ TEST(AgentGpu, TriggeredCaptureAttributesDriverLaunchesAndSwitchesOffCleanly) {
     ASSERT_EQ(agent.request_gpu_capture(0, std::chrono::hours(1), 4242),
               Agent::CaptureResult::kStarted);
     // The switch happens on the GPU-trace thread: wait until CUPTI is on.
-    for (int i = 0; i < 20'000 && !agent.stats().gpu.tracing; ++i) std::this_thread::sleep_for(1ms);
-    ASSERT_TRUE(agent.stats().gpu.tracing);
+    ASSERT_TRUE(wait_tracing(agent, true));
     {
       ScopedRange r(agent, range);
       ASSERT_EQ(testing::launch_scale(d, kN, 1.0f, nullptr), cudaSuccess);
@@ -206,13 +208,10 @@ TEST(AgentGpu, GraphReplayedKernelsKeepTheRangeOfTheirCapture) {
   ASSERT_EQ(cudaStreamCreate(&stream), cudaSuccess);
   cudaGraphExec_t exec = nullptr;
   {
-    Config cfg;
-    cfg.collector = collector.address();
-    cfg.flush_interval = 5ms;
-    cfg.gpu_trace = GpuTraceMode::kFull;
+    Config cfg = traced_config(collector, GpuTraceMode::kFull);
     Agent agent(cfg);
     ASSERT_TRUE(agent.cupti_active()) << "CUPTI did not start (see stderr)";
-    for (int i = 0; i < 20'000 && !agent.stats().gpu.tracing; ++i) std::this_thread::sleep_for(1ms);
+    ASSERT_TRUE(wait_tracing(agent, true));
     {
       ScopedRange r(agent, captured_in);
       cudaGraph_t graph = nullptr;
@@ -260,10 +259,7 @@ TEST(AgentGpu, DetachAfterACaptureAndReattachForTheNext) {
   ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&d), kN * sizeof(float)), cudaSuccess);
   GpuTraceStats g;
   {
-    Config cfg;
-    cfg.collector = collector.address();
-    cfg.flush_interval = 5ms;
-    cfg.gpu_trace = GpuTraceMode::kTriggered;
+    Config cfg = traced_config(collector, GpuTraceMode::kTriggered);
     EXPECT_TRUE(cfg.gpu_trace_detach) << "on by default";
     cfg.gpu_capture_cooldown = 0ms;
     Agent agent(cfg);
