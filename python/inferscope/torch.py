@@ -595,7 +595,8 @@ class Observer:
             self._pending.pop(0)
             # One conversion per step, then one C call for all its layers (a call per layer
             # cost ~5-10 us each on the H100 host).
-            values = host.numpy().clip(0, 2**32 - 1).astype(_np.uint32)
+            # Counts are never negative: minimum() is a third of clip()'s cost.
+            values = _np.minimum(host.numpy(), 2**32 - 1).astype(_np.uint32)
             key = tuple(layer for layer, _ in layers)
             meta = self._load_meta.get(key)
             if meta is None:  # fixed per layer set: arrays and their addresses, made once
