@@ -270,6 +270,9 @@ TEST(CaptureLatency, EpisodeToStoredThroughARealCollector) {
   EXPECT_EQ(find_series(m, "inferscope_collector_capture_not_landed_total"), std::nullopt)
       << "nothing failed";
   const std::string log = ::testing::internal::GetCapturedStderr();
+  EXPECT_NE(log.find("capture " + std::to_string(id) + " (user, tag " + std::to_string(id) + ")"),
+            std::string::npos)
+      << log;
   EXPECT_NE(log.find("50 spans stored"), std::string::npos) << log;
 }
 
@@ -360,19 +363,19 @@ TEST(CaptureLatencyTracker, TimeoutsAreCountedByTheStageReached) {
   completed.captures_completed = 1;
   // 1: never acknowledged.
   Source& a = t.agent("a");
-  t.latency.on_sent(a, 1, 101, 0, zero);
+  t.latency.on_sent(a, 1, 101, "user", 0, zero);
   // 2: started, no span (an agent without CUPTI).
   Source& b = t.agent("b");
-  t.latency.on_sent(b, 2, 102, 0, zero);
+  t.latency.on_sent(b, 2, 102, "user", 0, zero);
   t.latency.on_health(b, started, kS);
   // 3: started, spans, never complete.
   Source& c = t.agent("c");
-  t.latency.on_sent(c, 3, 103, 0, zero);
+  t.latency.on_sent(c, 3, 103, "user", 0, zero);
   t.latency.on_health(c, started, kS);
   t.latency.on_frame(t.sources, t.span_frame(c, 103), 7, kS);
   // 4: complete, but its frame never settled in the store.
   Source& d = t.agent("d");
-  t.latency.on_sent(d, 4, 104, 0, zero);
+  t.latency.on_sent(d, 4, 104, "user", 0, zero);
   t.latency.on_frame(t.sources, t.span_frame(d, 104), 8, kS);
   t.latency.on_health(d, completed, 2 * kS);
   t.latency.on_health(d, completed, 3 * kS);
@@ -397,7 +400,7 @@ TEST(CaptureLatencyTracker, NoAckTimesOutAndTheTableIsBounded) {
   o.max_pending = 3;
   Tracker t(o);
   Source& a = t.agent("m");
-  for (uint64_t i = 1; i <= 5; ++i) t.latency.on_sent(a, i, 100 + i, int64_t(i), {});
+  for (uint64_t i = 1; i <= 5; ++i) t.latency.on_sent(a, i, 100 + i, "user", int64_t(i), {});
   EXPECT_EQ(t.latency.pending(), 3u);
   EXPECT_EQ(t.not_landed("evicted"), 2);
   t.latency.tick(t.sources, 20 * kS);
@@ -408,7 +411,7 @@ TEST(CaptureLatencyTracker, NoAckTimesOutAndTheTableIsBounded) {
 TEST(CaptureLatencyTracker, StoredWaitsForTheLastSpanFrameToSettle) {
   Tracker t(detail::CaptureLatencyOptions{});
   Source& a = t.agent("m");
-  t.latency.on_sent(a, 1, 55, 0, {});
+  t.latency.on_sent(a, 1, 55, "user", 0, {});
   t.latency.on_frame(t.sources, t.span_frame(a, 55), 3, 1 * kS);  // started by its span
   wire::AgentHealth::Gpu g;
   g.captures_requested = g.captures_started = g.captures_completed = 1;
@@ -424,7 +427,7 @@ TEST(CaptureLatencyTracker, StoredWaitsForTheLastSpanFrameToSettle) {
   EXPECT_EQ(t.stage("stored"), 1);
   EXPECT_EQ(t.latency.pending(), 0u);
   // A frame of another tag or from the collector itself (source 0) is not the capture's.
-  t.latency.on_sent(a, 2, 56, 7 * kS, {});
+  t.latency.on_sent(a, 2, 56, "user", 7 * kS, {});
   t.latency.on_frame(t.sources, t.span_frame(a, 57), 10, 8 * kS);
   EXPECT_EQ(t.stage("first_span"), 1);
 }

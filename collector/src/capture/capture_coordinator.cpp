@@ -112,7 +112,7 @@ CaptureCoordinator::Outcome CaptureCoordinator::request(const std::string& model
     agent_outcome("sent").Increment();
     // Its landing is timed from now: the episode's opening (or the POST's arrival).
     const auto last = reported_.find(id);
-    latency_->on_sent(*s, out.capture_id, req.tag(), now_ns,
+    latency_->on_sent(*s, out.capture_id, req.tag(), origin, now_ns,
                       last != reported_.end() ? last->second : wire::AgentHealth::Gpu{});
     // Busy for as long as the agent may run it; the cooldown counts from the send.
     const int64_t runs = steps > 0 ? options_.busy_ns

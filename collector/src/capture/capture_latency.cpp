@@ -49,14 +49,15 @@ double CaptureLatency::seconds_since_open(const Pending& p, int64_t t) const {
 }
 
 std::string CaptureLatency::describe(const Pending& p) const {
-  char buf[96];
-  std::snprintf(buf, sizeof buf, "capture %" PRIu64 " (tag %" PRIu64 ") of source %u", p.capture_id,
-                p.tag, p.source);
+  char buf[128];
+  std::snprintf(buf, sizeof buf, "capture %" PRIu64 " (%s, tag %" PRIu64 ") of source %u",
+                p.capture_id, p.origin, p.tag, p.source);
   return buf;
 }
 
 void CaptureLatency::on_sent(const Source& source, uint64_t capture_id, uint64_t tag,
-                             int64_t opened_ns, const wire::AgentHealth::Gpu& before) {
+                             const char* origin, int64_t opened_ns,
+                             const wire::AgentHealth::Gpu& before) {
   if (pending_.size() >= options_.max_pending) {
     not_landed(pending_.front(), "evicted", opened_ns);
     pending_.pop_front();
@@ -65,6 +66,7 @@ void CaptureLatency::on_sent(const Source& source, uint64_t capture_id, uint64_t
   p.source = source.id;
   p.capture_id = capture_id;
   p.tag = tag;
+  p.origin = origin;
   p.opened_ns = opened_ns;
   p.before = before;
   pending_.push_back(p);

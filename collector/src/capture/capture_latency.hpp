@@ -81,10 +81,11 @@ class CaptureLatency {
   void set_settled(Settled settled) { settled_ = std::move(settled); }
 
   // A capture request written to an agent's connection at opened_ns (the
-  // episode's opening); before: the agent's last reported GPU counts (zeros
-  // when it has not reported yet).
-  void on_sent(const Source& source, uint64_t capture_id, uint64_t tag, int64_t opened_ns,
-               const wire::AgentHealth::Gpu& before);
+  // episode's opening); origin: "episode" or "user" (a static string, for the
+  // log); before: the agent's last reported GPU counts (zeros when it has not
+  // reported yet).
+  void on_sent(const Source& source, uint64_t capture_id, uint64_t tag, const char* origin,
+               int64_t opened_ns, const wire::AgentHealth::Gpu& before);
   void on_health(const Source& source, const wire::AgentHealth::Gpu& gpu, int64_t now_ns);
   // A frame the pipeline forwarded; ticket: the store's ticket for it (0: no store).
   void on_frame(SourceRegistry& sources, std::span<const uint8_t> frame, uint64_t ticket,
@@ -101,6 +102,7 @@ class CaptureLatency {
     uint32_t source = 0;
     uint64_t capture_id = 0;
     uint64_t tag = 0;
+    const char* origin = "";
     int64_t opened_ns = 0;
     wire::AgentHealth::Gpu before;
     int64_t started_ns = -1;
