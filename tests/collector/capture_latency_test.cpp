@@ -242,13 +242,18 @@ TEST(CaptureLatency, EpisodeToStoredThroughARealCollector) {
   agent.send(agent.spans(req->tag(), 20));
   agent.gpu.captures_completed = 1;
   agent.send({agent.health()});
-  EXPECT_TRUE(eventually([&] { return stage_count(lc.scrape(), "first_span") == 1; }));
-  agent.send(agent.spans(req->tag(), 10));  // after the report that said complete
+  agent.send(agent.spans(req->tag(), 10));  // CUPTI's last flush, after the report of complete
+  ASSERT_TRUE(eventually([&] { return stored_spans(lc.dir.path.string(), req->tag()) == 50; }));
+  // All of it is on disk, but the agent could still be flushing: landing waits for its next
+  // report. A frame after the store settled (a span of no capture) gives the collector its
+  // chance to land the capture too early; it must not.
+  const double frames = series(lc.scrape(), "inferscope_collector_frames_total");
+  agent.send(agent.spans(0, 1));
+  ASSERT_TRUE(eventually(
+      [&] { return series(lc.scrape(), "inferscope_collector_frames_total") == frames + 1; }));
+  EXPECT_EQ(stage_count(lc.scrape(), "stored"), 0);
   agent.send({agent.health()});
-
   ASSERT_TRUE(eventually([&] { return stage_count(lc.scrape(), "stored") == 1; }));
-  // Landed means readable: every span of it is in the trace files now.
-  EXPECT_EQ(stored_spans(lc.dir.path.string(), req->tag()), 50);
   const auto m = lc.scrape();
   EXPECT_EQ(stage_count(m, "started"), 1);
   EXPECT_EQ(stage_count(m, "first_span"), 1);
