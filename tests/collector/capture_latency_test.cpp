@@ -22,6 +22,7 @@
 #include <algorithm>
 #include <asio.hpp>
 #include <cstring>
+#include <functional>
 #include <thread>
 
 #include "inferscope/collector/collector.hpp"
@@ -42,7 +43,9 @@ struct LiveCollector {
   std::thread thread;
   uint16_t ingest = 0, metrics = 0, capture = 0;
 
-  explicit LiveCollector(const std::string& name) : dir(name) {
+  explicit LiveCollector(const std::string& name,
+                         const std::function<void(CollectorOptions&)>& tune = {})
+      : dir(name) {
     CollectorOptions o;
     o.listen = {"tcp://127.0.0.1:0"};
     o.metrics = "127.0.0.1:0";
@@ -53,6 +56,7 @@ struct LiveCollector {
     o.capture.http = "127.0.0.1:0";
     o.capture.cooldown_ns = 0;  // several captures per test
     o.capture.busy_ns = 1;
+    if (tune) tune(o);
     collector = std::make_unique<Collector>(std::move(o));
     std::string error;
     if (!collector->start(error)) throw std::runtime_error(error);
@@ -141,10 +145,16 @@ class AgentDouble {
     return out;
   }
 
-  // Waits for the next capture request (acknowledgements are skipped).
-  std::optional<wire::CaptureRequest> next_request() {
+  // One layer's expert loads, all of them routed to expert 0: a hot expert, seven dead.
+  wire::Record skewed_load() {
+    return wire::Record{make_load(0, clock_ns_ += 10'000'000, {64, 0, 0, 0, 0, 0, 0, 0})};
+  }
+
+  // Waits for the next capture request (acknowledgements are skipped), reading
+  // the socket up to `reads` times (10 ms apart when nothing is there).
+  std::optional<wire::CaptureRequest> next_request(int reads = 3000) {
     std::vector<uint8_t> msg;
-    for (int i = 0; i < 3000 && !error_; ++i) {
+    for (int i = 0; i < reads && !error_; ++i) {
       while (in_.size() >= wire::kControlHeaderBytes) {
         uint32_t magic = 0;
         std::memcpy(&magic, in_.data(), 4);
@@ -279,6 +289,45 @@ TEST(CaptureLatency, EpisodeToStoredThroughARealCollector) {
             std::string::npos)
       << log;
   EXPECT_NE(log.find("50 spans stored"), std::string::npos) << log;
+}
+
+// The other origin: an episode the collector opens on the double's expert loads
+// asks it for a capture, tagged with the episode, timed from the opening.
+TEST(CaptureLatency, AnEpisodeCaptureIsTimedFromTheEpisodesOpening) {
+  LiveCollector lc("capture-latency-episode", [](CollectorOptions& o) {
+    o.aggregation.window_ns = 20'000'000;  // 20 ms windows, by record timestamps
+    o.aggregation.windows = 1;
+    // The hot and the dead experts open episodes together: the collector's cooldown (as
+    // deployed) lets one capture through, so the agent's counts belong to it alone.
+    o.capture.cooldown_ns = 30'000'000'000;
+    o.capture.busy_ns = 2'000'000'000;
+  });
+  ::testing::internal::CaptureStderr();
+  AgentDouble agent(lc.ingest, "episodic");
+  std::optional<wire::CaptureRequest> req;
+  ASSERT_TRUE(eventually([&] {
+    agent.send({agent.skewed_load()});  // loads keep coming until the request arrives
+    return (req = agent.next_request(1)).has_value();
+  }));
+  EXPECT_NE(req->episode_id, 0u);
+  EXPECT_EQ(req->tag(), req->episode_id);
+  agent.gpu.captures_requested = agent.gpu.captures_started = 1;
+  agent.send({agent.health()});
+  agent.send(agent.spans(req->tag(), 8));
+  agent.gpu.captures_completed = 1;
+  agent.send({agent.health()});
+  agent.send({agent.health()});
+  ASSERT_TRUE(eventually([&] { return stage_count(lc.scrape(), "stored") == 1; }));
+  EXPECT_EQ(stored_spans(lc.dir.path.string(), req->tag()), 8);
+  const auto m = lc.scrape();
+  EXPECT_EQ(stage_count(m, "started"), 1);
+  EXPECT_EQ(stage_count(m, "first_span"), 1);
+  EXPECT_LE(stage_sum(m, "started"), stage_sum(m, "first_span"));
+  EXPECT_LE(stage_sum(m, "first_span"), stage_sum(m, "stored"));
+  const std::string log = ::testing::internal::GetCapturedStderr();
+  EXPECT_NE(log.find("(episode, tag " + std::to_string(req->tag()) + ") of source"),
+            std::string::npos)
+      << log;
 }
 
 // A capture the agent refuses never lands, and says why; so does one whose
