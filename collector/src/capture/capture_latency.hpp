@@ -35,10 +35,11 @@
 // Attribution of health counters: they are cumulative per agent, not per
 // capture, so each pending capture compares them with the agent's counts when
 // it was sent. The collector sends an agent a new capture no sooner than
-// CaptureOptions::busy_ns (2 s) after the last, and the agent reports every
-// second, so a report's new counts belong to one capture: exact unless busy_ns
-// is set below the report interval (tests) or the host asks the agent for
-// captures of its own at the same time. Spans are matched exactly by tag.
+// CaptureOptions::busy_ns after the last (2 s; an ms= capture's length when
+// shorter), and the agent reports every second, so a report's new counts
+// belong to one capture: exact unless the busy time is below the report
+// interval or the host asks the agent for captures of its own at the same
+// time. Spans are matched exactly by tag.
 //
 // Without a trace store (no --trace-dir) there is nothing to land in: a
 // capture leaves the table once complete, with started and first_span
