@@ -79,6 +79,7 @@ struct Collector::Impl {
       if (ec) return;
       const int64_t now = steady_ns();
       pipeline.tick(now);
+      captures.tick(now);  // captures land in the store, or time out
       viewers.flush_log();
       if (store) {
         store->tick(now);  // closes a block older than --trace-block-age; retention
@@ -164,6 +165,7 @@ bool Collector::start(std::string& error) {
     s.publish_store_metrics();
     s.viewers.set_store(s.store.get());
     s.ingest.set_store(s.store.get());
+    s.captures.set_store([&s] { return s.store->settled_ticket(); });
     // Frames the previous collector on this directory stored are not applied again.
     for (const auto& [stream, seq] : s.store->recovered_sequences())
       s.pipeline.sequences().seed(stream, seq);
@@ -176,10 +178,14 @@ bool Collector::start(std::string& error) {
   });
   s.pipeline.set_alert_listener(
       [&s](const wire::AlertEpisode& a) { s.captures.on_alert(a, steady_ns()); });
-  s.pipeline.set_health_listener(
-      [&s](const Source& source, const wire::AgentHealth& h) { s.captures.on_health(source, h); });
+  s.pipeline.set_health_listener([&s](const Source& source, const wire::AgentHealth& h) {
+    s.captures.on_health(source, h, steady_ns());
+  });
+  s.captures.set_log(log_line);
   s.pipeline.set_frame_sink([&s](const SharedFrame& frame) {
-    if (s.store) s.store->write(*frame, s.pipeline.sink_frame_summary(), steady_ns());
+    const int64_t now = steady_ns();
+    if (s.store) s.store->write(*frame, s.pipeline.sink_frame_summary(), now);
+    s.captures.on_frame(*frame, s.store ? s.store->last_ticket() : 0, now);  // capture latency
     s.viewers.broadcast(frame);
   });
   for (const auto& text : s.options.listen) {

@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <chrono>
 
+#include "capture_latency.hpp"
 #include "inferscope/collector/capture.hpp"
 #include "inferscope/wire/capture.hpp"
 #include "inferscope/wire/episode_id.hpp"
@@ -39,7 +40,27 @@ CaptureCoordinator::CaptureCoordinator(const CaptureOptions& options, SourceRegi
                             .Help("Unix time at which an episode's GPU capture was asked for; the "
                                   "episode label is what inferscope-export --episode takes (the "
                                   "newest 16 episodes)")
-                            .Register(registry)) {}
+                            .Register(registry)),
+      latency_(std::make_unique<detail::CaptureLatency>(
+          detail::CaptureLatencyOptions{options.max_pending_landings, options.landing_timeout_ns},
+          registry)) {}
+
+CaptureCoordinator::~CaptureCoordinator() = default;
+
+void CaptureCoordinator::set_store(Settled settled) {
+  latency_->set_settled(std::move(settled));
+}
+void CaptureCoordinator::set_log(Log log) {
+  latency_->set_log(std::move(log));
+}
+
+void CaptureCoordinator::on_frame(std::span<const uint8_t> frame, uint64_t ticket, int64_t now_ns) {
+  latency_->on_frame(sources_, frame, ticket, now_ns);
+}
+
+void CaptureCoordinator::tick(int64_t now_ns) {
+  latency_->tick(sources_, now_ns);
+}
 
 prometheus::Counter& CaptureCoordinator::agent_outcome(const char* outcome) {
   return agent_requests_.Add({{"outcome", outcome}});
@@ -89,6 +110,10 @@ CaptureCoordinator::Outcome CaptureCoordinator::request(const std::string& model
     }
     ++out.sent;
     agent_outcome("sent").Increment();
+    // Its landing is timed from now: the episode's opening (or the POST's arrival).
+    const auto last = reported_.find(id);
+    latency_->on_sent(*s, out.capture_id, req.tag(), origin, now_ns,
+                      last != reported_.end() ? last->second : wire::AgentHealth::Gpu{});
     // Busy for as long as the agent may run it; the cooldown counts from the send.
     const int64_t runs = steps > 0 ? options_.busy_ns
                                    : std::min<int64_t>(options_.busy_ns, duration_ms * 1'000'000ll);
@@ -137,7 +162,9 @@ void CaptureCoordinator::remember_episode_capture(const wire::AlertEpisode& a) {
   }
 }
 
-void CaptureCoordinator::on_health(const Source& source, const wire::AgentHealth& h) {
+void CaptureCoordinator::on_health(const Source& source, const wire::AgentHealth& h,
+                                   int64_t now_ns) {
+  latency_->on_health(source, h.gpu, now_ns);
   if (reported_.size() >= kMaxReportedSeries / 6 && !reported_.count(source.id)) return;
   wire::AgentHealth::Gpu& last = reported_[source.id];
   // Cumulative values; a smaller one means the agent restarted its counts.

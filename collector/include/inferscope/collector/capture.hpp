@@ -20,6 +20,14 @@
 // rank, layer, expert, start), so a viewer computes it from the alert record and
 // finds the capture without any new field in AlertEpisode.
 //
+// How long each capture takes to land (episode opening -> agent started ->
+// first span ingested -> spans settled in the trace store) is measured by
+// detail::CaptureLatency (collector/src/capture/capture_latency.hpp):
+// inferscope_collector_capture_latency_seconds{stage} and
+// inferscope_collector_capture_not_landed_total{reason}. It sees every
+// forwarded frame through on_frame() (one call per frame, which returns at
+// once while no capture is pending) and every AgentHealth through on_health().
+//
 // Single-threaded: everything runs on the collector's io thread.
 #pragma once
 
@@ -31,6 +39,8 @@
 #include <deque>
 #include <functional>
 #include <map>
+#include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -40,14 +50,25 @@
 
 namespace inferscope::collector {
 
+namespace detail {
+class CaptureLatency;
+}
+
 class CaptureCoordinator {
  public:
   // Writes one control message to a source's connection; false when it has none.
   using Send = std::function<bool(uint32_t source_id, std::vector<uint8_t> message)>;
 
+  // The trace store's settled ticket (TraceStore::settled_ticket); unset: no store.
+  using Settled = std::function<uint64_t()>;
+  using Log = std::function<void(const std::string&)>;
+
   CaptureCoordinator(const CaptureOptions& options, SourceRegistry& sources,
                      prometheus::Registry& registry);
+  ~CaptureCoordinator();
   void set_sender(Send send) { send_ = std::move(send); }
+  void set_store(Settled settled);
+  void set_log(Log log);  // one line per capture that lands or does not
 
   struct Outcome {
     uint64_t capture_id = 0;
@@ -62,7 +83,12 @@ class CaptureCoordinator {
                   uint64_t episode_id, const char* origin, int64_t now_ns);
 
   void on_alert(const wire::AlertEpisode& a, int64_t now_ns);
-  void on_health(const Source& source, const wire::AgentHealth& h);
+  void on_health(const Source& source, const wire::AgentHealth& h, int64_t now_ns);
+  // Every frame the pipeline forwarded (after the store took it: ticket is its
+  // TraceStore ticket, 0 without a store).
+  void on_frame(std::span<const uint8_t> frame, uint64_t ticket, int64_t now_ns);
+  // Periodically (the collector's tick): captures land or time out.
+  void tick(int64_t now_ns);
 
   const CaptureOptions& options() const { return options_; }
 
@@ -87,6 +113,7 @@ class CaptureCoordinator {
   // The last kMaxEpisodeCaptures episodes that got a capture, newest last (see the .cpp).
   prometheus::Family<prometheus::Gauge>& episode_captures_;
   std::deque<prometheus::Gauge*> episode_capture_series_;
+  std::unique_ptr<detail::CaptureLatency> latency_;
 };
 
 }  // namespace inferscope::collector

@@ -70,6 +70,10 @@ struct CaptureOptions {
   uint32_t steps = 8;       // --capture-steps: steps per capture when none are asked for
   int64_t cooldown_ns = 30'000'000'000;  // --capture-cooldown: per agent, collector side
   int64_t busy_ns = 2'000'000'000;       // a sent capture counts as running this long
+  // A capture not in the trace store this long after its episode opened is counted in
+  // inferscope_collector_capture_not_landed_total; at most this many are tracked at once.
+  int64_t landing_timeout_ns = 60'000'000'000;
+  size_t max_pending_landings = 256;
 };
 
 struct CollectorOptions {
