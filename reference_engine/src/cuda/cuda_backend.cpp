@@ -61,7 +61,7 @@ k::IView iview(const Tensor& t) {
 // fewer API calls (and CUPTI records) per step.
 class StagingRing {
  public:
-  explicit StagingRing(cudaStream_t s) : stream_(s) { grow(4u << 20); }
+  StagingRing(cudaStream_t s, uint64_t& waits) : stream_(s), waits_(waits) { grow(4u << 20); }
   ~StagingRing() { release(); }
   StagingRing(const StagingRing&) = delete;
   StagingRing& operator=(const StagingRing&) = delete;
@@ -73,12 +73,12 @@ class StagingRing {
     for (auto sp : spans) total += align(sp.size_bytes());
     if (total == 0) total = 16;
     if (total > cap_) {
-      ISC_CUDA(cudaStreamSynchronize(stream_));
+      wait();
       release();
       grow(std::max(total, cap_ * 2));
     }
     if (off_ + total > cap_) {
-      ISC_CUDA(cudaStreamSynchronize(stream_));
+      wait();
       off_ = 0;
       ++gen_;  // every remembered region may now be overwritten
     }
@@ -103,11 +103,11 @@ class StagingRing {
     size_t total = 0;
     for (auto sp : spans) total += std::max<size_t>(align(sp.size_bytes()), 16);  // as stage()
     if (total > cap_) {
-      ISC_CUDA(cudaStreamSynchronize(stream_));
+      wait();
       release();
       grow(std::max(total, cap_ * 2));
     } else if (off_ + total > cap_) {
-      ISC_CUDA(cudaStreamSynchronize(stream_));
+      wait();
       off_ = 0;
       ++gen_;
     }
@@ -124,6 +124,10 @@ class StagingRing {
 
  private:
   static constexpr size_t kCacheMaxBytes = 16384;
+  void wait() {
+    ++waits_;
+    ISC_CUDA(cudaStreamSynchronize(stream_));
+  }
   struct Recent {
     size_t off = 0, bytes = 0;
     uint64_t gen = ~uint64_t{0};
@@ -148,6 +152,7 @@ class StagingRing {
     dev_ = nullptr;
   }
   cudaStream_t stream_;
+  uint64_t& waits_;  // the backend's host_syncs_
   char* host_ = nullptr;
   char* dev_ = nullptr;
   size_t cap_ = 0, off_ = 0;
@@ -159,7 +164,7 @@ class StagingRing {
 // A device buffer that only grows; growing waits for the stream first.
 class Scratch {
  public:
-  explicit Scratch(cudaStream_t s) : stream_(s) {}
+  Scratch(cudaStream_t s, uint64_t& waits) : stream_(s), waits_(waits) {}
   ~Scratch() {
     if (p_) cudaFree(p_);
   }
@@ -169,7 +174,7 @@ class Scratch {
   T* get(size_t count) {
     size_t bytes = std::max<size_t>(count * sizeof(T), 16);
     if (bytes > cap_) {
-      ISC_CUDA(cudaStreamSynchronize(stream_));
+      wait();
       if (p_) ISC_CUDA(cudaFree(p_));
       cap_ = std::max(bytes, cap_ * 2);
       ISC_CUDA(cudaMalloc(&p_, cap_));
@@ -178,7 +183,12 @@ class Scratch {
   }
 
  private:
+  void wait() {
+    ++waits_;
+    ISC_CUDA(cudaStreamSynchronize(stream_));
+  }
   cudaStream_t stream_;
+  uint64_t& waits_;
   void* p_ = nullptr;
   size_t cap_ = 0;
 };
@@ -203,8 +213,8 @@ class CudaBackend final : public Backend {
     ISC_CUDA(cudaSetDevice(o.device));
     ISC_CUDA(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     blas_ = std::make_unique<k::Blas>(stream_);
-    ring_ = std::make_unique<StagingRing>(stream_);
-    for (auto& s : scratch_) s = std::make_unique<Scratch>(stream_);
+    ring_ = std::make_unique<StagingRing>(stream_, host_syncs_);
+    for (auto& s : scratch_) s = std::make_unique<Scratch>(stream_, host_syncs_);
     ISC_CUDA(cudaMallocHost(&host_counts_, sizeof(int32_t) * (2 * 1024 + 2)));
   }
   ~CudaBackend() override {
@@ -214,6 +224,7 @@ class CudaBackend final : public Backend {
     ring_.reset();
     for (auto& s : scratch_) s.reset();
     cudaFreeHost(host_counts_);
+    if (pinned_) cudaFreeHost(pinned_);
     cudaStreamDestroy(stream_);
   }
 
@@ -231,6 +242,7 @@ class CudaBackend final : public Backend {
       cudaGetLastError();
       return nullptr;
     }
+    ++host_syncs_;
     if (cudaMemsetAsync(p, 0, rounded, stream_) != cudaSuccess ||
         cudaStreamSynchronize(stream_) != cudaSuccess) {
       cudaFree(p);
@@ -244,6 +256,7 @@ class CudaBackend final : public Backend {
     // Unchecked: free() runs in destructors, often while an exception (a CUDA
     // error seen by an earlier op) unwinds; throwing here would terminate the
     // process and replace that first error with this later sighting of it.
+    ++host_syncs_;
     cudaStreamSynchronize(stream_);
     auto it = alloc_bytes_.find(ptr);
     if (it != alloc_bytes_.end()) {
@@ -262,7 +275,43 @@ class CudaBackend final : public Backend {
     ISC_CUDA(cudaMemcpyAsync(dst, src.data, src.bytes(), cudaMemcpyDeviceToHost, stream_));
     ISC_CUDA(cudaStreamSynchronize(stream_));
   }
-  void synchronize() override { ISC_CUDA(cudaStreamSynchronize(stream_)); }
+  void synchronize() override {
+    ++host_syncs_;
+    ISC_CUDA(cudaStreamSynchronize(stream_));
+  }
+  // Small copies go through pinned memory (truly asynchronous), large ones
+  // straight to their pageable destination (the driver stages those and
+  // returns when done); then one wait covers them all.
+  void download_many_impl(std::span<const HostCopy> copies) override {
+    size_t pinned = 0;
+    for (const HostCopy& c : copies)
+      if (c.src.bytes() <= kPinnedCopyMax) pinned += (c.src.bytes() + 15) / 16 * 16;
+    if (pinned > pinned_cap_) {
+      if (pinned_) cudaFreeHost(pinned_);
+      pinned_ = nullptr;
+      pinned_cap_ = 0;
+      ISC_CUDA(cudaMallocHost(&pinned_, pinned));
+      pinned_cap_ = pinned;
+    }
+    size_t at = 0;
+    for (const HostCopy& c : copies) {
+      if (c.src.empty() || c.src.bytes() > kPinnedCopyMax) continue;
+      ISC_CUDA(cudaMemcpyAsync(pinned_ + at, c.src.data, c.src.bytes(), cudaMemcpyDeviceToHost,
+                               stream_));
+      at += (c.src.bytes() + 15) / 16 * 16;
+    }
+    for (const HostCopy& c : copies)
+      if (!c.src.empty() && c.src.bytes() > kPinnedCopyMax)
+        ISC_CUDA(
+            cudaMemcpyAsync(c.dst, c.src.data, c.src.bytes(), cudaMemcpyDeviceToHost, stream_));
+    ISC_CUDA(cudaStreamSynchronize(stream_));
+    at = 0;
+    for (const HostCopy& c : copies) {
+      if (c.src.empty() || c.src.bytes() > kPinnedCopyMax) continue;
+      std::memcpy(c.dst, pinned_ + at, c.src.bytes());
+      at += (c.src.bytes() + 15) / 16 * 16;
+    }
+  }
 
   // --- elementwise / data movement -----------------------------------------
   void copy_impl(const Tensor& src, const Tensor& dst) override {
@@ -463,6 +512,23 @@ class CudaBackend final : public Backend {
   void moe_route_impl(const Tensor& logits, const Tensor& bias, const RouteParams& p,
                       const Tensor& assign_expert, const Tensor& assign_weight,
                       RouteCounts& counts) override {
+    const int64_t E = logits.cols;
+    const int32_t* dev_counts =
+        route(logits, bias, p, assign_expert, assign_weight, nullptr, nullptr);
+    // The expert-load signal: the on-device histogram, one small copy per call.
+    ISC_CUDA(cudaMemcpyAsync(host_counts_, dev_counts, sizeof(int32_t) * (2 * E + 2),
+                             cudaMemcpyDeviceToHost, stream_));
+    ISC_CUDA(cudaStreamSynchronize(stream_));
+    counts.routed.assign(host_counts_, host_counts_ + E);
+    counts.kept.assign(host_counts_ + E, host_counts_ + 2 * E);
+    counts.dropped = static_cast<uint32_t>(host_counts_[2 * E]);
+    counts.rerouted = static_cast<uint32_t>(host_counts_[2 * E + 1]);
+  }
+  // The router kernels; counts (and offsets, optional) go to the given device
+  // arrays, or counts to scratch when null. Returns the device counts.
+  const int32_t* route(const Tensor& logits, const Tensor& bias, const RouteParams& p,
+                       const Tensor& assign_expert, const Tensor& assign_weight,
+                       int32_t* counts_out, int32_t* offsets_out) {
     const int64_t T = logits.rows, E = logits.cols;
     const int32_t kk = p.top_k;
     require(E <= kMaxExperts, "moe_route: at most 1024 experts (one router block per token)");
@@ -485,7 +551,8 @@ class CudaBackend final : public Backend {
     char* after = base + T * R * 8;
     rb.assign_expert = direct ? assign_expert.i32() : reinterpret_cast<int32_t*>(after);
     rb.assign_weight = direct ? assign_weight.f32() : reinterpret_cast<float*>(after + T * kk * 4);
-    rb.counts = reinterpret_cast<int32_t*>(after + T * kk * 8);
+    rb.counts = counts_out ? counts_out : reinterpret_cast<int32_t*>(after + T * kk * 8);
+    rb.offsets = offsets_out;
     k::router(view(logits), bias.empty() ? nullptr : bias.f32(), rp, rb, stream_);
     if (!direct) {
       ISC_CUDA(cudaMemcpy2DAsync(assign_expert.data, assign_expert.stride * 4, rb.assign_expert,
@@ -493,14 +560,7 @@ class CudaBackend final : public Backend {
       ISC_CUDA(cudaMemcpy2DAsync(assign_weight.data, assign_weight.stride * 4, rb.assign_weight,
                                  kk * 4, kk * 4, T, cudaMemcpyDeviceToDevice, stream_));
     }
-    // The expert-load signal: the on-device histogram, one small copy per call.
-    ISC_CUDA(cudaMemcpyAsync(host_counts_, rb.counts, sizeof(int32_t) * (2 * E + 2),
-                             cudaMemcpyDeviceToHost, stream_));
-    ISC_CUDA(cudaStreamSynchronize(stream_));
-    counts.routed.assign(host_counts_, host_counts_ + E);
-    counts.kept.assign(host_counts_ + E, host_counts_ + 2 * E);
-    counts.dropped = static_cast<uint32_t>(host_counts_[2 * E]);
-    counts.rerouted = static_cast<uint32_t>(host_counts_[2 * E + 1]);
+    return rb.counts;
   }
   void moe_permute_impl(const Tensor& x, const Tensor& assign_expert,
                         std::span<const int32_t> offsets, const Tensor& xp,
@@ -533,6 +593,67 @@ class CudaBackend final : public Backend {
                  view(y), stream_);
   }
 
+  // --- mixture of experts, asynchronous routing ------------------------------
+  // The same kernels with the counts and offsets left on the device: no copy
+  // to the host, no wait; the grids come from the bound T * top_k.
+  void moe_route_device_impl(const Tensor& logits, const Tensor& bias, const RouteParams& p,
+                             const Tensor& assign_expert, const Tensor& assign_weight,
+                             const Tensor& counts, const Tensor& offsets) override {
+    route(logits, bias, p, assign_expert, assign_weight, counts.i32(), offsets.i32());
+  }
+  void moe_permute_device_impl(const Tensor& x, const Tensor& assign_expert, const Tensor& offsets,
+                               const Tensor& xp, const Tensor& perm) override {
+    const int64_t E = offsets.cols - 1;
+    require(E <= kMaxExperts, "moe_permute: at most 1024 experts");
+    const int64_t bound = assign_expert.rows * assign_expert.cols;
+    if (bound == 0) return;
+    int32_t* slot_of = scratch_[3]->get<int32_t>(static_cast<size_t>(bound));
+    const bool fused = bound * x.cols <= kFusedGatherElems;
+    k::permute_index(iview(assign_expert), offsets.i32(), static_cast<int>(E), iview(perm), slot_of,
+                     view(x), fused ? view(xp) : k::View{}, bound, stream_);
+    last_perm_ = perm.data;
+    last_perm_rows_ = kDeviceRows;
+    last_slot_total_ = bound;
+    if (!fused)
+      k::permute_rows(view(x), iview(perm), static_cast<int>(assign_expert.cols), bound, view(xp),
+                      stream_, offsets.i32() + E);
+  }
+  void grouped_linear_device_impl(const Tensor& x, const Tensor& w, const Tensor& offsets,
+                                  int64_t max_rows, const Tensor& y) override {
+    const int64_t E = offsets.cols - 1, n = w.rows / E;
+    if (max_rows == 0 || x.rows == 0) return;
+    const __nv_bfloat16* wb = nullptr;
+    if (w.dtype == DType::kBF16)
+      wb = x.cols % 8 == 0 ? static_cast<const __nv_bfloat16*>(w.data) : nullptr;
+    else if (!fp32_math_ && x.cols % 8 == 0)
+      wb = shadow(w);
+    if (wb == nullptr) {  // fp32 math or K % 8 != 0: per-expert GEMMs need host offsets (a wait)
+      Backend::grouped_linear_device_impl(x, w, offsets, max_rows, y);
+      return;
+    }
+    if (max_rows <= kSmallRows) {
+      k::small_linear(view(x), wb, offsets.i32(), static_cast<int>(E), view(y), static_cast<int>(n),
+                      static_cast<int>(x.cols), 0.f, stream_);
+      return;
+    }
+    // Every bound row is cast (rows past offsets[E] too: cheaper than a wait).
+    __nv_bfloat16* xb = scratch_[0]->get<__nv_bfloat16>(static_cast<size_t>(x.rows * x.cols));
+    k::to_bf16(view(x), xb, stream_);
+    k::grouped_gemm(xb, wb, offsets.i32(), y.f32(), y.stride, static_cast<int>(E),
+                    static_cast<int>(n), static_cast<int>(x.cols), static_cast<int>(max_rows),
+                    stream_);
+  }
+  void moe_unpermute_device_impl(const Tensor& yp, const Tensor& perm, const Tensor& assign_weight,
+                                 int32_t top_k, const Tensor& offsets, const Tensor& y) override {
+    if (y.rows == 0) return;
+    const int64_t bound = y.rows * top_k;
+    const bool ready =
+        perm.data == last_perm_ && last_perm_rows_ == kDeviceRows && bound == last_slot_total_;
+    int32_t* slot_of = scratch_[3]->get<int32_t>(static_cast<size_t>(bound));
+    k::unpermute(view(yp), iview(perm), view(assign_weight), top_k, bound, slot_of, ready, view(y),
+                 stream_, offsets.i32() + (offsets.cols - 1));
+  }
+
   // --- vision front end ------------------------------------------------------
   void patchify_impl(const Tensor& image, int32_t height, int32_t width, int32_t channels,
                      int32_t patch, const Tensor& out) override {
@@ -550,6 +671,10 @@ class CudaBackend final : public Backend {
   static constexpr int kSmallRows = 64;
   // Up to this many gathered floats moe_permute gathers inside its index kernel.
   static constexpr int64_t kFusedGatherElems = 1 << 16;
+  // last_perm_rows_ of a perm built from device offsets (its row count is on the device).
+  static constexpr int64_t kDeviceRows = -2;
+  // Copies up to this size go through pinned memory in download_many_impl.
+  static constexpr size_t kPinnedCopyMax = 1u << 20;
 
   struct Shadow {
     __nv_bfloat16* bf16 = nullptr;
@@ -566,6 +691,7 @@ class CudaBackend final : public Backend {
       return it->second.bf16;
     if (!inside_upload(w.data, w.bytes())) return nullptr;
     if (it != shadows_.end()) {
+      ++host_syncs_;
       ISC_CUDA(cudaStreamSynchronize(stream_));
       cudaFree(it->second.bf16);
       shadows_.erase(it);
@@ -620,7 +746,10 @@ class CudaBackend final : public Backend {
     for (auto it = shadows_.begin(); it != shadows_.end();) {
       const char* s = static_cast<const char*>(it->first);
       if (s < hi && s + it->second.bytes > lo) {
-        if (!synced) ISC_CUDA(cudaStreamSynchronize(stream_));
+        if (!synced) {
+          ++host_syncs_;
+          ISC_CUDA(cudaStreamSynchronize(stream_));
+        }
         synced = true;
         cudaFree(it->second.bf16);
         it = shadows_.erase(it);
@@ -649,6 +778,8 @@ class CudaBackend final : public Backend {
   std::unique_ptr<StagingRing> ring_;
   std::unique_ptr<Scratch> scratch_[4];
   int32_t* host_counts_ = nullptr;
+  char* pinned_ = nullptr;  // download_many_impl's bounce buffer (grows)
+  size_t pinned_cap_ = 0;
   std::map<void*, Shadow> shadows_;
   std::map<char*, size_t> uploaded_;
   std::map<void*, size_t> alloc_bytes_;

@@ -129,6 +129,26 @@ __device__ void ordered_rank(int total, int E, int* smem, GetExpert get, Visit v
   }
 }
 
+// offsets[0] = 0, offsets[e + 1] = offsets[e] + kept(e): warp 0 scans 32
+// experts at a time. Callers have synchronised the block after kept is final.
+template <typename Kept>
+__device__ void write_offsets(int E, int32_t* offsets, Kept kept) {
+  if (offsets == nullptr || threadIdx.x >= 32) return;
+  const int lane = threadIdx.x;
+  int carry = 0;
+  for (int base = 0; base < E; base += 32) {
+    const int e = base + lane;
+    int v = e < E ? kept(e) : 0;
+    for (int o = 1; o < 32; o <<= 1) {
+      const int n = __shfl_up_sync(0xffffffffu, v, o);
+      if (lane >= o) v += n;
+    }
+    if (e < E) offsets[e + 1] = carry + v;
+    carry += __shfl_sync(0xffffffffu, v, 31);
+  }
+  if (lane == 0) offsets[0] = 0;
+}
+
 __device__ void assign_drop(const RouterParams& p, const RouterBuffers& b, int* smem) {
   __shared__ int dropped;
   const int E = p.experts, k = p.top_k;
@@ -146,6 +166,8 @@ __device__ void assign_drop(const RouterParams& p, const RouterBuffers& b, int* 
     b.counts[e] = cnt[e];
     b.counts[E + e] = p.capacity > 0 ? min(cnt[e], p.capacity) : cnt[e];
   }
+  write_offsets(E, b.offsets,
+                [&](int e) { return p.capacity > 0 ? min(cnt[e], p.capacity) : cnt[e]; });
   if (threadIdx.x == 0) {
     b.counts[2 * E] = dropped;
     b.counts[2 * E + 1] = 0;
@@ -213,6 +235,7 @@ __global__ void assign_reroute_k(RouterParams p, int R, RouterBuffers b) {
     b.counts[e] = routed[e];
     b.counts[E + e] = kept[e];
   }
+  write_offsets(E, b.offsets, [&](int e) { return kept[e]; });
 }
 
 __global__ void permute_index_k(IView ae, const int32_t* offsets, int E, IView perm,
@@ -238,6 +261,7 @@ __global__ void permute_index_k(IView ae, const int32_t* offsets, int E, IView p
       });
   if (xp.p == nullptr) return;
   __syncthreads();  // perm, written by this block, is read back below
+  rows = min(rows, static_cast<int64_t>(offsets[E]));  // rows may be the bound T * k
   for (int64_t i = threadIdx.x; i < rows * xp.cols; i += blockDim.x) {
     const int64_t r = i / xp.cols, c = i % xp.cols;
     const int t = perm.p[r * perm.stride] / k;
@@ -245,7 +269,9 @@ __global__ void permute_index_k(IView ae, const int32_t* offsets, int E, IView p
   }
 }
 
-__global__ void permute_rows_k(View x, IView perm, int k, int64_t rows, View xp) {
+__global__ void permute_rows_k(View x, IView perm, int k, int64_t rows, View xp,
+                               const int32_t* total) {
+  if (total) rows = min(rows, static_cast<int64_t>(*total));
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < rows * xp.cols;
        i += (int64_t)gridDim.x * blockDim.x) {
     int64_t r = i / xp.cols, c = i % xp.cols;
@@ -254,7 +280,8 @@ __global__ void permute_rows_k(View x, IView perm, int k, int64_t rows, View xp)
   }
 }
 
-__global__ void scatter_slots_k(IView perm, int64_t rows, int32_t* slot_of) {
+__global__ void scatter_slots_k(IView perm, int64_t rows, const int32_t* total, int32_t* slot_of) {
+  if (total) rows = min(rows, static_cast<int64_t>(*total));
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < rows;
        i += (int64_t)gridDim.x * blockDim.x)
     slot_of[perm.p[i * perm.stride]] = static_cast<int32_t>(i);
@@ -295,6 +322,7 @@ void router(View logits, const float* bias, const RouterParams& p, const RouterB
     throw std::invalid_argument("cuda router: need 0 < top_k <= experts <= 1024");
   if (p.tokens <= 0) {
     ISC_CUDA(cudaMemsetAsync(b.counts, 0, sizeof(int32_t) * (2 * p.experts + 2), s));
+    if (b.offsets) ISC_CUDA(cudaMemsetAsync(b.offsets, 0, sizeof(int32_t) * (p.experts + 1), s));
     return;
   }
   const bool reroute = p.reroute && p.capacity > 0;
@@ -329,18 +357,19 @@ void permute_index(IView assign_expert, const int32_t* offsets, int experts, IVi
   ISC_LAUNCH();
 }
 
-void permute_rows(View x, IView perm, int top_k, int64_t rows, View xp, cudaStream_t s) {
+void permute_rows(View x, IView perm, int top_k, int64_t rows, View xp, cudaStream_t s,
+                  const int32_t* total) {
   if (rows * xp.cols <= 0) return;
-  permute_rows_k<<<grid_for(rows * xp.cols), 256, 0, s>>>(x, perm, top_k, rows, xp);
+  permute_rows_k<<<grid_for(rows * xp.cols), 256, 0, s>>>(x, perm, top_k, rows, xp, total);
   ISC_LAUNCH();
 }
 
 void unpermute(View yp, IView perm, View w, int top_k, int64_t assignments, int32_t* slot_of,
-               bool slot_of_ready, View y, cudaStream_t s) {
+               bool slot_of_ready, View y, cudaStream_t s, const int32_t* total) {
   if (y.rows <= 0) return;
   if (!slot_of_ready) ISC_CUDA(cudaMemsetAsync(slot_of, 0xff, sizeof(int32_t) * y.rows * top_k, s));
   if (assignments > 0 && !slot_of_ready) {
-    scatter_slots_k<<<grid_for(assignments), 256, 0, s>>>(perm, assignments, slot_of);
+    scatter_slots_k<<<grid_for(assignments), 256, 0, s>>>(perm, assignments, total, slot_of);
     ISC_LAUNCH();
   }
   unpermute_k<<<static_cast<unsigned>(y.rows), 128, 0, s>>>(yp, w, top_k, slot_of, y);

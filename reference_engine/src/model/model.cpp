@@ -5,7 +5,9 @@
 #include "inferscope/engine/model.hpp"
 
 #include <cmath>
+#include <cstdlib>
 #include <stdexcept>
+#include <string>
 
 namespace inferscope::engine {
 
@@ -44,6 +46,17 @@ void StepBatch::add_chunk(std::span<const int32_t> chunk, int32_t first_pos, int
 }
 
 // [SECTION] Construction
+namespace {
+bool async_routing_from_env() {
+  const char* v = std::getenv("INFERSCOPE_ASYNC_ROUTING");
+  if (v == nullptr || *v == '\0') return false;
+  const std::string s(v);
+  if (s == "1") return true;
+  if (s == "0") return false;
+  throw std::invalid_argument("INFERSCOPE_ASYNC_ROUTING must be 0 or 1, got '" + s + "'");
+}
+}  // namespace
+
 struct Model::LayerTensors {
   Tensor norm1, norm2;
   Tensor wqkv, wo, q_norm, k_norm;                   // attention
@@ -55,6 +68,10 @@ struct Model::LayerTensors {
 struct Model::Scratch {
   Buffer x, h, qkv, attn, xz, proj, dt, y, gu, act, ffn_out, xl, logits;
   MoeScratch moe;
+  // Asynchronous routing: every MoE layer's [2E + 2] counts of the step, on the
+  // device, and their host copy (made with the logits download).
+  Buffer route_counts;
+  std::vector<int32_t> host_route_counts;
   Buffer img, patches, ve, vh, vqkv, vattn, vmlp, c1, c2;
   RouteCounts counts;
   RouteCounts logical_counts;  // counts in the model's expert ids (relabelling placement)
@@ -64,7 +81,7 @@ struct Model::Scratch {
          {&x,  &h,      &qkv, &attn,    &xz, &proj, &dt,   &y,     &gu,   &act, &ffn_out,
           &xl, &logits, &img, &patches, &ve, &vh,   &vqkv, &vattn, &vmlp, &c1,  &c2})
       n += b->bytes();
-    return n;
+    return n + route_counts.bytes();
   }
 };
 
@@ -95,6 +112,7 @@ Model::Model(Backend& backend, const ModelConfig& config, const WeightsFill& fil
 void Model::build(const std::function<void(Weights&)>& fill, DType gemm_dtype) {
   Backend& backend = backend_;
   const ModelConfig& c = config_;
+  async_routing_ = async_routing_from_env();
   weights_ = std::make_unique<Weights>(backend, c, placement_, gemm_dtype);
   fill(*weights_);
 
@@ -160,7 +178,15 @@ void Model::build(const std::function<void(Weights&)>& fill, DType gemm_dtype) {
     S.gu = Buffer(backend, T, 2 * c.dense_hidden);
     S.act = Buffer(backend, T, c.dense_hidden);
   }
-  if (c.ffns.find('M') != std::string::npos) S.moe = MoeScratch(backend, c, T);
+  if (c.ffns.find('M') != std::string::npos) {
+    S.moe = MoeScratch(backend, c, T);
+    int32_t rows = 0;
+    moe_row_.assign(static_cast<size_t>(c.n_layers()), -1);
+    for (int32_t l = 0; l < c.n_layers(); ++l)
+      if (c.is_moe(l)) moe_row_[static_cast<size_t>(l)] = rows++;
+    S.route_counts = Buffer(backend, rows, 2 * c.moe.experts + 2, DType::kI32);
+    S.host_route_counts.resize(static_cast<size_t>(rows) * (2 * c.moe.experts + 2));
+  }
   if (c.vision.enabled) {
     const auto& v = c.vision;
     const int64_t np = (v.image_size / v.patch) * (v.image_size / v.patch);
@@ -296,7 +322,7 @@ void Model::forward(const StepBatch& b, std::vector<float>& logits, ForwardObser
       Tensor out = S.ffn_out.tensor().rows_view(0, T);
       moe_layer(l, h, out, obs);
       backend_.add(x, out, x);
-      if (obs) obs->moe_routed(l, logical_counts(l), static_cast<int32_t>(T));
+      if (obs && !async_routing()) obs->moe_routed(l, logical_counts(l), static_cast<int32_t>(T));
     } else {
       swiglu_ffn(backend_, w.w_gu, w.w_down, h, S.gu, S.act, x, 1.0f);
     }
@@ -304,7 +330,16 @@ void Model::forward(const StepBatch& b, std::vector<float>& logits, ForwardObser
   }
   const int64_t R = static_cast<int64_t>(b.logit_rows.size());
   logits.resize(static_cast<size_t>(R * config_.vocab));
+  // Asynchronous routing: the step's counts come back with the logits (one wait).
+  Backend::HostCopy copies[2];
+  size_t n_copies = 0;
+  if (async_routing() && S.route_counts.bytes() > 0)
+    copies[n_copies++] = {S.route_counts.tensor(), S.host_route_counts.data()};
   if (R == 0) {
+    if (n_copies > 0) {
+      backend_.download(std::span<const Backend::HostCopy>(copies, n_copies));
+      report_routing(static_cast<int32_t>(T), obs);
+    }
     if (ep_) {
       backend_.synchronize();  // no logits download this step: make the EP timings readable
       report_ep(obs);
@@ -316,8 +351,30 @@ void Model::forward(const StepBatch& b, std::vector<float>& logits, ForwardObser
   backend_.rms_norm(xl, weights_->get("norm_f"), eps, xl);
   Tensor lo = S.logits.tensor().rows_view(0, R);
   backend_.linear(xl, weights_->get("head"), lo);
-  backend_.download(lo, logits.data());
+  if (n_copies > 0) {
+    copies[n_copies++] = {lo, logits.data()};
+    backend_.download(std::span<const Backend::HostCopy>(copies, n_copies));
+    report_routing(static_cast<int32_t>(T), obs);
+  } else {
+    backend_.download(lo, logits.data());
+  }
   report_ep(obs);  // the download synchronised: the phase timings are readable
+}
+
+void Model::report_routing(int32_t tokens, ForwardObserver* obs) {
+  if (!obs) return;
+  const size_t E = static_cast<size_t>(config_.moe.experts), W = 2 * E + 2;
+  RouteCounts& c = scratch_->counts;
+  for (int32_t l = 0; l < config_.n_layers(); ++l) {
+    const int32_t row = moe_row_[static_cast<size_t>(l)];
+    if (row < 0) continue;
+    const int32_t* r = scratch_->host_route_counts.data() + static_cast<size_t>(row) * W;
+    c.routed.assign(r, r + E);
+    c.kept.assign(r + E, r + 2 * E);
+    c.dropped = static_cast<uint32_t>(r[2 * E]);
+    c.rerouted = static_cast<uint32_t>(r[2 * E + 1]);
+    obs->moe_routed(l, c, tokens);  // no expert parallelism here: model ids = slots
+  }
 }
 
 // [SECTION] Expert parallelism
@@ -355,6 +412,12 @@ void Model::attach_expert_parallel(Communicator& comm, int64_t (*clock)()) {
 
 void Model::moe_layer(int32_t l, const Tensor& h, const Tensor& out, ForwardObserver* obs) {
   const LayerTensors& w = layers_[static_cast<size_t>(l)];
+  if (async_routing()) {
+    const Tensor counts =
+        scratch_->route_counts.tensor().rows_view(moe_row_[static_cast<size_t>(l)], 1);
+    moe_ffn_device(backend_, config_.moe, w.moe, scratch_->moe, h, out, counts);
+    return;
+  }
   if (!ep_) {
     moe_ffn(backend_, config_.moe, w.moe, scratch_->moe, h, out, scratch_->counts);
     return;

@@ -267,6 +267,49 @@ class Backend {
   void moe_unpermute(const Tensor& yp, const Tensor& perm, const Tensor& assign_weight,
                      int32_t top_k, int64_t assignments, const Tensor& y);
 
+  // --- mixture of experts, asynchronous routing -------------------------------
+  // The same MoE ops with the routing result left on the device, so a MoE layer
+  // needs no host wait (and a decode step can be captured as a CUDA graph). The
+  // host never learns the kept total A; it sizes every buffer by the bound
+  // T * top_k, and the ops read A and the per-expert rows from `offsets`.
+  //
+  // moe_route as above, but the counts stay on the device:
+  //   counts:  i32 [1, 2E + 2] = routed[E], kept[E], dropped, rerouted (a row of
+  //            a step-wide [layers, 2E + 2] array, copied to the host once per step);
+  //   offsets: i32 [1, E + 1], exclusive prefix sums of kept (offsets[E] = A).
+  // Capacity (drop and reroute) is applied exactly as by moe_route.
+  void moe_route_device(const Tensor& logits, const Tensor& bias, const RouteParams& params,
+                        const Tensor& assign_expert, const Tensor& assign_weight,
+                        const Tensor& counts, const Tensor& offsets);
+  // moe_permute with device offsets; xp and perm have >= T * top_k rows (the
+  // rows past A are left as they were).
+  void moe_permute(const Tensor& x, const Tensor& assign_expert, const Tensor& offsets,
+                   const Tensor& xp, const Tensor& perm);
+  // grouped_linear with device offsets over x / y of >= offsets[E] rows (the
+  // bound); max_rows_per_expert bounds every expert's rows (a token never picks
+  // an expert twice, so T does). Rows of y past offsets[E] are left as they were.
+  void grouped_linear(const Tensor& x, const Tensor& w, const Tensor& offsets,
+                      int64_t max_rows_per_expert, const Tensor& y);
+  // moe_unpermute of the first offsets[E] rows of yp (yp has >= T * top_k rows).
+  void moe_unpermute(const Tensor& yp, const Tensor& perm, const Tensor& assign_weight,
+                     int32_t top_k, const Tensor& offsets, const Tensor& y);
+
+  // --- host waits ---------------------------------------------------------------
+  // Several device -> host copies (contiguous tensors) with one wait: the end
+  // of a step downloads its logits and its routed counts together.
+  struct HostCopy {
+    Tensor src;
+    void* dst = nullptr;
+  };
+  void download(std::span<const HostCopy> copies);
+  // How often the host has waited for the device: every upload, download (one
+  // per call, however many copies), synchronize() and moe_route (its counts
+  // come back on the host), plus the waits a backend makes on its own (CUDA:
+  // staging-ring wraps, scratch growth). The CPU backend never really waits; it
+  // counts where the interface makes a device backend wait, so the protocol of
+  // a step (one wait with asynchronous routing) is testable without a device.
+  uint64_t host_syncs() const { return host_syncs_; }
+
   // --- vision front end ------------------------------------------------------
   // image: [H, W * C] (pixels row-major, channels interleaved, values ~[0,1]) ->
   // out: [(H/P) * (W/P), P * P * C], patches in raster order, each patch's
@@ -313,12 +356,33 @@ class Backend {
                                 const Tensor& perm) = 0;
   virtual void moe_unpermute_impl(const Tensor& yp, const Tensor& perm, const Tensor& assign_weight,
                                   int32_t top_k, int64_t assignments, const Tensor& y) = 0;
+  // Asynchronous routing. The defaults are synchronous and correct for every
+  // backend (the CPU backend uses them): moe_route_impl plus an upload of the
+  // counts and offsets; the other three read the offsets back and call the
+  // host-offsets _impl. The CUDA backend overrides all four without a wait.
+  virtual void moe_route_device_impl(const Tensor& logits, const Tensor& bias,
+                                     const RouteParams& params, const Tensor& assign_expert,
+                                     const Tensor& assign_weight, const Tensor& counts,
+                                     const Tensor& offsets);
+  virtual void moe_permute_device_impl(const Tensor& x, const Tensor& assign_expert,
+                                       const Tensor& offsets, const Tensor& xp, const Tensor& perm);
+  virtual void grouped_linear_device_impl(const Tensor& x, const Tensor& w, const Tensor& offsets,
+                                          int64_t max_rows_per_expert, const Tensor& y);
+  virtual void moe_unpermute_device_impl(const Tensor& yp, const Tensor& perm,
+                                         const Tensor& assign_weight, int32_t top_k,
+                                         const Tensor& offsets, const Tensor& y);
+  // Default: one download_impl per copy (a device backend waits once per call).
+  virtual void download_many_impl(std::span<const HostCopy> copies);
   virtual void patchify_impl(const Tensor& image, int32_t height, int32_t width, int32_t channels,
                              int32_t patch, const Tensor& out) = 0;
   virtual void mean_pool_rows_impl(const Tensor& x, int32_t group, const Tensor& out) = 0;
 
+  // Backends add their own waits (synchronize(), internal ones) here.
+  uint64_t host_syncs_ = 0;
+
  private:
   [[noreturn]] void fail(const char* what) const;
+  std::vector<int32_t> read_offsets(const Tensor& offsets);
   void check_weight(const Tensor& x, const Tensor& w, const Tensor& y, const char* op) const;
   void check(bool ok, const char* what) const {
     if (!ok) fail(what);

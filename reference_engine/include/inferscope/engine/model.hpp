@@ -111,6 +111,17 @@ class Model {
 
   MemoryFootprint footprint() const;
 
+  // Asynchronous routing (backend.hpp): the MoE layers keep their routing on
+  // the device and the step's per-layer counts come to the host with the
+  // logits, in one wait per step; ForwardObserver::moe_routed is then called
+  // for every MoE layer after the step (in layer order) instead of inside
+  // each layer. Same logits and counts as the synchronous path, which waits
+  // once per MoE layer. Default: env INFERSCOPE_ASYNC_ROUTING (1 on, 0 off;
+  // unset: off). Under expert parallelism the synchronous path always runs
+  // (the exchange sizes its messages from the host counts).
+  void set_async_routing(bool on) { async_routing_ = on; }
+  bool async_routing() const { return async_routing_ && !ep_; }
+
  private:
   struct LayerTensors;
   void build(const std::function<void(Weights&)>& fill, DType gemm_dtype);
@@ -119,6 +130,7 @@ class Model {
   void ssm_layer(int32_t l, const StepBatch& b, const Tensor& h);
   void moe_layer(int32_t l, const Tensor& h, const Tensor& out, ForwardObserver* obs);
   void report_ep(ForwardObserver* obs);
+  void report_routing(int32_t tokens, ForwardObserver* obs);
   const RouteCounts& logical_counts(int32_t layer);
 
   Backend& backend_;
@@ -132,6 +144,8 @@ class Model {
   ExpertPlacement placement_;
   std::unique_ptr<ExpertParallel> ep_;
   std::vector<EpLayerStats> ep_stats_;  // MoE layers of the current step
+  bool async_routing_ = false;
+  std::vector<int32_t> moe_row_;  // per layer: its row of route_counts_, -1 if not MoE
 };
 
 }  // namespace inferscope::engine

@@ -1,0 +1,204 @@
+// Issue 18 part 4, asynchronous routing: the MoE layers keep their routing on
+// the device and the step's counts reach the host once, with the logits. On
+// the three small models (and with a tight capacity, so drops and reroutes
+// happen) the asynchronous path must give the synchronous path's logits and
+// per-layer routed / kept / dropped / rerouted counts exactly, reported in the
+// same order, and wait once per step where the synchronous path waits once
+// per MoE layer plus once for the logits.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "inferscope/engine/layers.hpp"
+#include "inferscope/engine/model.hpp"
+
+namespace ie = inferscope::engine;
+
+namespace {
+
+struct Routed {
+  int32_t layer = 0, tokens = 0;
+  std::vector<uint32_t> routed;
+  std::vector<int32_t> kept;
+  uint32_t dropped = 0, rerouted = 0;
+  bool operator==(const Routed&) const = default;
+};
+
+class Recorder : public ie::ForwardObserver {
+ public:
+  std::vector<Routed> calls;
+  void layer_begin(int32_t) override {}
+  void layer_end(int32_t) override {}
+  void moe_routed(int32_t layer, const ie::RouteCounts& c, int32_t tokens) override {
+    calls.push_back({layer, tokens, c.routed, c.kept, c.dropped, c.rerouted});
+  }
+};
+
+// One step's results on one path.
+struct Step {
+  std::vector<float> logits;
+  std::vector<Routed> routed;
+  uint64_t waits = 0;  // Backend::host_syncs() during the step
+};
+
+// Three sequences: a prefill of 5 / 9 / 13 tokens (logits for all), a second
+// prefill chunk of sequence 0 that wants no logits (the R == 0 path), then
+// decode steps of one row per sequence.
+std::vector<Step> run(const ie::ModelConfig& c, bool async) {
+  auto be = ie::create_cpu_backend();
+  ie::Model model(*be, c);
+  model.set_async_routing(async);
+  EXPECT_EQ(model.async_routing(), async);
+  const int32_t bs = c.cache.block_size, per_seq = 8;
+  std::vector<std::vector<int32_t>> blocks(3);
+  for (int32_t s = 0; s < 3; ++s) {
+    for (int32_t b = 0; b < per_seq; ++b) blocks[s].push_back(s * per_seq + b);
+    model.clear_state(s);
+  }
+  std::vector<int32_t> len = {5, 9, 13};
+  std::vector<Step> steps;
+  auto forward = [&](const ie::StepBatch& batch) {
+    Recorder rec;
+    Step st;
+    const uint64_t before = be->host_syncs();
+    model.forward(batch, st.logits, &rec);
+    st.waits = be->host_syncs() - before;
+    st.routed = rec.calls;
+    steps.push_back(std::move(st));
+  };
+  auto tokens = [](int32_t seq, int32_t first, int32_t n) {
+    std::vector<int32_t> t;
+    for (int32_t i = 0; i < n; ++i) t.push_back(33 + ((first + i) * 7 + seq * 13) % 90);
+    return t;
+  };
+  ie::StepBatch batch;
+  batch.clear();
+  for (int32_t s = 0; s < 3; ++s) batch.add_chunk(tokens(s, 0, len[s]), 0, s, blocks[s], bs, true);
+  forward(batch);
+  batch.clear();
+  batch.add_chunk(tokens(0, len[0], 3), len[0], 0, blocks[0], bs, false);
+  forward(batch);
+  len[0] += 3;
+  for (int step = 0; step < 5; ++step) {
+    batch.clear();
+    for (int32_t s = 0; s < 3; ++s)
+      batch.add_chunk(tokens(s, len[s], 1), len[s], s, blocks[s], bs, true);
+    forward(batch);
+    for (auto& l : len) ++l;
+  }
+  return steps;
+}
+
+int moe_layers(const ie::ModelConfig& c) {
+  int n = 0;
+  for (int32_t l = 0; l < c.n_layers(); ++l) n += c.is_moe(l) ? 1 : 0;
+  return n;
+}
+
+struct Case {
+  const char* model;
+  float capacity_factor;  // < 0: the model's own
+};
+
+class AsyncRouting : public ::testing::TestWithParam<Case> {};
+
+TEST_P(AsyncRouting, EqualsTheSynchronousPathWithOneWaitPerStep) {
+  ie::ModelConfig c =
+      ie::load_model_config(std::string(INFERSCOPE_ENGINE_MODELS) + "/" + GetParam().model);
+  if (GetParam().capacity_factor >= 0.0f) c.moe.capacity_factor = GetParam().capacity_factor;
+  const std::vector<Step> sync = run(c, false), async = run(c, true);
+  ASSERT_EQ(sync.size(), async.size());
+  const int n_moe = moe_layers(c);
+  ASSERT_GT(n_moe, 0);
+  uint64_t lost = 0;  // dropped + rerouted over the run: capacity must have acted
+  for (size_t i = 0; i < sync.size(); ++i) {
+    SCOPED_TRACE("step " + std::to_string(i));
+    EXPECT_EQ(sync[i].logits, async[i].logits);  // exact: the same ops in the same order
+    ASSERT_EQ(sync[i].routed.size(), static_cast<size_t>(n_moe));
+    EXPECT_EQ(sync[i].routed, async[i].routed);
+    for (const Routed& r : async[i].routed) {
+      uint64_t routed = 0, kept = 0;
+      for (uint32_t v : r.routed) routed += v;
+      for (int32_t v : r.kept) kept += static_cast<uint64_t>(v);
+      EXPECT_EQ(routed, kept + r.dropped) << "layer " << r.layer;
+      lost += r.dropped + r.rerouted;
+    }
+    const bool has_logits = !sync[i].logits.empty();
+    EXPECT_EQ(async[i].waits, 1u);  // the logits download, or the counts alone without logits
+    EXPECT_EQ(sync[i].waits, static_cast<uint64_t>(n_moe) + (has_logits ? 1 : 0));
+  }
+  if (c.moe.capacity_factor > 0.0f && c.moe.capacity_factor < 1.0f) {
+    EXPECT_GT(lost, 0u) << "a tight capacity must drop or reroute";
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(SmallModels, AsyncRouting,
+                         ::testing::Values(Case{"tiny.json", -1.0f}, Case{"demo.json", -1.0f},
+                                           Case{"hybrid-moe.json", -1.0f}, Case{"tiny.json", 0.5f},
+                                           Case{"hybrid-moe.json", 0.5f}),
+                         [](const ::testing::TestParamInfo<Case>& i) {
+                           std::string n = i.param.model;
+                           n = n.substr(0, n.find('.'));
+                           for (char& ch : n)
+                             if (ch == '-') ch = '_';
+                           return n + (i.param.capacity_factor >= 0.0f ? "_tight" : "_own");
+                         });
+
+TEST(AsyncRoutingOps, DeviceOffsetsAreThePrefixSumsOfKept) {
+  auto be = ie::create_cpu_backend();
+  const int T = 6, E = 4, k = 2;
+  std::vector<float> logits(T * E);
+  for (int i = 0; i < T * E; ++i) logits[i] = static_cast<float>((i * 37) % 11) * 0.3f;
+  ie::Buffer bl(*be, T, E), ae(*be, T, k, ie::DType::kI32), aw(*be, T, k),
+      counts(*be, 1, 2 * E + 2, ie::DType::kI32), off(*be, 1, E + 1, ie::DType::kI32);
+  be->upload(bl, logits.data());
+  ie::RouteParams p;
+  p.top_k = k;
+  p.capacity = 2;
+  p.overflow = ie::OverflowPolicy::kReroute;
+  ie::RouteCounts host;
+  be->moe_route(bl, {}, p, ae, aw, host);
+  be->moe_route_device(bl, {}, p, ae, aw, counts, off);
+  std::vector<int32_t> c(2 * E + 2), o(E + 1);
+  be->download(counts, c.data());
+  be->download(off, o.data());
+  for (int e = 0; e < E; ++e) {
+    EXPECT_EQ(c[e], static_cast<int32_t>(host.routed[e]));
+    EXPECT_EQ(c[E + e], host.kept[e]);
+    EXPECT_EQ(o[e + 1] - o[e], host.kept[e]);
+  }
+  EXPECT_EQ(o[0], 0);
+  EXPECT_EQ(c[2 * E], static_cast<int32_t>(host.dropped));
+  EXPECT_EQ(c[2 * E + 1], static_cast<int32_t>(host.rerouted));
+  EXPECT_GT(host.rerouted + host.dropped, 0u);  // capacity 2 of 12 assignments over 4 experts
+}
+
+TEST(AsyncRoutingOps, BadShapesAreClearErrors) {
+  auto be = ie::create_cpu_backend();
+  ie::Buffer bl(*be, 2, 4), ae(*be, 2, 1, ie::DType::kI32), aw(*be, 2, 1),
+      counts(*be, 1, 10, ie::DType::kI32), short_off(*be, 1, 4, ie::DType::kI32),
+      f32_off(*be, 1, 5);
+  ie::RouteParams p;
+  EXPECT_THROW(be->moe_route_device(bl, {}, p, ae, aw, counts, short_off), std::invalid_argument);
+  ie::Buffer x(*be, 2, 8), xp(*be, 1, 8), perm(*be, 2, 1, ie::DType::kI32);
+  // xp must hold the bound T * top_k = 2 rows.
+  EXPECT_THROW(be->moe_permute(x, ae, short_off, xp, perm), std::invalid_argument);
+  ie::Buffer w(*be, 4 * 3, 8), y(*be, 2, 3);
+  EXPECT_THROW(be->grouped_linear(x, w, f32_off, 2, y), std::invalid_argument);
+}
+
+TEST(AsyncRoutingOps, EnvironmentValueIsChecked) {
+  ie::ModelConfig c = ie::load_model_config(std::string(INFERSCOPE_ENGINE_MODELS) + "/tiny.json");
+  auto be = ie::create_cpu_backend();
+  ::setenv("INFERSCOPE_ASYNC_ROUTING", "yes", 1);
+  EXPECT_THROW((ie::Model{*be, c}), std::invalid_argument);
+  ::setenv("INFERSCOPE_ASYNC_ROUTING", "1", 1);
+  EXPECT_TRUE((ie::Model{*be, c}.async_routing()));
+  ::unsetenv("INFERSCOPE_ASYNC_ROUTING");
+  EXPECT_FALSE((ie::Model{*be, c}.async_routing()));
+}
+
+}  // namespace
