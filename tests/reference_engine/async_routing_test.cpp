@@ -5,8 +5,13 @@
 // per-layer routed / kept / dropped / rerouted counts exactly, reported in the
 // same order, and wait once per step where the synchronous path waits once
 // per MoE layer plus once for the logits.
+// The CUDA-graph path pads a decode step to a bucket of 1, 2, 4, ... rows; on
+// the CPU (no graphs) the padded step runs eagerly, which checks what the
+// padding must not change: the real rows' logits and every count.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <memory>
 #include <string>
@@ -37,6 +42,8 @@ class Recorder : public ie::ForwardObserver {
   }
 };
 
+enum class Path { kSync, kAsync, kGraphs };
+
 // One step's results on one path.
 struct Step {
   std::vector<float> logits;
@@ -47,18 +54,21 @@ struct Step {
 // Three sequences: a prefill of 5 / 9 / 13 tokens (logits for all), a second
 // prefill chunk of sequence 0 that wants no logits (the R == 0 path), then
 // decode steps of one row per sequence.
-std::vector<Step> run(const ie::ModelConfig& c, bool async) {
+std::vector<Step> run(const ie::ModelConfig& c, Path path, int32_t S = 3,
+                      uint64_t* graph_steps = nullptr) {
   auto be = ie::create_cpu_backend();
   ie::Model model(*be, c);
-  model.set_async_routing(async);
-  EXPECT_EQ(model.async_routing(), async);
+  model.set_async_routing(path != Path::kSync);
+  if (path == Path::kGraphs) model.set_step_graphs(true);
+  EXPECT_EQ(model.async_routing(), path != Path::kSync);
   const int32_t bs = c.cache.block_size, per_seq = 8;
-  std::vector<std::vector<int32_t>> blocks(3);
-  for (int32_t s = 0; s < 3; ++s) {
+  std::vector<std::vector<int32_t>> blocks(static_cast<size_t>(S));
+  for (int32_t s = 0; s < S; ++s) {
     for (int32_t b = 0; b < per_seq; ++b) blocks[s].push_back(s * per_seq + b);
     model.clear_state(s);
   }
-  std::vector<int32_t> len = {5, 9, 13};
+  std::vector<int32_t> len = {5, 9, 13, 6, 7};
+  len.resize(static_cast<size_t>(S));
   std::vector<Step> steps;
   auto forward = [&](const ie::StepBatch& batch) {
     Recorder rec;
@@ -76,7 +86,7 @@ std::vector<Step> run(const ie::ModelConfig& c, bool async) {
   };
   ie::StepBatch batch;
   batch.clear();
-  for (int32_t s = 0; s < 3; ++s) batch.add_chunk(tokens(s, 0, len[s]), 0, s, blocks[s], bs, true);
+  for (int32_t s = 0; s < S; ++s) batch.add_chunk(tokens(s, 0, len[s]), 0, s, blocks[s], bs, true);
   forward(batch);
   batch.clear();
   batch.add_chunk(tokens(0, len[0], 3), len[0], 0, blocks[0], bs, false);
@@ -84,11 +94,12 @@ std::vector<Step> run(const ie::ModelConfig& c, bool async) {
   len[0] += 3;
   for (int step = 0; step < 5; ++step) {
     batch.clear();
-    for (int32_t s = 0; s < 3; ++s)
+    for (int32_t s = 0; s < S; ++s)
       batch.add_chunk(tokens(s, len[s], 1), len[s], s, blocks[s], bs, true);
     forward(batch);
     for (auto& l : len) ++l;
   }
+  if (graph_steps) *graph_steps = model.graph_steps();
   return steps;
 }
 
@@ -109,7 +120,7 @@ TEST_P(AsyncRouting, EqualsTheSynchronousPathWithOneWaitPerStep) {
   ie::ModelConfig c =
       ie::load_model_config(std::string(INFERSCOPE_ENGINE_MODELS) + "/" + GetParam().model);
   if (GetParam().capacity_factor >= 0.0f) c.moe.capacity_factor = GetParam().capacity_factor;
-  const std::vector<Step> sync = run(c, false), async = run(c, true);
+  const std::vector<Step> sync = run(c, Path::kSync), async = run(c, Path::kAsync);
   ASSERT_EQ(sync.size(), async.size());
   const int n_moe = moe_layers(c);
   ASSERT_GT(n_moe, 0);
@@ -147,6 +158,39 @@ INSTANTIATE_TEST_SUITE_P(SmallModels, AsyncRouting,
                            return n + (i.param.capacity_factor >= 0.0f ? "_tight" : "_own");
                          });
 
+// The padded decode steps of the graph path (5 rows -> bucket 8; the tiny
+// model also 3 -> 4):
+// the real rows' logits equal the unpadded step's within fp32 GEMM rounding
+// (the GEMMs see more rows), counts exactly, one wait per step.
+TEST_P(AsyncRouting, PaddedGraphStepsChangeNoLogitsAndNoCounts) {
+  ie::ModelConfig c =
+      ie::load_model_config(std::string(INFERSCOPE_ENGINE_MODELS) + "/" + GetParam().model);
+  if (GetParam().capacity_factor >= 0.0f) c.moe.capacity_factor = GetParam().capacity_factor;
+  const bool tiny = std::string(GetParam().model) == "tiny.json";
+  for (int32_t S : {5, 3}) {
+    if (S == 3 && !tiny) break;  // the big models once: each run builds two models
+    SCOPED_TRACE("sequences " + std::to_string(S));
+    uint64_t graph_steps = 0;
+    const std::vector<Step> plain = run(c, Path::kAsync, S),
+                            padded = run(c, Path::kGraphs, S, &graph_steps);
+    EXPECT_EQ(graph_steps, 5u);  // the decode steps; prefill and the chunk without logits: eager
+    ASSERT_EQ(plain.size(), padded.size());
+    for (size_t i = 0; i < plain.size(); ++i) {
+      SCOPED_TRACE("step " + std::to_string(i));
+      EXPECT_EQ(plain[i].routed, padded[i].routed);
+      ASSERT_EQ(plain[i].logits.size(), padded[i].logits.size());
+      double num = 0, den = 0;
+      for (size_t j = 0; j < plain[i].logits.size(); ++j) {
+        const double d = double(plain[i].logits[j]) - padded[i].logits[j];
+        num += d * d;
+        den += double(plain[i].logits[j]) * plain[i].logits[j];
+      }
+      EXPECT_LE(std::sqrt(num / std::max(den, 1e-30)), 1e-5);
+      EXPECT_EQ(padded[i].waits, 1u);
+    }
+  }
+}
+
 TEST(AsyncRoutingOps, DeviceOffsetsAreThePrefixSumsOfKept) {
   auto be = ie::create_cpu_backend();
   const int T = 6, E = 4, k = 2;
@@ -174,6 +218,40 @@ TEST(AsyncRoutingOps, DeviceOffsetsAreThePrefixSumsOfKept) {
   EXPECT_EQ(c[2 * E], static_cast<int32_t>(host.dropped));
   EXPECT_EQ(c[2 * E + 1], static_cast<int32_t>(host.rerouted));
   EXPECT_GT(host.rerouted + host.dropped, 0u);  // capacity 2 of 12 assignments over 4 experts
+}
+
+TEST(AsyncRoutingOps, PaddingRowsAreNeitherRoutedNorCounted) {
+  auto be = ie::create_cpu_backend();
+  const int T = 8, v = 5, E = 4, k = 2;
+  std::vector<float> logits(T * E);
+  for (int i = 0; i < T * E; ++i) logits[i] = static_cast<float>((i * 29) % 13) * 0.25f;
+  ie::Buffer bl(*be, T, E), ae(*be, T, k, ie::DType::kI32), aw(*be, T, k),
+      counts(*be, 1, 2 * E + 2, ie::DType::kI32), off(*be, 1, E + 1, ie::DType::kI32);
+  ie::Buffer bl5(*be, v, E), ae5(*be, v, k, ie::DType::kI32), aw5(*be, v, k);
+  be->upload(bl, logits.data());
+  be->upload(bl5, logits.data());
+  ie::RouteParams p;
+  p.top_k = k;
+  p.capacity_factor = 1.0f;  // capacity from the 5 valid rows: ceil(5 * 2 / 4) = 3
+  p.capacity = 4;            // the bucket's (8 rows): replaced
+  const int32_t valid[1] = {v};
+  be->moe_route_device(bl, {}, p, ae, aw, counts, off, valid);
+  ie::RouteParams p5 = p;
+  p5.capacity = 3;
+  ie::RouteCounts want;
+  be->moe_route(bl5, {}, p5, ae5, aw5, want);
+  std::vector<int32_t> c(2 * E + 2), a(T * k), a5(v * k);
+  be->download(counts, c.data());
+  be->download(ae, a.data());
+  be->download(ae5, a5.data());
+  for (int e = 0; e < E; ++e) {
+    EXPECT_EQ(c[e], static_cast<int32_t>(want.routed[e]));
+    EXPECT_EQ(c[E + e], want.kept[e]);
+  }
+  EXPECT_EQ(c[2 * E], static_cast<int32_t>(want.dropped));
+  EXPECT_GT(want.dropped, 0u);
+  for (int i = 0; i < v * k; ++i) EXPECT_EQ(a[i], a5[i]);
+  for (int i = v * k; i < T * k; ++i) EXPECT_EQ(a[i], -1) << "padding row assigned";
 }
 
 TEST(AsyncRoutingOps, BadShapesAreClearErrors) {

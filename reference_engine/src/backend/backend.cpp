@@ -5,6 +5,8 @@
 // data only the implementation sees stay in that backend.
 #include "inferscope/engine/backend.hpp"
 
+#include <algorithm>
+#include <cmath>
 #include <stdexcept>
 #include <string>
 
@@ -204,7 +206,8 @@ bool i32_row(const Tensor& t, int64_t cols) {
 
 void Backend::moe_route_device(const Tensor& logits, const Tensor& bias, const RouteParams& params,
                                const Tensor& assign_expert, const Tensor& assign_weight,
-                               const Tensor& counts, const Tensor& offsets) {
+                               const Tensor& counts, const Tensor& offsets,
+                               std::span<const int32_t> valid_rows) {
   const int64_t T = logits.rows, E = logits.cols;
   const int32_t k = params.top_k;
   check(k >= 1 && k <= E && assign_expert.rows == T && assign_expert.cols == k &&
@@ -212,7 +215,11 @@ void Backend::moe_route_device(const Tensor& logits, const Tensor& bias, const R
         "moe_route_device shape");
   check(i32_row(counts, 2 * E + 2) && i32_row(offsets, E + 1),
         "moe_route_device: counts must be i32 [1, 2E + 2] and offsets i32 [1, E + 1]");
-  moe_route_device_impl(logits, bias, params, assign_expert, assign_weight, counts, offsets);
+  check(
+      valid_rows.size() <= 1 && (valid_rows.empty() || (valid_rows[0] >= 0 && valid_rows[0] <= T)),
+      "moe_route_device: valid_rows must be empty or one value in 0..T");
+  moe_route_device_impl(logits, bias, params, assign_expert, assign_weight, counts, offsets,
+                        valid_rows);
 }
 
 void Backend::moe_permute(const Tensor& x, const Tensor& assign_expert, const Tensor& offsets,
@@ -265,10 +272,24 @@ std::vector<int32_t> Backend::read_offsets(const Tensor& offsets) {
 void Backend::moe_route_device_impl(const Tensor& logits, const Tensor& bias,
                                     const RouteParams& params, const Tensor& assign_expert,
                                     const Tensor& assign_weight, const Tensor& counts,
-                                    const Tensor& offsets) {
+                                    const Tensor& offsets, std::span<const int32_t> valid_rows) {
   RouteCounts c;
-  moe_route_impl(logits, bias, params, assign_expert, assign_weight, c);
   const size_t E = static_cast<size_t>(logits.cols);
+  const int64_t T = logits.rows, v = valid_rows.empty() ? T : valid_rows[0];
+  RouteParams p = params;
+  if (!valid_rows.empty() && p.capacity_factor > 0.0f)
+    p.capacity = std::max<int32_t>(
+        1, static_cast<int32_t>(std::ceil(static_cast<double>(p.capacity_factor) *
+                                          static_cast<double>(v) * p.top_k / logits.cols)));
+  if (v > 0)
+    moe_route_impl(logits.rows_view(0, v), bias, p, assign_expert.rows_view(0, v),
+                   assign_weight.rows_view(0, v), c);
+  c.routed.resize(E, 0);
+  c.kept.resize(E, 0);
+  if (v < T) {  // padding rows: no expert, no weight
+    fill_impl(assign_expert.rows_view(v, T - v), -1.0f);
+    fill_impl(assign_weight.rows_view(v, T - v), 0.0f);
+  }
   std::vector<int32_t> host(2 * E + 2), off(E + 1, 0);
   for (size_t e = 0; e < E; ++e) {
     host[e] = static_cast<int32_t>(c.routed[e]);
@@ -300,6 +321,17 @@ void Backend::moe_unpermute_device_impl(const Tensor& yp, const Tensor& perm,
                                         const Tensor& offsets, const Tensor& y) {
   const std::vector<int32_t> off = read_offsets(offsets);
   moe_unpermute_impl(yp, perm, assign_weight, top_k, off.back(), y);
+}
+
+// [SECTION] Step graphs: the defaults of a backend without them
+void Backend::capture_begin() {
+  fail("this backend captures no step graphs");
+}
+void Backend::capture_end(uint64_t) {
+  fail("this backend captures no step graphs");
+}
+void Backend::graph_launch(uint64_t) {
+  fail("this backend captures no step graphs");
 }
 
 // [SECTION] Vision front end

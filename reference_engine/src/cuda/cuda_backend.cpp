@@ -164,7 +164,8 @@ class StagingRing {
 // A device buffer that only grows; growing waits for the stream first.
 class Scratch {
  public:
-  Scratch(cudaStream_t s, uint64_t& waits) : stream_(s), waits_(waits) {}
+  Scratch(cudaStream_t s, uint64_t& waits, uint64_t& epoch)
+      : stream_(s), waits_(waits), epoch_(epoch) {}
   ~Scratch() {
     if (p_) cudaFree(p_);
   }
@@ -174,7 +175,12 @@ class Scratch {
   T* get(size_t count) {
     size_t bytes = std::max<size_t>(count * sizeof(T), 16);
     if (bytes > cap_) {
+      cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
+      ISC_CUDA(cudaStreamIsCapturing(stream_, &st));
+      if (st != cudaStreamCaptureStatusNone)
+        throw std::logic_error("cuda backend: scratch would grow inside a graph capture");
       wait();
+      ++epoch_;  // graphs that use the old buffer are stale
       if (p_) ISC_CUDA(cudaFree(p_));
       cap_ = std::max(bytes, cap_ * 2);
       ISC_CUDA(cudaMalloc(&p_, cap_));
@@ -189,6 +195,7 @@ class Scratch {
   }
   cudaStream_t stream_;
   uint64_t& waits_;
+  uint64_t& epoch_;  // the backend's memory epoch (step graphs)
   void* p_ = nullptr;
   size_t cap_ = 0;
 };
@@ -214,11 +221,13 @@ class CudaBackend final : public Backend {
     ISC_CUDA(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     blas_ = std::make_unique<k::Blas>(stream_);
     ring_ = std::make_unique<StagingRing>(stream_, host_syncs_);
-    for (auto& s : scratch_) s = std::make_unique<Scratch>(stream_, host_syncs_);
+    for (auto& s : scratch_) s = std::make_unique<Scratch>(stream_, host_syncs_, epoch_);
     ISC_CUDA(cudaMallocHost(&host_counts_, sizeof(int32_t) * (2 * 1024 + 2)));
   }
   ~CudaBackend() override {
     cudaStreamSynchronize(stream_);
+    for (auto& [key, g] : graphs_) cudaGraphExecDestroy(g.exec);
+    for (auto& [key, a] : arenas_) release_arena(a);
     for (auto& [p, sh] : shadows_) cudaFree(sh.bf16);
     blas_.reset();
     ring_.reset();
@@ -258,6 +267,7 @@ class CudaBackend final : public Backend {
     // process and replace that first error with this later sighting of it.
     ++host_syncs_;
     cudaStreamSynchronize(stream_);
+    ++epoch_;  // a graph may have used this memory
     auto it = alloc_bytes_.find(ptr);
     if (it != alloc_bytes_.end()) {
       forget_range(ptr, it->second, /*synced=*/true);  // shadows inside this allocation
@@ -330,7 +340,7 @@ class CudaBackend final : public Backend {
   void get_rows_impl(const Tensor& table, std::span<const int32_t> ids,
                      const Tensor& out) override {
     if (ids.empty()) return;
-    k::get_rows(view(table), ring_->stage1(ids), view(out), stream_);
+    k::get_rows(view(table), meta(ids), view(out), stream_);
   }
   void add_impl(const Tensor& a, const Tensor& b, const Tensor& out) override {
     k::add(view(a), view(b), view(out), stream_);
@@ -397,14 +407,14 @@ class CudaBackend final : public Backend {
       return;
     }
     if (max_rows <= kSmallRows) {  // decode: fp32 rows straight into the warp-per-column kernel
-      k::small_linear(view(x), wb, ring_->stage1(offsets), static_cast<int>(E), view(y),
-                      static_cast<int>(n), static_cast<int>(x.cols), 0.f, stream_);
+      k::small_linear(view(x), wb, meta(offsets), static_cast<int>(E), view(y), static_cast<int>(n),
+                      static_cast<int>(x.cols), 0.f, stream_);
       return;
     }
     const int64_t rows = offsets.back();
     __nv_bfloat16* xb = scratch_[0]->get<__nv_bfloat16>(static_cast<size_t>(rows * x.cols));
     k::to_bf16(view(x.rows_view(0, rows)), xb, stream_);
-    k::grouped_gemm(xb, wb, ring_->stage1(offsets), y.f32(), y.stride, static_cast<int>(E),
+    k::grouped_gemm(xb, wb, meta(offsets), y.f32(), y.stride, static_cast<int>(E),
                     static_cast<int>(n), static_cast<int>(x.cols), max_rows, stream_);
   }
 
@@ -412,12 +422,12 @@ class CudaBackend final : public Backend {
   void rope_impl(const Tensor& x, std::span<const int32_t> positions, int32_t n_heads,
                  int32_t head_dim, float theta) override {
     if (x.rows == 0) return;
-    k::rope(view(x), ring_->stage1(positions), n_heads, head_dim, theta, stream_);
+    k::rope(view(x), meta(positions), n_heads, head_dim, theta, stream_);
   }
   void kv_store_impl(const Tensor& kt, const Tensor& v, const Tensor& k_cache,
                      const Tensor& v_cache, std::span<const int32_t> slots) override {
     if (slots.empty()) return;
-    k::kv_store(view(kt), view(v), view(k_cache), view(v_cache), ring_->stage1(slots), stream_);
+    k::kv_store(view(kt), view(v), view(k_cache), view(v_cache), meta(slots), stream_);
   }
   void paged_attention_impl(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                             const PagedBatch& b, const AttentionParams& p,
@@ -426,9 +436,11 @@ class CudaBackend final : public Backend {
     if (T == 0) return;
     int max_ctx = 0;
     for (int32_t pos : b.token_pos) max_ctx = std::max(max_ctx, pos + 1);
-    ring_->reserve({b.token_seq, b.token_pos, b.block_table, b.block_table_start});
-    const int32_t* d[4] = {ring_->stage1(b.token_seq), ring_->stage1(b.token_pos),
-                           ring_->stage1(b.block_table), ring_->stage1(b.block_table_start)};
+    // In a step graph the launch must fit every step the graph will replay.
+    if (step_) max_ctx = std::max(max_ctx, step_context_);
+    if (!step_) ring_->reserve({b.token_seq, b.token_pos, b.block_table, b.block_table_start});
+    const int32_t* d[4] = {meta(b.token_seq), meta(b.token_pos), meta(b.block_table),
+                           meta(b.block_table_start)};
     k::PagedArgs a;
     a.q = view(q);
     a.out = view(out);
@@ -449,6 +461,7 @@ class CudaBackend final : public Backend {
   void attention_impl(const Tensor& q, const Tensor& kt, const Tensor& v, SeqStarts seqs,
                       const AttentionParams& p, bool causal, const Tensor& out) override {
     if (q.rows == 0) return;
+    require(!capturing_, "attention (vision) cannot be captured in a step graph");
     token_seq_.resize(static_cast<size_t>(q.rows));
     int max_ctx = 0;
     for (size_t s = 0; s + 1 < seqs.size(); ++s) {
@@ -483,8 +496,8 @@ class CudaBackend final : public Backend {
     if (x.rows == 0 || state_slots.empty()) return;
     int max_len = 0;
     for (size_t s = 0; s + 1 < seqs.size(); ++s) max_len = std::max(max_len, seqs[s + 1] - seqs[s]);
-    ring_->reserve({seqs, state_slots});
-    const int32_t* d[2] = {ring_->stage1(seqs), ring_->stage1(state_slots)};
+    if (!step_) ring_->reserve({seqs, state_slots});
+    const int32_t* d[2] = {meta(seqs), meta(state_slots)};
     k::SsmScanArgs a;
     a.x = view(x);
     a.dt = view(dt);
@@ -514,7 +527,7 @@ class CudaBackend final : public Backend {
                       RouteCounts& counts) override {
     const int64_t E = logits.cols;
     const int32_t* dev_counts =
-        route(logits, bias, p, assign_expert, assign_weight, nullptr, nullptr);
+        route(logits, bias, p, assign_expert, assign_weight, nullptr, nullptr, nullptr);
     // The expert-load signal: the on-device histogram, one small copy per call.
     ISC_CUDA(cudaMemcpyAsync(host_counts_, dev_counts, sizeof(int32_t) * (2 * E + 2),
                              cudaMemcpyDeviceToHost, stream_));
@@ -528,7 +541,7 @@ class CudaBackend final : public Backend {
   // arrays, or counts to scratch when null. Returns the device counts.
   const int32_t* route(const Tensor& logits, const Tensor& bias, const RouteParams& p,
                        const Tensor& assign_expert, const Tensor& assign_weight,
-                       int32_t* counts_out, int32_t* offsets_out) {
+                       int32_t* counts_out, int32_t* offsets_out, const int32_t* valid) {
     const int64_t T = logits.rows, E = logits.cols;
     const int32_t kk = p.top_k;
     require(E <= kMaxExperts, "moe_route: at most 1024 experts (one router block per token)");
@@ -541,6 +554,8 @@ class CudaBackend final : public Backend {
     rp.scaling = p.scaling;
     rp.capacity = p.capacity;
     rp.reroute = p.overflow == OverflowPolicy::kReroute;
+    rp.valid = valid;
+    rp.capacity_factor = valid ? p.capacity_factor : 0.f;
     const int64_t R = (rp.reroute && rp.capacity > 0) ? E : kk;
     k::RouterBuffers rb;
     const bool direct = assign_expert.contiguous() && assign_weight.contiguous();
@@ -568,7 +583,7 @@ class CudaBackend final : public Backend {
     const int64_t E = static_cast<int64_t>(offsets.size()) - 1;
     require(E <= kMaxExperts, "moe_permute: at most 1024 experts");
     if (offsets.back() == 0) return;
-    const int32_t* off = ring_->stage1(offsets);
+    const int32_t* off = meta(offsets);
     const int64_t total = assign_expert.rows * assign_expert.cols;
     int32_t* slot_of = scratch_[3]->get<int32_t>(static_cast<size_t>(total));
     const int64_t rows = offsets.back();
@@ -598,8 +613,10 @@ class CudaBackend final : public Backend {
   // to the host, no wait; the grids come from the bound T * top_k.
   void moe_route_device_impl(const Tensor& logits, const Tensor& bias, const RouteParams& p,
                              const Tensor& assign_expert, const Tensor& assign_weight,
-                             const Tensor& counts, const Tensor& offsets) override {
-    route(logits, bias, p, assign_expert, assign_weight, counts.i32(), offsets.i32());
+                             const Tensor& counts, const Tensor& offsets,
+                             std::span<const int32_t> valid_rows) override {
+    route(logits, bias, p, assign_expert, assign_weight, counts.i32(), offsets.i32(),
+          valid_rows.empty() ? nullptr : meta(valid_rows));
   }
   void moe_permute_device_impl(const Tensor& x, const Tensor& assign_expert, const Tensor& offsets,
                                const Tensor& xp, const Tensor& perm) override {
@@ -654,6 +671,112 @@ class CudaBackend final : public Backend {
                  stream_, offsets.i32() + (offsets.cols - 1));
   }
 
+  // --- step graphs ------------------------------------------------------------
+  // Each key owns a device arena (and a pinned twin) holding the step's
+  // metadata arrays at fixed addresses, and at most one graph. An arena's
+  // slots are twice the sizes first seen; a bigger array reallocates it and
+  // drops the key's graph. epoch_ moves whenever memory a graph may use
+  // moves (scratch growth, a free, a weight shadow replaced): a graph from an
+  // older epoch is dropped instead of launched.
+  bool supports_step_graphs() const override { return true; }
+  void begin_step(uint64_t key, std::span<const std::span<const int32_t>> arrays,
+                  int32_t context_bound) override {
+    require(step_ == nullptr, "begin_step: a step is already open");
+    StepArena& a = arenas_[key];
+    bool fits = a.slot.size() == arrays.size();
+    for (size_t i = 0; fits && i < arrays.size(); ++i) fits = arrays[i].size() <= a.slot[i];
+    if (!fits) {
+      if (a.dev) {
+        drop_graph(key);
+        synchronize();  // the arena may still be read by queued work
+        release_arena(a);
+      }
+      size_t total = 0;
+      for (auto sp : arrays) {
+        a.slot.push_back(std::max<size_t>(64, (2 * sp.size() + 3) / 4 * 4));  // 16-byte slots
+        a.at.push_back(total);
+        total += a.slot.back();
+      }
+      a.ints = total;
+      ISC_CUDA(cudaMalloc(&a.dev, total * sizeof(int32_t)));
+      ISC_CUDA(cudaMallocHost(&a.host, total * sizeof(int32_t)));
+      ISC_CUDA(cudaEventCreateWithFlags(&a.copied, cudaEventDisableTiming));
+    } else {
+      const cudaError_t q = cudaEventQuery(a.copied);
+      if (q == cudaErrorNotReady) {  // the last copy from a.host is still pending: rare
+        cudaGetLastError();          // "not ready" is no error
+        ++host_syncs_;
+        ISC_CUDA(cudaEventSynchronize(a.copied));
+      } else {
+        ISC_CUDA(q);
+      }
+    }
+    size_t used = 0;
+    step_spans_.clear();
+    step_dev_.clear();
+    for (size_t i = 0; i < arrays.size(); ++i) {
+      if (!arrays[i].empty())
+        std::memcpy(a.host + a.at[i], arrays[i].data(), arrays[i].size_bytes());
+      step_spans_.push_back(arrays[i]);
+      step_dev_.push_back(a.dev + a.at[i]);
+      if (!arrays[i].empty()) used = a.at[i] + arrays[i].size();
+    }
+    if (used > 0)
+      ISC_CUDA(
+          cudaMemcpyAsync(a.dev, a.host, used * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+    ISC_CUDA(cudaEventRecord(a.copied, stream_));
+    step_ = &a;
+    step_context_ = context_bound;
+  }
+  void end_step() override {
+    step_ = nullptr;
+    step_context_ = 0;
+    step_spans_.clear();
+    step_dev_.clear();
+  }
+  void capture_begin() override {
+    require(step_ != nullptr && !capturing_, "capture_begin: needs an open step and no capture");
+    ISC_CUDA(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeRelaxed));
+    capturing_ = true;
+    capture_epoch_ = epoch_;
+  }
+  void capture_end(uint64_t key) override {
+    require(capturing_, "capture_end: no capture");
+    capturing_ = false;
+    cudaGraph_t g = nullptr;
+    ISC_CUDA(cudaStreamEndCapture(stream_, &g));
+    if (epoch_ != capture_epoch_) {
+      cudaGraphDestroy(g);
+      throw std::logic_error("cuda backend: memory moved during a graph capture");
+    }
+    cudaGraphExec_t exec = nullptr;
+    const cudaError_t e = cudaGraphInstantiate(&exec, g, 0);
+    cudaGraphDestroy(g);
+    ISC_CUDA(e);
+    drop_graph(key);
+    graphs_[key] = Graph{exec, epoch_};
+    ++graphs_captured_;
+  }
+  void capture_abort() override {
+    if (!capturing_) return;
+    capturing_ = false;
+    cudaGraph_t g = nullptr;
+    if (cudaStreamEndCapture(stream_, &g) == cudaSuccess && g) cudaGraphDestroy(g);
+    cudaGetLastError();
+  }
+  bool graph_ready(uint64_t key) override {
+    auto it = graphs_.find(key);
+    if (it == graphs_.end()) return false;
+    if (it->second.epoch == epoch_) return true;
+    drop_graph(key);
+    return false;
+  }
+  void graph_launch(uint64_t key) override {
+    require(graph_ready(key), "graph_launch: no valid graph for this key");
+    ISC_CUDA(cudaGraphLaunch(graphs_[key].exec, stream_));
+    ++graph_launches_;
+  }
+
   // --- vision front end ------------------------------------------------------
   void patchify_impl(const Tensor& image, int32_t height, int32_t width, int32_t channels,
                      int32_t patch, const Tensor& out) override {
@@ -676,6 +799,42 @@ class CudaBackend final : public Backend {
   // Copies up to this size go through pinned memory in download_many_impl.
   static constexpr size_t kPinnedCopyMax = 1u << 20;
 
+  struct StepArena {
+    int32_t* dev = nullptr;
+    int32_t* host = nullptr;  // pinned
+    cudaEvent_t copied = nullptr;
+    std::vector<size_t> slot, at;  // per array: capacity and offset (int32s)
+    size_t ints = 0;
+  };
+  struct Graph {
+    cudaGraphExec_t exec = nullptr;
+    uint64_t epoch = 0;
+  };
+  void release_arena(StepArena& a) {
+    if (a.dev) cudaFree(a.dev);
+    if (a.host) cudaFreeHost(a.host);
+    if (a.copied) cudaEventDestroy(a.copied);
+    a = StepArena{};
+  }
+  void drop_graph(uint64_t key) {
+    auto it = graphs_.find(key);
+    if (it == graphs_.end()) return;
+    cudaGraphExecDestroy(it->second.exec);
+    graphs_.erase(it);
+  }
+  // Device copy of host metadata: the open step's copy of a registered array,
+  // else staged through the ring (never while capturing: a replay would read
+  // whatever the ring holds then).
+  const int32_t* meta(std::span<const int32_t> sp) {
+    if (step_ != nullptr)
+      for (size_t i = 0; i < step_spans_.size(); ++i)
+        if (sp.data() == step_spans_[i].data() && sp.size() == step_spans_[i].size())
+          return step_dev_[i];
+    require(!capturing_,
+            "an op inside a graph capture was handed host metadata begin_step did not register");
+    return ring_->stage1(sp);
+  }
+
   struct Shadow {
     __nv_bfloat16* bf16 = nullptr;
     int64_t rows = 0, cols = 0;
@@ -692,6 +851,7 @@ class CudaBackend final : public Backend {
     if (!inside_upload(w.data, w.bytes())) return nullptr;
     if (it != shadows_.end()) {
       ++host_syncs_;
+      ++epoch_;
       ISC_CUDA(cudaStreamSynchronize(stream_));
       cudaFree(it->second.bf16);
       shadows_.erase(it);
@@ -750,6 +910,7 @@ class CudaBackend final : public Backend {
           ++host_syncs_;
           ISC_CUDA(cudaStreamSynchronize(stream_));
         }
+        ++epoch_;
         synced = true;
         cudaFree(it->second.bf16);
         it = shadows_.erase(it);
@@ -784,6 +945,14 @@ class CudaBackend final : public Backend {
   std::map<char*, size_t> uploaded_;
   std::map<void*, size_t> alloc_bytes_;
   std::vector<int32_t> token_seq_;
+  std::map<uint64_t, StepArena> arenas_;
+  std::map<uint64_t, Graph> graphs_;
+  StepArena* step_ = nullptr;  // the open step (begin_step .. end_step)
+  std::vector<std::span<const int32_t>> step_spans_;
+  std::vector<const int32_t*> step_dev_;
+  int32_t step_context_ = 0;
+  bool capturing_ = false;
+  uint64_t epoch_ = 0, capture_epoch_ = 0;
   const void* last_perm_ = nullptr;
   int64_t last_perm_rows_ = -1, last_slot_total_ = -1;
 };

@@ -58,6 +58,11 @@ struct RouterParams {
   float scaling = 1.0f;     // multiplies every combine weight
   int capacity = 0;         // per expert; <= 0 means unlimited
   bool reroute = false;     // overflow moves to the token's next-ranked expert with room
+  // Optional (device, one value): only tokens [0, *valid) are routed and
+  // counted; the rest (CUDA-graph padding) get expert -1, weight 0. With
+  // capacity_factor > 0 the capacity then comes from *valid on the device.
+  const int32_t* valid = nullptr;
+  float capacity_factor = 0.f;
 };
 struct RouterBuffers {
   // outputs

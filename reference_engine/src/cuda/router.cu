@@ -84,12 +84,35 @@ __device__ void rank_token(int t, float* ks, const View& logits, const float* bi
   for (int j = lane; j < R; j += 32) rw[j] *= norm;
 }
 
+// The parameters of the rows that count: with p.valid, the first *valid tokens
+// and the capacity for that many (expert_capacity()'s double arithmetic).
+__device__ RouterParams effective(const RouterParams& p) {
+  RouterParams q = p;
+  if (p.valid != nullptr) {
+    q.tokens = min(*p.valid, p.tokens);
+    if (p.capacity_factor > 0.f) {
+      const double cap = ceil(static_cast<double>(p.capacity_factor) *
+                              static_cast<double>(q.tokens) * p.top_k / p.experts);
+      q.capacity = max(1, static_cast<int>(cap));
+    }
+  }
+  return q;
+}
+
+// Padding rows (past the valid ones): no expert, no weight.
+__device__ void clear_padding(const RouterParams& p, int valid_tokens, const RouterBuffers& b) {
+  for (int a = valid_tokens * p.top_k + threadIdx.x; a < p.tokens * p.top_k; a += blockDim.x) {
+    b.assign_expert[a] = -1;
+    b.assign_weight[a] = 0.f;
+  }
+}
+
 __global__ void rank_k(View logits, const float* bias, RouterParams p, int R, int32_t* rank_expert,
                        float* rank_weight) {
   float* smem = reinterpret_cast<float*>(dyn_smem);
   const int warp = threadIdx.x >> 5;
   const int t = blockIdx.x * kRankWarps + warp;
-  if (t >= p.tokens) return;
+  if (t >= effective(p).tokens) return;
   rank_token(t, smem + warp * 2 * p.experts, logits, bias, p, R, rank_expert, rank_weight);
 }
 
@@ -175,11 +198,16 @@ __device__ void assign_drop(const RouterParams& p, const RouterBuffers& b, int* 
 }
 
 __global__ void assign_drop_k(RouterParams p, RouterBuffers b) {
-  assign_drop(p, b, reinterpret_cast<int*>(dyn_smem));
+  const RouterParams q = effective(p);
+  clear_padding(p, q.tokens, b);
+  assign_drop(q, b, reinterpret_cast<int*>(dyn_smem));
 }
 
 // Decode-sized batches: ranking and capacity in one block, one launch.
-__global__ void route_small_k(View logits, const float* bias, RouterParams p, RouterBuffers b) {
+__global__ void route_small_k(View logits, const float* bias, RouterParams padded,
+                              RouterBuffers b) {
+  const RouterParams p = effective(padded);
+  clear_padding(padded, p.tokens, b);
   float* ks = reinterpret_cast<float*>(dyn_smem);
   int* rs = reinterpret_cast<int*>(dyn_smem + sizeof(float) * 32 * 2 * p.experts);
   const int warp = threadIdx.x >> 5;
@@ -190,7 +218,9 @@ __global__ void route_small_k(View logits, const float* bias, RouterParams p, Ro
   assign_drop(p, b, rs);
 }
 
-__global__ void assign_reroute_k(RouterParams p, int R, RouterBuffers b) {
+__global__ void assign_reroute_k(RouterParams padded, int R, RouterBuffers b) {
+  const RouterParams p = effective(padded);
+  clear_padding(padded, p.tokens, b);
   int* smem = reinterpret_cast<int*>(dyn_smem);
   const int E = p.experts, k = p.top_k;
   int* kept = smem;

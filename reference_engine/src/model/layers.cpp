@@ -57,6 +57,7 @@ RouteParams route_params(const MoeConfig& moe, int64_t tokens) {
   p.scaling = moe.scaling;
   p.capacity = expert_capacity(moe, tokens);
   p.overflow = moe.overflow;
+  p.capacity_factor = moe.capacity_factor > 0.0f ? moe.capacity_factor : 0.0f;
   return p;
 }
 }  // namespace
@@ -99,7 +100,8 @@ void moe_ffn(Backend& be, const MoeConfig& moe, const MoeWeights& w, MoeScratch&
 }
 
 void moe_ffn_device(Backend& be, const MoeConfig& moe, const MoeWeights& w, MoeScratch& s,
-                    const Tensor& h, const Tensor& out, const Tensor& counts) {
+                    const Tensor& h, const Tensor& out, const Tensor& counts,
+                    std::span<const int32_t> valid_rows) {
   const int64_t T = h.rows, F = moe.expert_hidden;
   if (T == 0) return;
   Tensor logits = s.logits.tensor().rows_view(0, T);
@@ -107,7 +109,7 @@ void moe_ffn_device(Backend& be, const MoeConfig& moe, const MoeWeights& w, MoeS
   Tensor ae = s.assign_expert.tensor().rows_view(0, T),
          aw = s.assign_weight.tensor().rows_view(0, T);
   const Tensor& off = s.device_offsets.tensor();
-  be.moe_route_device(logits, w.router_bias, route_params(moe, T), ae, aw, counts, off);
+  be.moe_route_device(logits, w.router_bias, route_params(moe, T), ae, aw, counts, off, valid_rows);
   if (!w.shared_gu.empty())
     swiglu_ffn(be, w.shared_gu, w.shared_down, h, s.shared_gu, s.shared_act, out, 0.0f);
   else

@@ -138,6 +138,10 @@ struct RouteParams {
   float scaling = 1.0f;     // multiplies every combine weight
   int32_t capacity = 0;     // assignments per expert per call; <= 0: unlimited
   OverflowPolicy overflow = OverflowPolicy::kDrop;
+  // moe_route_device with valid rows only: when > 0 the capacity is
+  // max(1, ceil(capacity_factor * valid * top_k / E)) (in double, as
+  // expert_capacity() computes it), replacing `capacity`.
+  float capacity_factor = 0.0f;
 };
 
 // Host-side result of moe_route.
@@ -278,9 +282,13 @@ class Backend {
   //            a step-wide [layers, 2E + 2] array, copied to the host once per step);
   //   offsets: i32 [1, E + 1], exclusive prefix sums of kept (offsets[E] = A).
   // Capacity (drop and reroute) is applied exactly as by moe_route.
+  // valid_rows (host metadata, empty or one value v <= T): only rows [0, v)
+  // are routed and counted, as if the call had v rows; rows past v (the
+  // padding of a CUDA-graph bucket) get expert -1 and weight 0.
   void moe_route_device(const Tensor& logits, const Tensor& bias, const RouteParams& params,
                         const Tensor& assign_expert, const Tensor& assign_weight,
-                        const Tensor& counts, const Tensor& offsets);
+                        const Tensor& counts, const Tensor& offsets,
+                        std::span<const int32_t> valid_rows = {});
   // moe_permute with device offsets; xp and perm have >= T * top_k rows (the
   // rows past A are left as they were).
   void moe_permute(const Tensor& x, const Tensor& assign_expert, const Tensor& offsets,
@@ -309,6 +317,37 @@ class Backend {
   // counts where the interface makes a device backend wait, so the protocol of
   // a step (one wait with asynchronous routing) is testable without a device.
   uint64_t host_syncs() const { return host_syncs_; }
+
+  // --- step graphs (CUDA graphs of decode steps) ------------------------------
+  // A backend that supports_step_graphs() can record a step's ops once and
+  // replay them. Kernel arguments are frozen at capture, so what a step reads
+  // from the host must sit at fixed device addresses:
+  //   begin_step(key, arrays, context_bound) copies `arrays` (the host spans
+  //     the step's ops will be handed: the same data pointers and sizes) into
+  //     device buffers owned by `key`, with one copy; until end_step() an op
+  //     handed one of those spans reads that copy, and paged_attention sizes
+  //     its launch for context_bound (>= every token_pos + 1).
+  //   capture_begin() ... capture_end(key): the ops in between are recorded
+  //     into graph `key`, not run (inside begin_step / end_step; an op handed
+  //     an unregistered span, or needing a wait, is an error there).
+  //   graph_ready(key): `key` holds a graph still valid (a backend drops a
+  //     graph when memory it uses moves: scratch growth, a freed buffer).
+  //   graph_launch(key): runs it (after begin_step with arrays of the same
+  //     sizes as at capture, but new contents).
+  // Defaults: no graphs; begin_step / end_step do nothing, so a caller may run
+  // the same step eagerly on any backend.
+  virtual bool supports_step_graphs() const { return false; }
+  virtual void begin_step(uint64_t /*key*/, std::span<const std::span<const int32_t>> /*arrays*/,
+                          int32_t /*context_bound*/) {}
+  virtual void end_step() {}
+  virtual void capture_begin();
+  virtual void capture_end(uint64_t key);
+  virtual void capture_abort() {}  // ends a failed capture; never throws
+  virtual bool graph_ready(uint64_t /*key*/) { return false; }
+  virtual void graph_launch(uint64_t key);
+  // Graphs captured and launches so far (tests, benchmarks).
+  uint64_t graphs_captured() const { return graphs_captured_; }
+  uint64_t graph_launches() const { return graph_launches_; }
 
   // --- vision front end ------------------------------------------------------
   // image: [H, W * C] (pixels row-major, channels interleaved, values ~[0,1]) ->
@@ -363,7 +402,7 @@ class Backend {
   virtual void moe_route_device_impl(const Tensor& logits, const Tensor& bias,
                                      const RouteParams& params, const Tensor& assign_expert,
                                      const Tensor& assign_weight, const Tensor& counts,
-                                     const Tensor& offsets);
+                                     const Tensor& offsets, std::span<const int32_t> valid_rows);
   virtual void moe_permute_device_impl(const Tensor& x, const Tensor& assign_expert,
                                        const Tensor& offsets, const Tensor& xp, const Tensor& perm);
   virtual void grouped_linear_device_impl(const Tensor& x, const Tensor& w, const Tensor& offsets,
@@ -379,6 +418,7 @@ class Backend {
 
   // Backends add their own waits (synchronize(), internal ones) here.
   uint64_t host_syncs_ = 0;
+  uint64_t graphs_captured_ = 0, graph_launches_ = 0;
 
  private:
   [[noreturn]] void fail(const char* what) const;

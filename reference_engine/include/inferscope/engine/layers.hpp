@@ -48,8 +48,11 @@ void moe_ffn(Backend& be, const MoeConfig& moe, const MoeWeights& w, MoeScratch&
 // receives routed[E], kept[E], dropped, rerouted; the caller copies it to the
 // host when it next waits (Model::forward: once per step with the logits).
 // Every permuted buffer is used up to the bound T * top_k.
+// valid_rows (host metadata, empty or one value): only the first rows are
+// routed and counted (the padding of a CUDA-graph bucket is not).
 void moe_ffn_device(Backend& be, const MoeConfig& moe, const MoeWeights& w, MoeScratch& s,
-                    const Tensor& h, const Tensor& out, const Tensor& counts);
+                    const Tensor& h, const Tensor& out, const Tensor& counts,
+                    std::span<const int32_t> valid_rows = {});
 
 // out = W_down (silu(h W_gate^T) * (h W_up^T)); gu: [T, 2F] scratch, act: [T, F] scratch.
 void swiglu_ffn(Backend& be, const Tensor& w_gu, const Tensor& w_down, const Tensor& h,

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -122,6 +123,23 @@ class Model {
   void set_async_routing(bool on) { async_routing_ = on; }
   bool async_routing() const { return async_routing_ && !ep_; }
 
+  // CUDA-graph decode (docs/gpu.md, "CUDA-graph decode"): a pure decode step
+  // (one row per sequence, all wanting logits, no images) of at most 64 rows
+  // is padded to a bucket of 1, 2, 4, ..., 64 rows (padding rows in a spare
+  // KV block and SSM slot, masked out of routing and counts) and, on a backend
+  // with step graphs, captured once per (bucket, context bucket) and then
+  // replayed, its metadata uploaded with one copy. Same logits and counts as
+  // the eager step. Needs (and turns on) asynchronous routing; on a backend
+  // without graphs the padded step runs eagerly. Default: env
+  // INFERSCOPE_CUDA_GRAPHS (1 on, 0 off; unset: off).
+  void set_step_graphs(bool on) {
+    step_graphs_ = on;
+    if (on) async_routing_ = true;
+  }
+  bool step_graphs() const { return step_graphs_ && async_routing(); }
+  // Steps that took the padded graph path (eager warm-up, capture or replay).
+  uint64_t graph_steps() const { return graph_steps_; }
+
  private:
   struct LayerTensors;
   void build(const std::function<void(Weights&)>& fill, DType gemm_dtype);
@@ -131,6 +149,9 @@ class Model {
   void moe_layer(int32_t l, const Tensor& h, const Tensor& out, ForwardObserver* obs);
   void report_ep(ForwardObserver* obs);
   void report_routing(int32_t tokens, ForwardObserver* obs);
+  void backbone(const StepBatch& b, ForwardObserver* obs);
+  int32_t graph_bucket(const StepBatch& b, int32_t& context) const;
+  void graph_forward(const StepBatch& b, int32_t bucket, int32_t context, ForwardObserver* obs);
   const RouteCounts& logical_counts(int32_t layer);
 
   Backend& backend_;
@@ -145,6 +166,12 @@ class Model {
   std::unique_ptr<ExpertParallel> ep_;
   std::vector<EpLayerStats> ep_stats_;  // MoE layers of the current step
   bool async_routing_ = false;
+  bool step_graphs_ = false;
+  bool padding_ = false;                // a padded graph step is being issued
+  int32_t valid_rows_[1] = {0};         // its real rows (step metadata of the router)
+  StepBatch padded_;                    // its batch
+  std::set<uint64_t> warm_graph_keys_;  // keys whose first (eager) step has run
+  uint64_t graph_steps_ = 0;
   std::vector<int32_t> moe_row_;  // per layer: its row of route_counts_, -1 if not MoE
 };
 
