@@ -14,9 +14,11 @@
 #include <cmath>
 #include <cstdlib>
 #include <memory>
+#include <ostream>
 #include <string>
 #include <vector>
 
+#include "inferscope/engine/engine.hpp"
 #include "inferscope/engine/layers.hpp"
 #include "inferscope/engine/model.hpp"
 
@@ -114,6 +116,10 @@ struct Case {
   float capacity_factor;  // < 0: the model's own
 };
 
+void PrintTo(const Case& c, std::ostream* os) {
+  *os << c.model << " capacity factor " << c.capacity_factor;
+}
+
 class AsyncRouting : public ::testing::TestWithParam<Case> {};
 
 TEST_P(AsyncRouting, EqualsTheSynchronousPathWithOneWaitPerStep) {
@@ -188,6 +194,63 @@ TEST_P(AsyncRouting, PaddedGraphStepsChangeNoLogitsAndNoCounts) {
       EXPECT_LE(std::sqrt(num / std::max(den, 1e-30)), 1e-5);
       EXPECT_EQ(padded[i].waits, 1u);
     }
+  }
+}
+
+// The serving loop end to end: the same requests through the default path,
+// asynchronous routing and the graph path (padded decode steps on the CPU)
+// give the same tokens and the same per-layer routing statistics (the
+// expert-load signal's totals: routed per expert, tokens, drops, reroutes).
+TEST(AsyncRoutingServing, SameTokensAndRoutingStatisticsOnEveryPath) {
+  ie::ModelConfig c = ie::load_model_config(std::string(INFERSCOPE_ENGINE_MODELS) + "/tiny.json");
+  c.moe.capacity_factor = 0.75f;  // drops in decode steps too
+  struct Out {
+    std::vector<std::vector<int32_t>> tokens;
+    ie::EngineStats stats;
+    uint64_t graph_steps = 0;
+  };
+  auto serve = [&](Path path) {
+    auto be = ie::create_cpu_backend();
+    ie::Model model(*be, c);
+    ie::EngineOptions o;
+    o.async_routing = path == Path::kSync ? 0 : 1;
+    if (path == Path::kGraphs) model.set_step_graphs(true);
+    ie::Engine engine(model, nullptr, o);
+    for (uint64_t id = 1; id <= 6; ++id) {
+      ie::Request r;
+      r.id = id;
+      for (int i = 0; i < 5 + 3 * static_cast<int>(id); ++i)
+        r.text.push_back(static_cast<int32_t>(33 + (i * 11 + id * 7) % 90));
+      r.max_new_tokens = 12;
+      engine.submit(std::move(r));
+    }
+    engine.run_to_completion();
+    Out out;
+    auto done = engine.take_finished();
+    std::sort(done.begin(), done.end(), [](auto& a, auto& b) { return a.id < b.id; });
+    for (auto& d : done) out.tokens.push_back(d.output);
+    out.stats = engine.stats();
+    out.graph_steps = model.graph_steps();
+    return out;
+  };
+  const Out sync = serve(Path::kSync), async = serve(Path::kAsync), graphs = serve(Path::kGraphs);
+  ASSERT_EQ(sync.tokens.size(), 6u);
+  EXPECT_EQ(sync.graph_steps, 0u);
+  EXPECT_GT(graphs.graph_steps, 0u) << "no decode step went through the graph path";
+  for (const Out* o : {&async, &graphs}) {
+    EXPECT_EQ(o->tokens, sync.tokens);
+    ASSERT_EQ(o->stats.layers.size(), sync.stats.layers.size());
+    uint64_t dropped = 0;
+    for (size_t l = 0; l < sync.stats.layers.size(); ++l) {
+      const ie::LayerRouting &a = sync.stats.layers[l], &b = o->stats.layers[l];
+      EXPECT_EQ(a.routed, b.routed) << "layer " << l;
+      EXPECT_EQ(a.tokens, b.tokens) << "layer " << l;
+      EXPECT_EQ(a.dropped, b.dropped) << "layer " << l;
+      EXPECT_EQ(a.rerouted, b.rerouted) << "layer " << l;
+      EXPECT_EQ(a.steps, b.steps) << "layer " << l;
+      dropped += b.dropped;
+    }
+    EXPECT_GT(dropped, 0u);
   }
 }
 
