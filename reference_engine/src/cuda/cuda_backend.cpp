@@ -678,7 +678,10 @@ class CudaBackend final : public Backend {
   // drops the key's graph. epoch_ moves whenever memory a graph may use
   // moves (scratch growth, a free, a weight shadow replaced): a graph from an
   // older epoch is dropped instead of launched.
-  bool supports_step_graphs() const override { return true; }
+  // Not with INFERSCOPE_CUDA_MATH=fp32: its grouped GEMM runs per expert from
+  // host offsets (a wait), which a capture cannot hold. The padded step then
+  // runs eagerly.
+  bool supports_step_graphs() const override { return !fp32_math_; }
   void begin_step(uint64_t key, std::span<const std::span<const int32_t>> arrays,
                   int32_t context_bound) override {
     require(step_ == nullptr, "begin_step: a step is already open");
