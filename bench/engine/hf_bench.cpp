@@ -264,6 +264,9 @@ int main(int argc, char** argv) {
                          {"graph_launches", t.graph_launches}});
     }
     backend->synchronize();  // a device fault in queued work fails the run here
+    if (!model.graph_error().empty())
+      std::fprintf(stderr, "hf_bench: a graph capture failed (those steps ran eagerly): %s\n",
+                   model.graph_error().c_str());
     const ie::MemoryFootprint fp = model.footprint();
     json out = {{"model_type", m.model_type},
                 {"backend", backend->name()},
@@ -275,6 +278,7 @@ int main(int argc, char** argv) {
                 {"load_s", load_s},
                 {"routing", model.async_routing() ? "async" : "sync"},
                 {"graphs", model.step_graphs()},
+                {"graph_error", model.graph_error()},
                 {"method",
                  "Model::forward; B prompts prefilled in one step, then B-row greedy decode steps, "
                  "logits downloaded every step (gpu_bench run_forward)"},

@@ -134,6 +134,7 @@ TEST_P(CudaStepGraphs, ReplayedDecodeEqualsEagerWithOneWaitPerStep) {
   }
   // Bucket 8: warm-up, capture, then replays (also for the 5-row steps);
   // bucket 1: warm-up, capture, replays. 11 + 6 + 4 launches.
+  EXPECT_EQ(graphs.graph_error(), "") << "a capture failed; those steps ran eagerly";
   EXPECT_EQ(gg->graphs_captured(), 2u);
   EXPECT_EQ(gg->graph_launches(), 21u);
   EXPECT_EQ(graphs.graph_steps(), 23u);

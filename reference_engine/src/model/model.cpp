@@ -438,8 +438,8 @@ int32_t Model::graph_bucket(const StepBatch& b, int32_t& context) const {
 // backend with step graphs, the first step of a (bucket, context) key runs
 // eagerly (it sizes the scratch and makes the weight shadows), the second is
 // captured and every later one replays; elsewhere the padded step runs
-// eagerly (what the CPU tests check). Layer hooks fire only when the ops are
-// issued (eager or capture), not on a replay.
+// eagerly (what the CPU tests check). Layer hooks fire only on eager steps,
+// not while capturing nor on a replay.
 void Model::graph_forward(const StepBatch& b, int32_t bucket, int32_t context,
                           ForwardObserver* obs) {
   StepBatch& p = padded_;
@@ -488,16 +488,27 @@ void Model::graph_forward(const StepBatch& b, int32_t bucket, int32_t context,
     } else if (warm_graph_keys_.count(key) == 0) {
       backbone(p, obs);
       warm_graph_keys_.insert(key);
+    } else if (failed_graph_keys_.count(key) != 0) {
+      backbone(p, obs);
     } else {
-      backend_.capture_begin();
+      // A capture that fails (an op the capture cannot hold) leaves this key
+      // eager for good, with the first error kept for graph_error(); the step
+      // itself runs eagerly. Layer hooks are not fired while capturing.
+      bool captured = false;
       try {
-        backbone(p, obs);
-      } catch (...) {
+        backend_.capture_begin();
+        backbone(p, nullptr);
+        backend_.capture_end(key);
+        captured = true;
+      } catch (const std::exception& e) {
         backend_.capture_abort();
-        throw;
+        failed_graph_keys_.insert(key);
+        if (graph_error_.empty()) graph_error_ = e.what();
       }
-      backend_.capture_end(key);
-      backend_.graph_launch(key);
+      if (captured)
+        backend_.graph_launch(key);
+      else
+        backbone(p, obs);
     }
   } catch (...) {
     padding_ = false;

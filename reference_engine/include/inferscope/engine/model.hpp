@@ -139,6 +139,8 @@ class Model {
   bool step_graphs() const { return step_graphs_ && async_routing(); }
   // Steps that took the padded graph path (eager warm-up, capture or replay).
   uint64_t graph_steps() const { return graph_steps_; }
+  // The first error of a failed capture (that key then stays eager), or "".
+  const std::string& graph_error() const { return graph_error_; }
 
  private:
   struct LayerTensors;
@@ -167,10 +169,12 @@ class Model {
   std::vector<EpLayerStats> ep_stats_;  // MoE layers of the current step
   bool async_routing_ = false;
   bool step_graphs_ = false;
-  bool padding_ = false;                // a padded graph step is being issued
-  int32_t valid_rows_[1] = {0};         // its real rows (step metadata of the router)
-  StepBatch padded_;                    // its batch
-  std::set<uint64_t> warm_graph_keys_;  // keys whose first (eager) step has run
+  bool padding_ = false;                  // a padded graph step is being issued
+  int32_t valid_rows_[1] = {0};           // its real rows (step metadata of the router)
+  StepBatch padded_;                      // its batch
+  std::set<uint64_t> warm_graph_keys_;    // keys whose first (eager) step has run
+  std::set<uint64_t> failed_graph_keys_;  // keys whose capture failed: eager for good
+  std::string graph_error_;
   uint64_t graph_steps_ = 0;
   std::vector<int32_t> moe_row_;  // per layer: its row of route_counts_, -1 if not MoE
 };
