@@ -16,7 +16,9 @@
 //   - `data` is a device pointer: host code never dereferences it unless the
 //     backend says host_memory(). Pointer arithmetic on it (views) is allowed.
 //   - Index metadata (token ids, positions, block tables, slots, offsets) is
-//     passed as host std::spans; a device backend copies what it needs.
+//     passed as host std::spans; a device backend copies what it needs (per
+//     op, or once per step for the arrays registered with begin_step). The
+//     asynchronous MoE ops take their expert offsets as device tensors.
 //   - Ops execute in call order (one in-order stream). upload() and download()
 //     are synchronous with respect to all previously issued ops.
 //   - Unless stated otherwise an output must not alias an input.
