@@ -9,7 +9,15 @@
 //
 //   hf_bench --model DIR [--backend cuda|cpu] [--prompts prompts.json]
 //            [--batches 1,8,64] [--prompt-len 128] [--steps 32] [--reps 2]
-//            [--threads N] [--device N] [--out result.json]
+//            [--threads N] [--device N] [--out result.json] [--async-routing]
+//            [--graphs]
+//
+// --async-routing: the MoE routing stays on the device and a step waits once
+// (Model::set_async_routing; INFERSCOPE_ASYNC_ROUTING=1 does the same). Every
+// row reports the host waits per decode step (Backend::host_syncs) either way.
+// --graphs: decode steps of up to 64 rows are captured as CUDA graphs per
+// batch bucket and replayed (Model::set_step_graphs; implies --async-routing);
+// rows report the graph launches of their decode steps.
 //
 // --prompts: a JSON array of token-id arrays (row s is sequence s; at least
 // max(batches) rows of at least --prompt-len ids); without it, ids from a
@@ -108,6 +116,8 @@ std::vector<std::vector<int32_t>> read_prompts(const std::string& path, int32_t 
 
 struct Throughput {
   double prefill_tps = 0, decode_tps = 0, decode_step_ms = 0, prefill_ms = 0;
+  double host_syncs_per_step = 0;  // decode steps, all repetitions
+  uint64_t graph_launches = 0;     // decode steps replayed from a CUDA graph
 };
 
 // gpu_bench's run_forward for a checkpoint of any vocabulary.
@@ -124,6 +134,8 @@ Throughput run_forward(ie::Model& model, const std::vector<std::vector<int32_t>>
   std::vector<float> logits;
   ie::StepBatch batch;
   std::vector<double> prefill_t, decode_t, step_t;
+  uint64_t decode_waits = 0;
+  const uint64_t launches0 = model.backend().graph_launches();
   std::vector<int32_t> next(static_cast<size_t>(B));
   auto argmax = [&] {
     for (int s = 0; s < B; ++s) {
@@ -150,9 +162,11 @@ Throughput run_forward(ie::Model& model, const std::vector<std::vector<int32_t>>
         batch.add_chunk(std::span<const int32_t>(&tok, 1), prompt + i, s,
                         blocks[static_cast<size_t>(s)], bs, true);
       }
+      const uint64_t w0 = model.backend().host_syncs();
       const double s0 = now_s();
       model.forward(batch, logits);
       step_t.push_back(now_s() - s0);
+      decode_waits += model.backend().host_syncs() - w0;
       argmax();
     }
     decode_t.push_back(now_s() - d0);
@@ -162,6 +176,8 @@ Throughput run_forward(ie::Model& model, const std::vector<std::vector<int32_t>>
   r.prefill_tps = B * prompt / median(prefill_t);
   r.decode_tps = B * decode_steps / median(decode_t);
   r.decode_step_ms = median(step_t) * 1e3;
+  r.host_syncs_per_step = static_cast<double>(decode_waits) / static_cast<double>(step_t.size());
+  r.graph_launches = model.backend().graph_launches() - launches0;
   return r;
 }
 
@@ -171,6 +187,7 @@ int main(int argc, char** argv) {
   CLI::App app{"Prefill and decode throughput of a Hugging Face MoE checkpoint in the engine"};
   std::string dir, backend_name = "cuda", prompts_path, batches_arg = "1,8,64", out_path;
   int prompt = 128, steps = 32, reps = 2, threads = 8, device = 0;
+  bool async_routing = false, graphs = false;
   app.add_option("--model", dir, "checkpoint directory (config.json + safetensors)")->required();
   app.add_option("--backend", backend_name, "cuda or cpu");
   app.add_option("--prompts", prompts_path, "JSON array of token-id arrays (one per sequence)");
@@ -182,6 +199,9 @@ int main(int argc, char** argv) {
   app.add_option("--threads", threads, "CPU threads")->check(CLI::Range(1, 256));
   app.add_option("--device", device, "GPU ordinal")->check(CLI::Range(0, 64));
   app.add_option("--out", out_path, "JSON output file (default stdout)");
+  app.add_flag("--async-routing", async_routing,
+               "MoE routing stays on the device: one host wait per step");
+  app.add_flag("--graphs", graphs, "decode steps as CUDA graphs per batch bucket (async routing)");
   if (auto status = inferscope::cli::parse(app, kProgram, argc, argv)) return *status;
 
   try {
@@ -219,6 +239,8 @@ int main(int argc, char** argv) {
     const ie::DType gemm = ie::hf_gemm_dtype(m, *backend);
     ie::Model model(
         *backend, c, [&](ie::Weights& w) { ie::load_hf_weights(m, w); }, gemm);
+    if (async_routing) model.set_async_routing(true);
+    if (graphs) model.set_step_graphs(true);
     backend->synchronize();
     const double load_s = now_s() - l0;
     std::fprintf(stderr, "hf_bench: %s loaded in %.1f s (%s GEMM weights on %s)\n", c.name.c_str(),
@@ -230,15 +252,21 @@ int main(int argc, char** argv) {
     for (int32_t B : batches) {
       const Throughput t = run_forward(model, prompts, B, prompt, steps, reps);
       std::fprintf(stderr,
-                   "hf_bench: batch %3d  prefill %10.1f tok/s  decode %10.1f tok/s  step %.3f ms\n",
-                   B, t.prefill_tps, t.decode_tps, t.decode_step_ms);
+                   "hf_bench: batch %3d  prefill %10.1f tok/s  decode %10.1f tok/s  step %.3f ms  "
+                   "%.1f host waits/step\n",
+                   B, t.prefill_tps, t.decode_tps, t.decode_step_ms, t.host_syncs_per_step);
       results.push_back({{"batch", B},
                          {"prefill_tps", t.prefill_tps},
                          {"prefill_ms", t.prefill_ms},
                          {"decode_tps", t.decode_tps},
-                         {"decode_step_ms", t.decode_step_ms}});
+                         {"decode_step_ms", t.decode_step_ms},
+                         {"host_syncs_per_step", t.host_syncs_per_step},
+                         {"graph_launches", t.graph_launches}});
     }
     backend->synchronize();  // a device fault in queued work fails the run here
+    if (!model.graph_error().empty())
+      std::fprintf(stderr, "hf_bench: a graph capture failed (those steps ran eagerly): %s\n",
+                   model.graph_error().c_str());
     const ie::MemoryFootprint fp = model.footprint();
     json out = {{"model_type", m.model_type},
                 {"backend", backend->name()},
@@ -248,6 +276,9 @@ int main(int argc, char** argv) {
                 {"steps", steps},
                 {"reps", reps},
                 {"load_s", load_s},
+                {"routing", model.async_routing() ? "async" : "sync"},
+                {"graphs", model.step_graphs()},
+                {"graph_error", model.graph_error()},
                 {"method",
                  "Model::forward; B prompts prefilled in one step, then B-row greedy decode steps, "
                  "logits downloaded every step (gpu_bench run_forward)"},

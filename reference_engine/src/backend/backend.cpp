@@ -5,6 +5,8 @@
 // data only the implementation sees stay in that backend.
 #include "inferscope/engine/backend.hpp"
 
+#include <algorithm>
+#include <cmath>
 #include <stdexcept>
 #include <string>
 
@@ -17,12 +19,27 @@ void Backend::fail(const char* what) const {
 // [SECTION] Memory
 void Backend::upload(const Tensor& dst, const void* host_src) {
   check(dst.contiguous(), "upload needs a contiguous tensor");
+  ++host_syncs_;
   upload_impl(dst, host_src);
 }
 
 void Backend::download(const Tensor& src, void* host_dst) {
   check(src.contiguous(), "download needs a contiguous tensor");
+  ++host_syncs_;
   download_impl(src, host_dst);
+}
+
+void Backend::download(std::span<const HostCopy> copies) {
+  for (const HostCopy& c : copies)
+    check(c.src.contiguous() && (c.dst != nullptr || c.src.empty()),
+          "download needs contiguous tensors and host destinations");
+  ++host_syncs_;
+  download_many_impl(copies);
+}
+
+void Backend::download_many_impl(std::span<const HostCopy> copies) {
+  for (const HostCopy& c : copies)
+    if (!c.src.empty()) download_impl(c.src, c.dst);
 }
 
 // [SECTION] Elementwise / data movement
@@ -159,6 +176,7 @@ void Backend::moe_route(const Tensor& logits, const Tensor& bias, const RoutePar
   check(k >= 1 && k <= E && assign_expert.rows == T && assign_expert.cols == k &&
             assign_weight.rows == T && assign_weight.cols == k && (bias.empty() || bias.cols == E),
         "moe_route shape");
+  ++host_syncs_;  // the counts come back on the host
   moe_route_impl(logits, bias, params, assign_expert, assign_weight, counts);
 }
 
@@ -177,6 +195,143 @@ void Backend::moe_unpermute(const Tensor& yp, const Tensor& perm, const Tensor& 
             assign_weight.cols == top_k,
         "moe_unpermute shape");
   moe_unpermute_impl(yp, perm, assign_weight, top_k, assignments, y);
+}
+
+// [SECTION] Mixture of experts, asynchronous routing
+namespace {
+bool i32_row(const Tensor& t, int64_t cols) {
+  return t.dtype == DType::kI32 && t.rows == 1 && t.cols == cols && t.data != nullptr;
+}
+}  // namespace
+
+void Backend::moe_route_device(const Tensor& logits, const Tensor& bias, const RouteParams& params,
+                               const Tensor& assign_expert, const Tensor& assign_weight,
+                               const Tensor& counts, const Tensor& offsets,
+                               std::span<const int32_t> valid_rows) {
+  const int64_t T = logits.rows, E = logits.cols;
+  const int32_t k = params.top_k;
+  check(k >= 1 && k <= E && assign_expert.rows == T && assign_expert.cols == k &&
+            assign_weight.rows == T && assign_weight.cols == k && (bias.empty() || bias.cols == E),
+        "moe_route_device shape");
+  check(i32_row(counts, 2 * E + 2) && i32_row(offsets, E + 1),
+        "moe_route_device: counts must be i32 [1, 2E + 2] and offsets i32 [1, E + 1]");
+  check(
+      valid_rows.size() <= 1 && (valid_rows.empty() || (valid_rows[0] >= 0 && valid_rows[0] <= T)),
+      "moe_route_device: valid_rows must be empty or one value in 0..T");
+  moe_route_device_impl(logits, bias, params, assign_expert, assign_weight, counts, offsets,
+                        valid_rows);
+}
+
+void Backend::moe_permute(const Tensor& x, const Tensor& assign_expert, const Tensor& offsets,
+                          const Tensor& xp, const Tensor& perm) {
+  const int64_t bound = assign_expert.rows * assign_expert.cols;
+  check(offsets.dtype == DType::kI32 && offsets.rows == 1 && offsets.cols >= 2,
+        "moe_permute: offsets must be i32 [1, E + 1]");
+  check(xp.cols == x.cols && xp.rows >= bound && perm.rows >= bound && perm.dtype == DType::kI32 &&
+            assign_expert.rows == x.rows,
+        "moe_permute shape (xp and perm need T * top_k rows)");
+  moe_permute_device_impl(x, assign_expert, offsets, xp, perm);
+}
+
+void Backend::grouped_linear(const Tensor& x, const Tensor& w, const Tensor& offsets,
+                             int64_t max_rows_per_expert, const Tensor& y) {
+  check(offsets.dtype == DType::kI32 && offsets.rows == 1 && offsets.cols >= 2,
+        "grouped_linear: offsets must be i32 [1, E + 1]");
+  const int64_t experts = offsets.cols - 1;
+  check(w.rows % experts == 0, "grouped_linear: weight rows not a multiple of experts");
+  check_weight(x, w, y, "grouped_linear");
+  check(x.cols == w.cols && y.cols == w.rows / experts && y.rows >= x.rows &&
+            max_rows_per_expert >= 0,
+        "grouped_linear shape");
+  grouped_linear_device_impl(x, w, offsets, max_rows_per_expert, y);
+}
+
+void Backend::moe_unpermute(const Tensor& yp, const Tensor& perm, const Tensor& assign_weight,
+                            int32_t top_k, const Tensor& offsets, const Tensor& y) {
+  check(offsets.dtype == DType::kI32 && offsets.rows == 1 && offsets.cols >= 2,
+        "moe_unpermute: offsets must be i32 [1, E + 1]");
+  check(yp.cols == y.cols && top_k >= 1 && yp.rows >= y.rows * top_k &&
+            perm.rows >= y.rows * top_k && assign_weight.rows == y.rows &&
+            assign_weight.cols == top_k,
+        "moe_unpermute shape (yp and perm need T * top_k rows)");
+  moe_unpermute_device_impl(yp, perm, assign_weight, top_k, offsets, y);
+}
+
+// The synchronous defaults: exact for every backend, one wait each on a device.
+// Host memory is read in place; a device backend on these defaults waits (counted).
+std::vector<int32_t> Backend::read_offsets(const Tensor& offsets) {
+  std::vector<int32_t> host(static_cast<size_t>(offsets.cols));
+  if (!host_memory()) ++host_syncs_;
+  download_impl(offsets, host.data());
+  check(host.front() == 0, "device offsets must start at 0");
+  for (size_t e = 0; e + 1 < host.size(); ++e)
+    check(host[e + 1] >= host[e], "device offsets must not decrease");
+  return host;
+}
+
+void Backend::moe_route_device_impl(const Tensor& logits, const Tensor& bias,
+                                    const RouteParams& params, const Tensor& assign_expert,
+                                    const Tensor& assign_weight, const Tensor& counts,
+                                    const Tensor& offsets, std::span<const int32_t> valid_rows) {
+  RouteCounts c;
+  const size_t E = static_cast<size_t>(logits.cols);
+  const int64_t T = logits.rows, v = valid_rows.empty() ? T : valid_rows[0];
+  RouteParams p = params;
+  if (!valid_rows.empty() && p.capacity_factor > 0.0f)
+    p.capacity = std::max<int32_t>(
+        1, static_cast<int32_t>(std::ceil(static_cast<double>(p.capacity_factor) *
+                                          static_cast<double>(v) * p.top_k / logits.cols)));
+  if (v > 0)
+    moe_route_impl(logits.rows_view(0, v), bias, p, assign_expert.rows_view(0, v),
+                   assign_weight.rows_view(0, v), c);
+  c.routed.resize(E, 0);
+  c.kept.resize(E, 0);
+  if (v < T) {  // padding rows: no expert, no weight
+    fill_impl(assign_expert.rows_view(v, T - v), -1.0f);
+    fill_impl(assign_weight.rows_view(v, T - v), 0.0f);
+  }
+  std::vector<int32_t> host(2 * E + 2), off(E + 1, 0);
+  for (size_t e = 0; e < E; ++e) {
+    host[e] = static_cast<int32_t>(c.routed[e]);
+    host[E + e] = c.kept[e];
+    off[e + 1] = off[e] + c.kept[e];
+  }
+  host[2 * E] = static_cast<int32_t>(c.dropped);
+  host[2 * E + 1] = static_cast<int32_t>(c.rerouted);
+  if (!host_memory()) ++host_syncs_;
+  upload_impl(counts, host.data());
+  upload_impl(offsets, off.data());
+}
+
+void Backend::moe_permute_device_impl(const Tensor& x, const Tensor& assign_expert,
+                                      const Tensor& offsets, const Tensor& xp, const Tensor& perm) {
+  const std::vector<int32_t> off = read_offsets(offsets);
+  if (off.back() > 0) moe_permute_impl(x, assign_expert, off, xp, perm);
+}
+
+void Backend::grouped_linear_device_impl(const Tensor& x, const Tensor& w, const Tensor& offsets,
+                                         int64_t /*max_rows_per_expert*/, const Tensor& y) {
+  const std::vector<int32_t> off = read_offsets(offsets);
+  check(off.back() <= x.rows, "grouped_linear: device offsets past the bound");
+  grouped_linear_impl(x, w, off, y);
+}
+
+void Backend::moe_unpermute_device_impl(const Tensor& yp, const Tensor& perm,
+                                        const Tensor& assign_weight, int32_t top_k,
+                                        const Tensor& offsets, const Tensor& y) {
+  const std::vector<int32_t> off = read_offsets(offsets);
+  moe_unpermute_impl(yp, perm, assign_weight, top_k, off.back(), y);
+}
+
+// [SECTION] Step graphs: the defaults of a backend without them
+void Backend::capture_begin() {
+  fail("this backend captures no step graphs");
+}
+void Backend::capture_end(uint64_t) {
+  fail("this backend captures no step graphs");
+}
+void Backend::graph_launch(uint64_t) {
+  fail("this backend captures no step graphs");
 }
 
 // [SECTION] Vision front end

@@ -114,7 +114,7 @@ class CpuBackend final : public Backend {
   void download_impl(const Tensor& src, void* dst) override {
     std::memcpy(dst, src.data, src.bytes());
   }
-  void synchronize() override {}
+  void synchronize() override { ++host_syncs_; }
 
   // [SECTION] Elementwise
   void copy_impl(const Tensor& src, const Tensor& dst) override {

@@ -61,7 +61,7 @@ k::IView iview(const Tensor& t) {
 // fewer API calls (and CUPTI records) per step.
 class StagingRing {
  public:
-  explicit StagingRing(cudaStream_t s) : stream_(s) { grow(4u << 20); }
+  StagingRing(cudaStream_t s, uint64_t& waits) : stream_(s), waits_(waits) { grow(4u << 20); }
   ~StagingRing() { release(); }
   StagingRing(const StagingRing&) = delete;
   StagingRing& operator=(const StagingRing&) = delete;
@@ -73,12 +73,12 @@ class StagingRing {
     for (auto sp : spans) total += align(sp.size_bytes());
     if (total == 0) total = 16;
     if (total > cap_) {
-      ISC_CUDA(cudaStreamSynchronize(stream_));
+      wait();
       release();
       grow(std::max(total, cap_ * 2));
     }
     if (off_ + total > cap_) {
-      ISC_CUDA(cudaStreamSynchronize(stream_));
+      wait();
       off_ = 0;
       ++gen_;  // every remembered region may now be overwritten
     }
@@ -103,11 +103,11 @@ class StagingRing {
     size_t total = 0;
     for (auto sp : spans) total += std::max<size_t>(align(sp.size_bytes()), 16);  // as stage()
     if (total > cap_) {
-      ISC_CUDA(cudaStreamSynchronize(stream_));
+      wait();
       release();
       grow(std::max(total, cap_ * 2));
     } else if (off_ + total > cap_) {
-      ISC_CUDA(cudaStreamSynchronize(stream_));
+      wait();
       off_ = 0;
       ++gen_;
     }
@@ -124,6 +124,10 @@ class StagingRing {
 
  private:
   static constexpr size_t kCacheMaxBytes = 16384;
+  void wait() {
+    ++waits_;
+    ISC_CUDA(cudaStreamSynchronize(stream_));
+  }
   struct Recent {
     size_t off = 0, bytes = 0;
     uint64_t gen = ~uint64_t{0};
@@ -148,6 +152,7 @@ class StagingRing {
     dev_ = nullptr;
   }
   cudaStream_t stream_;
+  uint64_t& waits_;  // the backend's host_syncs_
   char* host_ = nullptr;
   char* dev_ = nullptr;
   size_t cap_ = 0, off_ = 0;
@@ -159,7 +164,8 @@ class StagingRing {
 // A device buffer that only grows; growing waits for the stream first.
 class Scratch {
  public:
-  explicit Scratch(cudaStream_t s) : stream_(s) {}
+  Scratch(cudaStream_t s, uint64_t& waits, uint64_t& epoch)
+      : stream_(s), waits_(waits), epoch_(epoch) {}
   ~Scratch() {
     if (p_) cudaFree(p_);
   }
@@ -169,7 +175,12 @@ class Scratch {
   T* get(size_t count) {
     size_t bytes = std::max<size_t>(count * sizeof(T), 16);
     if (bytes > cap_) {
-      ISC_CUDA(cudaStreamSynchronize(stream_));
+      cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
+      ISC_CUDA(cudaStreamIsCapturing(stream_, &st));
+      if (st != cudaStreamCaptureStatusNone)
+        throw std::logic_error("cuda backend: scratch would grow inside a graph capture");
+      wait();
+      ++epoch_;  // graphs that use the old buffer are stale
       if (p_) ISC_CUDA(cudaFree(p_));
       cap_ = std::max(bytes, cap_ * 2);
       ISC_CUDA(cudaMalloc(&p_, cap_));
@@ -178,7 +189,13 @@ class Scratch {
   }
 
  private:
+  void wait() {
+    ++waits_;
+    ISC_CUDA(cudaStreamSynchronize(stream_));
+  }
   cudaStream_t stream_;
+  uint64_t& waits_;
+  uint64_t& epoch_;  // the backend's memory epoch (step graphs)
   void* p_ = nullptr;
   size_t cap_ = 0;
 };
@@ -203,17 +220,20 @@ class CudaBackend final : public Backend {
     ISC_CUDA(cudaSetDevice(o.device));
     ISC_CUDA(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     blas_ = std::make_unique<k::Blas>(stream_);
-    ring_ = std::make_unique<StagingRing>(stream_);
-    for (auto& s : scratch_) s = std::make_unique<Scratch>(stream_);
+    ring_ = std::make_unique<StagingRing>(stream_, host_syncs_);
+    for (auto& s : scratch_) s = std::make_unique<Scratch>(stream_, host_syncs_, epoch_);
     ISC_CUDA(cudaMallocHost(&host_counts_, sizeof(int32_t) * (2 * 1024 + 2)));
   }
   ~CudaBackend() override {
     cudaStreamSynchronize(stream_);
+    for (auto& [key, g] : graphs_) cudaGraphExecDestroy(g.exec);
+    for (auto& [key, a] : arenas_) release_arena(a);
     for (auto& [p, sh] : shadows_) cudaFree(sh.bf16);
     blas_.reset();
     ring_.reset();
     for (auto& s : scratch_) s.reset();
     cudaFreeHost(host_counts_);
+    if (pinned_) cudaFreeHost(pinned_);
     cudaStreamDestroy(stream_);
   }
 
@@ -231,6 +251,7 @@ class CudaBackend final : public Backend {
       cudaGetLastError();
       return nullptr;
     }
+    ++host_syncs_;
     if (cudaMemsetAsync(p, 0, rounded, stream_) != cudaSuccess ||
         cudaStreamSynchronize(stream_) != cudaSuccess) {
       cudaFree(p);
@@ -244,7 +265,9 @@ class CudaBackend final : public Backend {
     // Unchecked: free() runs in destructors, often while an exception (a CUDA
     // error seen by an earlier op) unwinds; throwing here would terminate the
     // process and replace that first error with this later sighting of it.
+    ++host_syncs_;
     cudaStreamSynchronize(stream_);
+    ++epoch_;  // a graph may have used this memory
     auto it = alloc_bytes_.find(ptr);
     if (it != alloc_bytes_.end()) {
       forget_range(ptr, it->second, /*synced=*/true);  // shadows inside this allocation
@@ -262,7 +285,43 @@ class CudaBackend final : public Backend {
     ISC_CUDA(cudaMemcpyAsync(dst, src.data, src.bytes(), cudaMemcpyDeviceToHost, stream_));
     ISC_CUDA(cudaStreamSynchronize(stream_));
   }
-  void synchronize() override { ISC_CUDA(cudaStreamSynchronize(stream_)); }
+  void synchronize() override {
+    ++host_syncs_;
+    ISC_CUDA(cudaStreamSynchronize(stream_));
+  }
+  // Small copies go through pinned memory (truly asynchronous), large ones
+  // straight to their pageable destination (the driver stages those and
+  // returns when done); then one wait covers them all.
+  void download_many_impl(std::span<const HostCopy> copies) override {
+    size_t pinned = 0;
+    for (const HostCopy& c : copies)
+      if (c.src.bytes() <= kPinnedCopyMax) pinned += (c.src.bytes() + 15) / 16 * 16;
+    if (pinned > pinned_cap_) {
+      if (pinned_) cudaFreeHost(pinned_);
+      pinned_ = nullptr;
+      pinned_cap_ = 0;
+      ISC_CUDA(cudaMallocHost(&pinned_, pinned));
+      pinned_cap_ = pinned;
+    }
+    size_t at = 0;
+    for (const HostCopy& c : copies) {
+      if (c.src.empty() || c.src.bytes() > kPinnedCopyMax) continue;
+      ISC_CUDA(cudaMemcpyAsync(pinned_ + at, c.src.data, c.src.bytes(), cudaMemcpyDeviceToHost,
+                               stream_));
+      at += (c.src.bytes() + 15) / 16 * 16;
+    }
+    for (const HostCopy& c : copies)
+      if (!c.src.empty() && c.src.bytes() > kPinnedCopyMax)
+        ISC_CUDA(
+            cudaMemcpyAsync(c.dst, c.src.data, c.src.bytes(), cudaMemcpyDeviceToHost, stream_));
+    ISC_CUDA(cudaStreamSynchronize(stream_));
+    at = 0;
+    for (const HostCopy& c : copies) {
+      if (c.src.empty() || c.src.bytes() > kPinnedCopyMax) continue;
+      std::memcpy(c.dst, pinned_ + at, c.src.bytes());
+      at += (c.src.bytes() + 15) / 16 * 16;
+    }
+  }
 
   // --- elementwise / data movement -----------------------------------------
   void copy_impl(const Tensor& src, const Tensor& dst) override {
@@ -281,7 +340,7 @@ class CudaBackend final : public Backend {
   void get_rows_impl(const Tensor& table, std::span<const int32_t> ids,
                      const Tensor& out) override {
     if (ids.empty()) return;
-    k::get_rows(view(table), ring_->stage1(ids), view(out), stream_);
+    k::get_rows(view(table), meta(ids), view(out), stream_);
   }
   void add_impl(const Tensor& a, const Tensor& b, const Tensor& out) override {
     k::add(view(a), view(b), view(out), stream_);
@@ -348,14 +407,14 @@ class CudaBackend final : public Backend {
       return;
     }
     if (max_rows <= kSmallRows) {  // decode: fp32 rows straight into the warp-per-column kernel
-      k::small_linear(view(x), wb, ring_->stage1(offsets), static_cast<int>(E), view(y),
-                      static_cast<int>(n), static_cast<int>(x.cols), 0.f, stream_);
+      k::small_linear(view(x), wb, meta(offsets), static_cast<int>(E), view(y), static_cast<int>(n),
+                      static_cast<int>(x.cols), 0.f, stream_);
       return;
     }
     const int64_t rows = offsets.back();
     __nv_bfloat16* xb = scratch_[0]->get<__nv_bfloat16>(static_cast<size_t>(rows * x.cols));
     k::to_bf16(view(x.rows_view(0, rows)), xb, stream_);
-    k::grouped_gemm(xb, wb, ring_->stage1(offsets), y.f32(), y.stride, static_cast<int>(E),
+    k::grouped_gemm(xb, wb, meta(offsets), y.f32(), y.stride, static_cast<int>(E),
                     static_cast<int>(n), static_cast<int>(x.cols), max_rows, stream_);
   }
 
@@ -363,12 +422,12 @@ class CudaBackend final : public Backend {
   void rope_impl(const Tensor& x, std::span<const int32_t> positions, int32_t n_heads,
                  int32_t head_dim, float theta) override {
     if (x.rows == 0) return;
-    k::rope(view(x), ring_->stage1(positions), n_heads, head_dim, theta, stream_);
+    k::rope(view(x), meta(positions), n_heads, head_dim, theta, stream_);
   }
   void kv_store_impl(const Tensor& kt, const Tensor& v, const Tensor& k_cache,
                      const Tensor& v_cache, std::span<const int32_t> slots) override {
     if (slots.empty()) return;
-    k::kv_store(view(kt), view(v), view(k_cache), view(v_cache), ring_->stage1(slots), stream_);
+    k::kv_store(view(kt), view(v), view(k_cache), view(v_cache), meta(slots), stream_);
   }
   void paged_attention_impl(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                             const PagedBatch& b, const AttentionParams& p,
@@ -377,9 +436,11 @@ class CudaBackend final : public Backend {
     if (T == 0) return;
     int max_ctx = 0;
     for (int32_t pos : b.token_pos) max_ctx = std::max(max_ctx, pos + 1);
-    ring_->reserve({b.token_seq, b.token_pos, b.block_table, b.block_table_start});
-    const int32_t* d[4] = {ring_->stage1(b.token_seq), ring_->stage1(b.token_pos),
-                           ring_->stage1(b.block_table), ring_->stage1(b.block_table_start)};
+    // In a step graph the launch must fit every step the graph will replay.
+    if (step_) max_ctx = std::max(max_ctx, step_context_);
+    if (!step_) ring_->reserve({b.token_seq, b.token_pos, b.block_table, b.block_table_start});
+    const int32_t* d[4] = {meta(b.token_seq), meta(b.token_pos), meta(b.block_table),
+                           meta(b.block_table_start)};
     k::PagedArgs a;
     a.q = view(q);
     a.out = view(out);
@@ -400,6 +461,7 @@ class CudaBackend final : public Backend {
   void attention_impl(const Tensor& q, const Tensor& kt, const Tensor& v, SeqStarts seqs,
                       const AttentionParams& p, bool causal, const Tensor& out) override {
     if (q.rows == 0) return;
+    require(!capturing_, "attention (vision) cannot be captured in a step graph");
     token_seq_.resize(static_cast<size_t>(q.rows));
     int max_ctx = 0;
     for (size_t s = 0; s + 1 < seqs.size(); ++s) {
@@ -434,8 +496,8 @@ class CudaBackend final : public Backend {
     if (x.rows == 0 || state_slots.empty()) return;
     int max_len = 0;
     for (size_t s = 0; s + 1 < seqs.size(); ++s) max_len = std::max(max_len, seqs[s + 1] - seqs[s]);
-    ring_->reserve({seqs, state_slots});
-    const int32_t* d[2] = {ring_->stage1(seqs), ring_->stage1(state_slots)};
+    if (!step_) ring_->reserve({seqs, state_slots});
+    const int32_t* d[2] = {meta(seqs), meta(state_slots)};
     k::SsmScanArgs a;
     a.x = view(x);
     a.dt = view(dt);
@@ -463,6 +525,23 @@ class CudaBackend final : public Backend {
   void moe_route_impl(const Tensor& logits, const Tensor& bias, const RouteParams& p,
                       const Tensor& assign_expert, const Tensor& assign_weight,
                       RouteCounts& counts) override {
+    const int64_t E = logits.cols;
+    const int32_t* dev_counts =
+        route(logits, bias, p, assign_expert, assign_weight, nullptr, nullptr, nullptr);
+    // The expert-load signal: the on-device histogram, one small copy per call.
+    ISC_CUDA(cudaMemcpyAsync(host_counts_, dev_counts, sizeof(int32_t) * (2 * E + 2),
+                             cudaMemcpyDeviceToHost, stream_));
+    ISC_CUDA(cudaStreamSynchronize(stream_));
+    counts.routed.assign(host_counts_, host_counts_ + E);
+    counts.kept.assign(host_counts_ + E, host_counts_ + 2 * E);
+    counts.dropped = static_cast<uint32_t>(host_counts_[2 * E]);
+    counts.rerouted = static_cast<uint32_t>(host_counts_[2 * E + 1]);
+  }
+  // The router kernels; counts (and offsets, optional) go to the given device
+  // arrays, or counts to scratch when null. Returns the device counts.
+  const int32_t* route(const Tensor& logits, const Tensor& bias, const RouteParams& p,
+                       const Tensor& assign_expert, const Tensor& assign_weight,
+                       int32_t* counts_out, int32_t* offsets_out, const int32_t* valid) {
     const int64_t T = logits.rows, E = logits.cols;
     const int32_t kk = p.top_k;
     require(E <= kMaxExperts, "moe_route: at most 1024 experts (one router block per token)");
@@ -475,6 +554,8 @@ class CudaBackend final : public Backend {
     rp.scaling = p.scaling;
     rp.capacity = p.capacity;
     rp.reroute = p.overflow == OverflowPolicy::kReroute;
+    rp.valid = valid;
+    rp.capacity_factor = valid ? p.capacity_factor : 0.f;
     const int64_t R = (rp.reroute && rp.capacity > 0) ? E : kk;
     k::RouterBuffers rb;
     const bool direct = assign_expert.contiguous() && assign_weight.contiguous();
@@ -485,7 +566,8 @@ class CudaBackend final : public Backend {
     char* after = base + T * R * 8;
     rb.assign_expert = direct ? assign_expert.i32() : reinterpret_cast<int32_t*>(after);
     rb.assign_weight = direct ? assign_weight.f32() : reinterpret_cast<float*>(after + T * kk * 4);
-    rb.counts = reinterpret_cast<int32_t*>(after + T * kk * 8);
+    rb.counts = counts_out ? counts_out : reinterpret_cast<int32_t*>(after + T * kk * 8);
+    rb.offsets = offsets_out;
     k::router(view(logits), bias.empty() ? nullptr : bias.f32(), rp, rb, stream_);
     if (!direct) {
       ISC_CUDA(cudaMemcpy2DAsync(assign_expert.data, assign_expert.stride * 4, rb.assign_expert,
@@ -493,14 +575,7 @@ class CudaBackend final : public Backend {
       ISC_CUDA(cudaMemcpy2DAsync(assign_weight.data, assign_weight.stride * 4, rb.assign_weight,
                                  kk * 4, kk * 4, T, cudaMemcpyDeviceToDevice, stream_));
     }
-    // The expert-load signal: the on-device histogram, one small copy per call.
-    ISC_CUDA(cudaMemcpyAsync(host_counts_, rb.counts, sizeof(int32_t) * (2 * E + 2),
-                             cudaMemcpyDeviceToHost, stream_));
-    ISC_CUDA(cudaStreamSynchronize(stream_));
-    counts.routed.assign(host_counts_, host_counts_ + E);
-    counts.kept.assign(host_counts_ + E, host_counts_ + 2 * E);
-    counts.dropped = static_cast<uint32_t>(host_counts_[2 * E]);
-    counts.rerouted = static_cast<uint32_t>(host_counts_[2 * E + 1]);
+    return rb.counts;
   }
   void moe_permute_impl(const Tensor& x, const Tensor& assign_expert,
                         std::span<const int32_t> offsets, const Tensor& xp,
@@ -508,7 +583,7 @@ class CudaBackend final : public Backend {
     const int64_t E = static_cast<int64_t>(offsets.size()) - 1;
     require(E <= kMaxExperts, "moe_permute: at most 1024 experts");
     if (offsets.back() == 0) return;
-    const int32_t* off = ring_->stage1(offsets);
+    const int32_t* off = meta(offsets);
     const int64_t total = assign_expert.rows * assign_expert.cols;
     int32_t* slot_of = scratch_[3]->get<int32_t>(static_cast<size_t>(total));
     const int64_t rows = offsets.back();
@@ -533,6 +608,178 @@ class CudaBackend final : public Backend {
                  view(y), stream_);
   }
 
+  // --- mixture of experts, asynchronous routing ------------------------------
+  // The same kernels with the counts and offsets left on the device: no copy
+  // to the host, no wait; the grids come from the bound T * top_k.
+  void moe_route_device_impl(const Tensor& logits, const Tensor& bias, const RouteParams& p,
+                             const Tensor& assign_expert, const Tensor& assign_weight,
+                             const Tensor& counts, const Tensor& offsets,
+                             std::span<const int32_t> valid_rows) override {
+    route(logits, bias, p, assign_expert, assign_weight, counts.i32(), offsets.i32(),
+          valid_rows.empty() ? nullptr : meta(valid_rows));
+  }
+  void moe_permute_device_impl(const Tensor& x, const Tensor& assign_expert, const Tensor& offsets,
+                               const Tensor& xp, const Tensor& perm) override {
+    const int64_t E = offsets.cols - 1;
+    require(E <= kMaxExperts, "moe_permute: at most 1024 experts");
+    const int64_t bound = assign_expert.rows * assign_expert.cols;
+    if (bound == 0) return;
+    int32_t* slot_of = scratch_[3]->get<int32_t>(static_cast<size_t>(bound));
+    const bool fused = bound * x.cols <= kFusedGatherElems;
+    k::permute_index(iview(assign_expert), offsets.i32(), static_cast<int>(E), iview(perm), slot_of,
+                     view(x), fused ? view(xp) : k::View{}, bound, stream_);
+    last_perm_ = perm.data;
+    last_perm_rows_ = kDeviceRows;
+    last_slot_total_ = bound;
+    if (!fused)
+      k::permute_rows(view(x), iview(perm), static_cast<int>(assign_expert.cols), bound, view(xp),
+                      stream_, offsets.i32() + E);
+  }
+  void grouped_linear_device_impl(const Tensor& x, const Tensor& w, const Tensor& offsets,
+                                  int64_t max_rows, const Tensor& y) override {
+    const int64_t E = offsets.cols - 1, n = w.rows / E;
+    if (max_rows == 0 || x.rows == 0) return;
+    const __nv_bfloat16* wb = nullptr;
+    if (w.dtype == DType::kBF16)
+      wb = x.cols % 8 == 0 ? static_cast<const __nv_bfloat16*>(w.data) : nullptr;
+    else if (!fp32_math_ && x.cols % 8 == 0)
+      wb = shadow(w);
+    if (wb == nullptr) {  // fp32 math or K % 8 != 0: per-expert GEMMs need host offsets (a wait)
+      Backend::grouped_linear_device_impl(x, w, offsets, max_rows, y);
+      return;
+    }
+    if (max_rows <= kSmallRows) {
+      k::small_linear(view(x), wb, offsets.i32(), static_cast<int>(E), view(y), static_cast<int>(n),
+                      static_cast<int>(x.cols), 0.f, stream_);
+      return;
+    }
+    // Every bound row is cast (rows past offsets[E] too: cheaper than a wait).
+    __nv_bfloat16* xb = scratch_[0]->get<__nv_bfloat16>(static_cast<size_t>(x.rows * x.cols));
+    k::to_bf16(view(x), xb, stream_);
+    k::grouped_gemm(xb, wb, offsets.i32(), y.f32(), y.stride, static_cast<int>(E),
+                    static_cast<int>(n), static_cast<int>(x.cols), static_cast<int>(max_rows),
+                    stream_);
+  }
+  void moe_unpermute_device_impl(const Tensor& yp, const Tensor& perm, const Tensor& assign_weight,
+                                 int32_t top_k, const Tensor& offsets, const Tensor& y) override {
+    if (y.rows == 0) return;
+    const int64_t bound = y.rows * top_k;
+    const bool ready =
+        perm.data == last_perm_ && last_perm_rows_ == kDeviceRows && bound == last_slot_total_;
+    int32_t* slot_of = scratch_[3]->get<int32_t>(static_cast<size_t>(bound));
+    k::unpermute(view(yp), iview(perm), view(assign_weight), top_k, bound, slot_of, ready, view(y),
+                 stream_, offsets.i32() + (offsets.cols - 1));
+  }
+
+  // --- step graphs ------------------------------------------------------------
+  // Each key owns a device arena (and a pinned twin) holding the step's
+  // metadata arrays at fixed addresses, and at most one graph. An arena's
+  // slots are twice the sizes first seen; a bigger array reallocates it and
+  // drops the key's graph. epoch_ moves whenever memory a graph may use
+  // moves (scratch growth, a free, a weight shadow replaced): a graph from an
+  // older epoch is dropped instead of launched.
+  // Not with INFERSCOPE_CUDA_MATH=fp32: its grouped GEMM runs per expert from
+  // host offsets (a wait), which a capture cannot hold. The padded step then
+  // runs eagerly.
+  bool supports_step_graphs() const override { return !fp32_math_; }
+  void begin_step(uint64_t key, std::span<const std::span<const int32_t>> arrays,
+                  int32_t context_bound) override {
+    require(step_ == nullptr, "begin_step: a step is already open");
+    StepArena& a = arenas_[key];
+    bool fits = a.slot.size() == arrays.size();
+    for (size_t i = 0; fits && i < arrays.size(); ++i) fits = arrays[i].size() <= a.slot[i];
+    if (!fits) {
+      if (a.dev) {
+        drop_graph(key);
+        synchronize();  // the arena may still be read by queued work
+        release_arena(a);
+      }
+      size_t total = 0;
+      for (auto sp : arrays) {
+        a.slot.push_back(std::max<size_t>(64, (2 * sp.size() + 3) / 4 * 4));  // 16-byte slots
+        a.at.push_back(total);
+        total += a.slot.back();
+      }
+      a.ints = total;
+      ISC_CUDA(cudaMalloc(&a.dev, total * sizeof(int32_t)));
+      ISC_CUDA(cudaMallocHost(&a.host, total * sizeof(int32_t)));
+      ISC_CUDA(cudaEventCreateWithFlags(&a.copied, cudaEventDisableTiming));
+    } else {
+      const cudaError_t q = cudaEventQuery(a.copied);
+      if (q == cudaErrorNotReady) {  // the last copy from a.host is still pending: rare
+        cudaGetLastError();          // "not ready" is no error
+        ++host_syncs_;
+        ISC_CUDA(cudaEventSynchronize(a.copied));
+      } else {
+        ISC_CUDA(q);
+      }
+    }
+    size_t used = 0;
+    step_spans_.clear();
+    step_dev_.clear();
+    for (size_t i = 0; i < arrays.size(); ++i) {
+      if (!arrays[i].empty())
+        std::memcpy(a.host + a.at[i], arrays[i].data(), arrays[i].size_bytes());
+      step_spans_.push_back(arrays[i]);
+      step_dev_.push_back(a.dev + a.at[i]);
+      if (!arrays[i].empty()) used = a.at[i] + arrays[i].size();
+    }
+    if (used > 0)
+      ISC_CUDA(
+          cudaMemcpyAsync(a.dev, a.host, used * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+    ISC_CUDA(cudaEventRecord(a.copied, stream_));
+    step_ = &a;
+    step_context_ = context_bound;
+  }
+  void end_step() override {
+    step_ = nullptr;
+    step_context_ = 0;
+    step_spans_.clear();
+    step_dev_.clear();
+  }
+  void capture_begin() override {
+    require(step_ != nullptr && !capturing_, "capture_begin: needs an open step and no capture");
+    ISC_CUDA(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeRelaxed));
+    capturing_ = true;
+    capture_epoch_ = epoch_;
+  }
+  void capture_end(uint64_t key) override {
+    require(capturing_, "capture_end: no capture");
+    capturing_ = false;
+    cudaGraph_t g = nullptr;
+    ISC_CUDA(cudaStreamEndCapture(stream_, &g));
+    if (epoch_ != capture_epoch_) {
+      cudaGraphDestroy(g);
+      throw std::logic_error("cuda backend: memory moved during a graph capture");
+    }
+    cudaGraphExec_t exec = nullptr;
+    const cudaError_t e = cudaGraphInstantiate(&exec, g, 0);
+    cudaGraphDestroy(g);
+    ISC_CUDA(e);
+    drop_graph(key);
+    graphs_[key] = Graph{exec, epoch_};
+    ++graphs_captured_;
+  }
+  void capture_abort() override {
+    if (!capturing_) return;
+    capturing_ = false;
+    cudaGraph_t g = nullptr;
+    if (cudaStreamEndCapture(stream_, &g) == cudaSuccess && g) cudaGraphDestroy(g);
+    cudaGetLastError();
+  }
+  bool graph_ready(uint64_t key) override {
+    auto it = graphs_.find(key);
+    if (it == graphs_.end()) return false;
+    if (it->second.epoch == epoch_) return true;
+    drop_graph(key);
+    return false;
+  }
+  void graph_launch(uint64_t key) override {
+    require(graph_ready(key), "graph_launch: no valid graph for this key");
+    ISC_CUDA(cudaGraphLaunch(graphs_[key].exec, stream_));
+    ++graph_launches_;
+  }
+
   // --- vision front end ------------------------------------------------------
   void patchify_impl(const Tensor& image, int32_t height, int32_t width, int32_t channels,
                      int32_t patch, const Tensor& out) override {
@@ -550,6 +797,46 @@ class CudaBackend final : public Backend {
   static constexpr int kSmallRows = 64;
   // Up to this many gathered floats moe_permute gathers inside its index kernel.
   static constexpr int64_t kFusedGatherElems = 1 << 16;
+  // last_perm_rows_ of a perm built from device offsets (its row count is on the device).
+  static constexpr int64_t kDeviceRows = -2;
+  // Copies up to this size go through pinned memory in download_many_impl.
+  static constexpr size_t kPinnedCopyMax = 1u << 20;
+
+  struct StepArena {
+    int32_t* dev = nullptr;
+    int32_t* host = nullptr;  // pinned
+    cudaEvent_t copied = nullptr;
+    std::vector<size_t> slot, at;  // per array: capacity and offset (int32s)
+    size_t ints = 0;
+  };
+  struct Graph {
+    cudaGraphExec_t exec = nullptr;
+    uint64_t epoch = 0;
+  };
+  void release_arena(StepArena& a) {
+    if (a.dev) cudaFree(a.dev);
+    if (a.host) cudaFreeHost(a.host);
+    if (a.copied) cudaEventDestroy(a.copied);
+    a = StepArena{};
+  }
+  void drop_graph(uint64_t key) {
+    auto it = graphs_.find(key);
+    if (it == graphs_.end()) return;
+    cudaGraphExecDestroy(it->second.exec);
+    graphs_.erase(it);
+  }
+  // Device copy of host metadata: the open step's copy of a registered array,
+  // else staged through the ring (never while capturing: a replay would read
+  // whatever the ring holds then).
+  const int32_t* meta(std::span<const int32_t> sp) {
+    if (step_ != nullptr)
+      for (size_t i = 0; i < step_spans_.size(); ++i)
+        if (sp.data() == step_spans_[i].data() && sp.size() == step_spans_[i].size())
+          return step_dev_[i];
+    require(!capturing_,
+            "an op inside a graph capture was handed host metadata begin_step did not register");
+    return ring_->stage1(sp);
+  }
 
   struct Shadow {
     __nv_bfloat16* bf16 = nullptr;
@@ -566,6 +853,8 @@ class CudaBackend final : public Backend {
       return it->second.bf16;
     if (!inside_upload(w.data, w.bytes())) return nullptr;
     if (it != shadows_.end()) {
+      ++host_syncs_;
+      ++epoch_;
       ISC_CUDA(cudaStreamSynchronize(stream_));
       cudaFree(it->second.bf16);
       shadows_.erase(it);
@@ -620,7 +909,11 @@ class CudaBackend final : public Backend {
     for (auto it = shadows_.begin(); it != shadows_.end();) {
       const char* s = static_cast<const char*>(it->first);
       if (s < hi && s + it->second.bytes > lo) {
-        if (!synced) ISC_CUDA(cudaStreamSynchronize(stream_));
+        if (!synced) {
+          ++host_syncs_;
+          ISC_CUDA(cudaStreamSynchronize(stream_));
+        }
+        ++epoch_;
         synced = true;
         cudaFree(it->second.bf16);
         it = shadows_.erase(it);
@@ -649,10 +942,20 @@ class CudaBackend final : public Backend {
   std::unique_ptr<StagingRing> ring_;
   std::unique_ptr<Scratch> scratch_[4];
   int32_t* host_counts_ = nullptr;
+  char* pinned_ = nullptr;  // download_many_impl's bounce buffer (grows)
+  size_t pinned_cap_ = 0;
   std::map<void*, Shadow> shadows_;
   std::map<char*, size_t> uploaded_;
   std::map<void*, size_t> alloc_bytes_;
   std::vector<int32_t> token_seq_;
+  std::map<uint64_t, StepArena> arenas_;
+  std::map<uint64_t, Graph> graphs_;
+  StepArena* step_ = nullptr;  // the open step (begin_step .. end_step)
+  std::vector<std::span<const int32_t>> step_spans_;
+  std::vector<const int32_t*> step_dev_;
+  int32_t step_context_ = 0;
+  bool capturing_ = false;
+  uint64_t epoch_ = 0, capture_epoch_ = 0;
   const void* last_perm_ = nullptr;
   int64_t last_perm_rows_ = -1, last_slot_total_ = -1;
 };

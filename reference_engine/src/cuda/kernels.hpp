@@ -58,12 +58,18 @@ struct RouterParams {
   float scaling = 1.0f;     // multiplies every combine weight
   int capacity = 0;         // per expert; <= 0 means unlimited
   bool reroute = false;     // overflow moves to the token's next-ranked expert with room
+  // Optional (device, one value): only tokens [0, *valid) are routed and
+  // counted; the rest (CUDA-graph padding) get expert -1, weight 0. With
+  // capacity_factor > 0 the capacity then comes from *valid on the device.
+  const int32_t* valid = nullptr;
+  float capacity_factor = 0.f;
 };
 struct RouterBuffers {
   // outputs
   int32_t* assign_expert = nullptr;  // [T, k] contiguous: expert, -1 if dropped
   float* assign_weight = nullptr;    // [T, k] contiguous: combine weight, 0 if dropped
   int32_t* counts = nullptr;         // [2E + 2]: routed[E], kept[E], dropped, rerouted
+  int32_t* offsets = nullptr;        // optional [E + 1]: exclusive prefix sums of kept
   // scratch
   int32_t* rank_expert = nullptr;  // [T, R] experts by rank (R = k, or E with reroute)
   float* rank_weight = nullptr;    // [T, R] their normalised weights
@@ -77,16 +83,21 @@ void router(View logits, const float* bias, const RouterParams& p, const RouterB
 // assignment index a = t*k + j): perm[row] = a. offsets: device [E + 1].
 // slot_of (optional, [T * k]) receives each assignment's row, -1 if not kept.
 // With xp.p set, the same (single-block) launch also gathers xp[i] = x[perm[i]/k]
-// for i < rows: worth it for decode-sized batches, where it saves a launch.
+// for i < min(rows, offsets[E]): worth it for decode-sized batches, where it
+// saves a launch (rows may be a bound: the kept total is read on the device).
 void permute_index(IView assign_expert, const int32_t* offsets, int experts, IView perm,
                    int32_t* slot_of, View x, View xp, int64_t rows, cudaStream_t s);
-// xp[i] = x[perm[i] / top_k] for i < rows.
-void permute_rows(View x, IView perm, int top_k, int64_t rows, View xp, cudaStream_t s);
+// xp[i] = x[perm[i] / top_k] for i < rows, and i < *total when total is set
+// (rows is then a bound for the grid, *total the device's kept count).
+void permute_rows(View x, IView perm, int top_k, int64_t rows, View xp, cudaStream_t s,
+                  const int32_t* total = nullptr);
 // y[t] += sum_j w[t, j] * yp[slot_of[t*k+j]], j in order (deterministic).
 // slot_of is scratch [T * k], filled here from perm unless slot_of_ready (then
-// it holds permute_index's by-product for this same perm).
+// it holds permute_index's by-product for this same perm). With total set,
+// assignments is a bound and *total (device) the rows of perm in use.
 void unpermute(View yp, IView perm, View assign_weight, int top_k, int64_t assignments,
-               int32_t* slot_of, bool slot_of_ready, View y, cudaStream_t s);
+               int32_t* slot_of, bool slot_of_ready, View y, cudaStream_t s,
+               const int32_t* total = nullptr);
 
 // [SECTION] Expert GEMM
 // Y[rows of e] = X[rows of e] · W[e]^T for every expert e, where the rows of e

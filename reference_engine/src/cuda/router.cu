@@ -84,12 +84,35 @@ __device__ void rank_token(int t, float* ks, const View& logits, const float* bi
   for (int j = lane; j < R; j += 32) rw[j] *= norm;
 }
 
+// The parameters of the rows that count: with p.valid, the first *valid tokens
+// and the capacity for that many (expert_capacity()'s double arithmetic).
+__device__ RouterParams effective(const RouterParams& p) {
+  RouterParams q = p;
+  if (p.valid != nullptr) {
+    q.tokens = min(*p.valid, p.tokens);
+    if (p.capacity_factor > 0.f) {
+      const double cap = ceil(static_cast<double>(p.capacity_factor) *
+                              static_cast<double>(q.tokens) * p.top_k / p.experts);
+      q.capacity = max(1, static_cast<int>(cap));
+    }
+  }
+  return q;
+}
+
+// Padding rows (past the valid ones): no expert, no weight.
+__device__ void clear_padding(const RouterParams& p, int valid_tokens, const RouterBuffers& b) {
+  for (int a = valid_tokens * p.top_k + threadIdx.x; a < p.tokens * p.top_k; a += blockDim.x) {
+    b.assign_expert[a] = -1;
+    b.assign_weight[a] = 0.f;
+  }
+}
+
 __global__ void rank_k(View logits, const float* bias, RouterParams p, int R, int32_t* rank_expert,
                        float* rank_weight) {
   float* smem = reinterpret_cast<float*>(dyn_smem);
   const int warp = threadIdx.x >> 5;
   const int t = blockIdx.x * kRankWarps + warp;
-  if (t >= p.tokens) return;
+  if (t >= effective(p).tokens) return;
   rank_token(t, smem + warp * 2 * p.experts, logits, bias, p, R, rank_expert, rank_weight);
 }
 
@@ -129,6 +152,26 @@ __device__ void ordered_rank(int total, int E, int* smem, GetExpert get, Visit v
   }
 }
 
+// offsets[0] = 0, offsets[e + 1] = offsets[e] + kept(e): warp 0 scans 32
+// experts at a time. Callers have synchronised the block after kept is final.
+template <typename Kept>
+__device__ void write_offsets(int E, int32_t* offsets, Kept kept) {
+  if (offsets == nullptr || threadIdx.x >= 32) return;
+  const int lane = threadIdx.x;
+  int carry = 0;
+  for (int base = 0; base < E; base += 32) {
+    const int e = base + lane;
+    int v = e < E ? kept(e) : 0;
+    for (int o = 1; o < 32; o <<= 1) {
+      const int n = __shfl_up_sync(0xffffffffu, v, o);
+      if (lane >= o) v += n;
+    }
+    if (e < E) offsets[e + 1] = carry + v;
+    carry += __shfl_sync(0xffffffffu, v, 31);
+  }
+  if (lane == 0) offsets[0] = 0;
+}
+
 __device__ void assign_drop(const RouterParams& p, const RouterBuffers& b, int* smem) {
   __shared__ int dropped;
   const int E = p.experts, k = p.top_k;
@@ -146,6 +189,8 @@ __device__ void assign_drop(const RouterParams& p, const RouterBuffers& b, int* 
     b.counts[e] = cnt[e];
     b.counts[E + e] = p.capacity > 0 ? min(cnt[e], p.capacity) : cnt[e];
   }
+  write_offsets(E, b.offsets,
+                [&](int e) { return p.capacity > 0 ? min(cnt[e], p.capacity) : cnt[e]; });
   if (threadIdx.x == 0) {
     b.counts[2 * E] = dropped;
     b.counts[2 * E + 1] = 0;
@@ -153,11 +198,16 @@ __device__ void assign_drop(const RouterParams& p, const RouterBuffers& b, int* 
 }
 
 __global__ void assign_drop_k(RouterParams p, RouterBuffers b) {
-  assign_drop(p, b, reinterpret_cast<int*>(dyn_smem));
+  const RouterParams q = effective(p);
+  clear_padding(p, q.tokens, b);
+  assign_drop(q, b, reinterpret_cast<int*>(dyn_smem));
 }
 
 // Decode-sized batches: ranking and capacity in one block, one launch.
-__global__ void route_small_k(View logits, const float* bias, RouterParams p, RouterBuffers b) {
+__global__ void route_small_k(View logits, const float* bias, RouterParams padded,
+                              RouterBuffers b) {
+  const RouterParams p = effective(padded);
+  clear_padding(padded, p.tokens, b);
   float* ks = reinterpret_cast<float*>(dyn_smem);
   int* rs = reinterpret_cast<int*>(dyn_smem + sizeof(float) * 32 * 2 * p.experts);
   const int warp = threadIdx.x >> 5;
@@ -168,7 +218,9 @@ __global__ void route_small_k(View logits, const float* bias, RouterParams p, Ro
   assign_drop(p, b, rs);
 }
 
-__global__ void assign_reroute_k(RouterParams p, int R, RouterBuffers b) {
+__global__ void assign_reroute_k(RouterParams padded, int R, RouterBuffers b) {
+  const RouterParams p = effective(padded);
+  clear_padding(padded, p.tokens, b);
   int* smem = reinterpret_cast<int*>(dyn_smem);
   const int E = p.experts, k = p.top_k;
   int* kept = smem;
@@ -213,6 +265,7 @@ __global__ void assign_reroute_k(RouterParams p, int R, RouterBuffers b) {
     b.counts[e] = routed[e];
     b.counts[E + e] = kept[e];
   }
+  write_offsets(E, b.offsets, [&](int e) { return kept[e]; });
 }
 
 __global__ void permute_index_k(IView ae, const int32_t* offsets, int E, IView perm,
@@ -238,6 +291,7 @@ __global__ void permute_index_k(IView ae, const int32_t* offsets, int E, IView p
       });
   if (xp.p == nullptr) return;
   __syncthreads();  // perm, written by this block, is read back below
+  rows = min(rows, static_cast<int64_t>(offsets[E]));  // rows may be the bound T * k
   for (int64_t i = threadIdx.x; i < rows * xp.cols; i += blockDim.x) {
     const int64_t r = i / xp.cols, c = i % xp.cols;
     const int t = perm.p[r * perm.stride] / k;
@@ -245,7 +299,9 @@ __global__ void permute_index_k(IView ae, const int32_t* offsets, int E, IView p
   }
 }
 
-__global__ void permute_rows_k(View x, IView perm, int k, int64_t rows, View xp) {
+__global__ void permute_rows_k(View x, IView perm, int k, int64_t rows, View xp,
+                               const int32_t* total) {
+  if (total) rows = min(rows, static_cast<int64_t>(*total));
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < rows * xp.cols;
        i += (int64_t)gridDim.x * blockDim.x) {
     int64_t r = i / xp.cols, c = i % xp.cols;
@@ -254,7 +310,8 @@ __global__ void permute_rows_k(View x, IView perm, int k, int64_t rows, View xp)
   }
 }
 
-__global__ void scatter_slots_k(IView perm, int64_t rows, int32_t* slot_of) {
+__global__ void scatter_slots_k(IView perm, int64_t rows, const int32_t* total, int32_t* slot_of) {
+  if (total) rows = min(rows, static_cast<int64_t>(*total));
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < rows;
        i += (int64_t)gridDim.x * blockDim.x)
     slot_of[perm.p[i * perm.stride]] = static_cast<int32_t>(i);
@@ -295,6 +352,7 @@ void router(View logits, const float* bias, const RouterParams& p, const RouterB
     throw std::invalid_argument("cuda router: need 0 < top_k <= experts <= 1024");
   if (p.tokens <= 0) {
     ISC_CUDA(cudaMemsetAsync(b.counts, 0, sizeof(int32_t) * (2 * p.experts + 2), s));
+    if (b.offsets) ISC_CUDA(cudaMemsetAsync(b.offsets, 0, sizeof(int32_t) * (p.experts + 1), s));
     return;
   }
   const bool reroute = p.reroute && p.capacity > 0;
@@ -329,18 +387,19 @@ void permute_index(IView assign_expert, const int32_t* offsets, int experts, IVi
   ISC_LAUNCH();
 }
 
-void permute_rows(View x, IView perm, int top_k, int64_t rows, View xp, cudaStream_t s) {
+void permute_rows(View x, IView perm, int top_k, int64_t rows, View xp, cudaStream_t s,
+                  const int32_t* total) {
   if (rows * xp.cols <= 0) return;
-  permute_rows_k<<<grid_for(rows * xp.cols), 256, 0, s>>>(x, perm, top_k, rows, xp);
+  permute_rows_k<<<grid_for(rows * xp.cols), 256, 0, s>>>(x, perm, top_k, rows, xp, total);
   ISC_LAUNCH();
 }
 
 void unpermute(View yp, IView perm, View w, int top_k, int64_t assignments, int32_t* slot_of,
-               bool slot_of_ready, View y, cudaStream_t s) {
+               bool slot_of_ready, View y, cudaStream_t s, const int32_t* total) {
   if (y.rows <= 0) return;
   if (!slot_of_ready) ISC_CUDA(cudaMemsetAsync(slot_of, 0xff, sizeof(int32_t) * y.rows * top_k, s));
   if (assignments > 0 && !slot_of_ready) {
-    scatter_slots_k<<<grid_for(assignments), 256, 0, s>>>(perm, assignments, slot_of);
+    scatter_slots_k<<<grid_for(assignments), 256, 0, s>>>(perm, assignments, total, slot_of);
     ISC_LAUNCH();
   }
   unpermute_k<<<static_cast<unsigned>(y.rows), 128, 0, s>>>(yp, w, top_k, slot_of, y);

@@ -1,6 +1,7 @@
 // MoE and SwiGLU blocks over backend ops.
 #include "inferscope/engine/layers.hpp"
 
+#include <algorithm>
 #include <cmath>
 
 namespace inferscope::engine {
@@ -21,11 +22,13 @@ MoeScratch::MoeScratch(Backend& be, const ModelConfig& c, int64_t T) {
     shared_act = Buffer(be, T, m.shared_experts * m.expert_hidden);
   }
   offsets.resize(static_cast<size_t>(m.experts) + 1);
+  device_offsets = Buffer(be, 1, m.experts + 1, DType::kI32);
 }
 
 size_t MoeScratch::bytes() const {
   return logits.bytes() + assign_expert.bytes() + assign_weight.bytes() + xp.bytes() + hp.bytes() +
-         ap.bytes() + yp.bytes() + perm.bytes() + shared_gu.bytes() + shared_act.bytes();
+         ap.bytes() + yp.bytes() + perm.bytes() + shared_gu.bytes() + shared_act.bytes() +
+         device_offsets.bytes();
 }
 
 int32_t expert_capacity(const MoeConfig& moe, int64_t tokens) {
@@ -45,16 +48,24 @@ void swiglu_ffn(Backend& be, const Tensor& w_gu, const Tensor& w_down, const Ten
   be.linear(a, w_down, out, beta);
 }
 
-int64_t moe_route_and_permute(Backend& be, const MoeConfig& moe, const MoeWeights& w, MoeScratch& s,
-                              const Tensor& h, const Tensor& out, RouteCounts& counts) {
-  const int64_t T = h.rows, E = moe.experts;
+namespace {
+RouteParams route_params(const MoeConfig& moe, int64_t tokens) {
   RouteParams p;
   p.top_k = moe.top_k;
   p.gate = moe.gate;
   p.renormalize = moe.renormalize;
   p.scaling = moe.scaling;
-  p.capacity = expert_capacity(moe, T);
+  p.capacity = expert_capacity(moe, tokens);
   p.overflow = moe.overflow;
+  p.capacity_factor = moe.capacity_factor > 0.0f ? moe.capacity_factor : 0.0f;
+  return p;
+}
+}  // namespace
+
+int64_t moe_route_and_permute(Backend& be, const MoeConfig& moe, const MoeWeights& w, MoeScratch& s,
+                              const Tensor& h, const Tensor& out, RouteCounts& counts) {
+  const int64_t T = h.rows, E = moe.experts;
+  const RouteParams p = route_params(moe, T);
   Tensor logits = s.logits.tensor().rows_view(0, T);
   be.linear(h, w.router, logits);
   Tensor ae = s.assign_expert.tensor().rows_view(0, T),
@@ -86,6 +97,39 @@ void moe_ffn(Backend& be, const MoeConfig& moe, const MoeWeights& w, MoeScratch&
   Tensor yp = s.yp.tensor().rows_view(0, A);
   be.grouped_linear(ap, w.experts_down, s.offsets, yp);
   be.moe_unpermute(yp, perm, s.assign_weight.tensor().rows_view(0, T), moe.top_k, A, out);
+}
+
+void moe_ffn_device(Backend& be, const MoeConfig& moe, const MoeWeights& w, MoeScratch& s,
+                    const Tensor& h, const Tensor& out, const Tensor& counts,
+                    std::span<const int32_t> valid_rows) {
+  const int64_t T = h.rows, F = moe.expert_hidden;
+  if (T == 0) return;
+  Tensor logits = s.logits.tensor().rows_view(0, T);
+  be.linear(h, w.router, logits);
+  Tensor ae = s.assign_expert.tensor().rows_view(0, T),
+         aw = s.assign_weight.tensor().rows_view(0, T);
+  const Tensor& off = s.device_offsets.tensor();
+  be.moe_route_device(logits, w.router_bias, route_params(moe, T), ae, aw, counts, off, valid_rows);
+  if (!w.shared_gu.empty())
+    swiglu_ffn(be, w.shared_gu, w.shared_down, h, s.shared_gu, s.shared_act, out, 0.0f);
+  else
+    be.fill(out, 0.0f);
+  // The kept total A is on the device: every view is the bound T * top_k and
+  // the ops stop at offsets[E]. An expert serves at most T rows (a token picks
+  // it at most once) and at most its capacity: that bounds the grouped GEMMs'
+  // grids (and picks the same kernel as the host path, which sees the counts).
+  const int64_t bound = T * moe.top_k;
+  const int32_t cap = expert_capacity(moe, T);
+  const int64_t per_expert = cap > 0 ? std::min<int64_t>(T, cap) : T;
+  Tensor xp = s.xp.tensor().rows_view(0, bound), perm = s.perm.tensor().rows_view(0, bound);
+  be.moe_permute(h, ae, off, xp, perm);
+  Tensor hp = s.hp.tensor().rows_view(0, bound), ap = s.ap.tensor().rows_view(0, bound);
+  be.grouped_linear(xp, w.experts_gu, off, per_expert, hp);
+  // Over the bound: rows past A hold stale values that nothing reads back.
+  be.mul_silu(hp.cols_view(F, F), hp.cols_view(0, F), ap);
+  Tensor yp = s.yp.tensor().rows_view(0, bound);
+  be.grouped_linear(ap, w.experts_down, off, per_expert, yp);
+  be.moe_unpermute(yp, perm, aw, moe.top_k, off, out);
 }
 
 }  // namespace inferscope::engine

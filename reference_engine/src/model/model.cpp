@@ -4,8 +4,11 @@
 // [SECTION] Vision      [SECTION] State slots
 #include "inferscope/engine/model.hpp"
 
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <stdexcept>
+#include <string>
 
 namespace inferscope::engine {
 
@@ -44,6 +47,25 @@ void StepBatch::add_chunk(std::span<const int32_t> chunk, int32_t first_pos, int
 }
 
 // [SECTION] Construction
+namespace {
+// A 0/1 switch from the environment; unset or empty: off.
+bool env_flag(const char* name) {
+  const char* v = std::getenv(name);
+  if (v == nullptr || *v == '\0') return false;
+  const std::string s(v);
+  if (s == "1") return true;
+  if (s == "0") return false;
+  throw std::invalid_argument(std::string(name) + " must be 0 or 1, got '" + s + "'");
+}
+bool env_flag_set(const char* name) {
+  const char* v = std::getenv(name);
+  return v != nullptr && *v != '\0';
+}
+bool async_routing_from_env() {
+  return env_flag("INFERSCOPE_ASYNC_ROUTING");
+}
+}  // namespace
+
 struct Model::LayerTensors {
   Tensor norm1, norm2;
   Tensor wqkv, wo, q_norm, k_norm;                   // attention
@@ -55,6 +77,10 @@ struct Model::LayerTensors {
 struct Model::Scratch {
   Buffer x, h, qkv, attn, xz, proj, dt, y, gu, act, ffn_out, xl, logits;
   MoeScratch moe;
+  // Asynchronous routing: every MoE layer's [2E + 2] counts of the step, on the
+  // device, and their host copy (made with the logits download).
+  Buffer route_counts;
+  std::vector<int32_t> host_route_counts;
   Buffer img, patches, ve, vh, vqkv, vattn, vmlp, c1, c2;
   RouteCounts counts;
   RouteCounts logical_counts;  // counts in the model's expert ids (relabelling placement)
@@ -64,7 +90,7 @@ struct Model::Scratch {
          {&x,  &h,      &qkv, &attn,    &xz, &proj, &dt,   &y,     &gu,   &act, &ffn_out,
           &xl, &logits, &img, &patches, &ve, &vh,   &vqkv, &vattn, &vmlp, &c1,  &c2})
       n += b->bytes();
-    return n;
+    return n + route_counts.bytes();
   }
 };
 
@@ -95,6 +121,14 @@ Model::Model(Backend& backend, const ModelConfig& config, const WeightsFill& fil
 void Model::build(const std::function<void(Weights&)>& fill, DType gemm_dtype) {
   Backend& backend = backend_;
   const ModelConfig& c = config_;
+  async_routing_ = async_routing_from_env();
+  step_graphs_ = env_flag("INFERSCOPE_CUDA_GRAPHS");
+  if (step_graphs_) {
+    if (env_flag_set("INFERSCOPE_ASYNC_ROUTING") && !async_routing_)
+      throw std::invalid_argument(
+          "INFERSCOPE_CUDA_GRAPHS=1 needs asynchronous routing (INFERSCOPE_ASYNC_ROUTING=0 given)");
+    async_routing_ = true;
+  }
   weights_ = std::make_unique<Weights>(backend, c, placement_, gemm_dtype);
   fill(*weights_);
 
@@ -160,7 +194,15 @@ void Model::build(const std::function<void(Weights&)>& fill, DType gemm_dtype) {
     S.gu = Buffer(backend, T, 2 * c.dense_hidden);
     S.act = Buffer(backend, T, c.dense_hidden);
   }
-  if (c.ffns.find('M') != std::string::npos) S.moe = MoeScratch(backend, c, T);
+  if (c.ffns.find('M') != std::string::npos) {
+    S.moe = MoeScratch(backend, c, T);
+    int32_t rows = 0;
+    moe_row_.assign(static_cast<size_t>(c.n_layers()), -1);
+    for (int32_t l = 0; l < c.n_layers(); ++l)
+      if (c.is_moe(l)) moe_row_[static_cast<size_t>(l)] = rows++;
+    S.route_counts = Buffer(backend, rows, 2 * c.moe.experts + 2, DType::kI32);
+    S.host_route_counts.resize(static_cast<size_t>(rows) * (2 * c.moe.experts + 2));
+  }
   if (c.vision.enabled) {
     const auto& v = c.vision;
     const int64_t np = (v.image_size / v.patch) * (v.image_size / v.patch);
@@ -175,7 +217,9 @@ void Model::build(const std::function<void(Weights&)>& fill, DType gemm_dtype) {
     S.c2 = Buffer(backend, np, D);
   }
 
-  const int64_t slots = static_cast<int64_t>(c.cache.num_blocks) * c.cache.block_size;
+  // One spare KV block and one spare SSM state slot beyond what the serving
+  // layer hands out: the padding rows of a step-graph bucket write there.
+  const int64_t slots = static_cast<int64_t>(c.cache.num_blocks + 1) * c.cache.block_size;
   k_cache_.resize(layers_.size());
   v_cache_.resize(layers_.size());
   ssm_state_.resize(layers_.size());
@@ -189,7 +233,7 @@ void Model::build(const std::function<void(Weights&)>& fill, DType gemm_dtype) {
         throw std::runtime_error("out of backend memory for the KV cache");
     } else {
       ssm_state_[i] =
-          Buffer(backend, c.cache.max_seqs, static_cast<int64_t>(s.d_inner) * s.d_state);
+          Buffer(backend, c.cache.max_seqs + 1, static_cast<int64_t>(s.d_inner) * s.d_state);
       if (c.cache.ssm_checkpoint_interval > 0)
         ssm_ckpt_[i] =
             Buffer(backend, c.cache.max_checkpoints, static_cast<int64_t>(s.d_inner) * s.d_state);
@@ -209,6 +253,11 @@ MemoryFootprint Model::footprint() const {
     f.ssm_state += ssm_state_[i].bytes();
     f.ssm_checkpoints += ssm_ckpt_[i].bytes();
   }
+  // Capacities as the serving layer sees them: without the spare block / slot.
+  f.kv_cache = f.kv_cache / static_cast<size_t>(c.cache.num_blocks + 1) *
+               static_cast<size_t>(c.cache.num_blocks);
+  f.ssm_state = f.ssm_state / static_cast<size_t>(c.cache.max_seqs + 1) *
+                static_cast<size_t>(c.cache.max_seqs);
   f.kv_bytes_per_block = f.kv_cache / static_cast<size_t>(c.cache.num_blocks);
   f.ssm_bytes_per_slot = f.ssm_state / static_cast<size_t>(c.cache.max_seqs);
   return f;
@@ -278,6 +327,47 @@ void Model::forward(const StepBatch& b, std::vector<float>& logits, ForwardObser
   if (T == 0 || T > config_.scheduler.max_batch_tokens)
     throw std::invalid_argument("forward: batch rows must be in 1..max_batch_tokens");
   Scratch& S = *scratch_;
+  const int64_t R = static_cast<int64_t>(b.logit_rows.size());
+  int32_t context = 0;
+  const int32_t bucket = graph_bucket(b, context);
+  if (bucket > 0)
+    graph_forward(b, bucket, context, obs);
+  else
+    backbone(b, obs);
+  logits.resize(static_cast<size_t>(R * config_.vocab));
+  // Asynchronous routing: the step's counts come back with the logits (one wait).
+  Backend::HostCopy copies[2];
+  size_t n_copies = 0;
+  if (async_routing() && S.route_counts.bytes() > 0)
+    copies[n_copies++] = {S.route_counts.tensor(), S.host_route_counts.data()};
+  if (R == 0) {
+    if (n_copies > 0) {
+      backend_.download(std::span<const Backend::HostCopy>(copies, n_copies));
+      report_routing(static_cast<int32_t>(T), obs);
+    }
+    if (ep_) {
+      backend_.synchronize();  // no logits download this step: make the EP timings readable
+      report_ep(obs);
+    }
+    return;
+  }
+  // A padded step's real rows come first, so are its first R logit rows.
+  Tensor lo = S.logits.tensor().rows_view(0, R);
+  if (n_copies > 0) {
+    copies[n_copies++] = {lo, logits.data()};
+    backend_.download(std::span<const Backend::HostCopy>(copies, n_copies));
+    report_routing(static_cast<int32_t>(T), obs);
+  } else {
+    backend_.download(lo, logits.data());
+  }
+  report_ep(obs);  // the download synchronised: the phase timings are readable
+}
+
+// Everything of a step up to the logits in S.logits (no host wait with
+// asynchronous routing): what a step graph records.
+void Model::backbone(const StepBatch& b, ForwardObserver* obs) {
+  const int64_t T = b.rows();
+  Scratch& S = *scratch_;
   Tensor x = S.x.tensor().rows_view(0, T), h = S.h.tensor().rows_view(0, T);
   backend_.get_rows(weights_->get("embed"), b.tokens, x);
   for (const auto& img : b.images)
@@ -296,28 +386,154 @@ void Model::forward(const StepBatch& b, std::vector<float>& logits, ForwardObser
       Tensor out = S.ffn_out.tensor().rows_view(0, T);
       moe_layer(l, h, out, obs);
       backend_.add(x, out, x);
-      if (obs) obs->moe_routed(l, logical_counts(l), static_cast<int32_t>(T));
+      if (obs && !async_routing()) obs->moe_routed(l, logical_counts(l), static_cast<int32_t>(T));
     } else {
       swiglu_ffn(backend_, w.w_gu, w.w_down, h, S.gu, S.act, x, 1.0f);
     }
     if (obs) obs->layer_end(l);
   }
   const int64_t R = static_cast<int64_t>(b.logit_rows.size());
-  logits.resize(static_cast<size_t>(R * config_.vocab));
-  if (R == 0) {
-    if (ep_) {
-      backend_.synchronize();  // no logits download this step: make the EP timings readable
-      report_ep(obs);
-    }
-    return;
-  }
+  if (R == 0) return;
   Tensor xl = S.xl.tensor().rows_view(0, R);
   backend_.get_rows(x, b.logit_rows, xl);
   backend_.rms_norm(xl, weights_->get("norm_f"), eps, xl);
-  Tensor lo = S.logits.tensor().rows_view(0, R);
-  backend_.linear(xl, weights_->get("head"), lo);
-  backend_.download(lo, logits.data());
-  report_ep(obs);  // the download synchronised: the phase timings are readable
+  backend_.linear(xl, weights_->get("head"), S.logits.tensor().rows_view(0, R));
+}
+
+// [SECTION] Step graphs
+namespace {
+constexpr int32_t kMaxGraphRows = 64;          // buckets 1, 2, 4, ..., 64
+constexpr int32_t kMinGraphContext = 256;      // context buckets 256, 512, ...
+constexpr int32_t kMaxGraphContext = 1 << 14;  // beyond: eager (attention's shared memory)
+int32_t pow2_at_least(int64_t n, int32_t floor) {
+  int32_t p = floor;
+  while (p < n) p *= 2;
+  return p;
+}
+}  // namespace
+
+// A step goes through the graph path when it is pure decode (one row per
+// sequence, every row wanting its logits, no images) of at most 64 rows and
+// its bucket fits the scratch. Returns the bucket (0: eager) and the context
+// bucket (a power of two >= every position + 1).
+int32_t Model::graph_bucket(const StepBatch& b, int32_t& context) const {
+  const int64_t T = b.rows();
+  if (!step_graphs() || T > kMaxGraphRows || !b.images.empty()) return 0;
+  if (static_cast<int64_t>(b.seq_start.size()) != T + 1 ||
+      static_cast<int64_t>(b.logit_rows.size()) != T)
+    return 0;
+  for (int64_t i = 0; i < T; ++i)
+    if (b.logit_rows[static_cast<size_t>(i)] != i) return 0;
+  int32_t max_pos = 0;
+  for (int32_t p : b.positions) max_pos = std::max(max_pos, p);
+  context = pow2_at_least(static_cast<int64_t>(max_pos) + 1, kMinGraphContext);
+  const int32_t bucket = pow2_at_least(T, 1);
+  if (context > kMaxGraphContext || bucket > config_.scheduler.max_batch_tokens) return 0;
+  return bucket;
+}
+
+// Pads the step to `bucket` rows, each padding row a one-token sequence at
+// position 0 in the spare KV block and the spare SSM state slot (no sequence
+// owns them), routed by nobody (valid rows = the real ones). Then, on a
+// backend with step graphs, the first step of a (bucket, context) key runs
+// eagerly (it sizes the scratch and makes the weight shadows), the second is
+// captured and every later one replays; elsewhere the padded step runs
+// eagerly (what the CPU tests check). Layer hooks fire only on eager steps,
+// not while capturing nor on a replay.
+void Model::graph_forward(const StepBatch& b, int32_t bucket, int32_t context,
+                          ForwardObserver* obs) {
+  StepBatch& p = padded_;
+  p.tokens = b.tokens;
+  p.positions = b.positions;
+  p.token_seq = b.token_seq;
+  p.seq_start = b.seq_start;
+  p.state_slot = b.state_slot;
+  p.block_table = b.block_table;
+  p.block_table_start = b.block_table_start;
+  p.kv_slots = b.kv_slots;
+  p.logit_rows = b.logit_rows;
+  p.images.clear();
+  const int32_t spare_block = config_.cache.num_blocks, spare_slot = config_.cache.max_seqs;
+  int32_t seqs = static_cast<int32_t>(b.state_slot.size());
+  for (int32_t r = b.rows(); r < bucket; ++r) {
+    p.tokens.push_back(0);
+    p.positions.push_back(0);
+    p.token_seq.push_back(seqs++);
+    p.seq_start.push_back(r + 1);
+    p.state_slot.push_back(spare_slot);
+    p.block_table.push_back(spare_block);
+    p.block_table_start.push_back(static_cast<int32_t>(p.block_table.size()));
+    p.kv_slots.push_back(spare_block * config_.cache.block_size);
+    p.logit_rows.push_back(r);
+  }
+  valid_rows_[0] = b.rows();
+  const std::span<const int32_t> arrays[] = {p.tokens,
+                                             p.positions,
+                                             p.token_seq,
+                                             p.seq_start,
+                                             p.state_slot,
+                                             p.block_table,
+                                             p.block_table_start,
+                                             p.kv_slots,
+                                             p.logit_rows,
+                                             std::span<const int32_t>(valid_rows_, 1)};
+  const uint64_t key = (static_cast<uint64_t>(context) << 8) | static_cast<uint64_t>(bucket);
+  padding_ = true;
+  backend_.begin_step(key, arrays, context);
+  try {
+    if (!backend_.supports_step_graphs()) {
+      backbone(p, obs);
+    } else if (backend_.graph_ready(key)) {
+      backend_.graph_launch(key);
+    } else if (warm_graph_keys_.count(key) == 0) {
+      backbone(p, obs);
+      warm_graph_keys_.insert(key);
+    } else if (failed_graph_keys_.count(key) != 0) {
+      backbone(p, obs);
+    } else {
+      // A capture that fails (an op the capture cannot hold) leaves this key
+      // eager for good, with the first error kept for graph_error(); the step
+      // itself runs eagerly. Layer hooks are not fired while capturing.
+      bool captured = false;
+      try {
+        backend_.capture_begin();
+        backbone(p, nullptr);
+        backend_.capture_end(key);
+        captured = true;
+      } catch (const std::exception& e) {
+        backend_.capture_abort();
+        failed_graph_keys_.insert(key);
+        if (graph_error_.empty()) graph_error_ = e.what();
+      }
+      if (captured)
+        backend_.graph_launch(key);
+      else
+        backbone(p, obs);
+    }
+  } catch (...) {
+    padding_ = false;
+    backend_.end_step();
+    throw;
+  }
+  padding_ = false;
+  backend_.end_step();
+  ++graph_steps_;
+}
+
+void Model::report_routing(int32_t tokens, ForwardObserver* obs) {
+  if (!obs) return;
+  const size_t E = static_cast<size_t>(config_.moe.experts), W = 2 * E + 2;
+  RouteCounts& c = scratch_->counts;
+  for (int32_t l = 0; l < config_.n_layers(); ++l) {
+    const int32_t row = moe_row_[static_cast<size_t>(l)];
+    if (row < 0) continue;
+    const int32_t* r = scratch_->host_route_counts.data() + static_cast<size_t>(row) * W;
+    c.routed.assign(r, r + E);
+    c.kept.assign(r + E, r + 2 * E);
+    c.dropped = static_cast<uint32_t>(r[2 * E]);
+    c.rerouted = static_cast<uint32_t>(r[2 * E + 1]);
+    obs->moe_routed(l, c, tokens);  // no expert parallelism here: model ids = slots
+  }
 }
 
 // [SECTION] Expert parallelism
@@ -355,6 +571,14 @@ void Model::attach_expert_parallel(Communicator& comm, int64_t (*clock)()) {
 
 void Model::moe_layer(int32_t l, const Tensor& h, const Tensor& out, ForwardObserver* obs) {
   const LayerTensors& w = layers_[static_cast<size_t>(l)];
+  if (async_routing()) {
+    const Tensor counts =
+        scratch_->route_counts.tensor().rows_view(moe_row_[static_cast<size_t>(l)], 1);
+    moe_ffn_device(
+        backend_, config_.moe, w.moe, scratch_->moe, h, out, counts,
+        padding_ ? std::span<const int32_t>(valid_rows_, 1) : std::span<const int32_t>());
+    return;
+  }
   if (!ep_) {
     moe_ffn(backend_, config_.moe, w.moe, scratch_->moe, h, out, scratch_->counts);
     return;

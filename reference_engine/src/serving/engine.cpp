@@ -104,6 +104,7 @@ Engine::Engine(Model& model, Telemetry* telemetry, EngineOptions options)
       checkpoints_(config_.has_ssm() && config_.cache.ssm_checkpoint_interval > 0
                        ? config_.cache.max_checkpoints
                        : 0) {
+  if (options_.async_routing >= 0) model_.set_async_routing(options_.async_routing != 0);
   // The scheduler samples bytes and its workloads emit bytes: a model with
   // another vocabulary (a Hugging Face checkpoint) runs through hf_run instead.
   if (config_.vocab != kVocab)

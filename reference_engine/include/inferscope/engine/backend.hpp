@@ -16,7 +16,9 @@
 //   - `data` is a device pointer: host code never dereferences it unless the
 //     backend says host_memory(). Pointer arithmetic on it (views) is allowed.
 //   - Index metadata (token ids, positions, block tables, slots, offsets) is
-//     passed as host std::spans; a device backend copies what it needs.
+//     passed as host std::spans; a device backend copies what it needs (per
+//     op, or once per step for the arrays registered with begin_step). The
+//     asynchronous MoE ops take their expert offsets as device tensors.
 //   - Ops execute in call order (one in-order stream). upload() and download()
 //     are synchronous with respect to all previously issued ops.
 //   - Unless stated otherwise an output must not alias an input.
@@ -138,6 +140,10 @@ struct RouteParams {
   float scaling = 1.0f;     // multiplies every combine weight
   int32_t capacity = 0;     // assignments per expert per call; <= 0: unlimited
   OverflowPolicy overflow = OverflowPolicy::kDrop;
+  // moe_route_device with valid rows only: when > 0 the capacity is
+  // max(1, ceil(capacity_factor * valid * top_k / E)) (in double, as
+  // expert_capacity() computes it), replacing `capacity`.
+  float capacity_factor = 0.0f;
 };
 
 // Host-side result of moe_route.
@@ -267,6 +273,84 @@ class Backend {
   void moe_unpermute(const Tensor& yp, const Tensor& perm, const Tensor& assign_weight,
                      int32_t top_k, int64_t assignments, const Tensor& y);
 
+  // --- mixture of experts, asynchronous routing -------------------------------
+  // The same MoE ops with the routing result left on the device, so a MoE layer
+  // needs no host wait (and a decode step can be captured as a CUDA graph). The
+  // host never learns the kept total A; it sizes every buffer by the bound
+  // T * top_k, and the ops read A and the per-expert rows from `offsets`.
+  //
+  // moe_route as above, but the counts stay on the device:
+  //   counts:  i32 [1, 2E + 2] = routed[E], kept[E], dropped, rerouted (a row of
+  //            a step-wide [layers, 2E + 2] array, copied to the host once per step);
+  //   offsets: i32 [1, E + 1], exclusive prefix sums of kept (offsets[E] = A).
+  // Capacity (drop and reroute) is applied exactly as by moe_route.
+  // valid_rows (host metadata, empty or one value v <= T): only rows [0, v)
+  // are routed and counted, as if the call had v rows; rows past v (the
+  // padding of a CUDA-graph bucket) get expert -1 and weight 0.
+  void moe_route_device(const Tensor& logits, const Tensor& bias, const RouteParams& params,
+                        const Tensor& assign_expert, const Tensor& assign_weight,
+                        const Tensor& counts, const Tensor& offsets,
+                        std::span<const int32_t> valid_rows = {});
+  // moe_permute with device offsets; xp and perm have >= T * top_k rows (the
+  // rows past A are left as they were).
+  void moe_permute(const Tensor& x, const Tensor& assign_expert, const Tensor& offsets,
+                   const Tensor& xp, const Tensor& perm);
+  // grouped_linear with device offsets over x / y of >= offsets[E] rows (the
+  // bound); max_rows_per_expert bounds every expert's rows (a token never picks
+  // an expert twice, so T does). Rows of y past offsets[E] are left as they were.
+  void grouped_linear(const Tensor& x, const Tensor& w, const Tensor& offsets,
+                      int64_t max_rows_per_expert, const Tensor& y);
+  // moe_unpermute of the first offsets[E] rows of yp (yp has >= T * top_k rows).
+  void moe_unpermute(const Tensor& yp, const Tensor& perm, const Tensor& assign_weight,
+                     int32_t top_k, const Tensor& offsets, const Tensor& y);
+
+  // --- host waits ---------------------------------------------------------------
+  // Several device -> host copies (contiguous tensors) with one wait: the end
+  // of a step downloads its logits and its routed counts together.
+  struct HostCopy {
+    Tensor src;
+    void* dst = nullptr;
+  };
+  void download(std::span<const HostCopy> copies);
+  // How often the host has waited for the device: every upload, download (one
+  // per call, however many copies), synchronize() and moe_route (its counts
+  // come back on the host), plus the waits a backend makes on its own (CUDA:
+  // staging-ring wraps, scratch growth). The CPU backend never really waits; it
+  // counts where the interface makes a device backend wait, so the protocol of
+  // a step (one wait with asynchronous routing) is testable without a device.
+  uint64_t host_syncs() const { return host_syncs_; }
+
+  // --- step graphs (CUDA graphs of decode steps) ------------------------------
+  // A backend that supports_step_graphs() can record a step's ops once and
+  // replay them. Kernel arguments are frozen at capture, so what a step reads
+  // from the host must sit at fixed device addresses:
+  //   begin_step(key, arrays, context_bound) copies `arrays` (the host spans
+  //     the step's ops will be handed: the same data pointers and sizes) into
+  //     device buffers owned by `key`, with one copy; until end_step() an op
+  //     handed one of those spans reads that copy, and paged_attention sizes
+  //     its launch for context_bound (>= every token_pos + 1).
+  //   capture_begin() ... capture_end(key): the ops in between are recorded
+  //     into graph `key`, not run (inside begin_step / end_step; an op handed
+  //     an unregistered span, or needing a wait, is an error there).
+  //   graph_ready(key): `key` holds a graph still valid (a backend drops a
+  //     graph when memory it uses moves: scratch growth, a freed buffer).
+  //   graph_launch(key): runs it (after begin_step with arrays of the same
+  //     sizes as at capture, but new contents).
+  // Defaults: no graphs; begin_step / end_step do nothing, so a caller may run
+  // the same step eagerly on any backend.
+  virtual bool supports_step_graphs() const { return false; }
+  virtual void begin_step(uint64_t /*key*/, std::span<const std::span<const int32_t>> /*arrays*/,
+                          int32_t /*context_bound*/) {}
+  virtual void end_step() {}
+  virtual void capture_begin();
+  virtual void capture_end(uint64_t key);
+  virtual void capture_abort() {}  // ends a failed capture; never throws
+  virtual bool graph_ready(uint64_t /*key*/) { return false; }
+  virtual void graph_launch(uint64_t key);
+  // Graphs captured and launches so far (tests, benchmarks).
+  uint64_t graphs_captured() const { return graphs_captured_; }
+  uint64_t graph_launches() const { return graph_launches_; }
+
   // --- vision front end ------------------------------------------------------
   // image: [H, W * C] (pixels row-major, channels interleaved, values ~[0,1]) ->
   // out: [(H/P) * (W/P), P * P * C], patches in raster order, each patch's
@@ -313,12 +397,34 @@ class Backend {
                                 const Tensor& perm) = 0;
   virtual void moe_unpermute_impl(const Tensor& yp, const Tensor& perm, const Tensor& assign_weight,
                                   int32_t top_k, int64_t assignments, const Tensor& y) = 0;
+  // Asynchronous routing. The defaults are synchronous and correct for every
+  // backend (the CPU backend uses them): moe_route_impl plus an upload of the
+  // counts and offsets; the other three read the offsets back and call the
+  // host-offsets _impl. The CUDA backend overrides all four without a wait.
+  virtual void moe_route_device_impl(const Tensor& logits, const Tensor& bias,
+                                     const RouteParams& params, const Tensor& assign_expert,
+                                     const Tensor& assign_weight, const Tensor& counts,
+                                     const Tensor& offsets, std::span<const int32_t> valid_rows);
+  virtual void moe_permute_device_impl(const Tensor& x, const Tensor& assign_expert,
+                                       const Tensor& offsets, const Tensor& xp, const Tensor& perm);
+  virtual void grouped_linear_device_impl(const Tensor& x, const Tensor& w, const Tensor& offsets,
+                                          int64_t max_rows_per_expert, const Tensor& y);
+  virtual void moe_unpermute_device_impl(const Tensor& yp, const Tensor& perm,
+                                         const Tensor& assign_weight, int32_t top_k,
+                                         const Tensor& offsets, const Tensor& y);
+  // Default: one download_impl per copy (a device backend waits once per call).
+  virtual void download_many_impl(std::span<const HostCopy> copies);
   virtual void patchify_impl(const Tensor& image, int32_t height, int32_t width, int32_t channels,
                              int32_t patch, const Tensor& out) = 0;
   virtual void mean_pool_rows_impl(const Tensor& x, int32_t group, const Tensor& out) = 0;
 
+  // Backends add their own waits (synchronize(), internal ones) here.
+  uint64_t host_syncs_ = 0;
+  uint64_t graphs_captured_ = 0, graph_launches_ = 0;
+
  private:
   [[noreturn]] void fail(const char* what) const;
+  std::vector<int32_t> read_offsets(const Tensor& offsets);
   void check_weight(const Tensor& x, const Tensor& w, const Tensor& y, const char* op) const;
   void check(bool ok, const char* what) const {
     if (!ok) fail(what);

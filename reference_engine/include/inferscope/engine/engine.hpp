@@ -63,6 +63,9 @@ struct RequestResult {
 struct EngineOptions {
   bool keep_logits = false;   // store the first token's logits in results (tests)
   size_t max_waiting = 4096;  // queued requests beyond this are rejected (bounded queue)
+  // Asynchronous MoE routing (Model::set_async_routing): -1 keeps the model's
+  // setting (env INFERSCOPE_ASYNC_ROUTING, default off), 0 off, 1 on.
+  int async_routing = -1;
 };
 
 struct LayerRouting {

@@ -15,6 +15,7 @@ namespace inferscope::engine {
 struct MoeScratch {
   Buffer logits, assign_expert, assign_weight, xp, hp, ap, yp, perm, shared_gu, shared_act;
   std::vector<int32_t> offsets;
+  Buffer device_offsets;  // i32 [1, E + 1]: moe_ffn_device's offsets, never read by the host
   MoeScratch() = default;
   MoeScratch(Backend& be, const ModelConfig& c, int64_t max_tokens);
   size_t bytes() const;
@@ -41,6 +42,17 @@ int64_t moe_route_and_permute(Backend& be, const MoeConfig& moe, const MoeWeight
 // result (routed before capacity, kept, dropped, rerouted).
 void moe_ffn(Backend& be, const MoeConfig& moe, const MoeWeights& w, MoeScratch& s, const Tensor& h,
              const Tensor& out, RouteCounts& counts);
+
+// moe_ffn on the asynchronous routing path (backend.hpp): the same result, but
+// the routing stays on the device. `counts` (i32 [1, 2E + 2] on the device)
+// receives routed[E], kept[E], dropped, rerouted; the caller copies it to the
+// host when it next waits (Model::forward: once per step with the logits).
+// Every permuted buffer is used up to the bound T * top_k.
+// valid_rows (host metadata, empty or one value): only the first rows are
+// routed and counted (the padding of a CUDA-graph bucket is not).
+void moe_ffn_device(Backend& be, const MoeConfig& moe, const MoeWeights& w, MoeScratch& s,
+                    const Tensor& h, const Tensor& out, const Tensor& counts,
+                    std::span<const int32_t> valid_rows = {});
 
 // out = W_down (silu(h W_gate^T) * (h W_up^T)); gu: [T, 2F] scratch, act: [T, F] scratch.
 void swiglu_ffn(Backend& be, const Tensor& w_gu, const Tensor& w_down, const Tensor& h,

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -111,6 +112,36 @@ class Model {
 
   MemoryFootprint footprint() const;
 
+  // Asynchronous routing (backend.hpp): the MoE layers keep their routing on
+  // the device and the step's per-layer counts come to the host with the
+  // logits, in one wait per step; ForwardObserver::moe_routed is then called
+  // for every MoE layer after the step (in layer order) instead of inside
+  // each layer. Same logits and counts as the synchronous path, which waits
+  // once per MoE layer. Default: env INFERSCOPE_ASYNC_ROUTING (1 on, 0 off;
+  // unset: off). Under expert parallelism the synchronous path always runs
+  // (the exchange sizes its messages from the host counts).
+  void set_async_routing(bool on) { async_routing_ = on; }
+  bool async_routing() const { return async_routing_ && !ep_; }
+
+  // CUDA-graph decode (docs/gpu.md, "CUDA-graph decode"): a pure decode step
+  // (one row per sequence, all wanting logits, no images) of at most 64 rows
+  // is padded to a bucket of 1, 2, 4, ..., 64 rows (padding rows in a spare
+  // KV block and SSM slot, masked out of routing and counts) and, on a backend
+  // with step graphs, captured once per (bucket, context bucket) and then
+  // replayed, its metadata uploaded with one copy. Same logits and counts as
+  // the eager step. Needs (and turns on) asynchronous routing; on a backend
+  // without graphs the padded step runs eagerly. Default: env
+  // INFERSCOPE_CUDA_GRAPHS (1 on, 0 off; unset: off).
+  void set_step_graphs(bool on) {
+    step_graphs_ = on;
+    if (on) async_routing_ = true;
+  }
+  bool step_graphs() const { return step_graphs_ && async_routing(); }
+  // Steps that took the padded graph path (eager warm-up, capture or replay).
+  uint64_t graph_steps() const { return graph_steps_; }
+  // The first error of a failed capture (that key then stays eager), or "".
+  const std::string& graph_error() const { return graph_error_; }
+
  private:
   struct LayerTensors;
   void build(const std::function<void(Weights&)>& fill, DType gemm_dtype);
@@ -119,6 +150,10 @@ class Model {
   void ssm_layer(int32_t l, const StepBatch& b, const Tensor& h);
   void moe_layer(int32_t l, const Tensor& h, const Tensor& out, ForwardObserver* obs);
   void report_ep(ForwardObserver* obs);
+  void report_routing(int32_t tokens, ForwardObserver* obs);
+  void backbone(const StepBatch& b, ForwardObserver* obs);
+  int32_t graph_bucket(const StepBatch& b, int32_t& context) const;
+  void graph_forward(const StepBatch& b, int32_t bucket, int32_t context, ForwardObserver* obs);
   const RouteCounts& logical_counts(int32_t layer);
 
   Backend& backend_;
@@ -132,6 +167,16 @@ class Model {
   ExpertPlacement placement_;
   std::unique_ptr<ExpertParallel> ep_;
   std::vector<EpLayerStats> ep_stats_;  // MoE layers of the current step
+  bool async_routing_ = false;
+  bool step_graphs_ = false;
+  bool padding_ = false;                  // a padded graph step is being issued
+  int32_t valid_rows_[1] = {0};           // its real rows (step metadata of the router)
+  StepBatch padded_;                      // its batch
+  std::set<uint64_t> warm_graph_keys_;    // keys whose first (eager) step has run
+  std::set<uint64_t> failed_graph_keys_;  // keys whose capture failed: eager for good
+  std::string graph_error_;
+  uint64_t graph_steps_ = 0;
+  std::vector<int32_t> moe_row_;  // per layer: its row of route_counts_, -1 if not MoE
 };
 
 }  // namespace inferscope::engine
