@@ -33,6 +33,10 @@
 
 namespace inferscope::collector {
 
+class RecordTap;
+class FirstLevel;  // store/block_summary.hpp
+struct LevelSeed;
+
 struct TraceStoreOptions {
   std::string dir;
   uint64_t max_bytes = 1ull << 30;
@@ -43,6 +47,9 @@ struct TraceStoreOptions {
   int zstd_level = 1;
   bool background = true;    // compress and write on the store's own thread
   size_t queue_blocks = 64;  // background: sealed blocks waiting at most (16 MiB of frames)
+  // With the blocks queued, their summaries' first level (merged spans and
+  // other records, in memory): frames and those together are kept under
+  // queue_blocks x block_bytes x 4 (64 MiB), or the block is dropped and counted.
   // Level-of-detail summaries after each block (store/block_summary.hpp): a
   // coarse range query reads them instead of the blocks. Costs the writer
   // thread one decode of each block; off writes format 2 files as before.
@@ -99,6 +106,12 @@ class TraceStore {
   // Adds one frame; summary comes from whoever decoded it (the pipeline).
   void write(std::span<const uint8_t> frame, const wire::FrameSummary& summary,
              int64_t steady_now_ns);
+  // For Pipeline::set_record_tap: the records of the frames the pipeline
+  // forwards, as it decodes them, so the level-of-detail summaries' first level
+  // is merged from them and no block is decoded again (record_tap.hpp). Frames
+  // written without it are decoded here. A frame written while a tapped one is
+  // still being decoded (an alert it raised) is stored right after it.
+  RecordTap& record_tap();
   // Same, decoding the frame to summarize it (tools and tests).
   void write(std::span<const uint8_t> frame, int64_t steady_now_ns);
   // Closes the open block when it is older than block_age; call periodically.
@@ -142,9 +155,15 @@ class TraceStore {
   static std::vector<std::string> list_segments(const std::string& dir);
 
   class Writer;  // segment files, index and retention (store/segment_writer.hpp)
+  class Tap;     // the record tap (trace_store.cpp)
 
  private:
   void begin_block();  // the replay first when the block opens a segment
+  // Begins the open block when due (and allowed); false: the frame is refused.
+  bool prepare_block(int64_t steady_now_ns);
+  void add_frame(std::span<const uint8_t> frame, const wire::FrameSummary& summary,
+                 int64_t steady_now_ns, bool tapped);
+  void write_deferred();
   void seal_block(int64_t steady_now_ns);
   void recover_sequences();
 
@@ -152,6 +171,15 @@ class TraceStore {
   Replay replay_;
   Log log_;
   std::unique_ptr<Writer> writer_;
+  std::unique_ptr<FirstLevel> first_level_;  // of the open block's summaries
+  std::unique_ptr<LevelSeed> spare_seed_;    // buffers handed back and forth with the writer
+  std::unique_ptr<Tap> tap_;
+  struct Deferred {
+    std::vector<uint8_t> frame;
+    wire::FrameSummary summary;
+    int64_t steady_now_ns;
+  };
+  std::vector<Deferred> deferred_;  // written while a tapped frame was open
   wire::RawBlock open_block_;
   int64_t open_block_since_ns_ = 0;
   bool open_block_begun_ = false;     // the segment decision (and replay) is made
