@@ -3,12 +3,12 @@
 
 #include <fcntl.h>
 #include <unistd.h>
-#include <zlib.h>
 #include <zstd.h>
 
 #include <cerrno>
 #include <cstring>
 
+#include "crc32.hpp"
 #include "inferscope/wire/codec.hpp"
 
 namespace inferscope::wire {
@@ -24,9 +24,7 @@ uint64_t get(const uint8_t* p, int bytes) {
   return v;
 }
 uint32_t crc_of(std::span<const uint8_t> bytes) {
-  uLong crc = crc32(0L, Z_NULL, 0);
-  // zlib takes uInt lengths; blocks are far below 4 GiB (kMaxBlockRawBytes).
-  return static_cast<uint32_t>(crc32(crc, bytes.data(), static_cast<uInt>(bytes.size())));
+  return detail::crc32_update(0, bytes.data(), bytes.size());
 }
 
 void widen(FrameSummary& s, int64_t t) {

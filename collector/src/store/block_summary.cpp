@@ -64,9 +64,9 @@ void LevelSeed::clear() {
 }
 
 FirstLevel::FirstLevel()
-    : merger_(wire::summary_level_ns(kFirstLevel),
-              [this](uint32_t source, const wire::Span& s) { seed_.spans.emplace_back(source, s); }) {
-}
+    : merger_(wire::summary_level_ns(kFirstLevel), [this](uint32_t source, const wire::Span& s) {
+        seed_.spans.emplace_back(source, s);
+      }) {}
 
 void FirstLevel::begin_frame() {
   merger_.mark();

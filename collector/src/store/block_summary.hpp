@@ -85,7 +85,7 @@ class SummaryBuilder {
 
  private:
   std::vector<std::pair<uint32_t, wire::Span>> spans_, merged_;
-  LevelSeed decoded_;  // build(data) only
+  LevelSeed decoded_;                                // build(data) only
   std::vector<SummaryBlock> levels_;                 // the first `used` are this block's
   std::map<uint32_t, wire::FrameEncoder> encoders_;  // per source, empty between levels
   std::vector<uint8_t> frame_;
