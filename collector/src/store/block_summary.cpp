@@ -63,10 +63,7 @@ void LevelSeed::clear() {
   spans.clear();
 }
 
-FirstLevel::FirstLevel()
-    : merger_(wire::summary_level_ns(kFirstLevel), [this](uint32_t source, const wire::Span& s) {
-        seed_.spans.emplace_back(source, s);
-      }) {}
+FirstLevel::FirstLevel() : merger_(wire::summary_level_ns(kFirstLevel), &seed_.spans) {}
 
 void FirstLevel::begin_frame() {
   merger_.mark();
@@ -134,9 +131,7 @@ std::span<const SummaryBlock> SummaryBuilder::build(const wire::RawBlock& data, 
   for (int level = kFirstLevel; level <= wire::kMaxSummaryLevel; ++level) {
     if (level > kFirstLevel) {
       merged_.clear();
-      SpanMerger merger(
-          wire::summary_level_ns(level),
-          [this](uint32_t source, const wire::Span& s) { merged_.emplace_back(source, s); });
+      SpanMerger merger(wire::summary_level_ns(level), &merged_);
       for (const auto& [source, s] : spans_) merger.add(source, s);
       merger.finish();
       spans_.swap(merged_);  // the next level merges this one's output (exact: span_merge.hpp)

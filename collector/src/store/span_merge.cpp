@@ -47,7 +47,7 @@ uint32_t SpanMerger::lane_of(const LaneKey& key) {
 
 void SpanMerger::add(uint32_t source, const wire::Span& s) {
   if (res_ <= 0) {
-    emit_(source, s);
+    emit(source, s);
     return;
   }
   const uint64_t count = merged_span_count(s);
@@ -67,14 +67,14 @@ void SpanMerger::add(uint32_t source, const wire::Span& s) {
     flush(source, run);
     if (!short_span) {
       lane.open = false;
-      emit_(source, s);
+      emit(source, s);
       return;
     }
     run = Run{s, s.end_ns, count};
     return;
   }
   if (!short_span) {
-    emit_(source, s);
+    emit(source, s);
     return;
   }
   lane.open = true;
@@ -83,7 +83,7 @@ void SpanMerger::add(uint32_t source, const wire::Span& s) {
 
 void SpanMerger::flush(uint32_t source, const Run& run) {
   if (run.count == 1) {
-    emit_(source, run.first);
+    emit(source, run.first);
     return;
   }
   wire::Span m = run.first;
@@ -94,7 +94,7 @@ void SpanMerger::flush(uint32_t source, const Run& run) {
   m.num_args = 1;
   m.args[0] = {wire::kMergedSpansStringId, static_cast<int64_t>(run.count)};
   ++merged_;
-  emit_(source, m);
+  emit(source, m);
 }
 
 void SpanMerger::finish() {

@@ -33,6 +33,10 @@ class SpanMerger {
 
   // res <= 0: no merging, every span goes out as it is.
   SpanMerger(int64_t res, Emit emit) : res_(res), emit_(std::move(emit)) {}
+  // Emits into `out` (appended): the store's summaries, where a call through
+  // std::function per span shows in profiles.
+  using Output = std::vector<std::pair<uint32_t, wire::Span>>;
+  SpanMerger(int64_t res, Output* out) : res_(res), out_(out) {}
 
   void add(uint32_t source, const wire::Span& s);
   // Emits the open runs, in the order their lanes were first seen.
@@ -74,6 +78,14 @@ class SpanMerger {
 
   int64_t res_;
   Emit emit_;
+  Output* out_ = nullptr;  // instead of emit_ when set
+  void emit(uint32_t source, const wire::Span& s) {
+    if (out_) {
+      out_->emplace_back(source, s);
+    } else {
+      emit_(source, s);
+    }
+  }
   uint64_t merged_ = 0;
   std::vector<Lane> lanes_;
   std::vector<uint32_t> slots_;  // open addressing: lane index + 1, 0 = empty; size 2^shift_
