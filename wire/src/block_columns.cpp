@@ -96,14 +96,18 @@ uint64_t varint_value(const uint8_t* p, size_t n) {
 }
 
 #if defined(__SSE2__)
-// Bit i set: byte i of the 64 at p ends a varint (its high bit is clear).
-[[gnu::always_inline]] inline uint64_t stop_bits(const uint8_t* p) {
-  uint64_t continues = 0;
-  for (int i = 0; i < 4; ++i) {
+// Bit i set: byte i of the first `length` (<= 64) at p ends a varint (its high
+// bit is clear); bits past `length` are clear. Most span bodies are under 32
+// bytes: two loads then, not four. (64 bytes at p are readable either way.)
+[[gnu::always_inline]] inline uint64_t stop_bits(const uint8_t* p, size_t length) {
+  const auto mask16 = [p](int i) {
     const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16 * i));
-    continues |= uint64_t{static_cast<uint32_t>(_mm_movemask_epi8(v))} << (16 * i);
-  }
-  return ~continues;
+    return uint64_t{static_cast<uint32_t>(_mm_movemask_epi8(v))} << (16 * i);
+  };
+  uint64_t continues = mask16(0) | mask16(1);
+  if (length > 32) continues |= mask16(2) | mask16(3);
+  const uint64_t stops = ~continues;
+  return length < 64 ? stops & ((uint64_t{1} << length) - 1) : stops;
 }
 
 // A span's fields from the stop bits of its body, at once. Parsing varints one
@@ -122,11 +126,9 @@ uint64_t varint_value(const uint8_t* p, size_t n) {
                                                    uint8_t*& request, uint8_t*& args) {
   const size_t length = static_cast<size_t>(body_end - p);
   if (length > 64 || end - p < 80) return false;
-  uint64_t stops = stop_bits(p);
-  if (length < 64) stops &= (uint64_t{1} << length) - 1;
+  const uint64_t all_stops = stop_bits(p, length);
+  uint64_t stops = all_stops;
   // 11 fields, then 2 per arg: each a token ending at the next stop bit.
-  uint8_t* const saved[] = {small, track,    stream,      name,    depth,
-                            start, duration, correlation, request, args};
   size_t at = 0;  // where the next token starts
   bool bad = false;
   auto token = [&](uint8_t*& dst, size_t max_bytes) {
@@ -138,6 +140,53 @@ uint64_t varint_value(const uint8_t* p, size_t n) {
     dst += n;
     at = last + 1;
     bad |= n > max_bytes;
+  };
+  // A span that turns out bad (rare) takes its tokens back: the same walk over
+  // the stop bits, subtracting. Cheaper than keeping every stream's position
+  // at the start of each span, which the common case would pay for.
+  auto unwind = [&](int tokens) {
+    uint64_t st = all_stops;
+    size_t from = 0;
+    for (int i = 0; i < tokens; ++i) {
+      const size_t last = static_cast<size_t>(std::countr_zero(st));
+      st &= st - 1;
+      const size_t n = last + 1 - from;
+      from = last + 1;
+      switch (i) {
+        case 0:
+        case 4:
+        case 10:
+          small -= n;
+          break;
+        case 1:
+          track -= n;
+          break;
+        case 2:
+          stream -= n;
+          break;
+        case 3:
+          name -= n;
+          break;
+        case 5:
+          depth -= n;
+          break;
+        case 6:
+          start -= n;
+          break;
+        case 7:
+          duration -= n;
+          break;
+        case 8:
+          correlation -= n;
+          break;
+        case 9:
+          request -= n;
+          break;
+        default:
+          args -= n;
+      }
+    }
+    return false;
   };
   token(small, 1);
   token(track, kMaxVarintBytes);
@@ -151,19 +200,11 @@ uint64_t varint_value(const uint8_t* p, size_t n) {
   token(request, kMaxVarintBytes);
   token(small, 1);
   const uint8_t count = p[at - 1];
-  if (bad || count > kMaxSpanArgs) {
-    small = saved[0], track = saved[1], stream = saved[2], name = saved[3], depth = saved[4];
-    start = saved[5], duration = saved[6], correlation = saved[7], request = saved[8];
-    args = saved[9];
-    return false;
-  }
+  if (bad || count > kMaxSpanArgs) [[unlikely]]
+    return unwind(11);
   for (uint8_t i = 0; i < 2 * count; ++i) token(args, kMaxVarintBytes);
-  if (bad) {
-    small = saved[0], track = saved[1], stream = saved[2], name = saved[3], depth = saved[4];
-    start = saved[5], duration = saved[6], correlation = saved[7], request = saved[8];
-    args = saved[9];
-    return false;
-  }
+  if (bad) [[unlikely]]
+    return unwind(11 + 2 * count);
   p += at;
   return true;
 }
