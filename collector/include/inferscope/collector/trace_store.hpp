@@ -10,8 +10,8 @@
 // replay callback), so each segment can be read alone and the oldest can be
 // deleted to keep the total under max_bytes and the age under max_age.
 //
-// Threads: write(), tick(), flush() and close() are called from one thread (the
-// collector's io thread). With background = true, blocks are compressed and
+// Threads: write(), tick(), flush(), close() and the record tap are called from
+// one thread (the collector's io thread). With background = true, blocks are compressed and
 // written by the store's own thread behind a bounded queue (a block that finds
 // the queue full is dropped and counted); otherwise inline. stats() and query()
 // may be called from any thread.
@@ -51,8 +51,10 @@ struct TraceStoreOptions {
   // other records, in memory): frames and those together are kept under
   // queue_blocks x block_bytes x 4 (64 MiB), or the block is dropped and counted.
   // Level-of-detail summaries after each block (store/block_summary.hpp): a
-  // coarse range query reads them instead of the blocks. Costs the writer
-  // thread one decode of each block; off writes format 2 files as before.
+  // coarse range query reads them instead of the blocks. Costs the caller's
+  // thread the first level's merge (from the records the pipeline decoded, see
+  // record_tap(); frames written without it are decoded here) and the writer
+  // the coarser levels; off writes format 2 files as before.
   bool summaries = true;
   // With summaries: compress each block's bytes regrouped by field
   // (wire/trace_block.hpp, format 4): zstd runs about twice as fast on them and
