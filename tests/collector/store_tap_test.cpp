@@ -173,6 +173,6 @@ TEST_P(StoreTapTest, TappedStoreWritesWhatTheDecodingStoreWrites) {
 }
 
 INSTANTIATE_TEST_SUITE_P(InlineAndThread, StoreTapTest, ::testing::Bool(),
-                         [](const auto& info) { return info.param ? "thread" : "inline"; });
+                         [](const auto& test) { return test.param ? "thread" : "inline"; });
 
 }  // namespace

@@ -327,16 +327,15 @@ void TraceStore::Writer::enforce_retention() {
 }
 
 // [SECTION] The writer thread: submit, settle, drain, close
-void TraceStore::Writer::submit(wire::RawBlock&& block, LevelSeed& seed, bool starts_segment,
+void TraceStore::Writer::submit(wire::RawBlock&& block, LevelSeed&& seed, bool starts_segment,
                                 uint64_t last_ticket) {
   if (!options_.background) {
     write_block(block, seed, starts_segment);
-    seed.clear();
     settle(last_ticket);
+    give_back(std::move(block), std::move(seed));
     return;
   }
   Pending p{std::move(block), std::move(seed), starts_segment, last_ticket};
-  seed.clear();
   const size_t bytes = p.bytes();
   std::unique_lock<std::mutex> lock(queue_mu_);
   const size_t max_bytes = options_.queue_blocks * options_.block_bytes * 4;
@@ -352,6 +351,22 @@ void TraceStore::Writer::submit(wire::RawBlock&& block, LevelSeed& seed, bool st
   queued_bytes_ += bytes;
   queue_.push_back(std::move(p));
   queue_cv_.notify_one();
+}
+
+void TraceStore::Writer::give_back(wire::RawBlock&& block, LevelSeed&& seed) {
+  block.clear();
+  seed.clear();
+  std::lock_guard<std::mutex> lock(spare_mu_);
+  if (spares_.size() < 2) spares_.push_back({std::move(block), std::move(seed)});
+}
+
+bool TraceStore::Writer::take_spare(wire::RawBlock& block, LevelSeed& seed) {
+  std::lock_guard<std::mutex> lock(spare_mu_);
+  if (spares_.empty()) return false;
+  block = std::move(spares_.back().block);
+  seed = std::move(spares_.back().seed);
+  spares_.pop_back();
+  return true;
 }
 
 void TraceStore::Writer::settle(uint64_t ticket) {
@@ -381,6 +396,7 @@ void TraceStore::Writer::run() {
     lock.unlock();
     write_block(p.block, p.seed, p.starts_segment);  // written, or failed and counted
     settle(p.last_ticket);
+    give_back(std::move(p.block), std::move(p.seed));
     lock.lock();
     busy_ = false;
     if (queue_.empty()) drained_cv_.notify_all();

@@ -26,9 +26,13 @@ class TraceStore::Writer {
   // Finds the existing segments (index, torn tails cut) and creates the first new one.
   bool open(std::string& error);
   // last_ticket: the store's ticket of the block's last frame; settled once written.
-  // seed: the block's first summary level; taken (background) or used and
-  // handed back cleared, its buffers kept for the next block (inline).
-  void submit(wire::RawBlock&& block, LevelSeed& seed, bool starts_segment, uint64_t last_ticket);
+  // seed: the block's first summary level.
+  void submit(wire::RawBlock&& block, LevelSeed&& seed, bool starts_segment, uint64_t last_ticket);
+  // The buffers of a written block and its seed, cleared, for the front's next
+  // block (false: none yet). A block's frames and spans are megabytes; freed on
+  // the writer thread they would go to that thread's malloc arena, and the io
+  // thread would fault in fresh pages for every block.
+  bool take_spare(wire::RawBlock& block, LevelSeed& seed);
   // Every ticket up to `ticket` is settled when nothing is queued or being written.
   void settle_if_idle(uint64_t ticket);
   uint64_t settled() const { return settled_.load(std::memory_order_acquire); }
@@ -73,6 +77,7 @@ class TraceStore::Writer {
     size_t bytes() const { return block.bytes.size() + seed.bytes(); }
   };
   void settle(uint64_t ticket);
+  void give_back(wire::RawBlock&& block, LevelSeed&& seed);
 
   void run();
   void write_block(const wire::RawBlock& block, LevelSeed& seed, bool starts_segment);
@@ -107,6 +112,8 @@ class TraceStore::Writer {
   std::condition_variable queue_cv_, drained_cv_;
   std::deque<Pending> queue_;
   size_t queued_bytes_ = 0;  // of queue_: frames and seeds
+  std::mutex spare_mu_;
+  std::vector<Pending> spares_;  // at most two, cleared (take_spare)
   bool busy_ = false;
   bool stop_ = false;
   std::thread thread_;

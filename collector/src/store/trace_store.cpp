@@ -82,7 +82,6 @@ TraceStore::TraceStore(TraceStoreOptions options, Replay replay, Log log)
   if (options_.queue_blocks == 0) options_.queue_blocks = 1;
   writer_ = std::make_unique<Writer>(options_, log_);
   first_level_ = std::make_unique<FirstLevel>();
-  spare_seed_ = std::make_unique<LevelSeed>();
   tap_ = std::make_unique<Tap>(*this);
 }
 
@@ -184,10 +183,12 @@ void TraceStore::seal_block(int64_t /*steady_now_ns*/) {
   open_block_begun_ = open_block_has_data_ = false;
   wire::RawBlock block = std::move(open_block_);
   open_block_ = {};
-  open_block_.bytes.reserve(options_.block_bytes + (64u << 10));
-  first_level_->take(*spare_seed_);
-  // Inline, the writer hands the seed's buffers back cleared: the next block reuses them.
-  writer_->submit(std::move(block), *spare_seed_, open_block_starts_segment_,
+  // The next block reuses the buffers of one already written, when there is one.
+  LevelSeed seed;
+  if (!writer_->take_spare(open_block_, seed))
+    open_block_.bytes.reserve(options_.block_bytes + (64u << 10));
+  first_level_->take(seed);  // seed: this block's; the first level keeps the spare buffers
+  writer_->submit(std::move(block), std::move(seed), open_block_starts_segment_,
                   open_block_last_ticket_);
   open_block_starts_segment_ = false;
 }

@@ -35,7 +35,6 @@ namespace inferscope::collector {
 
 class RecordTap;
 class FirstLevel;  // store/block_summary.hpp
-struct LevelSeed;
 
 struct TraceStoreOptions {
   std::string dir;
@@ -174,7 +173,6 @@ class TraceStore {
   Log log_;
   std::unique_ptr<Writer> writer_;
   std::unique_ptr<FirstLevel> first_level_;  // of the open block's summaries
-  std::unique_ptr<LevelSeed> spare_seed_;    // buffers handed back and forth with the writer
   std::unique_ptr<Tap> tap_;
   struct Deferred {
     std::vector<uint8_t> frame;
