@@ -186,6 +186,7 @@ IngestResult ingest(Persist mode, Shape shape, size_t frames) {
   p.set_frame_sink([&](const SharedFrame& f) {
     if (store) store->write(*f, p.sink_frame_summary(), 0);  // as the collector does
   });
+  if (store) p.set_record_tap(&store->record_tap());
   Session s(o.limits);
   Rejection why;
   std::vector<wire::Record> first{hello("bench", 0, 8, 64)};

@@ -166,6 +166,8 @@ bool Collector::start(std::string& error) {
     s.viewers.set_store(s.store.get());
     s.ingest.set_store(s.store.get());
     s.captures.set_store([&s] { return s.store->settled_ticket(); });
+    // The store merges its summaries from the records the pipeline decodes (no second decode).
+    s.pipeline.set_record_tap(&s.store->record_tap());
     // Frames the previous collector on this directory stored are not applied again.
     for (const auto& [stream, seq] : s.store->recovered_sequences())
       s.pipeline.sequences().seed(stream, seq);

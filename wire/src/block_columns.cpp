@@ -96,14 +96,18 @@ uint64_t varint_value(const uint8_t* p, size_t n) {
 }
 
 #if defined(__SSE2__)
-// Bit i set: byte i of the 64 at p ends a varint (its high bit is clear).
-[[gnu::always_inline]] inline uint64_t stop_bits(const uint8_t* p) {
-  uint64_t continues = 0;
-  for (int i = 0; i < 4; ++i) {
+// Bit i set: byte i of the first `length` (<= 64) at p ends a varint (its high
+// bit is clear); bits past `length` are clear. Most span bodies are under 32
+// bytes: two loads then, not four. (64 bytes at p are readable either way.)
+[[gnu::always_inline]] inline uint64_t stop_bits(const uint8_t* p, size_t length) {
+  const auto mask16 = [p](int i) {
     const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16 * i));
-    continues |= uint64_t{static_cast<uint32_t>(_mm_movemask_epi8(v))} << (16 * i);
-  }
-  return ~continues;
+    return uint64_t{static_cast<uint32_t>(_mm_movemask_epi8(v))} << (16 * i);
+  };
+  uint64_t continues = mask16(0) | mask16(1);
+  if (length > 32) continues |= mask16(2) | mask16(3);
+  const uint64_t stops = ~continues;
+  return length < 64 ? stops & ((uint64_t{1} << length) - 1) : stops;
 }
 
 // A span's fields from the stop bits of its body, at once. Parsing varints one
@@ -113,7 +117,8 @@ uint64_t varint_value(const uint8_t* p, size_t n) {
 // One-byte fields (track kind, category, arg count) are < 0x80 in any valid
 // span, so they are one-byte tokens too; anything else (a field that is not,
 // a varint over 10 bytes, a body over 64 bytes, the end of the block near)
-// returns false with nothing written, for the field-by-field path.
+// returns false with every stream back where it was, for the field-by-field
+// path.
 [[gnu::always_inline]] inline bool split_span_fast(const uint8_t*& p, const uint8_t* body_end,
                                                    const uint8_t* end, uint8_t*& small,
                                                    uint8_t*& track, uint8_t*& stream,
@@ -121,49 +126,94 @@ uint64_t varint_value(const uint8_t* p, size_t n) {
                                                    uint8_t*& duration, uint8_t*& correlation,
                                                    uint8_t*& request, uint8_t*& args) {
   const size_t length = static_cast<size_t>(body_end - p);
-  if (length > 64 || end - p < 80) return false;
-  uint64_t stops = stop_bits(p);
-  if (length < 64) stops &= (uint64_t{1} << length) - 1;
+  if (length > 64 || end - p < 96) return false;  // token copies read up to p + 81
+  const uint64_t all_stops = stop_bits(p, length);
+  // Checked on the mask before anything is written: no token over 10 bytes
+  // (no run of 10 continuation bytes) and the first field one byte. As the
+  // tokens are cut: the two other one-byte fields, the arg count, and that the
+  // tokens ended inside the body (a token past the last stop bit ends at 65).
+  const uint64_t continues = ~all_stops & (length < 64 ? (uint64_t{1} << length) - 1 : ~0ull);
+  uint64_t run = continues & (continues >> 1);  // bit i: bytes i, i+1 continue
+  run &= run >> 2;                              // i..i+3
+  run &= run >> 4;                              // i..i+7
+  run &= (continues >> 8) & (continues >> 9);   // i..i+9: a varint over 10 bytes
+  if (run != 0 || !(all_stops & 1)) return false;
+  uint64_t stops = all_stops;
   // 11 fields, then 2 per arg: each a token ending at the next stop bit.
-  uint8_t* const saved[] = {small, track,    stream,      name,    depth,
-                            start, duration, correlation, request, args};
   size_t at = 0;  // where the next token starts
-  bool bad = false;
-  auto token = [&](uint8_t*& dst, size_t max_bytes) {
-    bad |= stops == 0;  // fewer tokens than fields (then countr_zero is 64: no harm)
+  auto token = [&](uint8_t*& dst) {
     const size_t last = static_cast<size_t>(std::countr_zero(stops));
     stops &= stops - 1;
     const size_t n = last + 1 - at;
     std::memcpy(dst, p + at, 16);  // the streams' slack takes the rest
     dst += n;
     at = last + 1;
-    bad |= n > max_bytes;
+    return n;
   };
-  token(small, 1);
-  token(track, kMaxVarintBytes);
-  token(stream, kMaxVarintBytes);
-  token(name, kMaxVarintBytes);
-  token(small, 1);
-  token(depth, kMaxVarintBytes);
-  token(start, kMaxVarintBytes);
-  token(duration, kMaxVarintBytes);
-  token(correlation, kMaxVarintBytes);
-  token(request, kMaxVarintBytes);
-  token(small, 1);
+  // A span refused after its fields were cut (rare) takes its tokens back: the
+  // same walk over the stop bits, subtracting. Cheaper than keeping every
+  // stream's position at the start of each span, which every span would pay.
+  auto unwind = [&](int cut) {
+    uint64_t st = all_stops;
+    size_t from = 0;
+    for (int i = 0; i < cut; ++i) {
+      const size_t last = static_cast<size_t>(std::countr_zero(st));
+      st &= st - 1;
+      const size_t n = last + 1 - from;
+      from = last + 1;
+      switch (i) {
+        case 0:
+        case 4:
+        case 10:
+          small -= n;
+          break;
+        case 1:
+          track -= n;
+          break;
+        case 2:
+          stream -= n;
+          break;
+        case 3:
+          name -= n;
+          break;
+        case 5:
+          depth -= n;
+          break;
+        case 6:
+          start -= n;
+          break;
+        case 7:
+          duration -= n;
+          break;
+        case 8:
+          correlation -= n;
+          break;
+        case 9:
+          request -= n;
+          break;
+        default:
+          args -= n;
+      }
+    }
+    return false;
+  };
+  token(small);
+  token(track);
+  token(stream);
+  token(name);
+  size_t one_byte = token(small);
+  token(depth);
+  token(start);
+  token(duration);
+  token(correlation);
+  token(request);
+  one_byte |= token(small);
   const uint8_t count = p[at - 1];
-  if (bad || count > kMaxSpanArgs) {
-    small = saved[0], track = saved[1], stream = saved[2], name = saved[3], depth = saved[4];
-    start = saved[5], duration = saved[6], correlation = saved[7], request = saved[8];
-    args = saved[9];
-    return false;
-  }
-  for (uint8_t i = 0; i < 2 * count; ++i) token(args, kMaxVarintBytes);
-  if (bad) {
-    small = saved[0], track = saved[1], stream = saved[2], name = saved[3], depth = saved[4];
-    start = saved[5], duration = saved[6], correlation = saved[7], request = saved[8];
-    args = saved[9];
-    return false;
-  }
+  if (one_byte != 1 || count > kMaxSpanArgs || at > length) [[unlikely]]
+    return unwind(11);
+  for (uint8_t i = 0; i < 2 * count; ++i) token(args);
+  if (at > length) [[unlikely]]
+    return unwind(11 + 2 * count);
   p += at;
   return true;
 }

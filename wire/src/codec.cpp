@@ -8,6 +8,7 @@
 #include <string>
 
 #include "byte_io.hpp"
+#include "crc32.hpp"
 #include "record_codec.hpp"
 
 namespace inferscope::wire {
@@ -17,11 +18,8 @@ using detail::ByteReader;
 using detail::ByteWriter;
 
 uint32_t crc32_of(const uint8_t* header24, std::span<const uint8_t> payload) {
-  uLong crc = crc32(0L, Z_NULL, 0);
-  crc = crc32(crc, header24, 24);
-  // zlib takes uInt lengths; frames are bounded well below 4 GiB.
-  crc = crc32(crc, payload.data(), static_cast<uInt>(payload.size()));
-  return static_cast<uint32_t>(crc);
+  const uint32_t crc = detail::crc32_update(0, header24, 24);
+  return detail::crc32_update(crc, payload.data(), payload.size());
 }
 
 void put_u32(uint8_t* p, uint32_t v) {

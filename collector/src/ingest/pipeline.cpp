@@ -74,6 +74,16 @@ bool Pipeline::on_frame(Session& session, std::span<const uint8_t> frame, Reject
   // the frame's records). A frame that fails part-way has had its earlier
   // records counted in the aggregates, but it is never forwarded, and the
   // connection is closed.
+  //
+  // The record tap sees each record once it is applied; a frame that is not
+  // forwarded after all is aborted there (by the guard, on every early return).
+  struct TapGuard {
+    RecordTap* tap;
+    ~TapGuard() {
+      if (tap) tap->abort_frame();
+    }
+  } tap{sink_ ? tap_ : nullptr};
+  if (tap.tap) tap.tap->begin_frame();
   Source* source = sources_.find(session.source_id);
   bool has_hello = false;
   std::array<uint32_t, wire::kRecordKindCount> per_kind{};
@@ -111,6 +121,9 @@ bool Pipeline::on_frame(Session& session, std::span<const uint8_t> frame, Reject
         h.auth_token.clear();
         has_hello = true;
         if (source == nullptr) {
+          // Records before this one were tapped without the source id the frame
+          // gets now: this frame (once per connection) is left to the sink to decode.
+          if (tap.tap) std::exchange(tap.tap, nullptr)->abort_frame();
           source = &sources_.add(h);
           session.source_id = source->id;
           metrics_.connections.Increment();
@@ -144,7 +157,7 @@ bool Pipeline::on_frame(Session& session, std::span<const uint8_t> frame, Reject
                         "more than " + std::to_string(options_.limits.max_string_bytes) +
                             " bytes of strings");
         source->string_bytes = bytes;
-        it->second = std::move(d.value);
+        it->second = d.value;  // copied: the record tap sees it after this
         ++source->strings_version;
         break;
       }
@@ -165,6 +178,7 @@ bool Pipeline::on_frame(Session& session, std::span<const uint8_t> frame, Reject
           health_listener_(*source, std::get<wire::AgentHealth>(rec));
         break;
     }
+    if (tap.tap) tap.tap->record(session.source_id, rec);
   }
   if (!dec.status().ok())
     return reject(session, why, rejection_reason(dec.status().error), dec.status().message);
@@ -196,6 +210,7 @@ bool Pipeline::on_frame(Session& session, std::span<const uint8_t> frame, Reject
     wire::restamp_source_id(*out, session.source_id);
   }
   sink_summary_ = summary;
+  if (tap.tap) std::exchange(tap.tap, nullptr)->end_frame();
   sink_(out);
   return true;
 }

@@ -57,46 +57,81 @@ void encode_level(const std::vector<std::pair<uint32_t, wire::Record>>& others,
 
 }  // namespace
 
-std::span<const SummaryBlock> SummaryBuilder::build(const wire::RawBlock& data) {
-  size_t used = 0;
-  if (!data.summary.has_time()) return {};
-  others_.clear();
-  spans_.clear();
-  // The first level merges the spans as they are decoded: the block's spans are
-  // never copied out (most of a block's cost here), only what that level emits.
-  size_t block_spans = 0;
-  SpanMerger first(
-      wire::summary_level_ns(kFirstLevel),
-      [this](uint32_t source, const wire::Span& s) { spans_.emplace_back(source, s); });
+void LevelSeed::clear() {
+  block_spans = 0;
+  others.clear();
+  spans.clear();
+}
+
+FirstLevel::FirstLevel() : merger_(wire::summary_level_ns(kFirstLevel), &seed_.spans) {}
+
+void FirstLevel::begin_frame() {
+  merger_.mark();
+  others_at_mark_ = seed_.others.size();
+  spans_at_mark_ = seed_.spans.size();
+  block_spans_at_mark_ = seed_.block_spans;
+}
+
+void FirstLevel::add(uint32_t source, const wire::Record& record) {
+  if (const auto* s = std::get_if<wire::Span>(&record)) {
+    ++seed_.block_spans;
+    merger_.add(source, *s);
+  } else {
+    seed_.others.emplace_back(source, record);
+  }
+}
+
+void FirstLevel::undo_frame() {
+  merger_.undo();
+  seed_.others.resize(others_at_mark_);
+  seed_.spans.resize(spans_at_mark_);
+  seed_.block_spans = block_spans_at_mark_;
+}
+
+void FirstLevel::add_frame(std::span<const uint8_t> frame) {
   wire::FrameDecoder decoder(wire::DecoderOptions{wire::kMaxBlockRawBytes});
+  if (!decoder.open(frame).ok()) return;  // as a range query would skip it
+  begin_frame();
+  const uint32_t source = decoder.header().source_id;
+  while (decoder.next(scratch_)) add(source, scratch_);
+  // Records before a bad one stay: the summaries hold what a reader of the block finds.
+}
+
+void FirstLevel::take(LevelSeed& out) {
+  merger_.finish();
+  std::swap(out, seed_);
+  seed_.clear();
+  begin_frame();
+}
+
+std::span<const SummaryBlock> SummaryBuilder::build(const wire::RawBlock& data) {
+  FirstLevel first;
   std::span<const uint8_t> rest(data.bytes);
-  wire::Record r;
+  wire::FrameDecoder sizer(wire::DecoderOptions{wire::kMaxBlockRawBytes});
   while (!rest.empty()) {
     size_t n = 0;
-    if (!decoder.frame_size(rest, n).ok()) break;  // as a range query would stop here
-    if (decoder.open(rest.first(n)).ok()) {
-      const uint32_t source = decoder.header().source_id;
-      while (decoder.next(r)) {
-        if (const auto* s = std::get_if<wire::Span>(&r)) {
-          ++block_spans;
-          first.add(source, *s);
-        } else {
-          others_.emplace_back(source, std::move(r));
-        }
-      }
-    }
+    if (!sizer.frame_size(rest, n).ok()) break;  // as a range query would stop here
+    first.add_frame(rest.first(n));
     rest = rest.subspan(n);
   }
-  first.finish();
+  first.take(decoded_);
+  return build(data, decoded_);
+}
+
+std::span<const SummaryBlock> SummaryBuilder::build(const wire::RawBlock& data, LevelSeed& seed) {
+  size_t used = 0;
+  if (!data.summary.has_time()) return {};
+  const size_t block_spans = seed.block_spans;
+  spans_.swap(seed.spans);
+  seed.spans.clear();
+  const auto& others_ = seed.others;
   if (block_spans < kMinSpans) return {};
   const int64_t extent = data.summary.max_ns - data.summary.min_ns;
   size_t kept = block_spans;
   for (int level = kFirstLevel; level <= wire::kMaxSummaryLevel; ++level) {
     if (level > kFirstLevel) {
       merged_.clear();
-      SpanMerger merger(
-          wire::summary_level_ns(level),
-          [this](uint32_t source, const wire::Span& s) { merged_.emplace_back(source, s); });
+      SpanMerger merger(wire::summary_level_ns(level), &merged_);
       for (const auto& [source, s] : spans_) merger.add(source, s);
       merger.finish();
       spans_.swap(merged_);  // the next level merges this one's output (exact: span_merge.hpp)

@@ -215,7 +215,8 @@ void TraceStore::Writer::refuse(uint64_t frames) {
   counters_.write_errors += frames;
 }
 
-void TraceStore::Writer::write_block(const wire::RawBlock& block, bool starts_segment) {
+void TraceStore::Writer::write_block(const wire::RawBlock& block, LevelSeed& seed,
+                                     bool starts_segment) {
   if (block.empty()) return;
   const bool has_blocks = [&] {
     std::lock_guard<std::mutex> lock(index_mu_);
@@ -241,7 +242,7 @@ void TraceStore::Writer::write_block(const wire::RawBlock& block, bool starts_se
   uint64_t summary_bytes = 0;
   size_t summary_count = 0;
   if (options_.summaries) {
-    const auto summaries = summaries_.build(block);
+    const auto summaries = summaries_.build(block, seed);
     const size_t data_bytes = sealed_.size();
     for (const auto& sb : summaries) {
       compressor_.seal(sb.block, summary_sealed_, sb.level);
@@ -326,24 +327,46 @@ void TraceStore::Writer::enforce_retention() {
 }
 
 // [SECTION] The writer thread: submit, settle, drain, close
-void TraceStore::Writer::submit(wire::RawBlock&& block, bool starts_segment, uint64_t last_ticket) {
+void TraceStore::Writer::submit(wire::RawBlock&& block, LevelSeed&& seed, bool starts_segment,
+                                uint64_t last_ticket) {
   if (!options_.background) {
-    write_block(block, starts_segment);
+    write_block(block, seed, starts_segment);
     settle(last_ticket);
+    give_back(std::move(block), std::move(seed));
     return;
   }
+  Pending p{std::move(block), std::move(seed), starts_segment, last_ticket};
+  const size_t bytes = p.bytes();
   std::unique_lock<std::mutex> lock(queue_mu_);
-  if (queue_.size() >= options_.queue_blocks && !stop_) {
+  const size_t max_bytes = options_.queue_blocks * options_.block_bytes * 4;
+  if ((queue_.size() >= options_.queue_blocks || queued_bytes_ + bytes > max_bytes) && !stop_) {
     // Lost and counted; its tickets settle with the next block written (blocks
     // before it in the queue are not written yet) or when the writer is idle.
     lock.unlock();
     std::lock_guard<std::mutex> index_lock(index_mu_);
     ++counters_.dropped_blocks;
-    counters_.write_errors += block.frames;
+    counters_.write_errors += p.block.frames;
     return;
   }
-  queue_.push_back({std::move(block), starts_segment, last_ticket});
+  queued_bytes_ += bytes;
+  queue_.push_back(std::move(p));
   queue_cv_.notify_one();
+}
+
+void TraceStore::Writer::give_back(wire::RawBlock&& block, LevelSeed&& seed) {
+  block.clear();
+  seed.clear();
+  std::lock_guard<std::mutex> lock(spare_mu_);
+  if (spares_.size() < 2) spares_.push_back({std::move(block), std::move(seed)});
+}
+
+bool TraceStore::Writer::take_spare(wire::RawBlock& block, LevelSeed& seed) {
+  std::lock_guard<std::mutex> lock(spare_mu_);
+  if (spares_.empty()) return false;
+  block = std::move(spares_.back().block);
+  seed = std::move(spares_.back().seed);
+  spares_.pop_back();
+  return true;
 }
 
 void TraceStore::Writer::settle(uint64_t ticket) {
@@ -368,10 +391,12 @@ void TraceStore::Writer::run() {
     if (queue_.empty()) break;  // stop_ and nothing left
     Pending p = std::move(queue_.front());
     queue_.pop_front();
+    queued_bytes_ -= p.bytes();
     busy_ = true;
     lock.unlock();
-    write_block(p.block, p.starts_segment);  // written, or failed and counted
+    write_block(p.block, p.seed, p.starts_segment);  // written, or failed and counted
     settle(p.last_ticket);
+    give_back(std::move(p.block), std::move(p.seed));
     lock.lock();
     busy_ = false;
     if (queue_.empty()) drained_cv_.notify_all();

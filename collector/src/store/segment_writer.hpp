@@ -26,7 +26,13 @@ class TraceStore::Writer {
   // Finds the existing segments (index, torn tails cut) and creates the first new one.
   bool open(std::string& error);
   // last_ticket: the store's ticket of the block's last frame; settled once written.
-  void submit(wire::RawBlock&& block, bool starts_segment, uint64_t last_ticket);
+  // seed: the block's first summary level.
+  void submit(wire::RawBlock&& block, LevelSeed&& seed, bool starts_segment, uint64_t last_ticket);
+  // The buffers of a written block and its seed, cleared, for the front's next
+  // block (false: none yet). A block's frames and spans are megabytes; freed on
+  // the writer thread they would go to that thread's malloc arena, and the io
+  // thread would fault in fresh pages for every block.
+  bool take_spare(wire::RawBlock& block, LevelSeed& seed);
   // Every ticket up to `ticket` is settled when nothing is queued or being written.
   void settle_if_idle(uint64_t ticket);
   uint64_t settled() const { return settled_.load(std::memory_order_acquire); }
@@ -65,13 +71,16 @@ class TraceStore::Writer {
   };
   struct Pending {
     wire::RawBlock block;
+    LevelSeed seed;
     bool starts_segment = false;
     uint64_t last_ticket = 0;
+    size_t bytes() const { return block.bytes.size() + seed.bytes(); }
   };
   void settle(uint64_t ticket);
+  void give_back(wire::RawBlock&& block, LevelSeed&& seed);
 
   void run();
-  void write_block(const wire::RawBlock& block, bool starts_segment);
+  void write_block(const wire::RawBlock& block, LevelSeed& seed, bool starts_segment);
   bool start_segment();
   void close_file();
   void on_error(const std::string& what, uint64_t frames);
@@ -102,6 +111,9 @@ class TraceStore::Writer {
   std::mutex queue_mu_;
   std::condition_variable queue_cv_, drained_cv_;
   std::deque<Pending> queue_;
+  size_t queued_bytes_ = 0;  // of queue_: frames and seeds
+  std::mutex spare_mu_;
+  std::vector<Pending> spares_;  // at most two, cleared (take_spare)
   bool busy_ = false;
   bool stop_ = false;
   std::thread thread_;

@@ -40,14 +40,14 @@ uint32_t SpanMerger::lane_of(const LaneKey& key) {
     if (lanes_[i].key == key) return last_ = i;
     at = (at + 1) & mask;
   }
-  lanes_.push_back(Lane{key, false, {}});
+  lanes_.push_back(Lane{key, false, mark_, {}});
   slots_[at] = static_cast<uint32_t>(lanes_.size());
   return last_ = static_cast<uint32_t>(lanes_.size() - 1);
 }
 
 void SpanMerger::add(uint32_t source, const wire::Span& s) {
   if (res_ <= 0) {
-    emit_(source, s);
+    emit(source, s);
     return;
   }
   const uint64_t count = merged_span_count(s);
@@ -56,7 +56,7 @@ void SpanMerger::add(uint32_t source, const wire::Span& s) {
   const LaneKey key{(uint64_t{source} << 32) | s.track_id, (uint64_t{s.stream} << 32) |
                                                                (uint64_t{s.depth} << 8) |
                                                                static_cast<uint8_t>(s.track_kind)};
-  Lane& lane = lanes_[lane_of(key)];
+  Lane& lane = touch(lane_of(key));
   if (lane.open) {
     Run& run = lane.run;
     if (short_span && s.start_ns >= run.first.start_ns && s.start_ns - run.end_ns < res_) {
@@ -67,14 +67,14 @@ void SpanMerger::add(uint32_t source, const wire::Span& s) {
     flush(source, run);
     if (!short_span) {
       lane.open = false;
-      emit_(source, s);
+      emit(source, s);
       return;
     }
     run = Run{s, s.end_ns, count};
     return;
   }
   if (!short_span) {
-    emit_(source, s);
+    emit(source, s);
     return;
   }
   lane.open = true;
@@ -83,7 +83,7 @@ void SpanMerger::add(uint32_t source, const wire::Span& s) {
 
 void SpanMerger::flush(uint32_t source, const Run& run) {
   if (run.count == 1) {
-    emit_(source, run.first);
+    emit(source, run.first);
     return;
   }
   wire::Span m = run.first;
@@ -94,7 +94,7 @@ void SpanMerger::flush(uint32_t source, const Run& run) {
   m.num_args = 1;
   m.args[0] = {wire::kMergedSpansStringId, static_cast<int64_t>(run.count)};
   ++merged_;
-  emit_(source, m);
+  emit(source, m);
 }
 
 void SpanMerger::finish() {
@@ -103,6 +103,46 @@ void SpanMerger::finish() {
   lanes_.clear();
   slots_.clear();
   last_ = UINT32_MAX;
+  mark();  // nothing to undo across a finish()
+}
+
+SpanMerger::Lane& SpanMerger::touch(uint32_t index) {
+  Lane& lane = lanes_[index];
+  if (lane.mark != mark_) {
+    lane.mark = mark_;
+    if (index < lanes_at_mark_) saved_.emplace_back(index, lane);  // newer lanes are cut instead
+  }
+  return lane;
+}
+
+void SpanMerger::mark() {
+  ++mark_;
+  saved_.clear();
+  lanes_at_mark_ = lanes_.size();
+  merged_at_mark_ = merged_;
+}
+
+void SpanMerger::undo() {
+  for (const auto& [index, lane] : saved_) lanes_[index] = lane;
+  saved_.clear();
+  merged_ = merged_at_mark_;
+  last_ = UINT32_MAX;
+  if (lanes_.size() == lanes_at_mark_) return;
+  // Lanes first seen since the mark go, and the table is rebuilt without them (rare: a
+  // rejected frame).
+  lanes_.resize(lanes_at_mark_);
+  slots_.clear();
+  shift_ = 64;
+  if (!lanes_.empty()) {
+    slots_.assign(std::max<size_t>(64, std::bit_ceil(lanes_.size() * 2)), 0);
+    shift_ = 64 - std::countr_zero(slots_.size());
+    const size_t mask = slots_.size() - 1;
+    for (uint32_t i = 0; i < lanes_.size(); ++i) {
+      size_t at = hash(lanes_[i].key) >> shift_;
+      while (slots_[at] != 0) at = (at + 1) & mask;
+      slots_[at] = i + 1;
+    }
+  }
 }
 
 }  // namespace inferscope::collector

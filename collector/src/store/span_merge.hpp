@@ -17,6 +17,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <utility>
 #include <vector>
 
 #include "inferscope/wire/records.hpp"
@@ -32,11 +33,21 @@ class SpanMerger {
 
   // res <= 0: no merging, every span goes out as it is.
   SpanMerger(int64_t res, Emit emit) : res_(res), emit_(std::move(emit)) {}
+  // Emits into `out` (appended): the store's summaries, where a call through
+  // std::function per span shows in profiles.
+  using Output = std::vector<std::pair<uint32_t, wire::Span>>;
+  SpanMerger(int64_t res, Output* out) : res_(res), out_(out) {}
 
   void add(uint32_t source, const wire::Span& s);
   // Emits the open runs, in the order their lanes were first seen.
   void finish();
   uint64_t merged() const { return merged_; }  // merged spans emitted
+
+  // A frame is merged whole or not at all: mark() before its spans, undo() puts
+  // the lanes back as they were at mark() (the caller drops what was emitted
+  // since). Costs a compare per span and a copy of each lane a frame touches.
+  void mark();
+  void undo();
 
  private:
   // source and track | stream, depth and track kind: two words, compared and hashed whole.
@@ -57,19 +68,34 @@ class SpanMerger {
   struct Lane {
     LaneKey key;
     bool open = false;
+    uint32_t mark = 0;  // the mark() it was last saved for (see touch())
     Run run;
   };
+  Lane& touch(uint32_t index);  // the lane, saved for undo() first when the mark is new to it
   static uint64_t hash(const LaneKey& k);
   uint32_t lane_of(const LaneKey& key);  // index in lanes_, added when new
   void flush(uint32_t source, const Run& run);
 
   int64_t res_;
   Emit emit_;
+  Output* out_ = nullptr;  // instead of emit_ when set
+  void emit(uint32_t source, const wire::Span& s) {
+    if (out_) {
+      out_->emplace_back(source, s);
+    } else {
+      emit_(source, s);
+    }
+  }
   uint64_t merged_ = 0;
   std::vector<Lane> lanes_;
   std::vector<uint32_t> slots_;  // open addressing: lane index + 1, 0 = empty; size 2^shift_
   int shift_ = 64;               // 64 - log2(slots_.size()): a hash's top bits pick the slot
   uint32_t last_ = UINT32_MAX;   // the last lane used (see add())
+  // Since mark(): lanes as they were before their first change, and what to cut back to.
+  uint32_t mark_ = 0;
+  std::vector<std::pair<uint32_t, Lane>> saved_;
+  size_t lanes_at_mark_ = 0;
+  uint64_t merged_at_mark_ = 0;
 };
 
 }  // namespace inferscope::collector

@@ -8,6 +8,8 @@
 #include <algorithm>
 #include <unordered_map>
 
+#include "block_summary.hpp"
+#include "inferscope/collector/record_tap.hpp"
 #include "inferscope/wire/codec.hpp"
 #include "segment_writer.hpp"
 
@@ -31,6 +33,46 @@ bool for_each_frame(const wire::FrameDecoder& sizer, std::span<const uint8_t> ra
 
 }  // namespace
 
+// [SECTION] The record tap
+// States: idle; open (a frame's records arriving, merged into the first level
+// at once); ended (its records are in, the next write() is that frame).
+class TraceStore::Tap final : public RecordTap {
+ public:
+  explicit Tap(TraceStore& store) : store_(store) {}
+  enum class State { kIdle, kOpen, kEnded };
+  State state = State::kIdle;
+
+  void begin_frame() override {
+    state = State::kIdle;
+    if (!store_.opened_ || !store_.options_.summaries) return;  // nothing to merge into
+    // The block begins (replay first) before the frame's records go in, as its bytes will.
+    if (!store_.open_block_begun_ && !store_.writer_->failing()) {
+      if (store_.writer_->segment_full()) store_.open_block_starts_segment_ = true;
+      store_.begin_block();
+    }
+    store_.first_level_->begin_frame();
+    state = State::kOpen;
+  }
+  void record(uint32_t source, const wire::Record& r) override {
+    if (state == State::kOpen) store_.first_level_->add(source, r);
+  }
+  void end_frame() override {
+    if (state == State::kOpen) state = State::kEnded;
+  }
+  void abort_frame() override {
+    if (state != State::kIdle) store_.first_level_->undo_frame();
+    state = State::kIdle;
+    store_.write_deferred();
+  }
+
+ private:
+  TraceStore& store_;
+};
+
+RecordTap& TraceStore::record_tap() {
+  return *tap_;
+}
+
 TraceStore::TraceStore(TraceStoreOptions options, Replay replay, Log log)
     : options_(std::move(options)), replay_(std::move(replay)), log_(std::move(log)) {
   if (options_.segment_bytes == 0)
@@ -39,6 +81,8 @@ TraceStore::TraceStore(TraceStoreOptions options, Replay replay, Log log)
       std::clamp<uint32_t>(options_.block_bytes, 4u << 10, wire::kMaxBlockRawBytes / 2);
   if (options_.queue_blocks == 0) options_.queue_blocks = 1;
   writer_ = std::make_unique<Writer>(options_, log_);
+  first_level_ = std::make_unique<FirstLevel>();
+  tap_ = std::make_unique<Tap>(*this);
 }
 
 TraceStore::~TraceStore() {
@@ -63,28 +107,61 @@ void TraceStore::write(std::span<const uint8_t> frame, int64_t steady_now_ns) {
 void TraceStore::write(std::span<const uint8_t> frame, const wire::FrameSummary& summary,
                        int64_t steady_now_ns) {
   if (!opened_) return;
+  if (tap_->state == Tap::State::kOpen) {
+    // Raised while the tapped frame is decoded (an alert): stored after it, so
+    // neither frame's records mix into the other's place in the block.
+    deferred_.push_back({{frame.begin(), frame.end()}, summary, steady_now_ns});
+    return;
+  }
+  const bool tapped = tap_->state == Tap::State::kEnded;
+  tap_->state = Tap::State::kIdle;
+  add_frame(frame, summary, steady_now_ns, tapped);
+  write_deferred();
+}
+
+void TraceStore::write_deferred() {
+  if (deferred_.empty()) return;
+  auto frames = std::move(deferred_);
+  deferred_.clear();
+  for (const auto& d : frames) add_frame(d.frame, d.summary, d.steady_now_ns, false);
+}
+
+bool TraceStore::prepare_block(int64_t steady_now_ns) {
+  if (open_block_begun_) return true;
+  // Decide at a block's start whether it opens a segment: then it begins with
+  // the replay so the segment can be read alone.
+  if (writer_->failing()) {
+    // Retry at most once a second, in a fresh segment; until then refuse cheaply.
+    if (steady_now_ns - last_retry_ns_ < 1'000'000'000) return false;
+    last_retry_ns_ = steady_now_ns;
+    open_block_starts_segment_ = true;
+  } else if (writer_->segment_full()) {
+    open_block_starts_segment_ = true;
+  }
+  begin_block();
+  return true;
+}
+
+void TraceStore::add_frame(std::span<const uint8_t> frame, const wire::FrameSummary& summary,
+                           int64_t steady_now_ns, bool tapped) {
   ++tickets_;
   if (!open_block_begun_) {
-    // Decide at a block's start whether it opens a segment: then it begins with
-    // the replay so the segment can be read alone.
-    if (writer_->failing()) {
-      // Retry at most once a second, in a fresh segment; until then refuse cheaply.
-      if (steady_now_ns - last_retry_ns_ < 1'000'000'000) {
-        writer_->refuse(1);
-        return;
-      }
-      last_retry_ns_ = steady_now_ns;
-      open_block_starts_segment_ = true;
-    } else if (writer_->segment_full()) {
-      open_block_starts_segment_ = true;
+    // A tapped frame's block begins when the tap opens, unless the store was
+    // failing then; its records went in before this replay would: take them
+    // out and decode the frame below instead, in block order.
+    if (tapped) first_level_->undo_frame();
+    tapped = false;
+    if (!prepare_block(steady_now_ns)) {
+      writer_->refuse(1);
+      return;
     }
-    begin_block();
   }
   if (!open_block_has_data_) {
     open_block_since_ns_ = steady_now_ns;
     open_block_has_data_ = true;
   }
   open_block_.add(frame, summary);
+  if (!tapped && options_.summaries) first_level_->add_frame(frame);
   open_block_last_ticket_ = tickets_;
   if (open_block_.bytes.size() >= options_.block_bytes) seal_block(steady_now_ns);
 }
@@ -93,7 +170,10 @@ void TraceStore::begin_block() {
   if (open_block_starts_segment_ && replay_) {
     std::vector<std::vector<uint8_t>> frames;
     replay_(frames);
-    for (const auto& f : frames) open_block_.add(f, wire::summarize_frame(f));
+    for (const auto& f : frames) {
+      open_block_.add(f, wire::summarize_frame(f));
+      if (options_.summaries) first_level_->add_frame(f);
+    }
   }
   open_block_begun_ = true;
 }
@@ -103,8 +183,13 @@ void TraceStore::seal_block(int64_t /*steady_now_ns*/) {
   open_block_begun_ = open_block_has_data_ = false;
   wire::RawBlock block = std::move(open_block_);
   open_block_ = {};
-  open_block_.bytes.reserve(options_.block_bytes + (64u << 10));
-  writer_->submit(std::move(block), open_block_starts_segment_, open_block_last_ticket_);
+  // The next block reuses the buffers of one already written, when there is one.
+  LevelSeed seed;
+  if (!writer_->take_spare(open_block_, seed))
+    open_block_.bytes.reserve(options_.block_bytes + (64u << 10));
+  first_level_->take(seed);  // seed: this block's; the first level keeps the spare buffers
+  writer_->submit(std::move(block), std::move(seed), open_block_starts_segment_,
+                  open_block_last_ticket_);
   open_block_starts_segment_ = false;
 }
 

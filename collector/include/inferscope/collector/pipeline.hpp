@@ -29,6 +29,7 @@
 #include "inferscope/collector/metrics.hpp"
 #include "inferscope/collector/options.hpp"
 #include "inferscope/collector/rate_limited_log.hpp"
+#include "inferscope/collector/record_tap.hpp"
 #include "inferscope/collector/sources.hpp"
 #include "inferscope/collector/stream_sequences.hpp"
 #include "inferscope/wire/codec.hpp"
@@ -78,6 +79,9 @@ class Pipeline {
 
   // Where forwarded frames and alert frames go (the collector wires store and viewers here).
   void set_frame_sink(FrameSink sink) { sink_ = std::move(sink); }
+  // Sees the records of each frame forwarded to the sink as they are decoded
+  // (record_tap.hpp; the trace store's TraceStore::record_tap()). Not owned.
+  void set_record_tap(RecordTap* tap) { tap_ = tap; }
   // Times and record count of the frame being handed to the sink (valid during the call),
   // summarized while decoding, so the trace store indexes it without decoding again.
   const wire::FrameSummary& sink_frame_summary() const { return sink_summary_; }
@@ -103,6 +107,7 @@ class Pipeline {
   StreamSequences sequences_;
   Aggregator aggregator_;
   FrameSink sink_;
+  RecordTap* tap_ = nullptr;
   AlertListener alert_listener_;
   HealthListener health_listener_;
   wire::FrameSummary sink_summary_;

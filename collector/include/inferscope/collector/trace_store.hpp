@@ -10,8 +10,8 @@
 // replay callback), so each segment can be read alone and the oldest can be
 // deleted to keep the total under max_bytes and the age under max_age.
 //
-// Threads: write(), tick(), flush() and close() are called from one thread (the
-// collector's io thread). With background = true, blocks are compressed and
+// Threads: write(), tick(), flush(), close() and the record tap are called from
+// one thread (the collector's io thread). With background = true, blocks are compressed and
 // written by the store's own thread behind a bounded queue (a block that finds
 // the queue full is dropped and counted); otherwise inline. stats() and query()
 // may be called from any thread.
@@ -33,6 +33,9 @@
 
 namespace inferscope::collector {
 
+class RecordTap;
+class FirstLevel;  // store/block_summary.hpp
+
 struct TraceStoreOptions {
   std::string dir;
   uint64_t max_bytes = 1ull << 30;
@@ -43,9 +46,14 @@ struct TraceStoreOptions {
   int zstd_level = 1;
   bool background = true;    // compress and write on the store's own thread
   size_t queue_blocks = 64;  // background: sealed blocks waiting at most (16 MiB of frames)
+  // With the blocks queued, their summaries' first level (merged spans and
+  // other records, in memory): frames and those together are kept under
+  // queue_blocks x block_bytes x 4 (64 MiB), or the block is dropped and counted.
   // Level-of-detail summaries after each block (store/block_summary.hpp): a
-  // coarse range query reads them instead of the blocks. Costs the writer
-  // thread one decode of each block; off writes format 2 files as before.
+  // coarse range query reads them instead of the blocks. Costs the caller's
+  // thread the first level's merge (from the records the pipeline decoded, see
+  // record_tap(); frames written without it are decoded here) and the writer
+  // the coarser levels; off writes format 2 files as before.
   bool summaries = true;
   // With summaries: compress each block's bytes regrouped by field
   // (wire/trace_block.hpp, format 4): zstd runs about twice as fast on them and
@@ -99,6 +107,12 @@ class TraceStore {
   // Adds one frame; summary comes from whoever decoded it (the pipeline).
   void write(std::span<const uint8_t> frame, const wire::FrameSummary& summary,
              int64_t steady_now_ns);
+  // For Pipeline::set_record_tap: the records of the frames the pipeline
+  // forwards, as it decodes them, so the level-of-detail summaries' first level
+  // is merged from them and no block is decoded again (record_tap.hpp). Frames
+  // written without it are decoded here. A frame written while a tapped one is
+  // still being decoded (an alert it raised) is stored right after it.
+  RecordTap& record_tap();
   // Same, decoding the frame to summarize it (tools and tests).
   void write(std::span<const uint8_t> frame, int64_t steady_now_ns);
   // Closes the open block when it is older than block_age; call periodically.
@@ -142,9 +156,15 @@ class TraceStore {
   static std::vector<std::string> list_segments(const std::string& dir);
 
   class Writer;  // segment files, index and retention (store/segment_writer.hpp)
+  class Tap;     // the record tap (trace_store.cpp)
 
  private:
   void begin_block();  // the replay first when the block opens a segment
+  // Begins the open block when due (and allowed); false: the frame is refused.
+  bool prepare_block(int64_t steady_now_ns);
+  void add_frame(std::span<const uint8_t> frame, const wire::FrameSummary& summary,
+                 int64_t steady_now_ns, bool tapped);
+  void write_deferred();
   void seal_block(int64_t steady_now_ns);
   void recover_sequences();
 
@@ -152,6 +172,14 @@ class TraceStore {
   Replay replay_;
   Log log_;
   std::unique_ptr<Writer> writer_;
+  std::unique_ptr<FirstLevel> first_level_;  // of the open block's summaries
+  std::unique_ptr<Tap> tap_;
+  struct Deferred {
+    std::vector<uint8_t> frame;
+    wire::FrameSummary summary;
+    int64_t steady_now_ns;
+  };
+  std::vector<Deferred> deferred_;  // written while a tapped frame was open
   wire::RawBlock open_block_;
   int64_t open_block_since_ns_ = 0;
   bool open_block_begun_ = false;     // the segment decision (and replay) is made
