@@ -10,7 +10,7 @@
 //   hf_bench --model DIR [--backend cuda|cpu] [--prompts prompts.json]
 //            [--batches 1,8,64] [--prompt-len 128] [--steps 32] [--reps 2]
 //            [--threads N] [--device N] [--out result.json] [--async-routing]
-//            [--graphs]
+//            [--graphs] [--modes eager,graphs]
 //
 // --async-routing: the MoE routing stays on the device and a step waits once
 // (Model::set_async_routing; INFERSCOPE_ASYNC_ROUTING=1 does the same). Every
@@ -18,6 +18,14 @@
 // --graphs: decode steps of up to 64 rows are captured as CUDA graphs per
 // batch bucket and replayed (Model::set_step_graphs; implies --async-routing);
 // rows report the graph launches of their decode steps.
+// --modes: several of eager (synchronous routing, no graphs), async (async
+// routing, no graphs) and graphs, measured one after the other on the SAME
+// loaded model (a 14 GB checkpoint loads once): the JSON's "modes" holds one
+// entry per mode (its rows, routing, graph_error), written to --out after
+// every mode, so a run cut off during a later mode keeps the earlier ones.
+// Each mode starts with the stderr line "hf_bench: mode NAME start", which
+// scale_bench.py uses to give each mode its own timeout. On a backend without
+// step graphs (cpu) the graphs mode runs its padded steps eagerly and says so.
 //
 // --prompts: a JSON array of token-id arrays (row s is sequence s; at least
 // max(batches) rows of at least --prompt-len ids); without it, ids from a
@@ -27,6 +35,7 @@
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -181,11 +190,43 @@ Throughput run_forward(ie::Model& model, const std::vector<std::vector<int32_t>>
   return r;
 }
 
+// --modes: names in order, each at most once.
+std::vector<std::string> parse_modes(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream in(s);
+  std::string item;
+  while (std::getline(in, item, ',')) {
+    if (item != "eager" && item != "async" && item != "graphs")
+      throw std::invalid_argument("--modes: '" + item + "' is not eager, async or graphs");
+    if (std::find(out.begin(), out.end(), item) != out.end())
+      throw std::invalid_argument("--modes: '" + item + "' given twice");
+    out.push_back(item);
+  }
+  if (out.empty()) throw std::invalid_argument("--modes: none given");
+  return out;
+}
+
+void write_json(const json& out, const std::string& path) {
+  if (path.empty()) {
+    std::cout << out.dump(1) << "\n";
+    return;
+  }
+  // Whole file or nothing: a reader never sees half of it (written after every mode).
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream f(tmp);
+    f << out.dump(1) << "\n";
+    if (!f) throw std::runtime_error("cannot write '" + tmp + "'");
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0)
+    throw std::runtime_error("cannot rename '" + tmp + "' to '" + path + "'");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"Prefill and decode throughput of a Hugging Face MoE checkpoint in the engine"};
-  std::string dir, backend_name = "cuda", prompts_path, batches_arg = "1,8,64", out_path;
+  std::string dir, backend_name = "cuda", prompts_path, batches_arg = "1,8,64", out_path, modes_arg;
   int prompt = 128, steps = 32, reps = 2, threads = 8, device = 0;
   bool async_routing = false, graphs = false;
   app.add_option("--model", dir, "checkpoint directory (config.json + safetensors)")->required();
@@ -202,12 +243,17 @@ int main(int argc, char** argv) {
   app.add_flag("--async-routing", async_routing,
                "MoE routing stays on the device: one host wait per step");
   app.add_flag("--graphs", graphs, "decode steps as CUDA graphs per batch bucket (async routing)");
+  app.add_option("--modes", modes_arg,
+                 "eager,async,graphs (any of them, in order) on one loaded model; overrides "
+                 "--async-routing / --graphs");
   if (auto status = inferscope::cli::parse(app, kProgram, argc, argv)) return *status;
 
   try {
     std::vector<int32_t> batches;
+    std::vector<std::string> modes;
     try {
       batches = parse_batches(batches_arg);
+      if (!modes_arg.empty()) modes = parse_modes(modes_arg);
     } catch (const std::invalid_argument& e) {
       return inferscope::cli::usage_error(kProgram, e.what());
     }
@@ -239,35 +285,19 @@ int main(int argc, char** argv) {
     const ie::DType gemm = ie::hf_gemm_dtype(m, *backend);
     ie::Model model(
         *backend, c, [&](ie::Weights& w) { ie::load_hf_weights(m, w); }, gemm);
-    if (async_routing) model.set_async_routing(true);
-    if (graphs) model.set_step_graphs(true);
+    // No --modes: one mode from the flags and the environment (the model's own defaults).
+    const bool one_mode = modes.empty();
+    if (one_mode) {
+      if (async_routing) model.set_async_routing(true);
+      if (graphs) model.set_step_graphs(true);
+      modes.push_back(model.step_graphs() ? "graphs" : model.async_routing() ? "async" : "eager");
+    }
     backend->synchronize();
     const double load_s = now_s() - l0;
     std::fprintf(stderr, "hf_bench: %s loaded in %.1f s (%s GEMM weights on %s)\n", c.name.c_str(),
                  load_s, gemm == ie::DType::kBF16 ? "bf16" : "f32", backend->name().c_str());
 
-    // Warm-up: cuBLAS heuristics, the router's shadow, the staging buffers.
-    run_forward(model, prompts, 1, std::min(prompt, 16), 2, 1);
-    json results = json::array();
-    for (int32_t B : batches) {
-      const Throughput t = run_forward(model, prompts, B, prompt, steps, reps);
-      std::fprintf(stderr,
-                   "hf_bench: batch %3d  prefill %10.1f tok/s  decode %10.1f tok/s  step %.3f ms  "
-                   "%.1f host waits/step\n",
-                   B, t.prefill_tps, t.decode_tps, t.decode_step_ms, t.host_syncs_per_step);
-      results.push_back({{"batch", B},
-                         {"prefill_tps", t.prefill_tps},
-                         {"prefill_ms", t.prefill_ms},
-                         {"decode_tps", t.decode_tps},
-                         {"decode_step_ms", t.decode_step_ms},
-                         {"host_syncs_per_step", t.host_syncs_per_step},
-                         {"graph_launches", t.graph_launches}});
-    }
-    backend->synchronize();  // a device fault in queued work fails the run here
-    if (!model.graph_error().empty())
-      std::fprintf(stderr, "hf_bench: a graph capture failed (those steps ran eagerly): %s\n",
-                   model.graph_error().c_str());
-    const ie::MemoryFootprint fp = model.footprint();
+    const ie::MemoryFootprint fp0 = model.footprint();
     json out = {{"model_type", m.model_type},
                 {"backend", backend->name()},
                 {"checkpoint_dtype", m.checkpoint_dtype},
@@ -276,24 +306,73 @@ int main(int argc, char** argv) {
                 {"steps", steps},
                 {"reps", reps},
                 {"load_s", load_s},
-                {"routing", model.async_routing() ? "async" : "sync"},
-                {"graphs", model.step_graphs()},
-                {"graph_error", model.graph_error()},
+                {"step_graphs_on_device", backend->supports_step_graphs()},
                 {"method",
                  "Model::forward; B prompts prefilled in one step, then B-row greedy decode steps, "
-                 "logits downloaded every step (gpu_bench run_forward)"},
+                 "logits downloaded every step (gpu_bench run_forward); per mode a warm-up at "
+                 "every batch size first (cuBLAS heuristics; the graphs' eager step and capture)"},
                 {"footprint",
-                 {{"weights", fp.weights},
-                  {"kv_cache", fp.kv_cache},
-                  {"activations", fp.activations},
-                  {"ssm_state", fp.ssm_state}}},
-                {"results", results}};
-    if (out_path.empty()) {
-      std::cout << out.dump(1) << "\n";
-    } else {
-      std::ofstream f(out_path);
-      f << out.dump(1) << "\n";
-      if (!f) throw std::runtime_error("cannot write '" + out_path + "'");
+                 {{"weights", fp0.weights},
+                  {"kv_cache", fp0.kv_cache},
+                  {"activations", fp0.activations},
+                  {"ssm_state", fp0.ssm_state}}},
+                {"modes", json::array()}};
+    for (const std::string& mode : modes) {
+      if (!one_mode) {
+        model.set_step_graphs(mode == "graphs");
+        model.set_async_routing(mode != "eager");
+      }
+      std::fprintf(stderr, "hf_bench: mode %s start (routing %s, graphs %s)\n", mode.c_str(),
+                   model.async_routing() ? "async" : "sync",
+                   !model.step_graphs() ? "off"
+                   : backend->supports_step_graphs()
+                       ? "on"
+                       : "on, run eagerly: no graphs on this backend");
+      // Warm-up at every batch size with the measured prompt length (so the same context
+      // bucket): cuBLAS heuristics, the router's shadow, staging buffers and, with graphs,
+      // each bucket's eager first step and its capture, none of which the rows should time.
+      for (int32_t B : batches) run_forward(model, prompts, B, prompt, std::min(steps, 3), 1);
+      json results = json::array();
+      for (int32_t B : batches) {
+        const Throughput t = run_forward(model, prompts, B, prompt, steps, reps);
+        std::fprintf(stderr,
+                     "hf_bench: %-6s batch %3d  prefill %10.1f tok/s  decode %10.1f tok/s  step "
+                     "%.3f ms  %.1f host waits/step  %llu graph launches\n",
+                     mode.c_str(), B, t.prefill_tps, t.decode_tps, t.decode_step_ms,
+                     t.host_syncs_per_step, static_cast<unsigned long long>(t.graph_launches));
+        results.push_back({{"batch", B},
+                           {"prefill_tps", t.prefill_tps},
+                           {"prefill_ms", t.prefill_ms},
+                           {"decode_tps", t.decode_tps},
+                           {"decode_step_ms", t.decode_step_ms},
+                           {"host_syncs_per_step", t.host_syncs_per_step},
+                           {"graph_launches", t.graph_launches}});
+      }
+      backend->synchronize();  // a device fault in queued work fails the run here
+      if (!model.graph_error().empty())
+        std::fprintf(stderr, "hf_bench: a graph capture failed (those steps ran eagerly): %s\n",
+                     model.graph_error().c_str());
+      const json entry = {
+          {"mode", mode},
+          {"routing", model.async_routing() ? "async" : "sync"},
+          {"graphs", model.step_graphs()},
+          // graphs asked for, but the backend has none: the padded steps ran eagerly
+          {"graphs_eager", model.step_graphs() && !backend->supports_step_graphs()},
+          {"graph_error", model.graph_error()},
+          {"results", results}};
+      out["modes"].push_back(entry);
+      if (out["modes"].size() == 1) {  // the single-mode layout, kept for older readers
+        out["routing"] = entry["routing"];
+        out["graphs"] = entry["graphs"];
+        out["graph_error"] = entry["graph_error"];
+        out["results"] = results;
+      }
+      const ie::MemoryFootprint fp = model.footprint();  // activations grow with the batch
+      out["footprint"] = {{"weights", fp.weights},
+                          {"kv_cache", fp.kv_cache},
+                          {"activations", fp.activations},
+                          {"ssm_state", fp.ssm_state}};
+      write_json(out, out_path);
     }
     return inferscope::cli::kSuccess;
   } catch (const std::exception& e) {

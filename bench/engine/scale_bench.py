@@ -17,6 +17,12 @@ the result names every stage as ok / failed / timeout / skipped):
            Model::forward, B prompts in one prefill step, then B-row greedy decode steps
            with the logits downloaded every step); the process's device memory is sampled
            (nvidia-smi) while it runs, and its host peak RSS.
+  engine+graphs  the same hf_bench process after the engine stage (hf_bench --modes
+           eager,graphs: the checkpoint loads once): asynchronous routing + decode steps
+           replayed as CUDA graphs (Model::set_step_graphs); its own timeout (--cap-graphs,
+           from hf_bench's "mode graphs start" line). Rows carry host_syncs_per_step and
+           graph_launches, the stage graph_error. On the CPU backend (dry run) there are no
+           graphs: the padded graph-path steps run eagerly and the table says so.
   eager    transformers generate(), greedy, static cache (dynamic if static fails),
            compilation disabled.
   compile  transformers generate() with the decode step compiled by
@@ -422,8 +428,16 @@ STAGES = {"build": stage_build, "bw": stage_bw, "eager": stage_eager, "compile":
 
 # [SECTION] Orchestration: each stage its own process group, killed whole at its timeout
 
-def run_capped(cmd, cap_s, label, sampler=None):
-    """(status, rc, last lines). Streams the child's output prefixed with its label."""
+def run_capped(cmd, cap_s, label, sampler=None, phases=None, hard_cap_s=None):
+    """(status, rc, last lines, phase). Streams the child's output prefixed with its label.
+
+    phases: [(marker, cap_s), ...]: when a line of the child contains a marker, the running
+    timeout restarts at that phase's cap (hf_bench --modes prints "hf_bench: mode NAME start"),
+    so one process gets a timeout per phase; hard_cap_s bounds them all (the budget).
+    phase: the marker of the phase that was running at the end ("" before the first)."""
+    t0 = time.time()
+    hard = t0 + (hard_cap_s if hard_cap_s is not None else cap_s)
+    state = {"deadline": min(t0 + cap_s, hard), "phase": ""}
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                          start_new_session=True, bufsize=1)
     tail = []
@@ -434,6 +448,10 @@ def run_capped(cmd, cap_s, label, sampler=None):
             print("  [%s] %s" % (label, line), flush=True)
             tail.append(line)
             del tail[:-20]
+            for marker, cap in phases or ():
+                if marker in line:
+                    state["deadline"] = min(time.time() + cap, hard)
+                    state["phase"] = marker
 
     th = threading.Thread(target=pump, daemon=True)
     th.start()
@@ -442,18 +460,21 @@ def run_capped(cmd, cap_s, label, sampler=None):
     if sampler is not None:
         st = threading.Thread(target=sampler, args=(p.pid, stop), daemon=True)
         st.start()
-    try:
-        rc = p.wait(timeout=cap_s)
-        status = "ok" if rc == 0 else "failed"
-    except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL)
-        rc = p.wait()
-        status = "timeout"
+    status = None
+    while status is None:
+        try:
+            rc = p.wait(timeout=max(0.05, min(1.0, state["deadline"] - time.time())))
+            status = "ok" if rc == 0 else "failed"
+        except subprocess.TimeoutExpired:
+            if time.time() >= state["deadline"]:
+                os.killpg(p.pid, signal.SIGKILL)
+                rc = p.wait()
+                status = "timeout"
     stop.set()
     th.join(5)
     if st is not None:
         st.join(5)
-    return status, rc, tail
+    return status, rc, tail, state["phase"]
 
 
 class MemorySampler:
@@ -519,7 +540,8 @@ def table(res, batches):
         "".join("%13s" % ("decode B=%d" % b) for b in batches) + "%12s" % "B=1 step ms"
     lines.append("tok/s, same checkpoint and prompts (%s)" % res.get("gpu", "?"))
     lines.append(hdr)
-    for key, name in (("engine", "engine (hf_bench, Model::forward)"),
+    for key, name in (("engine", "engine (hf_bench, eager steps)"),
+                      ("engine+graphs", "engine+graphs (async routing, CUDA graphs)"),
                       ("eager", "transformers eager generate()"),
                       ("compile", "torch.compile reduce-overhead (decode)")):
         s = res["stages"].get(key, {})
@@ -527,8 +549,11 @@ def table(res, batches):
         label = name
         if key in ("eager", "compile") and s.get("cache"):
             label += " [%s]" % s["cache"]
+        if s.get("graphs_eager"):  # no graphs on this backend (cpu): the padded steps, eagerly
+            label = "engine+graphs [%s: no graphs, eager]" % s.get("backend", "?")
         if s.get("status") != "ok":  # short name + why; rows a timed-out stage finished still show
-            short = {"engine": "engine", "eager": "tf eager", "compile": "torch.compile"}[key]
+            short = {"engine": "engine", "engine+graphs": "engine+graphs", "eager": "tf eager",
+                     "compile": "torch.compile"}[key]
             label = "%s: %s%s" % (short, s.get("status", "not run"),
                                   " (partial)" if s.get("partial") else "")
         line = "%-44s" % label[:44]
@@ -542,12 +567,29 @@ def table(res, batches):
         lines.append("HBM floor of a B=1 decode step: %.3f GB of bf16 weights / %s GB/s = %s us"
                      % (fl["bytes"] / 1e9, fmt(fl.get("d2d_GBps"), "%.0f"),
                         fmt(fl.get("floor_us"), "%.1f")))
-        for key in ("engine", "eager", "compile"):
+        for key in ENGINE_ROWS + ("eager", "compile"):
             if key in fl.get("paths", {}):
                 p = fl["paths"][key]
-                lines.append("  %-8s B=1 step %9.1f us = %6.1fx the floor (%5.1f %% of floor speed)"
+                lines.append("  %-13s B=1 step %9.1f us = %6.1fx the floor (%5.1f %% of floor speed)"
                              % (key, p["step_us"], p["step_over_floor"], 100 * p["floor_fraction"]))
-    m = res["stages"].get("engine", {}).get("memory")
+    eng = [(k, res["stages"][k]) for k in ENGINE_ROWS if res["stages"].get(k, {}).get("rows")]
+    if eng:
+        lines.append("")
+        lines.append("engine paths, decode steps: host waits per step (B=%s), graph launches "
+                     "(all reps), graph_error" % "/".join(map(str, batches)))
+        for key, s in eng:
+            rows = {r["batch"]: r for r in s["rows"]}
+            lines.append("  %-13s routing %-5s waits/step %-20s graph launches %-16s error %s%s"
+                         % (key, s.get("routing", "?"),
+                            "/".join(fmt(rows.get(b, {}).get("host_syncs_per_step"), "%.1f")
+                                     for b in batches),
+                            "/".join(str(rows.get(b, {}).get("graph_launches", "-"))
+                                     for b in batches),
+                            repr(s.get("graph_error", "")) if s.get("graph_error") else "none",
+                            " (no graphs on the %s backend: graph decode ran its padded steps "
+                            "eagerly)" % s.get("backend") if s.get("graphs_eager") else ""))
+    m = next((res["stages"][k]["memory"] for k in ENGINE_ROWS
+              if res["stages"].get(k, {}).get("memory")), None)
     if m:
         lines.append("")
         lines.append("engine memory: device +%s GB (nvidia-smi, whole process incl. context; "
@@ -562,6 +604,81 @@ def table(res, batches):
                                                     if "wall_s" in v else "")
                                        for k, v in res["stages"].items()))
     return "\n".join(lines)
+
+
+# Engine rows: hf_bench mode -> stage name (the table's row key).
+ENGINE_MODES = (("eager", "engine"), ("graphs", "engine+graphs"))
+ENGINE_ROWS = tuple(n for _, n in ENGINE_MODES)
+
+
+def engine_stages(a, res, ckpt, has_cuda, deadline):
+    """The engine measured in each of --engine-modes by ONE hf_bench process (the 13.8 GB
+    checkpoint loads once), each mode its own stage in the result with its own timeout:
+    cap_engine from the start (the load and the eager mode), cap_graphs from the line
+    "hf_bench: mode graphs start". hf_bench rewrites its JSON after every mode, so a timeout in
+    the graphs mode keeps the eager rows. The device memory is sampled from outside for the
+    whole process (both modes) and reported under "engine"."""
+    names = [n for m, n in ENGINE_MODES if m in a.engine_mode_list]
+    left = deadline - time.time()
+    why = None
+    if left < 15:
+        why = "skipped (no time left)"
+    elif not a.engine or not os.access(a.engine, os.X_OK):
+        why = "skipped (no hf_bench at %s)" % a.engine
+    if why:
+        for n in names:
+            res["stages"][n] = {"status": why}
+        return
+    out = os.path.join(a.workdir, "engine.json")
+    if os.path.exists(out):
+        os.remove(out)
+    cmd = [a.engine, "--model", ckpt, "--backend", "cuda" if has_cuda else "cpu",
+           "--prompts", os.path.join(a.workdir, "prompts.json"),
+           "--batches", ",".join(map(str, a.batch_list)), "--prompt-len", str(a.prompt_len),
+           "--steps", str(a.steps), "--reps", str(a.reps), "--threads", str(a.threads),
+           "--modes", ",".join(a.engine_mode_list), "--out", out]
+    caps = {"eager": a.cap_engine, "graphs": a.cap_graphs}
+    first = a.engine_mode_list[0]
+    phases = [("hf_bench: mode %s start" % m, caps[m]) for m in a.engine_mode_list[1:]]
+    hard = min(left, sum(caps[m] for m in a.engine_mode_list))
+    print("scale: stages %s (one process; timeouts %s, %.0f s in all): %s"
+          % (", ".join(names), ", ".join("%s %d s" % (m, caps[m]) for m in a.engine_mode_list),
+             hard, " ".join(cmd)), flush=True)
+    sampler = MemorySampler()  # without a GPU: the host peak RSS only
+    t0 = time.time()
+    status, rc, tail, phase = run_capped(cmd, caps[first], "engine", sampler, phases, hard)
+    wall = time.time() - t0
+    e = json.load(open(out)) if os.path.exists(out) else {}
+    done = {m["mode"]: m for m in e.get("modes", [])}
+    # The mode the process was in at its end: the phase marker seen last, else the first mode.
+    running = phase.split("mode ")[1].split(" ")[0] if phase else first
+    for mode, name in ENGINE_MODES:
+        if mode not in a.engine_mode_list:
+            continue
+        entry = {"wall_s": wall, "timeout_s": caps[mode], "rc": rc,
+                 "process": "one hf_bench for %s" % ",".join(a.engine_mode_list)}
+        if mode in done:
+            m = done[mode]
+            entry.update({k: v for k, v in e.items() if k not in ("modes", "results")})
+            entry.update(m)
+            entry["rows"] = m["results"]
+            # finished; a later mode's timeout or failure does not undo that
+            entry["status"] = "ok" if status == "ok" or mode != running else status
+        else:
+            if status == "ok":  # exited 0 without this mode's rows: a bug, not a pass
+                entry["status"] = "failed"
+            elif mode == running:
+                entry["status"] = status
+            else:
+                entry["status"] = "not run (hf_bench %s in mode %s)" % (status, running)
+            entry["last_lines"] = tail[-8:]
+        res["stages"][name] = entry
+    mem = sampler.result()
+    fp = e.get("footprint", {})
+    mem.update({k: fp.get(k) for k in ("weights", "kv_cache", "activations")})
+    mem["checkpoint_bytes"] = res.get("checkpoint_bytes")
+    if names and names[0] in res["stages"]:
+        res["stages"][names[0]]["memory"] = mem
 
 
 def orchestrate(a):
@@ -603,7 +720,7 @@ def orchestrate(a):
             cmd += extra
         print("scale: stage %s (timeout %.0f s)" % (name, cap), flush=True)
         t0 = time.time()
-        status, rc, tail = run_capped(cmd, cap, name)
+        status, rc, tail, _ = run_capped(cmd, cap, name)
         entry = {"status": status, "rc": rc, "wall_s": time.time() - t0, "timeout_s": cap}
         if status == "ok" and os.path.exists(out):
             entry.update(json.load(open(out)))
@@ -633,39 +750,7 @@ def orchestrate(a):
     else:
         res["stages"]["bw"] = {"status": "skipped (no CUDA device)"}
 
-    # The engine, its device memory sampled from outside.
-    left = deadline - time.time()
-    if left < 15:
-        res["stages"]["engine"] = {"status": "skipped (no time left)"}
-    elif not a.engine or not os.access(a.engine, os.X_OK):
-        res["stages"]["engine"] = {"status": "skipped (no hf_bench at %s)" % a.engine}
-    else:
-        out = os.path.join(a.workdir, "engine.json")
-        if os.path.exists(out):
-            os.remove(out)
-        cmd = [a.engine, "--model", ckpt, "--backend", "cuda" if has_cuda else "cpu",
-               "--prompts", os.path.join(a.workdir, "prompts.json"),
-               "--batches", ",".join(map(str, a.batch_list)), "--prompt-len", str(a.prompt_len),
-               "--steps", str(a.steps), "--reps", str(a.reps), "--threads", str(a.threads),
-               "--out", out]
-        cap = min(a.cap_engine, left)
-        print("scale: stage engine (timeout %.0f s): %s" % (cap, " ".join(cmd)), flush=True)
-        sampler = MemorySampler()  # without a GPU: the host peak RSS only
-        t0 = time.time()
-        status, rc, tail = run_capped(cmd, cap, "engine", sampler)
-        entry = {"status": status, "rc": rc, "wall_s": time.time() - t0, "timeout_s": cap}
-        if status == "ok" and os.path.exists(out):
-            e = json.load(open(out))
-            entry.update(e)
-            entry["rows"] = e["results"]
-        else:
-            entry["last_lines"] = tail[-8:]
-        mem = sampler.result()
-        fp = entry.get("footprint", {})
-        mem.update({k: fp.get(k) for k in ("weights", "kv_cache", "activations")})
-        mem["checkpoint_bytes"] = res.get("checkpoint_bytes")
-        entry["memory"] = mem
-        res["stages"]["engine"] = entry
+    engine_stages(a, res, ckpt, has_cuda, deadline)
 
     for name, cap in (("eager", a.cap_eager), ("compile", a.cap_compile)):
         if name in a.skip_list:
@@ -683,7 +768,7 @@ def orchestrate(a):
     res["floor"] = {"bytes": fb, "d2d_GBps": bw, "paths": {}}
     if bw:
         res["floor"]["floor_us"] = fb / (bw * 1e9) * 1e6
-        for key in ("engine", "eager", "compile"):
+        for key in ENGINE_ROWS + ("eager", "compile"):
             s = res["stages"].get(key, {})
             r1 = [r for r in s.get("rows", []) if r["batch"] == 1]
             if r1:
@@ -694,7 +779,9 @@ def orchestrate(a):
     res["gpu"] = res["stages"].get("bw", {}).get("gpu", "no GPU (CPU dry run)")
     res["wall_s"] = time.time() - t_start
     bad = [k for k, v in res["stages"].items() if v.get("status") in ("failed", "timeout")]
-    return finish(a, res, 1 if bad or res["stages"].get("engine", {}).get("status") != "ok" else 0)
+    engine_ok = all(res["stages"].get(n, {}).get("status") == "ok"
+                    for m, n in ENGINE_MODES if m in a.engine_mode_list)
+    return finish(a, res, 1 if bad or not engine_ok else 0)
 
 
 def finish(a, res, rc):
@@ -723,7 +810,12 @@ def main():
     # under the device tool's 10 minutes a command; compile, last, gets what is left.
     ap.add_argument("--budget", type=int, default=400, help="seconds for all stages together")
     ap.add_argument("--cap-build", type=int, default=180)
-    ap.add_argument("--cap-engine", type=int, default=150)
+    ap.add_argument("--cap-engine", type=int, default=150,
+                    help="the engine's load and its eager mode")
+    ap.add_argument("--cap-graphs", type=int, default=90,
+                    help="the engine's graphs mode (same process, after the eager mode)")
+    ap.add_argument("--engine-modes", default="eager,graphs",
+                    help="hf_bench --modes: eager and/or graphs, in one process")
     ap.add_argument("--cap-eager", type=int, default=120)
     ap.add_argument("--cap-compile", type=int, default=180)
     ap.add_argument("--skip", default="", help="comma-separated: eager,compile")
@@ -736,6 +828,10 @@ def main():
         ap.error("--batches: sizes must be >= 1")
     a.prompt_len = a.prompt_len or (16 if a.tiny else 128)
     a.steps = a.steps or (4 if a.tiny else 32)
+    a.engine_mode_list = [m for m in a.engine_modes.split(",") if m]
+    if not a.engine_mode_list or any(m not in dict(ENGINE_MODES) for m in a.engine_mode_list) \
+            or len(set(a.engine_mode_list)) != len(a.engine_mode_list):
+        ap.error("--engine-modes: '%s' is not a list of eager, graphs" % a.engine_modes)
     a.skip_list = [s for s in a.skip.split(",") if s]
     for s in a.skip_list:
         if s not in ("eager", "compile"):

@@ -14,6 +14,9 @@
 //     span time by the enclosing range (the span's "range" arg): encoder,
 //     connector, each backbone layer; the attributed total vs all kernel time.
 //
+//  5. The same overhead with CUDA-graph decode (issue 18 part 6): graphs
+//     off / agent / agent + CUPTI full, and the attribution of replayed kernels.
+//
 //   gpu_bench [--model reference_engine/models/demo.json] [--json out.json]
 //             [--weights-out demo.safetensors] [--quick] [--backend cuda|cpu]
 #include <cuda_runtime.h>
@@ -364,6 +367,130 @@ EngineRun run_engine(ie::Model& model, ie::Telemetry* tel, int requests, int max
   return e;
 }
 
+// [SECTION] Observability overhead with CUDA-graph decode (issue 18 part 6)
+// The same Engine decode as the tables above with Model::set_step_graphs(true):
+// off / agent / agent + CUPTI full, interleaved, medians. ONE agent serves the
+// whole table, created in full mode before the first graph step, so its
+// warm-up run captures every (bucket, context) key inside its ranges, as in a
+// process whose agent starts before serving (the tracer keeps graph node ->
+// range open at capture, per tracer: graphs captured before an agent existed
+// would have their replays attributed by launch only). Its GPU trace is then
+// switched per round (set_gpu_trace_mode, waited for): off for the "off" round
+// (run without Telemetry; the agent idles, CUPTI detached) and the "agent"
+// round (Telemetry on, GPU trace off), full for the "full" round. Two agents
+// at once would let the full one trace the other's rounds. Layer ranges do not
+// open while a step is captured (Model::graph_forward passes no observer), so
+// replayed kernels are expected under the request's decode range, not per
+// layer. The attribution % counts the last full round only (replays).
+template <class MakeTel, class StatsJson>
+void graphs_overhead(ie::Model& model, ie::Backend& backend, MakeTel& make_tel, Sink& sink,
+                     StatsJson& stats_json, int rounds, int reqs, int max_new, json& out) {
+  namespace ag = inferscope::agent;
+  const bool was_on = model.step_graphs();  // INFERSCOPE_CUDA_GRAPHS=1: the tables above too
+  model.set_step_graphs(true);
+  const uint64_t launches0 = backend.graph_launches(), steps0 = model.graph_steps();
+  auto full = make_tel(true);
+  const bool cupti = full->agent().cupti_active();
+  uint64_t switch_timeouts = 0;
+  // The switch happens on the agent's GPU-trace thread: poll for it (generous bound; a switch
+  // that does not complete is counted, not fatal). Without CUPTI there is nothing to wait for.
+  auto switch_to = [&](ag::GpuTraceMode m) {
+    full->agent().set_gpu_trace_mode(m);
+    if (!cupti) return;
+    const bool want = m != ag::GpuTraceMode::kOff;
+    const int64_t t0 = ag::now_ns();
+    while (full->agent().stats().gpu.tracing != want) {
+      if (ag::now_ns() - t0 > 10'000'000'000) {
+        ++switch_timeouts;
+        return;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+  };
+  switch_to(ag::GpuTraceMode::kFull);                  // CUPTI attached before the first capture
+  run_engine(model, full.get(), reqs, max_new, true);  // warm-up: eager first steps, captures
+  full->agent().flush(std::chrono::milliseconds(3000));
+  const uint64_t captured_launches = backend.graph_launches() - launches0;
+  std::vector<double> off, on, cup;
+  Sink::Attribution attr;
+  ag::GpuTraceStats before{}, after{};
+  for (int r = 0; r < rounds; ++r) {
+    switch_to(ag::GpuTraceMode::kOff);
+    off.push_back(run_engine(model, nullptr, reqs, max_new, true).decode_tps);
+    on.push_back(run_engine(model, full.get(), reqs, max_new, true).decode_tps);
+    switch_to(ag::GpuTraceMode::kFull);
+    const bool last = r == rounds - 1;
+    if (last) {
+      full->agent().flush(std::chrono::milliseconds(3000));
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+      sink.reset();
+      before = full->agent().stats().gpu;
+    }
+    cup.push_back(run_engine(model, full.get(), reqs, max_new, true).decode_tps);
+    if (last) {
+      full->agent().flush(std::chrono::milliseconds(3000));
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+      attr = sink.snapshot();
+      after = full->agent().stats().gpu;
+    }
+  }
+  const bool cupti_active = cupti;
+  json& g = out["graphs_observability"];
+  g["trace_switch_timeouts"] = switch_timeouts;
+  g["graph_launches"] = backend.graph_launches() - launches0;
+  g["graph_launches_warmup"] = captured_launches;
+  g["graph_steps"] = model.graph_steps() - steps0;
+  g["graph_error"] = model.graph_error();
+  g["graphs_before_this_table"] = was_on;
+  g["cupti_active"] = cupti_active;
+  g["rounds"] = rounds;
+  g["agent_full"] = stats_json(full->agent().stats().gpu);
+  const double base = median(off);
+  auto row = [&](const char* key, const char* label, const std::vector<double>& v) {
+    const double m = median(v);
+    g[key]["decode_tps"] = m;
+    g[key]["overhead_pct"] = 100 * (1 - m / base);
+    std::printf("  %-34s %10.1f %9.2f%%\n", label, m, 100 * (1 - m / base));
+  };
+  std::printf(
+      "\nCUDA-graph decode (set_step_graphs): engine decode tok/s, median of %d rounds, overhead "
+      "vs graphs off; %llu graph-path steps, %llu graph launches (%llu in the warm-up), "
+      "graph_error %s\n",
+      rounds, static_cast<unsigned long long>(g["graph_steps"].get<uint64_t>()),
+      static_cast<unsigned long long>(g["graph_launches"].get<uint64_t>()),
+      static_cast<unsigned long long>(captured_launches),
+      model.graph_error().empty() ? "none" : model.graph_error().c_str());
+  if (switch_timeouts)
+    std::printf("  WARNING: %llu GPU-trace switches did not complete within 10 s\n",
+                static_cast<unsigned long long>(switch_timeouts));
+  row("off", "graphs: off", off);
+  row("agent", "graphs: agent, GPU trace off", on);
+  row("full", "graphs: agent + CUPTI full", cup);
+  // Replayed kernels of the last full round: the agent's own count and the sink's time.
+  const uint64_t k = after.kernels_captured - before.kernels_captured,
+                 ka = after.kernels_attributed - before.kernels_attributed;
+  g["replay_round"]["kernels"] = k;
+  g["replay_round"]["attributed_pct"] = k ? 100.0 * ka / k : 0.0;
+  double attributed = 0;
+  for (auto& [name, ms] : attr.kernel_ms_by_range) {
+    g["replay_round"]["ms_" + (name.empty() ? std::string("unattributed") : name)] = ms;
+    if (!name.empty()) attributed += ms;
+  }
+  g["replay_round"]["kernel_ms"] = attr.kernel_ms_total;
+  g["replay_round"]["attributed_time_pct"] =
+      attr.kernel_ms_total > 0 ? 100 * attributed / attr.kernel_ms_total : 0.0;
+  std::printf(
+      "  graphs, last full round (replays): %llu kernels, %.2f%% attributed by the agent; kernel "
+      "time %.3f ms, %.2f%% under a range%s\n",
+      static_cast<unsigned long long>(k), k ? 100.0 * ka / k : 0.0, attr.kernel_ms_total,
+      g["replay_round"]["attributed_time_pct"].get<double>(),
+      cupti_active ? "" : "  [CUPTI NOT active]");
+  for (auto& [name, ms] : attr.kernel_ms_by_range)
+    std::printf("    %-36s %10.3f ms\n", name.empty() ? "(no range)" : name.c_str(), ms);
+  full.reset();
+  model.set_step_graphs(was_on);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -679,6 +806,7 @@ int main(int argc, char** argv) {
       std::printf("  %-70.70s %8.3f ms\n", name.c_str(), ms);
       out["kernels_top_ms"][name] = ms;
     }
+    graphs_overhead(model, *backend, make_tel, sink, stats_json, rounds, reqs, max_new, out);
     if (!json_out.empty()) std::ofstream(json_out) << out.dump(1) << "\n";
     return 0;
   } catch (const std::exception& e) {

@@ -78,6 +78,42 @@ def main():
           % e.get("footprint", {}).get("weights"))
     check(e.get("gemm_dtype") == "f32" and e.get("checkpoint_dtype") == "BF16",
           "bf16 checkpoint, widened on the cpu backend")
+    # engine+graphs: the same hf_bench process (--modes eager,graphs), its own stage. The cpu
+    # backend has no graphs: the padded steps run eagerly, with async routing (1 wait a step
+    # against the eager path's MoE layers + 1), and the table must say so.
+    g = st.get("engine+graphs", {})
+    check(g.get("status") == "ok", "engine+graphs stage ok (%s)" % g.get("status"))
+    grows = {x["batch"]: x for x in g.get("rows", [])}
+    check(sorted(grows) == [1, 4], "engine+graphs rows for batches 1 and 4 (%s)" % sorted(grows))
+    check(all(x["decode_tps"] > 0 and x["prefill_tps"] > 0 for x in grows.values()),
+          "engine+graphs tok/s positive")
+    check(g.get("routing") == "async" and g.get("graphs") is True and g.get("graphs_eager") is True,
+          "engine+graphs: async routing, graphs on, run eagerly on cpu (%s, %s, %s)"
+          % (g.get("routing"), g.get("graphs"), g.get("graphs_eager")))
+    check(e.get("routing") == "sync" and e.get("graphs") is False,
+          "engine: sync routing, no graphs (%s, %s)" % (e.get("routing"), e.get("graphs")))
+    check(all(x["host_syncs_per_step"] == 1.0 for x in grows.values()),
+          "engine+graphs: 1 host wait per decode step (%s)"
+          % [x["host_syncs_per_step"] for x in grows.values()])
+    check(all(x["host_syncs_per_step"] == 3.0 for x in rows.values()),
+          "engine: MoE layers + 1 = 3 host waits per decode step (%s)"
+          % [x["host_syncs_per_step"] for x in rows.values()])
+    check(all(x["graph_launches"] == 0 for x in list(rows.values()) + list(grows.values()))
+          and g.get("graph_error") == "", "no graph launches or errors on cpu")
+    check("engine+graphs [cpu: no graphs, eager]" in r.stdout and "ran its padded steps eagerly"
+          in r.stdout, "table says the cpu graph path ran eagerly")
+    check("engine ok" in r.stdout and "engine+graphs ok" in r.stdout, "stages line names both")
+
+    # Per-phase timeouts of one process: the marker restarts the timeout at the phase's cap.
+    status, rc, _, phase = scale_bench.run_capped(
+        ["sh", "-c", "echo 'hf_bench: mode graphs start'; sleep 60"], 300, "t",
+        phases=[("hf_bench: mode graphs start", 1)])
+    check(status == "timeout" and phase == "hf_bench: mode graphs start",
+          "run_capped: a phase's own timeout kills the process (%s, phase '%s')" % (status, phase))
+    status, rc, _, phase = scale_bench.run_capped(["sh", "-c", "exit 3"], 300, "t")
+    check(status == "failed" and rc == 3 and phase == "", "run_capped: rc kept (%s, %d)"
+          % (status, rc))
+
     for name in ("eager", "compile"):
         s = st.get(name, {}).get("status", "")
         check(s.startswith("skipped"), "%s reports itself skipped without transformers (%s)"
@@ -92,7 +128,9 @@ def main():
     for args, words in ((["--batches", "0"], "--batches"),
                         (["--batches", "1", "--prompts", bad, "--prompt-len", "3"], "token id"),
                         (["--batches", "2", "--prompts", bad, "--prompt-len", "3"], "at least 2"),
-                        (["--prompt-len", "250", "--steps", "10"], "exceeds")):
+                        (["--prompt-len", "250", "--steps", "10"], "exceeds"),
+                        (["--modes", "eager,fast"], "--modes"),
+                        (["--modes", "eager,eager"], "twice")):
         r = subprocess.run([a.hf_bench, "--model", ckpt, "--backend", "cpu"] + args,
                            capture_output=True, text=True, timeout=120)
         check(r.returncode == 2 and words in r.stderr,
