@@ -24,45 +24,16 @@
 #include <string>
 #include <vector>
 
+#include "gpu_test_util.hpp"
 #include "inferscope/engine/backend.hpp"
 #include "inferscope/engine/config.hpp"
 #include "inferscope/engine/layers.hpp"
 #include "inferscope/engine/model.hpp"
 
 namespace ie = inferscope::engine;
+using inferscope::engine::gpu_test::rel_l2;
 
 namespace {
-
-std::string unavailable_reason() {
-  static const std::string reason = [] {
-    if (!std::filesystem::exists("/dev/nvidiactl") && !std::filesystem::exists("/dev/dxg"))
-      return std::string("no NVIDIA device node (/dev/nvidiactl)");
-    try {
-      ie::create_backend("cuda", {});
-      return std::string();
-    } catch (const std::exception& e) {
-      return std::string(e.what());
-    }
-  }();
-  return reason;
-}
-
-#define SKIP_WITHOUT_GPU()                                                  \
-  do {                                                                      \
-    if (!unavailable_reason().empty())                                      \
-      GTEST_SKIP() << "no CUDA device / backend: " << unavailable_reason(); \
-  } while (0)
-
-double rel_l2(const std::vector<float>& a, const std::vector<float>& b) {
-  if (a.size() != b.size()) return INFINITY;
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (!std::isfinite(a[i])) return INFINITY;
-    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
-    den += double(b[i]) * b[i];
-  }
-  return std::sqrt(num / std::max(den, 1e-30));
-}
 
 std::vector<float> randn(size_t n, std::mt19937& rng, float sd) {
   std::normal_distribution<float> d(0.0f, sd);
@@ -85,7 +56,7 @@ struct RouteCase {
 
 class CudaAsyncRouting : public ::testing::Test {
  protected:
-  void SetUp() override { SKIP_WITHOUT_GPU(); }
+  void SetUp() override { SKIP_WITHOUT_CUDA(); }
 };
 
 TEST_F(CudaAsyncRouting, RouteDeviceEqualsTheCpuRouter) {
@@ -195,7 +166,7 @@ struct Recorder : ie::ForwardObserver {
 
 class CudaAsyncRoutingModel : public ::testing::TestWithParam<std::string> {
  protected:
-  void SetUp() override { SKIP_WITHOUT_GPU(); }
+  void SetUp() override { SKIP_WITHOUT_CUDA(); }
 };
 
 TEST_P(CudaAsyncRoutingModel, SameCountsAndLogitsWithOneWaitPerStep) {

@@ -14,10 +14,12 @@
 #include <string>
 #include <vector>
 
+#include "gpu_test_util.hpp"
 #include "inferscope/engine/backend.hpp"
 #include "inferscope/engine/weights.hpp"
 
 namespace ie = inferscope::engine;
+using inferscope::engine::gpu_test::rel_l2;
 
 namespace {
 
@@ -32,30 +34,10 @@ std::vector<float> randn(size_t n, std::mt19937& rng) {
   return v;
 }
 
-double rel_l2(const std::vector<float>& got, const std::vector<float>& ref) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < ref.size(); ++i) {
-    if (!std::isfinite(got[i])) return INFINITY;
-    num += (double(got[i]) - ref[i]) * (double(got[i]) - ref[i]);
-    den += double(ref[i]) * ref[i];
-  }
-  return std::sqrt(num / std::max(den, 1e-30));
-}
-
 class Bf16Weights : public ::testing::Test {
  protected:
   void SetUp() override {
-    static const std::string unavailable = [] {
-      if (!std::filesystem::exists("/dev/nvidiactl") && !std::filesystem::exists("/dev/dxg"))
-        return std::string("no NVIDIA device node (/dev/nvidiactl)");
-      try {
-        ie::create_backend("cuda", {});
-        return std::string();
-      } catch (const std::exception& e) {
-        return std::string(e.what());
-      }
-    }();
-    if (!unavailable.empty()) GTEST_SKIP() << "no CUDA device / backend: " << unavailable;
+    SKIP_WITHOUT_CUDA();
     gpu = ie::create_backend("cuda", {});
     cpu = ie::create_backend("cpu", {});
   }

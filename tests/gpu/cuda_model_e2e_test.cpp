@@ -19,11 +19,13 @@
 #include <string>
 #include <vector>
 
+#include "gpu_test_util.hpp"
 #include "inferscope/engine/backend.hpp"
 #include "inferscope/engine/config.hpp"
 #include "inferscope/engine/model.hpp"
 
 namespace ie = inferscope::engine;
+using inferscope::engine::gpu_test::rel_l2;
 
 namespace {
 
@@ -37,16 +39,6 @@ struct Routing : ie::ForwardObserver {
     dropped.push_back(c.dropped);
   }
 };
-
-double rel_l2(const std::vector<float>& a, const std::vector<float>& b) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (!std::isfinite(a[i])) return INFINITY;
-    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
-    den += double(b[i]) * b[i];
-  }
-  return std::sqrt(num / std::max(den, 1e-30));
-}
 
 std::string model_path(const std::string& name) {
   return std::string(INFERSCOPE_SOURCE_DIR) + "/reference_engine/models/" + name + ".json";
@@ -125,20 +117,7 @@ Result compare(const std::string& model, bool fp32_math) {
 
 class CudaModelE2E : public ::testing::TestWithParam<std::string> {
  protected:
-  void SetUp() override {
-    static const std::string unavailable = [] {  // probe once per process
-      // No NVIDIA device node: skip without paying for a CUDA runtime init.
-      if (!std::filesystem::exists("/dev/nvidiactl") && !std::filesystem::exists("/dev/dxg"))
-        return std::string("no NVIDIA device node (/dev/nvidiactl)");
-      try {
-        ie::create_backend("cuda", {});
-        return std::string();
-      } catch (const std::exception& e) {
-        return std::string(e.what());
-      }
-    }();
-    if (!unavailable.empty()) GTEST_SKIP() << "no CUDA device / backend: " << unavailable;
-  }
+  void SetUp() override { SKIP_WITHOUT_CUDA(); }
 };
 
 TEST_P(CudaModelE2E, Fp32GemmsMatchCpuExactlyEnough) {

@@ -1,0 +1,53 @@
+// What the CUDA backend tests share: whether they can run here, and how far a GPU result is
+// from its CPU reference.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <exception>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "inferscope/engine/backend.hpp"
+
+namespace inferscope::engine::gpu_test {
+
+// Empty when the CUDA backend can be created here, else why not. Probed once per process: a
+// probe without a device costs ~1 s of CUDA runtime init, so no device node skips it.
+inline const std::string& cuda_unavailable_reason() {
+  static const std::string reason = [] {
+    if (!std::filesystem::exists("/dev/nvidiactl") && !std::filesystem::exists("/dev/dxg"))
+      return std::string("no NVIDIA device node (/dev/nvidiactl)");
+    try {
+      create_backend("cuda", {});
+      return std::string();
+    } catch (const std::exception& e) {
+      return std::string(e.what());
+    }
+  }();
+  return reason;
+}
+
+// Relative L2 distance of `got` from `ref`; infinite on a size mismatch or a non-finite value.
+inline double rel_l2(const std::vector<float>& got, const std::vector<float>& ref) {
+  if (got.size() != ref.size()) return INFINITY;
+  double num = 0, den = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    if (!std::isfinite(got[i])) return INFINITY;
+    num += (double(got[i]) - ref[i]) * (double(got[i]) - ref[i]);
+    den += double(ref[i]) * ref[i];
+  }
+  return std::sqrt(num / std::max(den, 1e-30));
+}
+
+}  // namespace inferscope::engine::gpu_test
+
+// In a test body or SetUp(): reports the test skipped (with the reason) where CUDA cannot run.
+#define SKIP_WITHOUT_CUDA()                                                             \
+  do {                                                                                  \
+    const std::string& why = ::inferscope::engine::gpu_test::cuda_unavailable_reason(); \
+    if (!why.empty()) GTEST_SKIP() << "no CUDA device / backend: " << why;              \
+  } while (0)
