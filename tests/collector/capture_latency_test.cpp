@@ -77,20 +77,7 @@ struct LiveCollector {
   std::map<std::string, double> scrape() { return parse_exposition(http_get(metrics)); }
   // POST /capture; the capture id the endpoint answered with (0: none sent).
   uint64_t post_capture(const std::string& model) {
-    asio::io_context io;
-    asio::ip::tcp::socket s(io);
-    std::error_code ec;
-    s.connect({asio::ip::make_address("127.0.0.1"), capture}, ec);
-    if (ec) return 0;
-    const std::string req = "POST /capture?model=" + model + "&steps=4 HTTP/1.1\r\n\r\n";
-    asio::write(s, asio::buffer(req), ec);
-    std::string response;
-    char buf[4096];
-    for (;;) {
-      size_t n = s.read_some(asio::buffer(buf), ec);
-      response.append(buf, n);
-      if (ec) break;
-    }
+    const std::string response = http_post(capture, "/capture?model=" + model + "&steps=4");
     const size_t at = response.find("\"capture_id\":");
     if (response.find("\"sent\":1") == std::string::npos || at == std::string::npos) return 0;
     return std::stoull(response.substr(at + 13));

@@ -20,25 +20,6 @@
 namespace inferscope::collector::testing {
 namespace {
 
-// POST to the capture endpoint; the whole response ("" when it cannot connect).
-std::string http_post(uint16_t port, const std::string& target) {
-  asio::io_context io;
-  asio::ip::tcp::socket s(io);
-  std::error_code ec;
-  s.connect({asio::ip::make_address("127.0.0.1"), port}, ec);
-  if (ec) return "";
-  const std::string req = "POST " + target + " HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
-  asio::write(s, asio::buffer(req), ec);
-  std::string response;
-  char buf[4096];
-  for (;;) {
-    size_t n = s.read_some(asio::buffer(buf), ec);
-    response.append(buf, n);
-    if (ec) break;
-  }
-  return response;
-}
-
 uint16_t capture_port(const Collector& c) {
   for (const auto& line : c.listening_lines())
     if (line.rfind("listening capture ", 0) == 0)

@@ -143,6 +143,26 @@ inline std::string http_get(uint16_t port, const std::string& path = "/metrics")
   return body == std::string::npos ? "" : response.substr(body + 4);
 }
 
+// POST http://127.0.0.1:port/target (the capture endpoint); the whole response, status line and
+// headers included ("" when it cannot connect).
+inline std::string http_post(uint16_t port, const std::string& target) {
+  asio::io_context io;
+  asio::ip::tcp::socket s(io);
+  std::error_code ec;
+  s.connect({asio::ip::make_address("127.0.0.1"), port}, ec);
+  if (ec) return "";
+  const std::string req = "POST " + target + " HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+  asio::write(s, asio::buffer(req), ec);
+  std::string response;
+  char buf[4096];
+  for (;;) {
+    size_t n = s.read_some(asio::buffer(buf), ec);
+    response.append(buf, n);
+    if (ec) break;
+  }
+  return response;
+}
+
 // Parses exposition text into "name{labels}" -> value, labels as printed.
 inline std::map<std::string, double> parse_exposition(const std::string& text) {
   std::map<std::string, double> out;
