@@ -22,17 +22,8 @@ uint32_t SpanMerger::lane_of(const LaneKey& key) {
   // Spans come in runs of one lane (an agent sends a thread's spans together):
   // the last lane is checked before hashing.
   if (last_ < lanes_.size() && lanes_[last_].key == key) return last_;
-  if ((lanes_.size() + 1) * 2 > slots_.size()) {
-    // Keep the table at most half full; rebuild it from the lanes.
-    slots_.assign(std::max<size_t>(64, slots_.size() * 2), 0);
-    shift_ = 64 - std::countr_zero(slots_.size());
-    const size_t mask = slots_.size() - 1;
-    for (uint32_t i = 0; i < lanes_.size(); ++i) {
-      size_t at = hash(lanes_[i].key) >> shift_;
-      while (slots_[at] != 0) at = (at + 1) & mask;
-      slots_[at] = i + 1;
-    }
-  }
+  // Keep the table at most half full.
+  if ((lanes_.size() + 1) * 2 > slots_.size()) rehash(std::max<size_t>(64, slots_.size() * 2));
   const size_t mask = slots_.size() - 1;
   size_t at = hash(key) >> shift_;
   while (slots_[at] != 0) {
@@ -131,17 +122,22 @@ void SpanMerger::undo() {
   // Lanes first seen since the mark go, and the table is rebuilt without them (rare: a
   // rejected frame).
   lanes_.resize(lanes_at_mark_);
-  slots_.clear();
-  shift_ = 64;
-  if (!lanes_.empty()) {
-    slots_.assign(std::max<size_t>(64, std::bit_ceil(lanes_.size() * 2)), 0);
-    shift_ = 64 - std::countr_zero(slots_.size());
-    const size_t mask = slots_.size() - 1;
-    for (uint32_t i = 0; i < lanes_.size(); ++i) {
-      size_t at = hash(lanes_[i].key) >> shift_;
-      while (slots_[at] != 0) at = (at + 1) & mask;
-      slots_[at] = i + 1;
-    }
+  if (lanes_.empty()) {
+    slots_.clear();
+    shift_ = 64;
+  } else {
+    rehash(std::max<size_t>(64, std::bit_ceil(lanes_.size() * 2)));
+  }
+}
+
+void SpanMerger::rehash(size_t slots) {
+  slots_.assign(slots, 0);
+  shift_ = 64 - std::countr_zero(slots_.size());
+  const size_t mask = slots_.size() - 1;
+  for (uint32_t i = 0; i < lanes_.size(); ++i) {
+    size_t at = hash(lanes_[i].key) >> shift_;
+    while (slots_[at] != 0) at = (at + 1) & mask;
+    slots_[at] = i + 1;
   }
 }
 

@@ -74,6 +74,7 @@ class SpanMerger {
   Lane& touch(uint32_t index);  // the lane, saved for undo() first when the mark is new to it
   static uint64_t hash(const LaneKey& k);
   uint32_t lane_of(const LaneKey& key);  // index in lanes_, added when new
+  void rehash(size_t slots);             // slots_ of that size (a power of 2) from lanes_
   void flush(uint32_t source, const Run& run);
 
   int64_t res_;
