@@ -1,6 +1,6 @@
 // A collector stand-in for the agent benchmarks: accepts loopback connections and reads and
-// discards what arrives, so shipping costs what a real socket costs without a decoder in the
-// measurement. One io thread; bytes() counts what was read.
+// discards what arrives (acknowledging it), so shipping costs what a real socket costs without a
+// decoder in the measurement. One io thread; bytes() counts what was read.
 #pragma once
 
 #include <array>
@@ -10,6 +10,8 @@
 #include <memory>
 #include <string>
 #include <thread>
+
+#include "inferscope/wire/ack.hpp"
 
 namespace inferscope::bench {
 
@@ -36,6 +38,7 @@ class DiscardSink {
     explicit Conn(asio::ip::tcp::socket s) : socket(std::move(s)) {}
     asio::ip::tcp::socket socket;
     std::array<uint8_t, 1 << 16> buf{};
+    uint64_t read_total = 0;
   };
   void accept() {
     acceptor_.async_accept([this](asio::error_code ec, asio::ip::tcp::socket s) {
@@ -49,6 +52,12 @@ class DiscardSink {
     c->socket.async_read_some(asio::buffer(c->buf), [this, c](asio::error_code ec, size_t n) {
       if (ec) return;
       bytes_ += n;
+      // Acknowledged like a collector (an agent that hears nothing for 10 s disconnects from a
+      // peer it takes for something else). The count may end inside a frame: the agent then
+      // confirms only the frames before it.
+      c->read_total += n;
+      const wire::AckBytes ack = wire::encode_ack(c->read_total);
+      asio::write(c->socket, asio::buffer(ack), ec);
       read(c);
     });
   }

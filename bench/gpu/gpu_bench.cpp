@@ -46,6 +46,7 @@
 #include "inferscope/engine/engine.hpp"
 #include "inferscope/engine/model.hpp"
 #include "inferscope/engine/telemetry.hpp"
+#include "inferscope/wire/ack.hpp"
 #include "inferscope/wire/codec.hpp"
 
 namespace ie = inferscope::engine;
@@ -141,6 +142,7 @@ class Sink {
     std::vector<uint8_t> buf;
     std::vector<uint8_t> chunk(1 << 16);
     wire::FrameDecoder dec;
+    uint64_t processed = 0;  // whole frames decoded on this connection, as the ack counts them
     for (;;) {
       ssize_t n = recv(c, chunk.data(), chunk.size(), 0);
       if (n <= 0) break;
@@ -165,6 +167,14 @@ class Sink {
         off += fb;
       }
       buf.erase(buf.begin(), buf.begin() + static_cast<std::ptrdiff_t>(off));
+      // Acknowledge like a collector: an agent that hears nothing for its ack timeout (10 s)
+      // takes the peer for something else and disconnects, and the rounds longer than that
+      // (sampled, the graphs table) would lose spans.
+      if (off > 0) {
+        processed += off;
+        const wire::AckBytes ack = wire::encode_ack(processed);
+        (void)send(c, ack.data(), ack.size(), MSG_NOSIGNAL);
+      }
     }
     close(c);
   }
