@@ -405,6 +405,35 @@ TEST(Pipeline, KernelSecondsSplitByAttribution) {
   EXPECT_FALSE(find_series(m, "inferscope_moe_layer_gpu_seconds_total", {"model=\"m\""}));
 }
 
+// Kernel time is summed in integer nanoseconds and added to the counters once per frame:
+// every frame's time is in the next scrape, also a frame rejected part-way (its earlier
+// records were counted, as every consumer counts them), and many short kernels sum exactly.
+TEST(Pipeline, KernelSecondsVisibleAfterEveryFrame) {
+  Fixture f;
+  Session s(f.options.limits);
+  ASSERT_TRUE(f.send(s, {make_hello("m", 0, 2, 4)}));
+  auto total = [&] {
+    auto v =
+        find_series(f.scrape(), "inferscope_gpu_kernel_seconds_total", {"attributed=\"false\""});
+    return v ? *v : -1.0;
+  };
+  wire::Span k;
+  k.track_kind = wire::TrackKind::kGpuStream;
+  k.category = wire::SpanCategory::kKernel;
+  k.start_ns = 100;
+  k.end_ns = 107;  // 7 ns: one of 1000 of them, 7 us in all
+  ASSERT_TRUE(f.send(s, std::vector<wire::Record>(1000, k)));
+  EXPECT_DOUBLE_EQ(total(), 7e-6);
+  k.end_ns = 100 + 2'000'000;
+  ASSERT_TRUE(f.send(s, {k}));
+  EXPECT_NEAR(total(), 0.002007, 1e-15);
+  // Counted before the bad record, then the frame is rejected: still in the counter.
+  Rejection why;
+  EXPECT_FALSE(f.send(s, {k, make_load(1, 10, {1, 2, 3})}, &why));
+  EXPECT_EQ(why.reason, "schema");
+  EXPECT_NEAR(total(), 0.004007, 1e-15);
+}
+
 // The kernel-time consumer caches what a string id means per source; a string
 // redefined under the same id, and another source with the same ids meaning
 // other things, must be read afresh.

@@ -81,6 +81,10 @@ bool Aggregator::on_record(const Source& source, const wire::Record& record, std
   return true;
 }
 
+void Aggregator::flush_metrics() {
+  kernels_->flush();
+}
+
 // [SECTION] Sources
 ModelState* Aggregator::model_for(const Source& source) {
   auto it = models_.find(source.model);

@@ -1,6 +1,7 @@
 #include "kernel_time.hpp"
 
 #include <algorithm>
+#include <utility>
 
 namespace inferscope::collector {
 
@@ -30,7 +31,7 @@ bool KernelTime::on_record(RecordContext& ctx, const wire::Record& record, std::
   const auto& s = std::get<wire::Span>(record);
   if (s.category != wire::SpanCategory::kKernel) return true;
   revalidate(ctx.source);
-  const double duration = seconds(std::max<int64_t>(0, s.end_ns - s.start_ns));
+  const auto duration = static_cast<uint64_t>(std::max<int64_t>(0, s.end_ns - s.start_ns));
   bool attributed = false;
   std::optional<int64_t> layer_arg;
   for (uint8_t i = 0; i < s.num_args && i < wire::kMaxSpanArgs; ++i) {
@@ -46,18 +47,40 @@ bool KernelTime::on_record(RecordContext& ctx, const wire::Record& record, std::
     total = &metrics_.gpu_kernel_seconds.Add({{"model", ctx.model.name},
                                               {"rank", rank->label},
                                               {"attributed", attributed ? "true" : "false"}});
-  total->Increment(duration);
+  counters.pending_ns[attributed ? 1 : 0] += duration;
+  if (!counters.dirty) {
+    counters.dirty = true;
+    dirty_.push_back(&counters);
+  }
   if (!layer_arg || *layer_arg < 0 || *layer_arg >= int64_t{wire::kMaxLayers})
     return true;  // no layer, or not one: layer unknown
   const auto layer = static_cast<uint32_t>(*layer_arg);
   if (!routing_.has_layer(ctx.model, *rank, layer)) return true;
   auto& by_layer = counters.gpu_seconds;
-  if (by_layer.size() <= layer) by_layer.resize(layer + 1, nullptr);
+  if (by_layer.size() <= layer) {
+    by_layer.resize(layer + 1, nullptr);
+    counters.pending_layer_ns.resize(layer + 1, 0);
+  }
   if (by_layer[layer] == nullptr)
     by_layer[layer] = &metrics_.layer_gpu_seconds.Add(
         {{"model", ctx.model.name}, {"rank", rank->label}, {"layer", std::to_string(layer)}});
-  by_layer[layer]->Increment(duration);
+  counters.pending_layer_ns[layer] += duration;
   return true;
+}
+
+void KernelTime::flush() {
+  for (Rank* r : dirty_) {
+    for (int a = 0; a < 2; ++a)
+      if (r->pending_ns[a] != 0)
+        r->kernel_seconds[a]->Increment(
+            seconds(static_cast<int64_t>(std::exchange(r->pending_ns[a], 0))));
+    for (size_t l = 0; l < r->pending_layer_ns.size(); ++l)
+      if (r->pending_layer_ns[l] != 0)
+        r->gpu_seconds[l]->Increment(
+            seconds(static_cast<int64_t>(std::exchange(r->pending_layer_ns[l], 0))));
+    r->dirty = false;
+  }
+  dirty_.clear();
 }
 
 }  // namespace inferscope::collector

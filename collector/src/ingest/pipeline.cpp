@@ -83,6 +83,12 @@ bool Pipeline::on_frame(Session& session, std::span<const uint8_t> frame, Reject
       if (tap) tap->abort_frame();
     }
   } tap{sink_ ? tap_ : nullptr};
+  // The aggregator's batched counters get this frame's records however the frame ends
+  // (applied whole, rejected part-way, skipped as a duplicate).
+  struct FlushGuard {
+    Aggregator& aggregator;
+    ~FlushGuard() { aggregator.flush_metrics(); }
+  } flush{aggregator_};
   if (tap.tap) tap.tap->begin_frame();
   Source* source = sources_.find(session.source_id);
   bool has_hello = false;

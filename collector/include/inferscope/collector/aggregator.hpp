@@ -64,6 +64,11 @@ class Aggregator {
   // False (with why) when the record contradicts the source's hello (e.g. an
   // expert count that differs from the layer's): a protocol error.
   bool on_record(const Source& source, const wire::Record& record, std::string& why);
+  // Adds what records counted since the last call to the metrics that are summed in plain
+  // integers on the record path (kernel time: a prometheus counter update per kernel span
+  // was the larger part of its cost). The pipeline calls it at the end of every frame, so
+  // those counters are stale by at most the frame being applied.
+  void flush_metrics();
 
   // Closes every window of every model that ended at or before now_ns.
   void advance(int64_t now_ns);
