@@ -22,21 +22,15 @@ CaptureLatency::CaptureLatency(const CaptureLatencyOptions& options, prometheus:
     : options_(options),
       // Forwarded frames passed the pipeline's size check already.
       decoder_(wire::DecoderOptions{UINT32_MAX}),
-      started_(prometheus::BuildHistogram()
+      latency_(prometheus::BuildHistogram()
                    .Name("inferscope_collector_capture_latency_seconds")
                    .Help("Per GPU capture sent to an agent: seconds from the episode's opening "
                          "(alert opened, or POST /capture) to the agent's start, its first "
                          "span ingested, and its spans stored (settled in the trace store)")
-                   .Register(registry)
-                   .Add({{"stage", "started"}}, kBuckets)),
-      first_span_(prometheus::BuildHistogram()
-                      .Name("inferscope_collector_capture_latency_seconds")
-                      .Register(registry)
-                      .Add({{"stage", "first_span"}}, kBuckets)),
-      stored_(prometheus::BuildHistogram()
-                  .Name("inferscope_collector_capture_latency_seconds")
-                  .Register(registry)
-                  .Add({{"stage", "stored"}}, kBuckets)),
+                   .Register(registry)),
+      started_(latency_.Add({{"stage", "started"}}, kBuckets)),
+      first_span_(latency_.Add({{"stage", "first_span"}}, kBuckets)),
+      stored_(latency_.Add({{"stage", "stored"}}, kBuckets)),
       not_landed_(prometheus::BuildCounter()
                       .Name("inferscope_collector_capture_not_landed_total")
                       .Help("GPU captures sent to an agent that never landed in the trace store, "

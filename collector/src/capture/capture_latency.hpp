@@ -135,6 +135,7 @@ class CaptureLatency {
   std::deque<Pending> pending_;  // oldest first
   wire::FrameDecoder decoder_;
   wire::Record record_;
+  prometheus::Family<prometheus::Histogram>& latency_;  // one family, a series per stage
   prometheus::Histogram& started_;
   prometheus::Histogram& first_span_;
   prometheus::Histogram& stored_;
