@@ -52,6 +52,18 @@ k::IView iview(const Tensor& t) {
 }
 
 // [SECTION] Helpers
+// The backend's stream and its count of host waits (Backend::host_syncs()): the staging ring,
+// the scratch buffers and the backend itself wait through one of these, so each wait is counted
+// where it is made.
+struct StreamWaiter {
+  cudaStream_t stream = nullptr;
+  uint64_t* waits = nullptr;
+  void wait() const {
+    ++*waits;
+    ISC_CUDA(cudaStreamSynchronize(stream));
+  }
+};
+
 // Pinned host ring + device ring for per-op metadata. When the ring wraps it
 // waits for the stream, so a region is never rewritten while its copy may
 // still be pending. A step passes the same arrays to many ops (positions to
@@ -61,7 +73,7 @@ k::IView iview(const Tensor& t) {
 // fewer API calls (and CUPTI records) per step.
 class StagingRing {
  public:
-  StagingRing(cudaStream_t s, uint64_t& waits) : stream_(s), waits_(waits) { grow(4u << 20); }
+  explicit StagingRing(StreamWaiter w) : stream_(w.stream), waiter_(w) { grow(4u << 20); }
   ~StagingRing() { release(); }
   StagingRing(const StagingRing&) = delete;
   StagingRing& operator=(const StagingRing&) = delete;
@@ -124,10 +136,7 @@ class StagingRing {
 
  private:
   static constexpr size_t kCacheMaxBytes = 16384;
-  void wait() {
-    ++waits_;
-    ISC_CUDA(cudaStreamSynchronize(stream_));
-  }
+  void wait() { waiter_.wait(); }
   struct Recent {
     size_t off = 0, bytes = 0;
     uint64_t gen = ~uint64_t{0};
@@ -152,7 +161,7 @@ class StagingRing {
     dev_ = nullptr;
   }
   cudaStream_t stream_;
-  uint64_t& waits_;  // the backend's host_syncs_
+  StreamWaiter waiter_;
   char* host_ = nullptr;
   char* dev_ = nullptr;
   size_t cap_ = 0, off_ = 0;
@@ -164,8 +173,7 @@ class StagingRing {
 // A device buffer that only grows; growing waits for the stream first.
 class Scratch {
  public:
-  Scratch(cudaStream_t s, uint64_t& waits, uint64_t& epoch)
-      : stream_(s), waits_(waits), epoch_(epoch) {}
+  Scratch(StreamWaiter w, uint64_t& epoch) : stream_(w.stream), waiter_(w), epoch_(epoch) {}
   ~Scratch() {
     if (p_) cudaFree(p_);
   }
@@ -189,12 +197,9 @@ class Scratch {
   }
 
  private:
-  void wait() {
-    ++waits_;
-    ISC_CUDA(cudaStreamSynchronize(stream_));
-  }
+  void wait() { waiter_.wait(); }
   cudaStream_t stream_;
-  uint64_t& waits_;
+  StreamWaiter waiter_;
   uint64_t& epoch_;  // the backend's memory epoch (step graphs)
   void* p_ = nullptr;
   size_t cap_ = 0;
@@ -220,8 +225,9 @@ class CudaBackend final : public Backend {
     ISC_CUDA(cudaSetDevice(o.device));
     ISC_CUDA(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     blas_ = std::make_unique<k::Blas>(stream_);
-    ring_ = std::make_unique<StagingRing>(stream_, host_syncs_);
-    for (auto& s : scratch_) s = std::make_unique<Scratch>(stream_, host_syncs_, epoch_);
+    waiter_ = {stream_, &host_syncs_};
+    ring_ = std::make_unique<StagingRing>(waiter_);
+    for (auto& s : scratch_) s = std::make_unique<Scratch>(waiter_, epoch_);
     ISC_CUDA(cudaMallocHost(&host_counts_, sizeof(int32_t) * (2 * 1024 + 2)));
   }
   ~CudaBackend() override {
@@ -285,10 +291,7 @@ class CudaBackend final : public Backend {
     ISC_CUDA(cudaMemcpyAsync(dst, src.data, src.bytes(), cudaMemcpyDeviceToHost, stream_));
     ISC_CUDA(cudaStreamSynchronize(stream_));
   }
-  void synchronize() override {
-    ++host_syncs_;
-    ISC_CUDA(cudaStreamSynchronize(stream_));
-  }
+  void synchronize() override { waiter_.wait(); }
   // Small copies go through pinned memory (truly asynchronous), large ones
   // straight to their pageable destination (the driver stages those and
   // returns when done); then one wait covers them all.
@@ -853,9 +856,8 @@ class CudaBackend final : public Backend {
       return it->second.bf16;
     if (!inside_upload(w.data, w.bytes())) return nullptr;
     if (it != shadows_.end()) {
-      ++host_syncs_;
       ++epoch_;
-      ISC_CUDA(cudaStreamSynchronize(stream_));
+      waiter_.wait();
       cudaFree(it->second.bf16);
       shadows_.erase(it);
     }
@@ -909,10 +911,7 @@ class CudaBackend final : public Backend {
     for (auto it = shadows_.begin(); it != shadows_.end();) {
       const char* s = static_cast<const char*>(it->first);
       if (s < hi && s + it->second.bytes > lo) {
-        if (!synced) {
-          ++host_syncs_;
-          ISC_CUDA(cudaStreamSynchronize(stream_));
-        }
+        if (!synced) waiter_.wait();
         ++epoch_;
         synced = true;
         cudaFree(it->second.bf16);
@@ -938,6 +937,7 @@ class CudaBackend final : public Backend {
   bool fp32_math_;
   int device_ = 0;
   cudaStream_t stream_ = nullptr;
+  StreamWaiter waiter_;  // stream_ and host_syncs_, once the stream exists
   std::unique_ptr<k::Blas> blas_;
   std::unique_ptr<StagingRing> ring_;
   std::unique_ptr<Scratch> scratch_[4];
