@@ -10,6 +10,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "inferscope/engine/capacity.hpp"
+
 namespace inferscope::engine {
 
 void Backend::fail(const char* what) const {
@@ -278,9 +280,7 @@ void Backend::moe_route_device_impl(const Tensor& logits, const Tensor& bias,
   const int64_t T = logits.rows, v = valid_rows.empty() ? T : valid_rows[0];
   RouteParams p = params;
   if (!valid_rows.empty() && p.capacity_factor > 0.0f)
-    p.capacity = std::max<int32_t>(
-        1, static_cast<int32_t>(std::ceil(static_cast<double>(p.capacity_factor) *
-                                          static_cast<double>(v) * p.top_k / logits.cols)));
+    p.capacity = expert_capacity_for(p.capacity_factor, v, p.top_k, logits.cols);
   if (v > 0)
     moe_route_impl(logits.rows_view(0, v), bias, p, assign_expert.rows_view(0, v),
                    assign_weight.rows_view(0, v), c);

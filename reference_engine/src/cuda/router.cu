@@ -12,6 +12,7 @@
 #include <stdexcept>
 
 #include "check.hpp"
+#include "inferscope/engine/capacity.hpp"
 #include "kernels.hpp"
 
 namespace inferscope::engine::cuda {
@@ -85,16 +86,13 @@ __device__ void rank_token(int t, float* ks, const View& logits, const float* bi
 }
 
 // The parameters of the rows that count: with p.valid, the first *valid tokens
-// and the capacity for that many (expert_capacity()'s double arithmetic).
+// and the capacity for that many (expert_capacity_for(), as on the host).
 __device__ RouterParams effective(const RouterParams& p) {
   RouterParams q = p;
   if (p.valid != nullptr) {
     q.tokens = min(*p.valid, p.tokens);
-    if (p.capacity_factor > 0.f) {
-      const double cap = ceil(static_cast<double>(p.capacity_factor) *
-                              static_cast<double>(q.tokens) * p.top_k / p.experts);
-      q.capacity = max(1, static_cast<int>(cap));
-    }
+    if (p.capacity_factor > 0.f)
+      q.capacity = engine::expert_capacity_for(p.capacity_factor, q.tokens, p.top_k, p.experts);
   }
   return q;
 }

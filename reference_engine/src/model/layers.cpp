@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "inferscope/engine/capacity.hpp"
+
 namespace inferscope::engine {
 
 MoeScratch::MoeScratch(Backend& be, const ModelConfig& c, int64_t T) {
@@ -32,10 +34,7 @@ size_t MoeScratch::bytes() const {
 }
 
 int32_t expert_capacity(const MoeConfig& moe, int64_t tokens) {
-  if (moe.capacity_factor <= 0.0f) return 0;
-  double cap = std::ceil(static_cast<double>(moe.capacity_factor) * static_cast<double>(tokens) *
-                         moe.top_k / moe.experts);
-  return std::max<int32_t>(1, static_cast<int32_t>(cap));
+  return expert_capacity_for(moe.capacity_factor, tokens, moe.top_k, moe.experts);
 }
 
 void swiglu_ffn(Backend& be, const Tensor& w_gu, const Tensor& w_down, const Tensor& h,
