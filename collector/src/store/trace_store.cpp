@@ -45,11 +45,9 @@ class TraceStore::Tap final : public RecordTap {
   void begin_frame() override {
     state = State::kIdle;
     if (!store_.opened_ || !store_.options_.summaries) return;  // nothing to merge into
-    // The block begins (replay first) before the frame's records go in, as its bytes will.
-    if (!store_.open_block_begun_ && !store_.writer_->failing()) {
-      if (store_.writer_->segment_full()) store_.open_block_starts_segment_ = true;
-      store_.begin_block();
-    }
+    // The block begins (replay first) before the frame's records go in, as its bytes will;
+    // a failing store is left to add_frame's retry (the tap never starts one).
+    if (!store_.writer_->failing()) store_.prepare_block(/*steady_now_ns: unused*/ 0);
     store_.first_level_->begin_frame();
     state = State::kOpen;
   }
