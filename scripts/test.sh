@@ -73,6 +73,10 @@ summary() {
   exit "$rc"
 }
 trap summary EXIT
+# Interrupted (Ctrl-C, a CI timeout): the summary must say so, with the signal's exit status,
+# never "all stages passed" (the EXIT trap alone would see the status of the last command).
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 # [SECTION] 0. Dependencies
 begin "dependencies"

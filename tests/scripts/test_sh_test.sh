@@ -24,6 +24,8 @@ cat >"$work/scripts/build.sh" <<'STUB'
 # ninja's own lines; BUILD_FAILS makes the compile fail as ninja shows it.
 for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do echo "[$i/20] Building CXX object x$i.o"; done
 [ -n "$BUILD_FAILS" ] && { echo "FAILED: x21.o"; echo "x21.cpp:3:1: error: expected ';'"; exit 1; }
+# BUILD_MARKER: says the build is running, then lasts until the file is gone.
+[ -n "$BUILD_MARKER" ] && { touch "$BUILD_MARKER"; while [ -e "$BUILD_MARKER" ]; do sleep 0.05; done; }
 exit 0
 STUB
 cat >"$work/bin/ctest" <<'STUB'
@@ -85,4 +87,18 @@ rc=0; run env FORMAT_FAILS=1 || rc=$?
 grep -q 'check-format: agent/src/x.cpp' "$work/out" || fail "the unformatted file is not named"
 tail -8 "$work/out" | grep -qE '^   formatting +failed' || fail "summary does not mark formatting failed"
 tail -8 "$work/out" | grep -qE '^   sanitizer build +skipped' || fail "the build ran after formatting failed"
+# 5. Interrupted during the build (a CI timeout's TERM): the summary must not say "all stages
+# passed" and the exit status is the signal's.
+marker="$work/building"
+(cd "$work" && exec env PATH="$work/bin:$PATH" BUILD_MARKER="$marker" scripts/test.sh) >"$work/out" 2>&1 &
+pid=$!
+for _ in $(seq 1 2000); do [ -e "$marker" ] && break; sleep 0.05; done
+[ -e "$marker" ] || fail "the build stage never started"
+kill -TERM "$pid"
+rm -f "$marker"  # the stub build ends; bash then runs the TERM trap
+rc=0; wait "$pid" || rc=$?
+((rc == 143)) || fail "exit status $rc after TERM, not 143"
+tail -8 "$work/out" | grep -qE '^   sanitizer build +failed .*exit status 143' ||
+  fail "summary does not mark the interrupted build failed"
+tail -1 "$work/out" | grep -q 'FAILED (exit status 143)' || fail "last line after TERM"
 echo "test.sh: progress, failure output and summary as promised"
