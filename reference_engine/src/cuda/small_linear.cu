@@ -1,10 +1,21 @@
-// Linear layers for few rows (decode): y = beta * y + x · W^T, fp32 x read
-// directly (strided), bf16 weights, fp32 accumulate. A warp owns one output
-// column and walks K in 16-byte weight vectors, up to 8 rows at a time in
-// registers. Against "cast x to bf16 + cuBLAS" this is one launch instead of
-// two, no cuBLAS host overhead, and every weight byte is read once per 8 rows,
-// which is what a memory-bound decode step wants. The grouped form reads the
-// expert row ranges (offsets) on the device, like grouped_gemm.
+// Linear layers for few rows (decode): y = beta * y + x · W^T, fp32 x, bf16
+// weights, fp32 accumulate. A decode step is bound by reading the weights once,
+// so the kernel is written for HBM bandwidth (issue 18 part 5):
+//  - a warp owns C adjacent output columns and keeps C x U 16-byte weight loads
+//    in flight per lane (all issued before the FMAs; the previous kernel had one);
+//  - the block's x rows (up to R at a time) are staged once in shared memory as
+//    fp32 (exact: the same products as the CPU oracle, only the summation order
+//    differs), in K chunks that fit the default 48 KiB, and every x value read
+//    from shared memory is reused for the warp's C columns (at 8 rows x fp32 the
+//    x reads would otherwise outrun the weight bytes and bound the kernel);
+//  - weights are read with the streaming hint (read once per step, they should
+//    not evict the activations from L2);
+//  - grouped by expert, block row j serves the j-th expert that has rows (found
+//    on the device from offsets): an 8-of-64 decode launches 8 block rows, not
+//    64, and an empty expert reads none of its weights. No host sync, graph
+//    capturable.
+// Small blocks (4 warps) so that 2048 columns already spread over 128+ SMs.
+#include <algorithm>
 #include <stdexcept>
 
 #include "check.hpp"
@@ -13,76 +24,179 @@
 namespace inferscope::engine::cuda {
 namespace {
 
-constexpr int kWarps = 8;
-constexpr int kRowTile = 8;
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * 32;
+constexpr int kSmemBytes = 48 * 1024;  // the default dynamic limit: no opt-in call needed
+constexpr int kWarpK = 32 * 8;         // elements of K one warp-wide 16-byte load covers
 
-template <bool VEC>
-__global__ void __launch_bounds__(kWarps * 32)
-    small_linear_k(View x, const __nv_bfloat16* __restrict__ w, const int32_t* offsets, View y,
-                   int n_out, int k, float beta) {
-  const int e = blockIdx.y;
-  const int r0 = offsets ? offsets[e] : 0;
-  const int r1 = offsets ? offsets[e + 1] : static_cast<int>(x.rows);
-  if (r0 >= r1) return;  // an expert without tokens reads none of its weights
+// Index of the j-th set bit of b (j < popc(b)).
+__device__ __forceinline__ int nth_set_bit(unsigned b, int j) {
+  for (int i = 0; i < j; ++i) b &= b - 1;
+  return __ffs(b) - 1;
+}
+
+// The j-th expert with rows (offsets[e+1] > offsets[e]), or -1; run by one whole warp.
+__device__ int active_expert(const int32_t* offsets, int experts, int j) {
+  const int lane = threadIdx.x & 31;
+  for (int base = 0; base < experts; base += 32) {
+    const int e = base + lane;
+    const bool has_rows = e < experts && offsets[e + 1] > offsets[e];
+    const unsigned b = __ballot_sync(0xffffffffu, has_rows);
+    const int c = __popc(b);
+    if (j < c) return base + nth_set_bit(b, j);
+    j -= c;
+  }
+  return -1;
+}
+
+__device__ __forceinline__ void bf16x8_to_float(const uint4& raw, float (&f)[8]) {
+  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const float2 v = __bfloat1622float2(h[j]);
+    f[2 * j] = v.x;
+    f[2 * j + 1] = v.y;
+  }
+}
+
+// R: rows per pass (x rows in shared memory), C: columns per warp, U: 16-byte
+// loads per column in flight per lane. kc: K chunk staged at once (multiple of 8).
+template <int R, int C, int U>
+__global__ void __launch_bounds__(kThreads)
+    small_linear_k(View x, const __nv_bfloat16* __restrict__ w, const int32_t* offsets,
+                   int experts, View y, int n_out, int k, float beta, int kc, bool x_vec) {
+  extern __shared__ float4 xs4[];  // [R][kc] fp32
+  float* xs = reinterpret_cast<float*>(xs4);
+  __shared__ int block_expert;
+  int e = 0, r0 = 0, r1 = static_cast<int>(x.rows);
+  if (offsets != nullptr) {
+    if (threadIdx.x < 32) {
+      const int found = active_expert(offsets, experts, static_cast<int>(blockIdx.y));
+      if (threadIdx.x == 0) block_expert = found;
+    }
+    __syncthreads();
+    e = block_expert;
+    if (e < 0) return;  // fewer experts with rows than block rows (uniform over the block)
+    r0 = offsets[e];
+    r1 = offsets[e + 1];
+  }
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int n = blockIdx.x * kWarps + warp;
-  if (n >= n_out) return;
-  const __nv_bfloat16* wr = w + ((int64_t)e * n_out + n) * k;
-  for (int m0 = r0; m0 < r1; m0 += kRowTile) {
-    float acc[kRowTile];
+  const int n0 = (blockIdx.x * kWarps + warp) * C;
+  // Columns past n_out load a valid column (the last) and store nothing: no branch in the loads.
+  const __nv_bfloat16* wc[C];
 #pragma unroll
-    for (int i = 0; i < kRowTile; ++i) acc[i] = 0.f;
-    for (int kk = lane * 8; kk < k; kk += 256) {
-      const uint4 raw = *reinterpret_cast<const uint4*>(wr + kk);
-      const __nv_bfloat162* w2 = reinterpret_cast<const __nv_bfloat162*>(&raw);
-      float wf[8];
+  for (int c = 0; c < C; ++c)
+    wc[c] = w + ((int64_t)e * n_out + min(n0 + c, n_out - 1)) * k;
+
+  for (int m0 = r0; m0 < r1; m0 += R) {
+    const int rows = min(R, r1 - m0);
+    float acc[R][C];
 #pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        float2 f = __bfloat1622float2(w2[j]);
-        wf[2 * j] = f.x;
-        wf[2 * j + 1] = f.y;
-      }
+    for (int r = 0; r < R; ++r)
 #pragma unroll
-      for (int i = 0; i < kRowTile; ++i) {
-        if (m0 + i >= r1) break;  // uniform across the warp
-        const float* xr = x.p + (int64_t)(m0 + i) * x.stride + kk;
-        if (VEC) {
-          const float4 a = *reinterpret_cast<const float4*>(xr);
-          const float4 b = *reinterpret_cast<const float4*>(xr + 4);
-          acc[i] += a.x * wf[0] + a.y * wf[1] + a.z * wf[2] + a.w * wf[3] + b.x * wf[4] +
-                    b.y * wf[5] + b.z * wf[6] + b.w * wf[7];
+      for (int c = 0; c < C; ++c) acc[r][c] = 0.f;
+
+    for (int c0 = 0; c0 < k; c0 += kc) {
+      const int len = min(kc, k - c0);
+      __syncthreads();  // the previous chunk's readers are done with xs
+      // Stage x[m0 .. m0+R) [c0 .. c0+len) (rows past `rows` as zeros: the FMAs need no guard).
+      for (int r = 0; r < R; ++r) {
+        const float* src = x.p + (int64_t)(m0 + r) * x.stride + c0;
+        float* dst = xs + r * kc;
+        if (x_vec) {
+          for (int i = threadIdx.x * 4; i < len; i += kThreads * 4)
+            *reinterpret_cast<float4*>(dst + i) =
+                r < rows ? *reinterpret_cast<const float4*>(src + i) : make_float4(0, 0, 0, 0);
         } else {
+          for (int i = threadIdx.x; i < len; i += kThreads) dst[i] = r < rows ? src[i] : 0.f;
+        }
+      }
+      __syncthreads();
+      for (int kk = lane * 8; kk < len; kk += kWarpK * U) {
+        uint4 wv[C][U];
 #pragma unroll
-          for (int j = 0; j < 8; ++j) acc[i] += xr[j] * wf[j];
+        for (int u = 0; u < U; ++u)
+#pragma unroll
+          for (int c = 0; c < C; ++c)
+            wv[c][u] = kk + u * kWarpK < len
+                           ? __ldcs(reinterpret_cast<const uint4*>(wc[c] + c0 + kk + u * kWarpK))
+                           : make_uint4(0, 0, 0, 0);
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          const int off = kk + u * kWarpK;
+          if (off >= len) break;  // the chunk's ragged tail (lanes diverge only there)
+          float xv[R][8];
+#pragma unroll
+          for (int r = 0; r < R; ++r) {
+            const float4 a = xs4[(r * kc + off) / 4], b = xs4[(r * kc + off) / 4 + 1];
+            xv[r][0] = a.x, xv[r][1] = a.y, xv[r][2] = a.z, xv[r][3] = a.w;
+            xv[r][4] = b.x, xv[r][5] = b.y, xv[r][6] = b.z, xv[r][7] = b.w;
+          }
+#pragma unroll
+          for (int c = 0; c < C; ++c) {
+            float wf[8];
+            bf16x8_to_float(wv[c][u], wf);
+#pragma unroll
+            for (int r = 0; r < R; ++r)
+#pragma unroll
+              for (int j = 0; j < 8; ++j) acc[r][c] = fmaf(xv[r][j], wf[j], acc[r][c]);
+          }
         }
       }
     }
 #pragma unroll
-    for (int i = 0; i < kRowTile; ++i) {
-      if (m0 + i >= r1) break;
-      float v = acc[i];
-      for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-      if (lane == 0) {
-        float* out = y.p + (int64_t)(m0 + i) * y.stride + n;
-        *out = beta == 0.f ? v : v + beta * *out;  // beta 0 never reads y (may be garbage)
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+      for (int c = 0; c < C; ++c) {
+        float v = acc[r][c];
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+        if (lane == 0 && r < rows && n0 + c < n_out) {
+          float* out = y.p + (int64_t)(m0 + r) * y.stride + n0 + c;
+          *out = beta == 0.f ? v : v + beta * *out;  // beta 0 never reads y (may be garbage)
+        }
       }
-    }
   }
+}
+
+template <int R, int C, int U>
+void launch(View x, const __nv_bfloat16* w, const int32_t* offsets, int experts, View y, int n_out,
+            int k, float beta, cudaStream_t s) {
+  // K chunk: all of K (rounded to 8) when it fits, else the most multiples of a warp's K.
+  const int cap = kSmemBytes / (R * 4) / kWarpK * kWarpK;
+  const int kc = std::min((k + 7) / 8 * 8, cap);
+  // Block rows: dense 1; grouped, at most one per expert that can have rows.
+  const int block_rows =
+      offsets == nullptr ? 1 : static_cast<int>(std::min<int64_t>(experts, std::max<int64_t>(x.rows, 1)));
+  const int cols_per_block = kWarps * C;
+  const dim3 grid((n_out + cols_per_block - 1) / cols_per_block, block_rows);
+  const bool x_vec = reinterpret_cast<uintptr_t>(x.p) % 16 == 0 && x.stride % 4 == 0;
+  small_linear_k<R, C, U><<<grid, kThreads, static_cast<size_t>(R) * kc * sizeof(float), s>>>(
+      x, w, offsets, experts, y, n_out, k, beta, kc, x_vec);
+  ISC_LAUNCH();
 }
 
 }  // namespace
 
 void small_linear(View x, const __nv_bfloat16* w, const int32_t* offsets, int experts, View y,
-                  int n_out, int k, float beta, cudaStream_t s) {
+                  int n_out, int k, float beta, cudaStream_t s, int max_rows) {
   if (k % 8 != 0) throw std::invalid_argument("small_linear: K must be a multiple of 8");
-  if (n_out <= 0 || experts <= 0 || (offsets == nullptr && x.rows <= 0)) return;
-  const dim3 grid((n_out + kWarps - 1) / kWarps, experts);
-  const bool vec = reinterpret_cast<uintptr_t>(x.p) % 16 == 0 && x.stride % 4 == 0;
-  if (vec)
-    small_linear_k<true><<<grid, kWarps * 32, 0, s>>>(x, w, offsets, y, n_out, k, beta);
+  if (n_out <= 0 || experts <= 0 || x.rows <= 0) return;
+  if (offsets == nullptr && experts != 1)
+    throw std::invalid_argument("small_linear: a dense call (no offsets) has one expert");
+  // Rows one pass covers: the fewest that hold a whole expert (a dense call: all rows), at most
+  // 8 (more rows take more passes over the weights, which then come from L2).
+  const int64_t m = max_rows > 0 ? max_rows : offsets == nullptr ? x.rows : 8;
+  // Columns per warp: 2 at few rows (more warps for narrow layers), 4 from 4 rows on (x reads from
+  // shared memory per weight byte grow with the rows; 4 columns share each).
+  if (m <= 1)
+    launch<1, 2, 4>(x, w, offsets, experts, y, n_out, k, beta, s);
+  else if (m <= 2)
+    launch<2, 2, 4>(x, w, offsets, experts, y, n_out, k, beta, s);
+  else if (m <= 4)
+    launch<4, 4, 2>(x, w, offsets, experts, y, n_out, k, beta, s);
   else
-    small_linear_k<false><<<grid, kWarps * 32, 0, s>>>(x, w, offsets, y, n_out, k, beta);
-  ISC_LAUNCH();
+    launch<8, 4, 2>(x, w, offsets, experts, y, n_out, k, beta, s);
 }
 
 }  // namespace inferscope::engine::cuda
