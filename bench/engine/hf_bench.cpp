@@ -27,6 +27,12 @@
 // scale_bench.py uses to give each mode its own timeout. On a backend without
 // step graphs (cpu) the graphs mode runs its padded steps eagerly and says so.
 //
+// HF_BENCH_KERNEL_TABLE=FILE (environment, so that scale_bench.py passes it
+// through): after the modes, B=1 decode steps with asynchronous routing and no
+// graphs (the kernels of a graph replay, launched one by one so CUPTI sees each
+// for sure) are recorded with CUPTI and their time per kernel name is written
+// to FILE (and stderr): where a decode step's GPU time goes (issue 18 part 5).
+//
 // --prompts: a JSON array of token-id arrays (row s is sequence s; at least
 // max(batches) rows of at least --prompt-len ids); without it, ids from a
 // fixed LCG. Output: JSON with per-batch prefill tok/s, decode tok/s, median
@@ -36,6 +42,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -46,6 +53,7 @@
 #include "inferscope/engine/backend.hpp"
 #include "inferscope/engine/hf_checkpoint.hpp"
 #include "inferscope/engine/model.hpp"
+#include "kernel_table.hpp"
 
 namespace ie = inferscope::engine;
 using json = nlohmann::json;
@@ -129,9 +137,12 @@ struct Throughput {
   uint64_t graph_launches = 0;     // decode steps replayed from a CUDA graph
 };
 
-// gpu_bench's run_forward for a checkpoint of any vocabulary.
+// gpu_bench's run_forward for a checkpoint of any vocabulary. With `table`, the
+// decode steps of every repetition (not the prefills) are recorded into *sums.
 Throughput run_forward(ie::Model& model, const std::vector<std::vector<int32_t>>& prompts, int B,
-                       int prompt, int decode_steps, int reps) {
+                       int prompt, int decode_steps, int reps,
+                       inferscope::bench::KernelTable* table = nullptr,
+                       std::vector<inferscope::bench::KernelSum>* sums = nullptr) {
   const auto& c = model.config();
   const int bs = c.cache.block_size;
   const size_t V = static_cast<size_t>(c.vocab);
@@ -163,6 +174,11 @@ Throughput run_forward(ie::Model& model, const std::vector<std::vector<int32_t>>
     model.forward(batch, logits);  // downloads logits: synchronous
     prefill_t.push_back(now_s() - t0);
     argmax();
+    if (table) {
+      model.backend().synchronize();
+      std::string why;
+      if (!table->start(&why)) throw std::runtime_error("kernel table: " + why);
+    }
     const double d0 = now_s();
     for (int i = 0; i < decode_steps; ++i) {
       batch.clear();
@@ -179,6 +195,10 @@ Throughput run_forward(ie::Model& model, const std::vector<std::vector<int32_t>>
       argmax();
     }
     decode_t.push_back(now_s() - d0);
+    if (table) {
+      model.backend().synchronize();
+      *sums = table->stop();
+    }
   }
   Throughput r;
   r.prefill_ms = median(prefill_t) * 1e3;
@@ -204,6 +224,38 @@ std::vector<std::string> parse_modes(const std::string& s) {
   }
   if (out.empty()) throw std::invalid_argument("--modes: none given");
   return out;
+}
+
+// HF_BENCH_KERNEL_TABLE: B=1 decode steps, async routing, no graphs, per kernel name.
+void kernel_table(ie::Model& model, const std::vector<std::vector<int32_t>>& prompts, int prompt,
+                  int steps, const std::string& path) {
+  model.set_step_graphs(false);
+  model.set_async_routing(true);
+  run_forward(model, prompts, 1, prompt, std::min(steps, 3), 1);  // warm-up of this mode
+  inferscope::bench::KernelTable table;
+  std::vector<inferscope::bench::KernelSum> sums;
+  const Throughput t = run_forward(model, prompts, 1, prompt, steps, 1, &table, &sums);
+  double total_us = 0;
+  for (const auto& k : sums) total_us += k.total_ns / 1e3 / steps;
+  std::ostringstream o;
+  char line[512];
+  std::snprintf(line, sizeof line,
+                "kernel table: B=1 decode, async routing, no graphs (kernels launched one by one), "
+                "%d steps; step %.3f ms wall, kernels %.1f us/step (sum of kernel times)\n"
+                "%9s %6s %8s %8s  %s\n",
+                steps, t.decode_step_ms, total_us, "us/step", "%", "calls", "us/call", "kernel");
+  o << line;
+  for (const auto& k : sums) {
+    const double us = k.total_ns / 1e3 / steps;
+    std::snprintf(line, sizeof line, "%9.1f %5.1f%% %8.1f %8.2f  %.120s\n", us,
+                  total_us > 0 ? 100 * us / total_us : 0.0, double(k.calls) / steps,
+                  k.calls ? k.total_ns / 1e3 / k.calls : 0.0, k.name.c_str());
+    o << line;
+  }
+  std::cerr << o.str();
+  std::ofstream f(path);
+  f << o.str();
+  if (!f) throw std::runtime_error("cannot write '" + path + "'");
 }
 
 void write_json(const json& out, const std::string& path) {
@@ -373,6 +425,13 @@ int main(int argc, char** argv) {
                           {"activations", fp.activations},
                           {"ssm_state", fp.ssm_state}};
       write_json(out, out_path);
+    }
+    if (const char* kt = std::getenv("HF_BENCH_KERNEL_TABLE"); kt && *kt) {
+      if (backend->supports_step_graphs())  // a GPU backend: CUPTI has kernels to see
+        kernel_table(model, prompts, prompt, steps, kt);
+      else
+        std::fprintf(stderr, "hf_bench: no kernel table on the %s backend\n",
+                     backend->name().c_str());
     }
     return inferscope::cli::kSuccess;
   } catch (const std::exception& e) {

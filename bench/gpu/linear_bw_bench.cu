@@ -104,8 +104,8 @@ Row run_shape(const Shape& sh, int m, int iters, bool run_old, bool run_new) {
   const bool grouped = sh.experts > 0;
   const int E = grouped ? sh.experts : 1;
   const size_t w_elems = size_t(E) * sh.n * sh.k;
-  const int copies = static_cast<int>(
-      std::max<size_t>(1, (kRotateBytes + w_elems * 2 - 1) / (w_elems * 2)));
+  const int copies =
+      static_cast<int>(std::max<size_t>(1, (kRotateBytes + w_elems * 2 - 1) / (w_elems * 2)));
   const int rows = grouped ? kActive * m : m;
   __nv_bfloat16* w = nullptr;
   float *x = nullptr, *y = nullptr;
@@ -190,7 +190,8 @@ int main(int argc, char** argv) {
     } else if (a == "--json" && i + 1 < argc) {
       json = argv[++i];
     } else {
-      std::fprintf(stderr, "usage: linear_bw_bench [--iters N] [--kernel both|new|old] [--json F]\n");
+      std::fprintf(stderr,
+                   "usage: linear_bw_bench [--iters N] [--kernel both|new|old] [--json F]\n");
       return 2;
     }
   }
@@ -223,8 +224,7 @@ int main(int argc, char** argv) {
         std::printf("%-26s %2d %9.1f | %8.2f %7.0f %4.0f%% | %8.2f %7.0f %4.0f%% | %6.2fx %9.2e\n",
                     r.shape.c_str(), r.m, r.bytes / 1e6, r.old_us, gbps(r.old_us),
                     100 * gbps(r.old_us) / d2d, r.new_us, gbps(r.new_us),
-                    100 * gbps(r.new_us) / d2d, r.new_us > 0 ? r.old_us / r.new_us : 0.0,
-                    r.rel_l2);
+                    100 * gbps(r.new_us) / d2d, r.new_us > 0 ? r.old_us / r.new_us : 0.0, r.rel_l2);
         rows.push_back(r);
       }
     if (!json.empty()) {
@@ -235,8 +235,8 @@ int main(int argc, char** argv) {
         std::fprintf(f,
                      "%s\n {\"shape\": \"%s\", \"m\": %d, \"bytes\": %.0f, \"old_us\": %.3f, "
                      "\"new_us\": %.3f, \"rel_l2\": %.3g}",
-                     i ? "," : "", rows[i].shape.c_str(), rows[i].m, rows[i].bytes,
-                     rows[i].old_us, rows[i].new_us, rows[i].rel_l2);
+                     i ? "," : "", rows[i].shape.c_str(), rows[i].m, rows[i].bytes, rows[i].old_us,
+                     rows[i].new_us, rows[i].rel_l2);
       std::fprintf(f, "\n]}\n");
       std::fclose(f);
     }

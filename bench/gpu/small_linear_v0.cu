@@ -1,11 +1,10 @@
 // The decode linear as it was at c49da41 (a warp per output column, one 16-byte
 // weight load in flight per lane, x read from global per row), kept ONLY so that
 // linear_bw_bench can show old vs new GB/s in one binary. Not used by the engine.
-#include "small_linear_v0.hpp"
-
 #include <stdexcept>
 
 #include "check.hpp"
+#include "small_linear_v0.hpp"
 
 namespace inferscope::bench {
 namespace {
@@ -70,7 +69,7 @@ __global__ void __launch_bounds__(kWarps * 32)
 }  // namespace
 
 void small_linear_v0(View x, const __nv_bfloat16* w, const int32_t* offsets, int experts, View y,
-                  int n_out, int k, float beta, cudaStream_t s) {
+                     int n_out, int k, float beta, cudaStream_t s) {
   if (k % 8 != 0) throw std::invalid_argument("small_linear_v0: K must be a multiple of 8");
   if (n_out <= 0 || experts <= 0 || (offsets == nullptr && x.rows <= 0)) return;
   const dim3 grid((n_out + kWarps - 1) / kWarps, experts);

@@ -63,8 +63,8 @@ __device__ __forceinline__ void bf16x8_to_float(const uint4& raw, float (&f)[8])
 // loads per column in flight per lane. kc: K chunk staged at once (multiple of 8).
 template <int R, int C, int U>
 __global__ void __launch_bounds__(kThreads)
-    small_linear_k(View x, const __nv_bfloat16* __restrict__ w, const int32_t* offsets,
-                   int experts, View y, int n_out, int k, float beta, int kc, bool x_vec) {
+    small_linear_k(View x, const __nv_bfloat16* __restrict__ w, const int32_t* offsets, int experts,
+                   View y, int n_out, int k, float beta, int kc, bool x_vec) {
   extern __shared__ float4 xs4[];  // [R][kc] fp32
   float* xs = reinterpret_cast<float*>(xs4);
   __shared__ int block_expert;
@@ -85,8 +85,7 @@ __global__ void __launch_bounds__(kThreads)
   // Columns past n_out load a valid column (the last) and store nothing: no branch in the loads.
   const __nv_bfloat16* wc[C];
 #pragma unroll
-  for (int c = 0; c < C; ++c)
-    wc[c] = w + ((int64_t)e * n_out + min(n0 + c, n_out - 1)) * k;
+  for (int c = 0; c < C; ++c) wc[c] = w + ((int64_t)e * n_out + min(n0 + c, n_out - 1)) * k;
 
   for (int m0 = r0; m0 < r1; m0 += R) {
     const int rows = min(R, r1 - m0);
@@ -167,7 +166,9 @@ void launch(View x, const __nv_bfloat16* w, const int32_t* offsets, int experts,
   const int kc = std::min((k + 7) / 8 * 8, cap);
   // Block rows: dense 1; grouped, at most one per expert that can have rows.
   const int block_rows =
-      offsets == nullptr ? 1 : static_cast<int>(std::min<int64_t>(experts, std::max<int64_t>(x.rows, 1)));
+      offsets == nullptr
+          ? 1
+          : static_cast<int>(std::min<int64_t>(experts, std::max<int64_t>(x.rows, 1)));
   const int cols_per_block = kWarps * C;
   const dim3 grid((n_out + cols_per_block - 1) / cols_per_block, block_rows);
   const bool x_vec = reinterpret_cast<uintptr_t>(x.p) % 16 == 0 && x.stride % 4 == 0;
