@@ -16,6 +16,7 @@
 #include <cstring>
 #include <memory>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "gpu_test_util.hpp"
@@ -80,7 +81,9 @@ class SmallLinear : public ::testing::Test {
 // Dense y = beta*y + x W^T for M = 1..9 and 64 rows, aligned and unaligned x.
 TEST_F(SmallLinear, DenseRowsKAndBetaMatchCpu) {
   const int N = 1003;  // not a multiple of a block's columns
-  for (int K : {392, 2056}) {
+  // K 392: whole-K warps; 768: K split over 2 warps at few rows; 2056: over 4 (in-block split-K
+  // when the columns alone would not give 2 blocks per SM).
+  for (int K : {392, 768, 2056}) {
     const auto w = randn_bf16(size_t(N) * K, rng, 0.05f);
     for (int M : {1, 2, 3, 4, 5, 6, 7, 8, 9, 64}) {
       for (int x_off : {8, 3}) {  // 8: 16-byte aligned rows (float4 staging); 3: scalar staging
@@ -122,52 +125,55 @@ TEST_F(SmallLinear, LongKInSeveralChunksMatchesCpu) {
 // Grouped by expert, host and device offsets: 1..9 rows per expert, empty experts (first and
 // last among them), a row bound past the kept total whose rows must stay as they were.
 TEST_F(SmallLinear, GroupedEmptyExpertsAndBoundRows) {
-  const int E = 12, N = 515, K = 392, bound_extra = 5;
-  const std::vector<std::vector<int32_t>> count_sets = {
-      {0, 1, 0, 0, 1, 1, 0, 1, 1, 0, 1, 0},   // decode: one row each
-      {0, 2, 9, 0, 3, 0, 1, 8, 5, 0, 4, 0},   // every rows-per-pass and ragged ends
-      {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0},   // nothing routed
-      {6, 7, 6, 7, 6, 7, 6, 7, 6, 7, 6, 9}};  // every expert active
-  const auto w = randn_bf16(size_t(E) * N * K, rng, 0.05f);
-  for (size_t set = 0; set < count_sets.size(); ++set) {
-    const auto& counts = count_sets[set];
-    std::vector<int32_t> offsets(E + 1, 0);
-    int32_t max_rows = 0;
-    for (int e = 0; e < E; ++e) {
-      offsets[e + 1] = offsets[e] + counts[e];
-      max_rows = std::max(max_rows, counts[e]);
-    }
-    const int A = offsets.back(), rows = A + bound_extra;
-    const auto x = randn(size_t(rows) * K, rng);
-    const std::vector<float> y0(size_t(rows) * N, kSentinel);
-    for (bool device : {false, true}) {
-      std::vector<float> out[2];
-      int i = 0;
-      for (Side* s : {&cpu, &gpu}) {
-        auto tw = s->make(int64_t(E) * N, K, w), ty = s->make(rows, N, y0);
-        if (device) {
-          auto tx = s->make(rows, K, x);
-          ie::Tensor to = s->make(1, E + 1, {}, ie::DType::kI32);
-          s->be->upload(to, offsets.data());
-          // The bound (rows) is what the engine passes; max_rows a loose bound (the worst case).
-          s->be->grouped_linear(tx, tw, to, std::max(max_rows, 9), ty);
-        } else {
-          if (A == 0) continue;  // host offsets with no rows: nothing to call
-          auto tx = s->make(A, K, std::vector<float>(x.begin(), x.begin() + size_t(A) * K));
-          s->be->grouped_linear(tx, tw, offsets, ty.rows_view(0, A));
+  for (const auto& [N, K] : {std::pair{515, 392}, std::pair{72, 1032}}) {  // 72 x 1032: split K
+    const int E = 12, bound_extra = 5;
+    const std::vector<std::vector<int32_t>> count_sets = {
+        {0, 1, 0, 0, 1, 1, 0, 1, 1, 0, 1, 0},   // decode: one row each
+        {0, 2, 9, 0, 3, 0, 1, 8, 5, 0, 4, 0},   // every rows-per-pass and ragged ends
+        {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0},   // nothing routed
+        {6, 7, 6, 7, 6, 7, 6, 7, 6, 7, 6, 9}};  // every expert active
+    const auto w = randn_bf16(size_t(E) * N * K, rng, 0.05f);
+    for (size_t set = 0; set < count_sets.size(); ++set) {
+      const auto& counts = count_sets[set];
+      std::vector<int32_t> offsets(E + 1, 0);
+      int32_t max_rows = 0;
+      for (int e = 0; e < E; ++e) {
+        offsets[e + 1] = offsets[e] + counts[e];
+        max_rows = std::max(max_rows, counts[e]);
+      }
+      const int A = offsets.back(), rows = A + bound_extra;
+      const auto x = randn(size_t(rows) * K, rng);
+      const std::vector<float> y0(size_t(rows) * N, kSentinel);
+      for (bool device : {false, true}) {
+        std::vector<float> out[2];
+        int i = 0;
+        for (Side* s : {&cpu, &gpu}) {
+          auto tw = s->make(int64_t(E) * N, K, w), ty = s->make(rows, N, y0);
+          if (device) {
+            auto tx = s->make(rows, K, x);
+            ie::Tensor to = s->make(1, E + 1, {}, ie::DType::kI32);
+            s->be->upload(to, offsets.data());
+            // The bound (rows) is what the engine passes; max_rows a loose bound (the worst case).
+            s->be->grouped_linear(tx, tw, to, std::max(max_rows, 9), ty);
+          } else {
+            if (A == 0) continue;  // host offsets with no rows: nothing to call
+            auto tx = s->make(A, K, std::vector<float>(x.begin(), x.begin() + size_t(A) * K));
+            s->be->grouped_linear(tx, tw, offsets, ty.rows_view(0, A));
+          }
+          out[i++] = s->get(ty);
         }
-        out[i++] = s->get(ty);
+        if (i < 2) continue;
+        std::vector<float> kept[2], past[2];
+        for (int j = 0; j < 2; ++j) {
+          kept[j].assign(out[j].begin(), out[j].begin() + size_t(A) * N);
+          past[j].assign(out[j].begin() + size_t(A) * N, out[j].end());
+        }
+        if (A > 0) {
+          EXPECT_LT(rel_l2(kept[1], kept[0]), kTol)
+              << "N=" << N << " set " << set << " dev " << device;
+        }
+        for (float v : past[1]) ASSERT_EQ(v, kSentinel) << "set " << set << ": row past A written";
       }
-      if (i < 2) continue;
-      std::vector<float> kept[2], past[2];
-      for (int j = 0; j < 2; ++j) {
-        kept[j].assign(out[j].begin(), out[j].begin() + size_t(A) * N);
-        past[j].assign(out[j].begin() + size_t(A) * N, out[j].end());
-      }
-      if (A > 0) {
-        EXPECT_LT(rel_l2(kept[1], kept[0]), kTol) << "set " << set << " dev " << device;
-      }
-      for (float v : past[1]) ASSERT_EQ(v, kSentinel) << "set " << set << ": row past A written";
     }
   }
 }

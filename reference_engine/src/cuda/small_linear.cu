@@ -59,9 +59,25 @@ __device__ __forceinline__ void bf16x8_to_float(const uint4& raw, float (&f)[8])
   }
 }
 
+// C x U weight vectors of this lane from K offset c0 + kk, u steps STEP apart; past len zeros.
+template <int C, int U, int STEP>
+__device__ __forceinline__ void load_weights(const __nv_bfloat16* const (&wc)[C], int c0, int kk,
+                                             int len, uint4 (&wv)[C][U]) {
+#pragma unroll
+  for (int u = 0; u < U; ++u)
+#pragma unroll
+    for (int c = 0; c < C; ++c)
+      wv[c][u] = kk + u * STEP < len
+                     ? __ldcs(reinterpret_cast<const uint4*>(wc[c] + c0 + kk + u * STEP))
+                     : make_uint4(0, 0, 0, 0);
+}
+
 // R: rows per pass (x rows in shared memory), C: columns per warp, U: 16-byte
-// loads per column in flight per lane. kc: K chunk staged at once (multiple of 8).
-template <int R, int C, int U>
+// loads per column in flight per lane, KS: warps that split one column group's K
+// (split-K inside the block, for layers with too few columns to fill the SMs;
+// partial sums meet in shared memory, no atomics, so beta and the summation
+// order stay deterministic). kc: K chunk staged at once (multiple of 8).
+template <int R, int C, int U, int KS>
 __global__ void __launch_bounds__(kThreads)
     small_linear_k(View x, const __nv_bfloat16* __restrict__ w, const int32_t* offsets, int experts,
                    View y, int n_out, int k, float beta, int kc, bool x_vec) {
@@ -81,7 +97,10 @@ __global__ void __launch_bounds__(kThreads)
     r1 = offsets[e + 1];
   }
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int n0 = (blockIdx.x * kWarps + warp) * C;
+  constexpr int kStep = kWarpK * KS;  // K between one warp's consecutive loads of a column
+  __shared__ float part[KS > 1 ? kWarps * R * C : 1];
+  const int ks = warp % KS;
+  const int n0 = (blockIdx.x * (kWarps / KS) + warp / KS) * C;
   // Columns past n_out load a valid column (the last) and store nothing: no branch in the loads.
   const __nv_bfloat16* wc[C];
 #pragma unroll
@@ -97,6 +116,11 @@ __global__ void __launch_bounds__(kThreads)
 
     for (int c0 = 0; c0 < k; c0 += kc) {
       const int len = min(kc, k - c0);
+      // The chunk's first weight vectors go out before x is staged: their latency overlaps
+      // the staging and its barriers (a small layer is little more than that first batch).
+      int kk = ks * kWarpK + lane * 8;
+      uint4 wv[C][U];
+      load_weights<C, U, kStep>(wc, c0, kk, len, wv);
       __syncthreads();  // the previous chunk's readers are done with xs
       // Stage x[m0 .. m0+R) [c0 .. c0+len) (rows past `rows` as zeros: the FMAs need no guard).
       for (int r = 0; r < R; ++r) {
@@ -111,19 +135,11 @@ __global__ void __launch_bounds__(kThreads)
         }
       }
       __syncthreads();
-      for (int kk = lane * 8; kk < len; kk += kWarpK * U) {
-        uint4 wv[C][U];
-#pragma unroll
-        for (int u = 0; u < U; ++u)
-#pragma unroll
-          for (int c = 0; c < C; ++c)
-            wv[c][u] = kk + u * kWarpK < len
-                           ? __ldcs(reinterpret_cast<const uint4*>(wc[c] + c0 + kk + u * kWarpK))
-                           : make_uint4(0, 0, 0, 0);
+      while (kk < len) {  // per lane (lanes differ only at a ragged end); no shuffles inside
 #pragma unroll
         for (int u = 0; u < U; ++u) {
-          const int off = kk + u * kWarpK;
-          if (off >= len) break;  // the chunk's ragged tail (lanes diverge only there)
+          const int off = kk + u * kStep;
+          if (off >= len) break;  // the chunk's ragged tail
           float xv[R][8];
 #pragma unroll
           for (int r = 0; r < R; ++r) {
@@ -141,6 +157,8 @@ __global__ void __launch_bounds__(kThreads)
               for (int j = 0; j < 8; ++j) acc[r][c] = fmaf(xv[r][j], wf[j], acc[r][c]);
           }
         }
+        kk += kStep * U;
+        if (kk < len) load_weights<C, U, kStep>(wc, c0, kk, len, wv);
       }
     }
 #pragma unroll
@@ -150,12 +168,41 @@ __global__ void __launch_bounds__(kThreads)
         float v = acc[r][c];
 #pragma unroll
         for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-        if (lane == 0 && r < rows && n0 + c < n_out) {
-          float* out = y.p + (int64_t)(m0 + r) * y.stride + n0 + c;
-          *out = beta == 0.f ? v : v + beta * *out;  // beta 0 never reads y (may be garbage)
+        if (KS == 1) {
+          if (lane == 0 && r < rows && n0 + c < n_out) {
+            float* out = y.p + (int64_t)(m0 + r) * y.stride + n0 + c;
+            *out = beta == 0.f ? v : v + beta * *out;  // beta 0 never reads y (may be garbage)
+          }
+        } else if (lane == 0) {
+          part[(warp * R + r) * C + c] = v;
         }
       }
+    if (KS > 1) {  // the KS partial sums of each (row, column), in warp order
+      __syncthreads();
+      for (int i = threadIdx.x; i < (kWarps / KS) * R * C; i += kThreads) {
+        const int g = i / (R * C), r = i / C % R, c = i % C;
+        const int n = (blockIdx.x * (kWarps / KS) + g) * C + c;
+        if (r >= rows || n >= n_out) continue;
+        float v = 0.f;
+#pragma unroll
+        for (int j = 0; j < KS; ++j) v += part[((g * KS + j) * R + r) * C + c];
+        float* out = y.p + (int64_t)(m0 + r) * y.stride + n;
+        *out = beta == 0.f ? v : v + beta * *out;
+      }
+      __syncthreads();  // part is written again by the next pass
+    }
   }
+}
+
+int sm_count() {
+  static const int n = [] {
+    int dev = 0, v = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+      return 132;
+    return v;
+  }();
+  return n;
 }
 
 template <int R, int C, int U>
@@ -169,11 +216,25 @@ void launch(View x, const __nv_bfloat16* w, const int32_t* offsets, int experts,
       offsets == nullptr
           ? 1
           : static_cast<int>(std::min<int64_t>(experts, std::max<int64_t>(x.rows, 1)));
-  const int cols_per_block = kWarps * C;
-  const dim3 grid((n_out + cols_per_block - 1) / cols_per_block, block_rows);
   const bool x_vec = reinterpret_cast<uintptr_t>(x.p) % 16 == 0 && x.stride % 4 == 0;
-  small_linear_k<R, C, U><<<grid, kThreads, static_cast<size_t>(R) * kc * sizeof(float), s>>>(
-      x, w, offsets, experts, y, n_out, k, beta, kc, x_vec);
+  const size_t smem = static_cast<size_t>(R) * kc * sizeof(float);
+  // Split K over 2 or 4 warps when whole-K warps would give fewer than 2 blocks per SM (a
+  // 64-expert router, a 2048-column layer at 8 rows), as far as K has warp-sized pieces.
+  const int64_t blocks1 = (int64_t(n_out) + kWarps * C - 1) / (kWarps * C) * block_rows;
+  const int64_t want = 2 * int64_t(sm_count());
+  int ks = 1;
+  while (ks < 4 && blocks1 * ks < want && k >= 2 * ks * kWarpK) ks *= 2;
+  auto go = [&](auto kernel, int ksplit) {
+    const int cols_per_block = kWarps / ksplit * C;
+    const dim3 grid((n_out + cols_per_block - 1) / cols_per_block, block_rows);
+    kernel<<<grid, kThreads, smem, s>>>(x, w, offsets, experts, y, n_out, k, beta, kc, x_vec);
+  };
+  if (ks == 1)
+    go(small_linear_k<R, C, U, 1>, 1);
+  else if (ks == 2)
+    go(small_linear_k<R, C, U, 2>, 2);
+  else
+    go(small_linear_k<R, C, U, 4>, 4);
   ISC_LAUNCH();
 }
 
