@@ -1,15 +1,18 @@
-// The decode linear (small_linear.cu: <= 64 rows, dense and grouped by expert)
-// against the CPU backend, on the shapes its tiling makes special: every row
-// count 1..9 (rows per pass 1/2/4/8 and their ragged ends), K not a multiple
-// of a warp's 256 elements, K long enough to be staged in several shared-memory
-// chunks, column counts that end mid-block, unaligned (strided) x, beta != 0,
-// empty experts with host and with device offsets, and rows past the kept
-// total that must stay untouched.
+// The linear kernels against the CPU backend: the decode linear (small_linear.cu:
+// <= 64 rows, dense and grouped by expert) on the shapes its tiling makes
+// special: every row count 1..9 (rows per pass 1/2/4/8 and their ragged ends),
+// K not a multiple of a warp's 256 elements, K split over warps, K long enough
+// to be staged in several shared-memory chunks, column counts that end
+// mid-block, unaligned (strided) x, beta != 0, empty experts with host and with
+// device offsets, and rows past the kept total that must stay untouched; and the
+// prefill expert GEMM (grouped_gemm.cu, > 64 rows per expert) on partial row,
+// column and K tiles.
 //
 // The weights are bf16 values held in fp32, so the CUDA backend's bf16 operand
 // is exact and both sides multiply the same numbers: only the summation order
 // differs. That allows a tolerance of 1e-5 instead of the bf16 GEMM one: an x
-// rounded to bf16 in the kernel (~3e-3) or a wrong element would fail it.
+// rounded to bf16 in the decode kernel (~3e-3) or a wrong element would fail it.
+// The prefill GEMM casts x to bf16 (tensor cores): there x is bf16-exact too.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -67,7 +70,7 @@ struct Side {
   }
 };
 
-class SmallLinear : public ::testing::Test {
+class LinearKernels : public ::testing::Test {
  protected:
   void SetUp() override {
     SKIP_WITHOUT_CUDA();
@@ -79,7 +82,7 @@ class SmallLinear : public ::testing::Test {
 };
 
 // Dense y = beta*y + x W^T for M = 1..9 and 64 rows, aligned and unaligned x.
-TEST_F(SmallLinear, DenseRowsKAndBetaMatchCpu) {
+TEST_F(LinearKernels, DenseRowsKAndBetaMatchCpu) {
   const int N = 1003;  // not a multiple of a block's columns
   // K 392: whole-K warps; 768: K split over 2 warps at few rows; 2056: over 4 (in-block split-K
   // when the columns alone would not give 2 blocks per SM).
@@ -106,7 +109,7 @@ TEST_F(SmallLinear, DenseRowsKAndBetaMatchCpu) {
 }
 
 // K longer than one shared-memory chunk at every rows-per-pass (8 rows: 1536, 1 row: 12288).
-TEST_F(SmallLinear, LongKInSeveralChunksMatchesCpu) {
+TEST_F(LinearKernels, LongKInSeveralChunksMatchesCpu) {
   const int N = 40, K = 12304;
   const auto w = randn_bf16(size_t(N) * K, rng, 0.02f);
   for (int M : {1, 2, 4, 8}) {
@@ -124,7 +127,7 @@ TEST_F(SmallLinear, LongKInSeveralChunksMatchesCpu) {
 
 // Grouped by expert, host and device offsets: 1..9 rows per expert, empty experts (first and
 // last among them), a row bound past the kept total whose rows must stay as they were.
-TEST_F(SmallLinear, GroupedEmptyExpertsAndBoundRows) {
+TEST_F(LinearKernels, GroupedEmptyExpertsAndBoundRows) {
   for (const auto& [N, K] : {std::pair{515, 392}, std::pair{72, 1032}}) {  // 72 x 1032: split K
     const int E = 12, bound_extra = 5;
     const std::vector<std::vector<int32_t>> count_sets = {
@@ -175,6 +178,36 @@ TEST_F(SmallLinear, GroupedEmptyExpertsAndBoundRows) {
         for (float v : past[1]) ASSERT_EQ(v, kSentinel) << "set " << set << ": row past A written";
       }
     }
+  }
+}
+
+// Prefill-sized experts (grouped_gemm: 128 x 128 tiles, 3-stage cp.async ring): rows that end
+// mid-tile (65, 128, 129, 300), an empty expert between them, N = 200 (a partial column tile),
+// K = 392 (a partial 32-wide K step).
+TEST_F(LinearKernels, GroupedGemmPartialTilesMatchCpu) {
+  const int E = 6, N = 200, K = 392;
+  const std::vector<int32_t> counts = {65, 0, 128, 129, 300, 1};
+  std::vector<int32_t> offsets(E + 1, 0);
+  for (int e = 0; e < E; ++e) offsets[e + 1] = offsets[e] + counts[e];
+  const int A = offsets.back();
+  const auto w = randn_bf16(size_t(E) * N * K, rng, 0.05f);
+  const auto x = randn_bf16(size_t(A) * K, rng, 1.0f);
+  for (bool device : {false, true}) {
+    std::vector<float> out[2];
+    int i = 0;
+    for (Side* s : {&cpu, &gpu}) {
+      auto tx = s->make(A, K, x), tw = s->make(int64_t(E) * N, K, w), ty = s->make(A, N);
+      if (device) {
+        ie::Tensor to = s->make(1, E + 1, {}, ie::DType::kI32);
+        s->be->upload(to, offsets.data());
+        s->be->grouped_linear(tx, tw, to, 300, ty);
+      } else {
+        s->be->grouped_linear(tx, tw, offsets, ty);
+      }
+      out[i++] = s->get(ty);
+    }
+    // Tensor-core fp32 accumulation of exact bf16 products: a few ulps per sum.
+    EXPECT_LT(rel_l2(out[1], out[0]), 1e-4) << "device offsets " << device;
   }
 }
 
