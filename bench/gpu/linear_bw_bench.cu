@@ -7,13 +7,18 @@
 //   gate_up  64 experts x (2048 in -> 2048 out), 8 experts active
 //   down     64 experts x (1024 in -> 2048 out), 8 experts active
 // at M = 1, 2, 4, 8 rows (per active expert for the grouped shapes).
+// Then the prefill expert GEMM (engine::cuda::grouped_gemm vs grouped_gemm_v0)
+// in TFLOP/s, all 64 experts at 128 and 1024 rows each (B=8 and B=64 prompts of
+// 128 tokens, top-8), next to cuBLAS on one dense GEMM of the same size (what a
+// tensor-core GEMM of that shape reaches here).
 // Weights rotate through enough copies (dense) or expert sets (grouped) that
 // every call reads from HBM, not from the 50 MB L2. CUDA events around --iters
 // back-to-back launches; a launch's fixed cost is part of the time (it is part
 // of a decode step too). Each shape also checks new against old (relative L2 of
 // the outputs: same products, another summation order, so ~1e-6).
 //
-//   linear_bw_bench [--iters N] [--kernel both|new|old] [--json FILE]
+//   linear_bw_bench [--iters N] [--kernel both|new|old] [--json FILE] [--no-prefill]
+#include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -176,11 +181,88 @@ Row run_shape(const Shape& sh, int m, int iters, bool run_old, bool run_new) {
   return r;
 }
 
+// [SECTION] Prefill expert GEMM
+struct GemmRow {
+  std::string shape;
+  int rows_per_expert = 0;
+  double flops = 0, old_us = 0, new_us = 0, cublas_us = 0, rel_l2 = 0;
+};
+
+GemmRow run_gemm(const Shape& sh, int rows_per_expert, int iters) {
+  const int E = sh.experts, A = E * rows_per_expert;
+  const size_t w_elems = size_t(E) * sh.n * sh.k;
+  __nv_bfloat16 *w = nullptr, *x = nullptr;
+  float* y = nullptr;
+  int32_t* offs = nullptr;
+  ISC_CUDA(cudaMalloc(&w, w_elems * 2));
+  ISC_CUDA(cudaMalloc(&x, size_t(A) * sh.k * 2));
+  ISC_CUDA(cudaMalloc(&y, size_t(A) * sh.n * 4));
+  fill_bf16<<<1024, 256>>>(w, w_elems, 5u);
+  fill_bf16<<<1024, 256>>>(x, size_t(A) * sh.k, 9u);
+  std::vector<int32_t> h(E + 1);
+  for (int e = 0; e <= E; ++e) h[e] = e * rows_per_expert;
+  ISC_CUDA(cudaMalloc(&offs, h.size() * 4));
+  ISC_CUDA(cudaMemcpy(offs, h.data(), h.size() * 4, cudaMemcpyHostToDevice));
+  cublasHandle_t blas = nullptr;
+  if (cublasCreate(&blas) != CUBLAS_STATUS_SUCCESS) throw std::runtime_error("cublasCreate");
+  auto call = [&](int which) {
+    if (which == 0)
+      inferscope::bench::grouped_gemm_v0(x, w, offs, y, sh.n, E, sh.n, sh.k, rows_per_expert,
+                                         nullptr);
+    else if (which == 1)
+      kc::grouped_gemm(x, w, offs, y, sh.n, E, sh.n, sh.k, rows_per_expert, nullptr);
+    else {  // one dense GEMM of the same FLOPs: all rows against expert 0's weight
+      const float alpha = 1.f, beta = 0.f;
+      cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, sh.n, A, sh.k, &alpha, w, CUDA_R_16BF, sh.k, x,
+                   CUDA_R_16BF, sh.k, &beta, y, CUDA_R_32F, sh.n, CUBLAS_COMPUTE_32F,
+                   CUBLAS_GEMM_DEFAULT);
+    }
+  };
+  auto time_us = [&](int which) {
+    call(which);
+    cudaEvent_t e0, e1;
+    cudaEventCreate(&e0);
+    cudaEventCreate(&e1);
+    cudaEventRecord(e0);
+    for (int i = 0; i < iters; ++i) call(which);
+    cudaEventRecord(e1);
+    ISC_CUDA(cudaEventSynchronize(e1));
+    float ms = 0;
+    cudaEventElapsedTime(&ms, e0, e1);
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    return ms * 1e3 / iters;
+  };
+  auto output = [&](int which) {
+    ISC_CUDA(cudaMemset(y, 0, size_t(A) * sh.n * 4));
+    call(which);
+    std::vector<float> o(size_t(A) * sh.n);
+    ISC_CUDA(cudaMemcpy(o.data(), y, o.size() * 4, cudaMemcpyDeviceToHost));
+    return o;
+  };
+  GemmRow r;
+  r.shape = sh.name;
+  r.rows_per_expert = rows_per_expert;
+  r.flops = 2.0 * A * sh.n * sh.k;
+  r.old_us = time_us(0);
+  r.new_us = time_us(1);
+  r.cublas_us = time_us(2);
+  r.rel_l2 = rel_l2(output(1), output(0));
+  ISC_CUDA(cudaDeviceSynchronize());
+  cublasDestroy(blas);
+  cudaFree(w);
+  cudaFree(x);
+  cudaFree(y);
+  cudaFree(offs);
+  return r;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   int iters = 50;
   std::string kernel = "both", json;
+  bool prefill = true;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--iters" && i + 1 < argc) {
@@ -189,9 +271,12 @@ int main(int argc, char** argv) {
       kernel = argv[++i];
     } else if (a == "--json" && i + 1 < argc) {
       json = argv[++i];
+    } else if (a == "--no-prefill") {
+      prefill = false;
     } else {
       std::fprintf(stderr,
-                   "usage: linear_bw_bench [--iters N] [--kernel both|new|old] [--json F]\n");
+                   "usage: linear_bw_bench [--iters N] [--kernel both|new|old] [--json F] "
+                   "[--no-prefill]\n");
       return 2;
     }
   }
@@ -227,6 +312,24 @@ int main(int argc, char** argv) {
                     100 * gbps(r.new_us) / d2d, r.new_us > 0 ? r.old_us / r.new_us : 0.0, r.rel_l2);
         rows.push_back(r);
       }
+    std::vector<GemmRow> gemms;
+    if (prefill) {
+      std::printf(
+          "\nprefill expert GEMM, 64 experts all active (TFLOP/s; cuBLAS: one dense GEMM "
+          "of the same size)\n%-26s %6s | %8s %7s | %8s %7s | %8s %7s | %7s %9s\n",
+          "shape", "rows/e", "old us", "TFLOP/s", "new us", "TFLOP/s", "cublas", "TFLOP/s",
+          "speedup", "rel_l2");
+      for (const Shape& sh : {shapes[2], shapes[3]})
+        for (int rpe : {128, 1024}) {
+          const GemmRow g = run_gemm(sh, rpe, std::max(3, iters / 10));
+          auto tf = [&](double us) { return us > 0 ? g.flops / (us * 1e-6) / 1e12 : 0.0; };
+          std::printf("%-26s %6d | %8.1f %7.1f | %8.1f %7.1f | %8.1f %7.1f | %6.2fx %9.2e\n",
+                      g.shape.c_str(), rpe, g.old_us, tf(g.old_us), g.new_us, tf(g.new_us),
+                      g.cublas_us, tf(g.cublas_us), g.new_us > 0 ? g.old_us / g.new_us : 0.0,
+                      g.rel_l2);
+          gemms.push_back(g);
+        }
+    }
     if (!json.empty()) {
       FILE* f = std::fopen(json.c_str(), "w");
       if (f == nullptr) throw std::runtime_error("cannot write " + json);
@@ -237,6 +340,13 @@ int main(int argc, char** argv) {
                      "\"new_us\": %.3f, \"rel_l2\": %.3g}",
                      i ? "," : "", rows[i].shape.c_str(), rows[i].m, rows[i].bytes, rows[i].old_us,
                      rows[i].new_us, rows[i].rel_l2);
+      std::fprintf(f, "\n], \"prefill_gemm\": [");
+      for (size_t i = 0; i < gemms.size(); ++i)
+        std::fprintf(f,
+                     "%s\n {\"shape\": \"%s\", \"rows_per_expert\": %d, \"flops\": %.0f, "
+                     "\"old_us\": %.3f, \"new_us\": %.3f, \"cublas_us\": %.3f, \"rel_l2\": %.3g}",
+                     i ? "," : "", gemms[i].shape.c_str(), gemms[i].rows_per_expert, gemms[i].flops,
+                     gemms[i].old_us, gemms[i].new_us, gemms[i].cublas_us, gemms[i].rel_l2);
       std::fprintf(f, "\n]}\n");
       std::fclose(f);
     }
