@@ -59,6 +59,11 @@ std::string short_name(const std::string& mangled) {
   char* d = abi::__cxa_demangle(mangled.c_str(), nullptr, nullptr, &status);
   std::string s = status == 0 && d ? d : mangled;
   std::free(d);
+  // Namespaces first: "(anonymous namespace)" has a parenthesis the cut below would stop at.
+  for (const char* drop : {"inferscope::engine::cuda::", "(anonymous namespace)::"}) {
+    for (size_t p; (p = s.find(drop)) != std::string::npos;) s.erase(p, std::strlen(drop));
+  }
+  if (s.rfind("void ", 0) == 0) s.erase(0, 5);
   int depth = 0;
   for (size_t i = 0; i < s.size(); ++i) {  // cut the parameter list (outside template brackets)
     if (s[i] == '<') ++depth;
@@ -68,10 +73,7 @@ std::string short_name(const std::string& mangled) {
       break;
     }
   }
-  for (const char* drop : {"inferscope::engine::cuda::", "(anonymous namespace)::", "void "}) {
-    for (size_t p; (p = s.find(drop)) != std::string::npos;) s.erase(p, std::strlen(drop));
-  }
-  return s;
+  return s.empty() ? mangled : s;
 }
 
 }  // namespace

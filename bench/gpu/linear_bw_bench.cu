@@ -304,7 +304,14 @@ int main(int argc, char** argv) {
     std::vector<Row> rows;
     for (const Shape& sh : shapes)
       for (int m : {1, 2, 4, 8}) {
-        const Row r = run_shape(sh, m, iters, kernel != "new", kernel != "old");
+        Row r;
+        try {
+          r = run_shape(sh, m, iters, kernel != "new", kernel != "old");
+        } catch (const std::exception& e) {  // one shape's failure does not hide the others
+          std::printf("%-26s %2d FAILED: %s\n", sh.name, m, e.what());
+          cudaGetLastError();
+          continue;
+        }
         auto gbps = [&](double us) { return us > 0 ? r.bytes / (us * 1e-6) / 1e9 : 0.0; };
         std::printf("%-26s %2d %9.1f | %8.2f %7.0f %4.0f%% | %8.2f %7.0f %4.0f%% | %6.2fx %9.2e\n",
                     r.shape.c_str(), r.m, r.bytes / 1e6, r.old_us, gbps(r.old_us),
@@ -321,7 +328,14 @@ int main(int argc, char** argv) {
           "speedup", "rel_l2");
       for (const Shape& sh : {shapes[2], shapes[3]})
         for (int rpe : {128, 1024}) {
-          const GemmRow g = run_gemm(sh, rpe, std::max(3, iters / 10));
+          GemmRow g;
+          try {
+            g = run_gemm(sh, rpe, std::max(3, iters / 10));
+          } catch (const std::exception& e) {
+            std::printf("%-26s %6d FAILED: %s\n", sh.name, rpe, e.what());
+            cudaGetLastError();
+            continue;
+          }
           auto tf = [&](double us) { return us > 0 ? g.flops / (us * 1e-6) / 1e12 : 0.0; };
           std::printf("%-26s %6d | %8.1f %7.1f | %8.1f %7.1f | %8.1f %7.1f | %6.2fx %9.2e\n",
                       g.shape.c_str(), rpe, g.old_us, tf(g.old_us), g.new_us, tf(g.new_us),

@@ -26,8 +26,10 @@ namespace {
 
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
-constexpr int kSmemBytes = 48 * 1024;  // the default dynamic limit: no opt-in call needed
-constexpr int kWarpK = 32 * 8;         // elements of K one warp-wide 16-byte load covers
+// Dynamic shared memory for x: the default 48 KiB limit counts static shared memory too (the
+// split-K partials, the block's expert), so 2 KiB stay free for it: no opt-in call needed.
+constexpr int kSmemBytes = 46 * 1024;
+constexpr int kWarpK = 32 * 8;  // elements of K one warp-wide 16-byte load covers
 
 // Index of the j-th set bit of b (j < popc(b)).
 __device__ __forceinline__ int nth_set_bit(unsigned b, int j) {
