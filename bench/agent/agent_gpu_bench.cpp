@@ -42,8 +42,8 @@
 #include <memory>
 #include <thread>
 
+#include "../common/discard_sink.hpp"
 #include "bench_kernels.hpp"
-#include "discard_sink.hpp"
 #include "inferscope/agent.hpp"
 
 namespace ia = inferscope::agent;

@@ -33,7 +33,7 @@
 #include <thread>
 #include <vector>
 
-#include "discard_sink.hpp"
+#include "../common/discard_sink.hpp"
 #include "inferscope/agent.hpp"
 
 namespace ia = inferscope::agent;

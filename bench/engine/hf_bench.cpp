@@ -10,7 +10,7 @@
 //   hf_bench --model DIR [--backend cuda|cpu] [--prompts prompts.json]
 //            [--batches 1,8,64] [--prompt-len 128] [--steps 32] [--reps 2]
 //            [--threads N] [--device N] [--out result.json] [--async-routing]
-//            [--graphs] [--modes eager,graphs]
+//            [--graphs] [--modes eager,graphs] [--observe off,agent,sampled,full]
 //
 // --async-routing: the MoE routing stays on the device and a step waits once
 // (Model::set_async_routing; INFERSCOPE_ASYNC_ROUTING=1 does the same). Every
@@ -27,11 +27,22 @@
 // scale_bench.py uses to give each mode its own timeout. On a backend without
 // step graphs (cpu) the graphs mode runs its padded steps eagerly and says so.
 //
+// --observe: each batch size's rows again with the engine's Telemetry on the
+// forward passes (what the serving loop attaches: per-layer ranges, expert
+// loads, a prefill/decode range per step, step boundaries), its agent shipping
+// to a loopback sink that discards: "agent" (GPU trace off), "sampled" (the
+// agent's default CUPTI bursts) or "full" (CUPTI on throughout). The settings
+// take turns per batch size, so each overhead is against the "off" row of the
+// same batch in the same process (issue 18 part 6). Rows of "full" carry the
+// CUPTI kernels seen and the share with an enclosing range.
+//
 // HF_BENCH_KERNEL_TABLE=FILE (environment, so that scale_bench.py passes it
-// through): after the modes, B=1 decode steps with asynchronous routing and no
+// through): before the modes, B=1 decode steps with asynchronous routing and no
 // graphs (the kernels of a graph replay, launched one by one so CUPTI sees each
 // for sure) are recorded with CUPTI and their time per kernel name is written
 // to FILE (and stderr): where a decode step's GPU time goes (issue 18 part 5).
+// Before the modes, and CUPTI finalized after it, so that --observe's agent
+// attaches CUPTI as it would alone; a failure is reported and the run goes on.
 //
 // --prompts: a JSON array of token-id arrays (row s is sequence s; at least
 // max(batches) rows of at least --prompt-len ids); without it, ids from a
@@ -49,10 +60,13 @@
 #include <sstream>
 
 #include "../common/bench_time.hpp"
+#include "../common/discard_sink.hpp"
+#include "inferscope/agent.hpp"
 #include "inferscope/cli/exit_status.hpp"
 #include "inferscope/engine/backend.hpp"
 #include "inferscope/engine/hf_checkpoint.hpp"
 #include "inferscope/engine/model.hpp"
+#include "inferscope/engine/telemetry.hpp"
 #include "kernel_table.hpp"
 
 namespace ie = inferscope::engine;
@@ -137,12 +151,22 @@ struct Throughput {
   uint64_t graph_launches = 0;     // decode steps replayed from a CUDA graph
 };
 
-// gpu_bench's run_forward for a checkpoint of any vocabulary. With `table`, the
-// decode steps of every repetition (not the prefills) are recorded into *sums.
+// gpu_bench's run_forward for a checkpoint of any vocabulary; with `tel`, every
+// forward is observed as the serving loop observes it (a step boundary, a
+// prefill or decode range around the forward, the per-layer observer). With
+// `table`, the decode steps of every repetition (not the prefills) are recorded
+// into *sums.
 Throughput run_forward(ie::Model& model, const std::vector<std::vector<int32_t>>& prompts, int B,
-                       int prompt, int decode_steps, int reps,
+                       int prompt, int decode_steps, int reps, ie::Telemetry* tel = nullptr,
                        inferscope::bench::KernelTable* table = nullptr,
                        std::vector<inferscope::bench::KernelSum>* sums = nullptr) {
+  uint64_t step_id = 0;
+  auto forward = [&](const ie::StepBatch& b, std::vector<float>& out, ie::RequestPhase phase) {
+    if (tel == nullptr) return model.forward(b, out);
+    tel->set_step(++step_id);
+    const ie::Telemetry::Span span = tel->span(phase);
+    model.forward(b, out, tel);
+  };
   const auto& c = model.config();
   const int bs = c.cache.block_size;
   const size_t V = static_cast<size_t>(c.vocab);
@@ -171,7 +195,7 @@ Throughput run_forward(ie::Model& model, const std::vector<std::vector<int32_t>>
                       true);
     model.backend().synchronize();
     const double t0 = now_s();
-    model.forward(batch, logits);  // downloads logits: synchronous
+    forward(batch, logits, ie::RequestPhase::kPrefill);  // downloads logits: synchronous
     prefill_t.push_back(now_s() - t0);
     argmax();
     if (table) {
@@ -189,7 +213,7 @@ Throughput run_forward(ie::Model& model, const std::vector<std::vector<int32_t>>
       }
       const uint64_t w0 = model.backend().host_syncs();
       const double s0 = now_s();
-      model.forward(batch, logits);
+      forward(batch, logits, ie::RequestPhase::kDecode);
       step_t.push_back(now_s() - s0);
       decode_waits += model.backend().host_syncs() - w0;
       argmax();
@@ -210,31 +234,86 @@ Throughput run_forward(ie::Model& model, const std::vector<std::vector<int32_t>>
   return r;
 }
 
-// --modes: names in order, each at most once.
-std::vector<std::string> parse_modes(const std::string& s) {
+// A comma-separated list of names from `allowed`, in order, each at most once.
+std::vector<std::string> parse_names(const std::string& s, const std::string& flag,
+                                     const std::vector<std::string>& allowed) {
   std::vector<std::string> out;
   std::stringstream in(s);
   std::string item;
   while (std::getline(in, item, ',')) {
-    if (item != "eager" && item != "async" && item != "graphs")
-      throw std::invalid_argument("--modes: '" + item + "' is not eager, async or graphs");
+    if (std::find(allowed.begin(), allowed.end(), item) == allowed.end()) {
+      std::string names;
+      for (const std::string& a : allowed) names += (names.empty() ? "" : ", ") + a;
+      throw std::invalid_argument(flag + ": '" + item + "' is not one of " + names);
+    }
     if (std::find(out.begin(), out.end(), item) != out.end())
-      throw std::invalid_argument("--modes: '" + item + "' given twice");
+      throw std::invalid_argument(flag + ": '" + item + "' given twice");
     out.push_back(item);
   }
-  if (out.empty()) throw std::invalid_argument("--modes: none given");
+  if (out.empty()) throw std::invalid_argument(flag + ": none given");
   return out;
+}
+
+// --observe: the unobserved row always runs first (every overhead is against it).
+std::vector<std::string> parse_observe(const std::string& s) {
+  std::vector<std::string> out = parse_names(s, "--observe", {"off", "agent", "sampled", "full"});
+  out.erase(std::remove(out.begin(), out.end(), "off"), out.end());
+  out.insert(out.begin(), "off");
+  return out;
+}
+
+// One --observe row: the same run as the unobserved row `off`, with the engine's
+// Telemetry on every forward; its agent ships to `sink`.
+json observed_row(ie::Model& model, const ie::ModelConfig& c,
+                  const inferscope::bench::DiscardSink& sink, const std::string& setting,
+                  const std::vector<std::vector<int32_t>>& prompts, int B, int prompt, int steps,
+                  int reps, const Throughput& off, const std::string& mode) {
+  namespace ag = inferscope::agent;
+  ag::Config ac;
+  ac.collector = sink.address();
+  ac.service = kProgram;
+  ac.gpu_trace = setting == "full"      ? ag::GpuTraceMode::kFull
+                 : setting == "sampled" ? ag::GpuTraceMode::kSampled
+                                        : ag::GpuTraceMode::kOff;
+  auto tel = std::make_unique<ie::Telemetry>(ac, c);
+  const Throughput t = run_forward(model, prompts, B, prompt, steps, reps, tel.get());
+  tel->agent().flush(std::chrono::milliseconds(3000));  // CUPTI's last records counted
+  const ag::Stats st = tel->agent().stats();
+  const double overhead = 100 * (1 - t.decode_tps / off.decode_tps);
+  std::fprintf(stderr,
+               "hf_bench: %-6s batch %3d  observe %-7s decode %10.1f tok/s  overhead %6.2f %%  "
+               "kernels %llu (%.2f %% attributed)  records dropped %llu\n",
+               mode.c_str(), B, setting.c_str(), t.decode_tps, overhead,
+               static_cast<unsigned long long>(st.gpu.kernels_captured),
+               st.gpu.kernels_captured ? 100.0 * static_cast<double>(st.gpu.kernels_attributed) /
+                                             static_cast<double>(st.gpu.kernels_captured)
+                                       : 0.0,
+               static_cast<unsigned long long>(st.records_dropped + st.gpu.records_dropped));
+  return {{"batch", B},
+          {"observe", setting},
+          {"cupti_active", tel->agent().cupti_active()},
+          {"decode_tps", t.decode_tps},
+          {"decode_step_ms", t.decode_step_ms},
+          {"prefill_tps", t.prefill_tps},
+          {"overhead_pct", overhead},
+          {"kernels_captured", st.gpu.kernels_captured},
+          {"kernels_attributed", st.gpu.kernels_attributed},
+          {"bursts", st.gpu.bursts_finished},
+          {"records_dropped", st.records_dropped + st.gpu.records_dropped}};
 }
 
 // HF_BENCH_KERNEL_TABLE: B=1 decode steps, async routing, no graphs, per kernel name.
 void kernel_table(ie::Model& model, const std::vector<std::vector<int32_t>>& prompts, int prompt,
                   int steps, const std::string& path) {
+  const bool graphs = model.step_graphs(), async = model.async_routing();
   model.set_step_graphs(false);
   model.set_async_routing(true);
   run_forward(model, prompts, 1, prompt, std::min(steps, 3), 1);  // warm-up of this mode
   inferscope::bench::KernelTable table;
   std::vector<inferscope::bench::KernelSum> sums;
-  const Throughput t = run_forward(model, prompts, 1, prompt, steps, 1, &table, &sums);
+  const Throughput t = run_forward(model, prompts, 1, prompt, steps, 1, nullptr, &table, &sums);
+  model.set_async_routing(async);
+  model.set_step_graphs(graphs);
   double total_us = 0;
   for (const auto& k : sums) total_us += k.total_ns / 1e3 / steps;
   std::ostringstream o;
@@ -279,6 +358,7 @@ void write_json(const json& out, const std::string& path) {
 int main(int argc, char** argv) {
   CLI::App app{"Prefill and decode throughput of a Hugging Face MoE checkpoint in the engine"};
   std::string dir, backend_name = "cuda", prompts_path, batches_arg = "1,8,64", out_path, modes_arg;
+  std::string observe_arg = "off";
   int prompt = 128, steps = 32, reps = 2, threads = 8, device = 0;
   bool async_routing = false, graphs = false;
   app.add_option("--model", dir, "checkpoint directory (config.json + safetensors)")->required();
@@ -298,14 +378,19 @@ int main(int argc, char** argv) {
   app.add_option("--modes", modes_arg,
                  "eager,async,graphs (any of them, in order) on one loaded model; overrides "
                  "--async-routing / --graphs");
+  app.add_option("--observe", observe_arg,
+                 "off,agent,sampled,full: each batch's rows again with the engine's telemetry "
+                 "(agent only / CUPTI bursts / CUPTI throughout), overhead against off");
   if (auto status = inferscope::cli::parse(app, kProgram, argc, argv)) return *status;
 
   try {
     std::vector<int32_t> batches;
-    std::vector<std::string> modes;
+    std::vector<std::string> modes, observe;
     try {
       batches = parse_batches(batches_arg);
-      if (!modes_arg.empty()) modes = parse_modes(modes_arg);
+      if (!modes_arg.empty())
+        modes = parse_names(modes_arg, "--modes", {"eager", "async", "graphs"});
+      observe = parse_observe(observe_arg);
     } catch (const std::invalid_argument& e) {
       return inferscope::cli::usage_error(kProgram, e.what());
     }
@@ -349,6 +434,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "hf_bench: %s loaded in %.1f s (%s GEMM weights on %s)\n", c.name.c_str(),
                  load_s, gemm == ie::DType::kBF16 ? "bf16" : "f32", backend->name().c_str());
 
+    inferscope::bench::DiscardSink sink;  // the observed rows' agents ship here
     const ie::MemoryFootprint fp0 = model.footprint();
     json out = {{"model_type", m.model_type},
                 {"backend", backend->name()},
@@ -369,6 +455,18 @@ int main(int argc, char** argv) {
                   {"activations", fp0.activations},
                   {"ssm_state", fp0.ssm_state}}},
                 {"modes", json::array()}};
+    if (const char* kt = std::getenv("HF_BENCH_KERNEL_TABLE"); kt && *kt) {
+      if (!backend->supports_step_graphs()) {  // not a GPU backend: CUPTI has no kernels to see
+        std::fprintf(stderr, "hf_bench: no kernel table on the %s backend\n",
+                     backend->name().c_str());
+      } else {
+        try {
+          kernel_table(model, prompts, prompt, steps, kt);
+        } catch (const std::exception& e) {  // the table is a diagnostic: the rows still run
+          std::fprintf(stderr, "hf_bench: kernel table failed: %s\n", e.what());
+        }
+      }
+    }
     for (const std::string& mode : modes) {
       if (!one_mode) {
         model.set_step_graphs(mode == "graphs");
@@ -385,8 +483,12 @@ int main(int argc, char** argv) {
       // each bucket's eager first step and its capture, none of which the rows should time.
       for (int32_t B : batches) run_forward(model, prompts, B, prompt, std::min(steps, 3), 1);
       json results = json::array();
+      json observed = json::array();
       for (int32_t B : batches) {
         const Throughput t = run_forward(model, prompts, B, prompt, steps, reps);
+        for (size_t i = 1; i < observe.size(); ++i)
+          observed.push_back(
+              observed_row(model, c, sink, observe[i], prompts, B, prompt, steps, reps, t, mode));
         std::fprintf(stderr,
                      "hf_bench: %-6s batch %3d  prefill %10.1f tok/s  decode %10.1f tok/s  step "
                      "%.3f ms  %.1f host waits/step  %llu graph launches\n",
@@ -411,7 +513,8 @@ int main(int argc, char** argv) {
           // graphs asked for, but the backend has none: the padded steps ran eagerly
           {"graphs_eager", model.step_graphs() && !backend->supports_step_graphs()},
           {"graph_error", model.graph_error()},
-          {"results", results}};
+          {"results", results},
+          {"observed", observed}};
       out["modes"].push_back(entry);
       if (out["modes"].size() == 1) {  // the single-mode layout, kept for older readers
         out["routing"] = entry["routing"];
@@ -425,13 +528,6 @@ int main(int argc, char** argv) {
                           {"activations", fp.activations},
                           {"ssm_state", fp.ssm_state}};
       write_json(out, out_path);
-    }
-    if (const char* kt = std::getenv("HF_BENCH_KERNEL_TABLE"); kt && *kt) {
-      if (backend->supports_step_graphs())  // a GPU backend: CUPTI has kernels to see
-        kernel_table(model, prompts, prompt, steps, kt);
-      else
-        std::fprintf(stderr, "hf_bench: no kernel table on the %s backend\n",
-                     backend->name().c_str());
     }
     return inferscope::cli::kSuccess;
   } catch (const std::exception& e) {

@@ -2,6 +2,7 @@
 // name in the buffer-completed callback, kept only when they started inside
 // the window [start(), stop()] (records of earlier work flushed at start()
 // fall before it). Linked against libcupti (bench only; the agent dlopens it).
+// stop() finalizes CUPTI, so the table must not run while an agent traces.
 #include <cupti.h>
 #include <cxxabi.h>
 
@@ -105,6 +106,9 @@ std::vector<KernelSum> KernelTable::stop() {
   g_end.store(now);
   cuptiActivityFlushAll(1);
   cuptiActivityDisable(CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL);
+  // Detach CUPTI whole: an agent in this process (hf_bench --observe) attaches it afresh, with
+  // its own activity callbacks, as it would had the table never run.
+  cuptiFinalize();
   std::vector<KernelSum> out;
   {
     std::lock_guard lock(g_mu);

@@ -588,6 +588,25 @@ def table(res, batches):
                             repr(s.get("graph_error", "")) if s.get("graph_error") else "none",
                             " (no graphs on the %s backend: graph decode ran its padded steps "
                             "eagerly)" % s.get("backend") if s.get("graphs_eager") else ""))
+    obs = [(k, s) for k, s in eng if s.get("observed")]
+    if obs:  # issue 18 part 6: what observing the engine costs, per path and batch
+        lines.append("")
+        lines.append("observability overhead, decode tok/s (overhead vs the unobserved row of the "
+                     "same batch, same process); full: CUPTI kernels attributed to a range")
+        for key, s in obs:
+            rows = {r["batch"]: r for r in s["rows"]}
+            for r in s["observed"]:
+                base = rows.get(r["batch"], {}).get("decode_tps")
+                att = ""
+                if r["observe"] != "agent" and r.get("kernels_captured"):
+                    att = "  %d kernels, %.2f %% attributed" % (
+                        r["kernels_captured"], 100.0 * r["kernels_attributed"] /
+                        r["kernels_captured"])
+                elif r["observe"] != "agent" and not r.get("cupti_active"):
+                    att = "  (no CUPTI here)"
+                lines.append("  %-13s B=%-3d %-8s %10s tok/s vs %10s  %+6.2f %%%s"
+                             % (key, r["batch"], r["observe"], fmt(r.get("decode_tps")),
+                                fmt(base), r.get("overhead_pct", float("nan")), att))
     m = next((res["stages"][k]["memory"] for k in ENGINE_ROWS
               if res["stages"].get(k, {}).get("memory")), None)
     if m:
@@ -637,6 +656,8 @@ def engine_stages(a, res, ckpt, has_cuda, deadline):
            "--batches", ",".join(map(str, a.batch_list)), "--prompt-len", str(a.prompt_len),
            "--steps", str(a.steps), "--reps", str(a.reps), "--threads", str(a.threads),
            "--modes", ",".join(a.engine_mode_list), "--out", out]
+    if a.observe_list:
+        cmd += ["--observe", ",".join(["off"] + a.observe_list)]
     caps = {"eager": a.cap_engine, "graphs": a.cap_graphs}
     first = a.engine_mode_list[0]
     phases = [("hf_bench: mode %s start" % m, caps[m]) for m in a.engine_mode_list[1:]]
@@ -816,6 +837,9 @@ def main():
                     help="the engine's graphs mode (same process, after the eager mode)")
     ap.add_argument("--engine-modes", default="eager,graphs",
                     help="hf_bench --modes: eager and/or graphs, in one process")
+    ap.add_argument("--observe", default="agent,sampled,full",
+                    help="hf_bench --observe: the engine rows again with telemetry on (agent, "
+                         "sampled, full CUPTI), overhead against the unobserved row ('' none)")
     ap.add_argument("--cap-eager", type=int, default=120)
     ap.add_argument("--cap-compile", type=int, default=180)
     ap.add_argument("--skip", default="", help="comma-separated: eager,compile")
@@ -832,6 +856,9 @@ def main():
     if not a.engine_mode_list or any(m not in dict(ENGINE_MODES) for m in a.engine_mode_list) \
             or len(set(a.engine_mode_list)) != len(a.engine_mode_list):
         ap.error("--engine-modes: '%s' is not a list of eager, graphs" % a.engine_modes)
+    a.observe_list = [o for o in a.observe.split(",") if o and o != "off"]
+    if any(o not in ("agent", "sampled", "full") for o in a.observe_list):
+        ap.error("--observe: '%s' is not a list of agent, sampled, full" % a.observe)
     a.skip_list = [s for s in a.skip.split(",") if s]
     for s in a.skip_list:
         if s not in ("eager", "compile"):

@@ -30,6 +30,7 @@
 #include "inferscope/collector/trace_store.hpp"
 #include "inferscope/wire/ack.hpp"
 #include "inferscope/wire/capture.hpp"
+#include "running_collector.hpp"
 #include "test_client.hpp"
 
 namespace inferscope::collector::testing {
@@ -37,44 +38,20 @@ namespace {
 
 // [SECTION] A collector with a trace store and a running tick
 
-struct LiveCollector {
-  TempDir dir;
-  std::unique_ptr<Collector> collector;
-  std::thread thread;
-  uint16_t ingest = 0, metrics = 0, capture = 0;
-
+// TempDir first: the store's directory exists before the collector starts and outlives it.
+struct LiveCollector : TempDir, RunningCollector {
   explicit LiveCollector(const std::string& name,
                          const std::function<void(CollectorOptions&)>& tune = {})
-      : dir(name) {
-    CollectorOptions o;
-    o.listen = {"tcp://127.0.0.1:0"};
-    o.metrics = "127.0.0.1:0";
-    o.viewer = "";
-    o.trace_dir = dir.path.string();
-    o.trace_block_age_ns = 50'000'000;  // blocks settle soon after their first frame
-    o.tick = std::chrono::milliseconds(20);
-    o.capture.http = "127.0.0.1:0";
-    o.capture.cooldown_ns = 0;  // several captures per test
-    o.capture.busy_ns = 1;
-    if (tune) tune(o);
-    collector = std::make_unique<Collector>(std::move(o));
-    std::string error;
-    if (!collector->start(error)) throw std::runtime_error(error);
-    auto port_of = [](const std::string& line) {
-      return static_cast<uint16_t>(std::stoi(line.substr(line.rfind(':') + 1)));
-    };
-    for (const auto& line : collector->listening_lines()) {
-      if (line.rfind("listening ingest tcp://", 0) == 0) ingest = port_of(line);
-      if (line.rfind("listening metrics ", 0) == 0) metrics = port_of(line);
-      if (line.rfind("listening capture ", 0) == 0) capture = port_of(line);
-    }
-    thread = std::thread([this] { collector->run(false); });
-  }
-  ~LiveCollector() {
-    collector->stop();
-    thread.join();
-  }
-  std::map<std::string, double> scrape() { return parse_exposition(http_get(metrics)); }
+      : TempDir(name), RunningCollector({}, [&](CollectorOptions& o) {
+          o.viewer = "";
+          o.trace_dir = path.string();
+          o.trace_block_age_ns = 50'000'000;  // blocks settle soon after their first frame
+          o.tick = std::chrono::milliseconds(20);
+          o.capture.http = "127.0.0.1:0";
+          o.capture.cooldown_ns = 0;  // several captures per test
+          o.capture.busy_ns = 1;
+          if (tune) tune(o);
+        }) {}
   // POST /capture; the capture id the endpoint answered with (0: none sent).
   uint64_t post_capture(const std::string& model) {
     const std::string response = http_post(capture, "/capture?model=" + model + "&steps=4");
@@ -240,7 +217,7 @@ TEST(CaptureLatency, EpisodeToStoredThroughARealCollector) {
   agent.gpu.captures_completed = 1;
   agent.send({agent.health()});
   agent.send(agent.spans(req->tag(), 10));  // CUPTI's last flush, after the report of complete
-  ASSERT_TRUE(eventually([&] { return stored_spans(lc.dir.path.string(), req->tag()) == 50; }));
+  ASSERT_TRUE(eventually([&] { return stored_spans(lc.path.string(), req->tag()) == 50; }));
   // All of it is on disk, but the agent could still be flushing: landing waits for its next
   // report. A frame after the store settled (a span of no capture) gives the collector its
   // chance to land the capture too early; it must not.
@@ -305,7 +282,7 @@ TEST(CaptureLatency, AnEpisodeCaptureIsTimedFromTheEpisodesOpening) {
   agent.send({agent.health()});
   agent.send({agent.health()});
   ASSERT_TRUE(eventually([&] { return stage_count(lc.scrape(), "stored") == 1; }));
-  EXPECT_EQ(stored_spans(lc.dir.path.string(), req->tag()), 8);
+  EXPECT_EQ(stored_spans(lc.path.string(), req->tag()), 8);
   const auto m = lc.scrape();
   EXPECT_EQ(stage_count(m, "started"), 1);
   EXPECT_EQ(stage_count(m, "first_span"), 1);

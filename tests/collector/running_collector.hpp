@@ -2,6 +2,7 @@
 // tests that talk to it over real sockets.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -15,13 +16,16 @@ namespace inferscope::collector::testing {
 struct RunningCollector {
   std::unique_ptr<Collector> collector;
   std::thread thread;
-  uint16_t ingest = 0, metrics = 0, viewer = 0;
+  uint16_t ingest = 0, metrics = 0, viewer = 0, capture = 0;
 
-  explicit RunningCollector(CollectorOptions o) {
+  // `tune` runs after the defaults below (loopback ports, no tick), so a test may change any.
+  explicit RunningCollector(CollectorOptions o,
+                            const std::function<void(CollectorOptions&)>& tune = {}) {
     o.listen = {"tcp://127.0.0.1:0"};
     o.metrics = "127.0.0.1:0";
     o.viewer = "127.0.0.1:0";
     o.tick = std::chrono::milliseconds(0);  // windows by record timestamps only
+    if (tune) tune(o);
     collector = std::make_unique<Collector>(std::move(o));
     std::string error;
     if (!collector->start(error)) throw std::runtime_error(error);
@@ -32,6 +36,7 @@ struct RunningCollector {
       if (line.rfind("listening ingest tcp://", 0) == 0) ingest = port_of(line);
       if (line.rfind("listening metrics ", 0) == 0) metrics = port_of(line);
       if (line.rfind("listening viewer ", 0) == 0) viewer = port_of(line);
+      if (line.rfind("listening capture ", 0) == 0) capture = port_of(line);
     }
     thread = std::thread([this] { collector->run(); });
   }

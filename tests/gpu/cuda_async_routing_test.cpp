@@ -29,9 +29,12 @@
 #include "inferscope/engine/config.hpp"
 #include "inferscope/engine/layers.hpp"
 #include "inferscope/engine/model.hpp"
+#include "paired_decode.hpp"
 
 namespace ie = inferscope::engine;
+using inferscope::engine::gpu_test::PairedDecode;
 using inferscope::engine::gpu_test::rel_l2;
+using Recorder = inferscope::engine::gpu_test::RouteRecorder;
 
 namespace {
 
@@ -156,23 +159,6 @@ TEST_F(CudaAsyncRouting, MoeFfnDeviceMatchesTheCpu) {
   }
 }
 
-struct Routed {
-  std::vector<std::vector<uint32_t>> routed;
-  std::vector<std::vector<int32_t>> kept;
-  std::vector<uint32_t> dropped, rerouted;
-};
-struct Recorder : ie::ForwardObserver {
-  Routed r;
-  void layer_begin(int32_t) override {}
-  void layer_end(int32_t) override {}
-  void moe_routed(int32_t, const ie::RouteCounts& c, int32_t) override {
-    r.routed.push_back(c.routed);
-    r.kept.push_back(c.kept);
-    r.dropped.push_back(c.dropped);
-    r.rerouted.push_back(c.rerouted);
-  }
-};
-
 class CudaAsyncRoutingModel : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override { SKIP_WITHOUT_CUDA(); }
@@ -187,29 +173,12 @@ TEST_P(CudaAsyncRoutingModel, SameCountsAndLogitsWithOneWaitPerStep) {
   ma.set_async_routing(true);
   int n_moe = 0;
   for (int32_t l = 0; l < cfg.n_layers(); ++l) n_moe += cfg.is_moe(l) ? 1 : 0;
-  const int bs = cfg.cache.block_size, S = 8;
-  std::vector<std::vector<int32_t>> blocks(S);
-  for (int s = 0; s < S; ++s) {
-    for (int b = 0; b < 128 / bs + 1; ++b) blocks[s].push_back(s * (128 / bs + 1) + b);
-    ms.clear_state(s);
-    ma.clear_state(s);
-  }
-  std::vector<int32_t> pos(S, 0), next(S);
+  const int S = 8;
+  PairedDecode run(cfg, S, ms, ma);
   double max_err = 0;
   int decode_steps = 0;
   for (int step = 0; step < 12; ++step) {
-    ie::StepBatch b;
-    b.clear();
-    for (int s = 0; s < S; ++s) {
-      std::vector<int32_t> toks;
-      if (step == 0)
-        for (int i = 0; i < 3 + s; ++i)  // 52 rows in all: within tiny's max_batch_tokens
-          toks.push_back(33 + (s * 31 + i * 7) % 94);
-      else
-        toks.push_back(next[s]);
-      b.add_chunk(toks, pos[s], s, blocks[s], bs, true);
-      pos[s] += static_cast<int32_t>(toks.size());
-    }
+    const ie::StepBatch b = run.next_step(S);
     Recorder rs, ra;
     std::vector<float> ls, la;
     const uint64_t ws0 = gs->host_syncs(), wa0 = ga->host_syncs();
@@ -217,10 +186,10 @@ TEST_P(CudaAsyncRoutingModel, SameCountsAndLogitsWithOneWaitPerStep) {
     ma.forward(b, la, &ra);
     const uint64_t ws = gs->host_syncs() - ws0, wa = ga->host_syncs() - wa0;
     SCOPED_TRACE("step " + std::to_string(step));
-    EXPECT_EQ(rs.r.routed, ra.r.routed);
-    EXPECT_EQ(rs.r.kept, ra.r.kept);
-    EXPECT_EQ(rs.r.dropped, ra.r.dropped);
-    EXPECT_EQ(rs.r.rerouted, ra.r.rerouted);
+    EXPECT_EQ(rs.routed, ra.routed);
+    EXPECT_EQ(rs.kept, ra.kept);
+    EXPECT_EQ(rs.dropped, ra.dropped);
+    EXPECT_EQ(rs.rerouted, ra.rerouted);
     const double err = rel_l2(la, ls);
     max_err = std::max(max_err, err);
     EXPECT_LT(err, 8e-2);
@@ -230,10 +199,7 @@ TEST_P(CudaAsyncRoutingModel, SameCountsAndLogitsWithOneWaitPerStep) {
       EXPECT_EQ(wa, 1u) << "asynchronous routing waits once per step";
       EXPECT_EQ(ws, static_cast<uint64_t>(n_moe) + 1) << "synchronous: per MoE layer + logits";
     }
-    for (int s = 0; s < S; ++s) {
-      const float* l = ls.data() + static_cast<size_t>(s) * cfg.vocab;
-      next[s] = static_cast<int32_t>(std::max_element(l, l + cfg.vocab) - l);
-    }
+    run.choose_next(ls, S);
   }
   std::printf(
       "[ %s ] async vs sync routing on the GPU: max logit rel err %.3e over 12 steps, "

@@ -21,25 +21,14 @@
 #include "inferscope/engine/backend.hpp"
 #include "inferscope/engine/config.hpp"
 #include "inferscope/engine/model.hpp"
+#include "paired_decode.hpp"
 
 namespace ie = inferscope::engine;
+using inferscope::engine::gpu_test::PairedDecode;
 using inferscope::engine::gpu_test::rel_l2;
+using Recorder = inferscope::engine::gpu_test::RouteRecorder;
 
 namespace {
-
-struct Recorder : ie::ForwardObserver {
-  std::vector<std::vector<uint32_t>> routed;
-  std::vector<std::vector<int32_t>> kept;
-  std::vector<uint32_t> dropped, rerouted;
-  void layer_begin(int32_t) override {}
-  void layer_end(int32_t) override {}
-  void moe_routed(int32_t, const ie::RouteCounts& c, int32_t) override {
-    routed.push_back(c.routed);
-    kept.push_back(c.kept);
-    dropped.push_back(c.dropped);
-    rerouted.push_back(c.rerouted);
-  }
-};
 
 class CudaStepGraphs : public ::testing::TestWithParam<std::string> {
  protected:
@@ -54,14 +43,8 @@ TEST_P(CudaStepGraphs, ReplayedDecodeEqualsEagerWithOneWaitPerStep) {
   eager.set_async_routing(true);
   graphs.set_step_graphs(true);
   ASSERT_TRUE(graphs.step_graphs());
-  const int bs = cfg.cache.block_size, S = 8;
-  std::vector<std::vector<int32_t>> blocks(S);
-  for (int s = 0; s < S; ++s) {
-    for (int b = 0; b < 128 / bs + 1; ++b) blocks[s].push_back(s * (128 / bs + 1) + b);
-    eager.clear_state(s);
-    graphs.clear_state(s);
-  }
-  std::vector<int32_t> pos(S, 0), next(S);
+  const int S = 8;
+  PairedDecode run(cfg, S, eager, graphs);
   double max_err = 0;
   int replays_checked = 0;
   // step 0: prefill of all 8; then 12 decode steps of 8 rows, 6 of 5 rows, 5 of 1 row.
@@ -70,18 +53,7 @@ TEST_P(CudaStepGraphs, ReplayedDecodeEqualsEagerWithOneWaitPerStep) {
   for (int i = 0; i < 6; ++i) rows.push_back(5);
   for (int i = 0; i < 5; ++i) rows.push_back(1);
   for (size_t step = 0; step < rows.size(); ++step) {
-    ie::StepBatch b;
-    b.clear();
-    for (int s = 0; s < rows[step]; ++s) {
-      std::vector<int32_t> toks;
-      if (step == 0)
-        for (int i = 0; i < 3 + s; ++i)  // 52 rows in all: within tiny's max_batch_tokens
-          toks.push_back(33 + (s * 31 + i * 7) % 94);
-      else
-        toks.push_back(next[s]);
-      b.add_chunk(toks, pos[s], s, blocks[s], bs, true);
-      pos[s] += static_cast<int32_t>(toks.size());
-    }
+    const ie::StepBatch b = run.next_step(rows[step]);
     Recorder re, rg;
     std::vector<float> le, lg;
     const uint64_t launches0 = gg->graph_launches(), captured0 = gg->graphs_captured();
@@ -101,10 +73,7 @@ TEST_P(CudaStepGraphs, ReplayedDecodeEqualsEagerWithOneWaitPerStep) {
       ++replays_checked;
       EXPECT_EQ(waits, 1u) << "a replayed step waits once (the logits and counts download)";
     }
-    for (int s = 0; s < rows[step]; ++s) {
-      const float* l = le.data() + static_cast<size_t>(s) * cfg.vocab;
-      next[s] = static_cast<int32_t>(std::max_element(l, l + cfg.vocab) - l);
-    }
+    run.choose_next(le, rows[step]);
   }
   // Bucket 8: warm-up, capture, then replays (also for the 5-row steps);
   // bucket 1: warm-up, capture, replays. 11 + 6 + 4 launches.

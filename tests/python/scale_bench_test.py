@@ -103,6 +103,19 @@ def main():
     check("engine+graphs [cpu: no graphs, eager]" in r.stdout and "ran its padded steps eagerly"
           in r.stdout, "table says the cpu graph path ran eagerly")
     check("engine ok" in r.stdout and "engine+graphs ok" in r.stdout, "stages line names both")
+    # Observed rows (issue 18 part 6): each engine path and batch again with telemetry on
+    # (agent, sampled, full), overhead against that batch's unobserved row. No CUPTI here.
+    for name, s in (("engine", e), ("engine+graphs", g)):
+        got = sorted((o["batch"], o["observe"]) for o in s.get("observed", []))
+        check(got == sorted((bb, o) for bb in (1, 4) for o in ("agent", "sampled", "full")),
+              "%s: observed rows for agent/sampled/full at B=1 and 4 (%s)" % (name, got))
+        base = {x["batch"]: x["decode_tps"] for x in s.get("rows", [])}
+        check(all(o["decode_tps"] > 0 and o["records_dropped"] == 0 and not o["cupti_active"]
+                  and abs(o["overhead_pct"] - 100 * (1 - o["decode_tps"] / base[o["batch"]]))
+                  < 1e-6 for o in s.get("observed", [])),
+              "%s: observed rows measured, nothing dropped, overhead against the off row" % name)
+    check("observability overhead" in r.stdout and "(no CUPTI here)" in r.stdout,
+          "table shows the observed rows")
 
     # Per-phase timeouts of one process: the marker restarts the timeout at the phase's cap.
     status, rc, _, phase = scale_bench.run_capped(

@@ -204,6 +204,10 @@ namespace {
 bool i32_row(const Tensor& t, int64_t cols) {
   return t.dtype == DType::kI32 && t.rows == 1 && t.cols == cols && t.data != nullptr;
 }
+// The device-side offsets every op after routing takes: i32 [1, E + 1], E >= 1.
+bool device_offsets(const Tensor& offsets) {
+  return offsets.dtype == DType::kI32 && offsets.rows == 1 && offsets.cols >= 2;
+}
 }  // namespace
 
 void Backend::moe_route_device(const Tensor& logits, const Tensor& bias, const RouteParams& params,
@@ -227,8 +231,7 @@ void Backend::moe_route_device(const Tensor& logits, const Tensor& bias, const R
 void Backend::moe_permute(const Tensor& x, const Tensor& assign_expert, const Tensor& offsets,
                           const Tensor& xp, const Tensor& perm) {
   const int64_t bound = assign_expert.rows * assign_expert.cols;
-  check(offsets.dtype == DType::kI32 && offsets.rows == 1 && offsets.cols >= 2,
-        "moe_permute: offsets must be i32 [1, E + 1]");
+  check(device_offsets(offsets), "moe_permute: offsets must be i32 [1, E + 1]");
   check(xp.cols == x.cols && xp.rows >= bound && perm.rows >= bound && perm.dtype == DType::kI32 &&
             assign_expert.rows == x.rows,
         "moe_permute shape (xp and perm need T * top_k rows)");
@@ -237,8 +240,7 @@ void Backend::moe_permute(const Tensor& x, const Tensor& assign_expert, const Te
 
 void Backend::grouped_linear(const Tensor& x, const Tensor& w, const Tensor& offsets,
                              int64_t max_rows_per_expert, const Tensor& y) {
-  check(offsets.dtype == DType::kI32 && offsets.rows == 1 && offsets.cols >= 2,
-        "grouped_linear: offsets must be i32 [1, E + 1]");
+  check(device_offsets(offsets), "grouped_linear: offsets must be i32 [1, E + 1]");
   const int64_t experts = offsets.cols - 1;
   check(w.rows % experts == 0, "grouped_linear: weight rows not a multiple of experts");
   check_weight(x, w, y, "grouped_linear");
@@ -250,8 +252,7 @@ void Backend::grouped_linear(const Tensor& x, const Tensor& w, const Tensor& off
 
 void Backend::moe_unpermute(const Tensor& yp, const Tensor& perm, const Tensor& assign_weight,
                             int32_t top_k, const Tensor& offsets, const Tensor& y) {
-  check(offsets.dtype == DType::kI32 && offsets.rows == 1 && offsets.cols >= 2,
-        "moe_unpermute: offsets must be i32 [1, E + 1]");
+  check(device_offsets(offsets), "moe_unpermute: offsets must be i32 [1, E + 1]");
   check(yp.cols == y.cols && top_k >= 1 && yp.rows >= y.rows * top_k &&
             perm.rows >= y.rows * top_k && assign_weight.rows == y.rows &&
             assign_weight.cols == top_k,
