@@ -20,6 +20,7 @@
 
 #include "check.hpp"
 #include "kernels.hpp"
+#include "pdl.cuh"
 
 namespace inferscope::engine::cuda {
 namespace {
@@ -122,6 +123,7 @@ __device__ void attend(const float* q, const Loc& loc, int ctx, int hd, float sc
 
 template <bool VEC>
 __global__ void paged_attention_k(PagedArgs a) {
+  pdl_allow_dependents();
   const int t = blockIdx.x, h = blockIdx.y;
   const int seq = a.token_seq[t];
   const int ctx = a.token_pos[t] + 1;
@@ -148,6 +150,7 @@ __device__ __forceinline__ float dot4(const float4& a, const float4& b) {
 // smem: scores[ctx] | slot[ctx] (int) | part[warps][hd].
 template <int LPK>
 __global__ void __launch_bounds__(kRowThreads) paged_rows_k(PagedArgs a) {
+  pdl_allow_dependents();  // the output projection may start (pdl.cuh)
   extern __shared__ float smem[];
   __shared__ float red[32];
   constexpr int kKeysPerWarp = 32 / LPK;

@@ -16,10 +16,13 @@
 //    capturable.
 // Small blocks (4 warps) so that 2048 columns already spread over 128+ SMs.
 #include <algorithm>
+#include <atomic>
+#include <cstdlib>
 #include <stdexcept>
 
 #include "check.hpp"
 #include "kernels.hpp"
+#include "pdl.cuh"
 
 namespace inferscope::engine::cuda {
 namespace {
@@ -79,13 +82,39 @@ __device__ __forceinline__ void load_weights(const __nv_bfloat16* const (&wc)[C]
 // (split-K inside the block, for layers with too few columns to fill the SMs;
 // partial sums meet in shared memory, no atomics, so beta and the summation
 // order stay deterministic). kc: K chunk staged at once (multiple of 8).
+// (Launch bounds: up to 4 rows, 4 blocks per SM, i.e. 128 registers: without it ptxas chose ~72
+// and spilled; 8 rows need more than 128.)
 template <int R, int C, int U, int KS>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, R >= 8 ? 1 : 4)
     small_linear_k(View x, const __nv_bfloat16* __restrict__ w, const int32_t* offsets, int experts,
                    View y, int n_out, int k, float beta, int kc, bool x_vec) {
   extern __shared__ float4 xs4[];  // [R][kc] fp32
   float* xs = reinterpret_cast<float*>(xs4);
   __shared__ int block_expert;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  constexpr int kStep = kWarpK * KS;  // K between one warp's consecutive loads of a column
+  __shared__ float part[KS > 1 ? kWarps * R * C : 1];
+  const int ks = warp % KS;
+  const int n0 = (blockIdx.x * (kWarps / KS) + warp / KS) * C;
+  // A dependent launch (PDL) may start this grid while the kernel before it still runs: the
+  // weights (never written by a kernel that lets dependents start early) can be requested at
+  // once, everything else waits for the previous grid (griddepcontrol.wait: complete and its
+  // writes visible; a no-op when not launched as a dependent). Dense only: a grouped call must
+  // read the offsets to know its expert.
+  const __nv_bfloat16* wc[C];
+  uint4 wv[C][U];
+  const int kk0 = ks * kWarpK + lane * 8;
+  bool preloaded = false;
+  if (offsets == nullptr) {
+#pragma unroll
+    for (int c = 0; c < C; ++c) wc[c] = w + (int64_t)min(n0 + c, n_out - 1) * k;
+    if (x.rows > 0) {
+      load_weights<C, U, kStep>(wc, 0, kk0, min(kc, k), wv);
+      preloaded = true;
+    }
+  }
+  pdl_wait();
+  pdl_allow_dependents();  // (their own wait still covers all of this grid)
   int e = 0, r0 = 0, r1 = static_cast<int>(x.rows);
   if (offsets != nullptr) {
     if (threadIdx.x < 32) {
@@ -97,16 +126,10 @@ __global__ void __launch_bounds__(kThreads)
     if (e < 0) return;  // fewer experts with rows than block rows (uniform over the block)
     r0 = offsets[e];
     r1 = offsets[e + 1];
-  }
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  constexpr int kStep = kWarpK * KS;  // K between one warp's consecutive loads of a column
-  __shared__ float part[KS > 1 ? kWarps * R * C : 1];
-  const int ks = warp % KS;
-  const int n0 = (blockIdx.x * (kWarps / KS) + warp / KS) * C;
-  // Columns past n_out load a valid column (the last) and store nothing: no branch in the loads.
-  const __nv_bfloat16* wc[C];
+    // Columns past n_out load a valid column (the last) and store nothing: no branch in loads.
 #pragma unroll
-  for (int c = 0; c < C; ++c) wc[c] = w + ((int64_t)e * n_out + min(n0 + c, n_out - 1)) * k;
+    for (int c = 0; c < C; ++c) wc[c] = w + ((int64_t)e * n_out + min(n0 + c, n_out - 1)) * k;
+  }
 
   for (int m0 = r0; m0 < r1; m0 += R) {
     const int rows = min(R, r1 - m0);
@@ -120,9 +143,9 @@ __global__ void __launch_bounds__(kThreads)
       const int len = min(kc, k - c0);
       // The chunk's first weight vectors go out before x is staged: their latency overlaps
       // the staging and its barriers (a small layer is little more than that first batch).
-      int kk = ks * kWarpK + lane * 8;
-      uint4 wv[C][U];
-      load_weights<C, U, kStep>(wc, c0, kk, len, wv);
+      int kk = kk0;
+      if (!preloaded) load_weights<C, U, kStep>(wc, c0, kk, len, wv);
+      preloaded = false;
       __syncthreads();  // the previous chunk's readers are done with xs
       // Stage x[m0 .. m0+R) [c0 .. c0+len) (rows past `rows` as zeros: the FMAs need no guard).
       for (int r = 0; r < R; ++r) {
@@ -196,6 +219,24 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// Programmatic dependent launch: on from sm_90 unless INFERSCOPE_CUDA_PDL=0 (or
+// small_linear_set_pdl).
+std::atomic<int> g_pdl{-1};
+bool pdl_enabled() {
+  int v = g_pdl.load(std::memory_order_relaxed);
+  if (v < 0) {
+    const char* env = std::getenv("INFERSCOPE_CUDA_PDL");
+    int dev = 0, major = 0;
+    const bool hopper =
+        cudaGetDevice(&dev) == cudaSuccess &&
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
+        major >= 9;
+    v = hopper && !(env && env[0] == '0') ? 1 : 0;
+    g_pdl.store(v, std::memory_order_relaxed);
+  }
+  return v == 1;
+}
+
 int sm_count() {
   static const int n = [] {
     int dev = 0, v = 0;
@@ -228,8 +269,18 @@ void launch(View x, const __nv_bfloat16* w, const int32_t* offsets, int experts,
   while (ks < 4 && blocks1 * ks < want && k >= 2 * ks * kWarpK) ks *= 2;
   auto go = [&](auto kernel, int ksplit) {
     const int cols_per_block = kWarps / ksplit * C;
-    const dim3 grid((n_out + cols_per_block - 1) / cols_per_block, block_rows);
-    kernel<<<grid, kThreads, smem, s>>>(x, w, offsets, experts, y, n_out, k, beta, kc, x_vec);
+    cudaLaunchConfig_t cfg{};
+    cfg.gridDim = dim3((n_out + cols_per_block - 1) / cols_per_block, block_rows);
+    cfg.blockDim = dim3(kThreads);
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = s;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = pdl_enabled() ? 1 : 0;
+    ISC_CUDA(
+        cudaLaunchKernelEx(&cfg, kernel, x, w, offsets, experts, y, n_out, k, beta, kc, x_vec));
   };
   if (ks == 1)
     go(small_linear_k<R, C, U, 1>, 1);
@@ -241,6 +292,10 @@ void launch(View x, const __nv_bfloat16* w, const int32_t* offsets, int experts,
 }
 
 }  // namespace
+
+void small_linear_set_pdl(bool on) {
+  g_pdl.store(on ? 1 : 0, std::memory_order_relaxed);
+}
 
 void small_linear(View x, const __nv_bfloat16* w, const int32_t* offsets, int experts, View y,
                   int n_out, int k, float beta, cudaStream_t s, int max_rows) {
