@@ -319,7 +319,8 @@ void kernel_table(ie::Model& model, const std::vector<std::vector<int32_t>>& pro
   std::ostringstream o;
   char line[512];
   std::snprintf(line, sizeof line,
-                "kernel table: B=1 decode, async routing, no graphs (kernels launched one by one), "
+                "kernel table: B=1 decode, async routing, no graphs, no programmatic dependent "
+                "launch (kernels one by one), "
                 "%d steps; step %.3f ms wall, kernels %.1f us/step (sum of kernel times)\n"
                 "%9s %6s %8s %8s  %s\n",
                 steps, t.decode_step_ms, total_us, "us/step", "%", "calls", "us/call", "kernel");

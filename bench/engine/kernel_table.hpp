@@ -20,7 +20,9 @@ struct KernelSum {
 // One recording window at a time (CUPTI activity is per process).
 class KernelTable {
  public:
-  // Turns kernel activity on and opens the window; false (and *why) without CUPTI.
+  // Turns kernel activity on and opens the window; false (and *why) without CUPTI. Inside the
+  // window the decode linears launch without programmatic dependent launch (see
+  // kernel_table_cupti.cpp), so each kernel's time is its own.
   bool start(std::string* why);
   // Closes the window after the caller synchronised the device; kernels that
   // started inside it, summed by name, most time first. Turns the activity off.

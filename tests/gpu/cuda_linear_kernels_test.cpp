@@ -181,33 +181,38 @@ TEST_F(LinearKernels, GroupedEmptyExpertsAndBoundRows) {
   }
 }
 
-// Prefill-sized experts (grouped_gemm: 128 x 128 tiles, 3-stage cp.async ring): rows that end
+// Prefill-sized experts: grouped_gemm (128 x 128 tiles, 3-stage cp.async ring) on rows that end
 // mid-tile (65, 128, 129, 300), an empty expert between them, N = 200 (a partial column tile),
-// K = 392 (a partial 32-wide K step).
+// K = 392 (a partial 32-wide K step); and groups of >= 256 rows an active expert on average,
+// which the host-offsets path sends to one cuBLAS GEMM per expert (the device path keeps
+// grouped_gemm).
 TEST_F(LinearKernels, GroupedGemmPartialTilesMatchCpu) {
-  const int E = 6, N = 200, K = 392;
-  const std::vector<int32_t> counts = {65, 0, 128, 129, 300, 1};
-  std::vector<int32_t> offsets(E + 1, 0);
-  for (int e = 0; e < E; ++e) offsets[e + 1] = offsets[e] + counts[e];
-  const int A = offsets.back();
-  const auto w = randn_bf16(size_t(E) * N * K, rng, 0.05f);
-  const auto x = randn_bf16(size_t(A) * K, rng, 1.0f);
-  for (bool device : {false, true}) {
-    std::vector<float> out[2];
-    int i = 0;
-    for (Side* s : {&cpu, &gpu}) {
-      auto tx = s->make(A, K, x), tw = s->make(int64_t(E) * N, K, w), ty = s->make(A, N);
-      if (device) {
-        ie::Tensor to = s->make(1, E + 1, {}, ie::DType::kI32);
-        s->be->upload(to, offsets.data());
-        s->be->grouped_linear(tx, tw, to, 300, ty);
-      } else {
-        s->be->grouped_linear(tx, tw, offsets, ty);
+  const int N = 200, K = 392;
+  for (const std::vector<int32_t>& counts :
+       {std::vector<int32_t>{65, 0, 128, 129, 300, 1}, std::vector<int32_t>{300, 0, 260, 512}}) {
+    const int E = static_cast<int>(counts.size());
+    std::vector<int32_t> offsets(E + 1, 0);
+    for (int e = 0; e < E; ++e) offsets[e + 1] = offsets[e] + counts[e];
+    const int A = offsets.back();
+    const auto w = randn_bf16(size_t(E) * N * K, rng, 0.05f);
+    const auto x = randn_bf16(size_t(A) * K, rng, 1.0f);
+    for (bool device : {false, true}) {
+      std::vector<float> out[2];
+      int i = 0;
+      for (Side* s : {&cpu, &gpu}) {
+        auto tx = s->make(A, K, x), tw = s->make(int64_t(E) * N, K, w), ty = s->make(A, N);
+        if (device) {
+          ie::Tensor to = s->make(1, E + 1, {}, ie::DType::kI32);
+          s->be->upload(to, offsets.data());
+          s->be->grouped_linear(tx, tw, to, 512, ty);
+        } else {
+          s->be->grouped_linear(tx, tw, offsets, ty);
+        }
+        out[i++] = s->get(ty);
       }
-      out[i++] = s->get(ty);
+      // Tensor-core fp32 accumulation of exact bf16 products: a few ulps per sum.
+      EXPECT_LT(rel_l2(out[1], out[0]), 1e-4) << "A=" << A << " device offsets " << device;
     }
-    // Tensor-core fp32 accumulation of exact bf16 products: a few ulps per sum.
-    EXPECT_LT(rel_l2(out[1], out[0]), 1e-4) << "device offsets " << device;
   }
 }
 

@@ -70,8 +70,19 @@ __global__ void rms_norm_k(View x, const float* w, float eps, View o) {
   pdl_allow_dependents();  // a linear after the norm may start (pdl.cuh)
   __shared__ float partial[32];
   int64_t r = blockIdx.x;
+  // Up to 4 values a thread stay in registers between the sum and the scaling (a decode row of
+  // 2048 on 1024 threads: 2), with the weight loaded alongside: one round trip to memory.
+  constexpr int kKeep = 4;
+  float keep[kKeep], wk[kKeep];
   float ss = 0.f;
-  for (int64_t c = threadIdx.x; c < x.cols; c += blockDim.x) {
+#pragma unroll
+  for (int i = 0; i < kKeep; ++i) {
+    const int64_t c = threadIdx.x + (int64_t)i * blockDim.x;
+    keep[i] = c < x.cols ? *at(x, r, c) : 0.f;
+    wk[i] = c < x.cols ? w[c] : 0.f;
+    ss += keep[i] * keep[i];
+  }
+  for (int64_t c = threadIdx.x + (int64_t)kKeep * blockDim.x; c < x.cols; c += blockDim.x) {
     float v = *at(x, r, c);
     ss += v * v;
   }
@@ -85,7 +96,12 @@ __global__ void rms_norm_k(View x, const float* w, float eps, View o) {
   }
   __syncthreads();
   float inv = rsqrtf(partial[0] / x.cols + eps);
-  for (int64_t c = threadIdx.x; c < x.cols; c += blockDim.x)
+#pragma unroll
+  for (int i = 0; i < kKeep; ++i) {
+    const int64_t c = threadIdx.x + (int64_t)i * blockDim.x;
+    if (c < x.cols) *at(o, r, c) = keep[i] * inv * wk[i];
+  }
+  for (int64_t c = threadIdx.x + (int64_t)kKeep * blockDim.x; c < x.cols; c += blockDim.x)
     *at(o, r, c) = *at(x, r, c) * inv * w[c];
 }
 

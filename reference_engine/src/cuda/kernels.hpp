@@ -122,6 +122,7 @@ void grouped_gemm(const __nv_bfloat16* x, const __nv_bfloat16* w, const int32_t*
 void small_linear(View x, const __nv_bfloat16* w, const int32_t* offsets, int experts, View y,
                   int n_out, int k, float beta, cudaStream_t s, int max_rows = 0);
 void small_linear_set_pdl(bool on);
+bool small_linear_pdl();
 
 // [SECTION] Attention
 struct PagedArgs {

@@ -64,6 +64,15 @@ __device__ __forceinline__ void bf16x8_to_float(const uint4& raw, float (&f)[8])
   }
 }
 
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem),
+               "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_wait_all() {
+  asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::: "memory");
+}
+
 // C x U weight vectors of this lane from K offset c0 + kk, u steps STEP apart; past len zeros.
 template <int C, int U, int STEP>
 __device__ __forceinline__ void load_weights(const __nv_bfloat16* const (&wc)[C], int c0, int kk,
@@ -148,17 +157,21 @@ __global__ void __launch_bounds__(kThreads, R >= 8 ? 1 : 4)
       preloaded = false;
       __syncthreads();  // the previous chunk's readers are done with xs
       // Stage x[m0 .. m0+R) [c0 .. c0+len) (rows past `rows` as zeros: the FMAs need no guard).
+      // Aligned rows go by cp.async: every 16-byte piece of the block's x in flight at once
+      // (a load-then-store loop made 8 rows x 1280 floats ~20 dependent round trips per thread
+      // and the 8-row kernel slower than the old one, H100 round 2); rows past `rows` are
+      // zero-filled by the copy's source size, without a read.
       for (int r = 0; r < R; ++r) {
         const float* src = x.p + (int64_t)(m0 + r) * x.stride + c0;
         float* dst = xs + r * kc;
         if (x_vec) {
           for (int i = threadIdx.x * 4; i < len; i += kThreads * 4)
-            *reinterpret_cast<float4*>(dst + i) =
-                r < rows ? *reinterpret_cast<const float4*>(src + i) : make_float4(0, 0, 0, 0);
+            cp_async16(dst + i, r < rows ? src + i : x.p, r < rows);
         } else {
           for (int i = threadIdx.x; i < len; i += kThreads) dst[i] = r < rows ? src[i] : 0.f;
         }
       }
+      if (x_vec) cp_async_wait_all();
       __syncthreads();
       while (kk < len) {  // per lane (lanes differ only at a ragged end); no shuffles inside
 #pragma unroll
@@ -296,6 +309,9 @@ void launch(View x, const __nv_bfloat16* w, const int32_t* offsets, int experts,
 void small_linear_set_pdl(bool on) {
   g_pdl.store(on ? 1 : 0, std::memory_order_relaxed);
 }
+bool small_linear_pdl() {
+  return pdl_enabled();
+}
 
 void small_linear(View x, const __nv_bfloat16* w, const int32_t* offsets, int experts, View y,
                   int n_out, int k, float beta, cudaStream_t s, int max_rows) {
@@ -305,7 +321,15 @@ void small_linear(View x, const __nv_bfloat16* w, const int32_t* offsets, int ex
     throw std::invalid_argument("small_linear: a dense call (no offsets) has one expert");
   // Rows one pass covers: the fewest that hold a whole expert (a dense call: all rows), at most
   // 8 (more rows take more passes over the weights, which then come from L2).
-  const int64_t m = max_rows > 0 ? max_rows : offsets == nullptr ? x.rows : 8;
+  int64_t m = max_rows > 0 ? max_rows : offsets == nullptr ? x.rows : 8;
+  if (offsets != nullptr) {
+    // Grouped, the hint is a bound (a decode bucket of T tokens: T rows an expert) while most
+    // experts have far fewer: 8-row passes for 1-2 rows would stage and multiply zeros. Passes
+    // of twice the mean rows of the experts that can have rows; a bigger expert takes more
+    // passes, its weights then mostly from L2.
+    const int64_t can = std::max<int64_t>(1, std::min<int64_t>(experts, x.rows));
+    m = std::min<int64_t>(m, 2 * ((x.rows + can - 1) / can));
+  }
   // Columns per warp: 2 at few rows (more warps for narrow layers), 4 from 4 rows on (x reads from
   // shared memory per weight byte grow with the rows; 4 columns share each).
   if (m <= 1)
