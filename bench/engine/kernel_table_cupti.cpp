@@ -14,7 +14,7 @@
 #include <mutex>
 
 #include "kernel_table.hpp"
-#include "kernels.hpp"  // small_linear_set_pdl
+#include "kernels.hpp"  // set_pdl
 
 namespace inferscope::bench {
 namespace {
@@ -97,8 +97,8 @@ bool KernelTable::start(std::string* why) {
   }
   // Inside the window the decode linears launch plainly: as programmatic dependents their
   // kernel time would include the wait for the kernel before them.
-  g_pdl_before = engine::cuda::small_linear_pdl();
-  engine::cuda::small_linear_set_pdl(false);
+  g_pdl_before = engine::cuda::pdl_on();
+  engine::cuda::set_pdl(false);
   uint64_t now = 0;
   cuptiGetTimestamp(&now);
   g_end.store(UINT64_MAX);
@@ -110,7 +110,7 @@ std::vector<KernelSum> KernelTable::stop() {
   uint64_t now = 0;
   cuptiGetTimestamp(&now);
   g_end.store(now);
-  engine::cuda::small_linear_set_pdl(g_pdl_before);
+  engine::cuda::set_pdl(g_pdl_before);
   cuptiActivityFlushAll(1);
   cuptiActivityDisable(CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL);
   // Detach CUPTI whole: an agent in this process (hf_bench --observe) attaches it afresh, with

@@ -173,9 +173,10 @@ Row run_shape(const Shape& sh, int m, int iters, bool run_old, bool run_new) {
   if (run_old) r.old_us = time_us(true);
   if (run_new) {
     r.new_us = time_us(false);
-    kc::small_linear_set_pdl(false);  // the same launches without programmatic dependent launch
+    const bool pdl = kc::pdl_on();
+    kc::set_pdl(false);  // the same launches without programmatic dependent launch
     r.nopdl_us = time_us(false);
-    kc::small_linear_set_pdl(true);
+    kc::set_pdl(pdl);
   }
   r.rel_l2 = run_old && run_new ? rel_l2(output(false), output(true)) : -1;
   ISC_CUDA(cudaDeviceSynchronize());

@@ -123,6 +123,7 @@ __device__ void attend(const float* q, const Loc& loc, int ctx, int hd, float sc
 
 template <bool VEC>
 __global__ void paged_attention_k(PagedArgs a) {
+  pdl_wait();  // launched as a programmatic dependent (pdl.cuh)
   pdl_allow_dependents();
   const int t = blockIdx.x, h = blockIdx.y;
   const int seq = a.token_seq[t];
@@ -152,7 +153,8 @@ __device__ __forceinline__ float dot4(const float4& a, const float4& b) {
 // smem: scores[ctx] | slot[ctx] (int) | part[warps][hd].
 template <int LPK>
 __global__ void __launch_bounds__(kRowThreads) paged_rows_k(PagedArgs a) {
-  pdl_allow_dependents();  // the output projection may start (pdl.cuh)
+  pdl_wait();  // launched as a programmatic dependent (pdl.cuh)
+  pdl_allow_dependents();
   extern __shared__ float smem[];
   __shared__ float red[32];
   constexpr int kKeysPerWarp = 32 / LPK;
@@ -264,6 +266,8 @@ __global__ void seq_attention_k(SeqAttnArgs a) {
 }
 
 __global__ void kv_store_k(View k, View v, View kc, View vc, const int32_t* slots) {
+  pdl_wait();  // launched as a programmatic dependent (pdl.cuh)
+  pdl_allow_dependents();
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < k.rows * k.cols;
        i += (int64_t)gridDim.x * blockDim.x) {
     int64_t t = i / k.cols, c = i % k.cols;
@@ -297,7 +301,7 @@ void kv_store(View k, View v, View k_cache, View v_cache, const int32_t* slots, 
   int64_t n = k.rows * k.cols;
   if (n <= 0) return;
   int blocks = static_cast<int>(std::min<int64_t>((n + 255) / 256, 4224));
-  kv_store_k<<<blocks, 256, 0, s>>>(k, v, k_cache, v_cache, slots);
+  launch_pdl(kv_store_k, blocks, 256, 0, s, k, v, k_cache, v_cache, slots);
   ISC_LAUNCH();
 }
 
@@ -307,7 +311,7 @@ void launch_rows(const PagedArgs& a, cudaStream_t s) {
                                        (kRowThreads / 32) * static_cast<size_t>(a.head_dim));
   allow_smem(paged_rows_k<LPK>, smem);
   const dim3 grid(static_cast<unsigned>(a.q.rows), a.heads);
-  paged_rows_k<LPK><<<grid, kRowThreads, smem, s>>>(a);
+  launch_pdl(paged_rows_k<LPK>, grid, kRowThreads, smem, s, a);
   ISC_LAUNCH();
 }
 
@@ -334,10 +338,10 @@ void paged_attention(const PagedArgs& a, cudaStream_t s) {
   const dim3 grid(static_cast<unsigned>(a.q.rows), a.heads);
   if (a.head_dim % 4 == 0 && aligned4(a.k_cache)) {
     allow_smem(paged_attention_k<true>, smem);
-    paged_attention_k<true><<<grid, kThreads, smem, s>>>(a);
+    launch_pdl(paged_attention_k<true>, grid, kThreads, smem, s, a);
   } else {
     allow_smem(paged_attention_k<false>, smem);
-    paged_attention_k<false><<<grid, kThreads, smem, s>>>(a);
+    launch_pdl(paged_attention_k<false>, grid, kThreads, smem, s, a);
   }
   ISC_LAUNCH();
 }

@@ -31,25 +31,32 @@ __device__ __forceinline__ float warp_sum(float v) {
 }
 
 __global__ void fill_k(View d, float value) {
+  pdl_wait();  // launched as a programmatic dependent (pdl.cuh)
+  pdl_allow_dependents();
   GRID_STRIDE(i, d.rows * d.cols) * at(d, i / d.cols, i % d.cols) = value;
 }
 __global__ void fill_i32_k(IView d, int32_t value) {
   GRID_STRIDE(i, d.rows * d.cols) d.p[(i / d.cols) * d.stride + i % d.cols] = value;
 }
 __global__ void get_rows_k(View table, const int32_t* ids, View out) {
+  pdl_wait();  // launched as a programmatic dependent (pdl.cuh)
+  pdl_allow_dependents();
   GRID_STRIDE(i, out.rows * out.cols) {
     int64_t r = i / out.cols, c = i % out.cols;
     *at(out, r, c) = *at(table, ids[r], c);
   }
 }
 __global__ void add_k(View a, View b, View o) {
+  pdl_wait();  // launched as a programmatic dependent (pdl.cuh)
+  pdl_allow_dependents();
   GRID_STRIDE(i, o.rows * o.cols) {
     int64_t r = i / o.cols, c = i % o.cols;
     *at(o, r, c) = *at(a, r, c) + *at(b, r, c);
   }
 }
 __global__ void mul_silu_k(View x, View g, View o) {
-  pdl_allow_dependents();  // the down projection after SwiGLU may start (pdl.cuh)
+  pdl_wait();  // launched as a programmatic dependent (pdl.cuh)
+  pdl_allow_dependents();
   GRID_STRIDE(i, o.rows * o.cols) {
     int64_t r = i / o.cols, c = i % o.cols;
     float gv = *at(g, r, c);
@@ -67,7 +74,8 @@ __global__ void gelu_k(View x, View o) {
 // A block per row; the sum of squares in fp32 over a tree (the CPU uses a
 // double accumulator: both are well within the tolerance).
 __global__ void rms_norm_k(View x, const float* w, float eps, View o) {
-  pdl_allow_dependents();  // a linear after the norm may start (pdl.cuh)
+  pdl_wait();  // launched as a programmatic dependent (pdl.cuh)
+  pdl_allow_dependents();
   __shared__ float partial[32];
   int64_t r = blockIdx.x;
   // Up to 4 values a thread stay in registers between the sum and the scaling (a decode row of
@@ -106,6 +114,8 @@ __global__ void rms_norm_k(View x, const float* w, float eps, View o) {
 }
 
 __global__ void rope_k(View x, const int32_t* pos, int heads, int hd, float theta) {
+  pdl_wait();  // launched as a programmatic dependent (pdl.cuh)
+  pdl_allow_dependents();
   int half = hd / 2;
   GRID_STRIDE(i, x.rows * heads * half) {
     int p = static_cast<int>(i % half);
@@ -151,7 +161,7 @@ __global__ void mean_pool_k(View x, int group, View out) {
 
 void fill(View d, float value, cudaStream_t s) {
   if (d.rows * d.cols <= 0) return;
-  fill_k<<<grid_for(d.rows * d.cols), kThreads, 0, s>>>(d, value);
+  launch_pdl(fill_k, grid_for(d.rows * d.cols), kThreads, 0, s, d, value);
   ISC_LAUNCH();
 }
 void fill_i32(IView d, int32_t value, cudaStream_t s) {
@@ -161,17 +171,17 @@ void fill_i32(IView d, int32_t value, cudaStream_t s) {
 }
 void get_rows(View table, const int32_t* ids, View out, cudaStream_t s) {
   if (out.rows * out.cols <= 0) return;
-  get_rows_k<<<grid_for(out.rows * out.cols), kThreads, 0, s>>>(table, ids, out);
+  launch_pdl(get_rows_k, grid_for(out.rows * out.cols), kThreads, 0, s, table, ids, out);
   ISC_LAUNCH();
 }
 void add(View a, View b, View o, cudaStream_t s) {
   if (o.rows * o.cols <= 0) return;
-  add_k<<<grid_for(o.rows * o.cols), kThreads, 0, s>>>(a, b, o);
+  launch_pdl(add_k, grid_for(o.rows * o.cols), kThreads, 0, s, a, b, o);
   ISC_LAUNCH();
 }
 void mul_silu(View x, View g, View o, cudaStream_t s) {
   if (o.rows * o.cols <= 0) return;
-  mul_silu_k<<<grid_for(o.rows * o.cols), kThreads, 0, s>>>(x, g, o);
+  launch_pdl(mul_silu_k, grid_for(o.rows * o.cols), kThreads, 0, s, x, g, o);
   ISC_LAUNCH();
 }
 void gelu(View x, View o, cudaStream_t s) {
@@ -183,13 +193,13 @@ void rms_norm(View x, const float* w, float eps, View o, cudaStream_t s) {
   if (x.rows <= 0) return;
   int threads = 32;
   while (threads < x.cols && threads < 1024) threads <<= 1;
-  rms_norm_k<<<static_cast<unsigned>(x.rows), threads, 0, s>>>(x, w, eps, o);
+  launch_pdl(rms_norm_k, static_cast<unsigned>(x.rows), threads, 0, s, x, w, eps, o);
   ISC_LAUNCH();
 }
 void rope(View x, const int32_t* positions, int heads, int head_dim, float theta, cudaStream_t s) {
   int64_t n = x.rows * heads * (head_dim / 2);
   if (n <= 0) return;
-  rope_k<<<grid_for(n), kThreads, 0, s>>>(x, positions, heads, head_dim, theta);
+  launch_pdl(rope_k, grid_for(n), kThreads, 0, s, x, positions, heads, head_dim, theta);
   ISC_LAUNCH();
 }
 void to_bf16(View x, __nv_bfloat16* out, cudaStream_t s) {

@@ -205,6 +205,8 @@ __global__ void assign_drop_k(RouterParams p, RouterBuffers b) {
 // Decode-sized batches: ranking and capacity in one block, one launch.
 __global__ void route_small_k(View logits, const float* bias, RouterParams padded,
                               RouterBuffers b) {
+  pdl_wait();  // launched as a programmatic dependent (pdl.cuh)
+  pdl_allow_dependents();
   const RouterParams p = effective(padded);
   clear_padding(padded, p.tokens, b);
   float* ks = reinterpret_cast<float*>(dyn_smem);
@@ -269,7 +271,8 @@ __global__ void assign_reroute_k(RouterParams padded, int R, RouterBuffers b) {
 
 __global__ void permute_index_k(IView ae, const int32_t* offsets, int E, IView perm,
                                 int32_t* slot_of, View x, View xp, int64_t rows) {
-  pdl_allow_dependents();  // the expert GEMM may start (pdl.cuh)
+  pdl_wait();  // launched as a programmatic dependent (pdl.cuh)
+  pdl_allow_dependents();
   int* smem = reinterpret_cast<int*>(dyn_smem);
   const int k = static_cast<int>(ae.cols);
   if (slot_of) {
@@ -327,7 +330,8 @@ __global__ void permute_index_k(IView ae, const int32_t* offsets, int E, IView p
 
 __global__ void permute_rows_k(View x, IView perm, int k, int64_t rows, View xp,
                                const int32_t* total) {
-  pdl_allow_dependents();  // the expert GEMM may start (pdl.cuh)
+  pdl_wait();  // launched as a programmatic dependent (pdl.cuh)
+  pdl_allow_dependents();
   if (total) rows = min(rows, static_cast<int64_t>(*total));
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < rows * xp.cols;
        i += (int64_t)gridDim.x * blockDim.x) {
@@ -350,6 +354,8 @@ __global__ void scatter_slots_k(IView perm, int64_t rows, const int32_t* total, 
 // slot -> row load per step: 17 us for one decode token (H100).
 constexpr int kUnpermuteUnroll = 8;
 __global__ void unpermute_k(View yp, View w, int k, const int32_t* slot_of, View y) {
+  pdl_wait();  // launched as a programmatic dependent (pdl.cuh)
+  pdl_allow_dependents();
   const int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
   if (c >= y.cols) return;
   for (int64_t t = blockIdx.y; t < y.rows; t += gridDim.y) {
@@ -404,7 +410,7 @@ void router(View logits, const float* bias, const RouterParams& p, const RouterB
   if (!reroute && p.experts <= 64 && p.tokens <= 256) {
     const size_t smem = sizeof(float) * 32 * 2 * p.experts + rank_smem(p.experts);
     allow(route_small_k, smem);
-    route_small_k<<<1, kBlock, smem, s>>>(logits, bias, p, b);
+    launch_pdl(route_small_k, 1, kBlock, smem, s, logits, bias, p, b);
     ISC_LAUNCH();
     return;
   }
@@ -426,15 +432,15 @@ void permute_index(IView assign_expert, const int32_t* offsets, int experts, IVi
                    int32_t* slot_of, View x, View xp, int64_t rows, cudaStream_t s) {
   if (assign_expert.rows * assign_expert.cols <= 0) return;
   allow(permute_index_k, rank_smem(experts));
-  permute_index_k<<<1, kBlock, rank_smem(experts), s>>>(assign_expert, offsets, experts, perm,
-                                                        slot_of, x, xp, rows);
+  launch_pdl(permute_index_k, 1, kBlock, rank_smem(experts), s, assign_expert, offsets, experts,
+             perm, slot_of, x, xp, rows);
   ISC_LAUNCH();
 }
 
 void permute_rows(View x, IView perm, int top_k, int64_t rows, View xp, cudaStream_t s,
                   const int32_t* total) {
   if (rows * xp.cols <= 0) return;
-  permute_rows_k<<<grid_for(rows * xp.cols), 256, 0, s>>>(x, perm, top_k, rows, xp, total);
+  launch_pdl(permute_rows_k, grid_for(rows * xp.cols), 256, 0, s, x, perm, top_k, rows, xp, total);
   ISC_LAUNCH();
 }
 
@@ -448,7 +454,7 @@ void unpermute(View yp, IView perm, View w, int top_k, int64_t assignments, int3
   }
   const dim3 grid(static_cast<unsigned>((y.cols + 127) / 128),
                   static_cast<unsigned>(std::min<int64_t>(y.rows, 65535)));
-  unpermute_k<<<grid, 128, 0, s>>>(yp, w, top_k, slot_of, y);
+  launch_pdl(unpermute_k, grid, 128, 0, s, yp, w, top_k, slot_of, y);
   ISC_LAUNCH();
 }
 

@@ -232,24 +232,6 @@ __global__ void __launch_bounds__(kThreads, R >= 8 ? 1 : 4)
   }
 }
 
-// Programmatic dependent launch: on from sm_90 unless INFERSCOPE_CUDA_PDL=0 (or
-// small_linear_set_pdl).
-std::atomic<int> g_pdl{-1};
-bool pdl_enabled() {
-  int v = g_pdl.load(std::memory_order_relaxed);
-  if (v < 0) {
-    const char* env = std::getenv("INFERSCOPE_CUDA_PDL");
-    int dev = 0, major = 0;
-    const bool hopper =
-        cudaGetDevice(&dev) == cudaSuccess &&
-        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
-        major >= 9;
-    v = hopper && !(env && env[0] == '0') ? 1 : 0;
-    g_pdl.store(v, std::memory_order_relaxed);
-  }
-  return v == 1;
-}
-
 int sm_count() {
   static const int n = [] {
     int dev = 0, v = 0;
@@ -291,7 +273,7 @@ void launch(View x, const __nv_bfloat16* w, const int32_t* offsets, int experts,
     attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attr[0].val.programmaticStreamSerializationAllowed = 1;
     cfg.attrs = attr;
-    cfg.numAttrs = pdl_enabled() ? 1 : 0;
+    cfg.numAttrs = pdl_on() ? 1 : 0;
     ISC_CUDA(
         cudaLaunchKernelEx(&cfg, kernel, x, w, offsets, experts, y, n_out, k, beta, kc, x_vec));
   };
@@ -306,11 +288,27 @@ void launch(View x, const __nv_bfloat16* w, const int32_t* offsets, int experts,
 
 }  // namespace
 
-void small_linear_set_pdl(bool on) {
-  g_pdl.store(on ? 1 : 0, std::memory_order_relaxed);
+// The process-wide switch of the programmatic dependent launches (kernels.hpp).
+namespace {
+std::atomic<int> g_pdl{-1};  // -1: not decided yet
+}  // namespace
+
+bool pdl_on() {
+  int v = g_pdl.load(std::memory_order_relaxed);
+  if (v < 0) {
+    const char* env = std::getenv("INFERSCOPE_CUDA_PDL");
+    int dev = 0, major = 0;
+    const bool hopper =
+        cudaGetDevice(&dev) == cudaSuccess &&
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
+        major >= 9;
+    v = hopper && !(env && env[0] == '0') ? 1 : 0;
+    g_pdl.store(v, std::memory_order_relaxed);
+  }
+  return v == 1;
 }
-bool small_linear_pdl() {
-  return pdl_enabled();
+void set_pdl(bool on) {
+  g_pdl.store(on ? 1 : 0, std::memory_order_relaxed);
 }
 
 void small_linear(View x, const __nv_bfloat16* w, const int32_t* offsets, int experts, View y,
