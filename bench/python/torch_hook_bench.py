@@ -4,16 +4,21 @@ top-8 by default: the Qwen3-MoE shape of the GPU overhead check) runs greedy dec
 observed, and the observer's own stats()["hook_ns_*"] are printed per step.
 
     /usr/bin/python3 bench/python/torch_hook_bench.py \
-        --library build/dev/agent/src/libinferscope_agent.so.0 [--steps-per-copy 8]
+        --library build/dev/agent/src/libinferscope_agent.so.0 [--steps-per-copy 8] \
+        [--python-dir DIR: another inferscope package, e.g. an older one to compare] [--cpu-time]
 
 Two figures:
   * hook us per step by part (moe: the per-layer hooks; step_*: the step end's range, cache
     walk, counting, device->host copy, drain to the agent). Host time, measured inside the
     hooks, median over rounds.
   * aten ops per step that the hooks add (TorchDispatchMode: every op the hooks dispatch,
-    views included, over the same forwards observed and not, flush and close included). Op
-    costs on this CPU are not the GPU host's (~30 us per op there), the op count carries over.
-The agent records to collector "" (nothing shipped).
+    views included, over the same forwards observed and not; a second generate() of the
+    observer, so setup is not counted). Op costs on this CPU are not the GPU host's (~30 us
+    per op there); the op count carries over.
+The agent is enabled, with a collector address nothing listens on (records are made and
+dropped by its sender thread, as a live agent makes them). On a busy machine, --cpu-time reads
+the hooks' time as the thread's CPU time (time.thread_time_ns for time.perf_counter_ns inside
+the observer), so preemption is not counted; each read then costs ~0.5 us more.
 """
 
 import argparse
@@ -42,8 +47,16 @@ def main():
                     help="observe(steps_per_copy=K); default: the observer's own default")
     ap.add_argument("--style", default="v5", choices=("v4", "v5", "sigmoid_bias"))
     ap.add_argument("--profile", action="store_true", help="cProfile the observed rounds")
+    ap.add_argument("--python-dir", help="the inferscope package's parent directory")
+    ap.add_argument("--cpu-time", action="store_true")
+    ap.add_argument("--collector", default="tcp://127.0.0.1:9")
     args = ap.parse_args()
     os.environ["INFERSCOPE_AGENT_LIBRARY"] = str(pathlib.Path(args.library).resolve())
+    if args.python_dir:
+        sys.path.insert(0, str(pathlib.Path(args.python_dir).resolve()))
+    import time
+    if args.cpu_time:
+        time.perf_counter_ns = time.thread_time_ns  # before the observer binds it
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
     import inferscope
@@ -65,7 +78,7 @@ def main():
     model = hf.TinyLM(style=args.style, layers=args.layers, hidden=32, experts=args.experts,
                       top_k=args.top_k).eval()
     ids = torch.randint(0, 97, (args.batch, 8), generator=torch.Generator().manual_seed(1))
-    agent = inferscope.Agent(collector="")
+    agent = inferscope.Agent(collector=args.collector, service="bench")
     kw = {} if args.steps_per_copy is None else {"steps_per_copy": args.steps_per_copy}
 
     def clear_truth():
@@ -80,15 +93,16 @@ def main():
     def observe():
         return inferscope.torch.observe(model, agent, model_name="bench", requests=False, **kw)
 
-    # Ops the hooks add: the same forwards (same routing, so the same model ops) twice.
+    # Ops the hooks add: the same forwards (same routing, so the same model ops), observed and
+    # not; the observer's first generate() (its setup) is not counted.
     generate()
     with OpCounter() as off:
         generate()
+    obs = observe()
+    generate()
     with OpCounter() as on:
-        obs = observe()
         generate()
-        obs.flush()
-        obs.close()
+    obs.close()
     added = {k: on.ops.get(k, 0) - off.ops.get(k, 0) for k in set(on.ops) | set(off.ops)}
     added = {k: v for k, v in added.items() if v}
 
@@ -124,7 +138,7 @@ def main():
     print(f"  moe per layer {statistics.median(per_step['moe']) / args.layers:.2f} us")
     n_ops = sum(added.values())
     print(f"  aten ops the hooks add: {n_ops / steps:.2f} per step ({n_ops} over {steps} steps "
-          f"incl. flush+close): " + ", ".join(
+          f"of a second generate()): " + ", ".join(
               f"{k.replace('aten.', '').replace('.default', '')} {v}"
               for k, v in sorted(added.items(), key=lambda kv: -kv[1])))
     if prof:

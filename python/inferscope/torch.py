@@ -61,11 +61,25 @@ _PENDING_STEPS = 8
 _PENDING_GROUPS_MIN = 2
 _STEPS_PER_COPY_MAX = 1024
 _DEFERRED_IDS_MAX = 1 << 20  # ids kept for the step's end before they are counted early
+# Steps of at most this many ids (all layers) wait, stacked, for one count at the group's end
+# (decode steps); bigger ones (prefills) are counted at their own end. Bounds the ids buffer.
+_RUN_IDS_MAX = 1 << 16
 # Parts of the step hook's cost, each its own stats()["hook_ns_step_<part>"].
 _STEP_PARTS = ("range", "memory", "count", "copy", "drain")
 _INT64 = _torch.int64
 _Tensor = _torch.Tensor
 _MEMORY_INTERVAL_NS = 50_000_000  # cache bytes at most every 50 ms (and at flush/generate end)
+
+
+class _IdsRun:
+    """Consecutive steps of one group, rows start.. start+count-1, whose router ids (same
+    layers, same shape) were stacked into buf[row] at each step's end, to be counted together."""
+
+    __slots__ = ("plan", "key", "buf", "start", "count")
+
+    def __init__(self, plan, key, buf, start):
+        # key: (layers, ids shape); buf: (the ids buffer, its rows)
+        self.plan, self.key, self.buf, self.start, self.count = plan, key, buf, start, 0
 
 
 class MoELayer:
@@ -176,6 +190,9 @@ class Observer:
         self._deferred_keys = []  # (row of its layer, numel) of each
         self._deferred_ids = 0
         self._plans = {}  # tuple of deferred keys -> how to count them (_plan)
+        self._run = None  # _IdsRun: steps whose stacked ids wait for the group's end
+        self._run_bufs = {}  # (layers, ids shape) -> (ids buffer, its rows)
+        self._run_views = {}  # the views _flush_run counts through, per shape of run
         self._pending = collections.deque()  # (steps, tokens, host rows, event or None, meta)
         self._free_host = []
         self._stage_events = []  # (request_id, stage, start_ns, end_ns, start_ev, end_ev)
@@ -492,12 +509,15 @@ class Observer:
         except Exception as e:  # noqa: BLE001 -- never into the model
             self._hook_error(f"MoE layer {entry.layer}", e)
 
-    def _count_deferred(self):
-        """Counts the kept router ids of the step into its row. The usual step (every MoE
-        layer, in order, the same number of ids) takes two ops: one stack, one scatter_add_ into
-        the row viewed as [layers, experts + 1]; other steps: one cat, one add of each id's
-        layer offset (a device tensor cached per step shape), one index_add_. Each PyTorch op
-        costs tens of us of host time on a GPU host: their number is the cost."""
+    def _count_deferred(self, step_end=False):
+        """Counts the kept router ids of the step into its row. Each PyTorch op costs tens of
+        us of host time on a GPU host: their number is the cost. The usual step (every MoE
+        layer, in order, the same number of ids), at its end: ONE op, a stack of its ids into
+        its row of an ids buffer (a copy: the router's tensors are not kept), counted for all
+        the group's steps at once at the group's end (_flush_run: one scatter_add_). Mid-step
+        (early, flush) the same step takes a stack and a scatter_add_ into its row; other steps
+        one cat, one add of each id's layer offset (a device tensor cached per step shape),
+        one index_add_."""
         tensors, keys = self._deferred, self._deferred_keys
         if not tensors:
             return
@@ -509,8 +529,19 @@ class Observer:
             plan = self._plans.get(key)
             if plan is None:
                 plan = self._plan(key)
-            stacked, target, ones, shape = plan
+            stacked, target, ones, shape = plan[:4]
             if stacked:
+                if step_end and shape[0] * shape[1] <= _RUN_IDS_MAX:
+                    run = self._run
+                    ids_shape = tensors[0].shape
+                    if (run is None or run.plan is not plan or run.key[1] != ids_shape or
+                            run.start + run.count != self._slot):
+                        if run is not None:
+                            self._flush_run()
+                        run = self._start_run(plan, ids_shape)
+                    _torch.stack(tensors, out=run.buf[1][self._slot])
+                    run.count += 1
+                    return
                 idx = _torch.stack(tensors)
                 if idx.dim() != 2:
                     idx = idx.view(shape)
@@ -545,7 +576,7 @@ class Observer:
             ones = self._ones_n(n).expand(n_layers, n)
             views = [v.narrow(0, entries[0].offset, n_layers * (experts + 1))
                      .view(n_layers, experts + 1) for v in self._slot_views]
-            plan = (True, views, ones, (n_layers, n))
+            plan = (True, views, ones, (n_layers, n), entries[0].offset, experts)
         else:
             offsets = _torch.repeat_interleave(
                 _torch.tensor([e.offset for e in entries], dtype=_INT64),
@@ -553,6 +584,43 @@ class Observer:
             plan = (False, offsets, self._ones_n(sum(sizes)), None)
         self._plans[key] = plan
         return plan
+
+    def _start_run(self, plan, ids_shape):
+        """A run of consecutive steps (from the current row) whose ids wait, stacked, in an
+        ids buffer [K, layers, *ids_shape] (kept per shape, a few at most) for _flush_run."""
+        n_layers = plan[3][0]
+        bkey = (n_layers, tuple(ids_shape))
+        buf = self._run_bufs.get(bkey)
+        if buf is None:
+            if len(self._run_bufs) >= 4:
+                self._run_bufs.clear()
+                self._run_views.clear()
+            buf = _torch.empty((self._k, n_layers, *ids_shape), dtype=_INT64,
+                               device=self._counts.device)
+            buf = self._run_bufs[bkey] = (buf, buf.unbind(0))  # buf[row]: made once
+        run = self._run = _IdsRun(plan, bkey, buf, self._slot)
+        return run
+
+    def _flush_run(self):
+        """Counts the run's stacked ids into their rows: one scatter_add_ for all its steps
+        (the rows' layer bins viewed as [steps, layers, experts + 1])."""
+        run, self._run = self._run, None
+        if run is None or not run.count:
+            return
+        _, _, _, (n_layers, n), offset, experts = run.plan
+        start, count = run.start, run.count
+        vkey = (run.key, offset, experts, start, count)
+        views = self._run_views.get(vkey)
+        if views is None:  # made once per shape of run: a full group's is the usual one
+            if len(self._run_views) >= 64:
+                self._run_views.clear()
+            views = self._run_views[vkey] = (
+                self._counts[start:start + count].narrow(1, offset, n_layers * (experts + 1))
+                .view(count, n_layers, experts + 1),
+                run.buf[0][start:start + count].view(count, n_layers, n),
+                self._ones_n(n).expand(count, n_layers, n))
+        target, idx, ones = views
+        target.scatter_add_(2, idx, ones)
 
     def _count_one_by_one(self, items):
         if not items:
@@ -578,6 +646,7 @@ class Observer:
                                      device=self._ones.device)
             self._ones_by_n.clear()
             self._plans.clear()  # their ones are views of the old buffer
+            self._run_views.clear()
         if len(self._ones_by_n) >= 256:
             self._ones_by_n.clear()
         view = self._ones_by_n[n] = self._ones[:n]
@@ -594,6 +663,9 @@ class Observer:
                 self._count_deferred()  # into the old buffer, copied below
             current = self._slot_views[self._slot]
             self._send_group()
+        self._run = None
+        self._run_bufs = {}
+        self._run_views = {}
         size = sum(e.num_experts + 1 for e in self.layers)
         # int32: a step's count per expert stays far below 2**31, and the host reads the rows
         # as the C API's uint32 with no conversion.
@@ -678,13 +750,15 @@ class Observer:
                 self._resolve_stages(wait=False)
                 t = self._lap("hook_ns_step_drain", t)
             if self._deferred:
-                self._count_deferred()
+                self._count_deferred(step_end=True)
             step = self._step
             self._step += 1
             self._stats["steps"] += 1
             layers = self.layers
             tokens = [e.tokens for e in layers]
             if self._counts is None or not any(tokens):
+                if self._run is not None:  # its row is not the next step's: count it now
+                    self._flush_run()
                 self._lap("hook_ns_step_count", t)
                 return
             for e in layers:
@@ -728,6 +802,8 @@ class Observer:
         used = len(self._group_steps)
         if not used:
             return
+        if self._run is not None:
+            self._flush_run()
         steps, tokens = self._group_steps, self._group_tokens
         self._group_steps, self._group_tokens = [], []
         self._slot = 0
