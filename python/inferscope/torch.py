@@ -210,6 +210,7 @@ class Observer:
         self._layer_ranges = layer_ranges
         self._step_ranges = step_ranges
         self._step_scope = None  # the open "forward" range
+        self._scopes = {}  # (name, request id) -> agent range scope, reused
         self._memory = memory
         self._memory_at = -(1 << 62)  # perf_counter_ns of the last cache walk
         self._memory_dirty = False
@@ -448,9 +449,8 @@ class Observer:
                         if entry.top_k is None:
                             entry.top_k = k
                         entry.tokens += n // k
-                        deferred.append(ids)
+                        deferred.append(ids)  # counted in moe_calls by _count_deferred
                         keys.append((row, n))
-                        stats["moe_calls"] += 1
                         self._deferred_ids += n
                         if self._deferred_ids >= _DEFERRED_IDS_MAX:  # bounded: long prefills
                             self._count_deferred()
@@ -484,27 +484,25 @@ class Observer:
             n = ids.numel()
             if n == 0:
                 return
-            if entry.trusted:
-                if ids.dtype != _INT64:
-                    ids = ids.to(_INT64)
-                self._deferred.append(ids)
-                self._deferred_keys.append((entry.row, n))
-                self._deferred_ids += n
-                if self._deferred_ids >= _DEFERRED_IDS_MAX:
-                    self._count_deferred()
-            else:
-                counts = self._counts
-                if counts is None or counts.device != ids.device:
-                    self._grow(ids.device)
-                # Ids from outside: anything not in [0, E) lands in the layer's last bin
-                # (dropped) instead of tripping a device-side assert.
-                e = entry.num_experts
-                flat = ids.reshape(-1).to(_INT64).clamp(-1, e).remainder(e + 1)
-                entry.views[self._slot].index_add_(0, flat, self._ones_n(n))
             k = ids.shape[-1] if ids.dim() > 1 else (entry.top_k or 1)
             if entry.top_k is None:
                 entry.top_k = k
             entry.tokens += n // k
+            if entry.trusted:  # kept for the step's end; moe_calls counted there
+                self._deferred.append(ids if ids.dtype == _INT64 else ids.to(_INT64))
+                self._deferred_keys.append((entry.row, n))
+                self._deferred_ids += n
+                if self._deferred_ids >= _DEFERRED_IDS_MAX:
+                    self._count_deferred()
+                return
+            counts = self._counts
+            if counts is None or counts.device != ids.device:
+                self._grow(ids.device)
+            # Ids from outside: anything not in [0, E) lands in the layer's last bin
+            # (dropped) instead of tripping a device-side assert.
+            e = entry.num_experts
+            flat = ids.reshape(-1).to(_INT64).clamp(-1, e).remainder(e + 1)
+            entry.views[self._slot].index_add_(0, flat, self._ones_n(n))
             self._stats["moe_calls"] += 1
         except Exception as e:  # noqa: BLE001 -- never into the model
             self._hook_error(f"MoE layer {entry.layer}", e)
@@ -521,6 +519,7 @@ class Observer:
         tensors, keys = self._deferred, self._deferred_keys
         if not tensors:
             return
+        self._stats["moe_calls"] += len(tensors)
         try:
             counts = self._counts
             if counts is None:
@@ -1005,9 +1004,16 @@ class Observer:
         self._handles.append(handle)
 
     def _open_range(self, name, request_id):
-        """An entered agent range, or None when the agent refused it (counted, never raised)."""
+        """An entered agent range, or None when the agent refused it (counted, never raised).
+        The scope objects are kept per (name, request id) (re-entrant; a step's "forward" is
+        one per generate()), so a step does not build one."""
         try:
-            scope = self.agent.range(name, request_id=request_id)
+            scope = self._scopes.get((name, request_id))
+            if scope is None:
+                if len(self._scopes) >= 64:
+                    self._scopes.clear()
+                scope = self._scopes[(name, request_id)] = self.agent.range(
+                    name, request_id=request_id)
             scope.__enter__()
             return scope
         except Exception as e:  # noqa: BLE001
