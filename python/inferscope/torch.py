@@ -71,6 +71,18 @@ _Tensor = _torch.Tensor
 _MEMORY_INTERVAL_NS = 50_000_000  # cache bytes at most every 50 ms (and at flush/generate end)
 
 
+def _normal_tensors(method):
+    """Runs `method` outside inference mode: the buffers and the views of them it makes and
+    keeps are normal tensors, updated in place both inside a forward under
+    torch.inference_mode() and outside it (flush(), close(): an inference tensor, or a view
+    made in inference mode, refuses in-place updates there)."""
+    @functools.wraps(method)
+    def normal(*args, **kwargs):
+        with _torch.inference_mode(False):
+            return method(*args, **kwargs)
+    return normal
+
+
 class _IdsRun:
     """Consecutive steps of one group, rows start.. start+count-1, whose router ids (same
     layers, same shape) were stacked into buf[row] at each step's end, to be counted together."""
@@ -558,6 +570,7 @@ class Observer:
             keys.clear()
             self._deferred_ids = 0
 
+    @_normal_tensors
     def _plan(self, key):
         """How a step with these deferred (row, numel) keys is counted: (True, per-slot
         [L, E+1] views of the layers' bins, ones [L, n], [L, n]) when the layers are rows
@@ -584,6 +597,7 @@ class Observer:
         self._plans[key] = plan
         return plan
 
+    @_normal_tensors
     def _start_run(self, plan, ids_shape):
         """A run of consecutive steps (from the current row) whose ids wait, stacked, in an
         ids buffer [K, layers, *ids_shape] (kept per shape, a few at most) for _flush_run."""
@@ -611,15 +625,21 @@ class Observer:
         vkey = (run.key, offset, experts, start, count)
         views = self._run_views.get(vkey)
         if views is None:  # made once per shape of run: a full group's is the usual one
-            if len(self._run_views) >= 64:
-                self._run_views.clear()
-            views = self._run_views[vkey] = (
-                self._counts[start:start + count].narrow(1, offset, n_layers * (experts + 1))
-                .view(count, n_layers, experts + 1),
-                run.buf[0][start:start + count].view(count, n_layers, n),
-                self._ones_n(n).expand(count, n_layers, n))
+            views = self._make_run_views(vkey, run.buf[0], n_layers, n)
         target, idx, ones = views
         target.scatter_add_(2, idx, ones)
+
+    @_normal_tensors
+    def _make_run_views(self, vkey, buf, n_layers, n):
+        _, offset, experts, start, count = vkey
+        if len(self._run_views) >= 64:
+            self._run_views.clear()
+        views = self._run_views[vkey] = (
+            self._counts[start:start + count].narrow(1, offset, n_layers * (experts + 1))
+            .view(count, n_layers, experts + 1),
+            buf[start:start + count].view(count, n_layers, n),
+            self._ones_n(n).expand(count, n_layers, n))
+        return views
 
     def _count_one_by_one(self, items):
         if not items:
@@ -640,6 +660,10 @@ class Observer:
         view = self._ones_by_n.get(n)
         if view is not None:
             return view
+        return self._new_ones_view(n)
+
+    @_normal_tensors
+    def _new_ones_view(self, n):
         if self._ones.numel() < n:
             self._ones = _torch.ones(max(n, 2 * self._ones.numel()), dtype=_torch.int32,
                                      device=self._ones.device)
@@ -651,6 +675,7 @@ class Observer:
         view = self._ones_by_n[n] = self._ones[:n]
         return view
 
+    @_normal_tensors
     def _grow(self, device):
         """(Re)allocates the buffer for every registered layer on `device`. The finished steps
         of the group are sent first (in the old layout); the step in progress keeps its counts

@@ -159,6 +159,29 @@ def check_per_step_counts_exact(addrs):
         log(f"     K={k}: {forwards} steps exact, sent in calls of {spy.calls} steps")
 
 
+def check_inference_mode(addrs):
+    """generate() under torch.inference_mode(), then flush() and a second generate() outside
+    it: the observer's buffers take in-place updates in both (no hook errors), every step
+    exact."""
+    torch.manual_seed(14)
+    model = hf.TinyLM(style="v5", layers=3).eval()
+    agent, obs = observed(addrs, "torch-inference", model, steps_per_copy=4)
+    spy = LoadSpy(agent)
+    with torch.inference_mode():
+        model.generate(prompt(2, 5), max_new_tokens=6)
+    obs.flush(10)
+    model.generate(prompt(2, 5, seed=1), max_new_tokens=3)
+    obs.flush(10)
+    st = obs.stats()
+    if st["hook_errors"] or st["steps"] != 9:
+        raise Failure(f"inference mode: observer stats {st}")
+    blocks = model.moe_blocks()
+    want = {s: {i: truth_step(b.routed[s], 8) for i, b in blocks.items()} for s in range(9)}
+    check_steps_exact(spy, want, "inference mode")
+    obs.close()
+    agent.close()
+
+
 def check_mixed_layers_exact(addrs):
     """Layers of different expert counts (counted by cat + offsets + index_add_, not the
     stacked scatter of uniform layers) and a prefill over the ids kept for a step's end
@@ -510,6 +533,7 @@ def main():
         checks = {
             "counts_exact": lambda: check_counts_exact(addrs),
             "per_step_counts_exact": lambda: check_per_step_counts_exact(addrs),
+            "inference_mode": lambda: check_inference_mode(addrs),
             "mixed_layers_exact": lambda: check_mixed_layers_exact(addrs),
             "group_split_by_new_layer": lambda: check_group_split_by_new_layer(addrs),
             "pending_bound_drops_counted": lambda: check_pending_bound_drops_counted(addrs),
