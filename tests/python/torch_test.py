@@ -9,7 +9,6 @@ Registered in ctest with label `python`; without torch it reports itself SKIPPED
 import argparse
 import io
 import contextlib
-import ctypes
 import os
 import pathlib
 import sys
@@ -28,8 +27,8 @@ except ImportError:
     sys.exit(0)
 
 import hf_style_models as hf  # noqa: E402
-from observe_checks import (episodes, scrape, series, truth_counts, wait_counts_equal,  # noqa: E402
-                            wait_for)
+from observe_checks import (LoadSpy, check_steps_exact, episodes, scrape, series,  # noqa: E402
+                            truth_counts, truth_step, wait_counts_equal, wait_for)
 
 inferscope = None  # imported in main() once sys.path and the environment are set
 
@@ -42,53 +41,6 @@ def observed(addrs, service, model, **kwargs):
 def prompt(batch, length, vocab=97, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, vocab, (batch, length), generator=g)
-
-
-class LoadSpy:
-    """Records what an observer hands its agent, per step (the uint32 rows at the addresses of
-    each inferscope_expert_loads_steps call, read as the C side reads them), and passes every
-    call on to the real agent."""
-
-    def __init__(self, agent):
-        self.calls = []  # steps per call, in call order
-        self.loads = {}  # step -> {layer: (counts, tokens, dropped)}
-        real = agent._expert_loads_steps
-
-        def read(addr, n, ctype):
-            return list((ctype * n).from_address(addr)) if n else []
-
-        def spy(n_steps, steps, n_layers, layers, offsets, experts, counts, row, tokens):
-            u32 = ctypes.c_uint32
-            steps_ = read(steps, n_steps, ctypes.c_uint64)
-            layers_, offsets_ = read(layers, n_layers, u32), read(offsets, n_layers, u32)
-            experts_, tokens_ = read(experts, n_layers, u32), read(tokens, n_steps * n_layers, u32)
-            for s, step in enumerate(steps_):
-                if step in self.loads:
-                    raise Failure(f"step {step} sent twice")
-                values = read(counts + 4 * s * row, row, u32)
-                self.loads[step] = {
-                    layer: (values[o:o + e], tokens_[s * n_layers + i], values[o + e])
-                    for i, (layer, o, e) in enumerate(zip(layers_, offsets_, experts_))
-                    if tokens_[s * n_layers + i]}
-            self.calls.append(n_steps)
-            return real(n_steps, steps, n_layers, layers, offsets, experts, counts, row, tokens)
-        agent._expert_loads_steps = spy
-
-
-def truth_step(routed, num_experts):
-    """(counts per expert, tokens) of one layer in one forward, from its own top-k ids."""
-    ids = routed.reshape(-1).to(torch.int64)
-    return torch.bincount(ids, minlength=num_experts).tolist(), routed.shape[0]
-
-
-def check_steps_exact(spy, want, what):
-    """spy's loads equal want ({step: {layer: (counts, tokens)}}), step by step."""
-    got = {step: {layer: (c, t) for layer, (c, t, _) in layers.items()}
-           for step, layers in spy.loads.items()}
-    if got != want:
-        bad = sorted(s for s in set(got) | set(want) if got.get(s) != want.get(s))
-        raise Failure(f"{what}: per-step loads differ at steps {bad[:5]}: sent "
-                      f"{[got.get(s) for s in bad[:2]]}, model {[want.get(s) for s in bad[:2]]}")
 
 
 # [SECTION] checks ---------------------------------------------------------------
