@@ -522,7 +522,7 @@ class Observer:
     def _count_deferred(self, step_end=False):
         """Counts the kept router ids of the step into its row. Each PyTorch op costs tens of
         us of host time on a GPU host: their number is the cost. The usual step (every MoE
-        layer, in order, the same number of ids), at its end: ONE op, a stack of its ids into
+        layer, in order, the same number of ids), at its end: ONE op, a cat of its ids into
         its row of an ids buffer (a copy: the router's tensors are not kept), counted for all
         the group's steps at once at the group's end (_flush_run: one scatter_add_). Mid-step
         (early, flush) the same step takes a stack and a scatter_add_ into its row; other steps
@@ -550,7 +550,9 @@ class Observer:
                         if run is not None:
                             self._flush_run()
                         run = self._start_run(plan, ids_shape)
-                    _torch.stack(tensors, out=run.buf[1][self._slot])
+                    # cat along dim 0 lays [T, k] ids out as stack would (layer-major), without
+                    # an unsqueeze per layer; other shapes raise (one by one, below).
+                    _torch.cat(tensors, out=run.buf[1][self._slot])
                     run.count += 1
                     return
                 idx = _torch.stack(tensors)
@@ -561,9 +563,9 @@ class Observer:
                 idx = _torch.cat([t.reshape(-1) for t in tensors])
                 idx += target
                 self._slot_views[self._slot].index_add_(0, idx, ones)
-        except RuntimeError:
+        except (RuntimeError, IndexError):
             # Ids on another device than the buffer (a model moved, or split over devices), or
-            # of one size with different shapes: one layer at a time.
+            # of one size with different shapes (or none: 0-d): one layer at a time.
             self._count_one_by_one(list(zip(tensors, keys)))
         finally:
             tensors.clear()
@@ -600,7 +602,8 @@ class Observer:
     @_normal_tensors
     def _start_run(self, plan, ids_shape):
         """A run of consecutive steps (from the current row) whose ids wait, stacked, in an
-        ids buffer [K, layers, *ids_shape] (kept per shape, a few at most) for _flush_run."""
+        ids buffer [K, layers * ids_shape[0], *ids_shape[1:]] (kept per shape, a few at most)
+        for _flush_run."""
         n_layers = plan[3][0]
         bkey = (n_layers, tuple(ids_shape))
         buf = self._run_bufs.get(bkey)
@@ -608,7 +611,7 @@ class Observer:
             if len(self._run_bufs) >= 4:
                 self._run_bufs.clear()
                 self._run_views.clear()
-            buf = _torch.empty((self._k, n_layers, *ids_shape), dtype=_INT64,
+            buf = _torch.empty((self._k, n_layers * ids_shape[0], *ids_shape[1:]), dtype=_INT64,
                                device=self._counts.device)
             buf = self._run_bufs[bkey] = (buf, buf.unbind(0))  # buf[row]: made once
         run = self._run = _IdsRun(plan, bkey, buf, self._slot)
@@ -848,15 +851,16 @@ class Observer:
             return rows.clone(), None
         # Pinned buffer and event reused together (a new cudaEvent per copy cost host time
         # for nothing; at most _pending_max pairs ever exist).
-        if self._free_host:
-            host, event = self._free_host.pop()
-        else:
-            host = _torch.empty(self._counts.shape, dtype=_torch.int32, pin_memory=True)
-            event = _torch.cuda.Event()
+        host, event = self._free_host.pop() if self._free_host else self._new_host_buffer()
         (host if rows.shape[0] == self._k else host[:rows.shape[0]]).copy_(rows,
                                                                             non_blocking=True)
         event.record()
         return host, event
+
+    @_normal_tensors
+    def _new_host_buffer(self):
+        return (_torch.empty(self._counts.shape, dtype=_torch.int32, pin_memory=True),
+                _torch.cuda.Event())
 
     def _drain(self, wait):
         """Sends each completed group: one C call for all its steps and layers, reading the
