@@ -59,11 +59,12 @@ _TOPK_ARG_NAMES = ("top_k_index", "topk_idx", "topk_ids", "top_k_indices", "topk
 # least 2 groups; a group ending with this many in flight is dropped (counted), never waited.
 _PENDING_STEPS = 8
 _PENDING_GROUPS_MIN = 2
-_STEPS_PER_COPY_MAX = 1024
+_STEPS_PER_COPY_MAX = 256  # the buffers are K rows: device [K, bins] int32, pinned the same
 _DEFERRED_IDS_MAX = 1 << 20  # ids kept for the step's end before they are counted early
-# Steps of at most this many ids (all layers) wait, stacked, for one count at the group's end
-# (decode steps); bigger ones (prefills) are counted at their own end. Bounds the ids buffer.
-_RUN_IDS_MAX = 1 << 16
+# Steps whose ids (all layers) fit an ids buffer of this many int64 for K steps (2 MiB; at
+# most 4 such buffers, one per shape) wait for one count at the group's end (decode steps);
+# bigger ones (prefills) are counted at their own end.
+_RUN_BUFFER_IDS = 1 << 18
 # Parts of the step hook's cost, each its own stats()["hook_ns_step_<part>"].
 _STEP_PARTS = ("range", "memory", "count", "copy", "drain")
 _INT64 = _torch.int64
@@ -542,7 +543,7 @@ class Observer:
                 plan = self._plan(key)
             stacked, target, ones, shape = plan[:4]
             if stacked:
-                if step_end and shape[0] * shape[1] <= _RUN_IDS_MAX:
+                if step_end and shape[0] * shape[1] * self._k <= _RUN_BUFFER_IDS:
                     run = self._run
                     ids_shape = tensors[0].shape
                     if (run is None or run.plan is not plan or run.key[1] != ids_shape or
