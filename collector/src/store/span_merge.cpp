@@ -13,15 +13,17 @@ uint64_t merged_span_count(const wire::Span& s) {
   return 1;
 }
 
+uint64_t SpanMerger::hash(const LaneKey& k) {
+  // Multiplicative hashing; the slot is taken from the top bits, which depend on every key bit.
+  return (k.a * 0x9E3779B97F4A7C15ull) ^ ((k.b ^ (k.b >> 29)) * 0xC2B2AE3D27D4EB4Full);
+}
+
 uint32_t SpanMerger::lane_of(const LaneKey& key) {
   // Spans come in runs of one lane (an agent sends a thread's spans together):
   // the last lane is checked before hashing.
   if (last_ < lanes_.size() && lanes_[last_].key == key) return last_;
-  // Keep the table at most an eighth full: a lookup then almost always finds its
-  // lane in the first slot (a probe past it is a mispredicted branch, and
-  // agent threads interleave, so most spans take this path). Lanes are few.
-  if ((lanes_.size() + 1) * 8 > slots_.size())
-    rehash(std::max<size_t>(kMinSlots, slots_.size() * 2));
+  // Keep the table at most half full.
+  if ((lanes_.size() + 1) * 2 > slots_.size()) rehash(std::max<size_t>(64, slots_.size() * 2));
   const size_t mask = slots_.size() - 1;
   size_t at = hash(key) >> shift_;
   while (slots_[at] != 0) {
@@ -124,7 +126,7 @@ void SpanMerger::undo() {
     slots_.clear();
     shift_ = 64;
   } else {
-    rehash(std::max<size_t>(kMinSlots, std::bit_ceil(lanes_.size() * 8)));
+    rehash(std::max<size_t>(64, std::bit_ceil(lanes_.size() * 2)));
   }
 }
 

@@ -72,11 +72,7 @@ class SpanMerger {
     Run run;
   };
   Lane& touch(uint32_t index);  // the lane, saved for undo() first when the mark is new to it
-  static uint64_t hash(const LaneKey& k) {
-    // Multiplicative hashing; the slot is taken from the top bits, which depend on every key bit.
-    return (k.a * 0x9E3779B97F4A7C15ull) ^ ((k.b ^ (k.b >> 29)) * 0xC2B2AE3D27D4EB4Full);
-  }
-  static constexpr size_t kMinSlots = 256;
+  static uint64_t hash(const LaneKey& k);
   uint32_t lane_of(const LaneKey& key);  // index in lanes_, added when new
   void rehash(size_t slots);             // slots_ of that size (a power of 2) from lanes_
   void flush(uint32_t source, const Run& run);
