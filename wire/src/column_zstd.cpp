@@ -51,7 +51,7 @@ StreamCoding probe_stream(ZSTD_CCtx* cctx, int level, std::span<const uint8_t> s
   if (stream.size() < kMinFrameBytes) return StreamCoding::kMatch;
   const size_t match = compress_one(cctx, level, StreamCoding::kMatch, stream, dst, capacity);
   const size_t literals = compress_one(cctx, level, StreamCoding::kLiterals, stream, dst, capacity);
-  if (match == 0 || literals == 0 || literals > match + match / 32) return StreamCoding::kMatch;
+  if (match == 0 || literals == 0 || literals * 10 > match * 13) return StreamCoding::kMatch;
   return literals * 5 > stream.size() * 4 ? StreamCoding::kRaw : StreamCoding::kLiterals;
 }
 

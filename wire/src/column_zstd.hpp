@@ -14,9 +14,14 @@
 //
 // The coding of each stream is chosen on a probe block (the first, then every
 // 64th data block): each stream is compressed as kMatch and as kLiterals;
-// kLiterals is taken when it is at most 1/32 larger, and kRaw when it would
+// kLiterals is taken when it is at most 30% larger, and kRaw when it would
 // still keep more than 4/5 of the stream. Summary blocks use the choice of the
-// data block before them.
+// data block before them. Why those bounds (collector_bench's agent-like
+// blocks, 2-core EPYC VM): per input byte, kMatch costs 2.0-2.7 ns where the
+// matches are short (record tags, track ids, args), kLiterals 0.8-1.0 ns,
+// kRaw 0.04 ns; Huffman on start deltas and durations (random-looking
+// varints) keeps 82-84% of them. The choice depends on sizes only, so the
+// same blocks are always written the same bytes.
 //
 // Readers are unchanged: ZSTD_decompress takes concatenated frames and returns
 // their concatenation, which is the column form byte for byte.
