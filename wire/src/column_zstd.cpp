@@ -50,6 +50,10 @@ StreamCoding probe_stream(ZSTD_CCtx* cctx, int level, std::span<const uint8_t> s
                           size_t capacity) {
   if (stream.size() < kMinFrameBytes) return StreamCoding::kMatch;
   const size_t match = compress_one(cctx, level, StreamCoding::kMatch, stream, dst, capacity);
+  // Huffman codes take at least a bit a byte: where matches shrink the stream
+  // more than tenfold, literals alone cannot come within 30% (and trying is
+  // slow on long repetitive streams). Such streams keep kMatch untried.
+  if (match != 0 && match * 10 <= stream.size()) return StreamCoding::kMatch;
   const size_t literals = compress_one(cctx, level, StreamCoding::kLiterals, stream, dst, capacity);
   if (match == 0 || literals == 0 || literals * 10 > match * 13) return StreamCoding::kMatch;
   return literals * 5 > stream.size() * 4 ? StreamCoding::kRaw : StreamCoding::kLiterals;
