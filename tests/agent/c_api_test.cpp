@@ -21,6 +21,16 @@ namespace {
 using testing::only;
 using namespace std::chrono_literals;
 
+// One expert-load record as the collector received it.
+void expect_load(const wire::ExpertLoad& l, uint64_t step, uint32_t layer,
+                 const std::vector<uint32_t>& routed, uint32_t tokens, uint32_t dropped) {
+  EXPECT_EQ(l.step, step);
+  EXPECT_EQ(l.layer, layer);
+  EXPECT_EQ(l.routed, routed);
+  EXPECT_EQ(l.tokens, tokens);
+  EXPECT_EQ(l.dropped, dropped);
+}
+
 TEST(AgentCApi, EveryCallReachesTheCollector) {
   testing::TestCollector collector;
   ASSERT_EQ(inferscope_c_api_scenario(collector.address().c_str()), 0);
@@ -113,15 +123,8 @@ TEST(AgentCApi, ExpertLoadsOfSeveralLayersInOneCall) {
   ASSERT_TRUE(collector.wait_closed(0, 20s));
   const auto loads = only<wire::ExpertLoad>(collector.records());
   ASSERT_EQ(loads.size(), 2u);
-  EXPECT_EQ(loads[0].step, 11u);
-  EXPECT_EQ(loads[0].layer, 3u);
-  EXPECT_EQ(loads[0].routed, (std::vector<uint32_t>{1, 2, 3, 4}));
-  EXPECT_EQ(loads[0].tokens, 5u);
-  EXPECT_EQ(loads[0].dropped, 0u);
-  EXPECT_EQ(loads[1].layer, 9u);
-  EXPECT_EQ(loads[1].routed, (std::vector<uint32_t>{7, 8}));
-  EXPECT_EQ(loads[1].tokens, 6u);
-  EXPECT_EQ(loads[1].dropped, 2u);
+  expect_load(loads[0], 11, 3, {1, 2, 3, 4}, 5, 0);
+  expect_load(loads[1], 11, 9, {7, 8}, 6, 2);
 }
 
 // Several steps in one call (inferscope.torch's path for a group of steps copied together):
@@ -153,21 +156,9 @@ TEST(AgentCApi, ExpertLoadsOfSeveralStepsInOneCall) {
   ASSERT_TRUE(collector.wait_closed(0, 20s));
   const auto loads = only<wire::ExpertLoad>(collector.records());
   ASSERT_EQ(loads.size(), 3u);
-  EXPECT_EQ(loads[0].step, 20u);
-  EXPECT_EQ(loads[0].layer, 3u);
-  EXPECT_EQ(loads[0].routed, (std::vector<uint32_t>{1, 2, 3, 4}));
-  EXPECT_EQ(loads[0].tokens, 5u);
-  EXPECT_EQ(loads[0].dropped, 1u);
-  EXPECT_EQ(loads[1].step, 20u);
-  EXPECT_EQ(loads[1].layer, 9u);
-  EXPECT_EQ(loads[1].routed, (std::vector<uint32_t>{7, 8}));
-  EXPECT_EQ(loads[1].tokens, 6u);
-  EXPECT_EQ(loads[1].dropped, 2u);
-  EXPECT_EQ(loads[2].step, 22u);
-  EXPECT_EQ(loads[2].layer, 3u);
-  EXPECT_EQ(loads[2].routed, (std::vector<uint32_t>{5, 6, 7, 8}));
-  EXPECT_EQ(loads[2].tokens, 13u);
-  EXPECT_EQ(loads[2].dropped, 0u);
+  expect_load(loads[0], 20, 3, {1, 2, 3, 4}, 5, 1);
+  expect_load(loads[1], 20, 9, {7, 8}, 6, 2);
+  expect_load(loads[2], 22, 3, {5, 6, 7, 8}, 13, 0);
 }
 
 // GPU trace calls (issue 19) from C: NULL is harmless, bad modes are refused,
