@@ -36,6 +36,14 @@
 // same batch in the same process (issue 18 part 6). Rows of "full" carry the
 // CUPTI kernels seen and the share with an enclosing range.
 //
+// HF_BENCH_KERNEL_TABLE=FILE (environment, so that scale_bench.py passes it
+// through): before the modes, B=1 decode steps with asynchronous routing and no
+// graphs (the kernels of a graph replay, launched one by one so CUPTI sees each
+// for sure) are recorded with CUPTI and their time per kernel name is written
+// to FILE (and stderr): where a decode step's GPU time goes (issue 18 part 5).
+// Before the modes, and CUPTI finalized after it, so that --observe's agent
+// attaches CUPTI as it would alone; a failure is reported and the run goes on.
+//
 // --prompts: a JSON array of token-id arrays (row s is sequence s; at least
 // max(batches) rows of at least --prompt-len ids); without it, ids from a
 // fixed LCG. Output: JSON with per-batch prefill tok/s, decode tok/s, median
@@ -45,6 +53,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -58,6 +67,7 @@
 #include "inferscope/engine/hf_checkpoint.hpp"
 #include "inferscope/engine/model.hpp"
 #include "inferscope/engine/telemetry.hpp"
+#include "kernel_table.hpp"
 
 namespace ie = inferscope::engine;
 using json = nlohmann::json;
@@ -143,9 +153,13 @@ struct Throughput {
 
 // gpu_bench's run_forward for a checkpoint of any vocabulary; with `tel`, every
 // forward is observed as the serving loop observes it (a step boundary, a
-// prefill or decode range around the forward, the per-layer observer).
+// prefill or decode range around the forward, the per-layer observer). With
+// `table`, the decode steps of every repetition (not the prefills) are recorded
+// into *sums.
 Throughput run_forward(ie::Model& model, const std::vector<std::vector<int32_t>>& prompts, int B,
-                       int prompt, int decode_steps, int reps, ie::Telemetry* tel = nullptr) {
+                       int prompt, int decode_steps, int reps, ie::Telemetry* tel = nullptr,
+                       inferscope::bench::KernelTable* table = nullptr,
+                       std::vector<inferscope::bench::KernelSum>* sums = nullptr) {
   uint64_t step_id = 0;
   auto forward = [&](const ie::StepBatch& b, std::vector<float>& out, ie::RequestPhase phase) {
     if (tel == nullptr) return model.forward(b, out);
@@ -184,6 +198,11 @@ Throughput run_forward(ie::Model& model, const std::vector<std::vector<int32_t>>
     forward(batch, logits, ie::RequestPhase::kPrefill);  // downloads logits: synchronous
     prefill_t.push_back(now_s() - t0);
     argmax();
+    if (table) {
+      model.backend().synchronize();
+      std::string why;
+      if (!table->start(&why)) throw std::runtime_error("kernel table: " + why);
+    }
     const double d0 = now_s();
     for (int i = 0; i < decode_steps; ++i) {
       batch.clear();
@@ -200,6 +219,10 @@ Throughput run_forward(ie::Model& model, const std::vector<std::vector<int32_t>>
       argmax();
     }
     decode_t.push_back(now_s() - d0);
+    if (table) {
+      model.backend().synchronize();
+      *sums = table->stop();
+    }
   }
   Throughput r;
   r.prefill_ms = median(prefill_t) * 1e3;
@@ -277,6 +300,41 @@ json observed_row(ie::Model& model, const ie::ModelConfig& c,
           {"kernels_attributed", st.gpu.kernels_attributed},
           {"bursts", st.gpu.bursts_finished},
           {"records_dropped", st.records_dropped + st.gpu.records_dropped}};
+}
+
+// HF_BENCH_KERNEL_TABLE: B=1 decode steps, async routing, no graphs, per kernel name.
+void kernel_table(ie::Model& model, const std::vector<std::vector<int32_t>>& prompts, int prompt,
+                  int steps, const std::string& path) {
+  const bool graphs = model.step_graphs(), async = model.async_routing();
+  model.set_step_graphs(false);
+  model.set_async_routing(true);
+  run_forward(model, prompts, 1, prompt, std::min(steps, 3), 1);  // warm-up of this mode
+  inferscope::bench::KernelTable table;
+  std::vector<inferscope::bench::KernelSum> sums;
+  const Throughput t = run_forward(model, prompts, 1, prompt, steps, 1, nullptr, &table, &sums);
+  model.set_async_routing(async);
+  model.set_step_graphs(graphs);
+  double total_us = 0;
+  for (const auto& k : sums) total_us += k.total_ns / 1e3 / steps;
+  std::ostringstream o;
+  char line[512];
+  std::snprintf(line, sizeof line,
+                "kernel table: B=1 decode, async routing, no graphs (kernels launched one by one), "
+                "%d steps; step %.3f ms wall, kernels %.1f us/step (sum of kernel times)\n"
+                "%9s %6s %8s %8s  %s\n",
+                steps, t.decode_step_ms, total_us, "us/step", "%", "calls", "us/call", "kernel");
+  o << line;
+  for (const auto& k : sums) {
+    const double us = k.total_ns / 1e3 / steps;
+    std::snprintf(line, sizeof line, "%9.1f %5.1f%% %8.1f %8.2f  %.120s\n", us,
+                  total_us > 0 ? 100 * us / total_us : 0.0, double(k.calls) / steps,
+                  k.calls ? k.total_ns / 1e3 / k.calls : 0.0, k.name.c_str());
+    o << line;
+  }
+  std::cerr << o.str();
+  std::ofstream f(path);
+  f << o.str();
+  if (!f) throw std::runtime_error("cannot write '" + path + "'");
 }
 
 void write_json(const json& out, const std::string& path) {
@@ -397,6 +455,18 @@ int main(int argc, char** argv) {
                   {"activations", fp0.activations},
                   {"ssm_state", fp0.ssm_state}}},
                 {"modes", json::array()}};
+    if (const char* kt = std::getenv("HF_BENCH_KERNEL_TABLE"); kt && *kt) {
+      if (!backend->supports_step_graphs()) {  // not a GPU backend: CUPTI has no kernels to see
+        std::fprintf(stderr, "hf_bench: no kernel table on the %s backend\n",
+                     backend->name().c_str());
+      } else {
+        try {
+          kernel_table(model, prompts, prompt, steps, kt);
+        } catch (const std::exception& e) {  // the table is a diagnostic: the rows still run
+          std::fprintf(stderr, "hf_bench: kernel table failed: %s\n", e.what());
+        }
+      }
+    }
     for (const std::string& mode : modes) {
       if (!one_mode) {
         model.set_step_graphs(mode == "graphs");

@@ -172,44 +172,48 @@ TEST_F(CudaVsCpu, RopeMatches) {
   EXPECT_LT(rel_l2(out[1], out[0]), 3e-4);
 }
 
+// Head dims 64 / 128 / 32 take the decode kernel's lane layouts (16, 32, 8 lanes per key),
+// 48 the generic kernel (12 lanes would not tile a warp).
 TEST_F(CudaVsCpu, PagedAttentionPrefillAndDecode) {
-  const int H = 8, KVH = 2, HD = 64, BS = 16, blocks = 64;
-  ie::AttentionParams p{H, KVH, HD, 1.0f / std::sqrt(float(HD))};
-  // seq 0: 300 positions (prefill rows 290..299), seq 1: decode at 40, seq 2: decode at 0
-  std::vector<int32_t> lens = {300, 41, 1};
-  std::vector<int32_t> perm(blocks);
-  std::iota(perm.begin(), perm.end(), 0);
-  std::shuffle(perm.begin(), perm.end(), rng);
-  std::vector<int32_t> table, table_start = {0};
-  int next = 0;
-  for (int l : lens) {
-    for (int b = 0; b < (l + BS - 1) / BS; ++b) table.push_back(perm[next++]);
-    table_start.push_back(static_cast<int32_t>(table.size()));
+  for (const int HD : {64, 128, 32, 48}) {
+    const int H = 8, KVH = 2, BS = 16, blocks = 64;
+    ie::AttentionParams p{H, KVH, HD, 1.0f / std::sqrt(float(HD))};
+    // seq 0: 300 positions (prefill rows 290..299), seq 1: decode at 40, seq 2: decode at 0
+    std::vector<int32_t> lens = {300, 41, 1};
+    std::vector<int32_t> perm(blocks);
+    std::iota(perm.begin(), perm.end(), 0);
+    std::shuffle(perm.begin(), perm.end(), rng);
+    std::vector<int32_t> table, table_start = {0};
+    int next = 0;
+    for (int l : lens) {
+      for (int b = 0; b < (l + BS - 1) / BS; ++b) table.push_back(perm[next++]);
+      table_start.push_back(static_cast<int32_t>(table.size()));
+    }
+    // history keys for every position, written with kv_store (one call)
+    std::vector<int32_t> slots, tseq, tpos;
+    for (int s = 0; s < 3; ++s)
+      for (int p2 = 0; p2 < lens[s]; ++p2)
+        slots.push_back(table[table_start[s] + p2 / BS] * BS + p2 % BS);
+    const int nk = static_cast<int>(slots.size());
+    auto k = randn(nk * KVH * HD, rng), v = randn(nk * KVH * HD, rng);
+    for (int p2 = 290; p2 < 300; ++p2) tseq.push_back(0), tpos.push_back(p2);
+    tseq.push_back(1), tpos.push_back(40);
+    tseq.push_back(2), tpos.push_back(0);
+    const int T = static_cast<int>(tseq.size());
+    auto q = randn(T * H * HD, rng);
+    ie::PagedBatch batch{tseq, tpos, table, table_start, BS};
+    std::vector<float> out[2];
+    int i = 0;
+    for (Side* s : {&cpu, &gpu}) {
+      auto kc = s->make(blocks * BS, KVH * HD), vc = s->make(blocks * BS, KVH * HD);
+      auto tk = s->make(nk, KVH * HD, k), tv = s->make(nk, KVH * HD, v);
+      s->be->kv_store(tk, tv, kc, vc, slots);
+      auto tq = s->make(T, H * HD, q), to = s->make(T, H * HD);
+      s->be->paged_attention(tq, kc, vc, batch, p, to);
+      out[i++] = s->get(to);
+    }
+    EXPECT_LT(rel_l2(out[1], out[0]), 1e-5) << "head_dim " << HD;
   }
-  // history keys for every position, written with kv_store (one call)
-  std::vector<int32_t> slots, tseq, tpos;
-  for (int s = 0; s < 3; ++s)
-    for (int p2 = 0; p2 < lens[s]; ++p2)
-      slots.push_back(table[table_start[s] + p2 / BS] * BS + p2 % BS);
-  const int nk = static_cast<int>(slots.size());
-  auto k = randn(nk * KVH * HD, rng), v = randn(nk * KVH * HD, rng);
-  for (int p2 = 290; p2 < 300; ++p2) tseq.push_back(0), tpos.push_back(p2);
-  tseq.push_back(1), tpos.push_back(40);
-  tseq.push_back(2), tpos.push_back(0);
-  const int T = static_cast<int>(tseq.size());
-  auto q = randn(T * H * HD, rng);
-  ie::PagedBatch batch{tseq, tpos, table, table_start, BS};
-  std::vector<float> out[2];
-  int i = 0;
-  for (Side* s : {&cpu, &gpu}) {
-    auto kc = s->make(blocks * BS, KVH * HD), vc = s->make(blocks * BS, KVH * HD);
-    auto tk = s->make(nk, KVH * HD, k), tv = s->make(nk, KVH * HD, v);
-    s->be->kv_store(tk, tv, kc, vc, slots);
-    auto tq = s->make(T, H * HD, q), to = s->make(T, H * HD);
-    s->be->paged_attention(tq, kc, vc, batch, p, to);
-    out[i++] = s->get(to);
-  }
-  EXPECT_LT(rel_l2(out[1], out[0]), 1e-5);
 }
 
 TEST_F(CudaVsCpu, SequenceAttentionCausalAndBidirectional) {

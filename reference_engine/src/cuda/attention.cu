@@ -3,10 +3,16 @@
 // and dense attention for the vision encoder.
 //
 // A block per (query row, head): scores for the whole context sit in shared
-// memory (two passes: q.k and max, then exp and p.V with the threads split into
-// groups over keys). Contexts of this engine are short (a few thousand tokens),
-// so one block per row keeps it simple and exact; longer contexts would want a
-// split-K (flash-decoding) variant.
+// memory (two passes: q.k and max, then exp and p.V). Contexts of this engine
+// are short (a few thousand tokens), so one block per row keeps it simple and
+// exact; longer contexts would want a split-K (flash-decoding) variant.
+//
+// Paged rows with head_dim in {4..128, a power of two} take paged_rows_k: the
+// cache slots of the context are resolved once into shared memory (the generic
+// kernel did a block-table load and an integer division per key, twice, each a
+// dependent load in front of the K or V load), and keys are read by hd/4 lanes
+// with one 16-byte load each, U keys in flight per lane group, 8 warps: a B=1
+// decode step has only heads-many blocks, so each must keep many loads going.
 #include <algorithm>
 #include <cfloat>
 #include <cstdint>
@@ -14,6 +20,7 @@
 
 #include "check.hpp"
 #include "kernels.hpp"
+#include "pdl.cuh"
 
 namespace inferscope::engine::cuda {
 namespace {
@@ -116,6 +123,7 @@ __device__ void attend(const float* q, const Loc& loc, int ctx, int hd, float sc
 
 template <bool VEC>
 __global__ void paged_attention_k(PagedArgs a) {
+  pdl_allow_dependents();
   const int t = blockIdx.x, h = blockIdx.y;
   const int seq = a.token_seq[t];
   const int ctx = a.token_pos[t] + 1;
@@ -129,6 +137,114 @@ __global__ void paged_attention_k(PagedArgs a) {
                    kvh * a.head_dim};
   attend<VEC>(a.q.p + (int64_t)t * a.q.stride + (int64_t)h * a.head_dim, loc, ctx, a.head_dim,
               a.scale, a.out.p + (int64_t)t * a.out.stride + (int64_t)h * a.head_dim);
+}
+
+constexpr int kRowThreads = 256;
+constexpr int kRowUnroll = 4;
+
+__device__ __forceinline__ float dot4(const float4& a, const float4& b) {
+  return a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
+}
+
+// LPK = head_dim / 4 lanes per key (a power of two <= 32); 32 / LPK keys per warp step.
+// smem: scores[ctx] | slot[ctx] (int) | part[warps][hd].
+template <int LPK>
+__global__ void __launch_bounds__(kRowThreads) paged_rows_k(PagedArgs a) {
+  pdl_allow_dependents();  // the output projection may start (pdl.cuh)
+  extern __shared__ float smem[];
+  __shared__ float red[32];
+  constexpr int kKeysPerWarp = 32 / LPK;
+  constexpr int kWarps = kRowThreads / 32;
+  constexpr int kStride = kWarps * kKeysPerWarp;  // keys per block step
+  const int hd = LPK * 4;
+  const int t = blockIdx.x, h = blockIdx.y;
+  const int seq = a.token_seq[t];
+  const int ctx = a.token_pos[t] + 1;
+  const int kvh = h / (a.heads / a.kv_heads);
+  const int32_t* table = a.block_table + a.block_table_start[seq];
+  float* sc = smem;
+  int* slot = reinterpret_cast<int*>(sc + ctx);
+  float* part = sc + (2 * ctx + 3) / 4 * 4;  // 16-byte aligned for the float4 stores
+  for (int j = threadIdx.x; j < ctx; j += kRowThreads)
+    slot[j] = table[j / a.block_size] * a.block_size + j % a.block_size;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int sub = lane / LPK, dl = lane % LPK;
+  const float4 q4 =
+      *reinterpret_cast<const float4*>(a.q.p + (int64_t)t * a.q.stride + (int64_t)h * hd + dl * 4);
+  const float* kbase = a.k_cache.p + (int64_t)kvh * hd + dl * 4;
+  const float* vbase = a.v_cache.p + (int64_t)kvh * hd + dl * 4;
+  __syncthreads();
+  // q.k: U keys per lane group in flight, hd/4 lanes per key, reduced within the group.
+  float mx = -FLT_MAX;
+  // The loop runs on the warp's first key (uniform: every lane takes part in the shuffles).
+  for (int jw = warp * kKeysPerWarp; jw < ctx; jw += kStride * kRowUnroll) {
+    const int j0 = jw + sub;
+    float4 k4[kRowUnroll];
+#pragma unroll
+    for (int u = 0; u < kRowUnroll; ++u) {
+      const int j = j0 + u * kStride;
+      k4[u] = j < ctx
+                  ? *reinterpret_cast<const float4*>(kbase + (int64_t)slot[j] * a.k_cache.stride)
+                  : make_float4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int u = 0; u < kRowUnroll; ++u) {
+      float d = dot4(q4, k4[u]);
+#pragma unroll
+      for (int o = LPK / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
+      d *= a.scale;
+      const int j = j0 + u * kStride;
+      if (j < ctx) {
+        if (dl == 0) sc[j] = d;
+        mx = fmaxf(mx, d);
+      }
+    }
+  }
+  mx = block_reduce(mx, true, red);  // its barriers also publish sc
+  float sum = 0.f;
+  for (int j = threadIdx.x; j < ctx; j += kRowThreads) {
+    const float p = expf(sc[j] - mx);
+    sc[j] = p;
+    sum += p;
+  }
+  sum = block_reduce(sum, false, red);
+  // p.V: each lane group accumulates its keys' weighted rows, then the groups and warps add up.
+  float4 acc = make_float4(0, 0, 0, 0);
+  // The loop runs on the warp's first key (uniform: every lane takes part in the shuffles).
+  for (int jw = warp * kKeysPerWarp; jw < ctx; jw += kStride * kRowUnroll) {
+    const int j0 = jw + sub;
+    float4 v4[kRowUnroll];
+#pragma unroll
+    for (int u = 0; u < kRowUnroll; ++u) {
+      const int j = j0 + u * kStride;
+      v4[u] = j < ctx
+                  ? *reinterpret_cast<const float4*>(vbase + (int64_t)slot[j] * a.v_cache.stride)
+                  : make_float4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int u = 0; u < kRowUnroll; ++u) {
+      const int j = j0 + u * kStride;
+      const float p = j < ctx ? sc[j] : 0.f;
+      acc.x += p * v4[u].x, acc.y += p * v4[u].y, acc.z += p * v4[u].z, acc.w += p * v4[u].w;
+    }
+  }
+#pragma unroll
+  for (int o = LPK; o < 32; o <<= 1) {
+    acc.x += __shfl_xor_sync(0xffffffffu, acc.x, o);
+    acc.y += __shfl_xor_sync(0xffffffffu, acc.y, o);
+    acc.z += __shfl_xor_sync(0xffffffffu, acc.z, o);
+    acc.w += __shfl_xor_sync(0xffffffffu, acc.w, o);
+  }
+  if (sub == 0) *reinterpret_cast<float4*>(part + warp * hd + dl * 4) = acc;
+  __syncthreads();
+  const float inv = 1.f / sum;
+  float* out = a.out.p + (int64_t)t * a.out.stride + (int64_t)h * hd;
+  for (int d = threadIdx.x; d < hd; d += kRowThreads) {
+    float r = 0.f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) r += part[w * hd + d];
+    out[d] = r * inv;
+  }
 }
 
 template <bool VEC>
@@ -183,10 +299,35 @@ void kv_store(View k, View v, View k_cache, View v_cache, const int32_t* slots, 
   ISC_LAUNCH();
 }
 
+template <int LPK>
+void launch_rows(const PagedArgs& a, cudaStream_t s) {
+  const size_t smem = sizeof(float) * ((2 * static_cast<size_t>(a.max_context) + 3) / 4 * 4 +
+                                       (kRowThreads / 32) * static_cast<size_t>(a.head_dim));
+  allow_smem(paged_rows_k<LPK>, smem);
+  const dim3 grid(static_cast<unsigned>(a.q.rows), a.heads);
+  paged_rows_k<LPK><<<grid, kRowThreads, smem, s>>>(a);
+  ISC_LAUNCH();
+}
+
 void paged_attention(const PagedArgs& a, cudaStream_t s) {
   if (a.q.rows <= 0) return;
   if (a.kv_heads <= 0 || a.heads % a.kv_heads != 0)
     throw std::invalid_argument("cuda paged_attention: heads % kv_heads must be 0");
+  // The row kernel: 16-byte loads of q, K, V and out at head offsets (all views 16-byte aligned).
+  if (aligned4(a.k_cache) && aligned4(a.v_cache) && aligned4(a.q) && a.head_dim % 4 == 0) {
+    switch (a.head_dim) {
+      case 128:
+        return launch_rows<32>(a, s);
+      case 64:
+        return launch_rows<16>(a, s);
+      case 32:
+        return launch_rows<8>(a, s);
+      case 16:
+        return launch_rows<4>(a, s);
+      default:
+        break;
+    }
+  }
   const size_t smem = attend_smem(a.max_context, a.head_dim);
   const dim3 grid(static_cast<unsigned>(a.q.rows), a.heads);
   if (a.head_dim % 4 == 0 && aligned4(a.k_cache)) {

@@ -369,7 +369,7 @@ class CudaBackend final : public Backend {
                               : fp32_math_            ? nullptr
                                                       : shadow(w);
     if (wb != nullptr && M <= kSmallRows && K % 8 == 0) {  // decode: one launch, no cast
-      k::small_linear(view(x), wb, nullptr, 1, view(y), N, K, beta, stream_);
+      k::small_linear(view(x), wb, nullptr, 1, view(y), N, K, beta, stream_, M);
       return;
     }
     if (wb == nullptr) {
@@ -411,7 +411,7 @@ class CudaBackend final : public Backend {
     }
     if (max_rows <= kSmallRows) {  // decode: fp32 rows straight into the warp-per-column kernel
       k::small_linear(view(x), wb, meta(offsets), static_cast<int>(E), view(y), static_cast<int>(n),
-                      static_cast<int>(x.cols), 0.f, stream_);
+                      static_cast<int>(x.cols), 0.f, stream_, max_rows);
       return;
     }
     const int64_t rows = offsets.back();
@@ -653,7 +653,7 @@ class CudaBackend final : public Backend {
     }
     if (max_rows <= kSmallRows) {
       k::small_linear(view(x), wb, offsets.i32(), static_cast<int>(E), view(y), static_cast<int>(n),
-                      static_cast<int>(x.cols), 0.f, stream_);
+                      static_cast<int>(x.cols), 0.f, stream_, static_cast<int>(max_rows));
       return;
     }
     // Every bound row is cast (rows past offsets[E] too: cheaper than a wait).

@@ -5,6 +5,7 @@
 
 #include "check.hpp"
 #include "kernels.hpp"
+#include "pdl.cuh"
 
 namespace inferscope::engine::cuda {
 namespace {
@@ -48,6 +49,7 @@ __global__ void add_k(View a, View b, View o) {
   }
 }
 __global__ void mul_silu_k(View x, View g, View o) {
+  pdl_allow_dependents();  // the down projection after SwiGLU may start (pdl.cuh)
   GRID_STRIDE(i, o.rows * o.cols) {
     int64_t r = i / o.cols, c = i % o.cols;
     float gv = *at(g, r, c);
@@ -65,6 +67,7 @@ __global__ void gelu_k(View x, View o) {
 // A block per row; the sum of squares in fp32 over a tree (the CPU uses a
 // double accumulator: both are well within the tolerance).
 __global__ void rms_norm_k(View x, const float* w, float eps, View o) {
+  pdl_allow_dependents();  // a linear after the norm may start (pdl.cuh)
   __shared__ float partial[32];
   int64_t r = blockIdx.x;
   float ss = 0.f;

@@ -109,9 +109,19 @@ void grouped_gemm(const __nv_bfloat16* x, const __nv_bfloat16* w, const int32_t*
 
 // Few-row linear (decode): y = beta*y + x · W^T with fp32 x (strided) and bf16
 // W [experts, n_out, k] (k % 8 == 0). offsets == nullptr: dense over all x rows
-// (experts must be 1); else expert e owns rows offsets[e]..offsets[e+1] (device).
+// (experts must be 1); else expert e owns rows offsets[e]..offsets[e+1] (device)
+// and x.rows bounds their total. max_rows (a bound on any expert's rows, 0 if
+// unknown) picks the rows per pass over the weights; any value is correct.
+// Launched as a programmatic dependent (PDL, sm_90): a dense call requests its
+// first weights while the previous kernel finishes, if that kernel lets
+// dependents start (the kernels before a decode linear do: griddepcontrol.
+// launch_dependents). So a weight must not be written by such a kernel right
+// before its linear; uploads (copies) and the bf16 shadow conversion never let
+// dependents start. INFERSCOPE_CUDA_PDL=0 or small_linear_set_pdl(false) turns
+// the dependent launch off (the bench compares both).
 void small_linear(View x, const __nv_bfloat16* w, const int32_t* offsets, int experts, View y,
-                  int n_out, int k, float beta, cudaStream_t s);
+                  int n_out, int k, float beta, cudaStream_t s, int max_rows = 0);
+void small_linear_set_pdl(bool on);
 
 // [SECTION] Attention
 struct PagedArgs {

@@ -14,6 +14,7 @@
 #include "check.hpp"
 #include "inferscope/engine/capacity.hpp"
 #include "kernels.hpp"
+#include "pdl.cuh"
 
 namespace inferscope::engine::cuda {
 namespace {
@@ -268,6 +269,7 @@ __global__ void assign_reroute_k(RouterParams padded, int R, RouterBuffers b) {
 
 __global__ void permute_index_k(IView ae, const int32_t* offsets, int E, IView perm,
                                 int32_t* slot_of, View x, View xp, int64_t rows) {
+  pdl_allow_dependents();  // the expert GEMM may start (pdl.cuh)
   int* smem = reinterpret_cast<int*>(dyn_smem);
   const int k = static_cast<int>(ae.cols);
   if (slot_of) {
@@ -299,6 +301,7 @@ __global__ void permute_index_k(IView ae, const int32_t* offsets, int E, IView p
 
 __global__ void permute_rows_k(View x, IView perm, int k, int64_t rows, View xp,
                                const int32_t* total) {
+  pdl_allow_dependents();  // the expert GEMM may start (pdl.cuh)
   if (total) rows = min(rows, static_cast<int64_t>(*total));
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < rows * xp.cols;
        i += (int64_t)gridDim.x * blockDim.x) {

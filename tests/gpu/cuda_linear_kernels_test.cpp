@@ -1,0 +1,214 @@
+// The linear kernels against the CPU backend: the decode linear (small_linear.cu:
+// <= 64 rows, dense and grouped by expert) on the shapes its tiling makes
+// special: every row count 1..9 (rows per pass 1/2/4/8 and their ragged ends),
+// K not a multiple of a warp's 256 elements, K split over warps, K long enough
+// to be staged in several shared-memory chunks, column counts that end
+// mid-block, unaligned (strided) x, beta != 0, empty experts with host and with
+// device offsets, and rows past the kept total that must stay untouched; and the
+// prefill expert GEMM (grouped_gemm.cu, > 64 rows per expert) on partial row,
+// column and K tiles.
+//
+// The weights are bf16 values held in fp32, so the CUDA backend's bf16 operand
+// is exact and both sides multiply the same numbers: only the summation order
+// differs. That allows a tolerance of 1e-5 instead of the bf16 GEMM one: an x
+// rounded to bf16 in the decode kernel (~3e-3) or a wrong element would fail it.
+// The prefill GEMM casts x to bf16 (tensor cores): there x is bf16-exact too.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <utility>
+#include <vector>
+
+#include "gpu_test_util.hpp"
+#include "inferscope/engine/backend.hpp"
+
+namespace ie = inferscope::engine;
+using inferscope::engine::gpu_test::rel_l2;
+
+namespace {
+
+constexpr double kTol = 1e-5;
+constexpr float kSentinel = 7.25f;
+
+// Normal values rounded to bf16 (round to nearest even), kept as fp32.
+std::vector<float> randn_bf16(size_t n, std::mt19937& rng, float scale) {
+  std::normal_distribution<float> d(0.0f, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) {
+    float f = d(rng);
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+    std::memcpy(&f, &u, 4);
+    x = f;
+  }
+  return v;
+}
+std::vector<float> randn(size_t n, std::mt19937& rng) {
+  std::normal_distribution<float> d(0.0f, 1.0f);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+struct Side {
+  std::unique_ptr<ie::Backend> be;
+  std::vector<std::unique_ptr<ie::Buffer>> bufs;
+  ie::Tensor make(int64_t r, int64_t c, const std::vector<float>& host = {},
+                  ie::DType t = ie::DType::kF32) {  // kI32: fill it with upload()
+    bufs.push_back(std::make_unique<ie::Buffer>(*be, r, c, t));
+    if (!host.empty()) be->upload(*bufs.back(), host.data());
+    return *bufs.back();
+  }
+  std::vector<float> get(const ie::Tensor& t) {
+    std::vector<float> v(static_cast<size_t>(t.elements()));
+    be->download(t, v.data());
+    return v;
+  }
+};
+
+class LinearKernels : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    SKIP_WITHOUT_CUDA();
+    gpu.be = ie::create_backend("cuda", {});
+    cpu.be = ie::create_backend("cpu", {});
+  }
+  Side cpu, gpu;
+  std::mt19937 rng{4321};
+};
+
+// Dense y = beta*y + x W^T for M = 1..9 and 64 rows, aligned and unaligned x.
+TEST_F(LinearKernels, DenseRowsKAndBetaMatchCpu) {
+  const int N = 1003;  // not a multiple of a block's columns
+  // K 392: whole-K warps; 768: K split over 2 warps at few rows; 2056: over 4 (in-block split-K
+  // when the columns alone would not give 2 blocks per SM).
+  for (int K : {392, 768, 2056}) {
+    const auto w = randn_bf16(size_t(N) * K, rng, 0.05f);
+    for (int M : {1, 2, 3, 4, 5, 6, 7, 8, 9, 64}) {
+      for (int x_off : {8, 3}) {  // 8: 16-byte aligned rows (float4 staging); 3: scalar staging
+        const float beta = (M + x_off) % 2 ? 0.5f : 0.f;
+        const auto x = randn(size_t(M) * (K + 16), rng), y0 = randn(size_t(M) * N, rng);
+        std::vector<float> out[2];
+        int i = 0;
+        for (Side* s : {&cpu, &gpu}) {
+          auto tx = s->make(M, K + 16, x).cols_view(x_off, K);
+          auto tw = s->make(N, K, w);
+          auto ty = s->make(M, N, y0);
+          s->be->linear(tx, tw, ty, beta);
+          out[i++] = s->get(ty);
+        }
+        EXPECT_LT(rel_l2(out[1], out[0]), kTol)
+            << "M=" << M << " K=" << K << " x_off=" << x_off << " beta=" << beta;
+      }
+    }
+  }
+}
+
+// K longer than one shared-memory chunk at every rows-per-pass (8 rows: 1536, 1 row: 12288).
+TEST_F(LinearKernels, LongKInSeveralChunksMatchesCpu) {
+  const int N = 40, K = 12304;
+  const auto w = randn_bf16(size_t(N) * K, rng, 0.02f);
+  for (int M : {1, 2, 4, 8}) {
+    const auto x = randn(size_t(M) * K, rng);
+    std::vector<float> out[2];
+    int i = 0;
+    for (Side* s : {&cpu, &gpu}) {
+      auto tx = s->make(M, K, x), tw = s->make(N, K, w), ty = s->make(M, N);
+      s->be->linear(tx, tw, ty, 0.f);
+      out[i++] = s->get(ty);
+    }
+    EXPECT_LT(rel_l2(out[1], out[0]), kTol) << "M=" << M;
+  }
+}
+
+// Grouped by expert, host and device offsets: 1..9 rows per expert, empty experts (first and
+// last among them), a row bound past the kept total whose rows must stay as they were.
+TEST_F(LinearKernels, GroupedEmptyExpertsAndBoundRows) {
+  for (const auto& [N, K] : {std::pair{515, 392}, std::pair{72, 1032}}) {  // 72 x 1032: split K
+    const int E = 12, bound_extra = 5;
+    const std::vector<std::vector<int32_t>> count_sets = {
+        {0, 1, 0, 0, 1, 1, 0, 1, 1, 0, 1, 0},   // decode: one row each
+        {0, 2, 9, 0, 3, 0, 1, 8, 5, 0, 4, 0},   // every rows-per-pass and ragged ends
+        {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0},   // nothing routed
+        {6, 7, 6, 7, 6, 7, 6, 7, 6, 7, 6, 9}};  // every expert active
+    const auto w = randn_bf16(size_t(E) * N * K, rng, 0.05f);
+    for (size_t set = 0; set < count_sets.size(); ++set) {
+      const auto& counts = count_sets[set];
+      std::vector<int32_t> offsets(E + 1, 0);
+      int32_t max_rows = 0;
+      for (int e = 0; e < E; ++e) {
+        offsets[e + 1] = offsets[e] + counts[e];
+        max_rows = std::max(max_rows, counts[e]);
+      }
+      const int A = offsets.back(), rows = A + bound_extra;
+      const auto x = randn(size_t(rows) * K, rng);
+      const std::vector<float> y0(size_t(rows) * N, kSentinel);
+      for (bool device : {false, true}) {
+        std::vector<float> out[2];
+        int i = 0;
+        for (Side* s : {&cpu, &gpu}) {
+          auto tw = s->make(int64_t(E) * N, K, w), ty = s->make(rows, N, y0);
+          if (device) {
+            auto tx = s->make(rows, K, x);
+            ie::Tensor to = s->make(1, E + 1, {}, ie::DType::kI32);
+            s->be->upload(to, offsets.data());
+            // The bound (rows) is what the engine passes; max_rows a loose bound (the worst case).
+            s->be->grouped_linear(tx, tw, to, std::max(max_rows, 9), ty);
+          } else {
+            if (A == 0) continue;  // host offsets with no rows: nothing to call
+            auto tx = s->make(A, K, std::vector<float>(x.begin(), x.begin() + size_t(A) * K));
+            s->be->grouped_linear(tx, tw, offsets, ty.rows_view(0, A));
+          }
+          out[i++] = s->get(ty);
+        }
+        if (i < 2) continue;
+        std::vector<float> kept[2], past[2];
+        for (int j = 0; j < 2; ++j) {
+          kept[j].assign(out[j].begin(), out[j].begin() + size_t(A) * N);
+          past[j].assign(out[j].begin() + size_t(A) * N, out[j].end());
+        }
+        if (A > 0) {
+          EXPECT_LT(rel_l2(kept[1], kept[0]), kTol)
+              << "N=" << N << " set " << set << " dev " << device;
+        }
+        for (float v : past[1]) ASSERT_EQ(v, kSentinel) << "set " << set << ": row past A written";
+      }
+    }
+  }
+}
+
+// Prefill-sized experts (grouped_gemm: 128 x 128 tiles, 3-stage cp.async ring): rows that end
+// mid-tile (65, 128, 129, 300), an empty expert between them, N = 200 (a partial column tile),
+// K = 392 (a partial 32-wide K step).
+TEST_F(LinearKernels, GroupedGemmPartialTilesMatchCpu) {
+  const int E = 6, N = 200, K = 392;
+  const std::vector<int32_t> counts = {65, 0, 128, 129, 300, 1};
+  std::vector<int32_t> offsets(E + 1, 0);
+  for (int e = 0; e < E; ++e) offsets[e + 1] = offsets[e] + counts[e];
+  const int A = offsets.back();
+  const auto w = randn_bf16(size_t(E) * N * K, rng, 0.05f);
+  const auto x = randn_bf16(size_t(A) * K, rng, 1.0f);
+  for (bool device : {false, true}) {
+    std::vector<float> out[2];
+    int i = 0;
+    for (Side* s : {&cpu, &gpu}) {
+      auto tx = s->make(A, K, x), tw = s->make(int64_t(E) * N, K, w), ty = s->make(A, N);
+      if (device) {
+        ie::Tensor to = s->make(1, E + 1, {}, ie::DType::kI32);
+        s->be->upload(to, offsets.data());
+        s->be->grouped_linear(tx, tw, to, 300, ty);
+      } else {
+        s->be->grouped_linear(tx, tw, offsets, ty);
+      }
+      out[i++] = s->get(ty);
+    }
+    // Tensor-core fp32 accumulation of exact bf16 products: a few ulps per sum.
+    EXPECT_LT(rel_l2(out[1], out[0]), 1e-4) << "device offsets " << device;
+  }
+}
+
+}  // namespace
