@@ -149,6 +149,31 @@ void inferscope_expert_loads(inferscope_agent* agent, uint64_t step, size_t n_la
                              dropped[i], 0);
 }
 
+uint64_t inferscope_expert_loads_steps(inferscope_agent* agent, size_t n_steps,
+                                       const uint64_t* steps, size_t n_layers,
+                                       const uint32_t* layers, const uint32_t* offsets,
+                                       const uint32_t* experts, const uint32_t* counts,
+                                       size_t row_stride, const uint32_t* tokens) {
+  if (!agent || !steps || !layers || !offsets || !experts || !counts || !tokens) return 0;
+  uint64_t dropped_total = 0;
+  for (size_t s = 0; s < n_steps; ++s) {
+    const uint32_t* row = counts + s * row_stride;
+    for (size_t i = 0; i < n_layers; ++i) {
+      const uint32_t layer_tokens = tokens[s * n_layers + i];
+      // offsets[i] + experts[i] is the dropped bin: it must lie inside the row (64-bit sum,
+      // so a bad offset cannot wrap around into range).
+      if (layer_tokens == 0 || uint64_t{offsets[i]} + experts[i] >= row_stride) continue;
+      const uint32_t dropped = row[offsets[i] + experts[i]];
+      agent->agent.expert_load(steps[s], layers[i],
+                               std::span<const uint32_t>(row + offsets[i], experts[i]),
+                               layer_tokens, dropped, 0);
+      // Counted whether or not the agent sends (collector off): the caller's statistics.
+      if (experts[i] <= wire::kMaxExperts) dropped_total += dropped;
+    }
+  }
+  return dropped_total;
+}
+
 void inferscope_memory(inferscope_agent* agent, int kind, uint64_t used_bytes,
                        uint64_t capacity_bytes) {
   if (!agent || kind < 0 || kind >= wire::kMemoryKindCount) return;

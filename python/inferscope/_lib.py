@@ -54,6 +54,8 @@ _PROTOTYPES = {
     "inferscope_span": (None, [_P, _u32, _i64, _i64, _u64]),
     "inferscope_expert_load": (None, [_P, _u64, _u32, _P, ctypes.c_size_t, _u32, _u32, _u32]),
     "inferscope_expert_loads": (None, [_P, _u64, ctypes.c_size_t, _P, _P, _P, _P, _P, _P]),
+    "inferscope_expert_loads_steps": (_u64, [_P, ctypes.c_size_t, _P, ctypes.c_size_t, _P, _P, _P,
+                                             _P, ctypes.c_size_t, _P]),
     "inferscope_memory": (None, [_P, _int, _u64, _u64]),
     "inferscope_prefix_cache": (None, [_P, _u64, _u64, _u64, _u64]),
     "inferscope_stage": (None, [_P, _u64, _int, _i64, _i64, _int, _i64]),

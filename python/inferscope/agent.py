@@ -255,11 +255,15 @@ class Agent:
                                          rerouted)
         del keep
 
-    def _expert_loads_address(self, step, n, layers, counts, offsets, experts, tokens, dropped):
-        """inferscope.torch's per-step path: n layers in one C call; every argument after n is
-        the address of a uint32 array (layers, counts, offsets, experts, tokens, dropped)."""
-        self._lib.inferscope_expert_loads(self._handle, step, n, layers, counts, offsets, experts,
-                                          tokens, dropped)
+    def _expert_loads_steps(self, n_steps, steps, n_layers, layers, offsets, experts, counts,
+                            row_stride, tokens):
+        """inferscope.torch's per-group path: n_steps steps of n_layers layers in one C call;
+        steps (uint64), layers / offsets / experts (uint32, n_layers each), counts (uint32 rows
+        of row_stride, each layer's dropped bin after its experts) and tokens (uint32,
+        n_steps * n_layers) are addresses. Returns the dropped ids of the loads sent."""
+        return self._lib.inferscope_expert_loads_steps(self._handle, n_steps, steps, n_layers,
+                                                       layers, offsets, experts, counts,
+                                                       row_stride, tokens)
 
     def _queue_cuda(self, step, layer, t, tokens, dropped, rerouted):
         import torch

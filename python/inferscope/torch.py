@@ -7,11 +7,11 @@
 
 What it attaches (all through forward hooks; the model's code is not changed):
   * every MoE layer it can find (routers of the transformers MoE families, or modules you
-    name with watch_moe()): the top-k expert ids of each forward are counted ON THE DEVICE
-    into a per-step buffer (one index_add_ kernel per layer, no host sync); at the end of each
-    step (one forward of the whole model) the buffer is copied to pinned host memory with one
-    asynchronous copy and an event, and recorded once the event has completed (checked
-    without blocking at the next step). No host sync per layer, none added per step.
+    name with watch_moe()): the top-k expert ids of each forward are counted ON THE DEVICE,
+    all layers of a step at its end (one scatter_add_), into that step's row of a buffer of
+    K rows (steps_per_copy, default 8); every K steps the rows are copied to pinned host memory
+    with one asynchronous copy and an event, and sent once the event has completed (checked
+    without blocking at a later step), each step with its own step number. No host sync.
   * the model's cache objects after each step: bytes of attention keys/values ("kv_cache")
     and of convolution/SSM state ("ssm_state"), from tensor shapes only (no sync).
   * multimodal parts (vision tower, projector, language model): NVTX-named ranges
@@ -22,6 +22,7 @@ Hooks never raise into the model: an error inside one is counted (stats()["hook_
 reported once on stderr, and that hook stops observing. See docs/integrations.md.
 """
 
+import collections
 import functools
 import inspect
 import re
@@ -29,8 +30,8 @@ import sys
 import threading
 import time
 import weakref
+from array import array as _array
 
-import numpy as _np
 import torch as _torch
 
 from .agent import Agent, now_ns
@@ -54,25 +55,58 @@ _TOP_K_KEYS = ("num_experts_per_tok", "moe_topk", "top_k", "num_selected_experts
 # How an experts module's forward names the router's top-k ids (transformers 5 and others).
 _TOPK_ARG_NAMES = ("top_k_index", "topk_idx", "topk_ids", "top_k_indices", "topk_indices",
                    "selected_experts", "router_indices")
+# Groups of steps whose counts may be in flight to the host at once: at least 8 steps and at
+# least 2 groups; a group ending with this many in flight is dropped (counted), never waited.
 _PENDING_STEPS = 8
+_PENDING_GROUPS_MIN = 2
+_STEPS_PER_COPY_MAX = 256  # the buffers are K rows: device [K, bins] int32, pinned the same
 _DEFERRED_IDS_MAX = 1 << 20  # ids kept for the step's end before they are counted early
+# Steps whose ids (all layers) fit an ids buffer of this many int64 for K steps (2 MiB; at
+# most 4 such buffers, one per shape) wait for one count at the group's end (decode steps);
+# bigger ones (prefills) are counted at their own end.
+_RUN_BUFFER_IDS = 1 << 18
 # Parts of the step hook's cost, each its own stats()["hook_ns_step_<part>"].
 _STEP_PARTS = ("range", "memory", "count", "copy", "drain")
-_INDEX_DTYPES = (_torch.int64, _torch.int32)  # what index_add_ takes without a conversion
-_MEMORY_INTERVAL_NS = 50_000_000  # cache bytes at most every 50 ms (and at flush/generate end)  # steps whose counts may be in flight to the host at once
+_INT64 = _torch.int64
+_Tensor = _torch.Tensor
+_MEMORY_INTERVAL_NS = 50_000_000  # cache bytes at most every 50 ms (and at flush/generate end)
+
+
+def _normal_tensors(method):
+    """Runs `method` outside inference mode: the buffers and the views of them it makes and
+    keeps are normal tensors, updated in place both inside a forward under
+    torch.inference_mode() and outside it (flush(), close(): an inference tensor, or a view
+    made in inference mode, refuses in-place updates there)."""
+    @functools.wraps(method)
+    def normal(*args, **kwargs):
+        with _torch.inference_mode(False):
+            return method(*args, **kwargs)
+    return normal
+
+
+class _IdsRun:
+    """Consecutive steps of one group, rows start.. start+count-1, whose router ids (same
+    layers, same shape) were stacked into buf[row] at each step's end, to be counted together."""
+
+    __slots__ = ("plan", "key", "buf", "start", "count")
+
+    def __init__(self, plan, key, buf, start):
+        # key: (layers, ids shape); buf: (the ids buffer, its rows)
+        self.plan, self.key, self.buf, self.start, self.count = plan, key, buf, start, 0
 
 
 class MoELayer:
     """One observed MoE layer: where its top-k ids come from and where they are counted."""
 
     __slots__ = ("name", "layer", "num_experts", "top_k", "source", "offset", "tokens", "trusted",
-                 "shared_experts", "view")
+                 "shared_experts", "views", "row")
 
     def __init__(self, name, layer, num_experts, top_k, source, trusted, shared_experts=0):
         self.name, self.layer, self.num_experts, self.top_k = name, layer, num_experts, top_k
         self.source, self.trusted, self.shared_experts = source, trusted, shared_experts
-        self.offset = 0  # first bin of this layer in the step buffer
-        self.view = None  # its slice of the device buffer
+        self.offset = 0  # first bin of this layer in a step's row of the device buffer
+        self.row = 0  # its index in Observer.layers (the order of the rows' layer slices)
+        self.views = ()  # its slice of each step row of the device buffer
         self.tokens = 0  # tokens routed through the layer in the current step (host-side)
 
     def __repr__(self):
@@ -81,7 +115,7 @@ class MoELayer:
 
 
 def observe(model, agent=None, *, model_name=None, moe="auto", memory=True, stages=True,
-            requests=True, layer_ranges=False, step_ranges=True, steps="auto"):
+            requests=True, layer_ranges=False, step_ranges=True, steps="auto", steps_per_copy=8):
     """Attaches to `model` (a torch.nn.Module) and returns an Observer.
 
     agent: an inferscope.Agent (default: one from the environment, closed with the observer).
@@ -95,10 +129,15 @@ def observe(model, agent=None, *, model_name=None, moe="auto", memory=True, stag
         (two C calls each): with CUPTI on, kernels outside every stage and layer (embeddings,
         lm_head, generate()'s token selection and stopping checks) are attributed too.
     steps: "auto" (each forward of `model` is a step) or "manual" (call obs.end_step()).
+    steps_per_copy: K, the steps whose expert counts are copied from the device and sent to the
+        agent together (one copy, one event, one C call per K steps instead of per step; each
+        step keeps its own counts and step number). Counts reach the agent up to K steps late;
+        a partial group is sent at generate()'s end, flush(), close() and when a MoE layer is
+        added. 1 sends every step.
     """
     return Observer(model, agent, model_name=model_name, moe=moe, memory=memory, stages=stages,
                     requests=requests, layer_ranges=layer_ranges, step_ranges=step_ranges,
-                    steps=steps)
+                    steps=steps, steps_per_copy=steps_per_copy)
 
 
 def _timed(part):
@@ -106,19 +145,19 @@ def _timed(part):
     stats()["hook_ns_<part>"] (moe: counting ids; step: a step's start and end, which sends
     the counts of earlier steps; stage: the multimodal ranges): what observing costs the
     thread that runs the model, measured where it is spent (two perf_counter_ns reads, ~0.1 us,
-    per hook), so the overhead can be told apart from run-to-run noise."""
+    per hook), so the overhead can be told apart from run-to-run noise. stats() adds the parts
+    up into "hook_ns"."""
     key = f"hook_ns_{part}"
+    perf = time.perf_counter_ns
 
     def wrap(method):
         @functools.wraps(method)
         def timed(self, *args, **kwargs):
-            start = time.perf_counter_ns()
+            start = perf()
             try:
                 return method(self, *args, **kwargs)
             finally:
-                spent = time.perf_counter_ns() - start
-                self._stats["hook_ns"] += spent
-                self._stats[key] += spent
+                self._stats[key] += perf() - start
         return timed
     return wrap
 
@@ -128,11 +167,17 @@ class Observer:
 
     def __init__(self, model, agent=None, *, model_name=None, moe="auto", memory=True,
                  stages=True, requests=True, layer_ranges=False, step_ranges=True,
-                 steps="auto"):
+                 steps="auto", steps_per_copy=8):
         if not isinstance(model, _torch.nn.Module):
             raise TypeError(f"observe() needs a torch.nn.Module, not {type(model).__name__}")
         if steps not in ("auto", "manual"):
             raise ValueError(f"steps must be 'auto' or 'manual', not {steps!r}")
+        if (isinstance(steps_per_copy, bool) or not isinstance(steps_per_copy, int) or
+                not 1 <= steps_per_copy <= _STEPS_PER_COPY_MAX):
+            raise ValueError(f"steps_per_copy must be an int in [1, {_STEPS_PER_COPY_MAX}], not "
+                             f"{steps_per_copy!r}")
+        self._k = steps_per_copy
+        self._pending_max = max(_PENDING_GROUPS_MIN, -(-_PENDING_STEPS // steps_per_copy))
         self.model = model
         self._own_agent = agent is None
         self.agent = Agent() if agent is None else agent
@@ -142,14 +187,26 @@ class Observer:
         self._lock = threading.Lock()
         self._step = 0
         self._depth = 0  # nesting of the root forward (a model may call itself)
-        self._counts = None  # device buffer: one bin per expert per layer + one overflow bin
+        # Device buffer [K, bins], int32: row j holds step j of the group; in a row, one bin
+        # per expert per layer + one bin of dropped ids per layer.
+        self._counts = None
+        self._slot = 0  # the row the current step counts into
+        self._slot_views = ()  # self._counts[j] for each j
+        self._group_steps = []  # step numbers of the group's finished steps (rows 0..)
+        self._group_tokens = []  # their tokens, len(self.layers) per step
+        self._meta = None  # the layer arrays of the C call, per layer set
         self._ones = None
         self._ones_by_n = {}
-        self._deferred = []  # (layer offset, int64 ids) of this step, counted at its end
+        # The router ids of this step, counted at its end; mutated in place (the hooks hold
+        # these lists), emptied at every step's end: never kept across steps.
+        self._deferred = []  # the id tensors
+        self._deferred_keys = []  # (row of its layer, numel) of each
         self._deferred_ids = 0
-        self._offsets_by_shape = {}
-        self._load_meta = {}  # tuple of layer ids -> uint32 arrays for the step's one C call
-        self._pending = []  # (step, host buffer, event or None, [(layer, tokens)])
+        self._plans = {}  # tuple of deferred keys -> how to count them (_plan)
+        self._run = None  # _IdsRun: steps whose stacked ids wait for the group's end
+        self._run_bufs = {}  # (layers, ids shape) -> (ids buffer, its rows)
+        self._run_views = {}  # the views _flush_run counts through, per shape of run
+        self._pending = collections.deque()  # (steps, tokens, host rows, event or None, meta)
         self._free_host = []
         self._stage_events = []  # (request_id, stage, start_ns, end_ns, start_ev, end_ev)
         self._open_stage = {}
@@ -157,7 +214,7 @@ class Observer:
         self._next_request_id = 1
         self._stats = {"steps": 0, "steps_dropped": 0, "hook_errors": 0, "moe_calls": 0,
                        "invalid_expert_ids": 0, "shared_expert_tokens": 0,
-                       "stages_dropped": 0, "hook_ns": 0, "hook_ns_moe": 0,
+                       "stages_dropped": 0, "hook_ns_moe": 0,
                        "hook_ns_step": 0, "hook_ns_stage": 0, **{
                            f"hook_ns_step_{part}": 0 for part in _STEP_PARTS}}
         self._errors_reported = set()
@@ -166,8 +223,9 @@ class Observer:
         self._layer_ranges = layer_ranges
         self._step_ranges = step_ranges
         self._step_scope = None  # the open "forward" range
+        self._scopes = {}  # (name, request id) -> agent range scope, reused
         self._memory = memory
-        self._memory_at = 0
+        self._memory_at = -(1 << 62)  # perf_counter_ns of the last cache walk
         self._memory_dirty = False
         self._last_cache = None
         config = getattr(model, "config", None)
@@ -232,6 +290,7 @@ class Observer:
 
     def flush(self, timeout=5.0):
         """Records every finished step (waits for their copies) and flushes the agent."""
+        self._send_group_now()
         self._drain(wait=True)
         self._resolve_stages(wait=True)
         if self._memory_dirty:
@@ -240,8 +299,10 @@ class Observer:
 
     def stats(self):
         out = dict(self._stats)
+        out["hook_ns"] = out["hook_ns_moe"] + out["hook_ns_step"] + out["hook_ns_stage"]
         out["moe_layers"] = len(self.layers)
-        out["pending_steps"] = len(self._pending)
+        out["pending_steps"] = sum(len(p[0]) for p in self._pending)
+        out["steps_per_copy"] = self._k
         return out
 
     def close(self):
@@ -254,6 +315,7 @@ class Observer:
         if self._generate is not None or "generate" in vars(self.model):
             self.model.__dict__.pop("generate", None)
         self._finish_step()
+        self._send_group_now()
         self._drain(wait=True)
         self._resolve_stages(wait=True)
         if self._memory_dirty:
@@ -320,13 +382,12 @@ class Observer:
                 entry.source = "experts(top_k_index)"
                 self._register(entry)
                 self._hook(experts.register_forward_pre_hook(
-                    lambda m, args, kwargs=None, e=entry: self._count_from(
-                        e, _topk_arg, args, kwargs or {}), **_WITH_KWARGS))
+                    self._router_hook(entry, _topk_of_call), **_WITH_KWARGS))
             else:
                 entry.source = "router output"
                 self._register(entry)
                 self._hook(router.register_forward_hook(
-                    lambda m, args, out, e=entry: self._count_from(e, _ids_from_router, e, out)))
+                    self._router_hook(entry, _ids_of_router_call(entry))))
             if shared is not None:
                 self._hook(shared.register_forward_pre_hook(self._shared_pre))
 
@@ -374,11 +435,45 @@ class Observer:
                     f"experts per layer {self._layout}); the collector would refuse its loads. "
                     "Observe with moe=False to declare every MoE layer yourself.")
             entry.offset = sum(e.num_experts + 1 for e in self.layers)
+            entry.row = len(self.layers)
             self.layers.append(entry)
             self._by_layer[entry.layer] = entry
             if self._counts is not None:  # grown in place: counts of this step are kept
                 self._grow(self._counts.device)
         return entry
+
+    def _router_hook(self, entry, extract):
+        """The forward (pre-)hook of a discovered router: extract(*hook args) gives its top-k
+        ids, kept for the step's end (_count_deferred). The hot path of observing: one call
+        per MoE layer per forward, so it is one function with its state in locals; anything
+        unusual (not an int64 tensor, an extractor's error) takes the general path."""
+        deferred, keys, stats = self._deferred, self._deferred_keys, self._stats
+        row, perf, count = entry.row, time.perf_counter_ns, self._count
+
+        def hook(*hook_args):
+            start = perf()
+            try:
+                ids = extract(*hook_args)
+                if ids.__class__ is _Tensor and ids.dtype is _INT64:
+                    n = ids.numel()
+                    if n:
+                        shape = ids.shape
+                        k = shape[-1] if len(shape) > 1 else (entry.top_k or 1)
+                        if entry.top_k is None:
+                            entry.top_k = k
+                        entry.tokens += n // k
+                        deferred.append(ids)  # counted in moe_calls by _count_deferred
+                        keys.append((row, n))
+                        self._deferred_ids += n
+                        if self._deferred_ids >= _DEFERRED_IDS_MAX:  # bounded: long prefills
+                            self._count_deferred()
+                elif ids is not None:
+                    count(entry, ids)
+            except Exception as e:  # noqa: BLE001 -- never into the model
+                self._hook_error(f"MoE layer {entry.layer} ids", e)
+            finally:
+                stats["hook_ns_moe"] += perf() - start
+        return hook
 
     @_timed("moe")
     def _count_from(self, entry, extract, *args):
@@ -392,105 +487,233 @@ class Observer:
             self._count(entry, ids)
 
     def _count(self, entry, ids):
+        """The general path: ids of any integer dtype and shape, trusted (a router's: kept for
+        the step's end) or not (watch_moe() / record_topk(): range-checked, counted now)."""
         try:
             if not isinstance(ids, _torch.Tensor):
                 raise TypeError(f"top-k ids must be a tensor, not {type(ids).__name__}")
-            counts = self._counts
-            if counts is None or counts.device != ids.device:
-                counts = self._grow(ids.device)
-            flat = ids.reshape(-1)
-            n = flat.numel()
+            if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == _torch.bool:
+                raise TypeError(f"top-k ids must be integers, not {ids.dtype}")
+            n = ids.numel()
             if n == 0:
                 return
-            if flat.dtype not in _INDEX_DTYPES:
-                if flat.dtype.is_floating_point or flat.dtype == _torch.bool:
-                    raise TypeError(f"top-k ids must be integers, not {ids.dtype}")
-                flat = flat.to(_torch.int64)
-            if entry.trusted:
-                # A router's own ids: kept (a reference, no kernel) and counted for all
-                # layers at once at the step's end (_count_deferred): one Python call per
-                # layer instead of an index_add_ launch, whose dispatch cost ~60 us per MoE
-                # layer on the H100 host.
-                if flat.dtype != _torch.int64:
-                    flat = flat.to(_torch.int64)
-                self._deferred.append((entry.offset, flat))
-                self._deferred_ids += n
-                if self._deferred_ids >= _DEFERRED_IDS_MAX:  # bounded: long prefills
-                    self._count_deferred()
-            else:
-                # Ids from outside: anything not in [0, E) lands in the layer's last bin
-                # (dropped) instead of tripping a device-side assert.
-                e = entry.num_experts
-                flat = flat.to(_torch.int64).clamp(-1, e).remainder(e + 1)
-                ones = self._ones_by_n.get(n)
-                if ones is None:
-                    ones = self._ones_slice(n, counts.device)
-                entry.view.index_add_(0, flat, ones)
             k = ids.shape[-1] if ids.dim() > 1 else (entry.top_k or 1)
             if entry.top_k is None:
                 entry.top_k = k
             entry.tokens += n // k
+            if entry.trusted:  # kept for the step's end; moe_calls counted there
+                self._deferred.append(ids if ids.dtype == _INT64 else ids.to(_INT64))
+                self._deferred_keys.append((entry.row, n))
+                self._deferred_ids += n
+                if self._deferred_ids >= _DEFERRED_IDS_MAX:
+                    self._count_deferred()
+                return
+            counts = self._counts
+            if counts is None or counts.device != ids.device:
+                self._grow(ids.device)
+            # Ids from outside: anything not in [0, E) lands in the layer's last bin
+            # (dropped) instead of tripping a device-side assert.
+            e = entry.num_experts
+            flat = ids.reshape(-1).to(_INT64).clamp(-1, e).remainder(e + 1)
+            entry.views[self._slot].index_add_(0, flat, self._ones_n(n))
             self._stats["moe_calls"] += 1
         except Exception as e:  # noqa: BLE001 -- never into the model
             self._hook_error(f"MoE layer {entry.layer}", e)
 
-    def _count_deferred(self):
-        """Adds the kept ids of every layer into the step buffer: one cat, one add of each id's
-        layer offset (a device tensor cached per shape of the step), one index_add_."""
-        deferred, self._deferred, self._deferred_ids = self._deferred, [], 0
-        if not deferred:
+    def _count_deferred(self, step_end=False):
+        """Counts the kept router ids of the step into its row. Each PyTorch op costs tens of
+        us of host time on a GPU host: their number is the cost. The usual step (every MoE
+        layer, in order, the same number of ids), at its end: ONE op, a cat of its ids into
+        its row of an ids buffer (a copy: the router's tensors are not kept), counted for all
+        the group's steps at once at the group's end (_flush_run: one scatter_add_). Mid-step
+        (early, flush) the same step takes a stack and a scatter_add_ into its row; other steps
+        one cat, one add of each id's layer offset (a device tensor cached per step shape),
+        one index_add_."""
+        tensors, keys = self._deferred, self._deferred_keys
+        if not tensors:
             return
-        counts = self._counts
-        if len(deferred) == 1:
-            offset, flat = deferred[0]
-            idx = flat + offset
-        else:
-            shape = tuple((offset, flat.numel()) for offset, flat in deferred)
-            offsets = self._offsets_by_shape.get(shape)
-            if offsets is None:
-                if len(self._offsets_by_shape) >= 64:
-                    self._offsets_by_shape.clear()
-                offsets = _torch.repeat_interleave(
-                    _torch.tensor([o for o, _ in shape], dtype=_torch.int64),
-                    _torch.tensor([n for _, n in shape], dtype=_torch.int64)).to(counts.device)
-                self._offsets_by_shape[shape] = offsets
-            idx = _torch.cat([flat for _, flat in deferred])
-            idx += offsets
-        n = idx.numel()
-        ones = self._ones_by_n.get(n)
-        if ones is None:
-            ones = self._ones_slice(n, counts.device)
-        counts.index_add_(0, idx, ones)
+        self._stats["moe_calls"] += len(tensors)
+        try:
+            counts = self._counts
+            if counts is None:
+                counts = self._grow(tensors[0].device)
+            key = tuple(keys)
+            plan = self._plans.get(key)
+            if plan is None:
+                plan = self._plan(key)
+            stacked, target, ones, shape = plan[:4]
+            if stacked:
+                if step_end and shape[0] * shape[1] * self._k <= _RUN_BUFFER_IDS:
+                    run = self._run
+                    ids_shape = tensors[0].shape
+                    if (run is None or run.plan is not plan or run.key[1] != ids_shape or
+                            run.start + run.count != self._slot):
+                        if run is not None:
+                            self._flush_run()
+                        run = self._start_run(plan, ids_shape)
+                    # cat along dim 0 lays [T, k] ids out as stack would (layer-major), without
+                    # an unsqueeze per layer; other shapes raise (one by one, below).
+                    _torch.cat(tensors, out=run.buf[1][self._slot])
+                    run.count += 1
+                    return
+                idx = _torch.stack(tensors)
+                if idx.dim() != 2:
+                    idx = idx.view(shape)
+                target[self._slot].scatter_add_(1, idx, ones)
+            else:
+                idx = _torch.cat([t.reshape(-1) for t in tensors])
+                idx += target
+                self._slot_views[self._slot].index_add_(0, idx, ones)
+        except (RuntimeError, IndexError):
+            # Ids on another device than the buffer (a model moved, or split over devices), or
+            # of one size with different shapes (or none: 0-d): one layer at a time.
+            self._count_one_by_one(list(zip(tensors, keys)))
+        finally:
+            tensors.clear()
+            keys.clear()
+            self._deferred_ids = 0
 
-    def _ones_slice(self, n, device):
+    @_normal_tensors
+    def _plan(self, key):
+        """How a step with these deferred (row, numel) keys is counted: (True, per-slot
+        [L, E+1] views of the layers' bins, ones [L, n], [L, n]) when the layers are rows
+        r0..r0+L-1 in order with the same expert count and id count; else (False, the ids'
+        layer offsets, ones [total], None)."""
+        if len(self._plans) >= 64:
+            self._plans.clear()
+        rows = [r for r, _ in key]
+        sizes = [n for _, n in key]
+        entries = [self.layers[r] for r in rows]
+        experts = entries[0].num_experts
+        if (rows == list(range(rows[0], rows[0] + len(rows))) and len(set(sizes)) == 1 and
+                all(e.num_experts == experts for e in entries)):
+            n_layers, n = len(rows), sizes[0]
+            ones = self._ones_n(n).expand(n_layers, n)
+            views = [v.narrow(0, entries[0].offset, n_layers * (experts + 1))
+                     .view(n_layers, experts + 1) for v in self._slot_views]
+            plan = (True, views, ones, (n_layers, n), entries[0].offset, experts)
+        else:
+            offsets = _torch.repeat_interleave(
+                _torch.tensor([e.offset for e in entries], dtype=_INT64),
+                _torch.tensor(sizes, dtype=_INT64)).to(self._counts.device)
+            plan = (False, offsets, self._ones_n(sum(sizes)), None)
+        self._plans[key] = plan
+        return plan
+
+    @_normal_tensors
+    def _start_run(self, plan, ids_shape):
+        """A run of consecutive steps (from the current row) whose ids wait, stacked, in an
+        ids buffer [K, layers * ids_shape[0], *ids_shape[1:]] (kept per shape, a few at most)
+        for _flush_run."""
+        n_layers = plan[3][0]
+        bkey = (n_layers, tuple(ids_shape))
+        buf = self._run_bufs.get(bkey)
+        if buf is None:
+            if len(self._run_bufs) >= 4:
+                self._run_bufs.clear()
+                self._run_views.clear()
+            buf = _torch.empty((self._k, n_layers * ids_shape[0], *ids_shape[1:]), dtype=_INT64,
+                               device=self._counts.device)
+            buf = self._run_bufs[bkey] = (buf, buf.unbind(0))  # buf[row]: made once
+        run = self._run = _IdsRun(plan, bkey, buf, self._slot)
+        return run
+
+    def _flush_run(self):
+        """Counts the run's stacked ids into their rows: one scatter_add_ for all its steps
+        (the rows' layer bins viewed as [steps, layers, experts + 1])."""
+        run, self._run = self._run, None
+        if run is None or not run.count:
+            return
+        _, _, _, (n_layers, n), offset, experts = run.plan
+        start, count = run.start, run.count
+        vkey = (run.key, offset, experts, start, count)
+        views = self._run_views.get(vkey)
+        if views is None:  # made once per shape of run: a full group's is the usual one
+            views = self._make_run_views(vkey, run.buf[0], n_layers, n)
+        target, idx, ones = views
+        target.scatter_add_(2, idx, ones)
+
+    @_normal_tensors
+    def _make_run_views(self, vkey, buf, n_layers, n):
+        _, offset, experts, start, count = vkey
+        if len(self._run_views) >= 64:
+            self._run_views.clear()
+        views = self._run_views[vkey] = (
+            self._counts[start:start + count].narrow(1, offset, n_layers * (experts + 1))
+            .view(count, n_layers, experts + 1),
+            buf[start:start + count].view(count, n_layers, n),
+            self._ones_n(n).expand(count, n_layers, n))
+        return views
+
+    def _count_one_by_one(self, items):
+        if not items:
+            return
+        device = items[0][0].device
+        if device != self._counts.device and all(t.device == device for t, _ in items):
+            self._deferred.clear()
+            self._deferred_keys.clear()
+            self._grow(device)  # the model moved: the buffer follows it
+        counts = self._counts
+        for t, (row, n) in items:
+            self.layers[row].views[self._slot].index_add_(0, t.reshape(-1).to(counts.device),
+                                                           self._ones_n(n))
+
+    def _ones_n(self, n):
         """A length-n view of a ones buffer, kept per n (a handful of batch shapes) so the hot
         path makes no new tensor."""
+        view = self._ones_by_n.get(n)
+        if view is not None:
+            return view
+        return self._new_ones_view(n)
+
+    @_normal_tensors
+    def _new_ones_view(self, n):
         if self._ones.numel() < n:
-            self._ones = _torch.ones(max(n, 2 * self._ones.numel()), dtype=_torch.int64,
-                                     device=device)
+            self._ones = _torch.ones(max(n, 2 * self._ones.numel()), dtype=_torch.int32,
+                                     device=self._ones.device)
             self._ones_by_n.clear()
+            self._plans.clear()  # their ones are views of the old buffer
+            self._run_views.clear()
         if len(self._ones_by_n) >= 256:
             self._ones_by_n.clear()
         view = self._ones_by_n[n] = self._ones[:n]
         return view
 
+    @_normal_tensors
     def _grow(self, device):
-        """(Re)allocates the step buffer for every registered layer; layers are appended, so
-        the counts already in it keep their offsets (copied, stream-ordered)."""
-        if self._counts is not None:
-            self._count_deferred()  # into the old buffer, which is copied below
-        size = sum(e.num_experts + 1 for e in self.layers)
-        counts = _torch.zeros(size, dtype=_torch.int64, device=device)
+        """(Re)allocates the buffer for every registered layer on `device`. The finished steps
+        of the group are sent first (in the old layout); the step in progress keeps its counts
+        (copied into row 0 of the new buffer, stream-ordered) and becomes row 0."""
         old = self._counts
-        if old is not None and old.device == device:
-            counts[:old.numel()].copy_(old)
+        current = None
+        if old is not None:
+            if self._deferred:
+                self._count_deferred()  # into the old buffer, copied below
+            current = self._slot_views[self._slot]
+            self._send_group()
+        self._run = None
+        self._run_bufs = {}
+        self._run_views = {}
+        size = sum(e.num_experts + 1 for e in self.layers)
+        # int32: a step's count per expert stays far below 2**31, and the host reads the rows
+        # as the C API's uint32 with no conversion.
+        counts = _torch.zeros(self._k, size, dtype=_torch.int32, device=device)
+        if current is not None and old.device == device:
+            counts[0, :current.numel()].copy_(current)
         self._counts = counts
+        self._slot = 0
+        self._slot_views = [counts[j] for j in range(self._k)]
         for e in self.layers:  # each layer's slice: its experts, then one bin for dropped ids
-            e.view = counts.narrow(0, e.offset, e.num_experts + 1)
+            e.views = [v.narrow(0, e.offset, e.num_experts + 1) for v in self._slot_views]
         if self._ones is None or self._ones.device != device:
-            self._ones = _torch.ones(1024, dtype=_torch.int64, device=device)
+            self._ones = _torch.ones(1024, dtype=_torch.int32, device=device)
             self._ones_by_n = {}
+        self._plans = {}
         self._free_host = []  # pinned buffers (and their events) of the old size are not reused
+        arrays = (_array("I", [e.layer for e in self.layers]),
+                  _array("I", [e.offset for e in self.layers]),
+                  _array("I", [e.num_experts for e in self.layers]))
+        self._meta = (len(self.layers), [a.buffer_info()[0] for a in arrays], size, arrays)
         return counts
 
     @_timed("moe")
@@ -513,7 +736,7 @@ class Observer:
             # enclosing range (lm_head and embeddings too, outside any stage or layer), so
             # with CUPTI on, its time is attributed (inferscope_gpu_kernel_seconds_total).
             self._step_scope = self._open_range("forward", self._request_id())
-            self._lap("range", t)
+            self._lap("hook_ns_step_range", t)
         if self._depth == 1 and self._generate is not None:
             g = self._generate
             g["forwards"] += 1
@@ -531,98 +754,138 @@ class Observer:
         t = time.perf_counter_ns()
         if scope is not None:
             self._close_range(scope, "forward")
-            t = self._lap("range", t)
+            t = self._lap("hook_ns_step_range", t)
         if self._memory and output is not None:  # None: the forward raised (always_call)
             self._report_memory(output)
-            t = self._lap("memory", t)
+            t = self._lap("hook_ns_step_memory", t)
         self._finish_step(t)
 
-    def _lap(self, part, start):
-        """Adds the time since start to stats()["hook_ns_step_<part>"] (the step hook's cost
-        broken down: range, memory, count, copy, drain) and returns now."""
+    def _lap(self, key, start):
+        """Adds the time since start to stats()[key] (the step hook's cost broken down:
+        hook_ns_step_<range, memory, count, copy, drain>) and returns now."""
         now = time.perf_counter_ns()
-        self._stats[f"hook_ns_step_{part}"] += now - start
+        self._stats[key] += now - start
         return now
 
     def _finish_step(self, t=None):
+        """Ends a step: its kept ids are counted into its row, and its step number and tokens
+        join the group; the K-th step sends the group (_send_group)."""
         if t is None:
             t = time.perf_counter_ns()
         try:
-            self._drain(wait=False)
-            self._resolve_stages(wait=False)
-            t = self._lap("drain", t)
-            self._count_deferred()
-            t = self._lap("count", t)
-            layers = [(e.layer, e.tokens) for e in self.layers if e.tokens]
-            for e in self.layers:
-                e.tokens = 0
+            if self._pending or self._stage_events:
+                self._drain(wait=False)
+                self._resolve_stages(wait=False)
+                t = self._lap("hook_ns_step_drain", t)
+            if self._deferred:
+                self._count_deferred(step_end=True)
             step = self._step
             self._step += 1
             self._stats["steps"] += 1
-            counts = self._counts
-            if not layers or counts is None:
+            layers = self.layers
+            tokens = [e.tokens for e in layers]
+            if self._counts is None or not any(tokens):
+                if self._run is not None:  # its row is not the next step's: count it now
+                    self._flush_run()
+                self._lap("hook_ns_step_count", t)
                 return
-            if len(self._pending) >= _PENDING_STEPS:
-                # The GPU is far behind the host: drop this step's counts (counted), never wait.
-                self._stats["steps_dropped"] += 1
-                counts.zero_()
+            for e in layers:
+                e.tokens = 0
+            self._group_steps.append(step)
+            self._group_tokens += tokens
+            if len(self._group_steps) < self._k:
+                self._slot = len(self._group_steps)
+                self._lap("hook_ns_step_count", t)
                 return
-            if counts.is_cuda:
-                # Pinned buffer and event reused together (a new cudaEvent per step cost
-                # host time for nothing; at most _PENDING_STEPS pairs ever exist).
-                host, event = (self._free_host.pop() if self._free_host else
-                               (_torch.empty(counts.numel(), dtype=_torch.int64,
-                                             pin_memory=True), _torch.cuda.Event()))
-                host.copy_(counts, non_blocking=True)
-                event.record()
-            else:
-                host, event = counts.clone(), None
-            counts.zero_()  # stream-ordered after the copy
-            self._pending.append((step, host, event, layers))
-            t = self._lap("copy", t)
+            t = self._lap("hook_ns_step_count", t)
+            self._send_group()
+            t = self._lap("hook_ns_step_copy", t)
             self._drain(wait=False)
-            self._lap("drain", t)
+            self._lap("hook_ns_step_drain", t)
         except Exception as e:  # noqa: BLE001
             self._hook_error("step end", e)
 
+    def _send_group_now(self):
+        """Sends the finished steps of a partial group (flush, close, generate()'s end). A step
+        in progress (ids counted, its end not reached) moves to row 0."""
+        try:
+            used = len(self._group_steps)
+            if not used:
+                return
+            if self._deferred:
+                self._count_deferred()
+            in_progress = any(e.tokens for e in self.layers)
+            self._send_group()
+            if in_progress:
+                self._slot_views[0].copy_(self._slot_views[used])
+                self._slot_views[used].zero_()
+        except Exception as e:  # noqa: BLE001
+            self._hook_error("step end", e)
+
+    def _send_group(self):
+        """One asynchronous copy of the group's rows to the host, one event, one zero_(); the
+        rows are sent to the agent once the event has completed (_drain). With too many groups
+        in flight (the device far behind the host) the group is dropped and counted instead:
+        never a wait."""
+        used = len(self._group_steps)
+        if not used:
+            return
+        if self._run is not None:
+            self._flush_run()
+        steps, tokens = self._group_steps, self._group_tokens
+        self._group_steps, self._group_tokens = [], []
+        self._slot = 0
+        counts = self._counts
+        rows = counts if used == self._k else counts[:used]
+        if len(self._pending) >= self._pending_max:
+            self._stats["steps_dropped"] += used
+            rows.zero_()
+            return
+        host, event = self._copy_to_host(rows)
+        rows.zero_()  # stream-ordered after the copy
+        self._pending.append((steps, tokens, host, event, self._meta))
+
+    def _copy_to_host(self, rows):
+        """(host tensor whose first rows will hold `rows`, an event completing with the copy, or
+        None where the copy is synchronous)."""
+        if not rows.is_cuda:
+            return rows.clone(), None
+        # Pinned buffer and event reused together (a new cudaEvent per copy cost host time
+        # for nothing; at most _pending_max pairs ever exist).
+        host, event = self._free_host.pop() if self._free_host else self._new_host_buffer()
+        (host if rows.shape[0] == self._k else host[:rows.shape[0]]).copy_(rows,
+                                                                            non_blocking=True)
+        event.record()
+        return host, event
+
+    @_normal_tensors
+    def _new_host_buffer(self):
+        return (_torch.empty(self._counts.shape, dtype=_torch.int32, pin_memory=True),
+                _torch.cuda.Event())
+
     def _drain(self, wait):
-        while self._pending:
-            step, host, event, layers = self._pending[0]
+        """Sends each completed group: one C call for all its steps and layers, reading the
+        host rows where the copy put them (int32 counts are the C API's uint32)."""
+        pending = self._pending
+        while pending:
+            steps, tokens, host, event, meta = pending[0]
             if event is not None:
                 if not wait and not event.query():
                     return
                 event.synchronize()
-            self._pending.pop(0)
-            # One conversion per step, then one C call for all its layers (a call per layer
-            # cost ~5-10 us each on the H100 host).
-            # Counts are never negative: minimum() is a third of clip()'s cost.
-            values = _np.minimum(host.numpy(), 2**32 - 1).astype(_np.uint32)
-            key = tuple(layer for layer, _ in layers)
-            meta = self._load_meta.get(key)
-            if meta is None:  # fixed per layer set: arrays and their addresses, made once
-                if len(self._load_meta) >= 64:
-                    self._load_meta.clear()
-                entries = [self._by_layer[layer] for layer in key]
-                arrays = (_np.array(key, dtype=_np.uint32),
-                          _np.array([e.offset for e in entries], dtype=_np.uint32),
-                          _np.array([e.num_experts for e in entries], dtype=_np.uint32),
-                          _np.zeros(len(key), dtype=_np.uint32),   # tokens, refilled each step
-                          _np.zeros(len(key), dtype=_np.uint32))   # dropped, refilled each step
-                overflow = (arrays[1] + arrays[2]).astype(_np.intp)  # each layer's last bin
-                meta = self._load_meta[key] = (
-                    arrays, overflow, [a.__array_interface__["data"][0] for a in arrays])
-            arrays, overflow, addr = meta
-            tokens, dropped = arrays[3], arrays[4]
-            tokens[:] = [min(t, 2**32 - 1) for _, t in layers]
-            _np.take(values, overflow, out=dropped)
-            total_dropped = int(dropped.sum())
-            if total_dropped:
-                self._stats["invalid_expert_ids"] += total_dropped
-            self.agent._expert_loads_address(step, len(key), addr[0],
-                                             values.__array_interface__["data"][0], addr[1],
-                                             addr[2], addr[3], addr[4])
-            if event is not None and host.numel() == (self._counts.numel() if self._counts
-                                                      is not None else -1):
+            pending.popleft()
+            n_layers, addr, row_size, _ = meta
+            step_array = _array("Q", steps)
+            try:
+                token_array = _array("I", tokens)
+            except OverflowError:  # more than 2**32 tokens in a step: saturate
+                token_array = _array("I", [min(t, 2**32 - 1) for t in tokens])
+            dropped = self.agent._expert_loads_steps(
+                len(steps), step_array.buffer_info()[0], n_layers, addr[0], addr[1], addr[2],
+                host.data_ptr(), row_size, token_array.buffer_info()[0])
+            if dropped:
+                self._stats["invalid_expert_ids"] += dropped
+            if event is not None and meta is self._meta:
                 self._free_host.append((host, event))
 
     # [SECTION] memory ----------------------------------------------------------------
@@ -634,12 +897,12 @@ class Observer:
                 cache = self._last_cache() if self._last_cache is not None else None
                 if cache is None:
                     return
-            else:
+            elif self._last_cache is None or self._last_cache() is not cache:
                 try:
                     self._last_cache = weakref.ref(cache)  # never keeps the cache alive
                 except TypeError:
                     self._last_cache = None
-            now = now_ns()
+            now = time.perf_counter_ns()  # an interval only: no C call for the agent's clock
             if not force and now - self._memory_at < _MEMORY_INTERVAL_NS:
                 self._memory_dirty = True
                 return
@@ -736,6 +999,10 @@ class Observer:
                     observer._close_range(scope, "generate")
                 observer._generate = None
                 finish = now_ns()
+                # The last group's steps go now (generate() has synchronised on its tokens),
+                # not at the next generate()'s Kth step.
+                observer._send_group_now()
+                observer._drain(wait=False)
                 try:
                     observer._report_requests(g, ids_in, kwargs.get("attention_mask"), out,
                                               finish, status)
@@ -767,9 +1034,16 @@ class Observer:
         self._handles.append(handle)
 
     def _open_range(self, name, request_id):
-        """An entered agent range, or None when the agent refused it (counted, never raised)."""
+        """An entered agent range, or None when the agent refused it (counted, never raised).
+        The scope objects are kept per (name, request id) (re-entrant; a step's "forward" is
+        one per generate()), so a step does not build one."""
         try:
-            scope = self.agent.range(name, request_id=request_id)
+            scope = self._scopes.get((name, request_id))
+            if scope is None:
+                if len(self._scopes) >= 64:
+                    self._scopes.clear()
+                scope = self._scopes[(name, request_id)] = self.agent.range(
+                    name, request_id=request_id)
             scope.__enter__()
             return scope
         except Exception as e:  # noqa: BLE001
@@ -898,11 +1172,33 @@ def _takes_topk_ids(experts):
     return any(p in params for p in _TOPK_ARG_NAMES)
 
 
-def _topk_arg(args, kwargs):
-    for key in _TOPK_ARG_NAMES:
-        if key in kwargs:
-            return kwargs[key]
+def _topk_of_call(module, args, kwargs=None):
+    """The top-k ids an experts module is called with (its forward pre-hook's arguments): a
+    keyword of _TOPK_ARG_NAMES, else the second positional argument."""
+    if kwargs:
+        for key in _TOPK_ARG_NAMES:
+            if key in kwargs:
+                return kwargs[key]
     return args[1] if len(args) > 1 else None
+
+
+def _ids_of_router_call(entry):
+    """The extractor of a router's forward hook: the position in its output tuple where an
+    int64 tensor was found is remembered (a router returns the same kind of tuple every call),
+    so the usual call is one index and two checks; anything else takes _ids_from_router."""
+    where = [None]
+
+    def extract(module, args, out):
+        i = where[0]
+        if i is not None and out.__class__ is tuple and len(out) > i:
+            t = out[i]
+            if t.__class__ is _Tensor and t.dtype is _INT64:
+                return t
+        ids = _ids_from_router(entry, out)
+        if isinstance(out, tuple):
+            where[0] = next((j for j, t in enumerate(out) if t is ids), None)
+        return ids
+    return extract
 
 
 def _ids_from_router(entry, out):

@@ -21,6 +21,16 @@ namespace {
 using testing::only;
 using namespace std::chrono_literals;
 
+// One expert-load record as the collector received it.
+void expect_load(const wire::ExpertLoad& l, uint64_t step, uint32_t layer,
+                 const std::vector<uint32_t>& routed, uint32_t tokens, uint32_t dropped) {
+  EXPECT_EQ(l.step, step);
+  EXPECT_EQ(l.layer, layer);
+  EXPECT_EQ(l.routed, routed);
+  EXPECT_EQ(l.tokens, tokens);
+  EXPECT_EQ(l.dropped, dropped);
+}
+
 TEST(AgentCApi, EveryCallReachesTheCollector) {
   testing::TestCollector collector;
   ASSERT_EQ(inferscope_c_api_scenario(collector.address().c_str()), 0);
@@ -113,15 +123,42 @@ TEST(AgentCApi, ExpertLoadsOfSeveralLayersInOneCall) {
   ASSERT_TRUE(collector.wait_closed(0, 20s));
   const auto loads = only<wire::ExpertLoad>(collector.records());
   ASSERT_EQ(loads.size(), 2u);
-  EXPECT_EQ(loads[0].step, 11u);
-  EXPECT_EQ(loads[0].layer, 3u);
-  EXPECT_EQ(loads[0].routed, (std::vector<uint32_t>{1, 2, 3, 4}));
-  EXPECT_EQ(loads[0].tokens, 5u);
-  EXPECT_EQ(loads[0].dropped, 0u);
-  EXPECT_EQ(loads[1].layer, 9u);
-  EXPECT_EQ(loads[1].routed, (std::vector<uint32_t>{7, 8}));
-  EXPECT_EQ(loads[1].tokens, 6u);
-  EXPECT_EQ(loads[1].dropped, 2u);
+  expect_load(loads[0], 11, 3, {1, 2, 3, 4}, 5, 0);
+  expect_load(loads[1], 11, 9, {7, 8}, 6, 2);
+}
+
+// Several steps in one call (inferscope.torch's path for a group of steps copied together):
+// each step's row gives each layer's counts and its dropped bin; a layer with 0 tokens in a
+// step, or whose bins would run past the row, sends nothing; the dropped ids sent are returned.
+TEST(AgentCApi, ExpertLoadsOfSeveralStepsInOneCall) {
+  testing::TestCollector collector;
+  inferscope_agent* a = inferscope_agent_create(collector.address().c_str(), "c-steps", 0, 1);
+  ASSERT_NE(a, nullptr);
+  // Rows of 8: layer 3 has 4 experts at 0 (dropped bin 4), layer 9 has 2 at 5 (dropped bin 7);
+  // layer 5 claims 3 experts at 6, which runs past the row: never sent.
+  const uint32_t counts[] = {1, 2, 3, 4, 1, 7, 8, 2,    // step 20
+                             5, 6, 7, 8, 0, 9, 9, 40};  // step 22: layer 9 did not run
+  const uint64_t steps[] = {20, 22};
+  const uint32_t layers[] = {3, 9, 5}, offsets[] = {0, 5, 6}, experts[] = {4, 2, 3};
+  const uint32_t tokens[] = {5,  6, 1,   // step 20
+                             13, 0, 1};  // step 22
+  EXPECT_EQ(
+      inferscope_expert_loads_steps(a, 2, steps, 3, layers, offsets, experts, counts, 8, tokens),
+      3u);  // 1 + 2 + 0: step 22's layer 9 (40 dropped) had no tokens
+  EXPECT_EQ(
+      inferscope_expert_loads_steps(a, 2, steps, 3, nullptr, offsets, experts, counts, 8, tokens),
+      0u);
+  EXPECT_EQ(inferscope_expert_loads_steps(nullptr, 2, steps, 3, layers, offsets, experts, counts, 8,
+                                          tokens),
+            0u);
+  ASSERT_EQ(inferscope_agent_flush(a, 20'000), 1);
+  inferscope_agent_destroy(a);
+  ASSERT_TRUE(collector.wait_closed(0, 20s));
+  const auto loads = only<wire::ExpertLoad>(collector.records());
+  ASSERT_EQ(loads.size(), 3u);
+  expect_load(loads[0], 20, 3, {1, 2, 3, 4}, 5, 1);
+  expect_load(loads[1], 20, 9, {7, 8}, 6, 2);
+  expect_load(loads[2], 22, 3, {5, 6, 7, 8}, 13, 0);
 }
 
 // GPU trace calls (issue 19) from C: NULL is harmless, bad modes are refused,

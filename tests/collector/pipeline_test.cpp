@@ -476,6 +476,33 @@ TEST(Pipeline, MoeLayerGpuTimeFollowsRedefinedStringsAndSources) {
       4.0);
 }
 
+TEST(Pipeline, ResentHelloWithAnotherModelTakesTheNextRecords) {
+  // The aggregator keeps the last record's model per source; a re-sent hello
+  // (the agent's set_model) must move the very next records to the new model.
+  Fixture f;
+  Session s(f.options.limits);
+  wire::Span k;
+  k.track_kind = wire::TrackKind::kGpuStream;
+  k.category = wire::SpanCategory::kKernel;
+  k.start_ns = 100;
+  k.end_ns = 100 + 1'000'000;
+  ASSERT_TRUE(f.send(s, {make_hello("first", 0, 4, 4), k}));
+  // Hello and kernel in one frame, then one more frame: both kernels are the second model's.
+  ASSERT_TRUE(f.send(s, {make_hello("second", 0, 4, 4), k}));
+  ASSERT_TRUE(f.send(s, {k}));
+  const auto m = f.scrape();
+  const auto seconds = [&](const char* model) {
+    double sum = 0;
+    for (const auto& [series, v] : m)
+      if (series.rfind("inferscope_gpu_kernel_seconds_total", 0) == 0 &&
+          series.find(std::string("model=\"") + model + "\"") != std::string::npos)
+        sum += v;
+    return sum;
+  };
+  EXPECT_NEAR(seconds("first"), 0.001, 1e-12);
+  EXPECT_NEAR(seconds("second"), 0.002, 1e-12);
+}
+
 TEST(Pipeline, StageGpuSecondsOnlyForStagesWithMeasuredGpuTime) {
   Fixture f;
   Session s(f.options.limits);

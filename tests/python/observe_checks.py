@@ -2,6 +2,7 @@
 Shared by the CPU test (torch_test.py, hand-written HF-style models) and the GPU test
 (transformers_gpu_test.py, real transformers models): one home for reading /metrics."""
 
+import ctypes
 import re
 import time
 import urllib.request
@@ -82,3 +83,51 @@ def episodes(samples, model):
     return sorted((lab["kind"], int(lab["layer"]), int(lab["expert"]))
                   for lab, v in series(samples, "inferscope_moe_expert_episode", model=model)
                   if v == 1)
+
+
+class LoadSpy:
+    """Records what an observer hands its agent, per step (the uint32 rows at the addresses of
+    each inferscope_expert_loads_steps call, read as the C side reads them), and passes every
+    call on to the real agent."""
+
+    def __init__(self, agent):
+        self.calls = []  # steps per call, in call order
+        self.loads = {}  # step -> {layer: (counts, tokens, dropped)}
+        real = agent._expert_loads_steps
+
+        def read(addr, n, ctype):
+            return list((ctype * n).from_address(addr)) if n else []
+
+        def spy(n_steps, steps, n_layers, layers, offsets, experts, counts, row, tokens):
+            u32 = ctypes.c_uint32
+            steps_ = read(steps, n_steps, ctypes.c_uint64)
+            layers_, offsets_ = read(layers, n_layers, u32), read(offsets, n_layers, u32)
+            experts_, tokens_ = read(experts, n_layers, u32), read(tokens, n_steps * n_layers, u32)
+            for s, step in enumerate(steps_):
+                if step in self.loads:
+                    raise Failure(f"step {step} sent twice")
+                values = read(counts + 4 * s * row, row, u32)
+                self.loads[step] = {
+                    layer: (values[o:o + e], tokens_[s * n_layers + i], values[o + e])
+                    for i, (layer, o, e) in enumerate(zip(layers_, offsets_, experts_))
+                    if tokens_[s * n_layers + i]}
+            self.calls.append(n_steps)
+            return real(n_steps, steps, n_layers, layers, offsets, experts, counts, row, tokens)
+        agent._expert_loads_steps = spy
+
+
+def truth_step(routed, num_experts):
+    """(counts per expert, tokens) of one layer in one forward, from its own top-k ids."""
+    import torch
+    ids = routed.reshape(-1).cpu().to(torch.int64)
+    return torch.bincount(ids, minlength=num_experts).tolist(), routed.shape[0]
+
+
+def check_steps_exact(spy, want, what):
+    """spy's loads equal want ({step: {layer: (counts, tokens)}}), step by step."""
+    got = {step: {layer: (c, t) for layer, (c, t, _) in layers.items()}
+           for step, layers in spy.loads.items()}
+    if got != want:
+        bad = sorted(s for s in set(got) | set(want) if got.get(s) != want.get(s))
+        raise Failure(f"{what}: per-step loads differ at steps {bad[:5]}: sent "
+                      f"{[got.get(s) for s in bad[:2]]}, model {[want.get(s) for s in bad[:2]]}")

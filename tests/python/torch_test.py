@@ -27,8 +27,8 @@ except ImportError:
     sys.exit(0)
 
 import hf_style_models as hf  # noqa: E402
-from observe_checks import (episodes, scrape, series, truth_counts, wait_counts_equal,  # noqa: E402
-                            wait_for)
+from observe_checks import (LoadSpy, check_steps_exact, episodes, scrape, series,  # noqa: E402
+                            truth_counts, truth_step, wait_counts_equal, wait_for)
 
 inferscope = None  # imported in main() once sys.path and the environment are set
 
@@ -75,6 +75,176 @@ def check_counts_exact(addrs):
         obs.close()
         agent.close()
         log(f"     {style}: {sum(sum(v.values()) for v in truth.values())} assignments equal")
+
+
+def check_per_step_counts_exact(addrs):
+    """Counts of K steps copied together (steps_per_copy=K) still reach the agent per step,
+    each with its own step number, exactly the model's routing of that forward; a generate() of
+    a length not a multiple of K sends its last partial group at its end (no flush needed), and
+    the collector's totals equal the model's."""
+    for k, forwards in ((1, 5), (8, 16), (8, 21), (3, 7)):
+        torch.manual_seed(10 + k)
+        model = hf.TinyLM(style="v5", layers=3).eval()
+        service = f"torch-k{k}-{forwards}"
+        agent, obs = observed(addrs, service, model, steps_per_copy=k)
+        spy = LoadSpy(agent)
+        model.generate(prompt(2, 6, seed=k), max_new_tokens=forwards)
+        want_calls = [k] * (forwards // k) + ([forwards % k] if forwards % k else [])
+        if spy.calls != want_calls:
+            raise Failure(f"K={k}, {forwards} forwards: steps per call {spy.calls}, want "
+                          f"{want_calls} (the last partial group at generate()'s end)")
+        blocks = model.moe_blocks()
+        want = {s: {layer: truth_step(b.routed[s], 8) for layer, b in blocks.items()}
+                for s in range(forwards)}
+        check_steps_exact(spy, want, f"K={k}, {forwards} forwards")
+        if any(d for layers in spy.loads.values() for _, _, d in layers.values()):
+            raise Failure(f"K={k}: dropped ids sent for a router's own ids")
+        obs.flush(10)
+        st = obs.stats()
+        if st["steps"] != forwards or st["steps_dropped"] or st["pending_steps"] or \
+                st["steps_per_copy"] != k:
+            raise Failure(f"K={k}: observer stats {st}")
+        wait_counts_equal(addrs["metrics"], service,
+                          truth_counts({i: b.routed for i, b in blocks.items()}, 8))
+        obs.close()
+        agent.close()
+        log(f"     K={k}: {forwards} steps exact, sent in calls of {spy.calls} steps")
+
+
+def check_inference_mode(addrs):
+    """generate() under torch.inference_mode(), then flush() and a second generate() outside
+    it: the observer's buffers take in-place updates in both (no hook errors), every step
+    exact."""
+    torch.manual_seed(14)
+    model = hf.TinyLM(style="v5", layers=3).eval()
+    agent, obs = observed(addrs, "torch-inference", model, steps_per_copy=4)
+    spy = LoadSpy(agent)
+    with torch.inference_mode():
+        model.generate(prompt(2, 5), max_new_tokens=6)
+    obs.flush(10)
+    model.generate(prompt(2, 5, seed=1), max_new_tokens=3)
+    obs.flush(10)
+    st = obs.stats()
+    if st["hook_errors"] or st["steps"] != 9:
+        raise Failure(f"inference mode: observer stats {st}")
+    blocks = model.moe_blocks()
+    want = {s: {i: truth_step(b.routed[s], 8) for i, b in blocks.items()} for s in range(9)}
+    check_steps_exact(spy, want, "inference mode")
+    obs.close()
+    agent.close()
+
+
+def check_mixed_layers_exact(addrs):
+    """Layers of different expert counts (counted by cat + offsets + index_add_, not the
+    stacked scatter of uniform layers) and a prefill over the ids kept for a step's end
+    (counted early, in two parts): every step exact."""
+    torch.manual_seed(13)
+    model = hf.TinyLM(style="v5", layers=3).eval()
+    model.model.layers[1].mlp = hf.V5SparseMoe(32, 4, 2)  # 4 experts between two of 8
+    agent, obs = observed(addrs, "torch-mixed", model, steps_per_copy=4)
+    spy = LoadSpy(agent)
+    kept_max = inferscope.torch._DEFERRED_IDS_MAX
+    inferscope.torch._DEFERRED_IDS_MAX = 30  # a prefill's 20 ids per layer: counted early
+    try:
+        model.generate(prompt(2, 5), max_new_tokens=6)
+    finally:
+        inferscope.torch._DEFERRED_IDS_MAX = kept_max
+    obs.flush(10)
+    blocks = model.moe_blocks()
+    experts = {0: 8, 1: 4, 2: 8}
+    want = {s: {i: truth_step(b.routed[s], experts[i]) for i, b in blocks.items()}
+            for s in range(6)}
+    check_steps_exact(spy, want, "mixed expert counts")
+    obs.close()
+    agent.close()
+
+
+def check_group_split_by_new_layer(addrs):
+    """A layer added in the middle of a group (watch_moe(), steps="manual"): the group's
+    finished steps go at once in the old layout, the step in progress keeps what it counted
+    before the layer came, and every step stays exact."""
+    torch.manual_seed(11)
+    model = hf.TinyLM(style="v5", layers=2).eval()
+    agent, obs = observed(addrs, "torch-grow", model, moe=False, steps="manual",
+                          steps_per_copy=4, requests=False)
+    spy = LoadSpy(agent)
+    gates = [model.model.layers[i].mlp.gate for i in range(2)]
+    obs.watch_moe(gates[0], layer=0, num_experts=8)
+    blocks = model.moe_blocks()
+    with torch.no_grad():
+        for s in range(3):
+            model(input_ids=prompt(1, 3, seed=s))
+            obs.end_step()
+        model(input_ids=prompt(1, 3, seed=3))  # step 3: counted for layer 0 only
+        if obs.stats()["pending_steps"] or spy.calls:
+            raise Failure(f"copied before the group was full: {obs.stats()}, {spy.calls}")
+        obs.watch_moe(gates[1], layer=1, num_experts=8)
+        if obs.stats()["pending_steps"] != 3:  # copied now, sent at the next step's end
+            raise Failure(f"a new layer copied {obs.stats()['pending_steps']} steps, want the "
+                          "3 finished ones")
+        obs.end_step()
+        for s in range(4, 6):
+            model(input_ids=prompt(1, 3, seed=s))
+            obs.end_step()
+    obs.flush(10)
+    want = {s: {0: truth_step(blocks[0].routed[s], 8)} for s in range(4)}
+    want.update({s: {i: truth_step(blocks[i].routed[s], 8) for i in range(2)}
+                 for s in range(4, 6)})
+    check_steps_exact(spy, want, "layer added mid-group")
+    if spy.calls != [3, 3]:
+        raise Failure(f"steps per call {spy.calls}, want [3, 3]")
+    obs.close()
+    agent.close()
+
+
+def check_pending_bound_drops_counted(addrs):
+    """Copies that never complete (a device far behind): groups beyond the bound are dropped
+    and counted in steps_dropped, the hooks never wait; once the copies complete, flush()
+    sends exactly the steps kept in flight."""
+
+    class StuckEvent:
+        done = False
+
+        def query(self):
+            return StuckEvent.done
+
+        def synchronize(self):
+            if not StuckEvent.done:
+                raise Failure("the observer waited on a copy outside flush()")
+
+    torch.manual_seed(12)
+    model = hf.TinyLM(style="v5", layers=3).eval()
+    agent, obs = observed(addrs, "torch-stuck", model, steps_per_copy=2)
+    spy = LoadSpy(agent)
+    copy = obs._copy_to_host
+    obs._copy_to_host = lambda rows: (copy(rows)[0], StuckEvent())
+    model.generate(prompt(2, 4), max_new_tokens=13)
+    st = obs.stats()
+    # 4 groups of 2 in flight (the bound: 8 steps, at least 2 groups); then (8, 9), (10, 11)
+    # and generate()'s partial (12) dropped.
+    if st["pending_steps"] != 8 or st["steps_dropped"] != 5 or spy.calls:
+        raise Failure(f"stuck copies: stats {st}, sent {spy.calls}")
+    StuckEvent.done = True
+    obs.flush(10)
+    blocks = model.moe_blocks()
+    want = {s: {i: truth_step(b.routed[s], 8) for i, b in blocks.items()} for s in range(8)}
+    check_steps_exact(spy, want, "kept in flight")
+    wait_counts_equal(addrs["metrics"], "torch-stuck",
+                      truth_counts({i: b.routed[:8] for i, b in blocks.items()}, 8))
+    obs.close()
+    agent.close()
+
+
+def check_steps_per_copy_validated():
+    model = hf.TinyLM(style="v5", layers=1).eval()
+    agent = inferscope.Agent(collector="")
+    for bad in (0, -1, True, 1.5, "8", 257, None):
+        try:
+            inferscope.torch.observe(model, agent, steps_per_copy=bad)
+        except ValueError:
+            continue
+        raise Failure(f"steps_per_copy={bad!r} was accepted")
+    agent.close()
 
 
 def check_injected_skew_named(addrs):
@@ -314,6 +484,12 @@ def main():
             "--window", "1s", "--hot-windows", "2", "--per-expert-metrics"])
         checks = {
             "counts_exact": lambda: check_counts_exact(addrs),
+            "per_step_counts_exact": lambda: check_per_step_counts_exact(addrs),
+            "inference_mode": lambda: check_inference_mode(addrs),
+            "mixed_layers_exact": lambda: check_mixed_layers_exact(addrs),
+            "group_split_by_new_layer": lambda: check_group_split_by_new_layer(addrs),
+            "pending_bound_drops_counted": lambda: check_pending_bound_drops_counted(addrs),
+            "steps_per_copy_validated": check_steps_per_copy_validated,
             "injected_skew_named": lambda: check_injected_skew_named(addrs),
             "memory_kv_and_ssm": lambda: check_memory_kv_and_ssm(addrs),
             "multimodal_stages_and_requests": lambda: check_multimodal_stages_and_requests(addrs),

@@ -42,8 +42,8 @@ if not torch.cuda.is_available():
     print("SKIPPED: no CUDA device")
     sys.exit(0)
 
-from observe_checks import (episodes, scrape, series, wait_counts_equal,  # noqa: E402
-                            wait_for)
+from observe_checks import (LoadSpy, check_steps_exact, episodes, scrape, series,  # noqa: E402
+                            truth_counts, truth_step, wait_counts_equal, wait_for)
 
 inferscope = None
 DEV = "cuda"
@@ -425,6 +425,46 @@ def check_llava_cupti(addrs, results):
         raise Failure(f"only {100 * share:.2f} % of the kernel time attributed: {got}")
 
 
+def check_steps_cuda(addrs, results):
+    """The CUDA path of steps_per_copy (ids stacked into a device buffer per step, one
+    scatter_add_ per group, one async copy to pinned memory + event per group): an HF-shaped
+    model (tests/python/hf_style_models.py) on the GPU, whose blocks record their own routing;
+    each step's counts as sent to the agent equal that forward's routing, for K = 8 over 21
+    forwards (a partial group at generate()'s end), K = 1, and a generate() under
+    torch.inference_mode() flushed outside it; the collector's totals equal the model's."""
+    import hf_style_models as hf
+    out = {}
+    for k, forwards, inference in ((8, 21, False), (1, 5, False), (4, 10, True)):
+        torch.manual_seed(20 + k)
+        model = hf.TinyLM(style="v5", layers=4, hidden=64, experts=16, top_k=4).to(DEV).eval()
+        service = f"steps-cuda-k{k}"
+        agent = inferscope.Agent(collector=addrs["ingest"], service=service)
+        obs = inferscope.torch.observe(model, agent, model_name=service, steps_per_copy=k)
+        spy = LoadSpy(agent)
+        ids = torch.randint(0, 97, (2, 6), device=DEV)
+        if inference:
+            with torch.inference_mode():
+                model.generate(ids, max_new_tokens=forwards)
+        else:
+            model.generate(ids, max_new_tokens=forwards)
+        obs.flush(10)
+        st = obs.stats()
+        blocks = model.moe_blocks()
+        want = {s: {i: truth_step(b.routed[s], 16) for i, b in blocks.items()}
+                for s in range(forwards)}
+        check_steps_exact(spy, want, f"CUDA, K={k}")
+        if st["hook_errors"] or st["steps_dropped"] or st["steps"] != forwards:
+            raise Failure(f"CUDA, K={k}: observer stats {st}")
+        wait_counts_equal(addrs["metrics"], service,
+                          truth_counts({i: b.routed for i, b in blocks.items()}, 16))
+        out[f"k{k}"] = {"forwards": forwards, "steps_per_call": spy.calls,
+                        "inference_mode": inference}
+        obs.close()
+        agent.close()
+        log(f"steps_cuda: K={k}, {forwards} forwards exact per step, calls of {spy.calls} steps")
+    results["steps_cuda"] = out
+
+
 def check_graph_cupti(addrs, results):
     """PyTorch CUDA graphs (issue 19 part 5): a Llama forward captured with torch.cuda.graph
     while observe(layer_ranges=True) is attached, then replayed with every hook removed. The
@@ -574,8 +614,10 @@ def overhead(addrs, results, rounds):
             obs.close()
             steps = max(1, st["steps"])
             split.append({k: st[f"hook_ns_{k}"] / steps / 1e3 for k in HOOK_PARTS})
+            steps_per_copy.append(st.get("steps_per_copy", 1))
             return tok_s, st["hook_ns"] / steps
         split = []  # hook us per step by part (moe / step / stage), every observed run
+        steps_per_copy = []
         run()  # warm-up
         off, on, moe_only, slow, slow_moe, hook_us, hook_moe_us = [], [], [], [], [], [], []
         for r in range(rounds):
@@ -611,6 +653,7 @@ def overhead(addrs, results, rounds):
                "hook_pct_of_step": 100 * med(hook_us) / step_us,
                "hook_us_per_step_by_part": {k: statistics.median(x[k] for x in split)
                                             for k in HOOK_PARTS},
+               "steps_per_copy": steps_per_copy[0] if steps_per_copy else None,
                "off": off, "observed": on, "moe_only": moe_only, "paired": slow,
                "paired_moe_only": slow_moe}
         out[f"b{batch}"] = res
@@ -619,7 +662,8 @@ def overhead(addrs, results, rounds):
             f"(rounds {', '.join(f'{x:+.1f}' for x in slow)}); moe only paired "
             f"{res['paired_moe_only_overhead_pct']:+.2f} %; hooks' host time "
             f"{res['hook_us_per_step']:.0f} us/step = {res['hook_pct_of_step']:.2f} % of the step "
-            f"({res['hook_us_per_moe_layer']:.1f} us per MoE layer counting); by part, us/step: "
+            f"({res['hook_us_per_moe_layer']:.1f} us per MoE layer counting); steps per copy "
+            f"{res['steps_per_copy']}; by part, us/step: "
             f"{', '.join(f'{k} {v:.0f}' for k, v in res['hook_us_per_step_by_part'].items())}")
     agent.close()
     results["overhead"] = out
@@ -656,6 +700,7 @@ def main():
         checks["jamba_memory"] = lambda: check_jamba_memory(addrs, results)
         checks["llava_stages"] = lambda: check_llava_stages(addrs, results)
         checks["llava_cupti"] = lambda: check_llava_cupti(addrs, results)
+        checks["steps_cuda"] = lambda: check_steps_cuda(addrs, results)
         checks["graph_cupti"] = lambda: check_graph_cupti(addrs, results)
         checks["overhead"] = lambda: overhead(addrs, results, args.rounds)
         only = [o for o in args.only.split(",") if o]

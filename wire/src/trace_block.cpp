@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "column_zstd.hpp"
 #include "crc32.hpp"
 #include "inferscope/wire/codec.hpp"
 
@@ -169,7 +170,10 @@ constexpr int kUnsplitBlocks = 64;   // this one and the next 63
 }  // namespace
 
 BlockCompressor::BlockCompressor(int zstd_level, bool columns)
-    : level_(zstd_level), columns_(columns), cctx_(ZSTD_createCCtx()) {}
+    : level_(zstd_level),
+      columns_(columns),
+      cctx_(ZSTD_createCCtx()),
+      codings_(std::make_unique<detail::ColumnCodings>()) {}
 BlockCompressor::~BlockCompressor() {
   ZSTD_freeCCtx(static_cast<ZSTD_CCtx*>(cctx_));
 }
@@ -196,10 +200,24 @@ void BlockCompressor::seal(const RawBlock& block, std::vector<uint8_t>& out, int
   const bool columns = columns_ && unsplit_left_ == 0 && split_block_columns(block.bytes, split_);
   const std::span<const uint8_t> input =
       columns ? std::span<const uint8_t>(split_) : std::span<const uint8_t>(block.bytes);
-  out.resize(kBlockHeaderBytes + ZSTD_compressBound(input.size()));
-  size_t n = ZSTD_compressCCtx(static_cast<ZSTD_CCtx*>(cctx_), out.data() + kBlockHeaderBytes,
-                               out.size() - kBlockHeaderBytes, input.data(), input.size(), level_);
-  if (ZSTD_isError(n) || n >= block.bytes.size()) {
+  size_t n = 0;
+  bool failed = false;  // a zstd error: stored as it is, below
+  if (columns) {
+    // One zstd frame per stream, each coded as pays (column_zstd.hpp); the
+    // codings are chosen again on every 64th data block.
+    const bool probe = summary_level == 0 && codings_->blocks_to_probe-- <= 0;
+    if (probe) codings_->blocks_to_probe = detail::kColumnProbeEvery - 1;
+    out.resize(kBlockHeaderBytes + detail::column_zstd_bound(input.size()));
+    n = detail::compress_columns(cctx_, level_, input, probe, *codings_,
+                                 out.data() + kBlockHeaderBytes, out.size() - kBlockHeaderBytes);
+    failed = n == 0;
+  } else {
+    out.resize(kBlockHeaderBytes + ZSTD_compressBound(input.size()));
+    n = ZSTD_compressCCtx(static_cast<ZSTD_CCtx*>(cctx_), out.data() + kBlockHeaderBytes,
+                          out.size() - kBlockHeaderBytes, input.data(), input.size(), level_);
+    failed = ZSTD_isError(n);
+  }
+  if (failed || n >= block.bytes.size()) {
     // Incompressible (or a zstd failure): store the frames as they are.
     std::memcpy(out.data() + kBlockHeaderBytes, block.bytes.data(), block.bytes.size());
     n = block.bytes.size();

@@ -116,6 +116,18 @@ INFERSCOPE_API void inferscope_expert_loads(inferscope_agent* agent, uint64_t st
                                             const uint32_t* offsets, const uint32_t* experts,
                                             const uint32_t* tokens, const uint32_t* dropped);
 
+/* Several steps' expert loads in one call (inferscope.torch copies the counts of a group of
+   steps from the device together and hands them over at once). Row s of `counts` (row_stride
+   uint32 each) is step steps[s]; in every row, layer layers[i] has experts[i] counts at
+   offsets[i] followed by ONE bin of dropped ids (offsets[i] + experts[i]); its tokens in that
+   step are tokens[s * n_layers + i]. A layer with 0 tokens in a step is not sent for that step
+   (it did not run); a layer whose bins do not fit in a row, or with more than 4096 experts, is
+   skipped. Returns the dropped ids of the loads sent (0 for a NULL array or agent). */
+INFERSCOPE_API uint64_t inferscope_expert_loads_steps(
+    inferscope_agent* agent, size_t n_steps, const uint64_t* steps, size_t n_layers,
+    const uint32_t* layers, const uint32_t* offsets, const uint32_t* experts,
+    const uint32_t* counts, size_t row_stride, const uint32_t* tokens);
+
 enum {
   INFERSCOPE_MEMORY_KV_CACHE = 0,
   INFERSCOPE_MEMORY_SSM_STATE = 1,

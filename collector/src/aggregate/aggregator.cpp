@@ -67,9 +67,10 @@ bool Aggregator::on_record(const Source& source, const wire::Record& record, std
   if (const auto* sp = std::get_if<wire::Span>(&record))
     if (sp->category != wire::SpanCategory::kKernel) return true;
   // The records of a frame share their source: the last one's model is most
-  // likely this one's (checked by name, so a re-sent hello cannot mislead it).
+  // likely this one's. A source's model changes only with a hello, which calls
+  // on_connect(), and that forgets it (no string compare per record here).
   ModelState* model = last_model_;
-  if (model == nullptr || last_source_ != source.id || model->name != source.model) {
+  if (model == nullptr || last_source_ != source.id) {
     model = model_for(source);
     if (model == nullptr) return true;  // over the model bound: counted, not an error
     last_source_ = source.id;
@@ -124,6 +125,7 @@ RankState* Aggregator::rank_for(ModelState& model, uint32_t rank, const std::str
 }
 
 void Aggregator::on_connect(const Source& source) {
+  last_model_ = nullptr;  // this source's model may be another now (see on_record)
   ModelState* model = model_for(source);
   if (model == nullptr) return;
   if (model->layers.empty() && !source.hello.model.layers.empty())
@@ -144,6 +146,7 @@ void Aggregator::on_connect(const Source& source) {
 }
 
 void Aggregator::on_disconnect(const Source& source) {
+  last_model_ = nullptr;
   auto it = models_.find(source.model);
   if (it == models_.end()) return;
   ModelState& model = *it->second;

@@ -111,7 +111,9 @@ class Aggregator {
   int64_t last_record_ns_ = 0;
   int64_t last_arrival_steady_ns_ = 0;
   bool seen_record_ = false;
-  uint32_t last_source_ = 0;  // the model of the last record's source (models never go away)
+  // The model of the last record's source (models never go away); forgotten on
+  // every on_connect / on_disconnect, the only times a source's model changes.
+  uint32_t last_source_ = 0;
   ModelState* last_model_ = nullptr;
 
   // [SECTION] Consumers, and by record kind the ones that take it, in order

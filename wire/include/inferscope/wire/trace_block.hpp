@@ -51,6 +51,7 @@
 
 #include <cstdint>
 #include <limits>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
@@ -156,6 +157,10 @@ struct RawBlock {
   void clear();
 };
 
+namespace detail {
+struct ColumnCodings;  // how each column stream is compressed (src/column_zstd.hpp)
+}
+
 // Compresses raw blocks into header + payload. Keeps one zstd context (not thread-safe).
 class BlockCompressor {
  public:
@@ -175,6 +180,7 @@ class BlockCompressor {
   int unsplit_left_ = 0;        // data blocks still to seal unsplit (see seal())
   std::vector<uint8_t> split_;  // the column form of the block being sealed
   void* cctx_ = nullptr;        // ZSTD_CCtx, kept out of the header
+  std::unique_ptr<detail::ColumnCodings> codings_;
 };
 
 // One block found by walking a file.
