@@ -33,17 +33,11 @@
 
 namespace ie = inferscope::engine;
 using inferscope::engine::gpu_test::PairedDecode;
+using inferscope::engine::gpu_test::randn;
 using inferscope::engine::gpu_test::rel_l2;
 using Recorder = inferscope::engine::gpu_test::RouteRecorder;
 
 namespace {
-
-std::vector<float> randn(size_t n, std::mt19937& rng, float sd) {
-  std::normal_distribution<float> d(0.0f, sd);
-  std::vector<float> v(n);
-  for (auto& x : v) x = d(rng);
-  return v;
-}
 
 template <typename T>
 std::vector<T> read(ie::Backend& be, const ie::Tensor& t) {

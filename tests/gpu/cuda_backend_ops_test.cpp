@@ -20,7 +20,9 @@
 #include "inferscope/engine/backend.hpp"
 
 namespace ie = inferscope::engine;
+using inferscope::engine::gpu_test::randn;
 using inferscope::engine::gpu_test::rel_l2;
+using Side = inferscope::engine::gpu_test::BackendSide;
 
 namespace {
 
@@ -28,47 +30,6 @@ namespace {
 // land near 3e-3 relative L2; fp32-only ops differ by rounding order.
 constexpr double kGemmTol = 1.5e-2;
 constexpr double kF32Tol = 2e-5;
-
-std::vector<float> randn(size_t n, std::mt19937& rng, float scale = 1.0f) {
-  std::normal_distribution<float> d(0.0f, scale);
-  std::vector<float> v(n);
-  for (auto& x : v) x = d(rng);
-  return v;
-}
-
-// One backend with buffers it owns.
-struct Side {
-  std::unique_ptr<ie::Backend> be;
-  std::vector<std::unique_ptr<ie::Buffer>> bufs;
-  ie::Tensor make(int64_t r, int64_t c, const std::vector<float>& host = {}) {
-    bufs.push_back(std::make_unique<ie::Buffer>(*be, r, c));
-    if (!host.empty()) be->upload(*bufs.back(), host.data());
-    return *bufs.back();
-  }
-  ie::Tensor make_i32(int64_t r, int64_t c, const std::vector<int32_t>& host = {}) {
-    bufs.push_back(std::make_unique<ie::Buffer>(*be, r, c, ie::DType::kI32));
-    if (!host.empty()) be->upload(*bufs.back(), host.data());
-    return *bufs.back();
-  }
-  // Downloads any view (strided ones row by row through a contiguous copy).
-  std::vector<float> get(const ie::Tensor& t) {
-    ie::Tensor src = t;
-    std::unique_ptr<ie::Buffer> tmp;
-    if (!t.contiguous()) {
-      tmp = std::make_unique<ie::Buffer>(*be, t.rows, t.cols, t.dtype);
-      be->copy(t, *tmp);
-      src = *tmp;
-    }
-    std::vector<float> v(static_cast<size_t>(t.elements()));
-    be->download(src, v.data());
-    return v;
-  }
-  std::vector<int32_t> get_i(const ie::Tensor& t) {
-    std::vector<int32_t> v(static_cast<size_t>(t.elements()));
-    be->download(t, v.data());
-    return v;
-  }
-};
 
 class CudaVsCpu : public ::testing::Test {
  protected:

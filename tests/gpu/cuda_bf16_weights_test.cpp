@@ -19,6 +19,7 @@
 #include "inferscope/engine/weights.hpp"
 
 namespace ie = inferscope::engine;
+using inferscope::engine::gpu_test::randn;
 using inferscope::engine::gpu_test::rel_l2;
 
 namespace {
@@ -26,13 +27,6 @@ namespace {
 // bf16 weights are exact on both sides; what differs is the activations'
 // rounding to bf16 on the large-row paths and the summation order.
 constexpr double kTol = 1.5e-2;
-
-std::vector<float> randn(size_t n, std::mt19937& rng) {
-  std::normal_distribution<float> d(0.0f, 1.0f);
-  std::vector<float> v(n);
-  for (auto& x : v) x = d(rng);
-  return v;
-}
 
 class Bf16Weights : public ::testing::Test {
  protected:

@@ -26,7 +26,9 @@
 #include "inferscope/engine/backend.hpp"
 
 namespace ie = inferscope::engine;
+using inferscope::engine::gpu_test::randn;
 using inferscope::engine::gpu_test::rel_l2;
+using Side = inferscope::engine::gpu_test::BackendSide;
 
 namespace {
 
@@ -47,29 +49,6 @@ std::vector<float> randn_bf16(size_t n, std::mt19937& rng, float scale) {
   }
   return v;
 }
-std::vector<float> randn(size_t n, std::mt19937& rng) {
-  std::normal_distribution<float> d(0.0f, 1.0f);
-  std::vector<float> v(n);
-  for (auto& x : v) x = d(rng);
-  return v;
-}
-
-struct Side {
-  std::unique_ptr<ie::Backend> be;
-  std::vector<std::unique_ptr<ie::Buffer>> bufs;
-  ie::Tensor make(int64_t r, int64_t c, const std::vector<float>& host = {},
-                  ie::DType t = ie::DType::kF32) {  // kI32: fill it with upload()
-    bufs.push_back(std::make_unique<ie::Buffer>(*be, r, c, t));
-    if (!host.empty()) be->upload(*bufs.back(), host.data());
-    return *bufs.back();
-  }
-  std::vector<float> get(const ie::Tensor& t) {
-    std::vector<float> v(static_cast<size_t>(t.elements()));
-    be->download(t, v.data());
-    return v;
-  }
-};
-
 class LinearKernels : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -154,7 +133,7 @@ TEST_F(LinearKernels, GroupedEmptyExpertsAndBoundRows) {
           auto tw = s->make(int64_t(E) * N, K, w), ty = s->make(rows, N, y0);
           if (device) {
             auto tx = s->make(rows, K, x);
-            ie::Tensor to = s->make(1, E + 1, {}, ie::DType::kI32);
+            ie::Tensor to = s->make_i32(1, E + 1);
             s->be->upload(to, offsets.data());
             // The bound (rows) is what the engine passes; max_rows a loose bound (the worst case).
             s->be->grouped_linear(tx, tw, to, std::max(max_rows, 9), ty);
@@ -202,7 +181,7 @@ TEST_F(LinearKernels, GroupedGemmPartialTilesMatchCpu) {
       for (Side* s : {&cpu, &gpu}) {
         auto tx = s->make(A, K, x), tw = s->make(int64_t(E) * N, K, w), ty = s->make(A, N);
         if (device) {
-          ie::Tensor to = s->make(1, E + 1, {}, ie::DType::kI32);
+          ie::Tensor to = s->make_i32(1, E + 1);
           s->be->upload(to, offsets.data());
           s->be->grouped_linear(tx, tw, to, 512, ty);
         } else {

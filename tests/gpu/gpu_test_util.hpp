@@ -8,6 +8,8 @@
 #include <cmath>
 #include <exception>
 #include <filesystem>
+#include <memory>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -42,6 +44,48 @@ inline double rel_l2(const std::vector<float>& got, const std::vector<float>& re
   }
   return std::sqrt(num / std::max(den, 1e-30));
 }
+
+// Normal values with the given standard deviation.
+inline std::vector<float> randn(size_t n, std::mt19937& rng, float scale = 1.0f) {
+  std::normal_distribution<float> d(0.0f, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+// One backend with buffers it owns: the CUDA-vs-CPU tests make the same tensors on both sides.
+struct BackendSide {
+  std::unique_ptr<Backend> be;
+  std::vector<std::unique_ptr<Buffer>> bufs;
+  Tensor make(int64_t r, int64_t c, const std::vector<float>& host = {}) {
+    bufs.push_back(std::make_unique<Buffer>(*be, r, c));
+    if (!host.empty()) be->upload(*bufs.back(), host.data());
+    return *bufs.back();
+  }
+  Tensor make_i32(int64_t r, int64_t c, const std::vector<int32_t>& host = {}) {
+    bufs.push_back(std::make_unique<Buffer>(*be, r, c, DType::kI32));
+    if (!host.empty()) be->upload(*bufs.back(), host.data());
+    return *bufs.back();
+  }
+  // Downloads any view (strided ones row by row through a contiguous copy).
+  std::vector<float> get(const Tensor& t) {
+    Tensor src = t;
+    std::unique_ptr<Buffer> tmp;
+    if (!t.contiguous()) {
+      tmp = std::make_unique<Buffer>(*be, t.rows, t.cols, t.dtype);
+      be->copy(t, *tmp);
+      src = *tmp;
+    }
+    std::vector<float> v(static_cast<size_t>(t.elements()));
+    be->download(src, v.data());
+    return v;
+  }
+  std::vector<int32_t> get_i(const Tensor& t) {
+    std::vector<int32_t> v(static_cast<size_t>(t.elements()));
+    be->download(t, v.data());
+    return v;
+  }
+};
 
 }  // namespace inferscope::engine::gpu_test
 

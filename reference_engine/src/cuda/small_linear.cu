@@ -264,18 +264,8 @@ void launch(View x, const __nv_bfloat16* w, const int32_t* offsets, int experts,
   while (ks < 4 && blocks1 * ks < want && k >= 2 * ks * kWarpK) ks *= 2;
   auto go = [&](auto kernel, int ksplit) {
     const int cols_per_block = kWarps / ksplit * C;
-    cudaLaunchConfig_t cfg{};
-    cfg.gridDim = dim3((n_out + cols_per_block - 1) / cols_per_block, block_rows);
-    cfg.blockDim = dim3(kThreads);
-    cfg.dynamicSmemBytes = smem;
-    cfg.stream = s;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = pdl_on() ? 1 : 0;
-    ISC_CUDA(
-        cudaLaunchKernelEx(&cfg, kernel, x, w, offsets, experts, y, n_out, k, beta, kc, x_vec));
+    launch_pdl(kernel, dim3((n_out + cols_per_block - 1) / cols_per_block, block_rows),
+               dim3(kThreads), smem, s, x, w, offsets, experts, y, n_out, k, beta, kc, x_vec);
   };
   if (ks == 1)
     go(small_linear_k<R, C, U, 1>, 1);
