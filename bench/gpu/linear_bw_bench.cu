@@ -70,27 +70,35 @@ struct Row {
   double bytes = 0, old_us = 0, new_us = 0, nopdl_us = 0, rel_l2 = 0;
 };
 
+// Microseconds per iteration of body(i), i in [0, iters), timed with CUDA events on the default
+// stream (the work body queues there).
+template <class Body>
+double event_us(Body&& body, int iters) {
+  cudaEvent_t e0, e1;
+  cudaEventCreate(&e0);
+  cudaEventCreate(&e1);
+  cudaEventRecord(e0);
+  for (int i = 0; i < iters; ++i) body(i);
+  cudaEventRecord(e1);
+  ISC_CUDA(cudaEventSynchronize(e1));
+  float ms = 0;
+  cudaEventElapsedTime(&ms, e0, e1);
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  return ms * 1e3 / iters;
+}
+
 double d2d_gbps() {
   const size_t bytes = size_t(1) << 30;
   void *a = nullptr, *b = nullptr;
   ISC_CUDA(cudaMalloc(&a, bytes));
   ISC_CUDA(cudaMalloc(&b, bytes));
-  cudaEvent_t e0, e1;
-  cudaEventCreate(&e0);
-  cudaEventCreate(&e1);
   ISC_CUDA(cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice));
-  cudaEventRecord(e0);
-  const int reps = 20;
-  for (int i = 0; i < reps; ++i) cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice);
-  cudaEventRecord(e1);
-  ISC_CUDA(cudaEventSynchronize(e1));
-  float ms = 0;
-  cudaEventElapsedTime(&ms, e0, e1);
+  const double us =
+      event_us([&](int) { cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice); }, 20);
   cudaFree(a);
   cudaFree(b);
-  cudaEventDestroy(e0);
-  cudaEventDestroy(e1);
-  return 2.0 * bytes * reps / (ms * 1e-3) / 1e9;  // read + write, as gpu_bench counts it
+  return 2.0 * bytes / (us * 1e-6) / 1e9;  // read + write, as gpu_bench counts it
 }
 
 double rel_l2(const std::vector<float>& a, const std::vector<float>& b) {
@@ -146,18 +154,7 @@ Row run_shape(const Shape& sh, int m, int iters, bool run_old, bool run_new) {
   };
   auto time_us = [&](bool old) {
     for (int i = 0; i < 3; ++i) call(old, i);
-    cudaEvent_t e0, e1;
-    cudaEventCreate(&e0);
-    cudaEventCreate(&e1);
-    cudaEventRecord(e0);
-    for (int i = 0; i < iters; ++i) call(old, i);
-    cudaEventRecord(e1);
-    ISC_CUDA(cudaEventSynchronize(e1));
-    float ms = 0;
-    cudaEventElapsedTime(&ms, e0, e1);
-    cudaEventDestroy(e0);
-    cudaEventDestroy(e1);
-    return ms * 1e3 / iters;
+    return event_us([&](int i) { call(old, i); }, iters);
   };
   auto output = [&](bool old) {
     ISC_CUDA(cudaMemset(y, 0, size_t(rows) * sh.n * 4));
@@ -226,18 +223,7 @@ GemmRow run_gemm(const Shape& sh, int rows_per_expert, int iters) {
   };
   auto time_us = [&](int which) {
     call(which);
-    cudaEvent_t e0, e1;
-    cudaEventCreate(&e0);
-    cudaEventCreate(&e1);
-    cudaEventRecord(e0);
-    for (int i = 0; i < iters; ++i) call(which);
-    cudaEventRecord(e1);
-    ISC_CUDA(cudaEventSynchronize(e1));
-    float ms = 0;
-    cudaEventElapsedTime(&ms, e0, e1);
-    cudaEventDestroy(e0);
-    cudaEventDestroy(e1);
-    return ms * 1e3 / iters;
+    return event_us([&](int) { call(which); }, iters);
   };
   auto output = [&](int which) {
     ISC_CUDA(cudaMemset(y, 0, size_t(A) * sh.n * 4));

@@ -31,15 +31,9 @@ namespace {
 constexpr double kGemmTol = 1.5e-2;
 constexpr double kF32Tol = 2e-5;
 
-class CudaVsCpu : public ::testing::Test {
+class CudaVsCpu : public inferscope::engine::gpu_test::CudaVsCpuTest {
  protected:
-  void SetUp() override {
-    SKIP_WITHOUT_CUDA();
-    gpu.be = ie::create_backend("cuda", {});
-    cpu.be = ie::create_backend("cpu", {});
-  }
-  Side cpu, gpu;
-  std::mt19937 rng{1234};
+  CudaVsCpu() : CudaVsCpuTest(1234) {}
 };
 
 TEST_F(CudaVsCpu, AllocIsZeroedAndBadShapesThrow) {

@@ -49,15 +49,9 @@ std::vector<float> randn_bf16(size_t n, std::mt19937& rng, float scale) {
   }
   return v;
 }
-class LinearKernels : public ::testing::Test {
+class LinearKernels : public inferscope::engine::gpu_test::CudaVsCpuTest {
  protected:
-  void SetUp() override {
-    SKIP_WITHOUT_CUDA();
-    gpu.be = ie::create_backend("cuda", {});
-    cpu.be = ie::create_backend("cpu", {});
-  }
-  Side cpu, gpu;
-  std::mt19937 rng{4321};
+  LinearKernels() : CudaVsCpuTest(4321) {}
 };
 
 // Dense y = beta*y + x W^T for M = 1..9 and 64 rows, aligned and unaligned x.

@@ -87,6 +87,21 @@ struct BackendSide {
   }
 };
 
+// A CUDA backend and a CPU backend side by side, the CPU one the oracle, and a seeded generator
+// for their inputs; skipped where CUDA cannot run.
+class CudaVsCpuTest : public ::testing::Test {
+ protected:
+  explicit CudaVsCpuTest(uint32_t seed) : rng(seed) {}
+  void SetUp() override {
+    const std::string& why = cuda_unavailable_reason();
+    if (!why.empty()) GTEST_SKIP() << "no CUDA device / backend: " << why;
+    gpu.be = create_backend("cuda", {});
+    cpu.be = create_backend("cpu", {});
+  }
+  BackendSide cpu, gpu;
+  std::mt19937 rng;
+};
+
 }  // namespace inferscope::engine::gpu_test
 
 // In a test body or SetUp(): reports the test skipped (with the reason) where CUDA cannot run.
