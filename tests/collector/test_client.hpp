@@ -123,15 +123,15 @@ class FakeAgent {
   bool use_unix_ = false;
 };
 
-// GET http://127.0.0.1:port/path; the body ("" on failure).
-inline std::string http_get(uint16_t port, const std::string& path = "/metrics") {
+// Sends `request` to 127.0.0.1:port and reads until the server closes; the whole response, status
+// line and headers included ("" when it cannot connect).
+inline std::string http_exchange(uint16_t port, const std::string& request) {
   asio::io_context io;
   asio::ip::tcp::socket s(io);
   std::error_code ec;
   s.connect({asio::ip::make_address("127.0.0.1"), port}, ec);
   if (ec) return "";
-  const std::string req = "GET " + path + " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
-  asio::write(s, asio::buffer(req), ec);
+  asio::write(s, asio::buffer(request), ec);
   std::string response;
   char buf[65536];
   for (;;) {
@@ -139,6 +139,13 @@ inline std::string http_get(uint16_t port, const std::string& path = "/metrics")
     response.append(buf, n);
     if (ec) break;
   }
+  return response;
+}
+
+// GET http://127.0.0.1:port/path; the body ("" on failure).
+inline std::string http_get(uint16_t port, const std::string& path = "/metrics") {
+  const std::string response =
+      http_exchange(port, "GET " + path + " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
   const size_t body = response.find("\r\n\r\n");
   return body == std::string::npos ? "" : response.substr(body + 4);
 }
@@ -146,21 +153,7 @@ inline std::string http_get(uint16_t port, const std::string& path = "/metrics")
 // POST http://127.0.0.1:port/target (the capture endpoint); the whole response, status line and
 // headers included ("" when it cannot connect).
 inline std::string http_post(uint16_t port, const std::string& target) {
-  asio::io_context io;
-  asio::ip::tcp::socket s(io);
-  std::error_code ec;
-  s.connect({asio::ip::make_address("127.0.0.1"), port}, ec);
-  if (ec) return "";
-  const std::string req = "POST " + target + " HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
-  asio::write(s, asio::buffer(req), ec);
-  std::string response;
-  char buf[4096];
-  for (;;) {
-    size_t n = s.read_some(asio::buffer(buf), ec);
-    response.append(buf, n);
-    if (ec) break;
-  }
-  return response;
+  return http_exchange(port, "POST " + target + " HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
 }
 
 // Parses exposition text into "name{labels}" -> value, labels as printed.

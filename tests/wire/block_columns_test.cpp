@@ -61,6 +61,14 @@ std::vector<uint8_t> unpack(const std::vector<uint8_t>& sealed, BlockHeader& h, 
   return raw;
 }
 
+// Seals `block` with the column form allowed and unpacks it again; h is the sealed header.
+std::vector<uint8_t> seal_and_unpack(const RawBlock& block, BlockHeader& h, std::string& err) {
+  BlockCompressor columns(1, true);
+  std::vector<uint8_t> sealed;
+  columns.seal(block, sealed);
+  return unpack(sealed, h, err);
+}
+
 TEST(BlockColumns, RoundTripIsByteExact) {
   BlockCompressor columns(1, true), plain(1, false);
   std::vector<uint8_t> a, b;
@@ -137,12 +145,9 @@ TEST(BlockColumns, SpansTheFastSplitRefusesStillRoundTrip) {
       }
       block.add(frame, {});
     }
-    BlockCompressor columns(1, true);
-    std::vector<uint8_t> sealed;
-    columns.seal(block, sealed);
     BlockHeader h;
     std::string err;
-    const auto raw = unpack(sealed, h, err);
+    const auto raw = seal_and_unpack(block, h, err);
     ASSERT_TRUE(err.empty()) << err;
     EXPECT_TRUE(h.flags & kBlockFlagColumns) << "the damaged spans were split field by field";
     EXPECT_GT(damaged, 400u);
@@ -159,12 +164,9 @@ TEST(BlockColumns, BytesThatAreNotFramesAreStoredAsTheyAre) {
   block.bytes.insert(block.bytes.end(), junk.begin(), junk.end());
   std::vector<uint8_t> split;
   EXPECT_FALSE(split_block_columns(block.bytes, split));
-  BlockCompressor columns(1, true);
-  std::vector<uint8_t> sealed;
-  columns.seal(block, sealed);
   BlockHeader h;
   std::string err;
-  const auto raw = unpack(sealed, h, err);
+  const auto raw = seal_and_unpack(block, h, err);
   EXPECT_FALSE(h.flags & kBlockFlagColumns);
   EXPECT_EQ(raw, block.bytes) << err;
   // And an empty block splits into an empty table.
