@@ -37,12 +37,12 @@
 // CUPTI kernels seen and the share with an enclosing range.
 //
 // HF_BENCH_KERNEL_TABLE=FILE (environment, so that scale_bench.py passes it
-// through): before the modes, B=1 decode steps with asynchronous routing and no
-// graphs (the kernels of a graph replay, launched one by one so CUPTI sees each
-// for sure) are recorded with CUPTI and their time per kernel name is written
-// to FILE (and stderr): where a decode step's GPU time goes (issue 18 part 5).
-// Before the modes, and CUPTI finalized after it, so that --observe's agent
-// attaches CUPTI as it would alone; a failure is reported and the run goes on.
+// through): B=1 decode steps with asynchronous routing and no graphs (the
+// kernels of a graph replay, launched one by one so CUPTI sees each for sure)
+// are recorded with CUPTI and their time per kernel name is written to FILE (and
+// stderr): where a decode step's GPU time goes (issue 18 part 5). It runs before
+// the modes, with CUPTI finalized after it, so that --observe's agent attaches
+// CUPTI as it would alone; a failure is reported and the run goes on.
 //
 // --prompts: a JSON array of token-id arrays (row s is sequence s; at least
 // max(batches) rows of at least --prompt-len ids); without it, ids from a
