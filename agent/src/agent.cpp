@@ -144,7 +144,7 @@ void Agent::Impl::refresh_gate() {
   if (!enabled && !nvtx && !cupti)
     mode = hot::kGateOff;
   else if (enabled && !nvtx && !cupti && config.span_sample_rate >= 1.0)
-    mode = hot::kGateFast;
+    mode = gate->tsc ? hot::kGateFastTsc : hot::kGateFast;
   gate->mode.store(mode, std::memory_order_relaxed);
 }
 

@@ -306,32 +306,35 @@ class INFERSCOPE_API ScopedRange {
  public:
   // Only state_ is written when the agent is off: the other members are set
   // on the paths that read them, so the off path is a load, a compare and
-  // one store.
+  // one store. The fast path keeps what its close needs in state_'s bits (the
+  // clock, whether there is a request id), so the close reads no agent.
   INFERSCOPE_FORCE_INLINE ScopedRange(Agent& agent, uint32_t name_id, uint64_t request_id = 0) {
     const uint8_t mode = agent.gate_.mode.load(std::memory_order_relaxed);
     state_ = kNone;
     if (mode == hot::kGateOff) return;
-    agent_ = &agent;
     name_id_ = name_id;
-    request_id_ = request_id;
     hot::ThreadCache& t = hot::tl_thread;
-    if (mode == hot::kGateFast && t.serial == agent.gate_.serial) [[likely]] {
+    if ((mode & hot::kGateFastBit) && t.serial == agent.gate_.serial) [[likely]] {
       ring_ = t.ring;
       depth_ = t.depth++;
-      state_ = kFast;
-      start_ = hot::read_clock(agent.gate_.tsc);
+      const bool tsc = mode & hot::kGateTscBit;
+      state_ = static_cast<uint8_t>(kFast | (tsc ? kFastTsc : 0) | (request_id ? kFastRequest : 0));
+      if (request_id != 0) request_id_ = request_id;  // (a constant 0 stores nothing)
+      start_ = hot::read_clock(tsc);
       return;
     }
+    agent_ = &agent;
+    request_id_ = request_id;
     ring_ = nullptr;
     start_ = 0;
     flags_ = 0;
     open_slow();
   }
   INFERSCOPE_FORCE_INLINE ~ScopedRange() {
-    if (state_ == kFast) [[likely]] {
-      const uint64_t end = hot::read_clock(agent_->gate_.tsc);
+    if (state_ & kFast) [[likely]] {
+      const uint64_t end = hot::read_clock(state_ & kFastTsc);
       --hot::tl_thread.depth;
-      ring_->put_range(start_, end, name_id_, request_id_, depth_);
+      ring_->put_range(start_, end, name_id_, (state_ & kFastRequest) ? request_id_ : 0, depth_);
     } else if (state_ != kNone) {
       close_slow();
     }
@@ -343,7 +346,7 @@ class INFERSCOPE_API ScopedRange {
   void open_slow();
   void close_slow();
 
-  Agent* agent_;
+  Agent* agent_;           // kSlow only
   hot::ThreadRing* ring_;  // kFast, or the slow path's ring when sampled (null: no slot)
   uint64_t start_;         // clock ticks (hot::read_clock)
   uint64_t request_id_;
@@ -351,7 +354,8 @@ class INFERSCOPE_API ScopedRange {
   uint16_t depth_;
   uint8_t state_;
   uint8_t flags_;  // kSlow: what open_slow() pushed, so close_slow() pops the same
-  static constexpr uint8_t kNone = 0, kFast = 1, kSlow = 2;
+  // state_: kNone, kSlow, or kFast with its two bits (the TSC clock, a request id).
+  static constexpr uint8_t kNone = 0, kFast = 1, kSlow = 2, kFastTsc = 4, kFastRequest = 8;
   static constexpr uint8_t kNvtxPushed = 1;
   static constexpr uint8_t kCuptiPushed = 2;  // a CUPTI external correlation id
   static constexpr uint8_t kRangePushed = 4;  // the GPU tracer's thread-local range stack
