@@ -1,8 +1,10 @@
 // libFuzzer target: arbitrary bytes as a trace file, v1 (frames) or v2
 // (compressed blocks with a time index: block headers, payload CRCs, zstd). The
 // recovering reader must skip damage and hand out only checksum-valid frames.
-// The corpus holds v1 files, v2 files (v2_blocks.bin, v2_torn_block.bin) and a
-// format 3 file whose blocks are each followed by a level-3 summary (v3_summaries.bin).
+// The corpus holds v1 files, v2 files (v2_blocks.bin, v2_torn_block.bin), a
+// format 3 file whose blocks are each followed by a level-3 summary (v3_summaries.bin)
+// and a format 5 file of column-split blocks with delta-coded correlation ids
+// (v5_correlation_deltas.bin).
 #include <cstddef>
 #include <cstdint>
 #include <vector>

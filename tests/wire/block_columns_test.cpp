@@ -1,4 +1,4 @@
-// Column-split trace blocks (file format 4): the stored frames come back byte
+// Column-split trace blocks (file formats 4 and 5): the stored frames come back byte
 // for byte, for every record kind, spans with args, frames compressed by the
 // agent and bytes that are not frames; a block whose column form is
 // inconsistent (under a good CRC) is refused with a clear error; format 3
@@ -284,6 +284,127 @@ TEST(BlockColumns, RepetitiveBlocksGoUnsplitForAWhile) {
   }
 }
 
+// A frame of spans whose correlation ids are given as their varint bytes (any
+// form, shortest or not); every other field one byte. Valid frames: they decode.
+std::vector<uint8_t> frame_with_correlations(const std::vector<std::vector<uint8_t>>& ids) {
+  std::vector<uint8_t> frame(kFrameHeaderBytes);
+  for (const auto& id : ids) {
+    // track kind, track, stream, name, category, depth, start delta (+2), duration 3
+    std::vector<uint8_t> body = {0, 1, 0, 2, 0, 0, 4, 6};
+    body.insert(body.end(), id.begin(), id.end());
+    body.push_back(0);  // request
+    body.push_back(0);  // no args
+    frame.push_back(static_cast<uint8_t>(RecordKind::kSpan));
+    frame.push_back(static_cast<uint8_t>(body.size()));
+    frame.insert(frame.end(), body.begin(), body.end());
+  }
+  const auto put32 = [&](size_t at, uint32_t v) {
+    for (int i = 0; i < 4; ++i) frame[at + i] = static_cast<uint8_t>(v >> (8 * i));
+  };
+  put32(0, kFrameMagic);
+  frame[4] = static_cast<uint8_t>(kProtocolVersion);
+  put32(8, static_cast<uint32_t>(frame.size() - kFrameHeaderBytes));
+  put32(12, static_cast<uint32_t>(frame.size() - kFrameHeaderBytes));
+  put32(16, static_cast<uint32_t>(ids.size()));
+  seal_frame_checksum(frame);
+  return frame;
+}
+
+std::vector<uint8_t> shortest_varint(uint64_t v) {
+  std::vector<uint8_t> out;
+  for (; v >= 0x80; v >>= 7) out.push_back(static_cast<uint8_t>(v) | 0x80);
+  out.push_back(static_cast<uint8_t>(v));
+  return out;
+}
+
+// Format 5: counting-up correlation ids (launch and kernel share one, others
+// have none) are coded as deltas, ids not in their shortest form and ids at
+// the ends of the range are kept as they are, and the frames come back byte
+// for byte. Without the deltas the ids take far more of the column form.
+TEST(BlockColumns, CorrelationDeltasRoundTripEveryForm) {
+  std::mt19937_64 rng(5);
+  RawBlock block;
+  uint64_t id = 1'000'000;
+  for (int f = 0; f < 6; ++f) {
+    std::vector<std::vector<uint8_t>> ids;
+    for (int i = 0; i < 400; ++i) {
+      switch (rng() % 8) {
+        case 0:
+          ids.push_back({0x80, 0x00});  // 0, not in its shortest form
+          break;
+        case 1:
+          ids.push_back({0x85, 0x80, 0x00});  // 5, not shortest
+          break;
+        case 2:
+          ids.push_back(shortest_varint(rng() % 2 ? UINT64_MAX : rng()));  // far jumps
+          break;
+        case 3:
+          ids.push_back({0x00});
+          break;
+        default:
+          id += rng() % 3;
+          ids.push_back(shortest_varint(id));
+      }
+    }
+    const auto frame = frame_with_correlations(ids);
+    ASSERT_TRUE(FrameDecoder(DecoderOptions{kMaxBlockRawBytes}).open(frame).ok());
+    block.add(frame, summarize_frame(frame));
+  }
+  std::vector<uint8_t> coded, plain;
+  bool deltas = true;
+  ASSERT_TRUE(split_block_columns(block.bytes, coded, &deltas));
+  ASSERT_TRUE(deltas);
+  ASSERT_TRUE(split_block_columns(block.bytes, plain));
+  EXPECT_LT(coded.size(), plain.size());
+  std::vector<uint8_t> back;
+  std::string err;
+  ASSERT_TRUE(join_block_columns(coded, back, err, true, block.bytes.size())) << err;
+  EXPECT_EQ(back, block.bytes);
+  // The coded form says it is one: joined as format 4, or with another size, it is refused.
+  EXPECT_FALSE(join_block_columns(coded, back, err, true, block.bytes.size() + 1));
+  EXPECT_FALSE(join_block_columns(coded, back, err, true, block.bytes.size() - 1));
+  // Sealed: flag bit 7, and read back through unpack_block.
+  BlockHeader h;
+  err.clear();
+  const auto raw = seal_and_unpack(block, h, err);
+  ASSERT_TRUE(err.empty()) << err;
+  EXPECT_TRUE(h.flags & kBlockFlagCorrelationDeltas);
+  EXPECT_EQ(raw, block.bytes);
+
+  // Damage in the coded streams never reads or writes out of bounds and never
+  // passes as the original frames.
+  for (int i = 0; i < 300; ++i) {
+    auto broken = coded;
+    broken[kBlockColumnTableBytes + rng() % (broken.size() - kBlockColumnTableBytes)] ^=
+        static_cast<uint8_t>(1 + rng() % 255);
+    if (join_block_columns(broken, back, err, true, block.bytes.size())) {
+      EXPECT_NE(back, block.bytes);
+    }
+  }
+}
+
+// Ids that jump back and forth across the whole range would code larger than
+// they are: the block is split as format 4 has it (no flag bit 7), still exact.
+TEST(BlockColumns, CorrelationIdsThatDoNotCountUpAreNotCoded) {
+  std::vector<std::vector<uint8_t>> ids;
+  for (int i = 0; i < 500; ++i) ids.push_back(shortest_varint(i % 2 ? uint64_t{1} << 62 : 1));
+  RawBlock block;
+  const auto frame = frame_with_correlations(ids);
+  block.add(frame, summarize_frame(frame));
+  std::vector<uint8_t> split;
+  bool deltas = true;
+  ASSERT_TRUE(split_block_columns(block.bytes, split, &deltas));
+  EXPECT_FALSE(deltas);
+  EXPECT_EQ(split.size(), kBlockColumnTableBytes + block.bytes.size());
+  BlockHeader h;
+  std::string err;
+  const auto raw = seal_and_unpack(block, h, err);
+  ASSERT_TRUE(err.empty()) << err;
+  EXPECT_TRUE(h.flags & kBlockFlagColumns);
+  EXPECT_FALSE(h.flags & kBlockFlagCorrelationDeltas);
+  EXPECT_EQ(raw, block.bytes);
+}
+
 TEST(BlockColumns, ColumnFlagWithoutZstdIsRefused) {
   BlockHeader h;
   h.flags = kBlockFlagColumns;
@@ -292,9 +413,16 @@ TEST(BlockColumns, ColumnFlagWithoutZstdIsRefused) {
   std::string err;
   EXPECT_FALSE(decode_block_header({bytes, kBlockHeaderBytes}, h, err));
   EXPECT_NE(err.find("unknown block flags"), std::string::npos) << err;
+  // Correlation deltas only come with the column form.
+  h.flags = kBlockFlagZstd | kBlockFlagCorrelationDeltas;
+  encode_block_header(h, bytes);
+  EXPECT_FALSE(decode_block_header({bytes, kBlockHeaderBytes}, h, err));
+  EXPECT_NE(err.find("unknown block flags"), std::string::npos) << err;
   EXPECT_TRUE(supported_trace_format(kTraceFileFormatColumns));
-  EXPECT_FALSE(supported_trace_format(kTraceFileFormatColumns + 1));
+  EXPECT_TRUE(supported_trace_format(kTraceFileFormatCorrelationDeltas));
+  EXPECT_FALSE(supported_trace_format(kTraceFileFormatCorrelationDeltas + 1));
   EXPECT_TRUE(trace_format_has_summaries(kTraceFileFormatColumns));
+  EXPECT_TRUE(trace_format_has_summaries(kTraceFileFormatCorrelationDeltas));
   EXPECT_FALSE(trace_format_has_summaries(kTraceBlockFormatVersion));
 }
 

@@ -12,6 +12,13 @@
 // frame payloads, other records' bodies, bytes after a span's known fields),
 // 1 record tags and length varints, 2 a span's one-byte fields (track kind,
 // category, arg count), 3.. one stream per span varint field, 11 span args.
+//
+// Format 5 (block flag kBlockFlagCorrelationDeltas) codes one stream instead of
+// permuting it: correlation ids count up (CUPTI numbers launches in order), so
+// stream 9 holds each id as a delta from the previous non-zero one in the
+// block, which zstd shrinks to almost nothing where the ids themselves were
+// ~13% of a compressed block. Exact all the same: a code is only used where
+// the join writes back the very bytes it replaced (see code_correlation()).
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
@@ -63,6 +70,58 @@ uint64_t varint_value(const uint8_t* p, size_t n) {
   return v;
 }
 
+uint64_t zigzag(uint64_t v) {
+  return (v << 1) ^ (0 - (v >> 63));
+}
+uint64_t unzigzag(uint64_t v) {
+  return (v >> 1) ^ (0 - (v & 1));
+}
+
+// Writes v as a canonical varint at dst (which has 16 bytes of slack), advancing it.
+[[gnu::always_inline]] inline void put_varint(uint8_t*& dst, uint64_t v) {
+  while (v >= 0x80) {
+    *dst++ = static_cast<uint8_t>(v) | 0x80;
+    v >>= 7;
+  }
+  *dst++ = static_cast<uint8_t>(v);
+}
+
+// Whether the varint of n bytes at p is the shortest form of its value: no
+// trailing 0x00 byte, and a tenth byte holds only bit 63 (0x00 alone is 0).
+[[gnu::always_inline]] inline bool shortest_varint(const uint8_t* p, size_t n) {
+  return n == 1 || (p[n - 1] != 0 && (n < kMaxVarintBytes || p[n - 1] <= 1));
+}
+
+// Correlation-id codes in stream 9 of a format 5 block (one varint each):
+//   0      the id is 0 (the one byte 0x00)
+//   1      the varint that follows in the stream is the id's bytes as they were
+//          (not the shortest form of its value, which the join would not
+//          write back byte for byte)
+//   k >= 2 the id is prev + unzigzag(k - 2), written in its shortest form;
+//          prev is the last id so coded in the block (0 at its start)
+constexpr uint64_t kCorrelationZero = 0, kCorrelationAsIs = 1, kCorrelationDelta = 2;
+
+// Codes the varint of n bytes (1..10) at p into dst (16 bytes of slack).
+[[gnu::always_inline]] inline void code_correlation(uint8_t*& dst, const uint8_t* p, size_t n,
+                                                    uint64_t& prev) {
+  if (n == 1 && p[0] == 0) {
+    *dst++ = kCorrelationZero;
+    return;
+  }
+  if (shortest_varint(p, n)) {
+    const uint64_t v = varint_value(p, n);
+    const uint64_t code = zigzag(v - prev);
+    if (code <= UINT64_MAX - kCorrelationDelta) {
+      put_varint(dst, code + kCorrelationDelta);
+      prev = v;
+      return;
+    }
+  }
+  *dst++ = kCorrelationAsIs;
+  std::memcpy(dst, p, n);
+  dst += n;
+}
+
 // Copies the varint at p to dst, advancing both; false when it does not end
 // before `end`. dst has 16 bytes of slack, so with 8 bytes of input readable
 // (before `limit`) a varint is one 8-byte load and store: no byte loop.
@@ -95,6 +154,22 @@ uint64_t varint_value(const uint8_t* p, size_t n) {
   return true;
 }
 
+// The correlation field, field by field: copied as it is, or coded (format 5).
+template <bool kDeltas>
+[[gnu::always_inline]] inline bool copy_correlation(uint8_t*& dst, const uint8_t*& p,
+                                                    const uint8_t* end, const uint8_t* limit,
+                                                    uint64_t& prev) {
+  if constexpr (!kDeltas) {
+    return copy_varint(dst, p, end, limit);
+  } else {
+    const size_t n = varint_bytes(p, end);
+    if (n == 0) return false;
+    code_correlation(dst, p, n, prev);
+    p += n;
+    return true;
+  }
+}
+
 #if defined(__SSE2__)
 // Bit i set: byte i of the first `length` (<= 64) at p ends a varint (its high
 // bit is clear); bits past `length` are clear. Most span bodies are under 32
@@ -119,12 +194,14 @@ uint64_t varint_value(const uint8_t* p, size_t n) {
 // a varint over 10 bytes, a body over 64 bytes, the end of the block near)
 // returns false with every stream back where it was, for the field-by-field
 // path.
+template <bool kDeltas>
 [[gnu::always_inline]] inline bool split_span_fast(const uint8_t*& p, const uint8_t* body_end,
                                                    const uint8_t* end, uint8_t*& small,
                                                    uint8_t*& track, uint8_t*& stream,
                                                    uint8_t*& name, uint8_t*& depth, uint8_t*& start,
                                                    uint8_t*& duration, uint8_t*& correlation,
-                                                   uint8_t*& request, uint8_t*& args) {
+                                                   uint8_t*& request, uint8_t*& args,
+                                                   uint64_t& prev_correlation) {
   const size_t length = static_cast<size_t>(body_end - p);
   if (length > 64 || end - p < 96) return false;  // token copies read up to p + 81
   const uint64_t all_stops = stop_bits(p, length);
@@ -153,7 +230,12 @@ uint64_t varint_value(const uint8_t* p, size_t n) {
   // A span refused after its fields were cut (rare) takes its tokens back: the
   // same walk over the stop bits, subtracting. Cheaper than keeping every
   // stream's position at the start of each span, which every span would pay.
+  // The correlation field may be coded (format 5): its stream is put back whole.
+  uint8_t* const correlation_at = correlation;
+  const uint64_t prev_at = prev_correlation;
   auto unwind = [&](int cut) {
+    correlation = correlation_at;
+    prev_correlation = prev_at;
     uint64_t st = all_stops;
     size_t from = 0;
     for (int i = 0; i < cut; ++i) {
@@ -186,8 +268,7 @@ uint64_t varint_value(const uint8_t* p, size_t n) {
           duration -= n;
           break;
         case 8:
-          correlation -= n;
-          break;
+          break;  // put back above
         case 9:
           request -= n;
           break;
@@ -205,7 +286,14 @@ uint64_t varint_value(const uint8_t* p, size_t n) {
   token(depth);
   token(start);
   token(duration);
-  token(correlation);
+  if constexpr (kDeltas) {
+    const size_t last = static_cast<size_t>(std::countr_zero(stops));
+    stops &= stops - 1;
+    code_correlation(correlation, p + at, last + 1 - at, prev_correlation);
+    at = last + 1;
+  } else {
+    token(correlation);
+  }
   token(request);
   one_byte |= token(small);
   const uint8_t count = p[at - 1];
@@ -218,9 +306,10 @@ uint64_t varint_value(const uint8_t* p, size_t n) {
   return true;
 }
 #else
+template <bool kDeltas>
 inline bool split_span_fast(const uint8_t*&, const uint8_t*, const uint8_t*, uint8_t*&, uint8_t*&,
                             uint8_t*&, uint8_t*&, uint8_t*&, uint8_t*&, uint8_t*&, uint8_t*&,
-                            uint8_t*&, uint8_t*&) {
+                            uint8_t*&, uint8_t*&, uint64_t&) {
   return false;  // the field-by-field path
 }
 #endif
@@ -229,7 +318,9 @@ inline bool split_span_fast(const uint8_t*&, const uint8_t*, const uint8_t*, uin
 // whole, well-formed frames. The stream pointers live in locals while a span
 // is split: stores through uint8_t* may alias anything in memory, so pointers
 // kept in an array would be reloaded after every byte written.
+template <bool kDeltas>
 bool split(const uint8_t* p, const uint8_t* const end, uint8_t* at[kBlockColumns]) {
+  uint64_t prev_correlation = 0;
   uint8_t *head = at[kHead], *tag = at[kTag], *small = at[kSmall], *track = at[kTrack],
           *stream = at[kStream], *name = at[kName], *depth = at[kDepth], *start = at[kStart],
           *duration = at[kDuration], *correlation = at[kCorrelation], *request = at[kRequest],
@@ -282,8 +373,8 @@ bool split(const uint8_t* p, const uint8_t* const end, uint8_t* at[kBlockColumns
       p += 1 + n;
       const uint8_t* const body_end = p + length;
       if (record_tag == kSpanTag &&
-          split_span_fast(p, body_end, end, small, track, stream, name, depth, start, duration,
-                          correlation, request, args)) {
+          split_span_fast<kDeltas>(p, body_end, end, small, track, stream, name, depth, start,
+                                   duration, correlation, request, args, prev_correlation)) {
         // Done: every field found at once from the stop bits.
       } else if (record_tag == kSpanTag) {
         // The fields in wire order (record_codec.cpp); bytes after them stay in stream 0.
@@ -291,8 +382,8 @@ bool split(const uint8_t* p, const uint8_t* const end, uint8_t* at[kBlockColumns
              copy_varint(stream, p, body_end, end) && copy_varint(name, p, body_end, end) &&
              copy_byte(small, p, body_end) && copy_varint(depth, p, body_end, end) &&
              copy_varint(start, p, body_end, end) && copy_varint(duration, p, body_end, end) &&
-             copy_varint(correlation, p, body_end, end) && copy_varint(request, p, body_end, end) &&
-             copy_byte(small, p, body_end);
+             copy_correlation<kDeltas>(correlation, p, body_end, end, prev_correlation) &&
+             copy_varint(request, p, body_end, end) && copy_byte(small, p, body_end);
         for (uint8_t i = 0, count = ok ? p[-1] : 0; ok && i < count; ++i)
           ok = copy_varint(args, p, body_end, end) && copy_varint(args, p, body_end, end);
         if (!ok) break;
@@ -332,30 +423,44 @@ struct Stream {
     p += n;
     return true;
   }
+  // The correlation field: copied (format 4), or decoded from its code (format 5).
+  bool take_correlation(uint8_t*& out, bool deltas, uint64_t& prev) {
+    if (!deltas) return take_varint(out);
+    const size_t n = varint_bytes(p, end);
+    // Codes are written in their shortest form: any other is damage (and
+    // would hide it, the bits past 64 being dropped).
+    if (n == 0 || !shortest_varint(p, n)) return false;
+    const uint64_t code = varint_value(p, n);
+    p += n;
+    if (code == kCorrelationZero) {
+      *out++ = 0;
+      return true;
+    }
+    if (code == kCorrelationAsIs) return take_varint(out);
+    prev += unzigzag(code - kCorrelationDelta);
+    put_varint(out, prev);
+    return true;
+  }
 };
 
-}  // namespace
+// Bytes a join may write past the end of the frames before a check stops it
+// (format 5 streams may be shorter than what they expand to): a span's fields
+// before its args at their widest (83), then one arg (20); or a record tag.
+constexpr size_t kJoinSlack = 256;
 
-bool split_block_columns(std::span<const uint8_t> frames, std::vector<uint8_t>& out) {
-  // One pass into per-stream scratch areas, each as large as the block (any one
-  // stream may hold all of it), then one copy each into place. The scratch is
-  // left uninitialized, so only the pages the streams reach are ever touched:
-  // about one block's worth per thread that seals blocks.
-  thread_local std::unique_ptr<uint8_t[]> scratch;
-  thread_local size_t scratch_stride = 0;
-  const size_t stride = frames.size() + 16;
-  if (stride > scratch_stride) {
-    // A quarter more than asked: blocks close at slightly different sizes.
-    scratch_stride = stride + stride / 4;
-    scratch.reset(new uint8_t[scratch_stride * kBlockColumns]);
-  }
+template <bool kDeltas>
+bool split_into(std::span<const uint8_t> frames, uint8_t* scratch, size_t stride,
+                std::vector<uint8_t>& out) {
   uint8_t* at[kBlockColumns];
-  for (size_t c = 0; c < kBlockColumns; ++c) at[c] = scratch.get() + c * scratch_stride;
-  if (!split(frames.data(), frames.data() + frames.size(), at)) return false;
-  out.resize(kBlockColumnTableBytes + frames.size());
+  for (size_t c = 0; c < kBlockColumns; ++c) at[c] = scratch + c * stride;
+  if (!split<kDeltas>(frames.data(), frames.data() + frames.size(), at)) return false;
+  size_t total = 0;
+  for (size_t c = 0; c < kBlockColumns; ++c)
+    total += static_cast<size_t>(at[c] - (scratch + c * stride));
+  out.resize(kBlockColumnTableBytes + total);
   uint8_t* to = out.data() + kBlockColumnTableBytes;
   for (size_t c = 0; c < kBlockColumns; ++c) {
-    const uint8_t* start = scratch.get() + c * scratch_stride;
+    const uint8_t* start = scratch + c * stride;
     const auto size = static_cast<uint32_t>(at[c] - start);
     for (int i = 0; i < 4; ++i) out[4 * c + i] = static_cast<uint8_t>(size >> (8 * i));
     std::memcpy(to, start, size);
@@ -364,8 +469,36 @@ bool split_block_columns(std::span<const uint8_t> frames, std::vector<uint8_t>& 
   return true;
 }
 
+}  // namespace
+
+bool split_block_columns(std::span<const uint8_t> frames, std::vector<uint8_t>& out,
+                         bool* correlation_deltas) {
+  // One pass into per-stream scratch areas, each as large as the block (any one
+  // stream may hold all of it; a coded correlation id takes at most 11 bytes,
+  // less than the smallest span record), then one copy each into place. The
+  // scratch is left uninitialized, so only the pages the streams reach are
+  // ever touched: about one block's worth per thread that seals blocks.
+  thread_local std::unique_ptr<uint8_t[]> scratch;
+  thread_local size_t scratch_stride = 0;
+  const size_t stride = frames.size() + 16;
+  if (stride > scratch_stride) {
+    // A quarter more than asked: blocks close at slightly different sizes.
+    scratch_stride = stride + stride / 4;
+    scratch.reset(new uint8_t[scratch_stride * kBlockColumns]);
+  }
+  if (correlation_deltas && *correlation_deltas) {
+    if (!split_into<true>(frames, scratch.get(), scratch_stride, out)) return false;
+    // Coded, the column form must not be larger than the frames (a reader
+    // sizes its buffer by the block header); ids that do not count up can
+    // make it so. Then the block is split as format 4 has it.
+    if (out.size() <= kBlockColumnTableBytes + frames.size()) return true;
+    *correlation_deltas = false;
+  }
+  return split_into<false>(frames, scratch.get(), scratch_stride, out);
+}
+
 bool join_block_columns(std::span<const uint8_t> columns, std::vector<uint8_t>& frames,
-                        std::string& error) {
+                        std::string& error, bool correlation_deltas, size_t frame_bytes) {
   auto bad = [&](const std::string& why) {
     error = "block columns are inconsistent: " + why;
     return false;
@@ -382,15 +515,19 @@ bool join_block_columns(std::span<const uint8_t> columns, std::vector<uint8_t>& 
     at += size;
   }
   if (total != columns.size() - kBlockColumnTableBytes) return bad("bytes after the streams");
-  frames.resize(total);
+  // Format 4: the frames are exactly the streams' bytes. Format 5: as many as
+  // the block header says; a coded id may expand, so every write is checked
+  // against the end, up to kJoinSlack bytes late.
+  const size_t size = correlation_deltas ? frame_bytes : total;
+  frames.resize(size + kJoinSlack);
   uint8_t* out = frames.data();
-  uint8_t* const out_end = out + total;
-  // The output is exactly as long as the streams, and every copy below takes
-  // from a stream that checked its own end, so `out` cannot pass out_end
-  // unless a stream was already over-read; checked per record anyway.
+  uint8_t* const out_end = out + size;
+  uint64_t prev_correlation = 0;
   while (s[kHead].p < s[kHead].end) {
     uint8_t* header = out;
-    if (!s[kHead].take(out, kFrameHeaderBytes)) return bad("frame header cut short");
+    if (static_cast<size_t>(out_end - out) < kFrameHeaderBytes ||
+        !s[kHead].take(out, kFrameHeaderBytes))
+      return bad("frame header cut short");
     const uint16_t flags = static_cast<uint16_t>(header[6] | header[7] << 8);
     const uint32_t stored = get_u32(header + 8);
     if (stored > static_cast<size_t>(out_end - out)) return bad("frame past the block");
@@ -404,18 +541,20 @@ bool join_block_columns(std::span<const uint8_t> columns, std::vector<uint8_t>& 
       uint8_t* const record = out;
       if (!s[kTag].take(out, 1) || !s[kTag].take_varint(out, &length))
         return bad("record tag stream cut short");
-      if (length > static_cast<size_t>(frame_end - out)) return bad("record past its frame");
+      if (out > frame_end || length > static_cast<size_t>(frame_end - out))
+        return bad("record past its frame");
       uint8_t* const body_end = out + length;
       if (*record == kSpanTag) {
         bool ok = s[kSmall].take(out, 1) && s[kTrack].take_varint(out) &&
                   s[kStream].take_varint(out) && s[kName].take_varint(out) &&
                   s[kSmall].take(out, 1) && s[kDepth].take_varint(out) &&
                   s[kStart].take_varint(out) && s[kDuration].take_varint(out) &&
-                  s[kCorrelation].take_varint(out) && s[kRequest].take_varint(out) &&
-                  s[kSmall].take(out, 1);
+                  s[kCorrelation].take_correlation(out, correlation_deltas, prev_correlation) &&
+                  s[kRequest].take_varint(out) && s[kSmall].take(out, 1) && out <= body_end;
+        // Checked per arg: no more than one arg's bytes are written past the record.
         for (uint8_t i = 0, args = ok ? out[-1] : 0; ok && i < args; ++i)
-          ok = s[kArgs].take_varint(out) && s[kArgs].take_varint(out);
-        if (!ok || out > body_end) return bad("span fields cut short or past the record");
+          ok = s[kArgs].take_varint(out) && s[kArgs].take_varint(out) && out <= body_end;
+        if (!ok) return bad("span fields cut short or past the record");
       }
       if (!s[kHead].take(out, static_cast<size_t>(body_end - out))) return bad("record cut short");
     }
@@ -423,6 +562,8 @@ bool join_block_columns(std::span<const uint8_t> columns, std::vector<uint8_t>& 
   }
   for (size_t c = 0; c < kBlockColumns; ++c)
     if (s[c].p != s[c].end) return bad("stream " + std::to_string(c) + " not used up");
+  if (out != out_end) return bad("frames of another size than the block header's");
+  frames.resize(size);
   return true;
 }
 

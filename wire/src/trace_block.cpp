@@ -124,8 +124,9 @@ bool decode_block_header(std::span<const uint8_t> b, BlockHeader& h, std::string
   h.max_ns = static_cast<int64_t>(get(b.data() + 32, 8));
   h.payload_crc = static_cast<uint32_t>(get(b.data() + 40, 4));
   if ((h.flags & ~(kBlockFlagZstd | kBlockFlagDefinitions | kBlockSummaryLevelMask |
-                   kBlockFlagColumns)) != 0 ||
-      ((h.flags & kBlockFlagColumns) && !(h.flags & kBlockFlagZstd))) {
+                   kBlockFlagColumns | kBlockFlagCorrelationDeltas)) != 0 ||
+      ((h.flags & kBlockFlagColumns) && !(h.flags & kBlockFlagZstd)) ||
+      ((h.flags & kBlockFlagCorrelationDeltas) && !(h.flags & kBlockFlagColumns))) {
     error = "unknown block flags " + std::to_string(h.flags);
     return false;
   }
@@ -197,7 +198,9 @@ void BlockCompressor::seal(const RawBlock& block, std::vector<uint8_t>& out, int
   // compresses that well sends the next 63 unsplit, then the split is tried
   // again; summary blocks follow their data block's choice.
   if (summary_level == 0 && unsplit_left_ > 0) --unsplit_left_;
-  const bool columns = columns_ && unsplit_left_ == 0 && split_block_columns(block.bytes, split_);
+  bool deltas = true;
+  const bool columns =
+      columns_ && unsplit_left_ == 0 && split_block_columns(block.bytes, split_, &deltas);
   const std::span<const uint8_t> input =
       columns ? std::span<const uint8_t>(split_) : std::span<const uint8_t>(block.bytes);
   size_t n = 0;
@@ -224,6 +227,7 @@ void BlockCompressor::seal(const RawBlock& block, std::vector<uint8_t>& out, int
   } else {
     h.flags |= kBlockFlagZstd;
     if (columns) h.flags |= kBlockFlagColumns;
+    if (columns && deltas) h.flags |= kBlockFlagCorrelationDeltas;
     if (columns && summary_level == 0 && n * kUnsplitRatio <= block.bytes.size())
       unsplit_left_ = kUnsplitBlocks;
   }
@@ -249,16 +253,18 @@ bool unpack_block(const BlockHeader& h, std::span<const uint8_t> payload, std::v
     return true;
   }
   if (h.flags & kBlockFlagColumns) {
-    // The column form is the frames plus the stream table; joined back into raw.
+    // The column form is the frames plus the stream table (format 4), or at
+    // most that (format 5: coded correlation ids); joined back into raw.
+    const bool deltas = h.flags & kBlockFlagCorrelationDeltas;
     thread_local std::vector<uint8_t> split;
     split.resize(size_t{h.raw_bytes} + kBlockColumnTableBytes);
     const size_t n = ZSTD_decompress(split.data(), split.size(), payload.data(), payload.size());
-    if (ZSTD_isError(n) || n != split.size()) {
+    if (ZSTD_isError(n) || (deltas ? n > split.size() : n != split.size())) {
       error = std::string("block decompression failed: ") +
               (ZSTD_isError(n) ? ZSTD_getErrorName(n) : "size differs from the header");
       return false;
     }
-    return join_block_columns(split, raw, error);
+    return join_block_columns({split.data(), n}, raw, error, deltas, h.raw_bytes);
   }
   const size_t n = ZSTD_decompress(raw.data(), raw.size(), payload.data(), payload.size());
   if (ZSTD_isError(n) || n != h.raw_bytes) {

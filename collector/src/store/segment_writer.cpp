@@ -175,11 +175,12 @@ bool TraceStore::Writer::start_segment() {
   fd_ = ::open(s.path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd_ < 0) return false;
   uint8_t header[16];
-  // Format 3 says the file may hold summary blocks, 4 column-split blocks too
-  // (readers of an older format refuse it rather than misread it). Readers take
+  // Format 3 says the file may hold summary blocks, 4 column-split blocks too,
+  // 5 with delta-coded correlation ids (readers of an older format refuse it
+  // rather than misread it). Readers take
   // format >= 3 to mean summaries, so columns come only with them.
   const uint16_t format = !options_.summaries ? wire::kTraceBlockFormatVersion
-                          : options_.columns  ? wire::kTraceFileFormatColumns
+                          : options_.columns  ? wire::kTraceFileFormatCorrelationDeltas
                                               : wire::kTraceFileFormatSummaries;
   wire::encode_v2_file_header(header, format);
   if (!write_all(fd_, header, sizeof header)) {

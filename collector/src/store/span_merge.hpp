@@ -56,26 +56,32 @@ class SpanMerger {
     bool operator==(const LaneKey&) const = default;
     uint32_t source() const { return static_cast<uint32_t>(a >> 32); }
   };
-  struct Run {
-    wire::Span first;
-    int64_t end_ns = 0;
-    uint64_t count = 0;
+  // What add() reads and writes for almost every span, kept in the hash table's
+  // slot itself: one cache line, found with one load. This is the store's
+  // per-span cost when it writes summaries (agent threads interleave, so the
+  // previous span's lane is rarely the next one's), and each extra dependent
+  // load (slot -> lane -> run) cost an L2 round trip while the frames being
+  // decoded stream through L1.
+  struct Slot {
+    LaneKey key;
+    int64_t first_start = 0;  // of the open run
+    int64_t end_ns = 0;       // the open run's latest end
+    uint64_t count = 0;       // spans in the open run; 0: no run open
+    uint32_t lane = 0;        // index in lanes_ + 1; 0: an empty slot
+    uint32_t mark = 0;        // the mark() it was last saved for (see touch())
   };
-  // Every lane seen since the last finish(), with its run when one is open.
-  // A flat table instead of a node-based map: this is the store's per-span
-  // cost when it writes summaries (agent threads interleave, so the last-lane
-  // shortcut misses often), and lanes are few (tracks x depths).
+  // Every lane seen since the last finish(), in first-seen order (finish()
+  // emits in that order): the open run's first span, and where its slot is.
   struct Lane {
     LaneKey key;
-    bool open = false;
-    uint32_t mark = 0;  // the mark() it was last saved for (see touch())
-    Run run;
+    uint32_t slot = 0;  // index in slots_
+    wire::Span first;
   };
-  Lane& touch(uint32_t index);  // the lane, saved for undo() first when the mark is new to it
-  static uint64_t hash(const LaneKey& k);
-  uint32_t lane_of(const LaneKey& key);  // index in lanes_, added when new
-  void rehash(size_t slots);             // slots_ of that size (a power of 2) from lanes_
-  void flush(uint32_t source, const Run& run);
+  // The lane of key (added when new): its slot index.
+  uint32_t slot_of(const LaneKey& key);
+  void touch(Slot& slot);     // saves the lane for undo() first when the mark is new to it
+  void rehash(size_t slots);  // slots_ of that size (a power of 2), lanes_ pointed at them
+  void flush(uint32_t source, const wire::Span& first, int64_t end_ns, uint64_t count);
 
   int64_t res_;
   Emit emit_;
@@ -89,12 +95,16 @@ class SpanMerger {
   }
   uint64_t merged_ = 0;
   std::vector<Lane> lanes_;
-  std::vector<uint32_t> slots_;  // open addressing: lane index + 1, 0 = empty; size 2^shift_
-  int shift_ = 64;               // 64 - log2(slots_.size()): a hash's top bits pick the slot
-  uint32_t last_ = UINT32_MAX;   // the last lane used (see add())
+  std::vector<Slot> slots_;  // open addressing, size 2^(64 - shift_), at most half full
+  int shift_ = 64;           // 64 - log2(slots_.size()): a hash's top bits pick the slot
   // Since mark(): lanes as they were before their first change, and what to cut back to.
+  struct Saved {
+    uint32_t lane;
+    Slot slot;
+    wire::Span first;
+  };
   uint32_t mark_ = 0;
-  std::vector<std::pair<uint32_t, Lane>> saved_;
+  std::vector<Saved> saved_;
   size_t lanes_at_mark_ = 0;
   uint64_t merged_at_mark_ = 0;
 };
