@@ -273,7 +273,8 @@ class CudaBackend final : public Backend {
     // process and replace that first error with this later sighting of it.
     ++host_syncs_;
     cudaStreamSynchronize(stream_);
-    ++epoch_;  // a graph may have used this memory
+    ++epoch_;                    // a graph may have used this memory
+    host_offsets_of_ = nullptr;  // the address may come back for other data
     auto it = alloc_bytes_.find(ptr);
     if (it != alloc_bytes_.end()) {
       forget_range(ptr, it->second, /*synced=*/true);  // shadows inside this allocation
@@ -282,6 +283,7 @@ class CudaBackend final : public Backend {
     cudaFree(ptr);
   }
   void upload_impl(const Tensor& dst, const void* src) override {
+    host_offsets_of_ = nullptr;
     forget_range(dst.data, dst.bytes());
     ISC_CUDA(cudaMemcpyAsync(dst.data, src, dst.bytes(), cudaMemcpyHostToDevice, stream_));
     ISC_CUDA(cudaStreamSynchronize(stream_));
@@ -460,7 +462,13 @@ class CudaBackend final : public Backend {
     for (int32_t pos : b.token_pos) max_ctx = std::max(max_ctx, pos + 1);
     // In a step graph the launch must fit every step the graph will replay.
     if (step_) max_ctx = std::max(max_ctx, step_context_);
-    if (!step_) ring_->reserve({b.token_seq, b.token_pos, b.block_table, b.block_table_start});
+    // A prefill (rows of a sequence in runs) shares each K / V load across a tile of rows;
+    // decode batches and step graphs (decode only) keep the row kernel.
+    const bool tiled = !step_ && prefill_tiles(b.token_seq);
+    const std::span<const int32_t> tiles =
+        tiled ? std::span<const int32_t>(tile_first_) : std::span<const int32_t>();
+    if (!step_)
+      ring_->reserve({b.token_seq, b.token_pos, b.block_table, b.block_table_start, tiles});
     const int32_t* d[4] = {meta(b.token_seq), meta(b.token_pos), meta(b.block_table),
                            meta(b.block_table_start)};
     k::PagedArgs a;
@@ -478,7 +486,23 @@ class CudaBackend final : public Backend {
     a.head_dim = p.head_dim;
     a.scale = p.scale;
     a.max_context = max_ctx;
+    if (tiled && k::prefill_attention(a, meta(tiles), static_cast<int>(tiles.size()) - 1, stream_))
+      return;
     k::paged_attention(a, stream_);
+  }
+  // Splits the rows into tiles of up to kPrefillTileRows consecutive rows of one sequence
+  // (tile_first_: each tile's first row, then the row count). True when the tiles average
+  // kMinTileRows rows or more: a prefill, where the tiled kernel pays.
+  bool prefill_tiles(std::span<const int32_t> token_seq) {
+    const int64_t T = static_cast<int64_t>(token_seq.size());
+    tile_first_.clear();
+    for (int64_t t = 0; t < T; ++t)
+      if (t == 0 || token_seq[t] != token_seq[t - 1] ||
+          t - tile_first_.back() == k::kPrefillTileRows)
+        tile_first_.push_back(static_cast<int32_t>(t));
+    const int64_t tiles = static_cast<int64_t>(tile_first_.size());
+    tile_first_.push_back(static_cast<int32_t>(T));
+    return tiles > 0 && tiles * kMinTileRows <= T;
   }
   void attention_impl(const Tensor& q, const Tensor& kt, const Tensor& v, SeqStarts seqs,
                       const AttentionParams& p, bool causal, const Tensor& out) override {
@@ -637,8 +661,23 @@ class CudaBackend final : public Backend {
                              const Tensor& assign_expert, const Tensor& assign_weight,
                              const Tensor& counts, const Tensor& offsets,
                              std::span<const int32_t> valid_rows) override {
+    host_offsets_of_ = nullptr;  // these offsets are about to change
     route(logits, bias, p, assign_expert, assign_weight, counts.i32(), offsets.i32(),
           valid_rows.empty() ? nullptr : meta(valid_rows));
+  }
+  // The host copy of device offsets [1, E + 1] that moe_route_device wrote: downloaded (one
+  // wait) on the first call after the route, reused until the next route or a write.
+  std::span<const int32_t> host_offsets(const Tensor& offsets) {
+    if (host_offsets_of_ != offsets.data) {
+      const size_t n = static_cast<size_t>(offsets.cols);
+      require(n <= 2 * kMaxExperts + 2, "host_offsets: too many experts");
+      ISC_CUDA(cudaMemcpyAsync(host_counts_, offsets.data, sizeof(int32_t) * n,
+                               cudaMemcpyDeviceToHost, stream_));
+      waiter_.wait();
+      host_offsets_.assign(host_counts_, host_counts_ + n);
+      host_offsets_of_ = offsets.data;
+    }
+    return host_offsets_;
   }
   void moe_permute_device_impl(const Tensor& x, const Tensor& assign_expert, const Tensor& offsets,
                                const Tensor& xp, const Tensor& perm) override {
@@ -673,6 +712,13 @@ class CudaBackend final : public Backend {
     if (max_rows <= kSmallRows) {
       k::small_linear(view(x), wb, offsets.i32(), static_cast<int>(E), view(y), static_cast<int>(n),
                       static_cast<int>(x.cols), 0.f, stream_, static_cast<int>(max_rows));
+      return;
+    }
+    // A long prefill (never captured: step graphs hold decode steps only) whose bound allows
+    // kCublasExpertRows an expert: one wait for the offsets buys the per-expert cuBLAS GEMMs
+    // of the host path (~4x the wmma kernel's TFLOP/s); both GEMMs of the layer share it.
+    if (!capturing_ && x.rows >= kCublasExpertRows * E) {
+      grouped_linear_impl(x, w, host_offsets(offsets), y);
       return;
     }
     // Every bound row is cast (rows past offsets[E] too: cheaper than a wait).
@@ -824,6 +870,8 @@ class CudaBackend final : public Backend {
   static constexpr int64_t kFusedGatherElems = 1 << 16;
   // last_perm_rows_ of a perm built from device offsets (its row count is on the device).
   static constexpr int64_t kDeviceRows = -2;
+  // Prefill attention tiles must average this many rows, else the row kernel runs.
+  static constexpr int64_t kMinTileRows = 4;
   // Copies up to this size go through pinned memory in download_many_impl.
   static constexpr size_t kPinnedCopyMax = 1u << 20;
 
@@ -950,7 +998,8 @@ class CudaBackend final : public Backend {
     }
   }
   void forget_written(const Tensor& t) {
-    last_perm_ = nullptr;  // a perm written by copy/fill is not the one permute_index saw
+    last_perm_ = nullptr;        // a perm written by copy/fill is not the one permute_index saw
+    host_offsets_of_ = nullptr;  // nor are offsets written so the ones host_offsets() read
     if (shadows_.empty() && uploaded_.empty()) return;
     if (t.rows == 0 || t.cols == 0) return;
     forget_range(t.data, static_cast<size_t>((t.rows - 1) * t.stride + t.cols) * 4);
@@ -970,6 +1019,7 @@ class CudaBackend final : public Backend {
   std::map<char*, size_t> uploaded_;
   std::map<void*, size_t> alloc_bytes_;
   std::vector<int32_t> token_seq_;
+  std::vector<int32_t> tile_first_;  // prefill attention tiles (prefill_tiles)
   std::map<uint64_t, StepArena> arenas_;
   std::map<uint64_t, Graph> graphs_;
   StepArena* step_ = nullptr;  // the open step (begin_step .. end_step)
@@ -980,6 +1030,8 @@ class CudaBackend final : public Backend {
   uint64_t epoch_ = 0, capture_epoch_ = 0;
   const void* last_perm_ = nullptr;
   int64_t last_perm_rows_ = -1, last_slot_total_ = -1;
+  const void* host_offsets_of_ = nullptr;  // the device offsets host_offsets_ copies
+  std::vector<int32_t> host_offsets_;
 };
 
 }  // namespace

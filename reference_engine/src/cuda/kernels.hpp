@@ -8,6 +8,10 @@
 // pointer here: the backend stages the host spans of the interface first.
 //
 // [SECTION] Views
+// From this many rows, permute_rows and mul_silu run a block per row with 16-byte columns (the
+// prefill shape) instead of an element per thread with a division each (the decode shape).
+constexpr int64_t kRowKernelMinRows = 64;
+
 // [SECTION] Elementwise, norms, RoPE, casts
 // [SECTION] Router, permutation
 // [SECTION] Expert GEMM (grouped by expert, sizes on the device)
@@ -140,6 +144,13 @@ struct PagedArgs {
 };
 void kv_store(View k, View v, View k_cache, View v_cache, const int32_t* slots, cudaStream_t s);
 void paged_attention(const PagedArgs& a, cudaStream_t s);
+// Prefill attention (prefill_attention.cu): the rows come in tiles of up to kPrefillTileRows rows
+// of one sequence (consecutive positions make them cheap; any positions are correct), tile t
+// being rows tile_first[t] .. tile_first[t + 1] - 1 (device array of tiles + 1). Same result as
+// paged_attention. Returns false, launching nothing, where it does not apply (head_dim other
+// than 32 / 64 / 128, views not 16-byte aligned): the caller then runs paged_attention.
+constexpr int kPrefillTileRows = 32;
+bool prefill_attention(const PagedArgs& a, const int32_t* tile_first, int tiles, cudaStream_t s);
 // Attention within each sequence of contiguous rows (vision encoder).
 struct SeqAttnArgs {
   View q, k, v, out;

@@ -9,6 +9,7 @@
 // walks them (the engine's batches are at most a few thousand assignments).
 #include <algorithm>
 #include <cfloat>
+#include <cstdint>
 #include <stdexcept>
 
 #include "check.hpp"
@@ -341,6 +342,22 @@ __global__ void permute_rows_k(View x, IView perm, int k, int64_t rows, View xp,
   }
 }
 
+// The same gather for long batches (a prefill's 65,536 rows): a block per row, 16-byte columns,
+// so one perm load and no division per element (the kernel above divides per float).
+__global__ void permute_rows_v4_k(View x, IView perm, int k, int64_t rows, View xp,
+                                  const int32_t* total) {
+  pdl_wait();  // launched as a programmatic dependent (pdl.cuh)
+  pdl_allow_dependents();
+  if (total) rows = min(rows, static_cast<int64_t>(*total));
+  const int64_t w = xp.cols / 4;
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const float4* src =
+        reinterpret_cast<const float4*>(x.p + (int64_t)(perm.p[r * perm.stride] / k) * x.stride);
+    float4* dst = reinterpret_cast<float4*>(xp.p + r * xp.stride);
+    for (int64_t c = threadIdx.x; c < w; c += blockDim.x) dst[c] = src[c];
+  }
+}
+
 __global__ void scatter_slots_k(IView perm, int64_t rows, const int32_t* total, int32_t* slot_of) {
   if (total) rows = min(rows, static_cast<int64_t>(*total));
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < rows;
@@ -440,7 +457,16 @@ void permute_index(IView assign_expert, const int32_t* offsets, int experts, IVi
 void permute_rows(View x, IView perm, int top_k, int64_t rows, View xp, cudaStream_t s,
                   const int32_t* total) {
   if (rows * xp.cols <= 0) return;
-  launch_pdl(permute_rows_k, grid_for(rows * xp.cols), 256, 0, s, x, perm, top_k, rows, xp, total);
+  const bool vec = xp.cols % 4 == 0 && x.stride % 4 == 0 && xp.stride % 4 == 0 &&
+                   reinterpret_cast<uintptr_t>(x.p) % 16 == 0 &&
+                   reinterpret_cast<uintptr_t>(xp.p) % 16 == 0;
+  if (vec && rows >= kRowKernelMinRows) {
+    const int blocks = static_cast<int>(std::min<int64_t>(rows, 132 * 16));
+    launch_pdl(permute_rows_v4_k, blocks, 256, 0, s, x, perm, top_k, rows, xp, total);
+  } else {
+    launch_pdl(permute_rows_k, grid_for(rows * xp.cols), 256, 0, s, x, perm, top_k, rows, xp,
+               total);
+  }
   ISC_LAUNCH();
 }
 
