@@ -209,11 +209,16 @@ bool env_fp32_math() {
   const char* v = std::getenv("INFERSCOPE_CUDA_MATH");
   return v && std::string(v) == "fp32";
 }
+bool env_expert_streams() {
+  const char* v = std::getenv("INFERSCOPE_CUDA_EXPERT_STREAMS");
+  return !(v && std::string(v) == "0");
+}
 
 // [SECTION] Backend
 class CudaBackend final : public Backend {
  public:
-  explicit CudaBackend(const BackendOptions& o) : fp32_math_(env_fp32_math()), device_(o.device) {
+  explicit CudaBackend(const BackendOptions& o)
+      : fp32_math_(env_fp32_math()), expert_streams_(env_expert_streams()), device_(o.device) {
     int count = 0;
     if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
       cudaGetLastError();  // clear the sticky "no device" error
@@ -383,10 +388,7 @@ class CudaBackend final : public Backend {
     }
     __nv_bfloat16* xb = scratch_[0]->get<__nv_bfloat16>(static_cast<size_t>(M) * K);
     k::to_bf16(view(x), xb, stream_);
-    const float alpha = 1.f;
-    ISC_CUBLAS(cublasGemmEx(blas_->handle(), CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &alpha, wb,
-                            CUDA_R_16BF, K, xb, CUDA_R_16BF, K, &beta, y.f32(), CUDA_R_32F,
-                            static_cast<int>(y.stride), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    blas_->linear(xb, wb, y.f32(), y.stride, M, N, K, beta);
   }
   void grouped_linear_impl(const Tensor& x, const Tensor& w, std::span<const int32_t> offsets,
                            const Tensor& y) override {
@@ -424,18 +426,10 @@ class CudaBackend final : public Backend {
     if (rows >= kCublasExpertRows * active) {
       // Big groups (a long prefill): one cuBLAS GEMM per expert beats the wmma kernel ~3x
       // (H100: 700+ vs ~180 TFLOP/s at 1024 rows an expert, linear_bw_bench); the host knows
-      // the counts here, so no wait is added. Same operands as linear()'s large-M path.
-      const float alpha = 1.f, beta = 0.f;
-      const int K = static_cast<int>(x.cols);
-      for (int64_t e = 0; e < E; ++e) {
-        const int32_t b = offsets[e], c = offsets[e + 1] - offsets[e];
-        if (c == 0) continue;
-        ISC_CUBLAS(cublasGemmEx(blas_->handle(), CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(n), c,
-                                K, &alpha, wb + e * n * K, CUDA_R_16BF, K, xb + int64_t(b) * K,
-                                CUDA_R_16BF, K, &beta, y.f32() + int64_t(b) * y.stride, CUDA_R_32F,
-                                static_cast<int>(y.stride), CUBLAS_COMPUTE_32F,
-                                CUBLAS_GEMM_DEFAULT));
-      }
+      // the counts here, so no wait is added. Side streams run several experts at once
+      // (INFERSCOPE_CUDA_EXPERT_STREAMS=0: one after the other on the main stream).
+      blas_->grouped_linear(xb, wb, y.f32(), y.stride, offsets, static_cast<int>(n),
+                            static_cast<int>(x.cols), expert_streams_ && !capturing_);
       return;
     }
     k::grouped_gemm(xb, wb, meta(offsets), y.f32(), y.stride, static_cast<int>(E),
@@ -1006,6 +1000,7 @@ class CudaBackend final : public Backend {
   }
 
   bool fp32_math_;
+  bool expert_streams_;  // per-expert prefill GEMMs on side streams (Blas::grouped_linear)
   int device_ = 0;
   cudaStream_t stream_ = nullptr;
   StreamWaiter waiter_;  // stream_ and host_syncs_, once the stream exists
