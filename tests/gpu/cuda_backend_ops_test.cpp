@@ -272,6 +272,7 @@ struct RouteCase {
 };
 
 // T = 700 runs the two-kernel router, T = 60 the single-block decode router.
+// T = 700: 1,400 assignments, the capacity step ranked by 2 blocks (rank_chunks).
 TEST_F(CudaVsCpu, RouterMatchesIncludingCapacity) {
   for (int T : {700, 60}) {
     const int E = 32, K = 2;
@@ -314,10 +315,11 @@ TEST_F(CudaVsCpu, RouterMatchesIncludingCapacity) {
   }
 }
 
-// D = 64: the index kernel also gathers the rows; D = 512: a separate gather.
+// D = 64: the index kernel also gathers the rows; D = 512: a separate gather. T = 1100: 2,200
+// assignments, ranked by 3 blocks (rank_chunks), gathered a block per row.
 TEST_F(CudaVsCpu, PermuteAndUnpermuteExact) {
-  for (int D : {64, 512}) {
-    const int T = 257, E = 8, K = 2;
+  for (auto [D, T] : {std::pair{64, 257}, std::pair{512, 257}, std::pair{512, 1100}}) {
+    const int E = 8, K = 2;
     std::vector<int32_t> ae(T * K);
     std::uniform_int_distribution<int> pick(-1, E - 1);  // -1: dropped
     for (auto& e : ae) e = pick(rng);

@@ -599,14 +599,16 @@ class CudaBackend final : public Backend {
     const int64_t R = (rp.reroute && rp.capacity > 0) ? E : kk;
     k::RouterBuffers rb;
     const bool direct = assign_expert.contiguous() && assign_weight.contiguous();
-    char* base =
-        scratch_[2]->get<char>(static_cast<size_t>(T * R * 8 + T * kk * 8 + (2 * E + 2) * 4 + 64));
+    const int64_t chunk_ints = static_cast<int64_t>(k::rank_chunks(T * kk)) * E;
+    char* base = scratch_[2]->get<char>(
+        static_cast<size_t>(T * R * 8 + T * kk * 8 + (2 * E + 2) * 4 + chunk_ints * 4 + 64));
     rb.rank_expert = reinterpret_cast<int32_t*>(base);
     rb.rank_weight = reinterpret_cast<float*>(base + T * R * 4);
     char* after = base + T * R * 8;
     rb.assign_expert = direct ? assign_expert.i32() : reinterpret_cast<int32_t*>(after);
     rb.assign_weight = direct ? assign_weight.f32() : reinterpret_cast<float*>(after + T * kk * 4);
     rb.counts = counts_out ? counts_out : reinterpret_cast<int32_t*>(after + T * kk * 8);
+    rb.chunk_counts = reinterpret_cast<int32_t*>(after + T * kk * 8 + (2 * E + 2) * 4);
     rb.offsets = offsets_out;
     k::router(view(logits), bias.empty() ? nullptr : bias.f32(), rp, rb, stream_);
     if (!direct) {
@@ -625,11 +627,9 @@ class CudaBackend final : public Backend {
     if (offsets.back() == 0) return;
     const int32_t* off = meta(offsets);
     const int64_t total = assign_expert.rows * assign_expert.cols;
-    int32_t* slot_of = scratch_[3]->get<int32_t>(static_cast<size_t>(total));
     const int64_t rows = offsets.back();
     const bool fused = rows * x.cols <= kFusedGatherElems;  // one block gathers small batches
-    k::permute_index(iview(assign_expert), off, static_cast<int>(E), iview(perm), slot_of, view(x),
-                     fused ? view(xp) : k::View{}, rows, stream_);
+    permute_index(assign_expert, off, E, perm, x, xp, rows, fused);
     // unpermute of this perm can reuse slot_of instead of rebuilding it
     last_perm_ = perm.data;
     last_perm_rows_ = offsets.back();
@@ -646,6 +646,22 @@ class CudaBackend final : public Backend {
     int32_t* slot_of = scratch_[3]->get<int32_t>(static_cast<size_t>(y.rows * top_k));
     k::unpermute(view(yp), iview(perm), view(assign_weight), top_k, assignments, slot_of, ready,
                  view(y), stream_);
+  }
+
+  // permute_index (its fused gather for small batches), or the multi-block ranking of a long
+  // list; slot_of goes to scratch_[3] (unpermute reads it there), the chunk counts after it.
+  void permute_index(const Tensor& assign_expert, const int32_t* offsets, int64_t E,
+                     const Tensor& perm, const Tensor& x, const Tensor& xp, int64_t rows,
+                     bool fused) {
+    const int64_t total = assign_expert.rows * assign_expert.cols;
+    const int chunks = k::rank_chunks(total);
+    int32_t* slot_of = scratch_[3]->get<int32_t>(static_cast<size_t>(total + int64_t(chunks) * E));
+    if (!fused && chunks > 1)
+      k::permute_index_long(iview(assign_expert), offsets, static_cast<int>(E), iview(perm),
+                            slot_of, slot_of + total, stream_);
+    else
+      k::permute_index(iview(assign_expert), offsets, static_cast<int>(E), iview(perm), slot_of,
+                       view(x), fused ? view(xp) : k::View{}, rows, stream_);
   }
 
   // --- mixture of experts, asynchronous routing ------------------------------
@@ -679,10 +695,8 @@ class CudaBackend final : public Backend {
     require(E <= kMaxExperts, "moe_permute: at most 1024 experts");
     const int64_t bound = assign_expert.rows * assign_expert.cols;
     if (bound == 0) return;
-    int32_t* slot_of = scratch_[3]->get<int32_t>(static_cast<size_t>(bound));
     const bool fused = bound * x.cols <= kFusedGatherElems;
-    k::permute_index(iview(assign_expert), offsets.i32(), static_cast<int>(E), iview(perm), slot_of,
-                     view(x), fused ? view(xp) : k::View{}, bound, stream_);
+    permute_index(assign_expert, offsets.i32(), E, perm, x, xp, bound, fused);
     last_perm_ = perm.data;
     last_perm_rows_ = kDeviceRows;
     last_slot_total_ = bound;

@@ -75,9 +75,13 @@ struct RouterBuffers {
   int32_t* counts = nullptr;         // [2E + 2]: routed[E], kept[E], dropped, rerouted
   int32_t* offsets = nullptr;        // optional [E + 1]: exclusive prefix sums of kept
   // scratch
-  int32_t* rank_expert = nullptr;  // [T, R] experts by rank (R = k, or E with reroute)
-  float* rank_weight = nullptr;    // [T, R] their normalised weights
+  int32_t* rank_expert = nullptr;   // [T, R] experts by rank (R = k, or E with reroute)
+  float* rank_weight = nullptr;     // [T, R] their normalised weights
+  int32_t* chunk_counts = nullptr;  // [rank_chunks(T * k), E]: needed when that is > 1
 };
+// Long assignment lists (a prefill) are ranked in chunks, a block each: the
+// number of chunks for `assignments` (1: one block walks them all).
+int rank_chunks(int64_t assignments);
 // logits [T, E] (strided) and an optional selection bias [E]. Gate, ranking,
 // the histogram (routed = first-k choices before capacity) and capacity in
 // (token, choice) order, exactly as the CPU backend orders them.
@@ -91,6 +95,10 @@ void router(View logits, const float* bias, const RouterParams& p, const RouterB
 // saves a launch (rows may be a bound: the kept total is read on the device).
 void permute_index(IView assign_expert, const int32_t* offsets, int experts, IView perm,
                    int32_t* slot_of, View x, View xp, int64_t rows, cudaStream_t s);
+// permute_index for long lists (no gather): the ranking spread over
+// rank_chunks(T * k) blocks; chunk_counts is scratch [rank_chunks(T * k), E].
+void permute_index_long(IView assign_expert, const int32_t* offsets, int experts, IView perm,
+                        int32_t* slot_of, int32_t* chunk_counts, cudaStream_t s);
 // xp[i] = x[perm[i] / top_k] for i < rows, and i < *total when total is set
 // (rows is then a bound for the grid, *total the device's kept count).
 void permute_rows(View x, IView perm, int top_k, int64_t rows, View xp, cudaStream_t s,
