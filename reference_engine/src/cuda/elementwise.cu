@@ -7,6 +7,7 @@
 #include "check.hpp"
 #include "kernels.hpp"
 #include "pdl.cuh"
+#include "warp_reduce.cuh"
 
 namespace inferscope::engine::cuda {
 namespace {
@@ -24,11 +25,6 @@ int grid_for(int64_t n) {
 
 __device__ __forceinline__ float* at(const View& v, int64_t r, int64_t c) {
   return v.p + r * v.stride + c;
-}
-
-__device__ __forceinline__ float warp_sum(float v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
 }
 
 __global__ void fill_k(View d, float value) {

@@ -16,6 +16,7 @@
 
 #include "check.hpp"
 #include "kernels.hpp"
+#include "warp_reduce.cuh"
 
 namespace inferscope::engine::cuda {
 namespace {
@@ -31,15 +32,6 @@ constexpr size_t prefill_smem_bytes() {
   // Q [rows][HD] | K [keys][HD + 1] (padded: lanes read one key each, column-wise) |
   // V [keys][HD] (lanes read one row's dims) | P [rows][keys]
   return sizeof(float) * (kTileRows * HD + kKeys * (HD + 1) + kKeys * HD + kTileRows * kKeys);
-}
-
-__device__ __forceinline__ float warp_max(float v) {
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
-__device__ __forceinline__ float warp_sum(float v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
 }
 
 template <int HD>
