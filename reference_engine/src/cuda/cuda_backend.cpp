@@ -666,7 +666,8 @@ class CudaBackend final : public Backend {
 
   // --- mixture of experts, asynchronous routing ------------------------------
   // The same kernels with the counts and offsets left on the device: no copy
-  // to the host, no wait; the grids come from the bound T * top_k.
+  // to the host, no wait; the grids come from the bound T * top_k. (A long
+  // prefill's expert GEMMs do wait once a layer: see grouped_linear_device_impl.)
   void moe_route_device_impl(const Tensor& logits, const Tensor& bias, const RouteParams& p,
                              const Tensor& assign_expert, const Tensor& assign_weight,
                              const Tensor& counts, const Tensor& offsets,
