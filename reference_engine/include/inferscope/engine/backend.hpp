@@ -400,7 +400,8 @@ class Backend {
   // Asynchronous routing. The defaults are synchronous and correct for every
   // backend (the CPU backend uses them): moe_route_impl plus an upload of the
   // counts and offsets; the other three read the offsets back and call the
-  // host-offsets _impl. The CUDA backend overrides all four without a wait.
+  // host-offsets _impl. The CUDA backend overrides all four without a wait,
+  // except a long prefill's grouped_linear (one offsets download per MoE layer).
   virtual void moe_route_device_impl(const Tensor& logits, const Tensor& bias,
                                      const RouteParams& params, const Tensor& assign_expert,
                                      const Tensor& assign_weight, const Tensor& counts,
