@@ -465,11 +465,18 @@ class Observer:
         unusual (not an int64 tensor, an extractor's error) takes the general path."""
         deferred, keys, stats = self._deferred, self._deferred_keys, self._stats
         row, perf, count = entry.row, time.perf_counter_ns, self._count
+        # transformers calls experts modules positionally: (hidden, top_k_index, weights); that
+        # call needs no extractor's frame.
+        positional = extract is _topk_of_call
 
         def hook(*hook_args):
             start = perf()
             try:
-                ids = extract(*hook_args)
+                args = hook_args[1]
+                if positional and len(args) > 1 and not hook_args[2]:
+                    ids = args[1]
+                else:
+                    ids = extract(*hook_args)
                 if ids.__class__ is _Tensor and ids.dtype is _INT64:
                     n = ids.numel()
                     if n:
