@@ -9,6 +9,7 @@ PyTorch's fast path and the tap costs one Python call. remove() puts back what w
 
     handle = tap_forward(module, before=fn)   # fn(module, args, kwargs) before the forward
     handle = tap_forward(module, after=fn)    # fn(module, args, kwargs, output) after it
+    handle = tap_forward(module, before=f, after=g, always=True)  # g also when it raises
     handle.remove()
 
 A tap's return value is ignored (it cannot replace inputs or outputs). Where no instance
@@ -45,9 +46,11 @@ class ForwardTap:
                 module.__dict__["forward"] = self.previous
 
 
-def tap_forward(module, before=None, after=None):
+def tap_forward(module, before=None, after=None, always=False):
     """Calls before(module, args, kwargs) ahead of each forward of `module` and/or
-    after(module, args, kwargs, output) after it (not when the forward raises)."""
+    after(module, args, kwargs, output) after it; when the forward raises, after is called
+    (with output None, then the exception goes on) only with both taps and always=True, so
+    that every before has its after."""
     previous = module.__dict__.get("forward")
     handle = ForwardTap(module, previous)
     if previous is None:
@@ -55,7 +58,18 @@ def tap_forward(module, before=None, after=None):
     else:
         def call(_self, *args, **kwargs):  # an instance forward already bound to its module
             return previous(*args, **kwargs)
-    if before is not None and after is not None:
+    if before is not None and after is not None and always:
+        def forward(self, *args, **kwargs):
+            if not handle.active:
+                return call(self, *args, **kwargs)
+            before(self, args, kwargs)
+            out = None
+            try:
+                out = call(self, *args, **kwargs)
+            finally:
+                after(self, args, kwargs, out)
+            return out
+    elif before is not None and after is not None:
         def forward(self, *args, **kwargs):
             if handle.active:
                 before(self, args, kwargs)

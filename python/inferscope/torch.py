@@ -253,11 +253,10 @@ class Observer:
         self.model_name = model_name or _model_name(model, config)
         self._describe()
         if steps == "auto":
-            self._hook(model.register_forward_pre_hook(self._root_pre))
-            # always_call: a forward that raises still ends its step, so the nesting count
-            # comes back to 0 (torch < 2.0 has no such option: there a raising forward
-            # leaves the observer inside that step).
-            self._hook(model.register_forward_hook(self._root_post, **_ALWAYS_CALL))
+            # always: a forward that raises still ends its step, so the nesting count comes
+            # back to 0.
+            self._hook(tap_forward(model, before=self._root_pre, after=self._root_post,
+                                   always=True))
         if stages:
             self._discover_stages(model)
         if layer_ranges:
@@ -418,10 +417,10 @@ class Observer:
         if "encoder" not in found and "connector" not in found:
             return  # not multimodal: the whole model is the backbone, timed by the steps
         for stage, module in found.items():
-            self._hook(module.register_forward_pre_hook(
-                lambda m, args, s=stage: self._stage_begin(s)))
-            self._hook(module.register_forward_hook(
-                lambda m, args, out, s=stage: self._stage_end(s)))
+            self._hook(tap_forward(module, before=lambda m, args, kwargs, s=stage:
+                                   self._stage_begin(s),
+                                   after=lambda m, args, kwargs, out, s=stage:
+                                   self._stage_end(s)))
 
     def _attach_layer_ranges(self, model):
         for name, module in model.named_modules():
@@ -429,12 +428,11 @@ class Observer:
             if m is None:
                 continue
             scope = self.agent.range(f"layer.{int(m.group(1))}")
-            # A hook's return value replaces the module's input (pre) or output (post): these
-            # must return None, whatever __enter__ / __exit__ return.
-            self._hook(module.register_forward_pre_hook(
-                lambda mod, args, s=scope: _call_none(s.__enter__)))
-            self._hook(module.register_forward_hook(
-                lambda mod, args, out, s=scope: _call_none(s.__exit__, None, None, None)))
+            # always: a layer that raises still closes its range.
+            self._hook(tap_forward(module, before=lambda mod, args, kwargs, s=scope:
+                                   s.__enter__(),
+                                   after=lambda mod, args, kwargs, out, s=scope:
+                                   s.__exit__(None, None, None), always=True))
 
     # [SECTION] counting on the device ---------------------------------------------
 
@@ -821,7 +819,7 @@ class Observer:
     # [SECTION] steps ----------------------------------------------------------------
 
     @_timed("step")
-    def _root_pre(self, module, args):
+    def _root_pre(self, module, args, kwargs):
         self._depth += 1
         t = time.perf_counter_ns()
         if self._depth == 1 and self._step_ranges:
@@ -839,7 +837,7 @@ class Observer:
                 g["first_token_ns"] = now_ns()
 
     @_timed("step")
-    def _root_post(self, module, args, output):
+    def _root_post(self, module, args, kwargs, output):
         self._depth -= 1
         if self._depth != 0:
             return
@@ -1159,16 +1157,6 @@ class Observer:
 
 
 # [SECTION] helpers -------------------------------------------------------------------
-
-def _call_none(fn, *args):
-    """Calls fn and returns None: for hooks, where a returned value would replace the
-    module's input or output."""
-    fn(*args)
-
-
-_ALWAYS_CALL = ({"always_call": True} if "always_call" in inspect.signature(
-    _torch.nn.Module.register_forward_hook).parameters else {})
-
 
 def cache_bytes(cache):
     """(attention key/value bytes, convolution/SSM state bytes) held by a cache object:

@@ -277,10 +277,11 @@ def check_ids_changed_in_place_dropped(addrs):
 
 
 def check_forward_taps_keep_fast_path():
-    """The MoE layers are observed through taps on their forward, not forward hooks (a hooked
-    module takes PyTorch's slow call path): no hook on them while observed; a forward put on
-    the instance before (as accelerate does) is still called, and close() puts back exactly
-    what was there; a deepcopy of an observed module runs its own weights."""
+    """The model, its MoE layers and its decoder layers (layer_ranges) are observed through
+    taps on their forward, not forward hooks (a hooked module takes PyTorch's slow call path):
+    no hook anywhere while observed; a forward put on the instance before (as accelerate does)
+    is still called, and close() puts back exactly what was there; a deepcopy of an observed
+    module runs its own weights; a forward that raises still ends its step."""
     import copy
     torch.manual_seed(16)
     model = hf.TinyLM(style="v4", layers=2).eval()
@@ -295,13 +296,21 @@ def check_forward_taps_keep_fast_path():
     gate.forward = instance_forward
     agent = inferscope.Agent(collector="")
     for m in (model, experts):
-        obs = inferscope.torch.observe(m, agent, requests=False)
-        hooked = [n for n, sub in m.named_modules() if sub is not m and (
-            sub._forward_hooks or sub._forward_pre_hooks)]
+        obs = inferscope.torch.observe(m, agent, requests=False, layer_ranges=True)
+        hooked = [n for n, sub in m.named_modules() if sub._forward_hooks or
+                  sub._forward_pre_hooks]
         if hooked or len(obs.layers) != 2:
             raise Failure(f"forward hooks on {hooked}, layers {obs.layers}")
         with torch.no_grad():
+            try:
+                m(input_ids=torch.tensor([[500]]))  # outside the vocabulary: raises
+                raise Failure("a forward outside the vocabulary did not raise")
+            except IndexError:
+                pass
             m(input_ids=prompt(1, 3))
+            if obs._depth or obs.stats()["steps"] != 2:
+                raise Failure(f"a raising forward left the step open: depth {obs._depth}, "
+                              f"{obs.stats()}")
             if m is experts:
                 twin = copy.deepcopy(m.model.layers[1].mlp)
                 with torch.no_grad():
@@ -499,7 +508,7 @@ def check_hook_errors_never_reach_the_model():
     if "generate" not in vars(model):
         raise Failure("generate() was not wrapped")
     obs.close()
-    if "generate" in vars(model) or model._forward_hooks or model._forward_pre_hooks:
+    if "generate" in vars(model) or any("forward" in vars(m) for m in model.modules()):
         raise Failure("close() left hooks or the generate() wrapper behind")
     calls = obs.stats()["moe_calls"]
     with torch.no_grad():
