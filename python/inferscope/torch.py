@@ -15,7 +15,7 @@ them), forward hooks on the model itself and on multimodal parts, a wrapper of g
     to pinned host memory with one asynchronous copy and an event, and sent once the event has
     completed (checked without blocking at a later step), each step with its own step number.
     No host sync.
-  * the model's cache objects after a step, at most every 250 ms (and at generate()'s end,
+  * the model's cache objects after a step, at most every second (and at generate()'s end,
     flush(), close()): bytes of attention keys/values ("kv_cache") and of convolution/SSM
     state ("ssm_state"), from tensor shapes only (no sync).
   * multimodal parts (vision tower, projector, language model): NVTX-named ranges
@@ -74,7 +74,7 @@ _RUN_BUFFER_IDS = 1 << 18
 _STEP_PARTS = ("range", "memory", "count", "copy", "drain")
 _INT64 = _torch.int64
 _Tensor = _torch.Tensor
-_MEMORY_INTERVAL_NS = 250_000_000  # cache bytes at most every 250 ms (and at flush, generate end)
+_MEMORY_INTERVAL_NS = 1_000_000_000  # cache bytes at most every second (and at flush, generate end)
 
 
 def _normal_tensors(method):

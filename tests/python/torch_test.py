@@ -577,7 +577,9 @@ def main():
     try:
         collector = pathlib.Path(args.build_dir).resolve() / "collector" / "inferscope-collector"
         _, addrs = h.start_collector(collector, "collector", [
-            "--window", "1s", "--hot-windows", "2", "--per-expert-metrics", "--max-models", "64"])
+            # More models than the default bound of 16 (each check names its own).
+            "--window", "1s", "--hot-windows", "2", "--per-expert-metrics", "--max-models",
+            "64"])
         checks = {
             "counts_exact": lambda: check_counts_exact(addrs),
             "per_step_counts_exact": lambda: check_per_step_counts_exact(addrs),

@@ -763,7 +763,10 @@ def main():
     try:
         collector = pathlib.Path(args.build_dir).resolve() / "collector" / "inferscope-collector"
         _, addrs = h.start_collector(collector, "collector", [
-            "--window", "1s", "--hot-windows", "2", "--per-expert-metrics"])
+            # More models than the default bound of 16: every family twice (plain and skewed),
+            # Llava, the steps_cuda and overhead models.
+            "--window", "1s", "--hot-windows", "2", "--per-expert-metrics", "--max-models",
+            "64"])
         checks = {f"family.{n}": (lambda n=n: check_family(addrs, n, results)) for n in FAMILIES}
         checks["jamba_memory"] = lambda: check_jamba_memory(addrs, results)
         checks["llava_stages"] = lambda: check_llava_stages(addrs, results)
