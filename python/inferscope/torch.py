@@ -74,6 +74,9 @@ _RUN_BUFFER_IDS = 1 << 18
 _STEP_PARTS = ("range", "memory", "count", "copy", "drain")
 _INT64 = _torch.int64
 _Tensor = _torch.Tensor
+# The per-layer capture is timed on one step in this many, counted that many times: a clock
+# read per call is a cost of its own (two per MoE layer per step otherwise).
+_MOE_TIMING_EVERY = 8
 _MEMORY_INTERVAL_NS = 1_000_000_000  # cache bytes at most every second (and at flush, generate end)
 
 
@@ -198,6 +201,7 @@ class Observer:
         self._handles = []
         self._lock = threading.Lock()
         self._step = 0
+        self._moe_timed = [True]  # whether this step's per-layer captures are timed
         self._depth = 0  # nesting of the root forward (a model may call itself)
         # Device buffer [K, bins], int32: row j holds step j of the group; in a row, one bin
         # per expert per layer + one bin of dropped ids per layer.
@@ -462,13 +466,13 @@ class Observer:
         per MoE layer per forward, so it is one function with its state in locals; anything
         unusual (not an int64 tensor, an extractor's error) takes the general path."""
         deferred, keys, stats = self._deferred, self._deferred_keys, self._stats
-        row, perf, count = entry.row, time.perf_counter_ns, self._count
+        row, perf, count, timed = entry.row, time.perf_counter_ns, self._count, self._moe_timed
         # transformers calls experts modules positionally: (hidden, top_k_index, weights); that
         # call needs no extractor's frame.
         positional = extract is _topk_of_call
 
         def hook(*hook_args):
-            start = perf()
+            start = perf() if timed[0] else 0
             try:
                 args = hook_args[1]
                 if positional and len(args) > 1 and not hook_args[2]:
@@ -493,7 +497,8 @@ class Observer:
             except Exception as e:  # noqa: BLE001 -- never into the model
                 self._hook_error(f"MoE layer {entry.layer} ids", e)
             finally:
-                stats["hook_ns_moe"] += perf() - start
+                if start:
+                    stats["hook_ns_moe"] += (perf() - start) * _MOE_TIMING_EVERY
         return hook
 
     @_timed("moe")
@@ -872,6 +877,7 @@ class Observer:
                 self._count_deferred(step_end=True)
             step = self._step
             self._step += 1
+            self._moe_timed[0] = self._step % _MOE_TIMING_EVERY == 0
             self._stats["steps"] += 1
             layers = self.layers
             tokens = [e.tokens for e in layers]
