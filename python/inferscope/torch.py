@@ -5,9 +5,9 @@
     model.generate(**inputs)                        # per-expert load, KV / SSM memory,
     obs.close()                                     # stages and requests reach the collector
 
-What it attaches (the model's code is not changed): taps on the forward of the MoE layers'
-modules (_forward_tap.py: no forward hooks there, so PyTorch keeps its fast call path for
-them), forward hooks on the model itself and on multimodal parts, a wrapper of generate():
+What it attaches (the model's code is not changed): taps on the forward of the model, of its
+MoE layers' modules, multimodal parts and (layer_ranges) decoder layers (_forward_tap.py: no
+forward hooks, so PyTorch keeps its fast call path for them), and a wrapper of generate():
   * every MoE layer it can find (routers of the transformers MoE families, or modules you
     name with watch_moe()): the top-k expert ids of each forward are kept (the router's own
     tensors, no op) and counted ON THE DEVICE for K steps at once (steps_per_copy, default 8:
