@@ -5,15 +5,19 @@
     model.generate(**inputs)                        # per-expert load, KV / SSM memory,
     obs.close()                                     # stages and requests reach the collector
 
-What it attaches (all through forward hooks; the model's code is not changed):
+What it attaches (the model's code is not changed): taps on the forward of the model, of its
+MoE layers' modules, multimodal parts and (layer_ranges) decoder layers (_forward_tap.py: no
+forward hooks, so PyTorch keeps its fast call path for them), and a wrapper of generate():
   * every MoE layer it can find (routers of the transformers MoE families, or modules you
-    name with watch_moe()): the top-k expert ids of each forward are counted ON THE DEVICE,
-    all layers of a step at its end (one scatter_add_), into that step's row of a buffer of
-    K rows (steps_per_copy, default 8); every K steps the rows are copied to pinned host memory
-    with one asynchronous copy and an event, and sent once the event has completed (checked
-    without blocking at a later step), each step with its own step number. No host sync.
-  * the model's cache objects after each step: bytes of attention keys/values ("kv_cache")
-    and of convolution/SSM state ("ssm_state"), from tensor shapes only (no sync).
+    name with watch_moe()): the top-k expert ids of each forward are kept (the router's own
+    tensors, no op) and counted ON THE DEVICE for K steps at once (steps_per_copy, default 8:
+    one cat, one scatter_add_ into a buffer of K rows, one row per step); the rows are copied
+    to pinned host memory with one asynchronous copy and an event, and sent once the event has
+    completed (checked without blocking at a later step), each step with its own step number.
+    No host sync.
+  * the model's cache objects after a step, at most every second (and at generate()'s end,
+    flush(), close()): bytes of attention keys/values ("kv_cache") and of convolution/SSM
+    state ("ssm_state"), from tensor shapes only (no sync).
   * multimodal parts (vision tower, projector, language model): NVTX-named ranges
     "encoder" / "connector" / "backbone", and stage records timed by CUDA events.
   * generate(): one request record per sequence (arrival, first token, finish, tokens).
@@ -34,6 +38,7 @@ from array import array as _array
 
 import torch as _torch
 
+from ._forward_tap import tap_forward
 from .agent import Agent, now_ns
 
 __all__ = ["observe", "Observer", "MoELayer"]
@@ -69,7 +74,10 @@ _RUN_BUFFER_IDS = 1 << 18
 _STEP_PARTS = ("range", "memory", "count", "copy", "drain")
 _INT64 = _torch.int64
 _Tensor = _torch.Tensor
-_MEMORY_INTERVAL_NS = 50_000_000  # cache bytes at most every 50 ms (and at flush/generate end)
+# The per-layer capture is timed on one step in this many, counted that many times: a clock
+# read per call is a cost of its own (two per MoE layer per step otherwise).
+_MOE_TIMING_EVERY = 8
+_MEMORY_INTERVAL_NS = 1_000_000_000  # cache bytes at most every second (and at flush, generate end)
 
 
 def _normal_tensors(method):
@@ -86,13 +94,20 @@ def _normal_tensors(method):
 
 class _IdsRun:
     """Consecutive steps of one group, rows start.. start+count-1, whose router ids (same
-    layers, same shape) were stacked into buf[row] at each step's end, to be counted together."""
+    layers, same shape) are counted together at the group's end (_flush_run). The ids are
+    kept as the router's own tensors (`tensors`, step after step, layer after layer; with
+    `versions`, their version counters at their step's end, None where they have none), or,
+    once a model was seen changing them in place (kept=False), copied into buf[row] at each
+    step's end."""
 
-    __slots__ = ("plan", "key", "buf", "start", "count")
+    __slots__ = ("plan", "key", "buf", "start", "count", "first_row", "tensors", "versions")
 
-    def __init__(self, plan, key, buf, start):
+    def __init__(self, plan, key, buf, start, first_row, kept):
         # key: (layers, ids shape); buf: (the ids buffer, its rows)
         self.plan, self.key, self.buf, self.start, self.count = plan, key, buf, start, 0
+        self.first_row = first_row  # the row in Observer.layers of the run's first layer
+        self.tensors = [] if kept else None
+        self.versions = [] if kept else None
 
 
 class MoELayer:
@@ -106,7 +121,7 @@ class MoELayer:
         self.source, self.trusted, self.shared_experts = source, trusted, shared_experts
         self.offset = 0  # first bin of this layer in a step's row of the device buffer
         self.row = 0  # its index in Observer.layers (the order of the rows' layer slices)
-        self.views = ()  # its slice of each step row of the device buffer
+        self.views = ()  # its slice of each step row of the device buffer, made when used
         self.tokens = 0  # tokens routed through the layer in the current step (host-side)
 
     def __repr__(self):
@@ -186,12 +201,13 @@ class Observer:
         self._handles = []
         self._lock = threading.Lock()
         self._step = 0
+        self._moe_timed = [True]  # whether this step's per-layer captures are timed
         self._depth = 0  # nesting of the root forward (a model may call itself)
         # Device buffer [K, bins], int32: row j holds step j of the group; in a row, one bin
         # per expert per layer + one bin of dropped ids per layer.
         self._counts = None
         self._slot = 0  # the row the current step counts into
-        self._slot_views = ()  # self._counts[j] for each j
+        self._slot_views = ()  # self._counts[j] for each j, made when first used
         self._group_steps = []  # step numbers of the group's finished steps (rows 0..)
         self._group_tokens = []  # their tokens, len(self.layers) per step
         self._meta = None  # the layer arrays of the C call, per layer set
@@ -203,7 +219,11 @@ class Observer:
         self._deferred_keys = []  # (row of its layer, numel) of each
         self._deferred_ids = 0
         self._plans = {}  # tuple of deferred keys -> how to count them (_plan)
-        self._run = None  # _IdsRun: steps whose stacked ids wait for the group's end
+        self._run = None  # _IdsRun: steps whose ids wait for the group's end
+        # Router ids are kept (not copied) until the group's end, until a model is seen
+        # changing them in place after their step; that group is then dropped (counted).
+        self._keep_ids = True
+        self._group_spoiled = False
         self._run_bufs = {}  # (layers, ids shape) -> (ids buffer, its rows)
         self._run_views = {}  # the views _flush_run counts through, per shape of run
         self._pending = collections.deque()  # (steps, tokens, host rows, event or None, meta)
@@ -237,11 +257,10 @@ class Observer:
         self.model_name = model_name or _model_name(model, config)
         self._describe()
         if steps == "auto":
-            self._hook(model.register_forward_pre_hook(self._root_pre))
-            # always_call: a forward that raises still ends its step, so the nesting count
-            # comes back to 0 (torch < 2.0 has no such option: there a raising forward
-            # leaves the observer inside that step).
-            self._hook(model.register_forward_hook(self._root_post, **_ALWAYS_CALL))
+            # always: a forward that raises still ends its step, so the nesting count comes
+            # back to 0.
+            self._hook(tap_forward(model, before=self._root_pre, after=self._root_post,
+                                   always=True))
         if stages:
             self._discover_stages(model)
         if layer_ranges:
@@ -265,10 +284,9 @@ class Observer:
                 return _ids_from_router(entry, out)
         else:
             extract = indices
-        def hook(m, args, *kwargs_and_out):  # (kwargs, out) with kwargs, else (out,)
-            kwargs = kwargs_and_out[0] if len(kwargs_and_out) == 2 else {}
-            self._count_from(entry, extract, m, args, kwargs, kwargs_and_out[-1])
-        self._hook(module.register_forward_hook(hook, **_WITH_KWARGS))
+        def tap(m, args, kwargs, out):
+            self._count_from(entry, extract, m, args, kwargs, out)
+        self._hook(tap_forward(module, after=tap))
         return entry
 
     def record_topk(self, layer, topk_ids, num_experts=None):
@@ -377,19 +395,20 @@ class Observer:
             shared = _first_attr(module, _SHARED_ATTRS)
             entry = MoELayer(f"{name}.{router_name}", layer, num_experts, top_k, "", trusted=True,
                              shared_experts=0 if shared is None else 1)
+            # Taps on forward, not forward hooks: a module with hooks takes PyTorch's slow
+            # call path, paid outside the hook (_forward_tap.py).
             if _takes_topk_ids(experts):
                 # transformers 5: the experts module receives the router's top-k ids.
                 entry.source = "experts(top_k_index)"
                 self._register(entry)
-                self._hook(experts.register_forward_pre_hook(
-                    self._router_hook(entry, _topk_of_call), **_WITH_KWARGS))
+                self._hook(tap_forward(experts, before=self._router_hook(entry, _topk_of_call)))
             else:
                 entry.source = "router output"
                 self._register(entry)
-                self._hook(router.register_forward_hook(
-                    self._router_hook(entry, _ids_of_router_call(entry))))
+                self._hook(tap_forward(router, after=self._router_hook(
+                    entry, _ids_of_router_call(entry))))
             if shared is not None:
-                self._hook(shared.register_forward_pre_hook(self._shared_pre))
+                self._hook(tap_forward(shared, before=self._shared_pre))
 
     def _discover_stages(self, model):
         found = {}
@@ -402,10 +421,10 @@ class Observer:
         if "encoder" not in found and "connector" not in found:
             return  # not multimodal: the whole model is the backbone, timed by the steps
         for stage, module in found.items():
-            self._hook(module.register_forward_pre_hook(
-                lambda m, args, s=stage: self._stage_begin(s)))
-            self._hook(module.register_forward_hook(
-                lambda m, args, out, s=stage: self._stage_end(s)))
+            self._hook(tap_forward(module, before=lambda m, args, kwargs, s=stage:
+                                   self._stage_begin(s),
+                                   after=lambda m, args, kwargs, out, s=stage:
+                                   self._stage_end(s)))
 
     def _attach_layer_ranges(self, model):
         for name, module in model.named_modules():
@@ -413,12 +432,11 @@ class Observer:
             if m is None:
                 continue
             scope = self.agent.range(f"layer.{int(m.group(1))}")
-            # A hook's return value replaces the module's input (pre) or output (post): these
-            # must return None, whatever __enter__ / __exit__ return.
-            self._hook(module.register_forward_pre_hook(
-                lambda mod, args, s=scope: _call_none(s.__enter__)))
-            self._hook(module.register_forward_hook(
-                lambda mod, args, out, s=scope: _call_none(s.__exit__, None, None, None)))
+            # always: a layer that raises still closes its range.
+            self._hook(tap_forward(module, before=lambda mod, args, kwargs, s=scope:
+                                   s.__enter__(),
+                                   after=lambda mod, args, kwargs, out, s=scope:
+                                   s.__exit__(None, None, None), always=True))
 
     # [SECTION] counting on the device ---------------------------------------------
 
@@ -443,17 +461,24 @@ class Observer:
         return entry
 
     def _router_hook(self, entry, extract):
-        """The forward (pre-)hook of a discovered router: extract(*hook args) gives its top-k
+        """The forward tap of a discovered router: extract(*tap args) gives its top-k
         ids, kept for the step's end (_count_deferred). The hot path of observing: one call
         per MoE layer per forward, so it is one function with its state in locals; anything
         unusual (not an int64 tensor, an extractor's error) takes the general path."""
         deferred, keys, stats = self._deferred, self._deferred_keys, self._stats
-        row, perf, count = entry.row, time.perf_counter_ns, self._count
+        row, perf, count, timed = entry.row, time.perf_counter_ns, self._count, self._moe_timed
+        # transformers calls experts modules positionally: (hidden, top_k_index, weights); that
+        # call needs no extractor's frame.
+        positional = extract is _topk_of_call
 
         def hook(*hook_args):
-            start = perf()
+            start = perf() if timed[0] else 0
             try:
-                ids = extract(*hook_args)
+                args = hook_args[1]
+                if positional and len(args) > 1 and not hook_args[2]:
+                    ids = args[1]
+                else:
+                    ids = extract(*hook_args)
                 if ids.__class__ is _Tensor and ids.dtype is _INT64:
                     n = ids.numel()
                     if n:
@@ -472,7 +497,8 @@ class Observer:
             except Exception as e:  # noqa: BLE001 -- never into the model
                 self._hook_error(f"MoE layer {entry.layer} ids", e)
             finally:
-                stats["hook_ns_moe"] += perf() - start
+                if start:
+                    stats["hook_ns_moe"] += (perf() - start) * _MOE_TIMING_EVERY
         return hook
 
     @_timed("moe")
@@ -515,7 +541,7 @@ class Observer:
             # (dropped) instead of tripping a device-side assert.
             e = entry.num_experts
             flat = ids.reshape(-1).to(_INT64).clamp(-1, e).remainder(e + 1)
-            entry.views[self._slot].index_add_(0, flat, self._ones_n(n))
+            self._layer_view(entry, self._slot).index_add_(0, flat, self._ones_n(n))
             self._stats["moe_calls"] += 1
         except Exception as e:  # noqa: BLE001 -- never into the model
             self._hook_error(f"MoE layer {entry.layer}", e)
@@ -550,20 +576,31 @@ class Observer:
                             run.start + run.count != self._slot):
                         if run is not None:
                             self._flush_run()
-                        run = self._start_run(plan, ids_shape)
-                    # cat along dim 0 lays [T, k] ids out as stack would (layer-major), without
-                    # an unsqueeze per layer; other shapes raise (one by one, below).
-                    _torch.cat(tensors, out=run.buf[1][self._slot])
+                        run = self._start_run(plan, ids_shape, keys[0][0])
+                    kept = run.tensors
+                    if kept is not None:  # no op now: the tensors wait for the group's end
+                        kept += tensors
+                        if run.versions is not None:
+                            try:
+                                run.versions += [t._version for t in tensors]
+                            except RuntimeError:  # inference tensors have no version counter
+                                run.versions = None
+                    else:
+                        # cat along dim 0 lays [T, k] ids out as stack would (layer-major),
+                        # without an unsqueeze per layer; other shapes raise (one by one).
+                        _torch.cat(tensors, out=run.buf[1][self._slot])
                     run.count += 1
                     return
                 idx = _torch.stack(tensors)
                 if idx.dim() != 2:
                     idx = idx.view(shape)
-                target[self._slot].scatter_add_(1, idx, ones)
+                offset, experts = plan[4:]
+                self._slot_view(self._slot).narrow(0, offset, shape[0] * (experts + 1)).view(
+                    shape[0], experts + 1).scatter_add_(1, idx, ones)
             else:
                 idx = _torch.cat([t.reshape(-1) for t in tensors])
                 idx += target
-                self._slot_views[self._slot].index_add_(0, idx, ones)
+                self._slot_view(self._slot).index_add_(0, idx, ones)
         except (RuntimeError, IndexError):
             # Ids on another device than the buffer (a model moved, or split over devices), or
             # of one size with different shapes (or none: 0-d): one layer at a time.
@@ -575,10 +612,10 @@ class Observer:
 
     @_normal_tensors
     def _plan(self, key):
-        """How a step with these deferred (row, numel) keys is counted: (True, per-slot
-        [L, E+1] views of the layers' bins, ones [L, n], [L, n]) when the layers are rows
-        r0..r0+L-1 in order with the same expert count and id count; else (False, the ids'
-        layer offsets, ones [total], None)."""
+        """How a step with these deferred (row, numel) keys is counted: (True, None, ones
+        [L, n], (L, n), the first layer's offset, E) when the layers are rows r0..r0+L-1 in
+        order with the same expert count E and id count n; else (False, the ids' layer
+        offsets, ones [total], None)."""
         if len(self._plans) >= 64:
             self._plans.clear()
         rows = [r for r, _ in key]
@@ -589,9 +626,7 @@ class Observer:
                 all(e.num_experts == experts for e in entries)):
             n_layers, n = len(rows), sizes[0]
             ones = self._ones_n(n).expand(n_layers, n)
-            views = [v.narrow(0, entries[0].offset, n_layers * (experts + 1))
-                     .view(n_layers, experts + 1) for v in self._slot_views]
-            plan = (True, views, ones, (n_layers, n), entries[0].offset, experts)
+            plan = (True, None, ones, (n_layers, n), entries[0].offset, experts)
         else:
             offsets = _torch.repeat_interleave(
                 _torch.tensor([e.offset for e in entries], dtype=_INT64),
@@ -600,27 +635,33 @@ class Observer:
         self._plans[key] = plan
         return plan
 
-    @_normal_tensors
-    def _start_run(self, plan, ids_shape):
-        """A run of consecutive steps (from the current row) whose ids wait, stacked, in an
-        ids buffer [K, layers * ids_shape[0], *ids_shape[1:]] (kept per shape, a few at most)
-        for _flush_run."""
+    def _start_run(self, plan, ids_shape, first_row):
+        """A run of consecutive steps (from the current row) whose ids are counted together by
+        _flush_run, through an ids buffer [K, layers * ids_shape[0], *ids_shape[1:]] (kept per
+        shape, a few at most)."""
         n_layers = plan[3][0]
         bkey = (n_layers, tuple(ids_shape))
         buf = self._run_bufs.get(bkey)
         if buf is None:
-            if len(self._run_bufs) >= 4:
-                self._run_bufs.clear()
-                self._run_views.clear()
-            buf = _torch.empty((self._k, n_layers * ids_shape[0], *ids_shape[1:]), dtype=_INT64,
-                               device=self._counts.device)
-            buf = self._run_bufs[bkey] = (buf, buf.unbind(0))  # buf[row]: made once
-        run = self._run = _IdsRun(plan, bkey, buf, self._slot)
+            buf = self._new_run_buf(bkey, ids_shape)
+        run = self._run = _IdsRun(plan, bkey, buf, self._slot, first_row, self._keep_ids)
         return run
 
+    @_normal_tensors
+    def _new_run_buf(self, bkey, ids_shape):
+        if len(self._run_bufs) >= 4:
+            self._run_bufs.clear()
+            self._run_views.clear()
+        buf = _torch.empty((self._k, bkey[0] * ids_shape[0], *ids_shape[1:]), dtype=_INT64,
+                           device=self._counts.device)
+        buf = self._run_bufs[bkey] = (buf, buf.unbind(0))  # buf[row]: made once
+        return buf
+
     def _flush_run(self):
-        """Counts the run's stacked ids into their rows: one scatter_add_ for all its steps
-        (the rows' layer bins viewed as [steps, layers, experts + 1])."""
+        """Counts the run's ids into their rows: one cat of the kept tensors of all its steps
+        into the ids buffer, one scatter_add_ (the rows' layer bins viewed as [steps, layers,
+        experts + 1]). Kept tensors changed in place since their step spoil the group
+        (_send_group drops it)."""
         run, self._run = self._run, None
         if run is None or not run.count:
             return
@@ -630,33 +671,87 @@ class Observer:
         views = self._run_views.get(vkey)
         if views is None:  # made once per shape of run: a full group's is the usual one
             views = self._make_run_views(vkey, run.buf[0], n_layers, n)
-        target, idx, ones = views
+        target, idx, ones, flat = views
+        kept = run.tensors
+        if kept is not None:
+            if run.versions is not None and [t._version for t in kept] != run.versions:
+                self._ids_changed()
+                return
+            try:
+                _torch.cat(kept, out=flat)
+            except (RuntimeError, IndexError):  # other shapes of one size, other devices
+                self._count_run_one_by_one(run)
+                return
         target.scatter_add_(2, idx, ones)
+
+    def _ids_changed(self):
+        self._group_spoiled = True
+        self._keep_ids = False
+        self._hook_error("kept top-k ids", RuntimeError(
+            "the model changed a router's top-k ids in place after its step: this group's "
+            "steps are dropped (stats()['steps_dropped']); from now on each step's ids are "
+            "copied at its end"))
+
+    def _count_run_one_by_one(self, run):
+        n_layers = run.plan[3][0]
+        kept = run.tensors
+        for i in range(run.count):
+            self._count_one_by_one(
+                [(t, (run.first_row + j, t.numel()))
+                 for j, t in enumerate(kept[i * n_layers:(i + 1) * n_layers])], run.start + i)
 
     @_normal_tensors
     def _make_run_views(self, vkey, buf, n_layers, n):
         _, offset, experts, start, count = vkey
         if len(self._run_views) >= 64:
             self._run_views.clear()
+        rows = buf[start:start + count]
         views = self._run_views[vkey] = (
             self._counts[start:start + count].narrow(1, offset, n_layers * (experts + 1))
             .view(count, n_layers, experts + 1),
-            buf[start:start + count].view(count, n_layers, n),
-            self._ones_n(n).expand(count, n_layers, n))
+            rows.view(count, n_layers, n),
+            self._ones_n(n).expand(count, n_layers, n),
+            rows.flatten(0, 1))  # what the cat of the kept ids of `count` steps fills
         return views
 
-    def _count_one_by_one(self, items):
+    def _count_one_by_one(self, items, slot=None):
+        """Counts (ids, (layer row, numel)) items into step row `slot` (default: the current
+        step's) one layer at a time: ids of any shape, on any device."""
         if not items:
             return
         device = items[0][0].device
-        if device != self._counts.device and all(t.device == device for t, _ in items):
+        if (slot is None and device != self._counts.device and
+                all(t.device == device for t, _ in items)):
             self._deferred.clear()
             self._deferred_keys.clear()
             self._grow(device)  # the model moved: the buffer follows it
         counts = self._counts
+        slot = self._slot if slot is None else slot
         for t, (row, n) in items:
-            self.layers[row].views[self._slot].index_add_(0, t.reshape(-1).to(counts.device),
-                                                           self._ones_n(n))
+            self._layer_view(self.layers[row], slot).index_add_(
+                0, t.reshape(-1).to(counts.device), self._ones_n(n))
+
+    def _slot_view(self, slot):
+        """Step row `slot` of the device buffer (a view made once per row, when first used:
+        an observer that only counts full groups never makes one)."""
+        view = self._slot_views[slot]
+        return view if view is not None else self._make_slot_view(slot)
+
+    @_normal_tensors
+    def _make_slot_view(self, slot):
+        view = self._slot_views[slot] = self._counts[slot]
+        return view
+
+    def _layer_view(self, entry, slot):
+        """The layer's bins in step row `slot` (made once, when first used)."""
+        view = entry.views[slot]
+        return view if view is not None else self._make_layer_view(entry, slot)
+
+    @_normal_tensors
+    def _make_layer_view(self, entry, slot):
+        view = entry.views[slot] = self._slot_view(slot).narrow(0, entry.offset,
+                                                                entry.num_experts + 1)
+        return view
 
     def _ones_n(self, n):
         """A length-n view of a ones buffer, kept per n (a handful of batch shapes) so the hot
@@ -689,7 +784,7 @@ class Observer:
         if old is not None:
             if self._deferred:
                 self._count_deferred()  # into the old buffer, copied below
-            current = self._slot_views[self._slot]
+            current = self._slot_view(self._slot)
             self._send_group()
         self._run = None
         self._run_bufs = {}
@@ -702,9 +797,10 @@ class Observer:
             counts[0, :current.numel()].copy_(current)
         self._counts = counts
         self._slot = 0
-        self._slot_views = [counts[j] for j in range(self._k)]
+        # Views made when first used (a view is a PyTorch op: tens of us on a GPU host).
+        self._slot_views = [None] * self._k
         for e in self.layers:  # each layer's slice: its experts, then one bin for dropped ids
-            e.views = [v.narrow(0, e.offset, e.num_experts + 1) for v in self._slot_views]
+            e.views = [None] * self._k
         if self._ones is None or self._ones.device != device:
             self._ones = _torch.ones(1024, dtype=_torch.int32, device=device)
             self._ones_by_n = {}
@@ -717,9 +813,9 @@ class Observer:
         return counts
 
     @_timed("moe")
-    def _shared_pre(self, module, args):
+    def _shared_pre(self, module, args, kwargs):
         try:
-            x = args[0] if args else None
+            x = args[0] if args else kwargs.get("hidden_states", kwargs.get("x"))
             if isinstance(x, _torch.Tensor):
                 self._stats["shared_expert_tokens"] += x.numel() // max(1, x.shape[-1])
         except Exception as e:  # noqa: BLE001
@@ -728,7 +824,7 @@ class Observer:
     # [SECTION] steps ----------------------------------------------------------------
 
     @_timed("step")
-    def _root_pre(self, module, args):
+    def _root_pre(self, module, args, kwargs):
         self._depth += 1
         t = time.perf_counter_ns()
         if self._depth == 1 and self._step_ranges:
@@ -746,7 +842,7 @@ class Observer:
                 g["first_token_ns"] = now_ns()
 
     @_timed("step")
-    def _root_post(self, module, args, output):
+    def _root_post(self, module, args, kwargs, output):
         self._depth -= 1
         if self._depth != 0:
             return
@@ -781,6 +877,7 @@ class Observer:
                 self._count_deferred(step_end=True)
             step = self._step
             self._step += 1
+            self._moe_timed[0] = self._step % _MOE_TIMING_EVERY == 0
             self._stats["steps"] += 1
             layers = self.layers
             tokens = [e.tokens for e in layers]
@@ -817,8 +914,8 @@ class Observer:
             in_progress = any(e.tokens for e in self.layers)
             self._send_group()
             if in_progress:
-                self._slot_views[0].copy_(self._slot_views[used])
-                self._slot_views[used].zero_()
+                self._slot_view(0).copy_(self._slot_view(used))
+                self._slot_view(used).zero_()
         except Exception as e:  # noqa: BLE001
             self._hook_error("step end", e)
 
@@ -837,7 +934,8 @@ class Observer:
         self._slot = 0
         counts = self._counts
         rows = counts if used == self._k else counts[:used]
-        if len(self._pending) >= self._pending_max:
+        spoiled, self._group_spoiled = self._group_spoiled, False
+        if spoiled or len(self._pending) >= self._pending_max:
             self._stats["steps_dropped"] += used
             rows.zero_()
             return
@@ -1066,20 +1164,6 @@ class Observer:
 
 # [SECTION] helpers -------------------------------------------------------------------
 
-def _call_none(fn, *args):
-    """Calls fn and returns None: for hooks, where a returned value would replace the
-    module's input or output."""
-    fn(*args)
-
-
-# torch >= 2.0 passes a hook the call's keyword arguments when asked (transformers 5 calls
-# experts modules with top_k_index as a keyword); older torch has no such option.
-_WITH_KWARGS = ({"with_kwargs": True} if "with_kwargs" in inspect.signature(
-    _torch.nn.Module.register_forward_hook).parameters else {})
-_ALWAYS_CALL = ({"always_call": True} if "always_call" in inspect.signature(
-    _torch.nn.Module.register_forward_hook).parameters else {})
-
-
 def cache_bytes(cache):
     """(attention key/value bytes, convolution/SSM state bytes) held by a cache object:
     tensors found under its attributes, classified by the attribute's name. Shapes only."""
@@ -1173,7 +1257,7 @@ def _takes_topk_ids(experts):
 
 
 def _topk_of_call(module, args, kwargs=None):
-    """The top-k ids an experts module is called with (its forward pre-hook's arguments): a
+    """The top-k ids an experts module is called with (its forward tap's arguments): a
     keyword of _TOPK_ARG_NAMES, else the second positional argument."""
     if kwargs:
         for key in _TOPK_ARG_NAMES:
@@ -1183,12 +1267,12 @@ def _topk_of_call(module, args, kwargs=None):
 
 
 def _ids_of_router_call(entry):
-    """The extractor of a router's forward hook: the position in its output tuple where an
+    """The extractor of a router's forward tap: the position in its output tuple where an
     int64 tensor was found is remembered (a router returns the same kind of tuple every call),
     so the usual call is one index and two checks; anything else takes _ids_from_router."""
     where = [None]
 
-    def extract(module, args, out):
+    def extract(module, args, kwargs, out):
         i = where[0]
         if i is not None and out.__class__ is tuple and len(out) > i:
             t = out[i]

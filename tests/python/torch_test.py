@@ -235,6 +235,102 @@ def check_pending_bound_drops_counted(addrs):
     agent.close()
 
 
+def check_ids_changed_in_place_dropped(addrs):
+    """A model that writes each step's top-k ids into the same tensor (in place), which the
+    observer keeps until the group's end: the spoiled group is dropped and counted (never
+    sent wrong), reported once, and from then on each step's ids are copied at its end, so
+    every later step is exact."""
+
+    class ReusingRouter(hf.V5Router):
+        def forward(self, h):
+            logits, scores, ids = super().forward(h)
+            buf = getattr(self, "ids_buf", None)
+            if buf is None or buf.shape != ids.shape:
+                buf = self.ids_buf = ids.clone()
+            else:
+                buf.copy_(ids)  # in place: the kept tensor's version counter moves
+            return logits, scores, buf
+
+    torch.manual_seed(15)
+    model = hf.TinyLM(style="v5", layers=3).eval()
+    for layer in model.model.layers:
+        router = ReusingRouter(32, 8, 2)
+        router.load_state_dict(layer.mlp.gate.state_dict())
+        layer.mlp.gate = router
+    agent, obs = observed(addrs, "torch-reused-ids", model, steps_per_copy=4)
+    spy = LoadSpy(agent)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        model.generate(prompt(2, 5), max_new_tokens=12)
+    obs.flush(10)
+    st = obs.stats()
+    # Group 0 (the prefill, then 3 decode steps whose kept ids were overwritten) is dropped.
+    if st["steps_dropped"] != 4 or st["hook_errors"] != 1 or st["steps"] != 12:
+        raise Failure(f"ids changed in place: observer stats {st}")
+    if err.getvalue().count("in place") != 1:
+        raise Failure(f"not reported once on stderr: {err.getvalue()!r}")
+    blocks = model.moe_blocks()
+    want = {s: {i: truth_step(b.routed[s], 8) for i, b in blocks.items()} for s in range(4, 12)}
+    check_steps_exact(spy, want, "after ids changed in place")
+    obs.close()
+    agent.close()
+
+
+def check_forward_taps_keep_fast_path():
+    """The model, its MoE layers and its decoder layers (layer_ranges) are observed through
+    taps on their forward, not forward hooks (a hooked module takes PyTorch's slow call path):
+    no hook anywhere while observed; a forward put on the instance before (as accelerate does)
+    is still called, and close() puts back exactly what was there; a deepcopy of an observed
+    module runs its own weights; a forward that raises still ends its step."""
+    import copy
+    torch.manual_seed(16)
+    model = hf.TinyLM(style="v4", layers=2).eval()
+    experts = hf.TinyLM(style="v5", layers=2).eval()
+    calls = []
+    gate = model.model.layers[0].mlp.gate
+    own = gate.forward
+
+    def instance_forward(x):  # an instance forward someone set before observe()
+        calls.append(1)
+        return own(x)
+    gate.forward = instance_forward
+    agent = inferscope.Agent(collector="")
+    for m in (model, experts):
+        obs = inferscope.torch.observe(m, agent, requests=False, layer_ranges=True)
+        hooked = [n for n, sub in m.named_modules() if sub._forward_hooks or
+                  sub._forward_pre_hooks]
+        if hooked or len(obs.layers) != 2:
+            raise Failure(f"forward hooks on {hooked}, layers {obs.layers}")
+        with torch.no_grad():
+            try:
+                m(input_ids=torch.tensor([[500]]))  # outside the vocabulary: raises
+                raise Failure("a forward outside the vocabulary did not raise")
+            except IndexError:
+                pass
+            m(input_ids=prompt(1, 3))
+            if obs._depth or obs.stats()["steps"] != 2:
+                raise Failure(f"a raising forward left the step open: depth {obs._depth}, "
+                              f"{obs.stats()}")
+            if m is experts:
+                twin = copy.deepcopy(m.model.layers[1].mlp)
+                with torch.no_grad():
+                    for p in twin.parameters():
+                        p.mul_(0.5)
+                h = torch.randn(4, 32)
+                if torch.equal(twin(h), m.model.layers[1].mlp(h)):
+                    raise Failure("the deepcopy ran the original module's forward")
+        obs.close()
+        if obs.stats()["moe_calls"] != (2 if m is model else 4):  # 2 forwards, twin, original
+            raise Failure(f"moe_calls {obs.stats()['moe_calls']}")
+        left = [n for n, sub in m.named_modules() if "forward" in vars(sub) and
+                sub is not gate]
+        if left:
+            raise Failure(f"close() left a forward tap on {left}")
+    if not calls or vars(gate).get("forward") is not instance_forward:
+        raise Failure("the instance forward was not called through, or not put back")
+    agent.close()
+
+
 def check_steps_per_copy_validated():
     model = hf.TinyLM(style="v5", layers=1).eval()
     agent = inferscope.Agent(collector="")
@@ -412,7 +508,7 @@ def check_hook_errors_never_reach_the_model():
     if "generate" not in vars(model):
         raise Failure("generate() was not wrapped")
     obs.close()
-    if "generate" in vars(model) or model._forward_hooks or model._forward_pre_hooks:
+    if "generate" in vars(model) or any("forward" in vars(m) for m in model.modules()):
         raise Failure("close() left hooks or the generate() wrapper behind")
     calls = obs.stats()["moe_calls"]
     with torch.no_grad():
@@ -481,7 +577,9 @@ def main():
     try:
         collector = pathlib.Path(args.build_dir).resolve() / "collector" / "inferscope-collector"
         _, addrs = h.start_collector(collector, "collector", [
-            "--window", "1s", "--hot-windows", "2", "--per-expert-metrics"])
+            # More models than the default bound of 16 (each check names its own).
+            "--window", "1s", "--hot-windows", "2", "--per-expert-metrics", "--max-models",
+            "64"])
         checks = {
             "counts_exact": lambda: check_counts_exact(addrs),
             "per_step_counts_exact": lambda: check_per_step_counts_exact(addrs),
@@ -489,6 +587,8 @@ def main():
             "mixed_layers_exact": lambda: check_mixed_layers_exact(addrs),
             "group_split_by_new_layer": lambda: check_group_split_by_new_layer(addrs),
             "pending_bound_drops_counted": lambda: check_pending_bound_drops_counted(addrs),
+            "ids_changed_in_place_dropped": lambda: check_ids_changed_in_place_dropped(addrs),
+            "forward_taps_keep_fast_path": check_forward_taps_keep_fast_path,
             "steps_per_copy_validated": check_steps_per_copy_validated,
             "injected_skew_named": lambda: check_injected_skew_named(addrs),
             "memory_kv_and_ssm": lambda: check_memory_kv_and_ssm(addrs),

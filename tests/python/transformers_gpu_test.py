@@ -11,7 +11,9 @@ gibberish) against a real inferscope-collector:
   3. Jamba (attention + Mamba + MoE): kv_cache and ssm_state bytes equal the cache tensors' bytes;
   4. Llava with a Mixtral backbone: encoder / connector / prefill / decode stages per request.
 Then the overhead of observe() on generate() decode at batch 1 and 8, interleaved with the
-unobserved model in one run. Prints a table; JSON to --json. Without CUDA: SKIPPED.
+unobserved model in one run, and (dispatch_cost, only when asked for) what no-op forward hooks
+and no-op forward taps on the same modules cost. Prints a table; JSON to --json. Without CUDA:
+SKIPPED.
 """
 
 import argparse
@@ -578,11 +580,9 @@ def check_graph_cupti(addrs, results):
 HOOK_PARTS = ("moe", "step", "stage", "step_range", "step_memory", "step_count", "step_copy",
               "step_drain")
 
-def overhead(addrs, results, rounds):
-    """Decode tokens/s of generate() with and without observe(), same model, in paired rounds
-    whose order alternates (off-on, on-off, ...), so a drift of the machine over the run
-    cancels. Two measures: the median of the paired slowdowns, and the hooks' own host time
-    per step (stats()["hook_ns"]), which noise does not move."""
+
+def overhead_model():
+    """The overhead checks' model: Qwen3-MoE, 12 MoE layers of 64 experts top-8, bf16."""
     cfg = transformers.Qwen3MoeConfig(hidden_size=1024, intermediate_size=2048,
                                       moe_intermediate_size=512, num_hidden_layers=12,
                                       num_attention_heads=16, num_key_value_heads=4, head_dim=64,
@@ -591,68 +591,96 @@ def overhead(addrs, results, rounds):
                                       max_position_embeddings=4096, pad_token_id=0,
                                       eos_token_id=None)
     torch.manual_seed(0)
-    model = transformers.Qwen3MoeForCausalLM(cfg).to(DEV, torch.bfloat16).eval()
+    return transformers.Qwen3MoeForCausalLM(cfg).to(DEV, torch.bfloat16).eval()
+
+
+def decode_runner(model, batch, new=64):
+    """run(): tokens/s of one greedy generate() of `new` tokens after a 32-token prompt."""
+    ids = prompt(batch, 32, vocab=32000)
+
+    def run():
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            generate(model, ids, new)
+        torch.cuda.synchronize()
+        return batch * new / (time.perf_counter() - t0)
+    run()  # warm-up
+    return run
+
+
+def paired_rounds(run, variants, rounds):
+    """For each variant (name -> attach(), returning detach()), `rounds` pairs of an
+    unobserved run and a run with the variant attached, in alternating order (off-on, on-off,
+    ...), so a drift of the machine over the run cancels. Returns {name: (off tok/s list,
+    on tok/s list, paired slowdowns in %)}."""
+    out = {name: ([], [], []) for name in variants}
+    for r in range(rounds):
+        for name, attach in variants.items():
+            def on():
+                detach = attach()
+                try:
+                    return run()
+                finally:
+                    detach()
+            if r % 2 == 0:
+                o = run()
+                n = on()
+            else:
+                n = on()
+                o = run()
+            off, got, slow = out[name]
+            off.append(o)
+            got.append(n)
+            slow.append(100 * (o - n) / o)
+    return out
+
+
+def overhead(addrs, results, rounds):
+    """Decode tokens/s of generate() with and without observe(), same model, in paired rounds
+    (paired_rounds). Two measures: the median of the paired slowdowns, and the hooks' own host
+    time per step (stats()["hook_ns"]), which noise does not move."""
+    model = overhead_model()
     agent = inferscope.Agent(collector=addrs["ingest"], service="overhead")
     out = {}
     moe_layers = sum(1 for _ in model.model.layers)
+    med = statistics.median
     for batch in (1, 8):
-        ids = prompt(batch, 32, vocab=32000)
-        new = 64
+        run = decode_runner(model, batch)
+        split = []  # hook us per step by part, every observed run
+        steps_per_copy, hook_us = [], {"observed": [], "moe_only": []}
 
-        def run():
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                generate(model, ids, new)
-            torch.cuda.synchronize()
-            return batch * new / (time.perf_counter() - t0)
+        def observing(name, **kw):
+            def attach():
+                obs = inferscope.torch.observe(model, agent, model_name="overhead", **kw)
 
-        def observed(**kw):
-            obs = inferscope.torch.observe(model, agent, model_name="overhead", **kw)
-            tok_s = run()
-            st = obs.stats()
-            obs.close()
-            steps = max(1, st["steps"])
-            split.append({k: st[f"hook_ns_{k}"] / steps / 1e3 for k in HOOK_PARTS})
-            steps_per_copy.append(st.get("steps_per_copy", 1))
-            return tok_s, st["hook_ns"] / steps
-        split = []  # hook us per step by part (moe / step / stage), every observed run
-        steps_per_copy = []
-        run()  # warm-up
-        off, on, moe_only, slow, slow_moe, hook_us, hook_moe_us = [], [], [], [], [], [], []
-        for r in range(rounds):
-            if r % 2 == 0:
-                o = run()
-                n, h = observed()
-            else:
-                n, h = observed()
-                o = run()
-            # The expert counting alone (no cache walk, no requests, no ranges), paired with
-            # its own off run the same way.
-            if r % 2 == 0:
-                m, hm = observed(memory=False, stages=False, requests=False, step_ranges=False)
-                o2 = run()
-            else:
-                o2 = run()
-                m, hm = observed(memory=False, stages=False, requests=False, step_ranges=False)
-            off += [o, o2]
-            on.append(n)
-            moe_only.append(m)
-            slow.append(100 * (o - n) / o)
-            slow_moe.append(100 * (o2 - m) / o2)
-            hook_us.append(h / 1e3)
-            hook_moe_us.append(hm / 1e3)
-        o = statistics.median(off)
+                def detach():
+                    st = obs.stats()
+                    obs.close()
+                    steps = max(1, st["steps"])
+                    if name == "observed":
+                        split.append({k: st[f"hook_ns_{k}"] / steps / 1e3 for k in HOOK_PARTS})
+                        steps_per_copy.append(st.get("steps_per_copy", 1))
+                    hook_us[name].append(st["hook_ns"] / steps / 1e3)
+                return detach
+            return attach
+        # The expert counting alone (no cache walk, no requests, no ranges) is the second.
+        got = paired_rounds(run, {
+            "observed": observing("observed"),
+            "moe_only": observing("moe_only", memory=False, stages=False, requests=False,
+                                  step_ranges=False)}, rounds)
+        off_obs, on, slow = got["observed"]
+        off_moe, moe_only, slow_moe = got["moe_only"]
+        off = off_obs + off_moe
+        o = med(off)
         step_us = 1e6 * batch / o
-        med = statistics.median
         res = {"off_tok_s": o, "observed_tok_s": med(on), "moe_only_tok_s": med(moe_only),
                "paired_overhead_pct": med(slow), "paired_moe_only_overhead_pct": med(slow_moe),
-               "step_us_off": step_us, "hook_us_per_step": med(hook_us),
-               "hook_us_per_step_moe_only": med(hook_moe_us),
-               "hook_us_per_moe_layer": med(hook_moe_us) / moe_layers,
-               "hook_pct_of_step": 100 * med(hook_us) / step_us,
-               "hook_us_per_step_by_part": {k: statistics.median(x[k] for x in split)
-                                            for k in HOOK_PARTS},
+               "step_us_off": step_us, "hook_us_per_step": med(hook_us["observed"]),
+               "hook_us_per_step_moe_only": med(hook_us["moe_only"]),
+               "hook_us_per_moe_layer": med(hook_us["moe_only"]) / moe_layers,
+               "hook_pct_of_step": 100 * med(hook_us["observed"]) / step_us,
+               "hook_us_per_step_by_part": {k: med(x[k] for x in split) for k in HOOK_PARTS},
                "steps_per_copy": steps_per_copy[0] if steps_per_copy else None,
                "off": off, "observed": on, "moe_only": moe_only, "paired": slow,
                "paired_moe_only": slow_moe}
@@ -667,6 +695,46 @@ def overhead(addrs, results, rounds):
             f"{', '.join(f'{k} {v:.0f}' for k, v in res['hook_us_per_step_by_part'].items())}")
     agent.close()
     results["overhead"] = out
+
+
+def dispatch_cost(results, rounds):
+    """What merely calling Python around the model's modules costs, hooks' bodies aside: paired
+    slowdowns of generate() with no-op forward pre-hooks on the 12 experts modules plus no-op
+    pre/post hooks on the model (PyTorch's slow call path for hooked modules), with no-op
+    forward taps (inferscope.torch's way: the modules keep the fast path) on the experts plus
+    the same model hooks, and with the model hooks alone. No agent, nothing counted."""
+    from inferscope._forward_tap import tap_forward
+    model = overhead_model()
+    experts = [layer.mlp.experts for layer in model.model.layers]
+
+    def detacher(handles):
+        return lambda: [h.remove() for h in handles]
+
+    def root_hooks():
+        return [model.register_forward_pre_hook(lambda m, a: None),
+                model.register_forward_hook(lambda m, a, o: None, always_call=True)]
+
+    def hooks():
+        return detacher(root_hooks() + [e.register_forward_pre_hook(
+            lambda m, a, k: None, with_kwargs=True) for e in experts])
+
+    def taps():
+        return detacher(root_hooks() + [tap_forward(e, before=lambda m, a, k: None)
+                                        for e in experts])
+    out = {}
+    for batch in (1, 8):
+        run = decode_runner(model, batch)
+        got = paired_rounds(run, {"model_hooks": lambda: detacher(root_hooks()),
+                                  "expert_hooks": hooks, "expert_taps": taps}, rounds)
+        res = out[f"b{batch}"] = {}
+        for name, (off, _, slow) in got.items():
+            res[name] = {"paired_pct": statistics.median(slow), "rounds": slow,
+                         "step_us_off": 1e6 * batch / statistics.median(off)}
+        log(f"overhead dispatch_cost b{batch}: step {res['model_hooks']['step_us_off']:.0f} us; "
+            "paired median (rounds): " + "; ".join(
+                f"{n} {r['paired_pct']:+.2f} % ({', '.join(f'{x:+.1f}' for x in r['rounds'])})"
+                for n, r in res.items()))
+    results["dispatch_cost"] = out
 
 
 def main():
@@ -695,7 +763,10 @@ def main():
     try:
         collector = pathlib.Path(args.build_dir).resolve() / "collector" / "inferscope-collector"
         _, addrs = h.start_collector(collector, "collector", [
-            "--window", "1s", "--hot-windows", "2", "--per-expert-metrics"])
+            # More models than the default bound of 16: every family twice (plain and skewed),
+            # Llava, the steps_cuda and overhead models.
+            "--window", "1s", "--hot-windows", "2", "--per-expert-metrics", "--max-models",
+            "64"])
         checks = {f"family.{n}": (lambda n=n: check_family(addrs, n, results)) for n in FAMILIES}
         checks["jamba_memory"] = lambda: check_jamba_memory(addrs, results)
         checks["llava_stages"] = lambda: check_llava_stages(addrs, results)
@@ -703,6 +774,7 @@ def main():
         checks["steps_cuda"] = lambda: check_steps_cuda(addrs, results)
         checks["graph_cupti"] = lambda: check_graph_cupti(addrs, results)
         checks["overhead"] = lambda: overhead(addrs, results, args.rounds)
+        checks["dispatch_cost"] = lambda: dispatch_cost(results, 2 * args.rounds)
         only = [o for o in args.only.split(",") if o]
         checks = {n: c for n, c in checks.items() if not only or any(o in n for o in only)}
 
