@@ -127,6 +127,39 @@ TEST_F(CudaVsCpu, RopeMatches) {
   EXPECT_LT(rel_l2(out[1], out[0]), 3e-4);
 }
 
+// q and k of a fused qkv row (strided views, as the model passes them): OLMoE's norms over the
+// whole projections then RoPE, and RoPE alone (no norm weights).
+TEST_F(CudaVsCpu, QkNormRopeMatchesCpu) {
+  const int H = 16, KVH = 4, HD = 128, qd = H * HD, kd = KVH * HD;
+  for (int T : {1, 5}) {
+    for (bool norms : {true, false}) {
+      const auto qkv = randn(size_t(T) * (qd + 2 * kd), rng);
+      const auto qn = randn(size_t(qd), rng), kn = randn(size_t(kd), rng);
+      std::vector<int32_t> pos(T);
+      for (int t = 0; t < T; ++t) pos[t] = (t * 37 + 11) % 900;
+      std::vector<float> out[2];
+      int i = 0;
+      for (Side* s : {&cpu, &gpu}) {
+        auto t = s->make(T, qd + 2 * kd, qkv);
+        ie::Tensor tqn, tkn;
+        if (norms) {
+          tqn = s->make(1, qd, qn);
+          tkn = s->make(1, kd, kn);
+        }
+        s->be->qk_norm_rope(t.cols_view(0, qd), t.cols_view(qd, kd), tqn, tkn, 1e-6f, pos, H, KVH,
+                            HD, 10000.0f);
+        out[i++] = s->get(t);
+      }
+      // As RopeMatches (cuda_backend_ops_test): powf/sincosf vs std::pow/std::cos at angles of
+      // ~900 rad differ by ~1e-4 of the rotated value. v (not rotated) must be untouched.
+      EXPECT_LT(rel_l2(out[1], out[0]), 3e-4) << "T=" << T << " norms " << norms;
+      for (int r = 0; r < T; ++r)
+        for (int c = qd + kd; c < qd + 2 * kd; ++c)
+          ASSERT_EQ(out[1][size_t(r) * (qd + 2 * kd) + c], qkv[size_t(r) * (qd + 2 * kd) + c]);
+    }
+  }
+}
+
 // Head dims 64 / 128 / 32 take the decode kernel's lane layouts (16, 32, 8 lanes per key),
 // 48 the generic kernel (12 lanes would not tile a warp).
 TEST_F(CudaVsCpu, PagedAttentionPrefillAndDecode) {

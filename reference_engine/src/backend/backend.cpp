@@ -324,6 +324,73 @@ void Backend::moe_unpermute_device_impl(const Tensor& yp, const Tensor& perm,
   moe_unpermute_impl(yp, perm, assign_weight, top_k, off.back(), y);
 }
 
+// [SECTION] Fused ops: checked here, their compositions as the defaults
+void Backend::rms_norm_linear(const Tensor& x, const Tensor& norm_weight, float eps,
+                              const Tensor& w, const Tensor& y, const Tensor& h) {
+  check(h.rows == x.rows && h.cols == x.cols && h.data != x.data && h.data != y.data,
+        "rms_norm_linear: h must be [x.rows, x.cols], apart from x and y");
+  check(norm_weight.cols == x.cols, "rms_norm_linear shape");
+  check(x.cols == w.cols && y.rows == x.rows && y.cols == w.rows, "rms_norm_linear shape");
+  check_weight(x, w, y, "rms_norm_linear");
+  rms_norm_linear_impl(x, norm_weight, eps, w, y, h);
+}
+void Backend::rms_norm_linear_impl(const Tensor& x, const Tensor& norm_weight, float eps,
+                                   const Tensor& w, const Tensor& y, const Tensor& h) {
+  rms_norm(x, norm_weight, eps, h);
+  linear(h, w, y);
+}
+
+void Backend::gate_up_swiglu(const Tensor& x, const Tensor& w, const Tensor& gu,
+                             const Tensor& act) {
+  check(w.rows % 2 == 0 && gu.rows == x.rows && gu.cols == w.rows && act.rows == x.rows &&
+            act.cols == w.rows / 2,
+        "gate_up_swiglu: gu must be [x.rows, 2F] and act [x.rows, F] for a [2F, K] weight");
+  gate_up_swiglu_impl(x, w, gu, act);
+}
+void Backend::gate_up_swiglu_impl(const Tensor& x, const Tensor& w, const Tensor& gu,
+                                  const Tensor& act) {
+  const int64_t F = gu.cols / 2;
+  linear(x, w, gu);
+  mul_silu(gu.cols_view(F, F), gu.cols_view(0, F), act);
+}
+
+void Backend::grouped_gate_up_swiglu(const Tensor& x, const Tensor& w, const Tensor& offsets,
+                                     int64_t max_rows_per_expert, const Tensor& gu,
+                                     const Tensor& act) {
+  check(device_offsets(offsets), "grouped_gate_up_swiglu: offsets must be i32 [1, E + 1]");
+  const int64_t experts = offsets.cols - 1;
+  check(w.rows % (2 * experts) == 0 && gu.cols == w.rows / experts && act.cols == gu.cols / 2 &&
+            gu.rows == x.rows && act.rows == x.rows,
+        "grouped_gate_up_swiglu: gu must be [x.rows, 2F] and act [x.rows, F] for [E * 2F, K]");
+  grouped_gate_up_swiglu_impl(x, w, offsets, max_rows_per_expert, gu, act);
+}
+void Backend::grouped_gate_up_swiglu_impl(const Tensor& x, const Tensor& w, const Tensor& offsets,
+                                          int64_t max_rows_per_expert, const Tensor& gu,
+                                          const Tensor& act) {
+  const int64_t F = gu.cols / 2;
+  grouped_linear(x, w, offsets, max_rows_per_expert, gu);
+  // Over the bound: rows past offsets[E] hold stale values that nothing reads back.
+  mul_silu(gu.cols_view(F, F), gu.cols_view(0, F), act);
+}
+
+void Backend::qk_norm_rope(const Tensor& q, const Tensor& k, const Tensor& q_norm,
+                           const Tensor& k_norm, float eps, std::span<const int32_t> positions,
+                           int32_t n_heads, int32_t n_kv_heads, int32_t head_dim, float theta) {
+  check(q.rows == k.rows && (q_norm.empty() || q_norm.cols == q.cols) &&
+            (k_norm.empty() || k_norm.cols == k.cols),
+        "qk_norm_rope shape");
+  qk_norm_rope_impl(q, k, q_norm, k_norm, eps, positions, n_heads, n_kv_heads, head_dim, theta);
+}
+void Backend::qk_norm_rope_impl(const Tensor& q, const Tensor& k, const Tensor& q_norm,
+                                const Tensor& k_norm, float eps, std::span<const int32_t> positions,
+                                int32_t n_heads, int32_t n_kv_heads, int32_t head_dim,
+                                float theta) {
+  if (!q_norm.empty()) rms_norm(q, q_norm, eps, q);
+  if (!k_norm.empty()) rms_norm(k, k_norm, eps, k);
+  rope(q, positions, n_heads, head_dim, theta);
+  rope(k, positions, n_kv_heads, head_dim, theta);
+}
+
 // [SECTION] Step graphs: the defaults of a backend without them
 void Backend::capture_begin() {
   fail("this backend captures no step graphs");

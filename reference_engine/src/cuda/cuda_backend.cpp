@@ -363,11 +363,7 @@ class CudaBackend final : public Backend {
     if (x.rows == 0 || w.rows == 0) return;
     const int M = static_cast<int>(x.rows), N = static_cast<int>(w.rows),
               K = static_cast<int>(x.cols);
-    // A kBF16 weight is its own bf16 operand (a bf16 checkpoint has no fp32
-    // copy to fall back on, so INFERSCOPE_CUDA_MATH=fp32 does not apply to it).
-    const __nv_bfloat16* wb = w.dtype == DType::kBF16 ? static_cast<const __nv_bfloat16*>(w.data)
-                              : fp32_math_            ? nullptr
-                                                      : shadow(w);
+    const __nv_bfloat16* wb = bf16_operand(w);
     if (wb != nullptr && M <= kSmallRows && K % 8 == 0) {  // decode: one launch, no cast
       k::small_linear(view(x), wb, nullptr, 1, view(y), N, K, beta, stream_, M);
       return;
@@ -396,11 +392,7 @@ class CudaBackend final : public Backend {
     // A stored-bf16 weight is its own operand (per-expert linear() below if K % 8 != 0); only an
     // fp32 weight gets a shadow. shadow() reads its source as fp32, so it must never see a bf16
     // weight: it would read twice the weight's bytes (the OLMoE bf16 illegal address on the H100).
-    const __nv_bfloat16* wb = nullptr;
-    if (w.dtype == DType::kBF16)
-      wb = x.cols % 8 == 0 ? static_cast<const __nv_bfloat16*>(w.data) : nullptr;
-    else if (!fp32_math_ && x.cols % 8 == 0)
-      wb = shadow(w);
+    const __nv_bfloat16* wb = x.cols % 8 == 0 ? bf16_operand(w) : nullptr;
     if (wb == nullptr) {
       for (int64_t e = 0; e < E; ++e) {
         if (offsets[e + 1] == offsets[e]) continue;
@@ -661,11 +653,7 @@ class CudaBackend final : public Backend {
                                   int64_t max_rows, const Tensor& y) override {
     const int64_t E = offsets.cols - 1, n = w.rows / E;
     if (max_rows == 0 || x.rows == 0) return;
-    const __nv_bfloat16* wb = nullptr;
-    if (w.dtype == DType::kBF16)
-      wb = x.cols % 8 == 0 ? static_cast<const __nv_bfloat16*>(w.data) : nullptr;
-    else if (!fp32_math_ && x.cols % 8 == 0)
-      wb = shadow(w);
+    const __nv_bfloat16* wb = x.cols % 8 == 0 ? bf16_operand(w) : nullptr;
     if (wb == nullptr) {  // fp32 math or K % 8 != 0: per-expert GEMMs need host offsets (a wait)
       Backend::grouped_linear_device_impl(x, w, offsets, max_rows, y);
       return;
@@ -682,6 +670,69 @@ class CudaBackend final : public Backend {
                     static_cast<int>(n), static_cast<int>(x.cols), static_cast<int>(max_rows),
                     stream_);
   }
+  // --- fused ops (Backend: "fused ops") -------------------------------------------
+  // Decode shapes run one small_linear launch with the op fused in (kernels.hpp Fusion); the
+  // rest run the composition (Backend's defaults).
+  void rms_norm_linear_impl(const Tensor& x, const Tensor& norm_weight, float eps, const Tensor& w,
+                            const Tensor& y, const Tensor& h) override {
+    const __nv_bfloat16* wb = bf16_operand(w);
+    // Every block sums the squares of its rows: cheap for the 1-2 row passes of few_rows_k,
+    // while at 4-8 rows a qkv layer's 384 blocks would each pull 8 rows of x before their FMAs.
+    if (wb == nullptr || x.rows > kFusedNormRows || x.cols % 8 != 0 || !norm_weight.contiguous()) {
+      Backend::rms_norm_linear_impl(x, norm_weight, eps, w, y, h);
+      return;
+    }
+    k::Fusion f;
+    f.mode = k::Fused::kRmsNormIn;
+    f.norm_weight = norm_weight.f32();
+    f.eps = eps;
+    f.h = view(h);
+    k::small_linear(view(x), wb, nullptr, 1, view(y), static_cast<int>(w.rows),
+                    static_cast<int>(x.cols), 0.f, stream_, static_cast<int>(x.rows), f);
+  }
+  void gate_up_swiglu_impl(const Tensor& x, const Tensor& w, const Tensor& gu,
+                           const Tensor& act) override {
+    const __nv_bfloat16* wb = bf16_operand(w);
+    if (wb == nullptr || x.rows > kSmallRows || x.cols % 8 != 0) {
+      Backend::gate_up_swiglu_impl(x, w, gu, act);
+      return;
+    }
+    k::Fusion f;
+    f.mode = k::Fused::kSwigluOut;
+    k::small_linear(view(x), wb, nullptr, 1, view(act), static_cast<int>(w.rows / 2),
+                    static_cast<int>(x.cols), 0.f, stream_, static_cast<int>(x.rows), f);
+  }
+  void grouped_gate_up_swiglu_impl(const Tensor& x, const Tensor& w, const Tensor& offsets,
+                                   int64_t max_rows, const Tensor& gu, const Tensor& act) override {
+    const int64_t E = offsets.cols - 1;
+    const __nv_bfloat16* wb = x.cols % 8 == 0 ? bf16_operand(w) : nullptr;
+    if (wb == nullptr || max_rows > kSmallRows) {
+      Backend::grouped_gate_up_swiglu_impl(x, w, offsets, max_rows, gu, act);
+      return;
+    }
+    if (max_rows == 0 || x.rows == 0) return;
+    k::Fusion f;
+    f.mode = k::Fused::kSwigluOut;
+    k::small_linear(view(x), wb, offsets.i32(), static_cast<int>(E), view(act),
+                    static_cast<int>(w.rows / E / 2), static_cast<int>(x.cols), 0.f, stream_,
+                    static_cast<int>(max_rows), f);
+  }
+  void qk_norm_rope_impl(const Tensor& q, const Tensor& k, const Tensor& q_norm,
+                         const Tensor& k_norm, float eps, std::span<const int32_t> positions,
+                         int32_t n_heads, int32_t n_kv_heads, int32_t head_dim,
+                         float theta) override {
+    if (q.rows == 0) return;
+    // One row of q or k in shared memory (beyond 48 KiB the launch opts in to more).
+    if (std::max(q.cols, k.cols) > kFusedRopeCols) {
+      Backend::qk_norm_rope_impl(q, k, q_norm, k_norm, eps, positions, n_heads, n_kv_heads,
+                                 head_dim, theta);
+      return;
+    }
+    k::qk_norm_rope(view(q), view(k), q_norm.empty() ? nullptr : q_norm.f32(),
+                    k_norm.empty() ? nullptr : k_norm.f32(), eps, meta(positions), n_heads,
+                    n_kv_heads, head_dim, theta, stream_);
+  }
+
   void moe_unpermute_device_impl(const Tensor& yp, const Tensor& perm, const Tensor& assign_weight,
                                  int32_t top_k, const Tensor& offsets, const Tensor& y) override {
     if (y.rows == 0) return;
@@ -817,6 +868,10 @@ class CudaBackend final : public Backend {
   static constexpr int64_t kMaxExperts = 1024;
   // Up to this many rows (per expert for grouped) a linear runs in small_linear.
   static constexpr int kSmallRows = 64;
+  // Up to this many rows rms_norm_linear runs as one launch (few_rows_k, kernels.hpp Fusion).
+  static constexpr int64_t kFusedNormRows = 2;
+  // Up to this width (floats) qk_norm_rope runs as one launch (a row in shared memory).
+  static constexpr int64_t kFusedRopeCols = 16384;
   // From this many rows per expert with rows on average (host offsets), grouped_linear runs
   // one cuBLAS GEMM per expert instead of grouped_gemm.
   static constexpr int64_t kCublasExpertRows = 256;
@@ -868,6 +923,14 @@ class CudaBackend final : public Backend {
     int64_t rows = 0, cols = 0;
     size_t bytes = 0;  // of the fp32 source
   };
+
+  // The bf16 operand of a linear layer's weight, or nullptr (then fp32 cuBLAS): a kBF16
+  // weight is its own (a bf16 checkpoint has no fp32 copy to fall back on, so
+  // INFERSCOPE_CUDA_MATH=fp32 does not apply to it), an fp32 one its shadow.
+  const __nv_bfloat16* bf16_operand(const Tensor& w) {
+    if (w.dtype == DType::kBF16) return static_cast<const __nv_bfloat16*>(w.data);
+    return fp32_math_ ? nullptr : shadow(w);
+  }
 
   // bf16 copy of an uploaded, contiguous weight; nullptr when w is not one (an
   // activation or a strided view), so the caller falls back to fp32.

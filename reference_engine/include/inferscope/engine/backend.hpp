@@ -304,6 +304,33 @@ class Backend {
   void moe_unpermute(const Tensor& yp, const Tensor& perm, const Tensor& assign_weight,
                      int32_t top_k, const Tensor& offsets, const Tensor& y);
 
+  // --- fused ops (decode) -------------------------------------------------------
+  // Each is exactly the composition of the ops it names, and the defaults run
+  // that composition (the CPU backend uses them, so it stays the oracle). A
+  // device backend may run one kernel instead where it can: a decode step is
+  // ~18 launches per layer, most of them latency-bound, so every launch saved
+  // is step time saved (issue 18).
+  //
+  // h = rms_norm(x, norm_weight, eps), then y = h * W^T (linear, beta 0). h:
+  // [x.rows, x.cols], written (later ops may read it), must not alias x or y.
+  void rms_norm_linear(const Tensor& x, const Tensor& norm_weight, float eps, const Tensor& w,
+                       const Tensor& y, const Tensor& h);
+  // The gate|up projection of a SwiGLU block and its activation: gu = x * W^T
+  // (linear; W = [gate; up], [2F, K]), then act = mul_silu(gu[:, F:], gu[:, :F]).
+  // gu: [x.rows, 2F] scratch of the composition; a fused backend may leave it
+  // unwritten, so nothing may read it afterwards. act: [x.rows, F].
+  void gate_up_swiglu(const Tensor& x, const Tensor& w, const Tensor& gu, const Tensor& act);
+  // The same per expert with device offsets (grouped_linear's asynchronous
+  // form): rows of x, gu and act up to the bound x.rows.
+  void grouped_gate_up_swiglu(const Tensor& x, const Tensor& w, const Tensor& offsets,
+                              int64_t max_rows_per_expert, const Tensor& gu, const Tensor& act);
+  // The rows of q and of k normalised over their whole width (rms_norm in
+  // place; an empty weight skips that tensor's norm: OLMoE normalises the full
+  // q / k projections), then rope of q (n_heads) and of k (n_kv_heads).
+  void qk_norm_rope(const Tensor& q, const Tensor& k, const Tensor& q_norm, const Tensor& k_norm,
+                    float eps, std::span<const int32_t> positions, int32_t n_heads,
+                    int32_t n_kv_heads, int32_t head_dim, float theta);
+
   // --- host waits ---------------------------------------------------------------
   // Several device -> host copies (contiguous tensors) with one wait: the end
   // of a step downloads its logits and its routed counts together.
@@ -414,6 +441,18 @@ class Backend {
                                          const Tensor& offsets, const Tensor& y);
   // Default: one download_impl per copy (a device backend waits once per call).
   virtual void download_many_impl(std::span<const HostCopy> copies);
+  // Fused ops: the defaults run their composition (public ops, checked again).
+  virtual void rms_norm_linear_impl(const Tensor& x, const Tensor& norm_weight, float eps,
+                                    const Tensor& w, const Tensor& y, const Tensor& h);
+  virtual void gate_up_swiglu_impl(const Tensor& x, const Tensor& w, const Tensor& gu,
+                                   const Tensor& act);
+  virtual void grouped_gate_up_swiglu_impl(const Tensor& x, const Tensor& w, const Tensor& offsets,
+                                           int64_t max_rows_per_expert, const Tensor& gu,
+                                           const Tensor& act);
+  virtual void qk_norm_rope_impl(const Tensor& q, const Tensor& k, const Tensor& q_norm,
+                                 const Tensor& k_norm, float eps,
+                                 std::span<const int32_t> positions, int32_t n_heads,
+                                 int32_t n_kv_heads, int32_t head_dim, float theta);
   virtual void patchify_impl(const Tensor& image, int32_t height, int32_t width, int32_t channels,
                              int32_t patch, const Tensor& out) = 0;
   virtual void mean_pool_rows_impl(const Tensor& x, int32_t group, const Tensor& out) = 0;
