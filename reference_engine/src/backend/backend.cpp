@@ -128,12 +128,17 @@ void Backend::rope(const Tensor& x, std::span<const int32_t> positions, int32_t 
   rope_impl(x, positions, n_heads, head_dim, theta);
 }
 
-void Backend::kv_store(const Tensor& k, const Tensor& v, const Tensor& k_cache,
-                       const Tensor& v_cache, std::span<const int32_t> slots) {
+void Backend::check_kv_store(const Tensor& k, const Tensor& v, const Tensor& k_cache,
+                             const Tensor& v_cache, std::span<const int32_t> slots) const {
   check(k.rows == static_cast<int64_t>(slots.size()) && k.cols == k_cache.cols &&
             v.cols == v_cache.cols && v.rows == k.rows,
         "kv_store shape");
   for (int32_t s : slots) check(s >= 0 && s < k_cache.rows, "kv_store slot out of range");
+}
+
+void Backend::kv_store(const Tensor& k, const Tensor& v, const Tensor& k_cache,
+                       const Tensor& v_cache, std::span<const int32_t> slots) {
+  check_kv_store(k, v, k_cache, v_cache, slots);
   kv_store_impl(k, v, k_cache, v_cache, slots);
 }
 
@@ -373,22 +378,33 @@ void Backend::grouped_gate_up_swiglu_impl(const Tensor& x, const Tensor& w, cons
   mul_silu(gu.cols_view(F, F), gu.cols_view(0, F), act);
 }
 
-void Backend::qk_norm_rope(const Tensor& q, const Tensor& k, const Tensor& q_norm,
-                           const Tensor& k_norm, float eps, std::span<const int32_t> positions,
-                           int32_t n_heads, int32_t n_kv_heads, int32_t head_dim, float theta) {
+void Backend::qk_norm_rope_store(const Tensor& q, const Tensor& k, const Tensor& v,
+                                 const Tensor& q_norm, const Tensor& k_norm, float eps,
+                                 std::span<const int32_t> positions, int32_t n_heads,
+                                 int32_t n_kv_heads, int32_t head_dim, float theta,
+                                 const Tensor& k_cache, const Tensor& v_cache,
+                                 std::span<const int32_t> slots) {
   check(q.rows == k.rows && (q_norm.empty() || q_norm.cols == q.cols) &&
             (k_norm.empty() || k_norm.cols == k.cols),
-        "qk_norm_rope shape");
-  qk_norm_rope_impl(q, k, q_norm, k_norm, eps, positions, n_heads, n_kv_heads, head_dim, theta);
+        "qk_norm_rope_store shape");
+  check(q.rows == static_cast<int64_t>(positions.size()) && q.cols >= n_heads * head_dim &&
+            k.cols >= n_kv_heads * head_dim && head_dim % 2 == 0,
+        "qk_norm_rope_store: rope shape");
+  check_kv_store(k, v, k_cache, v_cache, slots);
+  qk_norm_rope_store_impl(q, k, v, q_norm, k_norm, eps, positions, n_heads, n_kv_heads, head_dim,
+                          theta, k_cache, v_cache, slots);
 }
-void Backend::qk_norm_rope_impl(const Tensor& q, const Tensor& k, const Tensor& q_norm,
-                                const Tensor& k_norm, float eps, std::span<const int32_t> positions,
-                                int32_t n_heads, int32_t n_kv_heads, int32_t head_dim,
-                                float theta) {
+void Backend::qk_norm_rope_store_impl(const Tensor& q, const Tensor& k, const Tensor& v,
+                                      const Tensor& q_norm, const Tensor& k_norm, float eps,
+                                      std::span<const int32_t> positions, int32_t n_heads,
+                                      int32_t n_kv_heads, int32_t head_dim, float theta,
+                                      const Tensor& k_cache, const Tensor& v_cache,
+                                      std::span<const int32_t> slots) {
   if (!q_norm.empty()) rms_norm(q, q_norm, eps, q);
   if (!k_norm.empty()) rms_norm(k, k_norm, eps, k);
   rope(q, positions, n_heads, head_dim, theta);
   rope(k, positions, n_kv_heads, head_dim, theta);
+  kv_store(k, v, k_cache, v_cache, slots);
 }
 
 // [SECTION] Step graphs: the defaults of a backend without them

@@ -717,20 +717,36 @@ class CudaBackend final : public Backend {
                     static_cast<int>(w.rows / E / 2), static_cast<int>(x.cols), 0.f, stream_,
                     static_cast<int>(max_rows), f);
   }
-  void qk_norm_rope_impl(const Tensor& q, const Tensor& k, const Tensor& q_norm,
-                         const Tensor& k_norm, float eps, std::span<const int32_t> positions,
-                         int32_t n_heads, int32_t n_kv_heads, int32_t head_dim,
-                         float theta) override {
+  void qk_norm_rope_store_impl(const Tensor& q, const Tensor& k, const Tensor& v,
+                               const Tensor& q_norm, const Tensor& k_norm, float eps,
+                               std::span<const int32_t> positions, int32_t n_heads,
+                               int32_t n_kv_heads, int32_t head_dim, float theta,
+                               const Tensor& k_cache, const Tensor& v_cache,
+                               std::span<const int32_t> slots) override {
     if (q.rows == 0) return;
     // One row of q or k in shared memory (beyond 48 KiB the launch opts in to more).
     if (std::max(q.cols, k.cols) > kFusedRopeCols) {
-      Backend::qk_norm_rope_impl(q, k, q_norm, k_norm, eps, positions, n_heads, n_kv_heads,
-                                 head_dim, theta);
+      Backend::qk_norm_rope_store_impl(q, k, v, q_norm, k_norm, eps, positions, n_heads, n_kv_heads,
+                                       head_dim, theta, k_cache, v_cache, slots);
       return;
     }
-    k::qk_norm_rope(view(q), view(k), q_norm.empty() ? nullptr : q_norm.f32(),
-                    k_norm.empty() ? nullptr : k_norm.f32(), eps, meta(positions), n_heads,
-                    n_kv_heads, head_dim, theta, stream_);
+    k::QkRopeStoreArgs a;
+    a.q = view(q);
+    a.k = view(k);
+    a.v = view(v);
+    a.k_cache = view(k_cache);
+    a.v_cache = view(v_cache);
+    a.q_norm = q_norm.empty() ? nullptr : q_norm.f32();
+    a.k_norm = k_norm.empty() ? nullptr : k_norm.f32();
+    a.eps = eps;
+    if (!step_) ring_->reserve({positions, slots});  // both staged before the launch reads them
+    a.positions = meta(positions);
+    a.slots = meta(slots);
+    a.n_heads = n_heads;
+    a.n_kv_heads = n_kv_heads;
+    a.head_dim = head_dim;
+    a.theta = theta;
+    k::qk_norm_rope_store(a, stream_);
   }
 
   void moe_unpermute_device_impl(const Tensor& yp, const Tensor& perm, const Tensor& assign_weight,
@@ -870,7 +886,7 @@ class CudaBackend final : public Backend {
   static constexpr int kSmallRows = 64;
   // Up to this many rows rms_norm_linear runs as one launch (few_rows_k, kernels.hpp Fusion).
   static constexpr int64_t kFusedNormRows = 2;
-  // Up to this width (floats) qk_norm_rope runs as one launch (a row in shared memory).
+  // Up to this width (floats) qk_norm_rope_store runs as one launch (a row in shared memory).
   static constexpr int64_t kFusedRopeCols = 16384;
   // From this many rows per expert with rows on average (host offsets), grouped_linear runs
   // one cuBLAS GEMM per expert instead of grouped_gemm.

@@ -137,20 +137,20 @@ __global__ void rope_k(View x, const int32_t* pos, int heads, int hd, float thet
   }
 }
 
-// Backend::qk_norm_rope: block (row, 0) does q's row, block (row, 1) k's, in place. The row is
-// held in shared memory (a rope pair, dims i and i + head_dim/2, spans threads); the norm is
-// rms_norm_k's formula and the rotation rope_k's, so the fused op computes what the three
-// launches it replaces did (up to the order of the sum of squares).
-__global__ void qk_norm_rope_k(View q, View k, const float* q_norm, const float* k_norm, float eps,
-                               const int32_t* pos, int q_heads, int k_heads, int hd, float theta) {
+// Backend::qk_norm_rope_store: block (row, 0) does q's row, block (row, 1) k's, in place, and the
+// k block then stores k and v in their cache rows. The row is held in shared memory (a rope pair,
+// dims i and i + head_dim/2, spans threads); the norm is rms_norm_k's formula and the rotation
+// rope_k's, so the fused op computes what the five launches it replaces did (up to the order of
+// the sum of squares).
+__global__ void qk_norm_rope_store_k(QkRopeStoreArgs a) {
   pdl_wait();  // launched as a programmatic dependent (pdl.cuh)
   pdl_allow_dependents();
   extern __shared__ float row_s[];  // [x.cols]
   __shared__ float partial[32];
   const bool is_q = blockIdx.y == 0;
-  const View x = is_q ? q : k;
-  const float* w = is_q ? q_norm : k_norm;
-  const int heads = is_q ? q_heads : k_heads;
+  const View x = is_q ? a.q : a.k;
+  const float* w = is_q ? a.q_norm : a.k_norm;
+  const int heads = is_q ? a.n_heads : a.n_kv_heads, hd = a.head_dim;
   const int64_t r = blockIdx.x;
   float ss = 0.f;
   for (int64_t c = threadIdx.x; c < x.cols; c += blockDim.x) {
@@ -159,22 +159,30 @@ __global__ void qk_norm_rope_k(View q, View k, const float* q_norm, const float*
     ss += v * v;
   }
   if (w != nullptr) {
-    const float inv = rsqrtf(block_sum(ss, partial) / x.cols + eps);
+    const float inv = rsqrtf(block_sum(ss, partial) / x.cols + a.eps);
     for (int64_t c = threadIdx.x; c < x.cols; c += blockDim.x) row_s[c] = row_s[c] * inv * w[c];
   }
   __syncthreads();
   const int half = hd / 2;
-  for (int i = threadIdx.x; i < heads * half; i += blockDim.x) {
+  for (int i = threadIdx.x; i < heads * half; i += blockDim.x) {  // a thread owns its pair
     const int p = i % half, h = i / half;
-    const float freq = powf(theta, -2.0f * static_cast<float>(p) / static_cast<float>(hd));
-    const float ang = static_cast<float>(pos[r]) * freq;
+    const float freq = powf(a.theta, -2.0f * static_cast<float>(p) / static_cast<float>(hd));
+    const float ang = static_cast<float>(a.positions[r]) * freq;
     const float cs = cosf(ang), sn = sinf(ang);
-    const float a = row_s[h * hd + p], b = row_s[h * hd + p + half];
-    *at(x, r, (int64_t)h * hd + p) = a * cs - b * sn;
-    *at(x, r, (int64_t)h * hd + p + half) = a * sn + b * cs;
+    float* pair = row_s + h * hd + p;
+    const float lo = pair[0], hi = pair[half];
+    pair[0] = lo * cs - hi * sn;
+    pair[half] = lo * sn + hi * cs;
   }
-  for (int64_t c = (int64_t)heads * hd + threadIdx.x; c < x.cols; c += blockDim.x)
-    *at(x, r, c) = row_s[c];  // columns past the heads: normalised, not rotated
+  __syncthreads();
+  const int64_t slot = is_q ? -1 : a.slots[r];
+  for (int64_t c = threadIdx.x; c < x.cols; c += blockDim.x) {
+    *at(x, r, c) = row_s[c];  // (columns past the heads: normalised, not rotated)
+    if (!is_q) {
+      a.k_cache.p[slot * a.k_cache.stride + c] = row_s[c];
+      a.v_cache.p[slot * a.v_cache.stride + c] = *at(a.v, r, c);
+    }
+  }
 }
 
 __global__ void to_bf16_k(View x, __nv_bfloat16* out) {
@@ -248,19 +256,16 @@ void rope(View x, const int32_t* positions, int heads, int head_dim, float theta
   launch_pdl(rope_k, grid_for(n), kThreads, 0, s, x, positions, heads, head_dim, theta);
   ISC_LAUNCH();
 }
-void qk_norm_rope(View q, View k, const float* q_norm, const float* k_norm, float eps,
-                  const int32_t* positions, int n_heads, int n_kv_heads, int head_dim, float theta,
-                  cudaStream_t s) {
-  if (q.rows <= 0) return;
-  const int64_t cols = std::max(q.cols, k.cols);
+void qk_norm_rope_store(const QkRopeStoreArgs& a, cudaStream_t s) {
+  if (a.q.rows <= 0) return;
+  const int64_t cols = std::max(a.q.cols, a.k.cols);
   int threads = 32;
   while (threads < cols / 2 && threads < 1024) threads <<= 1;
   const size_t smem = static_cast<size_t>(cols) * sizeof(float);
   if (smem > 48 * 1024)
-    ISC_CUDA(cudaFuncSetAttribute(qk_norm_rope_k, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    ISC_CUDA(cudaFuncSetAttribute(qk_norm_rope_store_k, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   static_cast<int>(smem)));
-  launch_pdl(qk_norm_rope_k, dim3(static_cast<unsigned>(q.rows), 2), threads, smem, s, q, k, q_norm,
-             k_norm, eps, positions, n_heads, n_kv_heads, head_dim, theta);
+  launch_pdl(qk_norm_rope_store_k, dim3(static_cast<unsigned>(a.q.rows), 2), threads, smem, s, a);
   ISC_LAUNCH();
 }
 void to_bf16(View x, __nv_bfloat16* out, cudaStream_t s) {

@@ -44,11 +44,20 @@ void rms_norm(View x, const float* weight, float eps, View out, cudaStream_t s);
 // NeoX rotary embedding in place: dims i and i + head_dim/2 of each head pair
 // up, frequency theta^(-2i/head_dim).
 void rope(View x, const int32_t* positions, int heads, int head_dim, float theta, cudaStream_t s);
-// One kernel for Backend::qk_norm_rope: per row, q and k each normalised over
-// their whole width (a null weight: not normalised), then NeoX RoPE, in place.
-void qk_norm_rope(View q, View k, const float* q_norm, const float* k_norm, float eps,
-                  const int32_t* positions, int n_heads, int n_kv_heads, int head_dim, float theta,
-                  cudaStream_t s);
+// One kernel for Backend::qk_norm_rope_store: per row, q and k each normalised
+// over their whole width (a null weight: not normalised), then NeoX RoPE, in
+// place; then k and v go to their cache rows slots[row] (as kv_store).
+struct QkRopeStoreArgs {
+  View q, k, v, k_cache, v_cache;
+  const float* q_norm = nullptr;
+  const float* k_norm = nullptr;
+  float eps = 0.f;
+  const int32_t* positions = nullptr;
+  const int32_t* slots = nullptr;
+  int n_heads = 0, n_kv_heads = 0, head_dim = 0;
+  float theta = 0.f;
+};
+void qk_norm_rope_store(const QkRopeStoreArgs& a, cudaStream_t s);
 // Strided fp32 -> contiguous bf16 [rows, cols] (the GEMM operand).
 void to_bf16(View x, __nv_bfloat16* out, cudaStream_t s);
 void f32_to_bf16(const float* x, __nv_bfloat16* out, int64_t n, cudaStream_t s);

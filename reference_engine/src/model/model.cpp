@@ -281,8 +281,9 @@ void Model::qk_norm(const LayerTensors& w, const Tensor& q, const Tensor& k) {
   }
 }
 
-// h = rms_norm(x, norm) (written: scratch) fused with the qkv projection, q/k norm with RoPE as
-// one op where the norm is over the whole projection (or absent); per-head norms run per head.
+// h = rms_norm(x, norm) (written: scratch) fused with the qkv projection; q/k norm, RoPE and the
+// KV store as one op where the norm is over the whole projection (or absent); per-head norms run
+// per head.
 void Model::attention_layer(int32_t l, const StepBatch& b, const Tensor& x, const Tensor& norm,
                             const Tensor& h) {
   const auto& a = config_.attention;
@@ -291,19 +292,19 @@ void Model::attention_layer(int32_t l, const StepBatch& b, const Tensor& x, cons
   Tensor qkv = scratch_->qkv.tensor().rows_view(0, T);
   backend_.rms_norm_linear(x, norm, config_.norm_eps, w.wqkv, qkv, h);
   Tensor q = qkv.cols_view(0, qd), k = qkv.cols_view(qd, kd), v = qkv.cols_view(qd + kd, kd);
+  const Tensor& kc = k_cache_[static_cast<size_t>(l)].tensor();
+  const Tensor& vc = v_cache_[static_cast<size_t>(l)].tensor();
   if (a.qk_norm == QkNorm::kPerHead) {
     qk_norm(w, q, k);
     backend_.rope(q, b.positions, a.n_heads, a.head_dim, a.rope_theta);
     backend_.rope(k, b.positions, a.n_kv_heads, a.head_dim, a.rope_theta);
+    backend_.kv_store(k, v, kc, vc, b.kv_slots);
   } else {
     const bool full = a.qk_norm == QkNorm::kFull;
-    backend_.qk_norm_rope(q, k, full ? w.q_norm : Tensor{}, full ? w.k_norm : Tensor{},
-                          config_.norm_eps, b.positions, a.n_heads, a.n_kv_heads, a.head_dim,
-                          a.rope_theta);
+    backend_.qk_norm_rope_store(q, k, v, full ? w.q_norm : Tensor{}, full ? w.k_norm : Tensor{},
+                                config_.norm_eps, b.positions, a.n_heads, a.n_kv_heads, a.head_dim,
+                                a.rope_theta, kc, vc, b.kv_slots);
   }
-  const Tensor& kc = k_cache_[static_cast<size_t>(l)].tensor();
-  const Tensor& vc = v_cache_[static_cast<size_t>(l)].tensor();
-  backend_.kv_store(k, v, kc, vc, b.kv_slots);
   PagedBatch pb{b.token_seq, b.positions, b.block_table, b.block_table_start,
                 config_.cache.block_size};
   AttentionParams p{a.n_heads, a.n_kv_heads, a.head_dim,

@@ -326,10 +326,14 @@ class Backend {
                               int64_t max_rows_per_expert, const Tensor& gu, const Tensor& act);
   // The rows of q and of k normalised over their whole width (rms_norm in
   // place; an empty weight skips that tensor's norm: OLMoE normalises the full
-  // q / k projections), then rope of q (n_heads) and of k (n_kv_heads).
-  void qk_norm_rope(const Tensor& q, const Tensor& k, const Tensor& q_norm, const Tensor& k_norm,
-                    float eps, std::span<const int32_t> positions, int32_t n_heads,
-                    int32_t n_kv_heads, int32_t head_dim, float theta);
+  // q / k projections), then rope of q (n_heads) and of k (n_kv_heads), then
+  // kv_store(k, v, k_cache, v_cache, slots): what an attention layer does
+  // between its qkv projection and its paged attention.
+  void qk_norm_rope_store(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& q_norm,
+                          const Tensor& k_norm, float eps, std::span<const int32_t> positions,
+                          int32_t n_heads, int32_t n_kv_heads, int32_t head_dim, float theta,
+                          const Tensor& k_cache, const Tensor& v_cache,
+                          std::span<const int32_t> slots);
 
   // --- host waits ---------------------------------------------------------------
   // Several device -> host copies (contiguous tensors) with one wait: the end
@@ -449,10 +453,12 @@ class Backend {
   virtual void grouped_gate_up_swiglu_impl(const Tensor& x, const Tensor& w, const Tensor& offsets,
                                            int64_t max_rows_per_expert, const Tensor& gu,
                                            const Tensor& act);
-  virtual void qk_norm_rope_impl(const Tensor& q, const Tensor& k, const Tensor& q_norm,
-                                 const Tensor& k_norm, float eps,
-                                 std::span<const int32_t> positions, int32_t n_heads,
-                                 int32_t n_kv_heads, int32_t head_dim, float theta);
+  virtual void qk_norm_rope_store_impl(const Tensor& q, const Tensor& k, const Tensor& v,
+                                       const Tensor& q_norm, const Tensor& k_norm, float eps,
+                                       std::span<const int32_t> positions, int32_t n_heads,
+                                       int32_t n_kv_heads, int32_t head_dim, float theta,
+                                       const Tensor& k_cache, const Tensor& v_cache,
+                                       std::span<const int32_t> slots);
   virtual void patchify_impl(const Tensor& image, int32_t height, int32_t width, int32_t channels,
                              int32_t patch, const Tensor& out) = 0;
   virtual void mean_pool_rows_impl(const Tensor& x, int32_t group, const Tensor& out) = 0;
@@ -465,6 +471,8 @@ class Backend {
   [[noreturn]] void fail(const char* what) const;
   std::vector<int32_t> read_offsets(const Tensor& offsets);
   void check_weight(const Tensor& x, const Tensor& w, const Tensor& y, const char* op) const;
+  void check_kv_store(const Tensor& k, const Tensor& v, const Tensor& k_cache,
+                      const Tensor& v_cache, std::span<const int32_t> slots) const;
   void check(bool ok, const char* what) const {
     if (!ok) fail(what);
   }
