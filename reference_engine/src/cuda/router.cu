@@ -124,6 +124,23 @@ __device__ void ordered_rank(int total, int E, int* smem, GetExpert get, Visit v
   int* warp_cnt = smem;
   int* cnt = smem + 32 * E;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  if (total <= 32) {
+    // A decode step's few assignments (B=1 top-8: 8) fit one warp: lane a holds assignment a,
+    // so its position is its rank among the lanes with the same expert, and warp 0 does it all
+    // without the block's per-warp counts and their barriers. The same positions as below.
+    if (warp == 0) {
+      for (int x = lane; x < E; x += 32) cnt[x] = 0;
+      __syncwarp();
+      const int e = lane < total ? get(lane) : -1;
+      const unsigned peers = __match_any_sync(0xffffffffu, e);
+      const int rank = __popc(peers & ((1u << lane) - 1u));
+      if (e >= 0 && rank == 0) cnt[e] = __popc(peers);
+      __syncwarp();
+      if (e >= 0) visit(lane, e, rank);
+    }
+    __syncthreads();
+    return;
+  }
   for (int e = threadIdx.x; e < E; e += blockDim.x) cnt[e] = 0;
   __syncthreads();
   for (int base = 0; base < total; base += blockDim.x) {
