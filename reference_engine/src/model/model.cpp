@@ -405,8 +405,8 @@ void Model::backbone(const StepBatch& b, ForwardObserver* obs) {
   if (R == 0) return;
   Tensor xl = S.xl.tensor().rows_view(0, R);
   backend_.get_rows(x, b.logit_rows, xl);
-  backend_.rms_norm(xl, weights_->get("norm_f"), eps, xl);
-  backend_.linear(xl, weights_->get("head"), S.logits.tensor().rows_view(0, R));
+  backend_.rms_norm_linear(xl, weights_->get("norm_f"), eps, weights_->get("head"),
+                           S.logits.tensor().rows_view(0, R), S.h.tensor().rows_view(0, R));
 }
 
 // [SECTION] Step graphs
