@@ -215,10 +215,10 @@ bool device_offsets(const Tensor& offsets) {
 }
 }  // namespace
 
-void Backend::moe_route_device(const Tensor& logits, const Tensor& bias, const RouteParams& params,
-                               const Tensor& assign_expert, const Tensor& assign_weight,
-                               const Tensor& counts, const Tensor& offsets,
-                               std::span<const int32_t> valid_rows) {
+void Backend::check_route_device(const Tensor& logits, const Tensor& bias,
+                                 const RouteParams& params, const Tensor& assign_expert,
+                                 const Tensor& assign_weight, const Tensor& counts,
+                                 const Tensor& offsets, std::span<const int32_t> valid_rows) const {
   const int64_t T = logits.rows, E = logits.cols;
   const int32_t k = params.top_k;
   check(k >= 1 && k <= E && assign_expert.rows == T && assign_expert.cols == k &&
@@ -229,17 +229,31 @@ void Backend::moe_route_device(const Tensor& logits, const Tensor& bias, const R
   check(
       valid_rows.size() <= 1 && (valid_rows.empty() || (valid_rows[0] >= 0 && valid_rows[0] <= T)),
       "moe_route_device: valid_rows must be empty or one value in 0..T");
+}
+
+void Backend::moe_route_device(const Tensor& logits, const Tensor& bias, const RouteParams& params,
+                               const Tensor& assign_expert, const Tensor& assign_weight,
+                               const Tensor& counts, const Tensor& offsets,
+                               std::span<const int32_t> valid_rows) {
+  check_route_device(logits, bias, params, assign_expert, assign_weight, counts, offsets,
+                     valid_rows);
   moe_route_device_impl(logits, bias, params, assign_expert, assign_weight, counts, offsets,
                         valid_rows);
 }
 
-void Backend::moe_permute(const Tensor& x, const Tensor& assign_expert, const Tensor& offsets,
-                          const Tensor& xp, const Tensor& perm) {
+void Backend::check_permute_device(const Tensor& x, const Tensor& assign_expert,
+                                   const Tensor& offsets, const Tensor& xp,
+                                   const Tensor& perm) const {
   const int64_t bound = assign_expert.rows * assign_expert.cols;
   check(device_offsets(offsets), "moe_permute: offsets must be i32 [1, E + 1]");
   check(xp.cols == x.cols && xp.rows >= bound && perm.rows >= bound && perm.dtype == DType::kI32 &&
             assign_expert.rows == x.rows,
         "moe_permute shape (xp and perm need T * top_k rows)");
+}
+
+void Backend::moe_permute(const Tensor& x, const Tensor& assign_expert, const Tensor& offsets,
+                          const Tensor& xp, const Tensor& perm) {
+  check_permute_device(x, assign_expert, offsets, xp, perm);
   moe_permute_device_impl(x, assign_expert, offsets, xp, perm);
 }
 
@@ -343,6 +357,27 @@ void Backend::rms_norm_linear_impl(const Tensor& x, const Tensor& norm_weight, f
                                    const Tensor& w, const Tensor& y, const Tensor& h) {
   rms_norm(x, norm_weight, eps, h);
   linear(h, w, y);
+}
+
+void Backend::moe_route_permute_device(const Tensor& logits, const Tensor& bias,
+                                       const RouteParams& params, const Tensor& assign_expert,
+                                       const Tensor& assign_weight, const Tensor& counts,
+                                       const Tensor& offsets, std::span<const int32_t> valid_rows,
+                                       const Tensor& x, const Tensor& xp, const Tensor& perm) {
+  check_route_device(logits, bias, params, assign_expert, assign_weight, counts, offsets,
+                     valid_rows);
+  check_permute_device(x, assign_expert, offsets, xp, perm);
+  moe_route_permute_device_impl(logits, bias, params, assign_expert, assign_weight, counts, offsets,
+                                valid_rows, x, xp, perm);
+}
+void Backend::moe_route_permute_device_impl(const Tensor& logits, const Tensor& bias,
+                                            const RouteParams& params, const Tensor& assign_expert,
+                                            const Tensor& assign_weight, const Tensor& counts,
+                                            const Tensor& offsets,
+                                            std::span<const int32_t> valid_rows, const Tensor& x,
+                                            const Tensor& xp, const Tensor& perm) {
+  moe_route_device(logits, bias, params, assign_expert, assign_weight, counts, offsets, valid_rows);
+  moe_permute(x, assign_expert, offsets, xp, perm);
 }
 
 void Backend::gate_up_swiglu(const Tensor& x, const Tensor& w, const Tensor& gu,

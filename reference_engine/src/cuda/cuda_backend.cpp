@@ -553,9 +553,12 @@ class CudaBackend final : public Backend {
   }
   // The router kernels; counts (and offsets, optional) go to the given device
   // arrays, or counts to scratch when null. Returns the device counts.
+  // With `permute`, the router may build the permutation in the same launch (*permuted says
+  // whether it did; only into the caller's assignment tensors).
   const int32_t* route(const Tensor& logits, const Tensor& bias, const RouteParams& p,
                        const Tensor& assign_expert, const Tensor& assign_weight,
-                       int32_t* counts_out, int32_t* offsets_out, const int32_t* valid) {
+                       int32_t* counts_out, int32_t* offsets_out, const int32_t* valid,
+                       const k::PermuteOut* permute = nullptr, bool* permuted = nullptr) {
     const int64_t T = logits.rows, E = logits.cols;
     const int32_t kk = p.top_k;
     require(E <= kMaxExperts, "moe_route: at most 1024 experts (one router block per token)");
@@ -582,7 +585,9 @@ class CudaBackend final : public Backend {
     rb.assign_weight = direct ? assign_weight.f32() : reinterpret_cast<float*>(after + T * kk * 4);
     rb.counts = counts_out ? counts_out : reinterpret_cast<int32_t*>(after + T * kk * 8);
     rb.offsets = offsets_out;
-    k::router(view(logits), bias.empty() ? nullptr : bias.f32(), rp, rb, stream_);
+    if (permute != nullptr && direct && offsets_out != nullptr) rb.permute = *permute;
+    const bool did = k::router(view(logits), bias.empty() ? nullptr : bias.f32(), rp, rb, stream_);
+    if (permuted != nullptr) *permuted = did;
     if (!direct) {
       ISC_CUDA(cudaMemcpy2DAsync(assign_expert.data, assign_expert.stride * 4, rb.assign_expert,
                                  kk * 4, kk * 4, T, cudaMemcpyDeviceToDevice, stream_));
@@ -632,6 +637,34 @@ class CudaBackend final : public Backend {
     route(logits, bias, p, assign_expert, assign_weight, counts.i32(), offsets.i32(),
           valid_rows.empty() ? nullptr : meta(valid_rows));
   }
+  // The decode router's block also permutes (and gathers, where moe_permute would in its index
+  // kernel): one launch. Otherwise, or when the router takes its multi-kernel path, as the two
+  // ops.
+  void moe_route_permute_device_impl(const Tensor& logits, const Tensor& bias, const RouteParams& p,
+                                     const Tensor& assign_expert, const Tensor& assign_weight,
+                                     const Tensor& counts, const Tensor& offsets,
+                                     std::span<const int32_t> valid_rows, const Tensor& x,
+                                     const Tensor& xp, const Tensor& perm) override {
+    const int64_t bound = assign_expert.rows * assign_expert.cols;
+    bool permuted = false;
+    if (bound > 0 && bound * x.cols <= kFusedGatherElems) {
+      k::PermuteOut po;
+      po.perm = iview(perm);
+      po.slot_of = scratch_[3]->get<int32_t>(static_cast<size_t>(bound));
+      po.x = view(x);
+      po.xp = view(xp);
+      route(logits, bias, p, assign_expert, assign_weight, counts.i32(), offsets.i32(),
+            valid_rows.empty() ? nullptr : meta(valid_rows), &po, &permuted);
+      if (permuted) {
+        note_device_perm(perm, bound);
+        return;
+      }
+    } else {
+      route(logits, bias, p, assign_expert, assign_weight, counts.i32(), offsets.i32(),
+            valid_rows.empty() ? nullptr : meta(valid_rows));
+    }
+    moe_permute_device_impl(x, assign_expert, offsets, xp, perm);
+  }
   void moe_permute_device_impl(const Tensor& x, const Tensor& assign_expert, const Tensor& offsets,
                                const Tensor& xp, const Tensor& perm) override {
     const int64_t E = offsets.cols - 1;
@@ -642,9 +675,7 @@ class CudaBackend final : public Backend {
     const bool fused = bound * x.cols <= kFusedGatherElems;
     k::permute_index(iview(assign_expert), offsets.i32(), static_cast<int>(E), iview(perm), slot_of,
                      view(x), fused ? view(xp) : k::View{}, bound, stream_);
-    last_perm_ = perm.data;
-    last_perm_rows_ = kDeviceRows;
-    last_slot_total_ = bound;
+    note_device_perm(perm, bound);
     if (!fused)
       k::permute_rows(view(x), iview(perm), static_cast<int>(assign_expert.cols), bound, view(xp),
                       stream_, offsets.i32() + E);
@@ -932,6 +963,14 @@ class CudaBackend final : public Backend {
     require(!capturing_,
             "an op inside a graph capture was handed host metadata begin_step did not register");
     return ring_->stage1(sp);
+  }
+
+  // perm was just built from device offsets for `bound` assignments, with scratch_[3] holding
+  // each assignment's row (slot_of): moe_unpermute of the same perm reuses it.
+  void note_device_perm(const Tensor& perm, int64_t bound) {
+    last_perm_ = perm.data;
+    last_perm_rows_ = kDeviceRows;
+    last_slot_total_ = bound;
   }
 
   struct Shadow {

@@ -78,6 +78,13 @@ struct RouterParams {
   const int32_t* valid = nullptr;
   float capacity_factor = 0.f;
 };
+// The permutation the single-block decode router can build in the same launch (permute_index's
+// arguments: perm, slot_of, and the gather of x into xp when xp.p is set).
+struct PermuteOut {
+  IView perm;
+  int32_t* slot_of = nullptr;
+  View x, xp;
+};
 struct RouterBuffers {
   // outputs
   int32_t* assign_expert = nullptr;  // [T, k] contiguous: expert, -1 if dropped
@@ -87,11 +94,15 @@ struct RouterBuffers {
   // scratch
   int32_t* rank_expert = nullptr;  // [T, R] experts by rank (R = k, or E with reroute)
   float* rank_weight = nullptr;    // [T, R] their normalised weights
+  // optional: the permutation of these assignments (needs offsets)
+  PermuteOut permute;
 };
 // logits [T, E] (strided) and an optional selection bias [E]. Gate, ranking,
 // the histogram (routed = first-k choices before capacity) and capacity in
 // (token, choice) order, exactly as the CPU backend orders them.
-void router(View logits, const float* bias, const RouterParams& p, const RouterBuffers& b,
+// Returns true when it also built b.permute (only the single-block decode router does: up to
+// 64 experts and 256 tokens, no re-routing); else the caller runs permute_index.
+bool router(View logits, const float* bias, const RouterParams& p, const RouterBuffers& b,
             cudaStream_t s);
 // Row of each kept assignment in the permuted buffer (per expert, increasing
 // assignment index a = t*k + j): perm[row] = a. offsets: device [E + 1].

@@ -219,7 +219,12 @@ __global__ void assign_drop_k(RouterParams p, RouterBuffers b) {
   assign_drop(q, b, reinterpret_cast<int*>(dyn_smem));
 }
 
-// Decode-sized batches: ranking and capacity in one block, one launch.
+__device__ void permute_index_block(IView ae, const int32_t* offsets, int E, IView perm,
+                                    int32_t* slot_of, View x, View xp, int64_t rows, int* smem);
+
+// Decode-sized batches: ranking and capacity in one block, one launch; with b.permute.perm.p
+// set, the permutation too (permute_index's work on the assignments just made: the same block,
+// so a barrier publishes them).
 __global__ void route_small_k(View logits, const float* bias, RouterParams padded,
                               RouterBuffers b) {
   pdl_wait();  // launched as a programmatic dependent (pdl.cuh)
@@ -234,6 +239,12 @@ __global__ void route_small_k(View logits, const float* bias, RouterParams padde
                b.rank_weight);
   __syncthreads();
   assign_drop(p, b, rs);
+  const PermuteOut& po = b.permute;
+  if (po.perm.p == nullptr) return;
+  __syncthreads();  // the assignments and offsets (global, written by this block) are read next
+  const IView ae{b.assign_expert, padded.tokens, padded.top_k, padded.top_k};
+  permute_index_block(ae, b.offsets, p.experts, po.perm, po.slot_of, po.x, po.xp,
+                      int64_t(padded.tokens) * padded.top_k, rs);
 }
 
 __global__ void assign_reroute_k(RouterParams padded, int R, RouterBuffers b) {
@@ -286,11 +297,10 @@ __global__ void assign_reroute_k(RouterParams padded, int R, RouterBuffers b) {
   write_offsets(E, b.offsets, [&](int e) { return kept[e]; });
 }
 
-__global__ void permute_index_k(IView ae, const int32_t* offsets, int E, IView perm,
-                                int32_t* slot_of, View x, View xp, int64_t rows) {
-  pdl_wait();  // launched as a programmatic dependent (pdl.cuh)
-  pdl_allow_dependents();
-  int* smem = reinterpret_cast<int*>(dyn_smem);
+// permute_index's work by one block (smem: rank_smem(E) ints): perm and slot_of from the
+// assignments and offsets, then (xp.p set) the gather of x's rows into xp.
+__device__ void permute_index_block(IView ae, const int32_t* offsets, int E, IView perm,
+                                    int32_t* slot_of, View x, View xp, int64_t rows, int* smem) {
   const int k = static_cast<int>(ae.cols);
   if (slot_of) {
     for (int a = threadIdx.x; a < ae.rows * k; a += blockDim.x) slot_of[a] = -1;
@@ -343,6 +353,13 @@ __global__ void permute_index_k(IView ae, const int32_t* offsets, int E, IView p
         dst[c] = v[u].x;
     }
   }
+}
+
+__global__ void permute_index_k(IView ae, const int32_t* offsets, int E, IView perm,
+                                int32_t* slot_of, View x, View xp, int64_t rows) {
+  pdl_wait();  // launched as a programmatic dependent (pdl.cuh)
+  pdl_allow_dependents();
+  permute_index_block(ae, offsets, E, perm, slot_of, x, xp, rows, reinterpret_cast<int*>(dyn_smem));
 }
 
 __global__ void permute_rows_k(View x, IView perm, int k, int64_t rows, View xp,
@@ -413,14 +430,14 @@ int grid_for(int64_t n) {
 
 }  // namespace
 
-void router(View logits, const float* bias, const RouterParams& p, const RouterBuffers& b,
+bool router(View logits, const float* bias, const RouterParams& p, const RouterBuffers& b,
             cudaStream_t s) {
   if (p.experts <= 0 || p.experts > kMaxExperts || p.top_k <= 0 || p.top_k > p.experts)
     throw std::invalid_argument("cuda router: need 0 < top_k <= experts <= 1024");
   if (p.tokens <= 0) {
     ISC_CUDA(cudaMemsetAsync(b.counts, 0, sizeof(int32_t) * (2 * p.experts + 2), s));
     if (b.offsets) ISC_CUDA(cudaMemsetAsync(b.offsets, 0, sizeof(int32_t) * (p.experts + 1), s));
-    return;
+    return false;
   }
   const bool reroute = p.reroute && p.capacity > 0;
   const int R = reroute ? p.experts : p.top_k;
@@ -429,7 +446,7 @@ void router(View logits, const float* bias, const RouterParams& p, const RouterB
     allow(route_small_k, smem);
     launch_pdl(route_small_k, 1, kBlock, smem, s, logits, bias, p, b);
     ISC_LAUNCH();
-    return;
+    return b.permute.perm.p != nullptr;
   }
   const size_t smem = sizeof(float) * kRankWarps * 2 * p.experts;
   allow(rank_k, smem);
@@ -443,6 +460,7 @@ void router(View logits, const float* bias, const RouterParams& p, const RouterB
     assign_drop_k<<<1, kBlock, rank_smem(p.experts), s>>>(p, b);
   }
   ISC_LAUNCH();
+  return false;
 }
 
 void permute_index(IView assign_expert, const int32_t* offsets, int experts, IView perm,

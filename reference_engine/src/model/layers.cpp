@@ -120,8 +120,6 @@ void moe_ffn_device(Backend& be, const MoeConfig& moe, const MoeWeights& w, MoeS
   Tensor ae = s.assign_expert.tensor().rows_view(0, T),
          aw = s.assign_weight.tensor().rows_view(0, T);
   const Tensor& off = s.device_offsets.tensor();
-  be.moe_route_device(logits, w.router_bias, route_params(moe, T), ae, aw, counts, off, valid_rows);
-  seed_moe_out(be, w, s, h, out, mode);
   // The kept total A is on the device: every view is the bound T * top_k and
   // the ops stop at offsets[E]. An expert serves at most T rows (a token picks
   // it at most once) and at most its capacity: that bounds the grouped GEMMs'
@@ -130,7 +128,9 @@ void moe_ffn_device(Backend& be, const MoeConfig& moe, const MoeWeights& w, MoeS
   const int32_t cap = expert_capacity(moe, T);
   const int64_t per_expert = cap > 0 ? std::min<int64_t>(T, cap) : T;
   Tensor xp = s.xp.tensor().rows_view(0, bound), perm = s.perm.tensor().rows_view(0, bound);
-  be.moe_permute(h, ae, off, xp, perm);
+  be.moe_route_permute_device(logits, w.router_bias, route_params(moe, T), ae, aw, counts, off,
+                              valid_rows, h, xp, perm);
+  seed_moe_out(be, w, s, h, out, mode);
   Tensor hp = s.hp.tensor().rows_view(0, bound), ap = s.ap.tensor().rows_view(0, bound);
   be.grouped_gate_up_swiglu(xp, w.experts_gu, off, per_expert, hp, ap);
   Tensor yp = s.yp.tensor().rows_view(0, bound);

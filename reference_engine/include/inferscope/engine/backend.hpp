@@ -335,6 +335,15 @@ class Backend {
                           const Tensor& k_cache, const Tensor& v_cache,
                           std::span<const int32_t> slots);
 
+  // moe_route_device, then moe_permute (device offsets) of x by the assignments
+  // it made: a decode step's router and permutation are one block each, so one
+  // launch instead of two where the backend fuses them.
+  void moe_route_permute_device(const Tensor& logits, const Tensor& bias, const RouteParams& params,
+                                const Tensor& assign_expert, const Tensor& assign_weight,
+                                const Tensor& counts, const Tensor& offsets,
+                                std::span<const int32_t> valid_rows, const Tensor& x,
+                                const Tensor& xp, const Tensor& perm);
+
   // --- host waits ---------------------------------------------------------------
   // Several device -> host copies (contiguous tensors) with one wait: the end
   // of a step downloads its logits and its routed counts together.
@@ -448,6 +457,12 @@ class Backend {
   // Fused ops: the defaults run their composition (public ops, checked again).
   virtual void rms_norm_linear_impl(const Tensor& x, const Tensor& norm_weight, float eps,
                                     const Tensor& w, const Tensor& y, const Tensor& h);
+  virtual void moe_route_permute_device_impl(const Tensor& logits, const Tensor& bias,
+                                             const RouteParams& params, const Tensor& assign_expert,
+                                             const Tensor& assign_weight, const Tensor& counts,
+                                             const Tensor& offsets,
+                                             std::span<const int32_t> valid_rows, const Tensor& x,
+                                             const Tensor& xp, const Tensor& perm);
   virtual void gate_up_swiglu_impl(const Tensor& x, const Tensor& w, const Tensor& gu,
                                    const Tensor& act);
   virtual void grouped_gate_up_swiglu_impl(const Tensor& x, const Tensor& w, const Tensor& offsets,
@@ -471,6 +486,12 @@ class Backend {
   [[noreturn]] void fail(const char* what) const;
   std::vector<int32_t> read_offsets(const Tensor& offsets);
   void check_weight(const Tensor& x, const Tensor& w, const Tensor& y, const char* op) const;
+  void check_route_device(const Tensor& logits, const Tensor& bias, const RouteParams& params,
+                          const Tensor& assign_expert, const Tensor& assign_weight,
+                          const Tensor& counts, const Tensor& offsets,
+                          std::span<const int32_t> valid_rows) const;
+  void check_permute_device(const Tensor& x, const Tensor& assign_expert, const Tensor& offsets,
+                            const Tensor& xp, const Tensor& perm) const;
   void check_kv_store(const Tensor& k, const Tensor& v, const Tensor& k_cache,
                       const Tensor& v_cache, std::span<const int32_t> slots) const;
   void check(bool ok, const char* what) const {
