@@ -40,7 +40,9 @@
 // through): B=1 decode steps with asynchronous routing and no graphs (the
 // kernels of a graph replay, launched one by one so CUPTI sees each for sure)
 // are recorded with CUPTI and their time per kernel name is written to FILE (and
-// stderr): where a decode step's GPU time goes (issue 18 part 5). It runs before
+// stderr): where a decode step's GPU time goes (issue 18 part 5). Then one
+// prefill of the largest batch, with synchronous and with asynchronous routing,
+// gets a table of its top 15 kernels (where a B=64 prefill goes). It runs before
 // the modes, with CUPTI finalized after it, so that --observe's agent attaches
 // CUPTI as it would alone; a failure is reported and the run goes on.
 //
@@ -154,12 +156,14 @@ struct Throughput {
 // gpu_bench's run_forward for a checkpoint of any vocabulary; with `tel`, every
 // forward is observed as the serving loop observes it (a step boundary, a
 // prefill or decode range around the forward, the per-layer observer). With
-// `table`, the decode steps of every repetition (not the prefills) are recorded
-// into *sums.
+// `table`, the `window` of every repetition (its decode steps or its prefill) is
+// recorded into *sums.
+enum class Window { kDecode, kPrefill };
 Throughput run_forward(ie::Model& model, const std::vector<std::vector<int32_t>>& prompts, int B,
                        int prompt, int decode_steps, int reps, ie::Telemetry* tel = nullptr,
                        inferscope::bench::KernelTable* table = nullptr,
-                       std::vector<inferscope::bench::KernelSum>* sums = nullptr) {
+                       std::vector<inferscope::bench::KernelSum>* sums = nullptr,
+                       Window window = Window::kDecode) {
   uint64_t step_id = 0;
   auto forward = [&](const ie::StepBatch& b, std::vector<float>& out, ie::RequestPhase phase) {
     if (tel == nullptr) return model.forward(b, out);
@@ -194,15 +198,24 @@ Throughput run_forward(ie::Model& model, const std::vector<std::vector<int32_t>>
       batch.add_chunk(prompts[static_cast<size_t>(s)], 0, s, blocks[static_cast<size_t>(s)], bs,
                       true);
     model.backend().synchronize();
-    const double t0 = now_s();
-    forward(batch, logits, ie::RequestPhase::kPrefill);  // downloads logits: synchronous
-    prefill_t.push_back(now_s() - t0);
-    argmax();
-    if (table) {
+    auto open_window = [&](Window w) {
+      if (!table || window != w) return;
       model.backend().synchronize();
       std::string why;
       if (!table->start(&why)) throw std::runtime_error("kernel table: " + why);
-    }
+    };
+    auto close_window = [&](Window w) {
+      if (!table || window != w) return;
+      model.backend().synchronize();
+      *sums = table->stop();
+    };
+    open_window(Window::kPrefill);
+    const double t0 = now_s();
+    forward(batch, logits, ie::RequestPhase::kPrefill);  // downloads logits: synchronous
+    prefill_t.push_back(now_s() - t0);
+    close_window(Window::kPrefill);
+    argmax();
+    open_window(Window::kDecode);
     const double d0 = now_s();
     for (int i = 0; i < decode_steps; ++i) {
       batch.clear();
@@ -219,10 +232,7 @@ Throughput run_forward(ie::Model& model, const std::vector<std::vector<int32_t>>
       argmax();
     }
     decode_t.push_back(now_s() - d0);
-    if (table) {
-      model.backend().synchronize();
-      *sums = table->stop();
-    }
+    close_window(Window::kDecode);
   }
   Throughput r;
   r.prefill_ms = median(prefill_t) * 1e3;
@@ -302,9 +312,47 @@ json observed_row(ie::Model& model, const ie::ModelConfig& c,
           {"records_dropped", st.records_dropped + st.gpu.records_dropped}};
 }
 
-// HF_BENCH_KERNEL_TABLE: B=1 decode steps, async routing, no graphs, per kernel name.
+// Rows of a kernel table: time per window (`per` windows were recorded), its share, calls and
+// time per call; the first `top` kernels by time (all when top is 0), the rest summed in one line.
+std::string kernel_rows(const std::vector<inferscope::bench::KernelSum>& sums, int per,
+                        const char* unit, size_t top, double* total_us_out) {
+  double total_us = 0;
+  for (const auto& k : sums) total_us += k.total_ns / 1e3 / per;
+  *total_us_out = total_us;
+  std::ostringstream o;
+  char line[512];
+  std::snprintf(line, sizeof line, "%9s %6s %8s %8s  %s\n", unit, "%", "calls", "us/call",
+                "kernel");
+  o << line;
+  double rest_us = 0;
+  uint64_t rest_calls = 0;
+  for (size_t i = 0; i < sums.size(); ++i) {
+    const auto& k = sums[i];
+    const double us = k.total_ns / 1e3 / per;
+    if (top > 0 && i >= top) {
+      rest_us += us;
+      rest_calls += k.calls;
+      continue;
+    }
+    std::snprintf(line, sizeof line, "%9.1f %5.1f%% %8.1f %8.2f  %.120s\n", us,
+                  total_us > 0 ? 100 * us / total_us : 0.0, double(k.calls) / per,
+                  k.calls ? k.total_ns / 1e3 / k.calls : 0.0, k.name.c_str());
+    o << line;
+  }
+  if (rest_calls > 0) {
+    std::snprintf(line, sizeof line, "%9.1f %5.1f%% %8.1f %8s  (%zu other kernels)\n", rest_us,
+                  total_us > 0 ? 100 * rest_us / total_us : 0.0, double(rest_calls) / per, "",
+                  sums.size() - top);
+    o << line;
+  }
+  return o.str();
+}
+
+// HF_BENCH_KERNEL_TABLE: B=1 decode steps (async routing, no graphs), then one prefill of
+// `prefill_batch` prompts with synchronous and with asynchronous routing (prefills are never
+// graph-captured), per kernel name. Prefill tables keep the top 15 kernels.
 void kernel_table(ie::Model& model, const std::vector<std::vector<int32_t>>& prompts, int prompt,
-                  int steps, const std::string& path) {
+                  int steps, int prefill_batch, const std::string& path) {
   const bool graphs = model.step_graphs(), async = model.async_routing();
   model.set_step_graphs(false);
   model.set_async_routing(true);
@@ -312,26 +360,31 @@ void kernel_table(ie::Model& model, const std::vector<std::vector<int32_t>>& pro
   inferscope::bench::KernelTable table;
   std::vector<inferscope::bench::KernelSum> sums;
   const Throughput t = run_forward(model, prompts, 1, prompt, steps, 1, nullptr, &table, &sums);
-  model.set_async_routing(async);
-  model.set_step_graphs(graphs);
-  double total_us = 0;
-  for (const auto& k : sums) total_us += k.total_ns / 1e3 / steps;
   std::ostringstream o;
   char line[512];
+  double total_us = 0;
+  const std::string rows = kernel_rows(sums, steps, "us/step", 0, &total_us);
   std::snprintf(line, sizeof line,
                 "kernel table: B=1 decode, async routing, no graphs, no programmatic dependent "
                 "launch (kernels one by one), "
-                "%d steps; step %.3f ms wall, kernels %.1f us/step (sum of kernel times)\n"
-                "%9s %6s %8s %8s  %s\n",
-                steps, t.decode_step_ms, total_us, "us/step", "%", "calls", "us/call", "kernel");
-  o << line;
-  for (const auto& k : sums) {
-    const double us = k.total_ns / 1e3 / steps;
-    std::snprintf(line, sizeof line, "%9.1f %5.1f%% %8.1f %8.2f  %.120s\n", us,
-                  total_us > 0 ? 100 * us / total_us : 0.0, double(k.calls) / steps,
-                  k.calls ? k.total_ns / 1e3 / k.calls : 0.0, k.name.c_str());
-    o << line;
+                "%d steps; step %.3f ms wall, kernels %.1f us/step (sum of kernel times)\n",
+                steps, t.decode_step_ms, total_us);
+  o << line << rows;
+  for (const bool async_prefill : {false, true}) {
+    model.set_async_routing(async_prefill);
+    run_forward(model, prompts, prefill_batch, prompt, 1, 1);  // warm-up of this mode and size
+    const Throughput p = run_forward(model, prompts, prefill_batch, prompt, 1, 1, nullptr, &table,
+                                     &sums, Window::kPrefill);
+    const std::string prows = kernel_rows(sums, 1, "us", 15, &total_us);
+    std::snprintf(line, sizeof line,
+                  "\nprefill kernel table: B=%d x %d tokens, %s routing, no programmatic "
+                  "dependent launch; prefill %.2f ms wall (%.0f tok/s), kernels %.2f ms (sum)\n",
+                  prefill_batch, prompt, async_prefill ? "async" : "sync", p.prefill_ms,
+                  p.prefill_tps, total_us / 1e3);
+    o << line << prows;
   }
+  model.set_async_routing(async);
+  model.set_step_graphs(graphs);
   std::cerr << o.str();
   std::ofstream f(path);
   f << o.str();
@@ -462,7 +515,7 @@ int main(int argc, char** argv) {
                      backend->name().c_str());
       } else {
         try {
-          kernel_table(model, prompts, prompt, steps, kt);
+          kernel_table(model, prompts, prompt, steps, max_b, kt);
         } catch (const std::exception& e) {  // the table is a diagnostic: the rows still run
           std::fprintf(stderr, "hf_bench: kernel table failed: %s\n", e.what());
         }

@@ -151,8 +151,9 @@ TEST_F(CudaAsyncRouting, MoeFfnDeviceMatchesTheCpu) {
   auto cpu = ie::create_backend("cpu", {});
   std::mt19937 rng(11);
   // 1..200 rows: the decode kernel (small_linear); 300 without capacity: the
-  // grouped GEMM with its grid from the bound.
-  for (int T : {1, 5, 64, 200, 300}) {
+  // grouped GEMM with its grid from the bound; 1100 (4400 assignments, 256 an expert): a long
+  // prefill, whose offsets come to the host once for per-expert cuBLAS GEMMs.
+  for (int T : {1, 5, 64, 200, 300, 1100}) {
     SCOPED_TRACE("T " + std::to_string(T));
     ie::ModelConfig c;
     c.d_model = 128;

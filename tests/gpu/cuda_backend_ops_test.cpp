@@ -14,6 +14,7 @@
 #include <numeric>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "gpu_test_util.hpp"
@@ -68,6 +69,21 @@ TEST_F(CudaVsCpu, ElementwiseNormsAndGathers) {
   EXPECT_EQ(gpu.get(*gpu.bufs[8]), cpu.get(*cpu.bufs[8]));  // get_rows is a copy
   EXPECT_EQ(gpu.get(*gpu.bufs[9]), cpu.get(*cpu.bufs[9]));  // strided copy
   EXPECT_EQ(gpu.get(*gpu.bufs[1]), cpu.get(*cpu.bufs[1]));  // fill of a strided view
+}
+
+// From kRowKernelMinRows (64) rows SwiGLU runs a block per row with 16-byte columns (the
+// prefill kernel); the rows above take the element-per-thread one.
+TEST_F(CudaVsCpu, MulSiluLongBatch) {
+  const int R = 130, C = 256;
+  auto g = randn(R * 2 * C, rng);
+  std::vector<float> out[2];
+  int i = 0;
+  for (Side* s : {&cpu, &gpu}) {
+    auto tg = s->make(R, 2 * C, g), o = s->make(R, C);
+    s->be->mul_silu(tg.cols_view(C, C), tg.cols_view(0, C), o);
+    out[i++] = s->get(o);
+  }
+  EXPECT_LT(rel_l2(out[1], out[0]), kF32Tol);
 }
 
 TEST_F(CudaVsCpu, LinearBf16WithinTolerance) {
@@ -169,47 +185,79 @@ TEST_F(CudaVsCpu, QkNormRopeStoreMatchesCpu) {
   }
 }
 
+// Paged attention of query rows (sequence, position) over sequences of the given lengths, every
+// position's K / V written with one kv_store into shuffled cache blocks of 16; GPU against CPU.
+double paged_attention_error(Side& cpu, Side& gpu, std::mt19937& rng, int H, int KVH, int HD,
+                             const std::vector<int32_t>& lens,
+                             const std::vector<std::pair<int32_t, int32_t>>& rows) {
+  const int BS = 16;
+  int blocks = 0;
+  for (int l : lens) blocks += (l + BS - 1) / BS;
+  ie::AttentionParams p{H, KVH, HD, 1.0f / std::sqrt(float(HD))};
+  std::vector<int32_t> perm(blocks);
+  std::iota(perm.begin(), perm.end(), 0);
+  std::shuffle(perm.begin(), perm.end(), rng);
+  std::vector<int32_t> table, table_start = {0};
+  int next = 0;
+  for (int l : lens) {
+    for (int b = 0; b < (l + BS - 1) / BS; ++b) table.push_back(perm[next++]);
+    table_start.push_back(static_cast<int32_t>(table.size()));
+  }
+  std::vector<int32_t> slots, tseq, tpos;
+  for (size_t s = 0; s < lens.size(); ++s)
+    for (int p2 = 0; p2 < lens[s]; ++p2)
+      slots.push_back(table[table_start[s] + p2 / BS] * BS + p2 % BS);
+  const int nk = static_cast<int>(slots.size());
+  auto k = randn(nk * KVH * HD, rng), v = randn(nk * KVH * HD, rng);
+  for (auto [s, pos] : rows) tseq.push_back(s), tpos.push_back(pos);
+  const int T = static_cast<int>(tseq.size());
+  auto q = randn(T * H * HD, rng);
+  ie::PagedBatch batch{tseq, tpos, table, table_start, BS};
+  std::vector<float> out[2];
+  int i = 0;
+  for (Side* s : {&cpu, &gpu}) {
+    auto kc = s->make(blocks * BS, KVH * HD), vc = s->make(blocks * BS, KVH * HD);
+    auto tk = s->make(nk, KVH * HD, k), tv = s->make(nk, KVH * HD, v);
+    s->be->kv_store(tk, tv, kc, vc, slots);
+    auto tq = s->make(T, H * HD, q), to = s->make(T, H * HD);
+    s->be->paged_attention(tq, kc, vc, batch, p, to);
+    out[i++] = s->get(to);
+  }
+  return rel_l2(out[1], out[0]);
+}
+
 // Head dims 64 / 128 / 32 take the decode kernel's lane layouts (16, 32, 8 lanes per key),
-// 48 the generic kernel (12 lanes would not tile a warp).
+// 48 the generic kernel (12 lanes would not tile a warp). 12 rows in 3 runs of one sequence
+// average 4 rows a run: the tiled prefill kernel, with a 300-position context (5 key chunks)
+// and 2 one-row tiles.
 TEST_F(CudaVsCpu, PagedAttentionPrefillAndDecode) {
   for (const int HD : {64, 128, 32, 48}) {
-    const int H = 8, KVH = 2, BS = 16, blocks = 64;
-    ie::AttentionParams p{H, KVH, HD, 1.0f / std::sqrt(float(HD))};
     // seq 0: 300 positions (prefill rows 290..299), seq 1: decode at 40, seq 2: decode at 0
-    std::vector<int32_t> lens = {300, 41, 1};
-    std::vector<int32_t> perm(blocks);
-    std::iota(perm.begin(), perm.end(), 0);
-    std::shuffle(perm.begin(), perm.end(), rng);
-    std::vector<int32_t> table, table_start = {0};
-    int next = 0;
-    for (int l : lens) {
-      for (int b = 0; b < (l + BS - 1) / BS; ++b) table.push_back(perm[next++]);
-      table_start.push_back(static_cast<int32_t>(table.size()));
-    }
-    // history keys for every position, written with kv_store (one call)
-    std::vector<int32_t> slots, tseq, tpos;
-    for (int s = 0; s < 3; ++s)
-      for (int p2 = 0; p2 < lens[s]; ++p2)
-        slots.push_back(table[table_start[s] + p2 / BS] * BS + p2 % BS);
-    const int nk = static_cast<int>(slots.size());
-    auto k = randn(nk * KVH * HD, rng), v = randn(nk * KVH * HD, rng);
-    for (int p2 = 290; p2 < 300; ++p2) tseq.push_back(0), tpos.push_back(p2);
-    tseq.push_back(1), tpos.push_back(40);
-    tseq.push_back(2), tpos.push_back(0);
-    const int T = static_cast<int>(tseq.size());
-    auto q = randn(T * H * HD, rng);
-    ie::PagedBatch batch{tseq, tpos, table, table_start, BS};
-    std::vector<float> out[2];
-    int i = 0;
-    for (Side* s : {&cpu, &gpu}) {
-      auto kc = s->make(blocks * BS, KVH * HD), vc = s->make(blocks * BS, KVH * HD);
-      auto tk = s->make(nk, KVH * HD, k), tv = s->make(nk, KVH * HD, v);
-      s->be->kv_store(tk, tv, kc, vc, slots);
-      auto tq = s->make(T, H * HD, q), to = s->make(T, H * HD);
-      s->be->paged_attention(tq, kc, vc, batch, p, to);
-      out[i++] = s->get(to);
-    }
-    EXPECT_LT(rel_l2(out[1], out[0]), 1e-5) << "head_dim " << HD;
+    std::vector<std::pair<int32_t, int32_t>> rows;
+    for (int p2 = 290; p2 < 300; ++p2) rows.push_back({0, p2});
+    rows.push_back({1, 40});
+    rows.push_back({2, 0});
+    EXPECT_LT(paged_attention_error(cpu, gpu, rng, 8, 2, HD, {300, 41, 1}, rows), 1e-5)
+        << "head_dim " << HD;
+    // The same decode rows alone: one row a sequence, the row kernel.
+    EXPECT_LT(
+        paged_attention_error(cpu, gpu, rng, 8, 2, HD, {300, 41, 1}, {{0, 299}, {1, 40}, {2, 0}}),
+        1e-5)
+        << "head_dim " << HD << ", decode rows";
+  }
+}
+
+// A prefill as the engine runs one: sequences from position 0 (100 rows: tiles of 32, 32, 32 and
+// 4) and a later chunk (rows at positions 20..60 of a 61-position sequence), so rows of a tile
+// stop at different keys, tiles span one and two key chunks, and one group of 8 heads shares a
+// KV head.
+TEST_F(CudaVsCpu, PagedAttentionPrefillTiles) {
+  for (const int HD : {128, 64}) {
+    std::vector<std::pair<int32_t, int32_t>> rows;
+    for (int p2 = 0; p2 < 100; ++p2) rows.push_back({0, p2});
+    for (int p2 = 20; p2 < 61; ++p2) rows.push_back({1, p2});
+    EXPECT_LT(paged_attention_error(cpu, gpu, rng, 8, 1, HD, {100, 61}, rows), 1e-5)
+        << "head_dim " << HD;
   }
 }
 
@@ -266,6 +314,7 @@ struct RouteCase {
 };
 
 // T = 700 runs the two-kernel router, T = 60 the single-block decode router.
+// T = 700: 1,400 assignments, the capacity step ranked by 2 blocks (rank_chunks).
 TEST_F(CudaVsCpu, RouterMatchesIncludingCapacity) {
   for (int T : {700, 60}) {
     const int E = 32, K = 2;
@@ -308,10 +357,11 @@ TEST_F(CudaVsCpu, RouterMatchesIncludingCapacity) {
   }
 }
 
-// D = 64: the index kernel also gathers the rows; D = 512: a separate gather.
+// D = 64: the index kernel also gathers the rows; D = 512: a separate gather. T = 1100: 2,200
+// assignments, ranked by 3 blocks (rank_chunks), gathered a block per row.
 TEST_F(CudaVsCpu, PermuteAndUnpermuteExact) {
-  for (int D : {64, 512}) {
-    const int T = 257, E = 8, K = 2;
+  for (auto [D, T] : {std::pair{64, 257}, std::pair{512, 257}, std::pair{512, 1100}}) {
+    const int E = 8, K = 2;
     std::vector<int32_t> ae(T * K);
     std::uniform_int_distribution<int> pick(-1, E - 1);  // -1: dropped
     for (auto& e : ae) e = pick(rng);

@@ -21,20 +21,13 @@
 #include "check.hpp"
 #include "kernels.hpp"
 #include "pdl.cuh"
+#include "warp_reduce.cuh"
 
 namespace inferscope::engine::cuda {
 namespace {
 
 constexpr int kThreads = 128;
 
-__device__ __forceinline__ float warp_max(float v) {
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
-__device__ __forceinline__ float warp_sum(float v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
 __device__ float block_reduce(float v, bool is_max, float* red) {
   int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   v = is_max ? warp_max(v) : warp_sum(v);

@@ -209,11 +209,16 @@ bool env_fp32_math() {
   const char* v = std::getenv("INFERSCOPE_CUDA_MATH");
   return v && std::string(v) == "fp32";
 }
+bool env_expert_streams() {
+  const char* v = std::getenv("INFERSCOPE_CUDA_EXPERT_STREAMS");
+  return !(v && std::string(v) == "0");
+}
 
 // [SECTION] Backend
 class CudaBackend final : public Backend {
  public:
-  explicit CudaBackend(const BackendOptions& o) : fp32_math_(env_fp32_math()), device_(o.device) {
+  explicit CudaBackend(const BackendOptions& o)
+      : fp32_math_(env_fp32_math()), expert_streams_(env_expert_streams()), device_(o.device) {
     int count = 0;
     if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
       cudaGetLastError();  // clear the sticky "no device" error
@@ -273,7 +278,8 @@ class CudaBackend final : public Backend {
     // process and replace that first error with this later sighting of it.
     ++host_syncs_;
     cudaStreamSynchronize(stream_);
-    ++epoch_;  // a graph may have used this memory
+    ++epoch_;                    // a graph may have used this memory
+    host_offsets_of_ = nullptr;  // the address may come back for other data
     auto it = alloc_bytes_.find(ptr);
     if (it != alloc_bytes_.end()) {
       forget_range(ptr, it->second, /*synced=*/true);  // shadows inside this allocation
@@ -282,6 +288,7 @@ class CudaBackend final : public Backend {
     cudaFree(ptr);
   }
   void upload_impl(const Tensor& dst, const void* src) override {
+    host_offsets_of_ = nullptr;
     forget_range(dst.data, dst.bytes());
     ISC_CUDA(cudaMemcpyAsync(dst.data, src, dst.bytes(), cudaMemcpyHostToDevice, stream_));
     ISC_CUDA(cudaStreamSynchronize(stream_));
@@ -377,10 +384,7 @@ class CudaBackend final : public Backend {
     }
     __nv_bfloat16* xb = scratch_[0]->get<__nv_bfloat16>(static_cast<size_t>(M) * K);
     k::to_bf16(view(x), xb, stream_);
-    const float alpha = 1.f;
-    ISC_CUBLAS(cublasGemmEx(blas_->handle(), CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &alpha, wb,
-                            CUDA_R_16BF, K, xb, CUDA_R_16BF, K, &beta, y.f32(), CUDA_R_32F,
-                            static_cast<int>(y.stride), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    blas_->linear(xb, wb, y.f32(), y.stride, M, N, K, beta);
   }
   void grouped_linear_impl(const Tensor& x, const Tensor& w, std::span<const int32_t> offsets,
                            const Tensor& y) override {
@@ -414,18 +418,10 @@ class CudaBackend final : public Backend {
     if (rows >= kCublasExpertRows * active) {
       // Big groups (a long prefill): one cuBLAS GEMM per expert beats the wmma kernel ~3x
       // (H100: 700+ vs ~180 TFLOP/s at 1024 rows an expert, linear_bw_bench); the host knows
-      // the counts here, so no wait is added. Same operands as linear()'s large-M path.
-      const float alpha = 1.f, beta = 0.f;
-      const int K = static_cast<int>(x.cols);
-      for (int64_t e = 0; e < E; ++e) {
-        const int32_t b = offsets[e], c = offsets[e + 1] - offsets[e];
-        if (c == 0) continue;
-        ISC_CUBLAS(cublasGemmEx(blas_->handle(), CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(n), c,
-                                K, &alpha, wb + e * n * K, CUDA_R_16BF, K, xb + int64_t(b) * K,
-                                CUDA_R_16BF, K, &beta, y.f32() + int64_t(b) * y.stride, CUDA_R_32F,
-                                static_cast<int>(y.stride), CUBLAS_COMPUTE_32F,
-                                CUBLAS_GEMM_DEFAULT));
-      }
+      // the counts here, so no wait is added. Side streams run several experts at once
+      // (INFERSCOPE_CUDA_EXPERT_STREAMS=0: one after the other on the main stream).
+      blas_->grouped_linear(xb, wb, y.f32(), y.stride, offsets, static_cast<int>(n),
+                            static_cast<int>(x.cols), expert_streams_ && !capturing_);
       return;
     }
     k::grouped_gemm(xb, wb, meta(offsets), y.f32(), y.stride, static_cast<int>(E),
@@ -452,7 +448,13 @@ class CudaBackend final : public Backend {
     for (int32_t pos : b.token_pos) max_ctx = std::max(max_ctx, pos + 1);
     // In a step graph the launch must fit every step the graph will replay.
     if (step_) max_ctx = std::max(max_ctx, step_context_);
-    if (!step_) ring_->reserve({b.token_seq, b.token_pos, b.block_table, b.block_table_start});
+    // A prefill (rows of a sequence in runs) shares each K / V load across a tile of rows;
+    // decode batches and step graphs (decode only) keep the row kernel.
+    const bool tiled = !step_ && prefill_tiles(b.token_seq);
+    const std::span<const int32_t> tiles =
+        tiled ? std::span<const int32_t>(tile_first_) : std::span<const int32_t>();
+    if (!step_)
+      ring_->reserve({b.token_seq, b.token_pos, b.block_table, b.block_table_start, tiles});
     const int32_t* d[4] = {meta(b.token_seq), meta(b.token_pos), meta(b.block_table),
                            meta(b.block_table_start)};
     k::PagedArgs a;
@@ -470,7 +472,23 @@ class CudaBackend final : public Backend {
     a.head_dim = p.head_dim;
     a.scale = p.scale;
     a.max_context = max_ctx;
+    if (tiled && k::prefill_attention(a, meta(tiles), static_cast<int>(tiles.size()) - 1, stream_))
+      return;
     k::paged_attention(a, stream_);
+  }
+  // Splits the rows into tiles of up to kPrefillTileRows consecutive rows of one sequence
+  // (tile_first_: each tile's first row, then the row count). True when the tiles average
+  // kMinTileRows rows or more: a prefill, where the tiled kernel pays.
+  bool prefill_tiles(std::span<const int32_t> token_seq) {
+    const int64_t T = static_cast<int64_t>(token_seq.size());
+    tile_first_.clear();
+    for (int64_t t = 0; t < T; ++t)
+      if (t == 0 || token_seq[t] != token_seq[t - 1] ||
+          t - tile_first_.back() == k::kPrefillTileRows)
+        tile_first_.push_back(static_cast<int32_t>(t));
+    const int64_t tiles = static_cast<int64_t>(tile_first_.size());
+    tile_first_.push_back(static_cast<int32_t>(T));
+    return tiles > 0 && tiles * kMinTileRows <= T;
   }
   void attention_impl(const Tensor& q, const Tensor& kt, const Tensor& v, SeqStarts seqs,
                       const AttentionParams& p, bool causal, const Tensor& out) override {
@@ -576,14 +594,16 @@ class CudaBackend final : public Backend {
     const int64_t R = (rp.reroute && rp.capacity > 0) ? E : kk;
     k::RouterBuffers rb;
     const bool direct = assign_expert.contiguous() && assign_weight.contiguous();
-    char* base =
-        scratch_[2]->get<char>(static_cast<size_t>(T * R * 8 + T * kk * 8 + (2 * E + 2) * 4 + 64));
+    const int64_t chunk_ints = static_cast<int64_t>(k::rank_chunks(T * kk)) * E;
+    char* base = scratch_[2]->get<char>(
+        static_cast<size_t>(T * R * 8 + T * kk * 8 + (2 * E + 2) * 4 + chunk_ints * 4 + 64));
     rb.rank_expert = reinterpret_cast<int32_t*>(base);
     rb.rank_weight = reinterpret_cast<float*>(base + T * R * 4);
     char* after = base + T * R * 8;
     rb.assign_expert = direct ? assign_expert.i32() : reinterpret_cast<int32_t*>(after);
     rb.assign_weight = direct ? assign_weight.f32() : reinterpret_cast<float*>(after + T * kk * 4);
     rb.counts = counts_out ? counts_out : reinterpret_cast<int32_t*>(after + T * kk * 8);
+    rb.chunk_counts = reinterpret_cast<int32_t*>(after + T * kk * 8 + (2 * E + 2) * 4);
     rb.offsets = offsets_out;
     if (permute != nullptr && direct && offsets_out != nullptr) rb.permute = *permute;
     const bool did = k::router(view(logits), bias.empty() ? nullptr : bias.f32(), rp, rb, stream_);
@@ -604,11 +624,9 @@ class CudaBackend final : public Backend {
     if (offsets.back() == 0) return;
     const int32_t* off = meta(offsets);
     const int64_t total = assign_expert.rows * assign_expert.cols;
-    int32_t* slot_of = scratch_[3]->get<int32_t>(static_cast<size_t>(total));
     const int64_t rows = offsets.back();
     const bool fused = rows * x.cols <= kFusedGatherElems;  // one block gathers small batches
-    k::permute_index(iview(assign_expert), off, static_cast<int>(E), iview(perm), slot_of, view(x),
-                     fused ? view(xp) : k::View{}, rows, stream_);
+    permute_index(assign_expert, off, E, perm, x, xp, rows, fused);
     // unpermute of this perm can reuse slot_of instead of rebuilding it
     last_perm_ = perm.data;
     last_perm_rows_ = offsets.back();
@@ -627,6 +645,22 @@ class CudaBackend final : public Backend {
                  view(y), stream_);
   }
 
+  // permute_index (its fused gather for small batches), or the multi-block ranking of a long
+  // list; slot_of goes to scratch_[3] (unpermute reads it there), the chunk counts after it.
+  void permute_index(const Tensor& assign_expert, const int32_t* offsets, int64_t E,
+                     const Tensor& perm, const Tensor& x, const Tensor& xp, int64_t rows,
+                     bool fused) {
+    const int64_t total = assign_expert.rows * assign_expert.cols;
+    const int chunks = k::rank_chunks(total);
+    int32_t* slot_of = scratch_[3]->get<int32_t>(static_cast<size_t>(total + int64_t(chunks) * E));
+    if (!fused && chunks > 1)
+      k::permute_index_long(iview(assign_expert), offsets, static_cast<int>(E), iview(perm),
+                            slot_of, slot_of + total, stream_);
+    else
+      k::permute_index(iview(assign_expert), offsets, static_cast<int>(E), iview(perm), slot_of,
+                       view(x), fused ? view(xp) : k::View{}, rows, stream_);
+  }
+
   // --- mixture of experts, asynchronous routing ------------------------------
   // The same kernels with the counts and offsets left on the device: no copy
   // to the host, no wait; the grids come from the bound T * top_k.
@@ -634,6 +668,7 @@ class CudaBackend final : public Backend {
                              const Tensor& assign_expert, const Tensor& assign_weight,
                              const Tensor& counts, const Tensor& offsets,
                              std::span<const int32_t> valid_rows) override {
+    host_offsets_of_ = nullptr;  // these offsets are about to change
     route(logits, bias, p, assign_expert, assign_weight, counts.i32(), offsets.i32(),
           valid_rows.empty() ? nullptr : meta(valid_rows));
   }
@@ -645,6 +680,7 @@ class CudaBackend final : public Backend {
                                      const Tensor& counts, const Tensor& offsets,
                                      std::span<const int32_t> valid_rows, const Tensor& x,
                                      const Tensor& xp, const Tensor& perm) override {
+    host_offsets_of_ = nullptr;  // these offsets are about to change
     const int64_t bound = assign_expert.rows * assign_expert.cols;
     bool permuted = false;
     if (bound > 0 && bound * x.cols <= kFusedGatherElems) {
@@ -665,16 +701,28 @@ class CudaBackend final : public Backend {
     }
     moe_permute_device_impl(x, assign_expert, offsets, xp, perm);
   }
+  // The host copy of device offsets [1, E + 1] that moe_route_device wrote: downloaded (one
+  // wait) on the first call after the route, reused until the next route or a write.
+  std::span<const int32_t> host_offsets(const Tensor& offsets) {
+    if (host_offsets_of_ != offsets.data) {
+      const size_t n = static_cast<size_t>(offsets.cols);
+      require(n <= 2 * kMaxExperts + 2, "host_offsets: too many experts");
+      ISC_CUDA(cudaMemcpyAsync(host_counts_, offsets.data, sizeof(int32_t) * n,
+                               cudaMemcpyDeviceToHost, stream_));
+      waiter_.wait();
+      host_offsets_.assign(host_counts_, host_counts_ + n);
+      host_offsets_of_ = offsets.data;
+    }
+    return host_offsets_;
+  }
   void moe_permute_device_impl(const Tensor& x, const Tensor& assign_expert, const Tensor& offsets,
                                const Tensor& xp, const Tensor& perm) override {
     const int64_t E = offsets.cols - 1;
     require(E <= kMaxExperts, "moe_permute: at most 1024 experts");
     const int64_t bound = assign_expert.rows * assign_expert.cols;
     if (bound == 0) return;
-    int32_t* slot_of = scratch_[3]->get<int32_t>(static_cast<size_t>(bound));
     const bool fused = bound * x.cols <= kFusedGatherElems;
-    k::permute_index(iview(assign_expert), offsets.i32(), static_cast<int>(E), iview(perm), slot_of,
-                     view(x), fused ? view(xp) : k::View{}, bound, stream_);
+    permute_index(assign_expert, offsets.i32(), E, perm, x, xp, bound, fused);
     note_device_perm(perm, bound);
     if (!fused)
       k::permute_rows(view(x), iview(perm), static_cast<int>(assign_expert.cols), bound, view(xp),
@@ -692,6 +740,13 @@ class CudaBackend final : public Backend {
     if (max_rows <= kSmallRows) {
       k::small_linear(view(x), wb, offsets.i32(), static_cast<int>(E), view(y), static_cast<int>(n),
                       static_cast<int>(x.cols), 0.f, stream_, static_cast<int>(max_rows));
+      return;
+    }
+    // A long prefill (never captured: step graphs hold decode steps only) whose bound allows
+    // kCublasExpertRows an expert: one wait for the offsets buys the per-expert cuBLAS GEMMs
+    // of the host path (~4x the wmma kernel's TFLOP/s); both GEMMs of the layer share it.
+    if (!capturing_ && x.rows >= kCublasExpertRows * E) {
+      grouped_linear_impl(x, w, host_offsets(offsets), y);
       return;
     }
     // Every bound row is cast (rows past offsets[E] too: cheaper than a wait).
@@ -926,6 +981,8 @@ class CudaBackend final : public Backend {
   static constexpr int64_t kFusedGatherElems = 1 << 16;
   // last_perm_rows_ of a perm built from device offsets (its row count is on the device).
   static constexpr int64_t kDeviceRows = -2;
+  // Prefill attention tiles must average this many rows, else the row kernel runs.
+  static constexpr int64_t kMinTileRows = 4;
   // Copies up to this size go through pinned memory in download_many_impl.
   static constexpr size_t kPinnedCopyMax = 1u << 20;
 
@@ -1068,13 +1125,15 @@ class CudaBackend final : public Backend {
     }
   }
   void forget_written(const Tensor& t) {
-    last_perm_ = nullptr;  // a perm written by copy/fill is not the one permute_index saw
+    last_perm_ = nullptr;        // a perm written by copy/fill is not the one permute_index saw
+    host_offsets_of_ = nullptr;  // nor are offsets written so the ones host_offsets() read
     if (shadows_.empty() && uploaded_.empty()) return;
     if (t.rows == 0 || t.cols == 0) return;
     forget_range(t.data, static_cast<size_t>((t.rows - 1) * t.stride + t.cols) * 4);
   }
 
   bool fp32_math_;
+  bool expert_streams_;  // per-expert prefill GEMMs on side streams (Blas::grouped_linear)
   int device_ = 0;
   cudaStream_t stream_ = nullptr;
   StreamWaiter waiter_;  // stream_ and host_syncs_, once the stream exists
@@ -1088,6 +1147,7 @@ class CudaBackend final : public Backend {
   std::map<char*, size_t> uploaded_;
   std::map<void*, size_t> alloc_bytes_;
   std::vector<int32_t> token_seq_;
+  std::vector<int32_t> tile_first_;  // prefill attention tiles (prefill_tiles)
   std::map<uint64_t, StepArena> arenas_;
   std::map<uint64_t, Graph> graphs_;
   StepArena* step_ = nullptr;  // the open step (begin_step .. end_step)
@@ -1098,6 +1158,8 @@ class CudaBackend final : public Backend {
   uint64_t epoch_ = 0, capture_epoch_ = 0;
   const void* last_perm_ = nullptr;
   int64_t last_perm_rows_ = -1, last_slot_total_ = -1;
+  const void* host_offsets_of_ = nullptr;  // the device offsets host_offsets_ copies
+  std::vector<int32_t> host_offsets_;
 };
 
 }  // namespace

@@ -2,10 +2,12 @@
 // patchify / pooling. All memory-bound: one pass over the data; reductions
 // (RMSNorm) use a block per row so they stay in registers and shared memory.
 #include <algorithm>
+#include <cstdint>
 
 #include "check.hpp"
 #include "kernels.hpp"
 #include "pdl.cuh"
+#include "warp_reduce.cuh"
 
 namespace inferscope::engine::cuda {
 namespace {
@@ -23,11 +25,6 @@ int grid_for(int64_t n) {
 
 __device__ __forceinline__ float* at(const View& v, int64_t r, int64_t c) {
   return v.p + r * v.stride + c;
-}
-
-__device__ __forceinline__ float warp_sum(float v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
 }
 
 // The sum of v over the block (a tree: warps, then their partial sums), returned to every
@@ -76,6 +73,21 @@ __global__ void mul_silu_k(View x, View g, View o) {
     int64_t r = i / o.cols, c = i % o.cols;
     float gv = *at(g, r, c);
     *at(o, r, c) = *at(x, r, c) * (gv / (1.f + expf(-gv)));
+  }
+}
+// mul_silu for long batches (a prefill's 65,536 expert rows): a block per row, 16-byte columns,
+// no division per element; the same arithmetic as mul_silu_k.
+__global__ void mul_silu_v4_k(View x, View g, View o) {
+  const int64_t w = o.cols / 4;
+  for (int64_t r = blockIdx.x; r < o.rows; r += gridDim.x) {
+    const float4* xr = reinterpret_cast<const float4*>(x.p + r * x.stride);
+    const float4* gr = reinterpret_cast<const float4*>(g.p + r * g.stride);
+    float4* orow = reinterpret_cast<float4*>(o.p + r * o.stride);
+    for (int64_t c = threadIdx.x; c < w; c += blockDim.x) {
+      const float4 a = xr[c], b = gr[c];
+      orow[c] = make_float4(a.x * (b.x / (1.f + expf(-b.x))), a.y * (b.y / (1.f + expf(-b.y))),
+                            a.z * (b.z / (1.f + expf(-b.z))), a.w * (b.w / (1.f + expf(-b.w))));
+    }
   }
 }
 __global__ void gelu_k(View x, View o) {
@@ -188,6 +200,22 @@ __global__ void qk_norm_rope_store_k(QkRopeStoreArgs a) {
 __global__ void to_bf16_k(View x, __nv_bfloat16* out) {
   GRID_STRIDE(i, x.rows * x.cols) out[i] = __float2bfloat16(*at(x, i / x.cols, i % x.cols));
 }
+// Four values a thread (one 16-byte load, one 8-byte store) and, for contiguous rows, no
+// division: a prefill's 65,536 x 2048 expert operand is bandwidth work, not index arithmetic.
+__global__ void to_bf16_v4_k(View x, __nv_bfloat16* out) {
+  const int64_t w = x.cols / 4;
+  const bool flat = x.stride == x.cols;
+  GRID_STRIDE(i, x.rows * w) {
+    const int64_t r = flat ? 0 : i / w;
+    const float4 v =
+        *reinterpret_cast<const float4*>(x.p + (flat ? i * 4 : r * x.stride + (i - r * w) * 4));
+    const __nv_bfloat162 lo = __floats2bfloat162_rn(v.x, v.y), hi = __floats2bfloat162_rn(v.z, v.w);
+    uint2 packed;
+    packed.x = *reinterpret_cast<const uint32_t*>(&lo);
+    packed.y = *reinterpret_cast<const uint32_t*>(&hi);
+    reinterpret_cast<uint2*>(out)[i] = packed;
+  }
+}
 __global__ void f2b_k(const float* x, __nv_bfloat16* out, int64_t n) {
   GRID_STRIDE(i, n) out[i] = __float2bfloat16(x[i]);
 }
@@ -209,6 +237,10 @@ __global__ void mean_pool_k(View x, int group, View out) {
     for (int r = 0; r < group; ++r) s += *at(x, g * group + r, c);
     *at(out, g, c) = s * (1.0f / static_cast<float>(group));
   }
+}
+
+bool aligned16(const View& v) {
+  return reinterpret_cast<uintptr_t>(v.p) % 16 == 0 && v.stride % 4 == 0;
 }
 
 }  // namespace
@@ -235,6 +267,13 @@ void add(View a, View b, View o, cudaStream_t s) {
 }
 void mul_silu(View x, View g, View o, cudaStream_t s) {
   if (o.rows * o.cols <= 0) return;
+  if (o.rows >= kRowKernelMinRows && o.cols % 4 == 0 && aligned16(x) && aligned16(g) &&
+      aligned16(o)) {  // prefill: row kernel (decode keeps the dependent launch below)
+    mul_silu_v4_k<<<static_cast<int>(std::min<int64_t>(o.rows, 132 * 16)), kThreads, 0, s>>>(x, g,
+                                                                                             o);
+    ISC_LAUNCH();
+    return;
+  }
   launch_pdl(mul_silu_k, grid_for(o.rows * o.cols), kThreads, 0, s, x, g, o);
   ISC_LAUNCH();
 }
@@ -270,7 +309,10 @@ void qk_norm_rope_store(const QkRopeStoreArgs& a, cudaStream_t s) {
 }
 void to_bf16(View x, __nv_bfloat16* out, cudaStream_t s) {
   if (x.rows * x.cols <= 0) return;
-  to_bf16_k<<<grid_for(x.rows * x.cols), kThreads, 0, s>>>(x, out);
+  if (x.cols % 4 == 0 && aligned16(x) && reinterpret_cast<uintptr_t>(out) % 8 == 0)
+    to_bf16_v4_k<<<grid_for(x.rows * x.cols / 4), kThreads, 0, s>>>(x, out);
+  else
+    to_bf16_k<<<grid_for(x.rows * x.cols), kThreads, 0, s>>>(x, out);
   ISC_LAUNCH();
 }
 void f32_to_bf16(const float* x, __nv_bfloat16* out, int64_t n, cudaStream_t s) {

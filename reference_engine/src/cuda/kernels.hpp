@@ -8,6 +8,10 @@
 // pointer here: the backend stages the host spans of the interface first.
 //
 // [SECTION] Views
+// From this many rows, permute_rows and mul_silu run a block per row with 16-byte columns (the
+// prefill shape) instead of an element per thread with a division each (the decode shape).
+constexpr int64_t kRowKernelMinRows = 64;
+
 // [SECTION] Elementwise, norms, RoPE, casts
 // [SECTION] Router, permutation
 // [SECTION] Expert GEMM (grouped by expert, sizes on the device)
@@ -92,11 +96,15 @@ struct RouterBuffers {
   int32_t* counts = nullptr;         // [2E + 2]: routed[E], kept[E], dropped, rerouted
   int32_t* offsets = nullptr;        // optional [E + 1]: exclusive prefix sums of kept
   // scratch
-  int32_t* rank_expert = nullptr;  // [T, R] experts by rank (R = k, or E with reroute)
-  float* rank_weight = nullptr;    // [T, R] their normalised weights
+  int32_t* rank_expert = nullptr;   // [T, R] experts by rank (R = k, or E with reroute)
+  float* rank_weight = nullptr;     // [T, R] their normalised weights
+  int32_t* chunk_counts = nullptr;  // [rank_chunks(T * k), E]: needed when that is > 1
   // optional: the permutation of these assignments (needs offsets)
   PermuteOut permute;
 };
+// Long assignment lists (a prefill) are ranked in chunks, a block each: the
+// number of chunks for `assignments` (1: one block walks them all).
+int rank_chunks(int64_t assignments);
 // logits [T, E] (strided) and an optional selection bias [E]. Gate, ranking,
 // the histogram (routed = first-k choices before capacity) and capacity in
 // (token, choice) order, exactly as the CPU backend orders them.
@@ -112,6 +120,10 @@ bool router(View logits, const float* bias, const RouterParams& p, const RouterB
 // saves a launch (rows may be a bound: the kept total is read on the device).
 void permute_index(IView assign_expert, const int32_t* offsets, int experts, IView perm,
                    int32_t* slot_of, View x, View xp, int64_t rows, cudaStream_t s);
+// permute_index for long lists (no gather): the ranking spread over
+// rank_chunks(T * k) blocks; chunk_counts is scratch [rank_chunks(T * k), E].
+void permute_index_long(IView assign_expert, const int32_t* offsets, int experts, IView perm,
+                        int32_t* slot_of, int32_t* chunk_counts, cudaStream_t s);
 // xp[i] = x[perm[i] / top_k] for i < rows, and i < *total when total is set
 // (rows is then a bound for the grid, *total the device's kept count).
 void permute_rows(View x, IView perm, int top_k, int64_t rows, View xp, cudaStream_t s,
@@ -181,6 +193,13 @@ struct PagedArgs {
 };
 void kv_store(View k, View v, View k_cache, View v_cache, const int32_t* slots, cudaStream_t s);
 void paged_attention(const PagedArgs& a, cudaStream_t s);
+// Prefill attention (prefill_attention.cu): the rows come in tiles of up to kPrefillTileRows rows
+// of one sequence (consecutive positions make them cheap; any positions are correct), tile t
+// being rows tile_first[t] .. tile_first[t + 1] - 1 (device array of tiles + 1). Same result as
+// paged_attention. Returns false, launching nothing, where it does not apply (head_dim other
+// than 32 / 64 / 128, views not 16-byte aligned): the caller then runs paged_attention.
+constexpr int kPrefillTileRows = 32;
+bool prefill_attention(const PagedArgs& a, const int32_t* tile_first, int tiles, cudaStream_t s);
 // Attention within each sequence of contiguous rows (vision encoder).
 struct SeqAttnArgs {
   View q, k, v, out;

@@ -9,6 +9,7 @@
 // walks them (the engine's batches are at most a few thousand assignments).
 #include <algorithm>
 #include <cfloat>
+#include <cstdint>
 #include <stdexcept>
 
 #include "check.hpp"
@@ -115,16 +116,18 @@ __global__ void rank_k(View logits, const float* bias, RouterParams p, int R, in
   rank_token(t, smem + warp * 2 * p.experts, logits, bias, p, R, rank_expert, rank_weight);
 }
 
-// Walks assignments 0..total-1 in order with a 1024-thread block; for each one
-// with expert e >= 0 calls visit(a, e, pos) where pos = number of earlier
-// assignments with the same expert. `cnt` [E] ends holding the totals.
+// Walks assignments first..total-1 in order with a 1024-thread block; for each
+// one with expert e >= 0 calls visit(a, e, pos) where pos = number of earlier
+// assignments with the same expert (those before `first` given per expert in
+// `before`, else none). `cnt` [E] ends holding the totals.
 // smem: warp_cnt [32][E] then cnt [E].
 template <typename GetExpert, typename Visit>
-__device__ void ordered_rank(int total, int E, int* smem, GetExpert get, Visit visit) {
+__device__ void ordered_rank(int total, int E, int* smem, GetExpert get, Visit visit, int first = 0,
+                             const int32_t* before = nullptr) {
   int* warp_cnt = smem;
   int* cnt = smem + 32 * E;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  if (total <= 32) {
+  if (first == 0 && before == nullptr && total <= 32) {
     // A decode step's few assignments (B=1 top-8: 8) fit one warp: lane a holds assignment a,
     // so its position is its rank among the lanes with the same expert, and warp 0 does it all
     // without the block's per-warp counts and their barriers. The same positions as below.
@@ -141,9 +144,9 @@ __device__ void ordered_rank(int total, int E, int* smem, GetExpert get, Visit v
     __syncthreads();
     return;
   }
-  for (int e = threadIdx.x; e < E; e += blockDim.x) cnt[e] = 0;
+  for (int e = threadIdx.x; e < E; e += blockDim.x) cnt[e] = before ? before[e] : 0;
   __syncthreads();
-  for (int base = 0; base < total; base += blockDim.x) {
+  for (int base = first; base < total; base += blockDim.x) {
     for (int e = lane; e < E; e += 32) warp_cnt[warp * E + e] = 0;
     __syncwarp();
     const int a = base + threadIdx.x;
@@ -188,6 +191,63 @@ __device__ void write_offsets(int E, int32_t* offsets, Kept kept) {
   if (lane == 0) offsets[0] = 0;
 }
 
+// [Long lists] A prefill's 65,536 assignments took the single block above 64
+// steps of three barriers each, twice per MoE layer (capacity and permutation).
+// Long lists are ranked in chunks of kBlock, a block each: chunk_counts_k
+// counts each chunk's experts, scan_chunks() turns the counts into each chunk's
+// ranks-before per expert, and the chunk's block runs ordered_rank from there:
+// the same positions as one block walking every assignment in order.
+struct RankedExpert {  // the router's ranked choices (no re-routing: R = k) of the valid tokens
+  const int32_t* rank_expert;
+  const int32_t* valid;  // RouterParams::valid: rows past it were not ranked
+  int top_k;
+  __device__ int operator()(int a) const {
+    return valid && a >= *valid * top_k ? -1 : rank_expert[a];
+  }
+};
+struct AssignedExpert {  // the capacity step's assignment, -1 when dropped
+  IView ae;
+  int experts;
+  __device__ int operator()(int a) const {
+    const int k = static_cast<int>(ae.cols);
+    const int e = ae.p[(int64_t)(a / k) * ae.stride + a % k];
+    return e < experts ? e : -1;
+  }
+};
+
+// chunk_counts [chunks][E]: assignments of each expert in each chunk of kBlock.
+template <typename GetExpert>
+__global__ void chunk_counts_k(int total, int E, GetExpert get, int32_t* chunk_counts) {
+  int* cnt = reinterpret_cast<int*>(dyn_smem);
+  for (int e = threadIdx.x; e < E; e += blockDim.x) cnt[e] = 0;
+  __syncthreads();
+  const int a = blockIdx.x * kBlock + threadIdx.x;
+  const int e = a < total ? get(a) : -1;
+  if (e >= 0) atomicAdd(&cnt[e], 1);
+  __syncthreads();
+  for (int x = threadIdx.x; x < E; x += blockDim.x)
+    chunk_counts[(int64_t)blockIdx.x * E + x] = cnt[x];
+}
+
+// In one block: each chunk's counts become the assignments of that expert in
+// earlier chunks; the totals go to smem totals [E].
+__device__ void scan_chunks(int chunks, int E, int32_t* chunk_counts, int* totals) {
+  for (int e = threadIdx.x; e < E; e += blockDim.x) {
+    int run = 0;
+    for (int c = 0; c < chunks; ++c) {
+      const int v = chunk_counts[(int64_t)c * E + e];
+      chunk_counts[(int64_t)c * E + e] = run;
+      run += v;
+    }
+    totals[e] = run;
+  }
+  __syncthreads();
+}
+
+__global__ void scan_chunks_k(int chunks, int E, int32_t* chunk_counts) {
+  scan_chunks(chunks, E, chunk_counts, reinterpret_cast<int*>(dyn_smem));
+}
+
 __device__ void assign_drop(const RouterParams& p, const RouterBuffers& b, int* smem) {
   __shared__ int dropped;
   const int E = p.experts, k = p.top_k;
@@ -217,6 +277,44 @@ __global__ void assign_drop_k(RouterParams p, RouterBuffers b) {
   const RouterParams q = effective(p);
   clear_padding(p, q.tokens, b);
   assign_drop(q, b, reinterpret_cast<int*>(dyn_smem));
+}
+
+// Long lists: the counts, offsets and drops come from the chunk totals (kept =
+// min(routed, capacity)); the chunks' blocks then keep or drop each assignment.
+__global__ void assign_totals_k(RouterParams p, RouterBuffers b, int chunks) {
+  const RouterParams q = effective(p);
+  int* totals = reinterpret_cast<int*>(dyn_smem);
+  __shared__ int dropped;
+  if (threadIdx.x == 0) dropped = 0;
+  scan_chunks(chunks, q.experts, b.chunk_counts, totals);
+  const int E = q.experts;
+  auto kept = [&](int e) { return q.capacity > 0 ? min(totals[e], q.capacity) : totals[e]; };
+  for (int e = threadIdx.x; e < E; e += blockDim.x) {
+    b.counts[e] = totals[e];
+    b.counts[E + e] = kept(e);
+    if (totals[e] > kept(e)) atomicAdd(&dropped, totals[e] - kept(e));
+  }
+  __syncthreads();
+  write_offsets(E, b.offsets, kept);
+  if (threadIdx.x == 0) {
+    b.counts[2 * E] = dropped;
+    b.counts[2 * E + 1] = 0;
+  }
+}
+
+__global__ void assign_chunks_k(RouterParams p, RouterBuffers b) {
+  const RouterParams q = effective(p);
+  if (blockIdx.x == 0) clear_padding(p, q.tokens, b);
+  const int first = blockIdx.x * kBlock;
+  ordered_rank(
+      min(q.tokens * q.top_k, first + kBlock), q.experts, reinterpret_cast<int*>(dyn_smem),
+      RankedExpert{b.rank_expert, p.valid, p.top_k},
+      [&](int a, int e, int pos) {
+        const bool keep = q.capacity <= 0 || pos < q.capacity;
+        b.assign_expert[a] = keep ? e : -1;
+        b.assign_weight[a] = keep ? b.rank_weight[a] : 0.f;
+      },
+      first, b.chunk_counts + (int64_t)blockIdx.x * q.experts);
 }
 
 __device__ void permute_index_block(IView ae, const int32_t* offsets, int E, IView perm,
@@ -306,19 +404,14 @@ __device__ void permute_index_block(IView ae, const int32_t* offsets, int E, IVi
     for (int a = threadIdx.x; a < ae.rows * k; a += blockDim.x) slot_of[a] = -1;
     __syncthreads();
   }
-  ordered_rank(
-      static_cast<int>(ae.rows) * k, E, smem,
-      [&](int a) {
-        int e = ae.p[(int64_t)(a / k) * ae.stride + a % k];
-        return e < E ? e : -1;
-      },
-      [&](int a, int e, int pos) {
-        int row = offsets[e] + pos;
-        if (row < offsets[e + 1]) {
-          perm.p[(int64_t)row * perm.stride] = a;
-          if (slot_of) slot_of[a] = row;
-        }
-      });
+  ordered_rank(static_cast<int>(ae.rows) * k, E, smem, AssignedExpert{ae, E},
+               [&](int a, int e, int pos) {
+                 int row = offsets[e] + pos;
+                 if (row < offsets[e + 1]) {
+                   perm.p[(int64_t)row * perm.stride] = a;
+                   if (slot_of) slot_of[a] = row;
+                 }
+               });
   if (xp.p == nullptr) return;
   __syncthreads();  // perm, written by this block, is read back below
   rows = min(rows, static_cast<int64_t>(offsets[E]));  // rows may be the bound T * k
@@ -362,6 +455,30 @@ __global__ void permute_index_k(IView ae, const int32_t* offsets, int E, IView p
   permute_index_block(ae, offsets, E, perm, slot_of, x, xp, rows, reinterpret_cast<int*>(dyn_smem));
 }
 
+// Long lists: each chunk's block ranks its assignments from the chunk's
+// ranks-before (chunk_counts after scan_chunks_k).
+__global__ void permute_chunks_k(IView ae, const int32_t* offsets, int E, IView perm,
+                                 int32_t* slot_of, const int32_t* chunk_counts) {
+  const int k = static_cast<int>(ae.cols);
+  const int total = static_cast<int>(ae.rows) * k;
+  const int first = blockIdx.x * kBlock;
+  const int end = min(total, first + kBlock);
+  if (slot_of) {
+    for (int a = first + threadIdx.x; a < end; a += blockDim.x) slot_of[a] = -1;
+    __syncthreads();
+  }
+  ordered_rank(
+      end, E, reinterpret_cast<int*>(dyn_smem), AssignedExpert{ae, E},
+      [&](int a, int e, int pos) {
+        int row = offsets[e] + pos;
+        if (row < offsets[e + 1]) {
+          perm.p[(int64_t)row * perm.stride] = a;
+          if (slot_of) slot_of[a] = row;
+        }
+      },
+      first, chunk_counts + (int64_t)blockIdx.x * E);
+}
+
 __global__ void permute_rows_k(View x, IView perm, int k, int64_t rows, View xp,
                                const int32_t* total) {
   pdl_wait();  // launched as a programmatic dependent (pdl.cuh)
@@ -372,6 +489,22 @@ __global__ void permute_rows_k(View x, IView perm, int k, int64_t rows, View xp,
     int64_t r = i / xp.cols, c = i % xp.cols;
     int t = perm.p[r * perm.stride] / k;
     xp.p[r * xp.stride + c] = x.p[(int64_t)t * x.stride + c];
+  }
+}
+
+// The same gather for long batches (a prefill's 65,536 rows): a block per row, 16-byte columns,
+// so one perm load and no division per element (the kernel above divides per float).
+__global__ void permute_rows_v4_k(View x, IView perm, int k, int64_t rows, View xp,
+                                  const int32_t* total) {
+  pdl_wait();  // launched as a programmatic dependent (pdl.cuh)
+  pdl_allow_dependents();
+  if (total) rows = min(rows, static_cast<int64_t>(*total));
+  const int64_t w = xp.cols / 4;
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const float4* src =
+        reinterpret_cast<const float4*>(x.p + (int64_t)(perm.p[r * perm.stride] / k) * x.stride);
+    float4* dst = reinterpret_cast<float4*>(xp.p + r * xp.stride);
+    for (int64_t c = threadIdx.x; c < w; c += blockDim.x) dst[c] = src[c];
   }
 }
 
@@ -453,6 +586,23 @@ bool router(View logits, const float* bias, const RouterParams& p, const RouterB
   rank_k<<<(p.tokens + kRankWarps - 1) / kRankWarps, kRankWarps * 32, smem, s>>>(
       logits, bias, p, R, b.rank_expert, b.rank_weight);
   ISC_LAUNCH();
+  const int64_t assignments = static_cast<int64_t>(p.tokens) * p.top_k;
+  if (!reroute && rank_chunks(assignments) > 1) {
+    if (b.chunk_counts == nullptr)
+      throw std::invalid_argument("cuda router: a long list needs chunk_counts scratch");
+    const int chunks = rank_chunks(assignments);
+    const size_t counts_smem = sizeof(int) * static_cast<size_t>(p.experts);
+    chunk_counts_k<<<chunks, kBlock, counts_smem, s>>>(
+        static_cast<int>(assignments), p.experts, RankedExpert{b.rank_expert, p.valid, p.top_k},
+        b.chunk_counts);
+    ISC_LAUNCH();
+    assign_totals_k<<<1, kBlock, counts_smem, s>>>(p, b, chunks);
+    ISC_LAUNCH();
+    allow(assign_chunks_k, rank_smem(p.experts));
+    assign_chunks_k<<<chunks, kBlock, rank_smem(p.experts), s>>>(p, b);
+    ISC_LAUNCH();
+    return false;
+  }
   if (reroute) {
     assign_reroute_k<<<1, 256, sizeof(int) * 2 * p.experts, s>>>(p, R, b);
   } else {
@@ -472,10 +622,39 @@ void permute_index(IView assign_expert, const int32_t* offsets, int experts, IVi
   ISC_LAUNCH();
 }
 
+int rank_chunks(int64_t assignments) {
+  return static_cast<int>((assignments + kBlock - 1) / kBlock);
+}
+
+void permute_index_long(IView assign_expert, const int32_t* offsets, int experts, IView perm,
+                        int32_t* slot_of, int32_t* chunk_counts, cudaStream_t s) {
+  const int64_t total = assign_expert.rows * assign_expert.cols;
+  if (total <= 0) return;
+  const int chunks = rank_chunks(total);
+  chunk_counts_k<<<chunks, kBlock, sizeof(int) * experts, s>>>(
+      static_cast<int>(total), experts, AssignedExpert{assign_expert, experts}, chunk_counts);
+  ISC_LAUNCH();
+  scan_chunks_k<<<1, kBlock, sizeof(int) * experts, s>>>(chunks, experts, chunk_counts);
+  ISC_LAUNCH();
+  allow(permute_chunks_k, rank_smem(experts));
+  permute_chunks_k<<<chunks, kBlock, rank_smem(experts), s>>>(assign_expert, offsets, experts, perm,
+                                                              slot_of, chunk_counts);
+  ISC_LAUNCH();
+}
+
 void permute_rows(View x, IView perm, int top_k, int64_t rows, View xp, cudaStream_t s,
                   const int32_t* total) {
   if (rows * xp.cols <= 0) return;
-  launch_pdl(permute_rows_k, grid_for(rows * xp.cols), 256, 0, s, x, perm, top_k, rows, xp, total);
+  const bool vec = xp.cols % 4 == 0 && x.stride % 4 == 0 && xp.stride % 4 == 0 &&
+                   reinterpret_cast<uintptr_t>(x.p) % 16 == 0 &&
+                   reinterpret_cast<uintptr_t>(xp.p) % 16 == 0;
+  if (vec && rows >= kRowKernelMinRows) {
+    const int blocks = static_cast<int>(std::min<int64_t>(rows, 132 * 16));
+    launch_pdl(permute_rows_v4_k, blocks, 256, 0, s, x, perm, top_k, rows, xp, total);
+  } else {
+    launch_pdl(permute_rows_k, grid_for(rows * xp.cols), 256, 0, s, x, perm, top_k, rows, xp,
+               total);
+  }
   ISC_LAUNCH();
 }
 
