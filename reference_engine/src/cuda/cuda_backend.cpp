@@ -209,6 +209,12 @@ bool env_fp32_math() {
   const char* v = std::getenv("INFERSCOPE_CUDA_MATH");
   return v && std::string(v) == "fp32";
 }
+// INFERSCOPE_CUDA_FUSED=0: the fused ops run their compositions (Backend's defaults, the kernels
+// of before the fusion) instead of one kernel each.
+bool env_fused_ops() {
+  const char* v = std::getenv("INFERSCOPE_CUDA_FUSED");
+  return !(v && v[0] == '0');
+}
 bool env_expert_streams() {
   const char* v = std::getenv("INFERSCOPE_CUDA_EXPERT_STREAMS");
   return !(v && std::string(v) == "0");
@@ -218,7 +224,10 @@ bool env_expert_streams() {
 class CudaBackend final : public Backend {
  public:
   explicit CudaBackend(const BackendOptions& o)
-      : fp32_math_(env_fp32_math()), expert_streams_(env_expert_streams()), device_(o.device) {
+      : fp32_math_(env_fp32_math()),
+        expert_streams_(env_expert_streams()),
+        fused_ops_(env_fused_ops()),
+        device_(o.device) {
     int count = 0;
     if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
       cudaGetLastError();  // clear the sticky "no device" error
@@ -683,7 +692,7 @@ class CudaBackend final : public Backend {
     host_offsets_of_ = nullptr;  // these offsets are about to change
     const int64_t bound = assign_expert.rows * assign_expert.cols;
     bool permuted = false;
-    if (bound > 0 && bound * x.cols <= kFusedGatherElems) {
+    if (fused_ops_ && bound > 0 && bound * x.cols <= kFusedGatherElems) {
       k::PermuteOut po;
       po.perm = iview(perm);
       po.slot_of = scratch_[3]->get<int32_t>(static_cast<size_t>(bound));
@@ -764,7 +773,8 @@ class CudaBackend final : public Backend {
     const __nv_bfloat16* wb = bf16_operand(w);
     // Every block sums the squares of its rows: cheap for the 1-2 row passes of few_rows_k,
     // while at 4-8 rows a qkv layer's 384 blocks would each pull 8 rows of x before their FMAs.
-    if (wb == nullptr || x.rows > kFusedNormRows || x.cols % 8 != 0 || !norm_weight.contiguous()) {
+    if (!fused_ops_ || wb == nullptr || x.rows > kFusedNormRows || x.cols % 8 != 0 ||
+        !norm_weight.contiguous()) {
       Backend::rms_norm_linear_impl(x, norm_weight, eps, w, y, h);
       return;
     }
@@ -779,7 +789,7 @@ class CudaBackend final : public Backend {
   void gate_up_swiglu_impl(const Tensor& x, const Tensor& w, const Tensor& gu,
                            const Tensor& act) override {
     const __nv_bfloat16* wb = bf16_operand(w);
-    if (wb == nullptr || x.rows > kSmallRows || x.cols % 8 != 0) {
+    if (!fused_ops_ || wb == nullptr || x.rows > kSmallRows || x.cols % 8 != 0) {
       Backend::gate_up_swiglu_impl(x, w, gu, act);
       return;
     }
@@ -792,7 +802,7 @@ class CudaBackend final : public Backend {
                                    int64_t max_rows, const Tensor& gu, const Tensor& act) override {
     const int64_t E = offsets.cols - 1;
     const __nv_bfloat16* wb = x.cols % 8 == 0 ? bf16_operand(w) : nullptr;
-    if (wb == nullptr || max_rows > kSmallRows) {
+    if (!fused_ops_ || wb == nullptr || max_rows > kSmallRows) {
       Backend::grouped_gate_up_swiglu_impl(x, w, offsets, max_rows, gu, act);
       return;
     }
@@ -810,8 +820,9 @@ class CudaBackend final : public Backend {
                                const Tensor& k_cache, const Tensor& v_cache,
                                std::span<const int32_t> slots) override {
     if (q.rows == 0) return;
-    // One row of q or k in shared memory (beyond 48 KiB the launch opts in to more).
-    if (std::max(q.cols, k.cols) > kFusedRopeCols) {
+    // One row of q or k in shared memory (beyond 48 KiB the launch opts in to more); the k
+    // block copies v's row of k's width.
+    if (!fused_ops_ || std::max(q.cols, k.cols) > kFusedRopeCols || v.cols != k.cols) {
       Backend::qk_norm_rope_store_impl(q, k, v, q_norm, k_norm, eps, positions, n_heads, n_kv_heads,
                                        head_dim, theta, k_cache, v_cache, slots);
       return;
@@ -1134,6 +1145,7 @@ class CudaBackend final : public Backend {
 
   bool fp32_math_;
   bool expert_streams_;  // per-expert prefill GEMMs on side streams (Blas::grouped_linear)
+  bool fused_ops_;       // env_fused_ops(): the fused ops as one kernel each
   int device_ = 0;
   cudaStream_t stream_ = nullptr;
   StreamWaiter waiter_;  // stream_ and host_syncs_, once the stream exists

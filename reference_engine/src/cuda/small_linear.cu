@@ -576,13 +576,25 @@ void set_pdl(bool on) {
 }
 
 namespace {
+// INFERSCOPE_CUDA_FEW_ROWS=0: 1-2 rows go through the shared-memory kernel's 4-row passes
+// instead of few_rows_k (a fallback should few_rows_k misbehave on some device).
+bool few_rows_on() {
+  static const bool on = [] {
+    const char* env = std::getenv("INFERSCOPE_CUDA_FEW_ROWS");
+    return !(env && env[0] == '0');
+  }();
+  return on;
+}
+
 // Columns per warp: 2 at one row (more warps for narrow layers), 4 from 2 rows on (each x value
 // a lane holds serves the warp's C columns: at 2 rows, 4 columns x 2 loads in flight keep the
 // registers of x and weights under the 128 the launch bounds allow).
 template <Fused M>
 void launch_rows(int64_t m, View x, const __nv_bfloat16* w, const int32_t* offsets, int experts,
                  View y, int n_out, int k, float beta, cudaStream_t s, const Fusion& xf) {
-  if (m <= 1)
+  if (m <= 2 && !few_rows_on())
+    launch<4, 4, 2, M>(x, w, offsets, experts, y, n_out, k, beta, s, xf);
+  else if (m <= 1)
     launch<1, 2, 4, M>(x, w, offsets, experts, y, n_out, k, beta, s, xf);
   else if (m <= 2)
     launch<2, 4, 2, M>(x, w, offsets, experts, y, n_out, k, beta, s, xf);
