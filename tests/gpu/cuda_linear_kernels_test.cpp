@@ -218,12 +218,13 @@ TEST_F(LinearKernels, RmsNormLinearMatchesCpu) {
   }
 }
 
-// act = up * silu(gate) of a fused gate|up projection, dense: 1..64 rows run the fused kernel
-// (gate and up columns of one output in one warp), 70 the composition.
+// act = up * silu(gate) of a fused gate|up projection, dense, 1..64 rows: one launch (gate and
+// up columns of one output in one warp; 1-2 rows few_rows_k, more the shared-memory kernel).
+// (Past 64 rows the composition runs cuBLAS on a bf16 x: the GEMM tolerance, not this test's.)
 TEST_F(LinearKernels, GateUpSwigluDenseMatchesCpu) {
   for (const auto& [F, K] : {std::pair{1024, 2048}, std::pair{36, 1032}, std::pair{515, 392}}) {
     const auto w = randn_bf16(size_t(2 * F) * K, rng, 0.05f);
-    for (int M : {1, 2, 3, 5, 8, 64, 70}) {
+    for (int M : {1, 2, 3, 5, 8, 64}) {
       const auto x = randn(size_t(M) * K, rng);
       std::vector<float> out[2];
       int i = 0;
