@@ -97,6 +97,55 @@ TEST_F(CudaAsyncRouting, RouteDeviceEqualsTheCpuRouter) {
   }
 }
 
+// The fused router + permutation (one block on the decode path; the two ops elsewhere) against
+// the CPU's two ops: assignments, counts, offsets, perm and the gathered rows exact, with and
+// without padding rows (valid_rows), drops, the ranked router (> 256 tokens) and re-routing.
+TEST_F(CudaAsyncRouting, RoutePermuteDeviceEqualsTheCpu) {
+  auto gpu = ie::create_backend("cuda", {});
+  auto cpu = ie::create_backend("cpu", {});
+  std::mt19937 rng(9);
+  const int D = 48;
+  const RouteCase cases[] = {{1, 64, 8, 0, ie::OverflowPolicy::kDrop},       // B=1 OLMoE decode
+                             {8, 64, 8, 0, ie::OverflowPolicy::kDrop},       // padded bucket
+                             {50, 64, 8, 7, ie::OverflowPolicy::kDrop},      // capacity drops
+                             {300, 64, 8, 0, ie::OverflowPolicy::kDrop},     // ranked router
+                             {40, 32, 4, 6, ie::OverflowPolicy::kReroute}};  // re-routing
+  for (const RouteCase& rc : cases) {
+    SCOPED_TRACE("T " + std::to_string(rc.tokens) + " E " + std::to_string(rc.experts));
+    const int T = rc.tokens, E = rc.experts, k = rc.top_k, A = T * k;
+    const std::vector<int32_t> valid = T == 8 ? std::vector<int32_t>{5} : std::vector<int32_t>{};
+    const auto logits = randn(static_cast<size_t>(T) * E, rng, 1.0f);
+    const auto x = randn(static_cast<size_t>(T) * D, rng, 1.0f);
+    ie::RouteParams p;
+    p.top_k = k;
+    p.capacity = rc.capacity;
+    p.overflow = rc.overflow;
+    std::vector<int32_t> out_i[2][4];  // assign, counts, offsets, perm
+    std::vector<float> out_xp[2];
+    int i = 0;
+    for (ie::Backend* be : {cpu.get(), gpu.get()}) {
+      ie::Buffer l(*be, T, E), ae(*be, T, k, ie::DType::kI32), aw(*be, T, k), tx(*be, T, D);
+      ie::Buffer counts(*be, 1, 2 * E + 2, ie::DType::kI32), off(*be, 1, E + 1, ie::DType::kI32);
+      ie::Buffer xp(*be, A, D), perm(*be, A, 1, ie::DType::kI32);
+      be->upload(l, logits.data());
+      be->upload(tx, x.data());
+      be->moe_route_permute_device(l, {}, p, ae, aw, counts, off, valid, tx, xp, perm);
+      out_i[i][0] = read<int32_t>(*be, ae);
+      out_i[i][1] = read<int32_t>(*be, counts);
+      out_i[i][2] = read<int32_t>(*be, off);
+      out_i[i][3] = read<int32_t>(*be, perm);
+      out_xp[i++] = read<float>(*be, xp);
+    }
+    for (int j = 0; j < 3; ++j) EXPECT_EQ(out_i[1][j], out_i[0][j]) << "output " << j;
+    const int kept = out_i[0][2][E];
+    for (int r = 0; r < kept; ++r) {
+      EXPECT_EQ(out_i[1][3][r], out_i[0][3][r]) << "perm row " << r;
+      for (int c = 0; c < D; ++c)
+        ASSERT_EQ(out_xp[1][size_t(r) * D + c], out_xp[0][size_t(r) * D + c]) << "xp row " << r;
+    }
+  }
+}
+
 TEST_F(CudaAsyncRouting, MoeFfnDeviceMatchesTheCpu) {
   auto gpu = ie::create_backend("cuda", {});
   auto cpu = ie::create_backend("cpu", {});

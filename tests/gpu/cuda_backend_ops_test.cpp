@@ -143,6 +143,48 @@ TEST_F(CudaVsCpu, RopeMatches) {
   EXPECT_LT(rel_l2(out[1], out[0]), 3e-4);
 }
 
+// q and k of a fused qkv row (strided views, as the model passes them): OLMoE's norms over the
+// whole projections then RoPE, and RoPE alone (no norm weights); then k and v into their cache
+// slots (out of order, other slots untouched).
+TEST_F(CudaVsCpu, QkNormRopeStoreMatchesCpu) {
+  const int H = 16, KVH = 4, HD = 128, qd = H * HD, kd = KVH * HD, row = qd + 2 * kd, slots = 20;
+  for (int T : {1, 5}) {
+    for (bool norms : {true, false}) {
+      const auto qkv = randn(size_t(T) * row, rng);
+      const auto qn = randn(size_t(qd), rng), kn = randn(size_t(kd), rng);
+      std::vector<int32_t> pos(T), slot(T);
+      for (int t = 0; t < T; ++t) {
+        pos[t] = (t * 37 + 11) % 900;
+        slot[t] = (7 * t + 3) % slots;
+      }
+      std::vector<float> out[2], kc[2], vc[2];
+      int i = 0;
+      for (Side* s : {&cpu, &gpu}) {
+        auto t = s->make(T, row, qkv);
+        auto tkc = s->make(slots, kd), tvc = s->make(slots, kd);
+        ie::Tensor tqn, tkn;
+        if (norms) {
+          tqn = s->make(1, qd, qn);
+          tkn = s->make(1, kd, kn);
+        }
+        s->be->qk_norm_rope_store(t.cols_view(0, qd), t.cols_view(qd, kd), t.cols_view(qd + kd, kd),
+                                  tqn, tkn, 1e-6f, pos, H, KVH, HD, 10000.0f, tkc, tvc, slot);
+        out[i] = s->get(t);
+        kc[i] = s->get(tkc);
+        vc[i++] = s->get(tvc);
+      }
+      // As RopeMatches: powf/sincosf vs std::pow/std::cos at angles of ~900 rad differ by ~1e-4
+      // of the rotated value. v (not rotated) is untouched and stored as it is.
+      EXPECT_LT(rel_l2(out[1], out[0]), 3e-4) << "T=" << T << " norms " << norms;
+      EXPECT_LT(rel_l2(kc[1], kc[0]), 3e-4) << "k cache: T=" << T << " norms " << norms;
+      EXPECT_EQ(vc[1], vc[0]) << "v cache: T=" << T;
+      for (int r = 0; r < T; ++r)
+        for (int c = qd + kd; c < row; ++c)
+          ASSERT_EQ(out[1][size_t(r) * row + c], qkv[size_t(r) * row + c]);
+    }
+  }
+}
+
 // Paged attention of query rows (sequence, position) over sequences of the given lengths, every
 // position's K / V written with one kv_store into shuffled cache blocks of 16; GPU against CPU.
 double paged_attention_error(Side& cpu, Side& gpu, std::mt19937& rng, int H, int KVH, int HD,

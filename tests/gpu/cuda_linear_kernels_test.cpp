@@ -6,7 +6,9 @@
 // mid-block, unaligned (strided) x, beta != 0, empty experts with host and with
 // device offsets, and rows past the kept total that must stay untouched; and the
 // prefill expert GEMM (grouped_gemm.cu, > 64 rows per expert) on partial row,
-// column and K tiles.
+// column and K tiles; and the fused decode ops built on the decode linear
+// (Backend "fused ops": rms_norm_linear, gate_up_swiglu and its grouped form)
+// against the CPU backend's compositions, in and past the rows they fuse.
 //
 // The weights are bf16 values held in fp32, so the CUDA backend's bf16 operand
 // is exact and both sides multiply the same numbers: only the summation order
@@ -16,7 +18,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <cstring>
+#include <cstdint>
 #include <memory>
 #include <random>
 #include <utility>
@@ -27,28 +29,38 @@
 
 namespace ie = inferscope::engine;
 using inferscope::engine::gpu_test::randn;
+using inferscope::engine::gpu_test::randn_bf16;
 using inferscope::engine::gpu_test::rel_l2;
 using Side = inferscope::engine::gpu_test::BackendSide;
 
 namespace {
 
-constexpr double kTol = 1e-5;
-constexpr float kSentinel = 7.25f;
+constexpr double kTol = inferscope::engine::gpu_test::kExactWeightsTol;
+using inferscope::engine::gpu_test::kSentinel;
 
-// Normal values rounded to bf16 (round to nearest even), kept as fp32.
-std::vector<float> randn_bf16(size_t n, std::mt19937& rng, float scale) {
-  std::normal_distribution<float> d(0.0f, scale);
-  std::vector<float> v(n);
-  for (auto& x : v) {
-    float f = d(rng);
-    uint32_t u;
-    std::memcpy(&u, &f, 4);
-    u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
-    std::memcpy(&f, &u, 4);
-    x = f;
+// Rows per expert of the grouped tests (12 experts): decode (one row each), every rows-per-pass
+// and ragged ends, nothing routed, every expert active; the row bound the engine passes lies
+// kBoundExtra rows past the kept total.
+constexpr int kGroupExperts = 12, kBoundExtra = 5;
+const std::vector<std::vector<int32_t>> kGroupCounts = {{0, 1, 0, 0, 1, 1, 0, 1, 1, 0, 1, 0},
+                                                        {0, 2, 9, 0, 3, 0, 1, 8, 5, 0, 4, 0},
+                                                        {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0},
+                                                        {6, 7, 6, 7, 6, 7, 6, 7, 6, 7, 6, 9}};
+// A count set's offsets (exclusive prefix sums), its largest expert, its kept total and the bound.
+struct Groups {
+  explicit Groups(const std::vector<int32_t>& counts) : offsets(counts.size() + 1, 0) {
+    for (size_t e = 0; e < counts.size(); ++e) {
+      offsets[e + 1] = offsets[e] + counts[e];
+      max_rows = std::max(max_rows, counts[e]);
+    }
+    kept = offsets.back();
+    rows = kept + kBoundExtra;
   }
-  return v;
-}
+  std::vector<int32_t> offsets;
+  int32_t max_rows = 0;
+  int kept = 0, rows = 0;
+};
+
 class LinearKernels : public inferscope::engine::gpu_test::CudaVsCpuTest {
  protected:
   LinearKernels() : CudaVsCpuTest(4321) {}
@@ -102,22 +114,13 @@ TEST_F(LinearKernels, LongKInSeveralChunksMatchesCpu) {
 // last among them), a row bound past the kept total whose rows must stay as they were.
 TEST_F(LinearKernels, GroupedEmptyExpertsAndBoundRows) {
   for (const auto& [N, K] : {std::pair{515, 392}, std::pair{72, 1032}}) {  // 72 x 1032: split K
-    const int E = 12, bound_extra = 5;
-    const std::vector<std::vector<int32_t>> count_sets = {
-        {0, 1, 0, 0, 1, 1, 0, 1, 1, 0, 1, 0},   // decode: one row each
-        {0, 2, 9, 0, 3, 0, 1, 8, 5, 0, 4, 0},   // every rows-per-pass and ragged ends
-        {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0},   // nothing routed
-        {6, 7, 6, 7, 6, 7, 6, 7, 6, 7, 6, 9}};  // every expert active
+    const int E = kGroupExperts;
     const auto w = randn_bf16(size_t(E) * N * K, rng, 0.05f);
-    for (size_t set = 0; set < count_sets.size(); ++set) {
-      const auto& counts = count_sets[set];
-      std::vector<int32_t> offsets(E + 1, 0);
-      int32_t max_rows = 0;
-      for (int e = 0; e < E; ++e) {
-        offsets[e + 1] = offsets[e] + counts[e];
-        max_rows = std::max(max_rows, counts[e]);
-      }
-      const int A = offsets.back(), rows = A + bound_extra;
+    for (size_t set = 0; set < kGroupCounts.size(); ++set) {
+      const Groups g(kGroupCounts[set]);
+      const std::vector<int32_t>& offsets = g.offsets;
+      const int32_t max_rows = g.max_rows;
+      const int A = g.kept, rows = g.rows;
       const auto x = randn(size_t(rows) * K, rng);
       const std::vector<float> y0(size_t(rows) * N, kSentinel);
       for (bool device : {false, true}) {
@@ -185,6 +188,84 @@ TEST_F(LinearKernels, GroupedGemmPartialTilesMatchCpu) {
       }
       // Tensor-core fp32 accumulation of exact bf16 products: a few ulps per sum.
       EXPECT_LT(rel_l2(out[1], out[0]), 1e-4) << "A=" << A << " device offsets " << device;
+    }
+  }
+}
+
+// h = rms_norm(x) and y = h W^T in one op: y and h both match the composition.
+TEST_F(LinearKernels, RmsNormLinearMatchesCpu) {
+  // N 1003: ends mid-block; 64: a router (K split over 4 warps); K 392: a ragged warp step.
+  for (const auto& [N, K] : {std::pair{1003, 2048}, std::pair{64, 2048}, std::pair{515, 392}}) {
+    const auto w = randn_bf16(size_t(N) * K, rng, 0.05f);
+    const auto g = randn(size_t(K), rng);
+    for (int M : {1, 2, 3, 8}) {  // 1-2: one launch; beyond: the composition
+      for (int x_off : {8, 3}) {  // 8: float4 loads; 3: scalar loads
+        const auto x = randn(size_t(M) * (K + 16), rng, 3.0f);
+        std::vector<float> y[2], h[2];
+        int i = 0;
+        for (Side* s : {&cpu, &gpu}) {
+          auto tx = s->make(M, K + 16, x).cols_view(x_off, K);
+          auto tg = s->make(1, K, g), tw = s->make(N, K, w);
+          auto ty = s->make(M, N), th = s->make(M, K);
+          s->be->rms_norm_linear(tx, tg, 1e-6f, tw, ty, th);
+          y[i] = s->get(ty);
+          h[i++] = s->get(th);
+        }
+        EXPECT_LT(rel_l2(y[1], y[0]), kTol) << "N=" << N << " K=" << K << " M=" << M;
+        EXPECT_LT(rel_l2(h[1], h[0]), kTol) << "h: N=" << N << " K=" << K << " M=" << M;
+      }
+    }
+  }
+}
+
+// act = up * silu(gate) of a fused gate|up projection, dense, 1..64 rows: one launch (gate and
+// up columns of one output in one warp; 1-2 rows few_rows_k, more the shared-memory kernel).
+// (Past 64 rows the composition runs cuBLAS on a bf16 x: the GEMM tolerance, not this test's.)
+TEST_F(LinearKernels, GateUpSwigluDenseMatchesCpu) {
+  for (const auto& [F, K] : {std::pair{1024, 2048}, std::pair{36, 1032}, std::pair{515, 392}}) {
+    const auto w = randn_bf16(size_t(2 * F) * K, rng, 0.05f);
+    for (int M : {1, 2, 3, 5, 8, 64}) {
+      const auto x = randn(size_t(M) * K, rng);
+      std::vector<float> out[2];
+      int i = 0;
+      for (Side* s : {&cpu, &gpu}) {
+        auto tx = s->make(M, K, x), tw = s->make(2 * F, K, w);
+        auto tgu = s->make(M, 2 * F), tact = s->make(M, F);
+        s->be->gate_up_swiglu(tx, tw, tgu, tact);
+        out[i++] = s->get(tact);
+      }
+      EXPECT_LT(rel_l2(out[1], out[0]), kTol) << "F=" << F << " K=" << K << " M=" << M;
+    }
+  }
+}
+
+// The same per expert with device offsets: decode (one row an expert), mixed counts, nothing
+// routed, every expert busy; act rows past the kept total stay as they were on the fused path.
+TEST_F(LinearKernels, GroupedGateUpSwigluMatchesCpu) {
+  for (const auto& [F, K] : {std::pair{515, 392}, std::pair{36, 1032}}) {
+    const int E = kGroupExperts;
+    const auto w = randn_bf16(size_t(E) * 2 * F * K, rng, 0.05f);
+    for (size_t set = 0; set < kGroupCounts.size(); ++set) {
+      const Groups g(kGroupCounts[set]);
+      const int A = g.kept;
+      const auto x = randn(size_t(g.rows) * K, rng);
+      std::vector<float> out[2];
+      int i = 0;
+      for (Side* s : {&cpu, &gpu}) {
+        auto tx = s->make(g.rows, K, x), tw = s->make(int64_t(E) * 2 * F, K, w);
+        auto tgu = s->make(g.rows, 2 * F);
+        auto tact = s->make(g.rows, F, std::vector<float>(size_t(g.rows) * F, kSentinel));
+        ie::Tensor to = s->make_i32(1, E + 1, g.offsets);
+        s->be->grouped_gate_up_swiglu(tx, tw, to, std::max(g.max_rows, 9), tgu, tact);
+        out[i++] = s->get(tact);
+      }
+      if (A > 0) {
+        const std::vector<float> kept_cpu(out[0].begin(), out[0].begin() + size_t(A) * F);
+        const std::vector<float> kept_gpu(out[1].begin(), out[1].begin() + size_t(A) * F);
+        EXPECT_LT(rel_l2(kept_gpu, kept_cpu), kTol) << "F=" << F << " set " << set;
+      }
+      for (size_t j = size_t(A) * F; j < out[1].size(); ++j)
+        ASSERT_EQ(out[1][j], kSentinel) << "F=" << F << " set " << set << ": row past A written";
     }
   }
 }

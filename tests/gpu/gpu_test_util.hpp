@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <exception>
 #include <filesystem>
 #include <memory>
@@ -50,6 +52,28 @@ inline std::vector<float> randn(size_t n, std::mt19937& rng, float scale = 1.0f)
   std::normal_distribution<float> d(0.0f, scale);
   std::vector<float> v(n);
   for (auto& x : v) x = d(rng);
+  return v;
+}
+
+// A linear op's tolerance on randn_bf16 weights: both sides multiply the same numbers and only
+// the order of the sums differs (an x rounded to bf16, ~3e-3, or a wrong element fails it).
+constexpr double kExactWeightsTol = 1e-5;
+// A value no op computes: an output prefilled with it shows the rows an op must leave alone.
+constexpr float kSentinel = 7.25f;
+
+// Normal values rounded to bf16 (round to nearest even), kept as fp32: as weights, the CUDA
+// backend's bf16 operand is then exact and both sides multiply the same numbers.
+inline std::vector<float> randn_bf16(size_t n, std::mt19937& rng, float scale) {
+  std::normal_distribution<float> d(0.0f, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) {
+    float f = d(rng);
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+    std::memcpy(&f, &u, 4);
+    x = f;
+  }
   return v;
 }
 

@@ -128,12 +128,17 @@ void Backend::rope(const Tensor& x, std::span<const int32_t> positions, int32_t 
   rope_impl(x, positions, n_heads, head_dim, theta);
 }
 
-void Backend::kv_store(const Tensor& k, const Tensor& v, const Tensor& k_cache,
-                       const Tensor& v_cache, std::span<const int32_t> slots) {
+void Backend::check_kv_store(const Tensor& k, const Tensor& v, const Tensor& k_cache,
+                             const Tensor& v_cache, std::span<const int32_t> slots) const {
   check(k.rows == static_cast<int64_t>(slots.size()) && k.cols == k_cache.cols &&
             v.cols == v_cache.cols && v.rows == k.rows,
         "kv_store shape");
   for (int32_t s : slots) check(s >= 0 && s < k_cache.rows, "kv_store slot out of range");
+}
+
+void Backend::kv_store(const Tensor& k, const Tensor& v, const Tensor& k_cache,
+                       const Tensor& v_cache, std::span<const int32_t> slots) {
+  check_kv_store(k, v, k_cache, v_cache, slots);
   kv_store_impl(k, v, k_cache, v_cache, slots);
 }
 
@@ -210,10 +215,10 @@ bool device_offsets(const Tensor& offsets) {
 }
 }  // namespace
 
-void Backend::moe_route_device(const Tensor& logits, const Tensor& bias, const RouteParams& params,
-                               const Tensor& assign_expert, const Tensor& assign_weight,
-                               const Tensor& counts, const Tensor& offsets,
-                               std::span<const int32_t> valid_rows) {
+void Backend::check_route_device(const Tensor& logits, const Tensor& bias,
+                                 const RouteParams& params, const Tensor& assign_expert,
+                                 const Tensor& assign_weight, const Tensor& counts,
+                                 const Tensor& offsets, std::span<const int32_t> valid_rows) const {
   const int64_t T = logits.rows, E = logits.cols;
   const int32_t k = params.top_k;
   check(k >= 1 && k <= E && assign_expert.rows == T && assign_expert.cols == k &&
@@ -224,17 +229,31 @@ void Backend::moe_route_device(const Tensor& logits, const Tensor& bias, const R
   check(
       valid_rows.size() <= 1 && (valid_rows.empty() || (valid_rows[0] >= 0 && valid_rows[0] <= T)),
       "moe_route_device: valid_rows must be empty or one value in 0..T");
+}
+
+void Backend::moe_route_device(const Tensor& logits, const Tensor& bias, const RouteParams& params,
+                               const Tensor& assign_expert, const Tensor& assign_weight,
+                               const Tensor& counts, const Tensor& offsets,
+                               std::span<const int32_t> valid_rows) {
+  check_route_device(logits, bias, params, assign_expert, assign_weight, counts, offsets,
+                     valid_rows);
   moe_route_device_impl(logits, bias, params, assign_expert, assign_weight, counts, offsets,
                         valid_rows);
 }
 
-void Backend::moe_permute(const Tensor& x, const Tensor& assign_expert, const Tensor& offsets,
-                          const Tensor& xp, const Tensor& perm) {
+void Backend::check_permute_device(const Tensor& x, const Tensor& assign_expert,
+                                   const Tensor& offsets, const Tensor& xp,
+                                   const Tensor& perm) const {
   const int64_t bound = assign_expert.rows * assign_expert.cols;
   check(device_offsets(offsets), "moe_permute: offsets must be i32 [1, E + 1]");
   check(xp.cols == x.cols && xp.rows >= bound && perm.rows >= bound && perm.dtype == DType::kI32 &&
             assign_expert.rows == x.rows,
         "moe_permute shape (xp and perm need T * top_k rows)");
+}
+
+void Backend::moe_permute(const Tensor& x, const Tensor& assign_expert, const Tensor& offsets,
+                          const Tensor& xp, const Tensor& perm) {
+  check_permute_device(x, assign_expert, offsets, xp, perm);
   moe_permute_device_impl(x, assign_expert, offsets, xp, perm);
 }
 
@@ -322,6 +341,105 @@ void Backend::moe_unpermute_device_impl(const Tensor& yp, const Tensor& perm,
                                         const Tensor& offsets, const Tensor& y) {
   const std::vector<int32_t> off = read_offsets(offsets);
   moe_unpermute_impl(yp, perm, assign_weight, top_k, off.back(), y);
+}
+
+// [SECTION] Fused ops: checked here, their compositions as the defaults
+void Backend::rms_norm_linear(const Tensor& x, const Tensor& norm_weight, float eps,
+                              const Tensor& w, const Tensor& y, const Tensor& h) {
+  check(h.rows == x.rows && h.cols == x.cols && h.data != x.data && h.data != y.data,
+        "rms_norm_linear: h must be [x.rows, x.cols], apart from x and y");
+  check(norm_weight.cols == x.cols, "rms_norm_linear shape");
+  check(x.cols == w.cols && y.rows == x.rows && y.cols == w.rows, "rms_norm_linear shape");
+  check_weight(x, w, y, "rms_norm_linear");
+  rms_norm_linear_impl(x, norm_weight, eps, w, y, h);
+}
+void Backend::rms_norm_linear_impl(const Tensor& x, const Tensor& norm_weight, float eps,
+                                   const Tensor& w, const Tensor& y, const Tensor& h) {
+  rms_norm(x, norm_weight, eps, h);
+  linear(h, w, y);
+}
+
+void Backend::moe_route_permute_device(const Tensor& logits, const Tensor& bias,
+                                       const RouteParams& params, const Tensor& assign_expert,
+                                       const Tensor& assign_weight, const Tensor& counts,
+                                       const Tensor& offsets, std::span<const int32_t> valid_rows,
+                                       const Tensor& x, const Tensor& xp, const Tensor& perm) {
+  check_route_device(logits, bias, params, assign_expert, assign_weight, counts, offsets,
+                     valid_rows);
+  check_permute_device(x, assign_expert, offsets, xp, perm);
+  moe_route_permute_device_impl(logits, bias, params, assign_expert, assign_weight, counts, offsets,
+                                valid_rows, x, xp, perm);
+}
+void Backend::moe_route_permute_device_impl(const Tensor& logits, const Tensor& bias,
+                                            const RouteParams& params, const Tensor& assign_expert,
+                                            const Tensor& assign_weight, const Tensor& counts,
+                                            const Tensor& offsets,
+                                            std::span<const int32_t> valid_rows, const Tensor& x,
+                                            const Tensor& xp, const Tensor& perm) {
+  moe_route_device(logits, bias, params, assign_expert, assign_weight, counts, offsets, valid_rows);
+  moe_permute(x, assign_expert, offsets, xp, perm);
+}
+
+void Backend::gate_up_swiglu(const Tensor& x, const Tensor& w, const Tensor& gu,
+                             const Tensor& act) {
+  check(w.rows % 2 == 0 && gu.rows == x.rows && gu.cols == w.rows && act.rows == x.rows &&
+            act.cols == w.rows / 2,
+        "gate_up_swiglu: gu must be [x.rows, 2F] and act [x.rows, F] for a [2F, K] weight");
+  gate_up_swiglu_impl(x, w, gu, act);
+}
+void Backend::gate_up_swiglu_impl(const Tensor& x, const Tensor& w, const Tensor& gu,
+                                  const Tensor& act) {
+  const int64_t F = gu.cols / 2;
+  linear(x, w, gu);
+  mul_silu(gu.cols_view(F, F), gu.cols_view(0, F), act);
+}
+
+void Backend::grouped_gate_up_swiglu(const Tensor& x, const Tensor& w, const Tensor& offsets,
+                                     int64_t max_rows_per_expert, const Tensor& gu,
+                                     const Tensor& act) {
+  check(device_offsets(offsets), "grouped_gate_up_swiglu: offsets must be i32 [1, E + 1]");
+  const int64_t experts = offsets.cols - 1;
+  check(w.rows % (2 * experts) == 0 && gu.cols == w.rows / experts && act.cols == gu.cols / 2 &&
+            gu.rows == x.rows && act.rows == x.rows,
+        "grouped_gate_up_swiglu: gu must be [x.rows, 2F] and act [x.rows, F] for [E * 2F, K]");
+  grouped_gate_up_swiglu_impl(x, w, offsets, max_rows_per_expert, gu, act);
+}
+void Backend::grouped_gate_up_swiglu_impl(const Tensor& x, const Tensor& w, const Tensor& offsets,
+                                          int64_t max_rows_per_expert, const Tensor& gu,
+                                          const Tensor& act) {
+  const int64_t F = gu.cols / 2;
+  grouped_linear(x, w, offsets, max_rows_per_expert, gu);
+  // Over the bound: rows past offsets[E] hold stale values that nothing reads back.
+  mul_silu(gu.cols_view(F, F), gu.cols_view(0, F), act);
+}
+
+void Backend::qk_norm_rope_store(const Tensor& q, const Tensor& k, const Tensor& v,
+                                 const Tensor& q_norm, const Tensor& k_norm, float eps,
+                                 std::span<const int32_t> positions, int32_t n_heads,
+                                 int32_t n_kv_heads, int32_t head_dim, float theta,
+                                 const Tensor& k_cache, const Tensor& v_cache,
+                                 std::span<const int32_t> slots) {
+  check(q.rows == k.rows && (q_norm.empty() || q_norm.cols == q.cols) &&
+            (k_norm.empty() || k_norm.cols == k.cols),
+        "qk_norm_rope_store shape");
+  check(q.rows == static_cast<int64_t>(positions.size()) && q.cols >= n_heads * head_dim &&
+            k.cols >= n_kv_heads * head_dim && head_dim % 2 == 0,
+        "qk_norm_rope_store: rope shape");
+  check_kv_store(k, v, k_cache, v_cache, slots);
+  qk_norm_rope_store_impl(q, k, v, q_norm, k_norm, eps, positions, n_heads, n_kv_heads, head_dim,
+                          theta, k_cache, v_cache, slots);
+}
+void Backend::qk_norm_rope_store_impl(const Tensor& q, const Tensor& k, const Tensor& v,
+                                      const Tensor& q_norm, const Tensor& k_norm, float eps,
+                                      std::span<const int32_t> positions, int32_t n_heads,
+                                      int32_t n_kv_heads, int32_t head_dim, float theta,
+                                      const Tensor& k_cache, const Tensor& v_cache,
+                                      std::span<const int32_t> slots) {
+  if (!q_norm.empty()) rms_norm(q, q_norm, eps, q);
+  if (!k_norm.empty()) rms_norm(k, k_norm, eps, k);
+  rope(q, positions, n_heads, head_dim, theta);
+  rope(k, positions, n_kv_heads, head_dim, theta);
+  kv_store(k, v, k_cache, v_cache, slots);
 }
 
 // [SECTION] Step graphs: the defaults of a backend without them

@@ -171,10 +171,15 @@ __global__ void __launch_bounds__(kRowThreads) paged_rows_k(PagedArgs a) {
   const float* kbase = a.k_cache.p + (int64_t)kvh * hd + dl * 4;
   const float* vbase = a.v_cache.p + (int64_t)kvh * hd + dl * 4;
   __syncthreads();
-  // q.k: U keys per lane group in flight, hd/4 lanes per key, reduced within the group.
+  // q.k: U keys per lane group in flight, hd/4 lanes per key, reduced within the group. The
+  // first step's V rows are requested with its K rows: they do not depend on the scores, and a
+  // decode row's context is mostly that one step (128 keys at head_dim 128), so p.V then waits
+  // on no load of its own.
   float mx = -FLT_MAX;
+  const int jw_first = warp * kKeysPerWarp;
+  float4 v_first[kRowUnroll];
   // The loop runs on the warp's first key (uniform: every lane takes part in the shuffles).
-  for (int jw = warp * kKeysPerWarp; jw < ctx; jw += kStride * kRowUnroll) {
+  for (int jw = jw_first; jw < ctx; jw += kStride * kRowUnroll) {
     const int j0 = jw + sub;
     float4 k4[kRowUnroll];
 #pragma unroll
@@ -183,6 +188,15 @@ __global__ void __launch_bounds__(kRowThreads) paged_rows_k(PagedArgs a) {
       k4[u] = j < ctx
                   ? *reinterpret_cast<const float4*>(kbase + (int64_t)slot[j] * a.k_cache.stride)
                   : make_float4(0, 0, 0, 0);
+    }
+    if (jw == jw_first) {
+#pragma unroll
+      for (int u = 0; u < kRowUnroll; ++u) {
+        const int j = j0 + u * kStride;
+        v_first[u] =
+            j < ctx ? *reinterpret_cast<const float4*>(vbase + (int64_t)slot[j] * a.v_cache.stride)
+                    : make_float4(0, 0, 0, 0);
+      }
     }
 #pragma unroll
     for (int u = 0; u < kRowUnroll; ++u) {
@@ -208,13 +222,14 @@ __global__ void __launch_bounds__(kRowThreads) paged_rows_k(PagedArgs a) {
   // p.V: each lane group accumulates its keys' weighted rows, then the groups and warps add up.
   float4 acc = make_float4(0, 0, 0, 0);
   // The loop runs on the warp's first key (uniform: every lane takes part in the shuffles).
-  for (int jw = warp * kKeysPerWarp; jw < ctx; jw += kStride * kRowUnroll) {
+  for (int jw = jw_first; jw < ctx; jw += kStride * kRowUnroll) {
     const int j0 = jw + sub;
     float4 v4[kRowUnroll];
 #pragma unroll
     for (int u = 0; u < kRowUnroll; ++u) {
       const int j = j0 + u * kStride;
-      v4[u] = j < ctx
+      v4[u] = jw == jw_first ? v_first[u]
+              : j < ctx
                   ? *reinterpret_cast<const float4*>(vbase + (int64_t)slot[j] * a.v_cache.stride)
                   : make_float4(0, 0, 0, 0);
     }

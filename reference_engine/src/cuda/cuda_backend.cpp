@@ -209,6 +209,12 @@ bool env_fp32_math() {
   const char* v = std::getenv("INFERSCOPE_CUDA_MATH");
   return v && std::string(v) == "fp32";
 }
+// INFERSCOPE_CUDA_FUSED=0: the fused ops run their compositions (Backend's defaults, the kernels
+// of before the fusion) instead of one kernel each.
+bool env_fused_ops() {
+  const char* v = std::getenv("INFERSCOPE_CUDA_FUSED");
+  return !(v && v[0] == '0');
+}
 bool env_expert_streams() {
   const char* v = std::getenv("INFERSCOPE_CUDA_EXPERT_STREAMS");
   return !(v && std::string(v) == "0");
@@ -218,7 +224,10 @@ bool env_expert_streams() {
 class CudaBackend final : public Backend {
  public:
   explicit CudaBackend(const BackendOptions& o)
-      : fp32_math_(env_fp32_math()), expert_streams_(env_expert_streams()), device_(o.device) {
+      : fp32_math_(env_fp32_math()),
+        expert_streams_(env_expert_streams()),
+        fused_ops_(env_fused_ops()),
+        device_(o.device) {
     int count = 0;
     if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
       cudaGetLastError();  // clear the sticky "no device" error
@@ -370,11 +379,7 @@ class CudaBackend final : public Backend {
     if (x.rows == 0 || w.rows == 0) return;
     const int M = static_cast<int>(x.rows), N = static_cast<int>(w.rows),
               K = static_cast<int>(x.cols);
-    // A kBF16 weight is its own bf16 operand (a bf16 checkpoint has no fp32
-    // copy to fall back on, so INFERSCOPE_CUDA_MATH=fp32 does not apply to it).
-    const __nv_bfloat16* wb = w.dtype == DType::kBF16 ? static_cast<const __nv_bfloat16*>(w.data)
-                              : fp32_math_            ? nullptr
-                                                      : shadow(w);
+    const __nv_bfloat16* wb = bf16_operand(w);
     if (wb != nullptr && M <= kSmallRows && K % 8 == 0) {  // decode: one launch, no cast
       k::small_linear(view(x), wb, nullptr, 1, view(y), N, K, beta, stream_, M);
       return;
@@ -400,11 +405,7 @@ class CudaBackend final : public Backend {
     // A stored-bf16 weight is its own operand (per-expert linear() below if K % 8 != 0); only an
     // fp32 weight gets a shadow. shadow() reads its source as fp32, so it must never see a bf16
     // weight: it would read twice the weight's bytes (the OLMoE bf16 illegal address on the H100).
-    const __nv_bfloat16* wb = nullptr;
-    if (w.dtype == DType::kBF16)
-      wb = x.cols % 8 == 0 ? static_cast<const __nv_bfloat16*>(w.data) : nullptr;
-    else if (!fp32_math_ && x.cols % 8 == 0)
-      wb = shadow(w);
+    const __nv_bfloat16* wb = x.cols % 8 == 0 ? bf16_operand(w) : nullptr;
     if (wb == nullptr) {
       for (int64_t e = 0; e < E; ++e) {
         if (offsets[e + 1] == offsets[e]) continue;
@@ -579,9 +580,12 @@ class CudaBackend final : public Backend {
   }
   // The router kernels; counts (and offsets, optional) go to the given device
   // arrays, or counts to scratch when null. Returns the device counts.
+  // With `permute`, the router may build the permutation in the same launch (*permuted says
+  // whether it did; only into the caller's assignment tensors).
   const int32_t* route(const Tensor& logits, const Tensor& bias, const RouteParams& p,
                        const Tensor& assign_expert, const Tensor& assign_weight,
-                       int32_t* counts_out, int32_t* offsets_out, const int32_t* valid) {
+                       int32_t* counts_out, int32_t* offsets_out, const int32_t* valid,
+                       const k::PermuteOut* permute = nullptr, bool* permuted = nullptr) {
     const int64_t T = logits.rows, E = logits.cols;
     const int32_t kk = p.top_k;
     require(E <= kMaxExperts, "moe_route: at most 1024 experts (one router block per token)");
@@ -610,7 +614,9 @@ class CudaBackend final : public Backend {
     rb.counts = counts_out ? counts_out : reinterpret_cast<int32_t*>(after + T * kk * 8);
     rb.chunk_counts = reinterpret_cast<int32_t*>(after + T * kk * 8 + (2 * E + 2) * 4);
     rb.offsets = offsets_out;
-    k::router(view(logits), bias.empty() ? nullptr : bias.f32(), rp, rb, stream_);
+    if (permute != nullptr && direct && offsets_out != nullptr) rb.permute = *permute;
+    const bool did = k::router(view(logits), bias.empty() ? nullptr : bias.f32(), rp, rb, stream_);
+    if (permuted != nullptr) *permuted = did;
     if (!direct) {
       ISC_CUDA(cudaMemcpy2DAsync(assign_expert.data, assign_expert.stride * 4, rb.assign_expert,
                                  kk * 4, kk * 4, T, cudaMemcpyDeviceToDevice, stream_));
@@ -676,6 +682,35 @@ class CudaBackend final : public Backend {
     route(logits, bias, p, assign_expert, assign_weight, counts.i32(), offsets.i32(),
           valid_rows.empty() ? nullptr : meta(valid_rows));
   }
+  // The decode router's block also permutes (and gathers, where moe_permute would in its index
+  // kernel): one launch. Otherwise, or when the router takes its multi-kernel path, as the two
+  // ops.
+  void moe_route_permute_device_impl(const Tensor& logits, const Tensor& bias, const RouteParams& p,
+                                     const Tensor& assign_expert, const Tensor& assign_weight,
+                                     const Tensor& counts, const Tensor& offsets,
+                                     std::span<const int32_t> valid_rows, const Tensor& x,
+                                     const Tensor& xp, const Tensor& perm) override {
+    host_offsets_of_ = nullptr;  // these offsets are about to change
+    const int64_t bound = assign_expert.rows * assign_expert.cols;
+    bool permuted = false;
+    if (fused_ops_ && bound > 0 && bound * x.cols <= kFusedGatherElems) {
+      k::PermuteOut po;
+      po.perm = iview(perm);
+      po.slot_of = scratch_[3]->get<int32_t>(static_cast<size_t>(bound));
+      po.x = view(x);
+      po.xp = view(xp);
+      route(logits, bias, p, assign_expert, assign_weight, counts.i32(), offsets.i32(),
+            valid_rows.empty() ? nullptr : meta(valid_rows), &po, &permuted);
+      if (permuted) {
+        note_device_perm(perm, bound);
+        return;
+      }
+    } else {
+      route(logits, bias, p, assign_expert, assign_weight, counts.i32(), offsets.i32(),
+            valid_rows.empty() ? nullptr : meta(valid_rows));
+    }
+    moe_permute_device_impl(x, assign_expert, offsets, xp, perm);
+  }
   // The host copy of device offsets [1, E + 1] that moe_route_device wrote: downloaded (one
   // wait) on the first call after the route, reused until the next route or a write.
   std::span<const int32_t> host_offsets(const Tensor& offsets) {
@@ -698,9 +733,7 @@ class CudaBackend final : public Backend {
     if (bound == 0) return;
     const bool fused = bound * x.cols <= kFusedGatherElems;
     permute_index(assign_expert, offsets.i32(), E, perm, x, xp, bound, fused);
-    last_perm_ = perm.data;
-    last_perm_rows_ = kDeviceRows;
-    last_slot_total_ = bound;
+    note_device_perm(perm, bound);
     if (!fused)
       k::permute_rows(view(x), iview(perm), static_cast<int>(assign_expert.cols), bound, view(xp),
                       stream_, offsets.i32() + E);
@@ -709,11 +742,7 @@ class CudaBackend final : public Backend {
                                   int64_t max_rows, const Tensor& y) override {
     const int64_t E = offsets.cols - 1, n = w.rows / E;
     if (max_rows == 0 || x.rows == 0) return;
-    const __nv_bfloat16* wb = nullptr;
-    if (w.dtype == DType::kBF16)
-      wb = x.cols % 8 == 0 ? static_cast<const __nv_bfloat16*>(w.data) : nullptr;
-    else if (!fp32_math_ && x.cols % 8 == 0)
-      wb = shadow(w);
+    const __nv_bfloat16* wb = x.cols % 8 == 0 ? bf16_operand(w) : nullptr;
     if (wb == nullptr) {  // fp32 math or K % 8 != 0: per-expert GEMMs need host offsets (a wait)
       Backend::grouped_linear_device_impl(x, w, offsets, max_rows, y);
       return;
@@ -737,6 +766,87 @@ class CudaBackend final : public Backend {
                     static_cast<int>(n), static_cast<int>(x.cols), static_cast<int>(max_rows),
                     stream_);
   }
+  // --- fused ops (Backend: "fused ops") -------------------------------------------
+  // Decode shapes run one small_linear launch with the op fused in (kernels.hpp Fusion); the
+  // rest run the composition (Backend's defaults).
+  void rms_norm_linear_impl(const Tensor& x, const Tensor& norm_weight, float eps, const Tensor& w,
+                            const Tensor& y, const Tensor& h) override {
+    const __nv_bfloat16* wb = bf16_operand(w);
+    // Every block sums the squares of its rows: cheap for the 1-2 row passes of few_rows_k,
+    // while at 4-8 rows a qkv layer's 384 blocks would each pull 8 rows of x before their FMAs.
+    if (!fused_ops_ || wb == nullptr || x.rows > kFusedNormRows || x.cols % 8 != 0 ||
+        !norm_weight.contiguous()) {
+      Backend::rms_norm_linear_impl(x, norm_weight, eps, w, y, h);
+      return;
+    }
+    k::Fusion f;
+    f.mode = k::Fused::kRmsNormIn;
+    f.norm_weight = norm_weight.f32();
+    f.eps = eps;
+    f.h = view(h);
+    k::small_linear(view(x), wb, nullptr, 1, view(y), static_cast<int>(w.rows),
+                    static_cast<int>(x.cols), 0.f, stream_, static_cast<int>(x.rows), f);
+  }
+  void gate_up_swiglu_impl(const Tensor& x, const Tensor& w, const Tensor& gu,
+                           const Tensor& act) override {
+    const __nv_bfloat16* wb = bf16_operand(w);
+    if (!fused_ops_ || wb == nullptr || x.rows > kSmallRows || x.cols % 8 != 0) {
+      Backend::gate_up_swiglu_impl(x, w, gu, act);
+      return;
+    }
+    k::Fusion f;
+    f.mode = k::Fused::kSwigluOut;
+    k::small_linear(view(x), wb, nullptr, 1, view(act), static_cast<int>(w.rows / 2),
+                    static_cast<int>(x.cols), 0.f, stream_, static_cast<int>(x.rows), f);
+  }
+  void grouped_gate_up_swiglu_impl(const Tensor& x, const Tensor& w, const Tensor& offsets,
+                                   int64_t max_rows, const Tensor& gu, const Tensor& act) override {
+    const int64_t E = offsets.cols - 1;
+    const __nv_bfloat16* wb = x.cols % 8 == 0 ? bf16_operand(w) : nullptr;
+    if (!fused_ops_ || wb == nullptr || max_rows > kSmallRows) {
+      Backend::grouped_gate_up_swiglu_impl(x, w, offsets, max_rows, gu, act);
+      return;
+    }
+    if (max_rows == 0 || x.rows == 0) return;
+    k::Fusion f;
+    f.mode = k::Fused::kSwigluOut;
+    k::small_linear(view(x), wb, offsets.i32(), static_cast<int>(E), view(act),
+                    static_cast<int>(w.rows / E / 2), static_cast<int>(x.cols), 0.f, stream_,
+                    static_cast<int>(max_rows), f);
+  }
+  void qk_norm_rope_store_impl(const Tensor& q, const Tensor& k, const Tensor& v,
+                               const Tensor& q_norm, const Tensor& k_norm, float eps,
+                               std::span<const int32_t> positions, int32_t n_heads,
+                               int32_t n_kv_heads, int32_t head_dim, float theta,
+                               const Tensor& k_cache, const Tensor& v_cache,
+                               std::span<const int32_t> slots) override {
+    if (q.rows == 0) return;
+    // One row of q or k in shared memory (beyond 48 KiB the launch opts in to more); the k
+    // block copies v's row of k's width.
+    if (!fused_ops_ || std::max(q.cols, k.cols) > kFusedRopeCols || v.cols != k.cols) {
+      Backend::qk_norm_rope_store_impl(q, k, v, q_norm, k_norm, eps, positions, n_heads, n_kv_heads,
+                                       head_dim, theta, k_cache, v_cache, slots);
+      return;
+    }
+    k::QkRopeStoreArgs a;
+    a.q = view(q);
+    a.k = view(k);
+    a.v = view(v);
+    a.k_cache = view(k_cache);
+    a.v_cache = view(v_cache);
+    a.q_norm = q_norm.empty() ? nullptr : q_norm.f32();
+    a.k_norm = k_norm.empty() ? nullptr : k_norm.f32();
+    a.eps = eps;
+    if (!step_) ring_->reserve({positions, slots});  // both staged before the launch reads them
+    a.positions = meta(positions);
+    a.slots = meta(slots);
+    a.n_heads = n_heads;
+    a.n_kv_heads = n_kv_heads;
+    a.head_dim = head_dim;
+    a.theta = theta;
+    k::qk_norm_rope_store(a, stream_);
+  }
+
   void moe_unpermute_device_impl(const Tensor& yp, const Tensor& perm, const Tensor& assign_weight,
                                  int32_t top_k, const Tensor& offsets, const Tensor& y) override {
     if (y.rows == 0) return;
@@ -872,6 +982,10 @@ class CudaBackend final : public Backend {
   static constexpr int64_t kMaxExperts = 1024;
   // Up to this many rows (per expert for grouped) a linear runs in small_linear.
   static constexpr int kSmallRows = 64;
+  // Up to this many rows rms_norm_linear runs as one launch (few_rows_k, kernels.hpp Fusion).
+  static constexpr int64_t kFusedNormRows = 2;
+  // Up to this width (floats) qk_norm_rope_store runs as one launch (a row in shared memory).
+  static constexpr int64_t kFusedRopeCols = 16384;
   // From this many rows per expert with rows on average (host offsets), grouped_linear runs
   // one cuBLAS GEMM per expert instead of grouped_gemm.
   static constexpr int64_t kCublasExpertRows = 256;
@@ -920,11 +1034,27 @@ class CudaBackend final : public Backend {
     return ring_->stage1(sp);
   }
 
+  // perm was just built from device offsets for `bound` assignments, with scratch_[3] holding
+  // each assignment's row (slot_of): moe_unpermute of the same perm reuses it.
+  void note_device_perm(const Tensor& perm, int64_t bound) {
+    last_perm_ = perm.data;
+    last_perm_rows_ = kDeviceRows;
+    last_slot_total_ = bound;
+  }
+
   struct Shadow {
     __nv_bfloat16* bf16 = nullptr;
     int64_t rows = 0, cols = 0;
     size_t bytes = 0;  // of the fp32 source
   };
+
+  // The bf16 operand of a linear layer's weight, or nullptr (then fp32 cuBLAS): a kBF16
+  // weight is its own (a bf16 checkpoint has no fp32 copy to fall back on, so
+  // INFERSCOPE_CUDA_MATH=fp32 does not apply to it), an fp32 one its shadow.
+  const __nv_bfloat16* bf16_operand(const Tensor& w) {
+    if (w.dtype == DType::kBF16) return static_cast<const __nv_bfloat16*>(w.data);
+    return fp32_math_ ? nullptr : shadow(w);
+  }
 
   // bf16 copy of an uploaded, contiguous weight; nullptr when w is not one (an
   // activation or a strided view), so the caller falls back to fp32.
@@ -1016,6 +1146,7 @@ class CudaBackend final : public Backend {
 
   bool fp32_math_;
   bool expert_streams_;  // per-expert prefill GEMMs on side streams (Blas::grouped_linear)
+  bool fused_ops_;       // env_fused_ops(): the fused ops as one kernel each
   int device_ = 0;
   cudaStream_t stream_ = nullptr;
   StreamWaiter waiter_;  // stream_ and host_syncs_, once the stream exists

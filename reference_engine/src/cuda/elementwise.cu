@@ -27,6 +27,21 @@ __device__ __forceinline__ float* at(const View& v, int64_t r, int64_t c) {
   return v.p + r * v.stride + c;
 }
 
+// The sum of v over the block (a tree: warps, then their partial sums), returned to every
+// thread; `partial` is 32 floats of shared memory. Called by every thread.
+__device__ __forceinline__ float block_sum(float v, float* partial) {
+  v = warp_sum(v);
+  if ((threadIdx.x & 31) == 0) partial[threadIdx.x >> 5] = v;
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    float t = threadIdx.x < (blockDim.x >> 5) ? partial[threadIdx.x] : 0.f;
+    t = warp_sum(t);
+    if (threadIdx.x == 0) partial[0] = t;
+  }
+  __syncthreads();
+  return partial[0];
+}
+
 __global__ void fill_k(View d, float value) {
   pdl_wait();  // launched as a programmatic dependent (pdl.cuh)
   pdl_allow_dependents();
@@ -106,16 +121,7 @@ __global__ void rms_norm_k(View x, const float* w, float eps, View o) {
     float v = *at(x, r, c);
     ss += v * v;
   }
-  ss = warp_sum(ss);
-  if ((threadIdx.x & 31) == 0) partial[threadIdx.x >> 5] = ss;
-  __syncthreads();
-  if (threadIdx.x < 32) {
-    float v = threadIdx.x < (blockDim.x >> 5) ? partial[threadIdx.x] : 0.f;
-    v = warp_sum(v);
-    if (threadIdx.x == 0) partial[0] = v;
-  }
-  __syncthreads();
-  float inv = rsqrtf(partial[0] / x.cols + eps);
+  float inv = rsqrtf(block_sum(ss, partial) / x.cols + eps);
 #pragma unroll
   for (int i = 0; i < kKeep; ++i) {
     const int64_t c = threadIdx.x + (int64_t)i * blockDim.x;
@@ -140,6 +146,54 @@ __global__ void rope_k(View x, const int32_t* pos, int heads, int hd, float thet
     float a = v[p], b = v[p + half];
     v[p] = a * cs - b * sn;
     v[p + half] = a * sn + b * cs;
+  }
+}
+
+// Backend::qk_norm_rope_store: block (row, 0) does q's row, block (row, 1) k's, in place, and the
+// k block then stores k and v in their cache rows. The row is held in shared memory (a rope pair,
+// dims i and i + head_dim/2, spans threads); the norm is rms_norm_k's formula and the rotation
+// rope_k's, so the fused op computes what the five launches it replaces did (up to the order of
+// the sum of squares).
+__global__ void qk_norm_rope_store_k(QkRopeStoreArgs a) {
+  pdl_wait();  // launched as a programmatic dependent (pdl.cuh)
+  pdl_allow_dependents();
+  extern __shared__ float row_s[];  // [x.cols]
+  __shared__ float partial[32];
+  const bool is_q = blockIdx.y == 0;
+  const View x = is_q ? a.q : a.k;
+  const float* w = is_q ? a.q_norm : a.k_norm;
+  const int heads = is_q ? a.n_heads : a.n_kv_heads, hd = a.head_dim;
+  const int64_t r = blockIdx.x;
+  float ss = 0.f;
+  for (int64_t c = threadIdx.x; c < x.cols; c += blockDim.x) {
+    const float v = *at(x, r, c);
+    row_s[c] = v;
+    ss += v * v;
+  }
+  if (w != nullptr) {
+    const float inv = rsqrtf(block_sum(ss, partial) / x.cols + a.eps);
+    for (int64_t c = threadIdx.x; c < x.cols; c += blockDim.x) row_s[c] = row_s[c] * inv * w[c];
+  }
+  __syncthreads();
+  const int half = hd / 2;
+  for (int i = threadIdx.x; i < heads * half; i += blockDim.x) {  // a thread owns its pair
+    const int p = i % half, h = i / half;
+    const float freq = powf(a.theta, -2.0f * static_cast<float>(p) / static_cast<float>(hd));
+    const float ang = static_cast<float>(a.positions[r]) * freq;
+    const float cs = cosf(ang), sn = sinf(ang);
+    float* pair = row_s + h * hd + p;
+    const float lo = pair[0], hi = pair[half];
+    pair[0] = lo * cs - hi * sn;
+    pair[half] = lo * sn + hi * cs;
+  }
+  __syncthreads();
+  const int64_t slot = is_q ? -1 : a.slots[r];
+  for (int64_t c = threadIdx.x; c < x.cols; c += blockDim.x) {
+    *at(x, r, c) = row_s[c];  // (columns past the heads: normalised, not rotated)
+    if (!is_q) {
+      a.k_cache.p[slot * a.k_cache.stride + c] = row_s[c];
+      a.v_cache.p[slot * a.v_cache.stride + c] = *at(a.v, r, c);
+    }
   }
 }
 
@@ -239,6 +293,18 @@ void rope(View x, const int32_t* positions, int heads, int head_dim, float theta
   int64_t n = x.rows * heads * (head_dim / 2);
   if (n <= 0) return;
   launch_pdl(rope_k, grid_for(n), kThreads, 0, s, x, positions, heads, head_dim, theta);
+  ISC_LAUNCH();
+}
+void qk_norm_rope_store(const QkRopeStoreArgs& a, cudaStream_t s) {
+  if (a.q.rows <= 0) return;
+  const int64_t cols = std::max(a.q.cols, a.k.cols);
+  int threads = 32;
+  while (threads < cols / 2 && threads < 1024) threads <<= 1;
+  const size_t smem = static_cast<size_t>(cols) * sizeof(float);
+  if (smem > 48 * 1024)
+    ISC_CUDA(cudaFuncSetAttribute(qk_norm_rope_store_k, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  static_cast<int>(smem)));
+  launch_pdl(qk_norm_rope_store_k, dim3(static_cast<unsigned>(a.q.rows), 2), threads, smem, s, a);
   ISC_LAUNCH();
 }
 void to_bf16(View x, __nv_bfloat16* out, cudaStream_t s) {

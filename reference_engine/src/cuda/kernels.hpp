@@ -48,6 +48,20 @@ void rms_norm(View x, const float* weight, float eps, View out, cudaStream_t s);
 // NeoX rotary embedding in place: dims i and i + head_dim/2 of each head pair
 // up, frequency theta^(-2i/head_dim).
 void rope(View x, const int32_t* positions, int heads, int head_dim, float theta, cudaStream_t s);
+// One kernel for Backend::qk_norm_rope_store: per row, q and k each normalised
+// over their whole width (a null weight: not normalised), then NeoX RoPE, in
+// place; then k and v go to their cache rows slots[row] (as kv_store).
+struct QkRopeStoreArgs {
+  View q, k, v, k_cache, v_cache;
+  const float* q_norm = nullptr;
+  const float* k_norm = nullptr;
+  float eps = 0.f;
+  const int32_t* positions = nullptr;
+  const int32_t* slots = nullptr;
+  int n_heads = 0, n_kv_heads = 0, head_dim = 0;
+  float theta = 0.f;
+};
+void qk_norm_rope_store(const QkRopeStoreArgs& a, cudaStream_t s);
 // Strided fp32 -> contiguous bf16 [rows, cols] (the GEMM operand).
 void to_bf16(View x, __nv_bfloat16* out, cudaStream_t s);
 void f32_to_bf16(const float* x, __nv_bfloat16* out, int64_t n, cudaStream_t s);
@@ -68,6 +82,13 @@ struct RouterParams {
   const int32_t* valid = nullptr;
   float capacity_factor = 0.f;
 };
+// The permutation the single-block decode router can build in the same launch (permute_index's
+// arguments: perm, slot_of, and the gather of x into xp when xp.p is set).
+struct PermuteOut {
+  IView perm;
+  int32_t* slot_of = nullptr;
+  View x, xp;
+};
 struct RouterBuffers {
   // outputs
   int32_t* assign_expert = nullptr;  // [T, k] contiguous: expert, -1 if dropped
@@ -78,6 +99,8 @@ struct RouterBuffers {
   int32_t* rank_expert = nullptr;   // [T, R] experts by rank (R = k, or E with reroute)
   float* rank_weight = nullptr;     // [T, R] their normalised weights
   int32_t* chunk_counts = nullptr;  // [rank_chunks(T * k), E]: needed when that is > 1
+  // optional: the permutation of these assignments (needs offsets)
+  PermuteOut permute;
 };
 // Long assignment lists (a prefill) are ranked in chunks, a block each: the
 // number of chunks for `assignments` (1: one block walks them all).
@@ -85,7 +108,9 @@ int rank_chunks(int64_t assignments);
 // logits [T, E] (strided) and an optional selection bias [E]. Gate, ranking,
 // the histogram (routed = first-k choices before capacity) and capacity in
 // (token, choice) order, exactly as the CPU backend orders them.
-void router(View logits, const float* bias, const RouterParams& p, const RouterBuffers& b,
+// Returns true when it also built b.permute (only the single-block decode router does: up to
+// 64 experts and 256 tokens, no re-routing); else the caller runs permute_index.
+bool router(View logits, const float* bias, const RouterParams& p, const RouterBuffers& b,
             cudaStream_t s);
 // Row of each kept assignment in the permuted buffer (per expert, increasing
 // assignment index a = t*k + j): perm[row] = a. offsets: device [E + 1].
@@ -119,6 +144,21 @@ void unpermute(View yp, IView perm, View assign_weight, int top_k, int64_t assig
 void grouped_gemm(const __nv_bfloat16* x, const __nv_bfloat16* w, const int32_t* offsets, float* y,
                   int64_t ldy, int experts, int n, int k, int max_rows_per_expert, cudaStream_t s);
 
+// An op fused into the decode linear (one launch instead of two):
+//  kRmsNormIn: it multiplies rms_norm(x) = x[r, i] * inv_rms(x[r]) * norm_weight[i]
+//              (rms_norm's formula; every block recomputes the row's sum of
+//              squares); a dense call's normalised rows also go to h if h.p is set.
+//  kSwigluOut: W is a fused gate|up weight [experts, 2 n_out, k] and y receives
+//              mul_silu's up * silu(gate) of the two products, [rows, n_out]
+//              (each warp holds gate and up columns of the same outputs); beta 0.
+enum class Fused { kNone, kRmsNormIn, kSwigluOut };
+struct Fusion {
+  Fused mode = Fused::kNone;
+  const float* norm_weight = nullptr;  // kRmsNormIn: [k]
+  float eps = 0.f;
+  View h;  // kRmsNormIn, dense: receives the normalised rows (optional)
+};
+
 // Few-row linear (decode): y = beta*y + x · W^T with fp32 x (strided) and bf16
 // W [experts, n_out, k] (k % 8 == 0). offsets == nullptr: dense over all x rows
 // (experts must be 1); else expert e owns rows offsets[e]..offsets[e+1] (device)
@@ -130,7 +170,8 @@ void grouped_gemm(const __nv_bfloat16* x, const __nv_bfloat16* w, const int32_t*
 // wait). So a weight must never be written by such a kernel; uploads (copies)
 // and the bf16 shadow conversion never let dependents start.
 void small_linear(View x, const __nv_bfloat16* w, const int32_t* offsets, int experts, View y,
-                  int n_out, int k, float beta, cudaStream_t s, int max_rows = 0);
+                  int n_out, int k, float beta, cudaStream_t s, int max_rows = 0,
+                  const Fusion& fused = {});
 
 // Programmatic dependent launch of the decode-path kernels (pdl.cuh): on from
 // sm_90 unless INFERSCOPE_CUDA_PDL=0; set_pdl overrides (the benches compare).

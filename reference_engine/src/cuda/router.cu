@@ -127,6 +127,23 @@ __device__ void ordered_rank(int total, int E, int* smem, GetExpert get, Visit v
   int* warp_cnt = smem;
   int* cnt = smem + 32 * E;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  if (first == 0 && before == nullptr && total <= 32) {
+    // A decode step's few assignments (B=1 top-8: 8) fit one warp: lane a holds assignment a,
+    // so its position is its rank among the lanes with the same expert, and warp 0 does it all
+    // without the block's per-warp counts and their barriers. The same positions as below.
+    if (warp == 0) {
+      for (int x = lane; x < E; x += 32) cnt[x] = 0;
+      __syncwarp();
+      const int e = lane < total ? get(lane) : -1;
+      const unsigned peers = __match_any_sync(0xffffffffu, e);
+      const int rank = __popc(peers & ((1u << lane) - 1u));
+      if (e >= 0 && rank == 0) cnt[e] = __popc(peers);
+      __syncwarp();
+      if (e >= 0) visit(lane, e, rank);
+    }
+    __syncthreads();
+    return;
+  }
   for (int e = threadIdx.x; e < E; e += blockDim.x) cnt[e] = before ? before[e] : 0;
   __syncthreads();
   for (int base = first; base < total; base += blockDim.x) {
@@ -300,7 +317,12 @@ __global__ void assign_chunks_k(RouterParams p, RouterBuffers b) {
       first, b.chunk_counts + (int64_t)blockIdx.x * q.experts);
 }
 
-// Decode-sized batches: ranking and capacity in one block, one launch.
+__device__ void permute_index_block(IView ae, const int32_t* offsets, int E, IView perm,
+                                    int32_t* slot_of, View x, View xp, int64_t rows, int* smem);
+
+// Decode-sized batches: ranking and capacity in one block, one launch; with b.permute.perm.p
+// set, the permutation too (permute_index's work on the assignments just made: the same block,
+// so a barrier publishes them).
 __global__ void route_small_k(View logits, const float* bias, RouterParams padded,
                               RouterBuffers b) {
   pdl_wait();  // launched as a programmatic dependent (pdl.cuh)
@@ -315,6 +337,12 @@ __global__ void route_small_k(View logits, const float* bias, RouterParams padde
                b.rank_weight);
   __syncthreads();
   assign_drop(p, b, rs);
+  const PermuteOut& po = b.permute;
+  if (po.perm.p == nullptr) return;
+  __syncthreads();  // the assignments and offsets (global, written by this block) are read next
+  const IView ae{b.assign_expert, padded.tokens, padded.top_k, padded.top_k};
+  permute_index_block(ae, b.offsets, p.experts, po.perm, po.slot_of, po.x, po.xp,
+                      int64_t(padded.tokens) * padded.top_k, rs);
 }
 
 __global__ void assign_reroute_k(RouterParams padded, int R, RouterBuffers b) {
@@ -367,29 +395,23 @@ __global__ void assign_reroute_k(RouterParams padded, int R, RouterBuffers b) {
   write_offsets(E, b.offsets, [&](int e) { return kept[e]; });
 }
 
-__global__ void permute_index_k(IView ae, const int32_t* offsets, int E, IView perm,
-                                int32_t* slot_of, View x, View xp, int64_t rows) {
-  pdl_wait();  // launched as a programmatic dependent (pdl.cuh)
-  pdl_allow_dependents();
-  int* smem = reinterpret_cast<int*>(dyn_smem);
+// permute_index's work by one block (smem: rank_smem(E) ints): perm and slot_of from the
+// assignments and offsets, then (xp.p set) the gather of x's rows into xp.
+__device__ void permute_index_block(IView ae, const int32_t* offsets, int E, IView perm,
+                                    int32_t* slot_of, View x, View xp, int64_t rows, int* smem) {
   const int k = static_cast<int>(ae.cols);
   if (slot_of) {
     for (int a = threadIdx.x; a < ae.rows * k; a += blockDim.x) slot_of[a] = -1;
     __syncthreads();
   }
-  ordered_rank(
-      static_cast<int>(ae.rows) * k, E, smem,
-      [&](int a) {
-        int e = ae.p[(int64_t)(a / k) * ae.stride + a % k];
-        return e < E ? e : -1;
-      },
-      [&](int a, int e, int pos) {
-        int row = offsets[e] + pos;
-        if (row < offsets[e + 1]) {
-          perm.p[(int64_t)row * perm.stride] = a;
-          if (slot_of) slot_of[a] = row;
-        }
-      });
+  ordered_rank(static_cast<int>(ae.rows) * k, E, smem, AssignedExpert{ae, E},
+               [&](int a, int e, int pos) {
+                 int row = offsets[e] + pos;
+                 if (row < offsets[e + 1]) {
+                   perm.p[(int64_t)row * perm.stride] = a;
+                   if (slot_of) slot_of[a] = row;
+                 }
+               });
   if (xp.p == nullptr) return;
   __syncthreads();  // perm, written by this block, is read back below
   rows = min(rows, static_cast<int64_t>(offsets[E]));  // rows may be the bound T * k
@@ -424,6 +446,13 @@ __global__ void permute_index_k(IView ae, const int32_t* offsets, int E, IView p
         dst[c] = v[u].x;
     }
   }
+}
+
+__global__ void permute_index_k(IView ae, const int32_t* offsets, int E, IView perm,
+                                int32_t* slot_of, View x, View xp, int64_t rows) {
+  pdl_wait();  // launched as a programmatic dependent (pdl.cuh)
+  pdl_allow_dependents();
+  permute_index_block(ae, offsets, E, perm, slot_of, x, xp, rows, reinterpret_cast<int*>(dyn_smem));
 }
 
 // Long lists: each chunk's block ranks its assignments from the chunk's
@@ -534,14 +563,14 @@ int grid_for(int64_t n) {
 
 }  // namespace
 
-void router(View logits, const float* bias, const RouterParams& p, const RouterBuffers& b,
+bool router(View logits, const float* bias, const RouterParams& p, const RouterBuffers& b,
             cudaStream_t s) {
   if (p.experts <= 0 || p.experts > kMaxExperts || p.top_k <= 0 || p.top_k > p.experts)
     throw std::invalid_argument("cuda router: need 0 < top_k <= experts <= 1024");
   if (p.tokens <= 0) {
     ISC_CUDA(cudaMemsetAsync(b.counts, 0, sizeof(int32_t) * (2 * p.experts + 2), s));
     if (b.offsets) ISC_CUDA(cudaMemsetAsync(b.offsets, 0, sizeof(int32_t) * (p.experts + 1), s));
-    return;
+    return false;
   }
   const bool reroute = p.reroute && p.capacity > 0;
   const int R = reroute ? p.experts : p.top_k;
@@ -550,7 +579,7 @@ void router(View logits, const float* bias, const RouterParams& p, const RouterB
     allow(route_small_k, smem);
     launch_pdl(route_small_k, 1, kBlock, smem, s, logits, bias, p, b);
     ISC_LAUNCH();
-    return;
+    return b.permute.perm.p != nullptr;
   }
   const size_t smem = sizeof(float) * kRankWarps * 2 * p.experts;
   allow(rank_k, smem);
@@ -572,7 +601,7 @@ void router(View logits, const float* bias, const RouterParams& p, const RouterB
     allow(assign_chunks_k, rank_smem(p.experts));
     assign_chunks_k<<<chunks, kBlock, rank_smem(p.experts), s>>>(p, b);
     ISC_LAUNCH();
-    return;
+    return false;
   }
   if (reroute) {
     assign_reroute_k<<<1, 256, sizeof(int) * 2 * p.experts, s>>>(p, R, b);
@@ -581,6 +610,7 @@ void router(View logits, const float* bias, const RouterParams& p, const RouterB
     assign_drop_k<<<1, kBlock, rank_smem(p.experts), s>>>(p, b);
   }
   ISC_LAUNCH();
+  return false;
 }
 
 void permute_index(IView assign_expert, const int32_t* offsets, int experts, IView perm,

@@ -113,7 +113,7 @@ struct PhaseScope {
 
 void moe_ffn_ep(Backend& be, const MoeConfig& moe, const MoeWeights& w, MoeScratch& s,
                 ExpertParallel& ep, const Tensor& h, const Tensor& out, RouteCounts& counts,
-                int mark_base, EpLayerStats& stats, EpPhaseHook* hook) {
+                int mark_base, EpLayerStats& stats, EpPhaseHook* hook, MoeOut mode) {
   if (!ep.comm) throw std::logic_error("moe_ffn_ep: no communicator");
   const ExpertPlacement& pl = ep.placement;
   Communicator& comm = *ep.comm;
@@ -127,7 +127,7 @@ void moe_ffn_ep(Backend& be, const MoeConfig& moe, const MoeWeights& w, MoeScrat
   Tensor aw;
   int64_t A = 0;
   if (T > 0) {
-    A = moe_route_and_permute(be, moe, w, s, h, out, counts);
+    A = moe_route_and_permute(be, moe, w, s, h, out, counts, mode);
     aw = s.assign_weight.tensor().rows_view(0, T);
     std::copy(counts.kept.begin(), counts.kept.end(), x.kept.begin());
   } else {

@@ -41,9 +41,8 @@ void swiglu_ffn(Backend& be, const Tensor& w_gu, const Tensor& w_down, const Ten
                 const Tensor& gu, const Tensor& act, const Tensor& out, float beta) {
   const int64_t F = w_gu.rows / 2, T = h.rows;
   Tensor g = gu.rows_view(0, T).reshaped(T, 2 * F);
-  be.linear(h, w_gu, g);
   Tensor a = act.rows_view(0, T).reshaped(T, F);
-  be.mul_silu(g.cols_view(F, F), g.cols_view(0, F), a);
+  be.gate_up_swiglu(h, w_gu, g, a);
   be.linear(a, w_down, out, beta);
 }
 
@@ -61,8 +60,22 @@ RouteParams route_params(const MoeConfig& moe, int64_t tokens) {
 }
 }  // namespace
 
+namespace {
+// The shared experts (dense, every token) seed `out` or add to it; without them a kSet output
+// starts from zeros. The routed experts then accumulate into it.
+void seed_moe_out(Backend& be, const MoeWeights& w, MoeScratch& s, const Tensor& h,
+                  const Tensor& out, MoeOut mode) {
+  if (!w.shared_gu.empty())
+    swiglu_ffn(be, w.shared_gu, w.shared_down, h, s.shared_gu, s.shared_act, out,
+               mode == MoeOut::kAdd ? 1.0f : 0.0f);
+  else if (mode == MoeOut::kSet)
+    be.fill(out, 0.0f);
+}
+}  // namespace
+
 int64_t moe_route_and_permute(Backend& be, const MoeConfig& moe, const MoeWeights& w, MoeScratch& s,
-                              const Tensor& h, const Tensor& out, RouteCounts& counts) {
+                              const Tensor& h, const Tensor& out, RouteCounts& counts,
+                              MoeOut mode) {
   const int64_t T = h.rows, E = moe.experts;
   const RouteParams p = route_params(moe, T);
   Tensor logits = s.logits.tensor().rows_view(0, T);
@@ -75,19 +88,15 @@ int64_t moe_route_and_permute(Backend& be, const MoeConfig& moe, const MoeWeight
     s.offsets[static_cast<size_t>(e) + 1] =
         s.offsets[static_cast<size_t>(e)] + counts.kept[static_cast<size_t>(e)];
   const int64_t A = s.offsets.back();
-  // Shared experts (dense, every token) seed the output; routed ones accumulate.
-  if (!w.shared_gu.empty())
-    swiglu_ffn(be, w.shared_gu, w.shared_down, h, s.shared_gu, s.shared_act, out, 0.0f);
-  else
-    be.fill(out, 0.0f);
+  seed_moe_out(be, w, s, h, out, mode);
   if (A > 0) be.moe_permute(h, ae, s.offsets, s.xp.tensor().rows_view(0, A), s.perm.tensor());
   return A;
 }
 
 void moe_ffn(Backend& be, const MoeConfig& moe, const MoeWeights& w, MoeScratch& s, const Tensor& h,
-             const Tensor& out, RouteCounts& counts) {
+             const Tensor& out, RouteCounts& counts, MoeOut mode) {
   const int64_t T = h.rows, F = moe.expert_hidden;
-  const int64_t A = moe_route_and_permute(be, moe, w, s, h, out, counts);
+  const int64_t A = moe_route_and_permute(be, moe, w, s, h, out, counts, mode);
   if (A == 0) return;
   Tensor xp = s.xp.tensor().rows_view(0, A), perm = s.perm.tensor();
   Tensor hp = s.hp.tensor().rows_view(0, A), ap = s.ap.tensor().rows_view(0, A);
@@ -100,19 +109,17 @@ void moe_ffn(Backend& be, const MoeConfig& moe, const MoeWeights& w, MoeScratch&
 
 void moe_ffn_device(Backend& be, const MoeConfig& moe, const MoeWeights& w, MoeScratch& s,
                     const Tensor& h, const Tensor& out, const Tensor& counts,
-                    std::span<const int32_t> valid_rows) {
-  const int64_t T = h.rows, F = moe.expert_hidden;
+                    std::span<const int32_t> valid_rows, MoeOut mode, const PreNorm* pre) {
+  const int64_t T = h.rows;
   if (T == 0) return;
   Tensor logits = s.logits.tensor().rows_view(0, T);
-  be.linear(h, w.router, logits);
+  if (pre != nullptr)
+    be.rms_norm_linear(pre->x, pre->weight, pre->eps, w.router, logits, h);
+  else
+    be.linear(h, w.router, logits);
   Tensor ae = s.assign_expert.tensor().rows_view(0, T),
          aw = s.assign_weight.tensor().rows_view(0, T);
   const Tensor& off = s.device_offsets.tensor();
-  be.moe_route_device(logits, w.router_bias, route_params(moe, T), ae, aw, counts, off, valid_rows);
-  if (!w.shared_gu.empty())
-    swiglu_ffn(be, w.shared_gu, w.shared_down, h, s.shared_gu, s.shared_act, out, 0.0f);
-  else
-    be.fill(out, 0.0f);
   // The kept total A is on the device: every view is the bound T * top_k and
   // the ops stop at offsets[E]. An expert serves at most T rows (a token picks
   // it at most once) and at most its capacity: that bounds the grouped GEMMs'
@@ -121,11 +128,11 @@ void moe_ffn_device(Backend& be, const MoeConfig& moe, const MoeWeights& w, MoeS
   const int32_t cap = expert_capacity(moe, T);
   const int64_t per_expert = cap > 0 ? std::min<int64_t>(T, cap) : T;
   Tensor xp = s.xp.tensor().rows_view(0, bound), perm = s.perm.tensor().rows_view(0, bound);
-  be.moe_permute(h, ae, off, xp, perm);
+  be.moe_route_permute_device(logits, w.router_bias, route_params(moe, T), ae, aw, counts, off,
+                              valid_rows, h, xp, perm);
+  seed_moe_out(be, w, s, h, out, mode);
   Tensor hp = s.hp.tensor().rows_view(0, bound), ap = s.ap.tensor().rows_view(0, bound);
-  be.grouped_linear(xp, w.experts_gu, off, per_expert, hp);
-  // Over the bound: rows past A hold stale values that nothing reads back.
-  be.mul_silu(hp.cols_view(F, F), hp.cols_view(0, F), ap);
+  be.grouped_gate_up_swiglu(xp, w.experts_gu, off, per_expert, hp, ap);
   Tensor yp = s.yp.tensor().rows_view(0, bound);
   be.grouped_linear(ap, w.experts_down, off, per_expert, yp);
   be.moe_unpermute(yp, perm, aw, moe.top_k, off, out);

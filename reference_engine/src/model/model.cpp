@@ -75,7 +75,7 @@ struct Model::LayerTensors {
 };
 
 struct Model::Scratch {
-  Buffer x, h, qkv, attn, xz, proj, dt, y, gu, act, ffn_out, xl, logits;
+  Buffer x, h, qkv, attn, xz, proj, dt, y, gu, act, xl, logits;
   MoeScratch moe;
   // Asynchronous routing: every MoE layer's [2E + 2] counts of the step, on the
   // device, and their host copy (made with the logits download).
@@ -87,8 +87,8 @@ struct Model::Scratch {
   size_t bytes() const {
     size_t n = moe.bytes();
     for (const Buffer* b :
-         {&x,  &h,      &qkv, &attn,    &xz, &proj, &dt,   &y,     &gu,   &act, &ffn_out,
-          &xl, &logits, &img, &patches, &ve, &vh,   &vqkv, &vattn, &vmlp, &c1,  &c2})
+         {&x,      &h,   &qkv,     &attn, &xz, &proj, &dt,    &y,    &gu, &act, &xl,
+          &logits, &img, &patches, &ve,   &vh, &vqkv, &vattn, &vmlp, &c1, &c2})
       n += b->bytes();
     return n + route_counts.bytes();
   }
@@ -177,7 +177,6 @@ void Model::build(const std::function<void(Weights&)>& fill, DType gemm_dtype) {
   Scratch& S = *scratch_;
   S.x = Buffer(backend, T, D);
   S.h = Buffer(backend, T, D);
-  S.ffn_out = Buffer(backend, T, D);
   S.xl = Buffer(backend, T, D);
   S.logits = Buffer(backend, T, c.vocab);
   if (c.has_attention()) {
@@ -282,19 +281,30 @@ void Model::qk_norm(const LayerTensors& w, const Tensor& q, const Tensor& k) {
   }
 }
 
-void Model::attention_layer(int32_t l, const StepBatch& b, const Tensor& h) {
+// h = rms_norm(x, norm) (written: scratch) fused with the qkv projection; q/k norm, RoPE and the
+// KV store as one op where the norm is over the whole projection (or absent); per-head norms run
+// per head.
+void Model::attention_layer(int32_t l, const StepBatch& b, const Tensor& x, const Tensor& norm,
+                            const Tensor& h) {
   const auto& a = config_.attention;
   const LayerTensors& w = layers_[static_cast<size_t>(l)];
   const int64_t T = b.rows(), qd = a.n_heads * a.head_dim, kd = a.n_kv_heads * a.head_dim;
   Tensor qkv = scratch_->qkv.tensor().rows_view(0, T);
-  backend_.linear(h, w.wqkv, qkv);
+  backend_.rms_norm_linear(x, norm, config_.norm_eps, w.wqkv, qkv, h);
   Tensor q = qkv.cols_view(0, qd), k = qkv.cols_view(qd, kd), v = qkv.cols_view(qd + kd, kd);
-  qk_norm(w, q, k);
-  backend_.rope(q, b.positions, a.n_heads, a.head_dim, a.rope_theta);
-  backend_.rope(k, b.positions, a.n_kv_heads, a.head_dim, a.rope_theta);
   const Tensor& kc = k_cache_[static_cast<size_t>(l)].tensor();
   const Tensor& vc = v_cache_[static_cast<size_t>(l)].tensor();
-  backend_.kv_store(k, v, kc, vc, b.kv_slots);
+  if (a.qk_norm == QkNorm::kPerHead) {
+    qk_norm(w, q, k);
+    backend_.rope(q, b.positions, a.n_heads, a.head_dim, a.rope_theta);
+    backend_.rope(k, b.positions, a.n_kv_heads, a.head_dim, a.rope_theta);
+    backend_.kv_store(k, v, kc, vc, b.kv_slots);
+  } else {
+    const bool full = a.qk_norm == QkNorm::kFull;
+    backend_.qk_norm_rope_store(q, k, v, full ? w.q_norm : Tensor{}, full ? w.k_norm : Tensor{},
+                                config_.norm_eps, b.positions, a.n_heads, a.n_kv_heads, a.head_dim,
+                                a.rope_theta, kc, vc, b.kv_slots);
+  }
   PagedBatch pb{b.token_seq, b.positions, b.block_table, b.block_table_start,
                 config_.cache.block_size};
   AttentionParams p{a.n_heads, a.n_kv_heads, a.head_dim,
@@ -376,18 +386,17 @@ void Model::backbone(const StepBatch& b, ForwardObserver* obs) {
   for (int32_t l = 0; l < config_.n_layers(); ++l) {
     const LayerTensors& w = layers_[static_cast<size_t>(l)];
     if (obs) obs->layer_begin(l);
-    backend_.rms_norm(x, w.norm1, eps, h);
-    if (config_.is_attention(l))
-      attention_layer(l, b, h);
-    else
+    if (config_.is_attention(l)) {
+      attention_layer(l, b, x, w.norm1, h);
+    } else {
+      backend_.rms_norm(x, w.norm1, eps, h);
       ssm_layer(l, b, h);
-    backend_.rms_norm(x, w.norm2, eps, h);
+    }
     if (config_.is_moe(l)) {
-      Tensor out = S.ffn_out.tensor().rows_view(0, T);
-      moe_layer(l, h, out, obs);
-      backend_.add(x, out, x);
+      moe_layer(l, x, w.norm2, h, obs);
       if (obs && !async_routing()) obs->moe_routed(l, logical_counts(l), static_cast<int32_t>(T));
     } else {
+      backend_.rms_norm(x, w.norm2, eps, h);
       swiglu_ffn(backend_, w.w_gu, w.w_down, h, S.gu, S.act, x, 1.0f);
     }
     if (obs) obs->layer_end(l);
@@ -396,8 +405,8 @@ void Model::backbone(const StepBatch& b, ForwardObserver* obs) {
   if (R == 0) return;
   Tensor xl = S.xl.tensor().rows_view(0, R);
   backend_.get_rows(x, b.logit_rows, xl);
-  backend_.rms_norm(xl, weights_->get("norm_f"), eps, xl);
-  backend_.linear(xl, weights_->get("head"), S.logits.tensor().rows_view(0, R));
+  backend_.rms_norm_linear(xl, weights_->get("norm_f"), eps, weights_->get("head"),
+                           S.logits.tensor().rows_view(0, R), S.h.tensor().rows_view(0, R));
 }
 
 // [SECTION] Step graphs
@@ -569,25 +578,31 @@ void Model::attach_expert_parallel(Communicator& comm, int64_t (*clock)()) {
     ep_->scratch = EpScratch(backend_, config_, placement_, config_.scheduler.max_batch_tokens);
 }
 
-void Model::moe_layer(int32_t l, const Tensor& h, const Tensor& out, ForwardObserver* obs) {
+// h = rms_norm(x, norm) (scratch), then x += MoE(h) on whichever path the model runs; the
+// asynchronous path computes h with its router linear (one op, fused where the backend can).
+void Model::moe_layer(int32_t l, const Tensor& x, const Tensor& norm, const Tensor& h,
+                      ForwardObserver* obs) {
   const LayerTensors& w = layers_[static_cast<size_t>(l)];
+  const Tensor& out = x;
   if (async_routing()) {
     const Tensor counts =
         scratch_->route_counts.tensor().rows_view(moe_row_[static_cast<size_t>(l)], 1);
-    moe_ffn_device(
-        backend_, config_.moe, w.moe, scratch_->moe, h, out, counts,
-        padding_ ? std::span<const int32_t>(valid_rows_, 1) : std::span<const int32_t>());
+    const PreNorm pre{x, norm, config_.norm_eps};
+    moe_ffn_device(backend_, config_.moe, w.moe, scratch_->moe, h, out, counts,
+                   padding_ ? std::span<const int32_t>(valid_rows_, 1) : std::span<const int32_t>(),
+                   MoeOut::kAdd, &pre);
     return;
   }
+  if (x.rows > 0) backend_.rms_norm(x, norm, config_.norm_eps, h);
   if (!ep_) {
-    moe_ffn(backend_, config_.moe, w.moe, scratch_->moe, h, out, scratch_->counts);
+    moe_ffn(backend_, config_.moe, w.moe, scratch_->moe, h, out, scratch_->counts, MoeOut::kAdd);
     return;
   }
   EpLayerStats st;
   st.layer = l;
   const int mark_base = 4 * static_cast<int>(ep_stats_.size());
   moe_ffn_ep(backend_, config_.moe, w.moe, scratch_->moe, *ep_, h, out, scratch_->counts, mark_base,
-             st, obs);
+             st, obs, MoeOut::kAdd);
   ep_stats_.push_back(st);
 }
 
@@ -602,11 +617,11 @@ void Model::report_ep(ForwardObserver* obs) {
 
 void Model::forward_idle(ForwardObserver* obs) {
   if (!ep_) throw std::logic_error("forward_idle: the model has no expert parallelism");
-  Tensor h = scratch_->h.tensor().rows_view(0, 0), out = scratch_->ffn_out.tensor().rows_view(0, 0);
+  Tensor x = scratch_->x.tensor().rows_view(0, 0), h = scratch_->h.tensor().rows_view(0, 0);
   for (int32_t l = 0; l < config_.n_layers(); ++l) {
     if (!config_.is_moe(l)) continue;
     if (obs) obs->layer_begin(l);
-    moe_layer(l, h, out, obs);
+    moe_layer(l, x, layers_[static_cast<size_t>(l)].norm2, h, obs);
     if (obs) obs->layer_end(l);
   }
   backend_.synchronize();  // an idle rank has no logits download to wait on

@@ -304,6 +304,46 @@ class Backend {
   void moe_unpermute(const Tensor& yp, const Tensor& perm, const Tensor& assign_weight,
                      int32_t top_k, const Tensor& offsets, const Tensor& y);
 
+  // --- fused ops (decode) -------------------------------------------------------
+  // Each is exactly the composition of the ops it names, and the defaults run
+  // that composition (the CPU backend uses them, so it stays the oracle). A
+  // device backend may run one kernel instead where it can: a decode step is
+  // ~18 launches per layer, most of them latency-bound, so every launch saved
+  // is step time saved (issue 18).
+  //
+  // h = rms_norm(x, norm_weight, eps), then y = h * W^T (linear, beta 0). h:
+  // [x.rows, x.cols], written (later ops may read it), must not alias x or y.
+  void rms_norm_linear(const Tensor& x, const Tensor& norm_weight, float eps, const Tensor& w,
+                       const Tensor& y, const Tensor& h);
+  // The gate|up projection of a SwiGLU block and its activation: gu = x * W^T
+  // (linear; W = [gate; up], [2F, K]), then act = mul_silu(gu[:, F:], gu[:, :F]).
+  // gu: [x.rows, 2F] scratch of the composition; a fused backend may leave it
+  // unwritten, so nothing may read it afterwards. act: [x.rows, F].
+  void gate_up_swiglu(const Tensor& x, const Tensor& w, const Tensor& gu, const Tensor& act);
+  // The same per expert with device offsets (grouped_linear's asynchronous
+  // form): rows of x, gu and act up to the bound x.rows.
+  void grouped_gate_up_swiglu(const Tensor& x, const Tensor& w, const Tensor& offsets,
+                              int64_t max_rows_per_expert, const Tensor& gu, const Tensor& act);
+  // The rows of q and of k normalised over their whole width (rms_norm in
+  // place; an empty weight skips that tensor's norm: OLMoE normalises the full
+  // q / k projections), then rope of q (n_heads) and of k (n_kv_heads), then
+  // kv_store(k, v, k_cache, v_cache, slots): what an attention layer does
+  // between its qkv projection and its paged attention.
+  void qk_norm_rope_store(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& q_norm,
+                          const Tensor& k_norm, float eps, std::span<const int32_t> positions,
+                          int32_t n_heads, int32_t n_kv_heads, int32_t head_dim, float theta,
+                          const Tensor& k_cache, const Tensor& v_cache,
+                          std::span<const int32_t> slots);
+
+  // moe_route_device, then moe_permute (device offsets) of x by the assignments
+  // it made: a decode step's router and permutation are one block each, so one
+  // launch instead of two where the backend fuses them.
+  void moe_route_permute_device(const Tensor& logits, const Tensor& bias, const RouteParams& params,
+                                const Tensor& assign_expert, const Tensor& assign_weight,
+                                const Tensor& counts, const Tensor& offsets,
+                                std::span<const int32_t> valid_rows, const Tensor& x,
+                                const Tensor& xp, const Tensor& perm);
+
   // --- host waits ---------------------------------------------------------------
   // Several device -> host copies (contiguous tensors) with one wait: the end
   // of a step downloads its logits and its routed counts together.
@@ -415,6 +455,26 @@ class Backend {
                                          const Tensor& offsets, const Tensor& y);
   // Default: one download_impl per copy (a device backend waits once per call).
   virtual void download_many_impl(std::span<const HostCopy> copies);
+  // Fused ops: the defaults run their composition (public ops, checked again).
+  virtual void rms_norm_linear_impl(const Tensor& x, const Tensor& norm_weight, float eps,
+                                    const Tensor& w, const Tensor& y, const Tensor& h);
+  virtual void moe_route_permute_device_impl(const Tensor& logits, const Tensor& bias,
+                                             const RouteParams& params, const Tensor& assign_expert,
+                                             const Tensor& assign_weight, const Tensor& counts,
+                                             const Tensor& offsets,
+                                             std::span<const int32_t> valid_rows, const Tensor& x,
+                                             const Tensor& xp, const Tensor& perm);
+  virtual void gate_up_swiglu_impl(const Tensor& x, const Tensor& w, const Tensor& gu,
+                                   const Tensor& act);
+  virtual void grouped_gate_up_swiglu_impl(const Tensor& x, const Tensor& w, const Tensor& offsets,
+                                           int64_t max_rows_per_expert, const Tensor& gu,
+                                           const Tensor& act);
+  virtual void qk_norm_rope_store_impl(const Tensor& q, const Tensor& k, const Tensor& v,
+                                       const Tensor& q_norm, const Tensor& k_norm, float eps,
+                                       std::span<const int32_t> positions, int32_t n_heads,
+                                       int32_t n_kv_heads, int32_t head_dim, float theta,
+                                       const Tensor& k_cache, const Tensor& v_cache,
+                                       std::span<const int32_t> slots);
   virtual void patchify_impl(const Tensor& image, int32_t height, int32_t width, int32_t channels,
                              int32_t patch, const Tensor& out) = 0;
   virtual void mean_pool_rows_impl(const Tensor& x, int32_t group, const Tensor& out) = 0;
@@ -427,6 +487,14 @@ class Backend {
   [[noreturn]] void fail(const char* what) const;
   std::vector<int32_t> read_offsets(const Tensor& offsets);
   void check_weight(const Tensor& x, const Tensor& w, const Tensor& y, const char* op) const;
+  void check_route_device(const Tensor& logits, const Tensor& bias, const RouteParams& params,
+                          const Tensor& assign_expert, const Tensor& assign_weight,
+                          const Tensor& counts, const Tensor& offsets,
+                          std::span<const int32_t> valid_rows) const;
+  void check_permute_device(const Tensor& x, const Tensor& assign_expert, const Tensor& offsets,
+                            const Tensor& xp, const Tensor& perm) const;
+  void check_kv_store(const Tensor& k, const Tensor& v, const Tensor& k_cache,
+                      const Tensor& v_cache, std::span<const int32_t> slots) const;
   void check(bool ok, const char* what) const {
     if (!ok) fail(what);
   }

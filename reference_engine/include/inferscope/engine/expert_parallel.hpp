@@ -111,14 +111,15 @@ struct ExpertParallel {
   int64_t (*clock)() = nullptr;  // host clock for EpLayerStats::timestamp_ns (null: steady clock)
 };
 
-// out = MoE(h) with the routed experts spread over the ranks (see above).
+// out = MoE(h) (kAdd: out += MoE(h)) with the routed experts spread over the ranks (see above).
 // w.experts_gu / experts_down hold only this rank's experts
 // ([per_rank * 2F, D] and [per_rank * D, F]). h may have 0 rows. `mark_base`
 // picks 4 communicator mark slots for this call's timing; stats' durations are
 // filled by ep_read_timing() once the backend has synchronised.
 void moe_ffn_ep(Backend& be, const MoeConfig& moe, const MoeWeights& w, MoeScratch& s,
                 ExpertParallel& ep, const Tensor& h, const Tensor& out, RouteCounts& counts,
-                int mark_base, EpLayerStats& stats, EpPhaseHook* hook = nullptr);
+                int mark_base, EpLayerStats& stats, EpPhaseHook* hook = nullptr,
+                MoeOut mode = MoeOut::kSet);
 void ep_read_timing(ExpertParallel& ep, int mark_base, EpLayerStats& stats);
 
 // The topic (workload.hpp) whose hot experts (topic_hot_expert) sit on `rank`'s

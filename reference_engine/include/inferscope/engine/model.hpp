@@ -146,9 +146,11 @@ class Model {
   struct LayerTensors;
   void build(const std::function<void(Weights&)>& fill, DType gemm_dtype);
   void qk_norm(const LayerTensors& w, const Tensor& q, const Tensor& k);
-  void attention_layer(int32_t l, const StepBatch& b, const Tensor& h);
+  void attention_layer(int32_t l, const StepBatch& b, const Tensor& x, const Tensor& norm,
+                       const Tensor& h);
   void ssm_layer(int32_t l, const StepBatch& b, const Tensor& h);
-  void moe_layer(int32_t l, const Tensor& h, const Tensor& out, ForwardObserver* obs);
+  void moe_layer(int32_t l, const Tensor& x, const Tensor& norm, const Tensor& h,
+                 ForwardObserver* obs);
   void report_ep(ForwardObserver* obs);
   void report_routing(int32_t tokens, ForwardObserver* obs);
   void backbone(const StepBatch& b, ForwardObserver* obs);
