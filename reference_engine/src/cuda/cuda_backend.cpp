@@ -31,6 +31,7 @@
 
 #include "blas.hpp"
 #include "check.hpp"
+#include "env_switch.hpp"
 #include "inferscope/engine/backend.hpp"
 #include "kernels.hpp"
 #include "stream_access.hpp"
@@ -212,8 +213,7 @@ bool env_fp32_math() {
 // INFERSCOPE_CUDA_FUSED=0: the fused ops run their compositions (Backend's defaults, the kernels
 // of before the fusion) instead of one kernel each.
 bool env_fused_ops() {
-  const char* v = std::getenv("INFERSCOPE_CUDA_FUSED");
-  return !(v && v[0] == '0');
+  return cuda::env_switch_on("INFERSCOPE_CUDA_FUSED");
 }
 bool env_expert_streams() {
   const char* v = std::getenv("INFERSCOPE_CUDA_EXPERT_STREAMS");

@@ -30,11 +30,11 @@
 // Small blocks (4 warps) so that 2048 columns already spread over 128+ SMs.
 #include <algorithm>
 #include <atomic>
-#include <cstdlib>
 #include <stdexcept>
 #include <type_traits>
 
 #include "check.hpp"
+#include "env_switch.hpp"
 #include "kernels.hpp"
 #include "pdl.cuh"
 
@@ -560,13 +560,12 @@ std::atomic<int> g_pdl{-1};  // -1: not decided yet
 bool pdl_on() {
   int v = g_pdl.load(std::memory_order_relaxed);
   if (v < 0) {
-    const char* env = std::getenv("INFERSCOPE_CUDA_PDL");
     int dev = 0, major = 0;
     const bool hopper =
         cudaGetDevice(&dev) == cudaSuccess &&
         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
         major >= 9;
-    v = hopper && !(env && env[0] == '0') ? 1 : 0;
+    v = hopper && env_switch_on("INFERSCOPE_CUDA_PDL") ? 1 : 0;
     g_pdl.store(v, std::memory_order_relaxed);
   }
   return v == 1;
@@ -579,10 +578,7 @@ namespace {
 // INFERSCOPE_CUDA_FEW_ROWS=0: 1-2 rows go through the shared-memory kernel's 4-row passes
 // instead of few_rows_k (a fallback should few_rows_k misbehave on some device).
 bool few_rows_on() {
-  static const bool on = [] {
-    const char* env = std::getenv("INFERSCOPE_CUDA_FEW_ROWS");
-    return !(env && env[0] == '0');
-  }();
+  static const bool on = env_switch_on("INFERSCOPE_CUDA_FEW_ROWS");
   return on;
 }
 
