@@ -487,15 +487,14 @@ std::map<uint32_t, int64_t> Agent::gpu_time_by_range() const {
 
 // [SECTION] ScopedRange (the slow path; the fast one is inline in agent.hpp)
 
-void ScopedRange::open_slow() {
-  Agent::Impl* i = agent_->impl_.get();  // the gate is off without one
-  state_ = kSlow;
-  depth_ = hot::tl_thread.depth++;
+ScopedRange::SlowOpen ScopedRange::open_slow(Agent& agent, uint32_t name_id, uint64_t request_id) {
+  Agent::Impl* i = agent.impl_.get();  // the gate is off without one
+  SlowOpen o{0, hot::tl_thread.depth++, 0};
   bool sampled = false;
   if (i->enabled) {
     // Sampling decides per outermost range; nested ranges follow their root,
     // so a kept tree is always complete.
-    if (depth_ == 0) {
+    if (o.depth == 0) {
       const double rate = i->config.span_sample_rate;
       detail::tl_tree_sampled =
           rate >= 1.0 ||
@@ -504,32 +503,36 @@ void ScopedRange::open_slow() {
     sampled = detail::tl_tree_sampled;
   }
   if (i->nvtx) {
-    detail::nvtx_push(detail::nvtx_string(name_id_));
-    flags_ |= kNvtxPushed;
+    detail::nvtx_push(detail::nvtx_string(name_id));
+    o.flags |= kNvtxPushed;
   }
   if (detail::CuptiTracer* t = i->tracer.load(std::memory_order_relaxed)) {
-    flags_ |= kRangePushed;
-    if (t->push_range(name_id_, request_id_)) flags_ |= kCuptiPushed;
+    o.flags |= kRangePushed;
+    if (t->push_range(name_id, request_id)) o.flags |= kCuptiPushed;
   }
   if (sampled) {  // no clock read for a range nobody records
-    flags_ |= kSampled;
-    ring_ = i->ring();  // registers this thread on its first record
-    start_ = hot::read_clock(agent_->gate_.tsc);
+    o.flags |= kSampled;
+    i->ring();  // registers this thread on its first record, before the clock read
+    o.start = hot::read_clock(agent.gate_.tsc);
   }
+  return o;
 }
 
-void ScopedRange::close_slow() {
-  Agent::Impl* i = agent_->impl_.get();
-  const uint64_t end = (flags_ & kSampled) ? hot::read_clock(agent_->gate_.tsc) : 0;
-  if (flags_ & kRangePushed)
-    i->tracer.load(std::memory_order_relaxed)->pop_range(flags_ & kCuptiPushed);
-  if (flags_ & kNvtxPushed) detail::nvtx_pop();
+void ScopedRange::close_slow(Agent& agent, uint64_t start, uint32_t name_id, uint64_t request_id,
+                             uint16_t depth, uint8_t flags) {
+  Agent::Impl* i = agent.impl_.get();
+  const uint64_t end = (flags & kSampled) ? hot::read_clock(agent.gate_.tsc) : 0;
+  if (flags & kRangePushed)
+    i->tracer.load(std::memory_order_relaxed)->pop_range(flags & kCuptiPushed);
+  if (flags & kNvtxPushed) detail::nvtx_pop();
   --hot::tl_thread.depth;
-  if (!(flags_ & kSampled)) return;
-  if (ring_)
-    ring_->put_range(start_, end, name_id_, request_id_, depth_);
+  if (!(flags & kSampled)) return;
+  // The same ring open_slow() registered (a thread's ring outlives its ranges); null when the
+  // thread has no slot (max_threads).
+  if (ThreadRing* ring = i->ring())
+    ring->put_range(start, end, name_id, request_id, depth);
   else
-    overflow(*i, wire::RecordKind::kSpan);  // this thread has no ring (max_threads)
+    overflow(*i, wire::RecordKind::kSpan);
 }
 
 }  // namespace inferscope::agent

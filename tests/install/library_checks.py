@@ -19,8 +19,10 @@ REQUIRED = ["inferscope_agent_create", "inferscope_range_begin", "inferscope_exp
             "inferscope::agent::Agent::Agent(inferscope::agent::Config)",
             # ScopedRange is inline (hot_path.hpp); its slow path and the
             # thread cache the inline code reads must be exported.
-            "inferscope::agent::ScopedRange::open_slow()",
-            "inferscope::agent::ScopedRange::close_slow()",
+            "inferscope::agent::ScopedRange::open_slow(inferscope::agent::Agent&, unsigned int, "
+            "unsigned long)",
+            "inferscope::agent::ScopedRange::close_slow(inferscope::agent::Agent&, unsigned long, "
+            "unsigned int, unsigned long, unsigned short, unsigned char)",
             "inferscope::agent::hot::tl_thread"]
 FORBIDDEN_NEEDED = ("libcupti", "libcudart", "libcuda.", "libnvToolsExt")
 

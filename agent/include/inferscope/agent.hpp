@@ -300,17 +300,21 @@ class INFERSCOPE_API Agent {
 // The common case (shipping, every range kept, no NVTX, no CUPTI, this
 // thread's ring known) is inline: a clock read and a depth bump on open; a
 // clock read and a 32-byte store into the thread's ring on close. With the
-// agent off (collector "", no NVTX, no CUPTI) it is one load and a compare.
+// agent off (collector "", no NVTX, no CUPTI) it is one load and a branch.
 // Everything else goes through open_slow()/close_slow() in the library.
 class INFERSCOPE_API ScopedRange {
  public:
-  // Only state_ is written when the agent is off: the other members are set
-  // on the paths that read them, so the off path is a load, a compare and
-  // one store. The fast path keeps what its close needs in state_'s bits (the
-  // clock, whether there is a request id), so the close reads no agent.
+  // No ScopedRange's address is ever taken (the slow paths are static, see
+  // SlowOpen), so its members live in registers and the compiler sees, where
+  // the agent is off, that the destructor has nothing to do: the off path is
+  // the gate's load and a branch. The fast path keeps what its close needs in
+  // state_'s bits (the clock, whether there is a request id), so the close
+  // reads no agent.
   INFERSCOPE_FORCE_INLINE ScopedRange(Agent& agent, uint32_t name_id, uint64_t request_id = 0) {
     const uint8_t mode = agent.gate_.mode.load(std::memory_order_relaxed);
     state_ = kNone;
+    agent_ = &agent;  // registers only (see SlowOpen), set here so no path reads it unset
+    flags_ = 0;
     if (mode == hot::kGateOff) return;
     name_id_ = name_id;
     hot::ThreadCache& t = hot::tl_thread;
@@ -323,12 +327,12 @@ class INFERSCOPE_API ScopedRange {
       start_ = hot::read_clock(tsc);
       return;
     }
-    agent_ = &agent;
     request_id_ = request_id;
-    ring_ = nullptr;
-    start_ = 0;
-    flags_ = 0;
-    open_slow();
+    const SlowOpen o = open_slow(agent, name_id, request_id);
+    start_ = o.start;
+    depth_ = o.depth;
+    flags_ = o.flags;
+    state_ = kSlow;
   }
   INFERSCOPE_FORCE_INLINE ~ScopedRange() {
     if (state_ & kFast) [[likely]] {
@@ -336,24 +340,34 @@ class INFERSCOPE_API ScopedRange {
       --hot::tl_thread.depth;
       ring_->put_range(start_, end, name_id_, (state_ & kFastRequest) ? request_id_ : 0, depth_);
     } else if (state_ != kNone) {
-      close_slow();
+      close_slow(*agent_, start_, name_id_, request_id_, depth_, flags_);
     }
   }
   ScopedRange(const ScopedRange&) = delete;
   ScopedRange& operator=(const ScopedRange&) = delete;
 
  private:
-  void open_slow();
-  void close_slow();
+  // The slow paths are static and take and return the range's fields by value, so no
+  // ScopedRange's address is ever taken: the compiler keeps its members in registers, and
+  // where the agent is off it sees that the destructor has nothing to do (the off path is
+  // then a load and a branch). What open_slow() returns fits in two registers.
+  struct SlowOpen {
+    uint64_t start;  // clock ticks; 0 when the range is not recorded
+    uint16_t depth;
+    uint8_t flags;  // what it pushed (kNvtxPushed, ...), so close_slow() pops the same
+  };
+  static SlowOpen open_slow(Agent& agent, uint32_t name_id, uint64_t request_id);
+  static void close_slow(Agent& agent, uint64_t start, uint32_t name_id, uint64_t request_id,
+                         uint16_t depth, uint8_t flags);
 
   Agent* agent_;           // kSlow only
-  hot::ThreadRing* ring_;  // kFast, or the slow path's ring when sampled (null: no slot)
+  hot::ThreadRing* ring_;  // kFast only
   uint64_t start_;         // clock ticks (hot::read_clock)
   uint64_t request_id_;
   uint32_t name_id_;
   uint16_t depth_;
   uint8_t state_;
-  uint8_t flags_;  // kSlow: what open_slow() pushed, so close_slow() pops the same
+  uint8_t flags_;  // kSlow: SlowOpen::flags
   // state_: kNone, kSlow, or kFast with its two bits (the TSC clock, a request id).
   static constexpr uint8_t kNone = 0, kFast = 1, kSlow = 2, kFastTsc = 4, kFastRequest = 8;
   static constexpr uint8_t kNvtxPushed = 1;

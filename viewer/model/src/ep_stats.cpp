@@ -88,9 +88,9 @@ EpReport ep_report(const TraceModel& m, int64_t t0, int64_t t1, double hot_thres
     if (p.compute.size() < world) continue;  // not every rank in the window
     ++r.joined;
     // Every rank 0..world-1 reported (ranks seen are < world): index = rank.
-    std::vector<int64_t> compute;
-    for (const auto& [k, ns] : p.compute) compute.push_back(ns);
-    const analysis::RankIdle idle = analysis::rank_idle(compute);
+    std::vector<int64_t> compute_ns;
+    for (const auto& [k, ns] : p.compute) compute_ns.push_back(ns);
+    const analysis::RankIdle idle = analysis::rank_idle(compute_ns);
     for (uint32_t k = 0; k < idle.idle_ns.size(); ++k)
       rows[k].idle_ms += static_cast<double>(idle.idle_ns[k]) * 1e-6;
     ++rows[idle.slowest].straggler;
