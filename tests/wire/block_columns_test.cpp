@@ -3,6 +3,8 @@
 // agent and bytes that are not frames; a block whose column form is
 // inconsistent (under a good CRC) is refused with a clear error; format 3
 // blocks read as before.
+#include "block_columns.hpp"
+
 #include <gtest/gtest.h>
 #include <zlib.h>
 #include <zstd.h>
@@ -544,6 +546,41 @@ TEST(BlockColumns, RecordsWithTheMarkersTagKeepEveryLength) {
   EXPECT_TRUE(h.flags & kBlockFlagColumns);
   EXPECT_FALSE(h.flags & kBlockFlagImpliedSpanLengths);
   EXPECT_EQ(raw, block.bytes);
+}
+
+// The split's two code paths (BMI1/2 where the CPU has them, baseline x86-64)
+// give the same column form, byte for byte, on every kind of block.
+TEST(BlockColumns, BaselineAndBmiSplitsAgree) {
+  std::vector<RawBlock> blocks;
+  for (uint32_t seed = 1; seed <= 6; ++seed) blocks.push_back(random_block(seed));
+  std::vector<RawRecord> records;
+  for (int i = 0; i < 300; ++i) {
+    records.push_back({static_cast<uint8_t>(RecordKind::kSpan), {}, span_body(i, i % 3)});
+    if (i % 5 == 0) records.back().body.push_back(9);  // a byte after the fields
+    if (i % 7 == 0) records.back().body[4] |= 0x80;    // split field by field
+  }
+  blocks.emplace_back();
+  const auto frame = frame_of(records);
+  blocks.back().add(frame, {});
+  for (const auto& block : blocks) {
+    for (const bool want : {false, true}) {
+      std::vector<uint8_t> fast, baseline;
+      bool deltas = want, lengths = want, deltas_b = want, lengths_b = want;
+      const bool ok = split_block_columns(block.bytes, fast, &deltas, &lengths);
+      detail::use_baseline_split(true);
+      const bool ok_b = split_block_columns(block.bytes, baseline, &deltas_b, &lengths_b);
+      detail::use_baseline_split(false);
+      ASSERT_EQ(ok, ok_b);
+      EXPECT_EQ(deltas, deltas_b);
+      EXPECT_EQ(lengths, lengths_b);
+      EXPECT_EQ(fast, baseline);
+      std::vector<uint8_t> back;
+      std::string err;
+      ASSERT_TRUE(join_block_columns(baseline, back, err, deltas, block.bytes.size(), lengths))
+          << err;
+      EXPECT_EQ(back, block.bytes);
+    }
+  }
 }
 
 TEST(BlockColumns, ColumnFlagWithoutZstdIsRefused) {
