@@ -71,6 +71,17 @@ std::vector<uint8_t> seal_and_unpack(const RawBlock& block, BlockHeader& h, std:
   return unpack(sealed, h, err);
 }
 
+// Sealed, the block is column-split without `flag` and reads back byte for byte.
+void expect_split_without(const RawBlock& block, uint16_t flag) {
+  BlockHeader h;
+  std::string err;
+  const auto raw = seal_and_unpack(block, h, err);
+  ASSERT_TRUE(err.empty()) << err;
+  EXPECT_TRUE(h.flags & kBlockFlagColumns);
+  EXPECT_FALSE(h.flags & flag);
+  EXPECT_EQ(raw, block.bytes);
+}
+
 TEST(BlockColumns, RoundTripIsByteExact) {
   BlockCompressor columns(1, true), plain(1, false);
   std::vector<uint8_t> a, b;
@@ -286,19 +297,28 @@ TEST(BlockColumns, RepetitiveBlocksGoUnsplitForAWhile) {
   }
 }
 
-// A frame of spans whose correlation ids are given as their varint bytes (any
-// form, shortest or not); every other field one byte. Valid frames: they decode.
-std::vector<uint8_t> frame_with_correlations(const std::vector<std::vector<uint8_t>>& ids) {
+std::vector<uint8_t> shortest_varint(uint64_t v) {
+  std::vector<uint8_t> out;
+  for (; v >= 0x80; v >>= 7) out.push_back(static_cast<uint8_t>(v) | 0x80);
+  out.push_back(static_cast<uint8_t>(v));
+  return out;
+}
+
+// A frame of the given records (tag, length bytes as written, body). Not
+// necessarily decodable (unknown tags, bodies that are not their kind's): the
+// column form must keep any well-framed bytes.
+struct RawRecord {
+  uint8_t tag;
+  std::vector<uint8_t> length;  // empty: the shortest form of the body's size
+  std::vector<uint8_t> body;
+};
+std::vector<uint8_t> frame_of(const std::vector<RawRecord>& records) {
   std::vector<uint8_t> frame(kFrameHeaderBytes);
-  for (const auto& id : ids) {
-    // track kind, track, stream, name, category, depth, start delta (+2), duration 3
-    std::vector<uint8_t> body = {0, 1, 0, 2, 0, 0, 4, 6};
-    body.insert(body.end(), id.begin(), id.end());
-    body.push_back(0);  // request
-    body.push_back(0);  // no args
-    frame.push_back(static_cast<uint8_t>(RecordKind::kSpan));
-    frame.push_back(static_cast<uint8_t>(body.size()));
-    frame.insert(frame.end(), body.begin(), body.end());
+  for (const auto& r : records) {
+    frame.push_back(r.tag);
+    const auto length = r.length.empty() ? shortest_varint(r.body.size()) : r.length;
+    frame.insert(frame.end(), length.begin(), length.end());
+    frame.insert(frame.end(), r.body.begin(), r.body.end());
   }
   const auto put32 = [&](size_t at, uint32_t v) {
     for (int i = 0; i < 4; ++i) frame[at + i] = static_cast<uint8_t>(v >> (8 * i));
@@ -307,16 +327,33 @@ std::vector<uint8_t> frame_with_correlations(const std::vector<std::vector<uint8
   frame[4] = static_cast<uint8_t>(kProtocolVersion);
   put32(8, static_cast<uint32_t>(frame.size() - kFrameHeaderBytes));
   put32(12, static_cast<uint32_t>(frame.size() - kFrameHeaderBytes));
-  put32(16, static_cast<uint32_t>(ids.size()));
+  put32(16, static_cast<uint32_t>(records.size()));
   seal_frame_checksum(frame);
   return frame;
 }
 
-std::vector<uint8_t> shortest_varint(uint64_t v) {
-  std::vector<uint8_t> out;
-  for (; v >= 0x80; v >>= 7) out.push_back(static_cast<uint8_t>(v) | 0x80);
-  out.push_back(static_cast<uint8_t>(v));
-  return out;
+// A span body whose correlation id is the given varint bytes (any form,
+// shortest or not); every other field one byte, then `args` pairs.
+std::vector<uint8_t> span_body(const std::vector<uint8_t>& id, uint8_t args = 0) {
+  // track kind, track, stream, name, category, depth, start delta (+2), duration 3
+  std::vector<uint8_t> body = {0, 1, 0, 2, 0, 0, 4, 6};
+  body.insert(body.end(), id.begin(), id.end());
+  body.push_back(0);  // request
+  body.push_back(args);
+  for (uint8_t a = 0; a < 2 * args; ++a) body.push_back(a);
+  return body;
+}
+std::vector<uint8_t> span_body(uint64_t correlation, uint8_t args) {
+  return span_body(shortest_varint(correlation), args);
+}
+
+// A frame of spans whose correlation ids are given as their varint bytes.
+// Valid frames: they decode.
+std::vector<uint8_t> frame_with_correlations(const std::vector<std::vector<uint8_t>>& ids) {
+  std::vector<RawRecord> records;
+  for (const auto& id : ids)
+    records.push_back({static_cast<uint8_t>(RecordKind::kSpan), {}, span_body(id)});
+  return frame_of(records);
 }
 
 // Format 5: counting-up correlation ids (launch and kernel share one, others
@@ -398,52 +435,7 @@ TEST(BlockColumns, CorrelationIdsThatDoNotCountUpAreNotCoded) {
   ASSERT_TRUE(split_block_columns(block.bytes, split, &deltas));
   EXPECT_FALSE(deltas);
   EXPECT_EQ(split.size(), kBlockColumnTableBytes + block.bytes.size());
-  BlockHeader h;
-  std::string err;
-  const auto raw = seal_and_unpack(block, h, err);
-  ASSERT_TRUE(err.empty()) << err;
-  EXPECT_TRUE(h.flags & kBlockFlagColumns);
-  EXPECT_FALSE(h.flags & kBlockFlagCorrelationDeltas);
-  EXPECT_EQ(raw, block.bytes);
-}
-
-// A frame of the given records (tag, length bytes as written, body). Not
-// necessarily decodable (unknown tags, bodies that are not their kind's): the
-// column form must keep any well-framed bytes.
-struct RawRecord {
-  uint8_t tag;
-  std::vector<uint8_t> length;  // empty: the shortest form of the body's size
-  std::vector<uint8_t> body;
-};
-std::vector<uint8_t> frame_of(const std::vector<RawRecord>& records) {
-  std::vector<uint8_t> frame(kFrameHeaderBytes);
-  for (const auto& r : records) {
-    frame.push_back(r.tag);
-    const auto length = r.length.empty() ? shortest_varint(r.body.size()) : r.length;
-    frame.insert(frame.end(), length.begin(), length.end());
-    frame.insert(frame.end(), r.body.begin(), r.body.end());
-  }
-  const auto put32 = [&](size_t at, uint32_t v) {
-    for (int i = 0; i < 4; ++i) frame[at + i] = static_cast<uint8_t>(v >> (8 * i));
-  };
-  put32(0, kFrameMagic);
-  frame[4] = static_cast<uint8_t>(kProtocolVersion);
-  put32(8, static_cast<uint32_t>(frame.size() - kFrameHeaderBytes));
-  put32(12, static_cast<uint32_t>(frame.size() - kFrameHeaderBytes));
-  put32(16, static_cast<uint32_t>(records.size()));
-  seal_frame_checksum(frame);
-  return frame;
-}
-
-// A span body: every field one byte but the correlation id, counting up.
-std::vector<uint8_t> span_body(uint64_t correlation, uint8_t args) {
-  std::vector<uint8_t> body = {0, 1, 0, 2, 0, 0, 4, 6};
-  const auto id = shortest_varint(correlation);
-  body.insert(body.end(), id.begin(), id.end());
-  body.push_back(0);  // request
-  body.push_back(args);
-  for (uint8_t a = 0; a < 2 * args; ++a) body.push_back(a);
-  return body;
+  expect_split_without(block, kBlockFlagCorrelationDeltas);
 }
 
 // Format 6: spans that are their fields alone keep only a marker in the tag
@@ -539,13 +531,7 @@ TEST(BlockColumns, RecordsWithTheMarkersTagKeepEveryLength) {
   ASSERT_TRUE(split_block_columns(block.bytes, split, &deltas, &lengths));
   EXPECT_FALSE(lengths);
   EXPECT_TRUE(deltas);
-  BlockHeader h;
-  std::string err;
-  const auto raw = seal_and_unpack(block, h, err);
-  ASSERT_TRUE(err.empty()) << err;
-  EXPECT_TRUE(h.flags & kBlockFlagColumns);
-  EXPECT_FALSE(h.flags & kBlockFlagImpliedSpanLengths);
-  EXPECT_EQ(raw, block.bytes);
+  expect_split_without(block, kBlockFlagImpliedSpanLengths);
 }
 
 // The split's two code paths (BMI1/2 where the CPU has them, baseline x86-64)
