@@ -534,6 +534,30 @@ TEST(BlockColumns, RecordsWithTheMarkersTagKeepEveryLength) {
   expect_split_without(block, kBlockFlagImpliedSpanLengths);
 }
 
+// A span cut short inside its correlation id, with a byte 0x01 where the bytes
+// after it would end that id at offset 64: the fast split refuses the span
+// (its fields run past the body) without decoding a varint over 10 bytes (UB
+// that UBSan stops on), and the block, not whole spans, is stored unsplit.
+TEST(BlockColumns, CorrelationIdRunningPastTheBodyIsRefused) {
+  const uint8_t span = static_cast<uint8_t>(RecordKind::kSpan);
+  // Eight one-byte fields, then an id that continues to the end of the body.
+  const std::vector<uint8_t> cut = {0, 1, 0, 2, 0, 0, 4, 6, 0x85, 0x85};
+  RawBlock block;
+  const auto frame = frame_of({{span, {}, cut},
+                               {0x70, {}, std::vector<uint8_t>(60, 0x01)},
+                               {0x70, {}, std::vector<uint8_t>(60, 0x01)}});
+  block.add(frame, {});
+  for (const bool deltas_wanted : {false, true}) {
+    std::vector<uint8_t> split;
+    bool deltas = deltas_wanted, lengths = true;
+    EXPECT_FALSE(split_block_columns(block.bytes, split, &deltas, &lengths));
+  }
+  BlockHeader h;
+  std::string err;
+  EXPECT_EQ(seal_and_unpack(block, h, err), block.bytes) << err;
+  EXPECT_FALSE(h.flags & kBlockFlagColumns);
+}
+
 // The split's two code paths (BMI1/2 where the CPU has them, baseline x86-64)
 // give the same column form, byte for byte, on every kind of block.
 TEST(BlockColumns, BaselineAndBmiSplitsAgree) {

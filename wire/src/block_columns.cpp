@@ -245,7 +245,10 @@ template <bool kDeltas>
     const size_t n = last + 1 - from;
     uint8_t* dst = at[kFieldColumn[k]];
     if (kDeltas && kFieldColumn[k] == kCorrelation) {
-      code_correlation(dst, p + from, n, prev_correlation);
+      // A field over 10 bytes can only run past the body (the run check allows
+      // none inside it), and the span is refused below; the coder is never
+      // handed more than a varint's 10 bytes (its value would shift past 64).
+      code_correlation(dst, p + from, std::min(n, kMaxVarintBytes), prev_correlation);
     } else {
       std::memcpy(dst, p + from, 16);  // the streams' slack takes the rest
       dst += n;
