@@ -376,7 +376,7 @@ TEST(LodSummaryFormat, FileHeaderSaysTheFormatItsBlocksNeed) {
   const std::vector<std::vector<uint8_t>> some(frames.begin(), frames.begin() + 10);
   std::vector<std::vector<uint8_t>> first_read;
   for (auto [summaries, columns, format] :
-       {std::tuple{true, true, 5}, {true, false, 3}, {false, true, 2}, {false, false, 2}}) {
+       {std::tuple{true, true, 6}, {true, false, 3}, {false, true, 2}, {false, false, 2}}) {
     Stored s =
         store_of("fmt" + std::to_string(format) + (columns ? "c" : ""), some, summaries, columns);
     s.store->close();

@@ -2,9 +2,10 @@
 // (compressed blocks with a time index: block headers, payload CRCs, zstd). The
 // recovering reader must skip damage and hand out only checksum-valid frames.
 // The corpus holds v1 files, v2 files (v2_blocks.bin, v2_torn_block.bin), a
-// format 3 file whose blocks are each followed by a level-3 summary (v3_summaries.bin)
-// and a format 5 file of column-split blocks with delta-coded correlation ids
-// (v5_correlation_deltas.bin).
+// format 3 file whose blocks are each followed by a level-3 summary (v3_summaries.bin),
+// a format 5 file of column-split blocks with delta-coded correlation ids
+// (v5_correlation_deltas.bin) and a format 6 file with a block of implied span
+// lengths and one holding a record of the marker's tag (v6_implied_span_lengths.bin).
 #include <cstddef>
 #include <cstdint>
 #include <vector>

@@ -1,8 +1,10 @@
-// Column-split trace blocks (file formats 4 and 5): the stored frames come back byte
+// Column-split trace blocks (file formats 4 to 6): the stored frames come back byte
 // for byte, for every record kind, spans with args, frames compressed by the
 // agent and bytes that are not frames; a block whose column form is
 // inconsistent (under a good CRC) is refused with a clear error; format 3
 // blocks read as before.
+#include "block_columns.hpp"
+
 #include <gtest/gtest.h>
 #include <zlib.h>
 #include <zstd.h>
@@ -67,6 +69,17 @@ std::vector<uint8_t> seal_and_unpack(const RawBlock& block, BlockHeader& h, std:
   std::vector<uint8_t> sealed;
   columns.seal(block, sealed);
   return unpack(sealed, h, err);
+}
+
+// Sealed, the block is column-split without `flag` and reads back byte for byte.
+void expect_split_without(const RawBlock& block, uint16_t flag) {
+  BlockHeader h;
+  std::string err;
+  const auto raw = seal_and_unpack(block, h, err);
+  ASSERT_TRUE(err.empty()) << err;
+  EXPECT_TRUE(h.flags & kBlockFlagColumns);
+  EXPECT_FALSE(h.flags & flag);
+  EXPECT_EQ(raw, block.bytes);
 }
 
 TEST(BlockColumns, RoundTripIsByteExact) {
@@ -284,19 +297,28 @@ TEST(BlockColumns, RepetitiveBlocksGoUnsplitForAWhile) {
   }
 }
 
-// A frame of spans whose correlation ids are given as their varint bytes (any
-// form, shortest or not); every other field one byte. Valid frames: they decode.
-std::vector<uint8_t> frame_with_correlations(const std::vector<std::vector<uint8_t>>& ids) {
+std::vector<uint8_t> shortest_varint(uint64_t v) {
+  std::vector<uint8_t> out;
+  for (; v >= 0x80; v >>= 7) out.push_back(static_cast<uint8_t>(v) | 0x80);
+  out.push_back(static_cast<uint8_t>(v));
+  return out;
+}
+
+// A frame of the given records (tag, length bytes as written, body). Not
+// necessarily decodable (unknown tags, bodies that are not their kind's): the
+// column form must keep any well-framed bytes.
+struct RawRecord {
+  uint8_t tag;
+  std::vector<uint8_t> length;  // empty: the shortest form of the body's size
+  std::vector<uint8_t> body;
+};
+std::vector<uint8_t> frame_of(const std::vector<RawRecord>& records) {
   std::vector<uint8_t> frame(kFrameHeaderBytes);
-  for (const auto& id : ids) {
-    // track kind, track, stream, name, category, depth, start delta (+2), duration 3
-    std::vector<uint8_t> body = {0, 1, 0, 2, 0, 0, 4, 6};
-    body.insert(body.end(), id.begin(), id.end());
-    body.push_back(0);  // request
-    body.push_back(0);  // no args
-    frame.push_back(static_cast<uint8_t>(RecordKind::kSpan));
-    frame.push_back(static_cast<uint8_t>(body.size()));
-    frame.insert(frame.end(), body.begin(), body.end());
+  for (const auto& r : records) {
+    frame.push_back(r.tag);
+    const auto length = r.length.empty() ? shortest_varint(r.body.size()) : r.length;
+    frame.insert(frame.end(), length.begin(), length.end());
+    frame.insert(frame.end(), r.body.begin(), r.body.end());
   }
   const auto put32 = [&](size_t at, uint32_t v) {
     for (int i = 0; i < 4; ++i) frame[at + i] = static_cast<uint8_t>(v >> (8 * i));
@@ -305,16 +327,33 @@ std::vector<uint8_t> frame_with_correlations(const std::vector<std::vector<uint8
   frame[4] = static_cast<uint8_t>(kProtocolVersion);
   put32(8, static_cast<uint32_t>(frame.size() - kFrameHeaderBytes));
   put32(12, static_cast<uint32_t>(frame.size() - kFrameHeaderBytes));
-  put32(16, static_cast<uint32_t>(ids.size()));
+  put32(16, static_cast<uint32_t>(records.size()));
   seal_frame_checksum(frame);
   return frame;
 }
 
-std::vector<uint8_t> shortest_varint(uint64_t v) {
-  std::vector<uint8_t> out;
-  for (; v >= 0x80; v >>= 7) out.push_back(static_cast<uint8_t>(v) | 0x80);
-  out.push_back(static_cast<uint8_t>(v));
-  return out;
+// A span body whose correlation id is the given varint bytes (any form,
+// shortest or not); every other field one byte, then `args` pairs.
+std::vector<uint8_t> span_body(const std::vector<uint8_t>& id, uint8_t args = 0) {
+  // track kind, track, stream, name, category, depth, start delta (+2), duration 3
+  std::vector<uint8_t> body = {0, 1, 0, 2, 0, 0, 4, 6};
+  body.insert(body.end(), id.begin(), id.end());
+  body.push_back(0);  // request
+  body.push_back(args);
+  for (uint8_t a = 0; a < 2 * args; ++a) body.push_back(a);
+  return body;
+}
+std::vector<uint8_t> span_body(uint64_t correlation, uint8_t args) {
+  return span_body(shortest_varint(correlation), args);
+}
+
+// A frame of spans whose correlation ids are given as their varint bytes.
+// Valid frames: they decode.
+std::vector<uint8_t> frame_with_correlations(const std::vector<std::vector<uint8_t>>& ids) {
+  std::vector<RawRecord> records;
+  for (const auto& id : ids)
+    records.push_back({static_cast<uint8_t>(RecordKind::kSpan), {}, span_body(id)});
+  return frame_of(records);
 }
 
 // Format 5: counting-up correlation ids (launch and kernel share one, others
@@ -396,13 +435,162 @@ TEST(BlockColumns, CorrelationIdsThatDoNotCountUpAreNotCoded) {
   ASSERT_TRUE(split_block_columns(block.bytes, split, &deltas));
   EXPECT_FALSE(deltas);
   EXPECT_EQ(split.size(), kBlockColumnTableBytes + block.bytes.size());
-  BlockHeader h;
+  expect_split_without(block, kBlockFlagCorrelationDeltas);
+}
+
+// Format 6: spans that are their fields alone keep only a marker in the tag
+// stream, and the join writes their lengths back; spans with bytes after their
+// fields, with a length not in one byte or not in its shortest form, and spans
+// the fast split refuses keep theirs. Byte for byte, with and without deltas.
+TEST(BlockColumns, ImpliedSpanLengthsRoundTripEveryForm) {
+  std::mt19937_64 rng(13);
+  RawBlock block = random_block(31);  // every kind, compressed frames, spans >= 128 bytes
+  const uint8_t span = static_cast<uint8_t>(RecordKind::kSpan);
+  uint64_t id = 77;
+  for (int f = 0; f < 4; ++f) {
+    std::vector<RawRecord> records;
+    for (int i = 0; i < 300; ++i) {
+      RawRecord r{span, {}, span_body(id += rng() % 2, static_cast<uint8_t>(rng() % 3))};
+      switch (rng() % 10) {
+        case 0:  // bytes after the fields (a newer revision's)
+          for (int k = static_cast<int>(rng() % 3); k >= 0; --k)
+            r.body.push_back(static_cast<uint8_t>(rng()));
+          break;
+        case 1:  // a length not in its shortest form
+          r.length = {static_cast<uint8_t>(0x80 | r.body.size()), 0x00};
+          break;
+        case 2:  // a category byte that continues: split field by field
+          r.body[4] |= 0x80;
+          break;
+        case 3:  // a record of a kind this code does not know
+          r.tag = 0x70;
+          break;
+        default:
+          break;
+      }
+      records.push_back(std::move(r));
+    }
+    const auto frame = frame_of(records);
+    block.add(frame, {});
+  }
+  std::vector<uint8_t> implied, kept;
+  bool deltas = true, lengths = true;
+  ASSERT_TRUE(split_block_columns(block.bytes, implied, &deltas, &lengths));
+  ASSERT_TRUE(lengths);
+  ASSERT_TRUE(split_block_columns(block.bytes, kept, &deltas));
+  // Most spans' lengths are gone from the form.
+  EXPECT_LT(implied.size() + 1000, kept.size());
+  std::vector<uint8_t> back;
   std::string err;
+  ASSERT_TRUE(join_block_columns(implied, back, err, deltas, block.bytes.size(), true)) << err;
+  EXPECT_EQ(back, block.bytes);
+  // Told the wrong frame size, or that the lengths are all there, the join refuses.
+  EXPECT_FALSE(join_block_columns(implied, back, err, deltas, block.bytes.size() + 1, true));
+  EXPECT_FALSE(join_block_columns(implied, back, err, deltas, block.bytes.size() - 1, true));
+  EXPECT_FALSE(join_block_columns(implied, back, err, deltas, block.bytes.size(), false));
+  // Without deltas too.
+  bool no_deltas = false;
+  lengths = true;
+  ASSERT_TRUE(split_block_columns(block.bytes, implied, &no_deltas, &lengths));
+  ASSERT_TRUE(lengths);
+  ASSERT_TRUE(join_block_columns(implied, back, err, false, block.bytes.size(), true)) << err;
+  EXPECT_EQ(back, block.bytes);
+  // Sealed: flag bit 8, read back through unpack_block.
+  BlockHeader h;
+  err.clear();
   const auto raw = seal_and_unpack(block, h, err);
   ASSERT_TRUE(err.empty()) << err;
-  EXPECT_TRUE(h.flags & kBlockFlagColumns);
-  EXPECT_FALSE(h.flags & kBlockFlagCorrelationDeltas);
+  EXPECT_TRUE(h.flags & kBlockFlagImpliedSpanLengths);
   EXPECT_EQ(raw, block.bytes);
+
+  // Damage in the streams never reads or writes out of bounds and never passes
+  // as the original frames.
+  ASSERT_TRUE(split_block_columns(block.bytes, implied, &deltas, &lengths));
+  for (int i = 0; i < 500; ++i) {
+    auto broken = implied;
+    broken[kBlockColumnTableBytes + rng() % (broken.size() - kBlockColumnTableBytes)] ^=
+        static_cast<uint8_t>(1 + rng() % 255);
+    if (join_block_columns(broken, back, err, deltas, block.bytes.size(), true)) {
+      EXPECT_NE(back, block.bytes);
+    }
+  }
+}
+
+// A record whose tag is the marker's (a newer protocol's kind): the block is
+// split with its lengths, as format 5 has it, still exact.
+TEST(BlockColumns, RecordsWithTheMarkersTagKeepEveryLength) {
+  RawBlock block;
+  std::vector<RawRecord> records;
+  for (int i = 0; i < 200; ++i)
+    records.push_back({static_cast<uint8_t>(RecordKind::kSpan), {}, span_body(i, 0)});
+  records.push_back({0x82, {}, {1, 2, 3}});
+  const auto frame = frame_of(records);
+  block.add(frame, {});
+  std::vector<uint8_t> split;
+  bool deltas = true, lengths = true;
+  ASSERT_TRUE(split_block_columns(block.bytes, split, &deltas, &lengths));
+  EXPECT_FALSE(lengths);
+  EXPECT_TRUE(deltas);
+  expect_split_without(block, kBlockFlagImpliedSpanLengths);
+}
+
+// A span cut short inside its correlation id, with a byte 0x01 where the bytes
+// after it would end that id at offset 64: the fast split refuses the span
+// (its fields run past the body) without decoding a varint over 10 bytes (UB
+// that UBSan stops on), and the block, not whole spans, is stored unsplit.
+TEST(BlockColumns, CorrelationIdRunningPastTheBodyIsRefused) {
+  const uint8_t span = static_cast<uint8_t>(RecordKind::kSpan);
+  // Eight one-byte fields, then an id that continues to the end of the body.
+  const std::vector<uint8_t> cut = {0, 1, 0, 2, 0, 0, 4, 6, 0x85, 0x85};
+  RawBlock block;
+  const auto frame = frame_of({{span, {}, cut},
+                               {0x70, {}, std::vector<uint8_t>(60, 0x01)},
+                               {0x70, {}, std::vector<uint8_t>(60, 0x01)}});
+  block.add(frame, {});
+  for (const bool deltas_wanted : {false, true}) {
+    std::vector<uint8_t> split;
+    bool deltas = deltas_wanted, lengths = true;
+    EXPECT_FALSE(split_block_columns(block.bytes, split, &deltas, &lengths));
+  }
+  BlockHeader h;
+  std::string err;
+  EXPECT_EQ(seal_and_unpack(block, h, err), block.bytes) << err;
+  EXPECT_FALSE(h.flags & kBlockFlagColumns);
+}
+
+// The split's two code paths (BMI1/2 where the CPU has them, baseline x86-64)
+// give the same column form, byte for byte, on every kind of block.
+TEST(BlockColumns, BaselineAndBmiSplitsAgree) {
+  std::vector<RawBlock> blocks;
+  for (uint32_t seed = 1; seed <= 6; ++seed) blocks.push_back(random_block(seed));
+  std::vector<RawRecord> records;
+  for (int i = 0; i < 300; ++i) {
+    records.push_back({static_cast<uint8_t>(RecordKind::kSpan), {}, span_body(i, i % 3)});
+    if (i % 5 == 0) records.back().body.push_back(9);  // a byte after the fields
+    if (i % 7 == 0) records.back().body[4] |= 0x80;    // split field by field
+  }
+  blocks.emplace_back();
+  const auto frame = frame_of(records);
+  blocks.back().add(frame, {});
+  for (const auto& block : blocks) {
+    for (const bool want : {false, true}) {
+      std::vector<uint8_t> fast, baseline;
+      bool deltas = want, lengths = want, deltas_b = want, lengths_b = want;
+      const bool ok = split_block_columns(block.bytes, fast, &deltas, &lengths);
+      detail::use_baseline_split(true);
+      const bool ok_b = split_block_columns(block.bytes, baseline, &deltas_b, &lengths_b);
+      detail::use_baseline_split(false);
+      ASSERT_EQ(ok, ok_b);
+      EXPECT_EQ(deltas, deltas_b);
+      EXPECT_EQ(lengths, lengths_b);
+      EXPECT_EQ(fast, baseline);
+      std::vector<uint8_t> back;
+      std::string err;
+      ASSERT_TRUE(join_block_columns(baseline, back, err, deltas, block.bytes.size(), lengths))
+          << err;
+      EXPECT_EQ(back, block.bytes);
+    }
+  }
 }
 
 TEST(BlockColumns, ColumnFlagWithoutZstdIsRefused) {
@@ -418,11 +606,21 @@ TEST(BlockColumns, ColumnFlagWithoutZstdIsRefused) {
   encode_block_header(h, bytes);
   EXPECT_FALSE(decode_block_header({bytes, kBlockHeaderBytes}, h, err));
   EXPECT_NE(err.find("unknown block flags"), std::string::npos) << err;
+  // So do implied span lengths.
+  h.flags = kBlockFlagZstd | kBlockFlagImpliedSpanLengths;
+  encode_block_header(h, bytes);
+  EXPECT_FALSE(decode_block_header({bytes, kBlockHeaderBytes}, h, err));
+  EXPECT_NE(err.find("unknown block flags"), std::string::npos) << err;
+  h.flags = kBlockFlagZstd | kBlockFlagColumns | kBlockFlagImpliedSpanLengths;
+  encode_block_header(h, bytes);
+  EXPECT_TRUE(decode_block_header({bytes, kBlockHeaderBytes}, h, err)) << err;
   EXPECT_TRUE(supported_trace_format(kTraceFileFormatColumns));
   EXPECT_TRUE(supported_trace_format(kTraceFileFormatCorrelationDeltas));
-  EXPECT_FALSE(supported_trace_format(kTraceFileFormatCorrelationDeltas + 1));
+  EXPECT_TRUE(supported_trace_format(kTraceFileFormatImpliedSpanLengths));
+  EXPECT_FALSE(supported_trace_format(kTraceFileFormatImpliedSpanLengths + 1));
   EXPECT_TRUE(trace_format_has_summaries(kTraceFileFormatColumns));
   EXPECT_TRUE(trace_format_has_summaries(kTraceFileFormatCorrelationDeltas));
+  EXPECT_TRUE(trace_format_has_summaries(kTraceFileFormatImpliedSpanLengths));
   EXPECT_FALSE(trace_format_has_summaries(kTraceBlockFormatVersion));
 }
 

@@ -19,14 +19,25 @@
 // block, which zstd shrinks to almost nothing where the ids themselves were
 // ~13% of a compressed block. Exact all the same: a code is only used where
 // the join writes back the very bytes it replaced (see code_correlation()).
+//
+// Format 6 (block flag kBlockFlagImpliedSpanLengths) drops most span lengths
+// from stream 1: a span whose body is its fields and nothing after them, with
+// a one-byte length, is the one byte kImpliedLengthSpanTag there, and the join
+// writes its length back from the fields it joins. Stream 1 was half those
+// lengths, and zstd found them costly: 3-8 ns a record on the bench's blocks
+// (a third of zstd's time), 0.2-0.55 B compressed; without them the stream is
+// all but one repeated byte (0.2 ns, 0.003 B).
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
 
+#include <algorithm>
+#include <atomic>
 #include <bit>
 #include <cstring>
 #include <memory>
 
+#include "block_columns.hpp"
 #include "inferscope/wire/codec.hpp"
 #include "inferscope/wire/trace_block.hpp"
 
@@ -51,6 +62,10 @@ enum Column : size_t {
 static_assert(kArgs + 1 == kBlockColumns);
 
 constexpr uint8_t kSpanTag = static_cast<uint8_t>(RecordKind::kSpan);
+// In stream 1 of a format 6 block: a span whose length the join works out. Not
+// a record tag this code writes; a block holding a record with this tag (a
+// newer protocol's) is split without implied lengths.
+constexpr uint8_t kImpliedLengthSpanTag = 0x80 | kSpanTag;
 constexpr size_t kMaxVarintBytes = 10;
 
 uint32_t get_u32(const uint8_t* p) {
@@ -185,6 +200,11 @@ template <bool kDeltas>
   return length < 64 ? stops & ((uint64_t{1} << length) - 1) : stops;
 }
 
+// The stream each of a span's first eleven fields goes to, in wire order;
+// the args after them all go to kArgs.
+constexpr Column kFieldColumn[11] = {kSmall, kTrack,    kStream,      kName,    kSmall, kDepth,
+                                     kStart, kDuration, kCorrelation, kRequest, kSmall};
+
 // A span's fields from the stop bits of its body, at once. Parsing varints one
 // after the other makes each field wait for the previous one's length (a load
 // and a count per field, ~35 ns a span); here the field boundaries are the set
@@ -193,17 +213,15 @@ template <bool kDeltas>
 // span, so they are one-byte tokens too; anything else (a field that is not,
 // a varint over 10 bytes, a body over 64 bytes, the end of the block near)
 // returns false with every stream back where it was, for the field-by-field
-// path.
+// path. The streams' cursors are at[]: a field loads its stream's cursor and
+// stores it back. (Eleven cursors in locals did not fit in registers, and
+// the compiler's spills cost more than that, ~15 instructions a field.)
 template <bool kDeltas>
 [[gnu::always_inline]] inline bool split_span_fast(const uint8_t*& p, const uint8_t* body_end,
-                                                   const uint8_t* end, uint8_t*& small,
-                                                   uint8_t*& track, uint8_t*& stream,
-                                                   uint8_t*& name, uint8_t*& depth, uint8_t*& start,
-                                                   uint8_t*& duration, uint8_t*& correlation,
-                                                   uint8_t*& request, uint8_t*& args,
+                                                   const uint8_t* end, uint8_t** at,
                                                    uint64_t& prev_correlation) {
   const size_t length = static_cast<size_t>(body_end - p);
-  if (length > 64 || end - p < 96) return false;  // token copies read up to p + 81
+  if (length > 64 || end - p < 96) return false;  // copies read up to p + 81
   const uint64_t all_stops = stop_bits(p, length);
   // Checked on the mask before anything is written: no token over 10 bytes
   // (no run of 10 continuation bytes) and the first field one byte. As the
@@ -215,116 +233,79 @@ template <bool kDeltas>
   run &= run >> 4;                              // i..i+7
   run &= (continues >> 8) & (continues >> 9);   // i..i+9: a varint over 10 bytes
   if (run != 0 || !(all_stops & 1)) return false;
+  uint8_t* const correlation_at = at[kCorrelation];
+  const uint64_t prev_at = prev_correlation;
   uint64_t stops = all_stops;
-  // 11 fields, then 2 per arg: each a token ending at the next stop bit.
-  size_t at = 0;  // where the next token starts
-  auto token = [&](uint8_t*& dst) {
+  size_t from = 0;  // where the next field starts
+  size_t one_byte = 0;
+#pragma GCC unroll 11
+  for (size_t k = 0; k < 11; ++k) {
     const size_t last = static_cast<size_t>(std::countr_zero(stops));
     stops &= stops - 1;
-    const size_t n = last + 1 - at;
-    std::memcpy(dst, p + at, 16);  // the streams' slack takes the rest
-    dst += n;
-    at = last + 1;
-    return n;
-  };
-  // A span refused after its fields were cut (rare) takes its tokens back: the
-  // same walk over the stop bits, subtracting. Cheaper than keeping every
-  // stream's position at the start of each span, which every span would pay.
-  // The correlation field may be coded (format 5): its stream is put back whole.
-  uint8_t* const correlation_at = correlation;
-  const uint64_t prev_at = prev_correlation;
-  auto unwind = [&](int cut) {
-    correlation = correlation_at;
-    prev_correlation = prev_at;
+    const size_t n = last + 1 - from;
+    uint8_t* dst = at[kFieldColumn[k]];
+    if (kDeltas && kFieldColumn[k] == kCorrelation) {
+      // A field over 10 bytes can only run past the body (the run check allows
+      // none inside it), and the span is refused below; the coder is never
+      // handed more than a varint's 10 bytes (its value would shift past 64).
+      code_correlation(dst, p + from, std::min(n, kMaxVarintBytes), prev_correlation);
+    } else {
+      std::memcpy(dst, p + from, 16);  // the streams' slack takes the rest
+      dst += n;
+    }
+    at[kFieldColumn[k]] = dst;
+    if (k == 4 || k == 10) one_byte |= n;
+    from = last + 1;
+  }
+  // The args are contiguous and all go to one stream: one copy, up to the
+  // stop bit that ends the last of their 2 * count fields.
+  const uint8_t count = p[from - 1];
+  size_t args_end = from;
+  if (count != 0 && count <= kMaxSpanArgs) {
+    for (uint8_t i = 1; i < 2 * count; ++i) stops &= stops - 1;
+    args_end = static_cast<size_t>(std::countr_zero(stops)) + 1;
+  }
+  if (one_byte != 1 || count > kMaxSpanArgs || args_end > length) [[unlikely]] {
+    // Refused after the fields were cut (rare): they are taken back by the same
+    // walk over the stop bits. Cheaper than keeping every stream's position at
+    // the start of each span, which every span would pay. The correlation
+    // field may be coded (format 5): its stream is put back whole.
     uint64_t st = all_stops;
-    size_t from = 0;
-    for (int i = 0; i < cut; ++i) {
+    size_t back = 0;
+    for (size_t k = 0; k < 11; ++k) {
       const size_t last = static_cast<size_t>(std::countr_zero(st));
       st &= st - 1;
-      const size_t n = last + 1 - from;
-      from = last + 1;
-      switch (i) {
-        case 0:
-        case 4:
-        case 10:
-          small -= n;
-          break;
-        case 1:
-          track -= n;
-          break;
-        case 2:
-          stream -= n;
-          break;
-        case 3:
-          name -= n;
-          break;
-        case 5:
-          depth -= n;
-          break;
-        case 6:
-          start -= n;
-          break;
-        case 7:
-          duration -= n;
-          break;
-        case 8:
-          break;  // put back above
-        case 9:
-          request -= n;
-          break;
-        default:
-          args -= n;
-      }
+      if (kFieldColumn[k] != kCorrelation) at[kFieldColumn[k]] -= last + 1 - back;
+      back = last + 1;
     }
+    at[kCorrelation] = correlation_at;
+    prev_correlation = prev_at;
     return false;
-  };
-  token(small);
-  token(track);
-  token(stream);
-  token(name);
-  size_t one_byte = token(small);
-  token(depth);
-  token(start);
-  token(duration);
-  if constexpr (kDeltas) {
-    const size_t last = static_cast<size_t>(std::countr_zero(stops));
-    stops &= stops - 1;
-    code_correlation(correlation, p + at, last + 1 - at, prev_correlation);
-    at = last + 1;
-  } else {
-    token(correlation);
   }
-  token(request);
-  one_byte |= token(small);
-  const uint8_t count = p[at - 1];
-  if (one_byte != 1 || count > kMaxSpanArgs || at > length) [[unlikely]]
-    return unwind(11);
-  for (uint8_t i = 0; i < 2 * count; ++i) token(args);
-  if (at > length) [[unlikely]]
-    return unwind(11 + 2 * count);
-  p += at;
+  const size_t args_bytes = args_end - from;
+  if (args_bytes <= 16)
+    std::memcpy(at[kArgs], p + from, 16);
+  else
+    std::memcpy(at[kArgs], p + from, args_bytes);
+  at[kArgs] += args_bytes;
+  p += args_end;
   return true;
 }
 #else
 template <bool kDeltas>
-inline bool split_span_fast(const uint8_t*&, const uint8_t*, const uint8_t*, uint8_t*&, uint8_t*&,
-                            uint8_t*&, uint8_t*&, uint8_t*&, uint8_t*&, uint8_t*&, uint8_t*&,
-                            uint8_t*&, uint8_t*&, uint64_t&) {
+inline bool split_span_fast(const uint8_t*&, const uint8_t*, const uint8_t*, uint8_t**, uint64_t&) {
   return false;  // the field-by-field path
 }
 #endif
 
 // Splits whole frames into the streams at at[]; false when the bytes are not
-// whole, well-formed frames. The stream pointers live in locals while a span
-// is split: stores through uint8_t* may alias anything in memory, so pointers
-// kept in an array would be reloaded after every byte written.
-template <bool kDeltas>
-bool split(const uint8_t* p, const uint8_t* const end, uint8_t* at[kBlockColumns]) {
+// whole, well-formed frames. The frame headers' and tags' cursors live in
+// locals; the span streams' in at[] (split_span_fast says why).
+template <bool kDeltas, bool kImpliedLengths>
+[[gnu::always_inline]] inline bool split(const uint8_t* p, const uint8_t* const end,
+                                         uint8_t* at[kBlockColumns]) {
   uint64_t prev_correlation = 0;
-  uint8_t *head = at[kHead], *tag = at[kTag], *small = at[kSmall], *track = at[kTrack],
-          *stream = at[kStream], *name = at[kName], *depth = at[kDepth], *start = at[kStart],
-          *duration = at[kDuration], *correlation = at[kCorrelation], *request = at[kRequest],
-          *args = at[kArgs];
+  uint8_t *head = at[kHead], *tag = at[kTag];
   bool ok = true;
   while (ok && p < end) {
     if (static_cast<size_t>(end - p) < kFrameHeaderBytes || get_u32(p) != kFrameMagic) {
@@ -365,7 +346,8 @@ bool split(const uint8_t* p, const uint8_t* const end, uint8_t* at[kBlockColumns
         std::memcpy(tag, p, 1 + n);
       }
       const uint8_t record_tag = *p;
-      if (p + 1 + n > frame_end || length > static_cast<size_t>(frame_end - p) - 1 - n) {
+      if (p + 1 + n > frame_end || length > static_cast<size_t>(frame_end - p) - 1 - n ||
+          (kImpliedLengths && record_tag == kImpliedLengthSpanTag)) {
         ok = false;
         break;
       }
@@ -373,19 +355,25 @@ bool split(const uint8_t* p, const uint8_t* const end, uint8_t* at[kBlockColumns
       p += 1 + n;
       const uint8_t* const body_end = p + length;
       if (record_tag == kSpanTag &&
-          split_span_fast<kDeltas>(p, body_end, end, small, track, stream, name, depth, start,
-                                   duration, correlation, request, args, prev_correlation)) {
-        // Done: every field found at once from the stop bits.
+          split_span_fast<kDeltas>(p, body_end, end, at, prev_correlation)) {
+        // Done: every field found at once from the stop bits. With nothing after
+        // them, the join can work the length out (format 6): the tag alone.
+        if (kImpliedLengths && n == 1 && p == body_end) {
+          tag[-2] = kImpliedLengthSpanTag;
+          --tag;
+        }
       } else if (record_tag == kSpanTag) {
         // The fields in wire order (record_codec.cpp); bytes after them stay in stream 0.
-        ok = copy_byte(small, p, body_end) && copy_varint(track, p, body_end, end) &&
-             copy_varint(stream, p, body_end, end) && copy_varint(name, p, body_end, end) &&
-             copy_byte(small, p, body_end) && copy_varint(depth, p, body_end, end) &&
-             copy_varint(start, p, body_end, end) && copy_varint(duration, p, body_end, end) &&
-             copy_correlation<kDeltas>(correlation, p, body_end, end, prev_correlation) &&
-             copy_varint(request, p, body_end, end) && copy_byte(small, p, body_end);
+        ok = copy_byte(at[kSmall], p, body_end) && copy_varint(at[kTrack], p, body_end, end) &&
+             copy_varint(at[kStream], p, body_end, end) &&
+             copy_varint(at[kName], p, body_end, end) && copy_byte(at[kSmall], p, body_end) &&
+             copy_varint(at[kDepth], p, body_end, end) &&
+             copy_varint(at[kStart], p, body_end, end) &&
+             copy_varint(at[kDuration], p, body_end, end) &&
+             copy_correlation<kDeltas>(at[kCorrelation], p, body_end, end, prev_correlation) &&
+             copy_varint(at[kRequest], p, body_end, end) && copy_byte(at[kSmall], p, body_end);
         for (uint8_t i = 0, count = ok ? p[-1] : 0; ok && i < count; ++i)
-          ok = copy_varint(args, p, body_end, end) && copy_varint(args, p, body_end, end);
+          ok = copy_varint(at[kArgs], p, body_end, end) && copy_varint(at[kArgs], p, body_end, end);
         if (!ok) break;
       }
       if (p != body_end) {
@@ -395,10 +383,7 @@ bool split(const uint8_t* p, const uint8_t* const end, uint8_t* at[kBlockColumns
       p = body_end;
     }
   }
-  at[kHead] = head, at[kTag] = tag, at[kSmall] = small, at[kTrack] = track;
-  at[kStream] = stream, at[kName] = name, at[kDepth] = depth, at[kStart] = start;
-  at[kDuration] = duration, at[kCorrelation] = correlation, at[kRequest] = request;
-  at[kArgs] = args;
+  at[kHead] = head, at[kTag] = tag;
   return ok;
 }
 
@@ -448,12 +433,44 @@ struct Stream {
 // before its args at their widest (83), then one arg (20); or a record tag.
 constexpr size_t kJoinSlack = 256;
 
-template <bool kDeltas>
+// The split compiled for BMI1/2 as well (tzcnt and blsr for the walk over the
+// stop bits: baseline x86-64 has neither, and its bsf needs a branch or cmov
+// for a zero mask), chosen at run time: ~90 instructions a record fewer on
+// the bench's blocks (docs/collector.md, sixth pass). The same source, so the
+// same bytes out.
+#if defined(__x86_64__) && defined(__GNUC__)
+#define INFERSCOPE_SPLIT_BMI 1
+template <bool kDeltas, bool kImpliedLengths>
+__attribute__((target("bmi,bmi2"))) bool split_bmi(const uint8_t* p, const uint8_t* const end,
+                                                   uint8_t* at[kBlockColumns]) {
+  return split<kDeltas, kImpliedLengths>(p, end, at);
+}
+#endif
+
+std::atomic<bool> baseline_split_only{false};  // detail::use_baseline_split
+
+bool split_with_bmi() {
+#if defined(INFERSCOPE_SPLIT_BMI)
+  static const bool cpu = __builtin_cpu_supports("bmi") && __builtin_cpu_supports("bmi2");
+  return cpu && !baseline_split_only.load(std::memory_order_relaxed);
+#else
+  return false;
+#endif
+}
+
+template <bool kDeltas, bool kImpliedLengths>
 bool split_into(std::span<const uint8_t> frames, uint8_t* scratch, size_t stride,
                 std::vector<uint8_t>& out) {
   uint8_t* at[kBlockColumns];
   for (size_t c = 0; c < kBlockColumns; ++c) at[c] = scratch + c * stride;
-  if (!split<kDeltas>(frames.data(), frames.data() + frames.size(), at)) return false;
+  const uint8_t* const p = frames.data();
+#if defined(INFERSCOPE_SPLIT_BMI)
+  const bool ok = split_with_bmi() ? split_bmi<kDeltas, kImpliedLengths>(p, p + frames.size(), at)
+                                   : split<kDeltas, kImpliedLengths>(p, p + frames.size(), at);
+#else
+  const bool ok = split<kDeltas, kImpliedLengths>(p, p + frames.size(), at);
+#endif
+  if (!ok) return false;
   size_t total = 0;
   for (size_t c = 0; c < kBlockColumns; ++c)
     total += static_cast<size_t>(at[c] - (scratch + c * stride));
@@ -471,8 +488,12 @@ bool split_into(std::span<const uint8_t> frames, uint8_t* scratch, size_t stride
 
 }  // namespace
 
+void detail::use_baseline_split(bool on) {
+  baseline_split_only.store(on, std::memory_order_relaxed);
+}
+
 bool split_block_columns(std::span<const uint8_t> frames, std::vector<uint8_t>& out,
-                         bool* correlation_deltas) {
+                         bool* correlation_deltas, bool* implied_span_lengths) {
   // One pass into per-stream scratch areas, each as large as the block (any one
   // stream may hold all of it; a coded correlation id takes at most 11 bytes,
   // less than the smallest span record), then one copy each into place. The
@@ -486,19 +507,37 @@ bool split_block_columns(std::span<const uint8_t> frames, std::vector<uint8_t>& 
     scratch_stride = stride + stride / 4;
     scratch.reset(new uint8_t[scratch_stride * kBlockColumns]);
   }
-  if (correlation_deltas && *correlation_deltas) {
-    if (!split_into<true>(frames, scratch.get(), scratch_stride, out)) return false;
-    // Coded, the column form must not be larger than the frames (a reader
-    // sizes its buffer by the block header); ids that do not count up can
-    // make it so. Then the block is split as format 4 has it.
-    if (out.size() <= kBlockColumnTableBytes + frames.size()) return true;
-    *correlation_deltas = false;
+  const auto split_as = [&](bool deltas, bool lengths) {
+    uint8_t* const at = scratch.get();
+    if (deltas)
+      return lengths ? split_into<true, true>(frames, at, scratch_stride, out)
+                     : split_into<true, false>(frames, at, scratch_stride, out);
+    return lengths ? split_into<false, true>(frames, at, scratch_stride, out)
+                   : split_into<false, false>(frames, at, scratch_stride, out);
+  };
+  bool deltas = correlation_deltas && *correlation_deltas;
+  bool lengths = implied_span_lengths && *implied_span_lengths;
+  for (;;) {
+    if (split_as(deltas, lengths)) {
+      // Coded, the column form must not be larger than the frames (a reader
+      // sizes its buffer by the block header); ids that do not count up can
+      // make it so. Then the ids are split as they are (format 4 has them).
+      if (!deltas || out.size() <= kBlockColumnTableBytes + frames.size()) break;
+      deltas = false;
+    } else if (lengths) {
+      lengths = false;  // a record with the marker's tag; or not frames, refused again
+    } else {
+      return false;
+    }
   }
-  return split_into<false>(frames, scratch.get(), scratch_stride, out);
+  if (correlation_deltas) *correlation_deltas = deltas;
+  if (implied_span_lengths) *implied_span_lengths = lengths;
+  return true;
 }
 
 bool join_block_columns(std::span<const uint8_t> columns, std::vector<uint8_t>& frames,
-                        std::string& error, bool correlation_deltas, size_t frame_bytes) {
+                        std::string& error, bool correlation_deltas, size_t frame_bytes,
+                        bool implied_span_lengths) {
   auto bad = [&](const std::string& why) {
     error = "block columns are inconsistent: " + why;
     return false;
@@ -515,14 +554,26 @@ bool join_block_columns(std::span<const uint8_t> columns, std::vector<uint8_t>& 
     at += size;
   }
   if (total != columns.size() - kBlockColumnTableBytes) return bad("bytes after the streams");
-  // Format 4: the frames are exactly the streams' bytes. Format 5: as many as
-  // the block header says; a coded id may expand, so every write is checked
-  // against the end, up to kJoinSlack bytes late.
-  const size_t size = correlation_deltas ? frame_bytes : total;
+  // Format 4: the frames are exactly the streams' bytes. Formats 5 and 6: as
+  // many as the block header says; a coded id or an implied length may expand,
+  // so every write is checked against the end, up to kJoinSlack bytes late.
+  const size_t size = correlation_deltas || implied_span_lengths ? frame_bytes : total;
   frames.resize(size + kJoinSlack);
   uint8_t* out = frames.data();
   uint8_t* const out_end = out + size;
   uint64_t prev_correlation = 0;
+  // A span's fields, in wire order (the split's), ending by body_end.
+  const auto take_span = [&](uint8_t*& to, const uint8_t* body_end) {
+    bool ok = s[kSmall].take(to, 1) && s[kTrack].take_varint(to) && s[kStream].take_varint(to) &&
+              s[kName].take_varint(to) && s[kSmall].take(to, 1) && s[kDepth].take_varint(to) &&
+              s[kStart].take_varint(to) && s[kDuration].take_varint(to) &&
+              s[kCorrelation].take_correlation(to, correlation_deltas, prev_correlation) &&
+              s[kRequest].take_varint(to) && s[kSmall].take(to, 1) && to <= body_end;
+    // Checked per arg: no more than one arg's bytes are written past the record.
+    for (uint8_t i = 0, args = ok ? to[-1] : 0; ok && i < args; ++i)
+      ok = s[kArgs].take_varint(to) && s[kArgs].take_varint(to) && to <= body_end;
+    return ok;
+  };
   while (s[kHead].p < s[kHead].end) {
     uint8_t* header = out;
     if (static_cast<size_t>(out_end - out) < kFrameHeaderBytes ||
@@ -539,23 +590,24 @@ bool join_block_columns(std::span<const uint8_t> columns, std::vector<uint8_t>& 
     while (out < frame_end) {
       uint64_t length = 0;
       uint8_t* const record = out;
-      if (!s[kTag].take(out, 1) || !s[kTag].take_varint(out, &length))
-        return bad("record tag stream cut short");
+      if (!s[kTag].take(out, 1)) return bad("record tag stream cut short");
+      if (implied_span_lengths && *record == kImpliedLengthSpanTag) {
+        // Format 6: a span of its fields alone, under 128 bytes; its length
+        // byte is written once they are.
+        *record = kSpanTag;
+        uint8_t* const length_at = out++;
+        if (out > frame_end) return bad("record past its frame");
+        const uint8_t* const body_end = out + std::min<size_t>(0x7F, frame_end - out);
+        if (!take_span(out, body_end)) return bad("span fields cut short or past the record");
+        *length_at = static_cast<uint8_t>(out - length_at - 1);
+        continue;
+      }
+      if (!s[kTag].take_varint(out, &length)) return bad("record tag stream cut short");
       if (out > frame_end || length > static_cast<size_t>(frame_end - out))
         return bad("record past its frame");
       uint8_t* const body_end = out + length;
-      if (*record == kSpanTag) {
-        bool ok = s[kSmall].take(out, 1) && s[kTrack].take_varint(out) &&
-                  s[kStream].take_varint(out) && s[kName].take_varint(out) &&
-                  s[kSmall].take(out, 1) && s[kDepth].take_varint(out) &&
-                  s[kStart].take_varint(out) && s[kDuration].take_varint(out) &&
-                  s[kCorrelation].take_correlation(out, correlation_deltas, prev_correlation) &&
-                  s[kRequest].take_varint(out) && s[kSmall].take(out, 1) && out <= body_end;
-        // Checked per arg: no more than one arg's bytes are written past the record.
-        for (uint8_t i = 0, args = ok ? out[-1] : 0; ok && i < args; ++i)
-          ok = s[kArgs].take_varint(out) && s[kArgs].take_varint(out) && out <= body_end;
-        if (!ok) return bad("span fields cut short or past the record");
-      }
+      if (*record == kSpanTag && !take_span(out, body_end))
+        return bad("span fields cut short or past the record");
       if (!s[kHead].take(out, static_cast<size_t>(body_end - out))) return bad("record cut short");
     }
     if (out != frame_end) return bad("records past their frame");

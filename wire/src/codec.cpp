@@ -223,22 +223,37 @@ bool FrameDecoder::next(Record& out) {
                            " records, payload holds " + std::to_string(records_read_));
       return false;
     }
-    ByteReader reader(payload_.subspan(offset_));
+    const uint8_t* const record = payload_.data() + offset_;
+    const size_t left = payload_.size() - offset_;
     uint8_t tag = 0;
     uint64_t body_bytes = 0;
-    if (!reader.u8(tag) || !reader.varint(body_bytes) || body_bytes > reader.remaining()) {
+    size_t head_bytes = 0;
+    if (left >= 2 && record[1] < 0x80) {
+      // The common case, a body under 128 bytes: a one-byte length.
+      tag = record[0];
+      body_bytes = record[1];
+      head_bytes = 2;
+    } else {
+      ByteReader reader(payload_.subspan(offset_));
+      if (!reader.u8(tag) || !reader.varint(body_bytes)) body_bytes = left;  // refused below
+      head_bytes = reader.position();
+    }
+    if (body_bytes > left - head_bytes) {
       status_ = fail(DecodeError::kTruncatedRecord,
                      "record " + std::to_string(records_read_) + " at payload offset " +
                          std::to_string(offset_) + " runs past the end of the frame");
       return false;
     }
-    size_t body_start = offset_ + reader.position();
-    std::span<const uint8_t> body = payload_.subspan(body_start, body_bytes);
+    const size_t body_start = offset_ + head_bytes;
     offset_ = body_start + body_bytes;
     if (++records_read_ > header_.record_count) {
       status_ = fail(DecodeError::kRecordCountMismatch, "more records than the frame header says");
       return false;
     }
+    if (tag == static_cast<uint8_t>(RecordKind::kSpan) &&
+        decode_span_fast(record + head_bytes, body_bytes, left - head_bytes, previous_ns_, out))
+      return true;
+    std::span<const uint8_t> body = payload_.subspan(body_start, body_bytes);
     std::string why;
     switch (decode_body(tag, body, previous_ns_, out, why)) {
       case BodyResult::kOk:

@@ -123,10 +123,12 @@ bool decode_block_header(std::span<const uint8_t> b, BlockHeader& h, std::string
   h.min_ns = static_cast<int64_t>(get(b.data() + 24, 8));
   h.max_ns = static_cast<int64_t>(get(b.data() + 32, 8));
   h.payload_crc = static_cast<uint32_t>(get(b.data() + 40, 4));
-  if ((h.flags & ~(kBlockFlagZstd | kBlockFlagDefinitions | kBlockSummaryLevelMask |
-                   kBlockFlagColumns | kBlockFlagCorrelationDeltas)) != 0 ||
+  if ((h.flags &
+       ~(kBlockFlagZstd | kBlockFlagDefinitions | kBlockSummaryLevelMask | kBlockFlagColumns |
+         kBlockFlagCorrelationDeltas | kBlockFlagImpliedSpanLengths)) != 0 ||
       ((h.flags & kBlockFlagColumns) && !(h.flags & kBlockFlagZstd)) ||
-      ((h.flags & kBlockFlagCorrelationDeltas) && !(h.flags & kBlockFlagColumns))) {
+      ((h.flags & (kBlockFlagCorrelationDeltas | kBlockFlagImpliedSpanLengths)) &&
+       !(h.flags & kBlockFlagColumns))) {
     error = "unknown block flags " + std::to_string(h.flags);
     return false;
   }
@@ -198,9 +200,9 @@ void BlockCompressor::seal(const RawBlock& block, std::vector<uint8_t>& out, int
   // compresses that well sends the next 63 unsplit, then the split is tried
   // again; summary blocks follow their data block's choice.
   if (summary_level == 0 && unsplit_left_ > 0) --unsplit_left_;
-  bool deltas = true;
+  bool deltas = true, lengths = true;
   const bool columns =
-      columns_ && unsplit_left_ == 0 && split_block_columns(block.bytes, split_, &deltas);
+      columns_ && unsplit_left_ == 0 && split_block_columns(block.bytes, split_, &deltas, &lengths);
   const std::span<const uint8_t> input =
       columns ? std::span<const uint8_t>(split_) : std::span<const uint8_t>(block.bytes);
   size_t n = 0;
@@ -228,6 +230,7 @@ void BlockCompressor::seal(const RawBlock& block, std::vector<uint8_t>& out, int
     h.flags |= kBlockFlagZstd;
     if (columns) h.flags |= kBlockFlagColumns;
     if (columns && deltas) h.flags |= kBlockFlagCorrelationDeltas;
+    if (columns && lengths) h.flags |= kBlockFlagImpliedSpanLengths;
     if (columns && summary_level == 0 && n * kUnsplitRatio <= block.bytes.size())
       unsplit_left_ = kUnsplitBlocks;
   }
@@ -254,17 +257,19 @@ bool unpack_block(const BlockHeader& h, std::span<const uint8_t> payload, std::v
   }
   if (h.flags & kBlockFlagColumns) {
     // The column form is the frames plus the stream table (format 4), or at
-    // most that (format 5: coded correlation ids); joined back into raw.
+    // most that (formats 5 and 6: coded correlation ids, implied span
+    // lengths); joined back into raw.
     const bool deltas = h.flags & kBlockFlagCorrelationDeltas;
+    const bool lengths = h.flags & kBlockFlagImpliedSpanLengths;
     thread_local std::vector<uint8_t> split;
     split.resize(size_t{h.raw_bytes} + kBlockColumnTableBytes);
     const size_t n = ZSTD_decompress(split.data(), split.size(), payload.data(), payload.size());
-    if (ZSTD_isError(n) || (deltas ? n > split.size() : n != split.size())) {
+    if (ZSTD_isError(n) || (deltas || lengths ? n > split.size() : n != split.size())) {
       error = std::string("block decompression failed: ") +
               (ZSTD_isError(n) ? ZSTD_getErrorName(n) : "size differs from the header");
       return false;
     }
-    return join_block_columns({split.data(), n}, raw, error, deltas, h.raw_bytes);
+    return join_block_columns({split.data(), n}, raw, error, deltas, h.raw_bytes, lengths);
   }
   const size_t n = ZSTD_decompress(raw.data(), raw.size(), payload.data(), payload.size());
   if (ZSTD_isError(n) || n != h.raw_bytes) {

@@ -176,11 +176,11 @@ bool TraceStore::Writer::start_segment() {
   if (fd_ < 0) return false;
   uint8_t header[16];
   // Format 3 says the file may hold summary blocks, 4 column-split blocks too,
-  // 5 with delta-coded correlation ids (readers of an older format refuse it
-  // rather than misread it). Readers take
+  // 5 with delta-coded correlation ids, 6 with implied span lengths (readers of
+  // an older format refuse it rather than misread it). Readers take
   // format >= 3 to mean summaries, so columns come only with them.
   const uint16_t format = !options_.summaries ? wire::kTraceBlockFormatVersion
-                          : options_.columns  ? wire::kTraceFileFormatCorrelationDeltas
+                          : options_.columns  ? wire::kTraceFileFormatImpliedSpanLengths
                                               : wire::kTraceFileFormatSummaries;
   wire::encode_v2_file_header(header, format);
   if (!write_all(fd_, header, sizeof header)) {

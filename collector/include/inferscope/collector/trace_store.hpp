@@ -56,7 +56,8 @@ struct TraceStoreOptions {
   // the coarser levels; off writes format 2 files as before.
   bool summaries = true;
   // With summaries: compress each block's bytes regrouped by field, the
-  // correlation ids as deltas (wire/trace_block.hpp, format 5): zstd runs about
+  // correlation ids as deltas and most span lengths left to the reader
+  // (wire/trace_block.hpp, format 6): zstd runs about
   // twice as fast on them and the blocks are 15-25% smaller on span-heavy
   // input; exact. Off writes format 3 files as before. (Readers take format >= 3
   // to mean summaries, so without summaries the files stay format 2, unsplit.)

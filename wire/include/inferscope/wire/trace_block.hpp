@@ -53,7 +53,13 @@
 // delta from the previous one (block_columns.cpp says how; ids that would not
 // come back byte for byte are kept as they are). Still exact; the column form
 // is then never larger than the frames. A format 4 reader refuses format 5
-// files; this code reads 2 to 5.
+// files.
+//
+// Implied span lengths (file format version 6): a column-split block may also
+// have flag bit 8: spans that are their fields alone, with a one-byte length,
+// keep only a marker tag in the tag stream, and the join writes the length
+// back (block_columns.cpp). Exact as before; a format 5 reader refuses format
+// 6 files; this code reads 2 to 6.
 #pragma once
 
 #include <cstdint>
@@ -79,12 +85,16 @@ inline constexpr uint16_t kBlockSummaryLevelMask = 0xFu << kBlockSummaryLevelShi
 inline constexpr uint16_t kBlockFlagColumns = 1u << 6;  // the payload is column-split (format 4)
 // With kBlockFlagColumns: the correlation-id stream is delta-coded (format 5).
 inline constexpr uint16_t kBlockFlagCorrelationDeltas = 1u << 7;
+// With kBlockFlagColumns: most span lengths are left to the join (format 6).
+inline constexpr uint16_t kBlockFlagImpliedSpanLengths = 1u << 8;
 inline constexpr int kMaxSummaryLevel = 15;
 // File header format versions: 2 data blocks only, 3 may hold summary blocks,
-// 4 may also hold column-split blocks, 5 correlation-id deltas in them too.
+// 4 may also hold column-split blocks, 5 correlation-id deltas in them too,
+// 6 implied span lengths in them too.
 inline constexpr uint16_t kTraceFileFormatSummaries = 3;
 inline constexpr uint16_t kTraceFileFormatColumns = 4;
 inline constexpr uint16_t kTraceFileFormatCorrelationDeltas = 5;
+inline constexpr uint16_t kTraceFileFormatImpliedSpanLengths = 6;
 
 // The merge resolution of summary level k: 1024 ns * 4^k (4 us .. 1100 s).
 constexpr int64_t summary_level_ns(int level) {
@@ -137,11 +147,11 @@ bool decode_block_header(std::span<const uint8_t> bytes, BlockHeader& header, st
 void encode_v2_file_header(uint8_t out[16], uint16_t format = kTraceBlockFormatVersion);
 // Whether a reader of this code reads a v2 file whose header says this format version.
 constexpr bool supported_trace_format(uint16_t format) {
-  return format >= kTraceBlockFormatVersion && format <= kTraceFileFormatCorrelationDeltas;
+  return format >= kTraceBlockFormatVersion && format <= kTraceFileFormatImpliedSpanLengths;
 }
 // Whether a file of this format may hold summary blocks.
 constexpr bool trace_format_has_summaries(uint16_t format) {
-  return format >= kTraceFileFormatSummaries && format <= kTraceFileFormatCorrelationDeltas;
+  return format >= kTraceFileFormatSummaries && format <= kTraceFileFormatImpliedSpanLengths;
 }
 
 // The column form of a block's frames (format 4): a table of kBlockColumns
@@ -149,18 +159,19 @@ constexpr bool trace_format_has_summaries(uint16_t format) {
 // well-formed frames: the block is then compressed as it is.
 // correlation_deltas: when it points to true, the correlation ids are coded
 // as deltas (format 5) unless that would make the form larger than the frames;
-// on return it says whether they were.
+// on return it says whether they were. implied_span_lengths likewise for
+// format 6 (not taken where a record has the marker's tag).
 inline constexpr size_t kBlockColumns = 12;
 inline constexpr size_t kBlockColumnTableBytes = 4 * kBlockColumns;
 bool split_block_columns(std::span<const uint8_t> frames, std::vector<uint8_t>& out,
-                         bool* correlation_deltas = nullptr);
+                         bool* correlation_deltas = nullptr, bool* implied_span_lengths = nullptr);
 // The inverse; false with error when the column form is inconsistent (it never
 // reads outside `columns`, nor writes more than frame_bytes). frames is
-// replaced. A form with correlation deltas must say how many bytes its frames
-// are (the block header's raw size).
+// replaced. A form with correlation deltas or implied span lengths must say
+// how many bytes its frames are (the block header's raw size).
 bool join_block_columns(std::span<const uint8_t> columns, std::vector<uint8_t>& frames,
-                        std::string& error, bool correlation_deltas = false,
-                        size_t frame_bytes = 0);
+                        std::string& error, bool correlation_deltas = false, size_t frame_bytes = 0,
+                        bool implied_span_lengths = false);
 
 // Frames gathered for one block, before compression. Movable, so a store can
 // hand a full block to another thread to compress and write.
@@ -182,7 +193,7 @@ struct ColumnCodings;  // how each column stream is compressed (src/column_zstd.
 class BlockCompressor {
  public:
   // columns: split each block's bytes by field before compressing, with the
-  // correlation ids delta-coded (format 5 files only).
+  // correlation ids delta-coded and most span lengths implied (format 6 files only).
   explicit BlockCompressor(int zstd_level = 1, bool columns = false);
   ~BlockCompressor();
   BlockCompressor(const BlockCompressor&) = delete;
