@@ -145,7 +145,9 @@ class Agent:
         """Flushes (bounded by the agent's shutdown timeout) and frees. Idempotent."""
         if self._handle:
             self._drain_pending(wait=True)
-            handle, self._handle = self._handle, ctypes.c_void_p(None)
+            # NULL in place: calls prepared with this handle object (_range_calls) see a
+            # closed agent (no-ops in the C API), never a freed one.
+            handle, self._handle.value = self._handle.value, None
             self._lib.inferscope_agent_destroy(handle)
 
     def __enter__(self):
@@ -217,6 +219,19 @@ class Agent:
         """A CPU range (and NVTX range): `with agent.range("decode"):` or `@agent.range("decode")`.
         Ranges nest; enter and exit on the same thread."""
         return _RangeScope(self, intern(name), _count(request_id, "request_id"))
+
+    def _range_calls(self, name, request_id=0):
+        """(begin, end): callables without arguments that open and close one range `name`,
+        one at a time (the range's storage is theirs): the C calls with their arguments
+        converted once, no Python frame (functools.partial over the ctypes functions). For a
+        hook that opens the same range every step (inferscope.torch's "forward"): a ctypes
+        call's argument conversion and the range object of range() are most of its cost on a
+        host whose caches the model's own work evicts. After close() they record nothing."""
+        storage = _lib.Range()
+        ref = ctypes.byref(storage)  # holds `storage`
+        begin = functools.partial(self._lib.inferscope_range_begin, self._handle, ref,
+                                  intern(name), _count(request_id, "request_id"))
+        return begin, functools.partial(self._lib.inferscope_range_end, ref)
 
     def span(self, name, start_ns, end_ns, request_id=0):
         """A span that already happened, in now_ns() time."""

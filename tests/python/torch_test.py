@@ -135,20 +135,20 @@ def check_inference_mode(addrs):
 
 
 def check_mixed_layers_exact(addrs):
-    """Layers of different expert counts (counted by cat + offsets + index_add_, not the
-    stacked scatter of uniform layers) and a prefill over the ids kept for a step's end
-    (counted early, in two parts): every step exact."""
+    """Layers of different expert counts (counted one layer at a time, not by the group's
+    scatter of uniform layers) and a step whose captured ids pass the taps' bound (counted
+    early, in two parts): every step exact."""
     torch.manual_seed(13)
     model = hf.TinyLM(style="v5", layers=3).eval()
     model.model.layers[1].mlp = hf.V5SparseMoe(32, 4, 2)  # 4 experts between two of 8
-    agent, obs = observed(addrs, "torch-mixed", model, steps_per_copy=4)
-    spy = LoadSpy(agent)
-    kept_max = inferscope.torch._DEFERRED_IDS_MAX
-    inferscope.torch._DEFERRED_IDS_MAX = 30  # a prefill's 20 ids per layer: counted early
+    captured_max = inferscope.torch.CAPTURED_MAX
+    inferscope.torch.CAPTURED_MAX = 3  # the taps' bound: 2 layers' ids (4 items) pass it
     try:
-        model.generate(prompt(2, 5), max_new_tokens=6)
+        agent, obs = observed(addrs, "torch-mixed", model, steps_per_copy=4)
     finally:
-        inferscope.torch._DEFERRED_IDS_MAX = kept_max
+        inferscope.torch.CAPTURED_MAX = captured_max
+    spy = LoadSpy(agent)
+    model.generate(prompt(2, 5), max_new_tokens=6)
     obs.flush(10)
     blocks = model.moe_blocks()
     experts = {0: 8, 1: 4, 2: 8}
@@ -216,8 +216,8 @@ def check_pending_bound_drops_counted(addrs):
     model = hf.TinyLM(style="v5", layers=3).eval()
     agent, obs = observed(addrs, "torch-stuck", model, steps_per_copy=2)
     spy = LoadSpy(agent)
-    copy = obs._copy_to_host
-    obs._copy_to_host = lambda rows: (copy(rows)[0], StuckEvent())
+    copy = obs._moe._copy_to_host
+    obs._moe._copy_to_host = lambda rows: (copy(rows)[0], StuckEvent())
     model.generate(prompt(2, 4), max_new_tokens=13)
     st = obs.stats()
     # 4 groups of 2 in flight (the bound: 8 steps, at least 2 groups); then (8, 9), (10, 11)
