@@ -174,6 +174,23 @@ class ExpertCounts:
         rows, values = captured[0::2], captured[1::2]
         captured.clear()
         layers = self.layers
+        try:  # the usual step: int64 tensors of one shape [tokens, k], top-k known
+            kinds = {(t.__class__, t.dtype, t.shape) for t in values}
+        except AttributeError:  # None, or not a tensor
+            kinds = ()
+        if len(kinds) == 1:
+            cls, dtype, shape = next(iter(kinds))
+            if cls is _Tensor and dtype is _INT64 and len(shape) == 2 and shape[0] and shape[1]:
+                tokens = shape[0]
+                for row in rows:
+                    layers[row].tokens += tokens
+                self._count_step(rows, values, True, step_end)
+                return
+        self._take_checked(rows, values, step_end)
+
+    def _take_checked(self, rows, values, step_end):
+        """_take_captured's general case: each item checked on its own."""
+        layers = self.layers
         tensors, kept_rows = [], []
         shape0, same_shape = None, True
         for row, ids in zip(rows, values):
@@ -201,8 +218,11 @@ class ExpertCounts:
                 same_shape = False
             tensors.append(ids)
             kept_rows.append(row)
-        if not tensors:
-            return
+        if tensors:
+            self._count_step(kept_rows, tensors, same_shape, step_end)
+
+    def _count_step(self, kept_rows, tensors, same_shape, step_end):
+        """Counts a step's checked ids (tensors[i] of layer row kept_rows[i])."""
         self._stats["moe_calls"] += len(tensors)
         try:
             if self._counts is None:

@@ -648,7 +648,7 @@ def overhead(addrs, results, rounds):
     for batch in (1, 8):
         run = decode_runner(model, batch)
         split = []  # hook us per step by part, every observed run
-        steps_per_copy, hook_us = [], {"observed": [], "moe_only": []}
+        steps_per_copy, hook_us = [], {"observed": [], "moe_only": [], "steps_only": []}
 
         def observing(name, **kw):
             def attach():
@@ -664,18 +664,23 @@ def overhead(addrs, results, rounds):
                     hook_us[name].append(st["hook_ns"] / steps / 1e3)
                 return detach
             return attach
-        # The expert counting alone (no cache walk, no requests, no ranges) is the second.
+        # The expert counting alone (no cache walk, no requests, no ranges) is the second; the
+        # third is everything but the counting (the step's taps, range, cache walk, requests).
         got = paired_rounds(run, {
             "observed": observing("observed"),
             "moe_only": observing("moe_only", memory=False, stages=False, requests=False,
-                                  step_ranges=False)}, rounds)
+                                  step_ranges=False),
+            "steps_only": observing("steps_only", moe=False)}, rounds)
         off_obs, on, slow = got["observed"]
         off_moe, moe_only, slow_moe = got["moe_only"]
-        off = off_obs + off_moe
+        off_steps, _, slow_steps = got["steps_only"]
+        off = off_obs + off_moe + off_steps
         o = med(off)
         step_us = 1e6 * batch / o
         res = {"off_tok_s": o, "observed_tok_s": med(on), "moe_only_tok_s": med(moe_only),
                "paired_overhead_pct": med(slow), "paired_moe_only_overhead_pct": med(slow_moe),
+               "paired_steps_only_overhead_pct": med(slow_steps),
+               "hook_us_per_step_steps_only": med(hook_us["steps_only"]),
                "step_us_off": step_us, "hook_us_per_step": med(hook_us["observed"]),
                "hook_us_per_step_moe_only": med(hook_us["moe_only"]),
                "hook_us_per_moe_layer": med(hook_us["moe_only"]) / moe_layers,
@@ -683,12 +688,15 @@ def overhead(addrs, results, rounds):
                "hook_us_per_step_by_part": {k: med(x[k] for x in split) for k in HOOK_PARTS},
                "steps_per_copy": steps_per_copy[0] if steps_per_copy else None,
                "off": off, "observed": on, "moe_only": moe_only, "paired": slow,
-               "paired_moe_only": slow_moe}
+               "paired_moe_only": slow_moe, "paired_steps_only": slow_steps}
         out[f"b{batch}"] = res
         log(f"overhead b{batch}: off {o:.1f} tok/s (step {step_us:.0f} us); observed "
             f"{res['observed_tok_s']:.1f} tok/s, paired median {res['paired_overhead_pct']:+.2f} % "
             f"(rounds {', '.join(f'{x:+.1f}' for x in slow)}); moe only paired "
-            f"{res['paired_moe_only_overhead_pct']:+.2f} %; hooks' host time "
+            f"{res['paired_moe_only_overhead_pct']:+.2f} % (hooks "
+            f"{res['hook_us_per_step_moe_only']:.0f} us); no moe paired "
+            f"{res['paired_steps_only_overhead_pct']:+.2f} % (hooks "
+            f"{res['hook_us_per_step_steps_only']:.0f} us); hooks' host time "
             f"{res['hook_us_per_step']:.0f} us/step = {res['hook_pct_of_step']:.2f} % of the step "
             f"({res['hook_us_per_moe_layer']:.1f} us per MoE layer counting); steps per copy "
             f"{res['steps_per_copy']}; by part, us/step: "
@@ -701,9 +709,10 @@ def dispatch_cost(results, rounds):
     """What merely calling Python around the model's modules costs, hooks' bodies aside: paired
     slowdowns of generate() with no-op forward pre-hooks on the 12 experts modules plus no-op
     pre/post hooks on the model (PyTorch's slow call path for hooked modules), with no-op
-    forward taps (inferscope.torch's way: the modules keep the fast path) on the experts plus
-    the same model hooks, and with the model hooks alone. No agent, nothing counted."""
-    from inferscope._forward_tap import tap_forward
+    forward taps on the experts plus the same model hooks, with the model hooks alone, and with
+    inferscope.torch's capture taps on the experts (each appends its top-k ids to a list, which
+    a model pre-hook empties). No agent, nothing counted."""
+    from inferscope._forward_tap import capture_argument, tap_forward
     model = overhead_model()
     experts = [layer.mlp.experts for layer in model.model.layers]
 
@@ -721,11 +730,17 @@ def dispatch_cost(results, rounds):
     def taps():
         return detacher(root_hooks() + [tap_forward(e, before=lambda m, a, k: None)
                                         for e in experts])
+
+    def captures():  # inferscope.torch's capture of the top-k ids: appends, emptied per step
+        sink = []
+        return detacher([model.register_forward_pre_hook(lambda m, a: sink.clear())] + [
+            capture_argument(e, sink, i, 1, ("top_k_index",)) for i, e in enumerate(experts)])
     out = {}
     for batch in (1, 8):
         run = decode_runner(model, batch)
         got = paired_rounds(run, {"model_hooks": lambda: detacher(root_hooks()),
-                                  "expert_hooks": hooks, "expert_taps": taps}, rounds)
+                                  "expert_hooks": hooks, "expert_taps": taps,
+                                  "expert_captures": captures}, rounds)
         res = out[f"b{batch}"] = {}
         for name, (off, _, slow) in got.items():
             res[name] = {"paired_pct": statistics.median(slow), "rounds": slow,
