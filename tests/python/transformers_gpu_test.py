@@ -581,6 +581,18 @@ HOOK_PARTS = ("moe", "step", "stage", "step_range", "step_memory", "step_count",
               "step_drain")
 
 
+# The overhead check's variants of observe(), each paired with unobserved runs: all of it; the
+# expert counting alone; everything but the counting (the step's taps, range, cache walk,
+# requests); all but the per-step "forward" range; all but generate()'s requests and range.
+OVERHEAD_VARIANTS = {
+    "observed": {},
+    "moe_only": dict(memory=False, stages=False, requests=False, step_ranges=False),
+    "no_moe": dict(moe=False),
+    "no_step_ranges": dict(step_ranges=False),
+    "no_requests": dict(requests=False),
+}
+
+
 def overhead_model():
     """The overhead checks' model: Qwen3-MoE, 12 MoE layers of 64 experts top-8, bf16."""
     cfg = transformers.Qwen3MoeConfig(hidden_size=1024, intermediate_size=2048,
@@ -648,7 +660,7 @@ def overhead(addrs, results, rounds):
     for batch in (1, 8):
         run = decode_runner(model, batch)
         split = []  # hook us per step by part, every observed run
-        steps_per_copy, hook_us = [], {"observed": [], "moe_only": [], "steps_only": []}
+        steps_per_copy, hook_us = [], {name: [] for name in OVERHEAD_VARIANTS}
 
         def observing(name, **kw):
             def attach():
@@ -664,23 +676,15 @@ def overhead(addrs, results, rounds):
                     hook_us[name].append(st["hook_ns"] / steps / 1e3)
                 return detach
             return attach
-        # The expert counting alone (no cache walk, no requests, no ranges) is the second; the
-        # third is everything but the counting (the step's taps, range, cache walk, requests).
-        got = paired_rounds(run, {
-            "observed": observing("observed"),
-            "moe_only": observing("moe_only", memory=False, stages=False, requests=False,
-                                  step_ranges=False),
-            "steps_only": observing("steps_only", moe=False)}, rounds)
-        off_obs, on, slow = got["observed"]
-        off_moe, moe_only, slow_moe = got["moe_only"]
-        off_steps, _, slow_steps = got["steps_only"]
-        off = off_obs + off_moe + off_steps
+        got = paired_rounds(run, {name: observing(name, **kw)
+                                  for name, kw in OVERHEAD_VARIANTS.items()}, rounds)
+        off = [x for o, _, _ in got.values() for x in o]
         o = med(off)
         step_us = 1e6 * batch / o
+        _, on, slow = got["observed"]
+        _, moe_only, slow_moe = got["moe_only"]
         res = {"off_tok_s": o, "observed_tok_s": med(on), "moe_only_tok_s": med(moe_only),
                "paired_overhead_pct": med(slow), "paired_moe_only_overhead_pct": med(slow_moe),
-               "paired_steps_only_overhead_pct": med(slow_steps),
-               "hook_us_per_step_steps_only": med(hook_us["steps_only"]),
                "step_us_off": step_us, "hook_us_per_step": med(hook_us["observed"]),
                "hook_us_per_step_moe_only": med(hook_us["moe_only"]),
                "hook_us_per_moe_layer": med(hook_us["moe_only"]) / moe_layers,
@@ -688,19 +692,22 @@ def overhead(addrs, results, rounds):
                "hook_us_per_step_by_part": {k: med(x[k] for x in split) for k in HOOK_PARTS},
                "steps_per_copy": steps_per_copy[0] if steps_per_copy else None,
                "off": off, "observed": on, "moe_only": moe_only, "paired": slow,
-               "paired_moe_only": slow_moe, "paired_steps_only": slow_steps}
+               "paired_moe_only": slow_moe,
+               "variants": {name: {"paired_pct": med(got[name][2]), "rounds": got[name][2],
+                                   "hook_us_per_step": med(hook_us[name])}
+                            for name in OVERHEAD_VARIANTS}}
         out[f"b{batch}"] = res
         log(f"overhead b{batch}: off {o:.1f} tok/s (step {step_us:.0f} us); observed "
             f"{res['observed_tok_s']:.1f} tok/s, paired median {res['paired_overhead_pct']:+.2f} % "
             f"(rounds {', '.join(f'{x:+.1f}' for x in slow)}); moe only paired "
-            f"{res['paired_moe_only_overhead_pct']:+.2f} % (hooks "
-            f"{res['hook_us_per_step_moe_only']:.0f} us); no moe paired "
-            f"{res['paired_steps_only_overhead_pct']:+.2f} % (hooks "
-            f"{res['hook_us_per_step_steps_only']:.0f} us); hooks' host time "
+            f"{res['paired_moe_only_overhead_pct']:+.2f} %; hooks' host time "
             f"{res['hook_us_per_step']:.0f} us/step = {res['hook_pct_of_step']:.2f} % of the step "
             f"({res['hook_us_per_moe_layer']:.1f} us per MoE layer counting); steps per copy "
             f"{res['steps_per_copy']}; by part, us/step: "
             f"{', '.join(f'{k} {v:.0f}' for k, v in res['hook_us_per_step_by_part'].items())}")
+        log(f"overhead b{batch} variants, paired median (rounds) / hooks us per step: " +
+            "; ".join(f"{n} {v['paired_pct']:+.2f} % ({', '.join(f'{x:+.1f}' for x in v['rounds'])})"
+                      f" / {v['hook_us_per_step']:.0f}" for n, v in res["variants"].items()))
     agent.close()
     results["overhead"] = out
 
