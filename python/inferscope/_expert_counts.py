@@ -3,7 +3,7 @@ copy to the host, each step with its own row and step number.
 
 The taps append each MoE layer's ids to `captured` ([row, ids, row, ids, ...]: the layer's
 row in `layers`, then the router's own tensor; _forward_tap.capture_argument), and nothing
-else. At the step's end (end_step) the step's ids are checked in one loop (integers, tokens
+else. At the step's end (end_step) the step's ids are checked together (integers, tokens
 per layer) and, in the usual decode step (every layer in order, ids of one shape), kept as
 they are for the group's end; at the group's end ONE `cat` of the group's kept ids and ONE
 `scatter_add_` count every step into its row of a [K, bins] int32 buffer (a row: per layer its
@@ -58,7 +58,7 @@ def normal_tensors(method):
 class MoELayer:
     """One observed MoE layer: where its top-k ids come from and where they are counted."""
 
-    __slots__ = ("name", "layer", "num_experts", "top_k", "source", "offset", "tokens", "trusted",
+    __slots__ = ("name", "layer", "num_experts", "top_k", "source", "offset", "trusted",
                  "shared_experts", "views", "row")
 
     def __init__(self, name, layer, num_experts, top_k, source, trusted, shared_experts=0):
@@ -67,7 +67,6 @@ class MoELayer:
         self.offset = 0  # first bin of this layer in a step's row of the device buffer
         self.row = 0  # its index in ExpertCounts.layers (the order of the rows' layer slices)
         self.views = ()  # its slice of each step row of the device buffer, made when used
-        self.tokens = 0  # tokens routed through the layer in the current step (host-side)
 
     def __repr__(self):
         return (f"MoELayer({self.name!r}, layer={self.layer}, experts={self.num_experts}, "
@@ -97,6 +96,8 @@ class ExpertCounts:
         self.layers = []  # MoELayer, in registration order
         self.by_layer = {}  # layer index -> MoELayer
         self.captured = []  # the step's [row, ids, ...], appended by the taps
+        self._tokens = []  # tokens routed through each layer (by row) in the current step
+        self._all_rows = ()  # (0, 1, .., layers - 1): a step that went through every layer
         self._step = 0
         self._counts = None  # device buffer [K, bins], int32: row j holds step j of the group
         self._slot = 0  # the row the current step counts into
@@ -113,7 +114,7 @@ class ExpertCounts:
         # writing into them; that group is then dropped (counted).
         self._keep_ids = True
         self._group_spoiled = False
-        self._pending = collections.deque()  # (steps, tokens, host rows, event or None, meta)
+        self.pending = collections.deque()  # (steps, tokens, host rows, event or None, meta)
         self._free_host = []
 
     # [SECTION] layers and ids --------------------------------------------------------
@@ -123,6 +124,8 @@ class ExpertCounts:
         entry.row = len(self.layers)
         self.layers.append(entry)
         self.by_layer[entry.layer] = entry
+        self._tokens.append(0)
+        self._all_rows = tuple(range(len(self.layers)))
         if self._counts is not None:  # grown in place: counts of this step are kept
             self._grow(self._counts.device)
         return entry
@@ -145,7 +148,7 @@ class ExpertCounts:
             k = ids.shape[-1] if ids.dim() > 1 else (entry.top_k or 1)
             if entry.top_k is None:
                 entry.top_k = k
-            entry.tokens += n // k
+            self._tokens[entry.row] += n // k
             counts = self._counts
             if counts is None or counts.device != ids.device:
                 self._grow(ids.device)
@@ -173,7 +176,6 @@ class ExpertCounts:
             return
         rows, values = captured[0::2], captured[1::2]
         captured.clear()
-        layers = self.layers
         try:  # the usual step: int64 tensors of one shape [tokens, k], top-k known
             kinds = {(t.__class__, t.dtype, t.shape) for t in values}
         except AttributeError:  # None, or not a tensor
@@ -181,10 +183,14 @@ class ExpertCounts:
         if len(kinds) == 1:
             cls, dtype, shape = next(iter(kinds))
             if cls is _Tensor and dtype is _INT64 and len(shape) == 2 and shape[0] and shape[1]:
-                tokens = shape[0]
-                for row in rows:
-                    layers[row].tokens += tokens
-                self._count_step(rows, values, True, step_end)
+                key = tuple(rows)
+                step_tokens = self._tokens
+                if key == self._all_rows and not any(step_tokens):
+                    self._tokens = [shape[0]] * len(key)  # the usual step: every layer, once
+                else:
+                    for row in key:
+                        step_tokens[row] += shape[0]
+                self._count_step(key, values, True, step_end)
                 return
         self._take_checked(rows, values, step_end)
 
@@ -208,7 +214,7 @@ class ExpertCounts:
                 k = shape[-1] if len(shape) > 1 else (entry.top_k or 1)
                 if entry.top_k is None:
                     entry.top_k = k
-                entry.tokens += n // k
+                self._tokens[row] += n // k
             except Exception as e:  # noqa: BLE001 -- never into the model
                 self._hook_error(f"MoE layer {entry.layer} ids", e)
                 continue
@@ -219,20 +225,19 @@ class ExpertCounts:
             tensors.append(ids)
             kept_rows.append(row)
         if tensors:
-            self._count_step(kept_rows, tensors, same_shape, step_end)
+            self._count_step(tuple(kept_rows), tensors, same_shape, step_end)
 
-    def _count_step(self, kept_rows, tensors, same_shape, step_end):
-        """Counts a step's checked ids (tensors[i] of layer row kept_rows[i])."""
+    def _count_step(self, key, tensors, same_shape, step_end):
+        """Counts a step's checked ids (tensors[i] of layer row key[i])."""
         self._stats["moe_calls"] += len(tensors)
         try:
             if self._counts is None:
                 self._grow(tensors[0].device)
-            key = tuple(kept_rows)
             plan = self._plans.get(key, False)
             if plan is False:
                 plan = self._plan(key)
             if plan is None or not same_shape:
-                self._count_one_by_one(zip(tensors, kept_rows))
+                self._count_one_by_one(zip(tensors, key))
                 return
             n = tensors[0].numel()
             if step_end and n * len(tensors) <= _RUN_IDS_MAX:
@@ -242,7 +247,7 @@ class ExpertCounts:
         except (RuntimeError, IndexError):
             # Ids on another device than the buffer (a model moved, or split over devices), or
             # shapes that do not lay out as [layers, ids]: one layer at a time.
-            self._count_one_by_one(zip(tensors, kept_rows))
+            self._count_one_by_one(zip(tensors, key))
 
     def _plan(self, key):
         """(first row, layers, first offset, experts) when the rows are consecutive layers of
@@ -435,13 +440,11 @@ class ExpertCounts:
         step = self._step
         self._step += 1
         self._stats["steps"] += 1
-        layers = self.layers
-        tokens = [e.tokens for e in layers]
+        tokens = self._tokens
         if self._counts is None or not any(tokens):
             lap("hook_ns_step_count", t)
             return
-        for e in layers:
-            e.tokens = 0
+        self._tokens = [0] * len(tokens)
         self._group_steps.append(step)
         self._group_tokens += tokens
         if len(self._group_steps) < self.k:
@@ -462,7 +465,7 @@ class ExpertCounts:
             return
         if self.captured:
             self._take_captured(step_end=False)
-        in_progress = any(e.tokens for e in self.layers)
+        in_progress = any(self._tokens)
         self._send_group()
         if in_progress:
             self._slot_view(0).copy_(self._slot_view(used))
@@ -484,13 +487,13 @@ class ExpertCounts:
         counts = self._counts
         rows = counts if used == self.k else counts[:used]
         spoiled, self._group_spoiled = self._group_spoiled, False
-        if spoiled or len(self._pending) >= self._pending_max:
+        if spoiled or len(self.pending) >= self._pending_max:
             self._stats["steps_dropped"] += used
             rows.zero_()
             return
         host, event = self._copy_to_host(rows)
         rows.zero_()  # stream-ordered after the copy
-        self._pending.append((steps, tokens, host, event, self._meta))
+        self.pending.append((steps, tokens, host, event, self._meta))
 
     def _copy_to_host(self, rows):
         """(host tensor whose first rows will hold `rows`, an event completing with the copy, or
@@ -510,17 +513,13 @@ class ExpertCounts:
         return (_torch.empty(self._counts.shape, dtype=_torch.int32, pin_memory=True),
                 _torch.cuda.Event())
 
-    @property
-    def pending(self):
-        return bool(self._pending)
-
     def pending_steps(self):
-        return sum(len(p[0]) for p in self._pending)
+        return sum(len(p[0]) for p in self.pending)
 
     def drain(self, wait):
         """Sends each completed group: one C call for all its steps and layers, reading the
         host rows where the copy put them (int32 counts are the C API's uint32)."""
-        pending = self._pending
+        pending = self.pending
         while pending:
             steps, tokens, host, event, meta = pending[0]
             if event is not None:
