@@ -22,6 +22,7 @@ from then on each step's ids are copied at its end (one `cat`), so later steps s
 
 import collections
 import functools
+import operator
 from array import array as _array
 
 import torch as _torch
@@ -41,6 +42,10 @@ CAPTURED_MAX = 1 << 14
 _RUN_IDS_MAX = 1 << 15
 _INT64 = _torch.int64
 _Tensor = _torch.Tensor
+# What the usual step's check reads of each id tensor, in C (map() over it: no Python frame
+# per item).
+_KIND = operator.attrgetter("__class__", "dtype", "shape")
+_DATA_PTR = _Tensor.data_ptr
 
 
 def normal_tensors(method):
@@ -78,11 +83,11 @@ class _Run:
     layers and size, counted together at the group's end: `tensors` are the router's own
     (layer after layer, step after step) or, when `copied`, one copy per step."""
 
-    __slots__ = ("plan", "n", "start", "count", "tensors", "copied")
+    __slots__ = ("plan", "rows", "n", "shape", "start", "count", "tensors", "copied")
 
-    def __init__(self, plan, n, start, copied):
-        self.plan, self.n, self.start, self.count = plan, n, start, 0
-        self.tensors, self.copied = [], copied
+    def __init__(self, plan, rows, n, shape, start, copied):
+        self.plan, self.rows, self.n, self.shape = plan, rows, n, shape
+        self.start, self.count, self.tensors, self.copied = start, 0, [], copied
 
 
 class ExpertCounts:
@@ -177,7 +182,7 @@ class ExpertCounts:
         rows, values = captured[0::2], captured[1::2]
         captured.clear()
         try:  # the usual step: int64 tensors of one shape [tokens, k], top-k known
-            kinds = {(t.__class__, t.dtype, t.shape) for t in values}
+            kinds = set(map(_KIND, values))
         except AttributeError:  # None, or not a tensor
             kinds = ()
         if len(kinds) == 1:
@@ -190,6 +195,13 @@ class ExpertCounts:
                 else:
                     for row in key:
                         step_tokens[row] += shape[0]
+                run = self._run
+                if (step_end and run is not None and not run.copied and run.rows == key and
+                        run.shape == shape and run.start + run.count == self._slot):
+                    run.tensors += values  # the usual decode step: joins the group's run
+                    run.count += 1
+                    self._stats["moe_calls"] += len(values)
+                    return
                 self._count_step(key, values, True, step_end)
                 return
         self._take_checked(rows, values, step_end)
@@ -241,7 +253,7 @@ class ExpertCounts:
                 return
             n = tensors[0].numel()
             if step_end and n * len(tensors) <= _RUN_IDS_MAX:
-                self._join_run(plan, n, tensors)
+                self._join_run(plan, key, n, tensors)
             else:  # a group of one step, counted now
                 self._scatter(plan, n, self._slot, 1, tensors)
         except (RuntimeError, IndexError):
@@ -263,13 +275,14 @@ class ExpertCounts:
         self._plans[key] = plan
         return plan
 
-    def _join_run(self, plan, n, tensors):
+    def _join_run(self, plan, key, n, tensors):
         run = self._run
         if run is None or run.plan is not plan or run.n != n or \
                 run.start + run.count != self._slot:
             if run is not None:
                 self._flush_run(tensors)
-            run = self._run = _Run(plan, n, self._slot, copied=not self._keep_ids)
+            run = self._run = _Run(plan, key, n, tensors[0].shape, self._slot,
+                                   copied=not self._keep_ids)
         if run.copied:  # the model writes into its ids later: a copy now (one cat)
             run.tensors.append(_torch.cat(tensors))
         else:
@@ -284,8 +297,8 @@ class ExpertCounts:
         if run is None or not run.count:
             return
         if not run.copied:
-            ptrs = [t.data_ptr() for t in run.tensors]
-            ptrs += [t.data_ptr() for t in newer]
+            ptrs = list(map(_DATA_PTR, run.tensors))
+            ptrs += map(_DATA_PTR, newer)
             if len(set(ptrs)) != len(ptrs):
                 self._ids_changed()
                 return

@@ -95,22 +95,30 @@ def capture_argument(module, sink, tag, position, names, limit=None, overflow=No
     list `sink`: the positional argument at `position`, else the first of the keywords `names`
     (None when neither is there). Nothing else runs in the tap's own frame (no call of another
     Python function): the cheapest capture there is, for a hook that runs once per layer per
-    step (inferscope.torch's top-k ids). When `sink` holds more than `limit` items,
-    overflow() is called (it should empty it)."""
+    step (inferscope.torch's top-k ids). With a `limit`, overflow() is called once `sink`
+    holds more items than that (it should empty it)."""
     def make(handle, call):
         append = sink.append
-
-        def forward(self, *args, **kwargs):
-            if handle.active:
-                if len(args) > position:
+        if limit is None:
+            def forward(self, *args, **kwargs):
+                if handle.active:
                     append(tag)
-                    append(args[position])
-                else:
+                    try:
+                        append(args[position])
+                    except IndexError:  # passed by keyword (or not at all)
+                        append(next((kwargs[n] for n in names if n in kwargs), None))
+                return call(self, *args, **kwargs)
+        else:
+            def forward(self, *args, **kwargs):
+                if handle.active:
                     append(tag)
-                    append(next((kwargs[n] for n in names if n in kwargs), None))
-                if limit is not None and len(sink) > limit:
-                    overflow()
-            return call(self, *args, **kwargs)
+                    try:
+                        append(args[position])
+                    except IndexError:
+                        append(next((kwargs[n] for n in names if n in kwargs), None))
+                    if len(sink) > limit:
+                        overflow()
+                return call(self, *args, **kwargs)
         return forward
     return _install(module, make)
 

@@ -110,12 +110,12 @@ class Observer:
         self._cache = CacheMemory(self.agent, self._hook_error) if memory else None
         self._layout = []  # experts per layer as described to the collector ([]: not sent)
         self._step_ranges = step_ranges
-        self._step_range_calls = {}  # request id -> the "forward" range's (begin, end)
+        self._step_range = None  # the "forward" range's (begin, end) for the request id
         self._step_range_end = None  # the open "forward" range's end
         config = getattr(model, "config", None)
         self._config = config
         if moe == "auto":
-            self._discover_moe(model)
+            self._discover_moe(model, steps == "manual")
         self.model_name = model_name or _discovery.model_name(model, config)
         self._layout, mixers, top_k, shared = _discovery.layout(self.layers, config)
         self.agent.set_model(self.model_name, self._layout, mixers, top_k, shared)
@@ -212,8 +212,11 @@ class Observer:
 
     # [SECTION] attaching ---------------------------------------------------------------
 
-    def _discover_moe(self, model):
+    def _discover_moe(self, model, manual_steps):
         moe = self._moe
+        # A step's captured ids are bounded by its forward with steps="auto"; with "manual",
+        # by CAPTURED_MAX (counted early), in case end_step() is not called.
+        limit = CAPTURED_MAX if manual_steps else None
         for block in _discovery.find_moe_blocks(model, self._config):
             entry = MoELayer(f"{block.name}.{block.router_name}", block.layer,
                              block.num_experts, block.top_k, "", trusted=True,
@@ -226,8 +229,7 @@ class Observer:
                 entry.source = "experts(top_k_index)"
                 self._register(entry)
                 self._hook(capture_argument(block.experts, moe.captured, entry.row, 1,
-                                            _discovery.TOPK_ARG_NAMES, CAPTURED_MAX,
-                                            moe.overflow))
+                                            _discovery.TOPK_ARG_NAMES, limit, moe.overflow))
             else:
                 entry.source = "router output"
                 self._register(entry)
@@ -297,7 +299,12 @@ class Observer:
                 # One range around the whole forward: every kernel the model launches has an
                 # enclosing range (lm_head and embeddings too, outside any stage or layer), so
                 # with CUPTI on, its time is attributed (inferscope_gpu_kernel_seconds_total).
-                self._open_step_range()
+                try:
+                    pair = self._step_range or self._new_step_range()
+                    pair[0]()
+                    self._step_range_end = pair[1]
+                except Exception as e:  # noqa: BLE001
+                    self._hook_error("forward range", e)
                 self._stats["hook_ns_step_range"] += perf_ns() - t
             if self._requests.current is not None:
                 self._requests.forward()
@@ -320,20 +327,12 @@ class Observer:
             self._finish_step(t)
         self._stats["hook_ns_step"] += perf_ns() - start
 
-    def _open_step_range(self):
-        """Opens the step's "forward" range: two C calls prepared once per request id
-        (Agent._range_calls), no range object per step."""
-        rid = self._requests.request_id()
-        calls = self._step_range_calls.get(rid)
-        try:
-            if calls is None:
-                if len(self._step_range_calls) >= 64:
-                    self._step_range_calls.clear()
-                calls = self._step_range_calls[rid] = self.agent._range_calls("forward", rid)
-            calls[0]()
-            self._step_range_end = calls[1]
-        except Exception as e:  # noqa: BLE001
-            self._hook_error("forward range", e)
+    def _new_step_range(self):
+        """The "forward" range of the current request id: two C calls prepared once per
+        generate() (Agent._range_calls), no range object per step."""
+        pair = self._step_range = self.agent._range_calls("forward",
+                                                          self._requests.request_id())
+        return pair
 
     def _lap(self, key, start):
         """Adds the time since start to stats()[key] (the step hook's cost broken down:
@@ -373,6 +372,7 @@ class Observer:
                 return original(*args, **kwargs)  # closed, or a nested generate(): untouched
             ids_in = kwargs.get("input_ids", args[0] if args else None)
             g = requests.begin(ids_in)
+            observer._step_range = None  # the next step's range carries this request id
             status = "error"
             out = None
             # A range around the whole call: generate()'s own kernels between forwards (the
@@ -388,6 +388,7 @@ class Observer:
                 if scope is not None:
                     observer._close_range(scope, "generate")
                 finish = now_ns()
+                observer._step_range = None
                 # The last group's steps go now (generate() has synchronised on its tokens),
                 # not at the next generate()'s Kth step.
                 observer._send_group_now()
