@@ -229,8 +229,11 @@ class Agent:
         host whose caches the model's own work evicts. After close() they record nothing."""
         storage = _lib.Range()
         ref = ctypes.byref(storage)  # holds `storage`
+        # The ids as ctypes objects already: argtypes takes them as they are (a Python int is
+        # converted at every call).
         begin = functools.partial(self._lib.inferscope_range_begin, self._handle, ref,
-                                  intern(name), _count(request_id, "request_id"))
+                                  ctypes.c_uint32(intern(name)),
+                                  ctypes.c_uint64(_count(request_id, "request_id")))
         return begin, functools.partial(self._lib.inferscope_range_end, ref)
 
     def span(self, name, start_ns, end_ns, request_id=0):
