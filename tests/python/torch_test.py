@@ -111,6 +111,36 @@ def check_per_step_counts_exact(addrs):
         log(f"     K={k}: {forwards} steps exact, sent in calls of {spy.calls} steps")
 
 
+def check_ids_passed_by_keyword(addrs):
+    """An experts module called with its top-k ids by keyword (top_k_index=...), next to layers
+    that pass them positionally: the capture takes the keyword, every step exact."""
+
+    class KeywordMoe(hf.V5SparseMoe):
+        def forward(self, x):
+            h = x.reshape(-1, x.shape[-1])
+            _, scores, ids = self.gate(h)
+            self.routed.append(ids.clone())
+            return self.experts(h, top_k_index=ids, top_k_weights=scores).view_as(x)
+
+    torch.manual_seed(17)
+    model = hf.TinyLM(style="v5", layers=3).eval()
+    keyword = KeywordMoe(32, 8, 2)
+    keyword.load_state_dict(model.model.layers[1].mlp.state_dict())
+    model.model.layers[1].mlp = keyword
+    agent, obs = observed(addrs, "torch-keyword", model, steps_per_copy=4)
+    spy = LoadSpy(agent)
+    model.generate(prompt(2, 5), max_new_tokens=6)
+    obs.flush(10)
+    if obs.stats()["hook_errors"] or [e.source for e in obs.layers].count(
+            "experts(top_k_index)") != 3:
+        raise Failure(f"keyword ids: stats {obs.stats()}, layers {obs.layers}")
+    blocks = model.moe_blocks()
+    want = {s: {i: truth_step(b.routed[s], 8) for i, b in blocks.items()} for s in range(6)}
+    check_steps_exact(spy, want, "ids passed by keyword")
+    obs.close()
+    agent.close()
+
+
 def check_inference_mode(addrs):
     """generate() under torch.inference_mode(), then flush() and a second generate() outside
     it: the observer's buffers take in-place updates in both (no hook errors), every step
@@ -584,6 +614,7 @@ def main():
             "counts_exact": lambda: check_counts_exact(addrs),
             "per_step_counts_exact": lambda: check_per_step_counts_exact(addrs),
             "inference_mode": lambda: check_inference_mode(addrs),
+            "ids_passed_by_keyword": lambda: check_ids_passed_by_keyword(addrs),
             "mixed_layers_exact": lambda: check_mixed_layers_exact(addrs),
             "group_split_by_new_layer": lambda: check_group_split_by_new_layer(addrs),
             "pending_bound_drops_counted": lambda: check_pending_bound_drops_counted(addrs),
