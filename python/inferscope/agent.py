@@ -19,6 +19,7 @@ MEMORY_KINDS = {"kv_cache": 0, "ssm_state": 1, "ssm_checkpoints": 2, "weights": 
 STAGES = {"encoder": 0, "connector": 1, "prefill": 2, "decode": 3}
 DEVICES = {"cpu": 0, "gpu": 1}
 REQUEST_STATUSES = {"ok": 0, "cancelled": 1, "error": 2, "rejected": 3}
+GPU_TRACE_MODES = ("off", "sampled", "triggered", "full")  # INFERSCOPE_GPU_TRACE_*
 MAX_EXPERTS = 4096  # wire::kMaxExperts
 _MAX_PENDING = 4096  # CUDA-tensor expert loads waiting for their copy
 _U32_MAX = 2**32 - 1
@@ -184,6 +185,12 @@ class Agent:
         out["pending_cuda_loads"] = len(self._pending)
         out["pending_cuda_dropped"] = self._pending_dropped
         return out
+
+    def gpu_trace_mode(self):
+        """The agent's GPU tracing mode now (INFERSCOPE_GPU_TRACE, or as switched at run time):
+        "off", "sampled", "triggered" or "full"; "off" once closed."""
+        mode = self._lib.inferscope_gpu_trace_mode(self._handle)
+        return GPU_TRACE_MODES[mode] if 0 <= mode < len(GPU_TRACE_MODES) else "off"
 
     def set_model(self, name, experts_per_layer=(), mixers=None, top_k=0, shared_experts=0):
         """Describes the observed model: `name` becomes the `model` label of every metric;

@@ -61,8 +61,12 @@ def observe(model, agent=None, *, model_name=None, moe="auto", memory=True, stag
     layer_ranges: an NVTX/agent range per decoder layer (for CUPTI attribution to layers;
         costs two C calls per layer per step, off by default).
     step_ranges: a range "forward" around each step and "generate" around each generate()
-        (two C calls each): with CUPTI on, kernels outside every stage and layer (embeddings,
-        lm_head, generate()'s token selection and stopping checks) are attributed too.
+        (two C calls each), so that with CUPTI on, kernels outside every stage and layer
+        (embeddings, lm_head, generate()'s token selection and stopping checks) are attributed
+        too. True (default): the "forward" ranges while the agent traces the GPU
+        (INFERSCOPE_GPU_TRACE sampled, triggered or full; read at each generate() and every
+        256 steps), none with the trace off, where they would only cost; "always": every
+        step (a "forward" CPU span and NVTX range per step in any mode); False: neither.
     steps: "auto" (each forward of `model` is a step) or "manual" (call obs.end_step()).
     steps_per_copy: K, the steps whose expert counts are copied from the device and sent to the
         agent together (one copy, one event, one C call per K steps instead of per step; each
@@ -91,6 +95,8 @@ class Observer:
                              f"{steps_per_copy!r}")
         if moe not in ("auto", False, None):
             raise ValueError(f"moe must be 'auto' or False, not {moe!r}")
+        if step_ranges not in (True, False, "always"):
+            raise ValueError(f"step_ranges must be True, False or 'always', not {step_ranges!r}")
         self.model = model
         self._own_agent = agent is None
         self.agent = Agent() if agent is None else agent
@@ -110,6 +116,8 @@ class Observer:
         self._cache = CacheMemory(self.agent, self._hook_error) if memory else None
         self._layout = []  # experts per layer as described to the collector ([]: not sent)
         self._step_ranges = step_ranges
+        self._step_range_on = False  # whether steps open a "forward" range now
+        self._range_check = 0  # steps until the agent's GPU trace mode is read again
         self._step_range = None  # the "forward" range's (begin, end) for the request id
         self._step_range_end = None  # the open "forward" range's end
         config = getattr(model, "config", None)
@@ -295,7 +303,10 @@ class Observer:
         t = perf_ns()
         self._depth += 1
         if self._depth == 1:
-            if self._step_ranges:
+            self._range_check -= 1
+            if self._range_check <= 0:
+                self._refresh_step_range()
+            if self._step_range_on:
                 # One range around the whole forward: every kernel the model launches has an
                 # enclosing range (lm_head and embeddings too, outside any stage or layer), so
                 # with CUPTI on, its time is attributed (inferscope_gpu_kernel_seconds_total).
@@ -326,6 +337,17 @@ class Observer:
                 t = self._lap("hook_ns_step_memory", t)
             self._finish_step(t)
         self._stats["hook_ns_step"] += perf_ns() - start
+
+    def _refresh_step_range(self):
+        """Whether steps open a "forward" range: always, never, or (step_ranges=True) while
+        the agent traces the GPU, read from it every 256 steps and at each generate()."""
+        self._range_check = 256
+        mode = self._step_ranges
+        try:
+            self._step_range_on = mode == "always" or (
+                mode is True and self.agent.gpu_trace_mode() != "off")
+        except Exception as e:  # noqa: BLE001
+            self._hook_error("forward range", e)
 
     def _new_step_range(self):
         """The "forward" range of the current request id: two C calls prepared once per
@@ -373,6 +395,7 @@ class Observer:
             ids_in = kwargs.get("input_ids", args[0] if args else None)
             g = requests.begin(ids_in)
             observer._step_range = None  # the next step's range carries this request id
+            observer._range_check = 0  # and the GPU trace mode is read again
             status = "error"
             out = None
             # A range around the whole call: generate()'s own kernels between forwards (the

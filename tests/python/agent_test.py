@@ -270,6 +270,8 @@ def check_prepared_range_calls():
     records one range; after close() the prepared calls are no-ops (the handle object they
     hold is set to NULL in place), not calls into a freed agent."""
     agent = inferscope.Agent(collector=f"tcp://127.0.0.1:{free_port()}", service="ranges")
+    if agent.gpu_trace_mode() != "off":  # INFERSCOPE_GPU_TRACE is not set here
+        raise Failure(f"GPU trace mode {agent.gpu_trace_mode()!r}, want 'off'")
     begin, end = agent._range_calls("forward", 7)
     before = agent.stats()["records_recorded"]
     for _ in range(3):
@@ -279,7 +281,7 @@ def check_prepared_range_calls():
     agent.close()
     begin()
     end()
-    if got != 3 or agent.stats()["records_recorded"] != 0:
+    if got != 3 or agent.stats()["records_recorded"] != 0 or agent.gpu_trace_mode() != "off":
         raise Failure(f"{got} records for 3 prepared ranges (want 3), {agent.stats()} after "
                       "close")
 

@@ -570,6 +570,50 @@ def check_layer_and_step_ranges_keep_outputs():
         raise Failure(f"hook errors with layer ranges: {st}")
 
 
+def check_step_ranges_follow_gpu_trace():
+    """The per-step "forward" range (two C calls) opens while the agent traces the GPU
+    (step_ranges=True, the default), on every step with "always", never with False; the
+    agent's mode is read again at each generate(), and the range carries the request id."""
+    torch.manual_seed(18)
+    model = hf.TinyLM(style="v5", layers=2).eval()
+    agent = inferscope.Agent(collector="")
+    opened, mode = [], ["off"]
+    prepared = agent._range_calls
+
+    def counting(name, request_id=0):
+        begin, end = prepared(name, request_id)
+
+        def counted_begin():
+            opened.append((name, request_id))
+            begin()
+        return counted_begin, end
+    agent._range_calls = counting
+    agent.gpu_trace_mode = lambda: mode[0]
+    for setting, trace, want in ((True, "off", 0), (True, "sampled", 3), ("always", "off", 3),
+                                 (False, "full", 0)):
+        opened.clear()
+        mode[0] = trace
+        obs = inferscope.torch.observe(model, agent, step_ranges=setting)
+        model.generate(prompt(1, 3), max_new_tokens=3)  # 3 forwards, request id 1
+        if opened != [("forward", 1)] * want:
+            raise Failure(f"step_ranges={setting!r}, GPU trace {trace}: ranges opened "
+                          f"{opened}, want {want} of request 1")
+        if setting is True and trace == "off":
+            opened.clear()
+            mode[0] = "full"  # switched at run time: the next generate() reads it
+            model.generate(prompt(1, 3), max_new_tokens=2)
+            if opened != [("forward", 2)] * 2:
+                raise Failure(f"the GPU trace switched on between generate() calls: ranges "
+                              f"opened {opened}, want 2 of request 2")
+        obs.close()
+    try:
+        inferscope.torch.observe(model, agent, step_ranges="sometimes")
+        raise Failure("step_ranges='sometimes' was accepted")
+    except ValueError:
+        pass
+    agent.close()
+
+
 def check_broken_extractor_counted():
     """The extractor's exception is counted in stats()['hook_errors'] (not raised)."""
     router = torch.nn.Linear(4, 4)
@@ -628,6 +672,7 @@ def main():
             "hook_errors_never_reach_the_model": check_hook_errors_never_reach_the_model,
             "layer_and_step_ranges_keep_outputs": check_layer_and_step_ranges_keep_outputs,
             "broken_extractor_counted": check_broken_extractor_counted,
+            "step_ranges_follow_gpu_trace": check_step_ranges_follow_gpu_trace,
         }
         failed = run_checks(checks)
     finally:
