@@ -111,6 +111,13 @@ def check_per_step_counts_exact(addrs):
         log(f"     K={k}: {forwards} steps exact, sent in calls of {spy.calls} steps")
 
 
+def expect_model_steps_exact(spy, model, steps, what, experts=8):
+    """The loads the agent got for steps 0..steps-1 equal the model's own routing."""
+    blocks = model.moe_blocks()
+    check_steps_exact(spy, {s: {i: truth_step(b.routed[s], experts) for i, b in blocks.items()}
+                            for s in range(steps)}, what)
+
+
 def check_ids_passed_by_keyword(addrs):
     """An experts module called with its top-k ids by keyword (top_k_index=...), next to layers
     that pass them positionally: the capture takes the keyword, every step exact."""
@@ -134,9 +141,7 @@ def check_ids_passed_by_keyword(addrs):
     if obs.stats()["hook_errors"] or [e.source for e in obs.layers].count(
             "experts(top_k_index)") != 3:
         raise Failure(f"keyword ids: stats {obs.stats()}, layers {obs.layers}")
-    blocks = model.moe_blocks()
-    want = {s: {i: truth_step(b.routed[s], 8) for i, b in blocks.items()} for s in range(6)}
-    check_steps_exact(spy, want, "ids passed by keyword")
+    expect_model_steps_exact(spy, model, 6, "ids passed by keyword")
     obs.close()
     agent.close()
 
@@ -157,9 +162,7 @@ def check_inference_mode(addrs):
     st = obs.stats()
     if st["hook_errors"] or st["steps"] != 9:
         raise Failure(f"inference mode: observer stats {st}")
-    blocks = model.moe_blocks()
-    want = {s: {i: truth_step(b.routed[s], 8) for i, b in blocks.items()} for s in range(9)}
-    check_steps_exact(spy, want, "inference mode")
+    expect_model_steps_exact(spy, model, 9, "inference mode")
     obs.close()
     agent.close()
 
