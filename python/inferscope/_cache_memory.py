@@ -10,6 +10,9 @@ import torch as _torch
 __all__ = ["CacheMemory", "cache_bytes"]
 
 _INTERVAL_NS = 1_000_000_000  # cache bytes at most every second (and at flush, generate end)
+# The output's cache is looked at on one step in this many (and on a generate()'s first): a
+# model keeps one cache object through a generate(), and the look is a cost of its own.
+_LOOK_EVERY = 16
 _SSM_WORDS = ("conv", "ssm", "recurrent", "state")
 _KV_WORDS = ("key", "value", "k_cache", "v_cache")
 
@@ -48,16 +51,28 @@ def cache_bytes(cache):
 
 class CacheMemory:
     """Reports the bytes of the cache a model's forward returned ("kv_cache", "ssm_state"
-    through the agent): after(output) at each step's end (walks at most once a second; the
-    cache is held by a weak reference, never kept alive), flush() when a step was skipped."""
+    through the agent): after(output) at each step's end (looks at the output's cache on one
+    step in 16 and after new_call(), walks it at most once a second; the cache is held by a
+    weak reference, never kept alive), flush() when a step was not walked."""
 
     def __init__(self, agent, hook_error):
         self.agent, self._hook_error = agent, hook_error
         self._at = -(1 << 62)  # perf_counter_ns of the last walk
         self.dirty = False  # a step's cache was not walked (the interval)
         self._last = None  # weakref to the last cache seen
+        self._look_in = 0  # steps until the output's cache is looked at
+
+    def new_call(self):
+        """A generate() starts: its first step's cache is looked at (a new cache object)."""
+        self._look_in = 0
 
     def after(self, output, force=False):
+        if not force:
+            self._look_in -= 1
+            if self._look_in > 0:
+                self.dirty = True
+                return
+            self._look_in = _LOOK_EVERY
         try:
             cache = _cache_of(output) if output is not None else None
             if cache is None:

@@ -396,6 +396,8 @@ class Observer:
             g = requests.begin(ids_in)
             observer._step_range = None  # the next step's range carries this request id
             observer._range_check = 0  # and the GPU trace mode is read again
+            if observer._cache is not None:
+                observer._cache.new_call()
             status = "error"
             out = None
             # A range around the whole call: generate()'s own kernels between forwards (the
