@@ -174,14 +174,15 @@ class ExpertCounts:
             self._hook_error("MoE ids", e)
 
     def _take_captured(self, step_end):
-        """Checks the step's captured ids (one loop: integers, tokens per layer) and counts
-        them: kept for the group's end (step_end, the usual step), or now."""
+        """Checks the step's captured ids and counts them: kept for the group's end (step_end,
+        the usual step), or now. The usual step is checked in one go (one set of (class,
+        dtype, shape) over them, made in C); anything else item by item (_take_checked)."""
         captured = self.captured
         if not captured:
             return
         rows, values = captured[0::2], captured[1::2]
         captured.clear()
-        try:  # the usual step: int64 tensors of one shape [tokens, k], top-k known
+        try:  # the usual step: int64 tensors of one shape [tokens, k]
             kinds = set(map(_KIND, values))
         except AttributeError:  # None, or not a tensor
             kinds = ()
