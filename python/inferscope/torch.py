@@ -345,7 +345,7 @@ class Observer:
         mode = self._step_ranges
         try:
             self._step_range_on = mode == "always" or (
-                mode is True and self.agent.gpu_trace_mode() != "off")
+                bool(mode) and self.agent.gpu_trace_mode() != "off")
         except Exception as e:  # noqa: BLE001
             self._hook_error("forward range", e)
 
