@@ -370,11 +370,10 @@ def check_llava_stages(addrs, results):
                                    "moe_layers": [e.layer for e in obs.layers]}
         return (got.get("encoder") == 2 and got.get("connector") == 2 and
                 got.get("backbone_prefill") == 2 and got.get("backbone_decode") == 10)
+    from inferscope._discovery import find_stages
     results["llava_stages_observer"] = {
-        "stats": dict(obs._stats), "stage_events_left": len(obs._stage_events),
-        "stage_modules": [n for n, m in model.named_modules()
-                          if n.rsplit(".", 1)[-1] in inferscope.torch._ENCODER_NAMES +
-                          inferscope.torch._CONNECTOR_NAMES + inferscope.torch._BACKBONE_NAMES]}
+        "stats": obs.stats(),
+        "stage_modules": {stage: type(m).__name__ for stage, m in find_stages(model).items()}}
     try:
         wait_for(addrs["metrics"], "2 encoder / connector / prefill and 10 decode stages", shows)
     except Failure as e:
