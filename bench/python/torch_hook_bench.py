@@ -8,8 +8,9 @@ observed, and the observer's own stats()["hook_ns_*"] are printed per step.
         [--python-dir DIR: another inferscope package, e.g. an older one to compare] [--cpu-time]
 
 Two figures:
-  * hook us per step by part (moe: the per-layer hooks; step_*: the step end's range, cache
-    walk, counting, device->host copy, drain to the agent). Host time, measured inside the
+  * hook us per step by part (moe: per-layer hooks that extract ids from a router's output,
+    0 for the v5 style, whose captures are untimed; step_*: the step end's range, cache walk,
+    counting (the captured ids' check), device->host copy, drain to the agent). Host time, measured inside the
     hooks, median over rounds.
   * aten ops per step that the hooks add (TorchDispatchMode: every op the hooks dispatch,
     views included, over the same forwards observed and not; a second generate() of the
@@ -135,7 +136,8 @@ def main():
           f"steps_per_copy {args.steps_per_copy or 'default'}, median of {args.rounds} rounds")
     print(f"  hooks {statistics.median(total):7.1f} us/step: " + ", ".join(
         f"{k} {statistics.median(v):.1f}" for k, v in per_step.items()))
-    print(f"  moe per layer {statistics.median(per_step['moe']) / args.layers:.2f} us")
+    # The transformers 5 captures are untimed (moe 0): their checks are in step_count.
+    print(f"  hooks per MoE layer {statistics.median(total) / args.layers:.2f} us")
     n_ops = sum(added.values())
     print(f"  aten ops the hooks add: {n_ops / steps:.2f} per step ({n_ops} over {steps} steps "
           f"of a second generate()): " + ", ".join(

@@ -62,6 +62,7 @@ _PROTOTYPES = {
     "inferscope_request": (None, [_P, ctypes.POINTER(RequestEvent)]),
     "inferscope_counter": (None, [_P, _u32, ctypes.c_double]),
     "inferscope_gauge": (None, [_P, _u32, ctypes.c_double]),
+    "inferscope_gpu_trace_mode": (_int, [_P]),
     "inferscope_agent_set_model": (_int, [_P, ctypes.c_char_p, ctypes.POINTER(_u32),
                                           ctypes.POINTER(_int), ctypes.c_size_t, _u32, _u32]),
 }

@@ -19,6 +19,7 @@ MEMORY_KINDS = {"kv_cache": 0, "ssm_state": 1, "ssm_checkpoints": 2, "weights": 
 STAGES = {"encoder": 0, "connector": 1, "prefill": 2, "decode": 3}
 DEVICES = {"cpu": 0, "gpu": 1}
 REQUEST_STATUSES = {"ok": 0, "cancelled": 1, "error": 2, "rejected": 3}
+GPU_TRACE_MODES = ("off", "sampled", "triggered", "full")  # INFERSCOPE_GPU_TRACE_*
 MAX_EXPERTS = 4096  # wire::kMaxExperts
 _MAX_PENDING = 4096  # CUDA-tensor expert loads waiting for their copy
 _U32_MAX = 2**32 - 1
@@ -145,7 +146,9 @@ class Agent:
         """Flushes (bounded by the agent's shutdown timeout) and frees. Idempotent."""
         if self._handle:
             self._drain_pending(wait=True)
-            handle, self._handle = self._handle, ctypes.c_void_p(None)
+            # NULL in place: calls prepared with this handle object (_range_calls) see a
+            # closed agent (no-ops in the C API), never a freed one.
+            handle, self._handle.value = self._handle.value, None
             self._lib.inferscope_agent_destroy(handle)
 
     def __enter__(self):
@@ -183,6 +186,12 @@ class Agent:
         out["pending_cuda_dropped"] = self._pending_dropped
         return out
 
+    def gpu_trace_mode(self):
+        """The agent's GPU tracing mode now (INFERSCOPE_GPU_TRACE, or as switched at run time):
+        "off", "sampled", "triggered" or "full"; "off" once closed."""
+        mode = self._lib.inferscope_gpu_trace_mode(self._handle)
+        return GPU_TRACE_MODES[mode] if 0 <= mode < len(GPU_TRACE_MODES) else "off"
+
     def set_model(self, name, experts_per_layer=(), mixers=None, top_k=0, shared_experts=0):
         """Describes the observed model: `name` becomes the `model` label of every metric;
         experts_per_layer[i] is layer i's routed experts (0: dense), mixers[i] "attention" or
@@ -217,6 +226,22 @@ class Agent:
         """A CPU range (and NVTX range): `with agent.range("decode"):` or `@agent.range("decode")`.
         Ranges nest; enter and exit on the same thread."""
         return _RangeScope(self, intern(name), _count(request_id, "request_id"))
+
+    def _range_calls(self, name, request_id=0):
+        """(begin, end): callables without arguments that open and close one range `name`,
+        one at a time (the range's storage is theirs): the C calls with their arguments
+        converted once, no Python frame (functools.partial over the ctypes functions). For a
+        hook that opens the same range every step (inferscope.torch's "forward"): a ctypes
+        call's argument conversion and the range object of range() are most of its cost on a
+        host whose caches the model's own work evicts. After close() they record nothing."""
+        storage = _lib.Range()
+        ref = ctypes.byref(storage)  # holds `storage`
+        # The ids as ctypes objects already: argtypes takes them as they are (a Python int is
+        # converted at every call).
+        begin = functools.partial(self._lib.inferscope_range_begin, self._handle, ref,
+                                  ctypes.c_uint32(intern(name)),
+                                  ctypes.c_uint64(_count(request_id, "request_id")))
+        return begin, functools.partial(self._lib.inferscope_range_end, ref)
 
     def span(self, name, start_ns, end_ns, request_id=0):
         """A span that already happened, in now_ns() time."""

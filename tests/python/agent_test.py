@@ -265,6 +265,27 @@ def check_after_close_and_twice():
     b.close()
 
 
+def check_prepared_range_calls():
+    """Agent._range_calls (inferscope.torch's per-step "forward" range): each begin/end pair
+    records one range; after close() the prepared calls are no-ops (the handle object they
+    hold is set to NULL in place), not calls into a freed agent."""
+    agent = inferscope.Agent(collector=f"tcp://127.0.0.1:{free_port()}", service="ranges")
+    if agent.gpu_trace_mode() != "off":  # INFERSCOPE_GPU_TRACE is not set here
+        raise Failure(f"GPU trace mode {agent.gpu_trace_mode()!r}, want 'off'")
+    begin, end = agent._range_calls("forward", 7)
+    before = agent.stats()["records_recorded"]
+    for _ in range(3):
+        begin()
+        end()
+    got = agent.stats()["records_recorded"] - before
+    agent.close()
+    begin()
+    end()
+    if got != 3 or agent.stats()["records_recorded"] != 0 or agent.gpu_trace_mode() != "off":
+        raise Failure(f"{got} records for 3 prepared ranges (want 3), {agent.stats()} after "
+                      "close")
+
+
 def check_collector_down():
     """A collector that is not there: records are dropped and counted, flush says
     False, close() returns within the shutdown bound, the process lives on."""
@@ -324,6 +345,7 @@ def main():
                   "numpy": lambda: check_numpy(addrs),
                   "cuda_tensor_path": lambda: check_cuda_tensor_path(addrs),
                   "bad_input": check_bad_input, "after_close_and_twice": check_after_close_and_twice,
+                  "prepared_range_calls": check_prepared_range_calls,
                   "collector_down": check_collector_down, "missing_library": check_missing_library}
         failed = run_checks(checks)
     finally:

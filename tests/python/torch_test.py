@@ -111,6 +111,41 @@ def check_per_step_counts_exact(addrs):
         log(f"     K={k}: {forwards} steps exact, sent in calls of {spy.calls} steps")
 
 
+def expect_model_steps_exact(spy, model, steps, what, experts=8):
+    """The loads the agent got for steps 0..steps-1 equal the model's own routing."""
+    blocks = model.moe_blocks()
+    check_steps_exact(spy, {s: {i: truth_step(b.routed[s], experts) for i, b in blocks.items()}
+                            for s in range(steps)}, what)
+
+
+def check_ids_passed_by_keyword(addrs):
+    """An experts module called with its top-k ids by keyword (top_k_index=...), next to layers
+    that pass them positionally: the capture takes the keyword, every step exact."""
+
+    class KeywordMoe(hf.V5SparseMoe):
+        def forward(self, x):
+            h = x.reshape(-1, x.shape[-1])
+            _, scores, ids = self.gate(h)
+            self.routed.append(ids.clone())
+            return self.experts(h, top_k_index=ids, top_k_weights=scores).view_as(x)
+
+    torch.manual_seed(17)
+    model = hf.TinyLM(style="v5", layers=3).eval()
+    keyword = KeywordMoe(32, 8, 2)
+    keyword.load_state_dict(model.model.layers[1].mlp.state_dict())
+    model.model.layers[1].mlp = keyword
+    agent, obs = observed(addrs, "torch-keyword", model, steps_per_copy=4)
+    spy = LoadSpy(agent)
+    model.generate(prompt(2, 5), max_new_tokens=6)
+    obs.flush(10)
+    if obs.stats()["hook_errors"] or [e.source for e in obs.layers].count(
+            "experts(top_k_index)") != 3:
+        raise Failure(f"keyword ids: stats {obs.stats()}, layers {obs.layers}")
+    expect_model_steps_exact(spy, model, 6, "ids passed by keyword")
+    obs.close()
+    agent.close()
+
+
 def check_inference_mode(addrs):
     """generate() under torch.inference_mode(), then flush() and a second generate() outside
     it: the observer's buffers take in-place updates in both (no hook errors), every step
@@ -127,28 +162,26 @@ def check_inference_mode(addrs):
     st = obs.stats()
     if st["hook_errors"] or st["steps"] != 9:
         raise Failure(f"inference mode: observer stats {st}")
-    blocks = model.moe_blocks()
-    want = {s: {i: truth_step(b.routed[s], 8) for i, b in blocks.items()} for s in range(9)}
-    check_steps_exact(spy, want, "inference mode")
+    expect_model_steps_exact(spy, model, 9, "inference mode")
     obs.close()
     agent.close()
 
 
 def check_mixed_layers_exact(addrs):
-    """Layers of different expert counts (counted by cat + offsets + index_add_, not the
-    stacked scatter of uniform layers) and a prefill over the ids kept for a step's end
-    (counted early, in two parts): every step exact."""
+    """Layers of different expert counts (counted one layer at a time, not by the group's
+    scatter of uniform layers) and a step whose captured ids pass the taps' bound (counted
+    early, in two parts): every step exact."""
     torch.manual_seed(13)
     model = hf.TinyLM(style="v5", layers=3).eval()
     model.model.layers[1].mlp = hf.V5SparseMoe(32, 4, 2)  # 4 experts between two of 8
-    agent, obs = observed(addrs, "torch-mixed", model, steps_per_copy=4)
-    spy = LoadSpy(agent)
-    kept_max = inferscope.torch._DEFERRED_IDS_MAX
-    inferscope.torch._DEFERRED_IDS_MAX = 30  # a prefill's 20 ids per layer: counted early
+    captured_max = inferscope.torch.CAPTURED_MAX
+    inferscope.torch.CAPTURED_MAX = 3  # the taps' bound: 2 layers' ids (4 items) pass it
     try:
-        model.generate(prompt(2, 5), max_new_tokens=6)
+        agent, obs = observed(addrs, "torch-mixed", model, steps_per_copy=4)
     finally:
-        inferscope.torch._DEFERRED_IDS_MAX = kept_max
+        inferscope.torch.CAPTURED_MAX = captured_max
+    spy = LoadSpy(agent)
+    model.generate(prompt(2, 5), max_new_tokens=6)
     obs.flush(10)
     blocks = model.moe_blocks()
     experts = {0: 8, 1: 4, 2: 8}
@@ -216,8 +249,8 @@ def check_pending_bound_drops_counted(addrs):
     model = hf.TinyLM(style="v5", layers=3).eval()
     agent, obs = observed(addrs, "torch-stuck", model, steps_per_copy=2)
     spy = LoadSpy(agent)
-    copy = obs._copy_to_host
-    obs._copy_to_host = lambda rows: (copy(rows)[0], StuckEvent())
+    copy = obs._moe._copy_to_host
+    obs._moe._copy_to_host = lambda rows: (copy(rows)[0], StuckEvent())
     model.generate(prompt(2, 4), max_new_tokens=13)
     st = obs.stats()
     # 4 groups of 2 in flight (the bound: 8 steps, at least 2 groups); then (8, 9), (10, 11)
@@ -540,6 +573,50 @@ def check_layer_and_step_ranges_keep_outputs():
         raise Failure(f"hook errors with layer ranges: {st}")
 
 
+def check_step_ranges_follow_gpu_trace():
+    """The per-step "forward" range (two C calls) opens while the agent traces the GPU
+    (step_ranges=True, the default), on every step with "always", never with False; the
+    agent's mode is read again at each generate(), and the range carries the request id."""
+    torch.manual_seed(18)
+    model = hf.TinyLM(style="v5", layers=2).eval()
+    agent = inferscope.Agent(collector="")
+    opened, mode = [], ["off"]
+    prepared = agent._range_calls
+
+    def counting(name, request_id=0):
+        begin, end = prepared(name, request_id)
+
+        def counted_begin():
+            opened.append((name, request_id))
+            begin()
+        return counted_begin, end
+    agent._range_calls = counting
+    agent.gpu_trace_mode = lambda: mode[0]
+    for setting, trace, want in ((True, "off", 0), (True, "sampled", 3), ("always", "off", 3),
+                                 (False, "full", 0)):
+        opened.clear()
+        mode[0] = trace
+        obs = inferscope.torch.observe(model, agent, step_ranges=setting)
+        model.generate(prompt(1, 3), max_new_tokens=3)  # 3 forwards, request id 1
+        if opened != [("forward", 1)] * want:
+            raise Failure(f"step_ranges={setting!r}, GPU trace {trace}: ranges opened "
+                          f"{opened}, want {want} of request 1")
+        if setting is True and trace == "off":
+            opened.clear()
+            mode[0] = "full"  # switched at run time: the next generate() reads it
+            model.generate(prompt(1, 3), max_new_tokens=2)
+            if opened != [("forward", 2)] * 2:
+                raise Failure(f"the GPU trace switched on between generate() calls: ranges "
+                              f"opened {opened}, want 2 of request 2")
+        obs.close()
+    try:
+        inferscope.torch.observe(model, agent, step_ranges="sometimes")
+        raise Failure("step_ranges='sometimes' was accepted")
+    except ValueError:
+        pass
+    agent.close()
+
+
 def check_broken_extractor_counted():
     """The extractor's exception is counted in stats()['hook_errors'] (not raised)."""
     router = torch.nn.Linear(4, 4)
@@ -584,6 +661,7 @@ def main():
             "counts_exact": lambda: check_counts_exact(addrs),
             "per_step_counts_exact": lambda: check_per_step_counts_exact(addrs),
             "inference_mode": lambda: check_inference_mode(addrs),
+            "ids_passed_by_keyword": lambda: check_ids_passed_by_keyword(addrs),
             "mixed_layers_exact": lambda: check_mixed_layers_exact(addrs),
             "group_split_by_new_layer": lambda: check_group_split_by_new_layer(addrs),
             "pending_bound_drops_counted": lambda: check_pending_bound_drops_counted(addrs),
@@ -597,6 +675,7 @@ def main():
             "hook_errors_never_reach_the_model": check_hook_errors_never_reach_the_model,
             "layer_and_step_ranges_keep_outputs": check_layer_and_step_ranges_keep_outputs,
             "broken_extractor_counted": check_broken_extractor_counted,
+            "step_ranges_follow_gpu_trace": check_step_ranges_follow_gpu_trace,
         }
         failed = run_checks(checks)
     finally:

@@ -370,11 +370,10 @@ def check_llava_stages(addrs, results):
                                    "moe_layers": [e.layer for e in obs.layers]}
         return (got.get("encoder") == 2 and got.get("connector") == 2 and
                 got.get("backbone_prefill") == 2 and got.get("backbone_decode") == 10)
+    from inferscope._discovery import find_stages
     results["llava_stages_observer"] = {
-        "stats": dict(obs._stats), "stage_events_left": len(obs._stage_events),
-        "stage_modules": [n for n, m in model.named_modules()
-                          if n.rsplit(".", 1)[-1] in inferscope.torch._ENCODER_NAMES +
-                          inferscope.torch._CONNECTOR_NAMES + inferscope.torch._BACKBONE_NAMES]}
+        "stats": obs.stats(),
+        "stage_modules": {stage: type(m).__name__ for stage, m in find_stages(model).items()}}
     try:
         wait_for(addrs["metrics"], "2 encoder / connector / prefill and 10 decode stages", shows)
     except Failure as e:
@@ -581,6 +580,18 @@ HOOK_PARTS = ("moe", "step", "stage", "step_range", "step_memory", "step_count",
               "step_drain")
 
 
+# The overhead check's variants of observe(), each paired with unobserved runs: all of it, and
+# the expert counting alone.
+OVERHEAD_VARIANTS = {
+    "observed": {},
+    "moe_only": dict(memory=False, stages=False, requests=False, step_ranges=False),
+}
+# Its rounds: many short ones (generate() of 32 tokens, 4 rounds per --rounds), so that the
+# median of the paired slowdowns stands on enough pairs on a noisy host.
+OVERHEAD_NEW_TOKENS = 32
+OVERHEAD_ROUNDS_PER_ROUND = 4
+
+
 def overhead_model():
     """The overhead checks' model: Qwen3-MoE, 12 MoE layers of 64 experts top-8, bf16."""
     cfg = transformers.Qwen3MoeConfig(hidden_size=1024, intermediate_size=2048,
@@ -595,16 +606,19 @@ def overhead_model():
 
 
 def decode_runner(model, batch, new=64):
-    """run(): tokens/s of one greedy generate() of `new` tokens after a 32-token prompt."""
+    """run(): (tokens/s, tokens per second of the decoding thread's CPU time) of one greedy
+    generate() of `new` tokens after a 32-token prompt. Eager decode is bound by this thread,
+    so its CPU time is the step's cost without the time other processes took the core."""
     ids = prompt(batch, 32, vocab=32000)
 
     def run():
         torch.cuda.synchronize()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         with torch.no_grad():
             generate(model, ids, new)
         torch.cuda.synchronize()
-        return batch * new / (time.perf_counter() - t0)
+        return (batch * new / (time.perf_counter() - t0),
+                batch * new / (time.thread_time() - c0))
     run()  # warm-up
     return run
 
@@ -613,8 +627,8 @@ def paired_rounds(run, variants, rounds):
     """For each variant (name -> attach(), returning detach()), `rounds` pairs of an
     unobserved run and a run with the variant attached, in alternating order (off-on, on-off,
     ...), so a drift of the machine over the run cancels. Returns {name: (off tok/s list,
-    on tok/s list, paired slowdowns in %)}."""
-    out = {name: ([], [], []) for name in variants}
+    on tok/s list, paired slowdowns in %, paired slowdowns of the thread's CPU time in %)}."""
+    out = {name: ([], [], [], []) for name in variants}
     for r in range(rounds):
         for name, attach in variants.items():
             def on():
@@ -629,26 +643,34 @@ def paired_rounds(run, variants, rounds):
             else:
                 n = on()
                 o = run()
-            off, got, slow = out[name]
-            off.append(o)
-            got.append(n)
-            slow.append(100 * (o - n) / o)
+            off, got, slow, slow_cpu = out[name]
+            off.append(o[0])
+            got.append(n[0])
+            slow.append(100 * (o[0] - n[0]) / o[0])
+            slow_cpu.append(100 * (o[1] - n[1]) / o[1])
     return out
 
 
 def overhead(addrs, results, rounds):
     """Decode tokens/s of generate() with and without observe(), same model, in paired rounds
-    (paired_rounds). Two measures: the median of the paired slowdowns, and the hooks' own host
-    time per step (stats()["hook_ns"]), which noise does not move."""
+    (paired_rounds; OVERHEAD_ROUNDS_PER_ROUND * rounds short ones). Three measures: the median
+    of the paired slowdowns (with its interquartile range), the same on the decoding thread's
+    CPU time (other processes' time on the core left out), and the hooks' own host time per
+    step (stats()["hook_ns"]), which noise does not move."""
     model = overhead_model()
     agent = inferscope.Agent(collector=addrs["ingest"], service="overhead")
     out = {}
     moe_layers = sum(1 for _ in model.model.layers)
     med = statistics.median
+    n_rounds = OVERHEAD_ROUNDS_PER_ROUND * rounds
+
+    def quartiles(xs):
+        q = statistics.quantiles(xs, n=4) if len(xs) > 1 else [xs[0]] * 3
+        return q[0], q[2]
     for batch in (1, 8):
-        run = decode_runner(model, batch)
+        run = decode_runner(model, batch, OVERHEAD_NEW_TOKENS)
         split = []  # hook us per step by part, every observed run
-        steps_per_copy, hook_us = [], {"observed": [], "moe_only": []}
+        steps_per_copy, hook_us = [], {name: [] for name in OVERHEAD_VARIANTS}
 
         def observing(name, **kw):
             def attach():
@@ -664,35 +686,43 @@ def overhead(addrs, results, rounds):
                     hook_us[name].append(st["hook_ns"] / steps / 1e3)
                 return detach
             return attach
-        # The expert counting alone (no cache walk, no requests, no ranges) is the second.
-        got = paired_rounds(run, {
-            "observed": observing("observed"),
-            "moe_only": observing("moe_only", memory=False, stages=False, requests=False,
-                                  step_ranges=False)}, rounds)
-        off_obs, on, slow = got["observed"]
-        off_moe, moe_only, slow_moe = got["moe_only"]
-        off = off_obs + off_moe
+        got = paired_rounds(run, {name: observing(name, **kw)
+                                  for name, kw in OVERHEAD_VARIANTS.items()}, n_rounds)
+        off = [x for o, _, _, _ in got.values() for x in o]
         o = med(off)
         step_us = 1e6 * batch / o
+        _, on, slow, slow_cpu = got["observed"]
+        _, moe_only, slow_moe, slow_moe_cpu = got["moe_only"]
         res = {"off_tok_s": o, "observed_tok_s": med(on), "moe_only_tok_s": med(moe_only),
-               "paired_overhead_pct": med(slow), "paired_moe_only_overhead_pct": med(slow_moe),
+               "paired_overhead_pct": med(slow), "paired_overhead_iqr": quartiles(slow),
+               "paired_cpu_overhead_pct": med(slow_cpu),
+               "paired_cpu_overhead_iqr": quartiles(slow_cpu),
+               "paired_moe_only_overhead_pct": med(slow_moe),
+               "paired_moe_only_cpu_overhead_pct": med(slow_moe_cpu),
                "step_us_off": step_us, "hook_us_per_step": med(hook_us["observed"]),
                "hook_us_per_step_moe_only": med(hook_us["moe_only"]),
                "hook_us_per_moe_layer": med(hook_us["moe_only"]) / moe_layers,
                "hook_pct_of_step": 100 * med(hook_us["observed"]) / step_us,
                "hook_us_per_step_by_part": {k: med(x[k] for x in split) for k in HOOK_PARTS},
                "steps_per_copy": steps_per_copy[0] if steps_per_copy else None,
+               "rounds": n_rounds, "new_tokens": OVERHEAD_NEW_TOKENS,
                "off": off, "observed": on, "moe_only": moe_only, "paired": slow,
-               "paired_moe_only": slow_moe}
+               "paired_cpu": slow_cpu, "paired_moe_only": slow_moe,
+               "paired_moe_only_cpu": slow_moe_cpu}
         out[f"b{batch}"] = res
-        log(f"overhead b{batch}: off {o:.1f} tok/s (step {step_us:.0f} us); observed "
-            f"{res['observed_tok_s']:.1f} tok/s, paired median {res['paired_overhead_pct']:+.2f} % "
-            f"(rounds {', '.join(f'{x:+.1f}' for x in slow)}); moe only paired "
-            f"{res['paired_moe_only_overhead_pct']:+.2f} %; hooks' host time "
+        lo, hi = res["paired_overhead_iqr"]
+        clo, chi = res["paired_cpu_overhead_iqr"]
+        log(f"overhead b{batch}: off {o:.1f} tok/s (step {step_us:.0f} us); {n_rounds} paired "
+            f"rounds of {OVERHEAD_NEW_TOKENS} tokens: observed median {res['paired_overhead_pct']:+.2f} % "
+            f"(IQR {lo:+.2f} .. {hi:+.2f}), thread CPU {res['paired_cpu_overhead_pct']:+.2f} % "
+            f"(IQR {clo:+.2f} .. {chi:+.2f}); moe only {res['paired_moe_only_overhead_pct']:+.2f} %, "
+            f"thread CPU {res['paired_moe_only_cpu_overhead_pct']:+.2f} %; hooks' host time "
             f"{res['hook_us_per_step']:.0f} us/step = {res['hook_pct_of_step']:.2f} % of the step "
-            f"({res['hook_us_per_moe_layer']:.1f} us per MoE layer counting); steps per copy "
+            f"(moe only {res['hook_us_per_step_moe_only']:.0f} us); steps per copy "
             f"{res['steps_per_copy']}; by part, us/step: "
             f"{', '.join(f'{k} {v:.0f}' for k, v in res['hook_us_per_step_by_part'].items())}")
+        log(f"overhead b{batch} rounds: wall " + " ".join(f"{x:+.1f}" for x in slow) +
+            "; thread CPU " + " ".join(f"{x:+.1f}" for x in slow_cpu))
     agent.close()
     results["overhead"] = out
 
@@ -701,9 +731,10 @@ def dispatch_cost(results, rounds):
     """What merely calling Python around the model's modules costs, hooks' bodies aside: paired
     slowdowns of generate() with no-op forward pre-hooks on the 12 experts modules plus no-op
     pre/post hooks on the model (PyTorch's slow call path for hooked modules), with no-op
-    forward taps (inferscope.torch's way: the modules keep the fast path) on the experts plus
-    the same model hooks, and with the model hooks alone. No agent, nothing counted."""
-    from inferscope._forward_tap import tap_forward
+    forward taps on the experts plus the same model hooks, with the model hooks alone, and with
+    inferscope.torch's capture taps on the experts (each appends its top-k ids to a list, which
+    a model pre-hook empties). No agent, nothing counted."""
+    from inferscope._forward_tap import capture_argument, tap_forward
     model = overhead_model()
     experts = [layer.mlp.experts for layer in model.model.layers]
 
@@ -721,13 +752,19 @@ def dispatch_cost(results, rounds):
     def taps():
         return detacher(root_hooks() + [tap_forward(e, before=lambda m, a, k: None)
                                         for e in experts])
+
+    def captures():  # inferscope.torch's capture of the top-k ids: appends, emptied per step
+        sink = []
+        return detacher([model.register_forward_pre_hook(lambda m, a: sink.clear())] + [
+            capture_argument(e, sink, i, 1, ("top_k_index",)) for i, e in enumerate(experts)])
     out = {}
     for batch in (1, 8):
         run = decode_runner(model, batch)
         got = paired_rounds(run, {"model_hooks": lambda: detacher(root_hooks()),
-                                  "expert_hooks": hooks, "expert_taps": taps}, rounds)
+                                  "expert_hooks": hooks, "expert_taps": taps,
+                                  "expert_captures": captures}, rounds)
         res = out[f"b{batch}"] = {}
-        for name, (off, _, slow) in got.items():
+        for name, (off, _, slow, _) in got.items():
             res[name] = {"paired_pct": statistics.median(slow), "rounds": slow,
                          "step_us_off": 1e6 * batch / statistics.median(off)}
         log(f"overhead dispatch_cost b{batch}: step {res['model_hooks']['step_us_off']:.0f} us; "
