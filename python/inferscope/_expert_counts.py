@@ -150,10 +150,7 @@ class ExpertCounts:
             n = ids.numel()
             if n == 0:
                 return
-            k = ids.shape[-1] if ids.dim() > 1 else (entry.top_k or 1)
-            if entry.top_k is None:
-                entry.top_k = k
-            self._tokens[entry.row] += n // k
+            self._add_tokens(entry, ids.shape, n)
             counts = self._counts
             if counts is None or counts.device != ids.device:
                 self._grow(ids.device)
@@ -224,10 +221,7 @@ class ExpertCounts:
                 if not n:
                     continue
                 shape = ids.shape
-                k = shape[-1] if len(shape) > 1 else (entry.top_k or 1)
-                if entry.top_k is None:
-                    entry.top_k = k
-                self._tokens[row] += n // k
+                self._add_tokens(entry, shape, n)
             except Exception as e:  # noqa: BLE001 -- never into the model
                 self._hook_error(f"MoE layer {entry.layer} ids", e)
                 continue
@@ -239,6 +233,15 @@ class ExpertCounts:
             kept_rows.append(row)
         if tensors:
             self._count_step(tuple(kept_rows), tensors, same_shape, step_end)
+
+    def _add_tokens(self, entry, shape, n):
+        """Adds the tokens of n ids of this shape to the layer's count for the step: rows of
+        top-k ids ([tokens, k]), or flat ids of the layer's top-k (taken from the first ids
+        with rows when it was not given)."""
+        k = shape[-1] if len(shape) > 1 else (entry.top_k or 1)
+        if entry.top_k is None:
+            entry.top_k = k
+        self._tokens[entry.row] += n // k
 
     def _count_step(self, key, tensors, same_shape, step_end):
         """Counts a step's checked ids (tensors[i] of layer row key[i])."""

@@ -41,7 +41,7 @@ from ._expert_counts import CAPTURED_MAX, STEPS_PER_COPY_MAX, ExpertCounts, MoEL
 from ._forward_tap import capture_argument, tap_forward
 from ._hook_time import perf_ns, timed
 from ._requests import Requests
-from .agent import Agent, now_ns
+from .agent import MAX_EXPERTS, Agent, now_ns
 
 __all__ = ["observe", "Observer", "MoELayer", "cache_bytes"]
 
@@ -463,6 +463,6 @@ def _check_layer(layer):
 
 
 def _check_experts(n):
-    if isinstance(n, bool) or not isinstance(n, int) or not 0 < n <= 4096:
-        raise ValueError(f"num_experts must be an int in [1, 4096], not {n!r}")
+    if isinstance(n, bool) or not isinstance(n, int) or not 0 < n <= MAX_EXPERTS:
+        raise ValueError(f"num_experts must be an int in [1, {MAX_EXPERTS}], not {n!r}")
     return n
