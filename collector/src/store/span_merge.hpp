@@ -89,8 +89,8 @@ class SpanMerger {
   // The lane of key (added when new): its slot index.
   uint32_t slot_of(const LaneKey& key);
   uint32_t add_lane(const LaneKey& key, size_t at);  // a key slot_of did not find; at: its slot
-  void touch(Slot& slot);  // saves the lane for undo() first when the mark is new to it
-  void save(Slot& slot);   // touch()'s first change since the mark (once per lane and frame)
+  void touch(Slot& slot);     // saves the lane for undo() first when the mark is new to it
+  void save(Slot& slot);      // touch()'s first change since the mark (once per lane and frame)
   void rehash(size_t slots);  // slots_ of that size (a power of 2), lanes_ pointed at them
   void flush(uint32_t source, const wire::Span& first, int64_t end_ns, uint64_t count);
 
