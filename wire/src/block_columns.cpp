@@ -61,6 +61,22 @@ enum Column : size_t {
 };
 static_assert(kArgs + 1 == kBlockColumns);
 
+// A span body's fields before its args, in wire order (record_codec.cpp writes
+// them so), and the stream each goes to: the one table the split, its fast
+// path and the join read. Those marked one_byte are single bytes (track kind,
+// category, arg count; < 0x80 in a valid span), the rest varints. The args
+// after them (2 x the count's varints) all go to kArgs.
+struct SpanField {
+  Column column;
+  bool one_byte;
+};
+constexpr SpanField kSpanFields[] = {{kSmall, true},    {kTrack, false},    {kStream, false},
+                                     {kName, false},    {kSmall, true},     {kDepth, false},
+                                     {kStart, false},   {kDuration, false}, {kCorrelation, false},
+                                     {kRequest, false}, {kSmall, true}};
+constexpr size_t kSpanFieldCount = std::size(kSpanFields);
+static_assert(kSpanFields[kSpanFieldCount - 1].one_byte, "the arg count ends the fields");
+
 constexpr uint8_t kSpanTag = static_cast<uint8_t>(RecordKind::kSpan);
 // In stream 1 of a format 6 block: a span whose length the join works out. Not
 // a record tag this code writes; a block holding a record with this tag (a
@@ -200,11 +216,6 @@ template <bool kDeltas>
   return length < 64 ? stops & ((uint64_t{1} << length) - 1) : stops;
 }
 
-// The stream each of a span's first eleven fields goes to, in wire order;
-// the args after them all go to kArgs.
-constexpr Column kFieldColumn[11] = {kSmall, kTrack,    kStream,      kName,    kSmall, kDepth,
-                                     kStart, kDuration, kCorrelation, kRequest, kSmall};
-
 // A span's fields from the stop bits of its body, at once. Parsing varints one
 // after the other makes each field wait for the previous one's length (a load
 // and a count per field, ~35 ns a span); here the field boundaries are the set
@@ -239,12 +250,13 @@ template <bool kDeltas>
   size_t from = 0;  // where the next field starts
   size_t one_byte = 0;
 #pragma GCC unroll 11
-  for (size_t k = 0; k < 11; ++k) {
+  for (size_t k = 0; k < kSpanFieldCount; ++k) {
     const size_t last = static_cast<size_t>(std::countr_zero(stops));
     stops &= stops - 1;
     const size_t n = last + 1 - from;
-    uint8_t* dst = at[kFieldColumn[k]];
-    if (kDeltas && kFieldColumn[k] == kCorrelation) {
+    const Column column = kSpanFields[k].column;
+    uint8_t* dst = at[column];
+    if (kDeltas && column == kCorrelation) {
       // A field over 10 bytes can only run past the body (the run check allows
       // none inside it), and the span is refused below; the coder is never
       // handed more than a varint's 10 bytes (its value would shift past 64).
@@ -253,8 +265,8 @@ template <bool kDeltas>
       std::memcpy(dst, p + from, 16);  // the streams' slack takes the rest
       dst += n;
     }
-    at[kFieldColumn[k]] = dst;
-    if (k == 4 || k == 10) one_byte |= n;
+    at[column] = dst;
+    if (k != 0 && kSpanFields[k].one_byte) one_byte |= n;  // the first: checked on the mask
     from = last + 1;
   }
   // The args are contiguous and all go to one stream: one copy, up to the
@@ -272,10 +284,10 @@ template <bool kDeltas>
     // field may be coded (format 5): its stream is put back whole.
     uint64_t st = all_stops;
     size_t back = 0;
-    for (size_t k = 0; k < 11; ++k) {
+    for (size_t k = 0; k < kSpanFieldCount; ++k) {
       const size_t last = static_cast<size_t>(std::countr_zero(st));
       st &= st - 1;
-      if (kFieldColumn[k] != kCorrelation) at[kFieldColumn[k]] -= last + 1 - back;
+      if (kSpanFields[k].column != kCorrelation) at[kSpanFields[k].column] -= last + 1 - back;
       back = last + 1;
     }
     at[kCorrelation] = correlation_at;
@@ -297,6 +309,24 @@ inline bool split_span_fast(const uint8_t*&, const uint8_t*, const uint8_t*, uin
   return false;  // the field-by-field path
 }
 #endif
+
+// A span's fields before its args, one after the other (split_span_fast's
+// fallback): false when one does not end inside the body.
+template <bool kDeltas>
+[[gnu::always_inline]] inline bool split_span_fields(const uint8_t*& p, const uint8_t* body_end,
+                                                     const uint8_t* end, uint8_t** at,
+                                                     uint64_t& prev_correlation) {
+#pragma GCC unroll 11
+  for (const SpanField& field : kSpanFields) {
+    const bool ok =
+        field.one_byte ? copy_byte(at[field.column], p, body_end)
+        : field.column == kCorrelation
+            ? copy_correlation<kDeltas>(at[field.column], p, body_end, end, prev_correlation)
+            : copy_varint(at[field.column], p, body_end, end);
+    if (!ok) return false;
+  }
+  return true;
+}
 
 // Splits whole frames into the streams at at[]; false when the bytes are not
 // whole, well-formed frames. The frame headers' and tags' cursors live in
@@ -363,15 +393,8 @@ template <bool kDeltas, bool kImpliedLengths>
           --tag;
         }
       } else if (record_tag == kSpanTag) {
-        // The fields in wire order (record_codec.cpp); bytes after them stay in stream 0.
-        ok = copy_byte(at[kSmall], p, body_end) && copy_varint(at[kTrack], p, body_end, end) &&
-             copy_varint(at[kStream], p, body_end, end) &&
-             copy_varint(at[kName], p, body_end, end) && copy_byte(at[kSmall], p, body_end) &&
-             copy_varint(at[kDepth], p, body_end, end) &&
-             copy_varint(at[kStart], p, body_end, end) &&
-             copy_varint(at[kDuration], p, body_end, end) &&
-             copy_correlation<kDeltas>(at[kCorrelation], p, body_end, end, prev_correlation) &&
-             copy_varint(at[kRequest], p, body_end, end) && copy_byte(at[kSmall], p, body_end);
+        // Field by field (kSpanFields); bytes after them stay in stream 0.
+        ok = split_span_fields<kDeltas>(p, body_end, end, at, prev_correlation);
         for (uint8_t i = 0, count = ok ? p[-1] : 0; ok && i < count; ++i)
           ok = copy_varint(at[kArgs], p, body_end, end) && copy_varint(at[kArgs], p, body_end, end);
         if (!ok) break;
@@ -564,11 +587,15 @@ bool join_block_columns(std::span<const uint8_t> columns, std::vector<uint8_t>& 
   uint64_t prev_correlation = 0;
   // A span's fields, in wire order (the split's), ending by body_end.
   const auto take_span = [&](uint8_t*& to, const uint8_t* body_end) {
-    bool ok = s[kSmall].take(to, 1) && s[kTrack].take_varint(to) && s[kStream].take_varint(to) &&
-              s[kName].take_varint(to) && s[kSmall].take(to, 1) && s[kDepth].take_varint(to) &&
-              s[kStart].take_varint(to) && s[kDuration].take_varint(to) &&
-              s[kCorrelation].take_correlation(to, correlation_deltas, prev_correlation) &&
-              s[kRequest].take_varint(to) && s[kSmall].take(to, 1) && to <= body_end;
+    for (const SpanField& field : kSpanFields) {
+      Stream& from = s[field.column];
+      const bool ok = field.one_byte ? from.take(to, 1)
+                      : field.column == kCorrelation
+                          ? from.take_correlation(to, correlation_deltas, prev_correlation)
+                          : from.take_varint(to);
+      if (!ok) return false;
+    }
+    bool ok = to <= body_end;
     // Checked per arg: no more than one arg's bytes are written past the record.
     for (uint8_t i = 0, args = ok ? to[-1] : 0; ok && i < args; ++i)
       ok = s[kArgs].take_varint(to) && s[kArgs].take_varint(to) && to <= body_end;
