@@ -534,25 +534,6 @@ bool decode(ByteReader& r, int64_t&, FrameSequence& f, std::string& why) {
 
 #undef IS_READ
 
-// ByteReader::varint without its check per byte (the caller's readable bytes
-// bound every read): at most 10 bytes, bits past 64 dropped, as there. bad is
-// set when the tenth byte still continues.
-[[gnu::always_inline]] inline uint64_t unchecked_varint(const uint8_t*& p, bool& bad) {
-  uint64_t b = *p++;
-  if (b < 0x80) [[likely]]
-    return b;
-  uint64_t v = b & 0x7f;
-  for (int shift = 7;; shift += 7) {
-    b = *p++;
-    v |= (b & 0x7f) << shift;
-    if (b < 0x80) return v;
-    if (shift == 63) {
-      bad = true;
-      return v;
-    }
-  }
-}
-
 template <class T>
 BodyResult decode_as(std::span<const uint8_t> body, int64_t& prev, Record& out, std::string& why) {
   // Reuse the alternative already in out (keeps vector capacity across records).
@@ -566,67 +547,8 @@ BodyResult decode_as(std::span<const uint8_t> body, int64_t& prev, Record& out, 
 
 bool decode_span_fast(const uint8_t* p, size_t body_bytes, size_t readable, int64_t& prev,
                       Record& out) {
-  // Every read below is at most kSpanFieldsMaxBytes past the start; whether the
-  // fields fit the body (and are in range) is checked once, after them.
-  if (readable < kSpanFieldsMaxBytes) return false;
-  const uint8_t* const body_end = p + body_bytes;
-  if (!std::holds_alternative<Span>(out)) out.emplace<Span>();
-  Span& s = *std::get_if<Span>(&out);
-  bool bad = false;
-  const uint8_t kind = *p++;
-  const uint64_t track = unchecked_varint(p, bad);
-  const uint64_t stream = unchecked_varint(p, bad);
-  const uint64_t name = unchecked_varint(p, bad);
-  const uint8_t category = *p++;
-  const uint64_t depth = unchecked_varint(p, bad);
-  const int64_t start_delta = detail::unzigzag(unchecked_varint(p, bad));
-  const int64_t duration = detail::unzigzag(unchecked_varint(p, bad));
-  s.correlation_id = unchecked_varint(p, bad);
-  s.request_id = unchecked_varint(p, bad);
-  const uint8_t num_args = *p++;
-  bad |= (kind >= 2) | (track > UINT32_MAX) | (stream > UINT32_MAX) | (name > UINT32_MAX) |
-         (category >= 8) | (depth > UINT16_MAX) | (duration < 0) | (num_args > kMaxSpanArgs);
-  if (bad) return false;  // num_args bounds the reads below
-  for (uint8_t i = 0; i < num_args; ++i) {
-    const uint64_t key = unchecked_varint(p, bad);
-    bad |= key > UINT32_MAX;
-    s.args[i].key_id = static_cast<uint32_t>(key);
-    s.args[i].value = detail::unzigzag(unchecked_varint(p, bad));
-  }
-  if (bad || p > body_end) return false;
-  // The args past num_args are cleared, as decode(Span) does: a jump to the
-  // first, then straight-line stores (the loop took ~24 instructions a span).
-  static_assert(kMaxSpanArgs == 4);
-  switch (num_args) {
-    case 0:
-      s.args[0] = {};
-      [[fallthrough]];
-    case 1:
-      s.args[1] = {};
-      [[fallthrough]];
-    case 2:
-      s.args[2] = {};
-      [[fallthrough]];
-    case 3:
-      s.args[3] = {};
-      break;
-    default:
-      break;
-  }
-  s.track_kind = static_cast<TrackKind>(kind);
-  s.track_id = static_cast<uint32_t>(track);
-  s.stream = static_cast<uint32_t>(stream);
-  s.name_id = static_cast<uint32_t>(name);
-  s.category = static_cast<SpanCategory>(category);
-  s.depth = static_cast<uint16_t>(depth);
-  s.num_args = num_args;
-  // Wrapping, as read_delta_ts and decode(Span) do.
-  s.start_ns =
-      static_cast<int64_t>(static_cast<uint64_t>(prev) + static_cast<uint64_t>(start_delta));
-  s.end_ns =
-      static_cast<int64_t>(static_cast<uint64_t>(s.start_ns) + static_cast<uint64_t>(duration));
-  prev = s.start_ns;
-  return true;
+  detail::NoSpanFields fields;
+  return detail::decode_span_fast_with(p, body_bytes, readable, prev, out, fields);
 }
 
 BodyResult decode_body(uint8_t tag, std::span<const uint8_t> body, int64_t& prev, Record& out,
