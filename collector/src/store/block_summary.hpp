@@ -53,7 +53,7 @@ class FirstLevel {
   void begin_frame();
   // Inline: the store's record tap calls it for every record, and a span goes
   // on to the merger's inline add() (one call per span in all).
-  void add(uint32_t source, const wire::Record& record) {
+  [[gnu::always_inline]] void add(uint32_t source, const wire::Record& record) {
     if (const auto* s = std::get_if<wire::Span>(&record)) [[likely]] {
       ++seed_.block_spans;
       merger_.add(source, *s);
