@@ -517,15 +517,20 @@ TEST(BlockColumns, ImpliedSpanLengthsRoundTripEveryForm) {
   }
 }
 
-// A record whose tag is the marker's (a newer protocol's kind): the block is
-// split with its lengths, as format 5 has it, still exact.
-TEST(BlockColumns, RecordsWithTheMarkersTagKeepEveryLength) {
-  RawBlock block;
+// 200 spans, then a record whose tag is the implied-length marker's.
+std::vector<RawRecord> spans_then_the_markers_tag() {
   std::vector<RawRecord> records;
   for (int i = 0; i < 200; ++i)
     records.push_back({static_cast<uint8_t>(RecordKind::kSpan), {}, span_body(i, 0)});
   records.push_back({0x82, {}, {1, 2, 3}});
-  const auto frame = frame_of(records);
+  return records;
+}
+
+// A record whose tag is the marker's (a newer protocol's kind): the block is
+// split with its lengths, as format 5 has it, still exact.
+TEST(BlockColumns, RecordsWithTheMarkersTagKeepEveryLength) {
+  RawBlock block;
+  const auto frame = frame_of(spans_then_the_markers_tag());
   block.add(frame, {});
   std::vector<uint8_t> split;
   bool deltas = true, lengths = true;
@@ -738,10 +743,7 @@ TEST(ColumnBuilder, DecodedAndWholeFramesGiveTheSplitOfTheBlock) {
 TEST(ColumnBuilder, SpoiledBlocksAreLeftToTheSplit) {
   ColumnBuilder builder;
   RawBlock block;
-  std::vector<RawRecord> records;
-  for (int i = 0; i < 200; ++i)
-    records.push_back({static_cast<uint8_t>(RecordKind::kSpan), {}, span_body(i, 0)});
-  records.push_back({0x82, {}, {1, 2, 3}});
+  auto records = spans_then_the_markers_tag();
   const auto marked = frame_of(records);
   builder.add_frame(marked);
   block.add(marked, {});
