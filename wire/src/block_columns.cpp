@@ -110,14 +110,7 @@ uint64_t unzigzag(uint64_t v) {
   return (v >> 1) ^ (0 - (v & 1));
 }
 
-// Writes v as a canonical varint at dst (which has 16 bytes of slack), advancing it.
-[[gnu::always_inline]] inline void put_varint(uint8_t*& dst, uint64_t v) {
-  while (v >= 0x80) {
-    *dst++ = static_cast<uint8_t>(v) | 0x80;
-    v >>= 7;
-  }
-  *dst++ = static_cast<uint8_t>(v);
-}
+using detail::put_varint;  // into a stream, which has 16 bytes of slack
 
 // Whether the varint of n bytes at p is the shortest form of its value: no
 // trailing 0x00 byte, and a tenth byte holds only bit 63 (0x00 alone is 0).
