@@ -96,13 +96,7 @@ FeedCounts feed(TraceStore& tapped, TraceStore& decoded) {
   auto send = [&](Session& s, const std::vector<wire::Record>& records, bool compress = false) {
     forwarded.clear();
     Rejection why;
-    wire::EncoderOptions eo;
-    eo.compress = compress;
-    wire::FrameEncoder enc(eo);
-    for (const auto& r : records) enc.add(r);
-    std::vector<uint8_t> frame;
-    enc.finish(frame);
-    const bool ok = p.on_frame(s, frame, why);
+    const bool ok = p.on_frame(s, frame_from(0, records, compress), why);
     // The agent's frame is the last one forwarded (alerts go out as they are raised).
     if (!forwarded.empty() && wire::peek_frame_header(*forwarded.back())->source_id != 0) {
       decoded.write(*forwarded.back(), 0);
