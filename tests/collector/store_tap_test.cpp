@@ -3,7 +3,11 @@
 // anyway) writes byte for byte the file that the decode-it-again path writes
 // for the same frames: with frames rejected part-way (their records must leave
 // nothing in the summaries), duplicates skipped whole, alert frames raised in
-// the middle of a frame, blocks sealed by size, inline and on the store's thread.
+// the middle of a frame, frames compressed by their agent, hellos sent again
+// (the pipeline re-encodes those frames), blocks sealed by size, inline and on
+// the store's thread. The tapped store's blocks are also column-split by the
+// pipeline's decoder as it decodes them (wire::ColumnBuilder): every one of
+// those cases takes its own path there.
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -61,7 +65,8 @@ void add_spans(std::mt19937& rng, int64_t& t, int n, std::vector<wire::Record>& 
 }
 
 struct FeedCounts {
-  uint64_t accepted = 0, rejected = 0, duplicates = 0, alerts_mid_frame = 0;
+  uint64_t accepted = 0, rejected = 0, duplicates = 0, alerts_mid_frame = 0, compressed = 0,
+           hellos_again = 0;
 };
 
 // Feeds the same agent traffic to store `tapped` through the pipeline's tap and
@@ -71,6 +76,14 @@ struct FeedCounts {
 FeedCounts feed(TraceStore& tapped, TraceStore& decoded) {
   CollectorOptions options;
   options.aggregation.window_ns = kWindow;
+  // Hellos carry a token, which the pipeline clears: a hello's frame is stored
+  // re-encoded, not as it was decoded.
+  options.auth_token = "t0ken";
+  const auto hello = [&](const std::string& model, uint32_t rank) {
+    wire::Hello h = make_hello(model, rank, 1, 8);
+    h.auth_token = options.auth_token;
+    return h;
+  };
   CollectorMetrics metrics;
   Pipeline p(options, metrics, nullptr);
   std::vector<SharedFrame> forwarded;
@@ -80,10 +93,10 @@ FeedCounts feed(TraceStore& tapped, TraceStore& decoded) {
   });
   p.set_record_tap(&tapped.record_tap());
   FeedCounts run;
-  auto send = [&](Session& s, const std::vector<wire::Record>& records) {
+  auto send = [&](Session& s, const std::vector<wire::Record>& records, bool compress = false) {
     forwarded.clear();
     Rejection why;
-    const bool ok = p.on_frame(s, frame_of(records), why);
+    const bool ok = p.on_frame(s, frame_from(0, records, compress), why);
     // The agent's frame is the last one forwarded (alerts go out as they are raised).
     if (!forwarded.empty() && wire::peek_frame_header(*forwarded.back())->source_id != 0) {
       decoded.write(*forwarded.back(), 0);
@@ -95,7 +108,7 @@ FeedCounts feed(TraceStore& tapped, TraceStore& decoded) {
   };
   std::mt19937 rng(5);
   Session good(options.limits);
-  std::vector<wire::Record> first{make_hello("m", 0, 1, 8)};
+  std::vector<wire::Record> first{hello("m", 0)};
   for (uint32_t i = 1; i <= 4; ++i) first.push_back(wire::StringDef{i, "op" + std::to_string(i)});
   EXPECT_TRUE(send(good, first));
   int64_t t = 0;
@@ -113,7 +126,13 @@ FeedCounts feed(TraceStore& tapped, TraceStore& decoded) {
     recs.push_back(make_load(0, t, load));
     add_spans(rng, t, 150 + static_cast<int>(rng() % 300), recs);
     t = (t / (kWindow / 4) + 1) * (kWindow / 4);
-    EXPECT_TRUE(send(good, recs));
+    if (f % 13 == 6) {  // the agent describes itself again (set_model)
+      recs.insert(recs.begin() + 1, hello("m", 0));
+      ++run.hellos_again;
+    }
+    const bool compress = f % 5 == 2;
+    run.compressed += compress;
+    EXPECT_TRUE(send(good, recs, compress));
     ++run.accepted;
     if (f % 7 == 3) {
       // Sent again (an agent's resend after a reconnect): skipped whole.
@@ -125,7 +144,7 @@ FeedCounts feed(TraceStore& tapped, TraceStore& decoded) {
       // Another agent's frame rejected part-way: spans, then a load for a
       // layer its model lacks. Its spans were tapped and must be taken out.
       Session bad(options.limits);
-      EXPECT_TRUE(send(bad, {make_hello("m2", 1, 1, 8)}));
+      EXPECT_TRUE(send(bad, {hello("m2", 1)}));
       int64_t bt = t - kWindow / 8;
       std::vector<wire::Record> bad_recs;
       add_spans(rng, bt, 300, bad_recs);
@@ -156,6 +175,8 @@ TEST_P(StoreTapTest, TappedStoreWritesWhatTheDecodingStoreWrites) {
   EXPECT_GT(run.alerts_mid_frame, 0u);
   EXPECT_GT(run.rejected, 0u);
   EXPECT_GT(run.duplicates, 0u);
+  EXPECT_GT(run.compressed, 0u);
+  EXPECT_GT(run.hellos_again, 0u);
   const auto stats = tapped.stats();
   EXPECT_GT(stats.blocks_written, 20u);
   EXPECT_GT(stats.summary_blocks_written, stats.blocks_written);

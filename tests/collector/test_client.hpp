@@ -61,10 +61,13 @@ inline wire::ExpertLoad make_load(uint32_t layer, int64_t ts, std::vector<uint32
 }
 
 // One frame of `records`, stamped with `source` (the id the collector's pipeline
-// rewrites on ingest; trace-store tests write frames as the pipeline would).
-inline std::vector<uint8_t> frame_from(uint32_t source, const std::vector<wire::Record>& records) {
+// rewrites on ingest; trace-store tests write frames as the pipeline would);
+// compress: zstd, as an agent may send it.
+inline std::vector<uint8_t> frame_from(uint32_t source, const std::vector<wire::Record>& records,
+                                       bool compress = false) {
   wire::EncoderOptions o;
   o.source_id = source;
+  o.compress = compress;
   wire::FrameEncoder enc(o);
   for (const auto& r : records) enc.add(r);
   std::vector<uint8_t> out;

@@ -13,6 +13,7 @@
 #include <random>
 
 #include "inferscope/wire/codec.hpp"
+#include "inferscope/wire/column_builder.hpp"
 #include "inferscope/wire/trace_block.hpp"
 #include "sample_records.hpp"
 
@@ -516,15 +517,20 @@ TEST(BlockColumns, ImpliedSpanLengthsRoundTripEveryForm) {
   }
 }
 
-// A record whose tag is the marker's (a newer protocol's kind): the block is
-// split with its lengths, as format 5 has it, still exact.
-TEST(BlockColumns, RecordsWithTheMarkersTagKeepEveryLength) {
-  RawBlock block;
+// 200 spans, then a record whose tag is the implied-length marker's.
+std::vector<RawRecord> spans_then_the_markers_tag() {
   std::vector<RawRecord> records;
   for (int i = 0; i < 200; ++i)
     records.push_back({static_cast<uint8_t>(RecordKind::kSpan), {}, span_body(i, 0)});
   records.push_back({0x82, {}, {1, 2, 3}});
-  const auto frame = frame_of(records);
+  return records;
+}
+
+// A record whose tag is the marker's (a newer protocol's kind): the block is
+// split with its lengths, as format 5 has it, still exact.
+TEST(BlockColumns, RecordsWithTheMarkersTagKeepEveryLength) {
+  RawBlock block;
+  const auto frame = frame_of(spans_then_the_markers_tag());
   block.add(frame, {});
   std::vector<uint8_t> split;
   bool deltas = true, lengths = true;
@@ -622,6 +628,147 @@ TEST(BlockColumns, ColumnFlagWithoutZstdIsRefused) {
   EXPECT_TRUE(trace_format_has_summaries(kTraceFileFormatCorrelationDeltas));
   EXPECT_TRUE(trace_format_has_summaries(kTraceFileFormatImpliedSpanLengths));
   EXPECT_FALSE(trace_format_has_summaries(kTraceBlockFormatVersion));
+}
+
+// [SECTION] ColumnBuilder: the column form built as frames arrive
+
+// The frames of a block, one span each.
+std::vector<std::span<const uint8_t>> frames_of(const RawBlock& block) {
+  std::vector<std::span<const uint8_t>> frames;
+  const FrameDecoder sizer(DecoderOptions{kMaxBlockRawBytes});
+  std::span<const uint8_t> rest(block.bytes);
+  while (!rest.empty()) {
+    size_t n = 0;
+    EXPECT_TRUE(sizer.frame_size(rest, n).ok());
+    if (n == 0) break;
+    frames.push_back(rest.first(n));
+    rest = rest.subspan(n);
+  }
+  return frames;
+}
+
+// Frames fed to a builder every way the store feeds them (split whole; split
+// by the decoder as it decodes, with the header restamped as the collector
+// stores it; decoded and split, then undone; abandoned part-way, then added
+// whole) give the column form split_block_columns makes of the stored frames,
+// byte for byte, with correlation deltas and implied span lengths. Frames the
+// decoder refuses (damaged spans, unknown kinds) go in whole, as the store's
+// replay and alerts do. It fails when the decoder's split of a span differs
+// from the split's in any byte (a field's stream, the marker, the coding).
+TEST(ColumnBuilder, DecodedAndWholeFramesGiveTheSplitOfTheBlock) {
+  std::mt19937_64 rng(5);
+  ColumnBuilder builder;
+  size_t decoded = 0, abandoned = 0, undone = 0, whole = 0, blocks_compared = 0;
+  for (uint32_t seed = 0; seed < 12; ++seed) {
+    RawBlock source = random_block(seed);
+    // Agent-like frames too: ids that count up (coded as deltas), spans of
+    // their fields alone (the marker), some spans with bytes after their fields.
+    uint64_t id = 1;
+    for (int f = 0; f < 6; ++f) {
+      std::vector<RawRecord> records;
+      for (int i = 0; i < 400; ++i) {
+        RawRecord r{static_cast<uint8_t>(RecordKind::kSpan),
+                    {},
+                    span_body(id += rng() % 3, static_cast<uint8_t>(rng() % 3))};
+        if (rng() % 8 == 0) r.body.push_back(static_cast<uint8_t>(rng() & 0x7F));
+        records.push_back(std::move(r));
+      }
+      const auto frame = frame_of(records);
+      source.add(frame, {});
+    }
+    RawBlock block;
+    for (const auto frame : frames_of(source)) {
+      std::vector<uint8_t> stored(frame.begin(), frame.end());
+      restamp_source_id(stored, 1000 + seed);
+      const int way = static_cast<int>(rng() % 8);
+      FrameDecoder dec(DecoderOptions{kMaxBlockRawBytes});
+      const bool fused = way != 0 && dec.open(frame).ok() && dec.fuse_columns(&builder);
+      if (!fused) {
+        builder.add_frame(stored);
+        block.add(stored, {});
+        ++whole;
+        continue;
+      }
+      Record r;
+      size_t records = 0;
+      while (dec.next(r))
+        if (way == 1 && ++records == 50) dec.stop_columns();  // a hello, say
+      if (!dec.status().ok()) {                               // not a frame the collector stores
+        builder.undo_frame();
+        builder.add_frame(stored);
+        block.add(stored, {});
+        ++whole;
+        continue;
+      }
+      if (way == 2) {  // rejected after all (a duplicate)
+        builder.undo_frame();
+        ++undone;
+        continue;
+      }
+      if (builder.finish_decoded_frame(stored)) {
+        ++decoded;
+      } else {
+        builder.add_frame(stored);
+        ++abandoned;
+      }
+      block.add(stored, {});
+    }
+    std::vector<uint8_t> expected;
+    bool deltas = true, lengths = true;
+    ASSERT_TRUE(split_block_columns(block.bytes, expected, &deltas, &lengths));
+    const bool took = builder.take(block);
+    // The builder takes the block exactly when the split keeps both codings.
+    ASSERT_EQ(took, deltas && lengths) << "seed " << seed;
+    ASSERT_EQ(block.has_columns, took);
+    if (!took) continue;
+    ++blocks_compared;
+    ASSERT_EQ(block.columns, expected) << "seed " << seed;
+    // And sealed from it, the block reads back as its frames.
+    BlockHeader h;
+    std::string err;
+    const auto raw = seal_and_unpack(block, h, err);
+    ASSERT_TRUE(err.empty()) << err;
+    EXPECT_EQ(raw, block.bytes);
+  }
+  EXPECT_GE(blocks_compared, 6u);
+  EXPECT_GT(decoded, 100u);
+  EXPECT_GT(abandoned, 10u);
+  EXPECT_GT(undone, 10u);
+  EXPECT_GT(whole, 30u);
+}
+
+// A block that the builder cannot take (a record with the marker's tag spoils
+// it; so does a frame added while a decoded one is pending) is split by the
+// compressor from its frames, as before.
+TEST(ColumnBuilder, SpoiledBlocksAreLeftToTheSplit) {
+  ColumnBuilder builder;
+  RawBlock block;
+  auto records = spans_then_the_markers_tag();
+  const auto marked = frame_of(records);
+  builder.add_frame(marked);
+  block.add(marked, {});
+  EXPECT_FALSE(builder.take(block));
+  EXPECT_FALSE(block.has_columns);
+  expect_split_without(block, kBlockFlagImpliedSpanLengths);
+
+  // After take(), the next block starts clean.
+  RawBlock next;
+  records.pop_back();
+  const auto plain = frame_of(records);
+  FrameDecoder dec;
+  ASSERT_TRUE(dec.open(plain).ok());
+  ASSERT_TRUE(dec.fuse_columns(&builder));
+  builder.add_frame(plain);  // out of order: the decoded frame's place is taken
+  next.add(plain, {});
+  EXPECT_FALSE(builder.take(next));
+  RawBlock last;
+  builder.add_frame(plain);
+  last.add(plain, {});
+  EXPECT_TRUE(builder.take(last));
+  std::vector<uint8_t> expected;
+  bool deltas = true, lengths = true;
+  ASSERT_TRUE(split_block_columns(last.bytes, expected, &deltas, &lengths));
+  EXPECT_EQ(last.columns, expected);
 }
 
 }  // namespace

@@ -39,7 +39,9 @@
 
 #include "block_columns.hpp"
 #include "inferscope/wire/codec.hpp"
+#include "inferscope/wire/column_builder.hpp"
 #include "inferscope/wire/trace_block.hpp"
+#include "record_codec.hpp"
 
 namespace inferscope::wire {
 
@@ -60,6 +62,22 @@ enum Column : size_t {
   kArgs,
 };
 static_assert(kArgs + 1 == kBlockColumns);
+
+// A span body's fields before its args, in wire order (record_codec.cpp writes
+// them so), and the stream each goes to: the one table the split, its fast
+// path and the join read. Those marked one_byte are single bytes (track kind,
+// category, arg count; < 0x80 in a valid span), the rest varints. The args
+// after them (2 x the count's varints) all go to kArgs.
+struct SpanField {
+  Column column;
+  bool one_byte;
+};
+constexpr SpanField kSpanFields[] = {{kSmall, true},    {kTrack, false},    {kStream, false},
+                                     {kName, false},    {kSmall, true},     {kDepth, false},
+                                     {kStart, false},   {kDuration, false}, {kCorrelation, false},
+                                     {kRequest, false}, {kSmall, true}};
+constexpr size_t kSpanFieldCount = std::size(kSpanFields);
+static_assert(kSpanFields[kSpanFieldCount - 1].one_byte, "the arg count ends the fields");
 
 constexpr uint8_t kSpanTag = static_cast<uint8_t>(RecordKind::kSpan);
 // In stream 1 of a format 6 block: a span whose length the join works out. Not
@@ -92,14 +110,7 @@ uint64_t unzigzag(uint64_t v) {
   return (v >> 1) ^ (0 - (v & 1));
 }
 
-// Writes v as a canonical varint at dst (which has 16 bytes of slack), advancing it.
-[[gnu::always_inline]] inline void put_varint(uint8_t*& dst, uint64_t v) {
-  while (v >= 0x80) {
-    *dst++ = static_cast<uint8_t>(v) | 0x80;
-    v >>= 7;
-  }
-  *dst++ = static_cast<uint8_t>(v);
-}
+using detail::put_varint;  // into a stream, which has 16 bytes of slack
 
 // Whether the varint of n bytes at p is the shortest form of its value: no
 // trailing 0x00 byte, and a tenth byte holds only bit 63 (0x00 alone is 0).
@@ -200,11 +211,6 @@ template <bool kDeltas>
   return length < 64 ? stops & ((uint64_t{1} << length) - 1) : stops;
 }
 
-// The stream each of a span's first eleven fields goes to, in wire order;
-// the args after them all go to kArgs.
-constexpr Column kFieldColumn[11] = {kSmall, kTrack,    kStream,      kName,    kSmall, kDepth,
-                                     kStart, kDuration, kCorrelation, kRequest, kSmall};
-
 // A span's fields from the stop bits of its body, at once. Parsing varints one
 // after the other makes each field wait for the previous one's length (a load
 // and a count per field, ~35 ns a span); here the field boundaries are the set
@@ -239,12 +245,13 @@ template <bool kDeltas>
   size_t from = 0;  // where the next field starts
   size_t one_byte = 0;
 #pragma GCC unroll 11
-  for (size_t k = 0; k < 11; ++k) {
+  for (size_t k = 0; k < kSpanFieldCount; ++k) {
     const size_t last = static_cast<size_t>(std::countr_zero(stops));
     stops &= stops - 1;
     const size_t n = last + 1 - from;
-    uint8_t* dst = at[kFieldColumn[k]];
-    if (kDeltas && kFieldColumn[k] == kCorrelation) {
+    const Column column = kSpanFields[k].column;
+    uint8_t* dst = at[column];
+    if (kDeltas && column == kCorrelation) {
       // A field over 10 bytes can only run past the body (the run check allows
       // none inside it), and the span is refused below; the coder is never
       // handed more than a varint's 10 bytes (its value would shift past 64).
@@ -253,8 +260,8 @@ template <bool kDeltas>
       std::memcpy(dst, p + from, 16);  // the streams' slack takes the rest
       dst += n;
     }
-    at[kFieldColumn[k]] = dst;
-    if (k == 4 || k == 10) one_byte |= n;
+    at[column] = dst;
+    if (k != 0 && kSpanFields[k].one_byte) one_byte |= n;  // the first: checked on the mask
     from = last + 1;
   }
   // The args are contiguous and all go to one stream: one copy, up to the
@@ -272,10 +279,10 @@ template <bool kDeltas>
     // field may be coded (format 5): its stream is put back whole.
     uint64_t st = all_stops;
     size_t back = 0;
-    for (size_t k = 0; k < 11; ++k) {
+    for (size_t k = 0; k < kSpanFieldCount; ++k) {
       const size_t last = static_cast<size_t>(std::countr_zero(st));
       st &= st - 1;
-      if (kFieldColumn[k] != kCorrelation) at[kFieldColumn[k]] -= last + 1 - back;
+      if (kSpanFields[k].column != kCorrelation) at[kSpanFields[k].column] -= last + 1 - back;
       back = last + 1;
     }
     at[kCorrelation] = correlation_at;
@@ -298,13 +305,87 @@ inline bool split_span_fast(const uint8_t*&, const uint8_t*, const uint8_t*, uin
 }
 #endif
 
+// A span's fields before its args, one after the other (split_span_fast's
+// fallback): false when one does not end inside the body.
+template <bool kDeltas>
+[[gnu::always_inline]] inline bool split_span_fields(const uint8_t*& p, const uint8_t* body_end,
+                                                     const uint8_t* end, uint8_t** at,
+                                                     uint64_t& prev_correlation) {
+#pragma GCC unroll 11
+  for (const SpanField& field : kSpanFields) {
+    const bool ok =
+        field.one_byte ? copy_byte(at[field.column], p, body_end)
+        : field.column == kCorrelation
+            ? copy_correlation<kDeltas>(at[field.column], p, body_end, end, prev_correlation)
+            : copy_varint(at[field.column], p, body_end, end);
+    if (!ok) return false;
+  }
+  return true;
+}
+
+// Splits one record at p (inside a frame ending at frame_end; `end` bounds
+// what may be read, the fast path's 96 bytes included) into the streams,
+// advancing p past it; false when it is not a well-formed record. A span
+// whose fields (and args) are its whole body, with a one-byte length, keeps
+// only the marker tag in the tag stream (format 6), whichever path split it:
+// so the column form of a record does not depend on where it lies in the
+// block (ColumnBuilder splits frames before the block's end is known).
+template <bool kDeltas, bool kImpliedLengths>
+[[gnu::always_inline]] inline bool split_one_record(const uint8_t*& p,
+                                                    const uint8_t* const frame_end,
+                                                    const uint8_t* const end, uint8_t*& head,
+                                                    uint8_t*& tag, uint8_t** at,
+                                                    uint64_t& prev_correlation) {
+  size_t n = 0;
+  uint64_t length = 0;
+  if (end - p >= 16 && p[1] < 0x80) {
+    // The common case, a record under 128 bytes: a fixed-size copy, no loop.
+    n = 1;
+    length = p[1];
+    std::memcpy(tag, p, 16);  // the stream's slack takes the rest
+  } else {
+    n = p + 1 < frame_end ? varint_bytes(p + 1, frame_end) : 0;
+    if (n == 0) return false;
+    length = varint_value(p + 1, n);
+    std::memcpy(tag, p, 1 + n);
+  }
+  const uint8_t record_tag = *p;
+  if (p + 1 + n > frame_end || length > static_cast<size_t>(frame_end - p) - 1 - n ||
+      (kImpliedLengths && record_tag == kImpliedLengthSpanTag))
+    return false;
+  tag += 1 + n;
+  p += 1 + n;
+  const uint8_t* const body_end = p + length;
+  if (record_tag == kSpanTag) {
+    if (!split_span_fast<kDeltas>(p, body_end, end, at, prev_correlation)) {
+      // Field by field (kSpanFields); bytes after them stay in stream 0.
+      bool ok = split_span_fields<kDeltas>(p, body_end, end, at, prev_correlation);
+      for (uint8_t i = 0, count = ok ? p[-1] : 0; ok && i < count; ++i)
+        ok = copy_varint(at[kArgs], p, body_end, end) && copy_varint(at[kArgs], p, body_end, end);
+      if (!ok) return false;
+    }
+    // With nothing after the fields, the join can work the length out (format
+    // 6): the tag alone.
+    if (kImpliedLengths && n == 1 && p == body_end) {
+      tag[-2] = kImpliedLengthSpanTag;
+      --tag;
+    }
+  }
+  if (p != body_end) {
+    std::memcpy(head, p, static_cast<size_t>(body_end - p));
+    head += body_end - p;
+  }
+  p = body_end;
+  return true;
+}
+
 // Splits whole frames into the streams at at[]; false when the bytes are not
 // whole, well-formed frames. The frame headers' and tags' cursors live in
 // locals; the span streams' in at[] (split_span_fast says why).
+// prev_correlation: the correlation coder's chain, 0 at a block's start.
 template <bool kDeltas, bool kImpliedLengths>
 [[gnu::always_inline]] inline bool split(const uint8_t* p, const uint8_t* const end,
-                                         uint8_t* at[kBlockColumns]) {
-  uint64_t prev_correlation = 0;
+                                         uint8_t* at[kBlockColumns], uint64_t& prev_correlation) {
   uint8_t *head = at[kHead], *tag = at[kTag];
   bool ok = true;
   while (ok && p < end) {
@@ -328,60 +409,9 @@ template <bool kDeltas, bool kImpliedLengths>
       p = frame_end;
       continue;
     }
-    while (p < frame_end) {
-      size_t n = 0;
-      uint64_t length = 0;
-      if (end - p >= 16 && p[1] < 0x80) {
-        // The common case, a record under 128 bytes: a fixed-size copy, no loop.
-        n = 1;
-        length = p[1];
-        std::memcpy(tag, p, 16);  // the stream's slack takes the rest
-      } else {
-        n = p + 1 < frame_end ? varint_bytes(p + 1, frame_end) : 0;
-        if (n == 0) {
-          ok = false;
-          break;
-        }
-        length = varint_value(p + 1, n);
-        std::memcpy(tag, p, 1 + n);
-      }
-      const uint8_t record_tag = *p;
-      if (p + 1 + n > frame_end || length > static_cast<size_t>(frame_end - p) - 1 - n ||
-          (kImpliedLengths && record_tag == kImpliedLengthSpanTag)) {
-        ok = false;
-        break;
-      }
-      tag += 1 + n;
-      p += 1 + n;
-      const uint8_t* const body_end = p + length;
-      if (record_tag == kSpanTag &&
-          split_span_fast<kDeltas>(p, body_end, end, at, prev_correlation)) {
-        // Done: every field found at once from the stop bits. With nothing after
-        // them, the join can work the length out (format 6): the tag alone.
-        if (kImpliedLengths && n == 1 && p == body_end) {
-          tag[-2] = kImpliedLengthSpanTag;
-          --tag;
-        }
-      } else if (record_tag == kSpanTag) {
-        // The fields in wire order (record_codec.cpp); bytes after them stay in stream 0.
-        ok = copy_byte(at[kSmall], p, body_end) && copy_varint(at[kTrack], p, body_end, end) &&
-             copy_varint(at[kStream], p, body_end, end) &&
-             copy_varint(at[kName], p, body_end, end) && copy_byte(at[kSmall], p, body_end) &&
-             copy_varint(at[kDepth], p, body_end, end) &&
-             copy_varint(at[kStart], p, body_end, end) &&
-             copy_varint(at[kDuration], p, body_end, end) &&
-             copy_correlation<kDeltas>(at[kCorrelation], p, body_end, end, prev_correlation) &&
-             copy_varint(at[kRequest], p, body_end, end) && copy_byte(at[kSmall], p, body_end);
-        for (uint8_t i = 0, count = ok ? p[-1] : 0; ok && i < count; ++i)
-          ok = copy_varint(at[kArgs], p, body_end, end) && copy_varint(at[kArgs], p, body_end, end);
-        if (!ok) break;
-      }
-      if (p != body_end) {
-        std::memcpy(head, p, static_cast<size_t>(body_end - p));
-        head += body_end - p;
-      }
-      p = body_end;
-    }
+    while (ok && p < frame_end)
+      ok = split_one_record<kDeltas, kImpliedLengths>(p, frame_end, end, head, tag, at,
+                                                      prev_correlation);
   }
   at[kHead] = head, at[kTag] = tag;
   return ok;
@@ -442,8 +472,9 @@ constexpr size_t kJoinSlack = 256;
 #define INFERSCOPE_SPLIT_BMI 1
 template <bool kDeltas, bool kImpliedLengths>
 __attribute__((target("bmi,bmi2"))) bool split_bmi(const uint8_t* p, const uint8_t* const end,
-                                                   uint8_t* at[kBlockColumns]) {
-  return split<kDeltas, kImpliedLengths>(p, end, at);
+                                                   uint8_t* at[kBlockColumns],
+                                                   uint64_t& prev_correlation) {
+  return split<kDeltas, kImpliedLengths>(p, end, at, prev_correlation);
 }
 #endif
 
@@ -458,19 +489,29 @@ bool split_with_bmi() {
 #endif
 }
 
+// split() on the BMI path where the CPU has it; prev_correlation: the block's chain so far.
+template <bool kDeltas, bool kImpliedLengths>
+bool split_frames(std::span<const uint8_t> frames, uint8_t* at[kBlockColumns],
+                  uint64_t& prev_correlation) {
+  const uint8_t* const p = frames.data();
+#if defined(INFERSCOPE_SPLIT_BMI)
+  if (split_with_bmi())
+    return split_bmi<kDeltas, kImpliedLengths>(p, p + frames.size(), at, prev_correlation);
+#endif
+  return split<kDeltas, kImpliedLengths>(p, p + frames.size(), at, prev_correlation);
+}
+template <bool kDeltas, bool kImpliedLengths>
+bool split_frames(std::span<const uint8_t> frames, uint8_t* at[kBlockColumns]) {
+  uint64_t prev_correlation = 0;
+  return split_frames<kDeltas, kImpliedLengths>(frames, at, prev_correlation);
+}
+
 template <bool kDeltas, bool kImpliedLengths>
 bool split_into(std::span<const uint8_t> frames, uint8_t* scratch, size_t stride,
                 std::vector<uint8_t>& out) {
   uint8_t* at[kBlockColumns];
   for (size_t c = 0; c < kBlockColumns; ++c) at[c] = scratch + c * stride;
-  const uint8_t* const p = frames.data();
-#if defined(INFERSCOPE_SPLIT_BMI)
-  const bool ok = split_with_bmi() ? split_bmi<kDeltas, kImpliedLengths>(p, p + frames.size(), at)
-                                   : split<kDeltas, kImpliedLengths>(p, p + frames.size(), at);
-#else
-  const bool ok = split<kDeltas, kImpliedLengths>(p, p + frames.size(), at);
-#endif
-  if (!ok) return false;
+  if (!split_frames<kDeltas, kImpliedLengths>(frames, at)) return false;
   size_t total = 0;
   for (size_t c = 0; c < kBlockColumns; ++c)
     total += static_cast<size_t>(at[c] - (scratch + c * stride));
@@ -564,11 +605,15 @@ bool join_block_columns(std::span<const uint8_t> columns, std::vector<uint8_t>& 
   uint64_t prev_correlation = 0;
   // A span's fields, in wire order (the split's), ending by body_end.
   const auto take_span = [&](uint8_t*& to, const uint8_t* body_end) {
-    bool ok = s[kSmall].take(to, 1) && s[kTrack].take_varint(to) && s[kStream].take_varint(to) &&
-              s[kName].take_varint(to) && s[kSmall].take(to, 1) && s[kDepth].take_varint(to) &&
-              s[kStart].take_varint(to) && s[kDuration].take_varint(to) &&
-              s[kCorrelation].take_correlation(to, correlation_deltas, prev_correlation) &&
-              s[kRequest].take_varint(to) && s[kSmall].take(to, 1) && to <= body_end;
+    for (const SpanField& field : kSpanFields) {
+      Stream& from = s[field.column];
+      const bool ok = field.one_byte ? from.take(to, 1)
+                      : field.column == kCorrelation
+                          ? from.take_correlation(to, correlation_deltas, prev_correlation)
+                          : from.take_varint(to);
+      if (!ok) return false;
+    }
+    bool ok = to <= body_end;
     // Checked per arg: no more than one arg's bytes are written past the record.
     for (uint8_t i = 0, args = ok ? to[-1] : 0; ok && i < args; ++i)
       ok = s[kArgs].take_varint(to) && s[kArgs].take_varint(to) && to <= body_end;
@@ -617,6 +662,177 @@ bool join_block_columns(std::span<const uint8_t> columns, std::vector<uint8_t>& 
   if (out != out_end) return bad("frames of another size than the block header's");
   frames.resize(size);
   return true;
+}
+
+}  // namespace inferscope::wire
+
+// [SECTION] ColumnBuilder (column_builder.hpp)
+namespace inferscope::wire {
+
+namespace {
+
+// decode_span_fast_with's hooks (record_codec.hpp): each field's bytes into
+// its stream (kSpanFields) as the decoder reads them, as the split writes them.
+struct StreamFields {
+  uint8_t** at;
+  uint64_t& prev_correlation;
+  const uint8_t* end = nullptr;  // where the known fields end (done())
+
+  template <size_t K>
+  [[gnu::always_inline]] void field(const uint8_t* from, const uint8_t* to) {
+    constexpr SpanField f = kSpanFields[K];
+    uint8_t*& dst = at[f.column];
+    if constexpr (f.one_byte) {
+      *dst++ = *from;
+    } else if constexpr (f.column == kCorrelation) {
+      // unchecked_varint reads at most 10 bytes: the coder's bound holds.
+      code_correlation(dst, from, static_cast<size_t>(to - from), prev_correlation);
+    } else {
+      std::memcpy(dst, from, 16);  // 16 bytes readable from any field (kSpanFieldsMaxBytes)
+      dst += to - from;
+    }
+  }
+  [[gnu::always_inline]] void args(const uint8_t* from, const uint8_t* to) {
+    const auto n = static_cast<size_t>(to - from);
+    std::memcpy(at[kArgs], from, n <= 16 ? 16 : n);
+    at[kArgs] += n;
+  }
+  void done(const uint8_t* known_end) { end = known_end; }
+};
+static_assert(kSpanFieldCount == 11, "decode_span_fast_with reports eleven fields");
+
+// Bytes a write may go past a stream's end: a 16-byte copy.
+constexpr size_t kStreamSlack = 32;
+
+}  // namespace
+
+ColumnBuilder::ColumnBuilder() = default;
+ColumnBuilder::~ColumnBuilder() = default;
+
+void ColumnBuilder::reserve(size_t bytes) {
+  const size_t need = bytes + kStreamSlack;
+  for (size_t c = 0; c < kBlockColumns; ++c) {
+    const auto used = static_cast<size_t>(at_[c] - begin_[c]);
+    if (capacity_[c] - used >= need) continue;
+    const size_t capacity = std::max({capacity_[c] * 2, used + need, size_t{64} << 10});
+    std::unique_ptr<uint8_t[]> grown(new uint8_t[capacity]);  // uninitialized: touched as written
+    if (used) std::memcpy(grown.get(), begin_[c], used);
+    buffers_[c] = std::move(grown);
+    capacity_[c] = capacity;
+    begin_[c] = buffers_[c].get();
+    at_[c] = begin_[c] + used;
+  }
+}
+
+void ColumnBuilder::reset() {
+  for (size_t c = 0; c < kBlockColumns; ++c) at_[c] = begin_[c];
+  prev_correlation_ = 0;
+  spoiled_ = false;
+  frame_bytes_ = 0;
+  state_ = State::kIdle;
+}
+
+void ColumnBuilder::add_frame(std::span<const uint8_t> frame) {
+  frame_bytes_ += frame.size();
+  if (state_ == State::kDecoding) spoiled_ = true;  // its place in the block is taken
+  if (spoiled_) return;
+  reserve(frame.size());
+  if (!split_frames<true, true>(frame, at_, prev_correlation_)) spoiled_ = true;
+}
+
+bool ColumnBuilder::begin_decoded_frame(std::span<const uint8_t> header, size_t payload_bytes) {
+  if (spoiled_ || state_ != State::kIdle || header.size() != kFrameHeaderBytes) return false;
+  reserve(kFrameHeaderBytes + payload_bytes);
+  for (size_t c = 0; c < kBlockColumns; ++c) mark_[c] = at_[c];
+  mark_correlation_ = prev_correlation_;
+  // The header as decoded for now: finish_decoded_frame() writes the stored one.
+  header_at_ = static_cast<size_t>(at_[kHead] - begin_[kHead]);
+  std::memcpy(at_[kHead], header.data(), kFrameHeaderBytes);
+  at_[kHead] += kFrameHeaderBytes;
+  payload_bytes_ = payload_bytes;
+  state_ = State::kDecoding;
+  return true;
+}
+
+void ColumnBuilder::abandon_frame() {
+  if (state_ != State::kDecoding) return;
+  for (size_t c = 0; c < kBlockColumns; ++c) at_[c] = mark_[c];
+  prev_correlation_ = mark_correlation_;
+  state_ = State::kAbandoned;
+}
+
+void ColumnBuilder::undo_frame() {
+  abandon_frame();
+  state_ = State::kIdle;
+}
+
+bool ColumnBuilder::finish_decoded_frame(std::span<const uint8_t> frame) {
+  if (state_ != State::kDecoding || frame.size() != kFrameHeaderBytes + payload_bytes_) {
+    undo_frame();
+    return false;
+  }
+  std::memcpy(begin_[kHead] + header_at_, frame.data(), kFrameHeaderBytes);
+  frame_bytes_ += frame.size();
+  state_ = State::kIdle;
+  return true;
+}
+
+bool ColumnBuilder::decode_span(const uint8_t* record, size_t head_bytes, size_t body_bytes,
+                                size_t readable, int64_t& previous_ns, Record& out) {
+  if (readable < kSpanFieldsMaxBytes) return false;  // nothing written: decoded the checked way
+  const uint8_t* const body = record + head_bytes;
+  StreamFields fields{at_, prev_correlation_};
+  if (!detail::decode_span_fast_with(body, body_bytes, readable, previous_ns, out, fields))
+      [[unlikely]] {
+    abandon_frame();  // fields were written
+    return false;
+  }
+  // As split_one_record: the marker alone for a span of its fields with a one-byte length.
+  const uint8_t* const body_end = body + body_bytes;
+  if (head_bytes == 2 && fields.end == body_end) {
+    *at_[kTag]++ = kImpliedLengthSpanTag;
+    return true;
+  }
+  std::memcpy(at_[kTag], record, head_bytes);
+  at_[kTag] += head_bytes;
+  if (fields.end != body_end) {
+    std::memcpy(at_[kHead], fields.end, static_cast<size_t>(body_end - fields.end));
+    at_[kHead] += body_end - fields.end;
+  }
+  return true;
+}
+
+bool ColumnBuilder::split_record(const uint8_t* record, size_t bytes, size_t readable) {
+  const uint8_t* p = record;
+  uint8_t *head = at_[kHead], *tag = at_[kTag];
+  const bool ok = split_one_record<true, true>(p, record + bytes, record + readable, head, tag, at_,
+                                               prev_correlation_) &&
+                  p == record + bytes;
+  at_[kHead] = head, at_[kTag] = tag;
+  if (!ok) abandon_frame();
+  return ok;
+}
+
+bool ColumnBuilder::take(RawBlock& block) {
+  size_t total = 0;
+  for (size_t c = 0; c < kBlockColumns; ++c) total += static_cast<size_t>(at_[c] - begin_[c]);
+  // Coded ids may make the form larger than the frames (split_block_columns
+  // then splits without coding them); a reader sizes its buffer by the frames.
+  const bool ok = !spoiled_ && state_ == State::kIdle && frame_bytes_ == block.bytes.size() &&
+                  total <= block.bytes.size();
+  block.has_columns = ok;
+  if (ok) {
+    block.columns.resize(kBlockColumnTableBytes + total);
+    uint8_t* to = block.columns.data() + kBlockColumnTableBytes;
+    for (size_t c = 0; c < kBlockColumns; ++c) {
+      const auto size = static_cast<uint32_t>(at_[c] - begin_[c]);
+      for (int i = 0; i < 4; ++i) block.columns[4 * c + i] = static_cast<uint8_t>(size >> (8 * i));
+      if (size) std::memcpy(to, begin_[c], size);
+      to += size;
+    }
+  }
+  reset();
+  return ok;
 }
 
 }  // namespace inferscope::wire

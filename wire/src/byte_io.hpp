@@ -17,6 +17,16 @@ inline int64_t unzigzag(uint64_t v) {
   return static_cast<int64_t>(v >> 1) ^ -static_cast<int64_t>(v & 1);
 }
 
+// Writes v as a varint at dst, advancing it, without a bounds check: the
+// caller has room for 10 bytes (the span encoder, the column split).
+[[gnu::always_inline]] inline void put_varint(uint8_t*& dst, uint64_t v) {
+  while (v >= 0x80) {
+    *dst++ = static_cast<uint8_t>(v) | 0x80;
+    v >>= 7;
+  }
+  *dst++ = static_cast<uint8_t>(v);
+}
+
 class ByteWriter {
  public:
   explicit ByteWriter(std::vector<uint8_t>& out) : out_(out) {}

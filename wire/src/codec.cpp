@@ -9,6 +9,7 @@
 
 #include "byte_io.hpp"
 #include "crc32.hpp"
+#include "inferscope/wire/column_builder.hpp"
 #include "record_codec.hpp"
 
 namespace inferscope::wire {
@@ -154,6 +155,8 @@ DecodeStatus FrameDecoder::frame_size(std::span<const uint8_t> stream, size_t& f
 
 DecodeStatus FrameDecoder::open(std::span<const uint8_t> frame) {
   payload_ = {};
+  frame_ = frame;
+  columns_ = nullptr;
   offset_ = 0;
   records_read_ = 0;
   previous_ns_ = 0;
@@ -250,12 +253,25 @@ bool FrameDecoder::next(Record& out) {
       status_ = fail(DecodeError::kRecordCountMismatch, "more records than the frame header says");
       return false;
     }
-    if (tag == static_cast<uint8_t>(RecordKind::kSpan) &&
-        decode_span_fast(record + head_bytes, body_bytes, left - head_bytes, previous_ns_, out))
-      return true;
+    if (tag == static_cast<uint8_t>(RecordKind::kSpan)) {
+      if (columns_) {
+        if (columns_->decode_span(record, head_bytes, body_bytes, left - head_bytes, previous_ns_,
+                                  out))
+          return true;
+        if (!columns_->decoding_frame()) columns_ = nullptr;  // it gave up on the frame
+      } else if (decode_span_fast(record + head_bytes, body_bytes, left - head_bytes, previous_ns_,
+                                  out)) {
+        return true;
+      }
+    }
     std::span<const uint8_t> body = payload_.subspan(body_start, body_bytes);
     std::string why;
-    switch (decode_body(tag, body, previous_ns_, out, why)) {
+    const BodyResult result = decode_body(tag, body, previous_ns_, out, why);
+    // Records decoded the checked way, and those skipped, are bytes of the frame all the same.
+    if (columns_ && result != BodyResult::kError &&
+        !columns_->split_record(record, head_bytes + body_bytes, left))
+      columns_ = nullptr;
+    switch (result) {
       case BodyResult::kOk:
         return true;
       case BodyResult::kSkipped:
@@ -267,6 +283,21 @@ bool FrameDecoder::next(Record& out) {
         return false;
     }
   }
+}
+
+bool FrameDecoder::fuse_columns(ColumnBuilder* columns) {
+  columns_ = nullptr;
+  if (!columns || !status_.ok() || offset_ != 0 || (header_.flags & kFlagZstd) ||
+      frame_.size() < kFrameHeaderBytes)
+    return false;
+  if (!columns->begin_decoded_frame(frame_.first(kFrameHeaderBytes), payload_.size())) return false;
+  columns_ = columns;
+  return true;
+}
+
+void FrameDecoder::stop_columns() {
+  if (columns_) columns_->abandon_frame();
+  columns_ = nullptr;
 }
 
 // [SECTION] Header helpers -------------------------------------------------------

@@ -107,24 +107,45 @@ void add_one(std::vector<uint8_t>& p, int64_t&, const StringDef& r) {
 }
 
 void add_one(std::vector<uint8_t>& p, int64_t& prev, const Span& r) {
-  framed(p, RecordKind::kSpan, [&](ByteWriter& w) {
-    w.u8(static_cast<uint8_t>(r.track_kind));
-    w.varint(r.track_id);
-    w.varint(r.stream);
-    w.varint(r.name_id);
-    w.u8(static_cast<uint8_t>(r.category));
-    w.varint(r.depth);
-    delta_ts(w, prev, r.start_ns);
-    w.svarint(r.end_ns - r.start_ns);
-    w.varint(r.correlation_id);
-    w.varint(r.request_id);
-    uint8_t n = r.num_args < kMaxSpanArgs ? r.num_args : kMaxSpanArgs;
-    w.u8(n);
-    for (uint8_t i = 0; i < n; ++i) {
-      w.varint(r.args[i].key_id);
-      w.svarint(r.args[i].value);
-    }
-  });
+  // The store re-encodes every summary level's spans: one resize to the widest
+  // a span can be and stores without a capacity check per byte (ByteWriter's
+  // push_back per byte was ~100 instructions a span), then cut back. The same
+  // bytes as framed() with ByteWriter would write.
+  const size_t at = p.size();
+  p.resize(at + 3 + kSpanFieldsMaxBytes);
+  uint8_t* const body = p.data() + at + 2;
+  uint8_t* w = body;
+  *w++ = static_cast<uint8_t>(r.track_kind);
+  detail::put_varint(w, r.track_id);
+  detail::put_varint(w, r.stream);
+  detail::put_varint(w, r.name_id);
+  *w++ = static_cast<uint8_t>(r.category);
+  detail::put_varint(w, r.depth);
+  detail::put_varint(w, detail::zigzag(static_cast<int64_t>(static_cast<uint64_t>(r.start_ns) -
+                                                            static_cast<uint64_t>(prev))));
+  prev = r.start_ns;
+  detail::put_varint(w, detail::zigzag(r.end_ns - r.start_ns));
+  detail::put_varint(w, r.correlation_id);
+  detail::put_varint(w, r.request_id);
+  const uint8_t n = r.num_args < kMaxSpanArgs ? r.num_args : kMaxSpanArgs;
+  *w++ = n;
+  for (uint8_t i = 0; i < n; ++i) {
+    detail::put_varint(w, r.args[i].key_id);
+    detail::put_varint(w, detail::zigzag(r.args[i].value));
+  }
+  const auto body_bytes = static_cast<size_t>(w - body);
+  p[at] = static_cast<uint8_t>(RecordKind::kSpan);
+  if (body_bytes < 0x80) {  // the length in one byte: the body is in place
+    p[at + 1] = static_cast<uint8_t>(body_bytes);
+    p.resize(at + 2 + body_bytes);
+    return;
+  }
+  // Two length bytes (a body of 128 to 163 bytes): the body moves up by one.
+  static_assert(kSpanFieldsMaxBytes < (1u << 14), "a span's length fits two varint bytes");
+  std::memmove(body + 1, body, body_bytes);
+  p[at + 1] = static_cast<uint8_t>(body_bytes | 0x80);
+  p[at + 2] = static_cast<uint8_t>(body_bytes >> 7);
+  p.resize(at + 3 + body_bytes);
 }
 
 void add_one(std::vector<uint8_t>& p, int64_t& prev, const ExpertLoad& r) {
@@ -534,25 +555,6 @@ bool decode(ByteReader& r, int64_t&, FrameSequence& f, std::string& why) {
 
 #undef IS_READ
 
-// ByteReader::varint without its check per byte (the caller's readable bytes
-// bound every read): at most 10 bytes, bits past 64 dropped, as there. bad is
-// set when the tenth byte still continues.
-[[gnu::always_inline]] inline uint64_t unchecked_varint(const uint8_t*& p, bool& bad) {
-  uint64_t b = *p++;
-  if (b < 0x80) [[likely]]
-    return b;
-  uint64_t v = b & 0x7f;
-  for (int shift = 7;; shift += 7) {
-    b = *p++;
-    v |= (b & 0x7f) << shift;
-    if (b < 0x80) return v;
-    if (shift == 63) {
-      bad = true;
-      return v;
-    }
-  }
-}
-
 template <class T>
 BodyResult decode_as(std::span<const uint8_t> body, int64_t& prev, Record& out, std::string& why) {
   // Reuse the alternative already in out (keeps vector capacity across records).
@@ -566,67 +568,8 @@ BodyResult decode_as(std::span<const uint8_t> body, int64_t& prev, Record& out, 
 
 bool decode_span_fast(const uint8_t* p, size_t body_bytes, size_t readable, int64_t& prev,
                       Record& out) {
-  // Every read below is at most kSpanFieldsMaxBytes past the start; whether the
-  // fields fit the body (and are in range) is checked once, after them.
-  if (readable < kSpanFieldsMaxBytes) return false;
-  const uint8_t* const body_end = p + body_bytes;
-  if (!std::holds_alternative<Span>(out)) out.emplace<Span>();
-  Span& s = *std::get_if<Span>(&out);
-  bool bad = false;
-  const uint8_t kind = *p++;
-  const uint64_t track = unchecked_varint(p, bad);
-  const uint64_t stream = unchecked_varint(p, bad);
-  const uint64_t name = unchecked_varint(p, bad);
-  const uint8_t category = *p++;
-  const uint64_t depth = unchecked_varint(p, bad);
-  const int64_t start_delta = detail::unzigzag(unchecked_varint(p, bad));
-  const int64_t duration = detail::unzigzag(unchecked_varint(p, bad));
-  s.correlation_id = unchecked_varint(p, bad);
-  s.request_id = unchecked_varint(p, bad);
-  const uint8_t num_args = *p++;
-  bad |= (kind >= 2) | (track > UINT32_MAX) | (stream > UINT32_MAX) | (name > UINT32_MAX) |
-         (category >= 8) | (depth > UINT16_MAX) | (duration < 0) | (num_args > kMaxSpanArgs);
-  if (bad) return false;  // num_args bounds the reads below
-  for (uint8_t i = 0; i < num_args; ++i) {
-    const uint64_t key = unchecked_varint(p, bad);
-    bad |= key > UINT32_MAX;
-    s.args[i].key_id = static_cast<uint32_t>(key);
-    s.args[i].value = detail::unzigzag(unchecked_varint(p, bad));
-  }
-  if (bad || p > body_end) return false;
-  // The args past num_args are cleared, as decode(Span) does: a jump to the
-  // first, then straight-line stores (the loop took ~24 instructions a span).
-  static_assert(kMaxSpanArgs == 4);
-  switch (num_args) {
-    case 0:
-      s.args[0] = {};
-      [[fallthrough]];
-    case 1:
-      s.args[1] = {};
-      [[fallthrough]];
-    case 2:
-      s.args[2] = {};
-      [[fallthrough]];
-    case 3:
-      s.args[3] = {};
-      break;
-    default:
-      break;
-  }
-  s.track_kind = static_cast<TrackKind>(kind);
-  s.track_id = static_cast<uint32_t>(track);
-  s.stream = static_cast<uint32_t>(stream);
-  s.name_id = static_cast<uint32_t>(name);
-  s.category = static_cast<SpanCategory>(category);
-  s.depth = static_cast<uint16_t>(depth);
-  s.num_args = num_args;
-  // Wrapping, as read_delta_ts and decode(Span) do.
-  s.start_ns =
-      static_cast<int64_t>(static_cast<uint64_t>(prev) + static_cast<uint64_t>(start_delta));
-  s.end_ns =
-      static_cast<int64_t>(static_cast<uint64_t>(s.start_ns) + static_cast<uint64_t>(duration));
-  prev = s.start_ns;
-  return true;
+  detail::NoSpanFields fields;
+  return detail::decode_span_fast_with(p, body_bytes, readable, prev, out, fields);
 }
 
 BodyResult decode_body(uint8_t tag, std::span<const uint8_t> body, int64_t& prev, Record& out,

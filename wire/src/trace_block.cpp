@@ -163,6 +163,8 @@ void RawBlock::add(std::span<const uint8_t> frame, const FrameSummary& s) {
 
 void RawBlock::clear() {
   bytes.clear();
+  columns.clear();
+  has_columns = false;
   frames = 0;
   summary = {};
 }
@@ -200,11 +202,14 @@ void BlockCompressor::seal(const RawBlock& block, std::vector<uint8_t>& out, int
   // compresses that well sends the next 63 unsplit, then the split is tried
   // again; summary blocks follow their data block's choice.
   if (summary_level == 0 && unsplit_left_ > 0) --unsplit_left_;
+  // A block may come split already (RawBlock::columns: formats 5 and 6).
   bool deltas = true, lengths = true;
-  const bool columns =
-      columns_ && unsplit_left_ == 0 && split_block_columns(block.bytes, split_, &deltas, &lengths);
-  const std::span<const uint8_t> input =
-      columns ? std::span<const uint8_t>(split_) : std::span<const uint8_t>(block.bytes);
+  const bool presplit = columns_ && unsplit_left_ == 0 && block.has_columns;
+  const bool columns = presplit || (columns_ && unsplit_left_ == 0 &&
+                                    split_block_columns(block.bytes, split_, &deltas, &lengths));
+  const std::span<const uint8_t> input = presplit  ? std::span<const uint8_t>(block.columns)
+                                         : columns ? std::span<const uint8_t>(split_)
+                                                   : std::span<const uint8_t>(block.bytes);
   size_t n = 0;
   bool failed = false;  // a zstd error: stored as it is, below
   if (columns) {

@@ -89,7 +89,10 @@ bool Pipeline::on_frame(Session& session, std::span<const uint8_t> frame, Reject
     Aggregator& aggregator;
     ~FlushGuard() { aggregator.flush_metrics(); }
   } flush{aggregator_};
-  if (tap.tap) tap.tap->begin_frame();
+  if (tap.tap) {
+    tap.tap->begin_frame();
+    dec.fuse_columns(tap.tap->columns());  // the store's column split, as records decode
+  }
   Source* source = sources_.find(session.source_id);
   bool has_hello = false;
   std::array<uint32_t, wire::kRecordKindCount> per_kind{};
@@ -126,6 +129,7 @@ bool Pipeline::on_frame(Session& session, std::span<const uint8_t> frame, Reject
           return reject(session, why, "auth", "hello has a missing or wrong auth token");
         h.auth_token.clear();
         has_hello = true;
+        dec.stop_columns();  // the frame is stored re-encoded (below): split whole then
         if (source == nullptr) {
           // Records before this one were tapped without the source id the frame
           // gets now: this frame (once per connection) is left to the sink to decode.

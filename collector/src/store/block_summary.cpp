@@ -72,15 +72,6 @@ void FirstLevel::begin_frame() {
   block_spans_at_mark_ = seed_.block_spans;
 }
 
-void FirstLevel::add(uint32_t source, const wire::Record& record) {
-  if (const auto* s = std::get_if<wire::Span>(&record)) {
-    ++seed_.block_spans;
-    merger_.add(source, *s);
-  } else {
-    seed_.others.emplace_back(source, record);
-  }
-}
-
 void FirstLevel::undo_frame() {
   merger_.undo();
   seed_.others.resize(others_at_mark_);

@@ -51,7 +51,16 @@ class FirstLevel {
   FirstLevel& operator=(const FirstLevel&) = delete;
 
   void begin_frame();
-  void add(uint32_t source, const wire::Record& record);
+  // Inline: the store's record tap calls it for every record, and a span goes
+  // on to the merger's inline add() (one call per span in all).
+  [[gnu::always_inline]] void add(uint32_t source, const wire::Record& record) {
+    if (const auto* s = std::get_if<wire::Span>(&record)) [[likely]] {
+      ++seed_.block_spans;
+      merger_.add(source, *s);
+    } else {
+      seed_.others.emplace_back(source, record);
+    }
+  }
   void undo_frame();
   // Decodes a frame (one that nobody decoded before: tools, replays, alerts)
   // and adds its records; a frame that does not decode adds none.

@@ -83,7 +83,8 @@ std::vector<std::string> TraceStore::list_segments(const std::string& dir) {
 TraceStore::Writer::Writer(const TraceStoreOptions& options, TraceStore::Log log)
     : options_(options),
       log_(std::move(log)),
-      compressor_(options.zstd_level, options.columns && options.summaries) {}
+      compressor_(options.zstd_level, options.columns && options.summaries),
+      splits_next_(compressor_.splits_next_block()) {}
 
 // [SECTION] Opening and recovery
 TraceStore::Writer::~Writer() {
@@ -238,6 +239,7 @@ void TraceStore::Writer::write_block(const wire::RawBlock& block, LevelSeed& see
     return;
   }
   compressor_.seal(block, sealed_);
+  splits_next_.store(compressor_.splits_next_block(), std::memory_order_relaxed);
   // The block's level-of-detail summaries follow it, in the same write: a torn
   // tail can only cut summaries off, never leave one without its data block.
   uint64_t summary_bytes = 0;

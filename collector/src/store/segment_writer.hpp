@@ -43,6 +43,9 @@ class TraceStore::Writer {
   void close();
 
   bool failing() const { return failing_.load(std::memory_order_relaxed); }
+  // Whether the next block will be column-split (BlockCompressor::splits_next_block);
+  // with a thread, as of the last block written: a hint.
+  bool splits_next_block() const { return splits_next_.load(std::memory_order_relaxed); }
   // The open segment has reached segment_bytes: the next block should start a new one.
   bool segment_full() const {
     return current_bytes_.load(std::memory_order_relaxed) >= options_.segment_bytes;
@@ -105,7 +108,8 @@ class TraceStore::Writer {
   TraceStoreStats counters_;
   std::atomic<uint64_t> current_bytes_{0};
   std::atomic<bool> failing_{false};
-  std::atomic<uint64_t> settled_{0};  // see TraceStore::settled_ticket()
+  std::atomic<bool> splits_next_{false};  // splits_next_block()
+  std::atomic<uint64_t> settled_{0};      // see TraceStore::settled_ticket()
 
   // Background queue.
   std::mutex queue_mu_;

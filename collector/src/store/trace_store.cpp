@@ -11,6 +11,7 @@
 #include "block_summary.hpp"
 #include "inferscope/collector/record_tap.hpp"
 #include "inferscope/wire/codec.hpp"
+#include "inferscope/wire/column_builder.hpp"
 #include "segment_writer.hpp"
 
 namespace inferscope::collector {
@@ -57,8 +58,12 @@ class TraceStore::Tap final : public RecordTap {
   void end_frame() override {
     if (state == State::kOpen) state = State::kEnded;
   }
+  wire::ColumnBuilder* columns() override {
+    return state == State::kOpen && store_.open_block_columns_ ? store_.columns_.get() : nullptr;
+  }
   void abort_frame() override {
     if (state != State::kIdle) store_.first_level_->undo_frame();
+    if (store_.open_block_columns_) store_.columns_->undo_frame();
     state = State::kIdle;
     store_.write_deferred();
   }
@@ -80,6 +85,8 @@ TraceStore::TraceStore(TraceStoreOptions options, Replay replay, Log log)
   if (options_.queue_blocks == 0) options_.queue_blocks = 1;
   writer_ = std::make_unique<Writer>(options_, log_);
   first_level_ = std::make_unique<FirstLevel>();
+  // As the writer's compressor splits blocks (segment_writer.cpp): with summaries only.
+  if (options_.columns && options_.summaries) columns_ = std::make_unique<wire::ColumnBuilder>();
   tap_ = std::make_unique<Tap>(*this);
 }
 
@@ -146,8 +153,9 @@ void TraceStore::add_frame(std::span<const uint8_t> frame, const wire::FrameSumm
   if (!open_block_begun_) {
     // A tapped frame's block begins when the tap opens, unless the store was
     // failing then; its records went in before this replay would: take them
-    // out and decode the frame below instead, in block order.
+    // out and decode (and split) the frame below instead, in block order.
     if (tapped) first_level_->undo_frame();
+    if (open_block_columns_) columns_->undo_frame();
     tapped = false;
     if (!prepare_block(steady_now_ns)) {
       writer_->refuse(1);
@@ -160,17 +168,22 @@ void TraceStore::add_frame(std::span<const uint8_t> frame, const wire::FrameSumm
   }
   open_block_.add(frame, summary);
   if (!tapped && options_.summaries) first_level_->add_frame(frame);
+  // A tapped frame was split as it was decoded (unless the decoder gave up on it).
+  if (open_block_columns_ && !(tapped && columns_->finish_decoded_frame(frame)))
+    columns_->add_frame(frame);
   open_block_last_ticket_ = tickets_;
   if (open_block_.bytes.size() >= options_.block_bytes) seal_block(steady_now_ns);
 }
 
 void TraceStore::begin_block() {
+  open_block_columns_ = columns_ && writer_->splits_next_block();
   if (open_block_starts_segment_ && replay_) {
     std::vector<std::vector<uint8_t>> frames;
     replay_(frames);
     for (const auto& f : frames) {
       open_block_.add(f, wire::summarize_frame(f));
       if (options_.summaries) first_level_->add_frame(f);
+      if (open_block_columns_) columns_->add_frame(f);
     }
   }
   open_block_begun_ = true;
@@ -181,6 +194,7 @@ void TraceStore::seal_block(int64_t /*steady_now_ns*/) {
   open_block_begun_ = open_block_has_data_ = false;
   wire::RawBlock block = std::move(open_block_);
   open_block_ = {};
+  if (open_block_columns_) columns_->take(block);  // else (or when it cannot) the writer splits it
   // The next block reuses the buffers of one already written, when there is one.
   LevelSeed seed;
   if (!writer_->take_spare(open_block_, seed))

@@ -18,6 +18,10 @@
 
 #include "inferscope/wire/records.hpp"
 
+namespace inferscope::wire {
+class ColumnBuilder;
+}
+
 namespace inferscope::collector {
 
 class RecordTap {
@@ -28,6 +32,12 @@ class RecordTap {
   virtual void record(uint32_t source, const wire::Record& record) = 0;
   virtual void end_frame() = 0;
   virtual void abort_frame() = 0;
+  // After begin_frame(): where the frame's records may be split into column
+  // streams as they are decoded (FrameDecoder::fuse_columns), or null. The
+  // consumer undoes that split on abort_frame(), and finishes it when the
+  // frame reaches its sink; a frame whose split the decoder abandoned (it
+  // re-encodes a hello) is split whole there instead.
+  virtual wire::ColumnBuilder* columns() { return nullptr; }
 };
 
 }  // namespace inferscope::collector

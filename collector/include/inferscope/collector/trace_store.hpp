@@ -29,6 +29,7 @@
 #include <string>
 #include <vector>
 
+#include "inferscope/wire/column_builder.hpp"
 #include "inferscope/wire/trace_block.hpp"
 
 namespace inferscope::collector {
@@ -174,6 +175,11 @@ class TraceStore {
   Log log_;
   std::unique_ptr<Writer> writer_;
   std::unique_ptr<FirstLevel> first_level_;  // of the open block's summaries
+  // The open block's column form, built as its frames arrive (null when
+  // blocks are not column-split): tapped frames split by the pipeline's
+  // decoder as it decodes them, the others whole.
+  std::unique_ptr<wire::ColumnBuilder> columns_;
+  bool open_block_columns_ = false;  // the open block's frames go to columns_ (begin_block())
   std::unique_ptr<Tap> tap_;
   struct Deferred {
     std::vector<uint8_t> frame;

@@ -109,6 +109,8 @@ struct DecoderOptions {
 };
 
 // Decodes frames one at a time. Not thread-safe; one per connection or file.
+class ColumnBuilder;  // column_builder.hpp
+
 class FrameDecoder {
  public:
   explicit FrameDecoder(DecoderOptions options = {});
@@ -129,6 +131,14 @@ class FrameDecoder {
   bool next(Record& out);
   const DecodeStatus& status() const { return status_; }
 
+  // After open(): splits the frame's records into `columns` as next() decodes
+  // them (ColumnBuilder::begin_decoded_frame). False when it does not: a
+  // compressed frame (stored as it came), a failed open(), or a builder that
+  // will not take it. Lasts until the next open() or stop_columns(), which
+  // abandons the frame's split (it is then added whole).
+  bool fuse_columns(ColumnBuilder* columns);
+  void stop_columns();
+
  private:
   DecoderOptions options_;
   FrameHeader header_;
@@ -138,6 +148,8 @@ class FrameDecoder {
   uint32_t records_read_ = 0;
   int64_t previous_ns_ = 0;
   DecodeStatus status_;
+  std::span<const uint8_t> frame_;  // open()'s
+  ColumnBuilder* columns_ = nullptr;
 };
 
 // [SECTION] Header helpers

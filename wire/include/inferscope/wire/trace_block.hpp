@@ -179,6 +179,11 @@ struct RawBlock {
   std::vector<uint8_t> bytes;  // whole frames
   uint32_t frames = 0;
   FrameSummary summary;
+  // The frames' column form (split_block_columns with correlation deltas and
+  // implied span lengths), when its builder made it as they arrived
+  // (column_builder.hpp): BlockCompressor then does not split them again.
+  std::vector<uint8_t> columns;
+  bool has_columns = false;
 
   void add(std::span<const uint8_t> frame, const FrameSummary& s);
   bool empty() const { return frames == 0; }
@@ -202,6 +207,10 @@ class BlockCompressor {
   // Replaces out with the sealed block (header then payload). summary_level > 0
   // seals a summary block (its times are the block's own: pass the data block's).
   void seal(const RawBlock& block, std::vector<uint8_t>& out, int summary_level = 0);
+  // Whether the next data block will be column-split: not while input so
+  // repetitive that blocks go unsplit lasts (seal() says why). A block's
+  // column form built in advance (RawBlock::columns) is wasted work otherwise.
+  bool splits_next_block() const { return columns_ && unsplit_left_ <= 1; }
 
  private:
   int level_;
