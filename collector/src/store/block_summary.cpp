@@ -17,17 +17,6 @@ constexpr size_t kMinSpans = 256;
 // would serve only queries finer than 65 us a pixel: windows of a few blocks,
 // which read the blocks themselves as fast.
 constexpr int kFirstLevel = 3;
-// A level is written when it has at most 1/kKeepRatio of the spans of the
-// level written before it, and the first level written at most
-// 1/kFirstKeepRatio of the block's. The first is the largest, and the writer
-// pays for every span of it (encoded, split, compressed, written; in
-// collector_bench's agent-like blocks a first level at 1/8.1 of the spans cost
-// ~4 ns a record, 5% of ingest with the store). It pays a reader only on the
-// windows it alone serves, by its ratio: where its spans barely shrink at 65 us
-// the block covers a long stretch of time, and those windows cover few blocks.
-// Where the spans are dense, every level shrinks far more than 16x and is kept.
-constexpr size_t kFirstKeepRatio = 16;
-constexpr size_t kKeepRatio = 8;
 
 using SourceSpan = std::pair<uint32_t, wire::Span>;
 
@@ -138,7 +127,7 @@ std::span<const SummaryBlock> SummaryBuilder::build(const wire::RawBlock& data, 
       merger.finish();
       spans_.swap(merged_);  // the next level merges this one's output (exact: span_merge.hpp)
     }
-    if (spans_.size() * (used == 0 ? kFirstKeepRatio : kKeepRatio) <= kept) {
+    if (spans_.size() * 8 <= kept) {
       if (levels_.size() <= used) levels_.emplace_back();
       SummaryBlock& sb = levels_[used++];
       sb.level = level;
