@@ -4,8 +4,9 @@
 // Level k merges each lane's short spans at summary_level_ns(k) with the same
 // rule a range query uses (span_merge.hpp), starting from the level below, and
 // copies every other record. A level is kept only when it has at most an
-// eighth of the spans of the level kept before it (or of the block), so the
-// summaries' spans together are at most a seventh of the block's.
+// eighth of the spans of the level kept before it (or of the block; the first
+// level, 3, a sixteenth), so the summaries' spans together are at most a
+// seventh of the block's.
 // Levels start at 3 (65 us; finer ones would serve only windows of a few
 // blocks) and stop at the first one coarser than the block's time extent:
 // there, each lane is already one merged span.
