@@ -30,6 +30,18 @@ constexpr int kFirstLevel = 3;
 // sample trace: docs/collector.md, eighth pass.)
 constexpr size_t kKeepRatio = 8;
 constexpr size_t kFirstLevelKeepRatio = 16;
+// Where a block's level 3 is not written, the next blocks' first level is
+// merged at level 4 directly (the tap's merge and the coarser levels then work
+// on a quarter as many runs, and the levels above come out the same: merging is
+// exact level to level, span_merge.hpp); every kCheckEvery-th block is merged
+// at level 3 again to see whether it pays by then. The io thread decides, from
+// the block it has just merged, so every writer mode writes the same summaries.
+constexpr int kCheckEvery = 64;
+
+// Whether a block whose first level (level 3) is `seed` would have it written.
+bool first_level_written(const LevelSeed& seed) {
+  return seed.spans.size() * kFirstLevelKeepRatio <= seed.block_spans;
+}
 
 using SourceSpan = std::pair<uint32_t, wire::Span>;
 
@@ -76,7 +88,8 @@ void LevelSeed::clear() {
   spans.clear();
 }
 
-FirstLevel::FirstLevel() : merger_(wire::summary_level_ns(kFirstLevel), &seed_.spans) {}
+FirstLevel::FirstLevel()
+    : merger_(wire::summary_level_ns(kFirstLevel), &seed_.spans), level_(kFirstLevel) {}
 
 void FirstLevel::begin_frame() {
   merger_.mark();
@@ -103,6 +116,17 @@ void FirstLevel::add_frame(std::span<const uint8_t> frame) {
 
 void FirstLevel::take(LevelSeed& out) {
   merger_.finish();
+  seed_.level = level_;
+  // The next block's level (blocks too small for summaries tell nothing).
+  if (level_ == kFirstLevel) {
+    if (seed_.block_spans >= kMinSpans && !first_level_written(seed_)) {
+      level_ = kFirstLevel + 1;
+      blocks_to_check_ = kCheckEvery - 1;
+    }
+  } else if (--blocks_to_check_ <= 0) {
+    level_ = kFirstLevel;
+  }
+  merger_.set_resolution(wire::summary_level_ns(level_));
   std::swap(out, seed_);
   seed_.clear();
   begin_frame();
@@ -132,8 +156,8 @@ std::span<const SummaryBlock> SummaryBuilder::build(const wire::RawBlock& data, 
   if (block_spans < kMinSpans) return {};
   const int64_t extent = data.summary.max_ns - data.summary.min_ns;
   size_t kept = block_spans;
-  for (int level = kFirstLevel; level <= wire::kMaxSummaryLevel; ++level) {
-    if (level > kFirstLevel) {
+  for (int level = seed.level; level <= wire::kMaxSummaryLevel; ++level) {
+    if (level > seed.level) {
       merged_.clear();
       SpanMerger merger(wire::summary_level_ns(level), &merged_);
       for (const auto& [source, s] : spans_) merger.add(source, s);

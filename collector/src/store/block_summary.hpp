@@ -29,8 +29,10 @@
 namespace inferscope::collector {
 
 // The first level of one block: its spans merged at the first level's
-// resolution, and every other record, each with its source, in block order.
+// resolution (level 3, or 4 where level 3 is not written), and every other
+// record, each with its source, in block order.
 struct LevelSeed {
+  int level = 0;           // the level `spans` are merged at
   size_t block_spans = 0;  // spans in the block (before merging)
   std::vector<std::pair<uint32_t, wire::Record>> others;
   std::vector<std::pair<uint32_t, wire::Span>> spans;
@@ -73,6 +75,10 @@ class FirstLevel {
  private:
   LevelSeed seed_;
   SpanMerger merger_;
+  // The level this block is merged at: 3, or 4 after a block whose level 3
+  // was not worth writing (block_summary.cpp), until the next check.
+  int level_;
+  int blocks_to_check_ = 0;
   size_t others_at_mark_ = 0, spans_at_mark_ = 0, block_spans_at_mark_ = 0;
   wire::Record scratch_;
 };
