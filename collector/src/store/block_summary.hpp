@@ -14,7 +14,8 @@
 // The first level is merged on the io thread as frames reach the open block,
 // from the records the pipeline has decoded anyway (FirstLevel below, fed by
 // TraceStore's record tap), so no block is ever decoded a second time; the
-// writer builds the coarser levels from that level's output.
+// writer builds the coarser levels from that level's output. Where level 3 is
+// not written, the next blocks' first level is level 4 (block_summary.cpp).
 #pragma once
 
 #include <map>
