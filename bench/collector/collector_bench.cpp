@@ -329,7 +329,7 @@ void print_ingest(size_t frames, const std::string& only_shape, const std::strin
           : mode == Persist::kInlinePlain     ? "  trace store, zstd-1 inline, no summaries"
           : mode == Persist::kInlineNoColumns ? "  trace store, zstd-1 inline, format 3 blocks"
                                               : "  trace store, zstd-1 blocks on its thread";
-      std::printf("%-46s %11.3e %7.1f %10.1f %12.1f %10.2f %6.2f %11llu\n", label, r.records_per_s,
+      std::printf("%-46s %11.3e %7.1f %10.1f %12.1f %10.3f %6.2f %11llu\n", label, r.records_per_s,
                   r.mb_per_s, r.cpu_ns_per_record, r.records_per_cpu_s() / 1e6,
                   r.disk_bytes_per_record, r.ratio, static_cast<unsigned long long>(r.lost_frames));
     }

@@ -4,8 +4,9 @@
 // Level k merges each lane's short spans at summary_level_ns(k) with the same
 // rule a range query uses (span_merge.hpp), starting from the level below, and
 // copies every other record. A level is kept only when it has at most an
-// eighth of the spans of the level kept before it (or of the block), so the
-// summaries' spans together are at most a seventh of the block's.
+// eighth of the spans of the level kept before it (or of the block; the first
+// level, 3, a sixteenth), so the summaries' spans together are at most a
+// seventh of the block's.
 // Levels start at 3 (65 us; finer ones would serve only windows of a few
 // blocks) and stop at the first one coarser than the block's time extent:
 // there, each lane is already one merged span.
@@ -13,7 +14,8 @@
 // The first level is merged on the io thread as frames reach the open block,
 // from the records the pipeline has decoded anyway (FirstLevel below, fed by
 // TraceStore's record tap), so no block is ever decoded a second time; the
-// writer builds the coarser levels from that level's output.
+// writer builds the coarser levels from that level's output. Where level 3 is
+// not written, the next blocks' first level is level 4 (block_summary.cpp).
 #pragma once
 
 #include <map>
@@ -28,8 +30,10 @@
 namespace inferscope::collector {
 
 // The first level of one block: its spans merged at the first level's
-// resolution, and every other record, each with its source, in block order.
+// resolution (level 3, or 4 where level 3 is not written), and every other
+// record, each with its source, in block order.
 struct LevelSeed {
+  int level = 0;           // the level `spans` are merged at
   size_t block_spans = 0;  // spans in the block (before merging)
   std::vector<std::pair<uint32_t, wire::Record>> others;
   std::vector<std::pair<uint32_t, wire::Span>> spans;
@@ -72,6 +76,10 @@ class FirstLevel {
  private:
   LevelSeed seed_;
   SpanMerger merger_;
+  // The level this block is merged at: 3, or 4 after a block whose level 3
+  // was not worth writing (block_summary.cpp), until the next check.
+  int level_;
+  int blocks_to_check_ = 0;
   size_t others_at_mark_ = 0, spans_at_mark_ = 0, block_spans_at_mark_ = 0;
   wire::Record scratch_;
 };

@@ -49,6 +49,9 @@ class SpanMerger {
   void add(uint32_t source, const wire::Span& s);
   // Emits the open runs, in the order their lanes were first seen.
   void finish();
+  // The resolution of the spans added from now on; only between finish() and
+  // the next add().
+  void set_resolution(int64_t res) { res_ = res; }
   uint64_t merged() const { return merged_; }  // merged spans emitted
 
   // A frame is merged whole or not at all: mark() before its spans, undo() puts
