@@ -173,7 +173,7 @@ def measure_batch(torch, inferscope, model, generate, agent, vocab, device, batc
     return res
 
 
-def ci_text(triple, unit="%", scale=1.0, fmt="{:+.2f}"):
+def ci_text(triple, unit=" %", scale=1.0, fmt="{:+.2f}"):
     med, lo, hi = triple
     f = (lambda x: fmt.format(x * scale))
     interval = "no CI" if lo is None else f"95 % CI {f(lo)} .. {f(hi)}"

@@ -603,7 +603,6 @@ def overhead(addrs, results, args):
                           f"{proc.stderr[-1500:]}")
         got = out[mode] = json.loads(js.read_text())
         for name, res in got["batches"].items():
-            res.pop("pairs_raw", None)  # kept in the JSON of the run, not in the results
             if res["hook_errors"]:
                 raise Failure(f"overhead {mode} {name}: {res['hook_errors']} hook errors")
     results["overhead"] = out
