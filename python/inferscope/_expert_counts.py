@@ -29,9 +29,14 @@ from array import array as _array
 
 import torch as _torch
 
-__all__ = ["ExpertCounts", "MoELayer", "STEPS_PER_COPY_MAX", "CAPTURED_MAX"]
+__all__ = ["ExpertCounts", "MoELayer", "STEPS_PER_COPY_MAX", "STEPS_PER_COPY_DEFAULT",
+           "CAPTURED_MAX"]
 
 STEPS_PER_COPY_MAX = 256  # the buffers are K rows: device [K, bins] int32, pinned the same
+# observe()'s K. A group's fixed work (its ops, event, C call: several hundred us of host time
+# on the H100 host) is paid once per K steps; 16 halves it per step against 8, for counts that
+# reach the agent up to 16 steps late.
+STEPS_PER_COPY_DEFAULT = 16
 # Groups of steps whose counts may be in flight to the host at once: at least 8 steps and at
 # least 2 groups; a group ending with this many in flight is dropped (counted), never waited.
 _PENDING_STEPS = 8
