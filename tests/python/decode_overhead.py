@@ -133,8 +133,9 @@ def measure_batch(torch, inferscope, model, generate, agent, vocab, device, batc
         return detach
     for _ in range(2):  # warm-up, discarded: lazy loading, allocator, caches
         call()
-        attach()()
+        detach = attach()
         call()
+        detach()
     stats.clear()
     gc.collect()
     gc.freeze()  # the survivors so far are never scanned again by the collector
