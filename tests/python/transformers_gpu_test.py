@@ -615,7 +615,7 @@ def dispatch_cost(results, args):
     forward taps on the experts plus the same model hooks, with the model hooks alone, and with
     inferscope.torch's capture taps on the experts (each appends its top-k ids to a list, which
     a model pre-hook empties). No agent, nothing counted. Pairs as in decode_overhead.py."""
-    from decode_overhead import make_call, overhead_model
+    from decode_overhead import ci_text, make_call, overhead_model
     from inferscope._forward_tap import capture_argument, tap_forward
     from paired_stats import median_ci, paired_calls
     from quiet_process import Instructions
@@ -656,9 +656,8 @@ def dispatch_cost(results, args):
             res[name] = {"paired_pct": median_ci(slow), "rounds": slow,
                          "step_us_off": 1e6 * statistics.median(o[0] for o, _ in pairs) / 32}
         log(f"overhead dispatch_cost b{batch}: step {res['model_hooks']['step_us_off']:.0f} us; "
-            "paired median (95 % CI): " + "; ".join(
-                f"{n} {r['paired_pct'][0]:+.2f} % ({r['paired_pct'][1]} .. {r['paired_pct'][2]})"
-                for n, r in res.items()))
+            "paired median: " + "; ".join(f"{n} {ci_text(r['paired_pct'])}"
+                                          for n, r in res.items()))
     counter.close()
     results["dispatch_cost"] = out
 
