@@ -589,18 +589,20 @@ def overhead(addrs, results, args):
     reported, whatever it is."""
     out = {}
     for mode in (m for m in args.overhead_sync.split(",") if m):
-        js = pathlib.Path(tempfile.mkdtemp(prefix="overhead-")) / "overhead.json"
+        work = pathlib.Path(tempfile.mkdtemp(prefix="overhead-"))
+        js, err = work / "overhead.json", work / "stderr.txt"
         seconds = OVERHEAD_SECONDS_PER_ROUND * args.rounds
-        proc = subprocess.run(
-            [sys.executable, str(HERE / "decode_overhead.py"), "--library", args.library,
-             "--python-dir", args.python_dir, "--sync", mode, "--seconds", str(seconds),
-             "--collector", addrs["ingest"], "--json", str(js)],
-            capture_output=True, text=True, timeout=4 * seconds + 300)
-        for line in proc.stdout.splitlines():
-            log(f"overhead {line}")
-        if proc.returncode != 0:
-            raise Failure(f"decode_overhead.py --sync {mode}: rc {proc.returncode}: "
-                          f"{proc.stderr[-1500:]}")
+        with open(err, "w") as err_file, subprocess.Popen(
+                [sys.executable, str(HERE / "decode_overhead.py"), "--library", args.library,
+                 "--python-dir", args.python_dir, "--sync", mode, "--seconds", str(seconds),
+                 "--collector", addrs["ingest"], "--json", str(js)],
+                stdout=subprocess.PIPE, stderr=err_file, text=True) as proc:
+            for line in proc.stdout:  # as they come: a run cut short keeps what it printed
+                log(f"overhead {line.rstrip()}")
+            rc = proc.wait()
+        if rc != 0:
+            raise Failure(f"decode_overhead.py --sync {mode}: rc {rc}: "
+                          f"{err.read_text(errors='replace')[-1500:]}")
         got = out[mode] = json.loads(js.read_text())
         for name, res in got["batches"].items():
             if res["hook_errors"]:
