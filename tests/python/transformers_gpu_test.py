@@ -432,12 +432,14 @@ def check_steps_cuda(addrs, results):
     """The CUDA path of steps_per_copy (ids stacked into a device buffer per step, one
     scatter_add_ per group, one async copy to pinned memory + event per group): an HF-shaped
     model (tests/python/hf_style_models.py) on the GPU, whose blocks record their own routing;
-    each step's counts as sent to the agent equal that forward's routing, for K = 8 over 21
-    forwards (a partial group at generate()'s end), K = 1, and a generate() under
+    each step's counts as sent to the agent equal that forward's routing, for K = 16 (the
+    default) over 37 forwards and K = 8 over 21 (full groups, the next group's run restarted,
+    a partial group at generate()'s end), K = 1, and a generate() under
     torch.inference_mode() flushed outside it; the collector's totals equal the model's."""
     import hf_style_models as hf
     out = {}
-    for k, forwards, inference in ((8, 21, False), (1, 5, False), (4, 10, True)):
+    for k, forwards, inference in ((16, 37, False), (8, 21, False), (1, 5, False),
+                                   (4, 10, True)):
         torch.manual_seed(20 + k)
         model = hf.TinyLM(style="v5", layers=4, hidden=64, experts=16, top_k=4).to(DEV).eval()
         service = f"steps-cuda-k{k}"
