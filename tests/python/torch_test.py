@@ -81,8 +81,9 @@ def check_per_step_counts_exact(addrs):
     """Counts of K steps copied together (steps_per_copy=K) still reach the agent per step,
     each with its own step number, exactly the model's routing of that forward; a generate() of
     a length not a multiple of K sends its last partial group at its end (no flush needed), and
-    the collector's totals equal the model's."""
-    for k, forwards in ((1, 5), (8, 16), (8, 21), (3, 7)):
+    the collector's totals equal the model's. Then a generate() after one whose last group was
+    full (the next group's run restarted with the old decode shape) stays exact."""
+    for k, forwards in ((1, 5), (8, 16), (8, 21), (3, 7), (16, 37)):
         torch.manual_seed(10 + k)
         model = hf.TinyLM(style="v5", layers=3).eval()
         service = f"torch-k{k}-{forwards}"
@@ -109,6 +110,16 @@ def check_per_step_counts_exact(addrs):
         obs.close()
         agent.close()
         log(f"     K={k}: {forwards} steps exact, sent in calls of {spy.calls} steps")
+    torch.manual_seed(19)
+    model = hf.TinyLM(style="v5", layers=3).eval()
+    agent, obs = observed(addrs, "torch-k4-twice", model, steps_per_copy=4)
+    spy = LoadSpy(agent)
+    model.generate(prompt(2, 6), max_new_tokens=8)  # two full groups
+    model.generate(prompt(1, 2, seed=1), max_new_tokens=6)  # a prefill of the decode's shape
+    obs.flush(10)
+    expect_model_steps_exact(spy, model, 14, "a generate() after full groups")
+    obs.close()
+    agent.close()
 
 
 def expect_model_steps_exact(spy, model, steps, what, experts=8):
