@@ -4,7 +4,8 @@ sync mode), also runnable on CPU as a proxy.
 
     python3 tests/python/decode_overhead.py --library .../libinferscope_agent.so.0 \\
         --python-dir python [--model qwen3-moe|tiny] [--sync default|blocking] \\
-        [--batches 1,8] [--new-tokens 32] [--seconds 60] [--collector ADDR] [--json FILE]
+        [--batches 1,8] [--new-tokens 32] [--seconds 60] [--twin-seconds 60] \
+        [--collector ADDR] [--json FILE]
 
 Per batch, pairs of short greedy generate() calls of one model, one unobserved and one with
 observe() attached (attached and detached around each call), in alternating order, for a fixed
@@ -20,6 +21,12 @@ thread sleeps in CUDA's syncs instead of spinning, so its CPU time is its work),
 machine allows perf_event_open, the thread's user-space instructions added per step. Each is
 given as its median over the pairs with a 95 % distribution-free confidence interval, and the
 aim (wall slowdown <= 1 %) is called met only when that interval's upper end is <= 1 %.
+
+Then the same model's decode steps interleaved step by step with those of its unobserved copy
+(twin_steps.py), for --twin-seconds: the two run a step apart, so a machine whose speed changes
+within seconds (the H100 host in torch4's round 1: single 0.8 s calls from 560 to 950 ms)
+moves both alike. Its slowdown per window of 16 decode steps is given the same way, with its
+own verdict.
 """
 
 import argparse
@@ -35,6 +42,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import quiet_process  # noqa: E402
 from paired_stats import median_ci, paired_calls, verdict  # noqa: E402
+from twin_steps import twin_steps  # noqa: E402
 
 AIM_PCT = 1.0
 WARM_TOKENS = 2  # the untimed generate() before each timed one
@@ -141,10 +149,15 @@ def measure_batch(torch, inferscope, model, generate, agent, vocab, device, batc
     gc.freeze()  # the survivors so far are never scanned again by the collector
     pinned = quiet_process.pin_this_thread()
     try:
-        pairs = paired_calls(call, attach, seconds=args.seconds)
+        try:
+            pairs = paired_calls(call, attach, seconds=args.seconds)
+        finally:
+            stamp_tap.remove()
+        sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+        twin = twin_steps(torch, model, lambda m: inferscope.torch.observe(
+            m, agent, model_name="overhead"), ids, args.twin_seconds, sync, WINDOW)
     finally:
         gc.unfreeze()
-        stamp_tap.remove()
     steps = args.new_tokens  # forwards per timed generate(): the prefill and new - 1 decodes
     off_wall = statistics.median(off[0] for off, _ in pairs)
     wall = [100 * (on[0] / off[0] - 1) for off, on in pairs]
@@ -171,6 +184,17 @@ def measure_batch(torch, inferscope, model, generate, agent, vocab, device, batc
            "pairs_raw": pairs}
     res["verdict"] = verdict(*res["wall_pct"][1:], AIM_PCT)
     res["robust_verdict"] = verdict(*res["robust_pct"][1:], AIM_PCT)
+    ts = twin["stats"]
+    twin_step_us = statistics.median(twin["twin_step_us"]) if twin["steps"] else float("nan")
+    res["twin"] = {"windows": len(twin["windows"]), "steps": twin["steps"],
+                   "step_us_off": twin_step_us, "pct": median_ci(twin["windows"]),
+                   "hook_us_per_step": statistics.median(
+                       s["hook_ns"] / max(1, s["steps"]) / 1e3 for s in ts) if ts else 0.0,
+                   "hook_errors": sum(s["hook_errors"] for s in ts),
+                   "steps_dropped": sum(s["steps_dropped"] for s in ts),
+                   "windows_raw": twin["windows"]}
+    res["twin"]["verdict"] = verdict(*res["twin"]["pct"][1:], AIM_PCT)
+    res["hook_errors"] += res["twin"]["hook_errors"]
     return res
 
 
@@ -200,6 +224,14 @@ def report(res, mode, instructions_note):
             f"{k} {v:.0f}" for k, v in res["hook_us_by_part"].items()) +
         (f"; hook_errors {res['hook_errors']}, steps_dropped {res['steps_dropped']}"
          if res["hook_errors"] or res["steps_dropped"] else "")]
+    tw = res["twin"]
+    lines.append(
+        f"b{b} twin steps (observed model and its unobserved copy, step by step): "
+        f"{tw['windows']} windows of {WINDOW} decode steps, unobserved step "
+        f"{tw['step_us_off'] / 1e3:.2f} ms: slowdown {ci_text(tw['pct'])}; aim <= {AIM_PCT:g} %: "
+        f"{tw['verdict']}; hooks' own time {tw['hook_us_per_step']:.0f} us/step" +
+        (f"; hook_errors {tw['hook_errors']}, steps_dropped {tw['steps_dropped']}"
+         if tw["hook_errors"] or tw["steps_dropped"] else ""))
     return lines
 
 
@@ -212,6 +244,8 @@ def main():
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--seconds", type=float, default=60, help="pairs' time budget per batch")
+    ap.add_argument("--twin-seconds", type=float, default=60,
+                    help="the twin steps' time budget per batch")
     ap.add_argument("--collector", default="")
     ap.add_argument("--json")
     args = ap.parse_args()

@@ -585,8 +585,9 @@ OVERHEAD_SECONDS_PER_ROUND = 12
 
 def overhead(addrs, results, args):
     """observe()'s cost on generate() decode at batch 1 and 8 (decode_overhead.py: paired short
-    generate() calls, the median slowdown with a 95 % confidence interval, and the verdict on
-    the 1 % aim), once per CUDA sync mode in --overhead-sync, each in a process of its own (the
+    generate() calls, and the observed model's decode steps interleaved with its unobserved
+    copy's (twin_steps.py); medians with 95 % confidence intervals, and the verdicts on the 1 %
+    aim), once per CUDA sync mode in --overhead-sync, each in a process of its own (the
     mode is set before the CUDA context exists). Fails only on hook errors: the verdict is
     reported, whatever it is."""
     out = {}
@@ -597,6 +598,7 @@ def overhead(addrs, results, args):
         with open(err, "w") as err_file, subprocess.Popen(
                 [sys.executable, str(HERE / "decode_overhead.py"), "--library", args.library,
                  "--python-dir", args.python_dir, "--sync", mode, "--seconds", str(seconds),
+                 "--twin-seconds", str(seconds),
                  "--collector", addrs["ingest"], "--json", str(js)],
                 stdout=subprocess.PIPE, stderr=err_file, text=True) as proc:
             for line in proc.stdout:  # as they come: a run cut short keeps what it printed
@@ -675,9 +677,12 @@ def main():
     ap.add_argument("--json")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--only", default="")
-    ap.add_argument("--overhead-sync", default="blocking,default",
-                    help="CUDA sync modes of the overhead check, one process each: blocking "
-                    "(the thread sleeps in syncs: its CPU time is its work), default (spins)")
+    # torch4 round 1 (H100, 19:49 UTC): the decoding thread's CPU time equalled its wall time
+    # in both modes: decode is host-bound, the thread never waits in a sync; so one mode.
+    ap.add_argument("--overhead-sync", default="default",
+                    help="CUDA sync modes of the overhead check, one process each, comma-"
+                    "separated: default (PyTorch's: spins), blocking (the thread sleeps in "
+                    "syncs, so its CPU time is its work)")
     ap.add_argument("--artifacts", help="directory for the collector's trace store (tar.gz) and "
                     "its last /metrics text, to look at in the viewer and Prometheus elsewhere")
     args = ap.parse_args()
