@@ -41,6 +41,17 @@ def twin_steps(torch, model, observe, ids, seconds, sync, window=16, seq_steps=6
         out = m(input_ids=state[0], past_key_values=state[1], use_cache=True)
         return out.logits[:, -1:].argmax(-1), out.past_key_values
 
+    def one_after_other(first, first_state, second, second_state):
+        """A step of `first`, then one of `second`, each ended by a device sync: their new
+        states and times."""
+        t0 = perf()
+        first_state = step(first, first_state)
+        sync()
+        t1 = perf()
+        second_state = step(second, second_state)
+        sync()
+        return first_state, second_state, t1 - t0, perf() - t1
+
     def sequence(on, off):
         """Step times (observed, unobserved) of one sequence, `on` observed."""
         obs = observe(on)
@@ -50,25 +61,11 @@ def twin_steps(torch, model, observe, ids, seconds, sync, window=16, seq_steps=6
             seq_on, seq_off = [], []
             for i in range(seq_steps):
                 if i % 2 == 0:
-                    t0 = perf()
-                    a = step(on, a)
-                    sync()
-                    t1 = perf()
-                    b = step(off, b)
-                    sync()
-                    t2 = perf()
-                    seq_on.append(t1 - t0)
-                    seq_off.append(t2 - t1)
+                    a, b, t_on, t_off = one_after_other(on, a, off, b)
                 else:
-                    t0 = perf()
-                    b = step(off, b)
-                    sync()
-                    t1 = perf()
-                    a = step(on, a)
-                    sync()
-                    t2 = perf()
-                    seq_off.append(t1 - t0)
-                    seq_on.append(t2 - t1)
+                    b, a, t_off, t_on = one_after_other(off, b, on, a)
+                seq_on.append(t_on)
+                seq_off.append(t_off)
         finally:
             stats.append(obs.stats())
             obs.close()
