@@ -145,7 +145,9 @@ def main():
               for k, v in sorted(added.items(), key=lambda kv: -kv[1])))
     if prof:
         import pstats
-        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+        # PROFILE_FILTER=inferscope: the observer's functions only
+        pstats.Stats(prof).sort_stats("tottime").print_stats(
+            os.environ.get("PROFILE_FILTER", ""), 25)
 
 
 if __name__ == "__main__":

@@ -3,16 +3,18 @@ copy to the host, each step with its own row and step number.
 
 The taps append each MoE layer's ids to `captured` ([row, ids, row, ids, ...]: the layer's
 row in `layers`, then the router's own tensor; _forward_tap.capture_argument), and nothing
-else. At the step's end (end_step) the step's ids are checked together (integers, tokens
-per layer) and, in the usual decode step (every layer in order, ids of one shape), kept as
-they are for the group's end; at the group's end ONE `cat` of the group's kept ids and ONE
-`scatter_add_` count every step into its row of a [K, bins] int32 buffer (a row: per layer its
-experts, then one bin of dropped ids), ONE asynchronous copy takes the rows to pinned host
-memory with an event, ONE `zero_()` clears them, and once the event has completed (queried
-at a later step, never waited for) ONE C call hands all the group's steps to the agent. A step
-of other shapes is counted at its end: the same cat and scatter as a group of one step (a
-prefill whose ids are large), or one `index_add_` per layer (layers out of order, of other
-expert counts or id shapes, other devices). No host sync anywhere.
+else. At the step's end (end_step) the usual decode step (as many items as the group's run,
+the first ids of its shape) joins the group's run as captured, unchecked; at the group's end
+ONE list compare checks every step's rows, ONE `stack` of the group's kept ids (which checks
+that they are tensors of one shape) and ONE `scatter_add_` count every step into its row of a
+[K, bins] int32 buffer (a row: per layer its experts, then one bin of dropped ids), ONE
+asynchronous copy takes the rows to pinned host memory with an event, ONE `zero_()` clears
+them, and once the event has completed (queried at a later step, never waited for) ONE C call
+hands all the group's steps to the agent. A run that fails the group's checks is counted step
+by step, each item checked as other steps are at their end. A step of other shapes is checked
+at its end and counted: the same stack and scatter as a group of one step (a prefill whose
+ids are large), or one `index_add_` per layer (layers out of order, of other expert counts or
+id shapes, other devices). No host sync anywhere.
 
 Keeping the router's tensors until the group's end is exact while the model does not write
 into them afterwards. A model that reuses an ids tensor (two kept tensors at one address) is
@@ -27,9 +29,14 @@ from array import array as _array
 
 import torch as _torch
 
-__all__ = ["ExpertCounts", "MoELayer", "STEPS_PER_COPY_MAX", "CAPTURED_MAX"]
+__all__ = ["ExpertCounts", "MoELayer", "STEPS_PER_COPY_MAX", "STEPS_PER_COPY_DEFAULT",
+           "CAPTURED_MAX"]
 
 STEPS_PER_COPY_MAX = 256  # the buffers are K rows: device [K, bins] int32, pinned the same
+# observe()'s K. A group's fixed work (its ops, event, C call: several hundred us of host time
+# on the H100 host) is paid once per K steps; 16 halves it per step against 8, for counts that
+# reach the agent up to 16 steps late.
+STEPS_PER_COPY_DEFAULT = 16
 # Groups of steps whose counts may be in flight to the host at once: at least 8 steps and at
 # least 2 groups; a group ending with this many in flight is dropped (counted), never waited.
 _PENDING_STEPS = 8
@@ -80,14 +87,23 @@ class MoELayer:
 
 class _Run:
     """Consecutive steps of a group (rows start .. start+count-1) whose ids have the same
-    layers and size, counted together at the group's end: `tensors` are the router's own
-    (layer after layer, step after step) or, when `copied`, one copy per step."""
+    layers and size, counted together at the group's end. `items`: the steps' captured
+    [row, ids, row, ids, ...] as the taps appended them (the router's own tensors), step after
+    step; or, when `copied`, one copy of each step's ids (layer after layer)."""
 
-    __slots__ = ("plan", "rows", "n", "shape", "start", "count", "tensors", "copied")
+    __slots__ = ("plan", "rows", "row_list", "n", "shape", "start", "count", "items", "copied",
+                 "step_tokens", "items_per_step")
 
-    def __init__(self, plan, rows, n, shape, start, copied):
+    def __init__(self, plan, rows, n, shape, start, copied, step_tokens):
         self.plan, self.rows, self.n, self.shape = plan, rows, n, shape
-        self.start, self.count, self.tensors, self.copied = start, 0, [], copied
+        self.row_list = list(rows)
+        self.start, self.count, self.items, self.copied = start, 0, [], copied
+        self.step_tokens = step_tokens  # tokens per layer (by row) of each step: a tuple
+        self.items_per_step = 2 * len(rows)
+
+    def restarted(self):
+        """An empty run of the same steps from row 0: the next group's."""
+        return _Run(self.plan, self.rows, self.n, self.shape, 0, self.copied, self.step_tokens)
 
 
 class ExpertCounts:
@@ -101,7 +117,9 @@ class ExpertCounts:
         self.layers = []  # MoELayer, in registration order
         self.by_layer = {}  # layer index -> MoELayer
         self.captured = []  # the step's [row, ids, ...], appended by the taps
-        self._tokens = []  # tokens routed through each layer (by row) in the current step
+        # Tokens routed through each layer (by row) in the current step: a list once counted
+        # into, else a shared tuple (_no_tokens, or a run's step_tokens), never written.
+        self._tokens = self._no_tokens = ()
         self._all_rows = ()  # (0, 1, .., layers - 1): a step that went through every layer
         self._step = 0
         self._counts = None  # device buffer [K, bins], int32: row j holds step j of the group
@@ -129,7 +147,8 @@ class ExpertCounts:
         entry.row = len(self.layers)
         self.layers.append(entry)
         self.by_layer[entry.layer] = entry
-        self._tokens.append(0)
+        self._no_tokens = (0,) * len(self.layers)
+        self._tokens = [*self._tokens, 0] if any(self._tokens) else self._no_tokens
         self._all_rows = tuple(range(len(self.layers)))
         if self._counts is not None:  # grown in place: counts of this step are kept
             self._grow(self._counts.device)
@@ -187,44 +206,55 @@ class ExpertCounts:
             cls, dtype, shape = next(iter(kinds))
             if cls is _Tensor and dtype is _INT64 and len(shape) == 2 and shape[0] and shape[1]:
                 key = tuple(rows)
-                step_tokens = self._tokens
-                if key == self._all_rows and not any(step_tokens):
-                    self._tokens = [shape[0]] * len(key)  # the usual step: every layer, once
+                if key == self._all_rows and not any(self._tokens):
+                    self._tokens = [shape[0]] * len(key)  # every layer, once
                 else:
+                    step_tokens = self._mutable_tokens()
                     for row in key:
                         step_tokens[row] += shape[0]
-                run = self._run
-                if (step_end and run is not None and not run.copied and run.rows == key and
-                        run.shape == shape and run.start + run.count == self._slot):
-                    run.tensors += values  # the usual decode step: joins the group's run
-                    run.count += 1
-                    self._stats["moe_calls"] += len(values)
-                    return
                 self._count_step(key, values, True, step_end)
                 return
         self._take_checked(rows, values, step_end)
 
+    def _join_usual_step(self):
+        """The usual decode step joins the group's run as the taps captured it, unchecked:
+        what a step's items hold is checked once per group, at its end (_flush_run: the rows
+        in one list compare, the tensors' class, dtype and shape by the `stack` that counts
+        them, in C); a run that fails there is counted step by step, each item checked
+        (_replay_checked). Only the number of items (the run's layers), the first ids' shape
+        and that nothing was counted earlier in the step are checked here."""
+        run = self._run
+        if run is None or run.copied or run.start + run.count != self._slot:
+            return False
+        captured = self.captured
+        if len(captured) != run.items_per_step or self._tokens is not self._no_tokens:
+            return False
+        try:  # a prefill and the decode steps after it differ here (the tokens)
+            if captured[1].shape != run.shape:
+                return False
+        except AttributeError:  # None, or not a tensor
+            return False
+        run.items += captured
+        captured.clear()
+        run.count += 1
+        self._tokens = run.step_tokens
+        self._stats["moe_calls"] += len(run.rows)
+        return True
+
+    def _mutable_tokens(self):
+        tokens = self._tokens
+        if tokens.__class__ is tuple:
+            tokens = self._tokens = list(tokens)
+        return tokens
+
     def _take_checked(self, rows, values, step_end):
         """_take_captured's general case: each item checked on its own."""
-        layers = self.layers
+        tokens = self._mutable_tokens()
         tensors, kept_rows = [], []
         shape0, same_shape = None, True
-        for row, ids in zip(rows, values):
-            if ids is None:
-                continue
-            entry = layers[row]
-            try:
-                if ids.__class__ is not _Tensor or ids.dtype is not _INT64:
-                    _check_integers(ids)
-                    ids = ids.to(_INT64)
-                n = ids.numel()
-                if not n:
-                    continue
-                shape = ids.shape
-                self._add_tokens(entry, shape, n)
-            except Exception as e:  # noqa: BLE001 -- never into the model
-                self._hook_error(f"MoE layer {entry.layer} ids", e)
-                continue
+        for row, ids, n in self._checked(rows, values):
+            shape = ids.shape
+            tokens[row] += self._tokens_of(self.layers[row], shape, n)
             if shape0 is None:
                 shape0 = shape
             elif shape != shape0:
@@ -234,14 +264,34 @@ class ExpertCounts:
         if tensors:
             self._count_step(tuple(kept_rows), tensors, same_shape, step_end)
 
+    def _checked(self, rows, values):
+        """(row, ids as int64, number of ids) for each (row, ids) that holds integer ids; a
+        wrong one is counted as a hook error and left out, None and empty ones skipped."""
+        for row, ids in zip(rows, values):
+            if ids is None:
+                continue
+            try:
+                if ids.__class__ is not _Tensor or ids.dtype is not _INT64:
+                    _check_integers(ids)
+                    ids = ids.to(_INT64)
+                n = ids.numel()
+            except Exception as e:  # noqa: BLE001 -- never into the model
+                self._hook_error(f"MoE layer {self.layers[row].layer} ids", e)
+                continue
+            if n:
+                yield row, ids, n
+
     def _add_tokens(self, entry, shape, n):
-        """Adds the tokens of n ids of this shape to the layer's count for the step: rows of
-        top-k ids ([tokens, k]), or flat ids of the layer's top-k (taken from the first ids
-        with rows when it was not given)."""
+        self._mutable_tokens()[entry.row] += self._tokens_of(entry, shape, n)
+
+    @staticmethod
+    def _tokens_of(entry, shape, n):
+        """The tokens of n ids of this shape: rows of top-k ids ([tokens, k]), or flat ids of
+        the layer's top-k (taken from the first ids with rows when it was not given)."""
         k = shape[-1] if len(shape) > 1 else (entry.top_k or 1)
         if entry.top_k is None:
             entry.top_k = k
-        self._tokens[entry.row] += n // k
+        return n // k
 
     def _count_step(self, key, tensors, same_shape, step_end):
         """Counts a step's checked ids (tensors[i] of layer row key[i])."""
@@ -285,12 +335,17 @@ class ExpertCounts:
                 run.start + run.count != self._slot:
             if run is not None:
                 self._flush_run(tensors)
-            run = self._run = _Run(plan, key, n, tensors[0].shape, self._slot,
-                                   copied=not self._keep_ids)
+            shape = tensors[0].shape
+            step_tokens = [0] * len(self.layers)
+            for row in key:
+                step_tokens[row] = self._tokens_of(self.layers[row], shape, n)
+            run = self._run = _Run(plan, key, n, shape, self._slot, not self._keep_ids,
+                                   tuple(step_tokens))
         if run.copied:  # the model writes into its ids later: a copy now (one cat)
-            run.tensors.append(_torch.cat(tensors))
+            run.items.append(_torch.cat(tensors))
         else:
-            run.tensors += tensors
+            for item in zip(key, tensors):
+                run.items += item
         run.count += 1
 
     def _flush_run(self, newer=()):
@@ -300,23 +355,51 @@ class ExpertCounts:
         run, self._run = self._run, None
         if run is None or not run.count:
             return
-        if not run.copied:
-            ptrs = list(map(_DATA_PTR, run.tensors))
-            ptrs += map(_DATA_PTR, newer)
+        if run.copied:
+            tensors = run.items
+        else:
+            items = run.items
+            if items[0::2] != run.row_list * run.count:  # a step's layers differ: replayed
+                self._replay_checked(run)
+                return
+            tensors = items[1::2]
+            try:
+                ptrs = list(map(_DATA_PTR, tensors))
+                ptrs += map(_DATA_PTR, newer)
+            except TypeError:  # not a tensor
+                self._replay_checked(run)
+                return
             if len(set(ptrs)) != len(ptrs):
                 self._ids_changed()
                 return
         try:
-            self._scatter(run.plan, run.n, run.start, run.count, run.tensors)
-        except (RuntimeError, IndexError):  # other devices, shapes of one size
-            first, n_layers = run.plan[:2]
-            for i in range(run.count):
-                if run.copied:
-                    parts = run.tensors[i].view(n_layers, -1).unbind(0)
-                else:
-                    parts = run.tensors[i * n_layers:(i + 1) * n_layers]
-                self._count_one_by_one(zip(parts, range(first, first + n_layers)),
-                                       run.start + i)
+            self._scatter(run.plan, run.n, run.start, run.count, tensors)
+        except (RuntimeError, IndexError, TypeError):
+            # Ids the usual steps' join did not check that fail here (not a tensor, not int64,
+            # another shape), or ids on other devices: step by step, each checked.
+            self._replay_checked(run)
+
+    def _replay_checked(self, run):
+        """Counts a run's steps one layer at a time into their rows, each tensor checked as
+        _take_checked does, and sets each step's tokens from its own ids."""
+        n_layers, n_rows = len(run.rows), len(self.layers)
+        group_tokens = self._group_tokens
+        per_step = run.items_per_step
+        for i in range(run.count):
+            if run.copied:  # checked at its step; one cat of its layers' ids
+                rows, parts = run.rows, run.items[i].view(n_layers, -1).unbind(0)
+            else:
+                step = run.items[i * per_step:(i + 1) * per_step]
+                rows, parts = step[0::2], step[1::2]
+            slot = run.start + i
+            tokens = [0] * n_rows
+            pairs = []
+            for row, ids, n in self._checked(rows, parts):
+                tokens[row] += self._tokens_of(self.layers[row], ids.shape, n)
+                pairs.append((ids, row))
+            if len(group_tokens) >= (slot + 1) * n_rows:  # its step has ended
+                group_tokens[slot * n_rows:(slot + 1) * n_rows] = tokens
+            self._count_one_by_one(pairs, slot)
 
     def _ids_changed(self):
         self._group_spoiled = True
@@ -328,9 +411,12 @@ class ExpertCounts:
 
     def _scatter(self, plan, n, start, count, tensors):
         """Counts `count` steps' ids (layer after layer, step after step; n ids per layer and
-        step) into rows start.. of the buffer: one cat, one scatter_add_."""
+        step) into rows start.. of the buffer: one stack (which also checks that they are
+        tensors of one shape), one scatter_add_."""
         _, n_layers, _, _ = plan
-        idx = tensors[0] if len(tensors) == 1 else _torch.cat(tensors)
+        idx = tensors[0] if len(tensors) == 1 else _torch.stack(tensors)
+        if idx.dtype is not _INT64:
+            raise TypeError(f"top-k ids of dtype {idx.dtype}")
         vkey = (plan, n, start, count)
         views = self._scatter_views.get(vkey)
         if views is None:  # made once per shape: a full group's is the usual one
@@ -452,7 +538,7 @@ class ExpertCounts:
         """Ends a step: its captured ids are counted (kept for the group, usually), its step
         number and tokens join the group; the K-th step sends the group (_send_group).
         lap(key, t) adds the time since t to stats()[key] and returns now."""
-        if self.captured:
+        if self.captured and not self._join_usual_step():
             self._take_captured(step_end=True)
         step = self._step
         self._step += 1
@@ -461,7 +547,7 @@ class ExpertCounts:
         if self._counts is None or not any(tokens):
             lap("hook_ns_step_count", t)
             return
-        self._tokens = [0] * len(tokens)
+        self._tokens = self._no_tokens
         self._group_steps.append(step)
         self._group_tokens += tokens
         if len(self._group_steps) < self.k:
@@ -496,8 +582,13 @@ class ExpertCounts:
         used = len(self._group_steps)
         if not used:
             return
-        if self._run is not None:
+        run = self._run
+        if run is not None:
             self._flush_run()
+            # The next group's steps join a run like this one from its first step on, instead
+            # of its first step taking the checked path to start one.
+            if run.copied == (not self._keep_ids):
+                self._run = run.restarted()
         steps, tokens = self._group_steps, self._group_tokens
         self._group_steps, self._group_tokens = [], []
         self._slot = 0

@@ -11,7 +11,7 @@ forward hooks, so PyTorch keeps its fast call path for them), and a wrapper of g
   * every MoE layer it can find (_discovery.py: the transformers MoE families, or modules you
     name with watch_moe()): the top-k expert ids of each forward are kept (the router's own
     tensors, no op) and counted ON THE DEVICE for K steps at once (_expert_counts.py;
-    steps_per_copy, default 8: one cat, one scatter_add_ into a buffer of K rows, one row per
+    steps_per_copy, default 16: one stack, one scatter_add_ into a buffer of K rows, one row per
     step); the rows are copied to pinned host memory with one asynchronous copy and an event,
     and sent once the event has completed (checked without blocking at a later step), each
     step with its own step number. No host sync.
@@ -37,7 +37,8 @@ import torch as _torch
 
 from . import _discovery
 from ._cache_memory import CacheMemory, cache_bytes
-from ._expert_counts import CAPTURED_MAX, STEPS_PER_COPY_MAX, ExpertCounts, MoELayer
+from ._expert_counts import (CAPTURED_MAX, STEPS_PER_COPY_DEFAULT, STEPS_PER_COPY_MAX,
+                             ExpertCounts, MoELayer)
 from ._forward_tap import capture_argument, tap_forward
 from ._hook_time import perf_ns, timed
 from ._requests import Requests
@@ -50,7 +51,8 @@ _STEP_PARTS = ("range", "memory", "count", "copy", "drain")
 
 
 def observe(model, agent=None, *, model_name=None, moe="auto", memory=True, stages=True,
-            requests=True, layer_ranges=False, step_ranges=True, steps="auto", steps_per_copy=8):
+            requests=True, layer_ranges=False, step_ranges=True, steps="auto",
+            steps_per_copy=STEPS_PER_COPY_DEFAULT):
     """Attaches to `model` (a torch.nn.Module) and returns an Observer.
 
     agent: an inferscope.Agent (default: one from the environment, closed with the observer).
@@ -70,9 +72,9 @@ def observe(model, agent=None, *, model_name=None, moe="auto", memory=True, stag
     steps: "auto" (each forward of `model` is a step) or "manual" (call obs.end_step()).
     steps_per_copy: K, the steps whose expert counts are copied from the device and sent to the
         agent together (one copy, one event, one C call per K steps instead of per step; each
-        step keeps its own counts and step number). Counts reach the agent up to K steps late;
-        a partial group is sent at generate()'s end, flush(), close() and when a MoE layer is
-        added. 1 sends every step.
+        step keeps its own counts and step number; default 16). Counts reach the agent up to K
+        steps late; a partial group is sent at generate()'s end, flush(), close() and when a
+        MoE layer is added. 1 sends every step.
     """
     return Observer(model, agent, model_name=model_name, moe=moe, memory=memory, stages=stages,
                     requests=requests, layer_ranges=layer_ranges, step_ranges=step_ranges,
@@ -84,7 +86,7 @@ class Observer:
 
     def __init__(self, model, agent=None, *, model_name=None, moe="auto", memory=True,
                  stages=True, requests=True, layer_ranges=False, step_ranges=True,
-                 steps="auto", steps_per_copy=8):
+                 steps="auto", steps_per_copy=STEPS_PER_COPY_DEFAULT):
         if not isinstance(model, _torch.nn.Module):
             raise TypeError(f"observe() needs a torch.nn.Module, not {type(model).__name__}")
         if steps not in ("auto", "manual"):

@@ -81,8 +81,9 @@ def check_per_step_counts_exact(addrs):
     """Counts of K steps copied together (steps_per_copy=K) still reach the agent per step,
     each with its own step number, exactly the model's routing of that forward; a generate() of
     a length not a multiple of K sends its last partial group at its end (no flush needed), and
-    the collector's totals equal the model's."""
-    for k, forwards in ((1, 5), (8, 16), (8, 21), (3, 7)):
+    the collector's totals equal the model's. Then a generate() after one whose last group was
+    full (the next group's run restarted with the old decode shape) stays exact."""
+    for k, forwards in ((1, 5), (8, 16), (8, 21), (3, 7), (16, 37)):
         torch.manual_seed(10 + k)
         model = hf.TinyLM(style="v5", layers=3).eval()
         service = f"torch-k{k}-{forwards}"
@@ -109,6 +110,16 @@ def check_per_step_counts_exact(addrs):
         obs.close()
         agent.close()
         log(f"     K={k}: {forwards} steps exact, sent in calls of {spy.calls} steps")
+    torch.manual_seed(19)
+    model = hf.TinyLM(style="v5", layers=3).eval()
+    agent, obs = observed(addrs, "torch-k4-twice", model, steps_per_copy=4)
+    spy = LoadSpy(agent)
+    model.generate(prompt(2, 6), max_new_tokens=8)  # two full groups
+    model.generate(prompt(1, 2, seed=1), max_new_tokens=6)  # a prefill of the decode's shape
+    obs.flush(10)
+    expect_model_steps_exact(spy, model, 14, "a generate() after full groups")
+    obs.close()
+    agent.close()
 
 
 def expect_model_steps_exact(spy, model, steps, what, experts=8):
@@ -188,6 +199,53 @@ def check_mixed_layers_exact(addrs):
     want = {s: {i: truth_step(b.routed[s], experts[i]) for i, b in blocks.items()}
             for s in range(6)}
     check_steps_exact(spy, want, "mixed expert counts")
+    obs.close()
+    agent.close()
+
+
+def check_group_checks_later_ids(addrs):
+    """The usual decode step joins its group with only its first layer's ids checked; the
+    other layers' are checked once per group by the group's `stack`. Ids of another dtype
+    (int32) or shape (flat [tokens * k]) in later layers at some steps make their group count
+    step by step, each tensor checked: every step exact, nothing dropped, no hook error."""
+
+    class OwnIdsExperts(hf.V5Experts):
+        def forward(self, hidden_states, top_k_index, top_k_weights):
+            return hf._combine(self.experts, hidden_states, self.ids, top_k_weights)
+
+    class OddIdsMoe(hf.V5SparseMoe):
+        def __init__(self, odd):
+            super().__init__(32, 8, 2)
+            self.experts = OwnIdsExperts(32, 8)
+            self.odd, self.calls = odd, 0  # forward number -> how its ids are passed
+
+        def forward(self, x):
+            h = x.reshape(-1, x.shape[-1])
+            _, scores, ids = self.gate(h)
+            self.routed.append(ids.clone())
+            kind = self.odd.get(self.calls)
+            self.calls += 1
+            self.experts.ids = ids
+            passed = {"int32": ids.to(torch.int32), "flat": ids.reshape(-1)}.get(kind, ids)
+            return self.experts(h, passed, scores).view_as(x)
+
+    torch.manual_seed(17)
+    model = hf.TinyLM(style="v5", layers=3).eval()
+    odd = {1: {2: "int32", 5: "int32"}, 2: {6: "flat", 9: "int32"}}
+    for i, layer in enumerate(model.model.layers):
+        moe = OddIdsMoe(odd.get(i, {}))
+        moe.load_state_dict(layer.mlp.state_dict())
+        layer.mlp = moe
+    agent, obs = observed(addrs, "torch-odd-ids", model, steps_per_copy=4)
+    spy = LoadSpy(agent)
+    model.generate(prompt(2, 5), max_new_tokens=12)
+    obs.flush(10)
+    st = obs.stats()
+    if st["hook_errors"] or st["steps_dropped"] or st["steps"] != 12:
+        raise Failure(f"odd ids: observer stats {st}")
+    blocks = model.moe_blocks()
+    want = {s: {i: truth_step(b.routed[s], 8) for i, b in blocks.items()} for s in range(12)}
+    check_steps_exact(spy, want, "ids of other dtypes and shapes in later layers")
     obs.close()
     agent.close()
 
@@ -663,6 +721,7 @@ def main():
             "inference_mode": lambda: check_inference_mode(addrs),
             "ids_passed_by_keyword": lambda: check_ids_passed_by_keyword(addrs),
             "mixed_layers_exact": lambda: check_mixed_layers_exact(addrs),
+            "group_checks_later_ids": lambda: check_group_checks_later_ids(addrs),
             "group_split_by_new_layer": lambda: check_group_split_by_new_layer(addrs),
             "pending_bound_drops_counted": lambda: check_pending_bound_drops_counted(addrs),
             "ids_changed_in_place_dropped": lambda: check_ids_changed_in_place_dropped(addrs),

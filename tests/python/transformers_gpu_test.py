@@ -10,10 +10,11 @@ gibberish) against a real inferscope-collector:
      those layers and experts, nothing else;
   3. Jamba (attention + Mamba + MoE): kv_cache and ssm_state bytes equal the cache tensors' bytes;
   4. Llava with a Mixtral backbone: encoder / connector / prefill / decode stages per request.
-Then the overhead of observe() on generate() decode at batch 1 and 8, interleaved with the
-unobserved model in one run, and (dispatch_cost, only when asked for) what no-op forward hooks
-and no-op forward taps on the same modules cost. Prints a table; JSON to --json. Without CUDA:
-SKIPPED.
+Then the overhead of observe() on generate() decode at batch 1 and 8, paired with the
+unobserved model in one process per CUDA sync mode (decode_overhead.py: a median with a 95 %
+confidence interval and the verdict on the 1 % aim), and (dispatch_cost, only when asked for)
+what no-op forward hooks and no-op forward taps on the same modules cost. Prints a table; JSON
+to --json. Without CUDA: SKIPPED.
 """
 
 import argparse
@@ -21,6 +22,7 @@ import json
 import os
 import pathlib
 import statistics
+import subprocess
 import sys
 import tarfile
 import tempfile
@@ -430,12 +432,14 @@ def check_steps_cuda(addrs, results):
     """The CUDA path of steps_per_copy (ids stacked into a device buffer per step, one
     scatter_add_ per group, one async copy to pinned memory + event per group): an HF-shaped
     model (tests/python/hf_style_models.py) on the GPU, whose blocks record their own routing;
-    each step's counts as sent to the agent equal that forward's routing, for K = 8 over 21
-    forwards (a partial group at generate()'s end), K = 1, and a generate() under
+    each step's counts as sent to the agent equal that forward's routing, for K = 16 (the
+    default) over 37 forwards and K = 8 over 21 (full groups, the next group's run restarted,
+    a partial group at generate()'s end), K = 1, and a generate() under
     torch.inference_mode() flushed outside it; the collector's totals equal the model's."""
     import hf_style_models as hf
     out = {}
-    for k, forwards, inference in ((8, 21, False), (1, 5, False), (4, 10, True)):
+    for k, forwards, inference in ((16, 37, False), (8, 21, False), (1, 5, False),
+                                   (4, 10, True)):
         torch.manual_seed(20 + k)
         model = hf.TinyLM(style="v5", layers=4, hidden=64, experts=16, top_k=4).to(DEV).eval()
         service = f"steps-cuda-k{k}"
@@ -575,167 +579,53 @@ def check_graph_cupti(addrs, results):
 
 # [SECTION] overhead -----------------------------------------------------------------------
 
-# stats()["hook_ns_<part>"]: the hooks' host time by part, and the step hook's own parts.
-HOOK_PARTS = ("moe", "step", "stage", "step_range", "step_memory", "step_count", "step_copy",
-              "step_drain")
+# The overhead check's pairs: seconds per batch and CUDA sync mode, per --rounds.
+OVERHEAD_SECONDS_PER_ROUND = 12
 
 
-# The overhead check's variants of observe(), each paired with unobserved runs: all of it, and
-# the expert counting alone.
-OVERHEAD_VARIANTS = {
-    "observed": {},
-    "moe_only": dict(memory=False, stages=False, requests=False, step_ranges=False),
-}
-# Its rounds: many short ones (generate() of 32 tokens, 4 rounds per --rounds), so that the
-# median of the paired slowdowns stands on enough pairs on a noisy host.
-OVERHEAD_NEW_TOKENS = 32
-OVERHEAD_ROUNDS_PER_ROUND = 4
-
-
-def overhead_model():
-    """The overhead checks' model: Qwen3-MoE, 12 MoE layers of 64 experts top-8, bf16."""
-    cfg = transformers.Qwen3MoeConfig(hidden_size=1024, intermediate_size=2048,
-                                      moe_intermediate_size=512, num_hidden_layers=12,
-                                      num_attention_heads=16, num_key_value_heads=4, head_dim=64,
-                                      num_experts=64, num_experts_per_tok=8, vocab_size=32000,
-                                      decoder_sparse_step=1, mlp_only_layers=[],
-                                      max_position_embeddings=4096, pad_token_id=0,
-                                      eos_token_id=None)
-    torch.manual_seed(0)
-    return transformers.Qwen3MoeForCausalLM(cfg).to(DEV, torch.bfloat16).eval()
-
-
-def decode_runner(model, batch, new=64):
-    """run(): (tokens/s, tokens per second of the decoding thread's CPU time) of one greedy
-    generate() of `new` tokens after a 32-token prompt. Eager decode is bound by this thread,
-    so its CPU time is the step's cost without the time other processes took the core."""
-    ids = prompt(batch, 32, vocab=32000)
-
-    def run():
-        torch.cuda.synchronize()
-        t0, c0 = time.perf_counter(), time.thread_time()
-        with torch.no_grad():
-            generate(model, ids, new)
-        torch.cuda.synchronize()
-        return (batch * new / (time.perf_counter() - t0),
-                batch * new / (time.thread_time() - c0))
-    run()  # warm-up
-    return run
-
-
-def paired_rounds(run, variants, rounds):
-    """For each variant (name -> attach(), returning detach()), `rounds` pairs of an
-    unobserved run and a run with the variant attached, in alternating order (off-on, on-off,
-    ...), so a drift of the machine over the run cancels. Returns {name: (off tok/s list,
-    on tok/s list, paired slowdowns in %, paired slowdowns of the thread's CPU time in %)}."""
-    out = {name: ([], [], [], []) for name in variants}
-    for r in range(rounds):
-        for name, attach in variants.items():
-            def on():
-                detach = attach()
-                try:
-                    return run()
-                finally:
-                    detach()
-            if r % 2 == 0:
-                o = run()
-                n = on()
-            else:
-                n = on()
-                o = run()
-            off, got, slow, slow_cpu = out[name]
-            off.append(o[0])
-            got.append(n[0])
-            slow.append(100 * (o[0] - n[0]) / o[0])
-            slow_cpu.append(100 * (o[1] - n[1]) / o[1])
-    return out
-
-
-def overhead(addrs, results, rounds):
-    """Decode tokens/s of generate() with and without observe(), same model, in paired rounds
-    (paired_rounds; OVERHEAD_ROUNDS_PER_ROUND * rounds short ones). Three measures: the median
-    of the paired slowdowns (with its interquartile range), the same on the decoding thread's
-    CPU time (other processes' time on the core left out), and the hooks' own host time per
-    step (stats()["hook_ns"]), which noise does not move."""
-    model = overhead_model()
-    agent = inferscope.Agent(collector=addrs["ingest"], service="overhead")
+def overhead(addrs, results, args):
+    """observe()'s cost on generate() decode at batch 1 and 8 (decode_overhead.py: paired short
+    generate() calls, and the observed model's decode steps interleaved with its unobserved
+    copy's (twin_steps.py); medians with 95 % confidence intervals, and the verdicts on the 1 %
+    aim), once per CUDA sync mode in --overhead-sync, each in a process of its own (the
+    mode is set before the CUDA context exists). Fails only on hook errors: the verdict is
+    reported, whatever it is."""
     out = {}
-    moe_layers = sum(1 for _ in model.model.layers)
-    med = statistics.median
-    n_rounds = OVERHEAD_ROUNDS_PER_ROUND * rounds
-
-    def quartiles(xs):
-        q = statistics.quantiles(xs, n=4) if len(xs) > 1 else [xs[0]] * 3
-        return q[0], q[2]
-    for batch in (1, 8):
-        run = decode_runner(model, batch, OVERHEAD_NEW_TOKENS)
-        split = []  # hook us per step by part, every observed run
-        steps_per_copy, hook_us = [], {name: [] for name in OVERHEAD_VARIANTS}
-
-        def observing(name, **kw):
-            def attach():
-                obs = inferscope.torch.observe(model, agent, model_name="overhead", **kw)
-
-                def detach():
-                    st = obs.stats()
-                    obs.close()
-                    steps = max(1, st["steps"])
-                    if name == "observed":
-                        split.append({k: st[f"hook_ns_{k}"] / steps / 1e3 for k in HOOK_PARTS})
-                        steps_per_copy.append(st.get("steps_per_copy", 1))
-                    hook_us[name].append(st["hook_ns"] / steps / 1e3)
-                return detach
-            return attach
-        got = paired_rounds(run, {name: observing(name, **kw)
-                                  for name, kw in OVERHEAD_VARIANTS.items()}, n_rounds)
-        off = [x for o, _, _, _ in got.values() for x in o]
-        o = med(off)
-        step_us = 1e6 * batch / o
-        _, on, slow, slow_cpu = got["observed"]
-        _, moe_only, slow_moe, slow_moe_cpu = got["moe_only"]
-        res = {"off_tok_s": o, "observed_tok_s": med(on), "moe_only_tok_s": med(moe_only),
-               "paired_overhead_pct": med(slow), "paired_overhead_iqr": quartiles(slow),
-               "paired_cpu_overhead_pct": med(slow_cpu),
-               "paired_cpu_overhead_iqr": quartiles(slow_cpu),
-               "paired_moe_only_overhead_pct": med(slow_moe),
-               "paired_moe_only_cpu_overhead_pct": med(slow_moe_cpu),
-               "step_us_off": step_us, "hook_us_per_step": med(hook_us["observed"]),
-               "hook_us_per_step_moe_only": med(hook_us["moe_only"]),
-               "hook_us_per_moe_layer": med(hook_us["moe_only"]) / moe_layers,
-               "hook_pct_of_step": 100 * med(hook_us["observed"]) / step_us,
-               "hook_us_per_step_by_part": {k: med(x[k] for x in split) for k in HOOK_PARTS},
-               "steps_per_copy": steps_per_copy[0] if steps_per_copy else None,
-               "rounds": n_rounds, "new_tokens": OVERHEAD_NEW_TOKENS,
-               "off": off, "observed": on, "moe_only": moe_only, "paired": slow,
-               "paired_cpu": slow_cpu, "paired_moe_only": slow_moe,
-               "paired_moe_only_cpu": slow_moe_cpu}
-        out[f"b{batch}"] = res
-        lo, hi = res["paired_overhead_iqr"]
-        clo, chi = res["paired_cpu_overhead_iqr"]
-        log(f"overhead b{batch}: off {o:.1f} tok/s (step {step_us:.0f} us); {n_rounds} paired "
-            f"rounds of {OVERHEAD_NEW_TOKENS} tokens: observed median {res['paired_overhead_pct']:+.2f} % "
-            f"(IQR {lo:+.2f} .. {hi:+.2f}), thread CPU {res['paired_cpu_overhead_pct']:+.2f} % "
-            f"(IQR {clo:+.2f} .. {chi:+.2f}); moe only {res['paired_moe_only_overhead_pct']:+.2f} %, "
-            f"thread CPU {res['paired_moe_only_cpu_overhead_pct']:+.2f} %; hooks' host time "
-            f"{res['hook_us_per_step']:.0f} us/step = {res['hook_pct_of_step']:.2f} % of the step "
-            f"(moe only {res['hook_us_per_step_moe_only']:.0f} us); steps per copy "
-            f"{res['steps_per_copy']}; by part, us/step: "
-            f"{', '.join(f'{k} {v:.0f}' for k, v in res['hook_us_per_step_by_part'].items())}")
-        log(f"overhead b{batch} rounds: wall " + " ".join(f"{x:+.1f}" for x in slow) +
-            "; thread CPU " + " ".join(f"{x:+.1f}" for x in slow_cpu))
-    agent.close()
+    for mode in (m for m in args.overhead_sync.split(",") if m):
+        work = pathlib.Path(tempfile.mkdtemp(prefix="overhead-"))
+        js, err = work / "overhead.json", work / "stderr.txt"
+        seconds = OVERHEAD_SECONDS_PER_ROUND * args.rounds
+        with open(err, "w") as err_file, subprocess.Popen(
+                [sys.executable, str(HERE / "decode_overhead.py"), "--library", args.library,
+                 "--python-dir", args.python_dir, "--sync", mode, "--seconds", str(seconds),
+                 "--twin-seconds", str(seconds),
+                 "--collector", addrs["ingest"], "--json", str(js)],
+                stdout=subprocess.PIPE, stderr=err_file, text=True) as proc:
+            for line in proc.stdout:  # as they come: a run cut short keeps what it printed
+                log(f"overhead {line.rstrip()}")
+            rc = proc.wait()
+        if rc != 0:
+            raise Failure(f"decode_overhead.py --sync {mode}: rc {rc}: "
+                          f"{err.read_text(errors='replace')[-1500:]}")
+        got = out[mode] = json.loads(js.read_text())
+        for name, res in got["batches"].items():
+            if res["hook_errors"]:
+                raise Failure(f"overhead {mode} {name}: {res['hook_errors']} hook errors")
     results["overhead"] = out
 
 
-def dispatch_cost(results, rounds):
+def dispatch_cost(results, args):
     """What merely calling Python around the model's modules costs, hooks' bodies aside: paired
     slowdowns of generate() with no-op forward pre-hooks on the 12 experts modules plus no-op
     pre/post hooks on the model (PyTorch's slow call path for hooked modules), with no-op
     forward taps on the experts plus the same model hooks, with the model hooks alone, and with
     inferscope.torch's capture taps on the experts (each appends its top-k ids to a list, which
-    a model pre-hook empties). No agent, nothing counted."""
+    a model pre-hook empties). No agent, nothing counted. Pairs as in decode_overhead.py."""
+    from decode_overhead import ci_text, make_call, overhead_model
     from inferscope._forward_tap import capture_argument, tap_forward
-    model = overhead_model()
+    from paired_stats import median_ci, paired_calls
+    from quiet_process import Instructions
+    model = overhead_model(torch, transformers)
     experts = [layer.mlp.experts for layer in model.model.layers]
 
     def detacher(handles):
@@ -757,20 +647,24 @@ def dispatch_cost(results, rounds):
         sink = []
         return detacher([model.register_forward_pre_hook(lambda m, a: sink.clear())] + [
             capture_argument(e, sink, i, 1, ("top_k_index",)) for i, e in enumerate(experts)])
+    variants = {"model_hooks": lambda: detacher(root_hooks()), "expert_hooks": hooks,
+                "expert_taps": taps, "expert_captures": captures}
     out = {}
+    counter = Instructions()  # not read here (None without perf); make_call wants one
     for batch in (1, 8):
-        run = decode_runner(model, batch)
-        got = paired_rounds(run, {"model_hooks": lambda: detacher(root_hooks()),
-                                  "expert_hooks": hooks, "expert_taps": taps,
-                                  "expert_captures": captures}, rounds)
+        call = make_call(torch, lambda ids, new: generate(model, ids, new),
+                         prompt(batch, 32, vocab=32000), 32, counter, [])
+        call()  # warm-up
         res = out[f"b{batch}"] = {}
-        for name, (off, _, slow, _) in got.items():
-            res[name] = {"paired_pct": statistics.median(slow), "rounds": slow,
-                         "step_us_off": 1e6 * batch / statistics.median(off)}
+        for name, attach in variants.items():
+            pairs = paired_calls(call, attach, pairs=4 * args.rounds)
+            slow = [100 * (on[0] / off[0] - 1) for off, on in pairs]
+            res[name] = {"paired_pct": median_ci(slow), "rounds": slow,
+                         "step_us_off": 1e6 * statistics.median(o[0] for o, _ in pairs) / 32}
         log(f"overhead dispatch_cost b{batch}: step {res['model_hooks']['step_us_off']:.0f} us; "
-            "paired median (rounds): " + "; ".join(
-                f"{n} {r['paired_pct']:+.2f} % ({', '.join(f'{x:+.1f}' for x in r['rounds'])})"
-                for n, r in res.items()))
+            "paired median: " + "; ".join(f"{n} {ci_text(r['paired_pct'])}"
+                                          for n, r in res.items()))
+    counter.close()
     results["dispatch_cost"] = out
 
 
@@ -783,6 +677,12 @@ def main():
     ap.add_argument("--json")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--only", default="")
+    # torch4 round 1 (H100, 19:49 UTC): the decoding thread's CPU time equalled its wall time
+    # in both modes: decode is host-bound, the thread never waits in a sync; so one mode.
+    ap.add_argument("--overhead-sync", default="default",
+                    help="CUDA sync modes of the overhead check, one process each, comma-"
+                    "separated: default (PyTorch's: spins), blocking (the thread sleeps in "
+                    "syncs, so its CPU time is its work)")
     ap.add_argument("--artifacts", help="directory for the collector's trace store (tar.gz) and "
                     "its last /metrics text, to look at in the viewer and Prometheus elsewhere")
     args = ap.parse_args()
@@ -810,8 +710,8 @@ def main():
         checks["llava_cupti"] = lambda: check_llava_cupti(addrs, results)
         checks["steps_cuda"] = lambda: check_steps_cuda(addrs, results)
         checks["graph_cupti"] = lambda: check_graph_cupti(addrs, results)
-        checks["overhead"] = lambda: overhead(addrs, results, args.rounds)
-        checks["dispatch_cost"] = lambda: dispatch_cost(results, 2 * args.rounds)
+        checks["overhead"] = lambda: overhead(addrs, results, args)
+        checks["dispatch_cost"] = lambda: dispatch_cost(results, args)
         only = [o for o in args.only.split(",") if o]
         checks = {n: c for n, c in checks.items() if not only or any(o in n for o in only)}
 
