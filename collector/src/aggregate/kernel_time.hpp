@@ -54,6 +54,9 @@ class KernelTime final : public RecordConsumer {
   const MoeRouting& routing_;
   RankTable<Rank> ranks_;
   std::vector<Rank*> dirty_;  // ranks with pending time (bounded by the rank bound)
+  // The last kernel's rank and its counters: a frame's kernels share one rank.
+  const RankState* last_rank_ = nullptr;
+  Rank* last_counters_ = nullptr;
   uint32_t cached_source_ = 0;
   uint64_t cached_version_ = 0;
   std::vector<Key> key_;  // by id

@@ -111,10 +111,12 @@ class Aggregator {
   int64_t last_record_ns_ = 0;
   int64_t last_arrival_steady_ns_ = 0;
   bool seen_record_ = false;
-  // The model of the last record's source (models never go away); forgotten on
-  // every on_connect / on_disconnect, the only times a source's model changes.
+  // The model and rank of the last record's source (models and ranks never go away);
+  // forgotten on every on_connect / on_disconnect, the only times a source's model or rank
+  // changes. A rank over the bound is not kept, so each record asking for it counts it.
   uint32_t last_source_ = 0;
   ModelState* last_model_ = nullptr;
+  RankState* last_rank_ = nullptr;
 
   // [SECTION] Consumers, and by record kind the ones that take it, in order
   std::unique_ptr<MoeRouting> moe_;
