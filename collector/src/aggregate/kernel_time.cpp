@@ -16,7 +16,7 @@ void KernelTime::revalidate(const Source& source) {
   key_.clear();
 }
 
-KernelTime::Key KernelTime::key_of(const Source& source, uint32_t id) {
+KernelTime::Key KernelTime::key_by_name(const Source& source, uint32_t id) {
   auto name = [&] {
     const std::string_view s = source.string(id);
     return s == "range" ? Key::kRange : s == "layer" ? Key::kLayer : Key::kOther;

@@ -47,7 +47,11 @@ class KernelTime final : public RecordConsumer {
   // span's path. Only ids below kCachedIds (agents number strings from 1).
   enum class Key : int8_t { kUnknown = -1, kOther = 0, kRange = 1, kLayer = 2 };
   static constexpr uint32_t kCachedIds = 4096;
-  Key key_of(const Source& source, uint32_t id);
+  Key key_of(const Source& source, uint32_t id) {  // inline: the cached case is one load
+    if (id < key_.size() && key_[id] != Key::kUnknown) return key_[id];
+    return key_by_name(source, id);
+  }
+  Key key_by_name(const Source& source, uint32_t id);
   void revalidate(const Source& source);
 
   CollectorMetrics& metrics_;
