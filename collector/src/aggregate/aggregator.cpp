@@ -62,10 +62,9 @@ Aggregator::Aggregator(AggregatorOptions options, CollectorMetrics& metrics)
 Aggregator::~Aggregator() = default;
 
 bool Aggregator::on_record(const Source& source, const wire::Record& record, std::string& why) {
-  // Fast path: most records are spans, and only kernel spans have a consumer (kernel
-  // time, which also counts the unattributed ones); the rest need not even find their model.
-  if (const auto* sp = std::get_if<wire::Span>(&record))
-    if (sp->category != wire::SpanCategory::kKernel) return true;
+  // Fast path (kernel time counts the unattributed kernels too): the rest need not even
+  // find their model.
+  if (!takes(record)) return true;
   // The records of a frame share their source: the last one's model is most
   // likely this one's. A source's model changes only with a hello, which calls
   // on_connect(), and that forgets it (no string compare per record here).

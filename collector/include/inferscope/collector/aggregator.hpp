@@ -64,6 +64,13 @@ class Aggregator {
   // False (with why) when the record contradicts the source's hello (e.g. an
   // expert count that differs from the layer's): a protocol error.
   bool on_record(const Source& source, const wire::Record& record, std::string& why);
+  // Whether on_record does anything with the record: most records are spans, and only
+  // kernel spans have a consumer (kernel time). Inline, so that the pipeline skips the call
+  // for the rest.
+  static bool takes(const wire::Record& record) {
+    const auto* span = std::get_if<wire::Span>(&record);
+    return span == nullptr || span->category == wire::SpanCategory::kKernel;
+  }
   // Adds what records counted since the last call to the metrics that are summed in plain
   // integers on the record path (kernel time: a prometheus counter update per kernel span
   // was the larger part of its cost). The pipeline calls it at the end of every frame, so
