@@ -43,27 +43,41 @@ bool first_level_written(const LevelSeed& seed) {
   return seed.spans.size() * kFirstLevelKeepRatio <= seed.block_spans;
 }
 
-// Adds one record to its source's encoder, appending the frame to out when it fills up.
-// encoders and twin hold the same sources (an encoder is made in both at once), so that
-// SummaryBuilder can set one from the other in step.
-template <class Record>
-void add_record(uint32_t source, const Record& record,
-                std::map<uint32_t, wire::FrameEncoder>& encoders,
-                std::map<uint32_t, wire::FrameEncoder>& twin, std::vector<uint8_t>& frame,
-                wire::RawBlock& out) {
-  auto it = encoders.find(source);
-  if (it == encoders.end()) {
-    wire::EncoderOptions eo;
-    eo.source_id = source;
-    it = encoders.emplace(source, wire::FrameEncoder(eo)).first;
-    twin.emplace(source, wire::FrameEncoder(eo));
-  }
-  it->second.add(record);
-  if (it->second.full()) {
-    frame.clear();  // finish() appends
-    it->second.finish(frame);
+using SourceSpan = std::pair<uint32_t, wire::Span>;
+
+// The frames of one level: the block's other records, then its merged spans, per source.
+void encode_level(const std::vector<std::pair<uint32_t, wire::Record>>& others,
+                  const std::vector<SourceSpan>& spans, const wire::RawBlock& data,
+                  std::map<uint32_t, wire::FrameEncoder>& encoders, std::vector<uint8_t>& frame,
+                  wire::RawBlock& out) {
+  out.clear();
+  uint32_t records = 0;
+  auto add = [&](uint32_t source, const auto& record) {
+    auto it = encoders.find(source);
+    if (it == encoders.end()) {
+      wire::EncoderOptions eo;
+      eo.source_id = source;
+      it = encoders.emplace(source, wire::FrameEncoder(eo)).first;
+    }
+    it->second.add(record);
+    ++records;
+    if (it->second.full()) {
+      frame.clear();  // finish() appends
+      it->second.finish(frame);
+      out.add(frame, {});
+    }
+  };
+  for (const auto& [source, r] : others) add(source, r);
+  for (const auto& [source, s] : spans) add(source, s);
+  for (auto& [source, enc] : encoders) {
+    if (enc.empty()) continue;
+    frame.clear();
+    enc.finish(frame);
     out.add(frame, {});
   }
+  // The data block's times and definitions flag: the index treats both alike.
+  out.summary = data.summary;
+  out.summary.records = records;
 }
 
 }  // namespace
@@ -154,42 +168,12 @@ std::span<const SummaryBlock> SummaryBuilder::build(const wire::RawBlock& data, 
       if (levels_.size() <= used) levels_.emplace_back();
       SummaryBlock& sb = levels_[used++];
       sb.level = level;
-      if (used == 1) encode_others(others_);
-      encode_level(data, sb.block);
+      encode_level(others_, spans_, data, encoders_, frame_, sb.block);
       kept = spans_.size();
     }
     if (wire::summary_level_ns(level) > extent) break;  // every lane is one run now
   }
   return {levels_.data(), used};
-}
-
-void SummaryBuilder::encode_others(const std::vector<std::pair<uint32_t, wire::Record>>& others) {
-  for (auto& [source, enc] : after_others_)
-    if (!enc.empty()) {
-      frame_.clear();
-      enc.finish(frame_);  // drops the last block's state; the frame is not used
-    }
-  others_frames_.clear();
-  for (const auto& [source, r] : others)
-    add_record(source, r, after_others_, encoders_, frame_, others_frames_);
-  others_records_ = static_cast<uint32_t>(others.size());
-}
-
-void SummaryBuilder::encode_level(const wire::RawBlock& data, wire::RawBlock& out) {
-  out = others_frames_;
-  auto from = after_others_.begin();
-  for (auto& [source, enc] : encoders_) enc = (from++)->second;  // the same sources, in order
-  for (const auto& [source, s] : spans_)
-    add_record(source, s, encoders_, after_others_, frame_, out);
-  for (auto& [source, enc] : encoders_) {
-    if (enc.empty()) continue;
-    frame_.clear();
-    enc.finish(frame_);
-    out.add(frame_, {});
-  }
-  // The data block's times and definitions flag: the index treats both alike.
-  out.summary = data.summary;
-  out.summary.records = others_records_ + static_cast<uint32_t>(spans_.size());
 }
 
 }  // namespace inferscope::collector

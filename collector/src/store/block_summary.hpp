@@ -104,17 +104,7 @@ class SummaryBuilder {
   std::vector<std::pair<uint32_t, wire::Span>> spans_, merged_;
   LevelSeed decoded_;                                // build(data) only
   std::vector<SummaryBlock> levels_;                 // the first `used` are this block's
-  // The frames of one level are the block's other records, then its merged spans, per
-  // source. The others are the same at every level: encoded once per block, into the frames
-  // they fill (others_frames_) and each source's encoder as they leave it (after_others_),
-  // from which every level's encoders (encoders_, the same sources) go on with the spans.
-  void encode_others(const std::vector<std::pair<uint32_t, wire::Record>>& others);
-  void encode_level(const wire::RawBlock& data, wire::RawBlock& out);
-
-  std::map<uint32_t, wire::FrameEncoder> encoders_;      // per source
-  std::map<uint32_t, wire::FrameEncoder> after_others_;  // per source, as encoders_
-  wire::RawBlock others_frames_;
-  uint32_t others_records_ = 0;
+  std::map<uint32_t, wire::FrameEncoder> encoders_;  // per source, empty between levels
   std::vector<uint8_t> frame_;
 };
 
