@@ -62,10 +62,9 @@ Aggregator::Aggregator(AggregatorOptions options, CollectorMetrics& metrics)
 Aggregator::~Aggregator() = default;
 
 bool Aggregator::on_record(const Source& source, const wire::Record& record, std::string& why) {
-  // Fast path: most records are spans, and only kernel spans have a consumer (kernel
-  // time, which also counts the unattributed ones); the rest need not even find their model.
-  if (const auto* sp = std::get_if<wire::Span>(&record))
-    if (sp->category != wire::SpanCategory::kKernel) return true;
+  // Fast path (kernel time counts the unattributed kernels too): the rest need not even
+  // find their model.
+  if (!takes(record)) return true;
   // The records of a frame share their source: the last one's model is most
   // likely this one's. A source's model changes only with a hello, which calls
   // on_connect(), and that forgets it (no string compare per record here).
@@ -75,11 +74,17 @@ bool Aggregator::on_record(const Source& source, const wire::Record& record, std
     if (model == nullptr) return true;  // over the model bound: counted, not an error
     last_source_ = source.id;
     last_model_ = model;
+    last_rank_ = nullptr;
   }
-  RecordContext ctx(*this, source, *model);
+  RecordContext ctx(*this, source, *model, last_rank_);
+  bool ok = true;
   for (RecordConsumer* c : by_kind_[static_cast<size_t>(wire::kind_of(record))])
-    if (!c->on_record(ctx, record, why)) return false;
-  return true;
+    if (!c->on_record(ctx, record, why)) {
+      ok = false;
+      break;
+    }
+  last_rank_ = ctx.rank_found();
+  return ok;
 }
 
 void Aggregator::flush_metrics() {
@@ -126,6 +131,7 @@ RankState* Aggregator::rank_for(ModelState& model, uint32_t rank, const std::str
 
 void Aggregator::on_connect(const Source& source) {
   last_model_ = nullptr;  // this source's model may be another now (see on_record)
+  last_rank_ = nullptr;
   ModelState* model = model_for(source);
   if (model == nullptr) return;
   if (model->layers.empty() && !source.hello.model.layers.empty())
@@ -147,6 +153,7 @@ void Aggregator::on_connect(const Source& source) {
 
 void Aggregator::on_disconnect(const Source& source) {
   last_model_ = nullptr;
+  last_rank_ = nullptr;
   auto it = models_.find(source.model);
   if (it == models_.end()) return;
   ModelState& model = *it->second;

@@ -47,12 +47,21 @@ struct ModelState {
 // One record on its way through the consumers of its kind.
 class RecordContext {
  public:
-  RecordContext(Aggregator& aggregator, const Source& source, ModelState& model)
-      : aggregator_(aggregator), source(source), model(model) {}
+  // known_rank: the source's rank when the caller found it already (the aggregator keeps the
+  // last record's), so that rank() does not look it up again; null to look it up on first use.
+  RecordContext(Aggregator& aggregator, const Source& source, ModelState& model,
+                RankState* known_rank = nullptr)
+      : aggregator_(aggregator),
+        rank_looked_up_(known_rank != nullptr),
+        rank_(known_rank),
+        source(source),
+        model(model) {}
 
   // The source's rank, created on first use; null over the rank bound (counted
   // once per record however many consumers ask).
   RankState* rank();
+  // The rank if rank() found one; null if it was not asked for or is over the bound.
+  RankState* rank_found() const { return rank_; }
   // The record's time: a later window closes the model's current one first.
   void at(int64_t ts_ns);
 

@@ -16,7 +16,7 @@ void KernelTime::revalidate(const Source& source) {
   key_.clear();
 }
 
-KernelTime::Key KernelTime::key_of(const Source& source, uint32_t id) {
+KernelTime::Key KernelTime::key_by_name(const Source& source, uint32_t id) {
   auto name = [&] {
     const std::string_view s = source.string(id);
     return s == "range" ? Key::kRange : s == "layer" ? Key::kLayer : Key::kOther;
@@ -41,7 +41,11 @@ bool KernelTime::on_record(RecordContext& ctx, const wire::Record& record, std::
   }
   const RankState* rank = ctx.rank();
   if (rank == nullptr) return true;
-  Rank& counters = ranks_.at(ctx.model, *rank);
+  if (rank != last_rank_) {  // a RankState belongs to one model and lives as long as it
+    last_counters_ = &ranks_.at(ctx.model, *rank);
+    last_rank_ = rank;
+  }
+  Rank& counters = *last_counters_;
   prometheus::Counter*& total = counters.kernel_seconds[attributed ? 1 : 0];
   if (total == nullptr)
     total = &metrics_.gpu_kernel_seconds.Add({{"model", ctx.model.name},
@@ -55,15 +59,18 @@ bool KernelTime::on_record(RecordContext& ctx, const wire::Record& record, std::
   if (!layer_arg || *layer_arg < 0 || *layer_arg >= int64_t{wire::kMaxLayers})
     return true;  // no layer, or not one: layer unknown
   const auto layer = static_cast<uint32_t>(*layer_arg);
-  if (!routing_.has_layer(ctx.model, *rank, layer)) return true;
   auto& by_layer = counters.gpu_seconds;
-  if (by_layer.size() <= layer) {
-    by_layer.resize(layer + 1, nullptr);
-    counters.pending_layer_ns.resize(layer + 1, 0);
-  }
-  if (by_layer[layer] == nullptr)
+  // A layer's counter exists only once the routing had the layer, and the routing never
+  // forgets one: asking it again per kernel is needed only until then.
+  if (layer >= by_layer.size() || by_layer[layer] == nullptr) {
+    if (!routing_.has_layer(ctx.model, *rank, layer)) return true;
+    if (by_layer.size() <= layer) {
+      by_layer.resize(layer + 1, nullptr);
+      counters.pending_layer_ns.resize(layer + 1, 0);
+    }
     by_layer[layer] = &metrics_.layer_gpu_seconds.Add(
         {{"model", ctx.model.name}, {"rank", rank->label}, {"layer", std::to_string(layer)}});
+  }
   counters.pending_layer_ns[layer] += duration;
   return true;
 }

@@ -47,13 +47,20 @@ class KernelTime final : public RecordConsumer {
   // span's path. Only ids below kCachedIds (agents number strings from 1).
   enum class Key : int8_t { kUnknown = -1, kOther = 0, kRange = 1, kLayer = 2 };
   static constexpr uint32_t kCachedIds = 4096;
-  Key key_of(const Source& source, uint32_t id);
+  Key key_of(const Source& source, uint32_t id) {  // inline: the cached case is one load
+    if (id < key_.size() && key_[id] != Key::kUnknown) return key_[id];
+    return key_by_name(source, id);
+  }
+  Key key_by_name(const Source& source, uint32_t id);
   void revalidate(const Source& source);
 
   CollectorMetrics& metrics_;
   const MoeRouting& routing_;
   RankTable<Rank> ranks_;
   std::vector<Rank*> dirty_;  // ranks with pending time (bounded by the rank bound)
+  // The last kernel's rank and its counters: a frame's kernels share one rank.
+  const RankState* last_rank_ = nullptr;
+  Rank* last_counters_ = nullptr;
   uint32_t cached_source_ = 0;
   uint64_t cached_version_ = 0;
   std::vector<Key> key_;  // by id

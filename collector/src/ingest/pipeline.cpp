@@ -182,7 +182,7 @@ bool Pipeline::on_frame(Session& session, std::span<const uint8_t> frame, Reject
           return reject(
               session, why, "no_hello",
               std::string("first record is ") + wire::to_string(kind) + ", expected hello");
-        if (!aggregator_.on_record(*source, rec, problem))
+        if (Aggregator::takes(rec) && !aggregator_.on_record(*source, rec, problem))
           return reject(session, why, "schema", problem);
         if (kind == wire::RecordKind::kAgentHealth && health_listener_)
           health_listener_(*source, std::get<wire::AgentHealth>(rec));

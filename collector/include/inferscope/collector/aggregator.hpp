@@ -64,6 +64,13 @@ class Aggregator {
   // False (with why) when the record contradicts the source's hello (e.g. an
   // expert count that differs from the layer's): a protocol error.
   bool on_record(const Source& source, const wire::Record& record, std::string& why);
+  // Whether on_record does anything with the record: most records are spans, and only
+  // kernel spans have a consumer (kernel time). Inline, so that the pipeline skips the call
+  // for the rest.
+  static bool takes(const wire::Record& record) {
+    const auto* span = std::get_if<wire::Span>(&record);
+    return span == nullptr || span->category == wire::SpanCategory::kKernel;
+  }
   // Adds what records counted since the last call to the metrics that are summed in plain
   // integers on the record path (kernel time: a prometheus counter update per kernel span
   // was the larger part of its cost). The pipeline calls it at the end of every frame, so
@@ -111,10 +118,12 @@ class Aggregator {
   int64_t last_record_ns_ = 0;
   int64_t last_arrival_steady_ns_ = 0;
   bool seen_record_ = false;
-  // The model of the last record's source (models never go away); forgotten on
-  // every on_connect / on_disconnect, the only times a source's model changes.
+  // The model and rank of the last record's source (models and ranks never go away);
+  // forgotten on every on_connect / on_disconnect, the only times a source's model or rank
+  // changes. A rank over the bound is not kept, so each record asking for it counts it.
   uint32_t last_source_ = 0;
   ModelState* last_model_ = nullptr;
+  RankState* last_rank_ = nullptr;
 
   // [SECTION] Consumers, and by record kind the ones that take it, in order
   std::unique_ptr<MoeRouting> moe_;
