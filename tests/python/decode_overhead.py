@@ -47,7 +47,7 @@ from twin_steps import twin_steps  # noqa: E402
 AIM_PCT = 1.0
 WARM_TOKENS = 2  # the untimed generate() before each timed one
 # Decode steps per window of the robust wall time (robust_wall): a multiple of the observer's
-# steps per copy (8) and of its cache look (every 16 steps).
+# steps per copy (STEPS_PER_COPY_DEFAULT, 16) and of its cache look (every 16 steps).
 WINDOW = 16
 # stats()["hook_ns_step_<part>"]: the step hook's own parts.
 STEP_PARTS = ("range", "memory", "count", "copy", "drain")
@@ -66,10 +66,10 @@ def overhead_model(torch, transformers, device="cuda"):
     return transformers.Qwen3MoeForCausalLM(cfg).to(device, torch.bfloat16).eval()
 
 
-def hf_generate(model, ids, new):
-    """Greedy generate() of exactly `new` tokens (transformers)."""
+def hf_generate(model, ids, new, **kw):
+    """Greedy generate() of exactly `new` tokens (transformers); `kw` go to generate()."""
     return model.generate(input_ids=ids, attention_mask=ids.new_ones(ids.shape),
-                          max_new_tokens=new, min_new_tokens=new, do_sample=False)
+                          max_new_tokens=new, min_new_tokens=new, do_sample=False, **kw)
 
 
 def build(name, torch):

@@ -46,6 +46,7 @@ if not torch.cuda.is_available():
     print("SKIPPED: no CUDA device")
     sys.exit(0)
 
+from decode_overhead import hf_generate as generate  # noqa: E402
 from observe_checks import (LoadSpy, check_steps_exact, episodes, scrape, series,  # noqa: E402
                             truth_counts, truth_step, wait_counts_equal, wait_for)
 
@@ -222,11 +223,6 @@ def inject_skew(model, hot, dead):
 def prompt(batch, length, seed=0, vocab=250):
     g = torch.Generator().manual_seed(seed)
     return torch.randint(2, vocab, (batch, length), generator=g).to(DEV)
-
-
-def generate(model, ids, new, **kw):
-    return model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new,
-                          min_new_tokens=new, do_sample=False, **kw)
 
 
 # [SECTION] checks -------------------------------------------------------------------------
