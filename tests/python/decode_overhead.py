@@ -5,7 +5,7 @@ sync mode), also runnable on CPU as a proxy.
     python3 tests/python/decode_overhead.py --library .../libinferscope_agent.so.0 \\
         --python-dir python [--model qwen3-moe|tiny] [--sync default|blocking] \\
         [--batches 1,8] [--new-tokens 32] [--seconds 60] [--twin-seconds 60] \
-        [--collector ADDR] [--json FILE]
+        [--twin-interleave block,step] [--collector ADDR] [--json FILE]
 
 Per batch, pairs of short greedy generate() calls of one model, one unobserved and one with
 observe() attached (attached and detached around each call), in alternating order, for a fixed
@@ -22,11 +22,16 @@ machine allows perf_event_open, the thread's user-space instructions added per s
 given as its median over the pairs with a 95 % distribution-free confidence interval, and the
 aim (wall slowdown <= 1 %) is called met only when that interval's upper end is <= 1 %.
 
-Then the same model's decode steps interleaved step by step with those of its unobserved copy
-(twin_steps.py), for --twin-seconds: the two run a step apart, so a machine whose speed changes
-within seconds (the H100 host in torch4's round 1: single 0.8 s calls from 560 to 950 ms)
-moves both alike. Its slowdown per window of 16 decode steps is given the same way, with its
-own verdict.
+Then the same model's decode steps interleaved with those of its unobserved copy
+(twin_steps.py), for --twin-seconds per interleaving in --twin-interleave: by blocks of 16 steps
+("block": each model's steps follow each other as in generate()) and step by step ("step": the
+two a step apart, but each step starts with the other model's work in the caches, which slows
+the baseline), so a machine whose speed changes within seconds (the H100 host in torch4's round
+1: single 0.8 s calls from 560 to 950 ms) moves both alike. Its slowdown per window of 16 decode
+steps is given the same way, with its own verdict, and beside it the two copies' own difference
+(the model against its deep copy, the observer's cost cancelled): how far one object layout's
+speed differs from another's on this machine, which the pairs of whole calls (one model, the
+observer's objects added or not) cannot average out.
 """
 
 import argparse
@@ -154,8 +159,9 @@ def measure_batch(torch, inferscope, model, generate, agent, vocab, device, batc
         finally:
             stamp_tap.remove()
         sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-        twin = twin_steps(torch, model, lambda m: inferscope.torch.observe(
-            m, agent, model_name="overhead"), ids, args.twin_seconds, sync, WINDOW)
+        twins = {way: twin_steps(torch, model, lambda m: inferscope.torch.observe(
+            m, agent, model_name="overhead"), ids, args.twin_seconds, sync, WINDOW,
+            interleave=way) for way in args.twin_interleave.split(",") if way}
     finally:
         gc.unfreeze()
     steps = args.new_tokens  # forwards per timed generate(): the prefill and new - 1 decodes
@@ -184,17 +190,21 @@ def measure_batch(torch, inferscope, model, generate, agent, vocab, device, batc
            "pairs_raw": pairs}
     res["verdict"] = verdict(*res["wall_pct"][1:], AIM_PCT)
     res["robust_verdict"] = verdict(*res["robust_pct"][1:], AIM_PCT)
-    ts = twin["stats"]
-    twin_step_us = statistics.median(twin["twin_step_us"]) if twin["steps"] else float("nan")
-    res["twin"] = {"windows": len(twin["windows"]), "steps": twin["steps"],
-                   "step_us_off": twin_step_us, "pct": median_ci(twin["windows"]),
-                   "hook_us_per_step": statistics.median(
-                       s["hook_ns"] / max(1, s["steps"]) / 1e3 for s in ts) if ts else 0.0,
-                   "hook_errors": sum(s["hook_errors"] for s in ts),
-                   "steps_dropped": sum(s["steps_dropped"] for s in ts),
-                   "windows_raw": twin["windows"]}
-    res["twin"]["verdict"] = verdict(*res["twin"]["pct"][1:], AIM_PCT)
-    res["hook_errors"] += res["twin"]["hook_errors"]
+    res["twin"] = {}
+    for way, twin in twins.items():
+        ts = twin["stats"]
+        tw = res["twin"][way] = {
+            "windows": len(twin["windows"]), "steps": twin["steps"],
+            "step_us_off": statistics.median(twin["twin_step_us"]) if twin["steps"]
+            else float("nan"),
+            "pct": median_ci(twin["windows"]), "copy_bias_pct": median_ci(twin["copy_bias"]),
+            "hook_us_per_step": statistics.median(
+                s["hook_ns"] / max(1, s["steps"]) / 1e3 for s in ts) if ts else 0.0,
+            "hook_errors": sum(s["hook_errors"] for s in ts),
+            "steps_dropped": sum(s["steps_dropped"] for s in ts),
+            "windows_raw": twin["windows"], "copy_bias_raw": twin["copy_bias"]}
+        tw["verdict"] = verdict(*tw["pct"][1:], AIM_PCT)
+        res["hook_errors"] += tw["hook_errors"]
     return res
 
 
@@ -224,14 +234,16 @@ def report(res, mode, instructions_note):
             f"{k} {v:.0f}" for k, v in res["hook_us_by_part"].items()) +
         (f"; hook_errors {res['hook_errors']}, steps_dropped {res['steps_dropped']}"
          if res["hook_errors"] or res["steps_dropped"] else "")]
-    tw = res["twin"]
-    lines.append(
-        f"b{b} twin steps (observed model and its unobserved copy, step by step): "
-        f"{tw['windows']} windows of {WINDOW} decode steps, unobserved step "
-        f"{tw['step_us_off'] / 1e3:.2f} ms: slowdown {ci_text(tw['pct'])}; aim <= {AIM_PCT:g} %: "
-        f"{tw['verdict']}; hooks' own time {tw['hook_us_per_step']:.0f} us/step" +
-        (f"; hook_errors {tw['hook_errors']}, steps_dropped {tw['steps_dropped']}"
-         if tw["hook_errors"] or tw["steps_dropped"] else ""))
+    for way, tw in res["twin"].items():
+        lines.append(
+            f"b{b} twin steps by {way}s (observed model and its unobserved copy, "
+            f"{'windows' if way == 'block' else 'step'} in turn): {tw['windows']} windows of "
+            f"{WINDOW} decode steps, unobserved step {tw['step_us_off'] / 1e3:.2f} ms: slowdown "
+            f"{ci_text(tw['pct'])}; aim <= {AIM_PCT:g} %: {tw['verdict']}; the copies' own "
+            f"difference {ci_text(tw['copy_bias_pct'])}; hooks' own time "
+            f"{tw['hook_us_per_step']:.0f} us/step" +
+            (f"; hook_errors {tw['hook_errors']}, steps_dropped {tw['steps_dropped']}"
+             if tw["hook_errors"] or tw["steps_dropped"] else ""))
     return lines
 
 
@@ -246,6 +258,8 @@ def main():
     ap.add_argument("--seconds", type=float, default=60, help="pairs' time budget per batch")
     ap.add_argument("--twin-seconds", type=float, default=60,
                     help="the twin steps' time budget per batch")
+    ap.add_argument("--twin-interleave", default="block,step",
+                    help="the twin steps' interleavings, comma-separated: block, step")
     ap.add_argument("--collector", default="")
     ap.add_argument("--json")
     args = ap.parse_args()
