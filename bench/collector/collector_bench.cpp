@@ -155,8 +155,8 @@ struct IngestResult {
   double mb_per_s;
   double cpu_ns_per_record;
   double disk_bytes_per_record;
-  double ratio;          // frame bytes / bytes on disk (summaries included)
-  uint64_t lost_frames;  // not stored (a full background queue drops whole blocks)
+  double ratio;                 // frame bytes / bytes on disk (summaries included)
+  uint64_t lost_frames;         // not stored (a full background queue drops whole blocks)
   double kernel_ns_per_record;  // of cpu_ns_per_record, the time in the kernel
   // Records per second of CPU time (all threads): what one core sustains when it
   // is not shared, independent of how loaded the machine is during the run.
