@@ -90,9 +90,10 @@ def build(name, torch):
 
 
 def make_call(torch, generate, ids, new, counter, stamps):
-    """call(): (wall s, thread CPU s, instructions or None, robust wall s) of one timed
-    generate() of `new` tokens, after an untimed one of WARM_TOKENS. `stamps` gets a
-    perf_counter() at each forward's start (a tap on the model, there in both variants)."""
+    """call(): (wall s, thread CPU s, instructions or None, robust wall s, [decode step s])
+    of one timed generate() of `new` tokens, after an untimed one of WARM_TOKENS. `stamps`
+    gets a perf_counter() at each forward's start (a tap on the model, there in both
+    variants)."""
     sync = torch.cuda.synchronize if ids.is_cuda else (lambda: None)
     perf, cpu, read = time.perf_counter, time.thread_time, counter.read
 
@@ -106,7 +107,7 @@ def make_call(torch, generate, ids, new, counter, stamps):
             sync()
             t1, c1, i1 = perf(), cpu(), read()
         return (t1 - t0, c1 - c0, None if i0 is None or i1 is None else i1 - i0,
-                robust_wall(t1 - t0, stamps))
+                robust_wall(t1 - t0, stamps), [b - a for a, b in zip(stamps[1:], stamps[2:])])
     return call
 
 
@@ -171,6 +172,12 @@ def measure_batch(torch, inferscope, model, generate, agent, vocab, device, batc
     host = [100 * (on[1] - off[1]) / off[0] for off, on in pairs]
     instr = [(on[2] - off[2]) / steps for off, on in pairs
              if on[2] is not None and off[2] is not None]
+    # Where in a call the added time falls: per decode step position, the median over the
+    # pairs of (observed - unobserved) step time. Even across positions: a per-step cost;
+    # at every K-th: the group's; at the first: the prefill's count.
+    added_by_step = [1e6 * statistics.median(on[4][j] - off[4][j] for off, on in pairs)
+                     for j in range(min(min(len(off[4]), len(on[4])) for off, on in pairs))] \
+        if pairs else []
     hook_steps = [max(1, s["steps"]) for s in stats]
     hook_us = [s["hook_ns"] / n / 1e3 for s, n in zip(stats, hook_steps)]
     parts = {p: statistics.median(s[f"hook_ns_step_{p}"] / n / 1e3
@@ -187,7 +194,8 @@ def measure_batch(torch, inferscope, model, generate, agent, vocab, device, batc
            "hook_us_by_part": parts, "steps_per_copy": stats[0]["steps_per_copy"],
            "hook_errors": sum(s["hook_errors"] for s in stats),
            "steps_dropped": sum(s["steps_dropped"] for s in stats),
-           "pairs_raw": pairs}
+           "added_us_by_step": added_by_step,
+           "pairs_raw": [(off[:4], on[:4]) for off, on in pairs]}
     res["verdict"] = verdict(*res["wall_pct"][1:], AIM_PCT)
     res["robust_verdict"] = verdict(*res["robust_pct"][1:], AIM_PCT)
     res["twin"] = {}
@@ -234,6 +242,11 @@ def report(res, mode, instructions_note):
             f"{k} {v:.0f}" for k, v in res["hook_us_by_part"].items()) +
         (f"; hook_errors {res['hook_errors']}, steps_dropped {res['steps_dropped']}"
          if res["hook_errors"] or res["steps_dropped"] else "")]
+    added = res["added_us_by_step"]
+    if added:
+        lines.append(f"b{b} time added per decode step position (median over pairs, us): " +
+                     " ".join(f"{x:.0f}" for x in added) +
+                     f"; median {statistics.median(added):.0f}")
     for way, tw in res["twin"].items():
         lines.append(
             f"b{b} twin steps by {way}s (observed model and its unobserved copy, "
