@@ -26,7 +26,8 @@ uint32_t crc32_zlib(uint32_t crc, const uint8_t* p, size_t n) {
 #if INFERSCOPE_CRC_CLMUL
 // Folds n bytes (n >= 64, a multiple of 16) into the CRC state `crc` (the
 // inverted CRC, as the bit-reflected algorithm keeps it) and returns the new
-// state. Four 128-bit lanes are folded 64 bytes at a time, then into one lane,
+// state. Eight 128-bit lanes are folded 128 bytes at a time where there are
+// 192 bytes or more, then four lanes 64 bytes at a time, then into one lane,
 // then 16 bytes at a time, then reduced to 32 bits (Barrett). The constants are
 // x^(k) mod P for the fold distances, and P and its Barrett quotient, all
 // bit-reflected (Intel's paper; the same as Linux's crc32-pclmul).
@@ -43,6 +44,9 @@ INFERSCOPE_CLMUL_TARGET inline __m128i fold16(__m128i x, __m128i k, __m128i y) {
 }
 
 INFERSCOPE_CLMUL_TARGET uint32_t fold(uint32_t crc, const uint8_t* p, size_t n) {
+  // k1k2 folds by 512 bits (x^(512+32), x^(512-32)), k8 by 1024 (x^(1024+32),
+  // x^(1024-32)), k3k4 by 128, k5 by 64.
+  const __m128i k8 = _mm_set_epi64x(0x014a7fe880, 0x01e88ef372);
   const __m128i k1k2 = _mm_set_epi64x(0x01c6e41596, 0x0154442bd4);
   const __m128i k3k4 = _mm_set_epi64x(0x00ccaa009e, 0x01751997d0);
   const __m128i k5k0 = _mm_set_epi64x(0, 0x0163cd6124);
@@ -51,6 +55,31 @@ INFERSCOPE_CLMUL_TARGET uint32_t fold(uint32_t crc, const uint8_t* p, size_t n) 
   __m128i x2 = load(p + 16), x3 = load(p + 32), x4 = load(p + 48);
   p += 64;
   n -= 64;
+  if (n >= 128) {
+    // Long inputs (frames, whose checksum every collector ingest pays): eight
+    // lanes, 128 bytes a step, twice the multiplies in flight of four lanes
+    // (each lane's fold waits on its last multiply).
+    __m128i x5 = load(p), x6 = load(p + 16), x7 = load(p + 32), x8 = load(p + 48);
+    p += 64;
+    n -= 64;
+    while (n >= 128) {
+      x1 = fold16(x1, k8, load(p));
+      x2 = fold16(x2, k8, load(p + 16));
+      x3 = fold16(x3, k8, load(p + 32));
+      x4 = fold16(x4, k8, load(p + 48));
+      x5 = fold16(x5, k8, load(p + 64));
+      x6 = fold16(x6, k8, load(p + 80));
+      x7 = fold16(x7, k8, load(p + 96));
+      x8 = fold16(x8, k8, load(p + 112));
+      p += 128;
+      n -= 128;
+    }
+    // Eight lanes to four: each folded 512 bits onto its partner.
+    x1 = fold16(x1, k1k2, x5);
+    x2 = fold16(x2, k1k2, x6);
+    x3 = fold16(x3, k1k2, x7);
+    x4 = fold16(x4, k1k2, x8);
+  }
   while (n >= 64) {
     x1 = fold16(x1, k1k2, load(p));
     x2 = fold16(x2, k1k2, load(p + 16));
