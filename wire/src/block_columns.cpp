@@ -829,14 +829,18 @@ bool ColumnBuilder::take(RawBlock& block) {
                   total <= block.bytes.size();
   block.has_columns = ok;
   if (ok) {
-    block.columns.resize(kBlockColumnTableBytes + total);
-    uint8_t* to = block.columns.data() + kBlockColumnTableBytes;
+    // Appended, not resized then copied into: a resize zeroes the whole form
+    // (~230 KiB a block on the bench) only for the copy to overwrite it.
+    block.columns.clear();
+    block.columns.reserve(kBlockColumnTableBytes + total);
+    uint8_t table[kBlockColumnTableBytes];
     for (size_t c = 0; c < kBlockColumns; ++c) {
       const auto size = static_cast<uint32_t>(at_[c] - begin_[c]);
-      for (int i = 0; i < 4; ++i) block.columns[4 * c + i] = static_cast<uint8_t>(size >> (8 * i));
-      if (size) std::memcpy(to, begin_[c], size);
-      to += size;
+      for (int i = 0; i < 4; ++i) table[4 * c + i] = static_cast<uint8_t>(size >> (8 * i));
     }
+    block.columns.insert(block.columns.end(), table, table + kBlockColumnTableBytes);
+    for (size_t c = 0; c < kBlockColumns; ++c)
+      block.columns.insert(block.columns.end(), begin_[c], at_[c]);
   }
   reset();
   return ok;
