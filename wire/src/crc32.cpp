@@ -43,6 +43,12 @@ INFERSCOPE_CLMUL_TARGET inline __m128i fold16(__m128i x, __m128i k, __m128i y) {
       _mm_xor_si128(_mm_clmulepi64_si128(x, k, 0x00), _mm_clmulepi64_si128(x, k, 0x11)), y);
 }
 
+// Each of the first kLanes lanes folded onto its 16 bytes of the step at p.
+template <int kLanes>
+INFERSCOPE_CLMUL_TARGET inline void fold_lanes(__m128i* x, __m128i k, const uint8_t* p) {
+  for (int i = 0; i < kLanes; ++i) x[i] = fold16(x[i], k, load(p + 16 * i));
+}
+
 INFERSCOPE_CLMUL_TARGET uint32_t fold(uint32_t crc, const uint8_t* p, size_t n) {
   // k1k2 folds by 512 bits (x^(512+32), x^(512-32)), k8 by 1024 (x^(1024+32),
   // x^(1024-32)), k3k4 by 128, k5 by 64.
@@ -51,46 +57,26 @@ INFERSCOPE_CLMUL_TARGET uint32_t fold(uint32_t crc, const uint8_t* p, size_t n) 
   const __m128i k3k4 = _mm_set_epi64x(0x00ccaa009e, 0x01751997d0);
   const __m128i k5k0 = _mm_set_epi64x(0, 0x0163cd6124);
   const __m128i poly = _mm_set_epi64x(0x01f7011641, 0x01db710641);
-  __m128i x1 = _mm_xor_si128(load(p), _mm_cvtsi32_si128(static_cast<int>(crc)));
-  __m128i x2 = load(p + 16), x3 = load(p + 32), x4 = load(p + 48);
+  // x[i]: lane i, the 16 bytes at 16 * i of each step.
+  __m128i x[8];
+  x[0] = _mm_xor_si128(load(p), _mm_cvtsi32_si128(static_cast<int>(crc)));
+  for (int i = 1; i < 4; ++i) x[i] = load(p + 16 * i);
   p += 64;
   n -= 64;
   if (n >= 128) {
     // Long inputs (frames, whose checksum every collector ingest pays): eight
     // lanes, 128 bytes a step, twice the multiplies in flight of four lanes
     // (each lane's fold waits on its last multiply).
-    __m128i x5 = load(p), x6 = load(p + 16), x7 = load(p + 32), x8 = load(p + 48);
+    for (int i = 4; i < 8; ++i) x[i] = load(p + 16 * (i - 4));
     p += 64;
     n -= 64;
-    while (n >= 128) {
-      x1 = fold16(x1, k8, load(p));
-      x2 = fold16(x2, k8, load(p + 16));
-      x3 = fold16(x3, k8, load(p + 32));
-      x4 = fold16(x4, k8, load(p + 48));
-      x5 = fold16(x5, k8, load(p + 64));
-      x6 = fold16(x6, k8, load(p + 80));
-      x7 = fold16(x7, k8, load(p + 96));
-      x8 = fold16(x8, k8, load(p + 112));
-      p += 128;
-      n -= 128;
-    }
+    for (; n >= 128; p += 128, n -= 128) fold_lanes<8>(x, k8, p);
     // Eight lanes to four: each folded 512 bits onto its partner.
-    x1 = fold16(x1, k1k2, x5);
-    x2 = fold16(x2, k1k2, x6);
-    x3 = fold16(x3, k1k2, x7);
-    x4 = fold16(x4, k1k2, x8);
+    for (int i = 0; i < 4; ++i) x[i] = fold16(x[i], k1k2, x[i + 4]);
   }
-  while (n >= 64) {
-    x1 = fold16(x1, k1k2, load(p));
-    x2 = fold16(x2, k1k2, load(p + 16));
-    x3 = fold16(x3, k1k2, load(p + 32));
-    x4 = fold16(x4, k1k2, load(p + 48));
-    p += 64;
-    n -= 64;
-  }
-  x1 = fold16(x1, k3k4, x2);
-  x1 = fold16(x1, k3k4, x3);
-  x1 = fold16(x1, k3k4, x4);
+  for (; n >= 64; p += 64, n -= 64) fold_lanes<4>(x, k1k2, p);
+  __m128i x1 = x[0];
+  for (int i = 1; i < 4; ++i) x1 = fold16(x1, k3k4, x[i]);
   while (n >= 16) {
     x1 = fold16(x1, k3k4, load(p));
     p += 16;
