@@ -835,7 +835,9 @@ TEST(FrameDecoder, InlineSpanPathDecodesAsTheCheckedDecoderRecordByRecord) {
     for (const bool fused : {false, true}) {
       FrameDecoder dec(DecoderOptions{kMaxBlockRawBytes});
       ASSERT_TRUE(dec.open(frame).ok());
-      if (fused) ASSERT_TRUE(dec.fuse_columns(&builder));
+      if (fused) {
+        ASSERT_TRUE(dec.fuse_columns(&builder));
+      }
       std::vector<Record> got;
       Record r;
       while (dec.next(r)) got.push_back(r);
