@@ -9,12 +9,14 @@
 #include <zlib.h>
 #include <zstd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <random>
 
 #include "inferscope/wire/codec.hpp"
 #include "inferscope/wire/column_builder.hpp"
 #include "inferscope/wire/trace_block.hpp"
+#include "record_codec.hpp"
 #include "sample_records.hpp"
 
 namespace inferscope::wire {
@@ -769,6 +771,101 @@ TEST(ColumnBuilder, SpoiledBlocksAreLeftToTheSplit) {
   bool deltas = true, lengths = true;
   ASSERT_TRUE(split_block_columns(last.bytes, expected, &deltas, &lengths));
   EXPECT_EQ(last.columns, expected);
+}
+
+// FrameDecoder::next's inline path (a span with a one-byte length, codec.hpp)
+// and its out-of-line rest give, record by record, what decode_body gives for
+// each record of the frame: the same spans and timestamp chain, newer kinds
+// skipped, and the same error at the same record, with a column builder fused
+// or without. The frames mix spans the fast decoders take, spans they refuse
+// (damaged, or too near the frame's end to read past), spans with two-byte
+// lengths, and records of an unknown kind between them.
+TEST(FrameDecoder, InlineSpanPathDecodesAsTheCheckedDecoderRecordByRecord) {
+  std::mt19937_64 rng(17);
+  ColumnBuilder builder;
+  size_t spans = 0, skipped = 0, errors = 0;
+  for (int f = 0; f < 300; ++f) {
+    std::vector<RawRecord> records;
+    int64_t chain = 0;
+    const int count = 1 + static_cast<int>(rng() % 200);
+    for (int i = 0; i < count; ++i) {
+      const int what = static_cast<int>(rng() % 20);
+      if (what == 0) {  // a newer kind
+        std::vector<uint8_t> body(rng() % 40);
+        for (auto& b : body) b = static_cast<uint8_t>(rng());
+        records.push_back({200, {}, body});
+        continue;
+      }
+      Span s;
+      s.track_id = static_cast<uint32_t>(rng() % 3000);
+      s.name_id = static_cast<uint32_t>(rng() % 40);
+      s.depth = static_cast<uint16_t>(rng() % 4);
+      s.start_ns = chain + static_cast<int64_t>(rng() % 5'000'000) - 1'000'000;
+      s.end_ns = s.start_ns + static_cast<int64_t>(rng() % 60'000);
+      s.correlation_id = rng() % 2 ? rng() % 100'000 : 0;
+      s.num_args = static_cast<uint8_t>(rng() % 3);
+      for (uint8_t a = 0; a < s.num_args; ++a)
+        s.args[a] = {static_cast<uint32_t>(rng() % 50), static_cast<int64_t>(rng() % 1000) - 500};
+      std::vector<uint8_t> record;
+      add_one(record, chain, s);
+      const size_t head = (record[1] & 0x80) ? 3 : 2;
+      std::vector<uint8_t> body(record.begin() + static_cast<ptrdiff_t>(head), record.end());
+      if (what == 1) body.resize(body.size() + 130, 0x11);  // past 127 bytes: a two-byte length
+      if (what == 2 && f % 3 == 0) body[rng() % body.size()] = static_cast<uint8_t>(rng());
+      records.push_back({static_cast<uint8_t>(RecordKind::kSpan), {}, body});
+    }
+    const auto frame = frame_of(records);
+
+    // What decode_body makes of each record in turn.
+    std::vector<Record> expected;
+    std::string expected_error;
+    int64_t prev = 0;
+    for (size_t i = 0; i < records.size(); ++i) {
+      Record r;
+      std::string why;
+      const BodyResult result = decode_body(records[i].tag, records[i].body, prev, r, why);
+      if (result == BodyResult::kError) {
+        expected_error = "record " + std::to_string(i) + " (" +
+                         to_string(static_cast<RecordKind>(records[i].tag)) + "): " + why;
+        break;
+      }
+      if (result == BodyResult::kOk) expected.push_back(std::move(r));
+    }
+
+    for (const bool fused : {false, true}) {
+      FrameDecoder dec(DecoderOptions{kMaxBlockRawBytes});
+      ASSERT_TRUE(dec.open(frame).ok());
+      if (fused) {
+        ASSERT_TRUE(dec.fuse_columns(&builder));
+      }
+      std::vector<Record> got;
+      Record r;
+      while (dec.next(r)) got.push_back(r);
+      if (fused) builder.undo_frame();
+      ASSERT_EQ(got.size(), expected.size()) << "frame " << f << (fused ? " fused" : "");
+      for (size_t i = 0; i < got.size(); ++i) {
+        ASSERT_EQ(got[i].index(), expected[i].index()) << f << " " << i;
+        if (const auto* span = std::get_if<Span>(&got[i])) {
+          ASSERT_EQ(*span, std::get<Span>(expected[i])) << f << " " << i;
+          ASSERT_EQ(span->args, std::get<Span>(expected[i]).args) << f << " " << i;
+        }
+      }
+      if (expected_error.empty()) {
+        ASSERT_TRUE(dec.status().ok()) << dec.status().message;
+      } else {
+        ASSERT_FALSE(dec.status().ok());
+        ASSERT_EQ(dec.status().message, expected_error);
+      }
+    }
+    spans += expected.size();
+    skipped += static_cast<size_t>(std::count_if(records.begin(), records.end(),
+                                                 [](const RawRecord& r) { return r.tag == 200; }));
+    errors += !expected_error.empty();
+  }
+  // Every case occurs.
+  EXPECT_GT(spans, 10000u);
+  EXPECT_GT(skipped, 500u);
+  EXPECT_GT(errors, 10u);
 }
 
 }  // namespace

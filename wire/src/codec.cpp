@@ -216,7 +216,7 @@ DecodeStatus FrameDecoder::open(std::span<const uint8_t> frame) {
   return status_;
 }
 
-bool FrameDecoder::next(Record& out) {
+bool FrameDecoder::next_record(Record& out) {
   for (;;) {
     if (!status_.ok()) return false;
     if (offset_ >= payload_.size()) {
@@ -247,8 +247,7 @@ bool FrameDecoder::next(Record& out) {
                          std::to_string(offset_) + " runs past the end of the frame");
       return false;
     }
-    const size_t body_start = offset_ + head_bytes;
-    offset_ = body_start + body_bytes;
+    offset_ += head_bytes + body_bytes;
     if (++records_read_ > header_.record_count) {
       status_ = fail(DecodeError::kRecordCountMismatch, "more records than the frame header says");
       return false;
@@ -258,31 +257,41 @@ bool FrameDecoder::next(Record& out) {
         if (columns_->decode_span(record, head_bytes, body_bytes, left - head_bytes, previous_ns_,
                                   out))
           return true;
-        if (!columns_->decoding_frame()) columns_ = nullptr;  // it gave up on the frame
       } else if (decode_span_fast(record + head_bytes, body_bytes, left - head_bytes, previous_ns_,
                                   out)) {
         return true;
       }
     }
-    std::span<const uint8_t> body = payload_.subspan(body_start, body_bytes);
-    std::string why;
-    const BodyResult result = decode_body(tag, body, previous_ns_, out, why);
-    // Records decoded the checked way, and those skipped, are bytes of the frame all the same.
-    if (columns_ && result != BodyResult::kError &&
-        !columns_->split_record(record, head_bytes + body_bytes, left))
-      columns_ = nullptr;
-    switch (result) {
-      case BodyResult::kOk:
-        return true;
-      case BodyResult::kSkipped:
-        continue;  // a newer record kind: forward compatible
-      case BodyResult::kError:
-        status_ = fail(DecodeError::kMalformedRecord,
-                       "record " + std::to_string(records_read_ - 1) + " (" +
-                           to_string(static_cast<RecordKind>(tag)) + "): " + why);
-        return false;
-    }
+    if (const auto decoded = decode_checked(tag, record, head_bytes, body_bytes, left, out))
+      return *decoded;
+    // Skipped: a newer record kind (forward compatible); on to the next.
   }
+}
+
+std::optional<bool> FrameDecoder::decode_checked(uint8_t tag, const uint8_t* record,
+                                                 size_t head_bytes, size_t body_bytes, size_t left,
+                                                 Record& out) {
+  // A span the builder refused may have ended its split of the frame.
+  if (columns_ && !columns_->decoding_frame()) columns_ = nullptr;
+  std::span<const uint8_t> body(record + head_bytes, body_bytes);
+  std::string why;
+  const BodyResult result = decode_body(tag, body, previous_ns_, out, why);
+  // Records decoded the checked way, and those skipped, are bytes of the frame all the same.
+  if (columns_ && result != BodyResult::kError &&
+      !columns_->split_record(record, head_bytes + body_bytes, left))
+    columns_ = nullptr;
+  switch (result) {
+    case BodyResult::kOk:
+      return true;
+    case BodyResult::kSkipped:
+      return std::nullopt;
+    case BodyResult::kError:
+      status_ = fail(DecodeError::kMalformedRecord,
+                     "record " + std::to_string(records_read_ - 1) + " (" +
+                         to_string(static_cast<RecordKind>(tag)) + "): " + why);
+      return false;
+  }
+  return false;
 }
 
 bool FrameDecoder::fuse_columns(ColumnBuilder* columns) {

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "byte_io.hpp"
+#include "inferscope/wire/codec.hpp"
 #include "inferscope/wire/records.hpp"
 
 namespace inferscope::wire {
@@ -34,14 +35,8 @@ enum class BodyResult : uint8_t { kOk, kSkipped, kError };
 // decode_span_fast read never goes further than this past the body's start.
 inline constexpr size_t kSpanFieldsMaxBytes = 3 + 8 * 10 + kMaxSpanArgs * 20;
 
-// The common case of decode_body for a span: each field read without a bounds
-// check, the body checked once at the end. Needs kSpanFieldsMaxBytes readable
-// from body (the frame's records after it: not the last ones). True when the
-// span is valid; then out and previous_ns are what decode_body would make
-// them. False says nothing: decode_body then decodes it (and says what is
-// wrong), as if this had not run (previous_ns untouched; out may hold anything).
-bool decode_span_fast(const uint8_t* body, size_t body_bytes, size_t readable, int64_t& previous_ns,
-                      Record& out);
+// decode_span_fast (codec.hpp) reads a span's fields; detail::decode_span_fast_with
+// below is its body.
 
 namespace detail {
 

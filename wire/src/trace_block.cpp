@@ -28,11 +28,6 @@ uint32_t crc_of(std::span<const uint8_t> bytes) {
   return detail::crc32_update(0, bytes.data(), bytes.size());
 }
 
-void widen(FrameSummary& s, int64_t t) {
-  if (t < s.min_ns) s.min_ns = t;
-  if (t > s.max_ns) s.max_ns = t;
-}
-
 // Full pread: false on error or end of file.
 bool read_at(int fd, uint8_t* out, size_t n, uint64_t offset) {
   while (n > 0) {
@@ -48,14 +43,8 @@ bool read_at(int fd, uint8_t* out, size_t n, uint64_t offset) {
 
 }  // namespace
 
-void summarize_record(const Record& record, FrameSummary& s) {
+void summarize_other_record(const Record& record, FrameSummary& s) {
   ++s.records;
-  if (const auto* span = std::get_if<Span>(&record)) {
-    // Most records are spans: no visit (a jump through a table) for them.
-    widen(s, span->start_ns);
-    if (span->end_ns != 0) widen(s, span->end_ns);
-    return;
-  }
   // Every record kind with a time has one of these fields; new kinds that
   // follow the naming are indexed without a change here.
   std::visit(
@@ -63,13 +52,13 @@ void summarize_record(const Record& record, FrameSummary& s) {
         using T = std::decay_t<decltype(r)>;
         if constexpr (std::is_same_v<T, Hello> || std::is_same_v<T, StringDef>)
           s.definitions = true;
-        if constexpr (requires { r.timestamp_ns; }) widen(s, r.timestamp_ns);
-        if constexpr (requires { r.start_ns; }) widen(s, r.start_ns);
+        if constexpr (requires { r.timestamp_ns; }) s.widen(r.timestamp_ns);
+        if constexpr (requires { r.start_ns; }) s.widen(r.start_ns);
         if constexpr (requires { r.end_ns; })
-          if (r.end_ns != 0) widen(s, r.end_ns);  // 0: an alert episode still open
-        if constexpr (requires { r.arrival_ns; }) widen(s, r.arrival_ns);
+          if (r.end_ns != 0) s.widen(r.end_ns);  // 0: an alert episode still open
+        if constexpr (requires { r.arrival_ns; }) s.widen(r.arrival_ns);
         if constexpr (requires { r.finish_ns; })
-          if (r.finish_ns != 0) widen(s, r.finish_ns);
+          if (r.finish_ns != 0) s.widen(r.finish_ns);
       },
       record);
 }
@@ -156,8 +145,8 @@ void RawBlock::add(std::span<const uint8_t> frame, const FrameSummary& s) {
   summary.records += s.records;
   summary.definitions = summary.definitions || s.definitions;
   if (s.has_time()) {
-    widen(summary, s.min_ns);
-    widen(summary, s.max_ns);
+    summary.widen(s.min_ns);
+    summary.widen(s.max_ns);
   }
 }
 

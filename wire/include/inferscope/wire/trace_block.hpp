@@ -67,6 +67,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <variant>
 #include <vector>
 
 #include "inferscope/wire/records.hpp"
@@ -109,10 +110,27 @@ struct FrameSummary {
   bool definitions = false;  // holds a hello or a string definition
 
   bool has_time() const { return min_ns <= max_ns; }
+  void widen(int64_t t) {
+    if (t < min_ns) min_ns = t;
+    if (t > max_ns) max_ns = t;
+  }
 };
 
-// Widens the summary by one record (its timestamps; hellos and strings set definitions).
-void summarize_record(const Record& record, FrameSummary& summary);
+// summarize_record for anything but a span.
+void summarize_other_record(const Record& record, FrameSummary& summary);
+
+// Widens the summary by one record (its timestamps; hellos and strings set
+// definitions). Inline for spans, most records, which the pipeline summarizes
+// one by one as it decodes them: no call for them.
+inline void summarize_record(const Record& record, FrameSummary& s) {
+  if (const auto* span = std::get_if<Span>(&record)) [[likely]] {
+    ++s.records;
+    s.widen(span->start_ns);
+    if (span->end_ns != 0) s.widen(span->end_ns);
+    return;
+  }
+  summarize_other_record(record, s);
+}
 // Decodes a whole frame to summarize it (the slow path for tools and tests:
 // the collector's pipeline summarizes records while it decodes them anyway).
 FrameSummary summarize_frame(std::span<const uint8_t> frame);
