@@ -5,7 +5,7 @@ sync mode), also runnable on CPU as a proxy.
     python3 tests/python/decode_overhead.py --library .../libinferscope_agent.so.0 \\
         --python-dir python [--model qwen3-moe|tiny] [--sync default|blocking] \\
         [--batches 1,8] [--new-tokens 32] [--seconds 60] [--twin-seconds 60] \
-        [--twin-interleave block,step] [--collector ADDR] [--json FILE]
+        [--twin-interleave block,step] [--op-diff-reps N] [--collector ADDR] [--json FILE]
 
 Per batch, pairs of short greedy generate() calls of one model, one unobserved and one with
 observe() attached (attached and detached around each call), in alternating order, for a fixed
@@ -47,6 +47,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import quiet_process  # noqa: E402
 from paired_stats import median_ci, paired_calls, verdict  # noqa: E402
+from op_diff import op_diff, report_lines  # noqa: E402
 from twin_steps import twin_steps  # noqa: E402
 
 AIM_PCT = 1.0
@@ -198,6 +199,13 @@ def measure_batch(torch, inferscope, model, generate, agent, vocab, device, batc
            "pairs_raw": [(off[:4], on[:4]) for off, on in pairs]}
     res["verdict"] = verdict(*res["wall_pct"][1:], AIM_PCT)
     res["robust_verdict"] = verdict(*res["robust_pct"][1:], AIM_PCT)
+    if args.op_diff_reps:
+        def run():
+            with torch.no_grad():
+                generate(ids, args.new_tokens)
+                sync()
+        res["op_diff"] = op_diff(torch, run, lambda: inferscope.torch.observe(
+            model, agent, model_name="overhead").close, args.new_tokens, reps=args.op_diff_reps)
     res["twin"] = {}
     for way, twin in twins.items():
         ts = twin["stats"]
@@ -247,6 +255,8 @@ def report(res, mode, instructions_note):
         lines.append(f"b{b} time added per decode step position (median over pairs, us): " +
                      " ".join(f"{x:.0f}" for x in added) +
                      f"; median {statistics.median(added):.0f}")
+    if "op_diff" in res:
+        lines += [f"b{b} op diff, {line}" for line in report_lines(res["op_diff"])]
     for way, tw in res["twin"].items():
         lines.append(
             f"b{b} twin steps by {way}s (observed model and its unobserved copy, "
@@ -273,6 +283,9 @@ def main():
                     help="the twin steps' time budget per batch")
     ap.add_argument("--twin-interleave", default="block,step",
                     help="the twin steps' interleavings, comma-separated: block, step")
+    ap.add_argument("--op-diff-reps", type=int, default=0,
+                    help="profile this many generate() calls per side and round, observed and "
+                    "not, and report per op what observing adds per step (op_diff.py; 0: off)")
     ap.add_argument("--collector", default="")
     ap.add_argument("--json")
     args = ap.parse_args()

@@ -583,7 +583,8 @@ def overhead(addrs, results, args):
     """observe()'s cost on generate() decode at batch 1 and 8 (decode_overhead.py: paired short
     generate() calls, and the observed model's decode steps interleaved with its unobserved
     copy's (twin_steps.py); medians with 95 % confidence intervals, and the verdicts on the 1 %
-    aim), once per CUDA sync mode in --overhead-sync, each in a process of its own (the
+    aim; then what observing adds per step op by op under torch.profiler, op_diff.py), once per
+    CUDA sync mode in --overhead-sync, each in a process of its own (the
     mode is set before the CUDA context exists). Fails only on hook errors: the verdict is
     reported, whatever it is."""
     out = {}
@@ -594,7 +595,7 @@ def overhead(addrs, results, args):
         with open(err, "w") as err_file, subprocess.Popen(
                 [sys.executable, str(HERE / "decode_overhead.py"), "--library", args.library,
                  "--python-dir", args.python_dir, "--sync", mode, "--seconds", str(seconds),
-                 "--twin-seconds", str(seconds),
+                 "--twin-seconds", str(seconds), "--op-diff-reps", "2",
                  "--collector", addrs["ingest"], "--json", str(js)],
                 stdout=subprocess.PIPE, stderr=err_file, text=True) as proc:
             for line in proc.stdout:  # as they come: a run cut short keeps what it printed
