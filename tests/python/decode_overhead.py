@@ -107,19 +107,24 @@ def make_call(torch, generate, ids, new, counter, stamps):
             generate(ids, new)
             sync()
             t1, c1, i1 = perf(), cpu(), read()
+        steps = decode_steps(stamps)
         return (t1 - t0, c1 - c0, None if i0 is None or i1 is None else i1 - i0,
-                robust_wall(t1 - t0, stamps), [b - a for a, b in zip(stamps[1:], stamps[2:])])
+                robust_wall(t1 - t0, steps), steps)
     return call
 
 
-def robust_wall(wall, stamps):
-    """The call's wall time with its decode steps (the intervals between the 2nd and the last
-    forward's starts) counted at the median over windows of WINDOW consecutive steps, instead
-    of as they came: a stall of the machine within a few steps does not move it, while every
-    cost that recurs at most every WINDOW steps (the hooks' per-step and per-group work: K and
-    the cache look's 16 divide it) is in every window. Costs rarer than that (the cache walk,
-    at most once a second) are left out here; hook_ns_step_memory bounds them."""
-    steps = [b - a for a, b in zip(stamps[1:], stamps[2:])]
+def decode_steps(stamps):
+    """A call's decode steps: the intervals between its 2nd and its last forward's starts."""
+    return [b - a for a, b in zip(stamps[1:], stamps[2:])]
+
+
+def robust_wall(wall, steps):
+    """The call's wall time with its decode steps (decode_steps()) counted at the median over
+    windows of WINDOW consecutive steps, instead of as they came: a stall of the machine within
+    a few steps does not move it, while every cost that recurs at most every WINDOW steps (the
+    hooks' per-step and per-group work: K and the cache look's 16 divide it) is in every window.
+    Costs rarer than that (the cache walk, at most once a second) are left out here;
+    hook_ns_step_memory bounds them."""
     if len(steps) < WINDOW:
         return wall
     window = [sum(steps[i:i + WINDOW]) for i in range(len(steps) - WINDOW + 1)]

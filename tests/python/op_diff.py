@@ -24,9 +24,8 @@ __all__ = ["op_diff", "report_lines"]
 def _profile(torch, run, reps, attach=None):
     """({op: (calls, self cpu us)}, wall s) of reps calls of run(), each observed when
     attach is given."""
-    from torch.profiler import ProfilerActivity, profile
     wall = 0.0
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         for _ in range(reps):
             detach = attach() if attach is not None else None
             try:
